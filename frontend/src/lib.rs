@@ -1,0 +1,1 @@
+//! Model importers: each reads a model file format and builds an `llmc_ir::Module`.

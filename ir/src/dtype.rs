@@ -1,0 +1,203 @@
+//! Element types. Plain numeric types are what activations carry; the packed block
+//! formats (GGUF's Q8_0, Q4_0, Q4_1, K-quants) exist only as weight types, so a model
+//! keeps its quantized weights as they were shipped until a kernel reads them.
+
+use std::fmt;
+
+/// An element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    /// 32-bit IEEE float.
+    F32,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 64-bit IEEE float.
+    F64,
+    /// Signed 64-bit integer.
+    I64,
+    /// Signed 32-bit integer.
+    I32,
+    /// Signed 16-bit integer.
+    I16,
+    /// Signed 8-bit integer.
+    I8,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// Boolean (one byte per element in memory).
+    Bool,
+    /// GGUF Q8_0: blocks of 32, one f16 scale + 32 i8.
+    Q8_0,
+    /// GGUF Q4_0: blocks of 32, one f16 scale + 16 bytes of nibbles, offset 8.
+    Q4_0,
+    /// GGUF Q4_1: blocks of 32, f16 scale + f16 min + 16 bytes of nibbles.
+    Q4_1,
+    /// GGUF Q4_K: super-blocks of 256 with 6-bit sub-block scales and mins.
+    Q4K,
+    /// GGUF Q5_K: super-blocks of 256, 5-bit quants.
+    Q5K,
+    /// GGUF Q6_K: super-blocks of 256, 6-bit quants.
+    Q6K,
+}
+
+/// The broad class a dtype belongs to, used by type rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DTypeClass {
+    /// f16/bf16/f32/f64.
+    Float,
+    /// Signed or unsigned integers.
+    Int,
+    /// bool.
+    Bool,
+    /// A packed block format (weights only).
+    Quant,
+}
+
+impl DType {
+    /// Every dtype, in declaration order (used by tests and the parser).
+    pub const ALL: &'static [DType] = &[
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::F64,
+        DType::I64,
+        DType::I32,
+        DType::I16,
+        DType::I8,
+        DType::U8,
+        DType::Bool,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+    ];
+
+    /// The name used in the text format.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F64 => "f64",
+            DType::I64 => "i64",
+            DType::I32 => "i32",
+            DType::I16 => "i16",
+            DType::I8 => "i8",
+            DType::U8 => "u8",
+            DType::Bool => "bool",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q4K => "q4_k",
+            DType::Q5K => "q5_k",
+            DType::Q6K => "q6_k",
+        }
+    }
+
+    /// Parses a text-format name.
+    pub fn from_name(s: &str) -> Option<DType> {
+        DType::ALL.iter().copied().find(|d| d.name() == s)
+    }
+
+    /// The class of this dtype.
+    pub fn class(self) -> DTypeClass {
+        match self {
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64 => DTypeClass::Float,
+            DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 => DTypeClass::Int,
+            DType::Bool => DTypeClass::Bool,
+            _ => DTypeClass::Quant,
+        }
+    }
+
+    /// True for float types.
+    pub fn is_float(self) -> bool {
+        self.class() == DTypeClass::Float
+    }
+
+    /// True for integer types (not bool).
+    pub fn is_int(self) -> bool {
+        self.class() == DTypeClass::Int
+    }
+
+    /// True for packed block formats.
+    pub fn is_quantized(self) -> bool {
+        self.class() == DTypeClass::Quant
+    }
+
+    /// Elements per block: 1 for plain types, 32 or 256 for block formats.
+    pub fn block_len(self) -> usize {
+        match self {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+            DType::Q4K | DType::Q5K | DType::Q6K => 256,
+            _ => 1,
+        }
+    }
+
+    /// Bytes per block (for plain types: bytes per element).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::F64 | DType::I64 => 8,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::Q8_0 => 2 + 32,
+            DType::Q4_0 => 2 + 16,
+            DType::Q4_1 => 2 + 2 + 16,
+            DType::Q4K => 2 + 2 + 12 + 128,
+            DType::Q5K => 2 + 2 + 12 + 32 + 128,
+            DType::Q6K => 128 + 64 + 16 + 2,
+        }
+    }
+
+    /// Bytes needed to store `numel` elements, or `None` when `numel` is not a whole
+    /// number of blocks (or the size overflows).
+    pub fn storage_bytes(self, numel: u64) -> Option<u64> {
+        let bl = self.block_len() as u64;
+        if numel % bl != 0 {
+            return None;
+        }
+        (numel / bl).checked_mul(self.block_bytes() as u64)
+    }
+
+    /// The type values of this dtype compute in: block formats dequantize to f32.
+    pub fn compute_type(self) -> DType {
+        if self.is_quantized() {
+            DType::F32
+        } else {
+            self
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for &d in DType::ALL {
+            assert_eq!(DType::from_name(d.name()), Some(d));
+        }
+        assert_eq!(DType::from_name("f8"), None);
+    }
+
+    #[test]
+    fn storage_sizes_match_gguf_blocks() {
+        assert_eq!(DType::Q4_1.storage_bytes(64), Some(40));
+        assert_eq!(DType::Q8_0.storage_bytes(32), Some(34));
+        assert_eq!(DType::Q4K.storage_bytes(256), Some(144));
+        assert_eq!(DType::Q6K.storage_bytes(256), Some(210));
+        assert_eq!(DType::Q5K.storage_bytes(256), Some(176));
+        assert_eq!(DType::Q4_0.storage_bytes(33), None);
+        assert_eq!(DType::F16.storage_bytes(3), Some(6));
+    }
+}

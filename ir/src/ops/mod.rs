@@ -1,0 +1,363 @@
+//! The op table: the one place an op is defined. Each entry gives the text name, the
+//! operand count, the attributes, the flags, the shape/dtype rule and the reference
+//! semantics. The printer, parser, verifier, shape inference, interpreter (and later
+//! the e-graph language) all read this table; adding an op is one entry here plus its
+//! two functions in the family module, never edits to matches scattered elsewhere.
+
+use crate::attr::{opt, req, AttrKind as K, AttrSpec};
+use crate::{Attrs, Tensor, TensorType};
+use std::fmt;
+
+pub mod elementwise;
+pub mod linalg;
+pub mod nn;
+pub mod reduce;
+pub mod tensor;
+
+/// How many operands an op takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    /// Exactly n.
+    Fixed(usize),
+    /// Between min and max inclusive.
+    Range(usize, usize),
+    /// At least n.
+    AtLeast(usize),
+}
+
+impl Arity {
+    /// Does `n` operands satisfy this arity?
+    pub fn accepts(self, n: usize) -> bool {
+        match self {
+            Arity::Fixed(k) => n == k,
+            Arity::Range(a, b) => (a..=b).contains(&n),
+            Arity::AtLeast(a) => n >= a,
+        }
+    }
+}
+
+impl fmt::Display for Arity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Arity::Fixed(k) => write!(f, "{k}"),
+            Arity::Range(a, b) => write!(f, "{a} to {b}"),
+            Arity::AtLeast(a) => write!(f, "at least {a}"),
+        }
+    }
+}
+
+/// Op properties that rewrites and code generators group ops by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flags(u8);
+
+impl Flags {
+    /// No flags.
+    pub const NONE: Flags = Flags(0);
+    /// Applies per element with numpy broadcasting of its operands.
+    pub const ELEMENTWISE: Flags = Flags(1);
+    /// Operands may be swapped.
+    pub const COMMUTATIVE: Flags = Flags(2);
+    /// Reduces over axes.
+    pub const REDUCTION: Flags = Flags(4);
+    /// Reads or writes state outside its operands (the KV cache): never folded or CSE'd.
+    pub const STATEFUL: Flags = Flags(8);
+
+    /// Union.
+    pub const fn or(self, o: Flags) -> Flags {
+        Flags(self.0 | o.0)
+    }
+
+    /// Does this set contain all of `o`?
+    pub const fn has(self, o: Flags) -> bool {
+        self.0 & o.0 == o.0
+    }
+}
+
+/// Error of a shape/dtype rule, naming the op.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{op}: {msg}")]
+pub struct InferError {
+    /// Op name.
+    pub op: String,
+    /// What is wrong.
+    pub msg: String,
+}
+
+impl InferError {
+    /// Builds an error.
+    pub fn new(op: &str, msg: impl Into<String>) -> InferError {
+        InferError {
+            op: op.to_string(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// A shape/dtype rule: operand types and attributes to result types. The error string
+/// says what is wrong; the caller adds the op and node.
+pub type InferFn = fn(&[&TensorType], &Attrs) -> Result<Vec<TensorType>, String>;
+
+/// Reference semantics: operand tensors to result tensors.
+pub type EvalFn =
+    fn(&[&Tensor], &Attrs, &mut crate::interp::EvalCtx) -> Result<Vec<Tensor>, String>;
+
+/// One entry of the op table.
+pub struct OpDef {
+    /// Text name.
+    pub name: &'static str,
+    /// Operand count.
+    pub arity: Arity,
+    /// Declared attributes.
+    pub attrs: &'static [AttrSpec],
+    /// Flags.
+    pub flags: Flags,
+    /// Shape/dtype rule.
+    pub infer: InferFn,
+    /// Reference semantics.
+    pub eval: EvalFn,
+    /// One-line description.
+    pub doc: &'static str,
+}
+
+macro_rules! op_table {
+    ($( $(#[doc = $doc:literal])+ $variant:ident = $name:literal, $arity:expr, $flags:expr,
+        [$($attr:expr),* $(,)?], $infer:path, $eval:path; )*) => {
+        /// An operation. `Op::def` gives its table entry.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Op { $( $(#[doc = $doc])+ $variant, )* }
+
+        static TABLE: &[OpDef] = &[ $( OpDef {
+            name: $name, arity: $arity, flags: $flags, attrs: &[$($attr),*],
+            infer: $infer, eval: $eval, doc: concat!($($doc),+),
+        }, )* ];
+
+        impl Op {
+            /// Every op, in table order.
+            pub const ALL: &'static [Op] = &[ $( Op::$variant, )* ];
+        }
+    };
+}
+
+use Arity::{AtLeast, Fixed, Range};
+const EW: Flags = Flags::ELEMENTWISE;
+const EWC: Flags = Flags::ELEMENTWISE.or(Flags::COMMUTATIVE);
+const RED: Flags = Flags::REDUCTION;
+const NONE: Flags = Flags::NONE;
+
+use elementwise as ew;
+use linalg as la;
+use reduce as rd;
+use tensor as tn;
+
+op_table! {
+    // ----- elementwise, unary (float in, same type out unless noted) -----
+    /// -x
+    Neg = "neg", Fixed(1), EW, [], ew::infer_unary, ew::eval_neg;
+    /// |x|
+    Abs = "abs", Fixed(1), EW, [], ew::infer_unary, ew::eval_abs;
+    /// e^x
+    Exp = "exp", Fixed(1), EW, [], ew::infer_unary, ew::eval_exp;
+    /// natural log
+    Log = "log", Fixed(1), EW, [], ew::infer_unary, ew::eval_log;
+    /// square root
+    Sqrt = "sqrt", Fixed(1), EW, [], ew::infer_unary, ew::eval_sqrt;
+    /// 1/sqrt(x)
+    Rsqrt = "rsqrt", Fixed(1), EW, [], ew::infer_unary, ew::eval_rsqrt;
+    /// 1/x
+    Reciprocal = "reciprocal", Fixed(1), EW, [], ew::infer_unary, ew::eval_reciprocal;
+    /// tanh
+    Tanh = "tanh", Fixed(1), EW, [], ew::infer_unary, ew::eval_tanh;
+    /// 1/(1+e^-x)
+    Sigmoid = "sigmoid", Fixed(1), EW, [], ew::infer_unary, ew::eval_sigmoid;
+    /// max(x, 0)
+    Relu = "relu", Fixed(1), EW, [], ew::infer_unary, ew::eval_relu;
+    /// x * sigmoid(x)
+    Silu = "silu", Fixed(1), EW, [], ew::infer_unary, ew::eval_silu;
+    /// GELU; approximate = "none" (erf, default) or "tanh"
+    Gelu = "gelu", Fixed(1), EW, [opt("approximate", K::Str)], ew::infer_unary, ew::eval_gelu;
+    /// error function
+    Erf = "erf", Fixed(1), EW, [], ew::infer_unary, ew::eval_erf;
+    /// sine
+    Sin = "sin", Fixed(1), EW, [], ew::infer_unary, ew::eval_sin;
+    /// cosine
+    Cos = "cos", Fixed(1), EW, [], ew::infer_unary, ew::eval_cos;
+    /// round toward -inf
+    Floor = "floor", Fixed(1), EW, [], ew::infer_unary, ew::eval_floor;
+    /// round toward +inf
+    Ceil = "ceil", Fixed(1), EW, [], ew::infer_unary, ew::eval_ceil;
+    /// round half to even
+    Round = "round", Fixed(1), EW, [], ew::infer_unary, ew::eval_round;
+    /// -1, 0 or 1
+    Sign = "sign", Fixed(1), EW, [], ew::infer_unary, ew::eval_sign;
+    /// logical not (bool)
+    Not = "not", Fixed(1), EW, [], ew::infer_unary, ew::eval_not;
+    /// clamp to [min, max] (either bound optional)
+    Clip = "clip", Fixed(1), EW, [opt("min", K::Float), opt("max", K::Float)], ew::infer_unary, ew::eval_clip;
+    /// dtype conversion
+    Cast = "cast", Fixed(1), EW, [req("to", K::Type)], ew::infer_cast, ew::eval_cast;
+
+    // ----- elementwise, binary with numpy broadcasting -----
+    /// a + b
+    Add = "add", Fixed(2), EWC, [], ew::infer_binary, ew::eval_add;
+    /// a - b
+    Sub = "sub", Fixed(2), EW, [], ew::infer_binary, ew::eval_sub;
+    /// a * b
+    Mul = "mul", Fixed(2), EWC, [], ew::infer_binary, ew::eval_mul;
+    /// a / b (integer division truncates)
+    Div = "div", Fixed(2), EW, [], ew::infer_binary, ew::eval_div;
+    /// a ^ b
+    Pow = "pow", Fixed(2), EW, [], ew::infer_binary, ew::eval_pow;
+    /// max(a, b)
+    Max = "max", Fixed(2), EWC, [], ew::infer_binary, ew::eval_max;
+    /// min(a, b)
+    Min = "min", Fixed(2), EWC, [], ew::infer_binary, ew::eval_min;
+    /// a == b (bool result)
+    Equal = "equal", Fixed(2), EWC, [], ew::infer_compare, ew::eval_equal;
+    /// a < b (bool result)
+    Less = "less", Fixed(2), EW, [], ew::infer_compare, ew::eval_less;
+    /// a <= b (bool result)
+    LessEqual = "less_equal", Fixed(2), EW, [], ew::infer_compare, ew::eval_less_equal;
+    /// a > b (bool result)
+    Greater = "greater", Fixed(2), EW, [], ew::infer_compare, ew::eval_greater;
+    /// a >= b (bool result)
+    GreaterEqual = "greater_equal", Fixed(2), EW, [], ew::infer_compare, ew::eval_greater_equal;
+    /// logical and (bool)
+    And = "and", Fixed(2), EWC, [], ew::infer_binary, ew::eval_and;
+    /// logical or (bool)
+    Or = "or", Fixed(2), EWC, [], ew::infer_binary, ew::eval_or;
+    /// logical xor (bool)
+    Xor = "xor", Fixed(2), EWC, [], ew::infer_binary, ew::eval_xor;
+    /// cond ? a : b, all three broadcast
+    Where = "where", Fixed(3), EW, [], ew::infer_where, ew::eval_where;
+
+    // ----- reductions -----
+    /// sum over `axes` (all axes if empty/absent)
+    ReduceSum = "reduce_sum", Fixed(1), RED, [opt("axes", K::Ints), opt("keepdims", K::Bool)], rd::infer_reduce, rd::eval_reduce_sum;
+    /// mean over `axes`
+    ReduceMean = "reduce_mean", Fixed(1), RED, [opt("axes", K::Ints), opt("keepdims", K::Bool)], rd::infer_reduce, rd::eval_reduce_mean;
+    /// max over `axes`
+    ReduceMax = "reduce_max", Fixed(1), RED, [opt("axes", K::Ints), opt("keepdims", K::Bool)], rd::infer_reduce, rd::eval_reduce_max;
+    /// min over `axes`
+    ReduceMin = "reduce_min", Fixed(1), RED, [opt("axes", K::Ints), opt("keepdims", K::Bool)], rd::infer_reduce, rd::eval_reduce_min;
+    /// product over `axes`
+    ReduceProd = "reduce_prod", Fixed(1), RED, [opt("axes", K::Ints), opt("keepdims", K::Bool)], rd::infer_reduce, rd::eval_reduce_prod;
+    /// index of the max along `axis` (first on ties), i64
+    ArgMax = "argmax", Fixed(1), RED, [req("axis", K::Int), opt("keepdims", K::Bool)], rd::infer_arg, rd::eval_argmax;
+    /// index of the min along `axis` (first on ties), i64
+    ArgMin = "argmin", Fixed(1), RED, [req("axis", K::Int), opt("keepdims", K::Bool)], rd::infer_arg, rd::eval_argmin;
+    /// softmax along `axis`
+    Softmax = "softmax", Fixed(1), RED, [req("axis", K::Int)], ew::infer_unary, rd::eval_softmax;
+    /// log of softmax along `axis`
+    LogSoftmax = "log_softmax", Fixed(1), RED, [req("axis", K::Int)], ew::infer_unary, rd::eval_log_softmax;
+    /// running sum along `axis` (`exclusive`, `reverse` as ONNX CumSum)
+    CumSum = "cumsum", Fixed(1), NONE, [req("axis", K::Int), opt("exclusive", K::Bool), opt("reverse", K::Bool)], ew::infer_unary, rd::eval_cumsum;
+
+    // ----- linear algebra -----
+    /// numpy matmul: batch dims broadcast, 1-D operands promoted
+    MatMul = "matmul", Fixed(2), NONE, [], la::infer_matmul, la::eval_matmul;
+    /// x[..., k] . w[n, k]^T (+ b[n]); `w` may be a block-quantized weight
+    Linear = "linear", Range(2, 3), NONE, [], la::infer_linear, la::eval_linear;
+
+    // ----- tensor layout and indexing -----
+    /// constant tensor from `value`
+    Constant = "constant", Fixed(0), NONE, [req("value", K::Tensor)], tn::infer_constant, tn::eval_constant;
+    /// same elements, new `shape` (dims may be symbolic; element counts must agree)
+    Reshape = "reshape", Fixed(1), NONE, [req("shape", K::Shape)], tn::infer_reshape, tn::eval_reshape;
+    /// permute axes by `perm`
+    Transpose = "transpose", Fixed(1), NONE, [req("perm", K::Ints)], tn::infer_transpose, tn::eval_transpose;
+    /// join along `axis`
+    Concat = "concat", AtLeast(1), NONE, [req("axis", K::Int)], tn::infer_concat, tn::eval_concat;
+    /// split along `axis` into pieces of `sizes`
+    Split = "split", Fixed(1), NONE, [req("axis", K::Int), req("sizes", K::Ints)], tn::infer_split, tn::eval_split;
+    /// ONNX Slice with constant starts/ends/axes/steps (negative and clamped as ONNX)
+    Slice = "slice", Fixed(1), NONE, [req("starts", K::Ints), req("ends", K::Ints), opt("axes", K::Ints), opt("steps", K::Ints)], tn::infer_slice, tn::eval_slice;
+    /// take rows of the table (operand 0) along `axis` at indices (operand 1); the table may be block-quantized
+    Gather = "gather", Fixed(2), NONE, [opt("axis", K::Int)], tn::infer_gather, tn::eval_gather;
+    /// ONNX GatherElements along `axis`
+    GatherElements = "gather_elements", Fixed(2), NONE, [req("axis", K::Int)], tn::infer_gather_elements, tn::eval_gather_elements;
+    /// broadcast to `shape` (numpy rules, both ways as ONNX Expand)
+    Expand = "expand", Fixed(1), NONE, [req("shape", K::Shape)], tn::infer_expand, tn::eval_expand;
+    /// remove size-1 `axes`
+    Squeeze = "squeeze", Fixed(1), NONE, [req("axes", K::Ints)], tn::infer_squeeze, tn::eval_squeeze;
+    /// insert size-1 `axes` (positions in the output)
+    Unsqueeze = "unsqueeze", Fixed(1), NONE, [req("axes", K::Ints)], tn::infer_unsqueeze, tn::eval_unsqueeze;
+    /// repeat `repeats` times along each axis
+    Tile = "tile", Fixed(1), NONE, [req("repeats", K::Ints)], tn::infer_tile, tn::eval_tile;
+    /// keep the upper (or lower) triangle of the last two axes, diagonal offset `k`
+    Trilu = "trilu", Fixed(1), NONE, [req("upper", K::Bool), opt("k", K::Int)], ew::infer_unary, tn::eval_trilu;
+    /// constant padding: `pads` = [begin_0.., end_0..] (negative crops), fill `value`
+    Pad = "pad", Fixed(1), NONE, [req("pads", K::Ints), opt("value", K::Float)], tn::infer_pad, tn::eval_pad;
+
+    // ----- neural-network building blocks -----
+    /// x / sqrt(mean(x^2, last axis) + eps) * w
+    RmsNorm = "rms_norm", Fixed(2), NONE, [req("eps", K::Float)], nn::infer_norm, nn::eval_rms_norm;
+    /// (x - mean) / sqrt(var + eps) * w (+ b), over the last axis
+    LayerNorm = "layer_norm", Range(2, 3), NONE, [req("eps", K::Float)], nn::infer_norm, nn::eval_layer_norm;
+    /// rotary embedding of x[b, h, s, d] at positions pos[b, s]; `style` "neox" (halves) or "interleaved" (pairs); `dims` rotated (default d)
+    Rope = "rope", Fixed(2), NONE, [req("theta", K::Float), opt("style", K::Str), opt("dims", K::Int)], nn::infer_rope, nn::eval_rope;
+    /// softmax(q k^T * scale + mask) v; q[b, h, s, d], k/v[b, kvh, t, d] (GQA when kvh < h); causal aligns the last query with the last key
+    Attention = "attention", Range(3, 4), NONE, [req("scale", K::Float), opt("causal", K::Bool)], nn::infer_attention, nn::eval_attention;
+    /// append k/v[b, kvh, seq, d] to layer `layer`'s cache; results are the whole cache [b, kvh, past + seq, d]
+    KvAppend = "kv_append", Fixed(2), Flags::STATEFUL, [req("layer", K::Int)], nn::infer_kv_append, nn::eval_kv_append;
+}
+
+impl Op {
+    /// The table entry.
+    pub fn def(self) -> &'static OpDef {
+        &TABLE[self as usize]
+    }
+
+    /// Text name.
+    pub fn name(self) -> &'static str {
+        self.def().name
+    }
+
+    /// Looks an op up by its text name.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.iter().copied().find(|o| o.name() == name)
+    }
+
+    /// Flags.
+    pub fn flags(self) -> Flags {
+        self.def().flags
+    }
+
+    /// Runs the shape/dtype rule after checking operand count.
+    pub fn infer(
+        self,
+        inputs: &[&TensorType],
+        attrs: &Attrs,
+    ) -> Result<Vec<TensorType>, InferError> {
+        let d = self.def();
+        if !d.arity.accepts(inputs.len()) {
+            return Err(InferError::new(
+                d.name,
+                format!("takes {} operand(s), got {}", d.arity, inputs.len()),
+            ));
+        }
+        (d.infer)(inputs, attrs).map_err(|m| InferError::new(d.name, m))
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_found() {
+        let mut names: Vec<&str> = Op::ALL.iter().map(|o| o.name()).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "duplicate op name in the table");
+        for &op in Op::ALL {
+            assert_eq!(Op::from_name(op.name()), Some(op));
+        }
+    }
+}

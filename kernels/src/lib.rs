@@ -1,0 +1,1 @@
+//! Kernel templates producing target-neutral loop IR. Arrives with the CPU codegen issue.

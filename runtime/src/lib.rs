@@ -1,0 +1,2 @@
+//! What the emitted executable runs: tokenizer, sampler, KV cache, thread pool, the
+//! executable's CLI and server. Never depends on the compiler crates.

@@ -1,0 +1,2 @@
+//! The `llmc` command-line driver.
+fn main() {}
