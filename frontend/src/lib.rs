@@ -1,1 +1,3 @@
 //! Model importers: each reads a model file format and builds an `llmc_ir::Module`.
+
+pub mod llm;
