@@ -220,3 +220,113 @@ pub fn eval_linear(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
     }
     Ok(vec![Tensor::from_f64(xt.dtype, out_shape, out)])
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::interp::Interpreter;
+    use crate::module::WeightData;
+    use crate::ops::util::testing::*;
+    use crate::{attrs, DType, Module, Op, Shape};
+    use std::sync::Arc;
+
+    #[test]
+    fn matmul_promotes_vectors_and_broadcasts_batches() {
+        let f = |d: &[&str]| tt(DType::F32, d);
+        let r = |a, b| inf(Op::MatMul, &[&f(a), &f(b)], attrs([])).map(|t| t[0].to_string());
+        assert_eq!(r(&["4"], &["2", "4", "5"]).unwrap(), "f32[2, 5]");
+        assert_eq!(r(&["2", "3", "4"], &["4"]).unwrap(), "f32[2, 3]");
+        assert_eq!(r(&["4"], &["4"]).unwrap(), "f32[]");
+        assert_eq!(
+            r(&["batch", "1", "seq", "64"], &["9", "64", "t"]).unwrap(),
+            "f32[batch, 9, seq, t]"
+        );
+        let e = r(&["2", "3"], &["4", "5"]).unwrap_err();
+        assert!(e.contains("contraction dims differ"), "{e}");
+        let e = r(&["2", "2", "3"], &["3", "3", "5"]).unwrap_err();
+        assert!(e.contains("do not broadcast"), "{e}");
+    }
+
+    #[test]
+    fn matmul_values() {
+        let a = tf(&[2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let b = tf(&[2, 2], &[5.0, 6.0, 7.0, 8.0]);
+        assert_eq!(
+            ev1(Op::MatMul, &[&a, &b], attrs([])).to_f64(),
+            vec![19.0, 22.0, 43.0, 50.0]
+        );
+        // A batch of two left matrices against one right matrix.
+        let a2 = tf(&[2, 1, 2], &[1.0, 0.0, 0.0, 1.0]);
+        let out = ev1(Op::MatMul, &[&a2, &b], attrs([]));
+        assert_eq!(out.shape, vec![2, 1, 2]);
+        assert_eq!(out.to_f64(), vec![5.0, 6.0, 7.0, 8.0]);
+    }
+
+    /// One Q8_0 block: f16 scale `d`, then 32 signed bytes.
+    pub(crate) fn q8_0_block(d: f32, q: &[i8; 32]) -> Vec<u8> {
+        let mut b = half::f16::from_f32(d).to_le_bytes().to_vec();
+        b.extend(q.iter().map(|&v| v as u8));
+        b
+    }
+
+    #[test]
+    fn linear_reads_a_quantized_weight() {
+        // w[2, 32] as Q8_0: row 0 = 0.5 * (i - 16), row 1 = 0.25 * (-1)^i.
+        let q0: [i8; 32] = std::array::from_fn(|i| i as i8 - 16);
+        let q1: [i8; 32] = std::array::from_fn(|i| if i % 2 == 0 { 1 } else { -1 });
+        let mut bytes = q8_0_block(0.5, &q0);
+        bytes.extend(q8_0_block(0.25, &q1));
+        let mut m = Module::new("lin");
+        let x = m.graph.add_input("x", tt(DType::F32, &["seq", "32"]));
+        let w = m.add_weight(
+            "w",
+            DType::Q8_0,
+            Shape::of(&[2, 32]),
+            WeightData::Owned(Arc::new(bytes)),
+        );
+        let y = m.add1(Op::Linear, &[x, w], attrs([])).unwrap();
+        assert_eq!(m.graph.ty(y).to_string(), "f32[seq, 2]");
+        m.graph.outputs.push(y);
+        let xv: Vec<f64> = (0..64).map(|i| (i % 7) as f64 - 3.0).collect();
+        let out = Interpreter::new(&m).run(&[tf(&[2, 32], &xv)]).unwrap();
+        let mut want = vec![];
+        for r in 0..2 {
+            let row = &xv[r * 32..][..32];
+            want.push(
+                (0..32)
+                    .map(|i| row[i] * 0.5 * (i as f64 - 16.0))
+                    .sum::<f64>(),
+            );
+            let alt = |i: usize| if i % 2 == 0 { 0.25 } else { -0.25 };
+            want.push((0..32).map(|i| row[i] * alt(i)).sum::<f64>());
+        }
+        assert_eq!(out[0].shape, vec![2, 2]);
+        close(&out[0].to_f64(), &want, 1e-6);
+    }
+
+    #[test]
+    fn linear_type_rule() {
+        let x = tt(DType::F32, &["batch", "seq", "576"]);
+        let wq = tt(DType::Q4_1, &["49152", "576"]);
+        let t = inf(Op::Linear, &[&x, &wq], attrs([])).unwrap();
+        assert_eq!(t[0].to_string(), "f32[batch, seq, 49152]");
+        let x16 = tt(DType::F16, &["2", "576"]);
+        let e = inf(Op::Linear, &[&x16, &wq], attrs([])).unwrap_err();
+        assert!(e.contains("does not match x's dtype f16"), "{e}");
+        let b = tt(DType::F32, &["7"]);
+        let e = inf(Op::Linear, &[&x, &wq, &b], attrs([])).unwrap_err();
+        assert!(e.contains("bias b must be [49152]"), "{e}");
+        let e = inf(Op::Linear, &[&tt(DType::F32, &["2", "5"]), &wq], attrs([])).unwrap_err();
+        assert!(e.contains("expects k = 576"), "{e}");
+    }
+
+    #[test]
+    fn linear_with_bias() {
+        let x = tf(&[1, 2], &[1.0, 2.0]);
+        let w = tf(&[3, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        let b = tf(&[3], &[0.5, -0.5, 10.0]);
+        assert_eq!(
+            ev1(Op::Linear, &[&x, &w, &b], attrs([])).to_f64(),
+            vec![1.5, 1.5, 13.0]
+        );
+    }
+}

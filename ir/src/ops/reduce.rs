@@ -365,3 +365,127 @@ pub fn eval_cumsum(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::util::testing::*;
+    use crate::{attrs, Attr, DType, Op};
+
+    #[test]
+    fn reduce_defaults_keep_dims_and_take_all_axes() {
+        let x = tf(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let all = ev1(Op::ReduceSum, &[&x], attrs([]));
+        assert_eq!(all.shape, vec![1, 1]);
+        assert_eq!(all.to_f64(), vec![21.0]);
+        let last = ev1(
+            Op::ReduceMean,
+            &[&x],
+            attrs([("axes", Attr::Ints(vec![-1]))]),
+        );
+        assert_eq!(last.shape, vec![2, 1]);
+        assert_eq!(last.to_f64(), vec![2.0, 5.0]);
+        let dropped = ev1(
+            Op::ReduceMax,
+            &[&x],
+            attrs([
+                ("axes", Attr::Ints(vec![0])),
+                ("keepdims", Attr::Bool(false)),
+            ]),
+        );
+        assert_eq!(dropped.shape, vec![3]);
+        assert_eq!(dropped.to_f64(), vec![4.0, 5.0, 6.0]);
+        let t = inf(
+            Op::ReduceProd,
+            &[&tt(DType::F32, &["batch", "seq", "4"])],
+            attrs([("axes", Attr::Ints(vec![-2]))]),
+        )
+        .unwrap();
+        assert_eq!(t[0].to_string(), "f32[batch, 1, 4]");
+    }
+
+    #[test]
+    fn reduce_axis_errors_name_the_attribute() {
+        let x = tt(DType::F32, &["2", "3"]);
+        let e = inf(Op::ReduceSum, &[&x], attrs([("axes", Attr::Ints(vec![2]))])).unwrap_err();
+        assert!(e.contains("axes = 2 is out of range for rank 2"), "{e}");
+        let e = inf(
+            Op::ReduceSum,
+            &[&x],
+            attrs([("axes", Attr::Ints(vec![1, -1]))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("names axis 1 twice"), "{e}");
+    }
+
+    #[test]
+    fn max_propagates_nan_and_int_mean_truncates() {
+        let x = tf(&[3], &[1.0, f64::NAN, 2.0]);
+        assert!(ev1(Op::ReduceMax, &[&x], attrs([])).to_f64()[0].is_nan());
+        let n = ti(&[3], &[-7, 0, 0]);
+        assert_eq!(ev1(Op::ReduceMean, &[&n], attrs([])).to_i64(), vec![-2]);
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_ties() {
+        let x = tf(&[2, 4], &[1.0, 3.0, 3.0, 0.0, 5.0, 5.0, 5.0, 5.0]);
+        let a = attrs([("axis", Attr::Int(1))]);
+        let mx = ev1(Op::ArgMax, &[&x], a.clone());
+        assert_eq!(mx.dtype, DType::I64);
+        assert_eq!(mx.shape, vec![2, 1]);
+        assert_eq!(mx.to_i64(), vec![1, 0]);
+        assert_eq!(ev1(Op::ArgMin, &[&x], a).to_i64(), vec![3, 0]);
+        let t = inf(
+            Op::ArgMax,
+            &[&tt(DType::F32, &["seq", "49152"])],
+            attrs([("axis", Attr::Int(-1)), ("keepdims", Attr::Bool(false))]),
+        )
+        .unwrap();
+        assert_eq!(t[0].to_string(), "i64[seq]");
+    }
+
+    #[test]
+    fn softmax_is_stable_for_large_inputs() {
+        // exp(1000) overflows f64; the max-subtracted form gives 1/(1+e^-1), e^-1/(1+e^-1).
+        let x = tf(&[1, 2], &[1001.0, 1000.0]);
+        let a = attrs([("axis", Attr::Int(-1))]);
+        let p = 1.0 / (1.0 + (-1.0f64).exp());
+        close(
+            &ev1(Op::Softmax, &[&x], a.clone()).to_f64(),
+            &[p, 1.0 - p],
+            1e-7,
+        );
+        close(
+            &ev1(Op::LogSoftmax, &[&x], a).to_f64(),
+            &[p.ln(), (1.0 - p).ln()],
+            1e-7,
+        );
+        let e = inf(
+            Op::Softmax,
+            &[&tt(DType::I64, &["3"])],
+            attrs([("axis", Attr::Int(0))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("must be a float tensor"), "{e}");
+    }
+
+    #[test]
+    fn cumsum_exclusive_and_reverse() {
+        let x = tf(&[4], &[1.0, 2.0, 3.0, 4.0]);
+        let run = |ex: bool, rev: bool| {
+            ev1(
+                Op::CumSum,
+                &[&x],
+                attrs([
+                    ("axis", Attr::Int(0)),
+                    ("exclusive", Attr::Bool(ex)),
+                    ("reverse", Attr::Bool(rev)),
+                ]),
+            )
+            .to_f64()
+        };
+        assert_eq!(run(false, false), vec![1.0, 3.0, 6.0, 10.0]);
+        assert_eq!(run(true, false), vec![0.0, 1.0, 3.0, 6.0]);
+        assert_eq!(run(false, true), vec![10.0, 9.0, 7.0, 4.0]);
+        assert_eq!(run(true, true), vec![9.0, 7.0, 4.0, 0.0]);
+    }
+}

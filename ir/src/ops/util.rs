@@ -254,3 +254,59 @@ pub(crate) fn pick_or(t: &Tensor, shape: Vec<usize>, idx: &[Option<usize>], fill
         }
     }
 }
+
+/// Helpers for the op families' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::interp::EvalCtx;
+    use crate::{Attrs, DType, Dim, Op, Shape, Tensor, TensorType};
+
+    /// Runs an op's reference semantics with an empty context.
+    pub fn ev(op: Op, ins: &[&Tensor], attrs: Attrs) -> Result<Vec<Tensor>, String> {
+        op.eval(ins, &attrs, &mut EvalCtx::default())
+    }
+
+    /// Runs an op's reference semantics and returns its single result.
+    pub fn ev1(op: Op, ins: &[&Tensor], attrs: Attrs) -> Tensor {
+        match ev(op, ins, attrs) {
+            Ok(mut v) if v.len() == 1 => v.remove(0),
+            other => panic!("{op}: expected one result, got {other:?}"),
+        }
+    }
+
+    /// Runs an op's shape rule; the error text is the rule's message.
+    pub fn inf(op: Op, ins: &[&TensorType], attrs: Attrs) -> Result<Vec<TensorType>, String> {
+        op.infer(ins, &attrs).map_err(|e| e.msg)
+    }
+
+    /// A dim from a constant or a symbol name.
+    pub fn dim(s: &str) -> Dim {
+        s.parse::<i64>().map(Dim::c).unwrap_or_else(|_| Dim::sym(s))
+    }
+
+    /// A type from a dtype and dims written as strings (`"seq"`, `"4"`).
+    pub fn tt(dtype: DType, dims: &[&str]) -> TensorType {
+        TensorType::new(dtype, Shape(dims.iter().map(|d| dim(d)).collect()))
+    }
+
+    /// An f32 tensor.
+    pub fn tf(shape: &[usize], v: &[f64]) -> Tensor {
+        Tensor::from_f64(DType::F32, shape.to_vec(), v.to_vec())
+    }
+
+    /// An i64 tensor.
+    pub fn ti(shape: &[usize], v: &[i64]) -> Tensor {
+        Tensor::from_i64(DType::I64, shape.to_vec(), v.to_vec())
+    }
+
+    /// Asserts two float slices agree within `tol` (absolute + relative).
+    pub fn close(got: &[f64], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "length: got {got:?}, want {want:?}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "element {i}: got {g}, want {w}\n got {got:?}\nwant {want:?}"
+            );
+        }
+    }
+}
