@@ -261,13 +261,6 @@ mod tests {
         assert_eq!(out.to_f64(), vec![5.0, 6.0, 7.0, 8.0]);
     }
 
-    /// One Q8_0 block: f16 scale `d`, then 32 signed bytes.
-    pub(crate) fn q8_0_block(d: f32, q: &[i8; 32]) -> Vec<u8> {
-        let mut b = half::f16::from_f32(d).to_le_bytes().to_vec();
-        b.extend(q.iter().map(|&v| v as u8));
-        b
-    }
-
     #[test]
     fn linear_reads_a_quantized_weight() {
         // w[2, 32] as Q8_0: row 0 = 0.5 * (i - 16), row 1 = 0.25 * (-1)^i.

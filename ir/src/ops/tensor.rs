@@ -814,3 +814,278 @@ pub fn eval_pad(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
     }
     Ok(vec![pick_or(x, shape, &idx, value)])
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::interp::{EvalCtx, Interpreter};
+    use crate::module::WeightData;
+    use crate::ops::util::testing::*;
+    use crate::{attrs, Attr, DType, Dim, Module, Op, Shape};
+    use std::sync::Arc;
+
+    fn sym_shape(dims: &[&str]) -> Attr {
+        Attr::Shape(Shape(dims.iter().map(|d| dim(d)).collect()))
+    }
+
+    fn slice_attrs(starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> crate::Attrs {
+        attrs([
+            ("starts", Attr::Ints(starts.to_vec())),
+            ("ends", Attr::Ints(ends.to_vec())),
+            ("axes", Attr::Ints(axes.to_vec())),
+            ("steps", Attr::Ints(steps.to_vec())),
+        ])
+    }
+
+    #[test]
+    fn slice_with_negative_steps() {
+        let x = ti(&[10], &(0..10).collect::<Vec<_>>());
+        let s = |st, en, sp| ev1(Op::Slice, &[&x], slice_attrs(&[st], &[en], &[0], &[sp])).to_i64();
+        assert_eq!(s(-2, -9, -3), vec![8, 5, 2]);
+        assert_eq!(s(-1, i64::MIN, -1), (0..10).rev().collect::<Vec<_>>());
+        assert_eq!(s(100, 5, -2), vec![9, 7]);
+        assert_eq!(s(3, 7, -1), Vec::<i64>::new());
+        assert_eq!(s(i64::MAX, i64::MIN, i64::MIN), vec![9]);
+        assert_eq!(s(1, i64::MAX, 4), vec![1, 5, 9]);
+        // Two axes at once on a [3, 4] matrix: rows reversed, every other column.
+        let m = ti(&[3, 4], &(0..12).collect::<Vec<_>>());
+        let out = ev1(
+            Op::Slice,
+            &[&m],
+            slice_attrs(&[-1, 0], &[-100, 100], &[0, -1], &[-1, 2]),
+        );
+        assert_eq!(out.shape, vec![3, 2]);
+        assert_eq!(out.to_i64(), vec![8, 10, 4, 6, 0, 2]);
+        let e = ev(Op::Slice, &[&x], slice_attrs(&[0], &[1], &[0], &[0])).unwrap_err();
+        assert!(e.contains("zero step"), "{e}");
+    }
+
+    #[test]
+    fn symbolic_slice_inference() {
+        let x = tt(DType::F32, &["batch", "seq", "64"]);
+        let r = |st: i64, en: i64| {
+            inf(Op::Slice, &[&x], slice_attrs(&[st], &[en], &[1], &[1])).map(|t| t[0].to_string())
+        };
+        assert_eq!(r(1, i64::MAX).unwrap(), "f32[batch, seq - 1, 64]");
+        assert_eq!(r(-1, i64::MAX).unwrap(), "f32[batch, 1, 64]");
+        assert_eq!(r(2, 5).unwrap(), "f32[batch, 3, 64]");
+        assert_eq!(r(-3, -1).unwrap(), "f32[batch, 2, 64]");
+        let e = r(-2, 4).unwrap_err();
+        assert!(e.contains("symbolic dim seq"), "{e}");
+        let e = inf(Op::Slice, &[&x], slice_attrs(&[0], &[i64::MAX], &[1], &[2])).unwrap_err();
+        assert!(e.contains("with step 2"), "{e}");
+        // A constant dim uses the exact ONNX rule.
+        let t = inf(
+            Op::Slice,
+            &[&x],
+            slice_attrs(&[-1], &[i64::MIN], &[2], &[-3]),
+        )
+        .unwrap();
+        assert_eq!(t[0].to_string(), "f32[batch, seq, 22]");
+    }
+
+    #[test]
+    fn symbolic_reshape_and_concat_inference() {
+        let x = tt(DType::F32, &["batch", "seq", "576"]);
+        let r = |dims: &[&str]| {
+            inf(Op::Reshape, &[&x], attrs([("shape", sym_shape(dims))])).map(|t| t[0].to_string())
+        };
+        assert_eq!(
+            r(&["batch", "seq", "9", "64"]).unwrap(),
+            "f32[batch, seq, 9, 64]"
+        );
+        // A product dim: the polynomial batch*seq*576 equals 576*(batch*seq).
+        let flat = Shape(vec![Dim::sym("batch").mul(&Dim::sym("seq")), Dim::c(576)]);
+        let t = inf(Op::Reshape, &[&x], attrs([("shape", Attr::Shape(flat))])).unwrap();
+        assert_eq!(t[0].to_string(), "f32[batch*seq, 576]");
+        let e = r(&["batch", "seq", "9", "60"]).unwrap_err();
+        assert!(e.contains("540*batch*seq elements"), "{e}");
+        let e = r(&["seq", "576"]).unwrap_err();
+        assert!(e.contains("cannot reshape"), "{e}");
+
+        let past = tt(DType::F32, &["1", "3", "past", "64"]);
+        let new = tt(DType::F32, &["1", "3", "seq", "64"]);
+        let t = inf(Op::Concat, &[&past, &new], attrs([("axis", Attr::Int(-2))])).unwrap();
+        assert_eq!(t[0].to_string(), "f32[1, 3, past + seq, 64]");
+        let e = inf(Op::Concat, &[&past, &new], attrs([("axis", Attr::Int(1))])).unwrap_err();
+        assert!(e.contains("dim 2 differs"), "{e}");
+    }
+
+    #[test]
+    fn reshape_eval_uses_bound_symbols() {
+        let x = tf(&[2, 3, 4], &(0..24).map(|v| v as f64).collect::<Vec<_>>());
+        let mut ctx = EvalCtx::default();
+        ctx.syms.insert("seq".into(), 3);
+        let shape = Shape(vec![Dim::sym("seq"), Dim::c(8)]);
+        let a = attrs([("shape", Attr::Shape(shape))]);
+        let out = Op::Reshape.eval(&[&x], &a, &mut ctx).unwrap();
+        assert_eq!(out[0].shape, vec![3, 8]);
+        ctx.syms.insert("seq".into(), 4);
+        let e = Op::Reshape.eval(&[&x], &a, &mut ctx).unwrap_err();
+        assert!(e.contains("24 elements"), "{e}");
+        let e = Op::Reshape
+            .eval(&[&x], &a, &mut EvalCtx::default())
+            .unwrap_err();
+        assert!(e.contains("no value"), "{e}");
+    }
+
+    #[test]
+    fn gather_wraps_negative_and_names_bad_indices() {
+        let t = tf(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let ids = ti(&[2], &[-1, 0]);
+        let out = ev1(Op::Gather, &[&t, &ids], attrs([]));
+        assert_eq!(out.shape, vec![2, 2]);
+        assert_eq!(out.to_f64(), vec![5.0, 6.0, 1.0, 2.0]);
+        let bad = ti(&[2], &[0, 3]);
+        let e = ev(Op::Gather, &[&t, &bad], attrs([])).unwrap_err();
+        assert!(
+            e.contains("index 3 is out of range for axis 0 of size 3"),
+            "{e}"
+        );
+        let e = ev(Op::Gather, &[&t, &ti(&[1], &[-4])], attrs([])).unwrap_err();
+        assert!(e.contains("index -4"), "{e}");
+        let e = inf(
+            Op::Gather,
+            &[&tt(DType::F32, &["3", "2"]), &tt(DType::F32, &["2"])],
+            attrs([]),
+        )
+        .unwrap_err();
+        assert!(e.contains("indices must be an integer tensor"), "{e}");
+    }
+
+    #[test]
+    fn gather_from_a_quantized_table() {
+        // Q8_0 table [2, 32]: row r holds d_r * q with q = i - 16.
+        let q: [i8; 32] = std::array::from_fn(|i| i as i8 - 16);
+        let mut bytes = q8_0_block(0.5, &q);
+        bytes.extend(q8_0_block(-2.0, &q));
+        let mut m = Module::new("emb");
+        let ids = m.graph.add_input("ids", tt(DType::I64, &["batch", "seq"]));
+        let w = m.add_weight(
+            "emb",
+            DType::Q8_0,
+            Shape::of(&[2, 32]),
+            WeightData::Owned(Arc::new(bytes)),
+        );
+        let y = m.add1(Op::Gather, &[w, ids], attrs([])).unwrap();
+        assert_eq!(m.graph.ty(y).to_string(), "f32[batch, seq, 32]");
+        m.graph.outputs.push(y);
+        let out = Interpreter::new(&m).run(&[ti(&[1, 2], &[1, 0])]).unwrap();
+        assert_eq!(out[0].dtype, DType::F32);
+        let mut want: Vec<f64> = (0..32).map(|i| -2.0 * (i as f64 - 16.0)).collect();
+        want.extend((0..32).map(|i| 0.5 * (i as f64 - 16.0)));
+        assert_eq!(out[0].to_f64(), want);
+    }
+
+    #[test]
+    fn layout_ops() {
+        let x = ti(&[2, 3], &[0, 1, 2, 3, 4, 5]);
+        let tr = ev1(
+            Op::Transpose,
+            &[&x],
+            attrs([("perm", Attr::Ints(vec![1, 0]))]),
+        );
+        assert_eq!(tr.to_i64(), vec![0, 3, 1, 4, 2, 5]);
+        let e = ev(
+            Op::Transpose,
+            &[&x],
+            attrs([("perm", Attr::Ints(vec![0, 0]))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("not a permutation"), "{e}");
+        // expand both ways: [2, 1, 3] with [4, 1] -> [2, 4, 3]
+        let x3 = x.clone().reshaped(vec![2, 1, 3]);
+        let ex = ev1(
+            Op::Expand,
+            &[&x3],
+            attrs([("shape", sym_shape(&["4", "1"]))]),
+        );
+        assert_eq!(ex.shape, vec![2, 4, 3]);
+        assert_eq!(&ex.to_i64()[..6], &[0, 1, 2, 0, 1, 2]);
+        let u = inf(
+            Op::Unsqueeze,
+            &[&tt(DType::F32, &["seq", "4"])],
+            attrs([("axes", Attr::Ints(vec![-1, 0]))]),
+        )
+        .unwrap();
+        assert_eq!(u[0].to_string(), "f32[1, seq, 4, 1]");
+        let e = inf(
+            Op::Squeeze,
+            &[&tt(DType::F32, &["1", "seq"])],
+            attrs([("axes", Attr::Ints(vec![1]))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("whose dim is seq, not 1"), "{e}");
+        let parts = ev(
+            Op::Split,
+            &[&x],
+            attrs([("axis", Attr::Int(-1)), ("sizes", Attr::Ints(vec![2, 1]))]),
+        )
+        .unwrap();
+        assert_eq!(parts[0].to_i64(), vec![0, 1, 3, 4]);
+        assert_eq!(parts[1].to_i64(), vec![2, 5]);
+        let e = inf(
+            Op::Split,
+            &[&tt(DType::F32, &["2", "3"])],
+            attrs([("axis", Attr::Int(1)), ("sizes", Attr::Ints(vec![2, 2]))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("adds up to 4"), "{e}");
+        let tl = ev1(
+            Op::Tile,
+            &[&ti(&[2], &[7, 8])],
+            attrs([("repeats", Attr::Ints(vec![3]))]),
+        );
+        assert_eq!(tl.to_i64(), vec![7, 8, 7, 8, 7, 8]);
+        let tri = ev1(
+            Op::Trilu,
+            &[&ti(&[2, 2], &[1, 2, 3, 4])],
+            attrs([("upper", Attr::Bool(true))]),
+        );
+        assert_eq!(tri.to_i64(), vec![1, 2, 0, 4]);
+        // pad: crop one at the start of axis 1, add two 9s at its end.
+        let p = ev1(
+            Op::Pad,
+            &[&x],
+            attrs([
+                ("pads", Attr::Ints(vec![0, -1, 0, 2])),
+                ("value", Attr::Float(9.0)),
+            ]),
+        );
+        assert_eq!(p.shape, vec![2, 4]);
+        assert_eq!(p.to_i64(), vec![1, 2, 9, 9, 4, 5, 9, 9]);
+        let e = inf(
+            Op::Pad,
+            &[&tt(DType::F32, &["2"])],
+            attrs([("pads", Attr::Ints(vec![-2, -1]))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("below zero"), "{e}");
+        let t = inf(
+            Op::Pad,
+            &[&tt(DType::F32, &["seq"])],
+            attrs([("pads", Attr::Ints(vec![-1, 0]))]),
+        )
+        .unwrap();
+        assert_eq!(t[0].to_string(), "f32[seq - 1]");
+    }
+
+    #[test]
+    fn bad_operands_are_errors_not_panics() {
+        let x = tf(&[2], &[1.0, 2.0]);
+        let e = ev(Op::Concat, &[], attrs([("axis", Attr::Int(0))])).unwrap_err();
+        assert!(e.contains("at least 1 operand"), "{e}");
+        let e = ev(Op::Gather, &[&x], attrs([])).unwrap_err();
+        assert!(e.contains("takes 2 operand"), "{e}");
+        let e = ev(Op::Transpose, &[&x], attrs([])).unwrap_err();
+        assert!(e.contains("missing attribute `perm`"), "{e}");
+        let e = ev(Op::Tile, &[&x], attrs([("repeats", Attr::Int(2))])).unwrap_err();
+        assert!(e.contains("`repeats` must be a list of integers"), "{e}");
+        let e = ev(
+            Op::GatherElements,
+            &[&x, &ti(&[1, 1], &[0])],
+            attrs([("axis", Attr::Int(0))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("same rank"), "{e}");
+    }
+}

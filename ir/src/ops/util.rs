@@ -309,4 +309,11 @@ pub(crate) mod testing {
             );
         }
     }
+
+    /// One GGUF Q8_0 block: f16 scale `d`, then 32 signed bytes.
+    pub fn q8_0_block(d: f32, q: &[i8; 32]) -> Vec<u8> {
+        let mut b = half::f16::from_f32(d).to_le_bytes().to_vec();
+        b.extend(q.iter().map(|&v| v as u8));
+        b
+    }
 }
