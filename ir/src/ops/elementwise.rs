@@ -480,16 +480,26 @@ pub fn eval_where(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
 #[cfg(test)]
 mod tests {
     use super::erf;
+    use crate::ops::util::testing::*;
+    use crate::{attrs, Attr, DType, Op};
 
     #[test]
     fn erf_matches_known_values() {
-        // Values from tables of erf (to 15 digits).
+        // Values from tables of erf (to 15 digits) and Python's math.erf, covering both
+        // the series (|x| < 2.5) and the continued fraction (2.5 <= |x| <= 6).
         for (x, want) in [
             (0.0, 0.0),
             (0.5, 0.520499877813047),
             (1.0, 0.842700792949715),
+            (1.5, 0.9661051464753108),
             (2.0, 0.995322265018953),
+            (2.4, 0.999311486103355),
+            (2.5, 0.999593047982555),
+            (2.6, 0.9997639655834707),
             (3.0, 0.999977909503001),
+            (3.5, 0.9999992569016276),
+            (4.5, 0.9999999998033839),
+            (5.5, 0.9999999999999927),
             (-1.0, -0.842700792949715),
         ] {
             assert!(
@@ -498,5 +508,76 @@ mod tests {
                 erf(x)
             );
         }
+    }
+
+    #[test]
+    fn type_rules_check_dtype_classes() {
+        let f = tt(DType::F32, &["batch", "3"]);
+        let i = tt(DType::I64, &["3"]);
+        let b = tt(DType::Bool, &["3"]);
+        let e = inf(Op::Exp, &[&i], attrs([])).unwrap_err();
+        assert!(e.contains("must be a float tensor, got i64"), "{e}");
+        assert_eq!(
+            inf(Op::Neg, &[&i], attrs([])).unwrap()[0].to_string(),
+            "i64[3]"
+        );
+        let e = inf(Op::Neg, &[&b], attrs([])).unwrap_err();
+        assert!(e.contains("numeric"), "{e}");
+        let e = inf(Op::Not, &[&i], attrs([])).unwrap_err();
+        assert!(e.contains("must be bool"), "{e}");
+        let e = inf(Op::And, &[&i, &i], attrs([])).unwrap_err();
+        assert!(e.contains("must be bool"), "{e}");
+        let e = inf(Op::Add, &[&f, &i], attrs([])).unwrap_err();
+        assert!(e.contains("dtypes differ: a is f32, b is i64"), "{e}");
+        let e = inf(
+            Op::Gelu,
+            &[&f],
+            attrs([("approximate", Attr::Str("fast".into()))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("`approximate` = \"fast\""), "{e}");
+        // A block-quantized operand computes as f32.
+        let q = tt(DType::Q8_0, &["3"]);
+        assert_eq!(
+            inf(Op::Mul, &[&f, &q], attrs([])).unwrap()[0].to_string(),
+            "f32[batch, 3]"
+        );
+        let e = inf(Op::Cast, &[&f], attrs([("to", Attr::Type(DType::Q4_0))])).unwrap_err();
+        assert!(e.contains("block format"), "{e}");
+    }
+
+    #[test]
+    fn clip_follows_onnx_when_min_exceeds_max() {
+        let x = tf(&[3], &[-5.0, 0.0, 5.0]);
+        let a = attrs([("min", Attr::Float(2.0)), ("max", Attr::Float(1.0))]);
+        assert_eq!(ev1(Op::Clip, &[&x], a).to_f64(), vec![1.0, 1.0, 1.0]);
+        let nan = tf(&[1], &[f64::NAN]);
+        let a = attrs([("min", Attr::Float(0.0))]);
+        assert!(ev1(Op::Clip, &[&nan], a).to_f64()[0].is_nan());
+        let n = ti(&[3], &[-5, 1, 5]);
+        let a = attrs([("min", Attr::Float(-0.5)), ("max", Attr::Float(2.5))]);
+        assert_eq!(ev1(Op::Clip, &[&n], a).to_i64(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn integer_division_and_power_edges() {
+        let div = |a: i64, b: i64| ev(Op::Div, &[&ti(&[1], &[a]), &ti(&[1], &[b])], attrs([]));
+        assert_eq!(div(-7, 2).unwrap()[0].to_i64(), vec![-3]);
+        assert_eq!(div(i64::MIN, -1).unwrap()[0].to_i64(), vec![i64::MIN]);
+        let e = div(3, 0).unwrap_err();
+        assert!(e.contains("division by zero"), "{e}");
+        let pow = |a: i64, b: i64| {
+            ev1(Op::Pow, &[&ti(&[1], &[a]), &ti(&[1], &[b])], attrs([])).to_i64()[0]
+        };
+        assert_eq!(pow(-2, 3), -8);
+        assert_eq!(pow(2, -1), 0);
+        assert_eq!(pow(-1, -3), -1);
+        assert_eq!(pow(1, -4), 1);
+    }
+
+    #[test]
+    fn wrong_operand_count_is_an_error() {
+        let e = ev(Op::Add, &[&tf(&[1], &[1.0])], attrs([])).unwrap_err();
+        assert!(e.contains("takes 2 operand(s), got 1"), "{e}");
     }
 }

@@ -512,3 +512,222 @@ pub fn eval_kv_append(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
     ctx.kv.layers.insert(layer, entry);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::interp::{EvalCtx, Interpreter};
+    use crate::ops::util::testing::*;
+    use crate::{attrs, Attr, DType, Module, Op};
+
+    #[test]
+    fn gqa_attention_with_a_causal_offset() {
+        // h = 4 query heads over kvh = 2 kv heads; s = 2 queries, t = 3 keys, so query i
+        // sees keys j <= i + 1. dk = dv = 1 and scale 1 make every weight hand-checkable:
+        // with k = [0, ln 3, ln 4] and q = 1 the scores are [0, ln 3, ln 4].
+        let (l3, l4) = (3f64.ln(), 4f64.ln());
+        // Heads 0, 1 read kv head 0; heads 2, 3 read kv head 1. Head 1 and 3 use q = 2,
+        // which squares the exponentials: weights 1 : 9 (: 16).
+        let q = tf(&[1, 4, 2, 1], &[1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]);
+        let k = tf(&[1, 2, 3, 1], &[0.0, l3, l4, 0.0, l3, l4]);
+        let v = tf(&[1, 2, 3, 1], &[1.0, 10.0, 100.0, -1.0, -10.0, -100.0]);
+        let a = attrs([("scale", Attr::Float(1.0)), ("causal", Attr::Bool(true))]);
+        let out = ev1(Op::Attention, &[&q, &k, &v], a);
+        assert_eq!(out.shape, vec![1, 4, 2, 1]);
+        let h0 = [(1.0 + 3.0 * 10.0) / 4.0, (1.0 + 30.0 + 400.0) / 8.0];
+        let h1 = [(1.0 + 9.0 * 10.0) / 10.0, (1.0 + 90.0 + 1600.0) / 26.0];
+        let want = [h0[0], h0[1], h1[0], h1[1], -h0[0], -h0[1], -h1[0], -h1[1]];
+        close(&out.to_f64(), &want, 1e-6);
+    }
+
+    #[test]
+    fn attention_mask_and_fully_masked_rows() {
+        // More queries than keys: query 0 of 3 against 2 keys sees none (j <= 0 - 1).
+        let q = tf(&[1, 1, 3, 1], &[1.0, 1.0, 1.0]);
+        let k = tf(&[1, 1, 2, 1], &[0.0, 0.0]);
+        let v = tf(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let a = attrs([("scale", Attr::Float(1.0)), ("causal", Attr::Bool(true))]);
+        let out = ev1(Op::Attention, &[&q, &k, &v], a);
+        close(&out.to_f64(), &[0.0, 0.0, 1.0, 2.0, 2.0, 3.0], 1e-12);
+        // An additive [s, t] mask broadcast over batch and heads; -inf hides a key, and a
+        // row of -inf gives zeros.
+        let m = tf(
+            &[3, 2],
+            &[
+                0.0,
+                f64::NEG_INFINITY,
+                f64::NEG_INFINITY,
+                f64::NEG_INFINITY,
+                0.0,
+                0.0,
+            ],
+        );
+        let a = attrs([("scale", Attr::Float(1.0))]);
+        let out = ev1(Op::Attention, &[&q, &k, &v, &m], a.clone());
+        close(&out.to_f64(), &[1.0, 2.0, 0.0, 0.0, 2.0, 3.0], 1e-12);
+        let bad = tf(&[3, 3], &[0.0; 9]);
+        let e = ev(Op::Attention, &[&q, &k, &v, &bad], a).unwrap_err();
+        assert!(e.contains("does not broadcast to the scores"), "{e}");
+    }
+
+    #[test]
+    fn attention_type_rule() {
+        let q = tt(DType::F32, &["batch", "9", "seq", "64"]);
+        let mut kt = tt(DType::F32, &["batch", "3", "past", "64"]);
+        kt.shape.0[2] = dim("past").add(&dim("seq"));
+        let a = attrs([("scale", Attr::Float(0.125)), ("causal", Attr::Bool(true))]);
+        let t = inf(Op::Attention, &[&q, &kt, &kt], a.clone()).unwrap();
+        assert_eq!(t[0].to_string(), "f32[batch, 9, seq, 64]");
+        let k4 = tt(DType::F32, &["batch", "4", "t", "64"]);
+        let e = inf(Op::Attention, &[&q, &k4, &k4], a.clone()).unwrap_err();
+        assert!(e.contains("not a multiple"), "{e}");
+        let v = tt(DType::F32, &["batch", "3", "t2", "64"]);
+        let e = inf(Op::Attention, &[&q, &kt, &v], a).unwrap_err();
+        assert!(e.contains("operand v"), "{e}");
+    }
+
+    #[test]
+    fn kv_append_accumulates_over_two_runs() {
+        let mut m = Module::new("kv");
+        let k = m
+            .graph
+            .add_input("k", tt(DType::F32, &["1", "2", "seq", "2"]));
+        let v = m
+            .graph
+            .add_input("v", tt(DType::F32, &["1", "2", "seq", "2"]));
+        let outs = m
+            .add_node(Op::KvAppend, &[k, v], attrs([("layer", Attr::Int(0))]))
+            .unwrap();
+        assert_eq!(m.graph.ty(outs[0]).to_string(), "f32[1, 2, past + seq, 2]");
+        m.graph.outputs.extend(&outs);
+        let mut it = Interpreter::new(&m);
+        // Run 1: seq = 2. k[0, h, s, c] = 100h + 10s + c; v = -k.
+        let k1: Vec<f64> = (0..8)
+            .map(|i| (100 * (i / 4) + 10 * (i / 2 % 2) + i % 2) as f64)
+            .collect();
+        let v1: Vec<f64> = k1.iter().map(|x| -x).collect();
+        let r1 = it
+            .run(&[tf(&[1, 2, 2, 2], &k1), tf(&[1, 2, 2, 2], &v1)])
+            .unwrap();
+        assert_eq!(r1[0].shape, vec![1, 2, 2, 2]);
+        assert_eq!(r1[0].to_f64(), k1);
+        assert_eq!(it.kv.len(), 2);
+        // Run 2: seq = 1, appended after position 1 of each head.
+        let k2 = [7.0, 8.0, 9.0, 10.0];
+        let v2 = [-7.0, -8.0, -9.0, -10.0];
+        let r2 = it
+            .run(&[tf(&[1, 2, 1, 2], &k2), tf(&[1, 2, 1, 2], &v2)])
+            .unwrap();
+        assert_eq!(r2[0].shape, vec![1, 2, 3, 2]);
+        let want_k = [
+            0.0, 1.0, 10.0, 11.0, 7.0, 8.0, 100.0, 101.0, 110.0, 111.0, 9.0, 10.0,
+        ];
+        assert_eq!(r2[0].to_f64(), want_k);
+        assert_eq!(
+            r2[1].to_f64(),
+            want_k.iter().map(|x| -x).collect::<Vec<_>>()
+        );
+        assert_eq!(it.kv.len(), 3);
+        // A new sequence starts empty.
+        it.reset();
+        let r3 = it
+            .run(&[tf(&[1, 2, 1, 2], &k2), tf(&[1, 2, 1, 2], &v2)])
+            .unwrap();
+        assert_eq!(r3[0].shape, vec![1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn kv_append_rejects_a_cache_of_another_shape() {
+        let mut ctx = EvalCtx::default();
+        let a = attrs([("layer", Attr::Int(3))]);
+        let x = tf(&[1, 2, 1, 2], &[0.0; 4]);
+        Op::KvAppend.eval(&[&x, &x], &a, &mut ctx).unwrap();
+        let y = tf(&[1, 2, 1, 4], &[0.0; 8]);
+        let e = Op::KvAppend.eval(&[&y, &y], &a, &mut ctx).unwrap_err();
+        assert!(e.contains("layer 3's cache"), "{e}");
+    }
+
+    #[test]
+    fn rope_rotates_pairs() {
+        // d = 4, theta = 100: inv_freq = [1, 100^-0.5 = 0.1]. pos = 3 and scale 2 give
+        // angles [1.5, 0.15].
+        let x = tf(&[1, 1, 1, 4], &[1.0, 2.0, 3.0, 4.0]);
+        let pos = ti(&[1, 1], &[3]);
+        let rot = |a: f64, b: f64, t: f64| (a * t.cos() - b * t.sin(), a * t.sin() + b * t.cos());
+        let base = [("theta", Attr::Float(100.0)), ("scale", Attr::Float(2.0))];
+        let run = |extra: Vec<(&str, Attr)>| {
+            let mut a = attrs(base.clone());
+            a.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+            ev1(Op::Rope, &[&x, &pos], a).to_f64()
+        };
+        // neox: pairs (0, 2) and (1, 3).
+        let (a0, a2) = rot(1.0, 3.0, 1.5);
+        let (a1, a3) = rot(2.0, 4.0, 0.15);
+        close(&run(vec![]), &[a0, a1, a2, a3], 1e-6);
+        // interleaved: pairs (0, 1) and (2, 3).
+        let (b0, b1) = rot(1.0, 2.0, 1.5);
+        let (b2, b3) = rot(3.0, 4.0, 0.15);
+        close(
+            &run(vec![("style", Attr::Str("interleaved".into()))]),
+            &[b0, b1, b2, b3],
+            1e-6,
+        );
+        // dims = 2: only the first pair rotates, with inv_freq [1]; channels 2, 3 pass.
+        let (c0, c1) = rot(1.0, 2.0, 1.5);
+        close(
+            &run(vec![("dims", Attr::Int(2))]),
+            &[c0, c1, 3.0, 4.0],
+            1e-6,
+        );
+        let e = ev(
+            Op::Rope,
+            &[&x, &pos],
+            attrs([
+                ("theta", Attr::Float(1e4)),
+                ("style", Attr::Str("gptj".into())),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.contains("`style` = \"gptj\" is unknown"), "{e}");
+        let e = inf(
+            Op::Rope,
+            &[
+                &tt(DType::F32, &["1", "9", "seq", "64"]),
+                &tt(DType::I64, &["1", "seq"]),
+            ],
+            attrs([("theta", Attr::Float(1e4)), ("dims", Attr::Int(63))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("`dims` = 63"), "{e}");
+    }
+
+    #[test]
+    fn norms() {
+        let x = tf(&[1, 2], &[3.0, 4.0]);
+        let w = tf(&[2], &[1.0, 2.0]);
+        let a = attrs([("eps", Attr::Float(0.0))]);
+        let r = 12.5f64.sqrt();
+        close(
+            &ev1(Op::RmsNorm, &[&x, &w], a.clone()).to_f64(),
+            &[3.0 / r, 8.0 / r],
+            1e-6,
+        );
+        let x = tf(&[3], &[1.0, 2.0, 3.0]);
+        let w = tf(&[3], &[1.0, 1.0, 1.0]);
+        let b = tf(&[3], &[0.0, 0.0, 1.0]);
+        let sd = (2.0f64 / 3.0).sqrt();
+        close(
+            &ev1(Op::LayerNorm, &[&x, &w, &b], a.clone()).to_f64(),
+            &[-1.0 / sd, 0.0, 1.0 / sd + 1.0],
+            1e-6,
+        );
+        let e = ev(Op::RmsNorm, &[&x, &tf(&[2], &[1.0, 1.0])], a).unwrap_err();
+        assert!(e.contains("must be [3]"), "{e}");
+        let e = inf(
+            Op::RmsNorm,
+            &[&tt(DType::F32, &["seq", "576"]), &tt(DType::F16, &["576"])],
+            attrs([("eps", Attr::Float(1e-5))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("operand 1 (w) is f16"), "{e}");
+    }
+}
