@@ -463,7 +463,9 @@ pub fn infer_kv_append(i: &[&TensorType], a: &Attrs) -> T {
             ))
         }
     }
-    let total = Dim::sym("past").add(seq);
+    let total = Dim::sym("past")
+        .checked_add(seq)
+        .ok_or_else(|| super::util::overflow("past + seq"))?;
     Ok([k, v]
         .iter()
         .map(|t| {

@@ -91,6 +91,11 @@ pub(crate) fn req_shape<'a>(a: &'a Attrs, name: &str) -> Result<&'a Shape, Strin
     }
 }
 
+/// The error of dim arithmetic that overflows i64 coefficients.
+pub(crate) fn overflow(what: &str) -> String {
+    format!("{what}: dim arithmetic overflows")
+}
+
 /// Resolves a possibly negative axis, or says which attribute is out of range.
 pub(crate) fn axis_in(axis: i64, rank: usize, what: &str) -> Result<usize, String> {
     norm_axis(axis, rank).ok_or_else(|| format!("{what} = {axis} is out of range for rank {rank}"))
