@@ -87,7 +87,7 @@ fn attr(g: &mut Gen, kind: AttrKind) -> Attr {
 /// Well-formed operands for the ops whose rules need related shapes, so the agreement
 /// check reaches them (dims are sometimes 0 or 1 to hit the edges).
 fn template(op: Op, g: &mut Gen) -> Option<Vec<Tensor>> {
-    let mut d = |g: &mut Gen| g.range(0, 3) as usize;
+    let d = |g: &mut Gen| g.range(0, 3) as usize;
     let f = DType::F32;
     Some(match op {
         Op::Attention => {
