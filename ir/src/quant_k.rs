@@ -89,7 +89,7 @@ pub fn dequantize_k(dtype: DType, bytes: &[u8], out: &mut Vec<f64>) -> Result<()
     if !matches!(dtype, DType::Q4K | DType::Q5K | DType::Q6K) {
         return Err(format!("{dtype} is not a K-quant format"));
     }
-    if bytes.len() % bb != 0 {
+    if !bytes.len().is_multiple_of(bb) {
         return Err(format!(
             "{} bytes are not whole {dtype} super-blocks of {bb} bytes",
             bytes.len()
