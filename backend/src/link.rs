@@ -39,8 +39,19 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> LinkError + '_ {
     }
 }
 
-/// The runtime library written once per build of llmc to the temp folder.
+/// The runtime library written once per build of llmc to the temp folder (once per
+/// process: concurrent links in one process share the first writer's result).
 fn runtime_lib() -> Result<PathBuf, LinkError> {
+    static LIB: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| write_runtime_lib().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|msg| LinkError::Io {
+            path: "(runtime library)".into(),
+            msg,
+        })
+}
+
+fn write_runtime_lib() -> Result<PathBuf, LinkError> {
     let dir = std::env::temp_dir().join("llmc");
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let path = dir.join(format!("libllmc_rt-{}.a", env!("LLMC_RT_HASH")));
