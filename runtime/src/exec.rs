@@ -181,7 +181,7 @@ impl<'d> Model<'d> {
         for b in &plan.buffers {
             if let Source::Data { offset, len } = b.source {
                 let end = offset.checked_add(len);
-                if end.map_or(true, |e| e > data.len() as u64) {
+                if end.is_none_or(|e| e > data.len() as u64) {
                     return Err(ExecError::Plan(format!(
                         "buffer {} reads bytes {offset}..+{len} of a {}-byte data section",
                         b.name,

@@ -49,7 +49,7 @@ impl ElemType {
                 block_len,
                 block_bytes,
             } => {
-                if block_len == 0 || numel % block_len as u64 != 0 {
+                if block_len == 0 || !numel.is_multiple_of(block_len as u64) {
                     return None;
                 }
                 (numel / block_len as u64).checked_mul(block_bytes as u64)

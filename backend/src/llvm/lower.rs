@@ -599,7 +599,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 let idx = self.expr(f, i)?.0.into_int_value();
                 let p = self.elem_ptr(f, *b, idx)?;
                 let v = f.b.build_load(it.mem_ty(t), p, "").map_err(llvm_err)?;
-                self.from_mem(f, v, t)?
+                self.load_value(f, v, t)?
             }
             Expr::LoadRaw(b, off, ty) => {
                 let off = self.expr(f, off)?.0.into_int_value();
@@ -613,7 +613,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 if let Some(i) = v.as_instruction_value() {
                     let _ = i.set_alignment(1);
                 }
-                self.from_mem(f, v, *ty)?
+                self.load_value(f, v, *ty)?
             }
             Expr::Un(op, x) => {
                 let (xv, xt) = self.expr(f, x)?;
@@ -638,7 +638,12 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         Ok((v, t))
     }
 
-    fn from_mem(&self, f: &Frame<'ctx>, v: BasicValueEnum<'ctx>, t: Ty) -> R<BasicValueEnum<'ctx>> {
+    fn load_value(
+        &self,
+        f: &Frame<'ctx>,
+        v: BasicValueEnum<'ctx>,
+        t: Ty,
+    ) -> R<BasicValueEnum<'ctx>> {
         Ok(if t == Ty::Bool {
             f.b.build_int_compare(
                 IntPredicate::NE,

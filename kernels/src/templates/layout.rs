@@ -47,7 +47,7 @@ pub(crate) fn copy(
     let x = operand(ins, 0, "x")?;
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
     let n = x.shape.numel();
-    let big = work_estimate(&[n.clone()]) >= PARALLEL_MIN;
+    let big = work_estimate(std::slice::from_ref(&n)) >= PARALLEL_MIN;
     let ne = kb.dim(&n);
     let mut body = |kb: &mut KernelBuilder, i: Expr| {
         let v = load_elem(kb, ib[0], x.dtype, i.clone());

@@ -24,8 +24,6 @@ pub unsafe extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int 
         }
     }
     let table = &*std::ptr::addr_of!(llmc_kernel_table);
-    match std::panic::catch_unwind(|| llmc_runtime::exe::main(args, table)) {
-        Ok(code) => code,
-        Err(_) => 101,
-    }
+    // A panic must not unwind into C.
+    std::panic::catch_unwind(|| llmc_runtime::exe::main(args, table)).unwrap_or(101)
 }
