@@ -4,12 +4,11 @@
 //! logits), with the KV cache carried by the interpreter between calls: one call for
 //! the whole prompt (prefill), then one call per generated token.
 
-use crate::bridge::Tokenizer;
 use anyhow::{bail, Context, Result};
 use llmc_ir::interp::Interpreter;
-use llmc_ir::{DType, Module, Tensor, ValueId};
-use llmc_runtime::chat::{apply_chat_template, Message};
+use llmc_ir::{DType, ModelInfo, Module, Tensor, TokenizerSource, ValueId};
 use llmc_runtime::sampler::{Sampler, SamplerConfig};
+use llmc_runtime::{ChatMessage, Tokenizer};
 use std::io::Write;
 use std::time::Instant;
 
@@ -81,54 +80,47 @@ fn last_row(t: &Tensor) -> Result<Vec<f32>> {
     Ok((n - vocab..n).map(|i| t.get_f64(i) as f32).collect())
 }
 
-/// Streams decoded text: decodes all generated ids each step and prints what is new,
-/// holding back while the text ends in an incomplete UTF-8 sequence (a token that is
-/// part of a multi-byte character decodes to U+FFFD until the rest arrives).
-struct Streamer {
-    printed: usize,
-}
-
-impl Streamer {
-    fn push(&mut self, tok: &Tokenizer, ids: &[u32], out: &mut impl Write) -> Result<()> {
-        let text = tok.decode(ids)?;
-        if text.ends_with('\u{FFFD}') {
-            return Ok(());
+/// The tokenizer the model names, with the model's special ids and chat template
+/// (ModelInfo wins over what the tokenizer file says, when both are set).
+pub fn load_tokenizer(info: &ModelInfo) -> Result<Tokenizer> {
+    let tok = match &info.tokenizer {
+        TokenizerSource::None => {
+            bail!("the model names no tokenizer (ModelInfo.tokenizer is none); llmc run needs a language model")
         }
-        if let Some(new) = text.get(self.printed..) {
-            out.write_all(new.as_bytes())?;
-            out.flush()?;
-            self.printed = text.len();
-        } else {
-            // Decoding re-segmented earlier text (rare with byte-level BPE); print
-            // nothing rather than garbage, and resynchronise.
-            self.printed = text.len();
+        TokenizerSource::HfJson(p) => {
+            let bytes = std::fs::read(p)
+                .with_context(|| format!("cannot read tokenizer {}", p.display()))?;
+            Tokenizer::from_json_bytes(&bytes)
+                .with_context(|| format!("tokenizer {}", p.display()))?
         }
-        Ok(())
-    }
+        TokenizerSource::Gguf(p) => llmc_frontend::gguf::load_tokenizer(p)?,
+    };
+    let ids = |v: &[i64]| -> Vec<u32> { v.iter().filter_map(|&i| u32::try_from(i).ok()).collect() };
+    let bos = info
+        .bos_token
+        .and_then(|b| u32::try_from(b).ok())
+        .or(tok.bos_id());
+    let eos = if info.eos_tokens.is_empty() {
+        tok.eos_ids().to_vec()
+    } else {
+        ids(&info.eos_tokens)
+    };
+    let template = info
+        .chat_template
+        .clone()
+        .or_else(|| tok.chat_template().map(str::to_string));
+    Ok(tok.with_specials(bos, eos).with_chat_template(template))
 }
 
 /// Runs generation, streaming text to stdout and timings to stderr.
 pub fn run(module: &Module, opts: &GenerateOptions, load_secs: f64) -> Result<()> {
     let io = find_io(module)?;
     let info = &module.info;
-    let tok = Tokenizer::load(&info.tokenizer).context("loading the tokenizer")?;
-    let text_of = |id: Option<i64>| {
-        id.and_then(|i| u32::try_from(i).ok())
-            .and_then(|i| tok.token_text(i))
-            .unwrap_or_default()
-    };
-
+    let tok = load_tokenizer(info).context("loading the tokenizer")?;
     let (prompt, add_special) = if opts.chat {
-        let tmpl = info.chat_template.as_deref().with_context(|| {
-            "--chat: the model has no chat template (ModelInfo.chat_template is empty)"
-        })?;
-        let text = apply_chat_template(
-            tmpl,
-            &[Message::new("user", &opts.prompt)],
-            &text_of(info.bos_token),
-            &text_of(info.eos_tokens.first().copied()),
-            true,
-        )?;
+        let text = tok
+            .apply_chat_template(&[ChatMessage::new("user", &opts.prompt)], true)
+            .context("--chat")?;
         // The template writes the special tokens itself.
         (text, false)
     } else {
@@ -146,11 +138,7 @@ pub fn run(module: &Module, opts: &GenerateOptions, load_secs: f64) -> Result<()
         );
     }
     let mut sampler = Sampler::new(opts.sampler.clone())?;
-    let eos: Vec<u32> = info
-        .eos_tokens
-        .iter()
-        .filter_map(|&e| u32::try_from(e).ok())
-        .collect();
+    let eos = tok.eos_ids().to_vec();
 
     let mut interp = Interpreter::new(module);
     let step = |interp: &mut Interpreter, ids: &[u32], start: usize| -> Result<Vec<f32>> {
@@ -190,7 +178,7 @@ pub fn run(module: &Module, opts: &GenerateOptions, load_secs: f64) -> Result<()
 
     let mut history = prompt_ids.clone();
     let mut generated: Vec<u32> = Vec::new();
-    let mut streamer = Streamer { printed: 0 };
+    let mut stream = tok.stream(true);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let t1 = Instant::now();
@@ -203,7 +191,10 @@ pub fn run(module: &Module, opts: &GenerateOptions, load_secs: f64) -> Result<()
         }
         generated.push(next);
         history.push(next);
-        streamer.push(&tok, &generated, &mut out)?;
+        if let Some(piece) = stream.push(&tok, next)? {
+            out.write_all(piece.as_bytes())?;
+            out.flush()?;
+        }
         if generated.len() == opts.max_tokens {
             break;
         }
@@ -213,6 +204,9 @@ pub fn run(module: &Module, opts: &GenerateOptions, load_secs: f64) -> Result<()
             break;
         }
         logits = step(&mut interp, &[next], pos)?;
+    }
+    if let Some(piece) = stream.flush(&tok)? {
+        out.write_all(piece.as_bytes())?;
     }
     writeln!(out)?;
     out.flush()?;

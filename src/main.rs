@@ -2,7 +2,6 @@
 //! `docs/` / DESIGN.md that scripts and tests rely on), calls into the compiler crates,
 //! and turns every failure into one `error: ...` line and exit code 1.
 
-mod bridge;
 mod generate;
 mod npy;
 mod summary;
@@ -13,6 +12,7 @@ use llmc_ir::interp::Interpreter;
 use llmc_ir::{Module, Tensor};
 use llmc_runtime::sampler::SamplerConfig;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -204,7 +204,8 @@ const NO_CPU_ENGINE: &str = "the CPU backend is not available yet (llmc build / 
 /// Loads and verifies a model.
 fn load(path: &Path) -> Result<Module> {
     let m = llmc_frontend::load(path).with_context(|| format!("loading {}", path.display()))?;
-    bridge::verify(&m).with_context(|| format!("{}: the module is invalid", path.display()))?;
+    llmc_ir::verify::verify(&m)
+        .with_context(|| format!("{}: the module is invalid", path.display()))?;
     Ok(m)
 }
 
@@ -233,11 +234,13 @@ fn build(a: &BuildArgs) -> Result<()> {
 fn inspect(a: &InspectArgs) -> Result<()> {
     let m = load(&a.model)?;
     let text = match a.emit {
-        InspectEmit::LlmcIr => bridge::print_text(&m)?,
-        InspectEmit::Dot => bridge::to_dot(&m)?,
+        InspectEmit::LlmcIr => llmc_ir::text::print(&m),
+        InspectEmit::Dot => llmc_ir::dot::to_dot(&m),
         InspectEmit::Summary => summary::summary(&m),
     };
-    print!("{text}");
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(())
 }
 
@@ -349,6 +352,13 @@ fn run(a: &RunArgs) -> Result<()> {
     generate::run(&m, &opts, load_secs).with_context(|| format!("llmc run {}", a.model.display()))
 }
 
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.cmd {
@@ -359,6 +369,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `llmc inspect M | head`: the reader left; that is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -244,7 +244,7 @@ mod tests {
         // bytes are column by column, 1 4 2 5 3 6.
         let header = "{'descr': '|i1', 'fortran_order': True, 'shape': (2, 3), }";
         let mut h = header.to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');

@@ -2,39 +2,14 @@
 //! [`load`] is the one door the driver uses: it recognises the kind of model a path
 //! holds and hands it to the matching importer.
 
+pub mod error;
+pub mod gguf;
 pub mod llm;
+
+pub use error::FrontendError;
 
 use llmc_ir::Module;
 use std::path::{Path, PathBuf};
-
-/// Why a model could not be imported.
-#[derive(Debug, thiserror::Error)]
-pub enum FrontendError {
-    /// A file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The path is not a model llmc recognises.
-    #[error("{}: {msg}", path.display())]
-    UnknownKind {
-        /// The path.
-        path: PathBuf,
-        /// What was expected.
-        msg: String,
-    },
-    /// The kind of model is recognised but its importer is not available yet.
-    #[error("{}: {what} is not available yet", path.display())]
-    NotAvailable {
-        /// The path.
-        path: PathBuf,
-        /// The missing importer.
-        what: &'static str,
-    },
-}
 
 /// The kinds of model [`load`] recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,12 +88,26 @@ pub fn detect(path: &Path) -> Result<(ModelKind, PathBuf), FrontendError> {
 /// Imports the model at `path`, whatever its kind (see [`detect`]).
 pub fn load(path: &Path) -> Result<Module, FrontendError> {
     let (kind, path) = detect(path)?;
-    let not_yet = |what| Err(FrontendError::NotAvailable { path, what });
     match kind {
-        ModelKind::Text => not_yet("the .llmc text parser"),
-        ModelKind::Gguf => not_yet("GGUF import"),
-        ModelKind::HfFolder => not_yet("Hugging Face import"),
-        ModelKind::Onnx => not_yet("ONNX import"),
+        ModelKind::Text => {
+            let src = std::fs::read(&path).map_err(|source| FrontendError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(llmc_ir::text::parse_bytes(
+                &src,
+                &path.display().to_string(),
+            )?)
+        }
+        ModelKind::Gguf => gguf::load(&path),
+        ModelKind::HfFolder => Err(FrontendError::NotAvailable {
+            path,
+            what: "Hugging Face import",
+        }),
+        ModelKind::Onnx => Err(FrontendError::NotAvailable {
+            path,
+            what: "ONNX import",
+        }),
     }
 }
 
