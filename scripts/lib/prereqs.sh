@@ -36,12 +36,31 @@ ensure_apt_packages() {
     fi
 }
 
+# The oldest rustc the code builds with (it uses `is_multiple_of`, stable in 1.87).
+RUST_MIN_MINOR=87
+
+rust_too_old() {
+    local v
+    v="$(rustc --version 2>/dev/null | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')"
+    [[ -z "$v" || "$v" -lt "$RUST_MIN_MINOR" ]]
+}
+
 ensure_rust() {
     if [[ -f "$HOME/.cargo/env" ]]; then
         # shellcheck disable=SC1091
         source "$HOME/.cargo/env"
     fi
-    if ! command -v cargo >/dev/null; then
+    if command -v cargo >/dev/null && rust_too_old; then
+        if command -v rustup >/dev/null; then
+            # Use a current stable for this script only; the user's default stays.
+            say "rustc is older than 1.$RUST_MIN_MINOR: using rustup's stable toolchain"
+            rustup toolchain install stable --profile minimal -c rustfmt -c clippy
+            export RUSTUP_TOOLCHAIN=stable
+        else
+            say "rustc is older than 1.$RUST_MIN_MINOR and not from rustup: installing rustup"
+        fi
+    fi
+    if ! command -v cargo >/dev/null || rust_too_old; then
         say "installing Rust (rustup, stable)"
         curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
             sh -s -- -y --profile minimal --component rustfmt,clippy
