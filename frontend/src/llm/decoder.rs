@@ -95,9 +95,9 @@ impl<'a> Builder<'a> {
                 cfg.head_dim
             )));
         }
-        if rope && cfg.rope_scale != 1.0 {
+        if rope && !(cfg.rope_scale > 0.0 && cfg.rope_scale.is_finite()) {
             return Err(unsupported(format!(
-                "RoPE scaling factor {} (the rope op has no position scaling)",
+                "RoPE scaling factor {}",
                 cfg.rope_scale
             )));
         }
@@ -291,10 +291,14 @@ impl<'a> Builder<'a> {
             Positions::RopeInterleaved => "interleaved",
             Positions::Learned => return Ok(x),
         };
-        let a = attrs([
+        let mut a = attrs([
             ("theta", Attr::Float(self.cfg.rope_theta)),
             ("style", Attr::Str(style.into())),
         ]);
+        // Linear RoPE scaling divides positions by the factor.
+        if self.cfg.rope_scale != 1.0 {
+            a.insert("scale".into(), Attr::Float(self.cfg.rope_scale));
+        }
         self.node(Op::Rope, &[x, pos], a, name)
     }
 
