@@ -336,6 +336,9 @@ fn tensor_bytes_disagreeing_with_shape() {
     let mut w = sample();
     w.tensors[0].ne = vec![u64::MAX, 2];
     assert_has(&parse(&w).unwrap_err(), &["tensor `a`", "overflow"]);
+    let mut w = sample();
+    w.tensors[0].ne = vec![0, u64::MAX];
+    assert_has(&parse(&w).unwrap_err(), &["tensor `a`", "overflow"]);
 }
 
 #[test]

@@ -552,6 +552,9 @@ impl GgufHeader {
                     ggml_type_name(ggml_type)
                 ))
             })?;
+            if ne.iter().any(|&d| d > i64::MAX as u64) {
+                return Err(bad(format!("dims {ne:?} overflow")));
+            }
             let mut numel: u64 = 1;
             for &d in &ne {
                 numel = numel

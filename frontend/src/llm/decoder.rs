@@ -79,6 +79,18 @@ impl<'a> Builder<'a> {
                 cfg.num_layers
             )));
         }
+        // Projection widths are products of config fields: they must not overflow.
+        for (what, heads) in [
+            ("num_heads", cfg.num_heads),
+            ("num_kv_heads", cfg.num_kv_heads),
+        ] {
+            if heads.checked_mul(cfg.head_dim).is_none() {
+                return Err(unsupported(format!(
+                    "{what} {heads} x head_dim {} overflows",
+                    cfg.head_dim
+                )));
+            }
+        }
         if cfg.num_heads % cfg.num_kv_heads != 0 {
             return Err(unsupported(format!(
                 "{} query heads are not a multiple of {} key/value heads",
