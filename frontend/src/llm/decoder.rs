@@ -161,6 +161,17 @@ impl<'a> Builder<'a> {
         )
     }
 
+    /// `linear` computes in its weight's compute type: f16/bf16 matrices are cast to
+    /// f32 (block formats already compute as f32). A pass may fold the cast into the
+    /// kernel that reads the weight.
+    fn float_matrix(&mut self, w: ValueId, name: &str) -> Result<ValueId, FrontendError> {
+        if self.ty(w).dtype.is_quantized() {
+            Ok(w)
+        } else {
+            self.as_f32(w, name)
+        }
+    }
+
     /// Declares the weight `name`, checking that it exists and has `shape`.
     /// `matrix` weights may be block-quantized; vectors must be plain floats.
     fn weight(
@@ -251,6 +262,7 @@ impl<'a> Builder<'a> {
         name: &str,
     ) -> Result<ValueId, FrontendError> {
         let w = self.weight(&format!("{prefix}.weight"), &[out, inp], true)?;
+        let w = self.float_matrix(w, &format!("{name}.w"))?;
         let mut ins = vec![x, w];
         if bias {
             let b = self.weight(&format!("{prefix}.bias"), &[out], false)?;
@@ -504,6 +516,7 @@ impl<'a> Builder<'a> {
             "lm_head.weight"
         };
         let w = self.weight(head, &[vocab, h], true)?;
+        let w = self.float_matrix(w, "lm_head.w")?;
         let bias = if c.tied_embeddings {
             None
         } else {
