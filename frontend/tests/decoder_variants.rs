@@ -88,6 +88,9 @@ impl TensorSource for Mem {
     }
 }
 
+/// Stores one random tensor: (source, name, shape, base, scale).
+type Put<'a> = dyn FnMut(&mut Mem, String, &[i64], f64, f64) + 'a;
+
 /// Random weights for `c`; `dtype_of` picks each tensor's storage type by name.
 fn weights(c: &DecoderConfig, seed: u64, dtype_of: &dyn Fn(&str) -> DType) -> Mem {
     let mut r = Lcg(seed);
@@ -114,7 +117,7 @@ fn weights(c: &DecoderConfig, seed: u64, dtype_of: &dyn Fn(&str) -> DType) -> Me
             0.5,
         );
     }
-    let norm = |m: &mut Mem, put: &mut dyn FnMut(&mut Mem, String, &[i64], f64, f64), p: String| {
+    let norm = |m: &mut Mem, put: &mut Put, p: String| {
         put(m, format!("{p}.weight"), &[h], 1.0, 0.2);
         if c.norm == NormKind::LayerNorm {
             put(m, format!("{p}.bias"), &[h], 0.0, 0.2);
