@@ -157,7 +157,7 @@ impl GgufWriter {
             out.extend(t.ggml_type.to_le_bytes());
             out.extend(t.offset.unwrap_or(off as u64).to_le_bytes());
         }
-        while out.len() % a != 0 {
+        while !out.len().is_multiple_of(a) {
             out.push(0);
         }
         let base = out.len();
