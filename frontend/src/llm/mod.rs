@@ -5,6 +5,8 @@
 //! (`model.layers.3.self_attn.q_proj.weight`); each frontend maps its own names onto
 //! them.
 
+pub mod encoder;
+
 use llmc_ir::{DType, Shape, WeightData};
 
 /// Normalization used by a block.

@@ -1,0 +1,119 @@
+//! The Hugging Face frontend: a model folder (`config.json`, `model.safetensors` or a
+//! sharded `model.safetensors.index.json`, `tokenizer.json`, `tokenizer_config.json`,
+//! `generation_config.json`) becomes a module. `config.json`'s `architectures[0]`
+//! picks the family: causal LMs go to the decoder builder, BERT encoders to the
+//! encoder builder; weights stay in the mapped safetensors files.
+
+pub mod config;
+pub mod info;
+pub mod json;
+pub mod safetensors;
+pub mod source;
+
+use crate::llm::encoder::{build_encoder, EncoderConfig};
+use crate::llm::DecoderConfig;
+use crate::FrontendError;
+use json::JsonFile;
+use llmc_ir::{ModelInfo, Module};
+use source::{HfSource, Naming};
+use std::path::Path;
+
+/// The `architectures` llmc reads.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "GPT2LMHeadModel",
+    "BertModel",
+    "BertForMaskedLM",
+];
+
+/// Which builder a folder goes to, with its config.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Family {
+    /// A causal LM.
+    Decoder(DecoderConfig),
+    /// A sentence encoder.
+    Encoder(EncoderConfig),
+}
+
+/// A folder read and understood, before the graph is built.
+pub struct HfModel {
+    /// The family and its config.
+    pub family: Family,
+    /// The weights under canonical names.
+    pub source: HfSource,
+    /// Tokenizer, special tokens, chat template.
+    pub info: ModelInfo,
+}
+
+/// Reads `dir`'s config, weights and tokenizer files.
+pub fn open(dir: &Path) -> Result<HfModel, FrontendError> {
+    if !dir.is_dir() {
+        return Err(FrontendError::invalid(dir, "not a folder"));
+    }
+    let cfg = JsonFile::read(&dir.join("config.json"))?;
+    let arch = cfg
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .and_then(|a| a.first())
+        .ok_or_else(|| {
+            FrontendError::invalid(&cfg.path, "missing key `architectures` (a non-empty list)")
+        })?;
+    let arch = arch.as_str().ok_or_else(|| {
+        FrontendError::invalid(
+            &cfg.path,
+            format!("key `architectures[0]` must be a string, got {arch}"),
+        )
+    })?;
+    let (family, naming) = match arch {
+        "LlamaForCausalLM" => (
+            Family::Decoder(config::llama_like(&cfg, "llama")?),
+            Naming::Identity,
+        ),
+        "MistralForCausalLM" => (
+            Family::Decoder(config::llama_like(&cfg, "mistral")?),
+            Naming::Identity,
+        ),
+        "Qwen2ForCausalLM" => (
+            Family::Decoder(config::llama_like(&cfg, "qwen2")?),
+            Naming::Identity,
+        ),
+        "GPT2LMHeadModel" => (Family::Decoder(config::gpt2(&cfg)?), Naming::Gpt2),
+        "BertModel" | "BertForMaskedLM" => {
+            (Family::Encoder(config::bert(&cfg, dir)?), Naming::Bert)
+        }
+        other => {
+            return Err(FrontendError::unsupported(
+                &cfg.path,
+                format!(
+                    "architecture `{other}`; supported: {}",
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                ),
+            ))
+        }
+    };
+    let tensors = safetensors::read_dir(dir)?;
+    let source = HfSource::new(dir.display().to_string(), tensors, naming);
+    let info = info::model_info(dir, &cfg)?;
+    Ok(HfModel {
+        family,
+        source,
+        info,
+    })
+}
+
+/// Loads a Hugging Face model folder into a module.
+pub fn load(dir: &Path) -> Result<Module, FrontendError> {
+    let model = open(dir)?;
+    match &model.family {
+        Family::Encoder(cfg) => build_encoder(cfg, &model.source, model.info),
+        Family::Decoder(cfg) => Err(FrontendError::unsupported(
+            dir,
+            format!(
+                "the decoder builder is not in this build yet (architecture `{}`)",
+                cfg.arch
+            ),
+        )),
+    }
+}
