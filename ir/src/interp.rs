@@ -228,7 +228,7 @@ impl<'m> Interpreter<'m> {
                     })
                     .collect::<Result<_, _>>()?;
                 let refs: Vec<&Tensor> = args.iter().map(|a| a.as_ref()).collect();
-                let outs = (node.op.def().eval)(&refs, &node.attrs, &mut ctx).map_err(err)?;
+                let outs = node.op.eval(&refs, &node.attrs, &mut ctx).map_err(err)?;
                 if outs.len() != node.outputs.len() {
                     return Err(err(format!(
                         "produced {} results, expected {}",

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod attr;
+pub mod dot;
 pub mod dtype;
 pub mod interp;
 pub mod module;
@@ -13,6 +14,8 @@ pub mod quant;
 pub mod quant_k;
 pub mod shape;
 pub mod tensor;
+pub mod text;
+pub mod verify;
 
 pub use attr::{Attr, AttrKind, Attrs, AttrsExt};
 pub use dtype::DType;

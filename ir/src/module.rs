@@ -89,7 +89,7 @@ impl WeightData {
             WeightData::None => None,
             WeightData::Mapped {
                 map, offset, len, ..
-            } => map.get(*offset..*offset + *len),
+            } => map.get(*offset..offset.checked_add(*len)?),
             WeightData::Owned(v) => Some(v),
         }
     }

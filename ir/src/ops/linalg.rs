@@ -1,24 +1,325 @@
-//! linalg ops (placeholder bodies, being written).
+//! Matrix products: `matmul` (numpy semantics: 1-D operands promoted, batch dims
+//! broadcast) and `linear` (x · wᵀ + b with w stored `[n, k]`, possibly block-quantized).
+//! The reference loops run over contiguous f64 rows so the interpreter can run a small
+//! LLM end to end in reasonable time; they accumulate in f64.
 
+use super::util::{arg, checked_numel, floats, targ, R, T};
 use crate::interp::EvalCtx;
-use crate::{Attrs, Tensor, TensorType};
+use crate::tensor::{broadcast_index, broadcast_shapes, Data};
+use crate::{Attrs, DType, Shape, Tensor, TensorType};
 
-/// Reference semantics.
-pub fn eval_linear(_: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> Result<Vec<Tensor>, String> {
-    Err("semantics not written yet".into())
+/// Shape rule of `matmul`.
+pub fn infer_matmul(i: &[&TensorType], _: &Attrs) -> T {
+    let (a, b) = (targ(i, 0, "a")?, targ(i, 1, "b")?);
+    let (da, db) = (a.dtype.compute_type(), b.dtype.compute_type());
+    if da != db {
+        return Err(format!("operand dtypes differ: a is {da}, b is {db}"));
+    }
+    if da == DType::Bool {
+        return Err("operands must be numeric, got bool".into());
+    }
+    let (ra, rb) = (a.shape.rank(), b.shape.rank());
+    if ra == 0 || rb == 0 {
+        return Err(format!(
+            "operands must have rank >= 1, got a: {} and b: {}",
+            a.shape, b.shape
+        ));
+    }
+    let ka = &a.shape.0[ra - 1];
+    let kb = &b.shape.0[if rb == 1 { 0 } else { rb - 2 }];
+    if ka != kb {
+        return Err(format!(
+            "contraction dims differ: a {} has k = {ka}, b {} has k = {kb}",
+            a.shape, b.shape
+        ));
+    }
+    let ba = Shape(a.shape.0[..ra.saturating_sub(2)].to_vec());
+    let bb = Shape(b.shape.0[..rb.saturating_sub(2)].to_vec());
+    let mut dims = ba
+        .broadcast(&bb)
+        .ok_or_else(|| format!("batch dims {ba} of a and {bb} of b do not broadcast"))?
+        .0;
+    if ra >= 2 {
+        dims.push(a.shape.0[ra - 2].clone());
+    }
+    if rb >= 2 {
+        dims.push(b.shape.0[rb - 1].clone());
+    }
+    Ok(vec![TensorType::new(da, Shape(dims))])
 }
 
-/// Reference semantics.
-pub fn eval_matmul(_: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> Result<Vec<Tensor>, String> {
-    Err("semantics not written yet".into())
+/// Reference semantics of `matmul`.
+pub fn eval_matmul(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
+    let (a, b) = (arg(i, 0, "a")?, arg(i, 1, "b")?);
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    if ra == 0 || rb == 0 {
+        return Err(format!(
+            "operands must have rank >= 1, got a: {:?} and b: {:?}",
+            a.shape, b.shape
+        ));
+    }
+    // Promote 1-D operands to matrices; the promoted dims are dropped at the end.
+    let (m, k) = if ra == 1 {
+        (1, a.shape[0])
+    } else {
+        (a.shape[ra - 2], a.shape[ra - 1])
+    };
+    let (kb, n) = if rb == 1 {
+        (b.shape[0], 1)
+    } else {
+        (b.shape[rb - 2], b.shape[rb - 1])
+    };
+    if k != kb {
+        return Err(format!(
+            "contraction dims differ: a {:?} has k = {k}, b {:?} has k = {kb}",
+            a.shape, b.shape
+        ));
+    }
+    let ba = &a.shape[..ra.saturating_sub(2)];
+    let bb = &b.shape[..rb.saturating_sub(2)];
+    let batch = broadcast_shapes(ba, bb)
+        .ok_or_else(|| format!("batch dims {ba:?} of a and {bb:?} of b do not broadcast"))?;
+    let nb = checked_numel(&batch)?;
+    let mut out_shape = batch.clone();
+    if ra >= 2 {
+        out_shape.push(m);
+    }
+    if rb >= 2 {
+        out_shape.push(n);
+    }
+    checked_numel(&out_shape)?;
+    match (&a.data, &b.data) {
+        (Data::F(x), Data::F(y)) => {
+            let mut out = vec![0.0f64; nb * m * n];
+            for bi in 0..nb {
+                let xa = &x[broadcast_index(bi, &batch, ba) * m * k..][..m * k];
+                let yb = &y[broadcast_index(bi, &batch, bb) * k * n..][..k * n];
+                let o = &mut out[bi * m * n..][..m * n];
+                for r in 0..m {
+                    let orow = &mut o[r * n..][..n];
+                    for (p, &xv) in xa[r * k..][..k].iter().enumerate() {
+                        for (ov, &yv) in orow.iter_mut().zip(&yb[p * n..][..n]) {
+                            *ov += xv * yv;
+                        }
+                    }
+                }
+            }
+            Ok(vec![Tensor::from_f64(a.dtype, out_shape, out)])
+        }
+        (Data::I(x), Data::I(y)) => {
+            let mut out = vec![0i64; nb * m * n];
+            for bi in 0..nb {
+                let xa = &x[broadcast_index(bi, &batch, ba) * m * k..][..m * k];
+                let yb = &y[broadcast_index(bi, &batch, bb) * k * n..][..k * n];
+                let o = &mut out[bi * m * n..][..m * n];
+                for r in 0..m {
+                    let orow = &mut o[r * n..][..n];
+                    for (p, &xv) in xa[r * k..][..k].iter().enumerate() {
+                        for (ov, &yv) in orow.iter_mut().zip(&yb[p * n..][..n]) {
+                            *ov = ov.wrapping_add(xv.wrapping_mul(yv));
+                        }
+                    }
+                }
+            }
+            Ok(vec![Tensor::from_i64(a.dtype, out_shape, out)])
+        }
+        _ => Err(format!(
+            "operand dtypes differ: a is {}, b is {}",
+            a.dtype, b.dtype
+        )),
+    }
 }
 
-/// Shape rule.
-pub fn infer_linear(_: &[&TensorType], _: &Attrs) -> Result<Vec<TensorType>, String> {
-    Err("shape rule not written yet".into())
+/// Shape rule of `linear`: x[..., k] · w[n, k]ᵀ (+ b[n]) -> x's dtype, [..., n].
+pub fn infer_linear(i: &[&TensorType], _: &Attrs) -> T {
+    let (x, w) = (targ(i, 0, "x")?, targ(i, 1, "w")?);
+    if !x.dtype.is_float() {
+        return Err(format!("operand x must be a float tensor, got {}", x.dtype));
+    }
+    if w.dtype.compute_type() != x.dtype {
+        return Err(format!(
+            "weight w ({}, computes as {}) does not match x's dtype {}",
+            w.dtype,
+            w.dtype.compute_type(),
+            x.dtype
+        ));
+    }
+    let r = x.shape.rank();
+    if r == 0 {
+        return Err("operand x must have rank >= 1, got a scalar".into());
+    }
+    let [n, k] = &w.shape.0[..] else {
+        return Err(format!("weight w must be [n, k], got shape {}", w.shape));
+    };
+    if &x.shape.0[r - 1] != k {
+        return Err(format!(
+            "last dim of x {} is {}, weight w {} expects k = {k}",
+            x.shape,
+            x.shape.0[r - 1],
+            w.shape
+        ));
+    }
+    if let Some(b) = i.get(2) {
+        if b.dtype.compute_type() != x.dtype {
+            return Err(format!(
+                "bias b is {}, expected x's dtype {}",
+                b.dtype, x.dtype
+            ));
+        }
+        if b.shape.0[..] != [n.clone()] {
+            return Err(format!("bias b must be [{n}], got shape {}", b.shape));
+        }
+    }
+    let mut dims = x.shape.0[..r - 1].to_vec();
+    dims.push(n.clone());
+    Ok(vec![TensorType::new(x.dtype, Shape(dims))])
 }
 
-/// Shape rule.
-pub fn infer_matmul(_: &[&TensorType], _: &Attrs) -> Result<Vec<TensorType>, String> {
-    Err("shape rule not written yet".into())
+/// Reference semantics of `linear` (w arrives dequantized when it is a block format).
+pub fn eval_linear(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
+    let (xt, wt) = (arg(i, 0, "x")?, arg(i, 1, "w")?);
+    let x = floats(xt, "operand x")?;
+    let w = floats(wt, "weight w")?;
+    let [n, k] = wt.shape[..] else {
+        return Err(format!("weight w must be [n, k], got shape {:?}", wt.shape));
+    };
+    let Some((&kx, lead)) = xt.shape.split_last() else {
+        return Err("operand x must have rank >= 1, got a scalar".into());
+    };
+    if kx != k {
+        return Err(format!(
+            "last dim of x {:?} is {kx}, weight w {:?} expects k = {k}",
+            xt.shape, wt.shape
+        ));
+    }
+    let bias = match i.get(2) {
+        Some(bt) => {
+            let b = floats(bt, "bias b")?;
+            if bt.shape[..] != [n] {
+                return Err(format!("bias b must be [{n}], got shape {:?}", bt.shape));
+            }
+            Some(b)
+        }
+        None => None,
+    };
+    let rows: usize = lead.iter().product();
+    let mut out_shape = lead.to_vec();
+    out_shape.push(n);
+    let mut out = vec![0.0f64; checked_numel(&out_shape)?];
+    for r in 0..rows {
+        let xr = &x[r * k..][..k];
+        let orow = &mut out[r * n..][..n];
+        for (j, o) in orow.iter_mut().enumerate() {
+            let wr = &w[j * k..][..k];
+            let mut s = 0.0f64;
+            for (a, b) in xr.iter().zip(wr) {
+                s += a * b;
+            }
+            *o = s + bias.map_or(0.0, |b| b[j]);
+        }
+    }
+    Ok(vec![Tensor::from_f64(xt.dtype, out_shape, out)])
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::interp::Interpreter;
+    use crate::module::WeightData;
+    use crate::ops::util::testing::*;
+    use crate::{attrs, DType, Module, Op, Shape};
+    use std::sync::Arc;
+
+    #[test]
+    fn matmul_promotes_vectors_and_broadcasts_batches() {
+        let f = |d: &[&str]| tt(DType::F32, d);
+        let r = |a, b| inf(Op::MatMul, &[&f(a), &f(b)], attrs([])).map(|t| t[0].to_string());
+        assert_eq!(r(&["4"], &["2", "4", "5"]).unwrap(), "f32[2, 5]");
+        assert_eq!(r(&["2", "3", "4"], &["4"]).unwrap(), "f32[2, 3]");
+        assert_eq!(r(&["4"], &["4"]).unwrap(), "f32[]");
+        assert_eq!(
+            r(&["batch", "1", "seq", "64"], &["9", "64", "t"]).unwrap(),
+            "f32[batch, 9, seq, t]"
+        );
+        let e = r(&["2", "3"], &["4", "5"]).unwrap_err();
+        assert!(e.contains("contraction dims differ"), "{e}");
+        let e = r(&["2", "2", "3"], &["3", "3", "5"]).unwrap_err();
+        assert!(e.contains("do not broadcast"), "{e}");
+    }
+
+    #[test]
+    fn matmul_values() {
+        let a = tf(&[2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let b = tf(&[2, 2], &[5.0, 6.0, 7.0, 8.0]);
+        assert_eq!(
+            ev1(Op::MatMul, &[&a, &b], attrs([])).to_f64(),
+            vec![19.0, 22.0, 43.0, 50.0]
+        );
+        // A batch of two left matrices against one right matrix.
+        let a2 = tf(&[2, 1, 2], &[1.0, 0.0, 0.0, 1.0]);
+        let out = ev1(Op::MatMul, &[&a2, &b], attrs([]));
+        assert_eq!(out.shape, vec![2, 1, 2]);
+        assert_eq!(out.to_f64(), vec![5.0, 6.0, 7.0, 8.0]);
+    }
+
+    #[test]
+    fn linear_reads_a_quantized_weight() {
+        // w[2, 32] as Q8_0: row 0 = 0.5 * (i - 16), row 1 = 0.25 * (-1)^i.
+        let q0: [i8; 32] = std::array::from_fn(|i| i as i8 - 16);
+        let q1: [i8; 32] = std::array::from_fn(|i| if i % 2 == 0 { 1 } else { -1 });
+        let mut bytes = q8_0_block(0.5, &q0);
+        bytes.extend(q8_0_block(0.25, &q1));
+        let mut m = Module::new("lin");
+        let x = m.graph.add_input("x", tt(DType::F32, &["seq", "32"]));
+        let w = m.add_weight(
+            "w",
+            DType::Q8_0,
+            Shape::of(&[2, 32]),
+            WeightData::Owned(Arc::new(bytes)),
+        );
+        let y = m.add1(Op::Linear, &[x, w], attrs([])).unwrap();
+        assert_eq!(m.graph.ty(y).to_string(), "f32[seq, 2]");
+        m.graph.outputs.push(y);
+        let xv: Vec<f64> = (0..64).map(|i| (i % 7) as f64 - 3.0).collect();
+        let out = Interpreter::new(&m).run(&[tf(&[2, 32], &xv)]).unwrap();
+        let mut want = vec![];
+        for r in 0..2 {
+            let row = &xv[r * 32..][..32];
+            want.push(
+                (0..32)
+                    .map(|i| row[i] * 0.5 * (i as f64 - 16.0))
+                    .sum::<f64>(),
+            );
+            let alt = |i: usize| if i % 2 == 0 { 0.25 } else { -0.25 };
+            want.push((0..32).map(|i| row[i] * alt(i)).sum::<f64>());
+        }
+        assert_eq!(out[0].shape, vec![2, 2]);
+        close(&out[0].to_f64(), &want, 1e-6);
+    }
+
+    #[test]
+    fn linear_type_rule() {
+        let x = tt(DType::F32, &["batch", "seq", "576"]);
+        let wq = tt(DType::Q4_1, &["49152", "576"]);
+        let t = inf(Op::Linear, &[&x, &wq], attrs([])).unwrap();
+        assert_eq!(t[0].to_string(), "f32[batch, seq, 49152]");
+        let x16 = tt(DType::F16, &["2", "576"]);
+        let e = inf(Op::Linear, &[&x16, &wq], attrs([])).unwrap_err();
+        assert!(e.contains("does not match x's dtype f16"), "{e}");
+        let b = tt(DType::F32, &["7"]);
+        let e = inf(Op::Linear, &[&x, &wq, &b], attrs([])).unwrap_err();
+        assert!(e.contains("bias b must be [49152]"), "{e}");
+        let e = inf(Op::Linear, &[&tt(DType::F32, &["2", "5"]), &wq], attrs([])).unwrap_err();
+        assert!(e.contains("expects k = 576"), "{e}");
+    }
+
+    #[test]
+    fn linear_with_bias() {
+        let x = tf(&[1, 2], &[1.0, 2.0]);
+        let w = tf(&[3, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        let b = tf(&[3], &[0.5, -0.5, 10.0]);
+        assert_eq!(
+            ev1(Op::Linear, &[&x, &w, &b], attrs([])).to_f64(),
+            vec![1.5, 1.5, 13.0]
+        );
+    }
 }

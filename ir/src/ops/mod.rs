@@ -13,6 +13,7 @@ pub mod linalg;
 pub mod nn;
 pub mod reduce;
 pub mod tensor;
+mod util;
 
 /// How many operands an op takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,47 +153,47 @@ use tensor as tn;
 op_table! {
     // ----- elementwise, unary (float in, same type out unless noted) -----
     /// -x
-    Neg = "neg", Fixed(1), EW, [], ew::infer_unary, ew::eval_neg;
+    Neg = "neg", Fixed(1), EW, [], ew::infer_numeric_unary, ew::eval_neg;
     /// |x|
-    Abs = "abs", Fixed(1), EW, [], ew::infer_unary, ew::eval_abs;
+    Abs = "abs", Fixed(1), EW, [], ew::infer_numeric_unary, ew::eval_abs;
     /// e^x
-    Exp = "exp", Fixed(1), EW, [], ew::infer_unary, ew::eval_exp;
+    Exp = "exp", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_exp;
     /// natural log
-    Log = "log", Fixed(1), EW, [], ew::infer_unary, ew::eval_log;
+    Log = "log", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_log;
     /// square root
-    Sqrt = "sqrt", Fixed(1), EW, [], ew::infer_unary, ew::eval_sqrt;
+    Sqrt = "sqrt", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_sqrt;
     /// 1/sqrt(x)
-    Rsqrt = "rsqrt", Fixed(1), EW, [], ew::infer_unary, ew::eval_rsqrt;
+    Rsqrt = "rsqrt", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_rsqrt;
     /// 1/x
-    Reciprocal = "reciprocal", Fixed(1), EW, [], ew::infer_unary, ew::eval_reciprocal;
+    Reciprocal = "reciprocal", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_reciprocal;
     /// tanh
-    Tanh = "tanh", Fixed(1), EW, [], ew::infer_unary, ew::eval_tanh;
+    Tanh = "tanh", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_tanh;
     /// 1/(1+e^-x)
-    Sigmoid = "sigmoid", Fixed(1), EW, [], ew::infer_unary, ew::eval_sigmoid;
+    Sigmoid = "sigmoid", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_sigmoid;
     /// max(x, 0)
-    Relu = "relu", Fixed(1), EW, [], ew::infer_unary, ew::eval_relu;
+    Relu = "relu", Fixed(1), EW, [], ew::infer_numeric_unary, ew::eval_relu;
     /// x * sigmoid(x)
-    Silu = "silu", Fixed(1), EW, [], ew::infer_unary, ew::eval_silu;
+    Silu = "silu", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_silu;
     /// GELU; approximate = "none" (erf, default) or "tanh"
-    Gelu = "gelu", Fixed(1), EW, [opt("approximate", K::Str)], ew::infer_unary, ew::eval_gelu;
+    Gelu = "gelu", Fixed(1), EW, [opt("approximate", K::Str)], ew::infer_gelu, ew::eval_gelu;
     /// error function
-    Erf = "erf", Fixed(1), EW, [], ew::infer_unary, ew::eval_erf;
+    Erf = "erf", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_erf;
     /// sine
-    Sin = "sin", Fixed(1), EW, [], ew::infer_unary, ew::eval_sin;
+    Sin = "sin", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_sin;
     /// cosine
-    Cos = "cos", Fixed(1), EW, [], ew::infer_unary, ew::eval_cos;
+    Cos = "cos", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_cos;
     /// round toward -inf
-    Floor = "floor", Fixed(1), EW, [], ew::infer_unary, ew::eval_floor;
+    Floor = "floor", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_floor;
     /// round toward +inf
-    Ceil = "ceil", Fixed(1), EW, [], ew::infer_unary, ew::eval_ceil;
+    Ceil = "ceil", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_ceil;
     /// round half to even
-    Round = "round", Fixed(1), EW, [], ew::infer_unary, ew::eval_round;
+    Round = "round", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_round;
     /// -1, 0 or 1
-    Sign = "sign", Fixed(1), EW, [], ew::infer_unary, ew::eval_sign;
+    Sign = "sign", Fixed(1), EW, [], ew::infer_numeric_unary, ew::eval_sign;
     /// logical not (bool)
-    Not = "not", Fixed(1), EW, [], ew::infer_unary, ew::eval_not;
+    Not = "not", Fixed(1), EW, [], ew::infer_bool_unary, ew::eval_not;
     /// clamp to [min, max] (either bound optional)
-    Clip = "clip", Fixed(1), EW, [opt("min", K::Float), opt("max", K::Float)], ew::infer_unary, ew::eval_clip;
+    Clip = "clip", Fixed(1), EW, [opt("min", K::Float), opt("max", K::Float)], ew::infer_numeric_unary, ew::eval_clip;
     /// dtype conversion
     Cast = "cast", Fixed(1), EW, [req("to", K::Type)], ew::infer_cast, ew::eval_cast;
 
@@ -222,11 +223,11 @@ op_table! {
     /// a >= b (bool result)
     GreaterEqual = "greater_equal", Fixed(2), EW, [], ew::infer_compare, ew::eval_greater_equal;
     /// logical and (bool)
-    And = "and", Fixed(2), EWC, [], ew::infer_binary, ew::eval_and;
+    And = "and", Fixed(2), EWC, [], ew::infer_logical, ew::eval_and;
     /// logical or (bool)
-    Or = "or", Fixed(2), EWC, [], ew::infer_binary, ew::eval_or;
+    Or = "or", Fixed(2), EWC, [], ew::infer_logical, ew::eval_or;
     /// logical xor (bool)
-    Xor = "xor", Fixed(2), EWC, [], ew::infer_binary, ew::eval_xor;
+    Xor = "xor", Fixed(2), EWC, [], ew::infer_logical, ew::eval_xor;
     /// cond ? a : b, all three broadcast
     Where = "where", Fixed(3), EW, [], ew::infer_where, ew::eval_where;
 
@@ -246,11 +247,11 @@ op_table! {
     /// index of the min along `axis` (first on ties), i64
     ArgMin = "argmin", Fixed(1), RED, [req("axis", K::Int), opt("keepdims", K::Bool)], rd::infer_arg, rd::eval_argmin;
     /// softmax along `axis`
-    Softmax = "softmax", Fixed(1), RED, [req("axis", K::Int)], ew::infer_unary, rd::eval_softmax;
+    Softmax = "softmax", Fixed(1), RED, [req("axis", K::Int)], rd::infer_softmax, rd::eval_softmax;
     /// log of softmax along `axis`
-    LogSoftmax = "log_softmax", Fixed(1), RED, [req("axis", K::Int)], ew::infer_unary, rd::eval_log_softmax;
+    LogSoftmax = "log_softmax", Fixed(1), RED, [req("axis", K::Int)], rd::infer_softmax, rd::eval_log_softmax;
     /// running sum along `axis` (`exclusive`, `reverse` as ONNX CumSum)
-    CumSum = "cumsum", Fixed(1), NONE, [req("axis", K::Int), opt("exclusive", K::Bool), opt("reverse", K::Bool)], ew::infer_unary, rd::eval_cumsum;
+    CumSum = "cumsum", Fixed(1), NONE, [req("axis", K::Int), opt("exclusive", K::Bool), opt("reverse", K::Bool)], rd::infer_cumsum, rd::eval_cumsum;
 
     // ----- linear algebra -----
     /// numpy matmul: batch dims broadcast, 1-D operands promoted
@@ -284,7 +285,7 @@ op_table! {
     /// repeat `repeats` times along each axis
     Tile = "tile", Fixed(1), NONE, [req("repeats", K::Ints)], tn::infer_tile, tn::eval_tile;
     /// keep the upper (or lower) triangle of the last two axes, diagonal offset `k`
-    Trilu = "trilu", Fixed(1), NONE, [req("upper", K::Bool), opt("k", K::Int)], ew::infer_unary, tn::eval_trilu;
+    Trilu = "trilu", Fixed(1), NONE, [req("upper", K::Bool), opt("k", K::Int)], tn::infer_trilu, tn::eval_trilu;
     /// constant padding: `pads` = [begin_0.., end_0..] (negative crops), fill `value`
     Pad = "pad", Fixed(1), NONE, [req("pads", K::Ints), opt("value", K::Float)], tn::infer_pad, tn::eval_pad;
 
@@ -293,8 +294,8 @@ op_table! {
     RmsNorm = "rms_norm", Fixed(2), NONE, [req("eps", K::Float)], nn::infer_norm, nn::eval_rms_norm;
     /// (x - mean) / sqrt(var + eps) * w (+ b), over the last axis
     LayerNorm = "layer_norm", Range(2, 3), NONE, [req("eps", K::Float)], nn::infer_norm, nn::eval_layer_norm;
-    /// rotary embedding of x[b, h, s, d] at positions pos[b, s]; `style` "neox" (halves) or "interleaved" (pairs); `dims` rotated (default d)
-    Rope = "rope", Fixed(2), NONE, [req("theta", K::Float), opt("style", K::Str), opt("dims", K::Int)], nn::infer_rope, nn::eval_rope;
+    /// rotary embedding of x[b, h, s, d] at positions pos[b, s]; `style` "neox" (halves) or "interleaved" (pairs); `dims` rotated (default d); positions divided by `scale` (default 1.0, linear scaling)
+    Rope = "rope", Fixed(2), NONE, [req("theta", K::Float), opt("style", K::Str), opt("dims", K::Int), opt("scale", K::Float)], nn::infer_rope, nn::eval_rope;
     /// softmax(q k^T * scale + mask) v; q[b, h, s, d], k/v[b, kvh, t, d] (GQA when kvh < h); causal aligns the last query with the last key
     Attention = "attention", Range(3, 4), NONE, [req("scale", K::Float), opt("causal", K::Bool)], nn::infer_attention, nn::eval_attention;
     /// append k/v[b, kvh, seq, d] to layer `layer`'s cache; results are the whole cache [b, kvh, past + seq, d]
@@ -336,6 +337,25 @@ impl Op {
             ));
         }
         (d.infer)(inputs, attrs).map_err(|m| InferError::new(d.name, m))
+    }
+
+    /// Runs the reference semantics after checking operand count (the verifier may not
+    /// have run, and eval functions read their operands by position).
+    pub fn eval(
+        self,
+        inputs: &[&Tensor],
+        attrs: &Attrs,
+        ctx: &mut crate::interp::EvalCtx,
+    ) -> Result<Vec<Tensor>, String> {
+        let d = self.def();
+        if !d.arity.accepts(inputs.len()) {
+            return Err(format!(
+                "takes {} operand(s), got {}",
+                d.arity,
+                inputs.len()
+            ));
+        }
+        (d.eval)(inputs, attrs, ctx)
     }
 }
 
