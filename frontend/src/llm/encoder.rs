@@ -99,11 +99,6 @@ impl Builder<'_> {
 
     /// Declares weight `name`, checking it has shape `dims`, and returns its value.
     fn weight(&mut self, name: &str, dims: &[i64]) -> Result<ValueId, FrontendError> {
-        if let Some(w) = self.m.weight_id(name) {
-            if let Some(v) = self.m.weight_value(w) {
-                return Ok(v);
-            }
-        }
         let t = self.src.get(name).ok_or_else(|| FrontendError::Invalid {
             file: self.src.origin(),
             msg: format!("missing tensor `{name}`"),
@@ -124,7 +119,12 @@ impl Builder<'_> {
                 msg: format!("tensor `{name}` is {}, expected a float type", t.dtype),
             });
         }
-        Ok(self.m.add_weight(name, t.dtype, t.shape, t.data))
+        let v = self.m.add_weight(name, t.dtype, t.shape, t.data);
+        if t.dtype == DType::F32 {
+            return Ok(v);
+        }
+        // The graph computes in f32: f16/bf16 checkpoints are widened where read.
+        self.op(Op::Cast, &[v], attrs([("to", Attr::Type(DType::F32))]))
     }
 
     fn constant(&mut self, v: f64) -> Result<ValueId, FrontendError> {
