@@ -1,68 +1,97 @@
-//! The frontend's error type. Every importer reports a bad model the same way: the file
-//! it was reading and what in it is wrong (key, tensor, node), so the variants stay
-//! generic and each importer writes the specifics into the message.
+//! The frontend's error type. Every message names the file and the key, tensor or
+//! field that is wrong, because the input is a user's model file.
 
-use std::path::Path;
+use std::path::PathBuf;
 
-/// An error while importing a model.
+/// An import error.
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
-    /// The model file cannot be read.
-    #[error("{file}: {source}")]
+    /// The file could not be opened or mapped.
+    #[error("{}: {source}", path.display())]
     Io {
-        /// The file (or folder) being read.
-        file: String,
+        /// The file.
+        path: PathBuf,
         /// The OS error.
         source: std::io::Error,
     },
-    /// The model is malformed or inconsistent.
+    /// The file's structure is invalid (bad magic, truncated, offsets outside it, ...).
     #[error("{file}: {msg}")]
-    Invalid {
-        /// The file the fault is in.
+    Format {
+        /// The file.
         file: String,
-        /// What is wrong, naming the key, tensor or node.
+        /// What is wrong, and where.
         msg: String,
     },
-    /// The model is well formed but uses something llmc does not support.
+    /// A metadata key is missing.
+    #[error("{file}: missing metadata key `{key}`")]
+    MissingKey {
+        /// The file.
+        file: String,
+        /// The key.
+        key: String,
+    },
+    /// A metadata value has the wrong type or an unusable value.
+    #[error("{file}: metadata key `{key}`: {msg}")]
+    BadValue {
+        /// The file.
+        file: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A tensor the model needs is absent.
+    #[error("{file}: missing tensor `{name}`")]
+    MissingTensor {
+        /// The file (or folder) the tensors come from.
+        file: String,
+        /// The tensor's name.
+        name: String,
+    },
+    /// A tensor is present but unusable (shape, dtype, bytes).
+    #[error("{file}: tensor `{name}`: {msg}")]
+    BadTensor {
+        /// The file.
+        file: String,
+        /// The tensor's name.
+        name: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The model's architecture is not one this frontend imports.
+    #[error("{file}: unknown architecture `{arch}` (supported: {supported})")]
+    UnknownArchitecture {
+        /// The file.
+        file: String,
+        /// The architecture the file names.
+        arch: String,
+        /// What is supported.
+        supported: String,
+    },
+    /// The model uses a feature llmc does not support yet.
     #[error("{file}: unsupported: {msg}")]
     Unsupported {
-        /// The file that asks for it.
+        /// The file.
         file: String,
-        /// What is unsupported, naming the key, tensor or node.
+        /// What is unsupported.
         msg: String,
     },
     /// Building the graph failed (a shape rule rejected a node).
-    #[error("{file}: building the graph: {source}")]
-    Graph {
-        /// The model being built.
+    #[error("{file}: building the graph at {at}: {source}")]
+    Build {
+        /// The file.
         file: String,
-        /// The rejected node.
+        /// Where in the model (e.g. `layer 3 attention`).
+        at: String,
+        /// The shape-rule error.
         source: llmc_ir::InferError,
     },
-}
-
-impl FrontendError {
-    /// An [`FrontendError::Invalid`] for `file`.
-    pub fn invalid(file: impl AsRef<Path>, msg: impl Into<String>) -> FrontendError {
-        FrontendError::Invalid {
-            file: file.as_ref().display().to_string(),
-            msg: msg.into(),
-        }
-    }
-
-    /// An [`FrontendError::Unsupported`] for `file`.
-    pub fn unsupported(file: impl AsRef<Path>, msg: impl Into<String>) -> FrontendError {
-        FrontendError::Unsupported {
-            file: file.as_ref().display().to_string(),
-            msg: msg.into(),
-        }
-    }
-
-    /// An [`FrontendError::Io`] for `file`.
-    pub fn io(file: impl AsRef<Path>, source: std::io::Error) -> FrontendError {
-        FrontendError::Io {
-            file: file.as_ref().display().to_string(),
-            source,
-        }
-    }
+    /// The tokenizer could not be built.
+    #[error("{file}: tokenizer: {source}")]
+    Tokenizer {
+        /// The file.
+        file: String,
+        /// The tokenizer error.
+        source: llmc_runtime::TokenizerError,
+    },
 }

@@ -1,6 +1,7 @@
 //! Model importers: each reads a model file format and builds an `llmc_ir::Module`.
 
 pub mod error;
+pub mod gguf;
 pub mod hf;
 pub mod llm;
 

@@ -272,7 +272,7 @@ fn missing_config_key_is_named() {
     let mut cfg = llama_config();
     cfg.as_object_mut().unwrap().remove("hidden_size");
     let msg = err_of(folder(&cfg).path());
-    assert_mentions(&msg, &["config.json", "missing key `hidden_size`"]);
+    assert_mentions(&msg, &["config.json", "missing", "`hidden_size`"]);
 
     let mut cfg = llama_config();
     cfg["num_hidden_layers"] = json!("six");

@@ -65,3 +65,64 @@ pub fn dequantize(dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f64>, 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hand-built blocks checked against llama.cpp's `dequantize_row_q4_0/q4_1/q8_0`:
+    //! element j < 16 from the low nibble of byte j, element j + 16 from its high nibble.
+    use super::*;
+
+    fn f16b(v: f64) -> [u8; 2] {
+        half::f16::from_f64(v).to_le_bytes()
+    }
+
+    #[test]
+    fn q4_0_low_nibbles_first_then_high() {
+        let mut b = f16b(0.5).to_vec();
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let v = dequantize(DType::Q4_0, &b, 32).unwrap();
+        for j in 0..16 {
+            assert_eq!(v[j], 0.5 * (j as f64 - 8.0), "element {j}");
+            assert_eq!(
+                v[j + 16],
+                0.5 * ((15 - j) as f64 - 8.0),
+                "element {}",
+                j + 16
+            );
+        }
+    }
+
+    #[test]
+    fn q4_1_scale_and_min() {
+        let mut b = f16b(0.25).to_vec();
+        b.extend(f16b(-1.0));
+        b.extend((0..16u8).map(|j| (j % 16) | (((j * 3) % 16) << 4)));
+        let v = dequantize(DType::Q4_1, &b, 32).unwrap();
+        for j in 0..16 {
+            assert_eq!(v[j], 0.25 * j as f64 - 1.0);
+            assert_eq!(v[j + 16], 0.25 * ((j * 3) % 16) as f64 - 1.0);
+        }
+    }
+
+    #[test]
+    fn q8_0_signed_bytes() {
+        let mut b = f16b(-2.0).to_vec();
+        let qs: Vec<i8> = (0..32).map(|j| (j as i8 - 16) * 7).collect();
+        b.extend(qs.iter().map(|&q| q as u8));
+        // Two blocks: the second repeats the first with scale 1.
+        b.extend(f16b(1.0));
+        b.extend(qs.iter().map(|&q| q as u8));
+        let v = dequantize(DType::Q8_0, &b, 64).unwrap();
+        for j in 0..32 {
+            assert_eq!(v[j], -2.0 * qs[j] as f64);
+            assert_eq!(v[32 + j], qs[j] as f64);
+        }
+    }
+
+    #[test]
+    fn short_buffer_is_an_error() {
+        let err = dequantize(DType::Q4_1, &[0u8; 19], 32).unwrap_err();
+        assert!(err.contains("needs 20"), "{err}");
+        assert!(dequantize(DType::Q4_0, &[0u8; 18], 31).is_err());
+    }
+}

@@ -108,6 +108,42 @@ impl Dim {
         Dim { terms }
     }
 
+    /// `self + other`, or `None` when a coefficient overflows i64.
+    pub fn checked_add(&self, other: &Dim) -> Option<Dim> {
+        let mut terms = self.terms.clone();
+        for (m, c) in &other.terms {
+            let e = terms.entry(m.clone()).or_insert(0);
+            *e = e.checked_add(*c)?;
+            if *e == 0 {
+                terms.remove(m);
+            }
+        }
+        Some(Dim { terms })
+    }
+
+    /// `self - other`, or `None` when a coefficient overflows i64.
+    pub fn checked_sub(&self, other: &Dim) -> Option<Dim> {
+        self.checked_add(&other.checked_mul(&Dim::c(-1))?)
+    }
+
+    /// `self * other`, or `None` when a coefficient overflows i64.
+    pub fn checked_mul(&self, other: &Dim) -> Option<Dim> {
+        let mut terms: BTreeMap<Monomial, i64> = BTreeMap::new();
+        for (ma, ca) in &self.terms {
+            for (mb, cb) in &other.terms {
+                let mut m = ma.clone();
+                m.extend(mb.iter().cloned());
+                m.sort();
+                let e = terms.entry(m.clone()).or_insert(0);
+                *e = e.checked_add(ca.checked_mul(*cb)?)?;
+                if *e == 0 {
+                    terms.remove(&m);
+                }
+            }
+        }
+        Some(Dim { terms })
+    }
+
     /// Exact division: `Some(q)` with `q * other == self`, when `other` is a nonzero
     /// constant dividing every coefficient or a single monomial dividing every term.
     pub fn div_exact(&self, other: &Dim) -> Option<Dim> {
@@ -218,6 +254,13 @@ impl Shape {
     /// The element count as a dim expression.
     pub fn numel(&self) -> Dim {
         self.0.iter().fold(Dim::c(1), |acc, d| acc.mul(d))
+    }
+
+    /// The element count, or `None` when a coefficient overflows i64.
+    pub fn checked_numel(&self) -> Option<Dim> {
+        self.0
+            .iter()
+            .try_fold(Dim::c(1), |acc, d| acc.checked_mul(d))
     }
 
     /// Resolves a possibly negative axis against this rank.

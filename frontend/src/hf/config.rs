@@ -4,6 +4,7 @@
 //! missing one is an error naming the key and the file.
 
 use super::json::JsonFile;
+use super::{format_err, io_err, unsupported};
 use crate::llm::encoder::{EncoderConfig, Pooling};
 use crate::llm::{Activation, DecoderConfig, NormKind, Positions};
 use crate::FrontendError;
@@ -18,7 +19,7 @@ fn activation(cfg: &JsonFile, key: &str, default: &str) -> Result<Activation, Fr
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
         "relu" => Activation::Relu,
         other => {
-            return Err(FrontendError::unsupported(
+            return Err(unsupported(
                 &cfg.path,
                 format!(
                     "key `{key}` = `{other}`: supported activations are silu, gelu, gelu_new, gelu_pytorch_tanh, relu"
@@ -39,7 +40,7 @@ fn rope_scale(cfg: &JsonFile) -> Result<f64, FrontendError> {
         .or_else(|| rs.get("type"))
         .and_then(|v| v.as_str())
         .ok_or_else(|| {
-            FrontendError::invalid(
+            format_err(
                 &cfg.path,
                 "key `rope_scaling` has no string `rope_type` or `type`",
             )
@@ -48,17 +49,17 @@ fn rope_scale(cfg: &JsonFile) -> Result<f64, FrontendError> {
         "default" => Ok(1.0),
         "linear" => {
             let f = rs.get("factor").and_then(|v| v.as_f64()).ok_or_else(|| {
-                FrontendError::invalid(&cfg.path, "missing key `rope_scaling.factor` (a number)")
+                format_err(&cfg.path, "missing key `rope_scaling.factor` (a number)")
             })?;
             if !(f.is_finite() && f > 0.0) {
-                return Err(FrontendError::invalid(
+                return Err(format_err(
                     &cfg.path,
                     format!("key `rope_scaling.factor` must be positive, got {f}"),
                 ));
             }
             Ok(f)
         }
-        other => Err(FrontendError::unsupported(
+        other => Err(unsupported(
             &cfg.path,
             format!("key `rope_scaling` of type `{other}` (only `linear` is supported)"),
         )),
@@ -72,7 +73,7 @@ pub fn llama_like(cfg: &JsonFile, arch: &str) -> Result<DecoderConfig, FrontendE
     let heads = cfg.pos_int("num_attention_heads")?;
     let kv_heads = cfg.opt_pos_int("num_key_value_heads")?.unwrap_or(heads);
     if heads % kv_heads != 0 {
-        return Err(FrontendError::invalid(
+        return Err(format_err(
             &cfg.path,
             format!(
                 "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
@@ -83,7 +84,7 @@ pub fn llama_like(cfg: &JsonFile, arch: &str) -> Result<DecoderConfig, FrontendE
         Some(d) => d,
         None if hidden % heads == 0 => hidden / heads,
         None => {
-            return Err(FrontendError::invalid(
+            return Err(format_err(
                 &cfg.path,
                 format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads} and there is no `head_dim`"),
             ))
@@ -97,7 +98,7 @@ pub fn llama_like(cfg: &JsonFile, arch: &str) -> Result<DecoderConfig, FrontendE
             let a = cfg.opt_bool("attention_bias")?.unwrap_or(false);
             let m = cfg.opt_bool("mlp_bias")?.unwrap_or(false);
             if a != m {
-                return Err(FrontendError::unsupported(
+                return Err(unsupported(
                     &cfg.path,
                     format!(
                         "attention_bias = {a} with mlp_bias = {m} (llmc needs both or neither)"
@@ -145,7 +146,7 @@ pub fn gpt2(cfg: &JsonFile) -> Result<DecoderConfig, FrontendError> {
     let hidden = cfg.pos_int("n_embd")?;
     let heads = cfg.pos_int("n_head")?;
     if hidden % heads != 0 {
-        return Err(FrontendError::invalid(
+        return Err(format_err(
             &cfg.path,
             format!("n_embd {hidden} is not a multiple of n_head {heads}"),
         ));
@@ -181,26 +182,26 @@ fn sentence_head(dir: &Path) -> Result<(Pooling, bool), FrontendError> {
     if !modules_path.is_file() {
         return Ok((Pooling::Mean, false));
     }
-    let text =
-        std::fs::read_to_string(&modules_path).map_err(|e| FrontendError::io(&modules_path, e))?;
+    let text = std::fs::read_to_string(&modules_path).map_err(|e| io_err(&modules_path, e))?;
     let modules: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| FrontendError::invalid(&modules_path, format!("invalid JSON: {e}")))?;
+        .map_err(|e| format_err(&modules_path, format!("invalid JSON: {e}")))?;
     let list = modules
         .as_array()
-        .ok_or_else(|| FrontendError::invalid(&modules_path, "the top level is not a list"))?;
+        .ok_or_else(|| format_err(&modules_path, "the top level is not a list"))?;
     let mut pooling = None;
     let mut normalize = false;
     for (i, m) in list.iter().enumerate() {
-        let ty = m.get("type").and_then(|t| t.as_str()).ok_or_else(|| {
-            FrontendError::invalid(&modules_path, format!("module {i} has no string `type`"))
-        })?;
+        let ty = m
+            .get("type")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| format_err(&modules_path, format!("module {i} has no string `type`")))?;
         match ty.rsplit('.').next().unwrap_or(ty) {
             "Transformer" => {}
             "Normalize" => normalize = true,
             "Pooling" => {
                 let sub = m.get("path").and_then(|p| p.as_str()).unwrap_or("");
                 if sub.contains("..") {
-                    return Err(FrontendError::invalid(
+                    return Err(format_err(
                         &modules_path,
                         format!("module {i}: path `{sub}` leaves the model folder"),
                     ));
@@ -215,7 +216,7 @@ fn sentence_head(dir: &Path) -> Result<(Pooling, bool), FrontendError> {
                     (true, false, false) => Pooling::Mean,
                     (false, true, false) => Pooling::Cls,
                     _ => {
-                        return Err(FrontendError::unsupported(
+                        return Err(unsupported(
                             &pc.path,
                             "pooling modes other than exactly one of `pooling_mode_mean_tokens`, `pooling_mode_cls_token`",
                         ))
@@ -223,7 +224,7 @@ fn sentence_head(dir: &Path) -> Result<(Pooling, bool), FrontendError> {
                 });
             }
             other => {
-                return Err(FrontendError::unsupported(
+                return Err(unsupported(
                     &modules_path,
                     format!("sentence-transformers module `{other}` (module {i})"),
                 ))
@@ -239,7 +240,7 @@ pub fn bert(cfg: &JsonFile, dir: &Path) -> Result<EncoderConfig, FrontendError> 
         .opt_str("position_embedding_type")?
         .unwrap_or("absolute");
     if pet != "absolute" {
-        return Err(FrontendError::unsupported(
+        return Err(unsupported(
             &cfg.path,
             format!("key `position_embedding_type` = `{pet}` (only `absolute`)"),
         ));

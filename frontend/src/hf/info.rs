@@ -4,6 +4,7 @@
 //! `{"content": ...}` objects); their ids come from `tokenizer.json`.
 
 use super::json::JsonFile;
+use super::{format_err, io_err};
 use crate::FrontendError;
 use llmc_ir::{ModelInfo, TokenizerSource};
 use serde_json::Value;
@@ -46,7 +47,7 @@ fn chat_template(dir: &Path, tc: Option<&JsonFile>) -> Result<Option<String>, Fr
     if jinja.is_file() {
         return std::fs::read_to_string(&jinja)
             .map(Some)
-            .map_err(|e| FrontendError::io(&jinja, e));
+            .map_err(|e| io_err(&jinja, e));
     }
     let Some(tc) = tc else { return Ok(None) };
     match tc.get("chat_template") {
@@ -62,7 +63,7 @@ fn chat_template(dir: &Path, tc: Option<&JsonFile>) -> Result<Option<String>, Fr
             };
             Ok(named("default"))
         }
-        Some(v) => Err(FrontendError::invalid(
+        Some(v) => Err(format_err(
             &tc.path,
             format!("key `chat_template` must be a string or a list, got {v}"),
         )),
@@ -91,7 +92,7 @@ pub fn model_info(dir: &Path, config: &JsonFile) -> Result<ModelInfo, FrontendEr
         match special(tc, key) {
             None => Ok(None),
             Some(text) => token_id(tok, &text).map(Some).ok_or_else(|| {
-                FrontendError::invalid(
+                format_err(
                     &tc.path,
                     format!(
                         "key `{key}` = `{text}` is not a token of {}",

@@ -2,6 +2,7 @@
 //! `config.json` missing `hidden_size` says exactly that. A key set to `null` counts
 //! as absent (Hugging Face writes `"head_dim": null` for "use the default").
 
+use super::{format_err, io_err};
 use crate::FrontendError;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -18,14 +19,11 @@ pub struct JsonFile {
 impl JsonFile {
     /// Reads and parses `path`; the top level must be an object.
     pub fn read(path: &Path) -> Result<JsonFile, FrontendError> {
-        let text = std::fs::read_to_string(path).map_err(|e| FrontendError::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
         let value: Value = serde_json::from_str(&text)
-            .map_err(|e| FrontendError::invalid(path, format!("invalid JSON: {e}")))?;
+            .map_err(|e| format_err(path, format!("invalid JSON: {e}")))?;
         if !value.is_object() {
-            return Err(FrontendError::invalid(
-                path,
-                "the top level is not an object",
-            ));
+            return Err(format_err(path, "the top level is not an object"));
         }
         Ok(JsonFile {
             path: path.to_path_buf(),
@@ -48,11 +46,23 @@ impl JsonFile {
     }
 
     fn missing(&self, key: &str) -> FrontendError {
-        FrontendError::invalid(&self.path, format!("missing key `{key}`"))
+        FrontendError::MissingKey {
+            file: self.path.display().to_string(),
+            key: key.to_string(),
+        }
     }
 
     fn wrong(&self, key: &str, what: &str, v: &Value) -> FrontendError {
-        FrontendError::invalid(&self.path, format!("key `{key}` must be {what}, got {v}"))
+        self.bad_value(key, format!("must be {what}, got {v}"))
+    }
+
+    /// A [`FrontendError::BadValue`] for `key` of this file.
+    pub fn bad_value(&self, key: &str, msg: impl Into<String>) -> FrontendError {
+        FrontendError::BadValue {
+            file: self.path.display().to_string(),
+            key: key.to_string(),
+            msg: msg.into(),
+        }
     }
 
     /// An optional integer.
@@ -75,10 +85,7 @@ impl JsonFile {
     pub fn pos_int(&self, key: &str) -> Result<i64, FrontendError> {
         let v = self.int(key)?;
         if v <= 0 {
-            return Err(FrontendError::invalid(
-                &self.path,
-                format!("key `{key}` must be positive, got {v}"),
-            ));
+            return Err(self.bad_value(key, format!("must be positive, got {v}")));
         }
         Ok(v)
     }
@@ -86,10 +93,7 @@ impl JsonFile {
     /// An optional positive integer.
     pub fn opt_pos_int(&self, key: &str) -> Result<Option<i64>, FrontendError> {
         match self.opt_int(key)? {
-            Some(v) if v <= 0 => Err(FrontendError::invalid(
-                &self.path,
-                format!("key `{key}` must be positive, got {v}"),
-            )),
+            Some(v) if v <= 0 => Err(self.bad_value(key, format!("must be positive, got {v}"))),
             v => Ok(v),
         }
     }

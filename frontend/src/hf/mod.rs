@@ -10,6 +10,7 @@ pub mod json;
 pub mod safetensors;
 pub mod source;
 
+use crate::llm::decoder::build_decoder;
 use crate::llm::encoder::{build_encoder, EncoderConfig};
 use crate::llm::DecoderConfig;
 use crate::FrontendError;
@@ -17,6 +18,7 @@ use json::JsonFile;
 use llmc_ir::{ModelInfo, Module};
 use source::{HfSource, Naming};
 use std::path::Path;
+use std::path::PathBuf;
 
 /// The `architectures` llmc reads.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
@@ -50,18 +52,19 @@ pub struct HfModel {
 /// Reads `dir`'s config, weights and tokenizer files.
 pub fn open(dir: &Path) -> Result<HfModel, FrontendError> {
     if !dir.is_dir() {
-        return Err(FrontendError::invalid(dir, "not a folder"));
+        return Err(format_err(dir, "not a folder"));
     }
     let cfg = JsonFile::read(&dir.join("config.json"))?;
     let arch = cfg
         .get("architectures")
         .and_then(|a| a.as_array())
         .and_then(|a| a.first())
-        .ok_or_else(|| {
-            FrontendError::invalid(&cfg.path, "missing key `architectures` (a non-empty list)")
+        .ok_or_else(|| FrontendError::MissingKey {
+            file: cfg.path.display().to_string(),
+            key: "architectures".into(),
         })?;
     let arch = arch.as_str().ok_or_else(|| {
-        FrontendError::invalid(
+        format_err(
             &cfg.path,
             format!("key `architectures[0]` must be a string, got {arch}"),
         )
@@ -84,13 +87,11 @@ pub fn open(dir: &Path) -> Result<HfModel, FrontendError> {
             (Family::Encoder(config::bert(&cfg, dir)?), Naming::Bert)
         }
         other => {
-            return Err(FrontendError::unsupported(
-                &cfg.path,
-                format!(
-                    "architecture `{other}`; supported: {}",
-                    SUPPORTED_ARCHITECTURES.join(", ")
-                ),
-            ))
+            return Err(FrontendError::UnknownArchitecture {
+                file: cfg.path.display().to_string(),
+                arch: other.to_string(),
+                supported: SUPPORTED_ARCHITECTURES.join(", "),
+            })
         }
     };
     let tensors = safetensors::read_dir(dir)?;
@@ -108,12 +109,30 @@ pub fn load(dir: &Path) -> Result<Module, FrontendError> {
     let model = open(dir)?;
     match &model.family {
         Family::Encoder(cfg) => build_encoder(cfg, &model.source, model.info),
-        Family::Decoder(cfg) => Err(FrontendError::unsupported(
-            dir,
-            format!(
-                "the decoder builder is not in this build yet (architecture `{}`)",
-                cfg.arch
-            ),
-        )),
+        Family::Decoder(cfg) => build_decoder(cfg, &model.source, model.info),
+    }
+}
+
+/// A [`FrontendError::Format`] for `file`.
+pub(crate) fn format_err(file: impl AsRef<Path>, msg: impl Into<String>) -> FrontendError {
+    FrontendError::Format {
+        file: file.as_ref().display().to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// A [`FrontendError::Unsupported`] for `file`.
+pub(crate) fn unsupported(file: impl AsRef<Path>, msg: impl Into<String>) -> FrontendError {
+    FrontendError::Unsupported {
+        file: file.as_ref().display().to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// A [`FrontendError::Io`] for `path`.
+pub(crate) fn io_err(path: impl AsRef<Path>, source: std::io::Error) -> FrontendError {
+    FrontendError::Io {
+        path: PathBuf::from(path.as_ref()),
+        source,
     }
 }

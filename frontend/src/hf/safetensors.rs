@@ -4,6 +4,7 @@
 //! header its errors do not always say which tensor is at fault, so a second, purely
 //! diagnostic pass over the JSON names the tensor and the numbers that disagree.
 
+use super::{format_err, io_err, unsupported};
 use crate::FrontendError;
 use ::safetensors::tensor::{Dtype as StDtype, SafeTensorError};
 use ::safetensors::SafeTensors;
@@ -71,7 +72,7 @@ fn header_error(bytes: &[u8], file: &Path, e: SafeTensorError) -> FrontendError 
             None => format!("safetensors header: {e}"),
         },
     };
-    FrontendError::invalid(file, msg)
+    format_err(file, msg)
 }
 
 /// Element size in bytes of a safetensors dtype name, for the diagnostic pass.
@@ -222,10 +223,10 @@ fn ir_dtype(d: StDtype) -> Option<DType> {
 
 /// Maps a safetensors file and returns its tensors by name (buffers skipped).
 pub fn read_file(path: &Path) -> Result<BTreeMap<String, MappedTensor>, FrontendError> {
-    let f = std::fs::File::open(path).map_err(|e| FrontendError::io(path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     // SAFETY: the map is read-only; like every memory-mapped model loader we rely on
     // the file not being truncated while it is mapped.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| FrontendError::io(path, e))?;
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
     let map = Arc::new(map);
     let file = Arc::new(path.to_path_buf());
     let mut out = BTreeMap::new();
@@ -234,7 +235,7 @@ pub fn read_file(path: &Path) -> Result<BTreeMap<String, MappedTensor>, Frontend
             Some(d) => d,
             None if is_buffer(&e.name) => continue,
             None => {
-                return Err(FrontendError::unsupported(
+                return Err(unsupported(
                     path,
                     format!(
                         "tensor `{}` has dtype {:?}; llmc reads F32, F16 and BF16 safetensors",
@@ -271,25 +272,25 @@ pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, MappedTensor>, FrontendEr
     }
     let index = dir.join("model.safetensors.index.json");
     if !index.is_file() {
-        return Err(FrontendError::invalid(
+        return Err(format_err(
             dir,
             "no model.safetensors or model.safetensors.index.json in the folder",
         ));
     }
-    let text = std::fs::read_to_string(&index).map_err(|e| FrontendError::io(&index, e))?;
+    let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
     let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| FrontendError::invalid(&index, format!("invalid JSON: {e}")))?;
+        .map_err(|e| format_err(&index, format!("invalid JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| FrontendError::invalid(&index, "missing key `weight_map` (an object)"))?;
+        .ok_or_else(|| format_err(&index, "missing key `weight_map` (an object)"))?;
     let mut by_shard: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, shard) in map {
-        let shard = shard.as_str().ok_or_else(|| {
-            FrontendError::invalid(&index, format!("weight_map.`{name}` is not a file name"))
-        })?;
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| format_err(&index, format!("weight_map.`{name}` is not a file name")))?;
         if shard.contains('/') || shard.contains('\\') || shard == ".." {
-            return Err(FrontendError::invalid(
+            return Err(format_err(
                 &index,
                 format!("weight_map.`{name}`: shard `{shard}` is not a plain file name"),
             ));
@@ -300,7 +301,7 @@ pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, MappedTensor>, FrontendEr
     for (shard, names) in by_shard {
         let path = dir.join(shard);
         if !path.is_file() {
-            return Err(FrontendError::invalid(
+            return Err(format_err(
                 &index,
                 format!(
                     "shard `{shard}` (holding `{}`) is missing from {}",
@@ -317,7 +318,7 @@ pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, MappedTensor>, FrontendEr
                 }
                 None if is_buffer(name) => {}
                 None => {
-                    return Err(FrontendError::invalid(
+                    return Err(format_err(
                         &index,
                         format!("tensor `{name}` is listed in shard `{shard}` but not found there"),
                     ))

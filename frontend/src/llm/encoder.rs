@@ -78,12 +78,15 @@ const MASK_NEG: f64 = -1e9;
 struct Builder<'a> {
     m: Module,
     src: &'a dyn TensorSource,
+    /// Where the builder is, for errors (`layer 3`).
+    at: String,
 }
 
 impl Builder<'_> {
     fn graph_err(&self, e: llmc_ir::InferError) -> FrontendError {
-        FrontendError::Graph {
+        FrontendError::Build {
             file: self.src.origin(),
+            at: self.at.clone(),
             source: e,
         }
     }
@@ -99,24 +102,25 @@ impl Builder<'_> {
 
     /// Declares weight `name`, checking it has shape `dims`, and returns its value.
     fn weight(&mut self, name: &str, dims: &[i64]) -> Result<ValueId, FrontendError> {
-        let t = self.src.get(name).ok_or_else(|| FrontendError::Invalid {
-            file: self.src.origin(),
-            msg: format!("missing tensor `{name}`"),
-        })?;
-        if t.shape != Shape::of(dims) {
-            return Err(FrontendError::Invalid {
+        let t = self
+            .src
+            .get(name)
+            .ok_or_else(|| FrontendError::MissingTensor {
                 file: self.src.origin(),
-                msg: format!(
-                    "tensor `{name}` has shape {}, expected {}",
-                    t.shape,
-                    Shape::of(dims)
-                ),
+                name: name.to_string(),
+            })?;
+        if t.shape != Shape::of(dims) {
+            return Err(FrontendError::BadTensor {
+                file: self.src.origin(),
+                name: name.to_string(),
+                msg: format!("has shape {}, expected {}", t.shape, Shape::of(dims)),
             });
         }
         if !t.dtype.is_float() {
-            return Err(FrontendError::Invalid {
+            return Err(FrontendError::BadTensor {
                 file: self.src.origin(),
-                msg: format!("tensor `{name}` is {}, expected a float type", t.dtype),
+                name: name.to_string(),
+                msg: format!("is {}, expected a float type", t.dtype),
             });
         }
         let v = self.m.add_weight(name, t.dtype, t.shape, t.data);
@@ -162,7 +166,7 @@ impl Builder<'_> {
 }
 
 fn check(cfg: &EncoderConfig, origin: &str) -> Result<(), FrontendError> {
-    let bad = |msg: String| FrontendError::Invalid {
+    let bad = |msg: String| FrontendError::Unsupported {
         file: origin.to_string(),
         msg,
     };
@@ -210,6 +214,7 @@ pub fn build_encoder(
     let mut b = Builder {
         m: Module::new(&cfg.arch),
         src,
+        at: "embeddings".into(),
     };
     b.m.info = info;
 
@@ -270,6 +275,7 @@ pub fn build_encoder(
     let scale = 1.0 / (hd as f64).sqrt();
     for l in 0..cfg.num_layers {
         let p = format!("encoder.layer.{l}");
+        b.at = format!("layer {l}");
         // Self-attention: [b, s, h] -> [b, heads, s, hd] for q, k, v.
         let mut qkv = Vec::with_capacity(3);
         for which in ["query", "key", "value"] {
@@ -314,6 +320,7 @@ pub fn build_encoder(
     }
 
     // Pooling: [b, s, h] -> [b, h].
+    b.at = "pooling".into();
     let sum_axis1 = || {
         attrs([
             ("axes", Attr::Ints(vec![1])),

@@ -5,6 +5,7 @@
 //! (`model.layers.3.self_attn.q_proj.weight`); each frontend maps its own names onto
 //! them.
 
+pub mod decoder;
 pub mod encoder;
 
 use llmc_ir::{DType, Shape, WeightData};

@@ -3,7 +3,7 @@
 //! The reference loops run over contiguous f64 rows so the interpreter can run a small
 //! LLM end to end in reasonable time; they accumulate in f64.
 
-use super::util::{arg, checked_numel, floats, targ, R, T};
+use super::util::{arg, checked_numel, dot, floats, targ, R, T};
 use crate::interp::EvalCtx;
 use crate::tensor::{broadcast_index, broadcast_shapes, Data};
 use crate::{Attrs, DType, Shape, Tensor, TensorType};
@@ -206,16 +206,13 @@ pub fn eval_linear(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
     let mut out_shape = lead.to_vec();
     out_shape.push(n);
     let mut out = vec![0.0f64; checked_numel(&out_shape)?];
-    for r in 0..rows {
-        let xr = &x[r * k..][..k];
-        let orow = &mut out[r * n..][..n];
-        for (j, o) in orow.iter_mut().enumerate() {
-            let wr = &w[j * k..][..k];
-            let mut s = 0.0f64;
-            for (a, b) in xr.iter().zip(wr) {
-                s += a * b;
-            }
-            *o = s + bias.map_or(0.0, |b| b[j]);
+    // Weight rows outermost: the weight (the big operand) streams through once, the
+    // activation rows stay in cache.
+    for j in 0..n {
+        let wr = &w[j * k..][..k];
+        let bj = bias.map_or(0.0, |b| b[j]);
+        for r in 0..rows {
+            out[r * n + j] = dot(&x[r * k..][..k], wr) + bj;
         }
     }
     Ok(vec![Tensor::from_f64(xt.dtype, out_shape, out)])
@@ -289,7 +286,7 @@ mod tests {
                     .map(|i| row[i] * 0.5 * (i as f64 - 16.0))
                     .sum::<f64>(),
             );
-            let alt = |i: usize| if i % 2 == 0 { 0.25 } else { -0.25 };
+            let alt = |i: usize| [0.25, -0.25][i % 2];
             want.push((0..32).map(|i| row[i] * alt(i)).sum::<f64>());
         }
         assert_eq!(out[0].shape, vec![2, 2]);

@@ -6,8 +6,8 @@
 
 use super::tensor::concat_tensors;
 use super::util::{
-    arg, floats, need_float, need_int, opt_bool, opt_float, opt_int, opt_str, req_float, req_int,
-    targ, R, T,
+    arg, dot, floats, need_float, need_int, opt_bool, opt_float, opt_int, opt_str, req_float,
+    req_int, targ, R, T,
 };
 use crate::interp::EvalCtx;
 use crate::tensor::{broadcast_shapes, Data};
@@ -402,11 +402,11 @@ pub fn eval_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
                     let visible = !causal || (j as i64) <= si as i64 + t as i64 - s as i64;
                     *scj = if visible {
                         let krow = &k[(kbase + j) * dk..][..dk];
-                        let dot: f64 = qrow.iter().zip(krow).map(|(x, y)| x * y).sum();
+                        let qk = dot(qrow, krow);
                         let add = mask.map_or(0.0, |(m, ms)| {
                             m[bi * ms[0] + hi * ms[1] + si * ms[2] + j * ms[3]]
                         });
-                        dot * scale + add
+                        qk * scale + add
                     } else {
                         f64::NEG_INFINITY
                     };
@@ -463,7 +463,9 @@ pub fn infer_kv_append(i: &[&TensorType], a: &Attrs) -> T {
             ))
         }
     }
-    let total = Dim::sym("past").add(seq);
+    let total = Dim::sym("past")
+        .checked_add(seq)
+        .ok_or_else(|| super::util::overflow("past + seq"))?;
     Ok([k, v]
         .iter()
         .map(|t| {

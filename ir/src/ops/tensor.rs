@@ -6,7 +6,7 @@
 
 use super::util::{
     arg, around, axes_in, axis_in, checked_numel, eval_shape, for_each_coord, need_int, opt_float,
-    opt_int, opt_ints, pick, pick_or, req_int, req_ints, req_shape, targ, R, T,
+    opt_int, opt_ints, overflow, pick, pick_or, req_int, req_ints, req_shape, targ, R, T,
 };
 use crate::attr::Attr;
 use crate::interp::EvalCtx;
@@ -44,7 +44,10 @@ pub fn infer_reshape(i: &[&TensorType], a: &Attrs) -> T {
     if let Some(d) = shape.0.iter().find(|d| d.as_const().is_some_and(|v| v < 0)) {
         return Err(format!("attribute `shape` {shape} has negative dim {d}"));
     }
-    let (from, to) = (x.shape.numel(), shape.numel());
+    let (from, to) = match (x.shape.checked_numel(), shape.checked_numel()) {
+        (Some(f), Some(t)) => (f, t),
+        _ => return Err(overflow("element counts of x and `shape`")),
+    };
     if from != to {
         return Err(format!(
             "cannot reshape x {} ({from} elements) to `shape` {shape} ({to} elements)",
@@ -144,7 +147,9 @@ pub fn infer_concat(i: &[&TensorType], a: &Attrs) -> T {
                 ));
             }
         }
-        total = total.add(&t.shape.0[axis]);
+        total = total
+            .checked_add(&t.shape.0[axis])
+            .ok_or_else(|| overflow("concatenated axis"))?;
     }
     let mut dims = first.shape.0.clone();
     dims[axis] = total;
@@ -219,26 +224,31 @@ pub fn eval_concat(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
     Ok(vec![concat_tensors(i, axis)?])
 }
 
-fn split_sizes(a: &Attrs) -> Result<Vec<usize>, String> {
+/// The pieces of `split` and their total.
+fn split_sizes(a: &Attrs) -> Result<(Vec<usize>, usize), String> {
     let sizes = req_ints(a, "sizes")?;
     if sizes.is_empty() {
         return Err("attribute `sizes` is empty: split needs at least one piece".into());
     }
-    sizes
-        .iter()
-        .map(|&s| {
-            usize::try_from(s)
-                .map_err(|_| format!("attribute `sizes` {sizes:?} has a negative size {s}"))
-        })
-        .collect()
+    let mut total = 0i64;
+    for &s in sizes {
+        if s < 0 {
+            return Err(format!(
+                "attribute `sizes` {sizes:?} has a negative size {s}"
+            ));
+        }
+        total = total
+            .checked_add(s)
+            .ok_or_else(|| format!("attribute `sizes` {sizes:?} overflows"))?;
+    }
+    Ok((sizes.iter().map(|&s| s as usize).collect(), total as usize))
 }
 
 /// Shape rule of `split`: one result per entry of `sizes`, which must add up to the dim.
 pub fn infer_split(i: &[&TensorType], a: &Attrs) -> T {
     let x = targ(i, 0, "x")?;
     let axis = axis_in(req_int(a, "axis")?, x.shape.rank(), "axis")?;
-    let sizes = split_sizes(a)?;
-    let total: usize = sizes.iter().sum();
+    let (sizes, total) = split_sizes(a)?;
     let d = &x.shape.0[axis];
     if *d != Dim::c(total as i64) {
         return Err(format!(
@@ -260,8 +270,7 @@ pub fn infer_split(i: &[&TensorType], a: &Attrs) -> T {
 pub fn eval_split(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
     let x = arg(i, 0, "x")?;
     let axis = axis_in(req_int(a, "axis")?, x.shape.len(), "axis")?;
-    let sizes = split_sizes(a)?;
-    let total: usize = sizes.iter().sum();
+    let (sizes, total) = split_sizes(a)?;
     let (outer, n, inner) = around(&x.shape, axis);
     if total != n {
         return Err(format!(
@@ -381,7 +390,8 @@ pub fn infer_slice(i: &[&TensorType], a: &Attrs) -> T {
                 "cannot slice symbolic dim {d} (axis {axis}) with step {step}"
             ));
         } else if start >= 0 && end >= TO_END {
-            d.sub(&Dim::c(start))
+            d.checked_sub(&Dim::c(start))
+                .ok_or_else(|| overflow("attribute `starts`"))?
         } else if start < 0 && end >= TO_END {
             Dim::c(start.saturating_neg())
         } else if start <= end && (start >= 0 || end < 0) {
@@ -671,8 +681,13 @@ pub fn infer_tile(i: &[&TensorType], a: &Attrs) -> T {
         .0
         .iter()
         .zip(&reps)
-        .map(|(d, &r)| d.mul(&Dim::c(r as i64)))
-        .collect();
+        .map(|(d, &r)| {
+            i64::try_from(r)
+                .ok()
+                .and_then(|r| d.checked_mul(&Dim::c(r)))
+                .ok_or_else(|| overflow("attribute `repeats`"))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(vec![TensorType::new(x.dtype.compute_type(), Shape(dims))])
 }
 
@@ -763,7 +778,10 @@ pub fn infer_pad(i: &[&TensorType], a: &Attrs) -> T {
     opt_float(a, "value")?;
     let mut dims = Vec::with_capacity(r);
     for (d, dim) in x.shape.0.iter().enumerate() {
-        let nd = dim.add(&Dim::c(p[d])).add(&Dim::c(p[d + r]));
+        let nd = dim
+            .checked_add(&Dim::c(p[d]))
+            .and_then(|v| v.checked_add(&Dim::c(p[d + r])))
+            .ok_or_else(|| overflow("attribute `pads`"))?;
         if nd.as_const().is_some_and(|v| v < 0) {
             return Err(format!(
                 "attribute `pads` {p:?} crops axis {d} (dim {dim}) below zero"

@@ -91,6 +91,11 @@ pub(crate) fn req_shape<'a>(a: &'a Attrs, name: &str) -> Result<&'a Shape, Strin
     }
 }
 
+/// The error of dim arithmetic that overflows i64 coefficients.
+pub(crate) fn overflow(what: &str) -> String {
+    format!("{what}: dim arithmetic overflows")
+}
+
 /// Resolves a possibly negative axis, or says which attribute is out of range.
 pub(crate) fn axis_in(axis: i64, rank: usize, what: &str) -> Result<usize, String> {
     norm_axis(axis, rank).ok_or_else(|| format!("{what} = {axis} is out of range for rank {rank}"))
@@ -253,6 +258,27 @@ pub(crate) fn pick_or(t: &Tensor, shape: Vec<usize>, idx: &[Option<usize>], fill
             }
         }
     }
+}
+
+/// Dot product in f64 with four running sums (independent chains let the compiler
+/// overlap the multiply-adds; the reference interpreter's matmuls spend their time here).
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut s = [0.0f64; 4];
+    let (ac, bc) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        s[0] += x[0] * y[0];
+        s[1] += x[1] * y[1];
+        s[2] += x[2] * y[2];
+        s[3] += x[3] * y[3];
+    }
+    let mut tail = 0.0;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x * y;
+    }
+    (s[0] + s[1]) + (s[2] + s[3]) + tail
 }
 
 /// Helpers for the op families' unit tests.

@@ -1,0 +1,510 @@
+//! The one graph builder for causal decoder LMs (Llama, Mistral, Qwen2, GPT-2 style).
+//! Model differences are config fields, not code paths per model: norm kind,
+//! activation, gated or plain MLP, rotary (either layout) or learned positions, GQA,
+//! tied embeddings, biases.
+//!
+//! The graph takes `%ids: i64[batch, seq]` and `%pos: i64[batch, seq]` and returns
+//! `%logits: f32[batch, VOCAB]` for the last position. Keys and values go through
+//! `kv_append`, so one graph serves prefill (`past = 0`, `seq = prompt`) and decode
+//! (`seq = 1`). Each block is
+//!
+//! ```text
+//! h = norm(x); q,k,v = linear(h); split heads; rope(q,k, pos); k,v = kv_append(k,v)
+//! x = x + o_proj(merge heads(attention(q, k, v, scale = 1/sqrt(d), causal)))
+//! x = x + down(act(gate(norm(x))) * up(norm(x)))      (or down(act(up(...))) ungated)
+//! ```
+//!
+//! Weights use canonical Hugging Face names (see `super`); a learned position table
+//! is `model.embed_positions.weight`. Weights keep their stored dtype (a q4_1 matrix
+//! stays q4_1 in the IR); float parameters other than f32 are cast to f32 in the graph
+//! so activations are f32 throughout.
+
+use super::{Activation, DecoderConfig, NormKind, Positions, TensorRef, TensorSource};
+use crate::FrontendError;
+use llmc_ir::{attrs, Attr, DType, Dim, ModelInfo, Module, Op, Shape, TensorType, ValueId};
+
+/// Builds the decoder graph for `cfg` from the tensors of `src`.
+pub fn build_decoder(
+    cfg: &DecoderConfig,
+    src: &dyn TensorSource,
+    info: ModelInfo,
+) -> Result<Module, FrontendError> {
+    let mut b = Builder::new(cfg, src)?;
+    b.m.info = info;
+    b.build()?;
+    Ok(b.m)
+}
+
+struct Builder<'a> {
+    cfg: &'a DecoderConfig,
+    src: &'a dyn TensorSource,
+    m: Module,
+    /// Where the builder is, for errors (`layer 3 attention`).
+    at: String,
+}
+
+fn batch() -> Dim {
+    Dim::sym("batch")
+}
+
+fn seq() -> Dim {
+    Dim::sym("seq")
+}
+
+impl<'a> Builder<'a> {
+    fn new(
+        cfg: &'a DecoderConfig,
+        src: &'a dyn TensorSource,
+    ) -> Result<Builder<'a>, FrontendError> {
+        let unsupported = |msg: String| FrontendError::Unsupported {
+            file: src.origin(),
+            msg,
+        };
+        let positive = [
+            ("vocab_size", cfg.vocab_size),
+            ("hidden_size", cfg.hidden_size),
+            ("intermediate_size", cfg.intermediate_size),
+            ("num_heads", cfg.num_heads),
+            ("num_kv_heads", cfg.num_kv_heads),
+            ("head_dim", cfg.head_dim),
+        ];
+        for (name, v) in positive {
+            if v <= 0 {
+                return Err(unsupported(format!("config {name} = {v} must be positive")));
+            }
+        }
+        if cfg.num_layers < 0 {
+            return Err(unsupported(format!(
+                "config num_layers = {} is negative",
+                cfg.num_layers
+            )));
+        }
+        if cfg.num_heads % cfg.num_kv_heads != 0 {
+            return Err(unsupported(format!(
+                "{} query heads are not a multiple of {} key/value heads",
+                cfg.num_heads, cfg.num_kv_heads
+            )));
+        }
+        let rope = matches!(
+            cfg.positions,
+            Positions::RopeNeox | Positions::RopeInterleaved
+        );
+        if rope && cfg.head_dim % 2 != 0 {
+            return Err(unsupported(format!(
+                "rotary embedding over an odd head dim {}",
+                cfg.head_dim
+            )));
+        }
+        if rope && cfg.rope_scale != 1.0 {
+            return Err(unsupported(format!(
+                "RoPE scaling factor {} (the rope op has no position scaling)",
+                cfg.rope_scale
+            )));
+        }
+        if !(cfg.norm_eps.is_finite() && cfg.norm_eps >= 0.0) {
+            return Err(unsupported(format!("norm epsilon {}", cfg.norm_eps)));
+        }
+        Ok(Builder {
+            cfg,
+            src,
+            m: Module::new("model"),
+            at: String::new(),
+        })
+    }
+
+    /// Appends a node, naming its result `name` (unique by construction).
+    fn node(
+        &mut self,
+        op: Op,
+        inputs: &[ValueId],
+        a: llmc_ir::Attrs,
+        name: &str,
+    ) -> Result<ValueId, FrontendError> {
+        let v = self
+            .m
+            .add1(op, inputs, a)
+            .map_err(|source| FrontendError::Build {
+                file: self.src.origin(),
+                at: self.at.clone(),
+                source,
+            })?;
+        self.m.graph.values[v.0 as usize].name = name.to_string();
+        Ok(v)
+    }
+
+    fn ty(&self, v: ValueId) -> &TensorType {
+        self.m.graph.ty(v)
+    }
+
+    /// Casts to f32 when the value is another float type.
+    fn as_f32(&mut self, v: ValueId, name: &str) -> Result<ValueId, FrontendError> {
+        if self.ty(v).dtype == DType::F32 {
+            return Ok(v);
+        }
+        self.node(
+            Op::Cast,
+            &[v],
+            attrs([("to", Attr::Type(DType::F32))]),
+            name,
+        )
+    }
+
+    /// Declares the weight `name`, checking that it exists and has `shape`.
+    /// `matrix` weights may be block-quantized; vectors must be plain floats.
+    fn weight(
+        &mut self,
+        name: &str,
+        shape: &[i64],
+        matrix: bool,
+    ) -> Result<ValueId, FrontendError> {
+        let t = self
+            .src
+            .get(name)
+            .ok_or_else(|| FrontendError::MissingTensor {
+                file: self.src.origin(),
+                name: name.to_string(),
+            })?;
+        self.declare(name, t, shape, matrix)
+    }
+
+    fn opt_weight(
+        &mut self,
+        name: &str,
+        shape: &[i64],
+        matrix: bool,
+    ) -> Result<Option<ValueId>, FrontendError> {
+        match self.src.get(name) {
+            Some(t) => self.declare(name, t, shape, matrix).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn declare(
+        &mut self,
+        name: &str,
+        t: TensorRef,
+        shape: &[i64],
+        matrix: bool,
+    ) -> Result<ValueId, FrontendError> {
+        let bad = |msg: String| FrontendError::BadTensor {
+            file: self.src.origin(),
+            name: name.to_string(),
+            msg,
+        };
+        if t.shape != Shape::of(shape) {
+            return Err(bad(format!(
+                "has shape {}, the config implies {}",
+                t.shape,
+                Shape::of(shape)
+            )));
+        }
+        let ok = t.dtype.is_float() || (matrix && t.dtype.is_quantized());
+        if !ok {
+            return Err(bad(format!("dtype {} is not usable here", t.dtype)));
+        }
+        if let Some(w) = self.m.weight_id(name) {
+            // Declared already (tied embeddings read the table twice).
+            return self
+                .m
+                .weight_value(w)
+                .ok_or_else(|| bad("weight has no value".into()));
+        }
+        Ok(self.m.add_weight(name, t.dtype, t.shape, t.data))
+    }
+
+    /// A norm over the last axis with the weights `prefix.weight` (+ `prefix.bias`).
+    fn norm(&mut self, x: ValueId, prefix: &str, name: &str) -> Result<ValueId, FrontendError> {
+        let h = self.cfg.hidden_size;
+        let w = self.weight(&format!("{prefix}.weight"), &[h], false)?;
+        let w = self.as_f32(w, &format!("{name}.w"))?;
+        let eps = attrs([("eps", Attr::Float(self.cfg.norm_eps))]);
+        match self.cfg.norm {
+            NormKind::RmsNorm => self.node(Op::RmsNorm, &[x, w], eps, name),
+            NormKind::LayerNorm => {
+                let b = self.weight(&format!("{prefix}.bias"), &[h], false)?;
+                let b = self.as_f32(b, &format!("{name}.b"))?;
+                self.node(Op::LayerNorm, &[x, w, b], eps, name)
+            }
+        }
+    }
+
+    /// `x . W^T (+ b)` with `prefix.weight: [out, in]` and, when `bias`, `prefix.bias`.
+    fn linear(
+        &mut self,
+        x: ValueId,
+        prefix: &str,
+        out: i64,
+        inp: i64,
+        bias: bool,
+        name: &str,
+    ) -> Result<ValueId, FrontendError> {
+        let w = self.weight(&format!("{prefix}.weight"), &[out, inp], true)?;
+        let mut ins = vec![x, w];
+        if bias {
+            let b = self.weight(&format!("{prefix}.bias"), &[out], false)?;
+            ins.push(self.as_f32(b, &format!("{name}.b"))?);
+        }
+        let y = self.node(Op::Linear, &ins, attrs([]), name)?;
+        self.as_f32(y, &format!("{name}.f32"))
+    }
+
+    fn activation(&mut self, x: ValueId, name: &str) -> Result<ValueId, FrontendError> {
+        match self.cfg.activation {
+            Activation::Silu => self.node(Op::Silu, &[x], attrs([]), name),
+            Activation::Relu => self.node(Op::Relu, &[x], attrs([]), name),
+            Activation::Gelu => self.node(Op::Gelu, &[x], attrs([]), name),
+            Activation::GeluTanh => self.node(
+                Op::Gelu,
+                &[x],
+                attrs([("approximate", Attr::Str("tanh".into()))]),
+                name,
+            ),
+        }
+    }
+
+    /// `[batch, seq, heads*d]` -> `[batch, heads, seq, d]`.
+    fn split_heads(
+        &mut self,
+        x: ValueId,
+        heads: i64,
+        name: &str,
+    ) -> Result<ValueId, FrontendError> {
+        let d = self.cfg.head_dim;
+        let shape = Shape(vec![batch(), seq(), Dim::c(heads), Dim::c(d)]);
+        let r = self.node(
+            Op::Reshape,
+            &[x],
+            attrs([("shape", Attr::Shape(shape))]),
+            &format!("{name}.4d"),
+        )?;
+        self.node(
+            Op::Transpose,
+            &[r],
+            attrs([("perm", Attr::Ints(vec![0, 2, 1, 3]))]),
+            name,
+        )
+    }
+
+    fn rope(&mut self, x: ValueId, pos: ValueId, name: &str) -> Result<ValueId, FrontendError> {
+        let style = match self.cfg.positions {
+            Positions::RopeNeox => "neox",
+            Positions::RopeInterleaved => "interleaved",
+            Positions::Learned => return Ok(x),
+        };
+        let a = attrs([
+            ("theta", Attr::Float(self.cfg.rope_theta)),
+            ("style", Attr::Str(style.into())),
+        ]);
+        self.node(Op::Rope, &[x, pos], a, name)
+    }
+
+    fn attention_block(
+        &mut self,
+        i: i64,
+        x: ValueId,
+        pos: ValueId,
+    ) -> Result<ValueId, FrontendError> {
+        let c = self.cfg;
+        let (h, nh, nkv, d) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
+        let p = format!("model.layers.{i}");
+        let l = format!("l{i}");
+        self.at = format!("layer {i} attention");
+        let hn = self.norm(
+            x,
+            &format!("{p}.input_layernorm"),
+            &format!("{l}.attn_norm"),
+        )?;
+        let q = self.linear(
+            hn,
+            &format!("{p}.self_attn.q_proj"),
+            nh * d,
+            h,
+            c.attn_bias,
+            &format!("{l}.q"),
+        )?;
+        let k = self.linear(
+            hn,
+            &format!("{p}.self_attn.k_proj"),
+            nkv * d,
+            h,
+            c.attn_bias,
+            &format!("{l}.k"),
+        )?;
+        let v = self.linear(
+            hn,
+            &format!("{p}.self_attn.v_proj"),
+            nkv * d,
+            h,
+            c.attn_bias,
+            &format!("{l}.v"),
+        )?;
+        let q = self.split_heads(q, nh, &format!("{l}.q_heads"))?;
+        let k = self.split_heads(k, nkv, &format!("{l}.k_heads"))?;
+        let v = self.split_heads(v, nkv, &format!("{l}.v_heads"))?;
+        let q = self.rope(q, pos, &format!("{l}.q_rope"))?;
+        let k = self.rope(k, pos, &format!("{l}.k_rope"))?;
+        let kv = self
+            .m
+            .add_node(Op::KvAppend, &[k, v], attrs([("layer", Attr::Int(i))]))
+            .map_err(|source| FrontendError::Build {
+                file: self.src.origin(),
+                at: self.at.clone(),
+                source,
+            })?;
+        let [kc, vc] = kv[..] else {
+            return Err(FrontendError::Unsupported {
+                file: self.src.origin(),
+                msg: format!("kv_append gave {} results, expected 2", kv.len()),
+            });
+        };
+        self.m.graph.values[kc.0 as usize].name = format!("{l}.k_cache");
+        self.m.graph.values[vc.0 as usize].name = format!("{l}.v_cache");
+        let a = attrs([
+            ("scale", Attr::Float(1.0 / (d as f64).sqrt())),
+            ("causal", Attr::Bool(true)),
+        ]);
+        let att = self.node(Op::Attention, &[q, kc, vc], a, &format!("{l}.attn"))?;
+        let t = self.node(
+            Op::Transpose,
+            &[att],
+            attrs([("perm", Attr::Ints(vec![0, 2, 1, 3]))]),
+            &format!("{l}.attn_t"),
+        )?;
+        let shape = Shape(vec![batch(), seq(), Dim::c(nh * d)]);
+        let merged = self.node(
+            Op::Reshape,
+            &[t],
+            attrs([("shape", Attr::Shape(shape))]),
+            &format!("{l}.attn_merged"),
+        )?;
+        let o = self.linear(
+            merged,
+            &format!("{p}.self_attn.o_proj"),
+            h,
+            nh * d,
+            c.mlp_bias,
+            &format!("{l}.o"),
+        )?;
+        self.node(Op::Add, &[x, o], attrs([]), &format!("{l}.attn_res"))
+    }
+
+    fn mlp_block(&mut self, i: i64, x: ValueId) -> Result<ValueId, FrontendError> {
+        let c = self.cfg;
+        let (h, f) = (c.hidden_size, c.intermediate_size);
+        let p = format!("model.layers.{i}");
+        let l = format!("l{i}");
+        self.at = format!("layer {i} mlp");
+        let hn = self.norm(
+            x,
+            &format!("{p}.post_attention_layernorm"),
+            &format!("{l}.mlp_norm"),
+        )?;
+        let inner = if c.gated_mlp {
+            let g = self.linear(
+                hn,
+                &format!("{p}.mlp.gate_proj"),
+                f,
+                h,
+                c.mlp_bias,
+                &format!("{l}.gate"),
+            )?;
+            let g = self.activation(g, &format!("{l}.gate_act"))?;
+            let u = self.linear(
+                hn,
+                &format!("{p}.mlp.up_proj"),
+                f,
+                h,
+                c.mlp_bias,
+                &format!("{l}.up"),
+            )?;
+            self.node(Op::Mul, &[g, u], attrs([]), &format!("{l}.glu"))?
+        } else {
+            let u = self.linear(
+                hn,
+                &format!("{p}.mlp.up_proj"),
+                f,
+                h,
+                c.mlp_bias,
+                &format!("{l}.up"),
+            )?;
+            self.activation(u, &format!("{l}.up_act"))?
+        };
+        let dn = self.linear(
+            inner,
+            &format!("{p}.mlp.down_proj"),
+            h,
+            f,
+            c.mlp_bias,
+            &format!("{l}.down"),
+        )?;
+        self.node(Op::Add, &[x, dn], attrs([]), &format!("{l}.out"))
+    }
+
+    fn build(&mut self) -> Result<(), FrontendError> {
+        let c = self.cfg;
+        let (h, vocab) = (c.hidden_size, c.vocab_size);
+        let ids_ty = TensorType::new(DType::I64, Shape(vec![batch(), seq()]));
+        let ids = self.m.graph.add_input("ids", ids_ty.clone());
+        let pos = self.m.graph.add_input("pos", ids_ty);
+        self.at = "embeddings".into();
+        let table = self.weight("model.embed_tokens.weight", &[vocab, h], true)?;
+        let axis0 = || attrs([("axis", Attr::Int(0))]);
+        let x = self.node(Op::Gather, &[table, ids], axis0(), "embed")?;
+        let mut x = self.as_f32(x, "embed.f32")?;
+        if c.positions == Positions::Learned {
+            let pt = self.weight("model.embed_positions.weight", &[c.context_length, h], true)?;
+            let pe = self.node(Op::Gather, &[pt, pos], axis0(), "pos_embed")?;
+            let pe = self.as_f32(pe, "pos_embed.f32")?;
+            x = self.node(Op::Add, &[x, pe], attrs([]), "embed_sum")?;
+        }
+        for i in 0..c.num_layers {
+            x = self.attention_block(i, x, pos)?;
+            x = self.mlp_block(i, x)?;
+        }
+        // Only the last position's logits are needed: slice before the final norm
+        // (which is per position) and the vocabulary projection.
+        self.at = "output".into();
+        let last = self.node(
+            Op::Slice,
+            &[x],
+            attrs([
+                ("starts", Attr::Ints(vec![-1])),
+                ("ends", Attr::Ints(vec![i64::MAX])),
+                ("axes", Attr::Ints(vec![1])),
+            ]),
+            "last",
+        )?;
+        let shape = Shape(vec![batch(), Dim::c(h)]);
+        let last = self.node(
+            Op::Reshape,
+            &[last],
+            attrs([("shape", Attr::Shape(shape))]),
+            "last_2d",
+        )?;
+        let n = self.norm(last, "model.norm", "final_norm")?;
+        let head = if c.tied_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let w = self.weight(head, &[vocab, h], true)?;
+        let bias = if c.tied_embeddings {
+            None
+        } else {
+            self.opt_weight("lm_head.bias", &[vocab], false)?
+        };
+        let mut ins = vec![n, w];
+        if let Some(b) = bias {
+            ins.push(self.as_f32(b, "lm_head.b")?);
+        }
+        let logits = self.node(Op::Linear, &ins, attrs([]), "logits_raw")?;
+        let logits = if self.ty(logits).dtype == DType::F32 {
+            self.m.graph.values[logits.0 as usize].name = "logits".into();
+            logits
+        } else {
+            self.as_f32(logits, "logits")?
+        };
+        self.m.graph.outputs = vec![logits];
+        Ok(())
+    }
+}

@@ -1,0 +1,568 @@
+//! File tests: one test per `tests/filetests/**/*.llmc` and per
+//! `tests/parse-errors/*.llmc` (Cranelift-style, see `tests/filetests/README.md`).
+//!
+//! Every file test is a module in canonical text: with its `;` comment lines removed it
+//! must equal `print(parse(file))`, and printing again gives the same text. The first
+//! line `; test KIND` picks what else is checked:
+//! - `print`: nothing more.
+//! - `verify`: parsed leniently (`parse_unchecked`); each `; error: SUBSTRING` line must
+//!   match a verifier error and every verifier error must be matched by one; with no
+//!   `; error:` lines the module must verify.
+//! - `run`: `; run: %a = dense<...>, ...` runs the graph in the reference interpreter
+//!   (one interpreter per file, so the KV cache carries over); each following
+//!   `; expect: %out = dense<...> [atol=X] [rtol=Y]` checks a graph output.
+//!
+//! `LLMC_BLESS=1` rewrites `; expect:` values with what was computed (tolerances kept)
+//! and non-canonical module text to canonical form (comment lines kept in place).
+//!
+//! A parse-error test's first line is `; error: LINE:COL: SUBSTRING`: parsing the file's
+//! bytes must fail at that position with a message containing SUBSTRING.
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use llmc_ir::interp::Interpreter;
+use llmc_ir::tensor::Data;
+use llmc_ir::text::{parse, parse_bytes, parse_tensor, parse_unchecked, print, value_names};
+use llmc_ir::verify::verify;
+use llmc_ir::{Module, Tensor};
+use std::fs;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bless = std::env::var("LLMC_BLESS").is_ok_and(|v| v == "1");
+    let mut trials = Vec::new();
+    for dir in ["filetests", "parse-errors"] {
+        let mut files = Vec::new();
+        collect(&root.join(dir), &mut files);
+        files.sort();
+        for path in files {
+            let name = path
+                .strip_prefix(&root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            let trial = if dir == "filetests" {
+                Trial::test(name.clone(), move || file_test(&path, &name, bless))
+            } else {
+                Trial::test(name.clone(), move || parse_error_test(&path, &name))
+            };
+            trials.push(trial);
+        }
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Every `*.llmc` under `dir`, recursively.
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(&p, out);
+        } else if p.extension().is_some_and(|x| x == "llmc") {
+            out.push(p);
+        }
+    }
+}
+
+fn fail(msg: impl Into<String>) -> Failed {
+    Failed::from(msg.into())
+}
+
+// ----- parse-error tests -----
+
+fn parse_error_test(path: &Path, name: &str) -> Result<(), Failed> {
+    let bytes = fs::read(path).map_err(|e| fail(format!("cannot read {name}: {e}")))?;
+    let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let first = std::str::from_utf8(first).map_err(|_| fail("first line is not UTF-8"))?;
+    let spec = first
+        .trim()
+        .strip_prefix("; error:")
+        .ok_or_else(|| fail("first line must be `; error: LINE:COL: SUBSTRING`"))?;
+    let mut parts = spec.trim().splitn(3, ':');
+    let (line, col, sub) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(l), Some(c), Some(s)) => (
+            l.trim()
+                .parse::<u32>()
+                .map_err(|_| fail(format!("bad line number in `{first}`")))?,
+            c.trim()
+                .parse::<u32>()
+                .map_err(|_| fail(format!("bad column in `{first}`")))?,
+            s.trim().to_string(),
+        ),
+        _ => return Err(fail("first line must be `; error: LINE:COL: SUBSTRING`")),
+    };
+    let res = catch_unwind(AssertUnwindSafe(|| parse_bytes(&bytes, name)))
+        .map_err(|_| fail("the parser panicked"))?;
+    let e = match res {
+        Ok(_) => return Err(fail("the file parsed; expected an error")),
+        Err(e) => e,
+    };
+    let want = format!("{name}:{line}:{col}: ");
+    if e.line != line || e.col != col || !e.msg.contains(&sub) || !e.to_string().starts_with(&want)
+    {
+        return Err(fail(format!("got  {e}\nwant {want}...{sub}...")));
+    }
+    // The lenient parser must not panic either.
+    let lenient = catch_unwind(AssertUnwindSafe(|| {
+        std::str::from_utf8(&bytes).map(|s| parse_unchecked(s, name).is_ok())
+    }));
+    match lenient {
+        Err(_) => Err(fail("parse_unchecked panicked")),
+        Ok(_) => Ok(()),
+    }
+}
+
+// ----- file tests -----
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Print,
+    Verify,
+    Run,
+}
+
+fn is_comment(line: &str) -> bool {
+    line.trim_start().starts_with(';')
+}
+
+/// The file without its comment lines.
+fn strip_comments(text: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|l| !is_comment(l))
+        .collect()
+}
+
+fn file_test(path: &Path, name: &str, bless: bool) -> Result<(), Failed> {
+    let text = fs::read_to_string(path).map_err(|e| fail(format!("cannot read {name}: {e}")))?;
+    let header = text.lines().next().unwrap_or_default().trim();
+    let kind = match header.strip_prefix("; test ").map(str::trim) {
+        Some("print") => Kind::Print,
+        Some("verify") => Kind::Verify,
+        Some("run") => Kind::Run,
+        _ => {
+            return Err(fail(format!(
+                "{name}:1: first line must be `; test print|verify|run`, found `{header}`"
+            )))
+        }
+    };
+    let parse_mode = |src: &str| {
+        if kind == Kind::Verify {
+            parse_unchecked(src, name)
+        } else {
+            parse(src, name)
+        }
+    };
+    let m = parse_mode(&text).map_err(|e| fail(e.to_string()))?;
+    let canonical = print(&m);
+    let mut new_text = text.clone();
+    if strip_comments(&text) != canonical {
+        if bless {
+            new_text = merge_comments(&text, &canonical);
+        } else {
+            return Err(fail(format!(
+                "{name} is not in canonical form ({}); run with LLMC_BLESS=1 to rewrite it",
+                first_difference(&strip_comments(&text), &canonical)
+            )));
+        }
+    }
+    let again =
+        parse_mode(&canonical).map_err(|e| fail(format!("reparsing the printed text: {e}")))?;
+    if print(&again) != canonical {
+        return Err(fail(format!(
+            "printing is not stable: {}",
+            first_difference(&canonical, &print(&again))
+        )));
+    }
+    match kind {
+        Kind::Print => {}
+        Kind::Verify => verify_test(&text, &m, name)?,
+        Kind::Run => {
+            let blessed = run_test(&new_text, &m, name, bless)?;
+            new_text = blessed;
+        }
+    }
+    if bless && new_text != text {
+        fs::write(path, &new_text).map_err(|e| fail(format!("cannot write {name}: {e}")))?;
+        eprintln!("blessed {name}");
+    }
+    Ok(())
+}
+
+/// `line N: file has `A`, canonical is `B``.
+fn first_difference(a: &str, b: &str) -> String {
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    for i in 0..la.len().max(lb.len()) {
+        let (x, y) = (la.get(i), lb.get(i));
+        if x != y {
+            return format!(
+                "module line {}: file has {}, canonical is {}",
+                i + 1,
+                x.map_or("nothing".to_string(), |s| format!("`{s}`")),
+                y.map_or("nothing".to_string(), |s| format!("`{s}`"))
+            );
+        }
+    }
+    "texts differ in line endings".to_string()
+}
+
+/// Replaces the module lines of `old` with `canonical`, keeping each comment line just
+/// after the code line it followed (matched by a longest common subsequence of lines).
+fn merge_comments(old: &str, canonical: &str) -> String {
+    let lines: Vec<&str> = old.lines().collect();
+    let code: Vec<usize> = (0..lines.len())
+        .filter(|&i| !is_comment(lines[i]))
+        .collect();
+    let new: Vec<&str> = canonical.lines().collect();
+    let (n, m) = (code.len(), new.len());
+    // lcs[i][j] = LCS length of code[i..] and new[j..].
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if lines[code[i]] == new[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    // matched[k] = index in `new` of old code line k, if it survives unchanged.
+    let mut matched = vec![None; n];
+    let (mut i, mut j) = (0, 0);
+    while i < n && j < m {
+        if lines[code[i]] == new[j] {
+            matched[i] = Some(j);
+            i += 1;
+            j += 1;
+        } else if lcs[i + 1][j] >= lcs[i][j + 1] {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    // A comment goes right after the new position of the last surviving code line
+    // before it (or at the top).
+    let mut after: Vec<Vec<&str>> = vec![Vec::new(); m + 1];
+    let mut slot = 0usize;
+    let mut k = 0usize;
+    for line in &lines {
+        if is_comment(line) {
+            after[slot].push(line);
+        } else {
+            if let Some(j) = matched.get(k).copied().flatten() {
+                slot = j + 1;
+            }
+            k += 1;
+        }
+    }
+    let mut out = String::new();
+    for c in &after[0] {
+        out.push_str(c);
+        out.push('\n');
+    }
+    for (j, l) in new.iter().enumerate() {
+        out.push_str(l);
+        out.push('\n');
+        for c in &after[j + 1] {
+            out.push_str(c);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn verify_test(text: &str, m: &Module, name: &str) -> Result<(), Failed> {
+    let expected: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("; error:"))
+        .map(str::trim)
+        .collect();
+    let errors: Vec<String> = match verify(m) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    };
+    let mut problems = Vec::new();
+    for want in &expected {
+        if !errors.iter().any(|e| e.contains(want)) {
+            problems.push(format!("expected an error containing `{want}`"));
+        }
+    }
+    for e in &errors {
+        if !expected.iter().any(|w| e.contains(w)) {
+            problems.push(format!("unexpected error: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(format!(
+            "{name}:\n  {}\nverifier said:\n  {}",
+            problems.join("\n  "),
+            if errors.is_empty() {
+                "(nothing: the module verifies)".to_string()
+            } else {
+                errors.join("\n  ")
+            }
+        )))
+    }
+}
+
+/// A printed value name (`%x`, `%"a b"`) at the start of `s`; returns it and the rest.
+fn take_name(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start();
+    let body = s.strip_prefix('%')?;
+    let len = if body.starts_with('"') {
+        let mut escaped = false;
+        let mut end = None;
+        for (i, c) in body.char_indices().skip(1) {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        end?
+    } else {
+        body.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+            .unwrap_or(body.len())
+    };
+    if len == 0 {
+        return None;
+    }
+    Some((&s[..len + 1], &s[len + 1..]))
+}
+
+/// `%a = dense<...>, %b = dense<...>`.
+fn parse_bindings(s: &str, file: &str) -> Result<Vec<(String, Tensor)>, String> {
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let (name, r) =
+            take_name(rest).ok_or_else(|| format!("expected `%name = dense<...>` at `{rest}`"))?;
+        let r = r
+            .trim_start()
+            .strip_prefix('=')
+            .ok_or_else(|| format!("expected `=` after {name}"))?
+            .trim_start();
+        let end = r
+            .find('>')
+            .ok_or_else(|| format!("{name}: expected `dense<...>`"))?;
+        let t = parse_tensor(&r[..=end], file).map_err(|e| format!("{name}: {}", e.msg))?;
+        out.push((name.to_string(), t));
+        rest = r[end + 1..].trim_start();
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r.trim_start();
+        } else if !rest.is_empty() {
+            return Err(format!("expected `,` before `{rest}`"));
+        }
+    }
+    Ok(out)
+}
+
+/// An `; expect:` line's parts: output name, expected tensor, the text after the
+/// literal (tolerances, kept by bless), atol, rtol.
+struct Expect {
+    name: String,
+    want: Tensor,
+    tail: String,
+    atol: f64,
+    rtol: f64,
+}
+
+fn parse_expect(s: &str, file: &str) -> Result<Expect, String> {
+    let (name, r) =
+        take_name(s).ok_or_else(|| format!("expected `%name = dense<...>` at `{s}`"))?;
+    let r = r
+        .trim_start()
+        .strip_prefix('=')
+        .ok_or_else(|| format!("expected `=` after {name}"))?
+        .trim_start();
+    let end = r
+        .find('>')
+        .ok_or_else(|| format!("{name}: expected `dense<...>`"))?;
+    let want = parse_tensor(&r[..=end], file).map_err(|e| format!("{name}: {}", e.msg))?;
+    let tail = r[end + 1..].to_string();
+    let (mut atol, mut rtol) = (0.0, 0.0);
+    for tok in tail.split_whitespace() {
+        let tok = tok.trim_start_matches('[').trim_end_matches(']');
+        let (k, v) = tok
+            .split_once('=')
+            .ok_or_else(|| format!("expected `atol=X` or `rtol=Y`, found `{tok}`"))?;
+        let v: f64 = v
+            .parse()
+            .ok()
+            .filter(|v: &f64| *v >= 0.0)
+            .ok_or_else(|| format!("bad tolerance `{tok}`"))?;
+        match k {
+            "atol" => atol = v,
+            "rtol" => rtol = v,
+            _ => return Err(format!("unknown tolerance `{k}` (atol or rtol)")),
+        }
+    }
+    Ok(Expect {
+        name: name.to_string(),
+        want,
+        tail,
+        atol,
+        rtol,
+    })
+}
+
+/// Multi-index of flat index `k` in `shape`.
+fn index_of(mut k: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        let n = shape[d].max(1);
+        idx[d] = k % n;
+        k /= n;
+    }
+    idx
+}
+
+/// Checks `got` against `want`: ints and bools exactly, floats within
+/// `atol + rtol * |want|` (exactly when both are 0), NaN equal to NaN.
+fn compare(got: &Tensor, want: &Tensor, atol: f64, rtol: f64) -> Result<(), String> {
+    if got.dtype != want.dtype || got.shape != want.shape {
+        return Err(format!(
+            "got {}{:?}, want {}{:?}",
+            got.dtype, got.shape, want.dtype, want.shape
+        ));
+    }
+    let mut bad: Vec<String> = Vec::new();
+    let mut count = 0usize;
+    let n = want.numel();
+    for k in 0..n {
+        let ok = match (&got.data, &want.data) {
+            (Data::I(g), Data::I(w)) => g.get(k) == w.get(k),
+            (Data::F(g), Data::F(w)) => match (g.get(k), w.get(k)) {
+                (Some(&g), Some(&w)) => {
+                    (g.is_nan() && w.is_nan())
+                        || g == w
+                        || (w.is_finite() && (g - w).abs() <= atol + rtol * w.abs())
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !ok {
+            count += 1;
+            if bad.len() < 5 {
+                bad.push(format!(
+                    "index {:?}: got {}, want {}",
+                    index_of(k, &want.shape),
+                    show(got, k),
+                    show(want, k)
+                ));
+            }
+        }
+    }
+    if count == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{count} of {n} element(s) differ (atol={atol}, rtol={rtol}):\n    {}",
+            bad.join("\n    ")
+        ))
+    }
+}
+
+fn show(t: &Tensor, k: usize) -> String {
+    match &t.data {
+        Data::F(v) => v.get(k).map_or("-".into(), |x| format!("{x:?}")),
+        Data::I(v) => v.get(k).map_or("-".into(), |x| x.to_string()),
+    }
+}
+
+/// Runs the `; run:` / `; expect:` lines; returns the text with `; expect:` values
+/// replaced by the computed ones when blessing.
+fn run_test(text: &str, m: &Module, name: &str, bless: bool) -> Result<String, Failed> {
+    let names = value_names(m);
+    let g = &m.graph;
+    let mut interp = Interpreter::new(m);
+    let mut outputs: Option<Vec<Tensor>> = None;
+    let mut runs = 0;
+    let mut out = String::new();
+    let mut problems: Vec<String> = Vec::new();
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let at = format!("{name}:{}", i + 1);
+        let body = line.trim_start();
+        if let Some(args) = body.strip_prefix("; run:") {
+            let binds = parse_bindings(args, name).map_err(|e| fail(format!("{at}: {e}")))?;
+            let mut inputs: Vec<Option<Tensor>> = vec![None; g.inputs.len()];
+            for (n, t) in binds {
+                let k = g
+                    .inputs
+                    .iter()
+                    .position(|v| names.get(v.0 as usize) == Some(&n))
+                    .ok_or_else(|| fail(format!("{at}: the graph has no input {n}")))?;
+                if inputs[k].replace(t).is_some() {
+                    return Err(fail(format!("{at}: {n} is bound twice")));
+                }
+            }
+            let inputs: Vec<Tensor> = inputs
+                .into_iter()
+                .enumerate()
+                .map(|(k, t)| {
+                    t.ok_or_else(|| {
+                        fail(format!(
+                            "{at}: graph input {} is not bound",
+                            names.get(g.inputs[k].0 as usize).map_or("?", |s| s)
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let res = interp
+                .run(&inputs)
+                .map_err(|e| fail(format!("{at}: the run failed: {e}")))?;
+            outputs = Some(res);
+            runs += 1;
+            out.push_str(line);
+        } else if let Some(spec) = body.strip_prefix("; expect:") {
+            let e = parse_expect(spec, name).map_err(|e| fail(format!("{at}: {e}")))?;
+            let outs = outputs
+                .as_ref()
+                .ok_or_else(|| fail(format!("{at}: `; expect:` before any `; run:`")))?;
+            let k = g
+                .outputs
+                .iter()
+                .position(|v| names.get(v.0 as usize) == Some(&e.name))
+                .ok_or_else(|| fail(format!("{at}: the graph has no output {}", e.name)))?;
+            let got = outs
+                .get(k)
+                .ok_or_else(|| fail(format!("{at}: the run gave no output {k}")))?;
+            if bless {
+                let indent = &line[..line.len() - body.len()];
+                let nl = if line.ends_with('\n') { "\n" } else { "" };
+                out.push_str(&format!(
+                    "{indent}; expect: {} = {}{}{nl}",
+                    e.name,
+                    llmc_ir::text::print_tensor(got),
+                    e.tail.trim_end()
+                ));
+            } else {
+                if let Err(msg) = compare(got, &e.want, e.atol, e.rtol) {
+                    problems.push(format!("{at}: {}: {msg}", e.name));
+                }
+                out.push_str(line);
+            }
+        } else {
+            out.push_str(line);
+        }
+    }
+    if runs == 0 {
+        return Err(fail(format!("{name}: a run test needs `; run:` lines")));
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(fail(problems.join("\n")))
+    }
+}
