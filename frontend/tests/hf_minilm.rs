@@ -6,17 +6,14 @@
 use anyhow::{Context, Result};
 use llmc_ir::interp::Interpreter;
 use llmc_ir::{DType, Tensor};
+use llmc_runtime::Tokenizer;
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod common;
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("LLMC_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".cache/models"))
 }
 
 struct Fixture {
@@ -91,15 +88,18 @@ fn batch_inputs(rows: &[Vec<i64>]) -> [Tensor; 3] {
 
 #[test]
 fn minilm_embeddings_match_sentence_transformers() -> Result<()> {
-    let dir = models_dir().join("all-MiniLM-L6-v2");
-    if !dir.join("config.json").is_file() {
-        eprintln!(
-            "skipped: model not found at {}, run scripts/fetch-models",
-            dir.display()
-        );
+    let Some(dir) = common::model_file("all-MiniLM-L6-v2") else {
         return Ok(());
-    }
+    };
     let fx = fixture()?;
+    // llmc's tokenizer on the folder's tokenizer.json must give the HF tokenizer's ids.
+    let tok = Tokenizer::from_json_bytes(&std::fs::read(dir.join("tokenizer.json"))?)?;
+    let mut ids = Vec::new();
+    for (s, want) in fx.sentences.iter().zip(&fx.token_ids) {
+        let got: Vec<i64> = tok.encode(s, true)?.into_iter().map(i64::from).collect();
+        assert_eq!(&got, want, "token ids of {s:?}");
+        ids.push(got);
+    }
     let t0 = Instant::now();
     let module = llmc_frontend::hf::load(&dir)?;
     eprintln!("loaded {} in {:?}", dir.display(), t0.elapsed());
@@ -117,7 +117,7 @@ fn minilm_embeddings_match_sentence_transformers() -> Result<()> {
     // mean pooling, since the sentences have different lengths.
     let mut interp = Interpreter::new(&module);
     let t1 = Instant::now();
-    let out = interp.run(&batch_inputs(&fx.token_ids))?;
+    let out = interp.run(&batch_inputs(&ids))?;
     eprintln!(
         "interpreter, batch of {}: {:?}",
         fx.sentences.len(),
@@ -143,8 +143,8 @@ fn minilm_embeddings_match_sentence_transformers() -> Result<()> {
     assert!(min_cos >= 0.9999, "min cosine {min_cos} < 0.9999");
 
     // The shortest sentence alone (no padding) gives the same vector as in the batch.
-    let last = fx.token_ids.len() - 1;
-    let alone = interp.run(&batch_inputs(&fx.token_ids[last..]))?;
+    let last = ids.len() - 1;
+    let alone = interp.run(&batch_inputs(&ids[last..]))?;
     let c = cosine(&alone[0].to_f64(), &v[last * 384..]);
     assert!(c > 0.999_999, "padding changed the embedding: cosine {c}");
     Ok(())

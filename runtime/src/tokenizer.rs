@@ -423,7 +423,14 @@ impl Tokenizer {
     /// not part of that file; set them with [`Tokenizer::with_specials`] and
     /// [`Tokenizer::with_chat_template`].
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Tokenizer, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+        let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+        // A tokenizer.json may carry the padding/truncation its exporter used
+        // (all-MiniLM-L6-v2 pads every input to 128): as transformers does, ignore
+        // them; the runtime pads batches and bounds lengths itself.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
             .map_err(|e| TokenizerError::Build(e.to_string()))?;
         Ok(Tokenizer {
             inner,

@@ -96,7 +96,13 @@ pub fn open(dir: &Path) -> Result<HfModel, FrontendError> {
     };
     let tensors = safetensors::read_dir(dir)?;
     let source = HfSource::new(dir.display().to_string(), tensors, naming);
-    let info = info::model_info(dir, &cfg)?;
+    let mut info = info::model_info(dir, &cfg)?;
+    let (arch, ctx) = match &family {
+        Family::Decoder(c) => (&c.arch, c.context_length),
+        Family::Encoder(c) => (&c.arch, c.max_positions),
+    };
+    info.architecture = arch.clone();
+    info.context_length = Some(ctx);
     Ok(HfModel {
         family,
         source,
