@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result};
 use llmc_ir::interp::Interpreter;
+use llmc_ir::verify::verify;
 use llmc_ir::{DType, Tensor};
 use llmc_runtime::Tokenizer;
 use std::path::PathBuf;
@@ -63,6 +64,7 @@ fn smollm2_hf_greedy_matches_transformers() -> Result<()> {
     let module = llmc_frontend::hf::load(&dir)?;
     eprintln!("loaded {} in {:?}", dir.display(), t0.elapsed());
     assert_eq!(module.info.architecture, "llama");
+    verify(&module).map_err(|e| anyhow::anyhow!("imported module does not verify:\n{e}"))?;
     assert_eq!(module.info.eos_tokens, vec![2]);
     assert!(module.info.chat_template.is_some());
 
