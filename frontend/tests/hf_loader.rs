@@ -131,6 +131,48 @@ fn qwen2_and_mistral_specifics() -> Result<()> {
 }
 
 #[test]
+fn transformers5_rope_parameters_and_layer_types() -> Result<()> {
+    let mut cfg = llama_config();
+    let o = cfg.as_object_mut().unwrap();
+    o.remove("rope_theta");
+    o.remove("rope_scaling");
+    o.insert(
+        "rope_parameters".into(),
+        json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}),
+    );
+    let Family::Decoder(c) = hf::open(folder(&cfg).path())?.family else {
+        panic!("not a decoder")
+    };
+    assert_eq!((c.rope_theta, c.rope_scale), (1000000.0, 2.0));
+
+    // A Mistral whose layers are all full attention ignores `sliding_window`; one
+    // with a sliding layer caps the context at the window.
+    cfg["architectures"] = json!(["MistralForCausalLM"]);
+    cfg["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 10000.0});
+    cfg["sliding_window"] = json!(32);
+    cfg["layer_types"] = json!(["full_attention"]);
+    let Family::Decoder(c) = hf::open(folder(&cfg).path())?.family else {
+        panic!("not a decoder")
+    };
+    assert_eq!(
+        (c.rope_theta, c.rope_scale, c.context_length),
+        (10000.0, 1.0, 128)
+    );
+    cfg["layer_types"] = json!(["sliding_attention"]);
+    let Family::Decoder(c) = hf::open(folder(&cfg).path())?.family else {
+        panic!("not a decoder")
+    };
+    assert_eq!(c.context_length, 32);
+
+    cfg["rope_parameters"] = json!({"rope_type": "llama3", "factor": 8.0, "rope_theta": 1.0});
+    assert_mentions(
+        &err_of(folder(&cfg).path()),
+        &["config.json", "`rope_parameters`", "llama3"],
+    );
+    Ok(())
+}
+
+#[test]
 fn gpt2_config_and_conv1d_layout() -> Result<()> {
     let d = tempfile::tempdir()?;
     write_json(

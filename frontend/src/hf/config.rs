@@ -29,39 +29,60 @@ fn activation(cfg: &JsonFile, key: &str, default: &str) -> Result<Activation, Fr
     })
 }
 
-/// `rope_scaling`: absent/null = 1.0; `{"type"|"rope_type": "linear", "factor": f}` = f;
-/// `"default"` = 1.0; anything else is unsupported.
-fn rope_scale(cfg: &JsonFile) -> Result<f64, FrontendError> {
-    let Some(rs) = cfg.get("rope_scaling") else {
-        return Ok(1.0);
+/// RoPE base and linear scale factor. transformers 4 writes `rope_theta` and
+/// `rope_scaling` (`{"type"|"rope_type": ..., "factor": f}`); transformers 5 writes
+/// both into `rope_parameters` (`{"rope_type", "rope_theta", "factor"}`). The rope
+/// types `default` (factor 1) and `linear` are supported.
+fn rope(cfg: &JsonFile) -> Result<(f64, f64), FrontendError> {
+    let params = cfg.get("rope_parameters");
+    if let Some(p) = params {
+        if !p.is_object() {
+            return Err(cfg.bad_value("rope_parameters", format!("must be an object, got {p}")));
+        }
+    }
+    let theta = match params
+        .and_then(|p| p.get("rope_theta"))
+        .filter(|v| !v.is_null())
+    {
+        Some(v) => v.as_f64().ok_or_else(|| {
+            cfg.bad_value(
+                "rope_parameters.rope_theta",
+                format!("must be a number, got {v}"),
+            )
+        })?,
+        None => cfg.opt_float("rope_theta")?.unwrap_or(10000.0),
+    };
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(cfg.bad_value("rope_theta", format!("must be positive, got {theta}")));
+    }
+    let (key, scaling) = match cfg.get("rope_scaling") {
+        Some(v) => ("rope_scaling", Some(v)),
+        None => ("rope_parameters", params),
+    };
+    let Some(rs) = scaling else {
+        return Ok((theta, 1.0));
     };
     let kind = rs
         .get("rope_type")
         .or_else(|| rs.get("type"))
         .and_then(|v| v.as_str())
-        .ok_or_else(|| {
-            format_err(
-                &cfg.path,
-                "key `rope_scaling` has no string `rope_type` or `type`",
-            )
-        })?;
+        .unwrap_or("default");
     match kind {
-        "default" => Ok(1.0),
+        "default" => Ok((theta, 1.0)),
         "linear" => {
             let f = rs.get("factor").and_then(|v| v.as_f64()).ok_or_else(|| {
-                format_err(&cfg.path, "missing key `rope_scaling.factor` (a number)")
+                cfg.bad_value(key, "has rope_type `linear` but no number `factor`")
             })?;
             if !(f.is_finite() && f > 0.0) {
-                return Err(format_err(
-                    &cfg.path,
-                    format!("key `rope_scaling.factor` must be positive, got {f}"),
-                ));
+                return Err(cfg.bad_value(key, format!("`factor` must be positive, got {f}")));
             }
-            Ok(f)
+            Ok((theta, f))
         }
         other => Err(unsupported(
             &cfg.path,
-            format!("key `rope_scaling` of type `{other}` (only `linear` is supported)"),
+            format!(
+                "key `{key}` of type `{other}` (only `default` and `linear` RoPE are supported)"
+            ),
         )),
     }
 }
@@ -111,12 +132,30 @@ pub fn llama_like(cfg: &JsonFile, arch: &str) -> Result<DecoderConfig, FrontendE
     let max_pos = cfg.opt_pos_int("max_position_embeddings")?.unwrap_or(2048);
     // Mistral's sliding window: the builder attends over the whole cache, which is
     // exact as long as the context stays within the window.
-    let window = match arch {
-        "qwen2" if !cfg.opt_bool("use_sliding_window")?.unwrap_or(false) => None,
-        _ => cfg.opt_pos_int("sliding_window")?,
+    // transformers 5 lists each layer's kind in `layer_types`; a sliding layer is only
+    // there when the model uses its window.
+    let sliding_layers = match cfg.get("layer_types") {
+        Some(v) => Some(
+            v.as_array()
+                .ok_or_else(|| cfg.bad_value("layer_types", "must be a list"))?
+                .iter()
+                .any(|t| t.as_str() == Some("sliding_attention")),
+        ),
+        None => None,
+    };
+    let uses_window = match (arch, sliding_layers) {
+        (_, Some(any)) => any,
+        ("qwen2", None) => cfg.opt_bool("use_sliding_window")?.unwrap_or(false),
+        _ => true,
+    };
+    let window = if uses_window {
+        cfg.opt_pos_int("sliding_window")?
+    } else {
+        None
     };
     let context_length = window.map_or(max_pos, |w| w.min(max_pos));
     let activation = activation(cfg, "hidden_act", "silu")?;
+    let (rope_theta, rope_scale) = rope(cfg)?;
     Ok(DecoderConfig {
         arch: arch.to_string(),
         vocab_size: cfg.pos_int("vocab_size")?,
@@ -131,8 +170,8 @@ pub fn llama_like(cfg: &JsonFile, arch: &str) -> Result<DecoderConfig, FrontendE
         activation,
         gated_mlp: true,
         positions: Positions::RopeNeox,
-        rope_theta: cfg.opt_float("rope_theta")?.unwrap_or(10000.0),
-        rope_scale: rope_scale(cfg)?,
+        rope_theta,
+        rope_scale,
         tied_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         attn_bias,
         mlp_bias,
@@ -150,6 +189,16 @@ pub fn gpt2(cfg: &JsonFile) -> Result<DecoderConfig, FrontendError> {
             &cfg.path,
             format!("n_embd {hidden} is not a multiple of n_head {heads}"),
         ));
+    }
+    // Variants of GPT-2 attention that the builder's one attention form cannot express.
+    if cfg.opt_bool("scale_attn_by_inverse_layer_idx")? == Some(true) {
+        return Err(unsupported(
+            &cfg.path,
+            "key `scale_attn_by_inverse_layer_idx` = true",
+        ));
+    }
+    if cfg.opt_bool("scale_attn_weights")? == Some(false) {
+        return Err(unsupported(&cfg.path, "key `scale_attn_weights` = false"));
     }
     Ok(DecoderConfig {
         arch: "gpt2".into(),
