@@ -52,12 +52,11 @@ fn check(case: &str, want_arch: &str) -> Result<()> {
     let pos: Vec<i64> = (0..prompt.len() as i64).collect();
     let out = interp.run(&[row(&prompt), row(&pos)])?;
     let mut worst = max_err(&out[0].to_f64(), &floats(&exp["prefill_logits"])?);
-    let mut p = prompt.len() as i64;
-    for step in exp["decode"].as_array().context("decode")? {
+    let steps = exp["decode"].as_array().context("decode")?;
+    for (p, step) in (prompt.len() as i64..).zip(steps) {
         let id = step["id"].as_i64().context("id")?;
         let out = interp.run(&[row(&[id]), row(&[p])])?;
         worst = worst.max(max_err(&out[0].to_f64(), &floats(&step["logits"])?));
-        p += 1;
     }
     eprintln!("{case}: max relative logit error {worst:.2e}");
     assert!(
