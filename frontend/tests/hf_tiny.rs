@@ -92,3 +92,60 @@ fn qwen2_qkv_bias() -> Result<()> {
 fn gpt2_conv1d_learned_positions() -> Result<()> {
     check("gpt2", "gpt2")
 }
+
+fn ints2(v: &serde_json::Value) -> Result<(Vec<i64>, Vec<usize>)> {
+    let rows = v.as_array().context("a list of rows")?;
+    let mut flat = Vec::new();
+    for r in rows {
+        for x in r.as_array().context("a row")? {
+            flat.push(x.as_i64().context("an integer")?);
+        }
+    }
+    let shape = vec![rows.len(), flat.len() / rows.len().max(1)];
+    Ok((flat, shape))
+}
+
+fn check_encoder(case: &str, pooling: &str, normalize: &str) -> Result<()> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/hf-tiny")
+        .join(case);
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json"))?)?;
+    let module = llmc_frontend::hf::load(&dir)?;
+    verify(&module).map_err(|e| anyhow::anyhow!("{case}: module does not verify:\n{e}"))?;
+    assert_eq!(module.info.architecture, "bert");
+    assert_eq!(module.info.extra["pooling"], pooling);
+    assert_eq!(module.info.extra["normalize"], normalize);
+    let (ids, shape) = ints2(&exp["ids"])?;
+    let (mask, _) = ints2(&exp["mask"])?;
+    let pos: Vec<i64> = (0..ids.len()).map(|i| (i % shape[1]) as i64).collect();
+    let t = |v: Vec<i64>| Tensor::from_i64(DType::I64, shape.clone(), v);
+    let out = Interpreter::new(&module).run(&[t(ids), t(mask), t(pos)])?;
+    let (want, wshape) = {
+        let rows = exp["embeddings"].as_array().context("embeddings")?;
+        let mut flat = Vec::new();
+        for r in rows {
+            flat.extend(floats(r)?);
+        }
+        let n = flat.len() / rows.len();
+        (flat, vec![rows.len(), n])
+    };
+    assert_eq!(out[0].shape, wshape);
+    let err = max_err(&out[0].to_f64(), &want);
+    eprintln!("{case}: max relative embedding error {err:.2e}");
+    assert!(
+        err < 1e-4,
+        "{case}: embeddings differ from transformers by {err:.2e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bert_masked_lm_checkpoint_mean_pooling() -> Result<()> {
+    check_encoder("bert_mlm_mean", "mean", "false")
+}
+
+#[test]
+fn bert_f16_cls_pooling_normalized() -> Result<()> {
+    check_encoder("bert_f16_cls", "cls", "true")
+}
