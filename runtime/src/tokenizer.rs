@@ -943,6 +943,23 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_json_padding_and_truncation_are_ignored() {
+        // all-MiniLM-L6-v2's tokenizer.json pads to 128 and truncates; transformers
+        // ignores both, and so must we (the runtime pads batches itself).
+        let spec = gpt2_spec();
+        let mut doc = spec.to_tokenizer_json().unwrap();
+        doc["padding"] = serde_json::json!({"strategy": {"Fixed": 16}, "direction": "Right",
+            "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "<|endoftext|>"});
+        doc["truncation"] = serde_json::json!({"direction": "Right", "max_length": 1,
+            "strategy": "LongestFirst", "stride": 0});
+        let tok = Tokenizer::from_json_bytes(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        assert_eq!(
+            tok.encode("hello world", false).unwrap(),
+            vec![id(&spec, "hello"), id(&spec, "Ġworld")]
+        );
+    }
+
+    #[test]
     fn bos_added_only_when_asked() {
         let mut spec = gpt2_spec();
         spec.add_bos = true;
