@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod hf;
 pub mod llm;
 
 pub use error::FrontendError;
