@@ -382,25 +382,98 @@ fn smollm_summary_counts_every_parameter() {
     }
 }
 
+fn fixture(rel: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
 #[test]
-fn smollm_greedy_knows_the_capital_of_france() {
+fn smollm_greedy_matches_the_transformers_reference() {
     let Some(m) = model(SMOLLM) else { return };
+    // Greedy text from Hugging Face transformers on the same (dequantized) weights,
+    // made by scripts/reference/smollm2_reference.py.
+    let reference = fixture("smollm2/greedy.json");
+    let prompt = reference["prompt"].as_str().unwrap();
+    let want = reference["generated_text"].as_str().unwrap();
     let o = llmc(&[
         "run",
         m.to_str().unwrap(),
         "--prompt",
-        "The capital of France is",
+        prompt,
         "--max-tokens",
-        "4",
+        "8",
         "--temperature",
         "0",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let text = stdout(&o);
-    assert!(text.trim_start().starts_with("Paris"), "stdout: {text:?}");
+    let out = stdout(&o);
+    let text = out.strip_suffix('\n').unwrap_or(&out);
+    assert!(text.starts_with(" Paris"), "stdout: {text:?}");
+    assert!(
+        want.starts_with(text),
+        "llmc: {text:?}\ntransformers: {want:?}"
+    );
     let e = stderr(&o);
     assert!(e.contains("prefill") && e.contains("tok/s"), "stderr: {e}");
-    assert!(e.contains("4 tokens"), "stderr: {e}");
+    assert!(e.contains("8 tokens"), "stderr: {e}");
+}
+
+#[test]
+fn minilm_exec_matches_the_sentence_transformers_embedding() {
+    let Some(m) = model("all-MiniLM-L6-v2") else {
+        return;
+    };
+    let reference = fixture("minilm/reference.json");
+    let k = 4; // "A short one"
+    let ids: Vec<i64> = reference["token_ids"][k]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let want: Vec<f64> = reference["embeddings"][k]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let n = ids.len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    write_npy(&p("ids.npy"), &[1, n], ids.clone());
+    write_npy(&p("mask.npy"), &[1, n], vec![1i64; ids.len()]);
+    write_npy(&p("pos.npy"), &[1, n], (0..n as i64).collect());
+    let arg = |name: &str| format!("{name}={}", p(&format!("{name}.npy")).display());
+    let o = llmc(&[
+        "exec",
+        m.to_str().unwrap(),
+        "--input",
+        &arg("ids"),
+        "--input",
+        &arg("mask"),
+        "--input",
+        &arg("pos"),
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (shape, _, got) = read_npy::<f32>(&p("embedding.npy"));
+    assert_eq!(shape, vec![1, want.len() as u64]);
+    let dot: f64 = got.iter().zip(&want).map(|(a, b)| *a as f64 * b).sum();
+    let na: f64 = got.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = want.iter().map(|b| b * b).sum::<f64>().sqrt();
+    let cos = dot / (na * nb);
+    // f32 arithmetic in a different order than PyTorch: agreement to ~1e-6 relative.
+    assert!(cos > 0.99999, "cosine similarity {cos}");
+    let max_diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(max_diff < 1e-4, "max abs difference {max_diff}");
 }
 
 #[test]
