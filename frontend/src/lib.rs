@@ -101,10 +101,7 @@ pub fn load(path: &Path) -> Result<Module, FrontendError> {
             )?)
         }
         ModelKind::Gguf => gguf::load(&path),
-        ModelKind::HfFolder => Err(FrontendError::NotAvailable {
-            path,
-            what: "Hugging Face import",
-        }),
+        ModelKind::HfFolder => hf::load(&path),
         ModelKind::Onnx => Err(FrontendError::NotAvailable {
             path,
             what: "ONNX import",
