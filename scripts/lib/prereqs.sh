@@ -88,9 +88,12 @@ ensure_venv() {
         say "creating Python venv $venv"
         python3 -m venv "$venv"
     fi
-    if ! "$venv/bin/python" -c 'import numpy' 2>/dev/null; then
-        say "installing numpy into $venv"
-        "$venv/bin/python" -m pip install --quiet numpy
+    # numpy for fixture scripts; gguf + safetensors + tokenizers for the GGUF -> Hugging
+    # Face conversion that fetch-models runs (no torch: that stays with the reference
+    # scripts under scripts/reference/).
+    if ! "$venv/bin/python" -c 'import numpy, gguf, safetensors, tokenizers' 2>/dev/null; then
+        say "installing numpy gguf safetensors tokenizers into $venv"
+        "$venv/bin/python" -m pip install --quiet numpy gguf safetensors tokenizers
     fi
     export PATH="$venv/bin:$PATH"
 }

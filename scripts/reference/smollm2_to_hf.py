@@ -8,8 +8,8 @@ The GGUF is the only copy of SmolLM2 llmc's tests have; this turns it into what
   model.safetensors       f32 weights (~540 MB): Q4_1/Q8_0 blocks dequantized with
                           gguf.quants.dequantize, q_proj/k_proj rows un-permuted back
                           from llama.cpp's interleaved-rope order to HF's rotate-half
-  tokenizer.json          from the GGUF vocab and merges (via transformers' GGUF
-                          tokenizer support), with the `smollm` pre-tokenizer's digit
+  tokenizer.json          from the GGUF vocab and merges (built with the
+                          `tokenizers` package), with the `smollm` pre-tokenizer's digit
                           split restored
   tokenizer_config.json   special tokens, add_bos_token, chat template
 
@@ -101,26 +101,35 @@ def convert_weights(r: gguf.GGUFReader, n_head: int, n_kv: int) -> dict:
 
 
 def write_tokenizer(gguf_path: Path, out: Path, r: gguf.GGUFReader) -> None:
-    from transformers import AutoTokenizer
+    """Builds tokenizer.json from the GGUF vocab and merges with the `tokenizers`
+    package alone (no transformers/torch, so CI can run this): a GPT-2 byte-level BPE
+    behind llama.cpp's `smollm` pre-tokenizer, which splits every digit before the
+    byte-level regex (as the original tokenizer.json's Digits(individual_digits) step
+    does). Control tokens (GGUF token type 3) become special added tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    tmp = out / "_tok"
-    tok.save_pretrained(str(tmp))
-    tj = json.loads((tmp / "tokenizer.json").read_text(encoding="utf-8"))
     pre = field(r, "tokenizer.ggml.pre")
     if pre != "smollm":
         raise SystemExit(f"unexpected tokenizer.ggml.pre `{pre}`")
-    # llama.cpp's `smollm` pre-tokenizer splits every digit before the GPT-2 byte-level
-    # regex (as the original tokenizer.json's Digits(individual_digits) step does);
-    # transformers' GGUF converter keeps only the byte-level step.
-    tj["pre_tokenizer"] = {
-        "type": "Sequence",
-        "pretokenizers": [
-            {"type": "Digits", "individual_digits": True},
-            tj["pre_tokenizer"],
-        ],
-    }
-    (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    if field(r, "tokenizer.ggml.model") != "gpt2":
+        raise SystemExit("expected a gpt2 (byte-level BPE) GGUF tokenizer")
+    toks = [str(t) for t in field(r, "tokenizer.ggml.tokens")]
+    merges = [tuple(str(m).split(" ", 1)) for m in field(r, "tokenizer.ggml.merges")]
+    types = [int(t) for t in field(r, "tokenizer.ggml.token_type")]
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(toks)}, merges=merges, fuse_unk=False)
+    tk = Tokenizer(bpe)
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, ty in zip(toks, types) if ty == 3]
+    )
+    tk.save(str(out / "tokenizer.json"))
     toks = field(r, "tokenizer.ggml.tokens")
     tc = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -133,9 +142,6 @@ def write_tokenizer(gguf_path: Path, out: Path, r: gguf.GGUFReader) -> None:
         "chat_template": field(r, "tokenizer.chat_template"),
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
-    for f in tmp.iterdir():
-        f.unlink()
-    tmp.rmdir()
 
 
 def check_against_transformers(gguf_path: Path, ours: dict) -> None:
