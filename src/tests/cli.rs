@@ -327,6 +327,54 @@ fn inspect_prints_text_that_reads_back_dot_and_summary() {
 
 // ----- real models (from scripts/fetch-models) -----
 
+/// Every `.llmc` file under `tests/filetests/` (all canonical, valid modules) through
+/// the CLI: `llmc inspect FILE --emit llmc-ir` gives the file minus its comment lines,
+/// and inspecting that output gives it again.
+#[test]
+fn inspect_prints_every_filetest_back_identically() {
+    fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                collect(&p, out);
+            } else if p.extension().is_some_and(|x| x == "llmc") {
+                out.push(p);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests");
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    assert!(files.len() > 70, "found only {} file tests", files.len());
+    let tmp = tempfile::tempdir().unwrap();
+    for f in &files {
+        let o = llmc(&["inspect", f.to_str().unwrap(), "--emit", "llmc-ir"]);
+        assert!(o.status.success(), "{}: {}", f.display(), stderr(&o));
+        let src = std::fs::read_to_string(f).unwrap();
+        let body: String = src
+            .lines()
+            .filter(|l| !l.trim_start().starts_with(';'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let printed = stdout(&o);
+        assert_eq!(
+            printed,
+            body,
+            "{} does not print back identically",
+            f.display()
+        );
+        let again = tmp.path().join("again.llmc");
+        std::fs::write(&again, &printed).unwrap();
+        let o2 = llmc(&["inspect", again.to_str().unwrap(), "--emit", "llmc-ir"]);
+        assert_eq!(
+            stdout(&o2),
+            printed,
+            "{}: printing is not stable",
+            f.display()
+        );
+    }
+}
+
 fn model(name: &str) -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("LLMC_MODELS")
         .map(std::path::PathBuf::from)
