@@ -149,6 +149,11 @@ pub fn build_executable(m: &Module, opts: &BuildOptions, out: &Path) -> Result<(
         ..Want::default()
     };
     let build = compile_cpu(m, opts, want)?;
+    link_build(&build, out)
+}
+
+/// Links a compiled module (its object must have been asked for) into `out`.
+pub fn link_build(build: &CpuBuild, out: &Path) -> Result<(), BuildError> {
     let object = build
         .compiled
         .object

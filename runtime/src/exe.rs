@@ -86,7 +86,9 @@ fn run_groups(model: &mut Model, groups: &[Group]) -> Result<(), String> {
             })
             .collect::<Result<_, _>>()?;
         let names: Vec<String> = plan.outputs.iter().map(|o| o.name.clone()).collect();
+        let t0 = std::time::Instant::now();
         let outs = model.run(&inputs).map_err(|e| e.to_string())?;
+        let secs = t0.elapsed().as_secs_f64();
         let dir = g.out_dir.clone().unwrap_or_else(|| PathBuf::from("."));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -96,8 +98,9 @@ fn run_groups(model: &mut Model, groups: &[Group]) -> Result<(), String> {
             std::fs::write(&p, b).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
         }
         eprintln!(
-            "run {}: wrote {} output(s) to {}",
+            "run {}: {:.3} ms, wrote {} output(s) to {}",
             gi + 1,
+            secs * 1e3,
             outs.len(),
             dir.display()
         );

