@@ -7,8 +7,8 @@
 //! that accumulates rows of the output with a vectorized axpy.
 
 use super::{
-    compute_ty, dequant, fconst, load_elem, loop_nest_par, operand, quant_block, result, setup,
-    strides, to_storage, work_estimate, TResult, PARALLEL_MIN,
+    compute_ty, fconst, load_elem, loop_nest_par, operand, quant_block, result, setup, strides,
+    to_storage, work_estimate, TResult, PARALLEL_MIN,
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, Ty, VarId};
@@ -162,49 +162,7 @@ impl Lin {
             Some((bl, bb)) => {
                 let blocks = self.k / bl;
                 kb.for_("blk", 0, blocks, LoopTag::Serial, |kb, blk| {
-                    let base: Vec<Expr> = (0..nr)
-                        .map(|j| {
-                            let row_bytes = (j0.clone() + j as i64) * (blocks * bb);
-                            kb.let_("qb", row_bytes + blk.clone() * bb)
-                        })
-                        .collect();
-                    let x0 = kb.let_("x0", blk.clone() * bl);
-                    let bs: Vec<Vec<VarId>> = (0..mr)
-                        .map(|_| (0..nr).map(|_| kb.let_mut("bs", fconst(0.0, t))).collect())
-                        .collect();
-                    kb.for_("e", 0, bl, LoopTag::Vectorize(8), |kb, e| {
-                        let xs: Vec<Expr> = xrow
-                            .iter()
-                            .map(|xr| {
-                                let v = load_elem(
-                                    kb,
-                                    self.x,
-                                    self.xd,
-                                    xr.clone() + x0.clone() + e.clone(),
-                                );
-                                kb.let_("xv", v)
-                            })
-                            .collect();
-                        let ws: Vec<Expr> = base
-                            .iter()
-                            .map(|b| {
-                                let v = dequant(self.w, self.wd, b.clone(), e.clone());
-                                kb.let_("wv", v.cast(t))
-                            })
-                            .collect();
-                        for (i, xv) in xs.iter().enumerate() {
-                            for (j, wv) in ws.iter().enumerate() {
-                                let a = bs[i][j];
-                                kb.assign(a, fma(Expr::Var(a), xv.clone(), wv.clone()));
-                            }
-                        }
-                    });
-                    for i in 0..mr {
-                        for j in 0..nr {
-                            let a = acc[i][j];
-                            kb.assign(a, Expr::bin(BinOp::Add, Expr::Var(a), Expr::Var(bs[i][j])));
-                        }
-                    }
+                    self.quant_block(kb, &blk, &xrow, j0, nr, &acc, bl, bb, blocks);
                 });
             }
         }
@@ -219,6 +177,124 @@ impl Lin {
                 let o = (r0.clone() + i as i64) * self.n + col;
                 let v = to_storage(kb, self.out, v);
                 kb.store(self.out, o, v);
+            }
+        }
+    }
+}
+
+impl Lin {
+    /// One block (32 elements of k) of a quantized tile. The block's bytes and the
+    /// activations load contiguously: byte `e` of a Q4 block holds element `e` (low
+    /// nibble) and element `e + 16` (high nibble); the scale multiplies the block's
+    /// integer dot product once, and Q4_1's minimum (Q4_0's offset 8) multiplies the
+    /// block's activation sum: Σ x (d q + m) = d Σ x q + m Σ x.
+    #[allow(clippy::too_many_arguments)]
+    fn quant_block(
+        &self,
+        kb: &mut KernelBuilder,
+        blk: &Expr,
+        xrow: &[Expr],
+        j0: &Expr,
+        nr: usize,
+        acc: &[Vec<VarId>],
+        bl: i64,
+        bb: i64,
+        blocks: i64,
+    ) {
+        let t = self.t;
+        let mr = xrow.len();
+        let base: Vec<Expr> = (0..nr)
+            .map(|j| {
+                let row_bytes = (j0.clone() + j as i64) * (blocks * bb);
+                kb.let_("qb", row_bytes + blk.clone() * bb)
+            })
+            .collect();
+        let x0: Vec<Expr> = xrow
+            .iter()
+            .map(|xr| kb.let_("x0", xr.clone() + blk.clone() * bl))
+            .collect();
+        let dot: Vec<Vec<VarId>> = (0..mr)
+            .map(|_| (0..nr).map(|_| kb.let_mut("dot", fconst(0.0, t))).collect())
+            .collect();
+        let four_bit = self.wd != DType::Q8_0;
+        let xsum: Vec<VarId> = if four_bit {
+            (0..mr)
+                .map(|_| kb.let_mut("xsum", fconst(0.0, t)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let qs_off = match self.wd {
+            DType::Q4_1 => 4,
+            _ => 2,
+        };
+        let fma = |a: Expr, x: Expr, y: Expr| Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, x, y));
+        let n = if four_bit { bl / 2 } else { bl };
+        kb.for_("e", 0, n, LoopTag::Vectorize(8), |kb, e| {
+            // Weight values of this lane, per weight row: (element e [, element e + 16]).
+            let ws: Vec<(Expr, Option<Expr>)> = base
+                .iter()
+                .map(|b| {
+                    let at = Box::new(b.clone() + qs_off + e.clone());
+                    if four_bit {
+                        let byte = kb.let_("q", Expr::LoadRaw(self.w, at, Ty::U8));
+                        let lo = Expr::bin(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8));
+                        let hi = Expr::bin(BinOp::Shr, byte, Expr::Int(4, Ty::U8));
+                        (kb.let_("lo", lo.cast(t)), Some(kb.let_("hi", hi.cast(t))))
+                    } else {
+                        (
+                            kb.let_("q", Expr::LoadRaw(self.w, at, Ty::I8).cast(t)),
+                            None,
+                        )
+                    }
+                })
+                .collect();
+            for (i, xb) in x0.iter().enumerate() {
+                let xa = load_elem(kb, self.x, self.xd, xb.clone() + e.clone());
+                let xa = kb.let_("xa", xa);
+                let xh = if four_bit {
+                    let v = load_elem(kb, self.x, self.xd, xb.clone() + e.clone() + bl / 2);
+                    let v = kb.let_("xh", v);
+                    let s = xsum[i];
+                    kb.assign(
+                        s,
+                        Expr::bin(
+                            BinOp::Add,
+                            Expr::Var(s),
+                            Expr::bin(BinOp::Add, xa.clone(), v.clone()),
+                        ),
+                    );
+                    Some(v)
+                } else {
+                    None
+                };
+                for (j, (lo, hi)) in ws.iter().enumerate() {
+                    let a = dot[i][j];
+                    let mut v = fma(Expr::Var(a), xa.clone(), lo.clone());
+                    if let (Some(h), Some(xh)) = (hi, &xh) {
+                        v = fma(v, xh.clone(), h.clone());
+                    }
+                    kb.assign(a, v);
+                }
+            }
+        });
+        for (j, b) in base.iter().enumerate() {
+            let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(t);
+            let d = kb.let_("d", f16(b.clone()));
+            let m = match self.wd {
+                DType::Q4_1 => Some(kb.let_("m", f16(b.clone() + 2))),
+                DType::Q4_0 => {
+                    Some(kb.let_("m", Expr::bin(BinOp::Mul, d.clone(), fconst(-8.0, t))))
+                }
+                _ => None,
+            };
+            for i in 0..mr {
+                let a = acc[i][j];
+                let mut v = fma(Expr::Var(a), d.clone(), Expr::Var(dot[i][j]));
+                if let Some(m) = &m {
+                    v = fma(v, m.clone(), Expr::Var(xsum[i]));
+                }
+                kb.assign(a, v);
             }
         }
     }
