@@ -73,7 +73,8 @@ pub(crate) fn linear(
     };
     let full = n / NR as i64;
     let tail = n % NR as i64;
-    let body = |kb: &mut KernelBuilder, j0: Expr, ncols: usize| {
+    // All rows against weight rows j0..j0+ncols of `lin` (whose row `wj0` is j0).
+    let tiles = |kb: &mut KernelBuilder, lin: &Lin, j0: &Expr, wj0: &Expr, ncols: usize| {
         // Full MR-row tiles, then the remaining rows one at a time.
         let rfull = kb.let_("rfull", rows.clone() / MR as i64 * MR as i64);
         kb.for_step(
@@ -82,13 +83,33 @@ pub(crate) fn linear(
             rfull.clone(),
             MR as i64,
             LoopTag::Serial,
-            |kb, r| {
-                ctx.tile(kb, &r, MR, &j0, ncols);
-            },
+            |kb, r| lin.tile(kb, &r, MR, j0, wj0, ncols),
         );
         kb.for_("r", rfull, rows.clone(), LoopTag::Serial, |kb, r| {
-            ctx.tile(kb, &r, 1, &j0, ncols);
+            lin.tile(kb, &r, 1, j0, wj0, ncols)
         });
+    };
+    let body = |kb: &mut KernelBuilder, j0: Expr, ncols: usize| {
+        if quant_block(ctx.wd).is_none() {
+            return tiles(kb, &ctx, &j0, &j0, ncols);
+        }
+        // Many rows (prefill): dequantize these weight rows once into a local f32
+        // block and run the f32 tiles from it; few rows (decode): dequantize in the
+        // inner loop, reading each weight byte once.
+        kb.if_else(
+            rows.clone().ge(Expr::i(PACK_MIN_ROWS)),
+            |kb| {
+                let wl = kb.local("wl", ctx.t, ncols as i64 * ctx.k);
+                ctx.dequant_rows(kb, &j0, ncols, wl);
+                let local = Lin {
+                    w: wl,
+                    wd: DType::F32,
+                    ..ctx.clone()
+                };
+                tiles(kb, &local, &j0, &Expr::i(0), ncols);
+            },
+            |kb| tiles(kb, &ctx, &j0, &j0, ncols),
+        );
     };
     if full > 0 {
         let tag = if full > 1 {
@@ -107,7 +128,11 @@ pub(crate) fn linear(
     kb.finish()
 }
 
+/// From this many rows on, a quantized linear dequantizes each weight tile once.
+const PACK_MIN_ROWS: i64 = 4;
+
 /// What a linear kernel's tiles need.
+#[derive(Clone)]
 struct Lin {
     x: BufId,
     xd: DType,
@@ -121,8 +146,9 @@ struct Lin {
 }
 
 impl Lin {
-    /// One register tile: rows r0..r0+mr of x against weight rows j0..j0+nr.
-    fn tile(&self, kb: &mut KernelBuilder, r0: &Expr, mr: usize, j0: &Expr, nr: usize) {
+    /// One register tile: rows r0..r0+mr of x against output columns j0..j0+nr, which
+    /// are weight rows wj0..wj0+nr of `self.w`.
+    fn tile(&self, kb: &mut KernelBuilder, r0: &Expr, mr: usize, j0: &Expr, wj0: &Expr, nr: usize) {
         let t = self.t;
         let acc: Vec<Vec<VarId>> = (0..mr)
             .map(|_| (0..nr).map(|_| kb.let_mut("acc", fconst(0.0, t))).collect())
@@ -131,7 +157,7 @@ impl Lin {
             .map(|i| kb.let_("xr", (r0.clone() + i as i64) * self.k))
             .collect();
         let wrow: Vec<Expr> = (0..nr)
-            .map(|j| kb.let_("wr", (j0.clone() + j as i64) * self.k))
+            .map(|j| kb.let_("wr", (wj0.clone() + j as i64) * self.k))
             .collect();
         let fma = |a: Expr, x: Expr, y: Expr| Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, x, y));
         match quant_block(self.wd) {
@@ -162,7 +188,7 @@ impl Lin {
             Some((bl, bb)) => {
                 let blocks = self.k / bl;
                 kb.for_("blk", 0, blocks, LoopTag::Serial, |kb, blk| {
-                    self.quant_block(kb, &blk, &xrow, j0, nr, &acc, bl, bb, blocks);
+                    self.quant_block(kb, &blk, &xrow, wj0, nr, &acc, bl, bb, blocks);
                 });
             }
         }
@@ -183,6 +209,56 @@ impl Lin {
 }
 
 impl Lin {
+    /// Dequantizes weight rows j0..j0+nr into the local f32 array `dst` ([nr, k]).
+    fn dequant_rows(&self, kb: &mut KernelBuilder, j0: &Expr, nr: usize, dst: BufId) {
+        let Some((bl, bb)) = quant_block(self.wd) else {
+            return;
+        };
+        let t = self.t;
+        let blocks = self.k / bl;
+        let four_bit = self.wd != DType::Q8_0;
+        let qs_off = if self.wd == DType::Q4_1 { 4 } else { 2 };
+        for j in 0..nr {
+            kb.for_("blk", 0, blocks, LoopTag::Serial, |kb, blk| {
+                let base = kb.let_(
+                    "qb",
+                    (j0.clone() + j as i64) * (blocks * bb) + blk.clone() * bb,
+                );
+                let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(t);
+                let d = kb.let_("d", f16(base.clone()));
+                let m = match self.wd {
+                    DType::Q4_1 => Some(kb.let_("m", f16(base.clone() + 2))),
+                    DType::Q4_0 => {
+                        Some(kb.let_("m", Expr::bin(BinOp::Mul, d.clone(), fconst(-8.0, t))))
+                    }
+                    _ => None,
+                };
+                let out0 = kb.let_("o0", blk.clone() * bl + j as i64 * self.k);
+                let n = if four_bit { bl / 2 } else { bl };
+                kb.for_("e", 0, n, LoopTag::Vectorize(8), |kb, e| {
+                    let at = Box::new(base.clone() + qs_off + e.clone());
+                    let scale = |q: Expr| {
+                        let v = Expr::bin(BinOp::Mul, q, d.clone());
+                        match &m {
+                            Some(m) => Expr::bin(BinOp::Add, v, m.clone()),
+                            None => v,
+                        }
+                    };
+                    if four_bit {
+                        let byte = kb.let_("q", Expr::LoadRaw(self.w, at, Ty::U8));
+                        let lo = Expr::bin(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(t);
+                        let hi = Expr::bin(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(t);
+                        kb.store(dst, out0.clone() + e.clone(), scale(lo));
+                        kb.store(dst, out0.clone() + e.clone() + bl / 2, scale(hi));
+                    } else {
+                        let q = Expr::LoadRaw(self.w, at, Ty::I8).cast(t);
+                        kb.store(dst, out0.clone() + e, scale(q));
+                    }
+                });
+            });
+        }
+    }
+
     /// One block (32 elements of k) of a quantized tile. The block's bytes and the
     /// activations load contiguously: byte `e` of a Q4 block holds element `e` (low
     /// nibble) and element `e + 16` (high nibble); the scale multiplies the block's
