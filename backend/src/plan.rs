@@ -123,6 +123,59 @@ impl<'m> Builder<'m> {
     }
 }
 
+/// A weight's stored bytes, checked against its dtype and shape.
+fn weight_bytes(m: &Module, w: llmc_ir::WeightId) -> Result<&[u8], BuildError> {
+    let wt = m.weight(w);
+    let bytes = wt.data.bytes().ok_or_else(|| BuildError::Weight {
+        name: wt.name.clone(),
+        msg: "has no data attached (a module read from text has none)".into(),
+    })?;
+    let numel = wt
+        .shape
+        .as_consts()
+        .map(|d| d.iter().product::<i64>())
+        .ok_or_else(|| BuildError::Weight {
+            name: wt.name.clone(),
+            msg: "has a symbolic shape".into(),
+        })?;
+    let need = wt.dtype.storage_bytes(numel.max(0) as u64);
+    if need != Some(bytes.len() as u64) {
+        return Err(BuildError::Weight {
+            name: wt.name.clone(),
+            msg: format!(
+                "has {} bytes, {}{} needs {:?}",
+                bytes.len(),
+                wt.dtype,
+                wt.shape,
+                need
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Gives weight value `v` a buffer of its stored bytes (once); other values are left
+/// alone.
+fn raw_weight<'m>(
+    b: &mut Builder<'m>,
+    buf_of: &mut HashMap<ValueId, u32>,
+    v: ValueId,
+) -> Result<(), BuildError> {
+    if buf_of.contains_key(&v) {
+        return Ok(());
+    }
+    let ValueDef::Weight(w) = b.m.graph.value(v).def else {
+        return Ok(());
+    };
+    let bytes = weight_bytes(b.m, w)?;
+    let wt = b.m.weight(w);
+    let (offset, len) = b.add_data(Piece::Borrowed(bytes));
+    let ty = TensorType::new(wt.dtype, wt.shape.clone());
+    let id = b.buffer(format!("@{}", wt.name), &ty, Source::Data { offset, len });
+    buf_of.insert(v, id);
+    Ok(())
+}
+
 /// Every value's unique printed name without its sigil or quotes (`ids`,
 /// `onnx::MatMul_0`), indexed by value id: the names the plan and `.npy` files use.
 pub fn plain_names(m: &Module) -> Vec<String> {
@@ -176,47 +229,15 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
             shape,
         });
     }
-    // Weights that something reads (or that are outputs).
-    let used = |v: ValueId| g.nodes.iter().any(|n| n.inputs.contains(&v)) || g.outputs.contains(&v);
-    for (i, val) in g.values.iter().enumerate() {
-        let v = ValueId(i as u32);
+    // Every weight's bytes are checked up front; a weight gets a buffer of its stored
+    // bytes only when a step reads it as stored (a packed-only weight does not).
+    for val in &g.values {
         if let ValueDef::Weight(w) = val.def {
-            if !used(v) {
-                continue;
-            }
-            let wt = b.m.weight(w);
-            let bytes = wt.data.bytes().ok_or_else(|| BuildError::Weight {
-                name: wt.name.clone(),
-                msg: "has no data attached (a module read from text has none)".into(),
-            })?;
-            let numel = wt
-                .shape
-                .as_consts()
-                .map(|d| d.iter().product::<i64>())
-                .ok_or_else(|| BuildError::Weight {
-                    name: wt.name.clone(),
-                    msg: "has a symbolic shape".into(),
-                })?;
-            let need = wt.dtype.storage_bytes(numel.max(0) as u64);
-            if need != Some(bytes.len() as u64) {
-                return Err(BuildError::Weight {
-                    name: wt.name.clone(),
-                    msg: format!(
-                        "has {} bytes, {}{} needs {:?}",
-                        bytes.len(),
-                        wt.dtype,
-                        wt.shape,
-                        need
-                    ),
-                });
-            }
-            let (offset, len) = b.add_data(Piece::Borrowed(bytes));
-            let ty = TensorType::new(wt.dtype, wt.shape.clone());
-            let id = b.buffer(format!("@{}", wt.name), &ty, Source::Data { offset, len });
-            buf_of.insert(v, id);
+            weight_bytes(m, w)?;
         }
     }
     let mut kernels: Vec<Kernel> = Vec::new();
+    let mut packed: HashMap<(llmc_ir::WeightId, llmc_kernels::Pack), u32> = HashMap::new();
     let mut kernel_ids: HashMap<String, u32> = HashMap::new();
     let mut steps: Vec<Step> = Vec::new();
     for node in &g.nodes {
@@ -235,6 +256,16 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
                     msg: e.msg,
                 }
             })?;
+        // Weights this node reads as stored get their buffer now.
+        let packed_ops: Vec<usize> = match &lowered {
+            Lowered::Kernel(_, packs) => packs.iter().map(|p| p.operand).collect(),
+            _ => Vec::new(),
+        };
+        for (i, &v) in node.inputs.iter().enumerate() {
+            if !packed_ops.contains(&i) {
+                raw_weight(&mut b, &mut buf_of, v)?;
+            }
+        }
         let operand = |k: usize| -> Result<u32, BuildError> {
             node.inputs
                 .get(k)
@@ -290,10 +321,63 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
                     free: Vec::new(),
                 });
             }
-            Lowered::Kernel(mut k) => {
+            Lowered::Kernel(mut k, packs) => {
                 let mut bufs = Vec::new();
                 for i in 0..node.inputs.len() {
-                    bufs.push(operand(i)?);
+                    // Packed operands are filled in below.
+                    bufs.push(if packed_ops.contains(&i) {
+                        u32::MAX
+                    } else {
+                        operand(i)?
+                    });
+                }
+                // Weights the kernel wants in another layout: packed once per layout.
+                for p in packs {
+                    let v = node.inputs.get(p.operand).copied();
+                    let w = match v.map(|v| &g.value(v).def) {
+                        Some(ValueDef::Weight(w)) => *w,
+                        _ => {
+                            return Err(BuildError::Node {
+                                node: first.clone(),
+                                op: node.op.name().into(),
+                                msg: format!(
+                                    "the kernel wants operand {} packed, but it is not a weight",
+                                    p.operand
+                                ),
+                            })
+                        }
+                    };
+                    let id = match packed.get(&(w, p.pack)) {
+                        Some(&id) => id,
+                        None => {
+                            let wt = m.weight(w);
+                            let dims = wt.shape.as_consts().unwrap_or_default();
+                            let (rows, cols) = match dims[..] {
+                                [r, c] => (r as usize, c as usize),
+                                _ => (0, 0),
+                            };
+                            let bytes = weight_bytes(m, w)?;
+                            let pk = llmc_kernels::templates::pack::pack(
+                                p.pack, wt.dtype, rows, cols, bytes,
+                            )
+                            .map_err(|msg| BuildError::Weight {
+                                name: wt.name.clone(),
+                                msg,
+                            })?;
+                            let (offset, len) = b.add_data(Piece::Owned(pk));
+                            let ty = TensorType::new(wt.dtype, wt.shape.clone());
+                            let id = b.buffer(
+                                format!("@{} ({:?})", wt.name, p.pack),
+                                &ty,
+                                Source::Data { offset, len },
+                            );
+                            packed.insert((w, p.pack), id);
+                            id
+                        }
+                    };
+                    if let Some(slot) = bufs.get_mut(p.operand) {
+                        *slot = id;
+                    }
                 }
                 for &o in &node.outputs {
                     let id = b.buffer(vname(o), g.ty(o), Source::Temp);
@@ -332,6 +416,7 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
     }
     let mut outputs = Vec::new();
     for &v in &g.outputs {
+        raw_weight(&mut b, &mut buf_of, v)?;
         let id = *buf_of.get(&v).ok_or_else(|| BuildError::Input {
             name: vname(v),
             msg: "graph output has no buffer".into(),

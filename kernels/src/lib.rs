@@ -10,4 +10,5 @@ pub mod templates;
 
 pub use builder::KernelBuilder;
 pub use loopir::{BinOp, Buf, BufId, Expr, Kernel, LoopTag, Role, Stmt, Ty, UnOp, VarId};
+pub use templates::pack::{OperandPack, Pack};
 pub use templates::{lower, Lowered, TemplateError};

@@ -5,8 +5,8 @@
 //! its body becomes a function over the same buffers, dims and captured variables
 //! plus its iteration range, reached through a trampoline `void(ptr ctx, i64 start,
 //! i64 end)` that `llmc_parallel_for` calls; inside it, nested parallel loops run
-//! serially. Float arithmetic in vectorize-tagged loops carries `reassoc contract`,
-//! so LLVM may vectorize their reductions and form FMAs.
+//! serially. Float adds and multiplies carry `contract` (FMAs may form); in
+//! vectorize-tagged loops also `reassoc`, so LLVM may vectorize their reductions.
 
 use super::intrinsics::Intrinsics;
 use super::CodegenError;
@@ -541,13 +541,17 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         unsafe { f.b.build_gep(t, base, &[idx], "") }.map_err(llvm_err)
     }
 
+    /// Float add/sub/mul may contract into FMAs everywhere; inside vectorize-tagged
+    /// loops they may also be reassociated (so reductions vectorize).
     fn fast(&self, f: &Frame<'ctx>, v: FloatValue<'ctx>) {
-        if f.fast {
-            if let Some(i) = v.as_instruction_value() {
-                let flags = inkwell::values::FastMathFlags::AllowReassoc
-                    | inkwell::values::FastMathFlags::AllowContract;
-                let _ = i.set_fast_math_flags(flags);
-            }
+        use inkwell::values::FastMathFlags as F;
+        if let Some(i) = v.as_instruction_value() {
+            let flags = if f.fast {
+                F::AllowReassoc | F::AllowContract
+            } else {
+                F::AllowContract
+            };
+            let _ = i.set_fast_math_flags(flags);
         }
     }
 

@@ -12,6 +12,7 @@ mod elementwise;
 mod layout;
 mod linalg;
 mod nn;
+pub mod pack;
 mod reduce;
 
 use crate::builder::KernelBuilder;
@@ -31,8 +32,9 @@ pub struct TemplateError {
 /// How a node runs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lowered {
-    /// A kernel (parameters: operands, then results).
-    Kernel(Kernel),
+    /// A kernel (parameters: operands, then results), and the layouts it wants some
+    /// weight operands in (the planner packs them at build time).
+    Kernel(Kernel, Vec<pack::OperandPack>),
     /// Result 0 has operand 0's bytes (reshape, squeeze, unsqueeze): no code.
     Alias,
     /// Result 0 is this constant.
@@ -75,7 +77,7 @@ pub fn lower(
         Op::Reshape | Op::Squeeze | Op::Unsqueeze => {
             if ins.first().map(|t| t.dtype.is_quantized()) == Some(true) {
                 // A reshaped block-quantized weight must be dequantized: copy.
-                layout::copy(node, ins, outs, name).map(Lowered::Kernel)
+                layout::copy(node, ins, outs, name).map(plain)
             } else {
                 Ok(Lowered::Alias)
             }
@@ -89,16 +91,16 @@ pub fn lower(
             _ => Err("missing attribute `layer`".to_string()),
         },
         _ if op.flags().has(llmc_ir::ops::Flags::ELEMENTWISE) => {
-            elementwise::elementwise(node, ins, outs, name).map(Lowered::Kernel)
+            elementwise::elementwise(node, ins, outs, name).map(plain)
         }
         Op::ReduceSum | Op::ReduceMean | Op::ReduceMax | Op::ReduceMin | Op::ReduceProd => {
-            reduce::reduce(node, ins, outs, name).map(Lowered::Kernel)
+            reduce::reduce(node, ins, outs, name).map(plain)
         }
-        Op::ArgMax | Op::ArgMin => reduce::arg_extreme(node, ins, outs, name).map(Lowered::Kernel),
-        Op::Softmax | Op::LogSoftmax => reduce::softmax(node, ins, outs, name).map(Lowered::Kernel),
-        Op::CumSum => reduce::cumsum(node, ins, outs, name).map(Lowered::Kernel),
-        Op::MatMul => linalg::matmul(node, ins, outs, name).map(Lowered::Kernel),
-        Op::Linear => linalg::linear(node, ins, outs, name).map(Lowered::Kernel),
+        Op::ArgMax | Op::ArgMin => reduce::arg_extreme(node, ins, outs, name).map(plain),
+        Op::Softmax | Op::LogSoftmax => reduce::softmax(node, ins, outs, name).map(plain),
+        Op::CumSum => reduce::cumsum(node, ins, outs, name).map(plain),
+        Op::MatMul => linalg::matmul(node, ins, outs, name).map(plain),
+        Op::Linear => linalg::linear(node, ins, outs, name).map(|(k, p)| Lowered::Kernel(k, p)),
         Op::Transpose
         | Op::Slice
         | Op::Expand
@@ -108,16 +110,21 @@ pub fn lower(
         | Op::Gather
         | Op::GatherElements
         | Op::Concat
-        | Op::Split => layout::layout(node, ins, outs, name).map(Lowered::Kernel),
-        Op::RmsNorm | Op::LayerNorm => nn::norm(node, ins, outs, name).map(Lowered::Kernel),
-        Op::Rope => nn::rope(node, ins, outs, name).map(Lowered::Kernel),
-        Op::Attention => nn::attention(node, ins, outs, name).map(Lowered::Kernel),
+        | Op::Split => layout::layout(node, ins, outs, name).map(plain),
+        Op::RmsNorm | Op::LayerNorm => nn::norm(node, ins, outs, name).map(plain),
+        Op::Rope => nn::rope(node, ins, outs, name).map(plain),
+        Op::Attention => nn::attention(node, ins, outs, name).map(plain),
         other => Err(format!("no kernel template for `{other}` yet")),
     };
     r.map_err(err)
 }
 
 // ----- shared helpers -----
+
+/// A kernel that takes its operands as they are.
+fn plain(k: Kernel) -> Lowered {
+    Lowered::Kernel(k, Vec::new())
+}
 
 /// The kernel parameters of a node: a builder, the operand buffers, the result buffers.
 pub(crate) fn setup(

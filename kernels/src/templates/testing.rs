@@ -104,10 +104,19 @@ pub fn check_args(op: Op, attrs: Attrs, args: &[Arg], atol: f64, rtol: f64) -> S
     let node = &m.graph.nodes[0];
     let in_tys: Vec<&TensorType> = ids.iter().map(|&v| m.graph.ty(v)).collect();
     let out_tys: Vec<&TensorType> = outs.iter().map(|&v| m.graph.ty(v)).collect();
-    let k = match lower(node, &in_tys, &out_tys, op.name()).expect("lowering") {
-        Lowered::Kernel(k) => k,
+    let (k, packs) = match lower(node, &in_tys, &out_tys, op.name()).expect("lowering") {
+        Lowered::Kernel(k, p) => (k, p),
         other => panic!("expected a kernel, got {other:?}"),
     };
+    for p in packs {
+        let Arg::W(d, shape, bytes) = &args[p.operand] else {
+            panic!(
+                "a pack was requested for operand {}, not a weight",
+                p.operand
+            );
+        };
+        bufs[p.operand] = super::pack::pack(p.pack, *d, shape[0], shape[1], bytes).expect("pack");
+    }
     let dims: Vec<i64> = k.dims.iter().map(|s| syms[s]).collect();
     for w in &want {
         bufs.push(vec![0x5A; w.numel() * w.dtype.block_bytes()]);

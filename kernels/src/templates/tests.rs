@@ -443,6 +443,38 @@ fn linear_float_and_quantized() {
             );
         }
     }
+    // Row counts divisible by 8 take the packed kernel (rows tiled by 4, then 1).
+    for (rows, n, k) in [(1usize, 8usize, 64usize), (5, 16, 32), (9, 8, 96)] {
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let b = r.tensor(F, &[n], 1.0);
+        for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            let wq = quant_bytes(&mut r, d, n, k);
+            let xa = Arg::In(tt(F, &["seq", &k.to_string()]), x.clone());
+            let text = check_args(
+                Op::Linear,
+                attrs([]),
+                &[xa, Arg::W(d, vec![n, k], wq.clone())],
+                1e-5,
+                1e-5,
+            );
+            assert!(
+                text.contains("unroll("),
+                "{d}: not the packed kernel\n{text}"
+            );
+            let xa = Arg::In(tt(F, &["seq", &k.to_string()]), x.clone());
+            check_args(
+                Op::Linear,
+                attrs([]),
+                &[
+                    xa,
+                    Arg::W(d, vec![n, k], wq),
+                    Arg::W(F, vec![n], f32_bytes(&b)),
+                ],
+                1e-5,
+                1e-5,
+            );
+        }
+    }
     // A quantized gather (embedding lookup) and a quantized elementwise operand.
     let wq = quant_bytes(&mut r, DType::Q4_1, 6, 64);
     let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![5, 0, 2]);

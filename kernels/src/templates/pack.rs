@@ -1,0 +1,110 @@
+//! Weight layouts kernels ask for at build time. A weight's bytes are fixed when the
+//! model is compiled, so a template may request them in the order its loops read
+//! best; the planner rewrites the weight once into the data section. The layout and
+//! the kernel that reads it are defined side by side: this module and `linalg`.
+//!
+//! `Rows8` (GGUF Q8_0, Q4_0, Q4_1): groups of 8 consecutive rows, and in each group
+//! block by block: the 8 rows' f16 scales, the 8 rows' f16 minimums (Q4_1 only), then
+//! the quant bytes interleaved by row (`[byte][row]`). One contiguous 8-byte load
+//! then gives one byte position of 8 output rows, so SIMD lanes are output rows and
+//! the dot products need no horizontal reductions. The size is unchanged.
+
+use llmc_ir::DType;
+
+/// A requested layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pack {
+    /// 8 rows interleaved per block (see the module docs).
+    Rows8,
+}
+
+/// A packing request of a kernel: operand `operand` must be laid out as `pack`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperandPack {
+    /// Operand index (a weight).
+    pub operand: usize,
+    /// Layout.
+    pub pack: Pack,
+}
+
+/// (scale bytes, quant bytes, has minimums) of a block format the packer knows.
+fn parts(d: DType) -> Option<(usize, bool)> {
+    match d {
+        DType::Q8_0 => Some((32, false)),
+        DType::Q4_0 => Some((16, false)),
+        DType::Q4_1 => Some((16, true)),
+        _ => None,
+    }
+}
+
+/// Bytes of one block of `d` in a packed group of 8 rows.
+pub(crate) fn rows8_group_block_bytes(d: DType) -> i64 {
+    8 * d.block_bytes() as i64
+}
+
+/// Rewrites the bytes of a weight `[rows, k]` of dtype `d` into `pack`.
+pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    match pack {
+        Pack::Rows8 => {
+            let (qn, has_min) =
+                parts(d).ok_or_else(|| format!("{d} cannot be packed by 8 rows"))?;
+            let (bl, bb) = (d.block_len(), d.block_bytes());
+            if rows % 8 != 0 || k % bl != 0 {
+                return Err(format!(
+                    "[{rows}, {k}] {d} is not whole groups of 8 rows and blocks"
+                ));
+            }
+            let blocks = k / bl;
+            if bytes.len() != rows * blocks * bb {
+                return Err(format!("{} bytes for [{rows}, {k}] {d}", bytes.len()));
+            }
+            let mut out = Vec::with_capacity(bytes.len());
+            let qs_at = if has_min { 4 } else { 2 };
+            for g in 0..rows / 8 {
+                for b in 0..blocks {
+                    let block = |r: usize| {
+                        let at = ((g * 8 + r) * blocks + b) * bb;
+                        &bytes[at..at + bb]
+                    };
+                    for r in 0..8 {
+                        out.extend_from_slice(&block(r)[0..2]);
+                    }
+                    if has_min {
+                        for r in 0..8 {
+                            out.extend_from_slice(&block(r)[2..4]);
+                        }
+                    }
+                    for e in 0..qn {
+                        for r in 0..8 {
+                            out.push(block(r)[qs_at + e]);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows8_interleaves_scales_mins_and_bytes() {
+        // Q4_1, 8 rows of one block: row r's block = [d=r,r][m=10+r,10+r][bytes 100+r*16+e].
+        let mut bytes = Vec::new();
+        for r in 0..8u8 {
+            bytes.extend([r, r, 10 + r, 10 + r]);
+            bytes.extend((0..16).map(|e| 100 + r * 16 + e));
+        }
+        let p = pack(Pack::Rows8, DType::Q4_1, 8, 32, &bytes).unwrap();
+        assert_eq!(p.len(), bytes.len());
+        assert_eq!(&p[0..4], &[0, 0, 1, 1]);
+        assert_eq!(&p[16..20], &[10, 10, 11, 11]);
+        // Byte e of row r at 32 + e * 8 + r.
+        assert_eq!(p[32 + 3 * 8 + 5], 100 + 5 * 16 + 3);
+        assert!(pack(Pack::Rows8, DType::Q4_1, 4, 32, &bytes[..80]).is_err());
+        assert!(pack(Pack::Rows8, DType::F32, 8, 32, &bytes).is_err());
+    }
+}
