@@ -445,6 +445,35 @@ def _():
     return t
 
 
+@case("mod")
+def _():
+    rng = np.random.default_rng(23)
+    t = FileTest("mod")
+    t.input("a", "f32", [2, 3])
+    t.input("b", "f32", [3])
+    t.input("m", "i64", [6])
+    t.input("n", "i64", [6])
+    t.add(["floor"], "mod", ["a", "b"], {}, [("f32", [2, 3])])
+    t.add(["trunc"], "mod", ["a", "b"], {"fmod": True}, [("f32", [2, 3])])
+    t.add(["ifloor"], "mod", ["m", "n"], {}, [("i64", [6])])
+    t.add(["itrunc"], "mod", ["m", "n"], {"fmod": True}, [("i64", [6])])
+    for _ in range(2):
+        a = rnd(rng, (2, 3), -5, 5)
+        b = f32([1.5, -0.75, 2.0])
+        m = rng.integers(-20, 20, size=6).astype(np.int64)
+        n = np.array([3, -3, 7, -7, 1, 5], dtype=np.int64)
+        t.run(
+            [("a", "f32", a), ("b", "f32", b), ("m", "i64", m), ("n", "i64", n)],
+            [
+                ("floor", "f32", f32(np.mod(d64(a), d64(b))), TOL),
+                ("trunc", "f32", f32(np.fmod(d64(a), d64(b))), TOL),
+                ("ifloor", "i64", np.mod(m, n), None),
+                ("itrunc", "i64", np.fmod(m, n), None),
+            ],
+        )
+    return t
+
+
 COMPARE = {
     "equal": np.equal,
     "less": np.less,

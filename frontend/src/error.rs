@@ -86,6 +86,24 @@ pub enum FrontendError {
         /// The shape-rule error.
         source: llmc_ir::InferError,
     },
+    /// An ONNX node could not be imported.
+    #[error("{file}: node {index} `{name}` ({op}, domain {domain}, opset {opset}): {msg}")]
+    OnnxNode {
+        /// The model file.
+        file: String,
+        /// The node's position in the graph (`3`, or `5/then/2` inside a subgraph).
+        index: String,
+        /// The node's name (may be empty).
+        name: String,
+        /// The op type.
+        op: String,
+        /// The op's domain (`ai.onnx` for the default one).
+        domain: String,
+        /// The opset version of that domain the model imports (0 when none).
+        opset: i64,
+        /// What is wrong.
+        msg: String,
+    },
     /// The tokenizer could not be built.
     #[error("{file}: tokenizer: {source}")]
     Tokenizer {

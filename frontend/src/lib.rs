@@ -3,5 +3,6 @@
 pub mod error;
 pub mod gguf;
 pub mod llm;
+pub mod onnx;
 
 pub use error::FrontendError;

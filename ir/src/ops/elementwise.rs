@@ -432,6 +432,34 @@ binary_cmp! {
     eval_greater_equal => >=;
 }
 
+/// Reference semantics of `mod`: with `fmod` the remainder of truncated division
+/// (sign of the dividend), otherwise of floored division (sign of the divisor).
+/// Integer division by zero is an error; float division by zero gives NaN.
+pub fn eval_mod(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
+    let (x, y) = (arg(i, 0, "a")?, arg(i, 1, "b")?);
+    let fmod = super::util::opt_bool(a, "fmod", false)?;
+    let f = |p: f64, q: f64| {
+        let r = p % q;
+        if !fmod && r != 0.0 && (r < 0.0) != (q < 0.0) {
+            r + q
+        } else {
+            r
+        }
+    };
+    let g = |p: i64, q: i64| {
+        if q == 0 {
+            return Err(format!("integer modulo by zero ({p} mod 0)"));
+        }
+        let r = p.wrapping_rem(q);
+        Ok(if !fmod && r != 0 && (r < 0) != (q < 0) {
+            r + q
+        } else {
+            r
+        })
+    };
+    binary(x, y, x.dtype, f, g)
+}
+
 /// Reference semantics of `where`.
 pub fn eval_where(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
     let (c, a, b) = (arg(i, 0, "cond")?, arg(i, 1, "a")?, arg(i, 2, "b")?);

@@ -300,6 +300,10 @@ op_table! {
     Attention = "attention", Range(3, 4), NONE, [req("scale", K::Float), opt("causal", K::Bool)], nn::infer_attention, nn::eval_attention;
     /// append k/v[b, kvh, seq, d] to layer `layer`'s cache; results are the whole cache [b, kvh, past + seq, d]
     KvAppend = "kv_append", Fixed(2), Flags::STATEFUL, [req("layer", K::Int)], nn::infer_kv_append, nn::eval_kv_append;
+
+    // ----- added for the ONNX frontend -----
+    /// remainder of a / b: the divisor's sign (numpy `mod`), or the dividend's when `fmod` (C `fmod`)
+    Mod = "mod", Fixed(2), EW, [opt("fmod", K::Bool)], ew::infer_binary, ew::eval_mod;
 }
 
 impl Op {
