@@ -360,7 +360,7 @@ impl<'r> Importer<'r> {
                 idx.push('/');
             }
             idx.push_str(&index.to_string());
-            FrontendError::OnnxNode {
+            FrontendError::OnnxNode(Box::new(crate::error::OnnxNodeError {
                 file: imp.file.clone(),
                 index: idx,
                 name: node.name.clone(),
@@ -368,7 +368,7 @@ impl<'r> Importer<'r> {
                 domain: show_domain(domain).to_string(),
                 opset,
                 msg,
-            }
+            }))
         };
         let Some(&opset) = self.opsets.get(domain) else {
             return Err(err(

@@ -134,7 +134,7 @@ fn per_channel(cx: &mut NodeCtx, p: V, rank: usize) -> Result<V, String> {
         ));
     }
     let mut dims = vec![cx.shape(p).0[0].clone()];
-    dims.extend(std::iter::repeat(Dim::c(1)).take(rank.saturating_sub(2)));
+    dims.extend(std::iter::repeat_n(Dim::c(1), rank.saturating_sub(2)));
     reshape_to(cx, p, dims)
 }
 
