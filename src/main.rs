@@ -1,2 +1,379 @@
-//! The `llmc` command-line driver.
-fn main() {}
+//! The `llmc` command-line driver: parses the command line (the contract in
+//! `docs/` / DESIGN.md that scripts and tests rely on), calls into the compiler crates,
+//! and turns every failure into one `error: ...` line and exit code 1.
+
+mod generate;
+mod npy;
+mod summary;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use llmc_ir::interp::Interpreter;
+use llmc_ir::{Module, Tensor};
+use llmc_runtime::sampler::SamplerConfig;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "llmc",
+    version,
+    about = "An ahead-of-time compiler for neural networks, LLMs first",
+    long_about = "An ahead-of-time compiler for neural networks, LLMs first.\n\n\
+                  MODEL is a .gguf file, a Hugging Face folder (config.json + \
+                  safetensors), a .onnx file, or llmc IR text (.llmc)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Compile a model into a standalone executable.
+    Build(BuildArgs),
+    /// Print a model as IR text, Graphviz DOT, or a summary.
+    Inspect(InspectArgs),
+    /// Run a model's graph on .npy inputs; writes OUTPUT_NAME.npy per graph output.
+    Exec(ExecArgs),
+    /// Generate text with a language model, without keeping a binary.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BuildEmit {
+    #[value(name = "llmc-ir")]
+    LlmcIr,
+    #[value(name = "llvm-ir")]
+    LlvmIr,
+    Asm,
+    Obj,
+    Ptx,
+    Dot,
+    Exe,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// The model to compile.
+    model: PathBuf,
+    /// Output file.
+    #[arg(short = 'o', value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// Code generation target.
+    #[arg(long, value_enum, default_value = "cpu")]
+    target: Target,
+    /// CPU to tune for (native, x86-64-v3, ...).
+    #[arg(long, default_value = "native")]
+    cpu: String,
+    /// CUDA architecture (sm_80, sm_90).
+    #[arg(long, value_name = "ARCH")]
+    cuda_arch: Option<String>,
+    /// Optimization level, -O0 to -O3.
+    #[arg(short = 'O', value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(0..=3))]
+    opt_level: u8,
+    /// What to emit (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "exe")]
+    emit: Vec<BuildEmit>,
+    /// Write every dump (IR after each pass, .ll, .ptx) into DIR.
+    #[arg(long, value_name = "DIR")]
+    dump_dir: Option<PathBuf>,
+    /// Print the IR after every pass.
+    #[arg(long)]
+    print_ir_after_all: bool,
+    /// Print the IR after the named pass (repeatable).
+    #[arg(long, value_name = "PASS")]
+    print_ir_after: Vec<String>,
+    /// Print the IR before the named pass (repeatable).
+    #[arg(long, value_name = "PASS")]
+    print_ir_before: Vec<String>,
+    /// Print the IR after every pass that changed it.
+    #[arg(long)]
+    print_ir_after_change: bool,
+    /// Run this pass pipeline instead of the -O level's (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "PASSES")]
+    passes: Option<Vec<String>>,
+    /// Report the time each pass takes.
+    #[arg(long)]
+    time_passes: bool,
+    /// Run the verifier after every pass.
+    #[arg(long)]
+    verify_each: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum InspectEmit {
+    #[value(name = "llmc-ir")]
+    LlmcIr,
+    Dot,
+    Summary,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The model to inspect.
+    model: PathBuf,
+    /// What to print.
+    #[arg(long, value_enum, default_value = "llmc-ir")]
+    emit: InspectEmit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Engine {
+    /// The reference interpreter.
+    Interp,
+    /// Compiled CPU code.
+    Cpu,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// The model to run.
+    model: PathBuf,
+    /// A graph input: NAME=FILE.npy (repeat for each input).
+    #[arg(long = "input", value_name = "NAME=FILE.npy", value_parser = parse_input)]
+    inputs: Vec<(String, PathBuf)>,
+    /// Where to write the OUTPUT_NAME.npy files.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    output_dir: PathBuf,
+    /// What runs the graph.
+    #[arg(long, value_enum, default_value = "interp")]
+    engine: Engine,
+    /// Optimization level of the compiled engine.
+    #[arg(short = 'O', value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(0..=3))]
+    opt_level: u8,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The language model.
+    model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Stop after this many new tokens.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, value_name = "T", default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample among the K most likely tokens only (0: all).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    top_k: usize,
+    /// Sample among the most likely tokens holding probability mass P (1: all).
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    top_p: f32,
+    /// Penalize tokens already seen (1: off).
+    #[arg(long, value_name = "R", default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Random seed.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Apply the model's chat template to the prompt (as one user message).
+    #[arg(long)]
+    chat: bool,
+    /// What runs the model.
+    #[arg(long, value_enum, default_value = "interp")]
+    engine: Engine,
+}
+
+fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok((
+            name.trim_start_matches('%').to_string(),
+            PathBuf::from(file),
+        )),
+        _ => Err(format!("expected NAME=FILE.npy, got `{s}`")),
+    }
+}
+
+const NO_CPU_ENGINE: &str = "the CPU backend is not available yet (llmc build / codegen); \
+                             use --engine interp";
+
+/// Loads and verifies a model.
+fn load(path: &Path) -> Result<Module> {
+    let m = llmc_frontend::load(path).with_context(|| format!("loading {}", path.display()))?;
+    llmc_ir::verify::verify(&m)
+        .with_context(|| format!("{}: the module is invalid", path.display()))?;
+    Ok(m)
+}
+
+fn build(a: &BuildArgs) -> Result<()> {
+    // Every flag is parsed and validated above; the compiler behind them is not there yet.
+    let _ = (
+        &a.model,
+        &a.output,
+        a.target,
+        &a.cpu,
+        &a.cuda_arch,
+        a.opt_level,
+        &a.emit,
+        &a.dump_dir,
+        a.print_ir_after_all,
+        &a.print_ir_after,
+        &a.print_ir_before,
+        a.print_ir_after_change,
+        &a.passes,
+        a.time_passes,
+        a.verify_each,
+    );
+    bail!("llmc build: code generation is not available yet")
+}
+
+fn inspect(a: &InspectArgs) -> Result<()> {
+    let m = load(&a.model)?;
+    let text = match a.emit {
+        InspectEmit::LlmcIr => llmc_ir::text::print(&m),
+        InspectEmit::Dot => llmc_ir::dot::to_dot(&m),
+        InspectEmit::Summary => summary::summary(&m),
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn exec(a: &ExecArgs) -> Result<()> {
+    if a.engine == Engine::Cpu {
+        bail!("{NO_CPU_ENGINE}");
+    }
+    let _ = a.opt_level; // only meaningful to compiled engines
+    let m = load(&a.model)?;
+    let g = &m.graph;
+
+    let mut given = BTreeMap::<&str, &Path>::new();
+    for (name, file) in &a.inputs {
+        if given.insert(name, file).is_some() {
+            bail!("--input {name}: given more than once");
+        }
+    }
+    let signature = || {
+        g.inputs
+            .iter()
+            .map(|&v| format!("{}: {}", g.value(v).name, g.value(v).ty))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let missing: Vec<&str> = g
+        .inputs
+        .iter()
+        .map(|&v| g.value(v).name.as_str())
+        .filter(|n| !given.contains_key(n))
+        .collect();
+    let extra: Vec<&str> = given
+        .keys()
+        .copied()
+        .filter(|n| !g.inputs.iter().any(|&v| g.value(v).name == *n))
+        .collect();
+    if !extra.is_empty() {
+        bail!(
+            "unknown input(s) {}: the graph takes ({})",
+            extra.join(", "),
+            signature()
+        );
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing input(s) {}: the graph takes ({}); give each as --input NAME=FILE.npy",
+            missing.join(", "),
+            signature()
+        );
+    }
+
+    let mut inputs: Vec<Tensor> = Vec::with_capacity(g.inputs.len());
+    for &v in &g.inputs {
+        let val = g.value(v);
+        let file = given
+            .get(val.name.as_str())
+            .with_context(|| format!("input {} has no file", val.name))?;
+        let t = npy::read(file).with_context(|| format!("input {}", val.name))?;
+        if t.dtype != val.ty.dtype {
+            bail!(
+                "input {}: {} holds {} data, the graph input is {}",
+                val.name,
+                file.display(),
+                t.dtype,
+                val.ty
+            );
+        }
+        inputs.push(t);
+    }
+
+    let t0 = Instant::now();
+    let outs = Interpreter::new(&m).run(&inputs).with_context(|| {
+        format!(
+            "running {} with the reference interpreter",
+            a.model.display()
+        )
+    })?;
+    eprintln!("llmc exec: ran in {:.3} s", t0.elapsed().as_secs_f64());
+
+    std::fs::create_dir_all(&a.output_dir)
+        .with_context(|| format!("cannot create --output-dir {}", a.output_dir.display()))?;
+    for (&v, t) in g.outputs.iter().zip(&outs) {
+        let name = &g.value(v).name;
+        let path = a.output_dir.join(format!("{name}.npy"));
+        npy::write(&path, t).with_context(|| format!("output {name}"))?;
+        eprintln!("wrote {} ({}{:?})", path.display(), t.dtype, t.shape);
+    }
+    Ok(())
+}
+
+fn run(a: &RunArgs) -> Result<()> {
+    if a.engine == Engine::Cpu {
+        bail!("{NO_CPU_ENGINE}");
+    }
+    let t0 = Instant::now();
+    let m = load(&a.model)?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    let opts = generate::GenerateOptions {
+        prompt: a.prompt.clone(),
+        chat: a.chat,
+        max_tokens: a.max_tokens,
+        sampler: SamplerConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            repetition_penalty: a.repetition_penalty,
+            seed: a.seed,
+        },
+    };
+    generate::run(&m, &opts, load_secs).with_context(|| format!("llmc run {}", a.model.display()))
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::Build(a) => build(a),
+        Cmd::Inspect(a) => inspect(a),
+        Cmd::Exec(a) => exec(a),
+        Cmd::Run(a) => run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `llmc inspect M | head`: the reader left; that is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -97,6 +97,25 @@ pub enum FrontendError {
         /// The tokenizer error.
         source: llmc_runtime::TokenizerError,
     },
+    /// The path is not a model llmc recognises.
+    #[error("{}: {msg}", path.display())]
+    UnknownKind {
+        /// The path.
+        path: PathBuf,
+        /// What was expected.
+        msg: String,
+    },
+    /// The kind of model is recognised but its importer is not available yet.
+    #[error("{}: {what} is not available yet", path.display())]
+    NotAvailable {
+        /// The path.
+        path: PathBuf,
+        /// The missing importer.
+        what: &'static str,
+    },
+    /// An llmc text file does not parse (the message is `FILE:LINE:COL: ...`).
+    #[error(transparent)]
+    Text(#[from] llmc_ir::text::ParseError),
 }
 
 /// Where an ONNX node is and what is wrong with it (boxed in [`FrontendError`] to keep

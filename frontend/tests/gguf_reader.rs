@@ -91,6 +91,13 @@ fn parses_every_value_type_and_tensor() {
         ))
     );
     assert_eq!(h.req_count("t.u32").unwrap(), 4_000_000_000);
+    assert_eq!(h.opt_f64("t.f32").unwrap(), Some(1.5));
+    assert_eq!(
+        MetaValue::F32(1e-5).as_f64(),
+        Some(1e-5),
+        "shortest decimal of the f32"
+    );
+    assert_eq!(MetaValue::F32(f32::INFINITY).as_f64(), Some(f64::INFINITY));
     let e = h.req_count("t.i32").unwrap_err().to_string();
     assert_has(&e, &["test.gguf", "`t.i32`", "-5"]);
     let e = h.req_str("t.u8").unwrap_err().to_string();
@@ -335,6 +342,9 @@ fn tensor_bytes_disagreeing_with_shape() {
     assert_has(&parse(&w).unwrap_err(), &["tensor `a`", "5 dims"]);
     let mut w = sample();
     w.tensors[0].ne = vec![u64::MAX, 2];
+    assert_has(&parse(&w).unwrap_err(), &["tensor `a`", "overflow"]);
+    let mut w = sample();
+    w.tensors[0].ne = vec![0, u64::MAX];
     assert_has(&parse(&w).unwrap_err(), &["tensor `a`", "overflow"]);
 }
 

@@ -156,7 +156,7 @@ impl DType {
     /// number of blocks (or the size overflows).
     pub fn storage_bytes(self, numel: u64) -> Option<u64> {
         let bl = self.block_len() as u64;
-        if numel % bl != 0 {
+        if !numel.is_multiple_of(bl) {
             return None;
         }
         (numel / bl).checked_mul(self.block_bytes() as u64)

@@ -216,6 +216,16 @@ impl Verifier<'_> {
                     format!("is defined {d} times (SSA values are defined once)"),
                 );
             }
+            // (A weight's own shape check covers its value.)
+            let negative = val
+                .ty
+                .shape
+                .0
+                .iter()
+                .any(|d| d.as_const().is_some_and(|c| c < 0));
+            if negative && !matches!(val.def, ValueDef::Weight(_)) {
+                self.err(&at, format!("type {} has a negative dim", val.ty));
+            }
             for dim in &val.ty.shape.0 {
                 for s in dim.symbols() {
                     if !is_symbol_name(s) {
@@ -327,8 +337,18 @@ impl Verifier<'_> {
                     );
                 }
             }
-            // Types only mean something once the node's shape is right.
-            if self.errs.len() == before {
+            // Types only mean something once the node's shape is right, and shape
+            // rules may assume operand dims are not negative (reported above).
+            let negative = node.inputs.iter().any(|&v| {
+                g.values.get(v.0 as usize).is_some_and(|val| {
+                    val.ty
+                        .shape
+                        .0
+                        .iter()
+                        .any(|d| d.as_const().is_some_and(|c| c < 0))
+                })
+            });
+            if self.errs.len() == before && !negative {
                 let tys: Vec<&TensorType> = node.inputs.iter().map(|&v| g.ty(v)).collect();
                 match op.infer(&tys, &node.attrs) {
                     Err(e) => self.err(&at, format!("type inference fails: {}", e.msg)),

@@ -758,11 +758,82 @@ proptest! {
         }
     }
 
+    /// Every op, fed extreme dims and attribute values from text: the checked parser and
+    /// the verifier (both run the op table's shape rules) report errors, never panic.
+    #[test]
+    fn extreme_dims_and_attrs_never_panic(
+        op in 0..Op::ALL.len(),
+        tys in pvec((0..EXTREME_DIMS.len(), 0..EXTREME_DIMS.len(), 0u8..4), 0..4),
+        attr in 0..EXTREME_ATTRS.len(),
+    ) {
+        let ty = |&(a, b, k): &(usize, usize, u8)| {
+            let (a, b) = (EXTREME_DIMS[a], EXTREME_DIMS[b]);
+            match k {
+                0 => format!("f32[{a}, {b}]"),
+                1 => format!("i64[{a}]"),
+                2 => format!("f32[2, {a}, {b}, 3]"),
+                _ => format!("bool[{b}, 1]"),
+            }
+        };
+        let decl: Vec<String> = tys.iter().enumerate().map(|(i, t)| format!("%x{i}: {}", ty(t))).collect();
+        let args: Vec<String> = (0..tys.len()).map(|i| format!("%x{i}")).collect();
+        let src = format!(
+            "module @m {{\n  graph @main({}) -> () {{\n    %r = {}({}) {} : f32[]\n    return\n  }}\n}}\n",
+            decl.join(", "),
+            Op::ALL[op].name(),
+            args.join(", "),
+            EXTREME_ATTRS[attr]
+        );
+        let _ = parse(&src, "x");
+        if let Ok(m) = parse_unchecked(&src, "x") {
+            let _ = verify(&m);
+        }
+    }
+
     #[test]
     fn random_bytes_never_panic(bytes in pvec(any::<u8>(), 0..200)) {
         let _ = parse_bytes(&bytes, "bytes");
     }
 }
+
+const EXTREME_DIMS: &[&str] = &[
+    "9223372036854775807",
+    "-9223372036854775808",
+    "-1",
+    "0",
+    "n",
+    "4611686018427387904*n",
+    "9223372036854775807*n + 9223372036854775807*m",
+    "3037000500*n",
+    "n - 1",
+];
+
+const EXTREME_ATTRS: &[&str] = &[
+    "",
+    "{axis = 0}",
+    "{axis = -9223372036854775808}",
+    "{axes = [9223372036854775807]}",
+    "{axes = [0], keepdims = true}",
+    "{perm = [1, 0]}",
+    "{perm = [9223372036854775807, 0]}",
+    "{shape = [-1]}",
+    "{shape = [9223372036854775807, 2]}",
+    "{shape = [9223372036854775807*n, 4611686018427387904*n]}",
+    "{repeats = [9223372036854775807, 2]}",
+    "{repeats = [4611686018427387904, 4]}",
+    "{pads = [9223372036854775807, 9223372036854775807, 1, 1]}",
+    "{axis = 0, sizes = [9223372036854775807, 9223372036854775807]}",
+    "{axis = 0, sizes = [1, 2]}",
+    "{starts = [0], ends = [9223372036854775807], steps = [-9223372036854775808]}",
+    "{starts = [-9223372036854775808], ends = [9223372036854775807]}",
+    "{eps = 1.0}",
+    "{theta = 1.0, dims = 9223372036854775807}",
+    "{scale = 1.0}",
+    "{layer = 0}",
+    "{to = f16}",
+    "{upper = true, k = -9223372036854775808}",
+    "{value = dense<f32[1]: [1.0]>}",
+];
 
 #[test]
 fn weight_value_ids_follow_declaration_order() {

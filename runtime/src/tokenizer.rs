@@ -423,7 +423,14 @@ impl Tokenizer {
     /// not part of that file; set them with [`Tokenizer::with_specials`] and
     /// [`Tokenizer::with_chat_template`].
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Tokenizer, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+        let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+        // A tokenizer.json may carry the padding/truncation its exporter used
+        // (all-MiniLM-L6-v2 pads every input to 128): as transformers does, ignore
+        // them; the runtime pads batches and bounds lengths itself.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
             .map_err(|e| TokenizerError::Build(e.to_string()))?;
         Ok(Tokenizer {
             inner,
@@ -932,6 +939,23 @@ mod tests {
         assert_eq!(
             tok3.encode("12", false).unwrap(),
             vec![id(&with_merge, "12")]
+        );
+    }
+
+    #[test]
+    fn tokenizer_json_padding_and_truncation_are_ignored() {
+        // all-MiniLM-L6-v2's tokenizer.json pads to 128 and truncates; transformers
+        // ignores both, and so must we (the runtime pads batches itself).
+        let spec = gpt2_spec();
+        let mut doc = spec.to_tokenizer_json().unwrap();
+        doc["padding"] = serde_json::json!({"strategy": {"Fixed": 16}, "direction": "Right",
+            "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "<|endoftext|>"});
+        doc["truncation"] = serde_json::json!({"direction": "Right", "max_length": 1,
+            "strategy": "LongestFirst", "stride": 0});
+        let tok = Tokenizer::from_json_bytes(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        assert_eq!(
+            tok.encode("hello world", false).unwrap(),
+            vec![id(&spec, "hello"), id(&spec, "Ġworld")]
         );
     }
 

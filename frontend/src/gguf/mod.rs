@@ -45,6 +45,24 @@ impl GgufFile {
         })
     }
 
+    /// Parses a GGUF file held in memory (tests, fuzzing): the bytes are copied into
+    /// an anonymous mapping so that weights refer to it as they would to a file.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<GgufFile, FrontendError> {
+        let header = GgufHeader::parse(bytes, name)?;
+        let io = |source| FrontendError::Io {
+            path: PathBuf::from(name),
+            source,
+        };
+        let mut anon = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(io)?;
+        anon[..bytes.len()].copy_from_slice(bytes);
+        let map = anon.make_read_only().map_err(io)?;
+        Ok(GgufFile {
+            path: Arc::new(PathBuf::from(name)),
+            header,
+            map: Arc::new(map),
+        })
+    }
+
     /// The bytes of a tensor (ranges were checked when the header was parsed).
     pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
         let start = t.offset as usize;

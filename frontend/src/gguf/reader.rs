@@ -175,10 +175,12 @@ impl MetaValue {
         })
     }
 
-    /// A float (f32 or f64) or an integer, as f64.
+    /// A float (f32 or f64) or an integer, as f64. An f32 becomes the f64 nearest its
+    /// shortest decimal form (`1e-5f32` gives `1e-5`, not `9.99999974e-6`): the value
+    /// the writer meant, so a config read from GGUF equals one read from JSON.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            MetaValue::F32(v) => Some(v as f64),
+            MetaValue::F32(v) => Some(v.to_string().parse::<f64>().unwrap_or(v as f64)),
             MetaValue::F64(v) => Some(v),
             _ => self.as_int().map(|v| v as f64),
         }
@@ -552,6 +554,9 @@ impl GgufHeader {
                     ggml_type_name(ggml_type)
                 ))
             })?;
+            if ne.iter().any(|&d| d > i64::MAX as u64) {
+                return Err(bad(format!("dims {ne:?} overflow")));
+            }
             let mut numel: u64 = 1;
             for &d in &ne {
                 numel = numel

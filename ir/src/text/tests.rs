@@ -96,7 +96,7 @@ fn dims_parse_as_polynomials() {
     let shape = |s: &str| {
         let src =
             format!("module @m {{\n  graph @main(%x: f32[{s}]) -> () {{\n    return\n  }}\n}}\n");
-        parse(&src, "d").map(|m| m.graph.value(m.graph.inputs[0]).ty.shape.clone())
+        parse_unchecked(&src, "d").map(|m| m.graph.value(m.graph.inputs[0]).ty.shape.clone())
     };
     let (b, s, p) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("past"));
     assert_eq!(shape("past + seq").unwrap().0, vec![p.add(&s)]);
@@ -119,6 +119,9 @@ fn dims_parse_as_polynomials() {
         shape("-9223372036854775808").unwrap().0,
         vec![Dim::c(i64::MIN)]
     );
+    // A value's constant dims are not negative (checked mode).
+    let neg = "module @m {\n  graph @main(%x: f32[-1]) -> () {\n    return\n  }\n}\n";
+    assert!(parse(neg, "d").unwrap_err().msg.contains("negative dim"));
     for bad in [
         "9223372036854775807*2",
         "9223372036854775808",

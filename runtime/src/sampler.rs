@@ -1,0 +1,577 @@
+//! Token sampling: turns one row of logits into the next token id. The emitted
+//! executable and `llmc run` both decode with it, so it has to be exact about greedy
+//! ties and reproducible for a seed. The random source is a PCG32 generator written
+//! here (O'Neill's PCG-XSH-RR 64/32 with the reference seeding), not a library RNG whose
+//! stream could change between versions: a seed gives the same tokens forever.
+//!
+//! Order of operations, as in Hugging Face `generate` and llama.cpp: repetition
+//! penalty, then greedy (`temperature == 0`) or temperature scaling, top-k, softmax,
+//! top-p (nucleus), and one draw from what is left.
+
+use std::cmp::Ordering;
+
+/// Why sampling could not proceed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SamplerError {
+    /// A setting is out of range.
+    #[error("sampler setting {name} = {value}: {msg}")]
+    Setting {
+        /// The setting (`temperature`, `top_p`, ...).
+        name: &'static str,
+        /// Its value, as text.
+        value: String,
+        /// The allowed range.
+        msg: &'static str,
+    },
+    /// No logits were given.
+    #[error("cannot sample from an empty row of logits")]
+    Empty,
+    /// A logit is NaN (the model produced garbage).
+    #[error("logit of token {token} is NaN")]
+    NaN {
+        /// The token id.
+        token: u32,
+    },
+    /// Every token is masked out (all logits are -inf).
+    #[error("every logit is -inf: no token can be sampled")]
+    AllMasked,
+}
+
+/// Sampling settings. The defaults are greedy decoding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplerConfig {
+    /// Softmax temperature; `0` means greedy (argmax, ties to the lowest id).
+    pub temperature: f32,
+    /// Keep only the `k` most likely tokens; `0` disables the filter.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose mass is at least `p`; `1.0`
+    /// disables the filter.
+    pub top_p: f32,
+    /// Divide positive (multiply negative) logits of tokens already seen by this
+    /// factor, as in CTRL / Hugging Face; `1.0` disables it.
+    pub repetition_penalty: f32,
+    /// Seed of the random generator.
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> SamplerConfig {
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// Checks every setting's range.
+    pub fn validate(&self) -> Result<(), SamplerError> {
+        let bad = |name, value: f32, msg| {
+            Err(SamplerError::Setting {
+                name,
+                value: value.to_string(),
+                msg,
+            })
+        };
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(
+                "temperature",
+                self.temperature,
+                "must be a finite number >= 0",
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", self.top_p, "must be in (0, 1]");
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(
+                "repetition_penalty",
+                self.repetition_penalty,
+                "must be a finite number > 0",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// PCG-XSH-RR with 64-bit state and 32-bit output (M. O'Neill, "PCG: A Family of
+/// Simple Fast Space-Efficient Statistically Good Algorithms for Random Number
+/// Generation", 2014), seeded as the reference `pcg32_srandom_r` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pcg32 {
+    state: u64,
+    inc: u64,
+}
+
+impl Pcg32 {
+    const MULT: u64 = 6364136223846793005;
+
+    /// A generator on stream `seq`, started from `seed`.
+    pub fn new(seed: u64, seq: u64) -> Pcg32 {
+        let mut r = Pcg32 {
+            state: 0,
+            inc: (seq << 1) | 1,
+        };
+        r.next_u32();
+        r.state = r.state.wrapping_add(seed);
+        r.next_u32();
+        r
+    }
+
+    /// The next 32 random bits.
+    pub fn next_u32(&mut self) -> u32 {
+        let old = self.state;
+        self.state = old.wrapping_mul(Self::MULT).wrapping_add(self.inc);
+        let xorshifted = (((old >> 18) ^ old) >> 27) as u32;
+        let rot = (old >> 59) as u32;
+        xorshifted.rotate_right(rot)
+    }
+
+    /// A uniform f64 in `[0, 1)` with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        let hi = (self.next_u32() >> 5) as u64; // 27 bits
+        let lo = (self.next_u32() >> 6) as u64; // 26 bits
+        ((hi << 26) | lo) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A token with a score (a logit or a probability, depending on the stage).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    /// Token id.
+    pub id: u32,
+    /// Score.
+    pub score: f32,
+}
+
+/// Orders candidates by descending score, ties by ascending id: the one order every
+/// stage uses, so results never depend on the sort algorithm.
+fn by_score_desc(a: &Candidate, b: &Candidate) -> Ordering {
+    b.score.total_cmp(&a.score).then(a.id.cmp(&b.id))
+}
+
+/// The id of the largest logit; ties go to the lowest id.
+pub fn argmax(logits: &[f32]) -> Result<u32, SamplerError> {
+    check(logits)?;
+    let mut best = 0usize;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    Ok(best as u32)
+}
+
+fn check(logits: &[f32]) -> Result<(), SamplerError> {
+    if logits.is_empty() {
+        return Err(SamplerError::Empty);
+    }
+    if let Some(i) = logits.iter().position(|x| x.is_nan()) {
+        return Err(SamplerError::NaN { token: i as u32 });
+    }
+    if logits.iter().all(|&x| x == f32::NEG_INFINITY) {
+        return Err(SamplerError::AllMasked);
+    }
+    Ok(())
+}
+
+/// Applies the repetition penalty in place to every token id in `seen` (each once).
+pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut done = vec![false; logits.len()];
+    for &t in seen {
+        let t = t as usize;
+        if let (Some(x), Some(d)) = (logits.get_mut(t), done.get_mut(t)) {
+            if !*d {
+                *d = true;
+                *x = if *x > 0.0 { *x / penalty } else { *x * penalty };
+            }
+        }
+    }
+}
+
+/// Keeps the `k` highest-scoring candidates (ties to the lower id), sorted by
+/// descending score. `k == 0` or `k >= len` keeps all of them, sorted.
+pub fn top_k(mut cands: Vec<Candidate>, k: usize) -> Vec<Candidate> {
+    if k > 0 && k < cands.len() {
+        cands.select_nth_unstable_by(k - 1, by_score_desc);
+        cands.truncate(k);
+    }
+    cands.sort_by(by_score_desc);
+    cands
+}
+
+/// Converts scores (logits) to probabilities in place: a softmax over the candidates.
+pub fn softmax(cands: &mut [Candidate]) {
+    let max = cands
+        .iter()
+        .map(|c| c.score)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for c in cands.iter_mut() {
+        let e = ((c.score - max) as f64).exp();
+        c.score = e as f32;
+        sum += e;
+    }
+    for c in cands.iter_mut() {
+        c.score = (c.score as f64 / sum) as f32;
+    }
+}
+
+/// Nucleus filter: given probabilities sorted in descending order, keeps the shortest
+/// prefix whose mass is at least `p` (always at least one token), and renormalizes.
+pub fn top_p(mut probs: Vec<Candidate>, p: f32) -> Vec<Candidate> {
+    if p >= 1.0 {
+        return probs;
+    }
+    let mut mass = 0.0f64;
+    let mut keep = probs.len();
+    for (i, c) in probs.iter().enumerate() {
+        mass += c.score as f64;
+        if mass >= p as f64 {
+            keep = i + 1;
+            break;
+        }
+    }
+    probs.truncate(keep.max(1));
+    let total: f64 = probs.iter().map(|c| c.score as f64).sum();
+    if total > 0.0 {
+        for c in &mut probs {
+            c.score = (c.score as f64 / total) as f32;
+        }
+    }
+    probs
+}
+
+/// Draws one candidate with probability proportional to its score, from a uniform
+/// number `u` in `[0, 1)`, walking the candidates in their given order.
+pub fn draw(probs: &[Candidate], u: f64) -> Option<u32> {
+    let total: f64 = probs.iter().map(|c| c.score as f64).sum();
+    let target = u * total;
+    let mut acc = 0.0f64;
+    for c in probs {
+        acc += c.score as f64;
+        if target < acc {
+            return Some(c.id);
+        }
+    }
+    // Rounding left `target` at the very end: the last token with mass takes it.
+    probs.iter().rev().find(|c| c.score > 0.0).map(|c| c.id)
+}
+
+/// A sampler: settings plus the random generator's state.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    cfg: SamplerConfig,
+    rng: Pcg32,
+}
+
+impl Sampler {
+    /// A sampler with validated settings; the generator starts from `cfg.seed`.
+    pub fn new(cfg: SamplerConfig) -> Result<Sampler, SamplerError> {
+        cfg.validate()?;
+        let rng = Pcg32::new(cfg.seed, 0x11c_5a3d);
+        Ok(Sampler { cfg, rng })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SamplerConfig {
+        &self.cfg
+    }
+
+    /// Picks the next token from one row of logits; `history` holds the tokens so far
+    /// (prompt and generated), used by the repetition penalty.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32, SamplerError> {
+        check(logits)?;
+        let penalized;
+        let logits = if self.cfg.repetition_penalty != 1.0 {
+            let mut l = logits.to_vec();
+            apply_repetition_penalty(&mut l, history, self.cfg.repetition_penalty);
+            penalized = l;
+            &penalized[..]
+        } else {
+            logits
+        };
+        if self.cfg.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let inv_t = 1.0 / self.cfg.temperature;
+        let cands: Vec<Candidate> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, &x)| x != f32::NEG_INFINITY)
+            .map(|(i, &x)| Candidate {
+                id: i as u32,
+                score: x * inv_t,
+            })
+            .collect();
+        let mut cands = top_k(cands, self.cfg.top_k);
+        softmax(&mut cands);
+        let cands = top_p(cands, self.cfg.top_p);
+        let u = self.rng.next_f64();
+        draw(&cands, u).ok_or(SamplerError::AllMasked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cands(scores: &[f32]) -> Vec<Candidate> {
+        scores
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| Candidate {
+                id: i as u32,
+                score: s,
+            })
+            .collect()
+    }
+
+    fn ids(c: &[Candidate]) -> Vec<u32> {
+        c.iter().map(|c| c.id).collect()
+    }
+
+    #[test]
+    fn pcg32_matches_the_reference_stream() {
+        // pcg32-demo from the PCG reference C library: pcg32_srandom_r(&rng, 42u, 54u)
+        // prints these first six outputs.
+        let mut r = Pcg32::new(42, 54);
+        let got: Vec<u32> = (0..6).map(|_| r.next_u32()).collect();
+        assert_eq!(
+            got,
+            [0xa15c02b7, 0x7b47f409, 0xba1d3330, 0x83d2f293, 0xbfa4784b, 0xcbed606e]
+        );
+    }
+
+    #[test]
+    fn uniform_floats_are_in_range_and_spread() {
+        let mut r = Pcg32::new(7, 1);
+        let n = 100_000;
+        let xs: Vec<f64> = (0..n).map(|_| r.next_f64()).collect();
+        assert!(xs.iter().all(|&x| (0.0..1.0).contains(&x)));
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        // Standard error of the mean is sqrt(1/12 / n) ~ 0.0009; allow 5 of them.
+        assert!((mean - 0.5).abs() < 0.0046, "mean {mean}");
+    }
+
+    #[test]
+    fn greedy_is_argmax_with_ties_to_lowest_id() {
+        assert_eq!(argmax(&[0.1, 3.0, -2.0, 3.0]).unwrap(), 1);
+        assert_eq!(argmax(&[5.0, 5.0]).unwrap(), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -1e30]).unwrap(), 1);
+        let mut s = Sampler::new(SamplerConfig::default()).unwrap();
+        for _ in 0..10 {
+            assert_eq!(s.sample(&[1.0, 2.0, 7.0, 7.0, 0.0], &[]).unwrap(), 2);
+        }
+    }
+
+    #[test]
+    fn bad_logits_and_settings_are_errors() {
+        assert_eq!(argmax(&[]), Err(SamplerError::Empty));
+        assert_eq!(
+            argmax(&[0.0, f32::NAN]),
+            Err(SamplerError::NaN { token: 1 })
+        );
+        assert_eq!(
+            argmax(&[f32::NEG_INFINITY; 3]),
+            Err(SamplerError::AllMasked)
+        );
+        for cfg in [
+            SamplerConfig {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplerConfig {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplerConfig {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplerConfig {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                Sampler::new(cfg),
+                Err(SamplerError::Setting { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn top_k_keeps_exactly_k_highest() {
+        let c = cands(&[0.5, 2.0, -1.0, 2.0, 1.5, 0.0]);
+        assert_eq!(ids(&top_k(c.clone(), 3)), [1, 3, 4]);
+        assert_eq!(ids(&top_k(c.clone(), 1)), [1]);
+        // Ties at the cut go to the lower id.
+        assert_eq!(ids(&top_k(cands(&[1.0, 1.0, 1.0, 1.0]), 2)), [0, 1]);
+        // 0 and k >= len keep everything, sorted.
+        assert_eq!(ids(&top_k(c.clone(), 0)), [1, 3, 4, 0, 5, 2]);
+        assert_eq!(top_k(c.clone(), 10).len(), 6);
+        for k in 1..=6 {
+            assert_eq!(top_k(c.clone(), k).len(), k);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_prefix_reaching_p() {
+        let probs = cands(&[0.4, 0.3, 0.2, 0.1]);
+        // 0.4 < 0.5, 0.4 + 0.3 >= 0.5: two tokens.
+        let kept = top_p(probs.clone(), 0.5);
+        assert_eq!(ids(&kept), [0, 1]);
+        let sum: f32 = kept.iter().map(|c| c.score).sum();
+        assert!((sum - 1.0).abs() < 1e-6);
+        assert!((kept[0].score - 0.4 / 0.7).abs() < 1e-6);
+        // Exactly reaching p stops there.
+        assert_eq!(ids(&top_p(probs.clone(), 0.4)), [0]);
+        // A tiny p keeps one token; p = 1 keeps all.
+        assert_eq!(ids(&top_p(probs.clone(), 1e-6)), [0]);
+        assert_eq!(top_p(probs.clone(), 1.0).len(), 4);
+        assert_eq!(ids(&top_p(probs, 0.95)), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn softmax_matches_closed_form() {
+        let mut c = cands(&[1.0, 2.0, 3.0]);
+        softmax(&mut c);
+        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|x| x.exp()).sum();
+        for (i, x) in [1.0f64, 2.0, 3.0].iter().enumerate() {
+            assert!((c[i].score as f64 - x.exp() / z).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn repetition_penalty_follows_ctrl_rule() {
+        let mut l = vec![2.0, -2.0, 1.0];
+        apply_repetition_penalty(&mut l, &[0, 1, 1, 7], 2.0);
+        assert_eq!(l, [1.0, -4.0, 1.0]);
+        // The penalty can flip a greedy choice.
+        let mut s = Sampler::new(SamplerConfig {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.sample(&[2.0, 1.5], &[0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn same_seed_same_sequence() {
+        let cfg = SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            seed: 1234,
+            ..Default::default()
+        };
+        let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let run = |cfg: &SamplerConfig| {
+            let mut s = Sampler::new(cfg.clone()).unwrap();
+            (0..50)
+                .map(|_| s.sample(&logits, &[]).unwrap())
+                .collect::<Vec<u32>>()
+        };
+        let a = run(&cfg);
+        assert_eq!(a, run(&cfg));
+        let b = run(&SamplerConfig { seed: 4321, ..cfg });
+        assert_ne!(a, b, "different seeds gave the same 50 draws");
+    }
+
+    #[test]
+    fn filters_restrict_what_can_be_drawn() {
+        let logits = [3.0, 2.9, 2.8, 0.0, -1.0, 2.7];
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 2,
+            seed: 9,
+            ..Default::default()
+        })
+        .unwrap();
+        for _ in 0..500 {
+            let t = s.sample(&logits, &[]).unwrap();
+            assert!(t == 0 || t == 1, "top-k 2 drew {t}");
+        }
+        // Masked tokens are never drawn.
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            seed: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        for _ in 0..500 {
+            assert_ne!(s.sample(&[0.0, f32::NEG_INFINITY, 0.0], &[]).unwrap(), 1);
+        }
+    }
+
+    #[test]
+    fn draws_follow_the_softmax_distribution() {
+        // Logits ln(0.5), ln(0.3), ln(0.2) at temperature 1 give probabilities 0.5,
+        // 0.3, 0.2. With n = 200_000 draws each frequency has a standard deviation of
+        // at most sqrt(0.25 / n) ~ 0.0011; the tolerance 0.006 is over 5 of them.
+        let p = [0.5f64, 0.3, 0.2];
+        let logits: Vec<f32> = p.iter().map(|x| x.ln() as f32).collect();
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            seed: 2024,
+            ..Default::default()
+        })
+        .unwrap();
+        let n = 200_000;
+        let mut counts = [0usize; 3];
+        for _ in 0..n {
+            counts[s.sample(&logits, &[]).unwrap() as usize] += 1;
+        }
+        for i in 0..3 {
+            let f = counts[i] as f64 / n as f64;
+            assert!((f - p[i]).abs() < 0.006, "token {i}: {f} vs {}", p[i]);
+        }
+        // Temperature 0.5 squares the odds: probabilities proportional to p^2.
+        let z: f64 = p.iter().map(|x| x * x).sum();
+        let q: Vec<f64> = p.iter().map(|x| x * x / z).collect();
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 0.5,
+            seed: 77,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut counts = [0usize; 3];
+        for _ in 0..n {
+            counts[s.sample(&logits, &[]).unwrap() as usize] += 1;
+        }
+        for i in 0..3 {
+            let f = counts[i] as f64 / n as f64;
+            assert!((f - q[i]).abs() < 0.006, "t=0.5 token {i}: {f} vs {}", q[i]);
+        }
+    }
+
+    #[test]
+    fn top_p_distribution_is_renormalized() {
+        // Probabilities 0.5, 0.3, 0.2 with top-p 0.7 keep {0, 1}, renormalized to
+        // 0.625 / 0.375. Same tolerance argument as above.
+        let p = [0.5f64, 0.3, 0.2];
+        let logits: Vec<f32> = p.iter().map(|x| x.ln() as f32).collect();
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_p: 0.7,
+            seed: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        let n = 200_000;
+        let mut counts = [0usize; 3];
+        for _ in 0..n {
+            counts[s.sample(&logits, &[]).unwrap() as usize] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        let f0 = counts[0] as f64 / n as f64;
+        assert!((f0 - 0.625).abs() < 0.006, "{f0}");
+    }
+}

@@ -1,0 +1,550 @@
+//! End-to-end tests of the `llmc` binary: its command-line contract (scripts and CI rely
+//! on it), its outputs, and that user mistakes give one clear `error:` line and exit
+//! code 1, never a panic.
+
+use npyz::WriterBuilder;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn llmc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llmc"))
+        .args(args)
+        .output()
+        .expect("the llmc binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A user error: exit code 1, one `error:` message mentioning every `needle`, no panic.
+fn assert_user_error(o: &Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {e}");
+    assert!(e.starts_with("error: "), "stderr: {e}");
+    assert!(!e.contains("panicked"), "stderr: {e}");
+    for n in needles {
+        assert!(e.contains(n), "stderr lacks `{n}`: {e}");
+    }
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let o = llmc(&["--help"]);
+    assert!(o.status.success());
+    let h = stdout(&o);
+    for cmd in ["build", "inspect", "exec", "run"] {
+        assert!(
+            h.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "--help lacks `{cmd}`:\n{h}"
+        );
+    }
+}
+
+#[test]
+fn build_parses_the_contract_flags_then_says_not_yet() {
+    let o = llmc(&[
+        "build",
+        "model.onnx",
+        "--target",
+        "cuda",
+        "--cuda-arch",
+        "sm_80",
+        "-O3",
+        "-o",
+        "smollm",
+        "--emit",
+        "llmc-ir,llvm-ir,ptx,exe",
+        "--dump-dir",
+        "dumps",
+        "--print-ir-after-all",
+        "--print-ir-after=fuse-elementwise",
+        "--passes=a,b",
+        "--time-passes",
+    ]);
+    assert_user_error(&o, &["llmc build: code generation is not available yet"]);
+    // A flag outside the contract is a usage error (clap's exit code 2), not a panic.
+    let o = llmc(&["build", "m.onnx", "-O7"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!stderr(&o).contains("panicked"));
+    let o = llmc(&["build", "m.onnx", "--emit", "wat"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn missing_model_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-model.gguf");
+    let m = missing.to_str().unwrap();
+    assert_user_error(&llmc(&["inspect", m]), &["no-such-model.gguf"]);
+    assert_user_error(
+        &llmc(&["exec", m, "--input", "x=x.npy"]),
+        &["no-such-model.gguf"],
+    );
+    assert_user_error(
+        &llmc(&["run", m, "--prompt", "hi"]),
+        &["no-such-model.gguf"],
+    );
+}
+
+#[test]
+fn onnx_and_cpu_engine_say_not_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("m.onnx");
+    std::fs::write(&onnx, b"\x08\x07").unwrap();
+    let p = onnx.to_str().unwrap();
+    assert_user_error(
+        &llmc(&["inspect", p, "--emit", "summary"]),
+        &["m.onnx", "ONNX import is not available yet"],
+    );
+    assert_user_error(
+        &llmc(&["exec", p, "--engine", "cpu"]),
+        &["the CPU backend is not available yet"],
+    );
+    assert_user_error(
+        &llmc(&["run", p, "--prompt", "x", "--engine", "cpu"]),
+        &["the CPU backend is not available yet"],
+    );
+}
+
+#[test]
+fn unknown_model_kind_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("weights.bin");
+    std::fs::write(&f, b"hello").unwrap();
+    assert_user_error(
+        &llmc(&["inspect", f.to_str().unwrap()]),
+        &["weights.bin", "not a model llmc recognises"],
+    );
+}
+
+// ----- .llmc graphs and .npy files -----
+
+const GRAPH: &str = "module @t {
+  graph @main(%a: f32[batch, 3], %b: f32[3], %i: i64[2], %j: i64[2]) -> (%sum: f32[batch, 3], %prod: i64[2], %gt: bool[batch, 3], %half: f16[batch, 3]) {
+    %sum = add(%a, %b) : f32[batch, 3]
+    %prod = mul(%i, %j) : i64[2]
+    %gt = greater(%a, %b) : bool[batch, 3]
+    %half = cast(%sum) {to = f16} : f16[batch, 3]
+    return %sum, %prod, %gt, %half
+  }
+}
+";
+
+fn write_npy<T: npyz::AutoSerialize>(path: &Path, shape: &[u64], v: Vec<T>) {
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(std::fs::File::create(path).unwrap())
+        .begin_nd()
+        .unwrap();
+    w.extend(v).unwrap();
+    w.finish().unwrap();
+}
+
+fn read_npy<T: npyz::Deserialize>(path: &Path) -> (Vec<u64>, String, Vec<T>) {
+    let f = npyz::NpyFile::new(std::fs::File::open(path).unwrap()).unwrap();
+    let shape = f.shape().to_vec();
+    let dtype = match f.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => panic!("unexpected dtype {other:?}"),
+    };
+    (shape, dtype, f.into_vec::<T>().unwrap())
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    i: Vec<i64>,
+    j: Vec<i64>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.llmc"), GRAPH).unwrap();
+        let a = vec![0.5f32, -1.25, 3.0, 2.0, 0.1, -7.5];
+        let b = vec![1.0f32, -2.0, 3.0];
+        let i = vec![3i64, -4_000_000_000];
+        let j = vec![-5i64, 2];
+        write_npy(&dir.path().join("a.npy"), &[2, 3], a.clone());
+        write_npy(&dir.path().join("b.npy"), &[3], b.clone());
+        write_npy(&dir.path().join("i.npy"), &[2], i.clone());
+        write_npy(&dir.path().join("j.npy"), &[2], j.clone());
+        Fixture { dir, a, b, i, j }
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+}
+
+#[test]
+fn exec_writes_each_output_with_its_dtype() {
+    let fx = Fixture::new();
+    let out = fx.dir.path().join("out");
+    let (g, a, b, i, j) = (
+        fx.p("g.llmc"),
+        fx.p("a.npy"),
+        fx.p("b.npy"),
+        fx.p("i.npy"),
+        fx.p("j.npy"),
+    );
+    let o = llmc(&[
+        "exec",
+        &g,
+        "--input",
+        &format!("a={a}"),
+        "--input",
+        &format!("b={b}"),
+        "--input",
+        &format!("i={i}"),
+        "--input",
+        &format!("%j={j}"),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+
+    // Expectations computed here: numpy broadcasting of b over a's rows.
+    let sum: Vec<f32> = (0..6).map(|k| fx.a[k] + fx.b[k % 3]).collect();
+    let (shape, dt, got) = read_npy::<f32>(&out.join("sum.npy"));
+    assert_eq!((shape, dt.as_str()), (vec![2, 3], "<f4"));
+    for (g, e) in got.iter().zip(&sum) {
+        assert!(
+            (g - e).abs() <= 1e-6 * e.abs().max(1.0),
+            "{got:?} vs {sum:?}"
+        );
+    }
+    let (shape, dt, got) = read_npy::<i64>(&out.join("prod.npy"));
+    assert_eq!((shape, dt.as_str()), (vec![2], "<i8"));
+    assert_eq!(got, vec![fx.i[0] * fx.j[0], fx.i[1] * fx.j[1]]);
+    let (_, dt, got) = read_npy::<bool>(&out.join("gt.npy"));
+    assert_eq!(dt, "|b1");
+    let gt: Vec<bool> = (0..6).map(|k| fx.a[k] > fx.b[k % 3]).collect();
+    assert_eq!(got, gt);
+    let (_, dt, got) = read_npy::<npyz::half::f16>(&out.join("half.npy"));
+    assert_eq!(dt, "<f2");
+    let half: Vec<npyz::half::f16> = sum.iter().map(|&x| npyz::half::f16::from_f32(x)).collect();
+    assert_eq!(got, half);
+}
+
+#[test]
+fn exec_names_missing_extra_and_mistyped_inputs() {
+    let fx = Fixture::new();
+    let (g, a, b, i, j) = (
+        fx.p("g.llmc"),
+        fx.p("a.npy"),
+        fx.p("b.npy"),
+        fx.p("i.npy"),
+        fx.p("j.npy"),
+    );
+    let (ia, ib, ii, ij) = (
+        format!("a={a}"),
+        format!("b={b}"),
+        format!("i={i}"),
+        format!("j={j}"),
+    );
+    let o = llmc(&["exec", &g, "--input", &ia, "--input", &ib]);
+    assert_user_error(&o, &["missing input(s) i, j"]);
+    let extra = format!("zz={a}");
+    let o = llmc(&[
+        "exec", &g, "--input", &ia, "--input", &ib, "--input", &ii, "--input", &ij, "--input",
+        &extra,
+    ]);
+    assert_user_error(&o, &["unknown input(s) zz"]);
+    // i64 data where the graph wants f32: the input and both dtypes are named.
+    let wrong = format!("a={i}");
+    let o = llmc(&[
+        "exec", &g, "--input", &wrong, "--input", &ib, "--input", &ii, "--input", &ij,
+    ]);
+    assert_user_error(&o, &["input a", "i64", "f32[batch, 3]"]);
+    // A shape that contradicts the graph is the interpreter's error, naming the input.
+    let wrong = format!("b={a}");
+    let o = llmc(&[
+        "exec", &g, "--input", &ia, "--input", &wrong, "--input", &ii, "--input", &ij,
+    ]);
+    assert_user_error(&o, &["input b"]);
+    let o = llmc(&["exec", &g, "--input", "a"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
+    let nofile = format!("a={}", fx.p("nope.npy"));
+    let o = llmc(&[
+        "exec", &g, "--input", &nofile, "--input", &ib, "--input", &ii, "--input", &ij,
+    ]);
+    assert_user_error(&o, &["input a", "nope.npy"]);
+}
+
+#[test]
+fn malformed_llmc_gives_file_line_col() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.llmc");
+    // Line 3 uses an op the table does not have.
+    std::fs::write(
+        &f,
+        "module @m {\n  graph @main(%x: f32[2]) -> (%y: f32[2]) {\n    %y = frobnicate(%x) : f32[2]\n    return %y\n  }\n}\n",
+    )
+    .unwrap();
+    let o = llmc(&["inspect", f.to_str().unwrap()]);
+    assert_user_error(&o, &["bad.llmc:3:"]);
+    let o = llmc(&["exec", f.to_str().unwrap(), "--input", "x=x.npy"]);
+    assert_user_error(&o, &["bad.llmc:3:"]);
+    std::fs::write(&f, b"module @m { \xff }").unwrap();
+    assert_user_error(&llmc(&["inspect", f.to_str().unwrap()]), &["bad.llmc:1:"]);
+}
+
+#[test]
+fn inspect_prints_text_that_reads_back_dot_and_summary() {
+    let fx = Fixture::new();
+    let g = fx.p("g.llmc");
+    let o = llmc(&["inspect", &g]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert_eq!(text, GRAPH, "the fixture is written in canonical form");
+    // The printed text parses back to the same print.
+    let again = fx.dir.path().join("again.llmc");
+    std::fs::write(&again, &text).unwrap();
+    assert_eq!(stdout(&llmc(&["inspect", again.to_str().unwrap()])), text);
+
+    let dot = stdout(&llmc(&["inspect", &g, "--emit", "dot"]));
+    assert!(dot.starts_with("digraph"), "{dot}");
+    assert!(dot.contains("add") && dot.contains("cast"), "{dot}");
+
+    let s = stdout(&llmc(&["inspect", &g, "--emit", "summary"]));
+    for want in [
+        "%a: f32[batch, 3]",
+        "%half: f16[batch, 3]",
+        "ops: 4 nodes",
+        "weights: 0 tensors",
+    ] {
+        assert!(s.contains(want), "summary lacks `{want}`:\n{s}");
+    }
+}
+
+// ----- real models (from scripts/fetch-models) -----
+
+fn model(name: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("LLMC_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models"));
+    let p = dir.join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: model not found at {}, run scripts/fetch-models",
+            p.display()
+        );
+        None
+    }
+}
+
+const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[test]
+fn smollm_summary_counts_every_parameter() {
+    let Some(m) = model(SMOLLM) else { return };
+    let o = llmc(&["inspect", m.to_str().unwrap(), "--emit", "summary"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    // SmolLM2-135M: vocab 49152, hidden 576, 30 layers, 9 query / 3 KV heads of 64,
+    // MLP 1536, tied embeddings.
+    let (v, h, kv, ff, layers) = (49152u64, 576u64, 192u64, 1536u64, 30u64);
+    let per_layer = 2 * h * h + 2 * kv * h + 3 * ff * h + 2 * h;
+    let total = v * h + layers * per_layer + h;
+    let grouped = {
+        let d = total.to_string();
+        let mut g = String::new();
+        for (k, c) in d.chars().enumerate() {
+            if k > 0 && (d.len() - k).is_multiple_of(3) {
+                g.push(',');
+            }
+            g.push(c);
+        }
+        g
+    };
+    assert!(
+        s.contains(&format!("{grouped} parameters")),
+        "expected {grouped}:\n{s}"
+    );
+    for want in [
+        "%ids: i64[batch, seq]",
+        "%logits: f32[batch, 49152]",
+        "architecture: llama",
+        "kv_append",
+        "attention",
+    ] {
+        assert!(s.contains(want), "summary lacks `{want}`:\n{s}");
+    }
+}
+
+fn fixture(rel: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn smollm_greedy_matches_the_transformers_reference() {
+    let Some(m) = model(SMOLLM) else { return };
+    // Greedy text from Hugging Face transformers on the same (dequantized) weights,
+    // made by scripts/reference/smollm2_reference.py.
+    let reference = fixture("smollm2/greedy.json");
+    let prompt = reference["prompt"].as_str().unwrap();
+    let want = reference["generated_text"].as_str().unwrap();
+    let o = llmc(&[
+        "run",
+        m.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let text = out.strip_suffix('\n').unwrap_or(&out);
+    assert!(text.starts_with(" Paris"), "stdout: {text:?}");
+    assert!(
+        want.starts_with(text),
+        "llmc: {text:?}\ntransformers: {want:?}"
+    );
+    let e = stderr(&o);
+    assert!(e.contains("prefill") && e.contains("tok/s"), "stderr: {e}");
+    assert!(e.contains("8 tokens"), "stderr: {e}");
+}
+
+#[test]
+fn minilm_exec_matches_the_sentence_transformers_embedding() {
+    let Some(m) = model("all-MiniLM-L6-v2") else {
+        return;
+    };
+    let reference = fixture("minilm/reference.json");
+    let k = 4; // "A short one"
+    let ids: Vec<i64> = reference["token_ids"][k]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let want: Vec<f64> = reference["embeddings"][k]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let n = ids.len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    write_npy(&p("ids.npy"), &[1, n], ids.clone());
+    write_npy(&p("mask.npy"), &[1, n], vec![1i64; ids.len()]);
+    write_npy(&p("pos.npy"), &[1, n], (0..n as i64).collect());
+    let arg = |name: &str| format!("{name}={}", p(&format!("{name}.npy")).display());
+    let o = llmc(&[
+        "exec",
+        m.to_str().unwrap(),
+        "--input",
+        &arg("ids"),
+        "--input",
+        &arg("mask"),
+        "--input",
+        &arg("pos"),
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (shape, _, got) = read_npy::<f32>(&p("embedding.npy"));
+    assert_eq!(shape, vec![1, want.len() as u64]);
+    let dot: f64 = got.iter().zip(&want).map(|(a, b)| *a as f64 * b).sum();
+    let na: f64 = got.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = want.iter().map(|b| b * b).sum::<f64>().sqrt();
+    let cos = dot / (na * nb);
+    // f32 arithmetic in a different order than PyTorch: agreement to ~1e-6 relative.
+    assert!(cos > 0.99999, "cosine similarity {cos}");
+    let max_diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(max_diff < 1e-4, "max abs difference {max_diff}");
+}
+
+#[test]
+fn smollm_chat_answers_and_stops_at_end_of_turn() {
+    let Some(m) = model(SMOLLM) else { return };
+    let o = llmc(&[
+        "run",
+        m.to_str().unwrap(),
+        "--prompt",
+        "What is the capital of France?",
+        "--chat",
+        "--max-tokens",
+        "24",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("Paris"), "stdout: {text:?}");
+    assert!(
+        !text.contains("<|im_end|>"),
+        "special tokens leak: {text:?}"
+    );
+    assert!(
+        stderr(&o).contains("stopped at end of sequence"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn smollm_sampling_is_reproducible_for_a_seed() {
+    let Some(m) = model(SMOLLM) else { return };
+    let m = m.to_str().unwrap();
+    let gen = |seed: &str| {
+        let o = llmc(&[
+            "run",
+            m,
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "6",
+            "--temperature",
+            "1.0",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let a = gen("11");
+    assert!(!a.trim().is_empty());
+    assert_eq!(a, gen("11"), "same seed, different text");
+}
+
+#[test]
+fn run_rejects_bad_sampling_flags_and_non_decoders() {
+    let fx = Fixture::new();
+    let o = llmc(&["run", &fx.p("g.llmc"), "--prompt", "hi"]);
+    assert_user_error(&o, &["needs a decoder graph", "%a: f32[batch, 3]"]);
+    if let Some(m) = model(SMOLLM) {
+        let o = llmc(&[
+            "run",
+            m.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--top-p",
+            "1.5",
+        ]);
+        assert_user_error(&o, &["top_p"]);
+    }
+}
