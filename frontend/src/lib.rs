@@ -138,7 +138,10 @@ mod tests {
         let e = detect(&dir.join("missing.gguf")).unwrap_err().to_string();
         assert!(e.contains("missing.gguf"), "{e}");
         let e = load(&dir.join("m.onnx")).unwrap_err().to_string();
-        assert!(e.contains("m.onnx") && e.contains("not an ONNX model"), "{e}");
+        assert!(
+            e.contains("m.onnx") && e.contains("not an ONNX model"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
