@@ -1249,6 +1249,215 @@ def _():
 # ----- main -----
 
 
+# ----- convolution, pooling, resize (written as plain loops over numpy arrays) -----
+
+
+def ref_conv(x, w, b, strides, pads, dil, group):
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
+    ks = w.shape[2:]
+    nsp = len(ks)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[d], pads[nsp + d]) for d in range(nsp)])
+    eff = [(ks[d] - 1) * dil[d] + 1 for d in range(nsp)]
+    out = [(xp.shape[2 + d] - eff[d]) // strides[d] + 1 for d in range(nsp)]
+    y = np.zeros([n, m] + out)
+    mg = m // group
+    for idx in np.ndindex(*([n, m] + out)):
+        bi, mi, o = idx[0], idx[1], idx[2:]
+        g = mi // mg
+        sl = tuple(slice(o[d] * strides[d], o[d] * strides[d] + eff[d], dil[d]) for d in range(nsp))
+        patch = xp[(bi, slice(g * cg, (g + 1) * cg)) + sl]
+        y[idx] = np.sum(patch * w[mi]) + (b[mi] if b is not None else 0.0)
+    return y
+
+
+def ref_conv_transpose(x, w, b, strides, pads, output_padding, group):
+    n, c = x.shape[:2]
+    cg = c // group
+    mg = w.shape[1]
+    ks = w.shape[2:]
+    nsp = len(ks)
+    full = [strides[d] * (x.shape[2 + d] - 1) + output_padding[d] + ks[d] for d in range(nsp)]
+    y = np.zeros([n, mg * group] + full)
+    for idx in np.ndindex(*x.shape):
+        bi, ci, ip = idx[0], idx[1], idx[2:]
+        g = ci // cg
+        for mo in range(mg):
+            for k in np.ndindex(*ks):
+                o = tuple(ip[d] * strides[d] + k[d] for d in range(nsp))
+                y[(bi, g * mg + mo) + o] += x[idx] * w[(ci, mo) + k]
+    sl = tuple(slice(pads[d], full[d] - pads[nsp + d]) for d in range(nsp))
+    y = y[(slice(None), slice(None)) + sl]
+    if b is not None:
+        y = y + b.reshape([1, -1] + [1] * nsp)
+    return y
+
+
+def ref_pool(x, kernel, strides, pads, kind, include_pad=False):
+    nsp = len(kernel)
+    out = [(x.shape[2 + d] + pads[d] + pads[nsp + d] - kernel[d]) // strides[d] + 1 for d in range(nsp)]
+    y = np.zeros(list(x.shape[:2]) + out)
+    for idx in np.ndindex(*y.shape):
+        o = idx[2:]
+        vals, npad = [], 0
+        for k in np.ndindex(*kernel):
+            p = [o[d] * strides[d] + k[d] - pads[d] for d in range(nsp)]
+            if all(0 <= p[d] < x.shape[2 + d] for d in range(nsp)):
+                vals.append(x[idx[:2] + tuple(p)])
+            else:
+                npad += 1
+        if kind == "max":
+            y[idx] = max(vals)
+        else:
+            y[idx] = sum(vals) / (len(vals) + (npad if include_pad else 0))
+    return y
+
+
+def ref_resize_linear_half_pixel(x, sizes):
+    """Separable linear interpolation, half-pixel centres, edge-clamped."""
+    y = x.astype(np.float64)
+    for axis, out in enumerate(sizes):
+        inw = y.shape[axis]
+        if out == inw:
+            continue
+        scale = out / inw
+        src = (np.arange(out) + 0.5) / scale - 0.5
+        lo = np.floor(src).astype(int)
+        frac = src - lo
+        a = np.take(y, np.clip(lo, 0, inw - 1), axis=axis)
+        b = np.take(y, np.clip(lo + 1, 0, inw - 1), axis=axis)
+        shape = [1] * y.ndim
+        shape[axis] = out
+        frac = frac.reshape(shape)
+        y = a * (1 - frac) + b * frac
+    return y
+
+
+def ref_resize_nearest_asymmetric_floor(x, scales):
+    y = x
+    for axis, s in enumerate(scales):
+        out = int(y.shape[axis] * s)
+        idx = np.minimum(np.floor(np.arange(out) / s).astype(int), y.shape[axis] - 1)
+        y = np.take(y, idx, axis=axis)
+    return y
+
+
+@case("conv")
+def _():
+    rng = np.random.default_rng(81)
+    t = FileTest("conv")
+    t.input("x", "f32", ["n", 4, 5, 5])
+    t.input("w", "f32", [6, 2, 3, 3])
+    t.input("b", "f32", [6])
+    t.input("v", "f32", [1, 2, 7])
+    t.input("k", "f32", [3, 2, 2])
+    a = {"group": 2, "strides": [2, 1], "pads": [1, 0, 1, 2]}
+    t.add(["grouped"], "conv", ["x", "w", "b"], a, [("f32", ["n", 6, 3, 5])])
+    t.add(["dilated"], "conv", ["v", "k"], {"dilations": [3]}, [("f32", [1, 3, 4])])
+    for n in (1, 2):
+        x, w, b = rnd(rng, (n, 4, 5, 5)), rnd(rng, (6, 2, 3, 3)), rnd(rng, (6,))
+        v, k = rnd(rng, (1, 2, 7)), rnd(rng, (3, 2, 2))
+        t.run(
+            [("x", "f32", x), ("w", "f32", w), ("b", "f32", b), ("v", "f32", v), ("k", "f32", k)],
+            [
+                ("grouped", "f32", f32(ref_conv(d64(x), d64(w), d64(b), [2, 1], [1, 0, 1, 2], [1, 1], 2)), TOL_LOOSE),
+                ("dilated", "f32", f32(ref_conv(d64(v), d64(k), None, [1], [0, 0], [3], 1)), TOL_LOOSE),
+            ],
+        )
+    return t
+
+
+@case("conv_transpose")
+def _():
+    rng = np.random.default_rng(82)
+    t = FileTest("conv_transpose")
+    t.input("x", "f32", [1, 4, 3, 3])
+    t.input("w", "f32", [4, 1, 2, 3])
+    t.input("b", "f32", [2])
+    a = {"group": 2, "strides": [2, 1], "pads": [1, 0, 0, 1], "output_padding": [1, 0]}
+    t.add(["y"], "conv_transpose", ["x", "w", "b"], a, [("f32", [1, 2, 6, 4])])
+    t.add(["plain"], "conv_transpose", ["x", "w"], {"group": 2}, [("f32", [1, 2, 4, 5])])
+    for _ in range(2):
+        x, w, b = rnd(rng, (1, 4, 3, 3)), rnd(rng, (4, 1, 2, 3)), rnd(rng, (2,))
+        t.run(
+            [("x", "f32", x), ("w", "f32", w), ("b", "f32", b)],
+            [
+                ("y", "f32", f32(ref_conv_transpose(d64(x), d64(w), d64(b), [2, 1], [1, 0, 0, 1], [1, 0], 2)), TOL_LOOSE),
+                ("plain", "f32", f32(ref_conv_transpose(d64(x), d64(w), None, [1, 1], [0, 0, 0, 0], [0, 0], 2)), TOL_LOOSE),
+            ],
+        )
+    return t
+
+
+@case("max_pool")
+def _():
+    rng = np.random.default_rng(83)
+    t = FileTest("max_pool")
+    t.input("x", "f32", ["n", 2, 5, 4])
+    t.input("i", "i64", [1, 1, 6])
+    a = {"kernel": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1]}
+    t.add(["y"], "max_pool", ["x"], a, [("f32", ["n", 2, 3, 2])])
+    t.add(["iy"], "max_pool", ["i"], {"kernel": [2], "strides": [2]}, [("i64", [1, 1, 3])])
+    for n in (1, 2):
+        x = rnd(rng, (n, 2, 5, 4))
+        i = rng.integers(-50, 50, size=(1, 1, 6)).astype(np.int64)
+        t.run(
+            [("x", "f32", x), ("i", "i64", i)],
+            [
+                ("y", "f32", f32(ref_pool(d64(x), [3, 2], [2, 2], [1, 0, 1, 1], "max")), TOL_EXACT_F),
+                ("iy", "i64", ref_pool(i, [2], [2], [0, 0], "max").astype(np.int64), None),
+            ],
+        )
+    return t
+
+
+@case("avg_pool")
+def _():
+    rng = np.random.default_rng(84)
+    t = FileTest("avg_pool")
+    t.input("x", "f32", [1, 2, 5, 4])
+    a = {"kernel": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1]}
+    t.add(["excl"], "avg_pool", ["x"], a, [("f32", [1, 2, 3, 2])])
+    t.add(["incl"], "avg_pool", ["x"], dict(a, count_include_pad=True), [("f32", [1, 2, 3, 2])])
+    for _ in range(2):
+        x = rnd(rng, (1, 2, 5, 4))
+        t.run(
+            [("x", "f32", x)],
+            [
+                ("excl", "f32", f32(ref_pool(d64(x), [3, 2], [2, 2], [1, 0, 1, 1], "avg")), TOL),
+                ("incl", "f32", f32(ref_pool(d64(x), [3, 2], [2, 2], [1, 0, 1, 1], "avg", True)), TOL),
+            ],
+        )
+    return t
+
+
+@case("resize")
+def _():
+    rng = np.random.default_rng(85)
+    t = FileTest("resize")
+    t.input("x", "f32", [1, 1, 3, 4])
+    t.input("s", "f32", ["n", 2, 3])
+    lin = {"sizes": Shape([1, 1, 5, 2]), "scales": [1.0, 1.0, 5 / 3, 0.5], "mode": "linear"}
+    t.add(["linear"], "resize", ["x"], lin, [("f32", [1, 1, 5, 2])])
+    near = {
+        "sizes": Shape(["n", 2, 7]),
+        "scales": [1.0, 1.0, 2.5],
+        "coordinate_transformation_mode": "asymmetric",
+        "nearest_mode": "floor",
+    }
+    t.add(["nearest"], "resize", ["s"], near, [("f32", ["n", 2, 7])])
+    for n in (1, 3):
+        x, sv = rnd(rng, (1, 1, 3, 4)), rnd(rng, (n, 2, 3))
+        t.run(
+            [("x", "f32", x), ("s", "f32", sv)],
+            [
+                ("linear", "f32", f32(ref_resize_linear_half_pixel(d64(x), [1, 1, 5, 2])), TOL),
+                ("nearest", "f32", ref_resize_nearest_asymmetric_floor(sv, [1, 1, 2.5]), TOL_EXACT_F),
+            ],
+        )
+    return t
+
+
 def table_ops():
     src = open(os.path.join(ROOT, "ir", "src", "ops", "mod.rs")).read()
     return re.findall(r'^\s+[A-Z]\w* = "([a-z_0-9]+)",', src, flags=re.M)

@@ -7,9 +7,10 @@
 //!   converters work through.
 //! - [`registry`]: (domain, op type) to converter.
 //! - One module per op family, each with a `register` function: [`math`], [`logic`],
-//!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`].
+//!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`], [`cnn`].
 
 pub mod attention;
+pub mod cnn;
 pub mod data;
 pub mod import;
 pub mod linalg;

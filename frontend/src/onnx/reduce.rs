@@ -71,11 +71,15 @@ fn reduce_op(
     if let Some(ax) = axes {
         a.insert("axes".into(), Attr::Ints(ax.clone()));
     }
-    // Bool max/min: reduce as integers.
+    // Bool max/min: any / all, counted in i64 (defined on empty sets too).
     if cx.dtype(x) == DType::Bool {
-        let xi = cx.cast(x, DType::U8)?;
-        let r = cx.op(op, &[xi], a)?;
-        return cx.cast(r, DType::Bool);
+        let all = op == Op::ReduceMin;
+        let x = if all { cx.un(Op::Not, x)? } else { x };
+        let xi = cx.cast(x, DType::I64)?;
+        let n = cx.op(Op::ReduceSum, &[xi], a)?;
+        let zero = cx.scalar(DType::I64, 0.0);
+        let any = cx.bin(Op::Greater, n, zero)?;
+        return if all { cx.un(Op::Not, any) } else { Ok(any) };
     }
     cx.op(op, &[x], a)
 }

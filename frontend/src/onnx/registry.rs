@@ -80,6 +80,7 @@ impl Registry {
             super::nn::register(&mut r);
             super::attention::register(&mut r);
             super::loss::register(&mut r);
+            super::cnn::register(&mut r);
             r
         })
     }

@@ -8,6 +8,7 @@ use crate::attr::{opt, req, AttrKind as K, AttrSpec};
 use crate::{Attrs, Tensor, TensorType};
 use std::fmt;
 
+pub mod cnn;
 pub mod elementwise;
 pub mod linalg;
 pub mod nn;
@@ -304,6 +305,16 @@ op_table! {
     // ----- added for the ONNX frontend -----
     /// remainder of a / b: the divisor's sign (numpy `mod`), or the dividend's when `fmod` (C `fmod`)
     Mod = "mod", Fixed(2), EW, [opt("fmod", K::Bool)], ew::infer_binary, ew::eval_mod;
+    /// convolution of x[N, C, spatial...] with w[M, C/group, k...] (+ b[M]); `pads` = [begins.., ends..]
+    Conv = "conv", Range(2, 3), NONE, [opt("strides", K::Ints), opt("pads", K::Ints), opt("dilations", K::Ints), opt("group", K::Int)], cnn::infer_conv, cnn::eval_conv;
+    /// transposed convolution of x[N, C, spatial...] with w[C, M/group, k...] (+ b[M]); `output_padding` extends the end
+    ConvTranspose = "conv_transpose", Range(2, 3), NONE, [opt("strides", K::Ints), opt("pads", K::Ints), opt("dilations", K::Ints), opt("group", K::Int), opt("output_padding", K::Ints)], cnn::infer_conv_transpose, cnn::eval_conv_transpose;
+    /// max over `kernel` windows of x[N, C, spatial...] (padding never wins; `ceil_mode` keeps partial windows)
+    MaxPool = "max_pool", Fixed(1), NONE, [req("kernel", K::Ints), opt("strides", K::Ints), opt("pads", K::Ints), opt("dilations", K::Ints), opt("ceil_mode", K::Bool)], cnn::infer_max_pool, cnn::eval_max_pool;
+    /// mean over `kernel` windows of x[N, C, spatial...]; `count_include_pad` counts padding as zeros
+    AvgPool = "avg_pool", Fixed(1), NONE, [req("kernel", K::Ints), opt("strides", K::Ints), opt("pads", K::Ints), opt("dilations", K::Ints), opt("ceil_mode", K::Bool), opt("count_include_pad", K::Bool)], cnn::infer_avg_pool, cnn::eval_avg_pool;
+    /// resize to `sizes` by nearest / linear / cubic interpolation, separable per axis, ONNX Resize semantics (`scales` drive the coordinate transform)
+    Resize = "resize", Fixed(1), NONE, [req("sizes", K::Shape), opt("scales", K::Floats), opt("roi", K::Floats), opt("mode", K::Str), opt("coordinate_transformation_mode", K::Str), opt("nearest_mode", K::Str), opt("cubic_coeff_a", K::Float), opt("exclude_outside", K::Bool), opt("extrapolation_value", K::Float), opt("antialias", K::Bool)], cnn::infer_resize, cnn::eval_resize;
 }
 
 impl Op {
