@@ -1458,6 +1458,18 @@ def _():
     return t
 
 
+@case("dims")
+def _():
+    rng = np.random.default_rng(86)
+    t = FileTest("dims")
+    t.input("x", "f32", ["batch", "seq"])
+    t.add(["d"], "dims", [], {"value": Shape(["batch", "seq", "2*seq + 1", "batch*seq", 7])}, [("i64", [5])])
+    for b, q in ((1, 3), (2, 5)):
+        x = rnd(rng, (b, q))
+        t.run([("x", "f32", x)], [("d", "i64", np.array([b, q, 2 * q + 1, b * q, 7], dtype=np.int64), None)])
+    return t
+
+
 def table_ops():
     src = open(os.path.join(ROOT, "ir", "src", "ops", "mod.rs")).read()
     return re.findall(r'^\s+[A-Z]\w* = "([a-z_0-9]+)",', src, flags=re.M)

@@ -422,6 +422,101 @@ fn constant_of_shape_and_range_fold_at_import() {
     );
 }
 
+#[test]
+fn exporter_style_position_and_mask_graphs_run_for_any_length() {
+    // What exporters write for position ids and a causal mask over symbolic dims:
+    // seq = Shape(ids)[1]; pos = Expand(Unsqueeze(Range(0, seq, 1)), Shape(ids));
+    // tri = Trilu(ConstantOfShape([seq, seq], 1), upper=0); frac = pos / float(seq).
+    let scalar = |name: &str, v: i64| TensorProto {
+        int64_data: vec![v],
+        ..tensor(name, DataType::INT64, &[])
+    };
+    let one_f = AttributeProto {
+        name: "value".into(),
+        type_: EnumOrUnknown::new(AttributeType::TENSOR),
+        t: MessageField::some(TensorProto {
+            float_data: vec![1.0],
+            ..tensor("v", DataType::FLOAT, &[1])
+        }),
+        ..Default::default()
+    };
+    let nodes = vec![
+        node("Shape", "shape", &["ids"], &["s"], vec![]),
+        node(
+            "Gather",
+            "seq",
+            &["s", "one"],
+            &["seq"],
+            vec![a_int("axis", 0)],
+        ),
+        node("Range", "range", &["zero", "seq", "one"], &["r"], vec![]),
+        node("Unsqueeze", "u", &["r", "axes0"], &["r1"], vec![]),
+        node("Expand", "expand", &["r1", "s"], &["pos"], vec![]),
+        node("Unsqueeze", "us", &["seq", "axes0"], &["seq1"], vec![]),
+        node(
+            "Concat",
+            "cat",
+            &["seq1", "seq1"],
+            &["ss"],
+            vec![a_int("axis", 0)],
+        ),
+        node("ConstantOfShape", "ones", &["ss"], &["o"], vec![one_f]),
+        node("Trilu", "tri", &["o"], &["tri"], vec![a_int("upper", 0)]),
+        node(
+            "Cast",
+            "posf",
+            &["pos"],
+            &["pf"],
+            vec![a_int("to", DataType::FLOAT as i64)],
+        ),
+        node(
+            "Cast",
+            "seqf",
+            &["seq"],
+            &["sf"],
+            vec![a_int("to", DataType::FLOAT as i64)],
+        ),
+        node("Div", "frac", &["pf", "sf"], &["frac"], vec![]),
+    ];
+    let g = graph(
+        nodes,
+        vec![scalar("zero", 0), scalar("one", 1), i64s("axes0", &[0])],
+        vec![vi("ids", DataType::INT64, &[D::P("batch"), D::P("seq")])],
+        vec![
+            vi("pos", DataType::INT64, &[D::P("batch"), D::P("seq")]),
+            vi("tri", DataType::FLOAT, &[D::P("seq"), D::P("seq")]),
+            vi("frac", DataType::FLOAT, &[D::P("batch"), D::P("seq")]),
+        ],
+    );
+    let m = import(&model(g, 18)).expect("imports");
+    let ops: Vec<Op> = m.graph.nodes.iter().map(|n| n.op).collect();
+    assert!(
+        ops.contains(&Op::Dims),
+        "the divisor needs seq at run time: {ops:?}"
+    );
+    let s = |n: &str| Dim::sym(n);
+    assert_eq!(
+        m.graph.ty(m.graph.outputs[1]).shape,
+        Shape(vec![s("seq"), s("seq")])
+    );
+    let mut interp = Interpreter::new(&m);
+    for (b, q) in [(2usize, 3usize), (1, 5)] {
+        let ids = Tensor::from_i64(DType::I64, vec![b, q], vec![7; b * q]);
+        let out = interp.run(&[ids]).expect("runs");
+        let pos: Vec<i64> = (0..b).flat_map(|_| 0..q as i64).collect();
+        assert_eq!(
+            (out[0].shape.clone(), out[0].to_i64()),
+            (vec![b, q], pos.clone())
+        );
+        let tri: Vec<f64> = (0..q)
+            .flat_map(|i| (0..q).map(move |j| (j <= i) as i64 as f64))
+            .collect();
+        assert_eq!(out[1].to_f64(), tri);
+        let frac: Vec<f64> = pos.iter().map(|&p| (p as f32 / q as f32) as f64).collect();
+        assert_eq!(out[2].to_f64(), frac);
+    }
+}
+
 // ----- opset-dependent operands -----
 
 #[test]

@@ -522,14 +522,7 @@ impl<'r> Importer<'r> {
         }
         let t = match &self.val(v).konst {
             Some(t) => t.clone(),
-            None => {
-                let d = self.val(v).dims.clone().unwrap_or_default();
-                let shown: Vec<String> = d.iter().map(|d| d.to_string()).collect();
-                return Err(format!(
-                    "a value computed from symbolic dims [{}] is needed at run time, which is not supported yet",
-                    shown.join(", ")
-                ));
-            }
+            None => return self.materialize_dims(v),
         };
         let id = if t.numel() <= INLINE_LIMIT {
             let attrs = Attrs::from([("value".to_string(), Attr::Tensor((*t).clone()))]);
@@ -546,6 +539,36 @@ impl<'r> Importer<'r> {
                 WeightData::Owned(Arc::new(data::tensor_bytes(&t))),
             )
         };
+        self.vals[v.0 as usize].id = Some(id);
+        Ok(id)
+    }
+
+    /// A value known as (symbolic) dims, computed at run time by a `dims` op.
+    fn materialize_dims(&mut self, v: V) -> Result<ValueId, String> {
+        let val = self.val(v);
+        let (dims, ty) = match &val.dims {
+            Some(d) => (d.clone(), val.ty.clone()),
+            None => return Err("a value with no definition is used".into()),
+        };
+        let attrs = Attrs::from([("value".to_string(), Attr::Shape(Shape(dims)))]);
+        let mut id = self
+            .module
+            .add1(Op::Dims, &[], attrs)
+            .map_err(|e| e.to_string())?;
+        if ty.shape.rank() == 0 {
+            let a = Attrs::from([("shape".to_string(), Attr::Shape(Shape(vec![])))]);
+            id = self
+                .module
+                .add1(Op::Reshape, &[id], a)
+                .map_err(|e| e.to_string())?;
+        }
+        if ty.dtype != DType::I64 {
+            let a = Attrs::from([("to".to_string(), Attr::Type(ty.dtype))]);
+            id = self
+                .module
+                .add1(Op::Cast, &[id], a)
+                .map_err(|e| e.to_string())?;
+        }
         self.vals[v.0 as usize].id = Some(id);
         Ok(id)
     }

@@ -147,6 +147,10 @@ fn scalar_input(cx: &mut NodeCtx, i: usize, what: &str) -> Result<(DType, f64), 
 }
 
 fn range(cx: &mut NodeCtx) -> R {
+    let limit_known = cx.konst(cx.input(1)?)?.is_some();
+    if !limit_known {
+        return symbolic_range(cx);
+    }
     let (dt, start) = scalar_input(cx, 0, "start")?;
     let (_, limit) = scalar_input(cx, 1, "limit")?;
     let (_, delta) = scalar_input(cx, 2, "delta")?;
@@ -172,6 +176,47 @@ fn range(cx: &mut NodeCtx) -> R {
         Tensor::from_i64(dt, vec![n], (0..n as i64).map(|i| s + i * d).collect())
     };
     Ok(vec![cx.constant(t)])
+}
+
+/// `Range(start, limit, delta)` with a limit computed from symbolic dims and a
+/// constant start and a delta of 1 or -1: start + delta * (exclusive running count of
+/// ones over `n = (limit - start) / delta` elements).
+fn symbolic_range(cx: &mut NodeCtx) -> R {
+    let (dt, start) = scalar_input(cx, 0, "start")?;
+    let (_, delta) = scalar_input(cx, 2, "delta")?;
+    let limit = cx.shape_input(1, "limit")?;
+    let [limit] = &limit[..] else {
+        return Err("input 1 (limit) must hold one value".into());
+    };
+    if !dt.is_int() || start.fract() != 0.0 || (delta != 1.0 && delta != -1.0) {
+        return Err(format!(
+            "a range up to the symbolic limit {limit} needs an integer start and a delta of 1 or -1 (got {start}, {delta})"
+        ));
+    }
+    let span = limit
+        .checked_sub(&llmc_ir::Dim::c(start as i64))
+        .ok_or("range length overflows")?;
+    let n = if delta > 0.0 {
+        span
+    } else {
+        span.checked_mul(&llmc_ir::Dim::c(-1))
+            .ok_or("range length overflows")?
+    };
+    let one = cx.scalar(dt, 1.0);
+    let ones = cx.op(
+        Op::Expand,
+        &[one],
+        attrs([("shape", Attr::Shape(Shape(vec![n])))]),
+    )?;
+    let count = cx.op(
+        Op::CumSum,
+        &[ones],
+        attrs([("axis", Attr::Int(0)), ("exclusive", Attr::Bool(true))]),
+    )?;
+    let d = cx.scalar(dt, delta);
+    let s = cx.scalar(dt, start);
+    let scaled = cx.bin(Op::Mul, count, d)?;
+    Ok(vec![cx.bin(Op::Add, scaled, s)?])
 }
 
 fn eye_like(cx: &mut NodeCtx) -> R {

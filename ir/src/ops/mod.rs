@@ -315,6 +315,8 @@ op_table! {
     AvgPool = "avg_pool", Fixed(1), NONE, [req("kernel", K::Ints), opt("strides", K::Ints), opt("pads", K::Ints), opt("dilations", K::Ints), opt("ceil_mode", K::Bool), opt("count_include_pad", K::Bool)], cnn::infer_avg_pool, cnn::eval_avg_pool;
     /// resize to `sizes` by nearest / linear / cubic interpolation, separable per axis, ONNX Resize semantics (`scales` drive the coordinate transform)
     Resize = "resize", Fixed(1), NONE, [req("sizes", K::Shape), opt("scales", K::Floats), opt("roi", K::Floats), opt("mode", K::Str), opt("coordinate_transformation_mode", K::Str), opt("nearest_mode", K::Str), opt("cubic_coeff_a", K::Float), opt("exclude_outside", K::Bool), opt("extrapolation_value", K::Float), opt("antialias", K::Bool)], cnn::infer_resize, cnn::eval_resize;
+    /// the values of the dims in `value` (symbolic ones evaluated in this run) as an i64 vector
+    Dims = "dims", Fixed(0), NONE, [req("value", K::Shape)], tn::infer_dims, tn::eval_dims;
 }
 
 impl Op {
