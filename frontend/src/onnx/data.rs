@@ -29,11 +29,13 @@ pub fn dtype_of(code: i32) -> Result<DType, String> {
         Some(DataType::INT16) => DType::I16,
         Some(DataType::INT8) => DType::I8,
         Some(DataType::UINT8) => DType::U8,
+        Some(DataType::UINT16) => DType::U16,
+        Some(DataType::UINT32) => DType::U32,
         Some(DataType::BOOL) => DType::Bool,
         _ => {
             return Err(format!(
                 "element type {} is not supported (supported: float, double, float16, \
-                 bfloat16, int64, int32, int16, int8, uint8, bool)",
+                 bfloat16, int64, int32, int16, int8, uint32, uint16, uint8, bool)",
                 type_name(code)
             ))
         }
@@ -66,6 +68,8 @@ pub fn onnx_code(d: DType) -> Option<i32> {
         DType::I16 => DataType::INT16 as i32,
         DType::I8 => DataType::INT8 as i32,
         DType::U8 => DataType::UINT8 as i32,
+        DType::U16 => DataType::UINT16 as i32,
+        DType::U32 => DataType::UINT32 as i32,
         DType::Bool => DataType::BOOL as i32,
         _ => return None,
     })
@@ -218,12 +222,20 @@ fn typed_bytes(t: &TensorProto, dtype: DType, numel: usize, ty: &str) -> Result<
                 .iter()
                 .for_each(|v| out.extend(v.to_le_bytes()));
         }
-        // int32_data carries every type of 32 bits or fewer, one element per entry;
-        // f16/bf16 as their bit patterns.
+        // uint64_data carries uint32 (and uint64).
+        DType::U32 => {
+            count_check("uint64_data", t.uint64_data.len(), numel, ty)?;
+            t.uint64_data
+                .iter()
+                .for_each(|&v| out.extend((v as u32).to_le_bytes()));
+        }
+        // int32_data carries every other type of 32 bits or fewer, one element per
+        // entry; f16/bf16 as their bit patterns.
         DType::I32
         | DType::I16
         | DType::I8
         | DType::U8
+        | DType::U16
         | DType::Bool
         | DType::F16
         | DType::BF16 => {
@@ -231,7 +243,9 @@ fn typed_bytes(t: &TensorProto, dtype: DType, numel: usize, ty: &str) -> Result<
             for &v in &t.int32_data {
                 match dtype {
                     DType::I32 => out.extend(v.to_le_bytes()),
-                    DType::I16 | DType::F16 | DType::BF16 => out.extend((v as u16).to_le_bytes()),
+                    DType::I16 | DType::U16 | DType::F16 | DType::BF16 => {
+                        out.extend((v as u16).to_le_bytes())
+                    }
                     DType::Bool => out.push((v != 0) as u8),
                     _ => out.push(v as u8),
                 }
@@ -328,7 +342,9 @@ pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
                 match t.dtype {
                     DType::I64 => out.extend(x.to_le_bytes()),
                     DType::I32 => out.extend((x as i32).to_le_bytes()),
+                    DType::U32 => out.extend((x as u32).to_le_bytes()),
                     DType::I16 => out.extend((x as i16).to_le_bytes()),
+                    DType::U16 => out.extend((x as u16).to_le_bytes()),
                     _ => out.push(x as u8),
                 }
             }

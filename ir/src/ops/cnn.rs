@@ -849,6 +849,8 @@ fn int_range(d: crate::DType) -> (f64, f64) {
         D::U8 => (0.0, 255.0),
         D::I8 => (-128.0, 127.0),
         D::I16 => (i16::MIN as f64, i16::MAX as f64),
+        D::U16 => (0.0, u16::MAX as f64),
+        D::U32 => (0.0, u32::MAX as f64),
         D::I32 => (i32::MIN as f64, i32::MAX as f64),
         _ => (i64::MIN as f64, i64::MAX as f64),
     }
