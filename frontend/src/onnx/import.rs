@@ -59,8 +59,9 @@ struct Val {
     dims: Option<Vec<Dim>>,
     /// The initializer behind the value, if any (decoded on demand).
     weight: Option<WeightId>,
-    /// For a graph input bound by [`ImportOptions::bind_inputs`]: the value a converter
-    /// gets when it needs this input as a constant (never used for folding).
+    /// For a graph input bound by [`ImportOptions::bind_inputs`], and for values
+    /// computed from bound inputs and constants: the value a converter gets when it needs
+    /// this one as a constant. Never used for folding: the node stays in the graph.
     bound: Option<Arc<Tensor>>,
 }
 
@@ -626,6 +627,11 @@ impl<'r> Importer<'r> {
                 })]);
             }
         }
+        let bound = if !stateful && small {
+            self.shadow_eval(op, ins, &attrs)
+        } else {
+            None
+        };
         let ids: Vec<ValueId> = ins
             .iter()
             .map(|&v| self.materialize(v))
@@ -636,18 +642,38 @@ impl<'r> Importer<'r> {
             .map_err(|e| e.to_string())?;
         Ok(outs
             .into_iter()
-            .map(|id| {
+            .enumerate()
+            .map(|(k, id)| {
                 let ty = self.module.graph.ty(id).clone();
+                let bound = bound.as_ref().and_then(|b| b.get(k)).cloned().map(Arc::new);
                 self.push(Val {
                     ty,
                     id: Some(id),
                     konst: None,
                     dims: None,
                     weight: None,
-                    bound: None,
+                    bound,
                 })
             })
             .collect())
+    }
+
+    /// Evaluates an op whose operands are constants or bound values (see
+    /// [`ImportOptions::bind_inputs`]); `None` when one is neither or evaluation fails.
+    fn shadow_eval(&mut self, op: Op, ins: &[V], attrs: &Attrs) -> Option<Vec<Tensor>> {
+        if !ins.iter().any(|&v| self.val(v).bound.is_some()) {
+            return None;
+        }
+        let mut ks = Vec::with_capacity(ins.len());
+        for &v in ins {
+            let k = match self.konst(v, WEIGHT_FOLD_LIMIT) {
+                Ok(Some(k)) => k,
+                _ => self.val(v).bound.clone()?,
+            };
+            ks.push(k);
+        }
+        let refs: Vec<&Tensor> = ks.iter().map(|k| k.as_ref()).collect();
+        op.eval(&refs, attrs, &mut EvalCtx::default()).ok()
     }
 
     /// Evaluates integer ops over dims (shape arithmetic with symbols). `None` when an
