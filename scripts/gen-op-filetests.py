@@ -1470,6 +1470,196 @@ def _():
     return t
 
 
+CASES["atan"] = make_unary("atan", np.arctan, -4.0, 4.0)
+
+
+def make_bitwise(op, fn):
+    def build():
+        rng = np.random.default_rng(zlib.crc32(op.encode()))
+        t = FileTest(op)
+        t.input("a", "i64", [2, 3])
+        t.input("b", "i64", [3])
+        t.input("p", "u8", [4])
+        t.input("q", "u8", [4])
+        t.add(["out"], op, ["a", "b"], {}, [("i64", [2, 3])])
+        t.add(["bytes"], op, ["p", "q"], {}, [("u8", [4])])
+        for _ in range(2):
+            a = rng.integers(-1000, 1000, size=(2, 3)).astype(np.int64)
+            b = rng.integers(-1000, 1000, size=3).astype(np.int64)
+            p = rng.integers(0, 256, size=4).astype(np.uint8)
+            q = rng.integers(0, 256, size=4).astype(np.uint8)
+            t.run(
+                [("a", "i64", a), ("b", "i64", b), ("p", "u8", p), ("q", "u8", q)],
+                [("out", "i64", fn(a, b), None), ("bytes", "u8", fn(p, q), None)],
+            )
+        return t
+
+    return build
+
+
+CASES["bitwise_and"] = make_bitwise("bitwise_and", np.bitwise_and)
+CASES["bitwise_or"] = make_bitwise("bitwise_or", np.bitwise_or)
+CASES["bitwise_xor"] = make_bitwise("bitwise_xor", np.bitwise_xor)
+
+
+@case("bitwise_not")
+def _():
+    rng = np.random.default_rng(91)
+    t = FileTest("bitwise_not")
+    t.input("a", "i64", [5])
+    t.input("p", "u8", [5])
+    t.add(["out"], "bitwise_not", ["a"], {}, [("i64", [5])])
+    t.add(["bytes"], "bitwise_not", ["p"], {}, [("u8", [5])])
+    for _ in range(2):
+        a = rng.integers(-1000, 1000, size=5).astype(np.int64)
+        p = rng.integers(0, 256, size=5).astype(np.uint8)
+        t.run([("a", "i64", a), ("p", "u8", p)], [("out", "i64", np.invert(a), None), ("bytes", "u8", np.invert(p), None)])
+    return t
+
+
+@case("bit_shift")
+def _():
+    rng = np.random.default_rng(92)
+    t = FileTest("bit_shift")
+    t.input("p", "u8", [5])
+    t.input("s", "u8", [5])
+    t.input("a", "i64", [4])
+    t.input("n", "i64", [4])
+    t.add(["left"], "bit_shift", ["p", "s"], {"direction": "left"}, [("u8", [5])])
+    t.add(["right"], "bit_shift", ["p", "s"], {"direction": "right"}, [("u8", [5])])
+    t.add(["arith"], "bit_shift", ["a", "n"], {"direction": "right"}, [("i64", [4])])
+    for _ in range(2):
+        p = rng.integers(0, 256, size=5).astype(np.uint8)
+        sh = rng.integers(0, 8, size=5).astype(np.uint8)
+        a = rng.integers(-5000, 5000, size=4).astype(np.int64)
+        n = rng.integers(0, 12, size=4).astype(np.int64)
+        t.run(
+            [("p", "u8", p), ("s", "u8", sh), ("a", "i64", a), ("n", "i64", n)],
+            [
+                ("left", "u8", np.left_shift(p, sh), None),
+                ("right", "u8", np.right_shift(p, sh), None),
+                ("arith", "i64", np.right_shift(a, n), None),
+            ],
+        )
+    return t
+
+
+@case("cumprod")
+def _():
+    rng = np.random.default_rng(93)
+    t = FileTest("cumprod")
+    t.input("x", "f32", [2, 4])
+    t.input("n", "i64", [3, 2])
+    t.add(["plain"], "cumprod", ["x"], {"axis": 1}, [("f32", [2, 4])])
+    t.add(["both"], "cumprod", ["x"], {"axis": -1, "exclusive": True, "reverse": True}, [("f32", [2, 4])])
+    t.add(["ints"], "cumprod", ["n"], {"axis": 0}, [("i64", [3, 2])])
+    for _ in range(2):
+        x = rnd(rng, (2, 4))
+        n = rng.integers(-5, 6, size=(3, 2)).astype(np.int64)
+        xd = d64(x)
+        rev = np.flip(np.cumprod(np.flip(xd, 1), axis=1), 1)
+        both = np.concatenate([rev[:, 1:], np.ones((2, 1))], axis=1)
+        t.run(
+            [("x", "f32", x), ("n", "i64", n)],
+            [("plain", "f32", f32(np.cumprod(xd, axis=1)), TOL), ("both", "f32", f32(both), TOL), ("ints", "i64", np.cumprod(n, axis=0), None)],
+        )
+    return t
+
+
+@case("scatter_elements")
+def _():
+    rng = np.random.default_rng(94)
+    t = FileTest("scatter_elements")
+    t.input("d", "f32", [3, 4])
+    t.input("i", "i64", [2, 4])
+    t.input("u", "f32", [2, 4])
+    t.add(["set"], "scatter_elements", ["d", "i", "u"], {"axis": 0}, [("f32", [3, 4])])
+    t.add(["add"], "scatter_elements", ["d", "i", "u"], {"axis": 0, "reduction": "add"}, [("f32", [3, 4])])
+    for _ in range(2):
+        d, u = rnd(rng, (3, 4)), rnd(rng, (2, 4))
+        # Distinct rows per column for "set" (its order on duplicates is unspecified).
+        i = np.stack([rng.permutation(3)[:2] for _ in range(4)], axis=1).astype(np.int64)
+        i[1, 0] -= 3  # a negative index
+        setv, addv = d64(d).copy(), d64(d).copy()
+        for r in range(2):
+            for c in range(4):
+                setv[i[r, c], c] = u[r, c]
+                addv[i[r, c], c] += u[r, c]
+        t.run([("d", "f32", d), ("i", "i64", i), ("u", "f32", u)], [("set", "f32", f32(setv), TOL), ("add", "f32", f32(addv), TOL)])
+    return t
+
+
+@case("scatter_nd")
+def _():
+    rng = np.random.default_rng(95)
+    t = FileTest("scatter_nd")
+    t.input("d", "f32", [4, 3])
+    t.input("i", "i64", [2, 1])
+    t.input("u", "f32", [2, 3])
+    t.input("e", "i64", [3, 2])
+    t.input("v", "f32", [3])
+    t.add(["rows"], "scatter_nd", ["d", "i", "u"], {"reduction": "mul"}, [("f32", [4, 3])])
+    t.add(["elems"], "scatter_nd", ["d", "e", "v"], {}, [("f32", [4, 3])])
+    for _ in range(2):
+        d, u, v = rnd(rng, (4, 3)), rnd(rng, (2, 3)), rnd(rng, (3,))
+        i = rng.permutation(4)[:2].reshape(2, 1).astype(np.int64)
+        cells = rng.permutation(12)[:3]
+        e = np.stack([cells // 3, cells % 3], axis=1).astype(np.int64)
+        rows, elems = d64(d).copy(), d64(d).copy()
+        for k in range(2):
+            rows[i[k, 0]] *= u[k]
+        for k in range(3):
+            elems[e[k, 0], e[k, 1]] = v[k]
+        t.run(
+            [("d", "f32", d), ("i", "i64", i), ("u", "f32", u), ("e", "i64", e), ("v", "f32", v)],
+            [("rows", "f32", f32(rows), TOL), ("elems", "f32", f32(elems), TOL_EXACT_F)],
+        )
+    return t
+
+
+@case("gather_nd")
+def _():
+    rng = np.random.default_rng(96)
+    t = FileTest("gather_nd")
+    t.input("d", "f32", [2, 3, 4])
+    t.input("i", "i64", [5, 2])
+    t.input("b", "i64", [2, 1])
+    t.add(["pairs"], "gather_nd", ["d", "i"], {}, [("f32", [5, 4])])
+    t.add(["batched"], "gather_nd", ["d", "b"], {"batch_dims": 1}, [("f32", [2, 4])])
+    for _ in range(2):
+        d = rnd(rng, (2, 3, 4))
+        i = np.stack([rng.integers(-2, 2, size=5), rng.integers(-3, 3, size=5)], axis=1).astype(np.int64)
+        b = rng.integers(0, 3, size=(2, 1)).astype(np.int64)
+        pairs = np.stack([d[i[k, 0], i[k, 1]] for k in range(5)])
+        batched = np.stack([d[n, b[n, 0]] for n in range(2)])
+        t.run([("d", "f32", d), ("i", "i64", i), ("b", "i64", b)], [("pairs", "f32", pairs, TOL_EXACT_F), ("batched", "f32", batched, TOL_EXACT_F)])
+    return t
+
+
+@case("top_k")
+def _():
+    rng = np.random.default_rng(97)
+    t = FileTest("top_k")
+    t.input("x", "f32", [3, 5])
+    t.add(["v", "i"], "top_k", ["x"], {"k": 2}, [("f32", [3, 2]), ("i64", [3, 2])])
+    t.add(["sv", "si"], "top_k", ["x"], {"k": 3, "axis": 0, "largest": False}, [("f32", [3, 5]), ("i64", [3, 5])])
+    for _ in range(2):
+        x = f32(rng.integers(-3, 4, size=(3, 5)))  # small integers: ties
+        # Stable sorts: ties keep the lower index first.
+        big = np.argsort(-x, axis=1, kind="stable")[:, :2]
+        small = np.argsort(x, axis=0, kind="stable")[:3, :]
+        t.run(
+            [("x", "f32", x)],
+            [
+                ("v", "f32", np.take_along_axis(x, big, 1), TOL_EXACT_F),
+                ("i", "i64", big.astype(np.int64), None),
+                ("sv", "f32", np.take_along_axis(x, small, 0), TOL_EXACT_F),
+                ("si", "i64", small.astype(np.int64), None),
+            ],
+        )
+    return t
+
+
 def table_ops():
     src = open(os.path.join(ROOT, "ir", "src", "ops", "mod.rs")).read()
     return re.findall(r'^\s+[A-Z]\w* = "([a-z_0-9]+)",', src, flags=re.M)

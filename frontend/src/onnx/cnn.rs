@@ -80,6 +80,11 @@ fn forward_pads(
     }
 }
 
+/// The window attributes of a conv with this kernel (for other families' convs).
+pub fn conv_window(cx: &NodeCtx, x: V, kernel: &[i64]) -> Result<Attrs, String> {
+    window_attrs(cx, x, kernel)
+}
+
 /// The window attributes every forward op shares.
 fn window_attrs(cx: &NodeCtx, x: V, kernel: &[i64]) -> Result<Attrs, String> {
     let inp = spatial(cx, x)?;

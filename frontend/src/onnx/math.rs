@@ -59,6 +59,64 @@ pub fn register(r: &mut Registry) {
     r.add("Asinh", asinh);
     r.add("Acosh", acosh);
     r.add("Atanh", atanh);
+    r.add("Atan", |cx| cx.unary(Op::Atan));
+    r.add("Asin", |cx| {
+        let x = cx.input(0)?;
+        Ok(vec![asin_of(cx, x)?])
+    });
+    r.add("Acos", acos);
+    r.add("BitwiseAnd", |cx| cx.binary(Op::BitwiseAnd));
+    r.add("BitwiseOr", |cx| cx.binary(Op::BitwiseOr));
+    r.add("BitwiseXor", |cx| cx.binary(Op::BitwiseXor));
+    r.add("BitwiseNot", |cx| cx.unary(Op::BitwiseNot));
+    r.add("BitShift", bit_shift);
+    r.add("SwiGLU", swiglu);
+}
+
+/// asin(x) = atan(x / sqrt(1 - x^2)) (x = +-1 divides by zero: atan(+-inf)).
+fn asin_of(cx: &mut NodeCtx, x: V) -> Result<V, String> {
+    let one = cx.scalar_like(x, 1.0);
+    let xx = cx.bin(Op::Mul, x, x)?;
+    let d = cx.bin(Op::Sub, one, xx)?;
+    let r = cx.un(Op::Sqrt, d)?;
+    let q = cx.bin(Op::Div, x, r)?;
+    cx.un(Op::Atan, q)
+}
+
+/// acos(x) = pi/2 - asin(x)
+fn acos(cx: &mut NodeCtx) -> R {
+    let x = cx.input(0)?;
+    let a = asin_of(cx, x)?;
+    let h = cx.scalar_like(x, std::f64::consts::FRAC_PI_2);
+    Ok(vec![cx.bin(Op::Sub, h, a)?])
+}
+
+fn bit_shift(cx: &mut NodeCtx) -> R {
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    let dir = cx
+        .attr_s("direction")?
+        .ok_or("missing attribute `direction`")?;
+    let dir = dir.to_ascii_lowercase();
+    Ok(vec![cx.op(
+        Op::BitShift,
+        &[a, b],
+        attrs([("direction", Attr::Str(dir))]),
+    )?])
+}
+
+/// SwiGLU(a, b) = a * sigmoid(alpha * a) * b
+fn swiglu(cx: &mut NodeCtx) -> R {
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    let alpha = cx.attr_f("alpha", 1.0)?;
+    let s = if alpha == 1.0 {
+        cx.un(Op::Sigmoid, a)?
+    } else {
+        let k = cx.scalar_like(a, alpha);
+        let ka = cx.bin(Op::Mul, a, k)?;
+        cx.un(Op::Sigmoid, ka)?
+    };
+    let g = cx.bin(Op::Mul, a, s)?;
+    Ok(vec![cx.bin(Op::Mul, g, b)?])
 }
 
 /// `Pow`: ONNX lets the exponent have another type than the base; the result has the

@@ -7,7 +7,7 @@
 //!   converters work through.
 //! - [`registry`]: (domain, op type) to converter.
 //! - One module per op family, each with a `register` function: [`math`], [`logic`],
-//!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`], [`cnn`].
+//!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`], [`cnn`], [`quant`].
 
 pub mod attention;
 pub mod cnn;
@@ -18,6 +18,7 @@ pub mod logic;
 pub mod loss;
 pub mod math;
 pub mod nn;
+pub mod quant;
 pub mod reduce;
 pub mod registry;
 pub mod shape;

@@ -31,7 +31,26 @@ pub fn register(r: &mut Registry) {
     r.add("Softmax", |cx| softmax(cx, Op::Softmax));
     r.add("LogSoftmax", |cx| softmax(cx, Op::LogSoftmax));
     r.add("Hardmax", hardmax);
-    r.add("CumSum", cumsum);
+    r.add("CumSum", |cx| cumulative(cx, Op::CumSum));
+    r.add("CumProd", |cx| cumulative(cx, Op::CumProd));
+    r.add("TopK", top_k);
+}
+
+fn top_k(cx: &mut NodeCtx) -> R {
+    let x = cx.input(0)?;
+    let k = if cx.opset < 10 {
+        cx.attr_opt_i("k")?.ok_or("missing attribute `k`")?
+    } else {
+        let k = cx.const_ints(1, "K")?;
+        *k.first().ok_or("input 1 (K) is empty")?
+    };
+    let a = attrs([
+        ("k", Attr::Int(k)),
+        ("axis", Attr::Int(cx.attr_i("axis", -1)?)),
+        ("largest", Attr::Bool(cx.attr_i("largest", 1)? != 0)),
+        ("sorted", Attr::Bool(cx.attr_i("sorted", 1)? != 0)),
+    ]);
+    cx.op_n(Op::TopK, &[x], a)
 }
 
 #[derive(Clone, Copy)]
@@ -246,7 +265,7 @@ fn hardmax(cx: &mut NodeCtx) -> R {
     Ok(vec![y])
 }
 
-fn cumsum(cx: &mut NodeCtx) -> R {
+fn cumulative(cx: &mut NodeCtx, op: Op) -> R {
     let x = cx.input(0)?;
     let axis = cx.const_ints(1, "axis")?;
     let [axis] = axis[..] else {
@@ -259,5 +278,5 @@ fn cumsum(cx: &mut NodeCtx) -> R {
         ("exclusive", Attr::Bool(exclusive)),
         ("reverse", Attr::Bool(reverse)),
     ]);
-    Ok(vec![cx.op(Op::CumSum, &[x], a)?])
+    Ok(vec![cx.op(op, &[x], a)?])
 }

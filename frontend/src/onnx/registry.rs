@@ -81,6 +81,7 @@ impl Registry {
             super::attention::register(&mut r);
             super::loss::register(&mut r);
             super::cnn::register(&mut r);
+            super::quant::register(&mut r);
             r
         })
     }

@@ -29,6 +29,169 @@ pub fn register(r: &mut Registry) {
     r.add("Pad", pad);
     r.add("DepthToSpace", depth_to_space);
     r.add("SpaceToDepth", space_to_depth);
+    r.add("ScatterElements", scatter_elements);
+    r.add("Scatter", scatter_elements);
+    r.add("ScatterND", scatter_nd);
+    r.add("GatherND", gather_nd);
+    r.add("CenterCropPad", center_crop_pad);
+    r.add("Compress", compress);
+    r.add("TensorScatter", tensor_scatter);
+}
+
+fn scatter_elements(cx: &mut NodeCtx) -> R {
+    let (d, i, u) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let red = cx.attr_s("reduction")?.unwrap_or_else(|| "none".into());
+    let a = attrs([
+        ("axis", Attr::Int(cx.attr_i("axis", 0)?)),
+        ("reduction", Attr::Str(red)),
+    ]);
+    Ok(vec![cx.op(Op::ScatterElements, &[d, i, u], a)?])
+}
+
+fn scatter_nd(cx: &mut NodeCtx) -> R {
+    let (d, i, u) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let red = cx.attr_s("reduction")?.unwrap_or_else(|| "none".into());
+    Ok(vec![cx.op(
+        Op::ScatterNd,
+        &[d, i, u],
+        attrs([("reduction", Attr::Str(red))]),
+    )?])
+}
+
+fn gather_nd(cx: &mut NodeCtx) -> R {
+    let (d, i) = (cx.input(0)?, cx.input(1)?);
+    let b = cx.attr_i("batch_dims", 0)?;
+    Ok(vec![cx.op(
+        Op::GatherNd,
+        &[d, i],
+        attrs([("batch_dims", Attr::Int(b))]),
+    )?])
+}
+
+/// Crops (centred, the extra element at the end) or zero-pads each axis to `shape`.
+fn center_crop_pad(cx: &mut NodeCtx) -> R {
+    let x = cx.input(0)?;
+    let target = cx.const_ints(1, "shape")?;
+    let dims = cx.static_shape(x, "input")?;
+    let r = dims.len();
+    let axes: Vec<usize> = match cx.attr_ints("axes")? {
+        Some(a) => a
+            .iter()
+            .map(|&v| norm_axis(v, r, "attribute `axes`"))
+            .collect::<Result<_, _>>()?,
+        None => (0..r).collect(),
+    };
+    if target.len() != axes.len() {
+        return Err(format!(
+            "input 1 (shape) {target:?} must hold one value per axis of {axes:?}"
+        ));
+    }
+    let (mut starts, mut ends, mut sl_axes) = (vec![], vec![], vec![]);
+    let mut pads = vec![0i64; 2 * r];
+    for (&ax, &want) in axes.iter().zip(&target) {
+        let have = dims[ax] as i64;
+        if want < have {
+            let b = (have - want) / 2;
+            starts.push(b);
+            ends.push(b + want);
+            sl_axes.push(ax as i64);
+        } else if want > have {
+            let b = (want - have) / 2;
+            pads[ax] = b;
+            pads[r + ax] = want - have - b;
+        }
+    }
+    let mut y = x;
+    if !sl_axes.is_empty() {
+        y = cx.op(
+            Op::Slice,
+            &[y],
+            attrs([
+                ("starts", Attr::Ints(starts)),
+                ("ends", Attr::Ints(ends)),
+                ("axes", Attr::Ints(sl_axes)),
+            ]),
+        )?;
+    }
+    if pads.iter().any(|&p| p != 0) {
+        y = cx.op(
+            Op::Pad,
+            &[y],
+            attrs([("pads", Attr::Ints(pads)), ("value", Attr::Float(0.0))]),
+        )?;
+    }
+    Ok(vec![y])
+}
+
+/// The elements (or slices along `axis`) where a condition known at import holds.
+fn compress(cx: &mut NodeCtx) -> R {
+    let x = cx.input(0)?;
+    let cond = cx.const_input(1, "condition")?.to_i64();
+    let (x, axis) = match cx.attr_opt_i("axis")? {
+        Some(a) => (x, norm_axis(a, cx.rank(x), "attribute `axis`")?),
+        None => {
+            let n = cx.shape(x).numel();
+            (reshape_to(cx, x, vec![n])?, 0)
+        }
+    };
+    let len = cx.shape(x).0[axis]
+        .as_const()
+        .ok_or("the compressed axis must be constant")?;
+    let picks: Vec<i64> = (0..len)
+        .filter(|&i| cond.get(i as usize).is_some_and(|&c| c != 0))
+        .collect();
+    let idx = cx.constant(llmc_ir::Tensor::from_i64(
+        llmc_ir::DType::I64,
+        vec![picks.len()],
+        picks,
+    ));
+    Ok(vec![cx.op(
+        Op::Gather,
+        &[x, idx],
+        attrs([("axis", Attr::Int(axis as i64))]),
+    )?])
+}
+
+/// `TensorScatter`: writes `update` into the cache at `write_indices[b] + s` along
+/// `axis` (wrapping in circular mode), as a scatter_elements.
+fn tensor_scatter(cx: &mut NodeCtx) -> R {
+    let (past, upd) = (cx.input(0)?, cx.input(1)?);
+    let r = cx.rank(past);
+    let axis = norm_axis(cx.attr_i("axis", -2)?, r, "attribute `axis`")?;
+    let mode = cx.attr_s("mode")?.unwrap_or_else(|| "linear".into());
+    let us = cx.static_shape(upd, "input update")?;
+    let ps = cx.static_shape(past, "input past_cache")?;
+    if axis == 0 {
+        return Err("axis 0 is the batch axis".into());
+    }
+    let mut iota_shape = vec![1usize; r];
+    iota_shape[axis] = us[axis];
+    let iota = cx.constant(llmc_ir::Tensor::from_i64(
+        llmc_ir::DType::I64,
+        iota_shape,
+        (0..us[axis] as i64).collect(),
+    ));
+    let mut idx = iota;
+    if let Some(w) = cx.opt_input(2)? {
+        let w = cx.cast(w, llmc_ir::DType::I64)?;
+        let mut wd = vec![Dim::c(us[0] as i64)];
+        wd.extend(std::iter::repeat_n(Dim::c(1), r - 1));
+        let w = reshape_to(cx, w, wd)?;
+        idx = cx.bin(Op::Add, idx, w)?;
+    }
+    if mode == "circular" {
+        let m = cx.scalar(llmc_ir::DType::I64, ps[axis] as f64);
+        idx = cx.op(Op::Mod, &[idx, m], attrs([("fmod", Attr::Bool(false))]))?;
+    } else if mode != "linear" {
+        return Err(format!("attribute `mode` = {mode:?} is unknown"));
+    }
+    let full = Shape::of(&us.iter().map(|&v| v as i64).collect::<Vec<_>>());
+    let idx = cx.op(Op::Expand, &[idx], attrs([("shape", Attr::Shape(full))]))?;
+    Ok(vec![cx.op(
+        Op::ScatterElements,
+        &[past, idx, upd],
+        attrs([("axis", Attr::Int(axis as i64))]),
+    )?])
 }
 
 /// Reshapes `x` to `dims` (an IR reshape; no-op when the shape is already that).
