@@ -445,6 +445,35 @@ def _():
     return t
 
 
+@case("mod")
+def _():
+    rng = np.random.default_rng(23)
+    t = FileTest("mod")
+    t.input("a", "f32", [2, 3])
+    t.input("b", "f32", [3])
+    t.input("m", "i64", [6])
+    t.input("n", "i64", [6])
+    t.add(["floor"], "mod", ["a", "b"], {}, [("f32", [2, 3])])
+    t.add(["trunc"], "mod", ["a", "b"], {"fmod": True}, [("f32", [2, 3])])
+    t.add(["ifloor"], "mod", ["m", "n"], {}, [("i64", [6])])
+    t.add(["itrunc"], "mod", ["m", "n"], {"fmod": True}, [("i64", [6])])
+    for _ in range(2):
+        a = rnd(rng, (2, 3), -5, 5)
+        b = f32([1.5, -0.75, 2.0])
+        m = rng.integers(-20, 20, size=6).astype(np.int64)
+        n = np.array([3, -3, 7, -7, 1, 5], dtype=np.int64)
+        t.run(
+            [("a", "f32", a), ("b", "f32", b), ("m", "i64", m), ("n", "i64", n)],
+            [
+                ("floor", "f32", f32(np.mod(d64(a), d64(b))), TOL),
+                ("trunc", "f32", f32(np.fmod(d64(a), d64(b))), TOL),
+                ("ifloor", "i64", np.mod(m, n), None),
+                ("itrunc", "i64", np.fmod(m, n), None),
+            ],
+        )
+    return t
+
+
 COMPARE = {
     "equal": np.equal,
     "less": np.less,
@@ -1218,6 +1247,417 @@ def _():
 
 
 # ----- main -----
+
+
+# ----- convolution, pooling, resize (written as plain loops over numpy arrays) -----
+
+
+def ref_conv(x, w, b, strides, pads, dil, group):
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
+    ks = w.shape[2:]
+    nsp = len(ks)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[d], pads[nsp + d]) for d in range(nsp)])
+    eff = [(ks[d] - 1) * dil[d] + 1 for d in range(nsp)]
+    out = [(xp.shape[2 + d] - eff[d]) // strides[d] + 1 for d in range(nsp)]
+    y = np.zeros([n, m] + out)
+    mg = m // group
+    for idx in np.ndindex(*([n, m] + out)):
+        bi, mi, o = idx[0], idx[1], idx[2:]
+        g = mi // mg
+        sl = tuple(slice(o[d] * strides[d], o[d] * strides[d] + eff[d], dil[d]) for d in range(nsp))
+        patch = xp[(bi, slice(g * cg, (g + 1) * cg)) + sl]
+        y[idx] = np.sum(patch * w[mi]) + (b[mi] if b is not None else 0.0)
+    return y
+
+
+def ref_conv_transpose(x, w, b, strides, pads, output_padding, group):
+    n, c = x.shape[:2]
+    cg = c // group
+    mg = w.shape[1]
+    ks = w.shape[2:]
+    nsp = len(ks)
+    full = [strides[d] * (x.shape[2 + d] - 1) + output_padding[d] + ks[d] for d in range(nsp)]
+    y = np.zeros([n, mg * group] + full)
+    for idx in np.ndindex(*x.shape):
+        bi, ci, ip = idx[0], idx[1], idx[2:]
+        g = ci // cg
+        for mo in range(mg):
+            for k in np.ndindex(*ks):
+                o = tuple(ip[d] * strides[d] + k[d] for d in range(nsp))
+                y[(bi, g * mg + mo) + o] += x[idx] * w[(ci, mo) + k]
+    sl = tuple(slice(pads[d], full[d] - pads[nsp + d]) for d in range(nsp))
+    y = y[(slice(None), slice(None)) + sl]
+    if b is not None:
+        y = y + b.reshape([1, -1] + [1] * nsp)
+    return y
+
+
+def ref_pool(x, kernel, strides, pads, kind, include_pad=False):
+    nsp = len(kernel)
+    out = [(x.shape[2 + d] + pads[d] + pads[nsp + d] - kernel[d]) // strides[d] + 1 for d in range(nsp)]
+    y = np.zeros(list(x.shape[:2]) + out)
+    for idx in np.ndindex(*y.shape):
+        o = idx[2:]
+        vals, npad = [], 0
+        for k in np.ndindex(*kernel):
+            p = [o[d] * strides[d] + k[d] - pads[d] for d in range(nsp)]
+            if all(0 <= p[d] < x.shape[2 + d] for d in range(nsp)):
+                vals.append(x[idx[:2] + tuple(p)])
+            else:
+                npad += 1
+        if kind == "max":
+            y[idx] = max(vals)
+        else:
+            y[idx] = sum(vals) / (len(vals) + (npad if include_pad else 0))
+    return y
+
+
+def ref_resize_linear_half_pixel(x, sizes):
+    """Separable linear interpolation, half-pixel centres, edge-clamped."""
+    y = x.astype(np.float64)
+    for axis, out in enumerate(sizes):
+        inw = y.shape[axis]
+        if out == inw:
+            continue
+        scale = out / inw
+        src = (np.arange(out) + 0.5) / scale - 0.5
+        lo = np.floor(src).astype(int)
+        frac = src - lo
+        a = np.take(y, np.clip(lo, 0, inw - 1), axis=axis)
+        b = np.take(y, np.clip(lo + 1, 0, inw - 1), axis=axis)
+        shape = [1] * y.ndim
+        shape[axis] = out
+        frac = frac.reshape(shape)
+        y = a * (1 - frac) + b * frac
+    return y
+
+
+def ref_resize_nearest_asymmetric_floor(x, scales):
+    y = x
+    for axis, s in enumerate(scales):
+        out = int(y.shape[axis] * s)
+        idx = np.minimum(np.floor(np.arange(out) / s).astype(int), y.shape[axis] - 1)
+        y = np.take(y, idx, axis=axis)
+    return y
+
+
+@case("conv")
+def _():
+    rng = np.random.default_rng(81)
+    t = FileTest("conv")
+    t.input("x", "f32", ["n", 4, 5, 5])
+    t.input("w", "f32", [6, 2, 3, 3])
+    t.input("b", "f32", [6])
+    t.input("v", "f32", [1, 2, 7])
+    t.input("k", "f32", [3, 2, 2])
+    a = {"group": 2, "strides": [2, 1], "pads": [1, 0, 1, 2]}
+    t.add(["grouped"], "conv", ["x", "w", "b"], a, [("f32", ["n", 6, 3, 5])])
+    t.add(["dilated"], "conv", ["v", "k"], {"dilations": [3]}, [("f32", [1, 3, 4])])
+    for n in (1, 2):
+        x, w, b = rnd(rng, (n, 4, 5, 5)), rnd(rng, (6, 2, 3, 3)), rnd(rng, (6,))
+        v, k = rnd(rng, (1, 2, 7)), rnd(rng, (3, 2, 2))
+        t.run(
+            [("x", "f32", x), ("w", "f32", w), ("b", "f32", b), ("v", "f32", v), ("k", "f32", k)],
+            [
+                ("grouped", "f32", f32(ref_conv(d64(x), d64(w), d64(b), [2, 1], [1, 0, 1, 2], [1, 1], 2)), TOL_LOOSE),
+                ("dilated", "f32", f32(ref_conv(d64(v), d64(k), None, [1], [0, 0], [3], 1)), TOL_LOOSE),
+            ],
+        )
+    return t
+
+
+@case("conv_transpose")
+def _():
+    rng = np.random.default_rng(82)
+    t = FileTest("conv_transpose")
+    t.input("x", "f32", [1, 4, 3, 3])
+    t.input("w", "f32", [4, 1, 2, 3])
+    t.input("b", "f32", [2])
+    a = {"group": 2, "strides": [2, 1], "pads": [1, 0, 0, 1], "output_padding": [1, 0]}
+    t.add(["y"], "conv_transpose", ["x", "w", "b"], a, [("f32", [1, 2, 6, 4])])
+    t.add(["plain"], "conv_transpose", ["x", "w"], {"group": 2}, [("f32", [1, 2, 4, 5])])
+    for _ in range(2):
+        x, w, b = rnd(rng, (1, 4, 3, 3)), rnd(rng, (4, 1, 2, 3)), rnd(rng, (2,))
+        t.run(
+            [("x", "f32", x), ("w", "f32", w), ("b", "f32", b)],
+            [
+                ("y", "f32", f32(ref_conv_transpose(d64(x), d64(w), d64(b), [2, 1], [1, 0, 0, 1], [1, 0], 2)), TOL_LOOSE),
+                ("plain", "f32", f32(ref_conv_transpose(d64(x), d64(w), None, [1, 1], [0, 0, 0, 0], [0, 0], 2)), TOL_LOOSE),
+            ],
+        )
+    return t
+
+
+@case("max_pool")
+def _():
+    rng = np.random.default_rng(83)
+    t = FileTest("max_pool")
+    t.input("x", "f32", ["n", 2, 5, 4])
+    t.input("i", "i64", [1, 1, 6])
+    a = {"kernel": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1]}
+    t.add(["y"], "max_pool", ["x"], a, [("f32", ["n", 2, 3, 2])])
+    t.add(["iy"], "max_pool", ["i"], {"kernel": [2], "strides": [2]}, [("i64", [1, 1, 3])])
+    for n in (1, 2):
+        x = rnd(rng, (n, 2, 5, 4))
+        i = rng.integers(-50, 50, size=(1, 1, 6)).astype(np.int64)
+        t.run(
+            [("x", "f32", x), ("i", "i64", i)],
+            [
+                ("y", "f32", f32(ref_pool(d64(x), [3, 2], [2, 2], [1, 0, 1, 1], "max")), TOL_EXACT_F),
+                ("iy", "i64", ref_pool(i, [2], [2], [0, 0], "max").astype(np.int64), None),
+            ],
+        )
+    return t
+
+
+@case("avg_pool")
+def _():
+    rng = np.random.default_rng(84)
+    t = FileTest("avg_pool")
+    t.input("x", "f32", [1, 2, 5, 4])
+    a = {"kernel": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1]}
+    t.add(["excl"], "avg_pool", ["x"], a, [("f32", [1, 2, 3, 2])])
+    t.add(["incl"], "avg_pool", ["x"], dict(a, count_include_pad=True), [("f32", [1, 2, 3, 2])])
+    for _ in range(2):
+        x = rnd(rng, (1, 2, 5, 4))
+        t.run(
+            [("x", "f32", x)],
+            [
+                ("excl", "f32", f32(ref_pool(d64(x), [3, 2], [2, 2], [1, 0, 1, 1], "avg")), TOL),
+                ("incl", "f32", f32(ref_pool(d64(x), [3, 2], [2, 2], [1, 0, 1, 1], "avg", True)), TOL),
+            ],
+        )
+    return t
+
+
+@case("resize")
+def _():
+    rng = np.random.default_rng(85)
+    t = FileTest("resize")
+    t.input("x", "f32", [1, 1, 3, 4])
+    t.input("s", "f32", ["n", 2, 3])
+    lin = {"sizes": Shape([1, 1, 5, 2]), "scales": [1.0, 1.0, 5 / 3, 0.5], "mode": "linear"}
+    t.add(["linear"], "resize", ["x"], lin, [("f32", [1, 1, 5, 2])])
+    near = {
+        "sizes": Shape(["n", 2, 7]),
+        "scales": [1.0, 1.0, 2.5],
+        "coordinate_transformation_mode": "asymmetric",
+        "nearest_mode": "floor",
+    }
+    t.add(["nearest"], "resize", ["s"], near, [("f32", ["n", 2, 7])])
+    for n in (1, 3):
+        x, sv = rnd(rng, (1, 1, 3, 4)), rnd(rng, (n, 2, 3))
+        t.run(
+            [("x", "f32", x), ("s", "f32", sv)],
+            [
+                ("linear", "f32", f32(ref_resize_linear_half_pixel(d64(x), [1, 1, 5, 2])), TOL),
+                ("nearest", "f32", ref_resize_nearest_asymmetric_floor(sv, [1, 1, 2.5]), TOL_EXACT_F),
+            ],
+        )
+    return t
+
+
+@case("dims")
+def _():
+    rng = np.random.default_rng(86)
+    t = FileTest("dims")
+    t.input("x", "f32", ["batch", "seq"])
+    t.add(["d"], "dims", [], {"value": Shape(["batch", "seq", "2*seq + 1", "batch*seq", 7])}, [("i64", [5])])
+    for b, q in ((1, 3), (2, 5)):
+        x = rnd(rng, (b, q))
+        t.run([("x", "f32", x)], [("d", "i64", np.array([b, q, 2 * q + 1, b * q, 7], dtype=np.int64), None)])
+    return t
+
+
+CASES["atan"] = make_unary("atan", np.arctan, -4.0, 4.0)
+
+
+def make_bitwise(op, fn):
+    def build():
+        rng = np.random.default_rng(zlib.crc32(op.encode()))
+        t = FileTest(op)
+        t.input("a", "i64", [2, 3])
+        t.input("b", "i64", [3])
+        t.input("p", "u8", [4])
+        t.input("q", "u8", [4])
+        t.add(["out"], op, ["a", "b"], {}, [("i64", [2, 3])])
+        t.add(["bytes"], op, ["p", "q"], {}, [("u8", [4])])
+        for _ in range(2):
+            a = rng.integers(-1000, 1000, size=(2, 3)).astype(np.int64)
+            b = rng.integers(-1000, 1000, size=3).astype(np.int64)
+            p = rng.integers(0, 256, size=4).astype(np.uint8)
+            q = rng.integers(0, 256, size=4).astype(np.uint8)
+            t.run(
+                [("a", "i64", a), ("b", "i64", b), ("p", "u8", p), ("q", "u8", q)],
+                [("out", "i64", fn(a, b), None), ("bytes", "u8", fn(p, q), None)],
+            )
+        return t
+
+    return build
+
+
+CASES["bitwise_and"] = make_bitwise("bitwise_and", np.bitwise_and)
+CASES["bitwise_or"] = make_bitwise("bitwise_or", np.bitwise_or)
+CASES["bitwise_xor"] = make_bitwise("bitwise_xor", np.bitwise_xor)
+
+
+@case("bitwise_not")
+def _():
+    rng = np.random.default_rng(91)
+    t = FileTest("bitwise_not")
+    t.input("a", "i64", [5])
+    t.input("p", "u8", [5])
+    t.add(["out"], "bitwise_not", ["a"], {}, [("i64", [5])])
+    t.add(["bytes"], "bitwise_not", ["p"], {}, [("u8", [5])])
+    for _ in range(2):
+        a = rng.integers(-1000, 1000, size=5).astype(np.int64)
+        p = rng.integers(0, 256, size=5).astype(np.uint8)
+        t.run([("a", "i64", a), ("p", "u8", p)], [("out", "i64", np.invert(a), None), ("bytes", "u8", np.invert(p), None)])
+    return t
+
+
+@case("bit_shift")
+def _():
+    rng = np.random.default_rng(92)
+    t = FileTest("bit_shift")
+    t.input("p", "u8", [5])
+    t.input("s", "u8", [5])
+    t.input("a", "i64", [4])
+    t.input("n", "i64", [4])
+    t.add(["left"], "bit_shift", ["p", "s"], {"direction": "left"}, [("u8", [5])])
+    t.add(["right"], "bit_shift", ["p", "s"], {"direction": "right"}, [("u8", [5])])
+    t.add(["arith"], "bit_shift", ["a", "n"], {"direction": "right"}, [("i64", [4])])
+    for _ in range(2):
+        p = rng.integers(0, 256, size=5).astype(np.uint8)
+        sh = rng.integers(0, 8, size=5).astype(np.uint8)
+        a = rng.integers(-5000, 5000, size=4).astype(np.int64)
+        n = rng.integers(0, 12, size=4).astype(np.int64)
+        t.run(
+            [("p", "u8", p), ("s", "u8", sh), ("a", "i64", a), ("n", "i64", n)],
+            [
+                ("left", "u8", np.left_shift(p, sh), None),
+                ("right", "u8", np.right_shift(p, sh), None),
+                ("arith", "i64", np.right_shift(a, n), None),
+            ],
+        )
+    return t
+
+
+@case("cumprod")
+def _():
+    rng = np.random.default_rng(93)
+    t = FileTest("cumprod")
+    t.input("x", "f32", [2, 4])
+    t.input("n", "i64", [3, 2])
+    t.add(["plain"], "cumprod", ["x"], {"axis": 1}, [("f32", [2, 4])])
+    t.add(["both"], "cumprod", ["x"], {"axis": -1, "exclusive": True, "reverse": True}, [("f32", [2, 4])])
+    t.add(["ints"], "cumprod", ["n"], {"axis": 0}, [("i64", [3, 2])])
+    for _ in range(2):
+        x = rnd(rng, (2, 4))
+        n = rng.integers(-5, 6, size=(3, 2)).astype(np.int64)
+        xd = d64(x)
+        rev = np.flip(np.cumprod(np.flip(xd, 1), axis=1), 1)
+        both = np.concatenate([rev[:, 1:], np.ones((2, 1))], axis=1)
+        t.run(
+            [("x", "f32", x), ("n", "i64", n)],
+            [("plain", "f32", f32(np.cumprod(xd, axis=1)), TOL), ("both", "f32", f32(both), TOL), ("ints", "i64", np.cumprod(n, axis=0), None)],
+        )
+    return t
+
+
+@case("scatter_elements")
+def _():
+    rng = np.random.default_rng(94)
+    t = FileTest("scatter_elements")
+    t.input("d", "f32", [3, 4])
+    t.input("i", "i64", [2, 4])
+    t.input("u", "f32", [2, 4])
+    t.add(["set"], "scatter_elements", ["d", "i", "u"], {"axis": 0}, [("f32", [3, 4])])
+    t.add(["add"], "scatter_elements", ["d", "i", "u"], {"axis": 0, "reduction": "add"}, [("f32", [3, 4])])
+    for _ in range(2):
+        d, u = rnd(rng, (3, 4)), rnd(rng, (2, 4))
+        # Distinct rows per column for "set" (its order on duplicates is unspecified).
+        i = np.stack([rng.permutation(3)[:2] for _ in range(4)], axis=1).astype(np.int64)
+        i[1, 0] -= 3  # a negative index
+        setv, addv = d64(d).copy(), d64(d).copy()
+        for r in range(2):
+            for c in range(4):
+                setv[i[r, c], c] = u[r, c]
+                addv[i[r, c], c] += u[r, c]
+        t.run([("d", "f32", d), ("i", "i64", i), ("u", "f32", u)], [("set", "f32", f32(setv), TOL), ("add", "f32", f32(addv), TOL)])
+    return t
+
+
+@case("scatter_nd")
+def _():
+    rng = np.random.default_rng(95)
+    t = FileTest("scatter_nd")
+    t.input("d", "f32", [4, 3])
+    t.input("i", "i64", [2, 1])
+    t.input("u", "f32", [2, 3])
+    t.input("e", "i64", [3, 2])
+    t.input("v", "f32", [3])
+    t.add(["rows"], "scatter_nd", ["d", "i", "u"], {"reduction": "mul"}, [("f32", [4, 3])])
+    t.add(["elems"], "scatter_nd", ["d", "e", "v"], {}, [("f32", [4, 3])])
+    for _ in range(2):
+        d, u, v = rnd(rng, (4, 3)), rnd(rng, (2, 3)), rnd(rng, (3,))
+        i = rng.permutation(4)[:2].reshape(2, 1).astype(np.int64)
+        cells = rng.permutation(12)[:3]
+        e = np.stack([cells // 3, cells % 3], axis=1).astype(np.int64)
+        rows, elems = d64(d).copy(), d64(d).copy()
+        for k in range(2):
+            rows[i[k, 0]] *= u[k]
+        for k in range(3):
+            elems[e[k, 0], e[k, 1]] = v[k]
+        t.run(
+            [("d", "f32", d), ("i", "i64", i), ("u", "f32", u), ("e", "i64", e), ("v", "f32", v)],
+            [("rows", "f32", f32(rows), TOL), ("elems", "f32", f32(elems), TOL_EXACT_F)],
+        )
+    return t
+
+
+@case("gather_nd")
+def _():
+    rng = np.random.default_rng(96)
+    t = FileTest("gather_nd")
+    t.input("d", "f32", [2, 3, 4])
+    t.input("i", "i64", [5, 2])
+    t.input("b", "i64", [2, 1])
+    t.add(["pairs"], "gather_nd", ["d", "i"], {}, [("f32", [5, 4])])
+    t.add(["batched"], "gather_nd", ["d", "b"], {"batch_dims": 1}, [("f32", [2, 4])])
+    for _ in range(2):
+        d = rnd(rng, (2, 3, 4))
+        i = np.stack([rng.integers(-2, 2, size=5), rng.integers(-3, 3, size=5)], axis=1).astype(np.int64)
+        b = rng.integers(0, 3, size=(2, 1)).astype(np.int64)
+        pairs = np.stack([d[i[k, 0], i[k, 1]] for k in range(5)])
+        batched = np.stack([d[n, b[n, 0]] for n in range(2)])
+        t.run([("d", "f32", d), ("i", "i64", i), ("b", "i64", b)], [("pairs", "f32", pairs, TOL_EXACT_F), ("batched", "f32", batched, TOL_EXACT_F)])
+    return t
+
+
+@case("top_k")
+def _():
+    rng = np.random.default_rng(97)
+    t = FileTest("top_k")
+    t.input("x", "f32", [3, 5])
+    t.add(["v", "i"], "top_k", ["x"], {"k": 2}, [("f32", [3, 2]), ("i64", [3, 2])])
+    t.add(["sv", "si"], "top_k", ["x"], {"k": 3, "axis": 0, "largest": False}, [("f32", [3, 5]), ("i64", [3, 5])])
+    for _ in range(2):
+        x = f32(rng.integers(-3, 4, size=(3, 5)))  # small integers: ties
+        # Stable sorts: ties keep the lower index first.
+        big = np.argsort(-x, axis=1, kind="stable")[:, :2]
+        small = np.argsort(x, axis=0, kind="stable")[:3, :]
+        t.run(
+            [("x", "f32", x)],
+            [
+                ("v", "f32", np.take_along_axis(x, big, 1), TOL_EXACT_F),
+                ("i", "i64", big.astype(np.int64), None),
+                ("sv", "f32", np.take_along_axis(x, small, 0), TOL_EXACT_F),
+                ("si", "i64", small.astype(np.int64), None),
+            ],
+        )
+    return t
 
 
 def table_ops():

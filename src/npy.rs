@@ -20,6 +20,8 @@ fn dtype_of(ts: &npyz::TypeStr) -> Option<DType> {
         (TypeChar::Int, 2) => DType::I16,
         (TypeChar::Int, 1) => DType::I8,
         (TypeChar::Uint, 1) => DType::U8,
+        (TypeChar::Uint, 2) => DType::U16,
+        (TypeChar::Uint, 4) => DType::U32,
         (TypeChar::Bool, 1) => DType::Bool,
         _ => return None,
     })
@@ -41,7 +43,7 @@ pub fn read(path: &Path) -> Result<Tensor> {
     let dtype = dtype_of(&ts).with_context(|| {
         format!(
             "{}: NumPy dtype {ts} has no llmc counterpart (supported: f2 f4 f8 i1 i2 i4 i8 \
-             u1 b1)",
+             u1 u2 u4 b1)",
             path.display()
         )
     })?;
@@ -80,6 +82,18 @@ pub fn read(path: &Path) -> Result<Tensor> {
                 .collect(),
             DType::U8 => npy
                 .into_vec::<u8>()
+                .with_context(ctx)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+            DType::U16 => npy
+                .into_vec::<u16>()
+                .with_context(ctx)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+            DType::U32 => npy
+                .into_vec::<u32>()
                 .with_context(ctx)?
                 .into_iter()
                 .map(i64::from)
@@ -201,6 +215,14 @@ pub fn write(path: &Path, t: &Tensor) -> Result<&'static str> {
             write_vec(path, &shape, i().into_iter().map(|x| x as u8).collect())?;
             "u1"
         }
+        DType::U16 => {
+            write_vec(path, &shape, i().into_iter().map(|x| x as u16).collect())?;
+            "u2"
+        }
+        DType::U32 => {
+            write_vec(path, &shape, i().into_iter().map(|x| x as u32).collect())?;
+            "u4"
+        }
         DType::Bool => {
             write_vec(path, &shape, i().into_iter().map(|x| x != 0).collect())?;
             "b1"
@@ -228,6 +250,8 @@ mod tests {
             Tensor::from_i64(DType::I16, vec![1], vec![-300]),
             Tensor::from_i64(DType::I8, vec![3], vec![-128, 0, 127]),
             Tensor::from_i64(DType::U8, vec![2], vec![0, 255]),
+            Tensor::from_i64(DType::U16, vec![2], vec![0, 65535]),
+            Tensor::from_i64(DType::U32, vec![2], vec![7, 4_294_967_295]),
             Tensor::from_i64(DType::Bool, vec![3], vec![1, 0, 1]),
             Tensor::f32(vec![], vec![4.0]),
         ];
@@ -272,10 +296,10 @@ mod tests {
         );
         let e = format!("{:#}", read(&dir.path().join("nope.npy")).unwrap_err());
         assert!(e.contains("nope.npy"), "{e}");
-        // u4 has no llmc dtype.
-        let q = dir.path().join("u32.npy");
-        write_vec(&q, &[2], vec![1u32, 2]).unwrap();
+        // u8 (8-byte unsigned) has no llmc dtype.
+        let q = dir.path().join("u64.npy");
+        write_vec(&q, &[2], vec![1u64, 2]).unwrap();
         let e = format!("{:#}", read(&q).unwrap_err());
-        assert!(e.contains("u32.npy") && e.contains("<u4"), "{e}");
+        assert!(e.contains("u64.npy") && e.contains("<u8"), "{e}");
     }
 }

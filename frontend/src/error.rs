@@ -86,6 +86,9 @@ pub enum FrontendError {
         /// The shape-rule error.
         source: llmc_ir::InferError,
     },
+    /// An ONNX node could not be imported.
+    #[error("{0}")]
+    OnnxNode(Box<OnnxNodeError>),
     /// The tokenizer could not be built.
     #[error("{file}: tokenizer: {source}")]
     Tokenizer {
@@ -113,4 +116,25 @@ pub enum FrontendError {
     /// An llmc text file does not parse (the message is `FILE:LINE:COL: ...`).
     #[error(transparent)]
     Text(#[from] llmc_ir::text::ParseError),
+}
+
+/// Where an ONNX node is and what is wrong with it (boxed in [`FrontendError`] to keep
+/// the error small).
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: node {index} `{name}` ({op}, domain {domain}, opset {opset}): {msg}")]
+pub struct OnnxNodeError {
+    /// The model file.
+    pub file: String,
+    /// The node's position in the graph (`3`, or `5/then/2` inside a subgraph).
+    pub index: String,
+    /// The node's name (may be empty).
+    pub name: String,
+    /// The op type.
+    pub op: String,
+    /// The op's domain (`ai.onnx` for the default one).
+    pub domain: String,
+    /// The opset version of that domain the model imports (0 when none).
+    pub opset: i64,
+    /// What is wrong.
+    pub msg: String,
 }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod gguf;
 pub mod hf;
 pub mod llm;
+pub mod onnx;
 
 pub use error::FrontendError;
 
@@ -102,10 +103,7 @@ pub fn load(path: &Path) -> Result<Module, FrontendError> {
         }
         ModelKind::Gguf => gguf::load(&path),
         ModelKind::HfFolder => hf::load(&path),
-        ModelKind::Onnx => Err(FrontendError::NotAvailable {
-            path,
-            what: "ONNX import",
-        }),
+        ModelKind::Onnx => onnx::load(&path),
     }
 }
 
@@ -140,7 +138,10 @@ mod tests {
         let e = detect(&dir.join("missing.gguf")).unwrap_err().to_string();
         assert!(e.contains("missing.gguf"), "{e}");
         let e = load(&dir.join("m.onnx")).unwrap_err().to_string();
-        assert!(e.contains("ONNX import is not available yet"), "{e}");
+        assert!(
+            e.contains("m.onnx") && e.contains("not an ONNX model"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -25,6 +25,10 @@ pub enum DType {
     I8,
     /// Unsigned 8-bit integer.
     U8,
+    /// Unsigned 16-bit integer.
+    U16,
+    /// Unsigned 32-bit integer.
+    U32,
     /// Boolean (one byte per element in memory).
     Bool,
     /// GGUF Q8_0: blocks of 32, one f16 scale + 32 i8.
@@ -66,6 +70,8 @@ impl DType {
         DType::I16,
         DType::I8,
         DType::U8,
+        DType::U16,
+        DType::U32,
         DType::Bool,
         DType::Q8_0,
         DType::Q4_0,
@@ -87,6 +93,8 @@ impl DType {
             DType::I16 => "i16",
             DType::I8 => "i8",
             DType::U8 => "u8",
+            DType::U16 => "u16",
+            DType::U32 => "u32",
             DType::Bool => "bool",
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",
@@ -106,7 +114,13 @@ impl DType {
     pub fn class(self) -> DTypeClass {
         match self {
             DType::F32 | DType::F16 | DType::BF16 | DType::F64 => DTypeClass::Float,
-            DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 => DTypeClass::Int,
+            DType::I64
+            | DType::I32
+            | DType::I16
+            | DType::I8
+            | DType::U8
+            | DType::U16
+            | DType::U32 => DTypeClass::Int,
             DType::Bool => DTypeClass::Bool,
             _ => DTypeClass::Quant,
         }
@@ -139,8 +153,8 @@ impl DType {
     /// Bytes per block (for plain types: bytes per element).
     pub fn block_bytes(self) -> usize {
         match self {
-            DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::F64 | DType::I64 => 8,
             DType::I8 | DType::U8 | DType::Bool => 1,
             DType::Q8_0 => 2 + 32,

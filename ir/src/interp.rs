@@ -109,6 +109,8 @@ pub fn weight_tensor(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tens
             DType::I32 => i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64,
             DType::I16 => i16::from_le_bytes(c.try_into().unwrap_or([0; 2])) as i64,
             DType::I8 => c[0] as i8 as i64,
+            DType::U16 => u16::from_le_bytes(c.try_into().unwrap_or([0; 2])) as i64,
+            DType::U32 => u32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64,
             _ => c[0] as i64,
         })
         .collect();

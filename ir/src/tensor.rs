@@ -42,6 +42,8 @@ pub fn wrap_int(dtype: DType, v: i64) -> i64 {
         DType::I16 => v as i16 as i64,
         DType::I8 => v as i8 as i64,
         DType::U8 => v as u8 as i64,
+        DType::U16 => v as u16 as i64,
+        DType::U32 => v as u32 as i64,
         DType::Bool => (v != 0) as i64,
         _ => v,
     }

@@ -152,6 +152,24 @@ fn template(op: Op, g: &mut Gen) -> Option<Vec<Tensor>> {
             );
             vec![tensor(g, f, sh), ix]
         }
+        Op::Conv | Op::ConvTranspose => {
+            let (n, cg, grp, m, k) = (d(g), d(g).max(1), d(g).max(1), d(g).max(1), d(g).max(1));
+            let sp: Vec<usize> = (0..g.range(1, 2)).map(|_| d(g) + k).collect();
+            let mut x = vec![n, cg * grp];
+            x.extend(&sp);
+            let mut w = if op == Op::Conv {
+                vec![m * grp, cg]
+            } else {
+                vec![cg * grp, m]
+            };
+            w.extend(std::iter::repeat_n(k, sp.len()));
+            vec![tensor(g, f, x), tensor(g, f, w)]
+        }
+        Op::MaxPool | Op::AvgPool | Op::Resize => {
+            let mut x = vec![d(g), d(g)];
+            x.extend((0..g.range(1, 2)).map(|_| d(g) + 1));
+            vec![tensor(g, f, x)]
+        }
         _ => return None,
     })
 }

@@ -200,6 +200,8 @@ const PLAIN: &[DType] = &[
     DType::I16,
     DType::I8,
     DType::U8,
+    DType::U16,
+    DType::U32,
     DType::Bool,
 ];
 

@@ -232,6 +232,7 @@ unary_float! {
     eval_floor => f64::floor;
     eval_ceil => f64::ceil;
     eval_round => f64::round_ties_even;
+    eval_atan => f64::atan;
 }
 
 /// Reference semantics of `neg`.
@@ -430,6 +431,131 @@ binary_cmp! {
     eval_less_equal => <=;
     eval_greater => >;
     eval_greater_equal => >=;
+}
+
+/// Reference semantics of `mod`: with `fmod` the remainder of truncated division
+/// (sign of the dividend), otherwise of floored division (sign of the divisor).
+/// Integer division by zero is an error; float division by zero gives NaN.
+pub fn eval_mod(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
+    let (x, y) = (arg(i, 0, "a")?, arg(i, 1, "b")?);
+    let fmod = super::util::opt_bool(a, "fmod", false)?;
+    let f = |p: f64, q: f64| {
+        let r = p % q;
+        if !fmod && r != 0.0 && (r < 0.0) != (q < 0.0) {
+            r + q
+        } else {
+            r
+        }
+    };
+    let g = |p: i64, q: i64| {
+        if q == 0 {
+            return Err(format!("integer modulo by zero ({p} mod 0)"));
+        }
+        let r = p.wrapping_rem(q);
+        Ok(if !fmod && r != 0 && (r < 0) != (q < 0) {
+            r + q
+        } else {
+            r
+        })
+    };
+    binary(x, y, x.dtype, f, g)
+}
+
+// ----- bitwise ops (integers, two's complement, wrapped to the dtype) -----
+
+/// Shape rule of the binary bitwise ops: integer operands of one dtype, broadcast.
+pub fn infer_bitwise(i: &[&TensorType], _: &Attrs) -> Result<Vec<TensorType>, String> {
+    let d = same_dtype(i)?;
+    if !d.is_int() {
+        return Err(format!("operands must be integers, got {d}"));
+    }
+    Ok(vec![TensorType::new(d, broadcast_all(i)?)])
+}
+
+/// Shape rule of `bitwise_not`.
+pub fn infer_bitwise_not(i: &[&TensorType], a: &Attrs) -> Result<Vec<TensorType>, String> {
+    let x = targ(i, 0, "x")?;
+    if !x.dtype.is_int() {
+        return Err(format!(
+            "operand x must be an integer tensor, got {}",
+            x.dtype
+        ));
+    }
+    infer_unary(i, a)
+}
+
+fn int_binary(i: &[&Tensor], g: impl Fn(i64, i64) -> i64) -> R {
+    let (a, b) = (arg(i, 0, "a")?, arg(i, 1, "b")?);
+    if !a.dtype.is_int() || a.dtype != b.dtype {
+        return Err(format!(
+            "operands must be integers of one dtype, got {} and {}",
+            a.dtype, b.dtype
+        ));
+    }
+    binary(a, b, a.dtype, |_, _| 0.0, |x, y| Ok(g(x, y)))
+}
+
+/// Reference semantics of `bitwise_and`.
+pub fn eval_bitwise_and(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
+    int_binary(i, |x, y| x & y)
+}
+
+/// Reference semantics of `bitwise_or`.
+pub fn eval_bitwise_or(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
+    int_binary(i, |x, y| x | y)
+}
+
+/// Reference semantics of `bitwise_xor`.
+pub fn eval_bitwise_xor(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
+    int_binary(i, |x, y| x ^ y)
+}
+
+/// Reference semantics of `bitwise_not`.
+pub fn eval_bitwise_not(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
+    let x = first(i)?;
+    if !x.dtype.is_int() {
+        return Err(format!(
+            "operand x must be an integer tensor, got {}",
+            x.dtype
+        ));
+    }
+    let v = x.to_i64().into_iter().map(|v| !v).collect();
+    Ok(vec![Tensor::from_i64(x.dtype, x.shape.clone(), v)])
+}
+
+/// `left` from the `direction` attribute ("left" or "right").
+fn shift_left(a: &Attrs) -> Result<bool, String> {
+    match opt_str(a, "direction")? {
+        Some("left") => Ok(true),
+        Some("right") => Ok(false),
+        other => Err(format!(
+            "attribute `direction` = {other:?} must be \"left\" or \"right\""
+        )),
+    }
+}
+
+/// Shape rule of `bit_shift`.
+pub fn infer_bit_shift(i: &[&TensorType], a: &Attrs) -> Result<Vec<TensorType>, String> {
+    shift_left(a)?;
+    infer_bitwise(i, a)
+}
+
+/// Reference semantics of `bit_shift`: a shift by a negative amount or by the type's
+/// width or more shifts everything out (0, or -1 for a right shift of a negative value);
+/// a right shift of a signed value is arithmetic.
+pub fn eval_bit_shift(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
+    let left = shift_left(a)?;
+    let width = arg(i, 0, "a")?.dtype.block_bytes() as i64 * 8;
+    int_binary(i, |x, s| {
+        if !(0..width).contains(&s) {
+            return if !left && x < 0 { -1 } else { 0 };
+        }
+        if left {
+            x.wrapping_shl(s as u32)
+        } else {
+            x >> s
+        }
+    })
 }
 
 /// Reference semantics of `where`.

@@ -8,7 +8,9 @@ use crate::attr::{opt, req, AttrKind as K, AttrSpec};
 use crate::{Attrs, Tensor, TensorType};
 use std::fmt;
 
+pub mod cnn;
 pub mod elementwise;
+pub mod index;
 pub mod linalg;
 pub mod nn;
 pub mod reduce;
@@ -146,6 +148,7 @@ const RED: Flags = Flags::REDUCTION;
 const NONE: Flags = Flags::NONE;
 
 use elementwise as ew;
+use index as ix;
 use linalg as la;
 use reduce as rd;
 use tensor as tn;
@@ -300,6 +303,44 @@ op_table! {
     Attention = "attention", Range(3, 4), NONE, [req("scale", K::Float), opt("causal", K::Bool)], nn::infer_attention, nn::eval_attention;
     /// append k/v[b, kvh, seq, d] to layer `layer`'s cache; results are the whole cache [b, kvh, past + seq, d]
     KvAppend = "kv_append", Fixed(2), Flags::STATEFUL, [req("layer", K::Int)], nn::infer_kv_append, nn::eval_kv_append;
+
+    // ----- added for the ONNX frontend -----
+    /// remainder of a / b: the divisor's sign (numpy `mod`), or the dividend's when `fmod` (C `fmod`)
+    Mod = "mod", Fixed(2), EW, [opt("fmod", K::Bool)], ew::infer_binary, ew::eval_mod;
+    /// convolution of x[N, C, spatial...] with w[M, C/group, k...] (+ b[M]); `pads` = [begins.., ends..]
+    Conv = "conv", Range(2, 3), NONE, [opt("strides", K::Ints), opt("pads", K::Ints), opt("dilations", K::Ints), opt("group", K::Int)], cnn::infer_conv, cnn::eval_conv;
+    /// transposed convolution of x[N, C, spatial...] with w[C, M/group, k...] (+ b[M]); `output_padding` extends the end
+    ConvTranspose = "conv_transpose", Range(2, 3), NONE, [opt("strides", K::Ints), opt("pads", K::Ints), opt("dilations", K::Ints), opt("group", K::Int), opt("output_padding", K::Ints)], cnn::infer_conv_transpose, cnn::eval_conv_transpose;
+    /// max over `kernel` windows of x[N, C, spatial...] (padding never wins; `ceil_mode` keeps partial windows)
+    MaxPool = "max_pool", Fixed(1), NONE, [req("kernel", K::Ints), opt("strides", K::Ints), opt("pads", K::Ints), opt("dilations", K::Ints), opt("ceil_mode", K::Bool)], cnn::infer_max_pool, cnn::eval_max_pool;
+    /// mean over `kernel` windows of x[N, C, spatial...]; `count_include_pad` counts padding as zeros
+    AvgPool = "avg_pool", Fixed(1), NONE, [req("kernel", K::Ints), opt("strides", K::Ints), opt("pads", K::Ints), opt("dilations", K::Ints), opt("ceil_mode", K::Bool), opt("count_include_pad", K::Bool)], cnn::infer_avg_pool, cnn::eval_avg_pool;
+    /// resize to `sizes` by nearest / linear / cubic interpolation, separable per axis, ONNX Resize semantics (`scales` drive the coordinate transform)
+    Resize = "resize", Fixed(1), NONE, [req("sizes", K::Shape), opt("scales", K::Floats), opt("roi", K::Floats), opt("mode", K::Str), opt("coordinate_transformation_mode", K::Str), opt("nearest_mode", K::Str), opt("cubic_coeff_a", K::Float), opt("exclude_outside", K::Bool), opt("extrapolation_value", K::Float), opt("antialias", K::Bool)], cnn::infer_resize, cnn::eval_resize;
+    /// the values of the dims in `value` (symbolic ones evaluated in this run) as an i64 vector
+    Dims = "dims", Fixed(0), NONE, [req("value", K::Shape)], tn::infer_dims, tn::eval_dims;
+    /// arctangent
+    Atan = "atan", Fixed(1), EW, [], ew::infer_float_unary, ew::eval_atan;
+    /// bitwise a & b (integers)
+    BitwiseAnd = "bitwise_and", Fixed(2), EWC, [], ew::infer_bitwise, ew::eval_bitwise_and;
+    /// bitwise a | b (integers)
+    BitwiseOr = "bitwise_or", Fixed(2), EWC, [], ew::infer_bitwise, ew::eval_bitwise_or;
+    /// bitwise a ^ b (integers)
+    BitwiseXor = "bitwise_xor", Fixed(2), EWC, [], ew::infer_bitwise, ew::eval_bitwise_xor;
+    /// bitwise complement (integers, wrapped to the dtype)
+    BitwiseNot = "bitwise_not", Fixed(1), EW, [], ew::infer_bitwise_not, ew::eval_bitwise_not;
+    /// a shifted by b bits, `direction` "left" or "right" (integers)
+    BitShift = "bit_shift", Fixed(2), EW, [req("direction", K::Str)], ew::infer_bit_shift, ew::eval_bit_shift;
+    /// running product along `axis` (`exclusive`, `reverse` as ONNX CumProd)
+    CumProd = "cumprod", Fixed(1), NONE, [req("axis", K::Int), opt("exclusive", K::Bool), opt("reverse", K::Bool)], rd::infer_cumsum, rd::eval_cumprod;
+    /// data with updates written (or combined by `reduction`) at indices along `axis` (ONNX ScatterElements)
+    ScatterElements = "scatter_elements", Fixed(3), NONE, [opt("axis", K::Int), opt("reduction", K::Str)], ix::infer_scatter_elements, ix::eval_scatter_elements;
+    /// data with update slices written (or combined by `reduction`) at index tuples (ONNX ScatterND)
+    ScatterNd = "scatter_nd", Fixed(3), NONE, [opt("reduction", K::Str)], ix::infer_scatter_nd, ix::eval_scatter_nd;
+    /// slices of data picked by index tuples, after `batch_dims` shared leading dims (ONNX GatherND)
+    GatherNd = "gather_nd", Fixed(2), NONE, [opt("batch_dims", K::Int)], ix::infer_gather_nd, ix::eval_gather_nd;
+    /// the `k` largest (or smallest) elements along `axis` and their i64 indices, sorted, ties to the lower index
+    TopK = "top_k", Fixed(1), RED, [req("k", K::Int), opt("axis", K::Int), opt("largest", K::Bool), opt("sorted", K::Bool)], ix::infer_top_k, ix::eval_top_k;
 }
 
 impl Op {

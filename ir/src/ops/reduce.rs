@@ -310,6 +310,16 @@ pub fn infer_cumsum(i: &[&TensorType], a: &Attrs) -> T {
 
 /// Reference semantics of `cumsum` (ONNX CumSum with `exclusive` and `reverse`).
 pub fn eval_cumsum(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
+    running(i, a, false)
+}
+
+/// Reference semantics of `cumprod` (ONNX CumProd with `exclusive` and `reverse`).
+pub fn eval_cumprod(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
+    running(i, a, true)
+}
+
+/// A running sum or product along `axis`.
+fn running(i: &[&Tensor], a: &Attrs, prod: bool) -> R {
     let x = arg(i, 0, "x")?;
     if x.dtype == DType::Bool {
         return Err("operand x must be numeric, got bool".into());
@@ -329,14 +339,15 @@ pub fn eval_cumsum(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
             let mut out = vec![0.0; v.len()];
             for o in 0..outer {
                 for k in 0..inner {
-                    let mut acc = 0.0;
+                    let mut acc = if prod { 1.0 } else { 0.0 };
+                    let step = |acc: f64, e: f64| if prod { acc * e } else { acc + e };
                     for &j in &order {
                         let p = o * n * inner + j * inner + k;
                         if exclusive {
                             out[p] = acc;
-                            acc += v[p];
+                            acc = step(acc, v[p]);
                         } else {
-                            acc += v[p];
+                            acc = step(acc, v[p]);
                             out[p] = acc;
                         }
                     }
@@ -348,14 +359,21 @@ pub fn eval_cumsum(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
             let mut out = vec![0i64; v.len()];
             for o in 0..outer {
                 for k in 0..inner {
-                    let mut acc = 0i64;
+                    let mut acc = prod as i64;
+                    let step = |acc: i64, e: i64| {
+                        if prod {
+                            acc.wrapping_mul(e)
+                        } else {
+                            acc.wrapping_add(e)
+                        }
+                    };
                     for &j in &order {
                         let p = o * n * inner + j * inner + k;
                         if exclusive {
                             out[p] = acc;
-                            acc = acc.wrapping_add(v[p]);
+                            acc = step(acc, v[p]);
                         } else {
-                            acc = acc.wrapping_add(v[p]);
+                            acc = step(acc, v[p]);
                             out[p] = acc;
                         }
                     }

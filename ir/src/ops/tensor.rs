@@ -35,6 +35,27 @@ pub fn eval_constant(_: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
     }
 }
 
+// ----- dims -----
+
+/// Shape rule of `dims`: an i64 vector with one element per dim of `value`.
+pub fn infer_dims(_: &[&TensorType], a: &Attrs) -> T {
+    let v = req_shape(a, "value")?;
+    Ok(vec![TensorType::new(
+        DType::I64,
+        Shape::of(&[v.rank() as i64]),
+    )])
+}
+
+/// Reference semantics of `dims`: the dims evaluated with this run's symbol values.
+pub fn eval_dims(_: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
+    let v = req_shape(a, "value")?;
+    let vals =
+        v.0.iter()
+            .map(|d| ctx.dim(d))
+            .collect::<Result<Vec<i64>, String>>()?;
+    Ok(vec![Tensor::from_i64(DType::I64, vec![vals.len()], vals)])
+}
+
 // ----- reshape -----
 
 /// Shape rule of `reshape`: element counts must agree as polynomials.

@@ -77,6 +77,16 @@ pub(crate) fn opt_ints<'a>(a: &'a Attrs, name: &str) -> Result<Option<&'a [i64]>
     }
 }
 
+/// Optional float-list attribute.
+pub(crate) fn opt_floats<'a>(a: &'a Attrs, name: &str) -> Result<Option<&'a [f64]>, String> {
+    match a.get(name) {
+        None => Ok(None),
+        Some(Attr::Floats(v)) => Ok(Some(v)),
+        Some(Attr::Ints(v)) if v.is_empty() => Ok(Some(&[])),
+        Some(other) => Err(kind_err(name, "a list of floats", other)),
+    }
+}
+
 /// Required integer-list attribute.
 pub(crate) fn req_ints<'a>(a: &'a Attrs, name: &str) -> Result<&'a [i64], String> {
     opt_ints(a, name)?.ok_or_else(|| format!("missing attribute `{name}`"))
