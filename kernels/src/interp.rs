@@ -279,6 +279,7 @@ fn un(op: UnOp, v: V, t: Ty) -> R<(V, Ty)> {
         (UnOp::Log, V::F(x)) => V::F(x.ln()),
         (UnOp::Sqrt, V::F(x)) => V::F(x.sqrt()),
         (UnOp::Tanh, V::F(x)) => V::F(x.tanh()),
+        (UnOp::Atan, V::F(x)) => V::F(x.atan()),
         (UnOp::Erf, V::F(x)) => V::F(llmc_ir::ops::elementwise::erf(x)),
         (UnOp::Sin, V::F(x)) => V::F(x.sin()),
         (UnOp::Cos, V::F(x)) => V::F(x.cos()),

@@ -183,6 +183,8 @@ pub enum UnOp {
     Sqrt,
     /// Hyperbolic tangent.
     Tanh,
+    /// Arc tangent.
+    Atan,
     /// Error function.
     Erf,
     /// Sine.
@@ -287,6 +289,7 @@ impl UnOp {
             UnOp::Log => "log",
             UnOp::Sqrt => "sqrt",
             UnOp::Tanh => "tanh",
+            UnOp::Atan => "atan",
             UnOp::Erf => "erf",
             UnOp::Sin => "sin",
             UnOp::Cos => "cos",

@@ -734,6 +734,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             UnOp::Ceil => intr1("llvm.ceil")?,
             UnOp::Round => intr1("llvm.roundeven")?,
             UnOp::Tanh => libm("tanhf", "tanh")?,
+            UnOp::Atan => libm("atanf", "atan")?,
             UnOp::Erf => libm("erff", "erf")?,
             UnOp::IsNan => b
                 .build_float_compare(FloatPredicate::UNO, x, x, "")

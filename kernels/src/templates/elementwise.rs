@@ -154,6 +154,55 @@ pub(crate) fn scalar(node: &Node, a: &[Expr], tys: &[Ty], out: Ty) -> TResult<Ex
         Op::And => b(BinOp::And, x()?, y()?),
         Op::Or => b(BinOp::Or, x()?, y()?),
         Op::Xor => b(BinOp::Xor, x()?, y()?),
+        Op::Atan => un(UnOp::Atan, x()?),
+        Op::Mod => {
+            // fmod keeps the dividend's sign; the default (Python) mod takes the
+            // divisor's: r + y when r is nonzero and the signs differ.
+            let (x, y) = (x()?, y()?);
+            let r = b(BinOp::Rem, x, y.clone());
+            if super::attr_bool(node, "fmod", false)? {
+                r
+            } else {
+                let zero = zero();
+                let differ = b(
+                    BinOp::Ne,
+                    r.clone().lt(zero.clone()),
+                    y.clone().lt(zero.clone()),
+                );
+                let fix = r.clone().ne_(zero).and(differ);
+                Expr::select(fix, b(BinOp::Add, r.clone(), y), r)
+            }
+        }
+        Op::BitwiseAnd => b(BinOp::And, x()?, y()?),
+        Op::BitwiseOr => b(BinOp::Or, x()?, y()?),
+        Op::BitwiseXor => b(BinOp::Xor, x()?, y()?),
+        Op::BitwiseNot => un(UnOp::Not, x()?),
+        Op::BitShift => {
+            let left = match super::attr_str(node, "direction")? {
+                Some("left") => true,
+                Some("right") => false,
+                other => {
+                    return Err(format!(
+                        "attribute `direction` = {other:?} must be \"left\" or \"right\""
+                    ))
+                }
+            };
+            let (x, s) = (x()?, y()?);
+            let width = (t.bytes() * 8) as i64;
+            // A shift by a negative amount or the width or more shifts everything out.
+            let inside = s
+                .clone()
+                .ge(Expr::Int(0, t))
+                .and(s.clone().lt(Expr::Int(width, t)));
+            let safe = Expr::select(inside.clone(), s, Expr::Int(0, t));
+            let shifted = b(if left { BinOp::Shl } else { BinOp::Shr }, x.clone(), safe);
+            let out_of_range = if left || t == Ty::U8 {
+                zero()
+            } else {
+                Expr::select(x.lt(zero()), Expr::Int(-1, t), zero())
+            };
+            Expr::select(inside, shifted, out_of_range)
+        }
         Op::Where => {
             let c = x()?;
             let (p, q) = (

@@ -8,7 +8,9 @@
 //! `In`) in order, then its results (role `Out`) in order; the dims are the graph
 //! symbols the kernel's shapes mention, named in `Kernel::dims`.
 
+mod cnn;
 mod elementwise;
+mod index;
 mod layout;
 mod linalg;
 mod nn;
@@ -98,7 +100,13 @@ pub fn lower(
         }
         Op::ArgMax | Op::ArgMin => reduce::arg_extreme(node, ins, outs, name).map(plain),
         Op::Softmax | Op::LogSoftmax => reduce::softmax(node, ins, outs, name).map(plain),
-        Op::CumSum => reduce::cumsum(node, ins, outs, name).map(plain),
+        Op::CumSum | Op::CumProd => reduce::cumsum(node, ins, outs, name).map(plain),
+        Op::Dims => index::dims(node, outs, name).map(plain),
+        Op::GatherNd => index::gather_nd(node, ins, outs, name).map(plain),
+        Op::ScatterElements | Op::ScatterNd => index::scatter(node, ins, outs, name).map(plain),
+        Op::TopK => index::top_k(node, ins, outs, name).map(plain),
+        Op::Conv | Op::ConvTranspose => cnn::conv(node, ins, outs, name).map(plain),
+        Op::MaxPool | Op::AvgPool => cnn::pool(node, ins, outs, name).map(plain),
         Op::MatMul => linalg::matmul(node, ins, outs, name).map(plain),
         Op::Linear => linalg::linear(node, ins, outs, name).map(|(k, p)| Lowered::Kernel(k, p)),
         Op::Transpose

@@ -298,7 +298,7 @@ pub(crate) fn softmax(
     kb.finish()
 }
 
-/// `cumsum` along `axis` (ONNX `exclusive` and `reverse`).
+/// `cumsum` / `cumprod` along `axis` (ONNX `exclusive` and `reverse`).
 pub(crate) fn cumsum(
     node: &Node,
     ins: &[&TensorType],
@@ -318,17 +318,23 @@ pub(crate) fn cumsum(
     let t = compute_ty(x.dtype)?;
     axis_loops(&mut kb, &x.shape.0, ax, &mut |kb, a| {
         let (base, n, stride) = (a.base, a.n, a.stride);
-        let zero = if t.is_float() {
-            fconst(0.0, t)
-        } else {
-            Expr::Int(0, t)
+        let prod = node.op == Op::CumProd;
+        let unit = match (t.is_float(), prod) {
+            (true, false) => fconst(0.0, t),
+            (true, true) => fconst(1.0, t),
+            (false, false) => Expr::Int(0, t),
+            (false, true) => Expr::Int(1, t),
         };
-        let acc = kb.let_mut("acc", zero);
+        let acc = kb.let_mut("acc", unit);
         kb.for_("j", 0, n.clone(), LoopTag::Serial, |kb, j| {
             let jj = if reverse { n.clone() - 1 - j } else { j };
             let p = kb.let_("p", base.clone() + jj * stride.clone());
             let e = load_elem(kb, ib[0], x.dtype, p.clone());
-            let next = Expr::bin(BinOp::Add, Expr::Var(acc), e);
+            let next = Expr::bin(
+                if prod { BinOp::Mul } else { BinOp::Add },
+                Expr::Var(acc),
+                e,
+            );
             if exclusive {
                 let v = to_storage(kb, ob[0], Expr::Var(acc));
                 kb.store(ob[0], p, v);

@@ -762,3 +762,246 @@ fn kernels_print_readably() {
     );
     assert!(text.contains("vectorize(8) for"), "{text}");
 }
+
+#[test]
+fn newer_elementwise_ops() {
+    let mut r = Rng::new(12);
+    let x = r.tensor(F, &[2, 5], 3.0);
+    let y = llmc_ir::Tensor::from_f64(F, vec![5], vec![1.5, -2.0, 0.7, -0.3, 2.5]);
+    check(
+        Op::Atan,
+        attrs([]),
+        &[(tt(F, &["2", "5"]), x.clone())],
+        1e-6,
+        1e-6,
+    );
+    for fmod in [false, true] {
+        let a = attrs([("fmod", Attr::Bool(fmod))]);
+        check(
+            Op::Mod,
+            a,
+            &[(tt(F, &["2", "5"]), x.clone()), (tt(F, &["5"]), y.clone())],
+            1e-6,
+            1e-6,
+        );
+    }
+    let m = llmc_ir::Tensor::from_i64(DType::I64, vec![6], vec![7, -7, 7, -7, 0, 5]);
+    let n = llmc_ir::Tensor::from_i64(DType::I64, vec![6], vec![3, 3, -3, -3, 4, 5]);
+    for fmod in [false, true] {
+        let a = attrs([("fmod", Attr::Bool(fmod))]);
+        check(
+            Op::Mod,
+            a,
+            &[
+                (tt(DType::I64, &["6"]), m.clone()),
+                (tt(DType::I64, &["6"]), n.clone()),
+            ],
+            0.0,
+            0.0,
+        );
+    }
+    let a8 = llmc_ir::Tensor::from_i64(DType::I32, vec![6], vec![5, -6, 12, -1, 255, 3]);
+    let b8 = llmc_ir::Tensor::from_i64(DType::I32, vec![6], vec![3, 1, 40, -2, 4, 31]);
+    for op in [Op::BitwiseAnd, Op::BitwiseOr, Op::BitwiseXor] {
+        check(
+            op,
+            attrs([]),
+            &[
+                (tt(DType::I32, &["6"]), a8.clone()),
+                (tt(DType::I32, &["6"]), b8.clone()),
+            ],
+            0.0,
+            0.0,
+        );
+    }
+    check(
+        Op::BitwiseNot,
+        attrs([]),
+        &[(tt(DType::I32, &["6"]), a8.clone())],
+        0.0,
+        0.0,
+    );
+    for dir in ["left", "right"] {
+        let a = attrs([("direction", Attr::Str(dir.into()))]);
+        check(
+            Op::BitShift,
+            a,
+            &[
+                (tt(DType::I32, &["6"]), a8.clone()),
+                (tt(DType::I32, &["6"]), b8.clone()),
+            ],
+            0.0,
+            0.0,
+        );
+    }
+    let u = llmc_ir::Tensor::from_i64(DType::U8, vec![4], vec![255, 1, 128, 7]);
+    let s = llmc_ir::Tensor::from_i64(DType::U8, vec![4], vec![1, 7, 9, 0]);
+    for dir in ["left", "right"] {
+        let a = attrs([("direction", Attr::Str(dir.into()))]);
+        check(
+            Op::BitShift,
+            a,
+            &[
+                (tt(DType::U8, &["4"]), u.clone()),
+                (tt(DType::U8, &["4"]), s.clone()),
+            ],
+            0.0,
+            0.0,
+        );
+    }
+    for (ex, rev) in [(false, false), (true, true)] {
+        let a = attrs([
+            ("axis", Attr::Int(1)),
+            ("exclusive", Attr::Bool(ex)),
+            ("reverse", Attr::Bool(rev)),
+        ]);
+        check(
+            Op::CumProd,
+            a,
+            &[(tt(F, &["2", "5"]), x.clone())],
+            1e-6,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn indexing_ops() {
+    let mut r = Rng::new(13);
+    let d = r.tensor(F, &[3, 4, 2], 1.0);
+    let ix = llmc_ir::Tensor::from_i64(DType::I64, vec![2, 2], vec![0, 1, -1, 3]);
+    check(
+        Op::GatherNd,
+        attrs([]),
+        &[
+            (tt(F, &["3", "4", "2"]), d.clone()),
+            (tt(DType::I64, &["2", "2"]), ix.clone()),
+        ],
+        0.0,
+        0.0,
+    );
+    let ib = llmc_ir::Tensor::from_i64(DType::I64, vec![3, 1], vec![2, 0, 3]);
+    check(
+        Op::GatherNd,
+        attrs([("batch_dims", Attr::Int(1))]),
+        &[
+            (tt(F, &["3", "4", "2"]), d.clone()),
+            (tt(DType::I64, &["3", "1"]), ib),
+        ],
+        0.0,
+        0.0,
+    );
+    let base = r.tensor(F, &[3, 4], 1.0);
+    let upd = r.tensor(F, &[2, 4], 1.0);
+    // Duplicate positions: later updates win or accumulate in index order.
+    let se = llmc_ir::Tensor::from_i64(DType::I64, vec![2, 4], vec![1, 0, 2, -1, 1, 2, 2, 0]);
+    for red in ["none", "add", "mul", "max", "min"] {
+        let a = attrs([("axis", Attr::Int(0)), ("reduction", Attr::Str(red.into()))]);
+        check(
+            Op::ScatterElements,
+            a,
+            &[
+                (tt(F, &["3", "4"]), base.clone()),
+                (tt(DType::I64, &["2", "4"]), se.clone()),
+                (tt(F, &["2", "4"]), upd.clone()),
+            ],
+            1e-6,
+            1e-6,
+        );
+    }
+    let sn = llmc_ir::Tensor::from_i64(DType::I64, vec![2, 1], vec![2, 2]);
+    for red in ["none", "add"] {
+        let a = attrs([("reduction", Attr::Str(red.into()))]);
+        check(
+            Op::ScatterNd,
+            a,
+            &[
+                (tt(F, &["3", "4"]), base.clone()),
+                (tt(DType::I64, &["2", "1"]), sn.clone()),
+                (tt(F, &["2", "4"]), upd.clone()),
+            ],
+            1e-6,
+            1e-6,
+        );
+    }
+    let v = llmc_ir::Tensor::from_f64(
+        F,
+        vec![2, 5],
+        vec![3.0, f64::NAN, 1.0, 3.0, -2.0, 0.5, 0.5, 0.5, 9.0, -1.0],
+    );
+    for largest in [true, false] {
+        let a = attrs([("k", Attr::Int(3)), ("largest", Attr::Bool(largest))]);
+        check(Op::TopK, a, &[(tt(F, &["2", "5"]), v.clone())], 0.0, 0.0);
+    }
+    let a = attrs([("k", Attr::Int(2)), ("axis", Attr::Int(0))]);
+    check(Op::TopK, a, &[(tt(F, &["2", "5"]), v)], 0.0, 0.0);
+}
+
+#[test]
+fn convolution_and_pooling() {
+    let mut r = Rng::new(14);
+    let x = r.tensor(F, &[2, 4, 5, 6], 1.0);
+    let w = r.tensor(F, &[6, 2, 3, 2], 1.0);
+    let b = r.tensor(F, &[6], 1.0);
+    let a = attrs([
+        ("group", Attr::Int(2)),
+        ("strides", Attr::Ints(vec![2, 1])),
+        ("pads", Attr::Ints(vec![1, 0, 1, 1])),
+        ("dilations", Attr::Ints(vec![1, 2])),
+    ]);
+    check(
+        Op::Conv,
+        a,
+        &[
+            (tt(F, &["batch", "4", "5", "6"]), x.clone()),
+            (tt(F, &["6", "2", "3", "2"]), w),
+            (tt(F, &["6"]), b),
+        ],
+        1e-5,
+        1e-5,
+    );
+    let wt = r.tensor(F, &[4, 3, 3, 2], 1.0);
+    let a = attrs([
+        ("group", Attr::Int(2)),
+        ("strides", Attr::Ints(vec![2, 3])),
+        ("pads", Attr::Ints(vec![1, 0, 0, 1])),
+        ("output_padding", Attr::Ints(vec![1, 0])),
+    ]);
+    check(
+        Op::ConvTranspose,
+        a,
+        &[
+            (tt(F, &["2", "4", "5", "6"]), x.clone()),
+            (tt(F, &["4", "3", "3", "2"]), wt),
+        ],
+        1e-5,
+        1e-5,
+    );
+    for (op, include) in [
+        (Op::MaxPool, false),
+        (Op::AvgPool, false),
+        (Op::AvgPool, true),
+    ] {
+        let a = attrs([
+            ("kernel", Attr::Ints(vec![3, 2])),
+            ("strides", Attr::Ints(vec![2, 2])),
+            ("pads", Attr::Ints(vec![1, 1, 1, 0])),
+            ("ceil_mode", Attr::Bool(true)),
+            ("count_include_pad", Attr::Bool(include)),
+        ]);
+        let a = if op == Op::MaxPool {
+            let mut a = a;
+            a.remove("count_include_pad");
+            a
+        } else {
+            a
+        };
+        check(
+            op,
+            a,
+            &[(tt(F, &["2", "4", "5", "6"]), x.clone())],
+            1e-6,
+            1e-6,
+        );
+    }
+}
