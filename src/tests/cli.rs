@@ -254,6 +254,69 @@ fn exec_outputs(extra: &[&str]) {
 }
 
 #[test]
+fn build_emits_each_kind_and_dumps() {
+    let fx = Fixture::new();
+    let out = fx.dir.path().join("g");
+    let dump = fx.dir.path().join("dump");
+    let o = llmc(&[
+        "build",
+        &fx.p("g.llmc"),
+        "-O2",
+        "--cpu",
+        "x86-64-v3",
+        "-o",
+        out.to_str().unwrap(),
+        "--emit",
+        "llmc-ir,llvm-ir,asm,obj,exe",
+        "--dump-dir",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(read(&out.with_extension("llmc")).starts_with("module @t"));
+    let ll = read(&out.with_extension("ll"));
+    assert!(
+        ll.contains("@llmc_kernel_table") && ll.contains("define"),
+        "{ll}"
+    );
+    assert!(read(&out.with_extension("s")).contains("llmc_kernel_table"));
+    let obj = std::fs::read(out.with_extension("o")).unwrap();
+    assert_eq!(&obj[..4], b"\x7fELF");
+    for f in ["kernels.loopir", "plan.json", "t.preopt.ll", "t.postopt.ll"] {
+        assert!(dump.join(f).exists(), "--dump-dir lacks {f}");
+    }
+    assert!(read(&dump.join("kernels.loopir")).contains("kernel add"));
+    // The executable describes itself and runs the graph.
+    let info = Command::new(&out).arg("info").output().unwrap();
+    assert!(info.status.success(), "{}", stderr(&info));
+    let text = stdout(&info);
+    assert!(
+        text.contains("cpu=x86-64-v3") && text.contains("input %a: f32[batch, 3]"),
+        "{text}"
+    );
+    let run = Command::new(&out)
+        .args(["run", "--input", &format!("a={}", fx.p("a.npy"))])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        stderr(&run).contains("input `b` is not given"),
+        "{}",
+        stderr(&run)
+    );
+    // A CPU LLVM does not know is a user error naming it.
+    let o = llmc(&[
+        "build",
+        &fx.p("g.llmc"),
+        "--cpu",
+        "pentium-9000",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_user_error(&o, &["unknown CPU `pentium-9000`"]);
+}
+
+#[test]
 fn exec_names_missing_extra_and_mistyped_inputs() {
     let fx = Fixture::new();
     let (g, a, b, i, j) = (

@@ -112,6 +112,13 @@ fn target_machine(opts: &CpuOptions) -> Result<TargetMachine, CodegenError> {
         2 => OptimizationLevel::Default,
         _ => OptimizationLevel::Aggressive,
     };
+    // LLVM accepts unknown CPU names with a warning on stderr; check the name first.
+    let triple_text = triple.as_str().to_string_lossy().to_string();
+    if opts.cpu != "native" && !cpu_known(&triple_text, &cpu) {
+        return Err(CodegenError::Target(format!(
+            "unknown CPU `{cpu}` for {triple_text}"
+        )));
+    }
     let tm = target
         .create_target_machine(
             &triple,
@@ -124,20 +131,12 @@ fn target_machine(opts: &CpuOptions) -> Result<TargetMachine, CodegenError> {
         .ok_or_else(|| {
             CodegenError::Target(format!("cannot create a target machine for CPU `{cpu}`"))
         })?;
-    // LLVM accepts unknown CPU names with a warning on stderr; check the name.
-    if opts.cpu != "native" && !cpu_known(&tm, &cpu) {
-        return Err(CodegenError::Target(format!(
-            "unknown CPU `{cpu}` for {}",
-            triple.as_str().to_string_lossy()
-        )));
-    }
     Ok(tm)
 }
 
 /// True when `cpu` is a CPU the target knows (x86 and aarch64 names checked against a
 /// list of common ones; other targets are trusted).
-fn cpu_known(tm: &TargetMachine, cpu: &str) -> bool {
-    let triple = tm.get_triple().as_str().to_string_lossy().to_string();
+fn cpu_known(triple: &str, cpu: &str) -> bool {
     if triple.starts_with("x86_64") || triple.starts_with("i686") {
         const X86: &[&str] = &[
             "x86-64",
@@ -241,16 +240,23 @@ pub fn compile(
         .verify()
         .map_err(|e| CodegenError::Llvm(format!("the lowered module does not verify: {e}")))?;
     let mut out = Compiled {
-        target: format!(
-            "{} cpu={} (+{} features)",
-            tm.get_triple().as_str().to_string_lossy(),
-            tm.get_cpu(),
-            tm.get_feature_string()
+        target: {
+            let extra = tm
+                .get_feature_string()
                 .to_string_lossy()
                 .split(',')
                 .filter(|f| f.starts_with('+'))
-                .count()
-        ),
+                .count();
+            let mut t = format!(
+                "{} cpu={}",
+                tm.get_triple().as_str().to_string_lossy(),
+                tm.get_cpu().to_string_lossy()
+            );
+            if extra > 0 {
+                t.push_str(&format!(" (+{extra} features)"));
+            }
+            t
+        },
         ..Compiled::default()
     };
     if want.llvm_ir {
