@@ -293,6 +293,7 @@ impl Lin {
                         (xl, xh)
                     })
                     .collect();
+                #[allow(clippy::needless_range_loop)] // r is a lane: it also addresses bytes
                 for r in 0..8usize {
                     let at = Box::new(base.clone() + qs_off + e.clone() * 8 + r as i64);
                     let (lo, hi) = if four_bit {

@@ -49,7 +49,7 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
             let (qn, has_min) =
                 parts(d).ok_or_else(|| format!("{d} cannot be packed by 8 rows"))?;
             let (bl, bb) = (d.block_len(), d.block_bytes());
-            if rows % 8 != 0 || k % bl != 0 {
+            if !rows.is_multiple_of(8) || !k.is_multiple_of(bl) {
                 return Err(format!(
                     "[{rows}, {k}] {d} is not whole groups of 8 rows and blocks"
                 ));
