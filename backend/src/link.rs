@@ -66,8 +66,31 @@ fn write_runtime_lib() -> Result<PathBuf, LinkError> {
         ));
         std::fs::write(&tmp, crate::RUNTIME_LIB).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        prune_stale(&dir, &path);
     }
     Ok(path)
+}
+
+/// Removes runtime archives other llmc builds left in `dir` more than an hour ago (a
+/// link takes seconds, so none is still in use); errors are ignored.
+fn prune_stale(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with("libllmc_rt-") && name.ends_with(".a");
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 3600);
+        if ours && old && p != keep {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
 
 /// The system libraries a Rust static library needs on this platform.

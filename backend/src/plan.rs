@@ -258,7 +258,7 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
             })?;
         // Weights this node reads as stored get their buffer now.
         let packed_ops: Vec<usize> = match &lowered {
-            Lowered::Kernel(_, packs) => packs.iter().map(|p| p.operand).collect(),
+            Lowered::Kernel { packs, .. } => packs.iter().map(|p| p.operand).collect(),
             _ => Vec::new(),
         };
         for (i, &v) in node.inputs.iter().enumerate() {
@@ -321,7 +321,11 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
                     free: Vec::new(),
                 });
             }
-            Lowered::Kernel(mut k, packs) => {
+            Lowered::Kernel {
+                kernel: mut k,
+                packs,
+                consts,
+            } => {
                 let mut bufs = Vec::new();
                 for i in 0..node.inputs.len() {
                     // Packed operands are filled in below.
@@ -382,6 +386,19 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
                 for &o in &node.outputs {
                     let id = b.buffer(vname(o), g.ty(o), Source::Temp);
                     buf_of.insert(o, id);
+                    bufs.push(id);
+                }
+                // Build-time tables follow the results.
+                for (ci, t) in consts.iter().enumerate() {
+                    let bytes = llmc_kernels::interp::tensor_bytes(t);
+                    let (offset, len) = b.add_data(Piece::Owned(bytes));
+                    let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+                    let ty = TensorType::new(t.dtype, llmc_ir::Shape::of(&dims));
+                    let id = b.buffer(
+                        format!("{first}.table{ci}"),
+                        &ty,
+                        Source::Data { offset, len },
+                    );
                     bufs.push(id);
                 }
                 let dims: Vec<Poly> = k

@@ -16,6 +16,7 @@ mod linalg;
 mod nn;
 pub mod pack;
 mod reduce;
+mod resize;
 
 use crate::builder::KernelBuilder;
 use crate::loopir::{BufId, Expr, Kernel, LoopTag, Role, Ty, UnOp};
@@ -34,9 +35,16 @@ pub struct TemplateError {
 /// How a node runs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lowered {
-    /// A kernel (parameters: operands, then results), and the layouts it wants some
-    /// weight operands in (the planner packs them at build time).
-    Kernel(Kernel, Vec<pack::OperandPack>),
+    /// A kernel. Its parameters are the operands, then the results, then `consts`
+    /// (tables the template computed at build time, stored with the weights).
+    Kernel {
+        /// The kernel.
+        kernel: Kernel,
+        /// Layouts it wants some weight operands in (packed at build time).
+        packs: Vec<pack::OperandPack>,
+        /// Constant tables passed after the results.
+        consts: Vec<Tensor>,
+    },
     /// Result 0 has operand 0's bytes (reshape, squeeze, unsqueeze): no code.
     Alias,
     /// Result 0 is this constant.
@@ -108,7 +116,20 @@ pub fn lower(
         Op::Conv | Op::ConvTranspose => cnn::conv(node, ins, outs, name).map(plain),
         Op::MaxPool | Op::AvgPool => cnn::pool(node, ins, outs, name).map(plain),
         Op::MatMul => linalg::matmul(node, ins, outs, name).map(plain),
-        Op::Linear => linalg::linear(node, ins, outs, name).map(|(k, p)| Lowered::Kernel(k, p)),
+        Op::Linear => {
+            linalg::linear(node, ins, outs, name).map(|(kernel, packs)| Lowered::Kernel {
+                kernel,
+                packs,
+                consts: Vec::new(),
+            })
+        }
+        Op::Resize => {
+            resize::resize(node, ins, outs, name).map(|(kernel, consts)| Lowered::Kernel {
+                kernel,
+                packs: Vec::new(),
+                consts,
+            })
+        }
         Op::Transpose
         | Op::Slice
         | Op::Expand
@@ -130,8 +151,12 @@ pub fn lower(
 // ----- shared helpers -----
 
 /// A kernel that takes its operands as they are.
-fn plain(k: Kernel) -> Lowered {
-    Lowered::Kernel(k, Vec::new())
+fn plain(kernel: Kernel) -> Lowered {
+    Lowered::Kernel {
+        kernel,
+        packs: Vec::new(),
+        consts: Vec::new(),
+    }
 }
 
 /// The kernel parameters of a node: a builder, the operand buffers, the result buffers.

@@ -104,8 +104,12 @@ pub fn check_args(op: Op, attrs: Attrs, args: &[Arg], atol: f64, rtol: f64) -> S
     let node = &m.graph.nodes[0];
     let in_tys: Vec<&TensorType> = ids.iter().map(|&v| m.graph.ty(v)).collect();
     let out_tys: Vec<&TensorType> = outs.iter().map(|&v| m.graph.ty(v)).collect();
-    let (k, packs) = match lower(node, &in_tys, &out_tys, op.name()).expect("lowering") {
-        Lowered::Kernel(k, p) => (k, p),
+    let (k, packs, consts) = match lower(node, &in_tys, &out_tys, op.name()).expect("lowering") {
+        Lowered::Kernel {
+            kernel,
+            packs,
+            consts,
+        } => (kernel, packs, consts),
         other => panic!("expected a kernel, got {other:?}"),
     };
     for p in packs {
@@ -121,6 +125,7 @@ pub fn check_args(op: Op, attrs: Attrs, args: &[Arg], atol: f64, rtol: f64) -> S
     for w in &want {
         bufs.push(vec![0x5A; w.numel() * w.dtype.block_bytes()]);
     }
+    bufs.extend(consts.iter().map(tensor_bytes));
     run(&k, &mut bufs, &dims).unwrap_or_else(|e| panic!("{e}\n{k}"));
     for (i, w) in want.iter().enumerate() {
         let got = bytes_tensor(w.dtype, &w.shape, &bufs[args.len() + i]).expect("decode");

@@ -1005,3 +1005,79 @@ fn convolution_and_pooling() {
         );
     }
 }
+
+#[test]
+fn resize_modes() {
+    let mut r = Rng::new(15);
+    let x = r.tensor(F, &[1, 2, 3, 4], 2.0);
+    let shape = |d: &[i64]| Attr::Shape(Shape::of(d));
+    let cases: Vec<llmc_ir::Attrs> = vec![
+        attrs([
+            ("mode", Attr::Str("linear".into())),
+            (
+                "scales",
+                Attr::Floats(vec![1.0, 1.0, 1.6666666666666667, 0.5]),
+            ),
+            ("sizes", shape(&[1, 2, 5, 2])),
+        ]),
+        attrs([
+            (
+                "coordinate_transformation_mode",
+                Attr::Str("asymmetric".into()),
+            ),
+            ("nearest_mode", Attr::Str("floor".into())),
+            ("scales", Attr::Floats(vec![1.0, 1.0, 2.5, 1.0])),
+            ("sizes", shape(&[1, 2, 7, 4])),
+        ]),
+        attrs([
+            ("mode", Attr::Str("cubic".into())),
+            ("scales", Attr::Floats(vec![1.0, 1.0, 2.0, 1.5])),
+            ("sizes", shape(&[1, 2, 6, 6])),
+        ]),
+        attrs([
+            ("mode", Attr::Str("linear".into())),
+            ("antialias", Attr::Bool(true)),
+            (
+                "scales",
+                Attr::Floats(vec![1.0, 1.0, 0.6666666666666666, 0.5]),
+            ),
+            ("sizes", shape(&[1, 2, 2, 2])),
+        ]),
+        attrs([
+            ("mode", Attr::Str("linear".into())),
+            (
+                "coordinate_transformation_mode",
+                Attr::Str("tf_crop_and_resize".into()),
+            ),
+            (
+                "roi",
+                Attr::Floats(vec![0.0, 0.0, -0.2, 0.1, 1.0, 1.0, 1.3, 0.9]),
+            ),
+            ("extrapolation_value", Attr::Float(7.5)),
+            ("scales", Attr::Floats(vec![1.0, 1.0, 1.0, 1.0])),
+            ("sizes", shape(&[1, 2, 3, 4])),
+        ]),
+    ];
+    for a in cases {
+        check(
+            Op::Resize,
+            a,
+            &[(tt(F, &["1", "2", "3", "4"]), x.clone())],
+            1e-6,
+            1e-6,
+        );
+    }
+    let u = r.ints(DType::U8, &[1, 1, 2, 3], 0, 256);
+    let a = attrs([
+        ("mode", Attr::Str("cubic".into())),
+        ("scales", Attr::Floats(vec![1.0, 1.0, 2.0, 2.0])),
+        ("sizes", shape(&[1, 1, 4, 6])),
+    ]);
+    check(
+        Op::Resize,
+        a,
+        &[(tt(DType::U8, &["1", "1", "2", "3"]), u)],
+        0.0,
+        0.0,
+    );
+}
