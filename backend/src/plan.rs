@@ -57,6 +57,8 @@ pub fn elem_type(d: DType) -> ElemType {
         DType::I16 => ElemType::I16,
         DType::I8 => ElemType::I8,
         DType::U8 => ElemType::U8,
+        DType::U16 => ElemType::U16,
+        DType::U32 => ElemType::U32,
         DType::Bool => ElemType::Bool,
         q => ElemType::Block {
             block_len: q.block_len() as u32,

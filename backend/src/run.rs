@@ -33,6 +33,8 @@ pub fn ir_tensor(h: &HostTensor) -> Result<Tensor, String> {
         E::I16 => llmc_ir::DType::I16,
         E::I8 => llmc_ir::DType::I8,
         E::U8 => llmc_ir::DType::U8,
+        E::U16 => llmc_ir::DType::U16,
+        E::U32 => llmc_ir::DType::U32,
         E::Bool => llmc_ir::DType::Bool,
         E::Block { .. } => return Err("a block-quantized tensor cannot be read back".into()),
     };

@@ -54,6 +54,8 @@ fn fit(t: Ty, v: V) -> V {
             Ty::I16 => wrap_int(DType::I16, x),
             Ty::I8 => wrap_int(DType::I8, x),
             Ty::U8 => wrap_int(DType::U8, x),
+            Ty::U16 => wrap_int(DType::U16, x),
+            Ty::U32 => wrap_int(DType::U32, x),
             Ty::Bool => (x != 0) as i64,
             _ => x,
         }),
@@ -109,6 +111,8 @@ impl Machine<'_> {
             Ty::Bool | Ty::U8 => V::I(s[0] as i64),
             Ty::I8 => V::I(s[0] as i8 as i64),
             Ty::I16 => V::I(i16::from_le_bytes([s[0], s[1]]) as i64),
+            Ty::U16 => V::I(u16::from_le_bytes([s[0], s[1]]) as i64),
+            Ty::U32 => V::I(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as i64),
             Ty::I32 => V::I(i32::from_le_bytes([s[0], s[1], s[2], s[3]]) as i64),
             Ty::I64 => V::I(i64::from_le_bytes(s.try_into().unwrap_or([0; 8]))),
             Ty::F16 => V::F(half::f16::from_le_bytes([s[0], s[1]]).to_f64()),
@@ -135,7 +139,8 @@ impl Machine<'_> {
             })?;
         let bytes: Vec<u8> = match (t, fit(t, v)) {
             (Ty::Bool | Ty::U8 | Ty::I8, V::I(x)) => vec![x as u8],
-            (Ty::I16, V::I(x)) => (x as i16).to_le_bytes().to_vec(),
+            (Ty::I16 | Ty::U16, V::I(x)) => (x as i16).to_le_bytes().to_vec(),
+            (Ty::U32, V::I(x)) => (x as i32).to_le_bytes().to_vec(),
             (Ty::I32, V::I(x)) => (x as i32).to_le_bytes().to_vec(),
             (Ty::I64, V::I(x)) => x.to_le_bytes().to_vec(),
             (Ty::F16, V::F(x)) => half::f16::from_f64(x).to_le_bytes().to_vec(),
@@ -456,7 +461,8 @@ pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
             (Data::F(v), DType::BF16) => out.extend(half::bf16::from_f64(v[k]).to_le_bytes()),
             (Data::I(v), DType::I64) => out.extend(v[k].to_le_bytes()),
             (Data::I(v), DType::I32) => out.extend((v[k] as i32).to_le_bytes()),
-            (Data::I(v), DType::I16) => out.extend((v[k] as i16).to_le_bytes()),
+            (Data::I(v), DType::I16 | DType::U16) => out.extend((v[k] as i16).to_le_bytes()),
+            (Data::I(v), DType::U32) => out.extend((v[k] as i32).to_le_bytes()),
             (Data::I(v), _) => out.push(v[k] as u8),
             (Data::F(v), _) => out.extend((v[k] as f32).to_le_bytes()),
         }

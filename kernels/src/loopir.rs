@@ -18,6 +18,10 @@ pub enum Ty {
     I8,
     /// Unsigned 8-bit integer.
     U8,
+    /// Unsigned 16-bit integer.
+    U16,
+    /// Unsigned 32-bit integer.
+    U32,
     /// Signed 16-bit integer.
     I16,
     /// Signed 32-bit integer.
@@ -39,8 +43,8 @@ impl Ty {
     pub fn bytes(self) -> usize {
         match self {
             Ty::Bool | Ty::I8 | Ty::U8 => 1,
-            Ty::I16 | Ty::F16 | Ty::BF16 => 2,
-            Ty::I32 | Ty::F32 => 4,
+            Ty::I16 | Ty::U16 | Ty::F16 | Ty::BF16 => 2,
+            Ty::I32 | Ty::U32 | Ty::F32 => 4,
             Ty::I64 | Ty::F64 => 8,
         }
     }
@@ -52,7 +56,16 @@ impl Ty {
 
     /// True for the integer types (not bool).
     pub fn is_int(self) -> bool {
-        matches!(self, Ty::I8 | Ty::U8 | Ty::I16 | Ty::I32 | Ty::I64)
+        matches!(
+            self,
+            Ty::I8 | Ty::U8 | Ty::I16 | Ty::U16 | Ty::I32 | Ty::U32 | Ty::I64
+        )
+    }
+
+    /// True for the unsigned integer types and bool (compared, divided and shifted
+    /// unsigned, zero-extended).
+    pub fn is_unsigned(self) -> bool {
+        matches!(self, Ty::U8 | Ty::U16 | Ty::U32 | Ty::Bool)
     }
 
     /// The type arithmetic on this type is done in: f16/bf16 compute in f32 (a kernel
@@ -77,6 +90,8 @@ impl Ty {
             D::I16 => Ty::I16,
             D::I8 => Ty::I8,
             D::U8 => Ty::U8,
+            D::U16 => Ty::U16,
+            D::U32 => Ty::U32,
             D::Bool => Ty::Bool,
             _ => return None,
         })
@@ -88,6 +103,8 @@ impl Ty {
             Ty::Bool => "bool",
             Ty::I8 => "i8",
             Ty::U8 => "u8",
+            Ty::U16 => "u16",
+            Ty::U32 => "u32",
             Ty::I16 => "i16",
             Ty::I32 => "i32",
             Ty::I64 => "i64",

@@ -14,8 +14,13 @@ fn descr(t: ElemType) -> Option<&'static str> {
         ElemType::I16 => "<i2",
         ElemType::I8 => "|i1",
         ElemType::U8 => "|u1",
+        ElemType::U16 => "<u2",
+        ElemType::U32 => "<u4",
         ElemType::Bool => "|b1",
-        ElemType::Bf16 | ElemType::Block { .. } => return None,
+        // NumPy has no bfloat16; llmc and its executables exchange it under this name
+        // (ml_dtypes' spelling).
+        ElemType::Bf16 => "bfloat16",
+        ElemType::Block { .. } => return None,
     })
 }
 
@@ -29,7 +34,10 @@ fn from_descr(d: &str) -> Option<ElemType> {
         "<i2" => ElemType::I16,
         "|i1" | "<i1" => ElemType::I8,
         "|u1" | "<u1" => ElemType::U8,
+        "<u2" => ElemType::U16,
+        "<u4" => ElemType::U32,
         "|b1" | "<b1" => ElemType::Bool,
+        "bfloat16" => ElemType::Bf16,
         _ => return None,
     })
 }
@@ -138,6 +146,7 @@ mod tests {
             (ElemType::I64, vec![4]),
             (ElemType::Bool, vec![]),
             (ElemType::F16, vec![1, 0, 2]),
+            (ElemType::Bf16, vec![3]),
         ] {
             let n: usize = shape.iter().product();
             let t = HostTensor {

@@ -29,6 +29,10 @@ pub enum ElemType {
     I8,
     /// u8.
     U8,
+    /// u16.
+    U16,
+    /// u32.
+    U32,
     /// bool (one byte).
     Bool,
     /// A packed block format (weights only): `block_bytes` bytes per `block_len`
@@ -61,8 +65,8 @@ impl ElemType {
     /// Bytes per element of a plain type (block formats: bytes per block).
     pub fn size(self) -> usize {
         match self {
-            ElemType::F32 | ElemType::I32 => 4,
-            ElemType::F16 | ElemType::Bf16 | ElemType::I16 => 2,
+            ElemType::F32 | ElemType::I32 | ElemType::U32 => 4,
+            ElemType::F16 | ElemType::Bf16 | ElemType::I16 | ElemType::U16 => 2,
             ElemType::F64 | ElemType::I64 => 8,
             ElemType::I8 | ElemType::U8 | ElemType::Bool => 1,
             ElemType::Block { block_bytes, .. } => block_bytes as usize,
@@ -81,6 +85,8 @@ impl ElemType {
             ElemType::I16 => "i16",
             ElemType::I8 => "i8",
             ElemType::U8 => "u8",
+            ElemType::U16 => "u16",
+            ElemType::U32 => "u32",
             ElemType::Bool => "bool",
             ElemType::Block { .. } => "block",
         }

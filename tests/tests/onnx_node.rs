@@ -13,6 +13,10 @@
 //! all). The last line printed is `onnx node tests: N passed, N failed, N skipped`.
 //! When the cache is missing the runner runs the generator script first.
 //!
+//! `LLMC_ONNX_ENGINE=cpu` runs every case through the compiled CPU path (kernels, LLVM,
+//! link, the runtime) instead of the interpreter: slower (a build per data set), a
+//! conformance check of code generation.
+//!
 //! Many cases feed shape-like operands (a `Reshape`'s shape, reduction axes, pads) as
 //! graph inputs, where real models have initializers. The runner imports each data set
 //! with its inputs offered as bindings (`ImportOptions::bind_inputs`): a converter that
@@ -220,10 +224,17 @@ fn check_case(dir: &Path) -> Result<(), String> {
         let module = llmc_frontend::onnx::load_with(&dir.join("model.onnx"), options)
             .map_err(|e| format!("import: {e}"))?;
         let inputs: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
-        let mut interp = Interpreter::new(&module);
-        let gots = interp
-            .run(&inputs)
-            .map_err(|e| format!("{set_name}: run: {e}"))?;
+        let gots = if std::env::var("LLMC_ONNX_ENGINE").as_deref() == Ok("cpu") {
+            let opts = llmc_backend::BuildOptions::default();
+            llmc_backend::run::run_compiled(&module, &opts, &[inputs])
+                .map_err(|e| format!("{set_name}: compiled run: {e}"))?
+                .pop()
+                .unwrap_or_default()
+        } else {
+            Interpreter::new(&module)
+                .run(&inputs)
+                .map_err(|e| format!("{set_name}: run: {e}"))?
+        };
         if gots.len() != wants.len() {
             return Err(format!(
                 "{set_name}: the graph gives {} outputs, the case expects {}",

@@ -52,8 +52,8 @@ impl<'ctx> Intrinsics<'ctx> {
         match t {
             Ty::Bool => self.i1.into(),
             Ty::I8 | Ty::U8 => self.i8.into(),
-            Ty::I16 | Ty::BF16 => self.i16.into(),
-            Ty::I32 => self.i32.into(),
+            Ty::I16 | Ty::U16 | Ty::BF16 => self.i16.into(),
+            Ty::I32 | Ty::U32 => self.i32.into(),
             Ty::I64 => self.i64.into(),
             Ty::F16 => self.f16.into(),
             Ty::F32 => self.f32.into(),

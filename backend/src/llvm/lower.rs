@@ -687,7 +687,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                     let lt = b
                         .build_int_compare(IntPredicate::SLT, x, ty.const_zero(), "")
                         .map_err(llvm_err)?;
-                    if t == Ty::U8 {
+                    if t.is_unsigned() {
                         x.into()
                     } else {
                         b.build_select(lt, neg, x, "").map_err(llvm_err)?
@@ -806,7 +806,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         }
         let (x, y) = (a.into_int_value(), bv.into_int_value());
         let ty = x.get_type();
-        let unsigned = matches!(t, Ty::U8 | Ty::Bool);
+        let unsigned = t.is_unsigned();
         let cmp = |p: IntPredicate| -> R<BasicValueEnum<'ctx>> {
             Ok(b.build_int_compare(p, x, y, "").map_err(llvm_err)?.into())
         };
@@ -1068,7 +1068,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                     .into()
             });
         }
-        let signed_src = !matches!(from, Ty::U8 | Ty::Bool);
+        let signed_src = !from.is_unsigned();
         match (from.is_float(), to.is_float()) {
             (true, true) => {
                 let v = x.into_float_value();

@@ -196,7 +196,7 @@ pub(crate) fn scalar(node: &Node, a: &[Expr], tys: &[Ty], out: Ty) -> TResult<Ex
                 .and(s.clone().lt(Expr::Int(width, t)));
             let safe = Expr::select(inside.clone(), s, Expr::Int(0, t));
             let shifted = b(if left { BinOp::Shl } else { BinOp::Shr }, x.clone(), safe);
-            let out_of_range = if left || t == Ty::U8 {
+            let out_of_range = if left || t.is_unsigned() {
                 zero()
             } else {
                 Expr::select(x.lt(zero()), Expr::Int(-1, t), zero())
@@ -255,6 +255,8 @@ pub(crate) fn int_range(t: Ty) -> (i64, i64) {
     match t {
         Ty::I8 => (i8::MIN as i64, i8::MAX as i64),
         Ty::U8 => (0, 255),
+        Ty::U16 => (0, u16::MAX as i64),
+        Ty::U32 => (0, u32::MAX as i64),
         Ty::I16 => (i16::MIN as i64, i16::MAX as i64),
         Ty::I32 => (i32::MIN as i64, i32::MAX as i64),
         Ty::Bool => (0, 1),
