@@ -27,7 +27,7 @@ fn main() -> std::process::ExitCode {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let path = f.clone();
-            let ignored = pending.iter().any(|p| *p == stem);
+            let ignored = pending.contains(&stem);
             trials.push(
                 Trial::test(format!("O{level}/{stem}"), move || run_file(&path, level))
                     .with_ignored_flag(ignored),
