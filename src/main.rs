@@ -198,8 +198,8 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-const NO_CPU_ENGINE: &str = "the CPU backend is not available yet (llmc build / codegen); \
-                             use --engine interp";
+const NO_CPU_ENGINE: &str = "text generation through compiled code is not available yet \
+                             (`llmc exec --engine cpu` runs a graph compiled); use --engine interp";
 
 /// Loads and verifies a model.
 fn load(path: &Path) -> Result<Module> {
@@ -209,17 +209,17 @@ fn load(path: &Path) -> Result<Module> {
     Ok(m)
 }
 
+/// `OUT` with its extension replaced (`smollm` -> `smollm.ll`).
+fn sibling(out: &Path, ext: &str) -> PathBuf {
+    out.with_extension(ext)
+}
+
 fn build(a: &BuildArgs) -> Result<()> {
-    // Every flag is parsed and validated above; the compiler behind them is not there yet.
+    if a.target == Target::Cuda || a.cuda_arch.is_some() || a.emit.contains(&BuildEmit::Ptx) {
+        bail!("llmc build --target cuda: the CUDA (NVPTX) backend is not available yet; use --target cpu");
+    }
+    // The pass pipeline arrives with the optimizer; its flags are accepted already.
     let _ = (
-        &a.model,
-        &a.output,
-        a.target,
-        &a.cpu,
-        &a.cuda_arch,
-        a.opt_level,
-        &a.emit,
-        &a.dump_dir,
         a.print_ir_after_all,
         &a.print_ir_after,
         &a.print_ir_before,
@@ -228,7 +228,77 @@ fn build(a: &BuildArgs) -> Result<()> {
         a.time_passes,
         a.verify_each,
     );
-    bail!("llmc build: code generation is not available yet")
+    let t0 = Instant::now();
+    let m = load(&a.model)?;
+    let out = match &a.output {
+        Some(o) => o.clone(),
+        None => PathBuf::from(
+            a.model
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
+        ),
+    };
+    let opts = llmc_backend::BuildOptions {
+        cpu: llmc_backend::CpuOptions {
+            opt_level: a.opt_level,
+            cpu: a.cpu.clone(),
+            ..Default::default()
+        },
+        dump_dir: a.dump_dir.clone(),
+    };
+    let has = |e: BuildEmit| a.emit.contains(&e);
+    if has(BuildEmit::LlmcIr) {
+        let p = sibling(&out, "llmc");
+        std::fs::write(&p, llmc_ir::text::print(&m))
+            .with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
+    }
+    if has(BuildEmit::Dot) {
+        let p = sibling(&out, "dot");
+        std::fs::write(&p, llmc_ir::dot::to_dot(&m))
+            .with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
+    }
+    let want = llmc_backend::Want {
+        llvm_ir: has(BuildEmit::LlvmIr),
+        asm: has(BuildEmit::Asm),
+        object: has(BuildEmit::Obj) || has(BuildEmit::Exe),
+    };
+    if !(want.llvm_ir || want.asm || want.object) && a.dump_dir.is_none() {
+        return Ok(());
+    }
+    let b = llmc_backend::compile_cpu(&m, &opts, want)
+        .with_context(|| format!("compiling {}", a.model.display()))?;
+    let wrote = |ext: &str, bytes: Option<&[u8]>| -> Result<()> {
+        if let Some(bytes) = bytes {
+            let p = sibling(&out, ext);
+            std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+            eprintln!("wrote {}", p.display());
+        }
+        Ok(())
+    };
+    if has(BuildEmit::LlvmIr) {
+        wrote("ll", b.compiled.postopt_ll.as_deref().map(str::as_bytes))?;
+    }
+    if has(BuildEmit::Asm) {
+        wrote("s", b.compiled.asm.as_deref().map(str::as_bytes))?;
+    }
+    if has(BuildEmit::Obj) {
+        wrote("o", b.compiled.object.as_deref())?;
+    }
+    if has(BuildEmit::Exe) {
+        llmc_backend::link_build(&b, &out).with_context(|| format!("linking {}", out.display()))?;
+        let size = std::fs::metadata(&out).map(|md| md.len()).unwrap_or(0);
+        eprintln!(
+            "llmc build: wrote {} ({} kernels, {:.1} MB) in {:.2} s",
+            out.display(),
+            b.planned.kernels.len(),
+            size as f64 / 1e6,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 fn inspect(a: &InspectArgs) -> Result<()> {
@@ -245,10 +315,6 @@ fn inspect(a: &InspectArgs) -> Result<()> {
 }
 
 fn exec(a: &ExecArgs) -> Result<()> {
-    if a.engine == Engine::Cpu {
-        bail!("{NO_CPU_ENGINE}");
-    }
-    let _ = a.opt_level; // only meaningful to compiled engines
     let m = load(&a.model)?;
     let g = &m.graph;
 
@@ -311,12 +377,26 @@ fn exec(a: &ExecArgs) -> Result<()> {
     }
 
     let t0 = Instant::now();
-    let outs = Interpreter::new(&m).run(&inputs).with_context(|| {
-        format!(
-            "running {} with the reference interpreter",
-            a.model.display()
-        )
-    })?;
+    let outs = match a.engine {
+        Engine::Interp => Interpreter::new(&m).run(&inputs).with_context(|| {
+            format!(
+                "running {} with the reference interpreter",
+                a.model.display()
+            )
+        })?,
+        Engine::Cpu => {
+            let opts = llmc_backend::BuildOptions {
+                cpu: llmc_backend::CpuOptions {
+                    opt_level: a.opt_level,
+                    ..Default::default()
+                },
+                dump_dir: None,
+            };
+            let mut outs = llmc_backend::run::run_compiled(&m, &opts, &[inputs])
+                .with_context(|| format!("running {} compiled for the CPU", a.model.display()))?;
+            outs.pop().context("the compiled run returned nothing")?
+        }
+    };
     eprintln!("llmc exec: ran in {:.3} s", t0.elapsed().as_secs_f64());
 
     std::fs::create_dir_all(&a.output_dir)

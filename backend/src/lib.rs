@@ -1,1 +1,170 @@
-//! LLVM code generation and the link step. Arrives with the CPU codegen issue.
+//! Code generation for the CPU and the link step: a module becomes loop-IR kernels
+//! and a plan (`plan`), the kernels become an object through LLVM (`llvm`, the only
+//! place inkwell is used), and the object, the runtime static library, the plan and
+//! the weights become one executable (`link`).
+
+pub mod link;
+pub mod llvm;
+pub mod plan;
+pub mod run;
+
+use llmc_ir::Module;
+use std::path::{Path, PathBuf};
+
+pub use link::LinkError;
+pub use llvm::{CodegenError, Compiled, CpuOptions, Want};
+pub use plan::{plan_module, Planned};
+
+/// The runtime static library, embedded at build time.
+pub static RUNTIME_LIB: &[u8] = include_bytes!(env!("LLMC_RT_LIB"));
+
+/// A build error, naming the node, weight, input or file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A node has no kernel (yet) or its kernel cannot be built.
+    #[error("node {node} ({op}): {msg}")]
+    Node {
+        /// The node's first result (`%name`).
+        node: String,
+        /// The op.
+        op: String,
+        /// Why.
+        msg: String,
+    },
+    /// A weight cannot be used.
+    #[error("weight @{name}: {msg}")]
+    Weight {
+        /// Weight name.
+        name: String,
+        /// Why.
+        msg: String,
+    },
+    /// A graph input or output cannot be used.
+    #[error("value %{name}: {msg}")]
+    Input {
+        /// Value name.
+        name: String,
+        /// Why.
+        msg: String,
+    },
+    /// LLVM code generation failed.
+    #[error(transparent)]
+    Codegen(#[from] CodegenError),
+    /// Linking failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// A dump or output file could not be written.
+    #[error("{path}: {msg}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        msg: String,
+    },
+}
+
+/// Options of a CPU build.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Code generator options (`-O`, `--cpu`).
+    pub cpu: CpuOptions,
+    /// Where to write `kernels.loopir`, `NAME.preopt.ll`, `NAME.postopt.ll`,
+    /// `plan.json` (`--dump-dir`).
+    pub dump_dir: Option<PathBuf>,
+}
+
+/// A compiled module: its kernels and plan, and what LLVM produced.
+pub struct CpuBuild<'m> {
+    /// Kernels, plan and data section.
+    pub planned: Planned<'m>,
+    /// LLVM's output.
+    pub compiled: Compiled,
+}
+
+impl CpuBuild<'_> {
+    /// Every kernel's loop IR, in table order.
+    pub fn loop_ir(&self) -> String {
+        self.planned
+            .kernels
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    std::fs::write(path, bytes).map_err(|e| BuildError::Io {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })
+}
+
+/// Lowers and compiles `m` for the CPU. `want` says what LLVM should emit (LLVM IR
+/// text is always produced when a dump folder is given).
+pub fn compile_cpu<'m>(
+    m: &'m Module,
+    opts: &BuildOptions,
+    mut want: Want,
+) -> Result<CpuBuild<'m>, BuildError> {
+    let mut planned = plan_module(m)?;
+    if opts.dump_dir.is_some() {
+        want.llvm_ir = true;
+    }
+    let name = if m.name.is_empty() { "module" } else { &m.name };
+    let compiled = llvm::compile(name, &planned.kernels, &opts.cpu, want)?;
+    planned.plan.info = vec![
+        ("target".into(), compiled.target.clone()),
+        ("opt_level".into(), opts.cpu.opt_level.to_string()),
+        (
+            "compiler".into(),
+            format!("llmc {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ];
+    let build = CpuBuild { planned, compiled };
+    if let Some(dir) = &opts.dump_dir {
+        std::fs::create_dir_all(dir).map_err(|e| BuildError::Io {
+            path: dir.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        write(&dir.join("kernels.loopir"), build.loop_ir().as_bytes())?;
+        write(
+            &dir.join("plan.json"),
+            build.planned.plan.to_json().as_bytes(),
+        )?;
+        if let Some(ll) = &build.compiled.preopt_ll {
+            write(&dir.join(format!("{name}.preopt.ll")), ll.as_bytes())?;
+        }
+        if let Some(ll) = &build.compiled.postopt_ll {
+            write(&dir.join(format!("{name}.postopt.ll")), ll.as_bytes())?;
+        }
+    }
+    Ok(build)
+}
+
+/// Compiles `m` and links the executable `out`.
+pub fn build_executable(m: &Module, opts: &BuildOptions, out: &Path) -> Result<(), BuildError> {
+    let want = Want {
+        object: true,
+        ..Want::default()
+    };
+    let build = compile_cpu(m, opts, want)?;
+    link_build(&build, out)
+}
+
+/// Links a compiled module (its object must have been asked for) into `out`.
+pub fn link_build(build: &CpuBuild, out: &Path) -> Result<(), BuildError> {
+    let object = build
+        .compiled
+        .object
+        .as_deref()
+        .ok_or_else(|| BuildError::Codegen(CodegenError::Llvm("no object produced".into())))?;
+    let pieces: Vec<&[u8]> = build.planned.data.iter().map(|p| p.bytes()).collect();
+    link::link_executable(
+        object,
+        build.planned.plan.to_json().as_bytes(),
+        &pieces,
+        out,
+    )?;
+    Ok(())
+}

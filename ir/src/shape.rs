@@ -42,6 +42,12 @@ impl Dim {
         }
     }
 
+    /// The terms: each monomial (sorted symbols, repeated for powers; empty for the
+    /// constant term) with its nonzero coefficient, in canonical order.
+    pub fn terms(&self) -> impl Iterator<Item = (&Monomial, i64)> {
+        self.terms.iter().map(|(m, c)| (m, *c))
+    }
+
     /// True if the dim is a known constant.
     pub fn is_const(&self) -> bool {
         self.as_const().is_some()

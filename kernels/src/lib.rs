@@ -1,1 +1,13 @@
-//! Kernel templates producing target-neutral loop IR. Arrives with the CPU codegen issue.
+//! Kernels: the target-neutral loop IR (`loopir`), a builder templates write it with
+//! (`builder`), the kernel templates that turn IR nodes into loop IR (`templates`),
+//! and the loop-IR interpreter that checks them against the reference interpreter
+//! (`interp`). Backends (LLVM for CPU now, NVPTX later) consume the loop IR.
+
+pub mod builder;
+pub mod interp;
+pub mod loopir;
+pub mod templates;
+
+pub use builder::KernelBuilder;
+pub use loopir::{BinOp, Buf, BufId, Expr, Kernel, LoopTag, Role, Stmt, Ty, UnOp, VarId};
+pub use templates::{lower, Lowered, TemplateError};

@@ -1,6 +1,16 @@
-//! What the emitted executable runs: tokenizer, sampler, KV cache, thread pool, the
-//! executable's CLI and server. Never depends on the compiler crates.
+//! What the emitted executable runs: the ABI shared with generated code, the thread
+//! pool for generated parallel loops, the plan and the graph walk over it, the payload
+//! appended to the executable, `.npy` I/O, the executable's command line, and the
+//! tokenizer and sampler (KV cache paging and the server come next). Never depends
+//! on the compiler crates.
 
+pub mod abi;
+pub mod exe;
+pub mod exec;
+pub mod npy;
+pub mod payload;
+pub mod plan;
+pub mod pool;
 pub mod sampler;
 pub mod tokenizer;
 

@@ -1,1 +1,4 @@
-//! Integration tests live in `tests/tests/`; this library is empty.
+//! Helpers shared by the integration tests in `tests/tests/` (reading run file tests
+//! for the compiled path).
+
+pub mod runfile;

@@ -1,5 +1,6 @@
-//! File tests: one test per `tests/filetests/**/*.llmc` and per
-//! `tests/parse-errors/*.llmc` (Cranelift-style, see `tests/filetests/README.md`).
+//! File tests: one test per `tests/filetests/**/*.llmc` (valid modules in canonical
+//! form), `tests/verify-errors/*.llmc` (modules the verifier must reject, read with the
+//! lenient parser) and `tests/parse-errors/*.llmc` (Cranelift-style, see `tests/filetests/README.md`).
 //!
 //! Every file test is a module in canonical text: with its `;` comment lines removed it
 //! must equal `print(parse(file))`, and printing again gives the same text. The first
@@ -33,7 +34,7 @@ fn main() -> std::process::ExitCode {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bless = std::env::var("LLMC_BLESS").is_ok_and(|v| v == "1");
     let mut trials = Vec::new();
-    for dir in ["filetests", "parse-errors"] {
+    for dir in ["filetests", "verify-errors", "parse-errors"] {
         let mut files = Vec::new();
         collect(&root.join(dir), &mut files);
         files.sort();
@@ -43,7 +44,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .replace('\\', "/");
-            let trial = if dir == "filetests" {
+            let trial = if dir != "parse-errors" {
                 Trial::test(name.clone(), move || file_test(&path, &name, bless))
             } else {
                 Trial::test(name.clone(), move || parse_error_test(&path, &name))

@@ -1,0 +1,279 @@
+//! The LLVM door: every use of inkwell is in this folder. `compile` lowers a list of
+//! loop-IR kernels into one LLVM module (plus the kernel table the runtime looks up),
+//! runs the `-O` pipeline (`default<On>`) for the chosen target machine (the host CPU
+//! and its features by default, or a named CPU such as `x86-64-v3`), and emits what
+//! was asked: LLVM IR text before and after optimisation, assembly, an object file.
+
+mod intrinsics;
+mod lower;
+
+use inkwell::context::Context;
+use inkwell::module::Linkage;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
+};
+use inkwell::values::BasicValue;
+use inkwell::OptimizationLevel;
+use intrinsics::Intrinsics;
+use llmc_kernels::Kernel;
+use llmc_runtime::abi::KERNEL_TABLE_SYMBOL;
+
+/// A code generation error.
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    /// A kernel uses something this backend cannot emit.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// LLVM refused something (a bug in the lowering, reported rather than hidden).
+    #[error("LLVM: {0}")]
+    Llvm(String),
+    /// The target or CPU is unknown.
+    #[error("target: {0}")]
+    Target(String),
+}
+
+/// Options of the CPU code generator.
+#[derive(Clone, Debug)]
+pub struct CpuOptions {
+    /// 0..=3, as `-O`.
+    pub opt_level: u8,
+    /// `native` (the host CPU and its features) or an LLVM CPU name (`x86-64-v3`).
+    pub cpu: String,
+    /// Extra target features (`+avx2,-fma`); with `native` they are added to the
+    /// host's.
+    pub features: String,
+    /// Target triple; the host's when `None`.
+    pub triple: Option<String>,
+}
+
+impl Default for CpuOptions {
+    fn default() -> CpuOptions {
+        CpuOptions {
+            opt_level: 2,
+            cpu: "native".into(),
+            features: String::new(),
+            triple: None,
+        }
+    }
+}
+
+/// What `compile` can produce.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Want {
+    /// LLVM IR text before and after optimisation.
+    pub llvm_ir: bool,
+    /// Assembly text.
+    pub asm: bool,
+    /// An object file.
+    pub object: bool,
+}
+
+/// What `compile` produced.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    /// LLVM IR before the pass pipeline (when asked).
+    pub preopt_ll: Option<String>,
+    /// LLVM IR after it (when asked).
+    pub postopt_ll: Option<String>,
+    /// Assembly (when asked).
+    pub asm: Option<String>,
+    /// The object file (when asked).
+    pub object: Option<Vec<u8>>,
+    /// The target machine's description, for `info`.
+    pub target: String,
+}
+
+fn target_machine(opts: &CpuOptions) -> Result<TargetMachine, CodegenError> {
+    Target::initialize_all(&InitializationConfig::default());
+    let triple = match &opts.triple {
+        Some(t) => TargetTriple::create(t),
+        None => TargetMachine::get_default_triple(),
+    };
+    let target = Target::from_triple(&triple)
+        .map_err(|e| CodegenError::Target(format!("{}: {e}", triple.as_str().to_string_lossy())))?;
+    let (cpu, mut features) = if opts.cpu == "native" {
+        (
+            TargetMachine::get_host_cpu_name().to_string(),
+            TargetMachine::get_host_cpu_features().to_string(),
+        )
+    } else {
+        (opts.cpu.clone(), String::new())
+    };
+    if !opts.features.is_empty() {
+        if !features.is_empty() {
+            features.push(',');
+        }
+        features.push_str(&opts.features);
+    }
+    let level = match opts.opt_level {
+        0 => OptimizationLevel::None,
+        1 => OptimizationLevel::Less,
+        2 => OptimizationLevel::Default,
+        _ => OptimizationLevel::Aggressive,
+    };
+    let tm = target
+        .create_target_machine(
+            &triple,
+            &cpu,
+            &features,
+            level,
+            RelocMode::PIC,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| {
+            CodegenError::Target(format!("cannot create a target machine for CPU `{cpu}`"))
+        })?;
+    // LLVM accepts unknown CPU names with a warning on stderr; check the name.
+    if opts.cpu != "native" && !cpu_known(&tm, &cpu) {
+        return Err(CodegenError::Target(format!(
+            "unknown CPU `{cpu}` for {}",
+            triple.as_str().to_string_lossy()
+        )));
+    }
+    Ok(tm)
+}
+
+/// True when `cpu` is a CPU the target knows (x86 and aarch64 names checked against a
+/// list of common ones; other targets are trusted).
+fn cpu_known(tm: &TargetMachine, cpu: &str) -> bool {
+    let triple = tm.get_triple().as_str().to_string_lossy().to_string();
+    if triple.starts_with("x86_64") || triple.starts_with("i686") {
+        const X86: &[&str] = &[
+            "x86-64",
+            "x86-64-v2",
+            "x86-64-v3",
+            "x86-64-v4",
+            "generic",
+            "core2",
+            "nehalem",
+            "westmere",
+            "sandybridge",
+            "ivybridge",
+            "haswell",
+            "broadwell",
+            "skylake",
+            "skylake-avx512",
+            "cascadelake",
+            "cooperlake",
+            "icelake-client",
+            "icelake-server",
+            "tigerlake",
+            "alderlake",
+            "sapphirerapids",
+            "raptorlake",
+            "meteorlake",
+            "graniterapids",
+            "znver1",
+            "znver2",
+            "znver3",
+            "znver4",
+            "znver5",
+        ];
+        return X86.contains(&cpu);
+    }
+    true
+}
+
+/// The host's triple, CPU and features, for messages.
+pub fn host_description() -> String {
+    Target::initialize_native(&InitializationConfig::default()).ok();
+    format!(
+        "{} {}",
+        TargetMachine::get_default_triple()
+            .as_str()
+            .to_string_lossy(),
+        TargetMachine::get_host_cpu_name()
+    )
+}
+
+/// Lowers `kernels` into one module named `name`, optimises it, emits what is wanted.
+/// The module exports `llmc_kernel_table` listing the kernels in order.
+pub fn compile(
+    name: &str,
+    kernels: &[Kernel],
+    opts: &CpuOptions,
+    want: Want,
+) -> Result<Compiled, CodegenError> {
+    let tm = target_machine(opts)?;
+    let cx = Context::create();
+    let module = cx.create_module(name);
+    module.set_triple(&tm.get_triple());
+    module.set_data_layout(&tm.get_target_data().get_data_layout());
+    let it = Intrinsics::new(&cx);
+    let mut entries = Vec::new();
+    for (i, k) in kernels.iter().enumerate() {
+        let base = format!("llmc_k{i}_{}", k.name);
+        let f = lower::Lowering::new(&it, &module, k, base).lower()?;
+        entries.push((k.name.clone(), f));
+    }
+    // The table: { i64 count, ptr entries }, entries = [{ ptr name, ptr fn }].
+    let entry_ty = cx.struct_type(&[it.ptr.into(), it.ptr.into()], false);
+    let mut vals = Vec::new();
+    for (i, (kname, f)) in entries.iter().enumerate() {
+        let s = cx.const_string(kname.as_bytes(), true);
+        let g = module.add_global(s.get_type(), None, &format!("llmc.kname.{i}"));
+        g.set_initializer(&s);
+        g.set_constant(true);
+        g.set_linkage(Linkage::Private);
+        vals.push(entry_ty.const_named_struct(&[
+            g.as_pointer_value().into(),
+            f.as_global_value().as_pointer_value().into(),
+        ]));
+    }
+    let arr = entry_ty.const_array(&vals);
+    let g_entries = module.add_global(arr.get_type(), None, "llmc.kernel_entries");
+    g_entries.set_initializer(&arr);
+    g_entries.set_constant(true);
+    g_entries.set_linkage(Linkage::Private);
+    let table_ty = cx.struct_type(&[it.i64.into(), it.ptr.into()], false);
+    let table = table_ty.const_named_struct(&[
+        it.i64
+            .const_int(kernels.len() as u64, false)
+            .as_basic_value_enum(),
+        g_entries.as_pointer_value().into(),
+    ]);
+    let g_table = module.add_global(table_ty, None, KERNEL_TABLE_SYMBOL);
+    g_table.set_initializer(&table);
+    g_table.set_constant(true);
+    g_table.set_linkage(Linkage::External);
+    module
+        .verify()
+        .map_err(|e| CodegenError::Llvm(format!("the lowered module does not verify: {e}")))?;
+    let mut out = Compiled {
+        target: format!(
+            "{} cpu={} features={}",
+            tm.get_triple().as_str().to_string_lossy(),
+            tm.get_cpu(),
+            tm.get_feature_string().to_string_lossy()
+        ),
+        ..Compiled::default()
+    };
+    if want.llvm_ir {
+        out.preopt_ll = Some(module.print_to_string().to_string());
+    }
+    let level = opts.opt_level.min(3);
+    module
+        .run_passes(
+            &format!("default<O{level}>"),
+            &tm,
+            PassBuilderOptions::create(),
+        )
+        .map_err(|e| CodegenError::Llvm(format!("the pass pipeline failed: {e}")))?;
+    if want.llvm_ir {
+        out.postopt_ll = Some(module.print_to_string().to_string());
+    }
+    if want.asm {
+        let b = tm
+            .write_to_memory_buffer(&module, FileType::Assembly)
+            .map_err(|e| CodegenError::Llvm(e.to_string()))?;
+        out.asm = Some(String::from_utf8_lossy(b.as_slice()).into_owned());
+    }
+    if want.object {
+        let b = tm
+            .write_to_memory_buffer(&module, FileType::Object)
+            .map_err(|e| CodegenError::Llvm(e.to_string()))?;
+        out.object = Some(b.as_slice().to_vec());
+    }
+    Ok(out)
+}

@@ -1,0 +1,387 @@
+//! From a module to what the executable runs: a kernel per distinct lowered node
+//! (identical kernels — the same op on the same shapes in every layer — are emitted
+//! once), the plan the runtime walks (buffers, steps, frees), and the data section
+//! (weights and constants, 64-byte aligned, borrowed from the module where possible).
+
+use crate::BuildError;
+use llmc_ir::{DType, Dim, Module, TensorType, ValueDef, ValueId};
+use llmc_kernels::{Kernel, Lowered};
+use llmc_runtime::abi::ABI_VERSION;
+use llmc_runtime::plan::{BufferDecl, ElemType, IoDecl, Plan, Poly, Source, Step, StepKind};
+use std::collections::HashMap;
+
+/// A piece of the data section.
+pub enum Piece<'m> {
+    /// Bytes borrowed from the module's weights.
+    Borrowed(&'m [u8]),
+    /// Bytes made here (constants, padding).
+    Owned(Vec<u8>),
+}
+
+impl Piece<'_> {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Borrowed(b) => b,
+            Piece::Owned(v) => v,
+        }
+    }
+}
+
+/// A module lowered for the CPU: kernels, plan, data.
+pub struct Planned<'m> {
+    /// Distinct kernels, in table order.
+    pub kernels: Vec<Kernel>,
+    /// The plan.
+    pub plan: Plan,
+    /// The data section, in order.
+    pub data: Vec<Piece<'m>>,
+}
+
+impl Planned<'_> {
+    /// Total data bytes.
+    pub fn data_len(&self) -> usize {
+        self.data.iter().map(|p| p.bytes().len()).sum()
+    }
+}
+
+/// The runtime's element type of an IR dtype.
+pub fn elem_type(d: DType) -> ElemType {
+    match d {
+        DType::F32 => ElemType::F32,
+        DType::F16 => ElemType::F16,
+        DType::BF16 => ElemType::Bf16,
+        DType::F64 => ElemType::F64,
+        DType::I64 => ElemType::I64,
+        DType::I32 => ElemType::I32,
+        DType::I16 => ElemType::I16,
+        DType::I8 => ElemType::I8,
+        DType::U8 => ElemType::U8,
+        DType::Bool => ElemType::Bool,
+        q => ElemType::Block {
+            block_len: q.block_len() as u32,
+            block_bytes: q.block_bytes() as u32,
+        },
+    }
+}
+
+struct Builder<'m> {
+    m: &'m Module,
+    symbols: Vec<String>,
+    buffers: Vec<BufferDecl>,
+    data: Vec<Piece<'m>>,
+    data_len: u64,
+}
+
+impl<'m> Builder<'m> {
+    fn sym(&mut self, s: &str) -> u32 {
+        match self.symbols.iter().position(|x| x == s) {
+            Some(i) => i as u32,
+            None => {
+                self.symbols.push(s.to_string());
+                (self.symbols.len() - 1) as u32
+            }
+        }
+    }
+
+    fn poly(&mut self, d: &Dim) -> Poly {
+        let terms: Vec<(i64, Vec<String>)> = d.terms().map(|(m, c)| (c, m.clone())).collect();
+        Poly(
+            terms
+                .into_iter()
+                .map(|(c, m)| (c, m.iter().map(|s| self.sym(s)).collect()))
+                .collect(),
+        )
+    }
+
+    fn shape(&mut self, t: &TensorType) -> Vec<Poly> {
+        t.shape.0.iter().map(|d| self.poly(d)).collect()
+    }
+
+    fn add_data(&mut self, piece: Piece<'m>) -> (u64, u64) {
+        let pad = (64 - self.data_len % 64) % 64;
+        if pad > 0 {
+            self.data.push(Piece::Owned(vec![0; pad as usize]));
+            self.data_len += pad;
+        }
+        let off = self.data_len;
+        let len = piece.bytes().len() as u64;
+        self.data.push(piece);
+        self.data_len += len;
+        (off, len)
+    }
+
+    fn buffer(&mut self, name: String, t: &TensorType, source: Source) -> u32 {
+        let shape = self.shape(t);
+        self.buffers.push(BufferDecl {
+            name,
+            dtype: elem_type(t.dtype),
+            shape,
+            source,
+        });
+        (self.buffers.len() - 1) as u32
+    }
+}
+
+/// Every value's unique printed name without its sigil or quotes (`ids`,
+/// `onnx::MatMul_0`), indexed by value id: the names the plan and `.npy` files use.
+pub fn plain_names(m: &Module) -> Vec<String> {
+    llmc_ir::text::value_names(m)
+        .into_iter()
+        .map(|n| {
+            let n = n.trim_start_matches(['%', '@']);
+            match n.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+                Some(q) => q.replace("\\\"", "\"").replace("\\\\", "\\"),
+                None => n.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Lowers every node of `m` and lays out the plan and data section.
+pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
+    let g = &m.graph;
+    let names = plain_names(m);
+    let vname = |v: ValueId| {
+        names
+            .get(v.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| g.value(v).name.clone())
+    };
+    let mut b = Builder {
+        m,
+        symbols: Vec::new(),
+        buffers: Vec::new(),
+        data: Vec::new(),
+        data_len: 0,
+    };
+    // `past` is bound from the KV cache; list input symbols first for readability.
+    let mut buf_of: HashMap<ValueId, u32> = HashMap::new();
+    let mut inputs = Vec::new();
+    for (i, &v) in g.inputs.iter().enumerate() {
+        let ty = g.ty(v).clone();
+        if ty.dtype.is_quantized() {
+            return Err(BuildError::Input {
+                name: vname(v),
+                msg: format!("graph inputs cannot be block-quantized ({})", ty.dtype),
+            });
+        }
+        let id = b.buffer(vname(v), &ty, Source::Input(i as u32));
+        buf_of.insert(v, id);
+        let shape = b.shape(&ty);
+        inputs.push(IoDecl {
+            name: vname(v),
+            buffer: id,
+            dtype: elem_type(ty.dtype),
+            shape,
+        });
+    }
+    // Weights that something reads (or that are outputs).
+    let used = |v: ValueId| g.nodes.iter().any(|n| n.inputs.contains(&v)) || g.outputs.contains(&v);
+    for (i, val) in g.values.iter().enumerate() {
+        let v = ValueId(i as u32);
+        if let ValueDef::Weight(w) = val.def {
+            if !used(v) {
+                continue;
+            }
+            let wt = b.m.weight(w);
+            let bytes = wt.data.bytes().ok_or_else(|| BuildError::Weight {
+                name: wt.name.clone(),
+                msg: "has no data attached (a module read from text has none)".into(),
+            })?;
+            let numel = wt
+                .shape
+                .as_consts()
+                .map(|d| d.iter().product::<i64>())
+                .ok_or_else(|| BuildError::Weight {
+                    name: wt.name.clone(),
+                    msg: "has a symbolic shape".into(),
+                })?;
+            let need = wt.dtype.storage_bytes(numel.max(0) as u64);
+            if need != Some(bytes.len() as u64) {
+                return Err(BuildError::Weight {
+                    name: wt.name.clone(),
+                    msg: format!(
+                        "has {} bytes, {}{} needs {:?}",
+                        bytes.len(),
+                        wt.dtype,
+                        wt.shape,
+                        need
+                    ),
+                });
+            }
+            let (offset, len) = b.add_data(Piece::Borrowed(bytes));
+            let ty = TensorType::new(wt.dtype, wt.shape.clone());
+            let id = b.buffer(format!("@{}", wt.name), &ty, Source::Data { offset, len });
+            buf_of.insert(v, id);
+        }
+    }
+    let mut kernels: Vec<Kernel> = Vec::new();
+    let mut kernel_ids: HashMap<String, u32> = HashMap::new();
+    let mut steps: Vec<Step> = Vec::new();
+    for node in &g.nodes {
+        let first = node
+            .outputs
+            .first()
+            .map(|&o| format!("%{}", vname(o)))
+            .unwrap_or_else(|| "(no result)".into());
+        let in_tys: Vec<&TensorType> = node.inputs.iter().map(|&v| g.ty(v)).collect();
+        let out_tys: Vec<&TensorType> = node.outputs.iter().map(|&v| g.ty(v)).collect();
+        let lowered =
+            llmc_kernels::lower(node, &in_tys, &out_tys, node.op.name()).map_err(|e| {
+                BuildError::Node {
+                    node: first.clone(),
+                    op: node.op.name().into(),
+                    msg: e.msg,
+                }
+            })?;
+        let operand = |k: usize| -> Result<u32, BuildError> {
+            node.inputs
+                .get(k)
+                .and_then(|v| buf_of.get(v).copied())
+                .ok_or_else(|| BuildError::Node {
+                    node: first.clone(),
+                    op: node.op.name().into(),
+                    msg: format!("operand {k} has no buffer"),
+                })
+        };
+        match lowered {
+            Lowered::Alias => {
+                let src = operand(0)?;
+                if let Some(&o) = node.outputs.first() {
+                    buf_of.insert(o, src);
+                }
+            }
+            Lowered::Constant(t) => {
+                let bytes = llmc_kernels::interp::tensor_bytes(&t);
+                let (offset, len) = b.add_data(Piece::Owned(bytes));
+                if let Some(&o) = node.outputs.first() {
+                    let id = b.buffer(vname(o), g.ty(o), Source::Data { offset, len });
+                    buf_of.insert(o, id);
+                }
+            }
+            Lowered::KvAppend { layer } => {
+                let (k, v) = (operand(0)?, operand(1)?);
+                let outs: Vec<u32> = node
+                    .outputs
+                    .iter()
+                    .map(|&o| {
+                        let id = b.buffer(vname(o), g.ty(o), Source::Temp);
+                        buf_of.insert(o, id);
+                        id
+                    })
+                    .collect();
+                let [out_k, out_v] = outs[..] else {
+                    return Err(BuildError::Node {
+                        node: first,
+                        op: node.op.name().into(),
+                        msg: "kv_append must have two results".into(),
+                    });
+                };
+                steps.push(Step {
+                    node: first,
+                    kind: StepKind::KvAppend {
+                        layer,
+                        k,
+                        v,
+                        out_k,
+                        out_v,
+                    },
+                    free: Vec::new(),
+                });
+            }
+            Lowered::Kernel(mut k) => {
+                let mut bufs = Vec::new();
+                for i in 0..node.inputs.len() {
+                    bufs.push(operand(i)?);
+                }
+                for &o in &node.outputs {
+                    let id = b.buffer(vname(o), g.ty(o), Source::Temp);
+                    buf_of.insert(o, id);
+                    bufs.push(id);
+                }
+                let dims: Vec<Poly> = k
+                    .dims
+                    .clone()
+                    .iter()
+                    .map(|s| b.poly(&Dim::sym(s)))
+                    .collect();
+                // Identical kernels (same body, same parameters) are emitted once.
+                let key = k.to_string();
+                let idx = match kernel_ids.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        let i = kernels.len() as u32;
+                        k.name = format!("{}_{i}", k.name);
+                        kernels.push(k);
+                        kernel_ids.insert(key, i);
+                        i
+                    }
+                };
+                steps.push(Step {
+                    node: first,
+                    kind: StepKind::Kernel {
+                        kernel: idx,
+                        bufs,
+                        dims,
+                    },
+                    free: Vec::new(),
+                });
+            }
+        }
+    }
+    let mut outputs = Vec::new();
+    for &v in &g.outputs {
+        let id = *buf_of.get(&v).ok_or_else(|| BuildError::Input {
+            name: vname(v),
+            msg: "graph output has no buffer".into(),
+        })?;
+        let ty = g.ty(v).clone();
+        let shape = b.shape(&ty);
+        outputs.push(IoDecl {
+            name: vname(v),
+            buffer: id,
+            dtype: elem_type(ty.dtype.compute_type()),
+            shape,
+        });
+    }
+    // Free each temporary after the last step that touches it (outputs are kept).
+    let mut last: HashMap<u32, usize> = HashMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        let ids: Vec<u32> = match &s.kind {
+            StepKind::Kernel { bufs, .. } => bufs.clone(),
+            StepKind::KvAppend {
+                k, v, out_k, out_v, ..
+            } => vec![*k, *v, *out_k, *out_v],
+        };
+        for id in ids {
+            last.insert(id, i);
+        }
+    }
+    for (id, i) in last {
+        let d = &b.buffers[id as usize];
+        let is_out = outputs.iter().any(|o| o.buffer == id);
+        if d.source == Source::Temp && !is_out {
+            steps[i].free.push(id);
+        }
+    }
+    for s in &mut steps {
+        s.free.sort();
+    }
+    let plan = Plan {
+        abi_version: ABI_VERSION,
+        name: m.name.clone(),
+        symbols: b.symbols.clone(),
+        kernels: kernels.iter().map(|k| k.name.clone()).collect(),
+        buffers: b.buffers,
+        inputs,
+        outputs,
+        steps,
+        info: Vec::new(),
+    };
+    Ok(Planned {
+        kernels,
+        plan,
+        data: b.data,
+    })
+}

@@ -1,0 +1,1104 @@
+//! The loop IR: the target-neutral form every kernel template produces and every
+//! backend consumes. A kernel is a function over buffers (typed, with a role) and i64
+//! dims (the values of the graph's symbolic dims); its body is structured statements
+//! (loops tagged with how a target should run them, lets, stores, ifs, local arrays)
+//! over side-effect-free expressions. Constant dims are folded into the expressions
+//! when a template builds them, so a kernel is specialised to the static parts of its
+//! shapes (the AOT compiler's advantage) and generic over the symbolic ones.
+
+use std::fmt;
+
+/// A scalar type of the loop IR: the element types of buffers and the types of
+/// expressions. Block-quantized weights are `U8` buffers read with [`Expr::LoadRaw`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ty {
+    /// Boolean (a byte in memory, 0 or 1).
+    Bool,
+    /// Signed 8-bit integer.
+    I8,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// Signed 16-bit integer.
+    I16,
+    /// Signed 32-bit integer.
+    I32,
+    /// Signed 64-bit integer (also every index and dim).
+    I64,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// IEEE single.
+    F32,
+    /// IEEE double.
+    F64,
+}
+
+impl Ty {
+    /// Bytes per element in memory.
+    pub fn bytes(self) -> usize {
+        match self {
+            Ty::Bool | Ty::I8 | Ty::U8 => 1,
+            Ty::I16 | Ty::F16 | Ty::BF16 => 2,
+            Ty::I32 | Ty::F32 => 4,
+            Ty::I64 | Ty::F64 => 8,
+        }
+    }
+
+    /// True for the float types.
+    pub fn is_float(self) -> bool {
+        matches!(self, Ty::F16 | Ty::BF16 | Ty::F32 | Ty::F64)
+    }
+
+    /// True for the integer types (not bool).
+    pub fn is_int(self) -> bool {
+        matches!(self, Ty::I8 | Ty::U8 | Ty::I16 | Ty::I32 | Ty::I64)
+    }
+
+    /// The type arithmetic on this type is done in: f16/bf16 compute in f32 (a kernel
+    /// converts on load and store, so one op rounds once, as the reference does).
+    pub fn compute(self) -> Ty {
+        match self {
+            Ty::F16 | Ty::BF16 => Ty::F32,
+            t => t,
+        }
+    }
+
+    /// The loop-IR type of a plain (non-block) IR dtype.
+    pub fn of(d: llmc_ir::DType) -> Option<Ty> {
+        use llmc_ir::DType as D;
+        Some(match d {
+            D::F32 => Ty::F32,
+            D::F16 => Ty::F16,
+            D::BF16 => Ty::BF16,
+            D::F64 => Ty::F64,
+            D::I64 => Ty::I64,
+            D::I32 => Ty::I32,
+            D::I16 => Ty::I16,
+            D::I8 => Ty::I8,
+            D::U8 => Ty::U8,
+            D::Bool => Ty::Bool,
+            _ => return None,
+        })
+    }
+
+    /// The name used by the printer (the IR's dtype names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Ty::Bool => "bool",
+            Ty::I8 => "i8",
+            Ty::U8 => "u8",
+            Ty::I16 => "i16",
+            Ty::I32 => "i32",
+            Ty::I64 => "i64",
+            Ty::F16 => "f16",
+            Ty::BF16 => "bf16",
+            Ty::F32 => "f32",
+            Ty::F64 => "f64",
+        }
+    }
+}
+
+impl fmt::Display for Ty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A buffer of a kernel: a parameter (`In`/`Out`, passed by the caller in declaration
+/// order) or a local array (`Local`, declared by an [`Stmt::Alloc`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(pub u32);
+
+/// A scalar variable (loop index, let, accumulator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VarId(pub u32);
+
+/// What a kernel does with a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Read only.
+    In,
+    /// Written (and possibly read back).
+    Out,
+    /// A local array (per thread on CPU); not a parameter.
+    Local,
+    /// A GPU block's shared array; not a parameter.
+    Shared,
+}
+
+/// A buffer declaration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buf {
+    /// Name (for printing and messages).
+    pub name: String,
+    /// Element type.
+    pub ty: Ty,
+    /// Role.
+    pub role: Role,
+}
+
+/// A variable declaration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VarDecl {
+    /// Name (for printing).
+    pub name: String,
+    /// Type.
+    pub ty: Ty,
+}
+
+/// How a target should run a loop. Every tag means the same iterations; the tag says
+/// which may run concurrently or in lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopTag {
+    /// In order.
+    Serial,
+    /// Iterations are independent: split across CPU threads.
+    Parallel,
+    /// Iterations are independent and the body is straight-line math: run in SIMD lanes
+    /// of this width (float reductions in the body may be reassociated).
+    Vectorize(u32),
+    /// Unroll by this factor.
+    Unroll(u32),
+    /// A CUDA grid axis (0 = x, 1 = y, 2 = z).
+    GpuGrid(u8),
+    /// A CUDA block axis.
+    GpuBlock(u8),
+    /// The lanes of a warp.
+    GpuWarp,
+}
+
+/// Unary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnOp {
+    /// Arithmetic negation (wrapping on integers).
+    Neg,
+    /// Absolute value (wrapping on integers).
+    Abs,
+    /// e^x.
+    Exp,
+    /// Natural log.
+    Log,
+    /// Square root.
+    Sqrt,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Error function.
+    Erf,
+    /// Sine.
+    Sin,
+    /// Cosine.
+    Cos,
+    /// Round toward -inf.
+    Floor,
+    /// Round toward +inf.
+    Ceil,
+    /// Round half to even.
+    Round,
+    /// Logical not (bool) or bitwise not (integers).
+    Not,
+    /// True when the float is NaN (bool result).
+    IsNan,
+}
+
+/// Binary operations. Both operands have one type; comparisons give bool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    /// +, wrapping on integers.
+    Add,
+    /// -, wrapping on integers.
+    Sub,
+    /// *, wrapping on integers.
+    Mul,
+    /// /; integers truncate toward zero, x / 0 = 0, MIN / -1 = MIN.
+    Div,
+    /// Remainder with the sign of the dividend; x % 0 = 0.
+    Rem,
+    /// x^y (integers: negative exponents truncate 1/x^|y|, 0^negative = 0).
+    Pow,
+    /// Maximum (floats: a NaN operand is ignored, as IEEE maxNum).
+    Max,
+    /// Minimum (floats: a NaN operand is ignored).
+    Min,
+    /// ==.
+    Eq,
+    /// !=.
+    Ne,
+    /// <.
+    Lt,
+    /// <=.
+    Le,
+    /// >.
+    Gt,
+    /// >=.
+    Ge,
+    /// Logical/bitwise and.
+    And,
+    /// Logical/bitwise or.
+    Or,
+    /// Logical/bitwise xor.
+    Xor,
+    /// Shift left (integers).
+    Shl,
+    /// Shift right: logical for u8, arithmetic for signed types.
+    Shr,
+}
+
+impl BinOp {
+    /// True for the comparisons (bool result).
+    pub fn is_compare(self) -> bool {
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BinOp::Add => "add",
+            BinOp::Sub => "sub",
+            BinOp::Mul => "mul",
+            BinOp::Div => "div",
+            BinOp::Rem => "rem",
+            BinOp::Pow => "pow",
+            BinOp::Max => "max",
+            BinOp::Min => "min",
+            BinOp::Eq => "eq",
+            BinOp::Ne => "ne",
+            BinOp::Lt => "lt",
+            BinOp::Le => "le",
+            BinOp::Gt => "gt",
+            BinOp::Ge => "ge",
+            BinOp::And => "and",
+            BinOp::Or => "or",
+            BinOp::Xor => "xor",
+            BinOp::Shl => "shl",
+            BinOp::Shr => "shr",
+        }
+    }
+}
+
+impl UnOp {
+    fn name(self) -> &'static str {
+        match self {
+            UnOp::Neg => "neg",
+            UnOp::Abs => "abs",
+            UnOp::Exp => "exp",
+            UnOp::Log => "log",
+            UnOp::Sqrt => "sqrt",
+            UnOp::Tanh => "tanh",
+            UnOp::Erf => "erf",
+            UnOp::Sin => "sin",
+            UnOp::Cos => "cos",
+            UnOp::Floor => "floor",
+            UnOp::Ceil => "ceil",
+            UnOp::Round => "round",
+            UnOp::Not => "not",
+            UnOp::IsNan => "isnan",
+        }
+    }
+}
+
+/// An expression: side-effect free, typed by [`Kernel::ty_of`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// An integer or bool constant of the given type.
+    Int(i64, Ty),
+    /// A float constant of the given type.
+    Float(f64, Ty),
+    /// A variable.
+    Var(VarId),
+    /// Kernel dim parameter `i` (i64).
+    Dim(u32),
+    /// Element `index` of a buffer (of the buffer's type).
+    Load(BufId, Box<Expr>),
+    /// A value of type `ty` read at byte `offset` of a buffer, unaligned (packed blocks).
+    LoadRaw(BufId, Box<Expr>, Ty),
+    /// A unary operation.
+    Un(UnOp, Box<Expr>),
+    /// A binary operation.
+    Bin(BinOp, Box<Expr>, Box<Expr>),
+    /// `cond ? a : b` (both sides are evaluated; use [`Stmt::If`] to guard loads).
+    Select(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// Conversion. Float to integer truncates toward zero and saturates to i64 (NaN
+    /// gives 0), then wraps to the target width, as the reference's `as` casts do;
+    /// anything to bool is `!= 0`; bool is 0 or 1.
+    Cast(Ty, Box<Expr>),
+}
+
+/// A statement.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// `for var in lo..hi step step` (step > 0).
+    For {
+        /// The loop variable (i64).
+        var: VarId,
+        /// First value.
+        lo: Expr,
+        /// Bound (exclusive).
+        hi: Expr,
+        /// Increment, positive.
+        step: i64,
+        /// How to run it.
+        tag: LoopTag,
+        /// Body.
+        body: Vec<Stmt>,
+    },
+    /// Defines `var` (visible to the rest of the enclosing block).
+    Let {
+        /// The variable.
+        var: VarId,
+        /// Its value.
+        value: Expr,
+    },
+    /// Updates a variable defined by an enclosing `Let`.
+    Assign {
+        /// The variable.
+        var: VarId,
+        /// New value.
+        value: Expr,
+    },
+    /// `buf[index] = value`.
+    Store {
+        /// Destination.
+        buf: BufId,
+        /// Element index.
+        index: Expr,
+        /// Value (of the buffer's type).
+        value: Expr,
+    },
+    /// Conditional.
+    If {
+        /// Condition (bool).
+        cond: Expr,
+        /// Then branch.
+        then: Vec<Stmt>,
+        /// Else branch.
+        els: Vec<Stmt>,
+    },
+    /// Declares a local (or GPU shared) array of `len` elements, live until the end of
+    /// the enclosing block. Contents start undefined.
+    Alloc {
+        /// The array (a buffer with role `Local` or `Shared`).
+        buf: BufId,
+        /// Element count (a constant).
+        len: i64,
+    },
+    /// GPU block barrier.
+    Barrier,
+}
+
+/// A kernel: parameters and a body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// Symbol-safe name (`[A-Za-z0-9_]`).
+    pub name: String,
+    /// Buffers: parameters (`In`/`Out`) in call order, then locals.
+    pub bufs: Vec<Buf>,
+    /// Dim parameters (names of the graph symbols they carry), in call order.
+    pub dims: Vec<String>,
+    /// Variables.
+    pub vars: Vec<VarDecl>,
+    /// Body.
+    pub body: Vec<Stmt>,
+}
+
+impl Kernel {
+    /// The buffer record.
+    pub fn buf(&self, b: BufId) -> &Buf {
+        &self.bufs[b.0 as usize]
+    }
+
+    /// The variable record.
+    pub fn var(&self, v: VarId) -> &VarDecl {
+        &self.vars[v.0 as usize]
+    }
+
+    /// The parameter buffers (those the caller passes), in call order.
+    pub fn params(&self) -> impl Iterator<Item = (BufId, &Buf)> {
+        self.bufs
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| matches!(b.role, Role::In | Role::Out))
+            .map(|(i, b)| (BufId(i as u32), b))
+    }
+
+    /// The position of a parameter buffer in the call's buffer array.
+    pub fn param_index(&self, b: BufId) -> Option<usize> {
+        self.params().position(|(id, _)| id == b)
+    }
+
+    /// The type of an expression, or what is ill-typed.
+    pub fn ty_of(&self, e: &Expr) -> Result<Ty, String> {
+        Ok(match e {
+            Expr::Int(_, t) | Expr::Float(_, t) => *t,
+            Expr::Var(v) => {
+                self.vars
+                    .get(v.0 as usize)
+                    .ok_or_else(|| format!("unknown variable v{}", v.0))?
+                    .ty
+            }
+            Expr::Dim(i) => {
+                if *i as usize >= self.dims.len() {
+                    return Err(format!("dim parameter {i} is not declared"));
+                }
+                Ty::I64
+            }
+            Expr::Load(b, i) => {
+                self.index_ty(i)?;
+                self.bufs
+                    .get(b.0 as usize)
+                    .ok_or_else(|| format!("unknown buffer b{}", b.0))?
+                    .ty
+            }
+            Expr::LoadRaw(b, i, t) => {
+                self.index_ty(i)?;
+                if self.bufs.get(b.0 as usize).is_none() {
+                    return Err(format!("unknown buffer b{}", b.0));
+                }
+                *t
+            }
+            Expr::Un(op, x) => {
+                let t = self.ty_of(x)?;
+                match op {
+                    UnOp::Neg | UnOp::Abs => {
+                        if t == Ty::Bool {
+                            return Err(format!("{} of a bool", op.name()));
+                        }
+                        t
+                    }
+                    UnOp::Not => {
+                        if t.is_float() {
+                            return Err("not of a float".into());
+                        }
+                        t
+                    }
+                    UnOp::IsNan => {
+                        if !t.is_float() {
+                            return Err(format!("isnan of {t}"));
+                        }
+                        Ty::Bool
+                    }
+                    _ => {
+                        if !t.is_float() {
+                            return Err(format!("{} of {t} (a float op)", op.name()));
+                        }
+                        t
+                    }
+                }
+            }
+            Expr::Bin(op, a, b) => {
+                let (ta, tb) = (self.ty_of(a)?, self.ty_of(b)?);
+                if ta != tb {
+                    return Err(format!("{} of {ta} and {tb}", op.name()));
+                }
+                match op {
+                    _ if op.is_compare() => Ty::Bool,
+                    BinOp::And | BinOp::Or | BinOp::Xor | BinOp::Shl | BinOp::Shr
+                        if ta.is_float() =>
+                    {
+                        return Err(format!("{} of floats", op.name()))
+                    }
+                    BinOp::Rem | BinOp::Shl | BinOp::Shr if ta == Ty::Bool => {
+                        return Err(format!("{} of bools", op.name()))
+                    }
+                    BinOp::Add
+                    | BinOp::Sub
+                    | BinOp::Mul
+                    | BinOp::Div
+                    | BinOp::Pow
+                    | BinOp::Max
+                    | BinOp::Min
+                        if ta == Ty::Bool =>
+                    {
+                        return Err(format!("{} of bools", op.name()))
+                    }
+                    _ => ta,
+                }
+            }
+            Expr::Select(c, a, b) => {
+                let tc = self.ty_of(c)?;
+                if tc != Ty::Bool {
+                    return Err(format!("select condition is {tc}, not bool"));
+                }
+                let (ta, tb) = (self.ty_of(a)?, self.ty_of(b)?);
+                if ta != tb {
+                    return Err(format!("select of {ta} and {tb}"));
+                }
+                ta
+            }
+            Expr::Cast(t, x) => {
+                self.ty_of(x)?;
+                *t
+            }
+        })
+    }
+
+    fn index_ty(&self, i: &Expr) -> Result<(), String> {
+        match self.ty_of(i)? {
+            Ty::I64 => Ok(()),
+            t => Err(format!("an index must be i64, got {t}")),
+        }
+    }
+
+    /// Checks types, variable scoping (defined before use, assigned only when defined
+    /// by an enclosing `Let`), buffer roles and loop steps. Templates run this on what
+    /// they build, so a malformed kernel never reaches a backend.
+    pub fn check(&self) -> Result<(), String> {
+        let mut defined = vec![false; self.vars.len()];
+        let mut allocated = vec![false; self.bufs.len()];
+        self.check_block(&self.body, &mut defined, &mut allocated)
+            .map_err(|e| format!("kernel {}: {e}", self.name))
+    }
+
+    fn check_expr(&self, e: &Expr, defined: &[bool], allocated: &[bool]) -> Result<(), String> {
+        let mut err = None;
+        visit_expr(e, &mut |x| {
+            if err.is_some() {
+                return;
+            }
+            match x {
+                Expr::Var(v) if !defined.get(v.0 as usize).copied().unwrap_or(false) => {
+                    err = Some(format!(
+                        "variable {} used before its definition",
+                        self.vname(*v)
+                    ))
+                }
+                Expr::Load(b, _) | Expr::LoadRaw(b, _, _) => {
+                    if let Some(buf) = self.bufs.get(b.0 as usize) {
+                        let local = matches!(buf.role, Role::Local | Role::Shared);
+                        if local && !allocated[b.0 as usize] {
+                            err = Some(format!("local {} read outside its allocation", buf.name));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        self.ty_of(e).map(|_| ())
+    }
+
+    fn vname(&self, v: VarId) -> String {
+        self.vars
+            .get(v.0 as usize)
+            .map_or(format!("v{}", v.0), |d| format!("%{}", d.name))
+    }
+
+    fn check_block(
+        &self,
+        block: &[Stmt],
+        defined: &mut Vec<bool>,
+        allocated: &mut Vec<bool>,
+    ) -> Result<(), String> {
+        let saved_vars = defined.clone();
+        let saved_bufs = allocated.clone();
+        for s in block {
+            match s {
+                Stmt::For {
+                    var,
+                    lo,
+                    hi,
+                    step,
+                    body,
+                    ..
+                } => {
+                    self.check_expr(lo, defined, allocated)?;
+                    self.check_expr(hi, defined, allocated)?;
+                    for (what, e) in [("lower bound", lo), ("bound", hi)] {
+                        if self.ty_of(e)? != Ty::I64 {
+                            return Err(format!("loop {} is not i64", what));
+                        }
+                    }
+                    if *step <= 0 {
+                        return Err(format!("loop {} has step {step}", self.vname(*var)));
+                    }
+                    if self.var(*var).ty != Ty::I64 {
+                        return Err(format!("loop variable {} is not i64", self.vname(*var)));
+                    }
+                    if defined[var.0 as usize] {
+                        return Err(format!("loop variable {} redefined", self.vname(*var)));
+                    }
+                    defined[var.0 as usize] = true;
+                    self.check_block(body, defined, allocated)?;
+                    defined[var.0 as usize] = false;
+                }
+                Stmt::Let { var, value } => {
+                    self.check_expr(value, defined, allocated)?;
+                    let (t, vt) = (self.ty_of(value)?, self.var(*var).ty);
+                    if t != vt {
+                        return Err(format!(
+                            "let {}: {vt} bound to a {t} value",
+                            self.vname(*var)
+                        ));
+                    }
+                    if defined[var.0 as usize] {
+                        return Err(format!("variable {} defined twice", self.vname(*var)));
+                    }
+                    defined[var.0 as usize] = true;
+                }
+                Stmt::Assign { var, value } => {
+                    self.check_expr(value, defined, allocated)?;
+                    if !defined[var.0 as usize] {
+                        return Err(format!(
+                            "assignment to {} outside its definition",
+                            self.vname(*var)
+                        ));
+                    }
+                    let (t, vt) = (self.ty_of(value)?, self.var(*var).ty);
+                    if t != vt {
+                        return Err(format!("{} = a {t} value (it is {vt})", self.vname(*var)));
+                    }
+                }
+                Stmt::Store { buf, index, value } => {
+                    self.check_expr(index, defined, allocated)?;
+                    self.check_expr(value, defined, allocated)?;
+                    self.index_ty(index)?;
+                    let b = self
+                        .bufs
+                        .get(buf.0 as usize)
+                        .ok_or_else(|| format!("store to unknown buffer b{}", buf.0))?;
+                    match b.role {
+                        Role::In => return Err(format!("store to input buffer {}", b.name)),
+                        Role::Local | Role::Shared if !allocated[buf.0 as usize] => {
+                            return Err(format!("store to {} outside its allocation", b.name))
+                        }
+                        _ => {}
+                    }
+                    let t = self.ty_of(value)?;
+                    if t != b.ty {
+                        return Err(format!("store of a {t} value into {} ({})", b.name, b.ty));
+                    }
+                }
+                Stmt::If { cond, then, els } => {
+                    self.check_expr(cond, defined, allocated)?;
+                    if self.ty_of(cond)? != Ty::Bool {
+                        return Err("if condition is not bool".into());
+                    }
+                    self.check_block(then, defined, allocated)?;
+                    self.check_block(els, defined, allocated)?;
+                }
+                Stmt::Alloc { buf, len } => {
+                    let b = self
+                        .bufs
+                        .get(buf.0 as usize)
+                        .ok_or_else(|| format!("alloc of unknown buffer b{}", buf.0))?;
+                    if !matches!(b.role, Role::Local | Role::Shared) {
+                        return Err(format!("alloc of parameter buffer {}", b.name));
+                    }
+                    if *len < 0 {
+                        return Err(format!("alloc of {} with length {len}", b.name));
+                    }
+                    allocated[buf.0 as usize] = true;
+                }
+                Stmt::Barrier => {}
+            }
+        }
+        *defined = saved_vars;
+        *allocated = saved_bufs;
+        Ok(())
+    }
+}
+
+/// Calls `f` on every sub-expression of `e` (pre-order).
+pub fn visit_expr(e: &Expr, f: &mut impl FnMut(&Expr)) {
+    f(e);
+    match e {
+        Expr::Int(..) | Expr::Float(..) | Expr::Var(_) | Expr::Dim(_) => {}
+        Expr::Load(_, i) | Expr::LoadRaw(_, i, _) | Expr::Un(_, i) | Expr::Cast(_, i) => {
+            visit_expr(i, f)
+        }
+        Expr::Bin(_, a, b) => {
+            visit_expr(a, f);
+            visit_expr(b, f);
+        }
+        Expr::Select(c, a, b) => {
+            visit_expr(c, f);
+            visit_expr(a, f);
+            visit_expr(b, f);
+        }
+    }
+}
+
+/// Calls `f` on every expression appearing in the statements, recursively.
+pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
+    for s in body {
+        match s {
+            Stmt::For { lo, hi, body, .. } => {
+                visit_expr(lo, f);
+                visit_expr(hi, f);
+                visit_stmts_exprs(body, f);
+            }
+            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => visit_expr(value, f),
+            Stmt::Store { index, value, .. } => {
+                visit_expr(index, f);
+                visit_expr(value, f);
+            }
+            Stmt::If { cond, then, els } => {
+                visit_expr(cond, f);
+                visit_stmts_exprs(then, f);
+                visit_stmts_exprs(els, f);
+            }
+            Stmt::Alloc { .. } | Stmt::Barrier => {}
+        }
+    }
+}
+
+// ----- expression constructors with constant folding -----
+//
+// Templates compute indices from shapes whose dims are mostly constants; folding here
+// keeps the printed kernels readable and the LLVM input small.
+
+impl Expr {
+    /// An i64 constant.
+    pub fn i(v: i64) -> Expr {
+        Expr::Int(v, Ty::I64)
+    }
+
+    /// A float constant of type `t`.
+    pub fn f(v: f64, t: Ty) -> Expr {
+        Expr::Float(v, t)
+    }
+
+    /// A bool constant.
+    pub fn bool(v: bool) -> Expr {
+        Expr::Int(v as i64, Ty::Bool)
+    }
+
+    /// The value of an i64 constant.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Expr::Int(v, Ty::I64) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// `self op other`, folding i64 constants and identities.
+    pub fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+        if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+            let folded = match op {
+                BinOp::Add => x.checked_add(y),
+                BinOp::Sub => x.checked_sub(y),
+                BinOp::Mul => x.checked_mul(y),
+                BinOp::Div if y != 0 => x.checked_div(y),
+                BinOp::Rem if y != 0 => x.checked_rem(y),
+                BinOp::Max => Some(x.max(y)),
+                BinOp::Min => Some(x.min(y)),
+                _ => None,
+            };
+            if let Some(v) = folded {
+                return Expr::i(v);
+            }
+        }
+        match (op, a.as_i64(), b.as_i64()) {
+            (BinOp::Add, Some(0), _) => b,
+            (BinOp::Add | BinOp::Sub, _, Some(0)) => a,
+            (BinOp::Mul, Some(1), _) => b,
+            (BinOp::Mul | BinOp::Div, _, Some(1)) => a,
+            (BinOp::Mul, Some(0), _) | (BinOp::Mul, _, Some(0)) => Expr::i(0),
+            _ => Expr::Bin(op, Box::new(a), Box::new(b)),
+        }
+    }
+
+    /// Unary operation.
+    pub fn un(op: UnOp, a: Expr) -> Expr {
+        Expr::Un(op, Box::new(a))
+    }
+
+    /// `cond ? a : b`.
+    pub fn select(c: Expr, a: Expr, b: Expr) -> Expr {
+        match c {
+            Expr::Int(v, Ty::Bool) => {
+                if v != 0 {
+                    a
+                } else {
+                    b
+                }
+            }
+            c => Expr::Select(Box::new(c), Box::new(a), Box::new(b)),
+        }
+    }
+
+    /// Conversion to `t` (no-op when `self` is already a constant of `t`).
+    pub fn cast(self, t: Ty) -> Expr {
+        match self {
+            Expr::Int(v, s) if s == t => Expr::Int(v, s),
+            Expr::Float(v, s) if s == t => Expr::Float(v, s),
+            Expr::Int(v, Ty::I64) if t.is_float() => Expr::Float(v as f64, t),
+            e => Expr::Cast(t, Box::new(e)),
+        }
+    }
+
+    /// `buf[index]`.
+    pub fn load(buf: BufId, index: Expr) -> Expr {
+        Expr::Load(buf, Box::new(index))
+    }
+
+    /// Comparisons and min/max as methods, for readable templates.
+    pub fn lt(self, o: Expr) -> Expr {
+        Expr::bin(BinOp::Lt, self, o)
+    }
+    /// `self <= o`.
+    pub fn le(self, o: Expr) -> Expr {
+        Expr::bin(BinOp::Le, self, o)
+    }
+    /// `self > o`.
+    pub fn gt(self, o: Expr) -> Expr {
+        Expr::bin(BinOp::Gt, self, o)
+    }
+    /// `self >= o`.
+    pub fn ge(self, o: Expr) -> Expr {
+        Expr::bin(BinOp::Ge, self, o)
+    }
+    /// `self == o`.
+    pub fn eq_(self, o: Expr) -> Expr {
+        Expr::bin(BinOp::Eq, self, o)
+    }
+    /// `self != o`.
+    pub fn ne_(self, o: Expr) -> Expr {
+        Expr::bin(BinOp::Ne, self, o)
+    }
+    /// `max(self, o)`.
+    pub fn max(self, o: Expr) -> Expr {
+        Expr::bin(BinOp::Max, self, o)
+    }
+    /// `min(self, o)`.
+    pub fn min(self, o: Expr) -> Expr {
+        Expr::bin(BinOp::Min, self, o)
+    }
+    /// `self && o` (bools).
+    pub fn and(self, o: Expr) -> Expr {
+        match (&self, &o) {
+            (Expr::Int(1, Ty::Bool), _) => o,
+            (_, Expr::Int(1, Ty::Bool)) => self,
+            _ => Expr::bin(BinOp::And, self, o),
+        }
+    }
+    /// `self || o` (bools).
+    pub fn or(self, o: Expr) -> Expr {
+        match (&self, &o) {
+            (Expr::Int(0, Ty::Bool), _) => o,
+            (_, Expr::Int(0, Ty::Bool)) => self,
+            _ => Expr::bin(BinOp::Or, self, o),
+        }
+    }
+}
+
+macro_rules! arith_ops {
+    ($($tr:ident $m:ident $op:ident;)*) => {$(
+        impl std::ops::$tr for Expr {
+            type Output = Expr;
+            fn $m(self, o: Expr) -> Expr { Expr::bin(BinOp::$op, self, o) }
+        }
+        impl std::ops::$tr<i64> for Expr {
+            type Output = Expr;
+            fn $m(self, o: i64) -> Expr { Expr::bin(BinOp::$op, self, Expr::i(o)) }
+        }
+    )*};
+}
+
+arith_ops! {
+    Add add Add;
+    Sub sub Sub;
+    Mul mul Mul;
+    Div div Div;
+    Rem rem Rem;
+}
+
+// ----- printing -----
+
+impl Kernel {
+    fn fmt_expr(&self, e: &Expr, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match e {
+            Expr::Int(v, Ty::I64) => write!(f, "{v}"),
+            Expr::Int(v, Ty::Bool) => write!(f, "{}", *v != 0),
+            Expr::Int(v, t) => write!(f, "{v}:{t}"),
+            Expr::Float(v, t) => write!(f, "{v:?}:{t}"),
+            Expr::Var(v) => write!(f, "{}", self.vname(*v)),
+            Expr::Dim(i) => match self.dims.get(*i as usize) {
+                Some(n) => write!(f, "${n}"),
+                None => write!(f, "$?{i}"),
+            },
+            Expr::Load(b, i) => {
+                write!(f, "{}[", self.bname(*b))?;
+                self.fmt_expr(i, f)?;
+                f.write_str("]")
+            }
+            Expr::LoadRaw(b, i, t) => {
+                write!(f, "load.{t} {}[byte ", self.bname(*b))?;
+                self.fmt_expr(i, f)?;
+                f.write_str("]")
+            }
+            Expr::Un(op, x) => {
+                write!(f, "{}(", op.name())?;
+                self.fmt_expr(x, f)?;
+                f.write_str(")")
+            }
+            Expr::Bin(op, a, b) => {
+                let sym = match op {
+                    BinOp::Add => Some("+"),
+                    BinOp::Sub => Some("-"),
+                    BinOp::Mul => Some("*"),
+                    BinOp::Div => Some("/"),
+                    BinOp::Rem => Some("%"),
+                    BinOp::Eq => Some("=="),
+                    BinOp::Ne => Some("!="),
+                    BinOp::Lt => Some("<"),
+                    BinOp::Le => Some("<="),
+                    BinOp::Gt => Some(">"),
+                    BinOp::Ge => Some(">="),
+                    BinOp::And => Some("&&"),
+                    BinOp::Or => Some("||"),
+                    BinOp::Xor => Some("^"),
+                    BinOp::Shl => Some("<<"),
+                    BinOp::Shr => Some(">>"),
+                    _ => None,
+                };
+                match sym {
+                    Some(s) => {
+                        f.write_str("(")?;
+                        self.fmt_expr(a, f)?;
+                        write!(f, " {s} ")?;
+                        self.fmt_expr(b, f)?;
+                        f.write_str(")")
+                    }
+                    None => {
+                        write!(f, "{}(", op.name())?;
+                        self.fmt_expr(a, f)?;
+                        f.write_str(", ")?;
+                        self.fmt_expr(b, f)?;
+                        f.write_str(")")
+                    }
+                }
+            }
+            Expr::Select(c, a, b) => {
+                f.write_str("select(")?;
+                self.fmt_expr(c, f)?;
+                f.write_str(", ")?;
+                self.fmt_expr(a, f)?;
+                f.write_str(", ")?;
+                self.fmt_expr(b, f)?;
+                f.write_str(")")
+            }
+            Expr::Cast(t, x) => {
+                write!(f, "{t}(")?;
+                self.fmt_expr(x, f)?;
+                f.write_str(")")
+            }
+        }
+    }
+
+    fn bname(&self, b: BufId) -> String {
+        self.bufs
+            .get(b.0 as usize)
+            .map_or(format!("b{}", b.0), |x| format!("%{}", x.name))
+    }
+
+    fn fmt_block(&self, block: &[Stmt], depth: usize, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pad = "  ".repeat(depth);
+        for s in block {
+            match s {
+                Stmt::For {
+                    var,
+                    lo,
+                    hi,
+                    step,
+                    tag,
+                    body,
+                } => {
+                    let t = match tag {
+                        LoopTag::Serial => "for".to_string(),
+                        LoopTag::Parallel => "parallel for".to_string(),
+                        LoopTag::Vectorize(w) => format!("vectorize({w}) for"),
+                        LoopTag::Unroll(n) => format!("unroll({n}) for"),
+                        LoopTag::GpuGrid(a) => {
+                            format!("grid.{} for", ["x", "y", "z"][*a as usize % 3])
+                        }
+                        LoopTag::GpuBlock(a) => {
+                            format!("block.{} for", ["x", "y", "z"][*a as usize % 3])
+                        }
+                        LoopTag::GpuWarp => "warp for".to_string(),
+                    };
+                    write!(f, "{pad}{t} {} in ", self.vname(*var))?;
+                    self.fmt_expr(lo, f)?;
+                    f.write_str("..")?;
+                    self.fmt_expr(hi, f)?;
+                    if *step != 1 {
+                        write!(f, " step {step}")?;
+                    }
+                    f.write_str(" {\n")?;
+                    self.fmt_block(body, depth + 1, f)?;
+                    writeln!(f, "{pad}}}")?;
+                }
+                Stmt::Let { var, value } => {
+                    write!(f, "{pad}let {}: {} = ", self.vname(*var), self.var(*var).ty)?;
+                    self.fmt_expr(value, f)?;
+                    f.write_str("\n")?;
+                }
+                Stmt::Assign { var, value } => {
+                    write!(f, "{pad}{} = ", self.vname(*var))?;
+                    self.fmt_expr(value, f)?;
+                    f.write_str("\n")?;
+                }
+                Stmt::Store { buf, index, value } => {
+                    write!(f, "{pad}{}[", self.bname(*buf))?;
+                    self.fmt_expr(index, f)?;
+                    f.write_str("] = ")?;
+                    self.fmt_expr(value, f)?;
+                    f.write_str("\n")?;
+                }
+                Stmt::If { cond, then, els } => {
+                    write!(f, "{pad}if ")?;
+                    self.fmt_expr(cond, f)?;
+                    f.write_str(" {\n")?;
+                    self.fmt_block(then, depth + 1, f)?;
+                    if els.is_empty() {
+                        writeln!(f, "{pad}}}")?;
+                    } else {
+                        writeln!(f, "{pad}}} else {{")?;
+                        self.fmt_block(els, depth + 1, f)?;
+                        writeln!(f, "{pad}}}")?;
+                    }
+                }
+                Stmt::Alloc { buf, len } => {
+                    let b = self.buf(*buf);
+                    let space = if b.role == Role::Shared {
+                        "shared"
+                    } else {
+                        "local"
+                    };
+                    writeln!(f, "{pad}{space} %{}: {}[{len}]", b.name, b.ty)?;
+                }
+                Stmt::Barrier => writeln!(f, "{pad}barrier")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's text form (used by `--emit` dumps and tests):
+/// `kernel NAME(in %a: f32, out %y: f32; $seq) { ... }`.
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kernel {}(", self.name)?;
+        let mut first = true;
+        for (_, b) in self.params() {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            let role = if b.role == Role::In { "in" } else { "out" };
+            write!(f, "{role} %{}: {}", b.name, b.ty)?;
+        }
+        if !self.dims.is_empty() {
+            f.write_str("; ")?;
+            let d: Vec<String> = self.dims.iter().map(|d| format!("${d}")).collect();
+            f.write_str(&d.join(", "))?;
+        }
+        f.write_str(") {\n")?;
+        self.fmt_block(&self.body, 1, f)?;
+        f.write_str("}\n")
+    }
+}

@@ -1,0 +1,231 @@
+//! The generic elementwise template: any op with the `ELEMENTWISE` flag, its operands
+//! broadcast numpy-style through per-operand strides (0 on broadcast dims), dims that
+//! every operand walks contiguously merged into one loop. Each op's scalar meaning is
+//! one arm of [`scalar`], written in the operands' compute type (f16/bf16 compute in
+//! f32 and round once on store, as the reference rounds once from f64).
+
+use super::{
+    attr_float, broadcast_strides, compute_ty, fconst, load_elem, loop_nest, merge_dims, offset,
+    setup, strides, to_storage, TResult,
+};
+use crate::loopir::{BinOp, Expr, Ty, UnOp};
+use llmc_ir::{Node, Op, TensorType};
+
+/// The kernel of an elementwise node.
+pub(crate) fn elementwise(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<crate::loopir::Kernel> {
+    let out = super::result(outs, 0)?;
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let shape = &out.shape.0;
+    let mut all: Vec<Vec<llmc_ir::Dim>> = ins
+        .iter()
+        .map(|t| broadcast_strides(shape, &t.shape.0))
+        .collect();
+    all.push(strides(shape));
+    let (ext, st) = merge_dims(shape, &all);
+    let arg_tys: Vec<Ty> = ins
+        .iter()
+        .map(|t| compute_ty(t.dtype))
+        .collect::<TResult<_>>()?;
+    let out_ct = compute_ty(out.dtype)?;
+    let vectorize = true;
+    let mut failure = None;
+    loop_nest(&mut kb, &ext, vectorize, &mut |kb, coords| {
+        let mut args = Vec::new();
+        for (k, t) in ins.iter().enumerate() {
+            let off = offset(kb, coords, &st[k]);
+            args.push(load_elem(kb, ib[k], t.dtype, off));
+        }
+        match scalar(node, &args, &arg_tys, out_ct) {
+            Ok(v) => {
+                let o = offset(kb, coords, &st[ins.len()]);
+                let v = to_storage(kb, ob[0], v);
+                kb.store(ob[0], o, v);
+            }
+            Err(e) => failure = Some(e),
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    kb.finish()
+}
+
+fn un(op: UnOp, x: Expr) -> Expr {
+    Expr::un(op, x)
+}
+
+fn b(op: BinOp, x: Expr, y: Expr) -> Expr {
+    Expr::bin(op, x, y)
+}
+
+/// The scalar meaning of an elementwise op on compute-type operands; the result is in
+/// the result's compute type `out`.
+pub(crate) fn scalar(node: &Node, a: &[Expr], tys: &[Ty], out: Ty) -> TResult<Expr> {
+    let x = || a.first().cloned().ok_or("missing operand 0".to_string());
+    let y = || a.get(1).cloned().ok_or("missing operand 1".to_string());
+    let t = tys.first().copied().unwrap_or(out);
+    let one = || fconst(1.0, t);
+    let zero = || {
+        if t.is_float() {
+            fconst(0.0, t)
+        } else {
+            Expr::Int(0, t)
+        }
+    };
+    Ok(match node.op {
+        Op::Neg => un(UnOp::Neg, x()?),
+        Op::Abs => un(UnOp::Abs, x()?),
+        Op::Exp => super::exp(x()?),
+        Op::Log => un(UnOp::Log, x()?),
+        Op::Sqrt => un(UnOp::Sqrt, x()?),
+        Op::Rsqrt => b(BinOp::Div, one(), un(UnOp::Sqrt, x()?)),
+        Op::Reciprocal => b(BinOp::Div, one(), x()?),
+        Op::Tanh => un(UnOp::Tanh, x()?),
+        Op::Sigmoid => sigmoid(x()?, t),
+        Op::Silu => b(BinOp::Mul, x()?, sigmoid(x()?, t)),
+        Op::Gelu => {
+            let x = x()?;
+            let half_x = b(BinOp::Mul, fconst(0.5, t), x.clone());
+            let inner = if super::attr_str(node, "approximate")? == Some("tanh") {
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                let cube = b(BinOp::Mul, b(BinOp::Mul, x.clone(), x.clone()), x.clone());
+                let arg = b(
+                    BinOp::Mul,
+                    fconst(c, t),
+                    b(BinOp::Add, x, b(BinOp::Mul, fconst(0.044715, t), cube)),
+                );
+                un(UnOp::Tanh, arg)
+            } else {
+                un(
+                    UnOp::Erf,
+                    b(BinOp::Div, x, fconst(std::f64::consts::SQRT_2, t)),
+                )
+            };
+            b(BinOp::Mul, half_x, b(BinOp::Add, one(), inner))
+        }
+        Op::Erf => un(UnOp::Erf, x()?),
+        Op::Sin => un(UnOp::Sin, x()?),
+        Op::Cos => un(UnOp::Cos, x()?),
+        Op::Floor => un(UnOp::Floor, x()?),
+        Op::Ceil => un(UnOp::Ceil, x()?),
+        Op::Round => un(UnOp::Round, x()?),
+        Op::Relu => {
+            let x = x()?;
+            Expr::select(x.clone().gt(zero()), x, zero())
+        }
+        Op::Sign => {
+            let x = x()?;
+            let (p, n) = if t.is_float() {
+                (fconst(1.0, t), fconst(-1.0, t))
+            } else {
+                (Expr::Int(1, t), Expr::Int(-1, t))
+            };
+            // Float zero and NaN pass through (sign(-0.0) = -0.0, sign(NaN) = NaN).
+            Expr::select(
+                x.clone().gt(zero()),
+                p,
+                Expr::select(
+                    x.clone().lt(zero()),
+                    n,
+                    if t.is_float() { x } else { zero() },
+                ),
+            )
+        }
+        Op::Not => un(UnOp::Not, x()?),
+        Op::Clip => clip(node, x()?, t)?,
+        Op::Cast => x()?.cast(out),
+        Op::Add => b(BinOp::Add, x()?, y()?),
+        Op::Sub => b(BinOp::Sub, x()?, y()?),
+        Op::Mul => b(BinOp::Mul, x()?, y()?),
+        Op::Div => b(BinOp::Div, x()?, y()?),
+        Op::Pow => b(BinOp::Pow, x()?, y()?),
+        Op::Max => b(BinOp::Max, x()?, y()?),
+        Op::Min => b(BinOp::Min, x()?, y()?),
+        Op::Equal => b(BinOp::Eq, x()?, y()?),
+        Op::Less => b(BinOp::Lt, x()?, y()?),
+        Op::LessEqual => b(BinOp::Le, x()?, y()?),
+        Op::Greater => b(BinOp::Gt, x()?, y()?),
+        Op::GreaterEqual => b(BinOp::Ge, x()?, y()?),
+        Op::And => b(BinOp::And, x()?, y()?),
+        Op::Or => b(BinOp::Or, x()?, y()?),
+        Op::Xor => b(BinOp::Xor, x()?, y()?),
+        Op::Where => {
+            let c = x()?;
+            let (p, q) = (
+                y()?,
+                a.get(2).cloned().ok_or("missing operand 2".to_string())?,
+            );
+            Expr::select(c, p, q)
+        }
+        Op::Mod => {
+            let (p, q) = (x()?, y()?);
+            let r = b(BinOp::Rem, p, q.clone());
+            let fmod = matches!(node.attrs.get("fmod"), Some(llmc_ir::Attr::Bool(true)));
+            if fmod {
+                r
+            } else {
+                // A remainder whose sign differs from the divisor's moves by one divisor.
+                let differs = r.clone().lt(zero()).ne_(q.clone().lt(zero()));
+                let fix = r.clone().ne_(zero()).and(differs);
+                Expr::select(fix, b(BinOp::Add, r.clone(), q), r)
+            }
+        }
+        Op::BitwiseAnd => b(BinOp::And, x()?, y()?),
+        Op::BitwiseOr => b(BinOp::Or, x()?, y()?),
+        Op::BitwiseXor => b(BinOp::Xor, x()?, y()?),
+        Op::BitwiseNot => un(UnOp::Not, x()?),
+        other => return Err(format!("`{other}` has no elementwise meaning")),
+    })
+}
+
+/// 1 / (1 + e^-x).
+fn sigmoid(x: Expr, t: Ty) -> Expr {
+    b(
+        BinOp::Div,
+        fconst(1.0, t),
+        b(BinOp::Add, fconst(1.0, t), super::exp(un(UnOp::Neg, x))),
+    )
+}
+
+/// ONNX Clip: min(max(x, lo), hi) with NaN passing through; integer bounds are the
+/// integers inside [lo, hi] (saturated to the type's range).
+fn clip(node: &Node, x: Expr, t: Ty) -> TResult<Expr> {
+    let lo = attr_float(node, "min")?;
+    let hi = attr_float(node, "max")?;
+    let bound = |v: f64, up: bool| -> Expr {
+        if t.is_float() {
+            fconst(v, t)
+        } else {
+            let r = if up { v.ceil() } else { v.floor() };
+            let (min, max) = int_range(t);
+            Expr::Int((r.max(min as f64).min(max as f64)) as i64, t)
+        }
+    };
+    let mut y = x;
+    if let Some(lo) = lo {
+        let l = bound(lo, true);
+        y = Expr::select(y.clone().lt(l.clone()), l, y);
+    }
+    if let Some(hi) = hi {
+        let h = bound(hi, false);
+        y = Expr::select(y.clone().gt(h.clone()), h, y);
+    }
+    Ok(y)
+}
+
+/// The value range of an integer type.
+pub(crate) fn int_range(t: Ty) -> (i64, i64) {
+    match t {
+        Ty::I8 => (i8::MIN as i64, i8::MAX as i64),
+        Ty::U8 => (0, 255),
+        Ty::I16 => (i16::MIN as i64, i16::MAX as i64),
+        Ty::I32 => (i32::MIN as i64, i32::MAX as i64),
+        Ty::Bool => (0, 1),
+        _ => (i64::MIN, i64::MAX),
+    }
+}

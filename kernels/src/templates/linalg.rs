@@ -1,0 +1,324 @@
+//! Matrix products. `linear` (x · wᵀ + b, w `[n, k]` as stored: f32/f16/bf16 or GGUF
+//! Q8_0/Q4_0/Q4_1 blocks dequantized in the inner loop) is the LLM's hot kernel: it is
+//! register-tiled (MR rows of x by NR rows of w share every load of the k loop, so
+//! decode's single row reads each weight once and prefill reuses it MR times), the
+//! weight rows are split across threads, and the k loop is vectorized. `matmul`
+//! (numpy semantics: batch broadcasting, 1-D promotion) is a plain batched product
+//! that accumulates rows of the output with a vectorized axpy.
+
+use super::{
+    compute_ty, dequant, fconst, load_elem, loop_nest_par, operand, quant_block, result, setup,
+    strides, to_storage, work_estimate, TResult, PARALLEL_MIN,
+};
+use crate::builder::KernelBuilder;
+use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, Ty, VarId};
+use llmc_ir::{DType, Dim, Node, TensorType};
+
+/// Rows of x per register tile.
+const MR: usize = 2;
+/// Rows of w (output columns) per register tile.
+const NR: usize = 4;
+
+/// `linear(x, w[, b])`.
+pub(crate) fn linear(
+    _node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Kernel> {
+    let x = operand(ins, 0, "x")?;
+    let w = operand(ins, 1, "w")?;
+    result(outs, 0)?;
+    let [n, k] = &w.shape.0[..] else {
+        return Err(format!("weight w must be [n, k], got {}", w.shape));
+    };
+    let (n, k) = match (n.as_const(), k.as_const()) {
+        (Some(n), Some(k)) => (n, k),
+        _ => return Err(format!("weight w {} must have constant dims", w.shape)),
+    };
+    if let Some((bl, _)) = quant_block(w.dtype) {
+        if k % bl != 0 {
+            return Err(format!(
+                "k = {k} is not a whole number of {} blocks",
+                w.dtype
+            ));
+        }
+    }
+    let t = compute_ty(x.dtype)?;
+    if t != Ty::F32 && t != Ty::F64 {
+        return Err(format!("x must be a float tensor, got {}", x.dtype));
+    }
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let lead = &x.shape.0[..x.shape.rank().saturating_sub(1)];
+    let rows = kb.numel(lead);
+    let rows = kb.let_("rows", rows);
+    let bias = ib
+        .get(2)
+        .map(|&b| (b, operand(ins, 2, "b").map(|t| t.dtype)));
+    let bias = match bias {
+        Some((b, Ok(d))) => Some((b, d)),
+        Some((_, Err(e))) => return Err(e),
+        None => None,
+    };
+    let ctx = Lin {
+        x: ib[0],
+        xd: x.dtype,
+        w: ib[1],
+        wd: w.dtype,
+        out: ob[0],
+        bias,
+        k,
+        n,
+        t,
+    };
+    let full = n / NR as i64;
+    let tail = n % NR as i64;
+    let body = |kb: &mut KernelBuilder, j0: Expr, ncols: usize| {
+        // Full MR-row tiles, then the remaining rows one at a time.
+        let rfull = kb.let_("rfull", rows.clone() / MR as i64 * MR as i64);
+        kb.for_step(
+            "r",
+            0,
+            rfull.clone(),
+            MR as i64,
+            LoopTag::Serial,
+            |kb, r| {
+                ctx.tile(kb, &r, MR, &j0, ncols);
+            },
+        );
+        kb.for_("r", rfull, rows.clone(), LoopTag::Serial, |kb, r| {
+            ctx.tile(kb, &r, 1, &j0, ncols);
+        });
+    };
+    if full > 0 {
+        let tag = if full > 1 {
+            LoopTag::Parallel
+        } else {
+            LoopTag::Serial
+        };
+        kb.for_("jb", 0, full, tag, |kb, jb| {
+            let j0 = kb.let_("j0", jb * NR as i64);
+            body(kb, j0, NR);
+        });
+    }
+    if tail > 0 {
+        body(&mut kb, Expr::i(full * NR as i64), tail as usize);
+    }
+    kb.finish()
+}
+
+/// What a linear kernel's tiles need.
+struct Lin {
+    x: BufId,
+    xd: DType,
+    w: BufId,
+    wd: DType,
+    out: BufId,
+    bias: Option<(BufId, DType)>,
+    k: i64,
+    n: i64,
+    t: Ty,
+}
+
+impl Lin {
+    /// One register tile: rows r0..r0+mr of x against weight rows j0..j0+nr.
+    fn tile(&self, kb: &mut KernelBuilder, r0: &Expr, mr: usize, j0: &Expr, nr: usize) {
+        let t = self.t;
+        let acc: Vec<Vec<VarId>> = (0..mr)
+            .map(|_| (0..nr).map(|_| kb.let_mut("acc", fconst(0.0, t))).collect())
+            .collect();
+        let xrow: Vec<Expr> = (0..mr)
+            .map(|i| kb.let_("xr", (r0.clone() + i as i64) * self.k))
+            .collect();
+        let wrow: Vec<Expr> = (0..nr)
+            .map(|j| kb.let_("wr", (j0.clone() + j as i64) * self.k))
+            .collect();
+        let fma = |a: Expr, x: Expr, y: Expr| Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, x, y));
+        match quant_block(self.wd) {
+            None => {
+                kb.for_("p", 0, self.k, LoopTag::Vectorize(8), |kb, p| {
+                    let xs: Vec<Expr> = xrow
+                        .iter()
+                        .map(|xr| {
+                            let v = load_elem(kb, self.x, self.xd, xr.clone() + p.clone());
+                            kb.let_("xv", v)
+                        })
+                        .collect();
+                    let ws: Vec<Expr> = wrow
+                        .iter()
+                        .map(|wr| {
+                            let v = load_elem(kb, self.w, self.wd, wr.clone() + p.clone());
+                            kb.let_("wv", v.cast(t))
+                        })
+                        .collect();
+                    for (i, xv) in xs.iter().enumerate() {
+                        for (j, wv) in ws.iter().enumerate() {
+                            let a = acc[i][j];
+                            kb.assign(a, fma(Expr::Var(a), xv.clone(), wv.clone()));
+                        }
+                    }
+                });
+            }
+            Some((bl, bb)) => {
+                let blocks = self.k / bl;
+                kb.for_("blk", 0, blocks, LoopTag::Serial, |kb, blk| {
+                    let base: Vec<Expr> = (0..nr)
+                        .map(|j| {
+                            let row_bytes = (j0.clone() + j as i64) * (blocks * bb);
+                            kb.let_("qb", row_bytes + blk.clone() * bb)
+                        })
+                        .collect();
+                    let x0 = kb.let_("x0", blk.clone() * bl);
+                    let bs: Vec<Vec<VarId>> = (0..mr)
+                        .map(|_| (0..nr).map(|_| kb.let_mut("bs", fconst(0.0, t))).collect())
+                        .collect();
+                    kb.for_("e", 0, bl, LoopTag::Vectorize(8), |kb, e| {
+                        let xs: Vec<Expr> = xrow
+                            .iter()
+                            .map(|xr| {
+                                let v = load_elem(
+                                    kb,
+                                    self.x,
+                                    self.xd,
+                                    xr.clone() + x0.clone() + e.clone(),
+                                );
+                                kb.let_("xv", v)
+                            })
+                            .collect();
+                        let ws: Vec<Expr> = base
+                            .iter()
+                            .map(|b| {
+                                let v = dequant(self.w, self.wd, b.clone(), e.clone());
+                                kb.let_("wv", v.cast(t))
+                            })
+                            .collect();
+                        for (i, xv) in xs.iter().enumerate() {
+                            for (j, wv) in ws.iter().enumerate() {
+                                let a = bs[i][j];
+                                kb.assign(a, fma(Expr::Var(a), xv.clone(), wv.clone()));
+                            }
+                        }
+                    });
+                    for i in 0..mr {
+                        for j in 0..nr {
+                            let a = acc[i][j];
+                            kb.assign(a, Expr::bin(BinOp::Add, Expr::Var(a), Expr::Var(bs[i][j])));
+                        }
+                    }
+                });
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                let col = j0.clone() + j as i64;
+                let mut v = Expr::Var(*a);
+                if let Some((b, bd)) = self.bias {
+                    let bv = load_elem(kb, b, bd, col.clone());
+                    v = Expr::bin(BinOp::Add, v, bv.cast(t));
+                }
+                let o = (r0.clone() + i as i64) * self.n + col;
+                let v = to_storage(kb, self.out, v);
+                kb.store(self.out, o, v);
+            }
+        }
+    }
+}
+
+/// `matmul(a, b)` with numpy semantics.
+pub(crate) fn matmul(
+    _node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Kernel> {
+    let a = operand(ins, 0, "a")?;
+    let b = operand(ins, 1, "b")?;
+    let out = result(outs, 0)?;
+    let (ra, rb) = (a.shape.rank(), b.shape.rank());
+    if ra == 0 || rb == 0 {
+        return Err("operands must have rank >= 1".into());
+    }
+    let one = Dim::c(1);
+    let m = if ra >= 2 {
+        a.shape.0[ra - 2].clone()
+    } else {
+        one.clone()
+    };
+    let k = a.shape.0[ra - 1].clone();
+    let n = if rb >= 2 {
+        b.shape.0[rb - 1].clone()
+    } else {
+        one.clone()
+    };
+    let a_batch = &a.shape.0[..ra.saturating_sub(2)];
+    let b_batch = &b.shape.0[..rb.saturating_sub(2)];
+    let nb = out
+        .shape
+        .rank()
+        .saturating_sub((ra >= 2) as usize + (rb >= 2) as usize);
+    let batch = &out.shape.0[..nb];
+    let t = compute_ty(out.dtype)?;
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let a_st: Vec<Dim> = super::broadcast_strides(batch, a_batch)
+        .iter()
+        .map(|s| s.mul(&m).mul(&k))
+        .collect();
+    let b_st: Vec<Dim> = super::broadcast_strides(batch, b_batch)
+        .iter()
+        .map(|s| s.mul(&k).mul(&n))
+        .collect();
+    let o_st = strides(batch);
+    let (me, ke, ne) = (kb.dim(&m), kb.dim(&k), kb.dim(&n));
+    let mut ext: Vec<Dim> = batch.to_vec();
+    ext.push(m.clone());
+    let total: Vec<Dim> = ext.iter().cloned().chain([n.clone(), k.clone()]).collect();
+    let parallel = work_estimate(&total) >= PARALLEL_MIN;
+    // Row-update form when the output holds the compute type exactly (f32, f64,
+    // integers); a dot-product form otherwise, so f16 outputs round once.
+    let axpy = Ty::of(out.dtype.compute_type()) == Some(t);
+    loop_nest_par(&mut kb, &ext, parallel, false, &mut |kb, c| {
+        let (bc, r) = c.split_at(c.len() - 1);
+        let r = r[0].clone();
+        let ab = super::offset(kb, bc, &a_st);
+        let bb = super::offset(kb, bc, &b_st);
+        let obase = super::offset(kb, bc, &o_st) * me.clone() * ne.clone();
+        let orow = kb.let_("orow", obase + r.clone() * ne.clone());
+        let arow = kb.let_("arow", ab + r * ke.clone());
+        let bb = kb.let_("bb", bb);
+        let zero = if t.is_float() {
+            fconst(0.0, t)
+        } else {
+            Expr::Int(0, t)
+        };
+        if axpy {
+            kb.for_("j", 0, ne.clone(), LoopTag::Vectorize(8), |kb, j| {
+                kb.store(ob[0], orow.clone() + j, zero.clone());
+            });
+            kb.for_("p", 0, ke.clone(), LoopTag::Serial, |kb, p| {
+                let av = load_elem(kb, ib[0], a.dtype, arow.clone() + p.clone());
+                let av = kb.let_("av", av);
+                let brow = kb.let_("brow", bb.clone() + p * ne.clone());
+                kb.for_("j", 0, ne.clone(), LoopTag::Vectorize(8), |kb, j| {
+                    let bv = load_elem(kb, ib[1], b.dtype, brow.clone() + j.clone());
+                    let o = orow.clone() + j;
+                    let cur = Expr::load(ob[0], o.clone());
+                    let v = Expr::bin(BinOp::Add, cur, Expr::bin(BinOp::Mul, av.clone(), bv));
+                    kb.store(ob[0], o, v);
+                });
+            });
+        } else {
+            kb.for_("j", 0, ne.clone(), LoopTag::Serial, |kb, j| {
+                let acc = kb.let_mut("acc", zero.clone());
+                kb.for_("p", 0, ke.clone(), LoopTag::Vectorize(8), |kb, p| {
+                    let av = load_elem(kb, ib[0], a.dtype, arow.clone() + p.clone());
+                    let bv = load_elem(kb, ib[1], b.dtype, bb.clone() + p * ne.clone() + j.clone());
+                    let v = Expr::bin(BinOp::Add, Expr::Var(acc), Expr::bin(BinOp::Mul, av, bv));
+                    kb.assign(acc, v);
+                });
+                let v = to_storage(kb, ob[0], Expr::Var(acc));
+                kb.store(ob[0], orow.clone() + j, v);
+            });
+        }
+    });
+    kb.finish()
+}

@@ -1,0 +1,495 @@
+//! Kernel templates: from one IR node (op, attributes, operand and result types) to
+//! what runs it — a loop-IR kernel, or a note that no kernel is needed (a reshape is
+//! an alias of its operand, a constant is data, `kv_append` is the runtime's job).
+//! Each op family has its module; this one dispatches on the op and holds the helpers
+//! they share (parameter setup, strides, loop nests, loading block-quantized elements).
+//!
+//! Kernel calling convention: the parameter buffers are the node's operands (role
+//! `In`) in order, then its results (role `Out`) in order; the dims are the graph
+//! symbols the kernel's shapes mention, named in `Kernel::dims`.
+
+mod elementwise;
+mod layout;
+mod linalg;
+mod nn;
+mod reduce;
+
+use crate::builder::KernelBuilder;
+use crate::loopir::{BufId, Expr, Kernel, LoopTag, Role, Ty, UnOp};
+use llmc_ir::{DType, Dim, Node, Op, Tensor, TensorType};
+
+/// A template error: the node cannot be lowered (yet), and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{op}: {msg}")]
+pub struct TemplateError {
+    /// Op name.
+    pub op: String,
+    /// What is unsupported or wrong.
+    pub msg: String,
+}
+
+/// How a node runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lowered {
+    /// A kernel (parameters: operands, then results).
+    Kernel(Kernel),
+    /// Result 0 has operand 0's bytes (reshape, squeeze, unsqueeze): no code.
+    Alias,
+    /// Result 0 is this constant.
+    Constant(Tensor),
+    /// Appends to layer `layer`'s KV cache and returns the whole cache: the runtime
+    /// owns the cache, so it runs this node itself.
+    KvAppend {
+        /// The layer attribute.
+        layer: i64,
+    },
+}
+
+pub(crate) type TResult<T> = Result<T, String>;
+
+/// Lowers one node. `name` names the kernel (unique within a module is the caller's
+/// business); `ins`/`outs` are the operand and result types.
+pub fn lower(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> Result<Lowered, TemplateError> {
+    let err = |msg: String| TemplateError {
+        op: node.op.name().to_string(),
+        msg,
+    };
+    if let Some(t) = outs.iter().find(|t| t.dtype.is_quantized()) {
+        return Err(err(format!("result type {t} is block-quantized")));
+    }
+    for t in ins {
+        if t.dtype.is_quantized() && quant_block(t.dtype).is_none() {
+            return Err(err(format!(
+                "operand type {t}: {} blocks are not supported by the kernels yet",
+                t.dtype
+            )));
+        }
+    }
+    let op = node.op;
+    let r = match op {
+        Op::Reshape | Op::Squeeze | Op::Unsqueeze => {
+            if ins.first().map(|t| t.dtype.is_quantized()) == Some(true) {
+                // A reshaped block-quantized weight must be dequantized: copy.
+                layout::copy(node, ins, outs, name).map(Lowered::Kernel)
+            } else {
+                Ok(Lowered::Alias)
+            }
+        }
+        Op::Constant => match node.attrs.get("value") {
+            Some(llmc_ir::Attr::Tensor(t)) => Ok(Lowered::Constant(t.clone())),
+            _ => Err("missing attribute `value`".to_string()),
+        },
+        Op::KvAppend => match node.attrs.get("layer") {
+            Some(llmc_ir::Attr::Int(l)) => Ok(Lowered::KvAppend { layer: *l }),
+            _ => Err("missing attribute `layer`".to_string()),
+        },
+        _ if op.flags().has(llmc_ir::ops::Flags::ELEMENTWISE) => {
+            elementwise::elementwise(node, ins, outs, name).map(Lowered::Kernel)
+        }
+        Op::ReduceSum | Op::ReduceMean | Op::ReduceMax | Op::ReduceMin | Op::ReduceProd => {
+            reduce::reduce(node, ins, outs, name).map(Lowered::Kernel)
+        }
+        Op::ArgMax | Op::ArgMin => reduce::arg_extreme(node, ins, outs, name).map(Lowered::Kernel),
+        Op::Softmax | Op::LogSoftmax => reduce::softmax(node, ins, outs, name).map(Lowered::Kernel),
+        Op::CumSum | Op::CumProd => reduce::cumsum(node, ins, outs, name).map(Lowered::Kernel),
+        Op::MatMul => linalg::matmul(node, ins, outs, name).map(Lowered::Kernel),
+        Op::Linear => linalg::linear(node, ins, outs, name).map(Lowered::Kernel),
+        Op::Transpose
+        | Op::Slice
+        | Op::Expand
+        | Op::Tile
+        | Op::Trilu
+        | Op::Pad
+        | Op::Gather
+        | Op::GatherElements
+        | Op::Concat
+        | Op::Split => layout::layout(node, ins, outs, name).map(Lowered::Kernel),
+        Op::RmsNorm | Op::LayerNorm => nn::norm(node, ins, outs, name).map(Lowered::Kernel),
+        Op::Rope => nn::rope(node, ins, outs, name).map(Lowered::Kernel),
+        Op::Attention => nn::attention(node, ins, outs, name).map(Lowered::Kernel),
+        other => Err(format!("no kernel template for `{other}` yet")),
+    };
+    r.map_err(err)
+}
+
+// ----- shared helpers -----
+
+/// The kernel parameters of a node: a builder, the operand buffers, the result buffers.
+pub(crate) fn setup(
+    name: &str,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+) -> TResult<(KernelBuilder, Vec<BufId>, Vec<BufId>)> {
+    let mut kb = KernelBuilder::new(name);
+    let mut i_bufs = Vec::new();
+    for (k, t) in ins.iter().enumerate() {
+        let ty = storage_ty(t.dtype)?;
+        i_bufs.push(kb.param(&format!("in{k}"), ty, Role::In));
+    }
+    let mut o_bufs = Vec::new();
+    for (k, t) in outs.iter().enumerate() {
+        let ty = storage_ty(t.dtype)?;
+        let n = if outs.len() == 1 {
+            "out".to_string()
+        } else {
+            format!("out{k}")
+        };
+        o_bufs.push(kb.param(&n, ty, Role::Out));
+    }
+    Ok((kb, i_bufs, o_bufs))
+}
+
+/// The buffer element type of a dtype (block formats are raw bytes).
+pub(crate) fn storage_ty(d: DType) -> TResult<Ty> {
+    if d.is_quantized() {
+        return Ok(Ty::U8);
+    }
+    Ty::of(d).ok_or_else(|| format!("dtype {d} has no loop-IR type"))
+}
+
+/// The compute type of a dtype's elements.
+pub(crate) fn compute_ty(d: DType) -> TResult<Ty> {
+    Ok(storage_ty(d.compute_type())?.compute())
+}
+
+/// Row-major strides of a shape, as dims.
+pub(crate) fn strides(shape: &[Dim]) -> Vec<Dim> {
+    let mut s = vec![Dim::c(1); shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1].mul(&shape[i + 1]);
+    }
+    s
+}
+
+/// Strides of an operand of shape `inp` read at the coordinates of `out` under numpy
+/// broadcasting (right-aligned; 0 on broadcast and size-1 dims).
+pub(crate) fn broadcast_strides(out: &[Dim], inp: &[Dim]) -> Vec<Dim> {
+    let st = strides(inp);
+    let off = out.len() - inp.len().min(out.len());
+    (0..out.len())
+        .map(|d| {
+            if d < off {
+                return Dim::c(0);
+            }
+            let k = d - off;
+            if inp[k] == Dim::c(1) {
+                Dim::c(0)
+            } else {
+                st[k].clone()
+            }
+        })
+        .collect()
+}
+
+/// A rough element count used to decide whether a loop nest is worth threads:
+/// symbolic dims count as 64.
+pub(crate) fn work_estimate(dims: &[Dim]) -> i64 {
+    dims.iter()
+        .map(|d| d.as_const().unwrap_or(64).max(0))
+        .fold(1i64, |a, b| a.saturating_mul(b))
+}
+
+/// Loop nests with fewer elements than this run on one thread.
+pub(crate) const PARALLEL_MIN: i64 = 1 << 14;
+
+/// A parallel chunk of a flat loop runs this many iterations.
+pub(crate) const CHUNK: i64 = 1 << 12;
+
+/// Merges adjacent dims that every operand walks contiguously (stride of the outer =
+/// stride of the inner * its extent) and drops constant-1 dims. Returns the merged
+/// extents and, per operand, the merged strides.
+pub(crate) fn merge_dims(extents: &[Dim], strides: &[Vec<Dim>]) -> (Vec<Dim>, Vec<Vec<Dim>>) {
+    let mut ext: Vec<Dim> = Vec::new();
+    let mut st: Vec<Vec<Dim>> = vec![Vec::new(); strides.len()];
+    for d in 0..extents.len() {
+        if extents[d] == Dim::c(1) {
+            continue;
+        }
+        let mergeable = !ext.is_empty()
+            && strides.iter().enumerate().all(|(o, s)| {
+                // The previous (outer) group's stride must equal this dim's stride times
+                // its extent.
+                st[o].last() == Some(&s[d].mul(&extents[d]))
+            });
+        if mergeable {
+            let last = ext.len() - 1;
+            ext[last] = ext[last].mul(&extents[d]);
+            for (o, s) in strides.iter().enumerate() {
+                st[o][last] = s[d].clone();
+            }
+        } else {
+            ext.push(extents[d].clone());
+            for (o, s) in strides.iter().enumerate() {
+                st[o].push(s[d].clone());
+            }
+        }
+    }
+    (ext, st)
+}
+
+/// Emits a loop nest over `extents` (outermost first) and calls `body` with the
+/// coordinates. The outermost loop is parallel when the nest is big enough, the
+/// innermost is vectorized; a single big loop is split into parallel chunks of
+/// vectorized iterations.
+pub(crate) fn loop_nest(
+    kb: &mut KernelBuilder,
+    extents: &[Dim],
+    vectorize: bool,
+    body: &mut dyn FnMut(&mut KernelBuilder, &[Expr]),
+) {
+    let parallel = work_estimate(extents) >= PARALLEL_MIN;
+    loop_nest_par(kb, extents, parallel, vectorize, body)
+}
+
+/// [`loop_nest`] with the parallel decision made by the caller (a nest whose body
+/// does much work per element may deserve threads although it has few elements).
+pub(crate) fn loop_nest_par(
+    kb: &mut KernelBuilder,
+    extents: &[Dim],
+    parallel: bool,
+    vectorize: bool,
+    body: &mut dyn FnMut(&mut KernelBuilder, &[Expr]),
+) {
+    let ex: Vec<Expr> = extents.iter().map(|d| kb.dim(d)).collect();
+    if ex.len() == 1 && parallel {
+        let n = ex[0].clone();
+        chunked(kb, n, vectorize, &mut |kb, i| body(kb, &[i]));
+        return;
+    }
+    let depth = ex.len();
+    let tags: Vec<LoopTag> = (0..depth)
+        .map(|d| {
+            if d == depth - 1 && vectorize {
+                LoopTag::Vectorize(8)
+            } else if d == 0 && parallel {
+                LoopTag::Parallel
+            } else {
+                LoopTag::Serial
+            }
+        })
+        .collect();
+    let mut coords = Vec::new();
+    nest(kb, &ex, &tags, &mut coords, body);
+}
+
+fn nest(
+    kb: &mut KernelBuilder,
+    ex: &[Expr],
+    tags: &[LoopTag],
+    coords: &mut Vec<Expr>,
+    body: &mut dyn FnMut(&mut KernelBuilder, &[Expr]),
+) {
+    let d = coords.len();
+    if d == ex.len() {
+        body(kb, coords);
+        return;
+    }
+    kb.for_("i", 0, ex[d].clone(), tags[d], |kb, i| {
+        coords.push(i);
+        nest(kb, ex, tags, coords, body);
+        coords.pop();
+    });
+}
+
+/// `for i in 0..n` split into parallel chunks of [`CHUNK`] iterations.
+pub(crate) fn chunked(
+    kb: &mut KernelBuilder,
+    n: Expr,
+    vectorize: bool,
+    body: &mut dyn FnMut(&mut KernelBuilder, Expr),
+) {
+    let chunks = (n.clone() + (CHUNK - 1)) / CHUNK;
+    kb.for_("c", 0, chunks, LoopTag::Parallel, |kb, c| {
+        let lo = kb.let_("lo", c * CHUNK);
+        let hi = kb.let_("hi", (lo.clone() + CHUNK).min(n.clone()));
+        let tag = if vectorize {
+            LoopTag::Vectorize(8)
+        } else {
+            LoopTag::Serial
+        };
+        kb.for_("i", lo, hi, tag, |kb, i| body(kb, i));
+    });
+}
+
+/// Σ coords[d] * strides[d].
+pub(crate) fn offset(kb: &mut KernelBuilder, coords: &[Expr], strides: &[Dim]) -> Expr {
+    let mut e = Expr::i(0);
+    for (c, s) in coords.iter().zip(strides) {
+        let s = kb.dim(s);
+        e = e + c.clone() * s;
+    }
+    e
+}
+
+/// (elements per block, bytes per block, header bytes) of the block formats the
+/// kernels read.
+pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
+    match d {
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+            Some((d.block_len() as i64, d.block_bytes() as i64))
+        }
+        _ => None,
+    }
+}
+
+/// Element `index` of a buffer holding `dtype`, converted to its compute type;
+/// block formats are dequantized (llama.cpp's block layouts).
+pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Expr) -> Expr {
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+            let (bl, bb) = quant_block(dtype).unwrap_or((32, 34));
+            let blk = index.clone() / bl;
+            let j = index % bl;
+            let base = blk * bb;
+            dequant(buf, dtype, base, j)
+        }
+        _ => {
+            let t = kb.buf_ty(buf);
+            Expr::load(buf, index).cast(t.compute())
+        }
+    }
+}
+
+/// The f32 value of element `j` (0..32) of the block starting at byte `base`.
+pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
+    let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
+    let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
+    let nibble = |b: Expr, j: Expr| {
+        let lo = Expr::bin(crate::loopir::BinOp::And, b.clone(), Expr::Int(15, Ty::U8));
+        let hi = Expr::bin(crate::loopir::BinOp::Shr, b, Expr::Int(4, Ty::U8));
+        Expr::select(j.lt(Expr::i(16)), lo, hi).cast(Ty::F32)
+    };
+    match dtype {
+        DType::Q8_0 => {
+            let d = f16(base.clone());
+            let q = Expr::LoadRaw(buf, Box::new(base + 2 + j), Ty::I8).cast(Ty::F32);
+            Expr::bin(crate::loopir::BinOp::Mul, d, q)
+        }
+        DType::Q4_0 => {
+            let d = f16(base.clone());
+            let b = byte(base + 2 + (j.clone() % 16));
+            let q = Expr::bin(
+                crate::loopir::BinOp::Sub,
+                nibble(b, j),
+                Expr::f(8.0, Ty::F32),
+            );
+            Expr::bin(crate::loopir::BinOp::Mul, q, d)
+        }
+        _ => {
+            // Q4_1: q * d + m.
+            let d = f16(base.clone());
+            let m = f16(base.clone() + 2);
+            let b = byte(base + 4 + (j.clone() % 16));
+            Expr::bin(
+                crate::loopir::BinOp::Add,
+                Expr::bin(crate::loopir::BinOp::Mul, nibble(b, j), d),
+                m,
+            )
+        }
+    }
+}
+
+/// Converts a compute value to a buffer's element type for a store.
+pub(crate) fn to_storage(kb: &KernelBuilder, buf: BufId, v: Expr) -> Expr {
+    let t = kb.buf_ty(buf);
+    if kb.ty(&v) == t {
+        v
+    } else {
+        v.cast(t)
+    }
+}
+
+/// A float constant in type `t`.
+pub(crate) fn fconst(v: f64, t: Ty) -> Expr {
+    Expr::f(v, t)
+}
+
+/// exp(x) as an expression (kept here so a faster polynomial can replace it once).
+pub(crate) fn exp(x: Expr) -> Expr {
+    Expr::un(UnOp::Exp, x)
+}
+
+/// The node's attribute reader with an error naming the attribute.
+pub(crate) fn attr_int(node: &Node, name: &str) -> TResult<Option<i64>> {
+    match node.attrs.get(name) {
+        None => Ok(None),
+        Some(llmc_ir::Attr::Int(v)) => Ok(Some(*v)),
+        Some(other) => Err(format!(
+            "attribute `{name}` must be an integer, got {other:?}"
+        )),
+    }
+}
+
+/// A float attribute (integers accepted).
+pub(crate) fn attr_float(node: &Node, name: &str) -> TResult<Option<f64>> {
+    match node.attrs.get(name) {
+        None => Ok(None),
+        Some(llmc_ir::Attr::Float(v)) => Ok(Some(*v)),
+        Some(llmc_ir::Attr::Int(v)) => Ok(Some(*v as f64)),
+        Some(other) => Err(format!("attribute `{name}` must be a float, got {other:?}")),
+    }
+}
+
+/// A bool attribute with a default.
+pub(crate) fn attr_bool(node: &Node, name: &str, default: bool) -> TResult<bool> {
+    match node.attrs.get(name) {
+        None => Ok(default),
+        Some(llmc_ir::Attr::Bool(v)) => Ok(*v),
+        Some(llmc_ir::Attr::Int(v)) if *v == 0 || *v == 1 => Ok(*v == 1),
+        Some(other) => Err(format!("attribute `{name}` must be a bool, got {other:?}")),
+    }
+}
+
+/// An integer-list attribute.
+pub(crate) fn attr_ints<'a>(node: &'a Node, name: &str) -> TResult<Option<&'a [i64]>> {
+    match node.attrs.get(name) {
+        None => Ok(None),
+        Some(llmc_ir::Attr::Ints(v)) => Ok(Some(v)),
+        Some(llmc_ir::Attr::Floats(v)) if v.is_empty() => Ok(Some(&[])),
+        Some(other) => Err(format!(
+            "attribute `{name}` must be a list of integers, got {other:?}"
+        )),
+    }
+}
+
+/// A string attribute.
+pub(crate) fn attr_str<'a>(node: &'a Node, name: &str) -> TResult<Option<&'a str>> {
+    match node.attrs.get(name) {
+        None => Ok(None),
+        Some(llmc_ir::Attr::Str(v)) => Ok(Some(v)),
+        Some(other) => Err(format!(
+            "attribute `{name}` must be a string, got {other:?}"
+        )),
+    }
+}
+
+/// Resolves a possibly negative axis.
+pub(crate) fn axis(a: i64, rank: usize, what: &str) -> TResult<usize> {
+    llmc_ir::shape::norm_axis(a, rank)
+        .ok_or_else(|| format!("{what} = {a} is out of range for rank {rank}"))
+}
+
+/// Operand `k`'s type, or an error naming it.
+pub(crate) fn operand<'a>(ins: &[&'a TensorType], k: usize, what: &str) -> TResult<&'a TensorType> {
+    ins.get(k)
+        .copied()
+        .ok_or_else(|| format!("missing operand {k} ({what})"))
+}
+
+/// Result `k`'s type.
+pub(crate) fn result<'a>(outs: &[&'a TensorType], k: usize) -> TResult<&'a TensorType> {
+    outs.get(k)
+        .copied()
+        .ok_or_else(|| format!("missing result {k}"))
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests;

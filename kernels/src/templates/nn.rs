@@ -1,0 +1,348 @@
+//! Neural-network building blocks: rms_norm and layer_norm (one pass of sums per row,
+//! then the scaled row), rope (angles in f64 as the reference computes them, computed
+//! once per position and applied to every head), and attention as one streaming pass
+//! over the keys with an online softmax (running max, running sum, a local
+//! accumulator row), so no score buffer of the symbolic key length is needed and a
+//! KV-cache buffer is read exactly once per query.
+
+use super::{
+    attr_bool, attr_float, attr_int, attr_str, broadcast_strides, compute_ty, exp, fconst,
+    load_elem, operand, result, setup, to_storage, work_estimate, TResult, PARALLEL_MIN,
+};
+use crate::builder::KernelBuilder;
+use crate::loopir::{BinOp, Expr, Kernel, LoopTag, Ty, UnOp};
+use llmc_ir::{Dim, Node, Op, TensorType};
+
+fn b(op: BinOp, x: Expr, y: Expr) -> Expr {
+    Expr::bin(op, x, y)
+}
+
+/// `rms_norm(x, w)` and `layer_norm(x, w[, b])` over the last axis.
+pub(crate) fn norm(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Kernel> {
+    let x = operand(ins, 0, "x")?;
+    let w = operand(ins, 1, "w")?;
+    result(outs, 0)?;
+    let eps = attr_float(node, "eps")?.ok_or("missing attribute `eps`")?;
+    let rms = node.op == Op::RmsNorm;
+    let Some((d, lead)) = x.shape.0.split_last() else {
+        return Err("operand x must have rank >= 1".into());
+    };
+    let t = compute_ty(x.dtype)?;
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let rows = kb.numel(lead);
+    let de = kb.dim(d);
+    let bias = ib.get(2).copied().zip(ins.get(2).map(|t| t.dtype));
+    let parallel = work_estimate(&x.shape.0) >= PARALLEL_MIN;
+    let tag = if parallel {
+        LoopTag::Parallel
+    } else {
+        LoopTag::Serial
+    };
+    let v8 = LoopTag::Vectorize(8);
+    let dn = de.clone().cast(t);
+    kb.for_("r", 0, rows, tag, |kb, r| {
+        let base = kb.let_("base", r * de.clone());
+        let at = |j: Expr| base.clone() + j;
+        let (shift, inv) = if rms {
+            let ss = kb.let_mut("ss", fconst(0.0, t));
+            kb.for_("j", 0, de.clone(), v8, |kb, j| {
+                let v = load_elem(kb, ib[0], x.dtype, at(j));
+                let v = kb.let_("v", v);
+                kb.assign(
+                    ss,
+                    b(BinOp::Add, Expr::Var(ss), b(BinOp::Mul, v.clone(), v)),
+                );
+            });
+            let ms = b(BinOp::Div, Expr::Var(ss), dn.clone());
+            let inv = b(
+                BinOp::Div,
+                fconst(1.0, t),
+                Expr::un(UnOp::Sqrt, b(BinOp::Add, ms, fconst(eps, t))),
+            );
+            (None, kb.let_("inv", inv))
+        } else {
+            let s = kb.let_mut("s", fconst(0.0, t));
+            kb.for_("j", 0, de.clone(), v8, |kb, j| {
+                let v = load_elem(kb, ib[0], x.dtype, at(j));
+                kb.assign(s, b(BinOp::Add, Expr::Var(s), v));
+            });
+            let mean = kb.let_("mean", b(BinOp::Div, Expr::Var(s), dn.clone()));
+            let var = kb.let_mut("var", fconst(0.0, t));
+            kb.for_("j", 0, de.clone(), v8, |kb, j| {
+                let v = load_elem(kb, ib[0], x.dtype, at(j));
+                let c = kb.let_("c", b(BinOp::Sub, v, mean.clone()));
+                kb.assign(
+                    var,
+                    b(BinOp::Add, Expr::Var(var), b(BinOp::Mul, c.clone(), c)),
+                );
+            });
+            let vr = b(BinOp::Div, Expr::Var(var), dn.clone());
+            let inv = b(
+                BinOp::Div,
+                fconst(1.0, t),
+                Expr::un(UnOp::Sqrt, b(BinOp::Add, vr, fconst(eps, t))),
+            );
+            (Some(mean), kb.let_("inv", inv))
+        };
+        kb.for_("j", 0, de.clone(), v8, |kb, j| {
+            let mut v = load_elem(kb, ib[0], x.dtype, at(j.clone()));
+            if let Some(m) = &shift {
+                v = b(BinOp::Sub, v, m.clone());
+            }
+            let wv = load_elem(kb, ib[1], w.dtype, j.clone());
+            let mut y = b(BinOp::Mul, b(BinOp::Mul, v, inv.clone()), wv);
+            if let Some((bb, bd)) = bias {
+                y = b(BinOp::Add, y, load_elem(kb, bb, bd, j.clone()));
+            }
+            let y = to_storage(kb, ob[0], y);
+            kb.store(ob[0], at(j), y);
+        });
+    });
+    kb.finish()
+}
+
+/// `rope(x[b, h, s, d], pos[b or 1, s])`.
+pub(crate) fn rope(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Kernel> {
+    let x = operand(ins, 0, "x")?;
+    let pos = operand(ins, 1, "pos")?;
+    result(outs, 0)?;
+    let theta = attr_float(node, "theta")?.ok_or("missing attribute `theta`")?;
+    let neox = match attr_str(node, "style")?.unwrap_or("neox") {
+        "neox" => true,
+        "interleaved" => false,
+        other => return Err(format!("attribute `style` = {other:?} is unknown")),
+    };
+    let scale = attr_float(node, "scale")?.unwrap_or(1.0);
+    let [bd, hd, sd, dd] = &x.shape.0[..] else {
+        return Err(format!("operand x must be [b, h, s, d], got {}", x.shape));
+    };
+    let d = dd
+        .as_const()
+        .ok_or_else(|| format!("head dim {dd} must be constant"))?;
+    let dims = attr_int(node, "dims")?.unwrap_or(d);
+    if dims <= 0 || dims % 2 != 0 || dims > d {
+        return Err(format!(
+            "attribute `dims` = {dims} must be even and in 2..={d}"
+        ));
+    }
+    let half = dims / 2;
+    let t = compute_ty(x.dtype)?;
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let (be, he, se) = (kb.dim(bd), kb.dim(hd), kb.dim(sd));
+    let pos_batch1 = pos.shape.0.first() == Some(&Dim::c(1));
+    let n = kb.let_("n", be * se.clone());
+    let parallel = work_estimate(&x.shape.0) >= PARALLEL_MIN;
+    let tag = if parallel {
+        LoopTag::Parallel
+    } else {
+        LoopTag::Serial
+    };
+    kb.for_("q", 0, n, tag, |kb, q| {
+        let bi = kb.let_("bi", q.clone() / se.clone());
+        let si = kb.let_("si", q % se.clone());
+        let prow = if pos_batch1 { Expr::i(0) } else { bi.clone() };
+        let p = load_elem(kb, ib[1], pos.dtype, prow * se.clone() + si.clone());
+        let p = kb.let_("p", b(BinOp::Div, p.cast(Ty::F64), fconst(scale, Ty::F64)));
+        let row = |kb: &mut KernelBuilder, hi: Expr| -> Expr {
+            kb.let_(
+                "row",
+                ((bi.clone() * he.clone() + hi) * se.clone() + si.clone()) * d,
+            )
+        };
+        kb.for_("k", 0, half, LoopTag::Serial, |kb, k| {
+            // theta^(-2k/dims), in f64 as the reference computes it.
+            let ex = b(
+                BinOp::Div,
+                (k.clone() * -2).cast(Ty::F64),
+                fconst(dims as f64, Ty::F64),
+            );
+            let f = b(BinOp::Pow, fconst(theta, Ty::F64), ex);
+            let ang = kb.let_("ang", b(BinOp::Mul, p.clone(), f));
+            let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
+            let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
+            let (ia, ibx) = if neox {
+                (k.clone(), k.clone() + half)
+            } else {
+                (k.clone() * 2, k.clone() * 2 + 1)
+            };
+            kb.for_("h", 0, he.clone(), LoopTag::Serial, |kb, hi| {
+                let r = row(kb, hi);
+                let va = kb.let_("va", load_elem(kb, ib[0], x.dtype, r.clone() + ia.clone()));
+                let vb = kb.let_("vb", load_elem(kb, ib[0], x.dtype, r.clone() + ibx.clone()));
+                let oa = b(
+                    BinOp::Sub,
+                    b(BinOp::Mul, va.clone(), cos.clone()),
+                    b(BinOp::Mul, vb.clone(), sin.clone()),
+                );
+                let obv = b(
+                    BinOp::Add,
+                    b(BinOp::Mul, va, sin.clone()),
+                    b(BinOp::Mul, vb, cos.clone()),
+                );
+                let oa = to_storage(kb, ob[0], oa);
+                let obv = to_storage(kb, ob[0], obv);
+                kb.store(ob[0], r.clone() + ia.clone(), oa);
+                kb.store(ob[0], r + ibx.clone(), obv);
+            });
+        });
+        if dims < d {
+            kb.for_("h", 0, he.clone(), LoopTag::Serial, |kb, hi| {
+                let r = row(kb, hi);
+                kb.for_("c", dims, d, LoopTag::Vectorize(8), |kb, c| {
+                    let v = load_elem(kb, ib[0], x.dtype, r.clone() + c.clone());
+                    let v = to_storage(kb, ob[0], v);
+                    kb.store(ob[0], r.clone() + c, v);
+                });
+            });
+        }
+    });
+    kb.finish()
+}
+
+/// `attention(q, k, v[, mask])` with GQA, causal masking and an additive mask.
+pub(crate) fn attention(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Kernel> {
+    let q = operand(ins, 0, "q")?;
+    let k = operand(ins, 1, "k")?;
+    let v = operand(ins, 2, "v")?;
+    result(outs, 0)?;
+    let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
+    let causal = attr_bool(node, "causal", false)?;
+    let [bd, hd, sd, dkd] = &q.shape.0[..] else {
+        return Err(format!("operand q must be [b, h, s, dk], got {}", q.shape));
+    };
+    let [_, kvhd, td, _] = &k.shape.0[..] else {
+        return Err(format!(
+            "operand k must be [b, kvh, t, dk], got {}",
+            k.shape
+        ));
+    };
+    let dvd = v
+        .shape
+        .0
+        .get(3)
+        .ok_or_else(|| format!("operand v must be [b, kvh, t, dv], got {}", v.shape))?;
+    let dv = dvd
+        .as_const()
+        .ok_or_else(|| format!("value dim {dvd} must be constant"))?;
+    let (h, kvh) = match (hd.as_const(), kvhd.as_const()) {
+        (Some(h), Some(kvh)) if kvh > 0 && h % kvh == 0 => (h, kvh),
+        _ if hd == kvhd => (1, 1),
+        _ => {
+            return Err(format!(
+                "head counts {hd} and {kvhd} must be constant for GQA"
+            ))
+        }
+    };
+    let group = h / kvh;
+    let t = compute_ty(q.dtype)?;
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let (be, he, se, dke, te) = (kb.dim(bd), kb.dim(hd), kb.dim(sd), kb.dim(dkd), kb.dim(td));
+    let kvhe = kb.dim(kvhd);
+    let mask = match ins.get(3) {
+        Some(m) => {
+            let full = [bd.clone(), hd.clone(), sd.clone(), td.clone()];
+            let st = broadcast_strides(&full, &m.shape.0);
+            Some((ib[3], m.dtype, st))
+        }
+        None => None,
+    };
+    let n = kb.let_("n", be * he.clone() * se.clone());
+    let scores = [bd.clone(), hd.clone(), sd.clone(), td.clone(), dkd.clone()];
+    let tag = if work_estimate(&scores) >= PARALLEL_MIN {
+        LoopTag::Parallel
+    } else {
+        LoopTag::Serial
+    };
+    let v8 = LoopTag::Vectorize(8);
+    kb.for_("qi", 0, n, tag, |kb, qi| {
+        let si = kb.let_("si", qi.clone() % se.clone());
+        let bh = kb.let_("bh", qi.clone() / se.clone());
+        let hi = kb.let_("hi", bh.clone() % he.clone());
+        let bi = kb.let_("bi", bh / he.clone());
+        let kvi = kb.let_("kvi", hi.clone() / group);
+        let qrow = kb.let_("qrow", qi.clone() * dke.clone());
+        let kvbase = kb.let_("kvbase", (bi.clone() * kvhe.clone() + kvi) * te.clone());
+        let acc = kb.local("acc", t, dv);
+        kb.for_("c", 0, dv, v8, |kb, c| kb.store(acc, c, fconst(0.0, t)));
+        let m = kb.let_mut("m", fconst(f64::NEG_INFINITY, t));
+        let l = kb.let_mut("l", fconst(0.0, t));
+        let tend = if causal {
+            (si.clone() + te.clone() - se.clone() + 1).min(te.clone())
+        } else {
+            te.clone()
+        };
+        let tend = kb.let_("tend", tend);
+        kb.for_("j", 0, tend, LoopTag::Serial, |kb, j| {
+            let krow = kb.let_("krow", (kvbase.clone() + j.clone()) * dke.clone());
+            let dot = kb.let_mut("dot", fconst(0.0, t));
+            kb.for_("c", 0, dke.clone(), v8, |kb, c| {
+                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                let kv = load_elem(kb, ib[1], k.dtype, krow.clone() + c);
+                kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kv)));
+            });
+            let mut sc = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
+            if let Some((mb, md, st)) = &mask {
+                let coords = [bi.clone(), hi.clone(), si.clone(), j.clone()];
+                let at = super::offset(kb, &coords, st);
+                sc = b(BinOp::Add, sc, load_elem(kb, *mb, *md, at));
+            }
+            let sc = kb.let_("sc", sc);
+            // A score of -inf (a masked key) contributes nothing.
+            kb.if_(sc.clone().ne_(fconst(f64::NEG_INFINITY, t)), |kb| {
+                let mn = kb.let_("mn", Expr::Var(m).max(sc.clone()));
+                let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
+                let p = kb.let_("p", exp(b(BinOp::Sub, sc.clone(), mn.clone())));
+                kb.assign(
+                    l,
+                    b(
+                        BinOp::Add,
+                        b(BinOp::Mul, Expr::Var(l), corr.clone()),
+                        p.clone(),
+                    ),
+                );
+                let vrow = kb.let_("vrow", (kvbase.clone() + j.clone()) * dv);
+                kb.for_("c", 0, dv, v8, |kb, c| {
+                    let vv = load_elem(kb, ib[2], v.dtype, vrow.clone() + c.clone());
+                    let a = Expr::load(acc, c.clone());
+                    let nv = b(
+                        BinOp::Add,
+                        b(BinOp::Mul, a, corr.clone()),
+                        b(BinOp::Mul, p.clone(), vv),
+                    );
+                    kb.store(acc, c, nv);
+                });
+                kb.assign(m, mn);
+            });
+        });
+        let inv = kb.let_(
+            "inv",
+            Expr::select(
+                Expr::Var(l).ne_(fconst(0.0, t)),
+                b(BinOp::Div, fconst(1.0, t), Expr::Var(l)),
+                fconst(0.0, t),
+            ),
+        );
+        let orow = kb.let_("orow", qi * dv);
+        kb.for_("c", 0, dv, v8, |kb, c| {
+            let y = b(BinOp::Mul, Expr::load(acc, c.clone()), inv.clone());
+            let y = to_storage(kb, ob[0], y);
+            kb.store(ob[0], orow.clone() + c, y);
+        });
+    });
+    kb.finish()
+}

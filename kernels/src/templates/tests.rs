@@ -1,0 +1,779 @@
+//! Every template checked against the reference interpreter on the op it implements,
+//! with random inputs (symbolic dims included) and explicit tolerances.
+
+use super::testing::{check, check_args, tt, Arg, Rng};
+use llmc_ir::{attrs, Attr, DType, Op, Shape};
+
+const F: DType = DType::F32;
+
+#[test]
+fn unary_float_ops() {
+    let mut r = Rng::new(1);
+    let x = r.tensor(F, &[3, 5], 3.0);
+    let pos = Rng::new(2).tensor(F, &[3, 5], 1.0).to_f64();
+    let pos = llmc_ir::Tensor::from_f64(F, vec![3, 5], pos.iter().map(|v| v.abs() + 0.1).collect());
+    for op in [
+        Op::Neg,
+        Op::Abs,
+        Op::Exp,
+        Op::Tanh,
+        Op::Sigmoid,
+        Op::Relu,
+        Op::Silu,
+        Op::Gelu,
+        Op::Erf,
+        Op::Sin,
+        Op::Cos,
+        Op::Floor,
+        Op::Ceil,
+        Op::Round,
+        Op::Sign,
+        Op::Reciprocal,
+    ] {
+        check(
+            op,
+            attrs([]),
+            &[(tt(F, &["batch", "5"]), x.clone())],
+            1e-6,
+            1e-6,
+        );
+    }
+    for op in [Op::Log, Op::Sqrt, Op::Rsqrt] {
+        check(
+            op,
+            attrs([]),
+            &[(tt(F, &["3", "5"]), pos.clone())],
+            1e-6,
+            1e-6,
+        );
+    }
+    let a = attrs([("approximate", Attr::Str("tanh".into()))]);
+    check(Op::Gelu, a, &[(tt(F, &["3", "5"]), x.clone())], 1e-6, 1e-6);
+    let a = attrs([("min", Attr::Float(-0.5)), ("max", Attr::Float(1.25))]);
+    check(Op::Clip, a, &[(tt(F, &["3", "5"]), x)], 0.0, 0.0);
+}
+
+#[test]
+fn binary_ops_broadcast() {
+    let mut r = Rng::new(3);
+    let a = r.tensor(F, &[2, 3, 4], 2.0);
+    let b = r.tensor(F, &[4], 2.0);
+    let c = r.tensor(F, &[3, 1], 2.0);
+    for op in [Op::Add, Op::Sub, Op::Mul, Op::Div, Op::Max, Op::Min] {
+        check(
+            op,
+            attrs([]),
+            &[
+                (tt(F, &["batch", "3", "4"]), a.clone()),
+                (tt(F, &["4"]), b.clone()),
+            ],
+            1e-6,
+            1e-6,
+        );
+        check(
+            op,
+            attrs([]),
+            &[
+                (tt(F, &["3", "1"]), c.clone()),
+                (tt(F, &["2", "3", "4"]), a.clone()),
+            ],
+            1e-6,
+            1e-6,
+        );
+    }
+    for op in [
+        Op::Less,
+        Op::Greater,
+        Op::Equal,
+        Op::LessEqual,
+        Op::GreaterEqual,
+    ] {
+        check(
+            op,
+            attrs([]),
+            &[
+                (tt(F, &["2", "3", "4"]), a.clone()),
+                (tt(F, &["3", "1"]), c.clone()),
+            ],
+            0.0,
+            0.0,
+        );
+    }
+    let pa = llmc_ir::Tensor::from_f64(F, vec![4], vec![0.5, 1.5, 2.0, 3.0]);
+    let pb = llmc_ir::Tensor::from_f64(F, vec![4], vec![2.0, -1.0, 0.5, 3.0]);
+    check(
+        Op::Pow,
+        attrs([]),
+        &[(tt(F, &["4"]), pa), (tt(F, &["4"]), pb)],
+        1e-6,
+        1e-6,
+    );
+}
+
+#[test]
+fn integer_and_bool_ops() {
+    let mut r = Rng::new(4);
+    let m = r.ints(DType::I64, &[2, 3], -9, 9);
+    let n = r.ints(DType::I64, &[2, 3], -9, 9);
+    let n_nz = llmc_ir::Tensor::from_i64(
+        DType::I64,
+        vec![2, 3],
+        n.to_i64()
+            .iter()
+            .map(|&v| if v == 0 { 3 } else { v })
+            .collect(),
+    );
+    for op in [Op::Add, Op::Sub, Op::Mul, Op::Max, Op::Min] {
+        check(
+            op,
+            attrs([]),
+            &[
+                (tt(DType::I64, &["2", "3"]), m.clone()),
+                (tt(DType::I64, &["2", "3"]), n.clone()),
+            ],
+            0.0,
+            0.0,
+        );
+    }
+    check(
+        Op::Div,
+        attrs([]),
+        &[
+            (tt(DType::I64, &["2", "3"]), m.clone()),
+            (tt(DType::I64, &["2", "3"]), n_nz),
+        ],
+        0.0,
+        0.0,
+    );
+    for op in [Op::Neg, Op::Abs, Op::Relu, Op::Sign] {
+        check(
+            op,
+            attrs([]),
+            &[(tt(DType::I64, &["2", "3"]), m.clone())],
+            0.0,
+            0.0,
+        );
+    }
+    let p = llmc_ir::Tensor::from_i64(DType::I64, vec![4], vec![2, -2, 1, 3]);
+    let e = llmc_ir::Tensor::from_i64(DType::I64, vec![4], vec![5, 3, -1, -2]);
+    check(
+        Op::Pow,
+        attrs([]),
+        &[(tt(DType::I64, &["4"]), p), (tt(DType::I64, &["4"]), e)],
+        0.0,
+        0.0,
+    );
+    // mod: floored and truncated remainders, integers and floats, every sign pairing.
+    let num = llmc_ir::Tensor::from_i64(DType::I64, vec![6], vec![7, -7, 7, -7, 0, 9]);
+    let den = llmc_ir::Tensor::from_i64(DType::I64, vec![6], vec![3, 3, -3, -3, 5, 9]);
+    let fnum = r.tensor(F, &[2, 3], 3.0);
+    let fden = llmc_ir::Tensor::f32(vec![3], vec![1.5, -0.75, 2.0]);
+    for fmod in [false, true] {
+        let a = attrs([("fmod", Attr::Bool(fmod))]);
+        check(
+            Op::Mod,
+            a.clone(),
+            &[
+                (tt(DType::I64, &["6"]), num.clone()),
+                (tt(DType::I64, &["6"]), den.clone()),
+            ],
+            0.0,
+            0.0,
+        );
+        check(
+            Op::Mod,
+            a,
+            &[
+                (tt(F, &["2", "3"]), fnum.clone()),
+                (tt(F, &["3"]), fden.clone()),
+            ],
+            1e-6,
+            1e-6,
+        );
+    }
+    let bits_a = r.ints(DType::U8, &[2, 3], 0, 256);
+    let bits_b = r.ints(DType::U8, &[3], 0, 256);
+    for op in [Op::BitwiseAnd, Op::BitwiseOr, Op::BitwiseXor] {
+        check(
+            op,
+            attrs([]),
+            &[
+                (tt(DType::U8, &["2", "3"]), bits_a.clone()),
+                (tt(DType::U8, &["3"]), bits_b.clone()),
+            ],
+            0.0,
+            0.0,
+        );
+    }
+    for (d, t) in [(DType::U8, bits_a.clone()), (DType::I64, m.clone())] {
+        check(
+            Op::BitwiseNot,
+            attrs([]),
+            &[(tt(d, &["2", "3"]), t)],
+            0.0,
+            0.0,
+        );
+    }
+    let a = r.ints(DType::Bool, &[2, 2], 0, 2);
+    let b = r.ints(DType::Bool, &[2, 2], 0, 2);
+    for op in [Op::And, Op::Or, Op::Xor] {
+        check(
+            op,
+            attrs([]),
+            &[
+                (tt(DType::Bool, &["2", "2"]), a.clone()),
+                (tt(DType::Bool, &["2", "2"]), b.clone()),
+            ],
+            0.0,
+            0.0,
+        );
+    }
+    check(
+        Op::Not,
+        attrs([]),
+        &[(tt(DType::Bool, &["2", "2"]), a.clone())],
+        0.0,
+        0.0,
+    );
+    let x = r.tensor(F, &[2, 2], 1.0);
+    let y = r.tensor(F, &[2], 1.0);
+    check(
+        Op::Where,
+        attrs([]),
+        &[
+            (tt(DType::Bool, &["2", "2"]), a),
+            (tt(F, &["2", "2"]), x),
+            (tt(F, &["2"]), y),
+        ],
+        0.0,
+        0.0,
+    );
+    let a = attrs([("min", Attr::Float(-2.5)), ("max", Attr::Float(4.5))]);
+    check(Op::Clip, a, &[(tt(DType::I64, &["2", "3"]), m)], 0.0, 0.0);
+}
+
+#[test]
+fn casts_between_types() {
+    let x = llmc_ir::Tensor::from_f64(F, vec![7], vec![-2.7, -0.5, 0.0, 0.1, 1.9, 1000.3, 3e10]);
+    for to in [
+        DType::I64,
+        DType::I32,
+        DType::I8,
+        DType::Bool,
+        DType::F16,
+        DType::BF16,
+        DType::F64,
+    ] {
+        check(
+            Op::Cast,
+            attrs([("to", Attr::Type(to))]),
+            &[(tt(F, &["7"]), x.clone())],
+            0.0,
+            0.0,
+        );
+    }
+    let n = llmc_ir::Tensor::from_i64(DType::I64, vec![3], vec![-3, 0, 123456]);
+    for to in [DType::F32, DType::F16, DType::I16, DType::U8, DType::Bool] {
+        check(
+            Op::Cast,
+            attrs([("to", Attr::Type(to))]),
+            &[(tt(DType::I64, &["3"]), n.clone())],
+            0.0,
+            0.0,
+        );
+    }
+    // f16 arithmetic rounds once, like the reference.
+    let mut r = Rng::new(5);
+    let h = r.tensor(DType::F16, &[8], 4.0);
+    let g = r.tensor(DType::F16, &[8], 4.0);
+    check(
+        Op::Mul,
+        attrs([]),
+        &[
+            (tt(DType::F16, &["8"]), h.clone()),
+            (tt(DType::F16, &["8"]), g),
+        ],
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Silu,
+        attrs([]),
+        &[(tt(DType::F16, &["8"]), h)],
+        1e-3,
+        1e-3,
+    );
+}
+
+#[test]
+fn reductions() {
+    let mut r = Rng::new(6);
+    let x = r.tensor(F, &[4, 3, 5], 2.0);
+    for op in [
+        Op::ReduceSum,
+        Op::ReduceMean,
+        Op::ReduceMax,
+        Op::ReduceMin,
+        Op::ReduceProd,
+    ] {
+        for (axes, keep) in [
+            (vec![-1], true),
+            (vec![0, 2], false),
+            (vec![], true),
+            (vec![1], false),
+        ] {
+            let a = attrs([("axes", Attr::Ints(axes)), ("keepdims", Attr::Bool(keep))]);
+            check(op, a, &[(tt(F, &["seq", "3", "5"]), x.clone())], 1e-5, 1e-5);
+        }
+    }
+    let n = r.ints(DType::I64, &[2, 4], -5, 5);
+    for op in [
+        Op::ReduceSum,
+        Op::ReduceMean,
+        Op::ReduceMax,
+        Op::ReduceMin,
+        Op::ReduceProd,
+    ] {
+        let a = attrs([("axes", Attr::Ints(vec![1]))]);
+        check(op, a, &[(tt(DType::I64, &["2", "4"]), n.clone())], 0.0, 0.0);
+    }
+    for op in [Op::ArgMax, Op::ArgMin] {
+        for (axis, keep) in [(1, true), (-1, false), (0, false)] {
+            let a = attrs([("axis", Attr::Int(axis)), ("keepdims", Attr::Bool(keep))]);
+            check(op, a, &[(tt(F, &["4", "3", "5"]), x.clone())], 0.0, 0.0);
+        }
+    }
+    for op in [Op::Softmax, Op::LogSoftmax] {
+        for axis in [-1, 1, 0] {
+            let a = attrs([("axis", Attr::Int(axis))]);
+            check(op, a, &[(tt(F, &["seq", "3", "5"]), x.clone())], 1e-6, 1e-5);
+        }
+    }
+    for (op, (ex, rev)) in [Op::CumSum, Op::CumProd].into_iter().flat_map(|op| {
+        [(false, false), (true, false), (false, true), (true, true)].map(|f| (op, f))
+    }) {
+        let a = attrs([
+            ("axis", Attr::Int(1)),
+            ("exclusive", Attr::Bool(ex)),
+            ("reverse", Attr::Bool(rev)),
+        ]);
+        check(op, a, &[(tt(F, &["4", "3", "5"]), x.clone())], 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn matmul_shapes() {
+    let mut r = Rng::new(7);
+    let a = r.tensor(F, &[2, 1, 2, 3], 1.0);
+    let b = r.tensor(F, &[3, 3, 4], 1.0);
+    let v = r.tensor(F, &[3], 1.0);
+    let s = r.tensor(F, &[5, 3], 1.0);
+    check(
+        Op::MatMul,
+        attrs([]),
+        &[
+            (tt(F, &["2", "1", "2", "3"]), a.clone()),
+            (tt(F, &["3", "3", "4"]), b.clone()),
+        ],
+        1e-6,
+        1e-5,
+    );
+    check(
+        Op::MatMul,
+        attrs([]),
+        &[
+            (tt(F, &["3"]), v.clone()),
+            (tt(F, &["3", "3", "4"]), b.clone()),
+        ],
+        1e-6,
+        1e-5,
+    );
+    check(
+        Op::MatMul,
+        attrs([]),
+        &[(tt(F, &["2", "1", "2", "3"]), a), (tt(F, &["3"]), v)],
+        1e-6,
+        1e-5,
+    );
+    check(
+        Op::MatMul,
+        attrs([]),
+        &[(tt(F, &["seq", "3"]), s), (tt(F, &["3", "3", "4"]), b)],
+        1e-6,
+        1e-5,
+    );
+    let m = r.ints(DType::I64, &[2, 3], -5, 5);
+    let n = r.ints(DType::I64, &[3, 2], -5, 5);
+    check(
+        Op::MatMul,
+        attrs([]),
+        &[
+            (tt(DType::I64, &["2", "3"]), m),
+            (tt(DType::I64, &["3", "2"]), n),
+        ],
+        0.0,
+        0.0,
+    );
+    let h = r.tensor(DType::F16, &[3, 8], 1.0);
+    let g = r.tensor(DType::F16, &[8, 2], 1.0);
+    check(
+        Op::MatMul,
+        attrs([]),
+        &[
+            (tt(DType::F16, &["3", "8"]), h),
+            (tt(DType::F16, &["8", "2"]), g),
+        ],
+        2e-3,
+        2e-3,
+    );
+}
+
+fn f32_bytes(t: &llmc_ir::Tensor) -> Vec<u8> {
+    crate::interp::tensor_bytes(t)
+}
+
+/// Random blocks of a GGUF format: `rows` rows of `k` elements.
+fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..rows * k / 32 {
+        let scale = half::f16::from_f64(0.01 + 0.05 * r.unit().abs()).to_le_bytes();
+        out.extend(scale);
+        match d {
+            DType::Q8_0 => out.extend((0..32).map(|_| r.next() as u8)),
+            DType::Q4_0 => out.extend((0..16).map(|_| r.next() as u8)),
+            _ => {
+                out.extend(half::f16::from_f64(-0.2 * r.unit().abs()).to_le_bytes());
+                out.extend((0..16).map(|_| r.next() as u8));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn linear_float_and_quantized() {
+    let mut r = Rng::new(8);
+    // n = 7 exercises the column tail, rows = 5 the row tail.
+    for (rows, n, k) in [(5usize, 7usize, 64usize), (1, 9, 32), (2, 4, 96)] {
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let w = r.tensor(F, &[n, k], 1.0);
+        let b = r.tensor(F, &[n], 1.0);
+        let xa = Arg::In(tt(F, &["seq", &k.to_string()]), x.clone());
+        check_args(
+            Op::Linear,
+            attrs([]),
+            &[xa, Arg::W(F, vec![n, k], f32_bytes(&w))],
+            1e-5,
+            1e-5,
+        );
+        let xa = Arg::In(tt(F, &["seq", &k.to_string()]), x.clone());
+        check_args(
+            Op::Linear,
+            attrs([]),
+            &[
+                xa,
+                Arg::W(F, vec![n, k], f32_bytes(&w)),
+                Arg::W(F, vec![n], f32_bytes(&b)),
+            ],
+            1e-5,
+            1e-5,
+        );
+        for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            let wq = quant_bytes(&mut r, d, n, k);
+            let xa = Arg::In(tt(F, &["seq", &k.to_string()]), x.clone());
+            check_args(
+                Op::Linear,
+                attrs([]),
+                &[xa, Arg::W(d, vec![n, k], wq)],
+                1e-5,
+                1e-5,
+            );
+        }
+    }
+    // A quantized gather (embedding lookup) and a quantized elementwise operand.
+    let wq = quant_bytes(&mut r, DType::Q4_1, 6, 64);
+    let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![5, 0, 2]);
+    check_args(
+        Op::Gather,
+        attrs([("axis", Attr::Int(0))]),
+        &[
+            Arg::W(DType::Q4_1, vec![6, 64], wq),
+            Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+        ],
+        0.0,
+        0.0,
+    );
+    let wq = quant_bytes(&mut r, DType::Q8_0, 2, 32);
+    let x = r.tensor(F, &[2, 32], 1.0);
+    check_args(
+        Op::Mul,
+        attrs([]),
+        &[
+            Arg::In(tt(F, &["2", "32"]), x),
+            Arg::W(DType::Q8_0, vec![2, 32], wq),
+        ],
+        0.0,
+        0.0,
+    );
+}
+
+#[test]
+fn layout_ops() {
+    let mut r = Rng::new(9);
+    let x = r.tensor(F, &[2, 3, 4], 1.0);
+    let ty = tt(F, &["2", "seq", "4"]);
+    check(
+        Op::Transpose,
+        attrs([("perm", Attr::Ints(vec![2, 0, 1]))]),
+        &[(ty.clone(), x.clone())],
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Transpose,
+        attrs([("perm", Attr::Ints(vec![0, 2, 1]))]),
+        &[(ty.clone(), x.clone())],
+        0.0,
+        0.0,
+    );
+    let sym = |d: &[&str]| Attr::Shape(tt(F, d).shape);
+    check(
+        Op::Expand,
+        attrs([("shape", sym(&["3", "2", "1", "4"]))]),
+        &[(tt(F, &["2", "3", "4"]), x.clone())],
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Tile,
+        attrs([("repeats", Attr::Ints(vec![1, 2, 3]))]),
+        &[(ty.clone(), x.clone())],
+        0.0,
+        0.0,
+    );
+    for (upper, k) in [(true, 1), (false, 0), (false, -1)] {
+        check(
+            Op::Trilu,
+            attrs([("upper", Attr::Bool(upper)), ("k", Attr::Int(k))]),
+            &[(ty.clone(), x.clone())],
+            0.0,
+            0.0,
+        );
+    }
+    check(
+        Op::Pad,
+        attrs([
+            ("pads", Attr::Ints(vec![1, 0, -1, 0, 2, 1])),
+            ("value", Attr::Float(1.5)),
+        ]),
+        &[(ty.clone(), x.clone())],
+        0.0,
+        0.0,
+    );
+    let sl = |st: &[i64], en: &[i64], ax: &[i64], sp: &[i64]| {
+        attrs([
+            ("starts", Attr::Ints(st.to_vec())),
+            ("ends", Attr::Ints(en.to_vec())),
+            ("axes", Attr::Ints(ax.to_vec())),
+            ("steps", Attr::Ints(sp.to_vec())),
+        ])
+    };
+    check(
+        Op::Slice,
+        sl(&[-1], &[i64::MIN], &[2], &[-1]),
+        &[(ty.clone(), x.clone())],
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Slice,
+        sl(&[1, 0], &[i64::MAX, 100], &[1, -1], &[1, 3]),
+        &[(ty.clone(), x.clone())],
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Slice,
+        sl(&[-2], &[i64::MAX], &[1], &[1]),
+        &[(ty.clone(), x.clone())],
+        0.0,
+        0.0,
+    );
+    let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![2, 2], vec![0, 2, -1, 1]);
+    check(
+        Op::Gather,
+        attrs([("axis", Attr::Int(1))]),
+        &[
+            (tt(F, &["2", "3", "4"]), x.clone()),
+            (tt(DType::I64, &["2", "2"]), ids),
+        ],
+        0.0,
+        0.0,
+    );
+    let ix = r.ints(DType::I64, &[2, 2, 4], -3, 3);
+    check(
+        Op::GatherElements,
+        attrs([("axis", Attr::Int(1))]),
+        &[
+            (tt(F, &["2", "3", "4"]), x.clone()),
+            (tt(DType::I64, &["2", "2", "4"]), ix),
+        ],
+        0.0,
+        0.0,
+    );
+    let y = r.tensor(F, &[2, 1, 4], 1.0);
+    check(
+        Op::Concat,
+        attrs([("axis", Attr::Int(1))]),
+        &[(ty.clone(), x.clone()), (tt(F, &["2", "1", "4"]), y)],
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Split,
+        attrs([("axis", Attr::Int(2)), ("sizes", Attr::Ints(vec![1, 3]))]),
+        &[(ty, x)],
+        0.0,
+        0.0,
+    );
+    let _ = Shape::of(&[]);
+}
+
+#[test]
+fn norms_rope_attention() {
+    let mut r = Rng::new(10);
+    let x = r.tensor(F, &[2, 3, 6], 2.0);
+    let w = r.tensor(F, &[6], 1.0);
+    let b = r.tensor(F, &[6], 1.0);
+    let xt = tt(F, &["2", "seq", "6"]);
+    check(
+        Op::RmsNorm,
+        attrs([("eps", Attr::Float(1e-5))]),
+        &[(xt.clone(), x.clone()), (tt(F, &["6"]), w.clone())],
+        1e-5,
+        1e-5,
+    );
+    check(
+        Op::LayerNorm,
+        attrs([("eps", Attr::Float(1e-3))]),
+        &[
+            (xt.clone(), x.clone()),
+            (tt(F, &["6"]), w.clone()),
+            (tt(F, &["6"]), b),
+        ],
+        1e-5,
+        1e-5,
+    );
+    let xr = r.tensor(F, &[2, 2, 3, 8], 2.0);
+    let pos = r.ints(DType::I64, &[2, 3], 0, 40);
+    let pos1 = r.ints(DType::I64, &[1, 3], 0, 40);
+    let xrt = tt(F, &["2", "2", "seq", "8"]);
+    for a in [
+        attrs([("theta", Attr::Float(10000.0))]),
+        attrs([
+            ("theta", Attr::Float(500.0)),
+            ("style", Attr::Str("interleaved".into())),
+        ]),
+        attrs([("theta", Attr::Float(10000.0)), ("dims", Attr::Int(4))]),
+    ] {
+        check(
+            Op::Rope,
+            a,
+            &[
+                (xrt.clone(), xr.clone()),
+                (tt(DType::I64, &["2", "seq"]), pos.clone()),
+            ],
+            1e-5,
+            1e-5,
+        );
+    }
+    let a = attrs([
+        ("theta", Attr::Float(100.0)),
+        ("dims", Attr::Int(6)),
+        ("scale", Attr::Float(4.0)),
+        ("style", Attr::Str("interleaved".into())),
+    ]);
+    check(
+        Op::Rope,
+        a,
+        &[(xrt, xr), (tt(DType::I64, &["1", "seq"]), pos1)],
+        1e-5,
+        1e-5,
+    );
+    let q = r.tensor(F, &[1, 4, 2, 3], 1.0);
+    let k = r.tensor(F, &[1, 2, 5, 3], 1.0);
+    let v = r.tensor(F, &[1, 2, 5, 3], 1.0);
+    let mask = llmc_ir::Tensor::from_f64(
+        F,
+        vec![2, 5],
+        vec![
+            0.0,
+            -1.0,
+            f64::NEG_INFINITY,
+            0.5,
+            0.0,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+        ],
+    );
+    let qt = tt(F, &["1", "4", "seq", "3"]);
+    let kt = tt(F, &["1", "2", "t", "3"]);
+    for causal in [false, true] {
+        let a = attrs([("scale", Attr::Float(0.5)), ("causal", Attr::Bool(causal))]);
+        check(
+            Op::Attention,
+            a.clone(),
+            &[
+                (qt.clone(), q.clone()),
+                (kt.clone(), k.clone()),
+                (kt.clone(), v.clone()),
+            ],
+            1e-5,
+            1e-5,
+        );
+        check(
+            Op::Attention,
+            a,
+            &[
+                (qt.clone(), q.clone()),
+                (kt.clone(), k.clone()),
+                (kt.clone(), v.clone()),
+                (tt(F, &["seq", "t"]), mask.clone()),
+            ],
+            1e-5,
+            1e-5,
+        );
+    }
+    // More queries than keys: early queries see nothing under the causal rule.
+    let q6 = r.tensor(F, &[1, 2, 6, 3], 1.0);
+    let a = attrs([("scale", Attr::Float(0.5)), ("causal", Attr::Bool(true))]);
+    check(
+        Op::Attention,
+        a,
+        &[(tt(F, &["1", "2", "6", "3"]), q6), (kt.clone(), k), (kt, v)],
+        1e-5,
+        1e-5,
+    );
+}
+
+#[test]
+fn kernels_print_readably() {
+    let mut r = Rng::new(11);
+    let a = r.tensor(F, &[2, 4], 1.0);
+    let b = r.tensor(F, &[4], 1.0);
+    let text = check(
+        Op::Add,
+        attrs([]),
+        &[(tt(F, &["seq", "4"]), a), (tt(F, &["4"]), b)],
+        0.0,
+        0.0,
+    );
+    assert!(
+        text.starts_with("kernel add(in %in0: f32, in %in1: f32, out %out: f32; $seq) {"),
+        "{text}"
+    );
+    assert!(text.contains("vectorize(8) for"), "{text}");
+}

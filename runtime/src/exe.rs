@@ -1,0 +1,210 @@
+//! The emitted executable's command line (its `main` is a thin shim in `runtime/exe`
+//! that passes in the kernel table). Commands:
+//!
+//! ```text
+//! ./OUT run [--input NAME=FILE.npy]... [--output-dir DIR] [--then [--input ...]... [--output-dir DIR]]...
+//! ./OUT info
+//! ```
+//!
+//! `run` executes the graph once per group (groups are separated by `--then`; the KV
+//! cache carries over from one group to the next) and writes `DIR/NAME.npy` per graph
+//! output. `generate`, `serve` and `bench` come with the LLM executable.
+
+use crate::abi::KernelTable;
+use crate::exec::{HostTensor, Model};
+use crate::plan::Plan;
+use crate::{npy, payload};
+use std::path::PathBuf;
+
+const USAGE: &str = "usage:
+  run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
+  info                                                             describe the model";
+
+/// One `run` group.
+#[derive(Debug, Default, PartialEq)]
+struct Group {
+    inputs: Vec<(String, PathBuf)>,
+    out_dir: Option<PathBuf>,
+}
+
+fn parse_run(args: &[String]) -> Result<Vec<Group>, String> {
+    let mut groups = vec![Group::default()];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let g = groups.last_mut().ok_or("no group")?;
+        match a.as_str() {
+            "--input" | "-i" => {
+                let v = it.next().ok_or("--input needs NAME=FILE.npy")?;
+                let (n, f) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("--input {v}: expected NAME=FILE.npy"))?;
+                g.inputs
+                    .push((n.trim_start_matches('%').to_string(), PathBuf::from(f)));
+            }
+            "--output-dir" | "-o" => {
+                let v = it.next().ok_or("--output-dir needs a folder")?;
+                g.out_dir = Some(PathBuf::from(v));
+            }
+            "--then" => groups.push(Group::default()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(groups)
+}
+
+fn run_groups(model: &mut Model, groups: &[Group]) -> Result<(), String> {
+    for (gi, g) in groups.iter().enumerate() {
+        let plan = model.plan();
+        let mut inputs: Vec<Option<HostTensor>> = vec![None; plan.inputs.len()];
+        for (name, path) in &g.inputs {
+            let k = plan
+                .inputs
+                .iter()
+                .position(|i| &i.name == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = plan.inputs.iter().map(|i| i.name.as_str()).collect();
+                    format!(
+                        "the graph has no input `{name}` (inputs: {})",
+                        names.join(", ")
+                    )
+                })?;
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let t = npy::read(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            inputs[k] = Some(t);
+        }
+        let inputs: Vec<HostTensor> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(k, t)| {
+                t.ok_or_else(|| {
+                    format!(
+                        "input `{}` is not given (--input {}=FILE.npy)",
+                        plan.inputs[k].name, plan.inputs[k].name
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let names: Vec<String> = plan.outputs.iter().map(|o| o.name.clone()).collect();
+        let t0 = std::time::Instant::now();
+        let outs = model.run(&inputs).map_err(|e| e.to_string())?;
+        let secs = t0.elapsed().as_secs_f64();
+        let dir = g.out_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        for (name, t) in names.iter().zip(&outs) {
+            let p = dir.join(output_file_name(name));
+            let b = npy::write(t).map_err(|e| format!("output `{name}`: {e}"))?;
+            std::fs::write(&p, b).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        }
+        eprintln!(
+            "run {}: {:.3} ms, wrote {} output(s) to {}",
+            gi + 1,
+            secs * 1e3,
+            outs.len(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The file `run` writes an output to: `NAME.npy`, with characters other than
+/// `[A-Za-z0-9_.-]` replaced by `_` (and a leading `.` too, so no name escapes the
+/// folder or hides).
+pub fn output_file_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.starts_with('.') || s.is_empty() {
+        s.insert(0, '_');
+    }
+    s + ".npy"
+}
+
+fn info(plan: &Plan, data_len: usize) {
+    println!("model: {}", plan.name);
+    for (k, v) in &plan.info {
+        println!("{k}: {v}");
+    }
+    let show = |io: &crate::plan::IoDecl| {
+        let d: Vec<String> = io.shape.iter().map(|p| p.show(&plan.symbols)).collect();
+        format!("%{}: {}[{}]", io.name, io.dtype.name(), d.join(", "))
+    };
+    for i in &plan.inputs {
+        println!("input {}", show(i));
+    }
+    for o in &plan.outputs {
+        println!("output {}", show(o));
+    }
+    println!("kernels: {}", plan.kernels.len());
+    println!("steps: {}", plan.steps.len());
+    println!("data: {data_len} bytes");
+    println!("threads: {}", crate::pool::num_threads());
+}
+
+/// The executable's entry: returns the process exit code.
+pub fn main(args: Vec<String>, table: &KernelTable) -> i32 {
+    match real_main(args, table) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
+    let map = payload::map_self()?;
+    let (plan_bytes, data) = payload::locate(&map)?;
+    let plan = Plan::from_json(plan_bytes)?;
+    // SAFETY: the table is the one the generated object exports.
+    let kernels = unsafe { table.kernels() };
+    let cmd = args.get(1).map(String::as_str).unwrap_or("help");
+    match cmd {
+        "run" => {
+            let groups = parse_run(&args[2..])?;
+            let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
+            run_groups(&mut model, &groups)
+        }
+        "info" => {
+            info(&plan, data.len());
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_groups_split_on_then() {
+        let a: Vec<String> = "--input x=a.npy -o out1 --then --input x=b.npy"
+            .split(' ')
+            .map(String::from)
+            .collect();
+        let g = parse_run(&a).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].inputs, vec![("x".to_string(), PathBuf::from("a.npy"))]);
+        assert_eq!(g[0].out_dir, Some(PathBuf::from("out1")));
+        assert_eq!(g[1].out_dir, None);
+        assert!(parse_run(&["--input".into(), "x".into()])
+            .unwrap_err()
+            .contains("NAME=FILE"));
+        assert!(parse_run(&["--bogus".into()])
+            .unwrap_err()
+            .contains("unknown argument"));
+    }
+}

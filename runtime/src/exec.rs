@@ -1,0 +1,568 @@
+//! The graph walk: runs a [`Plan`] with compiled kernels. It binds the symbols from
+//! the inputs' shapes (and `past` from the KV cache), allocates each temporary when
+//! its producing step runs (sized by evaluating its shape polynomial), calls the
+//! kernels, appends to the KV cache, frees what no later step reads, and returns the
+//! outputs. It owns the KV cache between runs.
+
+use crate::abi::KernelFn;
+use crate::plan::{ElemType, Plan, Source, StepKind};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// A runtime error, naming the input, step or buffer involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The plan and the object disagree, or the plan is inconsistent.
+    #[error("plan: {0}")]
+    Plan(String),
+    /// A bad input.
+    #[error("input %{name}: {msg}")]
+    Input {
+        /// Input name.
+        name: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A step failed.
+    #[error("step {node}: {msg}")]
+    Step {
+        /// The node (`%name`).
+        node: String,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// 64-byte aligned, zero-initialised bytes.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    layout: Layout,
+}
+
+// SAFETY: a plain owned allocation.
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// `len` zero bytes (at least one allocation unit, so the pointer is valid).
+    pub fn zeroed(len: usize) -> Option<AlignedBuf> {
+        let layout = Layout::from_size_align(len.max(64), 64).ok()?;
+        // SAFETY: the layout has a nonzero size.
+        let p = unsafe { alloc_zeroed(layout) };
+        Some(AlignedBuf {
+            ptr: NonNull::new(p)?,
+            len,
+            layout,
+        })
+    }
+
+    /// A copy of `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Option<AlignedBuf> {
+        let b = AlignedBuf::zeroed(bytes.len())?;
+        // SAFETY: `b` has room for `bytes.len()` bytes and does not overlap `bytes`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), b.ptr.as_ptr(), bytes.len()) };
+        Some(b)
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` initialised bytes live at `ptr`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The base pointer (kernels write through it).
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout in `zeroed`.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// A tensor on the host: element type, shape, little-endian bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// Element type.
+    pub dtype: ElemType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Bytes.
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone)]
+enum Storage {
+    Owned(Arc<AlignedBuf>),
+    /// A range of the payload's data section.
+    Data(*const u8, usize),
+}
+
+impl Storage {
+    fn ptr(&self) -> *mut u8 {
+        match self {
+            Storage::Owned(b) => b.ptr(),
+            Storage::Data(p, _) => *p as *mut u8,
+        }
+    }
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Owned(b) => b.as_slice(),
+            // SAFETY: the data section outlives the model (it borrows it).
+            Storage::Data(p, n) => unsafe { std::slice::from_raw_parts(*p, *n) },
+        }
+    }
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+}
+
+struct CacheEntry {
+    k: Arc<AlignedBuf>,
+    v: Arc<AlignedBuf>,
+    /// [b, kvh, len, d] of k and v.
+    kshape: [usize; 4],
+    vshape: [usize; 4],
+    elem: usize,
+}
+
+/// A loaded model: the plan, its data section and kernels, and the KV cache.
+pub struct Model<'d> {
+    plan: Plan,
+    data: &'d [u8],
+    kernels: Vec<KernelFn>,
+    cache: BTreeMap<i64, CacheEntry>,
+}
+
+impl<'d> Model<'d> {
+    /// Checks the plan against the kernel table (names in order) and the data section.
+    pub fn new(
+        plan: Plan,
+        data: &'d [u8],
+        table: &[(String, KernelFn)],
+    ) -> Result<Model<'d>, ExecError> {
+        if plan.abi_version != crate::abi::ABI_VERSION {
+            return Err(ExecError::Plan(format!(
+                "written for ABI {}, this runtime is ABI {}",
+                plan.abi_version,
+                crate::abi::ABI_VERSION
+            )));
+        }
+        if plan.kernels.len() != table.len() {
+            return Err(ExecError::Plan(format!(
+                "lists {} kernels, the object has {}",
+                plan.kernels.len(),
+                table.len()
+            )));
+        }
+        for (i, (want, (got, _))) in plan.kernels.iter().zip(table).enumerate() {
+            if want != got {
+                return Err(ExecError::Plan(format!(
+                    "kernel {i} is `{got}` in the object, `{want}` in the plan"
+                )));
+            }
+        }
+        for b in &plan.buffers {
+            if let Source::Data { offset, len } = b.source {
+                let end = offset.checked_add(len);
+                if end.is_none_or(|e| e > data.len() as u64) {
+                    return Err(ExecError::Plan(format!(
+                        "buffer {} reads bytes {offset}..+{len} of a {}-byte data section",
+                        b.name,
+                        data.len()
+                    )));
+                }
+            }
+        }
+        let nb = plan.buffers.len() as u32;
+        for s in &plan.steps {
+            let ids: Vec<u32> = match &s.kind {
+                StepKind::Kernel { kernel, bufs, .. } => {
+                    if *kernel as usize >= table.len() {
+                        return Err(ExecError::Plan(format!(
+                            "step {} calls kernel {kernel} of {}",
+                            s.node,
+                            table.len()
+                        )));
+                    }
+                    bufs.clone()
+                }
+                StepKind::KvAppend {
+                    k, v, out_k, out_v, ..
+                } => vec![*k, *v, *out_k, *out_v],
+            };
+            if let Some(b) = ids.iter().chain(&s.free).find(|&&b| b >= nb) {
+                return Err(ExecError::Plan(format!(
+                    "step {} uses buffer {b} of {nb}",
+                    s.node
+                )));
+            }
+        }
+        for io in plan.inputs.iter().chain(&plan.outputs) {
+            if io.buffer >= nb {
+                return Err(ExecError::Plan(format!(
+                    "%{} is buffer {} of {nb}",
+                    io.name, io.buffer
+                )));
+            }
+        }
+        Ok(Model {
+            kernels: table.iter().map(|(_, f)| *f).collect(),
+            plan,
+            data,
+            cache: BTreeMap::new(),
+        })
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Positions held by the KV cache (0 when empty).
+    pub fn past(&self) -> usize {
+        self.cache.values().next().map_or(0, |c| c.kshape[2])
+    }
+
+    /// Empties the KV cache (a new sequence).
+    pub fn reset(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Runs the graph on `inputs` (in graph-input order).
+    pub fn run(&mut self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, ExecError> {
+        let plan = &self.plan;
+        if inputs.len() != plan.inputs.len() {
+            return Err(ExecError::Input {
+                name: "(all)".into(),
+                msg: format!(
+                    "the graph takes {} inputs, got {}",
+                    plan.inputs.len(),
+                    inputs.len()
+                ),
+            });
+        }
+        // Bind symbols: `past` from the cache, then bare symbols from input shapes.
+        let mut syms: Vec<Option<i64>> = vec![None; plan.symbols.len()];
+        if let Some(i) = plan.symbols.iter().position(|s| s == "past") {
+            syms[i] = Some(self.past() as i64);
+        }
+        for (io, t) in plan.inputs.iter().zip(inputs) {
+            let bad = |msg: String| ExecError::Input {
+                name: io.name.clone(),
+                msg,
+            };
+            if t.dtype != io.dtype {
+                return Err(bad(format!(
+                    "expected {}, got {}",
+                    io.dtype.name(),
+                    t.dtype.name()
+                )));
+            }
+            if t.shape.len() != io.shape.len() {
+                return Err(bad(format!(
+                    "expected rank {}, got shape {:?}",
+                    io.shape.len(),
+                    t.shape
+                )));
+            }
+            for (d, &n) in io.shape.iter().zip(&t.shape) {
+                if let Some(s) = d.as_symbol() {
+                    if syms[s as usize].is_none() {
+                        syms[s as usize] = Some(n as i64);
+                    }
+                }
+            }
+        }
+        let show = |shape: &[crate::plan::Poly]| {
+            let d: Vec<String> = shape.iter().map(|p| p.show(&plan.symbols)).collect();
+            format!("[{}]", d.join(", "))
+        };
+        for (io, t) in plan.inputs.iter().zip(inputs) {
+            for (d, &n) in io.shape.iter().zip(&t.shape) {
+                match d.eval(&syms) {
+                    Some(v) if v == n as i64 => {}
+                    Some(v) => {
+                        return Err(ExecError::Input {
+                            name: io.name.clone(),
+                            msg: format!(
+                                "has shape {:?}, expected {} ({} = {v})",
+                                t.shape,
+                                show(&io.shape),
+                                d.show(&plan.symbols)
+                            ),
+                        })
+                    }
+                    None => {
+                        return Err(ExecError::Input {
+                            name: io.name.clone(),
+                            msg: format!(
+                                "dim {} of {} cannot be bound from the inputs",
+                                d.show(&plan.symbols),
+                                show(&io.shape)
+                            ),
+                        })
+                    }
+                }
+            }
+            let need = t
+                .shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                .and_then(|n| io.dtype.bytes_for(n));
+            if need != Some(t.data.len() as u64) {
+                return Err(ExecError::Input {
+                    name: io.name.clone(),
+                    msg: format!("has {} bytes for shape {:?}", t.data.len(), t.shape),
+                });
+            }
+        }
+        // Buffers.
+        let mut store: Vec<Option<Storage>> = vec![None; plan.buffers.len()];
+        for (i, b) in plan.buffers.iter().enumerate() {
+            match &b.source {
+                Source::Input(k) => {
+                    let t = inputs.get(*k as usize).ok_or_else(|| {
+                        ExecError::Plan(format!("buffer {} reads input {k}", b.name))
+                    })?;
+                    let buf = AlignedBuf::from_bytes(&t.data).ok_or_else(|| ExecError::Input {
+                        name: b.name.clone(),
+                        msg: "cannot allocate".into(),
+                    })?;
+                    store[i] = Some(Storage::Owned(Arc::new(buf)));
+                }
+                Source::Data { offset, len } => {
+                    let p = self.data[*offset as usize..].as_ptr();
+                    store[i] = Some(Storage::Data(p, *len as usize));
+                }
+                Source::Temp => {}
+            }
+        }
+        let size_of = |b: u32, syms: &[Option<i64>]| -> Result<usize, String> {
+            let d = &plan.buffers[b as usize];
+            let mut n: u64 = 1;
+            for p in &d.shape {
+                let v = p.eval(syms).ok_or_else(|| {
+                    format!(
+                        "dim {} of buffer {} has no value",
+                        p.show(&plan.symbols),
+                        d.name
+                    )
+                })?;
+                if v < 0 {
+                    return Err(format!(
+                        "buffer {} has a negative dim {} = {v}",
+                        d.name,
+                        p.show(&plan.symbols)
+                    ));
+                }
+                n = n
+                    .checked_mul(v as u64)
+                    .filter(|&n| n <= 1 << 40)
+                    .ok_or_else(|| format!("buffer {} is too large", d.name))?;
+            }
+            d.dtype
+                .bytes_for(n)
+                .map(|b| b as usize)
+                .ok_or_else(|| format!("buffer {} has a partial block", d.name))
+        };
+        for step in &plan.steps {
+            let fail = |msg: String| ExecError::Step {
+                node: step.node.clone(),
+                msg,
+            };
+            match &step.kind {
+                StepKind::Kernel { kernel, bufs, dims } => {
+                    let mut ptrs: Vec<*mut u8> = Vec::with_capacity(bufs.len());
+                    for &b in bufs {
+                        if store[b as usize].is_none() {
+                            let n = size_of(b, &syms).map_err(fail)?;
+                            let buf = AlignedBuf::zeroed(n)
+                                .ok_or_else(|| fail(format!("cannot allocate {n} bytes")))?;
+                            store[b as usize] = Some(Storage::Owned(Arc::new(buf)));
+                        }
+                        ptrs.push(
+                            store[b as usize]
+                                .as_ref()
+                                .map_or(std::ptr::null_mut(), |s| s.ptr()),
+                        );
+                    }
+                    let dv: Vec<i64> = dims
+                        .iter()
+                        .map(|p| {
+                            p.eval(&syms).ok_or_else(|| {
+                                fail(format!("dim {} has no value", p.show(&plan.symbols)))
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
+                    let f = self.kernels[*kernel as usize];
+                    // SAFETY: the kernel was compiled for exactly these parameters;
+                    // every buffer is sized from the same shapes it indexes with.
+                    unsafe { f(ptrs.as_ptr(), dv.as_ptr()) };
+                }
+                StepKind::KvAppend {
+                    layer,
+                    k,
+                    v,
+                    out_k,
+                    out_v,
+                } => {
+                    let get = |b: u32| -> Result<(Storage, [usize; 4], usize), ExecError> {
+                        let d = &plan.buffers[b as usize];
+                        let s = store[b as usize]
+                            .clone()
+                            .ok_or_else(|| fail(format!("{} has no value", d.name)))?;
+                        let mut shape = [0usize; 4];
+                        if d.shape.len() != 4 {
+                            return Err(fail(format!("{} must have rank 4", d.name)));
+                        }
+                        for (i, p) in d.shape.iter().enumerate() {
+                            shape[i] = p.eval(&syms).filter(|&v| v >= 0).ok_or_else(|| {
+                                fail(format!("dim {} has no value", p.show(&plan.symbols)))
+                            })? as usize;
+                        }
+                        Ok((s, shape, d.dtype.size()))
+                    };
+                    let (ks, kshape, elem) = get(*k)?;
+                    let (vs, vshape, _) = get(*v)?;
+                    let entry = match self.cache.get(layer) {
+                        None => CacheEntry {
+                            k: Arc::new(
+                                copy_buf(ks.bytes())
+                                    .ok_or_else(|| fail("cannot allocate".into()))?,
+                            ),
+                            v: Arc::new(
+                                copy_buf(vs.bytes())
+                                    .ok_or_else(|| fail("cannot allocate".into()))?,
+                            ),
+                            kshape,
+                            vshape,
+                            elem,
+                        },
+                        Some(c) => {
+                            for (new, old, name) in
+                                [(&kshape, &c.kshape, "k"), (&vshape, &c.vshape, "v")]
+                            {
+                                if new[0] != old[0]
+                                    || new[1] != old[1]
+                                    || new[3] != old[3]
+                                    || elem != c.elem
+                                {
+                                    return Err(fail(format!(
+                                        "operand {name} {new:?} does not match layer {layer}'s cache {old:?} (b, kvh and d must agree)"
+                                    )));
+                                }
+                            }
+                            let (k2, ks2) = append(&c.k, c.kshape, ks.bytes(), kshape, elem)
+                                .ok_or_else(|| fail("cannot allocate the cache".into()))?;
+                            let (v2, vs2) = append(&c.v, c.vshape, vs.bytes(), vshape, elem)
+                                .ok_or_else(|| fail("cannot allocate the cache".into()))?;
+                            CacheEntry {
+                                k: Arc::new(k2),
+                                v: Arc::new(v2),
+                                kshape: ks2,
+                                vshape: vs2,
+                                elem,
+                            }
+                        }
+                    };
+                    let want = size_of(*out_k, &syms).map_err(fail)?;
+                    if want != entry.k.len() {
+                        return Err(fail(format!(
+                            "the cache holds {} bytes, its result type says {want}",
+                            entry.k.len()
+                        )));
+                    }
+                    store[*out_k as usize] = Some(Storage::Owned(entry.k.clone()));
+                    store[*out_v as usize] = Some(Storage::Owned(entry.v.clone()));
+                    self.cache.insert(*layer, entry);
+                }
+            }
+            for &b in &step.free {
+                store[b as usize] = None;
+            }
+        }
+        let mut outs = Vec::with_capacity(plan.outputs.len());
+        for io in &plan.outputs {
+            let s = store[io.buffer as usize].as_ref().ok_or_else(|| {
+                ExecError::Plan(format!("output %{} was never computed", io.name))
+            })?;
+            let mut shape = Vec::with_capacity(io.shape.len());
+            for p in &io.shape {
+                let v = p.eval(&syms).filter(|&v| v >= 0).ok_or_else(|| {
+                    ExecError::Plan(format!(
+                        "output %{}: dim {} has no value",
+                        io.name,
+                        p.show(&plan.symbols)
+                    ))
+                })?;
+                shape.push(v as usize);
+            }
+            let n: u64 = shape.iter().map(|&d| d as u64).product();
+            let bytes = io.dtype.bytes_for(n).unwrap_or(0) as usize;
+            if bytes > s.len() {
+                return Err(ExecError::Plan(format!(
+                    "output %{} needs {bytes} bytes, its buffer has {}",
+                    io.name,
+                    s.len()
+                )));
+            }
+            outs.push(HostTensor {
+                dtype: io.dtype,
+                shape,
+                data: s.bytes()[..bytes].to_vec(),
+            });
+        }
+        Ok(outs)
+    }
+}
+
+fn copy_buf(b: &[u8]) -> Option<AlignedBuf> {
+    AlignedBuf::from_bytes(b)
+}
+
+/// Concatenates `[b, h, n1, d]` and `[b, h, n2, d]` along axis 2.
+fn append(
+    old: &AlignedBuf,
+    oshape: [usize; 4],
+    new: &[u8],
+    nshape: [usize; 4],
+    elem: usize,
+) -> Option<(AlignedBuf, [usize; 4])> {
+    let [b, h, n1, d] = oshape;
+    let n2 = nshape[2];
+    let total = n1 + n2;
+    let out = AlignedBuf::zeroed(b * h * total * d * elem)?;
+    let (row_old, row_new) = (n1 * d * elem, n2 * d * elem);
+    let dst = out.ptr();
+    for i in 0..b * h {
+        let o = old.as_slice().get(i * row_old..(i + 1) * row_old)?;
+        let n = new.get(i * row_new..(i + 1) * row_new)?;
+        // SAFETY: `out` has `b * h * (row_old + row_new)` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(o.as_ptr(), dst.add(i * (row_old + row_new)), row_old);
+            std::ptr::copy_nonoverlapping(
+                n.as_ptr(),
+                dst.add(i * (row_old + row_new) + row_old),
+                row_new,
+            );
+        }
+    }
+    Some((out, [b, h, total, d]))
+}

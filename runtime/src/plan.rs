@@ -1,0 +1,262 @@
+//! The plan: what the emitted executable does with its kernels — which buffers exist
+//! (graph inputs, weights and constants in the payload, temporaries sized by shape
+//! polynomials over the graph's symbols), which kernel runs with which buffers and
+//! dims, what the runtime does itself (KV-cache appends), and when a temporary can be
+//! freed. The compiler writes it; the runtime walks it. It is JSON for now (simple to
+//! read in a dump and to evolve); a binary manifest can replace it later.
+
+use serde::{Deserialize, Serialize};
+
+/// An element type as the runtime sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ElemType {
+    /// f32.
+    F32,
+    /// f16.
+    F16,
+    /// bf16.
+    Bf16,
+    /// f64.
+    F64,
+    /// i64.
+    I64,
+    /// i32.
+    I32,
+    /// i16.
+    I16,
+    /// i8.
+    I8,
+    /// u8.
+    U8,
+    /// bool (one byte).
+    Bool,
+    /// A packed block format (weights only): `block_bytes` bytes per `block_len`
+    /// elements.
+    Block {
+        /// Elements per block.
+        block_len: u32,
+        /// Bytes per block.
+        block_bytes: u32,
+    },
+}
+
+impl ElemType {
+    /// Bytes for `numel` elements, `None` on overflow or a partial block.
+    pub fn bytes_for(self, numel: u64) -> Option<u64> {
+        match self {
+            ElemType::Block {
+                block_len,
+                block_bytes,
+            } => {
+                if block_len == 0 || !numel.is_multiple_of(block_len as u64) {
+                    return None;
+                }
+                (numel / block_len as u64).checked_mul(block_bytes as u64)
+            }
+            t => numel.checked_mul(t.size() as u64),
+        }
+    }
+
+    /// Bytes per element of a plain type (block formats: bytes per block).
+    pub fn size(self) -> usize {
+        match self {
+            ElemType::F32 | ElemType::I32 => 4,
+            ElemType::F16 | ElemType::Bf16 | ElemType::I16 => 2,
+            ElemType::F64 | ElemType::I64 => 8,
+            ElemType::I8 | ElemType::U8 | ElemType::Bool => 1,
+            ElemType::Block { block_bytes, .. } => block_bytes as usize,
+        }
+    }
+
+    /// The IR's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            ElemType::F32 => "f32",
+            ElemType::F16 => "f16",
+            ElemType::Bf16 => "bf16",
+            ElemType::F64 => "f64",
+            ElemType::I64 => "i64",
+            ElemType::I32 => "i32",
+            ElemType::I16 => "i16",
+            ElemType::I8 => "i8",
+            ElemType::U8 => "u8",
+            ElemType::Bool => "bool",
+            ElemType::Block { .. } => "block",
+        }
+    }
+}
+
+/// A dim: Σ coefficient × Π symbols (indices into [`Plan::symbols`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Poly(pub Vec<(i64, Vec<u32>)>);
+
+impl Poly {
+    /// A constant.
+    pub fn c(v: i64) -> Poly {
+        Poly(if v == 0 { vec![] } else { vec![(v, vec![])] })
+    }
+
+    /// Evaluates with symbol values `syms` (`None` = unbound); `None` on an unbound
+    /// symbol or overflow.
+    pub fn eval(&self, syms: &[Option<i64>]) -> Option<i64> {
+        let mut total = 0i64;
+        for (c, mono) in &self.0 {
+            let mut t = *c;
+            for &s in mono {
+                t = t.checked_mul((*syms.get(s as usize)?)?)?;
+            }
+            total = total.checked_add(t)?;
+        }
+        Some(total)
+    }
+
+    /// The symbol index when the dim is exactly one symbol.
+    pub fn as_symbol(&self) -> Option<u32> {
+        match &self.0[..] {
+            [(1, m)] if m.len() == 1 => Some(m[0]),
+            _ => None,
+        }
+    }
+
+    /// Printed with symbol names (for messages).
+    pub fn show(&self, names: &[String]) -> String {
+        if self.0.is_empty() {
+            return "0".into();
+        }
+        let terms: Vec<String> = self
+            .0
+            .iter()
+            .map(|(c, m)| {
+                let mut parts: Vec<String> = Vec::new();
+                if *c != 1 || m.is_empty() {
+                    parts.push(c.to_string());
+                }
+                for &s in m {
+                    parts.push(names.get(s as usize).cloned().unwrap_or("?".into()));
+                }
+                parts.join("*")
+            })
+            .collect();
+        terms.join(" + ")
+    }
+}
+
+/// Where a buffer's bytes come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Graph input `i`.
+    Input(u32),
+    /// A byte range of the payload's data section (a weight or a constant).
+    Data {
+        /// Offset in the data section.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Allocated when first written, sized from the shape.
+    Temp,
+}
+
+/// A buffer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BufferDecl {
+    /// For messages (`%name` of the value it holds first).
+    pub name: String,
+    /// Element type.
+    pub dtype: ElemType,
+    /// Shape (its element count sizes a temporary).
+    pub shape: Vec<Poly>,
+    /// Origin.
+    pub source: Source,
+}
+
+/// A graph input or output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IoDecl {
+    /// Name (without `%`).
+    pub name: String,
+    /// The buffer holding it.
+    pub buffer: u32,
+    /// Element type.
+    pub dtype: ElemType,
+    /// Shape.
+    pub shape: Vec<Poly>,
+}
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Calls kernel `kernel` with these buffers and dims.
+    Kernel {
+        /// Index into the kernel table.
+        kernel: u32,
+        /// Parameter buffers (operands then results).
+        bufs: Vec<u32>,
+        /// Dim arguments.
+        dims: Vec<Poly>,
+    },
+    /// Appends k/v `[b, kvh, seq, d]` to layer `layer`'s cache; `out_k`/`out_v` become
+    /// the whole cache `[b, kvh, past + seq, d]`.
+    KvAppend {
+        /// Layer.
+        layer: i64,
+        /// New keys.
+        k: u32,
+        /// New values.
+        v: u32,
+        /// The cache's keys after the append.
+        out_k: u32,
+        /// The cache's values after the append.
+        out_v: u32,
+    },
+}
+
+/// One step: an action, then the temporaries no later step reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// The node it came from (`%name`, for messages and profiles).
+    pub node: String,
+    /// The action.
+    pub kind: StepKind,
+    /// Buffers to release after the step.
+    pub free: Vec<u32>,
+}
+
+/// The whole plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// [`crate::abi::ABI_VERSION`] of the compiler that wrote it.
+    pub abi_version: u32,
+    /// Module name.
+    pub name: String,
+    /// Graph symbols (`batch`, `seq`, `past`).
+    pub symbols: Vec<String>,
+    /// Kernel names, in table order (checked against the object's table).
+    pub kernels: Vec<String>,
+    /// Buffers.
+    pub buffers: Vec<BufferDecl>,
+    /// Graph inputs.
+    pub inputs: Vec<IoDecl>,
+    /// Graph outputs.
+    pub outputs: Vec<IoDecl>,
+    /// Steps in order.
+    pub steps: Vec<Step>,
+    /// Free-form facts for `info` (target, opt level, ...).
+    #[serde(default)]
+    pub info: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// Serialises to JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads JSON.
+    pub fn from_json(s: &[u8]) -> Result<Plan, String> {
+        serde_json::from_slice(s).map_err(|e| format!("the plan is malformed: {e}"))
+    }
+}

@@ -1,0 +1,252 @@
+//! The thread pool behind generated parallel loops: a few persistent std threads
+//! that `llmc_parallel_for` hands chunks of an iteration range to. The calling thread
+//! works too, and returns when every chunk is done. A parallel loop reached from
+//! inside a body, or while another thread is using the pool, runs inline, so nested
+//! and concurrent calls are always safe. `LLMC_NUM_THREADS` sets the thread count
+//! (default: the machine's available parallelism).
+
+use crate::abi::BodyFn;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+#[derive(Clone, Copy)]
+struct Job {
+    body: BodyFn,
+    ctx: usize,
+    n: i64,
+    chunk: i64,
+}
+
+struct State {
+    generation: u64,
+    job: Option<Job>,
+    /// Workers that have not finished the current generation.
+    active: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    work: Condvar,
+    done: Condvar,
+    next: AtomicI64,
+}
+
+struct Pool {
+    shared: Arc<Shared>,
+    workers: usize,
+    /// Held by the thread dispatching a job.
+    dispatch: Mutex<()>,
+}
+
+thread_local! {
+    static IN_BODY: Cell<bool> = const { Cell::new(false) };
+}
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// The number of threads parallel loops use (workers + the caller).
+pub fn num_threads() -> usize {
+    pool().workers + 1
+}
+
+fn pool() -> &'static Pool {
+    POOL.get_or_init(|| {
+        let n = std::env::var("LLMC_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                generation: 0,
+                job: None,
+                active: 0,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            next: AtomicI64::new(0),
+        });
+        let mut workers = 0;
+        for i in 1..n {
+            let s = shared.clone();
+            let ok = std::thread::Builder::new()
+                .name(format!("llmc-worker-{i}"))
+                .spawn(move || worker(s))
+                .is_ok();
+            if ok {
+                workers += 1;
+            }
+        }
+        Pool {
+            shared,
+            workers,
+            dispatch: Mutex::new(()),
+        }
+    })
+}
+
+/// Claims and runs chunks until the range is exhausted.
+fn drain(shared: &Shared, job: Job) {
+    IN_BODY.with(|f| f.set(true));
+    loop {
+        let start = shared.next.fetch_add(job.chunk, Ordering::Relaxed);
+        if start >= job.n {
+            break;
+        }
+        let end = (start + job.chunk).min(job.n);
+        // SAFETY: `body` and `ctx` come from generated code that stays blocked in
+        // `llmc_parallel_for` until every chunk has run.
+        unsafe { (job.body)(job.ctx as *mut u8, start, end) };
+    }
+    IN_BODY.with(|f| f.set(false));
+}
+
+fn worker(shared: Arc<Shared>) {
+    let mut seen = 0u64;
+    loop {
+        let job = {
+            let mut st = match shared.state.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            while st.generation == seen {
+                st = match shared.work.wait(st) {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+            }
+            seen = st.generation;
+            st.job
+        };
+        if let Some(job) = job {
+            drain(&shared, job);
+        }
+        let mut st = match shared.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        st.active -= 1;
+        if st.active == 0 {
+            shared.done.notify_all();
+        }
+    }
+}
+
+/// Runs `body` over `0..n` on the pool.
+///
+/// # Safety
+/// `body` must be safe to call concurrently on disjoint ranges with `ctx`.
+pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
+    if n <= 0 {
+        return;
+    }
+    let inline = || unsafe { body(ctx, 0, n) };
+    if n == 1 || IN_BODY.with(|f| f.get()) {
+        return inline();
+    }
+    let p = pool();
+    if p.workers == 0 {
+        return inline();
+    }
+    let Ok(_guard) = p.dispatch.try_lock() else {
+        return inline();
+    };
+    let threads = (p.workers + 1) as i64;
+    let chunk = (n / (threads * 4)).max(1);
+    let job = Job {
+        body,
+        ctx: ctx as usize,
+        n,
+        chunk,
+    };
+    p.shared.next.store(0, Ordering::Relaxed);
+    {
+        let mut st = match p.shared.state.lock() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        st.job = Some(job);
+        st.active = p.workers;
+        st.generation += 1;
+    }
+    p.shared.work.notify_all();
+    drain(&p.shared, job);
+    let mut st = match p.shared.state.lock() {
+        Ok(g) => g,
+        Err(e) => e.into_inner(),
+    };
+    while st.active > 0 {
+        st = match p.shared.done.wait(st) {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+    }
+    st.job = None;
+}
+
+/// The entry generated code calls (see [`crate::abi::PARALLEL_FOR_SYMBOL`]).
+///
+/// # Safety
+/// As [`parallel_for`].
+#[no_mangle]
+pub unsafe extern "C" fn llmc_parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
+    parallel_for(body, ctx, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    unsafe extern "C" fn add_range(ctx: *mut u8, start: i64, end: i64) {
+        let (sum, hits) = &*(ctx as *const (AtomicU64, Vec<AtomicU64>));
+        for i in start..end {
+            sum.fetch_add(i as u64, Ordering::Relaxed);
+            hits[i as usize].fetch_add(1, Ordering::Relaxed);
+            // Nested loops run inline.
+            parallel_for(noop, std::ptr::null_mut(), 3);
+        }
+    }
+
+    unsafe extern "C" fn noop(_: *mut u8, _: i64, _: i64) {}
+
+    #[test]
+    fn every_index_runs_exactly_once() {
+        for n in [0i64, 1, 2, 7, 1000, 12345] {
+            let ctx: (AtomicU64, Vec<AtomicU64>) = (
+                AtomicU64::new(0),
+                (0..n).map(|_| AtomicU64::new(0)).collect(),
+            );
+            unsafe { parallel_for(add_range, &ctx as *const _ as *mut u8, n) };
+            let want = (n.max(0) as u64) * (n.max(1) as u64 - 1) / 2;
+            assert_eq!(ctx.0.load(Ordering::Relaxed), if n > 0 { want } else { 0 });
+            assert!(ctx.1.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
+    fn concurrent_callers_are_safe() {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..50 {
+                        let ctx: (AtomicU64, Vec<AtomicU64>) = (
+                            AtomicU64::new(0),
+                            (0..100).map(|_| AtomicU64::new(0)).collect(),
+                        );
+                        unsafe { parallel_for(add_range, &ctx as *const _ as *mut u8, 100) };
+                        assert_eq!(ctx.0.load(Ordering::Relaxed), 4950);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+}
