@@ -898,6 +898,42 @@ fn unsupported_element_types_name_the_value() {
 }
 
 #[test]
+fn declared_types_are_checked_against_the_import() {
+    // value_info says the intermediate is [2, 5]; MatMul of [2, 3] x [3, 4] gives [2, 4].
+    let mut g = graph(
+        vec![
+            node("MatMul", "mm", &["a", "b"], &["h"], vec![]),
+            node("Relu", "relu", &["h"], &["y"], vec![]),
+        ],
+        vec![],
+        vec![
+            vi("a", DataType::FLOAT, &[D::N(2), D::N(3)]),
+            vi("b", DataType::FLOAT, &[D::N(3), D::N(4)]),
+        ],
+        vec![vi("y", DataType::FLOAT, &[D::N(2), D::N(4)])],
+    );
+    g.value_info
+        .push(vi("h", DataType::FLOAT, &[D::N(2), D::P("n")]));
+    assert!(
+        import(&model(g.clone(), 13)).is_ok(),
+        "symbolic declared dims match anything"
+    );
+    g.value_info[0] = vi("h", DataType::FLOAT, &[D::N(2), D::N(5)]);
+    has(
+        &err(&model(g.clone(), 13)),
+        &[
+            "node 0 `mm` (MatMul",
+            "output `h` is f32[2, 4] here, but the model declares dim 1 = 5",
+        ],
+    );
+    g.value_info[0] = vi("h", DataType::DOUBLE, &[D::N(2), D::N(4)]);
+    has(
+        &err(&model(g, 13)),
+        &["node 0 `mm`", "declares element type f64"],
+    );
+}
+
+#[test]
 fn shape_rule_violations_name_the_node() {
     let g = graph(
         vec![node("MatMul", "mm", &["a", "b"], &["y"], vec![])],

@@ -91,6 +91,9 @@ pub struct Importer<'r> {
     /// Node index and name prefix for nodes of inlined subgraphs.
     path: Vec<String>,
     options: ImportOptions,
+    /// Types the model declares for values (value_info and graph outputs): dtype, and
+    /// per dim a constant or unknown.
+    declared: HashMap<String, (Option<DType>, Option<Vec<Option<i64>>>)>,
 }
 
 /// The default domain's two spellings.
@@ -145,7 +148,63 @@ impl<'r> Importer<'r> {
             weight_names: HashSet::new(),
             path: Vec::new(),
             options,
+            declared: HashMap::new(),
         }
+    }
+
+    /// Records the types the model declares (value_info, graph outputs); unsupported
+    /// or absent parts are left unknown.
+    fn declare(&mut self, infos: &[ValueInfoProto]) {
+        use onnx_protobuf::tensor_shape_proto::dimension::Value as DV;
+        for vi in infos {
+            let Some(type_proto::Value::TensorType(t)) =
+                vi.type_.as_ref().and_then(|t| t.value.as_ref())
+            else {
+                continue;
+            };
+            let dtype = data::dtype_of(t.elem_type).ok();
+            let dims = t.shape.as_ref().map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(DV::DimValue(n)) => Some(n),
+                        _ => None,
+                    })
+                    .collect()
+            });
+            self.declared.insert(vi.name.clone(), (dtype, dims));
+        }
+    }
+
+    /// Checks a produced value against the type the model declares for it.
+    fn check_declared(&self, name: &str, v: V) -> Result<(), String> {
+        let Some((dtype, dims)) = self.declared.get(name) else {
+            return Ok(());
+        };
+        let ty = &self.val(v).ty;
+        let clash = |what: String| {
+            Err(format!(
+                "output `{name}` is {ty} here, but the model declares {what}"
+            ))
+        };
+        if let Some(d) = dtype {
+            if *d != ty.dtype {
+                return clash(format!("element type {d}"));
+            }
+        }
+        if let Some(dims) = dims {
+            if dims.len() != ty.shape.rank() {
+                return clash(format!("rank {}", dims.len()));
+            }
+            for (k, (want, have)) in dims.iter().zip(&ty.shape.0).enumerate() {
+                if let (Some(w), Some(h)) = (want, have.as_const()) {
+                    if *w != h {
+                        return clash(format!("dim {k} = {w}"));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn format_err(&self, msg: impl Into<String>) -> FrontendError {
@@ -214,6 +273,8 @@ impl<'r> Importer<'r> {
                 .extra
                 .insert("onnx.producer".into(), p.trim().to_string());
         }
+        self.declare(&g.value_info);
+        self.declare(&g.output);
         self.initializers(g)?;
         self.inputs(g)?;
         self.nodes(g)?;
@@ -421,6 +482,10 @@ impl<'r> Importer<'r> {
                     format!("output {k} (`{name}`) is not supported by this converter"),
                 ));
             };
+            if self.path.is_empty() {
+                self.check_declared(name, v)
+                    .map_err(|m| err(self, opset, m))?;
+            }
             self.scope.insert(name.clone(), v);
         }
         Ok(())
