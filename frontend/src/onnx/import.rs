@@ -91,10 +91,13 @@ pub struct Importer<'r> {
     /// Node index and name prefix for nodes of inlined subgraphs.
     path: Vec<String>,
     options: ImportOptions,
-    /// Types the model declares for values (value_info and graph outputs): dtype, and
-    /// per dim a constant or unknown.
-    declared: HashMap<String, (Option<DType>, Option<Vec<Option<i64>>>)>,
+    /// Types the model declares for values (value_info and graph outputs).
+    declared: HashMap<String, Declared>,
 }
+
+/// A declared type: the element type and, per dim, a constant or unknown (`None` where
+/// the model leaves them out or uses a type llmc does not have).
+type Declared = (Option<DType>, Option<Vec<Option<i64>>>);
 
 /// The default domain's two spellings.
 pub fn norm_domain(d: &str) -> &str {
