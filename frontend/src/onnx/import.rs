@@ -1169,11 +1169,27 @@ impl NodeCtx<'_, '_> {
         self.op(Op::Cast, &[v], Attrs::from([("to".into(), Attr::Type(to))]))
     }
 
-    /// Inlines a subgraph (a branch of an `If` whose condition is known at import):
-    /// its nodes see the enclosing scope; returns its outputs.
-    pub fn inline_graph(&mut self, g: &GraphProto, tag: &str) -> Result<Vec<V>, String> {
+    /// Inlines a subgraph (an `If` branch, a `Loop` or `Scan` body for one step): its
+    /// inputs are bound to `inputs` in order, its nodes see the enclosing scope; returns
+    /// its outputs.
+    pub fn inline_graph(
+        &mut self,
+        g: &GraphProto,
+        tag: &str,
+        inputs: &[V],
+    ) -> Result<Vec<V>, String> {
+        if inputs.len() != g.input.len() {
+            return Err(format!(
+                "the subgraph takes {} inputs, {} given",
+                g.input.len(),
+                inputs.len()
+            ));
+        }
         let saved = self.imp.scope.clone();
         self.imp.path.push(tag.to_string());
+        for (vi, &v) in g.input.iter().zip(inputs) {
+            self.imp.scope.insert(vi.name.clone(), v);
+        }
         let r = (|| {
             for t in &g.initializer {
                 self.imp.initializer(t).map_err(|e| e.to_string())?;

@@ -7,10 +7,11 @@
 //!   converters work through.
 //! - [`registry`]: (domain, op type) to converter.
 //! - One module per op family, each with a `register` function: [`math`], [`logic`],
-//!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`], [`cnn`], [`quant`].
+//!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`], [`cnn`], [`quant`], [`control`].
 
 pub mod attention;
 pub mod cnn;
+pub mod control;
 pub mod data;
 pub mod import;
 pub mod linalg;
