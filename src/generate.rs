@@ -26,13 +26,17 @@ pub struct GenerateOptions {
 
 /// Where the decoder's inputs and output sit in the graph.
 #[derive(Debug)]
-struct DecoderIo {
-    ids: usize,
-    pos: usize,
-    logits: usize,
+pub struct DecoderIo {
+    /// Graph-input index of the token ids.
+    pub ids: usize,
+    /// Graph-input index of the positions.
+    pub pos: usize,
+    /// Graph-output index of the logits.
+    pub logits: usize,
 }
 
-fn find_io(m: &Module) -> Result<DecoderIo> {
+/// Finds the decoder contract's inputs and output, or says why the graph is not one.
+pub fn find_io(m: &Module) -> Result<DecoderIo> {
     let g = &m.graph;
     let names = |vs: &[ValueId]| -> String {
         vs.iter()

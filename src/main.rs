@@ -198,9 +198,6 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-const NO_CPU_ENGINE: &str = "text generation through compiled code is not available yet \
-                             (`llmc exec --engine cpu` runs a graph compiled); use --engine interp";
-
 /// Loads and verifies a model.
 fn load(path: &Path) -> Result<Module> {
     let m = llmc_frontend::load(path).with_context(|| format!("loading {}", path.display()))?;
@@ -212,6 +209,29 @@ fn load(path: &Path) -> Result<Module> {
 /// `OUT` with its extension replaced (`smollm` -> `smollm.ll`).
 fn sibling(out: &Path, ext: &str) -> PathBuf {
     out.with_extension(ext)
+}
+
+/// What `generate` in an emitted executable needs: the tokenizer (as tokenizer.json
+/// text), special ids, chat template and the decoder's inputs and output. `None` for
+/// models without a tokenizer or that are not decoders (encoders embed, not generate).
+fn llm_info(m: &Module) -> Result<Option<llmc_runtime::plan::LlmInfo>> {
+    if m.info.tokenizer == llmc_ir::TokenizerSource::None {
+        return Ok(None);
+    }
+    let Ok(io) = generate::find_io(m) else {
+        return Ok(None);
+    };
+    let tok = generate::load_tokenizer(&m.info).context("loading the tokenizer")?;
+    Ok(Some(llmc_runtime::plan::LlmInfo {
+        tokenizer_json: tok.to_json().context("serialising the tokenizer")?,
+        bos: tok.bos_id(),
+        eos: tok.eos_ids().to_vec(),
+        chat_template: tok.chat_template().map(str::to_string),
+        context_length: m.info.context_length,
+        ids_input: io.ids as u32,
+        pos_input: io.pos as u32,
+        logits_output: io.logits as u32,
+    }))
 }
 
 fn build(a: &BuildArgs) -> Result<()> {
@@ -246,6 +266,11 @@ fn build(a: &BuildArgs) -> Result<()> {
             ..Default::default()
         },
         dump_dir: a.dump_dir.clone(),
+        llm: if a.emit.contains(&BuildEmit::Exe) {
+            llm_info(&m)?
+        } else {
+            None
+        },
     };
     let has = |e: BuildEmit| a.emit.contains(&e);
     if has(BuildEmit::LlmcIr) {
@@ -391,6 +416,7 @@ fn exec(a: &ExecArgs) -> Result<()> {
                     ..Default::default()
                 },
                 dump_dir: None,
+                llm: None,
             };
             let mut outs = llmc_backend::run::run_compiled(&m, &opts, &[inputs])
                 .with_context(|| format!("running {} compiled for the CPU", a.model.display()))?;
@@ -411,11 +437,11 @@ fn exec(a: &ExecArgs) -> Result<()> {
 }
 
 fn run(a: &RunArgs) -> Result<()> {
-    if a.engine == Engine::Cpu {
-        bail!("{NO_CPU_ENGINE}");
-    }
     let t0 = Instant::now();
     let m = load(&a.model)?;
+    if a.engine == Engine::Cpu {
+        return run_compiled(a, &m);
+    }
     let load_secs = t0.elapsed().as_secs_f64();
     let opts = generate::GenerateOptions {
         prompt: a.prompt.clone(),
@@ -430,6 +456,65 @@ fn run(a: &RunArgs) -> Result<()> {
         },
     };
     generate::run(&m, &opts, load_secs).with_context(|| format!("llmc run {}", a.model.display()))
+}
+
+/// `llmc run --engine cpu`: builds the executable in a temporary folder and runs its
+/// `generate` command with the same settings (its text goes straight to stdout).
+fn run_compiled(a: &RunArgs, m: &Module) -> Result<()> {
+    generate::find_io(m)?;
+    let llm = llm_info(m)?.context("llmc run needs a language model with a tokenizer")?;
+    SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+    }
+    .validate()?;
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let exe = dir.path().join("model");
+    let opts = llmc_backend::BuildOptions {
+        cpu: llmc_backend::CpuOptions {
+            opt_level: 3,
+            ..Default::default()
+        },
+        dump_dir: None,
+        llm: Some(llm),
+    };
+    llmc_backend::build_executable(m, &opts, &exe)
+        .with_context(|| format!("compiling {}", a.model.display()))?;
+    eprintln!(
+        "llmc run: compiled {} in {:.2} s; engine cpu",
+        a.model.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("generate")
+        .arg("--prompt")
+        .arg(&a.prompt)
+        .arg("--max-tokens")
+        .arg(a.max_tokens.to_string())
+        .arg("--temperature")
+        .arg(a.temperature.to_string())
+        .arg("--top-k")
+        .arg(a.top_k.to_string())
+        .arg("--top-p")
+        .arg(a.top_p.to_string())
+        .arg("--repetition-penalty")
+        .arg(a.repetition_penalty.to_string())
+        .arg("--seed")
+        .arg(a.seed.to_string());
+    if a.chat {
+        cmd.arg("--chat");
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {}", exe.display()))?;
+    if !status.success() {
+        bail!("the compiled model failed ({status})");
+    }
+    Ok(())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

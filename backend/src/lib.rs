@@ -71,6 +71,8 @@ pub struct BuildOptions {
     /// Where to write `kernels.loopir`, `NAME.preopt.ll`, `NAME.postopt.ll`,
     /// `plan.json` (`--dump-dir`).
     pub dump_dir: Option<PathBuf>,
+    /// Tokenizer and decoder facts for `generate` (language models).
+    pub llm: Option<llmc_runtime::plan::LlmInfo>,
 }
 
 /// A compiled module: its kernels and plan, and what LLVM produced.
@@ -121,6 +123,7 @@ pub fn compile_cpu<'m>(
             format!("llmc {}", env!("CARGO_PKG_VERSION")),
         ),
     ];
+    planned.plan.llm = opts.llm.clone();
     let build = CpuBuild { planned, compiled };
     if let Some(dir) = &opts.dump_dir {
         std::fs::create_dir_all(dir).map_err(|e| BuildError::Io {

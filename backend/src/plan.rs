@@ -378,6 +378,7 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
         outputs,
         steps,
         info: Vec::new(),
+        llm: None,
     };
     Ok(Planned {
         kernels,

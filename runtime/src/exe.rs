@@ -2,23 +2,60 @@
 //! that passes in the kernel table). Commands:
 //!
 //! ```text
+//! ./OUT generate --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
+//!                [--repetition-penalty R] [--seed S] [--chat]
 //! ./OUT run [--input NAME=FILE.npy]... [--output-dir DIR] [--then [--input ...]... [--output-dir DIR]]...
 //! ./OUT info
 //! ```
 //!
 //! `run` executes the graph once per group (groups are separated by `--then`; the KV
 //! cache carries over from one group to the next) and writes `DIR/NAME.npy` per graph
-//! output. `generate`, `serve` and `bench` come with the LLM executable.
+//! output. `generate` streams text from a language model (greedy at `--temperature 0`,
+//! the default). `serve`, `embed` and `bench` come next.
 
 use crate::abi::KernelTable;
 use crate::exec::{HostTensor, Model};
 use crate::plan::Plan;
 use crate::{npy, payload};
+use std::io::Write;
 use std::path::PathBuf;
 
 const USAGE: &str = "usage:
+  generate --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
+           [--repetition-penalty R] [--seed S] [--chat]            generate text
   run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
   info                                                             describe the model";
+
+fn parse_generate(args: &[String]) -> Result<crate::generate::GenerateOptions, String> {
+    let mut o = crate::generate::GenerateOptions {
+        prompt: String::new(),
+        chat: false,
+        max_tokens: 128,
+        sampler: crate::sampler::SamplerConfig::default(),
+    };
+    let mut prompt = None;
+    let mut it = args.iter();
+    fn num<T: std::str::FromStr>(flag: &str, v: Option<&String>) -> Result<T, String> {
+        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+        v.parse()
+            .map_err(|_| format!("{flag} {v}: not a valid number"))
+    }
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--prompt" | "-p" => prompt = Some(it.next().ok_or("--prompt needs text")?.clone()),
+            "--max-tokens" | "-n" => o.max_tokens = num(a, it.next())?,
+            "--temperature" => o.sampler.temperature = num(a, it.next())?,
+            "--top-k" => o.sampler.top_k = num(a, it.next())?,
+            "--top-p" => o.sampler.top_p = num(a, it.next())?,
+            "--repetition-penalty" => o.sampler.repetition_penalty = num(a, it.next())?,
+            "--seed" => o.sampler.seed = num(a, it.next())?,
+            "--chat" => o.chat = true,
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    o.prompt = prompt.ok_or_else(|| format!("generate needs --prompt TEXT\n{USAGE}"))?;
+    Ok(o)
+}
 
 /// One `run` group.
 #[derive(Debug, Default, PartialEq)]
@@ -143,10 +180,25 @@ fn info(plan: &Plan, data_len: usize) {
     for o in &plan.outputs {
         println!("output {}", show(o));
     }
+    if let Some(llm) = &plan.llm {
+        println!(
+            "language model: context {}, bos {:?}, eos {:?}, chat template: {}",
+            llm.context_length
+                .map_or("unknown".to_string(), |c| c.to_string()),
+            llm.bos,
+            llm.eos,
+            if llm.chat_template.is_some() {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
     println!("kernels: {}", plan.kernels.len());
     println!("steps: {}", plan.steps.len());
     println!("data: {data_len} bytes");
     println!("threads: {}", crate::pool::num_threads());
+    let _ = std::io::stdout().flush();
 }
 
 /// The executable's entry: returns the process exit code.
@@ -172,6 +224,11 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             let groups = parse_run(&args[2..])?;
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             run_groups(&mut model, &groups)
+        }
+        "generate" => {
+            let opts = parse_generate(&args[2..])?;
+            let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
+            crate::generate::generate(&mut model, &opts).map(|_| ())
         }
         "info" => {
             info(&plan, data.len());

@@ -148,6 +148,32 @@ pub struct Model<'d> {
     data: &'d [u8],
     kernels: Vec<KernelFn>,
     cache: BTreeMap<i64, CacheEntry>,
+    /// Per kernel (and one last slot for KV appends): calls and seconds, when
+    /// profiling (`LLMC_PROFILE=1`).
+    profile: Option<Vec<(u64, f64)>>,
+}
+
+impl Drop for Model<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let total: f64 = p.iter().map(|(_, s)| s).sum();
+            let mut rows: Vec<(usize, &(u64, f64))> = p.iter().enumerate().collect();
+            rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+            eprintln!("profile: {:.3} ms in steps", total * 1e3);
+            for (i, (calls, secs)) in rows {
+                if *calls == 0 {
+                    continue;
+                }
+                let name = self.plan.kernels.get(i).map_or("kv_append", |s| s.as_str());
+                eprintln!(
+                    "  {:>9.3} ms {:>5.1}% {:>7} calls  {name}",
+                    secs * 1e3,
+                    100.0 * secs / total.max(1e-12),
+                    calls
+                );
+            }
+        }
+    }
 }
 
 impl<'d> Model<'d> {
@@ -222,11 +248,15 @@ impl<'d> Model<'d> {
                 )));
             }
         }
+        let profile = std::env::var("LLMC_PROFILE")
+            .is_ok_and(|v| v == "1")
+            .then(|| vec![(0, 0.0); table.len() + 1]);
         Ok(Model {
             kernels: table.iter().map(|(_, f)| *f).collect(),
             plan,
             data,
             cache: BTreeMap::new(),
+            profile,
         })
     }
 
@@ -382,7 +412,9 @@ impl<'d> Model<'d> {
                 .map(|b| b as usize)
                 .ok_or_else(|| format!("buffer {} has a partial block", d.name))
         };
+        let nk = self.kernels.len();
         for step in &plan.steps {
+            let t0 = self.profile.is_some().then(std::time::Instant::now);
             let fail = |msg: String| ExecError::Step {
                 node: step.node.clone(),
                 msg,
@@ -493,6 +525,14 @@ impl<'d> Model<'d> {
                     store[*out_v as usize] = Some(Storage::Owned(entry.v.clone()));
                     self.cache.insert(*layer, entry);
                 }
+            }
+            if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+                let slot = match &step.kind {
+                    StepKind::Kernel { kernel, .. } => *kernel as usize,
+                    StepKind::KvAppend { .. } => nk,
+                };
+                p[slot].0 += 1;
+                p[slot].1 += t0.elapsed().as_secs_f64();
             }
             for &b in &step.free {
                 store[b as usize] = None;

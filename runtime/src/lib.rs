@@ -7,6 +7,7 @@
 pub mod abi;
 pub mod exe;
 pub mod exec;
+pub mod generate;
 pub mod npy;
 pub mod payload;
 pub mod plan;

@@ -247,6 +247,32 @@ pub struct Plan {
     /// Free-form facts for `info` (target, opt level, ...).
     #[serde(default)]
     pub info: Vec<(String, String)>,
+    /// What `generate` needs, for language models.
+    #[serde(default)]
+    pub llm: Option<LlmInfo>,
+}
+
+/// A language model's facts: its tokenizer and the decoder contract
+/// (`%ids: i64[batch, seq]`, `%pos: i64[batch, seq]` -> `%logits: f32[batch, vocab]`,
+/// the KV cache carried between calls).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlmInfo {
+    /// The tokenizer as `tokenizer.json` text.
+    pub tokenizer_json: String,
+    /// Beginning-of-sequence id.
+    pub bos: Option<u32>,
+    /// Ids that end generation.
+    pub eos: Vec<u32>,
+    /// Chat template (Jinja).
+    pub chat_template: Option<String>,
+    /// Maximum context length.
+    pub context_length: Option<i64>,
+    /// Graph-input index of the token ids.
+    pub ids_input: u32,
+    /// Graph-input index of the positions.
+    pub pos_input: u32,
+    /// Graph-output index of the logits.
+    pub logits_output: u32,
 }
 
 impl Plan {

@@ -2,12 +2,13 @@
 //! that `llmc_parallel_for` hands chunks of an iteration range to. The calling thread
 //! works too, and returns when every chunk is done. A parallel loop reached from
 //! inside a body, or while another thread is using the pool, runs inline, so nested
-//! and concurrent calls are always safe. `LLMC_NUM_THREADS` sets the thread count
+//! and concurrent calls are always safe. The caller never waits for a worker that has
+//! not joined: on a busy machine it simply does the whole range itself. `LLMC_NUM_THREADS` sets the thread count
 //! (default: the machine's available parallelism).
 
 use crate::abi::BodyFn;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 #[derive(Clone, Copy)]
@@ -20,9 +21,10 @@ struct Job {
 
 struct State {
     generation: u64,
+    /// The open job; `None` once its caller has finished the range.
     job: Option<Job>,
-    /// Workers that have not finished the current generation.
-    active: usize,
+    /// Workers inside the open job's `drain`.
+    joined: usize,
 }
 
 struct Shared {
@@ -30,6 +32,8 @@ struct Shared {
     work: Condvar,
     done: Condvar,
     next: AtomicI64,
+    /// Mirrors `State::generation`, so idle workers can spin without the lock.
+    published: AtomicU64,
 }
 
 struct Pool {
@@ -45,9 +49,18 @@ thread_local! {
 
 static POOL: OnceLock<Pool> = OnceLock::new();
 
+/// How long an idle worker polls for the next job before blocking (decode runs
+/// hundreds of small parallel loops per token; a sleeping worker takes a scheduler
+/// wake-up to rejoin).
+const SPIN: u32 = 20_000;
+
 /// The number of threads parallel loops use (workers + the caller).
 pub fn num_threads() -> usize {
     pool().workers + 1
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn pool() -> &'static Pool {
@@ -65,11 +78,12 @@ fn pool() -> &'static Pool {
             state: Mutex::new(State {
                 generation: 0,
                 job: None,
-                active: 0,
+                joined: 0,
             }),
             work: Condvar::new(),
             done: Condvar::new(),
             next: AtomicI64::new(0),
+            published: AtomicU64::new(0),
         });
         let mut workers = 0;
         for i in 1..n {
@@ -100,7 +114,7 @@ fn drain(shared: &Shared, job: Job) {
         }
         let end = (start + job.chunk).min(job.n);
         // SAFETY: `body` and `ctx` come from generated code that stays blocked in
-        // `llmc_parallel_for` until every chunk has run.
+        // `llmc_parallel_for` until every worker that joined the job has left it.
         unsafe { (job.body)(job.ctx as *mut u8, start, end) };
     }
     IN_BODY.with(|f| f.set(false));
@@ -109,30 +123,32 @@ fn drain(shared: &Shared, job: Job) {
 fn worker(shared: Arc<Shared>) {
     let mut seen = 0u64;
     loop {
+        // Poll briefly, then block until a new generation is published.
+        let mut spins = 0;
+        while shared.published.load(Ordering::Acquire) == seen && spins < SPIN {
+            std::hint::spin_loop();
+            spins += 1;
+        }
         let job = {
-            let mut st = match shared.state.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            let mut st = lock(&shared.state);
             while st.generation == seen {
-                st = match shared.work.wait(st) {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
+                st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             seen = st.generation;
-            st.job
+            // Join only a job that is still open; its caller waits for us.
+            let job = st.job;
+            if job.is_some() {
+                st.joined += 1;
+            }
+            job
         };
         if let Some(job) = job {
             drain(&shared, job);
-        }
-        let mut st = match shared.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        st.active -= 1;
-        if st.active == 0 {
-            shared.done.notify_all();
+            let mut st = lock(&shared.state);
+            st.joined -= 1;
+            if st.joined == 0 {
+                shared.done.notify_all();
+            }
         }
     }
 }
@@ -166,27 +182,20 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
     };
     p.shared.next.store(0, Ordering::Relaxed);
     {
-        let mut st = match p.shared.state.lock() {
-            Ok(g) => g,
-            Err(e) => e.into_inner(),
-        };
+        let mut st = lock(&p.shared.state);
         st.job = Some(job);
-        st.active = p.workers;
         st.generation += 1;
+        p.shared.published.store(st.generation, Ordering::Release);
     }
     p.shared.work.notify_all();
     drain(&p.shared, job);
-    let mut st = match p.shared.state.lock() {
-        Ok(g) => g,
-        Err(e) => e.into_inner(),
-    };
-    while st.active > 0 {
-        st = match p.shared.done.wait(st) {
-            Ok(g) => g,
-            Err(e) => e.into_inner(),
-        };
-    }
+    // The range is done once we leave `drain` and no joined worker is still in it;
+    // workers that wake later find the job closed and touch nothing.
+    let mut st = lock(&p.shared.state);
     st.job = None;
+    while st.joined > 0 {
+        st = p.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+    }
 }
 
 /// The entry generated code calls (see [`crate::abi::PARALLEL_FOR_SYMBOL`]).
@@ -201,7 +210,6 @@ pub unsafe extern "C" fn llmc_parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     unsafe extern "C" fn add_range(ctx: *mut u8, start: i64, end: i64) {
         let (sum, hits) = &*(ctx as *const (AtomicU64, Vec<AtomicU64>));

@@ -440,6 +440,14 @@ impl Tokenizer {
         })
     }
 
+    /// The tokenizer as `tokenizer.json` text (what [`Tokenizer::from_json_bytes`]
+    /// reads back); special ids and the chat template are not part of it.
+    pub fn to_json(&self) -> Result<String, TokenizerError> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| TokenizerError::Build(e.to_string()))
+    }
+
     /// Builds a tokenizer from plain vocabulary data.
     pub fn from_vocab(spec: &VocabSpec) -> Result<Tokenizer, TokenizerError> {
         let doc = spec.to_tokenizer_json()?;

@@ -92,14 +92,19 @@ fn missing_model_file_is_named() {
 }
 
 #[test]
-fn compiled_generation_says_not_yet() {
+fn onnx_without_an_opset_is_named_for_every_engine() {
+    // A ModelProto holding only `ir_version = 7`: it imports no opset, which the ONNX
+    // frontend must report naming the file, whichever command reads it.
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("m.onnx");
     std::fs::write(&onnx, b"\x08\x07").unwrap();
     let p = onnx.to_str().unwrap();
+    let want = ["m.onnx", "imports no opset"];
+    assert_user_error(&llmc(&["inspect", p, "--emit", "summary"]), &want);
+    assert_user_error(&llmc(&["exec", p, "--engine", "cpu"]), &want);
     assert_user_error(
         &llmc(&["run", p, "--prompt", "x", "--engine", "cpu"]),
-        &["text generation through compiled code is not available yet"],
+        &want,
     );
 }
 
@@ -171,17 +176,12 @@ fn onnx_models_import_and_run() {
 }
 
 #[test]
-fn bad_onnx_files_are_explained() {
+fn corrupt_onnx_files_are_explained() {
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("m.onnx");
-    // A ModelProto holding only ir_version 7: no opset, no graph.
-    std::fs::write(&onnx, b"\x08\x07").unwrap();
-    let p = onnx.to_str().unwrap();
-    assert_user_error(
-        &llmc(&["inspect", p, "--emit", "summary"]),
-        &["m.onnx", "imports no opset"],
-    );
+    // Field 1 as a length-delimited value running past the end of the file.
     std::fs::write(&onnx, b"\x0a\xff\xff").unwrap();
+    let p = onnx.to_str().unwrap();
     assert_user_error(
         &llmc(&["exec", p, "--engine", "cpu"]),
         &["m.onnx", "not a valid ONNX model"],
@@ -566,6 +566,66 @@ fn smollm_greedy_matches_the_transformers_reference() {
         e.contains("29 tokens") && e.contains("end of sequence"),
         "stderr: {e}"
     );
+}
+
+#[test]
+fn smollm_compiled_executable_generates_the_reference_text() {
+    let Some(m) = model(SMOLLM) else { return };
+    let reference = fixture("smollm2/greedy.json");
+    let prompt = reference["prompt"].as_str().unwrap();
+    let want = reference["generated_text"].as_str().unwrap();
+    let want_to_eos = want.split("<|im_end|>").next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("smollm");
+    // llmc build smollm.gguf -o smollm && ./smollm generate --prompt ...
+    let o = llmc(&[
+        "build",
+        m.to_str().unwrap(),
+        "-O3",
+        "-o",
+        exe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Command::new(&exe)
+        .args([
+            "generate",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "32",
+            "--temperature",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want_to_eos);
+    let e = stderr(&o);
+    assert!(
+        e.contains("29 tokens") && e.contains("end of sequence"),
+        "stderr: {e}"
+    );
+    let info = Command::new(&exe).arg("info").output().unwrap();
+    assert!(
+        stdout(&info).contains("language model: context 8192"),
+        "{}",
+        stdout(&info)
+    );
+    // The same through `llmc run --engine cpu`.
+    let o = llmc(&[
+        "run",
+        m.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "32",
+        "--engine",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want_to_eos);
 }
 
 #[test]

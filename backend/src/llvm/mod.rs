@@ -242,10 +242,14 @@ pub fn compile(
         .map_err(|e| CodegenError::Llvm(format!("the lowered module does not verify: {e}")))?;
     let mut out = Compiled {
         target: format!(
-            "{} cpu={} features={}",
+            "{} cpu={} (+{} features)",
             tm.get_triple().as_str().to_string_lossy(),
             tm.get_cpu(),
-            tm.get_feature_string().to_string_lossy()
+            tm.get_feature_string()
+                .to_string_lossy()
+                .split(',')
+                .filter(|f| f.starts_with('+'))
+                .count()
         ),
         ..Compiled::default()
     };

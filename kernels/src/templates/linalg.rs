@@ -7,8 +7,8 @@
 //! that accumulates rows of the output with a vectorized axpy.
 
 use super::{
-    compute_ty, dequant, fconst, load_elem, loop_nest_par, operand, quant_block, result, setup,
-    strides, to_storage, work_estimate, TResult, PARALLEL_MIN,
+    compute_ty, fconst, load_elem, loop_nest_par, operand, quant_block, result, setup, strides,
+    to_storage, work_estimate, TResult, PARALLEL_MIN,
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, Ty, VarId};
@@ -73,7 +73,8 @@ pub(crate) fn linear(
     };
     let full = n / NR as i64;
     let tail = n % NR as i64;
-    let body = |kb: &mut KernelBuilder, j0: Expr, ncols: usize| {
+    // All rows against weight rows j0..j0+ncols of `lin` (whose row `wj0` is j0).
+    let tiles = |kb: &mut KernelBuilder, lin: &Lin, j0: &Expr, wj0: &Expr, ncols: usize| {
         // Full MR-row tiles, then the remaining rows one at a time.
         let rfull = kb.let_("rfull", rows.clone() / MR as i64 * MR as i64);
         kb.for_step(
@@ -82,13 +83,33 @@ pub(crate) fn linear(
             rfull.clone(),
             MR as i64,
             LoopTag::Serial,
-            |kb, r| {
-                ctx.tile(kb, &r, MR, &j0, ncols);
-            },
+            |kb, r| lin.tile(kb, &r, MR, j0, wj0, ncols),
         );
         kb.for_("r", rfull, rows.clone(), LoopTag::Serial, |kb, r| {
-            ctx.tile(kb, &r, 1, &j0, ncols);
+            lin.tile(kb, &r, 1, j0, wj0, ncols)
         });
+    };
+    let body = |kb: &mut KernelBuilder, j0: Expr, ncols: usize| {
+        if quant_block(ctx.wd).is_none() {
+            return tiles(kb, &ctx, &j0, &j0, ncols);
+        }
+        // Many rows (prefill): dequantize these weight rows once into a local f32
+        // block and run the f32 tiles from it; few rows (decode): dequantize in the
+        // inner loop, reading each weight byte once.
+        kb.if_else(
+            rows.clone().ge(Expr::i(PACK_MIN_ROWS)),
+            |kb| {
+                let wl = kb.local("wl", ctx.t, ncols as i64 * ctx.k);
+                ctx.dequant_rows(kb, &j0, ncols, wl);
+                let local = Lin {
+                    w: wl,
+                    wd: DType::F32,
+                    ..ctx.clone()
+                };
+                tiles(kb, &local, &j0, &Expr::i(0), ncols);
+            },
+            |kb| tiles(kb, &ctx, &j0, &j0, ncols),
+        );
     };
     if full > 0 {
         let tag = if full > 1 {
@@ -107,7 +128,11 @@ pub(crate) fn linear(
     kb.finish()
 }
 
+/// From this many rows on, a quantized linear dequantizes each weight tile once.
+const PACK_MIN_ROWS: i64 = 4;
+
 /// What a linear kernel's tiles need.
+#[derive(Clone)]
 struct Lin {
     x: BufId,
     xd: DType,
@@ -121,8 +146,9 @@ struct Lin {
 }
 
 impl Lin {
-    /// One register tile: rows r0..r0+mr of x against weight rows j0..j0+nr.
-    fn tile(&self, kb: &mut KernelBuilder, r0: &Expr, mr: usize, j0: &Expr, nr: usize) {
+    /// One register tile: rows r0..r0+mr of x against output columns j0..j0+nr, which
+    /// are weight rows wj0..wj0+nr of `self.w`.
+    fn tile(&self, kb: &mut KernelBuilder, r0: &Expr, mr: usize, j0: &Expr, wj0: &Expr, nr: usize) {
         let t = self.t;
         let acc: Vec<Vec<VarId>> = (0..mr)
             .map(|_| (0..nr).map(|_| kb.let_mut("acc", fconst(0.0, t))).collect())
@@ -131,7 +157,7 @@ impl Lin {
             .map(|i| kb.let_("xr", (r0.clone() + i as i64) * self.k))
             .collect();
         let wrow: Vec<Expr> = (0..nr)
-            .map(|j| kb.let_("wr", (j0.clone() + j as i64) * self.k))
+            .map(|j| kb.let_("wr", (wj0.clone() + j as i64) * self.k))
             .collect();
         let fma = |a: Expr, x: Expr, y: Expr| Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, x, y));
         match quant_block(self.wd) {
@@ -162,49 +188,7 @@ impl Lin {
             Some((bl, bb)) => {
                 let blocks = self.k / bl;
                 kb.for_("blk", 0, blocks, LoopTag::Serial, |kb, blk| {
-                    let base: Vec<Expr> = (0..nr)
-                        .map(|j| {
-                            let row_bytes = (j0.clone() + j as i64) * (blocks * bb);
-                            kb.let_("qb", row_bytes + blk.clone() * bb)
-                        })
-                        .collect();
-                    let x0 = kb.let_("x0", blk.clone() * bl);
-                    let bs: Vec<Vec<VarId>> = (0..mr)
-                        .map(|_| (0..nr).map(|_| kb.let_mut("bs", fconst(0.0, t))).collect())
-                        .collect();
-                    kb.for_("e", 0, bl, LoopTag::Vectorize(8), |kb, e| {
-                        let xs: Vec<Expr> = xrow
-                            .iter()
-                            .map(|xr| {
-                                let v = load_elem(
-                                    kb,
-                                    self.x,
-                                    self.xd,
-                                    xr.clone() + x0.clone() + e.clone(),
-                                );
-                                kb.let_("xv", v)
-                            })
-                            .collect();
-                        let ws: Vec<Expr> = base
-                            .iter()
-                            .map(|b| {
-                                let v = dequant(self.w, self.wd, b.clone(), e.clone());
-                                kb.let_("wv", v.cast(t))
-                            })
-                            .collect();
-                        for (i, xv) in xs.iter().enumerate() {
-                            for (j, wv) in ws.iter().enumerate() {
-                                let a = bs[i][j];
-                                kb.assign(a, fma(Expr::Var(a), xv.clone(), wv.clone()));
-                            }
-                        }
-                    });
-                    for i in 0..mr {
-                        for j in 0..nr {
-                            let a = acc[i][j];
-                            kb.assign(a, Expr::bin(BinOp::Add, Expr::Var(a), Expr::Var(bs[i][j])));
-                        }
-                    }
+                    self.quant_block(kb, &blk, &xrow, wj0, nr, &acc, bl, bb, blocks);
                 });
             }
         }
@@ -219,6 +203,174 @@ impl Lin {
                 let o = (r0.clone() + i as i64) * self.n + col;
                 let v = to_storage(kb, self.out, v);
                 kb.store(self.out, o, v);
+            }
+        }
+    }
+}
+
+impl Lin {
+    /// Dequantizes weight rows j0..j0+nr into the local f32 array `dst` ([nr, k]).
+    fn dequant_rows(&self, kb: &mut KernelBuilder, j0: &Expr, nr: usize, dst: BufId) {
+        let Some((bl, bb)) = quant_block(self.wd) else {
+            return;
+        };
+        let t = self.t;
+        let blocks = self.k / bl;
+        let four_bit = self.wd != DType::Q8_0;
+        let qs_off = if self.wd == DType::Q4_1 { 4 } else { 2 };
+        for j in 0..nr {
+            kb.for_("blk", 0, blocks, LoopTag::Serial, |kb, blk| {
+                let base = kb.let_(
+                    "qb",
+                    (j0.clone() + j as i64) * (blocks * bb) + blk.clone() * bb,
+                );
+                let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(t);
+                let d = kb.let_("d", f16(base.clone()));
+                let m = match self.wd {
+                    DType::Q4_1 => Some(kb.let_("m", f16(base.clone() + 2))),
+                    DType::Q4_0 => {
+                        Some(kb.let_("m", Expr::bin(BinOp::Mul, d.clone(), fconst(-8.0, t))))
+                    }
+                    _ => None,
+                };
+                let out0 = kb.let_("o0", blk.clone() * bl + j as i64 * self.k);
+                let n = if four_bit { bl / 2 } else { bl };
+                kb.for_("e", 0, n, LoopTag::Vectorize(8), |kb, e| {
+                    let at = Box::new(base.clone() + qs_off + e.clone());
+                    let scale = |q: Expr| {
+                        let v = Expr::bin(BinOp::Mul, q, d.clone());
+                        match &m {
+                            Some(m) => Expr::bin(BinOp::Add, v, m.clone()),
+                            None => v,
+                        }
+                    };
+                    if four_bit {
+                        let byte = kb.let_("q", Expr::LoadRaw(self.w, at, Ty::U8));
+                        let lo = Expr::bin(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(t);
+                        let hi = Expr::bin(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(t);
+                        kb.store(dst, out0.clone() + e.clone(), scale(lo));
+                        kb.store(dst, out0.clone() + e.clone() + bl / 2, scale(hi));
+                    } else {
+                        let q = Expr::LoadRaw(self.w, at, Ty::I8).cast(t);
+                        kb.store(dst, out0.clone() + e, scale(q));
+                    }
+                });
+            });
+        }
+    }
+
+    /// One block (32 elements of k) of a quantized tile. The block's bytes and the
+    /// activations load contiguously: byte `e` of a Q4 block holds element `e` (low
+    /// nibble) and element `e + 16` (high nibble); the scale multiplies the block's
+    /// integer dot product once, and Q4_1's minimum (Q4_0's offset 8) multiplies the
+    /// block's activation sum: Σ x (d q + m) = d Σ x q + m Σ x.
+    #[allow(clippy::too_many_arguments)]
+    fn quant_block(
+        &self,
+        kb: &mut KernelBuilder,
+        blk: &Expr,
+        xrow: &[Expr],
+        j0: &Expr,
+        nr: usize,
+        acc: &[Vec<VarId>],
+        bl: i64,
+        bb: i64,
+        blocks: i64,
+    ) {
+        let t = self.t;
+        let mr = xrow.len();
+        let base: Vec<Expr> = (0..nr)
+            .map(|j| {
+                let row_bytes = (j0.clone() + j as i64) * (blocks * bb);
+                kb.let_("qb", row_bytes + blk.clone() * bb)
+            })
+            .collect();
+        let x0: Vec<Expr> = xrow
+            .iter()
+            .map(|xr| kb.let_("x0", xr.clone() + blk.clone() * bl))
+            .collect();
+        let dot: Vec<Vec<VarId>> = (0..mr)
+            .map(|_| (0..nr).map(|_| kb.let_mut("dot", fconst(0.0, t))).collect())
+            .collect();
+        let four_bit = self.wd != DType::Q8_0;
+        let xsum: Vec<VarId> = if four_bit {
+            (0..mr)
+                .map(|_| kb.let_mut("xsum", fconst(0.0, t)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let qs_off = match self.wd {
+            DType::Q4_1 => 4,
+            _ => 2,
+        };
+        let fma = |a: Expr, x: Expr, y: Expr| Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, x, y));
+        let n = if four_bit { bl / 2 } else { bl };
+        kb.for_("e", 0, n, LoopTag::Vectorize(8), |kb, e| {
+            // Weight values of this lane, per weight row: (element e [, element e + 16]).
+            let ws: Vec<(Expr, Option<Expr>)> = base
+                .iter()
+                .map(|b| {
+                    let at = Box::new(b.clone() + qs_off + e.clone());
+                    if four_bit {
+                        let byte = kb.let_("q", Expr::LoadRaw(self.w, at, Ty::U8));
+                        let lo = Expr::bin(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8));
+                        let hi = Expr::bin(BinOp::Shr, byte, Expr::Int(4, Ty::U8));
+                        (kb.let_("lo", lo.cast(t)), Some(kb.let_("hi", hi.cast(t))))
+                    } else {
+                        (
+                            kb.let_("q", Expr::LoadRaw(self.w, at, Ty::I8).cast(t)),
+                            None,
+                        )
+                    }
+                })
+                .collect();
+            for (i, xb) in x0.iter().enumerate() {
+                let xa = load_elem(kb, self.x, self.xd, xb.clone() + e.clone());
+                let xa = kb.let_("xa", xa);
+                let xh = if four_bit {
+                    let v = load_elem(kb, self.x, self.xd, xb.clone() + e.clone() + bl / 2);
+                    let v = kb.let_("xh", v);
+                    let s = xsum[i];
+                    kb.assign(
+                        s,
+                        Expr::bin(
+                            BinOp::Add,
+                            Expr::Var(s),
+                            Expr::bin(BinOp::Add, xa.clone(), v.clone()),
+                        ),
+                    );
+                    Some(v)
+                } else {
+                    None
+                };
+                for (j, (lo, hi)) in ws.iter().enumerate() {
+                    let a = dot[i][j];
+                    let mut v = fma(Expr::Var(a), xa.clone(), lo.clone());
+                    if let (Some(h), Some(xh)) = (hi, &xh) {
+                        v = fma(v, xh.clone(), h.clone());
+                    }
+                    kb.assign(a, v);
+                }
+            }
+        });
+        for (j, b) in base.iter().enumerate() {
+            let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(t);
+            let d = kb.let_("d", f16(b.clone()));
+            let m = match self.wd {
+                DType::Q4_1 => Some(kb.let_("m", f16(b.clone() + 2))),
+                DType::Q4_0 => {
+                    Some(kb.let_("m", Expr::bin(BinOp::Mul, d.clone(), fconst(-8.0, t))))
+                }
+                _ => None,
+            };
+            for i in 0..mr {
+                let a = acc[i][j];
+                let mut v = fma(Expr::Var(a), d.clone(), Expr::Var(dot[i][j]));
+                if let Some(m) = &m {
+                    v = fma(v, m.clone(), Expr::Var(xsum[i]));
+                }
+                kb.assign(a, v);
             }
         }
     }

@@ -1,0 +1,150 @@
+//! Text generation in the emitted executable: tokenize the prompt (optionally through
+//! the chat template), one model call for the whole prompt (prefill), then one call
+//! per sampled token with the KV cache carried by the [`Model`], streaming text to
+//! stdout and timings to stderr, stopping at an end-of-sequence id, the token budget
+//! or the context length.
+
+use crate::exec::{HostTensor, Model};
+use crate::plan::{ElemType, LlmInfo};
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::{ChatMessage, Tokenizer};
+use std::io::Write;
+use std::time::Instant;
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Prompt text.
+    pub prompt: String,
+    /// Apply the chat template to the prompt as one user message.
+    pub chat: bool,
+    /// Stop after this many new tokens.
+    pub max_tokens: usize,
+    /// Sampling settings.
+    pub sampler: SamplerConfig,
+}
+
+/// The tokenizer described by `llm`.
+pub fn tokenizer(llm: &LlmInfo) -> Result<Tokenizer, String> {
+    Ok(Tokenizer::from_json_bytes(llm.tokenizer_json.as_bytes())
+        .map_err(|e| format!("the embedded tokenizer: {e}"))?
+        .with_specials(llm.bos, llm.eos.clone())
+        .with_chat_template(llm.chat_template.clone()))
+}
+
+fn i64_tensor(v: impl Iterator<Item = i64>, n: usize) -> HostTensor {
+    HostTensor {
+        dtype: ElemType::I64,
+        shape: vec![1, n],
+        data: v.flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// One model call on `ids` at positions `start..`: the last position's logits.
+fn step(model: &mut Model, llm: &LlmInfo, ids: &[u32], start: usize) -> Result<Vec<f32>, String> {
+    let n = ids.len();
+    let mut inputs = vec![i64_tensor(std::iter::empty(), 0); 2];
+    inputs[llm.ids_input as usize] = i64_tensor(ids.iter().map(|&t| t as i64), n);
+    inputs[llm.pos_input as usize] = i64_tensor((start..start + n).map(|p| p as i64), n);
+    let outs = model.run(&inputs).map_err(|e| e.to_string())?;
+    let t = outs
+        .get(llm.logits_output as usize)
+        .ok_or("the model returned no logits")?;
+    if t.dtype != ElemType::F32 {
+        return Err(format!("logits are {}, expected f32", t.dtype.name()));
+    }
+    let vocab = *t.shape.last().ok_or("logits have no dims")?;
+    let all: Vec<f32> = t
+        .data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(all[all.len().saturating_sub(vocab)..].to_vec())
+}
+
+/// Generates text; returns the number of generated tokens.
+pub fn generate(model: &mut Model, opts: &GenerateOptions) -> Result<usize, String> {
+    let llm = model
+        .plan()
+        .llm
+        .clone()
+        .ok_or("this executable holds no language model (no tokenizer was built in)")?;
+    let tok = tokenizer(&llm)?;
+    let (prompt, add_special) = if opts.chat {
+        let text = tok
+            .apply_chat_template(&[ChatMessage::new("user", &opts.prompt)], true)
+            .map_err(|e| format!("--chat: {e}"))?;
+        (text, false)
+    } else {
+        (opts.prompt.clone(), true)
+    };
+    let prompt_ids = tok
+        .encode(&prompt, add_special)
+        .map_err(|e| format!("--prompt: {e}"))?;
+    if prompt_ids.is_empty() {
+        return Err("--prompt: the prompt encodes to no tokens".into());
+    }
+    let ctx_len = llm.context_length.unwrap_or(i64::MAX);
+    if prompt_ids.len() as i64 > ctx_len {
+        return Err(format!(
+            "--prompt: {} tokens exceed the model's context length {ctx_len}",
+            prompt_ids.len()
+        ));
+    }
+    let mut sampler = Sampler::new(opts.sampler.clone()).map_err(|e| e.to_string())?;
+    let eos = tok.eos_ids().to_vec();
+    model.reset();
+    let t0 = Instant::now();
+    let mut logits = step(model, &llm, &prompt_ids, 0)?;
+    let prefill = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "generate: prompt {} tokens, prefill {:.3} s ({:.1} tok/s), {} threads",
+        prompt_ids.len(),
+        prefill,
+        prompt_ids.len() as f64 / prefill.max(1e-9),
+        crate::pool::num_threads()
+    );
+    let mut history = prompt_ids.clone();
+    let mut generated = 0usize;
+    let mut stream = tok.stream(true);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let io = |e: std::io::Error| format!("writing the text: {e}");
+    let t1 = Instant::now();
+    let mut stop = "max tokens";
+    while generated < opts.max_tokens {
+        let next = sampler
+            .sample(&logits, &history)
+            .map_err(|e| e.to_string())?;
+        if eos.contains(&next) {
+            stop = "end of sequence";
+            break;
+        }
+        generated += 1;
+        history.push(next);
+        if let Some(piece) = stream.push(&tok, next).map_err(|e| e.to_string())? {
+            out.write_all(piece.as_bytes()).map_err(io)?;
+            out.flush().map_err(io)?;
+        }
+        if generated == opts.max_tokens {
+            break;
+        }
+        let pos = history.len() - 1;
+        if pos as i64 >= ctx_len {
+            stop = "context length";
+            break;
+        }
+        logits = step(model, &llm, &[next], pos)?;
+    }
+    if let Some(piece) = stream.flush(&tok).map_err(|e| e.to_string())? {
+        out.write_all(piece.as_bytes()).map_err(io)?;
+    }
+    writeln!(out).map_err(io)?;
+    out.flush().map_err(io)?;
+    let decode = t1.elapsed().as_secs_f64();
+    eprintln!(
+        "generate: {generated} tokens in {decode:.3} s ({:.2} tok/s), stopped at {stop}",
+        generated as f64 / decode.max(1e-9)
+    );
+    Ok(generated)
+}
