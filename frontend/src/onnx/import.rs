@@ -242,7 +242,7 @@ impl<'r> Importer<'r> {
 
     // ----- model level -----
 
-    fn model(&mut self, model: &ModelProto) -> Result<(), FrontendError> {
+    fn model(&mut self, mut model: ModelProto) -> Result<(), FrontendError> {
         for o in &model.opset_import {
             let d = norm_domain(&o.domain).to_string();
             if d.is_empty() && !(MIN_OPSET..=MAX_OPSET).contains(&o.version) {
@@ -262,8 +262,10 @@ impl<'r> Importer<'r> {
         }
         let g = model
             .graph
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| self.format_err("the model has no graph"))?;
+        let inits = std::mem::take(&mut g.initializer);
+        let g = &*g;
         self.module.name = if g.name.is_empty() {
             "main".into()
         } else {
@@ -278,14 +280,18 @@ impl<'r> Importer<'r> {
         }
         self.declare(&g.value_info);
         self.declare(&g.output);
-        self.initializers(g)?;
+        self.initializers(g, inits)?;
         self.inputs(g)?;
         self.nodes(g)?;
         self.outputs(g)?;
         Ok(())
     }
 
-    fn initializers(&mut self, g: &GraphProto) -> Result<(), FrontendError> {
+    fn initializers(
+        &mut self,
+        g: &GraphProto,
+        inits: Vec<TensorProto>,
+    ) -> Result<(), FrontendError> {
         if let Some(s) = g.sparse_initializer.first() {
             let name = s
                 .values
@@ -294,25 +300,26 @@ impl<'r> Importer<'r> {
                 .unwrap_or_default();
             return Err(self.unsupported(format!("sparse initializer `{name}`")));
         }
-        for t in &g.initializer {
+        for t in inits {
             self.initializer(t)?;
         }
         Ok(())
     }
 
-    fn initializer(&mut self, t: &TensorProto) -> Result<V, FrontendError> {
-        let bad = |msg: String| FrontendError::BadTensor {
-            file: self.file.clone(),
-            name: t.name.clone(),
-            msg,
-        };
+    fn initializer(&mut self, t: TensorProto) -> Result<V, FrontendError> {
         if t.name.is_empty() {
             return Err(self.format_err("an initializer has no name"));
         }
-        let tb = data::decode(t, self.base_dir.as_deref(), &mut self.ext)
-            .map_err(|m| bad(format!("initializer: {m}")))?;
+        let name = t.name.clone();
+        let tb = data::decode_owned(t, self.base_dir.as_deref(), &mut self.ext).map_err(|m| {
+            FrontendError::BadTensor {
+                file: self.file.clone(),
+                name: name.clone(),
+                msg: format!("initializer: {m}"),
+            }
+        })?;
         let dims: Vec<i64> = tb.shape.iter().map(|&d| d as i64).collect();
-        let wname = self.unique_weight_name(&t.name);
+        let wname = self.unique_weight_name(&name);
         let id = self
             .module
             .add_weight(&wname, tb.dtype, Shape::of(&dims), tb.data);
@@ -327,7 +334,7 @@ impl<'r> Importer<'r> {
             weight: Some(w),
             bound: None,
         });
-        self.scope.insert(t.name.clone(), v);
+        self.scope.insert(name, v);
         Ok(v)
     }
 
@@ -1192,7 +1199,7 @@ impl NodeCtx<'_, '_> {
         }
         let r = (|| {
             for t in &g.initializer {
-                self.imp.initializer(t).map_err(|e| e.to_string())?;
+                self.imp.initializer(t.clone()).map_err(|e| e.to_string())?;
             }
             for (i, n) in g.node.iter().enumerate() {
                 self.imp.node(n, i).map_err(|e| e.to_string())?;
@@ -1294,7 +1301,7 @@ fn prune(old: Module) -> Module {
 /// Imports a parsed model. `file` names it in messages; `base_dir` is where external
 /// data files are looked up.
 pub fn import(
-    model: &ModelProto,
+    model: ModelProto,
     file: &str,
     base_dir: Option<&Path>,
     registry: &Registry,

@@ -72,14 +72,14 @@ pub fn load_with(path: &Path, options: ImportOptions) -> Result<Module, Frontend
             p
         }
     });
-    import::import(&model, &name, dir, Registry::standard(), options)
+    import::import(model, &name, dir, Registry::standard(), options)
 }
 
 /// Imports model bytes held in memory (external data is an error: there is no folder).
 pub fn load_bytes(bytes: &[u8], name: &str) -> Result<Module, FrontendError> {
     let model = parse_model(bytes, name)?;
     import::import(
-        &model,
+        model,
         name,
         None,
         Registry::standard(),
@@ -89,7 +89,7 @@ pub fn load_bytes(bytes: &[u8], name: &str) -> Result<Module, FrontendError> {
 
 /// Imports an already parsed model; `base_dir` is where external data lives.
 pub fn import_model(
-    model: &ModelProto,
+    model: ModelProto,
     name: &str,
     base_dir: Option<&Path>,
 ) -> Result<Module, FrontendError> {
