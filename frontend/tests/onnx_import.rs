@@ -645,6 +645,81 @@ fn if_with_a_constant_condition_inlines_its_branch() {
 }
 
 #[test]
+fn loops_with_known_trip_counts_unroll() {
+    // acc = x; repeat 3 times: acc = acc * 2 + i; scan output: acc after each step.
+    let body = graph(
+        vec![
+            node("Mul", "dbl", &["acc_in", "two"], &["d"], vec![]),
+            node(
+                "Cast",
+                "fi",
+                &["i"],
+                &["fi"],
+                vec![a_int("to", DataType::FLOAT as i64)],
+            ),
+            node("Add", "add", &["d", "fi"], &["acc_out"], vec![]),
+            node("Identity", "keep", &["c_in"], &["c_out"], vec![]),
+            node("Identity", "scan", &["acc_out"], &["each"], vec![]),
+        ],
+        vec![TensorProto {
+            float_data: vec![2.0],
+            ..tensor("two", DataType::FLOAT, &[])
+        }],
+        vec![
+            vi("i", DataType::INT64, &[]),
+            vi("c_in", DataType::BOOL, &[]),
+            vi("acc_in", DataType::FLOAT, &[D::N(2)]),
+        ],
+        vec![
+            vi("c_out", DataType::BOOL, &[]),
+            vi("acc_out", DataType::FLOAT, &[D::N(2)]),
+            vi("each", DataType::FLOAT, &[D::N(2)]),
+        ],
+    );
+    let g = |trips: Option<TensorProto>| {
+        let mut inits = vec![TensorProto {
+            int32_data: vec![1],
+            ..tensor("c", DataType::BOOL, &[])
+        }];
+        inits.extend(trips);
+        graph(
+            vec![node(
+                "Loop",
+                "loop",
+                &["m", "c", "x"],
+                &["y", "ys"],
+                vec![a_graph("body", body.clone())],
+            )],
+            inits,
+            vec![vi("x", DataType::FLOAT, &[D::N(2)])],
+            vec![
+                vi("y", DataType::FLOAT, &[D::N(2)]),
+                vi("ys", DataType::FLOAT, &[D::N(3), D::N(2)]),
+            ],
+        )
+    };
+    let m = import(&model(
+        g(Some(TensorProto {
+            int64_data: vec![3],
+            ..tensor("m", DataType::INT64, &[])
+        })),
+        16,
+    ))
+    .expect("imports");
+    let out = run(&m, &[Tensor::f32(vec![2], vec![1.0, -1.0])]);
+    // 1 -> 2 -> 5 -> 12 and -1 -> -2 -> -3 -> -4.
+    assert_eq!(out[0].to_f64(), vec![12.0, -4.0]);
+    assert_eq!(out[1].to_f64(), vec![2.0, -2.0, 5.0, -3.0, 12.0, -4.0]);
+    // A trip count known only at run time cannot be unrolled.
+    let mut g2 = g(None);
+    g2.input.push(vi("m", DataType::INT64, &[]));
+    has(
+        &err(&model(g2, 16)),
+        &["node 0 `loop` (Loop", "trip count) must be known at import"],
+    );
+}
+
+#[test]
 fn bound_inputs_serve_as_constants_only_where_needed() {
     let g = graph(
         vec![node("Reshape", "r", &["x", "shape"], &["y"], vec![])],
@@ -894,6 +969,42 @@ fn unsupported_element_types_name_the_value() {
     has(
         &err(&m),
         &["node 0 `add` (Add", "input 1 `nowhere` is not defined"],
+    );
+}
+
+#[test]
+fn declared_types_are_checked_against_the_import() {
+    // value_info says the intermediate is [2, 5]; MatMul of [2, 3] x [3, 4] gives [2, 4].
+    let mut g = graph(
+        vec![
+            node("MatMul", "mm", &["a", "b"], &["h"], vec![]),
+            node("Relu", "relu", &["h"], &["y"], vec![]),
+        ],
+        vec![],
+        vec![
+            vi("a", DataType::FLOAT, &[D::N(2), D::N(3)]),
+            vi("b", DataType::FLOAT, &[D::N(3), D::N(4)]),
+        ],
+        vec![vi("y", DataType::FLOAT, &[D::N(2), D::N(4)])],
+    );
+    g.value_info
+        .push(vi("h", DataType::FLOAT, &[D::N(2), D::P("n")]));
+    assert!(
+        import(&model(g.clone(), 13)).is_ok(),
+        "symbolic declared dims match anything"
+    );
+    g.value_info[0] = vi("h", DataType::FLOAT, &[D::N(2), D::N(5)]);
+    has(
+        &err(&model(g.clone(), 13)),
+        &[
+            "node 0 `mm` (MatMul",
+            "output `h` is f32[2, 4] here, but the model declares dim 1 = 5",
+        ],
+    );
+    g.value_info[0] = vi("h", DataType::DOUBLE, &[D::N(2), D::N(4)]);
+    has(
+        &err(&model(g, 13)),
+        &["node 0 `mm`", "declares element type f64"],
     );
 }
 

@@ -108,6 +108,86 @@ fn onnx_without_an_opset_is_named_for_every_engine() {
     );
 }
 
+// ----- ONNX models -----
+
+/// `tests/fixtures/onnx/mlp.onnx` (scripts/gen-onnx-fixtures.py): y = relu(x W + b)
+/// with W[i][j] = (i - j) / 4 and b[j] = 1/2 - j/4, batch symbolic.
+fn mlp_reference(x: &[f32], rows: usize) -> Vec<f32> {
+    let mut y = Vec::new();
+    for r in 0..rows {
+        for j in 0..3 {
+            let mut acc = 0.5 - j as f64 / 4.0;
+            for i in 0..4 {
+                acc += x[r * 4 + i] as f64 * (i as f64 - j as f64) / 4.0;
+            }
+            y.push(acc.max(0.0) as f32);
+        }
+    }
+    y
+}
+
+#[test]
+fn onnx_models_import_and_run() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx/mlp.onnx");
+    let m = model.to_str().unwrap();
+    let o = llmc(&["inspect", m, "--emit", "summary"]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let summary = stdout(&o);
+    for needle in [
+        "%x: f32[batch, 4]",
+        "%y: f32[batch, 3]",
+        "matmul",
+        "relu",
+        "weights: 2",
+    ] {
+        assert!(
+            summary.contains(needle),
+            "summary lacks `{needle}`:\n{summary}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let x: Vec<f32> = (0..12).map(|k| (k as f32 - 5.5) / 3.0).collect();
+    let xp = dir.path().join("x.npy");
+    write_npy(&xp, &[3, 4], x.clone());
+    let want = mlp_reference(&x, 3);
+    for extra in [&["--engine", "interp"][..], &["--engine", "cpu", "-O3"][..]] {
+        let out = dir.path().join(format!("out{}", extra.len()));
+        let input = format!("x={}", xp.display());
+        let mut args = vec![
+            "exec",
+            m,
+            "--input",
+            &input,
+            "--output-dir",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = llmc(&args);
+        assert!(o.status.success(), "{extra:?}: stderr: {}", stderr(&o));
+        let (shape, dt, got) = read_npy::<f32>(&out.join("y.npy"));
+        assert_eq!((shape, dt.as_str()), (vec![3, 3], "<f4"));
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{extra:?}: {got:?} vs {want:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn corrupt_onnx_files_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("m.onnx");
+    // Field 1 as a length-delimited value running past the end of the file.
+    std::fs::write(&onnx, b"\x0a\xff\xff").unwrap();
+    let p = onnx.to_str().unwrap();
+    assert_user_error(
+        &llmc(&["exec", p, "--engine", "cpu"]),
+        &["m.onnx", "not a valid ONNX model"],
+    );
+}
+
 #[test]
 fn unknown_model_kind_is_explained() {
     let dir = tempfile::tempdir().unwrap();

@@ -143,6 +143,26 @@ pub fn decode(
     base_dir: Option<&Path>,
     ext: &mut ExternalFiles,
 ) -> Result<TensorBytes, String> {
+    decode_inner(t, None, base_dir, ext)
+}
+
+/// [`decode`] that moves `raw_data` out of the tensor instead of copying it (a large
+/// model's initializers are not held twice).
+pub fn decode_owned(
+    mut t: TensorProto,
+    base_dir: Option<&Path>,
+    ext: &mut ExternalFiles,
+) -> Result<TensorBytes, String> {
+    let raw = std::mem::take(&mut t.raw_data);
+    decode_inner(&t, Some(raw), base_dir, ext)
+}
+
+fn decode_inner(
+    t: &TensorProto,
+    raw: Option<Vec<u8>>,
+    base_dir: Option<&Path>,
+    ext: &mut ExternalFiles,
+) -> Result<TensorBytes, String> {
     let dtype = dtype_of(t.data_type)?;
     let (shape, numel) = checked_shape(&t.dims)?;
     if t.segment.is_some() {
@@ -154,15 +174,15 @@ pub fn decode(
         let data = external(t, base_dir, ext, need, &ty())?;
         return Ok(TensorBytes { dtype, shape, data });
     }
-    if !t.raw_data.is_empty() || typed_len(t) == 0 {
-        if t.raw_data.len() != need {
+    let raw_len = raw.as_ref().map_or(t.raw_data.len(), Vec::len);
+    if raw_len > 0 || typed_len(t) == 0 {
+        if raw_len != need {
             return Err(format!(
-                "raw_data has {} bytes, {} needs {need}",
-                t.raw_data.len(),
+                "raw_data has {raw_len} bytes, {} needs {need}",
                 ty()
             ));
         }
-        let mut bytes = t.raw_data.clone();
+        let mut bytes = raw.unwrap_or_else(|| t.raw_data.clone());
         if dtype == DType::Bool {
             // Any nonzero byte is true; keep the canonical 0/1.
             for b in &mut bytes {

@@ -91,7 +91,13 @@ pub struct Importer<'r> {
     /// Node index and name prefix for nodes of inlined subgraphs.
     path: Vec<String>,
     options: ImportOptions,
+    /// Types the model declares for values (value_info and graph outputs).
+    declared: HashMap<String, Declared>,
 }
+
+/// A declared type: the element type and, per dim, a constant or unknown (`None` where
+/// the model leaves them out or uses a type llmc does not have).
+type Declared = (Option<DType>, Option<Vec<Option<i64>>>);
 
 /// The default domain's two spellings.
 pub fn norm_domain(d: &str) -> &str {
@@ -145,7 +151,63 @@ impl<'r> Importer<'r> {
             weight_names: HashSet::new(),
             path: Vec::new(),
             options,
+            declared: HashMap::new(),
         }
+    }
+
+    /// Records the types the model declares (value_info, graph outputs); unsupported
+    /// or absent parts are left unknown.
+    fn declare(&mut self, infos: &[ValueInfoProto]) {
+        use onnx_protobuf::tensor_shape_proto::dimension::Value as DV;
+        for vi in infos {
+            let Some(type_proto::Value::TensorType(t)) =
+                vi.type_.as_ref().and_then(|t| t.value.as_ref())
+            else {
+                continue;
+            };
+            let dtype = data::dtype_of(t.elem_type).ok();
+            let dims = t.shape.as_ref().map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(DV::DimValue(n)) => Some(n),
+                        _ => None,
+                    })
+                    .collect()
+            });
+            self.declared.insert(vi.name.clone(), (dtype, dims));
+        }
+    }
+
+    /// Checks a produced value against the type the model declares for it.
+    fn check_declared(&self, name: &str, v: V) -> Result<(), String> {
+        let Some((dtype, dims)) = self.declared.get(name) else {
+            return Ok(());
+        };
+        let ty = &self.val(v).ty;
+        let clash = |what: String| {
+            Err(format!(
+                "output `{name}` is {ty} here, but the model declares {what}"
+            ))
+        };
+        if let Some(d) = dtype {
+            if *d != ty.dtype {
+                return clash(format!("element type {d}"));
+            }
+        }
+        if let Some(dims) = dims {
+            if dims.len() != ty.shape.rank() {
+                return clash(format!("rank {}", dims.len()));
+            }
+            for (k, (want, have)) in dims.iter().zip(&ty.shape.0).enumerate() {
+                if let (Some(w), Some(h)) = (want, have.as_const()) {
+                    if *w != h {
+                        return clash(format!("dim {k} = {w}"));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn format_err(&self, msg: impl Into<String>) -> FrontendError {
@@ -180,7 +242,7 @@ impl<'r> Importer<'r> {
 
     // ----- model level -----
 
-    fn model(&mut self, model: &ModelProto) -> Result<(), FrontendError> {
+    fn model(&mut self, mut model: ModelProto) -> Result<(), FrontendError> {
         for o in &model.opset_import {
             let d = norm_domain(&o.domain).to_string();
             if d.is_empty() && !(MIN_OPSET..=MAX_OPSET).contains(&o.version) {
@@ -200,8 +262,10 @@ impl<'r> Importer<'r> {
         }
         let g = model
             .graph
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| self.format_err("the model has no graph"))?;
+        let inits = std::mem::take(&mut g.initializer);
+        let g = &*g;
         self.module.name = if g.name.is_empty() {
             "main".into()
         } else {
@@ -214,14 +278,20 @@ impl<'r> Importer<'r> {
                 .extra
                 .insert("onnx.producer".into(), p.trim().to_string());
         }
-        self.initializers(g)?;
+        self.declare(&g.value_info);
+        self.declare(&g.output);
+        self.initializers(g, inits)?;
         self.inputs(g)?;
         self.nodes(g)?;
         self.outputs(g)?;
         Ok(())
     }
 
-    fn initializers(&mut self, g: &GraphProto) -> Result<(), FrontendError> {
+    fn initializers(
+        &mut self,
+        g: &GraphProto,
+        inits: Vec<TensorProto>,
+    ) -> Result<(), FrontendError> {
         if let Some(s) = g.sparse_initializer.first() {
             let name = s
                 .values
@@ -230,25 +300,26 @@ impl<'r> Importer<'r> {
                 .unwrap_or_default();
             return Err(self.unsupported(format!("sparse initializer `{name}`")));
         }
-        for t in &g.initializer {
+        for t in inits {
             self.initializer(t)?;
         }
         Ok(())
     }
 
-    fn initializer(&mut self, t: &TensorProto) -> Result<V, FrontendError> {
-        let bad = |msg: String| FrontendError::BadTensor {
-            file: self.file.clone(),
-            name: t.name.clone(),
-            msg,
-        };
+    fn initializer(&mut self, t: TensorProto) -> Result<V, FrontendError> {
         if t.name.is_empty() {
             return Err(self.format_err("an initializer has no name"));
         }
-        let tb = data::decode(t, self.base_dir.as_deref(), &mut self.ext)
-            .map_err(|m| bad(format!("initializer: {m}")))?;
+        let name = t.name.clone();
+        let tb = data::decode_owned(t, self.base_dir.as_deref(), &mut self.ext).map_err(|m| {
+            FrontendError::BadTensor {
+                file: self.file.clone(),
+                name: name.clone(),
+                msg: format!("initializer: {m}"),
+            }
+        })?;
         let dims: Vec<i64> = tb.shape.iter().map(|&d| d as i64).collect();
-        let wname = self.unique_weight_name(&t.name);
+        let wname = self.unique_weight_name(&name);
         let id = self
             .module
             .add_weight(&wname, tb.dtype, Shape::of(&dims), tb.data);
@@ -263,7 +334,7 @@ impl<'r> Importer<'r> {
             weight: Some(w),
             bound: None,
         });
-        self.scope.insert(t.name.clone(), v);
+        self.scope.insert(name, v);
         Ok(v)
     }
 
@@ -421,6 +492,10 @@ impl<'r> Importer<'r> {
                     format!("output {k} (`{name}`) is not supported by this converter"),
                 ));
             };
+            if self.path.is_empty() {
+                self.check_declared(name, v)
+                    .map_err(|m| err(self, opset, m))?;
+            }
             self.scope.insert(name.clone(), v);
         }
         Ok(())
@@ -1101,14 +1176,30 @@ impl NodeCtx<'_, '_> {
         self.op(Op::Cast, &[v], Attrs::from([("to".into(), Attr::Type(to))]))
     }
 
-    /// Inlines a subgraph (a branch of an `If` whose condition is known at import):
-    /// its nodes see the enclosing scope; returns its outputs.
-    pub fn inline_graph(&mut self, g: &GraphProto, tag: &str) -> Result<Vec<V>, String> {
+    /// Inlines a subgraph (an `If` branch, a `Loop` or `Scan` body for one step): its
+    /// inputs are bound to `inputs` in order, its nodes see the enclosing scope; returns
+    /// its outputs.
+    pub fn inline_graph(
+        &mut self,
+        g: &GraphProto,
+        tag: &str,
+        inputs: &[V],
+    ) -> Result<Vec<V>, String> {
+        if inputs.len() != g.input.len() {
+            return Err(format!(
+                "the subgraph takes {} inputs, {} given",
+                g.input.len(),
+                inputs.len()
+            ));
+        }
         let saved = self.imp.scope.clone();
         self.imp.path.push(tag.to_string());
+        for (vi, &v) in g.input.iter().zip(inputs) {
+            self.imp.scope.insert(vi.name.clone(), v);
+        }
         let r = (|| {
             for t in &g.initializer {
-                self.imp.initializer(t).map_err(|e| e.to_string())?;
+                self.imp.initializer(t.clone()).map_err(|e| e.to_string())?;
             }
             for (i, n) in g.node.iter().enumerate() {
                 self.imp.node(n, i).map_err(|e| e.to_string())?;
@@ -1210,7 +1301,7 @@ fn prune(old: Module) -> Module {
 /// Imports a parsed model. `file` names it in messages; `base_dir` is where external
 /// data files are looked up.
 pub fn import(
-    model: &ModelProto,
+    model: ModelProto,
     file: &str,
     base_dir: Option<&Path>,
     registry: &Registry,

@@ -7,10 +7,11 @@
 //!   converters work through.
 //! - [`registry`]: (domain, op type) to converter.
 //! - One module per op family, each with a `register` function: [`math`], [`logic`],
-//!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`], [`cnn`], [`quant`].
+//!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`], [`cnn`], [`quant`], [`control`].
 
 pub mod attention;
 pub mod cnn;
+pub mod control;
 pub mod data;
 pub mod import;
 pub mod linalg;
@@ -71,14 +72,14 @@ pub fn load_with(path: &Path, options: ImportOptions) -> Result<Module, Frontend
             p
         }
     });
-    import::import(&model, &name, dir, Registry::standard(), options)
+    import::import(model, &name, dir, Registry::standard(), options)
 }
 
 /// Imports model bytes held in memory (external data is an error: there is no folder).
 pub fn load_bytes(bytes: &[u8], name: &str) -> Result<Module, FrontendError> {
     let model = parse_model(bytes, name)?;
     import::import(
-        &model,
+        model,
         name,
         None,
         Registry::standard(),
@@ -88,7 +89,7 @@ pub fn load_bytes(bytes: &[u8], name: &str) -> Result<Module, FrontendError> {
 
 /// Imports an already parsed model; `base_dir` is where external data lives.
 pub fn import_model(
-    model: &ModelProto,
+    model: ModelProto,
     name: &str,
     base_dir: Option<&Path>,
 ) -> Result<Module, FrontendError> {

@@ -21,6 +21,63 @@ pub fn register(r: &mut Registry) {
     r.add("GroupNormalization", group_norm);
     r.add("MeanVarianceNormalization", mvn);
     r.add("LpNormalization", lp_norm);
+    r.add("LRN", lrn);
+}
+
+/// x / (bias + alpha / size * (sum of x^2 over the neighbouring channels))^beta; the
+/// window sum is `size` shifted slices of the zero-padded squares.
+fn lrn(cx: &mut NodeCtx) -> R {
+    let x = cx.input(0)?;
+    let size = cx.attr_opt_i("size")?.ok_or("missing attribute `size`")?;
+    let alpha = cx.attr_f("alpha", 1e-4)?;
+    let beta = cx.attr_f("beta", 0.75)?;
+    let bias = cx.attr_f("bias", 1.0)?;
+    let r = cx.rank(x);
+    let c = cx
+        .shape(x)
+        .0
+        .get(1)
+        .and_then(Dim::as_const)
+        .ok_or("the channel dim must be constant")?;
+    if size <= 0 || r < 3 {
+        return Err(format!(
+            "size {size} and rank {r} do not make a channel window"
+        ));
+    }
+    let (lo, hi) = ((size - 1) / 2, size - 1 - (size - 1) / 2);
+    let sq = cx.bin(Op::Mul, x, x)?;
+    let mut pads = vec![0i64; 2 * r];
+    pads[1] = lo;
+    pads[r + 1] = hi;
+    let padded = cx.op(
+        Op::Pad,
+        &[sq],
+        attrs([("pads", Attr::Ints(pads)), ("value", Attr::Float(0.0))]),
+    )?;
+    let mut sum: Option<V> = None;
+    for k in 0..size {
+        let s = cx.op(
+            Op::Slice,
+            &[padded],
+            attrs([
+                ("starts", Attr::Ints(vec![k])),
+                ("ends", Attr::Ints(vec![k + c])),
+                ("axes", Attr::Ints(vec![1])),
+            ]),
+        )?;
+        sum = Some(match sum {
+            Some(a) => cx.bin(Op::Add, a, s)?,
+            None => s,
+        });
+    }
+    let sum = sum.ok_or("empty window")?;
+    let k = cx.scalar_like(x, alpha / size as f64);
+    let b = cx.scalar_like(x, bias);
+    let e = cx.scalar_like(x, beta);
+    let t = cx.bin(Op::Mul, sum, k)?;
+    let t = cx.bin(Op::Add, t, b)?;
+    let d = cx.bin(Op::Pow, t, e)?;
+    Ok(vec![cx.bin(Op::Div, x, d)?])
 }
 
 fn mean_over(cx: &mut NodeCtx, x: V, axes: &[i64]) -> Result<V, String> {

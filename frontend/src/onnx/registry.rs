@@ -82,6 +82,7 @@ impl Registry {
             super::loss::register(&mut r);
             super::cnn::register(&mut r);
             super::quant::register(&mut r);
+            super::control::register(&mut r);
             r
         })
     }

@@ -1,7 +1,6 @@
 //! Ops whose results are known at import: `Constant`, `Shape`, `Size`,
 //! `ConstantOfShape`, `Range`, `EyeLike`, `OneHot`'s table, plus the pass-through ops
-//! (`Identity`, inference-mode `Dropout`) and `If` with a condition known at import
-//! (its branch is inlined). `Shape` of a value with symbolic dims yields dims, which
+//! (`Identity`, inference-mode `Dropout`). `Shape` of a value with symbolic dims yields dims, which
 //! `Reshape`/`Expand`/`ConstantOfShape` turn into symbolic shape attributes.
 
 use super::import::{NodeCtx, V};
@@ -22,7 +21,6 @@ pub fn register(r: &mut Registry) {
     r.add("Range", range);
     r.add("EyeLike", eye_like);
     r.add("OneHot", one_hot);
-    r.add("If", if_);
 }
 
 fn constant(cx: &mut NodeCtx) -> R {
@@ -282,16 +280,4 @@ fn one_hot(cx: &mut NodeCtx) -> R {
 fn slice1(cx: &mut NodeCtx, v: V, i: i64) -> Result<V, String> {
     let idx = cx.scalar(DType::I64, i as f64);
     cx.op(Op::Gather, &[v, idx], attrs([("axis", Attr::Int(0))]))
-}
-
-fn if_(cx: &mut NodeCtx) -> R {
-    let c = cx.const_input(0, "cond")?;
-    let take = *c.to_i64().first().ok_or("input 0 (cond) is empty")? != 0;
-    let (name, tag) = if take {
-        ("then_branch", "then")
-    } else {
-        ("else_branch", "else")
-    };
-    let g = cx.attr_graph(name)?.clone();
-    cx.inline_graph(&g, tag)
 }

@@ -36,6 +36,52 @@ pub fn register(r: &mut Registry) {
     r.add("CenterCropPad", center_crop_pad);
     r.add("Compress", compress);
     r.add("TensorScatter", tensor_scatter);
+    r.add("ReverseSequence", reverse_sequence);
+}
+
+/// Reverses the first `sequence_lens[b]` steps along `time_axis` of each batch entry:
+/// a gather_elements with an index table built from the (import-time) lengths.
+fn reverse_sequence(cx: &mut NodeCtx) -> R {
+    let x = cx.input(0)?;
+    let lens = cx.const_ints(1, "sequence_lens")?;
+    let shape = cx.static_shape(x, "input")?;
+    let r = shape.len();
+    let ta = norm_axis(cx.attr_i("time_axis", 0)?, r, "attribute `time_axis`")?;
+    let ba = norm_axis(cx.attr_i("batch_axis", 1)?, r, "attribute `batch_axis`")?;
+    if ta == ba || lens.len() != shape[ba] {
+        return Err(format!(
+            "sequence_lens {lens:?} must hold one length per batch entry ({})",
+            shape[ba]
+        ));
+    }
+    let (t_n, b_n) = (shape[ta], shape[ba]);
+    // idx[t][b] (in the order the axes appear in x).
+    let mut idx = Vec::with_capacity(t_n * b_n);
+    let mut tshape = vec![1usize; r];
+    tshape[ta] = t_n;
+    tshape[ba] = b_n;
+    let time_first = ta < ba;
+    for i in 0..(t_n * b_n) {
+        let (t, b) = if time_first {
+            (i / b_n, i % b_n)
+        } else {
+            (i % t_n, i / t_n)
+        };
+        let len = (lens[b].max(0) as usize).min(t_n);
+        idx.push(if t < len {
+            (len - 1 - t) as i64
+        } else {
+            t as i64
+        });
+    }
+    let table = cx.constant(llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, tshape, idx));
+    let full = Shape::of(&shape.iter().map(|&v| v as i64).collect::<Vec<_>>());
+    let table = cx.op(Op::Expand, &[table], attrs([("shape", Attr::Shape(full))]))?;
+    Ok(vec![cx.op(
+        Op::GatherElements,
+        &[x, table],
+        attrs([("axis", Attr::Int(ta as i64))]),
+    )?])
 }
 
 fn scatter_elements(cx: &mut NodeCtx) -> R {
