@@ -1,0 +1,301 @@
+//! Graph ⇄ e-graph. A graph goes in with weights and graph inputs as leaves and one
+//! root node listing the outputs (and every stateful node, so a KV-cache append is never
+//! dropped); it comes back out by walking the cheapest node of each reachable class.
+//! Each class remembers the name of the first graph value it held, so results keep
+//! their names and dumps stay readable.
+
+use super::lang::{AttrsKey, EGraph, ENode, Head, TypeAnalysis};
+use super::EgraphError;
+use egg::{Extractor, Id};
+use llmc_ir::ops::Flags;
+use llmc_ir::{Graph, Module, Node, NodeId, TensorType, Value, ValueDef, ValueId};
+use std::collections::HashMap;
+
+/// A graph loaded into an e-graph.
+pub struct Loaded {
+    /// The e-graph.
+    pub egraph: EGraph,
+    /// The root class (graph outputs then kept stateful nodes).
+    pub root: Id,
+    /// Number of graph outputs among the root's children.
+    pub n_outputs: usize,
+    /// The class of each graph value.
+    pub class_of: Vec<Option<Id>>,
+}
+
+/// Builds the e-graph of `m`'s graph.
+pub fn load(m: &Module) -> Result<Loaded, EgraphError> {
+    let g = &m.graph;
+    let analysis = TypeAnalysis {
+        inputs: g.inputs.iter().map(|&v| g.ty(v).clone()).collect(),
+        weights: m
+            .weights
+            .iter()
+            .map(|w| TensorType::new(w.dtype, w.shape.clone()))
+            .collect(),
+    };
+    let mut eg = EGraph::new(analysis);
+    let mut class_of: Vec<Option<Id>> = vec![None; g.values.len()];
+    for (i, v) in g.values.iter().enumerate() {
+        match v.def {
+            ValueDef::Input(k) => {
+                class_of[i] = Some(eg.add(ENode::leaf(Head::Input(k as u32))));
+            }
+            ValueDef::Weight(w) => {
+                class_of[i] = Some(eg.add(ENode::leaf(Head::Weight(w.0))));
+            }
+            ValueDef::Node(..) => {}
+        }
+    }
+    let mut kept = Vec::new();
+    for (ni, n) in g.nodes.iter().enumerate() {
+        let stateful = n.op.flags().has(Flags::STATEFUL);
+        let a = eg.add(ENode::leaf(Head::Attrs(AttrsKey::new(
+            n.attrs.clone(),
+            stateful.then_some(ni),
+        ))));
+        let mut ops = Vec::with_capacity(n.inputs.len());
+        for &v in &n.inputs {
+            let c = class_of
+                .get(v.0 as usize)
+                .copied()
+                .flatten()
+                .ok_or_else(|| EgraphError::Graph {
+                    node: format!("node{ni} ({})", n.op),
+                    msg: format!("operand %{} is used before it is defined", v.0),
+                })?;
+            ops.push(c);
+        }
+        let id = eg.add(ENode::op(n.op, &ops, a));
+        if stateful {
+            kept.push(id);
+        }
+        if n.outputs.len() == 1 {
+            class_of[n.outputs[0].0 as usize] = Some(id);
+        } else {
+            for (k, &o) in n.outputs.iter().enumerate() {
+                let p = eg.add(ENode {
+                    head: Head::Proj(k as u32),
+                    children: vec![id],
+                });
+                class_of[o.0 as usize] = Some(p);
+            }
+        }
+    }
+    let mut root_kids = Vec::new();
+    for &o in &g.outputs {
+        root_kids.push(
+            class_of
+                .get(o.0 as usize)
+                .copied()
+                .flatten()
+                .ok_or_else(|| EgraphError::Graph {
+                    node: "graph outputs".into(),
+                    msg: format!("output %{} is never defined", o.0),
+                })?,
+        );
+    }
+    let n_outputs = root_kids.len();
+    root_kids.extend(kept);
+    let root = eg.add(ENode {
+        head: Head::Outputs(n_outputs as u32),
+        children: root_kids,
+    });
+    eg.rebuild();
+    Ok(Loaded {
+        egraph: eg,
+        root,
+        n_outputs,
+        class_of,
+    })
+}
+
+/// Writes the cheapest program of `loaded` back into `m`'s graph. `names` gives the
+/// preferred result name of each class (canonical ids).
+pub fn store(
+    m: &mut Module,
+    egraph: &EGraph,
+    root: Id,
+    extractor: &Extractor<'_, super::cost::Cost<'_>, ENode, TypeAnalysis>,
+    names: &HashMap<Id, String>,
+) -> Result<(), EgraphError> {
+    let old = &m.graph;
+    let mut g = Graph {
+        name: old.name.clone(),
+        ..Graph::default()
+    };
+    // Graph inputs and weight values keep their ids' order and names.
+    let mut leaf_value: HashMap<Head, ValueId> = HashMap::new();
+    for (k, &v) in old.inputs.iter().enumerate() {
+        let val = old.value(v);
+        let id = g.add_input(&val.name, val.ty.clone());
+        leaf_value.insert(Head::Input(k as u32), id);
+    }
+    for val in &old.values {
+        if let ValueDef::Weight(w) = val.def {
+            let id = g.add_value(val.name.clone(), val.ty.clone(), val.def.clone());
+            leaf_value.entry(Head::Weight(w.0)).or_insert(id);
+        }
+    }
+    // Iterative post-order over classes, from the root's children.
+    let root = egraph.find(root);
+    let root_node = extractor.find_best_node(root).clone();
+    let mut done: HashMap<Id, Vec<ValueId>> = HashMap::new();
+    let mut used_names: std::collections::HashSet<String> =
+        g.values.iter().map(|v| v.name.clone()).collect();
+    let mut stack: Vec<(Id, bool)> = root_node
+        .children
+        .iter()
+        .rev()
+        .map(|&c| (egraph.find(c), false))
+        .collect();
+    while let Some((c, expanded)) = stack.pop() {
+        if done.contains_key(&c) {
+            continue;
+        }
+        let node = extractor.find_best_node(c);
+        if !expanded {
+            stack.push((c, true));
+            for &k in node.children.iter().rev() {
+                let k = egraph.find(k);
+                if !done.contains_key(&k) {
+                    stack.push((k, false));
+                }
+            }
+            continue;
+        }
+        let kid = |k: Id| -> Result<&Vec<ValueId>, EgraphError> {
+            done.get(&egraph.find(k)).ok_or_else(|| EgraphError::Graph {
+                node: format!("{node}"),
+                msg: "operand class was not built first (a cycle in the extracted program)".into(),
+            })
+        };
+        let vals: Vec<ValueId> = match &node.head {
+            Head::Input(_) | Head::Weight(_) => {
+                let v = leaf_value
+                    .get(&node.head)
+                    .copied()
+                    .ok_or_else(|| EgraphError::Graph {
+                        node: format!("{node}"),
+                        msg: "no graph value for this leaf".into(),
+                    })?;
+                vec![v]
+            }
+            Head::Attrs(_) | Head::Outputs(_) => Vec::new(),
+            Head::Proj(i) => {
+                let child = node
+                    .children
+                    .first()
+                    .copied()
+                    .ok_or_else(|| EgraphError::Graph {
+                        node: format!("{node}"),
+                        msg: "projection without an operand".into(),
+                    })?;
+                let v =
+                    kid(child)?
+                        .get(*i as usize)
+                        .copied()
+                        .ok_or_else(|| EgraphError::Graph {
+                            node: format!("{node}"),
+                            msg: format!("result {i} does not exist"),
+                        })?;
+                vec![v]
+            }
+            Head::Op(op) => {
+                let attrs = node
+                    .attrs_class()
+                    .and_then(|a| egraph[a].data.attrs.clone())
+                    .ok_or_else(|| EgraphError::Graph {
+                        node: op.to_string(),
+                        msg: "attribute class missing".into(),
+                    })?;
+                let mut ins = Vec::new();
+                for &k in node.operands() {
+                    let v = kid(k)?.first().copied().ok_or_else(|| EgraphError::Graph {
+                        node: op.to_string(),
+                        msg: "operand has no value".into(),
+                    })?;
+                    ins.push(v);
+                }
+                let tys: Vec<&TensorType> = ins.iter().map(|&v| g.ty(v)).collect();
+                let out_tys = op
+                    .infer(&tys, attrs.attrs())
+                    .map_err(|e| EgraphError::Graph {
+                        node: names.get(&c).cloned().unwrap_or_else(|| op.to_string()),
+                        msg: format!("extracted node fails its type rule: {e}"),
+                    })?;
+                let nid = NodeId(g.nodes.len() as u32);
+                let mut outs = Vec::new();
+                let base = names.get(&c).cloned();
+                for (k, ty) in out_tys.into_iter().enumerate() {
+                    let name = match (&base, k) {
+                        (Some(b), 0) if !used_names.contains(b) => b.clone(),
+                        (Some(b), k) if k > 0 && !used_names.contains(&format!("{b}.{k}")) => {
+                            format!("{b}.{k}")
+                        }
+                        _ => {
+                            let mut i = g.values.len();
+                            while used_names.contains(&i.to_string()) {
+                                i += 1;
+                            }
+                            i.to_string()
+                        }
+                    };
+                    used_names.insert(name.clone());
+                    outs.push(g.add_value(name, ty, ValueDef::Node(nid, k)));
+                }
+                g.nodes.push(Node {
+                    op: *op,
+                    inputs: ins,
+                    outputs: outs.clone(),
+                    attrs: attrs.attrs().clone(),
+                });
+                outs
+            }
+        };
+        done.insert(c, vals);
+    }
+    let n_out = match root_node.head {
+        Head::Outputs(n) => n as usize,
+        _ => 0,
+    };
+    for &c in root_node.children.iter().take(n_out) {
+        let v = done
+            .get(&egraph.find(c))
+            .and_then(|v| v.first().copied())
+            .ok_or_else(|| EgraphError::Graph {
+                node: "graph outputs".into(),
+                msg: "an output was not built".into(),
+            })?;
+        g.outputs.push(v);
+    }
+    // Graph outputs keep their original names.
+    for (k, &v) in g.outputs.clone().iter().enumerate() {
+        if let Some(&ov) = old.outputs.get(k) {
+            let want = old.value(ov).name.clone();
+            if g.values[v.0 as usize].name != want && !g.inputs.contains(&v) {
+                if let Some(other) = g.values.iter_mut().find(|x: &&mut Value| x.name == want) {
+                    other.name = format!("{want}.old");
+                }
+                g.values[v.0 as usize].name = want;
+            }
+        }
+    }
+    m.graph = g;
+    Ok(())
+}
+
+/// Preferred names: the first original value (in graph order) each class held.
+pub fn class_names(m: &Module, egraph: &EGraph, class_of: &[Option<Id>]) -> HashMap<Id, String> {
+    let mut names = HashMap::new();
+    for (i, c) in class_of.iter().enumerate() {
+        if let (Some(c), Some(v)) = (c, m.graph.values.get(i)) {
+            if matches!(v.def, ValueDef::Node(..)) {
+                names
+                    .entry(egraph.find(*c))
+                    .or_insert_with(|| v.name.clone());
+            }
+        }
+    }
+    names
+}

@@ -1,0 +1,236 @@
+//! `--explain-fusion`: for every fusion candidate still in a module (each softmax for
+//! attention, each reduce_mean of a square for RMSNorm, each x - reduce_mean(x) for
+//! LayerNorm, each matmul followed by a bias add for a GEMM epilogue) say which pattern
+//! was nearest and what blocked it, naming the node. It runs the same matchers the
+//! rewrite rules run, on the module as it is, so the reason given is the real one.
+
+use super::convert;
+use super::lang::ENode;
+use super::matchers::{match_attention, match_layer_norm, match_rms_norm, Blocked};
+use llmc_ir::{Module, NodeId, Op, ValueDef, ValueId};
+use std::fmt;
+
+/// One candidate that was not rewritten.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    /// The fusion it was a candidate for: `attention`, `rms_norm`, `layer_norm`,
+    /// `gemm_epilogue`.
+    pub candidate: &'static str,
+    /// The value the candidate starts at (`%334`).
+    pub node: String,
+    /// The op of that node.
+    pub op: Op,
+    /// The nearest pattern.
+    pub pattern: &'static str,
+    /// What blocked it, and where.
+    pub reason: String,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} candidate {} ({}): not fused into {}: {}",
+            self.candidate, self.node, self.op, self.pattern, self.reason
+        )
+    }
+}
+
+/// Explains every unfused candidate in `module`.
+pub fn explain(module: &Module) -> Vec<Explanation> {
+    let g = &module.graph;
+    let Ok(loaded) = convert::load(module) else {
+        return Vec::new();
+    };
+    let eg = &loaded.egraph;
+    let names = llmc_ir::text::value_names(module);
+    let vname = |v: ValueId| names.get(v.0 as usize).cloned().unwrap_or_default();
+    let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); g.values.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            if let Some(u) = users.get_mut(v.0 as usize) {
+                u.push(NodeId(i as u32));
+            }
+        }
+    }
+    // The e-node of a graph node (operand classes as loaded).
+    let enode = |nid: NodeId| -> Option<ENode> {
+        let n = g.nodes.get(nid.0 as usize)?;
+        let out = *n.outputs.first()?;
+        let class = loaded.class_of.get(out.0 as usize).copied().flatten()?;
+        eg[class]
+            .nodes
+            .iter()
+            .find(|e| e.as_op() == Some(n.op))
+            .cloned()
+    };
+    let out_of = |nid: NodeId| {
+        g.nodes
+            .get(nid.0 as usize)
+            .and_then(|n| n.outputs.first().copied())
+    };
+    // Nodes reachable from `v` through at most `hops` consumers.
+    let downstream = |v: ValueId, hops: usize| -> Vec<NodeId> {
+        let mut seen = Vec::new();
+        let mut frontier = vec![v];
+        for _ in 0..hops {
+            let mut next = Vec::new();
+            for f in frontier {
+                for &u in users.get(f.0 as usize).into_iter().flatten() {
+                    if !seen.contains(&u) {
+                        seen.push(u);
+                        next.extend(out_of(u));
+                    }
+                }
+            }
+            frontier = next;
+        }
+        seen
+    };
+    let nearest = |tries: Vec<Result<(), Blocked>>, pattern: &'static str| -> Option<Blocked> {
+        let mut best: Option<Blocked> = None;
+        for t in tries {
+            match t {
+                Ok(()) => return None,
+                Err(b) => {
+                    if best.as_ref().is_none_or(|x| b.depth > x.depth) {
+                        best = Some(b);
+                    }
+                }
+            }
+        }
+        Some(best.unwrap_or(Blocked {
+            pattern,
+            depth: 0,
+            msg: "no consumer of this node starts the pattern".into(),
+        }))
+    };
+    let mut out = Vec::new();
+    for n in &g.nodes {
+        let Some(res) = n.outputs.first().copied() else {
+            continue;
+        };
+        let push = |out: &mut Vec<Explanation>, candidate, b: Blocked| {
+            out.push(Explanation {
+                candidate,
+                node: vname(res),
+                op: n.op,
+                pattern: b.pattern,
+                reason: b.msg,
+            })
+        };
+        match n.op {
+            Op::Softmax => {
+                let consumers = users.get(res.0 as usize).cloned().unwrap_or_default();
+                let mut tries = Vec::new();
+                for u in &consumers {
+                    let un = &g.nodes[u.0 as usize];
+                    if un.op == Op::MatMul && un.inputs.first() == Some(&res) {
+                        if let Some(e) = enode(*u) {
+                            tries.push(match_attention(eg, &e).map(|_| ()));
+                        }
+                    }
+                }
+                if tries.is_empty() {
+                    let ops: Vec<String> = consumers
+                        .iter()
+                        .map(|u| g.nodes[u.0 as usize].op.to_string())
+                        .collect();
+                    tries.push(Err(Blocked {
+                        pattern: "attention",
+                        depth: 0,
+                        msg: if ops.is_empty() {
+                            "the softmax result is a graph output, not multiplied by v".into()
+                        } else {
+                            format!(
+                                "the softmax result feeds {} — not a matmul with v as operand 1",
+                                ops.join(", ")
+                            )
+                        },
+                    }));
+                }
+                if let Some(b) = nearest(tries, "attention") {
+                    push(&mut out, "attention", b);
+                }
+            }
+            Op::ReduceMean => {
+                let Some(&x) = n.inputs.first() else { continue };
+                let src = match g.value(x).def {
+                    ValueDef::Node(p, _) => Some(&g.nodes[p.0 as usize]),
+                    _ => None,
+                };
+                let is_square = src.is_some_and(|p| match (p.op, &p.inputs[..]) {
+                    (Op::Pow, [_, _]) => true,
+                    (Op::Mul, [a, b]) => a == b,
+                    _ => false,
+                });
+                let centring = users.get(res.0 as usize).into_iter().flatten().any(|u| {
+                    let un = &g.nodes[u.0 as usize];
+                    un.op == Op::Sub && un.inputs.get(1) == Some(&res)
+                });
+                if is_square {
+                    // The variance of a layer norm is also a mean of a square: it is
+                    // explained with its centring reduce_mean, not here.
+                    let in_layer_norm = src.is_some_and(|p| {
+                        p.inputs.first().is_some_and(|&d| match g.value(d).def {
+                            ValueDef::Node(s, _) => g.nodes[s.0 as usize].op == Op::Sub,
+                            _ => false,
+                        })
+                    });
+                    if in_layer_norm {
+                        continue;
+                    }
+                    let tries = downstream(res, 5)
+                        .into_iter()
+                        .filter(|u| g.nodes[u.0 as usize].op == Op::Mul)
+                        .filter_map(enode)
+                        .map(|e| match_rms_norm(eg, &e).map(|_| ()))
+                        .collect();
+                    if let Some(b) = nearest(tries, "rms_norm") {
+                        push(&mut out, "rms_norm", b);
+                    }
+                } else if centring {
+                    let tries = downstream(res, 8)
+                        .into_iter()
+                        .filter(|u| matches!(g.nodes[u.0 as usize].op, Op::Mul | Op::Add))
+                        .filter_map(enode)
+                        .map(|e| match_layer_norm(eg, &e).map(|_| ()))
+                        .collect();
+                    if let Some(b) = nearest(tries, "layer_norm") {
+                        push(&mut out, "layer_norm", b);
+                    }
+                }
+            }
+            Op::MatMul => {
+                let bias_add = users.get(res.0 as usize).into_iter().flatten().find(|u| {
+                    let un = &g.nodes[u.0 as usize];
+                    un.op == Op::Add
+                        && un
+                            .inputs
+                            .iter()
+                            .any(|&v| v != res && g.ty(v).shape.rank() == 1)
+                });
+                if let Some(u) = bias_add {
+                    let add_name = g.nodes[u.0 as usize]
+                        .outputs
+                        .first()
+                        .map(|&v| vname(v))
+                        .unwrap_or_default();
+                    push(
+                        &mut out,
+                        "gemm_epilogue",
+                        Blocked {
+                            pattern: "matmul epilogue",
+                            depth: 1,
+                            msg: format!(
+                                "the bias add {add_name} stays a separate kernel: llmc has no fused matmul+bias op yet (no rule emits one)"
+                            ),
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}

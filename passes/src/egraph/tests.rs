@@ -1,0 +1,321 @@
+//! Unit tests of the e-graph pass: each rule family on a small module, checked by the
+//! ops left and by running both modules through the reference interpreter.
+
+use super::*;
+use llmc_ir::interp::Interpreter;
+use llmc_ir::{Op, Tensor};
+
+fn parse(src: &str) -> Module {
+    llmc_ir::text::parse(src, "test").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn count(m: &Module, op: Op) -> usize {
+    m.graph.nodes.iter().filter(|n| n.op == op).count()
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f64 / (1u64 << 31) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+/// Runs `m` on inputs of the given shapes (random f32) and returns the outputs.
+fn eval(m: &Module, shapes: &[Vec<usize>]) -> Vec<Tensor> {
+    let ins: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Tensor::f32(s.clone(), values(s.iter().product(), i as u64 + 7)))
+        .collect();
+    let mut it = Interpreter::new(m);
+    it.run(&ins).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn assert_close(a: &[Tensor], b: &[Tensor], tol: f64) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.shape, y.shape);
+        for (p, q) in x.to_f64().iter().zip(y.to_f64()) {
+            assert!((p - q).abs() <= tol * (1.0 + q.abs()), "{p} vs {q}");
+        }
+    }
+}
+
+/// Optimises `src`, checks the outputs agree before and after, returns the result.
+fn optimise_and_compare(src: &str, shapes: &[Vec<usize>]) -> (Module, Report) {
+    let m0 = parse(src);
+    let mut m1 = m0.clone();
+    let (_, report) = run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    llmc_ir::verify::verify(&m1).unwrap_or_else(|e| panic!("{e:?}\n{}", llmc_ir::text::print(&m1)));
+    let (a, b) = (eval(&m0, shapes), eval(&m1, shapes));
+    assert_close(&b, &a, 1e-5);
+    (m1, report)
+}
+
+/// BERT-style attention as the torch exporter writes it (MiniLM): head split by
+/// transposes, kᵀ by a [0, 2, 3, 1] transpose, scale by mul, additive mask.
+const BERT_ATTENTION: &str = "module @att {
+  graph @main(%q: f32[1, 4, 2, 8], %k: f32[1, 4, 2, 8], %v: f32[1, 4, 2, 8], %mask: f32[1, 1, 4, 4]) -> (%out: f32[1, 4, 2, 8]) {
+    %qh = transpose(%q) {perm = [0, 2, 1, 3]} : f32[1, 2, 4, 8]
+    %kt = transpose(%k) {perm = [0, 2, 3, 1]} : f32[1, 2, 8, 4]
+    %vh = transpose(%v) {perm = [0, 2, 1, 3]} : f32[1, 2, 4, 8]
+    %s = matmul(%qh, %kt) : f32[1, 2, 4, 4]
+    %c = constant() {value = dense<f32[]: [0.35355338]>} : f32[]
+    %ss = mul(%s, %c) : f32[1, 2, 4, 4]
+    %sm = add(%ss, %mask) : f32[1, 2, 4, 4]
+    %p = softmax(%sm) {axis = -1} : f32[1, 2, 4, 4]
+    %o = matmul(%p, %vh) : f32[1, 2, 4, 8]
+    %out = transpose(%o) {perm = [0, 2, 1, 3]} : f32[1, 4, 2, 8]
+    return %out
+  }
+}";
+
+#[test]
+fn bert_attention_becomes_flash_attention() {
+    let shapes = [
+        vec![1, 4, 2, 8],
+        vec![1, 4, 2, 8],
+        vec![1, 4, 2, 8],
+        vec![1, 1, 4, 4],
+    ];
+    let (m, report) = optimise_and_compare(BERT_ATTENTION, &shapes);
+    assert_eq!(
+        count(&m, Op::FlashAttention),
+        1,
+        "{}",
+        llmc_ir::text::print(&m)
+    );
+    assert_eq!(count(&m, Op::Softmax), 0);
+    assert_eq!(count(&m, Op::MatMul), 0);
+    assert!(report.stop_reason == "saturated", "{report}");
+    let fa = m
+        .graph
+        .nodes
+        .iter()
+        .find(|n| n.op == Op::FlashAttention)
+        .map(|n| n.attrs.clone());
+    let scale = fa.and_then(|a| llmc_ir::AttrsExt::float(&a, "scale"));
+    assert!(
+        (scale.unwrap_or(0.0) - 0.35355338).abs() < 1e-7,
+        "{scale:?}"
+    );
+    assert!(explain(&m).is_empty(), "{:?}", explain(&m));
+}
+
+/// Llama-style (SmolLM2 export): GQA repeat_kv by unsqueeze/expand/reshape, kᵀ by a
+/// [0, 1, 3, 2] transpose, scale divides the scores, mask added on the left.
+const LLAMA_ATTENTION: &str = "module @att {
+  graph @main(%q: f32[1, 4, 3, 8], %k: f32[1, 2, 3, 8], %v: f32[1, 2, 3, 8], %mask: f32[1, 1, 3, 3]) -> (%out: f32[1, 4, 3, 8]) {
+    %ku = unsqueeze(%k) {axes = [2]} : f32[1, 2, 1, 3, 8]
+    %ke = expand(%ku) {shape = [1, 2, 2, 3, 8]} : f32[1, 2, 2, 3, 8]
+    %kr = reshape(%ke) {shape = [1, 4, 3, 8]} : f32[1, 4, 3, 8]
+    %vu = unsqueeze(%v) {axes = [2]} : f32[1, 2, 1, 3, 8]
+    %ve = expand(%vu) {shape = [1, 2, 2, 3, 8]} : f32[1, 2, 2, 3, 8]
+    %vr = reshape(%ve) {shape = [1, 4, 3, 8]} : f32[1, 4, 3, 8]
+    %kt = transpose(%kr) {perm = [0, 1, 3, 2]} : f32[1, 4, 8, 3]
+    %s = matmul(%q, %kt) : f32[1, 4, 3, 3]
+    %c = constant() {value = dense<f32[]: [2.828427]>} : f32[]
+    %ss = div(%s, %c) : f32[1, 4, 3, 3]
+    %sm = add(%mask, %ss) : f32[1, 4, 3, 3]
+    %p = softmax(%sm) {axis = 3} : f32[1, 4, 3, 3]
+    %out = matmul(%p, %vr) : f32[1, 4, 3, 8]
+    return %out
+  }
+}";
+
+#[test]
+fn llama_gqa_attention_becomes_flash_attention_on_unrepeated_kv() {
+    let shapes = [
+        vec![1, 4, 3, 8],
+        vec![1, 2, 3, 8],
+        vec![1, 2, 3, 8],
+        vec![1, 1, 3, 3],
+    ];
+    let (m, _) = optimise_and_compare(LLAMA_ATTENTION, &shapes);
+    let text = llmc_ir::text::print(&m);
+    assert_eq!(count(&m, Op::FlashAttention), 1, "{text}");
+    // k and v go in before repeat_kv: nothing expands them any more.
+    assert_eq!(count(&m, Op::Expand), 0, "{text}");
+    assert!(
+        text.contains("flash_attention(%q, %k, %v, %mask)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn softmax_over_the_wrong_axis_is_left_alone_and_explained() {
+    let src = LLAMA_ATTENTION.replace("softmax(%sm) {axis = 3}", "softmax(%sm) {axis = 2}");
+    let shapes = [
+        vec![1, 4, 3, 8],
+        vec![1, 2, 3, 8],
+        vec![1, 2, 3, 8],
+        vec![1, 1, 3, 3],
+    ];
+    let (m, _) = optimise_and_compare(&src, &shapes);
+    assert_eq!(count(&m, Op::FlashAttention), 0);
+    let ex = explain(&m);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].candidate, "attention");
+    assert_eq!(ex[0].node, "%p");
+    assert!(ex[0].reason.contains("softmax over axis 2"), "{}", ex[0]);
+}
+
+#[test]
+fn attention_op_becomes_flash_attention() {
+    let src = "module @att {
+  graph @main(%q: f32[1, 2, 3, 4], %k: f32[1, 1, 3, 4], %v: f32[1, 1, 3, 4]) -> (%out: f32[1, 2, 3, 4]) {
+    %out = attention(%q, %k, %v) {causal = true, scale = 0.5} : f32[1, 2, 3, 4]
+    return %out
+  }
+}";
+    let (m, _) = optimise_and_compare(src, &[vec![1, 2, 3, 4], vec![1, 1, 3, 4], vec![1, 1, 3, 4]]);
+    let text = llmc_ir::text::print(&m);
+    assert!(
+        text.contains("%out = flash_attention(%q, %k, %v) {causal = true, scale = 0.5}"),
+        "{text}"
+    );
+}
+
+/// RMSNorm as torch exports HF Llama's: pow, reduce_mean, add eps, sqrt, 1/x by div,
+/// mul, then the weight on the left.
+const RMS: &str = "module @rms {
+  weight @w : f32[8]
+  graph @main(%x: f32[2, 3, 8]) -> (%out: f32[2, 3, 8]) {
+    %two = constant() {value = dense<f32[]: [2.0]>} : f32[]
+    %sq = pow(%x, %two) : f32[2, 3, 8]
+    %m = reduce_mean(%sq) {axes = [-1], keepdims = true} : f32[2, 3, 1]
+    %eps = constant() {value = dense<f32[]: [1e-5]>} : f32[]
+    %v = add(%m, %eps) : f32[2, 3, 1]
+    %r = sqrt(%v) : f32[2, 3, 1]
+    %one = constant() {value = dense<f32[]: [1.0]>} : f32[]
+    %ir = div(%one, %r) : f32[2, 3, 1]
+    %n = mul(%x, %ir) : f32[2, 3, 8]
+    %out = mul(@w, %n) : f32[2, 3, 8]
+    return %out
+  }
+}";
+
+#[test]
+fn rms_norm_from_primitives() {
+    let mut m0 = parse(RMS);
+    // Give the weight data so the interpreter can run it.
+    let w: Vec<u8> = values(8, 99).iter().flat_map(|f| f.to_le_bytes()).collect();
+    m0.weights[0].data = llmc_ir::WeightData::Owned(std::sync::Arc::new(w));
+    let mut m1 = m0.clone();
+    run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let text = llmc_ir::text::print(&m1);
+    assert_eq!(m1.graph.nodes.len(), 1, "{text}");
+    assert!(
+        text.contains("%out = rms_norm(%x, @w) {eps = 1e-5}"),
+        "{text}"
+    );
+    assert_close(
+        &eval(&m1, &[vec![2, 3, 8]]),
+        &eval(&m0, &[vec![2, 3, 8]]),
+        1e-5,
+    );
+    assert!(explain(&m1).is_empty());
+}
+
+#[test]
+fn rms_norm_over_the_wrong_axis_is_explained() {
+    let src = RMS
+        .replace(
+            "{axes = [-1], keepdims = true} : f32[2, 3, 1]",
+            "{axes = [1], keepdims = true} : f32[2, 1, 8]",
+        )
+        .replace(
+            "%v = add(%m, %eps) : f32[2, 3, 1]",
+            "%v = add(%m, %eps) : f32[2, 1, 8]",
+        )
+        .replace(
+            "%r = sqrt(%v) : f32[2, 3, 1]",
+            "%r = sqrt(%v) : f32[2, 1, 8]",
+        )
+        .replace(
+            "%ir = div(%one, %r) : f32[2, 3, 1]",
+            "%ir = div(%one, %r) : f32[2, 1, 8]",
+        );
+    let mut m = parse(&src);
+    run_with(&mut m, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&m, Op::RmsNorm), 0);
+    let ex = explain(&m);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].candidate, "rms_norm");
+    assert!(
+        ex[0].reason.contains("reduce_mean over axes [1]"),
+        "{}",
+        ex[0]
+    );
+}
+
+#[test]
+fn layer_norm_from_primitives() {
+    let src = "module @ln {
+  graph @main(%x: f32[2, 3, 8], %w: f32[8], %b: f32[8]) -> (%out: f32[2, 3, 8]) {
+    %mu = reduce_mean(%x) {axes = [2], keepdims = true} : f32[2, 3, 1]
+    %d = sub(%x, %mu) : f32[2, 3, 8]
+    %sq = mul(%d, %d) : f32[2, 3, 8]
+    %var = reduce_mean(%sq) {axes = [-1], keepdims = true} : f32[2, 3, 1]
+    %eps = constant() {value = dense<f32[]: [1e-12]>} : f32[]
+    %ve = add(%eps, %var) : f32[2, 3, 1]
+    %s = sqrt(%ve) : f32[2, 3, 1]
+    %n = div(%d, %s) : f32[2, 3, 8]
+    %y = mul(%n, %w) : f32[2, 3, 8]
+    %out = add(%y, %b) : f32[2, 3, 8]
+    return %out
+  }
+}";
+    let (m, _) = optimise_and_compare(src, &[vec![2, 3, 8], vec![8], vec![8]]);
+    let text = llmc_ir::text::print(&m);
+    assert!(
+        text.contains("%out = layer_norm(%x, %w, %b) {eps = 1e-12}"),
+        "{text}"
+    );
+    assert_eq!(m.graph.nodes.len(), 1, "{text}");
+}
+
+#[test]
+fn identities_and_transpose_pairs_disappear() {
+    let src = "module @alg {
+  graph @main(%x: f32[2, 3, 4]) -> (%out: f32[2, 3, 4]) {
+    %one = constant() {value = dense<f32[]: [1.0]>} : f32[]
+    %zero = constant() {value = dense<f32[]: [0.0]>} : f32[]
+    %a = mul(%x, %one) : f32[2, 3, 4]
+    %b = add(%zero, %a) : f32[2, 3, 4]
+    %c = cast(%b) {to = f32} : f32[2, 3, 4]
+    %t1 = transpose(%c) {perm = [1, 2, 0]} : f32[3, 4, 2]
+    %t2 = transpose(%t1) {perm = [2, 0, 1]} : f32[2, 3, 4]
+    %r1 = reshape(%t2) {shape = [6, 4]} : f32[6, 4]
+    %r2 = reshape(%r1) {shape = [2, 3, 4]} : f32[2, 3, 4]
+    %out = exp(%r2) : f32[2, 3, 4]
+    return %out
+  }
+}";
+    let (m, _) = optimise_and_compare(src, &[vec![2, 3, 4]]);
+    let text = llmc_ir::text::print(&m);
+    assert_eq!(m.graph.nodes.len(), 1, "{text}");
+    assert!(text.contains("%out = exp(%x)"), "{text}");
+}
+
+#[test]
+fn a_broadcasting_mul_by_one_is_kept() {
+    // x·1 where 1 has a bigger shape changes the type: not an identity.
+    let src = "module @alg {
+  graph @main(%x: f32[4]) -> (%out: f32[3, 4]) {
+    %one = constant() {value = dense<f32[3, 1]: [1.0, 1.0, 1.0]>} : f32[3, 1]
+    %out = mul(%x, %one) : f32[3, 4]
+    return %out
+  }
+}";
+    let (m, _) = optimise_and_compare(src, &[vec![4]]);
+    assert_eq!(count(&m, Op::Mul), 1);
+}
