@@ -71,7 +71,10 @@ fn smollm2_onnx_export() {
     assert_eq!(count(&m, Op::FlashAttention), 30);
     assert_eq!(count(&m, Op::RmsNorm), 61);
     assert_eq!(count(&m, Op::Softmax), 0);
-    assert_eq!(explained("smollm2 onnx", &m, &["attention", "rms_norm", "layer_norm"]), 0);
+    assert_eq!(
+        explained("smollm2 onnx", &m, &["attention", "rms_norm", "layer_norm"]),
+        0
+    );
 }
 
 #[test]
@@ -82,7 +85,10 @@ fn minilm_onnx_export() {
     optimise("minilm onnx", &mut m);
     assert_eq!(count(&m, Op::FlashAttention), 6);
     assert_eq!(count(&m, Op::LayerNorm), 13);
-    assert_eq!(explained("minilm onnx", &m, &["attention", "rms_norm", "layer_norm"]), 0);
+    assert_eq!(
+        explained("minilm onnx", &m, &["attention", "rms_norm", "layer_norm"]),
+        0
+    );
 }
 
 #[test]
@@ -104,4 +110,85 @@ fn smollm2_hf() {
     optimise("smollm2 hf", &mut m);
     assert_eq!(count(&m, Op::FlashAttention), 30);
     assert_eq!(count(&m, Op::RmsNorm), 61);
+}
+
+/// Largest |a - b| over two output lists, and the largest |b|.
+fn max_diff(a: &[llmc_ir::Tensor], b: &[llmc_ir::Tensor]) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    let (mut d, mut mag) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.shape, y.shape);
+        for (p, q) in x.to_f64().iter().zip(y.to_f64()) {
+            d = d.max((p - q).abs());
+            mag = mag.max(q.abs());
+        }
+    }
+    (d, mag)
+}
+
+/// The optimised module gives the same logits as the original through the reference
+/// interpreter: a prefill of 5 tokens, then one decode step through the KV cache.
+/// Tolerance: 1e-6 relative to the largest logit (the interpreter rounds each node's
+/// result to its f32 dtype; a fused op rounds fewer intermediates).
+#[test]
+fn smollm2_gguf_logits_match_after_optimisation() {
+    let Some(m0) = load(models().join("SmolLM2-135M-Instruct.Q4_1.gguf")) else {
+        return;
+    };
+    let mut m1 = m0.clone();
+    egraph::run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&m1, Op::FlashAttention), 30);
+    let ids = [1i64, 9690, 314, 253, 1127];
+    let steps: Vec<Vec<llmc_ir::Tensor>> = vec![
+        vec![
+            llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 5], ids.to_vec()),
+            llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 5], (0..5).collect()),
+        ],
+        vec![
+            llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 1], vec![28]),
+            llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 1], vec![5]),
+        ],
+    ];
+    let mut i0 = llmc_ir::interp::Interpreter::new(&m0);
+    let mut i1 = llmc_ir::interp::Interpreter::new(&m1);
+    for (k, ins) in steps.iter().enumerate() {
+        let a = i0.run(ins).unwrap_or_else(|e| panic!("{e}"));
+        let b = i1.run(ins).unwrap_or_else(|e| panic!("{e}"));
+        let (d, mag) = max_diff(&b, &a);
+        eprintln!("smollm2 gguf step {k}: max |logit diff| {d:e}, max |logit| {mag}");
+        assert!(d <= 1e-6 * mag.max(1.0), "step {k}: {d} vs {mag}");
+    }
+}
+
+/// The same for the ONNX export of SmolLM2 (8 tokens, all attended) and MiniLM.
+#[test]
+fn onnx_exports_match_after_optimisation() {
+    for (file, n_in) in [("smollm2-eager.onnx", 2), ("minilm-eager.onnx", 3)] {
+        let Some(m0) = load(exports().join(file)) else {
+            continue;
+        };
+        let mut m1 = m0.clone();
+        egraph::run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+        let ids = vec![1i64, 9690, 314, 253, 1127, 28, 300, 7];
+        let mut ins = vec![
+            llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 8], ids),
+            llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 8], vec![1; 8]),
+        ];
+        if n_in == 3 {
+            ins.push(llmc_ir::Tensor::from_i64(
+                llmc_ir::DType::I64,
+                vec![1, 8],
+                vec![0; 8],
+            ));
+        }
+        let a = llmc_ir::interp::Interpreter::new(&m0)
+            .run(&ins)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = llmc_ir::interp::Interpreter::new(&m1)
+            .run(&ins)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (d, mag) = max_diff(&b, &a);
+        eprintln!("{file}: max |diff| {d:e}, max |out| {mag}");
+        assert!(d <= 1e-6 * mag.max(1.0), "{file}: {d} vs {mag}");
+    }
 }

@@ -1,8 +1,11 @@
 //! The extraction cost model: an estimate of the time a node takes on the target, from
 //! the bytes it moves and the flops it does, both read off the operand and result types.
-//! It is monotonic (a node costs at least the sum of its operands plus a positive
-//! per-node overhead), so extraction never prefers a bigger tree for free and never
-//! picks a cycle. Symbolic dims are priced at a nominal size.
+//! A program's cost is its critical path: a node costs its own time plus its slowest
+//! operand. (A tree sum would count a value once per use: the residual stream of an
+//! LLM is used twice per layer, so sums double every layer and, by layer 20, f64
+//! rounding hides the difference between fusing a block or not.) It is monotonic (a
+//! node costs strictly more than each operand, by a positive per-node overhead), so
+//! extraction never picks a cycle. Symbolic dims are priced at a nominal size.
 
 use super::lang::{EGraph, ENode, Head};
 use egg::{CostFunction, Id};
@@ -136,7 +139,7 @@ pub fn node_cost(op: Op, ins: &[&TensorType], outs: &[TensorType], target: &Targ
         + flops(op, ins, outs, n) / target.flops_per_ns
 }
 
-/// The extraction cost function: a node's own cost plus its operands' (tree cost).
+/// The extraction cost function: a node's own cost plus its slowest operand's.
 /// Nodes the op table rejects cost infinity, so they are never extracted.
 pub struct Cost<'a> {
     /// The e-graph (for operand and result types).
@@ -152,7 +155,7 @@ impl CostFunction<ENode> for Cost<'_> {
     where
         C: FnMut(Id) -> f64,
     {
-        let kids: f64 = enode.children.iter().map(|&c| costs(c)).sum();
+        let kids: f64 = enode.children.iter().map(|&c| costs(c)).fold(0.0, f64::max);
         let own = match &enode.head {
             Head::Attrs(_) | Head::Input(_) | Head::Weight(_) => 0.0,
             Head::Proj(_) | Head::Outputs(_) => 1.0,

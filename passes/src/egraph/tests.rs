@@ -319,3 +319,34 @@ fn a_broadcasting_mul_by_one_is_kept() {
     let (m, _) = optimise_and_compare(src, &[vec![4]]);
     assert_eq!(count(&m, Op::Mul), 1);
 }
+
+#[test]
+fn every_layer_of_a_deep_residual_stack_is_fused() {
+    // x_{i+1} = x_i + attention(x_i, x_i, x_i): each x is used twice, so a tree-sum cost
+    // would double per layer and lose the fusion's saving to rounding deep down.
+    let mut m = Module::new("deep");
+    let ty = llmc_ir::TensorType::new(llmc_ir::DType::F32, llmc_ir::Shape::of(&[1, 2, 3, 4]));
+    let mut x = m.graph.add_input("x", ty);
+    let layers = 60;
+    for _ in 0..layers {
+        let a = m
+            .add1(
+                Op::Attention,
+                &[x, x, x],
+                llmc_ir::attrs([("scale", llmc_ir::Attr::Float(0.5))]),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        x = m
+            .add1(Op::Add, &[x, a], Default::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    m.graph.outputs.push(x);
+    let m0 = m.clone();
+    run_with(&mut m, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&m, Op::FlashAttention), layers);
+    assert_close(
+        &eval(&m, &[vec![1, 2, 3, 4]]),
+        &eval(&m0, &[vec![1, 2, 3, 4]]),
+        1e-9,
+    );
+}
