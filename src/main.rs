@@ -109,6 +109,10 @@ struct BuildArgs {
     /// Run the verifier after every pass.
     #[arg(long)]
     verify_each: bool,
+    /// Report every attention, norm or GEMM-epilogue candidate left unfused, with the
+    /// nearest pattern and what blocked it.
+    #[arg(long)]
+    explain_fusion: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -250,6 +254,12 @@ fn build(a: &BuildArgs) -> Result<()> {
     );
     let t0 = Instant::now();
     let m = load(&a.model)?;
+    // After the pass pipeline (when it runs here): what was left unfused, and why.
+    if a.explain_fusion {
+        for e in llmc_passes::egraph::explain(&m) {
+            eprintln!("explain-fusion: {e}");
+        }
+    }
     let out = match &a.output {
         Some(o) => o.clone(),
         None => PathBuf::from(

@@ -119,7 +119,8 @@ pub fn store(
     extractor: &Extractor<'_, super::cost::Cost<'_>, ENode, TypeAnalysis>,
     names: &HashMap<Id, String>,
 ) -> Result<(), EgraphError> {
-    let old = &m.graph;
+    let old_graph = m.graph.clone();
+    let old = &old_graph;
     let mut g = Graph {
         name: old.name.clone(),
         ..Graph::default()
@@ -217,6 +218,10 @@ pub fn store(
                     })?;
                     ins.push(v);
                 }
+                if let Some(w) = fold_weight(m, &mut g, *op, &ins, attrs.attrs()) {
+                    done.insert(c, vec![w]);
+                    continue;
+                }
                 let tys: Vec<&TensorType> = ins.iter().map(|&v| g.ty(v)).collect();
                 let out_tys = op
                     .infer(&tys, attrs.attrs())
@@ -283,6 +288,56 @@ pub fn store(
     }
     m.graph = g;
     Ok(())
+}
+
+/// A transpose of an f32 weight with data is done now: the result is a new weight
+/// (`NAME.T`) and its value. `None` leaves the node to run.
+fn fold_weight(
+    m: &mut Module,
+    g: &mut Graph,
+    op: llmc_ir::Op,
+    ins: &[ValueId],
+    attrs: &llmc_ir::Attrs,
+) -> Option<ValueId> {
+    if op != llmc_ir::Op::Transpose {
+        return None;
+    }
+    let [x] = ins else { return None };
+    let ValueDef::Weight(wid) = g.value(*x).def else {
+        return None;
+    };
+    let w = m.weights.get(wid.0 as usize)?;
+    if w.dtype != llmc_ir::DType::F32 {
+        return None;
+    }
+    let shape: Vec<usize> = w
+        .shape
+        .as_consts()?
+        .into_iter()
+        .map(|d| usize::try_from(d).ok())
+        .collect::<Option<_>>()?;
+    let t = llmc_ir::interp::weight_tensor(w.dtype, &shape, w.data.bytes()?).ok()?;
+    let mut ctx = llmc_ir::interp::EvalCtx::default();
+    let out = op.eval(&[&t], attrs, &mut ctx).ok()?.into_iter().next()?;
+    let bytes: Vec<u8> = out
+        .to_f64()
+        .iter()
+        .flat_map(|&v| (v as f32).to_le_bytes())
+        .collect();
+    let name = format!("{}.T", w.name);
+    let new_shape = llmc_ir::Shape::of(&out.shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+    let wid = llmc_ir::WeightId(m.weights.len() as u32);
+    m.weights.push(llmc_ir::Weight {
+        name: name.clone(),
+        dtype: llmc_ir::DType::F32,
+        shape: new_shape.clone(),
+        data: llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes)),
+    });
+    Some(g.add_value(
+        name,
+        TensorType::new(llmc_ir::DType::F32, new_shape),
+        ValueDef::Weight(wid),
+    ))
 }
 
 /// Preferred names: the first original value (in graph order) each class held.

@@ -159,6 +159,9 @@ impl CostFunction<ENode> for Cost<'_> {
         let own = match &enode.head {
             Head::Attrs(_) | Head::Input(_) | Head::Weight(_) => 0.0,
             Head::Proj(_) | Head::Outputs(_) => 1.0,
+            // Weights and constants only: folded at compile time (a token cost keeps
+            // costs strictly growing, so extraction never closes a cycle).
+            Head::Op(_) if enode.operands().iter().all(|&c| self.egraph[c].data.konst) => 1e-3,
             Head::Op(op) => {
                 let tys: Option<Vec<&TensorType>> = enode
                     .operands()

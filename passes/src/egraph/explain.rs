@@ -211,20 +211,38 @@ pub fn explain(module: &Module) -> Vec<Explanation> {
                             .any(|&v| v != res && g.ty(v).shape.rank() == 1)
                 });
                 if let Some(u) = bias_add {
-                    let add_name = g.nodes[u.0 as usize]
-                        .outputs
-                        .first()
-                        .map(|&v| vname(v))
+                    let un = &g.nodes[u.0 as usize];
+                    let Some(&b) = un.inputs.iter().find(|&&v| v != res) else {
+                        continue;
+                    };
+                    let class = |v: ValueId| loaded.class_of.get(v.0 as usize).copied().flatten();
+                    let (Some(wc), Some(bc)) = (n.inputs.get(1).and_then(|&w| class(w)), class(b))
+                    else {
+                        continue;
+                    };
+                    if crate::egraph::rules::fusion::is_bias_epilogue(eg, wc, bc) {
+                        continue; // fusable: left only when the pass did not run
+                    }
+                    let wty = n
+                        .inputs
+                        .get(1)
+                        .map(|&w| g.ty(w).to_string())
                         .unwrap_or_default();
+                    let reason = if !eg[wc].data.konst {
+                        format!("operand 1 ({wty}) is computed at run time; linear needs a constant weight")
+                    } else {
+                        format!(
+                            "weight {wty} and bias {} do not fit linear (a float, unquantized [k, n] weight and an [n] bias of its dtype)",
+                            g.ty(b)
+                        )
+                    };
                     push(
                         &mut out,
                         "gemm_epilogue",
                         Blocked {
-                            pattern: "matmul epilogue",
+                            pattern: "linear",
                             depth: 1,
-                            msg: format!(
-                                "the bias add {add_name} stays a separate kernel: llmc has no fused matmul+bias op yet (no rule emits one)"
-                            ),
+                            msg: reason,
                         },
                     );
                 }

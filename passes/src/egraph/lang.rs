@@ -206,6 +206,8 @@ pub struct Data {
     pub attrs: Option<AttrsKey>,
     /// The value when every element is one known constant (a splat constant).
     pub splat: Option<f64>,
+    /// Computed from weights and constants only: folded at compile time, free at run time.
+    pub konst: bool,
 }
 
 impl Data {
@@ -246,12 +248,14 @@ impl egg::Analysis<ENode> for TypeAnalysis {
             types: None,
             attrs: None,
             splat: None,
+            konst: false,
         };
         match &enode.head {
             Head::Attrs(a) => Data {
                 types: Some(Vec::new()),
                 attrs: Some(a.clone()),
                 splat: None,
+                konst: true,
             },
             Head::Input(i) => Data {
                 types: egraph
@@ -267,6 +271,7 @@ impl egg::Analysis<ENode> for TypeAnalysis {
                     .weights
                     .get(*i as usize)
                     .map(|t| vec![t.clone()]),
+                konst: true,
                 ..none
             },
             Head::Proj(i) => {
@@ -303,10 +308,14 @@ impl egg::Analysis<ENode> for TypeAnalysis {
                     }),
                     _ => None,
                 };
+                let konst = !op.flags().has(llmc_ir::ops::Flags::STATEFUL)
+                    && !matches!(op, Op::Dims)
+                    && enode.operands().iter().all(|&c| egraph[c].data.konst);
                 Data {
                     types,
                     attrs: None,
                     splat,
+                    konst,
                 }
             }
         }

@@ -350,3 +350,60 @@ fn every_layer_of_a_deep_residual_stack_is_fused() {
         1e-9,
     );
 }
+
+#[test]
+fn matmul_plus_bias_becomes_linear_with_a_transposed_weight() {
+    let src = "module @mm {
+  weight @w : f32[4, 3]
+  weight @b : f32[3]
+  graph @main(%x: f32[2, 5, 4]) -> (%out: f32[2, 5, 3]) {
+    %y = matmul(%x, @w) : f32[2, 5, 3]
+    %out = add(@b, %y) : f32[2, 5, 3]
+    return %out
+  }
+}";
+    let mut m0 = parse(src);
+    for (i, w) in m0.weights.iter_mut().enumerate() {
+        let n: usize = w
+            .shape
+            .as_consts()
+            .map_or(0, |s| s.iter().product::<i64>() as usize);
+        let bytes: Vec<u8> = values(n, 40 + i as u64)
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        w.data = llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes));
+    }
+    let mut m1 = m0.clone();
+    run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let text = llmc_ir::text::print(&m1);
+    assert!(text.contains("%out = linear(%x, @w.T, @b)"), "{text}");
+    assert!(text.contains("weight @w.T : f32[3, 4]"), "{text}");
+    assert_eq!(m1.graph.nodes.len(), 1, "{text}");
+    assert_close(
+        &eval(&m1, &[vec![2, 5, 4]]),
+        &eval(&m0, &[vec![2, 5, 4]]),
+        1e-6,
+    );
+    assert!(explain(&m1).is_empty());
+}
+
+#[test]
+fn matmul_of_two_activations_plus_bias_is_explained() {
+    let src = "module @mm {
+  graph @main(%x: f32[2, 4], %w: f32[4, 3], %b: f32[3]) -> (%out: f32[2, 3]) {
+    %y = matmul(%x, %w) : f32[2, 3]
+    %out = add(%y, %b) : f32[2, 3]
+    return %out
+  }
+}";
+    let (m, _) = optimise_and_compare(src, &[vec![2, 4], vec![4, 3], vec![3]]);
+    assert_eq!(count(&m, Op::Linear), 0);
+    let ex = explain(&m);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(
+        (ex[0].candidate, ex[0].node.as_str()),
+        ("gemm_epilogue", "%y")
+    );
+    assert!(ex[0].reason.contains("computed at run time"), "{}", ex[0]);
+}

@@ -27,6 +27,7 @@ fn cast_is_noop(eg: &mut EGraph, class: Id, s: &Subst) -> bool {
 }
 
 /// The rules of this theme.
+#[rustfmt::skip]
 pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
     vec![
         rw!("algebra/mul-one";          "(mul ?x ?c ?a)" => "?x" if unit("?c", "?x", 1.0)),

@@ -33,14 +33,11 @@ fn primitives_to_flash(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
 }
 
 /// The rules of this theme.
+#[rustfmt::skip]
 pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
     vec![
         rw!("attention/flash";          "(attention ?q ?k ?v ?a)"    => "(flash_attention ?q ?k ?v ?a)"),
         rw!("attention/flash-masked";   "(attention ?q ?k ?v ?m ?a)" => "(flash_attention ?q ?k ?v ?m ?a)"),
-        fn_rule(
-            "attention/primitives",
-            "(matmul ?p ?v ?a)",
-            primitives_to_flash,
-        ),
+        fn_rule("attention/primitives",     "(matmul ?p ?v ?a)",         primitives_to_flash),
     ]
 }

@@ -1,10 +1,12 @@
 //! Fusion: RMSNorm and LayerNorm recognised from the primitives exporters emit
 //! (reduce_mean, pow or mul, add eps, sqrt, div or reciprocal or rsqrt, the scale and
 //! bias) become one `rms_norm` / `layer_norm`. The structural work is in `matchers`.
+//! A matmul by a weight followed by a bias add becomes `linear` (the GEMM epilogue
+//! llmc has an op for), its weight transposed once at compile time.
 
 use super::{fn_rule, get};
 use crate::egraph::lang::{EGraph, ENode, TypeAnalysis};
-use crate::egraph::matchers::{add_op, match_layer_norm, match_rms_norm};
+use crate::egraph::matchers::{add_op, match_layer_norm, match_rms_norm, nodes_of, perm_attrs, ty};
 use egg::{Id, Rewrite, Subst};
 use llmc_ir::{Attr, Attrs, Op};
 
@@ -45,15 +47,50 @@ fn mul_to_layer_norm(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     to_layer_norm(Op::Mul, eg, s)
 }
 
+/// `w` is a 2-D weight (or weight-only value) [k, n] and `b` a [n] vector of x's dtype:
+/// matmul(x, w) + b is linear(x, wᵀ, b), with wᵀ folded at compile time.
+pub fn is_bias_epilogue(eg: &EGraph, w: Id, b: Id) -> bool {
+    let (Some(wt), Some(bt)) = (ty(eg, w), ty(eg, b)) else {
+        return false;
+    };
+    eg[w].data.konst
+        && wt.dtype.is_float()
+        && !wt.dtype.is_quantized()
+        && wt.shape.rank() == 2
+        && bt.shape.rank() == 1
+        && bt.shape.0.first() == wt.shape.0.get(1)
+        && bt.dtype == wt.dtype
+}
+
+/// add(matmul(x, w), b) → linear(x, transpose(w), b).
+fn to_linear(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
+    for (mm, b) in [
+        (get(s, "?x")?, get(s, "?y")?),
+        (get(s, "?y")?, get(s, "?x")?),
+    ] {
+        for n in nodes_of(eg, mm, Op::MatMul) {
+            let [x, w] = n.operands() else { continue };
+            let (x, w) = (*x, *w);
+            if !is_bias_epilogue(eg, w, b) || ty(eg, x).is_none_or(|t| t.shape.rank() < 2) {
+                continue;
+            }
+            let wt = add_op(eg, Op::Transpose, &[w], perm_attrs(&[1, 0]));
+            let id = add_op(eg, Op::Linear, &[x, wt, b], Attrs::new());
+            if eg[id].data.types.is_some() {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
 /// The rules of this theme.
+#[rustfmt::skip]
 pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
     vec![
-        fn_rule("fusion/rms-norm", "(mul ?x ?y ?a)", to_rms_norm),
-        fn_rule("fusion/layer-norm", "(add ?x ?y ?a)", add_to_layer_norm),
-        fn_rule(
-            "fusion/layer-norm-no-bias",
-            "(mul ?x ?y ?a)",
-            mul_to_layer_norm,
-        ),
+        fn_rule("fusion/rms-norm",           "(mul ?x ?y ?a)", to_rms_norm),
+        fn_rule("fusion/layer-norm",         "(add ?x ?y ?a)", add_to_layer_norm),
+        fn_rule("fusion/layer-norm-no-bias", "(mul ?x ?y ?a)", mul_to_layer_norm),
+        fn_rule("fusion/matmul-bias-linear", "(add ?x ?y ?a)", to_linear),
     ]
 }

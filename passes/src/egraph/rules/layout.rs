@@ -44,16 +44,13 @@ fn compose_transposes(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
 }
 
 /// The rules of this theme.
+#[rustfmt::skip]
 pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
     vec![
         rw!("layout/reshape-same-type";    "(reshape ?x ?a)" => "?x" if keeps_type),
         rw!("layout/expand-same-type";     "(expand ?x ?a)"  => "?x" if keeps_type),
         rw!("layout/transpose-identity";   "(transpose ?x ?a)" => "?x" if identity_perm),
         rw!("layout/reshape-reshape";      "(reshape (reshape ?x ?a) ?b)" => "(reshape ?x ?b)"),
-        fn_rule(
-            "layout/transpose-transpose",
-            "(transpose ?t ?b)",
-            compose_transposes,
-        ),
+        fn_rule("layout/transpose-transpose", "(transpose ?t ?b)",           compose_transposes),
     ]
 }
