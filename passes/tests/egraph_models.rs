@@ -72,7 +72,11 @@ fn smollm2_onnx_export() {
     assert_eq!(count(&m, Op::RmsNorm), 61);
     assert_eq!(count(&m, Op::Softmax), 0);
     assert_eq!(
-        explained("smollm2 onnx", &m, &["attention", "rms_norm", "layer_norm"]),
+        explained(
+            "smollm2 onnx",
+            &m,
+            &["attention", "rms_norm", "layer_norm", "gemm_epilogue"]
+        ),
         0
     );
 }
@@ -85,8 +89,13 @@ fn minilm_onnx_export() {
     optimise("minilm onnx", &mut m);
     assert_eq!(count(&m, Op::FlashAttention), 6);
     assert_eq!(count(&m, Op::LayerNorm), 13);
+    assert_eq!(count(&m, Op::Linear), 36);
     assert_eq!(
-        explained("minilm onnx", &m, &["attention", "rms_norm", "layer_norm"]),
+        explained(
+            "minilm onnx",
+            &m,
+            &["attention", "rms_norm", "layer_norm", "gemm_epilogue"]
+        ),
         0
     );
 }
