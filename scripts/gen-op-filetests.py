@@ -1213,6 +1213,42 @@ def _():
     return t
 
 
+@case("flash_attention")
+def _():
+    rng = np.random.default_rng(86)
+    t = FileTest("flash_attention")
+    # GQA: 6 query heads over 2 kv heads; 3 queries against 11 keys, in key tiles of 4
+    # (two full tiles and a partial one) and of 64 (one partial tile).
+    t.input("q", "f32", [2, 6, 3, 8])
+    t.input("k", "f32", [2, 2, 11, 8])
+    t.input("v", "f32", [2, 2, 11, 5])
+    t.input("mask", "f32", [3, 11])
+    t.input("q13", "f32", [2, 2, 13, 8])
+    t.add(["causal"], "flash_attention", ["q", "k", "v"], {"block_k": 4, "causal": True, "scale": 0.35}, [("f32", [2, 6, 3, 5])])
+    t.add(["masked"], "flash_attention", ["q", "k", "v", "mask"], {"block_k": 4, "scale": 0.35}, [("f32", [2, 6, 3, 5])])
+    t.add(["both"], "flash_attention", ["q", "k", "v", "mask"], {"block_k": 64, "causal": True, "scale": 0.25}, [("f32", [2, 6, 3, 5])])
+    # More queries than keys: the first two rows see no key and must be zeros.
+    t.add(["more_q"], "flash_attention", ["q13", "k", "v"], {"block_k": 3, "causal": True, "scale": 0.5}, [("f32", [2, 2, 13, 5])])
+    q, k, v = rnd(rng, (2, 6, 3, 8)), rnd(rng, (2, 2, 11, 8)), rnd(rng, (2, 2, 11, 5))
+    mask = np.zeros((3, 11), dtype=np.float32)
+    mask[0, 1] = mask[1, 0] = mask[1, 6] = mask[2, 9] = -np.inf
+    mask[0, 4:8] = -np.inf  # one whole tile of 4 masked for the first query
+    mask[2, 3] = -1.5
+    mask[1, 10] = 2.0
+    q13 = rnd(rng, (2, 2, 13, 8))
+    qd, kd, vd, md = d64(q), d64(k), d64(v), d64(mask)
+    t.run(
+        [("q", "f32", q), ("k", "f32", k), ("v", "f32", v), ("mask", "f32", f32(mask)), ("q13", "f32", q13)],
+        [
+            ("causal", "f32", f32(ref_attention(qd, kd, vd, 0.35, causal=True)), TOL_LOOSE),
+            ("masked", "f32", f32(ref_attention(qd, kd, vd, 0.35, mask=md)), TOL_LOOSE),
+            ("both", "f32", f32(ref_attention(qd, kd, vd, 0.25, causal=True, mask=md)), TOL_LOOSE),
+            ("more_q", "f32", f32(ref_attention(d64(q13), kd, vd, 0.5, causal=True)), TOL_LOOSE),
+        ],
+    )
+    return t
+
+
 @case("kv_append")
 def _():
     rng = np.random.default_rng(85)

@@ -109,8 +109,8 @@ struct BuildArgs {
     /// Run the verifier after every pass.
     #[arg(long)]
     verify_each: bool,
-    /// Report every attention, norm or GEMM-epilogue candidate left unfused, with the
-    /// nearest pattern and what blocked it.
+    /// After the passes, report every attention, norm or GEMM-epilogue candidate left
+    /// unfused, with the nearest pattern and what blocked it.
     #[arg(long)]
     explain_fusion: bool,
 }
@@ -130,6 +130,10 @@ struct InspectArgs {
     /// What to print.
     #[arg(long, value_enum, default_value = "llmc-ir")]
     emit: InspectEmit,
+    /// Run the -O level's pass pipeline first (default: the model as imported).
+    #[arg(short = 'O', value_name = "N",
+          value_parser = clap::value_parser!(u8).range(0..=3))]
+    opt_level: Option<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -153,7 +157,7 @@ struct ExecArgs {
     /// What runs the graph.
     #[arg(long, value_enum, default_value = "interp")]
     engine: Engine,
-    /// Optimization level of the compiled engine.
+    /// Optimization level: the pass pipeline (both engines) and code generation.
     #[arg(short = 'O', value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u8).range(0..=3))]
     opt_level: u8,
@@ -190,6 +194,10 @@ struct RunArgs {
     /// What runs the model.
     #[arg(long, value_enum, default_value = "interp")]
     engine: Engine,
+    /// Optimization level: the pass pipeline (both engines) and code generation.
+    #[arg(short = 'O', value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u8).range(0..=3))]
+    opt_level: u8,
 }
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
@@ -208,6 +216,28 @@ fn load(path: &Path) -> Result<Module> {
     llmc_ir::verify::verify(&m)
         .with_context(|| format!("{}: the module is invalid", path.display()))?;
     Ok(m)
+}
+
+/// Runs the optimizer: the `-O` level's pipeline, or `--passes` when given, with the
+/// dump and timing instrumentation of `inst` (dumps go to stderr).
+fn optimize(
+    m: &mut Module,
+    level: u8,
+    passes: Option<&[String]>,
+    inst: &llmc_passes::Instrument,
+) -> Result<llmc_passes::PassReport> {
+    let pipeline = match passes {
+        Some(names) => llmc_passes::parse_pipeline(names)?,
+        None => llmc_passes::pipeline_for_level(level),
+    };
+    let ctx = llmc_passes::PassContext {
+        opt_level: level,
+        ..Default::default()
+    };
+    let mut err = std::io::stderr().lock();
+    let report = llmc_passes::run_passes(m, &pipeline, &ctx, inst, &mut err)
+        .context("optimizing the module")?;
+    Ok(report)
 }
 
 /// `OUT` with its extension replaced (`smollm` -> `smollm.ll`).
@@ -242,19 +272,20 @@ fn build(a: &BuildArgs) -> Result<()> {
     if a.target == Target::Cuda || a.cuda_arch.is_some() || a.emit.contains(&BuildEmit::Ptx) {
         bail!("llmc build --target cuda: the CUDA (NVPTX) backend is not available yet; use --target cpu");
     }
-    // The pass pipeline arrives with the optimizer; its flags are accepted already.
-    let _ = (
-        a.print_ir_after_all,
-        &a.print_ir_after,
-        &a.print_ir_before,
-        a.print_ir_after_change,
-        &a.passes,
-        a.time_passes,
-        a.verify_each,
-    );
     let t0 = Instant::now();
-    let m = load(&a.model)?;
-    // After the pass pipeline (when it runs here): what was left unfused, and why.
+    let mut m = load(&a.model)?;
+    let inst = llmc_passes::Instrument {
+        verify_each: a.verify_each,
+        print_before: a.print_ir_before.clone(),
+        print_after: a.print_ir_after.clone(),
+        print_after_all: a.print_ir_after_all,
+        print_after_change: a.print_ir_after_change,
+        dump_dir: a.dump_dir.clone(),
+    };
+    let report = optimize(&mut m, a.opt_level, a.passes.as_deref(), &inst)?;
+    if a.time_passes {
+        eprint!("{report}");
+    }
     if a.explain_fusion {
         for e in llmc_passes::egraph::explain(&m) {
             eprintln!("explain-fusion: {e}");
@@ -303,7 +334,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     if !(want.llvm_ir || want.asm || want.object) && a.dump_dir.is_none() {
         return Ok(());
     }
-    let b = llmc_backend::compile_cpu(&m, &opts, want)
+    let mut b = llmc_backend::compile_cpu(&m, &opts, want)
         .with_context(|| format!("compiling {}", a.model.display()))?;
     let wrote = |ext: &str, bytes: Option<&[u8]>| -> Result<()> {
         if let Some(bytes) = bytes {
@@ -322,6 +353,10 @@ fn build(a: &BuildArgs) -> Result<()> {
     if has(BuildEmit::Obj) {
         wrote("o", b.compiled.object.as_deref())?;
     }
+    b.planned
+        .plan
+        .info
+        .push(("passes".into(), report.pass_names()));
     if has(BuildEmit::Exe) {
         llmc_backend::link_build(&b, &out).with_context(|| format!("linking {}", out.display()))?;
         let size = std::fs::metadata(&out).map(|md| md.len()).unwrap_or(0);
@@ -337,7 +372,10 @@ fn build(a: &BuildArgs) -> Result<()> {
 }
 
 fn inspect(a: &InspectArgs) -> Result<()> {
-    let m = load(&a.model)?;
+    let mut m = load(&a.model)?;
+    if let Some(level) = a.opt_level {
+        optimize(&mut m, level, None, &llmc_passes::Instrument::default())?;
+    }
     let text = match a.emit {
         InspectEmit::LlmcIr => llmc_ir::text::print(&m),
         InspectEmit::Dot => llmc_ir::dot::to_dot(&m),
@@ -350,7 +388,13 @@ fn inspect(a: &InspectArgs) -> Result<()> {
 }
 
 fn exec(a: &ExecArgs) -> Result<()> {
-    let m = load(&a.model)?;
+    let mut m = load(&a.model)?;
+    optimize(
+        &mut m,
+        a.opt_level,
+        None,
+        &llmc_passes::Instrument::default(),
+    )?;
     let g = &m.graph;
 
     let mut given = BTreeMap::<&str, &Path>::new();
@@ -448,7 +492,13 @@ fn exec(a: &ExecArgs) -> Result<()> {
 
 fn run(a: &RunArgs) -> Result<()> {
     let t0 = Instant::now();
-    let m = load(&a.model)?;
+    let mut m = load(&a.model)?;
+    optimize(
+        &mut m,
+        a.opt_level,
+        None,
+        &llmc_passes::Instrument::default(),
+    )?;
     if a.engine == Engine::Cpu {
         return run_compiled(a, &m);
     }
@@ -486,7 +536,7 @@ fn run_compiled(a: &RunArgs, m: &Module) -> Result<()> {
     let exe = dir.path().join("model");
     let opts = llmc_backend::BuildOptions {
         cpu: llmc_backend::CpuOptions {
-            opt_level: 3,
+            opt_level: a.opt_level,
             ..Default::default()
         },
         dump_dir: None,

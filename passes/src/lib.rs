@@ -1,4 +1,103 @@
-//! Optimization passes over the llmc IR and the pass manager that runs them per -O
-//! level. The pipeline arrives with the optimizer issue; this crate holds its place in
-//! the workspace so the dependency graph is fixed from the start.
+//! Optimization passes over the llmc IR and the pass manager that runs them. A pass is
+//! a plain function over the module with a name; each `-O` level is one readable list
+//! of pass names (`pipeline`), and the manager (`manager`) runs a list with the
+//! instrumentation users tune with: `--verify-each`, `--time-passes` and the
+//! LLVM/MLIR-named IR dumps (`--print-ir-after-all`, `--dump-dir`, ...).
+//!
+//! The rewrites here are the classic ones (constant folding, common-subexpression
+//! elimination, dead-code elimination); memory planning is an analysis the backend
+//! consumes. The e-graph pass lives in `egraph/` and takes the `egraph` slot of the
+//! `-O3` pipeline.
+
+pub mod cse;
+pub mod dce;
 pub mod egraph;
+pub mod fold;
+pub mod manager;
+pub mod pipeline;
+mod rewrite;
+
+pub use manager::{run_passes, Instrument, PassReport, PassRow};
+pub use pipeline::{find_pass, parse_pipeline, pipeline_for_level, Pass, PASSES};
+
+use llmc_ir::Module;
+
+/// Did a pass change the module?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// The module is as it was.
+    No,
+    /// Something was rewritten.
+    Yes,
+}
+
+impl From<bool> for Changed {
+    fn from(b: bool) -> Changed {
+        if b {
+            Changed::Yes
+        } else {
+            Changed::No
+        }
+    }
+}
+
+/// What every pass may consult: the level it runs at and the limits it keeps to.
+#[derive(Clone, Debug)]
+pub struct PassContext {
+    /// The `-O` level (0..=3) the pipeline was chosen for (3 for a custom pipeline).
+    pub opt_level: u8,
+    /// Constant folding leaves results with more elements than this unfolded (a folded
+    /// constant is stored inline in the IR and in the executable's data).
+    pub fold_max_elems: usize,
+}
+
+impl Default for PassContext {
+    fn default() -> PassContext {
+        PassContext {
+            opt_level: 2,
+            fold_max_elems: 1 << 20,
+        }
+    }
+}
+
+/// A pass's function: rewrites the module in place and says whether it changed it.
+pub type PassFn = fn(&mut Module, &PassContext) -> Result<Changed, PassError>;
+
+/// A pass manager or pass error, naming the pass, flag or file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// `--passes=` or a dump flag named a pass that does not exist.
+    #[error("unknown pass `{name}`{context}; known passes: {known}")]
+    UnknownPass {
+        /// The name given.
+        name: String,
+        /// Where it was given (` in --print-ir-after`), possibly empty.
+        context: String,
+        /// The known pass names, comma-separated.
+        known: String,
+    },
+    /// The verifier rejected the module a pass produced.
+    #[error("the module does not verify after pass `{pass}`:\n{errors}")]
+    Verify {
+        /// The pass that ran last.
+        pass: String,
+        /// Every problem found.
+        errors: llmc_ir::verify::VerifyErrors,
+    },
+    /// A pass failed.
+    #[error("pass `{pass}`: {msg}")]
+    Pass {
+        /// The pass.
+        pass: String,
+        /// What went wrong (naming the node or value).
+        msg: String,
+    },
+    /// A dump could not be written.
+    #[error("{path}: {msg}")]
+    Io {
+        /// The file or stream.
+        path: String,
+        /// The error.
+        msg: String,
+    },
+}

@@ -9,6 +9,11 @@
 //! - `verify`: parsed leniently (`parse_unchecked`); each `; error: SUBSTRING` line must
 //!   match a verifier error and every verifier error must be matched by one; with no
 //!   `; error:` lines the module must verify.
+//! - `optimize -ON` / `optimize passes=a,b`: the pipeline runs (verifier after each
+//!   pass); the result must print and parse back, match its `; check: TEXT` lines in
+//!   order and no `; not: TEXT` between the surrounding checks; with `; run:` lines
+//!   the optimized module must give the input module's outputs (exact, or within
+//!   `; tolerance: atol=X rtol=Y`).
 //! - `run`: `; run: %a = dense<...>, ...` runs the graph in the reference interpreter
 //!   (one interpreter per file, so the KV cache carries over); each following
 //!   `; expect: %out = dense<...> [atol=X] [rtol=Y]` checks a graph output.
@@ -120,11 +125,13 @@ fn parse_error_test(path: &Path, name: &str) -> Result<(), Failed> {
 
 // ----- file tests -----
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, PartialEq)]
 enum Kind {
     Print,
     Verify,
     Run,
+    /// `optimize -O3` or `optimize passes=a,b`: the pipeline spec after `optimize`.
+    Optimize(String),
 }
 
 fn is_comment(line: &str) -> bool {
@@ -145,14 +152,17 @@ fn file_test(path: &Path, name: &str, bless: bool) -> Result<(), Failed> {
         Some("print") => Kind::Print,
         Some("verify") => Kind::Verify,
         Some("run") => Kind::Run,
+        Some(o) if o.starts_with("optimize ") => {
+            Kind::Optimize(o["optimize ".len()..].trim().to_string())
+        }
         _ => {
             return Err(fail(format!(
-                "{name}:1: first line must be `; test print|verify|run`, found `{header}`"
+                "{name}:1: first line must be `; test print|verify|run|optimize SPEC`, found `{header}`"
             )))
         }
     };
     let parse_mode = |src: &str| {
-        if kind == Kind::Verify {
+        if matches!(kind, Kind::Verify) {
             parse_unchecked(src, name)
         } else {
             parse(src, name)
@@ -179,13 +189,14 @@ fn file_test(path: &Path, name: &str, bless: bool) -> Result<(), Failed> {
             first_difference(&canonical, &print(&again))
         )));
     }
-    match kind {
+    match &kind {
         Kind::Print => {}
         Kind::Verify => verify_test(&text, &m, name)?,
         Kind::Run => {
             let blessed = run_test(&new_text, &m, name, bless)?;
             new_text = blessed;
         }
+        Kind::Optimize(spec) => optimize_test(&text, &m, spec, name)?,
     }
     if bless && new_text != text {
         fs::write(path, &new_text).map_err(|e| fail(format!("cannot write {name}: {e}")))?;
@@ -566,4 +577,175 @@ fn run_test(text: &str, m: &Module, name: &str, bless: bool) -> Result<String, F
     } else {
         Err(fail(problems.join("\n")))
     }
+}
+
+// ----- optimize tests -----
+
+/// The passes a `; test optimize SPEC` header asks for: `-ON` or `passes=a,b,c`.
+fn optimize_pipeline(
+    spec: &str,
+    name: &str,
+) -> Result<(Vec<&'static llmc_passes::Pass>, llmc_passes::PassContext), Failed> {
+    let mut ctx = llmc_passes::PassContext::default();
+    if let Some(level) = spec.strip_prefix("-O") {
+        let level: u8 = level
+            .parse()
+            .ok()
+            .filter(|l| *l <= 3)
+            .ok_or_else(|| fail(format!("{name}:1: bad level `{spec}` (-O0 to -O3)")))?;
+        ctx.opt_level = level;
+        return Ok((llmc_passes::pipeline_for_level(level), ctx));
+    }
+    if let Some(list) = spec.strip_prefix("passes=") {
+        let names: Vec<&str> = list.split(',').collect();
+        let p = llmc_passes::parse_pipeline(&names).map_err(|e| fail(format!("{name}:1: {e}")))?;
+        ctx.opt_level = 3;
+        return Ok((p, ctx));
+    }
+    Err(fail(format!(
+        "{name}:1: expected `; test optimize -ON` or `; test optimize passes=a,b`, found `{spec}`"
+    )))
+}
+
+/// Runs the pipeline, verifies and reprints the result, checks `; check:` / `; not:`
+/// lines against the printed module and, with `; run:` lines, that the optimized module
+/// gives the input module's outputs (within `; tolerance: atol=X rtol=Y`, exact by
+/// default).
+fn optimize_test(text: &str, m: &Module, spec: &str, name: &str) -> Result<(), Failed> {
+    let (passes, ctx) = optimize_pipeline(spec, name)?;
+    let mut opt = m.clone();
+    let mut sink = Vec::new();
+    let inst = llmc_passes::Instrument {
+        verify_each: true,
+        ..Default::default()
+    };
+    llmc_passes::run_passes(&mut opt, &passes, &ctx, &inst, &mut sink)
+        .map_err(|e| fail(format!("{name}: {e}")))?;
+    let printed = print(&opt);
+    let again = parse(&printed, name).map_err(|e| {
+        fail(format!(
+            "{name}: the optimized module does not parse back: {e}\n{printed}"
+        ))
+    })?;
+    if print(&again) != printed {
+        return Err(fail(format!(
+            "{name}: the optimized module does not print back the same: {}",
+            first_difference(&printed, &print(&again))
+        )));
+    }
+    check_lines(text, &printed, name)?;
+    compare_runs(text, m, &opt, name)
+}
+
+/// FileCheck-style matching: each `; check: TEXT` must occur after the previous
+/// check's match; each `; not: TEXT` must not occur between the matches of the checks
+/// around it (to the start or end of the text where there is none).
+fn check_lines(text: &str, printed: &str, name: &str) -> Result<(), Failed> {
+    enum Line<'a> {
+        Check(usize, &'a str),
+        Not(usize, &'a str),
+    }
+    let mut lines = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim_start();
+        if let Some(c) = l.strip_prefix("; check:") {
+            lines.push(Line::Check(i + 1, c.trim()));
+        } else if let Some(c) = l.strip_prefix("; not:") {
+            lines.push(Line::Not(i + 1, c.trim()));
+        }
+    }
+    if lines.is_empty() {
+        return Err(fail(format!(
+            "{name}: an optimize test needs `; check:` or `; not:` lines"
+        )));
+    }
+    let show = || format!("optimized module:\n{printed}");
+    let mut pos = 0usize;
+    let mut pending_not: Vec<(usize, &str)> = Vec::new();
+    let check_nots = |nots: &mut Vec<(usize, &str)>, region: &str| -> Result<(), Failed> {
+        for (line, pat) in nots.drain(..) {
+            if region.contains(pat) {
+                return Err(fail(format!(
+                    "{name}:{line}: `; not: {pat}` matched\n{}",
+                    show()
+                )));
+            }
+        }
+        Ok(())
+    };
+    for l in &lines {
+        match *l {
+            Line::Not(line, pat) => pending_not.push((line, pat)),
+            Line::Check(line, pat) => {
+                let found = printed.get(pos..).and_then(|rest| rest.find(pat));
+                let Some(at) = found else {
+                    return Err(fail(format!(
+                        "{name}:{line}: `; check: {pat}` not found after byte {pos}\n{}",
+                        show()
+                    )));
+                };
+                let start = pos + at;
+                check_nots(&mut pending_not, &printed[pos..start])?;
+                pos = start + pat.len();
+            }
+        }
+    }
+    check_nots(&mut pending_not, &printed[pos..])
+}
+
+/// Runs every `; run:` line's inputs through the input and the optimized module (one
+/// interpreter each, so the KV cache carries over) and compares all outputs.
+fn compare_runs(text: &str, m: &Module, opt: &Module, name: &str) -> Result<(), Failed> {
+    let (mut atol, mut rtol) = (0.0, 0.0);
+    for (i, l) in text.lines().enumerate() {
+        if let Some(spec) = l.trim_start().strip_prefix("; tolerance:") {
+            let e = parse_expect(&format!("%t = dense<f32[]: 0.0> {spec}"), name)
+                .map_err(|e| fail(format!("{name}:{}: {e}", i + 1)))?;
+            (atol, rtol) = (e.atol, e.rtol);
+        }
+    }
+    let names = value_names(m);
+    let g = &m.graph;
+    let (mut a, mut b) = (Interpreter::new(m), Interpreter::new(opt));
+    for (i, line) in text.lines().enumerate() {
+        let Some(args) = line.trim_start().strip_prefix("; run:") else {
+            continue;
+        };
+        let at = format!("{name}:{}", i + 1);
+        let binds = parse_bindings(args, name).map_err(|e| fail(format!("{at}: {e}")))?;
+        let mut inputs: Vec<Option<Tensor>> = vec![None; g.inputs.len()];
+        for (n, t) in binds {
+            let k = g
+                .inputs
+                .iter()
+                .position(|v| names.get(v.0 as usize) == Some(&n))
+                .ok_or_else(|| fail(format!("{at}: the graph has no input {n}")))?;
+            inputs[k] = Some(t);
+        }
+        let inputs: Vec<Tensor> = inputs
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or_else(|| fail(format!("{at}: every graph input must be bound")))?;
+        let want = a
+            .run(&inputs)
+            .map_err(|e| fail(format!("{at}: the input module failed: {e}")))?;
+        let got = b
+            .run(&inputs)
+            .map_err(|e| fail(format!("{at}: the optimized module failed: {e}")))?;
+        if want.len() != got.len() {
+            return Err(fail(format!(
+                "{at}: {} outputs before, {} after",
+                want.len(),
+                got.len()
+            )));
+        }
+        for (k, (w, o)) in want.iter().zip(&got).enumerate() {
+            let out = names
+                .get(g.outputs[k].0 as usize)
+                .map_or("?", |s| s.as_str());
+            compare(o, w, atol, rtol)
+                .map_err(|e| fail(format!("{at}: output {out} differs after optimizing: {e}")))?;
+        }
+    }
+    Ok(())
 }

@@ -143,6 +143,7 @@ pub fn lower(
         Op::RmsNorm | Op::LayerNorm => nn::norm(node, ins, outs, name).map(plain),
         Op::Rope => nn::rope(node, ins, outs, name).map(plain),
         Op::Attention => nn::attention(node, ins, outs, name).map(plain),
+        Op::FlashAttention => nn::flash_attention(node, ins, outs, name).map(plain),
         other => Err(format!("no kernel template for `{other}` yet")),
     };
     r.map_err(err)

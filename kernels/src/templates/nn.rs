@@ -346,3 +346,162 @@ pub(crate) fn attention(
     });
     kb.finish()
 }
+
+/// `flash_attention(q, k, v[, mask])`: `attention`'s meaning, computed FlashAttention
+/// style. Parallel over (batch, head); for each query row the keys are walked in tiles
+/// of `block_k`: a tile's scores go to a local `[block_k]` row (never the `[s, t]`
+/// score matrix), the running max moves once per tile, the accumulator and running sum
+/// are rescaled by `exp(m_old - m_new)`, then the tile's `exp(score - m)` weights
+/// accumulate `v`. GQA reads kv head `h / (h / kvh)`; causal bounds the key loop (the
+/// last query aligned with the last key); an additive mask is added to the scores.
+pub(crate) fn flash_attention(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Kernel> {
+    let q = operand(ins, 0, "q")?;
+    let k = operand(ins, 1, "k")?;
+    let v = operand(ins, 2, "v")?;
+    result(outs, 0)?;
+    let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
+    let causal = attr_bool(node, "causal", false)?;
+    let block_k = attr_int(node, "block_k")?.unwrap_or(64);
+    if !(1..=4096).contains(&block_k) {
+        return Err(format!(
+            "attribute `block_k` must be in 1..=4096, got {block_k}"
+        ));
+    }
+    let [bd, hd, sd, dkd] = &q.shape.0[..] else {
+        return Err(format!("operand q must be [b, h, s, dk], got {}", q.shape));
+    };
+    let [_, kvhd, td, _] = &k.shape.0[..] else {
+        return Err(format!(
+            "operand k must be [b, kvh, t, dk], got {}",
+            k.shape
+        ));
+    };
+    let dvd = v
+        .shape
+        .0
+        .get(3)
+        .ok_or_else(|| format!("operand v must be [b, kvh, t, dv], got {}", v.shape))?;
+    let dv = dvd
+        .as_const()
+        .ok_or_else(|| format!("value dim {dvd} must be constant"))?;
+    let (h, kvh) = match (hd.as_const(), kvhd.as_const()) {
+        (Some(h), Some(kvh)) if kvh > 0 && h % kvh == 0 => (h, kvh),
+        _ if hd == kvhd => (1, 1),
+        _ => {
+            return Err(format!(
+                "head counts {hd} and {kvhd} must be constant for GQA"
+            ))
+        }
+    };
+    let group = h / kvh;
+    let t = compute_ty(q.dtype)?;
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let (be, he, se, dke, te) = (kb.dim(bd), kb.dim(hd), kb.dim(sd), kb.dim(dkd), kb.dim(td));
+    let kvhe = kb.dim(kvhd);
+    let mask = match ins.get(3) {
+        Some(m) => {
+            let full = [bd.clone(), hd.clone(), sd.clone(), td.clone()];
+            let st = broadcast_strides(&full, &m.shape.0);
+            Some((ib[3], m.dtype, st))
+        }
+        None => None,
+    };
+    let nbh = kb.let_("nbh", be * he.clone());
+    let work = [bd.clone(), hd.clone(), sd.clone(), td.clone(), dkd.clone()];
+    let tag = if work_estimate(&work) >= PARALLEL_MIN {
+        LoopTag::Parallel
+    } else {
+        LoopTag::Serial
+    };
+    let v8 = LoopTag::Vectorize(8);
+    let ninf = || fconst(f64::NEG_INFINITY, t);
+    kb.for_("bh", 0, nbh, tag, |kb, bh| {
+        let hi = kb.let_("hi", bh.clone() % he.clone());
+        let bi = kb.let_("bi", bh.clone() / he.clone());
+        let kvi = kb.let_("kvi", hi.clone() / group);
+        let kvbase = kb.let_("kvbase", (bi.clone() * kvhe.clone() + kvi) * te.clone());
+        let acc = kb.local("acc", t, dv);
+        let scores = kb.local("scores", t, block_k);
+        kb.for_("si", 0, se.clone(), LoopTag::Serial, |kb, si| {
+            let qi = kb.let_("qi", bh.clone() * se.clone() + si.clone());
+            let qrow = kb.let_("qrow", qi.clone() * dke.clone());
+            kb.for_("c", 0, dv, v8, |kb, c| kb.store(acc, c, fconst(0.0, t)));
+            let m = kb.let_mut("m", ninf());
+            let l = kb.let_mut("l", fconst(0.0, t));
+            let tend = if causal {
+                (si.clone() + te.clone() - se.clone() + 1).min(te.clone())
+            } else {
+                te.clone()
+            };
+            let tend = kb.let_("tend", tend);
+            kb.for_step("j0", 0, tend.clone(), block_k, LoopTag::Serial, |kb, j0| {
+                let jn = kb.let_("jn", (tend.clone() - j0.clone()).min(Expr::from(block_k)));
+                // Scores of this tile, and their max.
+                let bm = kb.let_mut("bm", ninf());
+                kb.for_("jj", 0, jn.clone(), LoopTag::Serial, |kb, jj| {
+                    let j = kb.let_("j", j0.clone() + jj.clone());
+                    let krow = kb.let_("krow", (kvbase.clone() + j.clone()) * dke.clone());
+                    let dot = kb.let_mut("dot", fconst(0.0, t));
+                    kb.for_("c", 0, dke.clone(), v8, |kb, c| {
+                        let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                        let kv = load_elem(kb, ib[1], k.dtype, krow.clone() + c);
+                        kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kv)));
+                    });
+                    let mut sc = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
+                    if let Some((mb, md, st)) = &mask {
+                        let coords = [bi.clone(), hi.clone(), si.clone(), j.clone()];
+                        let at = super::offset(kb, &coords, st);
+                        sc = b(BinOp::Add, sc, load_elem(kb, *mb, *md, at));
+                    }
+                    let sc = kb.let_("sc", sc);
+                    kb.store(scores, jj, sc.clone());
+                    kb.assign(bm, Expr::Var(bm).max(sc));
+                });
+                // A tile of masked keys only (-inf) contributes nothing.
+                kb.if_(Expr::Var(bm).ne_(ninf()), |kb| {
+                    let mn = kb.let_("mn", Expr::Var(m).max(Expr::Var(bm)));
+                    let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
+                    kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
+                    kb.for_("c", 0, dv, v8, |kb, c| {
+                        let a = b(BinOp::Mul, Expr::load(acc, c.clone()), corr.clone());
+                        kb.store(acc, c, a);
+                    });
+                    kb.for_("jj", 0, jn.clone(), LoopTag::Serial, |kb, jj| {
+                        let p = kb.let_(
+                            "p",
+                            exp(b(BinOp::Sub, Expr::load(scores, jj.clone()), mn.clone())),
+                        );
+                        kb.assign(l, b(BinOp::Add, Expr::Var(l), p.clone()));
+                        let vrow = kb.let_("vrow", (kvbase.clone() + j0.clone() + jj.clone()) * dv);
+                        kb.for_("c", 0, dv, v8, |kb, c| {
+                            let vv = load_elem(kb, ib[2], v.dtype, vrow.clone() + c.clone());
+                            let a = Expr::load(acc, c.clone());
+                            kb.store(acc, c, b(BinOp::Add, a, b(BinOp::Mul, p.clone(), vv)));
+                        });
+                    });
+                    kb.assign(m, mn);
+                });
+            });
+            let inv = kb.let_(
+                "inv",
+                Expr::select(
+                    Expr::Var(l).ne_(fconst(0.0, t)),
+                    b(BinOp::Div, fconst(1.0, t), Expr::Var(l)),
+                    fconst(0.0, t),
+                ),
+            );
+            let orow = kb.let_("orow", qi * dv);
+            kb.for_("c", 0, dv, v8, |kb, c| {
+                let y = b(BinOp::Mul, Expr::load(acc, c.clone()), inv.clone());
+                let y = to_storage(kb, ob[0], y);
+                kb.store(ob[0], orow.clone() + c, y);
+            });
+        });
+    });
+    kb.finish()
+}

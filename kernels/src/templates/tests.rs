@@ -1081,3 +1081,63 @@ fn resize_modes() {
         0.0,
     );
 }
+
+#[test]
+fn flash_attention_matches_the_reference() {
+    let mut r = Rng::new(12);
+    // GQA (4 query heads over 2 kv heads), 7 keys: tiles of 1, 2, 3 and 64 keys give
+    // full, partial and single tiles.
+    let q = r.tensor(F, &[2, 4, 3, 5], 1.0);
+    let k = r.tensor(F, &[2, 2, 7, 5], 1.0);
+    let v = r.tensor(F, &[2, 2, 7, 3], 1.0);
+    let mut mv = Vec::new();
+    for i in 0..21 {
+        mv.push(match i % 5 {
+            0 => f64::NEG_INFINITY,
+            1 => -1.5,
+            _ => 0.25 * (i % 3) as f64,
+        });
+    }
+    let mask = llmc_ir::Tensor::from_f64(F, vec![3, 7], mv);
+    let qt = tt(F, &["2", "4", "seq", "5"]);
+    let kt = tt(F, &["2", "2", "t", "5"]);
+    let vt = tt(F, &["2", "2", "t", "3"]);
+    for block_k in [1, 2, 3, 64] {
+        for causal in [false, true] {
+            let a = attrs([
+                ("scale", Attr::Float(0.45)),
+                ("causal", Attr::Bool(causal)),
+                ("block_k", Attr::Int(block_k)),
+            ]);
+            let base = [
+                (qt.clone(), q.clone()),
+                (kt.clone(), k.clone()),
+                (vt.clone(), v.clone()),
+            ];
+            check(Op::FlashAttention, a.clone(), &base, 1e-5, 1e-5);
+            let mut masked = base.to_vec();
+            masked.push((tt(F, &["seq", "t"]), mask.clone()));
+            check(Op::FlashAttention, a, &masked, 1e-5, 1e-5);
+        }
+    }
+    // More queries than keys: early queries see no key under the causal rule (zeros).
+    let q6 = r.tensor(F, &[1, 2, 9, 5], 1.0);
+    let k1 = r.tensor(F, &[1, 1, 4, 5], 1.0);
+    let v1 = r.tensor(F, &[1, 1, 4, 3], 1.0);
+    let a = attrs([
+        ("scale", Attr::Float(0.5)),
+        ("causal", Attr::Bool(true)),
+        ("block_k", Attr::Int(2)),
+    ]);
+    check(
+        Op::FlashAttention,
+        a,
+        &[
+            (tt(F, &["1", "2", "9", "5"]), q6),
+            (tt(F, &["1", "1", "t", "5"]), k1),
+            (tt(F, &["1", "1", "t", "3"]), v1),
+        ],
+        1e-5,
+        1e-5,
+    );
+}

@@ -121,6 +121,19 @@ pub fn run(module: &mut Module) -> Result<bool, EgraphError> {
     Ok(changed)
 }
 
+/// The pass as the pass manager runs it (`egraph` in the `-O3` pipeline).
+pub fn pass(
+    module: &mut Module,
+    _cx: &crate::PassContext,
+) -> Result<crate::Changed, crate::PassError> {
+    run(module)
+        .map(crate::Changed::from)
+        .map_err(|e| crate::PassError::Pass {
+            pass: "egraph".into(),
+            msg: e.to_string(),
+        })
+}
+
 /// The pass with explicit bounds; also returns what it did.
 pub fn run_with(module: &mut Module, opts: &Options) -> Result<(bool, Report), EgraphError> {
     let start = Instant::now();
