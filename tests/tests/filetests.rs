@@ -699,7 +699,7 @@ fn compare_runs(text: &str, m: &Module, opt: &Module, name: &str) -> Result<(), 
     let (mut atol, mut rtol) = (0.0, 0.0);
     for (i, l) in text.lines().enumerate() {
         if let Some(spec) = l.trim_start().strip_prefix("; tolerance:") {
-            let e = parse_expect(&format!("%t = dense<f32[]: 0.0> {spec}"), name)
+            let e = parse_expect(&format!("%t = dense<f32[]: [0.0]> {spec}"), name)
                 .map_err(|e| fail(format!("{name}:{}: {e}", i + 1)))?;
             (atol, rtol) = (e.atol, e.rtol);
         }

@@ -290,8 +290,8 @@ pub fn store(
     Ok(())
 }
 
-/// A transpose of an f32 weight with data is done now: the result is a new weight
-/// (`NAME.T`) and its value. `None` leaves the node to run.
+/// A transpose of an f32 weight with data, or of a constant, is done now: the result is
+/// a new weight (`NAME.T`) or a new constant. `None` leaves the node to run.
 fn fold_weight(
     m: &mut Module,
     g: &mut Graph,
@@ -299,45 +299,70 @@ fn fold_weight(
     ins: &[ValueId],
     attrs: &llmc_ir::Attrs,
 ) -> Option<ValueId> {
-    if op != llmc_ir::Op::Transpose {
+    use llmc_ir::{Attr, DType, Op};
+    if op != Op::Transpose {
         return None;
     }
     let [x] = ins else { return None };
-    let ValueDef::Weight(wid) = g.value(*x).def else {
-        return None;
-    };
-    let w = m.weights.get(wid.0 as usize)?;
-    if w.dtype != llmc_ir::DType::F32 {
-        return None;
-    }
-    let shape: Vec<usize> = w
-        .shape
-        .as_consts()?
-        .into_iter()
-        .map(|d| usize::try_from(d).ok())
-        .collect::<Option<_>>()?;
-    let t = llmc_ir::interp::weight_tensor(w.dtype, &shape, w.data.bytes()?).ok()?;
     let mut ctx = llmc_ir::interp::EvalCtx::default();
-    let out = op.eval(&[&t], attrs, &mut ctx).ok()?.into_iter().next()?;
-    let bytes: Vec<u8> = out
-        .to_f64()
-        .iter()
-        .flat_map(|&v| (v as f32).to_le_bytes())
-        .collect();
-    let name = format!("{}.T", w.name);
-    let new_shape = llmc_ir::Shape::of(&out.shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
-    let wid = llmc_ir::WeightId(m.weights.len() as u32);
-    m.weights.push(llmc_ir::Weight {
-        name: name.clone(),
-        dtype: llmc_ir::DType::F32,
-        shape: new_shape.clone(),
-        data: llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes)),
-    });
-    Some(g.add_value(
-        name,
-        TensorType::new(llmc_ir::DType::F32, new_shape),
-        ValueDef::Weight(wid),
-    ))
+    match g.value(*x).def.clone() {
+        ValueDef::Weight(wid) => {
+            let w = m.weights.get(wid.0 as usize)?;
+            if w.dtype != DType::F32 {
+                return None;
+            }
+            let shape: Vec<usize> = w
+                .shape
+                .as_consts()?
+                .into_iter()
+                .map(|d| usize::try_from(d).ok())
+                .collect::<Option<_>>()?;
+            let t = llmc_ir::interp::weight_tensor(w.dtype, &shape, w.data.bytes()?).ok()?;
+            let out = op.eval(&[&t], attrs, &mut ctx).ok()?.into_iter().next()?;
+            let bytes: Vec<u8> = out
+                .to_f64()
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect();
+            let name = format!("{}.T", w.name);
+            let dims: Vec<i64> = out.shape.iter().map(|&d| d as i64).collect();
+            let new_shape = llmc_ir::Shape::of(&dims);
+            let wid = llmc_ir::WeightId(m.weights.len() as u32);
+            m.weights.push(llmc_ir::Weight {
+                name: name.clone(),
+                dtype: DType::F32,
+                shape: new_shape.clone(),
+                data: llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes)),
+            });
+            Some(g.add_value(
+                name,
+                TensorType::new(DType::F32, new_shape),
+                ValueDef::Weight(wid),
+            ))
+        }
+        ValueDef::Node(nid, 0) => {
+            let n = g.nodes.get(nid.0 as usize)?;
+            let Some(Attr::Tensor(t)) = n.attrs.get("value").filter(|_| n.op == Op::Constant)
+            else {
+                return None;
+            };
+            let out = op.eval(&[t], attrs, &mut ctx).ok()?.into_iter().next()?;
+            let name = format!("{}.T", g.value(*x).name);
+            let mut a = llmc_ir::Attrs::new();
+            a.insert("value".into(), Attr::Tensor(out));
+            let ty = Op::Constant.infer(&[], &a).ok()?.into_iter().next()?;
+            let id = NodeId(g.nodes.len() as u32);
+            let v = g.add_value(name, ty, ValueDef::Node(id, 0));
+            g.nodes.push(Node {
+                op: Op::Constant,
+                inputs: Vec::new(),
+                outputs: vec![v],
+                attrs: a,
+            });
+            Some(v)
+        }
+        _ => None,
+    }
 }
 
 /// Preferred names: the first original value (in graph order) each class held.
