@@ -832,3 +832,36 @@ fn run_rejects_bad_sampling_flags_and_non_decoders() {
         assert_user_error(&o, &["top_p"]);
     }
 }
+
+#[test]
+fn explain_fusion_names_what_blocked_each_candidate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let run = |file: &str| {
+        let model = root.join("tests/filetests/optimize").join(file);
+        let o = llmc(&[
+            "build",
+            model.to_str().unwrap(),
+            "-O3",
+            "--explain-fusion",
+            "--emit",
+            "llmc-ir",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let e = run("attention/wrong-axis.llmc");
+    assert!(
+        e.contains("attention candidate %p (softmax)")
+            && e.contains("softmax over axis 2; attention needs the last axis (3)"),
+        "{e}"
+    );
+    let e = run("fusion/rms-norm-wrong-axis.llmc");
+    assert!(e.contains("reduce_mean over axes [1]"), "{e}");
+    // Fused: nothing to explain.
+    let e = run("attention/bert.llmc");
+    assert!(!e.contains("explain-fusion"), "{e}");
+}
