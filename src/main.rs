@@ -109,6 +109,9 @@ struct BuildArgs {
     /// Run the verifier after every pass.
     #[arg(long)]
     verify_each: bool,
+    /// Report activation buffers and peak activation bytes before/after buffer reuse.
+    #[arg(long)]
+    report_memory: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -344,10 +347,22 @@ fn build(a: &BuildArgs) -> Result<()> {
     if has(BuildEmit::Obj) {
         wrote("o", b.compiled.object.as_deref())?;
     }
-    b.planned
-        .plan
-        .info
-        .push(("passes".into(), report.pass_names()));
+    if a.time_passes || a.report_memory {
+        eprint!("{}", b.planned.memory);
+    }
+    let mem = &b.planned.memory;
+    let peak: Vec<String> = mem
+        .bytes
+        .iter()
+        .map(|(bind, _, _, after)| format!("{bind}: {after} B"))
+        .collect();
+    let info = &mut b.planned.plan.info;
+    info.push(("passes".into(), report.pass_names()));
+    info.push((
+        "activation_buffers".into(),
+        format!("{} (from {})", mem.buffers_after, mem.buffers_before),
+    ));
+    info.push(("peak_activation_bytes".into(), peak.join(", ")));
     if has(BuildEmit::Exe) {
         llmc_backend::link_build(&b, &out).with_context(|| format!("linking {}", out.display()))?;
         let size = std::fs::metadata(&out).map(|md| md.len()).unwrap_or(0);
