@@ -100,3 +100,6 @@ pub enum PassError {
         msg: String,
     },
 }
+
+#[cfg(test)]
+mod tests;
