@@ -577,8 +577,12 @@ fn reuse_buffers(
     let temp = |b: usize| buffers[b].source == Source::Temp && first[b] != usize::MAX;
     let before_map: Vec<u32> = (0..n as u32).collect();
     let mut map: Vec<u32> = (0..n as u32).collect();
-    // Free slots by (dtype, shape): (slot, step of its last use).
-    let mut pool: HashMap<String, Vec<u32>> = HashMap::new();
+    // Free slots by (dtype, shape), most recently freed last: (slot, step of its last
+    // use). A slot stays allocated between its holders, so it is only taken over
+    // within `REUSE_WINDOW` steps of its release: a longer idle gap would hold memory
+    // the runtime would otherwise have freed, and raise the peak.
+    const REUSE_WINDOW: usize = 1;
+    let mut pool: HashMap<String, Vec<(u32, usize)>> = HashMap::new();
     let mut slot_last: HashMap<u32, usize> = HashMap::new();
     let mut by_first: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
     let mut by_last: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
@@ -588,7 +592,19 @@ fn reuse_buffers(
     let key = |b: usize| format!("{:?} {:?}", buffers[b].dtype, buffers[b].shape);
     for i in 0..steps.len() {
         for &b in &by_first[i] {
-            let slot = pool.get_mut(&key(b)).and_then(|v| v.pop());
+            let free = pool.get_mut(&key(b));
+            let slot = match free {
+                Some(v) => match v.pop() {
+                    Some((slot, at)) if i - at <= REUSE_WINDOW => Some(slot),
+                    // The most recent is too old, so all are.
+                    Some(_) => {
+                        v.clear();
+                        None
+                    }
+                    None => None,
+                },
+                None => None,
+            };
             let slot = slot.unwrap_or(b as u32);
             map[b] = slot;
             slot_last.insert(slot, last[b]);
@@ -599,7 +615,7 @@ fn reuse_buffers(
         // Slots whose holder was last used at step i are free for steps after i.
         for &slot in &by_last[i] {
             if slot_last.get(&(slot as u32)) == Some(&i) {
-                pool.entry(key(slot)).or_default().push(slot as u32);
+                pool.entry(key(slot)).or_default().push((slot as u32, i));
             }
         }
     }
