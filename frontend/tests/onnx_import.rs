@@ -919,6 +919,29 @@ fn initializer_byte_length_must_match_its_shape() {
         };
     }
     has(&err(&m), &["tensor `w`", "negative dim -1"]);
+    // A lying header: 2^40 elements claimed over one stored value is an error, not a
+    // 4 TiB allocation (the test would abort if the loader sized by the dims).
+    if let Some(g) = m.graph.as_mut() {
+        g.initializer[0] = TensorProto {
+            float_data: vec![1.0],
+            ..tensor("w", DataType::FLOAT, &[1 << 20, 1 << 20])
+        };
+    }
+    has(
+        &err(&m),
+        &[
+            "tensor `w`",
+            "float_data has 1 elements",
+            "needs 1099511627776",
+        ],
+    );
+    if let Some(g) = m.graph.as_mut() {
+        g.initializer[0] = TensorProto {
+            raw_data: vec![0; 4],
+            ..tensor("w", DataType::FLOAT, &[1 << 40, 1 << 40])
+        };
+    }
+    has(&err(&m), &["tensor `w`", "too many elements"]);
 }
 
 #[test]
