@@ -1073,6 +1073,33 @@ fn initializer_byte_length_must_match_its_shape() {
 }
 
 #[test]
+fn operands_of_the_wrong_rank_are_errors_not_panics() {
+    // Found by the fuzzer (fuzz/fuzz_targets/onnx_loader.rs): a 4-D Q with a 3-D K
+    // indexed past K's dims.
+    let g = graph(
+        vec![node("Attention", "attn", &["q", "k", "v"], &["y"], vec![])],
+        vec![],
+        vec![
+            vi("q", DataType::FLOAT, &[D::N(1), D::N(2), D::N(3), D::N(4)]),
+            vi("k", DataType::FLOAT, &[D::N(1), D::N(3), D::N(8)]),
+            vi("v", DataType::FLOAT, &[D::N(1), D::N(3), D::N(8)]),
+        ],
+        vec![vi(
+            "y",
+            DataType::FLOAT,
+            &[D::N(1), D::N(2), D::N(3), D::N(4)],
+        )],
+    );
+    has(
+        &err(&model(g, 23)),
+        &[
+            "node 0 `attn` (Attention, domain ai.onnx, opset 23)",
+            "K must be [batch, heads, seq, head_size], got f32[1, 3, 8]",
+        ],
+    );
+}
+
+#[test]
 fn non_constant_operand_names_the_node_and_input() {
     let g = graph(
         vec![
