@@ -15,6 +15,7 @@ folder per export:
   <case>/torch/<NAME>.npy    PyTorch's outputs on the same inputs (a sanity check of
                              the export itself; the Rust test compares with ort/)
   <case>/case.json           versions, opset, input/output names, max |ort - torch|
+  <case>/sample2/{inputs,ort}/  a second input set of other sizes and ORT's outputs
 
 Cases:
   minilm           all-MiniLM-L6-v2 as BertModel: input_ids, attention_mask,
@@ -322,6 +323,50 @@ CASES = {
 }
 
 
+def second_inputs(name: str) -> dict:
+    """Inputs of other sizes than the export's (the graph must not be specialised to
+    them): one unpadded row of another length; for the cache, one decode step after 3
+    cached tokens."""
+    if name == "minilm":
+        ids = np.array([[101, 7592, 2088, 999, 102, 2023, 102]], dtype=np.int64)
+        return {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids),
+        }
+    if name == "smollm2-prefill":
+        ids = np.array([PROMPT_A + [12, 2389]], dtype=np.int64)
+        return {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None, :],
+        }
+    import torch
+
+    model = load_smollm2()
+    with torch.no_grad():
+        pre = model(input_ids=torch.tensor([PROMPT_B], dtype=torch.int64), use_cache=True)
+    inputs = {
+        "input_ids": np.array([[4649]], dtype=np.int64),
+        "attention_mask": np.ones((1, 4), dtype=np.int64),
+        "position_ids": np.array([[3]], dtype=np.int64),
+    }
+    for i in range(model.config.num_hidden_layers):
+        layer = pre.past_key_values.layers[i]
+        inputs[f"past_key_values.{i}.key"] = layer.keys.numpy()
+        inputs[f"past_key_values.{i}.value"] = layer.values.numpy()
+    return inputs
+
+
+def write_second_sample(case: Path) -> None:
+    """`<case>/sample2/{inputs,ort}/`: onnxruntime on [`second_inputs`]."""
+    inputs = second_inputs(case.name)
+    outs = run_ort(case / "model.onnx", inputs)
+    save_npys(case / "sample2" / "inputs", inputs)
+    save_npys(case / "sample2" / "ort", outs)
+    print(f"onnx_exports: {case.name}: second sample written")
+
+
 def check_llmc(llmc: str, engine: str, only: list) -> int:
     """Runs `llmc exec` on every export present and prints the errors against ORT."""
     worst = 0
@@ -332,31 +377,40 @@ def check_llmc(llmc: str, engine: str, only: list) -> int:
             print(f"{name}: not exported (run without --check-llmc first)")
             continue
         info = json.loads(info_path.read_text())
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [llmc, "exec", str(case / "model.onnx"), "--engine", engine, "--output-dir", tmp]
-            for i in info["inputs"]:
-                cmd += ["--input", f"{i}={case / 'inputs' / (i + '.npy')}"]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                print(f"{name}: llmc exec failed:\n{r.stderr}")
+        for sample in [case, case / "sample2"]:
+            if (sample / "ort").is_dir():
+                worst |= check_sample(llmc, engine, case, sample, info)
+    return worst
+
+
+def check_sample(llmc: str, engine: str, case: Path, sample: Path, info: dict) -> int:
+    """`llmc exec` on one sample's inputs; prints each output's errors against ORT."""
+    worst = 0
+    name = case.name if sample == case else f"{case.name}/{sample.name}"
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [llmc, "exec", str(case / "model.onnx"), "--engine", engine, "--output-dir", tmp]
+        for i in info["inputs"]:
+            cmd += ["--input", f"{i}={sample / 'inputs' / (i + '.npy')}"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"{name}: llmc exec failed:\n{r.stderr}")
+            return 1
+        for o in info["outputs"]:
+            ref = np.load(sample / "ort" / f"{o}.npy").astype(np.float64)
+            got = np.load(Path(tmp) / f"{o}.npy").astype(np.float64)
+            if ref.shape != got.shape:
+                print(f"{name}/{o}: shape {got.shape}, ORT has {ref.shape}")
                 worst = 1
                 continue
-            for o in info["outputs"]:
-                ref = np.load(case / "ort" / f"{o}.npy").astype(np.float64)
-                got = np.load(Path(tmp) / f"{o}.npy").astype(np.float64)
-                if ref.shape != got.shape:
-                    print(f"{name}/{o}: shape {got.shape}, ORT has {ref.shape}")
-                    worst = 1
-                    continue
-                err = np.abs(got - ref)
-                # Relative error where it means something: elements with |ref| >= 0.01.
-                big = np.abs(ref) >= 1e-2
-                rel = float(np.max(err[big] / np.abs(ref[big]))) if big.any() else 0.0
-                scale = float(np.max(np.abs(ref)))
-                print(
-                    f"{name}/{o} [{engine}]: max abs {float(err.max()):.3e}, "
-                    f"max rel {rel:.3e} (|ref| >= 0.01), max |ref| {scale:.3e}"
-                )
+            err = np.abs(got - ref)
+            # Relative error where it means something: elements with |ref| >= 0.01.
+            big = np.abs(ref) >= 1e-2
+            rel = float(np.max(err[big] / np.abs(ref[big]))) if big.any() else 0.0
+            scale = float(np.max(np.abs(ref)))
+            print(
+                f"{name}/{o} [{engine}]: max abs {float(err.max()):.3e}, "
+                f"max rel {rel:.3e} (|ref| >= 0.01), max |ref| {scale:.3e}"
+            )
     return worst
 
 
@@ -377,8 +431,10 @@ def main() -> int:
         case = exports_dir() / name
         if (case / "case.json").exists() and not a.force:
             print(f"onnx_exports: {name}: present, skipped (--force to redo)")
-            continue
-        CASES[name](case)
+        else:
+            CASES[name](case)
+        if a.force or not (case / "sample2" / "ort").is_dir():
+            write_second_sample(case)
     return 0
 
 

@@ -5,7 +5,8 @@
 //! to `.cache/onnx-exports/<case>/` (`$LLMC_ONNX_EXPORTS` overrides); torch is heavy,
 //! so CI does not run it, and each test here skips with a message when its case is
 //! absent. Each case is imported with `llmc_frontend::onnx::load`, run in the reference
-//! interpreter and, compiled for the CPU, through the backend, on the recorded inputs;
+//! interpreter and, compiled for the CPU, through the backend, on the recorded inputs
+//! (the export's sample and `sample2/`, other sizes);
 //! every output must match onnxruntime elementwise within `atol + rtol * |ort|` (the
 //! tolerances per case are in `CASES`, with why).
 
@@ -132,13 +133,18 @@ fn inputs_for(m: &Module, dir: &Path) -> Vec<Tensor> {
 fn compare(case: &Case, m: &Module, dir: &Path, outs: &[Tensor], engine: &str) {
     let g = &m.graph;
     assert_eq!(outs.len(), g.outputs.len());
+    let label = if dir.ends_with("sample2") {
+        format!("{}/sample2", case.name)
+    } else {
+        case.name.to_string()
+    };
     let mut bad = Vec::new();
     let (mut worst_abs, mut worst_rel) = (0f64, 0f64);
     for (&v, got) in g.outputs.iter().zip(outs) {
         let name = &g.value(v).name;
         let want = read_npy(&dir.join("ort").join(format!("{name}.npy")));
-        assert_eq!(got.shape, want.shape, "{}/{name}: shape", case.name);
-        assert_eq!(got.dtype, DType::F32, "{}/{name}: dtype", case.name);
+        assert_eq!(got.shape, want.shape, "{label}/{name}: shape");
+        assert_eq!(got.dtype, DType::F32, "{label}/{name}: dtype");
         let (mut max_abs, mut max_rel, mut over) = (0f64, 0f64, 0usize);
         for (g, w) in got.to_f64().into_iter().zip(want.to_f64()) {
             let d = (g - w).abs();
@@ -161,7 +167,7 @@ fn compare(case: &Case, m: &Module, dir: &Path, outs: &[Tensor], engine: &str) {
     println!(
         "{} [{engine}]: {} outputs, max abs {worst_abs:.3e}, max rel {worst_rel:.3e} (|ort| >= 0.01) \
          (tolerance {:.0e} + {:.0e} * |ort|)",
-        case.name,
+        label,
         outs.len(),
         case.atol,
         case.rtol
@@ -169,7 +175,7 @@ fn compare(case: &Case, m: &Module, dir: &Path, outs: &[Tensor], engine: &str) {
     assert!(
         bad.is_empty(),
         "{} [{engine}] differs from onnxruntime:\n{}",
-        case.name,
+        label,
         bad.join("\n")
     );
 }
@@ -181,27 +187,41 @@ fn case(name: &str) -> &'static Case {
         .expect("case listed in CASES")
 }
 
+/// The recorded input sets of a case: the export's own and, when written,
+/// `sample2/` (other sizes: the import must not be specialised to the first).
+fn samples(dir: &Path) -> Vec<PathBuf> {
+    [dir.to_path_buf(), dir.join("sample2")]
+        .into_iter()
+        .filter(|d| d.join("ort").is_dir())
+        .collect()
+}
+
 fn check_interp(name: &str) {
     let c = case(name);
     let Some(dir) = case_dir(name) else { return };
     let m = onnx::load(&dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let inputs = inputs_for(&m, &dir);
-    let outs = Interpreter::new(&m)
-        .run(&inputs)
-        .unwrap_or_else(|e| panic!("{name}: interpreter: {e}"));
-    compare(c, &m, &dir, &outs, "interp");
+    for sample in samples(&dir) {
+        let inputs = inputs_for(&m, &sample);
+        let outs = Interpreter::new(&m)
+            .run(&inputs)
+            .unwrap_or_else(|e| panic!("{}: interpreter: {e}", sample.display()));
+        compare(c, &m, &sample, &outs, "interp");
+    }
 }
 
 fn check_cpu(name: &str) {
     let c = case(name);
     let Some(dir) = case_dir(name) else { return };
     let m = onnx::load(&dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let inputs = inputs_for(&m, &dir);
+    let samples = samples(&dir);
+    let runs: Vec<Vec<Tensor>> = samples.iter().map(|s| inputs_for(&m, s)).collect();
     let opts = llmc_backend::BuildOptions::default();
-    let mut runs = llmc_backend::run::run_compiled(&m, &opts, &[inputs])
+    let outs = llmc_backend::run::run_compiled(&m, &opts, &runs)
         .unwrap_or_else(|e| panic!("{name}: compiled run: {e}"));
-    let outs = runs.pop().expect("one run");
-    compare(c, &m, &dir, &outs, "cpu");
+    assert_eq!(outs.len(), samples.len(), "{name}: one result per run");
+    for (sample, outs) in samples.iter().zip(&outs) {
+        compare(c, &m, sample, outs, "cpu");
+    }
 }
 
 #[test]
