@@ -57,6 +57,13 @@ fn parse_generate(args: &[String]) -> Result<crate::generate::GenerateOptions, S
         }
     }
     o.prompt = prompt.ok_or_else(|| format!("generate needs --prompt TEXT\n{USAGE}"))?;
+    // Out-of-range settings are named by their flag, before the model loads.
+    o.sampler.validate().map_err(|e| match &e {
+        crate::sampler::SamplerError::Setting { name, .. } => {
+            format!("--{}: {e}", name.replace('_', "-"))
+        }
+        _ => e.to_string(),
+    })?;
     Ok(o)
 }
 

@@ -426,7 +426,11 @@ fn bad_flags_to_the_executable_are_named() {
     );
     assert_user_error(
         &run(&["generate", "--prompt", "x", "--top-p", "7"]),
-        &["top_p"],
+        &["--top-p", "top_p = 7", "(0, 1]"],
+    );
+    assert_user_error(
+        &run(&["generate", "--prompt", "x", "--temperature", "nan"]),
+        &["--temperature", "finite"],
     );
     assert_user_error(&run(&["generate"]), &["generate needs --prompt"]);
     assert_user_error(&run(&["generate", "--prompt"]), &["--prompt needs"]);
