@@ -81,7 +81,12 @@ pub fn embed_texts(
     let n_inputs = model.plan().inputs.len();
     let mut out = Vec::with_capacity(texts.len());
     for (k, text) in texts.iter().enumerate() {
-        let which = || format!("--text #{} ({text:?})", k + 1);
+        let which = || {
+            // The text's start only: a long text would drown the message.
+            let head: String = text.chars().take(40).collect();
+            let more = if head.len() < text.len() { "..." } else { "" };
+            format!("--text #{} ({head:?}{more})", k + 1)
+        };
         let ids = tok
             .encode(text, true)
             .map_err(|e| format!("{}: {e}", which()))?;

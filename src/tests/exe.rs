@@ -399,6 +399,13 @@ fn embed_and_generate_refuse_the_wrong_kind_of_model() {
             .output()
             .unwrap();
         assert_user_error(&o, &["--output", "/no/such/dir/e.npy"]);
+        // Beyond the 512 positions: named, with the text's number.
+        let long = "word ".repeat(600);
+        let o = Command::new(exe)
+            .args(["embed", "--text", "fine", "--text", &long])
+            .output()
+            .unwrap();
+        assert_user_error(&o, &["--text #2", "limit of 512"]);
     }
     if let Some(exe) = smollm_exe() {
         let o = Command::new(exe)
