@@ -700,3 +700,93 @@ fn smollm_logits_agree_between_o0_and_o3() {
     assert_eq!(argmax(&o0[o0.len() - 49152..]), 7042);
     assert_eq!(argmax(&o3[o3.len() - 49152..]), 7042);
 }
+
+/// The folder of real ONNX exports (`scripts/onnx-exports` writes
+/// `<case>/model.onnx`, `<case>/inputs/NAME.npy` and onnxruntime's `<case>/ort/NAME.npy`).
+fn onnx_exports() -> Option<PathBuf> {
+    let dir = std::env::var_os("LLMC_ONNX_EXPORTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnx-exports"));
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipped: {} not found, run scripts/onnx-exports (needs torch; outside CI)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// The `.npy` files of `dir` as (name, path), sorted by name.
+fn npy_files(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.strip_suffix(".npy")?.to_string();
+            Some((name, p))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn onnx_export_executables_match_onnxruntime() {
+    let Some(root) = onnx_exports() else { return };
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.onnx").exists() && p.join("ort").is_dir())
+        .collect();
+    cases.sort();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        // Its own folder: the f32 SmolLM2 build is ~670 MB, removed after the case.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let exe = dir.path().join(&name);
+        let t0 = std::time::Instant::now();
+        let o = llmc(&[
+            "build",
+            case.join("model.onnx").to_str().unwrap(),
+            "-O3",
+            "-o",
+            exe.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let built = t0.elapsed().as_secs_f64();
+        // ./X run --input NAME=FILE.npy ... --output-dir out, alone, empty environment.
+        let mut cmd = Command::new(&exe);
+        cmd.arg("run").env_clear();
+        for (input, path) in npy_files(&case.join("inputs")) {
+            cmd.arg("--input")
+                .arg(format!("{input}={}", path.display()));
+        }
+        let out = dir.path().join("out");
+        let o = cmd.arg("--output-dir").arg(&out).output().unwrap();
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let want_outputs = npy_files(&case.join("ort"));
+        assert!(!want_outputs.is_empty(), "{name}: no onnxruntime outputs");
+        let mut worst = 0.0f64;
+        for (output, want_path) in &want_outputs {
+            let (ws, want) = read_npy::<f32>(want_path);
+            let (gs, got) = read_npy::<f32>(&out.join(format!("{output}.npy")));
+            assert_eq!(gs, ws, "{name}: output {output} shape");
+            let scale = want.iter().fold(1.0f64, |a, &x| a.max(f64::from(x).abs()));
+            let err = got.iter().zip(&want).fold(0.0f64, |a, (&g, &w)| {
+                a.max((f64::from(g) - f64::from(w)).abs())
+            });
+            // onnxruntime and torch differ by ~2e-6 of the scale on these models.
+            assert!(
+                err <= 1e-4 * scale,
+                "{name}: output {output} differs by {err:e} (scale {scale})"
+            );
+            worst = worst.max(err / scale);
+        }
+        eprintln!(
+            "{name}: built in {built:.1} s, {} output(s) match onnxruntime, worst error {worst:.2e} of the scale",
+            want_outputs.len()
+        );
+    }
+}
