@@ -7,7 +7,8 @@
 //!
 //! Each model is built once per test process (a build takes seconds to tens of
 //! seconds) into `CARGO_TARGET_TMPDIR`; tests needing a model from
-//! `scripts/fetch-models` print "skipped" when it is absent.
+//! `scripts/fetch-models` print "skipped" when it is absent, and so does the test of
+//! real ONNX exports (`scripts/onnx-exports`, `$LLMC_ONNX_EXPORTS`).
 
 use npyz::WriterBuilder;
 use std::path::{Path, PathBuf};
