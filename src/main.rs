@@ -330,6 +330,12 @@ fn build(a: &BuildArgs) -> Result<()> {
         print_after_change: a.print_ir_after_change,
         dump_dir: a.dump_dir.clone(),
     };
+    // Parameters of the model as imported (folding may add weights it derives).
+    let params: i64 = m
+        .weights
+        .iter()
+        .filter_map(|w| w.shape.checked_numel().and_then(|d| d.as_const()))
+        .sum();
     let report = optimize(&mut m, a.opt_level, a.passes.as_deref(), &inst)?;
     if a.time_passes {
         eprint!("{report}");
@@ -386,11 +392,6 @@ fn build(a: &BuildArgs) -> Result<()> {
         || a.model.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
     );
-    let params: i64 = m
-        .weights
-        .iter()
-        .filter_map(|w| w.shape.checked_numel().and_then(|d| d.as_const()))
-        .sum();
     b.planned.plan.info.extend([
         ("source".to_string(), source),
         (
@@ -402,10 +403,6 @@ fn build(a: &BuildArgs) -> Result<()> {
             },
         ),
         ("parameters".to_string(), params.to_string()),
-        (
-            "passes".to_string(),
-            "none (the optimizer's pipeline has not landed)".to_string(),
-        ),
     ]);
     let wrote = |ext: &str, bytes: Option<&[u8]>| -> Result<()> {
         if let Some(bytes) = bytes {
@@ -434,7 +431,15 @@ fn build(a: &BuildArgs) -> Result<()> {
         .map(|(bind, _, _, after)| format!("{bind}: {after} B"))
         .collect();
     let info = &mut b.planned.plan.info;
-    info.push(("passes".into(), report.pass_names()));
+    let names = report.pass_names();
+    info.push((
+        "passes".into(),
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names
+        },
+    ));
     info.push((
         "activation_buffers".into(),
         format!("{} (from {})", mem.buffers_after, mem.buffers_before),

@@ -494,7 +494,8 @@ fn info_describes_the_model_target_level_passes_and_sizes() {
     assert_eq!(info["opt_level"], "3");
     assert!(info["target"].starts_with("x86_64") || info["target"].starts_with("aarch64"));
     assert!(info["target"].contains("cpu="), "{}", info["target"]);
-    assert!(info["passes"].starts_with("none"), "{}", info["passes"]);
+    // The -O3 pipeline's passes, in order.
+    assert!(info["passes"].starts_with("fold,cse"), "{}", info["passes"]);
     assert_eq!(info["kind"], "sentence embedding model (embed)");
     // Parameters as `llmc inspect --emit summary` counts them.
     let o = llmc(&["inspect", m.to_str().unwrap(), "--emit", "summary"]);
@@ -517,7 +518,9 @@ fn info_describes_the_model_target_level_passes_and_sizes() {
     );
     assert_eq!(size, file);
     assert!(code + plan + data <= size && size - (code + plan + data) < 4096 + 40);
-    assert!(data >= 4 * count.parse::<u64>().unwrap());
+    // -O3 folds `slice(@embeddings.token_type_embeddings.weight)` (2 rows of 384) into
+    // the one row it reads, so the other row is not stored.
+    assert!(data + 4 * 384 >= 4 * count.parse::<u64>().unwrap());
     if let Some(exe) = smollm_exe() {
         let info = info_map(exe);
         assert_eq!(info["kind"], "language model (generate)");
