@@ -39,8 +39,11 @@ const O1: &[&str] = &["fold", "dce"];
 /// `-O2`: plus common subexpressions.
 const O2: &[&str] = &["fold", "cse", "dce"];
 /// `-O3`: everything. The e-graph pass (`egraph`: fusion, attention to
-/// flash_attention) takes its slot after `cse` once `passes/src/egraph` lands; the
-/// second `fold`/`dce` clean up what it leaves.
+/// flash_attention) takes its slot after `cse` once `passes/src/egraph` lands, as a
+/// `PASSES` entry `{ name: "egraph", run: egraph_pass }` with
+/// `fn egraph_pass(m, _ctx) = crate::egraph::run(m).map(Changed::from)` (its error
+/// mapped to `PassError::Pass { pass: "egraph", .. }`); `dce` then removes what it
+/// leaves behind.
 const O3: &[&str] = &["fold", "cse", /* egraph slot */ "dce"];
 
 /// The pass named `name`.
