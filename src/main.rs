@@ -113,6 +113,9 @@ struct BuildArgs {
     /// unfused, with the nearest pattern and what blocked it.
     #[arg(long)]
     explain_fusion: bool,
+    /// Report activation buffers and peak activation bytes before/after buffer reuse.
+    #[arg(long)]
+    report_memory: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -268,6 +271,55 @@ fn llm_info(m: &Module) -> Result<Option<llmc_runtime::plan::LlmInfo>> {
     }))
 }
 
+/// What `embed` in an emitted executable needs: the tokenizer and the encoder's inputs
+/// (`%ids`, optional `%mask` and `%pos`, nothing else) and its f32 `[batch, dim]`
+/// output (`%embedding`, or the only output). `None` for models without a tokenizer
+/// and for graphs of another shape.
+fn encoder_info(m: &Module) -> Result<Option<llmc_runtime::plan::EncoderInfo>> {
+    if m.info.tokenizer == llmc_ir::TokenizerSource::None || generate::find_io(m).is_ok() {
+        return Ok(None);
+    }
+    let g = &m.graph;
+    let (mut ids, mut mask, mut pos) = (None, None, None);
+    for (k, &v) in g.inputs.iter().enumerate() {
+        let val = g.value(v);
+        if val.ty.dtype != llmc_ir::DType::I64 || val.ty.shape.rank() != 2 {
+            return Ok(None);
+        }
+        let slot = match val.name.as_str() {
+            "ids" => &mut ids,
+            "mask" => &mut mask,
+            "pos" => &mut pos,
+            _ => return Ok(None),
+        };
+        *slot = Some(k as u32);
+    }
+    let Some(ids_input) = ids else {
+        return Ok(None);
+    };
+    let is_embedding = |v: &llmc_ir::ValueId| {
+        let t = &g.value(*v).ty;
+        t.dtype == llmc_ir::DType::F32 && t.shape.rank() == 2
+    };
+    let out = g
+        .outputs
+        .iter()
+        .position(|v| g.value(*v).name == "embedding")
+        .or(if g.outputs.len() == 1 { Some(0) } else { None });
+    let Some(out) = out.filter(|&k| g.outputs.get(k).is_some_and(is_embedding)) else {
+        return Ok(None);
+    };
+    let tok = generate::load_tokenizer(&m.info).context("loading the tokenizer")?;
+    Ok(Some(llmc_runtime::plan::EncoderInfo {
+        tokenizer_json: tok.to_json().context("serialising the tokenizer")?,
+        context_length: m.info.context_length,
+        ids_input,
+        mask_input: mask,
+        pos_input: pos,
+        embedding_output: out as u32,
+    }))
+}
+
 fn build(a: &BuildArgs) -> Result<()> {
     if a.target == Target::Cuda || a.cuda_arch.is_some() || a.emit.contains(&BuildEmit::Ptx) {
         bail!("llmc build --target cuda: the CUDA (NVPTX) backend is not available yet; use --target cpu");
@@ -282,6 +334,12 @@ fn build(a: &BuildArgs) -> Result<()> {
         print_after_change: a.print_ir_after_change,
         dump_dir: a.dump_dir.clone(),
     };
+    // Parameters of the model as imported (folding may add weights it derives).
+    let params: i64 = m
+        .weights
+        .iter()
+        .filter_map(|w| w.shape.checked_numel().and_then(|d| d.as_const()))
+        .sum();
     let report = optimize(&mut m, a.opt_level, a.passes.as_deref(), &inst)?;
     if a.time_passes {
         eprint!("{report}");
@@ -336,6 +394,25 @@ fn build(a: &BuildArgs) -> Result<()> {
     }
     let mut b = llmc_backend::compile_cpu(&m, &opts, want)
         .with_context(|| format!("compiling {}", a.model.display()))?;
+    if has(BuildEmit::Exe) {
+        b.planned.plan.encoder = encoder_info(&m)?;
+    }
+    let source = a.model.file_name().map_or_else(
+        || a.model.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    b.planned.plan.info.extend([
+        ("source".to_string(), source),
+        (
+            "architecture".to_string(),
+            if m.info.architecture.is_empty() {
+                "(plain graph)".to_string()
+            } else {
+                m.info.architecture.clone()
+            },
+        ),
+        ("parameters".to_string(), params.to_string()),
+    ]);
     let wrote = |ext: &str, bytes: Option<&[u8]>| -> Result<()> {
         if let Some(bytes) = bytes {
             let p = sibling(&out, ext);
@@ -353,10 +430,30 @@ fn build(a: &BuildArgs) -> Result<()> {
     if has(BuildEmit::Obj) {
         wrote("o", b.compiled.object.as_deref())?;
     }
-    b.planned
-        .plan
-        .info
-        .push(("passes".into(), report.pass_names()));
+    if a.time_passes || a.report_memory {
+        eprint!("{}", b.planned.memory);
+    }
+    let mem = &b.planned.memory;
+    let peak: Vec<String> = mem
+        .bytes
+        .iter()
+        .map(|(bind, _, _, after)| format!("{bind}: {after} B"))
+        .collect();
+    let info = &mut b.planned.plan.info;
+    let names = report.pass_names();
+    info.push((
+        "passes".into(),
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names
+        },
+    ));
+    info.push((
+        "activation_buffers".into(),
+        format!("{} (from {})", mem.buffers_after, mem.buffers_before),
+    ));
+    info.push(("peak_activation_bytes".into(), peak.join(", ")));
     if has(BuildEmit::Exe) {
         llmc_backend::link_build(&b, &out).with_context(|| format!("linking {}", out.display()))?;
         let size = std::fs::metadata(&out).map(|md| md.len()).unwrap_or(0);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub use link::LinkError;
 pub use llvm::{CodegenError, Compiled, CpuOptions, Want};
-pub use plan::{plan_module, Planned};
+pub use plan::{plan_module, MemoryReport, Planned};
 
 /// The runtime static library, embedded at build time.
 pub static RUNTIME_LIB: &[u8] = include_bytes!(env!("LLMC_RT_LIB"));

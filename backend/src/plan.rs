@@ -36,6 +36,8 @@ pub struct Planned<'m> {
     pub plan: Plan,
     /// The data section, in order.
     pub data: Vec<Piece<'m>>,
+    /// What memory planning (buffer reuse) did.
+    pub memory: MemoryReport,
 }
 
 impl Planned<'_> {
@@ -449,6 +451,7 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
             shape,
         });
     }
+    let memory = reuse_buffers(&b.buffers, &mut steps, &outputs, &b.symbols);
     // Free each temporary after the last step that touches it (outputs are kept).
     let mut last: HashMap<u32, usize> = HashMap::new();
     for (i, s) in steps.iter().enumerate() {
@@ -483,10 +486,200 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
         steps,
         info: Vec::new(),
         llm: None,
+        encoder: None,
     };
     Ok(Planned {
         kernels,
         plan,
         data: b.data,
+        memory,
     })
+}
+
+/// What buffer reuse did, and the activation memory it implies.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemoryReport {
+    /// Temporaries (activation buffers) before reuse: one per computed value.
+    pub buffers_before: usize,
+    /// Distinct temporaries after reuse.
+    pub buffers_after: usize,
+    /// `(binding, bytes if nothing were freed, peak live bytes before reuse, peak live
+    /// bytes after reuse)` for a few symbol bindings (`seq=1` decode, `seq=128` prefill;
+    /// `batch` = 1, `past` = 0, other symbols 1).
+    pub bytes: Vec<(String, u64, u64, u64)>,
+}
+
+impl std::fmt::Display for MemoryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "===== memory plan: {} activation buffers -> {} after reuse =====",
+            self.buffers_before, self.buffers_after
+        )?;
+        writeln!(
+            f,
+            "{:<12} {:>16} {:>18} {:>18}",
+            "binding", "no frees (B)", "peak before (B)", "peak after (B)"
+        )?;
+        for (bind, total, before, after) in &self.bytes {
+            writeln!(f, "{bind:<12} {total:>16} {before:>18} {after:>18}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every buffer a step touches.
+fn step_buffers(s: &Step) -> Vec<u32> {
+    match &s.kind {
+        StepKind::Kernel { bufs, .. } => bufs.clone(),
+        StepKind::KvAppend {
+            k, v, out_k, out_v, ..
+        } => vec![*k, *v, *out_k, *out_v],
+    }
+}
+
+/// Memory planning: liveness over the step order, then each temporary takes over a
+/// temporary of the same element type and shape (so the same size under every symbol
+/// binding) whose last use came strictly before the step that writes it. Graph outputs
+/// and the KV cache's results (they hold the cache's own storage) are never shared.
+/// Steps are rewritten to the shared ids; the frees computed afterwards release a
+/// shared buffer after its last holder's last use.
+fn reuse_buffers(
+    buffers: &[BufferDecl],
+    steps: &mut [Step],
+    outputs: &[IoDecl],
+    symbols: &[String],
+) -> MemoryReport {
+    let n = buffers.len();
+    let mut first = vec![usize::MAX; n];
+    let mut last = vec![0usize; n];
+    let mut pinned = vec![false; n];
+    for o in outputs {
+        if let Some(p) = pinned.get_mut(o.buffer as usize) {
+            *p = true;
+        }
+    }
+    for (i, s) in steps.iter().enumerate() {
+        if let StepKind::KvAppend { out_k, out_v, .. } = &s.kind {
+            for b in [*out_k, *out_v] {
+                if let Some(p) = pinned.get_mut(b as usize) {
+                    *p = true;
+                }
+            }
+        }
+        for b in step_buffers(s) {
+            let b = b as usize;
+            if b < n {
+                first[b] = first[b].min(i);
+                last[b] = i;
+            }
+        }
+    }
+    let temp = |b: usize| buffers[b].source == Source::Temp && first[b] != usize::MAX;
+    let before_map: Vec<u32> = (0..n as u32).collect();
+    let mut map: Vec<u32> = (0..n as u32).collect();
+    // Free slots by (dtype, shape), most recently freed last: (slot, step of its last
+    // use). A slot stays allocated between its holders, so it is only taken over
+    // within `REUSE_WINDOW` steps of its release: a longer idle gap would hold memory
+    // the runtime would otherwise have freed, and raise the peak.
+    const REUSE_WINDOW: usize = 1;
+    let mut pool: HashMap<String, Vec<(u32, usize)>> = HashMap::new();
+    let mut slot_last: HashMap<u32, usize> = HashMap::new();
+    let mut by_first: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    let mut by_last: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for b in (0..n).filter(|&b| temp(b) && !pinned[b]) {
+        by_first[first[b]].push(b);
+    }
+    let key = |b: usize| format!("{:?} {:?}", buffers[b].dtype, buffers[b].shape);
+    for i in 0..steps.len() {
+        for &b in &by_first[i] {
+            let free = pool.get_mut(&key(b));
+            let slot = match free {
+                Some(v) => match v.pop() {
+                    Some((slot, at)) if i - at <= REUSE_WINDOW => Some(slot),
+                    // The most recent is too old, so all are.
+                    Some(_) => {
+                        v.clear();
+                        None
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            let slot = slot.unwrap_or(b as u32);
+            map[b] = slot;
+            slot_last.insert(slot, last[b]);
+            if let Some(l) = by_last.get_mut(last[b]) {
+                l.push(slot as usize);
+            }
+        }
+        // Slots whose holder was last used at step i are free for steps after i.
+        for &slot in &by_last[i] {
+            if slot_last.get(&(slot as u32)) == Some(&i) {
+                pool.entry(key(slot)).or_default().push((slot as u32, i));
+            }
+        }
+    }
+    for s in steps.iter_mut() {
+        let remap = |b: &mut u32| {
+            if let Some(&m) = map.get(*b as usize) {
+                *b = m;
+            }
+        };
+        match &mut s.kind {
+            StepKind::Kernel { bufs, .. } => bufs.iter_mut().for_each(remap),
+            StepKind::KvAppend {
+                k, v, out_k, out_v, ..
+            } => [k, v, out_k, out_v].into_iter().for_each(remap),
+        }
+    }
+    let temps: Vec<usize> = (0..n).filter(|&b| temp(b)).collect();
+    let after: std::collections::BTreeSet<u32> = temps.iter().map(|&b| map[b]).collect();
+    let mut bytes = Vec::new();
+    for seq in [1i64, 128] {
+        let syms: Vec<Option<i64>> = symbols
+            .iter()
+            .map(|s| match s.as_str() {
+                "seq" => Some(seq),
+                "past" => Some(0),
+                _ => Some(1),
+            })
+            .collect();
+        let size = |b: usize| -> u64 {
+            let d = &buffers[b];
+            let numel = d
+                .shape
+                .iter()
+                .try_fold(1u64, |a, p| a.checked_mul(p.eval(&syms)?.max(0) as u64));
+            numel.and_then(|n| d.dtype.bytes_for(n)).unwrap_or(0)
+        };
+        let total: u64 = temps.iter().map(|&b| size(b)).sum();
+        let peak = |m: &[u32]| -> u64 {
+            // A buffer (slot) is live from its first holder's write to its last use.
+            let mut span: HashMap<u32, (usize, usize)> = HashMap::new();
+            for &b in &temps {
+                let e = span.entry(m[b]).or_insert((first[b], last[b]));
+                e.0 = e.0.min(first[b]);
+                e.1 = e.1.max(last[b]);
+            }
+            let mut delta = vec![0i128; steps.len() + 1];
+            for (&slot, &(f, l)) in &span {
+                let sz = size(slot as usize) as i128;
+                delta[f] += sz;
+                delta[l + 1] -= sz;
+            }
+            let (mut cur, mut best) = (0i128, 0i128);
+            for d in delta {
+                cur += d;
+                best = best.max(cur);
+            }
+            best as u64
+        };
+        bytes.push((format!("seq={seq}"), total, peak(&before_map), peak(&map)));
+    }
+    MemoryReport {
+        buffers_before: temps.len(),
+        buffers_after: after.len(),
+        bytes,
+    }
 }

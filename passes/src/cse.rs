@@ -20,7 +20,7 @@ pub fn run(m: &mut Module, _ctx: &PassContext) -> Result<Changed, PassError> {
     let mut outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut keep = vec![true; g.nodes.len()];
+    let mut dead: Vec<usize> = Vec::new();
     for i in 0..g.nodes.len() {
         let n = &g.nodes[i];
         if n.op.flags().has(Flags::STATEFUL) {
@@ -62,10 +62,14 @@ pub fn run(m: &mut Module, _ctx: &PassContext) -> Result<Changed, PassError> {
             }
             repl.insert(d, o);
         }
-        keep[i] = false;
+        dead.push(i);
     }
-    if keep.iter().all(|&k| k) {
+    if dead.is_empty() {
         return Ok(Changed::No);
+    }
+    let mut keep = vec![true; g.nodes.len()];
+    for i in dead {
+        keep[i] = false;
     }
     compact(g, &keep, &repl);
     Ok(Changed::Yes)

@@ -31,7 +31,7 @@ struct Known {
 /// Runs constant folding.
 pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let mut known: HashMap<ValueId, Known> = HashMap::new();
-    let mut keep = vec![true; m.graph.nodes.len()];
+    let mut dead: Vec<usize> = Vec::new();
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
     let mut weight_names: HashSet<String> = m.weights.iter().map(|w| w.name.clone()).collect();
     let mut changed = false;
@@ -107,7 +107,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                 },
             );
             repl.insert(out, v);
-            keep[i] = false;
+            dead.push(i);
         } else {
             let node = &mut m.graph.nodes[i];
             node.op = Op::Constant;
@@ -126,6 +126,10 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
         changed = true;
     }
     if !repl.is_empty() {
+        let mut keep = vec![true; m.graph.nodes.len()];
+        for i in dead {
+            keep[i] = false;
+        }
         compact(&mut m.graph, &keep, &repl);
     }
     Ok(changed.into())

@@ -101,3 +101,6 @@ pub enum PassError {
         msg: String,
     },
 }
+
+#[cfg(test)]
+mod tests;

@@ -92,6 +92,9 @@ impl PassReport {
 impl fmt::Display for PassReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "===== pass execution timing report =====")?;
+        if self.rows.is_empty() {
+            return writeln!(f, "(no passes: -O0 or an empty --passes)");
+        }
         writeln!(
             f,
             "{:<4} {:<16} {:>10} {:>8} {:>8} {:>8}",
