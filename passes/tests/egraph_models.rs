@@ -201,3 +201,28 @@ fn onnx_exports_match_after_optimisation() {
         assert!(d <= 1e-6 * mag.max(1.0), "{file}: {d} vs {mag}");
     }
 }
+
+/// The exports of the ONNX conformance work (`<dir>/<case>/model.onnx`, dynamic batch
+/// and sequence; `smollm2-past` reads a KV cache given as inputs), found through
+/// `LLMC_ONNX_CASES`.
+#[test]
+fn onnx_case_exports() {
+    let Some(dir) = std::env::var_os("LLMC_ONNX_CASES").map(PathBuf::from) else {
+        eprintln!("skipped: LLMC_ONNX_CASES is not set");
+        return;
+    };
+    for (case, flash, norms, norm_op) in [
+        ("smollm2-prefill", 30, 61, Op::RmsNorm),
+        ("smollm2-past", 30, 61, Op::RmsNorm),
+        ("minilm", 6, 13, Op::LayerNorm),
+    ] {
+        let Some(mut m) = load(dir.join(case).join("model.onnx")) else {
+            continue;
+        };
+        optimise(case, &mut m);
+        assert_eq!(count(&m, Op::FlashAttention), flash, "{case}");
+        assert_eq!(count(&m, norm_op), norms, "{case}");
+        assert_eq!(count(&m, Op::Softmax), 0, "{case}");
+        assert_eq!(explain(&m).len(), 0, "{case}: {:?}", explain(&m));
+    }
+}
