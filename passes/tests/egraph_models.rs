@@ -6,7 +6,7 @@
 
 use llmc_ir::{Module, Op};
 use llmc_passes::egraph::{self, explain, Options};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn models() -> PathBuf {
@@ -204,13 +204,24 @@ fn onnx_exports_match_after_optimisation() {
 
 /// The exports of the ONNX conformance work (`<dir>/<case>/model.onnx`, dynamic batch
 /// and sequence; `smollm2-past` reads a KV cache given as inputs), found through
-/// `LLMC_ONNX_CASES`.
+/// `$LLMC_ONNX_EXPORTS` (default `.cache/onnx-exports`, written by `scripts/onnx-exports`).
 #[test]
 fn onnx_case_exports() {
-    let Some(dir) = std::env::var_os("LLMC_ONNX_CASES").map(PathBuf::from) else {
-        eprintln!("skipped: LLMC_ONNX_CASES is not set");
+    let dir = std::env::var_os("LLMC_ONNX_EXPORTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(".cache/onnx-exports")
+        });
+    if !dir.is_dir() {
+        eprintln!(
+            "skipped: no ONNX exports at {} (run scripts/onnx-exports)",
+            dir.display()
+        );
         return;
-    };
+    }
     for (case, flash, norms, norm_op) in [
         ("smollm2-prefill", 30, 61, Op::RmsNorm),
         ("smollm2-past", 30, 61, Op::RmsNorm),
