@@ -6,6 +6,7 @@
 //!                [--repetition-penalty R] [--seed S] [--chat]
 //! ./OUT run [--input NAME=FILE.npy]... [--output-dir DIR] [--then [--input ...]... [--output-dir DIR]]...
 //! ./OUT info
+//! ./OUT bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
 //! ```
 //!
 //! `run` executes the graph once per group (groups are separated by `--then`; the KV
@@ -24,7 +25,9 @@ const USAGE: &str = "usage:
   generate --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
            [--repetition-penalty R] [--seed S] [--chat]            generate text
   run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
-  info                                                             describe the model";
+  info                                                             describe the model
+  bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
+                                          prefill/decode tok/s, time to first token";
 
 fn parse_generate(args: &[String]) -> Result<crate::generate::GenerateOptions, String> {
     let mut o = crate::generate::GenerateOptions {
@@ -229,6 +232,14 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             let opts = parse_generate(&args[2..])?;
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::generate::generate(&mut model, &opts).map(|_| ())
+        }
+        "bench" => {
+            let (opts, threads) = crate::bench::parse(&args[2..])?;
+            if let Some(n) = threads {
+                crate::pool::set_num_threads(n);
+            }
+            let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
+            crate::bench::run(&mut model, &opts)
         }
         "info" => {
             info(&plan, data.len());

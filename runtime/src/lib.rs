@@ -5,6 +5,7 @@
 //! on the compiler crates.
 
 pub mod abi;
+pub mod bench;
 pub mod exe;
 pub mod exec;
 pub mod generate;

@@ -49,6 +49,16 @@ thread_local! {
 
 static POOL: OnceLock<Pool> = OnceLock::new();
 
+/// A thread count set by the command line before the pool starts (overrides
+/// `LLMC_NUM_THREADS`).
+static REQUESTED: OnceLock<usize> = OnceLock::new();
+
+/// Asks for `n` threads (workers + caller); only effective before the first parallel
+/// loop starts the pool. Returns whether the pool will use it.
+pub fn set_num_threads(n: usize) -> bool {
+    POOL.get().is_none() && REQUESTED.set(n.max(1)).is_ok()
+}
+
 /// How long an idle worker polls for the next job before blocking (decode runs
 /// hundreds of small parallel loops per token; a sleeping worker takes a scheduler
 /// wake-up to rejoin).
@@ -65,9 +75,14 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
-        let n = std::env::var("LLMC_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
+        let n = REQUESTED
+            .get()
+            .copied()
+            .or_else(|| {
+                std::env::var("LLMC_NUM_THREADS")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+            })
             .filter(|&v| v > 0)
             .unwrap_or_else(|| {
                 std::thread::available_parallelism()
