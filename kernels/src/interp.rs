@@ -231,7 +231,7 @@ impl Machine<'_> {
                             }
                         }
                     };
-                    let x = self.read(q.xq, xb * 32 + e, Ty::I8, bufs)?.i();
+                    let x = self.read(q.xq, (xb * 32 + e) * 2, Ty::I16, bufs)?.i();
                     dot += w * x;
                 }
                 let xd = self.read(q.xd, xb * 4, Ty::F32, bufs)?.f() as f32;

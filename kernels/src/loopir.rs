@@ -407,7 +407,7 @@ pub enum Stmt {
     /// GPU block barrier.
     Barrier,
     /// Block-quantized dot products of one weight row (GGUF blocks as stored) with
-    /// activation rows quantized to int8 blocks of 32 (see [`QDot`]).
+    /// activation rows quantized to int16 blocks of 32 (see [`QDot`]).
     QDot(Box<QDot>),
 }
 
@@ -444,7 +444,7 @@ impl QFmt {
 /// `accs[i] += Σ_b dot_b(i)` for one weight row and activation rows `i`, where block
 /// `b` of the weight row (at byte `w_off + b · block_bytes`) has scale `d`, minimum
 /// `m` (Q4_1; `-8 d` for Q4_0; none for Q8_0) and integer quants `q_e`, and the
-/// activation row's block `xb = x_blk[i] + b` has int8 values `xq[32 xb + e]`, scale
+/// activation row's block `xb = x_blk[i] + b` has int16 values `xq[32 xb + e]`, scale
 /// `xd[xb]` and `xs[xb] = xd[xb] Σ_e xq[32 xb + e]`:
 /// `dot_b(i) = (d · xd[xb]) · Σ_e q_e xq[32 xb + e]  +  m · xs[xb]`.
 /// The integer sums are exact; the float accumulation order is the backend's (it may
@@ -460,7 +460,7 @@ pub struct QDot {
     pub w_off: Expr,
     /// Blocks in the row.
     pub blocks: i64,
-    /// Activation quants (i8).
+    /// Activation quants (i16, at most 32767 in magnitude).
     pub xq: BufId,
     /// Activation block scales (f32).
     pub xd: BufId,
@@ -788,7 +788,7 @@ impl Kernel {
                         self.check_expr(e, defined, allocated)?;
                         self.index_ty(e)?;
                     }
-                    for (b, t) in [(q.xq, Ty::I8), (q.xd, Ty::F32), (q.xs, Ty::F32)] {
+                    for (b, t) in [(q.xq, Ty::I16), (q.xd, Ty::F32), (q.xs, Ty::F32)] {
                         let buf = self
                             .bufs
                             .get(b.0 as usize)

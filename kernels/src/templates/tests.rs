@@ -436,15 +436,24 @@ fn linear_float_and_quantized() {
             check_quant_linear(&x, rows, d, n, k, &wq, None);
             let b = r.tensor(F, &[n], 1.0);
             check_quant_linear(&x, rows, d, n, k, &wq, Some(&b));
+            // f64 activations keep the dequantizing tiles.
+            let x64 = llmc_ir::Tensor::from_f64(DType::F64, vec![rows, k], x.to_f64());
+            let xa = Arg::In(tt(DType::F64, &["seq", &k.to_string()]), x64);
+            check_args(
+                Op::Linear,
+                attrs([]),
+                &[xa, Arg::W(d, vec![n, k], wq)],
+                1e-9,
+                1e-9,
+            );
         }
     }
-    // Decode sizes (1-3 rows: int8 activations) and prefill sizes (dequantized tiles),
-    // row counts of several parallel chunks.
+    // Whole groups of 4 rows and partial ones, several parallel chunks of weight rows.
     for (rows, n, k) in [
         (1usize, 40usize, 64usize),
         (3, 17, 32),
         (4, 8, 96),
-        (6, 33, 64),
+        (9, 33, 64),
     ] {
         let x = r.tensor(F, &[rows, k], 1.0);
         for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
@@ -1090,9 +1099,8 @@ fn block_values(d: DType, blk: &[u8]) -> (f64, f64, Vec<i64>) {
     }
 }
 
-/// A quantized `linear`. From 4 rows on (prefill: dequantized tiles) the kernel must
-/// match the reference within 1e-5. Below (decode: activations quantized to int8 per
-/// block of 32, scale amax / 127, round half to even) it must match (a) the same
+/// A quantized `linear` of f32 activations, which it quantizes to int16 per block of
+/// 32 (scale amax / 32767, round half to even). It must match (a) the same
 /// quantized product computed here in f64 within 1e-5 of the sum of the terms'
 /// magnitudes (f32 accumulation), and (b) the exact f32 reference within the
 /// quantization bound Σ_e |w_e| · d_x / 2 per block, plus 1e-4.
@@ -1112,31 +1120,27 @@ fn check_quant_linear(
     if let Some(b) = bias {
         args.push(Arg::W(F, vec![n], f32_bytes(b)));
     }
-    if rows >= 4 {
-        check_args(Op::Linear, attrs([]), &args, 1e-5, 1e-5);
-        return;
-    }
     let (got, want, text) = run_args(Op::Linear, attrs([]), &args);
     assert!(
         text.contains("qdot"),
-        "{d}, {rows} rows: not the int8 path\n{text}"
+        "{d}, {rows} rows: not the integer path\n{text}"
     );
     let xv = x.to_f64();
     let bv = bias.map(|b| b.to_f64());
     let bb = d.block_bytes();
     let blocks = k / 32;
     for r in 0..rows {
-        // The activation row's int8 blocks.
+        // The activation row's int16 blocks.
         let mut xq = Vec::new();
         for b in 0..blocks {
             let xs: Vec<f32> = (0..32).map(|e| xv[r * k + b * 32 + e] as f32).collect();
             let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let id = if amax > 0.0 { 127f32 / amax } else { 0.0 };
+            let id = if amax > 0.0 { 32767f32 / amax } else { 0.0 };
             let q: Vec<i64> = xs
                 .iter()
                 .map(|v| (v * id).round_ties_even() as i64)
                 .collect();
-            xq.push(((amax / 127f32) as f64, q));
+            xq.push(((amax / 32767f32) as f64, q));
         }
         for j in 0..n {
             let (mut exact, mut mag, mut bound) = (0f64, 0f64, 0f64);
@@ -1159,7 +1163,7 @@ fn check_quant_linear(
             let w = want[0][r * n + j];
             assert!(
                 (g - exact).abs() <= 1e-5 * (1.0 + mag),
-                "{d} row {r} col {j}: got {g}, int8 product {exact}\n{text}"
+                "{d} row {r} col {j}: got {g}, int16 product {exact}\n{text}"
             );
             assert!(
                 (g - w).abs() <= bound + 1e-4,

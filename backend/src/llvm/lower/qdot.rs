@@ -1,8 +1,7 @@
-//! Lowering of the loop IR's block-quantized dot product ([`QDot`]), the decode
-//! GEMV's inner loop. With AVX2, a block is one 32-byte multiply-add chain:
-//! `vpmaddubsw` (unsigned weight bytes × signed activation bytes, pairs summed to
-//! i16; Q8_0's signed weights go through |w| and sign(x, w)), `vpmaddwd` by ones to
-//! eight i32 sums, converted and multiplied by the two block scales into a vector
+//! Lowering of the loop IR's block-quantized dot product ([`QDot`]), the quantized
+//! linear's inner loop. With AVX2, a block is two `vpmaddwd` (the 32 weight quants
+//! widened to i16 once per weight row, times the int16 activations, pairs summed to
+//! eight i32 lanes), converted and multiplied by the two block scales into a vector
 //! accumulator per activation row: no horizontal reduction until the row is done.
 //! Without AVX2 the same integer sums are written as portable vector IR (widen,
 //! multiply, reduce) that LLVM legalises for any target.
@@ -73,7 +72,6 @@ impl<'ctx> Lowering<'ctx, '_> {
         let (wp, xqp, xdp, xsp) = (bufp(q.w)?, bufp(q.xq)?, bufp(q.xd)?, bufp(q.xs)?);
         let rows = q.accs.len();
         let v8f = it.f32.vec_type(8);
-        let v32b = it.i8.vec_type(32);
         let v16b = it.i8.vec_type(16);
         // Accumulators: a vector (AVX2) or a scalar per row, and a scalar for the
         // minimum terms.
@@ -130,10 +128,19 @@ impl<'ctx> Lowering<'ctx, '_> {
                 Some(b.build_float_ext(m, it.f32, "m").map_err(llvm_err)?)
             }
         };
-        // The block's 32 weight quants, in activation order.
+        // The block's 32 weight quants, in activation order, as two halves of 16.
         let qs = at(q.fmt.qs_offset())?;
-        let wv = match q.fmt {
-            QFmt::Q8_0 => self.qdot_load(f, v32b.into(), wp, qs)?.into_vector_value(),
+        let v16w = it.i16.vec_type(16);
+        let unsigned_w = q.fmt != QFmt::Q8_0;
+        let (w_lo, w_hi) = match q.fmt {
+            QFmt::Q8_0 => {
+                let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
+                let q16 =
+                    f.b.build_int_add(qs, it.i64.const_int(16, false), "")
+                        .map_err(llvm_err)?;
+                let hi = self.qdot_load(f, v16b.into(), wp, q16)?.into_vector_value();
+                (lo, hi)
+            }
             QFmt::Q4_0 | QFmt::Q4_1 => {
                 let raw = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
                 let c15 =
@@ -143,41 +150,32 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let hi = b
                     .build_right_shift(raw, c4, false, "hi")
                     .map_err(llvm_err)?;
-                let idx: Vec<IntValue> = (0..32).map(|i| it.i32.const_int(i, false)).collect();
-                let mask = inkwell::types::VectorType::const_vector(&idx);
-                b.build_shuffle_vector(lo, hi, mask, "wq")
-                    .map_err(llvm_err)?
+                (lo, hi)
             }
         };
-        let unsigned_w = q.fmt != QFmt::Q8_0;
-        // AVX2 operands: unsigned weights, activations carrying the weights' signs.
-        let (ua, sx_of) = if self.avx2 {
+        let widen = |v: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
             if unsigned_w {
-                (Some(wv), None)
+                f.b.build_int_z_extend(v, v16w, "").map_err(llvm_err)
             } else {
-                let abs = it
-                    .intrinsic(self.module, "llvm.abs", &[v32b.into()])
-                    .ok_or_else(|| llvm_err("llvm.abs"))?;
-                let a = b
-                    .build_call(abs, &[wv.into(), it.i1.const_zero().into()], "wabs")
-                    .map_err(llvm_err)?
-                    .try_as_basic_value()
-                    .basic()
-                    .ok_or_else(|| llvm_err("abs"))?
-                    .into_vector_value();
-                (Some(a), Some(wv))
+                f.b.build_int_s_extend(v, v16w, "").map_err(llvm_err)
             }
-        } else {
-            (None, None)
         };
+        let (w_lo, w_hi) = (widen(w_lo)?, widen(w_hi)?);
         for i in 0..rows {
             let b = &f.b;
             let xb = b.build_int_add(x_blk[i], blk, "xb").map_err(llvm_err)?;
-            let x32 = b
-                .build_int_mul(xb, it.i64.const_int(32, false), "")
+            let x64 = b
+                .build_int_mul(xb, it.i64.const_int(64, false), "")
                 .map_err(llvm_err)?;
-            let xv = self
-                .qdot_load(f, v32b.into(), xqp, x32)?
+            let x_lo = self
+                .qdot_load(f, v16w.into(), xqp, x64)?
+                .into_vector_value();
+            let b = &f.b;
+            let x64h = b
+                .build_int_add(x64, it.i64.const_int(32, false), "")
+                .map_err(llvm_err)?;
+            let x_hi = self
+                .qdot_load(f, v16w.into(), xqp, x64h)?
                 .into_vector_value();
             let b = &f.b;
             let x4 = b
@@ -188,23 +186,15 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .into_float_value();
             let b = &f.b;
             let scale = b.build_float_mul(d, xd, "scale").map_err(llvm_err)?;
-            if let Some(ua) = ua {
-                let xs = match sx_of {
-                    Some(w) => {
-                        let sign = self.x86(f, "llvm.x86.avx2.psign.b", &[xv, w])?;
-                        sign.into_vector_value()
-                    }
-                    None => xv,
-                };
-                let p16 = self
-                    .x86(f, "llvm.x86.avx2.pmadd.ub.sw", &[ua, xs])?
+            if self.avx2 {
+                let p_lo = self
+                    .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_lo, x_lo])?
                     .into_vector_value();
-                let ones =
-                    inkwell::types::VectorType::const_vector(&[it.i16.const_int(1, false); 16]);
-                let p32 = self
-                    .x86(f, "llvm.x86.avx2.pmadd.wd", &[p16, ones])?
+                let p_hi = self
+                    .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_hi, x_hi])?
                     .into_vector_value();
                 let b = &f.b;
+                let p32 = b.build_int_add(p_lo, p_hi, "").map_err(llvm_err)?;
                 let fv = b
                     .build_signed_int_to_float(p32, v8f, "")
                     .map_err(llvm_err)?;
@@ -220,24 +210,24 @@ impl<'ctx> Lowering<'ctx, '_> {
                 self.contract(s);
                 b.build_store(vacc[i], s).map_err(llvm_err)?;
             } else {
-                let w32 = it.i32.vec_type(32);
-                let ww = if unsigned_w {
-                    b.build_int_z_extend(wv, w32, "").map_err(llvm_err)?
-                } else {
-                    b.build_int_s_extend(wv, w32, "").map_err(llvm_err)?
-                };
-                let xw = b.build_int_s_extend(xv, w32, "").map_err(llvm_err)?;
-                let prod = b.build_int_mul(ww, xw, "").map_err(llvm_err)?;
+                let w32 = it.i32.vec_type(16);
                 let red = it
                     .intrinsic(self.module, "llvm.vector.reduce.add", &[w32.into()])
                     .ok_or_else(|| llvm_err("llvm.vector.reduce.add"))?;
-                let sum = b
-                    .build_call(red, &[prod.into()], "")
-                    .map_err(llvm_err)?
-                    .try_as_basic_value()
-                    .basic()
-                    .ok_or_else(|| llvm_err("reduce"))?
-                    .into_int_value();
+                let mut sum = it.i32.const_zero();
+                for (wv, xv) in [(w_lo, x_lo), (w_hi, x_hi)] {
+                    let ww = b.build_int_s_extend(wv, w32, "").map_err(llvm_err)?;
+                    let xw = b.build_int_s_extend(xv, w32, "").map_err(llvm_err)?;
+                    let prod = b.build_int_mul(ww, xw, "").map_err(llvm_err)?;
+                    let part = b
+                        .build_call(red, &[prod.into()], "")
+                        .map_err(llvm_err)?
+                        .try_as_basic_value()
+                        .basic()
+                        .ok_or_else(|| llvm_err("reduce"))?
+                        .into_int_value();
+                    sum = b.build_int_add(sum, part, "").map_err(llvm_err)?;
+                }
                 let sf = b
                     .build_signed_int_to_float(sum, it.f32, "")
                     .map_err(llvm_err)?;
