@@ -111,6 +111,23 @@ pub struct BenchResult {
     pub decode_tps: f64,
     /// Time to first token, seconds.
     pub ttft: f64,
+    /// CPU seconds (all threads) per decoded token, when the OS reports them.
+    pub decode_cpu: Option<f64>,
+    /// CPU seconds (all threads) per prompt token.
+    pub prefill_cpu: Option<f64>,
+}
+
+/// CPU time this process's threads have run, in seconds (Linux `schedstat`; `None`
+/// elsewhere). On a shared machine, wall time includes waiting for a core; this does
+/// not (spinning pool workers count as running).
+pub fn cpu_seconds() -> Option<f64> {
+    let mut ns = 0u64;
+    for e in std::fs::read_dir("/proc/self/task").ok()? {
+        let p = e.ok()?.path().join("schedstat");
+        let s = std::fs::read_to_string(p).ok()?;
+        ns += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 * 1e-9)
 }
 
 fn ids_tensor(ids: &[i64]) -> HostTensor {
@@ -180,15 +197,28 @@ pub fn bench(model: &mut Model, o: &BenchOptions) -> Result<BenchResult, String>
     let mut best = BenchResult::default();
     for _ in 0..o.repeat {
         model.reset();
+        let c0 = cpu_seconds();
         let t0 = Instant::now();
         let mut next = call(model, &prompt, 0, io)?;
         let prefill = t0.elapsed().as_secs_f64();
+        let c1 = cpu_seconds();
         let ttft = prefill;
         let t1 = Instant::now();
         for g in 0..o.gen_tokens {
             next = call(model, &[next], o.prompt_tokens + g, io)?;
         }
         let decode = t1.elapsed().as_secs_f64();
+        let c2 = cpu_seconds();
+        let per = |a: Option<f64>, b: Option<f64>, n: usize| match (a, b) {
+            (Some(a), Some(b)) if n > 0 => Some((b - a) / n as f64),
+            _ => None,
+        };
+        let min = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        best.prefill_cpu = min(best.prefill_cpu, per(c0, c1, o.prompt_tokens));
+        best.decode_cpu = min(best.decode_cpu, per(c1, c2, o.gen_tokens));
         let r = BenchResult {
             prefill_tps: o.prompt_tokens as f64 / prefill.max(1e-12),
             decode_tps: if o.gen_tokens == 0 {
@@ -197,6 +227,7 @@ pub fn bench(model: &mut Model, o: &BenchOptions) -> Result<BenchResult, String>
                 o.gen_tokens as f64 / decode.max(1e-12)
             },
             ttft,
+            ..BenchResult::default()
         };
         best.prefill_tps = best.prefill_tps.max(r.prefill_tps);
         best.decode_tps = best.decode_tps.max(r.decode_tps);
@@ -266,6 +297,12 @@ pub fn run(model: &mut Model, o: &BenchOptions) -> Result<(), String> {
     println!("prefill tok/s: {:.1}", r.prefill_tps);
     println!("decode tok/s: {:.1}", r.decode_tps);
     println!("ttft ms: {:.1}", r.ttft * 1e3);
+    if let Some(c) = r.prefill_cpu {
+        println!("prefill cpu ms/token: {:.2}", c * 1e3);
+    }
+    if let Some(c) = r.decode_cpu {
+        println!("decode cpu ms/token: {:.2}", c * 1e3);
+    }
     println!("weight bytes per token: {bytes}");
     if o.bandwidth {
         let bw = read_bandwidth(threads)?;
