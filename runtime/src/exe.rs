@@ -12,7 +12,8 @@
 //! `run` executes the graph once per group (groups are separated by `--then`; the KV
 //! cache carries over from one group to the next) and writes `DIR/NAME.npy` per graph
 //! output. `generate` streams text from a language model (greedy at `--temperature 0`,
-//! the default). `serve`, `embed` and `bench` come next.
+//! the default). `bench` times prefill and decode (`bench.rs`). `serve` and `embed`
+//! come next.
 
 use crate::abi::KernelTable;
 use crate::exec::{HostTensor, Model};

@@ -1,7 +1,7 @@
 //! SmolLM2-135M (Q4_1 GGUF, 30 layers) through the compiled CPU path: a prefill of
 //! five tokens and one decode step (the KV cache carried inside the executable) give
-//! the reference interpreter's logits within a tolerance (5% of the largest logit: the
-//! decode-sized linears use int8 activations), and the same next token.
+//! the reference interpreter's logits within a tolerance (0.2% of the largest logit;
+//! quantized linears use int16 activations), and the same next token.
 //! Needs the model under `$LLMC_MODELS` (default `.cache/models`); skips with a
 //! message when it is absent.
 
@@ -82,13 +82,12 @@ fn smollm2_compiled_matches_the_reference() -> anyhow::Result<()> {
             .zip(&w)
             .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
         eprintln!("run {r}: max |logit| {scale:.3}, max error {err:.2e}");
-        // Linears over fewer than 4 rows (every decode step, and the lm-head of the
-        // prefill's last row) quantize their activations to int8 per block of 32
-        // (scale amax / 127): measured max error 1.0% of the largest logit after the
-        // prefill, 2.6% after a decode step through 30 int8 layers; allowed 5%.
-        // The kernel tests bound the same path exactly against its own definition.
+        // Quantized linears quantize their activations to int16 per block of 32
+        // (scale amax / 32767): measured max error 0.02% of the largest logit (4.9e-3
+        // of 23.8); allowed 0.2%. (int8 activations measured 2.6% and changed the
+        // greedy text; see docs/codegen.md.)
         assert!(
-            err <= 5e-2 * scale,
+            err <= 2e-3 * scale,
             "run {r}: logits differ by {err} (scale {scale})"
         );
         assert_eq!(argmax(&g), argmax(&w), "run {r}: next token differs");

@@ -3,8 +3,8 @@
 //! widened to i16 once per weight row, times the int16 activations, pairs summed to
 //! eight i32 lanes), converted and multiplied by the two block scales into a vector
 //! accumulator per activation row: no horizontal reduction until the row is done.
-//! Without AVX2 the same integer sums are written as portable vector IR (widen,
-//! multiply, reduce) that LLVM legalises for any target.
+//! Other x86-64 CPUs use SSE2's 8-lane `pmaddwd` (four per block); other targets get
+//! portable vector IR (widen, multiply, reduce) that LLVM legalises.
 
 use super::{llvm_err, Frame, Lowering, R};
 use inkwell::types::BasicTypeEnum;
@@ -209,6 +209,54 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let s = b.build_float_add(cur, prod, "").map_err(llvm_err)?;
                 self.contract(s);
                 b.build_store(vacc[i], s).map_err(llvm_err)?;
+            } else if self.x86_64() {
+                // SSE2 (every x86-64): four 8-lane `pmaddwd`, concatenated to the
+                // AVX2 path's eight i32 lanes.
+                let mut parts = Vec::new();
+                for (wv, xv) in [(w_lo, x_lo), (w_hi, x_hi)] {
+                    let mut halves = Vec::new();
+                    for h in 0..2u64 {
+                        let idx: Vec<IntValue> =
+                            (0..8).map(|i| it.i32.const_int(h * 8 + i, false)).collect();
+                        let mask = inkwell::types::VectorType::const_vector(&idx);
+                        let b = &f.b;
+                        let wh = b
+                            .build_shuffle_vector(wv, wv.get_type().get_undef(), mask, "")
+                            .map_err(llvm_err)?;
+                        let xh = b
+                            .build_shuffle_vector(xv, xv.get_type().get_undef(), mask, "")
+                            .map_err(llvm_err)?;
+                        halves.push(
+                            self.x86(f, "llvm.x86.sse2.pmadd.wd", &[wh, xh])?
+                                .into_vector_value(),
+                        );
+                    }
+                    parts.push(halves);
+                }
+                let b = &f.b;
+                let lo = b
+                    .build_int_add(parts[0][0], parts[1][0], "")
+                    .map_err(llvm_err)?;
+                let hi = b
+                    .build_int_add(parts[0][1], parts[1][1], "")
+                    .map_err(llvm_err)?;
+                let idx: Vec<IntValue> = (0..8).map(|i| it.i32.const_int(i, false)).collect();
+                let mask = inkwell::types::VectorType::const_vector(&idx);
+                let p32 = b.build_shuffle_vector(lo, hi, mask, "").map_err(llvm_err)?;
+                let fv = b
+                    .build_signed_int_to_float(p32, v8f, "")
+                    .map_err(llvm_err)?;
+                let sv = self.splat_f32(f, scale, 8)?;
+                let b = &f.b;
+                let prod = b.build_float_mul(fv, sv, "").map_err(llvm_err)?;
+                self.contract(prod);
+                let cur = b
+                    .build_load(v8f, vacc[i], "")
+                    .map_err(llvm_err)?
+                    .into_vector_value();
+                let s = b.build_float_add(cur, prod, "").map_err(llvm_err)?;
+                self.contract(s);
+                b.build_store(vacc[i], s).map_err(llvm_err)?;
             } else {
                 let w32 = it.i32.vec_type(16);
                 let red = it
@@ -306,6 +354,15 @@ impl<'ctx> Lowering<'ctx, '_> {
             b.build_store(slot, nv).map_err(llvm_err)?;
         }
         Ok(())
+    }
+
+    /// The module targets x86-64 (SSE2 at least).
+    fn x86_64(&self) -> bool {
+        self.module
+            .get_triple()
+            .as_str()
+            .to_string_lossy()
+            .starts_with("x86_64")
     }
 
     /// Calls a non-overloaded x86 intrinsic on vectors.
