@@ -234,6 +234,55 @@ fn llm_info(m: &Module) -> Result<Option<llmc_runtime::plan::LlmInfo>> {
     }))
 }
 
+/// What `embed` in an emitted executable needs: the tokenizer and the encoder's inputs
+/// (`%ids`, optional `%mask` and `%pos`, nothing else) and its f32 `[batch, dim]`
+/// output (`%embedding`, or the only output). `None` for models without a tokenizer
+/// and for graphs of another shape.
+fn encoder_info(m: &Module) -> Result<Option<llmc_runtime::plan::EncoderInfo>> {
+    if m.info.tokenizer == llmc_ir::TokenizerSource::None || generate::find_io(m).is_ok() {
+        return Ok(None);
+    }
+    let g = &m.graph;
+    let (mut ids, mut mask, mut pos) = (None, None, None);
+    for (k, &v) in g.inputs.iter().enumerate() {
+        let val = g.value(v);
+        if val.ty.dtype != llmc_ir::DType::I64 || val.ty.shape.rank() != 2 {
+            return Ok(None);
+        }
+        let slot = match val.name.as_str() {
+            "ids" => &mut ids,
+            "mask" => &mut mask,
+            "pos" => &mut pos,
+            _ => return Ok(None),
+        };
+        *slot = Some(k as u32);
+    }
+    let Some(ids_input) = ids else {
+        return Ok(None);
+    };
+    let is_embedding = |v: &llmc_ir::ValueId| {
+        let t = &g.value(*v).ty;
+        t.dtype == llmc_ir::DType::F32 && t.shape.rank() == 2
+    };
+    let out = g
+        .outputs
+        .iter()
+        .position(|v| g.value(*v).name == "embedding")
+        .or(if g.outputs.len() == 1 { Some(0) } else { None });
+    let Some(out) = out.filter(|&k| g.outputs.get(k).is_some_and(is_embedding)) else {
+        return Ok(None);
+    };
+    let tok = generate::load_tokenizer(&m.info).context("loading the tokenizer")?;
+    Ok(Some(llmc_runtime::plan::EncoderInfo {
+        tokenizer_json: tok.to_json().context("serialising the tokenizer")?,
+        context_length: m.info.context_length,
+        ids_input,
+        mask_input: mask,
+        pos_input: pos,
+        embedding_output: out as u32,
+    }))
+}
+
 fn build(a: &BuildArgs) -> Result<()> {
     if a.target == Target::Cuda || a.cuda_arch.is_some() || a.emit.contains(&BuildEmit::Ptx) {
         bail!("llmc build --target cuda: the CUDA (NVPTX) backend is not available yet; use --target cpu");
@@ -293,8 +342,36 @@ fn build(a: &BuildArgs) -> Result<()> {
     if !(want.llvm_ir || want.asm || want.object) && a.dump_dir.is_none() {
         return Ok(());
     }
-    let b = llmc_backend::compile_cpu(&m, &opts, want)
+    let mut b = llmc_backend::compile_cpu(&m, &opts, want)
         .with_context(|| format!("compiling {}", a.model.display()))?;
+    if has(BuildEmit::Exe) {
+        b.planned.plan.encoder = encoder_info(&m)?;
+    }
+    let source = a.model.file_name().map_or_else(
+        || a.model.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let params: i64 = m
+        .weights
+        .iter()
+        .filter_map(|w| w.shape.checked_numel().and_then(|d| d.as_const()))
+        .sum();
+    b.planned.plan.info.extend([
+        ("source".to_string(), source),
+        (
+            "architecture".to_string(),
+            if m.info.architecture.is_empty() {
+                "(plain graph)".to_string()
+            } else {
+                m.info.architecture.clone()
+            },
+        ),
+        ("parameters".to_string(), params.to_string()),
+        (
+            "passes".to_string(),
+            "none (the optimizer's pipeline has not landed)".to_string(),
+        ),
+    ]);
     let wrote = |ext: &str, bytes: Option<&[u8]>| -> Result<()> {
         if let Some(bytes) = bytes {
             let p = sibling(&out, ext);

@@ -483,6 +483,7 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
         steps,
         info: Vec::new(),
         llm: None,
+        encoder: None,
     };
     Ok(Planned {
         kernels,

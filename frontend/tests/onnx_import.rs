@@ -517,6 +517,134 @@ fn exporter_style_position_and_mask_graphs_run_for_any_length() {
     }
 }
 
+#[test]
+fn slices_with_symbolic_bounds_and_expand_shapes_behind_where() {
+    // What torch.onnx.export writes for BERT's position ids and a KV-cache mask:
+    // pos = buf[:, 0:seq] (buf a constant 0..8 buffer), tail = x[:, -seq:],
+    // rest = x[:, seq:], and Expand to Where(Equal(shape, -1), 1, shape).
+    let seq_nodes = vec![
+        node("Shape", "shape", &["ids"], &["s"], vec![]),
+        node(
+            "Gather",
+            "seq",
+            &["s", "one"],
+            &["seq"],
+            vec![a_int("axis", 0)],
+        ),
+        node(
+            "Gather",
+            "batch",
+            &["s", "zero"],
+            &["b"],
+            vec![a_int("axis", 0)],
+        ),
+        node("Unsqueeze", "u", &["seq", "axes0"], &["seq1"], vec![]),
+        node("Unsqueeze", "ub", &["b", "axes0"], &["b1"], vec![]),
+        node(
+            "Slice",
+            "pos",
+            &["buf", "zeros1", "seq1", "axes1"],
+            &["pos"],
+            vec![],
+        ),
+        node("Sub", "neg", &["zeros1", "seq1"], &["mseq"], vec![]),
+        node(
+            "Slice",
+            "tail",
+            &["x", "mseq", "big", "axes1"],
+            &["tail"],
+            vec![],
+        ),
+        node(
+            "Slice",
+            "rest",
+            &["x", "seq1", "big", "axes1"],
+            &["rest"],
+            vec![],
+        ),
+        node(
+            "Concat",
+            "target",
+            &["b1", "seq1"],
+            &["t"],
+            vec![a_int("axis", 0)],
+        ),
+        node("Mul", "m1", &["ones2", "minus1"], &["neg1"], vec![]),
+        node("Equal", "eq", &["t", "neg1"], &["eq"], vec![]),
+        node("Where", "where", &["eq", "ones2", "t"], &["shape"], vec![]),
+        node("Expand", "expand", &["half", "shape"], &["e"], vec![]),
+    ];
+    let scalar = |name: &str, v: i64| TensorProto {
+        int64_data: vec![v],
+        ..tensor(name, DataType::INT64, &[])
+    };
+    let buf = TensorProto {
+        int64_data: (0..8).collect(),
+        ..tensor("buf", DataType::INT64, &[1, 8])
+    };
+    let half = TensorProto {
+        float_data: vec![0.5],
+        ..tensor("half", DataType::FLOAT, &[1, 1])
+    };
+    let g = graph(
+        seq_nodes,
+        vec![
+            scalar("zero", 0),
+            scalar("one", 1),
+            scalar("minus1", -1),
+            i64s("axes0", &[0]),
+            i64s("axes1", &[1]),
+            i64s("zeros1", &[0]),
+            i64s("big", &[i64::MAX]),
+            i64s("ones2", &[1, 1]),
+            buf,
+            half,
+        ],
+        vec![
+            vi("ids", DataType::INT64, &[D::P("batch"), D::P("seq")]),
+            vi("x", DataType::FLOAT, &[D::P("batch"), D::P("total")]),
+        ],
+        vec![
+            vi("pos", DataType::INT64, &[D::N(1), D::P("seq")]),
+            vi("tail", DataType::FLOAT, &[D::P("batch"), D::P("seq")]),
+            vi("rest", DataType::FLOAT, &[D::P("batch"), D::Unnamed]),
+            vi("e", DataType::FLOAT, &[D::P("batch"), D::P("seq")]),
+        ],
+    );
+    let m = import(&model(g, 17)).expect("imports");
+    let s = |n: &str| Dim::sym(n);
+    let ty = |k: usize| m.graph.ty(m.graph.outputs[k]).shape.clone();
+    assert_eq!(ty(0), Shape(vec![Dim::c(1), s("seq")]));
+    assert_eq!(ty(1), Shape(vec![s("batch"), s("seq")]));
+    assert_eq!(ty(2), Shape(vec![s("batch"), s("total").sub(&s("seq"))]));
+    assert_eq!(ty(3), Shape(vec![s("batch"), s("seq")]));
+    let mut interp = Interpreter::new(&m);
+    for (b, q, t) in [(2usize, 3usize, 5usize), (1, 1, 4)] {
+        let ids = Tensor::from_i64(DType::I64, vec![b, q], vec![0; b * q]);
+        let xv: Vec<f32> = (0..b * t).map(|i| i as f32).collect();
+        let x = Tensor::f32(vec![b, t], xv.clone());
+        let out = interp.run(&[ids, x]).expect("runs");
+        assert_eq!(out[0].to_i64(), (0..q as i64).collect::<Vec<_>>());
+        let cols = |from: usize, to: usize| -> Vec<f64> {
+            (0..b)
+                .flat_map(|r| (from..to).map(move |c| (r * t + c) as f64))
+                .collect()
+        };
+        assert_eq!(
+            (out[1].shape.clone(), out[1].to_f64()),
+            (vec![b, q], cols(t - q, t))
+        );
+        assert_eq!(
+            (out[2].shape.clone(), out[2].to_f64()),
+            (vec![b, t - q], cols(q, t))
+        );
+        assert_eq!(
+            (out[3].shape.clone(), out[3].to_f64()),
+            (vec![b, q], vec![0.5; b * q])
+        );
+    }
+}
+
 // ----- opset-dependent operands -----
 
 #[test]
@@ -919,6 +1047,56 @@ fn initializer_byte_length_must_match_its_shape() {
         };
     }
     has(&err(&m), &["tensor `w`", "negative dim -1"]);
+    // A lying header: 2^40 elements claimed over one stored value is an error, not a
+    // 4 TiB allocation (the test would abort if the loader sized by the dims).
+    if let Some(g) = m.graph.as_mut() {
+        g.initializer[0] = TensorProto {
+            float_data: vec![1.0],
+            ..tensor("w", DataType::FLOAT, &[1 << 20, 1 << 20])
+        };
+    }
+    has(
+        &err(&m),
+        &[
+            "tensor `w`",
+            "float_data has 1 elements",
+            "needs 1099511627776",
+        ],
+    );
+    if let Some(g) = m.graph.as_mut() {
+        g.initializer[0] = TensorProto {
+            raw_data: vec![0; 4],
+            ..tensor("w", DataType::FLOAT, &[1 << 40, 1 << 40])
+        };
+    }
+    has(&err(&m), &["tensor `w`", "too many elements"]);
+}
+
+#[test]
+fn operands_of_the_wrong_rank_are_errors_not_panics() {
+    // Found by the fuzzer (fuzz/fuzz_targets/onnx_loader.rs): a 4-D Q with a 3-D K
+    // indexed past K's dims.
+    let g = graph(
+        vec![node("Attention", "attn", &["q", "k", "v"], &["y"], vec![])],
+        vec![],
+        vec![
+            vi("q", DataType::FLOAT, &[D::N(1), D::N(2), D::N(3), D::N(4)]),
+            vi("k", DataType::FLOAT, &[D::N(1), D::N(3), D::N(8)]),
+            vi("v", DataType::FLOAT, &[D::N(1), D::N(3), D::N(8)]),
+        ],
+        vec![vi(
+            "y",
+            DataType::FLOAT,
+            &[D::N(1), D::N(2), D::N(3), D::N(4)],
+        )],
+    );
+    has(
+        &err(&model(g, 23)),
+        &[
+            "node 0 `attn` (Attention, domain ai.onnx, opset 23)",
+            "K must be [batch, heads, seq, head_size], got f32[1, 3, 8]",
+        ],
+    );
 }
 
 #[test]

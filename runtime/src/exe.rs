@@ -4,6 +4,7 @@
 //! ```text
 //! ./OUT generate --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //!                [--repetition-penalty R] [--seed S] [--chat]
+//! ./OUT embed --text TEXT [--text TEXT]... [--output FILE.npy]
 //! ./OUT run [--input NAME=FILE.npy]... [--output-dir DIR] [--then [--input ...]... [--output-dir DIR]]...
 //! ./OUT info
 //! ./OUT bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
@@ -12,8 +13,9 @@
 //! `run` executes the graph once per group (groups are separated by `--then`; the KV
 //! cache carries over from one group to the next) and writes `DIR/NAME.npy` per graph
 //! output. `generate` streams text from a language model (greedy at `--temperature 0`,
-//! the default). `bench` times prefill and decode (`bench.rs`). `serve` and `embed`
-//! come next.
+//! the default). `embed` prints sentence embeddings from an encoder model (see
+//! [`crate::embed`]). `bench` times prefill and decode (see [`crate::bench`]). `serve`
+//! comes next.
 
 use crate::abi::KernelTable;
 use crate::exec::{HostTensor, Model};
@@ -25,6 +27,7 @@ use std::path::PathBuf;
 const USAGE: &str = "usage:
   generate --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
            [--repetition-penalty R] [--seed S] [--chat]            generate text
+  embed --text TEXT [--text TEXT]... [--output FILE.npy]          sentence embeddings
   run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
   info                                                             describe the model
   bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
@@ -58,6 +61,13 @@ fn parse_generate(args: &[String]) -> Result<crate::generate::GenerateOptions, S
         }
     }
     o.prompt = prompt.ok_or_else(|| format!("generate needs --prompt TEXT\n{USAGE}"))?;
+    // Out-of-range settings are named by their flag, before the model loads.
+    o.sampler.validate().map_err(|e| match &e {
+        crate::sampler::SamplerError::Setting { name, .. } => {
+            format!("--{}: {e}", name.replace('_', "-"))
+        }
+        _ => e.to_string(),
+    })?;
     Ok(o)
 }
 
@@ -169,7 +179,23 @@ pub fn output_file_name(name: &str) -> String {
     s + ".npy"
 }
 
-fn info(plan: &Plan, data_len: usize) {
+/// Byte sizes of the executable's parts.
+struct Sizes {
+    /// Code and the runtime (everything before the payload).
+    code: usize,
+    /// The plan (JSON).
+    plan: usize,
+    /// The data section (weights and constants).
+    data: usize,
+    /// The whole file.
+    file: usize,
+}
+
+fn mib(n: usize) -> String {
+    format!("{n} bytes ({:.1} MiB)", n as f64 / (1024.0 * 1024.0))
+}
+
+fn info(plan: &Plan, sizes: &Sizes) {
     println!("model: {}", plan.name);
     for (k, v) in &plan.info {
         println!("{k}: {v}");
@@ -200,7 +226,20 @@ fn info(plan: &Plan, data_len: usize) {
     }
     println!("kernels: {}", plan.kernels.len());
     println!("steps: {}", plan.steps.len());
-    println!("data: {data_len} bytes");
+    println!(
+        "kind: {}",
+        if plan.llm.is_some() {
+            "language model (generate)"
+        } else if plan.encoder.is_some() {
+            "sentence embedding model (embed)"
+        } else {
+            "graph (run)"
+        }
+    );
+    println!("size: {}", mib(sizes.file));
+    println!("code: {}", mib(sizes.code));
+    println!("plan: {}", mib(sizes.plan));
+    println!("data: {}", mib(sizes.data));
     println!("threads: {}", crate::pool::num_threads());
     let _ = std::io::stdout().flush();
 }
@@ -219,31 +258,54 @@ pub fn main(args: Vec<String>, table: &KernelTable) -> i32 {
 fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
     let map = payload::map_self()?;
     let (plan_bytes, data) = payload::locate(&map)?;
+    let sizes = Sizes {
+        code: (plan_bytes.as_ptr() as usize).saturating_sub(map.as_ptr() as usize),
+        plan: plan_bytes.len(),
+        data: data.len(),
+        file: map.len(),
+    };
     let plan = Plan::from_json(plan_bytes)?;
     // SAFETY: the table is the one the generated object exports.
     let kernels = unsafe { table.kernels() };
     let cmd = args.get(1).map(String::as_str).unwrap_or("help");
+    let rest = args.get(2..).unwrap_or(&[]);
     match cmd {
         "run" => {
-            let groups = parse_run(&args[2..])?;
+            let groups = parse_run(rest)?;
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             run_groups(&mut model, &groups)
         }
         "generate" => {
-            let opts = parse_generate(&args[2..])?;
+            let opts = parse_generate(rest)?;
+            if plan.llm.is_none() {
+                return Err(if plan.encoder.is_some() {
+                    "generate needs a language model; this executable holds a sentence-embedding \
+                     (encoder) model: use `embed --text TEXT`"
+                        .to_string()
+                } else {
+                    "generate needs a language model with a tokenizer; this executable holds \
+                     a plain graph: use `run --input NAME=FILE.npy`"
+                        .to_string()
+                });
+            }
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::generate::generate(&mut model, &opts).map(|_| ())
         }
         "bench" => {
-            let (opts, threads) = crate::bench::parse(&args[2..])?;
+            let (opts, threads) = crate::bench::parse(rest)?;
             if let Some(n) = threads {
                 crate::pool::set_num_threads(n);
             }
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::bench::run(&mut model, &opts)
         }
+        "embed" => {
+            let opts = crate::embed::parse(rest)?;
+            let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
+            crate::embed::embed(&mut model, &opts)
+        }
         "info" => {
-            info(&plan, data.len());
+            info(&plan, &sizes);
             Ok(())
         }
         "help" | "--help" | "-h" => {

@@ -241,6 +241,18 @@ impl<'d> Model<'d> {
             }
         }
         for io in plan.inputs.iter().chain(&plan.outputs) {
+            if let Some(s) = io
+                .shape
+                .iter()
+                .filter_map(|d| d.as_symbol())
+                .find(|&s| s as usize >= plan.symbols.len())
+            {
+                return Err(ExecError::Plan(format!(
+                    "%{} names symbol {s} of {}",
+                    io.name,
+                    plan.symbols.len()
+                )));
+            }
             if io.buffer >= nb {
                 return Err(ExecError::Plan(format!(
                     "%{} is buffer {} of {nb}",
@@ -605,4 +617,51 @@ fn append(
         }
     }
     Some((out, [b, h, total, d]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{BufferDecl, IoDecl, Poly};
+
+    /// A plan with one f32 input `%x` of shape `[dim]` and no steps.
+    fn plan_with_input_dim(symbols: Vec<String>, dim: Poly) -> Plan {
+        Plan {
+            abi_version: crate::abi::ABI_VERSION,
+            name: "t".into(),
+            symbols,
+            kernels: vec![],
+            buffers: vec![BufferDecl {
+                name: "x".into(),
+                dtype: ElemType::F32,
+                shape: vec![dim.clone()],
+                source: Source::Input(0),
+            }],
+            inputs: vec![IoDecl {
+                name: "x".into(),
+                buffer: 0,
+                dtype: ElemType::F32,
+                shape: vec![dim],
+            }],
+            outputs: vec![],
+            steps: vec![],
+            info: vec![],
+            llm: None,
+            encoder: None,
+        }
+    }
+
+    #[test]
+    fn a_plan_naming_a_missing_symbol_is_refused() {
+        let sym = |s: u32| Poly(vec![(1, vec![s])]);
+        let ok = plan_with_input_dim(vec!["seq".into()], sym(0));
+        assert!(Model::new(ok, &[], &[]).is_ok());
+        let bad = plan_with_input_dim(vec!["seq".into()], sym(3));
+        let e = Model::new(bad, &[], &[]).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("%x names symbol 3 of 1")),
+            "{e:?}"
+        );
+    }
 }

@@ -43,9 +43,19 @@ fn i64_tensor(v: impl Iterator<Item = i64>, n: usize) -> HostTensor {
 /// One model call on `ids` at positions `start..`: the last position's logits.
 fn step(model: &mut Model, llm: &LlmInfo, ids: &[u32], start: usize) -> Result<Vec<f32>, String> {
     let n = ids.len();
-    let mut inputs = vec![i64_tensor(std::iter::empty(), 0); 2];
-    inputs[llm.ids_input as usize] = i64_tensor(ids.iter().map(|&t| t as i64), n);
-    inputs[llm.pos_input as usize] = i64_tensor((start..start + n).map(|p| p as i64), n);
+    let n_inputs = model.plan().inputs.len();
+    let mut inputs = vec![i64_tensor(std::iter::empty(), 0); n_inputs];
+    for (slot, t) in [
+        (llm.ids_input, i64_tensor(ids.iter().map(|&t| t as i64), n)),
+        (
+            llm.pos_input,
+            i64_tensor((start..start + n).map(|p| p as i64), n),
+        ),
+    ] {
+        *inputs
+            .get_mut(slot as usize)
+            .ok_or_else(|| format!("the plan names graph input {slot} of {n_inputs}"))? = t;
+    }
     let outs = model.run(&inputs).map_err(|e| e.to_string())?;
     let t = outs
         .get(llm.logits_output as usize)

@@ -1,11 +1,12 @@
 //! What the emitted executable runs: the ABI shared with generated code, the thread
 //! pool for generated parallel loops, the plan and the graph walk over it, the payload
-//! appended to the executable, `.npy` I/O, the executable's command line, and the
-//! tokenizer and sampler (KV cache paging and the server come next). Never depends
-//! on the compiler crates.
+//! appended to the executable, `.npy` I/O, the executable's command line (with
+//! `embed` for encoder models), and the tokenizer and sampler (KV cache paging and the
+//! server come next). Never depends on the compiler crates.
 
 pub mod abi;
 pub mod bench;
+pub mod embed;
 pub mod exe;
 pub mod exec;
 pub mod generate;

@@ -256,6 +256,28 @@ pub struct Plan {
     /// What `generate` needs, for language models.
     #[serde(default)]
     pub llm: Option<LlmInfo>,
+    /// What `embed` needs, for sentence-embedding (encoder) models.
+    #[serde(default)]
+    pub encoder: Option<EncoderInfo>,
+}
+
+/// A sentence-embedding model's facts: its tokenizer and the encoder contract
+/// (`%ids: i64[batch, seq]`, optional `%mask` and `%pos` of the same shape ->
+/// `%embedding: f32[batch, dim]`, pooled (and normalized) inside the graph).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderInfo {
+    /// The tokenizer as `tokenizer.json` text.
+    pub tokenizer_json: String,
+    /// Maximum tokens per text (position embeddings).
+    pub context_length: Option<i64>,
+    /// Graph-input index of the token ids.
+    pub ids_input: u32,
+    /// Graph-input index of the attention mask (all ones for one text), if any.
+    pub mask_input: Option<u32>,
+    /// Graph-input index of the positions (`0..n`), if any.
+    pub pos_input: Option<u32>,
+    /// Graph-output index of the embedding.
+    pub embedding_output: u32,
 }
 
 /// A language model's facts: its tokenizer and the decoder contract

@@ -138,7 +138,11 @@ fn onnx_models_import_and_run() {
         "%y: f32[batch, 3]",
         "matmul",
         "relu",
-        "weights: 2",
+        // W (4x3) and b (3) as f32; the shape-chain constants folded away.
+        "weights: 2 tensors, 15 parameters, 60 B",
+        // What the file holds: its opsets and its ONNX op histogram.
+        "onnx.opset: ai.onnx 17",
+        "onnx.ops: 7 nodes: Concat 1, Gather 1, Gemm 1, Relu 1, Reshape 1, Shape 1, Unsqueeze 1",
     ] {
         assert!(
             summary.contains(needle),

@@ -23,6 +23,9 @@ pub fn register(r: &mut Registry) {
 /// [B, S, H*D] -> [B, H, S, D].
 fn split_heads(cx: &mut NodeCtx, x: V, heads: i64, what: &str) -> Result<V, String> {
     let s = cx.shape(x).0.clone();
+    if s.len() != 3 {
+        return Err(format!("{what} must have rank 3, got {}", cx.ty(x)));
+    }
     let hidden = s[2]
         .as_const()
         .ok_or_else(|| format!("{what}: hidden size {} must be constant", s[2]))?;
@@ -45,9 +48,13 @@ fn split_heads(cx: &mut NodeCtx, x: V, heads: i64, what: &str) -> Result<V, Stri
 }
 
 fn const_dim(cx: &NodeCtx, v: V, axis: usize, what: &str) -> Result<i64, String> {
-    cx.shape(v).0[axis]
-        .as_const()
-        .ok_or_else(|| format!("{what} must be a constant dim, got {}", cx.shape(v).0[axis]))
+    let d = cx
+        .shape(v)
+        .0
+        .get(axis)
+        .ok_or_else(|| format!("{what}: {} has no axis {axis}", cx.ty(v)))?;
+    d.as_const()
+        .ok_or_else(|| format!("{what} must be a constant dim, got {d}"))
 }
 
 /// A [q, kv] constant: 0 where `allowed(i, j)`, -inf elsewhere.
@@ -146,6 +153,18 @@ fn attention(cx: &mut NodeCtx) -> R {
         4 => (q0, k0, v0),
         r => return Err(format!("inputs must have rank 3 or 4, got {r}")),
     };
+    for (x, what) in [(q, "Q"), (k, "K"), (v, "V")]
+        .into_iter()
+        .chain(past_k.map(|p| (p, "past_key")))
+        .chain(past_v.map(|p| (p, "past_value")))
+    {
+        if cx.rank(x) != 4 {
+            return Err(format!(
+                "{what} must be [batch, heads, seq, head_size], got {}",
+                cx.ty(x)
+            ));
+        }
+    }
     let head = const_dim(cx, q, 3, "the head size of Q")?;
     let scale = match cx.attr_opt_f("scale")? {
         Some(s) => s,

@@ -222,7 +222,9 @@ fn count_check(field: &str, got: usize, numel: usize, ty: &str) -> Result<(), St
 
 /// Little-endian bytes from the typed field that holds `dtype`.
 fn typed_bytes(t: &TensorProto, dtype: DType, numel: usize, ty: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(numel * dtype.block_bytes());
+    // Sized by what the fields hold, not by the dims: a header that claims 2^40
+    // elements over one stored value must be an error, not a 4 TiB allocation.
+    let mut out = Vec::with_capacity(numel.min(typed_len(t)) * dtype.block_bytes());
     match dtype {
         DType::F32 => {
             count_check("float_data", t.float_data.len(), numel, ty)?;

@@ -28,7 +28,7 @@ use onnx_protobuf::type_proto;
 use onnx_protobuf::{
     AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -278,6 +278,38 @@ impl<'r> Importer<'r> {
                 .extra
                 .insert("onnx.producer".into(), p.trim().to_string());
         }
+        // What the file holds, for `llmc inspect --emit summary`: the opsets and the
+        // ONNX op histogram (the IR graph's own ops are counted from the graph).
+        let opsets: Vec<String> = model
+            .opset_import
+            .iter()
+            .map(|o| {
+                let d = if o.domain.is_empty() {
+                    "ai.onnx"
+                } else {
+                    o.domain.as_str()
+                };
+                format!("{d} {}", o.version)
+            })
+            .collect();
+        let info = &mut self.module.info.extra;
+        info.insert("onnx.opset".into(), opsets.join(", "));
+        let mut hist = BTreeMap::<String, usize>::new();
+        for n in &g.node {
+            let key = if norm_domain(&n.domain).is_empty() {
+                n.op_type.clone()
+            } else {
+                format!("{}.{}", n.domain, n.op_type)
+            };
+            *hist.entry(key).or_default() += 1;
+        }
+        let mut hist: Vec<(String, usize)> = hist.into_iter().collect();
+        hist.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let ops: Vec<String> = hist.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        info.insert(
+            "onnx.ops".into(),
+            format!("{} nodes: {}", g.node.len(), ops.join(", ")),
+        );
         self.declare(&g.value_info);
         self.declare(&g.output);
         self.initializers(g, inits)?;
@@ -690,6 +722,9 @@ impl<'r> Importer<'r> {
             }
         }
         if !stateful && out_tys.len() == 1 {
+            if let Some(t) = self.sym_compare(op, ins, &out_tys[0])? {
+                return Ok(vec![self.constant(t)]);
+            }
             if let Some(d) = self.sym_eval(op, ins, &attrs, &out_tys[0])? {
                 let ty = out_tys[0].clone();
                 return Ok(vec![self.push(Val {
@@ -751,6 +786,54 @@ impl<'r> Importer<'r> {
         op.eval(&refs, attrs, &mut EvalCtx::default()).ok()
     }
 
+    /// Comparisons of values known as dims whose answer does not depend on the
+    /// symbols: a dim equals itself, and a symbolic dim (a size, so >= 0) is never a
+    /// negative constant. Exporters write `Where(Equal(shape, -1), 1, shape)` before an
+    /// `Expand`; this folds the `Equal`. `None` when some element is undecided.
+    fn sym_compare(
+        &mut self,
+        op: Op,
+        ins: &[V],
+        out: &TensorType,
+    ) -> Result<Option<Tensor>, String> {
+        if op != Op::Equal || out.shape.rank() > 1 {
+            return Ok(None);
+        }
+        if !ins.iter().any(|&v| self.val(v).dims.is_some()) {
+            return Ok(None);
+        }
+        let (Some(a), Some(b)) = (self.dims_of(ins[0])?, self.dims_of(ins[1])?) else {
+            return Ok(None);
+        };
+        let n = match out.shape.as_consts() {
+            Some(d) => d.iter().product::<i64>() as usize,
+            None => return Ok(None),
+        };
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n {
+            let x = a.get(if a.len() == 1 { 0 } else { i });
+            let y = b.get(if b.len() == 1 { 0 } else { i });
+            let (Some(x), Some(y)) = (x, y) else {
+                return Ok(None);
+            };
+            let eq = match (x.as_const(), y.as_const()) {
+                (Some(p), Some(q)) => p == q,
+                _ if x == y => true,
+                (Some(c), None) | (None, Some(c)) if c < 0 => false,
+                _ => return Ok(None),
+            };
+            v.push(i64::from(eq));
+        }
+        let shape = out
+            .shape
+            .as_consts()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d as usize)
+            .collect();
+        Ok(Some(Tensor::from_i64(DType::Bool, shape, v)))
+    }
+
     /// Evaluates integer ops over dims (shape arithmetic with symbols). `None` when an
     /// operand is not known as dims or the op is not one shape computations use.
     fn sym_eval(
@@ -766,6 +849,32 @@ impl<'r> Importer<'r> {
         if !ins.iter().any(|&v| self.val(v).dims.is_some()) {
             return Ok(None);
         }
+        let out_n = match out.shape.as_consts() {
+            Some(d) => d.iter().product::<i64>() as usize,
+            None => return Ok(None),
+        };
+        if op == Op::Where {
+            // A known condition picks between dims elementwise.
+            let Some(c) = self.konst(ins[0], WEIGHT_FOLD_LIMIT)? else {
+                return Ok(None);
+            };
+            let (Some(a), Some(b)) = (self.dims_of(ins[1])?, self.dims_of(ins[2])?) else {
+                return Ok(None);
+            };
+            let c = c.to_i64();
+            let pick = |d: &Vec<Dim>, i: usize| d.get(if d.len() == 1 { 0 } else { i }).cloned();
+            let r: Option<Vec<Dim>> = (0..out_n)
+                .map(|i| {
+                    let ci = *c.get(if c.len() == 1 { 0 } else { i })?;
+                    if ci != 0 {
+                        pick(&a, i)
+                    } else {
+                        pick(&b, i)
+                    }
+                })
+                .collect();
+            return Ok(r);
+        }
         let mut ds = Vec::with_capacity(ins.len());
         for &v in ins {
             match self.dims_of(v)? {
@@ -773,10 +882,6 @@ impl<'r> Importer<'r> {
                 None => return Ok(None),
             }
         }
-        let out_n = match out.shape.as_consts() {
-            Some(d) => d.iter().product::<i64>() as usize,
-            None => return Ok(None),
-        };
         let bin = |f: &dyn Fn(&Dim, &Dim) -> Option<Dim>| -> Option<Vec<Dim>> {
             let (a, b) = (&ds[0], &ds[1]);
             (0..out_n)

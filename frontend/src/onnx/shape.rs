@@ -156,8 +156,15 @@ fn range(cx: &mut NodeCtx) -> R {
         return Err("input 2 (delta) is zero".into());
     }
     let n = ((limit - start) / delta).ceil().max(0.0);
-    if n > (1u64 << 31) as f64 {
-        return Err(format!("range of {n} elements is too large"));
+    if n > (1u64 << 20) as f64 {
+        // Too large to fold (and a lying model must not make the importer allocate
+        // gigabytes): integer ranges with a unit step run as a running count.
+        if dt.is_int() && (delta == 1.0 || delta == -1.0) && n <= (1u64 << 40) as f64 {
+            return symbolic_range(cx);
+        }
+        return Err(format!(
+            "range of {n} elements is too large to compute at import"
+        ));
     }
     let n = n as usize;
     let t = if dt.is_float() {

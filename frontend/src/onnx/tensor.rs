@@ -427,6 +427,10 @@ fn slice(cx: &mut NodeCtx) -> R {
             None,
         )
     } else {
+        let (s, e) = (cx.input(1)?, cx.input(2)?);
+        if cx.konst(s)?.is_none() || cx.konst(e)?.is_none() {
+            return symbolic_slice(cx, x);
+        }
         (
             cx.const_ints(1, "starts")?,
             cx.const_ints(2, "ends")?,
@@ -442,6 +446,119 @@ fn slice(cx: &mut NodeCtx) -> R {
         a.insert("steps".into(), Attr::Ints(st));
     }
     Ok(vec![cx.op(Op::Slice, &[x], a)?])
+}
+
+/// Whether a symbolic bound reads as negative (every term's coefficient is): `-seq`
+/// counts from the end, as a constant negative bound does.
+fn looks_negative(d: &Dim) -> bool {
+    d.terms().count() > 0 && d.terms().all(|(_, c)| c < 0)
+}
+
+/// `Slice` whose starts or ends are computed from symbolic dims (exporters slice
+/// position buffers to the sequence length, masks to the past length, ...). Axes with
+/// constant bounds go to one `slice`; each axis with a symbolic bound (step 1 only)
+/// becomes a `gather` of the indices `start + 0..(end - start)`. Symbolic bounds are
+/// taken as in range (an out-of-range index fails at run time in `gather`, it is not
+/// clamped); a bound whose terms are all negative counts from the end.
+fn symbolic_slice(cx: &mut NodeCtx, x: V) -> R {
+    let starts = cx.shape_input(1, "starts")?;
+    let ends = cx.shape_input(2, "ends")?;
+    if starts.len() != ends.len() {
+        return Err(format!(
+            "starts has {} values, ends has {}",
+            starts.len(),
+            ends.len()
+        ));
+    }
+    let n = starts.len();
+    let axes = cx
+        .opt_const_ints(3, "axes")?
+        .unwrap_or_else(|| (0..n as i64).collect());
+    let steps = cx.opt_const_ints(4, "steps")?.unwrap_or_else(|| vec![1; n]);
+    if axes.len() != n || steps.len() != n {
+        return Err(format!(
+            "starts, ends, axes and steps disagree in length ({n}, {n}, {}, {})",
+            axes.len(),
+            steps.len()
+        ));
+    }
+    let shape = cx.shape(x).clone();
+    let rank = shape.rank();
+    let (mut cs, mut ce, mut ca, mut cst) = (vec![], vec![], vec![], vec![]);
+    let mut cur = x;
+    for k in 0..n {
+        let axis = llmc_ir::shape::norm_axis(axes[k], rank)
+            .ok_or_else(|| format!("axis {} is out of range for rank {rank}", axes[k]))?;
+        let (s, e) = (&starts[k], &ends[k]);
+        if let (Some(s), Some(e)) = (s.as_const(), e.as_const()) {
+            cs.push(s);
+            ce.push(e);
+            ca.push(axis as i64);
+            cst.push(steps[k]);
+            continue;
+        }
+        if steps[k] != 1 {
+            return Err(format!(
+                "a slice with symbolic bounds ({s}..{e}) needs step 1 on axis {axis}, got {}",
+                steps[k]
+            ));
+        }
+        let dim = &shape.0[axis];
+        let from_end = |b: &Dim| -> Result<Dim, String> {
+            match b.as_const() {
+                // Past the end (INT64_MAX and the like) is the end.
+                Some(c) if c >= i64::from(i32::MAX) => Ok(dim.clone()),
+                Some(c) if c < 0 => dim
+                    .checked_add(&Dim::c(c))
+                    .ok_or_else(|| "slice bound overflows".to_string()),
+                Some(c) => Ok(match dim.as_const() {
+                    Some(d) => Dim::c(c.min(d)),
+                    None => Dim::c(c),
+                }),
+                None if looks_negative(b) => dim
+                    .checked_add(b)
+                    .ok_or_else(|| "slice bound overflows".to_string()),
+                None => Ok(b.clone()),
+            }
+        };
+        let (s, e) = (from_end(s)?, from_end(e)?);
+        if s.as_const() == Some(0) && &e == dim {
+            continue;
+        }
+        let len = e
+            .checked_sub(&s)
+            .ok_or_else(|| "slice length overflows".to_string())?;
+        let one = cx.scalar(llmc_ir::DType::I64, 1.0);
+        let ones = cx.op(
+            Op::Expand,
+            &[one],
+            attrs([("shape", Attr::Shape(Shape(vec![len])))]),
+        )?;
+        let mut idx = cx.op(
+            Op::CumSum,
+            &[ones],
+            attrs([("axis", Attr::Int(0)), ("exclusive", Attr::Bool(true))]),
+        )?;
+        if s.as_const() != Some(0) {
+            let sv = cx.dims_value(vec![s], true);
+            idx = cx.bin(Op::Add, idx, sv)?;
+        }
+        cur = cx.op(
+            Op::Gather,
+            &[cur, idx],
+            attrs([("axis", Attr::Int(axis as i64))]),
+        )?;
+    }
+    if !cs.is_empty() {
+        let a = attrs([
+            ("starts", Attr::Ints(cs)),
+            ("ends", Attr::Ints(ce)),
+            ("axes", Attr::Ints(ca)),
+            ("steps", Attr::Ints(cst)),
+        ]);
+        cur = cx.op(Op::Slice, &[cur], a)?;
+    }
+    Ok(vec![cur])
 }
 
 fn gather(cx: &mut NodeCtx) -> R {
