@@ -138,6 +138,11 @@ impl KernelBuilder {
         self.push(Stmt::Assign { var, value });
     }
 
+    /// A block-quantized dot product statement ([`crate::loopir::QDot`]).
+    pub fn qdot(&mut self, q: crate::loopir::QDot) {
+        self.push(Stmt::QDot(Box::new(q)));
+    }
+
     /// `buf[index] = value`.
     pub fn store(&mut self, buf: BufId, index: Expr, value: Expr) {
         self.push(Stmt::Store { buf, index, value });

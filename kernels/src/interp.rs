@@ -5,7 +5,7 @@
 //! LLVM backend's output is compared with. Parallel loops run their iterations in
 //! reverse order, so a template that wrongly depends on iteration order shows up.
 
-use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, Role, Stmt, Ty, UnOp};
+use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, Role, Stmt, Ty, UnOp};
 use llmc_ir::tensor::{round_to, wrap_int, Data};
 use llmc_ir::{DType, Tensor};
 
@@ -204,6 +204,54 @@ impl Machine<'_> {
         })
     }
 
+    /// [`QDot`]: integer block sums exact, the rest in f32 in block order.
+    fn qdot(&mut self, q: &QDot, bufs: &mut [Vec<u8>]) -> R<()> {
+        let w0 = self.eval(&q.w_off, bufs)?.0.i();
+        let bb = q.fmt.block_bytes();
+        let qs = q.fmt.qs_offset();
+        for (xe, acc) in q.x_blk.iter().zip(&q.accs) {
+            let x0 = self.eval(xe, bufs)?.0.i();
+            let mut a = self.vars[acc.0 as usize]
+                .ok_or_else(|| format!("variable %{} read before set", self.k.var(*acc).name))?
+                .f() as f32;
+            for b in 0..q.blocks {
+                let wb = w0 + b * bb;
+                let xb = x0 + b;
+                let d = self.read(q.w, wb, Ty::F16, bufs)?.f() as f32;
+                let mut dot = 0i64;
+                for e in 0..32i64 {
+                    let w = match q.fmt {
+                        QFmt::Q8_0 => self.read(q.w, wb + qs + e, Ty::I8, bufs)?.i(),
+                        _ => {
+                            let byte = self.read(q.w, wb + qs + e % 16, Ty::U8, bufs)?.i();
+                            if e < 16 {
+                                byte & 15
+                            } else {
+                                byte >> 4
+                            }
+                        }
+                    };
+                    let x = self.read(q.xq, (xb * 32 + e) * 2, Ty::I16, bufs)?.i();
+                    dot += w * x;
+                }
+                let xd = self.read(q.xd, xb * 4, Ty::F32, bufs)?.f() as f32;
+                let mut t = (d * xd) * dot as f32;
+                let m = match q.fmt {
+                    QFmt::Q8_0 => None,
+                    QFmt::Q4_0 => Some(-8.0 * d),
+                    QFmt::Q4_1 => Some(self.read(q.w, wb + 2, Ty::F16, bufs)?.f() as f32),
+                };
+                if let Some(m) = m {
+                    let xs = self.read(q.xs, xb * 4, Ty::F32, bufs)?.f() as f32;
+                    t += m * xs;
+                }
+                a += t;
+            }
+            self.vars[acc.0 as usize] = Some(V::F(a as f64));
+        }
+        Ok(())
+    }
+
     fn run(&mut self, block: &[Stmt], bufs: &mut [Vec<u8>]) -> R<()> {
         let mut allocated = Vec::new();
         for s in block {
@@ -261,6 +309,7 @@ impl Machine<'_> {
                 Stmt::Barrier => {
                     return Err("barrier needs the GPU simulation, which is not written yet".into())
                 }
+                Stmt::QDot(q) => self.qdot(q, bufs)?,
             }
         }
         for b in allocated {

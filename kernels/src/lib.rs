@@ -9,6 +9,8 @@ pub mod loopir;
 pub mod templates;
 
 pub use builder::KernelBuilder;
-pub use loopir::{BinOp, Buf, BufId, Expr, Kernel, LoopTag, Role, Stmt, Ty, UnOp, VarId};
+pub use loopir::{
+    BinOp, Buf, BufId, Expr, Kernel, LoopTag, QDot, QFmt, Role, Stmt, Ty, UnOp, VarId,
+};
 pub use templates::pack::{OperandPack, Pack};
 pub use templates::{lower, Lowered, TemplateError};

@@ -406,6 +406,70 @@ pub enum Stmt {
     },
     /// GPU block barrier.
     Barrier,
+    /// Block-quantized dot products of one weight row (GGUF blocks as stored) with
+    /// activation rows quantized to int16 blocks of 32 (see [`QDot`]).
+    QDot(Box<QDot>),
+}
+
+/// A weight block format [`QDot`] reads (GGUF's, 32 elements per block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QFmt {
+    /// f16 scale `d`, 32 × i8: `w = d q`.
+    Q8_0,
+    /// f16 `d`, 16 bytes of nibbles (byte e: element e low, e + 16 high): `w = d (q - 8)`.
+    Q4_0,
+    /// f16 `d`, f16 `m`, 16 bytes of nibbles: `w = d q + m`.
+    Q4_1,
+}
+
+impl QFmt {
+    /// Bytes per block.
+    pub fn block_bytes(self) -> i64 {
+        match self {
+            QFmt::Q8_0 => 34,
+            QFmt::Q4_0 => 18,
+            QFmt::Q4_1 => 20,
+        }
+    }
+
+    /// Offset of the quant bytes in a block.
+    pub fn qs_offset(self) -> i64 {
+        match self {
+            QFmt::Q4_1 => 4,
+            _ => 2,
+        }
+    }
+}
+
+/// `accs[i] += Σ_b dot_b(i)` for one weight row and activation rows `i`, where block
+/// `b` of the weight row (at byte `w_off + b · block_bytes`) has scale `d`, minimum
+/// `m` (Q4_1; `-8 d` for Q4_0; none for Q8_0) and integer quants `q_e`, and the
+/// activation row's block `xb = x_blk[i] + b` has int16 values `xq[32 xb + e]`, scale
+/// `xd[xb]` and `xs[xb] = xd[xb] Σ_e xq[32 xb + e]`:
+/// `dot_b(i) = (d · xd[xb]) · Σ_e q_e xq[32 xb + e]  +  m · xs[xb]`.
+/// The integer sums are exact; the float accumulation order is the backend's (it may
+/// keep lane-wise partial sums). CPUs with integer dot instructions compute the sums
+/// with them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QDot {
+    /// Weight block format.
+    pub fmt: QFmt,
+    /// The weight buffer (bytes read raw).
+    pub w: BufId,
+    /// Byte offset of the row's first block.
+    pub w_off: Expr,
+    /// Blocks in the row.
+    pub blocks: i64,
+    /// Activation quants (i16, at most 32767 in magnitude).
+    pub xq: BufId,
+    /// Activation block scales (f32).
+    pub xd: BufId,
+    /// Activation block sums times scales (f32).
+    pub xs: BufId,
+    /// Per activation row: the index of its first block.
+    pub x_blk: Vec<Expr>,
+    /// Per activation row: the f32 accumulator added to.
+    pub accs: Vec<VarId>,
 }
 
 /// A kernel: parameters and a body.
@@ -714,6 +778,47 @@ impl Kernel {
                     allocated[buf.0 as usize] = true;
                 }
                 Stmt::Barrier => {}
+                Stmt::QDot(q) => {
+                    self.check_expr(&q.w_off, defined, allocated)?;
+                    self.index_ty(&q.w_off)?;
+                    if q.x_blk.len() != q.accs.len() {
+                        return Err("qdot: as many activation rows as accumulators".into());
+                    }
+                    for e in &q.x_blk {
+                        self.check_expr(e, defined, allocated)?;
+                        self.index_ty(e)?;
+                    }
+                    for (b, t) in [(q.xq, Ty::I16), (q.xd, Ty::F32), (q.xs, Ty::F32)] {
+                        let buf = self
+                            .bufs
+                            .get(b.0 as usize)
+                            .ok_or_else(|| format!("qdot reads unknown buffer b{}", b.0))?;
+                        if buf.ty != t {
+                            return Err(format!("qdot: {} must be {t}", buf.name));
+                        }
+                        let local = matches!(buf.role, Role::Local | Role::Shared);
+                        if local && !allocated[b.0 as usize] {
+                            return Err(format!("local {} read outside its allocation", buf.name));
+                        }
+                    }
+                    if self.bufs.get(q.w.0 as usize).is_none() {
+                        return Err(format!("qdot reads unknown buffer b{}", q.w.0));
+                    }
+                    for a in &q.accs {
+                        if !defined.get(a.0 as usize).copied().unwrap_or(false) {
+                            return Err(format!(
+                                "qdot accumulates into {} outside its definition",
+                                self.vname(*a)
+                            ));
+                        }
+                        if self.var(*a).ty != Ty::F32 {
+                            return Err(format!("qdot accumulator {} is not f32", self.vname(*a)));
+                        }
+                    }
+                    if q.blocks < 0 {
+                        return Err(format!("qdot over {} blocks", q.blocks));
+                    }
+                }
             }
         }
         *defined = saved_vars;
@@ -762,6 +867,12 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
                 visit_stmts_exprs(els, f);
             }
             Stmt::Alloc { .. } | Stmt::Barrier => {}
+            Stmt::QDot(q) => {
+                visit_expr(&q.w_off, f);
+                for e in &q.x_blk {
+                    visit_expr(e, f);
+                }
+            }
         }
     }
 }
@@ -1092,6 +1203,32 @@ impl Kernel {
                     writeln!(f, "{pad}{space} %{}: {}[{len}]", b.name, b.ty)?;
                 }
                 Stmt::Barrier => writeln!(f, "{pad}barrier")?,
+                Stmt::QDot(q) => {
+                    let accs: Vec<String> = q.accs.iter().map(|a| self.vname(*a)).collect();
+                    write!(
+                        f,
+                        "{pad}{} += qdot.{:?}({}[",
+                        accs.join(", "),
+                        q.fmt,
+                        self.bname(q.w)
+                    )?;
+                    self.fmt_expr(&q.w_off, f)?;
+                    write!(
+                        f,
+                        ".. x{}], {}/{}/{} blocks [",
+                        q.blocks,
+                        self.bname(q.xq),
+                        self.bname(q.xd),
+                        self.bname(q.xs)
+                    )?;
+                    for (i, e) in q.x_blk.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        self.fmt_expr(e, f)?;
+                    }
+                    f.write_str("])\n")?;
+                }
             }
         }
         Ok(())

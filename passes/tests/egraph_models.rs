@@ -6,7 +6,7 @@
 
 use llmc_ir::{Module, Op};
 use llmc_passes::egraph::{self, explain, Options};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 fn models() -> PathBuf {
@@ -18,13 +18,13 @@ fn models() -> PathBuf {
 fn exports() -> PathBuf {
     std::env::var_os("LLMC_ONNX_EXPORTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/onnx"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/onnx-exports"))
 }
 
 fn load(path: PathBuf) -> Option<Module> {
     if !path.exists() {
         eprintln!(
-            "skipped: model not found at {}, run scripts/fetch-models",
+            "skipped: {} not found (run scripts/fetch-models; ONNX exports: scripts/onnx-exports)",
             path.display()
         );
         return None;
@@ -64,7 +64,7 @@ fn explained(name: &str, m: &Module, kinds: &[&str]) -> usize {
 
 #[test]
 fn smollm2_onnx_export() {
-    let Some(mut m) = load(exports().join("smollm2-eager.onnx")) else {
+    let Some(mut m) = load(exports().join("smollm2-prefill/model.onnx")) else {
         return;
     };
     optimise("smollm2 onnx", &mut m);
@@ -83,7 +83,7 @@ fn smollm2_onnx_export() {
 
 #[test]
 fn minilm_onnx_export() {
-    let Some(mut m) = load(exports().join("minilm-eager.onnx")) else {
+    let Some(mut m) = load(exports().join("minilm/model.onnx")) else {
         return;
     };
     optimise("minilm onnx", &mut m);
@@ -169,10 +169,14 @@ fn smollm2_gguf_logits_match_after_optimisation() {
     }
 }
 
-/// The same for the ONNX export of SmolLM2 (8 tokens, all attended) and MiniLM.
+/// The same for the ONNX exports of SmolLM2 (8 tokens, all attended; the third input is
+/// `position_ids`) and MiniLM (the third input is `token_type_ids`).
 #[test]
 fn onnx_exports_match_after_optimisation() {
-    for (file, n_in) in [("smollm2-eager.onnx", 2), ("minilm-eager.onnx", 3)] {
+    for (file, third) in [
+        ("smollm2-prefill/model.onnx", (0..8).collect::<Vec<i64>>()),
+        ("minilm/model.onnx", vec![0; 8]),
+    ] {
         let Some(m0) = load(exports().join(file)) else {
             continue;
         };
@@ -183,13 +187,11 @@ fn onnx_exports_match_after_optimisation() {
             llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 8], ids),
             llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 8], vec![1; 8]),
         ];
-        if n_in == 3 {
-            ins.push(llmc_ir::Tensor::from_i64(
-                llmc_ir::DType::I64,
-                vec![1, 8],
-                vec![0; 8],
-            ));
-        }
+        ins.push(llmc_ir::Tensor::from_i64(
+            llmc_ir::DType::I64,
+            vec![1, 8],
+            third,
+        ));
         let a = llmc_ir::interp::Interpreter::new(&m0)
             .run(&ins)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -207,14 +209,7 @@ fn onnx_exports_match_after_optimisation() {
 /// `$LLMC_ONNX_EXPORTS` (default `.cache/onnx-exports`, written by `scripts/onnx-exports`).
 #[test]
 fn onnx_case_exports() {
-    let dir = std::env::var_os("LLMC_ONNX_EXPORTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join(".cache/onnx-exports")
-        });
+    let dir = exports();
     if !dir.is_dir() {
         eprintln!(
             "skipped: no ONNX exports at {} (run scripts/onnx-exports)",

@@ -7,13 +7,15 @@
 //! ./OUT embed --text TEXT [--text TEXT]... [--output FILE.npy]
 //! ./OUT run [--input NAME=FILE.npy]... [--output-dir DIR] [--then [--input ...]... [--output-dir DIR]]...
 //! ./OUT info
+//! ./OUT bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
 //! ```
 //!
 //! `run` executes the graph once per group (groups are separated by `--then`; the KV
 //! cache carries over from one group to the next) and writes `DIR/NAME.npy` per graph
 //! output. `generate` streams text from a language model (greedy at `--temperature 0`,
 //! the default). `embed` prints sentence embeddings from an encoder model (see
-//! [`crate::embed`]). `serve` and `bench` come next.
+//! [`crate::embed`]). `bench` times prefill and decode (see [`crate::bench`]). `serve`
+//! comes next.
 
 use crate::abi::KernelTable;
 use crate::exec::{HostTensor, Model};
@@ -27,7 +29,9 @@ const USAGE: &str = "usage:
            [--repetition-penalty R] [--seed S] [--chat]            generate text
   embed --text TEXT [--text TEXT]... [--output FILE.npy]          sentence embeddings
   run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
-  info                                                             describe the model";
+  info                                                             describe the model
+  bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
+                                          prefill/decode tok/s, time to first token";
 
 fn parse_generate(args: &[String]) -> Result<crate::generate::GenerateOptions, String> {
     let mut o = crate::generate::GenerateOptions {
@@ -286,6 +290,14 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             }
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::generate::generate(&mut model, &opts).map(|_| ())
+        }
+        "bench" => {
+            let (opts, threads) = crate::bench::parse(rest)?;
+            if let Some(n) = threads {
+                crate::pool::set_num_threads(n);
+            }
+            let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
+            crate::bench::run(&mut model, &opts)
         }
         "embed" => {
             let opts = crate::embed::parse(rest)?;

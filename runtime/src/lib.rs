@@ -5,6 +5,7 @@
 //! server come next). Never depends on the compiler crates.
 
 pub mod abi;
+pub mod bench;
 pub mod embed;
 pub mod exe;
 pub mod exec;

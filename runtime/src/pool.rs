@@ -8,7 +8,7 @@
 
 use crate::abi::BodyFn;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 #[derive(Clone, Copy)]
@@ -34,6 +34,9 @@ struct Shared {
     next: AtomicI64,
     /// Mirrors `State::generation`, so idle workers can spin without the lock.
     published: AtomicU64,
+    /// Workers still inside a job's `drain`, so the caller can spin-wait for them
+    /// without the lock (a condvar sleep costs a scheduler wake-up per parallel loop).
+    inside: AtomicUsize,
 }
 
 struct Pool {
@@ -48,6 +51,16 @@ thread_local! {
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// A thread count set by the command line before the pool starts (overrides
+/// `LLMC_NUM_THREADS`).
+static REQUESTED: OnceLock<usize> = OnceLock::new();
+
+/// Asks for `n` threads (workers + caller); only effective before the first parallel
+/// loop starts the pool. Returns whether the pool will use it.
+pub fn set_num_threads(n: usize) -> bool {
+    POOL.get().is_none() && REQUESTED.set(n.max(1)).is_ok()
+}
 
 /// How long an idle worker polls for the next job before blocking (decode runs
 /// hundreds of small parallel loops per token; a sleeping worker takes a scheduler
@@ -65,9 +78,14 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
-        let n = std::env::var("LLMC_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
+        let n = REQUESTED
+            .get()
+            .copied()
+            .or_else(|| {
+                std::env::var("LLMC_NUM_THREADS")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+            })
             .filter(|&v| v > 0)
             .unwrap_or_else(|| {
                 std::thread::available_parallelism()
@@ -84,6 +102,7 @@ fn pool() -> &'static Pool {
             done: Condvar::new(),
             next: AtomicI64::new(0),
             published: AtomicU64::new(0),
+            inside: AtomicUsize::new(0),
         });
         let mut workers = 0;
         for i in 1..n {
@@ -139,11 +158,13 @@ fn worker(shared: Arc<Shared>) {
             let job = st.job;
             if job.is_some() {
                 st.joined += 1;
+                shared.inside.fetch_add(1, Ordering::AcqRel);
             }
             job
         };
         if let Some(job) = job {
             drain(&shared, job);
+            shared.inside.fetch_sub(1, Ordering::AcqRel);
             let mut st = lock(&shared.state);
             st.joined -= 1;
             if st.joined == 0 {
@@ -193,6 +214,16 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
     // workers that wake later find the job closed and touch nothing.
     let mut st = lock(&p.shared.state);
     st.job = None;
+    if st.joined > 0 {
+        // Joined workers finish about when we do: spin briefly before sleeping.
+        drop(st);
+        let mut spins = 0;
+        while p.shared.inside.load(Ordering::Acquire) > 0 && spins < SPIN {
+            std::hint::spin_loop();
+            spins += 1;
+        }
+        st = lock(&p.shared.state);
+    }
     while st.joined > 0 {
         st = p.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
     }

@@ -1,6 +1,7 @@
 //! SmolLM2-135M (Q4_1 GGUF, 30 layers) through the compiled CPU path: a prefill of
 //! five tokens and one decode step (the KV cache carried inside the executable) give
-//! the reference interpreter's logits within a tolerance, and the same next token.
+//! the reference interpreter's logits within a tolerance (0.2% of the largest logit;
+//! quantized linears use int16 activations), and the same next token.
 //! Needs the model under `$LLMC_MODELS` (default `.cache/models`); skips with a
 //! message when it is absent.
 
@@ -81,6 +82,10 @@ fn smollm2_compiled_matches_the_reference() -> anyhow::Result<()> {
             .zip(&w)
             .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
         eprintln!("run {r}: max |logit| {scale:.3}, max error {err:.2e}");
+        // Quantized linears quantize their activations to int16 per block of 32
+        // (scale amax / 32767): measured max error 0.02% of the largest logit (4.9e-3
+        // of 23.8); allowed 0.2%. (int8 activations measured 2.6% and changed the
+        // greedy text; see docs/codegen.md.)
         assert!(
             err <= 2e-3 * scale,
             "run {r}: logits differ by {err} (scale {scale})"

@@ -25,6 +25,8 @@ use llmc_kernels::{BinOp, BufId, Expr, Kernel, LoopTag, Role, Stmt, Ty, UnOp, Va
 use llmc_runtime::abi::PARALLEL_FOR_SYMBOL;
 use std::collections::{BTreeSet, HashMap};
 
+mod qdot;
+
 type R<T> = Result<T, CodegenError>;
 
 fn llvm_err(e: impl std::fmt::Display) -> CodegenError {
@@ -53,6 +55,8 @@ pub(crate) struct Lowering<'ctx, 'm> {
     k: &'m Kernel,
     base: String,
     outlined: usize,
+    /// The target has AVX2 (integer dot products for [`llmc_kernels::QDot`]).
+    avx2: bool,
 }
 
 impl<'ctx, 'm> Lowering<'ctx, 'm> {
@@ -61,6 +65,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         module: &'m Module<'ctx>,
         k: &'m Kernel,
         base: String,
+        avx2: bool,
     ) -> Lowering<'ctx, 'm> {
         Lowering {
             it,
@@ -68,6 +73,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             k,
             base,
             outlined: 0,
+            avx2,
         }
     }
 
@@ -80,6 +86,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         let params: Vec<BufId> = self.k.params().map(|(id, _)| id).collect();
         let body_fn = self.emit_fn(
             &format!("{}.impl", self.base),
+            &[],
             &[],
             None,
             &self.k.body.clone(),
@@ -140,6 +147,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         &mut self,
         name: &str,
         captured: &[VarId],
+        locals: &[BufId],
         range: Option<(VarId, i64)>,
         body: &[Stmt],
         serial_only: bool,
@@ -152,6 +160,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         for v in captured {
             tys.push(it.ty(self.k.var(*v).ty).into());
         }
+        tys.extend(locals.iter().map(|_| BasicMetadataTypeEnum::from(it.ptr)));
         if range.is_some() {
             tys.extend([BasicMetadataTypeEnum::from(it.i64); 3]);
         }
@@ -201,6 +210,10 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             let val = next(&f)?;
             let slot = self.var_slot(&mut f, *v)?;
             f.b.build_store(slot, val).map_err(llvm_err)?;
+        }
+        for l in locals {
+            let p = next(&f)?.into_pointer_value();
+            f.bufs.insert(*l, p);
         }
         if let Some((var, step)) = range {
             let lo = next(&f)?.into_int_value();
@@ -333,6 +346,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 f.bufs.insert(*buf, p);
             }
             Stmt::Barrier => return Err(self.err("barriers exist only on GPU targets")),
+            Stmt::QDot(q) => self.qdot(f, q)?,
             Stmt::For {
                 var,
                 lo,
@@ -422,12 +436,19 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 self.k.var(*v).name
             )));
         }
+        // Locals allocated outside and used inside travel as pointers (the caller's
+        // frame outlives the parallel call).
+        let mut outer_locals = Vec::new();
         for b in locals_used.difference(&locals_alloc) {
-            if matches!(self.k.buf(*b).role, Role::Local | Role::Shared) {
-                return Err(self.err(format!(
-                    "parallel loop uses local %{} allocated outside it",
-                    self.k.buf(*b).name
-                )));
+            match self.k.buf(*b).role {
+                Role::Local => outer_locals.push(*b),
+                Role::Shared => {
+                    return Err(self.err(format!(
+                        "parallel loop uses shared %{} allocated outside it",
+                        self.k.buf(*b).name
+                    )))
+                }
+                _ => {}
             }
         }
         let lo = self.expr(f, lo)?.0.into_int_value();
@@ -435,7 +456,14 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         let n_out = self.outlined;
         self.outlined += 1;
         let body_name = format!("{}.par{n_out}", self.base);
-        let body_fn = self.emit_fn(&body_name, &captured, Some((var, step)), body, true)?;
+        let body_fn = self.emit_fn(
+            &body_name,
+            &captured,
+            &outer_locals,
+            Some((var, step)),
+            body,
+            true,
+        )?;
         // The context: buffer pointers, dims, captured values, lo.
         let params: Vec<BufId> = self.k.params().map(|(id, _)| id).collect();
         let mut fields: Vec<BasicTypeEnum> = Vec::new();
@@ -444,6 +472,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         for v in &captured {
             fields.push(it.ty(self.k.var(*v).ty));
         }
+        fields.extend(outer_locals.iter().map(|_| BasicTypeEnum::from(it.ptr)));
         fields.push(it.i64.into());
         let st = it.cx.struct_type(&fields, false);
         // Trampoline: void(ptr ctx, i64 start, i64 end).
@@ -493,6 +522,10 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             let slot = self.var_slot(f, *v)?;
             let t = it.ty(self.k.var(*v).ty);
             vals.push(f.b.build_load(t, slot, "").map_err(llvm_err)?);
+        }
+        for l in &outer_locals {
+            let p = *f.bufs.get(l).ok_or_else(|| llvm_err("unmapped local"))?;
+            vals.push(p.into());
         }
         vals.push(lo.into());
         for (i, v) in vals.into_iter().enumerate() {
@@ -1173,6 +1206,12 @@ fn scan(
                     allocs.insert(*buf);
                 }
                 Stmt::Barrier => {}
+                Stmt::QDot(q) => {
+                    for a in &q.accs {
+                        assigned.insert(*a);
+                    }
+                    bufs.extend([q.w, q.xq, q.xd, q.xs]);
+                }
             }
         }
     }

@@ -134,6 +134,45 @@ fn target_machine(opts: &CpuOptions) -> Result<TargetMachine, CodegenError> {
     Ok(tm)
 }
 
+/// True when the target machine's CPU has AVX2 (its explicit features, or a named
+/// x86 CPU from Haswell / Zen on); a `-avx2` feature turns it off.
+fn has_avx2(tm: &TargetMachine) -> bool {
+    let triple = tm.get_triple().as_str().to_string_lossy().to_string();
+    if !triple.starts_with("x86_64") {
+        return false;
+    }
+    let features = tm.get_feature_string().to_string_lossy().to_string();
+    let cpu = tm.get_cpu().to_string_lossy().to_string();
+    let has = |f: &str| features.split(',').any(|x| x == f);
+    if has("-avx2") {
+        return false;
+    }
+    const AVX2_CPUS: &[&str] = &[
+        "x86-64-v3",
+        "x86-64-v4",
+        "haswell",
+        "broadwell",
+        "skylake",
+        "skylake-avx512",
+        "cascadelake",
+        "cooperlake",
+        "icelake-client",
+        "icelake-server",
+        "tigerlake",
+        "alderlake",
+        "sapphirerapids",
+        "raptorlake",
+        "meteorlake",
+        "graniterapids",
+        "znver1",
+        "znver2",
+        "znver3",
+        "znver4",
+        "znver5",
+    ];
+    has("+avx2") || AVX2_CPUS.contains(&cpu.as_str())
+}
+
 /// True when `cpu` is a CPU the target knows (x86 and aarch64 names checked against a
 /// list of common ones; other targets are trusted).
 fn cpu_known(triple: &str, cpu: &str) -> bool {
@@ -200,10 +239,11 @@ pub fn compile(
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
     let it = Intrinsics::new(&cx);
+    let avx2 = has_avx2(&tm);
     let mut entries = Vec::new();
     for (i, k) in kernels.iter().enumerate() {
         let base = format!("llmc_k{i}_{}", k.name);
-        let f = lower::Lowering::new(&it, &module, k, base).lower()?;
+        let f = lower::Lowering::new(&it, &module, k, base, avx2).lower()?;
         entries.push((k.name.clone(), f));
     }
     // The table: { i64 count, ptr entries }, entries = [{ ptr name, ptr fn }].

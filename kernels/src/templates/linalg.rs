@@ -6,13 +6,13 @@
 //! (numpy semantics: batch broadcasting, 1-D promotion) is a plain batched product
 //! that accumulates rows of the output with a vectorized axpy.
 
-use super::pack::{OperandPack, Pack};
+use super::pack::OperandPack;
 use super::{
     compute_ty, fconst, load_elem, loop_nest_par, operand, quant_block, result, setup, strides,
     to_storage, work_estimate, TResult, PARALLEL_MIN,
 };
 use crate::builder::KernelBuilder;
-use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, Ty, VarId};
+use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, Ty, UnOp, VarId};
 use llmc_ir::{DType, Dim, Node, TensorType};
 
 /// Rows of x per register tile.
@@ -72,33 +72,6 @@ pub(crate) fn linear(
         n,
         t,
     };
-    if quant_block(w.dtype).is_some() && n % 8 == 0 {
-        let groups = n / 8;
-        let tag = if groups > 1 {
-            LoopTag::Parallel
-        } else {
-            LoopTag::Serial
-        };
-        kb.for_("g", 0, groups, tag, |kb, g| {
-            let rfull = kb.let_("rfull", rows.clone() / MR8 as i64 * MR8 as i64);
-            kb.for_step(
-                "r",
-                0,
-                rfull.clone(),
-                MR8 as i64,
-                LoopTag::Serial,
-                |kb, r| ctx.tile_rows8(kb, &r, MR8, &g),
-            );
-            kb.for_("r", rfull, rows.clone(), LoopTag::Serial, |kb, r| {
-                ctx.tile_rows8(kb, &r, 1, &g)
-            });
-        });
-        let packs = vec![OperandPack {
-            operand: 1,
-            pack: Pack::Rows8,
-        }];
-        return Ok((kb.finish()?, packs));
-    }
     let full = n / NR as i64;
     let tail = n % NR as i64;
     // All rows against weight rows j0..j0+ncols of `lin` (whose row `wj0` is j0).
@@ -139,25 +112,51 @@ pub(crate) fn linear(
             |kb| tiles(kb, &ctx, &j0, &j0, ncols),
         );
     };
-    if full > 0 {
-        let tag = if full > 1 {
-            LoopTag::Parallel
-        } else {
-            LoopTag::Serial
-        };
-        kb.for_("jb", 0, full, tag, |kb, jb| {
-            let j0 = kb.let_("j0", jb * NR as i64);
-            body(kb, j0, NR);
-        });
-    }
-    if tail > 0 {
-        body(&mut kb, Expr::i(full * NR as i64), tail as usize);
+    let tiled = |kb: &mut KernelBuilder| {
+        if full > 0 {
+            let tag = if full > 1 {
+                LoopTag::Parallel
+            } else {
+                LoopTag::Serial
+            };
+            kb.for_("jb", 0, full, tag, |kb, jb| {
+                let j0 = kb.let_("j0", jb * NR as i64);
+                body(kb, j0, NR);
+            });
+        }
+        if tail > 0 {
+            body(kb, Expr::i(full * NR as i64), tail as usize);
+        }
+    };
+    match qfmt(ctx.wd) {
+        // f32 activations against GGUF blocks: integer dot products.
+        Some(fmt) if t == Ty::F32 => ctx.int8_rows(&mut kb, &rows, fmt),
+        _ => tiled(&mut kb),
     }
     Ok((kb.finish()?, Vec::new()))
 }
 
-/// Rows of x per tile of the 8-row packed kernel.
-const MR8: usize = 4;
+/// The [`QFmt`] of a GGUF block dtype.
+fn qfmt(d: DType) -> Option<QFmt> {
+    match d {
+        DType::Q8_0 => Some(QFmt::Q8_0),
+        DType::Q4_0 => Some(QFmt::Q4_0),
+        DType::Q4_1 => Some(QFmt::Q4_1),
+        _ => None,
+    }
+}
+
+/// Weight rows per parallel iteration of the integer path.
+const QROWS: i64 = 16;
+
+/// Rows of x quantized and multiplied together by the integer path.
+const QGROUP: i64 = 4;
+
+/// The largest activation quant: int16 activations. (int8 ones, as llama.cpp's q8
+/// blocks, cost about the same with AVX2 but moved SmolLM2's logits by 2.6% of their
+/// range after one decode step and changed its greedy text; int16 keeps the logits
+/// within f32-accumulation noise.)
+const QMAX: f64 = 32767.0;
 
 /// From this many rows on, a quantized linear dequantizes each weight tile once.
 const PACK_MIN_ROWS: i64 = 4;
@@ -240,114 +239,138 @@ impl Lin {
 }
 
 impl Lin {
-    /// A tile of `mr` rows of x against the 8 output columns of packed group `g`
-    /// (layout `Pack::Rows8`): every quant byte is decoded once for the tile, SIMD
-    /// lanes are the 8 output rows (the template writes them out; LLVM's SLP
-    /// vectorizer packs them), so no dot product needs a horizontal reduction.
-    fn tile_rows8(&self, kb: &mut KernelBuilder, r0: &Expr, mr: usize, g: &Expr) {
-        let t = self.t;
-        let Some((bl, _)) = quant_block(self.wd) else {
-            return;
-        };
-        let blocks = self.k / bl;
-        let gb = super::pack::rows8_group_block_bytes(self.wd);
-        let four_bit = self.wd != DType::Q8_0;
-        let qs_off = if self.wd == DType::Q4_1 { 32 } else { 16 };
-        let mul = |x: Expr, y: Expr| Expr::bin(BinOp::Mul, x, y);
-        let add = |x: Expr, y: Expr| Expr::bin(BinOp::Add, x, y);
-        let acc: Vec<Vec<VarId>> = (0..mr)
-            .map(|_| (0..8).map(|_| kb.let_mut("acc", fconst(0.0, t))).collect())
-            .collect();
-        let xrow: Vec<Expr> = (0..mr)
-            .map(|i| kb.let_("xr", (r0.clone() + i as i64) * self.k))
-            .collect();
-        kb.for_("blk", 0, blocks, LoopTag::Serial, |kb, blk| {
-            let base = kb.let_("qb", (g.clone() * blocks + blk.clone()) * gb);
-            let x0: Vec<Expr> = xrow
-                .iter()
-                .map(|xr| kb.let_("x0", xr.clone() + blk.clone() * bl))
-                .collect();
-            let dot: Vec<Vec<VarId>> = (0..mr)
-                .map(|_| (0..8).map(|_| kb.let_mut("dot", fconst(0.0, t))).collect())
-                .collect();
-            let xs: Vec<VarId> = if four_bit {
-                (0..mr).map(|_| kb.let_mut("xs", fconst(0.0, t))).collect()
-            } else {
-                Vec::new()
-            };
-            let ne = if four_bit { bl / 2 } else { bl };
-            kb.for_("e", 0, ne, LoopTag::Unroll(ne as u32), |kb, e| {
-                let xv: Vec<(Expr, Option<Expr>)> = x0
-                    .iter()
-                    .enumerate()
-                    .map(|(i, xb)| {
-                        let xl = load_elem(kb, self.x, self.xd, xb.clone() + e.clone());
-                        let xl = kb.let_("xl", xl);
-                        let xh = four_bit.then(|| {
-                            let v = load_elem(kb, self.x, self.xd, xb.clone() + e.clone() + bl / 2);
-                            let v = kb.let_("xh", v);
-                            let s = xs[i];
-                            kb.assign(s, add(Expr::Var(s), add(xl.clone(), v.clone())));
-                            v
-                        });
-                        (xl, xh)
+    /// Rows of f32 x against a quantized weight as stored, in groups of [`QGROUP`]
+    /// rows: each group is quantized once to int16 blocks of 32 (scale `amax / 32767`,
+    /// so the quants stay in -32767..=32767), then every weight row's dot products with
+    /// the group run as integer block sums ([`QDot`]; one weight decode serves the
+    /// group's rows), with the weight rows split across threads.
+    fn int8_rows(&self, kb: &mut KernelBuilder, rows: &Expr, fmt: QFmt) {
+        let k = self.k;
+        let blocks = k / 32;
+        let g = QGROUP;
+        let xq = kb.local("xq", Ty::I16, g * k);
+        let xd = kb.local("xd", Ty::F32, g * blocks);
+        let xs = kb.local("xs", Ty::F32, g * blocks);
+        kb.for_step("rg", 0, rows.clone(), g, LoopTag::Serial, |kb, rg| {
+            let nr = kb.let_(
+                "nr",
+                Expr::bin(BinOp::Min, rows.clone() - rg.clone(), Expr::i(g)),
+            );
+            kb.for_("r", 0, nr.clone(), LoopTag::Serial, |kb, r| {
+                self.quantize_row(kb, &(rg.clone() + r.clone()), &r, (xq, xd, xs));
+            });
+            let full = nr.clone().ge(Expr::i(g));
+            kb.if_else(
+                full,
+                |kb| self.int8_group(kb, &rg, g as usize, fmt, (xq, xd, xs)),
+                |kb| {
+                    kb.for_("r", 0, nr.clone(), LoopTag::Serial, |kb, r| {
+                        self.int8_group(kb, &(rg.clone() + r), 1, fmt, (xq, xd, xs))
                     })
+                },
+            );
+        });
+    }
+
+    /// Quantizes row `r` of x into row `lr` of the int16 locals.
+    fn quantize_row(&self, kb: &mut KernelBuilder, r: &Expr, lr: &Expr, q: (BufId, BufId, BufId)) {
+        let (xq, xd, xs) = q;
+        let k = self.k;
+        let blocks = k / 32;
+        kb.for_("b", 0, blocks, LoopTag::Serial, |kb, b| {
+            let x0 = kb.let_("x0", r.clone() * k + b.clone() * 32);
+            let q0 = kb.let_("q0", lr.clone() * k + b.clone() * 32);
+            let amax = kb.let_mut("amax", fconst(0.0, Ty::F32));
+            kb.for_("e", 0, 32, LoopTag::Vectorize(8), |kb, e| {
+                let v = load_elem(kb, self.x, self.xd, x0.clone() + e).cast(Ty::F32);
+                let m = Expr::bin(BinOp::Max, Expr::Var(amax), Expr::un(UnOp::Abs, v));
+                kb.assign(amax, m);
+            });
+            let pos = Expr::bin(BinOp::Gt, Expr::Var(amax), fconst(0.0, Ty::F32));
+            let inv = Expr::bin(BinOp::Div, fconst(QMAX, Ty::F32), Expr::Var(amax));
+            let id = kb.let_(
+                "id",
+                Expr::Select(Box::new(pos), Box::new(inv), Box::new(fconst(0.0, Ty::F32))),
+            );
+            let qsum = kb.let_mut("qsum", Expr::Int(0, Ty::I32));
+            kb.for_("e", 0, 32, LoopTag::Vectorize(8), |kb, e| {
+                let v = load_elem(kb, self.x, self.xd, x0.clone() + e.clone()).cast(Ty::F32);
+                let q = Expr::un(UnOp::Round, Expr::bin(BinOp::Mul, v, id.clone()));
+                let q = kb.let_("q", q.cast(Ty::I16));
+                kb.store(xq, q0.clone() + e, q.clone());
+                kb.assign(
+                    qsum,
+                    Expr::bin(BinOp::Add, Expr::Var(qsum), q.cast(Ty::I32)),
+                );
+            });
+            let d = kb.let_(
+                "d",
+                Expr::bin(BinOp::Div, Expr::Var(amax), fconst(QMAX, Ty::F32)),
+            );
+            let at = lr.clone() * blocks + b;
+            kb.store(xd, at.clone(), d.clone());
+            let s = Expr::bin(BinOp::Mul, d, Expr::Var(qsum).cast(Ty::F32));
+            kb.store(xs, at, s);
+        });
+    }
+
+    /// Rows `r0..r0 + nr` of x (quantized in local rows `0..nr`, or local row 0..nr
+    /// shifted to `r0 % QGROUP` when `nr` is 1) against every weight row.
+    fn int8_group(
+        &self,
+        kb: &mut KernelBuilder,
+        r0: &Expr,
+        nr: usize,
+        fmt: QFmt,
+        q: (BufId, BufId, BufId),
+    ) {
+        let (xq, xd, xs) = q;
+        let n = self.n;
+        let blocks = self.k / 32;
+        let chunks = (n + QROWS - 1) / QROWS;
+        let tag = if chunks > 1 {
+            LoopTag::Parallel
+        } else {
+            LoopTag::Serial
+        };
+        let bb = fmt.block_bytes();
+        // The local row of x row r0 + i.
+        let lrow = |i: usize| -> Expr {
+            if nr == 1 {
+                Expr::bin(BinOp::Rem, r0.clone(), Expr::i(QGROUP))
+            } else {
+                Expr::i(i as i64)
+            }
+        };
+        kb.for_("jc", 0, chunks, tag, |kb, jc| {
+            let j0 = kb.let_("j0", jc * QROWS);
+            let j1 = kb.let_("j1", Expr::bin(BinOp::Min, j0.clone() + QROWS, Expr::i(n)));
+            kb.for_("j", j0, j1, LoopTag::Serial, |kb, j| {
+                let accs: Vec<VarId> = (0..nr)
+                    .map(|_| kb.let_mut("acc", fconst(0.0, Ty::F32)))
                     .collect();
-                #[allow(clippy::needless_range_loop)] // r is a lane: it also addresses bytes
-                for r in 0..8usize {
-                    let at = Box::new(base.clone() + qs_off + e.clone() * 8 + r as i64);
-                    let (lo, hi) = if four_bit {
-                        let byte = kb.let_("q", Expr::LoadRaw(self.w, at, Ty::U8));
-                        let lo = Expr::bin(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8));
-                        let hi = Expr::bin(BinOp::Shr, byte, Expr::Int(4, Ty::U8));
-                        (kb.let_("lo", lo.cast(t)), Some(kb.let_("hi", hi.cast(t))))
-                    } else {
-                        (
-                            kb.let_("q", Expr::LoadRaw(self.w, at, Ty::I8).cast(t)),
-                            None,
-                        )
-                    };
-                    for (i, (xl, xh)) in xv.iter().enumerate() {
-                        let a = dot[i][r];
-                        let mut v = add(Expr::Var(a), mul(xl.clone(), lo.clone()));
-                        if let (Some(h), Some(xh)) = (&hi, xh) {
-                            v = add(v, mul(xh.clone(), h.clone()));
-                        }
-                        kb.assign(a, v);
+                kb.qdot(QDot {
+                    fmt,
+                    w: self.w,
+                    w_off: j.clone() * (blocks * bb),
+                    blocks,
+                    xq,
+                    xd,
+                    xs,
+                    x_blk: (0..nr).map(|i| lrow(i) * blocks).collect(),
+                    accs: accs.clone(),
+                });
+                for (i, acc) in accs.iter().enumerate() {
+                    let mut v = Expr::Var(*acc);
+                    if let Some((b, bd)) = self.bias {
+                        let bv = load_elem(kb, b, bd, j.clone());
+                        v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
                     }
+                    let v = to_storage(kb, self.out, v);
+                    kb.store(self.out, (r0.clone() + i as i64) * n + j.clone(), v);
                 }
             });
-            for r in 0..8usize {
-                let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(t);
-                let d = kb.let_("d", f16(base.clone() + 2 * r as i64));
-                let m = match self.wd {
-                    DType::Q4_1 => Some(kb.let_("m", f16(base.clone() + 16 + 2 * r as i64))),
-                    DType::Q4_0 => Some(kb.let_("m", mul(d.clone(), fconst(-8.0, t)))),
-                    _ => None,
-                };
-                for i in 0..mr {
-                    let a = acc[i][r];
-                    let mut v = add(Expr::Var(a), mul(d.clone(), Expr::Var(dot[i][r])));
-                    if let Some(m) = &m {
-                        v = add(v, mul(m.clone(), Expr::Var(xs[i])));
-                    }
-                    kb.assign(a, v);
-                }
-            }
         });
-        for (i, row) in acc.iter().enumerate() {
-            for (r, a) in row.iter().enumerate() {
-                let col = g.clone() * 8 + r as i64;
-                let mut v = Expr::Var(*a);
-                if let Some((b, bd)) = self.bias {
-                    let bv = load_elem(kb, b, bd, col.clone());
-                    v = add(v, bv.cast(t));
-                }
-                let o = (r0.clone() + i as i64) * self.n + col;
-                let v = to_storage(kb, self.out, v);
-                kb.store(self.out, o, v);
-            }
-        }
     }
 
     /// Dequantizes weight rows j0..j0+nr into the local f32 array `dst` ([nr, k]).

@@ -37,11 +37,6 @@ fn parts(d: DType) -> Option<(usize, bool)> {
     }
 }
 
-/// Bytes of one block of `d` in a packed group of 8 rows.
-pub(crate) fn rows8_group_block_bytes(d: DType) -> i64 {
-    8 * d.block_bytes() as i64
-}
-
 /// Rewrites the bytes of a weight `[rows, k]` of dtype `d` into `pack`.
 pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     match pack {

@@ -67,6 +67,19 @@ pub enum Arg {
 /// Runs `op` on `args` both ways and compares every result within
 /// `atol + rtol * |want|`. Returns the kernel's text for inspection.
 pub fn check_args(op: Op, attrs: Attrs, args: &[Arg], atol: f64, rtol: f64) -> String {
+    let (got, want, k) = run_args(op, attrs, args);
+    for (i, (g, wv)) in got.iter().zip(&want).enumerate() {
+        for (j, (a, b)) in g.iter().zip(wv).enumerate() {
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
+            assert!(ok, "{op} result {i} element {j}: got {a}, want {b}\n{k}");
+        }
+    }
+    k
+}
+
+/// Runs `op` on `args` both ways: (the kernel's results, the reference's results, the
+/// kernel's text).
+pub fn run_args(op: Op, attrs: Attrs, args: &[Arg]) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, String) {
     let mut m = Module::new("t");
     let mut ids = Vec::new();
     let mut tensors = Vec::new();
@@ -127,15 +140,13 @@ pub fn check_args(op: Op, attrs: Attrs, args: &[Arg], atol: f64, rtol: f64) -> S
     }
     bufs.extend(consts.iter().map(tensor_bytes));
     run(&k, &mut bufs, &dims).unwrap_or_else(|e| panic!("{e}\n{k}"));
+    let mut got = Vec::new();
     for (i, w) in want.iter().enumerate() {
-        let got = bytes_tensor(w.dtype, &w.shape, &bufs[args.len() + i]).expect("decode");
-        let (g, wv) = (got.to_f64(), w.to_f64());
-        for (j, (a, b)) in g.iter().zip(&wv).enumerate() {
-            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
-            assert!(ok, "{op} result {i} element {j}: got {a}, want {b}\n{k}");
-        }
+        let g = bytes_tensor(w.dtype, &w.shape, &bufs[args.len() + i]).expect("decode");
+        got.push(g.to_f64());
     }
-    k.to_string()
+    let want = want.iter().map(|w| w.to_f64()).collect();
+    (got, want, k.to_string())
 }
 
 /// [`check_args`] with graph inputs only.

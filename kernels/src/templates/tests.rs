@@ -1,7 +1,7 @@
 //! Every template checked against the reference interpreter on the op it implements,
 //! with random inputs (symbolic dims included) and explicit tolerances.
 
-use super::testing::{check, check_args, tt, Arg, Rng};
+use super::testing::{check, check_args, run_args, tt, Arg, Rng};
 use llmc_ir::{attrs, Attr, DType, Op, Shape};
 
 const F: DType = DType::F32;
@@ -433,46 +433,22 @@ fn linear_float_and_quantized() {
         );
         for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
             let wq = quant_bytes(&mut r, d, n, k);
-            let xa = Arg::In(tt(F, &["seq", &k.to_string()]), x.clone());
-            check_args(
-                Op::Linear,
-                attrs([]),
-                &[xa, Arg::W(d, vec![n, k], wq)],
-                1e-5,
-                1e-5,
-            );
+            check_quant_linear(&x, rows, d, n, k, &wq, None);
+            let b = r.tensor(F, &[n], 1.0);
+            check_quant_linear(&x, rows, d, n, k, &wq, Some(&b));
         }
     }
-    // Row counts divisible by 8 take the packed kernel (rows tiled by 4, then 1).
-    for (rows, n, k) in [(1usize, 8usize, 64usize), (5, 16, 32), (9, 8, 96)] {
+    // Whole groups of 4 rows and partial ones, several parallel chunks of weight rows.
+    for (rows, n, k) in [
+        (1usize, 40usize, 64usize),
+        (3, 17, 32),
+        (4, 8, 96),
+        (9, 33, 64),
+    ] {
         let x = r.tensor(F, &[rows, k], 1.0);
-        let b = r.tensor(F, &[n], 1.0);
         for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
             let wq = quant_bytes(&mut r, d, n, k);
-            let xa = Arg::In(tt(F, &["seq", &k.to_string()]), x.clone());
-            let text = check_args(
-                Op::Linear,
-                attrs([]),
-                &[xa, Arg::W(d, vec![n, k], wq.clone())],
-                1e-5,
-                1e-5,
-            );
-            assert!(
-                text.contains("unroll("),
-                "{d}: not the packed kernel\n{text}"
-            );
-            let xa = Arg::In(tt(F, &["seq", &k.to_string()]), x.clone());
-            check_args(
-                Op::Linear,
-                attrs([]),
-                &[
-                    xa,
-                    Arg::W(d, vec![n, k], wq),
-                    Arg::W(F, vec![n], f32_bytes(&b)),
-                ],
-                1e-5,
-                1e-5,
-            );
+            check_quant_linear(&x, rows, d, n, k, &wq, None);
         }
     }
     // A quantized gather (embedding lookup) and a quantized elementwise operand.
@@ -1140,4 +1116,109 @@ fn flash_attention_matches_the_reference() {
         1e-5,
         1e-5,
     );
+}
+
+/// A GGUF block as numbers: scale, minimum (Q4_0: -8 d; Q8_0: 0), 32 integer quants.
+fn block_values(d: DType, blk: &[u8]) -> (f64, f64, Vec<i64>) {
+    let f16 = |o: usize| half::f16::from_le_bytes([blk[o], blk[o + 1]]).to_f64();
+    let scale = f16(0);
+    match d {
+        DType::Q8_0 => (
+            scale,
+            0.0,
+            (0..32).map(|e| blk[2 + e] as i8 as i64).collect(),
+        ),
+        _ => {
+            let (m, qs) = if d == DType::Q4_1 {
+                (f16(2), 4)
+            } else {
+                (-8.0 * scale, 2)
+            };
+            let q = (0..32)
+                .map(|e| {
+                    let b = blk[qs + e % 16] as i64;
+                    if e < 16 {
+                        b & 15
+                    } else {
+                        b >> 4
+                    }
+                })
+                .collect();
+            (scale, m, q)
+        }
+    }
+}
+
+/// A quantized `linear` of f32 activations, which it quantizes to int16 per block of
+/// 32 (scale amax / 32767, round half to even). It must match (a) the same
+/// quantized product computed here in f64 within 1e-5 of the sum of the terms'
+/// magnitudes (f32 accumulation), and (b) the exact f32 reference within the
+/// quantization bound Σ_e |w_e| · d_x / 2 per block, plus 1e-4.
+fn check_quant_linear(
+    x: &llmc_ir::Tensor,
+    rows: usize,
+    d: DType,
+    n: usize,
+    k: usize,
+    wq: &[u8],
+    bias: Option<&llmc_ir::Tensor>,
+) {
+    let mut args = vec![
+        Arg::In(tt(F, &["seq", &k.to_string()]), x.clone()),
+        Arg::W(d, vec![n, k], wq.to_vec()),
+    ];
+    if let Some(b) = bias {
+        args.push(Arg::W(F, vec![n], f32_bytes(b)));
+    }
+    let (got, want, text) = run_args(Op::Linear, attrs([]), &args);
+    assert!(
+        text.contains("qdot"),
+        "{d}, {rows} rows: not the integer path\n{text}"
+    );
+    let xv = x.to_f64();
+    let bv = bias.map(|b| b.to_f64());
+    let bb = d.block_bytes();
+    let blocks = k / 32;
+    for r in 0..rows {
+        // The activation row's int16 blocks.
+        let mut xq = Vec::new();
+        for b in 0..blocks {
+            let xs: Vec<f32> = (0..32).map(|e| xv[r * k + b * 32 + e] as f32).collect();
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let id = if amax > 0.0 { 32767f32 / amax } else { 0.0 };
+            let q: Vec<i64> = xs
+                .iter()
+                .map(|v| (v * id).round_ties_even() as i64)
+                .collect();
+            xq.push(((amax / 32767f32) as f64, q));
+        }
+        for j in 0..n {
+            let (mut exact, mut mag, mut bound) = (0f64, 0f64, 0f64);
+            for (b, (dx, q)) in xq.iter().enumerate() {
+                let at = (j * blocks + b) * bb;
+                let (dw, m, qw) = block_values(d, &wq[at..at + bb]);
+                let idot: i64 = qw.iter().zip(q).map(|(a, b)| a * b).sum();
+                let qsum: i64 = q.iter().sum();
+                let t1 = dw * dx * idot as f64;
+                let t2 = m * dx * qsum as f64;
+                exact += t1 + t2;
+                mag += t1.abs() + t2.abs();
+                bound += qw.iter().map(|&v| (dw * v as f64 + m).abs()).sum::<f64>() * dx / 2.0;
+            }
+            if let Some(bv) = &bv {
+                exact += bv[j];
+                mag += bv[j].abs();
+            }
+            let g = got[0][r * n + j];
+            let w = want[0][r * n + j];
+            assert!(
+                (g - exact).abs() <= 1e-5 * (1.0 + mag),
+                "{d} row {r} col {j}: got {g}, int16 product {exact}\n{text}"
+            );
+            assert!(
+                (g - w).abs() <= bound + 1e-4,
+                "{d} row {r} col {j}: got {g}, reference {w}, bound {bound}"
+            );
+        }
+    }
 }

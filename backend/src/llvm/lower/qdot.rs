@@ -1,0 +1,386 @@
+//! Lowering of the loop IR's block-quantized dot product ([`QDot`]), the quantized
+//! linear's inner loop. With AVX2, a block is two `vpmaddwd` (the 32 weight quants
+//! widened to i16 once per weight row, times the int16 activations, pairs summed to
+//! eight i32 lanes), converted and multiplied by the two block scales into a vector
+//! accumulator per activation row: no horizontal reduction until the row is done.
+//! Other x86-64 CPUs use SSE2's 8-lane `pmaddwd` (four per block); other targets get
+//! portable vector IR (widen, multiply, reduce) that LLVM legalises.
+
+use super::{llvm_err, Frame, Lowering, R};
+use inkwell::types::BasicTypeEnum;
+use inkwell::values::{
+    BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue,
+};
+use inkwell::IntPredicate;
+use llmc_kernels::{QDot, QFmt};
+
+impl<'ctx> Lowering<'ctx, '_> {
+    fn qdot_load(
+        &self,
+        f: &Frame<'ctx>,
+        ty: BasicTypeEnum<'ctx>,
+        base: PointerValue<'ctx>,
+        off: IntValue<'ctx>,
+    ) -> R<BasicValueEnum<'ctx>> {
+        let it = self.it;
+        // SAFETY: offsets come from the kernel, whose accesses the loop-IR interpreter
+        // checks against the same buffer sizes in tests.
+        let p = unsafe { f.b.build_gep(it.i8, base, &[off], "") }.map_err(llvm_err)?;
+        let v = f.b.build_load(ty, p, "").map_err(llvm_err)?;
+        if let Some(i) = v.as_instruction_value() {
+            i.set_alignment(1).map_err(llvm_err)?;
+        }
+        Ok(v)
+    }
+
+    fn splat_f32(&self, f: &Frame<'ctx>, x: FloatValue<'ctx>, n: u32) -> R<VectorValue<'ctx>> {
+        let it = self.it;
+        let vt = it.f32.vec_type(n);
+        let v =
+            f.b.build_insert_element(vt.get_undef(), x, it.i32.const_zero(), "")
+                .map_err(llvm_err)?;
+        let zeros =
+            inkwell::types::VectorType::const_vector(&vec![it.i32.const_zero(); n as usize]);
+        f.b.build_shuffle_vector(v, vt.get_undef(), zeros, "")
+            .map_err(llvm_err)
+    }
+
+    fn contract(&self, v: impl BasicValue<'ctx>) {
+        use inkwell::values::FastMathFlags as F;
+        if let Some(i) = v.as_instruction_value() {
+            let _ = i.set_fast_math_flags(F::AllowContract);
+        }
+    }
+
+    /// Emits `q` at the builder's position.
+    pub(super) fn qdot(&mut self, f: &mut Frame<'ctx>, q: &QDot) -> R<()> {
+        let it = self.it;
+        let w_off = self.expr(f, &q.w_off)?.0.into_int_value();
+        let mut x_blk = Vec::new();
+        for e in &q.x_blk {
+            x_blk.push(self.expr(f, e)?.0.into_int_value());
+        }
+        let b = &f.b;
+        let bufp = |id| {
+            f.bufs.get(&id).copied().ok_or_else(|| {
+                self.err(format!(
+                    "qdot: buffer %{} is not available here",
+                    self.k.buf(id).name
+                ))
+            })
+        };
+        let (wp, xqp, xdp, xsp) = (bufp(q.w)?, bufp(q.xq)?, bufp(q.xd)?, bufp(q.xs)?);
+        let rows = q.accs.len();
+        let v8f = it.f32.vec_type(8);
+        let v16b = it.i8.vec_type(16);
+        // Accumulators: a vector (AVX2) or a scalar per row, and a scalar for the
+        // minimum terms.
+        let mut vacc = Vec::new();
+        let mut sacc = Vec::new();
+        for _ in 0..rows {
+            let v = f.allocas.build_alloca(v8f, "qacc").map_err(llvm_err)?;
+            b.build_store(v, v8f.const_zero()).map_err(llvm_err)?;
+            vacc.push(v);
+            let s = f.allocas.build_alloca(it.f32, "qmacc").map_err(llvm_err)?;
+            b.build_store(s, it.f32.const_zero()).map_err(llvm_err)?;
+            sacc.push(s);
+        }
+        let ctr = f.allocas.build_alloca(it.i64, "qblk").map_err(llvm_err)?;
+        b.build_store(ctr, it.i64.const_zero()).map_err(llvm_err)?;
+        let (head, body, exit) = self.blocks(f, "qdot");
+        let b = &f.b;
+        b.build_unconditional_branch(head).map_err(llvm_err)?;
+        b.position_at_end(head);
+        let blk = b
+            .build_load(it.i64, ctr, "blk")
+            .map_err(llvm_err)?
+            .into_int_value();
+        let more = b
+            .build_int_compare(
+                IntPredicate::SLT,
+                blk,
+                it.i64.const_int(q.blocks as u64, true),
+                "",
+            )
+            .map_err(llvm_err)?;
+        b.build_conditional_branch(more, body, exit)
+            .map_err(llvm_err)?;
+        b.position_at_end(body);
+        let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
+        let wb = b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
+        let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
+        let at = |k: i64| {
+            f.b.build_int_add(wb, it.i64.const_int(k as u64, true), "")
+                .map_err(llvm_err)
+        };
+        let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
+        let d = b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
+        let m = match q.fmt {
+            QFmt::Q8_0 => None,
+            QFmt::Q4_0 => Some(
+                b.build_float_mul(d, it.f32.const_float(-8.0), "m")
+                    .map_err(llvm_err)?,
+            ),
+            QFmt::Q4_1 => {
+                let m = self
+                    .qdot_load(f, it.f16.into(), wp, at(2)?)?
+                    .into_float_value();
+                Some(b.build_float_ext(m, it.f32, "m").map_err(llvm_err)?)
+            }
+        };
+        // The block's 32 weight quants, in activation order, as two halves of 16.
+        let qs = at(q.fmt.qs_offset())?;
+        let v16w = it.i16.vec_type(16);
+        let unsigned_w = q.fmt != QFmt::Q8_0;
+        let (w_lo, w_hi) = match q.fmt {
+            QFmt::Q8_0 => {
+                let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
+                let q16 =
+                    f.b.build_int_add(qs, it.i64.const_int(16, false), "")
+                        .map_err(llvm_err)?;
+                let hi = self.qdot_load(f, v16b.into(), wp, q16)?.into_vector_value();
+                (lo, hi)
+            }
+            QFmt::Q4_0 | QFmt::Q4_1 => {
+                let raw = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
+                let c15 =
+                    inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
+                let c4 = inkwell::types::VectorType::const_vector(&[it.i8.const_int(4, false); 16]);
+                let lo = b.build_and(raw, c15, "lo").map_err(llvm_err)?;
+                let hi = b
+                    .build_right_shift(raw, c4, false, "hi")
+                    .map_err(llvm_err)?;
+                (lo, hi)
+            }
+        };
+        let widen = |v: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
+            if unsigned_w {
+                f.b.build_int_z_extend(v, v16w, "").map_err(llvm_err)
+            } else {
+                f.b.build_int_s_extend(v, v16w, "").map_err(llvm_err)
+            }
+        };
+        let (w_lo, w_hi) = (widen(w_lo)?, widen(w_hi)?);
+        for i in 0..rows {
+            let b = &f.b;
+            let xb = b.build_int_add(x_blk[i], blk, "xb").map_err(llvm_err)?;
+            let x64 = b
+                .build_int_mul(xb, it.i64.const_int(64, false), "")
+                .map_err(llvm_err)?;
+            let x_lo = self
+                .qdot_load(f, v16w.into(), xqp, x64)?
+                .into_vector_value();
+            let b = &f.b;
+            let x64h = b
+                .build_int_add(x64, it.i64.const_int(32, false), "")
+                .map_err(llvm_err)?;
+            let x_hi = self
+                .qdot_load(f, v16w.into(), xqp, x64h)?
+                .into_vector_value();
+            let b = &f.b;
+            let x4 = b
+                .build_int_mul(xb, it.i64.const_int(4, false), "")
+                .map_err(llvm_err)?;
+            let xd = self
+                .qdot_load(f, it.f32.into(), xdp, x4)?
+                .into_float_value();
+            let b = &f.b;
+            let scale = b.build_float_mul(d, xd, "scale").map_err(llvm_err)?;
+            if self.avx2 {
+                let p_lo = self
+                    .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_lo, x_lo])?
+                    .into_vector_value();
+                let p_hi = self
+                    .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_hi, x_hi])?
+                    .into_vector_value();
+                let b = &f.b;
+                let p32 = b.build_int_add(p_lo, p_hi, "").map_err(llvm_err)?;
+                let fv = b
+                    .build_signed_int_to_float(p32, v8f, "")
+                    .map_err(llvm_err)?;
+                let sv = self.splat_f32(f, scale, 8)?;
+                let b = &f.b;
+                let prod = b.build_float_mul(fv, sv, "").map_err(llvm_err)?;
+                self.contract(prod);
+                let cur = b
+                    .build_load(v8f, vacc[i], "")
+                    .map_err(llvm_err)?
+                    .into_vector_value();
+                let s = b.build_float_add(cur, prod, "").map_err(llvm_err)?;
+                self.contract(s);
+                b.build_store(vacc[i], s).map_err(llvm_err)?;
+            } else if self.x86_64() {
+                // SSE2 (every x86-64): four 8-lane `pmaddwd`, concatenated to the
+                // AVX2 path's eight i32 lanes.
+                let mut parts = Vec::new();
+                for (wv, xv) in [(w_lo, x_lo), (w_hi, x_hi)] {
+                    let mut halves = Vec::new();
+                    for h in 0..2u64 {
+                        let idx: Vec<IntValue> =
+                            (0..8).map(|i| it.i32.const_int(h * 8 + i, false)).collect();
+                        let mask = inkwell::types::VectorType::const_vector(&idx);
+                        let b = &f.b;
+                        let wh = b
+                            .build_shuffle_vector(wv, wv.get_type().get_undef(), mask, "")
+                            .map_err(llvm_err)?;
+                        let xh = b
+                            .build_shuffle_vector(xv, xv.get_type().get_undef(), mask, "")
+                            .map_err(llvm_err)?;
+                        halves.push(
+                            self.x86(f, "llvm.x86.sse2.pmadd.wd", &[wh, xh])?
+                                .into_vector_value(),
+                        );
+                    }
+                    parts.push(halves);
+                }
+                let b = &f.b;
+                let lo = b
+                    .build_int_add(parts[0][0], parts[1][0], "")
+                    .map_err(llvm_err)?;
+                let hi = b
+                    .build_int_add(parts[0][1], parts[1][1], "")
+                    .map_err(llvm_err)?;
+                let idx: Vec<IntValue> = (0..8).map(|i| it.i32.const_int(i, false)).collect();
+                let mask = inkwell::types::VectorType::const_vector(&idx);
+                let p32 = b.build_shuffle_vector(lo, hi, mask, "").map_err(llvm_err)?;
+                let fv = b
+                    .build_signed_int_to_float(p32, v8f, "")
+                    .map_err(llvm_err)?;
+                let sv = self.splat_f32(f, scale, 8)?;
+                let b = &f.b;
+                let prod = b.build_float_mul(fv, sv, "").map_err(llvm_err)?;
+                self.contract(prod);
+                let cur = b
+                    .build_load(v8f, vacc[i], "")
+                    .map_err(llvm_err)?
+                    .into_vector_value();
+                let s = b.build_float_add(cur, prod, "").map_err(llvm_err)?;
+                self.contract(s);
+                b.build_store(vacc[i], s).map_err(llvm_err)?;
+            } else {
+                let w32 = it.i32.vec_type(16);
+                let red = it
+                    .intrinsic(self.module, "llvm.vector.reduce.add", &[w32.into()])
+                    .ok_or_else(|| llvm_err("llvm.vector.reduce.add"))?;
+                let mut sum = it.i32.const_zero();
+                for (wv, xv) in [(w_lo, x_lo), (w_hi, x_hi)] {
+                    let ww = b.build_int_s_extend(wv, w32, "").map_err(llvm_err)?;
+                    let xw = b.build_int_s_extend(xv, w32, "").map_err(llvm_err)?;
+                    let prod = b.build_int_mul(ww, xw, "").map_err(llvm_err)?;
+                    let part = b
+                        .build_call(red, &[prod.into()], "")
+                        .map_err(llvm_err)?
+                        .try_as_basic_value()
+                        .basic()
+                        .ok_or_else(|| llvm_err("reduce"))?
+                        .into_int_value();
+                    sum = b.build_int_add(sum, part, "").map_err(llvm_err)?;
+                }
+                let sf = b
+                    .build_signed_int_to_float(sum, it.f32, "")
+                    .map_err(llvm_err)?;
+                let t = b.build_float_mul(scale, sf, "").map_err(llvm_err)?;
+                self.contract(t);
+                let cur = b
+                    .build_load(it.f32, sacc[i], "")
+                    .map_err(llvm_err)?
+                    .into_float_value();
+                let s = b.build_float_add(cur, t, "").map_err(llvm_err)?;
+                self.contract(s);
+                b.build_store(sacc[i], s).map_err(llvm_err)?;
+            }
+            if let Some(m) = m {
+                let xs = self
+                    .qdot_load(f, it.f32.into(), xsp, x4)?
+                    .into_float_value();
+                let b = &f.b;
+                let t = b.build_float_mul(m, xs, "").map_err(llvm_err)?;
+                self.contract(t);
+                let cur = b
+                    .build_load(it.f32, sacc[i], "")
+                    .map_err(llvm_err)?
+                    .into_float_value();
+                let s = b.build_float_add(cur, t, "").map_err(llvm_err)?;
+                self.contract(s);
+                b.build_store(sacc[i], s).map_err(llvm_err)?;
+            }
+        }
+        let b = &f.b;
+        let next = b
+            .build_int_add(blk, it.i64.const_int(1, false), "")
+            .map_err(llvm_err)?;
+        b.build_store(ctr, next).map_err(llvm_err)?;
+        b.build_unconditional_branch(head).map_err(llvm_err)?;
+        b.position_at_end(exit);
+        // acc += Σ lanes + the scalar terms.
+        for (i, a) in q.accs.iter().enumerate() {
+            let b = &f.b;
+            let v = b
+                .build_load(v8f, vacc[i], "")
+                .map_err(llvm_err)?
+                .into_vector_value();
+            let mut lanes = Vec::new();
+            for l in 0..8 {
+                lanes.push(
+                    b.build_extract_element(v, it.i32.const_int(l, false), "")
+                        .map_err(llvm_err)?
+                        .into_float_value(),
+                );
+            }
+            // Pairwise, so the shuffles stay short.
+            while lanes.len() > 1 {
+                let mut nx = Vec::new();
+                for p in lanes.chunks(2) {
+                    nx.push(if p.len() == 2 {
+                        b.build_float_add(p[0], p[1], "").map_err(llvm_err)?
+                    } else {
+                        p[0]
+                    });
+                }
+                lanes = nx;
+            }
+            let s = b
+                .build_load(it.f32, sacc[i], "")
+                .map_err(llvm_err)?
+                .into_float_value();
+            let tot = b.build_float_add(lanes[0], s, "").map_err(llvm_err)?;
+            let slot = self.var_slot(f, *a)?;
+            let b = &f.b;
+            let cur = b
+                .build_load(it.f32, slot, "")
+                .map_err(llvm_err)?
+                .into_float_value();
+            let nv = b.build_float_add(cur, tot, "").map_err(llvm_err)?;
+            b.build_store(slot, nv).map_err(llvm_err)?;
+        }
+        Ok(())
+    }
+
+    /// The module targets x86-64 (SSE2 at least).
+    fn x86_64(&self) -> bool {
+        self.module
+            .get_triple()
+            .as_str()
+            .to_string_lossy()
+            .starts_with("x86_64")
+    }
+
+    /// Calls a non-overloaded x86 intrinsic on vectors.
+    fn x86(
+        &self,
+        f: &Frame<'ctx>,
+        name: &str,
+        args: &[VectorValue<'ctx>],
+    ) -> R<BasicValueEnum<'ctx>> {
+        let func = self
+            .it
+            .intrinsic(self.module, name, &[])
+            .ok_or_else(|| llvm_err(format!("intrinsic {name} is unknown to LLVM")))?;
+        let args: Vec<_> = args.iter().map(|a| (*a).into()).collect();
+        f.b.build_call(func, &args, "")
+            .map_err(llvm_err)?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| llvm_err(format!("{name} returned nothing")))
+    }
+}

@@ -1,0 +1,348 @@
+//! The executable's `bench` command: how fast this build runs its language model on
+//! this machine. It times a prefill of `--prompt-tokens` synthetic ids (time to first
+//! token is that call plus the first greedy pick), then `--gen-tokens` single-token
+//! decode steps, best of `--repeat` runs, and reports the bytes of weights one decode
+//! step reads (from the plan). `--bandwidth` also measures the machine's memory read
+//! bandwidth with a STREAM-like read kernel on the same threads, and prints the
+//! bandwidth roofline (bandwidth ÷ bytes per token) and the ratio to it. Tokenizer and
+//! sampling costs are left out: this measures the compiled graph.
+
+use crate::exec::{HostTensor, Model};
+use crate::plan::{ElemType, Plan, Source, StepKind};
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchOptions {
+    /// Prompt length of the prefill.
+    pub prompt_tokens: usize,
+    /// Decode steps after it.
+    pub gen_tokens: usize,
+    /// Runs; the best is reported.
+    pub repeat: usize,
+    /// Also measure the memory read bandwidth.
+    pub bandwidth: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            prompt_tokens: 128,
+            gen_tokens: 64,
+            repeat: 3,
+            bandwidth: false,
+        }
+    }
+}
+
+/// Parses `bench` arguments; `--threads N` is returned apart (the pool reads it).
+pub fn parse(args: &[String]) -> Result<(BenchOptions, Option<usize>), String> {
+    let mut o = BenchOptions::default();
+    let mut threads = None;
+    let mut it = args.iter();
+    fn num(flag: &str, v: Option<&String>) -> Result<usize, String> {
+        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+        v.parse()
+            .map_err(|_| format!("{flag} {v}: not a valid count"))
+    }
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--prompt-tokens" | "-p" => o.prompt_tokens = num(a, it.next())?,
+            "--gen-tokens" | "-n" => o.gen_tokens = num(a, it.next())?,
+            "--repeat" | "-r" => o.repeat = num(a, it.next())?.max(1),
+            "--threads" | "-t" => threads = Some(num(a, it.next())?.max(1)),
+            "--bandwidth" => o.bandwidth = true,
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}` (bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth])"
+                ))
+            }
+        }
+    }
+    if o.prompt_tokens == 0 {
+        return Err("--prompt-tokens must be at least 1".into());
+    }
+    Ok((o, threads))
+}
+
+/// Bytes of weights one decode step reads: every data-section buffer a kernel reads
+/// counts once; a table read by `gather` kernels only counts one row per step.
+pub fn weight_bytes_per_token(plan: &Plan) -> u64 {
+    let n = plan.buffers.len();
+    // 0 = unread, 1 = read by gathers only, 2 = read whole.
+    let mut how = vec![0u8; n];
+    for s in &plan.steps {
+        if let StepKind::Kernel { kernel, bufs, .. } = &s.kind {
+            let name = plan
+                .kernels
+                .get(*kernel as usize)
+                .map_or("", |s| s.as_str());
+            let gather = name.starts_with("gather");
+            for &b in bufs {
+                if let Some(h) = how.get_mut(b as usize) {
+                    *h = (*h).max(if gather { 1 } else { 2 });
+                }
+            }
+        }
+    }
+    let mut total = 0u64;
+    for (b, h) in plan.buffers.iter().zip(how) {
+        let Source::Data { len, .. } = b.source else {
+            continue;
+        };
+        total += match h {
+            2 => len,
+            1 => {
+                let rows = b.shape.first().and_then(|p| p.eval(&[])).unwrap_or(1);
+                len / rows.max(1) as u64
+            }
+            _ => 0,
+        };
+    }
+    total
+}
+
+/// Measured numbers of one bench.
+#[derive(Clone, Debug, Default)]
+pub struct BenchResult {
+    /// Prefill tokens per second.
+    pub prefill_tps: f64,
+    /// Decode tokens per second.
+    pub decode_tps: f64,
+    /// Time to first token, seconds.
+    pub ttft: f64,
+    /// CPU seconds (all threads) per decoded token, when the OS reports them.
+    pub decode_cpu: Option<f64>,
+    /// CPU seconds (all threads) per prompt token.
+    pub prefill_cpu: Option<f64>,
+}
+
+/// CPU time this process's threads have run, in seconds (Linux `schedstat`; `None`
+/// elsewhere). On a shared machine, wall time includes waiting for a core; this does
+/// not (spinning pool workers count as running).
+pub fn cpu_seconds() -> Option<f64> {
+    let mut ns = 0u64;
+    for e in std::fs::read_dir("/proc/self/task").ok()? {
+        let p = e.ok()?.path().join("schedstat");
+        let s = std::fs::read_to_string(p).ok()?;
+        ns += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 * 1e-9)
+}
+
+fn ids_tensor(ids: &[i64]) -> HostTensor {
+    HostTensor {
+        dtype: ElemType::I64,
+        shape: vec![1, ids.len()],
+        data: ids.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// One model call: ids at positions `start..`, the index of the last row's largest logit.
+fn call(
+    model: &mut Model,
+    ids: &[i64],
+    start: usize,
+    io: (usize, usize, usize),
+) -> Result<i64, String> {
+    let (ids_in, pos_in, logits_out) = io;
+    let mut inputs = vec![ids_tensor(&[]); 2];
+    inputs[ids_in] = ids_tensor(ids);
+    let pos: Vec<i64> = (start..start + ids.len()).map(|p| p as i64).collect();
+    inputs[pos_in] = ids_tensor(&pos);
+    let outs = model.run(&inputs).map_err(|e| e.to_string())?;
+    let t = outs.get(logits_out).ok_or("the model returned no logits")?;
+    if t.dtype != ElemType::F32 {
+        return Err(format!("logits are {}, expected f32", t.dtype.name()));
+    }
+    let vocab = *t.shape.last().ok_or("logits have no dims")?;
+    let last = t.data.len().saturating_sub(vocab * 4);
+    let mut best = (0i64, f32::NEG_INFINITY);
+    for (i, c) in t.data[last..].chunks_exact(4).enumerate() {
+        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        if v > best.1 {
+            best = (i as i64, v);
+        }
+    }
+    Ok(best.0)
+}
+
+/// Runs the benchmark on a language model.
+pub fn bench(model: &mut Model, o: &BenchOptions) -> Result<BenchResult, String> {
+    let llm = model
+        .plan()
+        .llm
+        .clone()
+        .ok_or("bench needs a language model (this executable has no decoder inputs)")?;
+    let io = (
+        llm.ids_input as usize,
+        llm.pos_input as usize,
+        llm.logits_output as usize,
+    );
+    let ctx = llm.context_length.unwrap_or(i64::MAX).max(0) as u64;
+    if (o.prompt_tokens + o.gen_tokens) as u64 > ctx {
+        return Err(format!(
+            "--prompt-tokens {} + --gen-tokens {} exceed the model's context length {ctx}",
+            o.prompt_tokens, o.gen_tokens
+        ));
+    }
+    // Synthetic prompt: ids spread over the low part of the vocabulary (any valid id
+    // costs the same), deterministic.
+    let prompt: Vec<i64> = (0..o.prompt_tokens as i64)
+        .map(|i| 100 + (i * 7919) % 20000)
+        .collect();
+    // Warm-up: page the weights in, start the pool.
+    model.reset();
+    call(model, &prompt[..prompt.len().min(8)], 0, io)?;
+    let mut best = BenchResult::default();
+    for _ in 0..o.repeat {
+        model.reset();
+        let c0 = cpu_seconds();
+        let t0 = Instant::now();
+        let mut next = call(model, &prompt, 0, io)?;
+        let prefill = t0.elapsed().as_secs_f64();
+        let c1 = cpu_seconds();
+        let ttft = prefill;
+        let t1 = Instant::now();
+        for g in 0..o.gen_tokens {
+            next = call(model, &[next], o.prompt_tokens + g, io)?;
+        }
+        let decode = t1.elapsed().as_secs_f64();
+        let c2 = cpu_seconds();
+        let per = |a: Option<f64>, b: Option<f64>, n: usize| match (a, b) {
+            (Some(a), Some(b)) if n > 0 => Some((b - a) / n as f64),
+            _ => None,
+        };
+        let min = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        best.prefill_cpu = min(best.prefill_cpu, per(c0, c1, o.prompt_tokens));
+        best.decode_cpu = min(best.decode_cpu, per(c1, c2, o.gen_tokens));
+        let r = BenchResult {
+            prefill_tps: o.prompt_tokens as f64 / prefill.max(1e-12),
+            decode_tps: if o.gen_tokens == 0 {
+                0.0
+            } else {
+                o.gen_tokens as f64 / decode.max(1e-12)
+            },
+            ttft,
+            ..BenchResult::default()
+        };
+        best.prefill_tps = best.prefill_tps.max(r.prefill_tps);
+        best.decode_tps = best.decode_tps.max(r.decode_tps);
+        best.ttft = if best.ttft == 0.0 {
+            r.ttft
+        } else {
+            best.ttft.min(r.ttft)
+        };
+    }
+    Ok(best)
+}
+
+/// Memory read bandwidth in bytes/s: `threads` threads sum disjoint parts of a buffer
+/// much larger than the caches; best of several passes.
+pub fn read_bandwidth(threads: usize) -> Result<f64, String> {
+    read_bandwidth_of(512 << 20, threads)
+}
+
+fn read_bandwidth_of(bytes: usize, threads: usize) -> Result<f64, String> {
+    let words = bytes / 8;
+    let mut buf: Vec<u64> = Vec::new();
+    buf.try_reserve_exact(words)
+        .map_err(|_| "cannot allocate the bandwidth buffer".to_string())?;
+    buf.extend((0..words as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    let threads = threads.max(1);
+    let part = words.div_ceil(threads);
+    let mut best = 0f64;
+    let mut sink = 0u64;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = buf
+                .chunks(part)
+                .map(|c| s.spawn(move || sum_words(c)))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        sink = sums.iter().fold(sink, |a, &b| a ^ b);
+        best = best.max((words * 8) as f64 / secs.max(1e-12));
+    }
+    std::hint::black_box(sink);
+    Ok(best)
+}
+
+/// Sums words with 8 independent accumulators (no dependency chain limits the loads).
+fn sum_words(c: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let mut chunks = c.chunks_exact(8);
+    for ch in &mut chunks {
+        for (a, &w) in acc.iter_mut().zip(ch) {
+            *a = a.wrapping_add(w);
+        }
+    }
+    let tail: u64 = chunks.remainder().iter().fold(0, |a, &w| a.wrapping_add(w));
+    acc.iter().fold(tail, |a, &w| a.wrapping_add(w))
+}
+
+/// The `bench` command: prints one `key: value` line per number.
+pub fn run(model: &mut Model, o: &BenchOptions) -> Result<(), String> {
+    let threads = crate::pool::num_threads();
+    let bytes = weight_bytes_per_token(model.plan());
+    let r = bench(model, o)?;
+    println!("threads: {threads}");
+    println!("prompt tokens: {}", o.prompt_tokens);
+    println!("gen tokens: {}", o.gen_tokens);
+    println!("prefill tok/s: {:.1}", r.prefill_tps);
+    println!("decode tok/s: {:.1}", r.decode_tps);
+    println!("ttft ms: {:.1}", r.ttft * 1e3);
+    if let Some(c) = r.prefill_cpu {
+        println!("prefill cpu ms/token: {:.2}", c * 1e3);
+    }
+    if let Some(c) = r.decode_cpu {
+        println!("decode cpu ms/token: {:.2}", c * 1e3);
+    }
+    println!("weight bytes per token: {bytes}");
+    if o.bandwidth {
+        let bw = read_bandwidth(threads)?;
+        let roof = bw / bytes.max(1) as f64;
+        println!("read bandwidth GB/s: {:.2}", bw / 1e9);
+        println!("roofline decode tok/s: {roof:.1}");
+        println!("decode / roofline: {:.3}", r.decode_tps / roof.max(1e-12));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_flags() {
+        let a: Vec<String> = "--prompt-tokens 16 -n 4 --threads 2 --bandwidth"
+            .split(' ')
+            .map(String::from)
+            .collect();
+        let (o, t) = parse(&a).unwrap();
+        assert_eq!(o.prompt_tokens, 16);
+        assert_eq!(o.gen_tokens, 4);
+        assert!(o.bandwidth);
+        assert_eq!(t, Some(2));
+        assert!(parse(&["--bogus".into()]).unwrap_err().contains("unknown"));
+        assert!(parse(&["-p".into(), "0".into()]).is_err());
+    }
+
+    #[test]
+    fn word_sum_matches_a_plain_sum() {
+        let v: Vec<u64> = (0..1003u64).map(|i| i * i).collect();
+        let want = v.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+        assert_eq!(sum_words(&v), want);
+    }
+
+    #[test]
+    fn bandwidth_is_positive() {
+        let bw = read_bandwidth_of(8 << 20, 2).unwrap();
+        assert!(bw > 1e8, "{bw}");
+    }
+}
