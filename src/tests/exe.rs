@@ -630,8 +630,9 @@ fn emit_kinds_write_readable_files() {
         .filter_map(|l| l.split('(').next())
         .filter(|n| n.starts_with("llmc_k"))
         .collect();
-    // One kernel per op of the graph: matmul, add, relu.
-    for op in ["matmul", "add", "relu"] {
+    // One kernel per op of the -O3 graph: the e-graph fused matmul + bias into one
+    // `linear` (rule fusion/matmul-bias-linear), then relu.
+    for op in ["linear", "relu"] {
         assert!(
             kernels.iter().any(|k| k.contains(op)),
             "no {op} kernel in {kernels:?}"
@@ -692,8 +693,12 @@ fn smollm_logits_agree_between_o0_and_o3() {
         .zip(&o3)
         .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
     eprintln!("-O0 vs -O3: max |logit| {scale}, max difference {err:e}");
-    // Same kernels; -O3 may contract into FMAs and reassociate vectorized sums.
-    assert!(err <= 1e-4 * scale, "max difference {err} (scale {scale})");
+    // -O3 runs flash_attention (online softmax, another summation order) where -O0 runs
+    // attention, and LLVM contracts into FMAs; the GGUF layers quantize their f32
+    // activations to int16 per block, so a last-bit difference upstream can move a value
+    // by one quantization step. Measured: 2.3e-3 on logits of 19.8 (1.2e-4 relative);
+    // held to 1e-3 relative, half of codegen_smollm's bound against the interpreter.
+    assert!(err <= 1e-3 * scale, "max difference {err} (scale {scale})");
     let argmax = |v: &[f32]| {
         v.iter()
             .enumerate()

@@ -13,9 +13,14 @@
 //! all). The last line printed is `onnx node tests: N passed, N failed, N skipped`.
 //! When the cache is missing the runner runs the generator script first.
 //!
+//! Each data set runs twice in the interpreter: on the module as imported (-O0) and
+//! after the -O3 pass pipeline (folding, CSE, the e-graph rewrites, DCE); both must
+//! match the case's expected outputs within its tolerance, so the optimizer is checked
+//! on every allow-listed case. `LLMC_ONNX_OPT=0,3` picks the levels.
+//!
 //! `LLMC_ONNX_ENGINE=cpu` runs every case through the compiled CPU path (kernels, LLVM,
 //! link, the runtime) instead of the interpreter: slower (a build per data set), a
-//! conformance check of code generation.
+//! conformance check of code generation (at -O0 unless `LLMC_ONNX_OPT` says otherwise).
 //!
 //! Many cases feed shape-like operands (a `Reshape`'s shape, reduction axes, pads) as
 //! graph inputs, where real models have initializers. The runner imports each data set
@@ -224,27 +229,81 @@ fn check_case(dir: &Path) -> Result<(), String> {
         let module = llmc_frontend::onnx::load_with(&dir.join("model.onnx"), options)
             .map_err(|e| format!("import: {e}"))?;
         let inputs: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
-        let gots = if std::env::var("LLMC_ONNX_ENGINE").as_deref() == Ok("cpu") {
-            let opts = llmc_backend::BuildOptions::default();
-            llmc_backend::run::run_compiled(&module, &opts, &[inputs])
-                .map_err(|e| format!("{set_name}: compiled run: {e}"))?
-                .pop()
-                .unwrap_or_default()
-        } else {
-            Interpreter::new(&module)
-                .run(&inputs)
-                .map_err(|e| format!("{set_name}: run: {e}"))?
-        };
-        if gots.len() != wants.len() {
-            return Err(format!(
-                "{set_name}: the graph gives {} outputs, the case expects {}",
-                gots.len(),
-                wants.len()
-            ));
+        let cpu = std::env::var("LLMC_ONNX_ENGINE").as_deref() == Ok("cpu");
+        for level in opt_levels(cpu)? {
+            let mut module = module.clone();
+            optimize(&mut module, level).map_err(|e| format!("{set_name}: -O{level}: {e}"))?;
+            let set_name = format!("{set_name} (-O{level})");
+            check_outputs(&module, &inputs, &wants, tol, cpu, &set_name)?;
         }
-        for (k, (got, want)) in gots.iter().zip(&wants).enumerate() {
-            compare(got, want, tol).map_err(|m| format!("{set_name}: output {k}: {m}"))?;
-        }
+    }
+    Ok(())
+}
+
+/// The optimisation levels each case runs at (`LLMC_ONNX_OPT`, comma-separated).
+fn opt_levels(cpu: bool) -> Result<Vec<u8>, String> {
+    match std::env::var("LLMC_ONNX_OPT") {
+        Ok(v) => v
+            .split(',')
+            .map(|l| {
+                l.trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|l| *l <= 3)
+                    .ok_or_else(|| format!("LLMC_ONNX_OPT: `{l}` is not a level 0..3"))
+            })
+            .collect(),
+        Err(_) if cpu => Ok(vec![0]),
+        Err(_) => Ok(vec![0, 3]),
+    }
+}
+
+/// Runs the -O`level` pipeline over `m` (nothing at -O0), verifying after each pass.
+fn optimize(m: &mut llmc_ir::Module, level: u8) -> Result<(), String> {
+    let pipeline = llmc_passes::pipeline_for_level(level);
+    let ctx = llmc_passes::PassContext {
+        opt_level: level,
+        ..Default::default()
+    };
+    let inst = llmc_passes::Instrument {
+        verify_each: true,
+        ..Default::default()
+    };
+    llmc_passes::run_passes(m, &pipeline, &ctx, &inst, &mut std::io::sink())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Runs `module` on `inputs` (interpreter, or compiled when `cpu`) and compares every
+/// output with `wants`.
+fn check_outputs(
+    module: &llmc_ir::Module,
+    inputs: &[Tensor],
+    wants: &[Tensor],
+    tol: Tol,
+    cpu: bool,
+    set_name: &str,
+) -> Result<(), String> {
+    let gots = if cpu {
+        let opts = llmc_backend::BuildOptions::default();
+        llmc_backend::run::run_compiled(module, &opts, &[inputs.to_vec()])
+            .map_err(|e| format!("{set_name}: compiled run: {e}"))?
+            .pop()
+            .unwrap_or_default()
+    } else {
+        Interpreter::new(module)
+            .run(inputs)
+            .map_err(|e| format!("{set_name}: run: {e}"))?
+    };
+    if gots.len() != wants.len() {
+        return Err(format!(
+            "{set_name}: the graph gives {} outputs, the case expects {}",
+            gots.len(),
+            wants.len()
+        ));
+    }
+    for (k, (got, want)) in gots.iter().zip(wants).enumerate() {
+        compare(got, want, tol).map_err(|m| format!("{set_name}: output {k}: {m}"))?;
     }
     Ok(())
 }
