@@ -209,19 +209,29 @@ pub(crate) fn rope(
     kb.finish()
 }
 
-/// `attention(q, k, v[, mask])` with GQA, causal masking and an additive mask.
-pub(crate) fn attention(
-    node: &Node,
+/// What `attention` and `flash_attention` share: the operand dims (GQA group from
+/// constant head counts), the compute type, the kernel builder with its buffers, the
+/// dims as index expressions, and the additive mask's buffer and broadcast strides.
+struct AttnSetup {
+    dims: [Dim; 5],
+    dv: i64,
+    group: i64,
+    t: Ty,
+    kb: KernelBuilder,
+    ib: Vec<crate::loopir::BufId>,
+    ob: Vec<crate::loopir::BufId>,
+    exprs: [Expr; 6],
+    mask: Option<(crate::loopir::BufId, llmc_ir::DType, Vec<Dim>)>,
+}
+
+fn attention_setup(
+    q: &TensorType,
+    k: &TensorType,
+    v: &TensorType,
     ins: &[&TensorType],
     outs: &[&TensorType],
     name: &str,
-) -> TResult<Kernel> {
-    let q = operand(ins, 0, "q")?;
-    let k = operand(ins, 1, "k")?;
-    let v = operand(ins, 2, "v")?;
-    result(outs, 0)?;
-    let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
-    let causal = attr_bool(node, "causal", false)?;
+) -> TResult<AttnSetup> {
     let [bd, hd, sd, dkd] = &q.shape.0[..] else {
         return Err(format!("operand q must be [b, h, s, dk], got {}", q.shape));
     };
@@ -261,6 +271,44 @@ pub(crate) fn attention(
         }
         None => None,
     };
+    Ok(AttnSetup {
+        dims: [bd.clone(), hd.clone(), sd.clone(), dkd.clone(), td.clone()],
+        dv,
+        group,
+        t,
+        kb,
+        ib,
+        ob,
+        exprs: [be, he, se, dke, te, kvhe],
+        mask,
+    })
+}
+
+/// `attention(q, k, v[, mask])` with GQA, causal masking and an additive mask.
+pub(crate) fn attention(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Kernel> {
+    let q = operand(ins, 0, "q")?;
+    let k = operand(ins, 1, "k")?;
+    let v = operand(ins, 2, "v")?;
+    result(outs, 0)?;
+    let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
+    let causal = attr_bool(node, "causal", false)?;
+    let AttnSetup {
+        dims: [bd, hd, sd, dkd, td],
+        dv,
+        group,
+        t,
+        mut kb,
+        ib,
+        ob,
+        exprs: [be, he, se, dke, te, kvhe],
+        mask,
+    } = attention_setup(q, k, v, ins, outs, name)?;
+    let (bd, hd, sd, dkd, td) = (&bd, &hd, &sd, &dkd, &td);
     let n = kb.let_("n", be * he.clone() * se.clone());
     let scores = [bd.clone(), hd.clone(), sd.clone(), td.clone(), dkd.clone()];
     let tag = if work_estimate(&scores) >= PARALLEL_MIN {
@@ -372,45 +420,18 @@ pub(crate) fn flash_attention(
             "attribute `block_k` must be in 1..=4096, got {block_k}"
         ));
     }
-    let [bd, hd, sd, dkd] = &q.shape.0[..] else {
-        return Err(format!("operand q must be [b, h, s, dk], got {}", q.shape));
-    };
-    let [_, kvhd, td, _] = &k.shape.0[..] else {
-        return Err(format!(
-            "operand k must be [b, kvh, t, dk], got {}",
-            k.shape
-        ));
-    };
-    let dvd = v
-        .shape
-        .0
-        .get(3)
-        .ok_or_else(|| format!("operand v must be [b, kvh, t, dv], got {}", v.shape))?;
-    let dv = dvd
-        .as_const()
-        .ok_or_else(|| format!("value dim {dvd} must be constant"))?;
-    let (h, kvh) = match (hd.as_const(), kvhd.as_const()) {
-        (Some(h), Some(kvh)) if kvh > 0 && h % kvh == 0 => (h, kvh),
-        _ if hd == kvhd => (1, 1),
-        _ => {
-            return Err(format!(
-                "head counts {hd} and {kvhd} must be constant for GQA"
-            ))
-        }
-    };
-    let group = h / kvh;
-    let t = compute_ty(q.dtype)?;
-    let (mut kb, ib, ob) = setup(name, ins, outs)?;
-    let (be, he, se, dke, te) = (kb.dim(bd), kb.dim(hd), kb.dim(sd), kb.dim(dkd), kb.dim(td));
-    let kvhe = kb.dim(kvhd);
-    let mask = match ins.get(3) {
-        Some(m) => {
-            let full = [bd.clone(), hd.clone(), sd.clone(), td.clone()];
-            let st = broadcast_strides(&full, &m.shape.0);
-            Some((ib[3], m.dtype, st))
-        }
-        None => None,
-    };
+    let AttnSetup {
+        dims: [bd, hd, sd, dkd, td],
+        dv,
+        group,
+        t,
+        mut kb,
+        ib,
+        ob,
+        exprs: [be, he, se, dke, te, kvhe],
+        mask,
+    } = attention_setup(q, k, v, ins, outs, name)?;
+    let (bd, hd, sd, dkd, td) = (&bd, &hd, &sd, &dkd, &td);
     let nbh = kb.let_("nbh", be * he.clone());
     let work = [bd.clone(), hd.clone(), sd.clone(), td.clone(), dkd.clone()];
     let tag = if work_estimate(&work) >= PARALLEL_MIN {
