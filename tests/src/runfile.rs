@@ -36,7 +36,7 @@ pub struct Run {
 }
 
 /// A printed value name at the start of `s` (`%x`, `%"a b"`), and the rest.
-fn take_name(s: &str) -> Option<(&str, &str)> {
+pub fn take_name(s: &str) -> Option<(&str, &str)> {
     let s = s.trim_start();
     let body = s.strip_prefix('%')?;
     let len = if body.starts_with('"') {
@@ -65,7 +65,7 @@ fn take_name(s: &str) -> Option<(&str, &str)> {
 }
 
 /// `NAME = dense<...>` at the start of `s`: name, tensor, rest.
-fn binding<'a>(s: &'a str, file: &str) -> Result<(String, Tensor, &'a str), String> {
+pub fn binding<'a>(s: &'a str, file: &str) -> Result<(String, Tensor, &'a str), String> {
     let (name, r) =
         take_name(s).ok_or_else(|| format!("expected `%name = dense<...>` at `{s}`"))?;
     let r = r

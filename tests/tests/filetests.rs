@@ -27,9 +27,10 @@
 use libtest_mimic::{Arguments, Failed, Trial};
 use llmc_ir::interp::Interpreter;
 use llmc_ir::tensor::Data;
-use llmc_ir::text::{parse, parse_bytes, parse_tensor, parse_unchecked, print, value_names};
+use llmc_ir::text::{parse, parse_bytes, parse_unchecked, print, value_names};
 use llmc_ir::verify::verify;
 use llmc_ir::{Module, Tensor};
+use llmc_tests::runfile::binding;
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -323,53 +324,14 @@ fn verify_test(text: &str, m: &Module, name: &str) -> Result<(), Failed> {
     }
 }
 
-/// A printed value name (`%x`, `%"a b"`) at the start of `s`; returns it and the rest.
-fn take_name(s: &str) -> Option<(&str, &str)> {
-    let s = s.trim_start();
-    let body = s.strip_prefix('%')?;
-    let len = if body.starts_with('"') {
-        let mut escaped = false;
-        let mut end = None;
-        for (i, c) in body.char_indices().skip(1) {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => {
-                    end = Some(i + 1);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        end?
-    } else {
-        body.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-            .unwrap_or(body.len())
-    };
-    if len == 0 {
-        return None;
-    }
-    Some((&s[..len + 1], &s[len + 1..]))
-}
-
 /// `%a = dense<...>, %b = dense<...>`.
 fn parse_bindings(s: &str, file: &str) -> Result<Vec<(String, Tensor)>, String> {
     let mut out = Vec::new();
     let mut rest = s.trim();
     while !rest.is_empty() {
-        let (name, r) =
-            take_name(rest).ok_or_else(|| format!("expected `%name = dense<...>` at `{rest}`"))?;
-        let r = r
-            .trim_start()
-            .strip_prefix('=')
-            .ok_or_else(|| format!("expected `=` after {name}"))?
-            .trim_start();
-        let end = r
-            .find('>')
-            .ok_or_else(|| format!("{name}: expected `dense<...>`"))?;
-        let t = parse_tensor(&r[..=end], file).map_err(|e| format!("{name}: {}", e.msg))?;
-        out.push((name.to_string(), t));
-        rest = r[end + 1..].trim_start();
+        let (name, t, r) = binding(rest, file)?;
+        out.push((name, t));
+        rest = r.trim_start();
         if let Some(r) = rest.strip_prefix(',') {
             rest = r.trim_start();
         } else if !rest.is_empty() {
@@ -390,18 +352,8 @@ struct Expect {
 }
 
 fn parse_expect(s: &str, file: &str) -> Result<Expect, String> {
-    let (name, r) =
-        take_name(s).ok_or_else(|| format!("expected `%name = dense<...>` at `{s}`"))?;
-    let r = r
-        .trim_start()
-        .strip_prefix('=')
-        .ok_or_else(|| format!("expected `=` after {name}"))?
-        .trim_start();
-    let end = r
-        .find('>')
-        .ok_or_else(|| format!("{name}: expected `dense<...>`"))?;
-    let want = parse_tensor(&r[..=end], file).map_err(|e| format!("{name}: {}", e.msg))?;
-    let tail = r[end + 1..].to_string();
+    let (name, want, tail) = binding(s, file)?;
+    let tail = tail.to_string();
     let (mut atol, mut rtol) = (0.0, 0.0);
     for tok in tail.split_whitespace() {
         let tok = tok.trim_start_matches('[').trim_end_matches(']');
@@ -420,7 +372,7 @@ fn parse_expect(s: &str, file: &str) -> Result<Expect, String> {
         }
     }
     Ok(Expect {
-        name: name.to_string(),
+        name,
         want,
         tail,
         atol,
