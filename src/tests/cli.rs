@@ -2,35 +2,11 @@
 //! on it), its outputs, and that user mistakes give one clear `error:` line and exit
 //! code 1, never a panic.
 
+mod common;
+use common::*;
 use npyz::WriterBuilder;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn llmc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmc"))
-        .args(args)
-        .output()
-        .expect("the llmc binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A user error: exit code 1, one `error:` message mentioning every `needle`, no panic.
-fn assert_user_error(o: &Output, needles: &[&str]) {
-    let e = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {e}");
-    assert!(e.starts_with("error: "), "stderr: {e}");
-    assert!(!e.contains("panicked"), "stderr: {e}");
-    for n in needles {
-        assert!(e.contains(n), "stderr lacks `{n}`: {e}");
-    }
-}
+use std::process::Command;
 
 #[test]
 fn help_lists_the_commands() {
@@ -109,22 +85,6 @@ fn onnx_without_an_opset_is_named_for_every_engine() {
 }
 
 // ----- ONNX models -----
-
-/// `tests/fixtures/onnx/mlp.onnx` (scripts/gen-onnx-fixtures.py): y = relu(x W + b)
-/// with W[i][j] = (i - j) / 4 and b[j] = 1/2 - j/4, batch symbolic.
-fn mlp_reference(x: &[f32], rows: usize) -> Vec<f32> {
-    let mut y = Vec::new();
-    for r in 0..rows {
-        for j in 0..3 {
-            let mut acc = 0.5 - j as f64 / 4.0;
-            for i in 0..4 {
-                acc += x[r * 4 + i] as f64 * (i as f64 - j as f64) / 4.0;
-            }
-            y.push(acc.max(0.0) as f32);
-        }
-    }
-    y
-}
 
 #[test]
 fn onnx_models_import_and_run() {
@@ -538,22 +498,6 @@ fn inspect_prints_every_filetest_back_identically() {
     }
 }
 
-fn model(name: &str) -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("LLMC_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models"));
-    let p = dir.join(name);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: model not found at {}, run scripts/fetch-models",
-            p.display()
-        );
-        None
-    }
-}
-
 const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[test]
@@ -591,14 +535,6 @@ fn smollm_summary_counts_every_parameter() {
     ] {
         assert!(s.contains(want), "summary lacks `{want}`:\n{s}");
     }
-}
-
-fn fixture(rel: &str) -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap()
 }
 
 #[test]

@@ -10,6 +10,8 @@
 //! `scripts/fetch-models` print "skipped" when it is absent, and so does the test of
 //! real ONNX exports (`scripts/onnx-exports`, `$LLMC_ONNX_EXPORTS`).
 
+mod common;
+use common::*;
 use npyz::WriterBuilder;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,56 +20,6 @@ use std::sync::OnceLock;
 const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const SMOLLM_HF: &str = "SmolLM2-135M-Instruct-hf";
 const MINILM: &str = "all-MiniLM-L6-v2";
-
-fn llmc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmc"))
-        .args(args)
-        .output()
-        .expect("the llmc binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A user error: exit code 1, one `error:` message mentioning every `needle`, no panic.
-fn assert_user_error(o: &Output, needles: &[&str]) {
-    let e = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {e}");
-    assert!(e.starts_with("error: "), "stderr: {e}");
-    assert!(!e.contains("panicked"), "stderr: {e}");
-    for n in needles {
-        assert!(e.contains(n), "stderr lacks `{n}`: {e}");
-    }
-}
-
-fn model(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMC_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models"));
-    let p = dir.join(name);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: model not found at {}, run scripts/fetch-models",
-            p.display()
-        );
-        None
-    }
-}
-
-fn fixture(rel: &str) -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap()
-}
 
 /// `llmc build MODEL -O3 -o OUT` into the test-process folder.
 fn build(model: &Path, out_name: &str) -> PathBuf {
@@ -527,22 +479,6 @@ fn info_describes_the_model_target_level_passes_and_sizes() {
         assert_eq!(info["architecture"], "llama");
         assert!(info["language model"].starts_with("context 8192"));
     }
-}
-
-/// `tests/fixtures/onnx/mlp.onnx`: y = relu(x W + b), W[i][j] = (i - j) / 4,
-/// b[j] = 1/2 - j/4.
-fn mlp_reference(x: &[f32], rows: usize) -> Vec<f32> {
-    let mut y = Vec::new();
-    for r in 0..rows {
-        for j in 0..3 {
-            let mut acc = 0.5 - j as f64 / 4.0;
-            for i in 0..4 {
-                acc += x[r * 4 + i] as f64 * (i as f64 - j as f64) / 4.0;
-            }
-            y.push(acc.max(0.0) as f32);
-        }
-    }
-    y
 }
 
 #[test]
