@@ -345,9 +345,19 @@ fn build(a: &BuildArgs) -> Result<()> {
         eprint!("{report}");
     }
     if a.explain_fusion {
-        for e in llmc_passes::egraph::explain(&m) {
+        let left = llmc_passes::egraph::explain(&m);
+        for e in &left {
             eprintln!("explain-fusion: {e}");
         }
+        let count = |op: llmc_ir::Op| m.graph.nodes.iter().filter(|n| n.op == op).count();
+        eprintln!(
+            "explain-fusion: {} candidate(s) left unfused; fused ops: {} flash_attention, {} rms_norm, {} layer_norm, {} linear",
+            left.len(),
+            count(llmc_ir::Op::FlashAttention),
+            count(llmc_ir::Op::RmsNorm),
+            count(llmc_ir::Op::LayerNorm),
+            count(llmc_ir::Op::Linear),
+        );
     }
     let out = match &a.output {
         Some(o) => o.clone(),

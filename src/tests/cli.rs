@@ -801,7 +801,15 @@ fn explain_fusion_names_what_blocked_each_candidate() {
     );
     let e = run("fusion/rms-norm-wrong-axis.llmc");
     assert!(e.contains("reduce_mean over axes [1]"), "{e}");
-    // Fused: nothing to explain.
+    assert!(
+        e.contains("explain-fusion: 1 candidate(s) left unfused"),
+        "{e}"
+    );
+    // Fused: nothing to explain, and the summary counts the fused op.
     let e = run("attention/bert.llmc");
-    assert!(!e.contains("explain-fusion"), "{e}");
+    assert!(
+        e.contains("explain-fusion: 0 candidate(s) left unfused; fused ops: 1 flash_attention"),
+        "{e}"
+    );
+    assert_eq!(e.matches("explain-fusion").count(), 1, "{e}");
 }
