@@ -269,6 +269,12 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
     let kernels = unsafe { table.kernels() };
     let cmd = args.get(1).map(String::as_str).unwrap_or("help");
     let rest = args.get(2..).unwrap_or(&[]);
+    // `./OUT bench --help`: the usage (only as the first argument, so `--prompt -h` is
+    // still a prompt).
+    if rest.first().is_some_and(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     match cmd {
         "run" => {
             let groups = parse_run(rest)?;

@@ -395,6 +395,15 @@ fn bad_flags_to_the_executable_are_named() {
     assert_user_error(&run(&["generate"]), &["generate needs --prompt"]);
     assert_user_error(&run(&["generate", "--prompt"]), &["--prompt needs"]);
     assert_user_error(&run(&["generat"]), &["unknown command `generat`", "usage"]);
+    for cmd in ["generate", "bench", "embed", "run"] {
+        let o = run(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd} --help: {}", stderr(&o));
+        assert!(
+            stdout(&o).starts_with("usage:"),
+            "{cmd} --help: {}",
+            stdout(&o)
+        );
+    }
     assert_user_error(
         &run(&["generate", "--prompt", "x", "--bogus"]),
         &["unknown argument `--bogus`"],
