@@ -209,6 +209,33 @@ pub(crate) fn rope(
     kb.finish()
 }
 
+/// The end of an online-softmax query row: output row `qi` = `acc / l` (0 where the
+/// softmax sum `l` is 0, i.e. every key was masked out).
+fn store_normalized(
+    kb: &mut KernelBuilder,
+    acc: crate::loopir::BufId,
+    l: crate::loopir::VarId,
+    t: Ty,
+    qi: Expr,
+    dv: i64,
+    out: crate::loopir::BufId,
+) {
+    let inv = kb.let_(
+        "inv",
+        Expr::select(
+            Expr::Var(l).ne_(fconst(0.0, t)),
+            b(BinOp::Div, fconst(1.0, t), Expr::Var(l)),
+            fconst(0.0, t),
+        ),
+    );
+    let orow = kb.let_("orow", qi * dv);
+    kb.for_("c", 0, dv, LoopTag::Vectorize(8), |kb, c| {
+        let y = b(BinOp::Mul, Expr::load(acc, c.clone()), inv.clone());
+        let y = to_storage(kb, out, y);
+        kb.store(out, orow.clone() + c, y);
+    });
+}
+
 /// What `attention` and `flash_attention` share: the operand dims (GQA group from
 /// constant head counts), the compute type, the kernel builder with its buffers, the
 /// dims as index expressions, and the additive mask's buffer and broadcast strides.
@@ -377,20 +404,7 @@ pub(crate) fn attention(
                 kb.assign(m, mn);
             });
         });
-        let inv = kb.let_(
-            "inv",
-            Expr::select(
-                Expr::Var(l).ne_(fconst(0.0, t)),
-                b(BinOp::Div, fconst(1.0, t), Expr::Var(l)),
-                fconst(0.0, t),
-            ),
-        );
-        let orow = kb.let_("orow", qi * dv);
-        kb.for_("c", 0, dv, v8, |kb, c| {
-            let y = b(BinOp::Mul, Expr::load(acc, c.clone()), inv.clone());
-            let y = to_storage(kb, ob[0], y);
-            kb.store(ob[0], orow.clone() + c, y);
-        });
+        store_normalized(&mut *kb, acc, l, t, qi, dv, ob[0]);
     });
     kb.finish()
 }
@@ -508,20 +522,7 @@ pub(crate) fn flash_attention(
                     kb.assign(m, mn);
                 });
             });
-            let inv = kb.let_(
-                "inv",
-                Expr::select(
-                    Expr::Var(l).ne_(fconst(0.0, t)),
-                    b(BinOp::Div, fconst(1.0, t), Expr::Var(l)),
-                    fconst(0.0, t),
-                ),
-            );
-            let orow = kb.let_("orow", qi * dv);
-            kb.for_("c", 0, dv, v8, |kb, c| {
-                let y = b(BinOp::Mul, Expr::load(acc, c.clone()), inv.clone());
-                let y = to_storage(kb, ob[0], y);
-                kb.store(ob[0], orow.clone() + c, y);
-            });
+            store_normalized(&mut *kb, acc, l, t, qi, dv, ob[0]);
         });
     });
     kb.finish()
