@@ -52,6 +52,52 @@ impl<'ctx> Lowering<'ctx, '_> {
         }
     }
 
+    /// `*acc += float(p32) * scale` on eight lanes (the accumulator stays in memory
+    /// as a local; LLVM keeps it in a register).
+    fn accumulate_v8(
+        &self,
+        f: &Frame<'ctx>,
+        p32: VectorValue<'ctx>,
+        scale: FloatValue<'ctx>,
+        acc: PointerValue<'ctx>,
+    ) -> R<()> {
+        let v8f = self.it.f32.vec_type(8);
+        let fv =
+            f.b.build_signed_int_to_float(p32, v8f, "")
+                .map_err(llvm_err)?;
+        let sv = self.splat_f32(f, scale, 8)?;
+        let prod = f.b.build_float_mul(fv, sv, "").map_err(llvm_err)?;
+        self.contract(prod);
+        let cur =
+            f.b.build_load(v8f, acc, "")
+                .map_err(llvm_err)?
+                .into_vector_value();
+        let s = f.b.build_float_add(cur, prod, "").map_err(llvm_err)?;
+        self.contract(s);
+        f.b.build_store(acc, s).map_err(llvm_err)?;
+        Ok(())
+    }
+
+    /// `*acc += a * b` on one f32 (contractible into an FMA).
+    fn accumulate_f32(
+        &self,
+        f: &Frame<'ctx>,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+        acc: PointerValue<'ctx>,
+    ) -> R<()> {
+        let t = f.b.build_float_mul(a, b, "").map_err(llvm_err)?;
+        self.contract(t);
+        let cur =
+            f.b.build_load(self.it.f32, acc, "")
+                .map_err(llvm_err)?
+                .into_float_value();
+        let s = f.b.build_float_add(cur, t, "").map_err(llvm_err)?;
+        self.contract(s);
+        f.b.build_store(acc, s).map_err(llvm_err)?;
+        Ok(())
+    }
+
     /// Emits `q` at the builder's position.
     pub(super) fn qdot(&mut self, f: &mut Frame<'ctx>, q: &QDot) -> R<()> {
         let it = self.it;
@@ -195,20 +241,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                     .into_vector_value();
                 let b = &f.b;
                 let p32 = b.build_int_add(p_lo, p_hi, "").map_err(llvm_err)?;
-                let fv = b
-                    .build_signed_int_to_float(p32, v8f, "")
-                    .map_err(llvm_err)?;
-                let sv = self.splat_f32(f, scale, 8)?;
-                let b = &f.b;
-                let prod = b.build_float_mul(fv, sv, "").map_err(llvm_err)?;
-                self.contract(prod);
-                let cur = b
-                    .build_load(v8f, vacc[i], "")
-                    .map_err(llvm_err)?
-                    .into_vector_value();
-                let s = b.build_float_add(cur, prod, "").map_err(llvm_err)?;
-                self.contract(s);
-                b.build_store(vacc[i], s).map_err(llvm_err)?;
+                self.accumulate_v8(f, p32, scale, vacc[i])?;
             } else if self.x86_64() {
                 // SSE2 (every x86-64): four 8-lane `pmaddwd`, concatenated to the
                 // AVX2 path's eight i32 lanes.
@@ -243,20 +276,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let idx: Vec<IntValue> = (0..8).map(|i| it.i32.const_int(i, false)).collect();
                 let mask = inkwell::types::VectorType::const_vector(&idx);
                 let p32 = b.build_shuffle_vector(lo, hi, mask, "").map_err(llvm_err)?;
-                let fv = b
-                    .build_signed_int_to_float(p32, v8f, "")
-                    .map_err(llvm_err)?;
-                let sv = self.splat_f32(f, scale, 8)?;
-                let b = &f.b;
-                let prod = b.build_float_mul(fv, sv, "").map_err(llvm_err)?;
-                self.contract(prod);
-                let cur = b
-                    .build_load(v8f, vacc[i], "")
-                    .map_err(llvm_err)?
-                    .into_vector_value();
-                let s = b.build_float_add(cur, prod, "").map_err(llvm_err)?;
-                self.contract(s);
-                b.build_store(vacc[i], s).map_err(llvm_err)?;
+                self.accumulate_v8(f, p32, scale, vacc[i])?;
             } else {
                 let w32 = it.i32.vec_type(16);
                 let red = it
@@ -279,30 +299,13 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let sf = b
                     .build_signed_int_to_float(sum, it.f32, "")
                     .map_err(llvm_err)?;
-                let t = b.build_float_mul(scale, sf, "").map_err(llvm_err)?;
-                self.contract(t);
-                let cur = b
-                    .build_load(it.f32, sacc[i], "")
-                    .map_err(llvm_err)?
-                    .into_float_value();
-                let s = b.build_float_add(cur, t, "").map_err(llvm_err)?;
-                self.contract(s);
-                b.build_store(sacc[i], s).map_err(llvm_err)?;
+                self.accumulate_f32(f, scale, sf, sacc[i])?;
             }
             if let Some(m) = m {
                 let xs = self
                     .qdot_load(f, it.f32.into(), xsp, x4)?
                     .into_float_value();
-                let b = &f.b;
-                let t = b.build_float_mul(m, xs, "").map_err(llvm_err)?;
-                self.contract(t);
-                let cur = b
-                    .build_load(it.f32, sacc[i], "")
-                    .map_err(llvm_err)?
-                    .into_float_value();
-                let s = b.build_float_add(cur, t, "").map_err(llvm_err)?;
-                self.contract(s);
-                b.build_store(sacc[i], s).map_err(llvm_err)?;
+                self.accumulate_f32(f, m, xs, sacc[i])?;
             }
         }
         let b = &f.b;
