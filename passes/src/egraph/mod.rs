@@ -248,8 +248,8 @@ fn saturate(
 }
 
 /// Saturates one representative per distinct block and instantiates each result for
-/// every copy; then folds weight transposes and merges the constants copied into
-/// segments (`cse`).
+/// every copy; then folds weight transposes, merges the constants copied into segments
+/// (`cse`) and drops what no one reads any more (`dce`).
 fn run_blocks(
     module: &mut Module,
     found: &blocks::Blocks,
@@ -293,10 +293,16 @@ fn run_blocks(
     let g = blocks::instantiate(module, found, &optimised)?;
     module.graph = g;
     convert::fold_weights(module);
-    crate::cse::run(module, &crate::PassContext::default()).map_err(|e| EgraphError::Graph {
+    // Constants copied into segments merge again; a segment's results that only the
+    // replaced nodes of later segments read (constants, mostly) go, as extraction
+    // from one e-graph would never have built them.
+    let cx = crate::PassContext::default();
+    let merge_err = |e: crate::PassError| EgraphError::Graph {
         node: "block merge".into(),
         msg: e.to_string(),
-    })?;
+    };
+    crate::cse::run(module, &cx).map_err(merge_err)?;
+    crate::dce::run(module, &cx).map_err(merge_err)?;
     Ok(report)
 }
 
