@@ -1248,7 +1248,13 @@ fn fused_elementwise_is_one_loop_nest() {
         0.0,
         0.0,
     );
-    let loops = |k: &str| k.matches("for ").count();
+    // Loops print as `TAG VAR in LO..HI`.
+    let loops = |k: &str| {
+        k.lines()
+            .filter(|l| l.contains(" in ") && l.contains(".."))
+            .count()
+    };
+    assert!(loops(&plain) >= 1, "{plain}");
     let stores = |k: &str| k.lines().filter(|l| l.contains("] = ")).count();
     for expr in [
         "silu(add(mul($0, $1), $2))",
