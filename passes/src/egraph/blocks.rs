@@ -70,8 +70,8 @@ impl Blocks {
     }
 }
 
-/// Where each value is defined (inputs: at the start) and last read (graph outputs: at
-/// the end); `None` for weights.
+/// Where each node result is defined and last read (graph outputs: at the end); `None`
+/// for graph inputs and weights.
 fn lifetimes(g: &Graph) -> Vec<Option<(usize, usize)>> {
     let n = g.nodes.len();
     let mut life: Vec<Option<(usize, usize)>> = g
@@ -79,10 +79,9 @@ fn lifetimes(g: &Graph) -> Vec<Option<(usize, usize)>> {
         .iter()
         .map(|v| match v.def {
             ValueDef::Node(nid, _) => Some((nid.0 as usize, nid.0 as usize)),
-            // A graph input is alive from the start (a mask read by every layer is
-            // long-lived; the hidden state read by the first layer only is not).
-            ValueDef::Input(_) => Some((0, 0)),
-            ValueDef::Weight(_) => None,
+            // Graph inputs are never counted: a mask is read by every layer, and a
+            // past-KV input by one layer each, far from the start.
+            ValueDef::Input(_) | ValueDef::Weight(_) => None,
         })
         .collect();
     for (i, node) in g.nodes.iter().enumerate() {
