@@ -154,8 +154,8 @@ pub fn cut(g: &Graph) -> Vec<Range<usize>> {
     };
     let mut ranges = Vec::new();
     let (mut start, mut alive) = (0usize, 0i64);
-    for i in 0..n {
-        alive += delta[i];
+    for (i, d) in delta.iter().take(n).enumerate() {
+        alive += d;
         if alive <= 1 && i + 1 - start >= MIN_SEGMENT && i + 1 < n && !chain_continues(start, i) {
             ranges.push(start..i + 1);
             start = i + 1;
@@ -305,7 +305,11 @@ fn lift(m: &Module, g: &Graph, r: Range<usize>, read_after: &[usize]) -> Segment
 pub fn find(m: &Module) -> Blocks {
     let g = &m.graph;
     let n = g.nodes.len();
-    let ranges = if n < MIN_GRAPH { vec![0..n] } else { cut(g) };
+    let ranges = if n < MIN_GRAPH {
+        std::iter::once(0..n).collect()
+    } else {
+        cut(g)
+    };
     // Last reader of each value (n: returned).
     let mut read_after = vec![0usize; g.values.len()];
     for (i, node) in g.nodes.iter().enumerate() {
