@@ -10,6 +10,7 @@ use std::fmt;
 
 pub mod cnn;
 pub mod elementwise;
+pub mod fused;
 pub mod index;
 pub mod linalg;
 pub mod nn;
@@ -343,6 +344,12 @@ op_table! {
     GatherNd = "gather_nd", Fixed(2), NONE, [opt("batch_dims", K::Int)], ix::infer_gather_nd, ix::eval_gather_nd;
     /// the `k` largest (or smallest) elements along `axis` and their i64 indices, sorted, ties to the lower index
     TopK = "top_k", Fixed(1), RED, [req("k", K::Int), opt("axis", K::Int), opt("largest", K::Bool), opt("sorted", K::Bool)], ix::infer_top_k, ix::eval_top_k;
+
+    // ----- fused GEMM ops the optimizer produces -----
+    /// act(x[..., k] . w[n, k]^T (+ b[n])): `linear` with an activation epilogue; `act` is "silu", "relu", "tanh", "sigmoid", "gelu" or "gelu_tanh"
+    LinearAct = "linear_act", Range(2, 3), NONE, [req("act", K::Str)], fused::infer_linear_act, fused::eval_linear_act;
+    /// gated unit act(gate) * up: from two operands of one type, or from one x[..., 2n] whose first half is the gate and second the up projection (SwiGLU: act = "silu", GeGLU: "gelu")
+    Glu = "glu", Range(1, 2), NONE, [req("act", K::Str)], fused::infer_glu, fused::eval_glu;
 }
 
 impl Op {
