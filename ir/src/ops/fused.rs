@@ -219,7 +219,12 @@ mod tests {
         let y = ev1(Op::Glu, &[&x], act_attrs("silu"));
         assert_eq!(y.shape, vec![2, 2]);
         let silu = |v: f64| v / (1.0 + (-v).exp());
-        let want = [silu(-1.0) * 2.0, silu(0.5) * 3.0, silu(1.5) * -1.0, silu(-2.0) * 0.25];
+        let want = [
+            silu(-1.0) * 2.0,
+            silu(0.5) * 3.0,
+            silu(1.5) * -1.0,
+            silu(-2.0) * 0.25,
+        ];
         for (a, b) in y.to_f64().iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
@@ -260,8 +265,12 @@ mod tests {
         assert!(inf(Op::Glu, &[&f(&[3, 8])], act_attrs("swish")).is_err());
         assert!(inf(Op::LinearAct, &[&f(&[3, 8]), &f(&[4, 8])], Attrs::new()).is_err());
         assert_eq!(
-            inf(Op::LinearAct, &[&f(&[3, 8]), &f(&[4, 8])], act_attrs("gelu"))
-                .unwrap(),
+            inf(
+                Op::LinearAct,
+                &[&f(&[3, 8]), &f(&[4, 8])],
+                act_attrs("gelu")
+            )
+            .unwrap(),
             vec![f(&[3, 4])]
         );
     }
