@@ -35,6 +35,11 @@ pub static PASSES: &[Pass] = &[
         summary: "e-graph rewrites: attention to flash_attention, norm and epilogue fusion, layout and algebra",
         run: crate::egraph::pass,
     },
+    Pass {
+        name: "merge",
+        summary: "GEMM merging: linears sharing an input (Q/K/V, gate/up) become one linear over concatenated weights + split or glu",
+        run: crate::merge::run,
+    },
 ];
 
 /// `-O0`: no rewrites at all.
@@ -44,8 +49,8 @@ const O1: &[&str] = &["fold", "dce"];
 /// `-O2`: plus common subexpressions.
 const O2: &[&str] = &["fold", "cse", "dce"];
 /// `-O3`: everything: the e-graph pass (fusion, attention to flash_attention) after
-/// `cse`; `dce` cleans up what it leaves.
-const O3: &[&str] = &["fold", "cse", "egraph", "dce"];
+/// `cse`, then `merge` (sibling GEMMs into one); `dce` cleans up what they leave.
+const O3: &[&str] = &["fold", "cse", "egraph", "merge", "dce"];
 
 /// The pass named `name`.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

@@ -12,6 +12,7 @@
 pub mod convert;
 pub mod cost;
 pub mod explain;
+pub mod gemm;
 pub mod lang;
 pub mod matchers;
 pub mod rules;
