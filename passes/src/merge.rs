@@ -480,3 +480,133 @@ pub fn merge(m: &mut Module) -> Result<Merged, String> {
     compact(&mut m.graph, &keep, &repl);
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmc_ir::interp::Interpreter;
+    use llmc_ir::Tensor;
+
+    /// One Q8_0 block row per row: f16 scale then 32 int8 quants.
+    fn q8_rows(rows: usize, seed: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        for r in 0..rows {
+            v.extend(half::f16::from_f32(0.01 * (r as f32 + 1.0)).to_le_bytes());
+            v.extend((0..32u8).map(|e| e.wrapping_mul(7).wrapping_add(seed) % 50));
+        }
+        v
+    }
+
+    /// One Q4_1 block row per row: f16 scale, f16 min, 16 bytes of nibbles.
+    fn q41_rows(rows: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        for r in 0..rows {
+            v.extend(half::f16::from_f32(0.02).to_le_bytes());
+            v.extend(half::f16::from_f32(-0.1 * r as f32).to_le_bytes());
+            v.extend((0..16u8).map(|e| e.wrapping_mul(37)));
+        }
+        v
+    }
+
+    fn weight(m: &mut Module, name: &str, d: DType, rows: i64, bytes: Vec<u8>) -> ValueId {
+        m.add_weight(
+            name,
+            d,
+            Shape::of(&[rows, 32]),
+            WeightData::Owned(Arc::new(bytes)),
+        )
+    }
+
+    #[test]
+    fn merges_block_quantized_weights_of_one_format_and_explains_the_other() {
+        let mut m = Module::new("qkv");
+        let x = m.graph.add_input(
+            "x",
+            TensorType::new(
+                DType::F32,
+                Shape(vec![llmc_ir::Dim::sym("seq"), llmc_ir::Dim::c(32)]),
+            ),
+        );
+        let (qb, kb) = (q8_rows(3, 1), q8_rows(2, 5));
+        let wq = weight(&mut m, "wq", DType::Q8_0, 3, qb.clone());
+        let wk = weight(&mut m, "wk", DType::Q8_0, 2, kb.clone());
+        let wv = weight(&mut m, "wv", DType::Q4_1, 2, q41_rows(2));
+        let mut outs = Vec::new();
+        for w in [wq, wk, wv] {
+            outs.extend(
+                m.add_node(Op::Linear, &[x, w], Attrs::new())
+                    .expect("linear"),
+            );
+        }
+        m.graph.outputs = outs;
+        let before = m.clone();
+        let why = blockers(&m);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].1.contains("q8_0") && why[0].1.contains("q4_1"),
+            "{why:?}"
+        );
+
+        let r = merge(&mut m).expect("merge");
+        assert_eq!(r, Merged { split: 1, glu: 0 });
+        llmc_ir::verify::verify(&m).expect("verifies");
+        // The merged weight is the two weights' bytes one after the other.
+        let cat = m.weights.last().expect("new weight");
+        assert_eq!(cat.dtype, DType::Q8_0);
+        assert_eq!(cat.shape, Shape::of(&[5, 32]));
+        let mut want = qb;
+        want.extend(kb);
+        assert_eq!(cat.data.bytes(), Some(&want[..]));
+        let ops: Vec<Op> = m.graph.nodes.iter().map(|n| n.op).collect();
+        assert_eq!(ops, vec![Op::Linear, Op::Split, Op::Linear]);
+
+        let xs = Tensor::from_f64(
+            DType::F32,
+            vec![2, 32],
+            (0..64).map(|i| (i as f64 * 0.37).sin()).collect(),
+        );
+        let a = Interpreter::new(&before)
+            .run(&[xs.clone()])
+            .expect("before");
+        let b = Interpreter::new(&m).run(&[xs]).expect("after");
+        assert_eq!(a.len(), b.len());
+        for (p, q) in a.iter().zip(&b) {
+            assert_eq!(p.shape, q.shape);
+            // The same dequantized rows, the same f64 dot products: identical.
+            assert_eq!(p.to_f64(), q.to_f64());
+        }
+    }
+
+    #[test]
+    fn a_glu_over_a_gate_up_pair_reads_the_halves() {
+        let mut m = Module::new("mlp");
+        let x = m
+            .graph
+            .add_input("x", TensorType::new(DType::F32, Shape::of(&[1, 32])));
+        let wg = weight(&mut m, "wg", DType::Q8_0, 2, q8_rows(2, 3));
+        let wu = weight(&mut m, "wu", DType::Q8_0, 2, q8_rows(2, 9));
+        let g = m.add_node(Op::Linear, &[x, wg], Attrs::new()).expect("g")[0];
+        let u = m.add_node(Op::Linear, &[x, wu], Attrs::new()).expect("u")[0];
+        // up first in the graph does not matter: glu's operand order decides.
+        let out = m
+            .add_node(Op::Glu, &[u, g], Act::Silu.attrs())
+            .expect("glu");
+        m.graph.outputs = out;
+        let before = m.clone();
+        assert_eq!(merge(&mut m).expect("merge"), Merged { split: 0, glu: 1 });
+        llmc_ir::verify::verify(&m).expect("verifies");
+        let glu = m.graph.nodes.iter().find(|n| n.op == Op::Glu).expect("glu");
+        assert_eq!(glu.inputs.len(), 1);
+        assert_eq!(m.weights.last().map(|w| w.name.as_str()), Some("wu.cat2"));
+        let xs = Tensor::from_f64(
+            DType::F32,
+            vec![1, 32],
+            (0..32).map(|i| i as f64 / 40.0).collect(),
+        );
+        let a = Interpreter::new(&before)
+            .run(&[xs.clone()])
+            .expect("before");
+        let b = Interpreter::new(&m).run(&[xs]).expect("after");
+        assert_eq!(a[0].to_f64(), b[0].to_f64());
+    }
+}

@@ -114,6 +114,13 @@ pub fn match_glu(eg: &EGraph, mul_class: Id, n: &ENode) -> Result<GluMatch, Why>
                 );
                 continue;
             }
+            if eg.find(gate) == eg.find(up) {
+                why = format!(
+                    "x · {}(x) is an activation of one value, not a gated unit",
+                    act.name()
+                );
+                continue;
+            }
             if ty(eg, gate).is_none() || ty(eg, gate) != ty(eg, up) {
                 why = "gate and up have different types".into();
                 continue;
@@ -213,4 +220,19 @@ pub fn match_erf_gelu(eg: &EGraph, mul_class: Id) -> Option<Id> {
         }
     }
     None
+}
+
+/// mul(x, sigmoid(x)) in either order: SiLU as exporters spell it. Returns x.
+pub fn match_silu(eg: &EGraph, n: &ENode) -> Option<Id> {
+    let [a, b] = n.operands() else { return None };
+    [(*a, *b), (*b, *a)].into_iter().find_map(|(x, s)| {
+        nodes_of(eg, s, Op::Sigmoid)
+            .iter()
+            .any(|sn| {
+                sn.operands()
+                    .first()
+                    .is_some_and(|&y| eg.find(y) == eg.find(x))
+            })
+            .then_some(x)
+    })
 }

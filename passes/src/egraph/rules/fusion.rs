@@ -10,7 +10,7 @@
 //! GEMM is the `merge` pass: the critical-path cost cannot see that saving.)
 
 use super::{fn_rule, get};
-use crate::egraph::gemm::{activations, is_act_epilogue, match_erf_gelu, match_glu};
+use crate::egraph::gemm::{activations, is_act_epilogue, match_erf_gelu, match_glu, match_silu};
 use crate::egraph::lang::{EGraph, ENode, TypeAnalysis};
 use crate::egraph::matchers::{add_op, match_layer_norm, match_rms_norm, nodes_of, perm_attrs, ty};
 use egg::{Id, Rewrite, Subst};
@@ -97,6 +97,13 @@ fn to_gelu(eg: &mut EGraph, class: Id, _s: &Subst) -> Option<Id> {
     eg[id].data.types.is_some().then_some(id)
 }
 
+/// x · sigmoid(x) → silu(x).
+fn to_silu(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
+    let x = match_silu(eg, &binary(Op::Mul, s)?)?;
+    let id = add_op(eg, Op::Silu, &[x], Attrs::new());
+    eg[id].data.types.is_some().then_some(id)
+}
+
 /// act(linear(x, w[, b])) → linear_act(x, w[, b]) {act}, when `is_act_epilogue`.
 fn to_linear_act(eg: &mut EGraph, class: Id, s: &Subst) -> Option<Id> {
     let lin = get(s, "?x")?;
@@ -130,6 +137,7 @@ pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
         fn_rule("fusion/layer-norm-no-bias", "(mul ?x ?y ?a)", mul_to_layer_norm),
         fn_rule("fusion/matmul-bias-linear", "(add ?x ?y ?a)", to_linear),
         fn_rule("fusion/gelu-erf",           "(mul ?x ?y ?a)", to_gelu),
+        fn_rule("fusion/silu",               "(mul ?x ?y ?a)", to_silu),
         fn_rule("fusion/linear-silu",        "(silu ?x ?a)",    to_linear_act),
         fn_rule("fusion/linear-gelu",        "(gelu ?x ?a)",    to_linear_act),
         fn_rule("fusion/linear-relu",        "(relu ?x ?a)",    to_linear_act),
