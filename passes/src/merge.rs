@@ -566,7 +566,7 @@ mod tests {
             (0..64).map(|i| (i as f64 * 0.37).sin()).collect(),
         );
         let a = Interpreter::new(&before)
-            .run(&[xs.clone()])
+            .run(std::slice::from_ref(&xs))
             .expect("before");
         let b = Interpreter::new(&m).run(&[xs]).expect("after");
         assert_eq!(a.len(), b.len());
@@ -604,7 +604,7 @@ mod tests {
             (0..32).map(|i| i as f64 / 40.0).collect(),
         );
         let a = Interpreter::new(&before)
-            .run(&[xs.clone()])
+            .run(std::slice::from_ref(&xs))
             .expect("before");
         let b = Interpreter::new(&m).run(&[xs]).expect("after");
         assert_eq!(a[0].to_f64(), b[0].to_f64());

@@ -222,7 +222,7 @@ mod tests {
         let want = [
             silu(-1.0) * 2.0,
             silu(0.5) * 3.0,
-            silu(1.5) * -1.0,
+            -silu(1.5),
             silu(-2.0) * 0.25,
         ];
         for (a, b) in y.to_f64().iter().zip(want) {

@@ -228,7 +228,7 @@ pub(crate) fn activation(act: Act, x: Expr, t: Ty) -> Expr {
         attrs,
     };
     // Every `Act` names a unary float op `scalar` has an arm for.
-    scalar(&node, &[x.clone()], &[t], t).unwrap_or(x)
+    scalar(&node, std::slice::from_ref(&x), &[t], t).unwrap_or(x)
 }
 
 /// `glu`: act(gate) · up over rows of the result's last dim `n`; the gate and up
