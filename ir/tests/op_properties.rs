@@ -68,7 +68,10 @@ fn attr(g: &mut Gen, kind: AttrKind) -> Attr {
         AttrKind::Int => Attr::Int(g.range(-4, 4)),
         AttrKind::Float => Attr::Float(g.pick(&[1e-5, 0.5, 1.0, 2.0, 1e4, -1.0, 0.0])),
         AttrKind::Bool => Attr::Bool(g.chance(50)),
-        AttrKind::Str => Attr::Str(g.pick(&["none", "tanh", "neox", "interleaved", "x"]).into()),
+        AttrKind::Str => Attr::Str(
+            g.pick(&["none", "tanh", "neox", "interleaved", "x", "silu", "gelu"])
+                .into(),
+        ),
         AttrKind::Ints => Attr::Ints(ints(g)),
         AttrKind::Floats => Attr::Floats((0..g.below(3)).map(|_| 0.5).collect()),
         AttrKind::Type => Attr::Type(g.pick(&[DType::F32, DType::I64, DType::Bool, DType::F16])),
@@ -115,13 +118,14 @@ fn template(op: Op, g: &mut Gen) -> Option<Vec<Tensor>> {
             let sh = vec![d(g), d(g), d(g), d(g)];
             vec![tensor(g, f, sh.clone()), tensor(g, f, sh)]
         }
-        Op::RmsNorm | Op::LayerNorm | Op::Linear => {
+        Op::RmsNorm | Op::LayerNorm | Op::Linear | Op::LinearAct => {
+            let lin = matches!(op, Op::Linear | Op::LinearAct);
             let mut sh = shape(g);
             let k = d(g);
             sh.push(k);
-            let n = if op == Op::Linear { d(g) } else { k };
+            let n = if lin { d(g) } else { k };
             let mut v = vec![tensor(g, f, sh)];
-            v.push(if op == Op::Linear {
+            v.push(if lin {
                 tensor(g, f, vec![n, k])
             } else {
                 tensor(g, f, vec![k])
@@ -130,6 +134,18 @@ fn template(op: Op, g: &mut Gen) -> Option<Vec<Tensor>> {
                 v.push(tensor(g, f, vec![n]));
             }
             v
+        }
+        Op::Glu => {
+            // One operand with an even last dim, or two of one shape.
+            let mut sh = shape(g);
+            let n = d(g);
+            if g.chance(50) {
+                sh.push(2 * n);
+                vec![tensor(g, f, sh)]
+            } else {
+                sh.push(n);
+                vec![tensor(g, f, sh.clone()), tensor(g, f, sh)]
+            }
         }
         Op::MatMul => {
             let (m, k, n) = (d(g), d(g), d(g));

@@ -15,6 +15,7 @@ pub mod egraph;
 pub mod fold;
 pub mod fuse_elementwise;
 pub mod manager;
+pub mod merge;
 pub mod pipeline;
 mod rewrite;
 

@@ -36,6 +36,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::egraph::pass,
     },
     Pass {
+        name: "merge",
+        summary: "GEMM merging: linears sharing an input (Q/K/V, gate/up) become one linear over concatenated weights + split or glu",
+        run: crate::merge::run,
+    },
+    Pass {
         name: "fuse-elementwise",
         summary: "single-use elementwise chains into one fused_elementwise loop",
         run: crate::fuse_elementwise::run,
@@ -49,8 +54,9 @@ const O1: &[&str] = &["fold", "dce"];
 /// `-O2`: plus common subexpressions.
 const O2: &[&str] = &["fold", "cse", "dce"];
 /// `-O3`: everything: the e-graph pass (fusion, attention to flash_attention) after
-/// `cse`, then the elementwise chains it left fused into single loops; `dce` cleans up.
-const O3: &[&str] = &["fold", "cse", "egraph", "fuse-elementwise", "dce"];
+/// `cse`, then `merge` (sibling GEMMs into one), then the elementwise chains left
+/// fused into single loops; `dce` cleans up what they leave.
+const O3: &[&str] = &["fold", "cse", "egraph", "merge", "fuse-elementwise", "dce"];
 
 /// The pass named `name`.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

@@ -89,7 +89,14 @@ fn minilm_onnx_export() {
     optimise("minilm onnx", &mut m);
     assert_eq!(count(&m, Op::FlashAttention), 6);
     assert_eq!(count(&m, Op::LayerNorm), 13);
-    assert_eq!(count(&m, Op::Linear), 36);
+    // 36 GEMMs: the 6 FFN up projections carry their GELU as an epilogue.
+    assert_eq!(count(&m, Op::Linear), 30);
+    assert_eq!(count(&m, Op::LinearAct), 6);
+    assert!(m
+        .graph
+        .nodes
+        .iter()
+        .all(|n| n.op != Op::Erf && n.op != Op::Gelu));
     assert_eq!(
         explained(
             "minilm onnx",
@@ -109,6 +116,53 @@ fn smollm2_gguf() {
     assert_eq!(count(&m, Op::FlashAttention), 30);
     assert_eq!(count(&m, Op::Attention), 0);
     assert_eq!(count(&m, Op::RmsNorm), 61);
+    // Every MLP's silu(gate) · up is one glu; the merge pass then gives each layer one
+    // Q/K/V GEMM (split in three) and one gate/up GEMM read by a one-operand glu.
+    assert_eq!(count(&m, Op::Glu), 30);
+    assert_eq!(count(&m, Op::Silu), 0);
+    let merged = merge_and_check("smollm2 gguf", &mut m);
+    assert_eq!(merged, llmc_passes::merge::Merged { split: 30, glu: 30 });
+    let splits: Vec<_> = m.graph.nodes.iter().filter(|n| n.op == Op::Split).collect();
+    assert!(splits.iter().all(|n| n.outputs.len() == 3), "Q/K/V splits");
+    assert!(m
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == Op::Glu)
+        .all(|n| n.inputs.len() == 1));
+    // 7 GEMMs per layer became 4 (qkv, o, gate/up, down), plus the LM head.
+    assert_eq!(count(&m, Op::Linear), 30 * 4 + 1);
+}
+
+/// Runs the merge pass (then DCE), checks the module verifies and that
+/// `--explain-fusion` has nothing left to say about GEMM merges, epilogues or GLUs.
+fn merge_and_check(name: &str, m: &mut Module) -> llmc_passes::merge::Merged {
+    let t = Instant::now();
+    let merged = llmc_passes::merge::merge(m).unwrap_or_else(|e| panic!("{name}: {e}"));
+    llmc_passes::dce::run(m, &llmc_passes::PassContext::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    eprintln!(
+        "{name}: merge {merged:?} in {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
+    llmc_ir::verify::verify(m).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    assert_eq!(
+        explained(name, m, &["gemm_epilogue", "glu", "gemm_merge"]),
+        0,
+        "{name}"
+    );
+    merged
+}
+
+#[test]
+fn minilm_merges_qkv() {
+    let Some(mut m) = load(exports().join("minilm/model.onnx")) else {
+        return;
+    };
+    optimise("minilm onnx", &mut m);
+    let merged = merge_and_check("minilm onnx", &mut m);
+    assert_eq!(merged, llmc_passes::merge::Merged { split: 6, glu: 0 });
+    assert_eq!(count(&m, Op::LinearAct), 6);
 }
 
 #[test]
@@ -119,6 +173,9 @@ fn smollm2_hf() {
     optimise("smollm2 hf", &mut m);
     assert_eq!(count(&m, Op::FlashAttention), 30);
     assert_eq!(count(&m, Op::RmsNorm), 61);
+    assert_eq!(count(&m, Op::Glu), 30);
+    let merged = merge_and_check("smollm2 hf", &mut m);
+    assert_eq!(merged, llmc_passes::merge::Merged { split: 30, glu: 30 });
 }
 
 /// Largest |a - b| over two output lists, and the largest |b|.
@@ -147,6 +204,8 @@ fn smollm2_gguf_logits_match_after_optimisation() {
     let mut m1 = m0.clone();
     egraph::run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(count(&m1, Op::FlashAttention), 30);
+    llmc_passes::merge::merge(&mut m1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&m1, Op::Split), 30);
     let ids = [1i64, 9690, 314, 253, 1127];
     let steps: Vec<Vec<llmc_ir::Tensor>> = vec![
         vec![
@@ -182,6 +241,7 @@ fn onnx_exports_match_after_optimisation() {
         };
         let mut m1 = m0.clone();
         egraph::run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+        llmc_passes::merge::merge(&mut m1).unwrap_or_else(|e| panic!("{e}"));
         let ids = vec![1i64, 9690, 314, 253, 1127, 28, 300, 7];
         let mut ins = vec![
             llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 8], ids),

@@ -576,13 +576,16 @@ fn emit_kinds_write_readable_files() {
         .filter(|n| n.starts_with("llmc_k"))
         .collect();
     // One kernel per op of the -O3 graph: the e-graph fused matmul + bias into one
-    // `linear` (rule fusion/matmul-bias-linear), then relu.
-    for op in ["linear", "relu"] {
-        assert!(
-            kernels.iter().any(|k| k.contains(op)),
-            "no {op} kernel in {kernels:?}"
-        );
-    }
+    // `linear` (rule fusion/matmul-bias-linear) and the relu into its store
+    // (fusion/linear-relu): a `linear_act` kernel, no relu kernel.
+    assert!(
+        kernels.iter().any(|k| k.contains("linear_act")),
+        "no linear_act kernel in {kernels:?}"
+    );
+    assert!(
+        !kernels.iter().any(|k| k.contains("relu")),
+        "a separate relu kernel in {kernels:?}"
+    );
     assert!(ll.contains("@llmc_kernel_table"));
     let asm = std::fs::read_to_string(out.with_extension("s")).unwrap();
     for k in &kernels {

@@ -11,6 +11,7 @@ use std::fmt;
 pub mod cnn;
 pub mod elementwise;
 pub mod fused;
+pub mod fused_gemm;
 pub mod index;
 pub mod linalg;
 pub mod nn;
@@ -348,6 +349,11 @@ op_table! {
     // ----- added by the optimizer -----
     /// a tree of elementwise ops in one pass over the elements: `expr` such as "silu(add(mul($0, $1), $2))" (`$k` is operand k; ops without attributes); operands broadcast
     FusedElementwise = "fused_elementwise", AtLeast(1), EW, [req("expr", K::Str)], fused::infer_fused, fused::eval_fused;
+    // ----- fused GEMM ops the optimizer produces -----
+    /// act(x[..., k] . w[n, k]^T (+ b[n])): `linear` with an activation epilogue; `act` is "silu", "relu", "tanh", "sigmoid", "gelu" or "gelu_tanh"
+    LinearAct = "linear_act", Range(2, 3), NONE, [req("act", K::Str)], fused_gemm::infer_linear_act, fused_gemm::eval_linear_act;
+    /// gated unit act(gate) * up: from two operands of one type, or from one x[..., 2n] whose first half is the gate and second the up projection (SwiGLU: act = "silu", GeGLU: "gelu")
+    Glu = "glu", Range(1, 2), NONE, [req("act", K::Str)], fused_gemm::infer_glu, fused_gemm::eval_glu;
 }
 
 impl Op {

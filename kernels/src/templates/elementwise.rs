@@ -8,7 +8,8 @@ use super::{
     attr_float, broadcast_strides, compute_ty, fconst, load_elem, loop_nest, merge_dims, offset,
     setup, strides, to_storage, TResult,
 };
-use crate::loopir::{BinOp, Expr, Ty, UnOp};
+use crate::loopir::{BinOp, Expr, LoopTag, Ty, UnOp};
+use llmc_ir::ops::fused_gemm::Act;
 use llmc_ir::{Node, Op, TensorType};
 
 /// The kernel of an elementwise node.
@@ -265,6 +266,65 @@ pub(crate) fn scalar(node: &Node, a: &[Expr], tys: &[Ty], out: Ty) -> TResult<Ex
         }
         other => return Err(format!("`{other}` has no elementwise meaning")),
     })
+}
+
+/// The scalar meaning of a fused op's activation (`act` of `linear_act` and `glu`):
+/// the arm of [`scalar`] for the unfused op it stands for. `x` should be a variable
+/// (it may be read more than once).
+pub(crate) fn activation(act: Act, x: Expr, t: Ty) -> Expr {
+    let (op, attrs) = act.op();
+    let node = Node {
+        op,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        attrs,
+    };
+    // Every `Act` names a unary float op `scalar` has an arm for.
+    scalar(&node, std::slice::from_ref(&x), &[t], t).unwrap_or(x)
+}
+
+/// `glu`: act(gate) · up over rows of the result's last dim `n`; the gate and up
+/// values are at columns `j` and `n + j` of one operand's rows of `2n`, or at `j`
+/// of two operands' rows.
+pub(crate) fn glu(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<crate::loopir::Kernel> {
+    let act = Act::of_attrs(&node.attrs)?;
+    let out = super::result(outs, 0)?;
+    let g = super::operand(ins, 0, "gate")?;
+    let r = out.shape.rank();
+    let n = r
+        .checked_sub(1)
+        .and_then(|l| out.shape.0.get(l))
+        .and_then(|d| d.as_const())
+        .ok_or_else(|| format!("result {} must have a constant last dim", out.shape))?;
+    let t = compute_ty(out.dtype)?;
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let rows = kb.numel(&out.shape.0[..r - 1]);
+    let rows = kb.let_("rows", rows);
+    let two = ins.len() == 2;
+    let (gd, ud) = (g.dtype, ins.get(1).map_or(g.dtype, |u| u.dtype));
+    let row_in = if two { n } else { 2 * n };
+    kb.for_("r", 0, rows, LoopTag::Serial, |kb, row| {
+        let base = kb.let_("base", row.clone() * row_in);
+        let obase = kb.let_("obase", row * n);
+        kb.for_("j", 0, n, LoopTag::Vectorize(8), |kb, j| {
+            let gv = load_elem(kb, ib[0], gd, base.clone() + j.clone());
+            let gv = kb.let_("g", gv.cast(t));
+            let uv = if two {
+                load_elem(kb, ib[1], ud, base.clone() + j.clone())
+            } else {
+                load_elem(kb, ib[0], gd, base.clone() + j.clone() + n)
+            };
+            let v = b(BinOp::Mul, activation(act, gv, t), uv.cast(t));
+            let v = to_storage(kb, ob[0], v);
+            kb.store(ob[0], obase.clone() + j, v);
+        });
+    });
+    kb.finish()
 }
 
 /// 1 / (1 + e^-x).

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, Ty, UnOp, VarId};
+use llmc_ir::ops::fused_gemm::Act;
 use llmc_ir::{DType, Dim, Node, TensorType};
 
 /// Rows of x per register tile.
@@ -20,9 +21,10 @@ const MR: usize = 2;
 /// Rows of w (output columns) per register tile.
 const NR: usize = 4;
 
-/// `linear(x, w[, b])`, with the weight layout it wants.
+/// `linear(x, w[, b])` or `linear_act` (the same kernel, its store applying the
+/// activation epilogue), with the weight layout it wants.
 pub(crate) fn linear(
-    _node: &Node,
+    node: &Node,
     ins: &[&TensorType],
     outs: &[&TensorType],
     name: &str,
@@ -61,7 +63,12 @@ pub(crate) fn linear(
         Some((_, Err(e))) => return Err(e),
         None => None,
     };
+    let act = match node.op {
+        llmc_ir::Op::LinearAct => Some(Act::of_attrs(&node.attrs)?),
+        _ => None,
+    };
     let ctx = Lin {
+        act,
         x: ib[0],
         xd: x.dtype,
         w: ib[1],
@@ -164,6 +171,8 @@ const PACK_MIN_ROWS: i64 = 4;
 /// What a linear kernel's tiles need.
 #[derive(Clone)]
 struct Lin {
+    /// The activation epilogue (`linear_act`).
+    act: Option<Act>,
     x: BufId,
     xd: DType,
     w: BufId,
@@ -231,6 +240,7 @@ impl Lin {
                     v = Expr::bin(BinOp::Add, v, bv.cast(t));
                 }
                 let o = (r0.clone() + i as i64) * self.n + col;
+                let v = self.epilogue(kb, v, t);
                 let v = to_storage(kb, self.out, v);
                 kb.store(self.out, o, v);
             }
@@ -239,6 +249,18 @@ impl Lin {
 }
 
 impl Lin {
+    /// The store side's epilogue: the activation of `linear_act` applied to the
+    /// accumulated (and biased) value `v` of compute type `t`, or `v` itself.
+    fn epilogue(&self, kb: &mut KernelBuilder, v: Expr, t: Ty) -> Expr {
+        match self.act {
+            None => v,
+            Some(act) => {
+                let v = kb.let_("pre", v);
+                super::elementwise::activation(act, v, t)
+            }
+        }
+    }
+
     /// Rows of f32 x against a quantized weight as stored, in groups of [`QGROUP`]
     /// rows: each group is quantized once to int16 blocks of 32 (scale `amax / 32767`,
     /// so the quants stay in -32767..=32767), then every weight row's dot products with
@@ -366,6 +388,7 @@ impl Lin {
                         let bv = load_elem(kb, b, bd, j.clone());
                         v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
                     }
+                    let v = self.epilogue(kb, v, Ty::F32);
                     let v = to_storage(kb, self.out, v);
                     kb.store(self.out, (r0.clone() + i as i64) * n + j.clone(), v);
                 }

@@ -116,7 +116,7 @@ pub fn lower(
         Op::Conv | Op::ConvTranspose => cnn::conv(node, ins, outs, name).map(plain),
         Op::MaxPool | Op::AvgPool => cnn::pool(node, ins, outs, name).map(plain),
         Op::MatMul => linalg::matmul(node, ins, outs, name).map(plain),
-        Op::Linear => {
+        Op::Linear | Op::LinearAct => {
             linalg::linear(node, ins, outs, name).map(|(kernel, packs)| Lowered::Kernel {
                 kernel,
                 packs,
@@ -140,6 +140,7 @@ pub fn lower(
         | Op::GatherElements
         | Op::Concat
         | Op::Split => layout::layout(node, ins, outs, name).map(plain),
+        Op::Glu => elementwise::glu(node, ins, outs, name).map(plain),
         Op::RmsNorm | Op::LayerNorm => nn::norm(node, ins, outs, name).map(plain),
         Op::Rope => nn::rope(node, ins, outs, name).map(plain),
         Op::Attention => nn::attention(node, ins, outs, name).map(plain),

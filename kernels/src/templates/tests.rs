@@ -1277,3 +1277,85 @@ fn fused_elementwise_is_one_loop_nest() {
         assert_eq!(stores(&k), 1, "{expr}:\n{k}");
     }
 }
+
+/// The reference activation of `act` on one value.
+fn act_ref(act: &str, v: f64) -> f64 {
+    let a = llmc_ir::ops::fused_gemm::Act::from_name(act).expect("known act");
+    let t = llmc_ir::Tensor::from_f64(F, vec![1], vec![v]);
+    let mut ctx = llmc_ir::interp::EvalCtx::default();
+    a.apply(&t, &mut ctx).expect("activation").to_f64()[0]
+}
+
+#[test]
+fn linear_act_epilogues_float_and_quantized() {
+    let mut r = Rng::new(21);
+    for act in ["silu", "gelu", "gelu_tanh", "relu", "tanh", "sigmoid"] {
+        let a = attrs([("act", Attr::Str(act.into()))]);
+        for (rows, n, k) in [(5usize, 7usize, 64usize), (1, 9, 32), (4, 8, 96)] {
+            let x = r.tensor(F, &[rows, k], 1.0);
+            let w = r.tensor(F, &[n, k], 0.5);
+            let b = r.tensor(F, &[n], 1.0);
+            // f32 weights: against the reference interpreter directly.
+            check_args(
+                Op::LinearAct,
+                a.clone(),
+                &[
+                    Arg::In(tt(F, &["seq", &k.to_string()]), x.clone()),
+                    Arg::W(F, vec![n, k], f32_bytes(&w)),
+                    Arg::W(F, vec![n], f32_bytes(&b)),
+                ],
+                1e-5,
+                1e-5,
+            );
+            // Block-quantized weights (integer path for decode, dequantized tiles for
+            // prefill): the epilogue applied to the plain linear kernel's own output.
+            for d in [DType::Q8_0, DType::Q4_1] {
+                let wq = quant_bytes(&mut r, d, n, k);
+                let args = || {
+                    vec![
+                        Arg::In(tt(F, &["seq", &k.to_string()]), x.clone()),
+                        Arg::W(d, vec![n, k], wq.clone()),
+                        Arg::W(F, vec![n], f32_bytes(&b)),
+                    ]
+                };
+                let (lin, _, _) = run_args(Op::Linear, attrs([]), &args());
+                let (fused, _, text) = run_args(Op::LinearAct, a.clone(), &args());
+                for (j, (g, l)) in fused[0].iter().zip(&lin[0]).enumerate() {
+                    let want = act_ref(act, *l);
+                    assert!(
+                        (g - want).abs() <= 1e-5 + 1e-5 * want.abs(),
+                        "{act} {d} element {j}: got {g}, act(linear) {want}\n{text}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn glu_halves_and_two_operands() {
+    let mut r = Rng::new(22);
+    for act in ["silu", "gelu", "gelu_tanh", "relu"] {
+        let a = attrs([("act", Attr::Str(act.into()))]);
+        let x = r.tensor(F, &[1, 3, 24], 3.0);
+        check(
+            Op::Glu,
+            a.clone(),
+            &[(tt(F, &["1", "seq", "24"]), x)],
+            1e-5,
+            1e-5,
+        );
+        let g = r.tensor(F, &[2, 5, 12], 3.0);
+        let u = r.tensor(F, &[2, 5, 12], 3.0);
+        check(
+            Op::Glu,
+            a,
+            &[
+                (tt(F, &["batch", "seq", "12"]), g),
+                (tt(F, &["batch", "seq", "12"]), u),
+            ],
+            1e-5,
+            1e-5,
+        );
+    }
+}

@@ -74,6 +74,10 @@ pub fn flops(op: Op, ins: &[&TensorType], outs: &[TensorType], nominal: i64) -> 
             // 2 * output elements * contraction length (last dim of the first operand).
             2.0 * out_n * ins.first().map_or(1.0, |t| last(t))
         }
+        // The GEMM plus its activation, applied in registers at the store.
+        Op::LinearAct => (2.0 * ins.first().map_or(1.0, |t| last(t)) + 4.0) * out_n,
+        // act(gate) · up: the activation and one product per element.
+        Op::Glu => 5.0 * out_n,
         Op::Attention | Op::FlashAttention => {
             // q[b,h,s,d], k[b,kvh,t,d]: scores and weighted sum, 2*2*b*h*s*t*d, plus softmax.
             let (Some(q), Some(k)) = (ins.first(), ins.get(1)) else {
@@ -252,6 +256,27 @@ mod tests {
             + node_cost(Op::Softmax, &[&s], std::slice::from_ref(&s), &cpu)
             + node_cost(Op::MatMul, &[&s, &vr], std::slice::from_ref(&o), &cpu);
         assert!(fl < prim, "flash {fl} vs primitives {prim}");
+    }
+
+    #[test]
+    fn fused_gemm_ops_are_cheaper_than_their_primitives() {
+        let cpu = Target::cpu();
+        let x = t(&[128, 576]);
+        let w = t(&[1536, 576]);
+        let h = t(&[128, 1536]);
+        let lin = node_cost(Op::Linear, &[&x, &w], std::slice::from_ref(&h), &cpu);
+        let act = node_cost(Op::Gelu, &[&h], std::slice::from_ref(&h), &cpu);
+        let fused = node_cost(Op::LinearAct, &[&x, &w], std::slice::from_ref(&h), &cpu);
+        assert!(
+            fused < lin + act,
+            "linear_act {fused} vs linear + gelu {}",
+            lin + act
+        );
+        assert!(fused > lin, "the epilogue is not free: {fused} vs {lin}");
+        let silu = node_cost(Op::Silu, &[&h], std::slice::from_ref(&h), &cpu);
+        let mul = node_cost(Op::Mul, &[&h, &h], std::slice::from_ref(&h), &cpu);
+        let glu = node_cost(Op::Glu, &[&h, &h], std::slice::from_ref(&h), &cpu);
+        assert!(glu < silu + mul, "glu {glu} vs silu + mul {}", silu + mul);
     }
 
     #[test]

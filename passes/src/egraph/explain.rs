@@ -1,12 +1,16 @@
 //! `--explain-fusion`: for every fusion candidate still in a module (each softmax for
 //! attention, each reduce_mean of a square for RMSNorm, each x - reduce_mean(x) for
-//! LayerNorm, each matmul followed by a bias add for a GEMM epilogue) say which pattern
+//! LayerNorm, each matmul followed by a bias add for a GEMM epilogue, each activation of
+//! a linear for an activation epilogue, each product of an activation for a gated
+//! unit, each group of linears sharing an input for a GEMM merge) say which pattern
 //! was nearest and what blocked it, naming the node. It runs the same matchers the
 //! rewrite rules run, on the module as it is, so the reason given is the real one.
 
 use super::convert;
+use super::gemm;
 use super::lang::ENode;
 use super::matchers::{match_attention, match_layer_norm, match_rms_norm, Blocked};
+use llmc_ir::ops::fused_gemm::Act;
 use llmc_ir::{Module, NodeId, Op, ValueDef, ValueId};
 use std::fmt;
 
@@ -14,7 +18,7 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Explanation {
     /// The fusion it was a candidate for: `attention`, `rms_norm`, `layer_norm`,
-    /// `gemm_epilogue`.
+    /// `gemm_epilogue`, `glu`, `gemm_merge`.
     pub candidate: &'static str,
     /// The value the candidate starts at (`%334`).
     pub node: String,
@@ -247,8 +251,69 @@ pub fn explain(module: &Module) -> Vec<Explanation> {
                     );
                 }
             }
+            op if Act::of_node(op, &n.attrs).is_some() => {
+                let class = |v: ValueId| loaded.class_of.get(v.0 as usize).copied().flatten();
+                let Some(&x) = n.inputs.first() else { continue };
+                let from_linear = match g.value(x).def {
+                    ValueDef::Node(p, _) => g.nodes[p.0 as usize].op == Op::Linear,
+                    _ => false,
+                };
+                let (Some(xc), Some(ac)) = (class(x), class(res)) else {
+                    continue;
+                };
+                if from_linear {
+                    if let Err(msg) = gemm::is_act_epilogue(eg, xc, ac) {
+                        if gemm::feeds_glu(eg, ac) {
+                            continue; // the glu candidate below reports it
+                        }
+                        push(
+                            &mut out,
+                            "gemm_epilogue",
+                            Blocked {
+                                pattern: "linear_act",
+                                depth: 1,
+                                msg,
+                            },
+                        );
+                    }
+                }
+                // A product with this activation: a gated-unit candidate.
+                for u in users.get(res.0 as usize).into_iter().flatten() {
+                    let un = &g.nodes[u.0 as usize];
+                    if un.op != Op::Mul {
+                        continue;
+                    }
+                    let Some(mres) = un.outputs.first().copied() else {
+                        continue;
+                    };
+                    let (Some(mc), Some(e)) = (class(mres), enode(*u)) else {
+                        continue;
+                    };
+                    if let Err(msg) = gemm::match_glu(eg, mc, &e) {
+                        if !from_linear && !gemm::is_gemm_output(eg, xc) {
+                            continue; // not a GEMM's activation: not a GLU candidate
+                        }
+                        out.push(Explanation {
+                            candidate: "glu",
+                            node: vname(mres),
+                            op: Op::Mul,
+                            pattern: "glu",
+                            reason: msg,
+                        });
+                    }
+                }
+            }
             _ => {}
         }
+    }
+    for (x, reason) in crate::merge::blockers(module) {
+        out.push(Explanation {
+            candidate: "gemm_merge",
+            node: x,
+            op: Op::Linear,
+            pattern: "linear over concatenated weights",
+            reason,
+        });
     }
     out
 }

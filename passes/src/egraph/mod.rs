@@ -14,6 +14,7 @@ pub mod blocks;
 pub mod convert;
 pub mod cost;
 pub mod explain;
+pub mod gemm;
 pub mod lang;
 pub mod matchers;
 pub mod rules;

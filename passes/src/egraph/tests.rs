@@ -519,3 +519,47 @@ fn a_graph_without_repetition_is_optimised_whole() {
     assert_eq!(r.blocks, 0, "{r}");
     assert_eq!(count(&m1, Op::RmsNorm), 2);
 }
+
+#[test]
+fn explain_names_what_blocks_glu_epilogue_and_merge() {
+    // The gate's silu is also a graph output: no glu (it would be computed twice).
+    let src = "module @glu {
+  graph @main(%x: f32[2, 4], %wg: f32[4, 3], %wu: f32[4, 3]) -> (%out: f32[2, 3], %s: f32[2, 3]) {
+    %g = matmul(%x, %wg) : f32[2, 3]
+    %s = silu(%g) : f32[2, 3]
+    %u = matmul(%x, %wu) : f32[2, 3]
+    %out = mul(%s, %u) : f32[2, 3]
+    return %out, %s
+  }
+}";
+    let (m, _) = optimise_and_compare(src, &[vec![2, 4], vec![4, 3], vec![4, 3]]);
+    assert_eq!(count(&m, Op::Glu), 0);
+    let ex = explain(&m);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!((ex[0].candidate, ex[0].node.as_str()), ("glu", "%out"));
+    assert!(ex[0].reason.contains("other users"), "{}", ex[0]);
+
+    // The linear's result is also a graph output: no epilogue. Its sibling linear reads
+    // the same input with a weight computed at run time: no merge either.
+    let src = "module @epi {
+  graph @main(%x: f32[2, 4], %w: f32[3, 4], %w2: f32[3, 4]) -> (%r: f32[2, 3], %h: f32[2, 3], %h2: f32[2, 3]) {
+    %h = linear(%x, %w) : f32[2, 3]
+    %r = relu(%h) : f32[2, 3]
+    %h2 = linear(%x, %w2) : f32[2, 3]
+    return %r, %h, %h2
+  }
+}";
+    let (m, _) = optimise_and_compare(src, &[vec![2, 4], vec![3, 4], vec![3, 4]]);
+    assert_eq!(count(&m, Op::LinearAct), 0);
+    let ex = explain(&m);
+    let epi: Vec<_> = ex
+        .iter()
+        .filter(|e| e.candidate == "gemm_epilogue")
+        .collect();
+    assert_eq!(epi.len(), 1, "{ex:?}");
+    assert_eq!(epi[0].node, "%r");
+    assert!(epi[0].reason.contains("other users"), "{}", epi[0]);
+    let merge: Vec<_> = ex.iter().filter(|e| e.candidate == "gemm_merge").collect();
+    assert_eq!(merge.len(), 1, "{ex:?}");
+    assert!(merge[0].reason.contains("not a weight"), "{}", merge[0]);
+}

@@ -3,8 +3,14 @@
 //! bias) become one `rms_norm` / `layer_norm`. The structural work is in `matchers`.
 //! A matmul by a weight followed by a bias add becomes `linear` (the GEMM epilogue
 //! llmc has an op for), its weight transposed once at compile time.
+//! GEMM epilogues and gated units: an exact GELU spelled in primitives becomes `gelu`;
+//! an activation of a `linear` used by nothing else becomes `linear_act`; act(gate) ·
+//! up over two GEMM results becomes `glu` (SwiGLU, GeGLU). The conditions are the
+//! named predicates of `gemm`. (Merging the gate and up GEMMs, and Q/K/V, into one
+//! GEMM is the `merge` pass: the critical-path cost cannot see that saving.)
 
 use super::{fn_rule, get};
+use crate::egraph::gemm::{activations, is_act_epilogue, match_erf_gelu, match_glu, match_silu};
 use crate::egraph::lang::{EGraph, ENode, TypeAnalysis};
 use crate::egraph::matchers::{add_op, match_layer_norm, match_rms_norm, nodes_of, perm_attrs, ty};
 use egg::{Id, Rewrite, Subst};
@@ -84,6 +90,44 @@ fn to_linear(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     None
 }
 
+/// x · (1 + erf(x/√2)) · 0.5 → gelu(x).
+fn to_gelu(eg: &mut EGraph, class: Id, _s: &Subst) -> Option<Id> {
+    let x = match_erf_gelu(eg, class)?;
+    let id = add_op(eg, Op::Gelu, &[x], Attrs::new());
+    eg[id].data.types.is_some().then_some(id)
+}
+
+/// x · sigmoid(x) → silu(x).
+fn to_silu(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
+    let x = match_silu(eg, &binary(Op::Mul, s)?)?;
+    let id = add_op(eg, Op::Silu, &[x], Attrs::new());
+    eg[id].data.types.is_some().then_some(id)
+}
+
+/// act(linear(x, w[, b])) → linear_act(x, w[, b]) {act}, when `is_act_epilogue`.
+fn to_linear_act(eg: &mut EGraph, class: Id, s: &Subst) -> Option<Id> {
+    let lin = get(s, "?x")?;
+    let (act, _) = activations(eg, class)
+        .into_iter()
+        .find(|&(_, x)| eg.find(x) == eg.find(lin))?;
+    is_act_epilogue(eg, lin, class).ok()?;
+    for n in nodes_of(eg, lin, Op::Linear) {
+        let ops = n.operands().to_vec();
+        let id = add_op(eg, Op::LinearAct, &ops, act.attrs());
+        if eg[id].data.types.is_some() {
+            return Some(id);
+        }
+    }
+    None
+}
+
+/// mul(act(gate), up) → glu(gate, up) {act}, when `match_glu`.
+fn to_glu(eg: &mut EGraph, class: Id, s: &Subst) -> Option<Id> {
+    let m = match_glu(eg, class, &binary(Op::Mul, s)?).ok()?;
+    let id = add_op(eg, Op::Glu, &[m.gate, m.up], m.act.attrs());
+    eg[id].data.types.is_some().then_some(id)
+}
+
 /// The rules of this theme.
 #[rustfmt::skip]
 pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
@@ -92,5 +136,13 @@ pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
         fn_rule("fusion/layer-norm",         "(add ?x ?y ?a)", add_to_layer_norm),
         fn_rule("fusion/layer-norm-no-bias", "(mul ?x ?y ?a)", mul_to_layer_norm),
         fn_rule("fusion/matmul-bias-linear", "(add ?x ?y ?a)", to_linear),
+        fn_rule("fusion/gelu-erf",           "(mul ?x ?y ?a)", to_gelu),
+        fn_rule("fusion/silu",               "(mul ?x ?y ?a)", to_silu),
+        fn_rule("fusion/linear-silu",        "(silu ?x ?a)",    to_linear_act),
+        fn_rule("fusion/linear-gelu",        "(gelu ?x ?a)",    to_linear_act),
+        fn_rule("fusion/linear-relu",        "(relu ?x ?a)",    to_linear_act),
+        fn_rule("fusion/linear-tanh",        "(tanh ?x ?a)",    to_linear_act),
+        fn_rule("fusion/linear-sigmoid",     "(sigmoid ?x ?a)", to_linear_act),
+        fn_rule("fusion/glu",                "(mul ?x ?y ?a)", to_glu),
     ]
 }
