@@ -3,6 +3,8 @@
 //! LayerNorm, each matmul followed by a bias add for a GEMM epilogue) say which pattern
 //! was nearest and what blocked it, naming the node. It runs the same matchers the
 //! rewrite rules run, on the module as it is, so the reason given is the real one.
+//! An attention whose additive mask looks triangular (a trilu or an index comparison)
+//! but was not taken as causal is reported too (`causal_mask`), with the reason.
 
 use super::convert;
 use super::lang::ENode;
@@ -14,7 +16,7 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Explanation {
     /// The fusion it was a candidate for: `attention`, `rms_norm`, `layer_norm`,
-    /// `gemm_epilogue`.
+    /// `gemm_epilogue`, `causal_mask`.
     pub candidate: &'static str,
     /// The value the candidate starts at (`%334`).
     pub node: String,
@@ -151,6 +153,36 @@ pub fn explain(module: &Module) -> Vec<Explanation> {
                 }
                 if let Some(b) = nearest(tries, "attention") {
                     push(&mut out, "attention", b);
+                }
+            }
+            Op::FlashAttention | Op::Attention => {
+                // An additive mask that looks triangular but was not taken for the
+                // causal rule: say why (the causal flag is cheaper than the mask).
+                let causal = matches!(n.attrs.get("causal"), Some(llmc_ir::Attr::Bool(true)));
+                let (Some(&m), Some(&q), Some(&k)) =
+                    (n.inputs.get(3), n.inputs.first(), n.inputs.get(1))
+                else {
+                    continue;
+                };
+                let class = |v: ValueId| loaded.class_of.get(v.0 as usize).copied().flatten();
+                let Some(mc) = class(m) else { continue };
+                if causal || !super::causal::looks_triangular(eg, mc, 0) {
+                    continue;
+                }
+                let (qs, ks) = (&g.ty(q).shape.0, &g.ty(k).shape.0);
+                let (Some(s), Some(t)) = (qs.get(2), ks.get(2)) else {
+                    continue;
+                };
+                if let Err(e) = super::causal::split_causal(eg, mc, s, t, 0) {
+                    push(
+                        &mut out,
+                        "causal_mask",
+                        Blocked {
+                            pattern: "causal",
+                            depth: 1,
+                            msg: format!("mask {} kept additive: {e}", vname(m)),
+                        },
+                    );
                 }
             }
             Op::ReduceMean => {

@@ -9,11 +9,13 @@
 //! `explain` reports, for every attention / norm / GEMM-epilogue candidate left in a
 //! module, the nearest pattern and what blocked it.
 
+pub mod causal;
 pub mod convert;
 pub mod cost;
 pub mod explain;
 pub mod lang;
 pub mod matchers;
+pub mod rotary;
 pub mod rules;
 
 pub use explain::{explain, Explanation};
