@@ -82,6 +82,7 @@ fn smollm2_onnx_export() {
     optimise("smollm2 onnx", &mut m);
     assert_eq!(count(&m, Op::FlashAttention), 30);
     assert_eq!(causal(&m), 30);
+    assert_eq!(count(&m, Op::Rope), 60);
     assert_eq!(count(&m, Op::RmsNorm), 61);
     assert_eq!(count(&m, Op::Softmax), 0);
     assert_eq!(
@@ -240,10 +241,10 @@ fn onnx_case_exports() {
         );
         return;
     }
-    for (case, flash, causals, norms, norm_op) in [
-        ("smollm2-prefill", 30, 30, 61, Op::RmsNorm),
-        ("smollm2-past", 30, 30, 61, Op::RmsNorm),
-        ("minilm", 6, 0, 13, Op::LayerNorm),
+    for (case, flash, causals, ropes, norms, norm_op) in [
+        ("smollm2-prefill", 30, 30, 60, 61, Op::RmsNorm),
+        ("smollm2-past", 30, 30, 60, 61, Op::RmsNorm),
+        ("minilm", 6, 0, 0, 13, Op::LayerNorm),
     ] {
         let Some(mut m) = load(dir.join(case).join("model.onnx")) else {
             continue;
@@ -251,6 +252,7 @@ fn onnx_case_exports() {
         optimise(case, &mut m);
         assert_eq!(count(&m, Op::FlashAttention), flash, "{case}");
         assert_eq!(causal(&m), causals, "{case}: causal flash_attention");
+        assert_eq!(count(&m, Op::Rope), ropes, "{case}: rope");
         assert_eq!(count(&m, norm_op), norms, "{case}");
         assert_eq!(count(&m, Op::Softmax), 0, "{case}");
         assert_eq!(explain(&m).len(), 0, "{case}: {:?}", explain(&m));

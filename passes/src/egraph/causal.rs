@@ -333,11 +333,13 @@ fn split_where(
     let keep = match (sa, sb) {
         (Some(x), Some(y)) if x == 0.0 && is_masking_value(y) => true,
         (Some(x), Some(y)) if is_masking_value(x) && y == 0.0 => false,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "where-mask values are {} and {}; a causal mask adds 0 and a large negative (<= -1e9)",
             sa.map_or("not constant".into(), |v| v.to_string()),
             sb.map_or("not constant".into(), |v| v.to_string())
-        )),
+        ))
+        }
     };
     let join = if keep { Op::And } else { Op::Or };
     let mut ls = Vec::new();
@@ -441,17 +443,24 @@ pub fn split_causal(
     Err(why)
 }
 
-/// The mask is built with a trilu or an index comparison within a few steps: a
+/// The mask is built with a trilu, a comparison of an index ramp or is a constant
+/// matrix with masked entries (within a few steps): a
 /// candidate for the causal flag, worth explaining when it was not taken.
 pub fn looks_triangular(eg: &EGraph, m: Id, depth: u32) -> bool {
     if depth > 6 {
         return false;
     }
     eg[m].nodes.iter().any(|n| match n.as_op() {
-        Some(Op::Trilu | Op::Less | Op::LessEqual | Op::Greater | Op::GreaterEqual) => true,
+        Some(Op::Trilu) => true,
+        Some(Op::Less | Op::LessEqual | Op::Greater | Op::GreaterEqual) => {
+            // Both sides index ramps: a triangle (an encoder's `q >= 0` is not).
+            n.operands().iter().all(|&c| ramp(eg, c, 0).is_some())
+        }
         Some(Op::Constant) => matches!(
             attrs_of(eg, n).and_then(|a| a.get("value")),
-            Some(Attr::Tensor(t)) if t.shape.len() >= 2 && t.to_f64().iter().any(|&x| is_masking_value(x))
+            Some(Attr::Tensor(t)) if t.shape.len() >= 2
+                && t.shape[t.shape.len() - 2] > 1
+                && t.to_f64().iter().any(|&x| is_masking_value(x))
         ),
         Some(Op::Where | Op::Add | Op::And | Op::Or | Op::Expand | Op::Cast | Op::Mul) => n
             .operands()

@@ -407,3 +407,57 @@ fn matmul_of_two_activations_plus_bias_is_explained() {
     );
     assert!(ex[0].reason.contains("computed at run time"), "{}", ex[0]);
 }
+
+/// Attention with a trilu mask of diagonal `k` over a symbolic sequence.
+fn trilu_attention(k: i64) -> String {
+    format!(
+        r#"module @m {{
+  graph @main(%q: f32[1, 2, seq, 4], %k: f32[1, 2, seq, 4], %v: f32[1, 2, seq, 4]) -> (%out: f32[1, 2, seq, 4]) {{
+    %min = constant() {{value = dense<f32[]: [-1000000000.0]>}} : f32[]
+    %full = expand(%min) {{shape = [seq, seq]}} : f32[seq, seq]
+    %mask = trilu(%full) {{k = {k}, upper = true}} : f32[seq, seq]
+    %kt = transpose(%k) {{perm = [0, 1, 3, 2]}} : f32[1, 2, 4, seq]
+    %s = matmul(%q, %kt) : f32[1, 2, seq, seq]
+    %sm = add(%s, %mask) : f32[1, 2, seq, seq]
+    %p = softmax(%sm) {{axis = -1}} : f32[1, 2, seq, seq]
+    %out = matmul(%p, %v) : f32[1, 2, seq, 4]
+    return %out
+  }}
+}}"#
+    )
+}
+
+#[test]
+fn a_causal_trilu_mask_becomes_the_causal_flag() {
+    let shapes = [vec![1, 2, 3, 4], vec![1, 2, 3, 4], vec![1, 2, 3, 4]];
+    let (m, _) = optimise_and_compare(&trilu_attention(1), &shapes);
+    let fa: Vec<_> = m
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == Op::FlashAttention)
+        .collect();
+    assert_eq!(fa.len(), 1);
+    assert_eq!(fa[0].attrs.get("causal"), Some(&llmc_ir::Attr::Bool(true)));
+    assert_eq!(fa[0].inputs.len(), 3, "no mask left");
+    assert_eq!(count(&m, Op::Trilu), 0);
+    assert!(explain(&m).is_empty());
+}
+
+#[test]
+fn a_non_causal_trilu_mask_stays_additive_and_is_explained() {
+    let shapes = [vec![1, 2, 3, 4], vec![1, 2, 3, 4], vec![1, 2, 3, 4]];
+    let (m, _) = optimise_and_compare(&trilu_attention(2), &shapes);
+    assert_eq!(count(&m, Op::FlashAttention), 1);
+    assert_eq!(count(&m, Op::Trilu), 1);
+    let ex = explain(&m);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].candidate, "causal_mask");
+    assert!(
+        ex[0]
+            .reason
+            .contains("mask is not causal: trilu upper k=2 (causal needs upper k=1)"),
+        "{}",
+        ex[0]
+    );
+}
