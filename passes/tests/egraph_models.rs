@@ -36,6 +36,18 @@ fn count(m: &Module, op: Op) -> usize {
     m.graph.nodes.iter().filter(|n| n.op == op).count()
 }
 
+/// flash_attention nodes whose scale was folded into the q projection (scale 1).
+fn unit_scale(m: &Module) -> usize {
+    m.graph
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.op == Op::FlashAttention
+                && matches!(n.attrs.get("scale"), Some(llmc_ir::Attr::Float(s)) if *s == 1.0)
+        })
+        .count()
+}
+
 /// flash_attention nodes with `causal = true`.
 fn causal(m: &Module) -> usize {
     m.graph
@@ -253,6 +265,7 @@ fn onnx_case_exports() {
         assert_eq!(count(&m, Op::FlashAttention), flash, "{case}");
         assert_eq!(causal(&m), causals, "{case}: causal flash_attention");
         assert_eq!(count(&m, Op::Rope), ropes, "{case}: rope");
+        assert_eq!(unit_scale(&m), flash, "{case}: scale folded into q");
         assert_eq!(count(&m, norm_op), norms, "{case}");
         assert_eq!(count(&m, Op::Softmax), 0, "{case}");
         assert_eq!(explain(&m).len(), 0, "{case}: {:?}", explain(&m));

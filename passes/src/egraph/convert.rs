@@ -33,6 +33,7 @@ pub fn load(m: &Module) -> Result<Loaded, EgraphError> {
             .iter()
             .map(|w| TensorType::new(w.dtype, w.shape.clone()))
             .collect(),
+        users: Vec::new(),
     };
     let mut eg = EGraph::new(analysis);
     let mut class_of: Vec<Option<Id>> = vec![None; g.values.len()];
@@ -95,6 +96,17 @@ pub fn load(m: &Module) -> Result<Loaded, EgraphError> {
                 })?,
         );
     }
+    let mut uses = vec![0usize; g.values.len()];
+    for v in g.nodes.iter().flat_map(|n| &n.inputs).chain(&g.outputs) {
+        if let Some(u) = uses.get_mut(v.0 as usize) {
+            *u += 1;
+        }
+    }
+    eg.analysis.users = class_of
+        .iter()
+        .zip(&uses)
+        .filter_map(|(c, &u)| c.map(|c| (c, u)))
+        .collect();
     let n_outputs = root_kids.len();
     root_kids.extend(kept);
     let root = eg.add(ENode {

@@ -131,6 +131,30 @@ pub fn bytes_moved(op: Op, ins: &[&TensorType], outs: &[TensorType], nominal: i6
     b
 }
 
+/// What an attention's `scale` costs: one multiply per score, none at scale 1 (the
+/// scale folded into the q projection).
+pub fn scale_cost(op: Op, ins: &[&TensorType], attrs: &llmc_ir::Attrs, target: &Target) -> f64 {
+    use llmc_ir::AttrsExt;
+    if !matches!(op, Op::Attention | Op::FlashAttention) || attrs.float("scale") == Some(1.0) {
+        return 0.0;
+    }
+    let (Some(q), Some(k)) = (ins.first(), ins.get(1)) else {
+        return 0.0;
+    };
+    let n = target.nominal_dim;
+    let t = k
+        .shape
+        .0
+        .get(2)
+        .map_or(1.0, |d| d.eval(&|_| Some(n)).unwrap_or(n) as f64);
+    let d = q
+        .shape
+        .0
+        .last()
+        .map_or(1.0, |d| d.eval(&|_| Some(n)).unwrap_or(n).max(1) as f64);
+    numel(&q.shape, n) / d * t / target.flops_per_ns
+}
+
 /// Cost of one node on `target`, not counting its operands.
 pub fn node_cost(op: Op, ins: &[&TensorType], outs: &[TensorType], target: &Target) -> f64 {
     let n = target.nominal_dim;
@@ -173,7 +197,10 @@ impl CostFunction<ENode> for Cost<'_> {
                     .and_then(|c| self.egraph[c].data.attrs.as_ref());
                 match (tys, attrs) {
                     (Some(tys), Some(a)) => match op.infer(&tys, a.attrs()) {
-                        Ok(outs) => node_cost(*op, &tys, &outs, &self.target),
+                        Ok(outs) => {
+                            node_cost(*op, &tys, &outs, &self.target)
+                                + scale_cost(*op, &tys, a.attrs(), &self.target)
+                        }
                         Err(_) => f64::INFINITY,
                     },
                     _ => f64::INFINITY,
