@@ -4,7 +4,8 @@
 //! was nearest and what blocked it, naming the node. It runs the same matchers the
 //! rewrite rules run, on the module as it is, so the reason given is the real one.
 //! An attention whose additive mask looks triangular (a trilu or an index comparison)
-//! but was not taken as causal is reported too (`causal_mask`), with the reason.
+//! but was not taken as causal is reported too (`causal_mask`), with the reason, and so
+//! is a rotate_half (concat of a negated slice and a slice) not fused into `rope`.
 
 use super::convert;
 use super::lang::ENode;
@@ -16,7 +17,7 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Explanation {
     /// The fusion it was a candidate for: `attention`, `rms_norm`, `layer_norm`,
-    /// `gemm_epilogue`, `causal_mask`.
+    /// `gemm_epilogue`, `causal_mask`, `rope`.
     pub candidate: &'static str,
     /// The value the candidate starts at (`%334`).
     pub node: String,
@@ -183,6 +184,32 @@ pub fn explain(module: &Module) -> Vec<Explanation> {
                             msg: format!("mask {} kept additive: {e}", vname(m)),
                         },
                     );
+                }
+            }
+            Op::Concat => {
+                // rotate_half: concat(neg(slice(x)), slice(x)) — a rope candidate.
+                let rotate_half = n.inputs.len() == 2
+                    && n.inputs.iter().any(|&v| match g.value(v).def {
+                        ValueDef::Node(p, _) => {
+                            let pn = &g.nodes[p.0 as usize];
+                            pn.op == Op::Neg
+                                && pn.inputs.first().is_some_and(|&x| {
+                                    matches!(g.value(x).def, ValueDef::Node(s, _)
+                                        if g.nodes[s.0 as usize].op == Op::Slice)
+                                })
+                        }
+                        _ => false,
+                    });
+                if rotate_half {
+                    let tries = downstream(res, 2)
+                        .into_iter()
+                        .filter(|u| g.nodes[u.0 as usize].op == Op::Add)
+                        .filter_map(enode)
+                        .map(|e| super::rotary::match_rope(eg, &e).map(|_| ()))
+                        .collect();
+                    if let Some(b) = nearest(tries, "rope") {
+                        push(&mut out, "rope", b);
+                    }
                 }
             }
             Op::ReduceMean => {

@@ -461,3 +461,71 @@ fn a_non_causal_trilu_mask_stays_additive_and_is_explained() {
         ex[0]
     );
 }
+
+/// x·cos + rotate_half(x)·sin with the halves given by `rot` and inv_freq `inv`.
+fn rope_module(rot: &str, inv: &str) -> String {
+    format!(
+        r#"module @m {{
+  graph @main(%x: f32[1, 2, 3, 8], %pos: i64[1, 3]) -> (%out: f32[1, 2, 3, 8]) {{
+    %pu = unsqueeze(%pos) {{axes = [2]}} : i64[1, 3, 1]
+    %pf = cast(%pu) {{to = f32}} : f32[1, 3, 1]
+    %inv = constant() {{value = dense<f32[4]: [{inv}]>}} : f32[4]
+    %f = mul(%pf, %inv) : f32[1, 3, 4]
+    %emb = concat(%f, %f) {{axis = -1}} : f32[1, 3, 8]
+    %cos = cos(%emb) : f32[1, 3, 8]
+    %sin = sin(%emb) : f32[1, 3, 8]
+    %c4 = unsqueeze(%cos) {{axes = [1]}} : f32[1, 1, 3, 8]
+    %s4 = unsqueeze(%sin) {{axes = [1]}} : f32[1, 1, 3, 8]
+    %xc = mul(%x, %c4) : f32[1, 2, 3, 8]
+    %x2 = slice(%x) {{axes = [3], ends = [8], starts = [4], steps = [1]}} : f32[1, 2, 3, 4]
+    %nx2 = neg(%x2) : f32[1, 2, 3, 4]
+    %x1 = slice(%x) {{axes = [3], ends = [4], starts = [0], steps = [1]}} : f32[1, 2, 3, 4]
+    %rot = concat({rot}) {{axis = -1}} : f32[1, 2, 3, 8]
+    %rs = mul(%rot, %s4) : f32[1, 2, 3, 8]
+    %out = add(%xc, %rs) : f32[1, 2, 3, 8]
+    return %out
+  }}
+}}"#
+    )
+}
+
+#[test]
+fn rope_is_recognised_and_a_wrong_split_is_explained() {
+    let m0 = parse(&rope_module("%nx2, %x1", "1.0, 0.1, 0.01, 0.001"));
+    let mut m1 = m0.clone();
+    run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&m1, Op::Rope), 1);
+    assert!(explain(&m1).is_empty());
+    // Positions as the interpreter needs them: compare on explicit inputs.
+    let x = Tensor::from_f64(
+        llmc_ir::DType::F32,
+        vec![1, 2, 3, 8],
+        values(48, 7).iter().map(|&v| v as f64).collect(),
+    );
+    let pos = Tensor::from_i64(llmc_ir::DType::I64, vec![1, 3], vec![0, 5, 17]);
+    let a = Interpreter::new(&m0)
+        .run(&[x.clone(), pos.clone()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = Interpreter::new(&m1)
+        .run(&[x, pos])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_close(&b, &a, 1e-5);
+
+    let mut m2 = parse(&rope_module("%x1, %nx2", "1.0, 0.1, 0.01, 0.001"));
+    run_with(&mut m2, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&m2, Op::Rope), 0);
+    let ex = explain(&m2);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].candidate, "rope");
+    assert!(ex[0].reason.contains("rotary split"), "{}", ex[0]);
+
+    let mut m3 = parse(&rope_module("%nx2, %x1", "1.0, 0.5, 0.2, 0.05"));
+    run_with(&mut m3, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let ex = explain(&m3);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert!(
+        ex[0].reason.contains("not the rope frequencies"),
+        "{}",
+        ex[0]
+    );
+}
