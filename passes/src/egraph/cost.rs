@@ -299,4 +299,24 @@ mod tests {
         let f = t(&[64, 64]);
         assert!(bytes(&w, 1) < bytes(&f, 1) / 4.0);
     }
+
+    #[test]
+    fn an_attention_scale_costs_a_multiply_per_score_unless_it_is_one() {
+        use llmc_ir::{Attr, Attrs};
+        let cpu = Target::cpu();
+        let q = t(&[1, 9, 128, 64]);
+        let k = t(&[1, 3, 256, 64]);
+        let at = |s: f64| {
+            let mut a = Attrs::new();
+            a.insert("scale".into(), Attr::Float(s));
+            a
+        };
+        assert_eq!(
+            scale_cost(Op::FlashAttention, &[&q, &k, &k], &at(1.0), &cpu),
+            0.0
+        );
+        let c = scale_cost(Op::FlashAttention, &[&q, &k, &k], &at(0.125), &cpu);
+        assert_eq!(c, (9 * 128 * 256) as f64 / cpu.flops_per_ns);
+        assert_eq!(scale_cost(Op::MatMul, &[&q, &k], &at(0.125), &cpu), 0.0);
+    }
 }
