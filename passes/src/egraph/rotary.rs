@@ -1,6 +1,7 @@
 //! Rotary position embedding as exporters spell it: `x·cos + rotate_half(x)·sin`, with
 //! rotate_half = concat(-x[.., d/2:], x[.., :d/2]) and cos/sin computed from the
-//! positions (`cos(concat(f, f))`, f = positions × inv_freq, a constant). This module
+//! positions (`cos(concat(f, f))`, f = positions × inv_freq, a constant) or gathered by
+//! position from constant cos/sin tables (`cos_cached[position_ids]`). This module
 //! recognises that form and gives what the `rope` op needs: x, the positions, theta and
 //! the linear position scale (read back from inv_freq, which must be the geometric
 //! series theta^(-2i/d) / scale to f32 precision). Each step is a named predicate, and a
@@ -110,6 +111,70 @@ fn trig_of(eg: &EGraph, id: Id, op: Op) -> Option<Id> {
     None
 }
 
+/// Where cos or sin comes from: computed from the angles g, or gathered by position
+/// from a constant table (`cos_cached[position_ids]`).
+#[derive(Clone, Debug)]
+enum Source {
+    /// f(concat(g, g)): g's class.
+    Computed(Id),
+    /// gather(table, pos, axis 0): the table's rows ([P, d], row-major) and pos.
+    Table(Vec<f64>, usize, Id),
+}
+
+/// The source of a cos / sin operand (`op` names which), through an unsqueeze at axis 1.
+fn source(eg: &EGraph, id: Id, op: Op) -> Option<Source> {
+    if let Some(g) = trig_of(eg, id, op) {
+        return Some(Source::Computed(g));
+    }
+    let mut at = vec![id];
+    for u in nodes_of(eg, id, Op::Unsqueeze) {
+        if attrs_of(eg, &u).and_then(|a| a.ints("axes")) == Some(&[1][..]) {
+            at.extend(u.operands().first().copied());
+        }
+    }
+    for c in at {
+        for g in nodes_of(eg, c, Op::Gather) {
+            let ([table, pos], Some(0)) = (
+                g.operands(),
+                attrs_of(eg, &g).map(|a| a.int("axis").unwrap_or(0)),
+            ) else {
+                continue;
+            };
+            let pos_ok = ty(eg, *pos).is_some_and(|t| t.dtype.is_int() && t.shape.rank() == 2);
+            let Some(tt) = ty(eg, *table) else { continue };
+            let Some(vals) = constant_values(eg, *table) else {
+                continue;
+            };
+            if pos_ok && tt.shape.rank() == 2 {
+                let d = tt.shape.0[1].as_const()? as usize;
+                return Some(Source::Table(vals, d, *pos));
+            }
+        }
+    }
+    None
+}
+
+/// Tables cos[p][k] = cos(p · inv[k mod d/2]) and sin likewise (to f32 precision): gives
+/// inv_freq, read from row 1 as atan2(sin, cos).
+fn table_freqs(cos: &[f64], sin: &[f64], d: usize) -> Result<Vec<f64>, String> {
+    let half = d / 2;
+    if cos.len() != sin.len() || cos.len() < 2 * d || !d.is_multiple_of(2) {
+        return Err("the cos and sin tables are not [positions ≥ 2, d] alike".into());
+    }
+    let inv: Vec<f64> = (0..half).map(|k| sin[d + k].atan2(cos[d + k])).collect();
+    for (i, (&c, &s)) in cos.iter().zip(sin).enumerate() {
+        let (p, k) = ((i / d) as f64, i % d);
+        let a = p * inv[k % half];
+        let tol = 1e-5 + 2.4e-7 * p;
+        if (c - a.cos()).abs() > tol || (s - a.sin()).abs() > tol {
+            return Err(format!(
+                "the cos/sin tables at position {p}, channel {k} are not cos/sin(position × inv_freq) with both halves alike"
+            ));
+        }
+    }
+    Ok(inv)
+}
+
 /// `f` = float(unsqueeze(pos, [2])) × inv_freq: gives pos and inv_freq's values.
 fn freqs(eg: &EGraph, f: Id) -> Result<(Id, Vec<f64>), String> {
     for m in nodes_of(eg, f, Op::Mul) {
@@ -209,13 +274,13 @@ pub fn match_rope(eg: &EGraph, top: &super::lang::ENode) -> Result<RopeMatch, Bl
                     (4, Some(d)) if d % 2 == 0 && xt.dtype.is_float() => d,
                     _ => continue,
                 };
-                let Some(gc) = trig_of(eg, cos, Op::Cos) else {
+                let Some(gc) = source(eg, cos, Op::Cos) else {
                     continue;
                 };
                 for m2 in nodes_of(eg, rs, Op::Mul) {
                     let [r, s] = m2.operands() else { continue };
                     for (rot, sin) in [(*r, *s), (*s, *r)] {
-                        let Some(gs) = trig_of(eg, sin, Op::Sin) else {
+                        let Some(gs) = source(eg, sin, Op::Sin) else {
                             continue;
                         };
                         if let Err(e) = is_rotate_half(eg, rot, x, d) {
@@ -229,18 +294,22 @@ pub fn match_rope(eg: &EGraph, top: &super::lang::ENode) -> Result<RopeMatch, Bl
                             );
                             continue;
                         }
-                        if eg.find(gc) != eg.find(gs) {
-                            keep(
-                                Blocked {
-                                    pattern: ROPE,
-                                    depth: 3,
-                                    msg: "cos and sin are not of the same angles".into(),
-                                },
-                                &mut near,
-                            );
-                            continue;
-                        }
-                        let (pos, inv) = match freqs(eg, gc) {
+                        let angles = match (&gc, &gs) {
+                            (Source::Computed(c), Source::Computed(s))
+                                if eg.find(*c) == eg.find(*s) =>
+                            {
+                                freqs(eg, *c)
+                            }
+                            (Source::Table(c, dc, pc), Source::Table(s, ds, ps))
+                                if eg.find(*pc) == eg.find(*ps)
+                                    && *dc == d as usize
+                                    && *ds == d as usize =>
+                            {
+                                table_freqs(c, s, d as usize).map(|inv| (*pc, inv))
+                            }
+                            _ => Err("cos and sin are not of the same angles".into()),
+                        };
+                        let (pos, inv) = match angles {
                             Ok(v) => v,
                             Err(e) => {
                                 keep(
