@@ -5,19 +5,21 @@
 //! rewrite rules run, on the module as it is, so the reason given is the real one.
 //! An attention whose additive mask looks triangular (a trilu or an index comparison)
 //! but was not taken as causal is reported too (`causal_mask`), with the reason, and so
-//! is a rotate_half (concat of a negated slice and a slice) not fused into `rope`.
+//! is a rotate_half (concat of a negated slice and a slice) not fused into `rope`, and
+//! an attention scale not folded into the q projection because a value on the way has
+//! other users.
 
 use super::convert;
 use super::lang::ENode;
 use super::matchers::{match_attention, match_layer_norm, match_rms_norm, Blocked};
-use llmc_ir::{Module, NodeId, Op, ValueDef, ValueId};
+use llmc_ir::{AttrsExt, Module, NodeId, Op, ValueDef, ValueId};
 use std::fmt;
 
 /// One candidate that was not rewritten.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Explanation {
     /// The fusion it was a candidate for: `attention`, `rms_norm`, `layer_norm`,
-    /// `gemm_epilogue`, `causal_mask`, `rope`.
+    /// `gemm_epilogue`, `causal_mask`, `rope`, `attention_scale`.
     pub candidate: &'static str,
     /// The value the candidate starts at (`%334`).
     pub node: String,
@@ -157,6 +159,59 @@ pub fn explain(module: &Module) -> Vec<Explanation> {
                 }
             }
             Op::FlashAttention | Op::Attention => {
+                // A scale left on attention although q comes from a scalable projection:
+                // some value on the way has other users.
+                let scaled = n.attrs.float("scale").is_some_and(|s| s != 1.0);
+                let mut v = n.inputs.first().copied();
+                for _ in 0..6 {
+                    let Some(cur) = v.filter(|_| scaled) else {
+                        break;
+                    };
+                    let uses = users.get(cur.0 as usize).map_or(0, Vec::len)
+                        + g.outputs.iter().filter(|&&o| o == cur).count();
+                    let ValueDef::Node(p, _) = g.value(cur).def else {
+                        break;
+                    };
+                    let pn = &g.nodes[p.0 as usize];
+                    let base = matches!(pn.op, Op::MatMul | Op::Linear);
+                    let scalable = base
+                        && pn.inputs.iter().skip(1).all(|&w| {
+                            loaded
+                                .class_of
+                                .get(w.0 as usize)
+                                .copied()
+                                .flatten()
+                                .is_some_and(|c| {
+                                    crate::egraph::rules::algebra::is_scalable_weight(eg, c)
+                                })
+                        });
+                    if base && !scalable {
+                        break;
+                    }
+                    if !base && !matches!(pn.op, Op::Rope | Op::Transpose | Op::Reshape) {
+                        break;
+                    }
+                    if uses != 1 {
+                        push(
+                            &mut out,
+                            "attention_scale",
+                            Blocked {
+                                pattern: "scale-into-q",
+                                depth: 1,
+                                msg: format!(
+                                    "scale kept on attention: {} (on the way to the q projection's weight) has {uses} users, and scaling the weight would change the others",
+                                    vname(cur)
+                                ),
+                            },
+                        );
+                        break;
+                    }
+                    v = if base {
+                        None
+                    } else {
+                        pn.inputs.first().copied()
+                    };
+                }
                 // An additive mask that looks triangular but was not taken for the
                 // causal rule: say why (the causal flag is cheaper than the mask).
                 let causal = matches!(n.attrs.get("causal"), Some(llmc_ir::Attr::Bool(true)));

@@ -529,3 +529,65 @@ fn rope_is_recognised_and_a_wrong_split_is_explained() {
         ex[0]
     );
 }
+
+/// q = transpose(reshape(matmul(x, wq))) into attention with scale 0.5; `outs` lists the
+/// graph outputs (adding `%qp` gives the projection a second user).
+fn q_projection_attention(outs: &str, out_types: &str) -> String {
+    let w: Vec<String> = values(64, 3).iter().map(|v| format!("{v:?}")).collect();
+    format!(
+        r#"module @m {{
+  graph @main(%x: f32[1, 3, 8], %k: f32[1, 2, 3, 4], %v: f32[1, 2, 3, 4]) -> ({out_types}) {{
+    %wq = constant() {{value = dense<f32[8, 8]: [{}]>}} : f32[8, 8]
+    %qp = matmul(%x, %wq) : f32[1, 3, 8]
+    %qr = reshape(%qp) {{shape = [1, 3, 2, 4]}} : f32[1, 3, 2, 4]
+    %q = transpose(%qr) {{perm = [0, 2, 1, 3]}} : f32[1, 2, 3, 4]
+    %kt = transpose(%k) {{perm = [0, 1, 3, 2]}} : f32[1, 2, 4, 3]
+    %s = matmul(%q, %kt) : f32[1, 2, 3, 3]
+    %c = constant() {{value = dense<f32[]: [0.5]>}} : f32[]
+    %ss = mul(%s, %c) : f32[1, 2, 3, 3]
+    %p = softmax(%ss) {{axis = -1}} : f32[1, 2, 3, 3]
+    %out = matmul(%p, %v) : f32[1, 2, 3, 4]
+    return {outs}
+  }}
+}}"#,
+        w.join(", ")
+    )
+}
+
+#[test]
+fn the_attention_scale_moves_into_a_single_use_q_projection() {
+    let shapes = [vec![1, 3, 8], vec![1, 2, 3, 4], vec![1, 2, 3, 4]];
+    let src = q_projection_attention("%out", "%out: f32[1, 2, 3, 4]");
+    let (m, report) = optimise_and_compare(&src, &shapes);
+    let fa: Vec<_> = m
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == Op::FlashAttention)
+        .collect();
+    assert_eq!(fa.len(), 1);
+    assert_eq!(
+        fa[0].attrs.get("scale"),
+        Some(&llmc_ir::Attr::Float(1.0)),
+        "{report}"
+    );
+    assert!(explain(&m).is_empty());
+
+    let src = q_projection_attention("%out, %qp", "%out: f32[1, 2, 3, 4], %qp: f32[1, 3, 8]");
+    let (m, _) = optimise_and_compare(&src, &shapes);
+    let fa: Vec<_> = m
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == Op::FlashAttention)
+        .collect();
+    assert_eq!(fa[0].attrs.get("scale"), Some(&llmc_ir::Attr::Float(0.5)));
+    let ex = explain(&m);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].candidate, "attention_scale");
+    assert!(
+        ex[0].reason.contains("%qp") && ex[0].reason.contains("2 users"),
+        "{}",
+        ex[0]
+    );
+}
