@@ -13,6 +13,7 @@ pub mod cse;
 pub mod dce;
 pub mod egraph;
 pub mod fold;
+pub mod fuse_elementwise;
 pub mod manager;
 pub mod pipeline;
 mod rewrite;
@@ -100,6 +101,21 @@ pub enum PassError {
         /// The error.
         msg: String,
     },
+}
+
+thread_local! {
+    static NOTE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A pass leaves one line about what it did (the e-graph: "N blocks, K distinct"); the
+/// manager puts it under the pass's row of the `--time-passes` table.
+pub fn note(text: String) {
+    NOTE.with(|n| *n.borrow_mut() = Some(text));
+}
+
+/// Takes the note the last pass left, if any.
+pub fn take_note() -> Option<String> {
+    NOTE.with(|n| n.borrow_mut().take())
 }
 
 #[cfg(test)]

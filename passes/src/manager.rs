@@ -64,6 +64,8 @@ pub struct PassRow {
     pub nodes_after: usize,
     /// Whether it changed the module.
     pub changed: bool,
+    /// What the pass said it did (`crate::note`), printed under its row.
+    pub note: Option<String>,
 }
 
 /// What a pipeline run did, pass by pass; displays as the `--time-passes` table.
@@ -111,6 +113,9 @@ impl fmt::Display for PassReport {
                 r.nodes_after,
                 if r.changed { "yes" } else { "no" }
             )?;
+            if let Some(n) = &r.note {
+                writeln!(f, "{:<4} {:<16} {n}", "", "")?;
+            }
         }
         let (first, last) = (
             self.rows.first().map_or(0, |r| r.nodes_before),
@@ -173,6 +178,7 @@ pub fn run_passes(
         let nodes_before = m.graph.nodes.len();
         let before_text = inst.print_after_change.then(|| llmc_ir::text::print(m));
         let t0 = Instant::now();
+        crate::take_note();
         let changed = (p.run)(m, ctx)? == Changed::Yes;
         let secs = t0.elapsed().as_secs_f64();
         if verify {
@@ -187,6 +193,7 @@ pub fn run_passes(
             nodes_before,
             nodes_after: m.graph.nodes.len(),
             changed,
+            note: crate::take_note(),
         });
         let wants_print = inst.print_after_all || inst.print_after.iter().any(|n| n == p.name);
         let needs_text = wants_print || before_text.is_some() || inst.dump_dir.is_some();

@@ -35,6 +35,11 @@ pub static PASSES: &[Pass] = &[
         summary: "e-graph rewrites: attention to flash_attention, norm and epilogue fusion, layout and algebra",
         run: crate::egraph::pass,
     },
+    Pass {
+        name: "fuse-elementwise",
+        summary: "single-use elementwise chains into one fused_elementwise loop",
+        run: crate::fuse_elementwise::run,
+    },
 ];
 
 /// `-O0`: no rewrites at all.
@@ -44,8 +49,8 @@ const O1: &[&str] = &["fold", "dce"];
 /// `-O2`: plus common subexpressions.
 const O2: &[&str] = &["fold", "cse", "dce"];
 /// `-O3`: everything: the e-graph pass (fusion, attention to flash_attention) after
-/// `cse`; `dce` cleans up what it leaves.
-const O3: &[&str] = &["fold", "cse", "egraph", "dce"];
+/// `cse`, then the elementwise chains it left fused into single loops; `dce` cleans up.
+const O3: &[&str] = &["fold", "cse", "egraph", "fuse-elementwise", "dce"];
 
 /// The pass named `name`.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

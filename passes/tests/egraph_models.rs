@@ -271,3 +271,85 @@ fn onnx_case_exports() {
         assert_eq!(explain(&m).len(), 0, "{case}: {:?}", explain(&m));
     }
 }
+
+fn histogram(m: &Module) -> std::collections::BTreeMap<&'static str, usize> {
+    let mut h = std::collections::BTreeMap::new();
+    for n in &m.graph.nodes {
+        *h.entry(n.op.name()).or_default() += 1;
+    }
+    h
+}
+
+/// Repeated-block detection: on every real model the block-wise run (one e-graph per
+/// distinct block) gives the whole-graph run's program: the same ops, node for node
+/// (the order of independent nodes may differ), and the same outputs through the
+/// interpreter, bit for bit on the GGUF prefill. It also does less work: fewer e-nodes.
+#[test]
+fn block_wise_run_equals_whole_graph_run() {
+    let whole = Options {
+        blocks: false,
+        ..Options::default()
+    };
+    for (name, path) in [
+        (
+            "smollm2 gguf",
+            models().join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ),
+        ("smollm2 hf", models().join("SmolLM2-135M-Instruct-hf")),
+        ("smollm2 onnx", exports().join("smollm2-prefill/model.onnx")),
+        (
+            "smollm2-past onnx",
+            exports().join("smollm2-past/model.onnx"),
+        ),
+        ("minilm onnx", exports().join("minilm/model.onnx")),
+    ] {
+        let Some(m0) = load(path) else {
+            continue;
+        };
+        let (mut a, mut b) = (m0.clone(), m0.clone());
+        let (_, ra) = egraph::run_with(&mut a, &whole).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (_, rb) =
+            egraph::run_with(&mut b, &Options::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!("{name}: whole: {ra}");
+        eprintln!("{name}: blocks: {rb}");
+        llmc_ir::verify::verify(&b).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(
+            rb.blocks > 0 && rb.distinct_blocks < rb.blocks,
+            "{name}: {rb}"
+        );
+        assert!(
+            rb.enodes < ra.enodes,
+            "{name}: {} vs {} e-nodes",
+            rb.enodes,
+            ra.enodes
+        );
+        // The ops of the two programs, after dropping what neither reads.
+        let cx = llmc_passes::PassContext::default();
+        for m in [&mut a, &mut b] {
+            llmc_passes::dce::run(m, &cx).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert_eq!(histogram(&b), histogram(&a), "{name}");
+    }
+    // Outputs: the GGUF model, a 5-token prefill through the interpreter.
+    let Some(m0) = load(models().join("SmolLM2-135M-Instruct.Q4_1.gguf")) else {
+        return;
+    };
+    let (mut a, mut b) = (m0.clone(), m0);
+    egraph::run_with(&mut a, &whole).unwrap_or_else(|e| panic!("{e}"));
+    egraph::run_with(&mut b, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let ins = vec![
+        llmc_ir::Tensor::from_i64(
+            llmc_ir::DType::I64,
+            vec![1, 5],
+            vec![1, 9690, 314, 253, 1127],
+        ),
+        llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 5], (0..5).collect()),
+    ];
+    let oa = llmc_ir::interp::Interpreter::new(&a)
+        .run(&ins)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ob = llmc_ir::interp::Interpreter::new(&b)
+        .run(&ins)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(oa, ob);
+}

@@ -10,6 +10,7 @@ use std::fmt;
 
 pub mod cnn;
 pub mod elementwise;
+pub mod fused;
 pub mod index;
 pub mod linalg;
 pub mod nn;
@@ -343,6 +344,10 @@ op_table! {
     GatherNd = "gather_nd", Fixed(2), NONE, [opt("batch_dims", K::Int)], ix::infer_gather_nd, ix::eval_gather_nd;
     /// the `k` largest (or smallest) elements along `axis` and their i64 indices, sorted, ties to the lower index
     TopK = "top_k", Fixed(1), RED, [req("k", K::Int), opt("axis", K::Int), opt("largest", K::Bool), opt("sorted", K::Bool)], ix::infer_top_k, ix::eval_top_k;
+
+    // ----- added by the optimizer -----
+    /// a tree of elementwise ops in one pass over the elements: `expr` such as "silu(add(mul($0, $1), $2))" (`$k` is operand k; ops without attributes); operands broadcast
+    FusedElementwise = "fused_elementwise", AtLeast(1), EW, [req("expr", K::Str)], fused::infer_fused, fused::eval_fused;
 }
 
 impl Op {

@@ -40,7 +40,12 @@ pub(crate) fn elementwise(
             let off = offset(kb, coords, &st[k]);
             args.push(load_elem(kb, ib[k], t.dtype, off));
         }
-        match scalar(node, &args, &arg_tys, out_ct) {
+        let v = if node.op == Op::FusedElementwise {
+            fused(kb, node, &args, &arg_tys, ins)
+        } else {
+            scalar(node, &args, &arg_tys, out_ct)
+        };
+        match v {
             Ok(v) => {
                 let o = offset(kb, coords, &st[ins.len()]);
                 let v = to_storage(kb, ob[0], v);
@@ -53,6 +58,53 @@ pub(crate) fn elementwise(
         return Err(e);
     }
     kb.finish()
+}
+
+/// The scalar meaning of a `fused_elementwise` node: its expression built bottom-up from
+/// each op's own [`scalar`] arm, every intermediate bound to a variable once (an
+/// operand read twice, as silu reads x, is not recomputed), all in one loop body.
+fn fused(
+    kb: &mut crate::builder::KernelBuilder,
+    node: &Node,
+    args: &[Expr],
+    tys: &[Ty],
+    ins: &[&TensorType],
+) -> TResult<Expr> {
+    use llmc_ir::ops::fused::{expr_of, FusedExpr};
+    fn build(
+        kb: &mut crate::builder::KernelBuilder,
+        e: &FusedExpr,
+        args: &[Expr],
+        tys: &[Ty],
+        ins: &[&TensorType],
+    ) -> TResult<(Expr, Ty)> {
+        match e {
+            FusedExpr::Arg(k) => match (args.get(*k), tys.get(*k)) {
+                (Some(a), Some(t)) => Ok((a.clone(), *t)),
+                _ => Err(format!("expr reads ${k}, which does not exist")),
+            },
+            FusedExpr::Apply(op, kids) => {
+                let mut xs = Vec::with_capacity(kids.len());
+                let mut ts = Vec::with_capacity(kids.len());
+                for k in kids {
+                    let (x, t) = build(kb, k, args, tys, ins)?;
+                    xs.push(x);
+                    ts.push(t);
+                }
+                let out = compute_ty(e.infer(ins)?.dtype)?;
+                let sub = Node {
+                    op: *op,
+                    inputs: Vec::new(),
+                    outputs: Vec::new(),
+                    attrs: llmc_ir::Attrs::new(),
+                };
+                let v = scalar(&sub, &xs, &ts, out)?;
+                Ok((kb.let_(op.name(), v), out))
+            }
+        }
+    }
+    let e = expr_of(&node.attrs)?;
+    build(kb, &e, args, tys, ins).map(|(v, _)| v)
 }
 
 fn un(op: UnOp, x: Expr) -> Expr {

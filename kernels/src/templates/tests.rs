@@ -1222,3 +1222,58 @@ fn check_quant_linear(
         }
     }
 }
+
+/// `fused_elementwise`: the loop-IR kernel agrees with the reference (the chain op by
+/// op), with broadcast operands and an operand read twice; and it is one loop nest
+/// with one store, the nest a single binary op over the same shapes gets.
+#[test]
+fn fused_elementwise_is_one_loop_nest() {
+    let mut r = Rng::new(41);
+    let a = r.tensor(F, &[2, 3, 4], 2.0);
+    let b = r.tensor(F, &[4], 2.0);
+    let c = r.tensor(F, &[3, 1], 2.0);
+    let ins = [
+        (tt(F, &["batch", "3", "4"]), a.clone()),
+        (tt(F, &["4"]), b.clone()),
+        (tt(F, &["3", "1"]), c.clone()),
+    ];
+    let plain = check(
+        Op::Add,
+        attrs([]),
+        &ins[..1]
+            .iter()
+            .chain(&ins[2..])
+            .cloned()
+            .collect::<Vec<_>>(),
+        0.0,
+        0.0,
+    );
+    // Loops print as `TAG VAR in LO..HI`.
+    let loops = |k: &str| {
+        k.lines()
+            .filter(|l| l.contains(" in ") && l.contains(".."))
+            .count()
+    };
+    assert!(loops(&plain) >= 1, "{plain}");
+    let stores = |k: &str| k.lines().filter(|l| l.contains("] = ")).count();
+    for expr in [
+        "silu(add(mul($0, $1), $2))",
+        "add($0, sigmoid(sub($1, $2)))",
+        "mul(silu(silu(silu(silu($0)))), add($1, $2))",
+        "max(neg($2), tanh(mul($1, add($0, $0))))",
+    ] {
+        let k = check(
+            Op::FusedElementwise,
+            attrs([("expr", llmc_ir::Attr::Str(expr.into()))]),
+            &ins,
+            1e-6,
+            1e-6,
+        );
+        assert_eq!(
+            loops(&k),
+            loops(&plain),
+            "{expr}:\n{k}\nplain add:\n{plain}"
+        );
+        assert_eq!(stores(&k), 1, "{expr}:\n{k}");
+    }
+}

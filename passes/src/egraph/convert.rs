@@ -123,13 +123,16 @@ pub fn load(m: &Module) -> Result<Loaded, EgraphError> {
 }
 
 /// Writes the cheapest program of `loaded` back into `m`'s graph. `names` gives the
-/// preferred result name of each class (canonical ids).
+/// preferred result name of each class (canonical ids). With `fold`, a transpose of a
+/// weight is done now (`fold_weight`); without, it stays a node (`fold_weights` does it
+/// later).
 pub fn store(
     m: &mut Module,
     egraph: &EGraph,
     root: Id,
     extractor: &Extractor<'_, super::cost::Cost<'_>, ENode, TypeAnalysis>,
     names: &HashMap<Id, String>,
+    fold: bool,
 ) -> Result<(), EgraphError> {
     let old_graph = m.graph.clone();
     let old = &old_graph;
@@ -230,7 +233,10 @@ pub fn store(
                     })?;
                     ins.push(v);
                 }
-                if let Some(w) = fold_weight(m, &mut g, *op, &ins, attrs.attrs()) {
+                if let Some(w) = fold
+                    .then(|| fold_weight(m, &mut g, *op, &ins, attrs.attrs()))
+                    .flatten()
+                {
                     done.insert(c, vec![w]);
                     continue;
                 }
@@ -300,6 +306,93 @@ pub fn store(
     }
     m.graph = g;
     Ok(())
+}
+
+/// Runs `fold_weight` over every node of `m`'s graph (in order, rebuilding it): what
+/// `store` does during extraction, for a graph assembled from blocks stored without it.
+/// The same fold of the same value is done once.
+pub fn fold_weights(m: &mut Module) {
+    let old = std::mem::take(&mut m.graph);
+    let mut g = Graph {
+        name: old.name.clone(),
+        ..Graph::default()
+    };
+    let mut map: Vec<Option<ValueId>> = vec![None; old.values.len()];
+    for &v in &old.inputs {
+        let val = old.value(v);
+        map[v.0 as usize] = Some(g.add_input(&val.name, val.ty.clone()));
+    }
+    for (i, val) in old.values.iter().enumerate() {
+        if let ValueDef::Weight(_) = val.def {
+            map[i] = Some(g.add_value(val.name.clone(), val.ty.clone(), val.def.clone()));
+        }
+    }
+    let mut memo: HashMap<String, ValueId> = HashMap::new();
+    let get = |map: &[Option<ValueId>], v: ValueId| map.get(v.0 as usize).copied().flatten();
+    for n in &old.nodes {
+        let Some(ins) = n
+            .inputs
+            .iter()
+            .map(|&v| get(&map, v))
+            .collect::<Option<Vec<_>>>()
+        else {
+            // Operands not built (cannot happen in a topological graph): keep the old one.
+            m.graph = old;
+            return;
+        };
+        if n.outputs.len() == 1 && !n.op.flags().has(Flags::STATEFUL) {
+            let mut key = format!("{}({:?})", n.op, ins);
+            for (k, a) in &n.attrs {
+                key.push_str(&format!(" {k}={}", llmc_ir::text::print_attr(a)));
+            }
+            let folded = match memo.get(&key) {
+                Some(&v) => Some(v),
+                None => fold_weight(m, &mut g, n.op, &ins, &n.attrs),
+            };
+            if let Some(v) = folded {
+                memo.insert(key, v);
+                map[n.outputs[0].0 as usize] = Some(v);
+                continue;
+            }
+        }
+        let nid = NodeId(g.nodes.len() as u32);
+        let outs: Vec<ValueId> = n
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(k, &o)| {
+                let val = old.value(o);
+                let nv = g.add_value(val.name.clone(), val.ty.clone(), ValueDef::Node(nid, k));
+                map[o.0 as usize] = Some(nv);
+                nv
+            })
+            .collect();
+        g.nodes.push(Node {
+            op: n.op,
+            inputs: ins,
+            outputs: outs,
+            attrs: n.attrs.clone(),
+        });
+    }
+    let Some(outs) = old
+        .outputs
+        .iter()
+        .map(|&v| get(&map, v))
+        .collect::<Option<Vec<_>>>()
+    else {
+        m.graph = old;
+        return;
+    };
+    // A returned value that became a folded weight keeps its node (outputs are nodes).
+    if outs
+        .iter()
+        .any(|&v| !matches!(g.value(v).def, ValueDef::Node(..)) && !g.inputs.contains(&v))
+    {
+        m.graph = old;
+        return;
+    }
+    g.outputs = outs;
+    m.graph = g;
 }
 
 /// The tensor of an f32 weight with data, or of a constant node.

@@ -591,3 +591,115 @@ fn the_attention_scale_moves_into_a_single_use_q_projection() {
         ex[0]
     );
 }
+
+/// `layers` pre-norm residual layers as an exporter writes them: RMSNorm from
+/// primitives (shared constants, as `cse` leaves them), a matmul by the layer's [8, 8]
+/// weight, the residual add; a final norm after the last layer.
+fn layered(layers: usize) -> Module {
+    let mut s = String::from("module @layers {\n");
+    for l in 0..layers {
+        s += &format!("  weight @n{l} : f32[8]\n  weight @w{l} : f32[8, 8]\n");
+    }
+    s += "  weight @nf : f32[8]\n";
+    s += "  graph @main(%x: f32[2, 3, 8]) -> (%out: f32[2, 3, 8]) {\n";
+    s += "    %two = constant() {value = dense<f32[]: [2.0]>} : f32[]\n";
+    s += "    %eps = constant() {value = dense<f32[]: [1e-5]>} : f32[]\n";
+    let norm = |s: &mut String, x: &str, w: &str, p: &str| {
+        *s += &format!("    %{p}sq = pow(%{x}, %two) : f32[2, 3, 8]\n");
+        *s += &format!(
+            "    %{p}m = reduce_mean(%{p}sq) {{axes = [-1], keepdims = true}} : f32[2, 3, 1]\n"
+        );
+        *s += &format!("    %{p}v = add(%{p}m, %eps) : f32[2, 3, 1]\n");
+        *s += &format!("    %{p}r = sqrt(%{p}v) : f32[2, 3, 1]\n");
+        *s += &format!("    %{p}d = div(%{x}, %{p}r) : f32[2, 3, 8]\n");
+        *s += &format!("    %{p}n = mul(@{w}, %{p}d) : f32[2, 3, 8]\n");
+    };
+    let mut x = "x".to_string();
+    for l in 0..layers {
+        let p = format!("l{l}");
+        norm(&mut s, &x, &format!("n{l}"), &p);
+        s += &format!("    %{p}y = matmul(%{p}n, @w{l}) : f32[2, 3, 8]\n");
+        s += &format!("    %{p}h = add(%{x}, %{p}y) : f32[2, 3, 8]\n");
+        x = format!("{p}h");
+    }
+    norm(&mut s, &x, "nf", "f");
+    s += "    %out = relu(%fn) : f32[2, 3, 8]\n    return %out\n  }\n}\n";
+    let mut m = parse(&s);
+    for (i, w) in m.weights.iter_mut().enumerate() {
+        let n = w
+            .shape
+            .as_consts()
+            .map_or(0, |d| d.iter().product::<i64>() as usize);
+        let bytes: Vec<u8> = values(n, 200 + i as u64)
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        w.data = llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes));
+    }
+    m
+}
+
+#[test]
+fn repeated_layers_are_found_as_one_block() {
+    let m = layered(12);
+    let found = blocks::find(&m);
+    // Layer 0 defines nothing the others lack (the constants come first), so the
+    // layers are copies; the final norm is its own block.
+    assert!(found.segments.len() >= 12, "{:?}", found.segments.len());
+    assert!(found.distinct() <= 3, "{} distinct", found.distinct());
+    // Every segment of a layer has the same signature as layer 1's.
+    let reps: std::collections::BTreeSet<usize> = found.rep.iter().copied().collect();
+    assert_eq!(reps.len(), found.distinct());
+}
+
+#[test]
+fn block_wise_result_equals_whole_graph_result() {
+    let m0 = layered(12);
+    let mut whole = m0.clone();
+    let opts = Options {
+        blocks: false,
+        ..Options::default()
+    };
+    let (_, rw) = run_with(&mut whole, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rw.blocks, 0);
+    let mut by_block = m0.clone();
+    let (_, rb) = run_with(&mut by_block, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    llmc_ir::verify::verify(&by_block).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(rb.blocks >= 12 && rb.distinct_blocks <= 3, "{rb}");
+    // The e-graph of the block-wise run holds only the distinct blocks.
+    assert!(
+        rb.enodes * 2 < rw.enodes,
+        "{} vs {} e-nodes",
+        rb.enodes,
+        rw.enodes
+    );
+    for op in [
+        Op::RmsNorm,
+        Op::MatMul,
+        Op::Linear,
+        Op::Add,
+        Op::Pow,
+        Op::Transpose,
+    ] {
+        assert_eq!(count(&by_block, op), count(&whole, op), "{op}");
+    }
+    assert_eq!(count(&by_block, Op::RmsNorm), 13);
+    assert_eq!(by_block.graph.nodes.len(), whole.graph.nodes.len());
+    // Same values, bit for bit: the same ops on the same operands.
+    let shapes = [vec![2, 3, 8]];
+    let (a, b) = (eval(&whole, &shapes), eval(&by_block, &shapes));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.to_f64(), y.to_f64());
+    }
+    assert_close(&b, &eval(&m0, &shapes), 1e-5);
+}
+
+#[test]
+fn a_graph_without_repetition_is_optimised_whole() {
+    let m0 = layered(1);
+    let mut m1 = m0.clone();
+    let (_, r) = run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.blocks, 0, "{r}");
+    assert_eq!(count(&m1, Op::RmsNorm), 2);
+}

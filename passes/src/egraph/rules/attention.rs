@@ -8,9 +8,11 @@
 //! moves into the q projection's weight when q comes from one (`scale-into-q`).
 
 use super::{fn_rule, get};
-use crate::egraph::causal::MaskRest;
+use crate::egraph::causal::{split_causal, MaskRest};
 use crate::egraph::lang::{EGraph, ENode, TypeAnalysis};
-use crate::egraph::matchers::{add_op, attrs_of, match_attention, nodes_of, perm_attrs, Operand};
+use crate::egraph::matchers::{
+    add_op, attrs_of, match_attention, nodes_of, perm_attrs, ty, Operand,
+};
 use crate::egraph::rotary::match_rope;
 use crate::egraph::rules::algebra::is_scalable_weight;
 use egg::{rewrite as rw, Id, Rewrite, Subst};
@@ -153,6 +155,66 @@ fn scale_into_q(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     eg[id].data.types.is_some().then_some(id)
 }
 
+/// flash_attention(q, k, v, mask) without the causal flag whose mask holds the causal
+/// rule: the flag is set and what is left of the mask stays (after the block-wise run,
+/// attention is already flash_attention and its mask is built outside the blocks).
+fn causal_flag(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
+    let a = eg[get(s, "?a")?].data.attrs.clone()?;
+    if a.attrs().bool("causal") == Some(true) {
+        return None;
+    }
+    let (q, k, v, m) = (get(s, "?q")?, get(s, "?k")?, get(s, "?v")?, get(s, "?m")?);
+    let sd = ty(eg, q)?.shape.0.get(2)?.clone();
+    let td = ty(eg, k)?.shape.0.get(2)?.clone();
+    let rest = split_causal(eg, m, &sd, &td, 0).ok()?;
+    let mut ops = vec![q, k, v];
+    ops.extend(build_mask(eg, rest)?);
+    let mut na = a.attrs().clone();
+    na.insert("causal".into(), Attr::Bool(true));
+    let id = add_op(eg, Op::FlashAttention, &ops, na);
+    eg[id].data.types.is_some().then_some(id)
+}
+
+/// The sum of the mask parts left (None when nothing is left).
+fn build_mask(eg: &mut EGraph, parts: Vec<MaskRest>) -> Option<Option<Id>> {
+    let mut mask: Option<Id> = None;
+    for part in parts {
+        let x = match part {
+            MaskRest::Class(c) => c,
+            MaskRest::Where {
+                terms,
+                join,
+                on_true,
+                on_false,
+            } => {
+                let mut cond = *terms.first()?;
+                for &t in &terms[1..] {
+                    cond = add_op(eg, join, &[cond, t], Attrs::new());
+                }
+                add_op(eg, Op::Where, &[cond, on_true, on_false], Attrs::new())
+            }
+        };
+        mask = Some(match mask {
+            None => x,
+            Some(prev) => add_op(eg, Op::Add, &[prev, x], Attrs::new()),
+        });
+    }
+    Some(mask)
+}
+
+/// Rules that need the whole graph: the causal mask and rope's cos/sin are built once
+/// for all layers, outside the repeated blocks, so the block-wise run cannot see them;
+/// the pass runs these over the whole graph after it.
+#[rustfmt::skip]
+pub fn whole_graph_rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
+    vec![
+        fn_rule("attention/causal-flag",    "(flash_attention ?q ?k ?v ?m ?a)", causal_flag),
+        fn_rule("attention/rope",           "(add ?x ?y ?a)",            rotary_to_rope),
+        fn_rule("attention/scale-into-q",   "(flash_attention ?q ?k ?v ?a)",    scale_into_q),
+        fn_rule("attention/scale-into-q-masked", "(flash_attention ?q ?k ?v ?m ?a)", scale_into_q),
+    ]
+}
+
 /// The rules of this theme.
 #[rustfmt::skip]
 pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
@@ -160,6 +222,7 @@ pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
         rw!("attention/flash";          "(attention ?q ?k ?v ?a)"    => "(flash_attention ?q ?k ?v ?a)"),
         rw!("attention/flash-masked";   "(attention ?q ?k ?v ?m ?a)" => "(flash_attention ?q ?k ?v ?m ?a)"),
         fn_rule("attention/primitives",     "(matmul ?p ?v ?a)",         primitives_to_flash),
+        fn_rule("attention/causal-flag",    "(flash_attention ?q ?k ?v ?m ?a)", causal_flag),
         fn_rule("attention/rope",           "(add ?x ?y ?a)",            rotary_to_rope),
         fn_rule("attention/scale-into-q",   "(flash_attention ?q ?k ?v ?a)",    scale_into_q),
         fn_rule("attention/scale-into-q-masked", "(flash_attention ?q ?k ?v ?m ?a)", scale_into_q),
