@@ -36,6 +36,30 @@ fn count(m: &Module, op: Op) -> usize {
     m.graph.nodes.iter().filter(|n| n.op == op).count()
 }
 
+/// flash_attention nodes whose scale was folded into the q projection (scale 1).
+fn unit_scale(m: &Module) -> usize {
+    m.graph
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.op == Op::FlashAttention
+                && matches!(n.attrs.get("scale"), Some(llmc_ir::Attr::Float(s)) if *s == 1.0)
+        })
+        .count()
+}
+
+/// flash_attention nodes with `causal = true`.
+fn causal(m: &Module) -> usize {
+    m.graph
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.op == Op::FlashAttention
+                && matches!(n.attrs.get("causal"), Some(llmc_ir::Attr::Bool(true)))
+        })
+        .count()
+}
+
 /// Optimises, prints the report and counts, checks the module still verifies.
 fn optimise(name: &str, m: &mut Module) {
     let t = Instant::now();
@@ -69,6 +93,8 @@ fn smollm2_onnx_export() {
     };
     optimise("smollm2 onnx", &mut m);
     assert_eq!(count(&m, Op::FlashAttention), 30);
+    assert_eq!(causal(&m), 30);
+    assert_eq!(count(&m, Op::Rope), 60);
     assert_eq!(count(&m, Op::RmsNorm), 61);
     assert_eq!(count(&m, Op::Softmax), 0);
     assert_eq!(
@@ -228,13 +254,23 @@ fn smollm2_gguf_logits_match_after_optimisation() {
     }
 }
 
-/// The same for the ONNX exports of SmolLM2 (8 tokens, all attended; the third input is
-/// `position_ids`) and MiniLM (the third input is `token_type_ids`).
+/// The same for the ONNX exports of SmolLM2 (8 tokens, all attended, then tokens 2 and 7
+/// padded: the causal flag plus what is left of the mask must give the same logits;
+/// the third input is `position_ids`) and MiniLM (the third input is `token_type_ids`).
 #[test]
 fn onnx_exports_match_after_optimisation() {
-    for (file, third) in [
-        ("smollm2-prefill/model.onnx", (0..8).collect::<Vec<i64>>()),
-        ("minilm/model.onnx", vec![0; 8]),
+    for (file, attended, third) in [
+        (
+            "smollm2-prefill/model.onnx",
+            vec![1; 8],
+            (0..8).collect::<Vec<i64>>(),
+        ),
+        (
+            "smollm2-prefill/model.onnx",
+            vec![1, 1, 0, 1, 1, 1, 1, 0],
+            (0..8).collect(),
+        ),
+        ("minilm/model.onnx", vec![1; 8], vec![0; 8]),
     ] {
         let Some(m0) = load(exports().join(file)) else {
             continue;
@@ -245,7 +281,7 @@ fn onnx_exports_match_after_optimisation() {
         let ids = vec![1i64, 9690, 314, 253, 1127, 28, 300, 7];
         let mut ins = vec![
             llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 8], ids),
-            llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 8], vec![1; 8]),
+            llmc_ir::Tensor::from_i64(llmc_ir::DType::I64, vec![1, 8], attended),
         ];
         ins.push(llmc_ir::Tensor::from_i64(
             llmc_ir::DType::I64,
@@ -277,16 +313,19 @@ fn onnx_case_exports() {
         );
         return;
     }
-    for (case, flash, norms, norm_op) in [
-        ("smollm2-prefill", 30, 61, Op::RmsNorm),
-        ("smollm2-past", 30, 61, Op::RmsNorm),
-        ("minilm", 6, 13, Op::LayerNorm),
+    for (case, flash, causals, ropes, norms, norm_op) in [
+        ("smollm2-prefill", 30, 30, 60, 61, Op::RmsNorm),
+        ("smollm2-past", 30, 30, 60, 61, Op::RmsNorm),
+        ("minilm", 6, 0, 0, 13, Op::LayerNorm),
     ] {
         let Some(mut m) = load(dir.join(case).join("model.onnx")) else {
             continue;
         };
         optimise(case, &mut m);
         assert_eq!(count(&m, Op::FlashAttention), flash, "{case}");
+        assert_eq!(causal(&m), causals, "{case}: causal flash_attention");
+        assert_eq!(count(&m, Op::Rope), ropes, "{case}: rope");
+        assert_eq!(unit_scale(&m), flash, "{case}: scale folded into q");
         assert_eq!(count(&m, norm_op), norms, "{case}");
         assert_eq!(count(&m, Op::Softmax), 0, "{case}");
         assert_eq!(explain(&m).len(), 0, "{case}: {:?}", explain(&m));

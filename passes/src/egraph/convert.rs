@@ -33,6 +33,7 @@ pub fn load(m: &Module) -> Result<Loaded, EgraphError> {
             .iter()
             .map(|w| TensorType::new(w.dtype, w.shape.clone()))
             .collect(),
+        users: Vec::new(),
     };
     let mut eg = EGraph::new(analysis);
     let mut class_of: Vec<Option<Id>> = vec![None; g.values.len()];
@@ -95,6 +96,17 @@ pub fn load(m: &Module) -> Result<Loaded, EgraphError> {
                 })?,
         );
     }
+    let mut uses = vec![0usize; g.values.len()];
+    for v in g.nodes.iter().flat_map(|n| &n.inputs).chain(&g.outputs) {
+        if let Some(u) = uses.get_mut(v.0 as usize) {
+            *u += 1;
+        }
+    }
+    eg.analysis.users = class_of
+        .iter()
+        .zip(&uses)
+        .filter_map(|(c, &u)| c.map(|c| (c, u)))
+        .collect();
     let n_outputs = root_kids.len();
     root_kids.extend(kept);
     let root = eg.add(ENode {
@@ -383,22 +395,10 @@ pub fn fold_weights(m: &mut Module) {
     m.graph = g;
 }
 
-/// A transpose of an f32 weight with data, or of a constant, is done now: the result is
-/// a new weight (`NAME.T`) or a new constant. `None` leaves the node to run.
-fn fold_weight(
-    m: &mut Module,
-    g: &mut Graph,
-    op: llmc_ir::Op,
-    ins: &[ValueId],
-    attrs: &llmc_ir::Attrs,
-) -> Option<ValueId> {
+/// The tensor of an f32 weight with data, or of a constant node.
+fn known_tensor(m: &Module, g: &Graph, v: ValueId) -> Option<(llmc_ir::Tensor, bool)> {
     use llmc_ir::{Attr, DType, Op};
-    if op != Op::Transpose {
-        return None;
-    }
-    let [x] = ins else { return None };
-    let mut ctx = llmc_ir::interp::EvalCtx::default();
-    match g.value(*x).def.clone() {
+    match g.value(v).def.clone() {
         ValueDef::Weight(wid) => {
             let w = m.weights.get(wid.0 as usize)?;
             if w.dtype != DType::F32 {
@@ -411,51 +411,94 @@ fn fold_weight(
                 .map(|d| usize::try_from(d).ok())
                 .collect::<Option<_>>()?;
             let t = llmc_ir::interp::weight_tensor(w.dtype, &shape, w.data.bytes()?).ok()?;
-            let out = op.eval(&[&t], attrs, &mut ctx).ok()?.into_iter().next()?;
-            let bytes: Vec<u8> = out
-                .to_f64()
-                .iter()
-                .flat_map(|&v| (v as f32).to_le_bytes())
-                .collect();
-            let name = format!("{}.T", w.name);
-            let dims: Vec<i64> = out.shape.iter().map(|&d| d as i64).collect();
-            let new_shape = llmc_ir::Shape::of(&dims);
-            let wid = llmc_ir::WeightId(m.weights.len() as u32);
-            m.weights.push(llmc_ir::Weight {
-                name: name.clone(),
-                dtype: DType::F32,
-                shape: new_shape.clone(),
-                data: llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes)),
-            });
-            Some(g.add_value(
-                name,
-                TensorType::new(DType::F32, new_shape),
-                ValueDef::Weight(wid),
-            ))
+            Some((t, true))
         }
         ValueDef::Node(nid, 0) => {
             let n = g.nodes.get(nid.0 as usize)?;
-            let Some(Attr::Tensor(t)) = n.attrs.get("value").filter(|_| n.op == Op::Constant)
-            else {
-                return None;
-            };
-            let out = op.eval(&[t], attrs, &mut ctx).ok()?.into_iter().next()?;
-            let name = format!("{}.T", g.value(*x).name);
-            let mut a = llmc_ir::Attrs::new();
-            a.insert("value".into(), Attr::Tensor(out));
-            let ty = Op::Constant.infer(&[], &a).ok()?.into_iter().next()?;
-            let id = NodeId(g.nodes.len() as u32);
-            let v = g.add_value(name, ty, ValueDef::Node(id, 0));
-            g.nodes.push(Node {
-                op: Op::Constant,
-                inputs: Vec::new(),
-                outputs: vec![v],
-                attrs: a,
-            });
-            Some(v)
+            match n.attrs.get("value").filter(|_| n.op == Op::Constant) {
+                Some(Attr::Tensor(t)) => Some((t.clone(), false)),
+                _ => None,
+            }
         }
         _ => None,
     }
+}
+
+/// A transpose of an f32 weight with data or of a constant, and a product of such
+/// tensors (a weight scaled by a constant), are done now: the result is a new weight
+/// (`NAME.T`, `NAME.scaled`) when a weight is involved, else a new constant. `None`
+/// leaves the node to run.
+fn fold_weight(
+    m: &mut Module,
+    g: &mut Graph,
+    op: llmc_ir::Op,
+    ins: &[ValueId],
+    attrs: &llmc_ir::Attrs,
+) -> Option<ValueId> {
+    use llmc_ir::{Attr, DType, Op};
+    let suffix = match (op, ins) {
+        (Op::Transpose, [_]) => "T",
+        (Op::Mul, [_, _]) => "scaled",
+        _ => return None,
+    };
+    let mut ts = Vec::new();
+    let mut weight = false;
+    for &v in ins {
+        let (t, w) = known_tensor(m, g, v)?;
+        weight |= w;
+        ts.push(t);
+    }
+    let refs: Vec<&llmc_ir::Tensor> = ts.iter().collect();
+    let mut ctx = llmc_ir::interp::EvalCtx::default();
+    let out = op.eval(&refs, attrs, &mut ctx).ok()?.into_iter().next()?;
+    // The operand named after: the weight (for a product, the larger operand).
+    let (mut first, mut len) = (*ins.first()?, 0);
+    for (&v, t) in ins.iter().zip(&ts) {
+        if t.to_f64().len() > len {
+            (first, len) = (v, t.to_f64().len());
+        }
+    }
+    let base = match g.value(first).def {
+        ValueDef::Weight(wid) => m.weights.get(wid.0 as usize)?.name.clone(),
+        _ => g.value(first).name.clone(),
+    };
+    let name = format!("{base}.{suffix}");
+    if weight && out.dtype == DType::F32 {
+        let bytes: Vec<u8> = out
+            .to_f64()
+            .iter()
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect();
+        let dims: Vec<i64> = out.shape.iter().map(|&d| d as i64).collect();
+        let new_shape = llmc_ir::Shape::of(&dims);
+        let wid = llmc_ir::WeightId(m.weights.len() as u32);
+        m.weights.push(llmc_ir::Weight {
+            name: name.clone(),
+            dtype: DType::F32,
+            shape: new_shape.clone(),
+            data: llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes)),
+        });
+        return Some(g.add_value(
+            name,
+            TensorType::new(DType::F32, new_shape),
+            ValueDef::Weight(wid),
+        ));
+    }
+    if weight {
+        return None;
+    }
+    let mut a = llmc_ir::Attrs::new();
+    a.insert("value".into(), Attr::Tensor(out));
+    let ty = Op::Constant.infer(&[], &a).ok()?.into_iter().next()?;
+    let id = NodeId(g.nodes.len() as u32);
+    let v = g.add_value(name, ty, ValueDef::Node(id, 0));
+    g.nodes.push(Node {
+        op: Op::Constant,
+        inputs: Vec::new(),
+        outputs: vec![v],
+        attrs: a,
+    });
+    Some(v)
 }
 
 /// Preferred names: the first original value (in graph order) each class held.

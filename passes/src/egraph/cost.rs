@@ -135,6 +135,30 @@ pub fn bytes_moved(op: Op, ins: &[&TensorType], outs: &[TensorType], nominal: i6
     b
 }
 
+/// What an attention's `scale` costs: one multiply per score, none at scale 1 (the
+/// scale folded into the q projection).
+pub fn scale_cost(op: Op, ins: &[&TensorType], attrs: &llmc_ir::Attrs, target: &Target) -> f64 {
+    use llmc_ir::AttrsExt;
+    if !matches!(op, Op::Attention | Op::FlashAttention) || attrs.float("scale") == Some(1.0) {
+        return 0.0;
+    }
+    let (Some(q), Some(k)) = (ins.first(), ins.get(1)) else {
+        return 0.0;
+    };
+    let n = target.nominal_dim;
+    let t = k
+        .shape
+        .0
+        .get(2)
+        .map_or(1.0, |d| d.eval(&|_| Some(n)).unwrap_or(n) as f64);
+    let d = q
+        .shape
+        .0
+        .last()
+        .map_or(1.0, |d| d.eval(&|_| Some(n)).unwrap_or(n).max(1) as f64);
+    numel(&q.shape, n) / d * t / target.flops_per_ns
+}
+
 /// Cost of one node on `target`, not counting its operands.
 pub fn node_cost(op: Op, ins: &[&TensorType], outs: &[TensorType], target: &Target) -> f64 {
     let n = target.nominal_dim;
@@ -177,7 +201,10 @@ impl CostFunction<ENode> for Cost<'_> {
                     .and_then(|c| self.egraph[c].data.attrs.as_ref());
                 match (tys, attrs) {
                     (Some(tys), Some(a)) => match op.infer(&tys, a.attrs()) {
-                        Ok(outs) => node_cost(*op, &tys, &outs, &self.target),
+                        Ok(outs) => {
+                            node_cost(*op, &tys, &outs, &self.target)
+                                + scale_cost(*op, &tys, a.attrs(), &self.target)
+                        }
                         Err(_) => f64::INFINITY,
                     },
                     _ => f64::INFINITY,
@@ -296,5 +323,25 @@ mod tests {
         let w = TensorType::new(DType::Q4_0, Shape::of(&[64, 64]));
         let f = t(&[64, 64]);
         assert!(bytes(&w, 1) < bytes(&f, 1) / 4.0);
+    }
+
+    #[test]
+    fn an_attention_scale_costs_a_multiply_per_score_unless_it_is_one() {
+        use llmc_ir::{Attr, Attrs};
+        let cpu = Target::cpu();
+        let q = t(&[1, 9, 128, 64]);
+        let k = t(&[1, 3, 256, 64]);
+        let at = |s: f64| {
+            let mut a = Attrs::new();
+            a.insert("scale".into(), Attr::Float(s));
+            a
+        };
+        assert_eq!(
+            scale_cost(Op::FlashAttention, &[&q, &k, &k], &at(1.0), &cpu),
+            0.0
+        );
+        let c = scale_cost(Op::FlashAttention, &[&q, &k, &k], &at(0.125), &cpu);
+        assert_eq!(c, (9 * 128 * 256) as f64 / cpu.flops_per_ns);
+        assert_eq!(scale_cost(Op::MatMul, &[&q, &k], &at(0.125), &cpu), 0.0);
     }
 }

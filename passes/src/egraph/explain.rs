@@ -5,20 +5,25 @@
 //! unit, each group of linears sharing an input for a GEMM merge) say which pattern
 //! was nearest and what blocked it, naming the node. It runs the same matchers the
 //! rewrite rules run, on the module as it is, so the reason given is the real one.
+//! An attention whose additive mask looks triangular (a trilu or an index comparison)
+//! but was not taken as causal is reported too (`causal_mask`), with the reason, and so
+//! is a rotate_half (concat of a negated slice and a slice) not fused into `rope`, and
+//! an attention scale not folded into the q projection because a value on the way has
+//! other users.
 
 use super::convert;
 use super::gemm;
 use super::lang::ENode;
 use super::matchers::{match_attention, match_layer_norm, match_rms_norm, Blocked};
 use llmc_ir::ops::fused_gemm::Act;
-use llmc_ir::{Module, NodeId, Op, ValueDef, ValueId};
+use llmc_ir::{AttrsExt, Module, NodeId, Op, ValueDef, ValueId};
 use std::fmt;
 
 /// One candidate that was not rewritten.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Explanation {
     /// The fusion it was a candidate for: `attention`, `rms_norm`, `layer_norm`,
-    /// `gemm_epilogue`, `glu`, `gemm_merge`.
+    /// `gemm_epilogue`, `glu`, `gemm_merge`, `causal_mask`, `rope`, `attention_scale`.
     pub candidate: &'static str,
     /// The value the candidate starts at (`%334`).
     pub node: String,
@@ -155,6 +160,115 @@ pub fn explain(module: &Module) -> Vec<Explanation> {
                 }
                 if let Some(b) = nearest(tries, "attention") {
                     push(&mut out, "attention", b);
+                }
+            }
+            Op::FlashAttention | Op::Attention => {
+                // A scale left on attention although q comes from a scalable projection:
+                // some value on the way has other users.
+                let scaled = n.attrs.float("scale").is_some_and(|s| s != 1.0);
+                let mut v = n.inputs.first().copied();
+                for _ in 0..6 {
+                    let Some(cur) = v.filter(|_| scaled) else {
+                        break;
+                    };
+                    let uses = users.get(cur.0 as usize).map_or(0, Vec::len)
+                        + g.outputs.iter().filter(|&&o| o == cur).count();
+                    let ValueDef::Node(p, _) = g.value(cur).def else {
+                        break;
+                    };
+                    let pn = &g.nodes[p.0 as usize];
+                    let base = matches!(pn.op, Op::MatMul | Op::Linear);
+                    let scalable = base
+                        && pn.inputs.iter().skip(1).all(|&w| {
+                            loaded
+                                .class_of
+                                .get(w.0 as usize)
+                                .copied()
+                                .flatten()
+                                .is_some_and(|c| {
+                                    crate::egraph::rules::algebra::is_scalable_weight(eg, c)
+                                })
+                        });
+                    if base && !scalable {
+                        break;
+                    }
+                    if !base && !matches!(pn.op, Op::Rope | Op::Transpose | Op::Reshape) {
+                        break;
+                    }
+                    if uses != 1 {
+                        push(
+                            &mut out,
+                            "attention_scale",
+                            Blocked {
+                                pattern: "scale-into-q",
+                                depth: 1,
+                                msg: format!(
+                                    "scale kept on attention: {} (on the way to the q projection's weight) has {uses} users, and scaling the weight would change the others",
+                                    vname(cur)
+                                ),
+                            },
+                        );
+                        break;
+                    }
+                    v = if base {
+                        None
+                    } else {
+                        pn.inputs.first().copied()
+                    };
+                }
+                // An additive mask that looks triangular but was not taken for the
+                // causal rule: say why (the causal flag is cheaper than the mask).
+                let causal = matches!(n.attrs.get("causal"), Some(llmc_ir::Attr::Bool(true)));
+                let (Some(&m), Some(&q), Some(&k)) =
+                    (n.inputs.get(3), n.inputs.first(), n.inputs.get(1))
+                else {
+                    continue;
+                };
+                let class = |v: ValueId| loaded.class_of.get(v.0 as usize).copied().flatten();
+                let Some(mc) = class(m) else { continue };
+                if causal || !super::causal::looks_triangular(eg, mc, 0) {
+                    continue;
+                }
+                let (qs, ks) = (&g.ty(q).shape.0, &g.ty(k).shape.0);
+                let (Some(s), Some(t)) = (qs.get(2), ks.get(2)) else {
+                    continue;
+                };
+                if let Err(e) = super::causal::split_causal(eg, mc, s, t, 0) {
+                    push(
+                        &mut out,
+                        "causal_mask",
+                        Blocked {
+                            pattern: "causal",
+                            depth: 1,
+                            msg: format!("mask {} kept additive: {e}", vname(m)),
+                        },
+                    );
+                }
+            }
+            Op::Concat => {
+                // rotate_half: concat(neg(slice(x)), slice(x)) — a rope candidate.
+                let rotate_half = n.inputs.len() == 2
+                    && n.inputs.iter().any(|&v| match g.value(v).def {
+                        ValueDef::Node(p, _) => {
+                            let pn = &g.nodes[p.0 as usize];
+                            pn.op == Op::Neg
+                                && pn.inputs.first().is_some_and(|&x| {
+                                    matches!(g.value(x).def, ValueDef::Node(s, _)
+                                        if g.nodes[s.0 as usize].op == Op::Slice)
+                                })
+                        }
+                        _ => false,
+                    });
+                if rotate_half {
+                    let tries = downstream(res, 2)
+                        .into_iter()
+                        .filter(|u| g.nodes[u.0 as usize].op == Op::Add)
+                        .filter_map(enode)
+                        .map(|e| super::rotary::match_rope(eg, &e).map(|_| ()))
+                        .collect();
+                    if let Some(b) = nearest(tries, "rope") {
+                        push(&mut out, "rope", b);
+                    }
                 }
             }
             Op::ReduceMean => {

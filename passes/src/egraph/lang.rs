@@ -228,6 +228,25 @@ pub struct TypeAnalysis {
     pub inputs: Vec<TensorType>,
     /// Types of the weights, by index.
     pub weights: Vec<TensorType>,
+    /// Uses of each graph value in the loaded graph (operands and graph outputs), by
+    /// the class it was loaded into: a rewrite that changes a value for one user must
+    /// know it has no other.
+    pub users: Vec<(Id, usize)>,
+}
+
+impl TypeAnalysis {
+    /// Uses the loaded graph made of class `id` (summed over the values merged into
+    /// it); `None` for a class no graph value was loaded into.
+    pub fn uses(eg: &EGraph, id: Id) -> Option<usize> {
+        let id = eg.find(id);
+        let mut n = None;
+        for &(c, u) in &eg.analysis.users {
+            if eg.find(c) == id {
+                n = Some(n.unwrap_or(0) + u);
+            }
+        }
+        n
+    }
 }
 
 /// The e-graph type used throughout.

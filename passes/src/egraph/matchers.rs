@@ -6,6 +6,7 @@
 //! stopped it. The rewrite rules apply the found results; `--explain-fusion` prints the
 //! blocks. Each condition is a named predicate.
 
+use super::causal::{split_causal, MaskRest};
 use super::lang::{AttrsKey, EGraph, ENode, Head};
 use egg::Id;
 use llmc_ir::{Attr, Attrs, AttrsExt, DType, Op, TensorType};
@@ -151,8 +152,12 @@ pub struct AttentionMatch {
     pub k: Operand,
     /// v[b, kvh, t, dv].
     pub v: Id,
-    /// Additive masks (summed).
-    pub masks: Vec<Id>,
+    /// Additive masks (summed), without their causal part when `causal`.
+    pub masks: Vec<MaskRest>,
+    /// The masks held the causal rule (keys after the query's position masked out).
+    pub causal: bool,
+    /// Why no mask was recognised as causal (when there were masks).
+    pub not_causal: Option<String>,
     /// Scale applied to the scores.
     pub scale: f64,
 }
@@ -273,11 +278,36 @@ pub fn match_attention(eg: &EGraph, pv: &ENode) -> Result<AttentionMatch, Blocke
     if let Err(e) = Op::FlashAttention.infer(&ins, &Attrs::new().tap_scale(scale)) {
         return blocked(ATT, 5, format!("operands do not fit flash_attention: {e}"));
     }
+    // The causal part of the masks becomes the causal flag.
+    let (mut rest, mut causal, mut not_causal) = (Vec::new(), false, None);
+    let st = ty(eg, *p).map(|t| (t.shape.0[2].clone(), t.shape.0[3].clone()));
+    for &m in &masks {
+        if causal {
+            rest.push(MaskRest::Class(m));
+            continue;
+        }
+        let split = match &st {
+            Some((s, t)) => split_causal(eg, m, s, t, 0),
+            None => Err("the scores have no type".into()),
+        };
+        match split {
+            Ok(r) => {
+                causal = true;
+                rest.extend(r);
+            }
+            Err(e) => {
+                not_causal = Some(e);
+                rest.push(MaskRest::Class(m));
+            }
+        }
+    }
     Ok(AttentionMatch {
         q,
         k,
         v,
-        masks,
+        masks: rest,
+        causal,
+        not_causal: if causal { None } else { not_causal },
         scale: tidy(scale),
     })
 }

@@ -11,12 +11,14 @@
 //! module, the nearest pattern and what blocked it.
 
 pub mod blocks;
+pub mod causal;
 pub mod convert;
 pub mod cost;
 pub mod explain;
 pub mod gemm;
 pub mod lang;
 pub mod matchers;
+pub mod rotary;
 pub mod rules;
 
 pub use explain::{explain, Explanation};
@@ -206,15 +208,24 @@ fn saturate(
     opts: &Options,
     fold_weights: bool,
 ) -> Result<Report, EgraphError> {
+    saturate_with(module, opts, fold_weights, &rules::all())
+}
+
+/// [`saturate`] with the given rules.
+fn saturate_with(
+    module: &mut Module,
+    opts: &Options,
+    fold_weights: bool,
+    rules: &[egg::Rewrite<lang::ENode, lang::TypeAnalysis>],
+) -> Result<Report, EgraphError> {
     let loaded = convert::load(module)?;
-    let rules = rules::all();
     let runner = Runner::default()
         .with_egraph(loaded.egraph)
         .with_iter_limit(opts.iter_limit)
         .with_node_limit(opts.node_limit)
         .with_time_limit(opts.time_limit)
         .with_scheduler(SimpleScheduler)
-        .run(&rules);
+        .run(rules);
     let mut applied: std::collections::BTreeMap<String, usize> = Default::default();
     for it in &runner.iterations {
         for (name, n) in &it.applied {
@@ -303,6 +314,18 @@ fn run_blocks(
         msg: e.to_string(),
     };
     crate::cse::run(module, &cx).map_err(merge_err)?;
+    crate::dce::run(module, &cx).map_err(merge_err)?;
+    // The rules that read values built outside the blocks (the causal mask, rope's
+    // cos/sin) run once over the whole graph.
+    let r = saturate_with(module, opts, true, &rules::attention::whole_graph_rules())?;
+    for (name, n) in r.applied {
+        match report.applied.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, m)) => *m += n,
+            None => report.applied.push((name, n)),
+        }
+    }
+    report.applied.sort();
+    // (e-node counts stay the blocks': the whole-graph pass only loads the graph.)
     crate::dce::run(module, &cx).map_err(merge_err)?;
     Ok(report)
 }

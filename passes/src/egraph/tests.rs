@@ -408,6 +408,190 @@ fn matmul_of_two_activations_plus_bias_is_explained() {
     assert!(ex[0].reason.contains("computed at run time"), "{}", ex[0]);
 }
 
+/// Attention with a trilu mask of diagonal `k` over a symbolic sequence.
+fn trilu_attention(k: i64) -> String {
+    format!(
+        r#"module @m {{
+  graph @main(%q: f32[1, 2, seq, 4], %k: f32[1, 2, seq, 4], %v: f32[1, 2, seq, 4]) -> (%out: f32[1, 2, seq, 4]) {{
+    %min = constant() {{value = dense<f32[]: [-1000000000.0]>}} : f32[]
+    %full = expand(%min) {{shape = [seq, seq]}} : f32[seq, seq]
+    %mask = trilu(%full) {{k = {k}, upper = true}} : f32[seq, seq]
+    %kt = transpose(%k) {{perm = [0, 1, 3, 2]}} : f32[1, 2, 4, seq]
+    %s = matmul(%q, %kt) : f32[1, 2, seq, seq]
+    %sm = add(%s, %mask) : f32[1, 2, seq, seq]
+    %p = softmax(%sm) {{axis = -1}} : f32[1, 2, seq, seq]
+    %out = matmul(%p, %v) : f32[1, 2, seq, 4]
+    return %out
+  }}
+}}"#
+    )
+}
+
+#[test]
+fn a_causal_trilu_mask_becomes_the_causal_flag() {
+    let shapes = [vec![1, 2, 3, 4], vec![1, 2, 3, 4], vec![1, 2, 3, 4]];
+    let (m, _) = optimise_and_compare(&trilu_attention(1), &shapes);
+    let fa: Vec<_> = m
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == Op::FlashAttention)
+        .collect();
+    assert_eq!(fa.len(), 1);
+    assert_eq!(fa[0].attrs.get("causal"), Some(&llmc_ir::Attr::Bool(true)));
+    assert_eq!(fa[0].inputs.len(), 3, "no mask left");
+    assert_eq!(count(&m, Op::Trilu), 0);
+    assert!(explain(&m).is_empty());
+}
+
+#[test]
+fn a_non_causal_trilu_mask_stays_additive_and_is_explained() {
+    let shapes = [vec![1, 2, 3, 4], vec![1, 2, 3, 4], vec![1, 2, 3, 4]];
+    let (m, _) = optimise_and_compare(&trilu_attention(2), &shapes);
+    assert_eq!(count(&m, Op::FlashAttention), 1);
+    assert_eq!(count(&m, Op::Trilu), 1);
+    let ex = explain(&m);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].candidate, "causal_mask");
+    assert!(
+        ex[0]
+            .reason
+            .contains("mask is not causal: trilu upper k=2 (causal needs upper k=1)"),
+        "{}",
+        ex[0]
+    );
+}
+
+/// x·cos + rotate_half(x)·sin with the halves given by `rot` and inv_freq `inv`.
+fn rope_module(rot: &str, inv: &str) -> String {
+    format!(
+        r#"module @m {{
+  graph @main(%x: f32[1, 2, 3, 8], %pos: i64[1, 3]) -> (%out: f32[1, 2, 3, 8]) {{
+    %pu = unsqueeze(%pos) {{axes = [2]}} : i64[1, 3, 1]
+    %pf = cast(%pu) {{to = f32}} : f32[1, 3, 1]
+    %inv = constant() {{value = dense<f32[4]: [{inv}]>}} : f32[4]
+    %f = mul(%pf, %inv) : f32[1, 3, 4]
+    %emb = concat(%f, %f) {{axis = -1}} : f32[1, 3, 8]
+    %cos = cos(%emb) : f32[1, 3, 8]
+    %sin = sin(%emb) : f32[1, 3, 8]
+    %c4 = unsqueeze(%cos) {{axes = [1]}} : f32[1, 1, 3, 8]
+    %s4 = unsqueeze(%sin) {{axes = [1]}} : f32[1, 1, 3, 8]
+    %xc = mul(%x, %c4) : f32[1, 2, 3, 8]
+    %x2 = slice(%x) {{axes = [3], ends = [8], starts = [4], steps = [1]}} : f32[1, 2, 3, 4]
+    %nx2 = neg(%x2) : f32[1, 2, 3, 4]
+    %x1 = slice(%x) {{axes = [3], ends = [4], starts = [0], steps = [1]}} : f32[1, 2, 3, 4]
+    %rot = concat({rot}) {{axis = -1}} : f32[1, 2, 3, 8]
+    %rs = mul(%rot, %s4) : f32[1, 2, 3, 8]
+    %out = add(%xc, %rs) : f32[1, 2, 3, 8]
+    return %out
+  }}
+}}"#
+    )
+}
+
+#[test]
+fn rope_is_recognised_and_a_wrong_split_is_explained() {
+    let m0 = parse(&rope_module("%nx2, %x1", "1.0, 0.1, 0.01, 0.001"));
+    let mut m1 = m0.clone();
+    run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&m1, Op::Rope), 1);
+    assert!(explain(&m1).is_empty());
+    // Positions as the interpreter needs them: compare on explicit inputs.
+    let x = Tensor::from_f64(
+        llmc_ir::DType::F32,
+        vec![1, 2, 3, 8],
+        values(48, 7).iter().map(|&v| v as f64).collect(),
+    );
+    let pos = Tensor::from_i64(llmc_ir::DType::I64, vec![1, 3], vec![0, 5, 17]);
+    let a = Interpreter::new(&m0)
+        .run(&[x.clone(), pos.clone()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = Interpreter::new(&m1)
+        .run(&[x, pos])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_close(&b, &a, 1e-5);
+
+    let mut m2 = parse(&rope_module("%x1, %nx2", "1.0, 0.1, 0.01, 0.001"));
+    run_with(&mut m2, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&m2, Op::Rope), 0);
+    let ex = explain(&m2);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].candidate, "rope");
+    assert!(ex[0].reason.contains("rotary split"), "{}", ex[0]);
+
+    let mut m3 = parse(&rope_module("%nx2, %x1", "1.0, 0.5, 0.2, 0.05"));
+    run_with(&mut m3, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let ex = explain(&m3);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert!(
+        ex[0].reason.contains("not the rope frequencies"),
+        "{}",
+        ex[0]
+    );
+}
+
+/// q = transpose(reshape(matmul(x, wq))) into attention with scale 0.5; `outs` lists the
+/// graph outputs (adding `%qp` gives the projection a second user).
+fn q_projection_attention(outs: &str, out_types: &str) -> String {
+    let w: Vec<String> = values(64, 3).iter().map(|v| format!("{v:?}")).collect();
+    format!(
+        r#"module @m {{
+  graph @main(%x: f32[1, 3, 8], %k: f32[1, 2, 3, 4], %v: f32[1, 2, 3, 4]) -> ({out_types}) {{
+    %wq = constant() {{value = dense<f32[8, 8]: [{}]>}} : f32[8, 8]
+    %qp = matmul(%x, %wq) : f32[1, 3, 8]
+    %qr = reshape(%qp) {{shape = [1, 3, 2, 4]}} : f32[1, 3, 2, 4]
+    %q = transpose(%qr) {{perm = [0, 2, 1, 3]}} : f32[1, 2, 3, 4]
+    %kt = transpose(%k) {{perm = [0, 1, 3, 2]}} : f32[1, 2, 4, 3]
+    %s = matmul(%q, %kt) : f32[1, 2, 3, 3]
+    %c = constant() {{value = dense<f32[]: [0.5]>}} : f32[]
+    %ss = mul(%s, %c) : f32[1, 2, 3, 3]
+    %p = softmax(%ss) {{axis = -1}} : f32[1, 2, 3, 3]
+    %out = matmul(%p, %v) : f32[1, 2, 3, 4]
+    return {outs}
+  }}
+}}"#,
+        w.join(", ")
+    )
+}
+
+#[test]
+fn the_attention_scale_moves_into_a_single_use_q_projection() {
+    let shapes = [vec![1, 3, 8], vec![1, 2, 3, 4], vec![1, 2, 3, 4]];
+    let src = q_projection_attention("%out", "%out: f32[1, 2, 3, 4]");
+    let (m, report) = optimise_and_compare(&src, &shapes);
+    let fa: Vec<_> = m
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == Op::FlashAttention)
+        .collect();
+    assert_eq!(fa.len(), 1);
+    assert_eq!(
+        fa[0].attrs.get("scale"),
+        Some(&llmc_ir::Attr::Float(1.0)),
+        "{report}"
+    );
+    assert!(explain(&m).is_empty());
+
+    let src = q_projection_attention("%out, %qp", "%out: f32[1, 2, 3, 4], %qp: f32[1, 3, 8]");
+    let (m, _) = optimise_and_compare(&src, &shapes);
+    let fa: Vec<_> = m
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == Op::FlashAttention)
+        .collect();
+    assert_eq!(fa[0].attrs.get("scale"), Some(&llmc_ir::Attr::Float(0.5)));
+    let ex = explain(&m);
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].candidate, "attention_scale");
+    assert!(
+        ex[0].reason.contains("%qp") && ex[0].reason.contains("2 users"),
+        "{}",
+        ex[0]
+    );
+}
+
 /// `layers` pre-norm residual layers as an exporter writes them: RMSNorm from
 /// primitives (shared constants, as `cse` leaves them), a matmul by the layer's [8, 8]
 /// weight, the residual add; a final norm after the last layer.
