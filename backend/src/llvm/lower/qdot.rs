@@ -14,6 +14,9 @@ use inkwell::values::{
 use inkwell::IntPredicate;
 use llmc_kernels::{QDot, QFmt};
 
+/// How far ahead (bytes) the AVX2 `QDot` prefetches the weight row.
+const QDOT_PREFETCH: u64 = 4096;
+
 /// The buffers a [`QDot`] reads.
 struct QBufs<'ctx> {
     w: PointerValue<'ctx>,
@@ -439,6 +442,27 @@ impl<'ctx> Lowering<'ctx, '_> {
         b.position_at_end(body);
         let blk0 = b
             .build_int_mul(pair, it.i64.const_int(2, false), "blk")
+            .map_err(llvm_err)?;
+        // The weight stream is read once: ask for it QDOT_PREFETCH bytes ahead (a
+        // prefetch never faults, past the end included).
+        let ahead =
+            f.b.build_int_mul(
+                blk0,
+                it.i64.const_int(q.fmt.block_bytes() as u64, false),
+                "",
+            )
+            .map_err(llvm_err)?;
+        let ahead = f.b.build_int_add(ahead, w_off, "").map_err(llvm_err)?;
+        let ahead =
+            f.b.build_int_add(ahead, it.i64.const_int(QDOT_PREFETCH, false), "")
+                .map_err(llvm_err)?;
+        // SAFETY: only an address for the prefetch hint; never dereferenced.
+        let pp = unsafe { f.b.build_gep(it.i8, bufs.w, &[ahead], "") }.map_err(llvm_err)?;
+        let pf = it
+            .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
+            .ok_or_else(|| llvm_err("llvm.prefetch"))?;
+        let i32c = |v: u64| it.i32.const_int(v, false).into();
+        f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
             .map_err(llvm_err)?;
         for (u, set) in sets.iter().enumerate() {
             let blk =
