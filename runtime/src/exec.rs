@@ -59,6 +59,28 @@ impl AlignedBuf {
         })
     }
 
+    /// `len` zero bytes with room to grow to `cap` bytes in place ([`Self::grow`]).
+    pub fn with_capacity(len: usize, cap: usize) -> Option<AlignedBuf> {
+        let mut b = AlignedBuf::zeroed(cap.max(len))?;
+        b.len = len;
+        Some(b)
+    }
+
+    /// Bytes it can hold without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Extends the length to `len` (the new bytes are whatever the allocation
+    /// held: zero or earlier contents); false when `len` exceeds the capacity.
+    pub fn grow(&mut self, len: usize) -> bool {
+        if len > self.capacity() {
+            return false;
+        }
+        self.len = self.len.max(len);
+        true
+    }
+
     /// A copy of `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Option<AlignedBuf> {
         let b = AlignedBuf::zeroed(bytes.len())?;
@@ -485,45 +507,45 @@ impl<'d> Model<'d> {
                     };
                     let (ks, kshape, elem) = get(*k)?;
                     let (vs, vshape, _) = get(*v)?;
-                    let entry = match self.cache.get(layer) {
+                    // Taken out of the map so that its buffers are not shared and
+                    // grow in place.
+                    let entry = match self.cache.remove(layer) {
                         None => CacheEntry {
                             k: Arc::new(
-                                copy_buf(ks.bytes())
+                                first_buf(ks.bytes())
                                     .ok_or_else(|| fail("cannot allocate".into()))?,
                             ),
                             v: Arc::new(
-                                copy_buf(vs.bytes())
+                                first_buf(vs.bytes())
                                     .ok_or_else(|| fail("cannot allocate".into()))?,
                             ),
                             kshape,
                             vshape,
                             elem,
                         },
-                        Some(c) => {
+                        Some(mut c) => {
                             for (new, old, name) in
-                                [(&kshape, &c.kshape, "k"), (&vshape, &c.vshape, "v")]
+                                [(kshape, c.kshape, "k"), (vshape, c.vshape, "v")]
                             {
                                 if new[0] != old[0]
                                     || new[1] != old[1]
                                     || new[3] != old[3]
                                     || elem != c.elem
                                 {
-                                    return Err(fail(format!(
+                                    let e = fail(format!(
                                         "operand {name} {new:?} does not match layer {layer}'s cache {old:?} (b, kvh and d must agree)"
-                                    )));
+                                    ));
+                                    self.cache.insert(*layer, c);
+                                    return Err(e);
                                 }
                             }
-                            let (k2, ks2) = append(&c.k, c.kshape, ks.bytes(), kshape, elem)
+                            let ks2 = append(&mut c.k, c.kshape, ks.bytes(), kshape, elem)
                                 .ok_or_else(|| fail("cannot allocate the cache".into()))?;
-                            let (v2, vs2) = append(&c.v, c.vshape, vs.bytes(), vshape, elem)
+                            let vs2 = append(&mut c.v, c.vshape, vs.bytes(), vshape, elem)
                                 .ok_or_else(|| fail("cannot allocate the cache".into()))?;
-                            CacheEntry {
-                                k: Arc::new(k2),
-                                v: Arc::new(v2),
-                                kshape: ks2,
-                                vshape: vs2,
-                                elem,
-                            }
+                            c.kshape = ks2;
+                            c.vshape = vs2;
+                            c
                         }
                     };
                     let want = size_of(*out_k, &syms).map_err(fail)?;
@@ -585,38 +607,66 @@ impl<'d> Model<'d> {
     }
 }
 
-fn copy_buf(b: &[u8]) -> Option<AlignedBuf> {
-    AlignedBuf::from_bytes(b)
+/// A layer's first cache buffer: a copy of `b` with room for as many positions
+/// again.
+fn first_buf(b: &[u8]) -> Option<AlignedBuf> {
+    let out = AlignedBuf::with_capacity(b.len(), b.len().checked_mul(2)?)?;
+    // SAFETY: `out` holds at least `b.len()` bytes and does not overlap `b`.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), out.ptr(), b.len()) };
+    Some(out)
 }
 
-/// Concatenates `[b, h, n1, d]` and `[b, h, n2, d]` along axis 2.
+/// Concatenates `[b, h, n1, d]` (in `buf`) and `[b, h, n2, d]` along axis 2 into
+/// `buf`: in place when `buf` is not shared and has the room (rows moved back to
+/// front, so no row is overwritten before it has moved), else into a new buffer
+/// with room for as many positions again, so appends copy the cache only when it
+/// doubles.
 fn append(
-    old: &AlignedBuf,
+    buf: &mut Arc<AlignedBuf>,
     oshape: [usize; 4],
     new: &[u8],
     nshape: [usize; 4],
     elem: usize,
-) -> Option<(AlignedBuf, [usize; 4])> {
+) -> Option<[usize; 4]> {
     let [b, h, n1, d] = oshape;
     let n2 = nshape[2];
     let total = n1 + n2;
-    let out = AlignedBuf::zeroed(b * h * total * d * elem)?;
     let (row_old, row_new) = (n1 * d * elem, n2 * d * elem);
-    let dst = out.ptr();
-    for i in 0..b * h {
-        let o = old.as_slice().get(i * row_old..(i + 1) * row_old)?;
-        let n = new.get(i * row_new..(i + 1) * row_new)?;
-        // SAFETY: `out` has `b * h * (row_old + row_new)` bytes.
+    let rows = b * h;
+    let bytes = rows * (row_old + row_new);
+    if new.len() < rows * row_new || buf.len() < rows * row_old {
+        return None;
+    }
+    let in_place = Arc::get_mut(buf).is_some_and(|a| a.capacity() >= bytes);
+    if !in_place {
+        let out = AlignedBuf::with_capacity(rows * row_old, bytes.checked_mul(2)?)?;
+        // SAFETY: `out` has room for the old rows, which `buf` holds.
+        unsafe { std::ptr::copy_nonoverlapping(buf.ptr(), out.ptr(), rows * row_old) };
+        *buf = Arc::new(out);
+    }
+    let a = Arc::get_mut(buf)?;
+    if !a.grow(bytes) {
+        return None;
+    }
+    let dst = a.ptr();
+    for i in (0..rows).rev() {
+        // SAFETY: both ranges lie in `bytes` ≤ the capacity; `copy` allows the
+        // overlap of a row with its own new place, and rows 0..i still sit below
+        // `i * row_old` ≤ this row's new start.
         unsafe {
-            std::ptr::copy_nonoverlapping(o.as_ptr(), dst.add(i * (row_old + row_new)), row_old);
+            std::ptr::copy(
+                dst.add(i * row_old),
+                dst.add(i * (row_old + row_new)),
+                row_old,
+            );
             std::ptr::copy_nonoverlapping(
-                n.as_ptr(),
+                new.as_ptr().add(i * row_new),
                 dst.add(i * (row_old + row_new) + row_old),
                 row_new,
             );
         }
     }
-    Some((out, [b, h, total, d]))
+    Some([b, h, total, d])
 }
 
 #[cfg(test)]
@@ -649,6 +699,53 @@ mod tests {
             llm: None,
             encoder: None,
         }
+    }
+
+    /// Appending to a `[1, 3, n, 8]` cache (one byte per element) in steps of 1 or 2
+    /// positions gives the same bytes as concatenating along axis 2 from scratch,
+    /// and grows in place while the capacity lasts.
+    #[test]
+    fn kv_append_concatenates_along_positions_in_place() {
+        let (h, d) = (3usize, 8usize);
+        let elem = |hh: usize, p: usize, j: usize| ((hh * 100 + p * d + j) % 251) as u8;
+        let block = |p0: usize, n: usize| -> Vec<u8> {
+            let mut v = Vec::new();
+            for hh in 0..h {
+                for p in p0..p0 + n {
+                    for j in 0..d {
+                        v.push(elem(hh, p, j));
+                    }
+                }
+            }
+            v
+        };
+        let mut buf = Arc::new(first_buf(&block(0, 3)).unwrap());
+        let mut shape = [1, h, 3, d];
+        let mut moves = 0;
+        for step in [1usize, 2, 1, 1, 2, 1, 1, 1, 2, 1] {
+            let before = buf.ptr();
+            let n = shape[2];
+            shape = append(&mut buf, shape, &block(n, step), [1, h, step, d], 1).unwrap();
+            if buf.ptr() != before {
+                moves += 1;
+            }
+            assert_eq!(shape, [1, h, n + step, d]);
+            assert_eq!(
+                buf.as_slice(),
+                &block(0, n + step)[..],
+                "after {} positions",
+                n + step
+            );
+        }
+        // 3 positions with room for 6; 7 positions (room for 14); 15 (room for 30).
+        assert_eq!(moves, 2);
+        // A shared buffer is never written in place.
+        let shared = buf.clone();
+        let old = shared.as_slice().to_vec();
+        let n = shape[2];
+        append(&mut buf, shape, &block(n, 1), [1, h, 1, d], 1).unwrap();
+        assert_eq!(shared.as_slice(), &old[..]);
+        assert_eq!(buf.as_slice(), &block(0, n + 1)[..]);
     }
 
     #[test]

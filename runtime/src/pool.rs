@@ -25,6 +25,10 @@ struct State {
     job: Option<Job>,
     /// Workers inside the open job's `drain`.
     joined: usize,
+    /// Workers asleep on `work` (a notify is a system call: skipped when none).
+    sleeping: usize,
+    /// The caller is asleep on `done`.
+    waiting: bool,
 }
 
 struct Shared {
@@ -97,6 +101,8 @@ fn pool() -> &'static Pool {
                 generation: 0,
                 job: None,
                 joined: 0,
+                sleeping: 0,
+                waiting: false,
             }),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -151,7 +157,9 @@ fn worker(shared: Arc<Shared>) {
         let job = {
             let mut st = lock(&shared.state);
             while st.generation == seen {
+                st.sleeping += 1;
                 st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.sleeping -= 1;
             }
             seen = st.generation;
             // Join only a job that is still open; its caller waits for us.
@@ -167,7 +175,7 @@ fn worker(shared: Arc<Shared>) {
             shared.inside.fetch_sub(1, Ordering::AcqRel);
             let mut st = lock(&shared.state);
             st.joined -= 1;
-            if st.joined == 0 {
+            if st.joined == 0 && st.waiting {
                 shared.done.notify_all();
             }
         }
@@ -202,13 +210,16 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
         chunk,
     };
     p.shared.next.store(0, Ordering::Relaxed);
-    {
+    let wake = {
         let mut st = lock(&p.shared.state);
         st.job = Some(job);
         st.generation += 1;
         p.shared.published.store(st.generation, Ordering::Release);
+        st.sleeping > 0
+    };
+    if wake {
+        p.shared.work.notify_all();
     }
-    p.shared.work.notify_all();
     drain(&p.shared, job);
     // The range is done once we leave `drain` and no joined worker is still in it;
     // workers that wake later find the job closed and touch nothing.
@@ -225,7 +236,9 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
         st = lock(&p.shared.state);
     }
     while st.joined > 0 {
+        st.waiting = true;
         st = p.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        st.waiting = false;
     }
 }
 

@@ -758,6 +758,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         let r: BasicValueEnum = match op {
             UnOp::Neg => b.build_float_neg(x, "").map_err(llvm_err)?.into(),
             UnOp::Abs => intr1("llvm.fabs")?,
+            UnOp::Exp if t == Ty::F32 => self.exp_f32(f, x)?.into(),
             UnOp::Exp => intr1("llvm.exp")?,
             UnOp::Log => intr1("llvm.log")?,
             UnOp::Sqrt => intr1("llvm.sqrt")?,
@@ -776,6 +777,81 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             UnOp::Not => return Err(self.err("not of a float")),
         };
         Ok(r)
+    }
+
+    /// `exp` of an f32 without a libm call, so loops over it vectorize: Cody–Waite
+    /// reduction `x = n ln2 + r` and Cephes' degree-7 polynomial for `e^r`
+    /// (within 2 ulp of the correctly rounded result; the kernel tests hold it to
+    /// the f64 reference), scaled by `2^n` as two powers of two so that results
+    /// down to the subnormals come out right; NaN stays NaN, overflow gives +inf.
+    fn exp_f32(&self, f: &Frame<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let it = self.it;
+        let b = &f.b;
+        let c = |v: f64| it.f32.const_float(v);
+        let lt = |a: FloatValue<'ctx>, v: f64| {
+            b.build_float_compare(FloatPredicate::OLT, a, c(v), "")
+                .map_err(llvm_err)
+        };
+        let gt = |a: FloatValue<'ctx>, v: f64| {
+            b.build_float_compare(FloatPredicate::OGT, a, c(v), "")
+                .map_err(llvm_err)
+        };
+        let sel = |p, a: FloatValue<'ctx>, v: FloatValue<'ctx>| -> R<FloatValue<'ctx>> {
+            Ok(b.build_select(p, a, v, "")
+                .map_err(llvm_err)?
+                .into_float_value())
+        };
+        let mul = |a, v| b.build_float_mul(a, v, "").map_err(llvm_err);
+        let add = |a, v| b.build_float_add(a, v, "").map_err(llvm_err);
+        // Clamped so that n stays within ±150 (NaN passes both compares).
+        let xc = sel(gt(x, 89.0)?, c(89.0), x)?;
+        let xc = sel(lt(xc, -104.0)?, c(-104.0), xc)?;
+        let round = self.intr("llvm.roundeven", &[it.f32.into()])?;
+        let t = mul(xc, c(std::f64::consts::LOG2_E))?;
+        let n = self.call(f, round, &[t.into()])?.into_float_value();
+        // ln 2 = C1 + C2 with C1 exact in 9 bits, so n · C1 is exact.
+        let r = b
+            .build_float_sub(xc, mul(n, c(0.693_359_375))?, "")
+            .map_err(llvm_err)?;
+        let r = b
+            .build_float_sub(r, mul(n, c(-2.121_944_400_546_905_8e-4))?, "")
+            .map_err(llvm_err)?;
+        let mut p = c(1.987_569_150_0e-4);
+        for k in [
+            1.398_199_950_7e-3,
+            8.333_451_907_3e-3,
+            4.166_579_589_4e-2,
+            1.666_666_545_9e-1,
+            5.000_000_120_1e-1,
+        ] {
+            p = add(mul(p, r)?, c(k))?;
+        }
+        let r2 = mul(r, r)?;
+        let p = add(add(mul(p, r2)?, r)?, c(1.0))?;
+        // 2^n = 2^n1 · 2^n2 with n1 = n >> 1: both exponents stay normal.
+        let ni = b
+            .build_float_to_signed_int(n, it.i32, "")
+            .map_err(llvm_err)?;
+        let n1 = b
+            .build_right_shift(ni, it.i32.const_int(1, false), true, "")
+            .map_err(llvm_err)?;
+        let n2 = b.build_int_sub(ni, n1, "").map_err(llvm_err)?;
+        let pow2 = |e| -> R<FloatValue<'ctx>> {
+            let biased = b
+                .build_int_add(e, it.i32.const_int(127, false), "")
+                .map_err(llvm_err)?;
+            let bits = b
+                .build_left_shift(biased, it.i32.const_int(23, false), "")
+                .map_err(llvm_err)?;
+            Ok(b.build_bit_cast(bits, it.f32, "")
+                .map_err(llvm_err)?
+                .into_float_value())
+        };
+        let res = mul(mul(p, pow2(n1)?)?, pow2(n2)?)?;
+        let nan = b
+            .build_float_compare(FloatPredicate::UNO, x, x, "")
+            .map_err(llvm_err)?;
+        sel(nan, x, res)
     }
 
     fn binary(

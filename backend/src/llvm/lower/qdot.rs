@@ -14,6 +14,17 @@ use inkwell::values::{
 use inkwell::IntPredicate;
 use llmc_kernels::{QDot, QFmt};
 
+/// How far ahead (bytes) the AVX2 `QDot` prefetches the weight row.
+const QDOT_PREFETCH: u64 = 4096;
+
+/// The buffers a [`QDot`] reads.
+struct QBufs<'ctx> {
+    w: PointerValue<'ctx>,
+    xq: PointerValue<'ctx>,
+    xd: PointerValue<'ctx>,
+    xs: PointerValue<'ctx>,
+}
+
 impl<'ctx> Lowering<'ctx, '_> {
     fn qdot_load(
         &self,
@@ -100,6 +111,9 @@ impl<'ctx> Lowering<'ctx, '_> {
 
     /// Emits `q` at the builder's position.
     pub(super) fn qdot(&mut self, f: &mut Frame<'ctx>, q: &QDot) -> R<()> {
+        if self.avx2 {
+            return self.qdot_avx2(f, q);
+        }
         let it = self.it;
         let w_off = self.expr(f, &q.w_off)?.0.into_int_value();
         let mut x_blk = Vec::new();
@@ -355,6 +369,313 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .into_float_value();
             let nv = b.build_float_add(cur, tot, "").map_err(llvm_err)?;
             b.build_store(slot, nv).map_err(llvm_err)?;
+        }
+        Ok(())
+    }
+
+    /// The AVX2 form of `q`: two blocks per loop iteration into two accumulator sets
+    /// (so the FMA chains of consecutive blocks overlap), the 4-bit quants widened
+    /// to i16 straight from memory and split with one `and` and one shift, and
+    /// Q4_1's scale and minimum converted as one f16 pair: `(d, m) · (xd, xs)` gives
+    /// the block's scale product and minimum term in one multiply, the minimum
+    /// terms summed in lane 1 of a 2-lane accumulator.
+    fn qdot_avx2(&mut self, f: &mut Frame<'ctx>, q: &QDot) -> R<()> {
+        let it = self.it;
+        let w_off = self.expr(f, &q.w_off)?.0.into_int_value();
+        let mut x_blk = Vec::new();
+        for e in &q.x_blk {
+            x_blk.push(self.expr(f, e)?.0.into_int_value());
+        }
+        let bufp = |id| {
+            f.bufs.get(&id).copied().ok_or_else(|| {
+                self.err(format!(
+                    "qdot: buffer %{} is not available here",
+                    self.k.buf(id).name
+                ))
+            })
+        };
+        let bufs = QBufs {
+            w: bufp(q.w)?,
+            xq: bufp(q.xq)?,
+            xd: bufp(q.xd)?,
+            xs: bufp(q.xs)?,
+        };
+        let rows = q.accs.len();
+        let v8f = it.f32.vec_type(8);
+        let v2f = it.f32.vec_type(2);
+        // Accumulator sets (even and odd blocks): per row an <8 x float> for the
+        // quant sums and a <2 x float> whose lane 1 sums the minimum terms. With
+        // several rows their chains already overlap and a second set would not fit
+        // the 16 vector registers (prefill measured 15% slower): set 1 stays zero.
+        let mut sets = Vec::new();
+        for _ in 0..2 {
+            let mut set = Vec::new();
+            for _ in 0..rows {
+                let v = f.allocas.build_alloca(v8f, "qacc").map_err(llvm_err)?;
+                f.b.build_store(v, v8f.const_zero()).map_err(llvm_err)?;
+                let m = f.allocas.build_alloca(v2f, "qmacc").map_err(llvm_err)?;
+                f.b.build_store(m, v2f.const_zero()).map_err(llvm_err)?;
+                set.push((v, m));
+            }
+            sets.push(set);
+        }
+        let pairs = q.blocks / 2;
+        let ctr = f.allocas.build_alloca(it.i64, "qpair").map_err(llvm_err)?;
+        f.b.build_store(ctr, it.i64.const_zero())
+            .map_err(llvm_err)?;
+        let (head, body, exit) = self.blocks(f, "qdot");
+        let b = &f.b;
+        b.build_unconditional_branch(head).map_err(llvm_err)?;
+        b.position_at_end(head);
+        let pair = b
+            .build_load(it.i64, ctr, "pair")
+            .map_err(llvm_err)?
+            .into_int_value();
+        let more = b
+            .build_int_compare(
+                IntPredicate::SLT,
+                pair,
+                it.i64.const_int(pairs as u64, true),
+                "",
+            )
+            .map_err(llvm_err)?;
+        b.build_conditional_branch(more, body, exit)
+            .map_err(llvm_err)?;
+        b.position_at_end(body);
+        let blk0 = b
+            .build_int_mul(pair, it.i64.const_int(2, false), "blk")
+            .map_err(llvm_err)?;
+        // The weight stream is read once: ask for it QDOT_PREFETCH bytes ahead (a
+        // prefetch never faults, past the end included).
+        let ahead =
+            f.b.build_int_mul(
+                blk0,
+                it.i64.const_int(q.fmt.block_bytes() as u64, false),
+                "",
+            )
+            .map_err(llvm_err)?;
+        let ahead = f.b.build_int_add(ahead, w_off, "").map_err(llvm_err)?;
+        let ahead =
+            f.b.build_int_add(ahead, it.i64.const_int(QDOT_PREFETCH, false), "")
+                .map_err(llvm_err)?;
+        // SAFETY: only an address for the prefetch hint; never dereferenced.
+        let pp = unsafe { f.b.build_gep(it.i8, bufs.w, &[ahead], "") }.map_err(llvm_err)?;
+        let pf = it
+            .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
+            .ok_or_else(|| llvm_err("llvm.prefetch"))?;
+        let i32c = |v: u64| it.i32.const_int(v, false).into();
+        f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
+            .map_err(llvm_err)?;
+        for (u, set) in sets.iter().enumerate() {
+            let set = if rows > 1 { &sets[0] } else { set };
+            let blk =
+                f.b.build_int_add(blk0, it.i64.const_int(u as u64, false), "")
+                    .map_err(llvm_err)?;
+            self.qdot_avx2_block(f, q, &bufs, w_off, &x_blk, blk, set)?;
+        }
+        let b = &f.b;
+        let next = b
+            .build_int_add(pair, it.i64.const_int(1, false), "")
+            .map_err(llvm_err)?;
+        b.build_store(ctr, next).map_err(llvm_err)?;
+        b.build_unconditional_branch(head).map_err(llvm_err)?;
+        b.position_at_end(exit);
+        if q.blocks % 2 == 1 {
+            let last = it.i64.const_int((q.blocks - 1) as u64, true);
+            self.qdot_avx2_block(f, q, &bufs, w_off, &x_blk, last, &sets[0])?;
+        }
+        // acc += Σ lanes of both sets + lane 1 of both minimum sums.
+        for (i, a) in q.accs.iter().enumerate() {
+            let b = &f.b;
+            let load_v = |p: PointerValue<'ctx>, t: BasicTypeEnum<'ctx>| {
+                b.build_load(t, p, "")
+                    .map_err(llvm_err)
+                    .map(|v| v.into_vector_value())
+            };
+            let v = b
+                .build_float_add(
+                    load_v(sets[0][i].0, v8f.into())?,
+                    load_v(sets[1][i].0, v8f.into())?,
+                    "",
+                )
+                .map_err(llvm_err)?;
+            let mut lanes = Vec::new();
+            for l in 0..8 {
+                lanes.push(
+                    b.build_extract_element(v, it.i32.const_int(l, false), "")
+                        .map_err(llvm_err)?
+                        .into_float_value(),
+                );
+            }
+            while lanes.len() > 1 {
+                let mut nx = Vec::new();
+                for p in lanes.chunks(2) {
+                    nx.push(if p.len() == 2 {
+                        b.build_float_add(p[0], p[1], "").map_err(llvm_err)?
+                    } else {
+                        p[0]
+                    });
+                }
+                lanes = nx;
+            }
+            let mut tot = lanes[0];
+            if q.fmt != QFmt::Q8_0 {
+                let m = b
+                    .build_float_add(
+                        load_v(sets[0][i].1, v2f.into())?,
+                        load_v(sets[1][i].1, v2f.into())?,
+                        "",
+                    )
+                    .map_err(llvm_err)?;
+                let m1 = b
+                    .build_extract_element(m, it.i32.const_int(1, false), "")
+                    .map_err(llvm_err)?
+                    .into_float_value();
+                tot = b.build_float_add(tot, m1, "").map_err(llvm_err)?;
+            }
+            let slot = self.var_slot(f, *a)?;
+            let b = &f.b;
+            let cur = b
+                .build_load(it.f32, slot, "")
+                .map_err(llvm_err)?
+                .into_float_value();
+            let nv = b.build_float_add(cur, tot, "").map_err(llvm_err)?;
+            b.build_store(slot, nv).map_err(llvm_err)?;
+        }
+        Ok(())
+    }
+
+    /// One block `blk` of [`Self::qdot_avx2`] into the accumulator set `set`.
+    #[allow(clippy::too_many_arguments)]
+    fn qdot_avx2_block(
+        &self,
+        f: &Frame<'ctx>,
+        q: &QDot,
+        bufs: &QBufs<'ctx>,
+        w_off: IntValue<'ctx>,
+        x_blk: &[IntValue<'ctx>],
+        blk: IntValue<'ctx>,
+        set: &[(PointerValue<'ctx>, PointerValue<'ctx>)],
+    ) -> R<()> {
+        let it = self.it;
+        let b = &f.b;
+        let c64 = |k: i64| it.i64.const_int(k as u64, true);
+        let wb = b
+            .build_int_mul(blk, c64(q.fmt.block_bytes()), "")
+            .map_err(llvm_err)?;
+        let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
+        let qs = b
+            .build_int_add(wb, c64(q.fmt.qs_offset()), "qs")
+            .map_err(llvm_err)?;
+        let v16b = it.i8.vec_type(16);
+        let v16w = it.i16.vec_type(16);
+        let v2f = it.f32.vec_type(2);
+        let splat16 =
+            |k: u64| inkwell::types::VectorType::const_vector(&[it.i16.const_int(k, false); 16]);
+        // The 32 quants as two halves of 16 i16 in activation order.
+        let (w_lo, w_hi) = match q.fmt {
+            QFmt::Q8_0 => {
+                let lo = self.qdot_load(f, v16b.into(), bufs.w, qs)?;
+                let q16 = f.b.build_int_add(qs, c64(16), "").map_err(llvm_err)?;
+                let hi = self.qdot_load(f, v16b.into(), bufs.w, q16)?;
+                let b = &f.b;
+                (
+                    b.build_int_s_extend(lo.into_vector_value(), v16w, "")
+                        .map_err(llvm_err)?,
+                    b.build_int_s_extend(hi.into_vector_value(), v16w, "")
+                        .map_err(llvm_err)?,
+                )
+            }
+            QFmt::Q4_0 | QFmt::Q4_1 => {
+                // Byte i holds quant i (low nibble) and quant i + 16 (high nibble).
+                let raw = self
+                    .qdot_load(f, v16b.into(), bufs.w, qs)?
+                    .into_vector_value();
+                let b = &f.b;
+                let w = b.build_int_z_extend(raw, v16w, "").map_err(llvm_err)?;
+                (
+                    b.build_and(w, splat16(15), "lo").map_err(llvm_err)?,
+                    b.build_right_shift(w, splat16(4), false, "hi")
+                        .map_err(llvm_err)?,
+                )
+            }
+        };
+        // The weight block's scale (lane 0) and minimum (lane 1; Q8_0 has none).
+        let dm = match q.fmt {
+            QFmt::Q4_1 => {
+                let h = self
+                    .qdot_load(f, it.f16.vec_type(2).into(), bufs.w, wb)?
+                    .into_vector_value();
+                f.b.build_float_ext(h, v2f, "dm").map_err(llvm_err)?
+            }
+            QFmt::Q4_0 | QFmt::Q8_0 => {
+                let h = self
+                    .qdot_load(f, it.f16.into(), bufs.w, wb)?
+                    .into_float_value();
+                let b = &f.b;
+                let d = b.build_float_ext(h, it.f32, "d").map_err(llvm_err)?;
+                let m = if q.fmt == QFmt::Q4_0 {
+                    b.build_float_mul(d, it.f32.const_float(-8.0), "m")
+                        .map_err(llvm_err)?
+                } else {
+                    it.f32.const_zero()
+                };
+                let v = b
+                    .build_insert_element(v2f.get_undef(), d, it.i32.const_zero(), "")
+                    .map_err(llvm_err)?;
+                b.build_insert_element(v, m, it.i32.const_int(1, false), "dm")
+                    .map_err(llvm_err)?
+            }
+        };
+        for (i, xblk) in x_blk.iter().enumerate() {
+            let b = &f.b;
+            let xb = b.build_int_add(*xblk, blk, "xb").map_err(llvm_err)?;
+            let x64 = b.build_int_mul(xb, c64(64), "").map_err(llvm_err)?;
+            let x64h = b.build_int_add(x64, c64(32), "").map_err(llvm_err)?;
+            let x4 = b.build_int_mul(xb, c64(4), "").map_err(llvm_err)?;
+            let x_lo = self
+                .qdot_load(f, v16w.into(), bufs.xq, x64)?
+                .into_vector_value();
+            let x_hi = self
+                .qdot_load(f, v16w.into(), bufs.xq, x64h)?
+                .into_vector_value();
+            let xd = self.qdot_load(f, it.f32.into(), bufs.xd, x4)?;
+            let scale = if q.fmt == QFmt::Q8_0 {
+                let d =
+                    f.b.build_extract_element(dm, it.i32.const_zero(), "")
+                        .map_err(llvm_err)?
+                        .into_float_value();
+                f.b.build_float_mul(d, xd.into_float_value(), "scale")
+                    .map_err(llvm_err)?
+            } else {
+                // (d · xd, m · xs) in one multiply.
+                let xs = self.qdot_load(f, it.f32.into(), bufs.xs, x4)?;
+                let b = &f.b;
+                let v = b
+                    .build_insert_element(v2f.get_undef(), xd, it.i32.const_zero(), "")
+                    .map_err(llvm_err)?;
+                let v = b
+                    .build_insert_element(v, xs, it.i32.const_int(1, false), "xds")
+                    .map_err(llvm_err)?;
+                let prod = b.build_float_mul(dm, v, "").map_err(llvm_err)?;
+                let cur = b
+                    .build_load(v2f, set[i].1, "")
+                    .map_err(llvm_err)?
+                    .into_vector_value();
+                let s = b.build_float_add(cur, prod, "").map_err(llvm_err)?;
+                b.build_store(set[i].1, s).map_err(llvm_err)?;
+                b.build_extract_element(prod, it.i32.const_zero(), "scale")
+                    .map_err(llvm_err)?
+                    .into_float_value()
+            };
+            let p_lo = self
+                .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_lo, x_lo])?
+                .into_vector_value();
+            let p_hi = self
+                .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_hi, x_hi])?
+                .into_vector_value();
+            let p32 = f.b.build_int_add(p_lo, p_hi, "").map_err(llvm_err)?;
+            self.accumulate_v8(f, p32, scale, set[i].0)?;
         }
         Ok(())
     }
