@@ -345,18 +345,24 @@ fn build(a: &BuildArgs) -> Result<()> {
         eprint!("{report}");
     }
     if a.explain_fusion {
-        let left = llmc_passes::egraph::explain(&m);
+        // Candidates are read on the program as the rules left it: fused elementwise
+        // loops are expanded back into their ops first.
+        let left = llmc_passes::egraph::explain(&llmc_passes::fuse_elementwise::unfuse(&m));
         for e in &left {
             eprintln!("explain-fusion: {e}");
         }
         let count = |op: llmc_ir::Op| m.graph.nodes.iter().filter(|n| n.op == op).count();
         eprintln!(
-            "explain-fusion: {} candidate(s) left unfused; fused ops: {} flash_attention, {} rms_norm, {} layer_norm, {} linear",
+            "explain-fusion: {} candidate(s) left unfused; fused ops: {} flash_attention, {} rms_norm, {} layer_norm, {} linear, {} linear_act, {} glu, {} rope, {} fused_elementwise",
             left.len(),
             count(llmc_ir::Op::FlashAttention),
             count(llmc_ir::Op::RmsNorm),
             count(llmc_ir::Op::LayerNorm),
             count(llmc_ir::Op::Linear),
+            count(llmc_ir::Op::LinearAct),
+            count(llmc_ir::Op::Glu),
+            count(llmc_ir::Op::Rope),
+            count(llmc_ir::Op::FusedElementwise),
         );
     }
     let out = match &a.output {

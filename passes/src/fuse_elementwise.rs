@@ -151,6 +151,84 @@ pub fn run(m: &mut llmc_ir::Module, _cx: &PassContext) -> Result<Changed, PassEr
     Ok(Changed::Yes)
 }
 
+/// The module with every `fused_elementwise` node expanded back into the chain of ops
+/// its `expr` names (the inverse of this pass), for tools that read primitive ops:
+/// `--explain-fusion` reports candidates on the program as the e-graph rules saw it,
+/// not on the fused loops that came after. A node whose `expr` does not expand (it
+/// would not have passed the verifier) is kept as it is.
+pub fn unfuse(m: &llmc_ir::Module) -> llmc_ir::Module {
+    let mut out = m.clone();
+    let g = &mut out.graph;
+    let old = std::mem::take(&mut g.nodes);
+    for n in old {
+        let expr = if n.op == Op::FusedElementwise {
+            llmc_ir::ops::fused::expr_of(&n.attrs).ok()
+        } else {
+            None
+        };
+        let expanded = match &expr {
+            Some(FusedExpr::Apply(op, kids)) => kids
+                .iter()
+                .map(|k| emit(g, k, &n.inputs))
+                .collect::<Option<Vec<_>>>()
+                .map(|ins| Node {
+                    op: *op,
+                    inputs: ins,
+                    outputs: n.outputs.clone(),
+                    attrs: llmc_ir::Attrs::new(),
+                }),
+            _ => None,
+        };
+        push(g, expanded.unwrap_or(n));
+    }
+    out
+}
+
+/// Appends `n`, pointing its results at their new position.
+fn push(g: &mut Graph, n: Node) {
+    let nid = llmc_ir::NodeId(g.nodes.len() as u32);
+    for (i, &v) in n.outputs.iter().enumerate() {
+        if let Some(val) = g.values.get_mut(v.0 as usize) {
+            val.def = llmc_ir::ValueDef::Node(nid, i);
+        }
+    }
+    g.nodes.push(n);
+}
+
+/// Emits the nodes of sub-expression `e` over the fused node's operands `leaves`.
+fn emit(g: &mut Graph, e: &FusedExpr, leaves: &[ValueId]) -> Option<ValueId> {
+    match e {
+        FusedExpr::Arg(k) => leaves.get(*k).copied(),
+        FusedExpr::Apply(op, kids) => {
+            let ins = kids
+                .iter()
+                .map(|k| emit(g, k, leaves))
+                .collect::<Option<Vec<_>>>()?;
+            let tys: Vec<&llmc_ir::TensorType> = ins.iter().map(|&v| g.ty(v)).collect();
+            let ty = op
+                .infer(&tys, &llmc_ir::Attrs::new())
+                .ok()?
+                .into_iter()
+                .next()?;
+            let v = g.add_value(
+                g.values.len().to_string(),
+                ty,
+                llmc_ir::ValueDef::Node(llmc_ir::NodeId(g.nodes.len() as u32), 0),
+            );
+            push(
+                g,
+                Node {
+                    op: *op,
+                    inputs: ins,
+                    outputs: vec![v],
+                    attrs: llmc_ir::Attrs::new(),
+                },
+            );
+            Some(v)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +259,28 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         // The fused op evaluates the same ops with the same roundings: bit for bit.
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn unfuse_gives_back_the_chain() {
+        let src = "module @m {
+  graph @main(%a: f32[2, 3], %b: f32[3], %c: f32[2, 3]) -> (%out: f32[2, 3]) {
+    %s = add(%a, %b) : f32[2, 3]
+    %t = mul(%s, %c) : f32[2, 3]
+    %out = silu(%t) : f32[2, 3]
+    return %out
+  }
+}";
+        let (m0, m1, _) = fuse(src);
+        assert_eq!(m1.graph.nodes.len(), 1);
+        let m2 = unfuse(&m1);
+        llmc_ir::verify::verify(&m2).unwrap_or_else(|e| panic!("{e:?}"));
+        let ops: Vec<Op> = m2.graph.nodes.iter().map(|n| n.op).collect();
+        assert_eq!(ops, vec![Op::Add, Op::Mul, Op::Silu]);
+        let a = Tensor::f32(vec![2, 3], vec![0.5, -1.0, 2.0, 3.0, -0.25, 1.5]);
+        let b = Tensor::f32(vec![3], vec![1.0, 2.0, -3.0]);
+        let c = Tensor::f32(vec![2, 3], vec![0.5, -2.0, 1.0, 0.0, 4.0, -1.5]);
+        same_outputs(&m0, &m2, &[a, b, c]);
     }
 
     #[test]
