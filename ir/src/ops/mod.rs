@@ -303,8 +303,8 @@ op_table! {
     Rope = "rope", Fixed(2), NONE, [req("theta", K::Float), opt("style", K::Str), opt("dims", K::Int), opt("scale", K::Float)], nn::infer_rope, nn::eval_rope;
     /// softmax(q k^T * scale + mask) v; q[b, h, s, d], k/v[b, kvh, t, d] (GQA when kvh < h); causal aligns the last query with the last key
     Attention = "attention", Range(3, 4), NONE, [req("scale", K::Float), opt("causal", K::Bool)], nn::infer_attention, nn::eval_attention;
-    /// `attention` as the optimizer leaves it for a tiled, online-softmax kernel (no score matrix in memory): same operands and meaning; `block_k` is the key-tile length the kernel uses (default 64)
-    FlashAttention = "flash_attention", Range(3, 4), NONE, [req("scale", K::Float), opt("causal", K::Bool), opt("block_k", K::Int)], nn::infer_attention, nn::eval_attention;
+    /// `attention` as the optimizer leaves it for a tiled, online-softmax kernel (no score matrix in memory): same operands and meaning; `block_k` is the key-tile length the kernel uses (default 64); with `causal`, `causal_fill = f` scores the keys past the causal bound q·k·scale + f instead of dropping them (what a where-mask of 0 / f gave: a row whose every visible key is masked then spreads over all keys as the unfused graph did)
+    FlashAttention = "flash_attention", Range(3, 4), NONE, [req("scale", K::Float), opt("causal", K::Bool), opt("block_k", K::Int), opt("causal_fill", K::Float)], nn::infer_attention, nn::eval_attention;
     /// append k/v[b, kvh, seq, d] to layer `layer`'s cache; results are the whole cache [b, kvh, past + seq, d]
     KvAppend = "kv_append", Fixed(2), Flags::STATEFUL, [req("layer", K::Int)], nn::infer_kv_append, nn::eval_kv_append;
 

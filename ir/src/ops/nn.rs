@@ -331,6 +331,17 @@ pub fn eval_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
     );
     let scale = req_float(a, "scale")?;
     let causal = opt_bool(a, "causal", false)?;
+    // Keys past the causal bound: dropped, or scored q·k·scale + fill (flash_attention's
+    // `causal_fill`, the value a where-mask put there).
+    let fill = match a.get("causal_fill") {
+        None => None,
+        Some(crate::Attr::Float(f)) => Some(*f),
+        Some(other) => {
+            return Err(format!(
+                "attribute `causal_fill` must be a float, got {other:?}"
+            ))
+        }
+    };
     let [b, h, s, dk] = qt.shape[..] else {
         return Err(format!(
             "operand q must be [b, h, s, dk], got {:?}",
@@ -400,13 +411,15 @@ pub fn eval_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
                 let qrow = &q[((bi * h + hi) * s + si) * dk..][..dk];
                 for (j, scj) in sc.iter_mut().enumerate() {
                     let visible = !causal || (j as i64) <= si as i64 + t as i64 - s as i64;
+                    let krow = &k[(kbase + j) * dk..][..dk];
                     *scj = if visible {
-                        let krow = &k[(kbase + j) * dk..][..dk];
                         let qk = dot(qrow, krow);
                         let add = mask.map_or(0.0, |(m, ms)| {
                             m[bi * ms[0] + hi * ms[1] + si * ms[2] + j * ms[3]]
                         });
                         qk * scale + add
+                    } else if let Some(f) = fill {
+                        dot(qrow, krow) * scale + f
                     } else {
                         f64::NEG_INFINITY
                     };

@@ -428,6 +428,7 @@ pub(crate) fn flash_attention(
     result(outs, 0)?;
     let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
     let causal = attr_bool(node, "causal", false)?;
+    let fill = attr_float(node, "causal_fill")?.filter(|_| causal);
     let block_k = attr_int(node, "block_k")?.unwrap_or(64);
     if !(1..=4096).contains(&block_k) {
         return Err(format!(
@@ -522,6 +523,44 @@ pub(crate) fn flash_attention(
                     kb.assign(m, mn);
                 });
             });
+            if let Some(fill) = fill {
+                // `causal_fill`: the keys past the bound score q·k·scale + fill. They only
+                // count when the visible keys are masked too (the row max is itself a
+                // masked score, below fill / 2; fill <= -1e9 for masks the optimizer
+                // recognises): a fully padded row then spreads over every key, as the
+                // unfused where-mask did. Otherwise exp(fill - max) underflows to 0.
+                kb.if_(Expr::Var(m).le(fconst(fill * 0.5, t)), |kb| {
+                    kb.for_("j", tend.clone(), te.clone(), LoopTag::Serial, |kb, j| {
+                        let krow = kb.let_("krow", (kvbase.clone() + j.clone()) * dke.clone());
+                        let dot = kb.let_mut("dot", fconst(0.0, t));
+                        kb.for_("c", 0, dke.clone(), v8, |kb, c| {
+                            let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                            let kv = load_elem(kb, ib[1], k.dtype, krow.clone() + c);
+                            kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kv)));
+                        });
+                        let sc = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
+                        let sc = kb.let_("sc", b(BinOp::Add, sc, fconst(fill, t)));
+                        let mn = kb.let_("mn", Expr::Var(m).max(sc.clone()));
+                        let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
+                        let p = kb.let_("p", exp(b(BinOp::Sub, sc, mn.clone())));
+                        kb.assign(
+                            l,
+                            b(
+                                BinOp::Add,
+                                b(BinOp::Mul, Expr::Var(l), corr.clone()),
+                                p.clone(),
+                            ),
+                        );
+                        let vrow = kb.let_("vrow", (kvbase.clone() + j.clone()) * dv);
+                        kb.for_("c", 0, dv, v8, |kb, c| {
+                            let vv = load_elem(kb, ib[2], v.dtype, vrow.clone() + c.clone());
+                            let a = b(BinOp::Mul, Expr::load(acc, c.clone()), corr.clone());
+                            kb.store(acc, c, b(BinOp::Add, a, b(BinOp::Mul, p.clone(), vv)));
+                        });
+                        kb.assign(m, mn);
+                    });
+                });
+            }
             store_normalized(&mut *kb, acc, l, t, qi, dv, ob[0]);
         });
     });

@@ -1118,6 +1118,67 @@ fn flash_attention_matches_the_reference() {
     );
 }
 
+/// `causal_fill`: a left-padded batch (padding as an additive f32::MIN mask): the first
+/// queries of the padded row see only masked keys and, as in the unfused where-mask,
+/// spread over every key; the kernel agrees with the reference on every row, and the
+/// fully masked rows differ from plain causal (so the fill path is exercised).
+#[test]
+fn flash_attention_causal_fill_keeps_fully_masked_rows() {
+    let mut r = Rng::new(77);
+    let (b, s) = (2usize, 5usize);
+    let q = r.tensor(F, &[b, 2, s, 4], 1.0);
+    let k = r.tensor(F, &[b, 1, s, 4], 1.0);
+    let v = r.tensor(F, &[b, 1, s, 3], 1.0);
+    let min = f64::from(f32::MIN);
+    // Batch 0 unpadded, batch 1 left-padded by 2 keys.
+    let pad: Vec<f64> = (0..b * s)
+        .map(|i| if i / s == 1 && i % s < 2 { min } else { 0.0 })
+        .collect();
+    let mask = llmc_ir::Tensor::from_f64(F, vec![b, 1, 1, s], pad);
+    let ins = [
+        (tt(F, &["2", "2", "seq", "4"]), q.clone()),
+        (tt(F, &["2", "1", "seq", "4"]), k.clone()),
+        (tt(F, &["2", "1", "seq", "3"]), v.clone()),
+        (tt(F, &["2", "1", "1", "seq"]), mask.clone()),
+    ];
+    for block_k in [1, 2, 64] {
+        let a = attrs([
+            ("scale", Attr::Float(0.5)),
+            ("causal", Attr::Bool(true)),
+            ("causal_fill", Attr::Float(min)),
+            ("block_k", Attr::Int(block_k)),
+        ]);
+        check(Op::FlashAttention, a, &ins, 1e-5, 1e-5);
+    }
+    let eval = |fill: bool| {
+        let mut a = attrs([("scale", Attr::Float(0.5)), ("causal", Attr::Bool(true))]);
+        if fill {
+            a.insert("causal_fill".into(), Attr::Float(min));
+        }
+        let mut ctx = llmc_ir::interp::EvalCtx::default();
+        Op::FlashAttention
+            .eval(&[&q, &k, &v, &mask], &a, &mut ctx)
+            .unwrap_or_else(|e| panic!("{e}"))[0]
+            .to_f64()
+    };
+    let (with, without) = (eval(true), eval(false));
+    // Batch 1, head 0, query 0: every visible key padded: the mean of all 5 v rows.
+    let at = (2 * s) * 3;
+    let vals = v.to_f64();
+    for c in 0..3 {
+        let mean = (0..s).map(|j| vals[(s + j) * 3 + c]).sum::<f64>() / s as f64;
+        // The result is rounded to f32.
+        assert!(
+            (with[at + c] - mean).abs() < 1e-6,
+            "{} vs {mean}",
+            with[at + c]
+        );
+    }
+    assert_ne!(with[at..at + 3], without[at..at + 3]);
+    // Rows with a visible unpadded key are the same either way.
+    assert_eq!(with[..2 * s * 3], without[..2 * s * 3]);
+}
+
 /// A GGUF block as numbers: scale, minimum (Q4_0: -8 d; Q8_0: 0), 32 integer quants.
 fn block_values(d: DType, blk: &[u8]) -> (f64, f64, Vec<i64>) {
     let f16 = |o: usize| half::f16::from_le_bytes([blk[o], blk[o + 1]]).to_f64();

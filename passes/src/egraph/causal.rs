@@ -443,6 +443,40 @@ pub fn split_causal(
     Err(why)
 }
 
+/// The `causal_fill` of a causal flag taken out of a mask whose rest is `rest`, or why
+/// the flag would change the result. With nothing left, every query row keeps a visible
+/// key and the masked keys' exp underflows to 0: dropping them is exact (`Ok(None)`).
+/// With the other conditions of the same where-mask left (`where(causal & pad, 0, f)`,
+/// the transformers export), a fully padded row scored every key f in the unfused
+/// graph: `causal_fill = f` keeps that (`Ok(Some(f))`). A mask *added* to the causal
+/// one would make those keys -inf (f + f) rather than f: not exact, refused.
+pub fn causal_fill(eg: &EGraph, rest: &[MaskRest]) -> Result<Option<f64>, String> {
+    match rest {
+        [] => Ok(None),
+        [MaskRest::Where {
+            join,
+            on_true,
+            on_false,
+            ..
+        }] => {
+            let masked = if *join == Op::And {
+                *on_false
+            } else {
+                *on_true
+            };
+            splat_deep(eg, masked, 0)
+                .filter(|&f| is_masking_value(f))
+                .map(Some)
+                .ok_or_else(|| "the where-mask's masking value is not a constant".to_string())
+        }
+        _ => Err(
+            "another mask is added to the causal one: a fully masked query row would \
+                  weigh the keys past the causal bound differently"
+                .to_string(),
+        ),
+    }
+}
+
 /// The mask is built with a trilu, a comparison of an index ramp or is a constant
 /// matrix with masked entries (within a few steps): a
 /// candidate for the causal flag, worth explaining when it was not taken.

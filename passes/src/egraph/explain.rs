@@ -233,7 +233,9 @@ pub fn explain(module: &Module) -> Vec<Explanation> {
                 let (Some(s), Some(t)) = (qs.get(2), ks.get(2)) else {
                     continue;
                 };
-                if let Err(e) = super::causal::split_causal(eg, mc, s, t, 0) {
+                let split = super::causal::split_causal(eg, mc, s, t, 0)
+                    .and_then(|rest| super::causal::causal_fill(eg, &rest));
+                if let Err(e) = split {
                     push(
                         &mut out,
                         "causal_mask",

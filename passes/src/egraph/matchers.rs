@@ -158,6 +158,8 @@ pub struct AttentionMatch {
     pub causal: bool,
     /// Why no mask was recognised as causal (when there were masks).
     pub not_causal: Option<String>,
+    /// flash_attention's `causal_fill` (see `causal::causal_fill`).
+    pub causal_fill: Option<f64>,
     /// Scale applied to the scores.
     pub scale: f64,
 }
@@ -301,12 +303,24 @@ pub fn match_attention(eg: &EGraph, pv: &ENode) -> Result<AttentionMatch, Blocke
             }
         }
     }
+    let mut causal_fill = None;
+    if causal {
+        match super::causal::causal_fill(eg, &rest) {
+            Ok(f) => causal_fill = f,
+            Err(e) => {
+                causal = false;
+                rest = masks.iter().map(|&m| MaskRest::Class(m)).collect();
+                not_causal = Some(e);
+            }
+        }
+    }
     Ok(AttentionMatch {
         q,
         k,
         v,
         masks: rest,
         causal,
+        causal_fill,
         not_causal: if causal { None } else { not_causal },
         scale: tidy(scale),
     })

@@ -8,7 +8,7 @@
 //! moves into the q projection's weight when q comes from one (`scale-into-q`).
 
 use super::{fn_rule, get};
-use crate::egraph::causal::{split_causal, MaskRest};
+use crate::egraph::causal::{causal_fill, split_causal, MaskRest};
 use crate::egraph::lang::{EGraph, ENode, TypeAnalysis};
 use crate::egraph::matchers::{
     add_op, attrs_of, match_attention, nodes_of, perm_attrs, ty, Operand,
@@ -54,6 +54,9 @@ fn primitives_to_flash(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     a.insert("scale".into(), Attr::Float(m.scale));
     if m.causal {
         a.insert("causal".into(), Attr::Bool(true));
+    }
+    if let Some(f) = m.causal_fill {
+        a.insert("causal_fill".into(), Attr::Float(f));
     }
     let id = add_op(eg, Op::FlashAttention, &ops, a);
     eg[id].data.types.is_some().then_some(id)
@@ -167,10 +170,14 @@ fn causal_flag(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     let sd = ty(eg, q)?.shape.0.get(2)?.clone();
     let td = ty(eg, k)?.shape.0.get(2)?.clone();
     let rest = split_causal(eg, m, &sd, &td, 0).ok()?;
+    let fill = causal_fill(eg, &rest).ok()?;
     let mut ops = vec![q, k, v];
     ops.extend(build_mask(eg, rest)?);
     let mut na = a.attrs().clone();
     na.insert("causal".into(), Attr::Bool(true));
+    if let Some(f) = fill {
+        na.insert("causal_fill".into(), Attr::Float(f));
+    }
     let id = add_op(eg, Op::FlashAttention, &ops, na);
     eg[id].data.types.is_some().then_some(id)
 }
