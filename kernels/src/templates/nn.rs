@@ -466,6 +466,17 @@ pub(crate) fn flash_attention(
         kb.for_("si", 0, se.clone(), LoopTag::Serial, |kb, si| {
             let qi = kb.let_("qi", bh.clone() * se.clone() + si.clone());
             let qrow = kb.let_("qrow", qi.clone() * dke.clone());
+            // q·k_j · scale for key j (both passes over the keys read it the same way).
+            let qk = |kb: &mut KernelBuilder, j: Expr| {
+                let krow = kb.let_("krow", (kvbase.clone() + j) * dke.clone());
+                let dot = kb.let_mut("dot", fconst(0.0, t));
+                kb.for_("c", 0, dke.clone(), v8, |kb, c| {
+                    let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                    let kv = load_elem(kb, ib[1], k.dtype, krow.clone() + c);
+                    kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kv)));
+                });
+                b(BinOp::Mul, Expr::Var(dot), fconst(scale, t))
+            };
             kb.for_("c", 0, dv, v8, |kb, c| kb.store(acc, c, fconst(0.0, t)));
             let m = kb.let_mut("m", ninf());
             let l = kb.let_mut("l", fconst(0.0, t));
@@ -481,14 +492,7 @@ pub(crate) fn flash_attention(
                 let bm = kb.let_mut("bm", ninf());
                 kb.for_("jj", 0, jn.clone(), LoopTag::Serial, |kb, jj| {
                     let j = kb.let_("j", j0.clone() + jj.clone());
-                    let krow = kb.let_("krow", (kvbase.clone() + j.clone()) * dke.clone());
-                    let dot = kb.let_mut("dot", fconst(0.0, t));
-                    kb.for_("c", 0, dke.clone(), v8, |kb, c| {
-                        let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
-                        let kv = load_elem(kb, ib[1], k.dtype, krow.clone() + c);
-                        kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kv)));
-                    });
-                    let mut sc = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
+                    let mut sc = qk(kb, j.clone());
                     if let Some((mb, md, st)) = &mask {
                         let coords = [bi.clone(), hi.clone(), si.clone(), j.clone()];
                         let at = super::offset(kb, &coords, st);
@@ -531,14 +535,7 @@ pub(crate) fn flash_attention(
                 // unfused where-mask did. Otherwise exp(fill - max) underflows to 0.
                 kb.if_(Expr::Var(m).le(fconst(fill * 0.5, t)), |kb| {
                     kb.for_("j", tend.clone(), te.clone(), LoopTag::Serial, |kb, j| {
-                        let krow = kb.let_("krow", (kvbase.clone() + j.clone()) * dke.clone());
-                        let dot = kb.let_mut("dot", fconst(0.0, t));
-                        kb.for_("c", 0, dke.clone(), v8, |kb, c| {
-                            let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
-                            let kv = load_elem(kb, ib[1], k.dtype, krow.clone() + c);
-                            kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kv)));
-                        });
-                        let sc = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
+                        let sc = qk(kb, j.clone());
                         let sc = kb.let_("sc", b(BinOp::Add, sc, fconst(fill, t)));
                         let mn = kb.let_("mn", Expr::Var(m).max(sc.clone()));
                         let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));

@@ -26,6 +26,33 @@ struct QBufs<'ctx> {
 }
 
 impl<'ctx> Lowering<'ctx, '_> {
+    /// Σ of the 8 f32 lanes of `v`, added pairwise so the shuffles stay short.
+    fn hsum8(
+        &self,
+        b: &inkwell::builder::Builder<'ctx>,
+        v: VectorValue<'ctx>,
+    ) -> R<FloatValue<'ctx>> {
+        let mut lanes = Vec::with_capacity(8);
+        for l in 0..8 {
+            lanes.push(
+                b.build_extract_element(v, self.it.i32.const_int(l, false), "")
+                    .map_err(llvm_err)?
+                    .into_float_value(),
+            );
+        }
+        while lanes.len() > 1 {
+            let mut nx = Vec::with_capacity(lanes.len().div_ceil(2));
+            for p in lanes.chunks(2) {
+                nx.push(match p {
+                    [x, y] => b.build_float_add(*x, *y, "").map_err(llvm_err)?,
+                    _ => p[0],
+                });
+            }
+            lanes = nx;
+        }
+        Ok(lanes[0])
+    }
+
     fn qdot_load(
         &self,
         f: &Frame<'ctx>,
@@ -336,31 +363,12 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .build_load(v8f, vacc[i], "")
                 .map_err(llvm_err)?
                 .into_vector_value();
-            let mut lanes = Vec::new();
-            for l in 0..8 {
-                lanes.push(
-                    b.build_extract_element(v, it.i32.const_int(l, false), "")
-                        .map_err(llvm_err)?
-                        .into_float_value(),
-                );
-            }
-            // Pairwise, so the shuffles stay short.
-            while lanes.len() > 1 {
-                let mut nx = Vec::new();
-                for p in lanes.chunks(2) {
-                    nx.push(if p.len() == 2 {
-                        b.build_float_add(p[0], p[1], "").map_err(llvm_err)?
-                    } else {
-                        p[0]
-                    });
-                }
-                lanes = nx;
-            }
+            let sum = self.hsum8(b, v)?;
             let s = b
                 .build_load(it.f32, sacc[i], "")
                 .map_err(llvm_err)?
                 .into_float_value();
-            let tot = b.build_float_add(lanes[0], s, "").map_err(llvm_err)?;
+            let tot = b.build_float_add(sum, s, "").map_err(llvm_err)?;
             let slot = self.var_slot(f, *a)?;
             let b = &f.b;
             let cur = b
@@ -499,26 +507,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                     "",
                 )
                 .map_err(llvm_err)?;
-            let mut lanes = Vec::new();
-            for l in 0..8 {
-                lanes.push(
-                    b.build_extract_element(v, it.i32.const_int(l, false), "")
-                        .map_err(llvm_err)?
-                        .into_float_value(),
-                );
-            }
-            while lanes.len() > 1 {
-                let mut nx = Vec::new();
-                for p in lanes.chunks(2) {
-                    nx.push(if p.len() == 2 {
-                        b.build_float_add(p[0], p[1], "").map_err(llvm_err)?
-                    } else {
-                        p[0]
-                    });
-                }
-                lanes = nx;
-            }
-            let mut tot = lanes[0];
+            let mut tot = self.hsum8(b, v)?;
             if q.fmt != QFmt::Q8_0 {
                 let m = b
                     .build_float_add(

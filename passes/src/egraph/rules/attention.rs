@@ -27,29 +27,7 @@ fn primitives_to_flash(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
         Operand::Transposed(c, perm) => add_op(eg, Op::Transpose, &[c], perm_attrs(&perm)),
     };
     let mut ops = vec![m.q, k, m.v];
-    let mut mask: Option<Id> = None;
-    for part in m.masks {
-        let x = match part {
-            MaskRest::Class(c) => c,
-            MaskRest::Where {
-                terms,
-                join,
-                on_true,
-                on_false,
-            } => {
-                let mut cond = *terms.first()?;
-                for &t in &terms[1..] {
-                    cond = add_op(eg, join, &[cond, t], Attrs::new());
-                }
-                add_op(eg, Op::Where, &[cond, on_true, on_false], Attrs::new())
-            }
-        };
-        mask = Some(match mask {
-            None => x,
-            Some(prev) => add_op(eg, Op::Add, &[prev, x], Attrs::new()),
-        });
-    }
-    ops.extend(mask);
+    ops.extend(build_mask(eg, m.masks)?);
     let mut a = Attrs::new();
     a.insert("scale".into(), Attr::Float(m.scale));
     if m.causal {
