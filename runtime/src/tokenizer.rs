@@ -102,6 +102,9 @@ impl ChatMessage {
 /// A tokenizer with its special tokens and chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner.get_vocab_size(true)`, kept: the crate builds the whole vocabulary map
+    /// to count it (~8 ms for 49k tokens), and decoding checks ids on every token.
+    vocab_size: usize,
     bos: Option<u32>,
     eos: Vec<u32>,
     chat_template: Option<String>,
@@ -433,6 +436,7 @@ impl Tokenizer {
             .with_truncation(None)
             .map_err(|e| TokenizerError::Build(e.to_string()))?;
         Ok(Tokenizer {
+            vocab_size: inner.get_vocab_size(true),
             inner,
             bos: None,
             eos: Vec::new(),
@@ -476,7 +480,7 @@ impl Tokenizer {
 
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// The BOS id, if known.
