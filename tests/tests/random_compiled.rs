@@ -15,7 +15,7 @@ use llmc_backend::run::run_compiled;
 use llmc_backend::BuildOptions;
 use llmc_ir::{Module, Tensor};
 use llmc_passes::{pipeline_for_level, run_passes, Instrument, PassContext};
-use random_graph::{inputs, random_module, Rng};
+use random_graph::{close, inputs, random_module, Rng};
 
 const GRAPHS: u64 = 40;
 
@@ -41,20 +41,8 @@ fn optimise(m0: &Module, level: u8, seed: u64) -> Module {
 }
 
 fn check(seed: u64, what: &str, got: &[Tensor], want: &[Tensor], m: &Module) {
-    assert_eq!(got.len(), want.len(), "seed {seed} {what}: output count");
-    for (k, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.shape, w.shape, "seed {seed} {what}: output {k} shape");
-        let (g, w) = (g.to_f64(), w.to_f64());
-        let scale = w.iter().fold(1.0f64, |a, x| a.max(x.abs()));
-        let err = g
-            .iter()
-            .zip(&w)
-            .fold(0.0f64, |a, (p, q)| a.max((p - q).abs()));
-        assert!(
-            err <= 1e-5 * scale,
-            "seed {seed} {what}: output {k} differs by {err:e} (scale {scale})\n{}",
-            llmc_ir::text::print(m)
-        );
+    if let Err(e) = close(got, want, 1e-5) {
+        panic!("seed {seed} {what}: {e}\n{}", llmc_ir::text::print(m));
     }
 }
 

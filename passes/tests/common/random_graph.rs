@@ -110,3 +110,26 @@ pub fn inputs(rng: &mut Rng) -> Vec<Tensor> {
         })
         .collect()
 }
+
+/// Checks `got` against `want` output by output: same count and shapes, and every
+/// element within `rtol` of the largest |want| (at least 1); says which output is off.
+pub fn close(got: &[Tensor], want: &[Tensor], rtol: f64) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("output count {} vs {}", got.len(), want.len()));
+    }
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        if g.shape != w.shape {
+            return Err(format!("output {k} shape {:?} vs {:?}", g.shape, w.shape));
+        }
+        let (g, w) = (g.to_f64(), w.to_f64());
+        let scale = w.iter().fold(1.0f64, |a, x| a.max(x.abs()));
+        let err = g
+            .iter()
+            .zip(&w)
+            .fold(0.0f64, |a, (p, q)| a.max((p - q).abs()));
+        if err > rtol * scale {
+            return Err(format!("output {k} differs by {err:e} (scale {scale})"));
+        }
+    }
+    Ok(())
+}

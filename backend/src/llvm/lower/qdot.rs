@@ -25,7 +25,63 @@ struct QBufs<'ctx> {
     xs: PointerValue<'ctx>,
 }
 
+/// A loop `for index in 0..trips` whose body the caller emits between
+/// [`Lowering::counted_loop`] and [`Lowering::close_loop`].
+struct CountedLoop<'ctx> {
+    ctr: PointerValue<'ctx>,
+    index: IntValue<'ctx>,
+    head: inkwell::basic_block::BasicBlock<'ctx>,
+    exit: inkwell::basic_block::BasicBlock<'ctx>,
+}
+
 impl<'ctx> Lowering<'ctx, '_> {
+    /// Opens a counted loop: counter slot, head test, builder left in the body.
+    fn counted_loop(
+        &self,
+        f: &Frame<'ctx>,
+        what: &str,
+        var: &str,
+        trips: u64,
+    ) -> R<CountedLoop<'ctx>> {
+        let it = self.it;
+        let ctr = f.allocas.build_alloca(it.i64, var).map_err(llvm_err)?;
+        f.b.build_store(ctr, it.i64.const_zero())
+            .map_err(llvm_err)?;
+        let (head, body, exit) = self.blocks(f, what);
+        let b = &f.b;
+        b.build_unconditional_branch(head).map_err(llvm_err)?;
+        b.position_at_end(head);
+        let index = b
+            .build_load(it.i64, ctr, var)
+            .map_err(llvm_err)?
+            .into_int_value();
+        let more = b
+            .build_int_compare(IntPredicate::SLT, index, it.i64.const_int(trips, true), "")
+            .map_err(llvm_err)?;
+        b.build_conditional_branch(more, body, exit)
+            .map_err(llvm_err)?;
+        b.position_at_end(body);
+        Ok(CountedLoop {
+            ctr,
+            index,
+            head,
+            exit,
+        })
+    }
+
+    /// Closes a [`CountedLoop`]: increments the counter, branches back, continues at
+    /// the exit.
+    fn close_loop(&self, f: &Frame<'ctx>, lp: &CountedLoop<'ctx>) -> R<()> {
+        let b = &f.b;
+        let next = b
+            .build_int_add(lp.index, self.it.i64.const_int(1, false), "")
+            .map_err(llvm_err)?;
+        b.build_store(lp.ctr, next).map_err(llvm_err)?;
+        b.build_unconditional_branch(lp.head).map_err(llvm_err)?;
+        b.position_at_end(lp.exit);
+        Ok(())
+    }
+
     /// Σ of the 8 f32 lanes of `v`, added pairwise so the shuffles stay short.
     fn hsum8(
         &self,
@@ -172,27 +228,9 @@ impl<'ctx> Lowering<'ctx, '_> {
             b.build_store(s, it.f32.const_zero()).map_err(llvm_err)?;
             sacc.push(s);
         }
-        let ctr = f.allocas.build_alloca(it.i64, "qblk").map_err(llvm_err)?;
-        b.build_store(ctr, it.i64.const_zero()).map_err(llvm_err)?;
-        let (head, body, exit) = self.blocks(f, "qdot");
+        let lp = self.counted_loop(f, "qdot", "qblk", q.blocks as u64)?;
+        let blk = lp.index;
         let b = &f.b;
-        b.build_unconditional_branch(head).map_err(llvm_err)?;
-        b.position_at_end(head);
-        let blk = b
-            .build_load(it.i64, ctr, "blk")
-            .map_err(llvm_err)?
-            .into_int_value();
-        let more = b
-            .build_int_compare(
-                IntPredicate::SLT,
-                blk,
-                it.i64.const_int(q.blocks as u64, true),
-                "",
-            )
-            .map_err(llvm_err)?;
-        b.build_conditional_branch(more, body, exit)
-            .map_err(llvm_err)?;
-        b.position_at_end(body);
         let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
         let wb = b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
         let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
@@ -349,13 +387,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 self.accumulate_f32(f, m, xs, sacc[i])?;
             }
         }
-        let b = &f.b;
-        let next = b
-            .build_int_add(blk, it.i64.const_int(1, false), "")
-            .map_err(llvm_err)?;
-        b.build_store(ctr, next).map_err(llvm_err)?;
-        b.build_unconditional_branch(head).map_err(llvm_err)?;
-        b.position_at_end(exit);
+        self.close_loop(f, &lp)?;
         // acc += Σ lanes + the scalar terms.
         for (i, a) in q.accs.iter().enumerate() {
             let b = &f.b;
@@ -428,28 +460,9 @@ impl<'ctx> Lowering<'ctx, '_> {
             sets.push(set);
         }
         let pairs = q.blocks / 2;
-        let ctr = f.allocas.build_alloca(it.i64, "qpair").map_err(llvm_err)?;
-        f.b.build_store(ctr, it.i64.const_zero())
-            .map_err(llvm_err)?;
-        let (head, body, exit) = self.blocks(f, "qdot");
+        let lp = self.counted_loop(f, "qdot", "qpair", pairs as u64)?;
+        let pair = lp.index;
         let b = &f.b;
-        b.build_unconditional_branch(head).map_err(llvm_err)?;
-        b.position_at_end(head);
-        let pair = b
-            .build_load(it.i64, ctr, "pair")
-            .map_err(llvm_err)?
-            .into_int_value();
-        let more = b
-            .build_int_compare(
-                IntPredicate::SLT,
-                pair,
-                it.i64.const_int(pairs as u64, true),
-                "",
-            )
-            .map_err(llvm_err)?;
-        b.build_conditional_branch(more, body, exit)
-            .map_err(llvm_err)?;
-        b.position_at_end(body);
         let blk0 = b
             .build_int_mul(pair, it.i64.const_int(2, false), "blk")
             .map_err(llvm_err)?;
@@ -481,13 +494,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                     .map_err(llvm_err)?;
             self.qdot_avx2_block(f, q, &bufs, w_off, &x_blk, blk, set)?;
         }
-        let b = &f.b;
-        let next = b
-            .build_int_add(pair, it.i64.const_int(1, false), "")
-            .map_err(llvm_err)?;
-        b.build_store(ctr, next).map_err(llvm_err)?;
-        b.build_unconditional_branch(head).map_err(llvm_err)?;
-        b.position_at_end(exit);
+        self.close_loop(f, &lp)?;
         if q.blocks % 2 == 1 {
             let last = it.i64.const_int((q.blocks - 1) as u64, true);
             self.qdot_avx2_block(f, q, &bufs, w_off, &x_blk, last, &sets[0])?;
