@@ -27,11 +27,15 @@ use std::path::PathBuf;
 const USAGE: &str = "usage:
   generate --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
            [--repetition-penalty R] [--seed S] [--chat]            generate text
+           [--prompt TEXT]... [--one-at-a-time]    several prompts at once: JSON lines
+           [--kv-cache-mb N] [--max-seqs N] [--max-batch-tokens N]  engine limits
   embed --text TEXT [--text TEXT]... [--output FILE.npy]          sentence embeddings
   run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
   info                                                             describe the model
   bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
-                                          prefill/decode tok/s, time to first token";
+        [--concurrency N] [--shared-prefix K] [engine limits]
+                                          prefill/decode tok/s, time to first token,
+                                          aggregate tok/s, TTFT/TPOT percentiles";
 
 fn parse_generate(args: &[String]) -> Result<crate::generate::GenerateOptions, String> {
     let mut o = crate::generate::GenerateOptions {
@@ -39,6 +43,8 @@ fn parse_generate(args: &[String]) -> Result<crate::generate::GenerateOptions, S
         chat: false,
         max_tokens: 128,
         sampler: crate::sampler::SamplerConfig::default(),
+        more_prompts: Vec::new(),
+        one_at_a_time: false,
     };
     let mut prompt = None;
     let mut it = args.iter();
@@ -49,7 +55,15 @@ fn parse_generate(args: &[String]) -> Result<crate::generate::GenerateOptions, S
     }
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--prompt" | "-p" => prompt = Some(it.next().ok_or("--prompt needs text")?.clone()),
+            "--prompt" | "-p" => {
+                let t = it.next().ok_or("--prompt needs text")?.clone();
+                if prompt.is_none() {
+                    prompt = Some(t);
+                } else {
+                    o.more_prompts.push(t);
+                }
+            }
+            "--one-at-a-time" => o.one_at_a_time = true,
             "--max-tokens" | "-n" => o.max_tokens = num(a, it.next())?,
             "--temperature" => o.sampler.temperature = num(a, it.next())?,
             "--top-k" => o.sampler.top_k = num(a, it.next())?,
@@ -335,9 +349,13 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
                 let llm = plan.llm.clone().ok_or("no language model")?;
                 let engine =
                     crate::engine::step::CompiledStep::start_engine(plan, data, kernels, mb, cfg)?;
-                let r = crate::generate::generate_engine(&engine, &llm, &opts);
+                let r = if opts.more_prompts.is_empty() {
+                    crate::generate::generate_engine(&engine, &llm, &opts).map(|_| ())
+                } else {
+                    crate::generate::generate_many(&engine, &llm, &opts)
+                };
                 engine.shutdown();
-                return r.map(|_| ());
+                return r;
             }
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::generate::generate(&mut model, &opts).map(|_| ())

@@ -23,6 +23,11 @@ pub struct GenerateOptions {
     pub max_tokens: usize,
     /// Sampling settings.
     pub sampler: SamplerConfig,
+    /// More prompts: with any, every prompt runs through the engine (all at once, or
+    /// one after another with `one_at_a_time`) and each result is one JSON line.
+    pub more_prompts: Vec<String>,
+    /// Run the prompts one after another (the prefix cache carries over).
+    pub one_at_a_time: bool,
 }
 
 /// The tokenizer described by `llm`.
@@ -172,6 +177,104 @@ pub fn generate_engine(
         generated.saturating_sub(1) as f64 / decode.max(1e-9)
     );
     Ok(generated)
+}
+
+/// Several prompts through the engine: submitted together (or one at a time), each
+/// result printed as one JSON line in prompt order (`index`, `prompt_tokens`,
+/// `cached_tokens`, `ids`, `text`, `finish_reason`), the engine's counters on stderr.
+pub fn generate_many(
+    engine: &crate::engine::EngineHandle,
+    llm: &LlmInfo,
+    opts: &GenerateOptions,
+) -> Result<(), String> {
+    use crate::engine::{Event, Request};
+    let tok = tokenizer(llm)?;
+    let texts: Vec<&String> = std::iter::once(&opts.prompt)
+        .chain(&opts.more_prompts)
+        .collect();
+    let ctx = engine.facts().context_length;
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Event)>();
+    let n = texts.len();
+    let mut ids: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut fin: Vec<Option<(String, usize, usize)>> = vec![None; n];
+    let t0 = Instant::now();
+    let mut pending = 0usize;
+    let collect = |want: usize,
+                   ids: &mut Vec<Vec<u32>>,
+                   fin: &mut Vec<Option<(String, usize, usize)>>|
+     -> Result<(), String> {
+        let mut done = 0;
+        while done < want {
+            let (i, e) = rx.recv().map_err(|_| "the engine stopped".to_string())?;
+            match e {
+                Event::Token { id, .. } => ids[i].push(id),
+                Event::Error(e) => return Err(format!("prompt {i}: {e}")),
+                Event::Finished {
+                    reason,
+                    prompt_tokens,
+                    cached_tokens,
+                    ..
+                } => {
+                    fin[i] = Some((reason.as_str().to_string(), prompt_tokens, cached_tokens));
+                    done += 1;
+                }
+                Event::PromptLogprobs(_) => {}
+            }
+        }
+        Ok(())
+    };
+    for (i, text) in texts.iter().enumerate() {
+        let one = GenerateOptions {
+            prompt: (*text).clone(),
+            ..opts.clone()
+        };
+        let prompt = prompt_ids(&tok, llm, &one)?;
+        let max_tokens = opts.max_tokens.min(ctx.saturating_sub(prompt.len()));
+        let mut req = Request::greedy(prompt, max_tokens);
+        req.sampling = opts.sampler.clone();
+        let tx = tx.clone();
+        engine
+            .submit(req, Box::new(move |e| tx.send((i, e)).is_ok()))
+            .map_err(|e| format!("prompt {i}: {e}"))?;
+        pending += 1;
+        if opts.one_at_a_time {
+            collect(1, &mut ids, &mut fin)?;
+            pending -= 1;
+        }
+    }
+    collect(pending, &mut ids, &mut fin)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let io = |e: std::io::Error| format!("writing the results: {e}");
+    let mut total = 0;
+    for (i, (ids, f)) in ids.iter().zip(&fin).enumerate() {
+        let (reason, prompt_tokens, cached) = f.clone().unwrap_or_default();
+        total += ids.len();
+        let text = tok.decode(ids).map_err(|e| e.to_string())?;
+        let line = serde_json::json!({
+            "index": i,
+            "prompt_tokens": prompt_tokens,
+            "cached_tokens": cached,
+            "ids": ids,
+            "text": text,
+            "finish_reason": reason,
+        });
+        writeln!(out, "{line}").map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    let st = engine.stats();
+    eprintln!(
+        "generate: {n} prompts, {total} tokens in {secs:.3} s ({:.1} tok/s), {} steps, {} preemptions, prefix cache {}/{} blocks hit, kv blocks {} of {}",
+        total as f64 / secs.max(1e-9),
+        st.steps,
+        st.preemptions,
+        st.prefix_hits,
+        st.prefix_queries,
+        st.kv_blocks_used,
+        st.kv_blocks_total
+    );
+    Ok(())
 }
 
 /// Generates text; returns the number of generated tokens.

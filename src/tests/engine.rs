@@ -1,0 +1,159 @@
+//! End-to-end tests of the engine in emitted executables (serving form, paged KV
+//! cache, continuous batching), through `generate` with several `--prompt`s, which
+//! prints one JSON line per prompt:
+//!
+//! - batch invariance: 16 different prompts run together give, for each, exactly the
+//!   greedy tokens that prompt gives alone (GGUF Q4_1 and the HF f32 folder);
+//! - the prefix cache: a second request with the same 256-token prefix reuses the
+//!   first one's blocks and gives identical output;
+//! - exhaustion: a KV pool far smaller than the work (2 MiB) makes the engine preempt
+//!   and recompute, and every prompt still gets its alone-text.
+//!
+//! Models come from `scripts/fetch-models`; without them the tests print "skipped".
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn build(model: &Path, out_name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("engine-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(out_name);
+    let o = llmc(&[
+        "build",
+        model.to_str().unwrap(),
+        "-O3",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
+
+fn gguf_exe() -> Option<&'static Path> {
+    static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    EXE.get_or_init(|| model("SmolLM2-135M-Instruct.Q4_1.gguf").map(|m| build(&m, "smollm")))
+        .as_deref()
+}
+
+fn hf_exe() -> Option<&'static Path> {
+    static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    EXE.get_or_init(|| model("SmolLM2-135M-Instruct-hf").map(|m| build(&m, "smollm-hf")))
+        .as_deref()
+}
+
+/// 16 prompts of different lengths and topics.
+const PROMPTS: [&str; 16] = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "In 1969, astronauts",
+    "A good recipe for pancakes needs",
+    "The quick brown fox",
+    "Water boils at",
+    "My favourite programming language is Rust because",
+    "SELECT name FROM users WHERE",
+    "The largest planet in our solar system",
+    "To be or not to be,",
+    "Photosynthesis is the process by which plants",
+    "1, 2, 3, 5, 8, 13,",
+    "Dear hiring manager, I am writing to",
+    "The mitochondria is",
+];
+
+/// One JSON line per prompt, in prompt order: (ids, cached tokens).
+fn generate(exe: &Path, prompts: &[&str], extra: &[&str]) -> (Vec<(Vec<u64>, u64)>, String) {
+    let mut args: Vec<String> = vec!["generate".into()];
+    for p in prompts {
+        args.push("--prompt".into());
+        args.push((*p).into());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let o = std::process::Command::new(exe)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: Vec<(Vec<u64>, u64)> = stdout(&o)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let ids = v["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect();
+            (ids, v["cached_tokens"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(out.len(), prompts.len(), "{}", stdout(&o));
+    (out, stderr(&o))
+}
+
+/// Each prompt alone: run one at a time (every step holds one sequence only).
+fn alone(exe: &Path, prompts: &[&str], n: &str) -> Vec<Vec<u64>> {
+    let (out, _) = generate(exe, prompts, &["--one-at-a-time", "--max-tokens", n]);
+    out.into_iter().map(|(ids, _)| ids).collect()
+}
+
+fn check_invariance(exe: &Path) {
+    let want = alone(exe, &PROMPTS, "24");
+    let (got, log) = generate(exe, &PROMPTS, &["--max-tokens", "24"]);
+    for (i, ((g, _), w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g, w,
+            "prompt {i} ({:?}) differs when batched; {log}",
+            PROMPTS[i]
+        );
+        assert!(!w.is_empty());
+    }
+}
+
+#[test]
+fn sixteen_prompts_together_give_their_alone_tokens_gguf() {
+    let Some(exe) = gguf_exe() else { return };
+    check_invariance(exe);
+}
+
+#[test]
+fn sixteen_prompts_together_give_their_alone_tokens_hf() {
+    let Some(exe) = hf_exe() else { return };
+    check_invariance(exe);
+}
+
+#[test]
+fn a_shared_256_token_prefix_is_reused_and_changes_nothing() {
+    let Some(exe) = gguf_exe() else { return };
+    let prefix: String = (0..60).map(|i| format!("item {i}, ")).collect();
+    let a = format!("{prefix}and the last item is");
+    let b = a.clone();
+    let (out, log) = generate(exe, &[&a, &b], &["--one-at-a-time", "--max-tokens", "16"]);
+    let (ids_a, cached_a) = &out[0];
+    let (ids_b, cached_b) = &out[1];
+    assert_eq!(*cached_a, 0, "{log}");
+    assert!(
+        *cached_b >= 256,
+        "the second request reused {cached_b} tokens; {log}"
+    );
+    assert_eq!(ids_a, ids_b, "{log}");
+    assert!(log.contains("prefix cache"), "{log}");
+}
+
+#[test]
+fn a_tiny_kv_pool_preempts_and_every_prompt_still_gets_its_text() {
+    let Some(exe) = gguf_exe() else { return };
+    let want = alone(exe, &PROMPTS, "20");
+    // 2 MiB hold 5 blocks (80 tokens) of SmolLM2's f16 KV: far less than 16 prompts.
+    let (got, log) = generate(exe, &PROMPTS, &["--max-tokens", "20", "--kv-cache-mb", "2"]);
+    for (i, ((g, _), w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "prompt {i} differs under preemption; {log}");
+    }
+    let pre: u64 = log
+        .split(", ")
+        .find_map(|s| s.strip_suffix(" preemptions").and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
+    assert!(pre > 0, "expected preemptions: {log}");
+}
