@@ -297,10 +297,13 @@ fn tensor_offset_outside_the_file() {
 #[test]
 fn unknown_ggml_type_names_tensor_and_id() {
     let mut w = sample();
-    w.tensors[1].ggml_type = ggml::Q2_K;
+    w.tensors[1].ggml_type = 16;
     assert_has(
         &parse(&w).unwrap_err(),
-        &["tensor `b`", "ggml type 10 (q2_K) is not supported"],
+        &[
+            "tensor `b`",
+            "ggml type 16 (iq2_xxs) is not supported for tensor b",
+        ],
     );
     let mut w = sample();
     w.tensors[0].ggml_type = 999;
