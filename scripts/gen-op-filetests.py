@@ -1151,8 +1151,10 @@ def _():
     return t
 
 
-def ref_attention(q, k, v, scale, causal=False, mask=None):
-    """softmax(q kᵀ scale + mask) v with GQA, written with explicit loops per head."""
+def ref_attention(q, k, v, scale, causal=False, mask=None, window=0, softcap=None):
+    """softmax(q kᵀ scale + mask) v with GQA, written with explicit loops per head.
+    Query i sits at position p = i + t - s; `window` w > 0 hides keys j <= p - w;
+    `softcap` c turns a score into c·tanh(score / c) before the mask is added."""
     b, h, s, _ = q.shape
     _, kvh, t, _ = k.shape
     dv = v.shape[3]
@@ -1168,7 +1170,12 @@ def ref_attention(q, k, v, scale, causal=False, mask=None):
                     if causal and j > i + (t - s):
                         scores.append(-math.inf)
                         continue
+                    if window and j <= i + (t - s) - window:
+                        scores.append(-math.inf)
+                        continue
                     sc = float(np.dot(q[bi, hi, i], k[bi, kv, j])) * scale
+                    if softcap is not None:
+                        sc = softcap * math.tanh(sc / softcap)
                     if full_mask is not None:
                         sc += float(full_mask[bi, hi, i, j])
                     scores.append(sc)
@@ -1197,6 +1204,9 @@ def _():
     t.add(["both"], "attention", ["q", "k", "v", "mask"], {"causal": True, "scale": 0.25}, [("f32", [1, 4, 2, 3])])
     # More queries than keys: the first row sees no key and must be zeros.
     t.add(["more_q"], "attention", ["q6", "k", "v"], {"causal": True, "scale": 0.5}, [("f32", [1, 2, 6, 3])])
+    # Sliding window (Mistral, Gemma 2/3 local layers) and logit soft-capping (Gemma 2).
+    t.add(["window"], "attention", ["q6", "k", "v"], {"causal": True, "scale": 0.5, "window": 2}, [("f32", [1, 2, 6, 3])])
+    t.add(["capped"], "attention", ["q", "k", "v", "mask"], {"causal": True, "scale": 0.5, "softcap": 0.7}, [("f32", [1, 4, 2, 3])])
     q, k, v = rnd(rng, (1, 4, 2, 4)), rnd(rng, (1, 2, 5, 4)), rnd(rng, (1, 2, 5, 3))
     mask = f32([[0.0, -10000.0, 0.0, -1.5, 0.0], [-10000.0, 0.0, -10000.0, 0.0, 2.0]])
     q6 = rnd(rng, (1, 2, 6, 4))
@@ -1208,6 +1218,8 @@ def _():
             ("masked", "f32", f32(ref_attention(qd, kd, vd, 0.5, mask=md)), TOL_LOOSE),
             ("both", "f32", f32(ref_attention(qd, kd, vd, 0.25, causal=True, mask=md)), TOL_LOOSE),
             ("more_q", "f32", f32(ref_attention(d64(q6), kd, vd, 0.5, causal=True)), TOL_LOOSE),
+            ("window", "f32", f32(ref_attention(d64(q6), kd, vd, 0.5, causal=True, window=2)), TOL_LOOSE),
+            ("capped", "f32", f32(ref_attention(qd, kd, vd, 0.5, causal=True, mask=md, softcap=0.7)), TOL_LOOSE),
         ],
     )
     return t
@@ -1229,6 +1241,12 @@ def _():
     t.add(["both"], "flash_attention", ["q", "k", "v", "mask"], {"block_k": 64, "causal": True, "scale": 0.25}, [("f32", [2, 6, 3, 5])])
     # More queries than keys: the first two rows see no key and must be zeros.
     t.add(["more_q"], "flash_attention", ["q13", "k", "v"], {"block_k": 3, "causal": True, "scale": 0.5}, [("f32", [2, 2, 13, 5])])
+    # Sliding windows that start inside a tile, span tiles and hide every key of a
+    # row (q13's early rows), with and without soft-capping and a mask.
+    t.add(["window"], "flash_attention", ["q", "k", "v"], {"block_k": 4, "causal": True, "scale": 0.35, "window": 6}, [("f32", [2, 6, 3, 5])])
+    t.add(["window_capped"], "flash_attention", ["q", "k", "v", "mask"], {"block_k": 3, "causal": True, "scale": 0.35, "softcap": 0.5, "window": 4}, [("f32", [2, 6, 3, 5])])
+    t.add(["window_more_q"], "flash_attention", ["q13", "k", "v"], {"block_k": 2, "causal": True, "scale": 0.5, "window": 3}, [("f32", [2, 2, 13, 5])])
+    t.add(["capped"], "flash_attention", ["q", "k", "v"], {"block_k": 64, "scale": 0.35, "softcap": 1.5}, [("f32", [2, 6, 3, 5])])
     q, k, v = rnd(rng, (2, 6, 3, 8)), rnd(rng, (2, 2, 11, 8)), rnd(rng, (2, 2, 11, 5))
     mask = np.zeros((3, 11), dtype=np.float32)
     mask[0, 1] = mask[1, 0] = mask[1, 6] = mask[2, 9] = -np.inf
@@ -1244,6 +1262,10 @@ def _():
             ("masked", "f32", f32(ref_attention(qd, kd, vd, 0.35, mask=md)), TOL_LOOSE),
             ("both", "f32", f32(ref_attention(qd, kd, vd, 0.25, causal=True, mask=md)), TOL_LOOSE),
             ("more_q", "f32", f32(ref_attention(d64(q13), kd, vd, 0.5, causal=True)), TOL_LOOSE),
+            ("window", "f32", f32(ref_attention(qd, kd, vd, 0.35, causal=True, window=6)), TOL_LOOSE),
+            ("window_capped", "f32", f32(ref_attention(qd, kd, vd, 0.35, causal=True, mask=md, window=4, softcap=0.5)), TOL_LOOSE),
+            ("window_more_q", "f32", f32(ref_attention(d64(q13), kd, vd, 0.5, causal=True, window=3)), TOL_LOOSE),
+            ("capped", "f32", f32(ref_attention(qd, kd, vd, 0.35, softcap=1.5)), TOL_LOOSE),
         ],
     )
     return t

@@ -506,6 +506,14 @@ fn build(a: &BuildArgs) -> Result<()> {
     if !(want.llvm_ir || want.asm || want.object) && a.dump_dir.is_none() {
         return Ok(());
     }
+    let decoded = llmc_backend::fallback::dequantize_unsupported(&mut m)
+        .with_context(|| format!("compiling {}", a.model.display()))?;
+    if !decoded.is_empty() {
+        eprintln!(
+            "llmc build: {} weights in block formats without kernels yet are dequantized to f32",
+            decoded.len()
+        );
+    }
     let mut b = llmc_backend::compile_cpu(&m, &opts, want)
         .with_context(|| format!("compiling {}", a.model.display()))?;
     if has(BuildEmit::Exe) {

@@ -3,6 +3,7 @@
 //! place inkwell is used), and the object, the runtime static library, the plan and
 //! the weights become one executable (`link`).
 
+pub mod fallback;
 pub mod link;
 pub mod llvm;
 pub mod plan;
@@ -146,10 +147,21 @@ pub fn compile_cpu<'m>(
 }
 
 /// Compiles `m` and links the executable `out`.
+/// Weights in block formats the kernels cannot read yet are dequantized to f32 first
+/// ([`fallback`]).
 pub fn build_executable(m: &Module, opts: &BuildOptions, out: &Path) -> Result<(), BuildError> {
     let want = Want {
         object: true,
         ..Want::default()
+    };
+    let decoded;
+    let m = if fallback::needs_fallback(m) {
+        let mut c = m.clone();
+        fallback::dequantize_unsupported(&mut c)?;
+        decoded = c;
+        &decoded
+    } else {
+        m
     };
     let build = compile_cpu(m, opts, want)?;
     link_build(&build, out)

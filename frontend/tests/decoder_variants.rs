@@ -392,6 +392,7 @@ fn base() -> DecoderConfig {
         attn_bias: false,
         mlp_bias: false,
         context_length: 16,
+        extras: Default::default(),
     }
 }
 

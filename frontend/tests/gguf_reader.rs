@@ -297,10 +297,13 @@ fn tensor_offset_outside_the_file() {
 #[test]
 fn unknown_ggml_type_names_tensor_and_id() {
     let mut w = sample();
-    w.tensors[1].ggml_type = ggml::Q2_K;
+    w.tensors[1].ggml_type = 16;
     assert_has(
         &parse(&w).unwrap_err(),
-        &["tensor `b`", "ggml type 10 (q2_K) is not supported"],
+        &[
+            "tensor `b`",
+            "ggml type 16 (iq2_xxs) is not supported for tensor b",
+        ],
     );
     let mut w = sample();
     w.tensors[0].ggml_type = 999;
@@ -390,7 +393,30 @@ fn missing_block_count_and_unknown_architecture() {
     w.kv_str("general.architecture", "mamba");
     let (_dir, path) = w.write_temp();
     let e = llmc_frontend::gguf::load(&path).unwrap_err().to_string();
-    assert_has(&e, &["unknown architecture `mamba`", "supported: llama"]);
+    assert_has(
+        &e,
+        &[
+            "model.gguf",
+            "unknown architecture `mamba`",
+            "supported: llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3, gpt2",
+        ],
+    );
+
+    // Every architecture reads its own `{arch}.*` keys, and names the one missing.
+    let mut w = GgufWriter::default();
+    w.kv_str("general.architecture", "gemma3")
+        .kv_u32("gemma3.block_count", 1)
+        .kv_u32("gemma3.embedding_length", 8);
+    w.tensor_f32("token_embd.weight", &[4, 8], &[0.0; 32]);
+    let (_dir, path) = w.write_temp();
+    let e = llmc_frontend::gguf::load(&path).unwrap_err().to_string();
+    assert_has(
+        &e,
+        &[
+            "model.gguf",
+            "missing metadata key `gemma3.feed_forward_length`",
+        ],
+    );
 
     let w = GgufWriter::default();
     let (_dir, path) = w.write_temp();

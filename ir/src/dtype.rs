@@ -1,5 +1,5 @@
 //! Element types. Plain numeric types are what activations carry; the packed block
-//! formats (GGUF's Q8_0, Q4_0, Q4_1, K-quants) exist only as weight types, so a model
+//! formats (GGUF's Q4_0..Q8_0, K-quants, IQ4) exist only as weight types, so a model
 //! keeps its quantized weights as they were shipped until a kernel reads them.
 
 use std::fmt;
@@ -43,6 +43,20 @@ pub enum DType {
     Q5K,
     /// GGUF Q6_K: super-blocks of 256, 6-bit quants.
     Q6K,
+    /// GGUF Q5_0: blocks of 32, f16 scale + 32 high bits + 16 bytes of nibbles, offset 16.
+    Q5_0,
+    /// GGUF Q5_1: blocks of 32, f16 scale + f16 min + 32 high bits + 16 bytes of nibbles.
+    Q5_1,
+    /// GGUF Q2_K: super-blocks of 256, 2-bit quants, 4-bit sub-block scales and mins.
+    Q2K,
+    /// GGUF Q3_K: super-blocks of 256, 3-bit quants (2 low bits + a high-bit mask),
+    /// 6-bit signed sub-block scales.
+    Q3K,
+    /// GGUF IQ4_NL: blocks of 32, f16 scale + 16 bytes of 4-bit indices into a fixed
+    /// non-linear table.
+    IQ4NL,
+    /// GGUF IQ4_XS: super-blocks of 256, IQ4_NL's table with 6-bit sub-block scales.
+    IQ4XS,
 }
 
 /// The broad class a dtype belongs to, used by type rules.
@@ -79,6 +93,12 @@ impl DType {
         DType::Q4K,
         DType::Q5K,
         DType::Q6K,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q2K,
+        DType::Q3K,
+        DType::IQ4NL,
+        DType::IQ4XS,
     ];
 
     /// The name used in the text format.
@@ -102,6 +122,12 @@ impl DType {
             DType::Q4K => "q4_k",
             DType::Q5K => "q5_k",
             DType::Q6K => "q6_k",
+            DType::Q5_0 => "q5_0",
+            DType::Q5_1 => "q5_1",
+            DType::Q2K => "q2_k",
+            DType::Q3K => "q3_k",
+            DType::IQ4NL => "iq4_nl",
+            DType::IQ4XS => "iq4_xs",
         }
     }
 
@@ -144,8 +170,10 @@ impl DType {
     /// Elements per block: 1 for plain types, 32 or 256 for block formats.
     pub fn block_len(self) -> usize {
         match self {
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
-            DType::Q4K | DType::Q5K | DType::Q6K => 256,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::IQ4NL => {
+                32
+            }
+            DType::Q4K | DType::Q5K | DType::Q6K | DType::Q2K | DType::Q3K | DType::IQ4XS => 256,
             _ => 1,
         }
     }
@@ -163,6 +191,12 @@ impl DType {
             DType::Q4K => 2 + 2 + 12 + 128,
             DType::Q5K => 2 + 2 + 12 + 32 + 128,
             DType::Q6K => 128 + 64 + 16 + 2,
+            DType::Q5_0 => 2 + 4 + 16,
+            DType::Q5_1 => 2 + 2 + 4 + 16,
+            DType::Q2K => 16 + 64 + 2 + 2,
+            DType::Q3K => 32 + 64 + 12 + 2,
+            DType::IQ4NL => 2 + 16,
+            DType::IQ4XS => 2 + 2 + 4 + 128,
         }
     }
 
@@ -211,6 +245,12 @@ mod tests {
         assert_eq!(DType::Q4K.storage_bytes(256), Some(144));
         assert_eq!(DType::Q6K.storage_bytes(256), Some(210));
         assert_eq!(DType::Q5K.storage_bytes(256), Some(176));
+        assert_eq!(DType::Q5_0.storage_bytes(32), Some(22));
+        assert_eq!(DType::Q5_1.storage_bytes(32), Some(24));
+        assert_eq!(DType::Q2K.storage_bytes(256), Some(84));
+        assert_eq!(DType::Q3K.storage_bytes(256), Some(110));
+        assert_eq!(DType::IQ4NL.storage_bytes(32), Some(18));
+        assert_eq!(DType::IQ4XS.storage_bytes(256), Some(136));
         assert_eq!(DType::Q4_0.storage_bytes(33), None);
         assert_eq!(DType::F16.storage_bytes(3), Some(6));
     }

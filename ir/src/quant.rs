@@ -9,6 +9,11 @@ fn f16_at(b: &[u8], i: usize) -> f64 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f64()
 }
 
+/// The 16 levels of IQ4_NL and IQ4_XS (`kvalues_iq4nl` in ggml-common.h).
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
 /// Decodes `numel` elements of `dtype` from `bytes` (length already checked by the
 /// caller; a short buffer is an error, never a panic).
 pub fn dequantize(dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f64>, String> {
@@ -58,7 +63,48 @@ pub fn dequantize(dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f64>, 
                 out.extend(qs.iter().map(|&q| d * (q >> 4) as f64 + m));
             }
         }
-        DType::Q4K | DType::Q5K | DType::Q6K => {
+        DType::Q5_0 | DType::Q5_1 => {
+            // Element j < 16: low nibble of byte j plus bit j of `qh` as bit 4; element
+            // j + 16: high nibble plus bit j + 16. Q5_0: (q - 16) * d; Q5_1: q * d + m.
+            // (Q5_0 as llama.cpp writes it, (q - 16) * d, so a zero keeps d's sign.)
+            let q51 = dtype == DType::Q5_1;
+            for b in blocks {
+                let d = f16_at(b, 0);
+                let (m, rest) = if q51 {
+                    (f16_at(b, 2), &b[4..])
+                } else {
+                    (0.0, &b[2..])
+                };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let qs = &rest[4..20];
+                let q = |j: usize, v: u8| (v as u32 | (((qh >> j) & 1) << 4)) as f64;
+                let val = |j: usize, v: u8| {
+                    if q51 {
+                        d * q(j, v) + m
+                    } else {
+                        (q(j, v) - 16.0) * d
+                    }
+                };
+                out.extend(qs.iter().enumerate().map(|(j, &v)| val(j, v & 0xF)));
+                out.extend(qs.iter().enumerate().map(|(j, &v)| val(j + 16, v >> 4)));
+            }
+        }
+        DType::IQ4NL => {
+            // Nibbles index the fixed table; low nibbles first, as in Q4_0.
+            for b in blocks {
+                let d = f16_at(b, 0);
+                let qs = &b[2..18];
+                out.extend(
+                    qs.iter()
+                        .map(|&q| d * KVALUES_IQ4NL[(q & 0xF) as usize] as f64),
+                );
+                out.extend(
+                    qs.iter()
+                        .map(|&q| d * KVALUES_IQ4NL[(q >> 4) as usize] as f64),
+                );
+            }
+        }
+        DType::Q4K | DType::Q5K | DType::Q6K | DType::Q2K | DType::Q3K | DType::IQ4XS => {
             crate::quant_k::dequantize_k(dtype, &bytes[..need as usize], &mut out)?;
         }
         other => return Err(format!("{other} is not a float or block format")),

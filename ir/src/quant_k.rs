@@ -1,9 +1,12 @@
-//! GGUF K-quant super-blocks (Q4_K, Q5_K, Q6_K), decoded as llama.cpp's
-//! `dequantize_row_q4_K/q5_K/q6_K` define them. A super-block holds 256 values in
-//! sub-blocks (8 of 32 for Q4_K/Q5_K, 16 of 16 for Q6_K) whose scales are themselves
+//! GGUF K-quant super-blocks (Q2_K..Q6_K) and IQ4_XS, decoded as llama.cpp's
+//! `dequantize_row_*` define them. A super-block holds 256 values in sub-blocks (8 of
+//! 32 for Q4_K/Q5_K/IQ4_XS, 16 of 16 for Q2_K/Q3_K/Q6_K) whose scales are themselves
 //! quantized against one or two f16 super-scales.
 //!
 //! Layouts (little-endian, bytes in order):
+//! - Q2_K (84 B): `scales: [u8; 16] (scale | min << 4), qs: [u8; 64], d: f16, dmin: f16`.
+//! - Q3_K (110 B): `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12] (16 x 6 bits), d: f16`.
+//! - IQ4_XS (136 B): `d: f16, scales_h: u16, scales_l: [u8; 4], qs: [u8; 128]`.
 //! - Q4_K (144 B): `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`.
 //! - Q5_K (176 B): `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`.
 //! - Q6_K (210 B): `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`.
@@ -82,11 +85,96 @@ fn decode_q6k(block: &[u8], out: &mut Vec<f64>) {
     }
 }
 
+/// Decodes one Q2_K super-block: two halves of 128 values; in each, 4 shifts (0, 2,
+/// 4, 6) of the same 32 bytes give 4 runs of 32 values, each run two sub-blocks of 16
+/// with their own 4-bit scale and min.
+fn decode_q2k(block: &[u8], out: &mut Vec<f64>) {
+    let scales = &block[0..16];
+    let d = f16_at(block, 80);
+    let dmin = f16_at(block, 82);
+    let mut is = 0;
+    for h in 0..2 {
+        let q = &block[16 + 32 * h..16 + 32 * h + 32];
+        for shift in [0, 2, 4, 6] {
+            for half in 0..2 {
+                let sc = scales[is];
+                is += 1;
+                let (dl, ml) = (d * (sc & 0xF) as f64, dmin * (sc >> 4) as f64);
+                for &b in &q[16 * half..16 * half + 16] {
+                    out.push(dl * ((b >> shift) & 3) as f64 - ml);
+                }
+            }
+        }
+    }
+}
+
+/// The 16 signed 6-bit scales of a Q3_K super-block from its 12 packed bytes: low
+/// nibbles in bytes 0..8 (scales 0..8 low, 8..16 high nibble), top 2 bits in bytes
+/// 8..12 (two bits per scale, shifted by 2 per group of 4), minus 32.
+pub fn q3k_scales(packed: &[u8]) -> [i32; 16] {
+    let mut s = [0i32; 16];
+    for (j, v) in s.iter_mut().enumerate() {
+        let low = if j < 8 {
+            packed[j] & 0xF
+        } else {
+            packed[j - 8] >> 4
+        };
+        let high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
+        *v = (low | (high << 4)) as i32 - 32;
+    }
+    s
+}
+
+/// Decodes one Q3_K super-block: Q2_K's layout of 2-bit quants, plus a high bit per
+/// value from `hmask` (bit `k` of byte `l` for run `k`); a clear high bit subtracts 4.
+fn decode_q3k(block: &[u8], out: &mut Vec<f64>) {
+    let hm = &block[0..32];
+    let scales = q3k_scales(&block[96..108]);
+    let d = f16_at(block, 108);
+    let mut is = 0;
+    let mut bit = 0;
+    for h in 0..2 {
+        let q = &block[32 + 32 * h..32 + 32 * h + 32];
+        for shift in [0, 2, 4, 6] {
+            for half in 0..2 {
+                let dl = d * scales[is] as f64;
+                is += 1;
+                for l in 16 * half..16 * half + 16 {
+                    let low = ((q[l] >> shift) & 3) as i32;
+                    let sub = if hm[l] & (1 << bit) != 0 { 0 } else { 4 };
+                    out.push(dl * (low - sub) as f64);
+                }
+            }
+            bit += 1;
+        }
+    }
+}
+
+/// Decodes one IQ4_XS super-block: 8 sub-blocks of 32, each with a 6-bit scale (low 4
+/// bits in `scales_l`, top 2 in `scales_h`, minus 32) and IQ4_NL's table.
+fn decode_iq4xs(block: &[u8], out: &mut Vec<f64>) {
+    let d = f16_at(block, 0);
+    let scales_h = u16::from_le_bytes([block[2], block[3]]);
+    let scales_l = &block[4..8];
+    for ib in 0..8 {
+        let low = (scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF;
+        let high = ((scales_h >> (2 * ib)) & 3) as u8;
+        let dl = d * ((low | (high << 4)) as i32 - 32) as f64;
+        let qs = &block[8 + 16 * ib..8 + 16 * ib + 16];
+        let kv = |i: u8| crate::quant::KVALUES_IQ4NL[i as usize] as f64;
+        out.extend(qs.iter().map(|&q| dl * kv(q & 0xF)));
+        out.extend(qs.iter().map(|&q| dl * kv(q >> 4)));
+    }
+}
+
 /// Appends the decoded values of whole super-blocks of `dtype` in `bytes` to `out`.
 /// `bytes` must be a whole number of super-blocks.
 pub fn dequantize_k(dtype: DType, bytes: &[u8], out: &mut Vec<f64>) -> Result<(), String> {
     let bb = dtype.block_bytes();
-    if !matches!(dtype, DType::Q4K | DType::Q5K | DType::Q6K) {
+    if !matches!(
+        dtype,
+        DType::Q4K | DType::Q5K | DType::Q6K | DType::Q2K | DType::Q3K | DType::IQ4XS
+    ) {
         return Err(format!("{dtype} is not a K-quant format"));
     }
     if !bytes.len().is_multiple_of(bb) {
@@ -100,6 +188,9 @@ pub fn dequantize_k(dtype: DType, bytes: &[u8], out: &mut Vec<f64>) -> Result<()
         match dtype {
             DType::Q4K => decode_q45k(block, None, &block[16..144], out),
             DType::Q5K => decode_q45k(block, Some(&block[16..48]), &block[48..176], out),
+            DType::Q2K => decode_q2k(block, out),
+            DType::Q3K => decode_q3k(block, out),
+            DType::IQ4XS => decode_iq4xs(block, out),
             _ => decode_q6k(block, out),
         }
     }

@@ -241,7 +241,7 @@ fn tensor() -> impl Strategy<Value = Tensor> {
 fn weight() -> impl Strategy<Value = (String, DType, Shape, bool)> {
     let fmt = prop_oneof![
         (plain_dtype(), pvec(1i64..5, 0..3)).prop_map(|(d, s)| (d, s)),
-        (0usize..6, 1i64..3, 1i64..3).prop_map(|(i, r, b)| {
+        (0usize..12, 1i64..3, 1i64..3).prop_map(|(i, r, b)| {
             let d = [
                 DType::Q8_0,
                 DType::Q4_0,
@@ -249,6 +249,12 @@ fn weight() -> impl Strategy<Value = (String, DType, Shape, bool)> {
                 DType::Q4K,
                 DType::Q5K,
                 DType::Q6K,
+                DType::Q5_0,
+                DType::Q5_1,
+                DType::Q2K,
+                DType::Q3K,
+                DType::IQ4NL,
+                DType::IQ4XS,
             ][i];
             (d, vec![r, b * d.block_len() as i64])
         }),

@@ -631,6 +631,53 @@ fn smollm_compiled_executable_generates_the_reference_text() {
     assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want_to_eos);
 }
 
+const GEMMA3: &str = "gemma-3-270m-Q4_K_M.gguf";
+
+/// Greedy text of the Gemma 3 270M GGUF (Q4_K_M: Q5_0, Q8_0, Q4_K and Q6_K weights;
+/// sliding-window and global layers, QK-norm, sandwich norms, two RoPE bases) through
+/// `engine`, against transformers on the same weights dequantized to f32
+/// (tests/fixtures/gemma3/greedy.json, scripts/reference/gemma3_reference.py).
+fn gemma3_greedy(engine: &str) {
+    let Some(m) = model(GEMMA3) else { return };
+    let reference = fixture("gemma3/greedy.json");
+    let prompt = reference["prompt"].as_str().unwrap();
+    let want = reference["generated_text"].as_str().unwrap();
+    let n = reference["generated_ids"].as_array().unwrap().len();
+    let o = llmc(&[
+        "run",
+        m.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        &n.to_string(),
+        "--temperature",
+        "0",
+        "--engine",
+        engine,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let text = out.strip_suffix('\n').unwrap_or(&out);
+    assert_eq!(text, want, "llmc ({engine}) vs transformers greedy text");
+    // The prompt is "<bos>" + 5 tokens, as transformers tokenized it.
+    let prompt_len = reference["prompt_ids"].as_array().unwrap().len();
+    let e = stderr(&o);
+    assert!(
+        engine == "cpu" || e.contains(&format!("{prompt_len} tokens")),
+        "stderr: {e}"
+    );
+}
+
+#[test]
+fn gemma3_greedy_matches_transformers_through_the_interpreter() {
+    gemma3_greedy("interp");
+}
+
+#[test]
+fn gemma3_greedy_matches_transformers_compiled_for_the_cpu() {
+    gemma3_greedy("cpu");
+}
+
 #[test]
 fn minilm_exec_matches_the_sentence_transformers_embedding() {
     minilm_exec(&[]);

@@ -1,9 +1,11 @@
 //! GGUF import: llama.cpp's single-file format (metadata + possibly block-quantized
 //! tensors). The container is read over a memory map ([`reader`]); each architecture
 //! maps its metadata to a family config and its tensor names to canonical names
-//! ([`llama`]), and the shared builders in `crate::llm` emit the graph. Weights stay
+//! ([`decoder`], one builder for every architecture; [`llama`] holds that family's Q/K
+//! row permutation), and the shared builders in `crate::llm` emit the graph. Weights stay
 //! in the file: the module's weights are byte ranges of the mapping.
 
+pub mod decoder;
 pub mod llama;
 pub mod reader;
 
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Architectures [`load`] imports.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = decoder::ARCHITECTURES;
 
 /// An open GGUF file: its parsed header and the mapping its tensors live in.
 pub struct GgufFile {
@@ -88,15 +90,7 @@ impl GgufFile {
 /// Loads a GGUF model as a module.
 pub fn load(path: &Path) -> Result<Module, FrontendError> {
     let f = GgufFile::open(path)?;
-    let arch = f.header.req_str("general.architecture")?;
-    match arch {
-        "llama" => llama::build(&f),
-        other => Err(FrontendError::UnknownArchitecture {
-            file: f.name(),
-            arch: other.to_string(),
-            supported: SUPPORTED_ARCHITECTURES.join(", "),
-        }),
-    }
+    decoder::build(&f)
 }
 
 /// Reads the `tokenizer.ggml.*` metadata into a vocabulary description.

@@ -256,10 +256,16 @@ pub fn ggml_dtype(id: u32) -> Option<DType> {
         1 => DType::F16,
         2 => DType::Q4_0,
         3 => DType::Q4_1,
+        6 => DType::Q5_0,
+        7 => DType::Q5_1,
         8 => DType::Q8_0,
+        10 => DType::Q2K,
+        11 => DType::Q3K,
         12 => DType::Q4K,
         13 => DType::Q5K,
         14 => DType::Q6K,
+        20 => DType::IQ4NL,
+        23 => DType::IQ4XS,
         24 => DType::I8,
         25 => DType::I16,
         26 => DType::I32,
@@ -549,8 +555,9 @@ impl GgufHeader {
             };
             let dtype = ggml_dtype(ggml_type).ok_or_else(|| {
                 bad(format!(
-                    "ggml type {ggml_type} ({}) is not supported (supported: f32, f16, bf16, \
-                     q8_0, q4_0, q4_1, q4_K, q5_K, q6_K, i8..i64, f64)",
+                    "ggml type {ggml_type} ({}) is not supported for tensor {name} (supported: \
+                     f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K..q6_K, iq4_nl, \
+                     iq4_xs, i8..i64, f64)",
                     ggml_type_name(ggml_type)
                 ))
             })?;

@@ -176,6 +176,7 @@ pub fn llama_like(cfg: &JsonFile, arch: &str) -> Result<DecoderConfig, FrontendE
         attn_bias,
         mlp_bias,
         context_length,
+        extras: Default::default(),
     })
 }
 
@@ -220,6 +221,7 @@ pub fn gpt2(cfg: &JsonFile) -> Result<DecoderConfig, FrontendError> {
         attn_bias: true,
         mlp_bias: true,
         context_length: cfg.pos_int("n_positions")?,
+        extras: Default::default(),
     })
 }
 

@@ -1,7 +1,9 @@
-//! The one graph builder for causal decoder LMs (Llama, Mistral, Qwen2, GPT-2 style).
-//! Model differences are config fields, not code paths per model: norm kind,
-//! activation, gated or plain MLP, rotary (either layout) or learned positions, GQA,
-//! tied embeddings, biases.
+//! The one graph builder for causal decoder LMs (Llama, Mistral, Qwen2/3, Phi-3,
+//! Gemma 1/2/3, GPT-2 style). Model differences are config fields, not code paths per
+//! model: norm kind, activation, gated or plain MLP, rotary (either layout) or learned
+//! positions, GQA, tied embeddings, biases, and the [`super::DecoderExtras`]: QK-norm,
+//! sandwich norms, embedding scale, sliding-window layers with their own RoPE base,
+//! soft-capping.
 //!
 //! The graph takes `%ids: i64[batch, seq]` and `%pos: i64[batch, seq]` and returns
 //! `%logits: f32[batch, VOCAB]` for the last position. Keys and values go through
@@ -13,6 +15,10 @@
 //! x = x + o_proj(merge heads(attention(q, k, v, scale = 1/sqrt(d), causal)))
 //! x = x + down(act(gate(norm(x))) * up(norm(x)))      (or down(act(up(...))) ungated)
 //! ```
+//!
+//! With sandwich norms the attention and MLP outputs are normalized again before their
+//! residual adds; with QK-norm q and k are RMS-normalized per head before RoPE; local
+//! layers pass `window` to `attention` and use the local RoPE base.
 //!
 //! Weights use canonical Hugging Face names (see `super`); a learned position table
 //! is `model.embed_positions.weight`. Weights keep their stored dtype (a q4_1 matrix
@@ -115,6 +121,35 @@ impl<'a> Builder<'a> {
         }
         if !(cfg.norm_eps.is_finite() && cfg.norm_eps >= 0.0) {
             return Err(unsupported(format!("norm epsilon {}", cfg.norm_eps)));
+        }
+        let x = &cfg.extras;
+        let finite_pos = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v > 0.0);
+        for (name, v) in [
+            ("attention scale", x.attn_scale),
+            ("embedding scale", x.embed_scale),
+            ("attention soft-cap", x.attn_softcap),
+            ("final logit soft-cap", x.final_softcap),
+            ("local RoPE base", x.local_rope_theta),
+        ] {
+            if !finite_pos(v) {
+                return Err(unsupported(format!("{name} {v:?} must be finite and > 0")));
+            }
+        }
+        if x.sliding_window.is_some_and(|w| w <= 0) {
+            return Err(unsupported(format!(
+                "sliding window {:?} must be positive",
+                x.sliding_window
+            )));
+        }
+        if !x.local_layers.is_empty() && x.local_layers.len() as i64 != cfg.num_layers {
+            return Err(unsupported(format!(
+                "{} local-layer flags for {} layers",
+                x.local_layers.len(),
+                cfg.num_layers
+            )));
+        }
+        if !x.norm_offset.is_finite() {
+            return Err(unsupported(format!("norm offset {}", x.norm_offset)));
         }
         Ok(Builder {
             cfg,
@@ -237,14 +272,48 @@ impl<'a> Builder<'a> {
 
     /// A norm over the last axis with the weights `prefix.weight` (+ `prefix.bias`).
     fn norm(&mut self, x: ValueId, prefix: &str, name: &str) -> Result<ValueId, FrontendError> {
-        let h = self.cfg.hidden_size;
-        let w = self.weight(&format!("{prefix}.weight"), &[h], false)?;
-        let w = self.as_f32(w, &format!("{name}.w"))?;
+        self.norm_dim(x, prefix, self.cfg.hidden_size, name)
+    }
+
+    /// A scalar f32 constant.
+    fn scalar(&mut self, v: f64, name: &str) -> Result<ValueId, FrontendError> {
+        let t = llmc_ir::Tensor::from_f64(DType::F32, vec![], vec![v]);
+        self.node(Op::Constant, &[], attrs([("value", Attr::Tensor(t))]), name)
+    }
+
+    /// `x * c` for a scalar constant c.
+    fn scale_by(&mut self, x: ValueId, c: f64, name: &str) -> Result<ValueId, FrontendError> {
+        let k = self.scalar(c, &format!("{name}.c"))?;
+        self.node(Op::Mul, &[x, k], attrs([]), name)
+    }
+
+    /// `c·tanh(x / c)`.
+    fn soft_cap(&mut self, x: ValueId, c: f64, name: &str) -> Result<ValueId, FrontendError> {
+        let d = self.scale_by(x, 1.0 / c, &format!("{name}.div"))?;
+        let t = self.node(Op::Tanh, &[d], attrs([]), &format!("{name}.tanh"))?;
+        self.scale_by(t, c, name)
+    }
+
+    /// A norm over a last axis of `dim` (the hidden size, or the head dim for QK-norm).
+    fn norm_dim(
+        &mut self,
+        x: ValueId,
+        prefix: &str,
+        dim: i64,
+        name: &str,
+    ) -> Result<ValueId, FrontendError> {
+        let w = self.weight(&format!("{prefix}.weight"), &[dim], false)?;
+        let mut w = self.as_f32(w, &format!("{name}.w"))?;
+        let offset = self.cfg.extras.norm_offset;
+        if offset != 0.0 && self.cfg.norm == NormKind::RmsNorm {
+            let c = self.scalar(offset, &format!("{name}.w_offset"))?;
+            w = self.node(Op::Add, &[w, c], attrs([]), &format!("{name}.w_plus"))?;
+        }
         let eps = attrs([("eps", Attr::Float(self.cfg.norm_eps))]);
         match self.cfg.norm {
             NormKind::RmsNorm => self.node(Op::RmsNorm, &[x, w], eps, name),
             NormKind::LayerNorm => {
-                let b = self.weight(&format!("{prefix}.bias"), &[h], false)?;
+                let b = self.weight(&format!("{prefix}.bias"), &[dim], false)?;
                 let b = self.as_f32(b, &format!("{name}.b"))?;
                 self.node(Op::LayerNorm, &[x, w, b], eps, name)
             }
@@ -309,19 +378,30 @@ impl<'a> Builder<'a> {
         )
     }
 
-    fn rope(&mut self, x: ValueId, pos: ValueId, name: &str) -> Result<ValueId, FrontendError> {
+    fn rope(
+        &mut self,
+        x: ValueId,
+        pos: ValueId,
+        local: bool,
+        name: &str,
+    ) -> Result<ValueId, FrontendError> {
         let style = match self.cfg.positions {
             Positions::RopeNeox => "neox",
             Positions::RopeInterleaved => "interleaved",
             Positions::Learned => return Ok(x),
         };
+        // Local layers with their own base (Gemma 3) are not scaled.
+        let (theta, scale) = match self.cfg.extras.local_rope_theta {
+            Some(t) if local => (t, 1.0),
+            _ => (self.cfg.rope_theta, self.cfg.rope_scale),
+        };
         let mut a = attrs([
-            ("theta", Attr::Float(self.cfg.rope_theta)),
+            ("theta", Attr::Float(theta)),
             ("style", Attr::Str(style.into())),
         ]);
         // Linear RoPE scaling divides positions by the factor.
-        if self.cfg.rope_scale != 1.0 {
-            a.insert("scale".into(), Attr::Float(self.cfg.rope_scale));
+        if scale != 1.0 {
+            a.insert("scale".into(), Attr::Float(scale));
         }
         self.node(Op::Rope, &[x, pos], a, name)
     }
@@ -369,8 +449,27 @@ impl<'a> Builder<'a> {
         let q = self.split_heads(q, nh, &format!("{l}.q_heads"))?;
         let k = self.split_heads(k, nkv, &format!("{l}.k_heads"))?;
         let v = self.split_heads(v, nkv, &format!("{l}.v_heads"))?;
-        let q = self.rope(q, pos, &format!("{l}.q_rope"))?;
-        let k = self.rope(k, pos, &format!("{l}.k_rope"))?;
+        let (q, k) = if c.extras.qk_norm {
+            (
+                self.norm_dim(
+                    q,
+                    &format!("{p}.self_attn.q_norm"),
+                    d,
+                    &format!("{l}.q_norm"),
+                )?,
+                self.norm_dim(
+                    k,
+                    &format!("{p}.self_attn.k_norm"),
+                    d,
+                    &format!("{l}.k_norm"),
+                )?,
+            )
+        } else {
+            (q, k)
+        };
+        let local = c.extras.is_local(i);
+        let q = self.rope(q, pos, local, &format!("{l}.q_rope"))?;
+        let k = self.rope(k, pos, local, &format!("{l}.k_rope"))?;
         let kv = self
             .m
             .add_node(Op::KvAppend, &[k, v], attrs([("layer", Attr::Int(i))]))
@@ -387,10 +486,14 @@ impl<'a> Builder<'a> {
         };
         self.m.graph.values[kc.0 as usize].name = format!("{l}.k_cache");
         self.m.graph.values[vc.0 as usize].name = format!("{l}.v_cache");
-        let a = attrs([
-            ("scale", Attr::Float(1.0 / (d as f64).sqrt())),
-            ("causal", Attr::Bool(true)),
-        ]);
+        let scale = c.extras.attn_scale.unwrap_or(1.0 / (d as f64).sqrt());
+        let mut a = attrs([("scale", Attr::Float(scale)), ("causal", Attr::Bool(true))]);
+        if let (true, Some(w)) = (local, c.extras.sliding_window) {
+            a.insert("window".into(), Attr::Int(w));
+        }
+        if let Some(cap) = c.extras.attn_softcap {
+            a.insert("softcap".into(), Attr::Float(cap));
+        }
         let att = self.node(Op::Attention, &[q, kc, vc], a, &format!("{l}.attn"))?;
         let t = self.node(
             Op::Transpose,
@@ -413,6 +516,15 @@ impl<'a> Builder<'a> {
             c.mlp_bias,
             &format!("{l}.o"),
         )?;
+        let o = if c.extras.sandwich_norms {
+            self.norm(
+                o,
+                &format!("{p}.post_attention_layernorm"),
+                &format!("{l}.attn_post_norm"),
+            )?
+        } else {
+            o
+        };
         self.node(Op::Add, &[x, o], attrs([]), &format!("{l}.attn_res"))
     }
 
@@ -422,11 +534,12 @@ impl<'a> Builder<'a> {
         let p = format!("model.layers.{i}");
         let l = format!("l{i}");
         self.at = format!("layer {i} mlp");
-        let hn = self.norm(
-            x,
-            &format!("{p}.post_attention_layernorm"),
-            &format!("{l}.mlp_norm"),
-        )?;
+        let pre = if c.extras.sandwich_norms {
+            "pre_feedforward_layernorm"
+        } else {
+            "post_attention_layernorm"
+        };
+        let hn = self.norm(x, &format!("{p}.{pre}"), &format!("{l}.mlp_norm"))?;
         let inner = if c.gated_mlp {
             let g = self.linear(
                 hn,
@@ -465,6 +578,15 @@ impl<'a> Builder<'a> {
             c.mlp_bias,
             &format!("{l}.down"),
         )?;
+        let dn = if c.extras.sandwich_norms {
+            self.norm(
+                dn,
+                &format!("{p}.post_feedforward_layernorm"),
+                &format!("{l}.mlp_post_norm"),
+            )?
+        } else {
+            dn
+        };
         self.node(Op::Add, &[x, dn], attrs([]), &format!("{l}.out"))
     }
 
@@ -479,6 +601,9 @@ impl<'a> Builder<'a> {
         let axis0 = || attrs([("axis", Attr::Int(0))]);
         let x = self.node(Op::Gather, &[table, ids], axis0(), "embed")?;
         let mut x = self.as_f32(x, "embed.f32")?;
+        if let Some(s) = c.extras.embed_scale {
+            x = self.scale_by(x, s, "embed_scaled")?;
+        }
         if c.positions == Positions::Learned {
             let pt = self.weight("model.embed_positions.weight", &[c.context_length, h], true)?;
             let pe = self.node(Op::Gather, &[pt, pos], axis0(), "pos_embed")?;
@@ -526,7 +651,11 @@ impl<'a> Builder<'a> {
         if let Some(b) = bias {
             ins.push(self.as_f32(b, "lm_head.b")?);
         }
-        let logits = self.node(Op::Linear, &ins, attrs([]), "logits_raw")?;
+        let mut logits = self.node(Op::Linear, &ins, attrs([]), "logits_raw")?;
+        if let Some(cap) = c.extras.final_softcap {
+            let l32 = self.as_f32(logits, "logits_raw.f32")?;
+            logits = self.soft_cap(l32, cap, "logits_capped")?;
+        }
         let logits = if self.ty(logits).dtype == DType::F32 {
             self.m.graph.values[logits.0 as usize].name = "logits".into();
             logits

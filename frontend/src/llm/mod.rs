@@ -84,6 +84,51 @@ pub struct DecoderConfig {
     pub mlp_bias: bool,
     /// Maximum context length.
     pub context_length: i64,
+    /// What Gemma, Qwen3, Mistral and Phi-3 add to the plain block (all off by default).
+    pub extras: DecoderExtras,
+}
+
+/// Block variations beyond the Llama/GPT-2 shape, each off by default: QK-norm
+/// (Qwen3, Gemma 3), sandwich norms (Gemma 2/3), a scaled embedding, a custom
+/// attention scale, sliding-window layers with their own RoPE base (Mistral, Gemma
+/// 2/3, Phi-3), attention and final-logit soft-capping (Gemma 2).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct DecoderExtras {
+    /// RMSNorm of q and k per head, over the head dim, before RoPE:
+    /// `self_attn.{q,k}_norm.weight: [head_dim]`.
+    pub qk_norm: bool,
+    /// Gemma 2/3's four norms per block: `input_layernorm` before attention,
+    /// `post_attention_layernorm` on the attention output (before the residual add),
+    /// `pre_feedforward_layernorm` before the MLP, `post_feedforward_layernorm` on its
+    /// output. Off: `input_layernorm` and `post_attention_layernorm` (before the MLP).
+    pub sandwich_norms: bool,
+    /// Multiplies the token embeddings (Gemma: sqrt(hidden)).
+    pub embed_scale: Option<f64>,
+    /// The attention scale (default 1/sqrt(head_dim)).
+    pub attn_scale: Option<f64>,
+    /// Sliding-window length of the local layers.
+    pub sliding_window: Option<i64>,
+    /// Which layers are local (windowed, `local_rope_theta`); empty = every layer.
+    pub local_layers: Vec<bool>,
+    /// RoPE base of the local layers (Gemma 3: 10000); the global layers keep
+    /// `rope_theta` and `rope_scale`, the local ones are not scaled.
+    pub local_rope_theta: Option<f64>,
+    /// Attention-score soft-capping (Gemma 2): scores become c·tanh(s / c).
+    pub attn_softcap: Option<f64>,
+    /// Final-logit soft-capping (Gemma 2).
+    pub final_softcap: Option<f64>,
+    /// Added to every RMSNorm weight in the graph (Hugging Face Gemma stores w and
+    /// computes with 1 + w; GGUF stores 1 + w already, so 0 there).
+    pub norm_offset: f64,
+}
+
+impl DecoderExtras {
+    /// Whether layer `i` is a local (sliding-window) layer.
+    pub fn is_local(&self, i: i64) -> bool {
+        self.sliding_window.is_some()
+            && (self.local_layers.is_empty()
+                || self.local_layers.get(i as usize).copied().unwrap_or(false))
+    }
 }
 
 /// One tensor as a frontend hands it to a builder.

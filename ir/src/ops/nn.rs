@@ -254,6 +254,7 @@ pub fn infer_attention(i: &[&TensorType], a: &Attrs) -> T {
     let (q, k, v) = (targ(i, 0, "q")?, targ(i, 1, "k")?, targ(i, 2, "v")?);
     req_float(a, "scale")?;
     opt_bool(a, "causal", false)?;
+    window_softcap(a)?;
     need_float(q, "operand q")?;
     let dtype = q.dtype.compute_type();
     for (t, name) in [(k, "k"), (v, "v")] {
@@ -319,9 +320,35 @@ pub fn infer_attention(i: &[&TensorType], a: &Attrs) -> T {
     )])
 }
 
+/// The optional `window` (an int >= 0; 0 = none) and `softcap` (a float > 0) of
+/// `attention` and `flash_attention`.
+pub fn window_softcap(a: &Attrs) -> Result<(Option<i64>, Option<f64>), String> {
+    let window = match a.get("window") {
+        None | Some(crate::Attr::Int(0)) => None,
+        Some(crate::Attr::Int(w)) if *w > 0 => Some(*w),
+        Some(other) => {
+            return Err(format!(
+                "attribute `window` must be an int >= 0, got {other:?}"
+            ))
+        }
+    };
+    let softcap = match a.get("softcap") {
+        None => None,
+        Some(crate::Attr::Float(c)) if *c > 0.0 && c.is_finite() => Some(*c),
+        Some(other) => {
+            return Err(format!(
+                "attribute `softcap` must be a finite float > 0, got {other:?}"
+            ))
+        }
+    };
+    Ok((window, softcap))
+}
+
 /// Reference semantics of `attention`: softmax(q kᵀ scale + mask) v per head; query
-/// head j reads kv head j / (h / kvh); causal lets query i see key j iff j <= i + t - s;
-/// a row with no visible key gives zeros.
+/// head j reads kv head j / (h / kvh); query i sits at position p = i + t - s (the last
+/// query aligned with the last key); causal lets it see key j iff j <= p, a `window` w
+/// hides the keys j <= p - w; `softcap` c makes a score c·tanh(score / c) before the
+/// mask is added; a row with no visible key gives zeros.
 pub fn eval_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
     let (qt, kt, vt) = (arg(i, 0, "q")?, arg(i, 1, "k")?, arg(i, 2, "v")?);
     let (q, k, v) = (
@@ -331,6 +358,8 @@ pub fn eval_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
     );
     let scale = req_float(a, "scale")?;
     let causal = opt_bool(a, "causal", false)?;
+    let (window, softcap) = window_softcap(a)?;
+    let cap = |x: f64| softcap.map_or(x, |c| c * (x / c).tanh());
     // Keys past the causal bound: dropped, or scored q·k·scale + fill (flash_attention's
     // `causal_fill`, the value a where-mask put there).
     let fill = match a.get("causal_fill") {
@@ -410,16 +439,20 @@ pub fn eval_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
             for si in 0..s {
                 let qrow = &q[((bi * h + hi) * s + si) * dk..][..dk];
                 for (j, scj) in sc.iter_mut().enumerate() {
-                    let visible = !causal || (j as i64) <= si as i64 + t as i64 - s as i64;
+                    let p = si as i64 + t as i64 - s as i64;
+                    let visible = !causal || (j as i64) <= p;
+                    let in_window = window.is_none_or(|w| (j as i64) > p - w);
                     let krow = &k[(kbase + j) * dk..][..dk];
-                    *scj = if visible {
+                    *scj = if !in_window {
+                        f64::NEG_INFINITY
+                    } else if visible {
                         let qk = dot(qrow, krow);
                         let add = mask.map_or(0.0, |(m, ms)| {
                             m[bi * ms[0] + hi * ms[1] + si * ms[2] + j * ms[3]]
                         });
-                        qk * scale + add
+                        cap(qk * scale) + add
                     } else if let Some(f) = fill {
-                        dot(qrow, krow) * scale + f
+                        cap(dot(qrow, krow) * scale) + f
                     } else {
                         f64::NEG_INFINITY
                     };

@@ -383,8 +383,14 @@ pub(crate) fn offset(kb: &mut KernelBuilder, coords: &[Expr], strides: &[Dim]) -
     e
 }
 
-/// (elements per block, bytes per block, header bytes) of the block formats the
-/// kernels read.
+/// Whether the kernels read weights stored as `d` (plain types, and the block formats
+/// with a kernel path: Q8_0, Q4_0, Q4_1). Other block formats are dequantized before
+/// code generation (`llmc_backend::fallback`).
+pub fn reads_dtype(d: DType) -> bool {
+    !d.is_quantized() || quant_block(d).is_some()
+}
+
+/// (elements per block, bytes per block) of the block formats the kernels read.
 pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
     match d {
         DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {

@@ -311,7 +311,32 @@ fn attention_setup(
     })
 }
 
-/// `attention(q, k, v[, mask])` with GQA, causal masking and an additive mask.
+/// The first key a query row `si` sees: 0, or with a `window` w the first key past
+/// `p - w` (p = si + t - s, the row's position with the last query on the last key).
+fn key_start(kb: &mut KernelBuilder, window: Option<i64>, si: &Expr, te: &Expr, se: &Expr) -> Expr {
+    match window {
+        None => Expr::from(0),
+        Some(w) => kb.let_(
+            "tstart",
+            (si.clone() + te.clone() - se.clone() + 1 - w).max(Expr::from(0)),
+        ),
+    }
+}
+
+/// `softcap` c: a score becomes c·tanh(score / c).
+fn soft_cap(sc: Expr, softcap: Option<f64>, t: crate::loopir::Ty) -> Expr {
+    match softcap {
+        None => sc,
+        Some(c) => b(
+            BinOp::Mul,
+            fconst(c, t),
+            Expr::un(UnOp::Tanh, b(BinOp::Mul, sc, fconst(1.0 / c, t))),
+        ),
+    }
+}
+
+/// `attention(q, k, v[, mask])` with GQA, causal masking, an additive mask, a sliding
+/// `window` (the key loop starts at the window) and `softcap`.
 pub(crate) fn attention(
     node: &Node,
     ins: &[&TensorType],
@@ -324,6 +349,7 @@ pub(crate) fn attention(
     result(outs, 0)?;
     let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
     let causal = attr_bool(node, "causal", false)?;
+    let (window, softcap) = llmc_ir::ops::nn::window_softcap(&node.attrs)?;
     let AttnSetup {
         dims: [bd, hd, sd, dkd, td],
         dv,
@@ -362,7 +388,8 @@ pub(crate) fn attention(
             te.clone()
         };
         let tend = kb.let_("tend", tend);
-        kb.for_("j", 0, tend, LoopTag::Serial, |kb, j| {
+        let tstart = key_start(kb, window, &si, &te, &se);
+        kb.for_("j", tstart, tend, LoopTag::Serial, |kb, j| {
             let krow = kb.let_("krow", (kvbase.clone() + j.clone()) * dke.clone());
             let dot = kb.let_mut("dot", fconst(0.0, t));
             kb.for_("c", 0, dke.clone(), v8, |kb, c| {
@@ -370,7 +397,7 @@ pub(crate) fn attention(
                 let kv = load_elem(kb, ib[1], k.dtype, krow.clone() + c);
                 kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kv)));
             });
-            let mut sc = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
+            let mut sc = soft_cap(b(BinOp::Mul, Expr::Var(dot), fconst(scale, t)), softcap, t);
             if let Some((mb, md, st)) = &mask {
                 let coords = [bi.clone(), hi.clone(), si.clone(), j.clone()];
                 let at = super::offset(kb, &coords, st);
@@ -429,6 +456,7 @@ pub(crate) fn flash_attention(
     let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
     let causal = attr_bool(node, "causal", false)?;
     let fill = attr_float(node, "causal_fill")?.filter(|_| causal);
+    let (window, softcap) = llmc_ir::ops::nn::window_softcap(&node.attrs)?;
     let block_k = attr_int(node, "block_k")?.unwrap_or(64);
     if !(1..=4096).contains(&block_k) {
         return Err(format!(
@@ -475,7 +503,7 @@ pub(crate) fn flash_attention(
                     let kv = load_elem(kb, ib[1], k.dtype, krow.clone() + c);
                     kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kv)));
                 });
-                b(BinOp::Mul, Expr::Var(dot), fconst(scale, t))
+                soft_cap(b(BinOp::Mul, Expr::Var(dot), fconst(scale, t)), softcap, t)
             };
             kb.for_("c", 0, dv, v8, |kb, c| kb.store(acc, c, fconst(0.0, t)));
             let m = kb.let_mut("m", ninf());
@@ -486,47 +514,56 @@ pub(crate) fn flash_attention(
                 te.clone()
             };
             let tend = kb.let_("tend", tend);
-            kb.for_step("j0", 0, tend.clone(), block_k, LoopTag::Serial, |kb, j0| {
-                let jn = kb.let_("jn", (tend.clone() - j0.clone()).min(Expr::from(block_k)));
-                // Scores of this tile, and their max.
-                let bm = kb.let_mut("bm", ninf());
-                kb.for_("jj", 0, jn.clone(), LoopTag::Serial, |kb, jj| {
-                    let j = kb.let_("j", j0.clone() + jj.clone());
-                    let mut sc = qk(kb, j.clone());
-                    if let Some((mb, md, st)) = &mask {
-                        let coords = [bi.clone(), hi.clone(), si.clone(), j.clone()];
-                        let at = super::offset(kb, &coords, st);
-                        sc = b(BinOp::Add, sc, load_elem(kb, *mb, *md, at));
-                    }
-                    let sc = kb.let_("sc", sc);
-                    kb.store(scores, jj, sc.clone());
-                    kb.assign(bm, Expr::Var(bm).max(sc));
-                });
-                // A tile of masked keys only (-inf) contributes nothing.
-                kb.if_(Expr::Var(bm).ne_(ninf()), |kb| {
-                    let mn = kb.let_("mn", Expr::Var(m).max(Expr::Var(bm)));
-                    let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
-                    kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
-                    kb.for_("c", 0, dv, v8, |kb, c| {
-                        let a = b(BinOp::Mul, Expr::load(acc, c.clone()), corr.clone());
-                        kb.store(acc, c, a);
-                    });
+            let tstart = key_start(kb, window, &si, &te, &se);
+            kb.for_step(
+                "j0",
+                tstart,
+                tend.clone(),
+                block_k,
+                LoopTag::Serial,
+                |kb, j0| {
+                    let jn = kb.let_("jn", (tend.clone() - j0.clone()).min(Expr::from(block_k)));
+                    // Scores of this tile, and their max.
+                    let bm = kb.let_mut("bm", ninf());
                     kb.for_("jj", 0, jn.clone(), LoopTag::Serial, |kb, jj| {
-                        let p = kb.let_(
-                            "p",
-                            exp(b(BinOp::Sub, Expr::load(scores, jj.clone()), mn.clone())),
-                        );
-                        kb.assign(l, b(BinOp::Add, Expr::Var(l), p.clone()));
-                        let vrow = kb.let_("vrow", (kvbase.clone() + j0.clone() + jj.clone()) * dv);
-                        kb.for_("c", 0, dv, v8, |kb, c| {
-                            let vv = load_elem(kb, ib[2], v.dtype, vrow.clone() + c.clone());
-                            let a = Expr::load(acc, c.clone());
-                            kb.store(acc, c, b(BinOp::Add, a, b(BinOp::Mul, p.clone(), vv)));
-                        });
+                        let j = kb.let_("j", j0.clone() + jj.clone());
+                        let mut sc = qk(kb, j.clone());
+                        if let Some((mb, md, st)) = &mask {
+                            let coords = [bi.clone(), hi.clone(), si.clone(), j.clone()];
+                            let at = super::offset(kb, &coords, st);
+                            sc = b(BinOp::Add, sc, load_elem(kb, *mb, *md, at));
+                        }
+                        let sc = kb.let_("sc", sc);
+                        kb.store(scores, jj, sc.clone());
+                        kb.assign(bm, Expr::Var(bm).max(sc));
                     });
-                    kb.assign(m, mn);
-                });
-            });
+                    // A tile of masked keys only (-inf) contributes nothing.
+                    kb.if_(Expr::Var(bm).ne_(ninf()), |kb| {
+                        let mn = kb.let_("mn", Expr::Var(m).max(Expr::Var(bm)));
+                        let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
+                        kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
+                        kb.for_("c", 0, dv, v8, |kb, c| {
+                            let a = b(BinOp::Mul, Expr::load(acc, c.clone()), corr.clone());
+                            kb.store(acc, c, a);
+                        });
+                        kb.for_("jj", 0, jn.clone(), LoopTag::Serial, |kb, jj| {
+                            let p = kb.let_(
+                                "p",
+                                exp(b(BinOp::Sub, Expr::load(scores, jj.clone()), mn.clone())),
+                            );
+                            kb.assign(l, b(BinOp::Add, Expr::Var(l), p.clone()));
+                            let vrow =
+                                kb.let_("vrow", (kvbase.clone() + j0.clone() + jj.clone()) * dv);
+                            kb.for_("c", 0, dv, v8, |kb, c| {
+                                let vv = load_elem(kb, ib[2], v.dtype, vrow.clone() + c.clone());
+                                let a = Expr::load(acc, c.clone());
+                                kb.store(acc, c, b(BinOp::Add, a, b(BinOp::Mul, p.clone(), vv)));
+                            });
+                        });
+                        kb.assign(m, mn);
+                    });
+                },
+            );
             if let Some(fill) = fill {
                 // `causal_fill`: the keys past the bound score q·k·scale + fill. They only
                 // count when the visible keys are masked too (the row max is itself a

@@ -747,3 +747,42 @@ fn explain_names_what_blocks_glu_epilogue_and_merge() {
     assert_eq!(merge.len(), 1, "{ex:?}");
     assert!(merge[0].reason.contains("not a weight"), "{}", merge[0]);
 }
+
+/// Sliding-window, soft-capped attention (Gemma 2/3) with q from a scaled projection:
+/// `attention/flash` and `scale-into-q` must keep `window` and `softcap` (the scale
+/// moves into q's weight, the cap applies to the same scores).
+#[test]
+fn window_and_softcap_survive_flash_and_scale_into_q() {
+    let src = "module @swa {
+  weight @wq : f32[8, 8]
+  graph @main(%x: f32[1, 6, 8], %k: f32[1, 1, 6, 4], %v: f32[1, 1, 6, 4]) -> (%out: f32[1, 2, 6, 4]) {
+    %q = matmul(%x, @wq) : f32[1, 6, 8]
+    %q4 = reshape(%q) {shape = [1, 6, 2, 4]} : f32[1, 6, 2, 4]
+    %qh = transpose(%q4) {perm = [0, 2, 1, 3]} : f32[1, 2, 6, 4]
+    %out = attention(%qh, %k, %v) {scale = 0.5, causal = true, window = 3, softcap = 0.75} : f32[1, 2, 6, 4]
+    return %out
+  }
+}";
+    let mut m1 = parse(src);
+    let weights: Vec<f32> = values(64, 3);
+    let w = m1.weight_id("wq").unwrap();
+    m1.weights[w.0 as usize].data = llmc_ir::WeightData::Owned(std::sync::Arc::new(
+        weights.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    ));
+    let m0 = m1.clone();
+    run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let fa: Vec<_> = m1
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == Op::FlashAttention)
+        .collect();
+    assert_eq!(fa.len(), 1, "{}", llmc_ir::text::print(&m1));
+    assert_eq!(fa[0].attrs.get("window"), Some(&llmc_ir::Attr::Int(3)));
+    assert_eq!(
+        fa[0].attrs.get("softcap"),
+        Some(&llmc_ir::Attr::Float(0.75))
+    );
+    let shapes = [vec![1, 6, 8], vec![1, 1, 6, 4], vec![1, 1, 6, 4]];
+    assert_close(&eval(&m1, &shapes), &eval(&m0, &shapes), 1e-5);
+}
