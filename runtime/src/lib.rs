@@ -7,6 +7,7 @@
 pub mod abi;
 pub mod bench;
 pub mod embed;
+pub mod eval;
 pub mod exe;
 pub mod exec;
 pub mod generate;
