@@ -2,6 +2,7 @@
 //! `docs/` / DESIGN.md that scripts and tests rely on), calls into the compiler crates,
 //! and turns every failure into one `error: ...` line and exit code 1.
 
+mod eval;
 mod generate;
 mod npy;
 mod summary;
@@ -41,6 +42,10 @@ enum Cmd {
     Exec(ExecArgs),
     /// Generate text with a language model, without keeping a binary.
     Run(RunArgs),
+    /// Measure a language model's perplexity over a text file (llama-perplexity's
+    /// protocol) through the compiled CPU path, optionally quantized and compared with
+    /// another model (KL divergence, top-1 agreement).
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -129,6 +134,15 @@ struct BuildArgs {
     /// of lowering it to the engine's serving form (for comparisons).
     #[arg(long)]
     no_serving: bool,
+    /// Quantize the weight matrices: FORMAT[,head=F|keep][,embed=F|keep] with FORMAT
+    /// q8_0, q4_0 or q4_1 (llama-quantize's mix: the output matrix in q8_0).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
+    quantize: Option<llmc_passes::quant::QuantSpec>,
+}
+
+/// `--quantize FORMAT[,head=F][,embed=F]`.
+fn parse_quantize(s: &str) -> Result<llmc_passes::quant::QuantSpec, String> {
+    llmc_passes::quant::QuantSpec::parse(s)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -236,18 +250,24 @@ fn load(path: &Path) -> Result<Module> {
 
 /// Runs the optimizer: the `-O` level's pipeline, or `--passes` when given, with the
 /// dump and timing instrumentation of `inst` (dumps go to stderr).
+/// With `quantize`, the `quantize` pass runs first (unless `--passes` places it).
 fn optimize(
     m: &mut Module,
     level: u8,
     passes: Option<&[String]>,
+    quantize: Option<&llmc_passes::quant::QuantSpec>,
     inst: &llmc_passes::Instrument,
 ) -> Result<llmc_passes::PassReport> {
-    let pipeline = match passes {
+    let mut pipeline = match passes {
         Some(names) => llmc_passes::parse_pipeline(names)?,
         None => llmc_passes::pipeline_for_level(level),
     };
+    if quantize.is_some() && !pipeline.iter().any(|p| p.name == "quantize") {
+        pipeline.splice(0..0, llmc_passes::find_pass("quantize"));
+    }
     let ctx = llmc_passes::PassContext {
         opt_level: level,
+        quantize: quantize.cloned(),
         ..Default::default()
     };
     let mut err = std::io::stderr().lock();
@@ -413,7 +433,13 @@ fn build(a: &BuildArgs) -> Result<()> {
         .iter()
         .filter_map(|w| w.shape.checked_numel().and_then(|d| d.as_const()))
         .sum();
-    let report = optimize(&mut m, a.opt_level, a.passes.as_deref(), &inst)?;
+    let report = optimize(
+        &mut m,
+        a.opt_level,
+        a.passes.as_deref(),
+        a.quantize.as_ref(),
+        &inst,
+    )?;
     if a.time_passes {
         eprint!("{report}");
     }
@@ -593,7 +619,13 @@ fn build(a: &BuildArgs) -> Result<()> {
 fn inspect(a: &InspectArgs) -> Result<()> {
     let mut m = load(&a.model)?;
     if let Some(level) = a.opt_level {
-        optimize(&mut m, level, None, &llmc_passes::Instrument::default())?;
+        optimize(
+            &mut m,
+            level,
+            None,
+            None,
+            &llmc_passes::Instrument::default(),
+        )?;
     }
     let text = match a.emit {
         InspectEmit::LlmcIr => llmc_ir::text::print(&m),
@@ -611,6 +643,7 @@ fn exec(a: &ExecArgs) -> Result<()> {
     optimize(
         &mut m,
         a.opt_level,
+        None,
         None,
         &llmc_passes::Instrument::default(),
     )?;
@@ -716,6 +749,7 @@ fn run(a: &RunArgs) -> Result<()> {
         &mut m,
         a.opt_level,
         None,
+        None,
         &llmc_passes::Instrument::default(),
     )?;
     if a.engine == Engine::Cpu {
@@ -812,6 +846,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect(a),
         Cmd::Exec(a) => exec(a),
         Cmd::Run(a) => run(a),
+        Cmd::Eval(a) => eval::eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,7 @@ pub mod fuse_elementwise;
 pub mod manager;
 pub mod merge;
 pub mod pipeline;
+pub mod quant;
 mod rewrite;
 pub mod serving;
 
@@ -52,6 +53,9 @@ pub struct PassContext {
     /// Constant folding leaves results with more elements than this unfolded (a folded
     /// constant is stored inline in the IR and in the executable's data).
     pub fold_max_elems: usize,
+    /// `--quantize`: what the `quantize` pass turns the weights into (`None`: the
+    /// pass does nothing).
+    pub quantize: Option<quant::QuantSpec>,
 }
 
 impl Default for PassContext {
@@ -59,6 +63,7 @@ impl Default for PassContext {
         PassContext {
             opt_level: 2,
             fold_max_elems: 1 << 20,
+            quantize: None,
         }
     }
 }

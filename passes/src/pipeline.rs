@@ -16,6 +16,11 @@ pub struct Pass {
 /// Every pass, by name.
 pub static PASSES: &[Pass] = &[
     Pass {
+        name: "quantize",
+        summary: "weight matrices to GGUF block formats (q8_0, q4_0, q4_1) as --quantize asks; first in the pipeline when given",
+        run: crate::quant::run,
+    },
+    Pass {
         name: "fold",
         summary: "constant folding through the reference interpreter",
         run: crate::fold::run,

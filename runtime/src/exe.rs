@@ -6,6 +6,7 @@
 //!                [--repetition-penalty R] [--seed S] [--chat]
 //! ./OUT embed --text TEXT [--text TEXT]... [--output FILE.npy]
 //! ./OUT run [--input NAME=FILE.npy]... [--output-dir DIR] [--then [--input ...]... [--output-dir DIR]]...
+//! ./OUT perplexity --file TEXT [--ctx 512] [--chunks N] [--dump-logits FILE] [--kl-base FILE]
 //! ./OUT info
 //! ./OUT bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
 //! ```
@@ -14,7 +15,8 @@
 //! cache carries over from one group to the next) and writes `DIR/NAME.npy` per graph
 //! output. `generate` streams text from a language model (greedy at `--temperature 0`,
 //! the default). `embed` prints sentence embeddings from an encoder model (see
-//! [`crate::embed`]). `bench` times prefill and decode (see [`crate::bench`]). `serve`
+//! [`crate::embed`]). `perplexity` measures a language model on a text file as
+//! llama.cpp's `llama-perplexity` does (see [`crate::eval`]). `bench` times prefill and decode (see [`crate::bench`]). `serve`
 //! comes next.
 
 use crate::abi::KernelTable;
@@ -31,6 +33,8 @@ const USAGE: &str = "usage:
            [--kv-cache-mb N] [--max-seqs N] [--max-batch-tokens N]  engine limits
   embed --text TEXT [--text TEXT]... [--output FILE.npy]          sentence embeddings
   run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
+  perplexity --file TEXT [--ctx 512] [--chunks N] [--dump-logits FILE] [--kl-base FILE]
+                                          perplexity (llama-perplexity protocol), KL divergence
   info                                                             describe the model
   bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
         [--concurrency N] [--shared-prefix K] [engine limits]
@@ -380,6 +384,14 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             let opts = crate::embed::parse(rest)?;
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::embed::embed(&mut model, &opts)
+        }
+        "perplexity" => {
+            let opts = crate::eval::parse(rest)?;
+            if plan.llm.is_none() {
+                return Err("perplexity needs a language model with a tokenizer".into());
+            }
+            let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
+            crate::eval::perplexity(&mut model, &opts).map(|_| ())
         }
         "info" => {
             info(&plan, &sizes);

@@ -8,6 +8,7 @@ pub mod abi;
 pub mod bench;
 pub mod embed;
 pub mod engine;
+pub mod eval;
 pub mod exe;
 pub mod exec;
 pub mod generate;

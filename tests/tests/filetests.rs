@@ -533,11 +533,23 @@ fn run_test(text: &str, m: &Module, name: &str, bless: bool) -> Result<String, F
 
 // ----- optimize tests -----
 
-/// The passes a `; test optimize SPEC` header asks for: `-ON` or `passes=a,b,c`.
+/// The passes a `; test optimize SPEC` header asks for: `-ON` or `passes=a,b,c`,
+/// optionally followed by `quantize=FORMAT` (the `--quantize` spec; the `quantize`
+/// pass runs first unless the list places it).
 fn optimize_pipeline(
     spec: &str,
     name: &str,
 ) -> Result<(Vec<&'static llmc_passes::Pass>, llmc_passes::PassContext), Failed> {
+    if let Some((spec, q)) = spec.split_once(" quantize=") {
+        let (mut passes, mut ctx) = optimize_pipeline(spec.trim(), name)?;
+        let q = llmc_passes::quant::QuantSpec::parse(q.trim())
+            .map_err(|e| fail(format!("{name}:1: quantize={q}: {e}")))?;
+        ctx.quantize = Some(q);
+        if !passes.iter().any(|p| p.name == "quantize") {
+            passes.splice(0..0, llmc_passes::find_pass("quantize"));
+        }
+        return Ok((passes, ctx));
+    }
     let mut ctx = llmc_passes::PassContext::default();
     if let Some(level) = spec.strip_prefix("-O") {
         let level: u8 = level

@@ -1,0 +1,189 @@
+//! The GGUF block quantizers (Q8_0, Q4_0, Q4_1), written to give the bytes llama.cpp's
+//! reference quantizer gives (`ggml-quants.c`, `quantize_row_q8_0_ref`,
+//! `quantize_row_q4_0_ref`, `quantize_row_q4_1_ref`; gguf-py's `gguf.quants` mirrors
+//! them in numpy), so a model quantized by llmc can be compared with llama.cpp's byte
+//! for byte. Every step is the reference's f32 arithmetic in the reference's order
+//! (no fused multiply-add, scales rounded to f16 only when stored); the inverse is
+//! `llmc_ir::quant::dequantize`.
+
+use llmc_ir::DType;
+
+/// Elements per block of every format here.
+pub const BLOCK: usize = 32;
+
+/// The formats this module writes.
+pub fn supported(dtype: DType) -> bool {
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+}
+
+fn f16_bytes(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_le_bytes()
+}
+
+/// `1/d`, or 0 for a block of zeros (the reference's `d ? 1.0f/d : 0.0f`).
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+/// One Q8_0 block: `d = amax / 127`, `q = roundf(x / d)` (half away from zero).
+fn block_q8_0(x: &[f32], out: &mut Vec<u8>) {
+    let amax = x
+        .iter()
+        .fold(0.0f32, |a, &v| if v.abs() > a { v.abs() } else { a });
+    let d = amax / 127.0;
+    let id = inverse(d);
+    out.extend(f16_bytes(d));
+    out.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
+}
+
+/// One Q4_0 block: `d = max / -8` where `max` is the element of largest magnitude
+/// (the first one on a tie), nibble `min(15, trunc(x / d + 8.5))`; low nibbles hold
+/// elements 0..16, high nibbles 16..32.
+fn block_q4_0(x: &[f32], out: &mut Vec<u8>) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = inverse(d);
+    out.extend(f16_bytes(d));
+    let nib = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+    let half = BLOCK / 2;
+    out.extend((0..half).map(|j| nib(x[j]) | (nib(x[half + j]) << 4)));
+}
+
+/// One Q4_1 block: `d = (max - min) / 15`, `m = min`, nibble
+/// `min(15, trunc((x - min) / d + 0.5))`, same nibble order as Q4_0.
+fn block_q4_1(x: &[f32], out: &mut Vec<u8>) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    let d = (max - min) / 15.0;
+    let id = inverse(d);
+    out.extend(f16_bytes(d));
+    out.extend(f16_bytes(min));
+    let nib = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
+    let half = BLOCK / 2;
+    out.extend((0..half).map(|j| nib(x[j]) | (nib(x[half + j]) << 4)));
+}
+
+/// Appends the blocks of `x` (a whole number of 32-element blocks, all finite) in
+/// `dtype` to `out`. The caller checks both conditions; here a bad length or format
+/// is an error, never a panic.
+pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
+    if x.len() % BLOCK != 0 {
+        return Err(format!(
+            "{} elements are not whole blocks of {BLOCK}",
+            x.len()
+        ));
+    }
+    let block: fn(&[f32], &mut Vec<u8>) = match dtype {
+        DType::Q8_0 => block_q8_0,
+        DType::Q4_0 => block_q4_0,
+        DType::Q4_1 => block_q4_1,
+        other => {
+            return Err(format!(
+                "llmc cannot quantize to {other} (q8_0, q4_0, q4_1)"
+            ))
+        }
+    };
+    out.reserve(x.len() / BLOCK * dtype.block_bytes());
+    for b in x.chunks_exact(BLOCK) {
+        block(b, out);
+    }
+    Ok(())
+}
+
+/// The blocks of `x` in `dtype` (see [`quantize_into`]).
+pub fn quantize(dtype: DType, x: &[f32]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    quantize_into(dtype, x, &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Hand-checked blocks and the round trip through `llmc_ir::quant::dequantize`;
+    //! the byte-for-byte comparison with gguf-py on real weights is
+    //! `passes/tests/quant_gguf.rs`.
+    use super::*;
+    use llmc_ir::quant::dequantize;
+
+    fn ramp(scale: f32) -> Vec<f32> {
+        (0..32).map(|i| (i as f32 - 13.0) * scale).collect()
+    }
+
+    #[test]
+    fn q8_0_scale_is_amax_over_127_and_rounds_half_away() {
+        let mut x = vec![0.0f32; 32];
+        x[0] = -127.0;
+        x[1] = 2.5;
+        x[2] = -2.5;
+        x[3] = 0.49;
+        let b = quantize(DType::Q8_0, &x).unwrap();
+        assert_eq!(b.len(), 34);
+        assert_eq!(half::f16::from_le_bytes([b[0], b[1]]).to_f32(), 1.0);
+        assert_eq!(b[2] as i8, -127);
+        assert_eq!(b[3] as i8, 3);
+        assert_eq!(b[4] as i8, -3);
+        assert_eq!(b[5] as i8, 0);
+    }
+
+    #[test]
+    fn q4_0_takes_the_signed_extreme_and_clamps_at_15() {
+        // The largest magnitude is positive: d is negative, and x = max maps to 0.
+        let x = ramp(0.5);
+        let b = quantize(DType::Q4_0, &x).unwrap();
+        let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        assert_eq!(d, 9.0 / -8.0);
+        // Element 31 (= max) -> 8.5 - 8 = 0.5 -> 0; element 0 (-6.5) -> trunc(6.5/1.125 + 8.5).
+        assert_eq!(b[2 + 15] >> 4, 0);
+        assert_eq!(b[2] & 0xF, ((-6.5f32 * (1.0 / d) + 8.5) as u8).min(15));
+        let v = dequantize(DType::Q4_0, &b, 32).unwrap();
+        for (a, q) in x.iter().zip(&v) {
+            assert!(
+                (*a as f64 - q).abs() <= d.abs() as f64 * 0.5 + 1e-6,
+                "{a} vs {q}"
+            );
+        }
+    }
+
+    #[test]
+    fn q4_1_round_trip_within_half_a_step() {
+        let x = ramp(0.37);
+        let b = quantize(DType::Q4_1, &x).unwrap();
+        assert_eq!(b.len(), 20);
+        let d = half::f16::from_le_bytes([b[0], b[1]]).to_f64();
+        let v = dequantize(DType::Q4_1, &b, 32).unwrap();
+        for (a, q) in x.iter().zip(&v) {
+            assert!((*a as f64 - q).abs() <= d * 0.5 + 1e-3, "{a} vs {q}");
+        }
+    }
+
+    #[test]
+    fn zero_blocks_and_bad_input() {
+        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            let b = quantize(dt, &[0.0; 64]).unwrap();
+            assert_eq!(b.len(), 2 * dt.block_bytes());
+            assert!(dequantize(dt, &b, 64).unwrap().iter().all(|&v| v == 0.0));
+            assert!(quantize(dt, &[0.0; 31])
+                .unwrap_err()
+                .contains("whole blocks"));
+        }
+        let e = quantize(DType::F16, &[0.0; 32]).unwrap_err();
+        assert!(e.contains("cannot quantize to f16"), "{e}");
+    }
+}

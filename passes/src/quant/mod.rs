@@ -1,0 +1,426 @@
+//! Weight quantization (`llmc build --quantize FORMAT`, `llmc eval --quantize`): turns
+//! the f32/f16/bf16 weight matrices that `linear`/`linear_act` read (and so the ones
+//! `merge` later joins into the `glu`-feeding gate/up linear), the token-embedding
+//! table `gather` reads and the output projection into the GGUF block formats the CPU
+//! kernels run (`q8_0`, `q4_0`, `q4_1`, see `gguf`), so that an f32 or f16 model
+//! (HF folder, ONNX initializers, GGUF F32/F16) gets the bytes a `llama-quantize`d
+//! GGUF file would have.
+//!
+//! The default mix follows `llama-quantize` for the same file type: every matrix in
+//! FORMAT, the output matrix (`lm_head`, or the tied token embedding that serves as
+//! it) in `q8_0` (llama.cpp picks Q6_K when the row length is a multiple of 256 and
+//! Q8_0 otherwise; llmc has no Q6_K quantizer, so it is Q8_0 always), an untied token
+//! embedding in FORMAT. `FORMAT,head=F,embed=F` changes the last two (`keep` leaves
+//! them as they are). Vectors (norms, biases) and matrices whose rows are not whole
+//! blocks of 32 stay as they are, and the pass says which and why.
+//!
+//! The pass changes a weight's dtype in place (the IR prints `q4_0[576, 576]`), points
+//! the linears that read it through an f16 -> f32 `cast` straight at it, and drops the
+//! casts; a module read from text (no weight data) only changes dtypes.
+
+pub mod gguf;
+
+use crate::rewrite::compact;
+use crate::{Changed, PassContext, PassError};
+use llmc_ir::{AttrsExt, DType, Module, NodeId, Op, ValueId, WeightData, WeightId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// What `--quantize` asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuantSpec {
+    /// The format of the linear layers' matrices.
+    pub format: DType,
+    /// The output projection's format (`None`: keep it).
+    pub head: Option<DType>,
+    /// The (untied) token embedding's format (`None`: keep it).
+    pub embed: Option<DType>,
+}
+
+fn format_name(d: Option<DType>) -> &'static str {
+    d.map_or("keep", DType::name)
+}
+
+impl fmt::Display for QuantSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{},head={},embed={}",
+            self.format,
+            format_name(self.head),
+            format_name(self.embed)
+        )
+    }
+}
+
+/// The formats `--quantize` accepts, for messages.
+pub const FORMATS: &str = "q8_0, q4_0, q4_1";
+
+fn parse_format(s: &str, what: &str) -> Result<DType, String> {
+    DType::from_name(&s.to_ascii_lowercase())
+        .filter(|d| gguf::supported(*d))
+        .ok_or_else(|| format!("{what} `{s}`: unknown format (known: {FORMATS})"))
+}
+
+impl QuantSpec {
+    /// The default mix for `format` (see the module comment).
+    pub fn new(format: DType) -> QuantSpec {
+        QuantSpec {
+            format,
+            head: Some(DType::Q8_0),
+            embed: Some(format),
+        }
+    }
+
+    /// Parses `FORMAT[,head=F|keep][,embed=F|keep]`.
+    pub fn parse(s: &str) -> Result<QuantSpec, String> {
+        let mut parts = s.split(',').map(str::trim);
+        let first = parts.next().unwrap_or_default();
+        let mut spec = QuantSpec::new(parse_format(first, "format")?);
+        for p in parts {
+            let (key, val) = p
+                .split_once('=')
+                .ok_or_else(|| format!("`{p}`: expected head=FORMAT or embed=FORMAT"))?;
+            let val = if val == "keep" {
+                None
+            } else {
+                Some(parse_format(val, key)?)
+            };
+            match key {
+                "head" => spec.head = val,
+                "embed" => spec.embed = val,
+                _ => return Err(format!("`{key}`: unknown option (head, embed)")),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// The role a weight plays, which decides its format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Read by linears only.
+    Linear,
+    /// The output projection (possibly also the token embedding: tied).
+    Head,
+    /// Read by gathers only.
+    Embed,
+}
+
+/// How one node reads the weight.
+enum Use {
+    /// `linear`/`linear_act` operand 1.
+    Matrix,
+    /// A `cast` to f32 whose every reader is a `linear`/`linear_act` weight operand.
+    CastToMatrix(NodeId),
+    /// `gather` operand 0 along axis 0.
+    Gather(NodeId),
+}
+
+/// What the analysis decided for one weight.
+struct Plan {
+    weight: WeightId,
+    value: ValueId,
+    role: Role,
+    uses: Vec<Use>,
+}
+
+fn is_matmul_weight(m: &Module, n: NodeId, operand: usize) -> bool {
+    let node = m.graph.node(n);
+    matches!(node.op, Op::Linear | Op::LinearAct)
+        && operand == 1
+        && node
+            .outputs
+            .first()
+            .is_some_and(|&o| m.graph.ty(o).dtype == DType::F32)
+}
+
+/// Every (node, operand index) that reads `v`.
+fn readers(m: &Module, v: ValueId) -> Vec<(NodeId, usize)> {
+    let mut out = Vec::new();
+    for (i, n) in m.graph.nodes.iter().enumerate() {
+        for (k, &x) in n.inputs.iter().enumerate() {
+            if x == v {
+                out.push((NodeId(i as u32), k));
+            }
+        }
+    }
+    out
+}
+
+/// Is node `n` a `cast` to f32?
+fn casts_to_f32(m: &Module, n: NodeId) -> bool {
+    let node = m.graph.node(n);
+    node.op == Op::Cast && node.attrs.dtype("to") == Some(DType::F32)
+}
+
+/// Is `v` (a linear's result) the graph's output, directly or through one cast?
+fn feeds_output(m: &Module, v: ValueId) -> bool {
+    let g = &m.graph;
+    if g.outputs.contains(&v) {
+        return true;
+    }
+    let r = readers(m, v);
+    r.len() == 1
+        && casts_to_f32(m, r[0].0)
+        && g.node(r[0].0)
+            .outputs
+            .first()
+            .is_some_and(|o| g.outputs.contains(o))
+}
+
+/// Decides whether weight `w` can be quantized and in which role, or says why not.
+fn analyse(m: &Module, w: WeightId) -> Result<Option<Plan>, String> {
+    let weight = m.weight(w);
+    if !matches!(weight.dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Ok(None);
+    }
+    let Some(value) = m.weight_value(w) else {
+        return Ok(None);
+    };
+    let dims = weight.shape.as_consts();
+    let Some([_, k]) = dims.as_deref() else {
+        return Ok(None);
+    };
+    let g = &m.graph;
+    let mut uses = Vec::new();
+    let (mut head, mut gathers, mut matrices) = (false, 0usize, 0usize);
+    if g.outputs.contains(&value) {
+        return Err("returned by the graph".into());
+    }
+    for (n, k_op) in readers(m, value) {
+        let node = g.node(n);
+        if is_matmul_weight(m, n, k_op) {
+            head |= feeds_output(m, node.outputs[0]);
+            matrices += 1;
+            uses.push(Use::Matrix);
+        } else if casts_to_f32(m, n) && k_op == 0 {
+            let out = node.outputs[0];
+            let rs = readers(m, out);
+            if g.outputs.contains(&out) || rs.is_empty() {
+                return Err("its cast to f32 is returned or unused".into());
+            }
+            for &(r, ko) in &rs {
+                if !is_matmul_weight(m, r, ko) {
+                    return Err(format!(
+                        "its cast to f32 is read by {}",
+                        g.node(r).op.name()
+                    ));
+                }
+                head |= feeds_output(m, g.node(r).outputs[0]);
+                matrices += 1;
+            }
+            uses.push(Use::CastToMatrix(n));
+        } else if node.op == Op::Gather && k_op == 0 {
+            let axis = node.attrs.int("axis").unwrap_or(0);
+            if axis != 0 && axis != -2 {
+                return Err(format!("gathered along axis {axis}"));
+            }
+            // A gather from an f16 table gives f16 rows; from a block format, f32 rows.
+            // Only a cast to f32 may read them then.
+            if weight.dtype != DType::F32 {
+                let out = node.outputs[0];
+                if g.outputs.contains(&out)
+                    || !readers(m, out).iter().all(|&(r, _)| casts_to_f32(m, r))
+                {
+                    return Err("its gathered rows are used as f16/bf16".into());
+                }
+            }
+            gathers += 1;
+            uses.push(Use::Gather(n));
+        } else {
+            return Err(format!("read by {} (operand {k_op})", node.op.name()));
+        }
+    }
+    if uses.is_empty() {
+        return Ok(None);
+    }
+    if k % gguf::BLOCK as i64 != 0 {
+        return Err(format!(
+            "rows of {k} elements are not whole blocks of {}",
+            gguf::BLOCK
+        ));
+    }
+    let role = if head || (gathers > 0 && matrices > 0) {
+        Role::Head
+    } else if matrices == 0 {
+        Role::Embed
+    } else {
+        Role::Linear
+    };
+    Ok(Some(Plan {
+        weight: w,
+        value,
+        role,
+        uses,
+    }))
+}
+
+/// The weight's elements as f32 (exact for f16/bf16), checked finite.
+fn as_f32(name: &str, dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f32>, String> {
+    let eb = dtype.block_bytes();
+    if bytes.len() < numel * eb {
+        return Err(format!(
+            "weight @{name}: {} bytes, {dtype} x {numel} needs {}",
+            bytes.len(),
+            numel * eb
+        ));
+    }
+    let b = &bytes[..numel * eb];
+    let x: Vec<f32> = match dtype {
+        DType::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => return Err(format!("weight @{name}: {other} is not a float format")),
+    };
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(format!(
+            "weight @{name}: element {i} is {}, which no block format can hold",
+            x[i]
+        ));
+    }
+    Ok(x)
+}
+
+/// Byte counts for the report.
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// The pass: quantizes per `ctx.quantize`; without a spec it changes nothing.
+pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
+    let Some(spec) = &ctx.quantize else {
+        crate::note("no --quantize format given: nothing to do".into());
+        return Ok(Changed::No);
+    };
+    let err = |msg: String| PassError::Pass {
+        pass: "quantize".into(),
+        msg,
+    };
+    let mut plans = Vec::new();
+    let mut left: Vec<String> = Vec::new();
+    for i in 0..m.weights.len() {
+        let w = WeightId(i as u32);
+        match analyse(m, w) {
+            Ok(Some(p)) => plans.push(p),
+            Ok(None) => {}
+            Err(why) => left.push(format!("@{} ({why})", m.weight(w).name)),
+        }
+    }
+    let mut counts: HashMap<DType, usize> = HashMap::new();
+    let (mut before, mut after) = (0u64, 0u64);
+    let mut kept: Vec<String> = Vec::new();
+    let mut special: Vec<String> = Vec::new();
+    let mut keep_node = vec![true; m.graph.nodes.len()];
+    let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
+    for p in &plans {
+        let target = match p.role {
+            Role::Linear => Some(spec.format),
+            Role::Head => spec.head,
+            Role::Embed => spec.embed,
+        };
+        let w = m.weight(p.weight).clone();
+        let role = match p.role {
+            Role::Linear => "",
+            Role::Head => "head",
+            Role::Embed => "embed",
+        };
+        let Some(target) = target else {
+            kept.push(format!("@{} ({role}=keep)", w.name));
+            continue;
+        };
+        let numel = w.shape.as_consts().map_or(0, |d| d.iter().product::<i64>()) as usize;
+        let data = match w.data.bytes() {
+            None => WeightData::None,
+            Some(bytes) => {
+                let x = as_f32(&w.name, w.dtype, bytes, numel).map_err(err)?;
+                let q = gguf::quantize(target, &x)
+                    .map_err(|e| err(format!("weight @{}: {e}", w.name)))?;
+                WeightData::Owned(Arc::new(q))
+            }
+        };
+        before += w.dtype.storage_bytes(numel as u64).unwrap_or(0);
+        after += target.storage_bytes(numel as u64).unwrap_or(0);
+        *counts.entry(target).or_default() += 1;
+        if p.role != Role::Linear {
+            special.push(format!("{role} @{} {target}", w.name));
+        }
+        let rec = &mut m.weights[p.weight.0 as usize];
+        rec.dtype = target;
+        rec.data = data;
+        m.graph.values[p.value.0 as usize].ty.dtype = target;
+        for u in &p.uses {
+            match *u {
+                Use::Matrix => {}
+                Use::CastToMatrix(c) => {
+                    // The linears read the quantized weight itself.
+                    let out = m.graph.node(c).outputs[0];
+                    repl.insert(out, p.value);
+                    keep_node[c.0 as usize] = false;
+                }
+                Use::Gather(n) => {
+                    let out = m.graph.node(n).outputs[0];
+                    let was = m.graph.ty(out).dtype;
+                    m.graph.values[out.0 as usize].ty.dtype = DType::F32;
+                    if was != DType::F32 {
+                        // The casts to f32 after it are identities now; the rows take
+                        // the name of the (first) cast's result.
+                        let casts = readers(m, out);
+                        for (i, &(r, _)) in casts.iter().enumerate() {
+                            let cast_out = m.graph.node(r).outputs[0];
+                            if i == 0 {
+                                let name = m.graph.value(cast_out).name.clone();
+                                m.graph.values[out.0 as usize].name = name;
+                            }
+                            repl.insert(cast_out, out);
+                            keep_node[r.0 as usize] = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let changed = !counts.is_empty();
+    if changed {
+        compact(&mut m.graph, &keep_node, &repl);
+    }
+    let mut by_fmt: Vec<String> = counts.iter().map(|(d, c)| format!("{c} {d}")).collect();
+    by_fmt.sort();
+    let mut note = format!(
+        "{spec}: {} matrices ({}), {} -> {}",
+        counts.values().sum::<usize>(),
+        if by_fmt.is_empty() {
+            "none".to_string()
+        } else {
+            by_fmt.join(", ")
+        },
+        mib(before),
+        mib(after)
+    );
+    if !special.is_empty() {
+        note += &format!("; {}", special.join(", "));
+    }
+    if !kept.is_empty() {
+        note += &format!("; kept {}", kept.join(", "));
+    }
+    if !left.is_empty() {
+        note += &format!(
+            "; {} left as they are: {}{}",
+            left.len(),
+            left.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            if left.len() > 3 { ", ..." } else { "" }
+        );
+    }
+    crate::note(note);
+    Ok(changed.into())
+}
