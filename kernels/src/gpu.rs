@@ -249,13 +249,123 @@ fn check_thread_body(k: &Kernel, body: &[Stmt]) -> Result<(), String> {
     Ok(())
 }
 
+/// How [`map_parallel`] put a kernel into the GPU form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// The top-level parallel loop's iterations over threads of as many blocks as needed.
+    Grid,
+    /// One block: every thread runs the serial loops, the innermost independent
+    /// (vectorize-tagged) loops are strided over the block's threads.
+    BlockStride,
+    /// One thread of one block.
+    OneThread,
+}
+
 /// Puts a CPU kernel into the GPU form: when its body is top-level lets and one
 /// parallel loop, that loop's iterations are spread over [`MAP_THREADS`]-thread
-/// blocks (one iteration per thread, the grid sized by the trip count); any other
-/// kernel runs on one thread of one block (correct, not fast: the build reports it).
-/// Parallel loops nested inside become serial. Returns the kernel and whether it was
-/// spread over threads.
-pub fn map_parallel(mut k: Kernel) -> (Kernel, bool) {
+/// blocks (one iteration per thread, the grid sized by the trip count); else, when
+/// every store sits in a vectorize-tagged loop (independent iterations) that assigns
+/// no outer variable, one block runs the kernel with those loops strided over its
+/// threads; any other kernel runs on one thread (correct, not fast: the build
+/// reports it). Parallel loops nested inside become serial.
+pub fn map_parallel(k: Kernel) -> (Kernel, Mapping) {
+    let (mut k, grid) = map_grid(k);
+    if grid {
+        return (k, Mapping::Grid);
+    }
+    // `map_grid` left [grid(1) [block(1) [body]]]: try the block-stride form.
+    let Some(Stmt::For { body: gb, .. }) = k.body.first_mut() else {
+        return (k, Mapping::OneThread);
+    };
+    let Some(Stmt::For {
+        var: t,
+        hi,
+        body: inner,
+        ..
+    }) = gb.first_mut()
+    else {
+        return (k, Mapping::OneThread);
+    };
+    let mut strided = inner.clone();
+    let mut count = 0;
+    if block_stride(&mut strided, *t, &mut count) && count > 0 {
+        *inner = strided;
+        *hi = Expr::i(MAP_THREADS);
+        return (k, Mapping::BlockStride);
+    }
+    (k, Mapping::OneThread)
+}
+
+/// Strides the outermost independent vectorize loops of `body` over the block's
+/// threads (`t`); false when a store, barrier or shuffle sits outside such a loop.
+fn block_stride(body: &mut [Stmt], t: VarId, count: &mut usize) -> bool {
+    for s in body {
+        match s {
+            Stmt::For {
+                tag: LoopTag::Vectorize(_),
+                lo,
+                step,
+                body: b,
+                var,
+                ..
+            } if independent(b, *var) => {
+                *lo = lo.clone() + Expr::Var(t) * *step;
+                *step *= MAP_THREADS;
+                *count += 1;
+            }
+            Stmt::For { body: b, .. } => {
+                if !block_stride(b, t, count) {
+                    return false;
+                }
+            }
+            Stmt::If { then, els, .. } => {
+                if !block_stride(then, t, count) || !block_stride(els, t, count) {
+                    return false;
+                }
+            }
+            Stmt::Store { .. } | Stmt::Barrier | Stmt::ShuffleXor { .. } => return false,
+            Stmt::Let { .. } | Stmt::Assign { .. } | Stmt::Alloc { .. } | Stmt::QDot(_) => {}
+        }
+    }
+    true
+}
+
+/// True when a loop body assigns only variables it defines (its iterations share
+/// nothing but what they read) and has no barrier or shuffle.
+fn independent(body: &[Stmt], var: VarId) -> bool {
+    fn defined(b: &[Stmt], out: &mut Vec<VarId>) {
+        for s in b {
+            match s {
+                Stmt::Let { var, .. } => out.push(*var),
+                Stmt::For { var, body, .. } => {
+                    out.push(*var);
+                    defined(body, out);
+                }
+                Stmt::If { then, els, .. } => {
+                    defined(then, out);
+                    defined(els, out);
+                }
+                _ => {}
+            }
+        }
+    }
+    fn ok(b: &[Stmt], defs: &[VarId]) -> bool {
+        b.iter().all(|s| match s {
+            Stmt::Assign { var, .. } => defs.contains(var),
+            Stmt::QDot(q) => q.accs.iter().all(|a| defs.contains(a)),
+            Stmt::Barrier | Stmt::ShuffleXor { .. } => false,
+            Stmt::For { body, .. } => ok(body, defs),
+            Stmt::If { then, els, .. } => ok(then, defs) && ok(els, defs),
+            _ => true,
+        })
+    }
+    let mut defs = vec![var];
+    defined(body, &mut defs);
+    ok(body, &defs)
+}
+
+/// The grid mapping of [`map_parallel`], or one thread; true for the grid.
+fn map_grid(mut k: Kernel) -> (Kernel, bool) {
     let body = std::mem::take(&mut k.body);
     let nlets = body
         .iter()

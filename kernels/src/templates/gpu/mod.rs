@@ -27,6 +27,9 @@ pub enum GpuSchedule {
     Template,
     /// The CPU template's parallel loop spread over threads.
     Threads,
+    /// The CPU template in one block, its independent inner loops strided over the
+    /// block's threads.
+    BlockStride,
     /// The CPU template on one thread (no parallel loop to spread): correct, slow.
     OneThread,
     /// No kernel (alias, constant, runtime step).
@@ -63,11 +66,11 @@ pub fn lower(
             packs,
             consts,
         } => {
-            let (kernel, spread) = crate::gpu::map_parallel(kernel);
-            let kind = if spread {
-                GpuSchedule::Threads
-            } else {
-                GpuSchedule::OneThread
+            let (kernel, mapping) = crate::gpu::map_parallel(kernel);
+            let kind = match mapping {
+                crate::gpu::Mapping::Grid => GpuSchedule::Threads,
+                crate::gpu::Mapping::BlockStride => GpuSchedule::BlockStride,
+                crate::gpu::Mapping::OneThread => GpuSchedule::OneThread,
             };
             (
                 Lowered::Kernel {

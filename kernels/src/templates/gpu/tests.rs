@@ -226,12 +226,27 @@ fn gpu_generic_mapping() {
         ],
         1e-6,
     );
-    let g = r.tensor(F, &[1, 3, 24], 3.0);
-    check(
+    let g = r.tensor(F, &[1, 3, 600], 3.0);
+    let text = check(
         Op::Glu,
         attrs([("act", Attr::Str("silu".into()))]),
-        &[input(tt(F, &["1", "seq", "24"]), g)],
+        &[input(tt(F, &["1", "seq", "600"]), g)],
         1e-5,
+    );
+    // One block, the row's elements strided over its threads.
+    assert!(
+        text.contains("block.x for") && text.contains("step 256"),
+        "{text}"
+    );
+    let x = r.tensor(F, &[2, 3, 300], 1.0);
+    check(
+        Op::Split,
+        attrs([
+            ("axis", Attr::Int(2)),
+            ("sizes", Attr::Ints(vec![100, 200])),
+        ]),
+        &[input(tt(F, &["2", "seq", "300"]), x)],
+        0.0,
     );
     let wq = quant_bytes(&mut r, DType::Q4_1, 6, 64);
     let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![5, 0, 2]);
