@@ -177,29 +177,25 @@ pub fn schedule(k: &Kernel) -> Result<Launch, String> {
     }
     // Block loops.
     let mut seen_block = [false; 3];
-    loop {
-        match rest {
-            [Stmt::For {
-                lo,
-                hi,
-                step,
-                tag: LoopTag::GpuBlock(a),
-                body,
-                ..
-            }] => {
-                let a = *a as usize;
-                if a > 2 || seen_block[a] {
-                    return Err(err(format!("block axis {a} is used twice or unknown")));
-                }
-                seen_block[a] = true;
-                let (Some(l), Some(h)) = (lo.as_i64(), hi.as_i64()) else {
-                    return Err(err("block loops need constant bounds".into()));
-                };
-                block[a] = ((h - l + step - 1) / step).max(0);
-                rest = body;
-            }
-            _ => break,
+    while let [Stmt::For {
+        lo,
+        hi,
+        step,
+        tag: LoopTag::GpuBlock(a),
+        body,
+        ..
+    }] = rest
+    {
+        let a = *a as usize;
+        if a > 2 || seen_block[a] {
+            return Err(err(format!("block axis {a} is used twice or unknown")));
         }
+        seen_block[a] = true;
+        let (Some(l), Some(h)) = (lo.as_i64(), hi.as_i64()) else {
+            return Err(err("block loops need constant bounds".into()));
+        };
+        block[a] = ((h - l + step - 1) / step).max(0);
+        rest = body;
     }
     let threads: i64 = block.iter().product();
     if !(1..=1024).contains(&threads) {

@@ -555,6 +555,7 @@ impl Machine<'_> {
     }
 
     /// Evaluates `e` for every active thread.
+    #[allow(clippy::needless_range_loop)] // threads index several parallel arrays
     fn eval_all(
         &mut self,
         e: &Expr,
@@ -576,6 +577,7 @@ impl Machine<'_> {
     }
 
     /// Runs `stmts` for the threads in `mask`, statement by statement.
+    #[allow(clippy::needless_range_loop)] // threads index several parallel arrays
     fn lockstep(
         &mut self,
         stmts: &[Stmt],

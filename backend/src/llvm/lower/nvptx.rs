@@ -198,6 +198,7 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// sin or cos of an f64 (Cephes `sin.c`/`cos.c`): `y = round-to-odd octant of
     /// |x| · 4/π`, `z = |x| - y·π/4` in three parts (exact products), then the sine
     /// or cosine polynomial by octant, branch-free.
+    #[allow(clippy::excessive_precision)] // Cephes' constants as published
     fn sincos_f64(&self, f: &Frame<'ctx>, x: FloatValue<'ctx>, cos: bool) -> R<FloatValue<'ctx>> {
         let it = self.it;
         let b = &f.b;
