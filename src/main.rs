@@ -2,6 +2,7 @@
 //! `docs/` / DESIGN.md that scripts and tests rely on), calls into the compiler crates,
 //! and turns every failure into one `error: ...` line and exit code 1.
 
+mod cuda;
 mod eval;
 mod generate;
 mod npy;
@@ -414,8 +415,8 @@ fn encoder_info(m: &Module) -> Result<Option<llmc_runtime::plan::EncoderInfo>> {
 }
 
 fn build(a: &BuildArgs) -> Result<()> {
-    if a.target == Target::Cuda || a.cuda_arch.is_some() || a.emit.contains(&BuildEmit::Ptx) {
-        bail!("llmc build --target cuda: the CUDA (NVPTX) backend is not available yet; use --target cpu");
+    if a.target != Target::Cuda && (a.cuda_arch.is_some() || a.emit.contains(&BuildEmit::Ptx)) {
+        bail!("--cuda-arch and --emit ptx need --target cuda");
     }
     let t0 = Instant::now();
     let mut m = load(&a.model)?;
@@ -523,6 +524,9 @@ fn build(a: &BuildArgs) -> Result<()> {
         std::fs::write(&p, llmc_ir::dot::to_dot(&m))
             .with_context(|| format!("writing {}", p.display()))?;
         eprintln!("wrote {}", p.display());
+    }
+    if a.target == Target::Cuda {
+        return cuda::build(a, &m, &out, t0);
     }
     let want = llmc_backend::Want {
         llvm_ir: has(BuildEmit::LlvmIr),

@@ -1,20 +1,23 @@
 //! Code generation for the CPU and the link step: a module becomes loop-IR kernels
 //! and a plan (`plan`), the kernels become an object through LLVM (`llvm`, the only
 //! place inkwell is used), and the object, the runtime static library, the plan and
-//! the weights become one executable (`link`).
+//! the weights become one executable (`link`). For CUDA, the kernels get GPU
+//! schedules and become PTX per architecture (`compile_cuda`), checked by `ptxas`
+//! when it is installed.
 
 pub mod fallback;
 pub mod link;
 pub mod llvm;
 pub mod plan;
+pub mod ptxas;
 pub mod run;
 
 use llmc_ir::Module;
 use std::path::{Path, PathBuf};
 
 pub use link::LinkError;
-pub use llvm::{CodegenError, Compiled, CpuOptions, Want};
-pub use plan::{plan_module, MemoryReport, Planned};
+pub use llvm::{CodegenError, Compiled, CpuOptions, Ptx, PtxOptions, Want};
+pub use plan::{plan_module, plan_module_for, MemoryReport, Planned};
 
 /// The runtime static library, embedded at build time.
 pub static RUNTIME_LIB: &[u8] = include_bytes!(env!("LLMC_RT_LIB"));
@@ -182,4 +185,81 @@ pub fn link_build(build: &CpuBuild, out: &Path) -> Result<(), BuildError> {
         out,
     )?;
     Ok(())
+}
+
+/// Options of a CUDA build.
+#[derive(Clone, Debug)]
+pub struct CudaOptions {
+    /// `-O` level.
+    pub opt_level: u8,
+    /// The architectures to emit PTX for (`sm_80`, `sm_90`).
+    pub archs: Vec<String>,
+    /// Where to write `kernels.loopir`, `NAME.ARCH.ptx` and the `.ll` files.
+    pub dump_dir: Option<PathBuf>,
+}
+
+/// A module compiled for CUDA: GPU-scheduled kernels and PTX per architecture.
+pub struct CudaBuild<'m> {
+    /// Kernels (in the GPU form), plan and data section.
+    pub planned: Planned<'m>,
+    /// One PTX module per architecture, in `archs` order.
+    pub ptx: Vec<Ptx>,
+}
+
+impl CudaBuild<'_> {
+    /// Every kernel's loop IR, in table order.
+    pub fn loop_ir(&self) -> String {
+        self.planned
+            .kernels
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Lowers `m` with the GPU schedules and emits PTX for every architecture asked.
+pub fn compile_cuda<'m>(m: &'m Module, opts: &CudaOptions) -> Result<CudaBuild<'m>, BuildError> {
+    let planned = plan_module_for(m, true)?;
+    let name = if m.name.is_empty() { "module" } else { &m.name };
+    let mut ptx = Vec::new();
+    for arch in &opts.archs {
+        let p = llvm::compile_ptx(
+            name,
+            &planned.kernels,
+            &PtxOptions {
+                opt_level: opts.opt_level,
+                arch: arch.clone(),
+            },
+            opts.dump_dir.is_some(),
+        )?;
+        ptx.push(p);
+    }
+    let build = CudaBuild { planned, ptx };
+    if let Some(dir) = &opts.dump_dir {
+        std::fs::create_dir_all(dir).map_err(|e| BuildError::Io {
+            path: dir.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        write(&dir.join("kernels.loopir"), build.loop_ir().as_bytes())?;
+        for p in &build.ptx {
+            write(
+                &dir.join(format!("{name}.{}.ptx", p.arch)),
+                p.text.as_bytes(),
+            )?;
+            if let Some(ll) = &p.preopt_ll {
+                write(
+                    &dir.join(format!("{name}.{}.preopt.ll", p.arch)),
+                    ll.as_bytes(),
+                )?;
+            }
+            if let Some(ll) = &p.postopt_ll {
+                write(
+                    &dir.join(format!("{name}.{}.postopt.ll", p.arch)),
+                    ll.as_bytes(),
+                )?;
+            }
+        }
+    }
+    Ok(build)
 }

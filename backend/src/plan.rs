@@ -38,6 +38,8 @@ pub struct Planned<'m> {
     pub data: Vec<Piece<'m>>,
     /// What memory planning (buffer reuse) did.
     pub memory: MemoryReport,
+    /// For a GPU plan: how each kernel (in table order) was scheduled.
+    pub gpu_schedules: Vec<llmc_kernels::templates::gpu::GpuSchedule>,
 }
 
 impl Planned<'_> {
@@ -197,6 +199,12 @@ pub fn plain_names(m: &Module) -> Vec<String> {
 
 /// Lowers every node of `m` and lays out the plan and data section.
 pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
+    plan_module_for(m, false)
+}
+
+/// [`plan_module`] for the CPU (`gpu` false) or with the GPU schedules
+/// ([`llmc_kernels::templates::gpu::lower`]; every kernel in the GPU form).
+pub fn plan_module_for(m: &Module, gpu: bool) -> Result<Planned<'_>, BuildError> {
     let g = &m.graph;
     let names = plain_names(m);
     let vname = |v: ValueId| {
@@ -243,6 +251,7 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut packed: HashMap<(llmc_ir::WeightId, llmc_kernels::Pack), u32> = HashMap::new();
     let mut kernel_ids: HashMap<String, u32> = HashMap::new();
+    let mut gpu_schedules = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
     for node in &g.nodes {
         let first = node
@@ -252,14 +261,26 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
             .unwrap_or_else(|| "(no result)".into());
         let in_tys: Vec<&TensorType> = node.inputs.iter().map(|&v| g.ty(v)).collect();
         let out_tys: Vec<&TensorType> = node.outputs.iter().map(|&v| g.ty(v)).collect();
-        let lowered =
-            llmc_kernels::lower(node, &in_tys, &out_tys, node.op.name()).map_err(|e| {
-                BuildError::Node {
+        let lowered = if gpu {
+            llmc_kernels::templates::gpu::lower(node, &in_tys, &out_tys, node.op.name())
+        } else {
+            llmc_kernels::lower(node, &in_tys, &out_tys, node.op.name())
+                .map(|l| (l, llmc_kernels::templates::gpu::GpuSchedule::None))
+        };
+        let (lowered, schedule) = lowered.map_err(|e| BuildError::Node {
+            node: first.clone(),
+            op: node.op.name().into(),
+            msg: e.msg,
+        })?;
+        if let (true, Lowered::Kernel { kernel, .. }) = (gpu, &lowered) {
+            llmc_kernels::gpu::schedule(kernel)
+                .and_then(|_| kernel.check())
+                .map_err(|msg| BuildError::Node {
                     node: first.clone(),
                     op: node.op.name().into(),
-                    msg: e.msg,
-                }
-            })?;
+                    msg: format!("GPU schedule: {msg}"),
+                })?;
+        }
         // Weights this node reads as stored get their buffer now.
         let packed_ops: Vec<usize> = match &lowered {
             Lowered::Kernel { packs, .. } => packs.iter().map(|p| p.operand).collect(),
@@ -433,6 +454,9 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
                         let i = kernels.len() as u32;
                         k.name = format!("{}_{i}", k.name);
                         kernels.push(k);
+                        if gpu {
+                            gpu_schedules.push(schedule);
+                        }
                         kernel_ids.insert(key, i);
                         i
                     }
@@ -507,6 +531,7 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
         plan,
         data: b.data,
         memory,
+        gpu_schedules,
     })
 }
 

@@ -61,6 +61,29 @@ impl KernelBuilder {
         id
     }
 
+    /// Allocates a GPU block's shared array of `len` elements in the current block
+    /// (between a grid loop and its block loop).
+    pub fn shared(&mut self, name: &str, ty: Ty, len: i64) -> BufId {
+        let id = BufId(self.k.bufs.len() as u32);
+        self.k.bufs.push(Buf {
+            name: name.to_string(),
+            ty,
+            role: Role::Shared,
+        });
+        self.push(Stmt::Alloc { buf: id, len });
+        id
+    }
+
+    /// A GPU block barrier.
+    pub fn barrier(&mut self) {
+        self.push(Stmt::Barrier);
+    }
+
+    /// `var = value` of lane `lane ^ xor` of this thread's warp.
+    pub fn shuffle_xor(&mut self, var: VarId, value: Expr, xor: u32) {
+        self.push(Stmt::ShuffleXor { var, value, xor });
+    }
+
     /// The expression for a dim parameter carrying symbol `name`.
     pub fn sym(&mut self, name: &str) -> Expr {
         let i = match self.k.dims.iter().position(|d| d == name) {

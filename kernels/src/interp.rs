@@ -4,10 +4,19 @@
 //! against the reference interpreter without a code generator, and the oracle the
 //! LLVM backend's output is compared with. Parallel loops run their iterations in
 //! reverse order, so a template that wrongly depends on iteration order shows up.
+//!
+//! Kernels in the GPU form ([`crate::gpu`]) run as a GPU runs them: block by block
+//! (in reverse order), the threads of a block in lock-step — each statement runs for
+//! every active thread before the next, `if` and loops narrow an active mask — with
+//! shared memory per block, barriers that every thread of the block must reach (a
+//! divergent barrier is an error), warp shuffles that need all 32 lanes, and race
+//! checks: two threads touching the same shared bytes between barriers (one of them
+//! writing), or the same global bytes anywhere in the kernel, is an error.
 
-use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, Role, Stmt, Ty, UnOp};
+use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, Role, Stmt, Ty, UnOp, VarId};
 use llmc_ir::tensor::{round_to, wrap_int, Data};
 use llmc_ir::{DType, Tensor};
+use std::collections::HashMap;
 
 /// An interpreter error: what went wrong, in which kernel.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -70,6 +79,36 @@ struct Machine<'a> {
     locals: Vec<Option<Vec<u8>>>,
     vars: Vec<Option<V>>,
     dims: &'a [i64],
+    /// The current GPU block's shared arrays.
+    shared: Vec<Option<Vec<u8>>>,
+    /// Race tracking while a GPU kernel runs.
+    gpu: Option<GpuTrack>,
+}
+
+/// Who touched a shared byte since the last barrier.
+#[derive(Clone, Copy, Default)]
+struct Cell {
+    writer: Option<u32>,
+    reader: Option<u32>,
+    readers: bool,
+}
+
+/// What the race checks of a GPU run know.
+#[derive(Default)]
+struct GpuTrack {
+    /// The running thread: index within its block, and its global number.
+    thread: u32,
+    global: u64,
+    /// Shared bytes touched since the last barrier, by (buffer, byte).
+    shared: HashMap<(u32, i64), Cell>,
+    /// Global (parameter) bytes written, by (buffer, byte): the writing thread.
+    written: HashMap<(u32, i64), u64>,
+}
+
+/// One GPU thread's private state while its block runs in lock-step.
+struct Thread {
+    vars: Vec<Option<V>>,
+    locals: Vec<Option<Vec<u8>>>,
 }
 
 type R<T> = Result<T, String>;
@@ -82,10 +121,66 @@ impl Machine<'_> {
                 .get_mut(*p)
                 .ok_or_else(|| format!("buffer {} was not passed", self.k.bufs[i].name));
         }
-        match self.locals.get_mut(i) {
+        let store = if self.k.bufs.get(i).map(|b| b.role) == Some(Role::Shared) {
+            &mut self.shared
+        } else {
+            &mut self.locals
+        };
+        match store.get_mut(i) {
             Some(Some(v)) => Ok(v),
             _ => Err(format!("buffer b{i} is not allocated here")),
         }
+    }
+
+    /// Race checks of a GPU access to `n` bytes at `at` of buffer `b`.
+    fn track(&mut self, b: BufId, at: i64, n: usize, write: bool) -> R<()> {
+        let Some(g) = self.gpu.as_mut() else {
+            return Ok(());
+        };
+        let buf = &self.k.bufs[b.0 as usize];
+        match buf.role {
+            Role::Shared => {
+                for byte in at..at + n as i64 {
+                    let c = g.shared.entry((b.0, byte)).or_default();
+                    let other = |t: Option<u32>| t.is_some_and(|t| t != g.thread);
+                    let race = other(c.writer) || (write && (other(c.reader) || c.readers));
+                    if race {
+                        let who = c.writer.or(c.reader).unwrap_or(g.thread);
+                        return Err(format!(
+                            "race on shared %{} byte {byte}: threads {who} and {} of the block touch it between barriers{}",
+                            buf.name,
+                            g.thread,
+                            if write { " (a write)" } else { "" }
+                        ));
+                    }
+                    if write {
+                        c.writer = Some(g.thread);
+                    } else if c.reader.is_none() {
+                        c.reader = Some(g.thread);
+                    } else if c.reader != Some(g.thread) {
+                        c.readers = true;
+                    }
+                }
+            }
+            Role::In | Role::Out => {
+                for byte in at..at + n as i64 {
+                    match g.written.get(&(b.0, byte)) {
+                        Some(&t) if t != g.global => {
+                            return Err(format!(
+                                "race on %{} byte {byte}: GPU threads {t} and {} both touch it, one writing",
+                                buf.name, g.global
+                            ))
+                        }
+                        _ => {}
+                    }
+                    if write {
+                        g.written.insert((b.0, byte), g.global);
+                    }
+                }
+            }
+            Role::Local => {}
+        }
+        Ok(())
     }
 
     fn read(&mut self, b: BufId, byte: i64, t: Ty, bufs: &mut [Vec<u8>]) -> R<V> {
@@ -106,7 +201,10 @@ impl Machine<'_> {
                     m.len()
                 )
             })?;
-        let s = &m[at..at + n];
+        let mut s8 = [0u8; 8];
+        s8[..n].copy_from_slice(&m[at..at + n]);
+        let s: &[u8] = &s8[..n];
+        self.track(b, at as i64, n, false)?;
         Ok(match t {
             Ty::Bool | Ty::U8 => V::I(s[0] as i64),
             Ty::I8 => V::I(s[0] as i8 as i64),
@@ -150,7 +248,7 @@ impl Machine<'_> {
             (t, v) => return Err(format!("store of {v:?} into {name} of type {t}")),
         };
         m[at..at + n].copy_from_slice(&bytes);
-        Ok(())
+        self.track(b, at as i64, n, true)
     }
 
     fn eval(&mut self, e: &Expr, bufs: &mut [Vec<u8>]) -> R<(V, Ty)> {
@@ -268,6 +366,12 @@ impl Machine<'_> {
                     let hi = self.eval(hi, bufs)?.0.i();
                     let step = (*step).max(1);
                     let n = if hi > lo { (hi - lo - 1) / step + 1 } else { 0 };
+                    if matches!(
+                        tag,
+                        LoopTag::GpuGrid(_) | LoopTag::GpuBlock(_) | LoopTag::GpuWarp
+                    ) {
+                        return Err("a GPU loop outside the GPU form".into());
+                    }
                     for j in 0..n {
                         let j = if *tag == LoopTag::Parallel {
                             n - 1 - j
@@ -296,18 +400,13 @@ impl Machine<'_> {
                     }
                 }
                 Stmt::Alloc { buf, len } => {
-                    let t = self.k.buf(*buf).ty;
-                    let bytes = usize::try_from(*len)
-                        .ok()
-                        .and_then(|l| l.checked_mul(t.bytes()))
-                        .filter(|&b| b <= 1 << 30)
-                        .ok_or_else(|| format!("local of {len} elements is too large"))?;
+                    let bytes = alloc_bytes(self.k.buf(*buf).ty, *len)?;
                     // Fill with a pattern, not zeros: a template must not rely on it.
                     self.locals[buf.0 as usize] = Some(vec![0xA5; bytes]);
                     allocated.push(*buf);
                 }
-                Stmt::Barrier => {
-                    return Err("barrier needs the GPU simulation, which is not written yet".into())
+                Stmt::Barrier | Stmt::ShuffleXor { .. } => {
+                    return Err("a barrier or shuffle outside a GPU block's threads".into())
                 }
                 Stmt::QDot(q) => self.qdot(q, bufs)?,
             }
@@ -317,6 +416,304 @@ impl Machine<'_> {
         }
         Ok(())
     }
+    /// Runs a kernel in the GPU form: top-level lets, then the grid.
+    fn run_gpu(&mut self, bufs: &mut [Vec<u8>]) -> R<()> {
+        self.gpu = Some(GpuTrack::default());
+        let k = self.k;
+        let mut rest = &k.body[..];
+        while let [Stmt::Let { var, value }, tail @ ..] = rest {
+            let v = self.eval(value, bufs)?.0;
+            self.vars[var.0 as usize] = Some(v);
+            rest = tail;
+        }
+        let mut blocks = 0u64;
+        self.grid(rest, bufs, &mut blocks)
+    }
+
+    /// A grid loop's level: uniform lets, the block's shared arrays, then a grid loop
+    /// (its blocks in reverse order) or the block's threads.
+    fn grid(&mut self, stmts: &[Stmt], bufs: &mut [Vec<u8>], blocks: &mut u64) -> R<()> {
+        let mut allocated = Vec::new();
+        for s in stmts {
+            match s {
+                Stmt::Let { var, value } => {
+                    let v = self.eval(value, bufs)?.0;
+                    self.vars[var.0 as usize] = Some(v);
+                }
+                Stmt::Alloc { buf, len } => {
+                    let bytes = alloc_bytes(self.k.buf(*buf).ty, *len)?;
+                    self.shared[buf.0 as usize] = Some(vec![0xA5; bytes]);
+                    allocated.push(*buf);
+                }
+                Stmt::For {
+                    var,
+                    lo,
+                    hi,
+                    step,
+                    tag: LoopTag::GpuGrid(_),
+                    body,
+                } => {
+                    let lo = self.eval(lo, bufs)?.0.i();
+                    let hi = self.eval(hi, bufs)?.0.i();
+                    let step = (*step).max(1);
+                    let n = if hi > lo { (hi - lo - 1) / step + 1 } else { 0 };
+                    for j in (0..n).rev() {
+                        self.vars[var.0 as usize] = Some(V::I(lo + j * step));
+                        self.grid(body, bufs, blocks)?;
+                    }
+                    self.vars[var.0 as usize] = None;
+                }
+                Stmt::For {
+                    tag: LoopTag::GpuBlock(_),
+                    ..
+                } => {
+                    self.block(s, bufs, *blocks)?;
+                    *blocks += 1;
+                }
+                _ => return Err("the kernel is not in the GPU form".into()),
+            }
+        }
+        for b in allocated {
+            self.shared[b.0 as usize] = None;
+        }
+        Ok(())
+    }
+
+    /// One block: its threads (the nested block loops' iterations) in lock-step.
+    fn block(&mut self, s: &Stmt, bufs: &mut [Vec<u8>], block_no: u64) -> R<()> {
+        // (var, lo, step, axis) per block loop, and the threads' body.
+        let mut loops: Vec<(VarId, i64, i64, usize)> = Vec::new();
+        let mut ext = [1i64; 3];
+        let mut cur = s;
+        let body = loop {
+            let Stmt::For {
+                var,
+                lo,
+                hi,
+                step,
+                tag: LoopTag::GpuBlock(a),
+                body,
+            } = cur
+            else {
+                return Err("the kernel is not in the GPU form".into());
+            };
+            let lo = self.eval(lo, bufs)?.0.i();
+            let hi = self.eval(hi, bufs)?.0.i();
+            let step = (*step).max(1);
+            let a = (*a as usize).min(2);
+            ext[a] = if hi > lo { (hi - lo - 1) / step + 1 } else { 0 };
+            loops.push((*var, lo, step, a));
+            match &body[..] {
+                [inner @ Stmt::For {
+                    tag: LoopTag::GpuBlock(_),
+                    ..
+                }] => cur = inner,
+                _ => break body,
+            }
+        };
+        let n = ext.iter().product::<i64>().max(0) as usize;
+        let mut ts: Vec<Thread> = (0..n)
+            .map(|tid| {
+                let tid = tid as i64;
+                let idx = [
+                    tid % ext[0],
+                    (tid / ext[0]) % ext[1],
+                    tid / (ext[0] * ext[1]),
+                ];
+                let mut vars = self.vars.clone();
+                for &(v, lo, step, a) in &loops {
+                    vars[v.0 as usize] = Some(V::I(lo + idx[a] * step));
+                }
+                Thread {
+                    vars,
+                    locals: vec![None; self.k.bufs.len()],
+                }
+            })
+            .collect();
+        if let Some(g) = self.gpu.as_mut() {
+            g.shared.clear();
+        }
+        let mask = vec![true; n];
+        self.lockstep(body, &mask, &mut ts, bufs, block_no)
+            .map_err(|e| format!("block {block_no}: {e}"))
+    }
+
+    /// Makes thread `i` the running one.
+    fn enter(&mut self, i: usize, ts: &mut [Thread], block_no: u64) {
+        std::mem::swap(&mut self.vars, &mut ts[i].vars);
+        std::mem::swap(&mut self.locals, &mut ts[i].locals);
+        let n = ts.len() as u64;
+        if let Some(g) = self.gpu.as_mut() {
+            g.thread = i as u32;
+            g.global = block_no * n + i as u64;
+        }
+    }
+
+    fn leave(&mut self, i: usize, ts: &mut [Thread]) {
+        std::mem::swap(&mut self.vars, &mut ts[i].vars);
+        std::mem::swap(&mut self.locals, &mut ts[i].locals);
+    }
+
+    /// Evaluates `e` for every active thread.
+    #[allow(clippy::needless_range_loop)] // threads index several parallel arrays
+    fn eval_all(
+        &mut self,
+        e: &Expr,
+        mask: &[bool],
+        ts: &mut [Thread],
+        bufs: &mut [Vec<u8>],
+        block_no: u64,
+    ) -> R<Vec<Option<V>>> {
+        let mut out = vec![None; ts.len()];
+        for i in 0..ts.len() {
+            if mask[i] {
+                self.enter(i, ts, block_no);
+                let v = self.eval(e, bufs);
+                self.leave(i, ts);
+                out[i] = Some(v?.0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `stmts` for the threads in `mask`, statement by statement.
+    #[allow(clippy::needless_range_loop)] // threads index several parallel arrays
+    fn lockstep(
+        &mut self,
+        stmts: &[Stmt],
+        mask: &[bool],
+        ts: &mut [Thread],
+        bufs: &mut [Vec<u8>],
+        block_no: u64,
+    ) -> R<()> {
+        let n = ts.len();
+        let mut allocated = Vec::new();
+        for s in stmts {
+            match s {
+                Stmt::For {
+                    var,
+                    lo,
+                    hi,
+                    step,
+                    body,
+                    ..
+                } => {
+                    let los = self.eval_all(lo, mask, ts, bufs, block_no)?;
+                    let his = self.eval_all(hi, mask, ts, bufs, block_no)?;
+                    for i in 0..n {
+                        if let Some(l) = los[i] {
+                            ts[i].vars[var.0 as usize] = Some(V::I(l.i()));
+                        }
+                    }
+                    loop {
+                        let active: Vec<bool> = (0..n)
+                            .map(|i| {
+                                mask[i]
+                                    && match (ts[i].vars[var.0 as usize], his[i]) {
+                                        (Some(v), Some(h)) => v.i() < h.i(),
+                                        _ => false,
+                                    }
+                            })
+                            .collect();
+                        if !active.iter().any(|&a| a) {
+                            break;
+                        }
+                        self.lockstep(body, &active, ts, bufs, block_no)?;
+                        for i in 0..n {
+                            if active[i] {
+                                let v = ts[i].vars[var.0 as usize].map_or(0, |v| v.i());
+                                ts[i].vars[var.0 as usize] = Some(V::I(v + (*step).max(1)));
+                            }
+                        }
+                    }
+                    for i in 0..n {
+                        if mask[i] {
+                            ts[i].vars[var.0 as usize] = None;
+                        }
+                    }
+                }
+                Stmt::If { cond, then, els } => {
+                    let c = self.eval_all(cond, mask, ts, bufs, block_no)?;
+                    let tm: Vec<bool> = c.iter().map(|v| v.is_some_and(|v| v.i() != 0)).collect();
+                    let em: Vec<bool> = c.iter().map(|v| v.is_some_and(|v| v.i() == 0)).collect();
+                    if tm.iter().any(|&a| a) {
+                        self.lockstep(then, &tm, ts, bufs, block_no)?;
+                    }
+                    if em.iter().any(|&a| a) {
+                        self.lockstep(els, &em, ts, bufs, block_no)?;
+                    }
+                }
+                Stmt::Barrier => {
+                    if let Some(i) = mask.iter().position(|&a| !a) {
+                        let active = mask.iter().filter(|&&a| a).count();
+                        return Err(format!(
+                            "divergent barrier: {active} of {n} threads reach it (thread {i} does not)"
+                        ));
+                    }
+                    if let Some(g) = self.gpu.as_mut() {
+                        g.shared.clear();
+                    }
+                }
+                Stmt::ShuffleXor { var, value, xor } => {
+                    let vals = self.eval_all(value, mask, ts, bufs, block_no)?;
+                    for i in 0..n {
+                        if !mask[i] {
+                            continue;
+                        }
+                        let w0 = i / 32 * 32;
+                        if let Some(l) = (w0..w0 + 32).find(|&l| l >= n || !mask[l]) {
+                            return Err(format!(
+                                "shuffle in warp {} with lane {} inactive or missing (all 32 lanes must take part)",
+                                i / 32,
+                                l - w0
+                            ));
+                        }
+                    }
+                    for i in 0..n {
+                        if mask[i] {
+                            ts[i].vars[var.0 as usize] = vals[i ^ *xor as usize];
+                        }
+                    }
+                }
+                Stmt::Alloc { buf, len } => {
+                    let bytes = alloc_bytes(self.k.buf(*buf).ty, *len)?;
+                    for i in 0..n {
+                        if mask[i] {
+                            ts[i].locals[buf.0 as usize] = Some(vec![0xA5; bytes]);
+                        }
+                    }
+                    allocated.push(*buf);
+                }
+                _ => {
+                    for i in 0..n {
+                        if mask[i] {
+                            self.enter(i, ts, block_no);
+                            let r = self.run(std::slice::from_ref(s), bufs);
+                            self.leave(i, ts);
+                            r.map_err(|e| format!("thread {i}: {e}"))?;
+                        }
+                    }
+                }
+            }
+        }
+        for b in allocated {
+            for (i, t) in ts.iter_mut().enumerate() {
+                if mask[i] {
+                    t.locals[b.0 as usize] = None;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of a local or shared array of `len` elements of `t`.
+fn alloc_bytes(t: Ty, len: i64) -> R<usize> {
+    usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_mul(t.bytes()))
+        .filter(|&b| b <= 1 << 30)
+        .ok_or_else(|| format!("local of {len} elements is too large"))
 }
 
 fn un(op: UnOp, v: V, t: Ty) -> R<(V, Ty)> {
@@ -494,7 +891,16 @@ pub fn run(k: &Kernel, bufs: &mut [Vec<u8>], dims: &[i64]) -> Result<(), InterpE
         locals: vec![None; k.bufs.len()],
         vars: vec![None; k.vars.len()],
         dims,
+        shared: vec![None; k.bufs.len()],
+        gpu: None,
     };
+    if crate::gpu::is_gpu(k) {
+        crate::gpu::schedule(k).map_err(|e| InterpError {
+            kernel: k.name.clone(),
+            msg: e,
+        })?;
+        return m.run_gpu(bufs).map_err(err);
+    }
     m.run(&k.body, bufs).map_err(err)
 }
 

@@ -404,8 +404,20 @@ pub enum Stmt {
         /// Element count (a constant).
         len: i64,
     },
-    /// GPU block barrier.
+    /// GPU block barrier: every thread of the block waits here (all must reach it).
     Barrier,
+    /// GPU warp exchange: `var = value` as computed by the lane `lane ^ xor` of this
+    /// thread's warp (32 consecutive threads of the block; all 32 must reach it
+    /// together). `var` is defined by an enclosing `Let`; `value` is 32-bit (f32, i32,
+    /// u32) and `xor` in 1..32.
+    ShuffleXor {
+        /// The variable assigned.
+        var: VarId,
+        /// This lane's contribution.
+        value: Expr,
+        /// The partner lane is `lane ^ xor`.
+        xor: u32,
+    },
     /// Block-quantized dot products of one weight row (GGUF blocks as stored) with
     /// activation rows quantized to int16 blocks of 32 (see [`QDot`]).
     QDot(Box<QDot>),
@@ -778,6 +790,25 @@ impl Kernel {
                     allocated[buf.0 as usize] = true;
                 }
                 Stmt::Barrier => {}
+                Stmt::ShuffleXor { var, value, xor } => {
+                    self.check_expr(value, defined, allocated)?;
+                    if !defined[var.0 as usize] {
+                        return Err(format!(
+                            "shuffle into {} outside its definition",
+                            self.vname(*var)
+                        ));
+                    }
+                    let (t, vt) = (self.ty_of(value)?, self.var(*var).ty);
+                    if t != vt || !matches!(t, Ty::F32 | Ty::I32 | Ty::U32) {
+                        return Err(format!(
+                            "shuffle of a {t} value into {} ({vt}): 32-bit types only",
+                            self.vname(*var)
+                        ));
+                    }
+                    if !(1..32).contains(xor) {
+                        return Err(format!("shuffle xor {xor} is not in 1..32"));
+                    }
+                }
                 Stmt::QDot(q) => {
                     self.check_expr(&q.w_off, defined, allocated)?;
                     self.index_ty(&q.w_off)?;
@@ -856,7 +887,9 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
                 visit_expr(hi, f);
                 visit_stmts_exprs(body, f);
             }
-            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => visit_expr(value, f),
+            Stmt::Let { value, .. }
+            | Stmt::Assign { value, .. }
+            | Stmt::ShuffleXor { value, .. } => visit_expr(value, f),
             Stmt::Store { index, value, .. } => {
                 visit_expr(index, f);
                 visit_expr(value, f);
@@ -1203,6 +1236,11 @@ impl Kernel {
                     writeln!(f, "{pad}{space} %{}: {}[{len}]", b.name, b.ty)?;
                 }
                 Stmt::Barrier => writeln!(f, "{pad}barrier")?,
+                Stmt::ShuffleXor { var, value, xor } => {
+                    write!(f, "{pad}{} = shuffle_xor(", self.vname(*var))?;
+                    self.fmt_expr(value, f)?;
+                    writeln!(f, ", {xor})")?;
+                }
                 Stmt::QDot(q) => {
                     let accs: Vec<String> = q.accs.iter().map(|a| self.vname(*a)).collect();
                     write!(

@@ -98,6 +98,24 @@ ensure_venv() {
     export PATH="$venv/bin:$PATH"
 }
 
+# ptxas (NVIDIA's PTX assembler, from the nvidia-cuda-nvcc-cu12 wheel) checks every
+# kernel of a CUDA build for sm_80/sm_90 without a GPU; llmc finds it in the venv.
+ensure_ptxas() {
+    local venv="$LLMC_ROOT/.venv" p
+    p="$(ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas 2>/dev/null | head -n 1)"
+    if [[ -z "$p" ]]; then
+        say "installing nvidia-cuda-nvcc-cu12 (ptxas) into $venv"
+        "$venv/bin/python" -m pip install --quiet nvidia-cuda-nvcc-cu12
+        p="$(ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas 2>/dev/null | head -n 1)"
+    fi
+    if [[ -n "$p" && ! -x "$p" ]]; then
+        chmod +x "$p"
+    fi
+    if [[ -n "$p" ]]; then
+        export LLMC_PTXAS="$p"
+    fi
+}
+
 ensure_models() {
     "$LLMC_ROOT/scripts/fetch-models"
 }
@@ -107,5 +125,6 @@ ensure_all() {
     ensure_rust
     ensure_llvm_env
     ensure_venv
+    ensure_ptxas
     ensure_models
 }

@@ -22,7 +22,7 @@ fn help_lists_the_commands() {
 }
 
 #[test]
-fn build_parses_the_contract_flags_then_says_cuda_is_not_there_yet() {
+fn build_parses_the_contract_flags_for_cuda() {
     let o = llmc(&[
         "build",
         "model.onnx",
@@ -42,7 +42,7 @@ fn build_parses_the_contract_flags_then_says_cuda_is_not_there_yet() {
         "--passes=a,b",
         "--time-passes",
     ]);
-    assert_user_error(&o, &["--target cuda", "not available yet"]);
+    assert_user_error(&o, &["model.onnx"]);
     // A flag outside the contract is a usage error (clap's exit code 2), not a panic.
     let o = llmc(&["build", "m.onnx", "-O7"]);
     assert_eq!(o.status.code(), Some(2));
@@ -292,6 +292,55 @@ fn exec_outputs(extra: &[&str]) {
     assert_eq!(dt, "<f2");
     let half: Vec<npyz::half::f16> = sum.iter().map(|&x| npyz::half::f16::from_f32(x)).collect();
     assert_eq!(got, half);
+}
+
+#[test]
+fn cuda_build_emits_ptx_per_arch_and_refuses_what_it_cannot_do() {
+    let fx = Fixture::new();
+    let out = fx.dir.path().join("g");
+    let dump = fx.dir.path().join("dump");
+    let o = llmc(&[
+        "build",
+        &fx.p("g.llmc"),
+        "--target",
+        "cuda",
+        "--cuda-arch",
+        "sm_80,sm_90",
+        "-o",
+        out.to_str().unwrap(),
+        "--emit",
+        "ptx,llvm-ir",
+        "--dump-dir",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    for arch in ["sm_80", "sm_90"] {
+        let ptx = read(&out.with_extension(format!("{arch}.ptx")));
+        assert!(
+            ptx.contains(&format!(".target {arch}")) && ptx.contains(".entry llmc_k0_add"),
+            "{ptx}"
+        );
+        assert!(read(&out.with_extension(format!("{arch}.ll"))).contains("ptx_kernel"));
+        assert!(dump.join(format!("t.{arch}.ptx")).exists());
+    }
+    assert!(read(&dump.join("kernels.loopir")).contains("grid.x for"));
+    assert!(stderr(&o).contains("GPU kernels"), "{}", stderr(&o));
+    let base = ["build", &fx.p("g.llmc"), "-o", out.to_str().unwrap()];
+    let with = |extra: &[&str]| {
+        let mut v: Vec<&str> = base.to_vec();
+        v.extend_from_slice(extra);
+        llmc(&v)
+    };
+    assert_user_error(
+        &with(&["--target", "cuda", "--emit", "exe"]),
+        &["CUDA executable is not built yet"],
+    );
+    assert_user_error(
+        &with(&["--target", "cuda", "--cuda-arch", "sm_12", "--emit", "ptx"]),
+        &["--cuda-arch sm_12", "unknown CUDA architecture"],
+    );
+    assert_user_error(&with(&["--emit", "ptx"]), &["need --target cuda"]);
 }
 
 #[test]

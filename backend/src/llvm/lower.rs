@@ -9,6 +9,7 @@
 //! vectorize-tagged loops also `reassoc`, so LLVM may vectorize their reductions.
 
 use super::intrinsics::Intrinsics;
+use super::target::Target;
 use super::CodegenError;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
@@ -25,6 +26,7 @@ use llmc_kernels::{BinOp, BufId, Expr, Kernel, LoopTag, Role, Stmt, Ty, UnOp, Va
 use llmc_runtime::abi::PARALLEL_FOR_SYMBOL;
 use std::collections::{BTreeSet, HashMap};
 
+mod nvptx;
 mod qdot;
 
 type R<T> = Result<T, CodegenError>;
@@ -55,8 +57,8 @@ pub(crate) struct Lowering<'ctx, 'm> {
     k: &'m Kernel,
     base: String,
     outlined: usize,
-    /// The target has AVX2 (integer dot products for [`llmc_kernels::QDot`]).
-    avx2: bool,
+    /// What the code is for (the seam: [`super::target`]).
+    target: Target,
 }
 
 impl<'ctx, 'm> Lowering<'ctx, 'm> {
@@ -65,7 +67,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         module: &'m Module<'ctx>,
         k: &'m Kernel,
         base: String,
-        avx2: bool,
+        target: Target,
     ) -> Lowering<'ctx, 'm> {
         Lowering {
             it,
@@ -73,7 +75,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             k,
             base,
             outlined: 0,
-            avx2,
+            target,
         }
     }
 
@@ -83,6 +85,9 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
 
     /// Emits the kernel; returns its ABI entry `void(ptr bufs, ptr dims)`.
     pub fn lower(&mut self) -> R<FunctionValue<'ctx>> {
+        if self.target.is_gpu() {
+            return self.lower_ptx_kernel();
+        }
         let params: Vec<BufId> = self.k.params().map(|(id, _)| id).collect();
         let body_fn = self.emit_fn(
             &format!("{}.impl", self.base),
@@ -336,6 +341,9 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 f.b.build_unconditional_branch(mb).map_err(llvm_err)?;
                 f.b.position_at_end(mb);
             }
+            Stmt::Alloc { buf, len } if self.k.buf(*buf).role == Role::Shared => {
+                self.shared_array(f, *buf, *len)?
+            }
             Stmt::Alloc { buf, len } => {
                 let t = it.mem_ty(self.k.buf(*buf).ty);
                 let arr = t.array_type((*len).max(1) as u32);
@@ -345,7 +353,8 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                     .map_err(llvm_err)?;
                 f.bufs.insert(*buf, p);
             }
-            Stmt::Barrier => return Err(self.err("barriers exist only on GPU targets")),
+            Stmt::Barrier => self.barrier(f)?,
+            Stmt::ShuffleXor { var, value, xor } => self.shuffle_xor(f, *var, value, *xor)?,
             Stmt::QDot(q) => self.qdot(f, q)?,
             Stmt::For {
                 var,
@@ -356,7 +365,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 body,
             } => match tag {
                 LoopTag::GpuGrid(_) | LoopTag::GpuBlock(_) | LoopTag::GpuWarp => {
-                    return Err(self.err("GPU loop tags cannot run on the CPU backend"))
+                    self.gpu_loop(f, *var, lo, hi, *step, *tag, body)?
                 }
                 LoopTag::Parallel if !f.serial_only => {
                     self.parallel(f, *var, lo, hi, *step, body)?
@@ -731,6 +740,11 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             });
         }
         let x = x.into_float_value();
+        if self.target.is_gpu() {
+            if let Some(v) = self.gpu_math(f, op, x, t)? {
+                return Ok(v);
+            }
+        }
         let fty: BasicTypeEnum = x.get_type().into();
         let intr1 = |name: &str| -> R<BasicValueEnum<'ctx>> {
             let fun = self.intr(name, &[fty])?;
@@ -891,6 +905,9 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 }
                 BinOp::Div => b.build_float_div(x, y, "").map_err(llvm_err)?.into(),
                 BinOp::Rem => b.build_float_rem(x, y, "").map_err(llvm_err)?.into(),
+                BinOp::Pow if self.target.is_gpu() => {
+                    return Err(self.err("a float power has no NVPTX lowering yet"))
+                }
                 BinOp::Pow => {
                     let fun = self.intr("llvm.pow", &[fty])?;
                     self.call(f, fun, &[x.into(), y.into()])?
@@ -1282,6 +1299,9 @@ fn scan(
                     allocs.insert(*buf);
                 }
                 Stmt::Barrier => {}
+                Stmt::ShuffleXor { var, .. } => {
+                    assigned.insert(*var);
+                }
                 Stmt::QDot(q) => {
                     for a in &q.accs {
                         assigned.insert(*a);

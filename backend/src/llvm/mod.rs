@@ -3,9 +3,12 @@
 //! runs the `-O` pipeline (`default<On>`) for the chosen target machine (the host CPU
 //! and its features by default, or a named CPU such as `x86-64-v3`), and emits what
 //! was asked: LLVM IR text before and after optimisation, assembly, an object file.
+//! `compile_ptx` lowers GPU-form kernels for `nvptx64-nvidia-cuda` and emits PTX text
+//! per CUDA architecture; the differences between the targets are in `target`.
 
 mod intrinsics;
 mod lower;
+mod target;
 
 use inkwell::context::Context;
 use inkwell::module::Linkage;
@@ -239,11 +242,13 @@ pub fn compile(
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
     let it = Intrinsics::new(&cx);
-    let avx2 = has_avx2(&tm);
+    let target = target::Target::Cpu {
+        avx2: has_avx2(&tm),
+    };
     let mut entries = Vec::new();
     for (i, k) in kernels.iter().enumerate() {
         let base = format!("llmc_k{i}_{}", k.name);
-        let f = lower::Lowering::new(&it, &module, k, base, avx2).lower()?;
+        let f = lower::Lowering::new(&it, &module, k, base, target).lower()?;
         entries.push((k.name.clone(), f));
     }
     // The table: { i64 count, ptr entries }, entries = [{ ptr name, ptr fn }].
@@ -325,5 +330,112 @@ pub fn compile(
             .map_err(|e| CodegenError::Llvm(e.to_string()))?;
         out.object = Some(b.as_slice().to_vec());
     }
+    Ok(out)
+}
+
+/// Options of the NVPTX code generator.
+#[derive(Clone, Debug)]
+pub struct PtxOptions {
+    /// 0..=3, as `-O`.
+    pub opt_level: u8,
+    /// The CUDA architecture (`sm_80`, `sm_90`, ...).
+    pub arch: String,
+}
+
+/// What `compile_ptx` produced for one architecture.
+#[derive(Clone, Debug, Default)]
+pub struct Ptx {
+    /// The architecture.
+    pub arch: String,
+    /// The PTX module text.
+    pub text: String,
+    /// The entry name of each kernel, in table order (`llmc_k{i}_{name}`).
+    pub entries: Vec<String>,
+    /// LLVM IR before the pass pipeline (when asked).
+    pub preopt_ll: Option<String>,
+    /// LLVM IR after it (when asked).
+    pub postopt_ll: Option<String>,
+}
+
+/// The CUDA architectures `--cuda-arch` accepts.
+pub const CUDA_ARCHS: &[&str] = &["sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "sm_90"];
+
+/// The PTX entry name of kernel `i`.
+pub fn ptx_entry(i: usize, k: &Kernel) -> String {
+    format!("llmc_k{i}_{}", k.name)
+}
+
+/// Lowers GPU-form kernels into one PTX module for `opts.arch`.
+pub fn compile_ptx(
+    name: &str,
+    kernels: &[Kernel],
+    opts: &PtxOptions,
+    llvm_ir: bool,
+) -> Result<Ptx, CodegenError> {
+    if !CUDA_ARCHS.contains(&opts.arch.as_str()) {
+        return Err(CodegenError::Target(format!(
+            "unknown CUDA architecture `{}` (known: {})",
+            opts.arch,
+            CUDA_ARCHS.join(", ")
+        )));
+    }
+    Target::initialize_all(&InitializationConfig::default());
+    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
+    let target = Target::from_triple(&triple)
+        .map_err(|e| CodegenError::Target(format!("nvptx64-nvidia-cuda: {e}")))?;
+    let level = match opts.opt_level {
+        0 => OptimizationLevel::None,
+        1 => OptimizationLevel::Less,
+        2 => OptimizationLevel::Default,
+        _ => OptimizationLevel::Aggressive,
+    };
+    let tm = target
+        .create_target_machine(
+            &triple,
+            &opts.arch,
+            "",
+            level,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| {
+            CodegenError::Target(format!("cannot create an NVPTX target for {}", opts.arch))
+        })?;
+    let cx = Context::create();
+    let module = cx.create_module(name);
+    module.set_triple(&triple);
+    module.set_data_layout(&tm.get_target_data().get_data_layout());
+    let it = Intrinsics::new(&cx);
+    let mut entries = Vec::new();
+    for (i, k) in kernels.iter().enumerate() {
+        let base = ptx_entry(i, k);
+        lower::Lowering::new(&it, &module, k, base.clone(), target::Target::Nvptx).lower()?;
+        entries.push(base);
+    }
+    module
+        .verify()
+        .map_err(|e| CodegenError::Llvm(format!("the lowered module does not verify: {e}")))?;
+    let mut out = Ptx {
+        arch: opts.arch.clone(),
+        entries,
+        ..Ptx::default()
+    };
+    if llvm_ir {
+        out.preopt_ll = Some(module.print_to_string().to_string());
+    }
+    module
+        .run_passes(
+            &format!("default<O{}>", opts.opt_level.min(3)),
+            &tm,
+            PassBuilderOptions::create(),
+        )
+        .map_err(|e| CodegenError::Llvm(format!("the pass pipeline failed: {e}")))?;
+    if llvm_ir {
+        out.postopt_ll = Some(module.print_to_string().to_string());
+    }
+    let b = tm
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| CodegenError::Llvm(e.to_string()))?;
+    out.text = String::from_utf8_lossy(b.as_slice()).into_owned();
     Ok(out)
 }

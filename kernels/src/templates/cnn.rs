@@ -7,7 +7,7 @@
 
 use super::{
     attr_bool, attr_ints, compute_ty, fconst, load_elem, operand, result, setup, strides,
-    to_storage, work_estimate, TResult, PARALLEL_MIN,
+    to_storage, work_estimate, worth_threads, TResult,
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{BinOp, Expr, Kernel, LoopTag, UnOp};
@@ -100,7 +100,7 @@ pub(crate) fn conv(
     let nsp = ksp.len();
     let (cg, mg) = (c / group, m / group);
     let batch = kb.dim(&out.shape.0[0]);
-    let parallel = work_estimate(&out.shape.0) * ksp.iter().product::<i64>() * cg >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(&out.shape.0) * ksp.iter().product::<i64>() * cg);
     let tag = if parallel {
         LoopTag::Parallel
     } else {
@@ -209,7 +209,7 @@ pub(crate) fn pool(
     let (xs, os) = (strides(&x.shape.0), strides(&out.shape.0));
     let nsp = kernel.len();
     let bc = kb.numel(&x.shape.0[..2]);
-    let parallel = work_estimate(&out.shape.0) * kernel.iter().product::<i64>() >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(&out.shape.0) * kernel.iter().product::<i64>());
     let tag = if parallel {
         LoopTag::Parallel
     } else {

@@ -9,7 +9,7 @@
 use super::{
     attr_bool, attr_float, attr_int, attr_ints, axis, broadcast_strides, chunked, compute_ty,
     fconst, load_elem, loop_nest, merge_dims, offset, operand, result, setup, strides, to_storage,
-    work_estimate, TResult, PARALLEL_MIN,
+    work_estimate, worth_threads, TResult,
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{BufId, Expr, Kernel, LoopTag, Ty};
@@ -47,7 +47,7 @@ pub(crate) fn copy(
     let x = operand(ins, 0, "x")?;
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
     let n = x.shape.numel();
-    let big = work_estimate(std::slice::from_ref(&n)) >= PARALLEL_MIN;
+    let big = worth_threads(work_estimate(std::slice::from_ref(&n)));
     let ne = kb.dim(&n);
     let mut body = |kb: &mut KernelBuilder, i: Expr| {
         let v = load_elem(kb, ib[0], x.dtype, i.clone());
@@ -184,7 +184,7 @@ fn each_coord(
     shape: &[Dim],
     body: &mut dyn FnMut(&mut KernelBuilder, &[Expr]),
 ) {
-    let parallel = work_estimate(shape) >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(shape));
     super::loop_nest_par(kb, shape, parallel, true, body);
 }
 
@@ -320,7 +320,7 @@ fn gather(node: &Node, ins: &[&TensorType], outs: &[&TensorType], name: &str) ->
     let outer_d = outer.iter().fold(Dim::c(1), |a, d| a.mul(d));
     let inner_d = inner.iter().fold(Dim::c(1), |a, d| a.mul(d));
     let all: Vec<Dim> = vec![outer_d, ids.shape.numel(), inner_d];
-    let parallel = work_estimate(&all) >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(&all));
     let tag0 = if parallel {
         LoopTag::Parallel
     } else {
@@ -399,7 +399,7 @@ fn block_copy(
 ) {
     let (sb, sd, s_row, s_off) = src;
     let (db, d_row, d_off) = dst;
-    let parallel = work_estimate(&[rows.clone(), len.clone()]) >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(&[rows.clone(), len.clone()]));
     let tag = if parallel {
         LoopTag::Parallel
     } else {

@@ -9,7 +9,7 @@
 use super::pack::OperandPack;
 use super::{
     compute_ty, fconst, load_elem, loop_nest_par, operand, quant_block, result, setup, strides,
-    to_storage, work_estimate, TResult, PARALLEL_MIN,
+    to_storage, work_estimate, worth_threads, TResult,
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, Ty, UnOp, VarId};
@@ -611,7 +611,7 @@ pub(crate) fn matmul(
     let mut ext: Vec<Dim> = batch.to_vec();
     ext.push(m.clone());
     let total: Vec<Dim> = ext.iter().cloned().chain([n.clone(), k.clone()]).collect();
-    let parallel = work_estimate(&total) >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(&total));
     // Row-update form when the output holds the compute type exactly (f32, f64,
     // integers); a dot-product form otherwise, so f16 outputs round once.
     let axpy = Ty::of(out.dtype.compute_type()) == Some(t);

@@ -10,6 +10,7 @@
 
 mod cnn;
 mod elementwise;
+pub mod gpu;
 mod index;
 mod layout;
 mod linalg;
@@ -254,6 +255,36 @@ pub(crate) fn work_estimate(dims: &[Dim]) -> i64 {
 /// Loop nests with fewer elements than this run on one thread.
 pub(crate) const PARALLEL_MIN: i64 = 1 << 14;
 
+thread_local! {
+    /// Set while [`gpu::lower`] runs a CPU template for the generic GPU mapping: every
+    /// loop nest then gets a parallel outer loop (a GPU has threads to spare) and flat
+    /// loops are not chunked (one iteration per GPU thread).
+    static GPU_MAPPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while templates build a kernel for the generic GPU mapping.
+pub(crate) fn gpu_mapping() -> bool {
+    GPU_MAPPING.with(|g| g.get())
+}
+
+/// Runs `f` with [`gpu_mapping`] set (restored afterwards, also on error).
+pub(crate) fn with_gpu_mapping<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            GPU_MAPPING.with(|g| g.set(self.0));
+        }
+    }
+    let _reset = Reset(GPU_MAPPING.with(|g| g.replace(true)));
+    f()
+}
+
+/// Whether a loop nest of `estimate` elements deserves threads: from
+/// [`PARALLEL_MIN`] on for CPU threads, always for the GPU mapping.
+pub(crate) fn worth_threads(estimate: i64) -> bool {
+    gpu_mapping() || estimate >= PARALLEL_MIN
+}
+
 /// A parallel chunk of a flat loop runs this many iterations.
 pub(crate) const CHUNK: i64 = 1 << 12;
 
@@ -299,7 +330,7 @@ pub(crate) fn loop_nest(
     vectorize: bool,
     body: &mut dyn FnMut(&mut KernelBuilder, &[Expr]),
 ) {
-    let parallel = work_estimate(extents) >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(extents));
     loop_nest_par(kb, extents, parallel, vectorize, body)
 }
 
@@ -313,6 +344,7 @@ pub(crate) fn loop_nest_par(
     body: &mut dyn FnMut(&mut KernelBuilder, &[Expr]),
 ) {
     let ex: Vec<Expr> = extents.iter().map(|d| kb.dim(d)).collect();
+    let parallel = parallel || gpu_mapping();
     if ex.len() == 1 && parallel {
         let n = ex[0].clone();
         chunked(kb, n, vectorize, &mut |kb, i| body(kb, &[i]));
@@ -360,6 +392,11 @@ pub(crate) fn chunked(
     vectorize: bool,
     body: &mut dyn FnMut(&mut KernelBuilder, Expr),
 ) {
+    if gpu_mapping() {
+        // One iteration per GPU thread.
+        kb.for_("i", 0, n, LoopTag::Parallel, |kb, i| body(kb, i));
+        return;
+    }
     let chunks = (n.clone() + (CHUNK - 1)) / CHUNK;
     kb.for_("c", 0, chunks, LoopTag::Parallel, |kb, c| {
         let lo = kb.let_("lo", c * CHUNK);

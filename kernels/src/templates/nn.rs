@@ -7,7 +7,7 @@
 
 use super::{
     attr_bool, attr_float, attr_int, attr_str, broadcast_strides, compute_ty, exp, fconst,
-    load_elem, operand, result, setup, to_storage, work_estimate, TResult, PARALLEL_MIN,
+    load_elem, operand, result, setup, to_storage, work_estimate, worth_threads, TResult,
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{BinOp, Expr, Kernel, LoopTag, Ty, UnOp};
@@ -37,7 +37,7 @@ pub(crate) fn norm(
     let rows = kb.numel(lead);
     let de = kb.dim(d);
     let bias = ib.get(2).copied().zip(ins.get(2).map(|t| t.dtype));
-    let parallel = work_estimate(&x.shape.0) >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(&x.shape.0));
     let tag = if parallel {
         LoopTag::Parallel
     } else {
@@ -141,7 +141,7 @@ pub(crate) fn rope(
     let (be, he, se) = (kb.dim(bd), kb.dim(hd), kb.dim(sd));
     let pos_batch1 = pos.shape.0.first() == Some(&Dim::c(1));
     let n = kb.let_("n", be * se.clone());
-    let parallel = work_estimate(&x.shape.0) >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(&x.shape.0));
     let tag = if parallel {
         LoopTag::Parallel
     } else {
@@ -364,7 +364,7 @@ pub(crate) fn attention(
     let (bd, hd, sd, dkd, td) = (&bd, &hd, &sd, &dkd, &td);
     let n = kb.let_("n", be * he.clone() * se.clone());
     let scores = [bd.clone(), hd.clone(), sd.clone(), td.clone(), dkd.clone()];
-    let tag = if work_estimate(&scores) >= PARALLEL_MIN {
+    let tag = if worth_threads(work_estimate(&scores)) {
         LoopTag::Parallel
     } else {
         LoopTag::Serial
@@ -477,7 +477,7 @@ pub(crate) fn flash_attention(
     let (bd, hd, sd, dkd, td) = (&bd, &hd, &sd, &dkd, &td);
     let nbh = kb.let_("nbh", be * he.clone());
     let work = [bd.clone(), hd.clone(), sd.clone(), td.clone(), dkd.clone()];
-    let tag = if work_estimate(&work) >= PARALLEL_MIN {
+    let tag = if worth_threads(work_estimate(&work)) {
         LoopTag::Parallel
     } else {
         LoopTag::Serial
@@ -509,7 +509,9 @@ pub(crate) fn flash_attention(
             let m = kb.let_mut("m", ninf());
             let l = kb.let_mut("l", fconst(0.0, t));
             let tend = if causal {
-                (si.clone() + te.clone() - se.clone() + 1).min(te.clone())
+                (si.clone() + te.clone() - se.clone() + 1)
+                    .min(te.clone())
+                    .max(Expr::i(0))
             } else {
                 te.clone()
             };

@@ -6,8 +6,8 @@
 
 use super::{
     attr_bool, attr_int, attr_ints, axis, compute_ty, exp, fconst, load_elem, loop_nest_par,
-    merge_dims, offset, operand, result, setup, strides, to_storage, work_estimate, TResult,
-    PARALLEL_MIN,
+    merge_dims, offset, operand, result, setup, strides, to_storage, work_estimate, worth_threads,
+    TResult,
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{BinOp, Expr, Kernel, LoopTag, UnOp};
@@ -45,7 +45,7 @@ pub(crate) fn reduce(
     let (rext, rst) = merge_dims(&red_ext, &[red_in]);
     let count = kb.numel(&red_ext);
     let op = node.op;
-    let parallel = work_estimate(&x.shape.0) >= PARALLEL_MIN && !oext.is_empty();
+    let parallel = worth_threads(work_estimate(&x.shape.0)) && !oext.is_empty();
     loop_nest_par(&mut kb, &oext, parallel, false, &mut |kb, oc| {
         let base = offset(kb, oc, &ost[0]);
         let init = match (op, t.is_float()) {
@@ -151,7 +151,7 @@ fn axis_loops(
     let (outer, n, inner) = around(shape, ax);
     let outer_n = outer.iter().fold(Dim::c(1), |a, d| a.mul(d));
     let inner_n = inner.iter().fold(Dim::c(1), |a, d| a.mul(d));
-    let parallel = work_estimate(shape) >= PARALLEL_MIN;
+    let parallel = worth_threads(work_estimate(shape));
     let ne = kb.dim(&n);
     let ie = kb.dim(&inner_n);
     // A constant-1 extent becomes a `let` of 0, so both coordinates always exist.

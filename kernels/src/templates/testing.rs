@@ -67,7 +67,20 @@ pub enum Arg {
 /// Runs `op` on `args` both ways and compares every result within
 /// `atol + rtol * |want|`. Returns the kernel's text for inspection.
 pub fn check_args(op: Op, attrs: Attrs, args: &[Arg], atol: f64, rtol: f64) -> String {
-    let (got, want, k) = run_args(op, attrs, args);
+    check_args_on(false, op, attrs, args, atol, rtol)
+}
+
+/// [`check_args`] with the GPU schedule when `gpu` (run by the interpreter's GPU mode:
+/// blocks, threads in lock-step, shared memory, barriers, race checks).
+pub fn check_args_on(
+    gpu: bool,
+    op: Op,
+    attrs: Attrs,
+    args: &[Arg],
+    atol: f64,
+    rtol: f64,
+) -> String {
+    let (got, want, k) = run_args_on(gpu, op, attrs, args);
     for (i, (g, wv)) in got.iter().zip(&want).enumerate() {
         for (j, (a, b)) in g.iter().zip(wv).enumerate() {
             let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
@@ -80,6 +93,16 @@ pub fn check_args(op: Op, attrs: Attrs, args: &[Arg], atol: f64, rtol: f64) -> S
 /// Runs `op` on `args` both ways: (the kernel's results, the reference's results, the
 /// kernel's text).
 pub fn run_args(op: Op, attrs: Attrs, args: &[Arg]) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, String) {
+    run_args_on(false, op, attrs, args)
+}
+
+/// [`run_args`] with the GPU schedule when `gpu`.
+pub fn run_args_on(
+    gpu: bool,
+    op: Op,
+    attrs: Attrs,
+    args: &[Arg],
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, String) {
     let mut m = Module::new("t");
     let mut ids = Vec::new();
     let mut tensors = Vec::new();
@@ -117,16 +140,24 @@ pub fn run_args(op: Op, attrs: Attrs, args: &[Arg]) -> (Vec<Vec<f64>>, Vec<Vec<f
     let node = &m.graph.nodes[0];
     let in_tys: Vec<&TensorType> = ids.iter().map(|&v| m.graph.ty(v)).collect();
     let out_tys: Vec<&TensorType> = outs.iter().map(|&v| m.graph.ty(v)).collect();
-    let (k, packs, consts, in_place) =
-        match lower(node, &in_tys, &out_tys, op.name()).expect("lowering") {
-            Lowered::Kernel {
-                kernel,
-                packs,
-                consts,
-                in_place,
-            } => (kernel, packs, consts, in_place),
-            other => panic!("expected a kernel, got {other:?}"),
-        };
+    let lowered = if gpu {
+        let (l, _) = super::gpu::lower(node, &in_tys, &out_tys, op.name()).expect("GPU lowering");
+        if let Lowered::Kernel { kernel, .. } = &l {
+            crate::gpu::schedule(kernel).unwrap_or_else(|e| panic!("{e}\n{kernel}"));
+        }
+        l
+    } else {
+        lower(node, &in_tys, &out_tys, op.name()).expect("lowering")
+    };
+    let (k, packs, consts, in_place) = match lowered {
+        Lowered::Kernel {
+            kernel,
+            packs,
+            consts,
+            in_place,
+        } => (kernel, packs, consts, in_place),
+        other => panic!("expected a kernel, got {other:?}"),
+    };
     for p in packs {
         let Arg::W(d, shape, bytes) = &args[p.operand] else {
             panic!(

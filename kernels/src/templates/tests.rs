@@ -381,12 +381,12 @@ fn matmul_shapes() {
     );
 }
 
-fn f32_bytes(t: &llmc_ir::Tensor) -> Vec<u8> {
+pub(crate) fn f32_bytes(t: &llmc_ir::Tensor) -> Vec<u8> {
     crate::interp::tensor_bytes(t)
 }
 
 /// Random blocks of a GGUF format: `rows` rows of `k` elements.
-fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u8> {
+pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for _ in 0..rows * k / 32 {
         let scale = half::f16::from_f64(0.01 + 0.05 * r.unit().abs()).to_le_bytes();

@@ -194,7 +194,7 @@ impl<'ctx> Lowering<'ctx, '_> {
 
     /// Emits `q` at the builder's position.
     pub(super) fn qdot(&mut self, f: &mut Frame<'ctx>, q: &QDot) -> R<()> {
-        if self.avx2 {
+        if self.target.avx2() {
             return self.qdot_avx2(f, q);
         }
         let it = self.it;
@@ -311,7 +311,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .into_float_value();
             let b = &f.b;
             let scale = b.build_float_mul(d, xd, "scale").map_err(llvm_err)?;
-            if self.avx2 {
+            if self.target.avx2() {
                 let p_lo = self
                     .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_lo, x_lo])?
                     .into_vector_value();

@@ -1,0 +1,229 @@
+//! `linear` / `linear_act` on the GPU (the decode step's GEMV): a warp per weight row
+//! (output column), [`WARPS`] rows per block. The lanes walk the row in units — 8
+//! elements of a GGUF block (Q4: 4 bytes of nibbles, Q8_0: 8 bytes; 4 units per
+//! block) or one element of a float weight — so a warp reads consecutive bytes, each
+//! weight byte once per [`RG`] activation rows. Blocks are dequantized in registers:
+//! `Σ x·(d q + m) = d Σ x q + m Σ x` per unit. A shuffle butterfly sums the lanes;
+//! lane 0 adds the bias, applies the epilogue and stores.
+
+use super::super::{
+    compute_ty, elementwise::activation, fconst, load_elem, operand, quant_block, result, setup,
+    to_storage,
+};
+use super::warp_sum;
+use crate::builder::KernelBuilder;
+use crate::loopir::{BinOp, BufId, Expr, LoopTag, Ty};
+use crate::templates::{Lowered, TResult};
+use llmc_ir::ops::fused_gemm::Act;
+use llmc_ir::{DType, Node, TensorType};
+
+/// Weight rows (warps) per block.
+pub(crate) const WARPS: i64 = 8;
+/// Activation rows sharing one read of the weight row.
+const RG: i64 = 4;
+/// Units per GGUF block.
+const UPB: i64 = 4;
+
+fn b(op: BinOp, x: Expr, y: Expr) -> Expr {
+    Expr::bin(op, x, y)
+}
+
+/// The GPU linear kernel, or `None` when the shapes or types need the generic path
+/// (a weight that is not `[n, k]` with constant dims, non-f32 compute).
+pub(crate) fn linear(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Option<Lowered>> {
+    let x = operand(ins, 0, "x")?;
+    let w = operand(ins, 1, "w")?;
+    result(outs, 0)?;
+    let [n, k] = &w.shape.0[..] else {
+        return Ok(None);
+    };
+    let (Some(n), Some(k)) = (n.as_const(), k.as_const()) else {
+        return Ok(None);
+    };
+    let t = compute_ty(x.dtype)?;
+    if t != Ty::F32 {
+        return Ok(None);
+    }
+    let quant = quant_block(w.dtype);
+    if quant.is_some()
+        && (k % 32 != 0 || !matches!(w.dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0))
+    {
+        return Ok(None);
+    }
+    let act = match node.op {
+        llmc_ir::Op::LinearAct => Some(Act::of_attrs(&node.attrs)?),
+        _ => None,
+    };
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let lead = &x.shape.0[..x.shape.rank().saturating_sub(1)];
+    let rows = kb.numel(lead);
+    let rows = kb.let_("rows", rows);
+    let bias = match ib.get(2) {
+        Some(&bb) => Some((bb, operand(ins, 2, "b")?.dtype)),
+        None => None,
+    };
+    let g = Gemv {
+        x: ib[0],
+        xd: x.dtype,
+        w: ib[1],
+        wd: w.dtype,
+        out: ob[0],
+        bias,
+        act,
+        n,
+        k,
+    };
+    let blocks = (n + WARPS - 1) / WARPS;
+    kb.for_("jb", 0, blocks, LoopTag::GpuGrid(0), |kb, jb| {
+        kb.for_("tid", 0, WARPS * 32, LoopTag::GpuBlock(0), |kb, tid| {
+            let lane = kb.let_("lane", tid.clone() % 32);
+            let j = kb.let_("j", jb * WARPS + tid / 32);
+            // Warp-uniform: a warp's lanes all pass or all skip.
+            kb.if_(j.clone().lt(Expr::i(n)), |kb| {
+                let rfull = kb.let_("rfull", rows.clone() / RG * RG);
+                kb.for_step("r0", 0, rfull.clone(), RG, LoopTag::Serial, |kb, r0| {
+                    g.pass(kb, &r0, RG, &j, &lane)
+                });
+                kb.for_("r0", rfull, rows.clone(), LoopTag::Serial, |kb, r0| {
+                    g.pass(kb, &r0, 1, &j, &lane)
+                });
+            });
+        });
+    });
+    Ok(Some(Lowered::Kernel {
+        kernel: kb.finish()?,
+        packs: Vec::new(),
+        consts: Vec::new(),
+        in_place: Vec::new(),
+    }))
+}
+
+struct Gemv {
+    x: BufId,
+    xd: DType,
+    w: BufId,
+    wd: DType,
+    out: BufId,
+    bias: Option<(BufId, DType)>,
+    act: Option<Act>,
+    n: i64,
+    k: i64,
+}
+
+impl Gemv {
+    /// Activation rows `r0..r0 + nr` against weight row `j`, in one warp.
+    fn pass(&self, kb: &mut KernelBuilder, r0: &Expr, nr: i64, j: &Expr, lane: &Expr) {
+        let f = Ty::F32;
+        let k = self.k;
+        let accs: Vec<_> = (0..nr).map(|_| kb.let_mut("acc", fconst(0.0, f))).collect();
+        let xrow: Vec<Expr> = (0..nr)
+            .map(|i| kb.let_("xr", (r0.clone() + i) * k))
+            .collect();
+        let fma = |a: Expr, x: Expr, y: Expr| b(BinOp::Add, a, b(BinOp::Mul, x, y));
+        match quant_block(self.wd) {
+            None => {
+                let wrow = kb.let_("wr", j.clone() * k);
+                kb.for_step("p", lane.clone(), k, 32, LoopTag::Serial, |kb, p| {
+                    let wv = load_elem(kb, self.w, self.wd, wrow.clone() + p.clone()).cast(f);
+                    let wv = kb.let_("wv", wv);
+                    for (i, xr) in xrow.iter().enumerate() {
+                        let xv = load_elem(kb, self.x, self.xd, xr.clone() + p.clone()).cast(f);
+                        let a = accs[i];
+                        kb.assign(a, fma(Expr::Var(a), xv, wv.clone()));
+                    }
+                });
+            }
+            Some((bl, bb)) => {
+                let nblk = k / bl;
+                let units = nblk * UPB;
+                let rowbytes = nblk * bb;
+                kb.for_step("u", lane.clone(), units, 32, LoopTag::Serial, |kb, u| {
+                    let blk = kb.let_("blk", u.clone() / UPB);
+                    let part = kb.let_("part", u % UPB);
+                    let base = kb.let_("qb", j.clone() * rowbytes + blk.clone() * bb);
+                    let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
+                    let d = kb.let_("d", f16(base.clone()));
+                    let m = match self.wd {
+                        DType::Q4_1 => Some(kb.let_("m", f16(base.clone() + 2))),
+                        DType::Q4_0 => {
+                            Some(kb.let_("m", b(BinOp::Mul, d.clone(), fconst(-8.0, f))))
+                        }
+                        _ => None,
+                    };
+                    let x0 = blk * bl;
+                    // (weight quant, element index within the block) of this unit.
+                    let mut elems: Vec<(Expr, Expr)> = Vec::new();
+                    if self.wd == DType::Q8_0 {
+                        for e in 0..8 {
+                            let at = base.clone() + 2 + part.clone() * 8 + e;
+                            let q = Expr::LoadRaw(self.w, Box::new(at), Ty::I8).cast(f);
+                            elems.push((kb.let_("q", q), part.clone() * 8 + e));
+                        }
+                    } else {
+                        let qs = self.wd.qs_offset();
+                        for e in 0..4 {
+                            let at = base.clone() + qs + part.clone() * 4 + e;
+                            let byte = kb.let_("qv", Expr::LoadRaw(self.w, Box::new(at), Ty::U8));
+                            let lo = b(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(f);
+                            let hi = b(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(f);
+                            elems.push((kb.let_("lo", lo), part.clone() * 4 + e));
+                            elems.push((kb.let_("hi", hi), part.clone() * 4 + e + 16));
+                        }
+                    }
+                    for (i, xr) in xrow.iter().enumerate() {
+                        let xb = kb.let_("xb", xr.clone() + x0.clone());
+                        let mut qx = fconst(0.0, f);
+                        let mut sx = fconst(0.0, f);
+                        for (q, e) in &elems {
+                            let xv = load_elem(kb, self.x, self.xd, xb.clone() + e.clone()).cast(f);
+                            let xv = kb.let_("xv", xv);
+                            qx = fma(qx, q.clone(), xv.clone());
+                            sx = b(BinOp::Add, sx, xv);
+                        }
+                        let a = accs[i];
+                        let mut v = fma(Expr::Var(a), d.clone(), qx);
+                        if let Some(m) = &m {
+                            v = fma(v, m.clone(), sx);
+                        }
+                        kb.assign(a, v);
+                    }
+                });
+            }
+        }
+        let sums: Vec<Expr> = accs.iter().map(|a| warp_sum(kb, Expr::Var(*a))).collect();
+        kb.if_(lane.clone().eq_(Expr::i(0)), |kb| {
+            for (i, s) in sums.iter().enumerate() {
+                let mut v = s.clone();
+                if let Some((bb, bd)) = self.bias {
+                    v = b(BinOp::Add, v, load_elem(kb, bb, bd, j.clone()).cast(f));
+                }
+                if let Some(act) = self.act {
+                    let pre = kb.let_("pre", v);
+                    v = activation(act, pre, f);
+                }
+                let v = to_storage(kb, self.out, v);
+                kb.store(self.out, (r0.clone() + i as i64) * self.n + j.clone(), v);
+            }
+        });
+    }
+}
+
+/// Offsets of a GGUF block's quants.
+trait QsOffset {
+    fn qs_offset(self) -> i64;
+}
+
+impl QsOffset for DType {
+    fn qs_offset(self) -> i64 {
+        if self == DType::Q4_1 {
+            4
+        } else {
+            2
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Every GPU schedule checked against the reference interpreter on random shapes, run
+//! by the interpreter's GPU mode (blocks, threads in lock-step, shared memory,
+//! barriers, shuffles, race checks); and the GPU mode's own checks (divergent
+//! barriers, shared-memory races, incomplete warps) on kernels that break them.
+
+use super::super::testing::{check_args_on, tt, Arg, Rng};
+use super::super::tests::{f32_bytes, quant_bytes};
+use crate::builder::KernelBuilder;
+use crate::loopir::{Expr, LoopTag, Role, Ty};
+use llmc_ir::{attrs, Attr, DType, Op};
+
+const F: DType = DType::F32;
+
+fn check(op: Op, a: llmc_ir::Attrs, args: &[Arg], tol: f64) -> String {
+    check_args_on(true, op, a, args, tol, tol)
+}
+
+fn input(t: llmc_ir::TensorType, x: llmc_ir::Tensor) -> Arg {
+    Arg::In(t, x)
+}
+
+#[test]
+fn gpu_linear_float_and_quantized() {
+    let mut r = Rng::new(101);
+    for case in 0..6 {
+        let rows = [1usize, 3, 4, 6, 9, 2][case];
+        let n = 1 + (r.next() % 20) as usize;
+        let k = 32 * (1 + (r.next() % 4) as usize);
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let xa = || input(tt(F, &["seq", &k.to_string()]), x.clone());
+        let w = r.tensor(F, &[n, k], 1.0);
+        let b = r.tensor(F, &[n], 1.0);
+        let text = check(
+            Op::Linear,
+            attrs([]),
+            &[xa(), Arg::W(F, vec![n, k], f32_bytes(&w))],
+            1e-5,
+        );
+        assert!(text.contains("shuffle_xor"), "{text}");
+        check(
+            Op::Linear,
+            attrs([]),
+            &[
+                xa(),
+                Arg::W(F, vec![n, k], f32_bytes(&w)),
+                Arg::W(F, vec![n], f32_bytes(&b)),
+            ],
+            1e-5,
+        );
+        for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            let wq = quant_bytes(&mut r, d, n, k);
+            check(
+                Op::Linear,
+                attrs([]),
+                &[xa(), Arg::W(d, vec![n, k], wq.clone())],
+                1e-5,
+            );
+            check(
+                Op::LinearAct,
+                attrs([("act", Attr::Str("silu".into()))]),
+                &[
+                    xa(),
+                    Arg::W(d, vec![n, k], wq),
+                    Arg::W(F, vec![n], f32_bytes(&b)),
+                ],
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_norms() {
+    let mut r = Rng::new(102);
+    for d in [6usize, 40, 96, 200] {
+        let rows = 1 + (r.next() % 4) as usize;
+        let x = r.tensor(F, &[2, rows, d], 2.0);
+        let w = r.tensor(F, &[d], 1.0);
+        let b = r.tensor(F, &[d], 1.0);
+        let xt = tt(F, &["2", "seq", &d.to_string()]);
+        let wt = tt(F, &[&d.to_string()]);
+        let text = check(
+            Op::RmsNorm,
+            attrs([("eps", Attr::Float(1e-5))]),
+            &[input(xt.clone(), x.clone()), input(wt.clone(), w.clone())],
+            1e-5,
+        );
+        assert!(text.contains("grid.x for"), "{text}");
+        check(
+            Op::LayerNorm,
+            attrs([("eps", Attr::Float(1e-3))]),
+            &[
+                input(xt.clone(), x.clone()),
+                input(wt.clone(), w.clone()),
+                input(wt.clone(), b.clone()),
+            ],
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn gpu_rope() {
+    let mut r = Rng::new(103);
+    for (s, d) in [(3usize, 8usize), (1, 64), (5, 12)] {
+        let xr = r.tensor(F, &[2, 3, s, d], 2.0);
+        let pos = r.ints(DType::I64, &[2, s], 0, 5000);
+        let pos1 = r.ints(DType::I64, &[1, s], 0, 40);
+        let xrt = tt(F, &["2", "3", "seq", &d.to_string()]);
+        for a in [
+            attrs([("theta", Attr::Float(10000.0))]),
+            attrs([
+                ("theta", Attr::Float(500.0)),
+                ("style", Attr::Str("interleaved".into())),
+            ]),
+            attrs([("theta", Attr::Float(10000.0)), ("dims", Attr::Int(4))]),
+        ] {
+            check(
+                Op::Rope,
+                a.clone(),
+                &[
+                    input(xrt.clone(), xr.clone()),
+                    input(tt(DType::I64, &["2", "seq"]), pos.clone()),
+                ],
+                1e-5,
+            );
+            check(
+                Op::Rope,
+                a,
+                &[
+                    input(xrt.clone(), xr.clone()),
+                    input(tt(DType::I64, &["1", "seq"]), pos1.clone()),
+                ],
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_flash_attention() {
+    let mut r = Rng::new(104);
+    // (batch, heads, kv heads, queries, keys, dk, dv): GQA, dk not a multiple of 32,
+    // more queries than keys, a decode row.
+    for (b, h, kvh, s, t, dk, dv) in [
+        (2usize, 4usize, 2usize, 3usize, 7usize, 5usize, 3usize),
+        (1, 3, 1, 1, 9, 64, 64),
+        (1, 2, 2, 9, 4, 40, 33),
+        (2, 2, 1, 4, 6, 32, 16),
+    ] {
+        let q = r.tensor(F, &[b, h, s, dk], 1.0);
+        let k = r.tensor(F, &[b, kvh, t, dk], 1.0);
+        let v = r.tensor(F, &[b, kvh, t, dv], 1.0);
+        let mv: Vec<f64> = (0..s * t)
+            .map(|i| match i % 5 {
+                0 => f64::NEG_INFINITY,
+                1 => -1.5,
+                _ => 0.25 * (i % 3) as f64,
+            })
+            .collect();
+        let mask = llmc_ir::Tensor::from_f64(F, vec![s, t], mv);
+        let sd = |n: usize| n.to_string();
+        let qt = tt(F, &[&sd(b), &sd(h), "seq", &sd(dk)]);
+        let kt = tt(F, &[&sd(b), &sd(kvh), "t", &sd(dk)]);
+        let vt = tt(F, &[&sd(b), &sd(kvh), "t", &sd(dv)]);
+        for causal in [false, true] {
+            for op in [Op::FlashAttention, Op::Attention] {
+                let a = attrs([("scale", Attr::Float(0.45)), ("causal", Attr::Bool(causal))]);
+                let base = vec![
+                    input(qt.clone(), q.clone()),
+                    input(kt.clone(), k.clone()),
+                    input(vt.clone(), v.clone()),
+                ];
+                check(op, a.clone(), &base, 1e-5);
+                let mut masked = base;
+                masked.push(input(tt(F, &["seq", "t"]), mask.clone()));
+                check(op, a, &masked, 1e-5);
+            }
+        }
+        // causal_fill with a left-padding mask (f32::MIN on the first keys).
+        let pad: Vec<f64> = (0..s * t)
+            .map(|i| if i % t < 2 { f32::MIN as f64 } else { 0.0 })
+            .collect();
+        let pad = llmc_ir::Tensor::from_f64(F, vec![s, t], pad);
+        let a = attrs([
+            ("scale", Attr::Float(0.45)),
+            ("causal", Attr::Bool(true)),
+            ("causal_fill", Attr::Float(f32::MIN as f64)),
+        ]);
+        check(
+            Op::FlashAttention,
+            a,
+            &[
+                input(qt.clone(), q.clone()),
+                input(kt.clone(), k.clone()),
+                input(vt.clone(), v.clone()),
+                input(tt(F, &["seq", "t"]), pad),
+            ],
+            1e-5,
+        );
+    }
+}
+
+/// Ops without a GPU template: their CPU template spread over threads.
+#[test]
+fn gpu_generic_mapping() {
+    let mut r = Rng::new(105);
+    let a = r.tensor(F, &[2, 3, 40], 2.0);
+    let c = r.tensor(F, &[3, 1], 2.0);
+    let text = check(
+        Op::Add,
+        attrs([]),
+        &[
+            input(tt(F, &["batch", "3", "40"]), a.clone()),
+            input(tt(F, &["3", "1"]), c.clone()),
+        ],
+        0.0,
+    );
+    assert!(text.contains("block.x for"), "{text}");
+    check(
+        Op::FusedElementwise,
+        attrs([("expr", Attr::Str("silu(add(mul($0, $0), $1))".into()))]),
+        &[
+            input(tt(F, &["batch", "3", "40"]), a.clone()),
+            input(tt(F, &["3", "1"]), c.clone()),
+        ],
+        1e-6,
+    );
+    let g = r.tensor(F, &[1, 3, 600], 3.0);
+    let text = check(
+        Op::Glu,
+        attrs([("act", Attr::Str("silu".into()))]),
+        &[input(tt(F, &["1", "seq", "600"]), g)],
+        1e-5,
+    );
+    // One block, the row's elements strided over its threads.
+    assert!(
+        text.contains("block.x for") && text.contains("step 256"),
+        "{text}"
+    );
+    let x = r.tensor(F, &[2, 3, 300], 1.0);
+    check(
+        Op::Split,
+        attrs([
+            ("axis", Attr::Int(2)),
+            ("sizes", Attr::Ints(vec![100, 200])),
+        ]),
+        &[input(tt(F, &["2", "seq", "300"]), x)],
+        0.0,
+    );
+    let wq = quant_bytes(&mut r, DType::Q4_1, 6, 64);
+    let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![5, 0, 2]);
+    check(
+        Op::Gather,
+        attrs([("axis", Attr::Int(0))]),
+        &[
+            Arg::W(DType::Q4_1, vec![6, 64], wq),
+            input(tt(DType::I64, &["1", "seq"]), ids),
+        ],
+        0.0,
+    );
+    let x = r.tensor(F, &[2, 5, 7], 3.0);
+    check(
+        Op::Softmax,
+        attrs([("axis", Attr::Int(-1))]),
+        &[input(tt(F, &["2", "seq", "7"]), x)],
+        1e-6,
+    );
+}
+
+/// A kernel of one block of `threads` threads whose body `f` builds.
+fn one_block(
+    threads: i64,
+    f: impl FnOnce(&mut KernelBuilder, Expr, crate::loopir::BufId),
+) -> crate::loopir::Kernel {
+    let mut kb = KernelBuilder::new("probe");
+    let out = kb.param("out", Ty::F32, Role::Out);
+    kb.for_("b", 0, 1, LoopTag::GpuGrid(0), |kb, _| {
+        let sh = kb.shared("sh", Ty::F32, threads);
+        kb.for_("t", 0, threads, LoopTag::GpuBlock(0), |kb, t| {
+            let _ = sh;
+            f(kb, t, out)
+        });
+    });
+    kb.finish().expect("well-formed")
+}
+
+fn run_probe(k: &crate::loopir::Kernel, n: usize) -> Result<Vec<u8>, String> {
+    let mut bufs = vec![vec![0u8; n * 4]];
+    crate::interp::run(k, &mut bufs, &[]).map_err(|e| e.to_string())?;
+    Ok(bufs.remove(0))
+}
+
+#[test]
+fn gpu_mode_catches_divergence_races_and_bad_warps() {
+    // Shared memory through a barrier: thread t reads its neighbour's value. Correct.
+    let ok = one_block(64, |kb, t, out| {
+        let sh = crate::loopir::BufId(1);
+        kb.store(sh, t.clone(), t.clone().cast(Ty::F32));
+        kb.barrier();
+        let v = Expr::load(sh, (t.clone() + 1) % 64);
+        kb.store(out, t, v);
+    });
+    let bytes = run_probe(&ok, 64).expect("correct kernel");
+    assert_eq!(f32::from_le_bytes(bytes[0..4].try_into().unwrap()), 1.0);
+    // The same without the barrier: a race.
+    let racy = one_block(64, |kb, t, out| {
+        let sh = crate::loopir::BufId(1);
+        kb.store(sh, t.clone(), t.clone().cast(Ty::F32));
+        let v = Expr::load(sh, (t.clone() + 1) % 64);
+        kb.store(out, t, v);
+    });
+    let e = run_probe(&racy, 64).unwrap_err();
+    assert!(e.contains("race on shared %sh"), "{e}");
+    // A barrier only half the threads reach.
+    let divergent = one_block(64, |kb, t, out| {
+        kb.if_(t.clone().lt(Expr::i(32)), |kb| kb.barrier());
+        kb.store(out, t, Expr::f(0.0, Ty::F32));
+    });
+    let e = run_probe(&divergent, 64).unwrap_err();
+    assert!(e.contains("divergent barrier"), "{e}");
+    // A shuffle with half a warp.
+    let half_warp = one_block(32, |kb, t, out| {
+        let v = kb.let_mut("v", Expr::f(1.0, Ty::F32));
+        kb.if_(t.clone().lt(Expr::i(16)), |kb| {
+            kb.shuffle_xor(v, Expr::Var(v), 1)
+        });
+        kb.store(out, t, Expr::Var(v));
+    });
+    let e = run_probe(&half_warp, 32).unwrap_err();
+    assert!(e.contains("shuffle in warp 0"), "{e}");
+    // Two threads writing one global element.
+    let clash = one_block(32, |kb, _t, out| {
+        kb.store(out, Expr::i(0), Expr::f(1.0, Ty::F32));
+    });
+    let e = run_probe(&clash, 32).unwrap_err();
+    assert!(e.contains("race on %out"), "{e}");
+    // A butterfly sum gives every lane the total.
+    let sum = one_block(32, |kb, t, out| {
+        let s = super::warp_sum(kb, t.clone().cast(Ty::F32));
+        kb.store(out, t, s);
+    });
+    let bytes = run_probe(&sum, 32).expect("correct kernel");
+    for l in 0..32 {
+        let v = f32::from_le_bytes(bytes[4 * l..4 * l + 4].try_into().unwrap());
+        assert_eq!(v, 496.0, "lane {l}");
+    }
+}
