@@ -6,6 +6,7 @@
 //!                [--repetition-penalty R] [--seed S] [--chat]
 //! ./OUT embed --text TEXT [--text TEXT]... [--output FILE.npy]
 //! ./OUT run [--input NAME=FILE.npy]... [--output-dir DIR] [--then [--input ...]... [--output-dir DIR]]...
+//! ./OUT serve [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--max-seqs N] ...
 //! ./OUT info
 //! ./OUT bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
 //! ```
@@ -15,7 +16,7 @@
 //! output. `generate` streams text from a language model (greedy at `--temperature 0`,
 //! the default). `embed` prints sentence embeddings from an encoder model (see
 //! [`crate::embed`]). `bench` times prefill and decode (see [`crate::bench`]). `serve`
-//! comes next.
+//! runs the OpenAI-compatible HTTP server on the engine (see [`crate::server`]).
 
 use crate::abi::KernelTable;
 use crate::exec::{HostTensor, Model};
@@ -29,6 +30,9 @@ const USAGE: &str = "usage:
            [--repetition-penalty R] [--seed S] [--chat]            generate text
   embed --text TEXT [--text TEXT]... [--output FILE.npy]          sentence embeddings
   run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
+  serve [--host H] [--port P] [--api-key KEY] [--max-seqs N] [--max-batch-tokens N]
+        [--kv-cache-mb N] [--cors-origin O] [--max-body-bytes N] [--model-name NAME]
+        [--threads N]                          OpenAI-compatible HTTP server
   info                                                             describe the model
   bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
                                           prefill/decode tok/s, time to first token";
@@ -310,6 +314,7 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::embed::embed(&mut model, &opts)
         }
+        "serve" => crate::server::run_command(rest, kernels),
         "info" => {
             info(&plan, &sizes);
             Ok(())
