@@ -50,6 +50,12 @@ enum Target {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KvDtype {
+    F16,
+    F32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BuildEmit {
     #[value(name = "llmc-ir")]
     LlmcIr,
@@ -116,6 +122,13 @@ struct BuildArgs {
     /// Report activation buffers and peak activation bytes before/after buffer reuse.
     #[arg(long)]
     report_memory: bool,
+    /// Element type of the serving engine's paged KV cache (decoder LLMs).
+    #[arg(long, value_enum, default_value = "f16")]
+    kv_cache_dtype: KvDtype,
+    /// Keep a decoder LLM in its one-sequence form (dense KV cache per layer) instead
+    /// of lowering it to the engine's serving form (for comparisons).
+    #[arg(long)]
+    no_serving: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -268,7 +281,67 @@ fn llm_info(m: &Module) -> Result<Option<llmc_runtime::plan::LlmInfo>> {
         ids_input: io.ids as u32,
         pos_input: io.pos as u32,
         logits_output: io.logits as u32,
+        serving: None,
     }))
+}
+
+/// The serving form's contract, read off its named inputs (see
+/// `llmc_passes::serving::names`).
+fn serving_info(m: &Module) -> Result<llmc_runtime::plan::ServingInfo> {
+    use llmc_passes::serving::names;
+    let g = &m.graph;
+    let input = |name: &str| -> Result<u32> {
+        g.inputs
+            .iter()
+            .position(|&v| g.value(v).name == name)
+            .map(|i| i as u32)
+            .with_context(|| format!("the serving form has no input %{name}"))
+    };
+    let mut layers = Vec::new();
+    for l in 0.. {
+        let (Ok(k), Ok(v)) = (input(&names::k_pool(l)), input(&names::v_pool(l))) else {
+            break;
+        };
+        layers.push(llmc_runtime::plan::ServingLayer {
+            k_pool_input: k,
+            v_pool_input: v,
+        });
+    }
+    let first = layers.first().context("the serving form has no KV pools")?;
+    let pool = g.ty(g.inputs[first.k_pool_input as usize]);
+    let dim = |i: usize| -> Result<usize> {
+        pool.shape
+            .0
+            .get(i)
+            .and_then(|d| d.as_const())
+            .map(|d| d as usize)
+            .with_context(|| format!("pool dim {i} of {} is not constant", pool.shape))
+    };
+    let logits = g
+        .outputs
+        .iter()
+        .position(|&v| g.value(v).name == "logits")
+        .unwrap_or(0);
+    let vocab = g
+        .outputs
+        .get(logits)
+        .and_then(|&v| g.ty(v).shape.0.last().and_then(|d| d.as_const()))
+        .context("the logits' vocabulary dim is not constant")? as usize;
+    Ok(llmc_runtime::plan::ServingInfo {
+        block_size: dim(2)?,
+        kv_dtype: llmc_backend::plan::elem_type(pool.dtype),
+        kv_heads: dim(1)?,
+        head_dim: dim(3)?,
+        vocab,
+        ids_input: input(names::IDS)?,
+        pos_input: input(names::POS)?,
+        slots_input: input(names::SLOTS)?,
+        row_seq_input: input(names::ROW_SEQ)?,
+        block_tables_input: input(names::BLOCK_TABLES)?,
+        logit_rows_input: input(names::LOGIT_ROWS)?,
+        logits_output: logits as u32,
+        layers,
+    })
 }
 
 /// What `embed` in an emitted executable needs: the tokenizer and the encoder's inputs
@@ -344,6 +417,35 @@ fn build(a: &BuildArgs) -> Result<()> {
     if a.time_passes {
         eprint!("{report}");
     }
+    // A decoder LLM becomes the engine's step function (its tokenizer facts are read
+    // from the one-sequence form first).
+    let mut llm = if a.emit.contains(&BuildEmit::Exe) {
+        llm_info(&m)?
+    } else {
+        None
+    };
+    let is_decoder = m.graph.nodes.iter().any(|n| n.op == llmc_ir::Op::KvAppend)
+        && generate::find_io(&m).is_ok();
+    if is_decoder && !a.no_serving {
+        let kv = match a.kv_cache_dtype {
+            KvDtype::F16 => llmc_ir::DType::F16,
+            KvDtype::F32 => llmc_ir::DType::F32,
+        };
+        let t = Instant::now();
+        m = llmc_passes::serving::lower(&m, kv)
+            .map_err(|e| anyhow::anyhow!("lowering to the serving form: {e}"))?;
+        if a.time_passes {
+            eprintln!(
+                "serving form: {:.1} ms, {} nodes, kv cache {}",
+                t.elapsed().as_secs_f64() * 1e3,
+                m.graph.nodes.len(),
+                kv
+            );
+        }
+        if let Some(l) = llm.as_mut() {
+            l.serving = Some(serving_info(&m)?);
+        }
+    }
     if a.explain_fusion {
         // Candidates are read on the program as the rules left it: fused elementwise
         // loops are expanded back into their ops first.
@@ -381,11 +483,7 @@ fn build(a: &BuildArgs) -> Result<()> {
             ..Default::default()
         },
         dump_dir: a.dump_dir.clone(),
-        llm: if a.emit.contains(&BuildEmit::Exe) {
-            llm_info(&m)?
-        } else {
-            None
-        },
+        llm,
     };
     let has = |e: BuildEmit| a.emit.contains(&e);
     if has(BuildEmit::LlmcIr) {
@@ -626,6 +724,7 @@ fn run(a: &RunArgs) -> Result<()> {
             top_p: a.top_p,
             repetition_penalty: a.repetition_penalty,
             seed: a.seed,
+            ..Default::default()
         },
     };
     generate::run(&m, &opts, load_secs).with_context(|| format!("llmc run {}", a.model.display()))
@@ -642,6 +741,7 @@ fn run_compiled(a: &RunArgs, m: &Module) -> Result<()> {
         top_p: a.top_p,
         repetition_penalty: a.repetition_penalty,
         seed: a.seed,
+        ..Default::default()
     }
     .validate()?;
     let t0 = Instant::now();

@@ -329,6 +329,7 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
                 kernel: mut k,
                 packs,
                 consts,
+                in_place,
             } => {
                 let mut bufs = Vec::new();
                 for i in 0..node.inputs.len() {
@@ -387,8 +388,21 @@ pub fn plan_module(m: &Module) -> Result<Planned<'_>, BuildError> {
                         *slot = id;
                     }
                 }
-                for &o in &node.outputs {
-                    let id = b.buffer(vname(o), g.ty(o), Source::Temp);
+                // A result written in place takes its operand's buffer.
+                let aliased: Vec<Option<u32>> = (0..node.outputs.len())
+                    .map(|ri| {
+                        in_place
+                            .iter()
+                            .find(|(r, _)| *r == ri)
+                            .map(|&(_, op)| operand(op))
+                            .transpose()
+                    })
+                    .collect::<Result<_, _>>()?;
+                for (&o, alias) in node.outputs.iter().zip(aliased) {
+                    let id = match alias {
+                        Some(id) => id,
+                        None => b.buffer(vname(o), g.ty(o), Source::Temp),
+                    };
                     buf_of.insert(o, id);
                     bufs.push(id);
                 }

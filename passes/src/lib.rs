@@ -18,6 +18,7 @@ pub mod manager;
 pub mod merge;
 pub mod pipeline;
 mod rewrite;
+pub mod serving;
 
 pub use manager::{run_passes, Instrument, PassReport, PassRow};
 pub use pipeline::{find_pass, parse_pipeline, pipeline_for_level, Pass, PASSES};

@@ -45,6 +45,11 @@ pub static PASSES: &[Pass] = &[
         summary: "single-use elementwise chains into one fused_elementwise loop",
         run: crate::fuse_elementwise::run,
     },
+    Pass {
+        name: "serving",
+        summary: "decoder to the engine's step over a flat token batch: kv_append + attention become paged_kv_write + paged_attention over per-layer KV pools (in no -O pipeline: `llmc build` runs it last for decoder LLMs)",
+        run: crate::serving::run,
+    },
 ];
 
 /// `-O0`: no rewrites at all.

@@ -22,6 +22,10 @@ pub struct BenchOptions {
     pub repeat: usize,
     /// Also measure the memory read bandwidth.
     pub bandwidth: bool,
+    /// Sequences run at once (serving-form executables: through the engine).
+    pub concurrency: usize,
+    /// Leading prompt tokens the concurrent sequences share (prefix cache).
+    pub shared_prefix: usize,
 }
 
 impl Default for BenchOptions {
@@ -31,6 +35,8 @@ impl Default for BenchOptions {
             gen_tokens: 64,
             repeat: 3,
             bandwidth: false,
+            concurrency: 1,
+            shared_prefix: 0,
         }
     }
 }
@@ -52,15 +58,23 @@ pub fn parse(args: &[String]) -> Result<(BenchOptions, Option<usize>), String> {
             "--repeat" | "-r" => o.repeat = num(a, it.next())?.max(1),
             "--threads" | "-t" => threads = Some(num(a, it.next())?.max(1)),
             "--bandwidth" => o.bandwidth = true,
+            "--concurrency" | "-c" => o.concurrency = num(a, it.next())?.max(1),
+            "--shared-prefix" => o.shared_prefix = num(a, it.next())?,
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth])"
+                    "unknown argument `{other}` (bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth] [--concurrency N] [--shared-prefix K] [--kv-cache-mb N] [--max-seqs N] [--max-batch-tokens N])"
                 ))
             }
         }
     }
     if o.prompt_tokens == 0 {
         return Err("--prompt-tokens must be at least 1".into());
+    }
+    if o.shared_prefix > o.prompt_tokens {
+        return Err(format!(
+            "--shared-prefix {} exceeds --prompt-tokens {}",
+            o.shared_prefix, o.prompt_tokens
+        ));
     }
     Ok((o, threads))
 }
@@ -310,6 +324,185 @@ pub fn run(model: &mut Model, o: &BenchOptions) -> Result<(), String> {
         println!("read bandwidth GB/s: {:.2}", bw / 1e9);
         println!("roofline decode tok/s: {roof:.1}");
         println!("decode / roofline: {:.3}", r.decode_tps / roof.max(1e-12));
+    }
+    Ok(())
+}
+
+/// A synthetic prompt: `shared` leading ids common to every sequence, the rest
+/// distinct per `seed` (so the prefix cache only helps where asked to).
+fn synthetic_prompt(n: usize, shared: usize, seed: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| {
+            let salt = if i < shared { 0 } else { seed * 104_729 + 1 };
+            (100 + (i * 7919 + salt) % 20000) as u32
+        })
+        .collect()
+}
+
+/// One request's measured times, seconds from its submission.
+#[derive(Clone, Copy, Debug, Default)]
+struct Times {
+    first: f64,
+    end: f64,
+    tokens: usize,
+}
+
+/// Runs `prompts` at once through the engine, each generating `gen` tokens (end of
+/// sequence ignored); returns per-request times, the wall time, and the most KV
+/// blocks in use during the run.
+fn run_batch(
+    engine: &crate::engine::EngineHandle,
+    prompts: Vec<Vec<u32>>,
+    gen: usize,
+) -> Result<(Vec<Times>, f64, usize), String> {
+    use crate::engine::{Event, Request};
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Event)>();
+    let n = prompts.len();
+    let t0 = Instant::now();
+    let mut starts = Vec::with_capacity(n);
+    for (i, p) in prompts.into_iter().enumerate() {
+        let mut r = Request::greedy(p, gen);
+        r.ignore_eos = true;
+        let tx = tx.clone();
+        starts.push(t0.elapsed().as_secs_f64());
+        engine
+            .submit(r, Box::new(move |e| tx.send((i, e)).is_ok()))
+            .map_err(|e| format!("bench request {i}: {e}"))?;
+    }
+    drop(tx);
+    let mut times = vec![Times::default(); n];
+    let mut done = 0;
+    let mut peak = 0usize;
+    while done < n {
+        match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+            Ok((i, e)) => {
+                let now = t0.elapsed().as_secs_f64() - starts[i];
+                match e {
+                    Event::Token { .. } => {
+                        if times[i].tokens == 0 {
+                            times[i].first = now;
+                        }
+                        times[i].tokens += 1;
+                    }
+                    Event::Error(e) => return Err(format!("bench request {i}: {e}")),
+                    Event::Finished { .. } => {
+                        times[i].end = now;
+                        done += 1;
+                    }
+                    Event::PromptLogprobs(_) => {}
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => return Err("the engine stopped during the bench".into()),
+        }
+        peak = peak.max(engine.stats().kv_blocks_used);
+    }
+    Ok((times, t0.elapsed().as_secs_f64(), peak))
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// The `bench` command of a serving-form executable: single-sequence prefill/decode
+/// through the engine (best of `--repeat`), then `--concurrency` sequences at once.
+/// One `key: value` line per number.
+pub fn run_engine(
+    engine: &crate::engine::EngineHandle,
+    o: &BenchOptions,
+    weight_bytes: u64,
+) -> Result<(), String> {
+    let threads = crate::pool::num_threads();
+    let facts = engine.facts().clone();
+    if o.prompt_tokens + o.gen_tokens > facts.context_length {
+        return Err(format!(
+            "--prompt-tokens {} + --gen-tokens {} exceed the model's context length {}",
+            o.prompt_tokens, o.gen_tokens, facts.context_length
+        ));
+    }
+    // Warm-up: page the weights in, start the pool.
+    run_batch(engine, vec![synthetic_prompt(8, 0, 999_999)], 2)?;
+    let mut best = BenchResult::default();
+    for r in 0..o.repeat {
+        let (t, _, _) = run_batch(
+            engine,
+            vec![synthetic_prompt(o.prompt_tokens, 0, 1_000 + r)],
+            o.gen_tokens.max(1),
+        )?;
+        let t = t[0];
+        best.prefill_tps = best
+            .prefill_tps
+            .max(o.prompt_tokens as f64 / t.first.max(1e-12));
+        if t.tokens > 1 {
+            best.decode_tps = best
+                .decode_tps
+                .max((t.tokens - 1) as f64 / (t.end - t.first).max(1e-12));
+        }
+        best.ttft = if best.ttft == 0.0 {
+            t.first
+        } else {
+            best.ttft.min(t.first)
+        };
+    }
+    println!("threads: {threads}");
+    println!("prompt tokens: {}", o.prompt_tokens);
+    println!("gen tokens: {}", o.gen_tokens);
+    println!("prefill tok/s: {:.1}", best.prefill_tps);
+    println!("decode tok/s: {:.1}", best.decode_tps);
+    println!("ttft ms: {:.1}", best.ttft * 1e3);
+    println!("weight bytes per token: {weight_bytes}");
+    println!("kv capacity tokens: {}", facts.kv_capacity_tokens());
+    let kv_ctx = facts.kv_bytes_per_token as u64 * (o.prompt_tokens + o.gen_tokens / 2) as u64;
+    println!("kv bytes per token at this context: {kv_ctx}");
+    let mut bw = None;
+    if o.bandwidth {
+        let b = read_bandwidth(threads)?;
+        let roof = b / (weight_bytes + kv_ctx).max(1) as f64;
+        println!("read bandwidth GB/s: {:.2}", b / 1e9);
+        println!("roofline decode tok/s: {roof:.1}");
+        println!(
+            "decode / roofline: {:.3}",
+            best.decode_tps / roof.max(1e-12)
+        );
+        bw = Some(b);
+    }
+    let _ = bw;
+    if o.concurrency > 1 {
+        let before = engine.stats();
+        let prompts: Vec<Vec<u32>> = (0..o.concurrency)
+            .map(|i| synthetic_prompt(o.prompt_tokens, o.shared_prefix, 5_000 + i))
+            .collect();
+        let (times, wall, peak) = run_batch(engine, prompts, o.gen_tokens.max(1))?;
+        let after = engine.stats();
+        let total: usize = times.iter().map(|t| t.tokens).sum();
+        let mut ttft: Vec<f64> = times.iter().map(|t| t.first * 1e3).collect();
+        let mut tpot: Vec<f64> = times
+            .iter()
+            .filter(|t| t.tokens > 1)
+            .map(|t| (t.end - t.first) * 1e3 / (t.tokens - 1) as f64)
+            .collect();
+        let q = after.prefix_queries - before.prefix_queries;
+        let h = after.prefix_hits - before.prefix_hits;
+        println!("concurrency: {}", o.concurrency);
+        println!(
+            "aggregate decode tok/s: {:.1}",
+            total as f64 / wall.max(1e-12)
+        );
+        println!("TTFT p50 ms: {:.1}", percentile(&mut ttft, 0.5));
+        println!("TTFT p99 ms: {:.1}", percentile(&mut ttft, 0.99));
+        println!("TPOT p50 ms: {:.2}", percentile(&mut tpot, 0.5));
+        println!("TPOT p99 ms: {:.2}", percentile(&mut tpot, 0.99));
+        println!("kv blocks used: {peak}");
+        println!(
+            "prefix hit rate: {:.3}",
+            if q == 0 { 0.0 } else { h as f64 / q as f64 }
+        );
+        println!("preemptions: {}", after.preemptions - before.preemptions);
     }
     Ok(())
 }

@@ -259,9 +259,39 @@ pub fn main(args: Vec<String>, table: &KernelTable) -> i32 {
     }
 }
 
+/// The engine settings every engine-backed command takes (`--kv-cache-mb`,
+/// `--max-seqs`, `--max-batch-tokens`), removed from `args`.
+pub fn take_engine_flags(
+    args: &mut Vec<String>,
+) -> Result<(usize, crate::engine::EngineConfig), String> {
+    let mut cfg = crate::engine::EngineConfig::default();
+    let mut mb = 512usize;
+    let mut rest = Vec::new();
+    let mut it = std::mem::take(args).into_iter();
+    let num = |flag: &str, v: Option<String>| -> Result<usize, String> {
+        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+        match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{flag} {v}: expected a positive whole number")),
+        }
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--kv-cache-mb" => mb = num(&a, it.next())?,
+            "--max-seqs" => cfg.max_seqs = num(&a, it.next())?,
+            "--max-batch-tokens" => cfg.max_batch_tokens = num(&a, it.next())?,
+            _ => rest.push(a),
+        }
+    }
+    *args = rest;
+    Ok((mb, cfg))
+}
+
 fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
     let map = payload::map_self()?;
-    let (plan_bytes, data) = payload::locate(&map)?;
+    // The engine thread borrows the weights for the life of the process.
+    let map: &'static memmap2::Mmap = Box::leak(Box::new(map));
+    let (plan_bytes, data) = payload::locate(map)?;
     let sizes = Sizes {
         code: (plan_bytes.as_ptr() as usize).saturating_sub(map.as_ptr() as usize),
         plan: plan_bytes.len(),
@@ -272,7 +302,14 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
     // SAFETY: the table is the one the generated object exports.
     let kernels = unsafe { table.kernels() };
     let cmd = args.get(1).map(String::as_str).unwrap_or("help");
-    let rest = args.get(2..).unwrap_or(&[]);
+    let mut rest_v: Vec<String> = args.get(2..).unwrap_or(&[]).to_vec();
+    let serving = plan.llm.as_ref().is_some_and(|l| l.serving.is_some());
+    let engine_flags = if serving && matches!(cmd, "generate" | "bench" | "serve") {
+        Some(take_engine_flags(&mut rest_v)?)
+    } else {
+        None
+    };
+    let rest = &rest_v[..];
     // `./OUT bench --help`: the usage (only as the first argument, so `--prompt -h` is
     // still a prompt).
     if rest.first().is_some_and(|a| a == "--help" || a == "-h") {
@@ -298,6 +335,14 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
                         .to_string()
                 });
             }
+            if let Some((mb, cfg)) = engine_flags {
+                let llm = plan.llm.clone().ok_or("no language model")?;
+                let engine =
+                    crate::engine::step::CompiledStep::start_engine(plan, data, kernels, mb, cfg)?;
+                let r = crate::generate::generate_engine(&engine, &llm, &opts);
+                engine.shutdown();
+                return r.map(|_| ());
+            }
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::generate::generate(&mut model, &opts).map(|_| ())
         }
@@ -305,6 +350,14 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             let (opts, threads) = crate::bench::parse(rest)?;
             if let Some(n) = threads {
                 crate::pool::set_num_threads(n);
+            }
+            if let Some((mb, cfg)) = engine_flags {
+                let bytes = crate::bench::weight_bytes_per_token(&plan);
+                let engine =
+                    crate::engine::step::CompiledStep::start_engine(plan, data, kernels, mb, cfg)?;
+                let r = crate::bench::run_engine(&engine, &opts, bytes);
+                engine.shutdown();
+                return r;
             }
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::bench::run(&mut model, &opts)
@@ -314,7 +367,7 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::embed::embed(&mut model, &opts)
         }
-        "serve" => crate::server::run_command(rest, kernels),
+        "serve" => crate::server::run_command(rest, plan, data, kernels, engine_flags),
         "info" => {
             info(&plan, &sizes);
             Ok(())

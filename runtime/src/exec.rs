@@ -118,6 +118,45 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// A graph input for [`Model::run_inputs`].
+pub enum Input<'a> {
+    /// Copied into an aligned buffer for the run.
+    Host(&'a HostTensor),
+    /// Used in place: `len` bytes at `ptr`, 64-byte aligned, valid and not otherwise
+    /// accessed for the whole run (kernels may write through it).
+    Borrowed {
+        /// Element type.
+        dtype: ElemType,
+        /// Shape.
+        shape: Vec<usize>,
+        /// The bytes.
+        ptr: *mut u8,
+        /// Their length.
+        len: usize,
+    },
+}
+
+impl Input<'_> {
+    fn dtype(&self) -> ElemType {
+        match self {
+            Input::Host(t) => t.dtype,
+            Input::Borrowed { dtype, .. } => *dtype,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            Input::Host(t) => &t.shape,
+            Input::Borrowed { shape, .. } => shape,
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Input::Host(t) => t.data.len(),
+            Input::Borrowed { len, .. } => *len,
+        }
+    }
+}
+
 /// A tensor on the host: element type, shape, little-endian bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
@@ -132,15 +171,16 @@ pub struct HostTensor {
 #[derive(Clone)]
 enum Storage {
     Owned(Arc<AlignedBuf>),
-    /// A range of the payload's data section.
-    Data(*const u8, usize),
+    /// Memory the model does not own: a range of the payload's data section, or a
+    /// borrowed input.
+    Data(*mut u8, usize),
 }
 
 impl Storage {
     fn ptr(&self) -> *mut u8 {
         match self {
             Storage::Owned(b) => b.ptr(),
-            Storage::Data(p, _) => *p as *mut u8,
+            Storage::Data(p, _) => *p,
         }
     }
     fn bytes(&self) -> &[u8] {
@@ -311,6 +351,14 @@ impl<'d> Model<'d> {
 
     /// Runs the graph on `inputs` (in graph-input order).
     pub fn run(&mut self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, ExecError> {
+        let inputs: Vec<Input> = inputs.iter().map(Input::Host).collect();
+        self.run_inputs(&inputs)
+    }
+
+    /// Runs the graph on inputs that are copied ([`Input::Host`]) or used in place
+    /// ([`Input::Borrowed`]: a kernel may write through it, as the serving form's
+    /// KV-pool writes do).
+    pub fn run_inputs(&mut self, inputs: &[Input]) -> Result<Vec<HostTensor>, ExecError> {
         let plan = &self.plan;
         if inputs.len() != plan.inputs.len() {
             return Err(ExecError::Input {
@@ -332,21 +380,21 @@ impl<'d> Model<'d> {
                 name: io.name.clone(),
                 msg,
             };
-            if t.dtype != io.dtype {
+            if t.dtype() != io.dtype {
                 return Err(bad(format!(
                     "expected {}, got {}",
                     io.dtype.name(),
-                    t.dtype.name()
+                    t.dtype().name()
                 )));
             }
-            if t.shape.len() != io.shape.len() {
+            if t.shape().len() != io.shape.len() {
                 return Err(bad(format!(
                     "expected rank {}, got shape {:?}",
                     io.shape.len(),
-                    t.shape
+                    t.shape()
                 )));
             }
-            for (d, &n) in io.shape.iter().zip(&t.shape) {
+            for (d, &n) in io.shape.iter().zip(t.shape()) {
                 if let Some(s) = d.as_symbol() {
                     if syms[s as usize].is_none() {
                         syms[s as usize] = Some(n as i64);
@@ -359,7 +407,7 @@ impl<'d> Model<'d> {
             format!("[{}]", d.join(", "))
         };
         for (io, t) in plan.inputs.iter().zip(inputs) {
-            for (d, &n) in io.shape.iter().zip(&t.shape) {
+            for (d, &n) in io.shape.iter().zip(t.shape()) {
                 match d.eval(&syms) {
                     Some(v) if v == n as i64 => {}
                     Some(v) => {
@@ -367,7 +415,7 @@ impl<'d> Model<'d> {
                             name: io.name.clone(),
                             msg: format!(
                                 "has shape {:?}, expected {} ({} = {v})",
-                                t.shape,
+                                t.shape(),
                                 show(&io.shape),
                                 d.show(&plan.symbols)
                             ),
@@ -386,14 +434,14 @@ impl<'d> Model<'d> {
                 }
             }
             let need = t
-                .shape
+                .shape()
                 .iter()
                 .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
                 .and_then(|n| io.dtype.bytes_for(n));
-            if need != Some(t.data.len() as u64) {
+            if need != Some(t.len() as u64) {
                 return Err(ExecError::Input {
                     name: io.name.clone(),
-                    msg: format!("has {} bytes for shape {:?}", t.data.len(), t.shape),
+                    msg: format!("has {} bytes for shape {:?}", t.len(), t.shape()),
                 });
             }
         }
@@ -405,14 +453,23 @@ impl<'d> Model<'d> {
                     let t = inputs.get(*k as usize).ok_or_else(|| {
                         ExecError::Plan(format!("buffer {} reads input {k}", b.name))
                     })?;
-                    let buf = AlignedBuf::from_bytes(&t.data).ok_or_else(|| ExecError::Input {
-                        name: b.name.clone(),
-                        msg: "cannot allocate".into(),
-                    })?;
-                    store[i] = Some(Storage::Owned(Arc::new(buf)));
+                    store[i] = Some(match t {
+                        Input::Host(t) => {
+                            let buf = AlignedBuf::from_bytes(&t.data).ok_or_else(|| {
+                                ExecError::Input {
+                                    name: b.name.clone(),
+                                    msg: "cannot allocate".into(),
+                                }
+                            })?;
+                            Storage::Owned(Arc::new(buf))
+                        }
+                        Input::Borrowed { ptr, len, .. } => Storage::Data(*ptr, *len),
+                    });
                 }
                 Source::Data { offset, len } => {
-                    let p = self.data[*offset as usize..].as_ptr();
+                    // Kernels never write weights; the pointer is mutable only
+                    // because borrowed inputs share the variant.
+                    let p = self.data[*offset as usize..].as_ptr() as *mut u8;
                     store[i] = Some(Storage::Data(p, *len as usize));
                 }
                 Source::Temp => {}

@@ -1,8 +1,9 @@
 //! Text generation in the emitted executable: tokenize the prompt (optionally through
-//! the chat template), one model call for the whole prompt (prefill), then one call
-//! per sampled token with the KV cache carried by the [`Model`], streaming text to
-//! stdout and timings to stderr, stopping at an end-of-sequence id, the token budget
-//! or the context length.
+//! the chat template), then either submit it to the engine (serving-form executables:
+//! [`generate_engine`]) or, for one-sequence builds, one model call for the whole
+//! prompt (prefill) and one call per sampled token with the KV cache carried by the
+//! [`Model`] ([`generate`]); text streams to stdout and timings to stderr, stopping at
+//! an end-of-sequence id, the token budget or the context length.
 
 use crate::exec::{HostTensor, Model};
 use crate::plan::{ElemType, LlmInfo};
@@ -72,14 +73,8 @@ fn step(model: &mut Model, llm: &LlmInfo, ids: &[u32], start: usize) -> Result<V
     Ok(all[all.len().saturating_sub(vocab)..].to_vec())
 }
 
-/// Generates text; returns the number of generated tokens.
-pub fn generate(model: &mut Model, opts: &GenerateOptions) -> Result<usize, String> {
-    let llm = model
-        .plan()
-        .llm
-        .clone()
-        .ok_or("this executable holds no language model (no tokenizer was built in)")?;
-    let tok = tokenizer(&llm)?;
+/// The prompt's token ids (through the chat template with `--chat`).
+fn prompt_ids(tok: &Tokenizer, llm: &LlmInfo, opts: &GenerateOptions) -> Result<Vec<u32>, String> {
     let (prompt, add_special) = if opts.chat {
         let text = tok
             .apply_chat_template(&[ChatMessage::new("user", &opts.prompt)], true)
@@ -101,6 +96,94 @@ pub fn generate(model: &mut Model, opts: &GenerateOptions) -> Result<usize, Stri
             prompt_ids.len()
         ));
     }
+    Ok(prompt_ids)
+}
+
+/// Generates text through the engine (a serving-form executable): one request,
+/// streamed as its tokens arrive; returns the number of generated tokens.
+pub fn generate_engine(
+    engine: &crate::engine::EngineHandle,
+    llm: &LlmInfo,
+    opts: &GenerateOptions,
+) -> Result<usize, String> {
+    use crate::engine::{Event, FinishReason, Request};
+    let tok = tokenizer(llm)?;
+    let prompt = prompt_ids(&tok, llm, opts)?;
+    let ctx = engine.facts().context_length;
+    let max_tokens = opts.max_tokens.min(ctx.saturating_sub(prompt.len()));
+    let mut req = Request::greedy(prompt.clone(), max_tokens);
+    req.sampling = opts.sampler.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    let t0 = Instant::now();
+    engine
+        .submit(req, Box::new(move |e| tx.send(e).is_ok()))
+        .map_err(|e| format!("--prompt: {e}"))?;
+    let mut stream = tok.stream(true);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let io = |e: std::io::Error| format!("writing the text: {e}");
+    let mut generated = 0usize;
+    let mut first: Option<f64> = None;
+    let mut reason = FinishReason::Error;
+    for e in rx {
+        match e {
+            Event::Token { id, .. } => {
+                generated += 1;
+                if first.is_none() {
+                    let f = t0.elapsed().as_secs_f64();
+                    first = Some(f);
+                    eprintln!(
+                        "generate: prompt {} tokens, first token after {:.3} s ({:.1} tok/s prefill), {} threads",
+                        prompt.len(),
+                        f,
+                        prompt.len() as f64 / f.max(1e-9),
+                        crate::pool::num_threads()
+                    );
+                }
+                if let Some(piece) = stream.push(&tok, id).map_err(|e| e.to_string())? {
+                    out.write_all(piece.as_bytes()).map_err(io)?;
+                    out.flush().map_err(io)?;
+                }
+            }
+            Event::Error(e) => return Err(e),
+            Event::Finished { reason: r, .. } => {
+                reason = r;
+                break;
+            }
+            Event::PromptLogprobs(_) => {}
+        }
+    }
+    if let Some(piece) = stream.flush(&tok).map_err(|e| e.to_string())? {
+        out.write_all(piece.as_bytes()).map_err(io)?;
+    }
+    writeln!(out).map_err(io)?;
+    out.flush().map_err(io)?;
+    let total = t0.elapsed().as_secs_f64();
+    let decode = total - first.unwrap_or(total);
+    let stop = match reason {
+        FinishReason::Stop => "end of sequence",
+        FinishReason::Length => "max tokens",
+        FinishReason::ContextLength => "context length",
+        FinishReason::Cancelled => "cancelled",
+        FinishReason::Error => "error",
+    };
+    eprintln!(
+        "generate: {generated} tokens in {decode:.3} s ({:.2} tok/s), stopped at {stop}",
+        generated.saturating_sub(1) as f64 / decode.max(1e-9)
+    );
+    Ok(generated)
+}
+
+/// Generates text; returns the number of generated tokens.
+pub fn generate(model: &mut Model, opts: &GenerateOptions) -> Result<usize, String> {
+    let llm = model
+        .plan()
+        .llm
+        .clone()
+        .ok_or("this executable holds no language model (no tokenizer was built in)")?;
+    let tok = tokenizer(&llm)?;
+    let prompt_ids = prompt_ids(&tok, &llm, opts)?;
+    let ctx_len = llm.context_length.unwrap_or(i64::MAX);
     let mut sampler = Sampler::new(opts.sampler.clone()).map_err(|e| e.to_string())?;
     let eos = tok.eos_ids().to_vec();
     model.reset();

@@ -1,12 +1,13 @@
 //! What the emitted executable runs: the ABI shared with generated code, the thread
 //! pool for generated parallel loops, the plan and the graph walk over it, the payload
 //! appended to the executable, `.npy` I/O, the executable's command line (with
-//! `embed` for encoder models), and the tokenizer and sampler (KV cache paging and the
-//! server come next). Never depends on the compiler crates.
+//! `embed` for encoder models), the tokenizer and sampler, and the engine that runs many
+//! requests over a paged KV cache (`engine`). Never depends on the compiler crates.
 
 pub mod abi;
 pub mod bench;
 pub mod embed;
+pub mod engine;
 pub mod exe;
 pub mod exec;
 pub mod generate;

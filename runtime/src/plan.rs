@@ -301,6 +301,54 @@ pub struct LlmInfo {
     pub pos_input: u32,
     /// Graph-output index of the logits.
     pub logits_output: u32,
+    /// The serving form's contract, when the plan is the engine's step function.
+    #[serde(default)]
+    pub serving: Option<ServingInfo>,
+}
+
+/// The serving form: one step over a flat batch of `T` token rows from many sequences
+/// (`%ids`, `%pos: i64[1, T]`), the paged KV pool of each layer as graph inputs the
+/// step writes in place (`[blocks, kv_heads, block_size, head_dim]`), the attention
+/// metadata (`%kv_slots: i64[T]`, `%kv_row_seq: i32[T]`, `%kv_block_tables: i32[S,
+/// W]`) and the rows whose logits are returned (`%logit_rows: i64[R]` ->
+/// `%logits: f32[R, vocab]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServingInfo {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Element type of the KV pool.
+    pub kv_dtype: ElemType,
+    /// Key/value heads per layer.
+    pub kv_heads: usize,
+    /// Head dim (keys and values).
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Graph input of the token ids.
+    pub ids_input: u32,
+    /// Graph input of the positions.
+    pub pos_input: u32,
+    /// Graph input of the cache slots of the new tokens.
+    pub slots_input: u32,
+    /// Graph input of each row's sequence index.
+    pub row_seq_input: u32,
+    /// Graph input of the block tables.
+    pub block_tables_input: u32,
+    /// Graph input of the rows whose logits are returned.
+    pub logit_rows_input: u32,
+    /// Graph output of the logits.
+    pub logits_output: u32,
+    /// The pools, per layer.
+    pub layers: Vec<ServingLayer>,
+}
+
+/// One layer's KV pool inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServingLayer {
+    /// Graph input of the key pool.
+    pub k_pool_input: u32,
+    /// Graph input of the value pool.
+    pub v_pool_input: u32,
 }
 
 impl Plan {

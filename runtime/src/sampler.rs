@@ -52,6 +52,15 @@ pub struct SamplerConfig {
     pub repetition_penalty: f32,
     /// Seed of the random generator.
     pub seed: u64,
+    /// Drop tokens whose probability is below `min_p` times the most likely one's
+    /// (after temperature); `0` disables the filter.
+    pub min_p: f32,
+    /// Subtracted from the logit of every token generated so far (OpenAI's
+    /// `presence_penalty`); `0` disables it.
+    pub presence_penalty: f32,
+    /// Subtracted from a logit once per time its token was generated so far (OpenAI's
+    /// `frequency_penalty`); `0` disables it.
+    pub frequency_penalty: f32,
 }
 
 impl Default for SamplerConfig {
@@ -62,6 +71,9 @@ impl Default for SamplerConfig {
             top_p: 1.0,
             repetition_penalty: 1.0,
             seed: 0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
         }
     }
 }
@@ -92,6 +104,17 @@ impl SamplerConfig {
                 self.repetition_penalty,
                 "must be a finite number > 0",
             );
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", self.min_p, "must be in [0, 1]");
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(v.is_finite() && (-2.0..=2.0).contains(&v)) {
+                return bad(name, v, "must be in [-2, 2]");
+            }
         }
         Ok(())
     }
@@ -264,6 +287,69 @@ pub fn draw(probs: &[Candidate], u: f64) -> Option<u32> {
     probs.iter().rev().find(|c| c.score > 0.0).map(|c| c.id)
 }
 
+/// OpenAI's presence and frequency penalties over the generated tokens: a token seen
+/// `n > 0` times loses `presence + n * frequency` from its logit.
+pub fn apply_presence_frequency(
+    logits: &mut [f32],
+    generated: &[u32],
+    presence: f32,
+    frequency: f32,
+) {
+    if presence == 0.0 && frequency == 0.0 {
+        return;
+    }
+    let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    for &t in generated {
+        *counts.entry(t).or_insert(0) += 1;
+    }
+    for (t, n) in counts {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l -= presence + n as f32 * frequency;
+        }
+    }
+}
+
+/// Keeps the candidates (probabilities, sorted most likely first) whose probability
+/// is at least `p` times the largest, renormalised; `p = 0` keeps all.
+pub fn min_p(probs: Vec<Candidate>, p: f32) -> Vec<Candidate> {
+    if p <= 0.0 || probs.is_empty() {
+        return probs;
+    }
+    let top = probs.iter().map(|c| c.score).fold(0.0f32, f32::max);
+    let mut kept: Vec<Candidate> = probs.into_iter().filter(|c| c.score >= p * top).collect();
+    let total: f32 = kept.iter().map(|c| c.score).sum();
+    if total > 0.0 {
+        for c in &mut kept {
+            c.score /= total;
+        }
+    }
+    kept
+}
+
+/// Log-softmax of one row of logits (accumulated in f64) and its `k` most likely
+/// tokens, most likely first, ties to the lower id; `None` for a row of -inf.
+pub fn log_softmax_top(logits: &[f32], k: usize) -> Option<(Vec<f32>, Vec<(u32, f32)>)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY || max.is_nan() {
+        return None;
+    }
+    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    let lp: Vec<f32> = logits.iter().map(|&x| (x as f64 - lse) as f32).collect();
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (i, &v) in lp.iter().enumerate() {
+            if top.len() == k && v <= top[k - 1].1 {
+                continue;
+            }
+            let at = top.partition_point(|&(_, w)| w >= v);
+            top.insert(at, (i as u32, v));
+            top.truncate(k);
+        }
+    }
+    Some((lp, top))
+}
+
 /// A sampler: settings plus the random generator's state.
 #[derive(Clone, Debug)]
 pub struct Sampler {
@@ -287,11 +373,30 @@ impl Sampler {
     /// Picks the next token from one row of logits; `history` holds the tokens so far
     /// (prompt and generated), used by the repetition penalty.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32, SamplerError> {
+        self.sample_after(logits, history, history.len())
+    }
+
+    /// [`Sampler::sample`] where `history[generated_from..]` are the generated tokens
+    /// (the ones the presence and frequency penalties count).
+    pub fn sample_after(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        generated_from: usize,
+    ) -> Result<u32, SamplerError> {
         check(logits)?;
         let penalized;
-        let logits = if self.cfg.repetition_penalty != 1.0 {
+        let c = &self.cfg;
+        let logits = if c.repetition_penalty != 1.0
+            || c.presence_penalty != 0.0
+            || c.frequency_penalty != 0.0
+        {
             let mut l = logits.to_vec();
-            apply_repetition_penalty(&mut l, history, self.cfg.repetition_penalty);
+            if c.repetition_penalty != 1.0 {
+                apply_repetition_penalty(&mut l, history, c.repetition_penalty);
+            }
+            let generated = history.get(generated_from..).unwrap_or(&[]);
+            apply_presence_frequency(&mut l, generated, c.presence_penalty, c.frequency_penalty);
             penalized = l;
             &penalized[..]
         } else {
@@ -312,6 +417,7 @@ impl Sampler {
             .collect();
         let mut cands = top_k(cands, self.cfg.top_k);
         softmax(&mut cands);
+        let cands = min_p(cands, self.cfg.min_p);
         let cands = top_p(cands, self.cfg.top_p);
         let u = self.rng.next_f64();
         draw(&cands, u).ok_or(SamplerError::AllMasked)

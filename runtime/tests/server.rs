@@ -821,3 +821,30 @@ fn clients_that_go_away_cancel_their_requests() {
     assert_eq!(r.json()["choices"][0]["text"], expected(5, 5));
     srv.stop().unwrap();
 }
+
+/// Not a test: serves the toy model on `LLMC_TOY_PORT` (8090) for `LLMC_TOY_SECS`
+/// (60) seconds, for driving `scripts/load` at the HTTP layer alone (soaks, memory):
+/// `cargo test --release -p llmc-runtime --test server -- --ignored --nocapture toy_server`.
+#[test]
+#[ignore]
+fn toy_server() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let cfg = EngineConfig {
+        max_seqs: 64,
+        ..EngineConfig::default()
+    };
+    let e = engine(cfg, Duration::from_micros(env("LLMC_TOY_ROW_US", 100)));
+    let opts = ServeOptions {
+        port: env("LLMC_TOY_PORT", 8090) as u16,
+        ..ServeOptions::default()
+    };
+    let srv = server::start(e, tokenizer(), opts, "toy").unwrap();
+    eprintln!("toy server on http://{}", srv.addr);
+    std::thread::sleep(Duration::from_secs(env("LLMC_TOY_SECS", 60)));
+    srv.stop().unwrap();
+}

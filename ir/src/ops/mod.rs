@@ -15,6 +15,7 @@ pub mod fused_gemm;
 pub mod index;
 pub mod linalg;
 pub mod nn;
+pub mod paged;
 pub mod reduce;
 pub mod tensor;
 mod util;
@@ -307,6 +308,10 @@ op_table! {
     FlashAttention = "flash_attention", Range(3, 4), NONE, [req("scale", K::Float), opt("causal", K::Bool), opt("block_k", K::Int), opt("causal_fill", K::Float)], nn::infer_attention, nn::eval_attention;
     /// append k/v[b, kvh, seq, d] to layer `layer`'s cache; results are the whole cache [b, kvh, past + seq, d]
     KvAppend = "kv_append", Fixed(2), Flags::STATEFUL, [req("layer", K::Int)], nn::infer_kv_append, nn::eval_kv_append;
+    /// the serving form's KV write: k/v[1, kvh, s, d] into the pools [blocks, kvh, block_size, d] at slots[s] (block = slot / block_size); results are the written pools (in place when compiled)
+    PagedKvWrite = "paged_kv_write", Fixed(5), Flags::STATEFUL, [], paged::infer_paged_kv_write, paged::eval_paged_kv_write;
+    /// the serving form's attention: q[1, h, s, d] row r attends keys 0..=pos[0, r] (or the last `window`) of sequence row_seq[r] through block_tables[S, W] into the pools; `softcap` caps scores as c·tanh(x/c); GQA from the head counts
+    PagedAttention = "paged_attention", Fixed(6), NONE, [req("scale", K::Float), opt("window", K::Int), opt("softcap", K::Float)], paged::infer_paged_attention, paged::eval_paged_attention;
 
     // ----- added for the ONNX frontend -----
     /// remainder of a / b: the divisor's sign (numpy `mod`), or the dividend's when `fmod` (C `fmod`)

@@ -15,6 +15,7 @@ mod layout;
 mod linalg;
 mod nn;
 pub mod pack;
+mod paged;
 mod reduce;
 mod resize;
 
@@ -44,6 +45,10 @@ pub enum Lowered {
         packs: Vec<pack::OperandPack>,
         /// Constant tables passed after the results.
         consts: Vec<Tensor>,
+        /// (result, operand) pairs: the result is written in place into the operand's
+        /// buffer (the serving form's KV-pool writes); the kernel writes only what
+        /// changes.
+        in_place: Vec<(usize, usize)>,
     },
     /// Result 0 has operand 0's bytes (reshape, squeeze, unsqueeze): no code.
     Alias,
@@ -121,6 +126,7 @@ pub fn lower(
                 kernel,
                 packs,
                 consts: Vec::new(),
+                in_place: Vec::new(),
             })
         }
         Op::Resize => {
@@ -128,6 +134,7 @@ pub fn lower(
                 kernel,
                 packs: Vec::new(),
                 consts,
+                in_place: Vec::new(),
             })
         }
         Op::Transpose
@@ -145,6 +152,13 @@ pub fn lower(
         Op::Rope => nn::rope(node, ins, outs, name).map(plain),
         Op::Attention => nn::attention(node, ins, outs, name).map(plain),
         Op::FlashAttention => nn::flash_attention(node, ins, outs, name).map(plain),
+        Op::PagedKvWrite => paged::kv_write(ins, outs, name).map(|kernel| Lowered::Kernel {
+            kernel,
+            packs: Vec::new(),
+            consts: Vec::new(),
+            in_place: vec![(0, 2), (1, 3)],
+        }),
+        Op::PagedAttention => paged::attention(node, ins, outs, name).map(plain),
         other => Err(format!("no kernel template for `{other}` yet")),
     };
     r.map_err(err)
@@ -158,6 +172,7 @@ fn plain(kernel: Kernel) -> Lowered {
         kernel,
         packs: Vec::new(),
         consts: Vec::new(),
+        in_place: Vec::new(),
     }
 }
 

@@ -117,14 +117,16 @@ pub fn run_args(op: Op, attrs: Attrs, args: &[Arg]) -> (Vec<Vec<f64>>, Vec<Vec<f
     let node = &m.graph.nodes[0];
     let in_tys: Vec<&TensorType> = ids.iter().map(|&v| m.graph.ty(v)).collect();
     let out_tys: Vec<&TensorType> = outs.iter().map(|&v| m.graph.ty(v)).collect();
-    let (k, packs, consts) = match lower(node, &in_tys, &out_tys, op.name()).expect("lowering") {
-        Lowered::Kernel {
-            kernel,
-            packs,
-            consts,
-        } => (kernel, packs, consts),
-        other => panic!("expected a kernel, got {other:?}"),
-    };
+    let (k, packs, consts, in_place) =
+        match lower(node, &in_tys, &out_tys, op.name()).expect("lowering") {
+            Lowered::Kernel {
+                kernel,
+                packs,
+                consts,
+                in_place,
+            } => (kernel, packs, consts, in_place),
+            other => panic!("expected a kernel, got {other:?}"),
+        };
     for p in packs {
         let Arg::W(d, shape, bytes) = &args[p.operand] else {
             panic!(
@@ -135,8 +137,12 @@ pub fn run_args(op: Op, attrs: Attrs, args: &[Arg]) -> (Vec<Vec<f64>>, Vec<Vec<f
         bufs[p.operand] = super::pack::pack(p.pack, *d, shape[0], shape[1], bytes).expect("pack");
     }
     let dims: Vec<i64> = k.dims.iter().map(|s| syms[s]).collect();
-    for w in &want {
-        bufs.push(vec![0x5A; w.numel() * w.dtype.block_bytes()]);
+    for (i, w) in want.iter().enumerate() {
+        // A result written in place starts as its operand (the plan aliases them).
+        match in_place.iter().find(|(r, _)| *r == i) {
+            Some(&(_, op)) => bufs.push(bufs[op].clone()),
+            None => bufs.push(vec![0x5A; w.numel() * w.dtype.block_bytes()]),
+        }
     }
     bufs.extend(consts.iter().map(tensor_bytes));
     run(&k, &mut bufs, &dims).unwrap_or_else(|e| panic!("{e}\n{k}"));

@@ -1420,3 +1420,109 @@ fn glu_halves_and_two_operands() {
         );
     }
 }
+
+/// `paged_kv_write` then `paged_attention` against the reference on random block
+/// tables, sequence lengths, GQA ratios, windows, soft-capping and pool dtypes (f32 and
+/// f16). The rows of a step are chunks of several sequences at their positions: decode
+/// rows (one token after a long context) and prefill chunks together.
+#[test]
+fn paged_attention_matches_the_reference() {
+    let mut r = Rng::new(77);
+    let i64t = |x: Vec<i64>, dims: &[&str], dt: DType| {
+        let shape: Vec<usize> = match dims.len() {
+            1 => vec![x.len()],
+            _ => vec![1, x.len()],
+        };
+        (tt(dt, dims), llmc_ir::Tensor::from_i64(dt, shape, x))
+    };
+    for (case, &(h, kvh, bs, window, cap, pool_dt)) in [
+        (4usize, 2usize, 4usize, 0i64, None, F),
+        (6, 2, 8, 0, Some(5.0), DType::F16),
+        (3, 3, 4, 5, None, F),
+        (8, 1, 16, 0, None, DType::F16),
+        (2, 1, 4, 3, Some(2.0), F),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = 8usize;
+        let nblk = 24usize;
+        // Three sequences: (context already cached, new rows this step).
+        let seqs = [(0usize, 5usize), (9, 1), (3, 4)];
+        let width = 5usize;
+        // Distinct blocks per sequence, scattered.
+        let mut order: Vec<i64> = (0..nblk as i64).collect();
+        for i in (1..order.len()).rev() {
+            let j = (r.next() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        let mut tables = vec![0i64; seqs.len() * width];
+        for (si, &(past, new)) in seqs.iter().enumerate() {
+            let need = (past + new).div_ceil(bs);
+            for b in 0..need {
+                tables[si * width + b] = order[si * width + b];
+            }
+        }
+        let rows: usize = seqs.iter().map(|s| s.1).sum();
+        let (mut slots, mut pos, mut row_seq) = (vec![], vec![], vec![]);
+        for (si, &(past, new)) in seqs.iter().enumerate() {
+            for p in past..past + new {
+                slots.push(tables[si * width + p / bs] * bs as i64 + (p % bs) as i64);
+                pos.push(p as i64);
+                row_seq.push(si as i64);
+            }
+        }
+        // The pools start with random "cached" keys everywhere.
+        let kpool = r.tensor(pool_dt, &[nblk, kvh, bs, d], 1.0);
+        let vpool = r.tensor(pool_dt, &[nblk, kvh, bs, d], 1.0);
+        let k = r.tensor(F, &[1, kvh, rows, d], 1.0);
+        let v = r.tensor(F, &[1, kvh, rows, d], 1.0);
+        let q = r.tensor(F, &[1, h, rows, d], 1.0);
+        let pool_t = tt(pool_dt, &["blocks", &kvh.to_string(), &bs.to_string(), "8"]);
+        let kvh_s = kvh.to_string();
+        let w_args = vec![
+            Arg::In(tt(F, &["1", &kvh_s, "seq", "8"]), k.clone()),
+            Arg::In(tt(F, &["1", &kvh_s, "seq", "8"]), v.clone()),
+            Arg::In(pool_t.clone(), kpool.clone()),
+            Arg::In(pool_t.clone(), vpool.clone()),
+            {
+                let (t, x) = i64t(slots.clone(), &["seq"], DType::I64);
+                Arg::In(t, x)
+            },
+        ];
+        check_args(Op::PagedKvWrite, attrs([]), &w_args, 0.0, 0.0);
+        // The written pools (from the reference) feed the attention check.
+        let (_, written, _) = run_args(Op::PagedKvWrite, attrs([]), &w_args);
+        let kp2 = llmc_ir::Tensor::from_f64(pool_dt, kpool.shape.clone(), written[0].clone());
+        let vp2 = llmc_ir::Tensor::from_f64(pool_dt, vpool.shape.clone(), written[1].clone());
+        let mut a = attrs([("scale", Attr::Float(0.4))]);
+        if window > 0 {
+            a.insert("window".into(), Attr::Int(window));
+        }
+        if let Some(c) = cap {
+            a.insert("softcap".into(), Attr::Float(c));
+        }
+        let (pt, px) = i64t(pos, &["1", "seq"], DType::I64);
+        let (rt, rx) = i64t(row_seq, &["seq"], DType::I32);
+        let bt = (
+            tt(DType::I32, &["nseq", "width"]),
+            llmc_ir::Tensor::from_i64(DType::I32, vec![seqs.len(), width], tables),
+        );
+        let tol = if pool_dt == F { 1e-5 } else { 2e-3 };
+        let text = check(
+            Op::PagedAttention,
+            a,
+            &[
+                (tt(F, &["1", &h.to_string(), "seq", "8"]), q),
+                (pool_t.clone(), kp2),
+                (pool_t, vp2),
+                (pt, px),
+                (rt, rx),
+                bt,
+            ],
+            tol,
+            tol,
+        );
+        assert!(text.contains("paged_attention"), "case {case}");
+    }
+}

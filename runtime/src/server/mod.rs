@@ -23,10 +23,10 @@ pub mod stop;
 pub mod validate;
 
 use crate::abi::KernelFn;
-use crate::engine::step::{CompiledStep, StepModel};
-use crate::engine::{Engine, EngineConfig, EngineHandle};
+use crate::engine::step::CompiledStep;
+use crate::engine::{EngineConfig, EngineHandle};
 use crate::plan::Plan;
-use crate::{payload, Tokenizer};
+use crate::Tokenizer;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -55,11 +55,10 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// The model id clients name (`--model-name`; default: the model's own name).
     pub model_name: Option<String>,
-    /// The engine's limits (`--max-seqs`, `--max-batch-tokens`; `kv_blocks` comes from
-    /// `--kv-cache-mb`).
-    pub engine: EngineConfig,
-    /// KV cache size in MiB (`--kv-cache-mb`).
-    pub kv_cache_mb: usize,
+    /// Most requests waiting before 429 (`--max-waiting`; default: the engine's).
+    pub max_waiting: Option<usize>,
+    /// Reuse the KV of identical prompt prefixes (`--no-prefix-cache` turns it off).
+    pub prefix_cache: bool,
     /// Interval of `: ping` comments on quiet streams.
     pub ping: Duration,
     /// Worker threads of the HTTP runtime.
@@ -75,22 +74,23 @@ impl Default for ServeOptions {
             cors_origin: None,
             max_body_bytes: 4 << 20,
             model_name: None,
-            engine: EngineConfig::default(),
-            kv_cache_mb: 1024,
+            max_waiting: None,
+            prefix_cache: true,
             ping: Duration::from_secs(2),
             http_threads: 2,
         }
     }
 }
 
-/// `serve`'s usage text.
+/// `serve`'s usage text (`--kv-cache-mb`, `--max-seqs` and `--max-batch-tokens` are
+/// the engine flags every engine-backed command takes, see `exe::take_engine_flags`).
 pub const USAGE: &str = "serve [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--max-seqs N]
-        [--max-batch-tokens N] [--kv-cache-mb N] [--cors-origin ORIGIN]
-        [--max-body-bytes N] [--model-name NAME] [--threads N]";
+        [--max-batch-tokens N] [--kv-cache-mb N] [--max-waiting N] [--no-prefix-cache]
+        [--cors-origin ORIGIN] [--max-body-bytes N] [--model-name NAME] [--threads N]";
 
 impl ServeOptions {
-    /// Parses `serve`'s arguments (the API key also from `LLMC_API_KEY`). Returns the
-    /// options and `--threads` (the kernel thread count), if given.
+    /// Parses `serve`'s own arguments (the API key also from `LLMC_API_KEY`). Returns
+    /// the options and `--threads` (the kernel thread count), if given.
     pub fn parse(args: &[String]) -> Result<(ServeOptions, Option<usize>), String> {
         let mut o = ServeOptions {
             api_key: std::env::var("LLMC_API_KEY").ok().filter(|k| !k.is_empty()),
@@ -101,9 +101,9 @@ impl ServeOptions {
         fn val<'a>(flag: &str, v: Option<&'a String>) -> Result<&'a String, String> {
             v.ok_or_else(|| format!("{flag} needs a value"))
         }
-        fn num<T: std::str::FromStr>(flag: &str, v: Option<&String>, min: T) -> Result<T, String>
+        fn num<T>(flag: &str, v: Option<&String>, min: T) -> Result<T, String>
         where
-            T: PartialOrd + std::fmt::Display,
+            T: std::str::FromStr + PartialOrd + std::fmt::Display,
         {
             let v = val(flag, v)?;
             let x: T = v
@@ -124,29 +124,13 @@ impl ServeOptions {
                 "--cors-origin" => o.cors_origin = Some(val(a, it.next())?.clone()),
                 "--max-body-bytes" => o.max_body_bytes = num(a, it.next(), 1024)?,
                 "--model-name" => o.model_name = Some(val(a, it.next())?.clone()),
-                "--max-seqs" => o.engine.max_seqs = num(a, it.next(), 1)?,
-                "--max-batch-tokens" => o.engine.max_batch_tokens = num(a, it.next(), 1)?,
-                "--kv-cache-mb" => o.kv_cache_mb = num(a, it.next(), 1)?,
-                "--max-waiting" => o.engine.max_waiting = num(a, it.next(), 1)?,
-                "--no-prefix-cache" => o.engine.prefix_cache = false,
+                "--max-waiting" => o.max_waiting = Some(num(a, it.next(), 1)?),
+                "--no-prefix-cache" => o.prefix_cache = false,
                 "--threads" => threads = Some(num(a, it.next(), 1)?),
                 other => return Err(format!("unknown argument `{other}`\nusage: {USAGE}")),
             }
         }
-        if o.engine.max_batch_tokens < o.engine.max_seqs {
-            return Err(format!(
-                "--max-batch-tokens {} is below --max-seqs {}: every running sequence needs a row per step",
-                o.engine.max_batch_tokens, o.engine.max_seqs
-            ));
-        }
         Ok((o, threads))
-    }
-
-    /// KV blocks of `--kv-cache-mb` for a model using `bytes_per_token` of KV per token
-    /// in blocks of `block_size` tokens.
-    pub fn kv_blocks(&self, bytes_per_token: usize, block_size: usize) -> usize {
-        let per_block = bytes_per_token.saturating_mul(block_size).max(1);
-        (self.kv_cache_mb.saturating_mul(1 << 20) / per_block).max(1)
     }
 }
 
@@ -639,17 +623,18 @@ pub fn serve(
     res
 }
 
-/// `./OUT serve ARGS`: starts the engine on the executable's serving-form model (the
-/// weights mapped for the life of the process) and serves it until SIGTERM/Ctrl-C.
-pub fn run_command(args: &[String], kernels: Vec<(String, KernelFn)>) -> Result<(), String> {
+/// `./OUT serve ARGS`: starts the engine on the executable's serving-form model and
+/// serves it until SIGTERM/Ctrl-C. `engine` holds `--kv-cache-mb` and the engine
+/// limits (`exe::take_engine_flags` took them from `args`); `None` when the plan has
+/// no serving form.
+pub fn run_command(
+    args: &[String],
+    plan: Plan,
+    data: &'static [u8],
+    kernels: Vec<(String, KernelFn)>,
+    engine: Option<(usize, EngineConfig)>,
+) -> Result<(), String> {
     let (opts, threads) = ServeOptions::parse(args)?;
-    if let Some(n) = threads {
-        crate::pool::set_num_threads(n);
-    }
-    // The step function keeps the weights for as long as the process serves.
-    let map: &'static memmap2::Mmap = Box::leak(Box::new(payload::map_self()?));
-    let (plan_bytes, data) = payload::locate(map)?;
-    let plan = Plan::from_json(plan_bytes)?;
     let llm = plan.llm.clone().ok_or_else(|| {
         if plan.encoder.is_some() {
             "serve needs a language model; this executable holds a sentence-embedding \
@@ -661,35 +646,17 @@ pub fn run_command(args: &[String], kernels: Vec<(String, KernelFn)>) -> Result<
                 .to_string()
         }
     })?;
-    let serving = llm
-        .serving
-        .clone()
+    let (mb, mut cfg) = engine
         .ok_or("this executable was built without the serving form (rebuild it with this llmc)")?;
-    let tok = crate::generate::tokenizer(&llm)?;
-    let blocks = opts.kv_blocks(CompiledStep::bytes_per_token(&serving), serving.block_size);
-    let context = llm
-        .context_length
-        .filter(|&c| c > 0)
-        .map_or(blocks * serving.block_size, |c| c as usize);
-    let mut eos = llm.eos.clone();
-    for &e in tok.eos_ids() {
-        if !eos.contains(&e) {
-            eos.push(e);
-        }
+    if let Some(n) = threads {
+        crate::pool::set_num_threads(n);
     }
-    let cfg = EngineConfig {
-        kv_blocks: blocks,
-        ..opts.engine.clone()
-    };
-    let engine = Engine::start(
-        move || {
-            CompiledStep::new(plan, data, &kernels, blocks)
-                .map(|s| Box::new(s) as Box<dyn StepModel>)
-        },
-        cfg,
-        context,
-        eos,
-    )?;
+    if let Some(w) = opts.max_waiting {
+        cfg.max_waiting = w;
+    }
+    cfg.prefix_cache &= opts.prefix_cache;
+    let tok = crate::generate::tokenizer(&llm)?;
+    let engine = CompiledStep::start_engine(plan, data, kernels, mb, cfg)?;
     let name = std::env::current_exe()
         .ok()
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))

@@ -1,0 +1,375 @@
+//! The serving form's two attention ops: `paged_kv_write` puts the new tokens' keys
+//! and values into a paged KV pool, and `paged_attention` lets each query row attend
+//! to its own sequence's keys through that sequence's block table. Together they
+//! replace `kv_append` + attention when a decoder is lowered to one step over a flat
+//! batch of token rows from many sequences (the engine's step function).
+//!
+//! A pool is `[blocks, kv_heads, block_size, d]`: key `j` of a sequence whose block
+//! table is `tab` lives at `pool[tab[j / block_size], head, j % block_size, :]`. The
+//! step's rows are the `s` axis of `[1, heads, s, d]`; row `r` belongs to sequence
+//! `row_seq[r]` (a row of `block_tables`) and sits at position `pos[0, r]`, so it sees
+//! keys `0..=pos` of its sequence (causal), or only the last `window` of them.
+
+use super::util::{arg, floats, need_float, opt_float, opt_int, req_float, targ, R, T};
+use crate::interp::EvalCtx;
+use crate::{Attrs, DType, Dim, Shape, Tensor, TensorType};
+
+fn one(d: &Dim) -> bool {
+    d.as_const() == Some(1)
+}
+
+/// Checks a pool type `[n, kvh, bs, d]` (float) and returns its dims.
+fn pool_dims<'a>(p: &'a TensorType, name: &str) -> Result<[&'a Dim; 4], String> {
+    need_float(p, name)?;
+    match &p.shape.0[..] {
+        [n, h, b, d] => Ok([n, h, b, d]),
+        _ => Err(format!(
+            "{name} must be a pool [blocks, kv_heads, block_size, d], got {}",
+            p.shape
+        )),
+    }
+}
+
+fn need_int_vec<'a>(t: &'a TensorType, name: &str, rank: usize) -> Result<&'a [Dim], String> {
+    if !matches!(t.dtype, DType::I64 | DType::I32) {
+        return Err(format!("{name} must be i32 or i64, got {}", t.dtype));
+    }
+    if t.shape.rank() != rank {
+        return Err(format!("{name} must have rank {rank}, got {}", t.shape));
+    }
+    Ok(&t.shape.0)
+}
+
+/// Shape rule of `paged_kv_write(k[1, kvh, s, d], v[1, kvh, s, dv], k_pool, v_pool,
+/// slots[s])`: results are the pools' types.
+pub fn infer_paged_kv_write(i: &[&TensorType], _: &Attrs) -> T {
+    let (k, v) = (targ(i, 0, "k")?, targ(i, 1, "v")?);
+    let (kp, vp) = (targ(i, 2, "k_pool")?, targ(i, 3, "v_pool")?);
+    let slots = targ(i, 4, "slots")?;
+    let [kn, kh, kbs, kd] = pool_dims(kp, "operand k_pool")?;
+    let [vn, vh, vbs, vd] = pool_dims(vp, "operand v_pool")?;
+    if (kn, kh, kbs) != (vn, vh, vbs) {
+        return Err(format!(
+            "operand v_pool {} does not match k_pool {} in blocks, heads or block size",
+            vp.shape, kp.shape
+        ));
+    }
+    for (t, name, d) in [(k, "k", kd), (v, "v", vd)] {
+        need_float(t, &format!("operand {name}"))?;
+        match &t.shape.0[..] {
+            [b, h, _, dd] if one(b) && h == kh && dd == d => {}
+            _ => {
+                return Err(format!(
+                    "operand {name} must be [1, {kh}, s, {d}] to match its pool, got {}",
+                    t.shape
+                ))
+            }
+        }
+    }
+    let s = &k.shape.0[2];
+    let sl = need_int_vec(slots, "operand slots", 1)?;
+    if &sl[0] != s || v.shape.0[2] != *s {
+        return Err(format!(
+            "operands k {}, v {} and slots {} must agree on the row count",
+            k.shape, v.shape, slots.shape
+        ));
+    }
+    Ok(vec![kp.clone(), vp.clone()])
+}
+
+/// Reference semantics of `paged_kv_write`: the pools with row `r`'s keys and values
+/// written at slot `slots[r]` (block `slot / block_size`, offset `slot % block_size`).
+pub fn eval_paged_kv_write(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
+    let (k, v) = (arg(i, 0, "k")?, arg(i, 1, "v")?);
+    let (kp, vp) = (arg(i, 2, "k_pool")?, arg(i, 3, "v_pool")?);
+    let slots = arg(i, 4, "slots")?.to_i64();
+    let mut out = Vec::with_capacity(2);
+    for (x, p, name) in [(k, kp, "k"), (v, vp, "v")] {
+        let [n, h, bs, d] = p.shape[..] else {
+            return Err(format!("operand {name}_pool must have rank 4"));
+        };
+        let s = x.shape.get(2).copied().unwrap_or(0);
+        let xs = floats(x, &format!("operand {name}"))?;
+        let mut pool = floats(p, &format!("operand {name}_pool"))?.to_vec();
+        for (r, &slot) in slots.iter().enumerate().take(s) {
+            if slot < 0 || slot as usize >= n * bs {
+                return Err(format!(
+                    "row {r}: slot {slot} is outside the pool of {n} blocks x {bs}"
+                ));
+            }
+            let (blk, off) = (slot as usize / bs, slot as usize % bs);
+            for hh in 0..h {
+                let src = &xs[(hh * s + r) * d..][..d];
+                pool[((blk * h + hh) * bs + off) * d..][..d].copy_from_slice(src);
+            }
+        }
+        out.push(Tensor::from_f64(p.dtype, p.shape.clone(), pool));
+    }
+    Ok(out)
+}
+
+/// Shape rule of `paged_attention(q[1, h, s, dk], k_pool, v_pool, pos[1, s],
+/// row_seq[s], block_tables[S, W])` -> `[1, h, s, dv]` in q's compute type.
+pub fn infer_paged_attention(i: &[&TensorType], a: &Attrs) -> T {
+    let q = targ(i, 0, "q")?;
+    let (kp, vp) = (targ(i, 1, "k_pool")?, targ(i, 2, "v_pool")?);
+    let (pos, rs, bt) = (
+        targ(i, 3, "pos")?,
+        targ(i, 4, "row_seq")?,
+        targ(i, 5, "block_tables")?,
+    );
+    req_float(a, "scale")?;
+    if let Some(w) = opt_int(a, "window")? {
+        if w < 0 {
+            return Err(format!("attribute `window` must be >= 0, got {w}"));
+        }
+    }
+    if let Some(c) = opt_float(a, "softcap")? {
+        if !(c > 0.0 && c.is_finite()) {
+            return Err(format!("attribute `softcap` must be > 0, got {c}"));
+        }
+    }
+    need_float(q, "operand q")?;
+    let [b, h, s, dk] = &q.shape.0[..] else {
+        return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
+    };
+    if !one(b) {
+        return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
+    }
+    let [kn, kh, kbs, kd] = pool_dims(kp, "operand k_pool")?;
+    let [vn, vh, vbs, vd] = pool_dims(vp, "operand v_pool")?;
+    if (kn, kh, kbs) != (vn, vh, vbs) {
+        return Err(format!(
+            "operand v_pool {} does not match k_pool {}",
+            vp.shape, kp.shape
+        ));
+    }
+    if kd != dk {
+        return Err(format!(
+            "operand k_pool {} has head dim {kd}, q has {dk}",
+            kp.shape
+        ));
+    }
+    match (h.as_const(), kh.as_const()) {
+        (Some(hv), Some(kv)) if kv > 0 && hv % kv == 0 => {}
+        _ => {
+            return Err(format!(
+                "q's head count {h} must be a constant multiple of the pool's {kh}"
+            ))
+        }
+    }
+    let pd = need_int_vec(pos, "operand pos", 2)?;
+    if !one(&pd[0]) || &pd[1] != s {
+        return Err(format!("operand pos must be [1, {s}], got {}", pos.shape));
+    }
+    let rd = need_int_vec(rs, "operand row_seq", 1)?;
+    if &rd[0] != s {
+        return Err(format!("operand row_seq must be [{s}], got {}", rs.shape));
+    }
+    need_int_vec(bt, "operand block_tables", 2)?;
+    Ok(vec![TensorType::new(
+        q.dtype.compute_type(),
+        Shape(vec![b.clone(), h.clone(), s.clone(), vd.clone()]),
+    )])
+}
+
+/// Reference semantics of `paged_attention`: for row `r` of sequence `row_seq[r]` at
+/// position `p = pos[0, r]`, softmax over keys `lo..=p` (`lo = p - window + 1` with a
+/// window, else 0) of `q·k · scale` (then `softcap · tanh(x / softcap)` when set),
+/// times the values; query head `j` reads kv head `j / (h / kvh)`.
+pub fn eval_paged_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
+    let qt = arg(i, 0, "q")?;
+    let (kt, vt) = (arg(i, 1, "k_pool")?, arg(i, 2, "v_pool")?);
+    let pos = arg(i, 3, "pos")?.to_i64();
+    let rs = arg(i, 4, "row_seq")?.to_i64();
+    let btt = arg(i, 5, "block_tables")?;
+    let bt = btt.to_i64();
+    let scale = req_float(a, "scale")?;
+    let window = opt_int(a, "window")?.unwrap_or(0);
+    let cap = opt_float(a, "softcap")?;
+    let (q, k, v) = (
+        floats(qt, "operand q")?,
+        floats(kt, "operand k_pool")?,
+        floats(vt, "operand v_pool")?,
+    );
+    let [_, h, s, dk] = qt.shape[..] else {
+        return Err("operand q must have rank 4".into());
+    };
+    let [n, kvh, bs, _] = kt.shape[..] else {
+        return Err("operand k_pool must have rank 4".into());
+    };
+    let dv = vt.shape.get(3).copied().unwrap_or(0);
+    let (nseq, width) = match btt.shape[..] {
+        [a, b] => (a, b),
+        _ => return Err("operand block_tables must have rank 2".into()),
+    };
+    if kvh == 0 || h % kvh != 0 {
+        return Err(format!(
+            "{h} query heads are not a multiple of {kvh} kv heads"
+        ));
+    }
+    let group = h / kvh;
+    let mut out = vec![0.0; h * s * dv];
+    for r in 0..s {
+        let sq = rs[r];
+        if sq < 0 || sq as usize >= nseq {
+            return Err(format!(
+                "row {r}: sequence {sq} is outside the {nseq} block tables"
+            ));
+        }
+        let p = pos[r];
+        if p < 0 || (p as usize) >= width * bs {
+            return Err(format!(
+                "row {r}: position {p} is outside its block table of {width} blocks x {bs}"
+            ));
+        }
+        let lo = if window > 0 {
+            (p - window + 1).max(0)
+        } else {
+            0
+        } as usize;
+        let hi = p as usize;
+        for hh in 0..h {
+            let kv = hh / group;
+            let qrow = &q[(hh * s + r) * dk..][..dk];
+            let mut sc = Vec::with_capacity(hi + 1 - lo);
+            let mut rows = Vec::with_capacity(hi + 1 - lo);
+            for j in lo..=hi {
+                let blk = bt[sq as usize * width + j / bs];
+                if blk < 0 || blk as usize >= n {
+                    return Err(format!(
+                        "row {r}: block table entry {} is block {blk}, the pool has {n}",
+                        j / bs
+                    ));
+                }
+                let at = (blk as usize * kvh + kv) * bs + j % bs;
+                let krow = &k[at * dk..][..dk];
+                let mut x = super::util::dot(qrow, krow) * scale;
+                if let Some(c) = cap {
+                    x = c * (x / c).tanh();
+                }
+                sc.push(x);
+                rows.push(at);
+            }
+            let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+            let orow = &mut out[(hh * s + r) * dv..][..dv];
+            for (x, at) in sc.iter().zip(rows) {
+                let w = (x - mx).exp() / total;
+                for (o, vv) in orow.iter_mut().zip(&v[at * dv..][..dv]) {
+                    *o += w * vv;
+                }
+            }
+        }
+    }
+    Ok(vec![Tensor::from_f64(
+        qt.dtype.compute_type(),
+        vec![1, h, s, dv],
+        out,
+    )])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{attrs, Attr, Module, Op};
+
+    fn f32t(shape: Vec<usize>, f: impl Fn(usize) -> f64) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_f64(DType::F32, shape, (0..n).map(f).collect())
+    }
+
+    /// Writing three sequences' keys into scattered blocks, then attending through the
+    /// block tables, gives what dense causal attention over each sequence alone gives.
+    #[test]
+    fn paged_attention_equals_dense_attention_per_sequence() {
+        let (h, kvh, d, bs, nblk) = (4usize, 2usize, 8usize, 4usize, 12usize);
+        let lens = [5usize, 9, 3];
+        // Block tables: scattered, distinct blocks.
+        let tables: Vec<Vec<i64>> = vec![vec![7, 2], vec![0, 11, 5], vec![9]];
+        let width = 3;
+        let total: usize = lens.iter().sum();
+        let val = |x: usize| ((x * 37 % 101) as f64 - 50.0) / 40.0;
+        let k = f32t(vec![1, kvh, total, d], |x| val(x));
+        let v = f32t(vec![1, kvh, total, d], |x| val(x + 13));
+        let q = f32t(vec![1, h, total, d], |x| val(x + 29));
+        let mut slots = Vec::new();
+        let mut row_seq = Vec::new();
+        let mut pos = Vec::new();
+        for (si, &n) in lens.iter().enumerate() {
+            for p in 0..n {
+                slots.push(tables[si][p / bs] * bs as i64 + (p % bs) as i64);
+                row_seq.push(si as i64);
+                pos.push(p as i64);
+            }
+        }
+        let mut bt = vec![0i64; lens.len() * width];
+        for (si, t) in tables.iter().enumerate() {
+            bt[si * width..si * width + t.len()].copy_from_slice(t);
+        }
+        let pool = Tensor::zeros(DType::F32, vec![nblk, kvh, bs, d]);
+        let mut ctx = EvalCtx::default();
+        let slots_t = Tensor::from_i64(DType::I64, vec![total], slots);
+        let w = Op::PagedKvWrite
+            .eval(&[&k, &v, &pool, &pool, &slots_t], &attrs([]), &mut ctx)
+            .unwrap();
+        let a = attrs([("scale", Attr::Float(0.3))]);
+        let pos_t = Tensor::from_i64(DType::I64, vec![1, total], pos);
+        let rs_t = Tensor::from_i64(DType::I32, vec![total], row_seq);
+        let bt_t = Tensor::from_i64(DType::I32, vec![lens.len(), width], bt);
+        let got = Op::PagedAttention
+            .eval(&[&q, &w[0], &w[1], &pos_t, &rs_t, &bt_t], &a, &mut ctx)
+            .unwrap();
+        // Dense causal attention per sequence.
+        let mut start = 0;
+        for &n in &lens {
+            let cut = |t: &Tensor, heads: usize| {
+                let x = t.to_f64();
+                let mut o = Vec::new();
+                for hh in 0..heads {
+                    o.extend_from_slice(&x[(hh * total + start) * d..(hh * total + start + n) * d]);
+                }
+                Tensor::from_f64(DType::F32, vec![1, heads, n, d], o)
+            };
+            let want = Op::Attention
+                .eval(
+                    &[&cut(&q, h), &cut(&k, kvh), &cut(&v, kvh)],
+                    &attrs([("scale", Attr::Float(0.3)), ("causal", Attr::Bool(true))]),
+                    &mut ctx,
+                )
+                .unwrap();
+            let want = want[0].to_f64();
+            let g = cut(&got[0], h).to_f64();
+            for (x, y) in g.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+            }
+            start += n;
+        }
+    }
+
+    #[test]
+    fn shape_rules_name_the_bad_operand() {
+        let mut m = Module::new("t");
+        let g = &mut m.graph;
+        let f = |s: &[i64]| TensorType::new(DType::F32, Shape::of(s));
+        let i64t = |s: &[i64]| TensorType::new(DType::I64, Shape::of(s));
+        let k = g.add_input("k", f(&[1, 2, 3, 8]));
+        let pool = g.add_input("p", f(&[10, 2, 16, 8]));
+        let bad_pool = g.add_input("bp", f(&[10, 3, 16, 8]));
+        let slots = g.add_input("s", i64t(&[3]));
+        assert!(m
+            .add_node(Op::PagedKvWrite, &[k, k, pool, pool, slots], attrs([]))
+            .is_ok());
+        let e = m
+            .add_node(
+                Op::PagedKvWrite,
+                &[k, k, bad_pool, bad_pool, slots],
+                attrs([]),
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("operand k must be [1, 3, s, 8]"),
+            "{e}"
+        );
+    }
+}

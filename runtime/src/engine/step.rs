@@ -1,0 +1,271 @@
+//! The step function the engine drives: a flat batch of token rows from many
+//! sequences in, the logits of the rows that need them out, the new tokens' K/V
+//! written into the paged pool on the way. [`StepModel`] is what the engine needs;
+//! [`CompiledStep`] implements it with the executable's compiled serving-form plan
+//! (see [`crate::plan::ServingInfo`]) and owns the KV pool memory.
+
+use crate::abi::KernelFn;
+use crate::exec::{AlignedBuf, ExecError, Input, Model};
+use crate::plan::{ElemType, Plan, ServingInfo};
+
+/// One step's rows and attention metadata.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StepBatch {
+    /// Token id of each row.
+    pub tokens: Vec<i64>,
+    /// Position of each row in its sequence.
+    pub positions: Vec<i64>,
+    /// The pool slot (block × block size + offset) each row's K/V goes to.
+    pub slots: Vec<i64>,
+    /// Which sequence (row of `block_tables`) each row belongs to.
+    pub row_seq: Vec<i32>,
+    /// Each sequence's block table, `table_width` entries per sequence (padded).
+    pub block_tables: Vec<i32>,
+    /// Entries per block table.
+    pub table_width: usize,
+    /// Rows whose logits are returned, in order.
+    pub logit_rows: Vec<i64>,
+}
+
+/// What the engine runs.
+pub trait StepModel {
+    /// Vocabulary size (logits per row).
+    fn vocab(&self) -> usize;
+    /// KV blocks in the pool.
+    fn kv_blocks(&self) -> usize;
+    /// Tokens per block.
+    fn block_size(&self) -> usize;
+    /// Bytes of KV per token, all layers.
+    fn kv_bytes_per_token(&self) -> usize;
+    /// Runs one step; `logits` receives `logit_rows.len() × vocab` values.
+    fn step(&mut self, batch: &StepBatch, logits: &mut Vec<f32>) -> Result<(), String>;
+    /// Copies block `from`'s K/V into block `to` in every layer (copy-on-write).
+    fn copy_block(&mut self, from: u32, to: u32);
+}
+
+/// The compiled serving-form plan with its KV pool.
+pub struct CompiledStep {
+    model: Model<'static>,
+    serving: ServingInfo,
+    /// Per layer: K pool, V pool.
+    pools: Vec<(AlignedBuf, AlignedBuf)>,
+    blocks: usize,
+    block_bytes: usize,
+    vocab: usize,
+}
+
+impl CompiledStep {
+    /// Bytes of one block of one layer's K (or V) pool.
+    pub fn block_bytes(s: &ServingInfo) -> usize {
+        s.block_size * s.kv_heads * s.head_dim * s.kv_dtype.size()
+    }
+
+    /// Bytes of KV per token over all layers (keys and values).
+    pub fn bytes_per_token(s: &ServingInfo) -> usize {
+        2 * s.layers.len() * s.kv_heads * s.head_dim * s.kv_dtype.size()
+    }
+
+    /// Loads the plan and allocates a pool of `blocks` blocks per layer.
+    pub fn new(
+        plan: Plan,
+        data: &'static [u8],
+        table: &[(String, KernelFn)],
+        blocks: usize,
+    ) -> Result<CompiledStep, String> {
+        let serving = plan.llm.as_ref().and_then(|l| l.serving.clone()).ok_or(
+            "this executable was built without the serving form (rebuild it with this llmc)",
+        )?;
+        let vocab = serving.vocab;
+        let block_bytes = Self::block_bytes(&serving);
+        let mut pools = Vec::with_capacity(serving.layers.len());
+        for (i, _) in serving.layers.iter().enumerate() {
+            let n = block_bytes
+                .checked_mul(blocks)
+                .ok_or("the KV pool size overflows")?;
+            let alloc = || {
+                AlignedBuf::zeroed(n)
+                    .ok_or_else(|| format!("cannot allocate {n} bytes of KV pool for layer {i}"))
+            };
+            pools.push((alloc()?, alloc()?));
+        }
+        let model = Model::new(plan, data, table).map_err(|e| e.to_string())?;
+        Ok(CompiledStep {
+            model,
+            serving,
+            pools,
+            blocks,
+            block_bytes,
+            vocab,
+        })
+    }
+
+    /// KV blocks per layer that `mb` MiB hold (at least one).
+    pub fn blocks_for_mb(s: &ServingInfo, mb: usize) -> usize {
+        let per_block = Self::bytes_per_token(s) * s.block_size;
+        ((mb << 20) / per_block.max(1)).max(1)
+    }
+
+    /// Starts an engine on this plan with a pool of `kv_cache_mb` MiB (the
+    /// configuration's `kv_blocks` is replaced by what that holds).
+    pub fn start_engine(
+        plan: Plan,
+        data: &'static [u8],
+        table: Vec<(String, KernelFn)>,
+        kv_cache_mb: usize,
+        mut cfg: super::EngineConfig,
+    ) -> Result<super::EngineHandle, String> {
+        let llm = plan
+            .llm
+            .clone()
+            .ok_or("this executable holds no language model")?;
+        let serving = llm.serving.clone().ok_or(
+            "this executable was built without the serving form (rebuild it with this llmc)",
+        )?;
+        cfg.kv_blocks = Self::blocks_for_mb(&serving, kv_cache_mb);
+        let blocks = cfg.kv_blocks;
+        let context = llm.context_length.unwrap_or(i64::MAX).clamp(1, 1 << 40) as usize;
+        super::Engine::start(
+            move || {
+                let s = CompiledStep::new(plan, data, &table, blocks)?;
+                Ok(Box::new(s) as Box<dyn StepModel>)
+            },
+            cfg,
+            context,
+            llm.eos.clone(),
+        )
+    }
+
+    /// The serving facts.
+    pub fn serving(&self) -> &ServingInfo {
+        &self.serving
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        self.model.plan()
+    }
+}
+
+fn host_i64(v: &[i64], shape: Vec<usize>) -> crate::exec::HostTensor {
+    crate::exec::HostTensor {
+        dtype: ElemType::I64,
+        shape,
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+fn host_i32(v: &[i32], shape: Vec<usize>) -> crate::exec::HostTensor {
+    crate::exec::HostTensor {
+        dtype: ElemType::I32,
+        shape,
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+impl StepModel for CompiledStep {
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn kv_blocks(&self) -> usize {
+        self.blocks
+    }
+
+    fn block_size(&self) -> usize {
+        self.serving.block_size
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        Self::bytes_per_token(&self.serving)
+    }
+
+    fn step(&mut self, b: &StepBatch, logits: &mut Vec<f32>) -> Result<(), String> {
+        let s = &self.serving;
+        let t = b.tokens.len();
+        let nseq = if b.table_width == 0 {
+            0
+        } else {
+            b.block_tables.len() / b.table_width
+        };
+        let host = [
+            (s.ids_input, host_i64(&b.tokens, vec![1, t])),
+            (s.pos_input, host_i64(&b.positions, vec![1, t])),
+            (s.slots_input, host_i64(&b.slots, vec![t])),
+            (s.row_seq_input, host_i32(&b.row_seq, vec![t])),
+            (
+                s.block_tables_input,
+                host_i32(&b.block_tables, vec![nseq, b.table_width]),
+            ),
+            (
+                s.logit_rows_input,
+                host_i64(&b.logit_rows, vec![b.logit_rows.len()]),
+            ),
+        ];
+        let n_inputs = self.model.plan().inputs.len();
+        let mut inputs: Vec<Option<Input>> = (0..n_inputs).map(|_| None).collect();
+        for (slot, h) in &host {
+            *inputs
+                .get_mut(*slot as usize)
+                .ok_or_else(|| format!("the plan names graph input {slot} of {n_inputs}"))? =
+                Some(Input::Host(h));
+        }
+        let pool_shape = vec![self.blocks, s.kv_heads, s.block_size, s.head_dim];
+        for (l, (kp, vp)) in s.layers.iter().zip(&self.pools) {
+            for (slot, buf) in [(l.k_pool_input, kp), (l.v_pool_input, vp)] {
+                *inputs
+                    .get_mut(slot as usize)
+                    .ok_or_else(|| format!("the plan names graph input {slot} of {n_inputs}"))? =
+                    Some(Input::Borrowed {
+                        dtype: s.kv_dtype,
+                        shape: pool_shape.clone(),
+                        ptr: buf.ptr(),
+                        len: buf.len(),
+                    });
+            }
+        }
+        let inputs: Vec<Input> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| x.ok_or_else(|| format!("serving input {i} is not bound")))
+            .collect::<Result<_, _>>()?;
+        let outs = self
+            .model
+            .run_inputs(&inputs)
+            .map_err(|e: ExecError| e.to_string())?;
+        let out = outs
+            .get(s.logits_output as usize)
+            .ok_or("the step returned no logits")?;
+        if out.dtype != ElemType::F32 {
+            return Err(format!("logits are {}, expected f32", out.dtype.name()));
+        }
+        logits.clear();
+        logits.extend(
+            out.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        if logits.len() != b.logit_rows.len() * self.vocab {
+            return Err(format!(
+                "the step returned {} logits for {} rows of {}",
+                logits.len(),
+                b.logit_rows.len(),
+                self.vocab
+            ));
+        }
+        Ok(())
+    }
+
+    fn copy_block(&mut self, from: u32, to: u32) {
+        let n = self.block_bytes;
+        let (f, t) = (from as usize * n, to as usize * n);
+        if from == to || f + n > self.blocks * n || t + n > self.blocks * n {
+            return;
+        }
+        for (kp, vp) in &self.pools {
+            for p in [kp, vp] {
+                // SAFETY: both ranges lie in the pool and do not overlap (from != to).
+                unsafe { std::ptr::copy_nonoverlapping(p.ptr().add(f), p.ptr().add(t), n) };
+            }
+        }
+    }
+}
