@@ -7,6 +7,7 @@
 //! ./OUT embed --text TEXT [--text TEXT]... [--output FILE.npy]
 //! ./OUT run [--input NAME=FILE.npy]... [--output-dir DIR] [--then [--input ...]... [--output-dir DIR]]...
 //! ./OUT perplexity --file TEXT [--ctx 512] [--chunks N] [--dump-logits FILE] [--kl-base FILE]
+//! ./OUT serve [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--max-seqs N] ...
 //! ./OUT info
 //! ./OUT bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
 //! ```
@@ -16,8 +17,9 @@
 //! output. `generate` streams text from a language model (greedy at `--temperature 0`,
 //! the default). `embed` prints sentence embeddings from an encoder model (see
 //! [`crate::embed`]). `perplexity` measures a language model on a text file as
-//! llama.cpp's `llama-perplexity` does (see [`crate::eval`]). `bench` times prefill and decode (see [`crate::bench`]). `serve`
-//! comes next.
+//! llama.cpp's `llama-perplexity` does (see [`crate::eval`]). `bench` times prefill
+//! and decode (see [`crate::bench`]). `serve` runs the OpenAI-compatible HTTP server
+//! on the engine (see [`crate::server`]).
 
 use crate::abi::KernelTable;
 use crate::exec::{HostTensor, Model};
@@ -35,6 +37,9 @@ const USAGE: &str = "usage:
   run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
   perplexity --file TEXT [--ctx 512] [--chunks N] [--dump-logits FILE] [--kl-base FILE]
                                           perplexity (llama-perplexity protocol), KL divergence
+  serve [--host H] [--port P] [--api-key KEY] [--max-seqs N] [--max-batch-tokens N]
+        [--kv-cache-mb N] [--cors-origin O] [--max-body-bytes N] [--model-name NAME]
+        [--threads N]                          OpenAI-compatible HTTP server
   info                                                             describe the model
   bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
         [--concurrency N] [--shared-prefix K] [engine limits]
@@ -393,6 +398,7 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::eval::perplexity(&mut model, &opts).map(|_| ())
         }
+        "serve" => crate::server::run_command(rest, plan, data, kernels, engine_flags),
         "info" => {
             info(&plan, &sizes);
             Ok(())

@@ -17,6 +17,7 @@ pub mod payload;
 pub mod plan;
 pub mod pool;
 pub mod sampler;
+pub mod server;
 pub mod tokenizer;
 
 pub use tokenizer::{ChatMessage, StreamDecoder, Tokenizer, TokenizerError, VocabSpec};

@@ -91,9 +91,10 @@ ensure_venv() {
     # numpy for fixture scripts; gguf + safetensors + tokenizers for the GGUF -> Hugging
     # Face conversion that fetch-models runs (no torch: that stays with the reference
     # scripts under scripts/reference/).
-    if ! "$venv/bin/python" -c 'import numpy, gguf, safetensors, tokenizers' 2>/dev/null; then
-        say "installing numpy gguf safetensors tokenizers into $venv"
-        "$venv/bin/python" -m pip install --quiet numpy gguf safetensors tokenizers
+    # openai: the real client, for the server's end-to-end test (scripts/test-serve).
+    if ! "$venv/bin/python" -c 'import numpy, gguf, safetensors, tokenizers, openai' 2>/dev/null; then
+        say "installing numpy gguf safetensors tokenizers openai into $venv"
+        "$venv/bin/python" -m pip install --quiet numpy gguf safetensors tokenizers openai
     fi
     export PATH="$venv/bin:$PATH"
 }
