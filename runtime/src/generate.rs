@@ -181,7 +181,8 @@ pub fn generate_engine(
 
 /// Several prompts through the engine: submitted together (or one at a time), each
 /// result printed as one JSON line in prompt order (`index`, `prompt_tokens`,
-/// `cached_tokens`, `ids`, `text`, `finish_reason`), the engine's counters on stderr.
+/// `cached_tokens`, `ids`, `logprobs` of each generated token, `text`,
+/// `finish_reason`), the engine's counters on stderr.
 pub fn generate_many(
     engine: &crate::engine::EngineHandle,
     llm: &LlmInfo,
@@ -196,6 +197,7 @@ pub fn generate_many(
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Event)>();
     let n = texts.len();
     let mut ids: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut lps: Vec<Vec<f32>> = vec![Vec::new(); n];
     let mut fin: Vec<Option<(String, usize, usize)>> = vec![None; n];
     let t0 = Instant::now();
     let mut pending = 0usize;
@@ -207,7 +209,10 @@ pub fn generate_many(
         while done < want {
             let (i, e) = rx.recv().map_err(|_| "the engine stopped".to_string())?;
             match e {
-                Event::Token { id, .. } => ids[i].push(id),
+                Event::Token { id, logprob } => {
+                    ids[i].push(id);
+                    lps[i].push(logprob.map_or(f32::NAN, |l| l.logprob));
+                }
                 Event::Error(e) => return Err(format!("prompt {i}: {e}")),
                 Event::Finished {
                     reason,
@@ -232,23 +237,24 @@ pub fn generate_many(
         let max_tokens = opts.max_tokens.min(ctx.saturating_sub(prompt.len()));
         let mut req = Request::greedy(prompt, max_tokens);
         req.sampling = opts.sampler.clone();
+        req.logprobs = Some(0);
         let tx = tx.clone();
         engine
             .submit(req, Box::new(move |e| tx.send((i, e)).is_ok()))
             .map_err(|e| format!("prompt {i}: {e}"))?;
         pending += 1;
         if opts.one_at_a_time {
-            collect(1, &mut ids, &mut fin)?;
+            collect(1, &mut ids, &mut lps, &mut fin)?;
             pending -= 1;
         }
     }
-    collect(pending, &mut ids, &mut fin)?;
+    collect(pending, &mut ids, &mut lps, &mut fin)?;
     let secs = t0.elapsed().as_secs_f64();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let io = |e: std::io::Error| format!("writing the results: {e}");
     let mut total = 0;
-    for (i, (ids, f)) in ids.iter().zip(&fin).enumerate() {
+    for (i, ((ids, f), lp)) in ids.iter().zip(&fin).zip(&lps).enumerate() {
         let (reason, prompt_tokens, cached) = f.clone().unwrap_or_default();
         total += ids.len();
         let text = tok.decode(ids).map_err(|e| e.to_string())?;
@@ -257,6 +263,7 @@ pub fn generate_many(
             "prompt_tokens": prompt_tokens,
             "cached_tokens": cached,
             "ids": ids,
+            "logprobs": lp,
             "text": text,
             "finish_reason": reason,
         });

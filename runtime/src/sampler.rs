@@ -326,9 +326,12 @@ pub fn min_p(probs: Vec<Candidate>, p: f32) -> Vec<Candidate> {
     kept
 }
 
+/// A row's log-probabilities and its best `(token, logprob)` pairs.
+pub type LogSoftmaxTop = (Vec<f32>, Vec<(u32, f32)>);
+
 /// Log-softmax of one row of logits (accumulated in f64) and its `k` most likely
 /// tokens, most likely first, ties to the lower id; `None` for a row of -inf.
-pub fn log_softmax_top(logits: &[f32], k: usize) -> Option<(Vec<f32>, Vec<(u32, f32)>)> {
+pub fn log_softmax_top(logits: &[f32], k: usize) -> Option<LogSoftmaxTop> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY || max.is_nan() {
         return None;

@@ -3,7 +3,8 @@
 //! prints one JSON line per prompt:
 //!
 //! - batch invariance: 16 different prompts run together give, for each, exactly the
-//!   greedy tokens that prompt gives alone (GGUF Q4_1 and the HF f32 folder);
+//!   greedy tokens that prompt gives alone, and bit for bit the same logprobs (GGUF
+//!   Q4_1 and the HF f32 folder);
 //! - the prefix cache: a second request with the same 256-token prefix reuses the
 //!   first one's blocks and gives identical output;
 //! - exhaustion: a KV pool far smaller than the work (2 MiB) makes the engine preempt
@@ -63,8 +64,9 @@ const PROMPTS: [&str; 16] = [
     "The mitochondria is",
 ];
 
-/// One JSON line per prompt, in prompt order: (ids, cached tokens).
-fn generate(exe: &Path, prompts: &[&str], extra: &[&str]) -> (Vec<(Vec<u64>, u64)>, String) {
+/// One JSON line per prompt, in prompt order: (ids with the bits of each token's
+/// logprob, cached tokens).
+fn generate(exe: &Path, prompts: &[&str], extra: &[&str]) -> (Vec<(Vec<(u64, u32)>, u64)>, String) {
     let mut args: Vec<String> = vec!["generate".into()];
     for p in prompts {
         args.push("--prompt".into());
@@ -94,7 +96,7 @@ fn generate(exe: &Path, prompts: &[&str], extra: &[&str]) -> (Vec<(Vec<u64>, u64
 }
 
 /// Each prompt alone: run one at a time (every step holds one sequence only).
-fn alone(exe: &Path, prompts: &[&str], n: &str) -> Vec<Vec<u64>> {
+fn alone(exe: &Path, prompts: &[&str], n: &str) -> Vec<Vec<(u64, u32)>> {
     let (out, _) = generate(exe, prompts, &["--one-at-a-time", "--max-tokens", n]);
     out.into_iter().map(|(ids, _)| ids).collect()
 }

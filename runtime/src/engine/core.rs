@@ -388,6 +388,9 @@ impl Worker {
         }
         self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
         *self.finished.entry(reason).or_insert(0) += 1;
+        // The counters first: a client that reads them after its last event sees its
+        // request gone.
+        self.publish();
         let now = Instant::now();
         let timings = Timings {
             queued: l.scheduled_at.unwrap_or(now) - l.at,

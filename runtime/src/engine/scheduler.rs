@@ -182,7 +182,7 @@ impl Scheduler {
         copies: &mut Vec<(u32, u32)>,
     ) -> bool {
         let bs = pool.block_size();
-        if s.computed % bs != 0 {
+        if !s.computed.is_multiple_of(bs) {
             let bi = s.computed / bs;
             if let Some(&b) = s.blocks.get(bi) {
                 match pool.writable(b) {

@@ -182,11 +182,7 @@ impl StepModel for CompiledStep {
     fn step(&mut self, b: &StepBatch, logits: &mut Vec<f32>) -> Result<(), String> {
         let s = &self.serving;
         let t = b.tokens.len();
-        let nseq = if b.table_width == 0 {
-            0
-        } else {
-            b.block_tables.len() / b.table_width
-        };
+        let nseq = b.block_tables.len().checked_div(b.table_width).unwrap_or(0);
         let host = [
             (s.ids_input, host_i64(&b.tokens, vec![1, t])),
             (s.pos_input, host_i64(&b.positions, vec![1, t])),
