@@ -59,6 +59,8 @@ pub(crate) struct Lowering<'ctx, 'm> {
     outlined: usize,
     /// What the code is for (the seam: [`super::target`]).
     target: Target,
+    /// Values known per variable, for the alignment of raw loads on the GPU.
+    align_facts: Option<HashMap<VarId, Expr>>,
 }
 
 impl<'ctx, 'm> Lowering<'ctx, 'm> {
@@ -76,6 +78,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             base,
             outlined: 0,
             target,
+            align_facts: None,
         }
     }
 
@@ -647,8 +650,9 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 let v = f.b.build_load(it.mem_ty(t), p, "").map_err(llvm_err)?;
                 self.load_value(f, v, t)?
             }
-            Expr::LoadRaw(b, off, ty) => {
-                let off = self.expr(f, off)?.0.into_int_value();
+            Expr::LoadRaw(b, off_e, ty) => {
+                let align = self.raw_align(off_e, *ty);
+                let off = self.expr(f, off_e)?.0.into_int_value();
                 let base = *f
                     .bufs
                     .get(b)
@@ -657,7 +661,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 let p = unsafe { f.b.build_gep(it.i8, base, &[off], "") }.map_err(llvm_err)?;
                 let v = f.b.build_load(it.mem_ty(*ty), p, "").map_err(llvm_err)?;
                 if let Some(i) = v.as_instruction_value() {
-                    let _ = i.set_alignment(1);
+                    let _ = i.set_alignment(align);
                 }
                 self.load_value(f, v, *ty)?
             }

@@ -158,17 +158,33 @@ impl Gemv {
                     let x0 = blk * bl;
                     // (weight quant, element index within the block) of this unit.
                     let mut elems: Vec<(Expr, Expr)> = Vec::new();
-                    if self.wd == DType::Q8_0 {
-                        for e in 0..8 {
-                            let at = base.clone() + 2 + part.clone() * 8 + e;
-                            let q = Expr::LoadRaw(self.w, Box::new(at), Ty::I8).cast(f);
-                            elems.push((kb.let_("q", q), part.clone() * 8 + e));
+                    // The unit's quant bytes in as few loads as their alignment allows:
+                    // Q4_1 blocks (20 bytes) keep them 4-byte aligned, Q4_0 and Q8_0
+                    // (18, 34) 2-byte aligned.
+                    let qs = self.wd.qs_offset();
+                    let (nbytes, word) = match self.wd {
+                        DType::Q8_0 => (8, Ty::U16),
+                        DType::Q4_1 => (4, Ty::U32),
+                        _ => (4, Ty::U16),
+                    };
+                    let wb = word.bytes() as i64;
+                    let at0 = kb.let_("qa", base.clone() + qs + part.clone() * nbytes);
+                    let mut bytes: Vec<Expr> = Vec::new();
+                    for w in 0..nbytes / wb {
+                        let v = Expr::LoadRaw(self.w, Box::new(at0.clone() + w * wb), word);
+                        let v = kb.let_("qw", v);
+                        for by in 0..wb {
+                            let sh = Expr::bin(BinOp::Shr, v.clone(), Expr::Int(8 * by, word));
+                            let byte = Expr::bin(BinOp::And, sh, Expr::Int(255, word)).cast(Ty::U8);
+                            bytes.push(kb.let_("qv", byte));
                         }
-                    } else {
-                        let qs = self.wd.qs_offset();
-                        for e in 0..4 {
-                            let at = base.clone() + qs + part.clone() * 4 + e;
-                            let byte = kb.let_("qv", Expr::LoadRaw(self.w, Box::new(at), Ty::U8));
+                    }
+                    for (e, byte) in bytes.into_iter().enumerate() {
+                        let e = e as i64;
+                        if self.wd == DType::Q8_0 {
+                            let q = byte.cast(Ty::I8).cast(f);
+                            elems.push((kb.let_("q", q), part.clone() * 8 + e));
+                        } else {
                             let lo = b(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(f);
                             let hi = b(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(f);
                             elems.push((kb.let_("lo", lo), part.clone() * 4 + e));
