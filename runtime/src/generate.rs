@@ -203,6 +203,7 @@ pub fn generate_many(
     let mut pending = 0usize;
     let collect = |want: usize,
                    ids: &mut Vec<Vec<u32>>,
+                   lps: &mut Vec<Vec<f32>>,
                    fin: &mut Vec<Option<(String, usize, usize)>>|
      -> Result<(), String> {
         let mut done = 0;

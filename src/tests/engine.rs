@@ -78,7 +78,7 @@ fn generate(exe: &Path, prompts: &[&str], extra: &[&str]) -> (Vec<(Vec<(u64, u32
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let out: Vec<(Vec<u64>, u64)> = stdout(&o)
+    let out: Vec<(Vec<(u64, u32)>, u64)> = stdout(&o)
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
@@ -86,9 +86,13 @@ fn generate(exe: &Path, prompts: &[&str], extra: &[&str]) -> (Vec<(Vec<(u64, u32
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|x| x.as_u64().unwrap())
-                .collect();
-            (ids, v["cached_tokens"].as_u64().unwrap())
+                .map(|x| x.as_u64().unwrap());
+            let lps = v["logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| (x.as_f64().unwrap() as f32).to_bits());
+            (ids.zip(lps).collect(), v["cached_tokens"].as_u64().unwrap())
         })
         .collect();
     assert_eq!(out.len(), prompts.len(), "{}", stdout(&o));

@@ -444,9 +444,11 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v8f = it.f32.vec_type(8);
         let v2f = it.f32.vec_type(2);
         // Accumulator sets (even and odd blocks): per row an <8 x float> for the
-        // quant sums and a <2 x float> whose lane 1 sums the minimum terms. With
-        // several rows their chains already overlap and a second set would not fit
-        // the 16 vector registers (prefill measured 15% slower): set 1 stays zero.
+        // quant sums and a <2 x float> whose lane 1 sums the minimum terms. Only set 0
+        // takes blocks (set 1 stays zero): a row's sum must not depend on how many
+        // rows share the QDot (batch invariance: a sequence's logits are the same
+        // alone and among others), and with several rows a second set would not fit
+        // the 16 vector registers (prefill measured 15% slower).
         let mut sets = Vec::new();
         for _ in 0..2 {
             let mut set = Vec::new();
@@ -487,8 +489,8 @@ impl<'ctx> Lowering<'ctx, '_> {
         let i32c = |v: u64| it.i32.const_int(v, false).into();
         f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
             .map_err(llvm_err)?;
-        for (u, set) in sets.iter().enumerate() {
-            let set = if rows > 1 { &sets[0] } else { set };
+        for u in 0..sets.len() {
+            let set = &sets[0];
             let blk =
                 f.b.build_int_add(blk0, it.i64.const_int(u as u64, false), "")
                     .map_err(llvm_err)?;
