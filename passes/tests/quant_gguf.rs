@@ -279,3 +279,37 @@ fn pass_quantizes_smollm2_like_llama_quantize() {
         );
     }
 }
+
+/// The HF folder holds the published Q4_1 GGUF's weights dequantized to f32, so the
+/// pass (q4_1, head q8_0: llama-quantize's Q4_1 mix) must give that file's bytes back
+/// for every matrix llama.cpp's converter stores unpermuted (q/k rows are permuted for
+/// its rotary layout).
+#[test]
+fn q4_1_of_the_hf_folder_is_the_published_gguf() {
+    let (hf, gg) = (
+        models().join("SmolLM2-135M-Instruct-hf"),
+        models().join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+    );
+    if !hf.exists() || !gg.exists() {
+        eprintln!("skipped: SmolLM2 HF folder or GGUF not found (scripts/fetch-models)");
+        return;
+    }
+    let q = quantized(&llmc_frontend::load(&hf).unwrap(), "q4_1");
+    let g = llmc_frontend::load(&gg).unwrap();
+    let mut n = 0;
+    for w in &q.weights {
+        if w.dtype.is_float() || w.name.contains("q_proj") || w.name.contains("k_proj") {
+            continue;
+        }
+        let gw = g.weight(
+            g.weight_id(&w.name)
+                .unwrap_or_else(|| panic!("@{}", w.name)),
+        );
+        assert_eq!(gw.dtype, w.dtype, "@{}", w.name);
+        let (a, b) = (w.data.bytes().unwrap(), gw.data.bytes().unwrap());
+        let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
+        assert_eq!((a.len(), diff), (b.len(), 0), "@{}", w.name);
+        n += 1;
+    }
+    assert_eq!(n, 30 * 5 + 1);
+}
