@@ -66,7 +66,10 @@ const PROMPTS: [&str; 16] = [
 
 /// One JSON line per prompt, in prompt order: (ids with the bits of each token's
 /// logprob, cached tokens).
-fn generate(exe: &Path, prompts: &[&str], extra: &[&str]) -> (Vec<(Vec<(u64, u32)>, u64)>, String) {
+/// Per prompt: (token id, logprob bits) of each generated token, and cached tokens.
+type Results = Vec<(Vec<(u64, u32)>, u64)>;
+
+fn generate(exe: &Path, prompts: &[&str], extra: &[&str]) -> (Results, String) {
     let mut args: Vec<String> = vec!["generate".into()];
     for p in prompts {
         args.push("--prompt".into());
@@ -78,7 +81,7 @@ fn generate(exe: &Path, prompts: &[&str], extra: &[&str]) -> (Vec<(Vec<(u64, u32
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let out: Vec<(Vec<(u64, u32)>, u64)> = stdout(&o)
+    let out: Results = stdout(&o)
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();

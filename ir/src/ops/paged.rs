@@ -290,7 +290,7 @@ mod tests {
         let width = 3;
         let total: usize = lens.iter().sum();
         let val = |x: usize| ((x * 37 % 101) as f64 - 50.0) / 40.0;
-        let k = f32t(vec![1, kvh, total, d], |x| val(x));
+        let k = f32t(vec![1, kvh, total, d], val);
         let v = f32t(vec![1, kvh, total, d], |x| val(x + 13));
         let q = f32t(vec![1, h, total, d], |x| val(x + 29));
         let mut slots = Vec::new();
