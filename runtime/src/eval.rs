@@ -134,7 +134,7 @@ fn logits(
         return Err(format!("logits are {}, expected f32", t.dtype.name()));
     }
     let vocab = *t.shape.last().ok_or("logits have no dims")?;
-    if vocab == 0 || t.data.len() % (4 * vocab) != 0 {
+    if vocab == 0 || !t.data.len().is_multiple_of(4 * vocab) {
         return Err(format!("logits of shape {:?} have no whole rows", t.shape));
     }
     let all = t

@@ -84,7 +84,7 @@ fn block_q4_1(x: &[f32], out: &mut Vec<u8>) {
 /// `dtype` to `out`. The caller checks both conditions; here a bad length or format
 /// is an error, never a panic.
 pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
-    if x.len() % BLOCK != 0 {
+    if !x.len().is_multiple_of(BLOCK) {
         return Err(format!(
             "{} elements are not whole blocks of {BLOCK}",
             x.len()
