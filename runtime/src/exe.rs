@@ -395,6 +395,13 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             if plan.llm.is_none() {
                 return Err("perplexity needs a language model with a tokenizer".into());
             }
+            if serving {
+                return Err(
+                    "perplexity runs on one-sequence builds: use `llmc eval MODEL \
+                     --perplexity FILE`, or build with `llmc build --no-serving`"
+                        .into(),
+                );
+            }
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::eval::perplexity(&mut model, &opts).map(|_| ())
         }

@@ -76,10 +76,17 @@ fn f32_and_q8_0_perplexities_are_finite_and_close() {
     // Three running values per model, the last equal to the final estimate.
     assert_eq!(out.matches("[3]").count(), 2, "{out}");
 
-    // The served form (last position only), one token per call, agrees.
+    // The one-sequence form (last position only), one token per call, agrees.
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("smollm");
-    let b = llmc(&["build", m, "-O3", "-o", exe.to_str().unwrap()]);
+    let b = llmc(&[
+        "build",
+        m,
+        "-O3",
+        "--no-serving",
+        "-o",
+        exe.to_str().unwrap(),
+    ]);
     assert!(b.status.success(), "{}", stderr(&b));
     let r = std::process::Command::new(&exe)
         .args(["perplexity", "--file", text, "--ctx", "64", "--chunks", "3"])
