@@ -101,13 +101,23 @@ ensure_venv() {
 
 # ptxas (NVIDIA's PTX assembler, from the nvidia-cuda-nvcc-cu12 wheel) checks every
 # kernel of a CUDA build for sm_80/sm_90 without a GPU; llmc finds it in the venv.
+# Prints the wheel's ptxas path, or nothing. Never fails: under `set -o pipefail` an
+# `ls` of a missing glob would end the calling script (exit 2) on a fresh machine.
+find_ptxas() {
+    local f
+    for f in "$1"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas; do
+        [[ -e "$f" ]] && { echo "$f"; return 0; }
+    done
+    return 0
+}
+
 ensure_ptxas() {
     local venv="$LLMC_ROOT/.venv" p
-    p="$(ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas 2>/dev/null | head -n 1)"
+    p="$(find_ptxas "$venv")"
     if [[ -z "$p" ]]; then
         say "installing nvidia-cuda-nvcc-cu12 (ptxas) into $venv"
         "$venv/bin/python" -m pip install --quiet nvidia-cuda-nvcc-cu12
-        p="$(ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas 2>/dev/null | head -n 1)"
+        p="$(find_ptxas "$venv")"
     fi
     if [[ -n "$p" && ! -x "$p" ]]; then
         chmod +x "$p"
