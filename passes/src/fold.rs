@@ -9,6 +9,11 @@
 //! weights larger than `PassContext::fold_max_elems` are left alone, as are stateful
 //! ops, ops with several results, and anything the interpreter cannot evaluate without
 //! run-time values (symbolic dims).
+//!
+//! One cast is never folded: an f16/bf16 weight widened to f32 only to feed `linear`
+//! weights. Folding it would store the matrix at twice the bytes (decode streams every
+//! weight byte once per token); instead the linears read the narrow weight directly
+//! (`linear` widens each element as it loads it) and the cast goes.
 
 use crate::rewrite::compact;
 use crate::{Changed, PassContext, PassError};
@@ -28,13 +33,56 @@ struct Known {
     from_weight: bool,
 }
 
+/// Points `linear`/`linear_act` weight operands that read an f16/bf16 weight through
+/// a cast to f32 at the weight itself, and drops those casts. True if any changed.
+fn narrow_weight_reads(m: &mut Module) -> bool {
+    let g = &m.graph;
+    let mut readers: HashMap<ValueId, Vec<(usize, usize)>> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        for (k, &v) in n.inputs.iter().enumerate() {
+            readers.entry(v).or_default().push((i, k));
+        }
+    }
+    let mut keep = vec![true; g.nodes.len()];
+    let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let (Op::Cast, [src], [out]) = (n.op, &n.inputs[..], &n.outputs[..]) else {
+            continue;
+        };
+        let narrow = matches!(g.value(*src).def, ValueDef::Weight(_))
+            && matches!(g.ty(*src).dtype, DType::F16 | DType::BF16)
+            && g.ty(*out).dtype == DType::F32
+            && !g.outputs.contains(out);
+        let all_linear = readers.get(out).is_some_and(|rs| {
+            rs.iter().all(|&(r, k)| {
+                matches!(g.nodes[r].op, Op::Linear | Op::LinearAct)
+                    && k == 1
+                    && g.nodes[r]
+                        .outputs
+                        .first()
+                        .is_some_and(|&o| g.ty(o).dtype == DType::F32)
+            })
+        });
+        if narrow && all_linear {
+            keep[i] = false;
+            repl.insert(*out, *src);
+        }
+    }
+    if repl.is_empty() {
+        return false;
+    }
+    compact(&mut m.graph, &keep, &repl);
+    true
+}
+
 /// Runs constant folding.
 pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
+    let narrowed = narrow_weight_reads(m);
     let mut known: HashMap<ValueId, Known> = HashMap::new();
     let mut dead: Vec<usize> = Vec::new();
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
     let mut weight_names: HashSet<String> = m.weights.iter().map(|w| w.name.clone()).collect();
-    let mut changed = false;
+    let mut changed = narrowed;
     for i in 0..m.graph.nodes.len() {
         let n = &m.graph.nodes[i];
         if n.op == Op::Constant {

@@ -130,13 +130,17 @@ pub fn eval_matmul(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
     }
 }
 
-/// Shape rule of `linear`: x[..., k] · w[n, k]ᵀ (+ b[n]) -> x's dtype, [..., n].
+/// Shape rule of `linear`: x[..., k] · w[n, k]ᵀ (+ b[n]) -> x's dtype, [..., n]. The
+/// weight computes as x's dtype (a block format computes as f32), or is stored
+/// narrower than f32 activations (f16/bf16 weight-only precision: each element is
+/// widened to f32 as it is read, so the weight streams at half the bytes).
 pub fn infer_linear(i: &[&TensorType], _: &Attrs) -> T {
     let (x, w) = (targ(i, 0, "x")?, targ(i, 1, "w")?);
     if !x.dtype.is_float() {
         return Err(format!("operand x must be a float tensor, got {}", x.dtype));
     }
-    if w.dtype.compute_type() != x.dtype {
+    let narrow = x.dtype == DType::F32 && matches!(w.dtype, DType::F16 | DType::BF16);
+    if w.dtype.compute_type() != x.dtype && !narrow {
         return Err(format!(
             "weight w ({}, computes as {}) does not match x's dtype {}",
             w.dtype,
@@ -307,6 +311,15 @@ mod tests {
         assert!(e.contains("bias b must be [49152]"), "{e}");
         let e = inf(Op::Linear, &[&tt(DType::F32, &["2", "5"]), &wq], attrs([])).unwrap_err();
         assert!(e.contains("expects k = 576"), "{e}");
+        // f16/bf16 weights under f32 activations (weight-only precision); not the
+        // other way round.
+        for d in [DType::F16, DType::BF16] {
+            let w = tt(d, &["8", "576"]);
+            let t = inf(Op::Linear, &[&x, &w], attrs([])).unwrap();
+            assert_eq!(t[0].to_string(), "f32[batch, seq, 8]");
+        }
+        let w32 = tt(DType::F32, &["8", "576"]);
+        assert!(inf(Op::Linear, &[&x16, &w32], attrs([])).is_err());
     }
 
     #[test]
