@@ -518,6 +518,103 @@ fn exporter_style_position_and_mask_graphs_run_for_any_length() {
 }
 
 #[test]
+fn range_from_the_past_length_runs_for_any_cache_size() {
+    // What Optimum's decoder exports write for positions: past = Shape(past_k)[2],
+    // total = past + Shape(ids)[1], pos = Range(Cast(past), total, 1) (the start is a
+    // symbolic dim, not a constant), and a countdown Range(total, past, -1).
+    let scalar = |name: &str, v: i64| TensorProto {
+        int64_data: vec![v],
+        ..tensor(name, DataType::INT64, &[])
+    };
+    let nodes = vec![
+        node("Shape", "pshape", &["past_k"], &["ps"], vec![]),
+        node(
+            "Gather",
+            "past",
+            &["ps", "two"],
+            &["past"],
+            vec![a_int("axis", 0)],
+        ),
+        node(
+            "Cast",
+            "past_i64",
+            &["past"],
+            &["pastc"],
+            vec![a_int("to", DataType::INT64 as i64)],
+        ),
+        node("Shape", "ishape", &["ids"], &["is"], vec![]),
+        node(
+            "Gather",
+            "seq",
+            &["is", "one"],
+            &["seq"],
+            vec![a_int("axis", 0)],
+        ),
+        node("Add", "total", &["pastc", "seq"], &["total"], vec![]),
+        node(
+            "Range",
+            "range",
+            &["pastc", "total", "one"],
+            &["pos"],
+            vec![],
+        ),
+        node(
+            "Range",
+            "down",
+            &["total", "pastc", "minus_one"],
+            &["down"],
+            vec![],
+        ),
+    ];
+    let g = graph(
+        nodes,
+        vec![scalar("one", 1), scalar("two", 2), scalar("minus_one", -1)],
+        vec![
+            vi("ids", DataType::INT64, &[D::P("batch"), D::P("seq")]),
+            vi(
+                "past_k",
+                DataType::FLOAT,
+                // (`past` is the interpreter's KV-cache length; the export's own name.)
+                &[
+                    D::P("batch"),
+                    D::N(2),
+                    D::P("past_sequence_length"),
+                    D::N(4),
+                ],
+            ),
+        ],
+        vec![
+            vi("pos", DataType::INT64, &[D::P("seq")]),
+            vi("down", DataType::INT64, &[D::P("seq")]),
+        ],
+    );
+    let m = import(&model(g, 17)).expect("imports");
+    let s = |n: &str| Dim::sym(n);
+    assert_eq!(m.graph.ty(m.graph.outputs[0]).shape, Shape(vec![s("seq")]));
+    assert_eq!(m.graph.ty(m.graph.outputs[1]).shape, Shape(vec![s("seq")]));
+    let mut interp = Interpreter::new(&m);
+    for (past, q) in [(0usize, 3usize), (5, 2), (9, 1)] {
+        let ids = Tensor::from_i64(DType::I64, vec![1, q], vec![7; q]);
+        let pk = Tensor::f32(vec![1, 2, past, 4], vec![0.0; 8 * past]);
+        let out = interp.run(&[ids, pk]).expect("runs");
+        let want: Vec<i64> = (past as i64..(past + q) as i64).collect();
+        assert_eq!(out[0].to_i64(), want, "past {past}, seq {q}");
+        let down: Vec<i64> = want.iter().map(|p| p + 1).rev().collect();
+        assert_eq!(out[1].to_i64(), down, "past {past}, seq {q}");
+    }
+    // A start that is neither constant nor computed from shapes stays an error naming
+    // the node and the input.
+    let g = graph(
+        vec![node("Range", "r", &["x", "lim", "one"], &["y"], vec![])],
+        vec![scalar("one", 1), scalar("lim", 9)],
+        vec![vi("x", DataType::INT64, &[])],
+        vec![vi("y", DataType::INT64, &[D::Unnamed])],
+    );
+    let e = import(&model(g, 17)).unwrap_err().to_string();
+    assert!(e.contains("Range") && e.contains("input 0 (start"), "{e}");
+}
+
+#[test]
 fn slices_with_symbolic_bounds_and_expand_shapes_behind_where() {
     // What torch.onnx.export writes for BERT's position ids and a KV-cache mask:
     // pos = buf[:, 0:seq] (buf a constant 0..8 buffer), tail = x[:, -seq:],
