@@ -139,6 +139,11 @@ struct BuildArgs {
     /// q8_0, q4_0 or q4_1 (llama-quantize's mix: the output matrix in q8_0).
     #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
     quantize: Option<llmc_passes::quant::QuantSpec>,
+    /// Where an ONNX decoder export's tokenizer files are (tokenizer.json,
+    /// tokenizer_config.json, generation_config.json, config.json); default: the
+    /// model's folder.
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<PathBuf>,
 }
 
 /// `--quantize FORMAT[,head=F][,embed=F]`.
@@ -247,6 +252,52 @@ fn load(path: &Path) -> Result<Module> {
     llmc_ir::verify::verify(&m)
         .with_context(|| format!("{}: the module is invalid", path.display()))?;
     Ok(m)
+}
+
+/// An ONNX decoder export with a KV cache (Optimum's layout: `input_ids`,
+/// `past_key_values.N.*` -> `logits`, `present.N.*`) rewritten into the decoder
+/// contract GGUF/HF models are built into, with its tokenizer facts read from
+/// `tokenizer` or the files beside the model. `None` for every other model.
+fn onnx_decoder(path: &Path, m: &Module, tokenizer: Option<&Path>) -> Result<Option<Module>> {
+    use llmc_frontend::onnx::decoder;
+    let is_onnx = matches!(
+        llmc_frontend::detect(path),
+        Ok((llmc_frontend::ModelKind::Onnx, _))
+    );
+    if !is_onnx {
+        if let Some(t) = tokenizer {
+            bail!(
+                "--tokenizer {}: only ONNX models take their tokenizer from a folder",
+                t.display()
+            );
+        }
+        return Ok(None);
+    }
+    let Some(io) = decoder::recognise(m) else {
+        return Ok(None);
+    };
+    let mut out = decoder::lower(m, &io)
+        .map_err(|e| anyhow::anyhow!("{}: decoder export: {e}", path.display()))?;
+    llmc_ir::verify::verify(&out)
+        .with_context(|| format!("{}: the decoder form is invalid", path.display()))?;
+    let dir = match tokenizer {
+        Some(d) => d.to_path_buf(),
+        None => match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    out.info = decoder::decoder_info(&dir)
+        .with_context(|| format!("reading the tokenizer files in {}", dir.display()))?;
+    if out.info.tokenizer == llmc_ir::TokenizerSource::None {
+        eprintln!(
+            "note: {} is a decoder export, but {} has no tokenizer.json (--tokenizer DIR names \
+             another folder): the executable runs the graph only",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(Some(out))
 }
 
 /// Runs the optimizer: the `-O` level's pipeline, or `--passes` when given, with the
@@ -420,6 +471,9 @@ fn build(a: &BuildArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let mut m = load(&a.model)?;
+    if let Some(d) = onnx_decoder(&a.model, &m, a.tokenizer.as_deref())? {
+        m = d;
+    }
     let inst = llmc_passes::Instrument {
         verify_each: a.verify_each,
         print_before: a.print_ir_before.clone(),
@@ -749,6 +803,9 @@ fn exec(a: &ExecArgs) -> Result<()> {
 fn run(a: &RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut m = load(&a.model)?;
+    if let Some(d) = onnx_decoder(&a.model, &m, None)? {
+        m = d;
+    }
     optimize(
         &mut m,
         a.opt_level,
