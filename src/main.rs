@@ -536,9 +536,10 @@ fn build(a: &BuildArgs) -> Result<()> {
         }
         let count = |op: llmc_ir::Op| m.graph.nodes.iter().filter(|n| n.op == op).count();
         eprintln!(
-            "explain-fusion: {} candidate(s) left unfused; fused ops: {} flash_attention, {} rms_norm, {} layer_norm, {} linear, {} linear_act, {} glu, {} rope, {} fused_elementwise",
+            "explain-fusion: {} candidate(s) left unfused; fused ops: {} flash_attention, {} paged_attention, {} rms_norm, {} layer_norm, {} linear, {} linear_act, {} glu, {} rope, {} fused_elementwise",
             left.len(),
             count(llmc_ir::Op::FlashAttention),
+            count(llmc_ir::Op::PagedAttention),
             count(llmc_ir::Op::RmsNorm),
             count(llmc_ir::Op::LayerNorm),
             count(llmc_ir::Op::Linear),

@@ -1,0 +1,85 @@
+//! An ONNX decoder export is an LLM: Optimum's export of SmolLM2-135M-Instruct
+//! (`optimum-cli export onnx --task text-generation-with-past`, made by
+//! `scripts/onnx-exports --optimum` into `$LLMC_ONNX_EXPORTS/smollm2-optimum/`, which
+//! needs torch and so is outside CI) builds with `llmc build model.onnx -O3` into an
+//! executable whose greedy `generate` prints the same text as the build of the HF
+//! folder it was exported from. Skips, saying so, when either model is absent.
+
+mod common;
+
+use common::{llmc, model, stderr, stdout};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn optimum_export() -> Option<PathBuf> {
+    let dir = std::env::var_os("LLMC_ONNX_EXPORTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnx-exports"));
+    let p = dir.join("smollm2-optimum/model.onnx");
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} not found, run scripts/onnx-exports --optimum (needs torch; outside CI)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// Builds `model` at -O3 into `exe` and returns its greedy text for `prompt`.
+fn build_and_generate(model: &Path, exe: &Path, prompt: &str, tokens: &str) -> String {
+    let o = llmc(&[
+        "build",
+        model.to_str().unwrap(),
+        "-O3",
+        "-o",
+        exe.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "build {}: {}",
+        model.display(),
+        stderr(&o)
+    );
+    let o = Command::new(exe)
+        .args([
+            "generate",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            tokens,
+            "--temperature",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn optimum_export_generates_the_hf_builds_greedy_text() {
+    let Some(onnx) = optimum_export() else { return };
+    let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "The capital of France is";
+    let from_onnx = build_and_generate(&onnx, &dir.path().join("smollm-onnx"), prompt, "16");
+    let from_hf = build_and_generate(&hf, &dir.path().join("smollm-hf"), prompt, "16");
+    assert!(!from_hf.trim().is_empty(), "the HF build generated nothing");
+    assert_eq!(from_onnx, from_hf);
+    // The chat template and end-of-turn id come from the files Optimum wrote beside
+    // the model: a chat request stops at <|im_end|>.
+    let o = Command::new(dir.path().join("smollm-onnx"))
+        .args(["info"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("language model"),
+        "info: {}",
+        stdout(&o)
+    );
+}
