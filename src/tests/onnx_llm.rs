@@ -71,15 +71,26 @@ fn optimum_export_generates_the_hf_builds_greedy_text() {
     assert!(!from_hf.trim().is_empty(), "the HF build generated nothing");
     assert_eq!(from_onnx, from_hf);
     // The chat template and end-of-turn id come from the files Optimum wrote beside
-    // the model: a chat request stops at <|im_end|>.
-    let o = Command::new(dir.path().join("smollm-onnx"))
-        .args(["info"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).contains("language model"),
-        "info: {}",
-        stdout(&o)
-    );
+    // the model: a chat answer stops at <|im_end|>, with the HF build's text.
+    let chat = |exe: &str| {
+        let o = Command::new(dir.path().join(exe))
+            .args([
+                "generate",
+                "--chat",
+                "--prompt",
+                "What is the capital of France?",
+                "--max-tokens",
+                "40",
+                "--temperature",
+                "0",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        (stdout(&o), stderr(&o))
+    };
+    let (onnx_chat, onnx_log) = chat("smollm-onnx");
+    let (hf_chat, _) = chat("smollm-hf");
+    assert_eq!(onnx_chat, hf_chat);
+    assert!(onnx_log.contains("end of sequence"), "stderr: {onnx_log}");
 }
