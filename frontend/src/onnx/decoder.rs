@@ -1,6 +1,6 @@
 //! Decoder exports become LLMs: an ONNX graph laid out as Optimum's
 //! `text-generation-with-past` export (and `torch.onnx.export` with the same names) —
-//! `input_ids` [+ `attention_mask`, `position_ids`] and per layer
+//! `input_ids`, `position_ids` [+ `attention_mask`] and per layer
 //! `past_key_values.N.key/value` in, `logits` and `present.N.key/value` out — is
 //! rewritten into the decoder contract every GGUF/HF model is built into
 //! (`llmc_frontend::llm::decoder`): `%ids`, `%pos: i64[batch, seq]` in, the last
@@ -212,6 +212,13 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
             .cloned()
             .unwrap_or_else(|| format!("%{}", v.0))
     };
+    if io.pos.is_none() {
+        // Positions would be computed from the past length, which the engine's flat
+        // batch of many sequences does not have.
+        return Err(
+            "the export has no `position_ids` input (positions computed from the past length are not supported yet); export it with position_ids".into(),
+        );
+    }
     // The export's symbols -> the contract's.
     let ids_ty = g.ty(g.inputs[io.ids]).clone();
     let k0_ty = g.ty(g.inputs[io.past[0].0]).clone();
@@ -241,13 +248,11 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
             return Err(format!("attention_mask must have rank 2, got {}", mt.shape));
         }
         if let Some(t) = bare_symbol(&mt.shape.0[1]) {
-            if !sub.contains_key(&t) {
-                sub.insert(t, total.clone());
-            }
+            sub.entry(t).or_insert_with(|| total.clone());
         }
     }
     // Symbols the new module must not see: they would be unbound at run time.
-    for (&v, role) in g.inputs.iter().zip(0..) {
+    for (i, &v) in g.inputs.iter().enumerate() {
         let t = g.ty(v);
         let mapped = subst_shape(&t.shape, &sub);
         for d in &mapped.0 {
@@ -255,7 +260,7 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
                 if !["batch", "seq", "past"].contains(&sy) {
                     return Err(format!(
                         "input {} ({}) has the dim {d}, which is not the batch, the new tokens or the past length",
-                        role,
+                        i,
                         g.value(v).name
                     ));
                 }
@@ -370,11 +375,11 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
         map.insert(mv, ones);
         splats.insert(ones, 1.0);
     }
-    // Pending halves of each layer's append: (k concat output, v concat output).
+    // Whether each layer's kv_append is emitted (at the later of its two concats).
     let mut appended = vec![false; io.past.len()];
     for (ni, n) in g.nodes.iter().enumerate() {
         let at = vname(n.outputs.first().copied().unwrap_or(ValueId(0)));
-        if let Some(&(l, _, _)) = concats.get(&n.outputs[0]) {
+        if let Some(&(l, _, _)) = n.outputs.first().and_then(|o| concats.get(o)) {
             if appended[l] {
                 continue;
             }
