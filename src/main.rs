@@ -471,9 +471,13 @@ fn build(a: &BuildArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let mut m = load(&a.model)?;
-    if let Some(d) = onnx_decoder(&a.model, &m, a.tokenizer.as_deref())? {
-        m = d;
-    }
+    let onnx_llm = match onnx_decoder(&a.model, &m, a.tokenizer.as_deref())? {
+        Some(d) => {
+            m = d;
+            true
+        }
+        None => false,
+    };
     let inst = llmc_passes::Instrument {
         verify_each: a.verify_each,
         print_before: a.print_ir_before.clone(),
@@ -507,7 +511,17 @@ fn build(a: &BuildArgs) -> Result<()> {
     };
     let is_decoder = m.graph.nodes.iter().any(|n| n.op == llmc_ir::Op::KvAppend)
         && generate::find_io(&m).is_ok();
-    if is_decoder && !a.no_serving {
+    // An ONNX export's attention becomes one op only through -O3's rules; below that
+    // the serving form cannot be made, and the one-sequence form is built instead.
+    let serving = is_decoder && !a.no_serving && (a.opt_level >= 3 || !onnx_llm);
+    if is_decoder && !a.no_serving && !serving {
+        eprintln!(
+            "note: {}: the engine's serving form needs -O3 for ONNX exports (attention fused into \
+             one op); building the one-sequence form (`generate` works, `serve` needs -O3)",
+            a.model.display()
+        );
+    }
+    if serving {
         let kv = match a.kv_cache_dtype {
             KvDtype::F16 => llmc_ir::DType::F16,
             KvDtype::F32 => llmc_ir::DType::F32,

@@ -1303,7 +1303,7 @@ fn shape_rule_violations_name_the_node() {
 // ----- decoder exports -----
 
 /// A one-layer decoder laid out as Optimum's with-past exports: x = E[ids] + P[pos],
-/// scaled by max(mask) (all ones); K = V = x per head; present = concat(past, new) on
+/// scaled by float(max(mask)) (all ones); K = V = x per head; present = concat(past, new) on
 /// axis 2; softmax(x·Kᵀ)·V; logits = h · W.
 fn tiny_decoder_export() -> ModelProto {
     let f = |name: &str, dims: &[i64], v: Vec<f32>| TensorProto {
@@ -1321,19 +1321,20 @@ fn tiny_decoder_export() -> ModelProto {
             vec![],
         ),
         node("Add", "x0", &["xe", "xp"], &["x0"], vec![]),
-        node(
-            "Cast",
-            "maskf",
-            &["attention_mask"],
-            &["mf"],
-            vec![a_int("to", DataType::FLOAT as i64)],
-        ),
+        // The integer mask read at run time (the lowering's ones must be i64 data).
         node(
             "ReduceMax",
             "maskmax",
-            &["mf"],
-            &["mm"],
+            &["attention_mask"],
+            &["mi"],
             vec![a_ints("axes", &[1]), a_int("keepdims", 1)],
+        ),
+        node(
+            "Cast",
+            "maskf",
+            &["mi"],
+            &["mm"],
+            vec![a_int("to", DataType::FLOAT as i64)],
         ),
         node("Unsqueeze", "mm3", &["mm", "axes2"], &["mm3"], vec![]),
         node("Mul", "x", &["x0", "mm3"], &["x"], vec![]),

@@ -134,6 +134,15 @@ enum Splat {
     Forward(usize),
 }
 
+/// A rank-0 tensor of `dt` holding `x` (integer and bool tensors hold integers).
+fn scalar(dt: DType, x: f64) -> Tensor {
+    if dt.is_float() {
+        Tensor::from_f64(dt, vec![], vec![x])
+    } else {
+        Tensor::from_i64(dt, vec![], vec![x as i64])
+    }
+}
+
 /// `x` as an element of `dt` (what a cast gives).
 fn splat_cast(x: f64, dt: DType) -> f64 {
     if dt == DType::Bool {
@@ -361,10 +370,7 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
             .add1(
                 Op::Constant,
                 &[],
-                attrs([(
-                    "value",
-                    Attr::Tensor(Tensor::from_f64(dt, vec![], vec![1.0])),
-                )]),
+                attrs([("value", Attr::Tensor(scalar(dt, 1.0)))]),
             )
             .map_err(|e| e.to_string())?;
         let shape = Shape(vec![Dim::sym("batch"), total.clone()]);
@@ -486,10 +492,7 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
                         .add1(
                             Op::Constant,
                             &[],
-                            attrs([(
-                                "value",
-                                Attr::Tensor(Tensor::from_f64(t.dtype, vec![], vec![x])),
-                            )]),
+                            attrs([("value", Attr::Tensor(scalar(t.dtype, x)))]),
                         )
                         .map_err(|e| format!("{at}: {e}"))?;
                     let e = out
