@@ -1455,6 +1455,18 @@ fn decoder_export_becomes_the_decoder_contract_with_a_kv_append() {
     let appends = g.nodes.iter().filter(|n| n.op == Op::KvAppend).count();
     assert_eq!(appends, 1);
     assert!(!g.nodes.iter().any(|n| n.op == Op::Concat));
+    // The head's matmul by W [4, 6] is a linear over W transposed.
+    let lin = g
+        .nodes
+        .iter()
+        .find(|n| n.op == Op::Linear)
+        .expect("a linear");
+    assert_eq!(g.ty(lin.inputs[1]).to_string(), "f32[6, 4]");
+    assert!(!g
+        .nodes
+        .iter()
+        .any(|n| n.op == Op::MatMul
+            && matches!(g.value(n.inputs[1]).def, llmc_ir::ValueDef::Weight(_))));
 
     // The export run as ONNX runs it (cache in, presents out) and the lowered graph
     // (cache inside) agree on a 3-token prompt and then one decode step.

@@ -15,7 +15,9 @@
 //! - `attention_mask` (one sequence, no padding) becomes ones of `[batch, past + seq]`,
 //!   so the mask arithmetic is left with the causal part only;
 //! - the `present.*` outputs go, and the vocabulary projection reads only the last
-//!   position (`x[:, -1:]`, reshaped to `[batch, hidden]`).
+//!   position (`x[:, -1:]`, reshaped to `[batch, hidden]`);
+//! - a `matmul` by a [K, N] weight becomes `linear` over the weight transposed to
+//!   [N, K], the layout the GGUF/HF builders emit (merged and tiled like theirs).
 //!
 //! The tokenizer, special ids and chat template come from the files beside the model
 //! as Optimum and `save_pretrained` lay them out ([`decoder_info`]).
@@ -381,6 +383,8 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
         map.insert(mv, ones);
         splats.insert(ones, 1.0);
     }
+    // Weights already transposed for `linear`, by source weight.
+    let mut transposed: HashMap<llmc_ir::WeightId, ValueId> = HashMap::new();
     // Whether each layer's kv_append is emitted (at the later of its two concats).
     let mut appended = vec![false; io.past.len()];
     for (ni, n) in g.nodes.iter().enumerate() {
@@ -510,8 +514,15 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
                 None => {}
             }
         }
+        // A projection by a [K, N] weight (the exporter's layout) becomes `linear` over
+        // the transposed [N, K] weight, the layout the GGUF/HF builders emit: the merge
+        // pass joins Q/K/V and gate/up, and the GEMM kernel tiles it.
+        let (op, ins) = match transposed_weight(&mut out, m, n.op, &ins, &mut transposed) {
+            Some(wt) => (Op::Linear, vec![ins[0], wt]),
+            None => (n.op, ins),
+        };
         let outs = out
-            .add_node(n.op, &ins, a)
+            .add_node(op, &ins, a)
             .map_err(|e| format!("{at} ({}): {e}", n.op))?;
         for (&o, &no) in n.outputs.iter().zip(&outs) {
             out.graph.values[no.0 as usize].name = g.value(o).name.clone();
@@ -529,6 +540,56 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
     out.graph.outputs = vec![logits];
     // Drop what only the `present.*` outputs and the mask's unused parts read.
     Ok(super::import::prune(out))
+}
+
+/// For `matmul(x, w)` with `w` a 2-D float weight [K, N] with data and `x` of rank >= 2:
+/// the value of the weight transposed to [N, K] (`NAME.T`, made once per weight), for
+/// `linear(x, wᵀ)`.
+fn transposed_weight(
+    out: &mut Module,
+    src: &Module,
+    op: Op,
+    ins: &[ValueId],
+    done: &mut HashMap<llmc_ir::WeightId, ValueId>,
+) -> Option<ValueId> {
+    if op != Op::MatMul || out.graph.ty(*ins.first()?).shape.rank() < 2 {
+        return None;
+    }
+    let ValueDef::Weight(wid) = out.graph.value(*ins.get(1)?).def else {
+        return None;
+    };
+    if let Some(&v) = done.get(&wid) {
+        return Some(v);
+    }
+    let w = src.weight(wid);
+    let dt = w.dtype;
+    let [k, n] = w.shape.as_consts()?[..] else {
+        return None;
+    };
+    if !dt.is_float() || dt.is_quantized() || k <= 0 || n <= 0 {
+        return None;
+    }
+    let (k, n, e) = (k as usize, n as usize, dt.block_bytes());
+    let bytes = w.data.bytes()?;
+    if bytes.len() != k.checked_mul(n)?.checked_mul(e)? {
+        return None;
+    }
+    let mut t = vec![0u8; bytes.len()];
+    for r in 0..k {
+        for c in 0..n {
+            let (from, to) = ((r * n + c) * e, (c * k + r) * e);
+            t[to..to + e].copy_from_slice(&bytes[from..from + e]);
+        }
+    }
+    let name = format!("{}.T", w.name);
+    let v = out.add_weight(
+        &name,
+        dt,
+        Shape::of(&[n as i64, k as i64]),
+        llmc_ir::WeightData::Owned(std::sync::Arc::new(t)),
+    );
+    done.insert(wid, v);
+    Some(v)
 }
 
 /// The model facts of a decoder export: tokenizer, special ids and chat template from
