@@ -1438,8 +1438,35 @@ fn tiny_decoder_export() -> ModelProto {
 
 #[test]
 fn decoder_export_becomes_the_decoder_contract_with_a_kv_append() {
+    decoder_export_lowers(tiny_decoder_export());
+}
+
+#[test]
+fn one_operand_concats_of_the_past_are_the_past() {
+    // transformers 5's cache starts from cat([past]) before cat([past, new]).
+    let mut m = tiny_decoder_export();
+    let g = m.graph.as_mut().unwrap();
+    g.node.insert(
+        0,
+        node(
+            "Concat",
+            "start",
+            &["past_key_values.0.key"],
+            &["pk"],
+            vec![a_int("axis", -2)],
+        ),
+    );
+    for n in g.node.iter_mut() {
+        if n.name == "kcat" {
+            n.input[0] = "pk".into();
+        }
+    }
+    decoder_export_lowers(m);
+}
+
+fn decoder_export_lowers(export: ModelProto) {
     use llmc_frontend::onnx::decoder;
-    let m = import(&tiny_decoder_export()).expect("imports");
+    let m = import(&export).expect("imports");
     let io = decoder::recognise(&m).expect("a decoder export");
     assert_eq!(
         (io.ids, io.mask, io.pos, io.past.len()),

@@ -11,31 +11,41 @@ use common::{llmc, model, stderr, stdout};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn optimum_export() -> Option<PathBuf> {
+/// `$LLMC_ONNX_EXPORTS/CASE/model.onnx`, or `None` (having said why).
+fn export(case: &str, how: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("LLMC_ONNX_EXPORTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnx-exports"));
-    let p = dir.join("smollm2-optimum/model.onnx");
+    let p = dir.join(case).join("model.onnx");
     if p.is_file() {
         Some(p)
     } else {
         eprintln!(
-            "skipped: {} not found, run scripts/onnx-exports --optimum (needs torch; outside CI)",
+            "skipped: {} not found, run {how} (needs torch; outside CI)",
             p.display()
         );
         None
     }
 }
 
-/// Builds `model` at -O3 into `exe` and returns its greedy text for `prompt`.
-fn build_and_generate(model: &Path, exe: &Path, prompt: &str, tokens: &str) -> String {
-    let o = llmc(&[
+/// Builds `model` at -O3 (with `extra` flags) into `exe` and returns its greedy text
+/// for `prompt`.
+fn build_and_generate(
+    model: &Path,
+    extra: &[&str],
+    exe: &Path,
+    prompt: &str,
+    tokens: &str,
+) -> String {
+    let mut args = vec![
         "build",
         model.to_str().unwrap(),
         "-O3",
         "-o",
         exe.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = llmc(&args);
     assert!(
         o.status.success(),
         "build {}: {}",
@@ -60,14 +70,16 @@ fn build_and_generate(model: &Path, exe: &Path, prompt: &str, tokens: &str) -> S
 
 #[test]
 fn optimum_export_generates_the_hf_builds_greedy_text() {
-    let Some(onnx) = optimum_export() else { return };
+    let Some(onnx) = export("smollm2-optimum", "scripts/onnx-exports --optimum") else {
+        return;
+    };
     let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let prompt = "The capital of France is";
-    let from_onnx = build_and_generate(&onnx, &dir.path().join("smollm-onnx"), prompt, "16");
-    let from_hf = build_and_generate(&hf, &dir.path().join("smollm-hf"), prompt, "16");
+    let from_onnx = build_and_generate(&onnx, &[], &dir.path().join("smollm-onnx"), prompt, "16");
+    let from_hf = build_and_generate(&hf, &[], &dir.path().join("smollm-hf"), prompt, "16");
     assert!(!from_hf.trim().is_empty(), "the HF build generated nothing");
     assert_eq!(from_onnx, from_hf);
     // The chat template and end-of-turn id come from the files Optimum wrote beside
@@ -93,4 +105,23 @@ fn optimum_export_generates_the_hf_builds_greedy_text() {
     let (hf_chat, _) = chat("smollm-hf");
     assert_eq!(onnx_chat, hf_chat);
     assert!(onnx_log.contains("end of sequence"), "stderr: {onnx_log}");
+}
+
+/// `torch.onnx.export` with Optimum's names (scripts/onnx-exports' `smollm2-past`,
+/// transformers 5, eager attention, no tokenizer files beside it): `--tokenizer`
+/// names the HF folder, and the greedy text is the HF build's.
+#[test]
+fn torch_export_with_past_and_a_tokenizer_folder_generates_the_hf_builds_text() {
+    let Some(onnx) = export("smollm2-past", "scripts/onnx-exports") else {
+        return;
+    };
+    let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "The capital of France is";
+    let tok = ["--tokenizer", hf.to_str().unwrap()];
+    let from_onnx = build_and_generate(&onnx, &tok, &dir.path().join("past"), prompt, "16");
+    let from_hf = build_and_generate(&hf, &[], &dir.path().join("hf"), prompt, "16");
+    assert_eq!(from_onnx, from_hf);
 }

@@ -280,7 +280,7 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
     }
 
     // Each layer's concatenations of the past with the new K and V.
-    let past_layer: HashMap<ValueId, (usize, usize)> = io
+    let mut past_layer: HashMap<ValueId, (usize, usize)> = io
         .past
         .iter()
         .enumerate()
@@ -289,7 +289,19 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
     // concat output -> (layer, kind, new operand)
     let mut concats: HashMap<ValueId, (usize, usize, ValueId)> = HashMap::new();
     let mut found: Vec<[Option<ValueId>; 2]> = vec![[None, None]; io.past.len()];
-    for n in &g.nodes {
+    // One-operand concats of a past input (transformers 5's cache starts from
+    // `cat([past])`): the same value, skipped when the graph is rebuilt.
+    let mut aliases: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    for (ni, n) in g.nodes.iter().enumerate() {
+        if let ([x], [o]) = (&n.inputs[..], &n.outputs[..]) {
+            if n.op == Op::Concat {
+                if let Some(&slot) = past_layer.get(x) {
+                    past_layer.insert(*o, slot);
+                    aliases.insert(ni);
+                    continue;
+                }
+            }
+        }
         for (k, &v) in n.inputs.iter().enumerate() {
             let Some(&(l, kind)) = past_layer.get(&v) else {
                 continue;
@@ -388,6 +400,9 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
     // Whether each layer's kv_append is emitted (at the later of its two concats).
     let mut appended = vec![false; io.past.len()];
     for (ni, n) in g.nodes.iter().enumerate() {
+        if aliases.contains(&ni) {
+            continue;
+        }
         let at = vname(n.outputs.first().copied().unwrap_or(ValueId(0)));
         if let Some(&(l, _, _)) = n.outputs.first().and_then(|o| concats.get(o)) {
             if appended[l] {
