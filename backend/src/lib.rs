@@ -5,6 +5,7 @@
 //! schedules and become PTX per architecture (`compile_cuda`), checked by `ptxas`
 //! when it is installed.
 
+pub mod cpu;
 pub mod fallback;
 pub mod link;
 pub mod llvm;
@@ -128,6 +129,7 @@ pub fn compile_cpu<'m>(
         ),
     ];
     planned.plan.llm = opts.llm.clone();
+    planned.plan.cpu = compiled.cpu.clone();
     let build = CpuBuild { planned, compiled };
     if let Some(dir) = &opts.dump_dir {
         std::fs::create_dir_all(dir).map_err(|e| BuildError::Io {

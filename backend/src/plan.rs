@@ -525,6 +525,7 @@ pub fn plan_module_for(m: &Module, gpu: bool) -> Result<Planned<'_>, BuildError>
         info: Vec::new(),
         llm: None,
         encoder: None,
+        cpu: None,
     };
     Ok(Planned {
         kernels,

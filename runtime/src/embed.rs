@@ -78,7 +78,6 @@ pub fn embed_texts(
     tok: &Tokenizer,
     texts: &[String],
 ) -> Result<Vec<Vec<f32>>, String> {
-    let n_inputs = model.plan().inputs.len();
     let mut out = Vec::with_capacity(texts.len());
     for (k, text) in texts.iter().enumerate() {
         let which = || {
@@ -90,49 +89,51 @@ pub fn embed_texts(
         let ids = tok
             .encode(text, true)
             .map_err(|e| format!("{}: {e}", which()))?;
-        if ids.is_empty() {
-            return Err(format!("{}: the text encodes to no tokens", which()));
-        }
-        if let Some(ctx) = enc.context_length {
-            if ids.len() as i64 > ctx {
-                return Err(format!(
-                    "{}: {} tokens exceed the model's limit of {ctx}",
-                    which(),
-                    ids.len()
-                ));
-            }
-        }
-        let n = ids.len();
-        let mut inputs = vec![i64_tensor(Vec::new()); n_inputs];
-        let mut set = |slot: Option<u32>, v: Vec<i64>| -> Result<(), String> {
-            if let Some(s) = slot {
-                *inputs
-                    .get_mut(s as usize)
-                    .ok_or_else(|| format!("the plan names graph input {s} of {n_inputs}"))? =
-                    i64_tensor(v);
-            }
-            Ok(())
-        };
-        set(Some(enc.ids_input), ids.iter().map(|&t| t as i64).collect())?;
-        set(enc.mask_input, vec![1; n])?;
-        set(enc.pos_input, (0..n as i64).collect())?;
-        let outs = model
-            .run(&inputs)
-            .map_err(|e| format!("{}: {e}", which()))?;
-        let t = outs
-            .get(enc.embedding_output as usize)
-            .ok_or("the model returned no embedding")?;
-        if t.dtype != ElemType::F32 {
-            return Err(format!("the embedding is {}, expected f32", t.dtype.name()));
-        }
-        out.push(
-            t.data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        );
+        out.push(embed_ids(model, enc, &ids).map_err(|e| format!("{}: {e}", which()))?);
     }
     Ok(out)
+}
+
+/// The embedding of one tokenized text (special tokens already in `ids`), run alone:
+/// batch 1, mask all ones, positions `0..n`.
+pub fn embed_ids(model: &mut Model, enc: &EncoderInfo, ids: &[u32]) -> Result<Vec<f32>, String> {
+    let n_inputs = model.plan().inputs.len();
+    if ids.is_empty() {
+        return Err("the text encodes to no tokens".into());
+    }
+    if let Some(ctx) = enc.context_length {
+        if ids.len() as i64 > ctx {
+            return Err(format!(
+                "{} tokens exceed the model's limit of {ctx}",
+                ids.len()
+            ));
+        }
+    }
+    let n = ids.len();
+    let mut inputs = vec![i64_tensor(Vec::new()); n_inputs];
+    let mut set = |slot: Option<u32>, v: Vec<i64>| -> Result<(), String> {
+        if let Some(s) = slot {
+            *inputs
+                .get_mut(s as usize)
+                .ok_or_else(|| format!("the plan names graph input {s} of {n_inputs}"))? =
+                i64_tensor(v);
+        }
+        Ok(())
+    };
+    set(Some(enc.ids_input), ids.iter().map(|&t| t as i64).collect())?;
+    set(enc.mask_input, vec![1; n])?;
+    set(enc.pos_input, (0..n as i64).collect())?;
+    let outs = model.run(&inputs).map_err(|e| e.to_string())?;
+    let t = outs
+        .get(enc.embedding_output as usize)
+        .ok_or("the model returned no embedding")?;
+    if t.dtype != ElemType::F32 {
+        return Err(format!("the embedding is {}, expected f32", t.dtype.name()));
+    }
+    Ok(t.data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// One JSON array (shortest round-trip decimal for each f32).

@@ -32,13 +32,15 @@ const USAGE: &str = "usage:
   generate --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
            [--repetition-penalty R] [--seed S] [--chat]            generate text
            [--prompt TEXT]... [--one-at-a-time]    several prompts at once: JSON lines
-           [--kv-cache-mb N] [--max-seqs N] [--max-batch-tokens N]  engine limits
+           [--kv-cache-mb N | --max-context N] [--max-seqs N] [--max-batch-tokens N]
+                                                  engine limits
   embed --text TEXT [--text TEXT]... [--output FILE.npy]          sentence embeddings
   run [--input NAME=FILE.npy]... [--output-dir DIR] [--then ...]   run the graph
   perplexity --file TEXT [--ctx 512] [--chunks N] [--dump-logits FILE] [--kl-base FILE]
                                           perplexity (llama-perplexity protocol), KL divergence
   serve [--host H] [--port P] [--api-key KEY] [--max-seqs N] [--max-batch-tokens N]
-        [--kv-cache-mb N] [--cors-origin O] [--max-body-bytes N] [--model-name NAME]
+        [--kv-cache-mb N | --max-context N] [--cors-origin O] [--max-body-bytes N]
+        [--model-name NAME]
         [--threads N]                          OpenAI-compatible HTTP server
   info                                                             describe the model
   bench [--prompt-tokens N] [--gen-tokens N] [--threads N] [--repeat R] [--bandwidth]
@@ -247,6 +249,23 @@ fn info(plan: &Plan, sizes: &Sizes) {
             }
         );
     }
+    if let Some(req) = &plan.cpu {
+        println!(
+            "cpu features: {} (built for {})",
+            if req.features.is_empty() {
+                "baseline x86-64".to_string()
+            } else {
+                req.features.join(", ")
+            },
+            req.built_for
+        );
+        let lacking = crate::cpu::missing(&req.features);
+        if lacking.is_empty() {
+            println!("cpu check: this CPU has them all");
+        } else {
+            println!("cpu check: this CPU lacks {}", lacking.join(", "));
+        }
+    }
     println!("kernels: {}", plan.kernels.len());
     println!("steps: {}", plan.steps.len());
     println!(
@@ -279,12 +298,14 @@ pub fn main(args: Vec<String>, table: &KernelTable) -> i32 {
 }
 
 /// The engine settings every engine-backed command takes (`--kv-cache-mb`,
-/// `--max-seqs`, `--max-batch-tokens`), removed from `args`.
+/// `--max-context`, `--max-seqs`, `--max-batch-tokens`), removed from `args`. The MiB
+/// are 0 when `--kv-cache-mb` is not given (the engine then sizes the pool from
+/// `--max-context`, or takes its default).
 pub fn take_engine_flags(
     args: &mut Vec<String>,
 ) -> Result<(usize, crate::engine::EngineConfig), String> {
     let mut cfg = crate::engine::EngineConfig::default();
-    let mut mb = 512usize;
+    let mut mb = 0usize;
     let mut rest = Vec::new();
     let mut it = std::mem::take(args).into_iter();
     let num = |flag: &str, v: Option<String>| -> Result<usize, String> {
@@ -297,6 +318,7 @@ pub fn take_engine_flags(
     while let Some(a) = it.next() {
         match a.as_str() {
             "--kv-cache-mb" => mb = num(&a, it.next())?,
+            "--max-context" => cfg.max_context = Some(num(&a, it.next())?),
             "--max-seqs" => cfg.max_seqs = num(&a, it.next())?,
             "--max-batch-tokens" => cfg.max_batch_tokens = num(&a, it.next())?,
             _ => rest.push(a),
@@ -334,6 +356,13 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
     if rest.first().is_some_and(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return Ok(());
+    }
+    // Before any kernel runs: the CPU must have what the code was built for. `info`
+    // and `help` still work (they run no kernel), so users can see what was built.
+    if !matches!(cmd, "info" | "help" | "--help" | "-h") {
+        if let Some(req) = &plan.cpu {
+            crate::cpu::check(req)?;
+        }
     }
     match cmd {
         "run" => {

@@ -755,6 +755,7 @@ mod tests {
             info: vec![],
             llm: None,
             encoder: None,
+            cpu: None,
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod abi;
 pub mod bench;
+pub mod cpu;
 pub mod embed;
 pub mod engine;
 pub mod eval;

@@ -259,6 +259,20 @@ pub struct Plan {
     /// What `embed` needs, for sentence-embedding (encoder) models.
     #[serde(default)]
     pub encoder: Option<EncoderInfo>,
+    /// The instruction-set extensions the kernels were compiled for, checked at start
+    /// ([`crate::cpu::check`]); `None` when the target has no such check (not x86-64).
+    #[serde(default)]
+    pub cpu: Option<CpuRequirement>,
+}
+
+/// What a CPU executable's code needs from the machine it runs on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuRequirement {
+    /// The CPU the code was built for, as `--cpu` named it after resolving `native`
+    /// (`znver5`, `x86-64-v3`).
+    pub built_for: String,
+    /// Extensions the code may use, in [`crate::cpu::CHECKABLE`] names.
+    pub features: Vec<String>,
 }
 
 /// A sentence-embedding model's facts: its tokenizer and the encoder contract

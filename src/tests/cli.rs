@@ -381,7 +381,10 @@ fn build_emits_each_kind_and_dumps() {
     assert!(info.status.success(), "{}", stderr(&info));
     let text = stdout(&info);
     assert!(
-        text.contains("cpu=x86-64-v3") && text.contains("input %a: f32[batch, 3]"),
+        text.contains("cpu=x86-64-v3")
+            && text.contains("input %a: f32[batch, 3]")
+            && text.contains("(built for x86-64-v3)")
+            && text.contains("avx2, fma"),
         "{text}"
     );
     let run = Command::new(&out)
@@ -404,6 +407,62 @@ fn build_emits_each_kind_and_dumps() {
         out.to_str().unwrap(),
     ]);
     assert_user_error(&o, &["unknown CPU `pentium-9000`"]);
+}
+
+/// An executable built for a CPU with extensions this machine lacks exits at start with
+/// an error naming them (never SIGILL); `info` still works and says what is missing.
+#[test]
+fn executable_checks_the_cpu_at_start() {
+    let fx = Fixture::new();
+    let out = fx.dir.path().join("g");
+    // The first named CPU with an extension this machine lacks.
+    let candidates = [
+        "sapphirerapids",
+        "znver5",
+        "cooperlake",
+        "x86-64-v4",
+        "x86-64-v3",
+    ];
+    let Some((cpu, lacking)) = candidates.iter().find_map(|c| {
+        let need = llmc_backend::cpu::named_cpu_features(c)?;
+        let lack: Vec<&str> = need
+            .into_iter()
+            .filter(|f| llmc_runtime::cpu::has(f) == Some(false))
+            .collect();
+        (!lack.is_empty()).then_some((*c, lack))
+    }) else {
+        eprintln!("this CPU has every extension of {candidates:?}: nothing to refuse");
+        return;
+    };
+    let o = llmc(&[
+        "build",
+        &fx.p("g.llmc"),
+        "--cpu",
+        cpu,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = Command::new(&out)
+        .args(["run", "--input", &format!("a={}", fx.p("a.npy"))])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    let e = stderr(&run);
+    assert!(
+        e.starts_with(&format!(
+            "error: this executable needs {} (built for {cpu}); this CPU has ",
+            lacking.join(", ")
+        )),
+        "{e}"
+    );
+    let info = Command::new(&out).arg("info").output().unwrap();
+    assert!(info.status.success(), "{}", stderr(&info));
+    assert!(
+        stdout(&info).contains(&format!("cpu check: this CPU lacks {}", lacking.join(", "))),
+        "{}",
+        stdout(&info)
+    );
 }
 
 #[test]

@@ -166,3 +166,31 @@ fn a_tiny_kv_pool_preempts_and_every_prompt_still_gets_its_text() {
         .unwrap_or(0);
     assert!(pre > 0, "expected preemptions: {log}");
 }
+
+#[test]
+fn max_context_caps_each_sequence_and_sizes_the_pool() {
+    let Some(exe) = gguf_exe() else { return };
+    // `--max-context 64` alone: a pool of 64 tokens (4 blocks of 16) shared by both
+    // prompts, and no sequence longer than 64 tokens.
+    let (out, log) = generate(
+        exe,
+        &PROMPTS[..2],
+        &["--max-context", "64", "--max-tokens", "200"],
+    );
+    for (ids, _) in &out {
+        assert!(
+            !ids.is_empty() && ids.len() < 64,
+            "{} tokens; {log}",
+            ids.len()
+        );
+    }
+    assert!(log.contains(" of 4"), "expected a 4-block pool: {log}");
+    // A prompt longer than the context is refused with both numbers.
+    let long: String = (0..80).map(|i| format!("word{i} ")).collect();
+    let o = std::process::Command::new(exe)
+        .args(["generate", "--prompt", &long, "--max-context", "64"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("64"), "{}", stderr(&o));
+}

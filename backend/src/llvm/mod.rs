@@ -85,6 +85,8 @@ pub struct Compiled {
     pub object: Option<Vec<u8>>,
     /// The target machine's description, for `info`.
     pub target: String,
+    /// What the code needs from the CPU it runs on (x86-64 targets).
+    pub cpu: Option<llmc_runtime::plan::CpuRequirement>,
 }
 
 fn target_machine(opts: &CpuOptions) -> Result<TargetMachine, CodegenError> {
@@ -138,80 +140,28 @@ fn target_machine(opts: &CpuOptions) -> Result<TargetMachine, CodegenError> {
 }
 
 /// True when the target machine's CPU has AVX2 (its explicit features, or a named
-/// x86 CPU from Haswell / Zen on); a `-avx2` feature turns it off.
+/// x86 CPU that implies it); a `-avx2` feature turns it off.
 fn has_avx2(tm: &TargetMachine) -> bool {
+    required_features(tm).is_some_and(|f| f.iter().any(|x| x == "avx2"))
+}
+
+/// The extensions the code for `tm` may use (x86-64 only; `None` elsewhere), for the
+/// executable's start-up check.
+fn required_features(tm: &TargetMachine) -> Option<Vec<String>> {
     let triple = tm.get_triple().as_str().to_string_lossy().to_string();
     if !triple.starts_with("x86_64") {
-        return false;
+        return None;
     }
     let features = tm.get_feature_string().to_string_lossy().to_string();
     let cpu = tm.get_cpu().to_string_lossy().to_string();
-    let has = |f: &str| features.split(',').any(|x| x == f);
-    if has("-avx2") {
-        return false;
-    }
-    const AVX2_CPUS: &[&str] = &[
-        "x86-64-v3",
-        "x86-64-v4",
-        "haswell",
-        "broadwell",
-        "skylake",
-        "skylake-avx512",
-        "cascadelake",
-        "cooperlake",
-        "icelake-client",
-        "icelake-server",
-        "tigerlake",
-        "alderlake",
-        "sapphirerapids",
-        "raptorlake",
-        "meteorlake",
-        "graniterapids",
-        "znver1",
-        "znver2",
-        "znver3",
-        "znver4",
-        "znver5",
-    ];
-    has("+avx2") || AVX2_CPUS.contains(&cpu.as_str())
+    Some(crate::cpu::required_features(&cpu, &features))
 }
 
-/// True when `cpu` is a CPU the target knows (x86 and aarch64 names checked against a
-/// list of common ones; other targets are trusted).
+/// True when `cpu` is a CPU the target knows (x86 names checked against the feature
+/// table in [`crate::cpu`], which the start-up check needs; other targets are trusted).
 fn cpu_known(triple: &str, cpu: &str) -> bool {
     if triple.starts_with("x86_64") || triple.starts_with("i686") {
-        const X86: &[&str] = &[
-            "x86-64",
-            "x86-64-v2",
-            "x86-64-v3",
-            "x86-64-v4",
-            "generic",
-            "core2",
-            "nehalem",
-            "westmere",
-            "sandybridge",
-            "ivybridge",
-            "haswell",
-            "broadwell",
-            "skylake",
-            "skylake-avx512",
-            "cascadelake",
-            "cooperlake",
-            "icelake-client",
-            "icelake-server",
-            "tigerlake",
-            "alderlake",
-            "sapphirerapids",
-            "raptorlake",
-            "meteorlake",
-            "graniterapids",
-            "znver1",
-            "znver2",
-            "znver3",
-            "znver4",
-            "znver5",
-        ];
-        return X86.contains(&cpu);
+        return crate::cpu::named_cpu_features(cpu).is_some();
     }
     true
 }
@@ -302,6 +252,10 @@ pub fn compile(
             }
             t
         },
+        cpu: required_features(&tm).map(|features| llmc_runtime::plan::CpuRequirement {
+            built_for: tm.get_cpu().to_string_lossy().to_string(),
+            features,
+        }),
         ..Compiled::default()
     };
     if want.llvm_ir {

@@ -216,6 +216,9 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Reuse the KV blocks of identical prompt prefixes.
     pub prefix_cache: bool,
+    /// The longest sequence (prompt + generated tokens) one request may have
+    /// (`--max-context`); the model's context length when `None` or larger.
+    pub max_context: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -226,6 +229,7 @@ impl Default for EngineConfig {
             kv_blocks: 1024,
             max_waiting: 1024,
             prefix_cache: true,
+            max_context: None,
         }
     }
 }

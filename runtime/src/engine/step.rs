@@ -106,7 +106,8 @@ impl CompiledStep {
     }
 
     /// Starts an engine on this plan with a pool of `kv_cache_mb` MiB (the
-    /// configuration's `kv_blocks` is replaced by what that holds).
+    /// configuration's `kv_blocks` is replaced by what that holds); 0 sizes the pool
+    /// for `cfg.max_context` tokens when that is set, else [`DEFAULT_KV_CACHE_MB`].
     pub fn start_engine(
         plan: Plan,
         data: &'static [u8],
@@ -121,9 +122,18 @@ impl CompiledStep {
         let serving = llm.serving.clone().ok_or(
             "this executable was built without the serving form (rebuild it with this llmc)",
         )?;
-        cfg.kv_blocks = Self::blocks_for_mb(&serving, kv_cache_mb);
+        let model_context = llm.context_length.unwrap_or(i64::MAX).clamp(1, 1 << 40) as usize;
+        let context = cfg
+            .max_context
+            .map_or(model_context, |c| c.min(model_context));
+        cfg.kv_blocks = match (kv_cache_mb, cfg.max_context) {
+            // `--max-context N` alone: a pool of N tokens shared by every sequence (as
+            // llama.cpp's `-c`), each sequence at most N long.
+            (0, Some(_)) => context.div_ceil(serving.block_size).max(1),
+            (0, None) => Self::blocks_for_mb(&serving, DEFAULT_KV_CACHE_MB),
+            (mb, _) => Self::blocks_for_mb(&serving, mb),
+        };
         let blocks = cfg.kv_blocks;
-        let context = llm.context_length.unwrap_or(i64::MAX).clamp(1, 1 << 40) as usize;
         super::Engine::start(
             move || {
                 let s = CompiledStep::new(plan, data, &table, blocks)?;
@@ -161,6 +171,9 @@ fn host_i32(v: &[i32], shape: Vec<usize>) -> crate::exec::HostTensor {
         data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
     }
 }
+
+/// The KV pool's size when neither `--kv-cache-mb` nor `--max-context` is given.
+pub const DEFAULT_KV_CACHE_MB: usize = 512;
 
 impl StepModel for CompiledStep {
     fn vocab(&self) -> usize {

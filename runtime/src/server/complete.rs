@@ -79,7 +79,7 @@ impl Drop for CancelGuard {
     fn drop(&mut self) {
         if !self.complete {
             for &id in &self.ids {
-                self.state.engine.cancel(id);
+                self.state.cancel(id);
             }
         }
     }
@@ -142,7 +142,7 @@ fn fresh_seed() -> u64 {
     z ^ (z >> 31)
 }
 
-fn check_model(state: &AppState, model: &Option<String>) -> Result<(), ApiError> {
+pub(crate) fn check_model(state: &AppState, model: &Option<String>) -> Result<(), ApiError> {
     match model {
         Some(m) if m != &state.model => Err(ApiError::status(
             StatusCode::NOT_FOUND,
@@ -166,7 +166,7 @@ impl Run {
         p: &GenParams,
         default_max: Option<usize>,
     ) -> Result<Run, ApiError> {
-        let facts = state.engine.facts().clone();
+        let facts = state.engine()?.facts().clone();
         let limit = facts.context_length.min(facts.kv_capacity_tokens());
         let mut reqs = Vec::new();
         for (pi, (ids, _)) in prompts.iter().enumerate() {
@@ -194,7 +194,7 @@ impl Run {
                     prompt_logprobs: if p.echo && j == 0 { p.logprobs } else { None },
                     priority: 0,
                 };
-                state.engine.validate(&req).map_err(|e| {
+                state.engine()?.validate(&req).map_err(|e| {
                     let mut err = submit_error(&e);
                     if prompts.len() > 1 {
                         err.message = format!("prompt {pi}: {}", err.message);
@@ -248,7 +248,7 @@ impl Run {
                 })
             };
             let id = state
-                .engine
+                .engine()?
                 .submit(req, sink)
                 .map_err(|e| submit_error(&e))?;
             guard.ids.push(id);
@@ -334,7 +334,7 @@ impl Run {
                     Err(e) => {
                         self.error = Some(format!("decoding token {id}: {e}"));
                         c.finish = Some("error");
-                        state.engine.cancel(c.id);
+                        state.cancel(c.id);
                         return Some(Some(c.piece(String::new())));
                     }
                 };
@@ -342,7 +342,7 @@ impl Run {
                 if stopped {
                     c.finish = Some("stop");
                     c.stopped_here.store(true, Ordering::SeqCst);
-                    state.engine.cancel(c.id);
+                    state.cancel(c.id);
                 }
                 Some(Some(c.piece(text)))
             }

@@ -1,9 +1,9 @@
 //! `./OUT serve`: the OpenAI-compatible HTTP server of the emitted executable, on
 //! axum + tokio, in front of the engine (continuous batching over the paged KV
 //! cache). Endpoints: `/v1/completions`, `/v1/chat/completions` (streaming with
-//! server-sent events), `/v1/models`, `/v1/embeddings` (refused: decoder models only
-//! for now), `/health`, `/metrics` (vLLM's metric names), `/tokenize`, `/detokenize`,
-//! `/tokenizer_info`.
+//! server-sent events), `/v1/models`, `/v1/embeddings` (executables of encoder models,
+//! which serve it instead of the completion routes), `/health`, `/metrics` (vLLM's
+//! metric names), `/tokenize`, `/detokenize`, `/tokenizer_info`.
 //!
 //! - [`validate`]: the typed, checked request (every bad field is a 400 naming it).
 //! - [`complete`]: choices on the engine, text decoding, stop strings, SSE.
@@ -17,6 +17,7 @@
 //! stops the engine.
 
 pub mod complete;
+pub mod embeddings;
 pub mod error;
 pub mod metrics;
 pub mod stop;
@@ -85,7 +86,7 @@ impl Default for ServeOptions {
 /// `serve`'s usage text (`--kv-cache-mb`, `--max-seqs` and `--max-batch-tokens` are
 /// the engine flags every engine-backed command takes, see `exe::take_engine_flags`).
 pub const USAGE: &str = "serve [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--max-seqs N]
-        [--max-batch-tokens N] [--kv-cache-mb N] [--max-waiting N] [--no-prefix-cache]
+        [--max-batch-tokens N] [--kv-cache-mb N | --max-context N] [--max-waiting N] [--no-prefix-cache]
         [--cors-origin ORIGIN] [--max-body-bytes N] [--model-name NAME] [--threads N]";
 
 impl ServeOptions {
@@ -134,9 +135,17 @@ impl ServeOptions {
     }
 }
 
+/// What a server runs requests on.
+pub enum Backend {
+    /// A language model on the engine: completions and chat.
+    Llm(EngineHandle),
+    /// A sentence-embedding model: `/v1/embeddings`.
+    Embed(Arc<embeddings::Embedder>),
+}
+
 /// What every handler shares.
 pub struct AppState {
-    engine: EngineHandle,
+    backend: Backend,
     tok: Arc<Tokenizer>,
     model: String,
     created: u64,
@@ -145,6 +154,39 @@ pub struct AppState {
     max_body: usize,
     metrics: metrics::Metrics,
     ping: Duration,
+}
+
+impl AppState {
+    /// The engine, or the 400 an embedding model's server answers completions with.
+    fn engine(&self) -> Result<&EngineHandle, ApiError> {
+        match &self.backend {
+            Backend::Llm(e) => Ok(e),
+            Backend::Embed(_) => Err(ApiError::status(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`{}` is a sentence-embedding model: it serves /v1/embeddings, not \
+                     completions",
+                    self.model
+                ),
+            )
+            .code("model_not_supported")),
+        }
+    }
+
+    /// Cancels an engine request (nothing on an embedding server).
+    fn cancel(&self, id: crate::engine::RequestId) {
+        if let Backend::Llm(e) = &self.backend {
+            e.cancel(id);
+        }
+    }
+
+    /// The longest sequence a request may have, in tokens.
+    fn context_length(&self) -> usize {
+        match &self.backend {
+            Backend::Llm(e) => e.facts().context_length,
+            Backend::Embed(m) => m.context_length,
+        }
+    }
 }
 
 /// Byte strings equal, in time independent of where they differ.
@@ -274,7 +316,7 @@ fn model_card(st: &AppState) -> Value {
     json!({
         "id": st.model, "object": "model", "created": st.created, "owned_by": "llmc",
         "root": st.model, "parent": null,
-        "max_model_len": st.engine.facts().context_length,
+        "max_model_len": st.context_length(),
     })
 }
 
@@ -303,21 +345,12 @@ async fn health() -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let text = st.metrics.render(&st.engine.stats(), &st.model);
+    let stats = match &st.backend {
+        Backend::Llm(e) => e.stats(),
+        Backend::Embed(_) => crate::engine::Stats::default(),
+    };
+    let text = st.metrics.render(&stats, &st.model);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-async fn embeddings(State(st): State<Arc<AppState>>) -> Response {
-    ApiError::status(
-        StatusCode::BAD_REQUEST,
-        format!(
-            "`{}` is a language model: /v1/embeddings needs an executable built from an \
-             encoder (sentence-embedding) model",
-            st.model
-        ),
-    )
-    .code("model_not_supported")
-    .into_response()
 }
 
 async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -355,7 +388,7 @@ async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bod
         }
         .map_err(|e| ApiError::field("prompt", e.to_string()))?;
         Ok(json_response(json!({
-            "count": ids.len(), "max_model_len": st.engine.facts().context_length, "tokens": ids,
+            "count": ids.len(), "max_model_len": st.context_length(), "tokens": ids,
         })))
     };
     run.await.unwrap_or_else(|e: ApiError| e.into_response())
@@ -404,7 +437,7 @@ async fn tokenizer_info(State(st): State<Arc<AppState>>) -> Response {
         "bos_token": name(t.bos_id()), "bos_token_id": t.bos_id(),
         "eos_token": name(t.eos_ids().first().copied()), "eos_token_ids": t.eos_ids(),
         "chat_template": t.chat_template(),
-        "model_max_length": st.engine.facts().context_length,
+        "model_max_length": st.context_length(),
     }))
 }
 
@@ -429,7 +462,7 @@ fn router(st: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/completions", post(complete::completions))
         .route("/v1/chat/completions", post(complete::chat))
-        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
@@ -478,7 +511,7 @@ impl Drop for Running {
 }
 
 fn state(
-    engine: EngineHandle,
+    backend: Backend,
     tokenizer: Tokenizer,
     opts: &ServeOptions,
     default_name: &str,
@@ -492,7 +525,7 @@ fn state(
         })
         .transpose()?;
     Ok(Arc::new(AppState {
-        engine,
+        backend,
         tok: Arc::new(tokenizer),
         model: opts
             .model_name
@@ -526,14 +559,25 @@ async fn bind(opts: &ServeOptions) -> Result<tokio::net::TcpListener, String> {
         .map_err(|e| format!("cannot listen on {addr} (--host/--port): {e}"))
 }
 
-/// Starts a server on a thread of its own; returns once it listens.
+/// Starts a server of a language model on a thread of its own; returns once it
+/// listens.
 pub fn start(
     engine: EngineHandle,
     tokenizer: Tokenizer,
     opts: ServeOptions,
     model_name: &str,
 ) -> Result<Running, String> {
-    let st = state(engine, tokenizer, &opts, model_name)?;
+    start_backend(Backend::Llm(engine), tokenizer, opts, model_name)
+}
+
+/// Starts a server on a thread of its own; returns once it listens.
+pub fn start_backend(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    opts: ServeOptions,
+    model_name: &str,
+) -> Result<Running, String> {
+    let st = state(backend, tokenizer, &opts, model_name)?;
     let (atx, arx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let (stx, srx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
@@ -592,33 +636,52 @@ async fn shutdown_signal() {
 
 /// Serves until SIGTERM or Ctrl-C, then drains running requests and stops the engine.
 pub fn serve(
-    engine: EngineHandle,
+    backend: Backend,
     tokenizer: Tokenizer,
     opts: ServeOptions,
     model_name: &str,
 ) -> Result<(), String> {
-    let st = state(engine.clone(), tokenizer, &opts, model_name)?;
+    let engine = match &backend {
+        Backend::Llm(e) => Some(e.clone()),
+        Backend::Embed(_) => None,
+    };
+    let st = state(backend, tokenizer, &opts, model_name)?;
     let rt = runtime(opts.http_threads)?;
     let res = rt.block_on(async {
         let l = bind(&opts).await?;
         let addr = l.local_addr().map_err(|e| e.to_string())?;
-        let f = engine.facts();
-        eprintln!(
-            "serve: model `{}` on http://{addr}/v1 ({}; KV cache {} tokens in {} blocks of {}, {:.0} MiB; context {})",
-            st.model,
-            if st.api_key.is_some() { "API key required" } else { "no API key" },
-            f.kv_capacity_tokens(),
-            f.kv_blocks,
-            f.block_size,
-            (f.kv_blocks * f.block_size * f.kv_bytes_per_token) as f64 / (1u64 << 20) as f64,
-            f.context_length,
-        );
+        let key = if st.api_key.is_some() {
+            "API key required"
+        } else {
+            "no API key"
+        };
+        match &st.backend {
+            Backend::Llm(e) => {
+                let f = e.facts();
+                eprintln!(
+                    "serve: model `{}` on http://{addr}/v1 ({key}; KV cache {} tokens in {} blocks of {}, {:.0} MiB; context {})",
+                    st.model,
+                    f.kv_capacity_tokens(),
+                    f.kv_blocks,
+                    f.block_size,
+                    (f.kv_blocks * f.block_size * f.kv_bytes_per_token) as f64
+                        / (1u64 << 20) as f64,
+                    f.context_length,
+                );
+            }
+            Backend::Embed(m) => eprintln!(
+                "serve: embedding model `{}` on http://{addr}/v1 ({key}; /v1/embeddings, {} tokens per input)",
+                st.model, m.context_length
+            ),
+        }
         axum::serve(l, router(st))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .map_err(|e| format!("the server failed: {e}"))
     });
-    engine.shutdown();
+    if let Some(e) = engine {
+        e.shutdown();
+    }
     eprintln!("serve: stopped");
     res
 }
@@ -635,31 +698,29 @@ pub fn run_command(
     engine: Option<(usize, EngineConfig)>,
 ) -> Result<(), String> {
     let (opts, threads) = ServeOptions::parse(args)?;
-    let llm = plan.llm.clone().ok_or_else(|| {
-        if plan.encoder.is_some() {
-            "serve needs a language model; this executable holds a sentence-embedding \
-             (encoder) model: use `embed --text TEXT`"
-                .to_string()
-        } else {
-            "serve needs a language model with a tokenizer; this executable holds a plain \
-             graph: use `run --input NAME=FILE.npy`"
-                .to_string()
-        }
-    })?;
-    let (mb, mut cfg) = engine
-        .ok_or("this executable was built without the serving form (rebuild it with this llmc)")?;
     if let Some(n) = threads {
         crate::pool::set_num_threads(n);
     }
+    let name = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "llmc".into());
+    if let Some(enc) = plan.encoder.clone() {
+        let tok = crate::embed::tokenizer(&enc)?;
+        let embedder = embeddings::Embedder::start(plan, data, kernels, enc)?;
+        return serve(Backend::Embed(Arc::new(embedder)), tok, opts, &name);
+    }
+    let llm = plan.llm.clone().ok_or(
+        "serve needs a language model or a sentence-embedding model; this executable holds \
+         a plain graph: use `run --input NAME=FILE.npy`",
+    )?;
+    let (mb, mut cfg) = engine
+        .ok_or("this executable was built without the serving form (rebuild it with this llmc)")?;
     if let Some(w) = opts.max_waiting {
         cfg.max_waiting = w;
     }
     cfg.prefix_cache &= opts.prefix_cache;
     let tok = crate::generate::tokenizer(&llm)?;
     let engine = CompiledStep::start_engine(plan, data, kernels, mb, cfg)?;
-    let name = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "llmc".into());
-    serve(engine, tok, opts, &name)
+    serve(Backend::Llm(engine), tok, opts, &name)
 }
