@@ -139,6 +139,11 @@ struct BuildArgs {
     /// q8_0, q4_0 or q4_1 (llama-quantize's mix: the output matrix in q8_0).
     #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
     quantize: Option<llmc_passes::quant::QuantSpec>,
+    /// Where an ONNX decoder export's tokenizer files are (tokenizer.json,
+    /// tokenizer_config.json, generation_config.json, config.json); default: the
+    /// model's folder.
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<PathBuf>,
 }
 
 /// `--quantize FORMAT[,head=F][,embed=F]`.
@@ -247,6 +252,52 @@ fn load(path: &Path) -> Result<Module> {
     llmc_ir::verify::verify(&m)
         .with_context(|| format!("{}: the module is invalid", path.display()))?;
     Ok(m)
+}
+
+/// An ONNX decoder export with a KV cache (Optimum's layout: `input_ids`,
+/// `past_key_values.N.*` -> `logits`, `present.N.*`) rewritten into the decoder
+/// contract GGUF/HF models are built into, with its tokenizer facts read from
+/// `tokenizer` or the files beside the model. `None` for every other model.
+fn onnx_decoder(path: &Path, m: &Module, tokenizer: Option<&Path>) -> Result<Option<Module>> {
+    use llmc_frontend::onnx::decoder;
+    let is_onnx = matches!(
+        llmc_frontend::detect(path),
+        Ok((llmc_frontend::ModelKind::Onnx, _))
+    );
+    if !is_onnx {
+        if let Some(t) = tokenizer {
+            bail!(
+                "--tokenizer {}: only ONNX models take their tokenizer from a folder",
+                t.display()
+            );
+        }
+        return Ok(None);
+    }
+    let Some(io) = decoder::recognise(m) else {
+        return Ok(None);
+    };
+    let mut out = decoder::lower(m, &io)
+        .map_err(|e| anyhow::anyhow!("{}: decoder export: {e}", path.display()))?;
+    llmc_ir::verify::verify(&out)
+        .with_context(|| format!("{}: the decoder form is invalid", path.display()))?;
+    let dir = match tokenizer {
+        Some(d) => d.to_path_buf(),
+        None => match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    out.info = decoder::decoder_info(&dir)
+        .with_context(|| format!("reading the tokenizer files in {}", dir.display()))?;
+    if out.info.tokenizer == llmc_ir::TokenizerSource::None {
+        eprintln!(
+            "note: {} is a decoder export, but {} has no tokenizer.json (--tokenizer DIR names \
+             another folder): the executable runs the graph only",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(Some(out))
 }
 
 /// Runs the optimizer: the `-O` level's pipeline, or `--passes` when given, with the
@@ -420,6 +471,13 @@ fn build(a: &BuildArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let mut m = load(&a.model)?;
+    let onnx_llm = match onnx_decoder(&a.model, &m, a.tokenizer.as_deref())? {
+        Some(d) => {
+            m = d;
+            true
+        }
+        None => false,
+    };
     let inst = llmc_passes::Instrument {
         verify_each: a.verify_each,
         print_before: a.print_ir_before.clone(),
@@ -453,7 +511,17 @@ fn build(a: &BuildArgs) -> Result<()> {
     };
     let is_decoder = m.graph.nodes.iter().any(|n| n.op == llmc_ir::Op::KvAppend)
         && generate::find_io(&m).is_ok();
-    if is_decoder && !a.no_serving {
+    // An ONNX export's attention becomes one op only through -O3's rules; below that
+    // the serving form cannot be made, and the one-sequence form is built instead.
+    let serving = is_decoder && !a.no_serving && (a.opt_level >= 3 || !onnx_llm);
+    if is_decoder && !a.no_serving && !serving {
+        eprintln!(
+            "note: {}: the engine's serving form needs -O3 for ONNX exports (attention fused into \
+             one op); building the one-sequence form (`generate` works, `serve` needs -O3)",
+            a.model.display()
+        );
+    }
+    if serving {
         let kv = match a.kv_cache_dtype {
             KvDtype::F16 => llmc_ir::DType::F16,
             KvDtype::F32 => llmc_ir::DType::F32,
@@ -482,9 +550,10 @@ fn build(a: &BuildArgs) -> Result<()> {
         }
         let count = |op: llmc_ir::Op| m.graph.nodes.iter().filter(|n| n.op == op).count();
         eprintln!(
-            "explain-fusion: {} candidate(s) left unfused; fused ops: {} flash_attention, {} rms_norm, {} layer_norm, {} linear, {} linear_act, {} glu, {} rope, {} fused_elementwise",
+            "explain-fusion: {} candidate(s) left unfused; fused ops: {} flash_attention, {} paged_attention, {} rms_norm, {} layer_norm, {} linear, {} linear_act, {} glu, {} rope, {} fused_elementwise",
             left.len(),
             count(llmc_ir::Op::FlashAttention),
+            count(llmc_ir::Op::PagedAttention),
             count(llmc_ir::Op::RmsNorm),
             count(llmc_ir::Op::LayerNorm),
             count(llmc_ir::Op::Linear),
@@ -749,6 +818,9 @@ fn exec(a: &ExecArgs) -> Result<()> {
 fn run(a: &RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut m = load(&a.model)?;
+    if let Some(d) = onnx_decoder(&a.model, &m, None)? {
+        m = d;
+    }
     optimize(
         &mut m,
         a.opt_level,

@@ -518,6 +518,103 @@ fn exporter_style_position_and_mask_graphs_run_for_any_length() {
 }
 
 #[test]
+fn range_from_the_past_length_runs_for_any_cache_size() {
+    // What Optimum's decoder exports write for positions: past = Shape(past_k)[2],
+    // total = past + Shape(ids)[1], pos = Range(Cast(past), total, 1) (the start is a
+    // symbolic dim, not a constant), and a countdown Range(total, past, -1).
+    let scalar = |name: &str, v: i64| TensorProto {
+        int64_data: vec![v],
+        ..tensor(name, DataType::INT64, &[])
+    };
+    let nodes = vec![
+        node("Shape", "pshape", &["past_k"], &["ps"], vec![]),
+        node(
+            "Gather",
+            "past",
+            &["ps", "two"],
+            &["past"],
+            vec![a_int("axis", 0)],
+        ),
+        node(
+            "Cast",
+            "past_i64",
+            &["past"],
+            &["pastc"],
+            vec![a_int("to", DataType::INT64 as i64)],
+        ),
+        node("Shape", "ishape", &["ids"], &["is"], vec![]),
+        node(
+            "Gather",
+            "seq",
+            &["is", "one"],
+            &["seq"],
+            vec![a_int("axis", 0)],
+        ),
+        node("Add", "total", &["pastc", "seq"], &["total"], vec![]),
+        node(
+            "Range",
+            "range",
+            &["pastc", "total", "one"],
+            &["pos"],
+            vec![],
+        ),
+        node(
+            "Range",
+            "down",
+            &["total", "pastc", "minus_one"],
+            &["down"],
+            vec![],
+        ),
+    ];
+    let g = graph(
+        nodes,
+        vec![scalar("one", 1), scalar("two", 2), scalar("minus_one", -1)],
+        vec![
+            vi("ids", DataType::INT64, &[D::P("batch"), D::P("seq")]),
+            vi(
+                "past_k",
+                DataType::FLOAT,
+                // (`past` is the interpreter's KV-cache length; the export's own name.)
+                &[
+                    D::P("batch"),
+                    D::N(2),
+                    D::P("past_sequence_length"),
+                    D::N(4),
+                ],
+            ),
+        ],
+        vec![
+            vi("pos", DataType::INT64, &[D::P("seq")]),
+            vi("down", DataType::INT64, &[D::P("seq")]),
+        ],
+    );
+    let m = import(&model(g, 17)).expect("imports");
+    let s = |n: &str| Dim::sym(n);
+    assert_eq!(m.graph.ty(m.graph.outputs[0]).shape, Shape(vec![s("seq")]));
+    assert_eq!(m.graph.ty(m.graph.outputs[1]).shape, Shape(vec![s("seq")]));
+    let mut interp = Interpreter::new(&m);
+    for (past, q) in [(0usize, 3usize), (5, 2), (9, 1)] {
+        let ids = Tensor::from_i64(DType::I64, vec![1, q], vec![7; q]);
+        let pk = Tensor::f32(vec![1, 2, past, 4], vec![0.0; 8 * past]);
+        let out = interp.run(&[ids, pk]).expect("runs");
+        let want: Vec<i64> = (past as i64..(past + q) as i64).collect();
+        assert_eq!(out[0].to_i64(), want, "past {past}, seq {q}");
+        let down: Vec<i64> = want.iter().map(|p| p + 1).rev().collect();
+        assert_eq!(out[1].to_i64(), down, "past {past}, seq {q}");
+    }
+    // A start that is neither constant nor computed from shapes stays an error naming
+    // the node and the input.
+    let g = graph(
+        vec![node("Range", "r", &["x", "lim", "one"], &["y"], vec![])],
+        vec![scalar("one", 1), scalar("lim", 9)],
+        vec![vi("x", DataType::INT64, &[])],
+        vec![vi("y", DataType::INT64, &[D::Unnamed])],
+    );
+    let e = import(&model(g, 17)).unwrap_err().to_string();
+    assert!(e.contains("Range") && e.contains("input 0 (start"), "{e}");
+}
+
+#[test]
 fn slices_with_symbolic_bounds_and_expand_shapes_behind_where() {
     // What torch.onnx.export writes for BERT's position ids and a KV-cache mask:
     // pos = buf[:, 0:seq] (buf a constant 0..8 buffer), tail = x[:, -seq:],
@@ -1201,4 +1298,279 @@ fn shape_rule_violations_name_the_node() {
         &err(&model(g, 13)),
         &["node 0 `mm` (MatMul, domain ai.onnx, opset 13)", "matmul"],
     );
+}
+
+// ----- decoder exports -----
+
+/// A one-layer decoder laid out as Optimum's with-past exports: x = E[ids] + P[pos],
+/// scaled by float(max(mask)) (all ones); K = V = x per head; present = concat(past, new) on
+/// axis 2; softmax(x·Kᵀ)·V; logits = h · W.
+fn tiny_decoder_export() -> ModelProto {
+    let f = |name: &str, dims: &[i64], v: Vec<f32>| TensorProto {
+        float_data: v,
+        ..tensor(name, DataType::FLOAT, dims)
+    };
+    let vals = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin() * 0.7).collect();
+    let nodes = vec![
+        node("Gather", "embed", &["E", "input_ids"], &["xe"], vec![]),
+        node(
+            "Gather",
+            "pos_embed",
+            &["P", "position_ids"],
+            &["xp"],
+            vec![],
+        ),
+        node("Add", "x0", &["xe", "xp"], &["x0"], vec![]),
+        // The integer mask read at run time (the lowering's ones must be i64 data).
+        node(
+            "ReduceMax",
+            "maskmax",
+            &["attention_mask"],
+            &["mi"],
+            vec![a_ints("axes", &[1]), a_int("keepdims", 1)],
+        ),
+        node(
+            "Cast",
+            "maskf",
+            &["mi"],
+            &["mm"],
+            vec![a_int("to", DataType::FLOAT as i64)],
+        ),
+        node("Unsqueeze", "mm3", &["mm", "axes2"], &["mm3"], vec![]),
+        node("Mul", "x", &["x0", "mm3"], &["x"], vec![]),
+        node("Unsqueeze", "heads", &["x", "axes1"], &["xh"], vec![]),
+        node(
+            "Concat",
+            "kcat",
+            &["past_key_values.0.key", "xh"],
+            &["present.0.key"],
+            vec![a_int("axis", -2)],
+        ),
+        node(
+            "Concat",
+            "vcat",
+            &["past_key_values.0.value", "xh"],
+            &["present.0.value"],
+            vec![a_int("axis", 2)],
+        ),
+        node(
+            "Transpose",
+            "kt",
+            &["present.0.key"],
+            &["kt"],
+            vec![a_ints("perm", &[0, 1, 3, 2])],
+        ),
+        node("MatMul", "scores", &["xh", "kt"], &["s"], vec![]),
+        node("Softmax", "probs", &["s"], &["p"], vec![a_int("axis", -1)]),
+        node("MatMul", "attn", &["p", "present.0.value"], &["a"], vec![]),
+        node("Squeeze", "merge", &["a", "axes1"], &["h"], vec![]),
+        node("MatMul", "head", &["h", "W"], &["logits"], vec![]),
+    ];
+    let g = graph(
+        nodes,
+        vec![
+            f("E", &[6, 4], vals(24, 0.37)),
+            f("P", &[8, 4], vals(32, 0.91)),
+            f("W", &[4, 6], vals(24, 1.3)),
+            i64s("axes1", &[1]),
+            i64s("axes2", &[2]),
+        ],
+        vec![
+            vi(
+                "input_ids",
+                DataType::INT64,
+                &[D::P("batch_size"), D::P("sequence_length")],
+            ),
+            vi(
+                "attention_mask",
+                DataType::INT64,
+                &[
+                    D::P("batch_size"),
+                    D::P("past_sequence_length + sequence_length"),
+                ],
+            ),
+            vi(
+                "position_ids",
+                DataType::INT64,
+                &[D::P("batch_size"), D::P("sequence_length")],
+            ),
+            vi(
+                "past_key_values.0.key",
+                DataType::FLOAT,
+                &[
+                    D::P("batch_size"),
+                    D::N(1),
+                    D::P("past_sequence_length"),
+                    D::N(4),
+                ],
+            ),
+            vi(
+                "past_key_values.0.value",
+                DataType::FLOAT,
+                &[
+                    D::P("batch_size"),
+                    D::N(1),
+                    D::P("past_sequence_length"),
+                    D::N(4),
+                ],
+            ),
+        ],
+        vec![
+            vi(
+                "logits",
+                DataType::FLOAT,
+                &[D::P("batch_size"), D::P("sequence_length"), D::N(6)],
+            ),
+            vi(
+                "present.0.key",
+                DataType::FLOAT,
+                &[D::Unnamed, D::Unnamed, D::Unnamed, D::Unnamed],
+            ),
+            vi(
+                "present.0.value",
+                DataType::FLOAT,
+                &[D::Unnamed, D::Unnamed, D::Unnamed, D::Unnamed],
+            ),
+        ],
+    );
+    model(g, 17)
+}
+
+#[test]
+fn decoder_export_becomes_the_decoder_contract_with_a_kv_append() {
+    decoder_export_lowers(tiny_decoder_export());
+}
+
+#[test]
+fn one_operand_concats_of_the_past_are_the_past() {
+    // transformers 5's cache starts from cat([past]) before cat([past, new]).
+    let mut m = tiny_decoder_export();
+    let g = m.graph.as_mut().unwrap();
+    g.node.insert(
+        0,
+        node(
+            "Concat",
+            "start",
+            &["past_key_values.0.key"],
+            &["pk"],
+            vec![a_int("axis", -2)],
+        ),
+    );
+    for n in g.node.iter_mut() {
+        if n.name == "kcat" {
+            n.input[0] = "pk".into();
+        }
+    }
+    decoder_export_lowers(m);
+}
+
+fn decoder_export_lowers(export: ModelProto) {
+    use llmc_frontend::onnx::decoder;
+    let m = import(&export).expect("imports");
+    let io = decoder::recognise(&m).expect("a decoder export");
+    assert_eq!(
+        (io.ids, io.mask, io.pos, io.past.len()),
+        (0, Some(1), Some(2), 1)
+    );
+    let d = decoder::lower(&m, &io).expect("lowers");
+    llmc_ir::verify::verify(&d).expect("valid");
+    let g = &d.graph;
+    let names: Vec<String> = g.inputs.iter().map(|&v| g.value(v).name.clone()).collect();
+    assert_eq!(names, ["ids", "pos"]);
+    assert_eq!(g.outputs.len(), 1);
+    assert_eq!(g.ty(g.outputs[0]).to_string(), "f32[batch, 6]");
+    let appends = g.nodes.iter().filter(|n| n.op == Op::KvAppend).count();
+    assert_eq!(appends, 1);
+    assert!(!g.nodes.iter().any(|n| n.op == Op::Concat));
+    // The head's matmul by W [4, 6] is a linear over W transposed.
+    let lin = g
+        .nodes
+        .iter()
+        .find(|n| n.op == Op::Linear)
+        .expect("a linear");
+    assert_eq!(g.ty(lin.inputs[1]).to_string(), "f32[6, 4]");
+    assert!(!g
+        .nodes
+        .iter()
+        .any(|n| n.op == Op::MatMul
+            && matches!(g.value(n.inputs[1]).def, llmc_ir::ValueDef::Weight(_))));
+
+    // The export run as ONNX runs it (cache in, presents out) and the lowered graph
+    // (cache inside) agree on a 3-token prompt and then one decode step.
+    let ids = |v: &[i64]| Tensor::from_i64(DType::I64, vec![1, v.len()], v.to_vec());
+    let ones = |n: usize| Tensor::from_i64(DType::I64, vec![1, n], vec![1; n]);
+    let empty = Tensor::f32(vec![1, 1, 0, 4], vec![]);
+    let pre = run(
+        &m,
+        &[
+            ids(&[1, 4, 2]),
+            ones(3),
+            ids(&[0, 1, 2]),
+            empty.clone(),
+            empty,
+        ],
+    );
+    let step = run(
+        &m,
+        &[
+            ids(&[5]),
+            ones(4),
+            ids(&[3]),
+            pre[1].clone(),
+            pre[2].clone(),
+        ],
+    );
+    let mut it = Interpreter::new(&d);
+    let a = it.run(&[ids(&[1, 4, 2]), ids(&[0, 1, 2])]).expect("prompt");
+    let b = it.run(&[ids(&[5]), ids(&[3])]).expect("step");
+    let last = pre[0].to_f64()[12..18].to_vec();
+    for (x, y) in a[0].to_f64().iter().zip(&last) {
+        assert!(
+            (x - y).abs() < 1e-6,
+            "prompt logits {:?} vs {last:?}",
+            a[0].to_f64()
+        );
+    }
+    for (x, y) in b[0].to_f64().iter().zip(step[0].to_f64()) {
+        assert!(
+            (x - y).abs() < 1e-6,
+            "step logits {:?} vs {:?}",
+            b[0].to_f64(),
+            step[0].to_f64()
+        );
+    }
+}
+
+#[test]
+fn graphs_that_are_not_decoder_exports_are_left_alone_or_named() {
+    use llmc_frontend::onnx::decoder;
+    // No cache inputs: not a decoder export (a plain graph).
+    let mut g = tiny_decoder_export().graph.unwrap();
+    let plain = graph(
+        vec![node("MatMul", "head", &["x", "W"], &["logits"], vec![])],
+        g.initializer.clone(),
+        vec![vi("input_ids", DataType::FLOAT, &[D::N(1), D::N(4)])]
+            .into_iter()
+            .map(|mut v| {
+                v.name = "x".into();
+                v
+            })
+            .collect(),
+        vec![vi("logits", DataType::FLOAT, &[D::N(1), D::N(6)])],
+    );
+    let m = import(&model(plain, 17)).expect("imports");
+    assert!(decoder::recognise(&m).is_none());
+    // The past key read by something else than the concatenation: an error naming it.
+    g.node.push(node(
+        "ReduceSum",
+        "peek",
+        &["past_key_values.0.key"],
+        &["peek"],
+        vec![a_int("keepdims", 0)],
+    ));
+    g.output.push(vi("peek", DataType::FLOAT, &[]));
+    let m = import(&model(g, 17)).expect("imports");
+    let io = decoder::recognise(&m).expect("a decoder export");
+    let e = decoder::lower(&m, &io).unwrap_err();
+    assert!(e.contains("reads past_key_values.0.key"), "{e}");
 }

@@ -25,6 +25,10 @@ Cases:
   smollm2-past     the same with a KV cache, Optimum's naming: input_ids,
                    attention_mask, position_ids, past_key_values.N.key/value ->
                    logits, present.N.key/value (2 new tokens after 5 cached)
+  smollm2-optimum  (only with --only smollm2-optimum; needs optimum-onnx) Optimum's
+                   own export, `optimum-cli export onnx --task
+                   text-generation-with-past`, tokenizer and config files beside it;
+                   same sample as smollm2-past, the cache from onnxruntime
 
 Usage (the torch venv with onnx + onnxruntime; scripts/onnx-exports sets it up):
   python scripts/reference/onnx_exports.py [--only CASE ...] [--force]
@@ -316,11 +320,76 @@ def export_smollm2_past(out: Path) -> None:
     finish_case(out, inputs, torch_outs, {"model": "SmolLM2-135M-Instruct", "cache": True})
 
 
+def export_smollm2_optimum(out: Path) -> None:
+    """What a user gets from Optimum: `optimum-cli export onnx --task
+    text-generation-with-past --model <HF folder> OUT` (needs the `optimum-onnx`
+    package, which pins transformers < 4.58; see scripts/onnx-exports --optimum).
+    Optimum writes model.onnx with the tokenizer and config files beside it. The
+    sample: 2 new tokens after 5 cached, the cache being onnxruntime's own `present`
+    outputs for the 5 prompt tokens (past length 0)."""
+    import shutil
+
+    src = models_dir() / "SmolLM2-135M-Instruct-hf"
+    cli = Path(sys.executable).parent / "optimum-cli"
+    if not cli.exists():
+        raise SystemExit(f"{cli} not found: install optimum-onnx (scripts/onnx-exports --optimum)")
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [str(cli), "export", "onnx", "--task", "text-generation-with-past", "--model", str(src), str(out)]
+    print("onnx_exports: " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    inputs = optimum_inputs(out / "model.onnx", PROMPT_A, [12, 2389])
+    model = load_smollm2()
+    import torch
+
+    with torch.no_grad():
+        full = torch.tensor([PROMPT_A + [12, 2389]], dtype=torch.int64)
+        logits = model(input_ids=full).logits[:, -2:, :].numpy()
+    finish_case(
+        out,
+        inputs,
+        {"logits": logits},
+        {"model": "SmolLM2-135M-Instruct", "cache": True, "exporter": "optimum-cli"},
+    )
+
+
+def optimum_inputs(model: Path, cached: list, new: list) -> dict:
+    """Inputs of an Optimum with-past export: `new` tokens after `cached` ones, the
+    cache computed by onnxruntime from an empty one."""
+    import onnx
+
+    proto = onnx.load(str(model), load_external_data=False)
+    names = [i.name for i in proto.graph.input]
+    past = [n for n in names if n.startswith("past_key_values.")]
+    # [batch, kv heads, 0, head dim] from the declared input type.
+    t = next(i for i in proto.graph.input if i.name == past[0]).type.tensor_type
+    heads, dim = t.shape.dim[1].dim_value, t.shape.dim[3].dim_value
+
+    def feed(ids: list, past_len: int, cache: dict) -> dict:
+        total = past_len + len(ids)
+        f = {
+            "input_ids": np.array([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+        }
+        if "position_ids" in names:
+            f["position_ids"] = np.arange(past_len, total, dtype=np.int64)[None, :]
+        for n in past:
+            f[n] = cache.get(n, np.zeros((1, heads, 0, dim), dtype=np.float32))
+        return f
+
+    pre = run_ort(model, feed(cached, 0, {}))
+    cache = {n: pre[n.replace("past_key_values.", "present.")] for n in past}
+    return feed(new, len(cached), cache)
+
+
 CASES = {
     "minilm": export_minilm,
     "smollm2-prefill": export_smollm2_prefill,
     "smollm2-past": export_smollm2_past,
+    "smollm2-optimum": export_smollm2_optimum,
 }
+# Cases made only when asked for (--only CASE): they need packages the others do not.
+OPTIONAL = {"smollm2-optimum"}
 
 
 def second_inputs(name: str) -> dict:
@@ -334,6 +403,8 @@ def second_inputs(name: str) -> dict:
             "attention_mask": np.ones_like(ids),
             "token_type_ids": np.zeros_like(ids),
         }
+    if name == "smollm2-optimum":
+        return optimum_inputs(exports_dir() / name / "model.onnx", PROMPT_B, [4649])
     if name == "smollm2-prefill":
         ids = np.array([PROMPT_A + [12, 2389]], dtype=np.int64)
         return {
@@ -372,6 +443,8 @@ def check_llmc(llmc: str, engine: str, only: list) -> int:
     worst = 0
     for name in only or CASES:
         case = exports_dir() / name
+        if name in OPTIONAL and not (case / "case.json").exists() and not only:
+            continue
         info_path = case / "case.json"
         if not info_path.exists():
             print(f"{name}: not exported (run without --check-llmc first)")
@@ -427,7 +500,7 @@ def main() -> int:
     import torch
 
     torch.manual_seed(0)
-    for name in a.only or CASES:
+    for name in a.only or [c for c in CASES if c not in OPTIONAL]:
         case = exports_dir() / name
         if (case / "case.json").exists() and not a.force:
             print(f"onnx_exports: {name}: present, skipped (--force to redo)")

@@ -1325,7 +1325,7 @@ impl NodeCtx<'_, '_> {
 }
 
 /// Removes nodes whose results nothing uses and weights nothing reads.
-fn prune(old: Module) -> Module {
+pub(crate) fn prune(old: Module) -> Module {
     let g = &old.graph;
     let n = g.values.len();
     let mut live = vec![false; n];

@@ -6,6 +6,8 @@
 //! - [`import`]: the graph walk, constant and shape folding, and the [`NodeCtx`]
 //!   converters work through.
 //! - [`registry`]: (domain, op type) to converter.
+//! - [`decoder`]: a decoder export with a KV cache (Optimum's layout) rewritten into
+//!   the decoder contract GGUF/HF models are built into, for `llmc build`.
 //! - One module per op family, each with a `register` function: [`math`], [`logic`],
 //!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`], [`cnn`], [`quant`], [`control`].
 
@@ -13,6 +15,7 @@ pub mod attention;
 pub mod cnn;
 pub mod control;
 pub mod data;
+pub mod decoder;
 pub mod import;
 pub mod linalg;
 pub mod logic;

@@ -145,8 +145,9 @@ fn scalar_input(cx: &mut NodeCtx, i: usize, what: &str) -> Result<(DType, f64), 
 }
 
 fn range(cx: &mut NodeCtx) -> R {
+    let start_known = cx.konst(cx.input(0)?)?.is_some();
     let limit_known = cx.konst(cx.input(1)?)?.is_some();
-    if !limit_known {
+    if !start_known || !limit_known {
         return symbolic_range(cx);
     }
     let (dt, start) = scalar_input(cx, 0, "start")?;
@@ -183,24 +184,32 @@ fn range(cx: &mut NodeCtx) -> R {
     Ok(vec![cx.constant(t)])
 }
 
-/// `Range(start, limit, delta)` with a limit computed from symbolic dims and a
-/// constant start and a delta of 1 or -1: start + delta * (exclusive running count of
-/// ones over `n = (limit - start) / delta` elements).
+/// `Range(start, limit, delta)` whose start or limit is computed from symbolic dims
+/// (a position range from the past length `past..past + seq`, or `0..seq`), with an
+/// integer start and a delta of 1 or -1: start + delta * (exclusive running count of
+/// ones over `n = (limit - start) / delta` elements). A symbolic start is read at run
+/// time (a `dims` op).
 fn symbolic_range(cx: &mut NodeCtx) -> R {
-    let (dt, start) = scalar_input(cx, 0, "start")?;
     let (_, delta) = scalar_input(cx, 2, "delta")?;
-    let limit = cx.shape_input(1, "limit")?;
-    let [limit] = &limit[..] else {
-        return Err("input 1 (limit) must hold one value".into());
-    };
-    if !dt.is_int() || start.fract() != 0.0 || (delta != 1.0 && delta != -1.0) {
+    let start_v = cx.input(0)?;
+    let dt = cx.dtype(start_v);
+    if cx.rank(start_v) != 0 {
         return Err(format!(
-            "a range up to the symbolic limit {limit} needs an integer start and a delta of 1 or -1 (got {start}, {delta})"
+            "input 0 (start) must be a scalar, got {}",
+            cx.ty(start_v)
         ));
     }
-    let span = limit
-        .checked_sub(&llmc_ir::Dim::c(start as i64))
-        .ok_or("range length overflows")?;
+    if !dt.is_int() || (delta != 1.0 && delta != -1.0) {
+        return Err(format!(
+            "a range with a bound computed from symbolic dims needs an integer start and a delta of 1 or -1 (got {dt} start, delta {delta})"
+        ));
+    }
+    let start = cx.shape_input(0, "start")?;
+    let limit = cx.shape_input(1, "limit")?;
+    let ([start], [limit]) = (&start[..], &limit[..]) else {
+        return Err("inputs 0 and 1 (start, limit) must hold one value each".into());
+    };
+    let span = limit.checked_sub(start).ok_or("range length overflows")?;
     let n = if delta > 0.0 {
         span
     } else {
@@ -219,8 +228,11 @@ fn symbolic_range(cx: &mut NodeCtx) -> R {
         attrs([("axis", Attr::Int(0)), ("exclusive", Attr::Bool(true))]),
     )?;
     let d = cx.scalar(dt, delta);
-    let s = cx.scalar(dt, start);
     let scaled = cx.bin(Op::Mul, count, d)?;
+    let s = match start.as_const() {
+        Some(c) => cx.scalar(dt, c as f64),
+        None => start_v,
+    };
     Ok(vec![cx.bin(Op::Add, scaled, s)?])
 }
 

@@ -175,6 +175,29 @@ pub enum Operand {
 
 const ATT: &str = "attention";
 
+/// `p` without sdpa's NaN guard `where(isnan(p), 0, p)` (`isnan` imported as
+/// `not(equal(p, p))`): a softmax over a row whose scores are all masked is NaN, the
+/// guard makes that row zeros, and `flash_attention` gives zeros for such a row too.
+fn strip_nan_guard(eg: &EGraph, p: Id) -> Id {
+    for w in nodes_of(eg, p, Op::Where) {
+        let [c, zero, x] = w.operands() else { continue };
+        if !is_splat(eg, *zero, 0.0) {
+            continue;
+        }
+        let guarded = nodes_of(eg, *c, Op::Not).iter().any(|n| {
+            n.operands().first().is_some_and(|&e| {
+                nodes_of(eg, e, Op::Equal)
+                    .iter()
+                    .any(|q| matches!(q.operands(), [a, b] if same(eg, *a, *x) && same(eg, *b, *x)))
+            })
+        });
+        if guarded {
+            return *x;
+        }
+    }
+    p
+}
+
 /// Matches `matmul(softmax(scores), v)` rooted at the node `pv`.
 pub fn match_attention(eg: &EGraph, pv: &ENode) -> Result<AttentionMatch, Blocked> {
     if pv.as_op() != Some(Op::MatMul) {
@@ -183,6 +206,7 @@ pub fn match_attention(eg: &EGraph, pv: &ENode) -> Result<AttentionMatch, Blocke
     let [p, v] = pv.operands() else {
         return blocked(ATT, 0, "matmul without two operands");
     };
+    let p = &strip_nan_guard(eg, *p);
     let sms = nodes_of(eg, *p, Op::Softmax);
     let Some(sm) = sms.first() else {
         return blocked(ATT, 0, "operand 0 of the matmul is not a softmax");

@@ -175,7 +175,8 @@ fn table_freqs(cos: &[f64], sin: &[f64], d: usize) -> Result<Vec<f64>, String> {
     Ok(inv)
 }
 
-/// `f` = float(unsqueeze(pos, [2])) × inv_freq: gives pos and inv_freq's values.
+/// `f` = float(unsqueeze(pos, [2])) × inv_freq (or transformers' matmul of inv_freq by
+/// the positions, transposed): gives pos and inv_freq's values.
 fn freqs(eg: &EGraph, f: Id) -> Result<(Id, Vec<f64>), String> {
     for m in nodes_of(eg, f, Op::Mul) {
         let [a, b] = m.operands() else { continue };
@@ -191,6 +192,41 @@ fn freqs(eg: &EGraph, f: Id) -> Result<(Id, Vec<f64>), String> {
                     let pos_ok =
                         ty(eg, *pos).is_some_and(|t| t.dtype.is_int() && t.shape.rank() == 2);
                     if pos_ok && axes == Some(&[2][..]) {
+                        return Ok((*pos, inv));
+                    }
+                }
+            }
+        }
+    }
+    // transformers' spelling: transpose(matmul(inv_freq[b, d/2, 1] (expanded over the
+    // batch), float(unsqueeze(pos, [1])) [b, 1, s]), [0, 2, 1]): an outer product with
+    // K = 1, the same products as the mul.
+    for t in nodes_of(eg, f, Op::Transpose) {
+        let perm = attrs_of(eg, &t).and_then(|a| a.ints("perm"));
+        let [mm] = t.operands() else { continue };
+        if perm != Some(&[0, 2, 1][..]) {
+            continue;
+        }
+        for m in nodes_of(eg, *mm, Op::MatMul) {
+            let [a, b] = m.operands() else { continue };
+            let inv = constant_values(eg, *a).or_else(|| {
+                nodes_of(eg, *a, Op::Expand)
+                    .iter()
+                    .find_map(|e| constant_values(eg, *e.operands().first()?))
+            });
+            let inv_ok = ty(eg, *a)
+                .is_some_and(|t| t.shape.rank() == 3 && t.shape.0[2] == llmc_ir::Dim::c(1));
+            let (Some(inv), true) = (inv, inv_ok) else {
+                continue;
+            };
+            for cast in nodes_of(eg, *b, Op::Cast) {
+                let [u] = cast.operands() else { continue };
+                for un in nodes_of(eg, *u, Op::Unsqueeze) {
+                    let axes = attrs_of(eg, &un).and_then(|a| a.ints("axes"));
+                    let [pos] = un.operands() else { continue };
+                    let pos_ok =
+                        ty(eg, *pos).is_some_and(|t| t.dtype.is_int() && t.shape.rank() == 2);
+                    if pos_ok && axes == Some(&[1][..]) {
                         return Ok((*pos, inv));
                     }
                 }

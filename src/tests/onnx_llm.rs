@@ -1,0 +1,197 @@
+//! An ONNX decoder export is an LLM: Optimum's export of SmolLM2-135M-Instruct
+//! (`optimum-cli export onnx --task text-generation-with-past`, made by
+//! `scripts/onnx-exports --optimum` into `$LLMC_ONNX_EXPORTS/smollm2-optimum/`, which
+//! needs torch and so is outside CI) builds with `llmc build model.onnx -O3` into an
+//! executable whose greedy `generate` prints the same text as the build of the HF
+//! folder it was exported from, and whose `serve` answers a completion with that text.
+//! Skips, saying so, when either model is absent.
+
+mod common;
+
+use common::{llmc, model, stderr, stdout};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `$LLMC_ONNX_EXPORTS/CASE/model.onnx`, or `None` (having said why).
+fn export(case: &str, how: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("LLMC_ONNX_EXPORTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnx-exports"));
+    let p = dir.join(case).join("model.onnx");
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} not found, run {how} (needs torch; outside CI)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// Builds `model` at -O3 (with `extra` flags) into `exe` and returns its greedy text
+/// for `prompt`.
+fn build_and_generate(
+    model: &Path,
+    extra: &[&str],
+    exe: &Path,
+    prompt: &str,
+    tokens: &str,
+) -> String {
+    let mut args = vec![
+        "build",
+        model.to_str().unwrap(),
+        "-O3",
+        "-o",
+        exe.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = llmc(&args);
+    assert!(
+        o.status.success(),
+        "build {}: {}",
+        model.display(),
+        stderr(&o)
+    );
+    let o = Command::new(exe)
+        .args([
+            "generate",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            tokens,
+            "--temperature",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn optimum_export_generates_the_hf_builds_greedy_text() {
+    let Some(onnx) = export("smollm2-optimum", "scripts/onnx-exports --optimum") else {
+        return;
+    };
+    let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "The capital of France is";
+    let from_onnx = build_and_generate(&onnx, &[], &dir.path().join("smollm-onnx"), prompt, "16");
+    let from_hf = build_and_generate(&hf, &[], &dir.path().join("smollm-hf"), prompt, "16");
+    assert!(!from_hf.trim().is_empty(), "the HF build generated nothing");
+    assert_eq!(from_onnx, from_hf);
+    // The chat template and end-of-turn id come from the files Optimum wrote beside
+    // the model: a chat answer stops at <|im_end|>, with the HF build's text.
+    let chat = |exe: &str| {
+        let o = Command::new(dir.path().join(exe))
+            .args([
+                "generate",
+                "--chat",
+                "--prompt",
+                "What is the capital of France?",
+                "--max-tokens",
+                "40",
+                "--temperature",
+                "0",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        (stdout(&o), stderr(&o))
+    };
+    let (onnx_chat, onnx_log) = chat("smollm-onnx");
+    let (hf_chat, _) = chat("smollm-hf");
+    assert_eq!(onnx_chat, hf_chat);
+    assert!(onnx_log.contains("end of sequence"), "stderr: {onnx_log}");
+    // `serve`: a greedy completion over HTTP is the same text as `generate`.
+    let server = Server::start(&dir.path().join("smollm-onnx"));
+    let body = r#"{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}"#;
+    let reply = server.post("/v1/completions", body);
+    let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
+    assert_eq!(
+        text,
+        from_onnx.strip_suffix('\n').unwrap_or(&from_onnx),
+        "{reply}"
+    );
+}
+
+/// `./OUT serve` on a free loopback port, stopped when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(exe: &Path) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = Command::new(exe)
+            .args(["serve", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve starts");
+        let s = Server { child, port };
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "serve did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    /// POSTs JSON `body` to `path` and returns the JSON reply.
+    fn post(&self, path: &str, body: &str) -> serde_json::Value {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        write!(
+            c,
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        let (head, rest) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        assert!(head.starts_with("HTTP/1.1 200"), "{out}");
+        let json = &rest[rest.find('{').unwrap_or(0)..rest.rfind('}').map_or(0, |i| i + 1)];
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `torch.onnx.export` with Optimum's names (scripts/onnx-exports' `smollm2-past`,
+/// transformers 5, eager attention, no tokenizer files beside it): `--tokenizer`
+/// names the HF folder, and the greedy text is the HF build's.
+#[test]
+fn torch_export_with_past_and_a_tokenizer_folder_generates_the_hf_builds_text() {
+    let Some(onnx) = export("smollm2-past", "scripts/onnx-exports") else {
+        return;
+    };
+    let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "The capital of France is";
+    let tok = ["--tokenizer", hf.to_str().unwrap()];
+    let from_onnx = build_and_generate(&onnx, &tok, &dir.path().join("past"), prompt, "16");
+    let from_hf = build_and_generate(&hf, &[], &dir.path().join("hf"), prompt, "16");
+    assert_eq!(from_onnx, from_hf);
+}
