@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Re-encodes a GGUF file's tensors in another ggml type (F32, F16, BF16, Q8_0),
+"""Re-encodes a GGUF file's tensors in another ggml type (F32, F16, BF16, Q8_0, Q4_0),
 keeping every metadata key (tokenizer, chat template, hyperparameters) as it was.
 
 The F16/F32/BF16 variants of SmolLM2 that the CPU-kernel benchmarks compare against
@@ -17,7 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize, quantize
 
-TYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0}
+TYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
 
 
 def field_value(f):
