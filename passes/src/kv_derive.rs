@@ -111,3 +111,95 @@ pub fn derive(m: &Module) -> Result<Module, String> {
         .collect::<Result<_, _>>()?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmc_ir::interp::Interpreter;
+    use llmc_ir::Tensor;
+
+    /// Two causal attentions over K/V computed from the current rows only (per-token
+    /// ops around them), as -O3 leaves a decoder exported without a cache.
+    const FULL: &str = r#"
+module @tiny {
+  graph @main(%q: f32[1, 2, seq, 3], %k: f32[1, 1, seq, 3], %v: f32[1, 1, seq, 3]) -> (%y: f32[1, 2, seq, 3]) {
+    %nk = neg(%k) : f32[1, 1, seq, 3]
+    %a = attention(%q, %nk, %v) {causal = true, scale = 0.5} : f32[1, 2, seq, 3]
+    %k2 = add(%k, %v) : f32[1, 1, seq, 3]
+    %y = flash_attention(%a, %k2, %k) {causal = true, scale = 0.7} : f32[1, 2, seq, 3]
+    return %y
+  }
+}
+"#;
+
+    fn rows(n: usize, heads: usize, from: usize, to: usize, k: f32) -> Tensor {
+        let mut v = Vec::new();
+        for h in 0..heads {
+            for s in from..to {
+                for d in 0..3 {
+                    v.push(((h * n * 3 + s * 3 + d) as f32 * k).sin());
+                }
+            }
+        }
+        Tensor::f32(vec![1, heads, to - from, 3], v)
+    }
+
+    #[test]
+    fn the_cached_step_gives_the_full_sequences_rows() {
+        let m = llmc_ir::text::parse(FULL, "tiny").expect("parses");
+        let d = derive(&m).expect("derives");
+        llmc_ir::verify::verify(&d).expect("valid");
+        let appends: Vec<_> = d
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.op == Op::KvAppend)
+            .map(|n| n.attrs.get("layer").cloned())
+            .collect();
+        assert_eq!(appends, [Some(Attr::Int(0)), Some(Attr::Int(1))]);
+        // The full graph on 5 rows; the derived one on 3, then 1, then 1.
+        let n = 5;
+        let inputs = |a: usize, b: usize| {
+            vec![
+                rows(n, 2, a, b, 0.31),
+                rows(n, 1, a, b, 0.77),
+                rows(n, 1, a, b, 1.9),
+            ]
+        };
+        let full = Interpreter::new(&m).run(&inputs(0, n)).expect("full")[0].to_f64();
+        let mut it = Interpreter::new(&d);
+        let mut got = vec![Vec::new(); 2];
+        for (a, b) in [(0, 3), (3, 4), (4, 5)] {
+            let y = it.run(&inputs(a, b)).expect("step")[0].to_f64();
+            for h in 0..2 {
+                got[h].extend_from_slice(&y[h * (b - a) * 3..(h + 1) * (b - a) * 3]);
+            }
+        }
+        let got: Vec<f64> = got.concat();
+        assert_eq!(got.len(), full.len());
+        for (x, y) in got.iter().zip(&full) {
+            assert!((x - y).abs() < 1e-6, "{got:?} vs {full:?}");
+        }
+    }
+
+    #[test]
+    fn masked_or_missing_attention_is_named() {
+        let m = llmc_ir::text::parse(
+            &FULL.replace("{causal = true, scale = 0.5}", "{scale = 0.5}"),
+            "tiny",
+        )
+        .expect("parses");
+        let e = derive(&m).unwrap_err();
+        assert!(e.contains("%a (attention): attention is not causal"), "{e}");
+        let plain = r#"
+module @p {
+  graph @main(%x: f32[2]) -> (%y: f32[2]) {
+    %y = neg(%x) : f32[2]
+    return %y
+  }
+}
+"#;
+        let m = llmc_ir::text::parse(plain, "p").expect("parses");
+        assert!(derive(&m).unwrap_err().contains("no fused attention"));
+    }
+}
