@@ -1607,7 +1607,10 @@ fn decoder_export_without_past_becomes_the_decoder_contract_without_a_cache() {
     use llmc_frontend::onnx::decoder;
     let m = import(&tiny_no_past_export()).expect("imports");
     let io = decoder::recognise(&m).expect("a decoder export without past");
-    assert_eq!((io.ids, io.mask, io.pos, io.past.len()), (0, Some(1), Some(2), 0));
+    assert_eq!(
+        (io.ids, io.mask, io.pos, io.past.len()),
+        (0, Some(1), Some(2), 0)
+    );
     let d = decoder::lower(&m, &io).expect("lowers");
     llmc_ir::verify::verify(&d).expect("valid");
     let g = &d.graph;
@@ -1629,6 +1632,10 @@ fn decoder_export_without_past_becomes_the_decoder_contract_without_a_cache() {
         .expect("runs");
     let last = full[0].to_f64()[18..24].to_vec();
     for (x, y) in a[0].to_f64().iter().zip(&last) {
-        assert!((x - y).abs() < 1e-6, "logits {:?} vs {last:?}", a[0].to_f64());
+        assert!(
+            (x - y).abs() < 1e-6,
+            "logits {:?} vs {last:?}",
+            a[0].to_f64()
+        );
     }
 }
