@@ -19,6 +19,11 @@
 //! - a `matmul` by a [K, N] weight becomes `linear` over the weight transposed to
 //!   [N, K], the layout the GGUF/HF builders emit (merged and tiled like theirs).
 //!
+//! An export without `past_key_values` (Optimum's `text-generation`) is lowered the same
+//! way with no cache: its K and V are the current sequence's, the mask ones of `[batch,
+//! seq]`. After `-O3` fused its attention, the driver derives the cached step
+//! (`llmc_passes::kv_derive`: a `kv_append` before each causal attention).
+//!
 //! The tokenizer, special ids and chat template come from the files beside the model
 //! as Optimum and `save_pretrained` lay them out ([`decoder_info`]).
 
