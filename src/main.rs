@@ -502,6 +502,22 @@ fn build(a: &BuildArgs) -> Result<()> {
     if a.time_passes {
         eprint!("{report}");
     }
+    // An ONNX decoder exported without its KV cache: the cached step is derived from
+    // the attention -O3 fused (K/V appended to the cache before each attention).
+    if onnx_llm && !m.graph.nodes.iter().any(|n| n.op == llmc_ir::Op::KvAppend) {
+        m = llmc_passes::kv_derive::derive(&m).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: a decoder export without past_key_values: deriving its KV-cached step: {e}",
+                a.model.display()
+            )
+        })?;
+        llmc_ir::verify::verify(&m).with_context(|| {
+            format!(
+                "{}: the derived KV-cached step is invalid",
+                a.model.display()
+            )
+        })?;
+    }
     // A decoder LLM becomes the engine's step function (its tokenizer facts are read
     // from the one-sequence form first).
     let mut llm = if a.emit.contains(&BuildEmit::Exe) {

@@ -1574,3 +1574,68 @@ fn graphs_that_are_not_decoder_exports_are_left_alone_or_named() {
     let e = decoder::lower(&m, &io).unwrap_err();
     assert!(e.contains("reads past_key_values.0.key"), "{e}");
 }
+
+/// The tiny decoder exported without a cache: K = V = the current sequence's x, the
+/// mask as long as the sequence, `logits` the only output.
+fn tiny_no_past_export() -> ModelProto {
+    let mut m = tiny_decoder_export();
+    let g = m.graph.as_mut().unwrap();
+    g.node.retain(|n| n.op_type != "Concat");
+    for n in g.node.iter_mut() {
+        for i in n.input.iter_mut() {
+            if i.starts_with("present.0.") {
+                *i = "xh".into();
+            }
+        }
+    }
+    g.input.retain(|i| !i.name.starts_with("past_key_values."));
+    g.output.retain(|o| o.name == "logits");
+    for i in g.input.iter_mut() {
+        if i.name == "attention_mask" {
+            *i = vi(
+                "attention_mask",
+                DataType::INT64,
+                &[D::P("batch_size"), D::P("sequence_length")],
+            );
+        }
+    }
+    m
+}
+
+#[test]
+fn decoder_export_without_past_becomes_the_decoder_contract_without_a_cache() {
+    use llmc_frontend::onnx::decoder;
+    let m = import(&tiny_no_past_export()).expect("imports");
+    let io = decoder::recognise(&m).expect("a decoder export without past");
+    assert_eq!(
+        (io.ids, io.mask, io.pos, io.past.len()),
+        (0, Some(1), Some(2), 0)
+    );
+    let d = decoder::lower(&m, &io).expect("lowers");
+    llmc_ir::verify::verify(&d).expect("valid");
+    let g = &d.graph;
+    let names: Vec<String> = g.inputs.iter().map(|&v| g.value(v).name.clone()).collect();
+    assert_eq!(names, ["ids", "pos"]);
+    assert_eq!(g.ty(g.outputs[0]).to_string(), "f32[batch, 6]");
+    // No cache yet (the driver derives it after -O3 fused the attention), and no
+    // symbol of the past: the keys are the sequence's.
+    assert!(!g.nodes.iter().any(|n| n.op == Op::KvAppend));
+    let text = llmc_ir::text::print(&d);
+    assert!(!text.contains("past"), "{text}");
+    // The lowered graph gives the export's last-position logits.
+    let ids = |v: &[i64]| Tensor::from_i64(DType::I64, vec![1, v.len()], v.to_vec());
+    let ones = |n: usize| Tensor::from_i64(DType::I64, vec![1, n], vec![1; n]);
+    let full = run(&m, &[ids(&[1, 4, 2, 5]), ones(4), ids(&[0, 1, 2, 3])]);
+    let mut it = Interpreter::new(&d);
+    let a = it
+        .run(&[ids(&[1, 4, 2, 5]), ids(&[0, 1, 2, 3])])
+        .expect("runs");
+    let last = full[0].to_f64()[18..24].to_vec();
+    for (x, y) in a[0].to_f64().iter().zip(&last) {
+        assert!(
+            (x - y).abs() < 1e-6,
+            "logits {:?} vs {last:?}",
+            a[0].to_f64()
+        );
+    }
+}

@@ -14,6 +14,7 @@ pub mod dce;
 pub mod egraph;
 pub mod fold;
 pub mod fuse_elementwise;
+pub mod kv_derive;
 pub mod manager;
 pub mod merge;
 pub mod pipeline;

@@ -29,6 +29,10 @@ Cases:
                    own export, `optimum-cli export onnx --task
                    text-generation-with-past`, tokenizer and config files beside it;
                    same sample as smollm2-past, the cache from onnxruntime
+  smollm2-optimum-nopast  (only with --only smollm2-optimum-nopast; needs
+                   optimum-onnx) Optimum's export without a cache, `optimum-cli export
+                   onnx --task text-generation`: input_ids, attention_mask,
+                   position_ids -> logits (the 7 tokens of the smollm2-past sample)
 
 Usage (the torch venv with onnx + onnxruntime; scripts/onnx-exports sets it up):
   python scripts/reference/onnx_exports.py [--only CASE ...] [--force]
@@ -353,6 +357,44 @@ def export_smollm2_optimum(out: Path) -> None:
     )
 
 
+def export_smollm2_optimum_nopast(out: Path) -> None:
+    """Optimum's export without a KV cache, as a user makes one: `optimum-cli export
+    onnx --task text-generation --model <HF folder> OUT`. The sample: the 7 tokens of
+    the smollm2-optimum sample in one sequence (llmc derives the cached step)."""
+    import shutil
+
+    import torch
+
+    src = models_dir() / "SmolLM2-135M-Instruct-hf"
+    cli = Path(sys.executable).parent / "optimum-cli"
+    if not cli.exists():
+        raise SystemExit(f"{cli} not found: install optimum-onnx (scripts/onnx-exports --optimum)")
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [str(cli), "export", "onnx", "--task", "text-generation", "--model", str(src), str(out)]
+    print("onnx_exports: " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    inputs = nopast_inputs(PROMPT_A + [12, 2389])
+    model = load_smollm2()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(inputs["input_ids"])).logits.numpy()
+    finish_case(
+        out,
+        inputs,
+        {"logits": logits},
+        {"model": "SmolLM2-135M-Instruct", "cache": False, "exporter": "optimum-cli"},
+    )
+
+
+def nopast_inputs(ids: list) -> dict:
+    """Inputs of an export without a cache: one unpadded sequence."""
+    return {
+        "input_ids": np.array([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+        "position_ids": np.arange(len(ids), dtype=np.int64)[None, :],
+    }
+
+
 def optimum_inputs(model: Path, cached: list, new: list) -> dict:
     """Inputs of an Optimum with-past export: `new` tokens after `cached` ones, the
     cache computed by onnxruntime from an empty one."""
@@ -387,9 +429,10 @@ CASES = {
     "smollm2-prefill": export_smollm2_prefill,
     "smollm2-past": export_smollm2_past,
     "smollm2-optimum": export_smollm2_optimum,
+    "smollm2-optimum-nopast": export_smollm2_optimum_nopast,
 }
 # Cases made only when asked for (--only CASE): they need packages the others do not.
-OPTIONAL = {"smollm2-optimum"}
+OPTIONAL = {"smollm2-optimum", "smollm2-optimum-nopast"}
 
 
 def second_inputs(name: str) -> dict:
@@ -405,6 +448,8 @@ def second_inputs(name: str) -> dict:
         }
     if name == "smollm2-optimum":
         return optimum_inputs(exports_dir() / name / "model.onnx", PROMPT_B, [4649])
+    if name == "smollm2-optimum-nopast":
+        return nopast_inputs(PROMPT_B + [4649])
     if name == "smollm2-prefill":
         ids = np.array([PROMPT_A + [12, 2389]], dtype=np.int64)
         return {

@@ -4,7 +4,8 @@
 //! needs torch and so is outside CI) builds with `llmc build model.onnx -O3` into an
 //! executable whose greedy `generate` prints the same text as the build of the HF
 //! folder it was exported from, and whose `serve` answers a completion with that text.
-//! Skips, saying so, when either model is absent.
+//! The same for its export without past key/values (`smollm2-optimum-nopast`), whose
+//! cached step the build derives. Skips, saying so, when either model is absent.
 
 mod common;
 
@@ -194,4 +195,35 @@ fn torch_export_with_past_and_a_tokenizer_folder_generates_the_hf_builds_text() 
     let from_onnx = build_and_generate(&onnx, &tok, &dir.path().join("past"), prompt, "16");
     let from_hf = build_and_generate(&hf, &[], &dir.path().join("hf"), prompt, "16");
     assert_eq!(from_onnx, from_hf);
+}
+
+/// Optimum's export without past key/values (`optimum-cli export onnx --task
+/// text-generation`, scripts/onnx-exports' `smollm2-optimum-nopast`): the build derives
+/// the KV-cached step from the full-sequence graph (a `kv_append` before each fused
+/// attention), so greedy `generate` is the HF build's text and `serve` answers a
+/// completion with it.
+#[test]
+fn optimum_export_without_past_decodes_incrementally_and_serves() {
+    let Some(onnx) = export("smollm2-optimum-nopast", "scripts/onnx-exports --optimum") else {
+        return;
+    };
+    let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "The capital of France is";
+    let exe = dir.path().join("nopast");
+    let from_onnx = build_and_generate(&onnx, &[], &exe, prompt, "16");
+    let from_hf = build_and_generate(&hf, &[], &dir.path().join("hf"), prompt, "16");
+    assert!(!from_hf.trim().is_empty(), "the HF build generated nothing");
+    assert_eq!(from_onnx, from_hf);
+    let server = Server::start(&exe);
+    let body = r#"{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}"#;
+    let reply = server.post("/v1/completions", body);
+    let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
+    assert_eq!(
+        text,
+        from_onnx.strip_suffix('\n').unwrap_or(&from_onnx),
+        "{reply}"
+    );
 }

@@ -19,6 +19,11 @@
 //! - a `matmul` by a [K, N] weight becomes `linear` over the weight transposed to
 //!   [N, K], the layout the GGUF/HF builders emit (merged and tiled like theirs).
 //!
+//! An export without `past_key_values` (Optimum's `text-generation`) is lowered the same
+//! way with no cache: its K and V are the current sequence's, the mask ones of `[batch,
+//! seq]`. After `-O3` fused its attention, the driver derives the cached step
+//! (`llmc_passes::kv_derive`: a `kv_append` before each causal attention).
+//!
 //! The tokenizer, special ids and chat template come from the files beside the model
 //! as Optimum and `save_pretrained` lay them out ([`decoder_info`]).
 
@@ -39,7 +44,8 @@ pub struct DecoderExport {
     pub mask: Option<usize>,
     /// Graph-input index of `position_ids`, if any.
     pub pos: Option<usize>,
-    /// Per layer: graph-input indices of the past key and value.
+    /// Per layer: graph-input indices of the past key and value (empty for an export
+    /// without a KV cache, which computes K and V from the current sequence only).
     pub past: Vec<(usize, usize)>,
     /// Graph-output index of `logits`.
     pub logits: usize,
@@ -57,9 +63,10 @@ fn past_slot(name: &str) -> Option<(usize, usize)> {
     Some((n.parse().ok()?, kind))
 }
 
-/// Is `m` (as imported from ONNX) a decoder export with a KV cache? Every graph input
-/// must be one of `input_ids`, `attention_mask`, `position_ids` or a
-/// `past_key_values.N.key|value` (every layer both), and an output must be `logits`.
+/// Is `m` (as imported from ONNX) a decoder export? Every graph input must be one of
+/// `input_ids`, `attention_mask`, `position_ids` or a `past_key_values.N.key|value`
+/// (every layer both, or none: an export without a KV cache, whose cached step the
+/// driver derives after `-O3` fused its attention), and an output must be `logits`.
 pub fn recognise(m: &Module) -> Option<DecoderExport> {
     let g = &m.graph;
     let (mut ids, mut mask, mut pos) = (None, None, None);
@@ -78,7 +85,7 @@ pub fn recognise(m: &Module) -> Option<DecoderExport> {
     }
     let ids = ids?;
     let ty = g.ty(g.inputs[ids]);
-    if !ty.dtype.is_int() || ty.shape.rank() != 2 || past.is_empty() {
+    if !ty.dtype.is_int() || ty.shape.rank() != 2 {
         return None;
     }
     let mut layers = Vec::with_capacity(past.len());
@@ -232,7 +239,6 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
     }
     // The export's symbols -> the contract's.
     let ids_ty = g.ty(g.inputs[io.ids]).clone();
-    let k0_ty = g.ty(g.inputs[io.past[0].0]).clone();
     let sym_at = |t: &TensorType, i: usize, what: &str| -> Result<String, String> {
         t.shape
             .0
@@ -242,17 +248,36 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
     };
     let b = sym_at(&ids_ty, 0, "input_ids")?;
     let s = sym_at(&ids_ty, 1, "input_ids")?;
-    let p = sym_at(&k0_ty, 2, "past_key_values.0.key")?;
-    if b == s || s == p || b == p {
+    if b == s {
         return Err(format!(
-            "input_ids [{b}, {s}] and past_key_values.0.key's length {p} must use three different symbols"
+            "input_ids [{b}, {s}] must use two different symbols"
         ));
     }
-    let total = Dim::sym("past").add(&Dim::sym("seq"));
+    let p = match io.past.first() {
+        Some(&(k0, _)) => {
+            let p = sym_at(g.ty(g.inputs[k0]), 2, "past_key_values.0.key")?;
+            if s == p || b == p {
+                return Err(format!(
+                    "input_ids [{b}, {s}] and past_key_values.0.key's length {p} must use three different symbols"
+                ));
+            }
+            Some(p)
+        }
+        None => None,
+    };
+    // Without a cache the keys are the current sequence's (the cache the driver derives
+    // later makes them `past + seq`).
+    let total = if p.is_some() {
+        Dim::sym("past").add(&Dim::sym("seq"))
+    } else {
+        Dim::sym("seq")
+    };
     let mut sub: HashMap<String, Dim> = HashMap::new();
     sub.insert(b, Dim::sym("batch"));
     sub.insert(s, Dim::sym("seq"));
-    sub.insert(p, Dim::sym("past"));
+    if let Some(p) = p {
+        sub.insert(p, Dim::sym("past"));
+    }
     if let Some(mi) = io.mask {
         let mt = g.ty(g.inputs[mi]);
         if mt.shape.rank() != 2 {

@@ -6,7 +6,7 @@
 //! - [`import`]: the graph walk, constant and shape folding, and the [`NodeCtx`]
 //!   converters work through.
 //! - [`registry`]: (domain, op type) to converter.
-//! - [`decoder`]: a decoder export with a KV cache (Optimum's layout) rewritten into
+//! - [`decoder`]: a decoder export, with a KV cache or without (Optimum's layouts), rewritten into
 //!   the decoder contract GGUF/HF models are built into, for `llmc build`.
 //! - One module per op family, each with a `register` function: [`math`], [`logic`],
 //!   [`reduce`], [`tensor`], [`shape`], [`linalg`], [`nn`], [`attention`], [`loss`], [`cnn`], [`quant`], [`control`].
