@@ -10,8 +10,34 @@
 //! `is_x86_feature_detected!` (`avx512f`, `avx512vnni`, `fma`, ...). Names this module
 //! cannot test are ignored, never reported missing.
 
-/// Every feature name [`has`] can test, in a fixed order (the order messages use).
-pub const CHECKABLE: &[&str] = &[
+/// Defines [`CHECKABLE`] and [`has`] from one list (std's detection macro needs each
+/// name as a literal).
+macro_rules! checkable {
+    ($($name:tt),* $(,)?) => {
+        /// Every feature name [`has`] can test, in a fixed order (the order messages
+        /// use).
+        pub const CHECKABLE: &[&str] = &[$($name),*];
+
+        /// Whether this CPU has `feature`; `None` for a name this module cannot test (or
+        /// on a non-x86 host).
+        pub fn has(feature: &str) -> Option<bool> {
+            #[cfg(target_arch = "x86_64")]
+            {
+                match feature {
+                    $($name => Some(std::arch::is_x86_feature_detected!($name)),)*
+                    _ => None,
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = feature;
+                None
+            }
+        }
+    };
+}
+
+checkable!(
     "sse3",
     "ssse3",
     "sse4.1",
@@ -43,61 +69,7 @@ pub const CHECKABLE: &[&str] = &[
     "gfni",
     "vaes",
     "vpclmulqdq",
-];
-
-/// Whether this CPU has `feature`; `None` for a name this module cannot test (or on a
-/// non-x86 host).
-pub fn has(feature: &str) -> Option<bool> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        macro_rules! detect {
-            ($($name:tt),* $(,)?) => {
-                match feature {
-                    $($name => Some(std::arch::is_x86_feature_detected!($name)),)*
-                    _ => None,
-                }
-            };
-        }
-        detect!(
-            "sse3",
-            "ssse3",
-            "sse4.1",
-            "sse4.2",
-            "popcnt",
-            "cmpxchg16b",
-            "avx",
-            "avx2",
-            "fma",
-            "f16c",
-            "bmi1",
-            "bmi2",
-            "lzcnt",
-            "movbe",
-            "avx512f",
-            "avx512cd",
-            "avx512dq",
-            "avx512bw",
-            "avx512vl",
-            "avx512ifma",
-            "avx512vbmi",
-            "avx512vbmi2",
-            "avx512vnni",
-            "avx512bitalg",
-            "avx512vpopcntdq",
-            "avx512bf16",
-            "avx512fp16",
-            "avxvnni",
-            "gfni",
-            "vaes",
-            "vpclmulqdq",
-        )
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = feature;
-        None
-    }
-}
+);
 
 /// The checkable features this CPU has, in [`CHECKABLE`] order.
 pub fn present() -> Vec<&'static str> {
