@@ -9,46 +9,25 @@ usage: openai_client.py EXECUTABLE
 """
 import concurrent.futures as cf
 import json
-import re
-import subprocess
 import sys
 import time
 import urllib.request
 
 import openai
+import served
+from served import raises
 
 KEY = "test-key-123"
 MAX_BODY = 200_000
 
 
 def start(exe):
-    p = subprocess.Popen(
+    p, base = served.start(
         [exe, "serve", "--port", "0", "--api-key", KEY, "--model-name", "smollm",
          "--max-seqs", "8", "--max-waiting", "24", "--kv-cache-mb", "256",
          "--max-body-bytes", str(MAX_BODY)],
-        stderr=subprocess.PIPE, text=True)
-    t0 = time.time()
-    while time.time() - t0 < 120:
-        line = p.stderr.readline()
-        if not line:
-            raise SystemExit(f"the server exited: {p.wait()}")
-        sys.stderr.write(line)
-        m = re.search(r"on (http://[0-9.:]+)/v1", line)
-        if m:
-            assert "KV cache" in line and "tokens" in line, line
-            return p, m.group(1)
-    raise SystemExit("the server did not start in 120 s")
-
-
-def raises(cls, fn, *needles):
-    try:
-        fn()
-    except cls as e:
-        msg = str(e)
-        for n in needles:
-            assert n in msg, f"{cls.__name__}: {msg!r} lacks {n!r}"
-        return e
-    raise AssertionError(f"expected {cls.__name__}")
+        "KV cache")
+    return p, base
 
 
 def metrics(base):
@@ -77,12 +56,7 @@ def main(exe):
     try:
         run(base)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    assert proc.returncode == 0, f"serve exited with {proc.returncode} on SIGTERM"
+        served.stop(proc)
     print("openai client tests passed")
 
 

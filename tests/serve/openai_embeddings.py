@@ -9,47 +9,21 @@ Loopback only.
 usage: openai_embeddings.py EXECUTABLE
 """
 import json
-import re
 import struct
 import subprocess
 import sys
-import time
 import urllib.request
 
 import openai
+import served
+from served import raises
 
 TEXTS = ["The capital of France is Paris.", "A sentence about cats and dogs.", "naïve café ☕"]
-
-
-def start(exe):
-    p = subprocess.Popen([exe, "serve", "--port", "0", "--model-name", "minilm"],
-                         stderr=subprocess.PIPE, text=True)
-    t0 = time.time()
-    while time.time() - t0 < 120:
-        line = p.stderr.readline()
-        if not line:
-            raise SystemExit(f"the server exited: {p.wait()}")
-        sys.stderr.write(line)
-        m = re.search(r"on (http://[0-9.:]+)/v1", line)
-        if m:
-            assert "embedding model" in line, line
-            return p, m.group(1)
-    raise SystemExit("the server did not start in 120 s")
 
 
 def f32(values):
     """Python floats rounded to f32 bits, for exact comparison."""
     return [struct.unpack("<f", struct.pack("<f", v))[0] for v in values]
-
-
-def raises(cls, fn, *needles):
-    try:
-        fn()
-    except cls as e:
-        for n in needles:
-            assert n in str(e), f"{cls.__name__}: {e!s} lacks {n!r}"
-        return
-    raise AssertionError(f"expected {cls.__name__}")
 
 
 def run(exe, base):
@@ -91,16 +65,12 @@ def run(exe, base):
 
 
 def main(exe):
-    proc, base = start(exe)
+    proc, base = served.start([exe, "serve", "--port", "0", "--model-name", "minilm"],
+                              "embedding model")
     try:
         run(exe, base)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    assert proc.returncode == 0, f"serve exited with {proc.returncode} on SIGTERM"
+        served.stop(proc)
     print("openai embeddings tests passed")
 
 
