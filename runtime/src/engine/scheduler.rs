@@ -246,13 +246,30 @@ impl Scheduler {
             budget -= n;
             i += 1;
         }
-        // Then new sequences while they fit without preempting anyone.
+        // Then new sequences while they fit without preempting anyone. One whose next
+        // full prompt block a running sequence is computing right now (the other choices
+        // of an `n > 1` request, identical prompts arriving together) waits a step and
+        // then takes those blocks from the prefix cache instead of computing them again.
+        let mut deferred = Vec::new();
         while budget > 0 && self.running.len() < lim.max_seqs && !self.waiting.is_empty() {
             let mut s = self.waiting.remove(0);
             if s.computed == 0 && s.blocks.is_empty() && s.use_prefix {
                 Self::take_prefix(&mut s, pool);
                 if !s.started {
                     s.cached_tokens = s.computed;
+                }
+                if self.computing_next_block_of(&s, pool.block_size()) {
+                    for &b in &s.blocks {
+                        pool.release(b);
+                    }
+                    s.blocks.clear();
+                    s.hashes.clear();
+                    s.computed = 0;
+                    if !s.started {
+                        s.cached_tokens = 0;
+                    }
+                    deferred.push(s);
+                    continue;
                 }
             }
             let n = (s.tokens.len() - s.computed).min(budget);
@@ -280,7 +297,26 @@ impl Scheduler {
             budget -= n;
             self.running.push(s);
         }
+        for s in deferred.into_iter().rev() {
+            self.waiting.insert(0, s);
+        }
         out
+    }
+
+    /// Whether a running sequence that shares `s`'s next full prompt block (the one
+    /// after what `s` took from the prefix cache) has not committed that block yet.
+    fn computing_next_block_of(&self, s: &Seq, bs: usize) -> bool {
+        let (from, to) = (s.computed, s.computed + bs);
+        // `take_prefix` never takes the block holding the last token.
+        if s.tokens.len() <= to {
+            return false;
+        }
+        self.running.iter().any(|r| {
+            r.use_prefix
+                && r.computed < to
+                && r.tokens.len() > to
+                && r.tokens[from..to] == s.tokens[from..to]
+        })
     }
 
     /// After a step: the chunk's rows are computed; full blocks enter the prefix cache.
@@ -485,6 +521,39 @@ mod tests {
         assert_eq!(sch.running[c.seq].cached_tokens, 8);
         // The first prompt looked up its first block (a miss), the second both (hits).
         assert_eq!((pool.queries, pool.hits), (3, 2));
+    }
+
+    #[test]
+    fn identical_prompts_arriving_together_compute_their_blocks_once() {
+        // The choices of an `n = 3` request: the first prefills, the others wait one
+        // step and take its two full blocks from the cache.
+        let mut pool = BlockPool::new(16, 4);
+        let mut sch = Scheduler::default();
+        let lim = Limits {
+            max_seqs: 4,
+            max_tokens: 64,
+        };
+        let prompt: Vec<u32> = (0..10).collect();
+        for id in 0..3 {
+            sch.add(Seq::new(id, prompt.clone(), 0, id));
+        }
+        let st = sch.schedule(&mut pool, lim);
+        assert_eq!(st.chunks.len(), 1, "only the first prefills");
+        assert_eq!((st.chunks[0].start, st.chunks[0].n), (0, 10));
+        for c in st.chunks.clone() {
+            sch.commit(&c, &mut pool);
+        }
+        let st = sch.schedule(&mut pool, lim);
+        for id in [1, 2] {
+            let c = st
+                .chunks
+                .iter()
+                .find(|c| sch.running[c.seq].id == id)
+                .unwrap();
+            assert_eq!((c.start, c.n), (8, 2), "choice {id}");
+            assert_eq!(sch.running[c.seq].cached_tokens, 8);
+        }
+        assert!(sch.waiting.is_empty());
     }
 
     #[test]
