@@ -11,6 +11,7 @@
 //! blocking pool, never on the HTTP threads.
 
 use super::error::ApiError;
+use super::validate::token_ids;
 use super::{read_json, AppState, Backend};
 use crate::abi::KernelFn;
 use crate::exec::Model;
@@ -96,19 +97,6 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::field("input", msg)
 }
 
-fn ids_of(items: &[Value], which: &str) -> Result<Vec<u32>, ApiError> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.as_u64()
-                .filter(|&x| x <= u32::MAX as u64)
-                .map(|x| x as u32)
-                .ok_or_else(|| bad(format!("{which} item {i} must be a token id")))
-        })
-        .collect()
-}
-
 /// `input` as a list of inputs.
 fn inputs(v: Option<&Value>) -> Result<Vec<Input>, ApiError> {
     let items = match v {
@@ -126,14 +114,14 @@ fn inputs(v: Option<&Value>) -> Result<Vec<Input>, ApiError> {
         return Err(bad("`input` is an empty list"));
     }
     if items.iter().all(Value::is_number) {
-        return Ok(vec![Input::Ids(ids_of(items, "`input`")?)]);
+        return Ok(vec![Input::Ids(token_ids("input", items)?)]);
     }
     items
         .iter()
         .enumerate()
         .map(|(i, v)| match v {
             Value::String(s) => Ok(Input::Text(s.clone())),
-            Value::Array(ids) => Ok(Input::Ids(ids_of(ids, &format!("`input[{i}]`"))?)),
+            Value::Array(ids) => Ok(Input::Ids(token_ids(&format!("input[{i}]"), ids)?)),
             _ => Err(bad(format!(
                 "`input[{i}]` must be a string or a list of token ids"
             ))),

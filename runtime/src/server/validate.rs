@@ -179,7 +179,8 @@ fn opt_int(m: &Map<String, Value>, k: &str, lo: i64, hi: i64) -> Result<Option<i
     Ok(Some(x))
 }
 
-fn token_ids(k: &str, items: &[Value]) -> Result<Vec<u32>, ApiError> {
+/// `items` as token ids; an item that is not one is a 400 naming field `k`.
+pub(crate) fn token_ids(k: &str, items: &[Value]) -> Result<Vec<u32>, ApiError> {
     items
         .iter()
         .enumerate()
