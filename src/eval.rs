@@ -40,6 +40,11 @@ pub struct EvalArgs {
     /// this model's, and their top-1 agreement.
     #[arg(long, value_name = "MODEL2")]
     compare_to: Option<PathBuf>,
+    /// Prune MODEL first: ffn=PCT (see `llmc build`).
+    #[arg(long, value_name = "SPEC", value_parser = crate::parse_prune)]
+    prune: Option<llmc_passes::prune::PruneSpec>,
+    #[command(flatten)]
+    calibration: crate::CalibrationArgs,
     /// Optimization level.
     #[arg(short = 'O', value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u8).range(0..=3))]
@@ -104,12 +109,7 @@ fn every_position(m: &mut Module) -> Result<bool> {
 }
 
 /// Loads, optimizes (quantizing as asked) and compiles `path` into `exe`.
-fn compile(
-    a: &EvalArgs,
-    path: &Path,
-    quantize: Option<&llmc_passes::quant::QuantSpec>,
-    exe: &Path,
-) -> Result<()> {
+fn compile(a: &EvalArgs, path: &Path, reduce: bool, exe: &Path) -> Result<()> {
     let t0 = Instant::now();
     let mut m: Module = load(path)?;
     if !every_position(&mut m)? {
@@ -119,23 +119,29 @@ fn compile(
             path.display()
         );
     }
+    let reduce = match reduce {
+        true => crate::Reduce::new(&m, a.quantize.clone(), a.prune.clone(), &a.calibration)?,
+        false => crate::Reduce::default(),
+    };
     let report = optimize(
         &mut m,
         a.opt_level,
         None,
-        quantize,
+        &reduce,
         &llmc_passes::Instrument::default(),
     )?;
     if a.time_passes {
         eprint!("{report}");
     }
-    if let Some(note) = report
-        .rows
-        .iter()
-        .find(|r| r.pass == "quantize")
-        .and_then(|r| r.note.as_ref())
-    {
-        eprintln!("llmc eval: quantize {note}");
+    for pass in ["prune", "quantize"] {
+        if let Some(note) = report
+            .rows
+            .iter()
+            .find(|r| r.pass == pass)
+            .and_then(|r| r.note.as_ref())
+        {
+            eprintln!("llmc eval: {pass} {note}");
+        }
     }
     let llm = llm_info(&m)?.context("llmc eval needs a language model with a tokenizer")?;
     let opts = llmc_backend::BuildOptions {
@@ -177,34 +183,38 @@ fn measure(a: &EvalArgs, exe: &Path, extra: &[&std::ffi::OsStr]) -> Result<()> {
     Ok(())
 }
 
+/// The reductions asked for, as flags (for the headings).
+fn label(a: &EvalArgs) -> String {
+    let mut s = String::new();
+    if let Some(p) = &a.prune {
+        s += &format!(" --prune {p}");
+    }
+    if let Some(q) = &a.quantize {
+        s += &format!(" --quantize {q}");
+    }
+    s
+}
+
 pub fn eval(a: &EvalArgs) -> Result<()> {
     // Named before anything is compiled: a missing text is a quick error.
     std::fs::metadata(&a.perplexity)
         .with_context(|| format!("--perplexity {}", a.perplexity.display()))?;
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
     let exe = dir.path().join("model");
-    compile(a, &a.model, a.quantize.as_ref(), &exe)?;
+    compile(a, &a.model, true, &exe)?;
     let Some(reference) = &a.compare_to else {
-        println!(
-            "== {}{} ==",
-            a.model.display(),
-            a.quantize
-                .as_ref()
-                .map_or(String::new(), |q| format!(" --quantize {q}"))
-        );
+        println!("== {}{} ==", a.model.display(), label(a));
         return measure(a, &exe, &[]);
     };
     let ref_exe = dir.path().join("reference");
-    compile(a, reference, None, &ref_exe)?;
+    compile(a, reference, false, &ref_exe)?;
     let base = dir.path().join("reference.logits");
     println!("== reference {} ==", reference.display());
     measure(a, &ref_exe, &["--dump-logits".as_ref(), base.as_os_str()])?;
     println!(
         "== {}{} against the reference ==",
         a.model.display(),
-        a.quantize
-            .as_ref()
-            .map_or(String::new(), |q| format!(" --quantize {q}"))
+        label(a)
     );
     measure(a, &exe, &["--kl-base".as_ref(), base.as_os_str()])
 }

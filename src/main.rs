@@ -2,6 +2,7 @@
 //! `docs/` / DESIGN.md that scripts and tests rely on), calls into the compiler crates,
 //! and turns every failure into one `error: ...` line and exit code 1.
 
+mod calibrate;
 mod cuda;
 mod eval;
 mod generate;
@@ -139,11 +140,77 @@ struct BuildArgs {
     /// q8_0, q4_0 or q4_1 (llama-quantize's mix: the output matrix in q8_0).
     #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
     quantize: Option<llmc_passes::quant::QuantSpec>,
+    /// Remove structure: ffn=PCT drops that share of every MLP's hidden channels
+    /// (ranked and refitted on --calibration statistics when given).
+    #[arg(long, value_name = "SPEC", value_parser = parse_prune)]
+    prune: Option<llmc_passes::prune::PruneSpec>,
+    #[command(flatten)]
+    calibration: CalibrationArgs,
     /// Where an ONNX decoder export's tokenizer files are (tokenizer.json,
     /// tokenizer_config.json, generation_config.json, config.json); default: the
     /// model's folder.
     #[arg(long, value_name = "DIR")]
     tokenizer: Option<PathBuf>,
+}
+
+/// `--calibration FILE [--calibration-tokens N]` (build and eval).
+#[derive(Args, Clone, Debug)]
+pub struct CalibrationArgs {
+    /// A text to run the unquantized model on: `--quantize FORMAT,gptq` chooses each
+    /// linear's codes to reproduce its outputs on it (GPTQ).
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+    /// How many tokens of the calibration text to use.
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    calibration_tokens: usize,
+}
+
+/// What the model is reduced by before the optimizer: `--prune`, `--quantize`, and
+/// the calibration statistics they measure against (`--calibration FILE`, run on the
+/// module as it is before the passes).
+#[derive(Default)]
+pub struct Reduce {
+    quantize: Option<llmc_passes::quant::QuantSpec>,
+    prune: Option<llmc_passes::prune::PruneSpec>,
+    calibration: Option<std::sync::Arc<llmc_passes::quant::Calibration>>,
+}
+
+impl Reduce {
+    fn new(
+        m: &Module,
+        quantize: Option<llmc_passes::quant::QuantSpec>,
+        prune: Option<llmc_passes::prune::PruneSpec>,
+        c: &CalibrationArgs,
+    ) -> Result<Reduce> {
+        let gptq = quantize.as_ref().is_some_and(|q| q.gptq);
+        let calibration = match (&c.calibration, gptq || prune.is_some()) {
+            (Some(file), true) => Some(std::sync::Arc::new(calibrate::calibrate(
+                m,
+                file,
+                c.calibration_tokens,
+            )?)),
+            (None, _) if gptq => bail!(
+                "--quantize {}: gptq chooses codes against calibration statistics; give \
+                 --calibration FILE (a text the model is run on)",
+                quantize.as_ref().map(|q| q.to_string()).unwrap_or_default()
+            ),
+            (Some(file), false) => bail!(
+                "--calibration {}: only --quantize FORMAT,gptq and --prune use calibration",
+                file.display()
+            ),
+            (None, _) => None,
+        };
+        Ok(Reduce {
+            quantize,
+            prune,
+            calibration,
+        })
+    }
+}
+
+/// `--prune ffn=PCT`.
+fn parse_prune(s: &str) -> Result<llmc_passes::prune::PruneSpec, String> {
+    llmc_passes::prune::PruneSpec::parse(s)
 }
 
 /// `--quantize FORMAT[,head=F][,embed=F]`.
@@ -307,19 +374,24 @@ fn optimize(
     m: &mut Module,
     level: u8,
     passes: Option<&[String]>,
-    quantize: Option<&llmc_passes::quant::QuantSpec>,
+    reduce: &Reduce,
     inst: &llmc_passes::Instrument,
 ) -> Result<llmc_passes::PassReport> {
     let mut pipeline = match passes {
         Some(names) => llmc_passes::parse_pipeline(names)?,
         None => llmc_passes::pipeline_for_level(level),
     };
-    if quantize.is_some() && !pipeline.iter().any(|p| p.name == "quantize") {
+    if reduce.quantize.is_some() && !pipeline.iter().any(|p| p.name == "quantize") {
         pipeline.splice(0..0, llmc_passes::find_pass("quantize"));
+    }
+    if reduce.prune.is_some() && !pipeline.iter().any(|p| p.name == "prune") {
+        pipeline.splice(0..0, llmc_passes::find_pass("prune"));
     }
     let ctx = llmc_passes::PassContext {
         opt_level: level,
-        quantize: quantize.cloned(),
+        quantize: reduce.quantize.clone(),
+        prune: reduce.prune.clone(),
+        calibration: reduce.calibration.clone(),
         ..Default::default()
     };
     let mut err = std::io::stderr().lock();
@@ -492,13 +564,8 @@ fn build(a: &BuildArgs) -> Result<()> {
         .iter()
         .filter_map(|w| w.shape.checked_numel().and_then(|d| d.as_const()))
         .sum();
-    let report = optimize(
-        &mut m,
-        a.opt_level,
-        a.passes.as_deref(),
-        a.quantize.as_ref(),
-        &inst,
-    )?;
+    let reduce = Reduce::new(&m, a.quantize.clone(), a.prune.clone(), &a.calibration)?;
+    let report = optimize(&mut m, a.opt_level, a.passes.as_deref(), &reduce, &inst)?;
     if a.time_passes {
         eprint!("{report}");
     }
@@ -712,7 +779,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
             &mut m,
             level,
             None,
-            None,
+            &Reduce::default(),
             &llmc_passes::Instrument::default(),
         )?;
     }
@@ -733,7 +800,7 @@ fn exec(a: &ExecArgs) -> Result<()> {
         &mut m,
         a.opt_level,
         None,
-        None,
+        &Reduce::default(),
         &llmc_passes::Instrument::default(),
     )?;
     let g = &m.graph;
@@ -841,7 +908,7 @@ fn run(a: &RunArgs) -> Result<()> {
         &mut m,
         a.opt_level,
         None,
-        None,
+        &Reduce::default(),
         &llmc_passes::Instrument::default(),
     )?;
     if a.engine == Engine::Cpu {

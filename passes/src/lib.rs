@@ -18,6 +18,7 @@ pub mod kv_derive;
 pub mod manager;
 pub mod merge;
 pub mod pipeline;
+pub mod prune;
 pub mod quant;
 mod rewrite;
 pub mod serving;
@@ -57,6 +58,11 @@ pub struct PassContext {
     /// `--quantize`: what the `quantize` pass turns the weights into (`None`: the
     /// pass does nothing).
     pub quantize: Option<quant::QuantSpec>,
+    /// `--calibration FILE`: what the unquantized model's linears read on a text, for
+    /// `quantize`'s GPTQ.
+    pub calibration: Option<std::sync::Arc<quant::Calibration>>,
+    /// `--prune`: what the `prune` pass removes (`None`: the pass does nothing).
+    pub prune: Option<prune::PruneSpec>,
 }
 
 impl Default for PassContext {
@@ -65,6 +71,8 @@ impl Default for PassContext {
             opt_level: 2,
             fold_max_elems: 1 << 20,
             quantize: None,
+            calibration: None,
+            prune: None,
         }
     }
 }

@@ -16,8 +16,13 @@ pub struct Pass {
 /// Every pass, by name.
 pub static PASSES: &[Pass] = &[
     Pass {
+        name: "prune",
+        summary: "structured pruning as --prune asks: whole MLP hidden channels removed by measured importance, the down projection refitted on calibration statistics; first in the pipeline when given",
+        run: crate::prune::run,
+    },
+    Pass {
         name: "quantize",
-        summary: "weight matrices to GGUF block formats (q8_0, q4_0, q4_1) as --quantize asks; first in the pipeline when given",
+        summary: "weight matrices to GGUF block formats (q8_0, q4_0, q4_1) as --quantize asks, rounded to nearest or with GPTQ against calibration statistics; first in the pipeline (after prune) when given",
         run: crate::quant::run,
     },
     Pass {

@@ -53,7 +53,7 @@ fn all() -> Vec<&'static Pass> {
         .filter(|p| {
             !matches!(
                 p.name,
-                "egraph" | "fuse-elementwise" | "merge" | "quantize" | "serving"
+                "egraph" | "fuse-elementwise" | "merge" | "prune" | "quantize" | "serving"
             )
         })
         .collect()
@@ -180,7 +180,7 @@ fn dump_flags_must_name_known_passes() {
     .unwrap_or_default();
     assert_eq!(
         e,
-        "unknown pass `nope` in --print-ir-after; known passes: quantize, fold, cse, dce, egraph, merge, fuse-elementwise, serving"
+        "unknown pass `nope` in --print-ir-after; known passes: prune, quantize, fold, cse, dce, egraph, merge, fuse-elementwise, serving"
     );
 }
 

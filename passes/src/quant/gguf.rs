@@ -107,6 +107,98 @@ pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), S
     Ok(())
 }
 
+/// A block's stored scale `d` and offset `m` (both as f16 gives them back), so that a
+/// caller choosing each element's code itself (GPTQ's error-compensating rounding,
+/// `super::gptq`) writes blocks the kernels read like any other: code `c` stands for
+/// `(c - 8)·d` in Q4_0, `c·d + m` in Q4_1, `c·d` (signed) in Q8_0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockScale {
+    pub d: f32,
+    pub m: f32,
+}
+
+fn f16_round(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+impl BlockScale {
+    /// The reference quantizer's scale for the 32 values `x` (as [`quantize`] picks it),
+    /// rounded to f16 as stored.
+    pub fn of(dtype: DType, x: &[f32]) -> BlockScale {
+        match dtype {
+            DType::Q4_1 => {
+                let min = x.iter().copied().fold(f32::MAX, f32::min);
+                let max = x.iter().copied().fold(-f32::MAX, f32::max);
+                BlockScale {
+                    d: f16_round((max - min) / 15.0),
+                    m: f16_round(min),
+                }
+            }
+            DType::Q4_0 => {
+                let (mut amax, mut max) = (0.0f32, 0.0f32);
+                for &v in x {
+                    if amax < v.abs() {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                BlockScale {
+                    d: f16_round(max / -8.0),
+                    m: 0.0,
+                }
+            }
+            _ => {
+                let amax = x.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+                BlockScale {
+                    d: f16_round(amax / 127.0),
+                    m: 0.0,
+                }
+            }
+        }
+    }
+
+    /// The code nearest to `v` on this block's grid (clamped to the format's range)
+    /// and the value it stands for.
+    pub fn code(&self, dtype: DType, v: f32) -> (u8, f32) {
+        if self.d == 0.0 {
+            let c = match dtype {
+                DType::Q4_0 => 8,
+                _ => 0,
+            };
+            return (c, self.m);
+        }
+        match dtype {
+            DType::Q4_1 => {
+                let c = ((v - self.m) / self.d).round().clamp(0.0, 15.0);
+                (c as u8, c * self.d + self.m)
+            }
+            DType::Q4_0 => {
+                let c = (v / self.d).round().clamp(-8.0, 7.0);
+                ((c + 8.0) as u8, c * self.d)
+            }
+            _ => {
+                let c = (v / self.d).round().clamp(-127.0, 127.0);
+                (c as i8 as u8, c * self.d)
+            }
+        }
+    }
+
+    /// Appends the block of 32 `codes` (from [`BlockScale::code`]) in `dtype`.
+    pub fn encode(&self, dtype: DType, codes: &[u8], out: &mut Vec<u8>) {
+        out.extend(f16_bytes(self.d));
+        let half = BLOCK / 2;
+        match dtype {
+            DType::Q4_0 | DType::Q4_1 => {
+                if dtype == DType::Q4_1 {
+                    out.extend(f16_bytes(self.m));
+                }
+                out.extend((0..half).map(|j| (codes[j] & 15) | ((codes[half + j] & 15) << 4)));
+            }
+            _ => out.extend_from_slice(&codes[..BLOCK]),
+        }
+    }
+}
+
 /// The blocks of `x` in `dtype` (see [`quantize_into`]).
 pub fn quantize(dtype: DType, x: &[f32]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
@@ -170,6 +262,26 @@ mod tests {
         let v = dequantize(DType::Q4_1, &b, 32).unwrap();
         for (a, q) in x.iter().zip(&v) {
             assert!((*a as f64 - q).abs() <= d * 0.5 + 1e-3, "{a} vs {q}");
+        }
+    }
+
+    #[test]
+    fn chosen_codes_encode_into_blocks_that_dequantize_to_their_values() {
+        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            let x = ramp(0.21);
+            let s = BlockScale::of(dt, &x);
+            let (codes, vals): (Vec<u8>, Vec<f32>) = x.iter().map(|&v| s.code(dt, v)).unzip();
+            let mut b = Vec::new();
+            s.encode(dt, &codes, &mut b);
+            assert_eq!(b.len(), dt.block_bytes());
+            let back = dequantize(dt, &b, 32).unwrap();
+            for (v, q) in vals.iter().zip(&back) {
+                assert!((*v as f64 - q).abs() < 1e-5, "{dt}: {v} vs {q}");
+            }
+            // Nearest on the grid: within half a step (a clamped value may be further).
+            for (a, v) in x.iter().zip(&vals) {
+                assert!((a - v).abs() <= s.d.abs() * 0.5 + 1e-3, "{dt}: {a} vs {v}");
+            }
         }
     }
 

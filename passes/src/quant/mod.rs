@@ -19,13 +19,14 @@
 //! casts; a module read from text (no weight data) only changes dtypes.
 
 pub mod gguf;
+pub mod gptq;
 
 use crate::rewrite::compact;
 use crate::{Changed, PassContext, PassError};
 use llmc_ir::{AttrsExt, DType, Module, NodeId, Op, ValueId, WeightData, WeightId};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What `--quantize` asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +37,10 @@ pub struct QuantSpec {
     pub head: Option<DType>,
     /// The (untied) token embedding's format (`None`: keep it).
     pub embed: Option<DType>,
+    /// Choose the linears' codes with GPTQ against calibration statistics
+    /// (`PassContext::calibration`, from `--calibration FILE`) instead of rounding
+    /// each weight to nearest.
+    pub gptq: bool,
 }
 
 fn format_name(d: Option<DType>) -> &'static str {
@@ -46,10 +51,11 @@ impl fmt::Display for QuantSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{},head={},embed={}",
+            "{},head={},embed={}{}",
             self.format,
             format_name(self.head),
-            format_name(self.embed)
+            format_name(self.embed),
+            if self.gptq { ",gptq" } else { "" }
         )
     }
 }
@@ -70,18 +76,23 @@ impl QuantSpec {
             format,
             head: Some(DType::Q8_0),
             embed: Some(format),
+            gptq: false,
         }
     }
 
-    /// Parses `FORMAT[,head=F|keep][,embed=F|keep]`.
+    /// Parses `FORMAT[,head=F|keep][,embed=F|keep][,gptq]`.
     pub fn parse(s: &str) -> Result<QuantSpec, String> {
         let mut parts = s.split(',').map(str::trim);
         let first = parts.next().unwrap_or_default();
         let mut spec = QuantSpec::new(parse_format(first, "format")?);
         for p in parts {
+            if p == "gptq" {
+                spec.gptq = true;
+                continue;
+            }
             let (key, val) = p
                 .split_once('=')
-                .ok_or_else(|| format!("`{p}`: expected head=FORMAT or embed=FORMAT"))?;
+                .ok_or_else(|| format!("`{p}`: expected head=FORMAT, embed=FORMAT or gptq"))?;
             let val = if val == "keep" {
                 None
             } else {
@@ -90,11 +101,125 @@ impl QuantSpec {
             match key {
                 "head" => spec.head = val,
                 "embed" => spec.embed = val,
-                _ => return Err(format!("`{key}`: unknown option (head, embed)")),
+                _ => return Err(format!("`{key}`: unknown option (head, embed, gptq)")),
             }
         }
         Ok(spec)
     }
+}
+
+/// Calibration statistics for GPTQ: per weight (by name), `XᵀX` over the calibration
+/// rows of the linear input that reads it (`src/calibrate.rs` measures them by running
+/// the unquantized model on `--calibration FILE`). Weights reading the same input share
+/// one [`gptq::Hessian`].
+#[derive(Default)]
+pub struct Calibration {
+    pub hessians: HashMap<String, Arc<gptq::Hessian>>,
+    /// Tokens the model ran on, and where they came from (for the report).
+    pub tokens: usize,
+    pub source: String,
+    /// Input columns a pass removed from a weight after calibration (structured
+    /// pruning keeps channels `K` of a down projection): its statistics are then
+    /// `H[K, K]`, exactly those of the smaller linear's input.
+    selected: Mutex<HashMap<String, Vec<usize>>>,
+}
+
+impl Calibration {
+    pub fn new(
+        hessians: HashMap<String, Arc<gptq::Hessian>>,
+        tokens: usize,
+        source: String,
+    ) -> Self {
+        Calibration {
+            hessians,
+            tokens,
+            source,
+            selected: Mutex::default(),
+        }
+    }
+
+    /// The statistics of weight `name`'s input as the module now reads it.
+    pub fn hessian(&self, name: &str) -> Option<Arc<gptq::Hessian>> {
+        let h = self.hessians.get(name)?;
+        let sel = self.selected.lock().ok()?;
+        let Some(keep) = sel.get(name) else {
+            return Some(h.clone());
+        };
+        let (k, c) = (keep.len(), h.k);
+        let mut sub = vec![0.0; k * k];
+        for (a, &i) in keep.iter().enumerate() {
+            for (b, &j) in keep.iter().enumerate() {
+                sub[a * k + b] = h.h[i * c + j];
+            }
+        }
+        Some(Arc::new(gptq::Hessian {
+            k,
+            h: sub,
+            rows: h.rows,
+        }))
+    }
+
+    /// Records that weight `name` now reads only input columns `keep` (of the
+    /// statistics' current columns).
+    pub fn select_columns(&self, name: &str, keep: Vec<usize>) {
+        if let Ok(mut sel) = self.selected.lock() {
+            let keep = match sel.get(name) {
+                Some(prev) => keep.iter().map(|&i| prev[i]).collect(),
+                None => keep,
+            };
+            sel.insert(name.to_string(), keep);
+        }
+    }
+}
+
+impl fmt::Debug for Calibration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Calibration({} weights, {} tokens of {})",
+            self.hessians.len(),
+            self.tokens,
+            self.source
+        )
+    }
+}
+
+/// The linear inputs calibration must measure: each value a `linear`/`linear_act`
+/// multiplies a weight the pass would quantize in the linear role (directly or
+/// through its f32 cast), with the names of the weights it meets there. A module's
+/// values, so the caller can make them outputs of a calibration graph.
+pub fn calibration_points(m: &Module) -> Vec<(ValueId, Vec<String>)> {
+    let mut points: Vec<(ValueId, Vec<String>)> = Vec::new();
+    let mut add = |x: ValueId, name: &str| match points.iter_mut().find(|(v, _)| *v == x) {
+        Some((_, names)) => {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string())
+            }
+        }
+        None => points.push((x, vec![name.to_string()])),
+    };
+    for i in 0..m.weights.len() {
+        let w = WeightId(i as u32);
+        let Ok(Some(p)) = analyse(m, w) else {
+            continue;
+        };
+        if p.role != Role::Linear {
+            continue;
+        }
+        let name = &m.weight(w).name;
+        for (n, k) in readers(m, p.value) {
+            if is_matmul_weight(m, n, k) {
+                add(m.graph.node(n).inputs[0], name);
+            } else if casts_to_f32(m, n) {
+                for (r, ko) in readers(m, m.graph.node(n).outputs[0]) {
+                    if is_matmul_weight(m, r, ko) {
+                        add(m.graph.node(r).inputs[0], name);
+                    }
+                }
+            }
+        }
+    }
+    points
 }
 
 /// The role a weight plays, which decides its format.
@@ -258,7 +383,12 @@ fn analyse(m: &Module, w: WeightId) -> Result<Option<Plan>, String> {
 }
 
 /// The weight's elements as f32 (exact for f16/bf16), checked finite.
-fn as_f32(name: &str, dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f32>, String> {
+pub(crate) fn as_f32(
+    name: &str,
+    dtype: DType,
+    bytes: &[u8],
+    numel: usize,
+) -> Result<Vec<f32>, String> {
     let eb = dtype.block_bytes();
     if bytes.len() < numel * eb {
         return Err(format!(
@@ -323,6 +453,17 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let mut special: Vec<String> = Vec::new();
     let mut keep_node = vec![true; m.graph.nodes.len()];
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
+    let calibration = ctx.calibration.as_deref();
+    if spec.gptq && calibration.is_none() {
+        return Err(err(format!(
+            "--quantize {spec} chooses codes against calibration statistics: give \
+             --calibration FILE (a text the model is run on)"
+        )));
+    }
+    // Factored calibration statistics, one per input the linears share (q/k/v, gate/up).
+    let mut prepared: Vec<(Arc<gptq::Hessian>, gptq::Prepared)> = Vec::new();
+    let mut gptq_stats: Vec<gptq::Outcome> = Vec::new();
+    let mut uncalibrated: Vec<String> = Vec::new();
     for p in &plans {
         let target = match p.role {
             Role::Linear => Some(spec.format),
@@ -340,12 +481,38 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             continue;
         };
         let numel = w.shape.as_consts().map_or(0, |d| d.iter().product::<i64>()) as usize;
+        let hess = if spec.gptq && p.role == Role::Linear {
+            let h = calibration.and_then(|c| c.hessian(&w.name));
+            if h.is_none() {
+                uncalibrated.push(format!("@{}", w.name));
+            }
+            h
+        } else {
+            None
+        };
         let data = match w.data.bytes() {
             None => WeightData::None,
             Some(bytes) => {
                 let x = as_f32(&w.name, w.dtype, bytes, numel).map_err(err)?;
-                let q = gguf::quantize(target, &x)
-                    .map_err(|e| err(format!("weight @{}: {e}", w.name)))?;
+                let wname = |e: String| err(format!("weight @{}: {e}", w.name));
+                let q = match hess {
+                    Some(h) => {
+                        let at = match prepared.iter().position(|(k, _)| Arc::ptr_eq(k, &h)) {
+                            Some(i) => i,
+                            None => {
+                                let p = gptq::Prepared::new(&h).map_err(wname)?;
+                                prepared.push((h.clone(), p));
+                                prepared.len() - 1
+                            }
+                        };
+                        let prep = &prepared[at].1;
+                        let (q, o) =
+                            gptq::quantize(target, &x, numel / h.k, prep).map_err(wname)?;
+                        gptq_stats.push(o);
+                        q
+                    }
+                    None => gguf::quantize(target, &x).map_err(wname)?,
+                };
                 WeightData::Owned(Arc::new(q))
             }
         };
@@ -412,6 +579,35 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     }
     if !kept.is_empty() {
         note += &format!("; kept {}", kept.join(", "));
+    }
+    if let (true, Some(c)) = (spec.gptq, calibration) {
+        let n = gptq_stats.len().max(1) as f64;
+        let mean = |f: fn(&gptq::Outcome) -> f64| gptq_stats.iter().map(f).sum::<f64>() / n;
+        note += &format!(
+            "; gptq on {} matrices ({} tokens of {}): output error (relative, on the \
+             calibration) {:.5} rounded to nearest -> {:.5}",
+            gptq_stats.len(),
+            c.tokens,
+            c.source,
+            mean(|o| o.rtn_error),
+            mean(|o| o.gptq_error)
+        );
+        let damped = gptq_stats.iter().filter(|o| o.damp > gptq::DAMP).count();
+        if damped > 0 {
+            note += &format!(" ({damped} needed more damping)");
+        }
+        if !uncalibrated.is_empty() {
+            note += &format!(
+                "; {} without statistics rounded to nearest: {}",
+                uncalibrated.len(),
+                uncalibrated
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     if !left.is_empty() {
         note += &format!(

@@ -1,0 +1,441 @@
+//! Structured pruning (`llmc build --prune ffn=PCT`): removes whole channels of each
+//! MLP's hidden layer, so every kernel afterwards runs smaller shapes (no sparse
+//! format, no special kernel: the gate/up matrices lose rows, the down matrix loses
+//! columns, and decode reads fewer bytes).
+//!
+//! An MLP is found by its shape, not its names: a `linear` (the down projection) whose
+//! input is computed from other linears' outputs (gate, up) by elementwise ops only
+//! (`silu`, `mul`, `gelu`, casts, ...), every value on the way read only there. Channel
+//! `j` of the down projection's input then depends on row `j` of those linears and
+//! nothing else, so it can go as a unit.
+//!
+//! Which channels go: with calibration statistics (`--calibration FILE`, the same
+//! `XᵀX` GPTQ uses, here of the down projection's input) a channel's importance is the
+//! output energy it carries, `H_jj · ‖W_down[:, j]‖²` (Wanda's `|W|·‖x‖` summed over a
+//! column); the down projection is then refitted on the kept channels by least squares
+//! (`W' = W·H[:, K]·H[K, K]⁻¹`: the kept channels take over what the removed ones
+//! contributed, as far as they correlate), which is layer-wise reconstruction. Without
+//! statistics, importance is `‖W_down[:, j]‖² · Σ‖W_in[j, :]‖²` and nothing is
+//! refitted. Kept counts are whole blocks of 32, so block formats still fit.
+
+use crate::quant::gptq::{cholesky, dot, DAMP};
+use crate::quant::Calibration;
+use crate::{Changed, PassContext, PassError};
+use llmc_ir::{DType, Dim, Module, NodeId, Op, Shape, ValueDef, ValueId, WeightData, WeightId};
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+/// What `--prune` asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PruneSpec {
+    /// Fraction of each MLP's hidden channels removed (0..1).
+    pub ffn: f64,
+}
+
+impl fmt::Display for PruneSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ffn={}%", (self.ffn * 100.0 * 1000.0).round() / 1000.0)
+    }
+}
+
+impl PruneSpec {
+    /// Parses `ffn=PCT` (`ffn=25%`, or a fraction `ffn=0.25`).
+    pub fn parse(s: &str) -> Result<PruneSpec, String> {
+        let mut spec = PruneSpec { ffn: 0.0 };
+        for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, val) = p
+                .split_once('=')
+                .ok_or_else(|| format!("`{p}`: expected ffn=PCT"))?;
+            let frac = match val.strip_suffix('%') {
+                Some(pct) => pct.trim().parse::<f64>().map(|v| v / 100.0),
+                None => val.trim().parse::<f64>(),
+            }
+            .map_err(|_| format!("`{p}`: `{val}` is not a percentage (25%) or fraction (0.25)"))?;
+            if !(0.0..1.0).contains(&frac) {
+                return Err(format!("`{p}`: the share removed must be in [0%, 100%)"));
+            }
+            match key {
+                "ffn" => spec.ffn = frac,
+                _ => return Err(format!("`{key}`: unknown pruning target (ffn)")),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// Channel alignment of what is kept.
+const ALIGN: usize = 32;
+
+/// A weight a linear reads as operand `k`: directly, or through one cast.
+fn weight_of(m: &Module, v: ValueId) -> Option<(WeightId, Option<NodeId>)> {
+    match m.graph.value(v).def {
+        ValueDef::Weight(w) => Some((w, None)),
+        ValueDef::Node(n, 0) if m.graph.node(n).op == Op::Cast => {
+            match m.graph.value(m.graph.node(n).inputs[0]).def {
+                ValueDef::Weight(w) => Some((w, Some(n))),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn readers(m: &Module, v: ValueId) -> usize {
+    m.graph
+        .nodes
+        .iter()
+        .map(|n| n.inputs.iter().filter(|&&x| x == v).count())
+        .sum::<usize>()
+        + m.graph.outputs.iter().filter(|&&x| x == v).count()
+}
+
+/// One MLP: the down projection and the linears (gate, up) feeding it through
+/// elementwise ops; every value between them, whose last dim is the channel count.
+struct Mlp {
+    down: NodeId,
+    inner: Vec<NodeId>,
+    channels: usize,
+}
+
+/// Elementwise ops a channel passes through unchanged in position.
+fn channelwise(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Mul
+            | Op::Add
+            | Op::Sub
+            | Op::Silu
+            | Op::Gelu
+            | Op::Relu
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Cast
+    )
+}
+
+/// The MLP whose down projection is node `d`, when the shape above holds.
+fn find_mlp(m: &Module, d: NodeId) -> Option<Mlp> {
+    let g = &m.graph;
+    let down = g.node(d);
+    if down.op != Op::Linear || down.inputs.len() != 2 {
+        return None;
+    }
+    let (wd, _) = weight_of(m, down.inputs[1])?;
+    let channels = m.weight(wd).shape.as_consts()?.get(1).copied()? as usize;
+    let mut inner = Vec::new();
+    let mut stack = vec![down.inputs[0]];
+    let mut seen = HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        let ty = g.ty(v);
+        if ty.shape.0.last().and_then(Dim::as_const) != Some(channels as i64)
+            || readers(m, v) != 1
+            || g.outputs.contains(&v)
+        {
+            return None;
+        }
+        let ValueDef::Node(n, 0) = g.value(v).def else {
+            return None;
+        };
+        let node = g.node(n);
+        if node.op == Op::Linear {
+            // gate/up: a weight [channels, in], optional bias [channels].
+            let (w, _) = weight_of(m, node.inputs[1])?;
+            if m.weight(w).shape.as_consts()?.first().copied()? != channels as i64 {
+                return None;
+            }
+            if let Some(&b) = node.inputs.get(2) {
+                weight_of(m, b)?;
+            }
+            inner.push(n);
+        } else if channelwise(node.op) && node.outputs.len() == 1 {
+            for &x in &node.inputs {
+                // Scalars (and other broadcast constants) are not channels.
+                if g.ty(x).shape.numel().as_const() == Some(1) {
+                    continue;
+                }
+                stack.push(x);
+            }
+        } else {
+            return None;
+        }
+    }
+    if inner.is_empty() {
+        return None;
+    }
+    // Every weight touched is read by this MLP alone.
+    let mut ws = vec![down.inputs[1]];
+    for &n in &inner {
+        ws.extend(g.node(n).inputs[1..].iter().copied());
+    }
+    for v in ws {
+        let (w, cast) = weight_of(m, v)?;
+        let wv = m.weight_value(w)?;
+        if readers(m, wv) != 1 || cast.is_some_and(|_| readers(m, v) != 1) {
+            return None;
+        }
+    }
+    Some(Mlp {
+        down: d,
+        inner,
+        channels,
+    })
+}
+
+/// The elements of a float weight as f32.
+fn read_f32(m: &Module, w: WeightId) -> Result<Vec<f32>, String> {
+    let wt = m.weight(w);
+    let numel = wt
+        .shape
+        .as_consts()
+        .map_or(0, |d| d.iter().product::<i64>()) as usize;
+    let bytes = wt
+        .data
+        .bytes()
+        .ok_or_else(|| format!("weight @{}: no data", wt.name))?;
+    crate::quant::as_f32(&wt.name, wt.dtype, bytes, numel)
+}
+
+/// `x` stored as `dtype` (f32, f16 or bf16).
+fn write_bytes(dtype: DType, x: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::F16 => x
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::BF16 => x
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        _ => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+/// Replaces weight `w` (and its value, and a cast of it) by `data` of `shape`.
+fn set_weight(m: &mut Module, w: WeightId, shape: Vec<i64>, data: Option<Vec<f32>>) {
+    let dtype = m.weight(w).dtype;
+    let rec = &mut m.weights[w.0 as usize];
+    rec.shape = Shape(shape.iter().map(|&d| Dim::c(d)).collect());
+    if let Some(x) = data {
+        rec.data = WeightData::Owned(Arc::new(write_bytes(dtype, &x)));
+    } else {
+        rec.data = WeightData::None;
+    }
+    let shape = rec.shape.clone();
+    if let Some(v) = m.weight_value(w) {
+        m.graph.values[v.0 as usize].ty.shape = shape;
+    }
+}
+
+/// Keeps rows `keep` of the weight a linear reads at `v` (a matrix, or a bias vector).
+fn keep_rows(m: &mut Module, v: ValueId, keep: &[usize]) -> Result<(), String> {
+    let (w, _) = weight_of(m, v).ok_or("not a weight")?;
+    let dims = m.weight(w).shape.as_consts().unwrap_or_default();
+    let cols = dims.get(1).copied().unwrap_or(1) as usize;
+    let data = match m.weight(w).data.bytes() {
+        Some(_) => {
+            let x = read_f32(m, w)?;
+            Some(
+                keep.iter()
+                    .flat_map(|&r| x[r * cols..(r + 1) * cols].iter().copied())
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    let mut shape = dims.clone();
+    shape[0] = keep.len() as i64;
+    set_weight(m, w, shape, data);
+    Ok(())
+}
+
+/// Recomputes every node's result types from its operands (shapes shrank).
+fn retype(m: &mut Module) -> Result<(), String> {
+    for i in 0..m.graph.nodes.len() {
+        let node = m.graph.nodes[i].clone();
+        let tys: Vec<&llmc_ir::TensorType> = node.inputs.iter().map(|&v| m.graph.ty(v)).collect();
+        let out = node
+            .op
+            .infer(&tys, &node.attrs)
+            .map_err(|e| format!("node {} ({}): {e}", i, node.op.name()))?;
+        for (&o, t) in node.outputs.iter().zip(out) {
+            m.graph.values[o.0 as usize].ty = t;
+        }
+    }
+    Ok(())
+}
+
+/// Least-squares refit of the down projection `w` (`n x c`) on channels `keep`:
+/// `W' = W·H[:, K]·H[K, K]⁻¹` (rows independent: each row solves
+/// `H[K, K]·w'ᵀ = H[K, :]·wᵀ`).
+fn refit(w: &[f32], n: usize, c: usize, h: &[f64], keep: &[usize]) -> Option<Vec<f32>> {
+    let k = keep.len();
+    let mut hkk = vec![0.0f64; k * k];
+    for (a, &i) in keep.iter().enumerate() {
+        for (b, &j) in keep.iter().enumerate() {
+            hkk[a * k + b] = h[i * c + j];
+        }
+    }
+    let mean = (0..k).map(|i| hkk[i * k + i]).sum::<f64>() / k.max(1) as f64;
+    for i in 0..k {
+        hkk[i * k + i] += DAMP * mean;
+    }
+    let l = cholesky(&hkk, k)?;
+    let mut out = vec![0f32; n * k];
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let rows_per = n.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (t, oc) in out.chunks_mut(rows_per * k).enumerate() {
+            let l = &l;
+            s.spawn(move || {
+                let mut rhs = vec![0.0f64; k];
+                for (ri, orow) in oc.chunks_mut(k).enumerate() {
+                    let r = t * rows_per + ri;
+                    let wr: Vec<f64> = w[r * c..(r + 1) * c].iter().map(|&v| v as f64).collect();
+                    // rhs = H[K, :] · w_r
+                    for (a, &i) in keep.iter().enumerate() {
+                        let hi = &h[i * c..(i + 1) * c];
+                        rhs[a] = dot(hi, &wr);
+                    }
+                    // L y = rhs, then Lᵀ x = y.
+                    for a in 0..k {
+                        rhs[a] = (rhs[a] - dot(&l[a * k..a * k + a], &rhs[..a])) / l[a * k + a];
+                    }
+                    // Lᵀ x = y from the last unknown up: x[a] = y[a] / L[a, a], then
+                    // row a of L (contiguous) leaves the rest of y.
+                    for a in (0..k).rev() {
+                        let xa = rhs[a] / l[a * k + a];
+                        rhs[a] = xa;
+                        for (y, &lv) in rhs[..a].iter_mut().zip(&l[a * k..a * k + a]) {
+                            *y -= lv * xa;
+                        }
+                    }
+                    for (o, v) in orow.iter_mut().zip(&rhs) {
+                        *o = *v as f32;
+                    }
+                }
+            });
+        }
+    });
+    Some(out)
+}
+
+/// Prunes one MLP; returns (channels kept, refitted).
+fn prune_mlp(
+    m: &mut Module,
+    mlp: &Mlp,
+    frac: f64,
+    calibration: Option<&Calibration>,
+) -> Result<(usize, bool), String> {
+    let c = mlp.channels;
+    let keep_n =
+        (((c as f64) * (1.0 - frac) / ALIGN as f64).round() as usize * ALIGN).clamp(ALIGN, c);
+    if keep_n == c {
+        return Ok((c, false));
+    }
+    let down_v = m.graph.node(mlp.down).inputs[1];
+    let (wd, _) = weight_of(m, down_v).ok_or("down projection weight")?;
+    let down_name = m.weight(wd).name.clone();
+    let n = m.weight(wd).shape.as_consts().unwrap_or_default()[0] as usize;
+    let wdown = read_f32(m, wd)?;
+    let col_energy: Vec<f64> = (0..c)
+        .map(|j| (0..n).map(|r| (wdown[r * c + j] as f64).powi(2)).sum())
+        .collect();
+    let hess = calibration.and_then(|cal| cal.hessian(&down_name));
+    let hess = hess.filter(|h| h.k == c && h.rows > 0);
+    let score: Vec<f64> = match &hess {
+        Some(h) => (0..c).map(|j| h.h[j * c + j] * col_energy[j]).collect(),
+        None => {
+            let mut s = col_energy.clone();
+            for &ln in &mlp.inner {
+                let (w, _) = weight_of(m, m.graph.node(ln).inputs[1]).ok_or("inner weight")?;
+                let x = read_f32(m, w)?;
+                let cols = x.len() / c;
+                for (j, sj) in s.iter_mut().enumerate() {
+                    *sj *= x[j * cols..(j + 1) * cols]
+                        .iter()
+                        .map(|&v| (v as f64).powi(2))
+                        .sum::<f64>();
+                }
+            }
+            s
+        }
+    };
+    let mut order: Vec<usize> = (0..c).collect();
+    order.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
+    let mut keep: Vec<usize> = order[..keep_n].to_vec();
+    keep.sort_unstable();
+    // The down projection: refitted on the kept channels, or their columns as they are.
+    let refitted = hess.as_ref().and_then(|h| refit(&wdown, n, c, &h.h, &keep));
+    let new_down = refitted.clone().unwrap_or_else(|| {
+        (0..n)
+            .flat_map(|r| keep.iter().map(move |&j| (r, j)))
+            .map(|(r, j)| wdown[r * c + j])
+            .collect()
+    });
+    set_weight(m, wd, vec![n as i64, keep_n as i64], Some(new_down));
+    for &ln in &mlp.inner {
+        let operands: Vec<ValueId> = m.graph.node(ln).inputs[1..].to_vec();
+        for v in operands {
+            keep_rows(m, v, &keep)?;
+        }
+    }
+    if let Some(cal) = calibration {
+        cal.select_columns(&down_name, keep);
+    }
+    Ok((keep_n, refitted.is_some()))
+}
+
+/// The pass: prunes per `ctx.prune`; without a spec it changes nothing.
+pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
+    let Some(spec) = &ctx.prune else {
+        crate::note("no --prune given: nothing to do".into());
+        return Ok(Changed::No);
+    };
+    let err = |msg: String| PassError::Pass {
+        pass: "prune".into(),
+        msg,
+    };
+    if spec.ffn <= 0.0 {
+        return Ok(Changed::No);
+    }
+    let mlps: Vec<Mlp> = (0..m.graph.nodes.len())
+        .filter_map(|i| find_mlp(m, NodeId(i as u32)))
+        .collect();
+    if mlps.is_empty() {
+        return Err(err(
+            "--prune ffn: no MLP found (a linear fed by other linears through elementwise ops)"
+                .into(),
+        ));
+    }
+    let calibration = ctx.calibration.as_deref();
+    let (mut before, mut after, mut refitted) = (0usize, 0usize, 0usize);
+    for mlp in &mlps {
+        let (kept, refit) = prune_mlp(m, mlp, spec.ffn, calibration).map_err(err)?;
+        before += mlp.channels;
+        after += kept;
+        refitted += refit as usize;
+    }
+    retype(m).map_err(err)?;
+    crate::note(format!(
+        "{spec}: {} MLPs, hidden channels {} -> {} ({:.1}% removed); {}",
+        mlps.len(),
+        before / mlps.len(),
+        after / mlps.len(),
+        100.0 * (before - after) as f64 / before as f64,
+        match calibration {
+            Some(c) if refitted > 0 => format!(
+                "channels ranked by output energy on {} tokens of {}, {refitted} down projections refitted by least squares",
+                c.tokens, c.source
+            ),
+            _ => "channels ranked by weight magnitude (no --calibration: nothing refitted)".into(),
+        }
+    ));
+    Ok(Changed::Yes)
+}
+
+#[cfg(test)]
+mod tests;
