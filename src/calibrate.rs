@@ -4,14 +4,14 @@
 //! the Q/K/V, output, gate/up and down projections read), `XᵀX` is accumulated.
 //!
 //! The products are computed by the model itself: a copy of the graph gets, per
-//! input `x[1, s, k]`, a `matmul(transpose(x), x)` returned as an output, and is
+//! input `x[1, s, k]` (as rows `[s, k]`), `matmul(transpose(x), x)` returned as an output, and is
 //! compiled and run through the CPU path like any module (`run_compiled`'s machinery),
 //! one process per window of tokens so each starts from an empty KV cache. Only the
 //! `k x k` products come back, never the activations.
 
 use crate::{generate, optimize, Reduce};
 use anyhow::{bail, Context, Result};
-use llmc_ir::{attrs, Attr, DType, Module, Op, Tensor};
+use llmc_ir::{attrs, Attr, DType, Dim, Module, Op, Shape, Tensor};
 use llmc_passes::quant::{calibration_points, gptq::Hessian, Calibration};
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,10 +52,14 @@ pub fn calibrate(m: &Module, file: &Path, tokens: usize) -> Result<Calibration> 
         if r < 2 {
             bail!("calibration point {i}: a linear input of rank {r}");
         }
-        let mut perm: Vec<i64> = (0..r as i64).collect();
-        perm.swap(r - 2, r - 1);
-        let xt = cm.add1(Op::Transpose, &[*x], attrs([("perm", Attr::Ints(perm))]))?;
-        let h = cm.add1(Op::MatMul, &[xt, *x], attrs([]))?;
+        // x[.., k] -> rows [n, k] (no batch axis: the matmul's outer loop, the one
+        // spread over threads, is then the k rows of the product).
+        let dims = cm.graph.ty(*x).shape.0.clone();
+        let rows = dims[..r - 1].iter().fold(Dim::c(1), |a, d| a.mul(d));
+        let shape = Shape(vec![rows, dims[r - 1].clone()]);
+        let x2 = cm.add1(Op::Reshape, &[*x], attrs([("shape", Attr::Shape(shape))]))?;
+        let xt = cm.add1(Op::Transpose, &[x2], attrs([("perm", Attr::Ints(vec![1, 0]))]))?;
+        let h = cm.add1(Op::MatMul, &[xt, x2], attrs([]))?;
         cm.graph.values[h.0 as usize].name = format!("calib.{i}");
         outs.push(h);
     }
