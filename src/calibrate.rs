@@ -11,8 +11,10 @@
 
 use crate::{generate, optimize, Reduce};
 use anyhow::{bail, Context, Result};
-use llmc_ir::{attrs, Attr, DType, Dim, Module, Op, Shape, Tensor};
+use llmc_ir::{attrs, Attr, Dim, Module, Op, Shape};
 use llmc_passes::quant::{calibration_points, gptq::Hessian, Calibration};
+use llmc_runtime::exec::HostTensor;
+use llmc_runtime::plan::ElemType;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -58,7 +60,11 @@ pub fn calibrate(m: &Module, file: &Path, tokens: usize) -> Result<Calibration> 
         let rows = dims[..r - 1].iter().fold(Dim::c(1), |a, d| a.mul(d));
         let shape = Shape(vec![rows, dims[r - 1].clone()]);
         let x2 = cm.add1(Op::Reshape, &[*x], attrs([("shape", Attr::Shape(shape))]))?;
-        let xt = cm.add1(Op::Transpose, &[x2], attrs([("perm", Attr::Ints(vec![1, 0]))]))?;
+        let xt = cm.add1(
+            Op::Transpose,
+            &[x2],
+            attrs([("perm", Attr::Ints(vec![1, 0]))]),
+        )?;
         let h = cm.add1(Op::MatMul, &[xt, x2], attrs([]))?;
         cm.graph.values[h.0 as usize].name = format!("calib.{i}");
         outs.push(h);
@@ -86,24 +92,32 @@ pub fn calibrate(m: &Module, file: &Path, tokens: usize) -> Result<Calibration> 
     let mut sums: Vec<Vec<f64>> = Vec::new();
     for (w, chunk) in ids.chunks(WINDOW).enumerate() {
         let n = chunk.len();
-        let mut inputs = vec![Tensor::zeros(DType::I64, vec![1, n]); 2];
-        inputs[io.ids] = Tensor::from_i64(
-            DType::I64,
-            vec![1, n],
-            chunk.iter().map(|&t| t as i64).collect(),
-        );
-        inputs[io.pos] = Tensor::from_i64(DType::I64, vec![1, n], (0..n as i64).collect());
+        let i64s = |v: Vec<i64>| HostTensor {
+            dtype: ElemType::I64,
+            shape: vec![1, n],
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        };
+        let mut inputs = vec![i64s(vec![0; n]), i64s(vec![0; n])];
+        inputs[io.ids] = i64s(chunk.iter().map(|&t| t as i64).collect());
+        inputs[io.pos] = i64s((0..n as i64).collect());
         let dir = work.path().join(format!("window{w}"));
         std::fs::create_dir_all(&dir)?;
-        let mut res = llmc_backend::run::run_executable(&cm, &exe, &dir, &[inputs])
+        let mut res = llmc_backend::run::run_executable_host(&cm, &exe, &dir, &[inputs])
             .with_context(|| format!("running the calibration graph on window {w}"))?;
         let outs = res.pop().unwrap_or_default();
         if sums.is_empty() {
-            sums = outs.iter().map(|t| vec![0.0; t.numel()]).collect();
+            sums = outs.iter().map(|t| vec![0.0; t.data.len() / 4]).collect();
         }
-        for (s, t) in sums.iter_mut().zip(&outs) {
-            for (a, b) in s.iter_mut().zip(t.to_f64()) {
-                *a += b;
+        for (i, (s, t)) in sums.iter_mut().zip(&outs).enumerate() {
+            if t.dtype != ElemType::F32 || t.data.len() != s.len() * 4 {
+                bail!(
+                    "calibration output {i}: {} bytes of {}, expected f32",
+                    t.data.len(),
+                    t.dtype.name()
+                );
+            }
+            for (a, b) in s.iter_mut().zip(t.data.chunks_exact(4)) {
+                *a += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64;
             }
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -68,6 +68,34 @@ pub fn run_executable(
     work: &Path,
     runs: &[Vec<Tensor>],
 ) -> Result<Vec<Vec<Tensor>>, BuildError> {
+    let host: Vec<Vec<HostTensor>> = runs
+        .iter()
+        .map(|r| r.iter().map(host_tensor).collect())
+        .collect();
+    run_executable_host(m, exe, work, &host)?
+        .into_iter()
+        .enumerate()
+        .map(|(r, outs)| {
+            outs.iter()
+                .map(|h| {
+                    ir_tensor(h).map_err(|e| BuildError::Io {
+                        path: work.join(format!("run{r}/out")).display().to_string(),
+                        msg: e,
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// [`run_executable`] with the runtime's tensors (bytes as the executable reads and
+/// writes them) both ways: no conversion of large outputs to IR tensors.
+pub fn run_executable_host(
+    m: &Module,
+    exe: &Path,
+    work: &Path,
+    runs: &[Vec<HostTensor>],
+) -> Result<Vec<Vec<HostTensor>>, BuildError> {
     let names = crate::plan::plain_names(m);
     let g = &m.graph;
     let vname = |v: llmc_ir::ValueId| names.get(v.0 as usize).cloned().unwrap_or_default();
@@ -81,7 +109,7 @@ pub fn run_executable(
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         for (k, (&v, t)) in g.inputs.iter().zip(inputs).enumerate() {
             let p = dir.join(format!("in.{k}.npy"));
-            let bytes = npy::write(&host_tensor(t)).map_err(|e| BuildError::Input {
+            let bytes = npy::write(t).map_err(|e| BuildError::Input {
                 name: vname(v),
                 msg: e,
             })?;
@@ -109,11 +137,7 @@ pub fn run_executable(
             let file = llmc_runtime::exe::output_file_name(&vname(v));
             let p = work.join(format!("run{r}/out/{file}"));
             let bytes = std::fs::read(&p).map_err(io(&p))?;
-            let h = npy::read(&bytes).map_err(|e| BuildError::Io {
-                path: p.display().to_string(),
-                msg: e,
-            })?;
-            outs.push(ir_tensor(&h).map_err(|e| BuildError::Io {
+            outs.push(npy::read(&bytes).map_err(|e| BuildError::Io {
                 path: p.display().to_string(),
                 msg: e,
             })?);

@@ -31,8 +31,17 @@ pub struct Hessian {
     pub rows: usize,
 }
 
-/// Relative damping added to `H`'s diagonal (of its mean), as GPTQ's `percdamp`.
+/// Relative damping added to `H`'s diagonal (of its mean), as GPTQ's `percdamp`: the
+/// least [`default_damp`] gives.
 pub const DAMP: f64 = 0.01;
+
+/// The damping for statistics from `rows` rows of width `k`: `max(1%, k / rows)`.
+/// `H` estimated from few rows per column is noisy (rank-deficient below `k` rows), and
+/// GPTQ then compensates noise: on SmolLM2 with 1024 calibration tokens, 1% damping made
+/// q4_0 worse than rounding to nearest on held-out text, `k / rows` better (docs/quant.md).
+pub fn default_damp(h: &Hessian) -> f64 {
+    (h.k as f64 / h.rows.max(1) as f64).max(DAMP)
+}
 
 /// `a · b` with eight running sums (so it vectorizes; a single sum cannot be
 /// reordered).
@@ -164,9 +173,9 @@ pub struct Outcome {
     /// for GPTQ, over a sample of rows.
     pub rtn_error: f64,
     pub gptq_error: f64,
-    /// The damping the Cholesky factorization needed (`DAMP` unless `H` was nearly
-    /// singular).
+    /// The damping used, and whether the factorization needed more than asked.
     pub damp: f64,
+    pub damped: bool,
 }
 
 /// `eᵀ H e` for a row error `e`.
@@ -182,13 +191,14 @@ pub struct Prepared {
     h: Vec<f64>,
     u: Vec<f32>,
     damp: f64,
+    damped: bool,
 }
 
 impl Prepared {
     /// Normalises and factors `hess`. A column no calibration row reached (`H_ii = 0`)
     /// gets `H_ii = 1` so the factorization exists; the damping grows tenfold until it
     /// does.
-    pub fn new(hess: &Hessian) -> Result<Prepared, String> {
+    pub fn new(hess: &Hessian, damp: f64) -> Result<Prepared, String> {
         let k = hess.k;
         if hess.rows == 0 {
             return Err("the calibration saw no rows".into());
@@ -203,7 +213,8 @@ impl Prepared {
             }
         }
         let mean_diag = (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
-        let mut damp = DAMP;
+        let asked = damp;
+        let mut damp = damp;
         loop {
             let mut hd = h.clone();
             for i in 0..k {
@@ -211,10 +222,17 @@ impl Prepared {
             }
             if let Some(u) = inverse_cholesky_upper(&hd, k) {
                 let u = u.iter().map(|&v| v as f32).collect();
-                return Ok(Prepared { k, h, u, damp });
+                let damped = damp > asked;
+                return Ok(Prepared {
+                    k,
+                    h,
+                    u,
+                    damp,
+                    damped,
+                });
             }
             damp *= 10.0;
-            if damp > 10.0 {
+            if damp > 1e3 {
                 return Err("the calibration statistics are not positive definite".into());
             }
         }
@@ -237,7 +255,7 @@ pub fn quantize(
             w.len() / n.max(1)
         ));
     }
-    let (h, damp) = (&p.h, p.damp);
+    let (h, damp, damped) = (&p.h, p.damp, p.damped);
     let uf = &p.u;
     let bpr = k / BLOCK * dtype.block_bytes();
     let mut out = vec![0u8; n * bpr];
@@ -282,6 +300,7 @@ pub fn quantize(
             rtn_error: e_rtn / base,
             gptq_error: e_gptq / base,
             damp,
+            damped,
         },
     ))
 }
@@ -400,7 +419,7 @@ mod tests {
         let hs = hessian(k, 400, 1.5, &mut rng);
         let w: Vec<f32> = (0..n * k).map(|_| rng.next() as f32).collect();
         for dt in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
-            let (blocks, o) = quantize(dt, &w, n, &Prepared::new(&hs).unwrap()).unwrap();
+            let (blocks, o) = quantize(dt, &w, n, &Prepared::new(&hs, DAMP).unwrap()).unwrap();
             assert_eq!(blocks.len(), n * k / BLOCK * dt.block_bytes());
             assert!(
                 o.gptq_error < 0.8 * o.rtn_error,
@@ -432,7 +451,7 @@ mod tests {
         }
         let hs = Hessian { k, h, rows: 1 };
         let w: Vec<f32> = (0..n * k).map(|_| rng.next() as f32).collect();
-        let (_, o) = quantize(DType::Q4_0, &w, n, &Prepared::new(&hs).unwrap()).unwrap();
+        let (_, o) = quantize(DType::Q4_0, &w, n, &Prepared::new(&hs, DAMP).unwrap()).unwrap();
         assert!(
             (o.gptq_error - o.rtn_error).abs() <= 1e-3 * o.rtn_error,
             "{o:?}"
@@ -446,10 +465,10 @@ mod tests {
             h: vec![0.0; 64 * 64],
             rows: 0,
         };
-        let e = Prepared::new(&hs).err().unwrap();
+        let e = Prepared::new(&hs, DAMP).err().unwrap();
         assert!(e.contains("no rows"), "{e}");
         hs.rows = 1;
-        let p = Prepared::new(&hs).unwrap();
+        let p = Prepared::new(&hs, DAMP).unwrap();
         assert!(quantize(DType::Q4_0, &[0.0; 63 * 2], 2, &p).is_err());
         assert!(quantize(DType::Q4_0, &[0.0; 128], 2, &p).is_ok());
     }

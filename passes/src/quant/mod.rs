@@ -29,7 +29,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 /// What `--quantize` asked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QuantSpec {
     /// The format of the linear layers' matrices.
     pub format: DType,
@@ -41,6 +41,11 @@ pub struct QuantSpec {
     /// (`PassContext::calibration`, from `--calibration FILE`) instead of rounding
     /// each weight to nearest.
     pub gptq: bool,
+    /// GPTQ's damping: this fraction of `H`'s mean diagonal is added to its diagonal
+    /// (`damp=F`). More damping trusts the calibration's correlations less (towards
+    /// rounding to nearest). `None`: [`gptq::default_damp`], which grows as the
+    /// calibration has fewer rows per input column.
+    pub damp: Option<f64>,
 }
 
 fn format_name(d: Option<DType>) -> &'static str {
@@ -56,7 +61,11 @@ impl fmt::Display for QuantSpec {
             format_name(self.head),
             format_name(self.embed),
             if self.gptq { ",gptq" } else { "" }
-        )
+        )?;
+        if let Some(d) = self.damp {
+            write!(f, ",damp={d}")?;
+        }
+        Ok(())
     }
 }
 
@@ -77,10 +86,11 @@ impl QuantSpec {
             head: Some(DType::Q8_0),
             embed: Some(format),
             gptq: false,
+            damp: None,
         }
     }
 
-    /// Parses `FORMAT[,head=F|keep][,embed=F|keep][,gptq]`.
+    /// Parses `FORMAT[,head=F|keep][,embed=F|keep][,gptq][,damp=F]`.
     pub fn parse(s: &str) -> Result<QuantSpec, String> {
         let mut parts = s.split(',').map(str::trim);
         let first = parts.next().unwrap_or_default();
@@ -90,9 +100,20 @@ impl QuantSpec {
                 spec.gptq = true;
                 continue;
             }
-            let (key, val) = p
-                .split_once('=')
-                .ok_or_else(|| format!("`{p}`: expected head=FORMAT, embed=FORMAT or gptq"))?;
+            let (key, val) = p.split_once('=').ok_or_else(|| {
+                format!("`{p}`: expected head=FORMAT, embed=FORMAT, gptq or damp=F")
+            })?;
+            if key == "damp" {
+                spec.damp = Some(
+                    val.parse::<f64>()
+                        .ok()
+                        .filter(|d| d.is_finite() && *d > 0.0)
+                        .ok_or_else(|| {
+                            format!("damp=`{val}`: expected a positive fraction (0.1)")
+                        })?,
+                );
+                continue;
+            }
             let val = if val == "keep" {
                 None
             } else {
@@ -101,7 +122,7 @@ impl QuantSpec {
             match key {
                 "head" => spec.head = val,
                 "embed" => spec.embed = val,
-                _ => return Err(format!("`{key}`: unknown option (head, embed, gptq)")),
+                _ => return Err(format!("`{key}`: unknown option (head, embed, gptq, damp)")),
             }
         }
         Ok(spec)
@@ -500,7 +521,8 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                         let at = match prepared.iter().position(|(k, _)| Arc::ptr_eq(k, &h)) {
                             Some(i) => i,
                             None => {
-                                let p = gptq::Prepared::new(&h).map_err(wname)?;
+                                let d = spec.damp.unwrap_or_else(|| gptq::default_damp(&h));
+                                let p = gptq::Prepared::new(&h, d).map_err(wname)?;
                                 prepared.push((h.clone(), p));
                                 prepared.len() - 1
                             }
@@ -592,7 +614,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             mean(|o| o.rtn_error),
             mean(|o| o.gptq_error)
         );
-        let damped = gptq_stats.iter().filter(|o| o.damp > gptq::DAMP).count();
+        let damped = gptq_stats.iter().filter(|o| o.damped).count();
         if damped > 0 {
             note += &format!(" ({damped} needed more damping)");
         }
