@@ -271,7 +271,11 @@ fn retype(m: &mut Module) -> Result<(), String> {
 /// Least-squares refit of the down projection `w` (`n x c`) on channels `keep`:
 /// `W' = W·H[:, K]·H[K, K]⁻¹` (rows independent: each row solves
 /// `H[K, K]·w'ᵀ = H[K, :]·wᵀ`).
-fn refit(w: &[f32], n: usize, c: usize, h: &[f64], keep: &[usize]) -> Option<Vec<f32>> {
+/// `damp` is the relative damping of `H[K, K]`'s diagonal. Unlike GPTQ, the refit wants
+/// little of it even from few calibration rows: on SmolLM2, 12.5% of the channels out
+/// with 1024 calibration tokens, 1% damping gave PPL 77 at ctx 128 and `k/rows` (150%,
+/// nearly no refit) 1527: the kept columns as they were cannot stand in for the rest.
+fn refit(w: &[f32], n: usize, c: usize, h: &[f64], keep: &[usize], damp: f64) -> Option<Vec<f32>> {
     let k = keep.len();
     let mut hkk = vec![0.0f64; k * k];
     for (a, &i) in keep.iter().enumerate() {
@@ -281,7 +285,7 @@ fn refit(w: &[f32], n: usize, c: usize, h: &[f64], keep: &[usize]) -> Option<Vec
     }
     let mean = (0..k).map(|i| hkk[i * k + i]).sum::<f64>() / k.max(1) as f64;
     for i in 0..k {
-        hkk[i * k + i] += DAMP * mean;
+        hkk[i * k + i] += damp * mean;
     }
     let l = cholesky(&hkk, k)?;
     let mut out = vec![0f32; n * k];
@@ -369,7 +373,9 @@ fn prune_mlp(
     let mut keep: Vec<usize> = order[..keep_n].to_vec();
     keep.sort_unstable();
     // The down projection: refitted on the kept channels, or their columns as they are.
-    let refitted = hess.as_ref().and_then(|h| refit(&wdown, n, c, &h.h, &keep));
+    let refitted = hess
+        .as_ref()
+        .and_then(|h| refit(&wdown, n, c, &h.h, &keep, DAMP));
     let new_down = refitted.clone().unwrap_or_else(|| {
         (0..n)
             .flat_map(|r| keep.iter().map(move |&j| (r, j)))
