@@ -485,7 +485,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let mut prepared: Vec<(Arc<gptq::Hessian>, gptq::Prepared)> = Vec::new();
     let mut gptq_stats: Vec<gptq::Outcome> = Vec::new();
     let mut uncalibrated: Vec<String> = Vec::new();
-    for p in &plans {
+    for (pi, p) in plans.iter().enumerate() {
         let target = match p.role {
             Role::Linear => Some(spec.format),
             Role::Head => spec.head,
@@ -531,6 +531,17 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                         let (q, o) =
                             gptq::quantize(target, &x, numel / h.k, prep).map_err(wname)?;
                         gptq_stats.push(o);
+                        // Dropped once no later linear reads the same input (a factored
+                        // `H` is 12·k² bytes: a 1B model's down projections hold GBs).
+                        let later = plans[pi + 1..].iter().any(|q| {
+                            q.role == Role::Linear
+                                && calibration
+                                    .and_then(|c| c.hessians.get(&m.weight(q.weight).name))
+                                    .is_some_and(|a| Arc::ptr_eq(a, &h))
+                        });
+                        if !later {
+                            prepared.swap_remove(at);
+                        }
                         q
                     }
                     None => gguf::quantize(target, &x).map_err(wname)?,
