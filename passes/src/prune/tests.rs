@@ -4,6 +4,7 @@
 //! whose hidden values are read elsewhere are left alone.
 
 use super::*;
+use crate::quant::gptq::tests::Lcg;
 use crate::quant::gptq::Hessian;
 use llmc_ir::interp::Interpreter;
 use llmc_ir::{attrs, Tensor, TensorType};
@@ -13,14 +14,11 @@ const H: usize = 64;
 const F: usize = 128;
 const ROWS: usize = 256;
 
-struct Lcg(u64);
-impl Lcg {
+/// Uniform f32 in [-1, 1) from the GPTQ tests' generator.
+struct Rng(Lcg);
+impl Rng {
     fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        self.0.next() as f32
     }
 }
 
@@ -35,7 +33,7 @@ fn weight(m: &mut Module, name: &str, shape: &[i64], x: &[f32]) -> ValueId {
 
 /// Gate/up rows F-32.. duplicate rows 0..32 (those hidden channels are copies), and
 /// the down columns of the copies are small: pruning 25% removes exactly the copies.
-fn weights(rng: &mut Lcg) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn weights(rng: &mut Rng) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut wg: Vec<f32> = (0..F * H).map(|_| rng.next() * 0.2).collect();
     let mut wu: Vec<f32> = (0..F * H).map(|_| rng.next() * 0.2).collect();
     for j in 0..32 {
@@ -77,7 +75,7 @@ fn mlp(wg: &[f32], wu: &[f32], wd: &[f32], hidden_is_output: bool) -> Module {
     m
 }
 
-fn input(rng: &mut Lcg) -> Tensor {
+fn input(rng: &mut Rng) -> Tensor {
     Tensor::f32(vec![ROWS, H], (0..ROWS * H).map(|_| rng.next()).collect())
 }
 
@@ -143,7 +141,7 @@ fn spec_parses_percentages_and_fractions() {
 
 #[test]
 fn pruning_shrinks_every_shape_of_the_mlp() {
-    let mut rng = Lcg(5);
+    let mut rng = Rng(Lcg(5));
     let (wg, wu, wd) = weights(&mut rng);
     let mut m = mlp(&wg, &wu, &wd, false);
     prune(&mut m, None);
@@ -157,7 +155,7 @@ fn pruning_shrinks_every_shape_of_the_mlp() {
 
 #[test]
 fn refit_carries_removed_channels_into_correlated_kept_ones() {
-    let mut rng = Lcg(9);
+    let mut rng = Rng(Lcg(9));
     let (wg, wu, wd) = weights(&mut rng);
     let x = input(&mut rng);
     let want = run1(&mlp(&wg, &wu, &wd, false), &x);
@@ -184,7 +182,7 @@ fn refit_carries_removed_channels_into_correlated_kept_ones() {
 
 #[test]
 fn an_mlp_whose_hidden_values_are_read_elsewhere_is_not_pruned() {
-    let mut rng = Lcg(1);
+    let mut rng = Rng(Lcg(1));
     let (wg, wu, wd) = weights(&mut rng);
     let mut m = mlp(&wg, &wu, &wd, true);
     let ctx = PassContext {

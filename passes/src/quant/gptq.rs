@@ -347,16 +347,17 @@ fn sweep(dtype: DType, w: &[f32], k: usize, u: &[f32], out: &mut [u8], deq: &mut
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The factorization against its definition, and GPTQ against round-to-nearest on
     //! correlated inputs (where it must win) and uncorrelated ones (where it cannot).
     use super::*;
     use llmc_ir::quant::dequantize;
 
-    /// A deterministic generator (no rand dependency).
-    struct Lcg(u64);
+    /// A deterministic generator (no rand dependency), shared with the prune tests.
+    pub(crate) struct Lcg(pub(crate) u64);
     impl Lcg {
-        fn next(&mut self) -> f64 {
+        /// Uniform in [-1, 1).
+        pub(crate) fn next(&mut self) -> f64 {
             self.0 = self
                 .0
                 .wrapping_mul(6364136223846793005)
