@@ -81,13 +81,9 @@ fn weight_of(m: &Module, v: ValueId) -> Option<(WeightId, Option<NodeId>)> {
     }
 }
 
+/// How many operands and graph outputs read `v`.
 fn readers(m: &Module, v: ValueId) -> usize {
-    m.graph
-        .nodes
-        .iter()
-        .map(|n| n.inputs.iter().filter(|&&x| x == v).count())
-        .sum::<usize>()
-        + m.graph.outputs.iter().filter(|&&x| x == v).count()
+    crate::quant::readers(m, v).len() + m.graph.outputs.iter().filter(|&&x| x == v).count()
 }
 
 /// One MLP: the down projection and the linears (gate, up) feeding it through

@@ -283,7 +283,7 @@ fn is_matmul_weight(m: &Module, n: NodeId, operand: usize) -> bool {
 }
 
 /// Every (node, operand index) that reads `v`.
-fn readers(m: &Module, v: ValueId) -> Vec<(NodeId, usize)> {
+pub(crate) fn readers(m: &Module, v: ValueId) -> Vec<(NodeId, usize)> {
     let mut out = Vec::new();
     for (i, n) in m.graph.nodes.iter().enumerate() {
         for (k, &x) in n.inputs.iter().enumerate() {
