@@ -302,16 +302,22 @@ impl Machine<'_> {
         })
     }
 
-    /// [`QDot`]: integer block sums exact, the rest in f32 in block order.
+    /// [`QDot`] with the arithmetic its definition fixes (the backends match it bit for
+    /// bit on AVX2): exact integer block sums, f32 fused multiply-adds into even/odd
+    /// block chains.
     fn qdot(&mut self, q: &QDot, bufs: &mut [Vec<u8>]) -> R<()> {
         let w0 = self.eval(&q.w_off, bufs)?.0.i();
         let bb = q.fmt.block_bytes();
         let qs = q.fmt.qs_offset();
-        for (xe, acc) in q.x_blk.iter().zip(&q.accs) {
+        for ((xe, se), acc) in q.x_blk.iter().zip(&q.x_sc).zip(&q.accs) {
             let x0 = self.eval(xe, bufs)?.0.i();
-            let mut a = self.vars[acc.0 as usize]
+            let s0 = self.eval(se, bufs)?.0.i();
+            let a = self.vars[acc.0 as usize]
                 .ok_or_else(|| format!("variable %{} read before set", self.k.var(*acc).name))?
                 .f() as f32;
+            // [even, odd] chains of the block sums and of the minimum terms.
+            let mut sum = [0f32; 2];
+            let mut min = [0f32; 2];
             for b in 0..q.blocks {
                 let wb = w0 + b * bb;
                 let xb = x0 + b;
@@ -332,20 +338,30 @@ impl Machine<'_> {
                     let x = self.read(q.xq, (xb * 32 + e) * 2, Ty::I16, bufs)?.i();
                     dot += w * x;
                 }
-                let xd = self.read(q.xd, xb * 4, Ty::F32, bufs)?.f() as f32;
-                let mut t = (d * xd) * dot as f32;
+                let sc = s0 + QDot::scale_offset(b);
+                let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
+                let p = (b % 2) as usize;
+                sum[p] = (dot as f32).mul_add(d * xd, sum[p]);
                 let m = match q.fmt {
                     QFmt::Q8_0 => None,
                     QFmt::Q4_0 => Some(-8.0 * d),
                     QFmt::Q4_1 => Some(self.read(q.w, wb + 2, Ty::F16, bufs)?.f() as f32),
                 };
                 if let Some(m) = m {
-                    let xs = self.read(q.xs, xb * 4, Ty::F32, bufs)?.f() as f32;
-                    t += m * xs;
+                    let xs = self.read(q.xs, sc * 4, Ty::F32, bufs)?.f() as f32;
+                    min[p] = m.mul_add(xs, min[p]);
                 }
-                a += t;
             }
-            self.vars[acc.0 as usize] = Some(V::F(a as f64));
+            if q.blocks % 2 == 1 {
+                // The odd chain takes the last block's (zero) partner.
+                sum[1] = 0f32.mul_add(0.0, sum[1]);
+                min[1] = 0f32.mul_add(0.0, min[1]);
+            }
+            let mut tot = sum[0] + sum[1];
+            if q.fmt != QFmt::Q8_0 {
+                tot += min[0] + min[1];
+            }
+            self.vars[acc.0 as usize] = Some(V::F((a + tot) as f64));
         }
         Ok(())
     }

@@ -456,12 +456,20 @@ impl QFmt {
 /// `accs[i] += Σ_b dot_b(i)` for one weight row and activation rows `i`, where block
 /// `b` of the weight row (at byte `w_off + b · block_bytes`) has scale `d`, minimum
 /// `m` (Q4_1; `-8 d` for Q4_0; none for Q8_0) and integer quants `q_e`, and the
-/// activation row's block `xb = x_blk[i] + b` has int16 values `xq[32 xb + e]`, scale
-/// `xd[xb]` and `xs[xb] = xd[xb] Σ_e xq[32 xb + e]`:
-/// `dot_b(i) = (d · xd[xb]) · Σ_e q_e xq[32 xb + e]  +  m · xs[xb]`.
-/// The integer sums are exact; the float accumulation order is the backend's (it may
-/// keep lane-wise partial sums). CPUs with integer dot instructions compute the sums
-/// with them.
+/// activation row's block `xb = x_blk[i] + b` has int16 values `xq[32 xb + e]`; its
+/// scale `xd[s]` and `xs[s] = xd[s] Σ_e xq[32 xb + e]` sit at
+/// `s = x_sc[i] + 4 b`:
+/// `dot_b(i) = (d · xd[s]) · I_b  +  m · xs[s]`, `I_b = Σ_e q_e xq[32 xb + e]`.
+///
+/// The scale layout interleaves four rows (rows `4g..4g+3` must have
+/// `x_sc[4g + r] = x_sc[4g] + r`), so the scales of a row quad's block pair are one
+/// 8-lane load. The arithmetic is fixed
+/// (backends match it bit for bit): the integer sums are exact; per row, an even and
+/// an odd chain take `E = fma(float(I_b), d · xd[s], E)` over even and odd blocks
+/// (and `ME = fma(m, xs[s], ME)` for the minimum terms), a trailing odd block pairs
+/// with a zero partner (`O = fma(0, 0, O)`), and `acc += (E + O) + (ME + MO)` (no
+/// minimum terms for Q8_0). A row's sum is the same whichever rows share the
+/// statement: a sequence's logits do not depend on its batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QDot {
     /// Weight block format.
@@ -480,8 +488,25 @@ pub struct QDot {
     pub xs: BufId,
     /// Per activation row: the index of its first block.
     pub x_blk: Vec<Expr>,
+    /// Per activation row: the slot of its block 0's scale in `xd`/`xs`.
+    pub x_sc: Vec<Expr>,
     /// Per activation row: the f32 accumulator added to.
     pub accs: Vec<VarId>,
+}
+
+impl QDot {
+    /// Rows whose scales interleave (one vector load per block pair).
+    pub const QUAD: usize = 4;
+
+    /// Offset of block `b`'s scale from the row's `x_sc` (see [`QDot`]).
+    pub fn scale_offset(b: i64) -> i64 {
+        Self::QUAD as i64 * b
+    }
+
+    /// Scale slots a quad of rows over `blocks` blocks spans.
+    pub fn scale_stride(blocks: i64) -> i64 {
+        Self::QUAD as i64 * blocks
+    }
 }
 
 /// A kernel: parameters and a body.
@@ -812,12 +837,24 @@ impl Kernel {
                 Stmt::QDot(q) => {
                     self.check_expr(&q.w_off, defined, allocated)?;
                     self.index_ty(&q.w_off)?;
-                    if q.x_blk.len() != q.accs.len() {
-                        return Err("qdot: as many activation rows as accumulators".into());
+                    if q.x_blk.len() != q.accs.len() || q.x_sc.len() != q.accs.len() {
+                        return Err(
+                            "qdot: as many activation rows and scale slots as accumulators".into(),
+                        );
                     }
-                    for e in &q.x_blk {
+                    for e in q.x_blk.iter().chain(&q.x_sc) {
                         self.check_expr(e, defined, allocated)?;
                         self.index_ty(e)?;
+                    }
+                    for quad in q.x_sc.chunks_exact(QDot::QUAD) {
+                        for (r, e) in quad.iter().enumerate() {
+                            if *e != quad[0].clone() + r as i64 {
+                                return Err(format!(
+                                    "qdot: the scale slots of a row quad must be consecutive \
+                                     (row {r} of a quad is not the first's + {r})"
+                                ));
+                            }
+                        }
                     }
                     for (b, t) in [(q.xq, Ty::I16), (q.xd, Ty::F32), (q.xs, Ty::F32)] {
                         let buf = self
@@ -902,7 +939,7 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
             Stmt::Alloc { .. } | Stmt::Barrier => {}
             Stmt::QDot(q) => {
                 visit_expr(&q.w_off, f);
-                for e in &q.x_blk {
+                for e in q.x_blk.iter().chain(&q.x_sc) {
                     visit_expr(e, f);
                 }
             }
@@ -1260,6 +1297,13 @@ impl Kernel {
                         self.bname(q.xs)
                     )?;
                     for (i, e) in q.x_blk.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        self.fmt_expr(e, f)?;
+                    }
+                    f.write_str("] scales [")?;
+                    for (i, e) in q.x_sc.iter().enumerate() {
                         if i > 0 {
                             f.write_str(", ")?;
                         }

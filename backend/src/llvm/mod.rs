@@ -139,10 +139,12 @@ fn target_machine(opts: &CpuOptions) -> Result<TargetMachine, CodegenError> {
     Ok(tm)
 }
 
-/// True when the target machine's CPU has AVX2 (its explicit features, or a named
-/// x86 CPU that implies it); a `-avx2` feature turns it off.
+/// True when the target machine's CPU has AVX2 and FMA (its explicit features, or a
+/// named x86 CPU that implies them; every AVX2 CPU has FMA); a `-avx2` or `-fma`
+/// feature turns it off.
 fn has_avx2(tm: &TargetMachine) -> bool {
-    required_features(tm).is_some_and(|f| f.iter().any(|x| x == "avx2"))
+    required_features(tm)
+        .is_some_and(|f| f.iter().any(|x| x == "avx2") && f.iter().any(|x| x == "fma"))
 }
 
 /// The extensions the code for `tm` may use (x86-64 only; `None` elsewhere), for the

@@ -156,8 +156,13 @@ fn qfmt(d: DType) -> Option<QFmt> {
 /// Weight rows per parallel iteration of the integer path.
 const QROWS: i64 = 16;
 
-/// Rows of x quantized and multiplied together by the integer path.
-const QGROUP: i64 = 4;
+/// Bytes of int16 activations the integer path quantizes at once (a super-group of
+/// rows; 64 rows of SmolLM2's 576, 32 of its 1536: L2-resident while every weight
+/// chunk passes over them).
+const QGROUP_BYTES: i64 = 128 * 1024;
+
+/// The most rows in a super-group.
+const QGROUP_MAX: i64 = 64;
 
 /// The largest activation quant: int16 activations. (int8 ones, as llama.cpp's q8
 /// blocks, cost about the same with AVX2 but moved SmolLM2's logits by 2.6% of their
@@ -261,44 +266,49 @@ impl Lin {
         }
     }
 
-    /// Rows of f32 x against a quantized weight as stored, in groups of [`QGROUP`]
-    /// rows: each group is quantized once to int16 blocks of 32 (scale `amax / 32767`,
-    /// so the quants stay in -32767..=32767), then every weight row's dot products with
-    /// the group run as integer block sums ([`QDot`]; one weight decode serves the
-    /// group's rows), with the weight rows split across threads.
+    /// Rows of f32 x against a quantized weight as stored, in super-groups of up to
+    /// [`QGROUP_BYTES`] of int16 activations: each super-group is quantized once to
+    /// int16 blocks of 32 (scale `amax / 32767`, so the quants stay in
+    /// -32767..=32767), then one parallel loop over chunks of [`QROWS`] weight rows
+    /// runs every row quad's block sums against the chunk ([`QDot`]; one weight decode
+    /// serves four rows, the chunk stays in L1 across the quads), then the rows left
+    /// over one at a time. One thread-pool dispatch serves the whole super-group.
     fn int8_rows(&self, kb: &mut KernelBuilder, rows: &Expr, fmt: QFmt) {
         let k = self.k;
         let blocks = k / 32;
-        let g = QGROUP;
-        let xq = kb.local("xq", Ty::I16, g * k);
-        let xd = kb.local("xd", Ty::F32, g * blocks);
-        let xs = kb.local("xs", Ty::F32, g * blocks);
-        kb.for_step("rg", 0, rows.clone(), g, LoopTag::Serial, |kb, rg| {
+        let quad = QDot::QUAD as i64;
+        let sg = (QGROUP_BYTES / (2 * k) / quad * quad).clamp(quad, QGROUP_MAX);
+        let stride = QDot::scale_stride(blocks);
+        let xq = kb.local("xq", Ty::I16, sg * k);
+        let xd = kb.local("xd", Ty::F32, sg / quad * stride);
+        let xs = kb.local("xs", Ty::F32, sg / quad * stride);
+        kb.for_step("rg", 0, rows.clone(), sg, LoopTag::Serial, |kb, rg| {
             let nr = kb.let_(
                 "nr",
-                Expr::bin(BinOp::Min, rows.clone() - rg.clone(), Expr::i(g)),
+                Expr::bin(BinOp::Min, rows.clone() - rg.clone(), Expr::i(sg)),
             );
             kb.for_("r", 0, nr.clone(), LoopTag::Serial, |kb, r| {
                 self.quantize_row(kb, &(rg.clone() + r.clone()), &r, (xq, xd, xs));
             });
-            let full = nr.clone().ge(Expr::i(g));
-            kb.if_else(
-                full,
-                |kb| self.int8_group(kb, &rg, g as usize, fmt, (xq, xd, xs)),
-                |kb| {
-                    kb.for_("r", 0, nr.clone(), LoopTag::Serial, |kb, r| {
-                        self.int8_group(kb, &(rg.clone() + r), 1, fmt, (xq, xd, xs))
-                    })
-                },
-            );
+            self.int8_group(kb, &rg, &nr, fmt, (xq, xd, xs));
         });
     }
 
-    /// Quantizes row `r` of x into row `lr` of the int16 locals.
+    /// The scale slot of local row `lr`'s block 0 (rows interleave by quads; see
+    /// [`QDot`]).
+    fn scale_slot(&self, lr: &Expr) -> Expr {
+        let quad = QDot::QUAD as i64;
+        let stride = QDot::scale_stride(self.k / 32);
+        Expr::bin(BinOp::Div, lr.clone(), Expr::i(quad)) * stride
+            + Expr::bin(BinOp::Rem, lr.clone(), Expr::i(quad))
+    }
+
+    /// Quantizes row `r` of x into local row `lr` of the int16 locals.
     fn quantize_row(&self, kb: &mut KernelBuilder, r: &Expr, lr: &Expr, q: (BufId, BufId, BufId)) {
         let (xq, xd, xs) = q;
         let k = self.k;
         let blocks = k / 32;
+        let sc = kb.let_("sc", self.scale_slot(lr));
         kb.for_("b", 0, blocks, LoopTag::Serial, |kb, b| {
             let x0 = kb.let_("x0", r.clone() * k + b.clone() * 32);
             let q0 = kb.let_("q0", lr.clone() * k + b.clone() * 32);
@@ -329,70 +339,101 @@ impl Lin {
                 "d",
                 Expr::bin(BinOp::Div, Expr::Var(amax), fconst(QMAX, Ty::F32)),
             );
-            let at = lr.clone() * blocks + b;
+            let at = kb.let_("at", sc.clone() + b * QDot::scale_offset(1));
             kb.store(xd, at.clone(), d.clone());
             let s = Expr::bin(BinOp::Mul, d, Expr::Var(qsum).cast(Ty::F32));
             kb.store(xs, at, s);
         });
     }
 
-    /// Rows `r0..r0 + nr` of x (quantized in local rows `0..nr`, or local row 0..nr
-    /// shifted to `r0 % QGROUP` when `nr` is 1) against every weight row.
+    /// Rows `r0..r0 + nr` of x (quantized in local rows `0..nr`) against every weight
+    /// row: per chunk of weight rows, the full row quads, then the rows left over.
     fn int8_group(
         &self,
         kb: &mut KernelBuilder,
         r0: &Expr,
-        nr: usize,
+        nr: &Expr,
         fmt: QFmt,
         q: (BufId, BufId, BufId),
     ) {
-        let (xq, xd, xs) = q;
         let n = self.n;
-        let blocks = self.k / 32;
         let chunks = (n + QROWS - 1) / QROWS;
         let tag = if chunks > 1 {
             LoopTag::Parallel
         } else {
             LoopTag::Serial
         };
-        let bb = fmt.block_bytes();
-        // The local row of x row r0 + i.
-        let lrow = |i: usize| -> Expr {
-            if nr == 1 {
-                Expr::bin(BinOp::Rem, r0.clone(), Expr::i(QGROUP))
-            } else {
-                Expr::i(i as i64)
-            }
-        };
+        let quad = QDot::QUAD as i64;
+        let stride = QDot::scale_stride(self.k / 32);
+        let quads = kb.let_("nq", Expr::bin(BinOp::Div, nr.clone(), Expr::i(quad)));
         kb.for_("jc", 0, chunks, tag, |kb, jc| {
             let j0 = kb.let_("j0", jc * QROWS);
             let j1 = kb.let_("j1", Expr::bin(BinOp::Min, j0.clone() + QROWS, Expr::i(n)));
-            kb.for_("j", j0, j1, LoopTag::Serial, |kb, j| {
-                let accs: Vec<VarId> = (0..nr)
-                    .map(|_| kb.let_mut("acc", fconst(0.0, Ty::F32)))
+            kb.for_("g", 0, quads.clone(), LoopTag::Serial, |kb, g| {
+                let lr = kb.let_("lr", g.clone() * quad);
+                let sc = kb.let_("sc", g * stride);
+                let rows: Vec<(Expr, Expr)> = (0..quad)
+                    .map(|i| (lr.clone() + i, sc.clone() + i))
                     .collect();
-                kb.qdot(QDot {
-                    fmt,
-                    w: self.w,
-                    w_off: j.clone() * (blocks * bb),
-                    blocks,
-                    xq,
-                    xd,
-                    xs,
-                    x_blk: (0..nr).map(|i| lrow(i) * blocks).collect(),
-                    accs: accs.clone(),
-                });
-                for (i, acc) in accs.iter().enumerate() {
-                    let mut v = Expr::Var(*acc);
-                    if let Some((b, bd)) = self.bias {
-                        let bv = load_elem(kb, b, bd, j.clone());
-                        v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
-                    }
-                    let v = self.epilogue(kb, v, Ty::F32);
-                    let v = to_storage(kb, self.out, v);
-                    kb.store(self.out, (r0.clone() + i as i64) * n + j.clone(), v);
-                }
+                self.int8_dots(kb, r0, &j0, &j1, &rows, fmt, q);
             });
+            kb.for_(
+                "r",
+                quads.clone() * quad,
+                nr.clone(),
+                LoopTag::Serial,
+                |kb, r| {
+                    let sc = kb.let_("sc", self.scale_slot(&r));
+                    self.int8_dots(kb, r0, &j0, &j1, &[(r, sc)], fmt, q);
+                },
+            );
+        });
+    }
+
+    /// Weight rows `j0..j1` against local rows `rows` (local row, scale slot), stored
+    /// to output rows `r0 + local row`.
+    #[allow(clippy::too_many_arguments)]
+    fn int8_dots(
+        &self,
+        kb: &mut KernelBuilder,
+        r0: &Expr,
+        j0: &Expr,
+        j1: &Expr,
+        rows: &[(Expr, Expr)],
+        fmt: QFmt,
+        q: (BufId, BufId, BufId),
+    ) {
+        let (xq, xd, xs) = q;
+        let n = self.n;
+        let blocks = self.k / 32;
+        let bb = fmt.block_bytes();
+        kb.for_("j", j0.clone(), j1.clone(), LoopTag::Serial, |kb, j| {
+            let accs: Vec<VarId> = rows
+                .iter()
+                .map(|_| kb.let_mut("acc", fconst(0.0, Ty::F32)))
+                .collect();
+            kb.qdot(QDot {
+                fmt,
+                w: self.w,
+                w_off: j.clone() * (blocks * bb),
+                blocks,
+                xq,
+                xd,
+                xs,
+                x_blk: rows.iter().map(|(lr, _)| lr.clone() * blocks).collect(),
+                x_sc: rows.iter().map(|(_, sc)| sc.clone()).collect(),
+                accs: accs.clone(),
+            });
+            for ((lr, _), acc) in rows.iter().zip(&accs) {
+                let mut v = Expr::Var(*acc);
+                if let Some((b, bd)) = self.bias {
+                    let bv = load_elem(kb, b, bd, j.clone());
+                    v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
+                }
+                let v = self.epilogue(kb, v, Ty::F32);
+                let v = to_storage(kb, self.out, v);
+                kb.store(self.out, (r0.clone() + lr.clone()) * n + j.clone(), v);
+            }
         });
     }
 

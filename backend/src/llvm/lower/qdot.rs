@@ -1,10 +1,11 @@
 //! Lowering of the loop IR's block-quantized dot product ([`QDot`]), the quantized
-//! linear's inner loop. With AVX2, a block is two `vpmaddwd` (the 32 weight quants
-//! widened to i16 once per weight row, times the int16 activations, pairs summed to
-//! eight i32 lanes), converted and multiplied by the two block scales into a vector
-//! accumulator per activation row: no horizontal reduction until the row is done.
-//! Other x86-64 CPUs use SSE2's 8-lane `pmaddwd` (four per block); other targets get
-//! portable vector IR (widen, multiply, reduce) that LLVM legalises.
+//! linear's inner loop. With AVX2 (and FMA), a block is two `vpmaddwd` per row (the
+//! 32 weight quants widened to i16 once per weight block, times the int16
+//! activations), a quad of rows' partial sums reduced by shuffles to one vector of
+//! block sums, and two 8-lane FMAs per quad and block pair: [`QDot`]'s fixed
+//! arithmetic, bit for bit. Other x86-64 CPUs use SSE2's 8-lane `pmaddwd` (four per
+//! block); other targets get portable vector IR (widen, multiply, reduce) that LLVM
+//! legalises; both keep lane-wise partial sums (same sums, other rounding).
 
 use super::{llvm_err, Frame, Lowering, R};
 use inkwell::types::BasicTypeEnum;
@@ -203,6 +204,10 @@ impl<'ctx> Lowering<'ctx, '_> {
         for e in &q.x_blk {
             x_blk.push(self.expr(f, e)?.0.into_int_value());
         }
+        let mut x_sc = Vec::new();
+        for e in &q.x_sc {
+            x_sc.push(self.expr(f, e)?.0.into_int_value());
+        }
         let b = &f.b;
         let bufp = |id| {
             f.bufs.get(&id).copied().ok_or_else(|| {
@@ -303,25 +308,23 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .qdot_load(f, v16w.into(), xqp, x64h)?
                 .into_vector_value();
             let b = &f.b;
+            let sb = b
+                .build_int_mul(
+                    blk,
+                    it.i64.const_int(QDot::scale_offset(1) as u64, false),
+                    "",
+                )
+                .map_err(llvm_err)?;
+            let sb = b.build_int_add(x_sc[i], sb, "").map_err(llvm_err)?;
             let x4 = b
-                .build_int_mul(xb, it.i64.const_int(4, false), "")
+                .build_int_mul(sb, it.i64.const_int(4, false), "")
                 .map_err(llvm_err)?;
             let xd = self
                 .qdot_load(f, it.f32.into(), xdp, x4)?
                 .into_float_value();
             let b = &f.b;
             let scale = b.build_float_mul(d, xd, "scale").map_err(llvm_err)?;
-            if self.target.avx2() {
-                let p_lo = self
-                    .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_lo, x_lo])?
-                    .into_vector_value();
-                let p_hi = self
-                    .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_hi, x_hi])?
-                    .into_vector_value();
-                let b = &f.b;
-                let p32 = b.build_int_add(p_lo, p_hi, "").map_err(llvm_err)?;
-                self.accumulate_v8(f, p32, scale, vacc[i])?;
-            } else if self.x86_64() {
+            if self.x86_64() {
                 // SSE2 (every x86-64): four 8-lane `pmaddwd`, concatenated to the
                 // AVX2 path's eight i32 lanes.
                 let mut parts = Vec::new();
@@ -413,18 +416,23 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(())
     }
 
-    /// The AVX2 form of `q`: two blocks per loop iteration into two accumulator sets
-    /// (so the FMA chains of consecutive blocks overlap), the 4-bit quants widened
-    /// to i16 straight from memory and split with one `and` and one shift, and
-    /// Q4_1's scale and minimum converted as one f16 pair: `(d, m) · (xd, xs)` gives
-    /// the block's scale product and minimum term in one multiply, the minimum
-    /// terms summed in lane 1 of a 2-lane accumulator.
+    /// The AVX2 form of `q`, two blocks per loop iteration. Each block's quants are
+    /// decoded once (widened to i16, the nibbles split with one `and` and one
+    /// shift) and multiplied into every row with two `vpmaddwd`. A quad of rows
+    /// reduces its eight 8-lane partial sums with shuffles to one vector of the
+    /// quad's block sums (lanes `[row 0..3 of the even block | row 0..3 of the odd
+    /// one]`), converts them once, and takes one 8-lane FMA with the scales (one
+    /// load, the layout [`QDot`] fixes) and one for the minimum terms; a single row
+    /// does the same on two lanes. The float arithmetic is [`QDot`]'s, so a row's sum
+    /// is the same in a quad or alone.
     fn qdot_avx2(&mut self, f: &mut Frame<'ctx>, q: &QDot) -> R<()> {
         let it = self.it;
         let w_off = self.expr(f, &q.w_off)?.0.into_int_value();
-        let mut x_blk = Vec::new();
-        for e in &q.x_blk {
-            x_blk.push(self.expr(f, e)?.0.into_int_value());
+        let mut rows = Vec::new();
+        for (xb, sc) in q.x_blk.iter().zip(&q.x_sc) {
+            let xb = self.expr(f, xb)?.0.into_int_value();
+            let sc = self.expr(f, sc)?.0.into_int_value();
+            rows.push((xb, sc));
         }
         let bufp = |id| {
             f.bufs.get(&id).copied().ok_or_else(|| {
@@ -440,96 +448,82 @@ impl<'ctx> Lowering<'ctx, '_> {
             xd: bufp(q.xd)?,
             xs: bufp(q.xs)?,
         };
-        let rows = q.accs.len();
-        let v8f = it.f32.vec_type(8);
-        let v2f = it.f32.vec_type(2);
-        // Accumulator sets (even and odd blocks): per row an <8 x float> for the
-        // quant sums and a <2 x float> whose lane 1 sums the minimum terms. Only set 0
-        // takes blocks (set 1 stays zero): a row's sum must not depend on how many
-        // rows share the QDot (batch invariance: a sequence's logits are the same
-        // alone and among others), and with several rows a second set would not fit
-        // the 16 vector registers (prefill measured 15% slower).
-        let mut sets = Vec::new();
-        for _ in 0..2 {
-            let mut set = Vec::new();
-            for _ in 0..rows {
-                let v = f.allocas.build_alloca(v8f, "qacc").map_err(llvm_err)?;
-                f.b.build_store(v, v8f.const_zero()).map_err(llvm_err)?;
-                let m = f.allocas.build_alloca(v2f, "qmacc").map_err(llvm_err)?;
-                f.b.build_store(m, v2f.const_zero()).map_err(llvm_err)?;
-                set.push((v, m));
-            }
-            sets.push(set);
+        let quads = rows.len() / QDot::QUAD;
+        // Per quad an <8 x float> block-sum chain and one for the minimum terms; per
+        // single row the same on two lanes ([even, odd] block chains).
+        let mut accs = Vec::new();
+        for i in 0..quads + rows.len() % QDot::QUAD {
+            let vt = it.f32.vec_type(if i < quads { 8 } else { 2 });
+            let zeroed = |name| -> R<PointerValue<'ctx>> {
+                let a = f.allocas.build_alloca(vt, name).map_err(llvm_err)?;
+                f.b.build_store(a, vt.const_zero()).map_err(llvm_err)?;
+                Ok(a)
+            };
+            accs.push((zeroed("qacc")?, zeroed("qmacc")?));
         }
-        let pairs = q.blocks / 2;
-        let lp = self.counted_loop(f, "qdot", "qpair", pairs as u64)?;
-        let pair = lp.index;
+        let lp = self.counted_loop(f, "qdot", "qpair", (q.blocks / 2) as u64)?;
         let b = &f.b;
         let blk0 = b
-            .build_int_mul(pair, it.i64.const_int(2, false), "blk")
+            .build_int_mul(lp.index, it.i64.const_int(2, false), "blk")
             .map_err(llvm_err)?;
         // The weight stream is read once: ask for it QDOT_PREFETCH bytes ahead (a
         // prefetch never faults, past the end included).
-        let ahead =
-            f.b.build_int_mul(
+        let ahead = b
+            .build_int_mul(
                 blk0,
                 it.i64.const_int(q.fmt.block_bytes() as u64, false),
                 "",
             )
             .map_err(llvm_err)?;
-        let ahead = f.b.build_int_add(ahead, w_off, "").map_err(llvm_err)?;
-        let ahead =
-            f.b.build_int_add(ahead, it.i64.const_int(QDOT_PREFETCH, false), "")
-                .map_err(llvm_err)?;
+        let ahead = b.build_int_add(ahead, w_off, "").map_err(llvm_err)?;
+        let ahead = b
+            .build_int_add(ahead, it.i64.const_int(QDOT_PREFETCH, false), "")
+            .map_err(llvm_err)?;
         // SAFETY: only an address for the prefetch hint; never dereferenced.
-        let pp = unsafe { f.b.build_gep(it.i8, bufs.w, &[ahead], "") }.map_err(llvm_err)?;
+        let pp = unsafe { b.build_gep(it.i8, bufs.w, &[ahead], "") }.map_err(llvm_err)?;
         let pf = it
             .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
             .ok_or_else(|| llvm_err("llvm.prefetch"))?;
         let i32c = |v: u64| it.i32.const_int(v, false).into();
-        f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
+        b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
             .map_err(llvm_err)?;
-        for u in 0..sets.len() {
-            let set = &sets[0];
-            let blk =
-                f.b.build_int_add(blk0, it.i64.const_int(u as u64, false), "")
-                    .map_err(llvm_err)?;
-            self.qdot_avx2_block(f, q, &bufs, w_off, &x_blk, blk, set)?;
-        }
+        self.qdot_avx2_pair(f, q, &bufs, w_off, &rows, blk0, false, &accs)?;
         self.close_loop(f, &lp)?;
         if q.blocks % 2 == 1 {
             let last = it.i64.const_int((q.blocks - 1) as u64, true);
-            self.qdot_avx2_block(f, q, &bufs, w_off, &x_blk, last, &sets[0])?;
+            self.qdot_avx2_pair(f, q, &bufs, w_off, &rows, last, true, &accs)?;
         }
-        // acc += Σ lanes of both sets + lane 1 of both minimum sums.
+        // acc += (E + O) + (ME + MO) per row.
+        let v8f = it.f32.vec_type(8);
+        let v2f = it.f32.vec_type(2);
         for (i, a) in q.accs.iter().enumerate() {
             let b = &f.b;
-            let load_v = |p: PointerValue<'ctx>, t: BasicTypeEnum<'ctx>| {
-                b.build_load(t, p, "")
-                    .map_err(llvm_err)
-                    .map(|v| v.into_vector_value())
+            let (set, lanes, lane) = if i < quads * QDot::QUAD {
+                (i / QDot::QUAD, 8u64, (i % QDot::QUAD) as u64)
+            } else {
+                (quads + i - quads * QDot::QUAD, 2, 0)
             };
-            let v = b
-                .build_float_add(
-                    load_v(sets[0][i].0, v8f.into())?,
-                    load_v(sets[1][i].0, v8f.into())?,
-                    "",
-                )
-                .map_err(llvm_err)?;
-            let mut tot = self.hsum8(b, v)?;
-            if q.fmt != QFmt::Q8_0 {
-                let m = b
-                    .build_float_add(
-                        load_v(sets[0][i].1, v2f.into())?,
-                        load_v(sets[1][i].1, v2f.into())?,
-                        "",
-                    )
-                    .map_err(llvm_err)?;
-                let m1 = b
-                    .build_extract_element(m, it.i32.const_int(1, false), "")
+            let vt = if lanes == 8 { v8f } else { v2f };
+            let half = lanes / 2;
+            let chains = |p: PointerValue<'ctx>| -> R<FloatValue<'ctx>> {
+                let v = b
+                    .build_load(vt, p, "")
+                    .map_err(llvm_err)?
+                    .into_vector_value();
+                let e = b
+                    .build_extract_element(v, it.i32.const_int(lane, false), "")
                     .map_err(llvm_err)?
                     .into_float_value();
-                tot = b.build_float_add(tot, m1, "").map_err(llvm_err)?;
+                let o = b
+                    .build_extract_element(v, it.i32.const_int(lane + half, false), "")
+                    .map_err(llvm_err)?
+                    .into_float_value();
+                b.build_float_add(e, o, "").map_err(llvm_err)
+            };
+            let mut tot = chains(accs[set].0)?;
+            if q.fmt != QFmt::Q8_0 {
+                let m = chains(accs[set].1)?;
+                tot = b.build_float_add(tot, m, "").map_err(llvm_err)?;
             }
             let slot = self.var_slot(f, *a)?;
             let b = &f.b;
@@ -543,18 +537,16 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(())
     }
 
-    /// One block `blk` of [`Self::qdot_avx2`] into the accumulator set `set`.
-    #[allow(clippy::too_many_arguments)]
-    fn qdot_avx2_block(
+    /// The weight block `blk` of [`Self::qdot_avx2`]: its 32 quants as two halves of
+    /// 16 i16 in activation order, and `[d, m]` (Q4_0's `m` is `-8 d`; Q8_0's 0).
+    fn qdot_avx2_weights(
         &self,
         f: &Frame<'ctx>,
         q: &QDot,
-        bufs: &QBufs<'ctx>,
+        w: PointerValue<'ctx>,
         w_off: IntValue<'ctx>,
-        x_blk: &[IntValue<'ctx>],
         blk: IntValue<'ctx>,
-        set: &[(PointerValue<'ctx>, PointerValue<'ctx>)],
-    ) -> R<()> {
+    ) -> R<(VectorValue<'ctx>, VectorValue<'ctx>, VectorValue<'ctx>)> {
         let it = self.it;
         let b = &f.b;
         let c64 = |k: i64| it.i64.const_int(k as u64, true);
@@ -570,12 +562,11 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v2f = it.f32.vec_type(2);
         let splat16 =
             |k: u64| inkwell::types::VectorType::const_vector(&[it.i16.const_int(k, false); 16]);
-        // The 32 quants as two halves of 16 i16 in activation order.
-        let (w_lo, w_hi) = match q.fmt {
+        let (lo, hi) = match q.fmt {
             QFmt::Q8_0 => {
-                let lo = self.qdot_load(f, v16b.into(), bufs.w, qs)?;
+                let lo = self.qdot_load(f, v16b.into(), w, qs)?;
                 let q16 = f.b.build_int_add(qs, c64(16), "").map_err(llvm_err)?;
-                let hi = self.qdot_load(f, v16b.into(), bufs.w, q16)?;
+                let hi = self.qdot_load(f, v16b.into(), w, q16)?;
                 let b = &f.b;
                 (
                     b.build_int_s_extend(lo.into_vector_value(), v16w, "")
@@ -586,9 +577,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
             QFmt::Q4_0 | QFmt::Q4_1 => {
                 // Byte i holds quant i (low nibble) and quant i + 16 (high nibble).
-                let raw = self
-                    .qdot_load(f, v16b.into(), bufs.w, qs)?
-                    .into_vector_value();
+                let raw = self.qdot_load(f, v16b.into(), w, qs)?.into_vector_value();
                 let b = &f.b;
                 let w = b.build_int_z_extend(raw, v16w, "").map_err(llvm_err)?;
                 (
@@ -598,18 +587,15 @@ impl<'ctx> Lowering<'ctx, '_> {
                 )
             }
         };
-        // The weight block's scale (lane 0) and minimum (lane 1; Q8_0 has none).
         let dm = match q.fmt {
             QFmt::Q4_1 => {
                 let h = self
-                    .qdot_load(f, it.f16.vec_type(2).into(), bufs.w, wb)?
+                    .qdot_load(f, it.f16.vec_type(2).into(), w, wb)?
                     .into_vector_value();
                 f.b.build_float_ext(h, v2f, "dm").map_err(llvm_err)?
             }
             QFmt::Q4_0 | QFmt::Q8_0 => {
-                let h = self
-                    .qdot_load(f, it.f16.into(), bufs.w, wb)?
-                    .into_float_value();
+                let h = self.qdot_load(f, it.f16.into(), w, wb)?.into_float_value();
                 let b = &f.b;
                 let d = b.build_float_ext(h, it.f32, "d").map_err(llvm_err)?;
                 let m = if q.fmt == QFmt::Q4_0 {
@@ -625,55 +611,212 @@ impl<'ctx> Lowering<'ctx, '_> {
                     .map_err(llvm_err)?
             }
         };
-        for (i, xblk) in x_blk.iter().enumerate() {
+        Ok((lo, hi, dm))
+    }
+
+    /// `shufflevector a, b, mask`.
+    fn shuffle(
+        &self,
+        f: &Frame<'ctx>,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+        mask: &[u64],
+    ) -> R<VectorValue<'ctx>> {
+        let m: Vec<_> = mask
+            .iter()
+            .map(|&i| self.it.i32.const_int(i, false))
+            .collect();
+        f.b.build_shuffle_vector(a, b, inkwell::types::VectorType::const_vector(&m), "")
+            .map_err(llvm_err)
+    }
+
+    /// `fma(a, b, *acc)` into `*acc` (lane-wise, fused: [`QDot`]'s arithmetic).
+    fn fma_into(
+        &self,
+        f: &Frame<'ctx>,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+        acc: PointerValue<'ctx>,
+    ) -> R<()> {
+        let vt = a.get_type();
+        let fma = self
+            .it
+            .intrinsic(self.module, "llvm.fma", &[vt.into()])
+            .ok_or_else(|| llvm_err("llvm.fma"))?;
+        let cur = f.b.build_load(vt, acc, "").map_err(llvm_err)?;
+        let r =
+            f.b.build_call(fma, &[a.into(), b.into(), cur.into()], "")
+                .map_err(llvm_err)?
+                .try_as_basic_value()
+                .basic()
+                .ok_or_else(|| llvm_err("llvm.fma returned nothing"))?;
+        f.b.build_store(acc, r).map_err(llvm_err)?;
+        Ok(())
+    }
+
+    /// Blocks `blk` and `blk + 1` (only `blk` when `trailing`: its partner is zero)
+    /// of [`Self::qdot_avx2`] into every row's chains.
+    #[allow(clippy::too_many_arguments)]
+    fn qdot_avx2_pair(
+        &self,
+        f: &Frame<'ctx>,
+        q: &QDot,
+        bufs: &QBufs<'ctx>,
+        w_off: IntValue<'ctx>,
+        rows: &[(IntValue<'ctx>, IntValue<'ctx>)],
+        blk: IntValue<'ctx>,
+        trailing: bool,
+        accs: &[(PointerValue<'ctx>, PointerValue<'ctx>)],
+    ) -> R<()> {
+        let it = self.it;
+        let c64 = |k: i64| it.i64.const_int(k as u64, true);
+        let v8i = it.i32.vec_type(8);
+        let v4f = it.f32.vec_type(4);
+        let v8f = it.f32.vec_type(8);
+        let v2f = it.f32.vec_type(2);
+        let v16w = it.i16.vec_type(16);
+        let (wa_lo, wa_hi, dm_a) = self.qdot_avx2_weights(f, q, bufs.w, w_off, blk)?;
+        let (wb, dm_b) = if trailing {
+            (None, v2f.const_zero())
+        } else {
+            let nb = f.b.build_int_add(blk, c64(1), "").map_err(llvm_err)?;
+            let (lo, hi, dm) = self.qdot_avx2_weights(f, q, bufs.w, w_off, nb)?;
+            (Some((lo, hi)), dm)
+        };
+        // The integer block sums' 8-lane partials of one row (zero for the absent
+        // partner).
+        let partial = |xblk: IntValue<'ctx>, second: bool| -> R<VectorValue<'ctx>> {
+            let (lo, hi) = match (second, wb) {
+                (false, _) => (wa_lo, wa_hi),
+                (true, Some(w)) => w,
+                (true, None) => return Ok(v8i.const_zero()),
+            };
             let b = &f.b;
-            let xb = b.build_int_add(*xblk, blk, "xb").map_err(llvm_err)?;
+            let xb = b.build_int_add(xblk, blk, "xb").map_err(llvm_err)?;
+            let xb = if second {
+                b.build_int_add(xb, c64(1), "").map_err(llvm_err)?
+            } else {
+                xb
+            };
             let x64 = b.build_int_mul(xb, c64(64), "").map_err(llvm_err)?;
             let x64h = b.build_int_add(x64, c64(32), "").map_err(llvm_err)?;
-            let x4 = b.build_int_mul(xb, c64(4), "").map_err(llvm_err)?;
             let x_lo = self
                 .qdot_load(f, v16w.into(), bufs.xq, x64)?
                 .into_vector_value();
             let x_hi = self
                 .qdot_load(f, v16w.into(), bufs.xq, x64h)?
                 .into_vector_value();
-            let xd = self.qdot_load(f, it.f32.into(), bufs.xd, x4)?;
-            let scale = if q.fmt == QFmt::Q8_0 {
-                let d =
-                    f.b.build_extract_element(dm, it.i32.const_zero(), "")
-                        .map_err(llvm_err)?
-                        .into_float_value();
-                f.b.build_float_mul(d, xd.into_float_value(), "scale")
-                    .map_err(llvm_err)?
-            } else {
-                // (d · xd, m · xs) in one multiply.
-                let xs = self.qdot_load(f, it.f32.into(), bufs.xs, x4)?;
-                let b = &f.b;
-                let v = b
-                    .build_insert_element(v2f.get_undef(), xd, it.i32.const_zero(), "")
-                    .map_err(llvm_err)?;
-                let v = b
-                    .build_insert_element(v, xs, it.i32.const_int(1, false), "xds")
-                    .map_err(llvm_err)?;
-                let prod = b.build_float_mul(dm, v, "").map_err(llvm_err)?;
-                let cur = b
-                    .build_load(v2f, set[i].1, "")
-                    .map_err(llvm_err)?
-                    .into_vector_value();
-                let s = b.build_float_add(cur, prod, "").map_err(llvm_err)?;
-                b.build_store(set[i].1, s).map_err(llvm_err)?;
-                b.build_extract_element(prod, it.i32.const_zero(), "scale")
-                    .map_err(llvm_err)?
-                    .into_float_value()
-            };
             let p_lo = self
-                .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_lo, x_lo])?
+                .x86(f, "llvm.x86.avx2.pmadd.wd", &[lo, x_lo])?
                 .into_vector_value();
             let p_hi = self
-                .x86(f, "llvm.x86.avx2.pmadd.wd", &[w_hi, x_hi])?
+                .x86(f, "llvm.x86.avx2.pmadd.wd", &[hi, x_hi])?
                 .into_vector_value();
-            let p32 = f.b.build_int_add(p_lo, p_hi, "").map_err(llvm_err)?;
-            self.accumulate_v8(f, p32, scale, set[i].0)?;
+            f.b.build_int_add(p_lo, p_hi, "").map_err(llvm_err)
+        };
+        let add = |x: VectorValue<'ctx>, y: VectorValue<'ctx>| {
+            f.b.build_int_add(x, y, "").map_err(llvm_err)
+        };
+        // Sums of two rows' partials, interleaved: [x02 y02 x13 y13 | x46 y46 x57 y57].
+        let zip2 = |x: VectorValue<'ctx>, y: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
+            let lo = self.shuffle(f, x, y, &[0, 8, 1, 9, 4, 12, 5, 13])?;
+            let hi = self.shuffle(f, x, y, &[2, 10, 3, 11, 6, 14, 7, 15])?;
+            add(lo, hi)
+        };
+        // The scales' byte offset of row slot `sc`'s block `blk`.
+        let scale_at = |sc: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+            let b = &f.b;
+            let s = b
+                .build_int_mul(blk, c64(QDot::scale_offset(1)), "")
+                .map_err(llvm_err)?;
+            let s = b.build_int_add(sc, s, "").map_err(llvm_err)?;
+            b.build_int_mul(s, c64(4), "").map_err(llvm_err)
+        };
+        let has_min = q.fmt != QFmt::Q8_0;
+        let quads = rows.len() / QDot::QUAD;
+        if quads > 0 {
+            let dw8 = self.shuffle(f, dm_a, dm_b, &[0, 0, 0, 0, 2, 2, 2, 2])?;
+            let m8 = self.shuffle(f, dm_a, dm_b, &[1, 1, 1, 1, 3, 3, 3, 3])?;
+            for (g, quad) in rows.chunks_exact(QDot::QUAD).enumerate() {
+                // Per block: the quad's four block sums, [r0 r1 r2 r3] in each half's
+                // lanes 0..3 as partial sums over its lanes.
+                let mut halves = Vec::new();
+                for second in [false, true] {
+                    let p: Vec<VectorValue<'ctx>> = quad
+                        .iter()
+                        .map(|(xb, _)| partial(*xb, second))
+                        .collect::<R<_>>()?;
+                    let s01 = zip2(p[0], p[1])?;
+                    let s23 = zip2(p[2], p[3])?;
+                    let lo = self.shuffle(f, s01, s23, &[0, 1, 8, 9, 4, 5, 12, 13])?;
+                    let hi = self.shuffle(f, s01, s23, &[2, 3, 10, 11, 6, 7, 14, 15])?;
+                    halves.push(add(lo, hi)?);
+                }
+                // [r0..r3 of blk | r0..r3 of blk + 1].
+                let lo = self.shuffle(f, halves[0], halves[1], &[0, 1, 2, 3, 8, 9, 10, 11])?;
+                let hi = self.shuffle(f, halves[0], halves[1], &[4, 5, 6, 7, 12, 13, 14, 15])?;
+                let sums = add(lo, hi)?;
+                let sums =
+                    f.b.build_signed_int_to_float(sums, v8f, "")
+                        .map_err(llvm_err)?;
+                let at = scale_at(quad[0].1)?;
+                let load8 = |buf: PointerValue<'ctx>| -> R<VectorValue<'ctx>> {
+                    if trailing {
+                        let v = self.qdot_load(f, v4f.into(), buf, at)?.into_vector_value();
+                        self.shuffle(f, v, v4f.const_zero(), &[0, 1, 2, 3, 4, 5, 6, 7])
+                    } else {
+                        Ok(self.qdot_load(f, v8f.into(), buf, at)?.into_vector_value())
+                    }
+                };
+                let xd = load8(bufs.xd)?;
+                let scale = f.b.build_float_mul(dw8, xd, "scale").map_err(llvm_err)?;
+                self.fma_into(f, sums, scale, accs[g].0)?;
+                if has_min {
+                    let xs = load8(bufs.xs)?;
+                    self.fma_into(f, m8, xs, accs[g].1)?;
+                }
+            }
+        }
+        let dw2 = self.shuffle(f, dm_a, dm_b, &[0, 2])?;
+        let m2 = self.shuffle(f, dm_a, dm_b, &[1, 3])?;
+        for (i, (xb, sc)) in rows[quads * QDot::QUAD..].iter().enumerate() {
+            let s = zip2(partial(*xb, false)?, partial(*xb, true)?)?;
+            let lo = self.shuffle(f, s, s, &[0, 1, 2, 3])?;
+            let hi = self.shuffle(f, s, s, &[4, 5, 6, 7])?;
+            let s = add(lo, hi)?;
+            let s = add(
+                self.shuffle(f, s, s, &[0, 1])?,
+                self.shuffle(f, s, s, &[2, 3])?,
+            )?;
+            let sums =
+                f.b.build_signed_int_to_float(s, v2f, "")
+                    .map_err(llvm_err)?;
+            let at = scale_at(*sc)?;
+            let load2 = |buf: PointerValue<'ctx>| -> R<VectorValue<'ctx>> {
+                let a = self
+                    .qdot_load(f, it.f32.into(), buf, at)?
+                    .into_float_value();
+                let bv = if trailing {
+                    it.f32.const_zero()
+                } else {
+                    let at4 = f.b.build_int_add(at, c64(16), "").map_err(llvm_err)?;
+                    self.qdot_load(f, it.f32.into(), buf, at4)?
+                        .into_float_value()
+                };
+                let v =
+                    f.b.build_insert_element(v2f.get_undef(), a, it.i32.const_zero(), "")
+                        .map_err(llvm_err)?;
+                f.b.build_insert_element(v, bv, it.i32.const_int(1, false), "")
+                    .map_err(llvm_err)
+            };
+            let xd = load2(bufs.xd)?;
+            let scale = f.b.build_float_mul(dw2, xd, "scale").map_err(llvm_err)?;
+            let set = accs[quads + i];
+            self.fma_into(f, sums, scale, set.0)?;
+            if has_min {
+                let xs = load2(bufs.xs)?;
+                self.fma_into(f, m2, xs, set.1)?;
+            }
         }
         Ok(())
     }
