@@ -161,6 +161,9 @@ const QROWS: i64 = 16;
 /// chunk passes over them).
 const QGROUP_BYTES: i64 = 128 * 1024;
 
+/// Row quads per [`QDot`] statement (each weight block decoded once for them).
+const QUADS_PER_DOT: i64 = 2;
+
 /// The most rows in a super-group.
 const QGROUP_MAX: i64 = 64;
 
@@ -365,18 +368,44 @@ impl Lin {
         };
         let quad = QDot::QUAD as i64;
         let stride = QDot::scale_stride(self.k / 32);
+        // Rows per statement: QUADS_PER_DOT quads share each weight decode, then the
+        // quads left over one at a time, then single rows.
+        let wide = quad * QUADS_PER_DOT;
+        let nw = kb.let_("nw", Expr::bin(BinOp::Div, nr.clone(), Expr::i(wide)));
         let quads = kb.let_("nq", Expr::bin(BinOp::Div, nr.clone(), Expr::i(quad)));
+        // Local rows `lr..lr + 4 nq` (lr a multiple of 4) as (row, scale slot) pairs.
+        let quad_rows = |kb: &mut KernelBuilder, lr: Expr, nq: i64| -> Vec<(Expr, Expr)> {
+            let lr = kb.let_("lr", lr);
+            let sc = kb.let_(
+                "sc",
+                Expr::bin(BinOp::Div, lr.clone(), Expr::i(quad)) * stride,
+            );
+            (0..nq * quad)
+                .map(|i| {
+                    (
+                        lr.clone() + i,
+                        (sc.clone() + (i / quad) * stride) + i % quad,
+                    )
+                })
+                .collect()
+        };
         kb.for_("jc", 0, chunks, tag, |kb, jc| {
             let j0 = kb.let_("j0", jc * QROWS);
             let j1 = kb.let_("j1", Expr::bin(BinOp::Min, j0.clone() + QROWS, Expr::i(n)));
-            kb.for_("g", 0, quads.clone(), LoopTag::Serial, |kb, g| {
-                let lr = kb.let_("lr", g.clone() * quad);
-                let sc = kb.let_("sc", g * stride);
-                let rows: Vec<(Expr, Expr)> = (0..quad)
-                    .map(|i| (lr.clone() + i, sc.clone() + i))
-                    .collect();
+            kb.for_("g", 0, nw.clone(), LoopTag::Serial, |kb, g| {
+                let rows = quad_rows(kb, g * wide, QUADS_PER_DOT);
                 self.int8_dots(kb, r0, &j0, &j1, &rows, fmt, q);
             });
+            kb.for_(
+                "g",
+                nw.clone() * QUADS_PER_DOT,
+                quads.clone(),
+                LoopTag::Serial,
+                |kb, g| {
+                    let rows = quad_rows(kb, g * quad, 1);
+                    self.int8_dots(kb, r0, &j0, &j1, &rows, fmt, q);
+                },
+            );
             kb.for_(
                 "r",
                 quads.clone() * quad,

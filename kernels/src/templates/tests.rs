@@ -438,12 +438,14 @@ fn linear_float_and_quantized() {
             check_quant_linear(&x, rows, d, n, k, &wq, Some(&b));
         }
     }
-    // Whole groups of 4 rows and partial ones, several parallel chunks of weight rows.
+    // Row octets, quads and single rows, several parallel chunks of weight rows, odd
+    // block counts (a trailing block without a partner).
     for (rows, n, k) in [
         (1usize, 40usize, 64usize),
         (3, 17, 32),
         (4, 8, 96),
         (9, 33, 64),
+        (13, 20, 96),
     ] {
         let x = r.tensor(F, &[rows, k], 1.0);
         for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
