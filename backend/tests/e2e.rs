@@ -57,7 +57,8 @@ fn elementwise_and_matmul_graph_runs_compiled() {
 /// pairs, an odd block count's trailing block) compiled: every row of a 13-row batch (8 + 4 + 1)
 /// equals bit for bit the same row run alone (a sequence's logits do not depend on
 /// its batch), and every output is the reference interpreter's within the int16
-/// activation quantization (2e-3 of the row's magnitude).
+/// activation quantization (2e-3 of the row's magnitude); for the host's kernels and
+/// for `--cpu x86-64` (SSE2, no AVX2).
 #[test]
 fn quantized_linear_rows_are_batch_invariant_compiled() {
     use llmc_ir::{attrs, Dim, Module, Op, Shape, TensorType, WeightData};
@@ -107,29 +108,36 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                 let row = xv[r * k..(r + 1) * k].to_vec();
                 runs.push(vec![Tensor::from_f64(DType::F32, vec![1, k], row)]);
             }
-            let got = run_compiled(&m, &BuildOptions::default(), &runs)
-                .unwrap_or_else(|e| panic!("{d} k {k}: {e}"));
-            let batch = got[0][0].to_f64();
             let want = Interpreter::new(&m).run(&runs[0]).expect("reference")[0].to_f64();
-            for r in 0..rows {
-                let alone = got[r + 1][0].to_f64();
-                for j in 0..n {
-                    let (b, a) = (batch[r * n + j] as f32, alone[j] as f32);
-                    assert_eq!(
-                        b.to_bits(),
-                        a.to_bits(),
-                        "{d} k {k}: row {r} col {j}: {b} in the batch, {a} alone"
-                    );
+            // The host's kernels (AVX2 where it has it) and the SSE2 ones.
+            for cpu in ["", "x86-64"] {
+                let mut opts = BuildOptions::default();
+                if !cpu.is_empty() {
+                    opts.cpu.cpu = cpu.to_string();
                 }
-                let mag = want[r * n..(r + 1) * n]
-                    .iter()
-                    .fold(0f64, |a, v| a.max(v.abs()));
-                for j in 0..n {
-                    let (g, w) = (batch[r * n + j], want[r * n + j]);
-                    assert!(
-                        (g - w).abs() <= 2e-3 * (1.0 + mag),
-                        "{d} k {k}: row {r} col {j}: got {g}, want {w}"
-                    );
+                let got = run_compiled(&m, &opts, &runs)
+                    .unwrap_or_else(|e| panic!("{d} k {k} cpu {cpu:?}: {e}"));
+                let batch = got[0][0].to_f64();
+                for r in 0..rows {
+                    let alone = got[r + 1][0].to_f64();
+                    for j in 0..n {
+                        let (b, a) = (batch[r * n + j] as f32, alone[j] as f32);
+                        assert_eq!(
+                            b.to_bits(),
+                            a.to_bits(),
+                            "{d} k {k} cpu {cpu:?}: row {r} col {j}: {b} in the batch, {a} alone"
+                        );
+                    }
+                    let mag = want[r * n..(r + 1) * n]
+                        .iter()
+                        .fold(0f64, |a, v| a.max(v.abs()));
+                    for j in 0..n {
+                        let (g, w) = (batch[r * n + j], want[r * n + j]);
+                        assert!(
+                            (g - w).abs() <= 2e-3 * (1.0 + mag),
+                            "{d} k {k} cpu {cpu:?}: row {r} col {j}: got {g}, want {w}"
+                        );
+                    }
                 }
             }
         }
