@@ -367,56 +367,62 @@ impl Lin {
             LoopTag::Serial
         };
         let quad = QDot::QUAD as i64;
-        let stride = QDot::scale_stride(self.k / 32);
         // Rows per statement: QUADS_PER_DOT quads share each weight decode, then the
-        // quads left over one at a time, then single rows.
-        let wide = quad * QUADS_PER_DOT;
-        let nw = kb.let_("nw", Expr::bin(BinOp::Div, nr.clone(), Expr::i(wide)));
-        let quads = kb.let_("nq", Expr::bin(BinOp::Div, nr.clone(), Expr::i(quad)));
-        // Local rows `lr..lr + 4 nq` (lr a multiple of 4) as (row, scale slot) pairs.
-        let quad_rows = |kb: &mut KernelBuilder, lr: Expr, nq: i64| -> Vec<(Expr, Expr)> {
-            let lr = kb.let_("lr", lr);
-            let sc = kb.let_(
-                "sc",
-                Expr::bin(BinOp::Div, lr.clone(), Expr::i(quad)) * stride,
-            );
-            (0..nq * quad)
-                .map(|i| {
-                    (
-                        lr.clone() + i,
-                        (sc.clone() + (i / quad) * stride) + i % quad,
-                    )
-                })
-                .collect()
-        };
+        // quads left over one at a time, then single rows. Each level's statements
+        // start where the previous level's ended: (first, count) in statements.
+        let mut levels = Vec::new();
+        let mut first = Expr::i(0);
+        let mut prev = 0;
+        for per in [quad * QUADS_PER_DOT, quad, 1] {
+            if prev > 0 {
+                first = first * (prev / per);
+            }
+            let count = kb.let_("ns", Expr::bin(BinOp::Div, nr.clone(), Expr::i(per)));
+            levels.push((per, first.clone(), count.clone()));
+            first = count;
+            prev = per;
+        }
         kb.for_("jc", 0, chunks, tag, |kb, jc| {
             let j0 = kb.let_("j0", jc * QROWS);
             let j1 = kb.let_("j1", Expr::bin(BinOp::Min, j0.clone() + QROWS, Expr::i(n)));
-            kb.for_("g", 0, nw.clone(), LoopTag::Serial, |kb, g| {
-                let rows = quad_rows(kb, g * wide, QUADS_PER_DOT);
-                self.int8_dots(kb, r0, &j0, &j1, &rows, fmt, q);
-            });
-            kb.for_(
-                "g",
-                nw.clone() * QUADS_PER_DOT,
-                quads.clone(),
-                LoopTag::Serial,
-                |kb, g| {
-                    let rows = quad_rows(kb, g * quad, 1);
-                    self.int8_dots(kb, r0, &j0, &j1, &rows, fmt, q);
-                },
-            );
-            kb.for_(
-                "r",
-                quads.clone() * quad,
-                nr.clone(),
-                LoopTag::Serial,
-                |kb, r| {
-                    let sc = kb.let_("sc", self.scale_slot(&r));
-                    self.int8_dots(kb, r0, &j0, &j1, &[(r, sc)], fmt, q);
-                },
-            );
+            for (per, first, count) in &levels {
+                kb.for_(
+                    "g",
+                    first.clone(),
+                    count.clone(),
+                    LoopTag::Serial,
+                    |kb, g| {
+                        let lr = kb.let_("lr", g * *per);
+                        let rows = self.statement_rows(kb, lr, *per);
+                        self.int8_dots(kb, r0, &j0, &j1, &rows, fmt, q);
+                    },
+                );
+            }
         });
+    }
+
+    /// Local rows `lr..lr + per` as (row, scale slot) pairs for one [`QDot`]: `per` is
+    /// 1, or a multiple of 4 with `lr` one too (whole quads, whose slots are
+    /// consecutive).
+    fn statement_rows(&self, kb: &mut KernelBuilder, lr: Expr, per: i64) -> Vec<(Expr, Expr)> {
+        if per == 1 {
+            let sc = kb.let_("sc", self.scale_slot(&lr));
+            return vec![(lr, sc)];
+        }
+        let quad = QDot::QUAD as i64;
+        let stride = QDot::scale_stride(self.k / 32);
+        let sc = kb.let_(
+            "sc",
+            Expr::bin(BinOp::Div, lr.clone(), Expr::i(quad)) * stride,
+        );
+        (0..per)
+            .map(|i| {
+                (
+                    lr.clone() + i,
+                    (sc.clone() + (i / quad) * stride) + i % quad,
+                )
+            })
+            .collect()
     }
 
     /// Weight rows `j0..j1` against local rows `rows` (local row, scale slot), stored
