@@ -85,7 +85,8 @@ struct BuildArgs {
     /// Code generation target.
     #[arg(long, value_enum, default_value = "cpu")]
     target: Target,
-    /// CPU to tune for (native, x86-64-v3, ...).
+    /// CPU to compile for: native, a named CPU (x86-64-v3, znver4, ...), or portable
+    /// (AVX-512, AVX2 and SSE4.2 variants, the best one chosen at start).
     #[arg(long, default_value = "native")]
     cpu: String,
     /// CUDA architecture (sm_80, sm_90).

@@ -84,9 +84,16 @@ pub struct BuildOptions {
 pub struct CpuBuild<'m> {
     /// Kernels, plan and data section.
     pub planned: Planned<'m>,
-    /// LLVM's output.
+    /// LLVM's output (a portable build's first, most capable variant).
     pub compiled: Compiled,
+    /// A portable build's other variants' output (their objects), in variant order.
+    pub other_variants: Vec<Compiled>,
 }
+
+/// The variants `--cpu portable` embeds, most capable first: AVX-512 (F, BW, CD, DQ,
+/// VL), AVX2 + FMA (the AVX2 `QDot` and 8-lane kernels), and SSE4.2 so the executable
+/// runs on any x86-64 server of the last fifteen years.
+pub const PORTABLE_CPUS: [&str; 3] = ["x86-64-v4", "x86-64-v3", "x86-64-v2"];
 
 impl CpuBuild<'_> {
     /// Every kernel's loop IR, in table order.
@@ -119,7 +126,49 @@ pub fn compile_cpu<'m>(
         want.llvm_ir = true;
     }
     let name = if m.name.is_empty() { "module" } else { &m.name };
-    let compiled = llvm::compile(name, &planned.kernels, &opts.cpu, want)?;
+    let portable = opts.cpu.cpu == "portable";
+    let variants: Vec<CpuOptions> = if portable {
+        let host = llvm::host_description();
+        if opts
+            .cpu
+            .triple
+            .as_deref()
+            .is_some_and(|t| !t.starts_with("x86_64"))
+            || (opts.cpu.triple.is_none() && !host.starts_with("x86_64"))
+        {
+            return Err(BuildError::Codegen(CodegenError::Target(format!(
+                "--cpu portable embeds x86-64 variants ({}); this target is {host}",
+                PORTABLE_CPUS.join(", ")
+            ))));
+        }
+        let n = PORTABLE_CPUS.len() as u32;
+        PORTABLE_CPUS
+            .iter()
+            .enumerate()
+            .map(|(i, cpu)| CpuOptions {
+                cpu: cpu.to_string(),
+                variant: Some((i as u32, n)),
+                ..opts.cpu.clone()
+            })
+            .collect()
+    } else {
+        vec![opts.cpu.clone()]
+    };
+    // Assembly and LLVM IR (dumps, `--emit`) are the first variant's.
+    let mut outs = Vec::new();
+    for (i, v) in variants.iter().enumerate() {
+        let w = if i == 0 {
+            want
+        } else {
+            Want {
+                object: want.object,
+                ..Want::default()
+            }
+        };
+        outs.push(llvm::compile(name, &planned.kernels, v, w)?);
+    }
+    let compiled = outs.remove(0);
+    let other_variants = outs;
     planned.plan.info = vec![
         ("target".into(), compiled.target.clone()),
         ("opt_level".into(), opts.cpu.opt_level.to_string()),
@@ -130,7 +179,26 @@ pub fn compile_cpu<'m>(
     ];
     planned.plan.llm = opts.llm.clone();
     planned.plan.cpu = compiled.cpu.clone();
-    let build = CpuBuild { planned, compiled };
+    if portable {
+        planned.plan.cpu_variants = std::iter::once(&compiled)
+            .chain(&other_variants)
+            .filter_map(|c| c.cpu.clone())
+            .collect();
+        planned.plan.cpu = planned.plan.cpu_variants.last().cloned();
+        planned.plan.info[0].1 = format!(
+            "portable: {}",
+            std::iter::once(&compiled)
+                .chain(&other_variants)
+                .map(|c| c.target.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    let build = CpuBuild {
+        planned,
+        compiled,
+        other_variants,
+    };
     if let Some(dir) = &opts.dump_dir {
         std::fs::create_dir_all(dir).map_err(|e| BuildError::Io {
             path: dir.display().to_string(),
@@ -174,14 +242,17 @@ pub fn build_executable(m: &Module, opts: &BuildOptions, out: &Path) -> Result<(
 
 /// Links a compiled module (its object must have been asked for) into `out`.
 pub fn link_build(build: &CpuBuild, out: &Path) -> Result<(), BuildError> {
-    let object = build
-        .compiled
-        .object
-        .as_deref()
-        .ok_or_else(|| BuildError::Codegen(CodegenError::Llvm("no object produced".into())))?;
+    let objects = std::iter::once(&build.compiled)
+        .chain(&build.other_variants)
+        .map(|c| {
+            c.object
+                .as_deref()
+                .ok_or_else(|| BuildError::Codegen(CodegenError::Llvm("no object produced".into())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let pieces: Vec<&[u8]> = build.planned.data.iter().map(|p| p.bytes()).collect();
     link::link_executable(
-        object,
+        &objects,
         build.planned.plan.to_json().as_bytes(),
         &pieces,
         out,

@@ -110,20 +110,25 @@ fn system_libs() -> &'static [&'static str] {
     }
 }
 
-/// Links `object` with the runtime into `out`, then appends the payload.
+/// Links `objects` (one per CPU variant) with the runtime into `out`, then appends
+/// the payload.
 pub fn link_executable(
-    object: &[u8],
+    objects: &[&[u8]],
     plan: &[u8],
     data: &[&[u8]],
     out: &Path,
 ) -> Result<(), LinkError> {
     let work = tempfile::tempdir().map_err(io(Path::new("(temp dir)")))?;
-    let obj = work.path().join("kernels.o");
-    std::fs::write(&obj, object).map_err(io(&obj))?;
     let lib = runtime_lib()?;
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
     let mut cmd = Command::new(&cc);
-    cmd.arg("-o").arg(out).arg(&obj).arg(&lib);
+    cmd.arg("-o").arg(out);
+    for (i, object) in objects.iter().enumerate() {
+        let obj = work.path().join(format!("kernels{i}.o"));
+        std::fs::write(&obj, object).map_err(io(&obj))?;
+        cmd.arg(&obj);
+    }
+    cmd.arg(&lib);
     if !cfg!(target_os = "macos") {
         cmd.arg("-Wl,--gc-sections");
     }

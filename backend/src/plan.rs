@@ -526,6 +526,7 @@ pub fn plan_module_for(m: &Module, gpu: bool) -> Result<Planned<'_>, BuildError>
         llm: None,
         encoder: None,
         cpu: None,
+        cpu_variants: Vec::new(),
     };
     Ok(Planned {
         kernels,

@@ -10,7 +10,11 @@
 //!   to [`PARALLEL_FOR_SYMBOL`] (`llmc_parallel_for`, the runtime's thread pool),
 //!   which calls the body on disjoint `[start, end)` ranges covering `0..n`.
 //! - The object exports [`KERNEL_TABLE_SYMBOL`], a [`KernelTable`] listing every
-//!   kernel by name in plan order.
+//!   kernel by name in plan order, and [`KERNEL_TABLES_SYMBOL`], the [`KernelTables`]
+//!   of every variant the executable carries (one; or, built with `--cpu portable`,
+//!   one per instruction-set level, in the order of the plan's `cpu_variants`, whose
+//!   tables are `llmc_kernel_table_v0`, `_v1`, … and whose kernels' symbols carry the
+//!   same `v0`, `v1` tag).
 
 use std::ffi::{c_char, CStr};
 
@@ -25,6 +29,9 @@ pub type ParallelForFn = unsafe extern "C" fn(body: BodyFn, ctx: *mut u8, n: i64
 
 /// The symbol of the kernel table the object exports.
 pub const KERNEL_TABLE_SYMBOL: &str = "llmc_kernel_table";
+
+/// The symbol of the list of kernel tables (one per CPU variant) the object exports.
+pub const KERNEL_TABLES_SYMBOL: &str = "llmc_kernel_tables";
 
 /// The symbol of the runtime's parallel-for.
 pub const PARALLEL_FOR_SYMBOL: &str = "llmc_parallel_for";
@@ -48,6 +55,27 @@ pub struct KernelTable {
     pub count: u64,
     /// The entries.
     pub entries: *const KernelEntry,
+}
+
+/// The variants' tables an object exports: `count` pointers at `tables`.
+#[repr(C)]
+pub struct KernelTables {
+    /// Number of tables.
+    pub count: u64,
+    /// The tables.
+    pub tables: *const *const KernelTable,
+}
+
+impl KernelTables {
+    /// The tables, in variant order.
+    ///
+    /// # Safety
+    /// The list must be what generated code exported: `count` valid table pointers.
+    pub unsafe fn tables(&self) -> Vec<&KernelTable> {
+        (0..self.count as usize)
+            .map(|i| &**self.tables.add(i))
+            .collect()
+    }
 }
 
 impl KernelTable {

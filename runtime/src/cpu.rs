@@ -112,6 +112,44 @@ pub fn check(req: &crate::plan::CpuRequirement) -> Result<(), String> {
     ))
 }
 
+/// The environment variable that makes a `--cpu portable` executable run the named
+/// variant (`x86-64-v3`) instead of the most capable one this CPU has.
+pub const VARIANT_ENV: &str = "LLMC_CPU_VARIANT";
+
+/// Which of a portable build's `variants` (most capable first) this CPU runs: the
+/// one [`VARIANT_ENV`] names (it must exist and fit this CPU), else the first whose
+/// extensions this CPU has all of; `Err` with [`check`]'s message for the least
+/// demanding one when none fits.
+pub fn choose(variants: &[crate::plan::CpuRequirement]) -> Result<usize, String> {
+    let last = variants
+        .last()
+        .ok_or("this executable lists no CPU variants")?;
+    if let Some(name) = std::env::var(VARIANT_ENV).ok().filter(|n| !n.is_empty()) {
+        let i = variants
+            .iter()
+            .position(|v| v.built_for == name)
+            .ok_or_else(|| {
+                format!(
+                    "{VARIANT_ENV}={name}: this executable has the variants {}",
+                    variants
+                        .iter()
+                        .map(|v| v.built_for.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        check(&variants[i]).map_err(|e| format!("{VARIANT_ENV}={name}: {e}"))?;
+        return Ok(i);
+    }
+    match variants
+        .iter()
+        .position(|v| missing(&v.features).is_empty())
+    {
+        Some(i) => Ok(i),
+        None => check(last).map(|()| variants.len() - 1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +165,31 @@ mod tests {
             assert_eq!(has("avx9000"), None);
             assert!(missing(&["avx9000".into()]).is_empty());
         }
+    }
+
+    #[test]
+    fn choose_takes_the_first_variant_this_cpu_has() {
+        let req = |name: &str, features: Vec<String>| crate::plan::CpuRequirement {
+            built_for: name.into(),
+            features,
+        };
+        let have: Vec<String> = present().iter().map(|f| f.to_string()).collect();
+        let absent: Vec<String> = CHECKABLE
+            .iter()
+            .filter(|f| has(f) == Some(false))
+            .map(|f| f.to_string())
+            .collect();
+        let mut variants = vec![req("here", have.clone()), req("base", vec![])];
+        if let Some(f) = absent.first() {
+            let mut more = have.clone();
+            more.push(f.clone());
+            variants.insert(0, req("beyond", more));
+            assert!(check(&variants[0]).is_err());
+        }
+        if std::env::var(VARIANT_ENV).is_err() {
+            assert_eq!(variants[choose(&variants).unwrap()].built_for, "here");
+        }
+        assert!(choose(&[]).is_err());
     }
 
     #[test]

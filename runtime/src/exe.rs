@@ -220,7 +220,7 @@ fn mib(n: usize) -> String {
     format!("{n} bytes ({:.1} MiB)", n as f64 / (1024.0 * 1024.0))
 }
 
-fn info(plan: &Plan, sizes: &Sizes) {
+fn info(plan: &Plan, sizes: &Sizes, variant: &Result<usize, String>) {
     println!("model: {}", plan.name);
     for (k, v) in &plan.info {
         println!("{k}: {v}");
@@ -266,6 +266,28 @@ fn info(plan: &Plan, sizes: &Sizes) {
             println!("cpu check: this CPU lacks {}", lacking.join(", "));
         }
     }
+    for (i, v) in plan.cpu_variants.iter().enumerate() {
+        let lacking = crate::cpu::missing(&v.features);
+        println!(
+            "cpu variant {i}: {} ({}){}",
+            v.built_for,
+            if v.features.is_empty() {
+                "baseline x86-64".to_string()
+            } else {
+                v.features.join(", ")
+            },
+            if variant.as_ref().ok() == Some(&i) {
+                " -- chosen".to_string()
+            } else if lacking.is_empty() {
+                String::new()
+            } else {
+                format!(" -- this CPU lacks {}", lacking.join(", "))
+            }
+        );
+    }
+    if let Err(e) = variant {
+        println!("cpu variant: none runs here: {e}");
+    }
     println!("kernels: {}", plan.kernels.len());
     println!("steps: {}", plan.steps.len());
     println!(
@@ -287,8 +309,8 @@ fn info(plan: &Plan, sizes: &Sizes) {
 }
 
 /// The executable's entry: returns the process exit code.
-pub fn main(args: Vec<String>, table: &KernelTable) -> i32 {
-    match real_main(args, table) {
+pub fn main(args: Vec<String>, tables: &[&KernelTable]) -> i32 {
+    match real_main(args, tables) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
@@ -328,7 +350,7 @@ pub fn take_engine_flags(
     Ok((mb, cfg))
 }
 
-fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
+fn real_main(args: Vec<String>, tables: &[&KernelTable]) -> Result<(), String> {
     let map = payload::map_self()?;
     // The engine thread borrows the weights for the life of the process.
     let map: &'static memmap2::Mmap = Box::leak(Box::new(map));
@@ -339,8 +361,26 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
         data: data.len(),
         file: map.len(),
     };
-    let plan = Plan::from_json(plan_bytes)?;
-    // SAFETY: the table is the one the generated object exports.
+    let mut plan = Plan::from_json(plan_bytes)?;
+    // A portable build: the variant this CPU runs (or why none does), whose
+    // requirement the start-up check below then applies.
+    let variant = if plan.cpu_variants.is_empty() {
+        Ok(0)
+    } else {
+        crate::cpu::choose(&plan.cpu_variants)
+    };
+    if let Ok(i) = variant {
+        if let Some(v) = plan.cpu_variants.get(i) {
+            plan.cpu = Some(v.clone());
+        }
+    }
+    let table = *variant
+        .as_ref()
+        .ok()
+        .and_then(|&i| tables.get(i))
+        .or(tables.last())
+        .ok_or("this executable holds no kernel table")?;
+    // SAFETY: the table is one the generated object exports.
     let kernels = unsafe { table.kernels() };
     let cmd = args.get(1).map(String::as_str).unwrap_or("help");
     let mut rest_v: Vec<String> = args.get(2..).unwrap_or(&[]).to_vec();
@@ -360,6 +400,7 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
     // Before any kernel runs: the CPU must have what the code was built for. `info`
     // and `help` still work (they run no kernel), so users can see what was built.
     if !matches!(cmd, "info" | "help" | "--help" | "-h") {
+        variant.clone()?;
         if let Some(req) = &plan.cpu {
             crate::cpu::check(req)?;
         }
@@ -403,6 +444,9 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
             if let Some(n) = threads {
                 crate::pool::set_num_threads(n);
             }
+            if let Some(req) = &plan.cpu {
+                println!("kernels built for: {}", req.built_for);
+            }
             if let Some((mb, cfg)) = engine_flags {
                 let bytes = crate::bench::weight_bytes_per_token(&plan);
                 let engine =
@@ -436,7 +480,7 @@ fn real_main(args: Vec<String>, table: &KernelTable) -> Result<(), String> {
         }
         "serve" => crate::server::run_command(rest, plan, data, kernels, engine_flags),
         "info" => {
-            info(&plan, &sizes);
+            info(&plan, &sizes, &variant);
             Ok(())
         }
         "help" | "--help" | "-h" => {

@@ -756,6 +756,7 @@ mod tests {
             llm: None,
             encoder: None,
             cpu: None,
+            cpu_variants: Vec::new(),
         }
     }
 

@@ -263,6 +263,12 @@ pub struct Plan {
     /// ([`crate::cpu::check`]); `None` when the target has no such check (not x86-64).
     #[serde(default)]
     pub cpu: Option<CpuRequirement>,
+    /// A `--cpu portable` build's kernel variants, most capable first, in the order of
+    /// the object's kernel tables (empty for a build for one CPU). The executable runs
+    /// the first one this CPU has everything for ([`crate::cpu::choose`]); `cpu` is
+    /// then the last, least demanding one.
+    #[serde(default)]
+    pub cpu_variants: Vec<CpuRequirement>,
 }
 
 /// What a CPU executable's code needs from the machine it runs on.

@@ -476,6 +476,150 @@ fn executable_checks_the_cpu_at_start() {
     );
 }
 
+/// `--cpu portable` embeds the AVX-512, AVX2 and SSE4.2 kernel variants: `info` lists
+/// them and marks as chosen the first this CPU has everything for, every variant this
+/// CPU can run gives the fixture graph's outputs (`LLMC_CPU_VARIANT` forces one), and
+/// forcing one it cannot run, or an unknown one, is a clear error (never SIGILL).
+#[test]
+fn portable_executable_chooses_a_variant_and_every_variant_agrees() {
+    let fx = Fixture::new();
+    let out = fx.dir.path().join("g");
+    let o = llmc(&[
+        "build",
+        &fx.p("g.llmc"),
+        "--cpu",
+        "portable",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    if !cfg!(target_arch = "x86_64") {
+        assert_user_error(&o, &["--cpu portable embeds x86-64 variants"]);
+        return;
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runs_here = |cpu: &str| {
+        llmc_backend::cpu::named_cpu_features(cpu)
+            .unwrap()
+            .into_iter()
+            .all(|f| llmc_runtime::cpu::has(f) != Some(false))
+    };
+    let expect = llmc_backend::PORTABLE_CPUS
+        .iter()
+        .position(|c| runs_here(c))
+        .expect("x86-64-v2 runs on every x86-64 CPU this test meets");
+    let info = Command::new(&out)
+        .arg("info")
+        .env_remove("LLMC_CPU_VARIANT")
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{}", stderr(&info));
+    let info = stdout(&info);
+    for (i, cpu) in llmc_backend::PORTABLE_CPUS.iter().enumerate() {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with(&format!("cpu variant {i}: {cpu} (")))
+            .unwrap_or_else(|| panic!("variant {i} ({cpu}) not listed:\n{info}"));
+        assert_eq!(line.ends_with(" -- chosen"), i == expect, "{line}");
+        if !runs_here(cpu) {
+            assert!(line.contains(" -- this CPU lacks "), "{line}");
+        }
+    }
+    let a = format!("a={}", fx.p("a.npy"));
+    let b = format!("b={}", fx.p("b.npy"));
+    let i = format!("i={}", fx.p("i.npy"));
+    let j = format!("j={}", fx.p("j.npy"));
+    let run = |variant: Option<&str>, dir: &str| {
+        let mut c = Command::new(&out);
+        c.args([
+            "run", "--input", &a, "--input", &b, "--input", &i, "--input", &j,
+        ])
+        .args(["--output-dir", &fx.p(dir)]);
+        match variant {
+            Some(v) => c.env("LLMC_CPU_VARIANT", v),
+            None => c.env_remove("LLMC_CPU_VARIANT"),
+        };
+        c.output().unwrap()
+    };
+    let o = run(None, "chosen");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, _, want) = read_npy::<f32>(&fx.dir.path().join("chosen/sum.npy"));
+    let sum: Vec<f32> = (0..6).map(|k| fx.a[k] + fx.b[k % 3]).collect();
+    assert_eq!(want, sum);
+    for cpu in llmc_backend::PORTABLE_CPUS {
+        let o = run(Some(cpu), cpu);
+        if runs_here(cpu) {
+            assert!(o.status.success(), "{cpu}: {}", stderr(&o));
+            let (_, _, got) = read_npy::<f32>(&fx.dir.path().join(format!("{cpu}/sum.npy")));
+            assert_eq!(got, want, "{cpu}");
+            let (_, _, got) = read_npy::<i64>(&fx.dir.path().join(format!("{cpu}/prod.npy")));
+            assert_eq!(got, vec![fx.i[0] * fx.j[0], fx.i[1] * fx.j[1]], "{cpu}");
+        } else {
+            assert_eq!(o.status.code(), Some(1), "{cpu}: {}", stderr(&o));
+            let e = stderr(&o);
+            assert!(
+                e.starts_with(&format!(
+                    "error: LLMC_CPU_VARIANT={cpu}: this executable needs "
+                )),
+                "{e}"
+            );
+        }
+    }
+    let o = run(Some("pentium-9000"), "bad");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "LLMC_CPU_VARIANT=pentium-9000: this executable has the variants \
+             x86-64-v4, x86-64-v3, x86-64-v2"
+        ),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// SmolLM2 built with `--cpu portable` generates the reference text greedily with
+/// every variant this CPU runs (the SSE4.2 one included).
+#[test]
+fn smollm_portable_executable_generates_the_reference_text_with_every_variant() {
+    let Some(m) = model(SMOLLM) else { return };
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let reference = fixture("smollm2/greedy.json");
+    let prompt = reference["prompt"].as_str().unwrap();
+    let want = reference["generated_text"].as_str().unwrap();
+    let want_to_eos = want.split("<|im_end|>").next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("smollm");
+    let o = llmc(&[
+        "build",
+        m.to_str().unwrap(),
+        "-O3",
+        "--cpu",
+        "portable",
+        "-o",
+        exe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for cpu in llmc_backend::PORTABLE_CPUS {
+        let runs = llmc_backend::cpu::named_cpu_features(cpu)
+            .unwrap()
+            .into_iter()
+            .all(|f| llmc_runtime::cpu::has(f) != Some(false));
+        if !runs {
+            continue;
+        }
+        let o = Command::new(&exe)
+            .args(["generate", "--prompt", prompt, "--max-tokens", "32"])
+            .args(["--temperature", "0"])
+            .env("LLMC_CPU_VARIANT", cpu)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cpu}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want_to_eos, "{cpu}");
+    }
+}
+
 #[test]
 fn exec_names_missing_extra_and_mistyped_inputs() {
     let fx = Fixture::new();

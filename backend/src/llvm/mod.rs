@@ -20,7 +20,7 @@ use inkwell::values::BasicValue;
 use inkwell::OptimizationLevel;
 use intrinsics::Intrinsics;
 use llmc_kernels::Kernel;
-use llmc_runtime::abi::KERNEL_TABLE_SYMBOL;
+use llmc_runtime::abi::{KERNEL_TABLES_SYMBOL, KERNEL_TABLE_SYMBOL};
 
 /// A code generation error.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,11 @@ pub struct CpuOptions {
     pub features: String,
     /// Target triple; the host's when `None`.
     pub triple: Option<String>,
+    /// One of a portable build's variants: `(index, count)`. Its kernels' symbols
+    /// and its table carry the tag `v{index}` (`llmc_kernel_table_v0`); variant 0
+    /// also exports the list of all `count` tables. `None`: one variant, the table is
+    /// `llmc_kernel_table` (see `llmc_runtime::abi`).
+    pub variant: Option<(u32, u32)>,
 }
 
 impl Default for CpuOptions {
@@ -57,6 +62,7 @@ impl Default for CpuOptions {
             cpu: "native".into(),
             features: String::new(),
             triple: None,
+            variant: None,
         }
     }
 }
@@ -199,7 +205,10 @@ pub fn compile(
     };
     let mut entries = Vec::new();
     for (i, k) in kernels.iter().enumerate() {
-        let base = format!("llmc_k{i}_{}", k.name);
+        let base = match opts.variant {
+            Some((v, _)) => format!("llmc_v{v}_k{i}_{}", k.name),
+            None => format!("llmc_k{i}_{}", k.name),
+        };
         let f = lower::Lowering::new(&it, &module, k, base, target).lower()?;
         entries.push((k.name.clone(), f));
     }
@@ -229,10 +238,48 @@ pub fn compile(
             .as_basic_value_enum(),
         g_entries.as_pointer_value().into(),
     ]);
-    let g_table = module.add_global(table_ty, None, KERNEL_TABLE_SYMBOL);
+    let table_name = |v: Option<u32>| match v {
+        Some(v) => format!("{KERNEL_TABLE_SYMBOL}_v{v}"),
+        None => KERNEL_TABLE_SYMBOL.to_string(),
+    };
+    let g_table = module.add_global(table_ty, None, &table_name(opts.variant.map(|v| v.0)));
     g_table.set_initializer(&table);
     g_table.set_constant(true);
     g_table.set_linkage(Linkage::External);
+    // The list of the variants' tables: { i64 count, ptr tables }, from the one
+    // variant or variant 0 (the others' tables are declared here, defined in their
+    // objects).
+    let listed: Option<Vec<_>> = match opts.variant {
+        None => Some(vec![g_table]),
+        Some((0, n)) => Some(
+            std::iter::once(g_table)
+                .chain((1..n).map(|v| {
+                    let g = module.add_global(table_ty, None, &table_name(Some(v)));
+                    g.set_linkage(Linkage::External);
+                    g
+                }))
+                .collect(),
+        ),
+        Some(_) => None,
+    };
+    if let Some(listed) = listed {
+        let ptrs: Vec<_> = listed.iter().map(|g| g.as_pointer_value()).collect();
+        let arr = it.ptr.const_array(&ptrs);
+        let g_arr = module.add_global(arr.get_type(), None, "llmc.kernel_tables");
+        g_arr.set_initializer(&arr);
+        g_arr.set_constant(true);
+        g_arr.set_linkage(Linkage::Private);
+        let tables = table_ty.const_named_struct(&[
+            it.i64
+                .const_int(listed.len() as u64, false)
+                .as_basic_value_enum(),
+            g_arr.as_pointer_value().into(),
+        ]);
+        let g = module.add_global(table_ty, None, KERNEL_TABLES_SYMBOL);
+        g.set_initializer(&tables);
+        g.set_constant(true);
+        g.set_linkage(Linkage::External);
+    }
     module
         .verify()
         .map_err(|e| CodegenError::Llvm(format!("the lowered module does not verify: {e}")))?;
