@@ -1,17 +1,29 @@
 //! Kernels of the serving form's paged KV cache: `paged_kv_write` scatters the step's
 //! new keys and values into their pool slots (in place: the results are the pool
 //! buffers), and `paged_attention` walks each row's block table one block at a time
-//! with an online softmax. The attention loop runs over (row, kv head) pairs in
-//! parallel; the query heads of one GQA group are handled together, so each K/V block
-//! is read from memory once for the whole group. A row's reduction order depends only
-//! on its own sequence (never on the other rows of the step): batch invariance.
+//! with an online softmax, in splits of [`SPLIT_TOKENS`] keys whose states merge in
+//! order (split-K): the splits of every (row, kv head) pair run in parallel, so a few
+//! rows over a long context use every thread. The query heads of one GQA group are
+//! handled together, so each K/V block is read from memory once for the whole group.
+//! A row's arithmetic depends only on its own sequence (never on the other rows of
+//! the step, one code path for all): batch invariance.
 
 use super::{
-    attr_float, attr_int, compute_ty, exp, fconst, load_elem, operand, result, setup, to_storage,
-    work_estimate, TResult, PARALLEL_MIN,
+    attr_float, attr_int, compute_ty, exp, fconst, gpu_mapping, load_elem, operand, result, setup,
+    to_storage, work_estimate, TResult, PARALLEL_MIN,
 };
 use crate::loopir::{BinOp, Expr, Kernel, LoopTag, Ty, UnOp};
 use llmc_ir::{Dim, Node, TensorType};
+
+/// Keys per split of a sequence's context: each (row, kv head) pair's softmax state
+/// is computed split by split and the splits merged in order, so a few rows over a long
+/// context spread over every thread (split-K), and the arithmetic is the same whether
+/// the splits run one after another or in parallel.
+const SPLIT_TOKENS: i64 = 256;
+
+/// Bytes of split states one parallel wave may hold (twice: the running states and
+/// the wave's; stack of the calling thread).
+const SPLIT_SCRATCH: i64 = 128 * 1024;
 
 fn b(op: BinOp, x: Expr, y: Expr) -> Expr {
     Expr::bin(op, x, y)
@@ -122,7 +134,18 @@ pub(crate) fn attention(
     };
     let v8 = LoopTag::Vectorize(8);
     let ninf = || fconst(f64::NEG_INFINITY, t);
-    kb.for_("rk", 0, n, tag, |kb, rk| {
+    // Keys are taken in splits of SPLIT_TOKENS (whole blocks) at fixed positions of
+    // the sequence; a (row, kv head) pair's state per query head of its group is
+    // (m, l, acc[dv]) at `state(g)`: m at 0..group, l at group..2 group, acc after.
+    let split_blocks = (SPLIT_TOKENS + bs - 1) / bs;
+    let split = split_blocks * bs;
+    let slen = group * (dv + 2);
+    let m_at = |o: &Expr, g: i64| o.clone() + g;
+    let l_at = |o: &Expr, g: i64| o.clone() + (group + g);
+    let acc_at = |o: &Expr, g: i64, c: Expr| o.clone() + (2 * group + g * dv) + c;
+    // The pair's facts: its row's sequence, the key range [lo, hi) it attends to, and
+    // the splits that range meets.
+    let pair = |kb: &mut crate::builder::KernelBuilder, rk: Expr| {
         let r = kb.let_("r", rk.clone() / kvh);
         let kv = kb.let_("kv", rk % kvh);
         let sq = kb.let_("sq", load_i64(ib[4], r.clone()));
@@ -134,10 +157,22 @@ pub(crate) fn attention(
         };
         let lo = kb.let_("lo", lo);
         let hi = kb.let_("hi", p + 1);
-        let acc = kb.local("acc", t, group * dv);
+        let s0 = kb.let_("s0", lo.clone() / split);
+        let s1 = kb.let_("s1", (hi.clone() - 1) / split + 1);
+        (r, kv, sq, lo, hi, s0, s1)
+    };
+    // One split's online softmax over keys [a, b) of the pair, block by block, into
+    // the state at `o` of `buf`.
+    #[allow(clippy::too_many_arguments)]
+    let attend = |kb: &mut crate::builder::KernelBuilder,
+                  (r, kv, sq): (&Expr, &Expr, &Expr),
+                  a: Expr,
+                  b_: Expr,
+                  buf: crate::loopir::BufId,
+                  o: &Expr| {
         let scores = kb.local("scores", t, group * bs);
         kb.for_("c", 0, group * dv, v8, |kb, c| {
-            kb.store(acc, c, fconst(0.0, t))
+            kb.store(buf, o.clone() + 2 * group + c, fconst(0.0, t))
         });
         let ms: Vec<_> = (0..group)
             .map(|g| kb.let_mut(&format!("m{g}"), ninf()))
@@ -145,12 +180,12 @@ pub(crate) fn attention(
         let ls: Vec<_> = (0..group)
             .map(|g| kb.let_mut(&format!("l{g}"), fconst(0.0, t)))
             .collect();
-        let first = kb.let_("first", (lo.clone() / bs) * bs);
-        kb.for_step("j0", first, hi.clone(), bs, LoopTag::Serial, |kb, j0| {
+        let first = kb.let_("first", (a.clone() / bs) * bs);
+        kb.for_step("j0", first, b_.clone(), bs, LoopTag::Serial, |kb, j0| {
             let entry = kb.let_("entry", sq.clone() * we.clone() + j0.clone() / bs);
             let blk = kb.let_("blk", load_i64(ib[5], entry));
-            let js = kb.let_("js", lo.clone().max(j0.clone()) - j0.clone());
-            let je = kb.let_("je", hi.clone().min(j0.clone() + bs) - j0.clone());
+            let js = kb.let_("js", a.clone().max(j0.clone()) - j0.clone());
+            let je = kb.let_("je", b_.clone().min(j0.clone() + bs) - j0.clone());
             let base = kb.let_("base", (blk * kvh + kv.clone()) * bs);
             for g in 0..group {
                 let qrow = kb.let_(
@@ -180,38 +215,104 @@ pub(crate) fn attention(
                 let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
                 kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
                 kb.for_("c", 0, dv, v8, |kb, c| {
-                    let at = c.clone() + g * dv;
-                    let a = b(BinOp::Mul, Expr::load(acc, at.clone()), corr.clone());
-                    kb.store(acc, at, a);
+                    let at = acc_at(o, g, c);
+                    let a = b(BinOp::Mul, Expr::load(buf, at.clone()), corr.clone());
+                    kb.store(buf, at, a);
                 });
-                kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                // The block's probabilities first, vectorized over its keys (the
+                // exponentials no longer wait on, or hold up, the value updates).
+                kb.for_("jj", js.clone(), je.clone(), v8, |kb, jj| {
+                    let at = jj + g * bs;
                     let pr = kb.let_(
                         "pr",
-                        exp(b(
-                            BinOp::Sub,
-                            Expr::load(scores, jj.clone() + g * bs),
-                            mn.clone(),
-                        )),
+                        exp(b(BinOp::Sub, Expr::load(scores, at.clone()), mn.clone())),
                     );
-                    kb.assign(l, b(BinOp::Add, Expr::Var(l), pr.clone()));
+                    kb.store(scores, at, pr.clone());
+                    kb.assign(l, b(BinOp::Add, Expr::Var(l), pr));
+                });
+                kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                    let pr = kb.let_("pr", Expr::load(scores, jj.clone() + g * bs));
                     let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
                     kb.for_("c", 0, dv, v8, |kb, c| {
                         let vv = load_elem(kb, ib[2], vp.dtype, vrow.clone() + c.clone());
-                        let at = c + g * dv;
-                        let a = Expr::load(acc, at.clone());
-                        kb.store(acc, at, b(BinOp::Add, a, b(BinOp::Mul, pr.clone(), vv)));
+                        let at = acc_at(o, g, c);
+                        let a = Expr::load(buf, at.clone());
+                        kb.store(buf, at, b(BinOp::Add, a, b(BinOp::Mul, pr.clone(), vv)));
                     });
                 });
                 kb.assign(m, mn);
             }
         });
         for g in 0..group {
-            let l = ls[g as usize];
+            kb.store(buf, m_at(o, g), Expr::Var(ms[g as usize]));
+            kb.store(buf, l_at(o, g), Expr::Var(ls[g as usize]));
+        }
+    };
+    // The keys of split `sp` within [lo, hi).
+    let split_range = |kb: &mut crate::builder::KernelBuilder, sp: &Expr, lo: &Expr, hi: &Expr| {
+        let a = kb.let_("a", lo.clone().max(sp.clone() * split));
+        let b_ = kb.let_("b", hi.clone().min((sp.clone() + 1) * split));
+        (a, b_)
+    };
+    let init = |kb: &mut crate::builder::KernelBuilder, buf: crate::loopir::BufId, o: &Expr| {
+        for g in 0..group {
+            kb.store(buf, m_at(o, g), ninf());
+            kb.store(buf, l_at(o, g), fconst(0.0, t));
+        }
+        kb.for_("c", 0, group * dv, v8, |kb, c| {
+            kb.store(buf, o.clone() + 2 * group + c, fconst(0.0, t))
+        });
+    };
+    // The running state at `o` of `run` takes a split's state at `po` of `part` (in
+    // split order: the same arithmetic whichever way the splits were computed).
+    let merge = |kb: &mut crate::builder::KernelBuilder,
+                 run: crate::loopir::BufId,
+                 o: &Expr,
+                 part: crate::loopir::BufId,
+                 po: &Expr| {
+        for g in 0..group {
+            let mr = kb.let_("mr", Expr::load(run, m_at(o, g)));
+            let mp = kb.let_("mp", Expr::load(part, m_at(po, g)));
+            let mn = kb.let_("mn", mr.clone().max(mp.clone()));
+            let cr = kb.let_(
+                "cr",
+                Expr::select(
+                    mr.clone().eq_(ninf()),
+                    fconst(0.0, t),
+                    exp(b(BinOp::Sub, mr, mn.clone())),
+                ),
+            );
+            let cp = kb.let_("cp", exp(b(BinOp::Sub, mp, mn.clone())));
+            let l = b(
+                BinOp::Add,
+                b(BinOp::Mul, Expr::load(run, l_at(o, g)), cr.clone()),
+                b(BinOp::Mul, Expr::load(part, l_at(po, g)), cp.clone()),
+            );
+            kb.store(run, l_at(o, g), l);
+            kb.store(run, m_at(o, g), mn);
+            kb.for_("c", 0, dv, v8, |kb, c| {
+                let at = acc_at(o, g, c.clone());
+                let v = b(
+                    BinOp::Add,
+                    b(BinOp::Mul, Expr::load(run, at.clone()), cr.clone()),
+                    b(BinOp::Mul, Expr::load(part, acc_at(po, g, c)), cp.clone()),
+                );
+                kb.store(run, at, v);
+            });
+        }
+    };
+    // The output rows of a pair from its final state.
+    let finish = |kb: &mut crate::builder::KernelBuilder,
+                  (r, kv): (&Expr, &Expr),
+                  run: crate::loopir::BufId,
+                  o: &Expr| {
+        for g in 0..group {
+            let l = kb.let_("lsum", Expr::load(run, l_at(o, g)));
             let inv = kb.let_(
                 "inv",
                 Expr::select(
-                    Expr::Var(l).ne_(fconst(0.0, t)),
-                    b(BinOp::Div, fconst(1.0, t), Expr::Var(l)),
+                    l.clone().ne_(fconst(0.0, t)),
+                    b(BinOp::Div, fconst(1.0, t), l),
                     fconst(0.0, t),
                 ),
             );
@@ -220,11 +321,89 @@ pub(crate) fn attention(
                 ((kv.clone() * group + g) * se.clone() + r.clone()) * dv,
             );
             kb.for_("c", 0, dv, v8, |kb, c| {
-                let y = b(BinOp::Mul, Expr::load(acc, c.clone() + g * dv), inv.clone());
+                let y = b(
+                    BinOp::Mul,
+                    Expr::load(run, acc_at(o, g, c.clone())),
+                    inv.clone(),
+                );
                 let y = to_storage(kb, ob[0], y);
                 kb.store(ob[0], orow.clone() + c, y);
             });
         }
+    };
+    // Many pairs: one thread per pair, its splits in order.
+    let per_pair = |kb: &mut crate::builder::KernelBuilder| {
+        kb.for_("rk", 0, n.clone(), tag, |kb, rk| {
+            let (r, kv, sq, lo, hi, s0, s1) = pair(kb, rk);
+            let run = kb.local("run", t, slen);
+            let part = kb.local("part", t, slen);
+            let zero = Expr::i(0);
+            init(kb, run, &zero);
+            kb.for_("sp", s0, s1, LoopTag::Serial, |kb, sp| {
+                let (a, b_) = split_range(kb, &sp, &lo, &hi);
+                attend(kb, (&r, &kv, &sq), a, b_, part, &zero);
+                merge(kb, run, &zero, part, &zero);
+            });
+            finish(kb, (&r, &kv), run, &zero);
+        });
+    };
+    if gpu_mapping() {
+        per_pair(&mut kb);
+        return kb.finish();
+    }
+    // Pairs CAP at a time, each chunk's splits in parallel waves of `wave` splits per
+    // pair (as many as the scratch holds: a few rows over a long context spread over
+    // every thread), merged in split order after each wave, then the chunk's outputs.
+    // One copy of each piece of arithmetic, whatever the number of rows: a row's
+    // result does not depend on the step's other rows.
+    let cap = (SPLIT_SCRATCH / (slen * 4)).clamp(8, 256);
+    let run = kb.local("run", t, cap * slen);
+    let part = kb.local("part", t, cap * slen);
+    let nsplits = kb.let_("nsplits", (we.clone() * bs + (split - 1)) / split);
+    kb.for_step("p0", 0, n.clone(), cap, LoopTag::Serial, |kb, p0| {
+        let np = kb.let_("np", (n.clone() - p0.clone()).min(Expr::i(cap)));
+        let wave = kb.let_("wave", Expr::i(cap) / np.clone());
+        let waves = kb.let_("waves", (nsplits.clone() + wave.clone() - 1) / wave.clone());
+        kb.for_("i", 0, np.clone(), LoopTag::Serial, |kb, i| {
+            let o = kb.let_("o", i * slen);
+            init(kb, run, &o);
+        });
+        kb.for_("wi", 0, waves, LoopTag::Serial, |kb, wi| {
+            let w0 = kb.let_("w0", wi * wave.clone());
+            kb.for_(
+                "u",
+                0,
+                np.clone() * wave.clone(),
+                LoopTag::Parallel,
+                |kb, u| {
+                    let i = kb.let_("i", u.clone() / wave.clone());
+                    let (r, kv, sq, lo, hi, s0, s1) = pair(kb, p0.clone() + i);
+                    let sp = kb.let_("sp", w0.clone() + u.clone() % wave.clone());
+                    kb.if_(sp.clone().ge(s0).and(sp.clone().lt(s1)), |kb| {
+                        let (a, b_) = split_range(kb, &sp, &lo, &hi);
+                        let po = kb.let_("po", u.clone() * slen);
+                        attend(kb, (&r, &kv, &sq), a, b_, part, &po);
+                    });
+                },
+            );
+            kb.for_("i", 0, np.clone(), LoopTag::Serial, |kb, i| {
+                let (_, _, _, _, _, s0, s1) = pair(kb, p0.clone() + i.clone());
+                let o = kb.let_("o", i.clone() * slen);
+                let from = kb.let_("from", s0.max(w0.clone()));
+                let to = kb.let_("to", s1.min(w0.clone() + wave.clone()));
+                kb.for_("sp", from, to, LoopTag::Serial, |kb, sp| {
+                    let po = kb.let_("po", (i.clone() * wave.clone() + sp - w0.clone()) * slen);
+                    merge(kb, run, &o, part, &po);
+                });
+            });
+        });
+        kb.for_("i", 0, np.clone(), LoopTag::Parallel, |kb, i| {
+            let rk = kb.let_("rk", p0.clone() + i.clone());
+            let r = kb.let_("r", rk.clone() / kvh);
+            let kv = kb.let_("kv", rk % kvh);
+            let o = kb.let_("o", i * slen);
+            finish(kb, (&r, &kv), run, &o);
+        });
     });
     kb.finish()
 }

@@ -1437,21 +1437,37 @@ fn paged_attention_matches_the_reference() {
         };
         (tt(dt, dims), llmc_ir::Tensor::from_i64(dt, shape, x))
     };
-    for (case, &(h, kvh, bs, window, cap, pool_dt)) in [
-        (4usize, 2usize, 4usize, 0i64, None, F),
-        (6, 2, 8, 0, Some(5.0), DType::F16),
-        (3, 3, 4, 5, None, F),
-        (8, 1, 16, 0, None, DType::F16),
-        (2, 1, 4, 3, Some(2.0), F),
+    // Three sequences: (context already cached, new rows this step).
+    let short = [(0usize, 5usize), (9, 1), (3, 4)];
+    // Decode of one or two sequences over contexts of several 256-token splits (the
+    // splits run in parallel and merge), with a window that starts mid-split.
+    let long1 = [(700usize, 1usize)];
+    let long2 = [(300usize, 1usize), (530, 2)];
+    for (case, &(h, kvh, bs, window, cap, pool_dt, seqs, width, nblk)) in [
+        (
+            4usize,
+            2usize,
+            4usize,
+            0i64,
+            None,
+            F,
+            &short[..],
+            5usize,
+            24usize,
+        ),
+        (6, 2, 8, 0, Some(5.0), DType::F16, &short[..], 5, 24),
+        (3, 3, 4, 5, None, F, &short[..], 5, 24),
+        (8, 1, 16, 0, None, DType::F16, &short[..], 5, 24),
+        (2, 1, 4, 3, Some(2.0), F, &short[..], 5, 24),
+        (6, 2, 16, 0, None, F, &long1[..], 44, 48),
+        (3, 3, 16, 300, Some(5.0), DType::F16, &long1[..], 44, 48),
+        (4, 1, 16, 0, None, F, &long2[..], 34, 70),
+        (6, 3, 8, 270, None, F, &long2[..], 67, 140),
     ]
     .iter()
     .enumerate()
     {
         let d = 8usize;
-        let nblk = 24usize;
-        // Three sequences: (context already cached, new rows this step).
-        let seqs = [(0usize, 5usize), (9, 1), (3, 4)];
-        let width = 5usize;
         // Distinct blocks per sequence, scattered.
         let mut order: Vec<i64> = (0..nblk as i64).collect();
         for i in (1..order.len()).rev() {
