@@ -406,10 +406,44 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                         f.b.build_int_add(i, it.i64.const_int(*step as u64, true), "")
                             .map_err(llvm_err)?;
                     f.b.build_store(slot, n).map_err(llvm_err)?;
-                    f.b.build_unconditional_branch(header).map_err(llvm_err)?;
+                    let back = f.b.build_unconditional_branch(header).map_err(llvm_err)?;
+                    if let (LoopTag::Vectorize(w), false) = (tag, self.target.is_gpu()) {
+                        self.vectorize_width(back, *w)?;
+                    }
                     f.b.position_at_end(exit);
                 }
             },
+        }
+        Ok(())
+    }
+
+    /// Asks LLVM's loop vectorizer for `width` lanes on the loop whose back edge is
+    /// `back` (`!llvm.loop !{self, !{"llvm.loop.vectorize.width", i32 width}}`): the
+    /// template's width, where the cost model would pick a narrower one.
+    fn vectorize_width(&self, back: inkwell::values::InstructionValue<'ctx>, width: u32) -> R<()> {
+        use inkwell::llvm_sys::core::{
+            LLVMConstInt, LLVMGetMDKindIDInContext, LLVMMDNodeInContext2, LLVMMDStringInContext2,
+            LLVMMetadataAsValue, LLVMSetMetadata, LLVMValueAsMetadata,
+        };
+        use inkwell::llvm_sys::debuginfo::{LLVMMetadataReplaceAllUsesWith, LLVMTemporaryMDNode};
+        use inkwell::types::AsTypeRef;
+        use inkwell::values::AsValueRef;
+        let cx = self.it.cx.raw();
+        let name = "llvm.loop.vectorize.width";
+        let kind = "llvm.loop";
+        // SAFETY: plain LLVM C API calls on this module's context; the temporary node is
+        // replaced (and freed) before the loop ID is attached.
+        unsafe {
+            let s = LLVMMDStringInContext2(cx, name.as_ptr().cast(), name.len());
+            let w = LLVMValueAsMetadata(LLVMConstInt(self.it.i32.as_type_ref(), width as u64, 0));
+            let mut opt = [s, w];
+            let opt = LLVMMDNodeInContext2(cx, opt.as_mut_ptr(), 2);
+            let temp = LLVMTemporaryMDNode(cx, std::ptr::null_mut(), 0);
+            let mut ops = [temp, opt];
+            let id = LLVMMDNodeInContext2(cx, ops.as_mut_ptr(), 2);
+            LLVMMetadataReplaceAllUsesWith(temp, id);
+            let k = LLVMGetMDKindIDInContext(cx, kind.as_ptr().cast(), kind.len() as u32);
+            LLVMSetMetadata(back.as_value_ref(), k, LLVMMetadataAsValue(cx, id));
         }
         Ok(())
     }
