@@ -74,6 +74,14 @@ impl KernelBuilder {
         id
     }
 
+    /// A prefetch hint for element `index` of `buf` ([`Stmt::Prefetch`]).
+    pub fn prefetch(&mut self, buf: BufId, index: impl Into<Expr>) {
+        self.push(Stmt::Prefetch {
+            buf,
+            index: index.into(),
+        });
+    }
+
     /// A GPU block barrier.
     pub fn barrier(&mut self) {
         self.push(Stmt::Barrier);

@@ -320,7 +320,11 @@ fn block_stride(body: &mut [Stmt], t: VarId, count: &mut usize) -> bool {
                 }
             }
             Stmt::Store { .. } | Stmt::Barrier | Stmt::ShuffleXor { .. } => return false,
-            Stmt::Let { .. } | Stmt::Assign { .. } | Stmt::Alloc { .. } | Stmt::QDot(_) => {}
+            Stmt::Let { .. }
+            | Stmt::Assign { .. }
+            | Stmt::Alloc { .. }
+            | Stmt::QDot(_)
+            | Stmt::Prefetch { .. } => {}
         }
     }
     true

@@ -425,6 +425,8 @@ impl Machine<'_> {
                     return Err("a barrier or shuffle outside a GPU block's threads".into())
                 }
                 Stmt::QDot(q) => self.qdot(q, bufs)?,
+                // A hint: no effect on results.
+                Stmt::Prefetch { .. } => {}
             }
         }
         for b in allocated {

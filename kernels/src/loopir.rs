@@ -406,6 +406,14 @@ pub enum Stmt {
     },
     /// GPU block barrier: every thread of the block waits here (all must reach it).
     Barrier,
+    /// A hint that element `index` of `buf` will be read soon (its cache line is
+    /// fetched; never faults, even out of bounds; no effect on results).
+    Prefetch {
+        /// The buffer.
+        buf: BufId,
+        /// The element.
+        index: Expr,
+    },
     /// GPU warp exchange: `var = value` as computed by the lane `lane ^ xor` of this
     /// thread's warp (32 consecutive threads of the block; all 32 must reach it
     /// together). `var` is defined by an enclosing `Let`; `value` is 32-bit (f32, i32,
@@ -815,6 +823,17 @@ impl Kernel {
                     allocated[buf.0 as usize] = true;
                 }
                 Stmt::Barrier => {}
+                Stmt::Prefetch { buf, index } => {
+                    self.check_expr(index, defined, allocated)?;
+                    self.index_ty(index)?;
+                    let b = self
+                        .bufs
+                        .get(buf.0 as usize)
+                        .ok_or_else(|| format!("prefetch of unknown buffer b{}", buf.0))?;
+                    if matches!(b.role, Role::Local | Role::Shared) && !allocated[buf.0 as usize] {
+                        return Err(format!("prefetch of {} outside its allocation", b.name));
+                    }
+                }
                 Stmt::ShuffleXor { var, value, xor } => {
                     self.check_expr(value, defined, allocated)?;
                     if !defined[var.0 as usize] {
@@ -937,6 +956,7 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
                 visit_stmts_exprs(els, f);
             }
             Stmt::Alloc { .. } | Stmt::Barrier => {}
+            Stmt::Prefetch { index, .. } => visit_expr(index, f),
             Stmt::QDot(q) => {
                 visit_expr(&q.w_off, f);
                 for e in q.x_blk.iter().chain(&q.x_sc) {
@@ -1273,6 +1293,11 @@ impl Kernel {
                     writeln!(f, "{pad}{space} %{}: {}[{len}]", b.name, b.ty)?;
                 }
                 Stmt::Barrier => writeln!(f, "{pad}barrier")?,
+                Stmt::Prefetch { buf, index } => {
+                    write!(f, "{pad}prefetch {}[", self.bname(*buf))?;
+                    self.fmt_expr(index, f)?;
+                    writeln!(f, "]")?;
+                }
                 Stmt::ShuffleXor { var, value, xor } => {
                     write!(f, "{pad}{} = shuffle_xor(", self.vname(*var))?;
                     self.fmt_expr(value, f)?;

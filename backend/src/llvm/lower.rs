@@ -357,6 +357,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 f.bufs.insert(*buf, p);
             }
             Stmt::Barrier => self.barrier(f)?,
+            Stmt::Prefetch { buf, index } => self.prefetch(f, *buf, index)?,
             Stmt::ShuffleXor { var, value, xor } => self.shuffle_xor(f, *var, value, *xor)?,
             Stmt::QDot(q) => self.qdot(f, q)?,
             Stmt::For {
@@ -618,6 +619,24 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
         // SAFETY: the index is in bounds by construction of the kernel (the loop-IR
         // interpreter checks the same kernels' accesses in tests).
         unsafe { f.b.build_gep(t, base, &[idx], "") }.map_err(llvm_err)
+    }
+
+    /// [`Stmt::Prefetch`]: `llvm.prefetch` (read, keep in all levels) of the element's
+    /// address on CPU targets; nothing on the GPU.
+    fn prefetch(&mut self, f: &mut Frame<'ctx>, buf: BufId, index: &Expr) -> R<()> {
+        if self.target.is_gpu() {
+            return Ok(());
+        }
+        let it = self.it;
+        let idx = self.expr(f, index)?.0.into_int_value();
+        let p = self.elem_ptr(f, buf, idx)?;
+        let pf = it
+            .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
+            .ok_or_else(|| llvm_err("llvm.prefetch"))?;
+        let i32c = |v: u64| it.i32.const_int(v, false).into();
+        f.b.build_call(pf, &[p.into(), i32c(0), i32c(3), i32c(1)], "")
+            .map_err(llvm_err)?;
+        Ok(())
     }
 
     /// Float add/sub/mul may contract into FMAs everywhere; inside vectorize-tagged
@@ -1337,6 +1356,9 @@ fn scan(
                     allocs.insert(*buf);
                 }
                 Stmt::Barrier => {}
+                Stmt::Prefetch { buf, .. } => {
+                    bufs.insert(*buf);
+                }
                 Stmt::ShuffleXor { var, .. } => {
                     assigned.insert(*var);
                 }

@@ -183,10 +183,38 @@ pub(crate) fn attention(
         let first = kb.let_("first", (a.clone() / bs) * bs);
         kb.for_step("j0", first, b_.clone(), bs, LoopTag::Serial, |kb, j0| {
             let entry = kb.let_("entry", sq.clone() * we.clone() + j0.clone() / bs);
-            let blk = kb.let_("blk", load_i64(ib[5], entry));
+            let blk = kb.let_("blk", load_i64(ib[5], entry.clone()));
             let js = kb.let_("js", a.clone().max(j0.clone()) - j0.clone());
             let je = kb.let_("je", b_.clone().min(j0.clone() + bs) - j0.clone());
             let base = kb.let_("base", (blk * kvh + kv.clone()) * bs);
+            // The next block of the split (this one at the last) on its way to the
+            // cache while this one is computed: a block is a scattered 2 KiB that
+            // the hardware prefetchers find late.
+            let nentry = kb.let_(
+                "nentry",
+                Expr::select(
+                    (j0.clone() + bs).lt(b_.clone()),
+                    entry.clone() + 1,
+                    entry.clone(),
+                ),
+            );
+            let nblk = kb.let_("nblk", load_i64(ib[5], nentry));
+            let nbase = kb.let_("nbase", (nblk * kvh + kv.clone()) * bs);
+            // Only for a sequence's last row of the step (every decode row): a prefill
+            // chunk's other rows read blocks the cache already holds.
+            let rn = kb.let_("rn", (r.clone() + 1).min(se.clone() - 1));
+            let last = (r.clone() + 1)
+                .ge(se.clone())
+                .or(load_i64(ib[4], rn).ne_(sq.clone()));
+            kb.if_(last, |kb| {
+                for (pool, dt, d) in [(ib[1], kp.dtype, dk), (ib[2], vp.dtype, dv)] {
+                    let per_line = (64 / dt.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1);
+                    let lines = (bs * d + per_line - 1) / per_line;
+                    kb.for_("pl", 0, lines, LoopTag::Serial, |kb, l| {
+                        kb.prefetch(pool, nbase.clone() * d + l * per_line);
+                    });
+                }
+            });
             for g in 0..group {
                 let qrow = kb.let_(
                     "qrow",
