@@ -174,6 +174,42 @@ fn cpu_known(triple: &str, cpu: &str) -> bool {
     true
 }
 
+/// Routes LLVM's diagnostics for `cx` through [`diagnostic`]: remarks and warnings
+/// (a vectorization width a loop cannot take: `loop not vectorized: ...`) are not the
+/// user's business and used to reach stderr; errors are still printed.
+fn quiet_diagnostics(cx: &Context) {
+    // SAFETY: installs a handler with no context pointer on a live context.
+    unsafe {
+        inkwell::llvm_sys::core::LLVMContextSetDiagnosticHandler(
+            cx.raw(),
+            Some(diagnostic),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// LLVM's diagnostic callback: prints errors, drops the rest.
+extern "C" fn diagnostic(
+    info: inkwell::llvm_sys::prelude::LLVMDiagnosticInfoRef,
+    _: *mut std::ffi::c_void,
+) {
+    use inkwell::llvm_sys::core::{
+        LLVMDisposeMessage, LLVMGetDiagInfoDescription, LLVMGetDiagInfoSeverity,
+    };
+    use inkwell::llvm_sys::LLVMDiagnosticSeverity;
+    // SAFETY: LLVM passes a valid diagnostic for the duration of the call; the
+    // description is an LLVM-allocated string, freed here.
+    unsafe {
+        if LLVMGetDiagInfoSeverity(info) == LLVMDiagnosticSeverity::LLVMDSError {
+            let d = LLVMGetDiagInfoDescription(info);
+            if !d.is_null() {
+                eprintln!("LLVM: {}", std::ffi::CStr::from_ptr(d).to_string_lossy());
+                LLVMDisposeMessage(d);
+            }
+        }
+    }
+}
+
 /// The host's triple, CPU and features, for messages.
 pub fn host_description() -> String {
     Target::initialize_native(&InitializationConfig::default()).ok();
@@ -196,6 +232,7 @@ pub fn compile(
 ) -> Result<Compiled, CodegenError> {
     let tm = target_machine(opts)?;
     let cx = Context::create();
+    quiet_diagnostics(&cx);
     let module = cx.create_module(name);
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
@@ -405,6 +442,7 @@ pub fn compile_ptx(
             CodegenError::Target(format!("cannot create an NVPTX target for {}", opts.arch))
         })?;
     let cx = Context::create();
+    quiet_diagnostics(&cx);
     let module = cx.create_module(name);
     module.set_triple(&triple);
     module.set_data_layout(&tm.get_target_data().get_data_layout());
