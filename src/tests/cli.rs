@@ -476,6 +476,23 @@ fn executable_checks_the_cpu_at_start() {
     );
 }
 
+/// True when this CPU has every extension of the named CPU.
+fn runs_here(cpu: &str) -> bool {
+    llmc_backend::cpu::named_cpu_features(cpu)
+        .unwrap()
+        .into_iter()
+        .all(|f| llmc_runtime::cpu::has(f) != Some(false))
+}
+
+/// SmolLM2's greedy reference: the prompt and the text up to the end of sequence.
+fn smollm_reference() -> (String, String) {
+    let reference = fixture("smollm2/greedy.json");
+    let prompt = reference["prompt"].as_str().unwrap().to_string();
+    let want = reference["generated_text"].as_str().unwrap();
+    let to_eos = want.split("<|im_end|>").next().unwrap().to_string();
+    (prompt, to_eos)
+}
+
 /// `--cpu portable` embeds the AVX-512, AVX2 and SSE4.2 kernel variants: `info` lists
 /// them and marks as chosen the first this CPU has everything for, every variant this
 /// CPU can run gives the fixture graph's outputs (`LLMC_CPU_VARIANT` forces one), and
@@ -497,12 +514,6 @@ fn portable_executable_chooses_a_variant_and_every_variant_agrees() {
         return;
     }
     assert!(o.status.success(), "{}", stderr(&o));
-    let runs_here = |cpu: &str| {
-        llmc_backend::cpu::named_cpu_features(cpu)
-            .unwrap()
-            .into_iter()
-            .all(|f| llmc_runtime::cpu::has(f) != Some(false))
-    };
     let expect = llmc_backend::PORTABLE_CPUS
         .iter()
         .position(|c| runs_here(c))
@@ -584,10 +595,8 @@ fn smollm_portable_executable_generates_the_reference_text_with_every_variant() 
     if !cfg!(target_arch = "x86_64") {
         return;
     }
-    let reference = fixture("smollm2/greedy.json");
-    let prompt = reference["prompt"].as_str().unwrap();
-    let want = reference["generated_text"].as_str().unwrap();
-    let want_to_eos = want.split("<|im_end|>").next().unwrap();
+    let (prompt, want_to_eos) = smollm_reference();
+    let (prompt, want_to_eos) = (prompt.as_str(), want_to_eos.as_str());
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("smollm");
     let o = llmc(&[
@@ -601,11 +610,7 @@ fn smollm_portable_executable_generates_the_reference_text_with_every_variant() 
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for cpu in llmc_backend::PORTABLE_CPUS {
-        let runs = llmc_backend::cpu::named_cpu_features(cpu)
-            .unwrap()
-            .into_iter()
-            .all(|f| llmc_runtime::cpu::has(f) != Some(false));
-        if !runs {
+        if !runs_here(cpu) {
             continue;
         }
         let o = Command::new(&exe)
@@ -837,10 +842,8 @@ fn smollm_greedy_matches_the_transformers_reference() {
 #[test]
 fn smollm_compiled_executable_generates_the_reference_text() {
     let Some(m) = model(SMOLLM) else { return };
-    let reference = fixture("smollm2/greedy.json");
-    let prompt = reference["prompt"].as_str().unwrap();
-    let want = reference["generated_text"].as_str().unwrap();
-    let want_to_eos = want.split("<|im_end|>").next().unwrap();
+    let (prompt, want_to_eos) = smollm_reference();
+    let (prompt, want_to_eos) = (prompt.as_str(), want_to_eos.as_str());
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("smollm");
     // llmc build smollm.gguf -o smollm && ./smollm generate --prompt ...
