@@ -543,6 +543,14 @@ impl Kernel {
         &self.vars[v.0 as usize]
     }
 
+    /// The buffer record for validation: `Err` naming what `what` (`store to`,
+    /// `qdot reads`) did with an unknown buffer.
+    fn checked_buf(&self, b: BufId, what: &str) -> Result<&Buf, String> {
+        self.bufs
+            .get(b.0 as usize)
+            .ok_or_else(|| format!("{what} unknown buffer b{}", b.0))
+    }
+
     /// The parameter buffers (those the caller passes), in call order.
     pub fn params(&self) -> impl Iterator<Item = (BufId, &Buf)> {
         self.bufs
@@ -785,10 +793,7 @@ impl Kernel {
                     self.check_expr(index, defined, allocated)?;
                     self.check_expr(value, defined, allocated)?;
                     self.index_ty(index)?;
-                    let b = self
-                        .bufs
-                        .get(buf.0 as usize)
-                        .ok_or_else(|| format!("store to unknown buffer b{}", buf.0))?;
+                    let b = self.checked_buf(*buf, "store to")?;
                     match b.role {
                         Role::In => return Err(format!("store to input buffer {}", b.name)),
                         Role::Local | Role::Shared if !allocated[buf.0 as usize] => {
@@ -810,10 +815,7 @@ impl Kernel {
                     self.check_block(els, defined, allocated)?;
                 }
                 Stmt::Alloc { buf, len } => {
-                    let b = self
-                        .bufs
-                        .get(buf.0 as usize)
-                        .ok_or_else(|| format!("alloc of unknown buffer b{}", buf.0))?;
+                    let b = self.checked_buf(*buf, "alloc of")?;
                     if !matches!(b.role, Role::Local | Role::Shared) {
                         return Err(format!("alloc of parameter buffer {}", b.name));
                     }
@@ -826,10 +828,7 @@ impl Kernel {
                 Stmt::Prefetch { buf, index } => {
                     self.check_expr(index, defined, allocated)?;
                     self.index_ty(index)?;
-                    let b = self
-                        .bufs
-                        .get(buf.0 as usize)
-                        .ok_or_else(|| format!("prefetch of unknown buffer b{}", buf.0))?;
+                    let b = self.checked_buf(*buf, "prefetch of")?;
                     if matches!(b.role, Role::Local | Role::Shared) && !allocated[buf.0 as usize] {
                         return Err(format!("prefetch of {} outside its allocation", b.name));
                     }
@@ -876,10 +875,7 @@ impl Kernel {
                         }
                     }
                     for (b, t) in [(q.xq, Ty::I16), (q.xd, Ty::F32), (q.xs, Ty::F32)] {
-                        let buf = self
-                            .bufs
-                            .get(b.0 as usize)
-                            .ok_or_else(|| format!("qdot reads unknown buffer b{}", b.0))?;
+                        let buf = self.checked_buf(b, "qdot reads")?;
                         if buf.ty != t {
                             return Err(format!("qdot: {} must be {t}", buf.name));
                         }
@@ -888,9 +884,7 @@ impl Kernel {
                             return Err(format!("local {} read outside its allocation", buf.name));
                         }
                     }
-                    if self.bufs.get(q.w.0 as usize).is_none() {
-                        return Err(format!("qdot reads unknown buffer b{}", q.w.0));
-                    }
+                    self.checked_buf(q.w, "qdot reads")?;
                     for a in &q.accs {
                         if !defined.get(a.0 as usize).copied().unwrap_or(false) {
                             return Err(format!(
