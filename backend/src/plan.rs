@@ -4,7 +4,7 @@
 //! (weights and constants, 64-byte aligned, borrowed from the module where possible).
 
 use crate::BuildError;
-use llmc_ir::{DType, Dim, Module, TensorType, ValueDef, ValueId};
+use llmc_ir::{DType, Dim, Module, Op, TensorType, ValueDef, ValueId};
 use llmc_kernels::{Kernel, Lowered};
 use llmc_runtime::abi::ABI_VERSION;
 use llmc_runtime::plan::{BufferDecl, ElemType, IoDecl, Plan, Poly, Source, Step, StepKind};
@@ -225,7 +225,13 @@ pub fn plan_module_for(m: &Module, gpu: bool) -> Result<Planned<'_>, BuildError>
     let mut inputs = Vec::new();
     for (i, &v) in g.inputs.iter().enumerate() {
         let ty = g.ty(v).clone();
-        if ty.dtype.is_quantized() {
+        // A q8_kv input is an int8 KV pool, which only the paged ops read.
+        let pool = ty.dtype == DType::Q8Kv
+            && g.nodes
+                .iter()
+                .filter(|n| n.inputs.contains(&v))
+                .all(|n| matches!(n.op, Op::PagedKvWrite | Op::PagedAttention));
+        if ty.dtype.is_quantized() && !pool {
             return Err(BuildError::Input {
                 name: vname(v),
                 msg: format!("graph inputs cannot be block-quantized ({})", ty.dtype),

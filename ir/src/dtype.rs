@@ -1,6 +1,7 @@
 //! Element types. Plain numeric types are what activations carry; the packed block
 //! formats (GGUF's Q4_0..Q8_0, K-quants, IQ4) exist only as weight types, so a model
-//! keeps its quantized weights as they were shipped until a kernel reads them.
+//! keeps its quantized weights as they were shipped until a kernel reads them; the one
+//! exception is `q8_kv`, the int8 format of the serving engine's KV pools.
 
 use std::fmt;
 
@@ -57,6 +58,10 @@ pub enum DType {
     IQ4NL,
     /// GGUF IQ4_XS: super-blocks of 256, IQ4_NL's table with 6-bit sub-block scales.
     IQ4XS,
+    /// llmc's int8 KV-cache format: blocks of 64 (a head vector, or a quarter of a
+    /// 256-wide one), one f32 scale then 64 × i8 codes: `x = d q`. Not a GGUF type: the
+    /// codes of a block are contiguous so a kernel reads a head vector as one run.
+    Q8Kv,
 }
 
 /// The broad class a dtype belongs to, used by type rules.
@@ -99,6 +104,7 @@ impl DType {
         DType::Q3K,
         DType::IQ4NL,
         DType::IQ4XS,
+        DType::Q8Kv,
     ];
 
     /// The name used in the text format.
@@ -128,6 +134,7 @@ impl DType {
             DType::Q3K => "q3_k",
             DType::IQ4NL => "iq4_nl",
             DType::IQ4XS => "iq4_xs",
+            DType::Q8Kv => "q8_kv",
         }
     }
 
@@ -174,6 +181,7 @@ impl DType {
                 32
             }
             DType::Q4K | DType::Q5K | DType::Q6K | DType::Q2K | DType::Q3K | DType::IQ4XS => 256,
+            DType::Q8Kv => 64,
             _ => 1,
         }
     }
@@ -197,6 +205,7 @@ impl DType {
             DType::Q3K => 32 + 64 + 12 + 2,
             DType::IQ4NL => 2 + 16,
             DType::IQ4XS => 2 + 2 + 4 + 128,
+            DType::Q8Kv => 4 + 64,
         }
     }
 

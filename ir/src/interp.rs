@@ -39,6 +39,10 @@ pub struct EvalCtx {
     pub syms: HashMap<String, i64>,
     /// The KV cache (read and appended by `kv_append`).
     pub kv: KvCache,
+    /// The declared dtypes of the node's results (block formats included: a value of
+    /// a block format is held dequantized, in f32, and an op writing one, like
+    /// `paged_kv_write` into a `q8_kv` pool, rounds what it writes through it).
+    pub result_dtypes: Vec<DType>,
 }
 
 impl EvalCtx {
@@ -181,6 +185,7 @@ impl<'m> Interpreter<'m> {
         let mut ctx = EvalCtx {
             syms: HashMap::new(),
             kv: std::mem::take(&mut self.kv),
+            result_dtypes: Vec::new(),
         };
         ctx.syms.insert("past".into(), ctx.kv.len() as i64);
         let mut env: Vec<Option<Arc<Tensor>>> = vec![None; g.values.len()];
@@ -190,7 +195,8 @@ impl<'m> Interpreter<'m> {
                 name: val.name.clone(),
                 msg,
             };
-            if t.dtype != val.ty.dtype {
+            // A block-format input (a quantized KV pool) is given dequantized.
+            if t.dtype != val.ty.dtype && t.dtype != val.ty.dtype.compute_type() {
                 return Err(bad(format!("expected {}, got {}", val.ty, t.dtype)));
             }
             bind_shape(&mut ctx, &val.ty.shape.0, &t.shape).map_err(bad)?;
@@ -230,6 +236,7 @@ impl<'m> Interpreter<'m> {
                     })
                     .collect::<Result<_, _>>()?;
                 let refs: Vec<&Tensor> = args.iter().map(|a| a.as_ref()).collect();
+                ctx.result_dtypes = node.outputs.iter().map(|&o| g.ty(o).dtype).collect();
                 let outs = node.op.eval(&refs, &node.attrs, &mut ctx).map_err(err)?;
                 if outs.len() != node.outputs.len() {
                     return Err(err(format!(

@@ -44,6 +44,12 @@ pub fn dequantize(dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f64>, 
                 out.extend(b[2..34].iter().map(|&q| d * (q as i8) as f64));
             }
         }
+        DType::Q8Kv => {
+            for b in blocks {
+                let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64;
+                out.extend(b[4..68].iter().map(|&q| d * (q as i8) as f64));
+            }
+        }
         DType::Q4_0 => {
             // Low nibbles are elements 0..16, high nibbles 16..32; value = (q - 8) * d.
             for b in blocks {
@@ -110,6 +116,30 @@ pub fn dequantize(dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f64>, 
         other => return Err(format!("{other} is not a float or block format")),
     }
     Ok(out)
+}
+
+/// Encodes `x` (a multiple of 64 values, taken as f32) in `q8_kv` blocks the way a
+/// kernel writing an int8 KV pool does: per block of 64 `d = max|x| / 127` (f32,
+/// stored as is), codes `roundeven(x * (1 / d))` (0 when `d` is 0).
+pub fn q8_kv_encode(x: &[f64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / 64 * 68);
+    for blk in x.chunks(64) {
+        let amax = blk.iter().fold(0f32, |m, &v| m.max((v as f32).abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(d.to_le_bytes());
+        out.extend(
+            blk.iter()
+                .map(|&v| ((v as f32) * id).round_ties_even().clamp(-128.0, 127.0) as i8 as u8),
+        );
+    }
+    out
+}
+
+/// `x` written through [`q8_kv_encode`] and read back (`d * code`, in f32).
+pub fn q8_kv_round_trip(x: &[f64]) -> Vec<f64> {
+    let bytes = q8_kv_encode(x);
+    dequantize(DType::Q8Kv, &bytes, x.len()).unwrap_or_default()
 }
 
 #[cfg(test)]

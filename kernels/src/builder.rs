@@ -179,6 +179,11 @@ impl KernelBuilder {
         self.push(Stmt::Store { buf, index, value });
     }
 
+    /// `value` at byte `offset` of `buf`, in the value's own type ([`Stmt::StoreRaw`]).
+    pub fn store_raw(&mut self, buf: BufId, offset: Expr, value: Expr) {
+        self.push(Stmt::StoreRaw { buf, offset, value });
+    }
+
     /// The type of an expression (i64 when it is ill-typed; `finish` reports that).
     pub fn ty(&self, e: &Expr) -> Ty {
         self.k.ty_of(e).unwrap_or(Ty::I64)

@@ -319,7 +319,10 @@ fn block_stride(body: &mut [Stmt], t: VarId, count: &mut usize) -> bool {
                     return false;
                 }
             }
-            Stmt::Store { .. } | Stmt::Barrier | Stmt::ShuffleXor { .. } => return false,
+            Stmt::Store { .. }
+            | Stmt::StoreRaw { .. }
+            | Stmt::Barrier
+            | Stmt::ShuffleXor { .. } => return false,
             Stmt::Let { .. }
             | Stmt::Assign { .. }
             | Stmt::Alloc { .. }

@@ -221,18 +221,26 @@ impl Machine<'_> {
     }
 
     fn write(&mut self, b: BufId, index: i64, v: V, bufs: &mut [Vec<u8>]) -> R<()> {
-        let buf = &self.k.bufs[b.0 as usize];
-        let (t, name) = (buf.ty, buf.name.clone());
+        let t = self.k.bufs[b.0 as usize].ty;
+        let byte = index
+            .checked_mul(t.bytes() as i64)
+            .ok_or("store index overflows")?;
+        self.write_at(b, byte, t, v, bufs)
+    }
+
+    /// Writes `v` as a `t` at byte `byte` of buffer `b` (a typed store's element, or a
+    /// raw store's offset).
+    fn write_at(&mut self, b: BufId, byte: i64, t: Ty, v: V, bufs: &mut [Vec<u8>]) -> R<()> {
+        let name = self.k.bufs[b.0 as usize].name.clone();
         let m = self.mem(b, bufs)?;
         let n = t.bytes();
-        let at = usize::try_from(index)
+        let at = usize::try_from(byte)
             .ok()
-            .and_then(|i| i.checked_mul(n))
-            .filter(|&a| a + n <= m.len())
+            .filter(|&a| a.checked_add(n).is_some_and(|e| e <= m.len()))
             .ok_or_else(|| {
                 format!(
-                    "store to element {index} of {name} ({} elements) is out of bounds",
-                    m.len() / n
+                    "store of {t} at byte {byte} of {name} ({} bytes) is out of bounds",
+                    m.len()
                 )
             })?;
         let bytes: Vec<u8> = match (t, fit(t, v)) {
@@ -407,6 +415,11 @@ impl Machine<'_> {
                     let i = self.eval(index, bufs)?.0.i();
                     let v = self.eval(value, bufs)?.0;
                     self.write(*buf, i, v, bufs)?;
+                }
+                Stmt::StoreRaw { buf, offset, value } => {
+                    let at = self.eval(offset, bufs)?.0.i();
+                    let (v, t) = self.eval(value, bufs)?;
+                    self.write_at(*buf, at, t, v, bufs)?;
                 }
                 Stmt::If { cond, then, els } => {
                     if self.eval(cond, bufs)?.0.i() != 0 {

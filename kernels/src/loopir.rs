@@ -387,6 +387,16 @@ pub enum Stmt {
         /// Value (of the buffer's type).
         value: Expr,
     },
+    /// `value` written at byte `offset` of `buf`, in its own type (f16 scales and i8
+    /// codes into a `U8` buffer of blocks: a quantized KV pool).
+    StoreRaw {
+        /// Destination.
+        buf: BufId,
+        /// Byte offset.
+        offset: Expr,
+        /// Value (any non-bool type).
+        value: Expr,
+    },
     /// Conditional.
     If {
         /// Condition (bool).
@@ -806,6 +816,22 @@ impl Kernel {
                         return Err(format!("store of a {t} value into {} ({})", b.name, b.ty));
                     }
                 }
+                Stmt::StoreRaw { buf, offset, value } => {
+                    self.check_expr(offset, defined, allocated)?;
+                    self.check_expr(value, defined, allocated)?;
+                    self.index_ty(offset)?;
+                    let b = self.checked_buf(*buf, "raw store to")?;
+                    match b.role {
+                        Role::In => return Err(format!("raw store to input buffer {}", b.name)),
+                        Role::Local | Role::Shared if !allocated[buf.0 as usize] => {
+                            return Err(format!("raw store to {} outside its allocation", b.name))
+                        }
+                        _ => {}
+                    }
+                    if self.ty_of(value)? == Ty::Bool {
+                        return Err(format!("raw store of a bool into {}", b.name));
+                    }
+                }
                 Stmt::If { cond, then, els } => {
                     self.check_expr(cond, defined, allocated)?;
                     if self.ty_of(cond)? != Ty::Bool {
@@ -942,6 +968,10 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
             | Stmt::ShuffleXor { value, .. } => visit_expr(value, f),
             Stmt::Store { index, value, .. } => {
                 visit_expr(index, f);
+                visit_expr(value, f);
+            }
+            Stmt::StoreRaw { offset, value, .. } => {
+                visit_expr(offset, f);
                 visit_expr(value, f);
             }
             Stmt::If { cond, then, els } => {
@@ -1260,6 +1290,13 @@ impl Kernel {
                 Stmt::Store { buf, index, value } => {
                     write!(f, "{pad}{}[", self.bname(*buf))?;
                     self.fmt_expr(index, f)?;
+                    f.write_str("] = ")?;
+                    self.fmt_expr(value, f)?;
+                    f.write_str("\n")?;
+                }
+                Stmt::StoreRaw { buf, offset, value } => {
+                    write!(f, "{pad}store {}[byte ", self.bname(*buf))?;
+                    self.fmt_expr(offset, f)?;
                     f.write_str("] = ")?;
                     self.fmt_expr(value, f)?;
                     f.write_str("\n")?;

@@ -163,6 +163,17 @@ pub fn lower(m: &Module, kv_dtype: DType) -> Result<Module, String> {
     );
     let mut pools: HashMap<i64, (ValueId, ValueId)> = HashMap::new();
     for (l, kvh, dk, dv) in &layers {
+        if kv_dtype.is_quantized() {
+            for (what, d) in [("key", dk), ("value", dv)] {
+                let bl = kv_dtype.block_len() as i64;
+                if d.as_const().is_none_or(|d| d % bl != 0) {
+                    return Err(format!(
+                        "a {kv_dtype} KV cache needs head dims that are multiples of {bl}; \
+                         layer {l}'s {what} head dim is {d}"
+                    ));
+                }
+            }
+        }
         let shape = |d: &Dim| {
             Shape(vec![
                 Dim::sym("kv_blocks"),

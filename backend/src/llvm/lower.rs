@@ -329,6 +329,19 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 };
                 f.b.build_store(p, v).map_err(llvm_err)?;
             }
+            Stmt::StoreRaw { buf, offset, value } => {
+                let (v, t) = self.expr(f, value)?;
+                let align = self.raw_align(offset, t);
+                let off = self.expr(f, offset)?.0.into_int_value();
+                let base = *f
+                    .bufs
+                    .get(buf)
+                    .ok_or_else(|| self.err("buffer not available"))?;
+                // SAFETY: byte offset within the buffer (checked by the interpreter).
+                let p = unsafe { f.b.build_gep(it.i8, base, &[off], "") }.map_err(llvm_err)?;
+                let st = f.b.build_store(p, v).map_err(llvm_err)?;
+                let _ = st.set_alignment(align);
+            }
             Stmt::If { cond, then, els } => {
                 let c = self.expr(f, cond)?.0.into_int_value();
                 let cx = it.cx;
@@ -1345,7 +1358,7 @@ fn scan(
                 Stmt::Assign { var, .. } => {
                     assigned.insert(*var);
                 }
-                Stmt::Store { buf, .. } => {
+                Stmt::Store { buf, .. } | Stmt::StoreRaw { buf, .. } => {
                     bufs.insert(*buf);
                 }
                 Stmt::If { then, els, .. } => {

@@ -18,10 +18,23 @@ fn one(d: &Dim) -> bool {
     d.as_const() == Some(1)
 }
 
-/// Checks a pool type `[n, kvh, bs, d]` (float) and returns its dims.
+/// Checks a pool type `[n, kvh, bs, d]` (a float type, or `q8_kv` with `d` a multiple
+/// of 64: each token's head vector in int8 blocks with their own scale) and returns
+/// its dims.
 fn pool_dims<'a>(p: &'a TensorType, name: &str) -> Result<[&'a Dim; 4], String> {
+    if p.dtype.is_quantized() && p.dtype != DType::Q8Kv {
+        return Err(format!(
+            "{name} is {}: a quantized pool must be q8_kv",
+            p.dtype
+        ));
+    }
     need_float(p, name)?;
     match &p.shape.0[..] {
+        [_, _, _, d] if p.dtype == DType::Q8Kv && d.as_const().is_none_or(|d| d % 64 != 0) => {
+            Err(format!(
+                "{name} is q8_kv with head dim {d}: a q8_kv pool needs a constant multiple of 64"
+            ))
+        }
         [n, h, b, d] => Ok([n, h, b, d]),
         _ => Err(format!(
             "{name} must be a pool [blocks, kv_heads, block_size, d], got {}",
@@ -78,13 +91,16 @@ pub fn infer_paged_kv_write(i: &[&TensorType], _: &Attrs) -> T {
 }
 
 /// Reference semantics of `paged_kv_write`: the pools with row `r`'s keys and values
-/// written at slot `slots[r]` (block `slot / block_size`, offset `slot % block_size`).
-pub fn eval_paged_kv_write(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
+/// written at slot `slots[r]` (block `slot / block_size`, offset `slot % block_size`);
+/// into a `q8_kv` pool (held dequantized) each written head vector is rounded through
+/// its blocks of 64 ([`crate::quant::q8_kv_round_trip`]).
+pub fn eval_paged_kv_write(i: &[&Tensor], _: &Attrs, ctx: &mut EvalCtx) -> R {
     let (k, v) = (arg(i, 0, "k")?, arg(i, 1, "v")?);
     let (kp, vp) = (arg(i, 2, "k_pool")?, arg(i, 3, "v_pool")?);
     let slots = arg(i, 4, "slots")?.to_i64();
     let mut out = Vec::with_capacity(2);
-    for (x, p, name) in [(k, kp, "k"), (v, vp, "v")] {
+    for (j, (x, p, name)) in [(k, kp, "k"), (v, vp, "v")].into_iter().enumerate() {
+        let q8 = ctx.result_dtypes.get(j) == Some(&DType::Q8Kv);
         let [n, h, bs, d] = p.shape[..] else {
             return Err(format!("operand {name}_pool must have rank 4"));
         };
@@ -100,7 +116,12 @@ pub fn eval_paged_kv_write(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
             let (blk, off) = (slot as usize / bs, slot as usize % bs);
             for hh in 0..h {
                 let src = &xs[(hh * s + r) * d..][..d];
-                pool[((blk * h + hh) * bs + off) * d..][..d].copy_from_slice(src);
+                let dst = &mut pool[((blk * h + hh) * bs + off) * d..][..d];
+                if q8 {
+                    dst.copy_from_slice(&crate::quant::q8_kv_round_trip(src));
+                } else {
+                    dst.copy_from_slice(src);
+                }
             }
         }
         out.push(Tensor::from_f64(p.dtype, p.shape.clone(), pool));

@@ -77,11 +77,15 @@ pub fn lower(
         op: node.op.name().to_string(),
         msg,
     };
-    if let Some(t) = outs.iter().find(|t| t.dtype.is_quantized()) {
+    // Block formats are for weights, and for the q8_kv KV pools `paged_kv_write`
+    // writes in place and `paged_attention` reads.
+    let paged = matches!(node.op, Op::PagedKvWrite | Op::PagedAttention);
+    let kv_pool = |t: &&TensorType| paged && t.dtype == DType::Q8Kv;
+    if let Some(t) = outs.iter().find(|t| t.dtype.is_quantized() && !kv_pool(t)) {
         return Err(err(format!("result type {t} is block-quantized")));
     }
     for t in ins {
-        if t.dtype.is_quantized() && quant_block(t.dtype).is_none() {
+        if t.dtype.is_quantized() && quant_block(t.dtype).is_none() && !kv_pool(t) {
             return Err(err(format!(
                 "operand type {t}: {} blocks are not supported by the kernels yet",
                 t.dtype

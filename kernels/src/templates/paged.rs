@@ -13,7 +13,7 @@ use super::{
     to_storage, work_estimate, TResult, PARALLEL_MIN,
 };
 use crate::loopir::{BinOp, Expr, Kernel, LoopTag, Ty, UnOp};
-use llmc_ir::{Dim, Node, TensorType};
+use llmc_ir::{DType, Dim, Node, TensorType};
 
 /// Keys per split of a sequence's context: each (row, kv head) pair's softmax state
 /// is computed split by split and the splits merged in order, so a few rows over a long
@@ -69,10 +69,17 @@ pub(crate) fn kv_write(ins: &[&TensorType], outs: &[&TensorType], name: &str) ->
         let slot = kb.let_("slot", load_i64(ib[4], r.clone()));
         let blk = kb.let_("blk", slot.clone() / bs);
         let off = kb.let_("off", slot % bs);
-        for (x, xt, out, d) in [(ib[0], k, ob[0], dk), (ib[1], v, ob[1], dv)] {
+        for (x, xt, out, d, pt) in [
+            (ib[0], k, ob[0], dk, kp.dtype),
+            (ib[1], v, ob[1], dv, outs[1].dtype),
+        ] {
             kb.for_("h", 0, kvh, LoopTag::Serial, |kb, h| {
                 let src = kb.let_("src", (h.clone() * se.clone() + r.clone()) * d);
                 let dst = kb.let_("dst", ((blk.clone() * kvh + h) * bs + off.clone()) * d);
+                if pt == DType::Q8Kv {
+                    write_q8_kv(kb, (x, xt.dtype), src, out, dst, d);
+                    return;
+                }
                 kb.for_("c", 0, d, v8, |kb, c| {
                     let val = load_elem(kb, x, xt.dtype, src.clone() + c.clone());
                     let val = to_storage(kb, out, val);
@@ -82,6 +89,81 @@ pub(crate) fn kv_write(ins: &[&TensorType], outs: &[&TensorType], name: &str) ->
         }
     });
     kb.finish()
+}
+
+/// Writes the `d` values at element `src` of `x` into a `q8_kv` pool at element `dst`
+/// (a multiple of 64): per block of 64 the scale `max|x| / 127` (f32) and the codes
+/// `roundeven(x / scale)`, as [`llmc_ir::quant::q8_kv_encode`] defines them.
+fn write_q8_kv(
+    kb: &mut crate::builder::KernelBuilder,
+    (x, xt): (crate::loopir::BufId, DType),
+    src: Expr,
+    out: crate::loopir::BufId,
+    dst: Expr,
+    d: i64,
+) {
+    let f = Ty::F32;
+    kb.for_("cb", 0, d / 64, LoopTag::Serial, |kb, cb| {
+        let at = kb.let_("at", src.clone() + cb.clone() * 64);
+        let amax = kb.let_mut("amax", fconst(0.0, f));
+        kb.for_("c", 0, 64, LoopTag::Vectorize(8), |kb, c| {
+            let val = load_elem(kb, x, xt, at.clone() + c).cast(f);
+            kb.assign(amax, Expr::Var(amax).max(Expr::un(UnOp::Abs, val)));
+        });
+        let dd = kb.let_("d", b(BinOp::Div, Expr::Var(amax), fconst(127.0, f)));
+        let id = kb.let_(
+            "id",
+            Expr::select(
+                dd.clone().ne_(fconst(0.0, f)),
+                b(BinOp::Div, fconst(1.0, f), dd.clone()),
+                fconst(0.0, f),
+            ),
+        );
+        let byte = kb.let_("byte", (dst.clone() / 64 + cb) * 68);
+        kb.store_raw(out, byte.clone(), dd);
+        kb.for_("c", 0, 64, LoopTag::Vectorize(8), |kb, c| {
+            let val = load_elem(kb, x, xt, at.clone() + c.clone()).cast(f);
+            let code = Expr::un(UnOp::Round, b(BinOp::Mul, val, id.clone())).cast(Ty::I8);
+            kb.store_raw(out, byte.clone() + 4 + c, code);
+        });
+    });
+}
+
+/// Runs `body(c, value, scale)` over the `d` elements of the pool row at element
+/// `row`, vectorized, with `before(scale)` ahead of each run and `after(scale)` behind:
+/// a float pool's elements as loaded, in one run with scale 1; a `q8_kv` pool's codes
+/// (as f32), one run per block of 64 with its scale (loaded once), which the caller
+/// applies once per block rather than per element.
+fn row_runs(
+    kb: &mut crate::builder::KernelBuilder,
+    (pool, dt): (crate::loopir::BufId, DType),
+    row: Expr,
+    d: i64,
+    mut before: impl FnMut(&mut crate::builder::KernelBuilder, &Expr),
+    mut body: impl FnMut(&mut crate::builder::KernelBuilder, Expr, Expr),
+    mut after: impl FnMut(&mut crate::builder::KernelBuilder, &Expr),
+) {
+    let v8 = LoopTag::Vectorize(8);
+    if dt != DType::Q8Kv {
+        let one = fconst(1.0, Ty::F32);
+        before(kb, &one);
+        kb.for_("c", 0, d, v8, |kb, c| {
+            let x = load_elem(kb, pool, dt, row.clone() + c.clone());
+            body(kb, c, x);
+        });
+        after(kb, &one);
+        return;
+    }
+    kb.for_("cb", 0, d / 64, LoopTag::Serial, |kb, cb| {
+        let at = kb.let_("at", (row.clone() / 64 + cb.clone()) * 68);
+        let sc = kb.let_("sc", Expr::LoadRaw(pool, Box::new(at.clone()), Ty::F32));
+        before(kb, &sc);
+        kb.for_("c", 0, 64, v8, |kb, c| {
+            let code = Expr::LoadRaw(pool, Box::new(at.clone() + 4 + c.clone()), Ty::I8);
+            body(kb, cb.clone() * 64 + c, code.cast(Ty::F32));
+        });
+        after(kb, &sc);
+    });
 }
 
 /// `paged_attention(q, k_pool, v_pool, pos, row_seq, block_tables)`.
@@ -208,10 +290,19 @@ pub(crate) fn attention(
                 .or(load_i64(ib[4], rn).ne_(sq.clone()));
             kb.if_(last, |kb| {
                 for (pool, dt, d) in [(ib[1], kp.dtype, dk), (ib[2], vp.dtype, dv)] {
-                    let per_line = (64 / dt.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1);
-                    let lines = (bs * d + per_line - 1) / per_line;
+                    // (elements of the buffer per 64-byte line, per token row); a
+                    // q8_kv pool is a byte buffer of blocks.
+                    let (per_line, row) = if dt == DType::Q8Kv {
+                        (64, d / 64 * 68)
+                    } else {
+                        (
+                            (64 / dt.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1),
+                            d,
+                        )
+                    };
+                    let lines = (bs * row + per_line - 1) / per_line;
                     kb.for_("pl", 0, lines, LoopTag::Serial, |kb, l| {
-                        kb.prefetch(pool, nbase.clone() * d + l * per_line);
+                        kb.prefetch(pool, nbase.clone() * row + l * per_line);
                     });
                 }
             });
@@ -224,11 +315,32 @@ pub(crate) fn attention(
                 kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
                     let krow = kb.let_("krow", (base.clone() + jj.clone()) * dk);
                     let dot = kb.let_mut("dot", fconst(0.0, t));
-                    kb.for_("c", 0, dk, v8, |kb, c| {
-                        let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
-                        let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c);
-                        kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kx)));
-                    });
+                    if kp.dtype == DType::Q8Kv {
+                        // q · (scale codes) = scale (q · codes), per block.
+                        let part = kb.let_mut("part", fconst(0.0, t));
+                        row_runs(
+                            kb,
+                            (ib[1], kp.dtype),
+                            krow,
+                            dk,
+                            |kb, _| kb.assign(part, fconst(0.0, t)),
+                            |kb, c, kx| {
+                                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c);
+                                let p = b(BinOp::Add, Expr::Var(part), b(BinOp::Mul, qv, kx));
+                                kb.assign(part, p);
+                            },
+                            |kb, sc| {
+                                let p = b(BinOp::Mul, sc.clone(), Expr::Var(part));
+                                kb.assign(dot, b(BinOp::Add, Expr::Var(dot), p));
+                            },
+                        );
+                    } else {
+                        kb.for_("c", 0, dk, v8, |kb, c| {
+                            let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                            let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c);
+                            kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kx)));
+                        });
+                    }
                     let mut sc = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
                     if let Some(cap) = cap {
                         let x = b(BinOp::Div, sc, fconst(cap, t));
@@ -261,12 +373,21 @@ pub(crate) fn attention(
                 kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
                     let pr = kb.let_("pr", Expr::load(scores, jj.clone() + g * bs));
                     let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
-                    kb.for_("c", 0, dv, v8, |kb, c| {
-                        let vv = load_elem(kb, ib[2], vp.dtype, vrow.clone() + c.clone());
-                        let at = acc_at(o, g, c);
-                        let a = Expr::load(buf, at.clone());
-                        kb.store(buf, at, b(BinOp::Add, a, b(BinOp::Mul, pr.clone(), vv)));
-                    });
+                    // p (scale codes) = (p scale) codes, per block.
+                    let ps = kb.let_mut("ps", fconst(0.0, t));
+                    row_runs(
+                        kb,
+                        (ib[2], vp.dtype),
+                        vrow,
+                        dv,
+                        |kb, sc| kb.assign(ps, b(BinOp::Mul, pr.clone(), sc.clone())),
+                        |kb, c, vv| {
+                            let at = acc_at(o, g, c);
+                            let a = Expr::load(buf, at.clone());
+                            kb.store(buf, at, b(BinOp::Add, a, b(BinOp::Mul, Expr::Var(ps), vv)));
+                        },
+                        |_, _| {},
+                    );
                 });
                 kb.assign(m, mn);
             }

@@ -113,7 +113,12 @@ pub fn run_args_on(
             Arg::In(t, x) => {
                 ids.push(m.graph.add_input(&format!("x{i}"), t.clone()));
                 tensors.push(x.clone());
-                bufs.push(tensor_bytes(x));
+                // A q8_kv input (a KV pool) is given dequantized and stored encoded.
+                bufs.push(if t.dtype == DType::Q8Kv {
+                    llmc_ir::quant::q8_kv_encode(&x.to_f64())
+                } else {
+                    tensor_bytes(x)
+                });
                 for (d, &n) in t.shape.0.iter().zip(&x.shape) {
                     if let [s] = d.symbols()[..] {
                         if *d == Dim::sym(s) {
@@ -172,14 +177,20 @@ pub fn run_args_on(
         // A result written in place starts as its operand (the plan aliases them).
         match in_place.iter().find(|(r, _)| *r == i) {
             Some(&(_, op)) => bufs.push(bufs[op].clone()),
-            None => bufs.push(vec![0x5A; w.numel() * w.dtype.block_bytes()]),
+            None => {
+                let dt = m.graph.ty(outs[i]).dtype;
+                let n = dt.storage_bytes(w.numel() as u64).unwrap_or(0) as usize;
+                bufs.push(vec![0x5A; n])
+            }
         }
     }
     bufs.extend(consts.iter().map(tensor_bytes));
     run(&k, &mut bufs, &dims).unwrap_or_else(|e| panic!("{e}\n{k}"));
     let mut got = Vec::new();
     for (i, w) in want.iter().enumerate() {
-        let g = bytes_tensor(w.dtype, &w.shape, &bufs[args.len() + i]).expect("decode");
+        // In the declared type (a q8_kv result decodes to f32, as the reference holds it).
+        let dt = m.graph.ty(outs[i]).dtype;
+        let g = bytes_tensor(dt, &w.shape, &bufs[args.len() + i]).expect("decode");
         got.push(g.to_f64());
     }
     let want = want.iter().map(|w| w.to_f64()).collect();

@@ -1463,11 +1463,16 @@ fn paged_attention_matches_the_reference() {
         (3, 3, 16, 300, Some(5.0), DType::F16, &long1[..], 44, 48),
         (4, 1, 16, 0, None, F, &long2[..], 34, 70),
         (6, 3, 8, 270, None, F, &long2[..], 67, 140),
+        // int8 pools (q8_kv, head dim 64: one block per token and head).
+        (4, 2, 4, 0, None, DType::Q8Kv, &short[..], 5, 24),
+        (3, 3, 8, 5, Some(5.0), DType::Q8Kv, &short[..], 5, 24),
+        (6, 2, 16, 0, None, DType::Q8Kv, &long2[..], 34, 70),
     ]
     .iter()
     .enumerate()
     {
-        let d = 8usize;
+        let d = if pool_dt == DType::Q8Kv { 64usize } else { 8 };
+        let ds = d.to_string();
         // Distinct blocks per sequence, scattered.
         let mut order: Vec<i64> = (0..nblk as i64).collect();
         for i in (1..order.len()).rev() {
@@ -1490,17 +1495,29 @@ fn paged_attention_matches_the_reference() {
                 row_seq.push(si as i64);
             }
         }
-        // The pools start with random "cached" keys everywhere.
-        let kpool = r.tensor(pool_dt, &[nblk, kvh, bs, d], 1.0);
-        let vpool = r.tensor(pool_dt, &[nblk, kvh, bs, d], 1.0);
+        // The pools start with random "cached" keys everywhere (a q8_kv pool's given
+        // dequantized: values its blocks hold exactly).
+        let pool = |r: &mut Rng| {
+            let x = r.tensor(F, &[nblk, kvh, bs, d], 1.0);
+            match pool_dt {
+                DType::Q8Kv => llmc_ir::Tensor::from_f64(
+                    F,
+                    x.shape.clone(),
+                    llmc_ir::quant::q8_kv_round_trip(&x.to_f64()),
+                ),
+                dt => llmc_ir::Tensor::from_f64(dt, x.shape.clone(), x.to_f64()),
+            }
+        };
+        let kpool = pool(&mut r);
+        let vpool = pool(&mut r);
         let k = r.tensor(F, &[1, kvh, rows, d], 1.0);
         let v = r.tensor(F, &[1, kvh, rows, d], 1.0);
         let q = r.tensor(F, &[1, h, rows, d], 1.0);
-        let pool_t = tt(pool_dt, &["blocks", &kvh.to_string(), &bs.to_string(), "8"]);
+        let pool_t = tt(pool_dt, &["blocks", &kvh.to_string(), &bs.to_string(), &ds]);
         let kvh_s = kvh.to_string();
         let w_args = vec![
-            Arg::In(tt(F, &["1", &kvh_s, "seq", "8"]), k.clone()),
-            Arg::In(tt(F, &["1", &kvh_s, "seq", "8"]), v.clone()),
+            Arg::In(tt(F, &["1", &kvh_s, "seq", &ds]), k.clone()),
+            Arg::In(tt(F, &["1", &kvh_s, "seq", &ds]), v.clone()),
             Arg::In(pool_t.clone(), kpool.clone()),
             Arg::In(pool_t.clone(), vpool.clone()),
             {
@@ -1511,8 +1528,9 @@ fn paged_attention_matches_the_reference() {
         check_args(Op::PagedKvWrite, attrs([]), &w_args, 0.0, 0.0);
         // The written pools (from the reference) feed the attention check.
         let (_, written, _) = run_args(Op::PagedKvWrite, attrs([]), &w_args);
-        let kp2 = llmc_ir::Tensor::from_f64(pool_dt, kpool.shape.clone(), written[0].clone());
-        let vp2 = llmc_ir::Tensor::from_f64(pool_dt, vpool.shape.clone(), written[1].clone());
+        let held = if pool_dt == DType::Q8Kv { F } else { pool_dt };
+        let kp2 = llmc_ir::Tensor::from_f64(held, kpool.shape.clone(), written[0].clone());
+        let vp2 = llmc_ir::Tensor::from_f64(held, vpool.shape.clone(), written[1].clone());
         let mut a = attrs([("scale", Attr::Float(0.4))]);
         if window > 0 {
             a.insert("window".into(), Attr::Int(window));
@@ -1531,7 +1549,7 @@ fn paged_attention_matches_the_reference() {
             Op::PagedAttention,
             a,
             &[
-                (tt(F, &["1", &h.to_string(), "seq", "8"]), q),
+                (tt(F, &["1", &h.to_string(), "seq", &ds]), q),
                 (pool_t.clone(), kp2),
                 (pool_t, vp2),
                 (pt, px),

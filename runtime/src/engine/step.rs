@@ -57,12 +57,20 @@ pub struct CompiledStep {
 impl CompiledStep {
     /// Bytes of one block of one layer's K (or V) pool.
     pub fn block_bytes(s: &ServingInfo) -> usize {
-        s.block_size * s.kv_heads * s.head_dim * s.kv_dtype.size()
+        s.block_size * Self::row_bytes(s)
     }
 
     /// Bytes of KV per token over all layers (keys and values).
     pub fn bytes_per_token(s: &ServingInfo) -> usize {
-        2 * s.layers.len() * s.kv_heads * s.head_dim * s.kv_dtype.size()
+        2 * s.layers.len() * Self::row_bytes(s)
+    }
+
+    /// Bytes of one token's keys (or values) in one layer: `kv_heads` head vectors in
+    /// the pool's type (a block format: whole blocks per head vector, as the serving
+    /// form checked).
+    fn row_bytes(s: &ServingInfo) -> usize {
+        let n = (s.kv_heads * s.head_dim) as u64;
+        s.kv_dtype.bytes_for(n).unwrap_or(n * 4) as usize
     }
 
     /// Loads the plan and allocates a pool of `blocks` blocks per layer.
