@@ -13,9 +13,12 @@
 //!   log-likelihoods, as llama.cpp computes it).
 //!
 //! A graph that returns every position's logits (`[batch, seq, vocab]`; `llmc eval`
-//! builds its models so) scores a window in one call; a graph that returns only the
-//! last position's (`[batch, vocab]`, the serving form) takes one call for the
-//! unscored first half plus the first scored position, then one per scored token.
+//! builds its models so) scores a window in one call; a one-sequence graph that
+//! returns only the last position's takes one call for the unscored first half plus
+//! the first scored position, then one per scored token. A serving-form executable
+//! (`llmc build`'s default for decoders) scores each window as one engine request with
+//! prompt log-probabilities ([`perplexity_engine`]): the engine's own kernels and KV
+//! cache (`--kv-cache-dtype`) are what is measured.
 //!
 //! `--dump-logits FILE` writes the scored distributions in llama.cpp's
 //! `--kl-divergence-base` format (`_logits_`, n_ctx, n_vocab, n_chunk, the tokens, then
@@ -446,42 +449,158 @@ pub struct EvalResult {
 
 /// Measures the perplexity (and KL divergence) as the module comment says, printing
 /// progress and results on stdout.
+/// The windows `perplexity` scores: the text's tokens, cut as llama-perplexity cuts
+/// them.
+struct Windows {
+    tokens: Vec<u32>,
+    bos: Option<u32>,
+    ctx: usize,
+    n_chunk: usize,
+    /// The first scored window position is `first + 1` (`ctx / 2`).
+    first: usize,
+}
+
+impl Windows {
+    /// Tokenizes `opts.file` and checks there are two windows of `opts.ctx`.
+    fn new(llm: &LlmInfo, opts: &EvalOptions) -> Result<Windows, String> {
+        let tok = crate::generate::tokenizer(llm)?;
+        let f = opts.file.display();
+        let text = std::fs::read(&opts.file).map_err(|e| format!("--file {f}: {e}"))?;
+        let text =
+            String::from_utf8(text).map_err(|e| format!("--file {f}: not UTF-8 text ({e})"))?;
+        let tokens = tok
+            .encode(&text, true)
+            .map_err(|e| format!("--file {f}: {e}"))?;
+        // "BOS first when the tokenizer adds one" (llama.cpp: the vocabulary's add_bos).
+        let bos = llm.bos.filter(|&b| {
+            tok.encode("a", true)
+                .is_ok_and(|ids| ids.first() == Some(&b))
+        });
+        let ctx = opts.ctx;
+        if let Some(c) = llm.context_length.filter(|&c| (ctx as i64) > c) {
+            return Err(format!(
+                "--ctx {ctx} exceeds the model's context length {c}"
+            ));
+        }
+        if tokens.len() < 2 * ctx {
+            return Err(format!(
+                "--file {f}: {} tokens; a context of {ctx} needs at least {} (two windows)",
+                tokens.len(),
+                2 * ctx
+            ));
+        }
+        let n_chunk = (tokens.len() / ctx).min(opts.chunks.unwrap_or(usize::MAX));
+        let first = ctx / 2;
+        eprintln!(
+            "perplexity: {} tokens, {n_chunk} windows of {ctx}, {} scored per window, BOS {}",
+            tokens.len(),
+            ctx - 1 - first,
+            match bos {
+                Some(b) => format!("{b} first in each window"),
+                None => "not added".into(),
+            }
+        );
+        Ok(Windows {
+            tokens,
+            bos,
+            ctx,
+            n_chunk,
+            first,
+        })
+    }
+
+    /// Window `c`'s tokens (BOS first when the tokenizer adds one).
+    fn get(&self, c: usize) -> Vec<u32> {
+        let mut window = self.tokens[c * self.ctx..(c + 1) * self.ctx].to_vec();
+        if let Some(b) = self.bos {
+            window[0] = b;
+        }
+        window
+    }
+}
+
+/// After window `c` (0-based): the time estimate once, and the running perplexity.
+fn progress(c: usize, n_chunk: usize, t0: Instant, nll: &Nll) {
+    if c == 0 {
+        let s = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "perplexity: {s:.2} s per window, about {:.1} minutes in all",
+            s * n_chunk as f64 / 60.0
+        );
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = write!(out, "[{}]{:.4},", c + 1, nll.ppl());
+    let _ = out.flush();
+}
+
+/// `perplexity` through the engine (a serving-form executable): each window is one
+/// request whose prompt log-probabilities give the scored tokens' likelihoods, so the
+/// serving path itself is measured (its KV cache type included). The full
+/// distributions do not leave the engine: `--dump-logits` and `--kl-base` need a
+/// one-sequence build.
+pub fn perplexity_engine(
+    engine: &crate::engine::EngineHandle,
+    llm: &LlmInfo,
+    opts: &EvalOptions,
+) -> Result<EvalResult, String> {
+    use crate::engine::{Event, Request};
+    if opts.dump_logits.is_some() || opts.kl_base.is_some() {
+        return Err(
+            "--dump-logits and --kl-base need every logit, which the engine does not \
+                    return: use a one-sequence build (`llmc build --no-serving`) or `llmc eval`"
+                .into(),
+        );
+    }
+    let w = Windows::new(llm, opts)?;
+    let mut res = EvalResult {
+        tokens: w.tokens.len(),
+        ..EvalResult::default()
+    };
+    let t0 = Instant::now();
+    for c in 0..w.n_chunk {
+        let mut req = Request::greedy(w.get(c), 1);
+        req.prompt_logprobs = Some(0);
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        engine
+            .submit(req, Box::new(move |e| tx.send(e).is_ok()))
+            .map_err(|e| format!("window {}: {e}", c + 1))?;
+        let mut lps = None;
+        for e in rx {
+            match e {
+                Event::PromptLogprobs(v) => lps = Some(v),
+                Event::Error(e) => return Err(format!("window {}: {e}", c + 1)),
+                Event::Finished { .. } => break,
+                Event::Token { .. } => {}
+            }
+        }
+        let lps = lps.ok_or_else(|| format!("window {}: no prompt log-probabilities", c + 1))?;
+        for j in w.first + 1..w.ctx {
+            let lp = lps
+                .get(j)
+                .and_then(|l| l.as_ref())
+                .ok_or_else(|| format!("window {}: no log-probability at {j}", c + 1))?;
+            res.nll.add(-(lp.logprob as f64));
+        }
+        res.windows += 1;
+        progress(c, w.n_chunk, t0, &res.nll);
+    }
+    finish(&res, t0)?;
+    Ok(res)
+}
+
+/// Scores `opts.file` with `model` (a one-sequence build), printing as
+/// `llama-perplexity` does.
 pub fn perplexity(model: &mut Model, opts: &EvalOptions) -> Result<EvalResult, String> {
     let llm = model
         .plan()
         .llm
         .clone()
         .ok_or("perplexity needs a language model with a tokenizer")?;
-    let tok = crate::generate::tokenizer(&llm)?;
-    let f = opts.file.display();
-    let text = std::fs::read(&opts.file).map_err(|e| format!("--file {f}: {e}"))?;
-    let text = String::from_utf8(text).map_err(|e| format!("--file {f}: not UTF-8 text ({e})"))?;
-    let tokens = tok
-        .encode(&text, true)
-        .map_err(|e| format!("--file {f}: {e}"))?;
-    // "BOS first when the tokenizer adds one" (llama.cpp: the vocabulary's add_bos).
-    let bos = llm.bos.filter(|&b| {
-        tok.encode("a", true)
-            .is_ok_and(|ids| ids.first() == Some(&b))
-    });
-    let ctx = opts.ctx;
-    if let Some(c) = llm.context_length.filter(|&c| (ctx as i64) > c) {
-        return Err(format!(
-            "--ctx {ctx} exceeds the model's context length {c}"
-        ));
-    }
-    if tokens.len() < 2 * ctx {
-        return Err(format!(
-            "--file {f}: {} tokens; a context of {ctx} needs at least {} (two windows)",
-            tokens.len(),
-            2 * ctx
-        ));
-    }
-    let n_chunk = (tokens.len() / ctx).min(opts.chunks.unwrap_or(usize::MAX));
-    let first = ctx / 2;
-    let scored = ctx - 1 - first;
+    let w = Windows::new(&llm, opts)?;
+    let (tokens, ctx, n_chunk, first) = (&w.tokens, w.ctx, w.n_chunk, w.first);
     let mut base = match &opts.kl_base {
-        Some(p) => Some(Base::open(p, ctx, &tokens, n_chunk)?),
+        Some(p) => Some(Base::open(p, ctx, tokens, n_chunk)?),
         None => None,
     };
     let mut dump = match &opts.dump_logits {
@@ -491,14 +610,6 @@ pub fn perplexity(model: &mut Model, opts: &EvalOptions) -> Result<EvalResult, S
         }
         None => None,
     };
-    eprintln!(
-        "perplexity: {} tokens, {n_chunk} windows of {ctx}, {scored} scored per window, BOS {}",
-        tokens.len(),
-        match bos {
-            Some(b) => format!("{b} first in each window"),
-            None => "not added".into(),
-        }
-    );
     let mut res = EvalResult {
         tokens: tokens.len(),
         kld: base.as_ref().map(|_| Kld::default()),
@@ -506,14 +617,9 @@ pub fn perplexity(model: &mut Model, opts: &EvalOptions) -> Result<EvalResult, S
     };
     let mut row: Vec<u16> = Vec::new();
     let mut dumped_header = false;
-    let stdout = std::io::stdout();
     let t0 = Instant::now();
     for c in 0..n_chunk {
-        let start = c * ctx;
-        let mut window = tokens[start..start + ctx].to_vec();
-        if let Some(b) = bos {
-            window[0] = b;
-        }
+        let window = w.get(c);
         let (rows, vocab) = window_logits(model, &llm, &window, first)?;
         for (r, logits) in rows.chunks_exact(vocab).enumerate() {
             let target = window[first + r + 1] as usize;
@@ -542,21 +648,19 @@ pub fn perplexity(model: &mut Model, opts: &EvalOptions) -> Result<EvalResult, S
             }
         }
         res.windows += 1;
-        if c == 0 {
-            let s = t0.elapsed().as_secs_f64();
-            eprintln!(
-                "perplexity: {s:.2} s per window, about {:.1} minutes in all",
-                s * n_chunk as f64 / 60.0
-            );
-        }
-        let mut out = stdout.lock();
-        let _ = write!(out, "[{}]{:.4},", c + 1, res.nll.ppl());
-        let _ = out.flush();
+        progress(c, n_chunk, t0, &res.nll);
     }
     if let Some((mut w, p)) = dump {
         w.flush()
             .map_err(|e| format!("--dump-logits {}: {e}", p.display()))?;
     }
+    finish(&res, t0)?;
+    Ok(res)
+}
+
+/// The final lines: the estimate (and the KL divergence when measured), the time.
+fn finish(res: &EvalResult, t0: Instant) -> Result<(), String> {
+    let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let io = |e: std::io::Error| format!("writing the results: {e}");
     writeln!(out).map_err(io)?;
@@ -579,7 +683,7 @@ pub fn perplexity(model: &mut Model, opts: &EvalOptions) -> Result<EvalResult, S
         res.nll.count,
         t0.elapsed().as_secs_f64()
     );
-    Ok(res)
+    Ok(())
 }
 
 #[cfg(test)]

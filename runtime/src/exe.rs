@@ -249,6 +249,23 @@ fn info(plan: &Plan, sizes: &Sizes, variant: &Result<usize, String>) {
             }
         );
     }
+    if let Some(s) = plan.llm.as_ref().and_then(|l| l.serving.as_ref()) {
+        let ty = match s.kv_dtype {
+            crate::plan::ElemType::Block {
+                block_len,
+                block_bytes,
+            } => format!("blocks of {block_len} in {block_bytes} bytes"),
+            t => t.name().to_string(),
+        };
+        println!(
+            "kv cache: {ty}; {} layers x {} kv heads x {} dims, {}-token blocks, {} bytes per token",
+            s.layers.len(),
+            s.kv_heads,
+            s.head_dim,
+            s.block_size,
+            crate::engine::step::CompiledStep::bytes_per_token(s)
+        );
+    }
     if let Some(req) = &plan.cpu {
         println!(
             "cpu features: {} (built for {})",
@@ -385,7 +402,7 @@ fn real_main(args: Vec<String>, tables: &[&KernelTable]) -> Result<(), String> {
     let cmd = args.get(1).map(String::as_str).unwrap_or("help");
     let mut rest_v: Vec<String> = args.get(2..).unwrap_or(&[]).to_vec();
     let serving = plan.llm.as_ref().is_some_and(|l| l.serving.is_some());
-    let engine_flags = if serving && matches!(cmd, "generate" | "bench" | "serve") {
+    let engine_flags = if serving && matches!(cmd, "generate" | "bench" | "serve" | "perplexity") {
         Some(take_engine_flags(&mut rest_v)?)
     } else {
         None
@@ -468,12 +485,13 @@ fn real_main(args: Vec<String>, tables: &[&KernelTable]) -> Result<(), String> {
             if plan.llm.is_none() {
                 return Err("perplexity needs a language model with a tokenizer".into());
             }
-            if serving {
-                return Err(
-                    "perplexity runs on one-sequence builds: use `llmc eval MODEL \
-                     --perplexity FILE`, or build with `llmc build --no-serving`"
-                        .into(),
-                );
+            if let Some((mb, cfg)) = engine_flags {
+                let llm = plan.llm.clone().ok_or("no language model")?;
+                let engine =
+                    crate::engine::step::CompiledStep::start_engine(plan, data, kernels, mb, cfg)?;
+                let r = crate::eval::perplexity_engine(&engine, &llm, &opts).map(|_| ());
+                engine.shutdown();
+                return r;
             }
             let mut model = Model::new(plan, data, &kernels).map_err(|e| e.to_string())?;
             crate::eval::perplexity(&mut model, &opts).map(|_| ())
