@@ -331,14 +331,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             }
             Stmt::StoreRaw { buf, offset, value } => {
                 let (v, t) = self.expr(f, value)?;
-                let align = self.raw_align(offset, t);
-                let off = self.expr(f, offset)?.0.into_int_value();
-                let base = *f
-                    .bufs
-                    .get(buf)
-                    .ok_or_else(|| self.err("buffer not available"))?;
-                // SAFETY: byte offset within the buffer (checked by the interpreter).
-                let p = unsafe { f.b.build_gep(it.i8, base, &[off], "") }.map_err(llvm_err)?;
+                let (p, align) = self.raw_ptr(f, *buf, offset, t)?;
                 let st = f.b.build_store(p, v).map_err(llvm_err)?;
                 let _ = st.set_alignment(align);
             }
@@ -717,14 +710,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 self.load_value(f, v, t)?
             }
             Expr::LoadRaw(b, off_e, ty) => {
-                let align = self.raw_align(off_e, *ty);
-                let off = self.expr(f, off_e)?.0.into_int_value();
-                let base = *f
-                    .bufs
-                    .get(b)
-                    .ok_or_else(|| self.err("buffer not available"))?;
-                // SAFETY: byte offset within the buffer (checked by the interpreter).
-                let p = unsafe { f.b.build_gep(it.i8, base, &[off], "") }.map_err(llvm_err)?;
+                let (p, align) = self.raw_ptr(f, *b, off_e, *ty)?;
                 let v = f.b.build_load(it.mem_ty(*ty), p, "").map_err(llvm_err)?;
                 if let Some(i) = v.as_instruction_value() {
                     let _ = i.set_alignment(align);
@@ -752,6 +738,26 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             }
         };
         Ok((v, t))
+    }
+
+    /// The address of byte `off_e` of `buf` for a raw load or store of a `ty`, and the
+    /// alignment the offset is known to have.
+    fn raw_ptr(
+        &mut self,
+        f: &mut Frame<'ctx>,
+        buf: BufId,
+        off_e: &Expr,
+        ty: Ty,
+    ) -> R<(PointerValue<'ctx>, u32)> {
+        let align = self.raw_align(off_e, ty);
+        let off = self.expr(f, off_e)?.0.into_int_value();
+        let base = *f
+            .bufs
+            .get(&buf)
+            .ok_or_else(|| self.err("buffer not available"))?;
+        // SAFETY: byte offset within the buffer (checked by the interpreter).
+        let p = unsafe { f.b.build_gep(self.it.i8, base, &[off], "") }.map_err(llvm_err)?;
+        Ok((p, align))
     }
 
     fn load_value(
