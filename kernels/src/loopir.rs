@@ -561,6 +561,19 @@ impl Kernel {
             .ok_or_else(|| format!("{what} unknown buffer b{}", b.0))
     }
 
+    /// Buffer `b` as the target of a `what` ("store to", "raw store to"): known, not an
+    /// input, and a local or shared one only inside its allocation.
+    fn writable_buf(&self, b: BufId, what: &str, allocated: &[bool]) -> Result<&Buf, String> {
+        let buf = self.checked_buf(b, what)?;
+        match buf.role {
+            Role::In => Err(format!("{what} input buffer {}", buf.name)),
+            Role::Local | Role::Shared if !allocated[b.0 as usize] => {
+                Err(format!("{what} {} outside its allocation", buf.name))
+            }
+            _ => Ok(buf),
+        }
+    }
+
     /// The parameter buffers (those the caller passes), in call order.
     pub fn params(&self) -> impl Iterator<Item = (BufId, &Buf)> {
         self.bufs
@@ -803,14 +816,7 @@ impl Kernel {
                     self.check_expr(index, defined, allocated)?;
                     self.check_expr(value, defined, allocated)?;
                     self.index_ty(index)?;
-                    let b = self.checked_buf(*buf, "store to")?;
-                    match b.role {
-                        Role::In => return Err(format!("store to input buffer {}", b.name)),
-                        Role::Local | Role::Shared if !allocated[buf.0 as usize] => {
-                            return Err(format!("store to {} outside its allocation", b.name))
-                        }
-                        _ => {}
-                    }
+                    let b = self.writable_buf(*buf, "store to", allocated)?;
                     let t = self.ty_of(value)?;
                     if t != b.ty {
                         return Err(format!("store of a {t} value into {} ({})", b.name, b.ty));
@@ -820,14 +826,7 @@ impl Kernel {
                     self.check_expr(offset, defined, allocated)?;
                     self.check_expr(value, defined, allocated)?;
                     self.index_ty(offset)?;
-                    let b = self.checked_buf(*buf, "raw store to")?;
-                    match b.role {
-                        Role::In => return Err(format!("raw store to input buffer {}", b.name)),
-                        Role::Local | Role::Shared if !allocated[buf.0 as usize] => {
-                            return Err(format!("raw store to {} outside its allocation", b.name))
-                        }
-                        _ => {}
-                    }
+                    let b = self.writable_buf(*buf, "raw store to", allocated)?;
                     if self.ty_of(value)? == Ty::Bool {
                         return Err(format!("raw store of a bool into {}", b.name));
                     }
