@@ -1,5 +1,5 @@
-//! The dequantizing fallback for block formats the kernels cannot read yet (Q5_0,
-//! Q5_1, Q2_K..Q6_K, IQ4_NL, IQ4_XS): before code generation such a weight is decoded
+//! The dequantizing fallback for block formats the kernels cannot read yet (Q2_K,
+//! Q3_K, Q5_K, IQ4_NL, IQ4_XS): before code generation such a weight is decoded
 //! to f32 with the reference decoder (`llmc_ir::quant`), so every GGUF file llmc
 //! imports also compiles and runs, with the same values the interpreter computes. The
 //! IR keeps the stored format; only the compiled copy of the module changes. Native
@@ -65,15 +65,14 @@ mod tests {
     use llmc_ir::{Op, Shape, TensorType};
 
     #[test]
-    fn q5_0_weight_becomes_f32_with_the_reference_values() {
+    fn iq4_nl_weight_becomes_f32_with_the_reference_values() {
         let mut m = Module::new("t");
-        // One Q5_0 block: d = 0.5, all high bits set, low nibbles j % 16.
+        // One IQ4_NL block: d = 0.5, nibbles j % 16 (indices into its value table).
         let mut block = half::f16::from_f64(0.5).to_le_bytes().to_vec();
-        block.extend(u32::MAX.to_le_bytes());
         block.extend((0..16u8).map(|j| j | (j << 4)));
         let wt = m.add_weight(
             "w",
-            DType::Q5_0,
+            DType::IQ4NL,
             Shape::of(&[1, 32]),
             WeightData::Owned(Arc::new(block.clone())),
         );
@@ -87,7 +86,7 @@ mod tests {
         assert_eq!(done, vec!["w".to_string()]);
         assert!(!needs_fallback(&m));
         assert_eq!(m.graph.ty(wt).dtype, DType::F32);
-        let want = llmc_ir::quant::dequantize(DType::Q5_0, &block, 32).unwrap();
+        let want = llmc_ir::quant::dequantize(DType::IQ4NL, &block, 32).unwrap();
         let got: Vec<f64> = m.weights[0]
             .data
             .bytes()
@@ -96,8 +95,8 @@ mod tests {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
             .collect();
         assert_eq!(got, want);
-        // (j | 16) - 16 = j: the values are 0.5 * (j % 16).
-        assert_eq!(got[3], 1.5);
+        // Table entry 3 is -65.
+        assert_eq!(got[3], -32.5);
         llmc_ir::verify::verify(&m).unwrap();
     }
 }

@@ -54,7 +54,7 @@ fn elementwise_and_matmul_graph_runs_compiled() {
 }
 
 /// A quantized `linear` (the integer path: row quads and single rows over block
-/// pairs, an odd block count's trailing block) compiled: every row of a 13-row batch (8 + 4 + 1)
+/// pairs, an odd block count's trailing block; Q4_K and Q6_K super-blocks) compiled: every row of a 13-row batch (8 + 4 + 1)
 /// equals bit for bit the same row run alone (a sequence's logits do not depend on
 /// its batch), and every output is the reference interpreter's within the int16
 /// activation quantization (2e-3 of the row's magnitude); for the host's kernels and
@@ -71,17 +71,50 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         seed
     };
     let f16 = |v: f32| half::f16::from_f32(v).to_le_bytes();
-    for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
-        for k in [96usize, 128] {
+    let formats = [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q4K,
+        DType::Q6K,
+    ];
+    for d in formats {
+        let ks: &[usize] = if d.block_len() == 256 {
+            &[256, 512]
+        } else {
+            &[96, 128]
+        };
+        for &k in ks {
             let n = 40;
             let mut bytes = Vec::new();
-            for _ in 0..n * k / 32 {
+            if d == DType::Q4K {
+                // Super-blocks: D, Dmin, packed 6-bit scales and mins (any bits), nibbles.
+                for _ in 0..n * k / 256 {
+                    bytes.extend(f16(0.001 + (next() % 100) as f32 * 4e-5));
+                    bytes.extend(f16((next() % 100) as f32 * 2e-5));
+                    bytes.extend((0..140).map(|_| next() as u8));
+                }
+            }
+            if d == DType::Q6K {
+                // Super-blocks: ql, qh (any bits), 16 signed scales, D.
+                for _ in 0..n * k / 256 {
+                    bytes.extend((0..208).map(|_| next() as u8));
+                    bytes.extend(f16(0.0005 + (next() % 100) as f32 * 1e-5));
+                }
+            }
+            for _ in 0..if d.block_len() == 256 { 0 } else { n * k / 32 } {
                 let scale = 0.01 + (next() % 100) as f32 * 1e-4;
                 bytes.extend(f16(scale));
-                if d == DType::Q4_1 {
+                if matches!(d, DType::Q4_1 | DType::Q5_1) {
                     bytes.extend(f16((next() % 100) as f32 * -1e-3));
                 }
-                let quants = if d == DType::Q8_0 { 32 } else { 16 };
+                let quants = match d {
+                    DType::Q8_0 => 32,
+                    DType::Q5_0 | DType::Q5_1 => 20,
+                    _ => 16,
+                };
                 bytes.extend((0..quants).map(|_| next() as u8));
             }
             let mut m = Module::new("qlin");

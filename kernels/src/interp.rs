@@ -327,34 +327,86 @@ impl Machine<'_> {
             let mut sum = [0f32; 2];
             let mut min = [0f32; 2];
             for b in 0..q.blocks {
-                let wb = w0 + b * bb;
                 let xb = x0 + b;
-                let d = self.read(q.w, wb, Ty::F16, bufs)?.f() as f32;
+                let sc = s0 + QDot::scale_offset(b);
+                if q.fmt == QFmt::Q6K {
+                    // Halves with their own scales: the first into E, the second into O.
+                    let sb = w0 + b / 8 * bb;
+                    let (h, c) = (b % 8 / 4, b % 4);
+                    let big_d = self.read(q.w, sb + 208, Ty::F16, bufs)?.f() as f32;
+                    let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
+                    for (p, chain) in sum.iter_mut().enumerate() {
+                        let mut dot = 0i64;
+                        for e in 16 * p as i64..16 * p as i64 + 16 {
+                            let lo =
+                                self.read(q.w, sb + 64 * h + 32 * (c % 2) + e, Ty::U8, bufs)?;
+                            let lo = (lo.i() >> (4 * (c / 2))) & 15;
+                            let hi = self.read(q.w, sb + 128 + 32 * h + e, Ty::U8, bufs)?;
+                            let hi = (hi.i() >> (2 * c)) & 3;
+                            let x = self.read(q.xq, (xb * 32 + e) * 2, Ty::I16, bufs)?.i();
+                            dot += ((lo | hi << 4) - 32) * x;
+                        }
+                        let at = sb + 192 + 8 * h + 2 * c + p as i64;
+                        let s = self.read(q.w, at, Ty::I8, bufs)?.i() as f32;
+                        *chain = (dot as f32).mul_add(big_d * s * xd, *chain);
+                    }
+                    continue;
+                }
+                // (scale, minimum, the block's first quant byte, nibble shift).
+                let (d, m, q0, shift) = match q.fmt {
+                    QFmt::Q4K => {
+                        let sb = w0 + b / 8 * bb;
+                        let j = (b % 8) as usize;
+                        let mut packed = [0u8; 12];
+                        for (i, p) in packed.iter_mut().enumerate() {
+                            *p = self.read(q.w, sb + 4 + i as i64, Ty::U8, bufs)?.i() as u8;
+                        }
+                        let (sc, mn) = llmc_ir::quant_k::scale_min_k4(j, &packed);
+                        let big_d = self.read(q.w, sb, Ty::F16, bufs)?.f() as f32;
+                        let dmin = self.read(q.w, sb + 2, Ty::F16, bufs)?.f() as f32;
+                        let q0 = sb + qs + 32 * (j as i64 / 2);
+                        (
+                            big_d * sc as f32,
+                            Some(-(dmin * mn as f32)),
+                            q0,
+                            4 * (j as i64 % 2),
+                        )
+                    }
+                    _ => {
+                        let wb = w0 + b * bb;
+                        let d = self.read(q.w, wb, Ty::F16, bufs)?.f() as f32;
+                        let m = if q.fmt.stored_min() {
+                            Some(self.read(q.w, wb + 2, Ty::F16, bufs)?.f() as f32)
+                        } else {
+                            q.fmt.offset_min().map(|f| f * d)
+                        };
+                        (d, m, wb + qs, 0)
+                    }
+                };
                 let mut dot = 0i64;
                 for e in 0..32i64 {
                     let w = match q.fmt {
-                        QFmt::Q8_0 => self.read(q.w, wb + qs + e, Ty::I8, bufs)?.i(),
+                        QFmt::Q8_0 => self.read(q.w, q0 + e, Ty::I8, bufs)?.i(),
+                        QFmt::Q4K => (self.read(q.w, q0 + e, Ty::U8, bufs)?.i() >> shift) & 15,
                         _ => {
-                            let byte = self.read(q.w, wb + qs + e % 16, Ty::U8, bufs)?.i();
-                            if e < 16 {
-                                byte & 15
-                            } else {
-                                byte >> 4
+                            let byte = self.read(q.w, q0 + e % 16, Ty::U8, bufs)?.i();
+                            let nib = if e < 16 { byte & 15 } else { byte >> 4 };
+                            match q.fmt.qh_offset() {
+                                Some(h) => {
+                                    let wb = q0 - qs;
+                                    let qh = self.read(q.w, wb + h + e / 8, Ty::U8, bufs)?.i();
+                                    nib | ((qh >> (e % 8)) & 1) << 4
+                                }
+                                None => nib,
                             }
                         }
                     };
                     let x = self.read(q.xq, (xb * 32 + e) * 2, Ty::I16, bufs)?.i();
                     dot += w * x;
                 }
-                let sc = s0 + QDot::scale_offset(b);
                 let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
                 let p = (b % 2) as usize;
                 sum[p] = (dot as f32).mul_add(d * xd, sum[p]);
-                let m = match q.fmt {
-                    QFmt::Q8_0 => None,
-                    QFmt::Q4_0 => Some(-8.0 * d),
-                    QFmt::Q4_1 => Some(self.read(q.w, wb + 2, Ty::F16, bufs)?.f() as f32),
-                };
                 if let Some(m) = m {
                     let xs = self.read(q.xs, sc * 4, Ty::F32, bufs)?.f() as f32;
                     min[p] = m.mul_add(xs, min[p]);
@@ -366,7 +418,7 @@ impl Machine<'_> {
                 min[1] = 0f32.mul_add(0.0, min[1]);
             }
             let mut tot = sum[0] + sum[1];
-            if q.fmt != QFmt::Q8_0 {
+            if q.fmt.has_min() {
                 tot += min[0] + min[1];
             }
             self.vars[acc.0 as usize] = Some(V::F((a + tot) as f64));

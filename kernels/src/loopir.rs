@@ -441,7 +441,9 @@ pub enum Stmt {
     QDot(Box<QDot>),
 }
 
-/// A weight block format [`QDot`] reads (GGUF's, 32 elements per block).
+/// A weight block format [`QDot`] reads (GGUF's). [`QDot`] works in blocks of 32
+/// elements with one scale and one minimum each; Q4_K's super-blocks of 256 are eight
+/// such blocks whose scales and minimums are derived from the super-block's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QFmt {
     /// f16 scale `d`, 32 × i8: `w = d q`.
@@ -450,30 +452,116 @@ pub enum QFmt {
     Q4_0,
     /// f16 `d`, f16 `m`, 16 bytes of nibbles: `w = d q + m`.
     Q4_1,
+    /// f16 `d`, u32 `qh` of fifth bits (bit e: element e), 16 bytes of nibbles as
+    /// Q4_0's: `w = d (q - 16)`.
+    Q5_0,
+    /// f16 `d`, f16 `m`, u32 `qh`, 16 bytes of nibbles: `w = d q + m`.
+    Q5_1,
+    /// GGUF Q4_K super-blocks of 256 (144 bytes: f16 `D`, f16 `Dmin`, 12 bytes of
+    /// packed 6-bit sub-block scales `sc_j` and minimums `mn_j`, 128 bytes of
+    /// nibbles). Block `b` of a row is sub-block `j = b mod 8` of super-block
+    /// `b / 8`: its scale is `d = D · sc_j` and its minimum `m = -(Dmin · mn_j)` (both
+    /// exact in f32), its quants the low (`j` even) or high (`j` odd) nibbles of the
+    /// 32 bytes at `16 + 32 ⌊j / 2⌋`, element `e` in byte `e`. Kernels decode
+    /// `(sc_j, mn_j)` from the packed bytes `p` (llama.cpp's `get_scale_min_k4`)
+    /// without a branch on `j`: with `b0 = p[j mod 4]`, `b1 = p[j + 4]`, `b2 = p[j]`,
+    /// `j < 4` gives `(b0 & 63, b1 & 63)`, else
+    /// `((b1 & 15) | (b0 >> 6) << 4, (b1 >> 4) | (b2 >> 6) << 4)`; the loop-IR
+    /// interpreter uses the reference decoder (`llmc_ir::quant_k::scale_min_k4`).
+    Q4K,
+    /// GGUF Q6_K super-blocks of 256 (210 bytes: 128 bytes `ql` of low nibbles, 64
+    /// bytes `qh` of 2-bit pairs, 16 i8 sub-block scales, f16 `D`). Block `b` is
+    /// block `j = b mod 8` of super-block `b / 8`, in half `h = j / 4` at quarter
+    /// `c = j mod 4`: element `e` is `q_e - 32` with
+    /// `q_e = ((ql[64 h + 32 (c mod 2) + e] >> 4 ⌊c / 2⌋) & 15) | ((qh[32 h + e] >> 2 c) & 3) << 4`
+    /// (signed, no minimum), and its two 16-element halves have their own scales
+    /// `d_lo = D · sc[8 h + 2 c]`, `d_hi = D · sc[8 h + 2 c + 1]` (exact in f32).
+    Q6K,
 }
 
 impl QFmt {
-    /// Bytes per block.
+    /// Bytes per block (per super-block for Q4_K).
     pub fn block_bytes(self) -> i64 {
         match self {
             QFmt::Q8_0 => 34,
             QFmt::Q4_0 => 18,
             QFmt::Q4_1 => 20,
+            QFmt::Q5_0 => 22,
+            QFmt::Q5_1 => 24,
+            QFmt::Q4K => 144,
+            QFmt::Q6K => 210,
         }
+    }
+
+    /// Blocks of 32 per stored block (8 for K-quant super-blocks, else 1).
+    pub fn sub_blocks(self) -> i64 {
+        match self {
+            QFmt::Q4K | QFmt::Q6K => 8,
+            _ => 1,
+        }
+    }
+
+    /// Whether the quants are signed (Q8_0, Q6_K's `q - 32`); unsigned ones (0..15,
+    /// 0..31) carry their offset in the minimum term.
+    pub fn signed(self) -> bool {
+        matches!(self, QFmt::Q8_0 | QFmt::Q6K)
+    }
+
+    /// Whether a block's two 16-element halves have their own scales (Q6_K).
+    pub fn split_scales(self) -> bool {
+        self == QFmt::Q6K
+    }
+
+    /// Bytes of a row of `blocks` blocks of 32.
+    pub fn row_bytes(self, blocks: i64) -> i64 {
+        blocks / self.sub_blocks() * self.block_bytes()
     }
 
     /// Offset of the quant bytes in a block.
     pub fn qs_offset(self) -> i64 {
         match self {
             QFmt::Q4_1 => 4,
+            QFmt::Q5_0 => 6,
+            QFmt::Q5_1 => 8,
+            QFmt::Q4K => 16,
+            QFmt::Q6K => 0,
             _ => 2,
         }
+    }
+
+    /// Offset of the fifth bits (`qh`, a little-endian u32) of a Q5 block.
+    pub fn qh_offset(self) -> Option<i64> {
+        match self {
+            QFmt::Q5_0 => Some(2),
+            QFmt::Q5_1 => Some(4),
+            _ => None,
+        }
+    }
+
+    /// Whether the format stores its minimum (Q4_1, Q5_1) after the scale.
+    pub fn stored_min(self) -> bool {
+        matches!(self, QFmt::Q4_1 | QFmt::Q5_1)
+    }
+
+    /// The implied minimum's factor of `d` (Q4_0: -8, Q5_0: -16).
+    pub fn offset_min(self) -> Option<f32> {
+        match self {
+            QFmt::Q4_0 => Some(-8.0),
+            QFmt::Q5_0 => Some(-16.0),
+            _ => None,
+        }
+    }
+
+    /// Whether the format has a minimum term (every format but Q8_0 and Q6_K).
+    pub fn has_min(self) -> bool {
+        !self.signed()
     }
 }
 
 /// `accs[i] += Σ_b dot_b(i)` for one weight row and activation rows `i`, where block
-/// `b` of the weight row (at byte `w_off + b · block_bytes`) has scale `d`, minimum
-/// `m` (Q4_1; `-8 d` for Q4_0; none for Q8_0) and integer quants `q_e`, and the
+/// `b` of the weight row (at byte `w_off + b · block_bytes`; Q4_K: see [`QFmt::Q4K`])
+/// has scale `d`, minimum `m` (Q4_1, Q5_1, Q4_K; `-8 d` for Q4_0, `-16 d` for
+/// Q5_0; none for Q8_0) and integer quants `q_e`, and the
 /// activation row's block `xb = x_blk[i] + b` has int16 values `xq[32 xb + e]`; its
 /// scale `xd[s]` and `xs[s] = xd[s] Σ_e xq[32 xb + e]` sit at
 /// `s = x_sc[i] + 4 b`:
@@ -484,6 +572,8 @@ impl QFmt {
 /// 8-lane load. The arithmetic is fixed
 /// (backends match it bit for bit): the integer sums are exact; per row, an even and
 /// an odd chain take `E = fma(float(I_b), d · xd[s], E)` over even and odd blocks
+/// (Q6_K: `E` takes every block's first half, `I_lo` with `d_lo`, and `O` its second,
+/// `I_hi` with `d_hi`; no trailing block, as blocks come in eights)
 /// (and `ME = fma(m, xs[s], ME)` for the minimum terms), a trailing odd block pairs
 /// with a zero partner (`O = fma(0, 0, O)`), and `acc += (E + O) + (ME + MO)` (no
 /// minimum terms for Q8_0). A row's sum is the same whichever rows share the
@@ -880,6 +970,12 @@ impl Kernel {
                 Stmt::QDot(q) => {
                     self.check_expr(&q.w_off, defined, allocated)?;
                     self.index_ty(&q.w_off)?;
+                    if q.blocks % q.fmt.sub_blocks() != 0 {
+                        return Err(format!(
+                            "qdot: {} blocks of 32 are not whole {:?} blocks",
+                            q.blocks, q.fmt
+                        ));
+                    }
                     if q.x_blk.len() != q.accs.len() || q.x_sc.len() != q.accs.len() {
                         return Err(
                             "qdot: as many activation rows and scale slots as accumulators".into(),

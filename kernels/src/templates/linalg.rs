@@ -1,5 +1,5 @@
 //! Matrix products. `linear` (x · wᵀ + b, w `[n, k]` as stored: f32/f16/bf16 or GGUF
-//! Q8_0/Q4_0/Q4_1 blocks dequantized in the inner loop) is the LLM's hot kernel: it is
+//! Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q6_K blocks dequantized in the inner loop) is the LLM's hot kernel: it is
 //! register-tiled (MR rows of x by NR rows of w share every load of the k loop, so
 //! decode's single row reads each weight once and prefill reuses it MR times), the
 //! weight rows are split across threads, and the k loop is vectorized. `matmul`
@@ -50,6 +50,15 @@ pub(crate) fn linear(
     let t = compute_ty(x.dtype)?;
     if t != Ty::F32 && t != Ty::F64 {
         return Err(format!("x must be a float tensor, got {}", x.dtype));
+    }
+    if qfmt(w.dtype).is_some()
+        && !matches!(w.dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+        && t != Ty::F32
+    {
+        return Err(format!(
+            "{} weights need f32 activations, got {}",
+            w.dtype, x.dtype
+        ));
     }
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
     let lead = &x.shape.0[..x.shape.rank().saturating_sub(1)];
@@ -149,6 +158,10 @@ fn qfmt(d: DType) -> Option<QFmt> {
         DType::Q8_0 => Some(QFmt::Q8_0),
         DType::Q4_0 => Some(QFmt::Q4_0),
         DType::Q4_1 => Some(QFmt::Q4_1),
+        DType::Q5_0 => Some(QFmt::Q5_0),
+        DType::Q5_1 => Some(QFmt::Q5_1),
+        DType::Q4K => Some(QFmt::Q4K),
+        DType::Q6K => Some(QFmt::Q6K),
         _ => None,
     }
 }
@@ -441,7 +454,7 @@ impl Lin {
         let (xq, xd, xs) = q;
         let n = self.n;
         let blocks = self.k / 32;
-        let bb = fmt.block_bytes();
+        let row_bytes = fmt.row_bytes(blocks);
         kb.for_("j", j0.clone(), j1.clone(), LoopTag::Serial, |kb, j| {
             let accs: Vec<VarId> = rows
                 .iter()
@@ -450,7 +463,7 @@ impl Lin {
             kb.qdot(QDot {
                 fmt,
                 w: self.w,
-                w_off: j.clone() * (blocks * bb),
+                w_off: j.clone() * row_bytes,
                 blocks,
                 xq,
                 xd,

@@ -425,8 +425,9 @@ pub(crate) fn offset(kb: &mut KernelBuilder, coords: &[Expr], strides: &[Dim]) -
 }
 
 /// Whether the kernels read weights stored as `d` (plain types, and the block formats
-/// with a kernel path: Q8_0, Q4_0, Q4_1). Other block formats are dequantized before
-/// code generation (`llmc_backend::fallback`).
+/// with a kernel path: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K). Other block formats
+/// are dequantized
+/// before code generation (`llmc_backend::fallback`).
 pub fn reads_dtype(d: DType) -> bool {
     !d.is_quantized() || quant_block(d).is_some()
 }
@@ -434,9 +435,13 @@ pub fn reads_dtype(d: DType) -> bool {
 /// (elements per block, bytes per block) of the block formats the kernels read.
 pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
     match d {
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
-            Some((d.block_len() as i64, d.block_bytes() as i64))
-        }
+        DType::Q8_0
+        | DType::Q4_0
+        | DType::Q4_1
+        | DType::Q5_0
+        | DType::Q5_1
+        | DType::Q4K
+        | DType::Q6K => Some((d.block_len() as i64, d.block_bytes() as i64)),
         _ => None,
     }
 }
@@ -445,7 +450,13 @@ pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
 /// block formats are dequantized (llama.cpp's block layouts).
 pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Expr) -> Expr {
     match dtype {
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+        DType::Q8_0
+        | DType::Q4_0
+        | DType::Q4_1
+        | DType::Q5_0
+        | DType::Q5_1
+        | DType::Q4K
+        | DType::Q6K => {
             let (bl, bb) = quant_block(dtype).unwrap_or((32, 34));
             let blk = index.clone() / bl;
             let j = index % bl;
@@ -459,8 +470,15 @@ pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Exp
     }
 }
 
-/// The f32 value of element `j` (0..32) of the block starting at byte `base`.
+/// The f32 value of element `j` (0..32; 0..256 for Q4_K) of the block starting at
+/// byte `base`.
 pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
+    if dtype == DType::Q4K {
+        return dequant_q4k(buf, base, j);
+    }
+    if dtype == DType::Q6K {
+        return dequant_q6k(buf, base, j);
+    }
     let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
     let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
     let nibble = |b: Expr, j: Expr| {
@@ -473,6 +491,38 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
             let d = f16(base.clone());
             let q = Expr::LoadRaw(buf, Box::new(base + 2 + j), Ty::I8).cast(Ty::F32);
             Expr::bin(crate::loopir::BinOp::Mul, d, q)
+        }
+        DType::Q5_0 | DType::Q5_1 => {
+            // The nibble plus the fifth bit from qh (bit j: byte j / 8, bit j % 8).
+            let (qh, qs) = if dtype == DType::Q5_0 { (2, 6) } else { (4, 8) };
+            let d = f16(base.clone());
+            let b = byte(base.clone() + qs + (j.clone() % 16));
+            let h = byte(base.clone() + qh + j.clone() / 8);
+            let bit = Expr::bin(
+                crate::loopir::BinOp::And,
+                Expr::bin(crate::loopir::BinOp::Shr, h, (j.clone() % 8).cast(Ty::U8)),
+                Expr::Int(1, Ty::U8),
+            );
+            let q = Expr::bin(
+                crate::loopir::BinOp::Add,
+                nibble(b, j),
+                Expr::bin(
+                    crate::loopir::BinOp::Mul,
+                    bit.cast(Ty::F32),
+                    Expr::f(16.0, Ty::F32),
+                ),
+            );
+            if dtype == DType::Q5_0 {
+                let q = Expr::bin(crate::loopir::BinOp::Sub, q, Expr::f(16.0, Ty::F32));
+                Expr::bin(crate::loopir::BinOp::Mul, q, d)
+            } else {
+                let m = f16(base + 2);
+                Expr::bin(
+                    crate::loopir::BinOp::Add,
+                    Expr::bin(crate::loopir::BinOp::Mul, q, d),
+                    m,
+                )
+            }
         }
         DType::Q4_0 => {
             let d = f16(base.clone());
@@ -496,6 +546,70 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
             )
         }
     }
+}
+
+/// The f32 value of element `j` (0..256) of the Q4_K super-block at byte `base`
+/// ([`crate::loopir::QFmt::Q4K`]): `(D sc) q - Dmin mn`, the products exact in f32
+/// and one rounding after, so it equals llama.cpp's decoding rounded to f32.
+fn dequant_q4k(buf: BufId, base: Expr, j: Expr) -> Expr {
+    use crate::loopir::BinOp::{And, Mul, Or, Shl, Shr, Sub};
+    let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
+    let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
+    let u8c = |v: i64| Expr::Int(v, Ty::U8);
+    let sub = j.clone() / 32;
+    // The branch-free scale/min decode ([`crate::loopir::QFmt::Q4K`]).
+    let b0 = byte(base.clone() + 4 + sub.clone() % 4);
+    let b1 = byte(base.clone() + 8 + sub.clone());
+    let b2 = byte(base.clone() + 4 + sub.clone());
+    let top = |b: Expr| Expr::bin(Shl, Expr::bin(Shr, b, u8c(6)), u8c(4));
+    let low = sub.clone().lt(Expr::i(4));
+    let sc = Expr::select(
+        low.clone(),
+        Expr::bin(And, b0.clone(), u8c(63)),
+        Expr::bin(Or, Expr::bin(And, b1.clone(), u8c(15)), top(b0)),
+    );
+    let mn = Expr::select(
+        low,
+        Expr::bin(And, b1.clone(), u8c(63)),
+        Expr::bin(Or, Expr::bin(Shr, b1, u8c(4)), top(b2)),
+    );
+    let q = byte(base.clone() + 16 + (j.clone() / 64) * 32 + j % 32);
+    let shift = ((sub % 2) * 4).cast(Ty::U8);
+    let q = Expr::bin(And, Expr::bin(Shr, q, shift), u8c(15)).cast(Ty::F32);
+    let d = Expr::bin(Mul, f16(base.clone()), sc.cast(Ty::F32));
+    let m = Expr::bin(Mul, f16(base + 2), mn.cast(Ty::F32));
+    Expr::bin(Sub, Expr::bin(Mul, d, q), m)
+}
+
+/// The f32 value of element `j` (0..256) of the Q6_K super-block at byte `base`
+/// ([`crate::loopir::QFmt::Q6K`]): `(D sc) (q - 32)`, `D sc` exact in f32 and one
+/// rounding after, as the reference decoder.
+fn dequant_q6k(buf: BufId, base: Expr, j: Expr) -> Expr {
+    use crate::loopir::BinOp::{And, Mul, Or, Shl, Shr, Sub};
+    let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
+    let u8c = |v: i64| Expr::Int(v, Ty::U8);
+    let (h, c, e) = (j.clone() / 128, j.clone() % 128 / 32, j % 32);
+    let lo = byte(base.clone() + h.clone() * 64 + (c.clone() % 2) * 32 + e.clone());
+    let lo = Expr::bin(
+        And,
+        Expr::bin(Shr, lo, ((c.clone() / 2) * 4).cast(Ty::U8)),
+        u8c(15),
+    );
+    let hi = byte(base.clone() + 128 + h.clone() * 32 + e.clone());
+    let hi = Expr::bin(
+        And,
+        Expr::bin(Shr, hi, (c.clone() * 2).cast(Ty::U8)),
+        u8c(3),
+    );
+    let q = Expr::bin(Or, lo, Expr::bin(Shl, hi, u8c(4))).cast(Ty::F32);
+    let q = Expr::bin(Sub, q, Expr::f(32.0, Ty::F32));
+    let sc = Expr::LoadRaw(
+        buf,
+        Box::new(base.clone() + 192 + h * 8 + c * 2 + e / 16),
+        Ty::I8,
+    );
+    let d = Expr::LoadRaw(buf, Box::new(base + 208), Ty::F16).cast(Ty::F32);
+    Expr::bin(Mul, Expr::bin(Mul, d, sc.cast(Ty::F32)), q)
 }
 
 /// Converts a compute value to a buffer's element type for a store.

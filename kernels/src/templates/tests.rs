@@ -388,12 +388,34 @@ pub(crate) fn f32_bytes(t: &llmc_ir::Tensor) -> Vec<u8> {
 /// Random blocks of a GGUF format: `rows` rows of `k` elements.
 pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u8> {
     let mut out = Vec::new();
+    if d == DType::Q6K {
+        // Super-blocks: ql, qh (any bits), 16 signed scales, D.
+        for _ in 0..rows * k / 256 {
+            out.extend((0..208).map(|_| r.next() as u8));
+            out.extend(half::f16::from_f64(0.0005 + 0.001 * r.unit().abs()).to_le_bytes());
+        }
+        return out;
+    }
+    if d == DType::Q4K {
+        // Super-blocks: D, Dmin, 12 bytes of packed scales/mins (any bits), nibbles.
+        for _ in 0..rows * k / 256 {
+            out.extend(half::f16::from_f64(0.001 + 0.004 * r.unit().abs()).to_le_bytes());
+            out.extend(half::f16::from_f64(0.002 * r.unit().abs()).to_le_bytes());
+            out.extend((0..140).map(|_| r.next() as u8));
+        }
+        return out;
+    }
     for _ in 0..rows * k / 32 {
         let scale = half::f16::from_f64(0.01 + 0.05 * r.unit().abs()).to_le_bytes();
         out.extend(scale);
         match d {
             DType::Q8_0 => out.extend((0..32).map(|_| r.next() as u8)),
             DType::Q4_0 => out.extend((0..16).map(|_| r.next() as u8)),
+            DType::Q5_0 => out.extend((0..20).map(|_| r.next() as u8)),
+            DType::Q5_1 => {
+                out.extend(half::f16::from_f64(-0.2 * r.unit().abs()).to_le_bytes());
+                out.extend((0..20).map(|_| r.next() as u8));
+            }
             _ => {
                 out.extend(half::f16::from_f64(-0.2 * r.unit().abs()).to_le_bytes());
                 out.extend((0..16).map(|_| r.next() as u8));
@@ -431,7 +453,13 @@ fn linear_float_and_quantized() {
             1e-5,
             1e-5,
         );
-        for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        for d in [
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+        ] {
             let wq = quant_bytes(&mut r, d, n, k);
             check_quant_linear(&x, rows, d, n, k, &wq, None);
             let b = r.tensor(F, &[n], 1.0);
@@ -448,11 +476,72 @@ fn linear_float_and_quantized() {
         (13, 20, 96),
     ] {
         let x = r.tensor(F, &[rows, k], 1.0);
-        for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        for d in [
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+        ] {
             let wq = quant_bytes(&mut r, d, n, k);
             check_quant_linear(&x, rows, d, n, k, &wq, None);
         }
     }
+    // Q4_K super-blocks (eight blocks of 32 each): decode rows, quads and octets,
+    // several chunks of weight rows.
+    for (rows, n, k) in [
+        (1usize, 40usize, 256usize),
+        (5, 17, 512),
+        (9, 33, 256),
+        (13, 20, 768),
+    ] {
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let wq = quant_bytes(&mut r, DType::Q4K, n, k);
+        check_quant_linear(&x, rows, DType::Q4K, n, k, &wq, None);
+    }
+    for d in [DType::Q5_0, DType::Q5_1] {
+        let wq = quant_bytes(&mut r, d, 6, 64);
+        let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![5, 0, 2]);
+        check_args(
+            Op::Gather,
+            attrs([("axis", Attr::Int(0))]),
+            &[
+                Arg::W(d, vec![6, 64], wq),
+                Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+            ],
+            0.0,
+            0.0,
+        );
+    }
+    for (rows, n, k) in [(1usize, 40usize, 256usize), (5, 17, 512), (9, 33, 256)] {
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let wq = quant_bytes(&mut r, DType::Q6K, n, k);
+        check_quant_linear(&x, rows, DType::Q6K, n, k, &wq, None);
+    }
+    let wq = quant_bytes(&mut r, DType::Q6K, 5, 512);
+    let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
+    check_args(
+        Op::Gather,
+        attrs([("axis", Attr::Int(0))]),
+        &[
+            Arg::W(DType::Q6K, vec![5, 512], wq),
+            Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+        ],
+        0.0,
+        0.0,
+    );
+    let wq = quant_bytes(&mut r, DType::Q4K, 5, 512);
+    let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
+    check_args(
+        Op::Gather,
+        attrs([("axis", Attr::Int(0))]),
+        &[
+            Arg::W(DType::Q4K, vec![5, 512], wq),
+            Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+        ],
+        0.0,
+        0.0,
+    );
     // A quantized gather (embedding lookup) and a quantized elementwise operand.
     let wq = quant_bytes(&mut r, DType::Q4_1, 6, 64);
     let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![5, 0, 2]);
@@ -1181,6 +1270,46 @@ fn flash_attention_causal_fill_keeps_fully_masked_rows() {
     assert_eq!(with[..2 * s * 3], without[..2 * s * 3]);
 }
 
+/// Block `b` (of 32) of a GGUF row as numbers: each element's scale, the minimum
+/// (Q4_0: -8 d; Q8_0, Q6_K: 0), 32 integer quants. Q4_K's scales come from the
+/// reference decoder's unpacking; Q6_K's are written out from llama.cpp's layout.
+fn row_block_values(d: DType, row: &[u8], b: usize) -> (Vec<f64>, f64, Vec<i64>) {
+    if d == DType::Q6K {
+        let sb = &row[b / 8 * 210..][..210];
+        let (h, c) = (b % 8 / 4, b % 4);
+        let dd = half::f16::from_le_bytes([sb[208], sb[209]]).to_f64();
+        let q = (0..32)
+            .map(|e| {
+                let lo = (sb[64 * h + 32 * (c % 2) + e] >> (4 * (c / 2))) & 15;
+                let hi = (sb[128 + 32 * h + e] >> (2 * c)) & 3;
+                (lo | hi << 4) as i64 - 32
+            })
+            .collect();
+        let scales = (0..32)
+            .map(|e| dd * sb[192 + 8 * h + 2 * c + e / 16] as i8 as f64)
+            .collect();
+        return (scales, 0.0, q);
+    }
+    let (scale, m, q) = block32_values(d, row, b);
+    (vec![scale; 32], m, q)
+}
+
+/// [`row_block_values`] for formats with one scale per block of 32.
+fn block32_values(d: DType, row: &[u8], b: usize) -> (f64, f64, Vec<i64>) {
+    if d == DType::Q4K {
+        let sb = &row[b / 8 * 144..][..144];
+        let j = b % 8;
+        let f16 = |o: usize| half::f16::from_le_bytes([sb[o], sb[o + 1]]).to_f64();
+        let (sc, mn) = llmc_ir::quant_k::scale_min_k4(j, &sb[4..16]);
+        let q = (0..32)
+            .map(|e| ((sb[16 + 32 * (j / 2) + e] >> (4 * (j % 2))) & 15) as i64)
+            .collect();
+        return (f16(0) * sc as f64, -(f16(2) * mn as f64), q);
+    }
+    let bb = d.block_bytes();
+    block_values(d, &row[b * bb..][..bb])
+}
+
 /// A GGUF block as numbers: scale, minimum (Q4_0: -8 d; Q8_0: 0), 32 integer quants.
 fn block_values(d: DType, blk: &[u8]) -> (f64, f64, Vec<i64>) {
     let f16 = |o: usize| half::f16::from_le_bytes([blk[o], blk[o + 1]]).to_f64();
@@ -1192,19 +1321,22 @@ fn block_values(d: DType, blk: &[u8]) -> (f64, f64, Vec<i64>) {
             (0..32).map(|e| blk[2 + e] as i8 as i64).collect(),
         ),
         _ => {
-            let (m, qs) = if d == DType::Q4_1 {
-                (f16(2), 4)
-            } else {
-                (-8.0 * scale, 2)
+            // (minimum, quant bytes, fifth bits).
+            let (m, qs, qh) = match d {
+                DType::Q4_1 => (f16(2), 4, None),
+                DType::Q5_0 => (-16.0 * scale, 6, Some(2)),
+                DType::Q5_1 => (f16(2), 8, Some(4)),
+                _ => (-8.0 * scale, 2, None),
             };
             let q = (0..32)
                 .map(|e| {
                     let b = blk[qs + e % 16] as i64;
-                    if e < 16 {
-                        b & 15
-                    } else {
-                        b >> 4
-                    }
+                    let nib = if e < 16 { b & 15 } else { b >> 4 };
+                    let high = qh.map_or(0, |h| {
+                        let bits = u32::from_le_bytes([blk[h], blk[h + 1], blk[h + 2], blk[h + 3]]);
+                        ((bits >> e) & 1) as i64
+                    });
+                    nib | high << 4
                 })
                 .collect();
             (scale, m, q)
@@ -1240,7 +1372,7 @@ fn check_quant_linear(
     );
     let xv = x.to_f64();
     let bv = bias.map(|b| b.to_f64());
-    let bb = d.block_bytes();
+    let row_bytes = k / d.block_len() * d.block_bytes();
     let blocks = k / 32;
     for r in 0..rows {
         // The activation row's int16 blocks.
@@ -1258,15 +1390,17 @@ fn check_quant_linear(
         for j in 0..n {
             let (mut exact, mut mag, mut bound) = (0f64, 0f64, 0f64);
             for (b, (dx, q)) in xq.iter().enumerate() {
-                let at = (j * blocks + b) * bb;
-                let (dw, m, qw) = block_values(d, &wq[at..at + bb]);
-                let idot: i64 = qw.iter().zip(q).map(|(a, b)| a * b).sum();
+                let (dw, m, qw) = row_block_values(d, &wq[j * row_bytes..][..row_bytes], b);
                 let qsum: i64 = q.iter().sum();
-                let t1 = dw * dx * idot as f64;
+                let t1: f64 = (0..32).map(|e| dw[e] * (qw[e] * q[e]) as f64).sum::<f64>() * dx;
                 let t2 = m * dx * qsum as f64;
                 exact += t1 + t2;
                 mag += t1.abs() + t2.abs();
-                bound += qw.iter().map(|&v| (dw * v as f64 + m).abs()).sum::<f64>() * dx / 2.0;
+                bound += (0..32)
+                    .map(|e| (dw[e] * qw[e] as f64 + m).abs())
+                    .sum::<f64>()
+                    * dx
+                    / 2.0;
             }
             if let Some(bv) = &bv {
                 exact += bv[j];

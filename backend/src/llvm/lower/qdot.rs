@@ -128,6 +128,230 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(v)
     }
 
+    /// Q4_K block `blk` of the row at `w_off` ([`QFmt::Q4K`]): its scale `D · sc_j`,
+    /// minimum `-(Dmin · mn_j)`, the byte offset of the 32 bytes holding its quants,
+    /// and `j mod 2` (high nibbles when 1). The 6-bit scale and minimum come from
+    /// [`QFmt::Q4K`]'s branch-free decode.
+    fn q4k_block(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        w_off: IntValue<'ctx>,
+        blk: IntValue<'ctx>,
+    ) -> R<(
+        FloatValue<'ctx>,
+        FloatValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+    )> {
+        let it = self.it;
+        let b = &f.b;
+        let c64 = |k: u64| it.i64.const_int(k, false);
+        let c8 = |k: u64| it.i8.const_int(k, false);
+        let e = llvm_err;
+        let sb = b.build_right_shift(blk, c64(3), false, "sb").map_err(e)?;
+        let j = b.build_and(blk, c64(7), "j").map_err(e)?;
+        let sbo = b
+            .build_int_mul(sb, c64(QFmt::Q4K.block_bytes() as u64), "")
+            .map_err(e)?;
+        let sbo = b.build_int_add(w_off, sbo, "sbo").map_err(e)?;
+        let ld8 = |off: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+            let at = f.b.build_int_add(sbo, off, "").map_err(e)?;
+            Ok(self.qdot_load(f, it.i8.into(), w, at)?.into_int_value())
+        };
+        let j3 = b.build_and(j, c64(3), "").map_err(e)?;
+        let b0 = ld8(b.build_int_add(j3, c64(4), "").map_err(e)?)?;
+        let b = &f.b;
+        let b1 = ld8(b.build_int_add(j, c64(8), "").map_err(e)?)?;
+        let b = &f.b;
+        let b2 = ld8(b.build_int_add(j, c64(4), "").map_err(e)?)?;
+        let b = &f.b;
+        let top = |v: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+            let t = f.b.build_right_shift(v, c8(6), false, "").map_err(e)?;
+            f.b.build_left_shift(t, c8(4), "").map_err(e)
+        };
+        let low = b
+            .build_int_compare(IntPredicate::ULT, j, c64(4), "low")
+            .map_err(e)?;
+        let sc_lo = b.build_and(b0, c8(63), "").map_err(e)?;
+        let t = b.build_and(b1, c8(15), "").map_err(e)?;
+        let sc_hi = b.build_or(t, top(b0)?, "").map_err(e)?;
+        let mn_lo = b.build_and(b1, c8(63), "").map_err(e)?;
+        let t = b.build_right_shift(b1, c8(4), false, "").map_err(e)?;
+        let mn_hi = b.build_or(t, top(b2)?, "").map_err(e)?;
+        let sc = b
+            .build_select(low, sc_lo, sc_hi, "sc")
+            .map_err(e)?
+            .into_int_value();
+        let mn = b
+            .build_select(low, mn_lo, mn_hi, "mn")
+            .map_err(e)?
+            .into_int_value();
+        let big_d = self.qdot_load(f, it.f16.into(), w, sbo)?.into_float_value();
+        let b = &f.b;
+        let big_d = b.build_float_ext(big_d, it.f32, "").map_err(e)?;
+        let at2 = b.build_int_add(sbo, c64(2), "").map_err(e)?;
+        let dmin = self.qdot_load(f, it.f16.into(), w, at2)?.into_float_value();
+        let b = &f.b;
+        let dmin = b.build_float_ext(dmin, it.f32, "").map_err(e)?;
+        let scf = b.build_unsigned_int_to_float(sc, it.f32, "").map_err(e)?;
+        let mnf = b.build_unsigned_int_to_float(mn, it.f32, "").map_err(e)?;
+        let d = b.build_float_mul(big_d, scf, "d").map_err(e)?;
+        let m = b.build_float_mul(dmin, mnf, "").map_err(e)?;
+        let m = b.build_float_neg(m, "m").map_err(e)?;
+        let g = b.build_right_shift(j, c64(1), false, "").map_err(e)?;
+        let g = b.build_int_mul(g, c64(32), "").map_err(e)?;
+        let qs = b
+            .build_int_add(sbo, c64(QFmt::Q4K.qs_offset() as u64), "")
+            .map_err(e)?;
+        let qs = b.build_int_add(qs, g, "qs").map_err(e)?;
+        let odd = b.build_and(j, c64(1), "odd").map_err(e)?;
+        Ok((d, m, qs, odd))
+    }
+
+    /// Q6_K block `blk` of the row at `w_off` ([`QFmt::Q6K`]): its halves' scales
+    /// `D · sc` and its 32 signed quants `q - 32` as two `<16 x i8>`.
+    fn q6k_block(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        w_off: IntValue<'ctx>,
+        blk: IntValue<'ctx>,
+    ) -> R<(
+        FloatValue<'ctx>,
+        FloatValue<'ctx>,
+        VectorValue<'ctx>,
+        VectorValue<'ctx>,
+    )> {
+        let it = self.it;
+        let e = llvm_err;
+        let c64 = |k: u64| it.i64.const_int(k, false);
+        let b = &f.b;
+        let sb = b.build_right_shift(blk, c64(3), false, "sb").map_err(e)?;
+        let sbo = b
+            .build_int_mul(sb, c64(QFmt::Q6K.block_bytes() as u64), "")
+            .map_err(e)?;
+        let sbo = b.build_int_add(w_off, sbo, "sbo").map_err(e)?;
+        let j = b.build_and(blk, c64(7), "j").map_err(e)?;
+        let h = b.build_right_shift(j, c64(2), false, "h").map_err(e)?;
+        let c = b.build_and(j, c64(3), "c").map_err(e)?;
+        let add = |x: IntValue<'ctx>, y: IntValue<'ctx>| f.b.build_int_add(x, y, "").map_err(e);
+        let mul = |x: IntValue<'ctx>, k: u64| f.b.build_int_mul(x, c64(k), "").map_err(e);
+        let c1 = b.build_and(c, c64(1), "").map_err(e)?;
+        let c2 = b.build_right_shift(c, c64(1), false, "").map_err(e)?;
+        // ql at 64 h + 32 (c mod 2), shifted by 4 ⌊c / 2⌋; qh at 128 + 32 h, by 2 c.
+        let ql = add(add(sbo, mul(h, 64)?)?, mul(c1, 32)?)?;
+        let qh = add(add(sbo, c64(128))?, mul(h, 32)?)?;
+        let v16b = it.i8.vec_type(16);
+        let splat = |x: IntValue<'ctx>| -> R<VectorValue<'ctx>> {
+            let x = f.b.build_int_truncate(x, it.i8, "").map_err(e)?;
+            let v =
+                f.b.build_insert_element(v16b.get_undef(), x, it.i32.const_zero(), "")
+                    .map_err(e)?;
+            let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
+            f.b.build_shuffle_vector(v, v16b.get_undef(), zeros, "")
+                .map_err(e)
+        };
+        let cst =
+            |k: u64| inkwell::types::VectorType::const_vector(&[it.i8.const_int(k, false); 16]);
+        let sh_l = splat(mul(c2, 4)?)?;
+        let sh_h = splat(mul(c, 2)?)?;
+        let mut halves = Vec::new();
+        for half in 0..2u64 {
+            let at = add(ql, c64(16 * half))?;
+            let lo = self.qdot_load(f, v16b.into(), w, at)?.into_vector_value();
+            let at = add(qh, c64(16 * half))?;
+            let hi = self.qdot_load(f, v16b.into(), w, at)?.into_vector_value();
+            let b = &f.b;
+            let lo = b.build_right_shift(lo, sh_l, false, "").map_err(e)?;
+            let lo = b.build_and(lo, cst(15), "").map_err(e)?;
+            let hi = b.build_right_shift(hi, sh_h, false, "").map_err(e)?;
+            let hi = b.build_and(hi, cst(3), "").map_err(e)?;
+            let hi = b.build_left_shift(hi, cst(4), "").map_err(e)?;
+            let v = b.build_or(lo, hi, "").map_err(e)?;
+            halves.push(b.build_int_sub(v, cst(32), "q6").map_err(e)?);
+        }
+        let at = add(sbo, c64(208))?;
+        let big_d = self.qdot_load(f, it.f16.into(), w, at)?.into_float_value();
+        let big_d = f.b.build_float_ext(big_d, it.f32, "").map_err(e)?;
+        let sc0 = add(add(add(sbo, c64(192))?, mul(h, 8)?)?, mul(c, 2)?)?;
+        let mut d = Vec::new();
+        for k in 0..2 {
+            let at = add(sc0, c64(k))?;
+            let s = self.qdot_load(f, it.i8.into(), w, at)?.into_int_value();
+            let s = f.b.build_signed_int_to_float(s, it.f32, "").map_err(e)?;
+            d.push(f.b.build_float_mul(big_d, s, "d6").map_err(e)?);
+        }
+        Ok((d[0], d[1], halves[0], halves[1]))
+    }
+
+    /// The fifth bits of a Q5 block at byte `wb` as two `<16 x i1>` (elements 0..16
+    /// and 16..32): `qh`'s bit `e` set.
+    fn q5_bits(
+        &self,
+        f: &Frame<'ctx>,
+        q: &QDot,
+        w: PointerValue<'ctx>,
+        wb: IntValue<'ctx>,
+    ) -> R<Option<(VectorValue<'ctx>, VectorValue<'ctx>)>> {
+        let Some(off) = q.fmt.qh_offset() else {
+            return Ok(None);
+        };
+        let it = self.it;
+        let e = llvm_err;
+        let at =
+            f.b.build_int_add(wb, it.i64.const_int(off as u64, false), "")
+                .map_err(e)?;
+        let qh = self.qdot_load(f, it.i32.into(), w, at)?.into_int_value();
+        // Per half: qh's 16 bits broadcast to 16 lanes, lane e testing bit e.
+        let v16w = it.i16.vec_type(16);
+        let masks = inkwell::types::VectorType::const_vector(
+            &(0..16)
+                .map(|i| it.i16.const_int(1 << i, false))
+                .collect::<Vec<_>>(),
+        );
+        let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
+        let mut out = Vec::new();
+        for sh in [0u64, 16] {
+            let b = &f.b;
+            let v = b
+                .build_right_shift(qh, it.i32.const_int(sh, false), false, "")
+                .map_err(e)?;
+            let v = b.build_int_truncate(v, it.i16, "").map_err(e)?;
+            let v = b
+                .build_insert_element(v16w.get_undef(), v, it.i32.const_zero(), "")
+                .map_err(e)?;
+            let v = b
+                .build_shuffle_vector(v, v16w.get_undef(), zeros, "")
+                .map_err(e)?;
+            let v = b.build_and(v, masks, "").map_err(e)?;
+            out.push(
+                b.build_int_compare(IntPredicate::NE, v, v16w.const_zero(), "qh")
+                    .map_err(e)?,
+            );
+        }
+        Ok(Some((out[0], out[1])))
+    }
+
+    /// `v | (bits ? 16 : 0)` lane-wise (`v`'s lanes i8 or i16).
+    fn or_fifth_bit(
+        &self,
+        f: &Frame<'ctx>,
+        v: VectorValue<'ctx>,
+        bits: VectorValue<'ctx>,
+    ) -> R<VectorValue<'ctx>> {
+        let vt = v.get_type();
+        let et = vt.get_element_type().into_int_type();
+        let n = vt.get_size() as usize;
+        let sixteen = inkwell::types::VectorType::const_vector(&vec![et.const_int(16, false); n]);
+        let b = &f.b;
+        let h = b
+            .build_select(bits, sixteen, vt.const_zero(), "")
+            .map_err(llvm_err)?
+            .into_vector_value();
+        b.build_or(v, h, "").map_err(llvm_err)
+    }
+
     fn splat_f32(&self, f: &Frame<'ctx>, x: FloatValue<'ctx>, n: u32) -> R<VectorValue<'ctx>> {
         let it = self.it;
         let vt = it.f32.vec_type(n);
@@ -236,52 +460,95 @@ impl<'ctx> Lowering<'ctx, '_> {
         let lp = self.counted_loop(f, "qdot", "qblk", q.blocks as u64)?;
         let blk = lp.index;
         let b = &f.b;
-        let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
-        let wb = b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
-        let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
-        let at = |k: i64| {
-            f.b.build_int_add(wb, it.i64.const_int(k as u64, true), "")
-                .map_err(llvm_err)
-        };
-        let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
-        let d = b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
-        let m = match q.fmt {
-            QFmt::Q8_0 => None,
-            QFmt::Q4_0 => Some(
-                b.build_float_mul(d, it.f32.const_float(-8.0), "m")
-                    .map_err(llvm_err)?,
-            ),
-            QFmt::Q4_1 => {
+        let v16w = it.i16.vec_type(16);
+        let unsigned_w = !q.fmt.signed();
+        // Q6_K's second half-scale (the first is `d`).
+        let mut d_hi = None;
+        let (d, m, w_lo, w_hi) = if q.fmt == QFmt::Q6K {
+            let (d0, d1, lo, hi) = self.q6k_block(f, wp, w_off, blk)?;
+            d_hi = Some(d1);
+            (d0, None, lo, hi)
+        } else if q.fmt == QFmt::Q4K {
+            // Both halves of the 32 bytes, shifted right by 4 · (j mod 2), low nibble.
+            let (d, m, qs, odd) = self.q4k_block(f, wp, w_off, blk)?;
+            let b = &f.b;
+            let sh = b
+                .build_int_mul(odd, it.i64.const_int(4, false), "")
+                .map_err(llvm_err)?;
+            let sh = b.build_int_truncate(sh, it.i8, "").map_err(llvm_err)?;
+            let shv = b
+                .build_insert_element(v16b.get_undef(), sh, it.i32.const_zero(), "")
+                .map_err(llvm_err)?;
+            let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
+            let shv = b
+                .build_shuffle_vector(shv, v16b.get_undef(), zeros, "")
+                .map_err(llvm_err)?;
+            let c15 = inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
+            let mut halves = Vec::new();
+            for h in 0..2u64 {
+                let at =
+                    f.b.build_int_add(qs, it.i64.const_int(16 * h, false), "")
+                        .map_err(llvm_err)?;
+                let raw = self.qdot_load(f, v16b.into(), wp, at)?.into_vector_value();
+                let b = &f.b;
+                let v = b.build_right_shift(raw, shv, false, "").map_err(llvm_err)?;
+                halves.push(b.build_and(v, c15, "").map_err(llvm_err)?);
+            }
+            (d, Some(m), halves[0], halves[1])
+        } else {
+            let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
+            let wb = b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
+            let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
+            let at = |k: i64| {
+                f.b.build_int_add(wb, it.i64.const_int(k as u64, true), "")
+                    .map_err(llvm_err)
+            };
+            let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
+            let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
+            let m = if q.fmt.stored_min() {
                 let m = self
                     .qdot_load(f, it.f16.into(), wp, at(2)?)?
                     .into_float_value();
-                Some(b.build_float_ext(m, it.f32, "m").map_err(llvm_err)?)
-            }
-        };
-        // The block's 32 weight quants, in activation order, as two halves of 16.
-        let qs = at(q.fmt.qs_offset())?;
-        let v16w = it.i16.vec_type(16);
-        let unsigned_w = q.fmt != QFmt::Q8_0;
-        let (w_lo, w_hi) = match q.fmt {
-            QFmt::Q8_0 => {
-                let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
-                let q16 =
-                    f.b.build_int_add(qs, it.i64.const_int(16, false), "")
+                Some(f.b.build_float_ext(m, it.f32, "m").map_err(llvm_err)?)
+            } else if let Some(k) = q.fmt.offset_min() {
+                Some(
+                    f.b.build_float_mul(d, it.f32.const_float(k as f64), "m")
+                        .map_err(llvm_err)?,
+                )
+            } else {
+                None
+            };
+            // The block's 32 weight quants, in activation order, as two halves of 16.
+            let qs = at(q.fmt.qs_offset())?;
+            let (lo, hi) = match q.fmt {
+                QFmt::Q8_0 => {
+                    let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
+                    let q16 =
+                        f.b.build_int_add(qs, it.i64.const_int(16, false), "")
+                            .map_err(llvm_err)?;
+                    let hi = self.qdot_load(f, v16b.into(), wp, q16)?.into_vector_value();
+                    (lo, hi)
+                }
+                _ => {
+                    let raw = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
+                    let c15 =
+                        inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
+                    let c4 =
+                        inkwell::types::VectorType::const_vector(&[it.i8.const_int(4, false); 16]);
+                    let b = &f.b;
+                    let lo = b.build_and(raw, c15, "lo").map_err(llvm_err)?;
+                    let hi = b
+                        .build_right_shift(raw, c4, false, "hi")
                         .map_err(llvm_err)?;
-                let hi = self.qdot_load(f, v16b.into(), wp, q16)?.into_vector_value();
-                (lo, hi)
-            }
-            QFmt::Q4_0 | QFmt::Q4_1 => {
-                let raw = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
-                let c15 =
-                    inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
-                let c4 = inkwell::types::VectorType::const_vector(&[it.i8.const_int(4, false); 16]);
-                let lo = b.build_and(raw, c15, "lo").map_err(llvm_err)?;
-                let hi = b
-                    .build_right_shift(raw, c4, false, "hi")
-                    .map_err(llvm_err)?;
-                (lo, hi)
-            }
+                    match self.q5_bits(f, q, wp, wb)? {
+                        Some((bl, bh)) => {
+                            (self.or_fifth_bit(f, lo, bl)?, self.or_fifth_bit(f, hi, bh)?)
+                        }
+                        None => (lo, hi),
+                    }
+                }
+            };
+            (d, m, lo, hi)
         };
         let widen = |v: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
             if unsigned_w {
@@ -324,6 +591,10 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .into_float_value();
             let b = &f.b;
             let scale = b.build_float_mul(d, xd, "scale").map_err(llvm_err)?;
+            let scale_hi = match d_hi {
+                Some(d1) => Some(b.build_float_mul(d1, xd, "scale").map_err(llvm_err)?),
+                None => None,
+            };
             if self.x86_64() {
                 // SSE2 (every x86-64): four 8-lane `pmaddwd`, concatenated to the
                 // AVX2 path's eight i32 lanes.
@@ -349,22 +620,32 @@ impl<'ctx> Lowering<'ctx, '_> {
                     parts.push(halves);
                 }
                 let b = &f.b;
-                let lo = b
-                    .build_int_add(parts[0][0], parts[1][0], "")
-                    .map_err(llvm_err)?;
-                let hi = b
-                    .build_int_add(parts[0][1], parts[1][1], "")
-                    .map_err(llvm_err)?;
                 let idx: Vec<IntValue> = (0..8).map(|i| it.i32.const_int(i, false)).collect();
                 let mask = inkwell::types::VectorType::const_vector(&idx);
-                let p32 = b.build_shuffle_vector(lo, hi, mask, "").map_err(llvm_err)?;
-                self.accumulate_v8(f, p32, scale, vacc[i])?;
+                if let Some(scale_hi) = scale_hi {
+                    // Q6_K: each half of the block with its own scale.
+                    for (part, sc) in parts.iter().zip([scale, scale_hi]) {
+                        let p32 =
+                            f.b.build_shuffle_vector(part[0], part[1], mask, "")
+                                .map_err(llvm_err)?;
+                        self.accumulate_v8(f, p32, sc, vacc[i])?;
+                    }
+                } else {
+                    let lo = b
+                        .build_int_add(parts[0][0], parts[1][0], "")
+                        .map_err(llvm_err)?;
+                    let hi = b
+                        .build_int_add(parts[0][1], parts[1][1], "")
+                        .map_err(llvm_err)?;
+                    let p32 = b.build_shuffle_vector(lo, hi, mask, "").map_err(llvm_err)?;
+                    self.accumulate_v8(f, p32, scale, vacc[i])?;
+                }
             } else {
                 let w32 = it.i32.vec_type(16);
                 let red = it
                     .intrinsic(self.module, "llvm.vector.reduce.add", &[w32.into()])
                     .ok_or_else(|| llvm_err("llvm.vector.reduce.add"))?;
-                let mut sum = it.i32.const_zero();
+                let mut sums = Vec::new();
                 for (wv, xv) in [(w_lo, x_lo), (w_hi, x_hi)] {
                     let ww = b.build_int_s_extend(wv, w32, "").map_err(llvm_err)?;
                     let xw = b.build_int_s_extend(xv, w32, "").map_err(llvm_err)?;
@@ -376,12 +657,22 @@ impl<'ctx> Lowering<'ctx, '_> {
                         .basic()
                         .ok_or_else(|| llvm_err("reduce"))?
                         .into_int_value();
-                    sum = b.build_int_add(sum, part, "").map_err(llvm_err)?;
+                    sums.push(part);
                 }
-                let sf = b
-                    .build_signed_int_to_float(sum, it.f32, "")
-                    .map_err(llvm_err)?;
-                self.accumulate_f32(f, scale, sf, sacc[i])?;
+                let terms = match scale_hi {
+                    // Q6_K: each half with its own scale.
+                    Some(scale_hi) => vec![(sums[0], scale), (sums[1], scale_hi)],
+                    None => vec![(
+                        b.build_int_add(sums[0], sums[1], "").map_err(llvm_err)?,
+                        scale,
+                    )],
+                };
+                for (sum, sc) in terms {
+                    let sf =
+                        f.b.build_signed_int_to_float(sum, it.f32, "")
+                            .map_err(llvm_err)?;
+                    self.accumulate_f32(f, sc, sf, sacc[i])?;
+                }
             }
             if let Some(m) = m {
                 let xs = self
@@ -461,17 +752,26 @@ impl<'ctx> Lowering<'ctx, '_> {
             };
             accs.push((zeroed("qacc")?, zeroed("qmacc")?));
         }
-        let lp = self.counted_loop(f, "qdot", "qpair", (q.blocks / 2) as u64)?;
+        // Q4_K: one iteration per super-block, its four block pairs unrolled, so each
+        // pair's sub-block index is a constant and its scale decode folds.
+        // Q6_K's pairs are a block's two halves: eight per super-block.
+        let (per, trips) = if q.fmt.sub_blocks() == 8 {
+            (8, q.blocks / 8)
+        } else {
+            (2, q.blocks / 2)
+        };
+        let step = if q.fmt.split_scales() { 1 } else { 2 };
+        let lp = self.counted_loop(f, "qdot", "qpair", trips as u64)?;
         let b = &f.b;
         let blk0 = b
-            .build_int_mul(lp.index, it.i64.const_int(2, false), "blk")
+            .build_int_mul(lp.index, it.i64.const_int(per as u64, false), "blk")
             .map_err(llvm_err)?;
         // The weight stream is read once: ask for it QDOT_PREFETCH bytes ahead (a
         // prefetch never faults, past the end included).
         let ahead = b
             .build_int_mul(
-                blk0,
-                it.i64.const_int(q.fmt.block_bytes() as u64, false),
+                lp.index,
+                it.i64.const_int(q.fmt.row_bytes(per) as u64, false),
                 "",
             )
             .map_err(llvm_err)?;
@@ -487,7 +787,12 @@ impl<'ctx> Lowering<'ctx, '_> {
         let i32c = |v: u64| it.i32.const_int(v, false).into();
         b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
             .map_err(llvm_err)?;
-        self.qdot_avx2_pair(f, q, &bufs, w_off, &rows, blk0, false, &accs)?;
+        for p in (0..per).step_by(step) {
+            let blk =
+                f.b.build_int_add(blk0, it.i64.const_int(p as u64, false), "")
+                    .map_err(llvm_err)?;
+            self.qdot_avx2_pair(f, q, &bufs, w_off, &rows, blk, false, &accs)?;
+        }
         self.close_loop(f, &lp)?;
         if q.blocks % 2 == 1 {
             let last = it.i64.const_int((q.blocks - 1) as u64, true);
@@ -521,7 +826,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 b.build_float_add(e, o, "").map_err(llvm_err)
             };
             let mut tot = chains(accs[set].0)?;
-            if q.fmt != QFmt::Q8_0 {
+            if q.fmt.has_min() {
                 let m = chains(accs[set].1)?;
                 tot = b.build_float_add(tot, m, "").map_err(llvm_err)?;
             }
@@ -537,8 +842,9 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(())
     }
 
-    /// The weight block `blk` of [`Self::qdot_avx2`]: its 32 quants as two halves of
-    /// 16 i16 in activation order, and `[d, m]` (Q4_0's `m` is `-8 d`; Q8_0's 0).
+    /// The weight block `blk` of [`Self::qdot_avx2`] (`odd`: whether `blk` is odd):
+    /// its 32 quants as two halves of 16 i16 in activation order, and `[d, m]` (Q4_0's
+    /// `m` is `-8 d`; Q8_0's 0).
     fn qdot_avx2_weights(
         &self,
         f: &Frame<'ctx>,
@@ -546,10 +852,55 @@ impl<'ctx> Lowering<'ctx, '_> {
         w: PointerValue<'ctx>,
         w_off: IntValue<'ctx>,
         blk: IntValue<'ctx>,
+        odd: bool,
     ) -> R<(VectorValue<'ctx>, VectorValue<'ctx>, VectorValue<'ctx>)> {
         let it = self.it;
-        let b = &f.b;
         let c64 = |k: i64| it.i64.const_int(k as u64, true);
+        let v16b = it.i8.vec_type(16);
+        let v16w = it.i16.vec_type(16);
+        let v2f = it.f32.vec_type(2);
+        let splat16 =
+            |k: u64| inkwell::types::VectorType::const_vector(&[it.i16.const_int(k, false); 16]);
+        if q.fmt == QFmt::Q6K {
+            let (d0, d1, lo, hi) = self.q6k_block(f, w, w_off, blk)?;
+            let b = &f.b;
+            let lo = b.build_int_s_extend(lo, v16w, "").map_err(llvm_err)?;
+            let hi = b.build_int_s_extend(hi, v16w, "").map_err(llvm_err)?;
+            let v = b
+                .build_insert_element(v2f.get_undef(), d0, it.i32.const_zero(), "")
+                .map_err(llvm_err)?;
+            let dm = b
+                .build_insert_element(v, d1, it.i32.const_int(1, false), "dm")
+                .map_err(llvm_err)?;
+            return Ok((lo, hi, dm));
+        }
+        if q.fmt == QFmt::Q4K {
+            // A block pair shares its 32 quant bytes: low nibbles for the even block,
+            // high for the odd one.
+            let (d, m, qs, _) = self.q4k_block(f, w, w_off, blk)?;
+            let mut halves = Vec::new();
+            for h in 0..2 {
+                let at = f.b.build_int_add(qs, c64(16 * h), "").map_err(llvm_err)?;
+                let raw = self.qdot_load(f, v16b.into(), w, at)?.into_vector_value();
+                let b = &f.b;
+                let v = b.build_int_z_extend(raw, v16w, "").map_err(llvm_err)?;
+                halves.push(if odd {
+                    b.build_right_shift(v, splat16(4), false, "hi")
+                        .map_err(llvm_err)?
+                } else {
+                    b.build_and(v, splat16(15), "lo").map_err(llvm_err)?
+                });
+            }
+            let b = &f.b;
+            let v = b
+                .build_insert_element(v2f.get_undef(), d, it.i32.const_zero(), "")
+                .map_err(llvm_err)?;
+            let dm = b
+                .build_insert_element(v, m, it.i32.const_int(1, false), "dm")
+                .map_err(llvm_err)?;
+            return Ok((halves[0], halves[1], dm));
+        }
+        let b = &f.b;
         let wb = b
             .build_int_mul(blk, c64(q.fmt.block_bytes()), "")
             .map_err(llvm_err)?;
@@ -557,11 +908,6 @@ impl<'ctx> Lowering<'ctx, '_> {
         let qs = b
             .build_int_add(wb, c64(q.fmt.qs_offset()), "qs")
             .map_err(llvm_err)?;
-        let v16b = it.i8.vec_type(16);
-        let v16w = it.i16.vec_type(16);
-        let v2f = it.f32.vec_type(2);
-        let splat16 =
-            |k: u64| inkwell::types::VectorType::const_vector(&[it.i16.const_int(k, false); 16]);
         let (lo, hi) = match q.fmt {
             QFmt::Q8_0 => {
                 let lo = self.qdot_load(f, v16b.into(), w, qs)?;
@@ -575,41 +921,43 @@ impl<'ctx> Lowering<'ctx, '_> {
                         .map_err(llvm_err)?,
                 )
             }
-            QFmt::Q4_0 | QFmt::Q4_1 => {
+            _ => {
                 // Byte i holds quant i (low nibble) and quant i + 16 (high nibble).
                 let raw = self.qdot_load(f, v16b.into(), w, qs)?.into_vector_value();
                 let b = &f.b;
-                let w = b.build_int_z_extend(raw, v16w, "").map_err(llvm_err)?;
-                (
-                    b.build_and(w, splat16(15), "lo").map_err(llvm_err)?,
-                    b.build_right_shift(w, splat16(4), false, "hi")
-                        .map_err(llvm_err)?,
-                )
+                let v = b.build_int_z_extend(raw, v16w, "").map_err(llvm_err)?;
+                let lo = b.build_and(v, splat16(15), "lo").map_err(llvm_err)?;
+                let hi = b
+                    .build_right_shift(v, splat16(4), false, "hi")
+                    .map_err(llvm_err)?;
+                match self.q5_bits(f, q, w, wb)? {
+                    Some((bl, bh)) => {
+                        (self.or_fifth_bit(f, lo, bl)?, self.or_fifth_bit(f, hi, bh)?)
+                    }
+                    None => (lo, hi),
+                }
             }
         };
-        let dm = match q.fmt {
-            QFmt::Q4_1 => {
-                let h = self
-                    .qdot_load(f, it.f16.vec_type(2).into(), w, wb)?
-                    .into_vector_value();
-                f.b.build_float_ext(h, v2f, "dm").map_err(llvm_err)?
-            }
-            QFmt::Q4_0 | QFmt::Q8_0 => {
-                let h = self.qdot_load(f, it.f16.into(), w, wb)?.into_float_value();
-                let b = &f.b;
-                let d = b.build_float_ext(h, it.f32, "d").map_err(llvm_err)?;
-                let m = if q.fmt == QFmt::Q4_0 {
-                    b.build_float_mul(d, it.f32.const_float(-8.0), "m")
-                        .map_err(llvm_err)?
-                } else {
-                    it.f32.const_zero()
-                };
-                let v = b
-                    .build_insert_element(v2f.get_undef(), d, it.i32.const_zero(), "")
-                    .map_err(llvm_err)?;
-                b.build_insert_element(v, m, it.i32.const_int(1, false), "dm")
-                    .map_err(llvm_err)?
-            }
+        let dm = if q.fmt.stored_min() {
+            let h = self
+                .qdot_load(f, it.f16.vec_type(2).into(), w, wb)?
+                .into_vector_value();
+            f.b.build_float_ext(h, v2f, "dm").map_err(llvm_err)?
+        } else {
+            let h = self.qdot_load(f, it.f16.into(), w, wb)?.into_float_value();
+            let b = &f.b;
+            let d = b.build_float_ext(h, it.f32, "d").map_err(llvm_err)?;
+            let m = match q.fmt.offset_min() {
+                Some(k) => b
+                    .build_float_mul(d, it.f32.const_float(k as f64), "m")
+                    .map_err(llvm_err)?,
+                None => it.f32.const_zero(),
+            };
+            let v = b
+                .build_insert_element(v2f.get_undef(), d, it.i32.const_zero(), "")
+                .map_err(llvm_err)?;
+            b.build_insert_element(v, m, it.i32.const_int(1, false), "dm")
+                .map_err(llvm_err)?
         };
         Ok((lo, hi, dm))
     }
@@ -675,17 +1023,37 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v8f = it.f32.vec_type(8);
         let v2f = it.f32.vec_type(2);
         let v16w = it.i16.vec_type(16);
-        let (wa_lo, wa_hi, dm_a) = self.qdot_avx2_weights(f, q, bufs.w, w_off, blk)?;
-        let (wb, dm_b) = if trailing {
+        let (wa_lo, wa_hi, dm_a) = self.qdot_avx2_weights(f, q, bufs.w, w_off, blk, false)?;
+        // Q6_K: the "pair" is the block's two halves, [d_lo, d_hi] in `dm_a`.
+        let split = q.fmt.split_scales();
+        let (wb, dm_b) = if split {
+            (None, dm_a)
+        } else if trailing {
             (None, v2f.const_zero())
         } else {
             let nb = f.b.build_int_add(blk, c64(1), "").map_err(llvm_err)?;
-            let (lo, hi, dm) = self.qdot_avx2_weights(f, q, bufs.w, w_off, nb)?;
+            let (lo, hi, dm) = self.qdot_avx2_weights(f, q, bufs.w, w_off, nb, true)?;
             (Some((lo, hi)), dm)
         };
         // The integer block sums' 8-lane partials of one row (zero for the absent
         // partner).
         let partial = |xblk: IntValue<'ctx>, second: bool| -> R<VectorValue<'ctx>> {
+            if split {
+                let b = &f.b;
+                let xb = b.build_int_add(xblk, blk, "xb").map_err(llvm_err)?;
+                let x64 = b.build_int_mul(xb, c64(64), "").map_err(llvm_err)?;
+                let (w, at) = if second {
+                    (wa_hi, b.build_int_add(x64, c64(32), "").map_err(llvm_err)?)
+                } else {
+                    (wa_lo, x64)
+                };
+                let x = self
+                    .qdot_load(f, v16w.into(), bufs.xq, at)?
+                    .into_vector_value();
+                return Ok(self
+                    .x86(f, "llvm.x86.avx2.pmadd.wd", &[w, x])?
+                    .into_vector_value());
+            }
             let (lo, hi) = match (second, wb) {
                 (false, _) => (wa_lo, wa_hi),
                 (true, Some(w)) => w,
@@ -732,10 +1100,14 @@ impl<'ctx> Lowering<'ctx, '_> {
             let s = b.build_int_add(sc, s, "").map_err(llvm_err)?;
             b.build_int_mul(s, c64(4), "").map_err(llvm_err)
         };
-        let has_min = q.fmt != QFmt::Q8_0;
+        let has_min = q.fmt.has_min();
         let quads = rows.len() / QDot::QUAD;
         if quads > 0 {
-            let dw8 = self.shuffle(f, dm_a, dm_b, &[0, 0, 0, 0, 2, 2, 2, 2])?;
+            let dw8 = if split {
+                self.shuffle(f, dm_a, dm_a, &[0, 0, 0, 0, 1, 1, 1, 1])?
+            } else {
+                self.shuffle(f, dm_a, dm_b, &[0, 0, 0, 0, 2, 2, 2, 2])?
+            };
             let m8 = self.shuffle(f, dm_a, dm_b, &[1, 1, 1, 1, 3, 3, 3, 3])?;
             for (g, quad) in rows.chunks_exact(QDot::QUAD).enumerate() {
                 // Per block: the quad's four block sums, [r0 r1 r2 r3] in each half's
@@ -761,7 +1133,11 @@ impl<'ctx> Lowering<'ctx, '_> {
                         .map_err(llvm_err)?;
                 let at = scale_at(quad[0].1)?;
                 let load8 = |buf: PointerValue<'ctx>| -> R<VectorValue<'ctx>> {
-                    if trailing {
+                    if split {
+                        // Both halves take the block's scales.
+                        let v = self.qdot_load(f, v4f.into(), buf, at)?.into_vector_value();
+                        self.shuffle(f, v, v, &[0, 1, 2, 3, 0, 1, 2, 3])
+                    } else if trailing {
                         let v = self.qdot_load(f, v4f.into(), buf, at)?.into_vector_value();
                         self.shuffle(f, v, v4f.const_zero(), &[0, 1, 2, 3, 4, 5, 6, 7])
                     } else {
@@ -777,7 +1153,11 @@ impl<'ctx> Lowering<'ctx, '_> {
                 }
             }
         }
-        let dw2 = self.shuffle(f, dm_a, dm_b, &[0, 2])?;
+        let dw2 = if split {
+            dm_a
+        } else {
+            self.shuffle(f, dm_a, dm_b, &[0, 2])?
+        };
         let m2 = self.shuffle(f, dm_a, dm_b, &[1, 3])?;
         for (i, (xb, sc)) in rows[quads * QDot::QUAD..].iter().enumerate() {
             let s = zip2(partial(*xb, false)?, partial(*xb, true)?)?;
@@ -796,7 +1176,9 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let a = self
                     .qdot_load(f, it.f32.into(), buf, at)?
                     .into_float_value();
-                let bv = if trailing {
+                let bv = if split {
+                    a
+                } else if trailing {
                     it.f32.const_zero()
                 } else {
                     let at4 = f.b.build_int_add(at, c64(16), "").map_err(llvm_err)?;
