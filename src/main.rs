@@ -142,7 +142,7 @@ struct BuildArgs {
     #[arg(long)]
     no_serving: bool,
     /// Quantize the weight matrices: FORMAT[,head=F|keep][,embed=F|keep] with FORMAT
-    /// q8_0, q4_0 or q4_1 (llama-quantize's mix: the output matrix in q8_0).
+    /// q8_0, q4_0, q4_1, q5_0 or q5_1 (llama-quantize's mix: the output matrix in q8_0).
     #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
     quantize: Option<llmc_passes::quant::QuantSpec>,
     /// Remove structure: ffn=PCT drops that share of every MLP's hidden channels

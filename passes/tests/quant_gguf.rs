@@ -56,7 +56,13 @@ for name in sys.argv[4:]:
     quantize(x, T[name.upper()]).tofile(out + "." + name)
 "#;
 
-const FORMATS: [DType; 3] = [DType::Q8_0, DType::Q4_0, DType::Q4_1];
+const FORMATS: [DType; 5] = [
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+];
 
 /// gguf-py's bytes for `x` (rows of `k`) in every format.
 fn reference(py: &Path, dir: &Path, tag: &str, x: &[f32], k: usize) -> Vec<Vec<u8>> {

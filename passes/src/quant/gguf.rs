@@ -1,7 +1,7 @@
-//! The GGUF block quantizers (Q8_0, Q4_0, Q4_1), written to give the bytes llama.cpp's
-//! reference quantizer gives (`ggml-quants.c`, `quantize_row_q8_0_ref`,
-//! `quantize_row_q4_0_ref`, `quantize_row_q4_1_ref`; gguf-py's `gguf.quants` mirrors
-//! them in numpy), so a model quantized by llmc can be compared with llama.cpp's byte
+//! The GGUF block quantizers (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), written to give the bytes
+//! llama.cpp's reference quantizer gives (`ggml-quants.c`, `quantize_row_q8_0_ref`,
+//! `quantize_row_q4_0_ref`, `quantize_row_q4_1_ref`, `quantize_row_q5_0_ref`,
+//! `quantize_row_q5_1_ref`; gguf-py's `gguf.quants` mirrors them in numpy), so a model quantized by llmc can be compared with llama.cpp's byte
 //! for byte. Every step is the reference's f32 arithmetic in the reference's order
 //! (no fused multiply-add, scales rounded to f16 only when stored); the inverse is
 //! `llmc_ir::quant::dequantize`.
@@ -13,7 +13,10 @@ pub const BLOCK: usize = 32;
 
 /// The formats this module writes.
 pub fn supported(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    matches!(
+        dtype,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1
+    )
 }
 
 fn f16_bytes(v: f32) -> [u8; 2] {
@@ -80,6 +83,61 @@ fn block_q4_1(x: &[f32], out: &mut Vec<u8>) {
     out.extend((0..half).map(|j| nib(x[j]) | (nib(x[half + j]) << 4)));
 }
 
+/// The 32 five-bit codes `q` as Q5 blocks store them after the scale(s): `qh` (bit `j`:
+/// code `j`'s fifth bit, little-endian u32), then the low nibbles as Q4's (elements
+/// 0..16 low, 16..32 high).
+fn push_q5_codes(q: &[u8], out: &mut Vec<u8>) {
+    let qh = q
+        .iter()
+        .enumerate()
+        .fold(0u32, |h, (j, &c)| h | (((c as u32 >> 4) & 1) << j));
+    out.extend(qh.to_le_bytes());
+    let half = BLOCK / 2;
+    out.extend((0..half).map(|j| (q[j] & 15) | ((q[half + j] & 15) << 4)));
+}
+
+/// One Q5_0 block: `d = max / -16` (`max` the element of largest magnitude, the first
+/// on a tie), code `min(31, trunc(x / d + 16.5))`.
+fn block_q5_0(x: &[f32], out: &mut Vec<u8>) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -16.0;
+    let id = inverse(d);
+    out.extend(f16_bytes(d));
+    let q: Vec<u8> = x
+        .iter()
+        .map(|&v| ((v * id + 16.5) as i8).min(31) as u8)
+        .collect();
+    push_q5_codes(&q, out);
+}
+
+/// One Q5_1 block: `d = (max - min) / 31`, `m = min`, code `trunc((x - min) / d + 0.5)`.
+fn block_q5_1(x: &[f32], out: &mut Vec<u8>) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    let d = (max - min) / 31.0;
+    let id = inverse(d);
+    out.extend(f16_bytes(d));
+    out.extend(f16_bytes(min));
+    let q: Vec<u8> = x
+        .iter()
+        .map(|&v| ((v - min) * id + 0.5) as u8)
+        .collect();
+    push_q5_codes(&q, out);
+}
+
 /// Appends the blocks of `x` (a whole number of 32-element blocks, all finite) in
 /// `dtype` to `out`. The caller checks both conditions; here a bad length or format
 /// is an error, never a panic.
@@ -94,9 +152,11 @@ pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), S
         DType::Q8_0 => block_q8_0,
         DType::Q4_0 => block_q4_0,
         DType::Q4_1 => block_q4_1,
+        DType::Q5_0 => block_q5_0,
+        DType::Q5_1 => block_q5_1,
         other => {
             return Err(format!(
-                "llmc cannot quantize to {other} (q8_0, q4_0, q4_1)"
+                "llmc cannot quantize to {other} (q8_0, q4_0, q4_1, q5_0, q5_1)"
             ))
         }
     };
@@ -110,7 +170,8 @@ pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), S
 /// A block's stored scale `d` and offset `m` (both as f16 gives them back), so that a
 /// caller choosing each element's code itself (GPTQ's error-compensating rounding,
 /// `super::gptq`) writes blocks the kernels read like any other: code `c` stands for
-/// `(c - 8)·d` in Q4_0, `c·d + m` in Q4_1, `c·d` (signed) in Q8_0.
+/// `(c - 8)·d` in Q4_0, `(c - 16)·d` in Q5_0, `c·d + m` in Q4_1 and Q5_1, `c·d`
+/// (signed) in Q8_0.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockScale {
     pub d: f32,
@@ -126,15 +187,16 @@ impl BlockScale {
     /// rounded to f16 as stored.
     pub fn of(dtype: DType, x: &[f32]) -> BlockScale {
         match dtype {
-            DType::Q4_1 => {
+            DType::Q4_1 | DType::Q5_1 => {
                 let min = x.iter().copied().fold(f32::MAX, f32::min);
                 let max = x.iter().copied().fold(-f32::MAX, f32::max);
+                let steps = if dtype == DType::Q5_1 { 31.0 } else { 15.0 };
                 BlockScale {
-                    d: f16_round((max - min) / 15.0),
+                    d: f16_round((max - min) / steps),
                     m: f16_round(min),
                 }
             }
-            DType::Q4_0 => {
+            DType::Q4_0 | DType::Q5_0 => {
                 let (mut amax, mut max) = (0.0f32, 0.0f32);
                 for &v in x {
                     if amax < v.abs() {
@@ -142,8 +204,9 @@ impl BlockScale {
                         max = v;
                     }
                 }
+                let half = if dtype == DType::Q5_0 { -16.0 } else { -8.0 };
                 BlockScale {
-                    d: f16_round(max / -8.0),
+                    d: f16_round(max / half),
                     m: 0.0,
                 }
             }
@@ -163,18 +226,21 @@ impl BlockScale {
         if self.d == 0.0 {
             let c = match dtype {
                 DType::Q4_0 => 8,
+                DType::Q5_0 => 16,
                 _ => 0,
             };
             return (c, self.m);
         }
         match dtype {
-            DType::Q4_1 => {
-                let c = ((v - self.m) / self.d).round().clamp(0.0, 15.0);
+            DType::Q4_1 | DType::Q5_1 => {
+                let top = if dtype == DType::Q5_1 { 31.0 } else { 15.0 };
+                let c = ((v - self.m) / self.d).round().clamp(0.0, top);
                 (c as u8, c * self.d + self.m)
             }
-            DType::Q4_0 => {
-                let c = (v / self.d).round().clamp(-8.0, 7.0);
-                ((c + 8.0) as u8, c * self.d)
+            DType::Q4_0 | DType::Q5_0 => {
+                let half = if dtype == DType::Q5_0 { 16.0 } else { 8.0 };
+                let c = (v / self.d).round().clamp(-half, half - 1.0);
+                ((c + half) as u8, c * self.d)
             }
             _ => {
                 let c = (v / self.d).round().clamp(-127.0, 127.0);
@@ -193,6 +259,12 @@ impl BlockScale {
                     out.extend(f16_bytes(self.m));
                 }
                 out.extend((0..half).map(|j| (codes[j] & 15) | ((codes[half + j] & 15) << 4)));
+            }
+            DType::Q5_0 | DType::Q5_1 => {
+                if dtype == DType::Q5_1 {
+                    out.extend(f16_bytes(self.m));
+                }
+                push_q5_codes(&codes[..BLOCK], out);
             }
             _ => out.extend_from_slice(&codes[..BLOCK]),
         }
@@ -266,8 +338,25 @@ mod tests {
     }
 
     #[test]
+    fn q5_round_trips_within_half_a_step_and_uses_the_fifth_bit() {
+        for dt in [DType::Q5_0, DType::Q5_1] {
+            let x = ramp(0.37);
+            let b = quantize(dt, &x).unwrap();
+            assert_eq!(b.len(), dt.block_bytes());
+            let d = half::f16::from_le_bytes([b[0], b[1]]).to_f64().abs();
+            let v = dequantize(dt, &b, 32).unwrap();
+            for (a, q) in x.iter().zip(&v) {
+                assert!((*a as f64 - q).abs() <= d * 0.5 + 1e-3, "{dt}: {a} vs {q}");
+            }
+            // 32 levels over the ramp: some codes are >= 16.
+            let qh_at = if dt == DType::Q5_0 { 2 } else { 4 };
+            assert_ne!(&b[qh_at..qh_at + 4], &[0, 0, 0, 0], "{dt}");
+        }
+    }
+
+    #[test]
     fn chosen_codes_encode_into_blocks_that_dequantize_to_their_values() {
-        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
             let x = ramp(0.21);
             let s = BlockScale::of(dt, &x);
             let (codes, vals): (Vec<u8>, Vec<f32>) = x.iter().map(|&v| s.code(dt, v)).unzip();
@@ -287,7 +376,7 @@ mod tests {
 
     #[test]
     fn zero_blocks_and_bad_input() {
-        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
             let b = quantize(dt, &[0.0; 64]).unwrap();
             assert_eq!(b.len(), 2 * dt.block_bytes());
             assert!(dequantize(dt, &b, 64).unwrap().iter().all(|&v| v == 0.0));

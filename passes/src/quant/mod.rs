@@ -2,9 +2,9 @@
 //! the f32/f16/bf16 weight matrices that `linear`/`linear_act` read (and so the ones
 //! `merge` later joins into the `glu`-feeding gate/up linear), the token-embedding
 //! table `gather` reads and the output projection into the GGUF block formats the CPU
-//! kernels run (`q8_0`, `q4_0`, `q4_1`, see `gguf`), so that an f32 or f16 model
-//! (HF folder, ONNX initializers, GGUF F32/F16) gets the bytes a `llama-quantize`d
-//! GGUF file would have.
+//! kernels run (`q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, see `gguf`), so that an f32 or
+//! f16 model (HF folder, ONNX initializers, GGUF F32/F16) gets the bytes a
+//! `llama-quantize`d GGUF file would have.
 //!
 //! The default mix follows `llama-quantize` for the same file type: every matrix in
 //! FORMAT, the output matrix (`lm_head`, or the tied token embedding that serves as
@@ -70,7 +70,7 @@ impl fmt::Display for QuantSpec {
 }
 
 /// The formats `--quantize` accepts, for messages.
-pub const FORMATS: &str = "q8_0, q4_0, q4_1";
+pub const FORMATS: &str = "q8_0, q4_0, q4_1, q5_0, q5_1";
 
 fn parse_format(s: &str, what: &str) -> Result<DType, String> {
     DType::from_name(&s.to_ascii_lowercase())
