@@ -54,7 +54,8 @@ fn elementwise_and_matmul_graph_runs_compiled() {
 }
 
 /// A quantized `linear` (the integer path: row quads and single rows over block
-/// pairs, an odd block count's trailing block; Q4_K and Q6_K super-blocks) compiled: every row of a 13-row batch (8 + 4 + 1)
+/// pairs, an odd block count's trailing block; Q4_K, Q5_K and Q6_K super-blocks)
+/// compiled: every row of a 13-row batch (8 + 4 + 1)
 /// equals bit for bit the same row run alone (a sequence's logits do not depend on
 /// its batch), and every output is the reference interpreter's within the int16
 /// activation quantization (2e-3 of the row's magnitude); for the host's kernels and
@@ -78,6 +79,7 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         DType::Q5_0,
         DType::Q5_1,
         DType::Q4K,
+        DType::Q5K,
         DType::Q6K,
     ];
     for d in formats {
@@ -89,12 +91,13 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         for &k in ks {
             let n = 40;
             let mut bytes = Vec::new();
-            if d == DType::Q4K {
-                // Super-blocks: D, Dmin, packed 6-bit scales and mins (any bits), nibbles.
+            if d == DType::Q4K || d == DType::Q5K {
+                // Super-blocks: D, Dmin, packed 6-bit scales and mins (any bits), Q5_K's
+                // fifth bits, nibbles.
                 for _ in 0..n * k / 256 {
                     bytes.extend(f16(0.001 + (next() % 100) as f32 * 4e-5));
                     bytes.extend(f16((next() % 100) as f32 * 2e-5));
-                    bytes.extend((0..140).map(|_| next() as u8));
+                    bytes.extend((0..d.block_bytes() - 4).map(|_| next() as u8));
                 }
             }
             if d == DType::Q6K {

@@ -354,7 +354,7 @@ impl Machine<'_> {
                 }
                 // (scale, minimum, the block's first quant byte, nibble shift).
                 let (d, m, q0, shift) = match q.fmt {
-                    QFmt::Q4K => {
+                    QFmt::Q4K | QFmt::Q5K => {
                         let sb = w0 + b / 8 * bb;
                         let j = (b % 8) as usize;
                         let mut packed = [0u8; 12];
@@ -388,6 +388,12 @@ impl Machine<'_> {
                     let w = match q.fmt {
                         QFmt::Q8_0 => self.read(q.w, q0 + e, Ty::I8, bufs)?.i(),
                         QFmt::Q4K => (self.read(q.w, q0 + e, Ty::U8, bufs)?.i() >> shift) & 15,
+                        QFmt::Q5K => {
+                            let sb = w0 + b / 8 * bb;
+                            let nib = (self.read(q.w, q0 + e, Ty::U8, bufs)?.i() >> shift) & 15;
+                            let qh = self.read(q.w, sb + 16 + e, Ty::U8, bufs)?.i();
+                            nib | ((qh >> (b % 8)) & 1) << 4
+                        }
                         _ => {
                             let byte = self.read(q.w, q0 + e % 16, Ty::U8, bufs)?.i();
                             let nib = if e < 16 { byte & 15 } else { byte >> 4 };

@@ -469,6 +469,11 @@ pub enum QFmt {
     /// `((b1 & 15) | (b0 >> 6) << 4, (b1 >> 4) | (b2 >> 6) << 4)`; the loop-IR
     /// interpreter uses the reference decoder (`llmc_ir::quant_k::scale_min_k4`).
     Q4K,
+    /// GGUF Q5_K super-blocks of 256 (176 bytes: Q4_K's `D`, `Dmin` and packed
+    /// scales, 32 bytes `qh`, 128 bytes of nibbles): Q4_K's blocks, scales and nibble
+    /// layout (nibbles at `48 + 32 ⌊j / 2⌋`), each quant with a fifth bit,
+    /// `(qh[e] >> j) & 1`, worth 16.
+    Q5K,
     /// GGUF Q6_K super-blocks of 256 (210 bytes: 128 bytes `ql` of low nibbles, 64
     /// bytes `qh` of 2-bit pairs, 16 i8 sub-block scales, f16 `D`). Block `b` is
     /// block `j = b mod 8` of super-block `b / 8`, in half `h = j / 4` at quarter
@@ -489,6 +494,7 @@ impl QFmt {
             QFmt::Q5_0 => 22,
             QFmt::Q5_1 => 24,
             QFmt::Q4K => 144,
+            QFmt::Q5K => 176,
             QFmt::Q6K => 210,
         }
     }
@@ -496,7 +502,7 @@ impl QFmt {
     /// Blocks of 32 per stored block (8 for K-quant super-blocks, else 1).
     pub fn sub_blocks(self) -> i64 {
         match self {
-            QFmt::Q4K | QFmt::Q6K => 8,
+            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K => 8,
             _ => 1,
         }
     }
@@ -524,6 +530,7 @@ impl QFmt {
             QFmt::Q5_0 => 6,
             QFmt::Q5_1 => 8,
             QFmt::Q4K => 16,
+            QFmt::Q5K => 48,
             QFmt::Q6K => 0,
             _ => 2,
         }
@@ -536,6 +543,11 @@ impl QFmt {
             QFmt::Q5_1 => Some(4),
             _ => None,
         }
+    }
+
+    /// Whether the format is Q4_K or Q5_K (six-bit scales and minimums per block).
+    pub fn k_scales(self) -> bool {
+        matches!(self, QFmt::Q4K | QFmt::Q5K)
     }
 
     /// Whether the format stores its minimum (Q4_1, Q5_1) after the scale.

@@ -425,8 +425,8 @@ pub(crate) fn offset(kb: &mut KernelBuilder, coords: &[Expr], strides: &[Dim]) -
 }
 
 /// Whether the kernels read weights stored as `d` (plain types, and the block formats
-/// with a kernel path: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K). Other block formats
-/// are dequantized
+/// with a kernel path: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K). Other block
+/// formats are dequantized
 /// before code generation (`llmc_backend::fallback`).
 pub fn reads_dtype(d: DType) -> bool {
     !d.is_quantized() || quant_block(d).is_some()
@@ -441,6 +441,7 @@ pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
         | DType::Q5_0
         | DType::Q5_1
         | DType::Q4K
+        | DType::Q5K
         | DType::Q6K => Some((d.block_len() as i64, d.block_bytes() as i64)),
         _ => None,
     }
@@ -456,6 +457,7 @@ pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Exp
         | DType::Q5_0
         | DType::Q5_1
         | DType::Q4K
+        | DType::Q5K
         | DType::Q6K => {
             let (bl, bb) = quant_block(dtype).unwrap_or((32, 34));
             let blk = index.clone() / bl;
@@ -473,8 +475,8 @@ pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Exp
 /// The f32 value of element `j` (0..32; 0..256 for Q4_K) of the block starting at
 /// byte `base`.
 pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
-    if dtype == DType::Q4K {
-        return dequant_q4k(buf, base, j);
+    if matches!(dtype, DType::Q4K | DType::Q5K) {
+        return dequant_q45k(buf, base, j, dtype == DType::Q5K);
     }
     if dtype == DType::Q6K {
         return dequant_q6k(buf, base, j);
@@ -548,10 +550,11 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
     }
 }
 
-/// The f32 value of element `j` (0..256) of the Q4_K super-block at byte `base`
-/// ([`crate::loopir::QFmt::Q4K`]): `(D sc) q - Dmin mn`, the products exact in f32
-/// and one rounding after, so it equals llama.cpp's decoding rounded to f32.
-fn dequant_q4k(buf: BufId, base: Expr, j: Expr) -> Expr {
+/// The f32 value of element `j` (0..256) of the Q4_K (Q5_K when `five`) super-block at
+/// byte `base` ([`crate::loopir::QFmt::Q4K`], [`crate::loopir::QFmt::Q5K`]):
+/// `(D sc) q - Dmin mn`, the products exact in f32 and one rounding after, so it
+/// equals llama.cpp's decoding rounded to f32.
+fn dequant_q45k(buf: BufId, base: Expr, j: Expr, five: bool) -> Expr {
     use crate::loopir::BinOp::{And, Mul, Or, Shl, Shr, Sub};
     let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
     let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
@@ -573,9 +576,16 @@ fn dequant_q4k(buf: BufId, base: Expr, j: Expr) -> Expr {
         Expr::bin(And, b1.clone(), u8c(63)),
         Expr::bin(Or, Expr::bin(Shr, b1, u8c(4)), top(b2)),
     );
-    let q = byte(base.clone() + 16 + (j.clone() / 64) * 32 + j % 32);
-    let shift = ((sub % 2) * 4).cast(Ty::U8);
-    let q = Expr::bin(And, Expr::bin(Shr, q, shift), u8c(15)).cast(Ty::F32);
+    let qs = if five { 48 } else { 16 };
+    let q = byte(base.clone() + qs + (j.clone() / 64) * 32 + j.clone() % 32);
+    let shift = ((sub.clone() % 2) * 4).cast(Ty::U8);
+    let mut q = Expr::bin(And, Expr::bin(Shr, q, shift), u8c(15));
+    if five {
+        let h = byte(base.clone() + 16 + j % 32);
+        let h = Expr::bin(And, Expr::bin(Shr, h, sub.cast(Ty::U8)), u8c(1));
+        q = Expr::bin(Or, q, Expr::bin(Shl, h, u8c(4)));
+    }
+    let q = q.cast(Ty::F32);
     let d = Expr::bin(Mul, f16(base.clone()), sc.cast(Ty::F32));
     let m = Expr::bin(Mul, f16(base + 2), mn.cast(Ty::F32));
     Expr::bin(Sub, Expr::bin(Mul, d, q), m)

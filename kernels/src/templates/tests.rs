@@ -396,12 +396,13 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
         }
         return out;
     }
-    if d == DType::Q4K {
-        // Super-blocks: D, Dmin, 12 bytes of packed scales/mins (any bits), nibbles.
+    if d == DType::Q4K || d == DType::Q5K {
+        // Super-blocks: D, Dmin, 12 bytes of packed scales/mins (any bits), Q5_K's 32
+        // bytes of fifth bits, nibbles.
         for _ in 0..rows * k / 256 {
             out.extend(half::f16::from_f64(0.001 + 0.004 * r.unit().abs()).to_le_bytes());
             out.extend(half::f16::from_f64(0.002 * r.unit().abs()).to_le_bytes());
-            out.extend((0..140).map(|_| r.next() as u8));
+            out.extend((0..d.block_bytes() - 4).map(|_| r.next() as u8));
         }
         return out;
     }
@@ -525,6 +526,23 @@ fn linear_float_and_quantized() {
         attrs([("axis", Attr::Int(0))]),
         &[
             Arg::W(DType::Q6K, vec![5, 512], wq),
+            Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+        ],
+        0.0,
+        0.0,
+    );
+    for (rows, n, k) in [(1usize, 40usize, 256usize), (9, 33, 512)] {
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let wq = quant_bytes(&mut r, DType::Q5K, n, k);
+        check_quant_linear(&x, rows, DType::Q5K, n, k, &wq, None);
+    }
+    let wq = quant_bytes(&mut r, DType::Q5K, 5, 512);
+    let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
+    check_args(
+        Op::Gather,
+        attrs([("axis", Attr::Int(0))]),
+        &[
+            Arg::W(DType::Q5K, vec![5, 512], wq),
             Arg::In(tt(DType::I64, &["1", "seq"]), ids),
         ],
         0.0,
@@ -1296,13 +1314,23 @@ fn row_block_values(d: DType, row: &[u8], b: usize) -> (Vec<f64>, f64, Vec<i64>)
 
 /// [`row_block_values`] for formats with one scale per block of 32.
 fn block32_values(d: DType, row: &[u8], b: usize) -> (f64, f64, Vec<i64>) {
-    if d == DType::Q4K {
-        let sb = &row[b / 8 * 144..][..144];
+    if d == DType::Q4K || d == DType::Q5K {
+        let bb = d.block_bytes();
+        let sb = &row[b / 8 * bb..][..bb];
         let j = b % 8;
         let f16 = |o: usize| half::f16::from_le_bytes([sb[o], sb[o + 1]]).to_f64();
         let (sc, mn) = llmc_ir::quant_k::scale_min_k4(j, &sb[4..16]);
+        let qs = if d == DType::Q5K { 48 } else { 16 };
         let q = (0..32)
-            .map(|e| ((sb[16 + 32 * (j / 2) + e] >> (4 * (j % 2))) & 15) as i64)
+            .map(|e| {
+                let nib = ((sb[qs + 32 * (j / 2) + e] >> (4 * (j % 2))) & 15) as i64;
+                let high = if d == DType::Q5K {
+                    ((sb[16 + e] >> j) & 1) as i64
+                } else {
+                    0
+                };
+                nib | high << 4
+            })
             .collect();
         return (f16(0) * sc as f64, -(f16(2) * mn as f64), q);
     }

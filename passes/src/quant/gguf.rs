@@ -131,10 +131,7 @@ fn block_q5_1(x: &[f32], out: &mut Vec<u8>) {
     let id = inverse(d);
     out.extend(f16_bytes(d));
     out.extend(f16_bytes(min));
-    let q: Vec<u8> = x
-        .iter()
-        .map(|&v| ((v - min) * id + 0.5) as u8)
-        .collect();
+    let q: Vec<u8> = x.iter().map(|&v| ((v - min) * id + 0.5) as u8).collect();
     push_q5_codes(&q, out);
 }
 
@@ -356,7 +353,13 @@ mod tests {
 
     #[test]
     fn chosen_codes_encode_into_blocks_that_dequantize_to_their_values() {
-        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
+        for dt in [
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+        ] {
             let x = ramp(0.21);
             let s = BlockScale::of(dt, &x);
             let (codes, vals): (Vec<u8>, Vec<f32>) = x.iter().map(|&v| s.code(dt, v)).unzip();
@@ -376,7 +379,13 @@ mod tests {
 
     #[test]
     fn zero_blocks_and_bad_input() {
-        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
+        for dt in [
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+        ] {
             let b = quantize(dt, &[0.0; 64]).unwrap();
             assert_eq!(b.len(), 2 * dt.block_bytes());
             assert!(dequantize(dt, &b, 64).unwrap().iter().all(|&v| v == 0.0));

@@ -419,7 +419,13 @@ pub(crate) mod tests {
         let (n, k) = (24, 96);
         let hs = hessian(k, 400, 1.5, &mut rng);
         let w: Vec<f32> = (0..n * k).map(|_| rng.next() as f32).collect();
-        for dt in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0] {
+        for dt in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+        ] {
             let (blocks, o) = quantize(dt, &w, n, &Prepared::new(&hs, DAMP).unwrap()).unwrap();
             assert_eq!(blocks.len(), n * k / BLOCK * dt.block_bytes());
             assert!(

@@ -128,13 +128,16 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(v)
     }
 
-    /// Q4_K block `blk` of the row at `w_off` ([`QFmt::Q4K`]): its scale `D · sc_j`,
-    /// minimum `-(Dmin · mn_j)`, the byte offset of the 32 bytes holding its quants,
-    /// and `j mod 2` (high nibbles when 1). The 6-bit scale and minimum come from
-    /// [`QFmt::Q4K`]'s branch-free decode.
+    /// Q4_K or Q5_K (`fmt`) block `blk` of the row at `w_off` ([`QFmt::Q4K`]): its
+    /// scale `D · sc_j`, minimum `-(Dmin · mn_j)`, the byte offset of the 32 bytes
+    /// holding its quants, `j mod 2` (high nibbles when 1), and for Q5_K the fifth
+    /// bits' values (`16` or `0`) as two `<16 x i8>`. The 6-bit scale and minimum come
+    /// from [`QFmt::Q4K`]'s branch-free decode.
+    #[allow(clippy::type_complexity)]
     fn q4k_block(
         &self,
         f: &Frame<'ctx>,
+        fmt: QFmt,
         w: PointerValue<'ctx>,
         w_off: IntValue<'ctx>,
         blk: IntValue<'ctx>,
@@ -143,6 +146,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         FloatValue<'ctx>,
         IntValue<'ctx>,
         IntValue<'ctx>,
+        Option<(VectorValue<'ctx>, VectorValue<'ctx>)>,
     )> {
         let it = self.it;
         let b = &f.b;
@@ -152,7 +156,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let sb = b.build_right_shift(blk, c64(3), false, "sb").map_err(e)?;
         let j = b.build_and(blk, c64(7), "j").map_err(e)?;
         let sbo = b
-            .build_int_mul(sb, c64(QFmt::Q4K.block_bytes() as u64), "")
+            .build_int_mul(sb, c64(fmt.block_bytes() as u64), "")
             .map_err(e)?;
         let sbo = b.build_int_add(w_off, sbo, "sbo").map_err(e)?;
         let ld8 = |off: IntValue<'ctx>| -> R<IntValue<'ctx>> {
@@ -202,11 +206,34 @@ impl<'ctx> Lowering<'ctx, '_> {
         let g = b.build_right_shift(j, c64(1), false, "").map_err(e)?;
         let g = b.build_int_mul(g, c64(32), "").map_err(e)?;
         let qs = b
-            .build_int_add(sbo, c64(QFmt::Q4K.qs_offset() as u64), "")
+            .build_int_add(sbo, c64(fmt.qs_offset() as u64), "")
             .map_err(e)?;
         let qs = b.build_int_add(qs, g, "qs").map_err(e)?;
         let odd = b.build_and(j, c64(1), "odd").map_err(e)?;
-        Ok((d, m, qs, odd))
+        if fmt != QFmt::Q5K {
+            return Ok((d, m, qs, odd, None));
+        }
+        // ((qh[e] >> j) & 1) << 4 for the 32 elements, qh at byte 16.
+        let v16b = it.i8.vec_type(16);
+        let jt = b.build_int_truncate(j, it.i8, "").map_err(e)?;
+        let v = b
+            .build_insert_element(v16b.get_undef(), jt, it.i32.const_zero(), "")
+            .map_err(e)?;
+        let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
+        let shv = b
+            .build_shuffle_vector(v, v16b.get_undef(), zeros, "")
+            .map_err(e)?;
+        let cst = |k: u64| inkwell::types::VectorType::const_vector(&[c8(k); 16]);
+        let mut bits = Vec::new();
+        for h in 0..2u64 {
+            let at = f.b.build_int_add(sbo, c64(16 + 16 * h), "").map_err(e)?;
+            let v = self.qdot_load(f, v16b.into(), w, at)?.into_vector_value();
+            let b = &f.b;
+            let v = b.build_right_shift(v, shv, false, "").map_err(e)?;
+            let v = b.build_and(v, cst(1), "").map_err(e)?;
+            bits.push(b.build_left_shift(v, cst(4), "q5h").map_err(e)?);
+        }
+        Ok((d, m, qs, odd, Some((bits[0], bits[1]))))
     }
 
     /// Q6_K block `blk` of the row at `w_off` ([`QFmt::Q6K`]): its halves' scales
@@ -468,9 +495,9 @@ impl<'ctx> Lowering<'ctx, '_> {
             let (d0, d1, lo, hi) = self.q6k_block(f, wp, w_off, blk)?;
             d_hi = Some(d1);
             (d0, None, lo, hi)
-        } else if q.fmt == QFmt::Q4K {
+        } else if q.fmt.k_scales() {
             // Both halves of the 32 bytes, shifted right by 4 · (j mod 2), low nibble.
-            let (d, m, qs, odd) = self.q4k_block(f, wp, w_off, blk)?;
+            let (d, m, qs, odd, fifth) = self.q4k_block(f, q.fmt, wp, w_off, blk)?;
             let b = &f.b;
             let sh = b
                 .build_int_mul(odd, it.i64.const_int(4, false), "")
@@ -492,7 +519,14 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let raw = self.qdot_load(f, v16b.into(), wp, at)?.into_vector_value();
                 let b = &f.b;
                 let v = b.build_right_shift(raw, shv, false, "").map_err(llvm_err)?;
-                halves.push(b.build_and(v, c15, "").map_err(llvm_err)?);
+                let v = b.build_and(v, c15, "").map_err(llvm_err)?;
+                halves.push(match fifth {
+                    Some(bits) => {
+                        let hb = if h == 0 { bits.0 } else { bits.1 };
+                        b.build_or(v, hb, "").map_err(llvm_err)?
+                    }
+                    None => v,
+                });
             }
             (d, Some(m), halves[0], halves[1])
         } else {
@@ -874,21 +908,29 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .map_err(llvm_err)?;
             return Ok((lo, hi, dm));
         }
-        if q.fmt == QFmt::Q4K {
+        if q.fmt.k_scales() {
             // A block pair shares its 32 quant bytes: low nibbles for the even block,
             // high for the odd one.
-            let (d, m, qs, _) = self.q4k_block(f, w, w_off, blk)?;
+            let (d, m, qs, _, fifth) = self.q4k_block(f, q.fmt, w, w_off, blk)?;
             let mut halves = Vec::new();
             for h in 0..2 {
                 let at = f.b.build_int_add(qs, c64(16 * h), "").map_err(llvm_err)?;
                 let raw = self.qdot_load(f, v16b.into(), w, at)?.into_vector_value();
                 let b = &f.b;
                 let v = b.build_int_z_extend(raw, v16w, "").map_err(llvm_err)?;
-                halves.push(if odd {
+                let v = if odd {
                     b.build_right_shift(v, splat16(4), false, "hi")
                         .map_err(llvm_err)?
                 } else {
                     b.build_and(v, splat16(15), "lo").map_err(llvm_err)?
+                };
+                halves.push(match fifth {
+                    Some(bits) => {
+                        let hb = if h == 0 { bits.0 } else { bits.1 };
+                        let hb = b.build_int_z_extend(hb, v16w, "").map_err(llvm_err)?;
+                        b.build_or(v, hb, "").map_err(llvm_err)?
+                    }
+                    None => v,
                 });
             }
             let b = &f.b;
