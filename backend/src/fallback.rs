@@ -1,5 +1,5 @@
 //! The dequantizing fallback for block formats the kernels cannot read yet (Q2_K,
-//! Q3_K, IQ4_NL, IQ4_XS): before code generation such a weight is decoded
+//! Q3_K): before code generation such a weight is decoded
 //! to f32 with the reference decoder (`llmc_ir::quant`), so every GGUF file llmc
 //! imports also compiles and runs, with the same values the interpreter computes. The
 //! IR keeps the stored format; only the compiled copy of the module changes. Native

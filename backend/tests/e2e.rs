@@ -54,7 +54,7 @@ fn elementwise_and_matmul_graph_runs_compiled() {
 }
 
 /// A quantized `linear` (the integer path: row quads and single rows over block
-/// pairs, an odd block count's trailing block; Q4_K, Q5_K and Q6_K super-blocks)
+/// pairs, an odd block count's trailing block; K-quant and IQ4_XS super-blocks)
 /// compiled: every row of a 13-row batch (8 + 4 + 1)
 /// equals bit for bit the same row run alone (a sequence's logits do not depend on
 /// its batch), and every output is the reference interpreter's within the int16
@@ -81,6 +81,8 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         DType::Q4K,
         DType::Q5K,
         DType::Q6K,
+        DType::IQ4NL,
+        DType::IQ4XS,
     ];
     for d in formats {
         let ks: &[usize] = if d.block_len() == 256 {
@@ -100,6 +102,13 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                     bytes.extend((0..d.block_bytes() - 4).map(|_| next() as u8));
                 }
             }
+            if d == DType::IQ4XS {
+                // Super-blocks: D, scales_h, scales_l (any bits), nibbles.
+                for _ in 0..n * k / 256 {
+                    bytes.extend(f16(0.0002 + (next() % 100) as f32 * 5e-6));
+                    bytes.extend((0..134).map(|_| next() as u8));
+                }
+            }
             if d == DType::Q6K {
                 // Super-blocks: ql, qh (any bits), 16 signed scales, D.
                 for _ in 0..n * k / 256 {
@@ -109,10 +118,17 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
             }
             for _ in 0..if d.block_len() == 256 { 0 } else { n * k / 32 } {
                 let scale = 0.01 + (next() % 100) as f32 * 1e-4;
+                // IQ4_NL's levels reach 127: a smaller scale keeps outputs comparable.
+                let scale = if d == DType::IQ4NL {
+                    scale / 16.0
+                } else {
+                    scale
+                };
                 bytes.extend(f16(scale));
                 if matches!(d, DType::Q4_1 | DType::Q5_1) {
                     bytes.extend(f16((next() % 100) as f32 * -1e-3));
                 }
+
                 let quants = match d {
                     DType::Q8_0 => 32,
                     DType::Q5_0 | DType::Q5_1 => 20,

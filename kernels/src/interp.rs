@@ -354,6 +354,15 @@ impl Machine<'_> {
                 }
                 // (scale, minimum, the block's first quant byte, nibble shift).
                 let (d, m, q0, shift) = match q.fmt {
+                    QFmt::IQ4XS => {
+                        let sb = w0 + b / 8 * bb;
+                        let j = b % 8;
+                        let big_d = self.read(q.w, sb, Ty::F16, bufs)?.f() as f32;
+                        let sh = self.read(q.w, sb + 2, Ty::U16, bufs)?.i();
+                        let sl = self.read(q.w, sb + 4 + j / 2, Ty::U8, bufs)?.i();
+                        let ls = ((sl >> (4 * (j % 2))) & 15) | ((sh >> (2 * j)) & 3) << 4;
+                        (big_d * (ls - 32) as f32, None, sb + 8 + 16 * j, 0)
+                    }
                     QFmt::Q4K | QFmt::Q5K => {
                         let sb = w0 + b / 8 * bb;
                         let j = (b % 8) as usize;
@@ -393,6 +402,11 @@ impl Machine<'_> {
                             let nib = (self.read(q.w, q0 + e, Ty::U8, bufs)?.i() >> shift) & 15;
                             let qh = self.read(q.w, sb + 16 + e, Ty::U8, bufs)?.i();
                             nib | ((qh >> (b % 8)) & 1) << 4
+                        }
+                        QFmt::IQ4NL | QFmt::IQ4XS => {
+                            let byte = self.read(q.w, q0 + e % 16, Ty::U8, bufs)?.i();
+                            let nib = if e < 16 { byte & 15 } else { byte >> 4 };
+                            llmc_ir::quant::KVALUES_IQ4NL[nib as usize] as i64
                         }
                         _ => {
                             let byte = self.read(q.w, q0 + e % 16, Ty::U8, bufs)?.i();

@@ -474,6 +474,16 @@ pub enum QFmt {
     /// layout (nibbles at `48 + 32 ⌊j / 2⌋`), each quant with a fifth bit,
     /// `(qh[e] >> j) & 1`, worth 16.
     Q5K,
+    /// GGUF IQ4_NL: f16 `d`, 16 bytes of nibbles as Q4_0's, each an index into
+    /// `llmc_ir::quant::KVALUES_IQ4NL` (16 signed levels): `w = d · kv[q]` (signed, no
+    /// minimum).
+    IQ4NL,
+    /// GGUF IQ4_XS super-blocks of 256 (136 bytes: f16 `D`, u16 `scales_h`, 4 bytes
+    /// `scales_l`, 128 bytes of nibbles): block `j` has
+    /// `ls = (scales_l[j / 2] >> 4 (j mod 2)) & 15 | ((scales_h >> 2 j) & 3) << 4`,
+    /// `d = D · (ls - 32)` (exact in f32), and IQ4_NL's nibbles and table at
+    /// `8 + 16 j`.
+    IQ4XS,
     /// GGUF Q6_K super-blocks of 256 (210 bytes: 128 bytes `ql` of low nibbles, 64
     /// bytes `qh` of 2-bit pairs, 16 i8 sub-block scales, f16 `D`). Block `b` is
     /// block `j = b mod 8` of super-block `b / 8`, in half `h = j / 4` at quarter
@@ -495,6 +505,8 @@ impl QFmt {
             QFmt::Q5_1 => 24,
             QFmt::Q4K => 144,
             QFmt::Q5K => 176,
+            QFmt::IQ4NL => 18,
+            QFmt::IQ4XS => 136,
             QFmt::Q6K => 210,
         }
     }
@@ -502,15 +514,20 @@ impl QFmt {
     /// Blocks of 32 per stored block (8 for K-quant super-blocks, else 1).
     pub fn sub_blocks(self) -> i64 {
         match self {
-            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K => 8,
+            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::IQ4XS => 8,
             _ => 1,
         }
     }
 
-    /// Whether the quants are signed (Q8_0, Q6_K's `q - 32`); unsigned ones (0..15,
-    /// 0..31) carry their offset in the minimum term.
+    /// Whether the quants are signed (Q8_0, Q6_K's `q - 32`, the IQ4 table's levels);
+    /// unsigned ones (0..15, 0..31) carry their offset in the minimum term.
     pub fn signed(self) -> bool {
-        matches!(self, QFmt::Q8_0 | QFmt::Q6K)
+        matches!(self, QFmt::Q8_0 | QFmt::Q6K | QFmt::IQ4NL | QFmt::IQ4XS)
+    }
+
+    /// Whether the nibbles index IQ4_NL's table of levels.
+    pub fn iq4(self) -> bool {
+        matches!(self, QFmt::IQ4NL | QFmt::IQ4XS)
     }
 
     /// Whether a block's two 16-element halves have their own scales (Q6_K).
@@ -531,6 +548,7 @@ impl QFmt {
             QFmt::Q5_1 => 8,
             QFmt::Q4K => 16,
             QFmt::Q5K => 48,
+            QFmt::IQ4XS => 8,
             QFmt::Q6K => 0,
             _ => 2,
         }

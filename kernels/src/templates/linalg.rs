@@ -1,5 +1,5 @@
 //! Matrix products. `linear` (x · wᵀ + b, w `[n, k]` as stored: f32/f16/bf16 or GGUF
-//! Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K blocks dequantized in the inner loop) is the LLM's hot kernel: it is
+//! Q8_0/Q4_0/Q4_1/Q5_0/Q5_1, K-quant and IQ4 blocks dequantized in the inner loop) is the LLM's hot kernel: it is
 //! register-tiled (MR rows of x by NR rows of w share every load of the k loop, so
 //! decode's single row reads each weight once and prefill reuses it MR times), the
 //! weight rows are split across threads, and the k loop is vectorized. `matmul`
@@ -162,6 +162,8 @@ fn qfmt(d: DType) -> Option<QFmt> {
         DType::Q5_1 => Some(QFmt::Q5_1),
         DType::Q4K => Some(QFmt::Q4K),
         DType::Q5K => Some(QFmt::Q5K),
+        DType::IQ4NL => Some(QFmt::IQ4NL),
+        DType::IQ4XS => Some(QFmt::IQ4XS),
         DType::Q6K => Some(QFmt::Q6K),
         _ => None,
     }

@@ -425,8 +425,8 @@ pub(crate) fn offset(kb: &mut KernelBuilder, coords: &[Expr], strides: &[Dim]) -
 }
 
 /// Whether the kernels read weights stored as `d` (plain types, and the block formats
-/// with a kernel path: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K). Other block
-/// formats are dequantized
+/// with a kernel path: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL,
+/// IQ4_XS). Other block formats (Q2_K, Q3_K) are dequantized
 /// before code generation (`llmc_backend::fallback`).
 pub fn reads_dtype(d: DType) -> bool {
     !d.is_quantized() || quant_block(d).is_some()
@@ -442,7 +442,9 @@ pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
         | DType::Q5_1
         | DType::Q4K
         | DType::Q5K
-        | DType::Q6K => Some((d.block_len() as i64, d.block_bytes() as i64)),
+        | DType::Q6K
+        | DType::IQ4NL
+        | DType::IQ4XS => Some((d.block_len() as i64, d.block_bytes() as i64)),
         _ => None,
     }
 }
@@ -458,7 +460,9 @@ pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Exp
         | DType::Q5_1
         | DType::Q4K
         | DType::Q5K
-        | DType::Q6K => {
+        | DType::Q6K
+        | DType::IQ4NL
+        | DType::IQ4XS => {
             let (bl, bb) = quant_block(dtype).unwrap_or((32, 34));
             let blk = index.clone() / bl;
             let j = index % bl;
@@ -480,6 +484,9 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
     }
     if dtype == DType::Q6K {
         return dequant_q6k(buf, base, j);
+    }
+    if dtype == DType::IQ4NL || dtype == DType::IQ4XS {
+        return dequant_iq4(buf, dtype, base, j);
     }
     let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
     let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
@@ -589,6 +596,60 @@ fn dequant_q45k(buf: BufId, base: Expr, j: Expr, five: bool) -> Expr {
     let d = Expr::bin(Mul, f16(base.clone()), sc.cast(Ty::F32));
     let m = Expr::bin(Mul, f16(base + 2), mn.cast(Ty::F32));
     Expr::bin(Sub, Expr::bin(Mul, d, q), m)
+}
+
+/// IQ4_NL's level `kv[q]` (f32) for the nibble `q` (u8, 0..15): a tree of selects on
+/// its bits (the loop IR has no constant arrays in expressions).
+fn iq4_level(q: Expr) -> Expr {
+    use crate::loopir::BinOp::And;
+    fn tree(q: &Expr, bit: u32, lo: usize, n: usize) -> Expr {
+        if n == 1 {
+            return Expr::f(llmc_ir::quant::KVALUES_IQ4NL[lo] as f64, Ty::F32);
+        }
+        let set = Expr::bin(And, q.clone(), Expr::Int(1 << bit, Ty::U8)).ne_(Expr::Int(0, Ty::U8));
+        let half = n / 2;
+        Expr::select(
+            set,
+            tree(q, bit.wrapping_sub(1), lo + half, half),
+            tree(q, bit.wrapping_sub(1), lo, half),
+        )
+    }
+    tree(&q, 3, 0, 16)
+}
+
+/// The f32 value of element `j` (0..32 of an IQ4_NL block, 0..256 of an IQ4_XS
+/// super-block) at byte `base`: `d · kv[q]` (IQ4_XS: `(D (ls - 32)) · kv[q]`, the
+/// scale exact in f32, one rounding after, as the reference decoder).
+fn dequant_iq4(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
+    use crate::loopir::BinOp::{And, Mul, Or, Shl, Shr, Sub};
+    let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
+    let u8c = |v: i64| Expr::Int(v, Ty::U8);
+    let big_d = Expr::LoadRaw(buf, Box::new(base.clone()), Ty::F16).cast(Ty::F32);
+    let (d, qs, e) = if dtype == DType::IQ4XS {
+        let ib = j.clone() / 32;
+        let sl = byte(base.clone() + 4 + ib.clone() / 2);
+        let sl = Expr::bin(
+            And,
+            Expr::bin(Shr, sl, ((ib.clone() % 2) * 4).cast(Ty::U8)),
+            u8c(15),
+        );
+        let sh = Expr::LoadRaw(buf, Box::new(base.clone() + 2), Ty::U16);
+        let sh = Expr::bin(
+            And,
+            Expr::bin(Shr, sh, (ib.clone() * 2).cast(Ty::U16)),
+            Expr::Int(3, Ty::U16),
+        );
+        let ls = Expr::bin(Or, sl, Expr::bin(Shl, sh.cast(Ty::U8), u8c(4)));
+        let ls = Expr::bin(Sub, ls.cast(Ty::F32), Expr::f(32.0, Ty::F32));
+        (Expr::bin(Mul, big_d, ls), base + 8 + ib * 16, j % 32)
+    } else {
+        (big_d, base + 2, j)
+    };
+    let b = byte(qs + e.clone() % 16);
+    let lo = Expr::bin(And, b.clone(), u8c(15));
+    let hi = Expr::bin(Shr, b, u8c(4));
+    let q = Expr::select(e.lt(Expr::i(16)), lo, hi);
+    Expr::bin(Mul, d, iq4_level(q))
 }
 
 /// The f32 value of element `j` (0..256) of the Q6_K super-block at byte `base`

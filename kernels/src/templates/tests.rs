@@ -396,6 +396,14 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
         }
         return out;
     }
+    if d == DType::IQ4XS {
+        // Super-blocks: D, scales_h, scales_l (any bits), nibbles.
+        for _ in 0..rows * k / 256 {
+            out.extend(half::f16::from_f64(0.0002 + 0.0005 * r.unit().abs()).to_le_bytes());
+            out.extend((0..134).map(|_| r.next() as u8));
+        }
+        return out;
+    }
     if d == DType::Q4K || d == DType::Q5K {
         // Super-blocks: D, Dmin, 12 bytes of packed scales/mins (any bits), Q5_K's 32
         // bytes of fifth bits, nibbles.
@@ -413,6 +421,7 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
             DType::Q8_0 => out.extend((0..32).map(|_| r.next() as u8)),
             DType::Q4_0 => out.extend((0..16).map(|_| r.next() as u8)),
             DType::Q5_0 => out.extend((0..20).map(|_| r.next() as u8)),
+            DType::IQ4NL => out.extend((0..16).map(|_| r.next() as u8)),
             DType::Q5_1 => {
                 out.extend(half::f16::from_f64(-0.2 * r.unit().abs()).to_le_bytes());
                 out.extend((0..20).map(|_| r.next() as u8));
@@ -535,6 +544,25 @@ fn linear_float_and_quantized() {
         let x = r.tensor(F, &[rows, k], 1.0);
         let wq = quant_bytes(&mut r, DType::Q5K, n, k);
         check_quant_linear(&x, rows, DType::Q5K, n, k, &wq, None);
+    }
+    for (d, k) in [(DType::IQ4NL, 96usize), (DType::IQ4XS, 512)] {
+        for (rows, n) in [(1usize, 40usize), (9, 33)] {
+            let x = r.tensor(F, &[rows, k], 1.0);
+            let wq = quant_bytes(&mut r, d, n, k);
+            check_quant_linear(&x, rows, d, n, k, &wq, None);
+        }
+        let wq = quant_bytes(&mut r, d, 5, k);
+        let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
+        check_args(
+            Op::Gather,
+            attrs([("axis", Attr::Int(0))]),
+            &[
+                Arg::W(d, vec![5, k], wq),
+                Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+            ],
+            0.0,
+            0.0,
+        );
     }
     let wq = quant_bytes(&mut r, DType::Q5K, 5, 512);
     let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
@@ -1314,6 +1342,26 @@ fn row_block_values(d: DType, row: &[u8], b: usize) -> (Vec<f64>, f64, Vec<i64>)
 
 /// [`row_block_values`] for formats with one scale per block of 32.
 fn block32_values(d: DType, row: &[u8], b: usize) -> (f64, f64, Vec<i64>) {
+    let kv = |n: u8| llmc_ir::quant::KVALUES_IQ4NL[n as usize] as i64;
+    let levels = |qs: &[u8]| -> Vec<i64> {
+        (0..32)
+            .map(|e| kv(if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 }))
+            .collect()
+    };
+    if d == DType::IQ4XS {
+        let sb = &row[b / 8 * 136..][..136];
+        let j = b % 8;
+        let dd = half::f16::from_le_bytes([sb[0], sb[1]]).to_f64();
+        let sh = u16::from_le_bytes([sb[2], sb[3]]);
+        let ls =
+            ((sb[4 + j / 2] >> (4 * (j % 2))) & 15) as i64 | (((sh >> (2 * j)) & 3) as i64) << 4;
+        return (dd * (ls - 32) as f64, 0.0, levels(&sb[8 + 16 * j..][..16]));
+    }
+    if d == DType::IQ4NL {
+        let blk = &row[b * 18..][..18];
+        let dd = half::f16::from_le_bytes([blk[0], blk[1]]).to_f64();
+        return (dd, 0.0, levels(&blk[2..18]));
+    }
     if d == DType::Q4K || d == DType::Q5K {
         let bb = d.block_bytes();
         let sb = &row[b / 8 * bb..][..bb];

@@ -236,6 +236,114 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok((d, m, qs, odd, Some((bits[0], bits[1]))))
     }
 
+    /// IQ4_NL's levels for 16 nibbles (`<16 x i8>`, 0..15): one `pshufb` of the table
+    /// with AVX2 (SSSE3), else a tree of selects on the nibbles' bits.
+    fn iq4_lookup(&self, f: &Frame<'ctx>, nib: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+        let it = self.it;
+        let e = llvm_err;
+        let kv = llmc_ir::quant::KVALUES_IQ4NL;
+        let splat = |v: i8| {
+            inkwell::types::VectorType::const_vector(&[it.i8.const_int(v as u8 as u64, false); 16])
+        };
+        if self.target.avx2() {
+            let table = inkwell::types::VectorType::const_vector(
+                &kv.iter()
+                    .map(|&v| it.i8.const_int(v as u8 as u64, false))
+                    .collect::<Vec<_>>(),
+            );
+            return Ok(self
+                .x86(f, "llvm.x86.ssse3.pshuf.b.128", &[table, nib])?
+                .into_vector_value());
+        }
+        // Level l's vectors, halved by one bit per round (bit 0 first).
+        let mut level: Vec<VectorValue<'ctx>> = kv.iter().map(|&v| splat(v)).collect();
+        for bit in 0..4u32 {
+            let mask = splat(1 << bit);
+            let t = f.b.build_and(nib, mask, "").map_err(e)?;
+            let set =
+                f.b.build_int_compare(IntPredicate::NE, t, it.i8.vec_type(16).const_zero(), "")
+                    .map_err(e)?;
+            let mut next = Vec::with_capacity(level.len() / 2);
+            for p in level.chunks(2) {
+                next.push(
+                    f.b.build_select(set, p[1], p[0], "")
+                        .map_err(e)?
+                        .into_vector_value(),
+                );
+            }
+            level = next;
+        }
+        Ok(level[0])
+    }
+
+    /// IQ4_XS block `blk` of the row at `w_off` ([`QFmt::IQ4XS`]): `D · (ls - 32)` and
+    /// the byte offset of its 16 bytes of nibbles.
+    fn iq4xs_block(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        w_off: IntValue<'ctx>,
+        blk: IntValue<'ctx>,
+    ) -> R<(FloatValue<'ctx>, IntValue<'ctx>)> {
+        let it = self.it;
+        let e = llvm_err;
+        let c64 = |k: u64| it.i64.const_int(k, false);
+        let b = &f.b;
+        let sb = b.build_right_shift(blk, c64(3), false, "sb").map_err(e)?;
+        let j = b.build_and(blk, c64(7), "j").map_err(e)?;
+        let sbo = b
+            .build_int_mul(sb, c64(QFmt::IQ4XS.block_bytes() as u64), "")
+            .map_err(e)?;
+        let sbo = b.build_int_add(w_off, sbo, "sbo").map_err(e)?;
+        let at = b.build_int_add(sbo, c64(2), "").map_err(e)?;
+        let sh = self.qdot_load(f, it.i16.into(), w, at)?.into_int_value();
+        let b = &f.b;
+        let sh = b.build_int_z_extend(sh, it.i64, "").map_err(e)?;
+        let j2 = b.build_int_mul(j, c64(2), "").map_err(e)?;
+        let sh = b.build_right_shift(sh, j2, false, "").map_err(e)?;
+        let sh = b.build_and(sh, c64(3), "").map_err(e)?;
+        let sh = b.build_left_shift(sh, c64(4), "").map_err(e)?;
+        let jh = b.build_right_shift(j, c64(1), false, "").map_err(e)?;
+        let at = b.build_int_add(sbo, c64(4), "").map_err(e)?;
+        let at = b.build_int_add(at, jh, "").map_err(e)?;
+        let sl = self.qdot_load(f, it.i8.into(), w, at)?.into_int_value();
+        let b = &f.b;
+        let sl = b.build_int_z_extend(sl, it.i64, "").map_err(e)?;
+        let j1 = b.build_and(j, c64(1), "").map_err(e)?;
+        let j4 = b.build_int_mul(j1, c64(4), "").map_err(e)?;
+        let sl = b.build_right_shift(sl, j4, false, "").map_err(e)?;
+        let sl = b.build_and(sl, c64(15), "").map_err(e)?;
+        let ls = b.build_or(sl, sh, "").map_err(e)?;
+        let ls = b.build_int_sub(ls, c64(32), "").map_err(e)?;
+        let ls = b.build_signed_int_to_float(ls, it.f32, "").map_err(e)?;
+        let big_d = self.qdot_load(f, it.f16.into(), w, sbo)?.into_float_value();
+        let b = &f.b;
+        let big_d = b.build_float_ext(big_d, it.f32, "").map_err(e)?;
+        let d = b.build_float_mul(big_d, ls, "d").map_err(e)?;
+        let qs = b.build_int_add(sbo, c64(8), "").map_err(e)?;
+        let j16 = b.build_int_mul(j, c64(16), "").map_err(e)?;
+        let qs = b.build_int_add(qs, j16, "qs").map_err(e)?;
+        Ok((d, qs))
+    }
+
+    /// The two `<16 x i8>` halves of an IQ4 block's levels from its 16 bytes at `qs`.
+    fn iq4_halves(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        qs: IntValue<'ctx>,
+    ) -> R<(VectorValue<'ctx>, VectorValue<'ctx>)> {
+        let it = self.it;
+        let v16b = it.i8.vec_type(16);
+        let raw = self.qdot_load(f, v16b.into(), w, qs)?.into_vector_value();
+        let c = |k: u64| inkwell::types::VectorType::const_vector(&[it.i8.const_int(k, false); 16]);
+        let lo = f.b.build_and(raw, c(15), "").map_err(llvm_err)?;
+        let hi =
+            f.b.build_right_shift(raw, c(4), false, "")
+                .map_err(llvm_err)?;
+        Ok((self.iq4_lookup(f, lo)?, self.iq4_lookup(f, hi)?))
+    }
+
     /// Q6_K block `blk` of the row at `w_off` ([`QFmt::Q6K`]): its halves' scales
     /// `D · sc` and its 32 signed quants `q - 32` as two `<16 x i8>`.
     fn q6k_block(
@@ -491,7 +599,23 @@ impl<'ctx> Lowering<'ctx, '_> {
         let unsigned_w = !q.fmt.signed();
         // Q6_K's second half-scale (the first is `d`).
         let mut d_hi = None;
-        let (d, m, w_lo, w_hi) = if q.fmt == QFmt::Q6K {
+        let (d, m, w_lo, w_hi) = if q.fmt.iq4() {
+            let (d, qs) = if q.fmt == QFmt::IQ4XS {
+                self.iq4xs_block(f, wp, w_off, blk)?
+            } else {
+                let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
+                let wb = f.b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
+                let wb = f.b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
+                let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
+                let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
+                let qs =
+                    f.b.build_int_add(wb, it.i64.const_int(2, false), "")
+                        .map_err(llvm_err)?;
+                (d, qs)
+            };
+            let (lo, hi) = self.iq4_halves(f, wp, qs)?;
+            (d, None, lo, hi)
+        } else if q.fmt == QFmt::Q6K {
             let (d0, d1, lo, hi) = self.q6k_block(f, wp, w_off, blk)?;
             d_hi = Some(d1);
             (d0, None, lo, hi)
@@ -895,6 +1019,31 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v2f = it.f32.vec_type(2);
         let splat16 =
             |k: u64| inkwell::types::VectorType::const_vector(&[it.i16.const_int(k, false); 16]);
+        if q.fmt.iq4() {
+            let (d, qs) = if q.fmt == QFmt::IQ4XS {
+                self.iq4xs_block(f, w, w_off, blk)?
+            } else {
+                let b = &f.b;
+                let wb = b
+                    .build_int_mul(blk, c64(q.fmt.block_bytes()), "")
+                    .map_err(llvm_err)?;
+                let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
+                let d = self.qdot_load(f, it.f16.into(), w, wb)?.into_float_value();
+                let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
+                (d, f.b.build_int_add(wb, c64(2), "").map_err(llvm_err)?)
+            };
+            let (lo, hi) = self.iq4_halves(f, w, qs)?;
+            let b = &f.b;
+            let lo = b.build_int_s_extend(lo, v16w, "").map_err(llvm_err)?;
+            let hi = b.build_int_s_extend(hi, v16w, "").map_err(llvm_err)?;
+            let v = b
+                .build_insert_element(v2f.get_undef(), d, it.i32.const_zero(), "")
+                .map_err(llvm_err)?;
+            let dm = b
+                .build_insert_element(v, it.f32.const_zero(), it.i32.const_int(1, false), "dm")
+                .map_err(llvm_err)?;
+            return Ok((lo, hi, dm));
+        }
         if q.fmt == QFmt::Q6K {
             let (d0, d1, lo, hi) = self.q6k_block(f, w, w_off, blk)?;
             let b = &f.b;
