@@ -65,20 +65,21 @@ mod tests {
     use llmc_ir::{Op, Shape, TensorType};
 
     #[test]
-    fn iq4_nl_weight_becomes_f32_with_the_reference_values() {
+    fn q3_k_weight_becomes_f32_with_the_reference_values() {
         let mut m = Module::new("t");
-        // One IQ4_NL block: d = 0.5, nibbles j % 16 (indices into its value table).
-        let mut block = half::f16::from_f64(0.5).to_le_bytes().to_vec();
-        block.extend((0..16u8).map(|j| j | (j << 4)));
+        // One Q3_K super-block (110 bytes): hmask, 2-bit quants, packed 6-bit scales,
+        // then d = 0.5 (a format the kernels do not read).
+        let mut block: Vec<u8> = (0..108u32).map(|i| (i * 37 + 11) as u8).collect();
+        block.extend(half::f16::from_f64(0.5).to_le_bytes());
         let wt = m.add_weight(
             "w",
-            DType::IQ4NL,
-            Shape::of(&[1, 32]),
+            DType::Q3K,
+            Shape::of(&[1, 256]),
             WeightData::Owned(Arc::new(block.clone())),
         );
         let x = m
             .graph
-            .add_input("x", TensorType::new(DType::F32, Shape::of(&[1, 32])));
+            .add_input("x", TensorType::new(DType::F32, Shape::of(&[1, 256])));
         let y = m.add1(Op::Linear, &[x, wt], Default::default()).unwrap();
         m.graph.outputs.push(y);
         assert!(needs_fallback(&m));
@@ -86,7 +87,7 @@ mod tests {
         assert_eq!(done, vec!["w".to_string()]);
         assert!(!needs_fallback(&m));
         assert_eq!(m.graph.ty(wt).dtype, DType::F32);
-        let want = llmc_ir::quant::dequantize(DType::IQ4NL, &block, 32).unwrap();
+        let want = llmc_ir::quant::dequantize(DType::Q3K, &block, 256).unwrap();
         let got: Vec<f64> = m.weights[0]
             .data
             .bytes()
@@ -95,8 +96,7 @@ mod tests {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
             .collect();
         assert_eq!(got, want);
-        // Table entry 3 is -65.
-        assert_eq!(got[3], -32.5);
+        assert!(got.iter().any(|&v| v != 0.0));
         llmc_ir::verify::verify(&m).unwrap();
     }
 }
