@@ -1,5 +1,4 @@
-//! The dequantizing fallback for block formats the kernels cannot read yet (Q2_K,
-//! Q3_K): before code generation such a weight is decoded
+//! The dequantizing fallback for block formats the kernels cannot read yet (Q2_K): before code generation such a weight is decoded
 //! to f32 with the reference decoder (`llmc_ir::quant`), so every GGUF file llmc
 //! imports also compiles and runs, with the same values the interpreter computes. The
 //! IR keeps the stored format; only the compiled copy of the module changes. Native
@@ -65,15 +64,16 @@ mod tests {
     use llmc_ir::{Op, Shape, TensorType};
 
     #[test]
-    fn q3_k_weight_becomes_f32_with_the_reference_values() {
+    fn q2_k_weight_becomes_f32_with_the_reference_values() {
         let mut m = Module::new("t");
-        // One Q3_K super-block (110 bytes): hmask, 2-bit quants, packed 6-bit scales,
-        // then d = 0.5 (a format the kernels do not read).
-        let mut block: Vec<u8> = (0..108u32).map(|i| (i * 37 + 11) as u8).collect();
+        // One Q2_K super-block (84 bytes): scales and mins, 2-bit quants, then d and
+        // dmin (a format the kernels do not read).
+        let mut block: Vec<u8> = (0..80u32).map(|i| (i * 37 + 11) as u8).collect();
         block.extend(half::f16::from_f64(0.5).to_le_bytes());
+        block.extend(half::f16::from_f64(0.25).to_le_bytes());
         let wt = m.add_weight(
             "w",
-            DType::Q3K,
+            DType::Q2K,
             Shape::of(&[1, 256]),
             WeightData::Owned(Arc::new(block.clone())),
         );
@@ -87,7 +87,7 @@ mod tests {
         assert_eq!(done, vec!["w".to_string()]);
         assert!(!needs_fallback(&m));
         assert_eq!(m.graph.ty(wt).dtype, DType::F32);
-        let want = llmc_ir::quant::dequantize(DType::Q3K, &block, 256).unwrap();
+        let want = llmc_ir::quant::dequantize(DType::Q2K, &block, 256).unwrap();
         let got: Vec<f64> = m.weights[0]
             .data
             .bytes()

@@ -81,6 +81,7 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         DType::Q4K,
         DType::Q5K,
         DType::Q6K,
+        DType::Q3K,
         DType::IQ4NL,
         DType::IQ4XS,
     ];
@@ -109,10 +110,10 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                     bytes.extend((0..134).map(|_| next() as u8));
                 }
             }
-            if d == DType::Q6K {
-                // Super-blocks: ql, qh (any bits), 16 signed scales, D.
+            if d == DType::Q6K || d == DType::Q3K {
+                // Super-blocks: quants and scales (any bits), D.
                 for _ in 0..n * k / 256 {
-                    bytes.extend((0..208).map(|_| next() as u8));
+                    bytes.extend((0..d.block_bytes() - 2).map(|_| next() as u8));
                     bytes.extend(f16(0.0005 + (next() % 100) as f32 * 1e-5));
                 }
             }

@@ -352,6 +352,33 @@ impl Machine<'_> {
                     }
                     continue;
                 }
+                if q.fmt == QFmt::Q3K {
+                    // As Q6_K: the first half into E, the second into O.
+                    let sb = w0 + b / 8 * bb;
+                    let t = b % 8;
+                    let (h, k) = (t / 4, t % 4);
+                    let mut packed = [0u8; 12];
+                    for (i, p) in packed.iter_mut().enumerate() {
+                        *p = self.read(q.w, sb + 96 + i as i64, Ty::U8, bufs)?.i() as u8;
+                    }
+                    let scales = llmc_ir::quant_k::q3k_scales(&packed);
+                    let big_d = self.read(q.w, sb + 108, Ty::F16, bufs)?.f() as f32;
+                    let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
+                    for (p, chain) in sum.iter_mut().enumerate() {
+                        let mut dot = 0i64;
+                        for e in 16 * p as i64..16 * p as i64 + 16 {
+                            let lo = self.read(q.w, sb + 32 + 32 * h + e, Ty::U8, bufs)?;
+                            let lo = (lo.i() >> (2 * k)) & 3;
+                            let hm = self.read(q.w, sb + e, Ty::U8, bufs)?.i();
+                            let sub = if (hm >> (4 * h + k)) & 1 == 1 { 0 } else { 4 };
+                            let x = self.read(q.xq, (xb * 32 + e) * 2, Ty::I16, bufs)?.i();
+                            dot += (lo - sub) * x;
+                        }
+                        let s = scales[(2 * t) as usize + p] as f32;
+                        *chain = (dot as f32).mul_add(big_d * s * xd, *chain);
+                    }
+                    continue;
+                }
                 // (scale, minimum, the block's first quant byte, nibble shift).
                 let (d, m, q0, shift) = match q.fmt {
                     QFmt::IQ4XS => {

@@ -492,6 +492,14 @@ pub enum QFmt {
     /// (signed, no minimum), and its two 16-element halves have their own scales
     /// `d_lo = D · sc[8 h + 2 c]`, `d_hi = D · sc[8 h + 2 c + 1]` (exact in f32).
     Q6K,
+    /// GGUF Q3_K super-blocks of 256 (110 bytes: 32 bytes `hmask`, 64 bytes `qs` of
+    /// 2-bit quants, 12 bytes of packed 6-bit scales, f16 `D`). Block `b` is block
+    /// `t = b mod 8` of super-block `b / 8`, in half `h = t / 4` at shift `2 k`,
+    /// `k = t mod 4`: element `e` is `((qs[32 h + e] >> 2 k) & 3) - 4` plus 4 when bit
+    /// `4 h + k` of `hmask[e]` is set (signed, -4..3, no minimum); like Q6_K its two
+    /// halves have their own scales, `D · s[2 t]` and `D · s[2 t + 1]`, `s` the
+    /// unpacked scales minus 32 (`llmc_ir::quant_k::q3k_scales`).
+    Q3K,
 }
 
 impl QFmt {
@@ -508,13 +516,14 @@ impl QFmt {
             QFmt::IQ4NL => 18,
             QFmt::IQ4XS => 136,
             QFmt::Q6K => 210,
+            QFmt::Q3K => 110,
         }
     }
 
     /// Blocks of 32 per stored block (8 for K-quant super-blocks, else 1).
     pub fn sub_blocks(self) -> i64 {
         match self {
-            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::IQ4XS => 8,
+            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4XS => 8,
             _ => 1,
         }
     }
@@ -522,7 +531,10 @@ impl QFmt {
     /// Whether the quants are signed (Q8_0, Q6_K's `q - 32`, the IQ4 table's levels);
     /// unsigned ones (0..15, 0..31) carry their offset in the minimum term.
     pub fn signed(self) -> bool {
-        matches!(self, QFmt::Q8_0 | QFmt::Q6K | QFmt::IQ4NL | QFmt::IQ4XS)
+        matches!(
+            self,
+            QFmt::Q8_0 | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4NL | QFmt::IQ4XS
+        )
     }
 
     /// Whether the nibbles index IQ4_NL's table of levels.
@@ -530,9 +542,9 @@ impl QFmt {
         matches!(self, QFmt::IQ4NL | QFmt::IQ4XS)
     }
 
-    /// Whether a block's two 16-element halves have their own scales (Q6_K).
+    /// Whether a block's two 16-element halves have their own scales (Q6_K, Q3_K).
     pub fn split_scales(self) -> bool {
-        self == QFmt::Q6K
+        matches!(self, QFmt::Q6K | QFmt::Q3K)
     }
 
     /// Bytes of a row of `blocks` blocks of 32.
@@ -549,7 +561,7 @@ impl QFmt {
             QFmt::Q4K => 16,
             QFmt::Q5K => 48,
             QFmt::IQ4XS => 8,
-            QFmt::Q6K => 0,
+            QFmt::Q6K | QFmt::Q3K => 0,
             _ => 2,
         }
     }

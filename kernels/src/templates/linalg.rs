@@ -165,6 +165,7 @@ fn qfmt(d: DType) -> Option<QFmt> {
         DType::IQ4NL => Some(QFmt::IQ4NL),
         DType::IQ4XS => Some(QFmt::IQ4XS),
         DType::Q6K => Some(QFmt::Q6K),
+        DType::Q3K => Some(QFmt::Q3K),
         _ => None,
     }
 }

@@ -425,8 +425,8 @@ pub(crate) fn offset(kb: &mut KernelBuilder, coords: &[Expr], strides: &[Dim]) -
 }
 
 /// Whether the kernels read weights stored as `d` (plain types, and the block formats
-/// with a kernel path: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL,
-/// IQ4_XS). Other block formats (Q2_K, Q3_K) are dequantized
+/// with a kernel path: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q3_K..Q6_K, IQ4_NL, IQ4_XS).
+/// Other block formats (Q2_K) are dequantized
 /// before code generation (`llmc_backend::fallback`).
 pub fn reads_dtype(d: DType) -> bool {
     !d.is_quantized() || quant_block(d).is_some()
@@ -443,6 +443,7 @@ pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
         | DType::Q4K
         | DType::Q5K
         | DType::Q6K
+        | DType::Q3K
         | DType::IQ4NL
         | DType::IQ4XS => Some((d.block_len() as i64, d.block_bytes() as i64)),
         _ => None,
@@ -461,6 +462,7 @@ pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Exp
         | DType::Q4K
         | DType::Q5K
         | DType::Q6K
+        | DType::Q3K
         | DType::IQ4NL
         | DType::IQ4XS => {
             let (bl, bb) = quant_block(dtype).unwrap_or((32, 34));
@@ -484,6 +486,9 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
     }
     if dtype == DType::Q6K {
         return dequant_q6k(buf, base, j);
+    }
+    if dtype == DType::Q3K {
+        return dequant_q3k(buf, base, j);
     }
     if dtype == DType::IQ4NL || dtype == DType::IQ4XS {
         return dequant_iq4(buf, dtype, base, j);
@@ -650,6 +655,38 @@ fn dequant_iq4(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
     let hi = Expr::bin(Shr, b, u8c(4));
     let q = Expr::select(e.lt(Expr::i(16)), lo, hi);
     Expr::bin(Mul, d, iq4_level(q))
+}
+
+/// The f32 value of element `j` (0..256) of the Q3_K super-block at byte `base`
+/// ([`crate::loopir::QFmt::Q3K`]): `(D s) q`, `D s` exact in f32 and one rounding
+/// after, as the reference decoder.
+fn dequant_q3k(buf: BufId, base: Expr, j: Expr) -> Expr {
+    use crate::loopir::BinOp::{And, Mul, Or, Shl, Shr, Sub};
+    let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
+    let u8c = |v: i64| Expr::Int(v, Ty::U8);
+    let (t, e) = (j.clone() / 32, j.clone() % 32);
+    let (h, k) = (t.clone() / 4, t.clone() % 4);
+    let q = byte(base.clone() + 32 + h.clone() * 32 + e.clone());
+    let q = Expr::bin(And, Expr::bin(Shr, q, (k.clone() * 2).cast(Ty::U8)), u8c(3));
+    let hm = byte(base.clone() + e.clone());
+    let bit = Expr::bin(And, Expr::bin(Shr, hm, (h * 4 + k).cast(Ty::U8)), u8c(1));
+    // q - 4 + 4 bit
+    let q = Expr::bin(
+        Sub,
+        Expr::bin(Or, q, Expr::bin(Shl, bit, u8c(2))).cast(Ty::F32),
+        Expr::f(4.0, Ty::F32),
+    );
+    // Scale index s = 2 t + (e >= 16): low nibble from byte s mod 8 (high nibble for
+    // s >= 8), top 2 bits from byte 8 + s mod 4 at 2 (s / 4).
+    let s = t * 2 + e / 16;
+    let lo = byte(base.clone() + 96 + s.clone() % 8);
+    let lo = Expr::bin(And, Expr::bin(Shr, lo, ((s.clone() / 8) * 4).cast(Ty::U8)), u8c(15));
+    let hi = byte(base.clone() + 104 + s.clone() % 4);
+    let hi = Expr::bin(And, Expr::bin(Shr, hi, ((s / 4) * 2).cast(Ty::U8)), u8c(3));
+    let sc = Expr::bin(Or, lo, Expr::bin(Shl, hi, u8c(4))).cast(Ty::F32);
+    let sc = Expr::bin(Sub, sc, Expr::f(32.0, Ty::F32));
+    let d = Expr::LoadRaw(buf, Box::new(base + 108), Ty::F16).cast(Ty::F32);
+    Expr::bin(Mul, Expr::bin(Mul, d, sc), q)
 }
 
 /// The f32 value of element `j` (0..256) of the Q6_K super-block at byte `base`

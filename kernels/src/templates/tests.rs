@@ -388,10 +388,10 @@ pub(crate) fn f32_bytes(t: &llmc_ir::Tensor) -> Vec<u8> {
 /// Random blocks of a GGUF format: `rows` rows of `k` elements.
 pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    if d == DType::Q6K {
-        // Super-blocks: ql, qh (any bits), 16 signed scales, D.
+    if d == DType::Q6K || d == DType::Q3K {
+        // Super-blocks: quants and scales (any bits), then D.
         for _ in 0..rows * k / 256 {
-            out.extend((0..208).map(|_| r.next() as u8));
+            out.extend((0..d.block_bytes() - 2).map(|_| r.next() as u8));
             out.extend(half::f16::from_f64(0.0005 + 0.001 * r.unit().abs()).to_le_bytes());
         }
         return out;
@@ -528,6 +528,23 @@ fn linear_float_and_quantized() {
         let wq = quant_bytes(&mut r, DType::Q6K, n, k);
         check_quant_linear(&x, rows, DType::Q6K, n, k, &wq, None);
     }
+    for (rows, n, k) in [(1usize, 40usize, 256usize), (9, 33, 512)] {
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let wq = quant_bytes(&mut r, DType::Q3K, n, k);
+        check_quant_linear(&x, rows, DType::Q3K, n, k, &wq, None);
+    }
+    let wq = quant_bytes(&mut r, DType::Q3K, 5, 512);
+    let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
+    check_args(
+        Op::Gather,
+        attrs([("axis", Attr::Int(0))]),
+        &[
+            Arg::W(DType::Q3K, vec![5, 512], wq),
+            Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+        ],
+        0.0,
+        0.0,
+    );
     let wq = quant_bytes(&mut r, DType::Q6K, 5, 512);
     let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
     check_args(
@@ -1320,6 +1337,22 @@ fn flash_attention_causal_fill_keeps_fully_masked_rows() {
 /// (Q4_0: -8 d; Q8_0, Q6_K: 0), 32 integer quants. Q4_K's scales come from the
 /// reference decoder's unpacking; Q6_K's are written out from llama.cpp's layout.
 fn row_block_values(d: DType, row: &[u8], b: usize) -> (Vec<f64>, f64, Vec<i64>) {
+    if d == DType::Q3K {
+        let sb = &row[b / 8 * 110..][..110];
+        let t = b % 8;
+        let (h, k) = (t / 4, t % 4);
+        let dd = half::f16::from_le_bytes([sb[108], sb[109]]).to_f64();
+        let s = llmc_ir::quant_k::q3k_scales(&sb[96..108]);
+        let q = (0..32)
+            .map(|e| {
+                let lo = ((sb[32 + 32 * h + e] >> (2 * k)) & 3) as i64;
+                let set = (sb[e] >> (4 * h + k)) & 1 == 1;
+                lo - if set { 0 } else { 4 }
+            })
+            .collect();
+        let scales = (0..32).map(|e| dd * s[2 * t + e / 16] as f64).collect();
+        return (scales, 0.0, q);
+    }
     if d == DType::Q6K {
         let sb = &row[b / 8 * 210..][..210];
         let (h, c) = (b % 8 / 4, b % 4);

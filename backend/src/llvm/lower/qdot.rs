@@ -344,6 +344,84 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok((self.iq4_lookup(f, lo)?, self.iq4_lookup(f, hi)?))
     }
 
+    /// Q3_K block `blk` of the row at `w_off` ([`QFmt::Q3K`]): its halves' scales
+    /// `D · s` and its 32 signed quants (-4..3) as two `<16 x i8>`.
+    fn q3k_block(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        w_off: IntValue<'ctx>,
+        blk: IntValue<'ctx>,
+    ) -> R<(FloatValue<'ctx>, FloatValue<'ctx>, VectorValue<'ctx>, VectorValue<'ctx>)> {
+        let it = self.it;
+        let e = llvm_err;
+        let c64 = |k: u64| it.i64.const_int(k, false);
+        let add = |x: IntValue<'ctx>, y: IntValue<'ctx>| f.b.build_int_add(x, y, "").map_err(e);
+        let mul = |x: IntValue<'ctx>, k: u64| f.b.build_int_mul(x, c64(k), "").map_err(e);
+        let shr = |x: IntValue<'ctx>, k: u64| f.b.build_right_shift(x, c64(k), false, "").map_err(e);
+        let and = |x: IntValue<'ctx>, k: u64| f.b.build_and(x, c64(k), "").map_err(e);
+        let sb = shr(blk, 3)?;
+        let sbo = add(w_off, mul(sb, QFmt::Q3K.block_bytes() as u64)?)?;
+        let t = and(blk, 7)?;
+        let (h, k) = (shr(t, 2)?, and(t, 3)?);
+        let v16b = it.i8.vec_type(16);
+        let splat = |x: IntValue<'ctx>| -> R<VectorValue<'ctx>> {
+            let x = f.b.build_int_truncate(x, it.i8, "").map_err(e)?;
+            let v = f
+                .b
+                .build_insert_element(v16b.get_undef(), x, it.i32.const_zero(), "")
+                .map_err(e)?;
+            let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
+            f.b.build_shuffle_vector(v, v16b.get_undef(), zeros, "").map_err(e)
+        };
+        let cst = |k: u64| inkwell::types::VectorType::const_vector(&[it.i8.const_int(k, false); 16]);
+        let sh_q = splat(mul(k, 2)?)?;
+        let sh_h = splat(add(mul(h, 4)?, k)?)?;
+        let qbase = add(add(sbo, c64(32))?, mul(h, 32)?)?;
+        let mut halves = Vec::new();
+        for half in 0..2u64 {
+            let q = self
+                .qdot_load(f, v16b.into(), w, add(qbase, c64(16 * half))?)?
+                .into_vector_value();
+            let hm = self
+                .qdot_load(f, v16b.into(), w, add(sbo, c64(16 * half))?)?
+                .into_vector_value();
+            let b = &f.b;
+            let q = b.build_right_shift(q, sh_q, false, "").map_err(e)?;
+            let q = b.build_and(q, cst(3), "").map_err(e)?;
+            let hb = b.build_right_shift(hm, sh_h, false, "").map_err(e)?;
+            let hb = b.build_and(hb, cst(1), "").map_err(e)?;
+            let hb = b.build_left_shift(hb, cst(2), "").map_err(e)?;
+            let v = b.build_or(q, hb, "").map_err(e)?;
+            halves.push(b.build_int_sub(v, cst(4), "q3").map_err(e)?);
+        }
+        let big_d = self
+            .qdot_load(f, it.f16.into(), w, add(sbo, c64(108))?)?
+            .into_float_value();
+        let big_d = f.b.build_float_ext(big_d, it.f32, "").map_err(e)?;
+        let ld8 = |at: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+            let v = self.qdot_load(f, it.i8.into(), w, at)?.into_int_value();
+            f.b.build_int_z_extend(v, it.i64, "").map_err(e)
+        };
+        let mut d = Vec::new();
+        for p in 0..2u64 {
+            // s = 2 t + p: low nibble of byte s mod 8 (high for s >= 8), top bits from
+            // byte 8 + s mod 4 at 2 (s / 4).
+            let s = add(mul(t, 2)?, c64(p))?;
+            let lo = ld8(add(add(sbo, c64(96))?, and(s, 7)?)?)?;
+            let lo = f.b.build_right_shift(lo, mul(shr(s, 3)?, 4)?, false, "").map_err(e)?;
+            let lo = and(lo, 15)?;
+            let hi = ld8(add(add(sbo, c64(104))?, and(s, 3)?)?)?;
+            let hi = f.b.build_right_shift(hi, mul(shr(s, 2)?, 2)?, false, "").map_err(e)?;
+            let hi = and(hi, 3)?;
+            let sc = f.b.build_or(lo, f.b.build_left_shift(hi, c64(4), "").map_err(e)?, "").map_err(e)?;
+            let sc = f.b.build_int_sub(sc, c64(32), "").map_err(e)?;
+            let sc = f.b.build_signed_int_to_float(sc, it.f32, "").map_err(e)?;
+            d.push(f.b.build_float_mul(big_d, sc, "d3").map_err(e)?);
+        }
+        Ok((d[0], d[1], halves[0], halves[1]))
+    }
+
     /// Q6_K block `blk` of the row at `w_off` ([`QFmt::Q6K`]): its halves' scales
     /// `D · sc` and its 32 signed quants `q - 32` as two `<16 x i8>`.
     fn q6k_block(
@@ -615,8 +693,12 @@ impl<'ctx> Lowering<'ctx, '_> {
             };
             let (lo, hi) = self.iq4_halves(f, wp, qs)?;
             (d, None, lo, hi)
-        } else if q.fmt == QFmt::Q6K {
-            let (d0, d1, lo, hi) = self.q6k_block(f, wp, w_off, blk)?;
+        } else if q.fmt.split_scales() {
+            let (d0, d1, lo, hi) = if q.fmt == QFmt::Q3K {
+                self.q3k_block(f, wp, w_off, blk)?
+            } else {
+                self.q6k_block(f, wp, w_off, blk)?
+            };
             d_hi = Some(d1);
             (d0, None, lo, hi)
         } else if q.fmt.k_scales() {
@@ -1044,8 +1126,12 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .map_err(llvm_err)?;
             return Ok((lo, hi, dm));
         }
-        if q.fmt == QFmt::Q6K {
-            let (d0, d1, lo, hi) = self.q6k_block(f, w, w_off, blk)?;
+        if q.fmt.split_scales() {
+            let (d0, d1, lo, hi) = if q.fmt == QFmt::Q3K {
+                self.q3k_block(f, w, w_off, blk)?
+            } else {
+                self.q6k_block(f, w, w_off, blk)?
+            };
             let b = &f.b;
             let lo = b.build_int_s_extend(lo, v16w, "").map_err(llvm_err)?;
             let hi = b.build_int_s_extend(hi, v16w, "").map_err(llvm_err)?;
