@@ -680,7 +680,11 @@ fn dequant_q3k(buf: BufId, base: Expr, j: Expr) -> Expr {
     // s >= 8), top 2 bits from byte 8 + s mod 4 at 2 (s / 4).
     let s = t * 2 + e / 16;
     let lo = byte(base.clone() + 96 + s.clone() % 8);
-    let lo = Expr::bin(And, Expr::bin(Shr, lo, ((s.clone() / 8) * 4).cast(Ty::U8)), u8c(15));
+    let lo = Expr::bin(
+        And,
+        Expr::bin(Shr, lo, ((s.clone() / 8) * 4).cast(Ty::U8)),
+        u8c(15),
+    );
     let hi = byte(base.clone() + 104 + s.clone() % 4);
     let hi = Expr::bin(And, Expr::bin(Shr, hi, ((s / 4) * 2).cast(Ty::U8)), u8c(3));
     let sc = Expr::bin(Or, lo, Expr::bin(Shl, hi, u8c(4))).cast(Ty::F32);

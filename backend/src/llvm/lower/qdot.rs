@@ -352,13 +352,19 @@ impl<'ctx> Lowering<'ctx, '_> {
         w: PointerValue<'ctx>,
         w_off: IntValue<'ctx>,
         blk: IntValue<'ctx>,
-    ) -> R<(FloatValue<'ctx>, FloatValue<'ctx>, VectorValue<'ctx>, VectorValue<'ctx>)> {
+    ) -> R<(
+        FloatValue<'ctx>,
+        FloatValue<'ctx>,
+        VectorValue<'ctx>,
+        VectorValue<'ctx>,
+    )> {
         let it = self.it;
         let e = llvm_err;
         let c64 = |k: u64| it.i64.const_int(k, false);
         let add = |x: IntValue<'ctx>, y: IntValue<'ctx>| f.b.build_int_add(x, y, "").map_err(e);
         let mul = |x: IntValue<'ctx>, k: u64| f.b.build_int_mul(x, c64(k), "").map_err(e);
-        let shr = |x: IntValue<'ctx>, k: u64| f.b.build_right_shift(x, c64(k), false, "").map_err(e);
+        let shr =
+            |x: IntValue<'ctx>, k: u64| f.b.build_right_shift(x, c64(k), false, "").map_err(e);
         let and = |x: IntValue<'ctx>, k: u64| f.b.build_and(x, c64(k), "").map_err(e);
         let sb = shr(blk, 3)?;
         let sbo = add(w_off, mul(sb, QFmt::Q3K.block_bytes() as u64)?)?;
@@ -367,14 +373,15 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v16b = it.i8.vec_type(16);
         let splat = |x: IntValue<'ctx>| -> R<VectorValue<'ctx>> {
             let x = f.b.build_int_truncate(x, it.i8, "").map_err(e)?;
-            let v = f
-                .b
-                .build_insert_element(v16b.get_undef(), x, it.i32.const_zero(), "")
-                .map_err(e)?;
+            let v =
+                f.b.build_insert_element(v16b.get_undef(), x, it.i32.const_zero(), "")
+                    .map_err(e)?;
             let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
-            f.b.build_shuffle_vector(v, v16b.get_undef(), zeros, "").map_err(e)
+            f.b.build_shuffle_vector(v, v16b.get_undef(), zeros, "")
+                .map_err(e)
         };
-        let cst = |k: u64| inkwell::types::VectorType::const_vector(&[it.i8.const_int(k, false); 16]);
+        let cst =
+            |k: u64| inkwell::types::VectorType::const_vector(&[it.i8.const_int(k, false); 16]);
         let sh_q = splat(mul(k, 2)?)?;
         let sh_h = splat(add(mul(h, 4)?, k)?)?;
         let qbase = add(add(sbo, c64(32))?, mul(h, 32)?)?;
@@ -409,12 +416,18 @@ impl<'ctx> Lowering<'ctx, '_> {
             // byte 8 + s mod 4 at 2 (s / 4).
             let s = add(mul(t, 2)?, c64(p))?;
             let lo = ld8(add(add(sbo, c64(96))?, and(s, 7)?)?)?;
-            let lo = f.b.build_right_shift(lo, mul(shr(s, 3)?, 4)?, false, "").map_err(e)?;
+            let lo =
+                f.b.build_right_shift(lo, mul(shr(s, 3)?, 4)?, false, "")
+                    .map_err(e)?;
             let lo = and(lo, 15)?;
             let hi = ld8(add(add(sbo, c64(104))?, and(s, 3)?)?)?;
-            let hi = f.b.build_right_shift(hi, mul(shr(s, 2)?, 2)?, false, "").map_err(e)?;
+            let hi =
+                f.b.build_right_shift(hi, mul(shr(s, 2)?, 2)?, false, "")
+                    .map_err(e)?;
             let hi = and(hi, 3)?;
-            let sc = f.b.build_or(lo, f.b.build_left_shift(hi, c64(4), "").map_err(e)?, "").map_err(e)?;
+            let sc =
+                f.b.build_or(lo, f.b.build_left_shift(hi, c64(4), "").map_err(e)?, "")
+                    .map_err(e)?;
             let sc = f.b.build_int_sub(sc, c64(32), "").map_err(e)?;
             let sc = f.b.build_signed_int_to_float(sc, it.f32, "").map_err(e)?;
             d.push(f.b.build_float_mul(big_d, sc, "d3").map_err(e)?);
