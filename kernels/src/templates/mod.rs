@@ -453,25 +453,13 @@ pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
 /// Element `index` of a buffer holding `dtype`, converted to its compute type;
 /// block formats are dequantized (llama.cpp's block layouts).
 pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Expr) -> Expr {
-    match dtype {
-        DType::Q8_0
-        | DType::Q4_0
-        | DType::Q4_1
-        | DType::Q5_0
-        | DType::Q5_1
-        | DType::Q4K
-        | DType::Q5K
-        | DType::Q6K
-        | DType::Q3K
-        | DType::IQ4NL
-        | DType::IQ4XS => {
-            let (bl, bb) = quant_block(dtype).unwrap_or((32, 34));
+    match quant_block(dtype) {
+        Some((bl, bb)) => {
             let blk = index.clone() / bl;
             let j = index % bl;
-            let base = blk * bb;
-            dequant(buf, dtype, base, j)
+            dequant(buf, dtype, blk * bb, j)
         }
-        _ => {
+        None => {
             let t = kb.buf_ty(buf);
             Expr::load(buf, index).cast(t.compute())
         }

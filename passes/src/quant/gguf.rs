@@ -32,6 +32,33 @@ fn inverse(d: f32) -> f32 {
     }
 }
 
+/// The element of largest magnitude (the first one on a tie), as the reference's
+/// symmetric quantizers pick it (`max`, signed).
+fn signed_extreme(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// `(min, max)` as the reference's asymmetric quantizers compute them.
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
 /// One Q8_0 block: `d = amax / 127`, `q = roundf(x / d)` (half away from zero).
 fn block_q8_0(x: &[f32], out: &mut Vec<u8>) {
     let amax = x
@@ -47,13 +74,7 @@ fn block_q8_0(x: &[f32], out: &mut Vec<u8>) {
 /// (the first one on a tie), nibble `min(15, trunc(x / d + 8.5))`; low nibbles hold
 /// elements 0..16, high nibbles 16..32.
 fn block_q4_0(x: &[f32], out: &mut Vec<u8>) {
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = signed_extreme(x);
     let d = max / -8.0;
     let id = inverse(d);
     out.extend(f16_bytes(d));
@@ -65,15 +86,7 @@ fn block_q4_0(x: &[f32], out: &mut Vec<u8>) {
 /// One Q4_1 block: `d = (max - min) / 15`, `m = min`, nibble
 /// `min(15, trunc((x - min) / d + 0.5))`, same nibble order as Q4_0.
 fn block_q4_1(x: &[f32], out: &mut Vec<u8>) {
-    let (mut min, mut max) = (f32::MAX, -f32::MAX);
-    for &v in x {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
-        }
-    }
+    let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
     let id = inverse(d);
     out.extend(f16_bytes(d));
@@ -99,13 +112,7 @@ fn push_q5_codes(q: &[u8], out: &mut Vec<u8>) {
 /// One Q5_0 block: `d = max / -16` (`max` the element of largest magnitude, the first
 /// on a tie), code `min(31, trunc(x / d + 16.5))`.
 fn block_q5_0(x: &[f32], out: &mut Vec<u8>) {
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = signed_extreme(x);
     let d = max / -16.0;
     let id = inverse(d);
     out.extend(f16_bytes(d));
@@ -118,15 +125,7 @@ fn block_q5_0(x: &[f32], out: &mut Vec<u8>) {
 
 /// One Q5_1 block: `d = (max - min) / 31`, `m = min`, code `trunc((x - min) / d + 0.5)`.
 fn block_q5_1(x: &[f32], out: &mut Vec<u8>) {
-    let (mut min, mut max) = (f32::MAX, -f32::MAX);
-    for &v in x {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
-        }
-    }
+    let (min, max) = min_max(x);
     let d = (max - min) / 31.0;
     let id = inverse(d);
     out.extend(f16_bytes(d));
@@ -185,8 +184,7 @@ impl BlockScale {
     pub fn of(dtype: DType, x: &[f32]) -> BlockScale {
         match dtype {
             DType::Q4_1 | DType::Q5_1 => {
-                let min = x.iter().copied().fold(f32::MAX, f32::min);
-                let max = x.iter().copied().fold(-f32::MAX, f32::max);
+                let (min, max) = min_max(x);
                 let steps = if dtype == DType::Q5_1 { 31.0 } else { 15.0 };
                 BlockScale {
                     d: f16_round((max - min) / steps),
@@ -194,13 +192,7 @@ impl BlockScale {
                 }
             }
             DType::Q4_0 | DType::Q5_0 => {
-                let (mut amax, mut max) = (0.0f32, 0.0f32);
-                for &v in x {
-                    if amax < v.abs() {
-                        amax = v.abs();
-                        max = v;
-                    }
-                }
+                let max = signed_extreme(x);
                 let half = if dtype == DType::Q5_0 { -16.0 } else { -8.0 };
                 BlockScale {
                     d: f16_round(max / half),

@@ -215,14 +215,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         }
         // ((qh[e] >> j) & 1) << 4 for the 32 elements, qh at byte 16.
         let v16b = it.i8.vec_type(16);
-        let jt = b.build_int_truncate(j, it.i8, "").map_err(e)?;
-        let v = b
-            .build_insert_element(v16b.get_undef(), jt, it.i32.const_zero(), "")
-            .map_err(e)?;
-        let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
-        let shv = b
-            .build_shuffle_vector(v, v16b.get_undef(), zeros, "")
-            .map_err(e)?;
+        let shv = self.splat16(f, j, it.i8)?;
         let cst = |k: u64| inkwell::types::VectorType::const_vector(&[c8(k); 16]);
         let mut bits = Vec::new();
         for h in 0..2u64 {
@@ -371,15 +364,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let t = and(blk, 7)?;
         let (h, k) = (shr(t, 2)?, and(t, 3)?);
         let v16b = it.i8.vec_type(16);
-        let splat = |x: IntValue<'ctx>| -> R<VectorValue<'ctx>> {
-            let x = f.b.build_int_truncate(x, it.i8, "").map_err(e)?;
-            let v =
-                f.b.build_insert_element(v16b.get_undef(), x, it.i32.const_zero(), "")
-                    .map_err(e)?;
-            let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
-            f.b.build_shuffle_vector(v, v16b.get_undef(), zeros, "")
-                .map_err(e)
-        };
+        let splat = |x: IntValue<'ctx>| self.splat16(f, x, it.i8);
         let cst =
             |k: u64| inkwell::types::VectorType::const_vector(&[it.i8.const_int(k, false); 16]);
         let sh_q = splat(mul(k, 2)?)?;
@@ -469,15 +454,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let ql = add(add(sbo, mul(h, 64)?)?, mul(c1, 32)?)?;
         let qh = add(add(sbo, c64(128))?, mul(h, 32)?)?;
         let v16b = it.i8.vec_type(16);
-        let splat = |x: IntValue<'ctx>| -> R<VectorValue<'ctx>> {
-            let x = f.b.build_int_truncate(x, it.i8, "").map_err(e)?;
-            let v =
-                f.b.build_insert_element(v16b.get_undef(), x, it.i32.const_zero(), "")
-                    .map_err(e)?;
-            let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
-            f.b.build_shuffle_vector(v, v16b.get_undef(), zeros, "")
-                .map_err(e)
-        };
+        let splat = |x: IntValue<'ctx>| self.splat16(f, x, it.i8);
         let cst =
             |k: u64| inkwell::types::VectorType::const_vector(&[it.i8.const_int(k, false); 16]);
         let sh_l = splat(mul(c2, 4)?)?;
@@ -576,6 +553,23 @@ impl<'ctx> Lowering<'ctx, '_> {
             .map_err(llvm_err)?
             .into_vector_value();
         b.build_or(v, h, "").map_err(llvm_err)
+    }
+
+    /// `x` (an i64 or narrower integer) truncated to `elem` and broadcast to 16 lanes.
+    fn splat16(
+        &self,
+        f: &Frame<'ctx>,
+        x: IntValue<'ctx>,
+        elem: inkwell::types::IntType<'ctx>,
+    ) -> R<VectorValue<'ctx>> {
+        let vt = elem.vec_type(16);
+        let x = f.b.build_int_truncate(x, elem, "").map_err(llvm_err)?;
+        let v =
+            f.b.build_insert_element(vt.get_undef(), x, self.it.i32.const_zero(), "")
+                .map_err(llvm_err)?;
+        let zeros = inkwell::types::VectorType::const_vector(&[self.it.i32.const_zero(); 16]);
+        f.b.build_shuffle_vector(v, vt.get_undef(), zeros, "")
+            .map_err(llvm_err)
     }
 
     fn splat_f32(&self, f: &Frame<'ctx>, x: FloatValue<'ctx>, n: u32) -> R<VectorValue<'ctx>> {
@@ -721,14 +715,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             let sh = b
                 .build_int_mul(odd, it.i64.const_int(4, false), "")
                 .map_err(llvm_err)?;
-            let sh = b.build_int_truncate(sh, it.i8, "").map_err(llvm_err)?;
-            let shv = b
-                .build_insert_element(v16b.get_undef(), sh, it.i32.const_zero(), "")
-                .map_err(llvm_err)?;
-            let zeros = inkwell::types::VectorType::const_vector(&[it.i32.const_zero(); 16]);
-            let shv = b
-                .build_shuffle_vector(shv, v16b.get_undef(), zeros, "")
-                .map_err(llvm_err)?;
+            let shv = self.splat16(f, sh, it.i8)?;
             let c15 = inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
             let mut halves = Vec::new();
             for h in 0..2u64 {
