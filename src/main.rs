@@ -187,7 +187,7 @@ impl Reduce {
         prune: Option<llmc_passes::prune::PruneSpec>,
         c: &CalibrationArgs,
     ) -> Result<Reduce> {
-        let gptq = quantize.as_ref().is_some_and(|q| q.gptq);
+        let gptq = quantize.as_ref().is_some_and(|q| q.calibrated());
         let calibration = match (&c.calibration, gptq || prune.is_some()) {
             (Some(file), true) => Some(std::sync::Arc::new(calibrate::calibrate(
                 m,
@@ -195,12 +195,12 @@ impl Reduce {
                 c.calibration_tokens,
             )?)),
             (None, _) if gptq => bail!(
-                "--quantize {}: gptq chooses codes against calibration statistics; give \
+                "--quantize {}: gptq and awq choose codes against calibration statistics; give \
                  --calibration FILE (a text the model is run on)",
                 quantize.as_ref().map(|q| q.to_string()).unwrap_or_default()
             ),
             (Some(file), false) => bail!(
-                "--calibration {}: only --quantize FORMAT,gptq and --prune use calibration",
+                "--calibration {}: only --quantize FORMAT,gptq|awq and --prune use calibration",
                 file.display()
             ),
             (None, _) => None,

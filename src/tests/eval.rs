@@ -193,6 +193,17 @@ fn gptq_lowers_q4_0_perplexity_and_pruning_with_a_refit_keeps_the_model() {
     // 765 scored tokens: RTN q4_0 costs SmolLM2 ~25% perplexity; GPTQ recovers part.
     assert!(rtn > f32_ppl, "q4_0 {rtn} vs f32 {f32_ppl}");
     assert!(gptq < rtn, "gptq {gptq} vs rtn {rtn}");
+    // AWQ's scaling first (folded into the norms and the up projections; the O
+    // projections' inputs come out of attention and stay unscaled), then GPTQ.
+    let mut flags = vec!["--quantize", "q4_0,awq,gptq"];
+    flags.extend_from_slice(&calib);
+    let (awq, err) = ppl(m, &flags);
+    eprintln!("q4_0 awq+gptq {awq:.3}");
+    assert!(
+        err.contains("awq on 90 inputs (180 matrices") && err.contains("30 inputs not scaled"),
+        "{err}"
+    );
+    assert!(awq < rtn, "awq+gptq {awq} vs rtn {rtn}");
 
     // 12.5% of the MLP channels out, ranked and refitted on the calibration text: the
     // model stays a language model (PPL 32 against 22 here; magnitude alone, without
@@ -236,7 +247,7 @@ fn calibration_flags_are_checked_before_any_work() {
     ]);
     let e = stderr(&o);
     assert!(
-        !o.status.success() && e.contains("only --quantize FORMAT,gptq and --prune"),
+        !o.status.success() && e.contains("only --quantize FORMAT,gptq|awq and --prune"),
         "{e}"
     );
     let o = llmc(&["build", m, "--prune", "ffn=150%", "-o", "/dev/null"]);

@@ -179,7 +179,7 @@ pub struct Outcome {
 }
 
 /// `eᵀ H e` for a row error `e`.
-fn quad(h: &[f64], k: usize, e: &[f64]) -> f64 {
+pub(crate) fn quad(h: &[f64], k: usize, e: &[f64]) -> f64 {
     (0..k).map(|i| e[i] * dot(&h[i * k..(i + 1) * k], e)).sum()
 }
 

@@ -18,12 +18,13 @@
 //! the linears that read it through an f16 -> f32 `cast` straight at it, and drops the
 //! casts; a module read from text (no weight data) only changes dtypes.
 
+pub mod awq;
 pub mod gguf;
 pub mod gptq;
 
 use crate::rewrite::compact;
 use crate::{Changed, PassContext, PassError};
-use llmc_ir::{AttrsExt, DType, Module, NodeId, Op, ValueId, WeightData, WeightId};
+use llmc_ir::{AttrsExt, DType, Module, NodeId, Op, ValueDef, ValueId, WeightData, WeightId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,9 @@ pub struct QuantSpec {
     /// (`PassContext::calibration`, from `--calibration FILE`) instead of rounding
     /// each weight to nearest.
     pub gptq: bool,
+    /// Scale each linear's input channels by their measured activation size before
+    /// rounding, folding the inverse into where the input is made (AWQ, `awq`).
+    pub awq: bool,
     /// GPTQ's damping: this fraction of `H`'s mean diagonal is added to its diagonal
     /// (`damp=F`). More damping trusts the calibration's correlations less (towards
     /// rounding to nearest). `None`: [`gptq::default_damp`], which grows as the
@@ -56,10 +60,11 @@ impl fmt::Display for QuantSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{},head={},embed={}{}",
+            "{},head={},embed={}{}{}",
             self.format,
             format_name(self.head),
             format_name(self.embed),
+            if self.awq { ",awq" } else { "" },
             if self.gptq { ",gptq" } else { "" }
         )?;
         if let Some(d) = self.damp {
@@ -70,11 +75,17 @@ impl fmt::Display for QuantSpec {
 }
 
 /// The formats `--quantize` accepts, for messages.
-pub const FORMATS: &str = "q8_0, q4_0, q4_1, q5_0, q5_1";
+pub const FORMATS: &str = "f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1";
+
+/// A float storage format (`f16`, `bf16`): weights converted (round to nearest even),
+/// read by the same kernels as f16/bf16 checkpoints.
+fn float_format(d: DType) -> bool {
+    matches!(d, DType::F16 | DType::BF16)
+}
 
 fn parse_format(s: &str, what: &str) -> Result<DType, String> {
     DType::from_name(&s.to_ascii_lowercase())
-        .filter(|d| gguf::supported(*d))
+        .filter(|d| gguf::supported(*d) || float_format(*d))
         .ok_or_else(|| format!("{what} `{s}`: unknown format (known: {FORMATS})"))
 }
 
@@ -83,14 +94,25 @@ impl QuantSpec {
     pub fn new(format: DType) -> QuantSpec {
         QuantSpec {
             format,
-            head: Some(DType::Q8_0),
+            // llama-quantize's F16/BF16 file types keep the output matrix in them too.
+            head: Some(if float_format(format) {
+                format
+            } else {
+                DType::Q8_0
+            }),
             embed: Some(format),
             gptq: false,
+            awq: false,
             damp: None,
         }
     }
 
-    /// Parses `FORMAT[,head=F|keep][,embed=F|keep][,gptq][,damp=F]`.
+    /// Whether the spec needs calibration statistics (`--calibration FILE`).
+    pub fn calibrated(&self) -> bool {
+        self.gptq || self.awq
+    }
+
+    /// Parses `FORMAT[,head=F|keep][,embed=F|keep][,awq][,gptq][,damp=F]`.
     pub fn parse(s: &str) -> Result<QuantSpec, String> {
         let mut parts = s.split(',').map(str::trim);
         let first = parts.next().unwrap_or_default();
@@ -100,8 +122,12 @@ impl QuantSpec {
                 spec.gptq = true;
                 continue;
             }
+            if p == "awq" {
+                spec.awq = true;
+                continue;
+            }
             let (key, val) = p.split_once('=').ok_or_else(|| {
-                format!("`{p}`: expected head=FORMAT, embed=FORMAT, gptq or damp=F")
+                format!("`{p}`: expected head=FORMAT, embed=FORMAT, awq, gptq or damp=F")
             })?;
             if key == "damp" {
                 spec.damp = Some(
@@ -122,8 +148,18 @@ impl QuantSpec {
             match key {
                 "head" => spec.head = val,
                 "embed" => spec.embed = val,
-                _ => return Err(format!("`{key}`: unknown option (head, embed, gptq, damp)")),
+                _ => {
+                    return Err(format!(
+                        "`{key}`: unknown option (head, embed, awq, gptq, damp)"
+                    ))
+                }
             }
+        }
+        if spec.calibrated() && float_format(spec.format) {
+            return Err(format!(
+                "{}: awq and gptq choose block codes; {} weights are converted as they are",
+                s, spec.format
+            ));
         }
         Ok(spec)
     }
@@ -443,6 +479,70 @@ pub(crate) fn as_f32(
     Ok(x)
 }
 
+/// Puts a `cast` to f32 right after node `n` (single result): every reader of the
+/// result, and the graph outputs, read the cast's instead.
+fn insert_cast_f32(m: &mut Module, n: NodeId) {
+    let g = &mut m.graph;
+    let out = g.node(n).outputs[0];
+    let at = n.0 + 1;
+    let mut ty = g.ty(out).clone();
+    ty.dtype = DType::F32;
+    let name = g.value(out).name.clone();
+    g.values[out.0 as usize].name = format!("{name}.{}", g.ty(out).dtype);
+    for v in &mut g.values {
+        if let ValueDef::Node(k, i) = v.def {
+            if k.0 >= at {
+                v.def = ValueDef::Node(NodeId(k.0 + 1), i);
+            }
+        }
+    }
+    let cast = g.add_value(name, ty, ValueDef::Node(NodeId(at), 0));
+    for node in &mut g.nodes {
+        for x in &mut node.inputs {
+            if *x == out {
+                *x = cast;
+            }
+        }
+    }
+    for x in &mut g.outputs {
+        if *x == out {
+            *x = cast;
+        }
+    }
+    g.nodes.insert(
+        at as usize,
+        llmc_ir::Node {
+            op: Op::Cast,
+            inputs: vec![out],
+            outputs: vec![cast],
+            attrs: llmc_ir::attrs([("to", llmc_ir::Attr::Type(DType::F32))]),
+        },
+    );
+}
+
+/// `x` in f16 or bf16 (round to nearest even), little-endian; an element beyond f16's
+/// range is an error (it would become infinite).
+fn to_float(dtype: DType, x: &[f32]) -> Result<Vec<u8>, String> {
+    if dtype == DType::F16 {
+        if let Some(i) = x.iter().position(|v| v.abs() > 65504.0) {
+            return Err(format!(
+                "element {i} is {}, beyond f16's range (65504): use bf16",
+                x[i]
+            ));
+        }
+    }
+    Ok(match dtype {
+        DType::BF16 => x
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        _ => x
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+    })
+}
+
 /// Byte counts for the report.
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
@@ -475,12 +575,37 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let mut keep_node = vec![true; m.graph.nodes.len()];
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
     let calibration = ctx.calibration.as_deref();
-    if spec.gptq && calibration.is_none() {
+    if spec.calibrated() && calibration.is_none() {
         return Err(err(format!(
             "--quantize {spec} chooses codes against calibration statistics: give \
              --calibration FILE (a text the model is run on)"
         )));
     }
+    // AWQ first: it changes the float weights (and the norms/linears making their
+    // inputs) that rounding or GPTQ then quantize, and the statistics GPTQ reads.
+    let mut scaled: HashMap<String, Arc<gptq::Hessian>> = HashMap::new();
+    let mut awq_report = None;
+    if let (true, Some(cal), false) = (spec.awq, calibration, float_format(spec.format)) {
+        let linear: std::collections::HashSet<String> = plans
+            .iter()
+            .filter(|p| p.role == Role::Linear)
+            .map(|p| m.weight(p.weight).name.clone())
+            .collect();
+        let has_data = plans
+            .iter()
+            .all(|p| m.weight(p.weight).data.bytes().is_some());
+        if has_data {
+            let (h, r) = awq::apply(m, spec.format, cal, &|n| linear.contains(n)).map_err(err)?;
+            scaled = h;
+            awq_report = Some(r);
+        }
+    }
+    let stats = |name: &str| -> Option<Arc<gptq::Hessian>> {
+        scaled
+            .get(name)
+            .cloned()
+            .or_else(|| calibration.and_then(|c| c.hessian(name)))
+    };
     // Factored calibration statistics, one per input the linears share (q/k/v, gate/up).
     let mut prepared: Vec<(Arc<gptq::Hessian>, gptq::Prepared)> = Vec::new();
     let mut gptq_stats: Vec<gptq::Outcome> = Vec::new();
@@ -502,8 +627,8 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             continue;
         };
         let numel = w.shape.as_consts().map_or(0, |d| d.iter().product::<i64>()) as usize;
-        let hess = if spec.gptq && p.role == Role::Linear {
-            let h = calibration.and_then(|c| c.hessian(&w.name));
+        let hess = if spec.gptq && p.role == Role::Linear && !float_format(target) {
+            let h = stats(&w.name);
             if h.is_none() {
                 uncalibrated.push(format!("@{}", w.name));
             }
@@ -535,8 +660,12 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                         // `H` is 12·k² bytes: a 1B model's down projections hold GBs).
                         let later = plans[pi + 1..].iter().any(|q| {
                             q.role == Role::Linear
-                                && calibration
-                                    .and_then(|c| c.hessians.get(&m.weight(q.weight).name))
+                                && scaled
+                                    .get(&m.weight(q.weight).name)
+                                    .or_else(|| {
+                                        calibration
+                                            .and_then(|c| c.hessians.get(&m.weight(q.weight).name))
+                                    })
                                     .is_some_and(|a| Arc::ptr_eq(a, &h))
                         });
                         if !later {
@@ -544,6 +673,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                         }
                         q
                     }
+                    None if float_format(target) => to_float(target, &x).map_err(wname)?,
                     None => gguf::quantize(target, &x).map_err(wname)?,
                 };
                 WeightData::Owned(Arc::new(q))
@@ -567,6 +697,12 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                     let out = m.graph.node(c).outputs[0];
                     repl.insert(out, p.value);
                     keep_node[c.0 as usize] = false;
+                }
+                Use::Gather(n) if float_format(target) => {
+                    // f16/bf16 rows; a cast to f32 is put after the gather below where
+                    // the rows were f32 (the casts after an f16 table's gather stay).
+                    let out = m.graph.node(n).outputs[0];
+                    m.graph.values[out.0 as usize].ty.dtype = target;
                 }
                 Use::Gather(n) => {
                     let out = m.graph.node(n).outputs[0];
@@ -593,6 +729,18 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let changed = !counts.is_empty();
     if changed {
         compact(&mut m.graph, &keep_node, &repl);
+        // Rows gathered from a table now in f16/bf16 that were read as f32.
+        for i in (0..m.graph.nodes.len()).rev() {
+            let node = &m.graph.nodes[i];
+            let out = node.outputs[0];
+            let narrow = node.op == Op::Gather && float_format(m.graph.ty(out).dtype);
+            if narrow
+                && (m.graph.outputs.contains(&out)
+                    || !readers(m, out).iter().all(|&(r, _)| casts_to_f32(m, r)))
+            {
+                insert_cast_f32(m, NodeId(i as u32));
+            }
+        }
     }
     let mut by_fmt: Vec<String> = counts.iter().map(|(d, c)| format!("{c} {d}")).collect();
     by_fmt.sort();
@@ -612,6 +760,30 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     }
     if !kept.is_empty() {
         note += &format!("; kept {}", kept.join(", "));
+    }
+    if let Some(r) = &awq_report {
+        note += &format!(
+            "; awq on {} inputs ({} matrices, mean alpha {:.2}): output error (relative, \
+             on the calibration, rounded) {:.5} -> {:.5}",
+            r.groups,
+            r.matrices,
+            r.alpha_sum / r.groups.max(1) as f64,
+            r.rtn_error,
+            r.awq_error
+        );
+        if !r.skipped.is_empty() {
+            note += &format!(
+                "; {} inputs not scaled: {}{}",
+                r.skipped.len(),
+                r.skipped
+                    .iter()
+                    .take(2)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if r.skipped.len() > 2 { ", ..." } else { "" }
+            );
+        }
     }
     if let (true, Some(c)) = (spec.gptq, calibration) {
         let n = gptq_stats.len().max(1) as f64;
@@ -653,3 +825,6 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     crate::note(note);
     Ok(changed.into())
 }
+
+#[cfg(test)]
+mod tests;

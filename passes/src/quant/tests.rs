@@ -1,0 +1,255 @@
+//! The quantize pass on hand-built blocks, run through the reference interpreter:
+//! AWQ's scaling leaves the unquantized function as it was and makes the rounded one
+//! closer on inputs with outlier channels; f16/bf16 conversion keeps a tied embedding
+//! gatherable (a cast after the gather) and the outputs within f16's rounding.
+
+use super::gptq::tests::Lcg;
+use super::*;
+use llmc_ir::interp::Interpreter;
+use llmc_ir::{attrs, Attr, Dim, Shape, Tensor, TensorType};
+
+const H: usize = 64;
+const F: usize = 128;
+const ROWS: usize = 256;
+
+fn weight(m: &mut Module, name: &str, shape: &[usize], x: &[f32]) -> ValueId {
+    m.add_weight(
+        name,
+        DType::F32,
+        Shape(shape.iter().map(|&d| Dim::c(d as i64)).collect()),
+        WeightData::Owned(Arc::new(x.iter().flat_map(|v| v.to_le_bytes()).collect())),
+    )
+}
+
+fn random(rng: &mut Lcg, n: usize, scale: f64) -> Vec<f32> {
+    (0..n).map(|_| (rng.next() * scale) as f32).collect()
+}
+
+/// `y = x + down(silu(gate(n)) · up(n))`, `n = rms_norm(x, γ)`; with `probe` the norm's
+/// and the product's values are outputs too (for calibration).
+fn block(seed: u64, probe: bool) -> Module {
+    let mut rng = Lcg(seed);
+    let mut m = Module::new("block");
+    let x = m.graph.add_input(
+        "x",
+        TensorType::new(
+            DType::F32,
+            Shape(vec![Dim::c(ROWS as i64), Dim::c(H as i64)]),
+        ),
+    );
+    let gamma: Vec<f32> = (0..H).map(|_| 1.0 + 0.2 * rng.next() as f32).collect();
+    let gamma = weight(&mut m, "norm", &[H], &gamma);
+    let wg = random(&mut rng, F * H, 0.2);
+    let wu = random(&mut rng, F * H, 0.2);
+    let wd = random(&mut rng, H * F, 0.2);
+    let (g, u, d) = (
+        weight(&mut m, "gate", &[F, H], &wg),
+        weight(&mut m, "up", &[F, H], &wu),
+        weight(&mut m, "down", &[H, F], &wd),
+    );
+    let n = m
+        .add1(
+            Op::RmsNorm,
+            &[x, gamma],
+            attrs([("eps", Attr::Float(1e-6))]),
+        )
+        .unwrap();
+    let gl = m.add1(Op::Linear, &[n, g], attrs([])).unwrap();
+    let a = m.add1(Op::Silu, &[gl], attrs([])).unwrap();
+    let ul = m.add1(Op::Linear, &[n, u], attrs([])).unwrap();
+    let h = m.add1(Op::Mul, &[a, ul], attrs([])).unwrap();
+    let y = m.add1(Op::Linear, &[h, d], attrs([])).unwrap();
+    // The residual add: the down projection is not the graph's output (the head).
+    let y = m.add1(Op::Add, &[y, x], attrs([])).unwrap();
+    m.graph.outputs = vec![y];
+    if probe {
+        m.graph.outputs.extend([n, h]);
+    }
+    m
+}
+
+/// Rows with a few outlier channels (as LLM activations have).
+fn input(seed: u64) -> Tensor {
+    let mut rng = Lcg(seed);
+    let x = (0..ROWS * H)
+        .map(|i| {
+            let v = rng.next() as f32;
+            if i % H < 3 {
+                v * 25.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    Tensor::f32(vec![ROWS, H], x)
+}
+
+fn run1(m: &Module, x: &Tensor) -> Vec<f64> {
+    Interpreter::new(m).run(std::slice::from_ref(x)).unwrap()[0].to_f64()
+}
+
+fn xtx(rows: &[f64], k: usize) -> Arc<gptq::Hessian> {
+    let n = rows.len() / k;
+    let mut h = vec![0.0; k * k];
+    for r in rows.chunks_exact(k) {
+        for i in 0..k {
+            for j in 0..k {
+                h[i * k + j] += r[i] * r[j];
+            }
+        }
+    }
+    Arc::new(gptq::Hessian { k, h, rows: n })
+}
+
+fn calibration(seed: u64, x: &Tensor) -> Arc<Calibration> {
+    let outs = Interpreter::new(&block(seed, true))
+        .run(std::slice::from_ref(x))
+        .unwrap();
+    let (hn, hh) = (xtx(&outs[1].to_f64(), H), xtx(&outs[2].to_f64(), F));
+    Arc::new(Calibration::new(
+        HashMap::from([
+            ("gate".to_string(), hn.clone()),
+            ("up".to_string(), hn),
+            ("down".to_string(), hh),
+        ]),
+        ROWS,
+        "test".into(),
+    ))
+}
+
+fn rel_error(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = a.iter().map(|x| x * x).sum();
+    (num / den).sqrt()
+}
+
+fn quantized(seed: u64, spec: &str, cal: Option<Arc<Calibration>>) -> Module {
+    let mut m = block(seed, false);
+    let ctx = PassContext {
+        quantize: Some(QuantSpec::parse(spec).unwrap()),
+        calibration: cal,
+        ..Default::default()
+    };
+    assert_eq!(run(&mut m, &ctx).unwrap(), Changed::Yes);
+    llmc_ir::verify::verify(&m).unwrap();
+    m
+}
+
+#[test]
+fn awq_scaling_keeps_the_function_and_folds_into_norm_and_up() {
+    let x = input(2);
+    let cal = calibration(1, &x);
+    let mut m = block(1, false);
+    let want = run1(&m, &x);
+    let (_, report) = awq::apply(&mut m, DType::Q4_0, &cal, &|_| true).unwrap();
+    assert_eq!((report.groups, report.matrices), (2, 3), "{report:?}");
+    assert!(report.skipped.is_empty(), "{report:?}");
+    assert!(
+        report.alpha_sum > 0.0,
+        "outlier channels must be scaled: {report:?}"
+    );
+    assert!(report.awq_error < report.rtn_error, "{report:?}");
+    // Scaled weights, divided norm: the same function (f32 rounding apart).
+    let got = run1(&m, &x);
+    let e = rel_error(&want, &got);
+    assert!(e < 1e-5, "unquantized output moved by {e}");
+    let gamma = m.weight(m.weight_id("norm").unwrap()).data.bytes().unwrap();
+    let g0 = f32::from_le_bytes([gamma[0], gamma[1], gamma[2], gamma[3]]);
+    let orig = block(1, false);
+    let o = orig
+        .weight(orig.weight_id("norm").unwrap())
+        .data
+        .bytes()
+        .unwrap();
+    assert_ne!(g0, f32::from_le_bytes([o[0], o[1], o[2], o[3]]));
+}
+
+#[test]
+fn awq_before_rounding_and_gptq_reduce_the_output_error() {
+    let x = input(4);
+    let want = run1(&block(3, false), &x);
+    let cal = calibration(3, &x);
+    let err = |spec: &str| rel_error(&want, &run1(&quantized(3, spec, Some(cal.clone())), &x));
+    let rtn = rel_error(&want, &run1(&quantized(3, "q4_0", None), &x));
+    let (awq, gptq, both) = (err("q4_0,awq"), err("q4_0,gptq"), err("q4_0,awq,gptq"));
+    assert!(awq < 0.9 * rtn, "awq {awq} vs rounding {rtn}");
+    assert!(both < gptq, "awq+gptq {both} vs gptq {gptq}");
+    // Without statistics AWQ cannot choose: a clear error.
+    let mut m = block(3, false);
+    let ctx = PassContext {
+        quantize: Some(QuantSpec::parse("q4_0,awq").unwrap()),
+        ..Default::default()
+    };
+    let e = run(&mut m, &ctx).unwrap_err().to_string();
+    assert!(e.contains("--calibration"), "{e}");
+}
+
+#[test]
+fn spec_parses_awq_and_float_formats() {
+    let s = QuantSpec::parse("q4_1,awq,gptq").unwrap();
+    assert!(s.awq && s.gptq && s.calibrated());
+    assert_eq!(s.to_string(), "q4_1,head=q8_0,embed=q4_1,awq,gptq");
+    let f = QuantSpec::parse("bf16").unwrap();
+    assert_eq!(
+        (f.format, f.head, f.embed),
+        (DType::BF16, Some(DType::BF16), Some(DType::BF16))
+    );
+    assert!(QuantSpec::parse("f16,gptq")
+        .unwrap_err()
+        .contains("converted as they are"));
+    assert!(QuantSpec::parse("q3_k")
+        .unwrap_err()
+        .contains("f16, bf16, q8_0"));
+}
+
+/// A tied embedding: rows gathered from the table, the norm of their sum projected
+/// back onto it (the logits).
+fn tied(seed: u64) -> Module {
+    let (v, k) = (96, 64);
+    let mut rng = Lcg(seed);
+    let mut m = Module::new("tied");
+    let ids = m
+        .graph
+        .add_input("ids", TensorType::new(DType::I64, Shape(vec![Dim::c(4)])));
+    let table = random(&mut rng, v * k, 1.0);
+    let t = weight(&mut m, "embed", &[v, k], &table);
+    let gamma = weight(&mut m, "norm", &[k], &vec![1.0; k]);
+    let e = m.add1(Op::Gather, &[t, ids], attrs([])).unwrap();
+    let n = m
+        .add1(
+            Op::RmsNorm,
+            &[e, gamma],
+            attrs([("eps", Attr::Float(1e-6))]),
+        )
+        .unwrap();
+    let y = m.add1(Op::Linear, &[n, t], attrs([])).unwrap();
+    m.graph.outputs = vec![y];
+    m
+}
+
+#[test]
+fn float_formats_convert_a_tied_embedding_and_keep_it_gathered() {
+    let ids = Tensor::from_i64(DType::I64, vec![4], vec![3, 0, 95, 17]);
+    let want = Interpreter::new(&tied(5))
+        .run(std::slice::from_ref(&ids))
+        .unwrap()[0]
+        .to_f64();
+    for (spec, dtype, tol) in [("f16", DType::F16, 2e-3), ("bf16", DType::BF16, 2e-2)] {
+        let mut m = tied(5);
+        let ctx = PassContext {
+            quantize: Some(QuantSpec::parse(spec).unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(run(&mut m, &ctx).unwrap(), Changed::Yes);
+        llmc_ir::verify::verify(&m).unwrap();
+        assert_eq!(m.weight(m.weight_id("embed").unwrap()).dtype, dtype);
+        let casts = m.graph.nodes.iter().filter(|n| n.op == Op::Cast).count();
+        assert_eq!(casts, 1, "one cast after the gather");
+        let got = Interpreter::new(&m)
+            .run(std::slice::from_ref(&ids))
+            .unwrap()[0]
+            .to_f64();
+        let e = rel_error(&want, &got);
+        assert!(e < tol, "{spec}: {e}");
+    }
+}
