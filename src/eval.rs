@@ -58,7 +58,7 @@ pub struct EvalArgs {
 /// logits` to apply the same ops to all of `x`, so the graph returns
 /// `[batch, seq, vocab]`. Returns false (the module unchanged) when the tail has
 /// another shape.
-fn every_position(m: &mut Module) -> Result<bool> {
+pub(crate) fn every_position(m: &mut Module) -> Result<bool> {
     let io = crate::generate::find_io(m)?;
     let g = &m.graph;
     let out = g.outputs[io.logits];

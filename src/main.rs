@@ -2,6 +2,7 @@
 //! `docs/` / DESIGN.md that scripts and tests rely on), calls into the compiler crates,
 //! and turns every failure into one `error: ...` line and exit code 1.
 
+mod budget;
 mod calibrate;
 mod cuda;
 mod eval;
@@ -168,6 +169,24 @@ pub struct CalibrationArgs {
     /// How many tokens of the calibration text to use.
     #[arg(long, value_name = "N", default_value_t = 2048)]
     calibration_tokens: usize,
+    /// Choose per layer between --quantize FORMAT and q8_0: the fewest layers in q8_0
+    /// whose measured perplexity on the calibration text stays within PCT (`1%`, or
+    /// `0.01`) of the unquantized model's.
+    #[arg(long, value_name = "PCT", value_parser = parse_budget)]
+    accuracy_budget: Option<f64>,
+}
+
+/// `--accuracy-budget 1%` or `0.01`.
+fn parse_budget(s: &str) -> Result<f64, String> {
+    let v = match s.trim().strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => s.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("`{s}`: expected a percentage (1%) or a fraction (0.01)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("`{s}`: the budget must be a non-negative share"));
+    }
+    Ok(v)
 }
 
 /// What the model is reduced by before the optimizer: `--prune`, `--quantize`, and
@@ -187,29 +206,36 @@ impl Reduce {
         prune: Option<llmc_passes::prune::PruneSpec>,
         c: &CalibrationArgs,
     ) -> Result<Reduce> {
-        let gptq = quantize.as_ref().is_some_and(|q| q.calibrated());
+        let gptq = quantize.as_ref().is_some_and(|q| q.calibrated()) || c.accuracy_budget.is_some();
         let calibration = match (&c.calibration, gptq || prune.is_some()) {
             (Some(file), true) => Some(std::sync::Arc::new(calibrate::calibrate(
                 m,
                 file,
                 c.calibration_tokens,
             )?)),
+            (None, _) if c.accuracy_budget.is_some() => bail!(
+                "--accuracy-budget measures perplexity on a text: give --calibration FILE"
+            ),
             (None, _) if gptq => bail!(
                 "--quantize {}: gptq and awq choose codes against calibration statistics; give \
                  --calibration FILE (a text the model is run on)",
                 quantize.as_ref().map(|q| q.to_string()).unwrap_or_default()
             ),
             (Some(file), false) => bail!(
-                "--calibration {}: only --quantize FORMAT,gptq|awq and --prune use calibration",
+                "--calibration {}: only --quantize FORMAT,gptq|awq, --accuracy-budget and --prune use calibration",
                 file.display()
             ),
             (None, _) => None,
         };
-        Ok(Reduce {
+        let mut reduce = Reduce {
             quantize,
             prune,
             calibration,
-        })
+        };
+        if let (Some(pct), Some(file)) = (c.accuracy_budget, &c.calibration) {
+            reduce.quantize = Some(budget::choose(m, &reduce, pct, file, c.calibration_tokens)?);
+        }
+        Ok(reduce)
     }
 }
 

@@ -205,6 +205,35 @@ fn gptq_lowers_q4_0_perplexity_and_pruning_with_a_refit_keeps_the_model() {
     );
     assert!(awq < rtn, "awq+gptq {awq} vs rtn {rtn}");
 
+    // --accuracy-budget 5% over q4_0: RTN q4_0 loses ~20%, so some layers must go to
+    // q8_0; the probes (perplexity on the calibration text) are printed and the
+    // chosen spec names them.
+    let flags = [
+        "--quantize",
+        "q4_0",
+        "--accuracy-budget",
+        "5%",
+        "--calibration",
+        cal,
+        "--calibration-tokens",
+        "1024",
+    ];
+    let (budgeted, err) = ppl(m, &flags);
+    eprintln!("q4_0 within 5% {budgeted:.3}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("layers in q8_0 ("))
+        .unwrap_or_else(|| panic!("no budget choice: {err}"));
+    let chosen: usize = line
+        .split("--accuracy-budget: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(chosen > 0 && chosen < 30, "{line}");
+    assert!(line.contains(",layer"), "{line}");
+    assert!(err.contains("layers in q8_0 | weights MiB | PPL"), "{err}");
+    assert!(budgeted < rtn, "budgeted {budgeted} vs rtn {rtn}");
+
     // 12.5% of the MLP channels out, ranked and refitted on the calibration text: the
     // model stays a language model (PPL 32 against 22 here; magnitude alone, without
     // statistics, is not asked to: on SmolLM2 it destroys it, docs/quant.md).
@@ -247,7 +276,8 @@ fn calibration_flags_are_checked_before_any_work() {
     ]);
     let e = stderr(&o);
     assert!(
-        !o.status.success() && e.contains("only --quantize FORMAT,gptq|awq and --prune"),
+        !o.status.success()
+            && e.contains("only --quantize FORMAT,gptq|awq, --accuracy-budget and --prune"),
         "{e}"
     );
     let o = llmc(&["build", m, "--prune", "ffn=150%", "-o", "/dev/null"]);

@@ -213,20 +213,23 @@ fn error(dtype: DType, mats: &[(Vec<f32>, usize)], k: usize, h: &[f64], s: &[f64
 }
 
 /// Scales the linears of every calibration input whose `1/s` can be folded, for
-/// rounding into `dtype`. Returns the scaled statistics by weight name (for GPTQ
+/// rounding into the block format `target` gives each weight (a group's first
+/// weight's decides; `None`: not quantized, or not into a block format). Returns the scaled statistics by weight name (for GPTQ
 /// afterwards) and the report.
 pub fn apply(
     m: &mut Module,
-    dtype: DType,
     cal: &Calibration,
-    quantized: &dyn Fn(&str) -> bool,
+    target: &dyn Fn(&str) -> Option<DType>,
 ) -> Result<(HashMap<String, Arc<Hessian>>, Report), String> {
     let mut report = Report::default();
     let mut scaled_h = HashMap::new();
     let (mut rtn_sum, mut awq_sum) = (0.0, 0.0);
     for (x, names) in calibration_points(m) {
-        let names: Vec<String> = names.into_iter().filter(|n| quantized(n)).collect();
+        let names: Vec<String> = names.into_iter().filter(|n| target(n).is_some()).collect();
         let Some(first) = names.first() else {
+            continue;
+        };
+        let Some(dtype) = target(first) else {
             continue;
         };
         let Some(h) = cal.hessian(first) else {

@@ -305,6 +305,28 @@ pub fn quantize(
     ))
 }
 
+/// The relative output error `Σ eᵀHe / Σ wᵀHw` of rounding the rows of `w` (width
+/// `h.k`) to nearest in `dtype`, over about 64 rows spread through it.
+pub fn rounding_error(dtype: DType, w: &[f32], h: &Hessian) -> f64 {
+    let k = h.k;
+    let n = w.len() / k.max(1);
+    let (mut base, mut err) = (0.0f64, 0.0f64);
+    let mut e = vec![0.0f64; k];
+    for r in (0..n).step_by((n / 64).max(1)) {
+        let row = &w[r * k..(r + 1) * k];
+        let wr: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+        base += quad(&h.h, k, &wr);
+        for (b, chunk) in row.chunks_exact(BLOCK).enumerate() {
+            let sc = BlockScale::of(dtype, chunk);
+            for (j, &v) in chunk.iter().enumerate() {
+                e[b * BLOCK + j] = (v - sc.code(dtype, v).1) as f64;
+            }
+        }
+        err += quad(&h.h, k, &e);
+    }
+    err / base.max(f64::MIN_POSITIVE)
+}
+
 /// Rows swept together, sharing each row of `U` while it is in cache.
 const TILE: usize = 8;
 

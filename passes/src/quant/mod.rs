@@ -45,6 +45,10 @@ pub struct QuantSpec {
     /// Scale each linear's input channels by their measured activation size before
     /// rounding, folding the inverse into where the input is made (AWQ, `awq`).
     pub awq: bool,
+    /// Per-layer formats for the linears of the layer with that index (the first
+    /// number in a weight's name: `model.layers.7.mlp.up_proj.weight` is layer 7),
+    /// `layerN=FORMAT`; what `--accuracy-budget` chooses.
+    pub layers: std::collections::BTreeMap<usize, DType>,
     /// GPTQ's damping: this fraction of `H`'s mean diagonal is added to its diagonal
     /// (`damp=F`). More damping trusts the calibration's correlations less (towards
     /// rounding to nearest). `None`: [`gptq::default_damp`], which grows as the
@@ -69,6 +73,23 @@ impl fmt::Display for QuantSpec {
         )?;
         if let Some(d) = self.damp {
             write!(f, ",damp={d}")?;
+        }
+        // Runs of consecutive layers in one format as ranges: `layer5-9=q8_0`.
+        let mut it = self.layers.iter().peekable();
+        while let Some((&a, &d)) = it.next() {
+            let mut b = a;
+            while let Some((&n, &e)) = it.peek() {
+                if n != b + 1 || e != d {
+                    break;
+                }
+                b = n;
+                it.next();
+            }
+            if a == b {
+                write!(f, ",layer{a}={d}")?;
+            } else {
+                write!(f, ",layer{a}-{b}={d}")?;
+            }
         }
         Ok(())
     }
@@ -103,8 +124,16 @@ impl QuantSpec {
             embed: Some(format),
             gptq: false,
             awq: false,
+            layers: Default::default(),
             damp: None,
         }
+    }
+
+    /// The format of a weight the linears read (`name`): its layer's, else FORMAT.
+    pub fn linear_format(&self, name: &str) -> DType {
+        layer_of(name)
+            .and_then(|l| self.layers.get(&l).copied())
+            .unwrap_or(self.format)
     }
 
     /// Whether the spec needs calibration statistics (`--calibration FILE`).
@@ -140,6 +169,21 @@ impl QuantSpec {
                 );
                 continue;
             }
+            if let Some(l) = key.strip_prefix("layer") {
+                let bad =
+                    || format!("`{key}`: expected layerN=FORMAT or layerA-B=FORMAT (layer7=q8_0)");
+                let (a, b) = l.split_once('-').unwrap_or((l, l));
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                let d = parse_format(val, key)?;
+                for l in a..=b {
+                    spec.layers.insert(l, d);
+                }
+                continue;
+            }
             let val = if val == "keep" {
                 None
             } else {
@@ -150,12 +194,13 @@ impl QuantSpec {
                 "embed" => spec.embed = val,
                 _ => {
                     return Err(format!(
-                        "`{key}`: unknown option (head, embed, awq, gptq, damp)"
+                        "`{key}`: unknown option (head, embed, layerN, awq, gptq, damp)"
                     ))
                 }
             }
         }
-        if spec.calibrated() && float_format(spec.format) {
+        let mixed_float = spec.layers.values().any(|d| float_format(*d));
+        if spec.calibrated() && (float_format(spec.format) || mixed_float) {
             return Err(format!(
                 "{}: awq and gptq choose block codes; {} weights are converted as they are",
                 s, spec.format
@@ -163,6 +208,14 @@ impl QuantSpec {
         }
         Ok(spec)
     }
+}
+
+/// The layer a weight belongs to: the first all-digit component of its name
+/// (`model.layers.7.mlp.up_proj.weight`, `blk.7.ffn_up.weight`: 7).
+pub fn layer_of(name: &str) -> Option<usize> {
+    name.split(['.', '/'])
+        .find(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse().ok())
 }
 
 /// Calibration statistics for GPTQ: per weight (by name), `XᵀX` over the calibration
@@ -179,6 +232,10 @@ pub struct Calibration {
     /// pruning keeps channels `K` of a down projection): its statistics are then
     /// `H[K, K]`, exactly those of the smaller linear's input.
     selected: Mutex<HashMap<String, Vec<usize>>>,
+    /// What the quantize pass measured per weight it quantized against these
+    /// statistics: the relative output error `Σ eᵀHe / Σ wᵀHw` over sampled rows
+    /// (`--accuracy-budget` ranks layers by it).
+    errors: Mutex<HashMap<String, f64>>,
 }
 
 impl Calibration {
@@ -192,6 +249,18 @@ impl Calibration {
             tokens,
             source,
             selected: Mutex::default(),
+            errors: Mutex::default(),
+        }
+    }
+
+    /// The relative output errors the quantize pass measured, by weight name.
+    pub fn errors(&self) -> HashMap<String, f64> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    fn record_error(&self, name: &str, e: f64) {
+        if let Ok(mut errs) = self.errors.lock() {
+            errs.insert(name.to_string(), e);
         }
     }
 
@@ -585,17 +654,22 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     // inputs) that rounding or GPTQ then quantize, and the statistics GPTQ reads.
     let mut scaled: HashMap<String, Arc<gptq::Hessian>> = HashMap::new();
     let mut awq_report = None;
-    if let (true, Some(cal), false) = (spec.awq, calibration, float_format(spec.format)) {
-        let linear: std::collections::HashSet<String> = plans
+    if let (true, Some(cal)) = (spec.awq, calibration) {
+        let linear: HashMap<String, DType> = plans
             .iter()
             .filter(|p| p.role == Role::Linear)
-            .map(|p| m.weight(p.weight).name.clone())
+            .map(|p| {
+                let n = m.weight(p.weight).name.clone();
+                let d = spec.linear_format(&n);
+                (n, d)
+            })
+            .filter(|(_, d)| !float_format(*d))
             .collect();
         let has_data = plans
             .iter()
             .all(|p| m.weight(p.weight).data.bytes().is_some());
         if has_data {
-            let (h, r) = awq::apply(m, spec.format, cal, &|n| linear.contains(n)).map_err(err)?;
+            let (h, r) = awq::apply(m, cal, &|n| linear.get(n).copied()).map_err(err)?;
             scaled = h;
             awq_report = Some(r);
         }
@@ -612,7 +686,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let mut uncalibrated: Vec<String> = Vec::new();
     for (pi, p) in plans.iter().enumerate() {
         let target = match p.role {
-            Role::Linear => Some(spec.format),
+            Role::Linear => Some(spec.linear_format(&m.weight(p.weight).name)),
             Role::Head => spec.head,
             Role::Embed => spec.embed,
         };
@@ -655,6 +729,9 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                         let prep = &prepared[at].1;
                         let (q, o) =
                             gptq::quantize(target, &x, numel / h.k, prep).map_err(wname)?;
+                        if let Some(c) = calibration {
+                            c.record_error(&w.name, o.gptq_error);
+                        }
                         gptq_stats.push(o);
                         // Dropped once no later linear reads the same input (a factored
                         // `H` is 12·k² bytes: a 1B model's down projections hold GBs).
@@ -674,7 +751,17 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                         q
                     }
                     None if float_format(target) => to_float(target, &x).map_err(wname)?,
-                    None => gguf::quantize(target, &x).map_err(wname)?,
+                    None => {
+                        let q = gguf::quantize(target, &x).map_err(wname)?;
+                        let measured = match (calibration, p.role) {
+                            (Some(c), Role::Linear) => stats(&w.name).map(|h| (c, h)),
+                            _ => None,
+                        };
+                        if let Some((c, h)) = measured {
+                            c.record_error(&w.name, gptq::rounding_error(target, &x, &h));
+                        }
+                        q
+                    }
                 };
                 WeightData::Owned(Arc::new(q))
             }

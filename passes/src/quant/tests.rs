@@ -141,7 +141,7 @@ fn awq_scaling_keeps_the_function_and_folds_into_norm_and_up() {
     let cal = calibration(1, &x);
     let mut m = block(1, false);
     let want = run1(&m, &x);
-    let (_, report) = awq::apply(&mut m, DType::Q4_0, &cal, &|_| true).unwrap();
+    let (_, report) = awq::apply(&mut m, &cal, &|_| Some(DType::Q4_0)).unwrap();
     assert_eq!((report.groups, report.matrices), (2, 3), "{report:?}");
     assert!(report.skipped.is_empty(), "{report:?}");
     assert!(
@@ -189,6 +189,25 @@ fn spec_parses_awq_and_float_formats() {
     let s = QuantSpec::parse("q4_1,awq,gptq").unwrap();
     assert!(s.awq && s.gptq && s.calibrated());
     assert_eq!(s.to_string(), "q4_1,head=q8_0,embed=q4_1,awq,gptq");
+    let l = QuantSpec::parse("q4_0,layer3=q8_0,layer5-7=q8_0,layer8=q5_0").unwrap();
+    assert_eq!(l.layers.len(), 5);
+    assert_eq!(
+        l.to_string(),
+        "q4_0,head=q8_0,embed=q4_0,layer3=q8_0,layer5-7=q8_0,layer8=q5_0"
+    );
+    assert_eq!(QuantSpec::parse(&l.to_string()).unwrap(), l);
+    assert_eq!(
+        l.linear_format("model.layers.6.mlp.up_proj.weight"),
+        DType::Q8_0
+    );
+    assert_eq!(l.linear_format("blk.4.ffn_up.weight"), DType::Q4_0);
+    assert_eq!(l.linear_format("model.embed_tokens.weight"), DType::Q4_0);
+    assert!(QuantSpec::parse("q4_0,layer9-2=q8_0")
+        .unwrap_err()
+        .contains("layerA-B"));
+    assert!(QuantSpec::parse("q4_0,awq,layer2=f16")
+        .unwrap_err()
+        .contains("converted"));
     let f = QuantSpec::parse("bf16").unwrap();
     assert_eq!(
         (f.format, f.head, f.embed),
