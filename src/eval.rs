@@ -7,6 +7,11 @@
 //! MODEL reports its KL divergence from them and how often both rank the same token
 //! first.
 //!
+//! `llmc eval ENCODER --embeddings FILE [--quantize F] [--compare-to MODEL2]`: for
+//! sentence-embedding models, the cosine similarity of each line's embedding to the
+//! reference's (MODEL2, or MODEL itself unreduced), mean and minimum, and how long each
+//! executable took to embed the lines (batch 1, one call per line).
+//!
 //! The decoder graphs return the last position's logits (what generation needs);
 //! for evaluation the module is first rewritten to return every position's (the
 //! final norm and output projection applied to the whole sequence instead of its
@@ -25,8 +30,17 @@ pub struct EvalArgs {
     /// The language model.
     model: PathBuf,
     /// The text to measure the perplexity on.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "embeddings",
+        conflicts_with = "embeddings"
+    )]
+    perplexity: Option<PathBuf>,
+    /// An encoder: embed each non-empty line of FILE and report the cosine to the
+    /// reference's embeddings (--compare-to, default MODEL without --quantize/--prune).
     #[arg(long, value_name = "FILE")]
-    perplexity: PathBuf,
+    embeddings: Option<PathBuf>,
     /// Window length in tokens (llama-perplexity's -c).
     #[arg(long, value_name = "N", default_value_t = 512)]
     ctx: usize,
@@ -112,7 +126,9 @@ pub(crate) fn every_position(m: &mut Module) -> Result<bool> {
 fn compile(a: &EvalArgs, path: &Path, reduce: bool, exe: &Path) -> Result<()> {
     let t0 = Instant::now();
     let mut m: Module = load(path)?;
-    if !every_position(&mut m)? {
+    if a.embeddings.is_some() {
+        // An encoder: as built.
+    } else if !every_position(&mut m)? {
         eprintln!(
             "llmc eval: {}: the graph returns only the last position's logits; \
              scoring one token per call",
@@ -143,17 +159,39 @@ fn compile(a: &EvalArgs, path: &Path, reduce: bool, exe: &Path) -> Result<()> {
             eprintln!("llmc eval: {pass} {note}");
         }
     }
-    let llm = llm_info(&m)?.context("llmc eval needs a language model with a tokenizer")?;
+    let llm = if a.embeddings.is_some() {
+        None
+    } else {
+        Some(llm_info(&m)?.context("llmc eval needs a language model with a tokenizer")?)
+    };
     let opts = llmc_backend::BuildOptions {
         cpu: llmc_backend::CpuOptions {
             opt_level: a.opt_level,
             ..Default::default()
         },
         dump_dir: None,
-        llm: Some(llm),
+        llm,
     };
-    llmc_backend::build_executable(&m, &opts, exe)
-        .with_context(|| format!("compiling {}", path.display()))?;
+    if a.embeddings.is_some() {
+        // An encoder: `embed` needs its tokenizer and inputs in the plan.
+        let want = llmc_backend::Want {
+            object: true,
+            ..Default::default()
+        };
+        let mut b = llmc_backend::compile_cpu(&m, &opts, want)
+            .with_context(|| format!("compiling {}", path.display()))?;
+        b.planned.plan.encoder = crate::encoder_info(&m)?;
+        if b.planned.plan.encoder.is_none() {
+            bail!(
+                "--embeddings needs a sentence-embedding (encoder) model with a tokenizer; {} is not one",
+                path.display()
+            );
+        }
+        llmc_backend::link_build(&b, exe).with_context(|| format!("linking {}", path.display()))?;
+    } else {
+        llmc_backend::build_executable(&m, &opts, exe)
+            .with_context(|| format!("compiling {}", path.display()))?;
+    }
     eprintln!(
         "llmc eval: compiled {} in {:.1} s",
         path.display(),
@@ -164,10 +202,11 @@ fn compile(a: &EvalArgs, path: &Path, reduce: bool, exe: &Path) -> Result<()> {
 
 /// Runs `exe perplexity` with the window settings and `extra` arguments.
 fn measure(a: &EvalArgs, exe: &Path, extra: &[&std::ffi::OsStr]) -> Result<()> {
+    let text = a.perplexity.as_ref().context("--perplexity FILE")?;
     let mut cmd = Command::new(exe);
     cmd.arg("perplexity")
         .arg("--file")
-        .arg(&a.perplexity)
+        .arg(text)
         .arg("--ctx")
         .arg(a.ctx.to_string());
     if let Some(n) = a.chunks {
@@ -195,11 +234,103 @@ fn label(a: &EvalArgs) -> String {
     s
 }
 
+/// Runs `exe embed --file FILE --output OUT.npy`; returns the embeddings (rows) and
+/// the seconds the executable reported.
+fn embed(exe: &Path, file: &Path, out: &Path) -> Result<(Vec<Vec<f32>>, f64)> {
+    let o = Command::new(exe)
+        .arg("embed")
+        .arg("--file")
+        .arg(file)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() {
+        bail!("the compiled model's embed run failed: {err}");
+    }
+    let secs = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("embed: "))
+        .filter_map(|l| {
+            l.rsplit(", ")
+                .next()?
+                .strip_suffix(" s")?
+                .parse::<f64>()
+                .ok()
+        })
+        .next_back()
+        .unwrap_or(f64::NAN);
+    let t = crate::npy::read(out)?;
+    let (rows, dim) = match t.shape[..] {
+        [r, d] => (r, d),
+        _ => bail!("embed wrote an array of shape {:?}", t.shape),
+    };
+    let v: Vec<f32> = t.to_f64().into_iter().map(|x| x as f32).collect();
+    Ok((
+        (0..rows)
+            .map(|r| v[r * dim..(r + 1) * dim].to_vec())
+            .collect(),
+        secs,
+    ))
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(f64::MIN_POSITIVE)
+}
+
+/// `--embeddings FILE`: the cosine of each line's embedding to the reference's.
+fn eval_embeddings(a: &EvalArgs, file: &Path, dir: &Path) -> Result<()> {
+    let exe = dir.join("model");
+    compile(a, &a.model, true, &exe)?;
+    let reference = a.compare_to.as_deref().unwrap_or(&a.model);
+    let ref_exe = dir.join("reference");
+    compile(a, reference, false, &ref_exe)?;
+    let (base, t_ref) = embed(&ref_exe, file, &dir.join("reference.npy"))?;
+    let (got, t_model) = embed(&exe, file, &dir.join("model.npy"))?;
+    if base.len() != got.len() {
+        bail!(
+            "the two models embedded {} and {} lines",
+            base.len(),
+            got.len()
+        );
+    }
+    let cos: Vec<f64> = base.iter().zip(&got).map(|(x, y)| cosine(x, y)).collect();
+    let n = cos.len().max(1) as f64;
+    let mean = cos.iter().sum::<f64>() / n;
+    let (worst, at) =
+        cos.iter().enumerate().fold(
+            (f64::MAX, 0),
+            |(w, i), (j, &c)| if c < w { (c, j) } else { (w, i) },
+        );
+    println!(
+        "== {}{} against {} ==",
+        a.model.display(),
+        label(a),
+        reference.display()
+    );
+    println!("lines: {}", cos.len());
+    println!("cosine mean: {mean:.6}");
+    println!("cosine min: {worst:.6} (line {})", at + 1);
+    println!(
+        "embed seconds: model {t_model:.3}, reference {t_ref:.3} ({:.2}x)",
+        t_ref / t_model
+    );
+    Ok(())
+}
+
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    // Named before anything is compiled: a missing text is a quick error.
-    std::fs::metadata(&a.perplexity)
-        .with_context(|| format!("--perplexity {}", a.perplexity.display()))?;
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    if let Some(file) = &a.embeddings {
+        std::fs::metadata(file).with_context(|| format!("--embeddings {}", file.display()))?;
+        return eval_embeddings(a, file, dir.path());
+    }
+    let text = a.perplexity.as_ref().context("--perplexity FILE")?;
+    // Named before anything is compiled: a missing text is a quick error.
+    std::fs::metadata(text).with_context(|| format!("--perplexity {}", text.display()))?;
     let exe = dir.path().join("model");
     compile(a, &a.model, true, &exe)?;
     let Some(reference) = &a.compare_to else {

@@ -22,7 +22,7 @@ pub static PASSES: &[Pass] = &[
     },
     Pass {
         name: "quantize",
-        summary: "weight matrices to GGUF block formats (q8_0, q4_0, q4_1, q5_0, q5_1) as --quantize asks, rounded to nearest or with GPTQ against calibration statistics; first in the pipeline (after prune) when given",
+        summary: "weight matrices to GGUF block formats (q8_0, q4_0, q4_1, q5_0, q5_1) or f16/bf16 as --quantize asks (per layer with layerN=), rounded to nearest, after AWQ's channel scaling and/or with GPTQ against calibration statistics; first in the pipeline (after prune) when given",
         run: crate::quant::run,
     },
     Pass {

@@ -6,8 +6,11 @@
 //! `--output FILE.npy`, all of them are written as one f32 array `[texts, dim]`.
 //!
 //! ```text
-//! ./OUT embed --text TEXT [--text TEXT]... [--output FILE.npy]
+//! ./OUT embed --text TEXT [--text TEXT]... [--file FILE] [--output FILE.npy]
 //! ```
+//!
+//! `--file FILE` adds each non-empty line of FILE as a text (what `llmc eval
+//! --embeddings` runs, once per model, to compare their embeddings).
 
 use crate::exec::{HostTensor, Model};
 use crate::plan::{ElemType, EncoderInfo};
@@ -16,8 +19,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// Usage of the `embed` command (one line of the executable's usage).
-pub const USAGE: &str = "  embed --text TEXT [--text TEXT]... [--output FILE.npy]          \
-sentence embeddings (JSON array per text)";
+pub const USAGE: &str = "  embed --text TEXT [--text TEXT]... [--file FILE] [--output FILE.npy]  \
+sentence embeddings (JSON array per text; --file: one text per line)";
 
 /// What to embed.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -37,6 +40,23 @@ pub fn parse(args: &[String]) -> Result<EmbedOptions, String> {
             "--text" | "-t" => o
                 .texts
                 .push(it.next().ok_or("--text needs a value")?.clone()),
+            "--file" | "-f" => {
+                let path = it
+                    .next()
+                    .ok_or("--file needs a file name (one text per line)")?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| format!("--file {path}: {e}"))?;
+                let before = o.texts.len();
+                o.texts.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+                if o.texts.len() == before {
+                    return Err(format!("--file {path}: no non-empty lines"));
+                }
+            }
             "--output" | "-o" => {
                 o.output = Some(PathBuf::from(
                     it.next().ok_or("--output needs a file name (FILE.npy)")?,
@@ -226,6 +246,18 @@ mod tests {
         assert!(parse(&args(&["--text"]))
             .unwrap_err()
             .contains("needs a value"));
+        let f = std::env::temp_dir().join(format!("llmc-embed-lines-{}.txt", std::process::id()));
+        std::fs::write(&f, "one\n\n  two  \n").unwrap();
+        let o = parse(&args(&["-t", "zero", "--file", f.to_str().unwrap()])).unwrap();
+        assert_eq!(o.texts, vec!["zero", "one", "two"]);
+        std::fs::write(&f, "\n \n").unwrap();
+        assert!(parse(&args(&["--file", f.to_str().unwrap()]))
+            .unwrap_err()
+            .contains("no non-empty lines"));
+        std::fs::remove_file(&f).unwrap();
+        assert!(parse(&args(&["--file", "/nonexistent/x"]))
+            .unwrap_err()
+            .contains("/nonexistent/x"));
         assert!(parse(&args(&["--texts", "x"]))
             .unwrap_err()
             .contains("unknown argument `--texts`"));

@@ -299,3 +299,41 @@ fn calibration_flags_are_checked_before_any_work() {
         "{e}"
     );
 }
+
+/// `llmc eval ENCODER --embeddings FILE --quantize q8_0`: MiniLM's int8 weights keep
+/// every line's embedding within cosine 0.999 of the f32 model's; a decoder is named
+/// as not an encoder.
+#[test]
+fn quantized_encoder_embeddings_stay_close() {
+    let Some(m) = model("all-MiniLM-L6-v2") else { return };
+    let m = m.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = dir.path().join("lines.txt");
+    let text = std::fs::read_to_string(text()).unwrap();
+    let some: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.len() > 40)
+        .take(12)
+        .collect();
+    std::fs::write(&lines, some.join("\n")).unwrap();
+    let l = lines.to_str().unwrap();
+    let o = llmc(&["eval", m, "--embeddings", l, "--quantize", "q8_0"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}\n{out}", stderr(&o));
+    eprintln!("{out}");
+    assert_eq!(values(&out, "lines: "), vec![12.0], "{out}");
+    let mean = values(&out, "cosine mean: ");
+    let min = values(&out, "cosine min: ");
+    assert!(mean.len() == 1 && mean[0] > 0.999 && mean[0] <= 1.0 + 1e-9, "{out}");
+    assert!(min.len() == 1 && min[0] > 0.999, "{out}");
+    assert!(out.contains("embed seconds: model"), "{out}");
+    if let Some(d) = model(SMOLLM_HF) {
+        let o = llmc(&["eval", d.to_str().unwrap(), "--embeddings", l]);
+        let e = stderr(&o);
+        assert!(!o.status.success() && e.contains("encoder"), "{e}");
+    }
+    let o = llmc(&["eval", m]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("--perplexity"), "{e}");
+}

@@ -21,7 +21,7 @@
 use crate::quant::gptq::{cholesky, dot, DAMP};
 use crate::quant::Calibration;
 use crate::{Changed, PassContext, PassError};
-use llmc_ir::{DType, Dim, Module, NodeId, Op, Shape, ValueDef, ValueId, WeightData, WeightId};
+use llmc_ir::{Dim, Module, NodeId, Op, Shape, ValueDef, ValueId, WeightData, WeightId};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
@@ -181,42 +181,13 @@ fn find_mlp(m: &Module, d: NodeId) -> Option<Mlp> {
     })
 }
 
-/// The elements of a float weight as f32.
-fn read_f32(m: &Module, w: WeightId) -> Result<Vec<f32>, String> {
-    let wt = m.weight(w);
-    let numel = wt
-        .shape
-        .as_consts()
-        .map_or(0, |d| d.iter().product::<i64>()) as usize;
-    let bytes = wt
-        .data
-        .bytes()
-        .ok_or_else(|| format!("weight @{}: no data", wt.name))?;
-    crate::quant::as_f32(&wt.name, wt.dtype, bytes, numel)
-}
-
-/// `x` stored as `dtype` (f32, f16 or bf16).
-fn write_bytes(dtype: DType, x: &[f32]) -> Vec<u8> {
-    match dtype {
-        DType::F16 => x
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        DType::BF16 => x
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-        _ => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
-
 /// Replaces weight `w` (and its value, and a cast of it) by `data` of `shape`.
 fn set_weight(m: &mut Module, w: WeightId, shape: Vec<i64>, data: Option<Vec<f32>>) {
     let dtype = m.weight(w).dtype;
     let rec = &mut m.weights[w.0 as usize];
     rec.shape = Shape(shape.iter().map(|&d| Dim::c(d)).collect());
     if let Some(x) = data {
-        rec.data = WeightData::Owned(Arc::new(write_bytes(dtype, &x)));
+        rec.data = WeightData::Owned(Arc::new(crate::quant::float_bytes(dtype, &x)));
     } else {
         rec.data = WeightData::None;
     }
@@ -233,7 +204,7 @@ fn keep_rows(m: &mut Module, v: ValueId, keep: &[usize]) -> Result<(), String> {
     let cols = dims.get(1).copied().unwrap_or(1) as usize;
     let data = match m.weight(w).data.bytes() {
         Some(_) => {
-            let x = read_f32(m, w)?;
+            let x = crate::quant::read_float(m, w)?;
             Some(
                 keep.iter()
                     .flat_map(|&r| x[r * cols..(r + 1) * cols].iter().copied())
@@ -340,7 +311,7 @@ fn prune_mlp(
     let (wd, _) = weight_of(m, down_v).ok_or("down projection weight")?;
     let down_name = m.weight(wd).name.clone();
     let n = m.weight(wd).shape.as_consts().unwrap_or_default()[0] as usize;
-    let wdown = read_f32(m, wd)?;
+    let wdown = crate::quant::read_float(m, wd)?;
     let col_energy: Vec<f64> = (0..c)
         .map(|j| (0..n).map(|r| (wdown[r * c + j] as f64).powi(2)).sum())
         .collect();
@@ -352,7 +323,7 @@ fn prune_mlp(
             let mut s = col_energy.clone();
             for &ln in &mlp.inner {
                 let (w, _) = weight_of(m, m.graph.node(ln).inputs[1]).ok_or("inner weight")?;
-                let x = read_f32(m, w)?;
+                let x = crate::quant::read_float(m, w)?;
                 let cols = x.len() / c;
                 for (j, sj) in s.iter_mut().enumerate() {
                     *sj *= x[j * cols..(j + 1) * cols]

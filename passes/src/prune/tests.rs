@@ -7,7 +7,7 @@ use super::*;
 use crate::quant::gptq::tests::Lcg;
 use crate::quant::gptq::Hessian;
 use llmc_ir::interp::Interpreter;
-use llmc_ir::{attrs, Tensor, TensorType};
+use llmc_ir::{attrs, DType, Tensor, TensorType};
 use std::collections::HashMap;
 
 const H: usize = 64;

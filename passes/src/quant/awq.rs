@@ -28,7 +28,7 @@
 
 use super::gguf::{BlockScale, BLOCK};
 use super::gptq::{quad, Hessian};
-use super::{as_f32, calibration_points, Calibration};
+use super::{calibration_points, Calibration};
 use llmc_ir::{DType, Module, Op, ValueDef, ValueId, WeightData, WeightId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,32 +145,8 @@ fn fold_point(m: &Module, x: ValueId, k: usize, group: &[WeightId]) -> Result<Fo
     }
 }
 
-fn read(m: &Module, w: WeightId) -> Result<Vec<f32>, String> {
-    let wt = m.weight(w);
-    let numel = wt
-        .shape
-        .as_consts()
-        .map_or(0, |d| d.iter().product::<i64>()) as usize;
-    let bytes = wt
-        .data
-        .bytes()
-        .ok_or_else(|| format!("weight @{}: no data", wt.name))?;
-    as_f32(&wt.name, wt.dtype, bytes, numel)
-}
-
 fn write(m: &mut Module, w: WeightId, x: &[f32]) {
-    let dtype = m.weight(w).dtype;
-    let bytes: Vec<u8> = match dtype {
-        DType::F16 => x
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        DType::BF16 => x
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-        _ => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    };
+    let bytes = super::float_bytes(m.weight(w).dtype, x);
     m.weights[w.0 as usize].data = WeightData::Owned(Arc::new(bytes));
 }
 
@@ -257,7 +233,7 @@ pub fn apply(
         };
         let mut mats = Vec::new();
         for &w in &ids {
-            let data = read(m, w)?;
+            let data = super::read_float(m, w)?;
             let n = data.len() / k;
             mats.push((data, n));
         }
@@ -305,7 +281,7 @@ pub fn apply(
             write(m, w, &d);
         }
         let divide = |m: &mut Module, w: WeightId, per_row: usize| -> Result<(), String> {
-            let mut d = read(m, w)?;
+            let mut d = super::read_float(m, w)?;
             for (i, v) in d.iter_mut().enumerate() {
                 *v = (*v as f64 / s[i / per_row]) as f32;
             }

@@ -4,7 +4,12 @@
 //! table `gather` reads and the output projection into the GGUF block formats the CPU
 //! kernels run (`q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, see `gguf`), so that an f32 or
 //! f16 model (HF folder, ONNX initializers, GGUF F32/F16) gets the bytes a
-//! `llama-quantize`d GGUF file would have.
+//! `llama-quantize`d GGUF file would have; or into `f16`/`bf16` (converted, read by
+//! the same kernels as f16/bf16 checkpoints; a cast to f32 goes after a converted
+//! table's gather). `layerN=F` / `layerA-B=F` give single layers another format (what
+//! `--accuracy-budget` chooses). With calibration statistics, `awq` (`awq`) scales
+//! input channels before rounding and `gptq` (`gptq`) chooses codes against `XᵀX`;
+//! the pass records each weight's measured output error in the [`Calibration`].
 //!
 //! The default mix follows `llama-quantize` for the same file type: every matrix in
 //! FORMAT, the output matrix (`lm_head`, or the tied token embedding that serves as
@@ -589,8 +594,37 @@ fn insert_cast_f32(m: &mut Module, n: NodeId) {
     );
 }
 
-/// `x` in f16 or bf16 (round to nearest even), little-endian; an element beyond f16's
-/// range is an error (it would become infinite).
+/// `x` stored as `dtype` (f32, f16 or bf16: round to nearest even), little-endian.
+pub(crate) fn float_bytes(dtype: DType, x: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::F16 => x
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::BF16 => x
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        _ => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+/// The elements of a float weight (f32/f16/bf16) as f32.
+pub(crate) fn read_float(m: &Module, w: WeightId) -> Result<Vec<f32>, String> {
+    let wt = m.weight(w);
+    let numel = wt
+        .shape
+        .as_consts()
+        .map_or(0, |d| d.iter().product::<i64>()) as usize;
+    let bytes = wt
+        .data
+        .bytes()
+        .ok_or_else(|| format!("weight @{}: no data", wt.name))?;
+    as_f32(&wt.name, wt.dtype, bytes, numel)
+}
+
+/// `x` as a `--quantize f16|bf16` target; an element beyond f16's range is an error
+/// (it would become infinite).
 fn to_float(dtype: DType, x: &[f32]) -> Result<Vec<u8>, String> {
     if dtype == DType::F16 {
         if let Some(i) = x.iter().position(|v| v.abs() > 65504.0) {
@@ -600,16 +634,7 @@ fn to_float(dtype: DType, x: &[f32]) -> Result<Vec<u8>, String> {
             ));
         }
     }
-    Ok(match dtype {
-        DType::BF16 => x
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-        _ => x
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-    })
+    Ok(float_bytes(dtype, x))
 }
 
 /// Byte counts for the report.
