@@ -193,8 +193,8 @@ fn gptq_lowers_q4_0_perplexity_and_pruning_with_a_refit_keeps_the_model() {
     // 765 scored tokens: RTN q4_0 costs SmolLM2 ~25% perplexity; GPTQ recovers part.
     assert!(rtn > f32_ppl, "q4_0 {rtn} vs f32 {f32_ppl}");
     assert!(gptq < rtn, "gptq {gptq} vs rtn {rtn}");
-    // AWQ's scaling first (folded into the norms and the up projections; the O
-    // projections' inputs come out of attention and stay unscaled), then GPTQ.
+    // AWQ's scaling first (folded into the norms, the up projections and, for the O
+    // projections, the value heads), then GPTQ.
     let mut flags = vec!["--quantize", "q4_0,awq,gptq"];
     flags.extend_from_slice(&calib);
     let (awq, err) = ppl(m, &flags);
@@ -305,7 +305,9 @@ fn calibration_flags_are_checked_before_any_work() {
 /// as not an encoder.
 #[test]
 fn quantized_encoder_embeddings_stay_close() {
-    let Some(m) = model("all-MiniLM-L6-v2") else { return };
+    let Some(m) = model("all-MiniLM-L6-v2") else {
+        return;
+    };
     let m = m.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lines = dir.path().join("lines.txt");
@@ -325,7 +327,10 @@ fn quantized_encoder_embeddings_stay_close() {
     assert_eq!(values(&out, "lines: "), vec![12.0], "{out}");
     let mean = values(&out, "cosine mean: ");
     let min = values(&out, "cosine min: ");
-    assert!(mean.len() == 1 && mean[0] > 0.999 && mean[0] <= 1.0 + 1e-9, "{out}");
+    assert!(
+        mean.len() == 1 && mean[0] > 0.999 && mean[0] <= 1.0 + 1e-9,
+        "{out}"
+    );
     assert!(min.len() == 1 && min[0] > 0.999, "{out}");
     assert!(out.contains("embed seconds: model"), "{out}");
     if let Some(d) = model(SMOLLM_HF) {

@@ -20,8 +20,12 @@
 //!   (Q/K/V and gate/up in a Llama block);
 //! - `mul(a, b)` where `b` is another linear's result read only there: that linear's
 //!   rows (and bias) are divided (the down projection reads `silu(gate) · up`);
-//! - anything else (the attention output the O projection reads) is left to rounding,
-//!   and the report says how many.
+//! - `reshape(transpose(attention(q, k, v)))` (the O projection's input) where `v`
+//!   comes (through `kv_append`) from `transpose(reshape(linear))`: attention mixes
+//!   positions, never channels, so the V projection's rows are divided; with grouped
+//!   query heads the scales are tied across the heads sharing a value head (their
+//!   mean square decides);
+//! - anything else is left to rounding, and the report says how many and why.
 //!
 //! With `gptq` too, GPTQ then runs on the scaled weights against the scaled
 //! statistics `H' = S⁻¹ H S⁻¹` (the input the scaled linear reads is `x / s`).
@@ -29,7 +33,7 @@
 use super::gguf::{BlockScale, BLOCK};
 use super::gptq::{quad, Hessian};
 use super::{calibration_points, Calibration};
-use llmc_ir::{DType, Module, Op, ValueDef, ValueId, WeightData, WeightId};
+use llmc_ir::{AttrsExt, DType, Module, Op, ValueDef, ValueId, WeightData, WeightId};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -60,6 +64,100 @@ enum Fold {
     Norm(WeightId, Option<WeightId>),
     /// The rows of a linear's weight, and its bias.
     Rows(WeightId, Option<WeightId>),
+    /// The rows of the V projection (and bias) whose heads attention mixes into the
+    /// input: `heads` query heads of `dim` channels share `kv` value heads
+    /// (query head `h` reads value head `h / (heads / kv)`), so the scales are tied
+    /// across the query heads of a group.
+    Heads {
+        w: WeightId,
+        b: Option<WeightId>,
+        heads: usize,
+        kv: usize,
+        dim: usize,
+    },
+}
+
+/// The single node computing `v` (result 0 unless `out` says), if only one operand
+/// reads `v`.
+fn sole_producer(m: &Module, v: ValueId, op: Op, out: usize) -> Option<llmc_ir::NodeId> {
+    match m.graph.value(v).def {
+        ValueDef::Node(n, k)
+            if k == out
+                && m.graph.node(n).op == op
+                && super::readers(m, v).len() == 1
+                && !m.graph.outputs.contains(&v) =>
+        {
+            Some(n)
+        }
+        _ => None,
+    }
+}
+
+/// `[.., heads, .., dim]` → `heads·dim` merged by `reshape(transpose(x, [0, 2, 1, 3]))`.
+fn heads_transposed(m: &Module, v: ValueId) -> Option<ValueId> {
+    let t = sole_producer(m, v, Op::Transpose, 0)?;
+    let node = m.graph.node(t);
+    (node.attrs.ints("perm") == Some(&[0, 2, 1, 3][..])).then_some(node.inputs[0])
+}
+
+/// The attention output `x` of width `k` (the O projection's input): `reshape ∘
+/// transpose` of an `attention` whose values come (through `kv_append`) from
+/// `transpose ∘ reshape` of a linear of its own.
+fn attention_fold(m: &Module, x: ValueId, k: usize) -> Result<Fold, String> {
+    let why = || "made by attention in a shape AWQ does not follow".to_string();
+    let g = &m.graph;
+    let r = sole_producer(m, x, Op::Reshape, 0).ok_or_else(why)?;
+    let t_out = g.node(r).inputs[0];
+    let a_out = heads_transposed(m, t_out).ok_or_else(why)?;
+    let att = sole_producer(m, a_out, Op::Attention, 0).ok_or_else(why)?;
+    // [batch, heads, seq, dim]: batch and seq may be symbolic.
+    let dims = &g.ty(a_out).shape.0;
+    let at = |i: usize| dims.get(i).and_then(|d| d.as_const()).map(|d| d as usize);
+    let (Some(heads), Some(dim), 4) = (at(1), at(3), dims.len()) else {
+        return Err(why());
+    };
+    if heads * dim != k {
+        return Err(why());
+    }
+    let mut v = g.node(att).inputs[2];
+    if let ValueDef::Node(n, 1) = g.value(v).def {
+        if g.node(n).op == Op::KvAppend && super::readers(m, v).len() == 1 {
+            v = g.node(n).inputs[1];
+        }
+    }
+    let kv = g
+        .ty(v)
+        .shape
+        .0
+        .get(1)
+        .and_then(|d| d.as_const())
+        .ok_or_else(why)? as usize;
+    let v4 = heads_transposed(m, v).ok_or_else(why)?;
+    let rs = sole_producer(m, v4, Op::Reshape, 0).ok_or_else(why)?;
+    let lin_out = g.node(rs).inputs[0];
+    let lin = sole_producer(m, lin_out, Op::Linear, 0).ok_or_else(why)?;
+    let w = sole_weight(m, g.node(lin).inputs[1]).ok_or_else(why)?;
+    let b = match g.node(lin).inputs.get(2) {
+        Some(&b) => Some(sole_weight(m, b).ok_or_else(why)?),
+        None => None,
+    };
+    if kv == 0
+        || heads % kv != 0
+        || m.weight(w)
+            .shape
+            .as_consts()
+            .and_then(|d| d.first().copied())
+            != Some((kv * dim) as i64)
+    {
+        return Err(why());
+    }
+    Ok(Fold::Heads {
+        w,
+        b,
+        heads,
+        kv,
+        dim,
+    })
 }
 
 /// The weight a node reads at `v`: directly, or through one cast; `None` if `v` is
@@ -141,6 +239,7 @@ fn fold_point(m: &Module, x: ValueId, k: usize, group: &[WeightId]) -> Result<Fo
             }
             Err("a product with no linear factor of its own".into())
         }
+        Op::Reshape => attention_fold(m, x, k),
         other => Err(format!("made by {}", other.name())),
     }
 }
@@ -239,7 +338,21 @@ pub fn apply(
         }
         let rows = h.rows.max(1) as f64;
         let hn: Vec<f64> = h.h.iter().map(|v| v / rows).collect();
-        let rms: Vec<f64> = (0..k).map(|j| hn[j * k + j].max(0.0).sqrt()).collect();
+        let mut rms: Vec<f64> = (0..k).map(|j| hn[j * k + j].max(0.0).sqrt()).collect();
+        if let Fold::Heads { heads, kv, dim, .. } = fold {
+            // One scale per value channel: the mean square over the query heads
+            // reading it.
+            let group = heads / kv;
+            for g in 0..kv {
+                for d in 0..dim {
+                    let chans = (g * group..(g + 1) * group).map(|h| h * dim + d);
+                    let ms = chans.clone().map(|c| rms[c] * rms[c]).sum::<f64>() / group as f64;
+                    for c in chans {
+                        rms[c] = ms.sqrt();
+                    }
+                }
+            }
+        }
         // Score the α grid over the threads.
         let alphas: Vec<f64> = (0..ALPHAS)
             .map(|i| i as f64 / (ALPHAS - 1) as f64)
@@ -280,33 +393,43 @@ pub fn apply(
             }
             write(m, w, &d);
         }
-        let divide = |m: &mut Module, w: WeightId, per_row: usize| -> Result<(), String> {
+        // Element i of a folded weight is divided by by[i / per_row].
+        let divide = |m: &mut Module, w: WeightId, by: &[f64], per_row: usize| {
             let mut d = super::read_float(m, w)?;
             for (i, v) in d.iter_mut().enumerate() {
-                *v = (*v as f64 / s[i / per_row]) as f32;
+                *v = (*v as f64 / by[i / per_row]) as f32;
             }
             write(m, w, &d);
-            Ok(())
+            Ok::<(), String>(())
         };
-        match fold {
-            Fold::Norm(w, b) => {
-                divide(m, w, 1)?;
-                if let Some(b) = b {
-                    divide(m, b, 1)?;
-                }
+        let cols = |m: &Module, w: WeightId| {
+            m.weight(w)
+                .shape
+                .as_consts()
+                .and_then(|d| d.get(1).copied())
+                .unwrap_or(1) as usize
+        };
+        let (w, b, by, per_row) = match fold {
+            Fold::Norm(w, b) => (w, b, s.clone(), 1),
+            Fold::Rows(w, b) => (w, b, s.clone(), cols(m, w)),
+            Fold::Heads {
+                w,
+                b,
+                heads,
+                kv,
+                dim,
+            } => {
+                // Value row g·dim + d carries the scale of the group's channels.
+                let group = heads / kv;
+                let by = (0..kv * dim)
+                    .map(|r| s[(r / dim) * group * dim + r % dim])
+                    .collect();
+                (w, b, by, cols(m, w))
             }
-            Fold::Rows(w, b) => {
-                let cols = m
-                    .weight(w)
-                    .shape
-                    .as_consts()
-                    .and_then(|d| d.get(1).copied())
-                    .unwrap_or(1) as usize;
-                divide(m, w, cols)?;
-                if let Some(b) = b {
-                    divide(m, b, 1)?;
-                }
-            }
+        };
+        divide(m, w, &by, per_row)?;
+        if let Some(b) = b {
+            divide(m, b, &by, 1)?;
         }
         let mut hs = h.h.clone();
         for i in 0..k {

@@ -272,3 +272,118 @@ fn float_formats_convert_a_tied_embedding_and_keep_it_gathered() {
         assert!(e < tol, "{spec}: {e}");
     }
 }
+
+fn shape(d: &[usize]) -> Attr {
+    Attr::Shape(Shape(d.iter().map(|&d| Dim::c(d as i64)).collect()))
+}
+
+/// `x + o(attention(q(n), k(n), v(n)))`, `n = rms_norm(x)`, 4 query heads of 16
+/// sharing 2 value heads, in the import's layout (reshape/transpose around attention).
+fn attention_block(seed: u64, probe: bool) -> Module {
+    let (heads, kv, dim) = (4usize, 2usize, 16usize);
+    let mut rng = Lcg(seed);
+    let mut m = Module::new("attn");
+    let x = m.graph.add_input(
+        "x",
+        TensorType::new(
+            DType::F32,
+            Shape(vec![Dim::c(1), Dim::c(ROWS as i64), Dim::c(H as i64)]),
+        ),
+    );
+    let gamma: Vec<f32> = (0..H).map(|_| 1.0 + 0.2 * rng.next() as f32).collect();
+    let gamma = weight(&mut m, "norm", &[H], &gamma);
+    let wq = random(&mut rng, heads * dim * H, 0.2);
+    let wk = random(&mut rng, kv * dim * H, 0.2);
+    let wv = random(&mut rng, kv * dim * H, 0.2);
+    let wo = random(&mut rng, H * heads * dim, 0.2);
+    let q = weight(&mut m, "q", &[heads * dim, H], &wq);
+    let k = weight(&mut m, "k", &[kv * dim, H], &wk);
+    let v = weight(&mut m, "v", &[kv * dim, H], &wv);
+    let o = weight(&mut m, "o", &[H, heads * dim], &wo);
+    let n = m
+        .add1(
+            Op::RmsNorm,
+            &[x, gamma],
+            attrs([("eps", Attr::Float(1e-6))]),
+        )
+        .unwrap();
+    let split = |m: &mut Module, w: ValueId, h: usize| {
+        let l = m.add1(Op::Linear, &[n, w], attrs([])).unwrap();
+        let r = m
+            .add1(
+                Op::Reshape,
+                &[l],
+                attrs([("shape", shape(&[1, ROWS, h, dim]))]),
+            )
+            .unwrap();
+        m.add1(
+            Op::Transpose,
+            &[r],
+            attrs([("perm", Attr::Ints(vec![0, 2, 1, 3]))]),
+        )
+        .unwrap()
+    };
+    let (qh, kh, vh) = (
+        split(&mut m, q, heads),
+        split(&mut m, k, kv),
+        split(&mut m, v, kv),
+    );
+    let a = m
+        .add1(
+            Op::Attention,
+            &[qh, kh, vh],
+            attrs([("scale", Attr::Float(0.25)), ("causal", Attr::Bool(true))]),
+        )
+        .unwrap();
+    let t = m
+        .add1(
+            Op::Transpose,
+            &[a],
+            attrs([("perm", Attr::Ints(vec![0, 2, 1, 3]))]),
+        )
+        .unwrap();
+    let merged = m
+        .add1(
+            Op::Reshape,
+            &[t],
+            attrs([("shape", shape(&[1, ROWS, heads * dim]))]),
+        )
+        .unwrap();
+    let y = m.add1(Op::Linear, &[merged, o], attrs([])).unwrap();
+    let y = m.add1(Op::Add, &[y, x], attrs([])).unwrap();
+    m.graph.outputs = vec![y];
+    if probe {
+        m.graph.outputs.extend([n, merged]);
+    }
+    m
+}
+
+#[test]
+fn awq_folds_the_o_projection_into_grouped_value_heads() {
+    let x = input(6);
+    let x = Tensor::f32(
+        vec![1, ROWS, H],
+        x.to_f64().into_iter().map(|v| v as f32).collect(),
+    );
+    let outs = Interpreter::new(&attention_block(7, true))
+        .run(std::slice::from_ref(&x))
+        .unwrap();
+    let (hn, ho) = (xtx(&outs[1].to_f64(), H), xtx(&outs[2].to_f64(), H));
+    let cal = Calibration::new(
+        HashMap::from([
+            ("q".to_string(), hn.clone()),
+            ("k".to_string(), hn.clone()),
+            ("v".to_string(), hn),
+            ("o".to_string(), ho),
+        ]),
+        ROWS,
+        "test".into(),
+    );
+    let mut m = attention_block(7, false);
+    let want = run1(&m, &x);
+    let (_, report) = awq::apply(&mut m, &cal, &|_| Some(DType::Q4_0)).unwrap();
+    assert_eq!((report.groups, report.matrices), (2, 4), "{report:?}");
+    assert!(report.skipped.is_empty(), "{report:?}");
+    let e = rel_error(&want, &run1(&m, &x));
+    assert!(e < 1e-5, "unquantized output moved by {e}");
+}
