@@ -47,7 +47,8 @@ pub struct EvalArgs {
     /// Score only the first N windows (llama-perplexity's --chunks).
     #[arg(long, value_name = "N")]
     chunks: Option<usize>,
-    /// Quantize MODEL first: FORMAT[,head=F|keep][,embed=F|keep] (see `llmc build`).
+    /// Quantize MODEL first: FORMAT[,head=F|keep][,embed=F|keep][,awq][,gptq] (see
+    /// `llmc build`).
     #[arg(long, value_name = "FORMAT", value_parser = crate::parse_quantize)]
     quantize: Option<llmc_passes::quant::QuantSpec>,
     /// The reference: report the KL divergence of MODEL's token distributions from

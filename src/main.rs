@@ -142,8 +142,10 @@ struct BuildArgs {
     /// of lowering it to the engine's serving form (for comparisons).
     #[arg(long)]
     no_serving: bool,
-    /// Quantize the weight matrices: FORMAT[,head=F|keep][,embed=F|keep] with FORMAT
-    /// q8_0, q4_0, q4_1, q5_0 or q5_1 (llama-quantize's mix: the output matrix in q8_0).
+    /// Quantize the weight matrices:
+    /// FORMAT[,head=F|keep][,embed=F|keep][,awq][,gptq][,damp=F][,layerN=F|layerA-B=F]
+    /// with FORMAT q8_0, q4_0, q4_1, q5_0, q5_1 (llama-quantize's mix: the output
+    /// matrix in q8_0) or f16, bf16; awq and gptq need --calibration FILE.
     #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
     quantize: Option<llmc_passes::quant::QuantSpec>,
     /// Remove structure: ffn=PCT drops that share of every MLP's hidden channels
