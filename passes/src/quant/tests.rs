@@ -25,20 +25,33 @@ fn random(rng: &mut Lcg, n: usize, scale: f64) -> Vec<f32> {
     (0..n).map(|_| (rng.next() * scale) as f32).collect()
 }
 
+/// Input `x` of `dims` (last H) and `n = rms_norm(x, γ)`, γ near 1.
+fn normed_input(m: &mut Module, rng: &mut Lcg, dims: &[usize]) -> (ValueId, ValueId) {
+    let x = m.graph.add_input(
+        "x",
+        TensorType::new(
+            DType::F32,
+            Shape(dims.iter().map(|&d| Dim::c(d as i64)).collect()),
+        ),
+    );
+    let gamma: Vec<f32> = (0..H).map(|_| 1.0 + 0.2 * rng.next() as f32).collect();
+    let gamma = weight(m, "norm", &[H], &gamma);
+    let n = m
+        .add1(
+            Op::RmsNorm,
+            &[x, gamma],
+            attrs([("eps", Attr::Float(1e-6))]),
+        )
+        .unwrap();
+    (x, n)
+}
+
 /// `y = x + down(silu(gate(n)) · up(n))`, `n = rms_norm(x, γ)`; with `probe` the norm's
 /// and the product's values are outputs too (for calibration).
 fn block(seed: u64, probe: bool) -> Module {
     let mut rng = Lcg(seed);
     let mut m = Module::new("block");
-    let x = m.graph.add_input(
-        "x",
-        TensorType::new(
-            DType::F32,
-            Shape(vec![Dim::c(ROWS as i64), Dim::c(H as i64)]),
-        ),
-    );
-    let gamma: Vec<f32> = (0..H).map(|_| 1.0 + 0.2 * rng.next() as f32).collect();
-    let gamma = weight(&mut m, "norm", &[H], &gamma);
+    let (x, n) = normed_input(&mut m, &mut rng, &[ROWS, H]);
     let wg = random(&mut rng, F * H, 0.2);
     let wu = random(&mut rng, F * H, 0.2);
     let wd = random(&mut rng, H * F, 0.2);
@@ -47,13 +60,6 @@ fn block(seed: u64, probe: bool) -> Module {
         weight(&mut m, "up", &[F, H], &wu),
         weight(&mut m, "down", &[H, F], &wd),
     );
-    let n = m
-        .add1(
-            Op::RmsNorm,
-            &[x, gamma],
-            attrs([("eps", Attr::Float(1e-6))]),
-        )
-        .unwrap();
     let gl = m.add1(Op::Linear, &[n, g], attrs([])).unwrap();
     let a = m.add1(Op::Silu, &[gl], attrs([])).unwrap();
     let ul = m.add1(Op::Linear, &[n, u], attrs([])).unwrap();
@@ -283,15 +289,7 @@ fn attention_block(seed: u64, probe: bool) -> Module {
     let (heads, kv, dim) = (4usize, 2usize, 16usize);
     let mut rng = Lcg(seed);
     let mut m = Module::new("attn");
-    let x = m.graph.add_input(
-        "x",
-        TensorType::new(
-            DType::F32,
-            Shape(vec![Dim::c(1), Dim::c(ROWS as i64), Dim::c(H as i64)]),
-        ),
-    );
-    let gamma: Vec<f32> = (0..H).map(|_| 1.0 + 0.2 * rng.next() as f32).collect();
-    let gamma = weight(&mut m, "norm", &[H], &gamma);
+    let (x, n) = normed_input(&mut m, &mut rng, &[1, ROWS, H]);
     let wq = random(&mut rng, heads * dim * H, 0.2);
     let wk = random(&mut rng, kv * dim * H, 0.2);
     let wv = random(&mut rng, kv * dim * H, 0.2);
@@ -300,13 +298,6 @@ fn attention_block(seed: u64, probe: bool) -> Module {
     let k = weight(&mut m, "k", &[kv * dim, H], &wk);
     let v = weight(&mut m, "v", &[kv * dim, H], &wv);
     let o = weight(&mut m, "o", &[H, heads * dim], &wo);
-    let n = m
-        .add1(
-            Op::RmsNorm,
-            &[x, gamma],
-            attrs([("eps", Attr::Float(1e-6))]),
-        )
-        .unwrap();
     let split = |m: &mut Module, w: ValueId, h: usize| {
         let l = m.add1(Op::Linear, &[n, w], attrs([])).unwrap();
         let r = m
