@@ -12,11 +12,17 @@ use llmc_ir::DType;
 pub const BLOCK: usize = 32;
 
 /// The formats this module writes.
+pub const WRITTEN: [DType; 5] = [
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+];
+
+/// Whether this module writes `dtype`.
 pub fn supported(dtype: DType) -> bool {
-    matches!(
-        dtype,
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1
-    )
+    WRITTEN.contains(&dtype)
 }
 
 fn f16_bytes(v: f32) -> [u8; 2] {
@@ -345,13 +351,7 @@ mod tests {
 
     #[test]
     fn chosen_codes_encode_into_blocks_that_dequantize_to_their_values() {
-        for dt in [
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q5_0,
-            DType::Q5_1,
-        ] {
+        for dt in WRITTEN {
             let x = ramp(0.21);
             let s = BlockScale::of(dt, &x);
             let (codes, vals): (Vec<u8>, Vec<f32>) = x.iter().map(|&v| s.code(dt, v)).unzip();
@@ -371,13 +371,7 @@ mod tests {
 
     #[test]
     fn zero_blocks_and_bad_input() {
-        for dt in [
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q5_0,
-            DType::Q5_1,
-        ] {
+        for dt in WRITTEN {
             let b = quantize(dt, &[0.0; 64]).unwrap();
             assert_eq!(b.len(), 2 * dt.block_bytes());
             assert!(dequantize(dt, &b, 64).unwrap().iter().all(|&v| v == 0.0));
