@@ -162,8 +162,12 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                 runs.push(vec![Tensor::from_f64(DType::F32, vec![1, k], row)]);
             }
             let want = Interpreter::new(&m).run(&runs[0]).expect("reference")[0].to_f64();
-            // The host's kernels (AVX2 where it has it) and the SSE2 ones.
-            for cpu in ["", "x86-64"] {
+            // The host's kernels, the SSE2 ones, AVX2's and AVX-512's without VNNI (the
+            // tile form's 8- and 16-lane sums; run where the host has the features).
+            for cpu in ["", "x86-64", "x86-64-v3", "x86-64-v4"] {
+                if !host_runs(cpu) {
+                    continue;
+                }
                 let mut opts = BuildOptions::default();
                 if !cpu.is_empty() {
                     opts.cpu.cpu = cpu.to_string();
@@ -194,5 +198,28 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                 }
             }
         }
+    }
+}
+
+/// Whether this machine runs code built for the named `--cpu` (the baseline and the
+/// host always).
+fn host_runs(cpu: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match cpu {
+            "x86-64-v3" => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            "x86-64-v4" => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512cd")
+            }
+            _ => true,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        cpu.is_empty()
     }
 }

@@ -174,6 +174,16 @@ impl KernelBuilder {
         self.push(Stmt::QDot(Box::new(q)));
     }
 
+    /// Decodes a tile of weight rows ([`crate::loopir::QUnpack`]).
+    pub fn qunpack(&mut self, u: crate::loopir::QUnpack) {
+        self.push(Stmt::QUnpack(Box::new(u)));
+    }
+
+    /// Dot products over a decoded tile ([`crate::loopir::QTile`]).
+    pub fn qtile(&mut self, t: crate::loopir::QTile) {
+        self.push(Stmt::QTile(Box::new(t)));
+    }
+
     /// `buf[index] = value`.
     pub fn store(&mut self, buf: BufId, index: Expr, value: Expr) {
         self.push(Stmt::Store { buf, index, value });

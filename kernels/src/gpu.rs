@@ -322,6 +322,8 @@ fn block_stride(body: &mut [Stmt], t: VarId, count: &mut usize) -> bool {
             Stmt::Store { .. }
             | Stmt::StoreRaw { .. }
             | Stmt::Barrier
+            | Stmt::QUnpack(_)
+            | Stmt::QTile(_)
             | Stmt::ShuffleXor { .. } => return false,
             Stmt::Let { .. }
             | Stmt::Assign { .. }
@@ -356,6 +358,9 @@ fn independent(body: &[Stmt], var: VarId) -> bool {
         b.iter().all(|s| match s {
             Stmt::Assign { var, .. } => defs.contains(var),
             Stmt::QDot(q) => q.accs.iter().all(|a| defs.contains(a)),
+            Stmt::QTile(t) => t.accs.iter().all(|a| defs.contains(a)),
+            // Writes its tile: only private to an iteration that allocates it.
+            Stmt::QUnpack(_) => false,
             Stmt::Barrier | Stmt::ShuffleXor { .. } => false,
             Stmt::For { body, .. } => ok(body, defs),
             Stmt::If { then, els, .. } => ok(then, defs) && ok(els, defs),

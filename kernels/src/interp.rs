@@ -13,7 +13,9 @@
 //! checks: two threads touching the same shared bytes between barriers (one of them
 //! writing), or the same global bytes anywhere in the kernel, is an error.
 
-use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, Role, Stmt, Ty, UnOp, VarId};
+use crate::loopir::{
+    BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, QTile, QUnpack, Role, Stmt, Ty, UnOp, VarId,
+};
 use llmc_ir::tensor::{round_to, wrap_int, Data};
 use llmc_ir::{DType, Tensor};
 use std::collections::HashMap;
@@ -310,13 +312,171 @@ impl Machine<'_> {
         })
     }
 
+    /// Block `b` of the weight row at byte `w0` of `w` in `fmt` (not a split-scale
+    /// format): `(d, m, q)` as [`QDot`] reads them.
+    fn weight_block(
+        &mut self,
+        fmt: QFmt,
+        w: BufId,
+        w0: i64,
+        b: i64,
+        bufs: &mut [Vec<u8>],
+    ) -> R<(f32, Option<f32>, [i64; 32])> {
+        let bb = fmt.block_bytes();
+        let qs = fmt.qs_offset();
+        // (scale, minimum, the block's first quant byte, nibble shift).
+        let (d, m, q0, shift) = match fmt {
+            QFmt::IQ4XS => {
+                let sb = w0 + b / 8 * bb;
+                let j = b % 8;
+                let big_d = self.read(w, sb, Ty::F16, bufs)?.f() as f32;
+                let sh = self.read(w, sb + 2, Ty::U16, bufs)?.i();
+                let sl = self.read(w, sb + 4 + j / 2, Ty::U8, bufs)?.i();
+                let ls = ((sl >> (4 * (j % 2))) & 15) | ((sh >> (2 * j)) & 3) << 4;
+                (big_d * (ls - 32) as f32, None, sb + 8 + 16 * j, 0)
+            }
+            QFmt::Q4K | QFmt::Q5K => {
+                let sb = w0 + b / 8 * bb;
+                let j = (b % 8) as usize;
+                let mut packed = [0u8; 12];
+                for (i, p) in packed.iter_mut().enumerate() {
+                    *p = self.read(w, sb + 4 + i as i64, Ty::U8, bufs)?.i() as u8;
+                }
+                let (sc, mn) = llmc_ir::quant_k::scale_min_k4(j, &packed);
+                let big_d = self.read(w, sb, Ty::F16, bufs)?.f() as f32;
+                let dmin = self.read(w, sb + 2, Ty::F16, bufs)?.f() as f32;
+                let q0 = sb + qs + 32 * (j as i64 / 2);
+                (
+                    big_d * sc as f32,
+                    Some(-(dmin * mn as f32)),
+                    q0,
+                    4 * (j as i64 % 2),
+                )
+            }
+            _ => {
+                let wb = w0 + b * bb;
+                let d = self.read(w, wb, Ty::F16, bufs)?.f() as f32;
+                let m = if fmt.stored_min() {
+                    Some(self.read(w, wb + 2, Ty::F16, bufs)?.f() as f32)
+                } else {
+                    fmt.offset_min().map(|f| f * d)
+                };
+                (d, m, wb + qs, 0)
+            }
+        };
+        let mut out = [0i64; 32];
+        for (e, o) in (0..32i64).zip(out.iter_mut()) {
+            let v = match fmt {
+                QFmt::Q8_0 => self.read(w, q0 + e, Ty::I8, bufs)?.i(),
+                QFmt::Q4K => (self.read(w, q0 + e, Ty::U8, bufs)?.i() >> shift) & 15,
+                QFmt::Q5K => {
+                    let sb = w0 + b / 8 * bb;
+                    let nib = (self.read(w, q0 + e, Ty::U8, bufs)?.i() >> shift) & 15;
+                    let qh = self.read(w, sb + 16 + e, Ty::U8, bufs)?.i();
+                    nib | ((qh >> (b % 8)) & 1) << 4
+                }
+                QFmt::IQ4NL | QFmt::IQ4XS => {
+                    let byte = self.read(w, q0 + e % 16, Ty::U8, bufs)?.i();
+                    let nib = if e < 16 { byte & 15 } else { byte >> 4 };
+                    llmc_ir::quant::KVALUES_IQ4NL[nib as usize] as i64
+                }
+                _ => {
+                    let byte = self.read(w, q0 + e % 16, Ty::U8, bufs)?.i();
+                    let nib = if e < 16 { byte & 15 } else { byte >> 4 };
+                    match fmt.qh_offset() {
+                        Some(h) => {
+                            let wb = q0 - qs;
+                            let qh = self.read(w, wb + h + e / 8, Ty::U8, bufs)?.i();
+                            nib | ((qh >> (e % 8)) & 1) << 4
+                        }
+                        None => nib,
+                    }
+                }
+            };
+            *o = v;
+        }
+        Ok((d, m, out))
+    }
+
+    /// [`QUnpack`]: the blocks of [`QTile::LANES`] weight rows into the tile layout.
+    fn qunpack(&mut self, u: &QUnpack, bufs: &mut [Vec<u8>]) -> R<()> {
+        let w0 = self.eval(&u.w_off, bufs)?.0.i();
+        let lanes = QTile::LANES as i64;
+        for c in 0..lanes {
+            for b in 0..u.blocks {
+                let (d, m, q) = self.weight_block(u.fmt, u.w, w0 + c * u.row_bytes, b, bufs)?;
+                for (e, v) in q.iter().enumerate() {
+                    let e = e as i64;
+                    let at = ((b * 16 + e / 2) * lanes + c) * 2 + e % 2;
+                    self.write(u.tile, at, V::I(*v), bufs)?;
+                }
+                let at = 2 * b * lanes + c;
+                self.write(u.scales, at, V::F(d as f64), bufs)?;
+                let m = m.unwrap_or(0.0) as f64;
+                self.write(u.scales, at + lanes, V::F(m), bufs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`QTile`]: [`QDot`]'s arithmetic over the decoded tile.
+    fn qtile(&mut self, t: &QTile, bufs: &mut [Vec<u8>]) -> R<()> {
+        let lanes = QTile::LANES as i64;
+        for (i, (xe, se)) in t.x_blk.iter().zip(&t.x_sc).enumerate() {
+            let x0 = self.eval(xe, bufs)?.0.i();
+            let s0 = self.eval(se, bufs)?.0.i();
+            let mut x = Vec::with_capacity(32 * t.blocks as usize);
+            for e in 0..32 * t.blocks {
+                x.push(self.read(t.xq, (x0 * 32 + e) * 2, Ty::I16, bufs)?.i());
+            }
+            for c in 0..lanes {
+                let acc = t.accs[i * QTile::LANES + c as usize];
+                let a = self.vars[acc.0 as usize]
+                    .ok_or_else(|| format!("variable %{} read before set", self.k.var(acc).name))?
+                    .f() as f32;
+                let mut sum = [0f32; 2];
+                let mut min = [0f32; 2];
+                for b in 0..t.blocks {
+                    let mut dot = 0i64;
+                    for e in 0..32 {
+                        let at = ((b * 16 + e / 2) * lanes + c) * 2 + e % 2;
+                        let w = self.read(t.tile, at * 2, Ty::I16, bufs)?.i();
+                        dot += w * x[(32 * b + e) as usize];
+                    }
+                    let sc = s0 + QDot::scale_offset(b);
+                    let d = self
+                        .read(t.scales, (2 * b * lanes + c) * 4, Ty::F32, bufs)?
+                        .f() as f32;
+                    let xd = self.read(t.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
+                    let p = (b % 2) as usize;
+                    sum[p] = (dot as f32).mul_add(d * xd, sum[p]);
+                    if t.has_min {
+                        let at = ((2 * b + 1) * lanes + c) * 4;
+                        let m = self.read(t.scales, at, Ty::F32, bufs)?.f() as f32;
+                        let xs = self.read(t.xs, sc * 4, Ty::F32, bufs)?.f() as f32;
+                        min[p] = m.mul_add(xs, min[p]);
+                    }
+                }
+                if t.blocks % 2 == 1 {
+                    sum[1] = 0f32.mul_add(0.0, sum[1]);
+                    min[1] = 0f32.mul_add(0.0, min[1]);
+                }
+                let mut tot = sum[0] + sum[1];
+                if t.has_min {
+                    tot += min[0] + min[1];
+                }
+                self.vars[acc.0 as usize] = Some(V::F((a + tot) as f64));
+            }
+        }
+        Ok(())
+    }
+
     /// [`QDot`] with the arithmetic its definition fixes (the backends match it bit for
     /// bit on AVX2): exact integer block sums, f32 fused multiply-adds into even/odd
     /// block chains.
     fn qdot(&mut self, q: &QDot, bufs: &mut [Vec<u8>]) -> R<()> {
         let w0 = self.eval(&q.w_off, bufs)?.0.i();
         let bb = q.fmt.block_bytes();
-        let qs = q.fmt.qs_offset();
         for ((xe, se), acc) in q.x_blk.iter().zip(&q.x_sc).zip(&q.accs) {
             let x0 = self.eval(xe, bufs)?.0.i();
             let s0 = self.eval(se, bufs)?.0.i();
@@ -379,76 +539,12 @@ impl Machine<'_> {
                     }
                     continue;
                 }
-                // (scale, minimum, the block's first quant byte, nibble shift).
-                let (d, m, q0, shift) = match q.fmt {
-                    QFmt::IQ4XS => {
-                        let sb = w0 + b / 8 * bb;
-                        let j = b % 8;
-                        let big_d = self.read(q.w, sb, Ty::F16, bufs)?.f() as f32;
-                        let sh = self.read(q.w, sb + 2, Ty::U16, bufs)?.i();
-                        let sl = self.read(q.w, sb + 4 + j / 2, Ty::U8, bufs)?.i();
-                        let ls = ((sl >> (4 * (j % 2))) & 15) | ((sh >> (2 * j)) & 3) << 4;
-                        (big_d * (ls - 32) as f32, None, sb + 8 + 16 * j, 0)
-                    }
-                    QFmt::Q4K | QFmt::Q5K => {
-                        let sb = w0 + b / 8 * bb;
-                        let j = (b % 8) as usize;
-                        let mut packed = [0u8; 12];
-                        for (i, p) in packed.iter_mut().enumerate() {
-                            *p = self.read(q.w, sb + 4 + i as i64, Ty::U8, bufs)?.i() as u8;
-                        }
-                        let (sc, mn) = llmc_ir::quant_k::scale_min_k4(j, &packed);
-                        let big_d = self.read(q.w, sb, Ty::F16, bufs)?.f() as f32;
-                        let dmin = self.read(q.w, sb + 2, Ty::F16, bufs)?.f() as f32;
-                        let q0 = sb + qs + 32 * (j as i64 / 2);
-                        (
-                            big_d * sc as f32,
-                            Some(-(dmin * mn as f32)),
-                            q0,
-                            4 * (j as i64 % 2),
-                        )
-                    }
-                    _ => {
-                        let wb = w0 + b * bb;
-                        let d = self.read(q.w, wb, Ty::F16, bufs)?.f() as f32;
-                        let m = if q.fmt.stored_min() {
-                            Some(self.read(q.w, wb + 2, Ty::F16, bufs)?.f() as f32)
-                        } else {
-                            q.fmt.offset_min().map(|f| f * d)
-                        };
-                        (d, m, wb + qs, 0)
-                    }
-                };
+                let (d, m, w) = self.weight_block(q.fmt, q.w, w0, b, bufs)?;
                 let mut dot = 0i64;
-                for e in 0..32i64 {
-                    let w = match q.fmt {
-                        QFmt::Q8_0 => self.read(q.w, q0 + e, Ty::I8, bufs)?.i(),
-                        QFmt::Q4K => (self.read(q.w, q0 + e, Ty::U8, bufs)?.i() >> shift) & 15,
-                        QFmt::Q5K => {
-                            let sb = w0 + b / 8 * bb;
-                            let nib = (self.read(q.w, q0 + e, Ty::U8, bufs)?.i() >> shift) & 15;
-                            let qh = self.read(q.w, sb + 16 + e, Ty::U8, bufs)?.i();
-                            nib | ((qh >> (b % 8)) & 1) << 4
-                        }
-                        QFmt::IQ4NL | QFmt::IQ4XS => {
-                            let byte = self.read(q.w, q0 + e % 16, Ty::U8, bufs)?.i();
-                            let nib = if e < 16 { byte & 15 } else { byte >> 4 };
-                            llmc_ir::quant::KVALUES_IQ4NL[nib as usize] as i64
-                        }
-                        _ => {
-                            let byte = self.read(q.w, q0 + e % 16, Ty::U8, bufs)?.i();
-                            let nib = if e < 16 { byte & 15 } else { byte >> 4 };
-                            match q.fmt.qh_offset() {
-                                Some(h) => {
-                                    let wb = q0 - qs;
-                                    let qh = self.read(q.w, wb + h + e / 8, Ty::U8, bufs)?.i();
-                                    nib | ((qh >> (e % 8)) & 1) << 4
-                                }
-                                None => nib,
-                            }
-                        }
-                    };
-                    let x = self.read(q.xq, (xb * 32 + e) * 2, Ty::I16, bufs)?.i();
+                for (e, w) in w.iter().enumerate() {
+                    let x = self
+                        .read(q.xq, (xb * 32 + e as i64) * 2, Ty::I16, bufs)?
+                        .i();
                     dot += w * x;
                 }
                 let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
@@ -537,6 +633,8 @@ impl Machine<'_> {
                     return Err("a barrier or shuffle outside a GPU block's threads".into())
                 }
                 Stmt::QDot(q) => self.qdot(q, bufs)?,
+                Stmt::QUnpack(u) => self.qunpack(u, bufs)?,
+                Stmt::QTile(t) => self.qtile(t, bufs)?,
                 // A hint: no effect on results.
                 Stmt::Prefetch { .. } => {}
             }

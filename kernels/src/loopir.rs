@@ -439,6 +439,12 @@ pub enum Stmt {
     /// Block-quantized dot products of one weight row (GGUF blocks as stored) with
     /// activation rows quantized to int16 blocks of 32 (see [`QDot`]).
     QDot(Box<QDot>),
+    /// Decodes [`QTile::LANES`] weight rows into a tile of int16 quants and f32
+    /// scales (see [`QUnpack`]).
+    QUnpack(Box<QUnpack>),
+    /// Block-quantized dot products of a decoded tile's weight rows with activation
+    /// rows (see [`QTile`]).
+    QTile(Box<QTile>),
 }
 
 /// A weight block format [`QDot`] reads (GGUF's). [`QDot`] works in blocks of 32
@@ -659,6 +665,90 @@ impl QDot {
     }
 }
 
+/// Decodes weight rows `c = 0..`[`QTile::LANES`] (row `c` at byte
+/// `w_off + c · row_bytes` of `w`, `blocks` blocks of `fmt`, any format but the
+/// split-scale ones) into the locals a [`QTile`] reads: block `b`'s integer quants
+/// `q_e` (as [`QDot`] reads them: unsigned 0..15 / 0..31 with the offset in the
+/// minimum, signed for Q8_0 and the IQ4 levels) at
+/// `tile[((b · 16 + e / 2) · 16 + c) · 2 + e mod 2]` (i16: a vector of a pair of
+/// quants per weight row, the weight rows in lanes), its scale `d` at
+/// `scales[(2 b) · 16 + c]` and its minimum `m` ([`QDot`]'s: stored, `-8 d`,
+/// `-16 d`, or 0) at `scales[(2 b + 1) · 16 + c]` (f32).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QUnpack {
+    /// Weight block format.
+    pub fmt: QFmt,
+    /// The weight buffer (bytes read raw).
+    pub w: BufId,
+    /// Byte offset of the first row's first block.
+    pub w_off: Expr,
+    /// Bytes from one weight row to the next.
+    pub row_bytes: i64,
+    /// Blocks of 32 in a row.
+    pub blocks: i64,
+    /// The quants (i16, `blocks · 512` elements).
+    pub tile: BufId,
+    /// The scales and minimums (f32, `blocks · 32` elements).
+    pub scales: BufId,
+}
+
+/// `accs[16 i + c] += Σ_b dot_b(i, c)` for the [`QTile::LANES`] weight rows `c` a
+/// [`QUnpack`] decoded into `tile`/`scales` and activation rows `i` (at most
+/// [`QDot::QUAD`]): [`QDot`]'s products and arithmetic for every (row, weight row)
+/// pair, bit for bit (the even and odd chains, the minimum chains when `has_min`,
+/// the trailing block's zero partner), so a row's result is the same whether a
+/// `QDot` or a `QTile` computed it. `fmt`, `w`, `w_off` and `row_bytes` name the
+/// weight rows the tile holds (the [`QUnpack`]'s): a backend without a tile form
+/// (no AVX2) computes the same products as one [`QDot`] per weight row instead,
+/// and its `QUnpack` does nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QTile {
+    /// Weight block format.
+    pub fmt: QFmt,
+    /// The weight buffer the tile was decoded from.
+    pub w: BufId,
+    /// Byte offset of its first row.
+    pub w_off: Expr,
+    /// Bytes from one weight row to the next.
+    pub row_bytes: i64,
+    /// Whether the minimum terms count (the format's [`QFmt::has_min`]).
+    pub has_min: bool,
+    /// Blocks of 32 in a row.
+    pub blocks: i64,
+    /// The decoded quants (i16; see [`QUnpack`]).
+    pub tile: BufId,
+    /// The decoded scales and minimums (f32).
+    pub scales: BufId,
+    /// Activation quants (i16), as [`QDot`]'s.
+    pub xq: BufId,
+    /// Activation block scales (f32).
+    pub xd: BufId,
+    /// Activation block sums times scales (f32).
+    pub xs: BufId,
+    /// Per activation row: the index of its first block.
+    pub x_blk: Vec<Expr>,
+    /// Per activation row: the slot of its block 0's scale in `xd`/`xs` (block `b`
+    /// at `x_sc + 4 b`, as [`QDot`]'s).
+    pub x_sc: Vec<Expr>,
+    /// Per activation row `i` and weight row `c`: the f32 accumulator `accs[16 i + c]`.
+    pub accs: Vec<VarId>,
+}
+
+impl QTile {
+    /// Weight rows in a tile (one 512-bit vector of i32 sums).
+    pub const LANES: usize = 16;
+
+    /// Elements of the `tile` local for `blocks` blocks.
+    pub fn tile_len(blocks: i64) -> i64 {
+        blocks * 32 * Self::LANES as i64
+    }
+
+    /// Elements of the `scales` local for `blocks` blocks.
+    pub fn scales_len(blocks: i64) -> i64 {
+        blocks * 2 * Self::LANES as i64
+    }
+}
+
 /// A kernel: parameters and a body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kernel {
@@ -687,6 +777,34 @@ impl Kernel {
 
     /// The buffer record for validation: `Err` naming what `what` (`store to`,
     /// `qdot reads`) did with an unknown buffer.
+    /// The locals of a [`QUnpack`] / [`QTile`]: an allocated i16 tile and f32 scales
+    /// of the sizes `blocks` needs.
+    fn check_tile(
+        &self,
+        tile: BufId,
+        scales: BufId,
+        blocks: i64,
+        allocated: &[bool],
+        what: &str,
+    ) -> Result<(), String> {
+        if blocks < 0 {
+            return Err(format!("{what} over {blocks} blocks"));
+        }
+        for (b, ty) in [(tile, Ty::I16), (scales, Ty::F32)] {
+            let buf = self.checked_buf(b, what)?;
+            if buf.ty != ty || !matches!(buf.role, Role::Local) {
+                return Err(format!("{what}: {} must be a {ty} local", buf.name));
+            }
+            if !allocated[b.0 as usize] {
+                return Err(format!(
+                    "{what}: local {} used outside its allocation",
+                    buf.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn checked_buf(&self, b: BufId, what: &str) -> Result<&Buf, String> {
         self.bufs
             .get(b.0 as usize)
@@ -1063,6 +1181,58 @@ impl Kernel {
                         return Err(format!("qdot over {} blocks", q.blocks));
                     }
                 }
+                Stmt::QUnpack(u) => {
+                    self.check_expr(&u.w_off, defined, allocated)?;
+                    self.index_ty(&u.w_off)?;
+                    if u.fmt.split_scales() || u.blocks < 0 || u.blocks % u.fmt.sub_blocks() != 0 {
+                        return Err(format!(
+                            "qunpack: {} blocks of {:?} (split-scale formats are not unpacked)",
+                            u.blocks, u.fmt
+                        ));
+                    }
+                    self.checked_buf(u.w, "qunpack reads")?;
+                    self.check_tile(u.tile, u.scales, u.blocks, allocated, "qunpack")?;
+                }
+                Stmt::QTile(t) => {
+                    self.check_tile(t.tile, t.scales, t.blocks, allocated, "qtile")?;
+                    self.check_expr(&t.w_off, defined, allocated)?;
+                    self.index_ty(&t.w_off)?;
+                    self.checked_buf(t.w, "qtile reads")?;
+                    if t.has_min != t.fmt.has_min() {
+                        return Err(format!("qtile: has_min differs from {:?}'s", t.fmt));
+                    }
+                    if t.x_blk.len() != t.x_sc.len()
+                        || t.x_blk.len() > QDot::QUAD
+                        || t.accs.len() != t.x_blk.len() * QTile::LANES
+                    {
+                        return Err(format!(
+                            "qtile: 1..={} activation rows, each with a scale slot and {} \
+                             accumulators",
+                            QDot::QUAD,
+                            QTile::LANES
+                        ));
+                    }
+                    for e in t.x_blk.iter().chain(&t.x_sc) {
+                        self.check_expr(e, defined, allocated)?;
+                        self.index_ty(e)?;
+                    }
+                    for (b, ty) in [(t.xq, Ty::I16), (t.xd, Ty::F32), (t.xs, Ty::F32)] {
+                        let buf = self.checked_buf(b, "qtile reads")?;
+                        if buf.ty != ty {
+                            return Err(format!("qtile: {} must be {ty}", buf.name));
+                        }
+                    }
+                    for a in &t.accs {
+                        if !defined.get(a.0 as usize).copied().unwrap_or(false)
+                            || self.var(*a).ty != Ty::F32
+                        {
+                            return Err(format!(
+                                "qtile accumulates into {} (not a defined f32 variable)",
+                                self.vname(*a)
+                            ));
+                        }
+                    }
+                }
             }
         }
         *defined = saved_vars;
@@ -1121,6 +1291,13 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
             Stmt::QDot(q) => {
                 visit_expr(&q.w_off, f);
                 for e in q.x_blk.iter().chain(&q.x_sc) {
+                    visit_expr(e, f);
+                }
+            }
+            Stmt::QUnpack(u) => visit_expr(&u.w_off, f),
+            Stmt::QTile(t) => {
+                visit_expr(&t.w_off, f);
+                for e in t.x_blk.iter().chain(&t.x_sc) {
                     visit_expr(e, f);
                 }
             }
@@ -1497,6 +1674,53 @@ impl Kernel {
                     }
                     f.write_str("] scales [")?;
                     for (i, e) in q.x_sc.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        self.fmt_expr(e, f)?;
+                    }
+                    f.write_str("])\n")?;
+                }
+                Stmt::QUnpack(u) => {
+                    write!(
+                        f,
+                        "{pad}{}, {} = qunpack.{:?}({}[",
+                        self.bname(u.tile),
+                        self.bname(u.scales),
+                        u.fmt,
+                        self.bname(u.w)
+                    )?;
+                    self.fmt_expr(&u.w_off, f)?;
+                    writeln!(
+                        f,
+                        ".. x{} rows of {} bytes, x{}])",
+                        QTile::LANES,
+                        u.row_bytes,
+                        u.blocks
+                    )?;
+                }
+                Stmt::QTile(t) => {
+                    let accs: Vec<String> = t.accs.iter().map(|a| self.vname(*a)).collect();
+                    write!(
+                        f,
+                        "{pad}{} += qtile{}({}/{}, {}/{}/{} blocks x{} [",
+                        accs.join(", "),
+                        if t.has_min { ".min" } else { "" },
+                        self.bname(t.tile),
+                        self.bname(t.scales),
+                        self.bname(t.xq),
+                        self.bname(t.xd),
+                        self.bname(t.xs),
+                        t.blocks
+                    )?;
+                    for (i, e) in t.x_blk.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        self.fmt_expr(e, f)?;
+                    }
+                    f.write_str("] scales [")?;
+                    for (i, e) in t.x_sc.iter().enumerate() {
                         if i > 0 {
                             f.write_str(", ")?;
                         }

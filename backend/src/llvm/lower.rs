@@ -366,6 +366,11 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             Stmt::Prefetch { buf, index } => self.prefetch(f, *buf, index)?,
             Stmt::ShuffleXor { var, value, xor } => self.shuffle_xor(f, *var, value, *xor)?,
             Stmt::QDot(q) => self.qdot(f, q)?,
+            Stmt::QUnpack(_) | Stmt::QTile(_) if self.target.is_gpu() => {
+                return Err(self.err("the tile form of a quantized linear is CPU-only"))
+            }
+            Stmt::QUnpack(u) => self.qunpack(f, u)?,
+            Stmt::QTile(t) => self.qtile(f, t)?,
             Stmt::For {
                 var,
                 lo,
@@ -1386,6 +1391,15 @@ fn scan(
                         assigned.insert(*a);
                     }
                     bufs.extend([q.w, q.xq, q.xd, q.xs]);
+                }
+                Stmt::QUnpack(u) => {
+                    bufs.extend([u.w, u.tile, u.scales]);
+                }
+                Stmt::QTile(t) => {
+                    for a in &t.accs {
+                        assigned.insert(*a);
+                    }
+                    bufs.extend([t.w, t.tile, t.scales, t.xq, t.xd, t.xs]);
                 }
             }
         }

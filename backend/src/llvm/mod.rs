@@ -149,8 +149,12 @@ fn target_machine(opts: &CpuOptions) -> Result<TargetMachine, CodegenError> {
 /// named x86 CPU that implies them; every AVX2 CPU has FMA); a `-avx2` or `-fma`
 /// feature turns it off.
 fn has_avx2(tm: &TargetMachine) -> bool {
-    required_features(tm)
-        .is_some_and(|f| f.iter().any(|x| x == "avx2") && f.iter().any(|x| x == "fma"))
+    has_all(tm, &["avx2", "fma"])
+}
+
+/// Whether the code for `tm` may use every feature in `names`.
+fn has_all(tm: &TargetMachine, names: &[&str]) -> bool {
+    required_features(tm).is_some_and(|f| names.iter().all(|n| f.iter().any(|x| x == n)))
 }
 
 /// The extensions the code for `tm` may use (x86-64 only; `None` elsewhere), for the
@@ -237,8 +241,11 @@ pub fn compile(
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
     let it = Intrinsics::new(&cx);
+    let avx512 = has_all(&tm, &["avx512f", "avx512bw", "avx512vl"]);
     let target = target::Target::Cpu {
         avx2: has_avx2(&tm),
+        avx512,
+        vnni: avx512 && has_all(&tm, &["avx512vnni"]),
     };
     let mut entries = Vec::new();
     for (i, k) in kernels.iter().enumerate() {

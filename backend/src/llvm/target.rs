@@ -14,10 +14,15 @@
 /// The target of one lowering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// A CPU; `avx2` selects the AVX2 block dot products.
+    /// A CPU; `avx2` selects the AVX2 block dot products, `avx512` the 512-bit
+    /// tile products (`vnni`: with `vpdpwssd`).
     Cpu {
-        /// The target machine has AVX2.
+        /// The target machine has AVX2 (and FMA).
         avx2: bool,
+        /// The target machine has AVX-512 F, BW and VL.
+        avx512: bool,
+        /// ... and AVX-512 VNNI.
+        vnni: bool,
     },
     /// NVIDIA GPUs through PTX.
     Nvptx,
@@ -31,7 +36,17 @@ impl Target {
 
     /// True when block dot products may use AVX2.
     pub fn avx2(self) -> bool {
-        matches!(self, Target::Cpu { avx2: true })
+        matches!(self, Target::Cpu { avx2: true, .. })
+    }
+
+    /// True when tile products may use 512-bit vectors (AVX-512 F/BW/VL).
+    pub fn avx512(self) -> bool {
+        matches!(self, Target::Cpu { avx512: true, .. })
+    }
+
+    /// True when tile products may use `vpdpwssd` (AVX-512 VNNI).
+    pub fn vnni(self) -> bool {
+        matches!(self, Target::Cpu { vnni: true, .. })
     }
 }
 

@@ -12,7 +12,9 @@ use super::{
     to_storage, work_estimate, worth_threads, TResult,
 };
 use crate::builder::KernelBuilder;
-use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, Ty, UnOp, VarId};
+use crate::loopir::{
+    BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, QTile, QUnpack, Ty, UnOp, VarId,
+};
 use llmc_ir::ops::fused_gemm::Act;
 use llmc_ir::{DType, Dim, Node, TensorType};
 
@@ -399,9 +401,7 @@ impl Lin {
             first = count;
             prev = per;
         }
-        kb.for_("jc", 0, chunks, tag, |kb, jc| {
-            let j0 = kb.let_("j0", jc * QROWS);
-            let j1 = kb.let_("j1", Expr::bin(BinOp::Min, j0.clone() + QROWS, Expr::i(n)));
+        let dots = |kb: &mut KernelBuilder, j0: &Expr, j1: &Expr| {
             for (per, first, count) in &levels {
                 kb.for_(
                     "g",
@@ -411,11 +411,109 @@ impl Lin {
                     |kb, g| {
                         let lr = kb.let_("lr", g * *per);
                         let rows = self.statement_rows(kb, lr, *per);
-                        self.int8_dots(kb, r0, &j0, &j1, &rows, fmt, q);
+                        self.int8_dots(kb, r0, j0, j1, &rows, fmt, q);
                     },
                 );
             }
+        };
+        let lanes = QTile::LANES as i64;
+        kb.for_("jc", 0, chunks, tag, |kb, jc| {
+            let j0 = kb.let_("j0", jc * QROWS);
+            let j1 = kb.let_("j1", Expr::bin(BinOp::Min, j0.clone() + QROWS, Expr::i(n)));
+            if fmt.split_scales() || QROWS != lanes {
+                dots(kb, &j0, &j1);
+                return;
+            }
+            // A whole chunk against at least a quad of rows: decode it once into the
+            // tile (weight rows in vector lanes, no horizontal sums); else per row.
+            let whole = Expr::bin(BinOp::Eq, j1.clone() - j0.clone(), Expr::i(lanes));
+            let many = Expr::bin(BinOp::Ge, nr.clone(), Expr::i(quad));
+            let cond = Expr::bin(BinOp::And, whole, many);
+            kb.if_else(
+                cond,
+                |kb| self.int8_tile(kb, r0, nr, &j0, fmt, q),
+                |kb| dots(kb, &j0, &j1),
+            );
         });
+    }
+
+    /// Weight rows `j0..j0 + 16` against local rows `0..nr` (at least a quad): the
+    /// chunk decoded once ([`QUnpack`]), then [`QTile`] per row quad and per row
+    /// left over.
+    fn int8_tile(
+        &self,
+        kb: &mut KernelBuilder,
+        r0: &Expr,
+        nr: &Expr,
+        j0: &Expr,
+        fmt: QFmt,
+        q: (BufId, BufId, BufId),
+    ) {
+        let (xq, xd, xs) = q;
+        let blocks = self.k / 32;
+        let quad = QDot::QUAD as i64;
+        let tile = kb.local("wtile", Ty::I16, QTile::tile_len(blocks));
+        let scales = kb.local("wscales", Ty::F32, QTile::scales_len(blocks));
+        let row_bytes = fmt.row_bytes(blocks);
+        kb.qunpack(QUnpack {
+            fmt,
+            w: self.w,
+            w_off: j0.clone() * row_bytes,
+            row_bytes,
+            blocks,
+            tile,
+            scales,
+        });
+        let quads = kb.let_("nq", Expr::bin(BinOp::Div, nr.clone(), Expr::i(quad)));
+        let run = |kb: &mut KernelBuilder, rows: Vec<(Expr, Expr)>| {
+            let accs: Vec<VarId> = (0..rows.len() * QTile::LANES)
+                .map(|_| kb.let_mut("acc", fconst(0.0, Ty::F32)))
+                .collect();
+            kb.qtile(QTile {
+                fmt,
+                w: self.w,
+                w_off: j0.clone() * row_bytes,
+                row_bytes,
+                has_min: fmt.has_min(),
+                blocks,
+                tile,
+                scales,
+                xq,
+                xd,
+                xs,
+                x_blk: rows.iter().map(|(lr, _)| lr.clone() * blocks).collect(),
+                x_sc: rows.iter().map(|(_, sc)| sc.clone()).collect(),
+                accs: accs.clone(),
+            });
+            for (i, (lr, _)) in rows.iter().enumerate() {
+                for c in 0..QTile::LANES {
+                    let j = j0.clone() + c as i64;
+                    self.store_dot(kb, r0, lr, &j, accs[i * QTile::LANES + c]);
+                }
+            }
+        };
+        kb.for_("g", 0, quads.clone(), LoopTag::Serial, |kb, g| {
+            let lr = kb.let_("lr", g * quad);
+            let rows = self.statement_rows(kb, lr, quad);
+            run(kb, rows);
+        });
+        kb.for_("lr", quads * quad, nr.clone(), LoopTag::Serial, |kb, lr| {
+            let rows = self.statement_rows(kb, lr, 1);
+            run(kb, rows);
+        });
+    }
+
+    /// Stores accumulator `acc` of local row `lr` and weight row `j`: bias, the
+    /// epilogue, output row `r0 + lr`.
+    fn store_dot(&self, kb: &mut KernelBuilder, r0: &Expr, lr: &Expr, j: &Expr, acc: VarId) {
+        let mut v = Expr::Var(acc);
+        if let Some((b, bd)) = self.bias {
+            let bv = load_elem(kb, b, bd, j.clone());
+            v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
+        }
+        let v = self.epilogue(kb, v, Ty::F32);
+        let v = to_storage(kb, self.out, v);
+        kb.store(self.out, (r0.clone() + lr.clone()) * self.n + j.clone(), v);
     }
 
     /// Local rows `lr..lr + per` as (row, scale slot) pairs for one [`QDot`]: `per` is
@@ -456,7 +554,6 @@ impl Lin {
         q: (BufId, BufId, BufId),
     ) {
         let (xq, xd, xs) = q;
-        let n = self.n;
         let blocks = self.k / 32;
         let row_bytes = fmt.row_bytes(blocks);
         kb.for_("j", j0.clone(), j1.clone(), LoopTag::Serial, |kb, j| {
@@ -477,14 +574,7 @@ impl Lin {
                 accs: accs.clone(),
             });
             for ((lr, _), acc) in rows.iter().zip(&accs) {
-                let mut v = Expr::Var(*acc);
-                if let Some((b, bd)) = self.bias {
-                    let bv = load_elem(kb, b, bd, j.clone());
-                    v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
-                }
-                let v = self.epilogue(kb, v, Ty::F32);
-                let v = to_storage(kb, self.out, v);
-                kb.store(self.out, (r0.clone() + lr.clone()) * n + j.clone(), v);
+                self.store_dot(kb, r0, lr, &j, *acc);
             }
         });
     }

@@ -45,6 +45,7 @@ fn alignment_facts(body: &[Stmt], out: &mut HashMap<VarId, Expr>, assigned: &mut
             }
             Stmt::Assign { var, .. } | Stmt::ShuffleXor { var, .. } => assigned.push(*var),
             Stmt::QDot(q) => assigned.extend(q.accs.iter().copied()),
+            Stmt::QTile(t) => assigned.extend(t.accs.iter().copied()),
             Stmt::For {
                 var,
                 lo,

@@ -15,6 +15,8 @@ use inkwell::values::{
 use inkwell::IntPredicate;
 use llmc_kernels::{QDot, QFmt};
 
+mod tile;
+
 /// How far ahead (bytes) the AVX2 `QDot` prefetches the weight row.
 const QDOT_PREFETCH: u64 = 4096;
 
@@ -493,11 +495,11 @@ impl<'ctx> Lowering<'ctx, '_> {
     fn q5_bits(
         &self,
         f: &Frame<'ctx>,
-        q: &QDot,
+        fmt: QFmt,
         w: PointerValue<'ctx>,
         wb: IntValue<'ctx>,
     ) -> R<Option<(VectorValue<'ctx>, VectorValue<'ctx>)>> {
-        let Some(off) = q.fmt.qh_offset() else {
+        let Some(off) = fmt.qh_offset() else {
             return Ok(None);
         };
         let it = self.it;
@@ -780,7 +782,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                     let hi = b
                         .build_right_shift(raw, c4, false, "hi")
                         .map_err(llvm_err)?;
-                    match self.q5_bits(f, q, wp, wb)? {
+                    match self.q5_bits(f, q.fmt, wp, wb)? {
                         Some((bl, bh)) => {
                             (self.or_fifth_bit(f, lo, bl)?, self.or_fifth_bit(f, hi, bh)?)
                         }
@@ -1088,7 +1090,7 @@ impl<'ctx> Lowering<'ctx, '_> {
     fn qdot_avx2_weights(
         &self,
         f: &Frame<'ctx>,
-        q: &QDot,
+        fmt: QFmt,
         w: PointerValue<'ctx>,
         w_off: IntValue<'ctx>,
         blk: IntValue<'ctx>,
@@ -1101,13 +1103,13 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v2f = it.f32.vec_type(2);
         let splat16 =
             |k: u64| inkwell::types::VectorType::const_vector(&[it.i16.const_int(k, false); 16]);
-        if q.fmt.iq4() {
-            let (d, qs) = if q.fmt == QFmt::IQ4XS {
+        if fmt.iq4() {
+            let (d, qs) = if fmt == QFmt::IQ4XS {
                 self.iq4xs_block(f, w, w_off, blk)?
             } else {
                 let b = &f.b;
                 let wb = b
-                    .build_int_mul(blk, c64(q.fmt.block_bytes()), "")
+                    .build_int_mul(blk, c64(fmt.block_bytes()), "")
                     .map_err(llvm_err)?;
                 let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
                 let d = self.qdot_load(f, it.f16.into(), w, wb)?.into_float_value();
@@ -1126,8 +1128,8 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .map_err(llvm_err)?;
             return Ok((lo, hi, dm));
         }
-        if q.fmt.split_scales() {
-            let (d0, d1, lo, hi) = if q.fmt == QFmt::Q3K {
+        if fmt.split_scales() {
+            let (d0, d1, lo, hi) = if fmt == QFmt::Q3K {
                 self.q3k_block(f, w, w_off, blk)?
             } else {
                 self.q6k_block(f, w, w_off, blk)?
@@ -1143,10 +1145,10 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .map_err(llvm_err)?;
             return Ok((lo, hi, dm));
         }
-        if q.fmt.k_scales() {
+        if fmt.k_scales() {
             // A block pair shares its 32 quant bytes: low nibbles for the even block,
             // high for the odd one.
-            let (d, m, qs, _, fifth) = self.q4k_block(f, q.fmt, w, w_off, blk)?;
+            let (d, m, qs, _, fifth) = self.q4k_block(f, fmt, w, w_off, blk)?;
             let mut halves = Vec::new();
             for h in 0..2 {
                 let at = f.b.build_int_add(qs, c64(16 * h), "").map_err(llvm_err)?;
@@ -1179,13 +1181,13 @@ impl<'ctx> Lowering<'ctx, '_> {
         }
         let b = &f.b;
         let wb = b
-            .build_int_mul(blk, c64(q.fmt.block_bytes()), "")
+            .build_int_mul(blk, c64(fmt.block_bytes()), "")
             .map_err(llvm_err)?;
         let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
         let qs = b
-            .build_int_add(wb, c64(q.fmt.qs_offset()), "qs")
+            .build_int_add(wb, c64(fmt.qs_offset()), "qs")
             .map_err(llvm_err)?;
-        let (lo, hi) = match q.fmt {
+        let (lo, hi) = match fmt {
             QFmt::Q8_0 => {
                 let lo = self.qdot_load(f, v16b.into(), w, qs)?;
                 let q16 = f.b.build_int_add(qs, c64(16), "").map_err(llvm_err)?;
@@ -1207,7 +1209,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let hi = b
                     .build_right_shift(v, splat16(4), false, "hi")
                     .map_err(llvm_err)?;
-                match self.q5_bits(f, q, w, wb)? {
+                match self.q5_bits(f, fmt, w, wb)? {
                     Some((bl, bh)) => {
                         (self.or_fifth_bit(f, lo, bl)?, self.or_fifth_bit(f, hi, bh)?)
                     }
@@ -1215,7 +1217,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 }
             }
         };
-        let dm = if q.fmt.stored_min() {
+        let dm = if fmt.stored_min() {
             let h = self
                 .qdot_load(f, it.f16.vec_type(2).into(), w, wb)?
                 .into_vector_value();
@@ -1224,7 +1226,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             let h = self.qdot_load(f, it.f16.into(), w, wb)?.into_float_value();
             let b = &f.b;
             let d = b.build_float_ext(h, it.f32, "d").map_err(llvm_err)?;
-            let m = match q.fmt.offset_min() {
+            let m = match fmt.offset_min() {
                 Some(k) => b
                     .build_float_mul(d, it.f32.const_float(k as f64), "m")
                     .map_err(llvm_err)?,
@@ -1300,7 +1302,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v8f = it.f32.vec_type(8);
         let v2f = it.f32.vec_type(2);
         let v16w = it.i16.vec_type(16);
-        let (wa_lo, wa_hi, dm_a) = self.qdot_avx2_weights(f, q, bufs.w, w_off, blk, false)?;
+        let (wa_lo, wa_hi, dm_a) = self.qdot_avx2_weights(f, q.fmt, bufs.w, w_off, blk, false)?;
         // Q6_K: the "pair" is the block's two halves, [d_lo, d_hi] in `dm_a`.
         let split = q.fmt.split_scales();
         let (wb, dm_b) = if split {
@@ -1309,7 +1311,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             (None, v2f.const_zero())
         } else {
             let nb = f.b.build_int_add(blk, c64(1), "").map_err(llvm_err)?;
-            let (lo, hi, dm) = self.qdot_avx2_weights(f, q, bufs.w, w_off, nb, true)?;
+            let (lo, hi, dm) = self.qdot_avx2_weights(f, q.fmt, bufs.w, w_off, nb, true)?;
             (Some((lo, hi)), dm)
         };
         // The integer block sums' 8-lane partials of one row (zero for the absent

@@ -1,0 +1,440 @@
+//! Lowering of the tile form of the quantized linear ([`QUnpack`], [`QTile`]): 16
+//! weight rows decoded once into vectors whose lanes are the weight rows, so a block
+//! sum is one multiply-add per pair of quants per activation row, with no horizontal
+//! reduction (the [`QDot`] form reduces a quad's partial sums with shuffles per block
+//! pair). With AVX-512 (F/BW/VL) a tile row is one 512-bit vector and VNNI's
+//! `vpdpwssd` takes the activation pair as a broadcast memory operand; elsewhere the
+//! same sums run on 8 lanes (`vpmaddwd` with AVX2, portable vector IR otherwise). The
+//! float arithmetic is [`QDot`]'s, bit for bit, so a row's result does not depend on
+//! which form computed it.
+
+use super::super::{llvm_err, Frame, Lowering, R};
+use inkwell::types::{BasicTypeEnum, VectorType};
+use inkwell::values::{BasicValue, IntValue, PointerValue, VectorValue};
+use llmc_kernels::{QDot, QTile, QUnpack};
+
+/// Weight rows per tile.
+const LANES: u32 = QTile::LANES as u32;
+
+/// Bytes of one block's quants in a tile (16 pairs of 16 rows' two i16).
+const BLOCK_TILE_BYTES: i64 = 32 * QTile::LANES as i64 * 2;
+
+/// Bytes of one block's scales and minimums in a tile.
+const BLOCK_SCALE_BYTES: i64 = 2 * QTile::LANES as i64 * 4;
+
+impl<'ctx> Lowering<'ctx, '_> {
+    /// The buffer pointer of `id`, or an error naming it.
+    fn tile_buf(&self, f: &Frame<'ctx>, id: llmc_kernels::BufId) -> R<PointerValue<'ctx>> {
+        f.bufs.get(&id).copied().ok_or_else(|| {
+            self.err(format!(
+                "qtile: buffer %{} is not available here",
+                self.k.buf(id).name
+            ))
+        })
+    }
+
+    /// Stores `v` at byte `off` of `base` (unaligned).
+    fn tile_store(
+        &self,
+        f: &Frame<'ctx>,
+        base: PointerValue<'ctx>,
+        off: IntValue<'ctx>,
+        v: impl BasicValue<'ctx>,
+    ) -> R<()> {
+        // SAFETY: offsets stay inside the tile locals, sized by QTile::tile_len /
+        // scales_len for the statement's block count (the loop-IR interpreter checks
+        // the same indices in tests).
+        let p = unsafe { f.b.build_gep(self.it.i8, base, &[off], "") }.map_err(llvm_err)?;
+        let st = f.b.build_store(p, v).map_err(llvm_err)?;
+        st.set_alignment(4).map_err(llvm_err)?;
+        Ok(())
+    }
+
+    /// `i64` constant.
+    fn tc(&self, k: i64) -> IntValue<'ctx> {
+        self.it.i64.const_int(k as u64, true)
+    }
+
+    /// Emits [`QUnpack`]: per block, the 16 rows' quants as in [`Self::qdot_avx2`]
+    /// (widened to i16), transposed so that lane `c` of vector `p` holds row `c`'s pair
+    /// `p`, and the rows' scales and minimums as two f32 vectors.
+    pub(in super::super) fn qunpack(&mut self, f: &mut Frame<'ctx>, u: &QUnpack) -> R<()> {
+        if !self.target.avx2() {
+            // Its QTile reads the weights as stored (see Self::qtile).
+            return Ok(());
+        }
+        let w_off = self.expr(f, &u.w_off)?.0.into_int_value();
+        let w = self.tile_buf(f, u.w)?;
+        let tile = self.tile_buf(f, u.tile)?;
+        let scales = self.tile_buf(f, u.scales)?;
+        // K-quant super-blocks: eight blocks per trip, so each sub-block index is a
+        // constant and its scale decode folds.
+        let per = if u.fmt.sub_blocks() == 8 { 8 } else { 2 };
+        let trips = u.blocks / per;
+        let lp = self.counted_loop(f, "qunpack", "qub", trips as u64)?;
+        let blk0 =
+            f.b.build_int_mul(lp.index, self.tc(per), "blk")
+                .map_err(llvm_err)?;
+        for p in 0..per {
+            let blk = f.b.build_int_add(blk0, self.tc(p), "").map_err(llvm_err)?;
+            self.unpack_block(f, u, (w, tile, scales), w_off, blk, p % 2 == 1)?;
+        }
+        self.close_loop(f, &lp)?;
+        for b in trips * per..u.blocks {
+            let blk = self.tc(b);
+            self.unpack_block(f, u, (w, tile, scales), w_off, blk, b % 2 == 1)?;
+        }
+        Ok(())
+    }
+
+    /// Block `blk` of [`Self::qunpack`]'s 16 rows into the tile.
+    fn unpack_block(
+        &self,
+        f: &Frame<'ctx>,
+        u: &QUnpack,
+        (w, tile, scales): (PointerValue<'ctx>, PointerValue<'ctx>, PointerValue<'ctx>),
+        w_off: IntValue<'ctx>,
+        blk: IntValue<'ctx>,
+        odd: bool,
+    ) -> R<()> {
+        let it = self.it;
+        let e = llvm_err;
+        let v16f = it.f32.vec_type(LANES);
+        let v16i = it.i32.vec_type(LANES);
+        let mut rows: Vec<VectorValue<'ctx>> = Vec::with_capacity(16);
+        let mut ds = v16f.get_undef();
+        let mut ms = v16f.get_undef();
+        for c in 0..LANES {
+            let off =
+                f.b.build_int_add(w_off, self.tc(c as i64 * u.row_bytes), "")
+                    .map_err(e)?;
+            let (lo, hi, dm) = self.qdot_avx2_weights(f, u.fmt, w, off, blk, odd)?;
+            let all = self.shuffle(f, lo, hi, &(0..32).collect::<Vec<u64>>())?;
+            let b = &f.b;
+            rows.push(
+                b.build_bit_cast(all, v16i, "")
+                    .map_err(e)?
+                    .into_vector_value(),
+            );
+            let lane = it.i32.const_int(c as u64, false);
+            let d = b
+                .build_extract_element(dm, it.i32.const_zero(), "")
+                .map_err(e)?;
+            let m = b
+                .build_extract_element(dm, it.i32.const_int(1, false), "")
+                .map_err(e)?;
+            ds = b.build_insert_element(ds, d, lane, "").map_err(e)?;
+            ms = b.build_insert_element(ms, m, lane, "").map_err(e)?;
+        }
+        // A 16 x 16 transpose of 32-bit pairs: swap the off-diagonal h-blocks of every
+        // 2h x 2h block, h = 8, 4, 2, 1.
+        for h in [8u64, 4, 2, 1] {
+            for i in 0..16usize {
+                if i as u64 & h != 0 {
+                    continue;
+                }
+                let j = i + h as usize;
+                let (a, b) = (rows[i], rows[j]);
+                let lo: Vec<u64> = (0..16)
+                    .map(|l| if l & h == 0 { l } else { 16 + l - h })
+                    .collect();
+                let hi: Vec<u64> = (0..16)
+                    .map(|l| if l & h == 0 { l + h } else { 16 + l })
+                    .collect();
+                rows[i] = self.shuffle(f, a, b, &lo)?;
+                rows[j] = self.shuffle(f, a, b, &hi)?;
+            }
+        }
+        let base =
+            f.b.build_int_mul(blk, self.tc(BLOCK_TILE_BYTES), "")
+                .map_err(e)?;
+        for (p, v) in rows.iter().enumerate() {
+            let at =
+                f.b.build_int_add(base, self.tc(p as i64 * 64), "")
+                    .map_err(e)?;
+            self.tile_store(f, tile, at, *v)?;
+        }
+        let sb =
+            f.b.build_int_mul(blk, self.tc(BLOCK_SCALE_BYTES), "")
+                .map_err(e)?;
+        self.tile_store(f, scales, sb, ds)?;
+        let mb = f.b.build_int_add(sb, self.tc(64), "").map_err(e)?;
+        self.tile_store(f, scales, mb, ms)?;
+        Ok(())
+    }
+
+    /// Emits [`QTile`]: 16 lanes at once with AVX-512 (every row in one pass), else 8
+    /// lanes and two rows per pass (AVX2's 16 registers).
+    pub(in super::super) fn qtile(&mut self, f: &mut Frame<'ctx>, t: &QTile) -> R<()> {
+        if !self.target.avx2() {
+            // The portable QDot keeps lane-wise partial sums (other rounding than
+            // QTile's): one QDot per weight row keeps a row's result independent of
+            // its batch there too.
+            for c in 0..QTile::LANES {
+                let q = QDot {
+                    fmt: t.fmt,
+                    w: t.w,
+                    w_off: t.w_off.clone() + (c as i64 * t.row_bytes),
+                    blocks: t.blocks,
+                    xq: t.xq,
+                    xd: t.xd,
+                    xs: t.xs,
+                    x_blk: t.x_blk.clone(),
+                    x_sc: t.x_sc.clone(),
+                    accs: (0..t.x_blk.len())
+                        .map(|i| t.accs[i * QTile::LANES + c])
+                        .collect(),
+                };
+                self.qdot(f, &q)?;
+            }
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for (xb, sc) in t.x_blk.iter().zip(&t.x_sc) {
+            let xb = self.expr(f, xb)?.0.into_int_value();
+            let sc = self.expr(f, sc)?.0.into_int_value();
+            rows.push((xb, sc));
+        }
+        let (lanes, per_pass) = if self.target.avx512() {
+            (16, QDot::QUAD)
+        } else {
+            (8, 2)
+        };
+        // (Below: AVX2 at least, so `pair_dot` never needs its portable form here.)
+        for c0 in (0..LANES).step_by(lanes as usize) {
+            let idx: Vec<usize> = (0..rows.len()).collect();
+            for chunk in idx.chunks(per_pass) {
+                self.qtile_pass(f, t, &rows, chunk, c0, lanes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Weight rows `c0..c0 + lanes` of the tile against activation rows `which`.
+    fn qtile_pass(
+        &mut self,
+        f: &mut Frame<'ctx>,
+        t: &QTile,
+        rows: &[(IntValue<'ctx>, IntValue<'ctx>)],
+        which: &[usize],
+        c0: u32,
+        lanes: u32,
+    ) -> R<()> {
+        let it = self.it;
+        let e = llvm_err;
+        let vf = it.f32.vec_type(lanes);
+        let bufs = [t.tile, t.scales, t.xq, t.xd, t.xs]
+            .iter()
+            .map(|b| self.tile_buf(f, *b))
+            .collect::<R<Vec<_>>>()?;
+        // Per row: the even and odd block chains and the same for the minimum terms.
+        let mut chains = Vec::new();
+        for _ in which {
+            let mut four = [None; 4];
+            for c in four.iter_mut() {
+                let a = f.allocas.build_alloca(vf, "qtacc").map_err(e)?;
+                f.b.build_store(a, vf.const_zero()).map_err(e)?;
+                *c = Some(a);
+            }
+            chains.push(four.map(|c| c.expect("set above")));
+        }
+        let sel: Vec<_> = which.iter().map(|&i| rows[i]).collect();
+        let trips = t.blocks / 2;
+        let lp = self.counted_loop(f, "qtile", "qtb", trips as u64)?;
+        let blk0 = f.b.build_int_mul(lp.index, self.tc(2), "").map_err(e)?;
+        for h in 0..2 {
+            let blk = f.b.build_int_add(blk0, self.tc(h), "").map_err(e)?;
+            self.qtile_block(f, t, &bufs, &sel, blk, c0, lanes, h as usize, &chains)?;
+        }
+        self.close_loop(f, &lp)?;
+        if t.blocks % 2 == 1 {
+            let blk = self.tc(t.blocks - 1);
+            self.qtile_block(f, t, &bufs, &sel, blk, c0, lanes, 0, &chains)?;
+            // The odd chains take the trailing block's zero partner, as in QDot.
+            for ch in &chains {
+                for slot in [ch[1], ch[3]] {
+                    self.fma_into(f, vf.const_zero(), vf.const_zero(), slot)?;
+                }
+            }
+        }
+        // acc += (E + O) + (ME + MO) per row and lane.
+        for (r, &i) in which.iter().enumerate() {
+            let ld = |p: PointerValue<'ctx>| -> R<VectorValue<'ctx>> {
+                Ok(f.b.build_load(vf, p, "").map_err(e)?.into_vector_value())
+            };
+            let ch = chains[r];
+            let mut tot = f.b.build_float_add(ld(ch[0])?, ld(ch[1])?, "").map_err(e)?;
+            if t.has_min {
+                let m = f.b.build_float_add(ld(ch[2])?, ld(ch[3])?, "").map_err(e)?;
+                tot = f.b.build_float_add(tot, m, "").map_err(e)?;
+            }
+            for l in 0..lanes {
+                let acc = t.accs[i * QTile::LANES + (c0 + l) as usize];
+                let slot = self.var_slot(f, acc)?;
+                let b = &f.b;
+                let v = b
+                    .build_extract_element(tot, it.i32.const_int(l as u64, false), "")
+                    .map_err(e)?
+                    .into_float_value();
+                let cur = b
+                    .build_load(it.f32, slot, "")
+                    .map_err(e)?
+                    .into_float_value();
+                let nv = b.build_float_add(cur, v, "").map_err(e)?;
+                b.build_store(slot, nv).map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Block `blk` of a [`Self::qtile_pass`] into chain `h` (0 even, 1 odd) of every row.
+    #[allow(clippy::too_many_arguments)]
+    fn qtile_block(
+        &self,
+        f: &Frame<'ctx>,
+        t: &QTile,
+        bufs: &[PointerValue<'ctx>],
+        rows: &[(IntValue<'ctx>, IntValue<'ctx>)],
+        blk: IntValue<'ctx>,
+        c0: u32,
+        lanes: u32,
+        h: usize,
+        chains: &[[PointerValue<'ctx>; 4]],
+    ) -> R<()> {
+        let it = self.it;
+        let e = llvm_err;
+        let (tile, scales, xq, xd, xs) = (bufs[0], bufs[1], bufs[2], bufs[3], bufs[4]);
+        let vi = it.i32.vec_type(lanes);
+        let vw = it.i16.vec_type(2 * lanes);
+        let vf = it.f32.vec_type(lanes);
+        let b = &f.b;
+        let tb = b
+            .build_int_mul(blk, self.tc(BLOCK_TILE_BYTES), "")
+            .map_err(e)?;
+        let tb = b.build_int_add(tb, self.tc(c0 as i64 * 4), "").map_err(e)?;
+        // Byte offset of each row's block `blk` in xq.
+        let xbs = rows
+            .iter()
+            .map(|(xb, _)| {
+                let v = b.build_int_add(*xb, blk, "").map_err(e)?;
+                b.build_int_mul(v, self.tc(64), "").map_err(e)
+            })
+            .collect::<R<Vec<_>>>()?;
+        let mut sums: Vec<VectorValue<'ctx>> = rows.iter().map(|_| vi.const_zero()).collect();
+        for p in 0..16i64 {
+            let at = f.b.build_int_add(tb, self.tc(p * 64), "").map_err(e)?;
+            let wv = self.qdot_load(f, vw.into(), tile, at)?.into_vector_value();
+            for (s, xb) in sums.iter_mut().zip(&xbs) {
+                let at = f.b.build_int_add(*xb, self.tc(p * 4), "").map_err(e)?;
+                let pair = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
+                let x = self.splat_i32(f, pair, lanes)?;
+                *s = self.pair_dot(f, *s, wv, x, lanes)?;
+            }
+        }
+        let sb =
+            f.b.build_int_mul(blk, self.tc(BLOCK_SCALE_BYTES), "")
+                .map_err(e)?;
+        let sb =
+            f.b.build_int_add(sb, self.tc(c0 as i64 * 4), "")
+                .map_err(e)?;
+        let d = self
+            .qdot_load(f, vf.into(), scales, sb)?
+            .into_vector_value();
+        let m = if t.has_min {
+            let at = f.b.build_int_add(sb, self.tc(64), "").map_err(e)?;
+            Some(
+                self.qdot_load(f, vf.into(), scales, at)?
+                    .into_vector_value(),
+            )
+        } else {
+            None
+        };
+        for ((s, (_, sc)), ch) in sums.iter().zip(rows).zip(chains) {
+            let b = &f.b;
+            let at = b
+                .build_int_mul(blk, self.tc(QDot::scale_offset(1)), "")
+                .map_err(e)?;
+            let at = b.build_int_add(*sc, at, "").map_err(e)?;
+            let at = b.build_int_mul(at, self.tc(4), "").map_err(e)?;
+            let xdv = self.qdot_load(f, it.f32.into(), xd, at)?.into_float_value();
+            let xdv = self.splat_f32(f, xdv, lanes)?;
+            let scale = f.b.build_float_mul(d, xdv, "scale").map_err(e)?;
+            let sf = f.b.build_signed_int_to_float(*s, vf, "").map_err(e)?;
+            self.fma_into(f, sf, scale, ch[h])?;
+            if let Some(m) = m {
+                let xsv = self.qdot_load(f, it.f32.into(), xs, at)?.into_float_value();
+                let xsv = self.splat_f32(f, xsv, lanes)?;
+                self.fma_into(f, m, xsv, ch[2 + h])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An i32 broadcast to `n` lanes.
+    fn splat_i32(&self, f: &Frame<'ctx>, x: IntValue<'ctx>, n: u32) -> R<VectorValue<'ctx>> {
+        let it = self.it;
+        let vt = it.i32.vec_type(n);
+        let zeros = VectorType::const_vector(&vec![it.i32.const_zero(); n as usize]);
+        let b = &f.b;
+        let v = b
+            .build_insert_element(vt.get_undef(), x, it.i32.const_zero(), "")
+            .map_err(llvm_err)?;
+        b.build_shuffle_vector(v, vt.get_undef(), zeros, "")
+            .map_err(llvm_err)
+    }
+
+    /// `acc + Σ pairs`: lane `l` of the i32 result adds `w[2l] x[2l] + w[2l+1] x[2l+1]`
+    /// (i16 lanes of `w` and of `x`, given as `lanes` i32), exactly.
+    fn pair_dot(
+        &self,
+        f: &Frame<'ctx>,
+        acc: VectorValue<'ctx>,
+        w: VectorValue<'ctx>,
+        x: VectorValue<'ctx>,
+        lanes: u32,
+    ) -> R<VectorValue<'ctx>> {
+        let it = self.it;
+        let e = llvm_err;
+        let vw = it.i16.vec_type(2 * lanes);
+        let b = &f.b;
+        let x16 = b.build_bit_cast(x, vw, "").map_err(e)?.into_vector_value();
+        if lanes == 16 && self.target.vnni() {
+            // vpdpwssd(acc, a, b): the intrinsic's operand types as LLVM declares them.
+            let func = self
+                .it
+                .intrinsic(self.module, "llvm.x86.avx512.vpdpwssd.512", &[])
+                .ok_or_else(|| llvm_err("llvm.x86.avx512.vpdpwssd.512"))?;
+            let params = func.get_type().get_param_types();
+            let mut args = Vec::new();
+            for (v, ty) in [acc, w, x16].into_iter().zip(params) {
+                let ty: BasicTypeEnum = ty.try_into().map_err(|_| llvm_err("vpdpwssd operand"))?;
+                args.push(b.build_bit_cast(v, ty, "").map_err(e)?.into());
+            }
+            return b
+                .build_call(func, &args, "")
+                .map_err(e)?
+                .try_as_basic_value()
+                .basic()
+                .map(|v| v.into_vector_value())
+                .ok_or_else(|| llvm_err("vpdpwssd returned nothing"));
+        }
+        let prod = if lanes == 16 && self.target.avx512() {
+            self.x86(f, "llvm.x86.avx512.pmaddw.d.512", &[w, x16])?
+                .into_vector_value()
+        } else if lanes == 8 && self.target.avx2() {
+            self.x86(f, "llvm.x86.avx2.pmadd.wd", &[w, x16])?
+                .into_vector_value()
+        } else {
+            let vi2 = it.i32.vec_type(2 * lanes);
+            let ws = b.build_int_s_extend(w, vi2, "").map_err(e)?;
+            let xs = b.build_int_s_extend(x16, vi2, "").map_err(e)?;
+            let p = b.build_int_mul(ws, xs, "").map_err(e)?;
+            let ev: Vec<u64> = (0..lanes as u64).map(|l| 2 * l).collect();
+            let od: Vec<u64> = (0..lanes as u64).map(|l| 2 * l + 1).collect();
+            let a = self.shuffle(f, p, p, &ev)?;
+            let c = self.shuffle(f, p, p, &od)?;
+            f.b.build_int_add(a, c, "").map_err(e)?
+        };
+        f.b.build_int_add(acc, prod, "").map_err(e)
+    }
+}
