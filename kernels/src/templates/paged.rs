@@ -306,90 +306,133 @@ pub(crate) fn attention(
                     });
                 }
             });
-            for g in 0..group {
-                let qrow = kb.let_(
-                    "qrow",
-                    ((kv.clone() * group + g) * se.clone() + r.clone()) * dk,
-                );
-                let bm = kb.let_mut("bm", ninf());
-                kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
-                    let krow = kb.let_("krow", (base.clone() + jj.clone()) * dk);
-                    let dot = kb.let_mut("dot", fconst(0.0, t));
-                    if kp.dtype == DType::Q8Kv {
-                        // q · (scale codes) = scale (q · codes), per block.
-                        let part = kb.let_mut("part", fconst(0.0, t));
-                        row_runs(
-                            kb,
-                            (ib[1], kp.dtype),
-                            krow,
-                            dk,
-                            |kb, _| kb.assign(part, fconst(0.0, t)),
-                            |kb, c, kx| {
-                                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c);
-                                let p = b(BinOp::Add, Expr::Var(part), b(BinOp::Mul, qv, kx));
-                                kb.assign(part, p);
-                            },
-                            |kb, sc| {
-                                let p = b(BinOp::Mul, sc.clone(), Expr::Var(part));
-                                kb.assign(dot, b(BinOp::Add, Expr::Var(dot), p));
-                            },
-                        );
-                    } else {
-                        kb.for_("c", 0, dk, v8, |kb, c| {
+            // Scores of every query head of the group: each key row is read (and
+            // widened) once for the whole group.
+            let qrows: Vec<Expr> = (0..group)
+                .map(|g| {
+                    kb.let_(
+                        "qrow",
+                        ((kv.clone() * group + g) * se.clone() + r.clone()) * dk,
+                    )
+                })
+                .collect();
+            let bms: Vec<_> = (0..group).map(|_| kb.let_mut("bm", ninf())).collect();
+            kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                let krow = kb.let_("krow", (base.clone() + jj.clone()) * dk);
+                let dots: Vec<_> = (0..group)
+                    .map(|_| kb.let_mut("dot", fconst(0.0, t)))
+                    .collect();
+                if kp.dtype == DType::Q8Kv {
+                    // q · (scale codes) = scale (q · codes), per block.
+                    let parts: Vec<_> = (0..group)
+                        .map(|_| kb.let_mut("part", fconst(0.0, t)))
+                        .collect();
+                    row_runs(
+                        kb,
+                        (ib[1], kp.dtype),
+                        krow,
+                        dk,
+                        |kb, _| {
+                            for p in &parts {
+                                kb.assign(*p, fconst(0.0, t));
+                            }
+                        },
+                        |kb, c, kx| {
+                            let kx = kb.let_("kx", kx);
+                            for (p, qrow) in parts.iter().zip(&qrows) {
+                                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                                let v = b(BinOp::Add, Expr::Var(*p), b(BinOp::Mul, qv, kx.clone()));
+                                kb.assign(*p, v);
+                            }
+                        },
+                        |kb, sc| {
+                            for (p, dot) in parts.iter().zip(&dots) {
+                                let v = b(BinOp::Mul, sc.clone(), Expr::Var(*p));
+                                kb.assign(*dot, b(BinOp::Add, Expr::Var(*dot), v));
+                            }
+                        },
+                    );
+                } else {
+                    kb.for_("c", 0, dk, v8, |kb, c| {
+                        let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
+                        let kx = kb.let_("kx", kx);
+                        for (dot, qrow) in dots.iter().zip(&qrows) {
                             let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
-                            let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c);
-                            kb.assign(dot, b(BinOp::Add, Expr::Var(dot), b(BinOp::Mul, qv, kx)));
-                        });
-                    }
-                    let mut sc = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
+                            let v = b(BinOp::Add, Expr::Var(*dot), b(BinOp::Mul, qv, kx.clone()));
+                            kb.assign(*dot, v);
+                        }
+                    });
+                }
+                for (g, (dot, bm)) in dots.iter().zip(&bms).enumerate() {
+                    let mut sc = b(BinOp::Mul, Expr::Var(*dot), fconst(scale, t));
                     if let Some(cap) = cap {
                         let x = b(BinOp::Div, sc, fconst(cap, t));
                         sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
                     }
                     let sc = kb.let_("sc", sc);
-                    kb.store(scores, jj.clone() + g * bs, sc.clone());
-                    kb.assign(bm, Expr::Var(bm).max(sc));
-                });
-                let (m, l) = (ms[g as usize], ls[g as usize]);
-                let mn = kb.let_("mn", Expr::Var(m).max(Expr::Var(bm)));
-                let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
-                kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
-                kb.for_("c", 0, dv, v8, |kb, c| {
-                    let at = acc_at(o, g, c);
-                    let a = b(BinOp::Mul, Expr::load(buf, at.clone()), corr.clone());
-                    kb.store(buf, at, a);
-                });
-                // The block's probabilities first, vectorized over its keys (the
-                // exponentials no longer wait on, or hold up, the value updates).
-                kb.for_("jj", js.clone(), je.clone(), v8, |kb, jj| {
-                    let at = jj + g * bs;
-                    let pr = kb.let_(
-                        "pr",
-                        exp(b(BinOp::Sub, Expr::load(scores, at.clone()), mn.clone())),
-                    );
-                    kb.store(scores, at, pr.clone());
-                    kb.assign(l, b(BinOp::Add, Expr::Var(l), pr));
-                });
-                kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
-                    let pr = kb.let_("pr", Expr::load(scores, jj.clone() + g * bs));
-                    let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
-                    // p (scale codes) = (p scale) codes, per block.
-                    let ps = kb.let_mut("ps", fconst(0.0, t));
-                    row_runs(
-                        kb,
-                        (ib[2], vp.dtype),
-                        vrow,
-                        dv,
-                        |kb, sc| kb.assign(ps, b(BinOp::Mul, pr.clone(), sc.clone())),
-                        |kb, c, vv| {
-                            let at = acc_at(o, g, c);
+                    kb.store(scores, jj.clone() + g as i64 * bs, sc.clone());
+                    kb.assign(*bm, Expr::Var(*bm).max(sc));
+                }
+            });
+            // Per query head: the running maximum, the rescale of its sum and
+            // accumulator, and the block's probabilities (vectorized over its keys).
+            let mns: Vec<Expr> = (0..group)
+                .map(|g| {
+                    let (m, l, bm) = (ms[g as usize], ls[g as usize], bms[g as usize]);
+                    let mn = kb.let_("mn", Expr::Var(m).max(Expr::Var(bm)));
+                    let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
+                    kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
+                    kb.for_("c", 0, dv, v8, |kb, c| {
+                        let at = acc_at(o, g, c);
+                        let a = b(BinOp::Mul, Expr::load(buf, at.clone()), corr.clone());
+                        kb.store(buf, at, a);
+                    });
+                    kb.for_("jj", js.clone(), je.clone(), v8, |kb, jj| {
+                        let at = jj + g * bs;
+                        let pr = kb.let_(
+                            "pr",
+                            exp(b(BinOp::Sub, Expr::load(scores, at.clone()), mn.clone())),
+                        );
+                        kb.store(scores, at, pr.clone());
+                        kb.assign(l, b(BinOp::Add, Expr::Var(l), pr));
+                    });
+                    mn
+                })
+                .collect();
+            // The values: each value row read once for the whole group.
+            kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                let prs: Vec<Expr> = (0..group)
+                    .map(|g| kb.let_("pr", Expr::load(scores, jj.clone() + g * bs)))
+                    .collect();
+                let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
+                // p (scale codes) = (p scale) codes, per block.
+                let pss: Vec<_> = (0..group)
+                    .map(|_| kb.let_mut("ps", fconst(0.0, t)))
+                    .collect();
+                row_runs(
+                    kb,
+                    (ib[2], vp.dtype),
+                    vrow,
+                    dv,
+                    |kb, sc| {
+                        for (ps, pr) in pss.iter().zip(&prs) {
+                            kb.assign(*ps, b(BinOp::Mul, pr.clone(), sc.clone()));
+                        }
+                    },
+                    |kb, c, vv| {
+                        let vv = kb.let_("vv", vv);
+                        for (g, ps) in pss.iter().enumerate() {
+                            let at = acc_at(o, g as i64, c.clone());
                             let a = Expr::load(buf, at.clone());
-                            kb.store(buf, at, b(BinOp::Add, a, b(BinOp::Mul, Expr::Var(ps), vv)));
-                        },
-                        |_, _| {},
-                    );
-                });
-                kb.assign(m, mn);
+                            let v = b(BinOp::Add, a, b(BinOp::Mul, Expr::Var(*ps), vv.clone()));
+                            kb.store(buf, at, v);
+                        }
+                    },
+                    |_, _| {},
+                );
+            });
+            for (g, mn) in mns.into_iter().enumerate() {
+                kb.assign(ms[g], mn);
             }
         });
         for g in 0..group {

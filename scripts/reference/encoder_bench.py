@@ -1,0 +1,123 @@
+"""MiniLM latency: llmc's executables against onnxruntime, same inputs, same run.
+
+`scripts/bench-encoder` calls this with the executables it built: one from the torch
+ONNX export (`scripts/onnx-exports`, inputs input_ids / attention_mask /
+token_type_ids, output last_hidden_state) and one from the HF folder (inputs ids /
+mask / pos, output the pooled embedding). For each batch x sequence shape it makes one
+set of random token ids (no padding), runs each executable's `run` command once with
+--repeat + 1 groups (`--then`: the first is a warm-up; each group prints its own
+time, the graph call alone), runs onnxruntime on the export (intra-op threads as given,
+ORT_ENABLE_ALL, one warm-up) and prints medians and ratios, plus the largest
+difference between llmc's and onnxruntime's last_hidden_state as a sanity check.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def llmc_times(exe: str, inputs: dict, repeat: int, threads: int, outdir: Path) -> list:
+    """Milliseconds of `repeat` timed runs (after one warm-up) of `exe run`."""
+    args = [exe, "run"]
+    for g in range(repeat + 1):
+        if g:
+            args.append("--then")
+        for name, path in inputs.items():
+            args += ["--input", f"{name}={path}"]
+        args += ["--output-dir", str(outdir)]
+    env = {**os.environ, "LLMC_NUM_THREADS": str(threads)}
+    r = subprocess.run(args, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"{exe} run failed:\n{r.stderr}")
+    ms = [float(m) for m in re.findall(r"^run \d+: ([0-9.]+) ms", r.stderr, re.M)]
+    if len(ms) != repeat + 1:
+        raise SystemExit(f"{exe}: expected {repeat + 1} run times, got:\n{r.stderr}")
+    return ms[1:]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--onnx", required=True, help="the MiniLM ONNX export")
+    ap.add_argument("--llmc-onnx", required=True, help="llmc executable built from it")
+    ap.add_argument("--llmc-hf", help="llmc executable built from the HF folder")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--shapes", default="1x128,8x128")
+    a = ap.parse_args()
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(a.onnx, so, providers=["CPUExecutionProvider"])
+
+    rng = np.random.default_rng(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        td = Path(td)
+        for shape in a.shapes.split(","):
+            b, s = (int(x) for x in shape.split("x"))
+            ids = rng.integers(1000, 29000, size=(b, s), dtype=np.int64)
+            ids[:, 0], ids[:, -1] = 101, 102
+            mask = np.ones((b, s), np.int64)
+            types = np.zeros((b, s), np.int64)
+            pos = np.tile(np.arange(s, dtype=np.int64), (b, 1))
+            files = {}
+            for name, v in [("ids", ids), ("mask", mask), ("types", types), ("pos", pos)]:
+                files[name] = td / f"{name}_{shape}.npy"
+                np.save(files[name], v)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            sess.run(None, feed)
+            ort_ms = []
+            for _ in range(a.repeat):
+                t0 = time.perf_counter()
+                (want,) = sess.run(None, feed)
+                ort_ms.append((time.perf_counter() - t0) * 1e3)
+            out = td / f"out_{shape}"
+            onnx_ms = llmc_times(
+                a.llmc_onnx,
+                {
+                    "input_ids": files["ids"],
+                    "attention_mask": files["mask"],
+                    "token_type_ids": files["types"],
+                },
+                a.repeat,
+                a.threads,
+                out,
+            )
+            got = np.load(out / "last_hidden_state.npy")
+            diff = float(np.abs(got - want).max())
+            hf_ms = None
+            if a.llmc_hf:
+                hf_ms = llmc_times(
+                    a.llmc_hf,
+                    {"ids": files["ids"], "mask": files["mask"], "pos": files["pos"]},
+                    a.repeat,
+                    a.threads,
+                    td / f"hf_{shape}",
+                )
+            rows.append((shape, onnx_ms, hf_ms, ort_ms, diff))
+
+    med = statistics.median
+    print(f"threads: {a.threads}, repeat: {a.repeat} (medians, ms; ratio = onnxruntime / llmc)")
+    print("| shape | llmc (ONNX export) | llmc (HF folder) | onnxruntime | ratio (export) | ratio (HF) | max abs diff vs ORT |")
+    print("|---|---|---|---|---|---|---|")
+    for shape, onnx_ms, hf_ms, ort_ms, diff in rows:
+        o, r = med(onnx_ms), med(ort_ms)
+        h = med(hf_ms) if hf_ms else float("nan")
+        print(
+            f"| b{shape.replace('x', ' x s')} | {o:.2f} | {h:.2f} | {r:.2f} | "
+            f"{r / o:.2f} | {r / h:.2f} | {diff:.2e} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
