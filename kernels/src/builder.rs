@@ -179,6 +179,11 @@ impl KernelBuilder {
         self.push(Stmt::QUnpack(Box::new(u)));
     }
 
+    /// A float outer-product tile ([`crate::loopir::FTile`]).
+    pub fn ftile(&mut self, t: crate::loopir::FTile) {
+        self.push(Stmt::FTile(Box::new(t)));
+    }
+
     /// Dot products over a decoded tile ([`crate::loopir::QTile`]).
     pub fn qtile(&mut self, t: crate::loopir::QTile) {
         self.push(Stmt::QTile(Box::new(t)));

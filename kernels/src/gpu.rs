@@ -324,6 +324,7 @@ fn block_stride(body: &mut [Stmt], t: VarId, count: &mut usize) -> bool {
             | Stmt::Barrier
             | Stmt::QUnpack(_)
             | Stmt::QTile(_)
+            | Stmt::FTile(_)
             | Stmt::ShuffleXor { .. } => return false,
             Stmt::Let { .. }
             | Stmt::Assign { .. }
@@ -360,7 +361,7 @@ fn independent(body: &[Stmt], var: VarId) -> bool {
             Stmt::QDot(q) => q.accs.iter().all(|a| defs.contains(a)),
             Stmt::QTile(t) => t.accs.iter().all(|a| defs.contains(a)),
             // Writes its tile: only private to an iteration that allocates it.
-            Stmt::QUnpack(_) => false,
+            Stmt::QUnpack(_) | Stmt::FTile(_) => false,
             Stmt::Barrier | Stmt::ShuffleXor { .. } => false,
             Stmt::For { body, .. } => ok(body, defs),
             Stmt::If { then, els, .. } => ok(then, defs) && ok(els, defs),

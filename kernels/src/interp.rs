@@ -14,7 +14,8 @@
 //! writing), or the same global bytes anywhere in the kernel, is an error.
 
 use crate::loopir::{
-    BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, QTile, QUnpack, Role, Stmt, Ty, UnOp, VarId,
+    BinOp, BufId, Expr, FTile, Kernel, LoopTag, QDot, QFmt, QTile, QUnpack, Role, Stmt, Ty, UnOp,
+    VarId,
 };
 use llmc_ir::tensor::{round_to, wrap_int, Data};
 use llmc_ir::{DType, Tensor};
@@ -419,6 +420,26 @@ impl Machine<'_> {
         Ok(())
     }
 
+    /// [`FTile`]: in-order f32 FMAs per (row, weight row).
+    fn ftile(&mut self, t: &FTile, bufs: &mut [Vec<u8>]) -> R<()> {
+        let w0 = self.eval(&t.w_off, bufs)?.0.i();
+        let lanes = FTile::LANES as i64;
+        let es = t.w_ty.bytes() as i64;
+        for (i, xe) in t.x_rows.iter().enumerate() {
+            let x0 = self.eval(xe, bufs)?.0.i();
+            for c in 0..lanes {
+                let mut s = 0f32;
+                for p in 0..t.k {
+                    let x = self.read(t.x, (x0 + p) * 4, Ty::F32, bufs)?.f() as f32;
+                    let w = self.read(t.w, (w0 + p * lanes + c) * es, t.w_ty, bufs)?.f() as f32;
+                    s = x.mul_add(w, s);
+                }
+                self.write(t.out, i as i64 * lanes + c, V::F(s as f64), bufs)?;
+            }
+        }
+        Ok(())
+    }
+
     /// [`QTile`]: [`QDot`]'s arithmetic over the decoded tile.
     fn qtile(&mut self, t: &QTile, bufs: &mut [Vec<u8>]) -> R<()> {
         let lanes = QTile::LANES as i64;
@@ -635,6 +656,7 @@ impl Machine<'_> {
                 Stmt::QDot(q) => self.qdot(q, bufs)?,
                 Stmt::QUnpack(u) => self.qunpack(u, bufs)?,
                 Stmt::QTile(t) => self.qtile(t, bufs)?,
+                Stmt::FTile(t) => self.ftile(t, bufs)?,
                 // A hint: no effect on results.
                 Stmt::Prefetch { .. } => {}
             }

@@ -445,6 +445,9 @@ pub enum Stmt {
     /// Block-quantized dot products of a decoded tile's weight rows with activation
     /// rows (see [`QTile`]).
     QTile(Box<QTile>),
+    /// A float outer-product tile: a few rows against a panel of 32 weight rows (see
+    /// [`FTile`]).
+    FTile(Box<FTile>),
 }
 
 /// A weight block format [`QDot`] reads (GGUF's). [`QDot`] works in blocks of 32
@@ -747,6 +750,37 @@ impl QTile {
     pub fn scales_len(blocks: i64) -> i64 {
         blocks * 2 * Self::LANES as i64
     }
+}
+
+/// `out[32 i + c] = Σ_p x[x_rows[i] + p] · w[w_off + 32 p + c]` for activation rows
+/// `i` (at most [`FTile::ROWS`]) and the [`FTile::LANES`] weight rows `c` of a panel
+/// (`templates::pack::Pack::Panels32`: position `p` of the panel's rows side by side),
+/// each sum taken in order of `p` as `s = fma(x, w, s)` from 0 in f32 (f16/bf16
+/// weights widened exactly), so the lanes of a vector FMA compute it bit for bit. The
+/// sums overwrite `out` (an f32 local of `32 · rows` elements).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FTile {
+    /// The packed weight (elements of `w_ty`).
+    pub w: BufId,
+    /// Its element type: f32, f16 or bf16.
+    pub w_ty: Ty,
+    /// Element index of the panel's first element.
+    pub w_off: Expr,
+    /// The reduction length.
+    pub k: i64,
+    /// The activations (f32).
+    pub x: BufId,
+    /// Per activation row: the element index of its first element.
+    pub x_rows: Vec<Expr>,
+    /// The f32 local the sums go to.
+    pub out: BufId,
+}
+
+impl FTile {
+    /// Weight rows per panel (output columns per tile).
+    pub const LANES: usize = 32;
+    /// The most activation rows per tile.
+    pub const ROWS: usize = 8;
 }
 
 /// A kernel: parameters and a body.
@@ -1193,6 +1227,36 @@ impl Kernel {
                     self.checked_buf(u.w, "qunpack reads")?;
                     self.check_tile(u.tile, u.scales, u.blocks, allocated, "qunpack")?;
                 }
+                Stmt::FTile(t) => {
+                    self.check_expr(&t.w_off, defined, allocated)?;
+                    self.index_ty(&t.w_off)?;
+                    for e in &t.x_rows {
+                        self.check_expr(e, defined, allocated)?;
+                        self.index_ty(e)?;
+                    }
+                    if t.x_rows.is_empty() || t.x_rows.len() > FTile::ROWS || t.k < 0 {
+                        return Err(format!(
+                            "ftile: 1..={} rows and k >= 0, got {} rows, k {}",
+                            FTile::ROWS,
+                            t.x_rows.len(),
+                            t.k
+                        ));
+                    }
+                    let w = self.checked_buf(t.w, "ftile reads")?;
+                    if w.ty != t.w_ty || !matches!(t.w_ty, Ty::F32 | Ty::F16 | Ty::BF16) {
+                        return Err(format!(
+                            "ftile: weight {} is not {} (f32/f16/bf16)",
+                            w.name, t.w_ty
+                        ));
+                    }
+                    if self.checked_buf(t.x, "ftile reads")?.ty != Ty::F32 {
+                        return Err("ftile: activations must be f32".into());
+                    }
+                    let out = self.writable_buf(t.out, "ftile writes", allocated)?;
+                    if out.ty != Ty::F32 {
+                        return Err(format!("ftile: {} must be f32", out.name));
+                    }
+                }
                 Stmt::QTile(t) => {
                     self.check_tile(t.tile, t.scales, t.blocks, allocated, "qtile")?;
                     self.check_expr(&t.w_off, defined, allocated)?;
@@ -1295,6 +1359,12 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
                 }
             }
             Stmt::QUnpack(u) => visit_expr(&u.w_off, f),
+            Stmt::FTile(t) => {
+                visit_expr(&t.w_off, f);
+                for e in &t.x_rows {
+                    visit_expr(e, f);
+                }
+            }
             Stmt::QTile(t) => {
                 visit_expr(&t.w_off, f);
                 for e in t.x_blk.iter().chain(&t.x_sc) {
@@ -1674,6 +1744,18 @@ impl Kernel {
                     }
                     f.write_str("] scales [")?;
                     for (i, e) in q.x_sc.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        self.fmt_expr(e, f)?;
+                    }
+                    f.write_str("])\n")?;
+                }
+                Stmt::FTile(t) => {
+                    write!(f, "{pad}{} = ftile({}[", self.bname(t.out), self.bname(t.w))?;
+                    self.fmt_expr(&t.w_off, f)?;
+                    write!(f, ".. x{} x{}], {}[", FTile::LANES, t.k, self.bname(t.x))?;
+                    for (i, e) in t.x_rows.iter().enumerate() {
                         if i > 0 {
                             f.write_str(", ")?;
                         }

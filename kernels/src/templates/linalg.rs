@@ -6,14 +6,14 @@
 //! (numpy semantics: batch broadcasting, 1-D promotion) is a plain batched product
 //! that accumulates rows of the output with a vectorized axpy.
 
-use super::pack::OperandPack;
+use super::pack::{OperandPack, Pack, PANEL};
 use super::{
-    compute_ty, fconst, load_elem, loop_nest_par, operand, quant_block, result, setup, strides,
-    to_storage, work_estimate, worth_threads, TResult,
+    compute_ty, fconst, gpu_mapping, load_elem, loop_nest_par, operand, quant_block, result, setup,
+    storage_ty, strides, to_storage, work_estimate, worth_threads, TResult,
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{
-    BinOp, BufId, Expr, Kernel, LoopTag, QDot, QFmt, QTile, QUnpack, Ty, UnOp, VarId,
+    BinOp, BufId, Expr, FTile, Kernel, LoopTag, QDot, QFmt, QTile, QUnpack, Ty, UnOp, VarId,
 };
 use llmc_ir::ops::fused_gemm::Act;
 use llmc_ir::{DType, Dim, Node, TensorType};
@@ -146,9 +146,23 @@ pub(crate) fn linear(
             body(kb, Expr::i(full * NR as i64), tail as usize);
         }
     };
+    let panels = !gpu_mapping()
+        && matches!(ctx.wd, DType::F32 | DType::F16 | DType::BF16)
+        && x.dtype == DType::F32
+        && n > 0
+        && n % PANEL as i64 == 0;
     match qfmt(ctx.wd) {
         // f32 activations against GGUF blocks: integer dot products.
         Some(fmt) if t == Ty::F32 => ctx.int8_rows(&mut kb, &rows, fmt),
+        // Float weights packed in panels of 32 rows: outer products.
+        _ if panels => {
+            ctx.panel_rows(&mut kb, &rows);
+            let pack = OperandPack {
+                operand: 1,
+                pack: Pack::Panels32,
+            };
+            return Ok((kb.finish()?, vec![pack]));
+        }
         _ => tiled(&mut kb),
     }
     Ok((kb.finish()?, Vec::new()))
@@ -291,6 +305,59 @@ impl Lin {
                 super::elementwise::activation(act, v, t)
             }
         }
+    }
+
+    /// Rows of f32 x against a float weight packed in panels of 32 rows
+    /// ([`Pack::Panels32`]): in parallel over panels, tiles of up to [`FTile::ROWS`]
+    /// rows ([`FTile`]: the panel's 32 rows in vector lanes, one broadcast activation
+    /// per position, no horizontal sums), then the rows left over one at a time; each
+    /// tile's sums go through the bias and the epilogue vectorized over the columns.
+    fn panel_rows(&self, kb: &mut KernelBuilder, rows: &Expr) {
+        let lanes = PANEL as i64;
+        let panels = self.n / lanes;
+        let tag = if panels > 1 {
+            LoopTag::Parallel
+        } else {
+            LoopTag::Serial
+        };
+        let rt = FTile::ROWS as i64;
+        let w_ty = storage_ty(self.wd).unwrap_or(Ty::F32);
+        kb.for_("jp", 0, panels, tag, |kb, jp| {
+            let tile = kb.local("ftile", Ty::F32, rt * lanes);
+            let w_off = kb.let_("w_off", jp.clone() * (self.k * lanes));
+            let j0 = kb.let_("j0", jp * lanes);
+            let full = kb.let_("rfull", rows.clone() / rt * rt);
+            let run = |kb: &mut KernelBuilder, r0: &Expr, nr: i64| {
+                kb.ftile(FTile {
+                    w: self.w,
+                    w_ty,
+                    w_off: w_off.clone(),
+                    k: self.k,
+                    x: self.x,
+                    x_rows: (0..nr).map(|i| (r0.clone() + i) * self.k).collect(),
+                    out: tile,
+                });
+                for i in 0..nr {
+                    kb.for_("c", 0, lanes, LoopTag::Vectorize(8), |kb, c| {
+                        let j = j0.clone() + c.clone();
+                        let mut v = Expr::load(tile, c + i * lanes);
+                        if let Some((b, bd)) = self.bias {
+                            let bv = load_elem(kb, b, bd, j.clone());
+                            v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
+                        }
+                        let v = self.epilogue(kb, v, Ty::F32);
+                        let v = to_storage(kb, self.out, v);
+                        kb.store(self.out, (r0.clone() + i) * self.n + j, v);
+                    });
+                }
+            };
+            kb.for_step("r", 0, full.clone(), rt, LoopTag::Serial, |kb, r| {
+                run(kb, &r, rt)
+            });
+            kb.for_("r", full, rows.clone(), LoopTag::Serial, |kb, r| {
+                run(kb, &r, 1)
+            });
+        });
     }
 
     /// Rows of f32 x against a quantized weight as stored, in super-groups of up to

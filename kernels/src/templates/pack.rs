@@ -16,7 +16,16 @@ use llmc_ir::DType;
 pub enum Pack {
     /// 8 rows interleaved per block (see the module docs).
     Rows8,
+    /// Float weights (f32, f16, bf16) `[n, k]` as panels of [`PANEL`] rows, each
+    /// panel column-major: element `(j, p)` at `(j / PANEL · k + p) · PANEL + j mod
+    /// PANEL`. One contiguous load then gives one `k` position of a panel's rows, so
+    /// SIMD lanes are output columns of an outer-product GEMM (`FTile`). `n` must be a
+    /// multiple of [`PANEL`]; the size is unchanged.
+    Panels32,
 }
+
+/// Weight rows per [`Pack::Panels32`] panel.
+pub const PANEL: usize = 32;
 
 /// A packing request of a kernel: operand `operand` must be laid out as `pack`.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +87,28 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
             }
             Ok(out)
         }
+        Pack::Panels32 => {
+            let es = match d {
+                DType::F32 => 4,
+                DType::F16 | DType::BF16 => 2,
+                _ => return Err(format!("{d} cannot be packed in panels")),
+            };
+            if !rows.is_multiple_of(PANEL) || bytes.len() != rows * k * es {
+                return Err(format!(
+                    "[{rows}, {k}] {d} ({} bytes) is not whole panels of {PANEL} rows",
+                    bytes.len()
+                ));
+            }
+            let mut out = vec![0u8; bytes.len()];
+            for j in 0..rows {
+                for p in 0..k {
+                    let to = ((j / PANEL * k + p) * PANEL + j % PANEL) * es;
+                    let from = (j * k + p) * es;
+                    out[to..to + es].copy_from_slice(&bytes[from..from + es]);
+                }
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -101,5 +132,19 @@ mod tests {
         assert_eq!(p[32 + 3 * 8 + 5], 100 + 5 * 16 + 3);
         assert!(pack(Pack::Rows8, DType::Q4_1, 4, 32, &bytes[..80]).is_err());
         assert!(pack(Pack::Rows8, DType::F32, 8, 32, &bytes).is_err());
+    }
+
+    #[test]
+    fn panels32_put_a_panels_rows_side_by_side() {
+        // f16 [64, 3]: element (j, p) holds j * 3 + p.
+        let (n, k) = (64usize, 3usize);
+        let bytes: Vec<u8> = (0..n * k).flat_map(|v| (v as u16).to_le_bytes()).collect();
+        let p = pack(Pack::Panels32, DType::F16, n, k, &bytes).unwrap();
+        let at = |i: usize| u16::from_le_bytes([p[2 * i], p[2 * i + 1]]) as usize;
+        // Panel 1, position p = 2, lane 5: row 37.
+        assert_eq!(at((k + 2) * 32 + 5), 37 * 3 + 2);
+        assert_eq!(at(0), 0);
+        assert!(pack(Pack::Panels32, DType::F16, 48, k, &bytes[..48 * k * 2]).is_err());
+        assert!(pack(Pack::Panels32, DType::Q8_0, 64, 32, &bytes).is_err());
     }
 }

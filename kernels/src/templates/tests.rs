@@ -438,8 +438,16 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
 #[test]
 fn linear_float_and_quantized() {
     let mut r = Rng::new(8);
-    // n = 7 exercises the column tail, rows = 5 the row tail.
-    for (rows, n, k) in [(5usize, 7usize, 64usize), (1, 9, 32), (2, 4, 96)] {
+    // n = 7 exercises the column tail, rows = 5 the row tail; n = 32, 64 the panels
+    // (outer-product tiles of 8 rows, then single rows).
+    for (rows, n, k) in [
+        (5usize, 7usize, 64usize),
+        (1, 9, 32),
+        (2, 4, 96),
+        (11, 64, 64),
+        (1, 32, 32),
+        (8, 32, 64),
+    ] {
         let x = r.tensor(F, &[rows, k], 1.0);
         let w = r.tensor(F, &[n, k], 1.0);
         let b = r.tensor(F, &[n], 1.0);
@@ -1597,7 +1605,12 @@ fn linear_act_epilogues_float_and_quantized() {
     let mut r = Rng::new(21);
     for act in ["silu", "gelu", "gelu_tanh", "relu", "tanh", "sigmoid"] {
         let a = attrs([("act", Attr::Str(act.into()))]);
-        for (rows, n, k) in [(5usize, 7usize, 64usize), (1, 9, 32), (4, 8, 96)] {
+        for (rows, n, k) in [
+            (5usize, 7usize, 64usize),
+            (1, 9, 32),
+            (4, 8, 96),
+            (9, 32, 32),
+        ] {
             let x = r.tensor(F, &[rows, k], 1.0);
             let w = r.tensor(F, &[n, k], 0.5);
             let b = r.tensor(F, &[n], 1.0);

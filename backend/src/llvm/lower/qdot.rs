@@ -30,16 +30,16 @@ struct QBufs<'ctx> {
 
 /// A loop `for index in 0..trips` whose body the caller emits between
 /// [`Lowering::counted_loop`] and [`Lowering::close_loop`].
-struct CountedLoop<'ctx> {
+pub(super) struct CountedLoop<'ctx> {
     ctr: PointerValue<'ctx>,
-    index: IntValue<'ctx>,
+    pub(super) index: IntValue<'ctx>,
     head: inkwell::basic_block::BasicBlock<'ctx>,
     exit: inkwell::basic_block::BasicBlock<'ctx>,
 }
 
 impl<'ctx> Lowering<'ctx, '_> {
     /// Opens a counted loop: counter slot, head test, builder left in the body.
-    fn counted_loop(
+    pub(super) fn counted_loop(
         &self,
         f: &Frame<'ctx>,
         what: &str,
@@ -74,7 +74,7 @@ impl<'ctx> Lowering<'ctx, '_> {
 
     /// Closes a [`CountedLoop`]: increments the counter, branches back, continues at
     /// the exit.
-    fn close_loop(&self, f: &Frame<'ctx>, lp: &CountedLoop<'ctx>) -> R<()> {
+    pub(super) fn close_loop(&self, f: &Frame<'ctx>, lp: &CountedLoop<'ctx>) -> R<()> {
         let b = &f.b;
         let next = b
             .build_int_add(lp.index, self.it.i64.const_int(1, false), "")

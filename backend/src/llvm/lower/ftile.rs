@@ -1,0 +1,165 @@
+//! Lowering of [`FTile`], the float linear's outer-product tile: a panel of 32 weight
+//! rows packed side by side (`Pack::Panels32`), so one vector load gives one position
+//! of 16 (AVX-512) or 8 output columns, and each activation row contributes a
+//! broadcast scalar times that vector (`vfmadd231ps zmm, zmm, m32{1to16}`). Every lane
+//! is its own in-order chain of FMAs, the arithmetic [`FTile`] defines, so no
+//! horizontal sums and the same bits on every ISA. Rows go in passes that fit the
+//! registers: 8 rows of two 16-lane accumulators with AVX-512, else 2 rows of four
+//! 8-lane ones.
+
+use super::{llvm_err, Frame, Lowering, R};
+use inkwell::types::VectorType;
+use inkwell::values::{BasicValue, BasicValueEnum, IntValue, PointerValue, VectorValue};
+use llmc_kernels::{FTile, Ty};
+
+impl<'ctx> Lowering<'ctx, '_> {
+    /// Emits `t` at the builder's position.
+    pub(super) fn ftile(&mut self, f: &mut Frame<'ctx>, t: &FTile) -> R<()> {
+        let w_off = self.expr(f, &t.w_off)?.0.into_int_value();
+        let mut rows = Vec::new();
+        for e in &t.x_rows {
+            rows.push(self.expr(f, e)?.0.into_int_value());
+        }
+        let (lanes, per_pass) = if self.target.avx512() {
+            (16u32, FTile::ROWS)
+        } else {
+            (8, 2)
+        };
+        let buf = |id| {
+            f.bufs.get(&id).copied().ok_or_else(|| {
+                self.err(format!(
+                    "ftile: buffer %{} is not available here",
+                    self.k.buf(id).name
+                ))
+            })
+        };
+        let (w, x, out) = (buf(t.w)?, buf(t.x)?, buf(t.out)?);
+        let idx: Vec<usize> = (0..rows.len()).collect();
+        for chunk in idx.chunks(per_pass) {
+            self.ftile_pass(f, t, (w, x, out), w_off, &rows, chunk, lanes)?;
+        }
+        Ok(())
+    }
+
+    /// Element `i` (of type `ty`) of `base`, `ty` a scalar or vector type.
+    fn ft_gep(
+        &self,
+        f: &Frame<'ctx>,
+        elem: Ty,
+        base: PointerValue<'ctx>,
+        i: IntValue<'ctx>,
+    ) -> R<PointerValue<'ctx>> {
+        // SAFETY: indices come from the kernel; the loop-IR interpreter checks the same
+        // accesses against the buffer sizes in tests.
+        unsafe { f.b.build_gep(self.it.mem_ty(elem), base, &[i], "") }.map_err(llvm_err)
+    }
+
+    /// Rows `which` of an [`FTile`] against all 32 columns of the panel.
+    #[allow(clippy::too_many_arguments)]
+    fn ftile_pass(
+        &self,
+        f: &Frame<'ctx>,
+        t: &FTile,
+        (w, x, out): (PointerValue<'ctx>, PointerValue<'ctx>, PointerValue<'ctx>),
+        w_off: IntValue<'ctx>,
+        rows: &[IntValue<'ctx>],
+        which: &[usize],
+        lanes: u32,
+    ) -> R<()> {
+        let it = self.it;
+        let e = llvm_err;
+        let vf = it.f32.vec_type(lanes);
+        let nv = FTile::LANES as u32 / lanes;
+        let c64 = |k: u64| it.i64.const_int(k, false);
+        // The accumulators: per row, `nv` vectors of `lanes` columns.
+        let mut accs = Vec::new();
+        for _ in which {
+            let mut row = Vec::new();
+            for _ in 0..nv {
+                let a = f.allocas.build_alloca(vf, "ftacc").map_err(e)?;
+                f.b.build_store(a, vf.const_zero()).map_err(e)?;
+                row.push(a);
+            }
+            accs.push(row);
+        }
+        let fma = it
+            .intrinsic(self.module, "llvm.fma", &[vf.into()])
+            .ok_or_else(|| llvm_err("llvm.fma"))?;
+        let lp = self.counted_loop(f, "ftile", "ftp", t.k as u64)?;
+        let b = &f.b;
+        let base = b
+            .build_int_mul(lp.index, c64(FTile::LANES as u64), "")
+            .map_err(e)?;
+        let base = b.build_int_add(base, w_off, "").map_err(e)?;
+        let mut wv: Vec<VectorValue<'ctx>> = Vec::new();
+        for v in 0..nv {
+            let at =
+                f.b.build_int_add(base, c64((v * lanes) as u64), "")
+                    .map_err(e)?;
+            let p = self.ft_gep(f, t.w_ty, w, at)?;
+            let mt = match t.w_ty {
+                Ty::F16 => it.f16.vec_type(lanes),
+                Ty::BF16 => it.i16.vec_type(lanes),
+                _ => vf,
+            };
+            let ld = f.b.build_load(mt, p, "").map_err(e)?;
+            if let Some(i) = ld.as_instruction_value() {
+                i.set_alignment(1).map_err(llvm_err)?;
+            }
+            let ld = ld.into_vector_value();
+            let b = &f.b;
+            wv.push(match t.w_ty {
+                Ty::F32 => ld,
+                Ty::F16 => b.build_float_ext(ld, vf, "").map_err(e)?,
+                // bf16: the upper half of an f32.
+                _ => {
+                    let vi = it.i32.vec_type(lanes);
+                    let z = b.build_int_z_extend(ld, vi, "").map_err(e)?;
+                    let sh = VectorType::const_vector(&vec![
+                        it.i32.const_int(16, false);
+                        lanes as usize
+                    ]);
+                    let z = b.build_left_shift(z, sh, "").map_err(e)?;
+                    b.build_bit_cast(z, vf, "").map_err(e)?.into_vector_value()
+                }
+            });
+        }
+        for (r, &i) in which.iter().enumerate() {
+            let b = &f.b;
+            let at = b.build_int_add(rows[i], lp.index, "").map_err(e)?;
+            let p = self.ft_gep(f, Ty::F32, x, at)?;
+            let xs = b.build_load(it.f32, p, "").map_err(e)?;
+            let v = b
+                .build_insert_element(vf.get_undef(), xs, it.i32.const_zero(), "")
+                .map_err(e)?;
+            let zeros = VectorType::const_vector(&vec![it.i32.const_zero(); lanes as usize]);
+            let xv = b
+                .build_shuffle_vector(v, vf.get_undef(), zeros, "")
+                .map_err(e)?;
+            for (a, wvv) in accs[r].iter().zip(&wv) {
+                let cur = b.build_load(vf, *a, "").map_err(e)?;
+                let args: [inkwell::values::BasicMetadataValueEnum; 3] =
+                    [xv.into(), (*wvv).into(), cur.into()];
+                let nx = b
+                    .build_call(fma, &args, "")
+                    .map_err(e)?
+                    .try_as_basic_value()
+                    .basic()
+                    .ok_or_else(|| llvm_err("llvm.fma returned nothing"))?;
+                b.build_store(*a, nx).map_err(e)?;
+            }
+        }
+        self.close_loop(f, &lp)?;
+        for (r, &i) in which.iter().enumerate() {
+            for (v, a) in accs[r].iter().enumerate() {
+                let b = &f.b;
+                let val: BasicValueEnum = b.build_load(vf, *a, "").map_err(e)?;
+                let at = c64((i * FTile::LANES) as u64 + (v as u64) * lanes as u64);
+                let p = self.ft_gep(f, Ty::F32, out, at)?;
+                let st = f.b.build_store(p, val).map_err(e)?;
+                st.set_alignment(4).map_err(llvm_err)?;
+            }
+        }
+        Ok(())
+    }
+}
