@@ -25,15 +25,11 @@ impl<'ctx> Lowering<'ctx, '_> {
         } else {
             (8, 2)
         };
-        let buf = |id| {
-            f.bufs.get(&id).copied().ok_or_else(|| {
-                self.err(format!(
-                    "ftile: buffer %{} is not available here",
-                    self.k.buf(id).name
-                ))
-            })
-        };
-        let (w, x, out) = (buf(t.w)?, buf(t.x)?, buf(t.out)?);
+        let (w, x, out) = (
+            self.tile_buf(f, t.w)?,
+            self.tile_buf(f, t.x)?,
+            self.tile_buf(f, t.out)?,
+        );
         let idx: Vec<usize> = (0..rows.len()).collect();
         for chunk in idx.chunks(per_pass) {
             self.ftile_pass(f, t, (w, x, out), w_off, &rows, chunk, lanes)?;
@@ -128,14 +124,9 @@ impl<'ctx> Lowering<'ctx, '_> {
             let b = &f.b;
             let at = b.build_int_add(rows[i], lp.index, "").map_err(e)?;
             let p = self.ft_gep(f, Ty::F32, x, at)?;
-            let xs = b.build_load(it.f32, p, "").map_err(e)?;
-            let v = b
-                .build_insert_element(vf.get_undef(), xs, it.i32.const_zero(), "")
-                .map_err(e)?;
-            let zeros = VectorType::const_vector(&vec![it.i32.const_zero(); lanes as usize]);
-            let xv = b
-                .build_shuffle_vector(v, vf.get_undef(), zeros, "")
-                .map_err(e)?;
+            let xs = b.build_load(it.f32, p, "").map_err(e)?.into_float_value();
+            let xv = self.splat_f32(f, xs, lanes)?;
+            let b = &f.b;
             for (a, wvv) in accs[r].iter().zip(&wv) {
                 let cur = b.build_load(vf, *a, "").map_err(e)?;
                 let args: [inkwell::values::BasicMetadataValueEnum; 3] =

@@ -574,7 +574,12 @@ impl<'ctx> Lowering<'ctx, '_> {
             .map_err(llvm_err)
     }
 
-    fn splat_f32(&self, f: &Frame<'ctx>, x: FloatValue<'ctx>, n: u32) -> R<VectorValue<'ctx>> {
+    pub(super) fn splat_f32(
+        &self,
+        f: &Frame<'ctx>,
+        x: FloatValue<'ctx>,
+        n: u32,
+    ) -> R<VectorValue<'ctx>> {
         let it = self.it;
         let vt = it.f32.vec_type(n);
         let v =

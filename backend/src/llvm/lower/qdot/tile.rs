@@ -24,10 +24,14 @@ const BLOCK_SCALE_BYTES: i64 = 2 * QTile::LANES as i64 * 4;
 
 impl<'ctx> Lowering<'ctx, '_> {
     /// The buffer pointer of `id`, or an error naming it.
-    fn tile_buf(&self, f: &Frame<'ctx>, id: llmc_kernels::BufId) -> R<PointerValue<'ctx>> {
+    pub(in super::super) fn tile_buf(
+        &self,
+        f: &Frame<'ctx>,
+        id: llmc_kernels::BufId,
+    ) -> R<PointerValue<'ctx>> {
         f.bufs.get(&id).copied().ok_or_else(|| {
             self.err(format!(
-                "qtile: buffer %{} is not available here",
+                "buffer %{} is not available here",
                 self.k.buf(id).name
             ))
         })
