@@ -455,8 +455,7 @@ impl Machine<'_> {
                 let a = self.vars[acc.0 as usize]
                     .ok_or_else(|| format!("variable %{} read before set", self.k.var(acc).name))?
                     .f() as f32;
-                let mut sum = [0f32; 2];
-                let mut min = [0f32; 2];
+                let mut ch = Chains::default();
                 for b in 0..t.blocks {
                     let mut dot = 0i64;
                     for e in 0..32 {
@@ -469,23 +468,17 @@ impl Machine<'_> {
                         .read(t.scales, (2 * b * lanes + c) * 4, Ty::F32, bufs)?
                         .f() as f32;
                     let xd = self.read(t.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
-                    let p = (b % 2) as usize;
-                    sum[p] = (dot as f32).mul_add(d * xd, sum[p]);
-                    if t.has_min {
+                    let min = if t.has_min {
                         let at = ((2 * b + 1) * lanes + c) * 4;
                         let m = self.read(t.scales, at, Ty::F32, bufs)?.f() as f32;
                         let xs = self.read(t.xs, sc * 4, Ty::F32, bufs)?.f() as f32;
-                        min[p] = m.mul_add(xs, min[p]);
-                    }
+                        Some((m, xs))
+                    } else {
+                        None
+                    };
+                    ch.block(b, dot, d * xd, min);
                 }
-                if t.blocks % 2 == 1 {
-                    sum[1] = 0f32.mul_add(0.0, sum[1]);
-                    min[1] = 0f32.mul_add(0.0, min[1]);
-                }
-                let mut tot = sum[0] + sum[1];
-                if t.has_min {
-                    tot += min[0] + min[1];
-                }
+                let tot = ch.total(t.blocks, t.has_min);
                 self.vars[acc.0 as usize] = Some(V::F((a + tot) as f64));
             }
         }
@@ -505,8 +498,7 @@ impl Machine<'_> {
                 .ok_or_else(|| format!("variable %{} read before set", self.k.var(*acc).name))?
                 .f() as f32;
             // [even, odd] chains of the block sums and of the minimum terms.
-            let mut sum = [0f32; 2];
-            let mut min = [0f32; 2];
+            let mut ch = Chains::default();
             for b in 0..q.blocks {
                 let xb = x0 + b;
                 let sc = s0 + QDot::scale_offset(b);
@@ -516,7 +508,7 @@ impl Machine<'_> {
                     let (h, c) = (b % 8 / 4, b % 4);
                     let big_d = self.read(q.w, sb + 208, Ty::F16, bufs)?.f() as f32;
                     let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
-                    for (p, chain) in sum.iter_mut().enumerate() {
+                    for (p, chain) in ch.sum.iter_mut().enumerate() {
                         let mut dot = 0i64;
                         for e in 16 * p as i64..16 * p as i64 + 16 {
                             let lo =
@@ -545,7 +537,7 @@ impl Machine<'_> {
                     let scales = llmc_ir::quant_k::q3k_scales(&packed);
                     let big_d = self.read(q.w, sb + 108, Ty::F16, bufs)?.f() as f32;
                     let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
-                    for (p, chain) in sum.iter_mut().enumerate() {
+                    for (p, chain) in ch.sum.iter_mut().enumerate() {
                         let mut dot = 0i64;
                         for e in 16 * p as i64..16 * p as i64 + 16 {
                             let lo = self.read(q.w, sb + 32 + 32 * h + e, Ty::U8, bufs)?;
@@ -569,22 +561,13 @@ impl Machine<'_> {
                     dot += w * x;
                 }
                 let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
-                let p = (b % 2) as usize;
-                sum[p] = (dot as f32).mul_add(d * xd, sum[p]);
-                if let Some(m) = m {
-                    let xs = self.read(q.xs, sc * 4, Ty::F32, bufs)?.f() as f32;
-                    min[p] = m.mul_add(xs, min[p]);
-                }
+                let min = match m {
+                    Some(m) => Some((m, self.read(q.xs, sc * 4, Ty::F32, bufs)?.f() as f32)),
+                    None => None,
+                };
+                ch.block(b, dot, d * xd, min);
             }
-            if q.blocks % 2 == 1 {
-                // The odd chain takes the last block's (zero) partner.
-                sum[1] = 0f32.mul_add(0.0, sum[1]);
-                min[1] = 0f32.mul_add(0.0, min[1]);
-            }
-            let mut tot = sum[0] + sum[1];
-            if q.fmt.has_min() {
-                tot += min[0] + min[1];
-            }
+            let tot = ch.total(q.blocks, q.fmt.has_min());
             self.vars[acc.0 as usize] = Some(V::F((a + tot) as f64));
         }
         Ok(())
@@ -1178,4 +1161,39 @@ pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
 /// Decodes bytes of a plain dtype into a tensor of `shape`.
 pub fn bytes_tensor(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor, String> {
     llmc_ir::interp::weight_tensor(dtype, shape, bytes)
+}
+
+/// [`QDot`]'s float arithmetic for one (row, weight row) pair, which [`QTile`] shares:
+/// an even and an odd chain of block sums (`E = fma(float(I_b), d · xd, E)`) and of
+/// minimum terms (`ME = fma(m, xs, ME)`).
+#[derive(Default)]
+struct Chains {
+    sum: [f32; 2],
+    min: [f32; 2],
+}
+
+impl Chains {
+    /// Block `b`: integer sum `dot`, scale product `d · xd`, and `(m, xs)` when the
+    /// format has a minimum.
+    fn block(&mut self, b: i64, dot: i64, dxd: f32, min: Option<(f32, f32)>) {
+        let p = (b % 2) as usize;
+        self.sum[p] = (dot as f32).mul_add(dxd, self.sum[p]);
+        if let Some((m, xs)) = min {
+            self.min[p] = m.mul_add(xs, self.min[p]);
+        }
+    }
+
+    /// `(E + O) + (ME + MO)` after `blocks` blocks (a trailing odd block pairs with a
+    /// zero partner in the odd chains).
+    fn total(mut self, blocks: i64, has_min: bool) -> f32 {
+        if blocks % 2 == 1 {
+            self.sum[1] = 0f32.mul_add(0.0, self.sum[1]);
+            self.min[1] = 0f32.mul_add(0.0, self.min[1]);
+        }
+        let mut tot = self.sum[0] + self.sum[1];
+        if has_min {
+            tot += self.min[0] + self.min[1];
+        }
+        tot
+    }
 }
