@@ -92,7 +92,9 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
             &[96, 128]
         };
         for &k in ks {
-            let n = 40;
+            // 48 rows: Q8_0/Q4_0/Q4_1 packed in tiles of 16 (direct decode for a row
+            // alone, the unpacked tile for the batch); 40: as stored.
+            let n = if k == ks[0] { 48 } else { 40 };
             let mut bytes = Vec::new();
             if d == DType::Q4K || d == DType::Q5K {
                 // Super-blocks: D, Dmin, packed 6-bit scales and mins (any bits), Q5_K's

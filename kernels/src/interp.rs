@@ -403,6 +403,9 @@ impl Machine<'_> {
     fn qunpack(&mut self, u: &QUnpack, bufs: &mut [Vec<u8>]) -> R<()> {
         let w0 = self.eval(&u.w_off, bufs)?.0.i();
         let lanes = QTile::LANES as i64;
+        if u.packed {
+            return self.qunpack_packed(u, w0, bufs);
+        }
         for c in 0..lanes {
             for b in 0..u.blocks {
                 let (d, m, q) = self.weight_block(u.fmt, u.w, w0 + c * u.row_bytes, b, bufs)?;
@@ -418,6 +421,67 @@ impl Machine<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A packed [`QUnpack`]: the `Tile16` layout (`templates::pack`) read back.
+    fn qunpack_packed(&mut self, u: &QUnpack, w0: i64, bufs: &mut [Vec<u8>]) -> R<()> {
+        let lanes = QTile::LANES as i64;
+        for b in 0..u.blocks {
+            for c in 0..lanes {
+                let (d, m, q) = self.packed_block(u.fmt, u.w, w0, b, c, bufs)?;
+                for (e, v) in (0..32).zip(q) {
+                    let at = ((b * 16 + e / 2) * lanes + c) * 2 + e % 2;
+                    self.write(u.tile, at, V::I(v), bufs)?;
+                }
+                let at = 2 * b * lanes + c;
+                self.write(u.scales, at, V::F(d as f64), bufs)?;
+                self.write(u.scales, at + lanes, V::F(m as f64), bufs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Row `c`'s block `b` of the 16 rows at `w0` in the `Tile16` layout: scale,
+    /// minimum ([`QDot`]'s: stored, `-8 d` or 0) and quants in activation order.
+    fn packed_block(
+        &mut self,
+        fmt: QFmt,
+        w: BufId,
+        w0: i64,
+        b: i64,
+        c: i64,
+        bufs: &mut [Vec<u8>],
+    ) -> R<(f32, f32, [i64; 32])> {
+        let lanes = QTile::LANES as i64;
+        let dt = match fmt {
+            QFmt::Q8_0 => DType::Q8_0,
+            QFmt::Q4_0 => DType::Q4_0,
+            QFmt::Q4_1 => DType::Q4_1,
+            f => return Err(format!("{f:?} has no packed layout")),
+        };
+        let g = w0 + b * lanes * fmt.block_bytes();
+        let qs = g + if fmt.stored_min() { 4 } else { 2 } * lanes;
+        let d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let m = if fmt.stored_min() {
+            self.read(w, g + 2 * (lanes + c), Ty::F16, bufs)?.f() as f32
+        } else {
+            fmt.offset_min().map_or(0.0, |f| f * d)
+        };
+        let mut q = [0i64; 32];
+        for (e, v) in q.iter_mut().enumerate() {
+            let (at, high) = crate::templates::pack::tile16_quant(dt, c as usize, e);
+            *v = if dt == DType::Q8_0 {
+                self.read(w, qs + at as i64, Ty::I8, bufs)?.i()
+            } else {
+                let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
+                if high {
+                    byte >> 4
+                } else {
+                    byte & 15
+                }
+            };
+        }
+        Ok((d, m, q))
     }
 
     /// [`FTile`]: in-order f32 FMAs per (row, weight row).
@@ -457,20 +521,29 @@ impl Machine<'_> {
                     .f() as f32;
                 let mut ch = Chains::default();
                 for b in 0..t.blocks {
+                    // The block's scale, minimum and quants: from the tile, or from
+                    // the packed weight as it goes.
+                    let (d, m, q) = if t.direct {
+                        let w0 = self.eval(&t.w_off, bufs)?.0.i();
+                        self.packed_block(t.fmt, t.w, w0, b, c, bufs)?
+                    } else {
+                        let mut q = [0i64; 32];
+                        for (e, v) in (0..32).zip(q.iter_mut()) {
+                            let at = ((b * 16 + e / 2) * lanes + c) * 2 + e % 2;
+                            *v = self.read(t.tile, at * 2, Ty::I16, bufs)?.i();
+                        }
+                        let d = self.read(t.scales, (2 * b * lanes + c) * 4, Ty::F32, bufs)?;
+                        let at = ((2 * b + 1) * lanes + c) * 4;
+                        let m = self.read(t.scales, at, Ty::F32, bufs)?;
+                        (d.f() as f32, m.f() as f32, q)
+                    };
                     let mut dot = 0i64;
-                    for e in 0..32 {
-                        let at = ((b * 16 + e / 2) * lanes + c) * 2 + e % 2;
-                        let w = self.read(t.tile, at * 2, Ty::I16, bufs)?.i();
-                        dot += w * x[(32 * b + e) as usize];
+                    for (e, w) in q.iter().enumerate() {
+                        dot += w * x[32 * b as usize + e];
                     }
                     let sc = s0 + QDot::scale_offset(b);
-                    let d = self
-                        .read(t.scales, (2 * b * lanes + c) * 4, Ty::F32, bufs)?
-                        .f() as f32;
                     let xd = self.read(t.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
                     let min = if t.has_min {
-                        let at = ((2 * b + 1) * lanes + c) * 4;
-                        let m = self.read(t.scales, at, Ty::F32, bufs)?.f() as f32;
                         let xs = self.read(t.xs, sc * 4, Ty::F32, bufs)?.f() as f32;
                         Some((m, xs))
                     } else {

@@ -676,7 +676,9 @@ impl QDot {
 /// `tile[((b · 16 + e / 2) · 16 + c) · 2 + e mod 2]` (i16: a vector of a pair of
 /// quants per weight row, the weight rows in lanes), its scale `d` at
 /// `scales[(2 b) · 16 + c]` and its minimum `m` ([`QDot`]'s: stored, `-8 d`,
-/// `-16 d`, or 0) at `scales[(2 b + 1) · 16 + c]` (f32).
+/// `-16 d`, or 0) at `scales[(2 b + 1) · 16 + c]` (f32). When `packed`, the weight
+/// is laid out as `templates::pack::Pack::Tile16` (Q8_0, Q4_0, Q4_1): the 16 rows'
+/// block `b` at byte `w_off + 16 b · block_bytes`, and `row_bytes` is unused.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QUnpack {
     /// Weight block format.
@@ -687,6 +689,8 @@ pub struct QUnpack {
     pub w_off: Expr,
     /// Bytes from one weight row to the next.
     pub row_bytes: i64,
+    /// Whether the weight is in the `Tile16` layout (see above).
+    pub packed: bool,
     /// Blocks of 32 in a row.
     pub blocks: i64,
     /// The quants (i16, `blocks · 512` elements).
@@ -703,7 +707,8 @@ pub struct QUnpack {
 /// `QDot` or a `QTile` computed it. `fmt`, `w`, `w_off` and `row_bytes` name the
 /// weight rows the tile holds (the [`QUnpack`]'s): a backend without a tile form
 /// (no AVX2) computes the same products as one [`QDot`] per weight row instead,
-/// and its `QUnpack` does nothing.
+/// and its `QUnpack` does nothing, unless the weight is `packed` (then every
+/// backend reads the tile: a `QDot` cannot read the `Tile16` layout).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QTile {
     /// Weight block format.
@@ -714,6 +719,12 @@ pub struct QTile {
     pub w_off: Expr,
     /// Bytes from one weight row to the next.
     pub row_bytes: i64,
+    /// Whether the weight is in the `Tile16` layout (the [`QUnpack`]'s).
+    pub packed: bool,
+    /// Whether the tile is decoded from the packed weight block by block as the sums
+    /// go (`packed` only; `tile` and `scales` are then unused): one activation row
+    /// does not repay a [`QUnpack`]'s round trip through memory.
+    pub direct: bool,
     /// Whether the minimum terms count (the format's [`QFmt::has_min`]).
     pub has_min: bool,
     /// Blocks of 32 in a row.
@@ -1218,6 +1229,9 @@ impl Kernel {
                 Stmt::QUnpack(u) => {
                     self.check_expr(&u.w_off, defined, allocated)?;
                     self.index_ty(&u.w_off)?;
+                    if u.packed && !matches!(u.fmt, QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1) {
+                        return Err(format!("qunpack: {:?} has no packed layout", u.fmt));
+                    }
                     if u.fmt.split_scales() || u.blocks < 0 || u.blocks % u.fmt.sub_blocks() != 0 {
                         return Err(format!(
                             "qunpack: {} blocks of {:?} (split-scale formats are not unpacked)",
@@ -1264,6 +1278,15 @@ impl Kernel {
                     self.checked_buf(t.w, "qtile reads")?;
                     if t.has_min != t.fmt.has_min() {
                         return Err(format!("qtile: has_min differs from {:?}'s", t.fmt));
+                    }
+                    if (t.direct && !t.packed)
+                        || (t.packed && !matches!(t.fmt, QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1))
+                    {
+                        return Err(format!(
+                            "qtile: {:?} packed {} direct {}: only packed Q8_0/Q4_0/Q4_1 \
+                             weights are read directly",
+                            t.fmt, t.packed, t.direct
+                        ));
                     }
                     if t.x_blk.len() != t.x_sc.len()
                         || t.x_blk.len() > QDot::QUAD
@@ -1773,23 +1796,30 @@ impl Kernel {
                         self.bname(u.w)
                     )?;
                     self.fmt_expr(&u.w_off, f)?;
-                    writeln!(
-                        f,
-                        ".. x{} rows of {} bytes, x{}])",
-                        QTile::LANES,
-                        u.row_bytes,
-                        u.blocks
-                    )?;
+                    if u.packed {
+                        writeln!(f, ".. x{} packed rows, x{}])", QTile::LANES, u.blocks)?;
+                    } else {
+                        writeln!(
+                            f,
+                            ".. x{} rows of {} bytes, x{}])",
+                            QTile::LANES,
+                            u.row_bytes,
+                            u.blocks
+                        )?;
+                    }
                 }
                 Stmt::QTile(t) => {
                     let accs: Vec<String> = t.accs.iter().map(|a| self.vname(*a)).collect();
                     write!(
                         f,
-                        "{pad}{} += qtile{}({}/{}, {}/{}/{} blocks x{} [",
+                        "{pad}{} += qtile{}({}, {}/{}/{} blocks x{} [",
                         accs.join(", "),
                         if t.has_min { ".min" } else { "" },
-                        self.bname(t.tile),
-                        self.bname(t.scales),
+                        if t.direct {
+                            format!("{}.{:?} packed", self.bname(t.w), t.fmt)
+                        } else {
+                            format!("{}/{}", self.bname(t.tile), self.bname(t.scales))
+                        },
                         self.bname(t.xq),
                         self.bname(t.xd),
                         self.bname(t.xs),

@@ -6,13 +6,14 @@
 //! when negative and clamped into range, so a bad index can never read outside the
 //! table (the reference interpreter reports it as an error instead).
 
+use super::pack::{tile16_packs, OperandPack, Pack};
 use super::{
     attr_bool, attr_float, attr_int, attr_ints, axis, broadcast_strides, chunked, compute_ty,
-    fconst, load_elem, loop_nest, merge_dims, offset, operand, result, setup, strides, to_storage,
-    work_estimate, worth_threads, TResult,
+    dequant_tile16, fconst, gpu_mapping, load_elem, loop_nest, merge_dims, offset, operand, result,
+    setup, strides, to_storage, work_estimate, worth_threads, TResult,
 };
 use crate::builder::KernelBuilder;
-use crate::loopir::{BufId, Expr, Kernel, LoopTag, Ty};
+use crate::loopir::{BufId, Expr, Kernel, LoopTag, QTile, Ty};
 use llmc_ir::{DType, Dim, Node, Op, TensorType};
 
 /// Dispatches the layout ops.
@@ -29,7 +30,7 @@ pub(crate) fn layout(
         Op::Tile => tile(ins, outs, name),
         Op::Trilu => trilu(node, ins, outs, name),
         Op::Pad => pad(node, ins, outs, name),
-        Op::Gather => gather(node, ins, outs, name),
+        Op::Gather => gather(node, ins, outs, name).map(|(k, _)| k),
         Op::GatherElements => gather_elements(node, ins, outs, name),
         Op::Concat => concat(node, ins, outs, name),
         Op::Split => split(node, ins, outs, name),
@@ -302,7 +303,15 @@ fn safe_index(kb: &mut KernelBuilder, buf: BufId, at: Expr, n: Expr) -> Expr {
     kb.let_("row", wrapped.max(Expr::i(0)).min(n - 1))
 }
 
-fn gather(node: &Node, ins: &[&TensorType], outs: &[&TensorType], name: &str) -> TResult<Kernel> {
+/// Gather; a Q8_0/Q4_0/Q4_1 table `[n, k]` gathered by rows is read in the
+/// [`Pack::Tile16`] layout on the CPU, the layout the quantized linear asks for, so a
+/// tied embedding (the same weight as the output head) is stored once.
+pub(crate) fn gather(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<(Kernel, Vec<OperandPack>)> {
     let table = operand(ins, 0, "table")?;
     let ids = operand(ins, 1, "indices")?;
     let ax = axis(
@@ -326,6 +335,34 @@ fn gather(node: &Node, ins: &[&TensorType], outs: &[&TensorType], name: &str) ->
     } else {
         LoopTag::Serial
     };
+    let dims = table.shape.as_consts().unwrap_or_default();
+    if let (&[rows, k], 0, false) = (&dims[..], ax, gpu_mapping()) {
+        if tile16_packs(table.dtype, rows as usize, k as usize) && table.dtype != DType::F32 {
+            let lanes = QTile::LANES as i64;
+            let group_bytes = lanes * table.dtype.block_bytes() as i64;
+            let blocks = k / 32;
+            kb.for_("q", 0, nidx.clone(), tag0, |kb, q| {
+                let row = safe_index(kb, ib[1], q.clone(), n.clone());
+                let g = kb.let_("g", row.clone() / lanes * blocks);
+                let c = kb.let_("c", row % lanes);
+                let dst = kb.let_("dst", q * k);
+                kb.for_("b", 0, blocks, LoopTag::Serial, |kb, b| {
+                    let at = kb.let_("at", (g.clone() + b.clone()) * group_bytes);
+                    kb.for_("j", 0, 32, LoopTag::Vectorize(8), |kb, j| {
+                        let v =
+                            dequant_tile16(ib[0], table.dtype, at.clone(), c.clone(), j.clone());
+                        let v = to_storage(kb, ob[0], v);
+                        kb.store(ob[0], dst.clone() + b.clone() * 32 + j, v);
+                    });
+                });
+            });
+            let pack = OperandPack {
+                operand: 0,
+                pack: Pack::Tile16,
+            };
+            return Ok((kb.finish()?, vec![pack]));
+        }
+    }
     kb.for_("o", 0, outer_n, tag0, |kb, o| {
         kb.for_("q", 0, nidx.clone(), LoopTag::Serial, |kb, q| {
             let row = safe_index(kb, ib[1], q.clone(), n.clone());
@@ -338,7 +375,7 @@ fn gather(node: &Node, ins: &[&TensorType], outs: &[&TensorType], name: &str) ->
             });
         });
     });
-    kb.finish()
+    Ok((kb.finish()?, Vec::new()))
 }
 
 fn gather_elements(

@@ -6,7 +6,7 @@
 //! (numpy semantics: batch broadcasting, 1-D promotion) is a plain batched product
 //! that accumulates rows of the output with a vectorized axpy.
 
-use super::pack::{OperandPack, Pack, PANEL};
+use super::pack::{tile16_packs, OperandPack, Pack, PANEL};
 use super::{
     compute_ty, fconst, gpu_mapping, load_elem, loop_nest_par, operand, quant_block, result, setup,
     storage_ty, strides, to_storage, work_estimate, worth_threads, TResult,
@@ -89,6 +89,7 @@ pub(crate) fn linear(
         k,
         n,
         t,
+        tile16: false,
     };
     let full = n / NR as i64;
     let tail = n % NR as i64;
@@ -151,7 +152,22 @@ pub(crate) fn linear(
         && x.dtype == DType::F32
         && n > 0
         && n % PANEL as i64 == 0;
+    let tile16 = !gpu_mapping()
+        && t == Ty::F32
+        && tile16_packs(ctx.wd, n as usize, k as usize)
+        && tile_bytes(k / 32) <= TILE_MAX_BYTES;
     match qfmt(ctx.wd) {
+        // f32 activations against GGUF Q8_0/Q4_0/Q4_1 blocks packed by 16 rows: every
+        // row in the tile form, decode included.
+        Some(fmt) if tile16 => {
+            let ctx = Lin { tile16, ..ctx };
+            ctx.int8_rows(&mut kb, &rows, fmt);
+            let pack = OperandPack {
+                operand: 1,
+                pack: Pack::Tile16,
+            };
+            return Ok((kb.finish()?, vec![pack]));
+        }
         // f32 activations against GGUF blocks: integer dot products.
         Some(fmt) if t == Ty::F32 => ctx.int8_rows(&mut kb, &rows, fmt),
         // Float weights packed in panels of 32 rows: outer products.
@@ -211,6 +227,11 @@ const QMAX: f64 = 32767.0;
 /// running a chunk): rows up to 8192 wide (256 blocks) take the tile form.
 const TILE_MAX_BYTES: i64 = 288 * 1024;
 
+/// Bytes of a decoded tile of `blocks` blocks (quants and scales).
+fn tile_bytes(blocks: i64) -> i64 {
+    QTile::tile_len(blocks) * 2 + QTile::scales_len(blocks) * 4
+}
+
 /// From this many rows on, a quantized linear dequantizes each weight tile once.
 const PACK_MIN_ROWS: i64 = 4;
 
@@ -228,6 +249,8 @@ struct Lin {
     k: i64,
     n: i64,
     t: Ty,
+    /// The quantized weight is in the `Tile16` layout: every row takes the tile form.
+    tile16: bool,
 }
 
 impl Lin {
@@ -492,9 +515,13 @@ impl Lin {
         kb.for_("jc", 0, chunks, tag, |kb, jc| {
             let j0 = kb.let_("j0", jc * QROWS);
             let j1 = kb.let_("j1", Expr::bin(BinOp::Min, j0.clone() + QROWS, Expr::i(n)));
+            if self.tile16 {
+                // Packed weights: every chunk is whole, and only the tile reads them.
+                self.int8_tile(kb, r0, nr, &j0, fmt, q);
+                return;
+            }
             let blocks = self.k / 32;
-            let tile_bytes = QTile::tile_len(blocks) * 2 + QTile::scales_len(blocks) * 4;
-            if fmt.split_scales() || QROWS != lanes || tile_bytes > TILE_MAX_BYTES {
+            if fmt.split_scales() || QROWS != lanes || tile_bytes(blocks) > TILE_MAX_BYTES {
                 dots(kb, &j0, &j1);
                 return;
             }
@@ -529,17 +556,7 @@ impl Lin {
         let tile = kb.local("wtile", Ty::I16, QTile::tile_len(blocks));
         let scales = kb.local("wscales", Ty::F32, QTile::scales_len(blocks));
         let row_bytes = fmt.row_bytes(blocks);
-        kb.qunpack(QUnpack {
-            fmt,
-            w: self.w,
-            w_off: j0.clone() * row_bytes,
-            row_bytes,
-            blocks,
-            tile,
-            scales,
-        });
-        let quads = kb.let_("nq", Expr::bin(BinOp::Div, nr.clone(), Expr::i(quad)));
-        let run = |kb: &mut KernelBuilder, rows: Vec<(Expr, Expr)>| {
+        let run = |kb: &mut KernelBuilder, rows: Vec<(Expr, Expr)>, direct: bool| {
             let accs: Vec<VarId> = (0..rows.len() * QTile::LANES)
                 .map(|_| kb.let_mut("acc", fconst(0.0, Ty::F32)))
                 .collect();
@@ -548,6 +565,8 @@ impl Lin {
                 w: self.w,
                 w_off: j0.clone() * row_bytes,
                 row_bytes,
+                packed: self.tile16,
+                direct,
                 has_min: fmt.has_min(),
                 blocks,
                 tile,
@@ -566,14 +585,38 @@ impl Lin {
                 }
             }
         };
-        kb.for_("g", 0, quads.clone(), LoopTag::Serial, |kb, g| {
-            let lr = kb.let_("lr", g * quad);
-            let rows = self.statement_rows(kb, lr, quad);
-            run(kb, rows);
-        });
-        kb.for_("lr", quads * quad, nr.clone(), LoopTag::Serial, |kb, lr| {
-            let rows = self.statement_rows(kb, lr, 1);
-            run(kb, rows);
+        let unpacked = |kb: &mut KernelBuilder| {
+            kb.qunpack(QUnpack {
+                fmt,
+                w: self.w,
+                w_off: j0.clone() * row_bytes,
+                row_bytes,
+                packed: self.tile16,
+                blocks,
+                tile,
+                scales,
+            });
+            let quads = kb.let_("nq", Expr::bin(BinOp::Div, nr.clone(), Expr::i(quad)));
+            kb.for_("g", 0, quads.clone(), LoopTag::Serial, |kb, g| {
+                let lr = kb.let_("lr", g * quad);
+                let rows = self.statement_rows(kb, lr, quad);
+                run(kb, rows, false);
+            });
+            kb.for_("lr", quads * quad, nr.clone(), LoopTag::Serial, |kb, lr| {
+                let rows = self.statement_rows(kb, lr, 1);
+                run(kb, rows, false);
+            });
+        };
+        if !self.tile16 {
+            return unpacked(kb);
+        }
+        // Packed weights and fewer rows than a quad (decode): each row decodes the
+        // packed blocks as it goes; a tile in memory would not pay back its stores.
+        kb.if_else(nr.clone().ge(Expr::i(quad)), unpacked, |kb| {
+            kb.for_("lr", 0, nr.clone(), LoopTag::Serial, |kb, lr| {
+                let rows = self.statement_rows(kb, lr, 1);
+                run(kb, rows, true);
+            });
         });
     }
 

@@ -142,13 +142,20 @@ pub fn lower(
                 in_place: Vec::new(),
             })
         }
+        Op::Gather => {
+            layout::gather(node, ins, outs, name).map(|(kernel, packs)| Lowered::Kernel {
+                kernel,
+                packs,
+                consts: Vec::new(),
+                in_place: Vec::new(),
+            })
+        }
         Op::Transpose
         | Op::Slice
         | Op::Expand
         | Op::Tile
         | Op::Trilu
         | Op::Pad
-        | Op::Gather
         | Op::GatherElements
         | Op::Concat
         | Op::Split => layout::layout(node, ins, outs, name).map(plain),
@@ -548,6 +555,33 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
             )
         }
     }
+}
+
+/// The f32 value of element `j` (0..32) of row `c` (0..16) in the block group at byte
+/// `group` of a Q8_0/Q4_0/Q4_1 weight packed as [`pack::Pack::Tile16`]: the same
+/// arithmetic as [`dequant`] on the row's block as stored, so a row reads the same
+/// values either way.
+pub(crate) fn dequant_tile16(buf: BufId, dtype: DType, group: Expr, c: Expr, j: Expr) -> Expr {
+    use crate::loopir::BinOp::{Add, And, Mul, Shr, Sub};
+    let lanes = crate::QTile::LANES as i64;
+    let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
+    let d = f16(group.clone() + c.clone() * 2);
+    // Byte of quant j in the chunk order of pack::tile16_quant.
+    let lane = c.clone() * 2 + j.clone() % 2;
+    let qs = group.clone() + if dtype == DType::Q4_1 { 4 } else { 2 } * lanes;
+    if dtype == DType::Q8_0 {
+        let q = Expr::LoadRaw(buf, Box::new(qs + j / 2 * 32 + lane), Ty::I8).cast(Ty::F32);
+        return Expr::bin(Mul, d, q);
+    }
+    let b = Expr::LoadRaw(buf, Box::new(qs + j.clone() % 16 / 2 * 32 + lane), Ty::U8);
+    let lo = Expr::bin(And, b.clone(), Expr::Int(15, Ty::U8));
+    let hi = Expr::bin(Shr, b, Expr::Int(4, Ty::U8));
+    let q = Expr::select(j.lt(Expr::i(16)), lo, hi).cast(Ty::F32);
+    if dtype == DType::Q4_0 {
+        return Expr::bin(Mul, Expr::bin(Sub, q, Expr::f(8.0, Ty::F32)), d);
+    }
+    let m = f16(group + (c + lanes) * 2);
+    Expr::bin(Add, Expr::bin(Mul, q, d), m)
 }
 
 /// The f32 value of element `j` (0..256) of the Q4_K (Q5_K when `five`) super-block at

@@ -3,19 +3,21 @@
 //! best; the planner rewrites the weight once into the data section. The layout and
 //! the kernel that reads it are defined side by side: this module and `linalg`.
 //!
-//! `Rows8` (GGUF Q8_0, Q4_0, Q4_1): groups of 8 consecutive rows, and in each group
-//! block by block: the 8 rows' f16 scales, the 8 rows' f16 minimums (Q4_1 only), then
-//! the quant bytes interleaved by row (`[byte][row]`). One contiguous 8-byte load
-//! then gives one byte position of 8 output rows, so SIMD lanes are output rows and
-//! the dot products need no horizontal reductions. The size is unchanged.
+//! `Tile16` (GGUF Q8_0, Q4_0, Q4_1): groups of [`QTile::LANES`] consecutive rows, and
+//! in each group block by block: the 16 rows' f16 scales, the 16 rows' f16 minimums
+//! (Q4_1 only), then the quants in the order of the tile a `QUnpack` fills (pairs of
+//! quants with the rows in lanes; see [`tile16_quant`]). Unpacking is then a widening
+//! load, a mask and a shift per pair of tile vectors, with no transpose. The size is
+//! unchanged.
 
+use crate::QTile;
 use llmc_ir::DType;
 
 /// A requested layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pack {
-    /// 8 rows interleaved per block (see the module docs).
-    Rows8,
+    /// Blocks of 16 rows in the tile order of `QUnpack` (see the module docs).
+    Tile16,
     /// Float weights (f32, f16, bf16) `[n, k]` as panels of [`PANEL`] rows, each
     /// panel column-major: element `(j, p)` at `(j / PANEL · k + p) · PANEL + j mod
     /// PANEL`. One contiguous load then gives one `k` position of a panel's rows, so
@@ -36,7 +38,7 @@ pub struct OperandPack {
     pub pack: Pack,
 }
 
-/// (scale bytes, quant bytes, has minimums) of a block format the packer knows.
+/// (quant bytes, has minimums) of a block format [`Pack::Tile16`] knows.
 fn parts(d: DType) -> Option<(usize, bool)> {
     match d {
         DType::Q8_0 => Some((32, false)),
@@ -46,16 +48,37 @@ fn parts(d: DType) -> Option<(usize, bool)> {
     }
 }
 
+/// Whether [`Pack::Tile16`] can lay out a `[rows, k]` weight of dtype `d`.
+pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
+    parts(d).is_some() && rows.is_multiple_of(QTile::LANES) && k.is_multiple_of(d.block_len())
+}
+
+/// Where [`Pack::Tile16`] keeps quant `e` (0..32, activation order) of row `c` (0..16)
+/// of a block: its byte offset from the start of the block's quants (after the
+/// scales and minimums) and whether it is the high nibble (4-bit formats). For 4-bit
+/// quants, 32-byte chunk `P` (0..8) holds tile vectors `P` (low nibbles) and `P + 8`
+/// (high nibbles); byte `i` of a chunk is lane `i` of the vector's 32 i16: row
+/// `i / 2`, quant `2 p + i mod 2` of pair `p`. Q8_0 has one chunk per pair.
+pub fn tile16_quant(d: DType, c: usize, e: usize) -> (usize, bool) {
+    let (p, lane) = (e / 2, 2 * c + e % 2);
+    if d == DType::Q8_0 {
+        (32 * p + lane, false)
+    } else {
+        (32 * (p % 8) + lane, p >= 8)
+    }
+}
+
 /// Rewrites the bytes of a weight `[rows, k]` of dtype `d` into `pack`.
 pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     match pack {
-        Pack::Rows8 => {
+        Pack::Tile16 => {
             let (qn, has_min) =
-                parts(d).ok_or_else(|| format!("{d} cannot be packed by 8 rows"))?;
+                parts(d).ok_or_else(|| format!("{d} cannot be packed in tiles of 16 rows"))?;
             let (bl, bb) = (d.block_len(), d.block_bytes());
-            if !rows.is_multiple_of(8) || !k.is_multiple_of(bl) {
+            let lanes = QTile::LANES;
+            if !tile16_packs(d, rows, k) {
                 return Err(format!(
-                    "[{rows}, {k}] {d} is not whole groups of 8 rows and blocks"
+                    "[{rows}, {k}] {d} is not whole groups of {lanes} rows and blocks"
                 ));
             }
             let blocks = k / bl;
@@ -64,23 +87,32 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
             }
             let mut out = Vec::with_capacity(bytes.len());
             let qs_at = if has_min { 4 } else { 2 };
-            for g in 0..rows / 8 {
+            for g in 0..rows / lanes {
                 for b in 0..blocks {
                     let block = |r: usize| {
-                        let at = ((g * 8 + r) * blocks + b) * bb;
+                        let at = ((g * lanes + r) * blocks + b) * bb;
                         &bytes[at..at + bb]
                     };
-                    for r in 0..8 {
+                    for r in 0..lanes {
                         out.extend_from_slice(&block(r)[0..2]);
                     }
                     if has_min {
-                        for r in 0..8 {
+                        for r in 0..lanes {
                             out.extend_from_slice(&block(r)[2..4]);
                         }
                     }
-                    for e in 0..qn {
-                        for r in 0..8 {
-                            out.push(block(r)[qs_at + e]);
+                    let q0 = out.len();
+                    out.resize(q0 + lanes * qn, 0);
+                    for r in 0..lanes {
+                        let qs = &block(r)[qs_at..];
+                        for e in 0..32 {
+                            let q = if d == DType::Q8_0 {
+                                qs[e]
+                            } else {
+                                (qs[e % 16] >> (4 * (e / 16))) & 15
+                            };
+                            let (at, high) = tile16_quant(d, r, e);
+                            out[q0 + at] |= if high { q << 4 } else { q };
                         }
                     }
                 }
@@ -117,21 +149,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows8_interleaves_scales_mins_and_bytes() {
-        // Q4_1, 8 rows of one block: row r's block = [d=r,r][m=10+r,10+r][bytes 100+r*16+e].
+    fn tile16_puts_pairs_of_sixteen_rows_side_by_side() {
+        // Q4_1, 16 rows of one block: row r's block = [d=r,r][m=50+r,50+r][quant e of
+        // row r = (r + e) mod 16].
         let mut bytes = Vec::new();
-        for r in 0..8u8 {
-            bytes.extend([r, r, 10 + r, 10 + r]);
-            bytes.extend((0..16).map(|e| 100 + r * 16 + e));
+        for r in 0..16u8 {
+            bytes.extend([r, r, 50 + r, 50 + r]);
+            bytes.extend((0..16).map(|i| ((r + i) % 16) | (((r + i + 16) % 16) << 4)));
         }
-        let p = pack(Pack::Rows8, DType::Q4_1, 8, 32, &bytes).unwrap();
+        let p = pack(Pack::Tile16, DType::Q4_1, 16, 32, &bytes).unwrap();
         assert_eq!(p.len(), bytes.len());
         assert_eq!(&p[0..4], &[0, 0, 1, 1]);
-        assert_eq!(&p[16..20], &[10, 10, 11, 11]);
-        // Byte e of row r at 32 + e * 8 + r.
-        assert_eq!(p[32 + 3 * 8 + 5], 100 + 5 * 16 + 3);
-        assert!(pack(Pack::Rows8, DType::Q4_1, 4, 32, &bytes[..80]).is_err());
-        assert!(pack(Pack::Rows8, DType::F32, 8, 32, &bytes).is_err());
+        assert_eq!(&p[32..36], &[50, 50, 51, 51]);
+        // Pair p = 9 (quants 18, 19) of row 5: chunk 1, lanes 10 and 11, high nibbles.
+        assert_eq!(p[64 + 32 + 10] >> 4, (5 + 18) % 16);
+        assert_eq!(p[64 + 32 + 11] >> 4, (5 + 19) % 16);
+        // Pair 1 (quants 2, 3) of row 5: the same bytes' low nibbles.
+        assert_eq!(p[64 + 32 + 10] & 15, 5 + 2);
+        // Q8_0: pair p of row c at 32 p + 2 c.
+        let q8: Vec<u8> = (0..16u8)
+            .flat_map(|r| [1u8, 0].into_iter().chain((0..32).map(move |e| r * 32 + e)))
+            .collect();
+        let p = pack(Pack::Tile16, DType::Q8_0, 16, 32, &q8).unwrap();
+        assert_eq!(p[32 + 32 * 3 + 2 * 7 + 1], 7 * 32 + 7);
+        assert!(pack(Pack::Tile16, DType::Q4_1, 8, 32, &bytes[..160]).is_err());
+        assert!(pack(Pack::Tile16, DType::F32, 16, 32, &bytes).is_err());
     }
 
     #[test]

@@ -517,6 +517,23 @@ fn linear_float_and_quantized() {
         let wq = quant_bytes(&mut r, DType::Q4K, n, k);
         check_quant_linear(&x, rows, DType::Q4K, n, k, &wq, None);
     }
+    // Tables of whole groups of 16 rows are read in the packed tile layout the
+    // quantized linear shares (a tied embedding stored once): the same values, exactly.
+    for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        let wq = quant_bytes(&mut r, d, 32, 64);
+        let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 4], vec![17, 0, 31, -1]);
+        let text = check_args(
+            Op::Gather,
+            attrs([("axis", Attr::Int(0))]),
+            &[
+                Arg::W(d, vec![32, 64], wq),
+                Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+            ],
+            0.0,
+            0.0,
+        );
+        assert!(text.contains("% 16"), "{d}: not the packed gather\n{text}");
+    }
     for d in [DType::Q5_0, DType::Q5_1] {
         let wq = quant_bytes(&mut r, d, 6, 64);
         let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![5, 0, 2]);
@@ -1484,7 +1501,7 @@ fn check_quant_linear(
     }
     let (got, want, text) = run_args(Op::Linear, attrs([]), &args);
     assert!(
-        text.contains("qdot"),
+        text.contains("qdot") || text.contains("qtile"),
         "{d}, {rows} rows: not the integer path\n{text}"
     );
     let xv = x.to_f64();

@@ -63,6 +63,9 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// (widened to i16), transposed so that lane `c` of vector `p` holds row `c`'s pair
     /// `p`, and the rows' scales and minimums as two f32 vectors.
     pub(in super::super) fn qunpack(&mut self, f: &mut Frame<'ctx>, u: &QUnpack) -> R<()> {
+        if u.packed {
+            return self.qunpack_packed(f, u);
+        }
         if !self.target.avx2() {
             // Its QTile reads the weights as stored (see Self::qtile).
             return Ok(());
@@ -88,6 +91,91 @@ impl<'ctx> Lowering<'ctx, '_> {
             let blk = self.tc(b);
             self.unpack_block(f, u, (w, tile, scales), w_off, blk, b % 2 == 1)?;
         }
+        Ok(())
+    }
+
+    /// A packed [`QUnpack`] (the `Tile16` layout, any target): per block, the 16
+    /// scales (and minimums) widened to f32, and per 32-byte chunk of quants one
+    /// widening load: Q8_0's sign-extended pair vector, or a 4-bit chunk's two (the
+    /// low nibbles' and the high nibbles').
+    fn qunpack_packed(&mut self, f: &mut Frame<'ctx>, u: &QUnpack) -> R<()> {
+        let it = self.it;
+        let e = llvm_err;
+        let w_off = self.expr(f, &u.w_off)?.0.into_int_value();
+        let w = self.tile_buf(f, u.w)?;
+        let tile = self.tile_buf(f, u.tile)?;
+        let scales = self.tile_buf(f, u.scales)?;
+        let lanes = LANES as i64;
+        let bb = u.fmt.block_bytes();
+        let q8 = u.fmt == llmc_kernels::QFmt::Q8_0;
+        let v16h = it.f16.vec_type(LANES);
+        let v16f = it.f32.vec_type(LANES);
+        let v32b = it.i8.vec_type(32);
+        let v32w = it.i16.vec_type(32);
+        let splat = |k: u64| VectorType::const_vector(&[it.i16.const_int(k, false); 32]);
+        let lp = self.counted_loop(f, "qunpack", "qub", u.blocks as u64)?;
+        let blk = lp.index;
+        let b = &f.b;
+        let g = b.build_int_mul(blk, self.tc(lanes * bb), "").map_err(e)?;
+        let g = b.build_int_add(w_off, g, "").map_err(e)?;
+        // The weights are streamed once: every cache line of the block group is asked
+        // for QDOT_PREFETCH bytes ahead (a prefetch never faults, past the end too).
+        let pf = it
+            .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
+            .ok_or_else(|| llvm_err("llvm.prefetch"))?;
+        let i32c = |v: u64| it.i32.const_int(v, false).into();
+        for line in 0..(lanes * bb + 63) / 64 {
+            let ahead = self.tc(super::QDOT_PREFETCH as i64 + 64 * line);
+            let ahead = f.b.build_int_add(g, ahead, "").map_err(e)?;
+            // SAFETY: only an address for the prefetch hint; never dereferenced.
+            let pp = unsafe { f.b.build_gep(it.i8, w, &[ahead], "") }.map_err(e)?;
+            f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
+                .map_err(e)?;
+        }
+        let h = self.qdot_load(f, v16h.into(), w, g)?.into_vector_value();
+        let d = f.b.build_float_ext(h, v16f, "d").map_err(e)?;
+        let m = if u.fmt.stored_min() {
+            let at = f.b.build_int_add(g, self.tc(2 * lanes), "").map_err(e)?;
+            let h = self.qdot_load(f, v16h.into(), w, at)?.into_vector_value();
+            f.b.build_float_ext(h, v16f, "m").map_err(e)?
+        } else if let Some(k) = u.fmt.offset_min() {
+            let k = self.splat_f32(f, it.f32.const_float(k as f64), LANES)?;
+            f.b.build_float_mul(d, k, "m").map_err(e)?
+        } else {
+            v16f.const_zero()
+        };
+        let sb =
+            f.b.build_int_mul(blk, self.tc(BLOCK_SCALE_BYTES), "")
+                .map_err(e)?;
+        self.tile_store(f, scales, sb, d)?;
+        let mb = f.b.build_int_add(sb, self.tc(64), "").map_err(e)?;
+        self.tile_store(f, scales, mb, m)?;
+        let qs = if u.fmt.stored_min() { 4 } else { 2 } * lanes;
+        let qs = f.b.build_int_add(g, self.tc(qs), "qs").map_err(e)?;
+        let tb =
+            f.b.build_int_mul(blk, self.tc(BLOCK_TILE_BYTES), "")
+                .map_err(e)?;
+        let chunks = if q8 { 16 } else { 8 };
+        for c in 0..chunks {
+            let at = f.b.build_int_add(qs, self.tc(32 * c), "").map_err(e)?;
+            let raw = self.qdot_load(f, v32b.into(), w, at)?.into_vector_value();
+            let b = &f.b;
+            let out = f.b.build_int_add(tb, self.tc(64 * c), "").map_err(e)?;
+            if q8 {
+                let v = b.build_int_s_extend(raw, v32w, "").map_err(e)?;
+                self.tile_store(f, tile, out, v)?;
+                continue;
+            }
+            let v = b.build_int_z_extend(raw, v32w, "").map_err(e)?;
+            let lo = b.build_and(v, splat(15), "lo").map_err(e)?;
+            let hi = b.build_right_shift(v, splat(4), false, "hi").map_err(e)?;
+            self.tile_store(f, tile, out, lo)?;
+            let out =
+                f.b.build_int_add(tb, self.tc(64 * (c + 8)), "")
+                    .map_err(e)?;
+            self.tile_store(f, tile, out, hi)?;
+        }
+        self.close_loop(f, &lp)?;
         Ok(())
     }
 
@@ -170,7 +258,7 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// Emits [`QTile`]: 16 lanes at once with AVX-512 (every row in one pass), else 8
     /// lanes and two rows per pass (AVX2's 16 registers).
     pub(in super::super) fn qtile(&mut self, f: &mut Frame<'ctx>, t: &QTile) -> R<()> {
-        if !self.target.avx2() {
+        if !self.target.avx2() && !t.packed {
             // The portable QDot keeps lane-wise partial sums (other rounding than
             // QTile's): one QDot per weight row keeps a row's result independent of
             // its batch there too.
@@ -205,21 +293,29 @@ impl<'ctx> Lowering<'ctx, '_> {
         } else {
             (8, 2)
         };
-        // (Below: AVX2 at least, so `pair_dot` never needs its portable form here.)
+        // (Below AVX2 only packed weights come here: `pair_dot`'s portable form.)
+        let wsrc = if t.direct {
+            let w_off = self.expr(f, &t.w_off)?.0.into_int_value();
+            Some((self.tile_buf(f, t.w)?, w_off))
+        } else {
+            None
+        };
         for c0 in (0..LANES).step_by(lanes as usize) {
             let idx: Vec<usize> = (0..rows.len()).collect();
             for chunk in idx.chunks(per_pass) {
-                self.qtile_pass(f, t, &rows, chunk, c0, lanes)?;
+                self.qtile_pass(f, t, wsrc, &rows, chunk, c0, lanes)?;
             }
         }
         Ok(())
     }
 
     /// Weight rows `c0..c0 + lanes` of the tile against activation rows `which`.
+    #[allow(clippy::too_many_arguments)]
     fn qtile_pass(
         &mut self,
         f: &mut Frame<'ctx>,
         t: &QTile,
+        wsrc: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
         rows: &[(IntValue<'ctx>, IntValue<'ctx>)],
         which: &[usize],
         c0: u32,
@@ -249,12 +345,12 @@ impl<'ctx> Lowering<'ctx, '_> {
         let blk0 = f.b.build_int_mul(lp.index, self.tc(2), "").map_err(e)?;
         for h in 0..2 {
             let blk = f.b.build_int_add(blk0, self.tc(h), "").map_err(e)?;
-            self.qtile_block(f, t, &bufs, &sel, blk, c0, lanes, h as usize, &chains)?;
+            self.qtile_block(f, t, wsrc, &bufs, &sel, blk, c0, lanes, h as usize, &chains)?;
         }
         self.close_loop(f, &lp)?;
         if t.blocks % 2 == 1 {
             let blk = self.tc(t.blocks - 1);
-            self.qtile_block(f, t, &bufs, &sel, blk, c0, lanes, 0, &chains)?;
+            self.qtile_block(f, t, wsrc, &bufs, &sel, blk, c0, lanes, 0, &chains)?;
             // The odd chains take the trailing block's zero partner, as in QDot.
             for ch in &chains {
                 for slot in [ch[1], ch[3]] {
@@ -298,6 +394,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         &self,
         f: &Frame<'ctx>,
         t: &QTile,
+        wsrc: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
         bufs: &[PointerValue<'ctx>],
         rows: &[(IntValue<'ctx>, IntValue<'ctx>)],
         blk: IntValue<'ctx>,
@@ -326,9 +423,18 @@ impl<'ctx> Lowering<'ctx, '_> {
             })
             .collect::<R<Vec<_>>>()?;
         let mut sums: Vec<VectorValue<'ctx>> = rows.iter().map(|_| vi.const_zero()).collect();
+        let direct = match wsrc {
+            Some(src) => Some(self.direct_block(f, t, src, blk, c0, lanes)?),
+            None => None,
+        };
         for p in 0..16i64 {
-            let at = f.b.build_int_add(tb, self.tc(p * 64), "").map_err(e)?;
-            let wv = self.qdot_load(f, vw.into(), tile, at)?.into_vector_value();
+            let wv = match &direct {
+                Some((wvs, ..)) => wvs[p as usize],
+                None => {
+                    let at = f.b.build_int_add(tb, self.tc(p * 64), "").map_err(e)?;
+                    self.qdot_load(f, vw.into(), tile, at)?.into_vector_value()
+                }
+            };
             for (s, xb) in sums.iter_mut().zip(&xbs) {
                 let at = f.b.build_int_add(*xb, self.tc(p * 4), "").map_err(e)?;
                 let pair = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
@@ -342,17 +448,10 @@ impl<'ctx> Lowering<'ctx, '_> {
         let sb =
             f.b.build_int_add(sb, self.tc(c0 as i64 * 4), "")
                 .map_err(e)?;
-        let d = self
-            .qdot_load(f, vf.into(), scales, sb)?
-            .into_vector_value();
-        let m = if t.has_min {
-            let at = f.b.build_int_add(sb, self.tc(64), "").map_err(e)?;
-            Some(
-                self.qdot_load(f, vf.into(), scales, at)?
-                    .into_vector_value(),
-            )
+        let (d, m) = if let Some((_, d, m)) = direct {
+            (d, m.filter(|_| t.has_min))
         } else {
-            None
+            self.tile_scales(f, t, scales, sb, vf)?
         };
         for ((s, (_, sc)), ch) in sums.iter().zip(rows).zip(chains) {
             let b = &f.b;
@@ -373,6 +472,117 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
         }
         Ok(())
+    }
+
+    /// The tile's scales (and minimums when `t.has_min`) of the block at byte `sb` of
+    /// the scales local, lanes `c0..c0 + lanes` (`sb` includes `c0`).
+    fn tile_scales(
+        &self,
+        f: &Frame<'ctx>,
+        t: &QTile,
+        scales: PointerValue<'ctx>,
+        sb: IntValue<'ctx>,
+        vf: VectorType<'ctx>,
+    ) -> R<(VectorValue<'ctx>, Option<VectorValue<'ctx>>)> {
+        let d = self
+            .qdot_load(f, vf.into(), scales, sb)?
+            .into_vector_value();
+        if !t.has_min {
+            return Ok((d, None));
+        }
+        let at = f.b.build_int_add(sb, self.tc(64), "").map_err(llvm_err)?;
+        let m = self
+            .qdot_load(f, vf.into(), scales, at)?
+            .into_vector_value();
+        Ok((d, Some(m)))
+    }
+
+    /// A direct [`QTile`]'s block `blk`, lanes (weight rows) `c0..c0 + lanes`, decoded
+    /// from the packed weight (`Tile16`): the 16 pair vectors (`2 lanes` i16 each),
+    /// the scales and the minimums (Q8_0: none). The block group's cache lines are
+    /// prefetched `QDOT_PREFETCH` bytes ahead on the first lanes' pass.
+    #[allow(clippy::type_complexity)]
+    fn direct_block(
+        &self,
+        f: &Frame<'ctx>,
+        t: &QTile,
+        (w, w_off): (PointerValue<'ctx>, IntValue<'ctx>),
+        blk: IntValue<'ctx>,
+        c0: u32,
+        lanes: u32,
+    ) -> R<(
+        Vec<VectorValue<'ctx>>,
+        VectorValue<'ctx>,
+        Option<VectorValue<'ctx>>,
+    )> {
+        let it = self.it;
+        let e = llvm_err;
+        let group = LANES as i64 * t.fmt.block_bytes();
+        let b = &f.b;
+        let g = b.build_int_mul(blk, self.tc(group), "").map_err(e)?;
+        let g = b.build_int_add(w_off, g, "").map_err(e)?;
+        if c0 == 0 {
+            let pf = it
+                .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
+                .ok_or_else(|| llvm_err("llvm.prefetch"))?;
+            let i32c = |v: u64| it.i32.const_int(v, false).into();
+            for line in 0..(group + 63) / 64 {
+                let ahead = self.tc(super::QDOT_PREFETCH as i64 + 64 * line);
+                let ahead = f.b.build_int_add(g, ahead, "").map_err(e)?;
+                // SAFETY: only an address for the prefetch hint; never dereferenced.
+                let pp = unsafe { f.b.build_gep(it.i8, w, &[ahead], "") }.map_err(e)?;
+                f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
+                    .map_err(e)?;
+            }
+        }
+        let vh = it.f16.vec_type(lanes);
+        let vf = it.f32.vec_type(lanes);
+        let at =
+            f.b.build_int_add(g, self.tc(2 * c0 as i64), "")
+                .map_err(e)?;
+        let h = self.qdot_load(f, vh.into(), w, at)?.into_vector_value();
+        let d = f.b.build_float_ext(h, vf, "d").map_err(e)?;
+        let m = if t.fmt.stored_min() {
+            let at =
+                f.b.build_int_add(at, self.tc(2 * LANES as i64), "")
+                    .map_err(e)?;
+            let h = self.qdot_load(f, vh.into(), w, at)?.into_vector_value();
+            Some(f.b.build_float_ext(h, vf, "m").map_err(e)?)
+        } else if let Some(k) = t.fmt.offset_min() {
+            let k = self.splat_f32(f, it.f32.const_float(k as f64), lanes)?;
+            Some(f.b.build_float_mul(d, k, "m").map_err(e)?)
+        } else {
+            None
+        };
+        let qs = if t.fmt.stored_min() { 4 } else { 2 } * LANES as i64 + 2 * c0 as i64;
+        let qs = f.b.build_int_add(g, self.tc(qs), "qs").map_err(e)?;
+        let vb = it.i8.vec_type(2 * lanes);
+        let vw = it.i16.vec_type(2 * lanes);
+        let splat = |k: u64| {
+            VectorType::const_vector(&vec![it.i16.const_int(k, false); 2 * lanes as usize])
+        };
+        let mut out = vec![vw.const_zero(); 16];
+        if t.fmt == llmc_kernels::QFmt::Q8_0 {
+            for (p, o) in out.iter_mut().enumerate() {
+                let at =
+                    f.b.build_int_add(qs, self.tc(32 * p as i64), "")
+                        .map_err(e)?;
+                let raw = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
+                *o = f.b.build_int_s_extend(raw, vw, "").map_err(e)?;
+            }
+        } else {
+            for p in 0..8 {
+                let at =
+                    f.b.build_int_add(qs, self.tc(32 * p as i64), "")
+                        .map_err(e)?;
+                let raw = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
+                let b = &f.b;
+                let v = b.build_int_z_extend(raw, vw, "").map_err(e)?;
+                out[p] = b.build_and(v, splat(15), "lo").map_err(e)?;
+                out[p + 8] = b.build_right_shift(v, splat(4), false, "hi").map_err(e)?;
+            }
+        }
+        Ok((out, d, m))
     }
 
     /// An i32 broadcast to `n` lanes.
