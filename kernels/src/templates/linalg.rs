@@ -211,6 +211,9 @@ const QROWS: i64 = 16;
 /// measured 7% slower pp128 on the Xeon with the tile form, 512 KiB no faster).
 const QGROUP_BYTES: i64 = 256 * 1024;
 
+/// From this many rows on, a super-group's activations quantize in parallel.
+const QUANTIZE_PAR_ROWS: i64 = 8;
+
 /// Row quads per [`QDot`] statement (each weight block decoded once for them).
 const QUADS_PER_DOT: i64 = 2;
 
@@ -404,9 +407,18 @@ impl Lin {
                 "nr",
                 Expr::bin(BinOp::Min, rows.clone() - rg.clone(), Expr::i(sg)),
             );
-            kb.for_("r", 0, nr.clone(), LoopTag::Serial, |kb, r| {
-                self.quantize_row(kb, &(rg.clone() + r.clone()), &r, (xq, xd, xs));
-            });
+            // Many rows (prefill) quantize in parallel: serially they left the other
+            // threads waiting for 10% of a SmolLM2 prefill.
+            let quantize = |kb: &mut KernelBuilder, tag| {
+                kb.for_("r", 0, nr.clone(), tag, |kb, r| {
+                    self.quantize_row(kb, &(rg.clone() + r.clone()), &r, (xq, xd, xs));
+                });
+            };
+            kb.if_else(
+                nr.clone().ge(Expr::i(QUANTIZE_PAR_ROWS)),
+                |kb| quantize(kb, LoopTag::Parallel),
+                |kb| quantize(kb, LoopTag::Serial),
+            );
             self.int8_group(kb, &rg, &nr, fmt, (xq, xd, xs));
         });
     }
