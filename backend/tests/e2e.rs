@@ -86,10 +86,13 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         DType::IQ4XS,
     ];
     for d in formats {
-        let ks: &[usize] = if d.block_len() == 256 {
-            &[256, 512]
-        } else {
-            &[96, 128]
+        // The longest rows are taken in slices of blocks (33 blocks: 16 + 16 + 1;
+        // 40: 16 + 16 + 8).
+        let ks: &[usize] = match d {
+            DType::Q4_0 | DType::Q5_1 => &[1056, 128],
+            DType::Q4K => &[256, 1280],
+            _ if d.block_len() == 256 => &[256, 512],
+            _ => &[96, 128],
         };
         for &k in ks {
             // 48 rows: Q8_0/Q4_0/Q4_1 packed in tiles of 16 (direct decode for a row

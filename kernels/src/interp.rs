@@ -408,7 +408,8 @@ impl Machine<'_> {
         }
         for c in 0..lanes {
             for b in 0..u.blocks {
-                let (d, m, q) = self.weight_block(u.fmt, u.w, w0 + c * u.row_bytes, b, bufs)?;
+                let wb = u.first_block + b;
+                let (d, m, q) = self.weight_block(u.fmt, u.w, w0 + c * u.row_bytes, wb, bufs)?;
                 for (e, v) in q.iter().enumerate() {
                     let e = e as i64;
                     let at = ((b * 16 + e / 2) * lanes + c) * 2 + e % 2;
@@ -428,7 +429,7 @@ impl Machine<'_> {
         let lanes = QTile::LANES as i64;
         for b in 0..u.blocks {
             for c in 0..lanes {
-                let (d, m, q) = self.packed_block(u.fmt, u.w, w0, b, c, bufs)?;
+                let (d, m, q) = self.packed_block(u.fmt, u.w, w0, u.first_block + b, c, bufs)?;
                 for (e, v) in (0..32).zip(q) {
                     let at = ((b * 16 + e / 2) * lanes + c) * 2 + e % 2;
                     self.write(u.tile, at, V::I(v), bufs)?;
@@ -507,25 +508,42 @@ impl Machine<'_> {
     /// [`QTile`]: [`QDot`]'s arithmetic over the decoded tile.
     fn qtile(&mut self, t: &QTile, bufs: &mut [Vec<u8>]) -> R<()> {
         let lanes = QTile::LANES as i64;
+        let last = t.first_block + t.blocks == t.row_blocks;
+        let state = match &t.state {
+            Some((st, off)) => Some((*st, self.eval(off, bufs)?.0.i())),
+            None => None,
+        };
         for (i, (xe, se)) in t.x_blk.iter().zip(&t.x_sc).enumerate() {
             let x0 = self.eval(xe, bufs)?.0.i();
             let s0 = self.eval(se, bufs)?.0.i();
             let mut x = Vec::with_capacity(32 * t.blocks as usize);
             for e in 0..32 * t.blocks {
-                x.push(self.read(t.xq, (x0 * 32 + e) * 2, Ty::I16, bufs)?.i());
+                let at = ((x0 + t.first_block) * 32 + e) * 2;
+                x.push(self.read(t.xq, at, Ty::I16, bufs)?.i());
             }
+            let i = i as i64;
             for c in 0..lanes {
-                let acc = t.accs[i * QTile::LANES + c as usize];
-                let a = self.vars[acc.0 as usize]
-                    .ok_or_else(|| format!("variable %{} read before set", self.k.var(acc).name))?
-                    .f() as f32;
+                // The chains: from the state when an earlier slice ran.
+                let at = |h: i64| (4 * i + h) * lanes + c;
                 let mut ch = Chains::default();
+                if t.first_block > 0 {
+                    let (st, off) = state.ok_or("qtile: a later slice without a state")?;
+                    let mut v = [0f32; 4];
+                    for (h, v) in (0..4).zip(v.iter_mut()) {
+                        *v = self.read(st, (off + at(h)) * 4, Ty::F32, bufs)?.f() as f32;
+                    }
+                    ch = Chains {
+                        sum: [v[0], v[1]],
+                        min: [v[2], v[3]],
+                    };
+                }
                 for b in 0..t.blocks {
+                    let bg = t.first_block + b;
                     // The block's scale, minimum and quants: from the tile, or from
                     // the packed weight as it goes.
                     let (d, m, q) = if t.direct {
                         let w0 = self.eval(&t.w_off, bufs)?.0.i();
-                        self.packed_block(t.fmt, t.w, w0, b, c, bufs)?
+                        self.packed_block(t.fmt, t.w, w0, bg, c, bufs)?
                     } else {
                         let mut q = [0i64; 32];
                         for (e, v) in (0..32).zip(q.iter_mut()) {
@@ -541,7 +559,7 @@ impl Machine<'_> {
                     for (e, w) in q.iter().enumerate() {
                         dot += w * x[32 * b as usize + e];
                     }
-                    let sc = s0 + QDot::scale_offset(b);
+                    let sc = s0 + QDot::scale_offset(bg);
                     let xd = self.read(t.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
                     let min = if t.has_min {
                         let xs = self.read(t.xs, sc * 4, Ty::F32, bufs)?.f() as f32;
@@ -549,9 +567,21 @@ impl Machine<'_> {
                     } else {
                         None
                     };
-                    ch.block(b, dot, d * xd, min);
+                    ch.block(bg, dot, d * xd, min);
                 }
-                let tot = ch.total(t.blocks, t.has_min);
+                if !last {
+                    let (st, off) = state.ok_or("qtile: a slice without a state")?;
+                    let v = [ch.sum[0], ch.sum[1], ch.min[0], ch.min[1]];
+                    for (h, v) in (0..4).zip(v) {
+                        self.write(st, off + at(h), V::F(v as f64), bufs)?;
+                    }
+                    continue;
+                }
+                let acc = t.accs[(i * lanes + c) as usize];
+                let a = self.vars[acc.0 as usize]
+                    .ok_or_else(|| format!("variable %{} read before set", self.k.var(acc).name))?
+                    .f() as f32;
+                let tot = ch.total(t.row_blocks, t.has_min);
                 self.vars[acc.0 as usize] = Some(V::F((a + tot) as f64));
             }
         }

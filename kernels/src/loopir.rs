@@ -676,7 +676,9 @@ impl QDot {
 /// `tile[((b · 16 + e / 2) · 16 + c) · 2 + e mod 2]` (i16: a vector of a pair of
 /// quants per weight row, the weight rows in lanes), its scale `d` at
 /// `scales[(2 b) · 16 + c]` and its minimum `m` ([`QDot`]'s: stored, `-8 d`,
-/// `-16 d`, or 0) at `scales[(2 b + 1) · 16 + c]` (f32). When `packed`, the weight
+/// `-16 d`, or 0) at `scales[(2 b + 1) · 16 + c]` (f32), for tile blocks
+/// `b = 0..blocks`, which are the rows' blocks `first_block + b` (a slice of a long
+/// row, so the tile stays in L1). When `packed`, the weight
 /// is laid out as `templates::pack::Pack::Tile16` (Q8_0, Q4_0, Q4_1): the 16 rows'
 /// block `b` at byte `w_off + 16 b · block_bytes`, and `row_bytes` is unused.
 #[derive(Clone, Debug, PartialEq)]
@@ -691,7 +693,10 @@ pub struct QUnpack {
     pub row_bytes: i64,
     /// Whether the weight is in the `Tile16` layout (see above).
     pub packed: bool,
-    /// Blocks of 32 in a row.
+    /// The rows' block that tile block 0 holds (a multiple of the format's
+    /// sub-blocks).
+    pub first_block: i64,
+    /// Blocks of 32 decoded.
     pub blocks: i64,
     /// The quants (i16, `blocks · 512` elements).
     pub tile: BufId,
@@ -706,9 +711,18 @@ pub struct QUnpack {
 /// the trailing block's zero partner), so a row's result is the same whether a
 /// `QDot` or a `QTile` computed it. `fmt`, `w`, `w_off` and `row_bytes` name the
 /// weight rows the tile holds (the [`QUnpack`]'s): a backend without a tile form
-/// (no AVX2) computes the same products as one [`QDot`] per weight row instead,
-/// and its `QUnpack` does nothing, unless the weight is `packed` (then every
-/// backend reads the tile: a `QDot` cannot read the `Tile16` layout).
+/// (no AVX2) computes the same products as one [`QDot`] per weight row instead (the
+/// whole row, in the statement of its last slice), and its `QUnpack` does nothing,
+/// unless the weight is `packed` (then every backend reads the tile: a `QDot` cannot
+/// read the `Tile16` layout).
+///
+/// A long row may be taken in slices of blocks (`first_block`, `blocks`, of
+/// `row_blocks`): block `first_block + i` is tile block `i`, with its activation block
+/// and scale slot; a slice that starts after block 0 continues the chains from
+/// `state`, one that ends before the row's end keeps them there (and leaves `accs`
+/// alone), and only the last slice applies the trailing block's rule and adds to
+/// `accs`. `state` holds, for statement row `i`, chain `h` (E, O, ME, MO) and weight
+/// row `c`, one f32 at `state_off + (4 i + h) · 16 + c`. Slices start at even blocks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QTile {
     /// Weight block format.
@@ -727,8 +741,15 @@ pub struct QTile {
     pub direct: bool,
     /// Whether the minimum terms count (the format's [`QFmt::has_min`]).
     pub has_min: bool,
-    /// Blocks of 32 in a row.
+    /// The row's first block this statement takes (even).
+    pub first_block: i64,
+    /// Blocks of 32 this statement takes (the tile's).
     pub blocks: i64,
+    /// Blocks of 32 in the whole row.
+    pub row_blocks: i64,
+    /// The chains between slices: an f32 local and the offset of this statement's
+    /// (see above); needed unless the statement takes the whole row.
+    pub state: Option<(BufId, Expr)>,
     /// The decoded quants (i16; see [`QUnpack`]).
     pub tile: BufId,
     /// The decoded scales and minimums (f32).
@@ -1232,10 +1253,16 @@ impl Kernel {
                     if u.packed && !matches!(u.fmt, QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1) {
                         return Err(format!("qunpack: {:?} has no packed layout", u.fmt));
                     }
-                    if u.fmt.split_scales() || u.blocks < 0 || u.blocks % u.fmt.sub_blocks() != 0 {
+                    if u.fmt.split_scales()
+                        || u.blocks < 0
+                        || u.first_block < 0
+                        || u.blocks % u.fmt.sub_blocks() != 0
+                        || u.first_block % u.fmt.sub_blocks() != 0
+                    {
                         return Err(format!(
-                            "qunpack: {} blocks of {:?} (split-scale formats are not unpacked)",
-                            u.blocks, u.fmt
+                            "qunpack: {} blocks from {} of {:?} (whole sub-blocks; \
+                             split-scale formats are not unpacked)",
+                            u.blocks, u.first_block, u.fmt
                         ));
                     }
                     self.checked_buf(u.w, "qunpack reads")?;
@@ -1273,6 +1300,28 @@ impl Kernel {
                 }
                 Stmt::QTile(t) => {
                     self.check_tile(t.tile, t.scales, t.blocks, allocated, "qtile")?;
+                    let whole = t.first_block == 0 && t.blocks == t.row_blocks;
+                    if t.first_block < 0
+                        || t.first_block % 2 != 0
+                        || t.first_block + t.blocks > t.row_blocks
+                        || (t.first_block + t.blocks < t.row_blocks && t.blocks % 2 != 0)
+                        || (!whole && t.state.is_none())
+                        || (t.direct && !whole)
+                    {
+                        return Err(format!(
+                            "qtile: blocks {}..+{} of {} (slices start at even blocks, only \
+                             the last may be odd, and need a state; direct ones are whole)",
+                            t.first_block, t.blocks, t.row_blocks
+                        ));
+                    }
+                    if let Some((st, off)) = &t.state {
+                        self.check_expr(off, defined, allocated)?;
+                        self.index_ty(off)?;
+                        let buf = self.writable_buf(*st, "qtile keeps its chains in", allocated)?;
+                        if buf.ty != Ty::F32 {
+                            return Err(format!("qtile: state {} must be f32", buf.name));
+                        }
+                    }
                     self.check_expr(&t.w_off, defined, allocated)?;
                     self.index_ty(&t.w_off)?;
                     self.checked_buf(t.w, "qtile reads")?;
@@ -1392,6 +1441,9 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
                 visit_expr(&t.w_off, f);
                 for e in t.x_blk.iter().chain(&t.x_sc) {
                     visit_expr(e, f);
+                }
+                if let Some((_, off)) = &t.state {
+                    visit_expr(off, f);
                 }
             }
         }
@@ -1797,22 +1849,17 @@ impl Kernel {
                     )?;
                     self.fmt_expr(&u.w_off, f)?;
                     if u.packed {
-                        writeln!(f, ".. x{} packed rows, x{}])", QTile::LANES, u.blocks)?;
+                        write!(f, ".. x{} packed rows", QTile::LANES)?;
                     } else {
-                        writeln!(
-                            f,
-                            ".. x{} rows of {} bytes, x{}])",
-                            QTile::LANES,
-                            u.row_bytes,
-                            u.blocks
-                        )?;
+                        write!(f, ".. x{} rows of {} bytes", QTile::LANES, u.row_bytes)?;
                     }
+                    writeln!(f, ", blocks {}..+{}])", u.first_block, u.blocks)?;
                 }
                 Stmt::QTile(t) => {
                     let accs: Vec<String> = t.accs.iter().map(|a| self.vname(*a)).collect();
                     write!(
                         f,
-                        "{pad}{} += qtile{}({}, {}/{}/{} blocks x{} [",
+                        "{pad}{} += qtile{}({}, {}/{}/{} blocks {}..+{} of {} [",
                         accs.join(", "),
                         if t.has_min { ".min" } else { "" },
                         if t.direct {
@@ -1823,7 +1870,9 @@ impl Kernel {
                         self.bname(t.xq),
                         self.bname(t.xd),
                         self.bname(t.xs),
-                        t.blocks
+                        t.first_block,
+                        t.blocks,
+                        t.row_blocks
                     )?;
                     for (i, e) in t.x_blk.iter().enumerate() {
                         if i > 0 {
@@ -1837,6 +1886,10 @@ impl Kernel {
                             f.write_str(", ")?;
                         }
                         self.fmt_expr(e, f)?;
+                    }
+                    if let Some((st, off)) = &t.state {
+                        write!(f, "] state {}[", self.bname(*st))?;
+                        self.fmt_expr(off, f)?;
                     }
                     f.write_str("])\n")?;
                 }

@@ -235,6 +235,14 @@ fn tile_bytes(blocks: i64) -> i64 {
     QTile::tile_len(blocks) * 2 + QTile::scales_len(blocks) * 4
 }
 
+/// A decoded tile larger than this is taken in slices of [`SLICE_BLOCKS`] blocks
+/// (SmolLM2's down projection, 48 blocks, ran at half the others' rate with its
+/// 55 KiB tile outside L1).
+const TILE_L1_BYTES: i64 = 32 * 1024;
+
+/// Blocks per slice of a long row (18 KiB of tile; a multiple of the K-quants' 8).
+const SLICE_BLOCKS: i64 = 16;
+
 /// From this many rows on, a quantized linear dequantizes each weight tile once.
 const PACK_MIN_ROWS: i64 = 4;
 
@@ -565,13 +573,32 @@ impl Lin {
         let (xq, xd, xs) = q;
         let blocks = self.k / 32;
         let quad = QDot::QUAD as i64;
-        let tile = kb.local("wtile", Ty::I16, QTile::tile_len(blocks));
-        let scales = kb.local("wscales", Ty::F32, QTile::scales_len(blocks));
+        // Long rows in slices of blocks, so the tile stays in L1 while every row quad
+        // passes over it; the chains wait in `state` between slices.
+        let slices: Vec<(i64, i64)> = if tile_bytes(blocks) > TILE_L1_BYTES {
+            (0..blocks)
+                .step_by(SLICE_BLOCKS as usize)
+                .map(|b0| (b0, SLICE_BLOCKS.min(blocks - b0)))
+                .collect()
+        } else {
+            vec![(0, blocks)]
+        };
+        let most = slices.iter().map(|s| s.1).max().unwrap_or(blocks);
+        let tile = kb.local("wtile", Ty::I16, QTile::tile_len(most));
+        let scales = kb.local("wscales", Ty::F32, QTile::scales_len(most));
+        let state = (slices.len() > 1)
+            .then(|| kb.local("qstate", Ty::F32, QGROUP_MAX * 4 * QTile::LANES as i64));
         let row_bytes = fmt.row_bytes(blocks);
-        let run = |kb: &mut KernelBuilder, rows: Vec<(Expr, Expr)>, direct: bool| {
+        // One statement: rows (local row, scale slot) over slice (first block, blocks),
+        // stored when the slice is the row's last.
+        let run = |kb: &mut KernelBuilder,
+                   rows: Vec<(Expr, Expr)>,
+                   (b0, nb): (i64, i64),
+                   direct: bool| {
             let accs: Vec<VarId> = (0..rows.len() * QTile::LANES)
                 .map(|_| kb.let_mut("acc", fconst(0.0, Ty::F32)))
                 .collect();
+            let lr0 = rows[0].0.clone();
             kb.qtile(QTile {
                 fmt,
                 w: self.w,
@@ -580,7 +607,10 @@ impl Lin {
                 packed: self.tile16,
                 direct,
                 has_min: fmt.has_min(),
-                blocks,
+                first_block: b0,
+                blocks: nb,
+                row_blocks: blocks,
+                state: state.map(|st| (st, lr0 * (4 * QTile::LANES as i64))),
                 tile,
                 scales,
                 xq,
@@ -590,6 +620,9 @@ impl Lin {
                 x_sc: rows.iter().map(|(_, sc)| sc.clone()).collect(),
                 accs: accs.clone(),
             });
+            if b0 + nb < blocks {
+                return;
+            }
             for (i, (lr, _)) in rows.iter().enumerate() {
                 for c in 0..QTile::LANES {
                     let j = j0.clone() + c as i64;
@@ -598,26 +631,35 @@ impl Lin {
             }
         };
         let unpacked = |kb: &mut KernelBuilder| {
-            kb.qunpack(QUnpack {
-                fmt,
-                w: self.w,
-                w_off: j0.clone() * row_bytes,
-                row_bytes,
-                packed: self.tile16,
-                blocks,
-                tile,
-                scales,
-            });
             let quads = kb.let_("nq", Expr::bin(BinOp::Div, nr.clone(), Expr::i(quad)));
-            kb.for_("g", 0, quads.clone(), LoopTag::Serial, |kb, g| {
-                let lr = kb.let_("lr", g * quad);
-                let rows = self.statement_rows(kb, lr, quad);
-                run(kb, rows, false);
-            });
-            kb.for_("lr", quads * quad, nr.clone(), LoopTag::Serial, |kb, lr| {
-                let rows = self.statement_rows(kb, lr, 1);
-                run(kb, rows, false);
-            });
+            for &(b0, nb) in &slices {
+                kb.qunpack(QUnpack {
+                    fmt,
+                    w: self.w,
+                    w_off: j0.clone() * row_bytes,
+                    row_bytes,
+                    packed: self.tile16,
+                    first_block: b0,
+                    blocks: nb,
+                    tile,
+                    scales,
+                });
+                kb.for_("g", 0, quads.clone(), LoopTag::Serial, |kb, g| {
+                    let lr = kb.let_("lr", g * quad);
+                    let rows = self.statement_rows(kb, lr, quad);
+                    run(kb, rows, (b0, nb), false);
+                });
+                kb.for_(
+                    "lr",
+                    quads.clone() * quad,
+                    nr.clone(),
+                    LoopTag::Serial,
+                    |kb, lr| {
+                        let rows = self.statement_rows(kb, lr, 1);
+                        run(kb, rows, (b0, nb), false);
+                    },
+                );
+            }
         };
         if !self.tile16 {
             return unpacked(kb);
@@ -627,7 +669,7 @@ impl Lin {
         kb.if_else(nr.clone().ge(Expr::i(quad)), unpacked, |kb| {
             kb.for_("lr", 0, nr.clone(), LoopTag::Serial, |kb, lr| {
                 let rows = self.statement_rows(kb, lr, 1);
-                run(kb, rows, true);
+                run(kb, rows, (0, blocks), true);
             });
         });
     }

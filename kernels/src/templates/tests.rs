@@ -505,6 +505,14 @@ fn linear_float_and_quantized() {
             check_quant_linear(&x, rows, d, n, k, &wq, None);
         }
     }
+    // Rows long enough to be taken in slices of blocks (33 blocks: 16 + 16 + 1, the
+    // last slice odd), packed (n = 32) and as stored (n = 20), rows in quads and alone.
+    for (d, n) in [(DType::Q4_1, 32usize), (DType::Q8_0, 32), (DType::Q5_0, 20)] {
+        let (rows, k) = (9usize, 1056usize);
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let wq = quant_bytes(&mut r, d, n, k);
+        check_quant_linear(&x, rows, d, n, k, &wq, None);
+    }
     // Q4_K super-blocks (eight blocks of 32 each): decode rows, quads and octets,
     // several chunks of weight rows.
     for (rows, n, k) in [

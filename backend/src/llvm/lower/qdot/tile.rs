@@ -13,6 +13,14 @@ use inkwell::types::{BasicTypeEnum, VectorType};
 use inkwell::values::{BasicValue, IntValue, PointerValue, VectorValue};
 use llmc_kernels::{QDot, QTile, QUnpack};
 
+/// Where a [`QTile`] reads besides its tile: the packed weight and its row offset
+/// (direct), and the chains' state local and this statement's offset in it (slices).
+#[derive(Clone, Copy)]
+struct TileSrc<'ctx> {
+    wsrc: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+    state: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+}
+
 /// Weight rows per tile.
 const LANES: u32 = QTile::LANES as u32;
 
@@ -83,12 +91,15 @@ impl<'ctx> Lowering<'ctx, '_> {
             f.b.build_int_mul(lp.index, self.tc(per), "blk")
                 .map_err(llvm_err)?;
         for p in 0..per {
-            let blk = f.b.build_int_add(blk0, self.tc(p), "").map_err(llvm_err)?;
-            self.unpack_block(f, u, (w, tile, scales), w_off, blk, p % 2 == 1)?;
+            let tblk = f.b.build_int_add(blk0, self.tc(p), "").map_err(llvm_err)?;
+            let blk =
+                f.b.build_int_add(tblk, self.tc(u.first_block), "")
+                    .map_err(llvm_err)?;
+            self.unpack_block(f, u, (w, tile, scales), w_off, (blk, tblk), p % 2 == 1)?;
         }
         self.close_loop(f, &lp)?;
         for b in trips * per..u.blocks {
-            let blk = self.tc(b);
+            let blk = (self.tc(u.first_block + b), self.tc(b));
             self.unpack_block(f, u, (w, tile, scales), w_off, blk, b % 2 == 1)?;
         }
         Ok(())
@@ -116,7 +127,10 @@ impl<'ctx> Lowering<'ctx, '_> {
         let lp = self.counted_loop(f, "qunpack", "qub", u.blocks as u64)?;
         let blk = lp.index;
         let b = &f.b;
-        let g = b.build_int_mul(blk, self.tc(lanes * bb), "").map_err(e)?;
+        let wblk = b
+            .build_int_add(blk, self.tc(u.first_block), "")
+            .map_err(e)?;
+        let g = b.build_int_mul(wblk, self.tc(lanes * bb), "").map_err(e)?;
         let g = b.build_int_add(w_off, g, "").map_err(e)?;
         // The weights are streamed once: every cache line of the block group is asked
         // for QDOT_PREFETCH bytes ahead (a prefetch never faults, past the end too).
@@ -179,14 +193,14 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(())
     }
 
-    /// Block `blk` of [`Self::qunpack`]'s 16 rows into the tile.
+    /// The rows' block `blk` of [`Self::qunpack`]'s 16 rows into tile block `tblk`.
     fn unpack_block(
         &self,
         f: &Frame<'ctx>,
         u: &QUnpack,
         (w, tile, scales): (PointerValue<'ctx>, PointerValue<'ctx>, PointerValue<'ctx>),
         w_off: IntValue<'ctx>,
-        blk: IntValue<'ctx>,
+        (blk, tblk): (IntValue<'ctx>, IntValue<'ctx>),
         odd: bool,
     ) -> R<()> {
         let it = self.it;
@@ -238,7 +252,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
         }
         let base =
-            f.b.build_int_mul(blk, self.tc(BLOCK_TILE_BYTES), "")
+            f.b.build_int_mul(tblk, self.tc(BLOCK_TILE_BYTES), "")
                 .map_err(e)?;
         for (p, v) in rows.iter().enumerate() {
             let at =
@@ -247,7 +261,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             self.tile_store(f, tile, at, *v)?;
         }
         let sb =
-            f.b.build_int_mul(blk, self.tc(BLOCK_SCALE_BYTES), "")
+            f.b.build_int_mul(tblk, self.tc(BLOCK_SCALE_BYTES), "")
                 .map_err(e)?;
         self.tile_store(f, scales, sb, ds)?;
         let mb = f.b.build_int_add(sb, self.tc(64), "").map_err(e)?;
@@ -258,16 +272,20 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// Emits [`QTile`]: 16 lanes at once with AVX-512 (every row in one pass), else 8
     /// lanes and two rows per pass (AVX2's 16 registers).
     pub(in super::super) fn qtile(&mut self, f: &mut Frame<'ctx>, t: &QTile) -> R<()> {
+        let last = t.first_block + t.blocks == t.row_blocks;
         if !self.target.avx2() && !t.packed {
             // The portable QDot keeps lane-wise partial sums (other rounding than
             // QTile's): one QDot per weight row keeps a row's result independent of
-            // its batch there too.
+            // its batch there too (the whole row, in the last slice's statement).
+            if !last {
+                return Ok(());
+            }
             for c in 0..QTile::LANES {
                 let q = QDot {
                     fmt: t.fmt,
                     w: t.w,
                     w_off: t.w_off.clone() + (c as i64 * t.row_bytes),
-                    blocks: t.blocks,
+                    blocks: t.row_blocks,
                     xq: t.xq,
                     xd: t.xd,
                     xs: t.xs,
@@ -300,10 +318,18 @@ impl<'ctx> Lowering<'ctx, '_> {
         } else {
             None
         };
+        let state = match &t.state {
+            Some((st, off)) => {
+                let off = self.expr(f, off)?.0.into_int_value();
+                Some((self.tile_buf(f, *st)?, off))
+            }
+            None => None,
+        };
+        let src = TileSrc { wsrc, state };
         for c0 in (0..LANES).step_by(lanes as usize) {
             let idx: Vec<usize> = (0..rows.len()).collect();
             for chunk in idx.chunks(per_pass) {
-                self.qtile_pass(f, t, wsrc, &rows, chunk, c0, lanes)?;
+                self.qtile_pass(f, t, src, &rows, chunk, c0, lanes)?;
             }
         }
         Ok(())
@@ -315,7 +341,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         &mut self,
         f: &mut Frame<'ctx>,
         t: &QTile,
-        wsrc: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+        src: TileSrc<'ctx>,
         rows: &[(IntValue<'ctx>, IntValue<'ctx>)],
         which: &[usize],
         c0: u32,
@@ -328,13 +354,38 @@ impl<'ctx> Lowering<'ctx, '_> {
             .iter()
             .map(|b| self.tile_buf(f, *b))
             .collect::<R<Vec<_>>>()?;
-        // Per row: the even and odd block chains and the same for the minimum terms.
+        let wsrc = src.wsrc;
+        let last = t.first_block + t.blocks == t.row_blocks;
+        // Element offset in the state of chain `h` of statement row `i`, lanes c0...
+        let state_at = |f: &Frame<'ctx>, i: usize, h: usize| -> R<PointerValue<'ctx>> {
+            let (st, off) = src
+                .state
+                .ok_or_else(|| llvm_err("qtile slice without a state"))?;
+            let k = self.tc(((4 * i + h) * LANES as usize + c0 as usize) as i64);
+            let at = f.b.build_int_add(off, k, "").map_err(e)?;
+            let at = f.b.build_int_mul(at, self.tc(4), "").map_err(e)?;
+            // SAFETY: the state local holds every statement row's chains (checked
+            // against the same layout by the loop-IR interpreter in tests).
+            unsafe { f.b.build_gep(it.i8, st, &[at], "") }.map_err(e)
+        };
+        // Per row: the even and odd block chains and the same for the minimum terms,
+        // from zero or where the previous slice left them.
         let mut chains = Vec::new();
-        for _ in which {
+        for &i in which {
             let mut four = [None; 4];
-            for c in four.iter_mut() {
+            for (h, c) in four.iter_mut().enumerate() {
                 let a = f.allocas.build_alloca(vf, "qtacc").map_err(e)?;
-                f.b.build_store(a, vf.const_zero()).map_err(e)?;
+                let v = if t.first_block > 0 {
+                    let p = state_at(f, i, h)?;
+                    let v = f.b.build_load(vf, p, "").map_err(e)?;
+                    if let Some(ins) = v.as_instruction_value() {
+                        ins.set_alignment(4).map_err(llvm_err)?;
+                    }
+                    v
+                } else {
+                    vf.const_zero().into()
+                };
+                f.b.build_store(a, v).map_err(e)?;
                 *c = Some(a);
             }
             chains.push(four.map(|c| c.expect("set above")));
@@ -344,19 +395,35 @@ impl<'ctx> Lowering<'ctx, '_> {
         let lp = self.counted_loop(f, "qtile", "qtb", trips as u64)?;
         let blk0 = f.b.build_int_mul(lp.index, self.tc(2), "").map_err(e)?;
         for h in 0..2 {
-            let blk = f.b.build_int_add(blk0, self.tc(h), "").map_err(e)?;
-            self.qtile_block(f, t, wsrc, &bufs, &sel, blk, c0, lanes, h as usize, &chains)?;
+            let tblk = f.b.build_int_add(blk0, self.tc(h), "").map_err(e)?;
+            let blk =
+                f.b.build_int_add(tblk, self.tc(t.first_block), "")
+                    .map_err(e)?;
+            let at = (blk, tblk);
+            self.qtile_block(f, t, wsrc, &bufs, &sel, at, c0, lanes, h as usize, &chains)?;
         }
         self.close_loop(f, &lp)?;
         if t.blocks % 2 == 1 {
-            let blk = self.tc(t.blocks - 1);
-            self.qtile_block(f, t, wsrc, &bufs, &sel, blk, c0, lanes, 0, &chains)?;
+            let at = (self.tc(t.row_blocks - 1), self.tc(t.blocks - 1));
+            self.qtile_block(f, t, wsrc, &bufs, &sel, at, c0, lanes, 0, &chains)?;
             // The odd chains take the trailing block's zero partner, as in QDot.
             for ch in &chains {
                 for slot in [ch[1], ch[3]] {
                     self.fma_into(f, vf.const_zero(), vf.const_zero(), slot)?;
                 }
             }
+        }
+        if !last {
+            // The chains wait for the next slice.
+            for (r, &i) in which.iter().enumerate() {
+                for (h, &slot) in chains[r].iter().enumerate() {
+                    let v = f.b.build_load(vf, slot, "").map_err(e)?;
+                    let p = state_at(f, i, h)?;
+                    let st = f.b.build_store(p, v).map_err(e)?;
+                    st.set_alignment(4).map_err(llvm_err)?;
+                }
+            }
+            return Ok(());
         }
         // acc += (E + O) + (ME + MO) per row and lane.
         for (r, &i) in which.iter().enumerate() {
@@ -388,7 +455,8 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(())
     }
 
-    /// Block `blk` of a [`Self::qtile_pass`] into chain `h` (0 even, 1 odd) of every row.
+    /// The row's block `blk` (tile block `tblk`) of a [`Self::qtile_pass`] into chain
+    /// `h` (0 even, 1 odd) of every row.
     #[allow(clippy::too_many_arguments)]
     fn qtile_block(
         &self,
@@ -397,7 +465,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         wsrc: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
         bufs: &[PointerValue<'ctx>],
         rows: &[(IntValue<'ctx>, IntValue<'ctx>)],
-        blk: IntValue<'ctx>,
+        (blk, tblk): (IntValue<'ctx>, IntValue<'ctx>),
         c0: u32,
         lanes: u32,
         h: usize,
@@ -411,7 +479,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let vf = it.f32.vec_type(lanes);
         let b = &f.b;
         let tb = b
-            .build_int_mul(blk, self.tc(BLOCK_TILE_BYTES), "")
+            .build_int_mul(tblk, self.tc(BLOCK_TILE_BYTES), "")
             .map_err(e)?;
         let tb = b.build_int_add(tb, self.tc(c0 as i64 * 4), "").map_err(e)?;
         // Byte offset of each row's block `blk` in xq.
@@ -443,7 +511,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
         }
         let sb =
-            f.b.build_int_mul(blk, self.tc(BLOCK_SCALE_BYTES), "")
+            f.b.build_int_mul(tblk, self.tc(BLOCK_SCALE_BYTES), "")
                 .map_err(e)?;
         let sb =
             f.b.build_int_add(sb, self.tc(c0 as i64 * 4), "")
