@@ -443,7 +443,8 @@ impl Machine<'_> {
     }
 
     /// Row `c`'s block `b` of the 16 rows at `w0` in the `Tile16` layout: scale,
-    /// minimum ([`QDot`]'s: stored, `-8 d` or 0) and quants in activation order.
+    /// minimum ([`QDot`]'s: stored, `-8 d`, `-16 d` or 0) and quants in activation
+    /// order.
     fn packed_block(
         &mut self,
         fmt: QFmt,
@@ -458,10 +459,13 @@ impl Machine<'_> {
             QFmt::Q8_0 => DType::Q8_0,
             QFmt::Q4_0 => DType::Q4_0,
             QFmt::Q4_1 => DType::Q4_1,
+            QFmt::Q5_0 => DType::Q5_0,
+            QFmt::Q5_1 => DType::Q5_1,
             f => return Err(format!("{f:?} has no packed layout")),
         };
         let g = w0 + b * lanes * fmt.block_bytes();
-        let qs = g + if fmt.stored_min() { 4 } else { 2 } * lanes;
+        let (qs, masks) = crate::templates::pack::tile16_offsets(dt);
+        let (qs, masks) = (g + qs as i64, g + masks as i64);
         let d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
         let m = if fmt.stored_min() {
             self.read(w, g + 2 * (lanes + c), Ty::F16, bufs)?.f() as f32
@@ -475,10 +479,13 @@ impl Machine<'_> {
                 self.read(w, qs + at as i64, Ty::I8, bufs)?.i()
             } else {
                 let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
-                if high {
-                    byte >> 4
+                let nib = if high { byte >> 4 } else { byte & 15 };
+                if fmt.qh_offset().is_some() {
+                    let (word, bit) = crate::templates::pack::tile16_fifth(c as usize, e);
+                    let mask = self.read(w, masks + 4 * word as i64, Ty::U32, bufs)?.i();
+                    nib | ((mask >> bit) & 1) << 4
                 } else {
-                    byte & 15
+                    nib
                 }
             };
         }

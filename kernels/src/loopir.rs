@@ -584,6 +584,15 @@ impl QFmt {
         }
     }
 
+    /// Whether weights of the format can be packed in tiles of 16 rows
+    /// (`templates::pack::Pack::Tile16`).
+    pub fn tile16(self) -> bool {
+        matches!(
+            self,
+            QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1 | QFmt::Q5_0 | QFmt::Q5_1
+        )
+    }
+
     /// Whether the format is Q4_K or Q5_K (six-bit scales and minimums per block).
     pub fn k_scales(self) -> bool {
         matches!(self, QFmt::Q4K | QFmt::Q5K)
@@ -679,7 +688,7 @@ impl QDot {
 /// `-16 d`, or 0) at `scales[(2 b + 1) · 16 + c]` (f32), for tile blocks
 /// `b = 0..blocks`, which are the rows' blocks `first_block + b` (a slice of a long
 /// row, so the tile stays in L1). When `packed`, the weight
-/// is laid out as `templates::pack::Pack::Tile16` (Q8_0, Q4_0, Q4_1): the 16 rows'
+/// is laid out as `templates::pack::Pack::Tile16` ([`QFmt::tile16`]): the 16 rows'
 /// block `b` at byte `w_off + 16 b · block_bytes`, and `row_bytes` is unused.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QUnpack {
@@ -1250,7 +1259,7 @@ impl Kernel {
                 Stmt::QUnpack(u) => {
                     self.check_expr(&u.w_off, defined, allocated)?;
                     self.index_ty(&u.w_off)?;
-                    if u.packed && !matches!(u.fmt, QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1) {
+                    if u.packed && !u.fmt.tile16() {
                         return Err(format!("qunpack: {:?} has no packed layout", u.fmt));
                     }
                     if u.fmt.split_scales()
@@ -1328,12 +1337,10 @@ impl Kernel {
                     if t.has_min != t.fmt.has_min() {
                         return Err(format!("qtile: has_min differs from {:?}'s", t.fmt));
                     }
-                    if (t.direct && !t.packed)
-                        || (t.packed && !matches!(t.fmt, QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1))
-                    {
+                    if (t.direct && !t.packed) || (t.packed && !t.fmt.tile16()) {
                         return Err(format!(
-                            "qtile: {:?} packed {} direct {}: only packed Q8_0/Q4_0/Q4_1 \
-                             weights are read directly",
+                            "qtile: {:?} packed {} direct {}: only Tile16 formats are \
+                             packed, and only packed weights are read directly",
                             t.fmt, t.packed, t.direct
                         ));
                     }

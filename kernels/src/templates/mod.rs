@@ -568,20 +568,43 @@ pub(crate) fn dequant_tile16(buf: BufId, dtype: DType, group: Expr, c: Expr, j: 
     let d = f16(group.clone() + c.clone() * 2);
     // Byte of quant j in the chunk order of pack::tile16_quant.
     let lane = c.clone() * 2 + j.clone() % 2;
-    let qs = group.clone() + if dtype == DType::Q4_1 { 4 } else { 2 } * lanes;
+    let (qs, masks) = pack::tile16_offsets(dtype);
+    let qs = group.clone() + qs as i64;
     if dtype == DType::Q8_0 {
         let q = Expr::LoadRaw(buf, Box::new(qs + j / 2 * 32 + lane), Ty::I8).cast(Ty::F32);
         return Expr::bin(Mul, d, q);
     }
-    let b = Expr::LoadRaw(buf, Box::new(qs + j.clone() % 16 / 2 * 32 + lane), Ty::U8);
+    let b = Expr::LoadRaw(
+        buf,
+        Box::new(qs + j.clone() % 16 / 2 * 32 + lane.clone()),
+        Ty::U8,
+    );
     let lo = Expr::bin(And, b.clone(), Expr::Int(15, Ty::U8));
     let hi = Expr::bin(Shr, b, Expr::Int(4, Ty::U8));
-    let q = Expr::select(j.lt(Expr::i(16)), lo, hi).cast(Ty::F32);
-    if dtype == DType::Q4_0 {
-        return Expr::bin(Mul, Expr::bin(Sub, q, Expr::f(8.0, Ty::F32)), d);
+    let mut q = Expr::select(j.clone().lt(Expr::i(16)), lo, hi).cast(Ty::F32);
+    if matches!(dtype, DType::Q5_0 | DType::Q5_1) {
+        // Bit `lane` of pair j / 2's mask (pack::tile16_fifth): byte lane / 8.
+        let at = group.clone() + masks as i64 + j / 2 * 4 + lane.clone() / 8;
+        let byte = Expr::LoadRaw(buf, Box::new(at), Ty::U8);
+        let bit = Expr::bin(
+            And,
+            Expr::bin(Shr, byte, (lane % 8).cast(Ty::U8)),
+            Expr::Int(1, Ty::U8),
+        );
+        q = Expr::bin(
+            Add,
+            q,
+            Expr::bin(Mul, bit.cast(Ty::F32), Expr::f(16.0, Ty::F32)),
+        );
     }
-    let m = f16(group + (c + lanes) * 2);
-    Expr::bin(Add, Expr::bin(Mul, q, d), m)
+    match dtype {
+        DType::Q4_0 => Expr::bin(Mul, Expr::bin(Sub, q, Expr::f(8.0, Ty::F32)), d),
+        DType::Q5_0 => Expr::bin(Mul, Expr::bin(Sub, q, Expr::f(16.0, Ty::F32)), d),
+        _ => {
+            let m = f16(group + (c + lanes) * 2);
+            Expr::bin(Add, Expr::bin(Mul, q, d), m)
+        }
+    }
 }
 
 /// The f32 value of element `j` (0..256) of the Q4_K (Q5_K when `five`) super-block at

@@ -3,12 +3,14 @@
 //! best; the planner rewrites the weight once into the data section. The layout and
 //! the kernel that reads it are defined side by side: this module and `linalg`.
 //!
-//! `Tile16` (GGUF Q8_0, Q4_0, Q4_1): groups of [`QTile::LANES`] consecutive rows, and
-//! in each group block by block: the 16 rows' f16 scales, the 16 rows' f16 minimums
-//! (Q4_1 only), then the quants in the order of the tile a `QUnpack` fills (pairs of
-//! quants with the rows in lanes; see [`tile16_quant`]). Unpacking is then a widening
-//! load, a mask and a shift per pair of tile vectors, with no transpose. The size is
-//! unchanged.
+//! `Tile16` (GGUF Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): groups of [`QTile::LANES`]
+//! consecutive rows, and in each group block by block: the 16 rows' f16 scales, the
+//! 16 rows' f16 minimums (Q4_1, Q5_1), the fifth bits (Q5_0, Q5_1: per pair of quants
+//! one u32 whose bit `i` belongs to lane `i` of the tile vector; see [`tile16_fifth`]),
+//! then the quants in the order of the tile a `QUnpack` fills (pairs of quants with
+//! the rows in lanes; see [`tile16_quant`]). Unpacking is then a widening load, a mask
+//! and a shift per pair of tile vectors (and a masked or for the fifth bits), with no
+//! transpose. The size is unchanged.
 
 use crate::QTile;
 use llmc_ir::DType;
@@ -38,14 +40,37 @@ pub struct OperandPack {
     pub pack: Pack,
 }
 
-/// (quant bytes, has minimums) of a block format [`Pack::Tile16`] knows.
-fn parts(d: DType) -> Option<(usize, bool)> {
+/// (quant bytes, has minimums, has fifth bits) of a block format [`Pack::Tile16`]
+/// knows.
+fn parts(d: DType) -> Option<(usize, bool, bool)> {
     match d {
-        DType::Q8_0 => Some((32, false)),
-        DType::Q4_0 => Some((16, false)),
-        DType::Q4_1 => Some((16, true)),
+        DType::Q8_0 => Some((32, false, false)),
+        DType::Q4_0 => Some((16, false, false)),
+        DType::Q4_1 => Some((16, true, false)),
+        DType::Q5_0 => Some((16, false, true)),
+        DType::Q5_1 => Some((16, true, true)),
         _ => None,
     }
+}
+
+/// Byte offset of the quants in a [`Pack::Tile16`] group's block (after the scales,
+/// minimums and fifth bits), and of the fifth bits' masks.
+pub fn tile16_offsets(d: DType) -> (usize, usize) {
+    let lanes = QTile::LANES;
+    let (_, has_min, _) = parts(d).unwrap_or((0, false, false));
+    let masks = 2 * lanes * if has_min { 2 } else { 1 };
+    let fifth = if matches!(d, DType::Q5_0 | DType::Q5_1) {
+        64
+    } else {
+        0
+    };
+    (masks + fifth, masks)
+}
+
+/// Where [`Pack::Tile16`] keeps the fifth bit of quant `e` of row `c` (Q5_0, Q5_1):
+/// the index of its u32 mask (the pair, `e / 2`) and the bit (its tile lane).
+pub fn tile16_fifth(c: usize, e: usize) -> (usize, u32) {
+    (e / 2, (2 * c + e % 2) as u32)
 }
 
 /// Whether [`Pack::Tile16`] can lay out a `[rows, k]` weight of dtype `d`.
@@ -72,7 +97,7 @@ pub fn tile16_quant(d: DType, c: usize, e: usize) -> (usize, bool) {
 pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     match pack {
         Pack::Tile16 => {
-            let (qn, has_min) =
+            let (qn, has_min, fifth) =
                 parts(d).ok_or_else(|| format!("{d} cannot be packed in tiles of 16 rows"))?;
             let (bl, bb) = (d.block_len(), d.block_bytes());
             let lanes = QTile::LANES;
@@ -86,7 +111,12 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
                 return Err(format!("{} bytes for [{rows}, {k}] {d}", bytes.len()));
             }
             let mut out = Vec::with_capacity(bytes.len());
-            let qs_at = if has_min { 4 } else { 2 };
+            let qs_at = match d {
+                DType::Q5_0 => 6,
+                DType::Q5_1 => 8,
+                DType::Q4_1 => 4,
+                _ => 2,
+            };
             for g in 0..rows / lanes {
                 for b in 0..blocks {
                     let block = |r: usize| {
@@ -101,10 +131,21 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
                             out.extend_from_slice(&block(r)[2..4]);
                         }
                     }
+                    let m0 = out.len();
+                    if fifth {
+                        out.resize(m0 + 64, 0);
+                    }
                     let q0 = out.len();
                     out.resize(q0 + lanes * qn, 0);
                     for r in 0..lanes {
-                        let qs = &block(r)[qs_at..];
+                        let blk = block(r);
+                        let qs = &blk[qs_at..];
+                        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                        let qh = if has_min {
+                            u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]])
+                        } else {
+                            qh
+                        };
                         for e in 0..32 {
                             let q = if d == DType::Q8_0 {
                                 qs[e]
@@ -113,6 +154,10 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
                             };
                             let (at, high) = tile16_quant(d, r, e);
                             out[q0 + at] |= if high { q << 4 } else { q };
+                            if fifth && (qh >> e) & 1 == 1 {
+                                let (word, bit) = tile16_fifth(r, e);
+                                out[m0 + 4 * word + bit as usize / 8] |= 1 << (bit % 8);
+                            }
                         }
                     }
                 }
@@ -172,6 +217,22 @@ mod tests {
             .collect();
         let p = pack(Pack::Tile16, DType::Q8_0, 16, 32, &q8).unwrap();
         assert_eq!(p[32 + 32 * 3 + 2 * 7 + 1], 7 * 32 + 7);
+        // Q5_0: quant e of row r has its fifth bit set when e is odd; row r's nibbles
+        // are r.
+        let q5: Vec<u8> = (0..16u8)
+            .flat_map(|r| {
+                [2u8, 0, 0xaa, 0xaa, 0xaa, 0xaa]
+                    .into_iter()
+                    .chain(std::iter::repeat_n(r | (r << 4), 16))
+            })
+            .collect();
+        let p = pack(Pack::Tile16, DType::Q5_0, 16, 32, &q5).unwrap();
+        assert_eq!(p.len(), q5.len());
+        assert_eq!(tile16_offsets(DType::Q5_0), (96, 32));
+        // Pair 3's mask: lanes 2c + 1 (the odd quants) set.
+        let mask = u32::from_le_bytes([p[32 + 12], p[33 + 12], p[34 + 12], p[35 + 12]]);
+        assert_eq!(mask, 0xaaaa_aaaa);
+        assert_eq!(p[96 + 32 + 2 * 6] & 15, 6);
         assert!(pack(Pack::Tile16, DType::Q4_1, 8, 32, &bytes[..160]).is_err());
         assert!(pack(Pack::Tile16, DType::F32, 16, 32, &bytes).is_err());
     }

@@ -527,7 +527,13 @@ fn linear_float_and_quantized() {
     }
     // Tables of whole groups of 16 rows are read in the packed tile layout the
     // quantized linear shares (a tied embedding stored once): the same values, exactly.
-    for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+    for d in [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+    ] {
         let wq = quant_bytes(&mut r, d, 32, 64);
         let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 4], vec![17, 0, 31, -1]);
         let text = check_args(

@@ -13,6 +13,23 @@ use inkwell::types::{BasicTypeEnum, VectorType};
 use inkwell::values::{BasicValue, IntValue, PointerValue, VectorValue};
 use llmc_kernels::{QDot, QTile, QUnpack};
 
+/// Byte offsets of the quants and of the fifth bits' masks in a `Tile16` block
+/// group of `fmt`.
+fn tile16_offsets(fmt: llmc_kernels::QFmt) -> R<(i64, i64)> {
+    use llmc_ir::DType;
+    use llmc_kernels::QFmt;
+    let d = match fmt {
+        QFmt::Q8_0 => DType::Q8_0,
+        QFmt::Q4_0 => DType::Q4_0,
+        QFmt::Q4_1 => DType::Q4_1,
+        QFmt::Q5_0 => DType::Q5_0,
+        QFmt::Q5_1 => DType::Q5_1,
+        f => return Err(llvm_err(format!("{f:?} has no Tile16 layout"))),
+    };
+    let (qs, masks) = llmc_kernels::templates::pack::tile16_offsets(d);
+    Ok((qs as i64, masks as i64))
+}
+
 /// Where a [`QTile`] reads besides its tile: the packed weight and its row offset
 /// (direct), and the chains' state local and this statement's offset in it (slices).
 #[derive(Clone, Copy)]
@@ -164,7 +181,8 @@ impl<'ctx> Lowering<'ctx, '_> {
         self.tile_store(f, scales, sb, d)?;
         let mb = f.b.build_int_add(sb, self.tc(64), "").map_err(e)?;
         self.tile_store(f, scales, mb, m)?;
-        let qs = if u.fmt.stored_min() { 4 } else { 2 } * lanes;
+        let (qs, masks) = tile16_offsets(u.fmt)?;
+        let masks = f.b.build_int_add(g, self.tc(masks), "qh").map_err(e)?;
         let qs = f.b.build_int_add(g, self.tc(qs), "qs").map_err(e)?;
         let tb =
             f.b.build_int_mul(blk, self.tc(BLOCK_TILE_BYTES), "")
@@ -183,6 +201,8 @@ impl<'ctx> Lowering<'ctx, '_> {
             let v = b.build_int_z_extend(raw, v32w, "").map_err(e)?;
             let lo = b.build_and(v, splat(15), "lo").map_err(e)?;
             let hi = b.build_right_shift(v, splat(4), false, "hi").map_err(e)?;
+            let lo = self.tile16_fifth(f, u.fmt, w, masks, c, 0, LANES, lo)?;
+            let hi = self.tile16_fifth(f, u.fmt, w, masks, c + 8, 0, LANES, hi)?;
             self.tile_store(f, tile, out, lo)?;
             let out =
                 f.b.build_int_add(tb, self.tc(64 * (c + 8)), "")
@@ -622,8 +642,11 @@ impl<'ctx> Lowering<'ctx, '_> {
         } else {
             None
         };
-        let qs = if t.fmt.stored_min() { 4 } else { 2 } * LANES as i64 + 2 * c0 as i64;
-        let qs = f.b.build_int_add(g, self.tc(qs), "qs").map_err(e)?;
+        let (qs, masks) = tile16_offsets(t.fmt)?;
+        let masks = f.b.build_int_add(g, self.tc(masks), "qh").map_err(e)?;
+        let qs =
+            f.b.build_int_add(g, self.tc(qs + 2 * c0 as i64), "qs")
+                .map_err(e)?;
         let vb = it.i8.vec_type(2 * lanes);
         let vw = it.i16.vec_type(2 * lanes);
         let splat = |k: u64| {
@@ -646,11 +669,56 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let raw = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
                 let b = &f.b;
                 let v = b.build_int_z_extend(raw, vw, "").map_err(e)?;
-                out[p] = b.build_and(v, splat(15), "lo").map_err(e)?;
-                out[p + 8] = b.build_right_shift(v, splat(4), false, "hi").map_err(e)?;
+                let lo = b.build_and(v, splat(15), "lo").map_err(e)?;
+                let hi = b.build_right_shift(v, splat(4), false, "hi").map_err(e)?;
+                out[p] = self.tile16_fifth(f, t.fmt, w, masks, p as i64, c0, lanes, lo)?;
+                out[p + 8] = self.tile16_fifth(f, t.fmt, w, masks, p as i64 + 8, c0, lanes, hi)?;
             }
         }
         Ok((out, d, m))
+    }
+
+    /// Q5_0/Q5_1 (`fmt`): tile vector `v` of pair `p` (lanes of weight rows
+    /// `c0..c0 + lanes`) with the fifth bits of the `Tile16` mask of pair `p` (the u32
+    /// at byte `masks + 4 p` of `w`) or-ed in as 16; other formats: `v`.
+    #[allow(clippy::too_many_arguments)]
+    fn tile16_fifth(
+        &self,
+        f: &Frame<'ctx>,
+        fmt: llmc_kernels::QFmt,
+        w: PointerValue<'ctx>,
+        masks: IntValue<'ctx>,
+        p: i64,
+        c0: u32,
+        lanes: u32,
+        v: VectorValue<'ctx>,
+    ) -> R<VectorValue<'ctx>> {
+        if fmt.qh_offset().is_none() {
+            return Ok(v);
+        }
+        let it = self.it;
+        let e = llvm_err;
+        let at = f.b.build_int_add(masks, self.tc(4 * p), "").map_err(e)?;
+        let bits = self.qdot_load(f, it.i32.into(), w, at)?.into_int_value();
+        let b = &f.b;
+        let bits = b
+            .build_right_shift(bits, it.i32.const_int(2 * c0 as u64, false), false, "")
+            .map_err(e)?;
+        let n = 2 * lanes;
+        let bits = b
+            .build_int_truncate_or_bit_cast(bits, if n == 32 { it.i32 } else { it.i16 }, "")
+            .map_err(e)?;
+        let mask = b
+            .build_bit_cast(bits, it.i1.vec_type(n), "")
+            .map_err(e)?
+            .into_vector_value();
+        let vw = it.i16.vec_type(n);
+        let sixteen = VectorType::const_vector(&vec![it.i16.const_int(16, false); n as usize]);
+        let add = b
+            .build_select(mask, sixteen, vw.const_zero(), "")
+            .map_err(e)?
+            .into_vector_value();
+        b.build_or(v, add, "q5").map_err(e)
     }
 
     /// An i32 broadcast to `n` lanes.
