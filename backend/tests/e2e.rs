@@ -90,7 +90,7 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         // 40: 16 + 16 + 8).
         let ks: &[usize] = match d {
             DType::Q4_0 | DType::Q5_1 => &[1056, 128],
-            DType::Q4K => &[256, 1280],
+            DType::Q4K => &[1280, 256],
             _ if d.block_len() == 256 => &[256, 512],
             _ => &[96, 128],
         };

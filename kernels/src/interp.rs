@@ -461,6 +461,7 @@ impl Machine<'_> {
             QFmt::Q4_1 => DType::Q4_1,
             QFmt::Q5_0 => DType::Q5_0,
             QFmt::Q5_1 => DType::Q5_1,
+            QFmt::Q4K => return self.packed_q4k(w, w0, b, c, bufs),
             f => return Err(format!("{f:?} has no packed layout")),
         };
         let g = w0 + b * lanes * fmt.block_bytes();
@@ -490,6 +491,36 @@ impl Machine<'_> {
             };
         }
         Ok((d, m, q))
+    }
+
+    /// [`Self::packed_block`] for Q4_K (`templates::pack::tile16_q4k_scale`).
+    fn packed_q4k(
+        &mut self,
+        w: BufId,
+        w0: i64,
+        b: i64,
+        c: i64,
+        bufs: &mut [Vec<u8>],
+    ) -> R<(f32, f32, [i64; 32])> {
+        let lanes = QTile::LANES as i64;
+        let g = w0 + b / 8 * lanes * QFmt::Q4K.block_bytes();
+        let j = (b % 8) as usize;
+        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let dmin = self.read(w, g + 32 + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let mut packed = [0u8; 12];
+        for (t, p) in packed.iter_mut().enumerate() {
+            let at = crate::templates::pack::tile16_q4k_scale(t, c as usize) as i64;
+            *p = self.read(w, g + at, Ty::U8, bufs)?.i() as u8;
+        }
+        let (sc, mn) = llmc_ir::quant_k::scale_min_k4(j, &packed);
+        let qs = g + 256 + 256 * j as i64;
+        let mut q = [0i64; 32];
+        for (e, v) in q.iter_mut().enumerate() {
+            let (at, high) = crate::templates::pack::tile16_quant(DType::Q4_0, c as usize, e);
+            let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
+            *v = if high { byte >> 4 } else { byte & 15 };
+        }
+        Ok((big_d * sc as f32, -(dmin * mn as f32), q))
     }
 
     /// [`FTile`]: in-order f32 FMAs per (row, weight row).

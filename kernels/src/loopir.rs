@@ -589,7 +589,7 @@ impl QFmt {
     pub fn tile16(self) -> bool {
         matches!(
             self,
-            QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1 | QFmt::Q5_0 | QFmt::Q5_1
+            QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1 | QFmt::Q5_0 | QFmt::Q5_1 | QFmt::Q4K
         )
     }
 

@@ -337,7 +337,7 @@ pub(crate) fn gather(
     };
     let dims = table.shape.as_consts().unwrap_or_default();
     if let (&[rows, k], 0, false) = (&dims[..], ax, gpu_mapping()) {
-        if tile16_packs(table.dtype, rows as usize, k as usize) && table.dtype != DType::F32 {
+        if tile16_packs(table.dtype, rows as usize, k as usize) && table.dtype.block_len() == 32 {
             let lanes = QTile::LANES as i64;
             let group_bytes = lanes * table.dtype.block_bytes() as i64;
             let blocks = k / 32;

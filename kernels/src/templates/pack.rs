@@ -10,7 +10,9 @@
 //! then the quants in the order of the tile a `QUnpack` fills (pairs of quants with
 //! the rows in lanes; see [`tile16_quant`]). Unpacking is then a widening load, a mask
 //! and a shift per pair of tile vectors (and a masked or for the fifth bits), with no
-//! transpose. The size is unchanged.
+//! transpose. Q4_K packs per super-block: the 16 rows' D and Dmin, their 12 packed
+//! scale bytes as 12 runs of 16 (see [`tile16_q4k_scale`]), then its eight blocks'
+//! quants as Q4_0's. The size is unchanged.
 
 use crate::QTile;
 use llmc_ir::DType;
@@ -75,7 +77,17 @@ pub fn tile16_fifth(c: usize, e: usize) -> (usize, u32) {
 
 /// Whether [`Pack::Tile16`] can lay out a `[rows, k]` weight of dtype `d`.
 pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
-    parts(d).is_some() && rows.is_multiple_of(QTile::LANES) && k.is_multiple_of(d.block_len())
+    (parts(d).is_some() || d == DType::Q4K)
+        && rows.is_multiple_of(QTile::LANES)
+        && k.is_multiple_of(d.block_len())
+}
+
+/// Byte offset of scale byte `t` (0..12) of row `c` in a Q4_K [`Pack::Tile16`]
+/// super-block group: 16 D, 16 Dmin (f16), then the 12 packed 6-bit scale bytes as 12
+/// runs of the 16 rows' bytes, then the eight blocks' quants (256 bytes each, in
+/// [`tile16_quant`]'s order) from byte 256.
+pub fn tile16_q4k_scale(t: usize, c: usize) -> usize {
+    64 + QTile::LANES * t + c
 }
 
 /// Where [`Pack::Tile16`] keeps quant `e` (0..32, activation order) of row `c` (0..16)
@@ -96,6 +108,45 @@ pub fn tile16_quant(d: DType, c: usize, e: usize) -> (usize, bool) {
 /// Rewrites the bytes of a weight `[rows, k]` of dtype `d` into `pack`.
 pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     match pack {
+        Pack::Tile16 if d == DType::Q4K => {
+            let lanes = QTile::LANES;
+            let bb = d.block_bytes();
+            if !tile16_packs(d, rows, k) || bytes.len() != rows * k / 256 * bb {
+                return Err(format!(
+                    "[{rows}, {k}] {d} ({} bytes) is not whole groups of {lanes} rows",
+                    bytes.len()
+                ));
+            }
+            let sbs = k / 256;
+            let mut out = Vec::with_capacity(bytes.len());
+            for g in 0..rows / lanes {
+                for sb in 0..sbs {
+                    let block = |r: usize| {
+                        let at = ((g * lanes + r) * sbs + sb) * bb;
+                        &bytes[at..at + bb]
+                    };
+                    let o = out.len();
+                    out.resize(o + lanes * bb, 0);
+                    for r in 0..lanes {
+                        let blk = block(r);
+                        out[o + 2 * r..o + 2 * r + 2].copy_from_slice(&blk[0..2]);
+                        out[o + 32 + 2 * r..o + 34 + 2 * r].copy_from_slice(&blk[2..4]);
+                        for t in 0..12 {
+                            out[o + tile16_q4k_scale(t, r)] = blk[4 + t];
+                        }
+                        // Block j's quant e: byte 32 (j / 2) + e of qs, nibble j mod 2.
+                        for j in 0..8 {
+                            for e in 0..32 {
+                                let q = (blk[16 + 32 * (j / 2) + e] >> (4 * (j % 2))) & 15;
+                                let (at, high) = tile16_quant(DType::Q4_0, r, e);
+                                out[o + 256 + 256 * j + at] |= if high { q << 4 } else { q };
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        }
         Pack::Tile16 => {
             let (qn, has_min, fifth) =
                 parts(d).ok_or_else(|| format!("{d} cannot be packed in tiles of 16 rows"))?;

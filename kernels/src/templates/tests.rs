@@ -515,11 +515,14 @@ fn linear_float_and_quantized() {
     }
     // Q4_K super-blocks (eight blocks of 32 each): decode rows, quads and octets,
     // several chunks of weight rows.
+    // (n = 32, 16: packed in tiles of 16 rows; 4352 = 17 super-blocks, in slices.)
     for (rows, n, k) in [
         (1usize, 40usize, 256usize),
         (5, 17, 512),
         (9, 33, 256),
         (13, 20, 768),
+        (1, 32, 512),
+        (6, 16, 4352),
     ] {
         let x = r.tensor(F, &[rows, k], 1.0);
         let wq = quant_bytes(&mut r, DType::Q4K, n, k);

@@ -133,57 +133,24 @@ impl<'ctx> Lowering<'ctx, '_> {
         let w = self.tile_buf(f, u.w)?;
         let tile = self.tile_buf(f, u.tile)?;
         let scales = self.tile_buf(f, u.scales)?;
-        let lanes = LANES as i64;
-        let bb = u.fmt.block_bytes();
         let q8 = u.fmt == llmc_kernels::QFmt::Q8_0;
-        let v16h = it.f16.vec_type(LANES);
         let v16f = it.f32.vec_type(LANES);
         let v32b = it.i8.vec_type(32);
         let v32w = it.i16.vec_type(32);
         let splat = |k: u64| VectorType::const_vector(&[it.i16.const_int(k, false); 32]);
         let lp = self.counted_loop(f, "qunpack", "qub", u.blocks as u64)?;
         let blk = lp.index;
-        let b = &f.b;
-        let wblk = b
-            .build_int_add(blk, self.tc(u.first_block), "")
-            .map_err(e)?;
-        let g = b.build_int_mul(wblk, self.tc(lanes * bb), "").map_err(e)?;
-        let g = b.build_int_add(w_off, g, "").map_err(e)?;
-        // The weights are streamed once: every cache line of the block group is asked
-        // for QDOT_PREFETCH bytes ahead (a prefetch never faults, past the end too).
-        let pf = it
-            .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
-            .ok_or_else(|| llvm_err("llvm.prefetch"))?;
-        let i32c = |v: u64| it.i32.const_int(v, false).into();
-        for line in 0..(lanes * bb + 63) / 64 {
-            let ahead = self.tc(super::QDOT_PREFETCH as i64 + 64 * line);
-            let ahead = f.b.build_int_add(g, ahead, "").map_err(e)?;
-            // SAFETY: only an address for the prefetch hint; never dereferenced.
-            let pp = unsafe { f.b.build_gep(it.i8, w, &[ahead], "") }.map_err(e)?;
-            f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
+        let wblk =
+            f.b.build_int_add(blk, self.tc(u.first_block), "")
                 .map_err(e)?;
-        }
-        let h = self.qdot_load(f, v16h.into(), w, g)?.into_vector_value();
-        let d = f.b.build_float_ext(h, v16f, "d").map_err(e)?;
-        let m = if u.fmt.stored_min() {
-            let at = f.b.build_int_add(g, self.tc(2 * lanes), "").map_err(e)?;
-            let h = self.qdot_load(f, v16h.into(), w, at)?.into_vector_value();
-            f.b.build_float_ext(h, v16f, "m").map_err(e)?
-        } else if let Some(k) = u.fmt.offset_min() {
-            let k = self.splat_f32(f, it.f32.const_float(k as f64), LANES)?;
-            f.b.build_float_mul(d, k, "m").map_err(e)?
-        } else {
-            v16f.const_zero()
-        };
+        let (d, m, qs, masks) = self.packed_head(f, u.fmt, (w, w_off), wblk, 0, LANES, true)?;
+        let m = m.unwrap_or(v16f.const_zero());
         let sb =
             f.b.build_int_mul(blk, self.tc(BLOCK_SCALE_BYTES), "")
                 .map_err(e)?;
         self.tile_store(f, scales, sb, d)?;
         let mb = f.b.build_int_add(sb, self.tc(64), "").map_err(e)?;
         self.tile_store(f, scales, mb, m)?;
-        let (qs, masks) = tile16_offsets(u.fmt)?;
-        let masks = f.b.build_int_add(g, self.tc(masks), "qh").map_err(e)?;
-        let qs = f.b.build_int_add(g, self.tc(qs), "qs").map_err(e)?;
         let tb =
             f.b.build_int_mul(blk, self.tc(BLOCK_TILE_BYTES), "")
                 .map_err(e)?;
@@ -605,48 +572,7 @@ impl<'ctx> Lowering<'ctx, '_> {
     )> {
         let it = self.it;
         let e = llvm_err;
-        let group = LANES as i64 * t.fmt.block_bytes();
-        let b = &f.b;
-        let g = b.build_int_mul(blk, self.tc(group), "").map_err(e)?;
-        let g = b.build_int_add(w_off, g, "").map_err(e)?;
-        if c0 == 0 {
-            let pf = it
-                .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
-                .ok_or_else(|| llvm_err("llvm.prefetch"))?;
-            let i32c = |v: u64| it.i32.const_int(v, false).into();
-            for line in 0..(group + 63) / 64 {
-                let ahead = self.tc(super::QDOT_PREFETCH as i64 + 64 * line);
-                let ahead = f.b.build_int_add(g, ahead, "").map_err(e)?;
-                // SAFETY: only an address for the prefetch hint; never dereferenced.
-                let pp = unsafe { f.b.build_gep(it.i8, w, &[ahead], "") }.map_err(e)?;
-                f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
-                    .map_err(e)?;
-            }
-        }
-        let vh = it.f16.vec_type(lanes);
-        let vf = it.f32.vec_type(lanes);
-        let at =
-            f.b.build_int_add(g, self.tc(2 * c0 as i64), "")
-                .map_err(e)?;
-        let h = self.qdot_load(f, vh.into(), w, at)?.into_vector_value();
-        let d = f.b.build_float_ext(h, vf, "d").map_err(e)?;
-        let m = if t.fmt.stored_min() {
-            let at =
-                f.b.build_int_add(at, self.tc(2 * LANES as i64), "")
-                    .map_err(e)?;
-            let h = self.qdot_load(f, vh.into(), w, at)?.into_vector_value();
-            Some(f.b.build_float_ext(h, vf, "m").map_err(e)?)
-        } else if let Some(k) = t.fmt.offset_min() {
-            let k = self.splat_f32(f, it.f32.const_float(k as f64), lanes)?;
-            Some(f.b.build_float_mul(d, k, "m").map_err(e)?)
-        } else {
-            None
-        };
-        let (qs, masks) = tile16_offsets(t.fmt)?;
-        let masks = f.b.build_int_add(g, self.tc(masks), "qh").map_err(e)?;
-        let qs =
-            f.b.build_int_add(g, self.tc(qs + 2 * c0 as i64), "qs")
-                .map_err(e)?;
+        let (d, m, qs, masks) = self.packed_head(f, t.fmt, (w, w_off), blk, c0, lanes, c0 == 0)?;
         let vb = it.i8.vec_type(2 * lanes);
         let vw = it.i16.vec_type(2 * lanes);
         let splat = |k: u64| {
@@ -676,6 +602,148 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
         }
         Ok((out, d, m))
+    }
+
+    /// The head of the rows' block `blk` in a `Tile16` weight (`w` from byte `w_off`),
+    /// lanes (weight rows) `c0..c0 + lanes`: the scales `d` and minimums `m` as f32
+    /// ([`QDot`]'s: stored, `-8 d`, `-16 d`, Q4_K's `D · sc` and `-(Dmin · mn)`; none
+    /// for Q8_0), the byte offset of the block's quants (lane `c0`'s) and of its fifth
+    /// bits' masks. With `prefetch`, the block's bytes are asked for `QDOT_PREFETCH`
+    /// ahead.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn packed_head(
+        &self,
+        f: &Frame<'ctx>,
+        fmt: llmc_kernels::QFmt,
+        (w, w_off): (PointerValue<'ctx>, IntValue<'ctx>),
+        blk: IntValue<'ctx>,
+        c0: u32,
+        lanes: u32,
+        prefetch: bool,
+    ) -> R<(
+        VectorValue<'ctx>,
+        Option<VectorValue<'ctx>>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+    )> {
+        let it = self.it;
+        let e = llvm_err;
+        let vh = it.f16.vec_type(lanes);
+        let vf = it.f32.vec_type(lanes);
+        let big = LANES as i64;
+        let k4 = fmt == llmc_kernels::QFmt::Q4K;
+        // The group holding the block (Q4_K: its super-block's) and the block's
+        // quants within it.
+        let b = &f.b;
+        let (g, qoff, per_block) = if k4 {
+            let sb = b
+                .build_right_shift(blk, self.tc(3), false, "sb")
+                .map_err(e)?;
+            let j = b.build_and(blk, self.tc(7), "j").map_err(e)?;
+            let g = b
+                .build_int_mul(sb, self.tc(big * fmt.block_bytes()), "")
+                .map_err(e)?;
+            let q = b.build_int_mul(j, self.tc(32 * big / 2), "").map_err(e)?;
+            let q = b.build_int_add(q, self.tc(256), "").map_err(e)?;
+            (g, q, big * fmt.block_bytes() / 8)
+        } else {
+            let g = b
+                .build_int_mul(blk, self.tc(big * fmt.block_bytes()), "")
+                .map_err(e)?;
+            (g, self.tc(tile16_offsets(fmt)?.0), big * fmt.block_bytes())
+        };
+        let g = f.b.build_int_add(w_off, g, "g").map_err(e)?;
+        let qs = f.b.build_int_add(g, qoff, "").map_err(e)?;
+        if prefetch {
+            let pf = it
+                .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
+                .ok_or_else(|| llvm_err("llvm.prefetch"))?;
+            let i32c = |v: u64| it.i32.const_int(v, false).into();
+            for line in 0..(per_block + 63) / 64 {
+                let ahead = self.tc(super::QDOT_PREFETCH as i64 + 64 * line);
+                let ahead = f.b.build_int_add(qs, ahead, "").map_err(e)?;
+                // SAFETY: only an address for the prefetch hint; never dereferenced.
+                let pp = unsafe { f.b.build_gep(it.i8, w, &[ahead], "") }.map_err(e)?;
+                f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
+                    .map_err(e)?;
+            }
+        }
+        let qs =
+            f.b.build_int_add(qs, self.tc(2 * c0 as i64), "qs")
+                .map_err(e)?;
+        let half = |at: i64| -> R<VectorValue<'ctx>> {
+            let at =
+                f.b.build_int_add(g, self.tc(at + 2 * c0 as i64), "")
+                    .map_err(e)?;
+            let h = self.qdot_load(f, vh.into(), w, at)?.into_vector_value();
+            f.b.build_float_ext(h, vf, "").map_err(e)
+        };
+        let d = half(0)?;
+        if k4 {
+            // The 6-bit scale and minimum of sub-block j (QFmt::Q4K's branch-free
+            // decode), lane-wise from the 12 scale bytes stored as 12 vectors of the
+            // 16 rows' bytes.
+            let b = &f.b;
+            let j = b.build_and(blk, self.tc(7), "j").map_err(e)?;
+            let vb = it.i8.vec_type(lanes);
+            let ld = |t: IntValue<'ctx>| -> R<VectorValue<'ctx>> {
+                let at = f.b.build_int_mul(t, self.tc(big), "").map_err(e)?;
+                let at =
+                    f.b.build_int_add(at, self.tc(64 + c0 as i64), "")
+                        .map_err(e)?;
+                let at = f.b.build_int_add(g, at, "").map_err(e)?;
+                Ok(self.qdot_load(f, vb.into(), w, at)?.into_vector_value())
+            };
+            // Scale bytes j mod 4, j + 4 and j.
+            let j3 = f.b.build_and(j, self.tc(3), "").map_err(e)?;
+            let b0 = ld(j3)?;
+            let b1 = ld(f.b.build_int_add(j, self.tc(4), "").map_err(e)?)?;
+            let b2 = ld(j)?;
+            let c8 =
+                |k: u64| VectorType::const_vector(&vec![it.i8.const_int(k, false); lanes as usize]);
+            let b = &f.b;
+            let top = |v: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
+                let t = f.b.build_right_shift(v, c8(6), false, "").map_err(e)?;
+                f.b.build_left_shift(t, c8(4), "").map_err(e)
+            };
+            let low = b
+                .build_int_compare(inkwell::IntPredicate::ULT, j, self.tc(4), "low")
+                .map_err(e)?;
+            let sc_lo = b.build_and(b0, c8(63), "").map_err(e)?;
+            let t = b.build_and(b1, c8(15), "").map_err(e)?;
+            let sc_hi = b.build_or(t, top(b0)?, "").map_err(e)?;
+            let mn_lo = b.build_and(b1, c8(63), "").map_err(e)?;
+            let t = b.build_right_shift(b1, c8(4), false, "").map_err(e)?;
+            let mn_hi = b.build_or(t, top(b2)?, "").map_err(e)?;
+            let sc = b
+                .build_select(low, sc_lo, sc_hi, "sc")
+                .map_err(e)?
+                .into_vector_value();
+            let mn = b
+                .build_select(low, mn_lo, mn_hi, "mn")
+                .map_err(e)?
+                .into_vector_value();
+            let sc = b.build_unsigned_int_to_float(sc, vf, "").map_err(e)?;
+            let mn = b.build_unsigned_int_to_float(mn, vf, "").map_err(e)?;
+            let dmin = half(2 * big)?;
+            let b = &f.b;
+            let d = b.build_float_mul(d, sc, "d").map_err(e)?;
+            let m = b.build_float_mul(dmin, mn, "").map_err(e)?;
+            let m = b.build_float_neg(m, "m").map_err(e)?;
+            return Ok((d, Some(m), qs, g));
+        }
+        let m = if fmt.stored_min() {
+            Some(half(2 * big)?)
+        } else if let Some(k) = fmt.offset_min() {
+            let k = self.splat_f32(f, it.f32.const_float(k as f64), lanes)?;
+            Some(f.b.build_float_mul(d, k, "m").map_err(e)?)
+        } else {
+            None
+        };
+        let masks =
+            f.b.build_int_add(g, self.tc(tile16_offsets(fmt)?.1), "qh")
+                .map_err(e)?;
+        Ok((d, m, qs, masks))
     }
 
     /// Q5_0/Q5_1 (`fmt`): tile vector `v` of pair `p` (lanes of weight rows
