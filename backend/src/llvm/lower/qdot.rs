@@ -1488,7 +1488,7 @@ impl<'ctx> Lowering<'ctx, '_> {
     }
 
     /// The module targets x86-64 (SSE2 at least).
-    fn x86_64(&self) -> bool {
+    pub(super) fn x86_64(&self) -> bool {
         self.module
             .get_triple()
             .as_str()
