@@ -455,15 +455,13 @@ impl Machine<'_> {
         bufs: &mut [Vec<u8>],
     ) -> R<(f32, f32, [i64; 32])> {
         let lanes = QTile::LANES as i64;
-        let dt = match fmt {
-            QFmt::Q8_0 => DType::Q8_0,
-            QFmt::Q4_0 => DType::Q4_0,
-            QFmt::Q4_1 => DType::Q4_1,
-            QFmt::Q5_0 => DType::Q5_0,
-            QFmt::Q5_1 => DType::Q5_1,
-            QFmt::Q4K => return self.packed_q4k(w, w0, b, c, bufs),
-            f => return Err(format!("{f:?} has no packed layout")),
-        };
+        if fmt == QFmt::Q4K {
+            return self.packed_q4k(w, w0, b, c, bufs);
+        }
+        if !fmt.tile16() {
+            return Err(format!("{fmt:?} has no packed layout"));
+        }
+        let dt = fmt.dtype();
         let g = w0 + b * lanes * fmt.block_bytes();
         let (qs, masks) = crate::templates::pack::tile16_offsets(dt);
         let (qs, masks) = (g + qs as i64, g + masks as i64);

@@ -584,6 +584,24 @@ impl QFmt {
         }
     }
 
+    /// The GGUF block dtype of the format.
+    pub fn dtype(self) -> llmc_ir::DType {
+        use llmc_ir::DType;
+        match self {
+            QFmt::Q8_0 => DType::Q8_0,
+            QFmt::Q4_0 => DType::Q4_0,
+            QFmt::Q4_1 => DType::Q4_1,
+            QFmt::Q5_0 => DType::Q5_0,
+            QFmt::Q5_1 => DType::Q5_1,
+            QFmt::Q4K => DType::Q4K,
+            QFmt::Q5K => DType::Q5K,
+            QFmt::IQ4NL => DType::IQ4NL,
+            QFmt::IQ4XS => DType::IQ4XS,
+            QFmt::Q6K => DType::Q6K,
+            QFmt::Q3K => DType::Q3K,
+        }
+    }
+
     /// Whether weights of the format can be packed in tiles of 16 rows
     /// (`templates::pack::Pack::Tile16`).
     pub fn tile16(self) -> bool {

@@ -171,28 +171,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let b1 = ld8(b.build_int_add(j, c64(8), "").map_err(e)?)?;
         let b = &f.b;
         let b2 = ld8(b.build_int_add(j, c64(4), "").map_err(e)?)?;
-        let b = &f.b;
-        let top = |v: IntValue<'ctx>| -> R<IntValue<'ctx>> {
-            let t = f.b.build_right_shift(v, c8(6), false, "").map_err(e)?;
-            f.b.build_left_shift(t, c8(4), "").map_err(e)
-        };
-        let low = b
-            .build_int_compare(IntPredicate::ULT, j, c64(4), "low")
-            .map_err(e)?;
-        let sc_lo = b.build_and(b0, c8(63), "").map_err(e)?;
-        let t = b.build_and(b1, c8(15), "").map_err(e)?;
-        let sc_hi = b.build_or(t, top(b0)?, "").map_err(e)?;
-        let mn_lo = b.build_and(b1, c8(63), "").map_err(e)?;
-        let t = b.build_right_shift(b1, c8(4), false, "").map_err(e)?;
-        let mn_hi = b.build_or(t, top(b2)?, "").map_err(e)?;
-        let sc = b
-            .build_select(low, sc_lo, sc_hi, "sc")
-            .map_err(e)?
-            .into_int_value();
-        let mn = b
-            .build_select(low, mn_lo, mn_hi, "mn")
-            .map_err(e)?
-            .into_int_value();
+        let (sc, mn) = self.scale_min_k4(f, j, (b0, b1, b2), c8)?;
         let big_d = self.qdot_load(f, it.f16.into(), w, sbo)?.into_float_value();
         let b = &f.b;
         let big_d = b.build_float_ext(big_d, it.f32, "").map_err(e)?;
@@ -233,6 +212,46 @@ impl<'ctx> Lowering<'ctx, '_> {
 
     /// IQ4_NL's levels for 16 nibbles (`<16 x i8>`, 0..15): one `pshufb` of the table
     /// with AVX2 (SSSE3), else a tree of selects on the nibbles' bits.
+    /// The 6-bit scale and minimum of sub-block `j` (i64) of a Q4_K/Q5_K super-block
+    /// from its scale bytes `j mod 4`, `j + 4` and `j` (`bytes`: i8 scalars, or
+    /// vectors of them lane by lane; `c8` makes the matching constant), branch-free
+    /// (`llmc_ir::quant_k::scale_min_k4`).
+    pub(super) fn scale_min_k4<T>(
+        &self,
+        f: &Frame<'ctx>,
+        j: IntValue<'ctx>,
+        (b0, b1, b2): (T, T, T),
+        c8: impl Fn(u64) -> T,
+    ) -> R<(T, T)>
+    where
+        T: inkwell::values::IntMathValue<'ctx>
+            + BasicValue<'ctx>
+            + TryFrom<BasicValueEnum<'ctx>>
+            + Copy,
+    {
+        let e = llvm_err;
+        let b = &f.b;
+        let top = |v: T| -> R<T> {
+            let t = b.build_right_shift(v, c8(6), false, "").map_err(e)?;
+            b.build_left_shift(t, c8(4), "").map_err(e)
+        };
+        let four = self.it.i64.const_int(4, false);
+        let low = b
+            .build_int_compare(IntPredicate::ULT, j, four, "low")
+            .map_err(e)?;
+        let sc_lo = b.build_and(b0, c8(63), "").map_err(e)?;
+        let t = b.build_and(b1, c8(15), "").map_err(e)?;
+        let sc_hi = b.build_or(t, top(b0)?, "").map_err(e)?;
+        let mn_lo = b.build_and(b1, c8(63), "").map_err(e)?;
+        let t = b.build_right_shift(b1, c8(4), false, "").map_err(e)?;
+        let mn_hi = b.build_or(t, top(b2)?, "").map_err(e)?;
+        let pick = |lo: T, hi: T, name: &str| -> R<T> {
+            let v = b.build_select(low, lo, hi, name).map_err(e)?;
+            T::try_from(v).map_err(|_| llvm_err("scale_min_k4: select type"))
+        };
+        Ok((pick(sc_lo, sc_hi, "sc")?, pick(mn_lo, mn_hi, "mn")?))
+    }
+
     fn iq4_lookup(&self, f: &Frame<'ctx>, nib: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
         let it = self.it;
         let e = llvm_err;

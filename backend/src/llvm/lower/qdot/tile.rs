@@ -16,17 +16,10 @@ use llmc_kernels::{QDot, QTile, QUnpack};
 /// Byte offsets of the quants and of the fifth bits' masks in a `Tile16` block
 /// group of `fmt`.
 fn tile16_offsets(fmt: llmc_kernels::QFmt) -> R<(i64, i64)> {
-    use llmc_ir::DType;
-    use llmc_kernels::QFmt;
-    let d = match fmt {
-        QFmt::Q8_0 => DType::Q8_0,
-        QFmt::Q4_0 => DType::Q4_0,
-        QFmt::Q4_1 => DType::Q4_1,
-        QFmt::Q5_0 => DType::Q5_0,
-        QFmt::Q5_1 => DType::Q5_1,
-        f => return Err(llvm_err(format!("{f:?} has no Tile16 layout"))),
-    };
-    let (qs, masks) = llmc_kernels::templates::pack::tile16_offsets(d);
+    if !fmt.tile16() || fmt == llmc_kernels::QFmt::Q4K {
+        return Err(llvm_err(format!("{fmt:?} has no block-wise Tile16 layout")));
+    }
+    let (qs, masks) = llmc_kernels::templates::pack::tile16_offsets(fmt.dtype());
     Ok((qs as i64, masks as i64))
 }
 
@@ -701,28 +694,8 @@ impl<'ctx> Lowering<'ctx, '_> {
             let b2 = ld(j)?;
             let c8 =
                 |k: u64| VectorType::const_vector(&vec![it.i8.const_int(k, false); lanes as usize]);
+            let (sc, mn) = self.scale_min_k4(f, j, (b0, b1, b2), c8)?;
             let b = &f.b;
-            let top = |v: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
-                let t = f.b.build_right_shift(v, c8(6), false, "").map_err(e)?;
-                f.b.build_left_shift(t, c8(4), "").map_err(e)
-            };
-            let low = b
-                .build_int_compare(inkwell::IntPredicate::ULT, j, self.tc(4), "low")
-                .map_err(e)?;
-            let sc_lo = b.build_and(b0, c8(63), "").map_err(e)?;
-            let t = b.build_and(b1, c8(15), "").map_err(e)?;
-            let sc_hi = b.build_or(t, top(b0)?, "").map_err(e)?;
-            let mn_lo = b.build_and(b1, c8(63), "").map_err(e)?;
-            let t = b.build_right_shift(b1, c8(4), false, "").map_err(e)?;
-            let mn_hi = b.build_or(t, top(b2)?, "").map_err(e)?;
-            let sc = b
-                .build_select(low, sc_lo, sc_hi, "sc")
-                .map_err(e)?
-                .into_vector_value();
-            let mn = b
-                .build_select(low, mn_lo, mn_hi, "mn")
-                .map_err(e)?
-                .into_vector_value();
             let sc = b.build_unsigned_int_to_float(sc, vf, "").map_err(e)?;
             let mn = b.build_unsigned_int_to_float(mn, vf, "").map_err(e)?;
             let dmin = half(2 * big)?;
