@@ -524,18 +524,24 @@ impl Machine<'_> {
     /// [`FTile`]: in-order f32 FMAs per (row, weight row).
     fn ftile(&mut self, t: &FTile, bufs: &mut [Vec<u8>]) -> R<()> {
         let w0 = self.eval(&t.w_off, bufs)?.0.i();
+        let k = self.eval(&t.k, bufs)?.0.i();
+        let o0 = self.eval(&t.out_off, bufs)?.0.i();
+        if k < 0 {
+            return Err(format!("ftile: k = {k} is negative"));
+        }
         let lanes = FTile::LANES as i64;
         let es = t.w_ty.bytes() as i64;
         for (i, xe) in t.x_rows.iter().enumerate() {
             let x0 = self.eval(xe, bufs)?.0.i();
             for c in 0..lanes {
                 let mut s = 0f32;
-                for p in 0..t.k {
-                    let x = self.read(t.x, (x0 + p) * 4, Ty::F32, bufs)?.f() as f32;
+                for p in 0..k {
+                    let at = (x0 + p * t.x_stride) * 4;
+                    let x = self.read(t.x, at, Ty::F32, bufs)?.f() as f32;
                     let w = self.read(t.w, (w0 + p * lanes + c) * es, t.w_ty, bufs)?.f() as f32;
                     s = x.mul_add(w, s);
                 }
-                self.write(t.out, i as i64 * lanes + c, V::F(s as f64), bufs)?;
+                self.write(t.out, o0 + i as i64 * lanes + c, V::F(s as f64), bufs)?;
             }
         }
         Ok(())

@@ -811,12 +811,17 @@ impl QTile {
     }
 }
 
-/// `out[32 i + c] = Σ_p x[x_rows[i] + p] · w[w_off + 32 p + c]` for activation rows
-/// `i` (at most [`FTile::ROWS`]) and the [`FTile::LANES`] weight rows `c` of a panel
-/// (`templates::pack::Pack::Panels32`: position `p` of the panel's rows side by side),
-/// each sum taken in order of `p` as `s = fma(x, w, s)` from 0 in f32 (f16/bf16
-/// weights widened exactly), so the lanes of a vector FMA compute it bit for bit. The
-/// sums overwrite `out` (an f32 local of `32 · rows` elements).
+/// `out[out_off + 32 i + c] = Σ_p x[x_rows[i] + x_stride · p] · w[w_off + 32 p + c]`
+/// for activation rows `i` (at most [`FTile::ROWS`]) and the [`FTile::LANES`] weight
+/// rows `c` of a panel (`templates::pack::Pack::Panels32`: position `p` of the panel's
+/// rows side by side), `p` in `0..k`, each sum taken in order of `p` as
+/// `s = fma(x, w, s)` from 0 in f32 (f16/bf16 weights widened exactly), so the lanes of
+/// a vector FMA compute it bit for bit. The sums overwrite `out` (an f32 local).
+///
+/// The linear's panels read activation rows (`x_stride` 1) against packed weights;
+/// attention reads key rows against a transposed query tile (scores with queries in
+/// lanes) and value columns (`x_stride` = the value width) against the probabilities
+/// (`k` the keys of a tile, known only at run time).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FTile {
     /// The packed weight (elements of `w_ty`).
@@ -825,14 +830,18 @@ pub struct FTile {
     pub w_ty: Ty,
     /// Element index of the panel's first element.
     pub w_off: Expr,
-    /// The reduction length.
-    pub k: i64,
+    /// The reduction length (an index expression, at least 0).
+    pub k: Expr,
     /// The activations (f32).
     pub x: BufId,
     /// Per activation row: the element index of its first element.
     pub x_rows: Vec<Expr>,
+    /// Elements between consecutive positions of an activation row (1: contiguous).
+    pub x_stride: i64,
     /// The f32 local the sums go to.
     pub out: BufId,
+    /// Element index in `out` of row 0's first sum.
+    pub out_off: Expr,
 }
 
 impl FTile {
@@ -1296,18 +1305,16 @@ impl Kernel {
                     self.check_tile(u.tile, u.scales, u.blocks, allocated, "qunpack")?;
                 }
                 Stmt::FTile(t) => {
-                    self.check_expr(&t.w_off, defined, allocated)?;
-                    self.index_ty(&t.w_off)?;
-                    for e in &t.x_rows {
+                    for e in [&t.w_off, &t.k, &t.out_off].into_iter().chain(&t.x_rows) {
                         self.check_expr(e, defined, allocated)?;
                         self.index_ty(e)?;
                     }
-                    if t.x_rows.is_empty() || t.x_rows.len() > FTile::ROWS || t.k < 0 {
+                    if t.x_rows.is_empty() || t.x_rows.len() > FTile::ROWS || t.x_stride < 1 {
                         return Err(format!(
-                            "ftile: 1..={} rows and k >= 0, got {} rows, k {}",
+                            "ftile: 1..={} rows and x_stride >= 1, got {} rows, x_stride {}",
                             FTile::ROWS,
                             t.x_rows.len(),
-                            t.k
+                            t.x_stride
                         ));
                     }
                     let w = self.checked_buf(t.w, "ftile reads")?;
@@ -1458,6 +1465,8 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
             Stmt::QUnpack(u) => visit_expr(&u.w_off, f),
             Stmt::FTile(t) => {
                 visit_expr(&t.w_off, f);
+                visit_expr(&t.k, f);
+                visit_expr(&t.out_off, f);
                 for e in &t.x_rows {
                     visit_expr(e, f);
                 }
@@ -1852,16 +1861,20 @@ impl Kernel {
                     f.write_str("])\n")?;
                 }
                 Stmt::FTile(t) => {
-                    write!(f, "{pad}{} = ftile({}[", self.bname(t.out), self.bname(t.w))?;
+                    write!(f, "{pad}{}[", self.bname(t.out))?;
+                    self.fmt_expr(&t.out_off, f)?;
+                    write!(f, "..] = ftile({}[", self.bname(t.w))?;
                     self.fmt_expr(&t.w_off, f)?;
-                    write!(f, ".. x{} x{}], {}[", FTile::LANES, t.k, self.bname(t.x))?;
+                    write!(f, ".. x{} x", FTile::LANES)?;
+                    self.fmt_expr(&t.k, f)?;
+                    write!(f, "], {}[", self.bname(t.x))?;
                     for (i, e) in t.x_rows.iter().enumerate() {
                         if i > 0 {
                             f.write_str(", ")?;
                         }
                         self.fmt_expr(e, f)?;
                     }
-                    f.write_str("])\n")?;
+                    writeln!(f, "] step {})", t.x_stride)?;
                 }
                 Stmt::QUnpack(u) => {
                     write!(

@@ -366,10 +366,12 @@ impl Lin {
                     w: self.w,
                     w_ty,
                     w_off: w_off.clone(),
-                    k: self.k,
+                    k: Expr::i(self.k),
                     x: self.x,
                     x_rows: (0..nr).map(|i| (r0.clone() + i) * self.k).collect(),
+                    x_stride: 1,
                     out: tile,
+                    out_off: Expr::i(0),
                 });
                 for i in 0..nr {
                     kb.for_("c", 0, lanes, LoopTag::Vectorize(8), |kb, c| {

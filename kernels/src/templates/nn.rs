@@ -10,7 +10,7 @@ use super::{
     load_elem, operand, result, setup, to_storage, work_estimate, worth_threads, TResult,
 };
 use crate::builder::KernelBuilder;
-use crate::loopir::{BinOp, Expr, Kernel, LoopTag, Ty, UnOp};
+use crate::loopir::{BinOp, Expr, FTile, Kernel, LoopTag, Ty, UnOp};
 use llmc_ir::{Dim, Node, Op, TensorType};
 
 fn b(op: BinOp, x: Expr, y: Expr) -> Expr {
@@ -457,6 +457,16 @@ pub(crate) fn flash_attention(
     let causal = attr_bool(node, "causal", false)?;
     let fill = attr_float(node, "causal_fill")?.filter(|_| causal);
     let (window, softcap) = llmc_ir::ops::nn::window_softcap(&node.attrs)?;
+    let f32s = [q, k, v].iter().all(|t| t.dtype == llmc_ir::DType::F32);
+    if f32s && fill.is_none() && !super::gpu_mapping() {
+        let how = Softmax {
+            scale,
+            causal,
+            window,
+            softcap,
+        };
+        return flash_attention_tiles(ins, outs, name, how);
+    }
     let block_k = attr_int(node, "block_k")?.unwrap_or(64);
     if !(1..=4096).contains(&block_k) {
         return Err(format!(
@@ -598,6 +608,261 @@ pub(crate) fn flash_attention(
                 });
             }
             store_normalized(&mut *kb, acc, l, t, qi, dv, ob[0]);
+        });
+    });
+    kb.finish()
+}
+
+/// What the tile form of `flash_attention` applies to a score: the scale, causal and
+/// sliding-window bounds, soft-capping.
+struct Softmax {
+    scale: f64,
+    causal: bool,
+    window: Option<i64>,
+    softcap: Option<f64>,
+}
+
+/// Query rows per tile of [`flash_attention_tiles`] (the [`FTile`] lanes).
+const Q_TILE: i64 = FTile::LANES as i64;
+/// Keys per tile of [`flash_attention_tiles`] (a multiple of [`FTile::ROWS`]).
+const K_TILE: i64 = 64;
+
+/// `flash_attention` on f32 operands as outer products, queries in vector lanes.
+///
+/// In parallel over (batch, head, tile of 32 query rows): the tile's rows are
+/// transposed once into a local panel `qt[c][i]` (zeros past the last row). Per tile of
+/// 64 keys, [`FTile`]s of 8 key rows against that panel give the scores `s[j][i]` with
+/// the 32 queries in lanes: no horizontal sum per key. The online softmax then runs
+/// down the key rows with whole vectors (the running max, its correction and the
+/// running sum are per lane), the probabilities overwrite the scores, and [`FTile`]s
+/// of 8 value columns (`x_stride` = the value width) against them give `p·v` with the
+/// queries in lanes again; the accumulator is rescaled and added once per tile. The
+/// normalized rows are stored at the end (0 where every key was masked out).
+fn flash_attention_tiles(
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+    how: Softmax,
+) -> TResult<Kernel> {
+    let (q, k, v) = (ins[0], ins[1], ins[2]);
+    let AttnSetup {
+        dims: [bd, hd, sd, dkd, td],
+        dv,
+        group,
+        t,
+        mut kb,
+        ib,
+        ob,
+        exprs: [be, he, se, _, te, kvhe],
+        mask,
+    } = attention_setup(q, k, v, ins, outs, name)?;
+    let dk = dkd
+        .as_const()
+        .ok_or_else(|| format!("key dim {dkd} must be constant"))?;
+    let work = [bd.clone(), hd.clone(), sd.clone(), td.clone(), dkd.clone()];
+    let tag = if worth_threads(work_estimate(&work)) {
+        LoopTag::Parallel
+    } else {
+        LoopTag::Serial
+    };
+    let ninf = || fconst(f64::NEG_INFINITY, t);
+    let vec = LoopTag::Vectorize(16);
+    let nqt = kb.let_("nqt", (se.clone() + (Q_TILE - 1)) / Q_TILE);
+    let items = kb.let_("items", be * he.clone() * nqt.clone());
+    kb.for_("item", 0, items, tag, |kb, item| {
+        let bh = kb.let_("bh", item.clone() / nqt.clone());
+        let i0 = kb.let_("i0", item % nqt.clone() * Q_TILE);
+        let nq = kb.let_("nq", (se.clone() - i0.clone()).min(Expr::i(Q_TILE)));
+        let hi = kb.let_("hi", bh.clone() % he.clone());
+        let bi = kb.let_("bi", bh.clone() / he.clone());
+        let kvi = kb.let_("kvi", hi.clone() / group);
+        let kvbase = kb.let_("kvbase", (bi.clone() * kvhe.clone() + kvi) * te.clone());
+        let qt = kb.local("qt", Ty::F32, dk * Q_TILE);
+        let sc = kb.local("sc", Ty::F32, K_TILE * Q_TILE);
+        let acc = kb.local("acc", Ty::F32, dv * Q_TILE);
+        let pv = kb.local("pv", Ty::F32, dv * Q_TILE);
+        let m = kb.local("m", Ty::F32, Q_TILE);
+        let l = kb.local("l", Ty::F32, Q_TILE);
+        let corr = kb.local("corr", Ty::F32, Q_TILE);
+        // The query panel (rows past the last one read the last row, then become 0).
+        kb.for_("c", 0, dk, LoopTag::Serial, |kb, c| {
+            kb.for_("ii", 0, Q_TILE, vec, |kb, ii| {
+                let row = (bh.clone() * se.clone() + i0.clone() + ii.clone().min(nq.clone() - 1))
+                    * dk
+                    + c.clone();
+                let x = Expr::select(
+                    ii.clone().lt(nq.clone()),
+                    Expr::load(ib[0], row),
+                    fconst(0.0, t),
+                );
+                kb.store(qt, c.clone() * Q_TILE + ii, x);
+            });
+        });
+        kb.for_("x", 0, dv * Q_TILE, vec, |kb, x| {
+            kb.store(acc, x, fconst(0.0, t))
+        });
+        kb.for_("ii", 0, Q_TILE, vec, |kb, ii| {
+            kb.store(m, ii.clone(), ninf());
+            kb.store(l, ii, fconst(0.0, t));
+        });
+        // The keys any row of the tile sees: row i sees [start(i), end(i)), with the
+        // last query aligned with the last key.
+        let last = i0.clone() + nq.clone() - 1;
+        let kend = if how.causal {
+            (last + te.clone() - se.clone() + 1)
+                .min(te.clone())
+                .max(Expr::i(0))
+        } else {
+            te.clone()
+        };
+        let kend = kb.let_("kend", kend);
+        let kstart = key_start(kb, how.window, &i0, &te, &se);
+        kb.for_step(
+            "j0",
+            kstart,
+            kend.clone(),
+            K_TILE,
+            LoopTag::Serial,
+            |kb, j0| {
+                let jn = kb.let_("jn", (kend.clone() - j0.clone()).min(Expr::i(K_TILE)));
+                // Scores, 8 keys per FTile (the rows past jn repeat the last key).
+                let rows = FTile::ROWS as i64;
+                kb.for_step("r0", 0, jn.clone(), rows, LoopTag::Serial, |kb, r0| {
+                    let x_rows = (0..rows)
+                        .map(|r| {
+                            (kvbase.clone() + j0.clone() + (r0.clone() + r).min(jn.clone() - 1))
+                                * dk
+                        })
+                        .collect();
+                    kb.ftile(FTile {
+                        w: qt,
+                        w_ty: Ty::F32,
+                        w_off: Expr::i(0),
+                        k: Expr::i(dk),
+                        x: ib[1],
+                        x_rows,
+                        x_stride: 1,
+                        out: sc,
+                        out_off: r0 * Q_TILE,
+                    });
+                });
+                // Scale, cap, mask and bound the scores; the tile's max per query in `corr`.
+                kb.for_("ii", 0, Q_TILE, vec, |kb, ii| kb.store(corr, ii, ninf()));
+                kb.for_("r", 0, jn.clone(), LoopTag::Serial, |kb, r| {
+                    let j = kb.let_("j", j0.clone() + r.clone());
+                    kb.for_("ii", 0, Q_TILE, vec, |kb, ii| {
+                        let at = r.clone() * Q_TILE + ii.clone();
+                        let si = i0.clone() + ii.clone();
+                        let raw = b(BinOp::Mul, Expr::load(sc, at.clone()), fconst(how.scale, t));
+                        let mut x = soft_cap(raw, how.softcap, t);
+                        if let Some((mb, md, st)) = &mask {
+                            let srow = si.clone().min(se.clone() - 1);
+                            let coords = [bi.clone(), hi.clone(), srow, j.clone()];
+                            let off = super::offset(kb, &coords, st);
+                            x = b(BinOp::Add, x, load_elem(kb, *mb, *md, off));
+                        }
+                        let p = si + te.clone() - se.clone();
+                        let mut seen = None;
+                        if how.causal {
+                            seen = Some(j.clone().le(p.clone()));
+                        }
+                        if let Some(w) = how.window {
+                            let after = j.clone().gt(p - w);
+                            seen = Some(match seen {
+                                Some(c) => c.and(after),
+                                None => after,
+                            });
+                        }
+                        if let Some(c) = seen {
+                            x = Expr::select(c, x, ninf());
+                        }
+                        let x = kb.let_("x", x);
+                        kb.store(sc, at, x.clone());
+                        kb.store(corr, ii.clone(), Expr::load(corr, ii).max(x));
+                    });
+                });
+                // New max, correction of what came before (1 while every key so far is
+                // masked: exp(-inf - -inf) would be NaN).
+                kb.for_("ii", 0, Q_TILE, vec, |kb, ii| {
+                    let mo = kb.let_("mo", Expr::load(m, ii.clone()));
+                    let mn = kb.let_("mn", mo.clone().max(Expr::load(corr, ii.clone())));
+                    let c = Expr::select(
+                        mn.clone().ne_(ninf()),
+                        exp(b(BinOp::Sub, mo, mn.clone())),
+                        fconst(1.0, t),
+                    );
+                    let c = kb.let_("c", c);
+                    kb.store(corr, ii.clone(), c.clone());
+                    kb.store(m, ii.clone(), mn);
+                    kb.store(l, ii.clone(), b(BinOp::Mul, Expr::load(l, ii), c));
+                });
+                // Probabilities over the scores, summed in key order.
+                kb.for_("r", 0, jn.clone(), LoopTag::Serial, |kb, r| {
+                    kb.for_("ii", 0, Q_TILE, vec, |kb, ii| {
+                        let at = r.clone() * Q_TILE + ii.clone();
+                        let mi = kb.let_("mi", Expr::load(m, ii.clone()));
+                        let p = Expr::select(
+                            mi.clone().ne_(ninf()),
+                            exp(b(BinOp::Sub, Expr::load(sc, at.clone()), mi)),
+                            fconst(0.0, t),
+                        );
+                        let p = kb.let_("p", p);
+                        kb.store(sc, at, p.clone());
+                        kb.store(l, ii.clone(), b(BinOp::Add, Expr::load(l, ii), p));
+                    });
+                });
+                // p·v, 8 value columns per FTile, then acc = acc · corr + p·v.
+                let vrow = kb.let_("vrow", (kvbase.clone() + j0.clone()) * dv);
+                for d0 in (0..dv).step_by(FTile::ROWS) {
+                    let nd = (dv - d0).min(rows);
+                    kb.ftile(FTile {
+                        w: sc,
+                        w_ty: Ty::F32,
+                        w_off: Expr::i(0),
+                        k: jn.clone(),
+                        x: ib[2],
+                        x_rows: (0..nd).map(|d| vrow.clone() + (d0 + d)).collect(),
+                        x_stride: dv,
+                        out: pv,
+                        out_off: Expr::i(d0 * Q_TILE),
+                    });
+                }
+                kb.for_("d", 0, dv, LoopTag::Serial, |kb, d| {
+                    kb.for_("ii", 0, Q_TILE, vec, |kb, ii| {
+                        let at = d.clone() * Q_TILE + ii.clone();
+                        let a = b(
+                            BinOp::Mul,
+                            Expr::load(acc, at.clone()),
+                            Expr::load(corr, ii),
+                        );
+                        kb.store(acc, at.clone(), b(BinOp::Add, a, Expr::load(pv, at)));
+                    });
+                });
+            },
+        );
+        // out row i = acc[.][i] / l[i] (0 where l is 0: every key masked).
+        kb.for_("ii", 0, nq.clone(), LoopTag::Serial, |kb, ii| {
+            let li = kb.let_("li", Expr::load(l, ii.clone()));
+            let inv = kb.let_(
+                "inv",
+                Expr::select(
+                    li.clone().ne_(fconst(0.0, t)),
+                    b(BinOp::Div, fconst(1.0, t), li),
+                    fconst(0.0, t),
+                ),
+            );
+            let orow = kb.let_(
+                "orow",
+                (bh.clone() * se.clone() + i0.clone() + ii.clone()) * dv,
+            );
+            kb.for_("d", 0, dv, LoopTag::Vectorize(8), |kb, d| {
+                let y = b(
+                    BinOp::Mul,
+                    Expr::load(acc, d.clone() * Q_TILE + ii.clone()),
+                    inv.clone(),
+                );
+                kb.store(ob[0], orow.clone() + d, y);
+            });
         });
     });
     kb.finish()

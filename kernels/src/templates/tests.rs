@@ -1314,6 +1314,52 @@ fn flash_attention_matches_the_reference() {
     );
 }
 
+/// The tile form (f32, queries in lanes): several query tiles of 32 and key tiles of
+/// 64 with partial ones at both ends, GQA, causal with more keys than queries (a KV
+/// prefix) and more queries than keys, sliding windows, soft-capping, an additive mask
+/// with a key stride and fully masked rows.
+#[test]
+fn flash_attention_tiles_match_the_reference() {
+    let mut r = Rng::new(91);
+    for &(s, t, causal, window, cap, masked) in &[
+        (70usize, 150usize, false, 0i64, 0.0f64, false),
+        (70, 150, true, 0, 0.0, true),
+        (33, 33, true, 20, 30.0, false),
+        (100, 40, true, 0, 0.0, false),
+        (5, 200, false, 0, 0.0, true),
+        (64, 130, true, 50, 0.0, true),
+    ] {
+        let q = r.tensor(F, &[2, 4, s, 16], 1.0);
+        let k = r.tensor(F, &[2, 2, t, 16], 1.0);
+        let v = r.tensor(F, &[2, 2, t, 24], 1.0);
+        let mut a = attrs([("scale", Attr::Float(0.3)), ("causal", Attr::Bool(causal))]);
+        if window > 0 {
+            a.insert("window".into(), Attr::Int(window));
+        }
+        if cap > 0.0 {
+            a.insert("softcap".into(), Attr::Float(cap));
+        }
+        let mut ins = vec![
+            (tt(F, &["2", "4", "seq", "16"]), q),
+            (tt(F, &["2", "2", "t", "16"]), k),
+            (tt(F, &["2", "2", "t", "24"]), v),
+        ];
+        if masked {
+            // Batch 1 masks its first 70 keys (every key for short rows of t = 40);
+            // the others get small additive biases.
+            let mv: Vec<f64> = (0..2 * t)
+                .map(|i| match (i / t, i % t) {
+                    (1, j) if j < 70 => f64::NEG_INFINITY,
+                    (_, j) => 0.1 * (j % 5) as f64,
+                })
+                .collect();
+            let mask = llmc_ir::Tensor::from_f64(F, vec![2, 1, 1, t], mv);
+            ins.push((tt(F, &["2", "1", "1", "t"]), mask));
+        }
+        check(Op::FlashAttention, a, &ins, 1e-5, 1e-5);
+    }
+}
+
 /// `causal_fill`: a left-padded batch (padding as an additive f32::MIN mask): the first
 /// queries of the padded row see only masked keys and, as in the unfused where-mask,
 /// spread over every key; the kernel agrees with the reference on every row, and the

@@ -18,6 +18,8 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// Emits `t` at the builder's position.
     pub(super) fn ftile(&mut self, f: &mut Frame<'ctx>, t: &FTile) -> R<()> {
         let w_off = self.expr(f, &t.w_off)?.0.into_int_value();
+        let k = self.expr(f, &t.k)?.0.into_int_value();
+        let out_off = self.expr(f, &t.out_off)?.0.into_int_value();
         let mut rows = Vec::new();
         for e in &t.x_rows {
             rows.push(self.expr(f, e)?.0.into_int_value());
@@ -34,7 +36,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         );
         let idx: Vec<usize> = (0..rows.len()).collect();
         for chunk in idx.chunks(per_pass) {
-            self.ftile_pass(f, t, (w, x, out), w_off, &rows, chunk, lanes)?;
+            self.ftile_pass(f, t, (w, x, out), [w_off, k, out_off], &rows, chunk, lanes)?;
         }
         Ok(())
     }
@@ -59,7 +61,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         f: &Frame<'ctx>,
         t: &FTile,
         (w, x, out): (PointerValue<'ctx>, PointerValue<'ctx>, PointerValue<'ctx>),
-        w_off: IntValue<'ctx>,
+        [w_off, k, out_off]: [IntValue<'ctx>; 3],
         rows: &[IntValue<'ctx>],
         which: &[usize],
         lanes: u32,
@@ -83,7 +85,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let fma = it
             .intrinsic(self.module, "llvm.fma", &[vf.into()])
             .ok_or_else(|| llvm_err("llvm.fma"))?;
-        let lp = self.counted_loop(f, "ftile", "ftp", t.k as u64)?;
+        let lp = self.counted_loop_to(f, "ftile", "ftp", k)?;
         let b = &f.b;
         let base = b
             .build_int_mul(lp.index, c64(FTile::LANES as u64), "")
@@ -144,7 +146,13 @@ impl<'ctx> Lowering<'ctx, '_> {
         }
         for (r, &i) in which.iter().enumerate() {
             let b = &f.b;
-            let at = b.build_int_add(rows[i], lp.index, "").map_err(e)?;
+            let at = if t.x_stride == 1 {
+                lp.index
+            } else {
+                b.build_int_mul(lp.index, c64(t.x_stride as u64), "")
+                    .map_err(e)?
+            };
+            let at = b.build_int_add(rows[i], at, "").map_err(e)?;
             let p = self.ft_gep(f, Ty::F32, x, at)?;
             let xs = b.build_load(it.f32, p, "").map_err(e)?.into_float_value();
             let xv = self.splat_f32(f, xs, lanes)?;
@@ -168,6 +176,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let b = &f.b;
                 let val: BasicValueEnum = b.build_load(vf, *a, "").map_err(e)?;
                 let at = c64((i * FTile::LANES) as u64 + (v as u64) * lanes as u64);
+                let at = f.b.build_int_add(out_off, at, "").map_err(e)?;
                 let p = self.ft_gep(f, Ty::F32, out, at)?;
                 let st = f.b.build_store(p, val).map_err(e)?;
                 st.set_alignment(4).map_err(llvm_err)?;

@@ -46,6 +46,17 @@ impl<'ctx> Lowering<'ctx, '_> {
         var: &str,
         trips: u64,
     ) -> R<CountedLoop<'ctx>> {
+        self.counted_loop_to(f, what, var, self.it.i64.const_int(trips, true))
+    }
+
+    /// [`Self::counted_loop`] with a trip count known only at run time.
+    pub(super) fn counted_loop_to(
+        &self,
+        f: &Frame<'ctx>,
+        what: &str,
+        var: &str,
+        trips: IntValue<'ctx>,
+    ) -> R<CountedLoop<'ctx>> {
         let it = self.it;
         let ctr = f.allocas.build_alloca(it.i64, var).map_err(llvm_err)?;
         f.b.build_store(ctr, it.i64.const_zero())
@@ -59,7 +70,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             .map_err(llvm_err)?
             .into_int_value();
         let more = b
-            .build_int_compare(IntPredicate::SLT, index, it.i64.const_int(trips, true), "")
+            .build_int_compare(IntPredicate::SLT, index, trips, "")
             .map_err(llvm_err)?;
         b.build_conditional_branch(more, body, exit)
             .map_err(llvm_err)?;
