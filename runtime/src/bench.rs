@@ -116,6 +116,147 @@ pub fn weight_bytes_per_token(plan: &Plan) -> u64 {
     total
 }
 
+/// Multiply-add FLOPs per prompt token of the plan's linears (2 · n · k per row a
+/// token adds): each `linear*`/`matmul*` step's rows are counted at one and two
+/// tokens (`seq` = 1, 2; every other symbol 1), so the logits head that runs on a
+/// sequence's last row only adds nothing. Attention's FLOPs (context-dependent) are
+/// not counted.
+pub fn linear_flops_per_token(plan: &Plan) -> u64 {
+    let Some(seq) = plan.symbols.iter().position(|s| s == "seq") else {
+        return 0;
+    };
+    let at = |t: i64| {
+        let mut v = vec![Some(1i64); plan.symbols.len()];
+        v[seq] = Some(t);
+        v
+    };
+    let (one, two) = (at(1), at(2));
+    let numel = |b: u32, syms: &[Option<i64>]| -> Option<i64> {
+        let d = plan.buffers.get(b as usize)?;
+        d.shape
+            .iter()
+            .try_fold(1i64, |a, p| Some(a * p.eval(syms)?))
+    };
+    let mut total = 0u64;
+    for s in &plan.steps {
+        let StepKind::Kernel { kernel, bufs, .. } = &s.kind else {
+            continue;
+        };
+        let name = plan
+            .kernels
+            .get(*kernel as usize)
+            .map_or("", |s| s.as_str());
+        if !(name.starts_with("linear") || name.starts_with("matmul")) {
+            continue;
+        }
+        let (Some(&x), Some(&w)) = (bufs.first(), bufs.get(1)) else {
+            continue;
+        };
+        let wd = &plan.buffers[w as usize];
+        if !matches!(wd.source, Source::Data { .. }) || wd.shape.len() != 2 {
+            continue;
+        }
+        let (Some(n), Some(k)) = (wd.shape[0].eval(&one), wd.shape[1].eval(&one)) else {
+            continue;
+        };
+        let (Some(r1), Some(r2)) = (numel(x, &one), numel(x, &two)) else {
+            continue;
+        };
+        let rows = (r2 - r1).max(0) / k.max(1);
+        total += (2 * n * k * rows) as u64;
+    }
+    total
+}
+
+/// The f32 FMA peak in FLOP/s of `threads` threads: each runs independent chains of
+/// vector FMAs (16 lanes with AVX-512F, 8 with AVX2+FMA, else 4-lane SSE multiplies and
+/// adds at 2 FLOPs a lane) for ~50 ms; best of three passes.
+pub fn fma_peak(threads: usize) -> f64 {
+    const ITERS: u64 = 4_000_000;
+    let threads = threads.max(1);
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let flops: u64 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| s.spawn(|| fma_chains(ITERS)))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        best = best.max(flops as f64 / t0.elapsed().as_secs_f64().max(1e-12));
+    }
+    best
+}
+
+/// FLOPs done by `iters` rounds of 12 independent FMA chains at the widest width.
+fn fma_chains(iters: u64) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            let s = unsafe { fma_chains_avx512(iters) };
+            std::hint::black_box(s);
+            return iters * 12 * 16 * 2;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            let s = unsafe { fma_chains_avx2(iters) };
+            std::hint::black_box(s);
+            return iters * 12 * 8 * 2;
+        }
+    }
+    let mut acc = [[0f32; 4]; 12];
+    let (m, a) = (
+        std::hint::black_box(0.999f32),
+        std::hint::black_box(1e-3f32),
+    );
+    for _ in 0..iters / 4 {
+        for c in acc.iter_mut() {
+            for x in c.iter_mut() {
+                *x = *x * m + a;
+            }
+        }
+    }
+    std::hint::black_box(acc);
+    (iters / 4) * 12 * 4 * 2
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_avx512(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm512_set1_ps(std::hint::black_box(0.999));
+    let a = _mm512_set1_ps(std::hint::black_box(1e-3));
+    let mut acc = [_mm512_setzero_ps(); 12];
+    for _ in 0..iters {
+        for c in acc.iter_mut() {
+            *c = _mm512_fmadd_ps(*c, m, a);
+        }
+    }
+    acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_avx2(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm256_set1_ps(std::hint::black_box(0.999));
+    let a = _mm256_set1_ps(std::hint::black_box(1e-3));
+    let mut acc = [_mm256_setzero_ps(); 12];
+    for _ in 0..iters {
+        for c in acc.iter_mut() {
+            *c = _mm256_fmadd_ps(*c, m, a);
+        }
+    }
+    let mut out = [0f32; 8];
+    let mut sum = 0f32;
+    for v in acc {
+        _mm256_storeu_ps(out.as_mut_ptr(), v);
+        sum += out.iter().sum::<f32>();
+    }
+    sum
+}
+
 /// Measured numbers of one bench.
 #[derive(Clone, Debug, Default)]
 pub struct BenchResult {
@@ -415,7 +556,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 pub fn run_engine(
     engine: &crate::engine::EngineHandle,
     o: &BenchOptions,
-    weight_bytes: u64,
+    (weight_bytes, prefill_flops): (u64, u64),
 ) -> Result<(), String> {
     let threads = crate::pool::num_threads();
     let facts = engine.facts().clone();
@@ -470,6 +611,11 @@ pub fn run_engine(
             best.decode_tps / roof.max(1e-12)
         );
         bw = Some(b);
+        let peak = fma_peak(threads);
+        let flops = prefill_flops as f64 * best.prefill_tps;
+        println!("fma peak GFLOP/s: {:.1}", peak / 1e9);
+        println!("prefill linear GFLOP/s: {:.1}", flops / 1e9);
+        println!("prefill / fma peak: {:.3}", flops / peak.max(1e-12));
     }
     let _ = bw;
     if o.concurrency > 1 {

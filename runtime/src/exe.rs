@@ -465,7 +465,10 @@ fn real_main(args: Vec<String>, tables: &[&KernelTable]) -> Result<(), String> {
                 println!("kernels built for: {}", req.built_for);
             }
             if let Some((mb, cfg)) = engine_flags {
-                let bytes = crate::bench::weight_bytes_per_token(&plan);
+                let bytes = (
+                    crate::bench::weight_bytes_per_token(&plan),
+                    crate::bench::linear_flops_per_token(&plan),
+                );
                 let engine =
                     crate::engine::step::CompiledStep::start_engine(plan, data, kernels, mb, cfg)?;
                 let r = crate::bench::run_engine(&engine, &opts, bytes);

@@ -240,6 +240,10 @@ fn tile_bytes(blocks: i64) -> i64 {
 /// 55 KiB tile outside L1).
 const TILE_L1_BYTES: i64 = 32 * 1024;
 
+/// Bytes of f32 activations a float linear's block of rows holds (it stays in L2
+/// while every panel of the weight passes it).
+const X_BLOCK_BYTES: i64 = 384 * 1024;
+
 /// Blocks per slice of a long row (18 KiB of tile; a multiple of the K-quants' 8).
 const SLICE_BLOCKS: i64 = 16;
 
@@ -342,25 +346,29 @@ impl Lin {
     }
 
     /// Rows of f32 x against a float weight packed in panels of 32 rows
-    /// ([`Pack::Panels32`]): in parallel over panels, tiles of up to [`FTile::ROWS`]
-    /// rows ([`FTile`]: the panel's 32 rows in vector lanes, one broadcast activation
-    /// per position, no horizontal sums), then the rows left over one at a time; each
-    /// tile's sums go through the bias and the epilogue vectorized over the columns.
+    /// ([`Pack::Panels32`]): in parallel over (block of rows, panel) pairs, panels
+    /// inner, tiles of up to [`FTile::ROWS`] rows ([`FTile`]: the panel's 32 rows in
+    /// vector lanes, one broadcast activation per position, no horizontal sums), then
+    /// the block's rows left over one at a time; each tile's sums go through the bias
+    /// and the epilogue vectorized over the columns. A block of rows
+    /// ([`X_BLOCK_BYTES`] of activations) stays in L2 while the panels stream past it,
+    /// so many rows read x once per block rather than once per panel.
     fn panel_rows(&self, kb: &mut KernelBuilder, rows: &Expr) {
         let lanes = PANEL as i64;
         let panels = self.n / lanes;
-        let tag = if panels > 1 {
-            LoopTag::Parallel
-        } else {
-            LoopTag::Serial
-        };
         let rt = FTile::ROWS as i64;
+        let rb = (X_BLOCK_BYTES / (4 * self.k) / rt * rt).clamp(rt, 1024);
         let w_ty = storage_ty(self.wd).unwrap_or(Ty::F32);
-        kb.for_("jp", 0, panels, tag, |kb, jp| {
+        let nrb = kb.let_("nrb", (rows.clone() + (rb - 1)) / rb);
+        let items = kb.let_("items", nrb * panels);
+        kb.for_("item", 0, items, LoopTag::Parallel, |kb, item| {
             let tile = kb.local("ftile", Ty::F32, rt * lanes);
+            let jp = kb.let_("jp", item.clone() % panels);
+            let lo = kb.let_("rlo", item / panels * rb);
+            let hi = kb.let_("rhi", (lo.clone() + rb).min(rows.clone()));
             let w_off = kb.let_("w_off", jp.clone() * (self.k * lanes));
             let j0 = kb.let_("j0", jp * lanes);
-            let full = kb.let_("rfull", rows.clone() / rt * rt);
+            let full = kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / rt * rt);
             let run = |kb: &mut KernelBuilder, r0: &Expr, nr: i64| {
                 kb.ftile(FTile {
                     w: self.w,
@@ -374,7 +382,7 @@ impl Lin {
                     out_off: Expr::i(0),
                 });
                 for i in 0..nr {
-                    kb.for_("c", 0, lanes, LoopTag::Vectorize(8), |kb, c| {
+                    kb.for_("c", 0, lanes, LoopTag::Vectorize(16), |kb, c| {
                         let j = j0.clone() + c.clone();
                         let mut v = Expr::load(tile, c + i * lanes);
                         if let Some((b, bd)) = self.bias {
@@ -387,12 +395,15 @@ impl Lin {
                     });
                 }
             };
-            kb.for_step("r", 0, full.clone(), rt, LoopTag::Serial, |kb, r| {
-                run(kb, &r, rt)
-            });
-            kb.for_("r", full, rows.clone(), LoopTag::Serial, |kb, r| {
-                run(kb, &r, 1)
-            });
+            kb.for_step(
+                "r",
+                lo.clone(),
+                full.clone(),
+                rt,
+                LoopTag::Serial,
+                |kb, r| run(kb, &r, rt),
+            );
+            kb.for_("r", full, hi, LoopTag::Serial, |kb, r| run(kb, &r, 1));
         });
     }
 

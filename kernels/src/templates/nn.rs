@@ -624,8 +624,10 @@ struct Softmax {
 
 /// Query rows per tile of [`flash_attention_tiles`] (the [`FTile`] lanes).
 const Q_TILE: i64 = FTile::LANES as i64;
-/// Keys per tile of [`flash_attention_tiles`] (a multiple of [`FTile::ROWS`]).
+/// Keys per tile of [`flash_attention_tiles`] (a multiple of [`ATT_ROWS`]).
 const K_TILE: i64 = 64;
+/// Key rows (scores) and value columns (p·v) per [`FTile`] of the attention tiles.
+const ATT_ROWS: i64 = 8;
 
 /// `flash_attention` on f32 operands as outer products, queries in vector lanes.
 ///
@@ -726,7 +728,7 @@ fn flash_attention_tiles(
             |kb, j0| {
                 let jn = kb.let_("jn", (kend.clone() - j0.clone()).min(Expr::i(K_TILE)));
                 // Scores, 8 keys per FTile (the rows past jn repeat the last key).
-                let rows = FTile::ROWS as i64;
+                let rows = ATT_ROWS;
                 kb.for_step("r0", 0, jn.clone(), rows, LoopTag::Serial, |kb, r0| {
                     let x_rows = (0..rows)
                         .map(|r| {
@@ -813,7 +815,7 @@ fn flash_attention_tiles(
                 });
                 // p·v, 8 value columns per FTile, then acc = acc · corr + p·v.
                 let vrow = kb.let_("vrow", (kvbase.clone() + j0.clone()) * dv);
-                for d0 in (0..dv).step_by(FTile::ROWS) {
+                for d0 in (0..dv).step_by(ATT_ROWS as usize) {
                     let nd = (dv - d0).min(rows);
                     kb.ftile(FTile {
                         w: sc,
