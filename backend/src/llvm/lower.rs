@@ -632,8 +632,42 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             &[it.ptr.into(), it.ptr.into(), it.i64.into()],
         );
         let fnptr = tramp.as_global_value().as_pointer_value();
+        // A loop whose whole work is small runs inline: n · cost < PAR_MIN_WORK, with
+        // the cost per iteration computed here from the dims when it depends on them.
+        let Some(cost) = cost_expr(body, &defined) else {
+            b.build_call(pf, &[fnptr.into(), ctx.into(), n.into()], "")
+                .map_err(llvm_err)?;
+            return Ok(());
+        };
+        let cost = self.expr(f, &cost)?.0.into_int_value();
+        let b = &f.b;
+        let work = b
+            .build_int_mul(n.into_int_value(), cost, "work")
+            .map_err(llvm_err)?;
+        let limit = it.i64.const_int(PAR_MIN_WORK, false);
+        let small = b
+            .build_int_compare(IntPredicate::SLT, work, limit, "small")
+            .map_err(llvm_err)?;
+        let (inline_b, pool_b, done) = (
+            it.cx.append_basic_block(f.func, "par.inline"),
+            it.cx.append_basic_block(f.func, "par.pool"),
+            it.cx.append_basic_block(f.func, "par.done"),
+        );
+        b.build_conditional_branch(small, inline_b, pool_b)
+            .map_err(llvm_err)?;
+        b.position_at_end(inline_b);
+        b.build_call(
+            tramp,
+            &[ctx.into(), it.i64.const_zero().into(), n.into()],
+            "",
+        )
+        .map_err(llvm_err)?;
+        b.build_unconditional_branch(done).map_err(llvm_err)?;
+        b.position_at_end(pool_b);
         b.build_call(pf, &[fnptr.into(), ctx.into(), n.into()], "")
             .map_err(llvm_err)?;
+        b.build_unconditional_branch(done).map_err(llvm_err)?;
+        b.position_at_end(done);
         Ok(())
     }
 
@@ -1482,6 +1516,57 @@ fn scan(
         }
     }
     walk(body, defined, assigned, bufs, allocs);
+}
+
+/// Statement executions under which a parallel loop runs inline on the calling thread
+/// rather than through the pool: a pool round trip (publish, wake, join) costs a few
+/// microseconds, more than a decode step's small kernels (rope, transposes, norms of
+/// one row) take in all. Measured on the Xeon: see `docs/codegen.md`.
+const PAR_MIN_WORK: u64 = 8192;
+
+/// Statement executions of one iteration of a loop body, as an index expression of
+/// the dims and of values defined before the loop, when every inner loop's bounds are
+/// such (`None` when one depends on the body's own values or loads, or when the body
+/// holds a tile or a block dot product: such a loop is always worth the pool).
+fn cost_expr(body: &[Stmt], inner: &BTreeSet<VarId>) -> Option<Expr> {
+    let outer_only = |e: &Expr| {
+        let mut ok = true;
+        visit_expr(e, &mut |x| match x {
+            Expr::Var(v) if inner.contains(v) => ok = false,
+            Expr::Load(..) | Expr::LoadRaw(..) => ok = false,
+            _ => {}
+        });
+        ok
+    };
+    let mut total = Expr::i(0);
+    for s in body {
+        let c = match s {
+            Stmt::For {
+                lo, hi, step, body, ..
+            } => {
+                if !outer_only(lo) || !outer_only(hi) {
+                    return None;
+                }
+                let span = Expr::bin(BinOp::Sub, hi.clone(), lo.clone());
+                let trips = Expr::bin(
+                    BinOp::Div,
+                    Expr::bin(BinOp::Add, span, Expr::i(step - 1)),
+                    Expr::i(*step),
+                );
+                let trips = trips.max(Expr::i(0));
+                Expr::bin(BinOp::Mul, trips, cost_expr(body, inner)?)
+            }
+            Stmt::If { then, els, .. } => Expr::bin(
+                BinOp::Add,
+                cost_expr(then, inner)?.max(cost_expr(els, inner)?),
+                Expr::i(1),
+            ),
+            Stmt::QDot(_) | Stmt::QTile(_) | Stmt::QUnpack(_) | Stmt::FTile(_) => return None,
+            _ => Expr::i(1),
+        };
+        total = Expr::bin(BinOp::Add, total, c);
+    }
+    Some(total)
 }
 
 /// Whether a loop body assigns a variable it does not define (a reduction carried out
