@@ -257,6 +257,8 @@ pub fn plan_module_for(m: &Module, gpu: bool) -> Result<Planned<'_>, BuildError>
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut packed: HashMap<(llmc_ir::WeightId, llmc_kernels::Pack), u32> = HashMap::new();
     let mut kernel_ids: HashMap<String, u32> = HashMap::new();
+    // Build-time tables by content: every layer's rope reads one copy.
+    let mut tables: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
     let mut gpu_schedules = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
     for node in &g.nodes {
@@ -436,7 +438,14 @@ pub fn plan_module_for(m: &Module, gpu: bool) -> Result<Planned<'_>, BuildError>
                 // Build-time tables follow the results.
                 for (ci, t) in consts.iter().enumerate() {
                     let bytes = llmc_kernels::interp::tensor_bytes(t);
-                    let (offset, len) = b.add_data(Piece::Owned(bytes));
+                    let (offset, len) = match tables.get(&bytes) {
+                        Some(&at) => at,
+                        None => {
+                            let at = b.add_data(Piece::Owned(bytes.clone()));
+                            tables.insert(bytes, at);
+                            at
+                        }
+                    };
                     let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
                     let ty = TensorType::new(t.dtype, llmc_ir::Shape::of(&dims));
                     let id = b.buffer(

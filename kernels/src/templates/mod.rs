@@ -161,7 +161,12 @@ pub fn lower(
         | Op::Split => layout::layout(node, ins, outs, name).map(plain),
         Op::Glu => elementwise::glu(node, ins, outs, name).map(plain),
         Op::RmsNorm | Op::LayerNorm => nn::norm(node, ins, outs, name).map(plain),
-        Op::Rope => nn::rope(node, ins, outs, name).map(plain),
+        Op::Rope => nn::rope(node, ins, outs, name).map(|(kernel, consts)| Lowered::Kernel {
+            kernel,
+            packs: Vec::new(),
+            consts,
+            in_place: Vec::new(),
+        }),
         Op::Attention => nn::attention(node, ins, outs, name).map(plain),
         Op::FlashAttention => nn::flash_attention(node, ins, outs, name).map(plain),
         Op::PagedKvWrite => paged::kv_write(ins, outs, name).map(|kernel| Lowered::Kernel {

@@ -106,13 +106,20 @@ pub(crate) fn norm(
     kb.finish()
 }
 
-/// `rope(x[b, h, s, d], pos[b or 1, s])`.
+/// Positions whose rope angles an f32 `rope` takes from a build-time table of cos/sin
+/// (`[positions, dims / 2, 2]` f32, the same values the kernel would compute); later
+/// positions compute them.
+const ROPE_TABLE_POSITIONS: i64 = 4096;
+
+/// `rope(x[b, h, s, d], pos[b or 1, s])`, and the build-time cos/sin table an f32 one
+/// reads for positions below [`ROPE_TABLE_POSITIONS`] (three f64 libm calls per pair
+/// and position otherwise: a serving step's ropes cost more than its adds and norms).
 pub(crate) fn rope(
     node: &Node,
     ins: &[&TensorType],
     outs: &[&TensorType],
     name: &str,
-) -> TResult<Kernel> {
+) -> TResult<(Kernel, Vec<llmc_ir::Tensor>)> {
     let x = operand(ins, 0, "x")?;
     let pos = operand(ins, 1, "pos")?;
     result(outs, 0)?;
@@ -138,6 +145,33 @@ pub(crate) fn rope(
     let half = dims / 2;
     let t = compute_ty(x.dtype)?;
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    // theta^(-2k/dims), in f64 as the reference computes it.
+    let inv_freq = |k: Expr| {
+        let ex = b(
+            BinOp::Div,
+            (k * -2).cast(Ty::F64),
+            fconst(dims as f64, Ty::F64),
+        );
+        b(BinOp::Pow, fconst(theta, Ty::F64), ex)
+    };
+    let mut consts = Vec::new();
+    let table = if t == Ty::F32 && !super::gpu_mapping() {
+        let mut v = Vec::with_capacity((ROPE_TABLE_POSITIONS * half * 2) as usize);
+        for p in 0..ROPE_TABLE_POSITIONS {
+            let pf = p as f64 / scale;
+            for k in 0..half {
+                let f = theta.powf((k * -2) as f64 / dims as f64);
+                let ang = pf * f;
+                v.push(f64::from(ang.cos() as f32));
+                v.push(f64::from(ang.sin() as f32));
+            }
+        }
+        let shape = vec![ROPE_TABLE_POSITIONS as usize, half as usize, 2];
+        consts.push(llmc_ir::Tensor::from_f64(llmc_ir::DType::F32, shape, v));
+        Some(kb.param("trig", Ty::F32, crate::loopir::Role::In))
+    } else {
+        None
+    };
     let (be, he, se) = (kb.dim(bd), kb.dim(hd), kb.dim(sd));
     let pos_batch1 = pos.shape.0.first() == Some(&Dim::c(1));
     let n = kb.let_("n", be * se.clone());
@@ -151,50 +185,79 @@ pub(crate) fn rope(
         let bi = kb.let_("bi", q.clone() / se.clone());
         let si = kb.let_("si", q % se.clone());
         let prow = if pos_batch1 { Expr::i(0) } else { bi.clone() };
-        let p = load_elem(kb, ib[1], pos.dtype, prow * se.clone() + si.clone());
-        let p = kb.let_("p", b(BinOp::Div, p.cast(Ty::F64), fconst(scale, Ty::F64)));
+        let pv = load_elem(kb, ib[1], pos.dtype, prow * se.clone() + si.clone());
+        let pv = kb.let_("pv", pv);
+        let p = kb.let_(
+            "p",
+            b(BinOp::Div, pv.clone().cast(Ty::F64), fconst(scale, Ty::F64)),
+        );
         let row = |kb: &mut KernelBuilder, hi: Expr| -> Expr {
             kb.let_(
                 "row",
                 ((bi.clone() * he.clone() + hi) * se.clone() + si.clone()) * d,
             )
         };
-        kb.for_("k", 0, half, LoopTag::Serial, |kb, k| {
-            // theta^(-2k/dims), in f64 as the reference computes it.
-            let ex = b(
-                BinOp::Div,
-                (k.clone() * -2).cast(Ty::F64),
-                fconst(dims as f64, Ty::F64),
-            );
-            let f = b(BinOp::Pow, fconst(theta, Ty::F64), ex);
-            let ang = kb.let_("ang", b(BinOp::Mul, p.clone(), f));
+        // Every head's pairs k rotated by (cos, sin) of the row's angle k.
+        let rotate =
+            |kb: &mut KernelBuilder, trig: &dyn Fn(&mut KernelBuilder, &Expr) -> (Expr, Expr)| {
+                kb.for_("k", 0, half, LoopTag::Serial, |kb, k| {
+                    let (sin, cos) = trig(kb, &k);
+                    let (ia, ibx) = if neox {
+                        (k.clone(), k.clone() + half)
+                    } else {
+                        (k.clone() * 2, k.clone() * 2 + 1)
+                    };
+                    kb.for_("h", 0, he.clone(), LoopTag::Serial, |kb, hi| {
+                        let r = row(kb, hi);
+                        let va =
+                            kb.let_("va", load_elem(kb, ib[0], x.dtype, r.clone() + ia.clone()));
+                        let vb =
+                            kb.let_("vb", load_elem(kb, ib[0], x.dtype, r.clone() + ibx.clone()));
+                        let oa = b(
+                            BinOp::Sub,
+                            b(BinOp::Mul, va.clone(), cos.clone()),
+                            b(BinOp::Mul, vb.clone(), sin.clone()),
+                        );
+                        let obv = b(
+                            BinOp::Add,
+                            b(BinOp::Mul, va, sin.clone()),
+                            b(BinOp::Mul, vb, cos.clone()),
+                        );
+                        let oa = to_storage(kb, ob[0], oa);
+                        let obv = to_storage(kb, ob[0], obv);
+                        kb.store(ob[0], r.clone() + ia.clone(), oa);
+                        kb.store(ob[0], r + ibx.clone(), obv);
+                    });
+                });
+            };
+        let computed = |kb: &mut KernelBuilder, k: &Expr| {
+            let ang = kb.let_("ang", b(BinOp::Mul, p.clone(), inv_freq(k.clone())));
             let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
             let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
-            let (ia, ibx) = if neox {
-                (k.clone(), k.clone() + half)
-            } else {
-                (k.clone() * 2, k.clone() * 2 + 1)
-            };
-            kb.for_("h", 0, he.clone(), LoopTag::Serial, |kb, hi| {
-                let r = row(kb, hi);
-                let va = kb.let_("va", load_elem(kb, ib[0], x.dtype, r.clone() + ia.clone()));
-                let vb = kb.let_("vb", load_elem(kb, ib[0], x.dtype, r.clone() + ibx.clone()));
-                let oa = b(
-                    BinOp::Sub,
-                    b(BinOp::Mul, va.clone(), cos.clone()),
-                    b(BinOp::Mul, vb.clone(), sin.clone()),
+            (sin, cos)
+        };
+        match table {
+            Some(tb) => {
+                let pi = kb.let_("pi", pv.cast(Ty::I64));
+                let inside = pi
+                    .clone()
+                    .ge(Expr::i(0))
+                    .and(pi.clone().lt(Expr::i(ROPE_TABLE_POSITIONS)));
+                kb.if_else(
+                    inside,
+                    |kb| {
+                        rotate(kb, &|kb, k| {
+                            let at = kb.let_("at", (pi.clone() * half + k.clone()) * 2);
+                            let cos = kb.let_("cos", Expr::load(tb, at.clone()));
+                            let sin = kb.let_("sin", Expr::load(tb, at + 1));
+                            (sin, cos)
+                        })
+                    },
+                    |kb| rotate(kb, &computed),
                 );
-                let obv = b(
-                    BinOp::Add,
-                    b(BinOp::Mul, va, sin.clone()),
-                    b(BinOp::Mul, vb, cos.clone()),
-                );
-                let oa = to_storage(kb, ob[0], oa);
-                let obv = to_storage(kb, ob[0], obv);
-                kb.store(ob[0], r.clone() + ia.clone(), oa);
-                kb.store(ob[0], r + ibx.clone(), obv);
-            });
-        });
+            }
+            None => rotate(kb, &computed),
+        }
         if dims < d {
             kb.for_("h", 0, he.clone(), LoopTag::Serial, |kb, hi| {
                 let r = row(kb, hi);
@@ -206,7 +269,7 @@ pub(crate) fn rope(
             });
         }
     });
-    kb.finish()
+    Ok((kb.finish()?, consts))
 }
 
 /// The end of an online-softmax query row: output row `qi` = `acc / l` (0 where the

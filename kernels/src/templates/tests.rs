@@ -853,7 +853,24 @@ fn norms_rope_attention() {
     check(
         Op::Rope,
         a,
-        &[(xrt, xr), (tt(DType::I64, &["1", "seq"]), pos1)],
+        &[
+            (xrt.clone(), xr.clone()),
+            (tt(DType::I64, &["1", "seq"]), pos1),
+        ],
+        1e-5,
+        1e-5,
+    );
+    // Positions on both sides of the end of the f32 kernel's cos/sin table (4096):
+    // table rows and computed angles agree with the reference alike.
+    let far = llmc_ir::Tensor::from_i64(
+        DType::I64,
+        vec![2, 3],
+        vec![4094, 4095, 4096, 0, 9000, 4097],
+    );
+    check(
+        Op::Rope,
+        attrs([("theta", Attr::Float(10000.0)), ("scale", Attr::Float(2.0))]),
+        &[(xrt, xr), (tt(DType::I64, &["2", "seq"]), far)],
         1e-5,
         1e-5,
     );
