@@ -16,6 +16,16 @@ fn close(got: &Tensor, want: &Tensor, tol: f64) {
     }
 }
 
+/// An f32 tensor of `shape` holding sin(i · k) at flat index i.
+fn sin_tensor(shape: &[usize], k: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_f64(
+        DType::F32,
+        shape.to_vec(),
+        (0..n).map(|i| ((i as f64) * k).sin()).collect(),
+    )
+}
+
 #[test]
 fn elementwise_and_matmul_graph_runs_compiled() {
     let text = r#"module @e2e {
@@ -28,17 +38,17 @@ fn elementwise_and_matmul_graph_runs_compiled() {
 }
 "#;
     let m = llmc_ir::text::parse(text, "e2e.llmc").expect("parse");
-    let mk = |shape: &[usize], k: f64| {
-        let n: usize = shape.iter().product();
-        Tensor::from_f64(
-            DType::F32,
-            shape.to_vec(),
-            (0..n).map(|i| ((i as f64) * k).sin()).collect(),
-        )
-    };
     let runs = vec![
-        vec![mk(&[5, 4], 0.7), mk(&[4, 3], 1.3), mk(&[3], 0.4)],
-        vec![mk(&[1, 4], 0.2), mk(&[4, 3], 1.1), mk(&[3], 0.9)],
+        vec![
+            sin_tensor(&[5, 4], 0.7),
+            sin_tensor(&[4, 3], 1.3),
+            sin_tensor(&[3], 0.4),
+        ],
+        vec![
+            sin_tensor(&[1, 4], 0.2),
+            sin_tensor(&[4, 3], 1.1),
+            sin_tensor(&[3], 0.9),
+        ],
     ];
     for opt in [0u8, 3] {
         let mut opts = BuildOptions::default();
@@ -246,14 +256,6 @@ fn flash_attention_tiles_run_compiled() {
 }
 "#;
     let m = llmc_ir::text::parse(text, "fa.llmc").expect("parse");
-    let mk = |shape: &[usize], k: f64| {
-        let n: usize = shape.iter().product();
-        Tensor::from_f64(
-            DType::F32,
-            shape.to_vec(),
-            (0..n).map(|i| ((i as f64) * k).sin()).collect(),
-        )
-    };
     let mask = |t: usize| {
         let mv = (0..2 * t)
             .map(|i| match (i / t, i % t) {
@@ -267,9 +269,9 @@ fn flash_attention_tiles_run_compiled() {
         .iter()
         .map(|&(s, t)| {
             vec![
-                mk(&[2, 4, s, 16], 0.37),
-                mk(&[2, 2, t, 16], 0.91),
-                mk(&[2, 2, t, 24], 0.53),
+                sin_tensor(&[2, 4, s, 16], 0.37),
+                sin_tensor(&[2, 2, t, 16], 0.91),
+                sin_tensor(&[2, 2, t, 24], 0.53),
                 mask(t),
             ]
         })

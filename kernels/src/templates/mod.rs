@@ -789,6 +789,16 @@ pub(crate) fn fconst(v: f64, t: Ty) -> Expr {
     Expr::f(v, t)
 }
 
+/// `1 / l`, or 0 where `l` is 0: the normalizer of an online-softmax row whose keys
+/// were all masked out (such a row's output is 0).
+pub(crate) fn recip_or_zero(l: Expr, t: Ty) -> Expr {
+    Expr::select(
+        l.clone().ne_(fconst(0.0, t)),
+        Expr::bin(crate::loopir::BinOp::Div, fconst(1.0, t), l),
+        fconst(0.0, t),
+    )
+}
+
 /// exp(x) as an expression (kept here so a faster polynomial can replace it once).
 pub(crate) fn exp(x: Expr) -> Expr {
     Expr::un(UnOp::Exp, x)

@@ -7,7 +7,8 @@
 
 use super::{
     attr_bool, attr_float, attr_int, attr_str, broadcast_strides, compute_ty, exp, fconst,
-    load_elem, operand, result, setup, to_storage, work_estimate, worth_threads, TResult,
+    load_elem, operand, recip_or_zero, result, setup, to_storage, work_estimate, worth_threads,
+    TResult,
 };
 use crate::builder::KernelBuilder;
 use crate::loopir::{BinOp, Expr, FTile, Kernel, LoopTag, Ty, UnOp};
@@ -283,14 +284,7 @@ fn store_normalized(
     dv: i64,
     out: crate::loopir::BufId,
 ) {
-    let inv = kb.let_(
-        "inv",
-        Expr::select(
-            Expr::Var(l).ne_(fconst(0.0, t)),
-            b(BinOp::Div, fconst(1.0, t), Expr::Var(l)),
-            fconst(0.0, t),
-        ),
-    );
+    let inv = kb.let_("inv", recip_or_zero(Expr::Var(l), t));
     let orow = kb.let_("orow", qi * dv);
     kb.for_("c", 0, dv, LoopTag::Vectorize(8), |kb, c| {
         let y = b(BinOp::Mul, Expr::load(acc, c.clone()), inv.clone());
@@ -908,14 +902,7 @@ fn flash_attention_tiles(
         // out row i = acc[.][i] / l[i] (0 where l is 0: every key masked).
         kb.for_("ii", 0, nq.clone(), LoopTag::Serial, |kb, ii| {
             let li = kb.let_("li", Expr::load(l, ii.clone()));
-            let inv = kb.let_(
-                "inv",
-                Expr::select(
-                    li.clone().ne_(fconst(0.0, t)),
-                    b(BinOp::Div, fconst(1.0, t), li),
-                    fconst(0.0, t),
-                ),
-            );
+            let inv = kb.let_("inv", recip_or_zero(li, t));
             let orow = kb.let_(
                 "orow",
                 (bh.clone() * se.clone() + i0.clone() + ii.clone()) * dv,

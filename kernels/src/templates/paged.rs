@@ -9,8 +9,8 @@
 //! the step, one code path for all): batch invariance.
 
 use super::{
-    attr_float, attr_int, compute_ty, exp, fconst, gpu_mapping, load_elem, operand, result, setup,
-    to_storage, work_estimate, TResult, PARALLEL_MIN,
+    attr_float, attr_int, compute_ty, exp, fconst, gpu_mapping, load_elem, operand, recip_or_zero,
+    result, setup, to_storage, work_estimate, TResult, PARALLEL_MIN,
 };
 use crate::loopir::{BinOp, Expr, Kernel, LoopTag, Ty, UnOp};
 use llmc_ir::{DType, Dim, Node, TensorType};
@@ -500,14 +500,7 @@ pub(crate) fn attention(
                   o: &Expr| {
         for g in 0..group {
             let l = kb.let_("lsum", Expr::load(run, l_at(o, g)));
-            let inv = kb.let_(
-                "inv",
-                Expr::select(
-                    l.clone().ne_(fconst(0.0, t)),
-                    b(BinOp::Div, fconst(1.0, t), l),
-                    fconst(0.0, t),
-                ),
-            );
+            let inv = kb.let_("inv", recip_or_zero(l, t));
             let orow = kb.let_(
                 "orow",
                 ((kv.clone() * group + g) * se.clone() + r.clone()) * dv,
