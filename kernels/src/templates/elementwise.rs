@@ -310,10 +310,17 @@ pub(crate) fn glu(
     let two = ins.len() == 2;
     let (gd, ud) = (g.dtype, ins.get(1).map_or(g.dtype, |u| u.dtype));
     let row_in = if two { n } else { 2 * n };
-    kb.for_("r", 0, rows, LoopTag::Serial, |kb, row| {
+    // Rows in parallel on a CPU (a prefill or a batched step has many; one row runs
+    // inline); the GPU mapping strides a row's elements over a block's threads.
+    let tag = if !super::gpu_mapping() && super::worth_threads(super::work_estimate(&out.shape.0)) {
+        LoopTag::Parallel
+    } else {
+        LoopTag::Serial
+    };
+    kb.for_("r", 0, rows, tag, |kb, row| {
         let base = kb.let_("base", row.clone() * row_in);
         let obase = kb.let_("obase", row * n);
-        kb.for_("j", 0, n, LoopTag::Vectorize(8), |kb, j| {
+        kb.for_("j", 0, n, LoopTag::Vectorize(16), |kb, j| {
             let gv = load_elem(kb, ib[0], gd, base.clone() + j.clone());
             let gv = kb.let_("g", gv.cast(t));
             let uv = if two {
