@@ -179,14 +179,7 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
             let want = Interpreter::new(&m).run(&runs[0]).expect("reference")[0].to_f64();
             // The host's kernels, the SSE2 ones, AVX2's and AVX-512's without VNNI (the
             // tile form's 8- and 16-lane sums; run where the host has the features).
-            for cpu in ["", "x86-64", "x86-64-v3", "x86-64-v4"] {
-                if !host_runs(cpu) {
-                    continue;
-                }
-                let mut opts = BuildOptions::default();
-                if !cpu.is_empty() {
-                    opts.cpu.cpu = cpu.to_string();
-                }
+            for (cpu, opts) in cpu_builds() {
                 let got = run_compiled(&m, &opts, &runs)
                     .unwrap_or_else(|e| panic!("{d} k {k} cpu {cpu:?}: {e}"));
                 let batch = got[0][0].to_f64();
@@ -214,6 +207,22 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
             }
         }
     }
+}
+
+/// Build options for the host's kernels, the SSE2 ones (`x86-64`), AVX2's
+/// (`x86-64-v3`) and AVX-512's without VNNI (`x86-64-v4`): those this machine runs.
+fn cpu_builds() -> Vec<(&'static str, BuildOptions)> {
+    ["", "x86-64", "x86-64-v3", "x86-64-v4"]
+        .into_iter()
+        .filter(|cpu| host_runs(cpu))
+        .map(|cpu| {
+            let mut opts = BuildOptions::default();
+            if !cpu.is_empty() {
+                opts.cpu.cpu = cpu.to_string();
+            }
+            (cpu, opts)
+        })
+        .collect()
 }
 
 /// Whether this machine runs code built for the named `--cpu` (the baseline and the
@@ -276,14 +285,7 @@ fn flash_attention_tiles_run_compiled() {
             ]
         })
         .collect();
-    for cpu in ["", "x86-64", "x86-64-v3", "x86-64-v4"] {
-        if !host_runs(cpu) {
-            continue;
-        }
-        let mut opts = BuildOptions::default();
-        if !cpu.is_empty() {
-            opts.cpu.cpu = cpu.to_string();
-        }
+    for (cpu, opts) in cpu_builds() {
         let got = run_compiled(&m, &opts, &runs).unwrap_or_else(|e| panic!("cpu {cpu:?}: {e}"));
         for (r, inputs) in runs.iter().enumerate() {
             let want = Interpreter::new(&m).run(inputs).expect("reference");
