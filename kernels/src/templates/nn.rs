@@ -107,6 +107,34 @@ pub(crate) fn norm(
     kb.finish()
 }
 
+/// Rope's rotation of one pair: elements `a` and `b` of `x` (dtype `xd`) become
+/// `a cos - b sin` and `a sin + b cos` at the same places of `out` (the CPU and GPU
+/// templates both rotate through this).
+pub(crate) fn rotate_pair(
+    kb: &mut KernelBuilder,
+    (x, xd): (crate::loopir::BufId, llmc_ir::DType),
+    out: crate::loopir::BufId,
+    (a, bi): (Expr, Expr),
+    (sin, cos): (&Expr, &Expr),
+) {
+    let va = kb.let_("va", load_elem(kb, x, xd, a.clone()));
+    let vb = kb.let_("vb", load_elem(kb, x, xd, bi.clone()));
+    let oa = b(
+        BinOp::Sub,
+        b(BinOp::Mul, va.clone(), cos.clone()),
+        b(BinOp::Mul, vb.clone(), sin.clone()),
+    );
+    let ob = b(
+        BinOp::Add,
+        b(BinOp::Mul, va, sin.clone()),
+        b(BinOp::Mul, vb, cos.clone()),
+    );
+    let oa = to_storage(kb, out, oa);
+    let ob = to_storage(kb, out, ob);
+    kb.store(out, a, oa);
+    kb.store(out, bi, ob);
+}
+
 /// Positions whose rope angles an f32 `rope` takes from a build-time table of cos/sin
 /// (`[positions, dims / 2, 2]` f32, the same values the kernel would compute); later
 /// positions compute them.
@@ -210,24 +238,8 @@ pub(crate) fn rope(
                     };
                     kb.for_("h", 0, he.clone(), LoopTag::Serial, |kb, hi| {
                         let r = row(kb, hi);
-                        let va =
-                            kb.let_("va", load_elem(kb, ib[0], x.dtype, r.clone() + ia.clone()));
-                        let vb =
-                            kb.let_("vb", load_elem(kb, ib[0], x.dtype, r.clone() + ibx.clone()));
-                        let oa = b(
-                            BinOp::Sub,
-                            b(BinOp::Mul, va.clone(), cos.clone()),
-                            b(BinOp::Mul, vb.clone(), sin.clone()),
-                        );
-                        let obv = b(
-                            BinOp::Add,
-                            b(BinOp::Mul, va, sin.clone()),
-                            b(BinOp::Mul, vb, cos.clone()),
-                        );
-                        let oa = to_storage(kb, ob[0], oa);
-                        let obv = to_storage(kb, ob[0], obv);
-                        kb.store(ob[0], r.clone() + ia.clone(), oa);
-                        kb.store(ob[0], r + ibx.clone(), obv);
+                        let at = (r.clone() + ia.clone(), r + ibx.clone());
+                        rotate_pair(kb, (ib[0], x.dtype), ob[0], at, (&sin, &cos));
                     });
                 });
             };

@@ -188,22 +188,8 @@ pub(crate) fn rope(
         };
         kb.for_("h", 0, he.clone(), LoopTag::Serial, |kb, hi| {
             let r = row(kb, hi);
-            let va = kb.let_("va", load_elem(kb, ib[0], x.dtype, r.clone() + ia.clone()));
-            let vb = kb.let_("vb", load_elem(kb, ib[0], x.dtype, r.clone() + ibx.clone()));
-            let oa = b(
-                BinOp::Sub,
-                b(BinOp::Mul, va.clone(), cos.clone()),
-                b(BinOp::Mul, vb.clone(), sin.clone()),
-            );
-            let obv = b(
-                BinOp::Add,
-                b(BinOp::Mul, va, sin.clone()),
-                b(BinOp::Mul, vb, cos.clone()),
-            );
-            let oa = to_storage(kb, ob[0], oa);
-            let obv = to_storage(kb, ob[0], obv);
-            kb.store(ob[0], r.clone() + ia.clone(), oa);
-            kb.store(ob[0], r + ibx.clone(), obv);
+            let at = (r.clone() + ia.clone(), r + ibx.clone());
+            super::super::nn::rotate_pair(kb, (ib[0], x.dtype), ob[0], at, (&sin, &cos));
         });
         if dims < d {
             // The pass-through tail, by the pair-0 thread of each token.
