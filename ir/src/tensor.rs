@@ -165,7 +165,17 @@ impl Tensor {
             Tensor::from_i64(to, self.shape.clone(), v)
         } else {
             let v = match &self.data {
-                // Float -> int truncates toward zero; NaN/inf saturate like Rust's `as`.
+                // Float -> int truncates toward zero; NaN/inf saturate like Rust's `as`,
+                // to i32 for targets of 32 bits or fewer but u32 (the compiled
+                // kernels' one vector conversion), to i64 otherwise.
+                Data::F(v)
+                    if matches!(
+                        to,
+                        DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::I32
+                    ) =>
+                {
+                    v.iter().map(|&x| x as i32 as i64).collect()
+                }
                 Data::F(v) => v.iter().map(|&x| x as i64).collect(),
                 Data::I(v) => v.clone(),
             };

@@ -1232,7 +1232,9 @@ fn cast(v: V, from: Ty, to: Ty) -> V {
     let _ = from;
     match v {
         V::I(x) => fit(to, V::I(x)),
-        // `as` saturates and maps NaN to 0, then the value wraps to the width.
+        // `as` saturates (to i32 for targets of 32 bits or fewer but u32, to i64
+        // otherwise) and maps NaN to 0, then the value wraps to the width.
+        V::F(x) if to.sat_i32() => fit(to, V::I(x as i32 as i64)),
         V::F(x) => fit(to, V::I(x as i64)),
     }
 }

@@ -39,6 +39,12 @@ pub enum Ty {
 }
 
 impl Ty {
+    /// Whether a float converts to this integer type by saturating to the i32 range
+    /// first (every integer type of 32 bits or fewer but u32; see [`Expr::Cast`]).
+    pub fn sat_i32(self) -> bool {
+        matches!(self, Ty::I8 | Ty::U8 | Ty::I16 | Ty::U16 | Ty::I32)
+    }
+
     /// Bytes per element in memory.
     pub fn bytes(self) -> usize {
         match self {
@@ -340,9 +346,10 @@ pub enum Expr {
     Bin(BinOp, Box<Expr>, Box<Expr>),
     /// `cond ? a : b` (both sides are evaluated; use [`Stmt::If`] to guard loads).
     Select(Box<Expr>, Box<Expr>, Box<Expr>),
-    /// Conversion. Float to integer truncates toward zero and saturates to i64 (NaN
-    /// gives 0), then wraps to the target width, as the reference's `as` casts do;
-    /// anything to bool is `!= 0`; bool is 0 or 1.
+    /// Conversion. Float to integer truncates toward zero and saturates to i32 for
+    /// targets of 32 bits or fewer but u32 ([`Ty::sat_i32`]; one vector conversion),
+    /// to i64 otherwise (NaN gives 0), then wraps to the target width, as the
+    /// reference's casts do; anything to bool is `!= 0`; bool is 0 or 1.
     Cast(Ty, Box<Expr>),
 }
 

@@ -1413,9 +1413,34 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 if from == Ty::F16 {
                     v = b.build_float_ext(v, it.f32, "").map_err(llvm_err)?;
                 }
+                let tt = it.ty(to).into_int_type();
+                if to.sat_i32() {
+                    // Saturating to i32 spelled out (a conversion, two range checks and
+                    // the NaN check), which vectorizes; LLVM 19 scalarizes a vector
+                    // `llvm.fptosi.sat` on x86 (it was half the activation quantization).
+                    let e = llvm_err;
+                    let ft = v.get_type();
+                    let cmp = |p, k: f64| b.build_float_compare(p, v, ft.const_float(k), "");
+                    let big = cmp(FloatPredicate::OGE, 2147483648.0).map_err(e)?;
+                    let small = cmp(FloatPredicate::OLT, -2147483648.0).map_err(e)?;
+                    let nan = b
+                        .build_float_compare(FloatPredicate::UNO, v, v, "")
+                        .map_err(e)?;
+                    let r = b.build_float_to_signed_int(v, it.i32, "").map_err(e)?;
+                    let i32c = |k: i64| it.i32.const_int(k as u64, true);
+                    let r = b
+                        .build_select(big, i32c(i32::MAX as i64), r, "")
+                        .map_err(e)?;
+                    let r = b.build_select(small, i32c(i32::MIN as i64), r.into_int_value(), "");
+                    let r = r.map_err(e)?.into_int_value();
+                    let r = b.build_select(nan, i32c(0), r, "").map_err(e)?;
+                    return Ok(b
+                        .build_int_truncate_or_bit_cast(r.into_int_value(), tt, "")
+                        .map_err(e)?
+                        .into());
+                }
                 let sat = self.intr("llvm.fptosi.sat", &[it.i64.into(), v.get_type().into()])?;
                 let r = self.call(f, sat, &[v.into()])?.into_int_value();
-                let tt = it.ty(to).into_int_type();
                 Ok(b.build_int_truncate_or_bit_cast(r, tt, "")
                     .map_err(llvm_err)?
                     .into())
