@@ -642,6 +642,119 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
+/// The weight value `v` as a constant rank-1 weight of `n` elements of `dtype`.
+fn is_bias(m: &Module, v: ValueId, n: i64, dtype: DType) -> bool {
+    let val = m.graph.value(v);
+    matches!(val.def, ValueDef::Weight(_))
+        && val.ty.dtype == dtype
+        && val.ty.shape.as_consts().as_deref() == Some(&[n][..])
+}
+
+/// ONNX exports (and other graphs) multiply by a weight as `matmul(x, w)` with `w`
+/// `[k, n]`, and the e-graph makes that a `linear(x, wᵀ[, b])` only after this pass
+/// has run: so every 2-D float weight that only `matmul`s read (operand 1, an f32
+/// result, x of rank ≥ 2) becomes here a `linear` over a transposed copy of the weight
+/// (the name kept, `[n, k]`), taking a following `add` of a constant `[n]` bias when
+/// it is the product's only reader. The quantizer then takes it as it takes an
+/// imported linear. Returns how many weights it transposed.
+fn matmuls_to_linears(m: &mut Module) -> Result<usize, String> {
+    let mut keep = vec![true; m.graph.nodes.len()];
+    let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut done = 0;
+    for i in 0..m.weights.len() {
+        let w = WeightId(i as u32);
+        let weight = m.weight(w).clone();
+        let es = match weight.dtype {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            _ => continue,
+        };
+        let dims = weight.shape.as_consts();
+        let (Some(v), Some(&[k, n])) = (m.weight_value(w), dims.as_deref()) else {
+            continue;
+        };
+        let rs = readers(m, v);
+        let g = &m.graph;
+        let all_matmul = !rs.is_empty()
+            && !g.outputs.contains(&v)
+            && rs.iter().all(|&(r, ko)| {
+                let node = g.node(r);
+                node.op == Op::MatMul
+                    && ko == 1
+                    && node.inputs.len() == 2
+                    && g.ty(node.inputs[0]).shape.rank() >= 2
+                    && g.ty(node.outputs[0]).dtype == DType::F32
+            });
+        if !all_matmul {
+            continue;
+        }
+        let data = match weight.data.bytes() {
+            Some(b) => {
+                let (ku, nu) = (k as usize, n as usize);
+                if b.len() != ku * nu * es {
+                    return Err(format!(
+                        "weight @{} holds {} bytes for [{k}, {n}]",
+                        weight.name,
+                        b.len()
+                    ));
+                }
+                let mut t = vec![0u8; b.len()];
+                for r in 0..ku {
+                    for c in 0..nu {
+                        let from = (r * nu + c) * es;
+                        let to = (c * ku + r) * es;
+                        t[to..to + es].copy_from_slice(&b[from..from + es]);
+                    }
+                }
+                WeightData::Owned(Arc::new(t))
+            }
+            None => WeightData::None,
+        };
+        // The [k, n] original keeps its value (now unread); the copy takes the name.
+        m.weights[i].name = format!("{}.kn", weight.name);
+        let wt = m.add_weight(
+            &weight.name,
+            weight.dtype,
+            llmc_ir::Shape::of(&[n, k]),
+            data,
+        );
+        keep.resize(m.graph.nodes.len(), true);
+        for (r, _) in rs {
+            let out = m.graph.node(r).outputs[0];
+            let x = m.graph.node(r).inputs[0];
+            let xdt = m.graph.ty(x).dtype;
+            let after = readers(m, out);
+            let bias = match after.as_slice() {
+                [(a, _)] if m.graph.node(*a).op == Op::Add && !m.graph.outputs.contains(&out) => {
+                    let add = m.graph.node(*a);
+                    let other = if add.inputs[0] == out {
+                        add.inputs[1]
+                    } else {
+                        add.inputs[0]
+                    };
+                    let same = m.graph.ty(add.outputs[0]) == m.graph.ty(out);
+                    (same && is_bias(m, other, n, xdt)).then_some((*a, other))
+                }
+                _ => None,
+            };
+            let node = &mut m.graph.nodes[r.0 as usize];
+            node.op = Op::Linear;
+            node.inputs = vec![x, wt];
+            if let Some((a, b)) = bias {
+                node.inputs.push(b);
+                let add_out = m.graph.node(a).outputs[0];
+                repl.insert(add_out, out);
+                keep[a.0 as usize] = false;
+            }
+        }
+        done += 1;
+    }
+    if done > 0 {
+        compact(&mut m.graph, &keep, &repl);
+    }
+    Ok(done)
+}
+
 /// The pass: quantizes per `ctx.quantize`; without a spec it changes nothing.
 pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let Some(spec) = &ctx.quantize else {
@@ -652,6 +765,12 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
         pass: "quantize".into(),
         msg,
     };
+    let turned = matmuls_to_linears(m).map_err(err)?;
+    if turned > 0 {
+        crate::note(format!(
+            "{turned} matmul weight(s) transposed into linears to be quantized"
+        ));
+    }
     let mut plans = Vec::new();
     let mut left: Vec<String> = Vec::new();
     for i in 0..m.weights.len() {

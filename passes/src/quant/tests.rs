@@ -378,3 +378,65 @@ fn awq_folds_the_o_projection_into_grouped_value_heads() {
     let e = rel_error(&want, &run1(&m, &x));
     assert!(e < 1e-5, "unquantized output moved by {e}");
 }
+
+/// `y = matmul(x, w₁) + b₁` read by `matmul(·, w₂)` (no bias), weights `[k, n]` as ONNX
+/// exports write them; `w₁` is also read by a second matmul, so both readers move.
+fn onnx_style(seed: u64) -> Module {
+    let mut rng = Lcg(seed);
+    let mut m = Module::new("onnx_style");
+    let x = m.graph.add_input(
+        "x",
+        TensorType::new(
+            DType::F32,
+            Shape(vec![Dim::c(ROWS as i64), Dim::c(H as i64)]),
+        ),
+    );
+    let w1 = random(&mut rng, H * F, 0.2);
+    let w2 = random(&mut rng, F * H, 0.2);
+    let b1 = random(&mut rng, F, 0.5);
+    let (w1, w2, b1) = (
+        weight(&mut m, "w1", &[H, F], &w1),
+        weight(&mut m, "w2", &[F, H], &w2),
+        weight(&mut m, "b1", &[F], &b1),
+    );
+    let p = m.add1(Op::MatMul, &[x, w1], attrs([])).unwrap();
+    let y = m.add1(Op::Add, &[p, b1], attrs([])).unwrap();
+    let z = m.add1(Op::MatMul, &[y, w2], attrs([])).unwrap();
+    let p2 = m.add1(Op::MatMul, &[x, w1], attrs([])).unwrap();
+    m.graph.outputs.extend([z, p2]);
+    m
+}
+
+#[test]
+fn matmul_weights_become_quantized_linears() {
+    let x = input(21);
+    let want = Interpreter::new(&onnx_style(20))
+        .run(std::slice::from_ref(&x))
+        .unwrap();
+    // f16 keeps the function to f16's rounding: the transposes and the bias are right.
+    for (spec, tol) in [("f16", 2e-3), ("q8_0", 2e-2)] {
+        let mut m = onnx_style(20);
+        let ctx = PassContext {
+            quantize: Some(QuantSpec::parse(spec).unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(run(&mut m, &ctx).unwrap(), Changed::Yes);
+        llmc_ir::verify::verify(&m).unwrap();
+        let ops: Vec<Op> = m.graph.nodes.iter().map(|n| n.op).collect();
+        assert_eq!(ops, [Op::Linear, Op::Linear, Op::Linear], "{spec}: {ops:?}");
+        assert_eq!(
+            m.graph.nodes[0].inputs.len(),
+            3,
+            "{spec}: the bias is taken"
+        );
+        for n in &m.graph.nodes {
+            let w = m.graph.ty(n.inputs[1]);
+            assert_ne!(w.dtype, DType::F32, "{spec}: {w:?} stayed f32");
+        }
+        let got = Interpreter::new(&m).run(std::slice::from_ref(&x)).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            let e = rel_error(&w.to_f64(), &g.to_f64());
+            assert!(e < tol, "{spec}: relative error {e}");
+        }
+    }
+}
