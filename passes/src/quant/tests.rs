@@ -130,7 +130,11 @@ fn rel_error(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn quantized(seed: u64, spec: &str, cal: Option<Arc<Calibration>>) -> Module {
-    let mut m = block(seed, false);
+    quantize(block(seed, false), spec, cal)
+}
+
+/// `m` after the pass with `--quantize spec`, checked to change and verify.
+fn quantize(mut m: Module, spec: &str, cal: Option<Arc<Calibration>>) -> Module {
     let ctx = PassContext {
         quantize: Some(QuantSpec::parse(spec).unwrap()),
         calibration: cal,
@@ -260,13 +264,7 @@ fn float_formats_convert_a_tied_embedding_and_keep_it_gathered() {
         .unwrap()[0]
         .to_f64();
     for (spec, dtype, tol) in [("f16", DType::F16, 2e-3), ("bf16", DType::BF16, 2e-2)] {
-        let mut m = tied(5);
-        let ctx = PassContext {
-            quantize: Some(QuantSpec::parse(spec).unwrap()),
-            ..Default::default()
-        };
-        assert_eq!(run(&mut m, &ctx).unwrap(), Changed::Yes);
-        llmc_ir::verify::verify(&m).unwrap();
+        let m = quantize(tied(5), spec, None);
         assert_eq!(m.weight(m.weight_id("embed").unwrap()).dtype, dtype);
         let casts = m.graph.nodes.iter().filter(|n| n.op == Op::Cast).count();
         assert_eq!(casts, 1, "one cast after the gather");
@@ -415,13 +413,7 @@ fn matmul_weights_become_quantized_linears() {
         .unwrap();
     // f16 keeps the function to f16's rounding: the transposes and the bias are right.
     for (spec, tol) in [("f16", 2e-3), ("q8_0", 2e-2)] {
-        let mut m = onnx_style(20);
-        let ctx = PassContext {
-            quantize: Some(QuantSpec::parse(spec).unwrap()),
-            ..Default::default()
-        };
-        assert_eq!(run(&mut m, &ctx).unwrap(), Changed::Yes);
-        llmc_ir::verify::verify(&m).unwrap();
+        let m = quantize(onnx_style(20), spec, None);
         let ops: Vec<Op> = m.graph.nodes.iter().map(|n| n.op).collect();
         assert_eq!(ops, [Op::Linear, Op::Linear, Op::Linear], "{spec}: {ops:?}");
         assert_eq!(
