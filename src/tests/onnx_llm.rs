@@ -197,6 +197,28 @@ fn torch_export_with_past_and_a_tokenizer_folder_generates_the_hf_builds_text() 
     assert_eq!(from_onnx, from_hf);
 }
 
+/// `--quantize` reaches an export's `MatMul` weights (transposed into linears first):
+/// Optimum's export quantized to q4_1 with its separate embedding table in q8_0 (the
+/// HF folder ties it to the head, which the default mix puts in q8_0) gives the
+/// quantized HF build's greedy text, token for token.
+#[test]
+fn quantized_optimum_export_generates_the_quantized_hf_builds_text() {
+    let Some(onnx) = export("smollm2-optimum", "scripts/onnx-exports --optimum") else {
+        return;
+    };
+    let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "The capital of France is";
+    let q = ["--quantize", "q4_1,embed=q8_0"];
+    let from_onnx = build_and_generate(&onnx, &q, &dir.path().join("onnx-q4_1"), prompt, "24");
+    let q = ["--quantize", "q4_1"];
+    let from_hf = build_and_generate(&hf, &q, &dir.path().join("hf-q4_1"), prompt, "24");
+    assert!(!from_hf.trim().is_empty(), "the HF build generated nothing");
+    assert_eq!(from_onnx, from_hf);
+}
+
 /// Optimum's export without past key/values (`optimum-cli export onnx --task
 /// text-generation`, scripts/onnx-exports' `smollm2-optimum-nopast`): the build derives
 /// the KV-cached step from the full-sequence graph (a `kv_append` before each fused
