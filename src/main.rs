@@ -148,8 +148,10 @@ struct BuildArgs {
     /// matrix in q8_0) or f16, bf16; awq and gptq need --calibration FILE.
     #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
     quantize: Option<llmc_passes::quant::QuantSpec>,
-    /// Remove structure: ffn=PCT drops that share of every MLP's hidden channels
-    /// (ranked and refitted on --calibration statistics when given).
+    /// Remove structure: ffn=PCT drops that share of every MLP's hidden channels,
+    /// heads=PCT that share of every attention block's query heads (the same number
+    /// per kv head); both ranked, and the following projection refitted, on
+    /// --calibration statistics when given.
     #[arg(long, value_name = "SPEC", value_parser = parse_prune)]
     prune: Option<llmc_passes::prune::PruneSpec>,
     #[command(flatten)]
@@ -241,7 +243,7 @@ impl Reduce {
     }
 }
 
-/// `--prune ffn=PCT`.
+/// `--prune ffn=PCT[,heads=PCT]`.
 fn parse_prune(s: &str) -> Result<llmc_passes::prune::PruneSpec, String> {
     llmc_passes::prune::PruneSpec::parse(s)
 }

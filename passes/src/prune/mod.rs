@@ -31,22 +31,36 @@ use std::sync::Arc;
 pub struct PruneSpec {
     /// Fraction of each MLP's hidden channels removed (0..1).
     pub ffn: f64,
+    /// Fraction of each attention block's query heads removed (0..1), the same number
+    /// in every GQA group.
+    pub heads: f64,
 }
 
 impl fmt::Display for PruneSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ffn={}%", (self.ffn * 100.0 * 1000.0).round() / 1000.0)
+        let pct = |x: f64| (x * 100.0 * 1000.0).round() / 1000.0;
+        let mut parts = Vec::new();
+        if self.ffn > 0.0 || self.heads == 0.0 {
+            parts.push(format!("ffn={}%", pct(self.ffn)));
+        }
+        if self.heads > 0.0 {
+            parts.push(format!("heads={}%", pct(self.heads)));
+        }
+        f.write_str(&parts.join(","))
     }
 }
 
 impl PruneSpec {
-    /// Parses `ffn=PCT` (`ffn=25%`, or a fraction `ffn=0.25`).
+    /// Parses `ffn=PCT[,heads=PCT]` (`ffn=25%`, or a fraction `ffn=0.25`).
     pub fn parse(s: &str) -> Result<PruneSpec, String> {
-        let mut spec = PruneSpec { ffn: 0.0 };
+        let mut spec = PruneSpec {
+            ffn: 0.0,
+            heads: 0.0,
+        };
         for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, val) = p
                 .split_once('=')
-                .ok_or_else(|| format!("`{p}`: expected ffn=PCT"))?;
+                .ok_or_else(|| format!("`{p}`: expected ffn=PCT or heads=PCT"))?;
             let frac = match val.strip_suffix('%') {
                 Some(pct) => pct.trim().parse::<f64>().map(|v| v / 100.0),
                 None => val.trim().parse::<f64>(),
@@ -57,7 +71,8 @@ impl PruneSpec {
             }
             match key {
                 "ffn" => spec.ffn = frac,
-                _ => return Err(format!("`{key}`: unknown pruning target (ffn)")),
+                "heads" => spec.heads = frac,
+                _ => return Err(format!("`{key}`: unknown pruning target (ffn, heads)")),
             }
         }
         Ok(spec)
@@ -362,6 +377,196 @@ fn prune_mlp(
     Ok((keep_n, refitted.is_some()))
 }
 
+/// One attention block's query heads: the q projection, the o projection reading the
+/// merged heads, the reshapes that split and merge them, and the geometry.
+struct Heads {
+    q: NodeId,
+    o: NodeId,
+    split: NodeId,
+    merge: NodeId,
+    heads: usize,
+    kv_heads: usize,
+    dim: usize,
+}
+
+/// The node of `op` defining `v`, when `v` is its first result and read once.
+fn producer(m: &Module, v: ValueId, op: Op) -> Option<NodeId> {
+    match m.graph.value(v).def {
+        ValueDef::Node(n, 0) if m.graph.node(n).op == op && readers(m, v) == 1 => Some(n),
+        _ => None,
+    }
+}
+
+/// The attention block whose output projection is node `o`: `o = linear(reshape(
+/// transpose(attention(q', k, v))))` with `q'` made from `linear` → `reshape` to
+/// `[.., H, d]` through per-head ops (`transpose`, `rope`, a q-norm), every value on the
+/// way read once, and both weights read by this block alone. Query head `h` then owns
+/// rows `h·d..(h+1)·d` of the q weight and the same columns of the o weight.
+fn find_heads(m: &Module, o: NodeId) -> Option<Heads> {
+    let g = &m.graph;
+    let on = g.node(o);
+    if on.op != Op::Linear || on.inputs.len() != 2 {
+        return None;
+    }
+    let merge = producer(m, on.inputs[0], Op::Reshape)?;
+    let t = producer(m, g.node(merge).inputs[0], Op::Transpose)?;
+    let attn = producer(m, g.node(t).inputs[0], Op::Attention)?;
+    let an = g.node(attn);
+    let kv_heads = g.ty(*an.inputs.get(1)?).shape.0.get(1)?.as_const()? as usize;
+    let mut v = an.inputs[0];
+    let split = loop {
+        let ValueDef::Node(n, 0) = g.value(v).def else {
+            return None;
+        };
+        if readers(m, v) != 1 {
+            return None;
+        }
+        match g.node(n).op {
+            Op::Reshape => break n,
+            Op::Transpose | Op::Rope | Op::RmsNorm => v = g.node(n).inputs[0],
+            _ => return None,
+        }
+    };
+    let [_, _, heads, dim] = &g.ty(g.node(split).outputs[0]).shape.0[..] else {
+        return None;
+    };
+    let (heads, dim) = (heads.as_const()? as usize, dim.as_const()? as usize);
+    let q = producer(m, g.node(split).inputs[0], Op::Linear)?;
+    if kv_heads == 0 || heads % kv_heads != 0 || heads == kv_heads {
+        return None;
+    }
+    let (wq, _) = weight_of(m, g.node(q).inputs[1])?;
+    let (wo, _) = weight_of(m, on.inputs[1])?;
+    let hd = (heads * dim) as i64;
+    if m.weight(wq).shape.as_consts()?.first() != Some(&hd)
+        || m.weight(wo).shape.as_consts()?.get(1) != Some(&hd)
+    {
+        return None;
+    }
+    for w in [wq, wo] {
+        if readers(m, m.weight_value(w)?) != 1 {
+            return None;
+        }
+    }
+    Some(Heads {
+        q,
+        o,
+        split,
+        merge,
+        heads,
+        kv_heads,
+        dim,
+    })
+}
+
+/// Prunes one attention block's query heads, the same count in every GQA group;
+/// returns (heads kept, refitted). A head's importance is the output energy its
+/// columns of the o projection carry (`Σ H_jj · ‖W_o[:, j]‖²` over its `d` columns)
+/// with calibration statistics, then the o projection is refitted on the kept columns
+/// as the MLP's down projection is; without them, `‖W_o[:, head]‖² · ‖W_q[head, :]‖²`.
+fn prune_heads(
+    m: &mut Module,
+    h: &Heads,
+    frac: f64,
+    calibration: Option<&Calibration>,
+) -> Result<(usize, bool), String> {
+    let group = h.heads / h.kv_heads;
+    let keep_g = ((group as f64) * (1.0 - frac))
+        .round()
+        .clamp(1.0, group as f64) as usize;
+    if keep_g == group {
+        return Ok((h.heads, false));
+    }
+    let o_v = m.graph.node(h.o).inputs[1];
+    let (wo, _) = weight_of(m, o_v).ok_or("o projection weight")?;
+    let o_name = m.weight(wo).name.clone();
+    let c = h.heads * h.dim;
+    let n = m.weight(wo).shape.as_consts().unwrap_or_default()[0] as usize;
+    let wout = crate::quant::read_float(m, wo)?;
+    let col_energy: Vec<f64> = (0..c)
+        .map(|j| (0..n).map(|r| (wout[r * c + j] as f64).powi(2)).sum())
+        .collect();
+    let hess = calibration.and_then(|cal| cal.hessian(&o_name));
+    let hess = hess.filter(|x| x.k == c && x.rows > 0);
+    let score: Vec<f64> = match &hess {
+        Some(x) => (0..h.heads)
+            .map(|hd| {
+                (hd * h.dim..(hd + 1) * h.dim)
+                    .map(|j| x.h[j * c + j] * col_energy[j])
+                    .sum()
+            })
+            .collect(),
+        None => {
+            let (wq, _) = weight_of(m, m.graph.node(h.q).inputs[1]).ok_or("q weight")?;
+            let xq = crate::quant::read_float(m, wq)?;
+            let cols = xq.len() / c;
+            (0..h.heads)
+                .map(|hd| {
+                    let span = hd * h.dim..(hd + 1) * h.dim;
+                    let o: f64 = span.clone().map(|j| col_energy[j]).sum();
+                    let q: f64 = xq[span.start * cols..span.end * cols]
+                        .iter()
+                        .map(|&v| (v as f64).powi(2))
+                        .sum();
+                    o * q
+                })
+                .collect()
+        }
+    };
+    // Per group (query heads g·G..(g+1)·G share kv head g), its best keep_g heads.
+    let mut kept_heads = Vec::new();
+    for g in 0..h.kv_heads {
+        let mut order: Vec<usize> = (g * group..(g + 1) * group).collect();
+        order.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
+        let mut best = order[..keep_g].to_vec();
+        best.sort_unstable();
+        kept_heads.extend(best);
+    }
+    let keep: Vec<usize> = kept_heads
+        .iter()
+        .flat_map(|&hd| hd * h.dim..(hd + 1) * h.dim)
+        .collect();
+    let refitted = hess
+        .as_ref()
+        .and_then(|x| refit(&wout, n, c, &x.h, &keep, DAMP));
+    let new_o = refitted.clone().unwrap_or_else(|| {
+        (0..n)
+            .flat_map(|r| keep.iter().map(move |&j| (r, j)))
+            .map(|(r, j)| wout[r * c + j])
+            .collect()
+    });
+    set_weight(m, wo, vec![n as i64, keep.len() as i64], Some(new_o));
+    let operands: Vec<ValueId> = m.graph.node(h.q).inputs[1..].to_vec();
+    for v in operands {
+        keep_rows(m, v, &keep)?;
+    }
+    let kept = kept_heads.len();
+    // The reshapes: [.., H, d] and [.., H·d] with the kept count.
+    for (node, at, value) in [
+        (h.split, 2, kept as i64),
+        (h.merge, usize::MAX, (kept * h.dim) as i64),
+    ] {
+        let attrs = &mut m.graph.nodes[node.0 as usize].attrs;
+        let Some(llmc_ir::Attr::Shape(shape)) = attrs.get_mut("shape") else {
+            return Err("a head reshape without a shape".into());
+        };
+        let i = if at == usize::MAX {
+            shape.0.len() - 1
+        } else {
+            at
+        };
+        let d = shape
+            .0
+            .get_mut(i)
+            .ok_or("a head reshape of the wrong rank")?;
+        *d = Dim::c(value);
+    }
+    if let Some(cal) = calibration {
+        cal.select_columns(&o_name, keep);
+    }
+    Ok((kept, refitted.is_some()))
+}
+
 /// The pass: prunes per `ctx.prune`; without a spec it changes nothing.
 pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let Some(spec) = &ctx.prune else {
@@ -372,8 +577,45 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
         pass: "prune".into(),
         msg,
     };
-    if spec.ffn <= 0.0 {
+    if spec.ffn <= 0.0 && spec.heads <= 0.0 {
         return Ok(Changed::No);
+    }
+    let calibration = ctx.calibration.as_deref();
+    if spec.heads > 0.0 {
+        let blocks: Vec<Heads> = (0..m.graph.nodes.len())
+            .filter_map(|i| find_heads(m, NodeId(i as u32)))
+            .collect();
+        if blocks.is_empty() {
+            return Err(err(
+                "--prune heads: no attention block found (q linear -> reshape [.., H, d] -> \
+                 attention -> reshape -> o linear, with more query than kv heads)"
+                    .into(),
+            ));
+        }
+        let (mut before, mut after, mut refitted) = (0usize, 0usize, 0usize);
+        for b in &blocks {
+            let (kept, refit) = prune_heads(m, b, spec.heads, calibration).map_err(err)?;
+            before += b.heads;
+            after += kept;
+            refitted += refit as usize;
+        }
+        retype(m).map_err(err)?;
+        crate::note(format!(
+            "heads={}%: {} attention blocks, query heads {} -> {} ({} per kv head); {}",
+            (spec.heads * 100.0 * 1000.0).round() / 1000.0,
+            blocks.len(),
+            before / blocks.len(),
+            after / blocks.len(),
+            after / blocks.iter().map(|b| b.kv_heads).sum::<usize>().max(1),
+            if refitted > 0 {
+                format!("{refitted} o projections refitted by least squares")
+            } else {
+                "heads ranked by weight magnitude (no --calibration: nothing refitted)".into()
+            }
+        ));
+    }
+    if spec.ffn <= 0.0 {
+        return Ok(Changed::Yes);
     }
     let mlps: Vec<Mlp> = (0..m.graph.nodes.len())
         .filter_map(|i| find_mlp(m, NodeId(i as u32)))
@@ -384,7 +626,6 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                 .into(),
         ));
     }
-    let calibration = ctx.calibration.as_deref();
     let (mut before, mut after, mut refitted) = (0usize, 0usize, 0usize);
     for mlp in &mlps {
         let (kept, refit) = prune_mlp(m, mlp, spec.ffn, calibration).map_err(err)?;
@@ -394,7 +635,8 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     }
     retype(m).map_err(err)?;
     crate::note(format!(
-        "{spec}: {} MLPs, hidden channels {} -> {} ({:.1}% removed); {}",
+        "ffn={}%: {} MLPs, hidden channels {} -> {} ({:.1}% removed); {}",
+        (spec.ffn * 100.0 * 1000.0).round() / 1000.0,
         mlps.len(),
         before / mlps.len(),
         after / mlps.len(),

@@ -109,8 +109,12 @@ fn calibration(wg: &[f32], wu: &[f32], wd: &[f32], x: &Tensor) -> Calibration {
 }
 
 fn prune(m: &mut Module, cal: Option<Arc<Calibration>>) {
+    prune_as(m, "ffn=25%", cal)
+}
+
+fn prune_as(m: &mut Module, spec: &str, cal: Option<Arc<Calibration>>) {
     let ctx = PassContext {
-        prune: Some(PruneSpec::parse("ffn=25%").unwrap()),
+        prune: Some(PruneSpec::parse(spec).unwrap()),
         calibration: cal,
         ..Default::default()
     };
@@ -131,9 +135,12 @@ fn spec_parses_percentages_and_fractions() {
     assert!(PruneSpec::parse("ffn=100%")
         .unwrap_err()
         .contains("[0%, 100%)"));
-    assert!(PruneSpec::parse("heads=10%")
+    assert!(PruneSpec::parse("experts=10%")
         .unwrap_err()
         .contains("unknown"));
+    let both = PruneSpec::parse("ffn=25%,heads=50%").unwrap();
+    assert_eq!((both.ffn, both.heads), (0.25, 0.5));
+    assert_eq!(both.to_string(), "ffn=25%,heads=50%");
     assert!(PruneSpec::parse("ffn=lots")
         .unwrap_err()
         .contains("not a percentage"));
@@ -191,4 +198,56 @@ fn an_mlp_whose_hidden_values_are_read_elsewhere_is_not_pruned() {
     };
     let e = run(&mut m, &ctx).unwrap_err().to_string();
     assert!(e.contains("no MLP found"), "{e}");
+}
+
+/// A tiny Llama with GQA (4 query heads, 2 kv heads of 4 dims, bf16 weights behind
+/// casts) as `save_pretrained` writes it, imported.
+fn tiny_llama() -> Module {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/hf-tiny/llama_gqa_bf16");
+    llmc_frontend::hf::load(&dir).unwrap()
+}
+
+/// Removing heads without a refit is the same function as zeroing their columns of
+/// the o projection: the pruned model (half the query heads, one per kv head) and the
+/// original with those columns zeroed give the same logits.
+#[test]
+fn pruned_heads_are_the_model_with_their_o_columns_zeroed() {
+    let before = tiny_llama();
+    let mut pruned = before.clone();
+    prune_as(&mut pruned, "heads=50%", None);
+    let ids = Tensor::from_i64(DType::I64, vec![1, 5], vec![3, 17, 9, 40, 1]);
+    let pos = Tensor::from_i64(DType::I64, vec![1, 5], (0..5).collect());
+    let mut zeroed = before.clone();
+    for layer in 0..2 {
+        let name = |p: &str| format!("model.layers.{layer}.self_attn.{p}_proj.weight");
+        let q0 = crate::quant::read_float(&before, before.weight_id(&name("q")).unwrap()).unwrap();
+        let q1 = crate::quant::read_float(&pruned, pruned.weight_id(&name("q")).unwrap()).unwrap();
+        // 16 inputs per row, 4 rows per head: which of the 4 heads the 2 kept are.
+        assert_eq!(q1.len(), 2 * 4 * 16, "layer {layer}: two heads kept");
+        let kept: Vec<usize> = q1
+            .chunks(64)
+            .map(|h| q0.chunks(64).position(|o| o == h).unwrap())
+            .collect();
+        assert!(kept[0] < 2 && kept[1] >= 2, "one per kv head: {kept:?}");
+        let wo = zeroed.weight_id(&name("o")).unwrap();
+        let mut o = crate::quant::read_float(&zeroed, wo).unwrap();
+        for (j, v) in o.iter_mut().enumerate() {
+            if !kept.contains(&(j % 16 / 4)) {
+                *v = 0.0;
+            }
+        }
+        set_weight(&mut zeroed, wo, vec![16, 16], Some(o));
+        let o_kept = pruned.weight(pruned.weight_id(&name("o")).unwrap());
+        assert_eq!(o_kept.shape.as_consts(), Some(vec![16, 8]));
+    }
+    let run = |m: &Module| {
+        Interpreter::new(m)
+            .run(&[ids.clone(), pos.clone()])
+            .unwrap()[0]
+            .to_f64()
+    };
+    let (want, got) = (run(&zeroed), run(&pruned));
+    assert!(rel_error(&want, &got) < 1e-5, "{}", rel_error(&want, &got));
+    assert!(rel_error(&run(&before), &got) > 1e-3, "the heads mattered");
 }
