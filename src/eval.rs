@@ -55,7 +55,7 @@ pub struct EvalArgs {
     /// this model's, and their top-1 agreement.
     #[arg(long, value_name = "MODEL2")]
     compare_to: Option<PathBuf>,
-    /// Prune MODEL first: ffn=PCT[,heads=PCT] (see `llmc build`).
+    /// Prune MODEL first: ffn=PCT[,heads=PCT][,sparse=PCT|N:M] (see `llmc build`).
     #[arg(long, value_name = "SPEC", value_parser = crate::parse_prune)]
     prune: Option<llmc_passes::prune::PruneSpec>,
     #[command(flatten)]

@@ -151,7 +151,8 @@ struct BuildArgs {
     /// Remove structure: ffn=PCT drops that share of every MLP's hidden channels,
     /// heads=PCT that share of every attention block's query heads (the same number
     /// per kv head); both ranked, and the following projection refitted, on
-    /// --calibration statistics when given.
+    /// --calibration statistics when given. sparse=PCT or sparse=N:M (2:4) zeroes
+    /// that share of each linear's rows (Wanda's |w|·‖x‖ with --calibration).
     #[arg(long, value_name = "SPEC", value_parser = parse_prune)]
     prune: Option<llmc_passes::prune::PruneSpec>,
     #[command(flatten)]
@@ -243,7 +244,7 @@ impl Reduce {
     }
 }
 
-/// `--prune ffn=PCT[,heads=PCT]`.
+/// `--prune ffn=PCT[,heads=PCT][,sparse=PCT|N:M]`.
 fn parse_prune(s: &str) -> Result<llmc_passes::prune::PruneSpec, String> {
     llmc_passes::prune::PruneSpec::parse(s)
 }

@@ -34,33 +34,75 @@ pub struct PruneSpec {
     /// Fraction of each attention block's query heads removed (0..1), the same number
     /// in every GQA group.
     pub heads: f64,
+    /// Weights set to zero inside the linears' matrices.
+    pub sparse: Option<Sparsity>,
+}
+
+/// How `sparse=` zeroes weights: in each row, a share of them (`sparse=50%`), or `n` of
+/// every `m` consecutive ones (`sparse=2:4`, the pattern sparse tensor cores run).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sparsity {
+    /// This share of each row (0..1).
+    Share(f64),
+    /// `n` zeroed in every `m` consecutive weights of a row.
+    NofM(usize, usize),
+}
+
+impl fmt::Display for Sparsity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sparsity::Share(x) => write!(f, "{}%", (x * 100.0 * 1000.0).round() / 1000.0),
+            Sparsity::NofM(n, m) => write!(f, "{n}:{m}"),
+        }
+    }
 }
 
 impl fmt::Display for PruneSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let pct = |x: f64| (x * 100.0 * 1000.0).round() / 1000.0;
         let mut parts = Vec::new();
-        if self.ffn > 0.0 || self.heads == 0.0 {
+        if self.ffn > 0.0 || (self.heads == 0.0 && self.sparse.is_none()) {
             parts.push(format!("ffn={}%", pct(self.ffn)));
         }
         if self.heads > 0.0 {
             parts.push(format!("heads={}%", pct(self.heads)));
+        }
+        if let Some(sp) = self.sparse {
+            parts.push(format!("sparse={sp}"));
         }
         f.write_str(&parts.join(","))
     }
 }
 
 impl PruneSpec {
-    /// Parses `ffn=PCT[,heads=PCT]` (`ffn=25%`, or a fraction `ffn=0.25`).
+    /// Parses `ffn=PCT[,heads=PCT][,sparse=PCT|N:M]` (`ffn=25%`, or a fraction
+    /// `ffn=0.25`; `sparse=2:4`).
     pub fn parse(s: &str) -> Result<PruneSpec, String> {
         let mut spec = PruneSpec {
             ffn: 0.0,
             heads: 0.0,
+            sparse: None,
         };
         for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, val) = p
                 .split_once('=')
-                .ok_or_else(|| format!("`{p}`: expected ffn=PCT or heads=PCT"))?;
+                .ok_or_else(|| format!("`{p}`: expected ffn=PCT, heads=PCT or sparse=PCT|N:M"))?;
+            if key == "sparse" {
+                if let Some((n, m)) = val.split_once(':') {
+                    let (n, m) = (n.trim().parse::<usize>(), m.trim().parse::<usize>());
+                    match (n, m) {
+                        (Ok(n), Ok(m)) if n < m && m <= 64 => {
+                            spec.sparse = Some(Sparsity::NofM(n, m));
+                            continue;
+                        }
+                        _ => {
+                            return Err(format!(
+                                "`{p}`: N:M needs whole numbers with N < M <= 64 (2:4)"
+                            ))
+                        }
+                    }
+                }
+            }
             let frac = match val.strip_suffix('%') {
                 Some(pct) => pct.trim().parse::<f64>().map(|v| v / 100.0),
                 None => val.trim().parse::<f64>(),
@@ -72,7 +114,12 @@ impl PruneSpec {
             match key {
                 "ffn" => spec.ffn = frac,
                 "heads" => spec.heads = frac,
-                _ => return Err(format!("`{key}`: unknown pruning target (ffn, heads)")),
+                "sparse" => spec.sparse = Some(Sparsity::Share(frac)),
+                _ => {
+                    return Err(format!(
+                        "`{key}`: unknown pruning target (ffn, heads, sparse)"
+                    ))
+                }
             }
         }
         Ok(spec)
@@ -567,6 +614,79 @@ fn prune_heads(
     Ok((kept, refitted.is_some()))
 }
 
+/// Zeroes weights of every linear's float matrix but the output projection's (read by
+/// this linear alone) per `sp`: in each row the lowest scores, Wanda's
+/// `|W_ij| · ‖x_j‖` with `‖x_j‖² = H_jj` from the calibration statistics, `|W_ij|`
+/// without them. Returns (matrices, weights zeroed, weights in them, calibrated).
+fn sparsify(
+    m: &mut Module,
+    sp: Sparsity,
+    calibration: Option<&Calibration>,
+) -> Result<(usize, usize, usize, usize), String> {
+    let mut seen = HashSet::new();
+    let (mut mats, mut zeroed, mut total, mut calibrated) = (0, 0, 0, 0);
+    for i in 0..m.graph.nodes.len() {
+        let node = m.graph.node(NodeId(i as u32));
+        if !matches!(node.op, Op::Linear | Op::LinearAct) || node.inputs.len() < 2 {
+            continue;
+        }
+        let out = node.outputs[0];
+        if m.graph.outputs.contains(&out) {
+            continue;
+        }
+        let Some((w, cast)) = weight_of(m, node.inputs[1]) else {
+            continue;
+        };
+        let Some(wv) = m.weight_value(w) else {
+            continue;
+        };
+        if readers(m, wv) != 1
+            || cast.is_some_and(|_| readers(m, node.inputs[1]) != 1)
+            || !seen.insert(w)
+            || m.weight(w).dtype.is_quantized()
+        {
+            continue;
+        }
+        let dims = m.weight(w).shape.as_consts().unwrap_or_default();
+        let [n, k] = dims[..] else { continue };
+        let (n, k) = (n as usize, k as usize);
+        let name = m.weight(w).name.clone();
+        let mut x = crate::quant::read_float(m, w)?;
+        let hess = calibration
+            .and_then(|c| c.hessian(&name))
+            .filter(|h| h.k == k && h.rows > 0);
+        let norm: Vec<f64> = match &hess {
+            Some(h) => (0..k).map(|j| h.h[j * k + j].max(0.0).sqrt()).collect(),
+            None => vec![1.0; k],
+        };
+        calibrated += hess.is_some() as usize;
+        let mut idx: Vec<usize> = Vec::with_capacity(k);
+        let mut score = vec![0f64; k];
+        for row in x.chunks_mut(k) {
+            for (j, sc) in score.iter_mut().enumerate() {
+                *sc = (row[j] as f64).abs() * norm[j];
+            }
+            let groups: Vec<(usize, usize, usize)> = match sp {
+                Sparsity::Share(f) => vec![(0, k, (f * k as f64).round() as usize)],
+                Sparsity::NofM(z, g) => (0..k).step_by(g).map(|a| (a, (a + g).min(k), z)).collect(),
+            };
+            for (a, b, z) in groups {
+                idx.clear();
+                idx.extend(a..b);
+                idx.sort_by(|&p, &q| score[p].total_cmp(&score[q]));
+                for &j in idx.iter().take(z.min(b - a)) {
+                    row[j] = 0.0;
+                    zeroed += 1;
+                }
+            }
+        }
+        total += n * k;
+        set_weight(m, w, dims.clone(), Some(x));
+        mats += 1;
+    }
+    Ok((mats, zeroed, total, calibrated))
+}
+
 /// The pass: prunes per `ctx.prune`; without a spec it changes nothing.
 pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let Some(spec) = &ctx.prune else {
@@ -577,10 +697,27 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
         pass: "prune".into(),
         msg,
     };
-    if spec.ffn <= 0.0 && spec.heads <= 0.0 {
+    if spec.ffn <= 0.0 && spec.heads <= 0.0 && spec.sparse.is_none() {
         return Ok(Changed::No);
     }
     let calibration = ctx.calibration.as_deref();
+    // Sparsity last: it scores what the structured steps leave (their refits included).
+    let sparse_last = |m: &mut Module| -> Result<(), PassError> {
+        let Some(sp) = spec.sparse else {
+            return Ok(());
+        };
+        let (mats, zeroed, total, cal) = sparsify(m, sp, calibration).map_err(err)?;
+        crate::note(format!(
+            "sparse={sp}: {zeroed} of {total} weights zeroed ({:.1}%) in {mats} matrices; {}",
+            100.0 * zeroed as f64 / total.max(1) as f64,
+            if cal > 0 {
+                format!("ranked by |w| times the input's norm (Wanda) on calibration statistics for {cal}")
+            } else {
+                "ranked by |w| (no --calibration)".into()
+            }
+        ));
+        Ok(())
+    };
     if spec.heads > 0.0 {
         let blocks: Vec<Heads> = (0..m.graph.nodes.len())
             .filter_map(|i| find_heads(m, NodeId(i as u32)))
@@ -615,6 +752,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
         ));
     }
     if spec.ffn <= 0.0 {
+        sparse_last(m)?;
         return Ok(Changed::Yes);
     }
     let mlps: Vec<Mlp> = (0..m.graph.nodes.len())
@@ -649,6 +787,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             _ => "channels ranked by weight magnitude (no --calibration: nothing refitted)".into(),
         }
     ));
+    sparse_last(m)?;
     Ok(Changed::Yes)
 }
 

@@ -141,6 +141,16 @@ fn spec_parses_percentages_and_fractions() {
     let both = PruneSpec::parse("ffn=25%,heads=50%").unwrap();
     assert_eq!((both.ffn, both.heads), (0.25, 0.5));
     assert_eq!(both.to_string(), "ffn=25%,heads=50%");
+    let sp = PruneSpec::parse("sparse=2:4").unwrap();
+    assert_eq!(sp.sparse, Some(Sparsity::NofM(2, 4)));
+    assert_eq!(sp.to_string(), "sparse=2:4");
+    assert_eq!(
+        PruneSpec::parse("sparse=50%").unwrap().sparse,
+        Some(Sparsity::Share(0.5))
+    );
+    assert!(PruneSpec::parse("sparse=4:2")
+        .unwrap_err()
+        .contains("N < M"));
     assert!(PruneSpec::parse("ffn=lots")
         .unwrap_err()
         .contains("not a percentage"));
@@ -250,4 +260,65 @@ fn pruned_heads_are_the_model_with_their_o_columns_zeroed() {
     let (want, got) = (run(&zeroed), run(&pruned));
     assert!(rel_error(&want, &got) < 1e-5, "{}", rel_error(&want, &got));
     assert!(rel_error(&run(&before), &got) > 1e-3, "the heads mattered");
+}
+
+/// `sparse=2:4` leaves two nonzero weights in every four of every linear's rows (the
+/// one whose result the graph returns stays dense), `sparse=50%` half of each row; with
+/// calibration statistics the weights on a loud input column survive where magnitude
+/// alone would drop them (Wanda).
+#[test]
+fn sparsity_zeroes_by_rows_and_keeps_loud_inputs() {
+    let mut rng = Rng(Lcg(7));
+    let (wg, wu, wd) = weights(&mut rng);
+    let read =
+        |m: &Module, name: &str| crate::quant::read_float(m, m.weight_id(name).unwrap()).unwrap();
+    for spec in ["sparse=2:4", "sparse=50%"] {
+        let mut m = mlp(&wg, &wu, &wd, false);
+        prune_as(&mut m, spec, None);
+        assert!(
+            read(&m, "wd").iter().all(|&v| v != 0.0),
+            "{spec}: output linear dense"
+        );
+        for row in read(&m, "wg").chunks(H) {
+            assert_eq!(row.iter().filter(|&&v| v != 0.0).count(), H / 2, "{spec}");
+            if spec.contains(':') {
+                for four in row.chunks(4) {
+                    assert_eq!(four.iter().filter(|&&v| v == 0.0).count(), 2, "{spec}");
+                }
+            }
+        }
+    }
+    // Input column 0 made 100x louder than the rest and its gate weights small:
+    // magnitude zeroes them, Wanda keeps them.
+    let mut wg = wg.clone();
+    for r in 0..F {
+        wg[r * H] = 0.01;
+    }
+    let mut xtx = vec![0.0; H * H];
+    for _ in 0..ROWS {
+        let mut row: Vec<f64> = (0..H).map(|_| rng.next() as f64).collect();
+        row[0] *= 100.0;
+        for i in 0..H {
+            for j in 0..H {
+                xtx[i * H + j] += row[i] * row[j];
+            }
+        }
+    }
+    let hess = Arc::new(Hessian {
+        k: H,
+        h: xtx,
+        rows: ROWS,
+    });
+    let cal = Arc::new(Calibration::new(
+        HashMap::from([("wg".to_string(), hess)]),
+        ROWS,
+        "test".into(),
+    ));
+    let kept = |cal: Option<Arc<Calibration>>| {
+        let mut m = mlp(&wg, &wu, &wd, false);
+        prune_as(&mut m, "sparse=50%", cal);
+        read(&m, "wg").chunks(H).filter(|row| row[0] != 0.0).count()
+    };
+    assert_eq!(kept(None), 0, "magnitude drops the small weights");
+    assert_eq!(kept(Some(cal)), F, "Wanda keeps the loud column");
 }
