@@ -653,10 +653,10 @@ fn is_bias(m: &Module, v: ValueId, n: i64, dtype: DType) -> bool {
 /// ONNX exports (and other graphs) multiply by a weight as `matmul(x, w)` with `w`
 /// `[k, n]`, and the e-graph makes that a `linear(x, wᵀ[, b])` only after this pass
 /// has run: so every 2-D float weight that only `matmul`s read (operand 1, an f32
-/// result, x of rank ≥ 2) becomes here a `linear` over a transposed copy of the weight
-/// (the name kept, `[n, k]`), taking a following `add` of a constant `[n]` bias when
-/// it is the product's only reader. The quantizer then takes it as it takes an
-/// imported linear. Returns how many weights it transposed.
+/// result, x of rank ≥ 2) is transposed here in place to `[n, k]` and its matmuls
+/// become `linear`s, each taking a following `add` of a constant `[n]` bias when it is
+/// the product's only reader. The quantizer then takes them as it takes imported
+/// linears. Returns how many weights it transposed.
 fn matmuls_to_linears(m: &mut Module) -> Result<usize, String> {
     let mut keep = vec![true; m.graph.nodes.len()];
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
@@ -710,15 +710,12 @@ fn matmuls_to_linears(m: &mut Module) -> Result<usize, String> {
             }
             None => WeightData::None,
         };
-        // The [k, n] original keeps its value (now unread); the copy takes the name.
-        m.weights[i].name = format!("{}.kn", weight.name);
-        let wt = m.add_weight(
-            &weight.name,
-            weight.dtype,
-            llmc_ir::Shape::of(&[n, k]),
-            data,
-        );
-        keep.resize(m.graph.nodes.len(), true);
+        // Transposed in place: every reader is one of the matmuls rewritten below.
+        let shape = llmc_ir::Shape::of(&[n, k]);
+        m.weights[i].shape = shape.clone();
+        m.weights[i].data = data;
+        m.graph.values[v.0 as usize].ty.shape = shape;
+        let wt = v;
         for (r, _) in rs {
             let out = m.graph.node(r).outputs[0];
             let x = m.graph.node(r).inputs[0];
