@@ -614,10 +614,63 @@ fn prune_heads(
     Ok((kept, refitted.is_some()))
 }
 
+/// Columns whose mask one SparseGPT step chooses together (a share of each row's
+/// weights in such a block, or whole N:M groups inside it).
+const MASK_BLOCK: usize = 32;
+
+/// SparseGPT on one row (width `k`) against `u`, the upper Cholesky factor of the
+/// damped `H⁻¹`: column by column, a block's mask is chosen from the current weights by
+/// `w_j² / U_jj²` (the output error a zero costs), a masked weight becomes 0 and its
+/// error `w_j / U_jj` is carried into the later columns through row `j` of `U` (the
+/// GPTQ update with "round" replaced by "keep or zero"). Returns the zeros made.
+fn sparse_gpt_row(
+    row: &mut [f32],
+    u: &[f32],
+    k: usize,
+    sp: Sparsity,
+    idx: &mut Vec<usize>,
+) -> usize {
+    let mut masked = vec![false; k];
+    let mut zeros = 0;
+    for j in 0..k {
+        if j % MASK_BLOCK == 0 {
+            let end = (j + MASK_BLOCK).min(k);
+            let cost = |c: usize| (row[c] as f64 / u[c * k + c] as f64).powi(2);
+            let groups: Vec<(usize, usize, usize)> = match sp {
+                Sparsity::Share(f) => vec![(j, end, (f * (end - j) as f64).round() as usize)],
+                Sparsity::NofM(z, g) => (j..end)
+                    .step_by(g)
+                    .map(|a| (a, (a + g).min(end), z))
+                    .collect(),
+            };
+            for (a, b, z) in groups {
+                idx.clear();
+                idx.extend(a..b);
+                idx.sort_by(|&p, &q| cost(p).total_cmp(&cost(q)));
+                for &c in idx.iter().take(z.min(b - a)) {
+                    masked[c] = true;
+                }
+            }
+        }
+        if !masked[j] {
+            continue;
+        }
+        let e = row[j] / u[j * k + j];
+        row[j] = 0.0;
+        zeros += 1;
+        let ur = &u[j * k..(j + 1) * k];
+        for l in j + 1..k {
+            row[l] -= e * ur[l];
+        }
+    }
+    zeros
+}
+
 /// Zeroes weights of every linear's float matrix but the output projection's (read by
-/// this linear alone) per `sp`: in each row the lowest scores, Wanda's
-/// `|W_ij| · ‖x_j‖` with `‖x_j‖² = H_jj` from the calibration statistics, `|W_ij|`
-/// without them. Returns (matrices, weights zeroed, weights in them, calibrated).
+/// this linear alone) per `sp`. With calibration statistics, SparseGPT
+/// ([`sparse_gpt_row`]: the mask by output error, the kept weights updated to carry what
+/// the zeros dropped); without, each row's lowest `|W_ij|`. Returns (matrices, weights
+/// zeroed, weights in them, matrices reconstructed).
 fn sparsify(
     m: &mut Module,
     sp: Sparsity,
@@ -655,12 +708,36 @@ fn sparsify(
         let hess = calibration
             .and_then(|c| c.hessian(&name))
             .filter(|h| h.k == k && h.rows > 0);
-        let norm: Vec<f64> = match &hess {
-            Some(h) => (0..k).map(|j| h.h[j * k + j].max(0.0).sqrt()).collect(),
-            None => vec![1.0; k],
-        };
-        calibrated += hess.is_some() as usize;
         let mut idx: Vec<usize> = Vec::with_capacity(k);
+        if let Some(h) = hess {
+            let p = crate::quant::gptq::Prepared::new(&h, crate::quant::gptq::default_damp(&h))?;
+            let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+            let rows_per = n.div_ceil(threads).max(1);
+            let u = &p.u;
+            zeroed += std::thread::scope(|s| {
+                let jobs: Vec<_> = x
+                    .chunks_mut(rows_per * k)
+                    .map(|chunk| {
+                        s.spawn(move || {
+                            let mut idx = Vec::with_capacity(MASK_BLOCK);
+                            chunk
+                                .chunks_mut(k)
+                                .map(|row| sparse_gpt_row(row, u, k, sp, &mut idx))
+                                .sum::<usize>()
+                        })
+                    })
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| j.join().unwrap_or(0))
+                    .sum::<usize>()
+            });
+            calibrated += 1;
+            total += n * k;
+            set_weight(m, w, dims.clone(), Some(x));
+            mats += 1;
+            continue;
+        }
+        let norm = vec![1.0f64; k];
         let mut score = vec![0f64; k];
         for row in x.chunks_mut(k) {
             for (j, sc) in score.iter_mut().enumerate() {
@@ -711,7 +788,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             "sparse={sp}: {zeroed} of {total} weights zeroed ({:.1}%) in {mats} matrices; {}",
             100.0 * zeroed as f64 / total.max(1) as f64,
             if cal > 0 {
-                format!("ranked by |w| times the input's norm (Wanda) on calibration statistics for {cal}")
+                format!("SparseGPT on calibration statistics for {cal} (masks by output error, kept weights updated)")
             } else {
                 "ranked by |w| (no --calibration)".into()
             }

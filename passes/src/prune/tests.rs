@@ -264,8 +264,9 @@ fn pruned_heads_are_the_model_with_their_o_columns_zeroed() {
 
 /// `sparse=2:4` leaves two nonzero weights in every four of every linear's rows (the
 /// one whose result the graph returns stays dense), `sparse=50%` half of each row; with
-/// calibration statistics the weights on a loud input column survive where magnitude
-/// alone would drop them (Wanda).
+/// calibration statistics (SparseGPT) the weights on a loud input column survive where
+/// magnitude alone would drop them, and the kept weights' update lowers the output
+/// error below the mask's alone.
 #[test]
 fn sparsity_zeroes_by_rows_and_keeps_loud_inputs() {
     let mut rng = Rng(Lcg(7));
@@ -294,9 +295,12 @@ fn sparsity_zeroes_by_rows_and_keeps_loud_inputs() {
     for r in 0..F {
         wg[r * H] = 0.01;
     }
+    // Inputs sharing a common factor (correlated columns, as activations are), so the
+    // kept weights can stand in for the zeroed ones.
     let mut xtx = vec![0.0; H * H];
     for _ in 0..ROWS {
-        let mut row: Vec<f64> = (0..H).map(|_| rng.next() as f64).collect();
+        let z = rng.next() as f64;
+        let mut row: Vec<f64> = (0..H).map(|_| 0.8 * z + 0.3 * rng.next() as f64).collect();
         row[0] *= 100.0;
         for i in 0..H {
             for j in 0..H {
@@ -320,5 +324,33 @@ fn sparsity_zeroes_by_rows_and_keeps_loud_inputs() {
         read(&m, "wg").chunks(H).filter(|row| row[0] != 0.0).count()
     };
     assert_eq!(kept(None), 0, "magnitude drops the small weights");
-    assert_eq!(kept(Some(cal)), F, "Wanda keeps the loud column");
+    let loud = kept(Some(cal.clone()));
+    assert!(
+        loud > F * 3 / 4,
+        "SparseGPT keeps the loud column: {loud} of {F} rows"
+    );
+    // And the kept weights carry what the zeros dropped: the gate's output error on
+    // the calibration inputs (eᵀHe over its rows) is smaller than zeroing the same
+    // weights without the update.
+    let mut m = mlp(&wg, &wu, &wd, false);
+    prune_as(&mut m, "sparse=50%", Some(cal.clone()));
+    let rebuilt = read(&m, "wg");
+    let h = cal.hessian("wg").unwrap();
+    let quad = |e: &[f64]| crate::quant::gptq::quad(&h.h, H, e);
+    let (mut with_update, mut masked_only) = (0.0, 0.0);
+    for (r, row) in rebuilt.chunks(H).enumerate() {
+        let orig = &wg[r * H..(r + 1) * H];
+        let e: Vec<f64> = orig.iter().zip(row).map(|(a, b)| (a - b) as f64).collect();
+        with_update += quad(&e);
+        let e: Vec<f64> = orig
+            .iter()
+            .zip(row)
+            .map(|(&a, &b)| if b == 0.0 { a as f64 } else { 0.0 })
+            .collect();
+        masked_only += quad(&e);
+    }
+    assert!(
+        with_update < 0.8 * masked_only,
+        "update {with_update} vs mask alone {masked_only}"
+    );
 }

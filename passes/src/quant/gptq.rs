@@ -186,10 +186,11 @@ pub(crate) fn quad(h: &[f64], k: usize, e: &[f64]) -> f64 {
 /// `H` made ready for sweeps: normalised, damped, and `U` (the upper Cholesky factor
 /// of `H⁻¹`); one per calibration input, shared by the linears reading it.
 pub struct Prepared {
-    k: usize,
+    pub(crate) k: usize,
     /// `H / rows` (undamped), for measuring errors.
     h: Vec<f64>,
-    u: Vec<f32>,
+    /// The upper Cholesky factor of the damped `H⁻¹`, row-major `k x k`.
+    pub(crate) u: Vec<f32>,
     damp: f64,
     damped: bool,
 }
