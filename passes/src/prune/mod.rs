@@ -788,7 +788,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             "sparse={sp}: {zeroed} of {total} weights zeroed ({:.1}%) in {mats} matrices; {}",
             100.0 * zeroed as f64 / total.max(1) as f64,
             if cal > 0 {
-                format!("SparseGPT on calibration statistics for {cal} (masks by output error, kept weights updated)")
+                format!("SparseGPT on calibration statistics for {cal} (masks by the cost of each zero, kept weights updated)")
             } else {
                 "ranked by |w| (no --calibration)".into()
             }
