@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--shapes", default="1x128,8x128")
+    ap.add_argument("--llmc-int8", help="llmc executable built from the export with --quantize q8_0; "
+                    "also times onnxruntime's dynamic int8 quantization of the export")
     a = ap.parse_args()
 
     so = ort.SessionOptions()
@@ -58,6 +60,14 @@ def main():
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(a.onnx, so, providers=["CPUExecutionProvider"])
+    sess8 = None
+    if a.llmc_int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        q8 = Path(tempfile.mkdtemp()) / "model.int8.onnx"
+        quantize_dynamic(a.onnx, str(q8), weight_type=QuantType.QInt8)
+        sess8 = ort.InferenceSession(str(q8), so, providers=["CPUExecutionProvider"])
+    int8_rows = []
 
     rng = np.random.default_rng(0)
     rows = []
@@ -105,6 +115,32 @@ def main():
                     td / f"hf_{shape}",
                 )
             rows.append((shape, onnx_ms, hf_ms, ort_ms, diff))
+            if sess8 is not None:
+                (want8,) = sess8.run(None, feed)
+                ort8_ms = []
+                for _ in range(a.repeat):
+                    t0 = time.perf_counter()
+                    sess8.run(None, feed)
+                    ort8_ms.append((time.perf_counter() - t0) * 1e3)
+                out8 = td / f"int8_{shape}"
+                llmc8_ms = llmc_times(
+                    a.llmc_int8,
+                    {
+                        "input_ids": files["ids"],
+                        "attention_mask": files["mask"],
+                        "token_type_ids": files["types"],
+                    },
+                    a.repeat,
+                    a.threads,
+                    out8,
+                )
+                got8 = np.load(out8 / "last_hidden_state.npy")
+
+                def cos_min(x):
+                    p, q = x.mean(1), want.mean(1)
+                    return float(((p * q).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(q, axis=1)).min())
+
+                int8_rows.append((shape, llmc8_ms, ort8_ms, onnx_ms, cos_min(got8), cos_min(want8)))
 
     med = statistics.median
     print(f"threads: {a.threads}, repeat: {a.repeat} (medians, ms; ratio = onnxruntime / llmc)")
@@ -117,6 +153,19 @@ def main():
             f"| b{shape.replace('x', ' x s')} | {o:.2f} | {h:.2f} | {r:.2f} | "
             f"{r / o:.2f} | {r / h:.2f} | {diff:.2e} |"
         )
+    if int8_rows:
+        print()
+        print("int8: llmc --quantize q8_0 (int16 activations per block) against onnxruntime's "
+              "quantize_dynamic (QInt8 weights, uint8 activations); cosine of mean-pooled "
+              "embeddings to onnxruntime f32, lowest over the batch")
+        print("| shape | llmc q8_0 | onnxruntime int8 | ratio | llmc f32 | q8_0 / f32 speed-up | cosine llmc q8_0 | cosine ORT int8 |")
+        print("|---|---|---|---|---|---|---|---|")
+        for shape, l8, o8, l32, c8, co in int8_rows:
+            l8, o8, l32 = med(l8), med(o8), med(l32)
+            print(
+                f"| b{shape.replace('x', ' x s')} | {l8:.2f} | {o8:.2f} | {o8 / l8:.2f} | "
+                f"{l32:.2f} | {l32 / l8:.2f} | {c8:.6f} | {co:.6f} |"
+            )
 
 
 if __name__ == "__main__":
