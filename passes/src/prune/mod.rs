@@ -51,7 +51,7 @@ pub enum Sparsity {
 impl fmt::Display for Sparsity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Sparsity::Share(x) => write!(f, "{}%", (x * 100.0 * 1000.0).round() / 1000.0),
+            Sparsity::Share(x) => write!(f, "{}%", pct(*x)),
             Sparsity::NofM(n, m) => write!(f, "{n}:{m}"),
         }
     }
@@ -59,7 +59,6 @@ impl fmt::Display for Sparsity {
 
 impl fmt::Display for PruneSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pct = |x: f64| (x * 100.0 * 1000.0).round() / 1000.0;
         let mut parts = Vec::new();
         if self.ffn > 0.0 || (self.heads == 0.0 && self.sparse.is_none()) {
             parts.push(format!("ffn={}%", pct(self.ffn)));
@@ -764,7 +763,95 @@ fn sparsify(
     Ok((mats, zeroed, total, calibrated))
 }
 
-/// The pass: prunes per `ctx.prune`; without a spec it changes nothing.
+/// A percentage as `--prune` spells it (`33%`, `12.5%`).
+fn pct(x: f64) -> f64 {
+    (x * 100.0 * 1000.0).round() / 1000.0
+}
+
+/// Prunes each unit (an MLP, an attention block) with `one`, then retypes the graph;
+/// returns the units' sizes before and after summed, and how many were refitted.
+fn prune_each<T>(
+    m: &mut Module,
+    units: &[T],
+    size: impl Fn(&T) -> usize,
+    mut one: impl FnMut(&mut Module, &T) -> Result<(usize, bool), String>,
+) -> Result<(usize, usize, usize), String> {
+    let (mut before, mut after, mut refitted) = (0, 0, 0);
+    for u in units {
+        let (kept, refit) = one(m, u)?;
+        before += size(u);
+        after += kept;
+        refitted += refit as usize;
+    }
+    retype(m)?;
+    Ok((before, after, refitted))
+}
+
+/// `heads=PCT` over every attention block.
+fn prune_all_heads(m: &mut Module, frac: f64, cal: Option<&Calibration>) -> Result<(), String> {
+    let blocks: Vec<Heads> = (0..m.graph.nodes.len())
+        .filter_map(|i| find_heads(m, NodeId(i as u32)))
+        .collect();
+    if blocks.is_empty() {
+        return Err(
+            "--prune heads: no attention block found (q linear -> reshape [.., H, d] \
+             -> attention -> reshape -> o linear, with more query than kv heads)"
+                .into(),
+        );
+    }
+    let (before, after, refitted) =
+        prune_each(m, &blocks, |b| b.heads, |m, b| prune_heads(m, b, frac, cal))?;
+    let kv: usize = blocks.iter().map(|b| b.kv_heads).sum();
+    crate::note(format!(
+        "heads={}%: {} attention blocks, query heads {} -> {} ({} per kv head); {}",
+        pct(frac),
+        blocks.len(),
+        before / blocks.len(),
+        after / blocks.len(),
+        after / kv.max(1),
+        if refitted > 0 {
+            format!("{refitted} o projections refitted by least squares")
+        } else {
+            "heads ranked by weight magnitude (no --calibration: nothing refitted)".into()
+        }
+    ));
+    Ok(())
+}
+
+/// `ffn=PCT` over every MLP.
+fn prune_all_mlps(m: &mut Module, frac: f64, cal: Option<&Calibration>) -> Result<(), String> {
+    let mlps: Vec<Mlp> = (0..m.graph.nodes.len())
+        .filter_map(|i| find_mlp(m, NodeId(i as u32)))
+        .collect();
+    if mlps.is_empty() {
+        return Err(
+            "--prune ffn: no MLP found (a linear fed by other linears through elementwise ops)"
+                .into(),
+        );
+    }
+    let (before, after, refitted) =
+        prune_each(m, &mlps, |u| u.channels, |m, u| prune_mlp(m, u, frac, cal))?;
+    crate::note(format!(
+        "ffn={}%: {} MLPs, hidden channels {} -> {} ({:.1}% removed); {}",
+        pct(frac),
+        mlps.len(),
+        before / mlps.len(),
+        after / mlps.len(),
+        100.0 * (before - after) as f64 / before as f64,
+        match cal {
+            Some(c) if refitted > 0 => format!(
+                "channels ranked by output energy on {} tokens of {}, {refitted} down projections refitted by least squares",
+                c.tokens, c.source
+            ),
+            _ => "channels ranked by weight magnitude (no --calibration: nothing refitted)".into(),
+        }
+    ));
+    Ok(())
+}
+
+/// The pass: prunes per `ctx.prune` (heads, then MLP channels, then sparsity, which
+/// scores what the structured steps leave, their refits included); without a spec it
+/// changes nothing.
 pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let Some(spec) = &ctx.prune else {
         crate::note("no --prune given: nothing to do".into());
@@ -777,94 +864,25 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     if spec.ffn <= 0.0 && spec.heads <= 0.0 && spec.sparse.is_none() {
         return Ok(Changed::No);
     }
-    let calibration = ctx.calibration.as_deref();
-    // Sparsity last: it scores what the structured steps leave (their refits included).
-    let sparse_last = |m: &mut Module| -> Result<(), PassError> {
-        let Some(sp) = spec.sparse else {
-            return Ok(());
-        };
-        let (mats, zeroed, total, cal) = sparsify(m, sp, calibration).map_err(err)?;
+    let cal = ctx.calibration.as_deref();
+    if spec.heads > 0.0 {
+        prune_all_heads(m, spec.heads, cal).map_err(err)?;
+    }
+    if spec.ffn > 0.0 {
+        prune_all_mlps(m, spec.ffn, cal).map_err(err)?;
+    }
+    if let Some(sp) = spec.sparse {
+        let (mats, zeroed, total, fitted) = sparsify(m, sp, cal).map_err(err)?;
         crate::note(format!(
             "sparse={sp}: {zeroed} of {total} weights zeroed ({:.1}%) in {mats} matrices; {}",
             100.0 * zeroed as f64 / total.max(1) as f64,
-            if cal > 0 {
-                format!("SparseGPT on calibration statistics for {cal} (masks by the cost of each zero, kept weights updated)")
+            if fitted > 0 {
+                format!("SparseGPT on calibration statistics for {fitted} (masks by the cost of each zero, kept weights updated)")
             } else {
                 "ranked by |w| (no --calibration)".into()
             }
         ));
-        Ok(())
-    };
-    if spec.heads > 0.0 {
-        let blocks: Vec<Heads> = (0..m.graph.nodes.len())
-            .filter_map(|i| find_heads(m, NodeId(i as u32)))
-            .collect();
-        if blocks.is_empty() {
-            return Err(err(
-                "--prune heads: no attention block found (q linear -> reshape [.., H, d] -> \
-                 attention -> reshape -> o linear, with more query than kv heads)"
-                    .into(),
-            ));
-        }
-        let (mut before, mut after, mut refitted) = (0usize, 0usize, 0usize);
-        for b in &blocks {
-            let (kept, refit) = prune_heads(m, b, spec.heads, calibration).map_err(err)?;
-            before += b.heads;
-            after += kept;
-            refitted += refit as usize;
-        }
-        retype(m).map_err(err)?;
-        crate::note(format!(
-            "heads={}%: {} attention blocks, query heads {} -> {} ({} per kv head); {}",
-            (spec.heads * 100.0 * 1000.0).round() / 1000.0,
-            blocks.len(),
-            before / blocks.len(),
-            after / blocks.len(),
-            after / blocks.iter().map(|b| b.kv_heads).sum::<usize>().max(1),
-            if refitted > 0 {
-                format!("{refitted} o projections refitted by least squares")
-            } else {
-                "heads ranked by weight magnitude (no --calibration: nothing refitted)".into()
-            }
-        ));
     }
-    if spec.ffn <= 0.0 {
-        sparse_last(m)?;
-        return Ok(Changed::Yes);
-    }
-    let mlps: Vec<Mlp> = (0..m.graph.nodes.len())
-        .filter_map(|i| find_mlp(m, NodeId(i as u32)))
-        .collect();
-    if mlps.is_empty() {
-        return Err(err(
-            "--prune ffn: no MLP found (a linear fed by other linears through elementwise ops)"
-                .into(),
-        ));
-    }
-    let (mut before, mut after, mut refitted) = (0usize, 0usize, 0usize);
-    for mlp in &mlps {
-        let (kept, refit) = prune_mlp(m, mlp, spec.ffn, calibration).map_err(err)?;
-        before += mlp.channels;
-        after += kept;
-        refitted += refit as usize;
-    }
-    retype(m).map_err(err)?;
-    crate::note(format!(
-        "ffn={}%: {} MLPs, hidden channels {} -> {} ({:.1}% removed); {}",
-        (spec.ffn * 100.0 * 1000.0).round() / 1000.0,
-        mlps.len(),
-        before / mlps.len(),
-        after / mlps.len(),
-        100.0 * (before - after) as f64 / before as f64,
-        match calibration {
-            Some(c) if refitted > 0 => format!(
-                "channels ranked by output energy on {} tokens of {}, {refitted} down projections refitted by least squares",
-                c.tokens, c.source
-            ),
-            _ => "channels ranked by weight magnitude (no --calibration: nothing refitted)".into(),
-        }
-    ));
-    sparse_last(m)?;
     Ok(Changed::Yes)
 }
 
