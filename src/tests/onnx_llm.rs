@@ -72,12 +72,16 @@ fn build_and_generate(
     stdout(&o)
 }
 
+/// Optimum's SmolLM2 export and the HF folder it was made from, or `None` (having said
+/// which is missing).
+fn optimum_and_hf() -> Option<(PathBuf, PathBuf)> {
+    let onnx = export("smollm2-optimum", "scripts/onnx-exports --optimum")?;
+    Some((onnx, model("SmolLM2-135M-Instruct-hf")?))
+}
+
 #[test]
 fn optimum_export_generates_the_hf_builds_greedy_text() {
-    let Some(onnx) = export("smollm2-optimum", "scripts/onnx-exports --optimum") else {
-        return;
-    };
-    let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
+    let Some((onnx, hf)) = optimum_and_hf() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -203,10 +207,7 @@ fn torch_export_with_past_and_a_tokenizer_folder_generates_the_hf_builds_text() 
 /// quantized HF build's greedy text, token for token.
 #[test]
 fn quantized_optimum_export_generates_the_quantized_hf_builds_text() {
-    let Some(onnx) = export("smollm2-optimum", "scripts/onnx-exports --optimum") else {
-        return;
-    };
-    let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
+    let Some((onnx, hf)) = optimum_and_hf() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
