@@ -92,13 +92,14 @@ def main():
                 (want,) = sess.run(None, feed)
                 ort_ms.append((time.perf_counter() - t0) * 1e3)
             out = td / f"out_{shape}"
+            export_inputs = {
+                "input_ids": files["ids"],
+                "attention_mask": files["mask"],
+                "token_type_ids": files["types"],
+            }
             onnx_ms = llmc_times(
                 a.llmc_onnx,
-                {
-                    "input_ids": files["ids"],
-                    "attention_mask": files["mask"],
-                    "token_type_ids": files["types"],
-                },
+                export_inputs,
                 a.repeat,
                 a.threads,
                 out,
@@ -123,17 +124,7 @@ def main():
                     sess8.run(None, feed)
                     ort8_ms.append((time.perf_counter() - t0) * 1e3)
                 out8 = td / f"int8_{shape}"
-                llmc8_ms = llmc_times(
-                    a.llmc_int8,
-                    {
-                        "input_ids": files["ids"],
-                        "attention_mask": files["mask"],
-                        "token_type_ids": files["types"],
-                    },
-                    a.repeat,
-                    a.threads,
-                    out8,
-                )
+                llmc8_ms = llmc_times(a.llmc_int8, export_inputs, a.repeat, a.threads, out8)
                 got8 = np.load(out8 / "last_hidden_state.npy")
 
                 def cos_min(x):
