@@ -355,6 +355,74 @@ fn refit(w: &[f32], n: usize, c: usize, h: &[f64], keep: &[usize], damp: f64) ->
     Some(out)
 }
 
+/// The projection whose input columns a pruning removes (an MLP's down projection, an
+/// attention block's o projection): its weight, as floats, each column's energy
+/// `‖W[:, j]‖²`, and its input statistics when the calibration has them.
+struct Out {
+    w: WeightId,
+    name: String,
+    n: usize,
+    c: usize,
+    x: Vec<f32>,
+    col_energy: Vec<f64>,
+    hess: Option<Arc<crate::quant::gptq::Hessian>>,
+}
+
+impl Out {
+    /// The `n x c` weight the linear reads at `v`.
+    fn read(m: &Module, v: ValueId, c: usize, cal: Option<&Calibration>) -> Result<Out, String> {
+        let (w, _) = weight_of(m, v).ok_or("the projection's weight")?;
+        let name = m.weight(w).name.clone();
+        let n = m.weight(w).shape.as_consts().unwrap_or_default()[0] as usize;
+        let x = crate::quant::read_float(m, w)?;
+        let col_energy = (0..c)
+            .map(|j| (0..n).map(|r| (x[r * c + j] as f64).powi(2)).sum())
+            .collect();
+        let hess = cal
+            .and_then(|cal| cal.hessian(&name))
+            .filter(|h| h.k == c && h.rows > 0);
+        Ok(Out {
+            w,
+            name,
+            n,
+            c,
+            x,
+            col_energy,
+            hess,
+        })
+    }
+
+    /// Column `j`'s output energy: `H_jj · ‖W[:, j]‖²` with statistics, else `‖W[:, j]‖²`.
+    fn energy(&self, j: usize) -> f64 {
+        match &self.hess {
+            Some(h) => h.h[j * self.c + j] * self.col_energy[j],
+            None => self.col_energy[j],
+        }
+    }
+
+    /// Keeps columns `keep` (sorted): refitted by least squares on the statistics, or as
+    /// they are; the calibration then describes the smaller input. Returns whether it
+    /// refitted.
+    fn keep_columns(&self, m: &mut Module, keep: &[usize], cal: Option<&Calibration>) -> bool {
+        let (n, c, x) = (self.n, self.c, &self.x);
+        let refitted = self
+            .hess
+            .as_ref()
+            .and_then(|h| refit(x, n, c, &h.h, keep, DAMP));
+        let done = refitted.is_some();
+        let cols = refitted.unwrap_or_else(|| {
+            (0..n)
+                .flat_map(|r| keep.iter().map(move |&j| x[r * c + j]))
+                .collect()
+        });
+        set_weight(m, self.w, vec![n as i64, keep.len() as i64], Some(cols));
+        if let Some(cal) = cal {
+            cal.select_columns(&self.name, keep.to_vec());
+        }
+        done
+    }
+}
+
 /// Prunes one MLP; returns (channels kept, refitted).
 fn prune_mlp(
     m: &mut Module,
@@ -368,59 +436,35 @@ fn prune_mlp(
     if keep_n == c {
         return Ok((c, false));
     }
-    let down_v = m.graph.node(mlp.down).inputs[1];
-    let (wd, _) = weight_of(m, down_v).ok_or("down projection weight")?;
-    let down_name = m.weight(wd).name.clone();
-    let n = m.weight(wd).shape.as_consts().unwrap_or_default()[0] as usize;
-    let wdown = crate::quant::read_float(m, wd)?;
-    let col_energy: Vec<f64> = (0..c)
-        .map(|j| (0..n).map(|r| (wdown[r * c + j] as f64).powi(2)).sum())
-        .collect();
-    let hess = calibration.and_then(|cal| cal.hessian(&down_name));
-    let hess = hess.filter(|h| h.k == c && h.rows > 0);
-    let score: Vec<f64> = match &hess {
-        Some(h) => (0..c).map(|j| h.h[j * c + j] * col_energy[j]).collect(),
-        None => {
-            let mut s = col_energy.clone();
-            for &ln in &mlp.inner {
-                let (w, _) = weight_of(m, m.graph.node(ln).inputs[1]).ok_or("inner weight")?;
-                let x = crate::quant::read_float(m, w)?;
-                let cols = x.len() / c;
-                for (j, sj) in s.iter_mut().enumerate() {
-                    *sj *= x[j * cols..(j + 1) * cols]
-                        .iter()
-                        .map(|&v| (v as f64).powi(2))
-                        .sum::<f64>();
-                }
+    let down = Out::read(m, m.graph.node(mlp.down).inputs[1], c, calibration)?;
+    let mut score: Vec<f64> = (0..c).map(|j| down.energy(j)).collect();
+    if down.hess.is_none() {
+        // Without statistics: times each channel's rows in gate/up.
+        for &ln in &mlp.inner {
+            let (w, _) = weight_of(m, m.graph.node(ln).inputs[1]).ok_or("inner weight")?;
+            let x = crate::quant::read_float(m, w)?;
+            let cols = x.len() / c;
+            for (j, sj) in score.iter_mut().enumerate() {
+                *sj *= x[j * cols..(j + 1) * cols]
+                    .iter()
+                    .map(|&v| (v as f64).powi(2))
+                    .sum::<f64>();
             }
-            s
         }
-    };
+    }
     let mut order: Vec<usize> = (0..c).collect();
     order.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
     let mut keep: Vec<usize> = order[..keep_n].to_vec();
     keep.sort_unstable();
     // The down projection: refitted on the kept channels, or their columns as they are.
-    let refitted = hess
-        .as_ref()
-        .and_then(|h| refit(&wdown, n, c, &h.h, &keep, DAMP));
-    let new_down = refitted.clone().unwrap_or_else(|| {
-        (0..n)
-            .flat_map(|r| keep.iter().map(move |&j| (r, j)))
-            .map(|(r, j)| wdown[r * c + j])
-            .collect()
-    });
-    set_weight(m, wd, vec![n as i64, keep_n as i64], Some(new_down));
+    let refitted = down.keep_columns(m, &keep, calibration);
     for &ln in &mlp.inner {
         let operands: Vec<ValueId> = m.graph.node(ln).inputs[1..].to_vec();
         for v in operands {
             keep_rows(m, v, &keep)?;
         }
     }
-    if let Some(cal) = calibration {
-        cal.select_columns(&down_name, keep);
-    }
-    Ok((keep_n, refitted.is_some()))
+    Ok((keep_n, refitted))
 }
 
 /// One attention block's query heads: the q projection, the o projection reading the
@@ -523,24 +567,12 @@ fn prune_heads(
     if keep_g == group {
         return Ok((h.heads, false));
     }
-    let o_v = m.graph.node(h.o).inputs[1];
-    let (wo, _) = weight_of(m, o_v).ok_or("o projection weight")?;
-    let o_name = m.weight(wo).name.clone();
     let c = h.heads * h.dim;
-    let n = m.weight(wo).shape.as_consts().unwrap_or_default()[0] as usize;
-    let wout = crate::quant::read_float(m, wo)?;
-    let col_energy: Vec<f64> = (0..c)
-        .map(|j| (0..n).map(|r| (wout[r * c + j] as f64).powi(2)).sum())
-        .collect();
-    let hess = calibration.and_then(|cal| cal.hessian(&o_name));
-    let hess = hess.filter(|x| x.k == c && x.rows > 0);
-    let score: Vec<f64> = match &hess {
-        Some(x) => (0..h.heads)
-            .map(|hd| {
-                (hd * h.dim..(hd + 1) * h.dim)
-                    .map(|j| x.h[j * c + j] * col_energy[j])
-                    .sum()
-            })
+    let out = Out::read(m, m.graph.node(h.o).inputs[1], c, calibration)?;
+    let span = |hd: usize| hd * h.dim..(hd + 1) * h.dim;
+    let score: Vec<f64> = match &out.hess {
+        Some(_) => (0..h.heads)
+            .map(|hd| span(hd).map(|j| out.energy(j)).sum())
             .collect(),
         None => {
             let (wq, _) = weight_of(m, m.graph.node(h.q).inputs[1]).ok_or("q weight")?;
@@ -548,8 +580,8 @@ fn prune_heads(
             let cols = xq.len() / c;
             (0..h.heads)
                 .map(|hd| {
-                    let span = hd * h.dim..(hd + 1) * h.dim;
-                    let o: f64 = span.clone().map(|j| col_energy[j]).sum();
+                    let span = span(hd);
+                    let o: f64 = span.clone().map(|j| out.energy(j)).sum();
                     let q: f64 = xq[span.start * cols..span.end * cols]
                         .iter()
                         .map(|&v| (v as f64).powi(2))
@@ -568,20 +600,8 @@ fn prune_heads(
         best.sort_unstable();
         kept_heads.extend(best);
     }
-    let keep: Vec<usize> = kept_heads
-        .iter()
-        .flat_map(|&hd| hd * h.dim..(hd + 1) * h.dim)
-        .collect();
-    let refitted = hess
-        .as_ref()
-        .and_then(|x| refit(&wout, n, c, &x.h, &keep, DAMP));
-    let new_o = refitted.clone().unwrap_or_else(|| {
-        (0..n)
-            .flat_map(|r| keep.iter().map(move |&j| (r, j)))
-            .map(|(r, j)| wout[r * c + j])
-            .collect()
-    });
-    set_weight(m, wo, vec![n as i64, keep.len() as i64], Some(new_o));
+    let keep: Vec<usize> = kept_heads.iter().flat_map(|&hd| span(hd)).collect();
+    let refitted = out.keep_columns(m, &keep, calibration);
     let operands: Vec<ValueId> = m.graph.node(h.q).inputs[1..].to_vec();
     for v in operands {
         keep_rows(m, v, &keep)?;
@@ -607,10 +627,7 @@ fn prune_heads(
             .ok_or("a head reshape of the wrong rank")?;
         *d = Dim::c(value);
     }
-    if let Some(cal) = calibration {
-        cal.select_columns(&o_name, keep);
-    }
-    Ok((kept, refitted.is_some()))
+    Ok((kept, refitted))
 }
 
 /// Columns whose mask one SparseGPT step chooses together (a share of each row's
