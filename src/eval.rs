@@ -58,6 +58,10 @@ pub struct EvalArgs {
     /// Prune MODEL first: ffn=PCT[,heads=PCT][,sparse=PCT|N:M] (see `llmc build`).
     #[arg(long, value_name = "SPEC", value_parser = crate::parse_prune)]
     prune: Option<llmc_passes::prune::PruneSpec>,
+    /// Run MODEL's block-quantized linears on int8 or int16 activation blocks (see
+    /// `llmc build`).
+    #[arg(long, value_enum, value_name = "BITS")]
+    act_quant: Option<crate::ActQuant>,
     #[command(flatten)]
     calibration: crate::CalibrationArgs,
     /// Optimization level.
@@ -137,7 +141,12 @@ fn compile(a: &EvalArgs, path: &Path, reduce: bool, exe: &Path) -> Result<()> {
         );
     }
     let reduce = match reduce {
-        true => crate::Reduce::new(&m, a.quantize.clone(), a.prune.clone(), &a.calibration)?,
+        true => {
+            let mut r =
+                crate::Reduce::new(&m, a.quantize.clone(), a.prune.clone(), &a.calibration)?;
+            r.act_bits = a.act_quant.map(crate::ActQuant::bits);
+            r
+        }
         false => crate::Reduce::default(),
     };
     let report = optimize(
@@ -150,7 +159,7 @@ fn compile(a: &EvalArgs, path: &Path, reduce: bool, exe: &Path) -> Result<()> {
     if a.time_passes {
         eprint!("{report}");
     }
-    for pass in ["prune", "quantize"] {
+    for pass in ["prune", "quantize", "act-quant"] {
         if let Some(note) = report
             .rows
             .iter()

@@ -186,6 +186,15 @@ impl Machine<'_> {
         Ok(())
     }
 
+    /// Element `e` of an activation-quant buffer (`xq` of a QDot/QTile: i16 or i8).
+    fn read_xq(&mut self, b: BufId, e: i64, bufs: &mut [Vec<u8>]) -> R<i64> {
+        let t = match self.k.bufs.get(b.0 as usize).map(|x| x.ty) {
+            Some(Ty::I8) => Ty::I8,
+            _ => Ty::I16,
+        };
+        Ok(self.read(b, e * t.bytes() as i64, t, bufs)?.i())
+    }
+
     fn read(&mut self, b: BufId, byte: i64, t: Ty, bufs: &mut [Vec<u8>]) -> R<V> {
         let name = self
             .k
@@ -560,8 +569,7 @@ impl Machine<'_> {
             let s0 = self.eval(se, bufs)?.0.i();
             let mut x = Vec::with_capacity(32 * t.blocks as usize);
             for e in 0..32 * t.blocks {
-                let at = ((x0 + t.first_block) * 32 + e) * 2;
-                x.push(self.read(t.xq, at, Ty::I16, bufs)?.i());
+                x.push(self.read_xq(t.xq, (x0 + t.first_block) * 32 + e, bufs)?);
             }
             let i = i as i64;
             for c in 0..lanes {
@@ -661,7 +669,7 @@ impl Machine<'_> {
                             let lo = (lo.i() >> (4 * (c / 2))) & 15;
                             let hi = self.read(q.w, sb + 128 + 32 * h + e, Ty::U8, bufs)?;
                             let hi = (hi.i() >> (2 * c)) & 3;
-                            let x = self.read(q.xq, (xb * 32 + e) * 2, Ty::I16, bufs)?.i();
+                            let x = self.read_xq(q.xq, xb * 32 + e, bufs)?;
                             dot += ((lo | hi << 4) - 32) * x;
                         }
                         let at = sb + 192 + 8 * h + 2 * c + p as i64;
@@ -689,7 +697,7 @@ impl Machine<'_> {
                             let lo = (lo.i() >> (2 * k)) & 3;
                             let hm = self.read(q.w, sb + e, Ty::U8, bufs)?.i();
                             let sub = if (hm >> (4 * h + k)) & 1 == 1 { 0 } else { 4 };
-                            let x = self.read(q.xq, (xb * 32 + e) * 2, Ty::I16, bufs)?.i();
+                            let x = self.read_xq(q.xq, xb * 32 + e, bufs)?;
                             dot += (lo - sub) * x;
                         }
                         let s = scales[(2 * t) as usize + p] as f32;
@@ -700,9 +708,7 @@ impl Machine<'_> {
                 let (d, m, w) = self.weight_block(q.fmt, q.w, w0, b, bufs)?;
                 let mut dot = 0i64;
                 for (e, w) in w.iter().enumerate() {
-                    let x = self
-                        .read(q.xq, (xb * 32 + e as i64) * 2, Ty::I16, bufs)?
-                        .i();
+                    let x = self.read_xq(q.xq, xb * 32 + e as i64, bufs)?;
                     dot += w * x;
                 }
                 let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;

@@ -647,7 +647,7 @@ impl QFmt {
 /// `b` of the weight row (at byte `w_off + b · block_bytes`; Q4_K: see [`QFmt::Q4K`])
 /// has scale `d`, minimum `m` (Q4_1, Q5_1, Q4_K; `-8 d` for Q4_0, `-16 d` for
 /// Q5_0; none for Q8_0) and integer quants `q_e`, and the
-/// activation row's block `xb = x_blk[i] + b` has int16 values `xq[32 xb + e]`; its
+/// activation row's block `xb = x_blk[i] + b` has int16 (or int8) values `xq[32 xb + e]`; its
 /// scale `xd[s]` and `xs[s] = xd[s] Σ_e xq[32 xb + e]` sit at
 /// `s = x_sc[i] + 4 b`:
 /// `dot_b(i) = (d · xd[s]) · I_b  +  m · xs[s]`, `I_b = Σ_e q_e xq[32 xb + e]`.
@@ -673,7 +673,8 @@ pub struct QDot {
     pub w_off: Expr,
     /// Blocks in the row.
     pub blocks: i64,
-    /// Activation quants (i16, at most 32767 in magnitude).
+    /// Activation quants: i16 (at most 32767 in magnitude) or i8 (at most 127; the
+    /// buffer's type says which).
     pub xq: BufId,
     /// Activation block scales (f32).
     pub xd: BufId,
@@ -736,6 +737,10 @@ pub struct QUnpack {
     pub tile: BufId,
     /// The scales and minimums (f32, `blocks · 32` elements).
     pub scales: BufId,
+    /// The [`QTile`]s reading the tile take int8 activations: a backend may lay the
+    /// quants out as bytes for u8·s8 products (the tile is the two statements'
+    /// private scratch; this layout above is the interpreter's).
+    pub act8: bool,
 }
 
 /// `accs[16 i + c] += Σ_b dot_b(i, c)` for the [`QTile::LANES`] weight rows `c` a
@@ -788,7 +793,7 @@ pub struct QTile {
     pub tile: BufId,
     /// The decoded scales and minimums (f32).
     pub scales: BufId,
-    /// Activation quants (i16), as [`QDot`]'s.
+    /// Activation quants (i16 or i8), as [`QDot`]'s.
     pub xq: BufId,
     /// Activation block scales (f32).
     pub xd: BufId,
@@ -1266,7 +1271,7 @@ impl Kernel {
                     }
                     for (b, t) in [(q.xq, Ty::I16), (q.xd, Ty::F32), (q.xs, Ty::F32)] {
                         let buf = self.checked_buf(b, "qdot reads")?;
-                        if buf.ty != t {
+                        if buf.ty != t && !(b == q.xq && buf.ty == Ty::I8) {
                             return Err(format!("qdot: {} must be {t}", buf.name));
                         }
                         let local = matches!(buf.role, Role::Local | Role::Shared);
@@ -1393,7 +1398,7 @@ impl Kernel {
                     }
                     for (b, ty) in [(t.xq, Ty::I16), (t.xd, Ty::F32), (t.xs, Ty::F32)] {
                         let buf = self.checked_buf(b, "qtile reads")?;
-                        if buf.ty != ty {
+                        if buf.ty != ty && !(b == t.xq && buf.ty == Ty::I8) {
                             return Err(format!("qtile: {} must be {ty}", buf.name));
                         }
                     }

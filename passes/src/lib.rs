@@ -63,6 +63,9 @@ pub struct PassContext {
     pub calibration: Option<std::sync::Arc<quant::Calibration>>,
     /// `--prune`: what the `prune` pass removes (`None`: the pass does nothing).
     pub prune: Option<prune::PruneSpec>,
+    /// `--act-quant int8|int16`: the bits the `act-quant` pass gives block-quantized
+    /// linears' run-time activation blocks (`None`: the pass does nothing).
+    pub act_bits: Option<u8>,
 }
 
 impl Default for PassContext {
@@ -73,6 +76,7 @@ impl Default for PassContext {
             quantize: None,
             calibration: None,
             prune: None,
+            act_bits: None,
         }
     }
 }

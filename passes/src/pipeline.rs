@@ -56,6 +56,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::fuse_elementwise::run,
     },
     Pass {
+        name: "act-quant",
+        summary: "block-quantized linears quantize their activations to int8 blocks of 32 at run time instead of int16, as --act-quant int8 asks (llama.cpp's Q8 activations; VNNI's u8·s8 products); last in the pipeline when given",
+        run: crate::quant::act::run,
+    },
+    Pass {
         name: "serving",
         summary: "decoder to the engine's step over a flat token batch: kv_append + attention become paged_kv_write + paged_attention over per-layer KV pools (in no -O pipeline: `llmc build` runs it last for decoder LLMs)",
         run: crate::serving::run,

@@ -134,8 +134,12 @@ pub fn eval_matmul(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
 /// weight computes as x's dtype (a block format computes as f32), or is stored
 /// narrower than f32 activations (f16/bf16 weight-only precision: each element is
 /// widened to f32 as it is read, so the weight streams at half the bytes).
-pub fn infer_linear(i: &[&TensorType], _: &Attrs) -> T {
+pub fn infer_linear(i: &[&TensorType], a: &Attrs) -> T {
     let (x, w) = (targ(i, 0, "x")?, targ(i, 1, "w")?);
+    match a.get("act_bits") {
+        None | Some(crate::Attr::Int(8 | 16)) => {}
+        Some(v) => return Err(format!("act_bits must be 8 or 16, got {v:?}")),
+    }
     if !x.dtype.is_float() {
         return Err(format!("operand x must be a float tensor, got {}", x.dtype));
     }

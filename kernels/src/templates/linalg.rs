@@ -90,6 +90,7 @@ pub(crate) fn linear(
         n,
         t,
         tile16: false,
+        act8: super::attr_int(node, "act_bits")? == Some(8),
     };
     let full = n / NR as i64;
     let tail = n % NR as i64;
@@ -220,11 +221,14 @@ const QUADS_PER_DOT: i64 = 2;
 /// The most rows in a super-group.
 const QGROUP_MAX: i64 = 128;
 
-/// The largest activation quant: int16 activations. (int8 ones, as llama.cpp's q8
-/// blocks, cost about the same with AVX2 but moved SmolLM2's logits by 2.6% of their
-/// range after one decode step and changed its greedy text; int16 keeps the logits
-/// within f32-accumulation noise.)
+/// The largest activation quant: int16 activations by default. (int8 ones, as
+/// llama.cpp's q8 blocks, moved SmolLM2's logits by 2.6% of their range after one
+/// decode step and changed its greedy text; int16 keeps the logits within
+/// f32-accumulation noise. `act_bits = 8` asks for int8: [`QMAX8`].)
 const QMAX: f64 = 32767.0;
+
+/// The largest int8 activation quant (`act_bits = 8`).
+const QMAX8: f64 = 127.0;
 
 /// The largest decoded tile (bytes of quants and scales, on the stack of the thread
 /// running a chunk): rows up to 8192 wide (256 blocks) take the tile form.
@@ -266,6 +270,9 @@ struct Lin {
     t: Ty,
     /// The quantized weight is in the `Tile16` layout: every row takes the tile form.
     tile16: bool,
+    /// The integer path quantizes activations to int8 blocks (`act_bits = 8`), else
+    /// int16.
+    act8: bool,
 }
 
 impl Lin {
@@ -420,7 +427,8 @@ impl Lin {
         let quad = QDot::QUAD as i64;
         let sg = (QGROUP_BYTES / (2 * k) / quad * quad).clamp(quad, QGROUP_MAX);
         let stride = QDot::scale_stride(blocks);
-        let xq = kb.local("xq", Ty::I16, sg * k);
+        let xq_ty = if self.act8 { Ty::I8 } else { Ty::I16 };
+        let xq = kb.local("xq", xq_ty, sg * k);
         let xd = kb.local("xd", Ty::F32, sg / quad * stride);
         let xs = kb.local("xs", Ty::F32, sg / quad * stride);
         kb.for_step("rg", 0, rows.clone(), sg, LoopTag::Serial, |kb, rg| {
@@ -487,8 +495,9 @@ impl Lin {
                 });
                 Expr::Var(amax)
             };
+            let qmax = if self.act8 { QMAX8 } else { QMAX };
             let pos = Expr::bin(BinOp::Gt, amax.clone(), fconst(0.0, Ty::F32));
-            let inv = Expr::bin(BinOp::Div, fconst(QMAX, Ty::F32), amax.clone());
+            let inv = Expr::bin(BinOp::Div, fconst(qmax, Ty::F32), amax.clone());
             let id = kb.let_(
                 "id",
                 Expr::Select(Box::new(pos), Box::new(inv), Box::new(fconst(0.0, Ty::F32))),
@@ -497,7 +506,7 @@ impl Lin {
             kb.for_("e", 0, 32, LoopTag::Vectorize(8), |kb, e| {
                 let v = load_elem(kb, self.x, self.xd, x0.clone() + e.clone()).cast(Ty::F32);
                 let q = Expr::un(UnOp::Round, Expr::bin(BinOp::Mul, v, id.clone()));
-                let q = kb.let_("q", q.cast(Ty::I16));
+                let q = kb.let_("q", q.cast(if self.act8 { Ty::I8 } else { Ty::I16 }));
                 kb.store(xq, q0.clone() + e, q.clone());
                 kb.assign(
                     qsum,
@@ -506,7 +515,7 @@ impl Lin {
             });
             let d = kb.let_(
                 "d",
-                Expr::bin(BinOp::Div, amax.clone(), fconst(QMAX, Ty::F32)),
+                Expr::bin(BinOp::Div, amax.clone(), fconst(qmax, Ty::F32)),
             );
             let at = kb.let_("at", sc.clone() + b * QDot::scale_offset(1));
             kb.store(xd, at.clone(), d.clone());
@@ -675,6 +684,7 @@ impl Lin {
                     blocks: nb,
                     tile,
                     scales,
+                    act8: self.act8,
                 });
                 kb.for_("g", 0, quads.clone(), LoopTag::Serial, |kb, g| {
                     let lr = kb.let_("lr", g * quad);

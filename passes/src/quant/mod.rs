@@ -23,6 +23,7 @@
 //! the linears that read it through an f16 -> f32 `cast` straight at it, and drops the
 //! casts; a module read from text (no weight data) only changes dtypes.
 
+pub mod act;
 pub mod awq;
 pub mod gguf;
 pub mod gptq;

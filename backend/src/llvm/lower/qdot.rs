@@ -24,6 +24,8 @@ const QDOT_PREFETCH: u64 = 4096;
 struct QBufs<'ctx> {
     w: PointerValue<'ctx>,
     xq: PointerValue<'ctx>,
+    /// `xq` holds int8 quants (else int16).
+    xq8: bool,
     xd: PointerValue<'ctx>,
     xs: PointerValue<'ctx>,
 }
@@ -121,6 +123,39 @@ impl<'ctx> Lowering<'ctx, '_> {
             lanes = nx;
         }
         Ok(lanes[0])
+    }
+
+    /// Whether activation-quant buffer `id` holds int8 quants (else int16).
+    pub(super) fn xq8(&self, id: llmc_kernels::BufId) -> bool {
+        self.k.buf(id).ty == llmc_kernels::Ty::I8
+    }
+
+    /// Elements `16 half .. 16 half + 16` of activation block `xb` of `xq` as
+    /// `<16 x i16>` (int8 quants sign-extended).
+    fn xq_load16(
+        &self,
+        f: &Frame<'ctx>,
+        xq: PointerValue<'ctx>,
+        xq8: bool,
+        xb: IntValue<'ctx>,
+        half: i64,
+    ) -> R<VectorValue<'ctx>> {
+        let it = self.it;
+        let c64 = |k: i64| it.i64.const_int(k as u64, true);
+        let es = if xq8 { 1 } else { 2 };
+        let b = &f.b;
+        let at = b.build_int_mul(xb, c64(32 * es), "").map_err(llvm_err)?;
+        let at = b
+            .build_int_add(at, c64(16 * half * es), "")
+            .map_err(llvm_err)?;
+        let v16w = it.i16.vec_type(16);
+        if !xq8 {
+            return Ok(self.qdot_load(f, v16w.into(), xq, at)?.into_vector_value());
+        }
+        let raw = self
+            .qdot_load(f, it.i8.vec_type(16).into(), xq, at)?
+            .into_vector_value();
+        f.b.build_int_s_extend(raw, v16w, "xq").map_err(llvm_err)
     }
 
     fn qdot_load(
@@ -699,6 +734,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             })
         };
         let (wp, xqp, xdp, xsp) = (bufp(q.w)?, bufp(q.xq)?, bufp(q.xd)?, bufp(q.xs)?);
+        let xq8 = self.xq8(q.xq);
         let rows = q.accs.len();
         let v8f = it.f32.vec_type(8);
         let v16b = it.i8.vec_type(16);
@@ -838,19 +874,8 @@ impl<'ctx> Lowering<'ctx, '_> {
         for i in 0..rows {
             let b = &f.b;
             let xb = b.build_int_add(x_blk[i], blk, "xb").map_err(llvm_err)?;
-            let x64 = b
-                .build_int_mul(xb, it.i64.const_int(64, false), "")
-                .map_err(llvm_err)?;
-            let x_lo = self
-                .qdot_load(f, v16w.into(), xqp, x64)?
-                .into_vector_value();
-            let b = &f.b;
-            let x64h = b
-                .build_int_add(x64, it.i64.const_int(32, false), "")
-                .map_err(llvm_err)?;
-            let x_hi = self
-                .qdot_load(f, v16w.into(), xqp, x64h)?
-                .into_vector_value();
+            let x_lo = self.xq_load16(f, xqp, xq8, xb, 0)?;
+            let x_hi = self.xq_load16(f, xqp, xq8, xb, 1)?;
             let b = &f.b;
             let sb = b
                 .build_int_mul(
@@ -1013,6 +1038,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let bufs = QBufs {
             w: bufp(q.w)?,
             xq: bufp(q.xq)?,
+            xq8: self.xq8(q.xq),
             xd: bufp(q.xd)?,
             xs: bufp(q.xs)?,
         };
@@ -1336,7 +1362,6 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v4f = it.f32.vec_type(4);
         let v8f = it.f32.vec_type(8);
         let v2f = it.f32.vec_type(2);
-        let v16w = it.i16.vec_type(16);
         let (wa_lo, wa_hi, dm_a) = self.qdot_avx2_weights(f, q.fmt, bufs.w, w_off, blk, false)?;
         // Q6_K: the "pair" is the block's two halves, [d_lo, d_hi] in `dm_a`.
         let split = q.fmt.split_scales();
@@ -1353,17 +1378,9 @@ impl<'ctx> Lowering<'ctx, '_> {
         // partner).
         let partial = |xblk: IntValue<'ctx>, second: bool| -> R<VectorValue<'ctx>> {
             if split {
-                let b = &f.b;
-                let xb = b.build_int_add(xblk, blk, "xb").map_err(llvm_err)?;
-                let x64 = b.build_int_mul(xb, c64(64), "").map_err(llvm_err)?;
-                let (w, at) = if second {
-                    (wa_hi, b.build_int_add(x64, c64(32), "").map_err(llvm_err)?)
-                } else {
-                    (wa_lo, x64)
-                };
-                let x = self
-                    .qdot_load(f, v16w.into(), bufs.xq, at)?
-                    .into_vector_value();
+                let xb = f.b.build_int_add(xblk, blk, "xb").map_err(llvm_err)?;
+                let w = if second { wa_hi } else { wa_lo };
+                let x = self.xq_load16(f, bufs.xq, bufs.xq8, xb, second as i64)?;
                 return Ok(self
                     .x86(f, "llvm.x86.avx2.pmadd.wd", &[w, x])?
                     .into_vector_value());
@@ -1380,14 +1397,8 @@ impl<'ctx> Lowering<'ctx, '_> {
             } else {
                 xb
             };
-            let x64 = b.build_int_mul(xb, c64(64), "").map_err(llvm_err)?;
-            let x64h = b.build_int_add(x64, c64(32), "").map_err(llvm_err)?;
-            let x_lo = self
-                .qdot_load(f, v16w.into(), bufs.xq, x64)?
-                .into_vector_value();
-            let x_hi = self
-                .qdot_load(f, v16w.into(), bufs.xq, x64h)?
-                .into_vector_value();
+            let x_lo = self.xq_load16(f, bufs.xq, bufs.xq8, xb, 0)?;
+            let x_hi = self.xq_load16(f, bufs.xq, bufs.xq8, xb, 1)?;
             let p_lo = self
                 .x86(f, "llvm.x86.avx2.pmadd.wd", &[lo, x_lo])?
                 .into_vector_value();

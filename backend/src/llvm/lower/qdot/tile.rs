@@ -40,7 +40,77 @@ const BLOCK_TILE_BYTES: i64 = 32 * QTile::LANES as i64 * 2;
 /// Bytes of one block's scales and minimums in a tile.
 const BLOCK_SCALE_BYTES: i64 = 2 * QTile::LANES as i64 * 4;
 
+/// Bytes of one block's quants in a byte tile (8 quads of 16 rows' four u8).
+const BLOCK_BYTE_TILE_BYTES: i64 = 32 * QTile::LANES as i64;
+
 impl<'ctx> Lowering<'ctx, '_> {
+    /// Whether a packed tile of `fmt` read with int8 activations (`act8`) is laid out
+    /// as bytes for `vpdpbusd` (AVX-512 VNNI; unsigned quants, which its u8 operand
+    /// takes as they are): vector `p` of block `b` at byte `(8 b + p) · 64` holds in
+    /// lane `c` row `c`'s quants `4p .. 4p + 4`, one u8 each.
+    fn byte_tile(&self, fmt: llmc_kernels::QFmt, packed: bool, act8: bool) -> bool {
+        act8 && packed && fmt.has_min() && self.target.avx512() && self.target.vnni()
+    }
+
+    /// The 16 pair vectors of a block (`<32 x i16>`: lane `c` holds row `c`'s quants
+    /// `2p, 2p + 1`, each below 256) as the 8 quad vectors of a byte tile.
+    fn pairs_to_quads(
+        &self,
+        f: &Frame<'ctx>,
+        pairs: &[VectorValue<'ctx>],
+    ) -> R<Vec<VectorValue<'ctx>>> {
+        let it = self.it;
+        let v32b = it.i8.vec_type(32);
+        let narrow = pairs
+            .iter()
+            .map(|p| f.b.build_int_truncate(*p, v32b, "").map_err(llvm_err))
+            .collect::<R<Vec<_>>>()?;
+        // Byte 4c + j of quad q: pair 2q's byte 2c + j (j < 2), else pair 2q + 1's
+        // byte 2c + j - 2 (at 32 + ... in the shuffle's second operand).
+        let mask: Vec<u64> = (0..64u64)
+            .map(|i| {
+                let (c, j) = (i / 4, i % 4);
+                if j < 2 {
+                    2 * c + j
+                } else {
+                    32 + 2 * c + j - 2
+                }
+            })
+            .collect();
+        (0..pairs.len() / 2)
+            .map(|q| self.shuffle(f, narrow[2 * q], narrow[2 * q + 1], &mask))
+            .collect()
+    }
+
+    /// `acc + Σ quads`: lane `l` adds the four products of `w`'s u8 and `x`'s s8 bytes
+    /// (`vpdpbusd`), exactly.
+    fn quad_dot(
+        &self,
+        f: &Frame<'ctx>,
+        acc: VectorValue<'ctx>,
+        w: VectorValue<'ctx>,
+        x: VectorValue<'ctx>,
+    ) -> R<VectorValue<'ctx>> {
+        let name = "llvm.x86.avx512.vpdpbusd.512";
+        let func = self
+            .it
+            .intrinsic(self.module, name, &[])
+            .ok_or_else(|| llvm_err(name))?;
+        let params = func.get_type().get_param_types();
+        let b = &f.b;
+        let mut args = Vec::new();
+        for (v, ty) in [acc, w, x].into_iter().zip(params) {
+            let ty: BasicTypeEnum = ty.try_into().map_err(|_| llvm_err("vpdpbusd operand"))?;
+            args.push(b.build_bit_cast(v, ty, "").map_err(llvm_err)?.into());
+        }
+        b.build_call(func, &args, "")
+            .map_err(llvm_err)?
+            .try_as_basic_value()
+            .basic()
+            .map(|v| v.into_vector_value())
+            .ok_or_else(|| llvm_err("vpdpbusd returned nothing"))
+    }
+
     /// The buffer pointer of `id`, or an error naming it.
     pub(in super::super) fn tile_buf(
         &self,
@@ -144,30 +214,48 @@ impl<'ctx> Lowering<'ctx, '_> {
         self.tile_store(f, scales, sb, d)?;
         let mb = f.b.build_int_add(sb, self.tc(64), "").map_err(e)?;
         self.tile_store(f, scales, mb, m)?;
+        let bytes = self.byte_tile(u.fmt, true, u.act8);
         let tb =
-            f.b.build_int_mul(blk, self.tc(BLOCK_TILE_BYTES), "")
-                .map_err(e)?;
+            f.b.build_int_mul(
+                blk,
+                self.tc(if bytes {
+                    BLOCK_BYTE_TILE_BYTES
+                } else {
+                    BLOCK_TILE_BYTES
+                }),
+                "",
+            )
+            .map_err(e)?;
         let chunks = if q8 { 16 } else { 8 };
+        let mut pairs = vec![v32w.const_zero(); 16];
         for c in 0..chunks {
             let at = f.b.build_int_add(qs, self.tc(32 * c), "").map_err(e)?;
             let raw = self.qdot_load(f, v32b.into(), w, at)?.into_vector_value();
             let b = &f.b;
-            let out = f.b.build_int_add(tb, self.tc(64 * c), "").map_err(e)?;
             if q8 {
-                let v = b.build_int_s_extend(raw, v32w, "").map_err(e)?;
-                self.tile_store(f, tile, out, v)?;
+                pairs[c as usize] = b.build_int_s_extend(raw, v32w, "").map_err(e)?;
                 continue;
             }
             let v = b.build_int_z_extend(raw, v32w, "").map_err(e)?;
             let lo = b.build_and(v, splat(15), "lo").map_err(e)?;
             let hi = b.build_right_shift(v, splat(4), false, "hi").map_err(e)?;
-            let lo = self.tile16_fifth(f, u.fmt, w, masks, c, 0, LANES, lo)?;
-            let hi = self.tile16_fifth(f, u.fmt, w, masks, c + 8, 0, LANES, hi)?;
-            self.tile_store(f, tile, out, lo)?;
-            let out =
-                f.b.build_int_add(tb, self.tc(64 * (c + 8)), "")
-                    .map_err(e)?;
-            self.tile_store(f, tile, out, hi)?;
+            pairs[c as usize] = self.tile16_fifth(f, u.fmt, w, masks, c, 0, LANES, lo)?;
+            pairs[c as usize + 8] = self.tile16_fifth(f, u.fmt, w, masks, c + 8, 0, LANES, hi)?;
+        }
+        if bytes {
+            for (q, v) in self.pairs_to_quads(f, &pairs)?.into_iter().enumerate() {
+                let out =
+                    f.b.build_int_add(tb, self.tc(64 * q as i64), "")
+                        .map_err(e)?;
+                self.tile_store(f, tile, out, v)?;
+            }
+        } else {
+            for (p, v) in pairs.into_iter().enumerate() {
+                let out =
+                    f.b.build_int_add(tb, self.tc(64 * p as i64), "")
+                        .map_err(e)?;
+                self.tile_store(f, tile, out, v)?;
+            }
         }
         self.close_loop(f, &lp)?;
         Ok(())
@@ -462,12 +550,14 @@ impl<'ctx> Lowering<'ctx, '_> {
             .build_int_mul(tblk, self.tc(BLOCK_TILE_BYTES), "")
             .map_err(e)?;
         let tb = b.build_int_add(tb, self.tc(c0 as i64 * 4), "").map_err(e)?;
-        // Byte offset of each row's block `blk` in xq.
+        // Byte offset of each row's block `blk` in xq (int16 or int8 quants).
+        let xq8 = self.xq8(t.xq);
+        let es = if xq8 { 1 } else { 2 };
         let xbs = rows
             .iter()
             .map(|(xb, _)| {
                 let v = b.build_int_add(*xb, blk, "").map_err(e)?;
-                b.build_int_mul(v, self.tc(64), "").map_err(e)
+                b.build_int_mul(v, self.tc(32 * es), "").map_err(e)
             })
             .collect::<R<Vec<_>>>()?;
         let mut sums: Vec<VectorValue<'ctx>> = rows.iter().map(|_| vi.const_zero()).collect();
@@ -475,7 +565,34 @@ impl<'ctx> Lowering<'ctx, '_> {
             Some(src) => Some(self.direct_block(f, t, src, blk, c0, lanes)?),
             None => None,
         };
-        for p in 0..16i64 {
+        let bytes = self.byte_tile(t.fmt, t.packed, xq8) && lanes == LANES;
+        if bytes {
+            // u8 weight quads against s8 activation quads (4 bytes broadcast).
+            let quads = match &direct {
+                Some((wvs, ..)) => Some(self.pairs_to_quads(f, wvs)?),
+                None => None,
+            };
+            let tb =
+                f.b.build_int_mul(tblk, self.tc(BLOCK_BYTE_TILE_BYTES), "")
+                    .map_err(e)?;
+            for p in 0..8i64 {
+                let wv = match &quads {
+                    Some(q) => q[p as usize],
+                    None => {
+                        let at = f.b.build_int_add(tb, self.tc(p * 64), "").map_err(e)?;
+                        self.qdot_load(f, vi.into(), tile, at)?.into_vector_value()
+                    }
+                };
+                for (s, xb) in sums.iter_mut().zip(&xbs) {
+                    let at = f.b.build_int_add(*xb, self.tc(p * 4), "").map_err(e)?;
+                    let quad = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
+                    let x = self.splat_i32(f, quad, lanes)?;
+                    *s = self.quad_dot(f, *s, wv, x)?;
+                }
+            }
+        }
+        // Else i16 weight pairs against i16 activation pairs (int8 ones widened).
+        for p in (0..16i64).filter(|_| !bytes) {
             let wv = match &direct {
                 Some((wvs, ..)) => wvs[p as usize],
                 None => {
@@ -484,8 +601,20 @@ impl<'ctx> Lowering<'ctx, '_> {
                 }
             };
             for (s, xb) in sums.iter_mut().zip(&xbs) {
-                let at = f.b.build_int_add(*xb, self.tc(p * 4), "").map_err(e)?;
-                let pair = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
+                let at = f.b.build_int_add(*xb, self.tc(p * 2 * es), "").map_err(e)?;
+                let pair = if xq8 {
+                    let two = self.qdot_load(f, it.i16.into(), xq, at)?;
+                    let b = &f.b;
+                    let two = b.build_bit_cast(two, it.i8.vec_type(2), "").map_err(e)?;
+                    let two = b
+                        .build_int_s_extend(two.into_vector_value(), it.i16.vec_type(2), "")
+                        .map_err(e)?;
+                    b.build_bit_cast(two, it.i32, "")
+                        .map_err(e)?
+                        .into_int_value()
+                } else {
+                    self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value()
+                };
                 let x = self.splat_i32(f, pair, lanes)?;
                 *s = self.pair_dot(f, *s, wv, x, lanes)?;
             }
