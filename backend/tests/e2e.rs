@@ -163,6 +163,12 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
             );
             let y = m.add1(Op::Linear, &[x, w], attrs([])).expect("linear");
             m.graph.outputs.push(y);
+            // The same linear on int8 activation blocks (`act_bits = 8`).
+            let mut m8 = m.clone();
+            let lin = m8.graph.nodes.len() - 1;
+            m8.graph.nodes[lin]
+                .attrs
+                .insert("act_bits".into(), llmc_ir::Attr::Int(8));
             let rows = 13;
             let xv: Vec<f64> = (0..rows * k)
                 .map(|_| (next() % 2001) as f64 / 1000.0 - 1.0)
@@ -178,11 +184,31 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
             }
             let want = Interpreter::new(&m).run(&runs[0]).expect("reference")[0].to_f64();
             // The host's kernels, the SSE2 ones, AVX2's and AVX-512's without VNNI (the
-            // tile form's 8- and 16-lane sums; run where the host has the features).
-            for (cpu, opts) in cpu_builds() {
-                let got = run_compiled(&m, &opts, &runs)
-                    .unwrap_or_else(|e| panic!("{d} k {k} cpu {cpu:?}: {e}"));
+            // tile form's 8- and 16-lane sums; run where the host has the features),
+            // each on int16 and on int8 activations (the latter within int8's rounding:
+            // 2e-2 of the row's magnitude). AVX-512 with and without VNNI (u8·s8 byte
+            // tiles or i16 pairs; vpdpwssd or vpmaddwd) give the same bits.
+            let mut avx512: [Option<Vec<f64>>; 2] = [None, None];
+            for ((cpu, opts), (bits, m, tol)) in cpu_builds()
+                .into_iter()
+                .flat_map(|c| [(c.clone(), (16, &m, 2e-3)), (c, (8, &m8, 2e-2))])
+            {
+                let got = run_compiled(m, &opts, &runs)
+                    .unwrap_or_else(|e| panic!("{d} k {k} cpu {cpu:?} int{bits}: {e}"));
                 let batch = got[0][0].to_f64();
+                let slot = &mut avx512[(bits == 8) as usize];
+                if cpu.is_empty() && host_runs("x86-64-v4") || cpu == "x86-64-v4" {
+                    match slot {
+                        Some(other) => assert!(
+                            other
+                                .iter()
+                                .zip(&batch)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{d} k {k} int{bits}: the host's AVX-512 and x86-64-v4's differ"
+                        ),
+                        None => *slot = Some(batch.clone()),
+                    }
+                }
                 for r in 0..rows {
                     let alone = got[r + 1][0].to_f64();
                     for j in 0..n {
@@ -190,7 +216,8 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                         assert_eq!(
                             b.to_bits(),
                             a.to_bits(),
-                            "{d} k {k} cpu {cpu:?}: row {r} col {j}: {b} in the batch, {a} alone"
+                            "{d} k {k} cpu {cpu:?} int{bits}: row {r} col {j}: {b} in the \
+                             batch, {a} alone"
                         );
                     }
                     let mag = want[r * n..(r + 1) * n]
@@ -199,8 +226,8 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                     for j in 0..n {
                         let (g, w) = (batch[r * n + j], want[r * n + j]);
                         assert!(
-                            (g - w).abs() <= 2e-3 * (1.0 + mag),
-                            "{d} k {k} cpu {cpu:?}: row {r} col {j}: got {g}, want {w}"
+                            (g - w).abs() <= tol * (1.0 + mag),
+                            "{d} k {k} cpu {cpu:?} int{bits}: row {r} col {j}: got {g}, want {w}"
                         );
                     }
                 }

@@ -503,6 +503,8 @@ fn linear_float_and_quantized() {
         ] {
             let wq = quant_bytes(&mut r, d, n, k);
             check_quant_linear(&x, rows, d, n, k, &wq, None);
+            // int8 activation blocks (`act_bits = 8`), as stored and packed.
+            check_quant_linear_bits(&x, rows, d, n, k, &wq, None, 8);
         }
     }
     // Rows long enough to be taken in slices of blocks (33 blocks: 16 + 16 + 1, the
@@ -512,6 +514,7 @@ fn linear_float_and_quantized() {
         let x = r.tensor(F, &[rows, k], 1.0);
         let wq = quant_bytes(&mut r, d, n, k);
         check_quant_linear(&x, rows, d, n, k, &wq, None);
+        check_quant_linear_bits(&x, rows, d, n, k, &wq, None, 8);
     }
     // Q4_K super-blocks (eight blocks of 32 each): decode rows, quads and octets,
     // several chunks of weight rows.
@@ -1558,11 +1561,7 @@ fn block_values(d: DType, blk: &[u8]) -> (f64, f64, Vec<i64>) {
     }
 }
 
-/// A quantized `linear` of f32 activations, which it quantizes to int16 per block of
-/// 32 (scale amax / 32767, round half to even). It must match (a) the same
-/// quantized product computed here in f64 within 1e-5 of the sum of the terms'
-/// magnitudes (f32 accumulation), and (b) the exact f32 reference within the
-/// quantization bound Σ_e |w_e| · d_x / 2 per block, plus 1e-4.
+/// [`check_quant_linear_bits`] with the default int16 activations.
 fn check_quant_linear(
     x: &llmc_ir::Tensor,
     rows: usize,
@@ -1572,6 +1571,31 @@ fn check_quant_linear(
     wq: &[u8],
     bias: Option<&llmc_ir::Tensor>,
 ) {
+    check_quant_linear_bits(x, rows, d, n, k, wq, bias, 16);
+}
+
+/// A quantized `linear` of f32 activations, which it quantizes to int16 (or int8:
+/// `act_bits = 8`) per block of 32 (scale amax / 32767 or / 127, round half to even).
+/// It must match (a) the same quantized product computed here in f64 within 1e-5 of
+/// the sum of the terms' magnitudes (f32 accumulation), and (b) the exact f32
+/// reference within the quantization bound Σ_e |w_e| · d_x / 2 per block, plus 1e-4.
+#[allow(clippy::too_many_arguments)]
+fn check_quant_linear_bits(
+    x: &llmc_ir::Tensor,
+    rows: usize,
+    d: DType,
+    n: usize,
+    k: usize,
+    wq: &[u8],
+    bias: Option<&llmc_ir::Tensor>,
+    bits: i64,
+) {
+    let qmax: f32 = if bits == 8 { 127.0 } else { 32767.0 };
+    let lin_attrs = if bits == 16 {
+        attrs([])
+    } else {
+        attrs([("act_bits", llmc_ir::Attr::Int(bits))])
+    };
     let mut args = vec![
         Arg::In(tt(F, &["seq", &k.to_string()]), x.clone()),
         Arg::W(d, vec![n, k], wq.to_vec()),
@@ -1579,7 +1603,7 @@ fn check_quant_linear(
     if let Some(b) = bias {
         args.push(Arg::W(F, vec![n], f32_bytes(b)));
     }
-    let (got, want, text) = run_args(Op::Linear, attrs([]), &args);
+    let (got, want, text) = run_args(Op::Linear, lin_attrs, &args);
     assert!(
         text.contains("qdot") || text.contains("qtile"),
         "{d}, {rows} rows: not the integer path\n{text}"
@@ -1589,17 +1613,17 @@ fn check_quant_linear(
     let row_bytes = k / d.block_len() * d.block_bytes();
     let blocks = k / 32;
     for r in 0..rows {
-        // The activation row's int16 blocks.
+        // The activation row's int16 (int8) blocks.
         let mut xq = Vec::new();
         for b in 0..blocks {
             let xs: Vec<f32> = (0..32).map(|e| xv[r * k + b * 32 + e] as f32).collect();
             let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let id = if amax > 0.0 { 32767f32 / amax } else { 0.0 };
+            let id = if amax > 0.0 { qmax / amax } else { 0.0 };
             let q: Vec<i64> = xs
                 .iter()
                 .map(|v| (v * id).round_ties_even() as i64)
                 .collect();
-            xq.push(((amax / 32767f32) as f64, q));
+            xq.push(((amax / qmax) as f64, q));
         }
         for j in 0..n {
             let (mut exact, mut mag, mut bound) = (0f64, 0f64, 0f64);
@@ -1624,7 +1648,7 @@ fn check_quant_linear(
             let w = want[0][r * n + j];
             assert!(
                 (g - exact).abs() <= 1e-5 * (1.0 + mag),
-                "{d} row {r} col {j}: got {g}, int16 product {exact}\n{text}"
+                "{d} row {r} col {j}: got {g}, int{bits} product {exact}\n{text}"
             );
             assert!(
                 (g - w).abs() <= bound + 1e-4,
