@@ -438,7 +438,8 @@ impl Machine<'_> {
         let lanes = QTile::LANES as i64;
         for b in 0..u.blocks {
             for c in 0..lanes {
-                let (d, m, q) = self.packed_block(u.fmt, u.w, w0, u.first_block + b, c, bufs)?;
+                let (d, m, q) =
+                    self.packed_block(u.fmt, u.w, w0, u.first_block + b, c, u.act8, bufs)?;
                 for (e, v) in (0..32).zip(q) {
                     let at = ((b * 16 + e / 2) * lanes + c) * 2 + e % 2;
                     self.write(u.tile, at, V::I(v), bufs)?;
@@ -454,6 +455,9 @@ impl Machine<'_> {
     /// Row `c`'s block `b` of the 16 rows at `w0` in the `Tile16` layout: scale,
     /// minimum ([`QDot`]'s: stored, `-8 d`, `-16 d` or 0) and quants in activation
     /// order.
+    /// `offset8`: a Q8_0 block's quants as `q + 128` with the minimum `-128 d` (int8
+    /// activations' unsigned form; see `QTile::has_min`).
+    #[allow(clippy::too_many_arguments)]
     fn packed_block(
         &mut self,
         fmt: QFmt,
@@ -461,6 +465,7 @@ impl Machine<'_> {
         w0: i64,
         b: i64,
         c: i64,
+        offset8: bool,
         bufs: &mut [Vec<u8>],
     ) -> R<(f32, f32, [i64; 32])> {
         let lanes = QTile::LANES as i64;
@@ -475,8 +480,11 @@ impl Machine<'_> {
         let (qs, masks) = crate::templates::pack::tile16_offsets(dt);
         let (qs, masks) = (g + qs as i64, g + masks as i64);
         let d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let offset8 = offset8 && dt == DType::Q8_0;
         let m = if fmt.stored_min() {
             self.read(w, g + 2 * (lanes + c), Ty::F16, bufs)?.f() as f32
+        } else if offset8 {
+            -128.0 * d
         } else {
             fmt.offset_min().map_or(0.0, |f| f * d)
         };
@@ -484,7 +492,7 @@ impl Machine<'_> {
         for (e, v) in q.iter_mut().enumerate() {
             let (at, high) = crate::templates::pack::tile16_quant(dt, c as usize, e);
             *v = if dt == DType::Q8_0 {
-                self.read(w, qs + at as i64, Ty::I8, bufs)?.i()
+                self.read(w, qs + at as i64, Ty::I8, bufs)?.i() + if offset8 { 128 } else { 0 }
             } else {
                 let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
                 let nib = if high { byte >> 4 } else { byte & 15 };
@@ -593,7 +601,7 @@ impl Machine<'_> {
                     // the packed weight as it goes.
                     let (d, m, q) = if t.direct {
                         let w0 = self.eval(&t.w_off, bufs)?.0.i();
-                        self.packed_block(t.fmt, t.w, w0, bg, c, bufs)?
+                        self.packed_block(t.fmt, t.w, w0, bg, c, t.has_min, bufs)?
                     } else {
                         let mut q = [0i64; 32];
                         for (e, v) in (0..32).zip(q.iter_mut()) {

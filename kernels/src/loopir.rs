@@ -739,7 +739,9 @@ pub struct QUnpack {
     pub scales: BufId,
     /// The [`QTile`]s reading the tile take int8 activations: a backend may lay the
     /// quants out as bytes for u8·s8 products (the tile is the two statements'
-    /// private scratch; this layout above is the interpreter's).
+    /// private scratch; this layout above is the interpreter's). A packed Q8_0 tile
+    /// then holds `q + 128` (0..255) with the minimum `-128 d`, as Q4_0's nibbles
+    /// carry `-8 d` (see [`QTile::has_min`]).
     pub act8: bool,
 }
 
@@ -778,7 +780,9 @@ pub struct QTile {
     /// go (`packed` only; `tile` and `scales` are then unused): one activation row
     /// does not repay a [`QUnpack`]'s round trip through memory.
     pub direct: bool,
-    /// Whether the minimum terms count (the format's [`QFmt::has_min`]).
+    /// Whether the minimum terms count (the format's [`QFmt::has_min`]; for a packed
+    /// Q8_0 read with int8 activations too: its quants are then read as `q + 128`
+    /// with the minimum `-128 d`, unsigned for u8·s8 products, the same sums).
     pub has_min: bool,
     /// The row's first block this statement takes (even).
     pub first_block: i64,
@@ -1371,7 +1375,11 @@ impl Kernel {
                     self.check_expr(&t.w_off, defined, allocated)?;
                     self.index_ty(&t.w_off)?;
                     self.checked_buf(t.w, "qtile reads")?;
-                    if t.has_min != t.fmt.has_min() {
+                    let offset8 = t.fmt == QFmt::Q8_0 && t.packed && {
+                        let xq = self.checked_buf(t.xq, "qtile reads")?;
+                        xq.ty == Ty::I8
+                    };
+                    if t.has_min != t.fmt.has_min() && !(offset8 && t.has_min) {
                         return Err(format!("qtile: has_min differs from {:?}'s", t.fmt));
                     }
                     if (t.direct && !t.packed) || (t.packed && !t.fmt.tile16()) {

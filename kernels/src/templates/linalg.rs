@@ -647,7 +647,8 @@ impl Lin {
                 row_bytes,
                 packed: self.tile16,
                 direct,
-                has_min: fmt.has_min(),
+                // Packed Q8_0 on int8 activations: unsigned quants with a minimum.
+                has_min: fmt.has_min() || (self.act8 && self.tile16 && fmt == QFmt::Q8_0),
                 first_block: b0,
                 blocks: nb,
                 row_blocks: blocks,

@@ -49,7 +49,9 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// takes as they are): vector `p` of block `b` at byte `(8 b + p) · 64` holds in
     /// lane `c` row `c`'s quants `4p .. 4p + 4`, one u8 each.
     fn byte_tile(&self, fmt: llmc_kernels::QFmt, packed: bool, act8: bool) -> bool {
-        act8 && packed && fmt.has_min() && self.target.avx512() && self.target.vnni()
+        // (Packed Q8_0 on int8 activations holds q + 128: unsigned too.)
+        let unsigned = fmt.has_min() || fmt == llmc_kernels::QFmt::Q8_0;
+        act8 && packed && unsigned && self.target.avx512() && self.target.vnni()
     }
 
     /// The 16 pair vectors of a block (`<32 x i16>`: lane `c` holds row `c`'s quants
@@ -207,7 +209,12 @@ impl<'ctx> Lowering<'ctx, '_> {
             f.b.build_int_add(blk, self.tc(u.first_block), "")
                 .map_err(e)?;
         let (d, m, qs, masks) = self.packed_head(f, u.fmt, (w, w_off), wblk, 0, LANES, true)?;
-        let m = m.unwrap_or(v16f.const_zero());
+        let offset8 = q8 && u.act8;
+        let m = match m {
+            Some(m) => m,
+            None if offset8 => self.offset8_min(f, d, LANES)?,
+            None => v16f.const_zero(),
+        };
         let sb =
             f.b.build_int_mul(blk, self.tc(BLOCK_SCALE_BYTES), "")
                 .map_err(e)?;
@@ -233,7 +240,12 @@ impl<'ctx> Lowering<'ctx, '_> {
             let raw = self.qdot_load(f, v32b.into(), w, at)?.into_vector_value();
             let b = &f.b;
             if q8 {
-                pairs[c as usize] = b.build_int_s_extend(raw, v32w, "").map_err(e)?;
+                let v = b.build_int_s_extend(raw, v32w, "").map_err(e)?;
+                pairs[c as usize] = if offset8 {
+                    b.build_int_add(v, splat(128), "u8").map_err(e)?
+                } else {
+                    v
+                };
                 continue;
             }
             let v = b.build_int_z_extend(raw, v32w, "").map_err(e)?;
@@ -702,12 +714,19 @@ impl<'ctx> Lowering<'ctx, '_> {
         };
         let mut out = vec![vw.const_zero(); 16];
         if t.fmt == llmc_kernels::QFmt::Q8_0 {
+            // With a minimum (int8 activations): q + 128 and -128 d.
             for (p, o) in out.iter_mut().enumerate() {
                 let at =
                     f.b.build_int_add(qs, self.tc(32 * p as i64), "")
                         .map_err(e)?;
                 let raw = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
                 *o = f.b.build_int_s_extend(raw, vw, "").map_err(e)?;
+                if t.has_min {
+                    *o = f.b.build_int_add(*o, splat(128), "u8").map_err(e)?;
+                }
+            }
+            if t.has_min {
+                return Ok((out, d, Some(self.offset8_min(f, d, lanes)?)));
             }
         } else {
             for p in 0..8 {
@@ -889,6 +908,12 @@ impl<'ctx> Lowering<'ctx, '_> {
             .map_err(e)?
             .into_vector_value();
         b.build_or(v, add, "q5").map_err(e)
+    }
+
+    /// `-128 d`: the minimum of Q8_0 quants read as `q + 128` (`n` lanes).
+    fn offset8_min(&self, f: &Frame<'ctx>, d: VectorValue<'ctx>, n: u32) -> R<VectorValue<'ctx>> {
+        let k = self.splat_f32(f, self.it.f32.const_float(-128.0), n)?;
+        f.b.build_float_mul(d, k, "m").map_err(llvm_err)
     }
 
     /// An i32 broadcast to `n` lanes.
