@@ -53,6 +53,8 @@ def main():
     ap.add_argument("--shapes", default="1x128,8x128")
     ap.add_argument("--llmc-int8", help="llmc executable built from the export with --quantize q8_0; "
                     "also times onnxruntime's dynamic int8 quantization of the export")
+    ap.add_argument("--llmc-int8-act8", help="llmc executable built from the export with --quantize "
+                    "q8_0 --act-quant int8 (int8 activation blocks)")
     a = ap.parse_args()
 
     so = ort.SessionOptions()
@@ -131,7 +133,13 @@ def main():
                     p, q = x.mean(1), want.mean(1)
                     return float(((p * q).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(q, axis=1)).min())
 
-                int8_rows.append((shape, llmc8_ms, ort8_ms, onnx_ms, cos_min(got8), cos_min(want8)))
+                a8_ms, a8_cos = [float("nan")], float("nan")
+                if a.llmc_int8_act8:
+                    outa = td / f"int8a8_{shape}"
+                    a8_ms = llmc_times(a.llmc_int8_act8, export_inputs, a.repeat, a.threads, outa)
+                    a8_cos = cos_min(np.load(outa / "last_hidden_state.npy"))
+                int8_rows.append((shape, llmc8_ms, ort8_ms, onnx_ms, cos_min(got8), cos_min(want8),
+                                  a8_ms, a8_cos))
 
     med = statistics.median
     print(f"threads: {a.threads}, repeat: {a.repeat} (medians, ms; ratio = onnxruntime / llmc)")
@@ -146,16 +154,18 @@ def main():
         )
     if int8_rows:
         print()
-        print("int8: llmc --quantize q8_0 (int16 activations per block) against onnxruntime's "
-              "quantize_dynamic (QInt8 weights, uint8 activations); cosine of mean-pooled "
-              "embeddings to onnxruntime f32, lowest over the batch")
-        print("| shape | llmc q8_0 | onnxruntime int8 | ratio | llmc f32 | q8_0 / f32 speed-up | cosine llmc q8_0 | cosine ORT int8 |")
-        print("|---|---|---|---|---|---|---|---|")
-        for shape, l8, o8, l32, c8, co in int8_rows:
-            l8, o8, l32 = med(l8), med(o8), med(l32)
+        print("int8: llmc --quantize q8_0 (int16 activations per block; a8: --act-quant int8, "
+              "int8 activations per block) against onnxruntime's quantize_dynamic (QInt8 "
+              "weights, uint8 activations per tensor); cosine of mean-pooled embeddings to "
+              "onnxruntime f32, lowest over the batch")
+        print("| shape | llmc q8_0 | llmc q8_0 a8 | onnxruntime int8 | ratio (q8_0) | ratio (a8) | "
+              "llmc f32 | a8 / f32 speed-up | cosine llmc q8_0 | cosine llmc a8 | cosine ORT int8 |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for shape, l8, o8, l32, c8, co, a8, ca in int8_rows:
+            l8, o8, l32, a8 = med(l8), med(o8), med(l32), med(a8)
             print(
-                f"| b{shape.replace('x', ' x s')} | {l8:.2f} | {o8:.2f} | {o8 / l8:.2f} | "
-                f"{l32:.2f} | {l32 / l8:.2f} | {c8:.6f} | {co:.6f} |"
+                f"| b{shape.replace('x', ' x s')} | {l8:.2f} | {a8:.2f} | {o8:.2f} | {o8 / l8:.2f} | "
+                f"{o8 / a8:.2f} | {l32:.2f} | {l32 / a8:.2f} | {c8:.6f} | {ca:.6f} | {co:.6f} |"
             )
 
 

@@ -49,9 +49,12 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// takes as they are): vector `p` of block `b` at byte `(8 b + p) · 64` holds in
     /// lane `c` row `c`'s quants `4p .. 4p + 4`, one u8 each.
     fn byte_tile(&self, fmt: llmc_kernels::QFmt, packed: bool, act8: bool) -> bool {
-        // (Packed Q8_0 on int8 activations holds q + 128: unsigned too.)
-        let unsigned = fmt.has_min() || fmt == llmc_kernels::QFmt::Q8_0;
-        act8 && packed && unsigned && self.target.avx512() && self.target.vnni()
+        let vnni = self.target.avx512() && self.target.vnni();
+        // Without VNNI the products are vpmaddubsw's, whose i16 pair sums saturate
+        // above 32767: only quants up to 31 (the 4- and 5-bit formats) stay exact.
+        // (Packed Q8_0 on int8 activations holds q + 128, up to 255: VNNI only.)
+        let fits = fmt.has_min() || (fmt == llmc_kernels::QFmt::Q8_0 && vnni);
+        act8 && packed && fits && self.target.avx2()
     }
 
     /// The 16 pair vectors of a block (`<32 x i16>`: lane `c` holds row `c`'s quants
@@ -62,20 +65,22 @@ impl<'ctx> Lowering<'ctx, '_> {
         pairs: &[VectorValue<'ctx>],
     ) -> R<Vec<VectorValue<'ctx>>> {
         let it = self.it;
-        let v32b = it.i8.vec_type(32);
+        // 2 lanes elements per pair vector (16 or 8 lanes).
+        let n = pairs.first().map_or(32, |p| p.get_type().get_size()) as u64;
+        let vb = it.i8.vec_type(n as u32);
         let narrow = pairs
             .iter()
-            .map(|p| f.b.build_int_truncate(*p, v32b, "").map_err(llvm_err))
+            .map(|p| f.b.build_int_truncate(*p, vb, "").map_err(llvm_err))
             .collect::<R<Vec<_>>>()?;
         // Byte 4c + j of quad q: pair 2q's byte 2c + j (j < 2), else pair 2q + 1's
-        // byte 2c + j - 2 (at 32 + ... in the shuffle's second operand).
-        let mask: Vec<u64> = (0..64u64)
+        // byte 2c + j - 2 (at n + ... in the shuffle's second operand).
+        let mask: Vec<u64> = (0..2 * n)
             .map(|i| {
                 let (c, j) = (i / 4, i % 4);
                 if j < 2 {
                     2 * c + j
                 } else {
-                    32 + 2 * c + j - 2
+                    n + 2 * c + j - 2
                 }
             })
             .collect();
@@ -85,7 +90,9 @@ impl<'ctx> Lowering<'ctx, '_> {
     }
 
     /// `acc + Σ quads`: lane `l` adds the four products of `w`'s u8 and `x`'s s8 bytes
-    /// (`vpdpbusd`), exactly.
+    /// (16 or 8 i32 lanes), exactly: `vpdpbusd` with AVX-512 VNNI, else `vpmaddubsw`
+    /// (exact while `w`'s bytes stay below 129: [`Self::byte_tile`]) and `vpmaddwd`
+    /// by ones.
     fn quad_dot(
         &self,
         f: &Frame<'ctx>,
@@ -93,6 +100,28 @@ impl<'ctx> Lowering<'ctx, '_> {
         w: VectorValue<'ctx>,
         x: VectorValue<'ctx>,
     ) -> R<VectorValue<'ctx>> {
+        let lanes = acc.get_type().get_size();
+        if !(self.target.avx512() && self.target.vnni()) {
+            let it = self.it;
+            let e = llvm_err;
+            let (ubs, wd) = if lanes == 16 {
+                (
+                    "llvm.x86.avx512.pmaddubs.w.512",
+                    "llvm.x86.avx512.pmaddw.d.512",
+                )
+            } else {
+                ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")
+            };
+            let vb = it.i8.vec_type(4 * lanes);
+            let b = &f.b;
+            let wb = b.build_bit_cast(w, vb, "").map_err(e)?.into_vector_value();
+            let xb = b.build_bit_cast(x, vb, "").map_err(e)?.into_vector_value();
+            let pairs = self.x86(f, ubs, &[wb, xb])?.into_vector_value();
+            let ones =
+                VectorType::const_vector(&vec![it.i16.const_int(1, false); 2 * lanes as usize]);
+            let quads = self.x86(f, wd, &[pairs, ones])?.into_vector_value();
+            return f.b.build_int_add(acc, quads, "").map_err(e);
+        }
         let name = "llvm.x86.avx512.vpdpbusd.512";
         let func = self
             .it
@@ -573,19 +602,21 @@ impl<'ctx> Lowering<'ctx, '_> {
             })
             .collect::<R<Vec<_>>>()?;
         let mut sums: Vec<VectorValue<'ctx>> = rows.iter().map(|_| vi.const_zero()).collect();
+        let bytes = self.byte_tile(t.fmt, t.packed, xq8);
+        // Decoded from the packed weight: pair vectors, or a byte tile's quads.
         let direct = match wsrc {
+            Some(src) if bytes => Some(self.direct_block_bytes(f, t, src, blk, c0, lanes)?),
             Some(src) => Some(self.direct_block(f, t, src, blk, c0, lanes)?),
             None => None,
         };
-        let bytes = self.byte_tile(t.fmt, t.packed, xq8) && lanes == LANES;
         if bytes {
             // u8 weight quads against s8 activation quads (4 bytes broadcast).
-            let quads = match &direct {
-                Some((wvs, ..)) => Some(self.pairs_to_quads(f, wvs)?),
-                None => None,
-            };
+            let quads = direct.as_ref().map(|(q, ..)| q.clone());
             let tb =
                 f.b.build_int_mul(tblk, self.tc(BLOCK_BYTE_TILE_BYTES), "")
+                    .map_err(e)?;
+            let tb =
+                f.b.build_int_add(tb, self.tc(4 * c0 as i64), "")
                     .map_err(e)?;
             for p in 0..8i64 {
                 let wv = match &quads {
@@ -603,7 +634,27 @@ impl<'ctx> Lowering<'ctx, '_> {
                 }
             }
         }
-        // Else i16 weight pairs against i16 activation pairs (int8 ones widened).
+        // Else i16 weight pairs against i16 activation pairs. int8 ones are widened a
+        // block at a time into a stack slot per row, from which each pair is broadcast
+        // as the int16 ones are from `xq` (a 2-byte load, a sign extension and a
+        // register broadcast per pair measured 1.8x slower prefill, a permute per pair
+        // from the widened register 1.4x).
+        let wide = if xq8 && !bytes {
+            let v32b = it.i8.vec_type(32);
+            let v32w = it.i16.vec_type(32);
+            xbs.iter()
+                .map(|xb| {
+                    let raw = self.qdot_load(f, v32b.into(), xq, *xb)?.into_vector_value();
+                    let w16 = f.b.build_int_s_extend(raw, v32w, "").map_err(e)?;
+                    let slot = f.allocas.build_alloca(v32w, "xq16").map_err(e)?;
+                    let st = f.b.build_store(slot, w16).map_err(e)?;
+                    st.set_volatile(true).map_err(llvm_err)?;
+                    Ok(slot)
+                })
+                .collect::<R<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         for p in (0..16i64).filter(|_| !bytes) {
             let wv = match &direct {
                 Some((wvs, ..)) => wvs[p as usize],
@@ -612,22 +663,22 @@ impl<'ctx> Lowering<'ctx, '_> {
                     self.qdot_load(f, vw.into(), tile, at)?.into_vector_value()
                 }
             };
-            for (s, xb) in sums.iter_mut().zip(&xbs) {
-                let at = f.b.build_int_add(*xb, self.tc(p * 2 * es), "").map_err(e)?;
-                let pair = if xq8 {
-                    let two = self.qdot_load(f, it.i16.into(), xq, at)?;
-                    let b = &f.b;
-                    let two = b.build_bit_cast(two, it.i8.vec_type(2), "").map_err(e)?;
-                    let two = b
-                        .build_int_s_extend(two.into_vector_value(), it.i16.vec_type(2), "")
+            for (r, (s, xb)) in sums.iter_mut().zip(&xbs).enumerate() {
+                let x = if xq8 {
+                    // SAFETY: pair p of the 64-byte slot written above.
+                    let at = unsafe { f.b.build_gep(it.i8, wide[r], &[self.tc(4 * p)], "") }
                         .map_err(e)?;
-                    b.build_bit_cast(two, it.i32, "")
-                        .map_err(e)?
-                        .into_int_value()
+                    let pair = f.b.build_load(it.i32, at, "").map_err(e)?;
+                    if let Some(i) = pair.as_instruction_value() {
+                        i.set_volatile(true).map_err(llvm_err)?;
+                        i.set_alignment(4).map_err(llvm_err)?;
+                    }
+                    self.splat_i32(f, pair.into_int_value(), lanes)?
                 } else {
-                    self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value()
+                    let at = f.b.build_int_add(*xb, self.tc(p * 4), "").map_err(e)?;
+                    let pair = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
+                    self.splat_i32(f, pair, lanes)?
                 };
-                let x = self.splat_i32(f, pair, lanes)?;
                 *s = self.pair_dot(f, *s, wv, x, lanes)?;
             }
         }
@@ -743,6 +794,70 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
         }
         Ok((out, d, m))
+    }
+
+    /// [`Self::direct_block`] for a byte tile: the block's 8 quad vectors (`4 lanes`
+    /// u8 each), its scales and minimums. Q4_0/Q4_1/Q4_K nibbles and Q8_0 bytes go
+    /// straight from two 32-byte chunks (pairs `2p`, `2p + 1`) to a quad by one word
+    /// interleave; Q5's fifth bits take the pair vectors' way.
+    #[allow(clippy::type_complexity)]
+    fn direct_block_bytes(
+        &self,
+        f: &Frame<'ctx>,
+        t: &QTile,
+        (w, w_off): (PointerValue<'ctx>, IntValue<'ctx>),
+        blk: IntValue<'ctx>,
+        c0: u32,
+        lanes: u32,
+    ) -> R<(
+        Vec<VectorValue<'ctx>>,
+        VectorValue<'ctx>,
+        Option<VectorValue<'ctx>>,
+    )> {
+        use llmc_kernels::QFmt;
+        if t.fmt.qh_offset().is_some() {
+            let (pairs, d, m) = self.direct_block(f, t, (w, w_off), blk, c0, lanes)?;
+            return Ok((self.pairs_to_quads(f, &pairs)?, d, m));
+        }
+        let it = self.it;
+        let e = llvm_err;
+        let (d, m, qs, _) = self.packed_head(f, t.fmt, (w, w_off), blk, c0, lanes, c0 == 0)?;
+        let q8 = t.fmt == QFmt::Q8_0;
+        let m = if q8 {
+            Some(self.offset8_min(f, d, lanes)?)
+        } else {
+            m
+        };
+        let l = lanes as u64;
+        let vw = it.i16.vec_type(lanes);
+        let vq = it.i8.vec_type(4 * lanes);
+        let splat =
+            |k: u64| VectorType::const_vector(&vec![it.i8.const_int(k, false); 4 * lanes as usize]);
+        // Word 2c of the quad: row c's word of the first chunk; 2c + 1: the second's.
+        let mask: Vec<u64> = (0..l).flat_map(|c| [c, l + c]).collect();
+        let chunk_words = |c: i64| -> R<VectorValue<'ctx>> {
+            let at = f.b.build_int_add(qs, self.tc(32 * c), "").map_err(e)?;
+            Ok(self.qdot_load(f, vw.into(), w, at)?.into_vector_value())
+        };
+        let mut quads = vec![vq.const_zero(); 8];
+        for p in 0..if q8 { 8 } else { 4 } {
+            let (a, b) = (chunk_words(2 * p)?, chunk_words(2 * p + 1)?);
+            let v = self.shuffle(f, a, b, &mask)?;
+            let v =
+                f.b.build_bit_cast(v, vq, "")
+                    .map_err(e)?
+                    .into_vector_value();
+            let bl = &f.b;
+            if q8 {
+                // q + 128: the sign bit flipped.
+                quads[p as usize] = bl.build_xor(v, splat(0x80), "u8").map_err(e)?;
+                continue;
+            }
+            quads[p as usize] = bl.build_and(v, splat(15), "lo").map_err(e)?;
+            let hi = bl.build_right_shift(v, splat(4), false, "").map_err(e)?;
+            quads[p as usize + 4] = bl.build_and(hi, splat(15), "hi").map_err(e)?;
+        }
+        Ok((quads, d, m))
     }
 
     /// The head of the rows' block `blk` in a `Tile16` weight (`w` from byte `w_off`),
