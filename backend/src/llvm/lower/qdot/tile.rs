@@ -4,9 +4,11 @@
 //! reduction (the [`QDot`] form reduces a quad's partial sums with shuffles per block
 //! pair). With AVX-512 (F/BW/VL) a tile row is one 512-bit vector and VNNI's
 //! `vpdpwssd` takes the activation pair as a broadcast memory operand; elsewhere the
-//! same sums run on 8 lanes (`vpmaddwd` with AVX2, portable vector IR otherwise). The
-//! float arithmetic is [`QDot`]'s, bit for bit, so a row's result does not depend on
-//! which form computed it.
+//! same sums run on 8 lanes (`vpmaddwd` with AVX2, portable vector IR otherwise). With
+//! int8 activations (`act_bits = 8`) a packed weight's tile holds bytes instead, four
+//! quants per lane, for u8·s8 products (`vpdpbusd`, or `vpmaddubsw` without VNNI; see
+//! [`Lowering::byte_tile`]). The float arithmetic is [`QDot`]'s, bit for bit, so a
+//! row's result does not depend on which form computed it.
 
 use super::super::{llvm_err, Frame, Lowering, R};
 use inkwell::types::{BasicTypeEnum, VectorType};
