@@ -645,8 +645,18 @@ pub fn run_engine(
         );
         println!("TTFT p50 ms: {:.1}", percentile(&mut ttft, 0.5));
         println!("TTFT p99 ms: {:.1}", percentile(&mut ttft, 0.99));
-        println!("TPOT p50 ms: {:.2}", percentile(&mut tpot, 0.5));
+        let tpot50 = percentile(&mut tpot, 0.5);
+        println!("TPOT p50 ms: {tpot50:.2}");
         println!("TPOT p99 ms: {:.2}", percentile(&mut tpot, 0.99));
+        // The decode phase alone (llama-batched-bench's S_TG): every stream produces a
+        // token per step of the median inter-token time; the aggregate above also
+        // carries the prompts' prefill.
+        if tpot50 > 0.0 {
+            println!(
+                "steady decode tok/s: {:.1}",
+                o.concurrency as f64 * 1e3 / tpot50
+            );
+        }
         println!("kv blocks used: {peak}");
         println!(
             "prefix hit rate: {:.3}",
