@@ -48,12 +48,18 @@ fn sample() -> Module {
 fn all() -> Vec<&'static Pass> {
     PASSES
         .iter()
-        // The rewrites under test here; quantize and serving change what the graph
-        // takes and are tested on their own.
+        // The rewrites under test here; quantize, act-quant and serving change what
+        // the graph takes or how it is lowered and are tested on their own.
         .filter(|p| {
             !matches!(
                 p.name,
-                "egraph" | "fuse-elementwise" | "merge" | "prune" | "quantize" | "serving"
+                "egraph"
+                    | "fuse-elementwise"
+                    | "merge"
+                    | "prune"
+                    | "quantize"
+                    | "act-quant"
+                    | "serving"
             )
         })
         .collect()
@@ -180,7 +186,7 @@ fn dump_flags_must_name_known_passes() {
     .unwrap_or_default();
     assert_eq!(
         e,
-        "unknown pass `nope` in --print-ir-after; known passes: prune, quantize, fold, cse, dce, egraph, merge, fuse-elementwise, serving"
+        "unknown pass `nope` in --print-ir-after; known passes: prune, quantize, fold, cse, dce, egraph, merge, fuse-elementwise, act-quant, serving"
     );
 }
 
