@@ -52,6 +52,23 @@ fn hf_exe() -> Option<&'static Path> {
         .as_deref()
 }
 
+/// The perplexity `exe` reports through the engine on the first 4 windows of 128 tokens
+/// of GPL-3 (prompt log-probabilities).
+fn ppl(exe: &Path) -> f64 {
+    let o = std::process::Command::new(exe)
+        .args(["perplexity", "--file", "/usr/share/common-licenses/GPL-3"])
+        .args(["--ctx", "128", "--chunks", "4"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    out.lines()
+        .find_map(|l| l.strip_prefix("Final estimate: PPL = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no estimate in {out}"))
+}
+
 /// 16 prompts of different lengths and topics.
 const PROMPTS: [&str; 16] = [
     "The capital of France is",
@@ -252,20 +269,6 @@ fn an_int8_kv_cache_holds_more_tokens_stays_invariant_and_generates_the_referenc
     assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want);
     // Perplexity through the engine (prompt log-probabilities): the int8 cache costs
     // little against the f16 one on the same windows.
-    let ppl = |exe: &Path| -> f64 {
-        let o = std::process::Command::new(exe)
-            .args(["perplexity", "--file", "/usr/share/common-licenses/GPL-3"])
-            .args(["--ctx", "128", "--chunks", "4"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        let out = stdout(&o);
-        out.lines()
-            .find_map(|l| l.strip_prefix("Final estimate: PPL = "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no estimate in {out}"))
-    };
     if Path::new("/usr/share/common-licenses/GPL-3").exists() {
         let (a, b) = (ppl(f16), ppl(&exe));
         assert!(a > 1.0 && a < 100.0, "f16 cache: PPL {a}");
@@ -315,20 +318,6 @@ fn int8_activations_stay_invariant_and_close_to_int16() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("Paris"), "{}", stdout(&o));
-    let ppl = |exe: &Path| -> f64 {
-        let o = std::process::Command::new(exe)
-            .args(["perplexity", "--file", "/usr/share/common-licenses/GPL-3"])
-            .args(["--ctx", "128", "--chunks", "4"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        let out = stdout(&o);
-        out.lines()
-            .find_map(|l| l.strip_prefix("Final estimate: PPL = "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no estimate in {out}"))
-    };
     if Path::new("/usr/share/common-licenses/GPL-3").exists() {
         let (a, b) = (ppl(i16), ppl(&exe));
         assert!(a > 1.0 && a < 100.0, "int16: PPL {a}");

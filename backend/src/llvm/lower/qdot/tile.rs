@@ -36,6 +36,14 @@ struct TileSrc<'ctx> {
 /// Weight rows per tile.
 const LANES: u32 = QTile::LANES as u32;
 
+/// A block decoded straight from a packed weight: its pair (or quad) vectors, scales
+/// and minimums.
+type Decoded<'ctx> = (
+    Vec<VectorValue<'ctx>>,
+    VectorValue<'ctx>,
+    Option<VectorValue<'ctx>>,
+);
+
 /// Bytes of one block's quants in a tile (16 pairs of 16 rows' two i16).
 const BLOCK_TILE_BYTES: i64 = 32 * QTile::LANES as i64 * 2;
 
@@ -124,7 +132,17 @@ impl<'ctx> Lowering<'ctx, '_> {
             let quads = self.x86(f, wd, &[pairs, ones])?.into_vector_value();
             return f.b.build_int_add(acc, quads, "").map_err(e);
         }
-        let name = "llvm.x86.avx512.vpdpbusd.512";
+        self.vnni(f, "llvm.x86.avx512.vpdpbusd.512", [acc, w, x])
+    }
+
+    /// A VNNI dot-product intrinsic `name(acc, a, b)`, each operand bit-cast to the
+    /// type LLVM declares for it.
+    fn vnni(
+        &self,
+        f: &Frame<'ctx>,
+        name: &str,
+        ops: [VectorValue<'ctx>; 3],
+    ) -> R<VectorValue<'ctx>> {
         let func = self
             .it
             .intrinsic(self.module, name, &[])
@@ -132,8 +150,10 @@ impl<'ctx> Lowering<'ctx, '_> {
         let params = func.get_type().get_param_types();
         let b = &f.b;
         let mut args = Vec::new();
-        for (v, ty) in [acc, w, x].into_iter().zip(params) {
-            let ty: BasicTypeEnum = ty.try_into().map_err(|_| llvm_err("vpdpbusd operand"))?;
+        for (v, ty) in ops.into_iter().zip(params) {
+            let ty: BasicTypeEnum = ty
+                .try_into()
+                .map_err(|_| llvm_err(format!("{name} operand")))?;
             args.push(b.build_bit_cast(v, ty, "").map_err(llvm_err)?.into());
         }
         b.build_call(func, &args, "")
@@ -141,7 +161,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             .try_as_basic_value()
             .basic()
             .map(|v| v.into_vector_value())
-            .ok_or_else(|| llvm_err("vpdpbusd returned nothing"))
+            .ok_or_else(|| llvm_err(format!("{name} returned nothing")))
     }
 
     /// The buffer pointer of `id`, or an error naming it.
@@ -743,7 +763,6 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// from the packed weight (`Tile16`): the 16 pair vectors (`2 lanes` i16 each),
     /// the scales and the minimums (Q8_0: none). The block group's cache lines are
     /// prefetched `QDOT_PREFETCH` bytes ahead on the first lanes' pass.
-    #[allow(clippy::type_complexity)]
     fn direct_block(
         &self,
         f: &Frame<'ctx>,
@@ -752,11 +771,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         blk: IntValue<'ctx>,
         c0: u32,
         lanes: u32,
-    ) -> R<(
-        Vec<VectorValue<'ctx>>,
-        VectorValue<'ctx>,
-        Option<VectorValue<'ctx>>,
-    )> {
+    ) -> R<Decoded<'ctx>> {
         let it = self.it;
         let e = llvm_err;
         let (d, m, qs, masks) = self.packed_head(f, t.fmt, (w, w_off), blk, c0, lanes, c0 == 0)?;
@@ -802,7 +817,6 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// u8 each), its scales and minimums. Q4_0/Q4_1/Q4_K nibbles and Q8_0 bytes go
     /// straight from two 32-byte chunks (pairs `2p`, `2p + 1`) to a quad by one word
     /// interleave; Q5's fifth bits take the pair vectors' way.
-    #[allow(clippy::type_complexity)]
     fn direct_block_bytes(
         &self,
         f: &Frame<'ctx>,
@@ -811,11 +825,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         blk: IntValue<'ctx>,
         c0: u32,
         lanes: u32,
-    ) -> R<(
-        Vec<VectorValue<'ctx>>,
-        VectorValue<'ctx>,
-        Option<VectorValue<'ctx>>,
-    )> {
+    ) -> R<Decoded<'ctx>> {
         use llmc_kernels::QFmt;
         if t.fmt.qh_offset().is_some() {
             let (pairs, d, m) = self.direct_block(f, t, (w, w_off), blk, c0, lanes)?;
@@ -1062,29 +1072,12 @@ impl<'ctx> Lowering<'ctx, '_> {
         let b = &f.b;
         let x16 = b.build_bit_cast(x, vw, "").map_err(e)?.into_vector_value();
         if self.target.vnni() {
-            // vpdpwssd(acc, a, b): the intrinsic's operand types as LLVM declares them.
             let name = if lanes == 16 {
                 "llvm.x86.avx512.vpdpwssd.512"
             } else {
                 "llvm.x86.avx512.vpdpwssd.256"
             };
-            let func = self
-                .it
-                .intrinsic(self.module, name, &[])
-                .ok_or_else(|| llvm_err(name))?;
-            let params = func.get_type().get_param_types();
-            let mut args = Vec::new();
-            for (v, ty) in [acc, w, x16].into_iter().zip(params) {
-                let ty: BasicTypeEnum = ty.try_into().map_err(|_| llvm_err("vpdpwssd operand"))?;
-                args.push(b.build_bit_cast(v, ty, "").map_err(e)?.into());
-            }
-            return b
-                .build_call(func, &args, "")
-                .map_err(e)?
-                .try_as_basic_value()
-                .basic()
-                .map(|v| v.into_vector_value())
-                .ok_or_else(|| llvm_err("vpdpwssd returned nothing"));
+            return self.vnni(f, name, [acc, w, x16]);
         }
         let prod = if lanes == 16 && self.target.avx512() {
             self.x86(f, "llvm.x86.avx512.pmaddw.d.512", &[w, x16])?
