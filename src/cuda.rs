@@ -1,8 +1,9 @@
 //! `llmc build --target cuda`: the GPU-scheduled kernels as PTX per CUDA architecture
-//! (`--cuda-arch sm_80,sm_90`, default sm_80), written by `--emit ptx`, and checked by
-//! `ptxas -v --warn-on-spills` when it is installed, with each kernel's registers,
-//! shared memory and spills reported. The CUDA executable (runtime side) is not built
-//! yet: asking for it is an error that says so.
+//! (`--cuda-arch sm_80,sm_90`, default sm_80), checked by `ptxas -v --warn-on-spills`
+//! when it is installed (each kernel's registers, shared memory and spills reported),
+//! written by `--emit ptx`, and linked with the runtime, the plan (which carries the
+//! PTX and every kernel's launch) and the weights into one executable that runs on
+//! NVIDIA GPUs (`--emit exe`, the default).
 
 use super::{sibling, BuildArgs, BuildEmit};
 use anyhow::{bail, Context, Result};
@@ -38,13 +39,16 @@ fn archs(a: &BuildArgs) -> Result<Vec<String>> {
 }
 
 /// Builds `m` (already optimized) for CUDA; `out` names the outputs.
-pub(crate) fn build(a: &BuildArgs, m: &Module, out: &Path, t0: Instant) -> Result<()> {
+pub(crate) fn build(
+    a: &BuildArgs,
+    m: &Module,
+    out: &Path,
+    t0: Instant,
+    llm: Option<llmc_runtime::plan::LlmInfo>,
+) -> Result<()> {
     let archs = archs(a)?;
     for e in &a.emit {
         match e {
-            BuildEmit::Exe => bail!(
-                "llmc build --target cuda: the CUDA executable is not built yet (the runtime side is missing); use --emit ptx"
-            ),
             BuildEmit::Obj | BuildEmit::Asm => bail!(
                 "llmc build --target cuda: --emit {} is a CPU output; use --emit ptx or llvm-ir",
                 if *e == BuildEmit::Obj { "obj" } else { "asm" }
@@ -53,7 +57,9 @@ pub(crate) fn build(a: &BuildArgs, m: &Module, out: &Path, t0: Instant) -> Resul
         }
     }
     let has = |e: BuildEmit| a.emit.contains(&e);
-    if !(has(BuildEmit::Ptx) || has(BuildEmit::LlvmIr)) && a.dump_dir.is_none() {
+    if !(has(BuildEmit::Ptx) || has(BuildEmit::LlvmIr) || has(BuildEmit::Exe))
+        && a.dump_dir.is_none()
+    {
         return Ok(());
     }
     let opts = llmc_backend::CudaOptions {
@@ -67,7 +73,7 @@ pub(crate) fn build(a: &BuildArgs, m: &Module, out: &Path, t0: Instant) -> Resul
         opts_ll.dump_dir =
             Some(std::env::temp_dir().join(format!("llmc-ll-{}", std::process::id())));
     }
-    let b = llmc_backend::compile_cuda(m, &opts_ll)
+    let mut b = llmc_backend::compile_cuda(m, &opts_ll)
         .with_context(|| format!("compiling {} for CUDA", a.model.display()))?;
     if opts_ll.dump_dir != opts.dump_dir {
         if let Some(d) = &opts_ll.dump_dir {
@@ -118,6 +124,7 @@ pub(crate) fn build(a: &BuildArgs, m: &Module, out: &Path, t0: Instant) -> Resul
             }
         }
     }
+    let mut all_reports: Vec<Vec<ptxas::KernelReport>> = Vec::new();
     match ptxas::find() {
         None => eprintln!(
             "llmc build: ptxas not found (set LLMC_PTXAS or pip install nvidia-cuda-nvcc-cu12): the PTX was not assembled"
@@ -126,6 +133,7 @@ pub(crate) fn build(a: &BuildArgs, m: &Module, out: &Path, t0: Instant) -> Resul
             let mut table = String::new();
             for p in &b.ptx {
                 let (reports, _cubin) = ptxas::assemble(&tool, &p.text, &p.arch)?;
+                all_reports.push(reports.clone());
                 let max = reports.iter().max_by_key(|r| r.registers);
                 let spilled: Vec<&ptxas::KernelReport> = reports
                     .iter()
@@ -166,6 +174,30 @@ pub(crate) fn build(a: &BuildArgs, m: &Module, out: &Path, t0: Instant) -> Resul
                 eprintln!("wrote {}", path.display());
             }
         }
+    }
+    if has(BuildEmit::Exe) {
+        let gpu = llmc_backend::gpu_plan(&b, &all_reports)
+            .with_context(|| format!("planning the GPU launches of {}", a.model.display()))?;
+        let plan = &mut b.planned.plan;
+        plan.gpu = Some(gpu);
+        plan.llm = llm;
+        plan.info = vec![
+            ("target".into(), format!("cuda ({})", archs.join(", "))),
+            ("opt_level".into(), a.opt_level.to_string()),
+            (
+                "compiler".into(),
+                format!("llmc {}", env!("CARGO_PKG_VERSION")),
+            ),
+        ];
+        if plan.llm.as_ref().and_then(|l| l.serving.as_ref()).is_none() {
+            bail!(
+                "llmc build --target cuda: {} is not a decoder LLM in the serving form; the CUDA executable runs language models only (use --emit ptx for the kernels)",
+                a.model.display()
+            );
+        }
+        llmc_backend::link_cuda_executable(&b, out)
+            .with_context(|| format!("linking {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
     }
     eprintln!(
         "llmc build: CUDA build of {} in {:.2} s",

@@ -748,7 +748,7 @@ fn build(a: &BuildArgs) -> Result<()> {
         eprintln!("wrote {}", p.display());
     }
     if a.target == Target::Cuda {
-        return cuda::build(a, &m, &out, t0);
+        return cuda::build(a, &m, &out, t0, opts.llm);
     }
     let want = llmc_backend::Want {
         llvm_ir: has(BuildEmit::LlvmIr),

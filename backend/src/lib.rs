@@ -336,3 +336,129 @@ pub fn compile_cuda<'m>(m: &'m Module, opts: &CudaOptions) -> Result<CudaBuild<'
     }
     Ok(build)
 }
+
+/// A launch's grid expression as the runtime reads it.
+fn dim_expr(e: &llmc_kernels::Expr) -> Result<llmc_runtime::plan::DimExpr, String> {
+    use llmc_kernels::{BinOp, Expr};
+    use llmc_runtime::plan::{DimExpr, DimOp};
+    Ok(match e {
+        Expr::Int(v, _) => DimExpr::Int(*v),
+        Expr::Dim(i) => DimExpr::Dim(*i),
+        Expr::Bin(op, a, b) => {
+            let op = match op {
+                BinOp::Add => DimOp::Add,
+                BinOp::Sub => DimOp::Sub,
+                BinOp::Mul => DimOp::Mul,
+                BinOp::Div => DimOp::Div,
+                BinOp::Rem => DimOp::Rem,
+                BinOp::Max => DimOp::Max,
+                BinOp::Min => DimOp::Min,
+                other => return Err(format!("{other:?} in a launch bound")),
+            };
+            DimExpr::Bin(op, Box::new(dim_expr(a)?), Box::new(dim_expr(b)?))
+        }
+        other => return Err(format!("{other:?} in a launch bound")),
+    })
+}
+
+/// What a CUDA executable carries for the GPU: every architecture's PTX and entry
+/// names, each kernel's launch, and ptxas's report per kernel where it ran
+/// (`reports`, one list per architecture in `build.ptx` order, possibly empty).
+pub fn gpu_plan(
+    build: &CudaBuild,
+    reports: &[Vec<ptxas::KernelReport>],
+) -> Result<llmc_runtime::plan::GpuPlan, BuildError> {
+    let mut launches = Vec::with_capacity(build.planned.kernels.len());
+    for k in &build.planned.kernels {
+        let fail = |msg: String| BuildError::Node {
+            node: k.name.clone(),
+            op: "gpu launch".into(),
+            msg,
+        };
+        let l = llmc_kernels::gpu::schedule(k).map_err(fail)?;
+        let grid = [
+            dim_expr(&l.grid[0]).map_err(fail)?,
+            dim_expr(&l.grid[1]).map_err(fail)?,
+            dim_expr(&l.grid[2]).map_err(fail)?,
+        ];
+        let small = |v: i64, what: &str| {
+            u32::try_from(v).map_err(|_| fail(format!("{what} {v} is out of range")))
+        };
+        launches.push(llmc_runtime::plan::GpuLaunch {
+            grid,
+            block: [
+                small(l.block[0], "block.x")?,
+                small(l.block[1], "block.y")?,
+                small(l.block[2], "block.z")?,
+            ],
+            shared_bytes: small(l.shared_bytes, "shared bytes")?,
+        });
+    }
+    let mut modules: Vec<llmc_runtime::plan::GpuModule> = build
+        .ptx
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let rep = reports.get(i).map_or(&[][..], |r| &r[..]);
+            let ptxas = if rep.is_empty() {
+                Vec::new()
+            } else {
+                p.entries
+                    .iter()
+                    .map(|e| {
+                        rep.iter().find(|r| &r.name == e).map_or((0, 0, 0), |r| {
+                            (
+                                r.registers,
+                                r.shared as u32,
+                                (r.spill_stores + r.spill_loads) as u32,
+                            )
+                        })
+                    })
+                    .collect()
+            };
+            llmc_runtime::plan::GpuModule {
+                arch: p.arch.clone(),
+                ptx: p.text.clone(),
+                entries: p.entries.clone(),
+                ptxas,
+            }
+        })
+        .collect();
+    modules.sort_by_key(|m| m.capability());
+    Ok(llmc_runtime::plan::GpuPlan { modules, launches })
+}
+
+/// Links a CUDA build whose plan carries its [`gpu_plan`] into the executable `out`:
+/// a host object with no CPU kernel (an empty kernel table), the runtime, the plan
+/// and the weights.
+pub fn link_cuda_executable(build: &CudaBuild, out: &Path) -> Result<(), BuildError> {
+    if build.planned.plan.gpu.is_none() {
+        return Err(BuildError::Codegen(CodegenError::Llvm(
+            "a CUDA executable needs its GPU plan".into(),
+        )));
+    }
+    let host = llvm::compile(
+        "host",
+        &[],
+        &CpuOptions {
+            cpu: "generic".into(),
+            ..CpuOptions::default()
+        },
+        Want {
+            object: true,
+            ..Want::default()
+        },
+    )?;
+    let object = host
+        .object
+        .as_deref()
+        .ok_or_else(|| BuildError::Codegen(CodegenError::Llvm("no object produced".into())))?;
+    let pieces: Vec<&[u8]> = build.planned.data.iter().map(|p| p.bytes()).collect();
+    link::link_executable(
+        &[object],
+        build.planned.plan.to_json().as_bytes(),
+        &pieces,
+        out,
+    )?;
+    Ok(())
+}

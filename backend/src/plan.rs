@@ -542,6 +542,7 @@ pub fn plan_module_for(m: &Module, gpu: bool) -> Result<Planned<'_>, BuildError>
         encoder: None,
         cpu: None,
         cpu_variants: Vec::new(),
+        gpu: None,
     };
     Ok(Planned {
         kernels,

@@ -22,6 +22,9 @@ pub struct BenchOptions {
     pub repeat: usize,
     /// Also measure the memory read bandwidth.
     pub bandwidth: bool,
+    /// The model runs on the GPU (a `--target cuda` build): `--bandwidth` measures
+    /// device memory.
+    pub gpu: bool,
     /// Sequences run at once (serving-form executables: through the engine).
     pub concurrency: usize,
     /// Leading prompt tokens the concurrent sequences share (prefix cache).
@@ -35,6 +38,7 @@ impl Default for BenchOptions {
             gen_tokens: 64,
             repeat: 3,
             bandwidth: false,
+            gpu: false,
             concurrency: 1,
             shared_prefix: 0,
         }
@@ -605,7 +609,18 @@ pub fn run_engine(
     let kv_ctx = facts.kv_bytes_per_token as u64 * (o.prompt_tokens + o.gen_tokens / 2) as u64;
     println!("kv bytes per token at this context: {kv_ctx}");
     let mut bw = None;
-    if o.bandwidth {
+    if o.bandwidth && o.gpu {
+        let d = crate::cuda::Device::open()?;
+        let b = d.bandwidth_gbs(1024)? * 1e9;
+        let roof = b / (weight_bytes + kv_ctx).max(1) as f64;
+        println!("gpu: {} ({} SMs)", d.name, d.sms);
+        println!("device bandwidth GB/s (copy, read + write): {:.1}", b / 1e9);
+        println!("roofline decode tok/s: {roof:.1}");
+        println!(
+            "decode / roofline: {:.3}",
+            best.decode_tps / roof.max(1e-12)
+        );
+    } else if o.bandwidth {
         let b = read_bandwidth(threads)?;
         let roof = b / (weight_bytes + kv_ctx).max(1) as f64;
         println!("read bandwidth GB/s: {:.2}", b / 1e9);

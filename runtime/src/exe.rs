@@ -305,6 +305,41 @@ fn info(plan: &Plan, sizes: &Sizes, variant: &Result<usize, String>) {
     if let Err(e) = variant {
         println!("cpu variant: none runs here: {e}");
     }
+    if let Some(g) = &plan.gpu {
+        let archs: Vec<&str> = g.modules.iter().map(|m| m.arch.as_str()).collect();
+        println!("target: cuda; PTX for {}", archs.join(", "));
+        for m in &g.modules {
+            for ((e, l), r) in m
+                .entries
+                .iter()
+                .zip(&g.launches)
+                .zip(m.ptxas.iter().map(Some).chain(std::iter::repeat(None)))
+            {
+                let regs = r.map_or("ptxas: not run".to_string(), |(regs, shared, spill)| {
+                    format!("{regs} registers, {shared} B shared, {spill} B spilled")
+                });
+                println!(
+                    "  {} {e}: {}x{}x{} threads; {regs}",
+                    m.arch, l.block[0], l.block[1], l.block[2]
+                );
+            }
+        }
+        if crate::cuda::driver_present() {
+            match crate::cuda::Device::open() {
+                Ok(d) => println!(
+                    "gpu: {} (compute capability {}.{}, {} SMs, {})",
+                    d.name,
+                    d.capability / 10,
+                    d.capability % 10,
+                    d.sms,
+                    mib(d.memory)
+                ),
+                Err(e) => println!("gpu: none usable: {e}"),
+            }
+        } else {
+            println!("gpu: {}", crate::cuda::NO_DRIVER);
+        }
+    }
     println!("kernels: {}", plan.kernels.len());
     println!("steps: {}", plan.steps.len());
     println!(
@@ -417,6 +452,16 @@ fn real_main(args: Vec<String>, tables: &[&KernelTable]) -> Result<(), String> {
     // Before any kernel runs: the CPU must have what the code was built for. `info`
     // and `help` still work (they run no kernel), so users can see what was built.
     if !matches!(cmd, "info" | "help" | "--help" | "-h") {
+        if plan.gpu.is_some() {
+            if !crate::cuda::driver_present() {
+                return Err(crate::cuda::NO_DRIVER.into());
+            }
+            if engine_flags.is_none() {
+                return Err(format!(
+                    "`{cmd}` does not run on the GPU yet: a --target cuda executable runs language models' generate, bench, perplexity and serve"
+                ));
+            }
+        }
         variant.clone()?;
         if let Some(req) = &plan.cpu {
             crate::cpu::check(req)?;
@@ -457,7 +502,8 @@ fn real_main(args: Vec<String>, tables: &[&KernelTable]) -> Result<(), String> {
             crate::generate::generate(&mut model, &opts).map(|_| ())
         }
         "bench" => {
-            let (opts, threads) = crate::bench::parse(rest)?;
+            let (mut opts, threads) = crate::bench::parse(rest)?;
+            opts.gpu = plan.gpu.is_some();
             if let Some(n) = threads {
                 crate::pool::set_num_threads(n);
             }

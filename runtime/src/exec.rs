@@ -757,6 +757,7 @@ mod tests {
             encoder: None,
             cpu: None,
             cpu_variants: Vec::new(),
+            gpu: None,
         }
     }
 

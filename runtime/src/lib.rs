@@ -2,11 +2,13 @@
 //! pool for generated parallel loops, the plan and the graph walk over it, the payload
 //! appended to the executable, `.npy` I/O, the executable's command line (with
 //! `embed` for encoder models), the tokenizer and sampler, and the engine that runs many
-//! requests over a paged KV cache (`engine`). Never depends on the compiler crates.
+//! requests over a paged KV cache (`engine`), on the CPU or, for a `--target cuda`
+//! build, on the GPU (`cuda`). Never depends on the compiler crates.
 
 pub mod abi;
 pub mod bench;
 pub mod cpu;
+pub mod cuda;
 pub mod embed;
 pub mod engine;
 pub mod eval;

@@ -269,6 +269,109 @@ pub struct Plan {
     /// then the last, least demanding one.
     #[serde(default)]
     pub cpu_variants: Vec<CpuRequirement>,
+    /// A CUDA build's device code and launches (`llmc build --target cuda`); the
+    /// executable then runs its kernels on the GPU and its object holds no CPU kernel.
+    #[serde(default)]
+    pub gpu: Option<GpuPlan>,
+}
+
+/// What a CUDA executable carries for the GPU: its kernels as PTX per architecture
+/// (the driver compiles the best one for the device at start) and how each kernel is
+/// launched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuPlan {
+    /// One module per architecture, in ascending order of architecture.
+    pub modules: Vec<GpuModule>,
+    /// Per kernel, in table order: its launch.
+    pub launches: Vec<GpuLaunch>,
+}
+
+/// One architecture's device code.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuModule {
+    /// `sm_80`, `sm_90`, ...
+    pub arch: String,
+    /// The PTX module text.
+    pub ptx: String,
+    /// The entry name of each kernel, in table order.
+    pub entries: Vec<String>,
+    /// Per kernel, what ptxas reported (registers, shared bytes, spill bytes), when it
+    /// assembled the module at build time.
+    #[serde(default)]
+    pub ptxas: Vec<(u32, u32, u32)>,
+}
+
+impl GpuModule {
+    /// The compute capability the module targets (`sm_86` -> 86).
+    pub fn capability(&self) -> Option<u32> {
+        self.arch.strip_prefix("sm_")?.parse().ok()
+    }
+}
+
+/// A kernel's launch: blocks per axis as expressions over the kernel's dims, threads
+/// per block, shared memory per block.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuLaunch {
+    /// Blocks along x, y, z.
+    pub grid: [DimExpr; 3],
+    /// Threads along x, y, z.
+    pub block: [u32; 3],
+    /// Static shared memory per block, bytes.
+    pub shared_bytes: u32,
+}
+
+/// An integer expression over a kernel's dim arguments (a launch's grid).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DimExpr {
+    /// A constant.
+    Int(i64),
+    /// Dim argument `i` of the step.
+    Dim(u32),
+    /// `a op b`.
+    Bin(DimOp, Box<DimExpr>, Box<DimExpr>),
+}
+
+/// The operators of [`DimExpr`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DimOp {
+    /// +
+    Add,
+    /// -
+    Sub,
+    /// *
+    Mul,
+    /// / (truncating; 0 when dividing by 0)
+    Div,
+    /// % (0 when dividing by 0)
+    Rem,
+    /// max
+    Max,
+    /// min
+    Min,
+}
+
+impl DimExpr {
+    /// The value for dim arguments `dims`; `None` when it names a dim not passed.
+    pub fn eval(&self, dims: &[i64]) -> Option<i64> {
+        Some(match self {
+            DimExpr::Int(v) => *v,
+            DimExpr::Dim(i) => *dims.get(*i as usize)?,
+            DimExpr::Bin(op, a, b) => {
+                let (x, y) = (a.eval(dims)?, b.eval(dims)?);
+                match op {
+                    DimOp::Add => x.wrapping_add(y),
+                    DimOp::Sub => x.wrapping_sub(y),
+                    DimOp::Mul => x.wrapping_mul(y),
+                    DimOp::Div => x.checked_div(y).unwrap_or(0),
+                    DimOp::Rem => x.checked_rem(y).unwrap_or(0),
+                    DimOp::Max => x.max(y),
+                    DimOp::Min => x.min(y),
+                }
+            }
+        })
+    }
 }
 
 /// What a CPU executable's code needs from the machine it runs on.

@@ -113,7 +113,7 @@ impl CompiledStep {
         ((mb << 20) / per_block.max(1)).max(1)
     }
 
-    /// Starts an engine on this plan with a pool of `kv_cache_mb` MiB (the
+    /// Starts an engine on this plan (on the GPU for a CUDA build) with a pool of `kv_cache_mb` MiB (the
     /// configuration's `kv_blocks` is replaced by what that holds); 0 sizes the pool
     /// for `cfg.max_context` tokens when that is set, else [`DEFAULT_KV_CACHE_MB`].
     pub fn start_engine(
@@ -144,6 +144,10 @@ impl CompiledStep {
         let blocks = cfg.kv_blocks;
         super::Engine::start(
             move || {
+                if plan.gpu.is_some() {
+                    let s = crate::cuda::CudaStep::new(plan, data, blocks)?;
+                    return Ok(Box::new(s) as Box<dyn StepModel>);
+                }
                 let s = CompiledStep::new(plan, data, &table, blocks)?;
                 Ok(Box::new(s) as Box<dyn StepModel>)
             },
