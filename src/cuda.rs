@@ -57,6 +57,12 @@ pub(crate) fn build(
         }
     }
     let has = |e: BuildEmit| a.emit.contains(&e);
+    if has(BuildEmit::Exe) && llm.as_ref().and_then(|l| l.serving.as_ref()).is_none() {
+        bail!(
+            "llmc build --target cuda: {} is not a decoder LLM in the serving form; the CUDA executable runs language models only (use --emit ptx for the kernels)",
+            a.model.display()
+        );
+    }
     if !(has(BuildEmit::Ptx) || has(BuildEmit::LlvmIr) || has(BuildEmit::Exe))
         && a.dump_dir.is_none()
     {
@@ -189,12 +195,6 @@ pub(crate) fn build(
                 format!("llmc {}", env!("CARGO_PKG_VERSION")),
             ),
         ];
-        if plan.llm.as_ref().and_then(|l| l.serving.as_ref()).is_none() {
-            bail!(
-                "llmc build --target cuda: {} is not a decoder LLM in the serving form; the CUDA executable runs language models only (use --emit ptx for the kernels)",
-                a.model.display()
-            );
-        }
         llmc_backend::link_cuda_executable(&b, out)
             .with_context(|| format!("linking {}", out.display()))?;
         eprintln!("wrote {}", out.display());

@@ -334,7 +334,7 @@ fn cuda_build_emits_ptx_per_arch_and_refuses_what_it_cannot_do() {
     };
     assert_user_error(
         &with(&["--target", "cuda", "--emit", "exe"]),
-        &["CUDA executable is not built yet"],
+        &["not a decoder LLM", "language models only"],
     );
     assert_user_error(
         &with(&["--target", "cuda", "--cuda-arch", "sm_12", "--emit", "ptx"]),
@@ -895,6 +895,75 @@ fn smollm_compiled_executable_generates_the_reference_text() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want_to_eos);
+}
+
+/// `llmc build smollm.gguf --target cuda` links one executable holding the PTX for
+/// each `--cuda-arch` and every kernel's launch: `info` lists them (and the ptxas
+/// report where ptxas ran). On a machine without the CUDA driver every model command
+/// exits 1 with the one clear error (no panic); where a GPU is attached, it generates
+/// the reference text (the GPU runs and checks live in `scripts/gpu-check`).
+#[test]
+fn smollm_cuda_executable_runs_or_says_no_driver() {
+    let Some(m) = model(SMOLLM) else { return };
+    let (prompt, want_to_eos) = smollm_reference();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("smollm-cuda");
+    let o = llmc(&[
+        "build",
+        m.to_str().unwrap(),
+        "-O3",
+        "--target",
+        "cuda",
+        "--cuda-arch",
+        "sm_80,sm_90",
+        "-o",
+        exe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("GPU kernels"), "{}", stderr(&o));
+    let info = Command::new(&exe).arg("info").output().unwrap();
+    let text = stdout(&info);
+    assert!(info.status.success(), "{}", stderr(&info));
+    assert!(
+        text.contains("target: cuda; PTX for sm_80, sm_90")
+            && text.contains("sm_90 llmc_k")
+            && text.contains("paged_attention")
+            && text.contains("language model: context 8192"),
+        "{text}"
+    );
+    let no_driver =
+        "error: no CUDA driver found (libcuda.so.1): this executable was built with --target cuda";
+    for args in [
+        &[
+            "generate",
+            "--prompt",
+            &prompt,
+            "--max-tokens",
+            "32",
+            "--temperature",
+            "0",
+        ][..],
+        &["bench", "--gen-tokens", "4"],
+        &["serve", "--port", "0"],
+        &["perplexity", "--file", "/nonexistent"],
+    ] {
+        let o = Command::new(&exe).args(args).output().unwrap();
+        if llmc_runtime::cuda::driver_present() {
+            if args[0] == "generate" {
+                assert!(o.status.success(), "{}", stderr(&o));
+                let out = stdout(&o);
+                assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want_to_eos);
+            }
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim_end(), no_driver, "{args:?}");
+    }
+    let o = Command::new(&exe)
+        .args(["run", "--input", "x=y.npy"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
 }
 
 const GEMMA3: &str = "gemma-3-270m-Q4_K_M.gguf";

@@ -1922,20 +1922,25 @@ fn paged_attention_matches_the_reference() {
             llmc_ir::Tensor::from_i64(DType::I32, vec![seqs.len(), width], tables),
         );
         let tol = if pool_dt == F { 1e-5 } else { 2e-3 };
-        let text = check(
-            Op::PagedAttention,
-            a,
-            &[
-                (tt(F, &["1", &h.to_string(), "seq", &ds]), q),
-                (pool_t.clone(), kp2),
-                (pool_t, vp2),
-                (pt, px),
-                (rt, rx),
-                bt,
-            ],
-            tol,
-            tol,
-        );
+        let args = [
+            (tt(F, &["1", &h.to_string(), "seq", &ds]), q),
+            (pool_t.clone(), kp2),
+            (pool_t, vp2),
+            (pt, px),
+            (rt, rx),
+            bt,
+        ];
+        let text = check(Op::PagedAttention, a.clone(), &args, tol, tol);
         assert!(text.contains("paged_attention"), "case {case}");
+        // The GPU schedule (a warp per row and query head; int8 pools: the generic
+        // mapping), run by the interpreter's GPU mode.
+        let gpu_args: Vec<Arg> = args
+            .iter()
+            .map(|(t, x)| Arg::In(t.clone(), x.clone()))
+            .collect();
+        let text = super::testing::check_args_on(true, Op::PagedAttention, a, &gpu_args, tol, tol);
+        if pool_dt != DType::Q8Kv {
+            assert!(text.contains("shuffle_xor"), "case {case}: {text}");
+        }
     }
 }

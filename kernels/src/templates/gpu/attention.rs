@@ -218,3 +218,212 @@ pub(crate) fn attention(
         in_place: Vec::new(),
     }))
 }
+
+/// The f32 maximum of `v` over the 32 lanes of the warp, in every lane.
+fn warp_max(kb: &mut KernelBuilder, v: Expr) -> Expr {
+    let acc = kb.let_mut("wm", v);
+    for m in [16, 8, 4, 2, 1] {
+        let o = kb.let_mut("wo", Expr::f(0.0, Ty::F32));
+        kb.shuffle_xor(o, Expr::Var(acc), m);
+        kb.assign(acc, Expr::Var(acc).max(Expr::Var(o)));
+    }
+    Expr::Var(acc)
+}
+
+/// `paged_attention(q, k_pool, v_pool, pos, row_seq, block_tables)` on the GPU: a
+/// one-warp block per (row, query head). The row's keys are taken 32 at a time, a
+/// key per lane: each lane walks the block table to its key, takes the dot product
+/// with q (staged in shared memory), the chunk's maximum and sum go through shuffle
+/// butterflies (the online softmax per chunk, not per key), the probabilities go to
+/// shared memory, and then the lanes own head-dim columns and add the chunk's value
+/// rows, read coalesced. `None` (the generic mapping of the CPU kernel) for int8
+/// pools or non-f32 compute.
+pub(crate) fn paged(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Option<Lowered>> {
+    use llmc_ir::DType;
+    let q = operand(ins, 0, "q")?;
+    let kp = operand(ins, 1, "k_pool")?;
+    let vp = operand(ins, 2, "v_pool")?;
+    let bt = operand(ins, 5, "block_tables")?;
+    result(outs, 0)?;
+    let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
+    let window = super::super::attr_int(node, "window")?.unwrap_or(0);
+    let cap = attr_float(node, "softcap")?;
+    let t = compute_ty(q.dtype)?;
+    if t != Ty::F32 || kp.dtype == DType::Q8Kv || vp.dtype == DType::Q8Kv {
+        return Ok(None);
+    }
+    let [_, hd, sd, dkd] = &q.shape.0[..] else {
+        return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
+    };
+    let [_, kvhd, bsd, _] = &kp.shape.0[..] else {
+        return Err(format!("operand k_pool must have rank 4, got {}", kp.shape));
+    };
+    let (Some(h), Some(kvh), Some(bs), Some(dk), Some(dv)) = (
+        hd.as_const(),
+        kvhd.as_const(),
+        bsd.as_const(),
+        dkd.as_const(),
+        vp.shape.0.get(3).and_then(|d| d.as_const()),
+    ) else {
+        return Ok(None);
+    };
+    if kvh <= 0 || h % kvh != 0 || bs <= 0 {
+        return Ok(None);
+    }
+    let group = h / kvh;
+    let width = bt.shape.0.get(1).cloned().unwrap_or(llmc_ir::Dim::c(0));
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let se = kb.dim(sd);
+    let we = kb.dim(&width);
+    let nwarps = kb.let_("nw", se.clone() * h);
+    let nv = (dv + 31) / 32;
+    let ninf = || fconst(f64::NEG_INFINITY, t);
+    let load_i = |buf, at: Expr| Expr::load(buf, at).cast(Ty::I64);
+    kb.for_("wq", 0, nwarps, LoopTag::GpuGrid(0), |kb, wq| {
+        let qs = kb.shared("qs", t, dk);
+        let sp = kb.shared("sp", t, 32);
+        kb.for_("lane", 0, 32, LoopTag::GpuBlock(0), |kb, lane| {
+            let r = kb.let_("r", wq.clone() % se.clone());
+            let hq = kb.let_("hq", wq.clone() / se.clone());
+            let kv = kb.let_("kv", hq.clone() / group);
+            let sq = kb.let_("sq", load_i(ib[4], r.clone()));
+            let p = kb.let_("p", load_i(ib[3], r.clone()));
+            let lo = if window > 0 {
+                (p.clone() - (window - 1)).max(Expr::i(0))
+            } else {
+                Expr::i(0)
+            };
+            let lo = kb.let_("lo", lo);
+            let hi = kb.let_("hi", p + 1);
+            let qrow = kb.let_("qrow", (hq.clone() * se.clone() + r.clone()) * dk);
+            kb.for_step("c", lane.clone(), dk, 32, LoopTag::Serial, |kb, c| {
+                let x = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                kb.store(qs, c, x);
+            });
+            kb.barrier();
+            // The pool row of key `j` of this row's sequence.
+            let key_row = |kb: &mut KernelBuilder, j: Expr, d: i64| {
+                let blk = kb.let_(
+                    "blk",
+                    load_i(ib[5], sq.clone() * we.clone() + j.clone() / bs),
+                );
+                kb.let_("krow", ((blk * kvh + kv.clone()) * bs + j % bs) * d)
+            };
+            let acc = kb.local("acc", t, nv);
+            for i in 0..nv {
+                kb.store(acc, Expr::i(i), fconst(0.0, t));
+            }
+            let m = kb.let_mut("m", ninf());
+            let l = kb.let_mut("l", fconst(0.0, t));
+            kb.for_step(
+                "j0",
+                lo.clone(),
+                hi.clone(),
+                32,
+                LoopTag::Serial,
+                |kb, j0| {
+                    let j = kb.let_("j", j0.clone() + lane.clone());
+                    let sc = kb.let_mut("sc", ninf());
+                    kb.if_(j.clone().lt(hi.clone()), |kb| {
+                        let krow = key_row(kb, j.clone(), dk);
+                        let dot = kb.let_mut("dot", fconst(0.0, t));
+                        kb.for_("c", 0, dk, LoopTag::Serial, |kb, c| {
+                            let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
+                            let pr = b(BinOp::Mul, Expr::load(qs, c), kx);
+                            kb.assign(dot, b(BinOp::Add, Expr::Var(dot), pr));
+                        });
+                        let mut s = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
+                        if let Some(cap) = cap {
+                            let x = b(BinOp::Div, s, fconst(cap, t));
+                            s = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
+                        }
+                        kb.assign(sc, s);
+                    });
+                    // The chunk holds at least one key, so the new maximum is finite.
+                    let cm = warp_max(kb, Expr::Var(sc));
+                    let mn = kb.let_("mn", Expr::Var(m).max(cm));
+                    let corr = kb.let_(
+                        "corr",
+                        Expr::un(UnOp::Exp, b(BinOp::Sub, Expr::Var(m), mn.clone())),
+                    );
+                    let pr = kb.let_(
+                        "pr",
+                        Expr::select(
+                            j.clone().lt(hi.clone()),
+                            Expr::un(UnOp::Exp, b(BinOp::Sub, Expr::Var(sc), mn.clone())),
+                            fconst(0.0, t),
+                        ),
+                    );
+                    let ps = super::warp_sum(kb, pr.clone());
+                    kb.assign(
+                        l,
+                        b(BinOp::Add, b(BinOp::Mul, Expr::Var(l), corr.clone()), ps),
+                    );
+                    kb.store(sp, lane.clone(), pr);
+                    kb.barrier();
+                    for i in 0..nv {
+                        let a = b(BinOp::Mul, Expr::load(acc, Expr::i(i)), corr.clone());
+                        kb.store(acc, Expr::i(i), a);
+                    }
+                    let nk = kb.let_("nk", (hi.clone() - j0.clone()).min(Expr::i(32)));
+                    kb.for_("jj", 0, nk, LoopTag::Serial, |kb, jj| {
+                        let prj = kb.let_("prj", Expr::load(sp, jj.clone()));
+                        let vrow = key_row(kb, j0.clone() + jj, dv);
+                        for i in 0..nv {
+                            let col = lane.clone() + 32 * i;
+                            let add = |kb: &mut KernelBuilder| {
+                                let vx = load_elem(kb, ib[2], vp.dtype, vrow.clone() + col.clone());
+                                let a = b(
+                                    BinOp::Add,
+                                    Expr::load(acc, Expr::i(i)),
+                                    b(BinOp::Mul, prj.clone(), vx),
+                                );
+                                kb.store(acc, Expr::i(i), a);
+                            };
+                            if dv % 32 == 0 {
+                                add(kb)
+                            } else {
+                                kb.if_(col.clone().lt(Expr::i(dv)), add)
+                            }
+                        }
+                    });
+                    kb.barrier();
+                    kb.assign(m, mn);
+                },
+            );
+            let inv = kb.let_(
+                "inv",
+                Expr::select(
+                    Expr::Var(l).ne_(fconst(0.0, t)),
+                    b(BinOp::Div, fconst(1.0, t), Expr::Var(l)),
+                    fconst(0.0, t),
+                ),
+            );
+            let orow = kb.let_("orow", (hq * se.clone() + r) * dv);
+            for i in 0..nv {
+                let col = lane.clone() + 32 * i;
+                let put = |kb: &mut KernelBuilder| {
+                    let y = b(BinOp::Mul, Expr::load(acc, Expr::i(i)), inv.clone());
+                    let y = to_storage(kb, ob[0], y);
+                    kb.store(ob[0], orow.clone() + col.clone(), y);
+                };
+                if dv % 32 == 0 {
+                    put(kb)
+                } else {
+                    kb.if_(col.clone().lt(Expr::i(dv)), put)
+                }
+            }
+        });
+    });
+    Ok(Some(Lowered::Kernel {
+        kernel: kb.finish()?,
+        packs: Vec::new(),
+        consts: Vec::new(),
+        in_place: Vec::new(),
+    }))
+}

@@ -5,7 +5,8 @@
 //! `rms_norm`/`layer_norm` (a block per row, warp shuffles then shared memory across
 //! warps), `rope` (a thread per rotated pair and position, frequencies from a table),
 //! `flash_attention`/`attention` (a warp per query row, lanes over the head dim, the
-//! online softmax per key) — and the rest run their CPU template with the parallel
+//! online softmax per key), `paged_attention` (a warp per row and query head, a key per
+//! lane through the block table, the online softmax per chunk of 32 keys) — and the rest run their CPU template with the parallel
 //! outer loop spread over threads ([`crate::gpu::map_parallel`]).
 
 mod attention;
@@ -54,6 +55,7 @@ pub fn lower(
         Op::FlashAttention | Op::Attention => {
             attention::attention(node, ins, outs, name).map_err(err)?
         }
+        Op::PagedAttention => attention::paged(node, ins, outs, name).map_err(err)?,
         _ => None,
     };
     if let Some(l) = templated {
