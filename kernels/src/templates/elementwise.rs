@@ -317,6 +317,27 @@ pub(crate) fn glu(
     } else {
         LoopTag::Serial
     };
+    let elem = |kb: &mut crate::builder::KernelBuilder, base: Expr, obase: Expr, j: Expr| {
+        let gv = load_elem(kb, ib[0], gd, base.clone() + j.clone());
+        let gv = kb.let_("g", gv.cast(t));
+        let uv = if two {
+            load_elem(kb, ib[1], ud, base.clone() + j.clone())
+        } else {
+            load_elem(kb, ib[0], gd, base + j.clone() + n)
+        };
+        let v = b(BinOp::Mul, activation(act, gv, t), uv.cast(t));
+        let v = to_storage(kb, ob[0], v);
+        kb.store(ob[0], obase + j, v);
+    };
+    if super::gpu_mapping() {
+        // One GPU thread per output element.
+        kb.for_("i", 0, rows * n, LoopTag::Parallel, |kb, i| {
+            let row = kb.let_("row", i.clone() / n);
+            let j = kb.let_("j", i % n);
+            elem(kb, row.clone() * row_in, row * n, j);
+        });
+        return kb.finish();
+    }
     kb.for_("r", 0, rows, tag, |kb, row| {
         let base = kb.let_("base", row.clone() * row_in);
         let obase = kb.let_("obase", row * n);

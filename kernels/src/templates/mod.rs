@@ -360,6 +360,22 @@ pub(crate) fn loop_nest_par(
     body: &mut dyn FnMut(&mut KernelBuilder, &[Expr]),
 ) {
     let ex: Vec<Expr> = extents.iter().map(|d| kb.dim(d)).collect();
+    if gpu_mapping() && ex.len() > 1 {
+        // One GPU thread per element: the nest flattened, coordinates by div/mod.
+        let total = ex.iter().skip(1).fold(ex[0].clone(), |a, e| a * e.clone());
+        let total = kb.let_("total", total);
+        kb.for_("i", 0, total, LoopTag::Parallel, |kb, i| {
+            let mut rest = i;
+            let mut coords = vec![Expr::i(0); ex.len()];
+            for d in (1..ex.len()).rev() {
+                coords[d] = kb.let_("c", rest.clone() % ex[d].clone());
+                rest = kb.let_("q", rest / ex[d].clone());
+            }
+            coords[0] = rest;
+            body(kb, &coords);
+        });
+        return;
+    }
     let parallel = parallel || gpu_mapping();
     if ex.len() == 1 && parallel {
         let n = ex[0].clone();

@@ -219,6 +219,10 @@ pub(crate) fn attention(
     }))
 }
 
+/// Warps per block of the paged attention: they split a row's key chunks (split-K
+/// inside the block) and merge their softmax states at the end.
+const PAGED_WARPS: i64 = 4;
+
 /// The f32 maximum of `v` over the 32 lanes of the warp, in every lane.
 fn warp_max(kb: &mut KernelBuilder, v: Expr) -> Expr {
     let acc = kb.let_mut("wm", v);
@@ -231,12 +235,14 @@ fn warp_max(kb: &mut KernelBuilder, v: Expr) -> Expr {
 }
 
 /// `paged_attention(q, k_pool, v_pool, pos, row_seq, block_tables)` on the GPU: a
-/// one-warp block per (row, query head). The row's keys are taken 32 at a time, a
-/// key per lane: each lane walks the block table to its key, takes the dot product
-/// with q (staged in shared memory), the chunk's maximum and sum go through shuffle
+/// block of [`PAGED_WARPS`] warps per (row, query head). The row's keys are taken in
+/// chunks of 32, chunk `i` to warp `i % PAGED_WARPS` (split-K inside the block), a key
+/// per lane: each lane walks the block table to its key, takes the dot product with
+/// q (staged in shared memory), the chunk's maximum and sum go through shuffle
 /// butterflies (the online softmax per chunk, not per key), the probabilities go to
 /// shared memory, and then the lanes own head-dim columns and add the chunk's value
-/// rows, read coalesced. `None` (the generic mapping of the CPU kernel) for int8
+/// rows, read coalesced. At the end the warps' (max, sum, accumulator) states merge
+/// through shared memory. `None` (the generic mapping of the CPU kernel) for int8
 /// pools or non-f32 compute.
 pub(crate) fn paged(
     node: &Node,
@@ -284,10 +290,16 @@ pub(crate) fn paged(
     let nv = (dv + 31) / 32;
     let ninf = || fconst(f64::NEG_INFINITY, t);
     let load_i = |buf, at: Expr| Expr::load(buf, at).cast(Ty::I64);
+    let wn = PAGED_WARPS;
     kb.for_("wq", 0, nwarps, LoopTag::GpuGrid(0), |kb, wq| {
         let qs = kb.shared("qs", t, dk);
-        let sp = kb.shared("sp", t, 32);
-        kb.for_("lane", 0, 32, LoopTag::GpuBlock(0), |kb, lane| {
+        let sp = kb.shared("sp", t, 32 * wn);
+        let shm = kb.shared("shm", t, wn);
+        let shl = kb.shared("shl", t, wn);
+        let sha = kb.shared("sha", t, wn * dv);
+        kb.for_("tid", 0, 32 * wn, LoopTag::GpuBlock(0), |kb, tid| {
+            let lane = kb.let_("lane", tid.clone() % 32);
+            let w = kb.let_("w", tid.clone() / 32);
             let r = kb.let_("r", wq.clone() % se.clone());
             let hq = kb.let_("hq", wq.clone() / se.clone());
             let kv = kb.let_("kv", hq.clone() / group);
@@ -301,7 +313,7 @@ pub(crate) fn paged(
             let lo = kb.let_("lo", lo);
             let hi = kb.let_("hi", p + 1);
             let qrow = kb.let_("qrow", (hq.clone() * se.clone() + r.clone()) * dk);
-            kb.for_step("c", lane.clone(), dk, 32, LoopTag::Serial, |kb, c| {
+            kb.for_step("c", tid.clone(), dk, 32 * wn, LoopTag::Serial, |kb, c| {
                 let x = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
                 kb.store(qs, c, x);
             });
@@ -320,97 +332,100 @@ pub(crate) fn paged(
             }
             let m = kb.let_mut("m", ninf());
             let l = kb.let_mut("l", fconst(0.0, t));
-            kb.for_step(
-                "j0",
-                lo.clone(),
-                hi.clone(),
-                32,
-                LoopTag::Serial,
-                |kb, j0| {
-                    let j = kb.let_("j", j0.clone() + lane.clone());
-                    let sc = kb.let_mut("sc", ninf());
-                    kb.if_(j.clone().lt(hi.clone()), |kb| {
-                        let krow = key_row(kb, j.clone(), dk);
-                        let dot = kb.let_mut("dot", fconst(0.0, t));
-                        kb.for_("c", 0, dk, LoopTag::Serial, |kb, c| {
-                            let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
-                            let pr = b(BinOp::Mul, Expr::load(qs, c), kx);
-                            kb.assign(dot, b(BinOp::Add, Expr::Var(dot), pr));
-                        });
-                        let mut s = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
-                        if let Some(cap) = cap {
-                            let x = b(BinOp::Div, s, fconst(cap, t));
-                            s = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
-                        }
-                        kb.assign(sc, s);
+            // Rounds of `wn` chunks of 32 keys, chunk `round * wn + w` to warp `w`:
+            // every warp runs every round (barriers stay block-uniform), a chunk past
+            // the end holds no key.
+            let span = 32 * wn;
+            let rounds = kb.let_("rounds", (hi.clone() - lo.clone() + (span - 1)) / span);
+            kb.for_("rd", 0, rounds, LoopTag::Serial, |kb, rd| {
+                let j0 = kb.let_("j0", lo.clone() + (rd * wn + w.clone()) * 32);
+                let j = kb.let_("j", j0.clone() + lane.clone());
+                let sc = kb.let_mut("sc", ninf());
+                kb.if_(j.clone().lt(hi.clone()), |kb| {
+                    let krow = key_row(kb, j.clone(), dk);
+                    let dot = kb.let_mut("dot", fconst(0.0, t));
+                    kb.for_("c", 0, dk, LoopTag::Serial, |kb, c| {
+                        let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
+                        let pr = b(BinOp::Mul, Expr::load(qs, c), kx);
+                        kb.assign(dot, b(BinOp::Add, Expr::Var(dot), pr));
                     });
-                    // The chunk holds at least one key, so the new maximum is finite.
-                    let cm = warp_max(kb, Expr::Var(sc));
-                    let mn = kb.let_("mn", Expr::Var(m).max(cm));
-                    let corr = kb.let_(
-                        "corr",
-                        Expr::un(UnOp::Exp, b(BinOp::Sub, Expr::Var(m), mn.clone())),
-                    );
-                    let pr = kb.let_(
-                        "pr",
-                        Expr::select(
-                            j.clone().lt(hi.clone()),
-                            Expr::un(UnOp::Exp, b(BinOp::Sub, Expr::Var(sc), mn.clone())),
-                            fconst(0.0, t),
-                        ),
-                    );
-                    let ps = super::warp_sum(kb, pr.clone());
-                    kb.assign(
-                        l,
-                        b(BinOp::Add, b(BinOp::Mul, Expr::Var(l), corr.clone()), ps),
-                    );
-                    kb.store(sp, lane.clone(), pr);
-                    kb.barrier();
-                    for i in 0..nv {
-                        let a = b(BinOp::Mul, Expr::load(acc, Expr::i(i)), corr.clone());
-                        kb.store(acc, Expr::i(i), a);
+                    let mut s = b(BinOp::Mul, Expr::Var(dot), fconst(scale, t));
+                    if let Some(cap) = cap {
+                        let x = b(BinOp::Div, s, fconst(cap, t));
+                        s = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
                     }
-                    let nk = kb.let_("nk", (hi.clone() - j0.clone()).min(Expr::i(32)));
-                    kb.for_("jj", 0, nk, LoopTag::Serial, |kb, jj| {
-                        let prj = kb.let_("prj", Expr::load(sp, jj.clone()));
-                        let vrow = key_row(kb, j0.clone() + jj, dv);
-                        for i in 0..nv {
-                            let col = lane.clone() + 32 * i;
-                            let add = |kb: &mut KernelBuilder| {
-                                let vx = load_elem(kb, ib[2], vp.dtype, vrow.clone() + col.clone());
-                                let a = b(
-                                    BinOp::Add,
-                                    Expr::load(acc, Expr::i(i)),
-                                    b(BinOp::Mul, prj.clone(), vx),
-                                );
-                                kb.store(acc, Expr::i(i), a);
-                            };
-                            if dv % 32 == 0 {
-                                add(kb)
-                            } else {
-                                kb.if_(col.clone().lt(Expr::i(dv)), add)
-                            }
+                    kb.assign(sc, s);
+                });
+                let cm = warp_max(kb, Expr::Var(sc));
+                // A warp that has seen no key yet keeps m = -inf: its exponents are
+                // taken against 0 (its sum and accumulator are 0 anyway).
+                let mn = kb.let_("mn", Expr::Var(m).max(cm));
+                let mz = kb.let_(
+                    "mz",
+                    Expr::select(mn.clone().eq_(ninf()), fconst(0.0, t), mn.clone()),
+                );
+                let corr = kb.let_(
+                    "corr",
+                    Expr::un(UnOp::Exp, b(BinOp::Sub, Expr::Var(m), mz.clone())),
+                );
+                let pr = kb.let_(
+                    "pr",
+                    Expr::select(
+                        j.clone().lt(hi.clone()),
+                        Expr::un(UnOp::Exp, b(BinOp::Sub, Expr::Var(sc), mz)),
+                        fconst(0.0, t),
+                    ),
+                );
+                let ps = super::warp_sum(kb, pr.clone());
+                kb.assign(
+                    l,
+                    b(BinOp::Add, b(BinOp::Mul, Expr::Var(l), corr.clone()), ps),
+                );
+                kb.store(sp, tid.clone(), pr);
+                kb.barrier();
+                for i in 0..nv {
+                    let a = b(BinOp::Mul, Expr::load(acc, Expr::i(i)), corr.clone());
+                    kb.store(acc, Expr::i(i), a);
+                }
+                let nk = kb.let_("nk", (hi.clone() - j0.clone()).min(Expr::i(32)));
+                kb.for_("jj", 0, nk, LoopTag::Serial, |kb, jj| {
+                    let prj = kb.let_("prj", Expr::load(sp, w.clone() * 32 + jj.clone()));
+                    let vrow = key_row(kb, j0.clone() + jj, dv);
+                    for i in 0..nv {
+                        let col = lane.clone() + 32 * i;
+                        let add = |kb: &mut KernelBuilder| {
+                            let vx = load_elem(kb, ib[2], vp.dtype, vrow.clone() + col.clone());
+                            let a = b(
+                                BinOp::Add,
+                                Expr::load(acc, Expr::i(i)),
+                                b(BinOp::Mul, prj.clone(), vx),
+                            );
+                            kb.store(acc, Expr::i(i), a);
+                        };
+                        if dv % 32 == 0 {
+                            add(kb)
+                        } else {
+                            kb.if_(col.clone().lt(Expr::i(dv)), add)
                         }
-                    });
-                    kb.barrier();
-                    kb.assign(m, mn);
-                },
-            );
-            let inv = kb.let_(
-                "inv",
-                Expr::select(
-                    Expr::Var(l).ne_(fconst(0.0, t)),
-                    b(BinOp::Div, fconst(1.0, t), Expr::Var(l)),
-                    fconst(0.0, t),
-                ),
-            );
-            let orow = kb.let_("orow", (hq * se.clone() + r) * dv);
+                    }
+                });
+                kb.barrier();
+                kb.assign(m, mn);
+            });
+            // Merge the warps' states: (m, l, acc) through shared memory, then warp 0
+            // rescales each to the largest m and writes the row.
+            kb.if_(lane.clone().eq_(Expr::i(0)), |kb| {
+                kb.store(shm, w.clone(), Expr::Var(m));
+                kb.store(shl, w.clone(), Expr::Var(l));
+            });
             for i in 0..nv {
                 let col = lane.clone() + 32 * i;
                 let put = |kb: &mut KernelBuilder| {
-                    let y = b(BinOp::Mul, Expr::load(acc, Expr::i(i)), inv.clone());
-                    let y = to_storage(kb, ob[0], y);
-                    kb.store(ob[0], orow.clone() + col.clone(), y);
+                    kb.store(
+                        sha,
+                        w.clone() * dv + col.clone(),
+                        Expr::load(acc, Expr::i(i)),
+                    );
                 };
                 if dv % 32 == 0 {
                     put(kb)
@@ -418,6 +433,65 @@ pub(crate) fn paged(
                     kb.if_(col.clone().lt(Expr::i(dv)), put)
                 }
             }
+            kb.barrier();
+            kb.if_(w.clone().eq_(Expr::i(0)), |kb| {
+                let mut mx = Expr::load(shm, Expr::i(0));
+                for x in 1..wn {
+                    mx = mx.max(Expr::load(shm, Expr::i(x)));
+                }
+                let mx = kb.let_("mx", mx);
+                let mx = kb.let_(
+                    "mxz",
+                    Expr::select(mx.clone().eq_(ninf()), fconst(0.0, t), mx),
+                );
+                let f: Vec<Expr> = (0..wn)
+                    .map(|x| {
+                        kb.let_(
+                            "f",
+                            Expr::un(
+                                UnOp::Exp,
+                                b(BinOp::Sub, Expr::load(shm, Expr::i(x)), mx.clone()),
+                            ),
+                        )
+                    })
+                    .collect();
+                let mut lt = fconst(0.0, t);
+                for (x, fx) in f.iter().enumerate() {
+                    lt = b(
+                        BinOp::Add,
+                        lt,
+                        b(BinOp::Mul, Expr::load(shl, Expr::i(x as i64)), fx.clone()),
+                    );
+                }
+                let lt = kb.let_("lt", lt);
+                let inv = kb.let_(
+                    "inv",
+                    Expr::select(
+                        lt.clone().ne_(fconst(0.0, t)),
+                        b(BinOp::Div, fconst(1.0, t), lt),
+                        fconst(0.0, t),
+                    ),
+                );
+                let orow = kb.let_("orow", (hq * se.clone() + r) * dv);
+                for i in 0..nv {
+                    let col = lane.clone() + 32 * i;
+                    let put = |kb: &mut KernelBuilder| {
+                        let mut y = fconst(0.0, t);
+                        for (x, fx) in f.iter().enumerate() {
+                            let a = Expr::load(sha, col.clone() + x as i64 * dv);
+                            y = b(BinOp::Add, y, b(BinOp::Mul, a, fx.clone()));
+                        }
+                        let y = b(BinOp::Mul, y, inv.clone());
+                        let y = to_storage(kb, ob[0], y);
+                        kb.store(ob[0], orow.clone() + col.clone(), y);
+                    };
+                    if dv % 32 == 0 {
+                        put(kb)
+                    } else {
+                        kb.if_(col.clone().lt(Expr::i(dv)), put)
+                    }
+                }
+            });
         });
     });
     Ok(Some(Lowered::Kernel {
