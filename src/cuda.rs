@@ -195,6 +195,9 @@ pub(crate) fn build(
                 format!("llmc {}", env!("CARGO_PKG_VERSION")),
             ),
         ];
+        for line in llmc_runtime::cuda::decode_estimate(&b.planned.plan) {
+            eprintln!("llmc build: decode estimate, one sequence, {line}");
+        }
         llmc_backend::link_cuda_executable(&b, out)
             .with_context(|| format!("linking {}", out.display()))?;
         eprintln!("wrote {}", out.display());

@@ -798,3 +798,47 @@ impl Drop for CudaStep {
         }
     }
 }
+
+/// HBM bandwidth (bytes/s) of the GPUs the cost model knows, by the vendors' sheets.
+pub const KNOWN_GPUS: [(&str, f64); 2] = [("H100 SXM", 3.35e12), ("H200", 4.8e12)];
+
+/// The cost model's assumptions: the share of HBM bandwidth the decode kernels reach,
+/// the GPU time of one small kernel node in a replayed CUDA graph (launch, ramp, tail),
+/// and the host's time per step (inputs up, logits back, sampling).
+pub const ASSUMED_BW_SHARE: f64 = 0.85;
+/// See [`ASSUMED_BW_SHARE`].
+pub const ASSUMED_NODE_SECS: f64 = 3e-6;
+/// See [`ASSUMED_BW_SHARE`].
+pub const ASSUMED_HOST_SECS: f64 = 3e-4;
+
+/// A single-sequence decode estimate for each known GPU: weight bytes per token over
+/// [`ASSUMED_BW_SHARE`] of its bandwidth, or the kernel count times
+/// [`ASSUMED_NODE_SECS`] when that is longer (small models are launch-bound), plus the
+/// host's share. Lines for `llmc build --target cuda` and `info`.
+pub fn decode_estimate(plan: &Plan) -> Vec<String> {
+    let bytes = crate::bench::weight_bytes_per_token(plan) as f64;
+    let kernels = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::Kernel { .. }))
+        .count();
+    let launch = kernels as f64 * ASSUMED_NODE_SECS;
+    KNOWN_GPUS
+        .iter()
+        .map(|(name, bw)| {
+            let mem = bytes / (ASSUMED_BW_SHARE * bw);
+            let t = mem.max(launch) + ASSUMED_HOST_SECS;
+            format!(
+                "{name}: {:.0} tok/s ({:.1} MB of weights per token: {:.1} us at {:.0}% of {:.2} TB/s; {kernels} kernels: {:.2} ms at {:.0} us each in a CUDA graph; {}-bound)",
+                1.0 / t,
+                bytes / 1e6,
+                mem * 1e6,
+                ASSUMED_BW_SHARE * 100.0,
+                bw / 1e12,
+                launch * 1e3,
+                ASSUMED_NODE_SECS * 1e6,
+                if mem >= launch { "bandwidth" } else { "launch" }
+            )
+        })
+        .collect()
+}

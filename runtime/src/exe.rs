@@ -324,6 +324,9 @@ fn info(plan: &Plan, sizes: &Sizes, variant: &Result<usize, String>) {
                 );
             }
         }
+        for line in crate::cuda::decode_estimate(plan) {
+            println!("decode estimate, one sequence, {line}");
+        }
         if crate::cuda::driver_present() {
             match crate::cuda::Device::open() {
                 Ok(d) => println!(

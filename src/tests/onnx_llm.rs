@@ -250,3 +250,37 @@ fn optimum_export_without_past_decodes_incrementally_and_serves() {
         "{reply}"
     );
 }
+
+/// Optimum's export (with past key/values, and without: the cache derived) builds for
+/// CUDA at -O3 without a GPU: the serving form's kernels, paged attention among them,
+/// in one executable whose `info` lists them for sm_80 and sm_90.
+#[test]
+fn optimum_exports_build_for_cuda() {
+    for case in ["smollm2-optimum", "smollm2-optimum-nopast"] {
+        let Some(onnx) = export(case, "scripts/onnx-exports --optimum") else {
+            continue;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("smollm-cuda");
+        let o = llmc(&[
+            "build",
+            onnx.to_str().unwrap(),
+            "-O3",
+            "--target",
+            "cuda",
+            "--cuda-arch",
+            "sm_80,sm_90",
+            "-o",
+            exe.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{case}: {}", stderr(&o));
+        let info = Command::new(&exe).arg("info").output().unwrap();
+        let text = stdout(&info);
+        assert!(
+            text.contains("target: cuda; PTX for sm_80, sm_90")
+                && text.contains("sm_90 llmc_k")
+                && text.contains("paged_attention"),
+            "{case}: {text}"
+        );
+    }
+}
