@@ -413,29 +413,6 @@ impl CudaStep {
         Ok(syms)
     }
 
-    /// Bytes of buffer `b` for symbol values `syms`.
-    fn size_of(&self, b: usize, syms: &[Option<i64>]) -> Result<usize, String> {
-        let d = &self.plan.buffers[b];
-        let mut n: u64 = 1;
-        for p in &d.shape {
-            let v = p.eval(syms).filter(|&v| v >= 0).ok_or_else(|| {
-                format!(
-                    "buffer {}: dim {} has no value",
-                    d.name,
-                    p.show(&self.plan.symbols)
-                )
-            })?;
-            n = n
-                .checked_mul(v as u64)
-                .filter(|&n| n <= 1 << 40)
-                .ok_or_else(|| format!("buffer {} is too large", d.name))?;
-        }
-        d.dtype
-            .bytes_for(n)
-            .map(|b| b as usize)
-            .ok_or_else(|| format!("buffer {} has a partial block", d.name))
-    }
-
     /// Queues one launch.
     fn launch(&self, l: &Launch) -> Result<(), String> {
         let mut args: Vec<u64> = l.args.clone();
@@ -615,7 +592,7 @@ impl StepModel for CudaStep {
             for &bi in bufs {
                 let bi = bi as usize;
                 if addr[bi].is_none() {
-                    let n = self.size_of(bi, &syms)?;
+                    let n = self.plan.buffer_bytes(bi, &syms)?;
                     addr[bi] = Some(self.slots[bi].ensure(n, &mut grew)?);
                 }
                 args.push(addr[bi].unwrap_or(0));

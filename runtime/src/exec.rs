@@ -475,34 +475,7 @@ impl<'d> Model<'d> {
                 Source::Temp => {}
             }
         }
-        let size_of = |b: u32, syms: &[Option<i64>]| -> Result<usize, String> {
-            let d = &plan.buffers[b as usize];
-            let mut n: u64 = 1;
-            for p in &d.shape {
-                let v = p.eval(syms).ok_or_else(|| {
-                    format!(
-                        "dim {} of buffer {} has no value",
-                        p.show(&plan.symbols),
-                        d.name
-                    )
-                })?;
-                if v < 0 {
-                    return Err(format!(
-                        "buffer {} has a negative dim {} = {v}",
-                        d.name,
-                        p.show(&plan.symbols)
-                    ));
-                }
-                n = n
-                    .checked_mul(v as u64)
-                    .filter(|&n| n <= 1 << 40)
-                    .ok_or_else(|| format!("buffer {} is too large", d.name))?;
-            }
-            d.dtype
-                .bytes_for(n)
-                .map(|b| b as usize)
-                .ok_or_else(|| format!("buffer {} has a partial block", d.name))
-        };
+        let size_of = |b: u32, syms: &[Option<i64>]| plan.buffer_bytes(b as usize, syms);
         let nk = self.kernels.len();
         for step in &plan.steps {
             let t0 = self.profile.is_some().then(std::time::Instant::now);

@@ -475,6 +475,40 @@ pub struct ServingLayer {
 }
 
 impl Plan {
+    /// Bytes of buffer `b` for symbol values `syms` (its shape's element count in its
+    /// type), or why it has none.
+    pub fn buffer_bytes(&self, b: usize, syms: &[Option<i64>]) -> Result<usize, String> {
+        let d = self
+            .buffers
+            .get(b)
+            .ok_or_else(|| format!("buffer {b} of {}", self.buffers.len()))?;
+        let mut n: u64 = 1;
+        for p in &d.shape {
+            let v = p.eval(syms).ok_or_else(|| {
+                format!(
+                    "dim {} of buffer {} has no value",
+                    p.show(&self.symbols),
+                    d.name
+                )
+            })?;
+            if v < 0 {
+                return Err(format!(
+                    "buffer {} has a negative dim {} = {v}",
+                    d.name,
+                    p.show(&self.symbols)
+                ));
+            }
+            n = n
+                .checked_mul(v as u64)
+                .filter(|&n| n <= 1 << 40)
+                .ok_or_else(|| format!("buffer {} is too large", d.name))?;
+        }
+        d.dtype
+            .bytes_for(n)
+            .map(|b| b as usize)
+            .ok_or_else(|| format!("buffer {} has a partial block", d.name))
+    }
+
     /// Serialises to JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

@@ -2,7 +2,8 @@
 //! (output column), [`WARPS`] rows per block. The lanes walk the row in units — 8
 //! elements of a GGUF block (Q4: 4 bytes of nibbles, Q8_0: 8 bytes; 4 units per
 //! block) or one element of a float weight — so a warp reads consecutive bytes, each
-//! weight byte once per [`RG`] activation rows. Blocks are dequantized in registers:
+//! weight byte once per [`RG`] activation rows; the grid's y axis takes the
+//! activation rows [`RC`] at a time, so a prefill chunk fills the GPU. Blocks are dequantized in registers:
 //! `Σ x·(d q + m) = d Σ x q + m Σ x` per unit. A shuffle butterfly sums the lanes;
 //! lane 0 adds the bias, applies the epilogue and stores.
 
@@ -21,6 +22,9 @@ use llmc_ir::{DType, Node, TensorType};
 pub(crate) const WARPS: i64 = 8;
 /// Activation rows sharing one read of the weight row.
 const RG: i64 = 4;
+/// Activation rows per block along the grid's y axis: a prefill chunk's rows spread
+/// over blocks (a decode step's few rows stay in one).
+const RC: i64 = 16;
 /// Units per GGUF block.
 const UPB: i64 = 4;
 
@@ -79,18 +83,23 @@ pub(crate) fn linear(
         k,
     };
     let blocks = (n + WARPS - 1) / WARPS;
+    let chunks = kb.let_("rchunks", (rows.clone() + (RC - 1)) / RC);
     kb.for_("jb", 0, blocks, LoopTag::GpuGrid(0), |kb, jb| {
-        kb.for_("tid", 0, WARPS * 32, LoopTag::GpuBlock(0), |kb, tid| {
-            let lane = kb.let_("lane", tid.clone() % 32);
-            let j = kb.let_("j", jb * WARPS + tid / 32);
-            // Warp-uniform: a warp's lanes all pass or all skip.
-            kb.if_(j.clone().lt(Expr::i(n)), |kb| {
-                let rfull = kb.let_("rfull", rows.clone() / RG * RG);
-                kb.for_step("r0", 0, rfull.clone(), RG, LoopTag::Serial, |kb, r0| {
-                    g.pass(kb, &r0, RG, &j, &lane)
-                });
-                kb.for_("r0", rfull, rows.clone(), LoopTag::Serial, |kb, r0| {
-                    g.pass(kb, &r0, 1, &j, &lane)
+        kb.for_("rc", 0, chunks, LoopTag::GpuGrid(1), |kb, rc| {
+            kb.for_("tid", 0, WARPS * 32, LoopTag::GpuBlock(0), |kb, tid| {
+                let lane = kb.let_("lane", tid.clone() % 32);
+                let j = kb.let_("j", jb * WARPS + tid / 32);
+                let lo = kb.let_("rlo", rc * RC);
+                let hi = kb.let_("rhi", (lo.clone() + RC).min(rows.clone()));
+                // Warp-uniform: a warp's lanes all pass or all skip.
+                kb.if_(j.clone().lt(Expr::i(n)), |kb| {
+                    let rfull = kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / RG * RG);
+                    kb.for_step("r0", lo, rfull.clone(), RG, LoopTag::Serial, |kb, r0| {
+                        g.pass(kb, &r0, RG, &j, &lane)
+                    });
+                    kb.for_("r0", rfull, hi, LoopTag::Serial, |kb, r0| {
+                        g.pass(kb, &r0, 1, &j, &lane)
+                    });
                 });
             });
         });

@@ -23,7 +23,7 @@ fn input(t: llmc_ir::TensorType, x: llmc_ir::Tensor) -> Arg {
 fn gpu_linear_float_and_quantized() {
     let mut r = Rng::new(101);
     for case in 0..6 {
-        let rows = [1usize, 3, 4, 6, 9, 2][case];
+        let rows = [1usize, 3, 4, 6, 37, 2][case];
         let n = 1 + (r.next() % 20) as usize;
         let k = 32 * (1 + (r.next() % 4) as usize);
         let x = r.tensor(F, &[rows, k], 1.0);
