@@ -492,6 +492,32 @@ fn split(node: &Node, ins: &[&TensorType], outs: &[&TensorType], name: &str) -> 
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
     let (outer, total, inner) = around(&x.shape.0, ax);
     let s_row = kb.dim(&total.mul(&inner));
+    if gpu_mapping() {
+        // One GPU thread per element of x: it finds its piece by offset along the row.
+        let rn = kb.dim(&outer);
+        let n = kb.let_("n", rn * s_row.clone());
+        kb.for_("i", 0, n, LoopTag::Parallel, |kb, i| {
+            let o = kb.let_("o", i.clone() / s_row.clone());
+            let m = kb.let_("m", i.clone() % s_row.clone());
+            let v = kb.let_("v", load_elem(kb, ib[0], x.dtype, i));
+            let mut off = Dim::c(0);
+            for (k, t) in outs.iter().enumerate() {
+                let len = t.shape.0[ax].mul(&inner);
+                let lo = kb.dim(&off.mul(&inner));
+                let ln = kb.dim(&len);
+                let inside = m
+                    .clone()
+                    .ge(lo.clone())
+                    .and(m.clone().lt(lo.clone() + ln.clone()));
+                kb.if_(inside, |kb| {
+                    let y = to_storage(kb, ob[k], v.clone());
+                    kb.store(ob[k], o.clone() * ln + (m.clone() - lo), y);
+                });
+                off = off.add(&t.shape.0[ax]);
+            }
+        });
+        return kb.finish();
+    }
     let mut off = Dim::c(0);
     for (k, t) in outs.iter().enumerate() {
         let len = t.shape.0[ax].mul(&inner);

@@ -64,6 +64,34 @@ pub(crate) fn kv_write(ins: &[&TensorType], outs: &[&TensorType], name: &str) ->
     let s = k.shape.0.get(2).cloned().unwrap_or(Dim::c(0));
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
     let se = kb.dim(&s);
+    if gpu_mapping() && kp.dtype != DType::Q8Kv && outs[1].dtype != DType::Q8Kv {
+        // One GPU thread per (row, head, column) of the new keys and values.
+        let dm = dk.max(dv);
+        let n = kb.let_("n", se.clone() * (kvh * dm));
+        kb.for_("i", 0, n, LoopTag::Parallel, |kb, i| {
+            let r = kb.let_("r", i.clone() / (kvh * dm));
+            let h = kb.let_("h", (i.clone() / dm) % kvh);
+            let c = kb.let_("c", i % dm);
+            let slot = kb.let_("slot", load_i64(ib[4], r.clone()));
+            let blk = kb.let_("blk", slot.clone() / bs);
+            let off = kb.let_("off", slot % bs);
+            for (x, xt, out, d) in [(ib[0], k, ob[0], dk), (ib[1], v, ob[1], dv)] {
+                let put = |kb: &mut crate::builder::KernelBuilder| {
+                    let src = (h.clone() * se.clone() + r.clone()) * d + c.clone();
+                    let dst = ((blk.clone() * kvh + h.clone()) * bs + off.clone()) * d + c.clone();
+                    let val = load_elem(kb, x, xt.dtype, src);
+                    let val = to_storage(kb, out, val);
+                    kb.store(out, dst, val);
+                };
+                if d == dm {
+                    put(kb)
+                } else {
+                    kb.if_(c.clone().lt(Expr::i(d)), put)
+                }
+            }
+        });
+        return kb.finish();
+    }
     let v8 = LoopTag::Vectorize(8);
     kb.for_("r", 0, se.clone(), LoopTag::Serial, |kb, r| {
         let slot = kb.let_("slot", load_i64(ib[4], r.clone()));

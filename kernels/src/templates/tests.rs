@@ -1903,6 +1903,7 @@ fn paged_attention_matches_the_reference() {
             },
         ];
         check_args(Op::PagedKvWrite, attrs([]), &w_args, 0.0, 0.0);
+        super::testing::check_args_on(true, Op::PagedKvWrite, attrs([]), &w_args, 0.0, 0.0);
         // The written pools (from the reference) feed the attention check.
         let (_, written, _) = run_args(Op::PagedKvWrite, attrs([]), &w_args);
         let held = if pool_dt == DType::Q8Kv { F } else { pool_dt };
