@@ -130,7 +130,7 @@ pub(crate) fn build(
             }
         }
     }
-    let mut all_reports: Vec<Vec<ptxas::KernelReport>> = Vec::new();
+    let mut assembled: Vec<(Vec<ptxas::KernelReport>, Vec<u8>)> = Vec::new();
     match ptxas::find() {
         None => eprintln!(
             "llmc build: ptxas not found (set LLMC_PTXAS or pip install nvidia-cuda-nvcc-cu12): the PTX was not assembled"
@@ -138,8 +138,8 @@ pub(crate) fn build(
         Some(tool) => {
             let mut table = String::new();
             for p in &b.ptx {
-                let (reports, _cubin) = ptxas::assemble(&tool, &p.text, &p.arch)?;
-                all_reports.push(reports.clone());
+                let (reports, cubin) = ptxas::assemble(&tool, &p.text, &p.arch)?;
+                assembled.push((reports.clone(), cubin));
                 let max = reports.iter().max_by_key(|r| r.registers);
                 let spilled: Vec<&ptxas::KernelReport> = reports
                     .iter()
@@ -182,7 +182,7 @@ pub(crate) fn build(
         }
     }
     if has(BuildEmit::Exe) {
-        let gpu = llmc_backend::gpu_plan(&b, &all_reports)
+        let gpu = llmc_backend::gpu_plan(&b, &assembled)
             .with_context(|| format!("planning the GPU launches of {}", a.model.display()))?;
         let plan = &mut b.planned.plan;
         plan.gpu = Some(gpu);

@@ -362,11 +362,11 @@ fn dim_expr(e: &llmc_kernels::Expr) -> Result<llmc_runtime::plan::DimExpr, Strin
 }
 
 /// What a CUDA executable carries for the GPU: every architecture's PTX and entry
-/// names, each kernel's launch, and ptxas's report per kernel where it ran
-/// (`reports`, one list per architecture in `build.ptx` order, possibly empty).
+/// names, each kernel's launch, and, where ptxas ran, its report per kernel and the
+/// cubin (`assembled`, one per architecture in `build.ptx` order, or none).
 pub fn gpu_plan(
     build: &CudaBuild,
-    reports: &[Vec<ptxas::KernelReport>],
+    assembled: &[(Vec<ptxas::KernelReport>, Vec<u8>)],
 ) -> Result<llmc_runtime::plan::GpuPlan, BuildError> {
     let mut launches = Vec::with_capacity(build.planned.kernels.len());
     for k in &build.planned.kernels {
@@ -399,7 +399,11 @@ pub fn gpu_plan(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let rep = reports.get(i).map_or(&[][..], |r| &r[..]);
+            let rep = assembled.get(i).map_or(&[][..], |(r, _)| &r[..]);
+            let cubin = assembled
+                .get(i)
+                .filter(|(_, c)| !c.is_empty())
+                .map(|(_, c)| llmc_runtime::plan::base64_encode(c));
             let ptxas = if rep.is_empty() {
                 Vec::new()
             } else {
@@ -421,6 +425,7 @@ pub fn gpu_plan(
                 ptx: p.text.clone(),
                 entries: p.entries.clone(),
                 ptxas,
+                cubin_base64: cubin,
             }
         })
         .collect();

@@ -197,25 +197,49 @@ impl Drop for Kernels {
 /// Picks the module of the highest architecture the device runs (PTX of an older
 /// architecture is compiled for a newer device by the driver) and loads it.
 fn load_kernels(gpu: &GpuPlan, dev: &Device) -> Result<Kernels, String> {
-    let m = gpu
+    // A cubin assembled for this architecture when there is one; else the PTX of the
+    // highest architecture the device runs, compiled by the driver.
+    let cubin = gpu
         .modules
         .iter()
-        .filter(|m| m.capability().is_some_and(|c| c <= dev.capability))
-        .max_by_key(|m| m.capability())
-        .ok_or_else(|| {
-            let have: Vec<&str> = gpu.modules.iter().map(|m| m.arch.as_str()).collect();
-            format!(
-                "the GPU {} has compute capability {}.{}; this executable holds code for {} only (rebuild with --cuda-arch)",
-                dev.name,
-                dev.capability / 10,
-                dev.capability % 10,
-                have.join(", ")
-            )
-        })?;
-    let text = CString::new(m.ptx.as_str()).map_err(|_| "the PTX holds a NUL byte")?;
-    // SAFETY: a NUL-terminated PTX image.
-    let module = unsafe { result::module::load_data(text.as_ptr() as *const c_void) }
-        .map_err(|e| format!("CUDA: loading the {} PTX for {}: {e}", m.arch, dev.name))?;
+        .filter(|m| m.cubin_runs_on(dev.capability))
+        .max_by_key(|m| m.capability());
+    let m = match cubin {
+        Some(m) => m,
+        None => gpu
+            .modules
+            .iter()
+            .filter(|m| m.capability().is_some_and(|c| c <= dev.capability))
+            .max_by_key(|m| m.capability())
+            .ok_or_else(|| {
+                let have: Vec<&str> = gpu.modules.iter().map(|m| m.arch.as_str()).collect();
+                format!(
+                    "the GPU {} has compute capability {}.{}; this executable holds code for {} only (rebuild with --cuda-arch)",
+                    dev.name,
+                    dev.capability / 10,
+                    dev.capability % 10,
+                    have.join(", ")
+                )
+            })?,
+    };
+    let (image, form) = match cubin.and_then(|m| m.cubin_base64.as_deref()) {
+        Some(b) => (
+            crate::plan::base64_decode(b)
+                .ok_or_else(|| format!("the {} cubin is corrupt", m.arch))?,
+            "cubin",
+        ),
+        None => {
+            let mut t = m.ptx.clone().into_bytes();
+            if t.contains(&0) {
+                return Err("the PTX holds a NUL byte".into());
+            }
+            t.push(0);
+            (t, "PTX")
+        }
+    };
+    // SAFETY: a cubin image, or a NUL-terminated PTX image.
+    let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+        .map_err(|e| format!("CUDA: loading the {} {form} for {}: {e}", m.arch, dev.name))?;
     let mut funcs = Vec::with_capacity(m.entries.len());
     for e in &m.entries {
         let name = CString::new(e.as_str()).map_err(|_| "a kernel name holds a NUL byte")?;
@@ -227,7 +251,7 @@ fn load_kernels(gpu: &GpuPlan, dev: &Device) -> Result<Kernels, String> {
     Ok(Kernels {
         module,
         funcs,
-        arch: m.arch.clone(),
+        arch: format!("{} {form}", m.arch),
     })
 }
 
@@ -370,7 +394,7 @@ impl CudaStep {
         &self.dev
     }
 
-    /// The architecture whose code runs.
+    /// The architecture whose code runs, and its form (`sm_90 cubin`, `sm_80 PTX`).
     pub fn arch(&self) -> &str {
         &self.kernels.arch
     }

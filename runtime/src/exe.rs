@@ -308,6 +308,15 @@ fn info(plan: &Plan, sizes: &Sizes, variant: &Result<usize, String>) {
     if let Some(g) = &plan.gpu {
         let archs: Vec<&str> = g.modules.iter().map(|m| m.arch.as_str()).collect();
         println!("target: cuda; PTX for {}", archs.join(", "));
+        let cubins: Vec<&str> = g
+            .modules
+            .iter()
+            .filter(|m| m.cubin_base64.is_some())
+            .map(|m| m.arch.as_str())
+            .collect();
+        if !cubins.is_empty() {
+            println!("cubins (ptxas at build time) for {}", cubins.join(", "));
+        }
         for m in &g.modules {
             for ((e, l), r) in m
                 .entries
@@ -330,12 +339,21 @@ fn info(plan: &Plan, sizes: &Sizes, variant: &Result<usize, String>) {
         if crate::cuda::driver_present() {
             match crate::cuda::Device::open() {
                 Ok(d) => println!(
-                    "gpu: {} (compute capability {}.{}, {} SMs, {})",
+                    "gpu: {} (compute capability {}.{}, {} SMs, {}); runs {}",
                     d.name,
                     d.capability / 10,
                     d.capability % 10,
                     d.sms,
-                    mib(d.memory)
+                    mib(d.memory),
+                    match g
+                        .modules
+                        .iter()
+                        .filter(|m| m.cubin_runs_on(d.capability))
+                        .last()
+                    {
+                        Some(m) => format!("the {} cubin", m.arch),
+                        None => "PTX compiled by the driver".to_string(),
+                    }
                 ),
                 Err(e) => println!("gpu: none usable: {e}"),
             }

@@ -299,6 +299,11 @@ pub struct GpuModule {
     /// assembled the module at build time.
     #[serde(default)]
     pub ptxas: Vec<(u32, u32, u32)>,
+    /// The module assembled by ptxas at build time (a cubin, base64), when ptxas ran:
+    /// loaded as is on a device of the same major architecture and at least its minor,
+    /// so the driver compiles nothing at start.
+    #[serde(default)]
+    pub cubin_base64: Option<String>,
 }
 
 impl GpuModule {
@@ -306,6 +311,59 @@ impl GpuModule {
     pub fn capability(&self) -> Option<u32> {
         self.arch.strip_prefix("sm_")?.parse().ok()
     }
+
+    /// True when the module's cubin runs on a device of compute capability `cc`
+    /// (`major * 10 + minor`): same major, minor at most the device's.
+    pub fn cubin_runs_on(&self, cc: u32) -> bool {
+        self.cubin_base64.is_some()
+            && self
+                .capability()
+                .is_some_and(|c| c / 10 == cc / 10 && c <= cc)
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (for binary blobs inside the JSON plan).
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decodes [`base64_encode`]'s output; `None` on a malformed string.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if s.len() % 4 != 0 {
+        return None;
+    }
+    let val = |c: u8| B64.iter().position(|&b| b == c).map(|v| v as u32);
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for q in s.chunks(4) {
+        let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &q[..4 - pad] {
+            n = n << 6 | val(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
 }
 
 /// A kernel's launch: blocks per axis as expressions over the kernel's dims, threads
@@ -517,5 +575,39 @@ impl Plan {
     /// Reads JSON.
     pub fn from_json(s: &[u8]) -> Result<Plan, String> {
         serde_json::from_slice(s).map_err(|e| format!("the plan is malformed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips_every_length_and_refuses_garbage() {
+        for n in 0..70usize {
+            let data: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            let e = base64_encode(&data);
+            assert_eq!(e.len(), n.div_ceil(3) * 4);
+            assert_eq!(base64_decode(&e).as_deref(), Some(&data[..]), "{n}");
+        }
+        assert_eq!(base64_encode(b"Man"), "TWFu");
+        assert_eq!(base64_encode(b"Ma"), "TWE=");
+        assert_eq!(base64_decode("TWE"), None);
+        assert_eq!(base64_decode("T!E="), None);
+    }
+
+    #[test]
+    fn a_cubin_runs_on_its_major_architecture_only() {
+        let m = |arch: &str| GpuModule {
+            arch: arch.into(),
+            ptx: String::new(),
+            entries: vec![],
+            ptxas: vec![],
+            cubin_base64: Some(String::new()),
+        };
+        assert!(m("sm_80").cubin_runs_on(86));
+        assert!(m("sm_90").cubin_runs_on(90));
+        assert!(!m("sm_80").cubin_runs_on(90));
+        assert!(!m("sm_86").cubin_runs_on(80));
     }
 }

@@ -22,6 +22,8 @@ use llmc_ir::{DType, Node, TensorType};
 pub(crate) const WARPS: i64 = 8;
 /// Activation rows sharing one read of the weight row.
 const RG: i64 = 4;
+/// Weight rows per warp in the tiled form (16+ activation rows).
+const JW: i64 = 4;
 /// Activation rows per block along the grid's y axis: a prefill chunk's rows spread
 /// over blocks (a decode step's few rows stay in one).
 const RC: i64 = 16;
@@ -88,19 +90,60 @@ pub(crate) fn linear(
         kb.for_("rc", 0, chunks, LoopTag::GpuGrid(1), |kb, rc| {
             kb.for_("tid", 0, WARPS * 32, LoopTag::GpuBlock(0), |kb, tid| {
                 let lane = kb.let_("lane", tid.clone() % 32);
-                let j = kb.let_("j", jb * WARPS + tid / 32);
+                let j = kb.let_("j", jb.clone() * WARPS + tid.clone() / 32);
                 let lo = kb.let_("rlo", rc * RC);
                 let hi = kb.let_("rhi", (lo.clone() + RC).min(rows.clone()));
-                // Warp-uniform: a warp's lanes all pass or all skip.
-                kb.if_(j.clone().lt(Expr::i(n)), |kb| {
-                    let rfull = kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / RG * RG);
-                    kb.for_step("r0", lo, rfull.clone(), RG, LoopTag::Serial, |kb, r0| {
-                        g.pass(kb, &r0, RG, &j, &lane)
+                // A warp per weight row, over the chunk's rows RG at a time.
+                let per_row = |kb: &mut KernelBuilder| {
+                    // Warp-uniform: a warp's lanes all pass or all skip.
+                    kb.if_(j.clone().lt(Expr::i(n)), |kb| {
+                        let rfull =
+                            kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / RG * RG);
+                        let js = [j.clone()];
+                        kb.for_step(
+                            "r0",
+                            lo.clone(),
+                            rfull.clone(),
+                            RG,
+                            LoopTag::Serial,
+                            |kb, r0| g.pass(kb, &r0, RG, &js, &lane),
+                        );
+                        kb.for_("r0", rfull, hi.clone(), LoopTag::Serial, |kb, r0| {
+                            g.pass(kb, &r0, 1, &js, &lane)
+                        });
                     });
-                    kb.for_("r0", rfull, hi, LoopTag::Serial, |kb, r0| {
-                        g.pass(kb, &r0, 1, &j, &lane)
-                    });
-                });
+                };
+                if n % WARPS == 0 && WARPS / JW == 2 && RC == RG * (WARPS / 2) {
+                    // Prefill chunks and batched steps (16+ rows): the block's 8 weight
+                    // rows x 16 activation rows as 2 x 4 warp tiles of JW weight rows x
+                    // RG activation rows, so each activation load serves JW weight rows.
+                    kb.if_else(
+                        rows.clone().ge(Expr::i(RC)),
+                        |kb| {
+                            let wi = kb.let_("wi", tid.clone() / 32);
+                            let jw = kb.let_("jw", jb.clone() * WARPS + (wi.clone() % 2) * JW);
+                            let js: Vec<Expr> = (0..JW).map(|x| jw.clone() + x).collect();
+                            let g0 = kb.let_("g0", lo.clone() + (wi / 2) * RG);
+                            let ge = kb.let_("ge", (g0.clone() + RG).min(hi.clone()));
+                            kb.if_else(
+                                (ge.clone() - g0.clone()).eq_(Expr::i(RG)),
+                                |kb| g.pass(kb, &g0, RG, &js, &lane),
+                                |kb| {
+                                    kb.for_(
+                                        "r0",
+                                        g0.clone(),
+                                        ge.clone(),
+                                        LoopTag::Serial,
+                                        |kb, r0| g.pass(kb, &r0, 1, &js, &lane),
+                                    )
+                                },
+                            );
+                        },
+                        per_row,
+                    );
+                } else {
+                    per_row(kb);
+                }
             });
         });
     });
@@ -125,25 +168,39 @@ struct Gemv {
 }
 
 impl Gemv {
-    /// Activation rows `r0..r0 + nr` against weight row `j`, in one warp.
-    fn pass(&self, kb: &mut KernelBuilder, r0: &Expr, nr: i64, j: &Expr, lane: &Expr) {
+    /// Activation rows `r0..r0 + nr` against weight rows `js`, in one warp: each
+    /// weight unit is decoded once for the `nr` rows, each activation element loaded
+    /// once for the `js.len()` weight rows.
+    fn pass(&self, kb: &mut KernelBuilder, r0: &Expr, nr: i64, js: &[Expr], lane: &Expr) {
         let f = Ty::F32;
         let k = self.k;
-        let accs: Vec<_> = (0..nr).map(|_| kb.let_mut("acc", fconst(0.0, f))).collect();
+        let nj = js.len();
+        // accs[j * nr + i]: weight row js[j], activation row r0 + i.
+        let accs: Vec<_> = (0..nj as i64 * nr)
+            .map(|_| kb.let_mut("acc", fconst(0.0, f)))
+            .collect();
         let xrow: Vec<Expr> = (0..nr)
             .map(|i| kb.let_("xr", (r0.clone() + i) * k))
             .collect();
         let fma = |a: Expr, x: Expr, y: Expr| b(BinOp::Add, a, b(BinOp::Mul, x, y));
         match quant_block(self.wd) {
             None => {
-                let wrow = kb.let_("wr", j.clone() * k);
+                let wrows: Vec<Expr> = js.iter().map(|j| kb.let_("wr", j.clone() * k)).collect();
                 kb.for_step("p", lane.clone(), k, 32, LoopTag::Serial, |kb, p| {
-                    let wv = load_elem(kb, self.w, self.wd, wrow.clone() + p.clone()).cast(f);
-                    let wv = kb.let_("wv", wv);
+                    let wvs: Vec<Expr> = wrows
+                        .iter()
+                        .map(|wr| {
+                            let wv = load_elem(kb, self.w, self.wd, wr.clone() + p.clone()).cast(f);
+                            kb.let_("wv", wv)
+                        })
+                        .collect();
                     for (i, xr) in xrow.iter().enumerate() {
                         let xv = load_elem(kb, self.x, self.xd, xr.clone() + p.clone()).cast(f);
-                        let a = accs[i];
-                        kb.assign(a, fma(Expr::Var(a), xv, wv.clone()));
+                        let xv = kb.let_("xv", xv);
+                        for (jj, wv) in wvs.iter().enumerate() {
+                            let a = accs[jj * nr as usize + i];
+                            kb.assign(a, fma(Expr::Var(a), xv.clone(), wv.clone()));
+                        }
                     }
                 });
             }
@@ -154,75 +211,91 @@ impl Gemv {
                 kb.for_step("u", lane.clone(), units, 32, LoopTag::Serial, |kb, u| {
                     let blk = kb.let_("blk", u.clone() / UPB);
                     let part = kb.let_("part", u % UPB);
-                    let base = kb.let_("qb", j.clone() * rowbytes + blk.clone() * bb);
-                    let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
-                    let d = kb.let_("d", f16(base.clone()));
-                    let m = match self.wd {
-                        DType::Q4_1 => Some(kb.let_("m", f16(base.clone() + 2))),
-                        DType::Q4_0 => {
-                            Some(kb.let_("m", b(BinOp::Mul, d.clone(), fconst(-8.0, f))))
+                    let x0 = blk.clone() * bl;
+                    // Per weight row: the block's scale, its minimum term and the
+                    // unit's quants with their element index within the block.
+                    let mut decoded: Vec<(Expr, Option<Expr>, Vec<(Expr, Expr)>)> = Vec::new();
+                    for j in js {
+                        let base = kb.let_("qb", j.clone() * rowbytes + blk.clone() * bb);
+                        let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
+                        let d = kb.let_("d", f16(base.clone()));
+                        let m = match self.wd {
+                            DType::Q4_1 => Some(kb.let_("m", f16(base.clone() + 2))),
+                            DType::Q4_0 => {
+                                Some(kb.let_("m", b(BinOp::Mul, d.clone(), fconst(-8.0, f))))
+                            }
+                            _ => None,
+                        };
+                        let mut elems: Vec<(Expr, Expr)> = Vec::new();
+                        // The unit's quant bytes in as few loads as their alignment
+                        // allows: Q4_1 blocks (20 bytes) keep them 4-byte aligned, Q4_0
+                        // and Q8_0 (18, 34) 2-byte aligned.
+                        let qs = self.wd.qs_offset();
+                        let (nbytes, word) = match self.wd {
+                            DType::Q8_0 => (8, Ty::U16),
+                            DType::Q4_1 => (4, Ty::U32),
+                            _ => (4, Ty::U16),
+                        };
+                        let wb = word.bytes() as i64;
+                        let at0 = kb.let_("qa", base.clone() + qs + part.clone() * nbytes);
+                        let mut bytes: Vec<Expr> = Vec::new();
+                        for w in 0..nbytes / wb {
+                            let v = Expr::LoadRaw(self.w, Box::new(at0.clone() + w * wb), word);
+                            let v = kb.let_("qw", v);
+                            for by in 0..wb {
+                                let sh = Expr::bin(BinOp::Shr, v.clone(), Expr::Int(8 * by, word));
+                                let byte =
+                                    Expr::bin(BinOp::And, sh, Expr::Int(255, word)).cast(Ty::U8);
+                                bytes.push(kb.let_("qv", byte));
+                            }
                         }
-                        _ => None,
-                    };
-                    let x0 = blk * bl;
-                    // (weight quant, element index within the block) of this unit.
-                    let mut elems: Vec<(Expr, Expr)> = Vec::new();
-                    // The unit's quant bytes in as few loads as their alignment allows:
-                    // Q4_1 blocks (20 bytes) keep them 4-byte aligned, Q4_0 and Q8_0
-                    // (18, 34) 2-byte aligned.
-                    let qs = self.wd.qs_offset();
-                    let (nbytes, word) = match self.wd {
-                        DType::Q8_0 => (8, Ty::U16),
-                        DType::Q4_1 => (4, Ty::U32),
-                        _ => (4, Ty::U16),
-                    };
-                    let wb = word.bytes() as i64;
-                    let at0 = kb.let_("qa", base.clone() + qs + part.clone() * nbytes);
-                    let mut bytes: Vec<Expr> = Vec::new();
-                    for w in 0..nbytes / wb {
-                        let v = Expr::LoadRaw(self.w, Box::new(at0.clone() + w * wb), word);
-                        let v = kb.let_("qw", v);
-                        for by in 0..wb {
-                            let sh = Expr::bin(BinOp::Shr, v.clone(), Expr::Int(8 * by, word));
-                            let byte = Expr::bin(BinOp::And, sh, Expr::Int(255, word)).cast(Ty::U8);
-                            bytes.push(kb.let_("qv", byte));
+                        for (e, byte) in bytes.into_iter().enumerate() {
+                            let e = e as i64;
+                            if self.wd == DType::Q8_0 {
+                                let q = byte.cast(Ty::I8).cast(f);
+                                elems.push((kb.let_("q", q), part.clone() * 8 + e));
+                            } else {
+                                let lo = b(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(f);
+                                let hi = b(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(f);
+                                elems.push((kb.let_("lo", lo), part.clone() * 4 + e));
+                                elems.push((kb.let_("hi", hi), part.clone() * 4 + e + 16));
+                            }
                         }
-                    }
-                    for (e, byte) in bytes.into_iter().enumerate() {
-                        let e = e as i64;
-                        if self.wd == DType::Q8_0 {
-                            let q = byte.cast(Ty::I8).cast(f);
-                            elems.push((kb.let_("q", q), part.clone() * 8 + e));
-                        } else {
-                            let lo = b(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(f);
-                            let hi = b(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(f);
-                            elems.push((kb.let_("lo", lo), part.clone() * 4 + e));
-                            elems.push((kb.let_("hi", hi), part.clone() * 4 + e + 16));
-                        }
+                        decoded.push((d, m, elems));
                     }
                     for (i, xr) in xrow.iter().enumerate() {
                         let xb = kb.let_("xb", xr.clone() + x0.clone());
-                        let mut qx = fconst(0.0, f);
+                        // The unit's activations (the same elements for every weight
+                        // row) and their sum.
                         let mut sx = fconst(0.0, f);
-                        for (q, e) in &elems {
+                        let mut xs: Vec<Expr> = Vec::new();
+                        for (_, e) in &decoded[0].2 {
                             let xv = load_elem(kb, self.x, self.xd, xb.clone() + e.clone()).cast(f);
                             let xv = kb.let_("xv", xv);
-                            qx = fma(qx, q.clone(), xv.clone());
-                            sx = b(BinOp::Add, sx, xv);
+                            sx = b(BinOp::Add, sx, xv.clone());
+                            xs.push(xv);
                         }
-                        let a = accs[i];
-                        let mut v = fma(Expr::Var(a), d.clone(), qx);
-                        if let Some(m) = &m {
-                            v = fma(v, m.clone(), sx);
+                        let sx = kb.let_("sx", sx);
+                        for (jj, (d, m, elems)) in decoded.iter().enumerate() {
+                            let mut qx = fconst(0.0, f);
+                            for ((q, _), xv) in elems.iter().zip(&xs) {
+                                qx = fma(qx, q.clone(), xv.clone());
+                            }
+                            let a = accs[jj * nr as usize + i];
+                            let mut v = fma(Expr::Var(a), d.clone(), qx);
+                            if let Some(m) = m {
+                                v = fma(v, m.clone(), sx.clone());
+                            }
+                            kb.assign(a, v);
                         }
-                        kb.assign(a, v);
                     }
                 });
             }
         }
         let sums: Vec<Expr> = accs.iter().map(|a| warp_sum(kb, Expr::Var(*a))).collect();
         kb.if_(lane.clone().eq_(Expr::i(0)), |kb| {
-            for (i, s) in sums.iter().enumerate() {
+            for (ai, s) in sums.iter().enumerate() {
+                let (j, i) = (&js[ai / nr as usize], ai % nr as usize);
                 let mut v = s.clone();
                 if let Some((bb, bd)) = self.bias {
                     v = b(BinOp::Add, v, load_elem(kb, bb, bd, j.clone()).cast(f));
