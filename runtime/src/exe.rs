@@ -345,12 +345,7 @@ fn info(plan: &Plan, sizes: &Sizes, variant: &Result<usize, String>) {
                     d.capability % 10,
                     d.sms,
                     mib(d.memory),
-                    match g
-                        .modules
-                        .iter()
-                        .filter(|m| m.cubin_runs_on(d.capability))
-                        .last()
-                    {
+                    match g.modules.iter().rfind(|m| m.cubin_runs_on(d.capability)) {
                         Some(m) => format!("the {} cubin", m.arch),
                         None => "PTX compiled by the driver".to_string(),
                     }

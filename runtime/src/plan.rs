@@ -345,7 +345,7 @@ pub fn base64_encode(data: &[u8]) -> String {
 /// Decodes [`base64_encode`]'s output; `None` on a malformed string.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| B64.iter().position(|&b| b == c).map(|v| v as u32);

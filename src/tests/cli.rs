@@ -931,6 +931,12 @@ fn smollm_cuda_executable_runs_or_says_no_driver() {
             && text.contains("language model: context 8192"),
         "{text}"
     );
+    if llmc_backend::ptxas::find().is_some() {
+        assert!(
+            text.contains("cubins (ptxas at build time) for sm_80, sm_90"),
+            "{text}"
+        );
+    }
     let no_driver =
         "error: no CUDA driver found (libcuda.so.1): this executable was built with --target cuda";
     for args in [

@@ -214,7 +214,7 @@ impl Gemv {
                     let x0 = blk.clone() * bl;
                     // Per weight row: the block's scale, its minimum term and the
                     // unit's quants with their element index within the block.
-                    let mut decoded: Vec<(Expr, Option<Expr>, Vec<(Expr, Expr)>)> = Vec::new();
+                    let mut decoded: Vec<Decoded> = Vec::new();
                     for j in js {
                         let base = kb.let_("qb", j.clone() * rowbytes + blk.clone() * bb);
                         let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
@@ -310,6 +310,10 @@ impl Gemv {
         });
     }
 }
+
+/// One weight row's unit, decoded: the block's scale, its minimum term (Q4_1, Q4_0),
+/// and each quant with its element index within the block.
+type Decoded = (Expr, Option<Expr>, Vec<(Expr, Expr)>);
 
 /// Offsets of a GGUF block's quants.
 trait QsOffset {
