@@ -221,7 +221,7 @@ pub(crate) fn attention(
 
 /// Warps per block of the paged attention: they split a row's key chunks (split-K
 /// inside the block) and merge their softmax states at the end.
-const PAGED_WARPS: i64 = 4;
+const PAGED_WARPS: i64 = 8;
 
 /// The f32 maximum of `v` over the 32 lanes of the warp, in every lane.
 fn warp_max(kb: &mut KernelBuilder, v: Expr) -> Expr {
