@@ -57,6 +57,11 @@ pub(crate) fn build(
         }
     }
     let has = |e: BuildEmit| a.emit.contains(&e);
+    if a.act_quant.is_some() {
+        eprintln!(
+            "note: --act-quant applies to the CPU kernels; the CUDA linears keep f32 activations (dequantized weights in registers)"
+        );
+    }
     if has(BuildEmit::Exe) && llm.as_ref().and_then(|l| l.serving.as_ref()).is_none() {
         bail!(
             "llmc build --target cuda: {} is not a decoder LLM in the serving form; the CUDA executable runs language models only (use --emit ptx for the kernels)",
