@@ -305,6 +305,50 @@ impl Drop for Captured {
     }
 }
 
+/// Where a step's wall time goes, by step size (`LLMC_CUDA_TIMING=1`): seconds in
+/// [prepare (shapes, addresses, uploads), enqueue (launches or graph replay), kernels
+/// (waiting for them), logits copy, host between steps (engine: scheduling,
+/// sampling)], and the steps, rows and logit rows counted, per bucket of rows.
+#[derive(Default)]
+struct Timing {
+    buckets: [([f64; 5], u64, u64, u64, u64); 3],
+    last_end: Option<std::time::Instant>,
+}
+
+impl Timing {
+    const NAMES: [&'static str; 3] = ["1 row", "2-32 rows", "33+ rows"];
+
+    fn bucket(rows: usize) -> usize {
+        match rows {
+            0 | 1 => 0,
+            2..=32 => 1,
+            _ => 2,
+        }
+    }
+
+    fn report(&self) {
+        eprintln!(
+            "cuda timing (ms per step): prepare, enqueue, kernels, logits copy, host between steps"
+        );
+        for (name, (t, n, rows, lrows, replays)) in Self::NAMES.iter().zip(&self.buckets) {
+            if *n == 0 {
+                continue;
+            }
+            let per = |x: f64| x * 1e3 / *n as f64;
+            eprintln!(
+                "  {name:>9}: {n} steps ({:.1} rows, {:.1} logit rows, {replays} graph replays): {:.3} {:.3} {:.3} {:.3} {:.3}",
+                *rows as f64 / *n as f64,
+                *lrows as f64 / *n as f64,
+                per(t[0]),
+                per(t[1]),
+                per(t[2]),
+                per(t[3]),
+                per(t[4])
+            );
+        }
+    }
+}
+
 /// The serving-form step on the GPU.
 pub struct CudaStep {
     plan: Plan,
@@ -326,6 +370,8 @@ pub struct CudaStep {
     /// the CPU runtime hands kernels zeroed temporaries).
     zero_temps: bool,
     profile: Option<Vec<(u64, f64)>>,
+    /// Host-side phase times per step (`LLMC_CUDA_TIMING=1`), printed at exit.
+    timing: Option<Timing>,
     logits_host: Vec<f32>,
     // Last: the context must outlive every allocation above.
     dev: Device,
@@ -375,6 +421,7 @@ impl CudaStep {
             use_graphs: !env("LLMC_CUDA_NO_GRAPHS") && profile.is_none(),
             sync_each: env("LLMC_CUDA_SYNC") || profile.is_some(),
             zero_temps: env("LLMC_CUDA_ZERO"),
+            timing: env("LLMC_CUDA_TIMING").then(Timing::default),
             profile,
             plan,
             serving,
@@ -542,6 +589,7 @@ impl StepModel for CudaStep {
     }
 
     fn step(&mut self, b: &StepBatch, logits: &mut Vec<f32>) -> Result<(), String> {
+        let t_start = std::time::Instant::now();
         let s = self.serving.clone();
         let t = b.tokens.len();
         let nseq = b.block_tables.len().checked_div(b.table_width).unwrap_or(0);
@@ -684,6 +732,7 @@ impl StepModel for CudaStep {
             }
         }
         let key: Vec<i64> = syms.iter().map(|v| v.unwrap_or(-1)).collect();
+        let t_prepared = std::time::Instant::now();
         let mut replayed = false;
         if self.use_graphs && !grew {
             match self.graphs.get(&key) {
@@ -737,6 +786,11 @@ impl StepModel for CudaStep {
                 }
             }
         }
+        let t_enqueued = std::time::Instant::now();
+        if self.timing.is_some() {
+            self.dev.sync()?;
+        }
+        let t_kernels = std::time::Instant::now();
         self.logits_host.resize(n_logits, 0.0);
         // SAFETY: the logits buffer holds `n_logits` f32 values (sized from the
         // same shapes); the copy is ordered after the kernels on the stream.
@@ -746,6 +800,27 @@ impl StepModel for CudaStep {
         self.dev.sync()?;
         logits.clear();
         logits.extend_from_slice(&self.logits_host);
+        if let Some(tm) = self.timing.as_mut() {
+            let end = std::time::Instant::now();
+            let between = tm
+                .last_end
+                .map_or(0.0, |e| t_start.duration_since(e).as_secs_f64());
+            let bk = &mut tm.buckets[Timing::bucket(t)];
+            for (acc, d) in bk.0.iter_mut().zip([
+                t_prepared.duration_since(t_start),
+                t_enqueued.duration_since(t_prepared),
+                t_kernels.duration_since(t_enqueued),
+                end.duration_since(t_kernels),
+            ]) {
+                *acc += d.as_secs_f64();
+            }
+            bk.0[4] += between;
+            bk.1 += 1;
+            bk.2 += t as u64;
+            bk.3 += b.logit_rows.len() as u64;
+            bk.4 += replayed as u64;
+            tm.last_end = Some(end);
+        }
         Ok(())
     }
 
@@ -775,6 +850,9 @@ impl Drop for CudaStep {
     fn drop(&mut self) {
         let _ = self.dev.sync();
         self.graphs.clear();
+        if let Some(t) = &self.timing {
+            t.report();
+        }
         if let Some(p) = &self.profile {
             let total: f64 = p.iter().map(|(_, s)| s).sum();
             let mut rows: Vec<(usize, &(u64, f64))> = p.iter().enumerate().collect();
