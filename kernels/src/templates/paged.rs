@@ -39,6 +39,26 @@ fn load_i64(buf: crate::loopir::BufId, index: Expr) -> Expr {
     Expr::load(buf, index).cast(Ty::I64)
 }
 
+/// Row `r`'s sequence (`row_seq[r]`) and the key range `[lo, hi)` it attends to: keys
+/// `0..=pos[r]`, or the last `window` of them. The CPU and GPU kernels share it.
+pub(crate) fn row_keys(
+    kb: &mut crate::builder::KernelBuilder,
+    (pos, row_seq): (crate::loopir::BufId, crate::loopir::BufId),
+    r: &Expr,
+    window: i64,
+) -> (Expr, Expr, Expr) {
+    let sq = kb.let_("sq", load_i64(row_seq, r.clone()));
+    let p = kb.let_("p", load_i64(pos, r.clone()));
+    let lo = if window > 0 {
+        (p.clone() - (window - 1)).max(Expr::i(0))
+    } else {
+        Expr::i(0)
+    };
+    let lo = kb.let_("lo", lo);
+    let hi = kb.let_("hi", p + 1);
+    (sq, lo, hi)
+}
+
 /// `paged_kv_write(k, v, k_pool, v_pool, slots) -> (k_pool, v_pool)`: the results are
 /// the pool buffers themselves (the plan aliases them), so only the new rows are
 /// written.
@@ -258,15 +278,7 @@ pub(crate) fn attention(
     let pair = |kb: &mut crate::builder::KernelBuilder, rk: Expr| {
         let r = kb.let_("r", rk.clone() / kvh);
         let kv = kb.let_("kv", rk % kvh);
-        let sq = kb.let_("sq", load_i64(ib[4], r.clone()));
-        let p = kb.let_("p", load_i64(ib[3], r.clone()));
-        let lo = if window > 0 {
-            (p.clone() - (window - 1)).max(Expr::i(0))
-        } else {
-            Expr::i(0)
-        };
-        let lo = kb.let_("lo", lo);
-        let hi = kb.let_("hi", p + 1);
+        let (sq, lo, hi) = row_keys(kb, (ib[3], ib[4]), &r, window);
         let s0 = kb.let_("s0", lo.clone() / split);
         let s1 = kb.let_("s1", (hi.clone() - 1) / split + 1);
         (r, kv, sq, lo, hi, s0, s1)

@@ -303,15 +303,7 @@ pub(crate) fn paged(
             let r = kb.let_("r", wq.clone() % se.clone());
             let hq = kb.let_("hq", wq.clone() / se.clone());
             let kv = kb.let_("kv", hq.clone() / group);
-            let sq = kb.let_("sq", load_i(ib[4], r.clone()));
-            let p = kb.let_("p", load_i(ib[3], r.clone()));
-            let lo = if window > 0 {
-                (p.clone() - (window - 1)).max(Expr::i(0))
-            } else {
-                Expr::i(0)
-            };
-            let lo = kb.let_("lo", lo);
-            let hi = kb.let_("hi", p + 1);
+            let (sq, lo, hi) = crate::templates::paged::row_keys(kb, (ib[3], ib[4]), &r, window);
             let qrow = kb.let_("qrow", (hq.clone() * se.clone() + r.clone()) * dk);
             kb.for_step("c", tid.clone(), dk, 32 * wn, LoopTag::Serial, |kb, c| {
                 let x = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
