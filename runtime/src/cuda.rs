@@ -826,10 +826,9 @@ impl StepModel for CudaStep {
 
     fn copy_block(&mut self, from: u32, to: u32) {
         let n = self.block_bytes;
-        let (f, t) = (from as usize * n, to as usize * n);
-        if from == to || f + n > self.blocks * n || t + n > self.blocks * n {
+        let Some((f, t)) = crate::engine::step::block_copy_offsets(from, to, n, self.blocks) else {
             return;
-        }
+        };
         for (kp, vp) in &self.pools {
             for p in [kp, vp] {
                 // SAFETY: both ranges lie in the pool and do not overlap.

@@ -214,6 +214,42 @@ fn row_runs(
     });
 }
 
+/// `paged_attention`'s operands and attributes, as both its CPU and GPU kernels read
+/// them.
+pub(crate) struct PagedArgs<'a> {
+    pub q: &'a TensorType,
+    pub kp: &'a TensorType,
+    pub vp: &'a TensorType,
+    pub bt: &'a TensorType,
+    pub scale: f64,
+    /// 0: no window.
+    pub window: i64,
+    pub cap: Option<f64>,
+}
+
+/// Reads [`PagedArgs`] of `paged_attention(q, k_pool, v_pool, pos, row_seq,
+/// block_tables)`.
+pub(crate) fn paged_args<'a>(
+    node: &Node,
+    ins: &[&'a TensorType],
+    outs: &[&TensorType],
+) -> TResult<PagedArgs<'a>> {
+    let q = operand(ins, 0, "q")?;
+    let kp = operand(ins, 1, "k_pool")?;
+    let vp = operand(ins, 2, "v_pool")?;
+    let bt = operand(ins, 5, "block_tables")?;
+    result(outs, 0)?;
+    Ok(PagedArgs {
+        q,
+        kp,
+        vp,
+        bt,
+        scale: attr_float(node, "scale")?.ok_or("missing attribute `scale`")?,
+        window: attr_int(node, "window")?.unwrap_or(0),
+        cap: attr_float(node, "softcap")?,
+    })
+}
+
 /// `paged_attention(q, k_pool, v_pool, pos, row_seq, block_tables)`.
 pub(crate) fn attention(
     node: &Node,
@@ -221,14 +257,15 @@ pub(crate) fn attention(
     outs: &[&TensorType],
     name: &str,
 ) -> TResult<Kernel> {
-    let q = operand(ins, 0, "q")?;
-    let kp = operand(ins, 1, "k_pool")?;
-    let vp = operand(ins, 2, "v_pool")?;
-    let bt = operand(ins, 5, "block_tables")?;
-    result(outs, 0)?;
-    let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
-    let window = attr_int(node, "window")?.unwrap_or(0);
-    let cap = attr_float(node, "softcap")?;
+    let PagedArgs {
+        q,
+        kp,
+        vp,
+        bt,
+        scale,
+        window,
+        cap,
+    } = paged_args(node, ins, outs)?;
     let [_, h, s, dk] = &q.shape.0[..] else {
         return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
     };

@@ -184,6 +184,18 @@ fn host_i32(v: &[i32], shape: Vec<usize>) -> crate::exec::HostTensor {
     }
 }
 
+/// Byte offsets of blocks `from` and `to` in a pool of `blocks` blocks of `n` bytes,
+/// when a copy-on-write copy between them is needed and in bounds (CPU and GPU pools).
+pub(crate) fn block_copy_offsets(
+    from: u32,
+    to: u32,
+    n: usize,
+    blocks: usize,
+) -> Option<(usize, usize)> {
+    let (f, t) = (from as usize * n, to as usize * n);
+    (from != to && f + n <= blocks * n && t + n <= blocks * n).then_some((f, t))
+}
+
 /// The KV pool's size when neither `--kv-cache-mb` nor `--max-context` is given.
 pub const DEFAULT_KV_CACHE_MB: usize = 512;
 
@@ -278,10 +290,9 @@ impl StepModel for CompiledStep {
 
     fn copy_block(&mut self, from: u32, to: u32) {
         let n = self.block_bytes;
-        let (f, t) = (from as usize * n, to as usize * n);
-        if from == to || f + n > self.blocks * n || t + n > self.blocks * n {
+        let Some((f, t)) = block_copy_offsets(from, to, n, self.blocks) else {
             return;
-        }
+        };
         for (kp, vp) in &self.pools {
             for p in [kp, vp] {
                 // SAFETY: both ranges lie in the pool and do not overlap (from != to).

@@ -251,14 +251,15 @@ pub(crate) fn paged(
     name: &str,
 ) -> TResult<Option<Lowered>> {
     use llmc_ir::DType;
-    let q = operand(ins, 0, "q")?;
-    let kp = operand(ins, 1, "k_pool")?;
-    let vp = operand(ins, 2, "v_pool")?;
-    let bt = operand(ins, 5, "block_tables")?;
-    result(outs, 0)?;
-    let scale = attr_float(node, "scale")?.ok_or("missing attribute `scale`")?;
-    let window = super::super::attr_int(node, "window")?.unwrap_or(0);
-    let cap = attr_float(node, "softcap")?;
+    let crate::templates::paged::PagedArgs {
+        q,
+        kp,
+        vp,
+        bt,
+        scale,
+        window,
+        cap,
+    } = crate::templates::paged::paged_args(node, ins, outs)?;
     let t = compute_ty(q.dtype)?;
     if t != Ty::F32 || kp.dtype == DType::Q8Kv || vp.dtype == DType::Q8Kv {
         return Ok(None);
