@@ -151,7 +151,8 @@ impl Dim {
     }
 
     /// Exact division: `Some(q)` with `q * other == self`, when `other` is a nonzero
-    /// constant dividing every coefficient or a single monomial dividing every term.
+    /// constant dividing every coefficient, a single monomial dividing every term, or a
+    /// polynomial of which `self` is a constant multiple.
     pub fn div_exact(&self, other: &Dim) -> Option<Dim> {
         if let Some(c) = other.as_const() {
             if c == 0 {
@@ -167,7 +168,14 @@ impl Dim {
             return Some(Dim { terms });
         }
         if other.terms.len() != 1 {
-            return if self == other { Some(Dim::c(1)) } else { None };
+            // A constant multiple of a polynomial (`64*a + 64*b` over `16*a + 16*b`).
+            let (om, oc) = other.terms.iter().next()?;
+            let v = *self.terms.get(om)?;
+            if v % oc != 0 {
+                return None;
+            }
+            let q = Dim::c(v / oc);
+            return (other.checked_mul(&q)? == *self).then_some(q);
         }
         let (om, oc) = other.terms.iter().next()?;
         let mut terms = BTreeMap::new();
@@ -370,6 +378,12 @@ mod tests {
             Some(b.mul(&s))
         );
         assert_eq!(b.mul(&s).div_exact(&s), Some(b.clone()));
+        // dynamo's `reshape(k, [-1, past + seq, 16])` of k [1, 4, past + seq, 16].
+        let ps = p.add(&s);
+        let c = |v| Dim::c(v);
+        assert_eq!(ps.mul(&c(64)).div_exact(&ps.mul(&c(16))), Some(c(4)));
+        assert_eq!(ps.mul(&c(64)).div_exact(&ps.mul(&c(24))), None);
+        assert_eq!(ps.mul(&c(64)).add(&c(1)).div_exact(&ps.mul(&c(16))), None);
         assert_eq!(s.add(&Dim::c(1)).to_string(), "seq + 1");
         assert_eq!(s.sub(&Dim::c(1)).to_string(), "seq - 1");
         assert_eq!(s.sub(&s), Dim::c(0));

@@ -298,6 +298,16 @@ DECODER_SAMPLES = [(SEQ, CACHED), (12, 9)]
 ENCODER_SAMPLES = [(2, SEQ, 5), (3, 11, 4)]
 
 
+def decoder_ids(arch: str, which: int):
+    """The token ids of a decoder's sample `which`: all of them (the -past case caches
+    the first `cached` and feeds the rest)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(2000 + 10 * ARCHS.index(arch) + which)
+    seq, _ = DECODER_SAMPLES[which]
+    return torch.randint(3, VOCAB, (1, seq), generator=gen)
+
+
 def sample_inputs(arch: str, model, past: bool, which: int) -> dict:
     """Sample `which` (0 or 1) of a case, in the graph's input order: see the module
     docstring; the cache is torch's for the cached tokens."""
@@ -317,8 +327,8 @@ def sample_inputs(arch: str, model, past: bool, which: int) -> dict:
             types[0, seq // 2 :] = 1
             inputs["token_type_ids"] = types
         return inputs
+    ids = decoder_ids(arch, which)
     seq, cached = DECODER_SAMPLES[which]
-    ids = torch.randint(3, VOCAB, (1, seq), generator=gen)
     with_pos = takes_position_ids(model)
     if not past:
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -584,6 +594,12 @@ def run_case(arch: str, style: str, past: bool, case: Path) -> dict:
     except Exception as e:  # noqa: BLE001
         info["checker_error"] = one_line(e)
     model_path = case / "model.onnx"
+    if past:
+        # The cached tokens, for llmc's test that feeds the whole prompt through its
+        # own cache (the past inputs hold only their keys and values).
+        for k, folder in ((0, case), (1, case / "sample2")):
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / "prefix_ids.npy", decoder_ids(arch, k)[:, : DECODER_SAMPLES[k][1]].numpy())
     first = write_sample(case, model_path, samples[0], refs[0], graph_inputs)
     info["inputs"] = first["inputs"]
     if "error" in first:

@@ -10,9 +10,12 @@
 //! every output must match onnxruntime elementwise within `atol + rtol * |ort|` (the
 //! tolerances per case are in `CASES`, with why).
 
+mod common;
+
+use common::inputs_for;
 use llmc_frontend::onnx;
 use llmc_ir::interp::Interpreter;
-use llmc_ir::{DType, Module, Tensor};
+use llmc_ir::{Module, Tensor};
 use std::path::{Path, PathBuf};
 
 /// A recorded export and the tolerance its outputs are held to.
@@ -82,110 +85,17 @@ fn case_dir(name: &str) -> Option<PathBuf> {
     }
 }
 
-/// Reads a little-endian C-order `.npy` of f32 or i64 (what the export script writes).
-fn read_npy(path: &Path) -> Tensor {
-    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&b[..6], b"\x93NUMPY", "{}: not .npy", path.display());
-    let (hlen, start) = match b[6] {
-        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
-        _ => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
-    };
-    let header = std::str::from_utf8(&b[start..start + hlen]).expect("ascii header");
-    assert!(
-        header.contains("'fortran_order': False"),
-        "{}: {header}",
-        path.display()
-    );
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape");
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().expect("dim"))
-        .collect();
-    let body = &b[start + hlen..];
-    if header.contains("'<f4'") {
-        let v = body
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Tensor::f32(shape, v)
-    } else if header.contains("'<i8'") {
-        let v = body
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        Tensor::from_i64(DType::I64, shape, v)
-    } else {
-        panic!("{}: unexpected dtype in {header}", path.display())
-    }
-}
-
-fn inputs_for(m: &Module, dir: &Path) -> Vec<Tensor> {
-    let g = &m.graph;
-    g.inputs
-        .iter()
-        .map(|&v| {
-            let name = &g.value(v).name;
-            read_npy(&dir.join("inputs").join(format!("{name}.npy")))
-        })
-        .collect()
-}
-
-/// Max abs and max rel error of each output against onnxruntime; panics with every
-/// output out of tolerance.
+/// Every output against onnxruntime's; panics with every output out of tolerance.
 fn compare(case: &Case, m: &Module, dir: &Path, outs: &[Tensor], engine: &str) {
-    let g = &m.graph;
-    assert_eq!(outs.len(), g.outputs.len());
     let label = if dir.ends_with("sample2") {
         format!("{}/sample2", case.name)
     } else {
         case.name.to_string()
     };
-    let mut bad = Vec::new();
-    let (mut worst_abs, mut worst_rel) = (0f64, 0f64);
-    for (&v, got) in g.outputs.iter().zip(outs) {
-        let name = &g.value(v).name;
-        let want = read_npy(&dir.join("ort").join(format!("{name}.npy")));
-        assert_eq!(got.shape, want.shape, "{label}/{name}: shape");
-        assert_eq!(got.dtype, DType::F32, "{label}/{name}: dtype");
-        let (mut max_abs, mut max_rel, mut over) = (0f64, 0f64, 0usize);
-        for (g, w) in got.to_f64().into_iter().zip(want.to_f64()) {
-            let d = (g - w).abs();
-            max_abs = max_abs.max(d);
-            if w.abs() >= 1e-2 {
-                max_rel = max_rel.max(d / w.abs());
-            }
-            if d.is_nan() || d > case.atol + case.rtol * w.abs() {
-                over += 1;
-            }
-        }
-        worst_abs = worst_abs.max(max_abs);
-        worst_rel = worst_rel.max(max_rel);
-        if over > 0 {
-            bad.push(format!(
-                "{name}: {over} elements out of tolerance, max abs {max_abs:.3e}, max rel {max_rel:.3e}"
-            ));
-        }
+    match common::compare_outputs(m, dir, outs, case.atol, case.rtol) {
+        Ok(summary) => println!("{label} [{engine}]: {summary}"),
+        Err(bad) => panic!("{label} [{engine}] differs from onnxruntime:\n{bad}"),
     }
-    println!(
-        "{} [{engine}]: {} outputs, max abs {worst_abs:.3e}, max rel {worst_rel:.3e} (|ort| >= 0.01) \
-         (tolerance {:.0e} + {:.0e} * |ort|)",
-        label,
-        outs.len(),
-        case.atol,
-        case.rtol
-    );
-    assert!(
-        bad.is_empty(),
-        "{} [{engine}] differs from onnxruntime:\n{}",
-        label,
-        bad.join("\n")
-    );
 }
 
 fn case(name: &str) -> &'static Case {

@@ -182,8 +182,11 @@ fn attention(cx: &mut NodeCtx) -> R {
         _ => (k, v),
     };
     let (present_k, present_v) = (k, v);
-    let qlen = const_dim(cx, q, 2, "the query length")?;
-    let kvlen = const_dim(cx, k, 2, "the key length")?;
+    // The query and key lengths must be constants only where a mask is built here
+    // (causal, windows, nonpad_kv_seqlen, a short attn_mask padded); an export's own
+    // mask over symbolic lengths is used as it is.
+    let qlen = |cx: &NodeCtx| const_dim(cx, q, 2, "the query length");
+    let kvlen = |cx: &NodeCtx| const_dim(cx, k, 2, "the key length");
     let causal = cx.attr_i("is_causal", 0)? != 0;
     let left = cx.attr_i("left_window_size", -1)?;
     let right = cx.attr_i("right_window_size", -1)?;
@@ -192,13 +195,14 @@ fn attention(cx: &mut NodeCtx) -> R {
     // The additive bias, [q, kv] or broadcastable to [B, H, q, kv]; None = zeros.
     let mut mask = mask;
     if let Some(m) = mask {
-        let mlen = cx
-            .shape(m)
-            .0
-            .last()
+        let mdim = cx.shape(m).0.last().cloned();
+        let same = mdim.as_ref() == cx.shape(k).0.get(2);
+        let mlen = mdim
+            .as_ref()
             .and_then(Dim::as_const)
-            .ok_or("attn_mask needs a constant last dim")?;
-        if mlen < kvlen {
+            .ok_or("attn_mask needs a constant last dim or the key length");
+        if !same && mlen? < kvlen(cx)? {
+            let (mlen, kvlen) = (mlen?, kvlen(cx)?);
             let mr = cx.rank(m);
             let mut pads = vec![0i64; 2 * mr];
             pads[2 * mr - 1] = kvlen - mlen;
@@ -219,12 +223,15 @@ fn attention(cx: &mut NodeCtx) -> R {
         Some(m) => Some(m),
         None => None,
     };
-    let offset = past_k
-        .map(|pk| const_dim(cx, pk, 2, "the past length"))
-        .transpose()?
-        .unwrap_or(0);
+    let offset = |cx: &NodeCtx| -> Result<i64, String> {
+        Ok(past_k
+            .map(|pk| const_dim(cx, pk, 2, "the past length"))
+            .transpose()?
+            .unwrap_or(0))
+    };
     let mut bias = mask_bias;
     if windowed && bias.is_none() {
+        let (qlen, kvlen) = (qlen(cx)?, kvlen(cx)?);
         bias = Some(cx.constant(Tensor::zeros(dt, vec![qlen as usize, kvlen as usize])));
     }
     let add = |cx: &mut NodeCtx, b: Option<V>, t: V| -> Result<Option<V>, String> {
@@ -234,6 +241,7 @@ fn attention(cx: &mut NodeCtx) -> R {
         }))
     };
     if causal {
+        let (qlen, kvlen, offset) = (qlen(cx)?, kvlen(cx)?, offset(cx)?);
         bias = match (nonpad, past_k) {
             (Some(np), None) => {
                 let ql = cx.scalar(cx.dtype(np), qlen as f64);
@@ -249,6 +257,7 @@ fn attention(cx: &mut NodeCtx) -> R {
         };
     }
     if windowed {
+        let (qlen, kvlen, offset) = (qlen(cx)?, kvlen(cx)?, offset(cx)?);
         let lo = (left >= 0).then_some(left);
         let hi = (right >= 0).then_some(right);
         bias = match (nonpad, past_k) {
@@ -269,6 +278,7 @@ fn attention(cx: &mut NodeCtx) -> R {
         };
     }
     if let Some(np) = nonpad {
+        let kvlen = kvlen(cx)?;
         let j = cx.constant(Tensor::from_i64(
             DType::I64,
             vec![1, kvlen as usize],
@@ -333,20 +343,14 @@ fn attention(cx: &mut NodeCtx) -> R {
         scores = cx.cast(scores, pd)?;
     }
     let mut probs = cx.op(Op::Softmax, &[scores], attrs([("axis", Attr::Int(-1))]))?;
-    if let Some(b) = bias {
-        // Rows whose bias is -inf everywhere attend to nothing: zeros, not NaN.
-        let m = cx.op(
-            Op::ReduceMax,
-            &[b],
-            attrs([
-                ("axes", Attr::Ints(vec![-1])),
-                ("keepdims", Attr::Bool(true)),
-            ]),
-        )?;
-        let ninf = cx.scalar(dt, f64::NEG_INFINITY);
-        let dead = cx.bin(Op::Equal, m, ninf)?;
+    if bias.is_some() {
+        // Rows whose bias is -inf everywhere attend to nothing: zeros, not NaN. Written
+        // as sdpa's guard `where(isnan(p), 0, p)` (the softmax of such a row is NaN),
+        // which the attention rules look through: flash_attention gives such rows zeros.
+        let same = cx.bin(Op::Equal, probs, probs)?;
+        let nan = cx.un(Op::Not, same)?;
         let z = cx.scalar_like(probs, 0.0);
-        probs = cx.op(Op::Where, &[dead, z, probs], Attrs::new())?;
+        probs = cx.op(Op::Where, &[nan, z, probs], Attrs::new())?;
     }
     let qk_out = match mode {
         0 | 1 => qk,

@@ -186,7 +186,8 @@ fn splat_rule(
         | Op::Expand
         | Op::Slice
         | Op::Transpose
-        | Op::Gather => Some(Splat::Value(sp(0)?)),
+        | Op::Gather
+        | Op::GatherNd => Some(Splat::Value(sp(0)?)),
         Op::Not => Some(Splat::Value(truth(sp(0)? == 0.0))),
         Op::And | Op::Or => {
             let absorbing = if op == Op::And { 0.0 } else { 1.0 };
@@ -246,19 +247,24 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
             .and_then(bare_symbol)
             .ok_or_else(|| format!("{what} dim {i} must be a symbol, got {}", t.shape))
     };
-    let b = sym_at(&ids_ty, 0, "input_ids")?;
+    // The batch is a symbol, or 1 when the export fixed it (dynamo exports often do):
+    // the engine runs one sequence per row set either way.
+    let b = match ids_ty.shape.0.first().and_then(Dim::as_const) {
+        Some(1) => None,
+        _ => Some(sym_at(&ids_ty, 0, "input_ids")?),
+    };
     let s = sym_at(&ids_ty, 1, "input_ids")?;
-    if b == s {
+    if b.as_ref() == Some(&s) {
         return Err(format!(
-            "input_ids [{b}, {s}] must use two different symbols"
+            "input_ids [{s}, {s}] must use two different symbols"
         ));
     }
     let p = match io.past.first() {
         Some(&(k0, _)) => {
             let p = sym_at(g.ty(g.inputs[k0]), 2, "past_key_values.0.key")?;
-            if s == p || b == p {
+            if s == p || b.as_ref() == Some(&p) {
                 return Err(format!(
-                    "input_ids [{b}, {s}] and past_key_values.0.key's length {p} must use three different symbols"
+                    "input_ids [.., {s}] and past_key_values.0.key's length {p} must use different symbols"
                 ));
             }
             Some(p)
@@ -273,7 +279,9 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
         Dim::sym("seq")
     };
     let mut sub: HashMap<String, Dim> = HashMap::new();
-    sub.insert(b, Dim::sym("batch"));
+    if let Some(b) = &b {
+        sub.insert(b.clone(), Dim::sym("batch"));
+    }
     sub.insert(s, Dim::sym("seq"));
     if let Some(p) = p {
         sub.insert(p, Dim::sym("past"));
@@ -380,7 +388,13 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
     out.info = m.info.clone();
     out.weights = m.weights.clone();
     out.graph.name = g.name.clone();
-    let contract = TensorType::new(DType::I64, Shape(vec![Dim::sym("batch"), Dim::sym("seq")]));
+    // The contract's batch: `batch`, or the export's fixed 1.
+    let batch = if b.is_some() {
+        Dim::sym("batch")
+    } else {
+        Dim::c(1)
+    };
+    let contract = TensorType::new(DType::I64, Shape(vec![batch.clone(), Dim::sym("seq")]));
     let ids = out.graph.add_input("ids", contract.clone());
     let pos = out.graph.add_input("pos", contract);
     let mut map: HashMap<ValueId, ValueId> = HashMap::new();
@@ -412,7 +426,7 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
                 attrs([("value", Attr::Tensor(scalar(dt, 1.0)))]),
             )
             .map_err(|e| e.to_string())?;
-        let shape = Shape(vec![Dim::sym("batch"), total.clone()]);
+        let shape = Shape(vec![batch.clone(), total.clone()]);
         let ones = out
             .add1(Op::Expand, &[one], attrs([("shape", Attr::Shape(shape))]))
             .map_err(|e| e.to_string())?;
@@ -510,7 +524,7 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
                     ]),
                 )
                 .map_err(|e| format!("{at}: {e}"))?;
-            let shape = Shape(vec![Dim::sym("batch"), hidden.clone()]);
+            let shape = Shape(vec![batch.clone(), hidden.clone()]);
             ins[0] = out
                 .add1(Op::Reshape, &[last], attrs([("shape", Attr::Shape(shape))]))
                 .map_err(|e| format!("{at}: {e}"))?;

@@ -41,6 +41,9 @@ pub const MAX_OPSET: i64 = 28;
 const FOLD_LIMIT: usize = 1 << 20;
 /// Initializers up to this many elements take part in folding.
 const WEIGHT_FOLD_LIMIT: usize = 1 << 16;
+/// Initializers of rank 3 or more up to this many elements are imported as constants,
+/// not weights (scalars always are).
+const SMALL_INITIALIZER: usize = 128;
 /// Constants up to this many elements are inlined as `constant` nodes; larger ones
 /// become weights.
 const INLINE_LIMIT: usize = 4096;
@@ -87,6 +90,9 @@ pub struct Importer<'r> {
     registry: &'r Registry,
     ext: ExternalFiles,
     fresh: usize,
+    /// `dim_param` symbols read as another: the past lengths of a KV-cache export's
+    /// inputs (see [`Importer::cache_lengths`]).
+    sym_alias: HashMap<String, String>,
     weight_names: HashSet<String>,
     /// Node index and name prefix for nodes of inlined subgraphs.
     path: Vec<String>,
@@ -148,6 +154,7 @@ impl<'r> Importer<'r> {
             registry,
             ext: ExternalFiles::default(),
             fresh: 0,
+            sym_alias: HashMap::new(),
             weight_names: HashSet::new(),
             path: Vec::new(),
             options,
@@ -351,6 +358,31 @@ impl<'r> Importer<'r> {
             }
         })?;
         let dims: Vec<i64> = tb.shape.iter().map(|&d| d as i64).collect();
+        // Exporters store their own constants as initializers too (dynamo: the 2 of
+        // `pow(x, 2)`, RoPE's inv_freq [1, d/2, 1], a mask's -inf, named `val_N`):
+        // scalars and small tensors of rank 3 or more are constants, as a `Constant`
+        // node would have made them, so folding and the rewrite rules see their values.
+        // Parameters (biases, norm weights, matrices: rank 1 and 2) stay weights
+        // whatever their size.
+        let numel = tb.shape.iter().product::<usize>();
+        if numel <= 1 || (tb.shape.len() >= 3 && numel <= SMALL_INITIALIZER) {
+            let t = tb
+                .data
+                .bytes()
+                .and_then(|b| llmc_ir::interp::weight_tensor(tb.dtype, &tb.shape, b).ok());
+            if let Some(t) = t {
+                let v = self.push(Val {
+                    ty: TensorType::new(tb.dtype, Shape::of(&dims)),
+                    id: None,
+                    konst: Some(Arc::new(t)),
+                    dims: None,
+                    weight: None,
+                    bound: None,
+                });
+                self.scope.insert(name, v);
+                return Ok(v);
+            }
+        }
         let wname = self.unique_weight_name(&name);
         let id = self
             .module
@@ -415,14 +447,51 @@ impl<'r> Importer<'r> {
             dims.push(match &d.value {
                 Some(DV::DimValue(n)) if *n >= 0 => Dim::c(*n),
                 Some(DV::DimValue(n)) => return Err(bad(format!("negative dim {n}"))),
-                Some(DV::DimParam(p)) if !p.is_empty() => Dim::sym(&symbol_of(p)),
+                Some(DV::DimParam(p)) if !p.is_empty() => {
+                    let s = symbol_of(p);
+                    Dim::sym(self.sym_alias.get(&s).unwrap_or(&s))
+                }
                 _ => self.fresh_symbol(),
             });
         }
         Ok(TensorType::new(dtype, Shape(dims)))
     }
 
+    /// A KV-cache export's past inputs (`past_key_values.N.key/value`, `past_key.N`,
+    /// ..., rank 4 `[batch, kv_heads, past, head_dim]`) hold one past length, but
+    /// dynamo names each input's own (`s69`, `s89`, ...): the symbols of their axis 2
+    /// become the first one's, so the keys and values of a layer concatenate to one
+    /// length. Only bare `dim_param`s are aliased.
+    fn cache_lengths(&mut self, g: &GraphProto) {
+        use onnx_protobuf::tensor_shape_proto::dimension::Value as DV;
+        let mut first: Option<String> = None;
+        for vi in &g.input {
+            let n = vi.name.to_ascii_lowercase();
+            if !(n.starts_with("past") && (n.contains("key") || n.contains("value"))) {
+                continue;
+            }
+            let Some(type_proto::Value::TensorType(t)) =
+                vi.type_.as_ref().and_then(|t| t.value.as_ref())
+            else {
+                continue;
+            };
+            let dims = t.shape.as_ref().map(|s| &s.dim[..]).unwrap_or(&[]);
+            let Some(Some(DV::DimParam(p))) = (dims.len() == 4).then(|| &dims[2].value) else {
+                continue;
+            };
+            let sym = symbol_of(p);
+            match &first {
+                None => first = Some(sym),
+                Some(f) if *f != sym => {
+                    self.sym_alias.insert(sym, f.clone());
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
     fn inputs(&mut self, g: &GraphProto) -> Result<(), FrontendError> {
+        self.cache_lengths(g);
         for vi in &g.input {
             // IR < 4 lists initializers among the inputs too: those are weights.
             if self.scope.contains_key(&vi.name) {

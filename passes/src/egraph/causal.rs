@@ -273,14 +273,24 @@ fn leaves(eg: &EGraph, id: Id, op: Op, out: &mut Vec<Id>, depth: u32) {
 
 /// A boolean leaf that is the causal comparison: `kv <= q` / `q >= kv` when `keep`
 /// (true = visible), `kv > q` / `q < kv` otherwise (true = masked). Looks through
-/// expands.
-fn causal_leaf(eg: &EGraph, leaf: Id, keep: bool, s: &Dim, t: &Dim) -> Result<(), String> {
+/// expands (an identity expand joins its operand's class: `depth` stops that cycle).
+fn causal_leaf(
+    eg: &EGraph,
+    leaf: Id,
+    keep: bool,
+    s: &Dim,
+    t: &Dim,
+    depth: u32,
+) -> Result<(), String> {
     let mut why = String::from("no comparison of index ramps");
     for n in &eg[leaf].nodes {
         let (op, ops) = (n.as_op(), n.operands());
         let pair = match (op, ops) {
             (Some(Op::Expand), [x]) => {
-                match causal_leaf(eg, *x, keep, s, t) {
+                if depth >= 8 || eg.find(*x) == eg.find(leaf) {
+                    continue;
+                }
+                match causal_leaf(eg, *x, keep, s, t, depth + 1) {
                     Ok(()) => return Ok(()),
                     Err(e) => why = e,
                 }
@@ -348,7 +358,7 @@ fn split_where(
     let mut why = String::from("the mask condition has no causal comparison");
     let mut found = None;
     for (i, &l) in ls.iter().enumerate() {
-        match causal_leaf(eg, l, keep, s, t) {
+        match causal_leaf(eg, l, keep, s, t, 0) {
             Ok(()) => {
                 found = Some(i);
                 break;
