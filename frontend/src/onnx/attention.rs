@@ -2,9 +2,9 @@
 //! inputs, GQA, boolean or additive masks, causal masking aligned to the end of the KV
 //! cache, past key/value concatenation, softcap, the optional QK output) and
 //! `RotaryEmbedding`. Both are written with primitive IR ops following the ONNX
-//! reference step by step (Q and K each scaled by sqrt(scale), fully masked rows give
-//! zeros), so results agree with it to rounding; the attention passes recognise the
-//! pattern later.
+//! reference step by step (the scale applied to Q alone where the reference puts
+//! sqrt(scale) on Q and on K; fully masked rows give zeros), so results agree with it
+//! to rounding; the attention passes recognise the pattern later.
 
 use super::import::{NodeCtx, V};
 use super::registry::Registry;
@@ -170,7 +170,6 @@ fn attention(cx: &mut NodeCtx) -> R {
         Some(s) => s,
         None => 1.0 / (head as f64).sqrt(),
     };
-    let s = cx.scalar(dt, round_to(dt, scale.sqrt()));
     let (k, v) = match (past_k, past_v) {
         (Some(pk), Some(pv)) => {
             let a = attrs([("axis", Attr::Int(2))]);
@@ -319,9 +318,11 @@ fn attention(cx: &mut NodeCtx) -> R {
         (k, v)
     };
 
-    let qs = cx.bin(Op::Mul, q, s)?;
-    let ks = cx.bin(Op::Mul, k, s)?;
-    let kt = transpose_by(cx, ks, vec![0, 1, 3, 2])?;
+    // The whole scale on Q (the reference splits √scale over Q and K: the same to
+    // rounding), so K reaches the matmul as the cache holds it, repeated for GQA.
+    let s2 = cx.scalar(dt, round_to(dt, scale));
+    let qs = cx.bin(Op::Mul, q, s2)?;
+    let kt = transpose_by(cx, k, vec![0, 1, 3, 2])?;
     let mut qk = cx.bin(Op::MatMul, qs, kt)?;
     if let Some(cap) = cx.attr_opt_f("softcap")? {
         if cap > 0.0 {

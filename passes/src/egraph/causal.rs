@@ -105,8 +105,8 @@ pub struct Ramp {
     pub offset: Dim,
 }
 
-/// Is class `id` an index ramp (cumsum of ones, unsqueezed, expanded, offset by a
-/// dim)?
+/// Is class `id` an index ramp (cumsum of ones, unsqueezed or reshaped to add unit
+/// axes, expanded, offset by a dim)?
 pub fn ramp(eg: &EGraph, id: Id, depth: u32) -> Option<Ramp> {
     if depth > 10 {
         return None;
@@ -148,6 +148,24 @@ pub fn ramp(eg: &EGraph, id: Id, depth: u32) -> Option<Ramp> {
                     offset: inner.offset,
                 })
             })(),
+            // A reshape that only adds or drops unit axes (dynamo's `reshape(r, [s, 1])`).
+            (Some(Op::Reshape), [x]) => (|| {
+                let inner = ramp(eg, *x, depth + 1)?;
+                let xs = &ty(eg, *x)?.shape.0;
+                let unit = |d: &Dim| d.as_const() == Some(1);
+                let keep = |sh: &[Dim]| -> Vec<usize> {
+                    (0..sh.len()).filter(|&i| !unit(&sh[i])).collect()
+                };
+                let (ki, ko) = (keep(xs), keep(&t.shape.0));
+                let same = ki.len() == ko.len()
+                    && ki.iter().zip(&ko).all(|(&i, &o)| xs[i] == t.shape.0[o]);
+                let p_in = xs.len().checked_sub(1 + inner.axis_from_end)?;
+                let k = ki.iter().position(|&i| i == p_in)?;
+                same.then(|| Ramp {
+                    axis_from_end: r - 1 - ko[k],
+                    offset: inner.offset,
+                })
+            })(),
             (Some(Op::Expand | Op::Cast), [x]) => (|| {
                 let inner = ramp(eg, *x, depth + 1)?;
                 let xs = &ty(eg, *x)?.shape.0;
@@ -155,6 +173,17 @@ pub fn ramp(eg: &EGraph, id: Id, depth: u32) -> Option<Ramp> {
                 let same_len =
                     xs.len() > a && r > a && xs[xs.len() - 1 - a] == t.shape.0[r - 1 - a];
                 same_len.then_some(inner)
+            })(),
+            (Some(Op::Sub), [a, b]) => (|| {
+                if ty(eg, *a).map(|t| t.shape.rank()) != Some(r) {
+                    return None;
+                }
+                let inner = ramp(eg, *a, depth + 1)?;
+                let d = dim_value(eg, *b, 0)?;
+                Some(Ramp {
+                    axis_from_end: inner.axis_from_end,
+                    offset: inner.offset.sub(&d),
+                })
             })(),
             (Some(Op::Add), [a, b]) => (|| {
                 for (x, c) in [(*a, *b), (*b, *a)] {
@@ -258,7 +287,9 @@ fn const_triangle(
     Ok(())
 }
 
-/// The leaves of a tree of `op` (and / or) nodes.
+/// The leaves of a tree of `op` (and / or) nodes. Looks through an `unsqueeze` of
+/// leading axes (dynamo's `unsqueeze(and(..), [1])` for the head axis): the leaves
+/// still broadcast to the scores' last two axes as the tree did.
 fn leaves(eg: &EGraph, id: Id, op: Op, out: &mut Vec<Id>, depth: u32) {
     if depth < 8 {
         if let Some(n) = nodes_of(eg, id, op).into_iter().next() {
@@ -266,6 +297,16 @@ fn leaves(eg: &EGraph, id: Id, op: Op, out: &mut Vec<Id>, depth: u32) {
                 leaves(eg, c, op, out, depth + 1);
             }
             return;
+        }
+        for n in nodes_of(eg, id, Op::Unsqueeze) {
+            let rank = ty(eg, id).map_or(0, |t| t.shape.rank()) as i64;
+            let leading = attrs_of(eg, &n)
+                .and_then(|a| a.ints("axes"))
+                .is_some_and(|ax| ax.iter().all(|&a| a >= 0 && a < rank - 2));
+            if let ([x], true) = (n.operands(), leading) {
+                leaves(eg, *x, op, out, depth + 1);
+                return;
+            }
         }
     }
     out.push(id);
@@ -328,6 +369,72 @@ fn causal_leaf(
         }
     }
     Err(why)
+}
+
+/// The sliding window of a keep-condition leaf: `kv > q - w` (or `q - w < kv`,
+/// `kv >= q - w + 1`, `q - w + 1 <= kv`) over the key and query index ramps of scores
+/// [.., s, t], with the query at position `i + t - s`: gives w (a key is visible when
+/// its distance to the query is under w, what `window = w` means).
+fn window_leaf(eg: &EGraph, leaf: Id, s: &Dim, t: &Dim) -> Option<i64> {
+    for n in &eg[leaf].nodes {
+        let (kv, q, strict) = match (n.as_op(), n.operands()) {
+            (Some(Op::Greater), [a, b]) => (*a, *b, true),
+            (Some(Op::Less), [a, b]) => (*b, *a, true),
+            (Some(Op::GreaterEqual), [a, b]) => (*a, *b, false),
+            (Some(Op::LessEqual), [a, b]) => (*b, *a, false),
+            (Some(Op::Expand), [x]) if eg.find(*x) != eg.find(leaf) => {
+                match window_leaf(eg, *x, s, t) {
+                    Some(w) => return Some(w),
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        let (Some(kr), Some(qr)) = (ramp(eg, kv, 0), ramp(eg, q, 0)) else {
+            continue;
+        };
+        if kr.axis_from_end != 0 || qr.axis_from_end != 1 || kr.offset != Dim::c(0) {
+            continue;
+        }
+        // visible: kv > q + (t - s) - w  (strict), kv >= q + (t - s) - w + 1 (not).
+        let base = t.sub(s);
+        let w = base.sub(&qr.offset).as_const()? + i64::from(!strict);
+        if w > 0 {
+            return Some(w);
+        }
+    }
+    None
+}
+
+/// The sliding window `w` of a mask `where(cond, 0, -big)` whose condition is only a
+/// window comparison (and neutral `true`s): what is left of a sliding-window model's
+/// mask once the causal part became the flag. A window always keeps the query's own
+/// key, so no row is ever fully masked by it.
+pub fn window_mask(eg: &EGraph, m: Id, s: &Dim, t: &Dim) -> Option<i64> {
+    for n in nodes_of(eg, m, Op::Where) {
+        let [cond, a, b] = n.operands() else { continue };
+        let keep = splat(eg, *a) == Some(0.0) && splat(eg, *b).is_some_and(is_masking_value);
+        if !keep {
+            continue;
+        }
+        let mut ls = Vec::new();
+        leaves(eg, *cond, Op::And, &mut ls, 0);
+        let mut w = None;
+        for l in ls {
+            if splat_deep(eg, l, 0) == Some(1.0) {
+                continue;
+            }
+            match (window_leaf(eg, l, s, t), w) {
+                (Some(x), None) => w = Some(x),
+                (Some(x), Some(y)) if x == y => {}
+                _ => return None,
+            }
+        }
+        if w.is_some() {
+            return w;
+        }
+    }
+    None
 }
 
 /// Splits a where-mask `where(cond, a, b)` into its causal condition and the rest.

@@ -8,10 +8,10 @@
 //! moves into the q projection's weight when q comes from one (`scale-into-q`).
 
 use super::{fn_rule, get};
-use crate::egraph::causal::{causal_fill, split_causal, MaskRest};
+use crate::egraph::causal::{causal_fill, is_masking_value, split_causal, window_mask, MaskRest};
 use crate::egraph::lang::{EGraph, ENode, TypeAnalysis};
 use crate::egraph::matchers::{
-    add_op, attrs_of, match_attention, nodes_of, perm_attrs, ty, Operand,
+    add_op, attrs_of, match_attention, nodes_of, perm_attrs, ty, unrepeat_kv, Operand,
 };
 use crate::egraph::rotary::match_rope;
 use crate::egraph::rules::algebra::is_scalable_weight;
@@ -136,6 +136,52 @@ fn scale_into_q(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     eg[id].data.types.is_some().then_some(id)
 }
 
+/// A causal flash_attention whose mask is only a sliding window (what is left of a
+/// Mistral/Gemma 2/Gemma 3 export's mask once the causal part became the flag): the
+/// `window` attribute instead of the mask. The window keeps each query's own key, so
+/// no row is fully masked and `causal_fill` (a fill that sends exp to 0) has nothing
+/// to do.
+fn window_flag(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
+    let a = eg[get(s, "?a")?].data.attrs.clone()?;
+    let at = a.attrs();
+    if at.bool("causal") != Some(true) || at.int("window").is_some() {
+        return None;
+    }
+    if at
+        .float("causal_fill")
+        .is_some_and(|f| !is_masking_value(f))
+    {
+        return None;
+    }
+    let (q, k, v, m) = (get(s, "?q")?, get(s, "?k")?, get(s, "?v")?, get(s, "?m")?);
+    let sd = ty(eg, q)?.shape.0.get(2)?.clone();
+    let td = ty(eg, k)?.shape.0.get(2)?.clone();
+    let w = window_mask(eg, m, &sd, &td)?;
+    let mut na = at.clone();
+    na.remove("causal_fill");
+    na.insert("window".into(), Attr::Int(w));
+    let id = add_op(eg, Op::FlashAttention, &[q, k, v], na);
+    eg[id].data.types.is_some().then_some(id)
+}
+
+/// flash_attention(q, repeat_kv(k), repeat_kv(v), ..) = flash_attention(q, k, v, ..):
+/// grouped-query attention whose repeat only became visible after the attention was
+/// fused (dynamo writes kᵀ through reshapes and transposes that the layout rules
+/// straighten later).
+fn gqa_into_flash(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
+    let a = eg[get(s, "?a")?].data.attrs.clone()?;
+    let (q, k, v) = (get(s, "?q")?, get(s, "?k")?, get(s, "?v")?);
+    let (k0, nk) = unrepeat_kv(eg, k)?;
+    let (v0, nv) = unrepeat_kv(eg, v)?;
+    if nk != nv {
+        return None;
+    }
+    let mut ops = vec![q, k0, v0];
+    ops.extend(get(s, "?m"));
+    let id = add_op(eg, Op::FlashAttention, &ops, a.attrs().clone());
+    eg[id].data.types.is_some().then_some(id)
+}
+
 /// flash_attention(q, k, v, mask) without the causal flag whose mask holds the causal
 /// rule: the flag is set and what is left of the mask stays (after the block-wise run,
 /// attention is already flash_attention and its mask is built outside the blocks).
@@ -197,6 +243,9 @@ pub fn whole_graph_rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
         fn_rule("attention/rope",           "(add ?x ?y ?a)",            rotary_to_rope),
         fn_rule("attention/scale-into-q",   "(flash_attention ?q ?k ?v ?a)",    scale_into_q),
         fn_rule("attention/scale-into-q-masked", "(flash_attention ?q ?k ?v ?m ?a)", scale_into_q),
+        fn_rule("attention/gqa",            "(flash_attention ?q ?k ?v ?a)",    gqa_into_flash),
+        fn_rule("attention/gqa-masked",     "(flash_attention ?q ?k ?v ?m ?a)", gqa_into_flash),
+        fn_rule("attention/window-flag",    "(flash_attention ?q ?k ?v ?m ?a)", window_flag),
     ]
 }
 
@@ -211,5 +260,8 @@ pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
         fn_rule("attention/rope",           "(add ?x ?y ?a)",            rotary_to_rope),
         fn_rule("attention/scale-into-q",   "(flash_attention ?q ?k ?v ?a)",    scale_into_q),
         fn_rule("attention/scale-into-q-masked", "(flash_attention ?q ?k ?v ?m ?a)", scale_into_q),
+        fn_rule("attention/gqa",            "(flash_attention ?q ?k ?v ?a)",    gqa_into_flash),
+        fn_rule("attention/gqa-masked",     "(flash_attention ?q ?k ?v ?m ?a)", gqa_into_flash),
+        fn_rule("attention/window-flag",    "(flash_attention ?q ?k ?v ?m ?a)", window_flag),
     ]
 }
