@@ -97,8 +97,24 @@ STYLES = ["legacy-eager", "legacy-sdpa", "dynamo", "dynamo-opset23"]
 ENCODERS = {"bert", "distilbert"}
 
 
+# --real: the same exporter styles applied to a real model (SmolLM2-135M-Instruct from
+# $LLMC_MODELS/SmolLM2-135M-Instruct-hf), written to $LLMC_ONNX_EXPORTS (default
+# .cache/onnx-exports) as smollm2-<style>[-past], for the end-to-end LLM tests
+# (src/tests/onnx_llm.rs: the build generates the HF folder's greedy text).
+REAL = {"smollm2": "SmolLM2-135M-Instruct-hf"}
+REAL_STYLES = ["dynamo", "dynamo-opset23"]
+
+
 def out_dir() -> Path:
     return Path(os.environ.get("LLMC_ONNX_TINY", ROOT / ".cache" / "onnx-tiny"))
+
+
+def real_dir() -> Path:
+    return Path(os.environ.get("LLMC_ONNX_EXPORTS", ROOT / ".cache" / "onnx-exports"))
+
+
+def seed_of(arch: str) -> int:
+    return ARCHS.index(arch) if arch in ARCHS else len(ARCHS) + list(REAL).index(arch)
 
 
 def build(arch: str, attn: str):
@@ -189,9 +205,15 @@ def randomize(model, gen) -> None:
 def make_model(arch: str, attn: str):
     import torch
 
+    if arch in REAL:
+        import transformers as tf
+
+        folder = Path(os.environ.get("LLMC_MODELS", ROOT / ".cache" / "models")) / REAL[arch]
+        model = tf.AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn, torch_dtype=torch.float32)
+        return model.eval()
     model = build(arch, attn)
     # Per architecture seed: every style of one architecture has the same weights.
-    randomize(model, torch.Generator().manual_seed(1000 + ARCHS.index(arch)))
+    randomize(model, torch.Generator().manual_seed(1000 + seed_of(arch)))
     return model.float().eval()
 
 
@@ -303,7 +325,7 @@ def decoder_ids(arch: str, which: int):
     the first `cached` and feeds the rest)."""
     import torch
 
-    gen = torch.Generator().manual_seed(2000 + 10 * ARCHS.index(arch) + which)
+    gen = torch.Generator().manual_seed(2000 + 10 * seed_of(arch) + which)
     seq, _ = DECODER_SAMPLES[which]
     return torch.randint(3, VOCAB, (1, seq), generator=gen)
 
@@ -314,7 +336,7 @@ def sample_inputs(arch: str, model, past: bool, which: int) -> dict:
     import torch
     from transformers import DynamicCache
 
-    gen = torch.Generator().manual_seed(2000 + 10 * ARCHS.index(arch) + which)
+    gen = torch.Generator().manual_seed(2000 + 10 * seed_of(arch) + which)
     if arch in ENCODERS:
         rows, seq, last = ENCODER_SAMPLES[which]
         ids = torch.randint(3, VOCAB, (rows, seq), generator=gen)
@@ -623,7 +645,14 @@ def fmt(x) -> str:
     return "n/a" if x is None else f"{x:.2e}"
 
 
-def case_names() -> list:
+def case_names(real: bool = False) -> list:
+    if real:
+        return [
+            (f"{arch}-{style}{'-past' if past else ''}", arch, style, past)
+            for arch in REAL
+            for style in REAL_STYLES
+            for past in (False, True)
+        ]
     names = []
     for arch in ARCHS:
         for style in STYLES:
@@ -659,8 +688,10 @@ def main() -> int:
     ap.add_argument("--list", action="store_true", help="print the case names and exit")
     ap.add_argument("--check-llmc", metavar="LLMC", help="run llmc exec and compare instead")
     ap.add_argument("--engine", default="interp", choices=["interp", "cpu"])
+    ap.add_argument("--real", action="store_true", help="export SmolLM2-135M in the dynamo styles instead")
     a = ap.parse_args()
-    selected = [c for c in case_names() if not a.only or any(p in c[0] for p in a.only)]
+    selected = [c for c in case_names(a.real) if not a.only or any(p in c[0] for p in a.only)]
+    where = real_dir() if a.real else out_dir()
     if a.list:
         for c in selected:
             print(c[0])
@@ -673,13 +704,21 @@ def main() -> int:
     torch.manual_seed(0)
     failed = 0
     for name, arch, style, past in selected:
-        case = out_dir() / name
+        case = where / name
         if (case / "case.json").exists() and not a.force:
             print(f"tiny_onnx: {name}: present, skipped (--force to redo)")
             continue
         print(f"tiny_onnx: {name}: exporting", flush=True)
         info = run_case(arch, style, past, case)
         (case / "case.json").write_text(json.dumps(info, indent=1) + "\n")
+        if arch in REAL and "error" not in info:
+            # The tokenizer and config beside the model, as Optimum lays them out.
+            import shutil
+
+            folder = Path(os.environ.get("LLMC_MODELS", ROOT / ".cache" / "models")) / REAL[arch]
+            for f in folder.iterdir():
+                if f.suffix in (".json", ".jinja", ".txt") and f.name != "model.safetensors.index.json":
+                    shutil.copy(f, case / f.name)
         if "error" in info:
             failed += 1
             print(f"tiny_onnx: {name}: FAILED ({info['stage']}): {info['error']}", flush=True)
@@ -692,7 +731,7 @@ def main() -> int:
                 f"{info['export_seconds']}s",
                 flush=True,
             )
-    print(f"tiny_onnx: {len(selected)} cases, {failed} failed now; folders under {out_dir()}")
+    print(f"tiny_onnx: {len(selected)} cases, {failed} failed now; folders under {where}")
     return 0
 
 

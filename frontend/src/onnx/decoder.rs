@@ -368,13 +368,30 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
         }
     }
     // The vocabulary projection: the node computing `logits` reads the hidden states
-    // [batch, seq, hidden] as operand 0.
+    // [batch, seq, hidden] as operand 0, possibly followed by elementwise ops with
+    // constants (Gemma 2's final soft-capping `tanh(x / 30) * 30`), which then run on
+    // the last position's row.
     let logits_v = g.outputs[io.logits];
-    let head = g
-        .nodes
-        .iter()
-        .position(|n| n.outputs.contains(&logits_v))
-        .ok_or("the `logits` output is not computed by a node")?;
+    let producer = |v: ValueId| g.nodes.iter().position(|n| n.outputs.contains(&v));
+    let is_const = |v: ValueId| match g.value(v).def {
+        ValueDef::Weight(_) => true,
+        _ => producer(v).is_some_and(|i| g.nodes[i].op == Op::Constant),
+    };
+    let mut head = producer(logits_v).ok_or("the `logits` output is not computed by a node")?;
+    for _ in 0..8 {
+        let n = &g.nodes[head];
+        if !matches!(n.op, Op::Mul | Op::Div | Op::Add | Op::Sub | Op::Tanh) {
+            break;
+        }
+        let mut varying = n.inputs.iter().filter(|&&v| !is_const(v));
+        let (Some(&x), None) = (varying.next(), varying.next()) else {
+            break;
+        };
+        match producer(x) {
+            Some(i) => head = i,
+            None => break,
+        }
+    }
     let head_node = &g.nodes[head];
     if !matches!(head_node.op, Op::MatMul | Op::Linear) {
         return Err(format!(

@@ -162,6 +162,8 @@ pub struct AttentionMatch {
     pub causal_fill: Option<f64>,
     /// Scale applied to the scores.
     pub scale: f64,
+    /// Scores soft-capped as c·tanh(score/c) before the masks (Gemma 2), when `Some(c)`.
+    pub softcap: Option<f64>,
 }
 
 /// An operand the rewrite uses: an existing class, or one to build by a transpose.
@@ -208,7 +210,21 @@ pub fn match_attention(eg: &EGraph, pv: &ENode) -> Result<AttentionMatch, Blocke
     };
     let p = &strip_nan_guard(eg, *p);
     let sms = nodes_of(eg, *p, Op::Softmax);
-    let Some(sm) = sms.first() else {
+    // A where-masked softmax also has its additive twin (`attention/where-mask`):
+    // take that one.
+    // (A where over scores: one branch is not a constant; a mask's are both.)
+    fn has_where(eg: &EGraph, x: Id, depth: u32) -> bool {
+        nodes_of(eg, x, Op::Where)
+            .iter()
+            .any(|w| w.operands()[1..].iter().any(|&b| splat(eg, b).is_none()))
+            || (depth < 3
+                && nodes_of(eg, x, Op::Add)
+                    .iter()
+                    .all(|a| a.operands().iter().any(|&o| has_where(eg, o, depth + 1)))
+                && !nodes_of(eg, x, Op::Add).is_empty())
+    }
+    let plain = |sm: &&ENode| sm.operands().first().is_some_and(|&x| !has_where(eg, x, 0));
+    let Some(sm) = sms.iter().find(plain).or(sms.first()) else {
         return blocked(ATT, 0, "operand 0 of the matmul is not a softmax");
     };
     let rank = ty(eg, *p).map_or(0, |t| t.shape.rank());
@@ -239,7 +255,7 @@ pub fn match_attention(eg: &EGraph, pv: &ENode) -> Result<AttentionMatch, Blocke
         depth: 1,
         msg: "softmax without operand".into(),
     })?;
-    let (qk, scale, masks) = decompose_scores(eg, scores, 1.0, Vec::new(), 0)?;
+    let (qk, scale, masks, softcap) = decompose_scores(eg, scores, 1.0, Vec::new(), 0)?;
     let (q, kt, scale) = strip_qk_scale(eg, qk.0, qk.1, scale);
     // k from kᵀ: fold the transpose that made kᵀ when there is one.
     let mut k = Operand::Transposed(kt, vec![0, 1, 3, 2]);
@@ -347,6 +363,7 @@ pub fn match_attention(eg: &EGraph, pv: &ENode) -> Result<AttentionMatch, Blocke
         causal_fill,
         not_causal: if causal { None } else { not_causal },
         scale: tidy(scale),
+        softcap,
     })
 }
 
@@ -367,7 +384,27 @@ pub fn perm_attrs(perm: &[i64]) -> Attrs {
     a
 }
 
-type ScoreParts = ((Id, Id), f64, Vec<Id>);
+type ScoreParts = ((Id, Id), f64, Vec<Id>, Option<f64>);
+
+/// `c·tanh(y / c)` (or `tanh(y · (1/c)) · c`) at class `x·c`: gives y.
+fn softcapped(eg: &EGraph, x: Id, c: f64) -> Option<Id> {
+    for t in nodes_of(eg, x, Op::Tanh) {
+        let [y] = t.operands() else { continue };
+        for n in &eg[*y].nodes {
+            let Some(op @ (Op::Div | Op::Mul)) = n.as_op() else {
+                continue;
+            };
+            for (z, d) in orders(n) {
+                let Some(dv) = splat(eg, d) else { continue };
+                let inner = if op == Op::Div { dv } else { 1.0 / dv };
+                if (inner - c).abs() <= 1e-6 * c.abs() {
+                    return Some(z);
+                }
+            }
+        }
+    }
+    None
+}
 
 /// scores = (q·kᵀ) scaled by constants and plus masks, in any order.
 fn decompose_scores(
@@ -386,11 +423,31 @@ fn decompose_scores(
         match op {
             Op::MatMul => {
                 if let [a, b] = n.operands() {
-                    return Ok(((*a, *b), scale, masks));
+                    return Ok(((*a, *b), scale, masks, None));
                 }
             }
             Op::Mul | Op::Div => {
                 for (x, c) in orders(&n) {
+                    // Soft-capping: c·tanh(scores / c), the masks added after it.
+                    let capped = splat(eg, c)
+                        .filter(|&cv| op == Op::Mul && scale == 1.0 && cv > 0.0)
+                        .and_then(|cv| Some((softcapped(eg, x, cv)?, cv)));
+                    if let Some((y, cv)) = capped {
+                        match decompose_scores(eg, y, 1.0, Vec::new(), depth + 1) {
+                            Ok((qk, sc, inner, None)) if inner.is_empty() => {
+                                return Ok((qk, sc, masks, Some(cv)))
+                            }
+                            Ok(_) => {
+                                nearest = Some(Blocked {
+                                    pattern: ATT,
+                                    depth: 2,
+                                    msg: "a mask or a second cap inside the soft-capping".into(),
+                                })
+                            }
+                            Err(b) => nearest = Some(b),
+                        }
+                        continue;
+                    }
                     if let Some(cv) = splat(eg, c) {
                         let sc = if op == Op::Mul {
                             scale * cv

@@ -11,7 +11,7 @@ use super::{fn_rule, get};
 use crate::egraph::causal::{causal_fill, is_masking_value, split_causal, window_mask, MaskRest};
 use crate::egraph::lang::{EGraph, ENode, TypeAnalysis};
 use crate::egraph::matchers::{
-    add_op, attrs_of, match_attention, nodes_of, perm_attrs, ty, unrepeat_kv, Operand,
+    add_op, attrs_of, match_attention, nodes_of, perm_attrs, splat, ty, unrepeat_kv, Operand,
 };
 use crate::egraph::rotary::match_rope;
 use crate::egraph::rules::algebra::is_scalable_weight;
@@ -35,6 +35,9 @@ fn primitives_to_flash(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     }
     if let Some(f) = m.causal_fill {
         a.insert("causal_fill".into(), Attr::Float(f));
+    }
+    if let Some(c) = m.softcap {
+        a.insert("softcap".into(), Attr::Float(c));
     }
     let id = add_op(eg, Op::FlashAttention, &ops, a);
     eg[id].data.types.is_some().then_some(id)
@@ -133,6 +136,69 @@ fn scale_into_q(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     let mut na = a.attrs().clone();
     na.insert("scale".into(), Attr::Float(1.0));
     let id = add_op(eg, Op::FlashAttention, &ops, na);
+    eg[id].data.types.is_some().then_some(id)
+}
+
+/// `where(c, x, m)` (or `where(c, m, x)`) with m a masking constant, as
+/// `x + where(c, 0, m)` (`x + where(c, m, 0)`).
+fn where_as_add(eg: &mut EGraph, w: Id) -> Option<Id> {
+    for n in nodes_of(eg, w, Op::Where) {
+        let [c, t, f] = n.operands() else { continue };
+        let (c, t, f) = (*c, *t, *f);
+        let masking = |id: Id| splat(eg, id).is_some_and(is_masking_value);
+        let (x, keep_on_true) = if masking(f) && !masking(t) {
+            (t, true)
+        } else if masking(t) && !masking(f) {
+            (f, false)
+        } else {
+            continue;
+        };
+        let m = if keep_on_true { f } else { t };
+        let dt = ty(eg, x)?.dtype;
+        let mut za = Attrs::new();
+        za.insert(
+            "value".into(),
+            Attr::Tensor(llmc_ir::Tensor::from_f64(dt, vec![], vec![0.0])),
+        );
+        let zero = add_op(eg, Op::Constant, &[], za);
+        let ops = if keep_on_true {
+            [c, zero, m]
+        } else {
+            [c, m, zero]
+        };
+        let mask = add_op(eg, Op::Where, &ops, Attrs::new());
+        let sum = add_op(eg, Op::Add, &[x, mask], Attrs::new());
+        return (ty(eg, sum) == ty(eg, w)).then_some(sum);
+    }
+    None
+}
+
+/// softmax(where(c, x, m) [+ y]) with m a masking constant (GPT-2's and Gemma 2's
+/// eager `where(causal, scores, min)`, DistilBERT's `masked_fill`: `where(c, m, x)`)
+/// = softmax(x + where(c, 0, m) [+ y]): the additive-mask form the attention matcher
+/// reads. Exact in f32 for the scores attention computes: a masked score is m either
+/// way (x + m rounds to m for |x| < 1e31, and is -inf for m = -inf).
+fn where_mask_to_add(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
+    let (w, a) = (get(s, "?w")?, get(s, "?a")?);
+    let attrs = eg[a].data.attrs.clone()?;
+    let scores = match where_as_add(eg, w) {
+        Some(x) => x,
+        None => {
+            let add = nodes_of(eg, w, Op::Add).into_iter().next()?;
+            let [p, q] = add.operands() else { return None };
+            let (p, q) = (*p, *q);
+            let (inner, other) = match where_as_add(eg, p) {
+                Some(x) => (x, q),
+                None => (where_as_add(eg, q)?, p),
+            };
+            let sum = add_op(eg, Op::Add, &[inner, other], Attrs::new());
+            if ty(eg, sum) != ty(eg, w) {
+                return None;
+            }
+            sum
+        }
+    };
+    let id = add_op(eg, Op::Softmax, &[scores], attrs.attrs().clone());
     eg[id].data.types.is_some().then_some(id)
 }
 
@@ -239,6 +305,8 @@ fn build_mask(eg: &mut EGraph, parts: Vec<MaskRest>) -> Option<Option<Id>> {
 #[rustfmt::skip]
 pub fn whole_graph_rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
     vec![
+        fn_rule("attention/where-mask",     "(softmax ?w ?a)",           where_mask_to_add),
+        fn_rule("attention/primitives",     "(matmul ?p ?v ?a)",         primitives_to_flash),
         fn_rule("attention/causal-flag",    "(flash_attention ?q ?k ?v ?m ?a)", causal_flag),
         fn_rule("attention/rope",           "(add ?x ?y ?a)",            rotary_to_rope),
         fn_rule("attention/scale-into-q",   "(flash_attention ?q ?k ?v ?a)",    scale_into_q),
@@ -255,6 +323,7 @@ pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
     vec![
         rw!("attention/flash";          "(attention ?q ?k ?v ?a)"    => "(flash_attention ?q ?k ?v ?a)"),
         rw!("attention/flash-masked";   "(attention ?q ?k ?v ?m ?a)" => "(flash_attention ?q ?k ?v ?m ?a)"),
+        fn_rule("attention/where-mask",     "(softmax ?w ?a)",           where_mask_to_add),
         fn_rule("attention/primitives",     "(matmul ?p ?v ?a)",         primitives_to_flash),
         fn_rule("attention/causal-flag",    "(flash_attention ?q ?k ?v ?m ?a)", causal_flag),
         fn_rule("attention/rope",           "(add ?x ?y ?a)",            rotary_to_rope),
