@@ -251,6 +251,68 @@ fn optimum_export_without_past_decodes_incrementally_and_serves() {
     );
 }
 
+/// `torch.onnx.export(dynamo=True)` of SmolLM2 (the default exporter since torch 2.9),
+/// at its default opset and at opset 23 (the native `Attention`, `RotaryEmbedding`
+/// and `RMSNormalization` ops), with and without past key/values
+/// (`scripts/reference/tiny_onnx.py --real`, the tokenizer files beside each): every
+/// attention becomes paged attention, nothing is left unfused, the serving executable
+/// generates the HF build's greedy text and serves it.
+#[test]
+fn dynamo_exports_generate_the_hf_builds_greedy_text() {
+    let Some(hf) = model("SmolLM2-135M-Instruct-hf") else {
+        return;
+    };
+    let how = "scripts/onnx-exports --tiny --real";
+    let cases = [
+        "smollm2-dynamo",
+        "smollm2-dynamo-past",
+        "smollm2-dynamo-opset23",
+        "smollm2-dynamo-opset23-past",
+    ];
+    let found: Vec<(&str, PathBuf)> = cases
+        .iter()
+        .filter_map(|c| Some((*c, export(c, how)?)))
+        .collect();
+    if found.is_empty() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "The capital of France is";
+    let from_hf = build_and_generate(&hf, &[], &dir.path().join("hf"), prompt, "16");
+    assert!(!from_hf.trim().is_empty(), "the HF build generated nothing");
+    for (case, onnx) in found {
+        let exe = dir.path().join(case);
+        let o = llmc(&[
+            "build",
+            onnx.to_str().unwrap(),
+            "-O3",
+            "--explain-fusion",
+            "-o",
+            exe.to_str().unwrap(),
+        ]);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{case}: {err}");
+        assert!(
+            err.contains("explain-fusion: 0 candidate(s) left unfused; fused ops: 0 flash_attention, 30 paged_attention, 61 rms_norm"),
+            "{case}: {err}"
+        );
+        let from_onnx = build_and_generate(&onnx, &[], &exe, prompt, "16");
+        assert_eq!(from_onnx, from_hf, "{case}");
+    }
+    let exe = dir.path().join("smollm2-dynamo-opset23-past");
+    if exe.is_file() {
+        let server = Server::start(&exe);
+        let body = r#"{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}"#;
+        let reply = server.post("/v1/completions", body);
+        let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
+        assert_eq!(
+            text,
+            from_hf.strip_suffix('\n').unwrap_or(&from_hf),
+            "{reply}"
+        );
+    }
+}
+
 /// Optimum's export (with past key/values, and without: the cache derived) builds for
 /// CUDA at -O3 without a GPU: the serving form's kernels, paged attention among them,
 /// in one executable whose `info` lists them for sm_80 and sm_90.

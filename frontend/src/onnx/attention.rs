@@ -428,6 +428,24 @@ fn rotary_embedding(cx: &mut NodeCtx) -> R {
             ]),
         )
     };
+    if rank == 4 && !interleaved && rd == head && pos.is_none() {
+        // The common case (dynamo's opset-23 export of a Llama-style model) in
+        // transformers' own spelling, which the rope rule fuses:
+        // x·cos(concat(f, f)) + rotate_half(x)·sin(concat(f, f)) over [B, H, S, D].
+        // The same products and sums as the reference's halves.
+        let both = |cx: &mut NodeCtx, v: V| -> Result<V, String> {
+            let c = cx.op(Op::Concat, &[v, v], attrs([("axis", Attr::Int(-1))]))?;
+            cx.op(Op::Unsqueeze, &[c], attrs([("axes", Attr::Ints(vec![1]))]))
+        };
+        let (cos, sin) = (both(cx, cos0)?, both(cx, sin0)?);
+        let x1 = sl(cx, x0, 0, rd / 2, 1)?;
+        let x2 = sl(cx, x0, rd / 2, rd, 1)?;
+        let n2 = cx.un(Op::Neg, x2)?;
+        let rot = cx.op(Op::Concat, &[n2, x1], attrs([("axis", Attr::Int(3))]))?;
+        let xc = cx.bin(Op::Mul, x0, cos)?;
+        let rs = cx.bin(Op::Mul, rot, sin)?;
+        return Ok(vec![cx.bin(Op::Add, xc, rs)?]);
+    }
     let xr = sl(cx, x, 0, rd, 1)?;
     let (cos, sin) = match pos {
         Some(p) => {

@@ -87,8 +87,8 @@ pub fn is_rotate_half(eg: &EGraph, r: Id, x: Id, d: i64) -> Result<(), String> {
     Err(why)
 }
 
-/// `id` = f(concat(g, g)) for f = cos or sin, possibly unsqueezed at axis 1 (from
-/// [b, s, d] to [b, 1, s, d]); gives g's class.
+/// `id` = f(concat(g, g)) or concat(f(g), f(g)) for f = cos or sin, possibly
+/// unsqueezed at axis 1 (from [b, s, d] to [b, 1, s, d]); gives g's class.
 fn trig_of(eg: &EGraph, id: Id, op: Op) -> Option<Id> {
     let mut at = vec![id];
     for u in nodes_of(eg, id, Op::Unsqueeze) {
@@ -104,6 +104,18 @@ fn trig_of(eg: &EGraph, id: Id, op: Op) -> Option<Id> {
                     if eg.find(*a) == eg.find(*b) {
                         return Some(*a);
                     }
+                }
+            }
+        }
+        // concat(f(g), f(g)): the same values (ONNX RotaryEmbedding's half-size tables).
+        for n in nodes_of(eg, c, Op::Concat) {
+            let [a, b] = n.operands() else { continue };
+            if eg.find(*a) != eg.find(*b) {
+                continue;
+            }
+            for t in nodes_of(eg, *a, op) {
+                if let [g] = t.operands() {
+                    return Some(*g);
                 }
             }
         }
