@@ -349,6 +349,18 @@ fn causal_leaf(
                 }
                 continue;
             }
+            (Some(Op::Gather), [rows, kv]) if keep => {
+                let r = ty(eg, leaf).map_or(0, |t| t.shape.rank()) as i64;
+                let axis = attrs_of(eg, n).and_then(|a| a.int("axis"));
+                if axis != Some(r - 1) && axis != Some(-1) {
+                    continue;
+                }
+                match gathered_triangle(eg, *rows, *kv, s, t) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => why = e,
+                }
+                continue;
+            }
             (Some(Op::LessEqual), [a, b]) if keep => (*a, *b),
             (Some(Op::GreaterEqual), [a, b]) if keep => (*b, *a),
             (Some(Op::Greater), [a, b]) if !keep => (*a, *b),
@@ -435,6 +447,61 @@ pub fn window_mask(eg: &EGraph, m: Id, s: &Dim, t: &Dim) -> Option<i64> {
         }
     }
     None
+}
+
+/// `gather(gather(tril, q, axis -2), kv, axis -1)`: a constant boolean lower triangle
+/// (GPT-2's `bias` buffer, `bias[:, :, past:past + s, :t]` in its TorchScript export)
+/// read at the query and key index ramps: visible iff kv <= q, the causal rule.
+fn gathered_triangle(eg: &EGraph, rows: Id, kv: Id, s: &Dim, t: &Dim) -> Result<(), String> {
+    let axis_of = |n: &super::lang::ENode, rank: usize| {
+        attrs_of(eg, n)
+            .and_then(|a| a.int("axis"))
+            .map(|a| if a < 0 { a + rank as i64 } else { a })
+    };
+    let out_rank = ty(eg, rows).map_or(0, |t| t.shape.rank());
+    for g in nodes_of(eg, rows, Op::Gather) {
+        let [table, q] = g.operands() else { continue };
+        let Some(tt) = ty(eg, *table) else { continue };
+        let r = tt.shape.rank();
+        if r < 2 || out_rank != r || axis_of(&g, r) != Some(r as i64 - 2) {
+            continue;
+        }
+        let tril = eg[*table].nodes.iter().find_map(|n| match n.head {
+            super::lang::Head::Weight(w) => eg.analysis.bool_weights.get(&w).cloned(),
+            _ => None,
+        });
+        let Some(tril) = tril else {
+            return Err("the gathered mask is not a boolean weight".into());
+        };
+        let n = tril.shape[r - 1];
+        if tril.shape[r - 2] != n {
+            return Err("the gathered mask is not square".into());
+        }
+        let v = tril.to_i64();
+        let lower = v
+            .chunks(n * n)
+            .all(|m| (0..n * n).all(|k| (m[k] != 0) == (k % n <= k / n)));
+        if !lower {
+            return Err("the gathered mask is not the lower triangle".into());
+        }
+        let (qr, kr) = (ramp(eg, *q, 0), ramp(eg, kv, 0));
+        let (Some(qr), Some(kr)) = (qr, kr) else {
+            return Err("the mask is not gathered at index ramps".into());
+        };
+        let dim = |id: Id| ty(eg, id).and_then(|t| t.shape.0.last().cloned());
+        if kr.offset != Dim::c(0) || dim(kv).as_ref() != Some(t) || dim(*q).as_ref() != Some(s) {
+            return Err("the gathered rows and columns do not span the scores".into());
+        }
+        if qr.offset != t.sub(s) {
+            return Err(format!(
+                "the gathered rows start at {}; causal needs {}",
+                qr.offset,
+                t.sub(s)
+            ));
+        }
+        return Ok(());
+    }
+    Err("not a gathered mask".into())
 }
 
 /// Splits a where-mask `where(cond, a, b)` into its causal condition and the rest.

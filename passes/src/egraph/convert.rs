@@ -34,6 +34,20 @@ pub fn load(m: &Module) -> Result<Loaded, EgraphError> {
             .map(|w| TensorType::new(w.dtype, w.shape.clone()))
             .collect(),
         users: Vec::new(),
+        bool_weights: m
+            .weights
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.dtype == llmc_ir::DType::Bool)
+            .filter_map(|(i, w)| {
+                let shape: Vec<usize> = w.shape.as_consts()?.iter().map(|&d| d as usize).collect();
+                if shape.iter().product::<usize>() > 1 << 20 {
+                    return None;
+                }
+                let t = llmc_ir::interp::weight_tensor(w.dtype, &shape, w.data.bytes()?).ok()?;
+                Some((i as u32, std::sync::Arc::new(t)))
+            })
+            .collect(),
     };
     let mut eg = EGraph::new(analysis);
     let mut class_of: Vec<Option<Id>> = vec![None; g.values.len()];

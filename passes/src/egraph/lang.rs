@@ -232,6 +232,10 @@ pub struct TypeAnalysis {
     /// the class it was loaded into: a rewrite that changes a value for one user must
     /// know it has no other.
     pub users: Vec<(Id, usize)>,
+    /// The values of boolean weights (mask buffers, as GPT-2's causal `bias` that its
+    /// TorchScript export gathers rows and columns from), by index: the causal rules
+    /// read them.
+    pub bool_weights: std::collections::HashMap<u32, Arc<llmc_ir::Tensor>>,
 }
 
 impl TypeAnalysis {

@@ -323,11 +323,10 @@ pub fn match_attention(eg: &EGraph, pv: &ENode) -> Result<AttentionMatch, Blocke
     // The causal part of the masks becomes the causal flag.
     let (mut rest, mut causal, mut not_causal) = (Vec::new(), false, None);
     let st = ty(eg, *p).map(|t| (t.shape.0[2].clone(), t.shape.0[3].clone()));
+    // Every mask is tried: a model can carry the causal rule twice (GPT-2's eager
+    // attention masks with its own `bias` buffer on top of the model's causal mask);
+    // the rule taken twice is the rule once.
     for &m in &masks {
-        if causal {
-            rest.push(MaskRest::Class(m));
-            continue;
-        }
         let split = match &st {
             Some((s, t)) => split_causal(eg, m, s, t, 0),
             None => Err("the scores have no type".into()),
@@ -338,7 +337,9 @@ pub fn match_attention(eg: &EGraph, pv: &ENode) -> Result<AttentionMatch, Blocke
                 rest.extend(r);
             }
             Err(e) => {
-                not_causal = Some(e);
+                if !causal {
+                    not_causal = Some(e);
+                }
                 rest.push(MaskRest::Class(m));
             }
         }
