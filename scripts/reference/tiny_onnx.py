@@ -14,7 +14,9 @@ has GQA, vocab 256), so `llmc exec` can be checked against onnxruntime on every
 (architecture, exporter style) pair without Python and without a model hub.
 
 Writes, under $LLMC_ONNX_TINY (default .cache/onnx-tiny at the repo root), one folder
-per case `<arch>-<style>` (decoders also `<arch>-<style>-past`):
+per case `<arch>-<style>` (decoders also `<arch>-<style>-past`, and the styles
+`legacy-sdpa-nopos` / `dynamo-nopos`: exported without a `position_ids` input, the
+model computing its positions from the cache length):
 
   model.onnx            the export, weights inline
   inputs/<NAME>.npy     the sample inputs, one per graph input
@@ -94,6 +96,8 @@ SEQ = 8  # tokens of the no-cache sample
 CACHED = 5  # of which cached in the -past sample; the other 3 are new
 
 STYLES = ["legacy-eager", "legacy-sdpa", "dynamo", "dynamo-opset23"]
+# Decoders also without a `position_ids` input (with and without past).
+NOPOS_STYLES = ["legacy-sdpa-nopos", "dynamo-nopos"]
 ENCODERS = {"bert", "distilbert"}
 
 
@@ -102,7 +106,7 @@ ENCODERS = {"bert", "distilbert"}
 # .cache/onnx-exports) as smollm2-<style>[-past], for the end-to-end LLM tests
 # (src/tests/onnx_llm.rs: the build generates the HF folder's greedy text).
 REAL = {"smollm2": "SmolLM2-135M-Instruct-hf"}
-REAL_STYLES = ["dynamo", "dynamo-opset23"]
+REAL_STYLES = ["dynamo", "dynamo-opset23", "dynamo-nopos"]
 
 
 def out_dir() -> Path:
@@ -217,8 +221,13 @@ def make_model(arch: str, attn: str):
     return model.float().eval()
 
 
+# The current case exports without `position_ids` (styles ending in `-nopos`: what
+# `torch.onnx.export(model, (ids, mask))` gives; the model computes its positions).
+_NOPOS = False
+
+
 def takes_position_ids(model) -> bool:
-    return "position_ids" in inspect.signature(model.forward).parameters
+    return not _NOPOS and "position_ids" in inspect.signature(model.forward).parameters
 
 
 class NoPast:
@@ -549,8 +558,12 @@ def write_sample(folder: Path, model_path: Path, inputs: dict, torch_outs: dict,
     return r
 
 
-def run_case(arch: str, style: str, past: bool, case: Path) -> dict:
+def run_case(arch: str, full_style: str, past: bool, case: Path) -> dict:
     import shutil
+
+    global _NOPOS
+    _NOPOS = full_style.endswith("-nopos")
+    style = full_style.removesuffix("-nopos")
 
     import onnx
     import onnxruntime
@@ -562,7 +575,7 @@ def run_case(arch: str, style: str, past: bool, case: Path) -> dict:
     case.mkdir(parents=True)
     info = {
         "arch": arch,
-        "style": style,
+        "style": full_style,
         "past": past,
         "kind": "encoder" if arch in ENCODERS else "decoder",
         # The opset asked for (dynamo: its default, unknown until the file exists);
@@ -655,7 +668,8 @@ def case_names(real: bool = False) -> list:
         ]
     names = []
     for arch in ARCHS:
-        for style in STYLES:
+        styles = STYLES + ([] if arch in ENCODERS else NOPOS_STYLES)
+        for style in styles:
             names.append((f"{arch}-{style}", arch, style, False))
             if arch not in ENCODERS:
                 names.append((f"{arch}-{style}-past", arch, style, True))

@@ -231,12 +231,45 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
             .cloned()
             .unwrap_or_else(|| format!("%{}", v.0))
     };
+    // Without a `position_ids` input the export computes the positions itself:
+    // transformers' `cache_position.unsqueeze(0)`, a ramp over the new tokens (from the
+    // past length). The engine's flat batch has no such ramp, so where the positions
+    // are read as positions (a float cast for RoPE's angles, a gather of a learned
+    // position table) `%pos` is read instead; the causal mask keeps its ramps.
+    let producer = |v: ValueId| g.nodes.iter().find(|n| n.outputs.contains(&v));
+    let is_ramp = |mut v: ValueId| {
+        for _ in 0..6 {
+            let Some(n) = producer(v) else { return false };
+            match n.op {
+                Op::CumSum => return true,
+                Op::Add | Op::Mul | Op::Cast => v = n.inputs[0],
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut pos_like: std::collections::HashSet<ValueId> = Default::default();
     if io.pos.is_none() {
-        // Positions would be computed from the past length, which the engine's flat
-        // batch of many sequences does not have.
-        return Err(
-            "the export has no `position_ids` input (positions computed from the past length are not supported yet); export it with position_ids".into(),
-        );
+        for n in &g.nodes {
+            // unsqueeze(ramp, [0]) (dynamo: [0, 1]): [1, s] or [1, 1, s].
+            let t = g.ty(n.outputs[0]);
+            let leading = t.shape.rank() >= 2
+                && t.shape.0[..t.shape.rank() - 1]
+                    .iter()
+                    .all(|d| d.as_const() == Some(1));
+            let from_ramp = n.op == Op::Unsqueeze && is_ramp(n.inputs[0]);
+            // ... and views of those (`position_ids[:, None, :]`).
+            let view = matches!(n.op, Op::Unsqueeze | Op::Reshape | Op::Expand)
+                && pos_like.contains(&n.inputs[0]);
+            if leading && t.dtype.is_int() && (from_ramp || view) {
+                pos_like.insert(n.outputs[0]);
+            }
+        }
+        if pos_like.is_empty() {
+            return Err(
+                "the export has no `position_ids` input and its positions are not a ramp over the new tokens (`cache_position.unsqueeze(0)`); export it with position_ids".into(),
+            );
+        }
     }
     // The export's symbols -> the contract's.
     let ids_ty = g.ty(g.inputs[io.ids]).clone();
@@ -489,7 +522,32 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
             continue;
         }
         let mut ins = Vec::with_capacity(n.inputs.len());
-        for &v in &n.inputs {
+        for (k, &v) in n.inputs.iter().enumerate() {
+            // Positions read as positions: the contract's %pos (see above).
+            let as_position = pos_like.contains(&v)
+                && match n.op {
+                    Op::Cast => matches!(n.attrs.get("to"), Some(Attr::Type(t)) if t.is_float()),
+                    Op::Gather => k == 1,
+                    _ => false,
+                };
+            if as_position {
+                let mut p = cast_to(&mut out, pos, g.ty(v).dtype)?;
+                let want = subst_shape(&g.ty(v).shape, &sub);
+                if out.graph.ty(p).shape != want {
+                    // [b, s] -> [b, 1, s] as an unsqueeze (the rope rule's spelling),
+                    // any other view as a reshape.
+                    let (op, a) = if want.rank() == 3 {
+                        (Op::Unsqueeze, attrs([("axes", Attr::Ints(vec![1]))]))
+                    } else {
+                        (Op::Reshape, attrs([("shape", Attr::Shape(want))]))
+                    };
+                    p = out
+                        .add1(op, &[p], a)
+                        .map_err(|e| format!("{at}: positions: {e}"))?;
+                }
+                ins.push(p);
+                continue;
+            }
             let nv = match map.get(&v) {
                 Some(&x) => x,
                 None => match g.value(v).def {

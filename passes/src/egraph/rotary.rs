@@ -236,9 +236,14 @@ fn freqs(eg: &EGraph, f: Id) -> Result<(Id, Vec<f64>), String> {
                 for un in nodes_of(eg, *u, Op::Unsqueeze) {
                     let axes = attrs_of(eg, &un).and_then(|a| a.ints("axes"));
                     let [pos] = un.operands() else { continue };
-                    let pos_ok =
-                        ty(eg, *pos).is_some_and(|t| t.dtype.is_int() && t.shape.rank() == 2);
-                    if pos_ok && axes == Some(&[1][..]) {
+                    let rank = ty(eg, *pos)
+                        .filter(|t| t.dtype.is_int())
+                        .map(|t| t.shape.rank());
+                    // [b, s] positions, or (dynamo, no position_ids input) the
+                    // position ramp [s] itself: the rope rule unsqueezes it to [1, s].
+                    if (rank == Some(2) && axes == Some(&[1][..]))
+                        || (rank == Some(1) && axes == Some(&[0, 1][..]))
+                    {
                         return Ok((*pos, inv));
                     }
                 }

@@ -16,7 +16,7 @@ use crate::egraph::matchers::{
 use crate::egraph::rotary::match_rope;
 use crate::egraph::rules::algebra::is_scalable_weight;
 use egg::{rewrite as rw, Id, Rewrite, Subst};
-use llmc_ir::{Attr, Attrs, AttrsExt, Op};
+use llmc_ir::{attrs, Attr, Attrs, AttrsExt, Op};
 
 /// Builds flash_attention from a primitive softmax(q·kᵀ·scale + mask)·v.
 fn primitives_to_flash(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
@@ -53,7 +53,17 @@ fn rotary_to_rope(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     if m.scale != 1.0 {
         a.insert("scale".into(), Attr::Float(m.scale));
     }
-    let id = add_op(eg, Op::Rope, &[m.x, m.pos], a);
+    let pos = if ty(eg, m.pos).is_some_and(|t| t.shape.rank() == 1) {
+        add_op(
+            eg,
+            Op::Unsqueeze,
+            &[m.pos],
+            attrs([("axes", Attr::Ints(vec![0]))]),
+        )
+    } else {
+        m.pos
+    };
+    let id = add_op(eg, Op::Rope, &[m.x, pos], a);
     eg[id].data.types.is_some().then_some(id)
 }
 
