@@ -253,7 +253,8 @@ fn optimum_export_without_past_decodes_incrementally_and_serves() {
 
 /// `torch.onnx.export(dynamo=True)` of SmolLM2 (the default exporter since torch 2.9),
 /// at its default opset and at opset 23 (the native `Attention`, `RotaryEmbedding`
-/// and `RMSNormalization` ops), with and without past key/values
+/// and `RMSNormalization` ops), and without a `position_ids` input (`-nopos`: the model
+/// computes its positions), with and without past key/values
 /// (`scripts/reference/tiny_onnx.py --real`, the tokenizer files beside each): every
 /// attention becomes paged attention, nothing is left unfused, the serving executable
 /// generates the HF build's greedy text and serves it.
@@ -268,6 +269,8 @@ fn dynamo_exports_generate_the_hf_builds_greedy_text() {
         "smollm2-dynamo-past",
         "smollm2-dynamo-opset23",
         "smollm2-dynamo-opset23-past",
+        "smollm2-dynamo-nopos",
+        "smollm2-dynamo-nopos-past",
     ];
     let found: Vec<(&str, PathBuf)> = cases
         .iter()

@@ -16,10 +16,11 @@
 //! - `<case>::fused`: after `-O3`, every attention block is one `flash_attention`
 //!   (`case.json`'s `layers`), `--explain-fusion` leaves nothing, and the optimized
 //!   program still matches onnxruntime in the interpreter;
-//! - `<case>::llm` (decoders): `llmc build`'s road — the decoder contract, `-O3`, the
-//!   KV-cached step derived when the export has no past, then the prompt fed in two
-//!   steps through the cache gives onnxruntime's last-position logits, and the serving
-//!   form has one `paged_attention` per layer;
+//! - `<case>::llm` (decoders): `llmc build`'s road — the decoder contract, `-O3` (with
+//!   nothing left by `--explain-fusion`), the KV-cached step derived when the export
+//!   has no past, then the prompt fed in two steps through the cache gives
+//!   onnxruntime's last-position logits, and the serving form has one
+//!   `paged_attention` per layer;
 //! - `<case>::export` when the exporter itself failed (the reason, from `case.json`).
 //!
 //! Which trials must pass is the allow-list `tests/onnx/tiny.txt` (one regex per line
@@ -228,6 +229,11 @@ fn check_llm(dir: &Path, layers: usize) -> Result<(), Failed> {
     o3(&mut d)?;
     if count(&d, Op::KvAppend) == 0 {
         d = llmc_passes::kv_derive::derive(&d).map_err(|e| format!("deriving the cache: {e}"))?;
+    }
+    let left = llmc_passes::egraph::explain(&llmc_passes::fuse_elementwise::unfuse(&d));
+    if !left.is_empty() {
+        let why: Vec<String> = left.iter().map(|e| e.to_string()).collect();
+        return Err(format!("the LLM form leaves fusions undone:\n{}", why.join("\n")).into());
     }
     for s in samples(dir) {
         llm_sample(&d, &s)?;
