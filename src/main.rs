@@ -387,6 +387,60 @@ fn load(path: &Path) -> Result<Module> {
 
 /// An ONNX decoder export with a KV cache (Optimum's layout: `input_ids`,
 /// `past_key_values.N.*` -> `logits`, `present.N.*`) rewritten into the decoder
+/// An ONNX encoder export (`input_ids` [+ `attention_mask`, `token_type_ids`] -> token
+/// vectors) with a `tokenizer.json` beside it (or in `tokenizer`) becomes the embedding
+/// contract the HF builder emits, its sentence-transformers head read from the same
+/// folder. `None` for every other model, and (with a note) for an encoder export
+/// without a tokenizer: it stays a plain graph.
+fn onnx_encoder(path: &Path, m: &Module, tokenizer: Option<&Path>) -> Result<Option<Module>> {
+    use llmc_frontend::onnx::{decoder, encoder};
+    let Some(io) = encoder::recognise(m) else {
+        return Ok(None);
+    };
+    let dir = match tokenizer {
+        Some(d) => d.to_path_buf(),
+        None => match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    let info = decoder::decoder_info(&dir)
+        .with_context(|| format!("reading the tokenizer files in {}", dir.display()))?;
+    if info.tokenizer == llmc_ir::TokenizerSource::None {
+        eprintln!(
+            "note: {} is an encoder export, but {} has no tokenizer.json (--tokenizer DIR names \
+             another folder): the executable runs the graph only",
+            path.display(),
+            dir.display()
+        );
+        return Ok(None);
+    }
+    let (pooling, normalize) = encoder::head_of(&dir).with_context(|| {
+        format!(
+            "reading the sentence-transformers head in {}",
+            dir.display()
+        )
+    })?;
+    let mut out = encoder::lower(m, &io, pooling, normalize)
+        .map_err(|e| anyhow::anyhow!("{}: encoder export: {e}", path.display()))?;
+    llmc_ir::verify::verify(&out)
+        .with_context(|| format!("{}: the encoder form is invalid", path.display()))?;
+    out.info = info;
+    out.info
+        .extra
+        .insert("pooling".into(), pooling.name().into());
+    out.info
+        .extra
+        .insert("normalize".into(), normalize.to_string());
+    eprintln!(
+        "note: {}: an encoder export: embeddings with {} pooling{} (`embed`, /v1/embeddings)",
+        path.display(),
+        pooling.name(),
+        if normalize { ", normalized" } else { "" }
+    );
+    Ok(Some(out))
+}
+
 /// contract GGUF/HF models are built into, with its tokenizer facts read from
 /// `tokenizer` or the files beside the model. `None` for every other model.
 fn onnx_decoder(path: &Path, m: &Module, tokenizer: Option<&Path>) -> Result<Option<Module>> {
@@ -616,7 +670,12 @@ fn build(a: &BuildArgs) -> Result<()> {
             m = d;
             true
         }
-        None => false,
+        None => {
+            if let Some(e) = onnx_encoder(&a.model, &m, a.tokenizer.as_deref())? {
+                m = e;
+            }
+            false
+        }
     };
     let inst = llmc_passes::Instrument {
         verify_each: a.verify_each,

@@ -316,6 +316,72 @@ fn dynamo_exports_generate_the_hf_builds_greedy_text() {
     }
 }
 
+/// An encoder export (`torch.onnx.export` of all-MiniLM-L6-v2, scripts/onnx-exports'
+/// `minilm`: input_ids, attention_mask, token_type_ids -> last_hidden_state) with
+/// `--tokenizer` naming the sentence-transformers folder becomes an embedding model:
+/// `embed` gives the HF folder build's vectors (mean pooling, normalized, read from
+/// the folder) within 1e-5, and `serve` answers `/v1/embeddings`.
+#[test]
+fn encoder_export_embeds_as_the_hf_folder_build() {
+    let Some(onnx) = export("minilm", "scripts/onnx-exports") else {
+        return;
+    };
+    let Some(hf) = model("all-MiniLM-L6-v2") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("onnx"), dir.path().join("hf"));
+    let o = llmc(&[
+        "build",
+        onnx.to_str().unwrap(),
+        "-O3",
+        "--tokenizer",
+        hf.to_str().unwrap(),
+        "-o",
+        a.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("mean pooling, normalized"),
+        "{}",
+        stderr(&o)
+    );
+    let o = llmc(&[
+        "build",
+        hf.to_str().unwrap(),
+        "-O3",
+        "-o",
+        b.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let embed = |exe: &Path| -> Vec<f64> {
+        let o = Command::new(exe)
+            .args(["embed", "--text", "The capital of France is Paris."])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(stdout(&o).trim()).expect("a JSON vector")
+    };
+    let (x, y) = (embed(&a), embed(&b));
+    assert_eq!(x.len(), 384);
+    let worst = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-5, "max |onnx - hf| = {worst}");
+    let server = Server::start(&a);
+    let reply = server.post(
+        "/v1/embeddings",
+        r#"{"input": "The capital of France is Paris."}"#,
+    );
+    let v = reply["data"][0]["embedding"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(v.len(), 384, "{reply}");
+}
+
 /// Optimum's export (with past key/values, and without: the cache derived) builds for
 /// CUDA at -O3 without a GPU: the serving form's kernels, paged attention among them,
 /// in one executable whose `info` lists them for sm_80 and sm_90.

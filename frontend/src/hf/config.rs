@@ -228,7 +228,7 @@ pub fn gpt2(cfg: &JsonFile) -> Result<DecoderConfig, FrontendError> {
 /// The sentence-transformers head of a model folder: which pooling and whether the
 /// vector is normalized, from `modules.json` and the pooling module's `config.json`.
 /// A plain BERT folder without `modules.json` gets mean pooling, unnormalized.
-fn sentence_head(dir: &Path) -> Result<(Pooling, bool), FrontendError> {
+pub(crate) fn sentence_head(dir: &Path) -> Result<(Pooling, bool), FrontendError> {
     let modules_path = dir.join("modules.json");
     if !modules_path.is_file() {
         return Ok((Pooling::Mean, false));

@@ -321,28 +321,46 @@ pub fn build_encoder(
 
     // Pooling: [b, s, h] -> [b, h].
     b.at = "pooling".into();
+    let e = sentence_head(&mut b.m, x, maskf, cfg.pooling, cfg.normalize)
+        .map_err(|e| b.graph_err(e))?;
+    b.m.graph.values[e.0 as usize].name = "embedding".into();
+    b.m.graph.outputs.push(e);
+    Ok(b.m)
+}
+
+/// The sentence-transformers head over token vectors `x` [b, s, h] with the f32
+/// padding mask `maskf` [b, s] (1 = real token): mean over the real tokens (the count
+/// clamped at 1e-9) or the first token, then optionally x / max(‖x‖, 1e-12). Gives the
+/// [b, h] embedding. Shared by the HF builder and ONNX encoder exports.
+pub fn sentence_head(
+    m: &mut Module,
+    x: ValueId,
+    maskf: ValueId,
+    pooling: Pooling,
+    normalize: bool,
+) -> Result<ValueId, llmc_ir::InferError> {
     let sum_axis1 = || {
         attrs([
             ("axes", Attr::Ints(vec![1])),
             ("keepdims", Attr::Bool(false)),
         ])
     };
-    let mut e = match cfg.pooling {
+    let mut e = match pooling {
         Pooling::Mean => {
-            let w = b.op(
+            let w = m.add1(
                 Op::Unsqueeze,
                 &[maskf],
                 attrs([("axes", Attr::Ints(vec![2]))]),
             )?;
-            let xm = b.op(Op::Mul, &[x, w], Default::default())?;
-            let sum = b.op(Op::ReduceSum, &[xm], sum_axis1())?;
-            let cnt = b.op(Op::ReduceSum, &[w], sum_axis1())?;
+            let xm = m.add1(Op::Mul, &[x, w], Default::default())?;
+            let sum = m.add1(Op::ReduceSum, &[xm], sum_axis1())?;
+            let cnt = m.add1(Op::ReduceSum, &[w], sum_axis1())?;
             // sentence-transformers clamps the token count at 1e-9.
-            let cnt = b.op(Op::Clip, &[cnt], attrs([("min", Attr::Float(1e-9))]))?;
-            b.op(Op::Div, &[sum, cnt], Default::default())?
+            let cnt = m.add1(Op::Clip, &[cnt], attrs([("min", Attr::Float(1e-9))]))?;
+            m.add1(Op::Div, &[sum, cnt], Default::default())?
         }
         Pooling::Cls => {
-            let first = b.op(
+            let first = m.add1(
                 Op::Slice,
                 &[x],
                 attrs([
@@ -351,17 +369,17 @@ pub fn build_encoder(
                     ("axes", Attr::Ints(vec![1])),
                 ]),
             )?;
-            b.op(
+            m.add1(
                 Op::Squeeze,
                 &[first],
                 attrs([("axes", Attr::Ints(vec![1]))]),
             )?
         }
     };
-    if cfg.normalize {
+    if normalize {
         // x / max(||x||, 1e-12), as torch.nn.functional.normalize.
-        let sq = b.op(Op::Mul, &[e, e], Default::default())?;
-        let ss = b.op(
+        let sq = m.add1(Op::Mul, &[e, e], Default::default())?;
+        let ss = m.add1(
             Op::ReduceSum,
             &[sq],
             attrs([
@@ -369,11 +387,9 @@ pub fn build_encoder(
                 ("keepdims", Attr::Bool(true)),
             ]),
         )?;
-        let n = b.op(Op::Sqrt, &[ss], Default::default())?;
-        let n = b.op(Op::Clip, &[n], attrs([("min", Attr::Float(1e-12))]))?;
-        e = b.op(Op::Div, &[e, n], Default::default())?;
+        let n = m.add1(Op::Sqrt, &[ss], Default::default())?;
+        let n = m.add1(Op::Clip, &[n], attrs([("min", Attr::Float(1e-12))]))?;
+        e = m.add1(Op::Div, &[e, n], Default::default())?;
     }
-    b.m.graph.values[e.0 as usize].name = "embedding".into();
-    b.m.graph.outputs.push(e);
-    Ok(b.m)
+    Ok(e)
 }

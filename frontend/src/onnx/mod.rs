@@ -16,6 +16,7 @@ pub mod cnn;
 pub mod control;
 pub mod data;
 pub mod decoder;
+pub mod encoder;
 pub mod import;
 pub mod linalg;
 pub mod logic;
