@@ -211,6 +211,19 @@ impl Graph {
         id
     }
 
+    /// When `v` of graph `from` names a weight, the same weight as a value of this
+    /// graph (same name, type and weight index: the module's weights are shared by the
+    /// rewrite that copies a graph); `None` for any other value.
+    pub fn weight_value_from(&mut self, from: &Graph, v: ValueId) -> Option<ValueId> {
+        let val = from.value(v);
+        match val.def {
+            ValueDef::Weight(w) => {
+                Some(self.add_value(val.name.clone(), val.ty.clone(), ValueDef::Weight(w)))
+            }
+            _ => None,
+        }
+    }
+
     /// Adds a graph input.
     pub fn add_input(&mut self, name: &str, ty: TensorType) -> ValueId {
         let idx = self.inputs.len();

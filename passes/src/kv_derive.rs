@@ -12,7 +12,7 @@
 //! computes for the sequence's last s tokens, and because nothing but the attention
 //! reads K or V across positions (every other op is per token, RoPE at `%pos`).
 
-use llmc_ir::{attrs, Attr, Module, Op, ValueDef, ValueId};
+use llmc_ir::{attrs, Attr, Module, Op, ValueId};
 use std::collections::HashMap;
 
 /// `m` with a `kv_append` before each attention (see the module doc), or why not:
@@ -45,18 +45,14 @@ pub fn derive(m: &Module) -> Result<Module, String> {
         for &v in &n.inputs {
             let nv = match map.get(&v) {
                 Some(&x) => x,
-                None => match g.value(v).def {
-                    ValueDef::Weight(w) => {
-                        let x = out.graph.add_value(
-                            g.value(v).name.clone(),
-                            g.ty(v).clone(),
-                            ValueDef::Weight(w),
-                        );
-                        map.insert(v, x);
-                        x
-                    }
-                    _ => return Err(format!("{at}: operand {} has no value", vname(v))),
-                },
+                None => {
+                    let x = out
+                        .graph
+                        .weight_value_from(g, v)
+                        .ok_or_else(|| format!("{at}: operand {} has no value", vname(v)))?;
+                    map.insert(v, x);
+                    x
+                }
             };
             ins.push(nv);
         }

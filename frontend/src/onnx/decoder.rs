@@ -550,17 +550,12 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
             }
             let nv = match map.get(&v) {
                 Some(&x) => x,
-                None => match g.value(v).def {
-                    ValueDef::Weight(w) => {
-                        let x = out.graph.add_value(
-                            g.value(v).name.clone(),
-                            g.ty(v).clone(),
-                            ValueDef::Weight(w),
-                        );
+                None => match out.graph.weight_value_from(g, v) {
+                    Some(x) => {
                         map.insert(v, x);
                         x
                     }
-                    _ if concats.contains_key(&v) => {
+                    None if concats.contains_key(&v) => {
                         return Err(format!(
                             "{at} ({}) reads {} before both the key and the value of its layer are computed",
                             n.op,

@@ -13,7 +13,7 @@
 //!   the only rank-3 output) are pooled here.
 
 use crate::llm::encoder::{sentence_head, Pooling};
-use llmc_ir::{attrs, Attr, DType, Module, Op, TensorType, ValueDef, ValueId};
+use llmc_ir::{attrs, Attr, DType, Module, Op, TensorType, ValueId};
 use std::collections::HashMap;
 
 /// Where an encoder export keeps its inputs and output (graph indices).
@@ -130,18 +130,14 @@ pub fn lower(
         for &v in &n.inputs {
             let nv = match map.get(&v) {
                 Some(&x) => x,
-                None => match g.value(v).def {
-                    ValueDef::Weight(w) => {
-                        let x = out.graph.add_value(
-                            g.value(v).name.clone(),
-                            g.ty(v).clone(),
-                            ValueDef::Weight(w),
-                        );
-                        map.insert(v, x);
-                        x
-                    }
-                    _ => return Err(format!("{}: operand has no value", g.value(v).name)),
-                },
+                None => {
+                    let x = out
+                        .graph
+                        .weight_value_from(g, v)
+                        .ok_or_else(|| format!("{}: operand has no value", g.value(v).name))?;
+                    map.insert(v, x);
+                    x
+                }
             };
             ins.push(nv);
         }
