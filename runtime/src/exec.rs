@@ -519,20 +519,44 @@ impl<'d> Model<'d> {
                     out_k,
                     out_v,
                 } => {
+                    let dims = |b: u32| -> Result<Vec<usize>, ExecError> {
+                        let d = &plan.buffers[b as usize];
+                        d.shape
+                            .iter()
+                            .map(|p| {
+                                p.eval(&syms)
+                                    .filter(|&v| v >= 0)
+                                    .map(|v| v as usize)
+                                    .ok_or_else(|| {
+                                        fail(format!("dim {} has no value", p.show(&plan.symbols)))
+                                    })
+                            })
+                            .collect()
+                    };
+                    // The cache's [b, kvh, _, d] (the new k/v may arrive through a view,
+                    // whose buffer is its operand's: e.g. [b, s, d] reshaped to
+                    // [b, 1, s, d] for one KV head; the bytes are the same).
+                    let cache_dims = dims(*out_k)?;
                     let get = |b: u32| -> Result<(Storage, [usize; 4], usize), ExecError> {
                         let d = &plan.buffers[b as usize];
                         let s = store[b as usize]
                             .clone()
                             .ok_or_else(|| fail(format!("{} has no value", d.name)))?;
-                        let mut shape = [0usize; 4];
-                        if d.shape.len() != 4 {
-                            return Err(fail(format!("{} must have rank 4", d.name)));
-                        }
-                        for (i, p) in d.shape.iter().enumerate() {
-                            shape[i] = p.eval(&syms).filter(|&v| v >= 0).ok_or_else(|| {
-                                fail(format!("dim {} has no value", p.show(&plan.symbols)))
-                            })? as usize;
-                        }
+                        let own = dims(b)?;
+                        let shape = match (&own[..], &cache_dims[..]) {
+                            ([b0, h, t, e], _) => [*b0, *h, *t, *e],
+                            (_, [b0, h, _, e]) if b0 * h * e > 0 => {
+                                let n: usize = own.iter().product();
+                                if !n.is_multiple_of(b0 * h * e) {
+                                    return Err(fail(format!(
+                                        "{} ({own:?}) is not a whole number of [{b0}, {h}, _, {e}] rows",
+                                        d.name
+                                    )));
+                                }
+                                [*b0, *h, n / (b0 * h * e), *e]
+                            }
+                            _ => return Err(fail(format!("{} must have rank 4", d.name))),
+                        };
                         Ok((s, shape, d.dtype.size()))
                     };
                     let (ks, kshape, elem) = get(*k)?;
