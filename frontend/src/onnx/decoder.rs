@@ -643,7 +643,12 @@ pub fn lower(m: &Module, io: &DecoderExport) -> Result<Module, String> {
         // pass joins Q/K/V and gate/up, and the GEMM kernel tiles it.
         let (op, ins) = match transposed_weight(&mut out, m, n.op, &ins, &mut transposed) {
             Some(wt) => (Op::Linear, vec![ins[0], wt]),
-            None => (n.op, ins),
+            // A tied head (dynamo): matmul(x, transpose(embedding)) is linear over the
+            // embedding itself, no copy.
+            None => match untransposed_weight(&out, n.op, &ins) {
+                Some(w) => (Op::Linear, vec![ins[0], w]),
+                None => (n.op, ins),
+            },
         };
         let outs = out
             .add_node(op, &ins, a)
@@ -714,6 +719,29 @@ fn transposed_weight(
     );
     done.insert(wid, v);
     Some(v)
+}
+
+/// For `matmul(x, transpose(w, [1, 0]))` with `w` a 2-D float weight [N, K] and `x` of
+/// rank >= 2: `w`, for `linear(x, w)`.
+fn untransposed_weight(out: &Module, op: Op, ins: &[ValueId]) -> Option<ValueId> {
+    if op != Op::MatMul || out.graph.ty(*ins.first()?).shape.rank() < 2 {
+        return None;
+    }
+    let ValueDef::Node(nid, 0) = out.graph.value(*ins.get(1)?).def else {
+        return None;
+    };
+    let t = out.graph.nodes.get(nid.0 as usize)?;
+    let perm_10 = matches!(t.attrs.get("perm"), Some(Attr::Ints(p)) if p == &[1, 0]);
+    let w = *t.inputs.first()?;
+    let ty = out.graph.ty(w);
+    let weight = matches!(out.graph.value(w).def, ValueDef::Weight(_));
+    (t.op == Op::Transpose
+        && perm_10
+        && weight
+        && ty.shape.rank() == 2
+        && ty.dtype.is_float()
+        && !ty.dtype.is_quantized())
+    .then_some(w)
 }
 
 /// The model facts of a decoder export: tokenizer, special ids and chat template from
