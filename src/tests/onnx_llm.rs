@@ -56,6 +56,11 @@ fn build_and_generate(
         model.display(),
         stderr(&o)
     );
+    generate(exe, prompt, tokens)
+}
+
+/// The greedy text of the built executable `exe` for `prompt`.
+fn generate(exe: &Path, prompt: &str, tokens: &str) -> String {
     let o = Command::new(exe)
         .args([
             "generate",
@@ -70,6 +75,16 @@ fn build_and_generate(
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     stdout(&o)
+}
+
+/// `exe` served over HTTP answers a greedy 16-token completion of "The capital of
+/// France is" with `want` (the greedy text `generate` printed).
+fn assert_serves(exe: &Path, want: &str) {
+    let server = Server::start(exe);
+    let body = r#"{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}"#;
+    let reply = server.post("/v1/completions", body);
+    let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
+    assert_eq!(text, want.strip_suffix('\n').unwrap_or(want), "{reply}");
 }
 
 /// Optimum's SmolLM2 export and the HF folder it was made from, or `None` (having said
@@ -114,15 +129,7 @@ fn optimum_export_generates_the_hf_builds_greedy_text() {
     assert_eq!(onnx_chat, hf_chat);
     assert!(onnx_log.contains("end of sequence"), "stderr: {onnx_log}");
     // `serve`: a greedy completion over HTTP is the same text as `generate`.
-    let server = Server::start(&dir.path().join("smollm-onnx"));
-    let body = r#"{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}"#;
-    let reply = server.post("/v1/completions", body);
-    let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
-    assert_eq!(
-        text,
-        from_onnx.strip_suffix('\n').unwrap_or(&from_onnx),
-        "{reply}"
-    );
+    assert_serves(&dir.path().join("smollm-onnx"), &from_onnx);
 }
 
 /// `./OUT serve` on a free loopback port, stopped when dropped.
@@ -240,15 +247,7 @@ fn optimum_export_without_past_decodes_incrementally_and_serves() {
     let from_hf = build_and_generate(&hf, &[], &dir.path().join("hf"), prompt, "16");
     assert!(!from_hf.trim().is_empty(), "the HF build generated nothing");
     assert_eq!(from_onnx, from_hf);
-    let server = Server::start(&exe);
-    let body = r#"{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}"#;
-    let reply = server.post("/v1/completions", body);
-    let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
-    assert_eq!(
-        text,
-        from_onnx.strip_suffix('\n').unwrap_or(&from_onnx),
-        "{reply}"
-    );
+    assert_serves(&exe, &from_onnx);
 }
 
 /// `torch.onnx.export(dynamo=True)` of SmolLM2 (the default exporter since torch 2.9),
@@ -299,20 +298,11 @@ fn dynamo_exports_generate_the_hf_builds_greedy_text() {
             err.contains("explain-fusion: 0 candidate(s) left unfused; fused ops: 0 flash_attention, 30 paged_attention, 61 rms_norm"),
             "{case}: {err}"
         );
-        let from_onnx = build_and_generate(&onnx, &[], &exe, prompt, "16");
-        assert_eq!(from_onnx, from_hf, "{case}");
+        assert_eq!(generate(&exe, prompt, "16"), from_hf, "{case}");
     }
     let exe = dir.path().join("smollm2-dynamo-opset23-past");
     if exe.is_file() {
-        let server = Server::start(&exe);
-        let body = r#"{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}"#;
-        let reply = server.post("/v1/completions", body);
-        let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
-        assert_eq!(
-            text,
-            from_hf.strip_suffix('\n').unwrap_or(&from_hf),
-            "{reply}"
-        );
+        assert_serves(&exe, &from_hf);
     }
 }
 
