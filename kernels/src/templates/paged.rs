@@ -360,29 +360,37 @@ pub(crate) fn attention(
             let nblk = kb.let_("nblk", load_i64(ib[5], nentry));
             let nbase = kb.let_("nbase", (nblk * kvh + kv.clone()) * bs);
             // Only for a sequence's last row of the step (every decode row): a prefill
-            // chunk's other rows read blocks the cache already holds.
+            // chunk's other rows read blocks the cache already holds. Row `jj` of the
+            // next block is fetched beside row `jj` of this one (in the key and the
+            // value loop), so the prefetches spread over the block instead of
+            // queueing at its start (a burst of 64 lines stalled on the fill buffers:
+            // a third of the kernel's samples at 32 streams).
             let rn = kb.let_("rn", (r.clone() + 1).min(se.clone() - 1));
             let last = (r.clone() + 1)
                 .ge(se.clone())
                 .or(load_i64(ib[4], rn).ne_(sq.clone()));
-            kb.if_(last, |kb| {
-                for (pool, dt, d) in [(ib[1], kp.dtype, dk), (ib[2], vp.dtype, dv)] {
-                    // (elements of the buffer per 64-byte line, per token row); a
-                    // q8_kv pool is a byte buffer of blocks.
-                    let (per_line, row) = if dt == DType::Q8Kv {
-                        (64, d / 64 * 68)
-                    } else {
-                        (
-                            (64 / dt.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1),
-                            d,
-                        )
-                    };
-                    let lines = (bs * row + per_line - 1) / per_line;
-                    kb.for_("pl", 0, lines, LoopTag::Serial, |kb, l| {
-                        kb.prefetch(pool, nbase.clone() * row + l * per_line);
-                    });
-                }
-            });
+            let last = kb.let_("last", last);
+            let fetch_row = |kb: &mut crate::builder::KernelBuilder,
+                             (pool, dt, d): (crate::loopir::BufId, DType, i64),
+                             jj: &Expr| {
+                // (elements of the buffer per 64-byte line, per token row); a q8_kv
+                // pool is a byte buffer of blocks.
+                let (per_line, row) = if dt == DType::Q8Kv {
+                    (64, d / 64 * 68)
+                } else {
+                    (
+                        (64 / dt.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1),
+                        d,
+                    )
+                };
+                let lines = (row + per_line - 1) / per_line;
+                let at = (nbase.clone() + jj.clone()) * row;
+                kb.if_(last.clone(), |kb| {
+                    for l in 0..lines {
+                        kb.prefetch(pool, at.clone() + l * per_line);
+                    }
+                });
+            };
             // Scores of every query head of the group: each key row is read (and
             // widened) once for the whole group.
             let qrows: Vec<Expr> = (0..group)
@@ -395,6 +403,7 @@ pub(crate) fn attention(
                 .collect();
             let bms: Vec<_> = (0..group).map(|_| kb.let_mut("bm", ninf())).collect();
             kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                fetch_row(kb, (ib[1], kp.dtype, dk), &jj);
                 let krow = kb.let_("krow", (base.clone() + jj.clone()) * dk);
                 let dots: Vec<_> = (0..group)
                     .map(|_| kb.let_mut("dot", fconst(0.0, t)))
@@ -481,6 +490,7 @@ pub(crate) fn attention(
                 let prs: Vec<Expr> = (0..group)
                     .map(|g| kb.let_("pr", Expr::load(scores, jj.clone() + g * bs)))
                     .collect();
+                fetch_row(kb, (ib[2], vp.dtype, dv), &jj);
                 let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
                 // p (scale codes) = (p scale) codes, per block.
                 let pss: Vec<_> = (0..group)
