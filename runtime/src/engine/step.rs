@@ -263,7 +263,7 @@ impl StepModel for CompiledStep {
             .collect::<Result<_, _>>()?;
         let outs = self
             .model
-            .run_inputs(&inputs)
+            .run_outputs(&inputs)
             .map_err(|e: ExecError| e.to_string())?;
         let out = outs
             .get(s.logits_output as usize)
@@ -271,12 +271,8 @@ impl StepModel for CompiledStep {
         if out.dtype != ElemType::F32 {
             return Err(format!("logits are {}, expected f32", out.dtype.name()));
         }
-        logits.clear();
-        logits.extend(
-            out.data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+        f32s_from_le(out.bytes(), logits);
+        self.model.recycle(outs);
         if logits.len() != b.logit_rows.len() * self.vocab {
             return Err(format!(
                 "the step returned {} logits for {} rows of {}",
@@ -299,5 +295,45 @@ impl StepModel for CompiledStep {
                 unsafe { std::ptr::copy_nonoverlapping(p.ptr().add(f), p.ptr().add(t), n) };
             }
         }
+    }
+}
+
+/// `dst` becomes the little-endian f32s of `bytes`: one copy into its kept capacity
+/// (a serving step's logits are megabytes; a chunk-by-chunk conversion and a zeroing
+/// `resize` each cost as much as the copy again).
+fn f32s_from_le(bytes: &[u8], dst: &mut Vec<f32>) {
+    let n = bytes.len() / 4;
+    dst.clear();
+    if cfg!(target_endian = "little") {
+        dst.reserve(n);
+        // SAFETY: `dst` has room for `n` f32s, `bytes` holds `4 n` bytes and does not
+        // overlap it; every bit pattern is an f32, and on a little-endian target the
+        // bytes are the values.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.as_mut_ptr().cast::<u8>(), 4 * n);
+            dst.set_len(n);
+        }
+    } else {
+        dst.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f32s_from_le;
+
+    #[test]
+    fn logits_bytes_become_the_same_f32s() {
+        let vals = [1.5f32, -2.0, f32::NAN, f32::MIN_POSITIVE, 0.0];
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut dst = vec![7.0f32; 9];
+        f32s_from_le(&bytes, &mut dst);
+        let got: Vec<u32> = dst.iter().map(|v| v.to_bits()).collect();
+        let want: Vec<u32> = vals.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want);
     }
 }
