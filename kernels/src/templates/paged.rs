@@ -385,11 +385,9 @@ pub(crate) fn attention(
                 };
                 let lines = (row + per_line - 1) / per_line;
                 let at = (nbase.clone() + jj.clone()) * row;
-                kb.if_(last.clone(), |kb| {
-                    for l in 0..lines {
-                        kb.prefetch(pool, at.clone() + l * per_line);
-                    }
-                });
+                for l in 0..lines {
+                    kb.prefetch(pool, at.clone() + l * per_line);
+                }
             };
             // Scores of every query head of the group: each key row is read (and
             // widened) once for the whole group.
@@ -402,64 +400,78 @@ pub(crate) fn attention(
                 })
                 .collect();
             let bms: Vec<_> = (0..group).map(|_| kb.let_mut("bm", ninf())).collect();
-            kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
-                fetch_row(kb, (ib[1], kp.dtype, dk), &jj);
-                let krow = kb.let_("krow", (base.clone() + jj.clone()) * dk);
-                let dots: Vec<_> = (0..group)
-                    .map(|_| kb.let_mut("dot", fconst(0.0, t)))
-                    .collect();
-                if kp.dtype == DType::Q8Kv {
-                    // q · (scale codes) = scale (q · codes), per block.
-                    let parts: Vec<_> = (0..group)
-                        .map(|_| kb.let_mut("part", fconst(0.0, t)))
-                        .collect();
-                    row_runs(
-                        kb,
-                        (ib[1], kp.dtype),
-                        krow,
-                        dk,
-                        |kb, _| {
-                            for p in &parts {
-                                kb.assign(*p, fconst(0.0, t));
-                            }
-                        },
-                        |kb, c, kx| {
-                            let kx = kb.let_("kx", kx);
-                            for (p, qrow) in parts.iter().zip(&qrows) {
-                                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
-                                let v = b(BinOp::Add, Expr::Var(*p), b(BinOp::Mul, qv, kx.clone()));
-                                kb.assign(*p, v);
-                            }
-                        },
-                        |kb, sc| {
-                            for (p, dot) in parts.iter().zip(&dots) {
-                                let v = b(BinOp::Mul, sc.clone(), Expr::Var(*p));
-                                kb.assign(*dot, b(BinOp::Add, Expr::Var(*dot), v));
-                            }
-                        },
-                    );
-                } else {
-                    kb.for_("c", 0, dk, v8, |kb, c| {
-                        let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
-                        let kx = kb.let_("kx", kx);
-                        for (dot, qrow) in dots.iter().zip(&qrows) {
-                            let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
-                            let v = b(BinOp::Add, Expr::Var(*dot), b(BinOp::Mul, qv, kx.clone()));
-                            kb.assign(*dot, v);
-                        }
-                    });
-                }
-                for (g, (dot, bm)) in dots.iter().zip(&bms).enumerate() {
-                    let mut sc = b(BinOp::Mul, Expr::Var(*dot), fconst(scale, t));
-                    if let Some(cap) = cap {
-                        let x = b(BinOp::Div, sc, fconst(cap, t));
-                        sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
+            // Two copies of each key and value loop, with and without the
+            // prefetches: a test per key cost a long prefill 15%.
+            let key_loop = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
+                kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                    if fetch {
+                        fetch_row(kb, (ib[1], kp.dtype, dk), &jj);
                     }
-                    let sc = kb.let_("sc", sc);
-                    kb.store(scores, jj.clone() + g as i64 * bs, sc.clone());
-                    kb.assign(*bm, Expr::Var(*bm).max(sc));
-                }
-            });
+                    let krow = kb.let_("krow", (base.clone() + jj.clone()) * dk);
+                    let dots: Vec<_> = (0..group)
+                        .map(|_| kb.let_mut("dot", fconst(0.0, t)))
+                        .collect();
+                    if kp.dtype == DType::Q8Kv {
+                        // q · (scale codes) = scale (q · codes), per block.
+                        let parts: Vec<_> = (0..group)
+                            .map(|_| kb.let_mut("part", fconst(0.0, t)))
+                            .collect();
+                        row_runs(
+                            kb,
+                            (ib[1], kp.dtype),
+                            krow,
+                            dk,
+                            |kb, _| {
+                                for p in &parts {
+                                    kb.assign(*p, fconst(0.0, t));
+                                }
+                            },
+                            |kb, c, kx| {
+                                let kx = kb.let_("kx", kx);
+                                for (p, qrow) in parts.iter().zip(&qrows) {
+                                    let qv =
+                                        load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                                    let v =
+                                        b(BinOp::Add, Expr::Var(*p), b(BinOp::Mul, qv, kx.clone()));
+                                    kb.assign(*p, v);
+                                }
+                            },
+                            |kb, sc| {
+                                for (p, dot) in parts.iter().zip(&dots) {
+                                    let v = b(BinOp::Mul, sc.clone(), Expr::Var(*p));
+                                    kb.assign(*dot, b(BinOp::Add, Expr::Var(*dot), v));
+                                }
+                            },
+                        );
+                    } else {
+                        kb.for_("c", 0, dk, v8, |kb, c| {
+                            let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
+                            let kx = kb.let_("kx", kx);
+                            for (dot, qrow) in dots.iter().zip(&qrows) {
+                                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                                let v =
+                                    b(BinOp::Add, Expr::Var(*dot), b(BinOp::Mul, qv, kx.clone()));
+                                kb.assign(*dot, v);
+                            }
+                        });
+                    }
+                    for (g, (dot, bm)) in dots.iter().zip(&bms).enumerate() {
+                        let mut sc = b(BinOp::Mul, Expr::Var(*dot), fconst(scale, t));
+                        if let Some(cap) = cap {
+                            let x = b(BinOp::Div, sc, fconst(cap, t));
+                            sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
+                        }
+                        let sc = kb.let_("sc", sc);
+                        kb.store(scores, jj.clone() + g as i64 * bs, sc.clone());
+                        kb.assign(*bm, Expr::Var(*bm).max(sc));
+                    }
+                });
+            };
+            kb.if_else(
+                last.clone(),
+                |kb| key_loop(kb, true),
+                |kb| key_loop(kb, false),
+            );
             // Per query head: the running maximum, the rescale of its sum and
             // accumulator, and the block's probabilities (vectorized over its keys).
             let mns: Vec<Expr> = (0..group)
@@ -486,38 +498,43 @@ pub(crate) fn attention(
                 })
                 .collect();
             // The values: each value row read once for the whole group.
-            kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
-                let prs: Vec<Expr> = (0..group)
-                    .map(|g| kb.let_("pr", Expr::load(scores, jj.clone() + g * bs)))
-                    .collect();
-                fetch_row(kb, (ib[2], vp.dtype, dv), &jj);
-                let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
-                // p (scale codes) = (p scale) codes, per block.
-                let pss: Vec<_> = (0..group)
-                    .map(|_| kb.let_mut("ps", fconst(0.0, t)))
-                    .collect();
-                row_runs(
-                    kb,
-                    (ib[2], vp.dtype),
-                    vrow,
-                    dv,
-                    |kb, sc| {
-                        for (ps, pr) in pss.iter().zip(&prs) {
-                            kb.assign(*ps, b(BinOp::Mul, pr.clone(), sc.clone()));
-                        }
-                    },
-                    |kb, c, vv| {
-                        let vv = kb.let_("vv", vv);
-                        for (g, ps) in pss.iter().enumerate() {
-                            let at = acc_at(o, g as i64, c.clone());
-                            let a = Expr::load(buf, at.clone());
-                            let v = b(BinOp::Add, a, b(BinOp::Mul, Expr::Var(*ps), vv.clone()));
-                            kb.store(buf, at, v);
-                        }
-                    },
-                    |_, _| {},
-                );
-            });
+            let value_loop = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
+                kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                    let prs: Vec<Expr> = (0..group)
+                        .map(|g| kb.let_("pr", Expr::load(scores, jj.clone() + g * bs)))
+                        .collect();
+                    if fetch {
+                        fetch_row(kb, (ib[2], vp.dtype, dv), &jj);
+                    }
+                    let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
+                    // p (scale codes) = (p scale) codes, per block.
+                    let pss: Vec<_> = (0..group)
+                        .map(|_| kb.let_mut("ps", fconst(0.0, t)))
+                        .collect();
+                    row_runs(
+                        kb,
+                        (ib[2], vp.dtype),
+                        vrow,
+                        dv,
+                        |kb, sc| {
+                            for (ps, pr) in pss.iter().zip(&prs) {
+                                kb.assign(*ps, b(BinOp::Mul, pr.clone(), sc.clone()));
+                            }
+                        },
+                        |kb, c, vv| {
+                            let vv = kb.let_("vv", vv);
+                            for (g, ps) in pss.iter().enumerate() {
+                                let at = acc_at(o, g as i64, c.clone());
+                                let a = Expr::load(buf, at.clone());
+                                let v = b(BinOp::Add, a, b(BinOp::Mul, Expr::Var(*ps), vv.clone()));
+                                kb.store(buf, at, v);
+                            }
+                        },
+                        |_, _| {},
+                    );
+                });
+            };
+            kb.if_else(last, |kb| value_loop(kb, true), |kb| value_loop(kb, false));
             for (g, mn) in mns.into_iter().enumerate() {
                 kb.assign(ms[g], mn);
             }
