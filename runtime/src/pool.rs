@@ -16,7 +16,32 @@ struct Job {
     body: BodyFn,
     ctx: usize,
     n: i64,
+    /// The smallest claim.
     chunk: i64,
+    /// A claim takes the unclaimed iterations divided by this (or `chunk`).
+    div: i64,
+}
+
+/// Claims the next range of `job`: a share of what is left, never less than
+/// `job.chunk` (guided scheduling). Large claims first keep the claims few; the small
+/// last ones keep threads from idling while one finishes a long last chunk (with
+/// equal chunks of an eighth, the caller waited at the end of each loop for 5% of a
+/// 32-stream serving step).
+fn claim(shared: &Shared, job: &Job) -> Option<(i64, i64)> {
+    let mut cur = shared.next.load(Ordering::Relaxed);
+    loop {
+        if cur >= job.n {
+            return None;
+        }
+        let end = (cur + ((job.n - cur) / job.div).max(job.chunk)).min(job.n);
+        match shared
+            .next
+            .compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return Some((cur, end)),
+            Err(now) => cur = now,
+        }
+    }
 }
 
 struct State {
@@ -70,6 +95,9 @@ pub fn set_num_threads(n: usize) -> bool {
 /// hundreds of small parallel loops per token; a sleeping worker takes a scheduler
 /// wake-up to rejoin).
 const SPIN: u32 = 20_000;
+
+/// The smallest claim is the range divided by this and the thread count.
+const GUIDED_TAIL: i64 = 16;
 
 /// The number of threads parallel loops use (workers + the caller).
 pub fn num_threads() -> usize {
@@ -132,12 +160,7 @@ fn pool() -> &'static Pool {
 /// Claims and runs chunks until the range is exhausted.
 fn drain(shared: &Shared, job: Job) {
     IN_BODY.with(|f| f.set(true));
-    loop {
-        let start = shared.next.fetch_add(job.chunk, Ordering::Relaxed);
-        if start >= job.n {
-            break;
-        }
-        let end = (start + job.chunk).min(job.n);
+    while let Some((start, end)) = claim(shared, &job) {
         // SAFETY: `body` and `ctx` come from generated code that stays blocked in
         // `llmc_parallel_for` until every worker that joined the job has left it.
         unsafe { (job.body)(job.ctx as *mut u8, start, end) };
@@ -202,12 +225,12 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
         return inline();
     };
     let threads = (p.workers + 1) as i64;
-    let chunk = (n / (threads * 4)).max(1);
     let job = Job {
         body,
         ctx: ctx as usize,
         n,
-        chunk,
+        chunk: (n / (threads * GUIDED_TAIL)).max(1),
+        div: threads * 2,
     };
     p.shared.next.store(0, Ordering::Relaxed);
     let wake = {
