@@ -588,7 +588,7 @@ impl StepModel for CudaStep {
         crate::engine::step::CompiledStep::bytes_per_token(&self.serving)
     }
 
-    fn step(&mut self, b: &StepBatch, logits: &mut Vec<f32>) -> Result<(), String> {
+    fn step(&mut self, b: &StepBatch) -> Result<&[f32], String> {
         let t_start = std::time::Instant::now();
         let s = self.serving.clone();
         let t = b.tokens.len();
@@ -798,8 +798,6 @@ impl StepModel for CudaStep {
             result::memcpy_dtoh_async(&mut self.logits_host[..], out_addr, self.dev.stream)
         })?;
         self.dev.sync()?;
-        logits.clear();
-        logits.extend_from_slice(&self.logits_host);
         if let Some(tm) = self.timing.as_mut() {
             let end = std::time::Instant::now();
             let between = tm
@@ -821,7 +819,7 @@ impl StepModel for CudaStep {
             bk.4 += replayed as u64;
             tm.last_end = Some(end);
         }
-        Ok(())
+        Ok(&self.logits_host)
     }
 
     fn copy_block(&mut self, from: u32, to: u32) {

@@ -91,6 +91,7 @@ struct Toy {
     blocks: usize,
     /// Sleep per row: makes prefill take time, for the disconnect tests.
     per_row: Duration,
+    logits: Vec<f32>,
 }
 
 impl StepModel for Toy {
@@ -106,8 +107,9 @@ impl StepModel for Toy {
     fn kv_bytes_per_token(&self) -> usize {
         64
     }
-    fn step(&mut self, b: &StepBatch, logits: &mut Vec<f32>) -> Result<(), String> {
+    fn step(&mut self, b: &StepBatch) -> Result<&[f32], String> {
         std::thread::sleep(self.per_row * b.tokens.len() as u32);
+        let logits = &mut self.logits;
         logits.clear();
         for &r in &b.logit_rows {
             let pos = b.positions[r as usize] as usize;
@@ -120,7 +122,7 @@ impl StepModel for Toy {
                 logits.push(if v == want { 4.0 } else { x });
             }
         }
-        Ok(())
+        Ok(&self.logits)
     }
     fn copy_block(&mut self, _from: u32, _to: u32) {}
 }
@@ -133,6 +135,7 @@ fn engine(cfg: EngineConfig, per_row: Duration) -> EngineHandle {
                 vocab,
                 blocks: 64,
                 per_row,
+                logits: Vec::new(),
             }) as Box<dyn StepModel>)
         },
         cfg,

@@ -277,7 +277,6 @@ struct Worker {
     stats: Stats,
     finished: HashMap<FinishReason, u64>,
     batch: StepBatch,
-    logits: Vec<f32>,
 }
 
 impl Worker {
@@ -306,7 +305,6 @@ impl Worker {
             stats,
             finished: HashMap::new(),
             batch: StepBatch::default(),
-            logits: Vec::new(),
         }
     }
 
@@ -440,25 +438,26 @@ impl Worker {
             }
         }
         let rows = self.fill_batch(&plan);
-        let mut logits = std::mem::take(&mut self.logits);
-        let res = self.model.step(&self.batch, &mut logits);
+        let res = self.model.step(&self.batch);
         self.stats.steps += 1;
         self.stats.step_tokens += self.batch.tokens.len() as u64;
-        if let Err(e) = res {
-            let ids: Vec<RequestId> = plan
-                .chunks
-                .iter()
-                .map(|c| self.sch.running[c.seq].id)
-                .collect();
-            for id in ids {
-                if let Some(l) = self.live.get_mut(&id) {
-                    (l.sink)(Event::Error(format!("step failed: {e}")));
+        let logits = match res {
+            Ok(l) => l,
+            Err(e) => {
+                let ids: Vec<RequestId> = plan
+                    .chunks
+                    .iter()
+                    .map(|c| self.sch.running[c.seq].id)
+                    .collect();
+                for id in ids {
+                    if let Some(l) = self.live.get_mut(&id) {
+                        (l.sink)(Event::Error(format!("step failed: {e}")));
+                    }
+                    self.finish(id, FinishReason::Error);
                 }
-                self.finish(id, FinishReason::Error);
+                return;
             }
-            self.logits = logits;
-            return;
-        }
+        };
         let vocab = self.facts.vocab;
         // Commit every chunk first (indices into `running` stay valid), then sample
         // and finish.
@@ -547,7 +546,6 @@ impl Worker {
                 self.stats.prompt_tokens += seq.prompt_len as u64;
             }
         }
-        self.logits = logits;
         for (id, reason) in done {
             self.finish(id, reason);
         }

@@ -5,7 +5,7 @@
 //! (see [`crate::plan::ServingInfo`]) and owns the KV pool memory.
 
 use crate::abi::KernelFn;
-use crate::exec::{AlignedBuf, ExecError, Input, Model};
+use crate::exec::{AlignedBuf, ExecError, Input, Model, Output};
 use crate::plan::{ElemType, Plan, ServingInfo};
 
 /// One step's rows and attention metadata.
@@ -37,8 +37,10 @@ pub trait StepModel {
     fn block_size(&self) -> usize;
     /// Bytes of KV per token, all layers.
     fn kv_bytes_per_token(&self) -> usize;
-    /// Runs one step; `logits` receives `logit_rows.len() × vocab` values.
-    fn step(&mut self, batch: &StepBatch, logits: &mut Vec<f32>) -> Result<(), String>;
+    /// Runs one step and returns its logits, `logit_rows.len() × vocab` values (valid
+    /// until the next step: a serving step's are megabytes, read where they were
+    /// computed).
+    fn step(&mut self, batch: &StepBatch) -> Result<&[f32], String>;
     /// Copies block `from`'s K/V into block `to` in every layer (copy-on-write).
     fn copy_block(&mut self, from: u32, to: u32);
 }
@@ -52,6 +54,11 @@ pub struct CompiledStep {
     blocks: usize,
     block_bytes: usize,
     vocab: usize,
+    /// The last step's outputs (its logits are read from them), handed back to the
+    /// model at the next step.
+    last: Vec<Output>,
+    /// The logits as f32 where the output's bytes cannot be read as such in place.
+    converted: Vec<f32>,
 }
 
 impl CompiledStep {
@@ -104,6 +111,8 @@ impl CompiledStep {
             blocks,
             block_bytes,
             vocab,
+            last: Vec::new(),
+            converted: Vec::new(),
         })
     }
 
@@ -216,7 +225,8 @@ impl StepModel for CompiledStep {
         Self::bytes_per_token(&self.serving)
     }
 
-    fn step(&mut self, b: &StepBatch, logits: &mut Vec<f32>) -> Result<(), String> {
+    fn step(&mut self, b: &StepBatch) -> Result<&[f32], String> {
+        self.model.recycle(std::mem::take(&mut self.last));
         let s = &self.serving;
         let t = b.tokens.len();
         let nseq = b.block_tables.len().checked_div(b.table_width).unwrap_or(0);
@@ -265,23 +275,33 @@ impl StepModel for CompiledStep {
             .model
             .run_outputs(&inputs)
             .map_err(|e: ExecError| e.to_string())?;
-        let out = outs
-            .get(s.logits_output as usize)
-            .ok_or("the step returned no logits")?;
+        let at = s.logits_output as usize;
+        let out = outs.get(at).ok_or("the step returned no logits")?;
         if out.dtype != ElemType::F32 {
             return Err(format!("logits are {}, expected f32", out.dtype.name()));
         }
-        f32s_from_le(out.bytes(), logits);
-        self.model.recycle(outs);
-        if logits.len() != b.logit_rows.len() * self.vocab {
+        let n = out.bytes().len() / 4;
+        if n != b.logit_rows.len() * self.vocab {
             return Err(format!(
-                "the step returned {} logits for {} rows of {}",
-                logits.len(),
+                "the step returned {n} logits for {} rows of {}",
                 b.logit_rows.len(),
                 self.vocab
             ));
         }
-        Ok(())
+        self.last = outs;
+        let bytes = self.last[at].bytes();
+        // SAFETY: every bit pattern is an f32; `align_to` only takes the aligned middle.
+        let (head, mid, tail) = unsafe { bytes.align_to::<f32>() };
+        if cfg!(target_endian = "little") && head.is_empty() && tail.is_empty() {
+            return Ok(mid);
+        }
+        self.converted.clear();
+        self.converted.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        Ok(&self.converted)
     }
 
     fn copy_block(&mut self, from: u32, to: u32) {
@@ -295,45 +315,5 @@ impl StepModel for CompiledStep {
                 unsafe { std::ptr::copy_nonoverlapping(p.ptr().add(f), p.ptr().add(t), n) };
             }
         }
-    }
-}
-
-/// `dst` becomes the little-endian f32s of `bytes`: one copy into its kept capacity
-/// (a serving step's logits are megabytes; a chunk-by-chunk conversion and a zeroing
-/// `resize` each cost as much as the copy again).
-fn f32s_from_le(bytes: &[u8], dst: &mut Vec<f32>) {
-    let n = bytes.len() / 4;
-    dst.clear();
-    if cfg!(target_endian = "little") {
-        dst.reserve(n);
-        // SAFETY: `dst` has room for `n` f32s, `bytes` holds `4 n` bytes and does not
-        // overlap it; every bit pattern is an f32, and on a little-endian target the
-        // bytes are the values.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.as_mut_ptr().cast::<u8>(), 4 * n);
-            dst.set_len(n);
-        }
-    } else {
-        dst.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::f32s_from_le;
-
-    #[test]
-    fn logits_bytes_become_the_same_f32s() {
-        let vals = [1.5f32, -2.0, f32::NAN, f32::MIN_POSITIVE, 0.0];
-        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let mut dst = vec![7.0f32; 9];
-        f32s_from_le(&bytes, &mut dst);
-        let got: Vec<u32> = dst.iter().map(|v| v.to_bits()).collect();
-        let want: Vec<u32> = vals.iter().map(|v| v.to_bits()).collect();
-        assert_eq!(got, want);
     }
 }
