@@ -35,7 +35,8 @@ pub enum ExecError {
     },
 }
 
-/// 64-byte aligned, zero-initialised bytes.
+/// 64-byte aligned bytes, zero when allocated (a reused temporary holds what its last
+/// user left).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
@@ -465,15 +466,17 @@ impl<'d> Model<'d> {
     /// ([`Input::Borrowed`]: a kernel may write through it, as the serving form's
     /// KV-pool writes do).
     pub fn run_inputs(&mut self, inputs: &[Input]) -> Result<Vec<HostTensor>, ExecError> {
-        Ok(self
-            .run_outputs(inputs)?
-            .into_iter()
+        let outs = self.run_outputs(inputs)?;
+        let host = outs
+            .iter()
             .map(|o| HostTensor {
                 data: o.bytes().to_vec(),
                 dtype: o.dtype,
-                shape: o.shape,
+                shape: o.shape.clone(),
             })
-            .collect())
+            .collect();
+        self.recycle(outs);
+        Ok(host)
     }
 
     /// [`Self::run_inputs`] without copying the results: each output is its buffer
