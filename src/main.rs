@@ -165,7 +165,9 @@ struct BuildArgs {
     /// Quantize the weight matrices:
     /// FORMAT[,head=F|keep][,embed=F|keep][,awq][,gptq][,damp=F][,layerN=F|layerA-B=F]
     /// with FORMAT q8_0, q4_0, q4_1, q5_0, q5_1 (llama-quantize's mix: the output
-    /// matrix in q8_0) or f16, bf16; awq and gptq need --calibration FILE.
+    /// matrix in q8_0), llmc's int4 groups of 64 or 128 (q4_0_g64, q4_0_g128
+    /// symmetric; q4_1_g64, q4_1_g128 with a minimum), or f16, bf16; awq and gptq
+    /// need --calibration FILE.
     #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
     quantize: Option<llmc_passes::quant::QuantSpec>,
     /// Remove structure: ffn=PCT drops that share of every MLP's hidden channels,

@@ -94,6 +94,10 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         DType::Q3K,
         DType::IQ4NL,
         DType::IQ4XS,
+        DType::Q4_0G64,
+        DType::Q4_1G64,
+        DType::Q4_0G128,
+        DType::Q4_1G128,
     ];
     for d in formats {
         // The longest rows are taken in slices of blocks (33 blocks: 16 + 16 + 1;
@@ -101,6 +105,8 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         let ks: &[usize] = match d {
             DType::Q4_0 | DType::Q5_1 => &[1056, 128],
             DType::Q4K => &[1280, 256],
+            DType::Q4_0G64 | DType::Q4_1G64 => &[1088, 192],
+            DType::Q4_1G128 | DType::Q4_0G128 => &[1280, 384],
             _ if d.block_len() == 256 => &[256, 512],
             _ => &[96, 128],
         };
@@ -132,7 +138,21 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                     bytes.extend(f16(0.0005 + (next() % 100) as f32 * 1e-5));
                 }
             }
-            for _ in 0..if d.block_len() == 256 { 0 } else { n * k / 32 } {
+            if matches!(
+                d,
+                DType::Q4_0G64 | DType::Q4_1G64 | DType::Q4_0G128 | DType::Q4_1G128
+            ) {
+                // Groups: d, the `_1` kinds' m, nibbles.
+                for _ in 0..n * k / d.block_len() {
+                    bytes.extend(f16(0.01 + (next() % 100) as f32 * 1e-4));
+                    if matches!(d, DType::Q4_1G64 | DType::Q4_1G128) {
+                        bytes.extend(f16((next() % 100) as f32 * -1e-3));
+                    }
+                    bytes.extend((0..d.block_len() / 2).map(|_| next() as u8));
+                }
+            }
+            let per_32 = d.block_len() == 32;
+            for _ in 0..if per_32 { n * k / 32 } else { 0 } {
                 let scale = 0.01 + (next() % 100) as f32 * 1e-4;
                 // IQ4_NL's levels reach 127: a smaller scale keeps outputs comparable.
                 let scale = if d == DType::IQ4NL {

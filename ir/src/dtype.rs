@@ -62,6 +62,17 @@ pub enum DType {
     /// 256-wide one), one f32 scale then 64 × i8 codes: `x = d q`. Not a GGUF type: the
     /// codes of a block are contiguous so a kernel reads a head vector as one run.
     Q8Kv,
+    /// llmc's int4 groups of 64, symmetric (Q4_0 with a wider group): f16 scale `d`
+    /// then two 16-byte Q4_0 nibble blocks (sub-block `j`'s element `e` in byte
+    /// `2 + 16 j + e mod 16`, low nibble for `e < 16`): `w = d (q - 8)`. Not a GGUF type.
+    Q4_0G64,
+    /// int4 groups of 64 with a minimum (Q4_1 with a wider group): f16 `d`, f16 `m`, two
+    /// nibble blocks at byte 4: `w = d q + m`.
+    Q4_1G64,
+    /// [`DType::Q4_0G64`] with groups of 128 (four nibble blocks).
+    Q4_0G128,
+    /// [`DType::Q4_1G64`] with groups of 128 (four nibble blocks).
+    Q4_1G128,
 }
 
 /// The broad class a dtype belongs to, used by type rules.
@@ -105,6 +116,10 @@ impl DType {
         DType::IQ4NL,
         DType::IQ4XS,
         DType::Q8Kv,
+        DType::Q4_0G64,
+        DType::Q4_1G64,
+        DType::Q4_0G128,
+        DType::Q4_1G128,
     ];
 
     /// The name used in the text format.
@@ -135,6 +150,10 @@ impl DType {
             DType::IQ4NL => "iq4_nl",
             DType::IQ4XS => "iq4_xs",
             DType::Q8Kv => "q8_kv",
+            DType::Q4_0G64 => "q4_0_g64",
+            DType::Q4_1G64 => "q4_1_g64",
+            DType::Q4_0G128 => "q4_0_g128",
+            DType::Q4_1G128 => "q4_1_g128",
         }
     }
 
@@ -181,7 +200,8 @@ impl DType {
                 32
             }
             DType::Q4K | DType::Q5K | DType::Q6K | DType::Q2K | DType::Q3K | DType::IQ4XS => 256,
-            DType::Q8Kv => 64,
+            DType::Q8Kv | DType::Q4_0G64 | DType::Q4_1G64 => 64,
+            DType::Q4_0G128 | DType::Q4_1G128 => 128,
             _ => 1,
         }
     }
@@ -206,6 +226,10 @@ impl DType {
             DType::IQ4NL => 2 + 16,
             DType::IQ4XS => 2 + 2 + 4 + 128,
             DType::Q8Kv => 4 + 64,
+            DType::Q4_0G64 => 2 + 32,
+            DType::Q4_1G64 => 2 + 2 + 32,
+            DType::Q4_0G128 => 2 + 64,
+            DType::Q4_1G128 => 2 + 2 + 64,
         }
     }
 
@@ -260,6 +284,9 @@ mod tests {
         assert_eq!(DType::Q3K.storage_bytes(256), Some(110));
         assert_eq!(DType::IQ4NL.storage_bytes(32), Some(18));
         assert_eq!(DType::IQ4XS.storage_bytes(256), Some(136));
+        assert_eq!(DType::Q4_0G128.storage_bytes(256), Some(132));
+        assert_eq!(DType::Q4_1G64.storage_bytes(128), Some(72));
+        assert_eq!(DType::Q4_0G64.storage_bytes(96), None);
         assert_eq!(DType::Q4_0.storage_bytes(33), None);
         assert_eq!(DType::F16.storage_bytes(3), Some(6));
     }

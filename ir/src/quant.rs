@@ -110,6 +110,28 @@ pub fn dequantize(dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f64>, 
                 );
             }
         }
+        DType::Q4_0G64 | DType::Q4_1G64 | DType::Q4_0G128 | DType::Q4_1G128 => {
+            // Q4_0 / Q4_1 nibble blocks of 32 sharing the group's `d` (and `m`).
+            let (sym, hdr) = match dtype {
+                DType::Q4_0G64 | DType::Q4_0G128 => (true, 2),
+                _ => (false, 4),
+            };
+            for b in blocks {
+                let d = f16_at(b, 0);
+                let m = if sym { -8.0 * d } else { f16_at(b, 2) };
+                for qs in b[hdr..].chunks_exact(16) {
+                    let val = |q: u8| {
+                        if sym {
+                            d * (q as f64 - 8.0)
+                        } else {
+                            d * q as f64 + m
+                        }
+                    };
+                    out.extend(qs.iter().map(|&q| val(q & 0xF)));
+                    out.extend(qs.iter().map(|&q| val(q >> 4)));
+                }
+            }
+        }
         DType::Q4K | DType::Q5K | DType::Q6K | DType::Q2K | DType::Q3K | DType::IQ4XS => {
             crate::quant_k::dequantize_k(dtype, &bytes[..need as usize], &mut out)?;
         }

@@ -364,14 +364,16 @@ impl Machine<'_> {
                 )
             }
             _ => {
-                let wb = w0 + b * bb;
+                // A group format's block `b` is sub-block `b mod n` of group `b / n`.
+                let n = fmt.sub_blocks();
+                let wb = w0 + b / n * bb;
                 let d = self.read(w, wb, Ty::F16, bufs)?.f() as f32;
                 let m = if fmt.stored_min() {
                     Some(self.read(w, wb + 2, Ty::F16, bufs)?.f() as f32)
                 } else {
                     fmt.offset_min().map(|f| f * d)
                 };
-                (d, m, wb + qs, 0)
+                (d, m, wb + qs + 16 * (b % n), 0)
             }
         };
         let mut out = [0i64; 32];
@@ -476,9 +478,11 @@ impl Machine<'_> {
             return Err(format!("{fmt:?} has no packed layout"));
         }
         let dt = fmt.dtype();
-        let g = w0 + b * lanes * fmt.block_bytes();
+        // A group format's block `b` is block `b mod n` of its group's quants.
+        let n = fmt.sub_blocks();
+        let g = w0 + b / n * lanes * fmt.block_bytes();
         let (qs, masks) = crate::templates::pack::tile16_offsets(dt);
-        let (qs, masks) = (g + qs as i64, g + masks as i64);
+        let (qs, masks) = (g + qs as i64 + (b % n) * lanes * 16, g + masks as i64);
         let d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
         let offset8 = offset8 && dt == DType::Q8_0;
         let m = if fmt.stored_min() {

@@ -516,6 +516,18 @@ pub enum QFmt {
     /// halves have their own scales, `D · s[2 t]` and `D · s[2 t + 1]`, `s` the
     /// unpacked scales minus 32 (`llmc_ir::quant_k::q3k_scales`).
     Q3K,
+    /// llmc's int4 groups ([`llmc_ir::DType::Q4_0G64`] and the like): one f16 `d` (and
+    /// for the `_1` kinds an f16 `m` after it) per group of 2 (`G64`) or 4 (`G128`)
+    /// blocks, then the blocks' 16 bytes of nibbles each, as Q4_0's. Block `b` of a row
+    /// is block `b mod n` of group `b / n`: its `d` and `m` (`-8 d` for the `_0` kinds)
+    /// are the group's, its nibbles at `qs_offset + 16 (b mod n)` in the group.
+    Q4_0G64,
+    /// See [`QFmt::Q4_0G64`].
+    Q4_1G64,
+    /// See [`QFmt::Q4_0G64`].
+    Q4_0G128,
+    /// See [`QFmt::Q4_0G64`].
+    Q4_1G128,
 }
 
 impl QFmt {
@@ -533,6 +545,10 @@ impl QFmt {
             QFmt::IQ4XS => 136,
             QFmt::Q6K => 210,
             QFmt::Q3K => 110,
+            QFmt::Q4_0G64 => 34,
+            QFmt::Q4_1G64 => 36,
+            QFmt::Q4_0G128 => 66,
+            QFmt::Q4_1G128 => 68,
         }
     }
 
@@ -540,6 +556,8 @@ impl QFmt {
     pub fn sub_blocks(self) -> i64 {
         match self {
             QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4XS => 8,
+            QFmt::Q4_0G64 | QFmt::Q4_1G64 => 2,
+            QFmt::Q4_0G128 | QFmt::Q4_1G128 => 4,
             _ => 1,
         }
     }
@@ -565,13 +583,13 @@ impl QFmt {
 
     /// Bytes of a row of `blocks` blocks of 32.
     pub fn row_bytes(self, blocks: i64) -> i64 {
-        blocks / self.sub_blocks() * self.block_bytes()
+        blocks * self.block_bytes() / self.sub_blocks()
     }
 
     /// Offset of the quant bytes in a block.
     pub fn qs_offset(self) -> i64 {
         match self {
-            QFmt::Q4_1 => 4,
+            QFmt::Q4_1 | QFmt::Q4_1G64 | QFmt::Q4_1G128 => 4,
             QFmt::Q5_0 => 6,
             QFmt::Q5_1 => 8,
             QFmt::Q4K => 16,
@@ -606,6 +624,10 @@ impl QFmt {
             QFmt::IQ4XS => DType::IQ4XS,
             QFmt::Q6K => DType::Q6K,
             QFmt::Q3K => DType::Q3K,
+            QFmt::Q4_0G64 => DType::Q4_0G64,
+            QFmt::Q4_1G64 => DType::Q4_1G64,
+            QFmt::Q4_0G128 => DType::Q4_0G128,
+            QFmt::Q4_1G128 => DType::Q4_1G128,
         }
     }
 
@@ -615,7 +637,7 @@ impl QFmt {
         matches!(
             self,
             QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1 | QFmt::Q5_0 | QFmt::Q5_1 | QFmt::Q4K
-        )
+        ) || self.grouped()
     }
 
     /// Whether the format is Q4_K or Q5_K (six-bit scales and minimums per block).
@@ -623,15 +645,28 @@ impl QFmt {
         matches!(self, QFmt::Q4K | QFmt::Q5K)
     }
 
-    /// Whether the format stores its minimum (Q4_1, Q5_1) after the scale.
+    /// Whether the format stores its minimum (Q4_1, Q5_1, the `_1` groups) after the
+    /// scale.
     pub fn stored_min(self) -> bool {
-        matches!(self, QFmt::Q4_1 | QFmt::Q5_1)
+        matches!(
+            self,
+            QFmt::Q4_1 | QFmt::Q5_1 | QFmt::Q4_1G64 | QFmt::Q4_1G128
+        )
     }
 
-    /// The implied minimum's factor of `d` (Q4_0: -8, Q5_0: -16).
+    /// Whether blocks share their group's scale and minimum ([`QFmt::Q4_0G64`]): the
+    /// Q4_0/Q4_1 block read with group addressing.
+    pub fn grouped(self) -> bool {
+        matches!(
+            self,
+            QFmt::Q4_0G64 | QFmt::Q4_1G64 | QFmt::Q4_0G128 | QFmt::Q4_1G128
+        )
+    }
+
+    /// The implied minimum's factor of `d` (Q4_0 and its groups: -8, Q5_0: -16).
     pub fn offset_min(self) -> Option<f32> {
         match self {
-            QFmt::Q4_0 => Some(-8.0),
+            QFmt::Q4_0 | QFmt::Q4_0G64 | QFmt::Q4_0G128 => Some(-8.0),
             QFmt::Q5_0 => Some(-16.0),
             _ => None,
         }

@@ -199,6 +199,10 @@ fn qfmt(d: DType) -> Option<QFmt> {
         DType::IQ4XS => Some(QFmt::IQ4XS),
         DType::Q6K => Some(QFmt::Q6K),
         DType::Q3K => Some(QFmt::Q3K),
+        DType::Q4_0G64 => Some(QFmt::Q4_0G64),
+        DType::Q4_1G64 => Some(QFmt::Q4_1G64),
+        DType::Q4_0G128 => Some(QFmt::Q4_0G128),
+        DType::Q4_1G128 => Some(QFmt::Q4_1G128),
         _ => None,
     }
 }

@@ -473,7 +473,11 @@ pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
         | DType::Q6K
         | DType::Q3K
         | DType::IQ4NL
-        | DType::IQ4XS => Some((d.block_len() as i64, d.block_bytes() as i64)),
+        | DType::IQ4XS
+        | DType::Q4_0G64
+        | DType::Q4_1G64
+        | DType::Q4_0G128
+        | DType::Q4_1G128 => Some((d.block_len() as i64, d.block_bytes() as i64)),
         _ => None,
     }
 }
@@ -494,9 +498,21 @@ pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Exp
     }
 }
 
-/// The f32 value of element `j` (0..32; 0..256 for Q4_K) of the block starting at
-/// byte `base`.
+/// The f32 value of element `j` (0..32; 0..256 for Q4_K; 0..64 or 0..128 for the int4
+/// groups) of the block starting at byte `base`.
 pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
+    if let Some(sub) = match dtype {
+        DType::Q4_0G64 | DType::Q4_0G128 => Some((DType::Q4_0, 2)),
+        DType::Q4_1G64 | DType::Q4_1G128 => Some((DType::Q4_1, 4)),
+        _ => None,
+    } {
+        // A group is its scale (and minimum) and Q4_0-ordered nibble blocks: element
+        // `j` is element `j mod 32` of a Q4_0 / Q4_1 block whose nibbles sit `16 (j /
+        // 32)` bytes further on (read as if its header were just before them).
+        let (base_fmt, hdr) = sub;
+        let blk = j.clone() / 32;
+        return dequant_group(buf, base_fmt, hdr, base, blk, j % 32);
+    }
     if matches!(dtype, DType::Q4K | DType::Q5K) {
         return dequant_q45k(buf, base, j, dtype == DType::Q5K);
     }
@@ -575,6 +591,27 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
                 m,
             )
         }
+    }
+}
+
+/// Element `j` (0..32) of sub-block `blk` of the int4 group at `base` (`hdr` header
+/// bytes, `fmt` Q4_0 or Q4_1): the group's `d` (and `m`), the sub-block's nibbles.
+fn dequant_group(buf: BufId, fmt: DType, hdr: i64, base: Expr, blk: Expr, j: Expr) -> Expr {
+    use crate::loopir::BinOp::{Add, And, Mul, Shr, Sub};
+    let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
+    let d = f16(base.clone());
+    let b = Expr::LoadRaw(
+        buf,
+        Box::new(base.clone() + hdr + blk * 16 + (j.clone() % 16)),
+        Ty::U8,
+    );
+    let lo = Expr::bin(And, b.clone(), Expr::Int(15, Ty::U8));
+    let hi = Expr::bin(Shr, b, Expr::Int(4, Ty::U8));
+    let q = Expr::select(j.lt(Expr::i(16)), lo, hi).cast(Ty::F32);
+    if fmt == DType::Q4_0 {
+        Expr::bin(Mul, Expr::bin(Sub, q, Expr::f(8.0, Ty::F32)), d)
+    } else {
+        Expr::bin(Add, Expr::bin(Mul, q, d), f16(base + 2))
     }
 }
 

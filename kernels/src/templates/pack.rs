@@ -3,12 +3,14 @@
 //! best; the planner rewrites the weight once into the data section. The layout and
 //! the kernel that reads it are defined side by side: this module and `linalg`.
 //!
-//! `Tile16` (GGUF Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): groups of [`QTile::LANES`]
+//! `Tile16` (GGUF Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, llmc's int4 groups): groups of [`QTile::LANES`]
 //! consecutive rows, and in each group block by block: the 16 rows' f16 scales, the
 //! 16 rows' f16 minimums (Q4_1, Q5_1), the fifth bits (Q5_0, Q5_1: per pair of quants
 //! one u32 whose bit `i` belongs to lane `i` of the tile vector; see [`tile16_fifth`]),
 //! then the quants in the order of the tile a `QUnpack` fills (pairs of quants with
-//! the rows in lanes; see [`tile16_quant`]). Unpacking is then a widening load, a mask
+//! the rows in lanes; see [`tile16_quant`]). The int4 groups (`q4_0_g64` and the
+//! like) pack per group: the 16 rows' scales (and minimums), then the group's blocks'
+//! quants one block after the other, as Q4_0's. Unpacking is then a widening load, a mask
 //! and a shift per pair of tile vectors (and a masked or for the fifth bits), with no
 //! transpose. Q4_K packs per super-block: the 16 rows' D and Dmin, their 12 packed
 //! scale bytes as 12 runs of 16 (see [`tile16_q4k_scale`]), then its eight blocks'
@@ -51,6 +53,9 @@ fn parts(d: DType) -> Option<(usize, bool, bool)> {
         DType::Q4_1 => Some((16, true, false)),
         DType::Q5_0 => Some((16, false, true)),
         DType::Q5_1 => Some((16, true, true)),
+        // Per block of 32 of the group (the group's scale and minimum once).
+        DType::Q4_0G64 | DType::Q4_0G128 => Some((16, false, false)),
+        DType::Q4_1G64 | DType::Q4_1G128 => Some((16, true, false)),
         _ => None,
     }
 }
@@ -165,9 +170,12 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
             let qs_at = match d {
                 DType::Q5_0 => 6,
                 DType::Q5_1 => 8,
-                DType::Q4_1 => 4,
+                DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 => 4,
                 _ => 2,
             };
+            // Blocks of 32 in a block of the format (a group's, for the int4 groups):
+            // their quants follow one another after the group's scales.
+            let subs = bl / 32;
             for g in 0..rows / lanes {
                 for b in 0..blocks {
                     let block = |r: usize| {
@@ -187,10 +195,11 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
                         out.resize(m0 + 64, 0);
                     }
                     let q0 = out.len();
-                    out.resize(q0 + lanes * qn, 0);
-                    for r in 0..lanes {
+                    out.resize(q0 + subs * lanes * qn, 0);
+                    for (r, j) in (0..lanes).flat_map(|r| (0..subs).map(move |j| (r, j))) {
                         let blk = block(r);
-                        let qs = &blk[qs_at..];
+                        let qs = &blk[qs_at + qn * j..];
+                        let q0 = q0 + j * lanes * qn;
                         let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
                         let qh = if has_min {
                             u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]])

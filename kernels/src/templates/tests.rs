@@ -404,6 +404,21 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
         }
         return out;
     }
+    if matches!(
+        d,
+        DType::Q4_0G64 | DType::Q4_1G64 | DType::Q4_0G128 | DType::Q4_1G128
+    ) {
+        // Groups: d, the `_1` kinds' m, then the nibbles (any bits).
+        let asym = matches!(d, DType::Q4_1G64 | DType::Q4_1G128);
+        for _ in 0..rows * k / d.block_len() {
+            out.extend(half::f16::from_f64(0.01 + 0.05 * r.unit().abs()).to_le_bytes());
+            if asym {
+                out.extend(half::f16::from_f64(-0.2 * r.unit().abs()).to_le_bytes());
+            }
+            out.extend((0..d.block_len() / 2).map(|_| r.next() as u8));
+        }
+        return out;
+    }
     if d == DType::Q4K || d == DType::Q5K {
         // Super-blocks: D, Dmin, 12 bytes of packed scales/mins (any bits), Q5_K's 32
         // bytes of fifth bits, nibbles.
@@ -607,8 +622,16 @@ fn linear_float_and_quantized() {
         let wq = quant_bytes(&mut r, DType::Q5K, n, k);
         check_quant_linear(&x, rows, DType::Q5K, n, k, &wq, None);
     }
-    for (d, k) in [(DType::IQ4NL, 96usize), (DType::IQ4XS, 512)] {
-        for (rows, n) in [(1usize, 40usize), (9, 33)] {
+    for (d, k) in [
+        (DType::IQ4NL, 96usize),
+        (DType::IQ4XS, 512),
+        (DType::Q4_0G64, 192),
+        (DType::Q4_1G64, 64),
+        (DType::Q4_0G128, 384),
+        (DType::Q4_1G128, 256),
+    ] {
+        // 48 rows: the int4 groups packed in tiles of 16.
+        for (rows, n) in [(1usize, 40usize), (9, 33), (1, 48), (5, 48)] {
             let x = r.tensor(F, &[rows, k], 1.0);
             let wq = quant_bytes(&mut r, d, n, k);
             check_quant_linear(&x, rows, d, n, k, &wq, None);
@@ -1522,6 +1545,18 @@ fn block32_values(d: DType, row: &[u8], b: usize) -> (f64, f64, Vec<i64>) {
             })
             .collect();
         return (f16(0) * sc as f64, -(f16(2) * mn as f64), q);
+    }
+    if let Some((base, hdr)) = match d {
+        DType::Q4_0G64 | DType::Q4_0G128 => Some((DType::Q4_0, 2)),
+        DType::Q4_1G64 | DType::Q4_1G128 => Some((DType::Q4_1, 4)),
+        _ => None,
+    } {
+        // Block b is sub-block b mod n of group b / n: rebuild it as a Q4_0 / Q4_1 block.
+        let (n, bb) = (d.block_len() / 32, d.block_bytes());
+        let g = &row[b / n * bb..][..bb];
+        let mut blk = g[..hdr].to_vec();
+        blk.extend_from_slice(&g[hdr + 16 * (b % n)..][..16]);
+        return block_values(base, &blk);
     }
     let bb = d.block_bytes();
     block_values(d, &row[b * bb..][..bb])

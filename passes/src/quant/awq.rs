@@ -30,7 +30,7 @@
 //! With `gptq` too, GPTQ then runs on the scaled weights against the scaled
 //! statistics `H' = S⁻¹ H S⁻¹` (the input the scaled linear reads is `x / s`).
 
-use super::gguf::{BlockScale, BLOCK};
+use super::gguf::BlockScale;
 use super::gptq::{quad, Hessian};
 use super::{calibration_points, Calibration};
 use llmc_ir::{AttrsExt, DType, Module, Op, ValueDef, ValueId, WeightData, WeightId};
@@ -273,10 +273,11 @@ fn error(dtype: DType, mats: &[(Vec<f32>, usize)], k: usize, h: &[f64], s: &[f64
                 scaled[j] = (row[j] as f64 * s[j]) as f32;
                 wr[j] = row[j] as f64;
             }
-            for (b, chunk) in scaled.chunks_exact(BLOCK).enumerate() {
+            let bl = dtype.block_len();
+            for (b, chunk) in scaled.chunks_exact(bl).enumerate() {
                 let sc = BlockScale::of(dtype, chunk);
                 for (i, &v) in chunk.iter().enumerate() {
-                    let j = b * BLOCK + i;
+                    let j = b * bl + i;
                     e[j] = wr[j] - sc.code(dtype, v).1 as f64 / s[j];
                 }
             }
@@ -317,7 +318,7 @@ pub fn apply(
             cal.hessian(n)
                 .is_some_and(|o| Arc::ptr_eq(&o, &h) || (o.k == k && o.h == h.h))
         });
-        if ids.len() != names.len() || !shared || !k.is_multiple_of(BLOCK) {
+        if ids.len() != names.len() || !shared || !k.is_multiple_of(dtype.block_len()) {
             report
                 .skipped
                 .push(format!("@{first} (its readers' statistics differ)"));

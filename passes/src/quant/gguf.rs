@@ -5,20 +5,45 @@
 //! for byte. Every step is the reference's f32 arithmetic in the reference's order
 //! (no fused multiply-add, scales rounded to f16 only when stored); the inverse is
 //! `llmc_ir::quant::dequantize`.
+//!
+//! llmc's own int4 groups of 64 and 128 (`q4_0_g64`, `q4_1_g64`, `q4_0_g128`,
+//! `q4_1_g128`) take Q4_0's and Q4_1's rule over the whole group: one scale (and
+//! minimum) per group, then the group's 32-element sub-blocks' nibbles as Q4_0 stores
+//! a block's.
 
 use llmc_ir::DType;
 
-/// Elements per block of every format here.
+/// Elements per block of the GGUF formats here (a group format's sub-block).
 pub const BLOCK: usize = 32;
 
+/// The most elements one block (or group) of a format here holds.
+pub const MAX_GROUP: usize = 128;
+
+/// Clip ratios a group format's scale search tries ([`BlockScale::of`]): 1 down to
+/// one half of the largest magnitude.
+pub const CLIP_STEPS: usize = 20;
+
 /// The formats this module writes.
-pub const WRITTEN: [DType; 5] = [
+pub const WRITTEN: [DType; 9] = [
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
     DType::Q5_1,
+    DType::Q4_0G64,
+    DType::Q4_1G64,
+    DType::Q4_0G128,
+    DType::Q4_1G128,
 ];
+
+/// The GGUF format whose rule and nibbles a group format uses (itself for the others).
+pub fn base_format(dtype: DType) -> DType {
+    match dtype {
+        DType::Q4_0G64 | DType::Q4_0G128 => DType::Q4_0,
+        DType::Q4_1G64 | DType::Q4_1G128 => DType::Q4_1,
+        d => d,
+    }
+}
 
 /// Whether this module writes `dtype`.
 pub fn supported(dtype: DType) -> bool {
@@ -79,14 +104,24 @@ fn block_q8_0(x: &[f32], out: &mut Vec<u8>) {
 /// One Q4_0 block: `d = max / -8` where `max` is the element of largest magnitude
 /// (the first one on a tie), nibble `min(15, trunc(x / d + 8.5))`; low nibbles hold
 /// elements 0..16, high nibbles 16..32.
+/// A group of 64 or 128 takes the rule over all its values and stores its
+/// sub-blocks' nibbles one after the other.
 fn block_q4_0(x: &[f32], out: &mut Vec<u8>) {
     let max = signed_extreme(x);
     let d = max / -8.0;
     let id = inverse(d);
     out.extend(f16_bytes(d));
     let nib = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+    push_q4_nibbles(x, nib, out);
+}
+
+/// The nibbles of `x` (whole blocks of 32) block after block, each as Q4_0 stores
+/// them: elements 0..16 low, 16..32 high.
+fn push_q4_nibbles(x: &[f32], nib: impl Fn(f32) -> u8, out: &mut Vec<u8>) {
     let half = BLOCK / 2;
-    out.extend((0..half).map(|j| nib(x[j]) | (nib(x[half + j]) << 4)));
+    for b in x.chunks_exact(BLOCK) {
+        out.extend((0..half).map(|j| nib(b[j]) | (nib(b[half + j]) << 4)));
+    }
 }
 
 /// One Q4_1 block: `d = (max - min) / 15`, `m = min`, nibble
@@ -98,8 +133,7 @@ fn block_q4_1(x: &[f32], out: &mut Vec<u8>) {
     out.extend(f16_bytes(d));
     out.extend(f16_bytes(min));
     let nib = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
-    let half = BLOCK / 2;
-    out.extend((0..half).map(|j| nib(x[j]) | (nib(x[half + j]) << 4)));
+    push_q4_nibbles(x, nib, out);
 }
 
 /// The 32 five-bit codes `q` as Q5 blocks store them after the scale(s): `qh` (bit `j`:
@@ -140,17 +174,11 @@ fn block_q5_1(x: &[f32], out: &mut Vec<u8>) {
     push_q5_codes(&q, out);
 }
 
-/// Appends the blocks of `x` (a whole number of 32-element blocks, all finite) in
+/// Appends the blocks of `x` (a whole number of `dtype`'s blocks, all finite) in
 /// `dtype` to `out`. The caller checks both conditions; here a bad length or format
 /// is an error, never a panic.
 pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
-    if !x.len().is_multiple_of(BLOCK) {
-        return Err(format!(
-            "{} elements are not whole blocks of {BLOCK}",
-            x.len()
-        ));
-    }
-    let block: fn(&[f32], &mut Vec<u8>) = match dtype {
+    let block: fn(&[f32], &mut Vec<u8>) = match base_format(dtype) {
         DType::Q8_0 => block_q8_0,
         DType::Q4_0 => block_q4_0,
         DType::Q4_1 => block_q4_1,
@@ -158,13 +186,25 @@ pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), S
         DType::Q5_1 => block_q5_1,
         other => {
             return Err(format!(
-                "llmc cannot quantize to {other} (q8_0, q4_0, q4_1, q5_0, q5_1)"
+                "llmc cannot quantize to {other} (q8_0, q4_0, q4_1, q5_0, q5_1, \
+                 q4_0_g64, q4_1_g64, q4_0_g128, q4_1_g128)"
             ))
         }
     };
-    out.reserve(x.len() / BLOCK * dtype.block_bytes());
-    for b in x.chunks_exact(BLOCK) {
-        block(b, out);
+    let bl = dtype.block_len();
+    if !x.len().is_multiple_of(bl) {
+        return Err(format!("{} elements are not whole blocks of {bl}", x.len()));
+    }
+    out.reserve(x.len() / bl * dtype.block_bytes());
+    for b in x.chunks_exact(bl) {
+        if base_format(dtype) == dtype {
+            block(b, out);
+        } else {
+            // A group's searched scale, each value on its nearest code.
+            let sc = BlockScale::of(dtype, b);
+            let codes: Vec<u8> = b.iter().map(|&v| sc.code(dtype, v).0).collect();
+            sc.encode(dtype, &codes, out);
+        }
     }
     Ok(())
 }
@@ -187,7 +227,47 @@ fn f16_round(v: f32) -> f32 {
 impl BlockScale {
     /// The reference quantizer's scale for the 32 values `x` (as [`quantize`] picks it),
     /// rounded to f16 as stored.
+    ///
+    /// A group format's (`q4_0_g128` and the like) is searched instead: one rule over
+    /// 64 or 128 values lets a single outlier stretch the grid for all of them, so the
+    /// range is clipped to each of [`CLIP_STEPS`] shares of the largest magnitude
+    /// (AWQ's clip search, unweighted) and the scale whose codes give the least
+    /// squared error wins (the unclipped rule first, so it is never worse).
     pub fn of(dtype: DType, x: &[f32]) -> BlockScale {
+        if base_format(dtype) != dtype {
+            return Self::searched(dtype, x);
+        }
+        Self::rule(dtype, x)
+    }
+
+    /// The grid of [`BlockScale::of`] for a group format.
+    fn searched(dtype: DType, x: &[f32]) -> BlockScale {
+        let base = base_format(dtype);
+        let amax = x.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+        let err = |sc: &BlockScale| -> f64 {
+            x.iter()
+                .map(|&v| {
+                    let e = (v - sc.code(dtype, v).1) as f64;
+                    e * e
+                })
+                .sum()
+        };
+        let mut best = Self::rule(base, x);
+        let mut best_err = err(&best);
+        for i in 1..CLIP_STEPS {
+            let lim = amax * (1.0 - 0.5 * i as f32 / CLIP_STEPS as f32);
+            let clipped: Vec<f32> = x.iter().map(|&v| v.clamp(-lim, lim)).collect();
+            let sc = Self::rule(base, &clipped);
+            let e = err(&sc);
+            if e < best_err {
+                (best, best_err) = (sc, e);
+            }
+        }
+        best
+    }
+
+    /// The reference rule of a GGUF format over the values `x`.
+    fn rule(dtype: DType, x: &[f32]) -> BlockScale {
         match dtype {
             DType::Q4_1 | DType::Q5_1 => {
                 let (min, max) = min_max(x);
@@ -218,6 +298,7 @@ impl BlockScale {
     /// The code nearest to `v` on this block's grid (clamped to the format's range)
     /// and the value it stands for.
     pub fn code(&self, dtype: DType, v: f32) -> (u8, f32) {
+        let dtype = base_format(dtype);
         if self.d == 0.0 {
             let c = match dtype {
                 DType::Q4_0 => 8,
@@ -244,16 +325,19 @@ impl BlockScale {
         }
     }
 
-    /// Appends the block of 32 `codes` (from [`BlockScale::code`]) in `dtype`.
+    /// Appends the block of `codes` (`dtype`'s block length of them, from
+    /// [`BlockScale::code`]) in `dtype`.
     pub fn encode(&self, dtype: DType, codes: &[u8], out: &mut Vec<u8>) {
         out.extend(f16_bytes(self.d));
         let half = BLOCK / 2;
-        match dtype {
+        match base_format(dtype) {
             DType::Q4_0 | DType::Q4_1 => {
-                if dtype == DType::Q4_1 {
+                if base_format(dtype) == DType::Q4_1 {
                     out.extend(f16_bytes(self.m));
                 }
-                out.extend((0..half).map(|j| (codes[j] & 15) | ((codes[half + j] & 15) << 4)));
+                for c in codes[..dtype.block_len()].chunks_exact(BLOCK) {
+                    out.extend((0..half).map(|j| (c[j] & 15) | ((c[half + j] & 15) << 4)));
+                }
             }
             DType::Q5_0 | DType::Q5_1 => {
                 if dtype == DType::Q5_1 {
@@ -330,6 +414,59 @@ mod tests {
         for (a, q) in x.iter().zip(&v) {
             assert!((*a as f64 - q).abs() <= d * 0.5 + 1e-3, "{a} vs {q}");
         }
+    }
+
+    #[test]
+    fn group_formats_take_one_scale_per_group_and_q4_nibbles_per_block() {
+        // Two groups of 128: a ramp, then a ramp 10x larger with one outlier (which
+        // the clip search may clip).
+        let mut x: Vec<f32> = (0..256)
+            .map(|i| (i % 128) as f32 * if i < 128 { 0.01 } else { -0.1 } - 0.3)
+            .collect();
+        x[200] = 40.0;
+        for dt in [
+            DType::Q4_0G64,
+            DType::Q4_1G64,
+            DType::Q4_0G128,
+            DType::Q4_1G128,
+        ] {
+            let g = dt.block_len();
+            let b = quantize(dt, &x).unwrap();
+            assert_eq!(b.len(), 256 / g * dt.block_bytes(), "{dt}");
+            let v = dequantize(dt, &b, 256).unwrap();
+            for (grp, (xs, vs)) in x.chunks(g).zip(v.chunks(g)).enumerate() {
+                let at = grp * dt.block_bytes();
+                let d = half::f16::from_le_bytes([b[at], b[at + 1]]).to_f64();
+                // The grid's ends: codes 0 and 15.
+                let (lo, hi) = if base_format(dt) == DType::Q4_1 {
+                    let m = half::f16::from_le_bytes([b[at + 2], b[at + 3]]).to_f64();
+                    (m, m + 15.0 * d)
+                } else {
+                    ((-8.0 * d).min(7.0 * d), (-8.0 * d).max(7.0 * d))
+                };
+                for (a, q) in xs.iter().zip(vs) {
+                    // Within half a step, unless clipped to the grid's end.
+                    let a = (*a as f64).clamp(lo, hi);
+                    assert!((a - q).abs() <= d.abs() * 0.5 + 1e-3, "{dt}: {a} vs {q}");
+                }
+                // The searched scale is no worse than the base format's rule over
+                // the group, and the bytes are its codes.
+                let base = base_format(dt);
+                let sc = BlockScale::of(dt, xs);
+                let sq = |sc: BlockScale| -> f64 {
+                    xs.iter()
+                        .map(|&v| ((v - sc.code(dt, v).1) as f64).powi(2))
+                        .sum()
+                };
+                assert!(sq(sc) <= sq(BlockScale::of(base, xs)), "{dt}");
+                let mut again = Vec::new();
+                let codes: Vec<u8> = xs.iter().map(|&v| sc.code(dt, v).0).collect();
+                sc.encode(dt, &codes, &mut again);
+                assert_eq!(again, &b[at..at + dt.block_bytes()], "{dt} group {grp}");
+            }
+        }
+        // A group format over a length that is not whole groups is an error.
+        assert!(quantize(DType::Q4_0G128, &x[..192]).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! (`src/calibrate.rs` runs the unquantized model and accumulates `XᵀX` per linear
 //! input); [`Hessian`] is what it hands to the pass.
 
-use super::gguf::{BlockScale, BLOCK};
+use super::gguf::{BlockScale, MAX_GROUP};
 use llmc_ir::DType;
 
 /// `XᵀX` summed over the calibration rows a group of linears read (`k` = their input
@@ -250,15 +250,16 @@ pub fn quantize(
     p: &Prepared,
 ) -> Result<(Vec<u8>, Outcome), String> {
     let k = p.k;
-    if w.len() != n * k || !k.is_multiple_of(BLOCK) {
+    let bl = dtype.block_len();
+    if w.len() != n * k || !k.is_multiple_of(bl) || bl > MAX_GROUP {
         return Err(format!(
-            "a {n} x {} matrix does not fit a calibration of width {k} in blocks of {BLOCK}",
+            "a {n} x {} matrix does not fit a calibration of width {k} in blocks of {bl}",
             w.len() / n.max(1)
         ));
     }
     let (h, damp, damped) = (&p.h, p.damp, p.damped);
     let uf = &p.u;
-    let bpr = k / BLOCK * dtype.block_bytes();
+    let bpr = k / bl * dtype.block_bytes();
     let mut out = vec![0u8; n * bpr];
     let mut deq = vec![0f32; n * k];
     let threads = std::thread::available_parallelism()
@@ -282,10 +283,10 @@ pub fn quantize(
         let row = &w[r * k..(r + 1) * k];
         let wr: Vec<f64> = row.iter().map(|&v| v as f64).collect();
         base += quad(h, k, &wr);
-        for (b, chunk) in row.chunks_exact(BLOCK).enumerate() {
+        for (b, chunk) in row.chunks_exact(dtype.block_len()).enumerate() {
             let sc = BlockScale::of(dtype, chunk);
             for (j, &v) in chunk.iter().enumerate() {
-                e[b * BLOCK + j] = (v - sc.code(dtype, v).1) as f64;
+                e[b * dtype.block_len() + j] = (v - sc.code(dtype, v).1) as f64;
             }
         }
         e_rtn += quad(h, k, &e);
@@ -317,10 +318,10 @@ pub fn rounding_error(dtype: DType, w: &[f32], h: &Hessian) -> f64 {
         let row = &w[r * k..(r + 1) * k];
         let wr: Vec<f64> = row.iter().map(|&v| v as f64).collect();
         base += quad(&h.h, k, &wr);
-        for (b, chunk) in row.chunks_exact(BLOCK).enumerate() {
+        for (b, chunk) in row.chunks_exact(dtype.block_len()).enumerate() {
             let sc = BlockScale::of(dtype, chunk);
             for (j, &v) in chunk.iter().enumerate() {
-                e[b * BLOCK + j] = (v - sc.code(dtype, v).1) as f64;
+                e[b * dtype.block_len() + j] = (v - sc.code(dtype, v).1) as f64;
             }
         }
         err += quad(&h.h, k, &e);
@@ -335,21 +336,22 @@ const TILE: usize = 8;
 /// stand for into `deq`.
 fn sweep(dtype: DType, w: &[f32], k: usize, u: &[f32], out: &mut [u8], deq: &mut [f32]) {
     let n = w.len() / k;
-    let bpr = k / BLOCK * dtype.block_bytes();
+    let bl = dtype.block_len();
+    let bpr = k / bl * dtype.block_bytes();
     let mut work = vec![0f32; TILE * k];
-    let mut codes = [[0u8; BLOCK]; TILE];
+    let mut codes = [[0u8; MAX_GROUP]; TILE];
     let mut scales = [BlockScale { d: 0.0, m: 0.0 }; TILE];
     for r0 in (0..n).step_by(TILE) {
         let t = TILE.min(n - r0);
         work[..t * k].copy_from_slice(&w[r0 * k..(r0 + t) * k]);
         for i in 0..k {
-            let col = i % BLOCK;
+            let col = i % bl;
             let urow = &u[i * k..(i + 1) * k];
             let uii = urow[i];
             for r in 0..t {
                 let row = &mut work[r * k..(r + 1) * k];
                 if col == 0 {
-                    scales[r] = BlockScale::of(dtype, &row[i..i + BLOCK]);
+                    scales[r] = BlockScale::of(dtype, &row[i..i + bl]);
                 }
                 let (c, q) = scales[r].code(dtype, row[i]);
                 codes[r][col] = c;
@@ -358,10 +360,10 @@ fn sweep(dtype: DType, w: &[f32], k: usize, u: &[f32], out: &mut [u8], deq: &mut
                 for (x, &uv) in row[i + 1..].iter_mut().zip(&urow[i + 1..]) {
                     *x -= err * uv;
                 }
-                if col == BLOCK - 1 {
+                if col == bl - 1 {
                     let mut blk = Vec::with_capacity(dtype.block_bytes());
                     scales[r].encode(dtype, &codes[r], &mut blk);
-                    let at = (r0 + r) * bpr + i / BLOCK * dtype.block_bytes();
+                    let at = (r0 + r) * bpr + i / bl * dtype.block_bytes();
                     out[at..at + blk.len()].copy_from_slice(&blk);
                 }
             }
@@ -450,7 +452,7 @@ pub(crate) mod tests {
             DType::Q8_0,
         ] {
             let (blocks, o) = quantize(dt, &w, n, &Prepared::new(&hs, DAMP).unwrap()).unwrap();
-            assert_eq!(blocks.len(), n * k / BLOCK * dt.block_bytes());
+            assert_eq!(blocks.len(), n * k / dt.block_len() * dt.block_bytes());
             assert!(
                 o.gptq_error < 0.8 * o.rtn_error,
                 "{dt}: gptq {} vs rtn {}",

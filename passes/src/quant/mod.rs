@@ -4,7 +4,10 @@
 //! table `gather` reads and the output projection into the GGUF block formats the CPU
 //! kernels run (`q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, see `gguf`), so that an f32 or
 //! f16 model (HF folder, ONNX initializers, GGUF F32/F16) gets the bytes a
-//! `llama-quantize`d GGUF file would have; or into `f16`/`bf16` (converted, read by
+//! `llama-quantize`d GGUF file would have; or into llmc's int4 groups of 64 and 128
+//! (`q4_0_g64`, `q4_1_g64`, `q4_0_g128`, `q4_1_g128`: Q4_0's and Q4_1's rule over a
+//! wider group; a matrix whose rows are not whole groups takes the widest group that
+//! fits, and the pass says so); or into `f16`/`bf16` (converted, read by
 //! the same kernels as f16/bf16 checkpoints; a cast to f32 goes after a converted
 //! table's gather). `layerN=F` / `layerA-B=F` give single layers another format (what
 //! `--accuracy-budget` chooses). With calibration statistics, `awq` (`awq`) scales
@@ -102,7 +105,34 @@ impl fmt::Display for QuantSpec {
 }
 
 /// The formats `--quantize` accepts, for messages.
-pub const FORMATS: &str = "f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1";
+pub const FORMATS: &str =
+    "f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_0_g64, q4_1_g64, q4_0_g128, q4_1_g128";
+
+/// The format a `[n, k]` weight asked to be `format` gets: a group format whose groups
+/// do not divide `k` takes the widest group of the same kind that does (`q4_0_g128`
+/// on rows of 576: `q4_0_g64`; then `q4_0`, whose blocks of 32 the caller checked).
+pub fn fitted_format(format: DType, k: i64) -> DType {
+    let chain: &[DType] = match format {
+        DType::Q4_0G128 => &[DType::Q4_0G128, DType::Q4_0G64, DType::Q4_0],
+        DType::Q4_0G64 => &[DType::Q4_0G64, DType::Q4_0],
+        DType::Q4_1G128 => &[DType::Q4_1G128, DType::Q4_1G64, DType::Q4_1],
+        DType::Q4_1G64 => &[DType::Q4_1G64, DType::Q4_1],
+        _ => return format,
+    };
+    chain
+        .iter()
+        .copied()
+        .find(|d| k % d.block_len() as i64 == 0)
+        .unwrap_or(format)
+}
+
+/// The width `k` of a 2-D weight (0 when it has no constant shape).
+fn row_len(w: &llmc_ir::Weight) -> i64 {
+    w.shape
+        .as_consts()
+        .and_then(|d| d.last().copied())
+        .unwrap_or(0)
+}
 
 /// A float storage format (`f16`, `bf16`): weights converted (round to nearest even),
 /// read by the same kernels as f16/bf16 checkpoints.
@@ -782,6 +812,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let mut counts: HashMap<DType, usize> = HashMap::new();
     let (mut before, mut after) = (0u64, 0u64);
     let mut kept: Vec<String> = Vec::new();
+    let mut regrouped: Vec<String> = Vec::new();
     let mut special: Vec<String> = Vec::new();
     let mut keep_node = vec![true; m.graph.nodes.len()];
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
@@ -801,9 +832,9 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             .iter()
             .filter(|p| p.role == Role::Linear)
             .map(|p| {
-                let n = m.weight(p.weight).name.clone();
-                let d = spec.linear_format(&n);
-                (n, d)
+                let w = m.weight(p.weight);
+                let d = fitted_format(spec.linear_format(&w.name), row_len(w));
+                (w.name.clone(), d)
             })
             .filter(|(_, d)| !float_format(*d))
             .collect();
@@ -838,10 +869,21 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             Role::Head => "head",
             Role::Embed => "embed",
         };
-        let Some(target) = target else {
+        let Some(asked) = target else {
             kept.push(format!("@{} ({role}=keep)", w.name));
             continue;
         };
+        let target = fitted_format(asked, row_len(&w));
+        if target != asked {
+            let why = format!(
+                "rows of {} are not whole groups of {}: {target}",
+                row_len(&w),
+                asked.block_len()
+            );
+            if !regrouped.contains(&why) {
+                regrouped.push(why);
+            }
+        }
         let numel = w.shape.as_consts().map_or(0, |d| d.iter().product::<i64>()) as usize;
         let hess = if spec.gptq && p.role == Role::Linear && !float_format(target) {
             let h = stats(&w.name);
@@ -986,6 +1028,9 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     );
     if !special.is_empty() {
         note += &format!("; {}", special.join(", "));
+    }
+    if !regrouped.is_empty() {
+        note += &format!("; {}", regrouped.join(", "));
     }
     if !kept.is_empty() {
         note += &format!("; kept {}", kept.join(", "));

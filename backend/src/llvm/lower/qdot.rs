@@ -176,6 +176,43 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(v)
     }
 
+    /// Byte offsets of block `blk` of the row at `w_off` in a format with one scale per
+    /// block or per group ([`QFmt::grouped`]): where its scale (and minimum) are, and
+    /// where its quants start. A group format's block is sub-block `blk mod n` of group
+    /// `blk / n` (16 bytes of nibbles each).
+    pub(super) fn block_at(
+        &self,
+        f: &Frame<'ctx>,
+        fmt: QFmt,
+        w_off: IntValue<'ctx>,
+        blk: IntValue<'ctx>,
+    ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+        let it = self.it;
+        let b = &f.b;
+        let e = llvm_err;
+        let c64 = |k: i64| it.i64.const_int(k as u64, true);
+        let n = fmt.sub_blocks();
+        let (grp, sub) = if fmt.grouped() {
+            let sh = n.trailing_zeros() as i64;
+            (
+                b.build_right_shift(blk, c64(sh), false, "grp").map_err(e)?,
+                Some(b.build_and(blk, c64(n - 1), "sub").map_err(e)?),
+            )
+        } else {
+            (blk, None)
+        };
+        let wb = b
+            .build_int_mul(grp, c64(fmt.block_bytes()), "")
+            .map_err(e)?;
+        let wb = b.build_int_add(w_off, wb, "wb").map_err(e)?;
+        let mut qs = b.build_int_add(wb, c64(fmt.qs_offset()), "qs").map_err(e)?;
+        if let Some(j) = sub {
+            let j16 = b.build_int_mul(j, c64(16), "").map_err(e)?;
+            qs = b.build_int_add(qs, j16, "qs").map_err(e)?;
+        }
+        Ok((wb, qs))
+    }
+
     /// Q4_K or Q5_K (`fmt`) block `blk` of the row at `w_off` ([`QFmt::Q4K`]): its
     /// scale `D · sc_j`, minimum `-(Dmin · mn_j)`, the byte offset of the 32 bytes
     /// holding its quants, `j mod 2` (high nibbles when 1), and for Q5_K the fifth
@@ -752,7 +789,6 @@ impl<'ctx> Lowering<'ctx, '_> {
         }
         let lp = self.counted_loop(f, "qdot", "qblk", q.blocks as u64)?;
         let blk = lp.index;
-        let b = &f.b;
         let v16w = it.i16.vec_type(16);
         let unsigned_w = !q.fmt.signed();
         // Q6_K's second half-scale (the first is `d`).
@@ -809,9 +845,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
             (d, Some(m), halves[0], halves[1])
         } else {
-            let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
-            let wb = b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
-            let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
+            let (wb, qs) = self.block_at(f, q.fmt, w_off, blk)?;
             let at = |k: i64| {
                 f.b.build_int_add(wb, it.i64.const_int(k as u64, true), "")
                     .map_err(llvm_err)
@@ -832,7 +866,6 @@ impl<'ctx> Lowering<'ctx, '_> {
                 None
             };
             // The block's 32 weight quants, in activation order, as two halves of 16.
-            let qs = at(q.fmt.qs_offset())?;
             let (lo, hi) = match q.fmt {
                 QFmt::Q8_0 => {
                     let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
@@ -1240,14 +1273,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .map_err(llvm_err)?;
             return Ok((halves[0], halves[1], dm));
         }
-        let b = &f.b;
-        let wb = b
-            .build_int_mul(blk, c64(fmt.block_bytes()), "")
-            .map_err(llvm_err)?;
-        let wb = b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
-        let qs = b
-            .build_int_add(wb, c64(fmt.qs_offset()), "qs")
-            .map_err(llvm_err)?;
+        let (wb, qs) = self.block_at(f, fmt, w_off, blk)?;
         let (lo, hi) = match fmt {
             QFmt::Q8_0 => {
                 let lo = self.qdot_load(f, v16b.into(), w, qs)?;

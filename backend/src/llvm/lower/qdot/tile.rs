@@ -914,6 +914,22 @@ impl<'ctx> Lowering<'ctx, '_> {
             let q = b.build_int_mul(j, self.tc(32 * big / 2), "").map_err(e)?;
             let q = b.build_int_add(q, self.tc(256), "").map_err(e)?;
             (g, q, big * fmt.block_bytes() / 8)
+        } else if fmt.grouped() {
+            // Block j of its group: the group's 16 scales (and minimums), then its
+            // blocks' quants, 16 · 16 bytes each.
+            let n = fmt.sub_blocks();
+            let grp = b
+                .build_right_shift(blk, self.tc(n.trailing_zeros() as i64), false, "grp")
+                .map_err(e)?;
+            let j = b.build_and(blk, self.tc(n - 1), "j").map_err(e)?;
+            let g = b
+                .build_int_mul(grp, self.tc(big * fmt.block_bytes()), "")
+                .map_err(e)?;
+            let q = b.build_int_mul(j, self.tc(16 * big), "").map_err(e)?;
+            let q = b
+                .build_int_add(q, self.tc(tile16_offsets(fmt)?.0), "")
+                .map_err(e)?;
+            (g, q, big * fmt.block_bytes() / n)
         } else {
             let g = b
                 .build_int_mul(blk, self.tc(big * fmt.block_bytes()), "")
