@@ -57,7 +57,17 @@ pub(crate) fn linear(
     }
     let quant = quant_block(w.dtype);
     if quant.is_some()
-        && (k % 32 != 0 || !matches!(w.dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0))
+        && (k % w.dtype.block_len() as i64 != 0
+            || !matches!(
+                w.dtype,
+                DType::Q4_0
+                    | DType::Q4_1
+                    | DType::Q8_0
+                    | DType::Q4_0G64
+                    | DType::Q4_1G64
+                    | DType::Q4_0G128
+                    | DType::Q4_1G128
+            ))
     {
         return Ok(None);
     }
@@ -205,39 +215,56 @@ impl Gemv {
                 });
             }
             Some((bl, bb)) => {
-                let nblk = k / bl;
+                // Blocks of 32; an int4 group's `sub` blocks share its scale (and
+                // minimum), their nibbles 16 bytes apart after it.
+                let sub = bl / 32;
+                let nblk = k / 32;
                 let units = nblk * UPB;
-                let rowbytes = nblk * bb;
+                let rowbytes = k / bl * bb;
+                let min_kind = match self.wd {
+                    DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 => Some(true),
+                    DType::Q4_0 | DType::Q4_0G64 | DType::Q4_0G128 => Some(false),
+                    _ => None,
+                };
                 kb.for_step("u", lane.clone(), units, 32, LoopTag::Serial, |kb, u| {
                     let blk = kb.let_("blk", u.clone() / UPB);
                     let part = kb.let_("part", u % UPB);
-                    let x0 = blk.clone() * bl;
+                    let x0 = blk.clone() * 32;
                     // Per weight row: the block's scale, its minimum term and the
                     // unit's quants with their element index within the block.
                     let mut decoded: Vec<Decoded> = Vec::new();
                     for j in js {
-                        let base = kb.let_("qb", j.clone() * rowbytes + blk.clone() * bb);
+                        let base = if sub == 1 {
+                            kb.let_("qb", j.clone() * rowbytes + blk.clone() * bb)
+                        } else {
+                            kb.let_("qb", j.clone() * rowbytes + blk.clone() / sub * bb)
+                        };
                         let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
                         let d = kb.let_("d", f16(base.clone()));
-                        let m = match self.wd {
-                            DType::Q4_1 => Some(kb.let_("m", f16(base.clone() + 2))),
-                            DType::Q4_0 => {
+                        let m = match min_kind {
+                            Some(true) => Some(kb.let_("m", f16(base.clone() + 2))),
+                            Some(false) => {
                                 Some(kb.let_("m", b(BinOp::Mul, d.clone(), fconst(-8.0, f))))
                             }
-                            _ => None,
+                            None => None,
                         };
                         let mut elems: Vec<(Expr, Expr)> = Vec::new();
                         // The unit's quant bytes in as few loads as their alignment
                         // allows: Q4_1 blocks (20 bytes) keep them 4-byte aligned, Q4_0
                         // and Q8_0 (18, 34) 2-byte aligned.
                         let qs = self.wd.qs_offset();
-                        let (nbytes, word) = match self.wd {
-                            DType::Q8_0 => (8, Ty::U16),
-                            DType::Q4_1 => (4, Ty::U32),
+                        let (nbytes, word) = match (self.wd, min_kind) {
+                            (DType::Q8_0, _) => (8, Ty::U16),
+                            (_, Some(true)) => (4, Ty::U32),
                             _ => (4, Ty::U16),
                         };
                         let wb = word.bytes() as i64;
-                        let at0 = kb.let_("qa", base.clone() + qs + part.clone() * nbytes);
+                        let qs = if sub == 1 {
+                            base.clone() + qs
+                        } else {
+                            base.clone() + qs + blk.clone() % sub * 16
+                        };
+                        let at0 = kb.let_("qa", qs + part.clone() * nbytes);
                         let mut bytes: Vec<Expr> = Vec::new();
                         for w in 0..nbytes / wb {
                             let v = Expr::LoadRaw(self.w, Box::new(at0.clone() + w * wb), word);
@@ -322,7 +349,7 @@ trait QsOffset {
 
 impl QsOffset for DType {
     fn qs_offset(self) -> i64 {
-        if self == DType::Q4_1 {
+        if matches!(self, DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128) {
             4
         } else {
             2

@@ -30,7 +30,8 @@ fn gpu_linear_float_and_quantized() {
         } else {
             1 + (r.next() % 20) as usize
         };
-        let k = 32 * (1 + (r.next() % 4) as usize);
+        // Widths of whole int4 groups of 64 and 128 in most cases.
+        let k = [128, 64, 96, 256, 128, 32][case];
         let x = r.tensor(F, &[rows, k], 1.0);
         let xa = || input(tt(F, &["seq", &k.to_string()]), x.clone());
         let w = r.tensor(F, &[n, k], 1.0);
@@ -52,7 +53,18 @@ fn gpu_linear_float_and_quantized() {
             ],
             1e-5,
         );
-        for d in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        for d in [
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q4_0G64,
+            DType::Q4_1G64,
+            DType::Q4_0G128,
+            DType::Q4_1G128,
+        ] {
+            if k % d.block_len() != 0 {
+                continue;
+            }
             let wq = quant_bytes(&mut r, d, n, k);
             check(
                 Op::Linear,
