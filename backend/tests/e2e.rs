@@ -98,6 +98,7 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         DType::Q4_1G64,
         DType::Q4_0G128,
         DType::Q4_1G128,
+        DType::Q8_0S24,
     ];
     for d in formats {
         // The longest rows are taken in slices of blocks (33 blocks: 16 + 16 + 1;
@@ -161,6 +162,14 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                     scale
                 };
                 bytes.extend(f16(scale));
+                if d == DType::Q8_0S24 {
+                    // Two kept of every four, then their 16 codes.
+                    const PAIRS: [u32; 6] = [0b0011, 0b0101, 0b1001, 0b0110, 0b1010, 0b1100];
+                    let mask = (0..8).fold(0u32, |m, g| m | PAIRS[next() as usize % 6] << (4 * g));
+                    bytes.extend(mask.to_le_bytes());
+                    bytes.extend((0..16).map(|_| next() as u8));
+                    continue;
+                }
                 if matches!(d, DType::Q4_1 | DType::Q5_1) {
                     bytes.extend(f16((next() % 100) as f32 * -1e-3));
                 }

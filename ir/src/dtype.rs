@@ -73,6 +73,11 @@ pub enum DType {
     Q4_0G128,
     /// [`DType::Q4_1G64`] with groups of 128 (four nibble blocks).
     Q4_1G128,
+    /// llmc's 2:4-sparse Q8_0: blocks of 32 with at most two nonzero weights in every
+    /// aligned four, stored compressed: f16 scale `d`, a u32 mask (bit `e`: element `e`
+    /// is kept; exactly two bits per four), then the 16 kept i8 codes in element order
+    /// (`w = d q`, 0 where the mask is clear). 22 bytes per 32 weights (Q8_0: 34).
+    Q8_0S24,
 }
 
 /// The broad class a dtype belongs to, used by type rules.
@@ -120,6 +125,7 @@ impl DType {
         DType::Q4_1G64,
         DType::Q4_0G128,
         DType::Q4_1G128,
+        DType::Q8_0S24,
     ];
 
     /// The name used in the text format.
@@ -154,6 +160,7 @@ impl DType {
             DType::Q4_1G64 => "q4_1_g64",
             DType::Q4_0G128 => "q4_0_g128",
             DType::Q4_1G128 => "q4_1_g128",
+            DType::Q8_0S24 => "q8_0_2of4",
         }
     }
 
@@ -196,9 +203,13 @@ impl DType {
     /// Elements per block: 1 for plain types, 32 or 256 for block formats.
     pub fn block_len(self) -> usize {
         match self {
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::IQ4NL => {
-                32
-            }
+            DType::Q8_0
+            | DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::IQ4NL
+            | DType::Q8_0S24 => 32,
             DType::Q4K | DType::Q5K | DType::Q6K | DType::Q2K | DType::Q3K | DType::IQ4XS => 256,
             DType::Q8Kv | DType::Q4_0G64 | DType::Q4_1G64 => 64,
             DType::Q4_0G128 | DType::Q4_1G128 => 128,
@@ -230,6 +241,7 @@ impl DType {
             DType::Q4_1G64 => 2 + 2 + 32,
             DType::Q4_0G128 => 2 + 64,
             DType::Q4_1G128 => 2 + 2 + 64,
+            DType::Q8_0S24 => 2 + 4 + 16,
         }
     }
 

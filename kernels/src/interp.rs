@@ -345,6 +345,21 @@ impl Machine<'_> {
                 let ls = ((sl >> (4 * (j % 2))) & 15) | ((sh >> (2 * j)) & 3) << 4;
                 (big_d * (ls - 32) as f32, None, sb + 8 + 16 * j, 0)
             }
+            QFmt::Q8_0S24 => {
+                // The codes expanded by the mask.
+                let wb = w0 + b * bb;
+                let d = self.read(w, wb, Ty::F16, bufs)?.f() as f32;
+                let mask = self.read(w, wb + 2, Ty::U32, bufs)?.i();
+                let mut out = [0i64; 32];
+                let mut at = wb + qs;
+                for (e, o) in out.iter_mut().enumerate() {
+                    if (mask >> e) & 1 == 1 {
+                        *o = self.read(w, at, Ty::I8, bufs)?.i();
+                        at += 1;
+                    }
+                }
+                return Ok((d, None, out));
+            }
             QFmt::Q4K | QFmt::Q5K => {
                 let sb = w0 + b / 8 * bb;
                 let j = (b % 8) as usize;

@@ -528,6 +528,11 @@ pub enum QFmt {
     Q4_0G128,
     /// See [`QFmt::Q4_0G64`].
     Q4_1G128,
+    /// llmc's 2:4-sparse Q8_0 ([`llmc_ir::DType::Q8_0S24`]): f16 `d`, a u32 mask of
+    /// kept elements, then the kept i8 codes in element order (at most 16). A block's
+    /// quants are the codes expanded by the mask, zeros elsewhere; elements 16..32
+    /// take the codes after the first half's `popcount(mask & 0xffff)`.
+    Q8_0S24,
 }
 
 impl QFmt {
@@ -549,6 +554,7 @@ impl QFmt {
             QFmt::Q4_1G64 => 36,
             QFmt::Q4_0G128 => 66,
             QFmt::Q4_1G128 => 68,
+            QFmt::Q8_0S24 => 22,
         }
     }
 
@@ -567,7 +573,7 @@ impl QFmt {
     pub fn signed(self) -> bool {
         matches!(
             self,
-            QFmt::Q8_0 | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4NL | QFmt::IQ4XS
+            QFmt::Q8_0 | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4NL | QFmt::IQ4XS | QFmt::Q8_0S24
         )
     }
 
@@ -590,7 +596,7 @@ impl QFmt {
     pub fn qs_offset(self) -> i64 {
         match self {
             QFmt::Q4_1 | QFmt::Q4_1G64 | QFmt::Q4_1G128 => 4,
-            QFmt::Q5_0 => 6,
+            QFmt::Q5_0 | QFmt::Q8_0S24 => 6,
             QFmt::Q5_1 => 8,
             QFmt::Q4K => 16,
             QFmt::Q5K => 48,
@@ -628,6 +634,7 @@ impl QFmt {
             QFmt::Q4_1G64 => DType::Q4_1G64,
             QFmt::Q4_0G128 => DType::Q4_0G128,
             QFmt::Q4_1G128 => DType::Q4_1G128,
+            QFmt::Q8_0S24 => DType::Q8_0S24,
         }
     }
 

@@ -203,6 +203,7 @@ fn qfmt(d: DType) -> Option<QFmt> {
         DType::Q4_1G64 => Some(QFmt::Q4_1G64),
         DType::Q4_0G128 => Some(QFmt::Q4_0G128),
         DType::Q4_1G128 => Some(QFmt::Q4_1G128),
+        DType::Q8_0S24 => Some(QFmt::Q8_0S24),
         _ => None,
     }
 }

@@ -477,7 +477,8 @@ pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
         | DType::Q4_0G64
         | DType::Q4_1G64
         | DType::Q4_0G128
-        | DType::Q4_1G128 => Some((d.block_len() as i64, d.block_bytes() as i64)),
+        | DType::Q4_1G128
+        | DType::Q8_0S24 => Some((d.block_len() as i64, d.block_bytes() as i64)),
         _ => None,
     }
 }
@@ -501,6 +502,9 @@ pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Exp
 /// The f32 value of element `j` (0..32; 0..256 for Q4_K; 0..64 or 0..128 for the int4
 /// groups) of the block starting at byte `base`.
 pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
+    if dtype == DType::Q8_0S24 {
+        return dequant_s24(buf, base, j);
+    }
     if let Some(sub) = match dtype {
         DType::Q4_0G64 | DType::Q4_0G128 => Some((DType::Q4_0, 2)),
         DType::Q4_1G64 | DType::Q4_1G128 => Some((DType::Q4_1, 4)),
@@ -592,6 +596,38 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
             )
         }
     }
+}
+
+/// Element `j` (0..32) of the `q8_0_2of4` block at `base` (two kept elements in every
+/// aligned four, as llmc writes it): `d ·` its code if kept, else 0. Its code's index
+/// is two per earlier four plus the kept elements before it in its own four.
+fn dequant_s24(buf: BufId, base: Expr, j: Expr) -> Expr {
+    use crate::loopir::BinOp::{Add, And, Mul, Shr};
+    let d = Expr::LoadRaw(buf, Box::new(base.clone()), Ty::F16).cast(Ty::F32);
+    let mask = Expr::LoadRaw(buf, Box::new(base.clone() + 2), Ty::U32);
+    let four = j.clone() / 4;
+    let r = j % 4;
+    let nib = Expr::bin(
+        And,
+        Expr::bin(Shr, mask, (four.clone() * 4).cast(Ty::U32)),
+        Expr::Int(15, Ty::U32),
+    );
+    let bit = |i: Expr| Expr::bin(And, Expr::bin(Shr, nib.clone(), i), Expr::Int(1, Ty::U32));
+    let before = |i: i64| {
+        Expr::select(
+            r.clone().ge(Expr::i(i + 1)),
+            bit(Expr::Int(i, Ty::U32)).cast(Ty::I64),
+            Expr::i(0),
+        )
+    };
+    let rank = Expr::bin(
+        Add,
+        Expr::bin(Add, four * 2 + before(0), before(1)),
+        before(2),
+    );
+    let q = Expr::LoadRaw(buf, Box::new(base + 6 + rank), Ty::I8).cast(Ty::F32);
+    let kept = bit(r.cast(Ty::U32)).eq_(Expr::Int(1, Ty::U32));
+    Expr::select(kept, Expr::bin(Mul, d, q), Expr::f(0.0, Ty::F32))
 }
 
 /// Element `j` (0..32) of sub-block `blk` of the int4 group at `base` (`hdr` header

@@ -385,6 +385,12 @@ pub(crate) fn f32_bytes(t: &llmc_ir::Tensor) -> Vec<u8> {
     crate::interp::tensor_bytes(t)
 }
 
+/// A random 2:4 mask of 32 elements: two of every aligned four.
+pub(crate) fn mask24(r: &mut Rng) -> u32 {
+    const PAIRS: [u32; 6] = [0b0011, 0b0101, 0b1001, 0b0110, 0b1010, 0b1100];
+    (0..8).fold(0, |m, g| m | PAIRS[(r.next() % 6) as usize] << (4 * g))
+}
+
 /// Random blocks of a GGUF format: `rows` rows of `k` elements.
 pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -416,6 +422,15 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
                 out.extend(half::f16::from_f64(-0.2 * r.unit().abs()).to_le_bytes());
             }
             out.extend((0..d.block_len() / 2).map(|_| r.next() as u8));
+        }
+        return out;
+    }
+    if d == DType::Q8_0S24 {
+        // Blocks: d, a mask of two kept elements in every four, 16 codes.
+        for _ in 0..rows * k / 32 {
+            out.extend(half::f16::from_f64(0.01 + 0.05 * r.unit().abs()).to_le_bytes());
+            out.extend(mask24(r).to_le_bytes());
+            out.extend((0..16).map(|_| r.next() as u8));
         }
         return out;
     }
@@ -629,6 +644,7 @@ fn linear_float_and_quantized() {
         (DType::Q4_1G64, 64),
         (DType::Q4_0G128, 384),
         (DType::Q4_1G128, 256),
+        (DType::Q8_0S24, 96),
     ] {
         // 48 rows: the int4 groups packed in tiles of 16.
         for (rows, n) in [(1usize, 40usize), (9, 33), (1, 48), (5, 48)] {
@@ -1545,6 +1561,22 @@ fn block32_values(d: DType, row: &[u8], b: usize) -> (f64, f64, Vec<i64>) {
             })
             .collect();
         return (f16(0) * sc as f64, -(f16(2) * mn as f64), q);
+    }
+    if d == DType::Q8_0S24 {
+        let blk = &row[b * 22..][..22];
+        let mask = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        let mut codes = blk[6..22].iter();
+        let q = (0..32)
+            .map(|e| {
+                if (mask >> e) & 1 == 1 {
+                    *codes.next().unwrap() as i8 as i64
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let dd = half::f16::from_le_bytes([blk[0], blk[1]]).to_f64();
+        return (dd, 0.0, q);
     }
     if let Some((base, hdr)) = match d {
         DType::Q4_0G64 | DType::Q4_0G128 => Some((DType::Q4_0, 2)),

@@ -20,7 +20,7 @@ pub const BLOCK: usize = 32;
 pub const MAX_GROUP: usize = 128;
 
 /// The formats this module writes.
-pub const WRITTEN: [DType; 9] = [
+pub const WRITTEN: [DType; 10] = [
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
@@ -30,6 +30,7 @@ pub const WRITTEN: [DType; 9] = [
     DType::Q4_1G64,
     DType::Q4_0G128,
     DType::Q4_1G128,
+    DType::Q8_0S24,
 ];
 
 /// The GGUF format whose rule and nibbles a group format uses (itself for the others).
@@ -37,6 +38,7 @@ pub fn base_format(dtype: DType) -> DType {
     match dtype {
         DType::Q4_0G64 | DType::Q4_0G128 => DType::Q4_0,
         DType::Q4_1G64 | DType::Q4_1G128 => DType::Q4_1,
+        DType::Q8_0S24 => DType::Q8_0,
         d => d,
     }
 }
@@ -95,6 +97,45 @@ fn block_q8_0(x: &[f32], out: &mut Vec<u8>) {
     let id = inverse(d);
     out.extend(f16_bytes(d));
     out.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
+}
+
+/// One 2:4-sparse Q8_0 block (`q8_0_2of4`): Q8_0's scale over the block, then in each
+/// aligned four the two elements of largest magnitude kept (the earlier on a tie; a
+/// 2:4-pruned matrix has zeros in the other two), the mask of kept elements and their
+/// codes in element order.
+fn block_q8_0_s24(x: &[f32], out: &mut Vec<u8>) {
+    let amax = x
+        .iter()
+        .fold(0.0f32, |a, &v| if v.abs() > a { v.abs() } else { a });
+    let d = amax / 127.0;
+    let id = inverse(d);
+    out.extend(f16_bytes(d));
+    let mask = mask_2of4(x);
+    out.extend(mask.to_le_bytes());
+    for (e, &v) in x.iter().enumerate() {
+        if (mask >> e) & 1 == 1 {
+            out.push((v * id).round() as i8 as u8);
+        }
+    }
+}
+
+/// The mask of the two largest magnitudes in every aligned four of the 32 values `x`
+/// (bit `e`: element `e`; ties keep the earlier element).
+pub fn mask_2of4(x: &[f32]) -> u32 {
+    let mut mask = 0u32;
+    for g in 0..8 {
+        let mut idx = [4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3];
+        idx.sort_by(|&a, &b| x[b].abs().total_cmp(&x[a].abs()).then(a.cmp(&b)));
+        mask |= (1 << idx[0]) | (1 << idx[1]);
+    }
+    mask
+}
+
+/// Whether every aligned four of `x` (a whole number of them) has at most two nonzero
+/// values: a 2:4-pruned matrix, which `q8_0_2of4` stores without loss of pattern.
+pub fn is_2of4(x: &[f32]) -> bool {
+    x.chunks_exact(4)
+        .all(|g| g.iter().filter(|v| **v != 0.0).count() <= 2)
 }
 
 /// One Q4_0 block: `d = max / -8` where `max` is the element of largest magnitude
@@ -175,6 +216,7 @@ fn block_q5_1(x: &[f32], out: &mut Vec<u8>) {
 /// is an error, never a panic.
 pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
     let block: fn(&[f32], &mut Vec<u8>) = match base_format(dtype) {
+        DType::Q8_0 if dtype == DType::Q8_0S24 => block_q8_0_s24,
         DType::Q8_0 => block_q8_0,
         DType::Q4_0 => block_q4_0,
         DType::Q4_1 => block_q4_1,
@@ -183,7 +225,7 @@ pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), S
         other => {
             return Err(format!(
                 "llmc cannot quantize to {other} (q8_0, q4_0, q4_1, q5_0, q5_1, \
-                 q4_0_g64, q4_1_g64, q4_0_g128, q4_1_g128)"
+                 q4_0_g64, q4_1_g64, q4_0_g128, q4_1_g128, q8_0_2of4)"
             ))
         }
     };
@@ -285,6 +327,18 @@ impl BlockScale {
     pub fn encode(&self, dtype: DType, codes: &[u8], out: &mut Vec<u8>) {
         out.extend(f16_bytes(self.d));
         let half = BLOCK / 2;
+        if dtype == DType::Q8_0S24 {
+            // The two largest codes of every four, by magnitude.
+            let mags: Vec<f32> = codes[..BLOCK].iter().map(|&c| c as i8 as f32).collect();
+            let mask = mask_2of4(&mags);
+            out.extend(mask.to_le_bytes());
+            out.extend(
+                (0..BLOCK)
+                    .filter(|e| (mask >> e) & 1 == 1)
+                    .map(|e| codes[e]),
+            );
+            return;
+        }
         match base_format(dtype) {
             DType::Q4_0 | DType::Q4_1 => {
                 if base_format(dtype) == DType::Q4_1 {
@@ -431,6 +485,33 @@ mod tests {
         }
         // A group format over a length that is not whole groups is an error.
         assert!(quantize(DType::Q4_0G128, &x[..192]).is_err());
+    }
+
+    #[test]
+    fn q8_0_2of4_keeps_two_of_four_compressed() {
+        // A 2:4-pruned block: elements 4g + 1 and 4g + 3 kept.
+        let x: Vec<f32> = (0..32)
+            .map(|e| {
+                if e % 2 == 1 {
+                    (e as f32 - 16.0) * 0.1
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert!(is_2of4(&x));
+        let b = quantize(DType::Q8_0S24, &x).unwrap();
+        assert_eq!(b.len(), 22);
+        assert_eq!(u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 0xaaaa_aaaa);
+        // The same values as Q8_0 of the block.
+        let dense = dequantize(DType::Q8_0, &quantize(DType::Q8_0, &x).unwrap(), 32).unwrap();
+        assert_eq!(dequantize(DType::Q8_0S24, &b, 32).unwrap(), dense);
+        // A dense block keeps the two largest magnitudes of each four.
+        let y: Vec<f32> = (0..32).map(|e| [1.0, -3.0, 2.0, 0.5][e % 4]).collect();
+        assert!(!is_2of4(&y));
+        let v = dequantize(DType::Q8_0S24, &quantize(DType::Q8_0S24, &y).unwrap(), 32).unwrap();
+        assert_eq!(v[0], 0.0);
+        assert!(v[1] < -2.9 && v[2] > 1.9 && v[3] == 0.0);
     }
 
     #[test]

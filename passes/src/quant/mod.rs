@@ -813,6 +813,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let (mut before, mut after) = (0u64, 0u64);
     let mut kept: Vec<String> = Vec::new();
     let mut regrouped: Vec<String> = Vec::new();
+    let mut sparse24 = 0usize;
     let mut special: Vec<String> = Vec::new();
     let mut keep_node = vec![true; m.graph.nodes.len()];
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
@@ -885,7 +886,23 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             }
         }
         let numel = w.shape.as_consts().map_or(0, |d| d.iter().product::<i64>()) as usize;
-        let hess = if spec.gptq && p.role == Role::Linear && !float_format(target) {
+        // A 2:4-pruned matrix (`--prune sparse=2:4`) asked for in q8_0 is stored
+        // compressed (`q8_0_2of4`: the kept halves and their masks); GPTQ would fill
+        // its zeros, so it is rounded to nearest.
+        let target = match (target, p.role, w.data.bytes()) {
+            (DType::Q8_0, Role::Linear, Some(bytes))
+                if as_f32(&w.name, w.dtype, bytes, numel).is_ok_and(|x| gguf::is_2of4(&x)) =>
+            {
+                sparse24 += 1;
+                DType::Q8_0S24
+            }
+            _ => target,
+        };
+        let hess = if spec.gptq
+            && p.role == Role::Linear
+            && !float_format(target)
+            && target != DType::Q8_0S24
+        {
             let h = stats(&w.name);
             if h.is_none() {
                 uncalibrated.push(format!("@{}", w.name));
@@ -1031,6 +1048,16 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     }
     if !regrouped.is_empty() {
         note += &format!("; {}", regrouped.join(", "));
+    }
+    if sparse24 > 0 {
+        note += &format!(
+            "; {sparse24} 2:4-sparse matrices stored compressed (q8_0_2of4{})",
+            if spec.gptq {
+                ", rounded to nearest"
+            } else {
+                ""
+            }
+        );
     }
     if !kept.is_empty() {
         note += &format!("; kept {}", kept.join(", "));

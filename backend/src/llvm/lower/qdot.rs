@@ -176,6 +176,70 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(v)
     }
 
+    /// The 32 quants of a `q8_0_2of4` block ([`QFmt::Q8_0S24`]) whose header is at
+    /// `wb` and codes at `qs`, as two `<16 x i8>` halves: the codes expanded by the mask
+    /// (`llvm.masked.expandload`: one `vpexpandb` with AVX-512 VBMI2, element by element
+    /// elsewhere), zeros where it is clear; the second half's codes start after the
+    /// first half's `popcount(mask & 0xffff)`.
+    fn s24_halves(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        wb: IntValue<'ctx>,
+        qs: IntValue<'ctx>,
+    ) -> R<(VectorValue<'ctx>, VectorValue<'ctx>)> {
+        let it = self.it;
+        let e = llvm_err;
+        let v16b = it.i8.vec_type(16);
+        let m16 = it.i1.vec_type(16);
+        let at =
+            f.b.build_int_add(wb, it.i64.const_int(2, false), "")
+                .map_err(e)?;
+        let mask = self.qdot_load(f, it.i32.into(), w, at)?.into_int_value();
+        let expand = it
+            .intrinsic(self.module, "llvm.masked.expandload", &[v16b.into()])
+            .ok_or_else(|| llvm_err("llvm.masked.expandload"))?;
+        let ctpop = it
+            .intrinsic(self.module, "llvm.ctpop", &[it.i32.into()])
+            .ok_or_else(|| llvm_err("llvm.ctpop"))?;
+        let b = &f.b;
+        let lo_bits = b
+            .build_and(mask, it.i32.const_int(0xffff, false), "")
+            .map_err(e)?;
+        let n_lo = b
+            .build_call(ctpop, &[lo_bits.into()], "")
+            .map_err(e)?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| llvm_err("ctpop"))?
+            .into_int_value();
+        let n_lo = b.build_int_z_extend(n_lo, it.i64, "").map_err(e)?;
+        let mut halves = Vec::with_capacity(2);
+        for (h, off) in [(0u64, None), (16, Some(n_lo))] {
+            let b = &f.b;
+            let bits = b
+                .build_right_shift(mask, it.i32.const_int(h, false), false, "")
+                .map_err(e)?;
+            let bits = b.build_int_truncate(bits, it.i16, "").map_err(e)?;
+            let mv = b.build_bit_cast(bits, m16, "").map_err(e)?;
+            let at = match off {
+                Some(n) => b.build_int_add(qs, n, "").map_err(e)?,
+                None => qs,
+            };
+            // SAFETY: the codes lie inside the weight; the mask says how many are read.
+            let p = unsafe { b.build_gep(it.i8, w, &[at], "") }.map_err(e)?;
+            let v = b
+                .build_call(expand, &[p.into(), mv.into(), v16b.const_zero().into()], "")
+                .map_err(e)?
+                .try_as_basic_value()
+                .basic()
+                .ok_or_else(|| llvm_err("expandload"))?
+                .into_vector_value();
+            halves.push(v);
+        }
+        Ok((halves[0], halves[1]))
+    }
+
     /// Byte offsets of block `blk` of the row at `w_off` in a format with one scale per
     /// block or per group ([`QFmt::grouped`]): where its scale (and minimum) are, and
     /// where its quants start. A group format's block is sub-block `blk mod n` of group
@@ -867,6 +931,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             };
             // The block's 32 weight quants, in activation order, as two halves of 16.
             let (lo, hi) = match q.fmt {
+                QFmt::Q8_0S24 => self.s24_halves(f, wp, wb, qs)?,
                 QFmt::Q8_0 => {
                     let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
                     let q16 =
@@ -1275,6 +1340,14 @@ impl<'ctx> Lowering<'ctx, '_> {
         }
         let (wb, qs) = self.block_at(f, fmt, w_off, blk)?;
         let (lo, hi) = match fmt {
+            QFmt::Q8_0S24 => {
+                let (lo, hi) = self.s24_halves(f, w, wb, qs)?;
+                let b = &f.b;
+                (
+                    b.build_int_s_extend(lo, v16w, "").map_err(llvm_err)?,
+                    b.build_int_s_extend(hi, v16w, "").map_err(llvm_err)?,
+                )
+            }
             QFmt::Q8_0 => {
                 let lo = self.qdot_load(f, v16b.into(), w, qs)?;
                 let q16 = f.b.build_int_add(qs, c64(16), "").map_err(llvm_err)?;

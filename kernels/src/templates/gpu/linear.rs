@@ -56,6 +56,9 @@ pub(crate) fn linear(
         return Ok(None);
     }
     let quant = quant_block(w.dtype);
+    if w.dtype.is_quantized() && quant.is_none() {
+        return Ok(None);
+    }
     if quant.is_some()
         && (k % w.dtype.block_len() as i64 != 0
             || !matches!(
