@@ -625,8 +625,11 @@ fn dequant_s24(buf: BufId, base: Expr, j: Expr) -> Expr {
         Expr::bin(Add, four * 2 + before(0), before(1)),
         before(2),
     );
-    let q = Expr::LoadRaw(buf, Box::new(base + 6 + rank), Ty::I8).cast(Ty::F32);
     let kept = bit(r.cast(Ty::U32)).eq_(Expr::Int(1, Ty::U32));
+    // A dropped element reads the block's first code (its rank could point past the
+    // block's last one), and gives 0.
+    let rank = Expr::select(kept.clone(), rank, Expr::i(0));
+    let q = Expr::LoadRaw(buf, Box::new(base + 6 + rank), Ty::I8).cast(Ty::F32);
     Expr::select(kept, Expr::bin(Mul, d, q), Expr::f(0.0, Ty::F32))
 }
 
