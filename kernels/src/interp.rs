@@ -492,6 +492,9 @@ impl Machine<'_> {
         if !fmt.tile16() {
             return Err(format!("{fmt:?} has no packed layout"));
         }
+        if fmt == QFmt::Q8_0S24 {
+            return self.packed_s24(w, w0, b, c, bufs);
+        }
         let dt = fmt.dtype();
         // A group format's block `b` is block `b mod n` of its group's quants.
         let n = fmt.sub_blocks();
@@ -525,6 +528,40 @@ impl Machine<'_> {
             };
         }
         Ok((d, m, q))
+    }
+
+    /// [`Self::packed_block`] for `q8_0_2of4` (`templates::pack::tile16_s24`).
+    fn packed_s24(
+        &mut self,
+        w: BufId,
+        w0: i64,
+        b: i64,
+        c: i64,
+        bufs: &mut [Vec<u8>],
+    ) -> R<(f32, f32, [i64; 32])> {
+        let lanes = QTile::LANES as i64;
+        let g = w0 + b * lanes * QFmt::Q8_0S24.block_bytes();
+        let d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let mut masks = [0u32; 16];
+        for (p, m) in masks.iter_mut().enumerate() {
+            *m = self.read(w, g + 32 + 4 * p as i64, Ty::U32, bufs)?.i() as u32;
+        }
+        let mut q = [0i64; 32];
+        for (e, v) in q.iter_mut().enumerate() {
+            let (p, bit) = (e / 2, 2 * c as u32 + (e % 2) as u32);
+            if (masks[p] >> bit) & 1 == 0 {
+                continue;
+            }
+            let start = 32 * (p / 2) as i64
+                + if p % 2 == 1 {
+                    masks[p - 1].count_ones() as i64
+                } else {
+                    0
+                };
+            let off = start + (masks[p] & ((1u32 << bit) - 1)).count_ones() as i64;
+            *v = self.read(w, g + 96 + off, Ty::I8, bufs)?.i();
+        }
+        Ok((d, 0.0, q))
     }
 
     /// [`Self::packed_block`] for Q4_K (`templates::pack::tile16_q4k_scale`).

@@ -645,6 +645,7 @@ impl QFmt {
             self,
             QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1 | QFmt::Q5_0 | QFmt::Q5_1 | QFmt::Q4K
         ) || self.grouped()
+            || self == QFmt::Q8_0S24
     }
 
     /// Whether the format is Q4_K or Q5_K (six-bit scales and minimums per block).

@@ -66,7 +66,8 @@ pub fn tile16_offsets(d: DType) -> (usize, usize) {
     let lanes = QTile::LANES;
     let (_, has_min, _) = parts(d).unwrap_or((0, false, false));
     let masks = 2 * lanes * if has_min { 2 } else { 1 };
-    let fifth = if matches!(d, DType::Q5_0 | DType::Q5_1) {
+    // Q5's fifth bits, or q8_0_2of4's pair masks ([`tile16_s24`]).
+    let fifth = if matches!(d, DType::Q5_0 | DType::Q5_1 | DType::Q8_0S24) {
         64
     } else {
         0
@@ -82,9 +83,72 @@ pub fn tile16_fifth(c: usize, e: usize) -> (usize, u32) {
 
 /// Whether [`Pack::Tile16`] can lay out a `[rows, k]` weight of dtype `d`.
 pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
-    (parts(d).is_some() || d == DType::Q4K)
+    (parts(d).is_some() || d == DType::Q4K || d == DType::Q8_0S24)
         && rows.is_multiple_of(QTile::LANES)
         && k.is_multiple_of(d.block_len())
+}
+
+/// `q8_0_2of4` in [`Pack::Tile16`], per block of 16 rows: their 16 scales (32 bytes),
+/// then per pair of quants `p` (elements `2p`, `2p + 1`) a u32 mask whose bit `2c + j`
+/// says whether row `c` keeps element `2p + j` (64 bytes), then the kept codes (256
+/// bytes) pair by pair, in each pair row by row: the codes of a pair vector in lane
+/// order, so one expanding load by its mask gives the vector. Rows keep two of every
+/// four, so pairs `2g` and `2g + 1` hold 32 codes together: pair `p`'s codes start at
+/// `32 ⌊p / 2⌋`, plus the popcount of pair `p - 1`'s mask when `p` is odd.
+pub fn tile16_s24(rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let lanes = QTile::LANES;
+    let blocks = k / 32;
+    let d = DType::Q8_0S24;
+    if !tile16_packs(d, rows, k) || bytes.len() != rows * blocks * 22 {
+        return Err(format!(
+            "[{rows}, {k}] {d} ({} bytes) is not whole groups of {lanes} rows",
+            bytes.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    for g in 0..rows / lanes {
+        for b in 0..blocks {
+            let block = |r: usize| {
+                let at = ((g * lanes + r) * blocks + b) * 22;
+                &bytes[at..at + 22]
+            };
+            let masks: Vec<u32> = (0..lanes)
+                .map(|r| {
+                    let blk = block(r);
+                    u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]])
+                })
+                .collect();
+            for (r, m) in masks.iter().enumerate() {
+                if (0..8).any(|q| (m >> (4 * q) & 15).count_ones() != 2) {
+                    return Err(format!(
+                        "{d} row {}: block {b} does not keep two of every four",
+                        g * lanes + r
+                    ));
+                }
+            }
+            for r in 0..lanes {
+                out.extend_from_slice(&block(r)[0..2]);
+            }
+            for p in 0..16 {
+                let mp =
+                    (0..lanes).fold(0u32, |acc, c| acc | ((masks[c] >> (2 * p)) & 3) << (2 * c));
+                out.extend(mp.to_le_bytes());
+            }
+            // Each row's codes in element order, taken pair by pair.
+            let mut next = [6usize; QTile::LANES];
+            for p in 0..16 {
+                for (c, n) in next.iter_mut().enumerate() {
+                    for j in 0..2 {
+                        if (masks[c] >> (2 * p + j)) & 1 == 1 {
+                            out.push(block(c)[*n]);
+                            *n += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Byte offset of scale byte `t` (0..12) of row `c` in a Q4_K [`Pack::Tile16`]
@@ -113,6 +177,7 @@ pub fn tile16_quant(d: DType, c: usize, e: usize) -> (usize, bool) {
 /// Rewrites the bytes of a weight `[rows, k]` of dtype `d` into `pack`.
 pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     match pack {
+        Pack::Tile16 if d == DType::Q8_0S24 => tile16_s24(rows, k, bytes),
         Pack::Tile16 if d == DType::Q4K => {
             let lanes = QTile::LANES;
             let bb = d.block_bytes();
@@ -295,6 +360,32 @@ mod tests {
         assert_eq!(p[96 + 32 + 2 * 6] & 15, 6);
         assert!(pack(Pack::Tile16, DType::Q4_1, 8, 32, &bytes[..160]).is_err());
         assert!(pack(Pack::Tile16, DType::F32, 16, 32, &bytes).is_err());
+    }
+
+    #[test]
+    fn tile16_s24_puts_a_pairs_kept_codes_in_lane_order() {
+        // 16 rows of one block keeping elements 0 and 1 of every four; row r's codes
+        // are 16 r + i.
+        let mut bytes = Vec::new();
+        for r in 0..16u8 {
+            bytes.extend([r, 0]);
+            bytes.extend(0x3333_3333u32.to_le_bytes());
+            bytes.extend((0..16).map(|i| 16 * r + i));
+        }
+        let p = pack(Pack::Tile16, DType::Q8_0S24, 16, 32, &bytes).unwrap();
+        assert_eq!(p.len(), bytes.len());
+        assert_eq!(&p[0..4], &[0, 0, 1, 0]);
+        let mask = |q: usize| {
+            u32::from_le_bytes([p[32 + 4 * q], p[33 + 4 * q], p[34 + 4 * q], p[35 + 4 * q]])
+        };
+        // Pair 0 (elements 0, 1): every lane kept; pair 1 (elements 2, 3): none.
+        assert_eq!((mask(0), mask(1)), (u32::MAX, 0));
+        // Pair 0's codes: row c's first two; pair 2's from byte 32: row c's next two.
+        assert_eq!(&p[96 + 10..96 + 12], &[16 * 5, 16 * 5 + 1]);
+        assert_eq!(&p[96 + 32 + 10..96 + 32 + 12], &[16 * 5 + 2, 16 * 5 + 3]);
+        // A row keeping three of a four is refused.
+        bytes[2] = 0x37;
+        assert!(pack(Pack::Tile16, DType::Q8_0S24, 16, 32, &bytes).is_err());
     }
 
     #[test]

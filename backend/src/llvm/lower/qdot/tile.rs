@@ -260,6 +260,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             f.b.build_int_add(blk, self.tc(u.first_block), "")
                 .map_err(e)?;
         let (d, m, qs, masks) = self.packed_head(f, u.fmt, (w, w_off), wblk, 0, LANES, true)?;
+        let s24 = u.fmt == llmc_kernels::QFmt::Q8_0S24;
         let offset8 = q8 && u.act8;
         let m = match m {
             Some(m) => m,
@@ -284,8 +285,18 @@ impl<'ctx> Lowering<'ctx, '_> {
                 "",
             )
             .map_err(e)?;
-        let chunks = if q8 { 16 } else { 8 };
-        let mut pairs = vec![v32w.const_zero(); 16];
+        let chunks = if s24 {
+            0
+        } else if q8 {
+            16
+        } else {
+            8
+        };
+        let mut pairs = if s24 {
+            self.s24_pairs(f, w, masks, 0, LANES)?
+        } else {
+            vec![v32w.const_zero(); 16]
+        };
         for c in 0..chunks {
             let at = f.b.build_int_add(qs, self.tc(32 * c), "").map_err(e)?;
             let raw = self.qdot_load(f, v32b.into(), w, at)?.into_vector_value();
@@ -781,6 +792,9 @@ impl<'ctx> Lowering<'ctx, '_> {
             VectorType::const_vector(&vec![it.i16.const_int(k, false); 2 * lanes as usize])
         };
         let mut out = vec![vw.const_zero(); 16];
+        if t.fmt == llmc_kernels::QFmt::Q8_0S24 {
+            return Ok((self.s24_pairs(f, w, masks, c0, lanes)?, d, m));
+        }
         if t.fmt == llmc_kernels::QFmt::Q8_0 {
             // With a minimum (int8 activations): q + 128 and -128 d.
             for (p, o) in out.iter_mut().enumerate() {
@@ -811,6 +825,93 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
         }
         Ok((out, d, m))
+    }
+
+    /// The 16 pair vectors (`2 lanes` i16: lane `2c + j` holds row `c0 + c`'s quant
+    /// `2p + j`) of a `q8_0_2of4` block packed as `templates::pack::tile16_s24`, whose
+    /// pair masks are at byte `masks` of `w` and codes 64 bytes after them: per pair,
+    /// the lanes' bits of its mask and one expanding load of its codes from where the
+    /// earlier pairs' and lanes' end.
+    fn s24_pairs(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        masks: IntValue<'ctx>,
+        c0: u32,
+        lanes: u32,
+    ) -> R<Vec<VectorValue<'ctx>>> {
+        let it = self.it;
+        let e = llvm_err;
+        let n = 2 * lanes;
+        let vb = it.i8.vec_type(n);
+        let vw = it.i16.vec_type(n);
+        let mt = it.i1.vec_type(n);
+        let narrow = match n {
+            32 => it.i32,
+            16 => it.i16,
+            _ => return Err(llvm_err(format!("q8_0_2of4 tile of {lanes} lanes"))),
+        };
+        let expand = it
+            .intrinsic(self.module, "llvm.masked.expandload", &[vb.into()])
+            .ok_or_else(|| llvm_err("llvm.masked.expandload"))?;
+        let ctpop = it
+            .intrinsic(self.module, "llvm.ctpop", &[it.i32.into()])
+            .ok_or_else(|| llvm_err("llvm.ctpop"))?;
+        let popcount = |v: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+            let c =
+                f.b.build_call(ctpop, &[v.into()], "")
+                    .map_err(e)?
+                    .try_as_basic_value()
+                    .basic()
+                    .ok_or_else(|| llvm_err("ctpop"))?
+                    .into_int_value();
+            f.b.build_int_z_extend(c, it.i64, "").map_err(e)
+        };
+        let codes = f.b.build_int_add(masks, self.tc(64), "codes").map_err(e)?;
+        let c32 = |v: u64| it.i32.const_int(v, false);
+        let mut prev = None;
+        let mut out = Vec::with_capacity(16);
+        for p in 0..16i64 {
+            let at = f.b.build_int_add(masks, self.tc(4 * p), "").map_err(e)?;
+            let mp = self.qdot_load(f, it.i32.into(), w, at)?.into_int_value();
+            // Codes before this pair vector's first lane: the pair group's earlier pair
+            // (odd p) and the lanes below c0.
+            let mut start = self.tc(32 * (p / 2));
+            if p % 2 == 1 {
+                let pm: IntValue<'ctx> = prev.ok_or_else(|| llvm_err("s24: no pair mask"))?;
+                let n_prev = popcount(pm)?;
+                start = f.b.build_int_add(start, n_prev, "").map_err(e)?;
+            }
+            if c0 > 0 {
+                let below =
+                    f.b.build_and(mp, c32((1u64 << (2 * c0)) - 1), "")
+                        .map_err(e)?;
+                let nb = popcount(below)?;
+                start = f.b.build_int_add(start, nb, "").map_err(e)?;
+            }
+            prev = Some(mp);
+            let b = &f.b;
+            let bits = b
+                .build_right_shift(mp, c32(2 * c0 as u64), false, "")
+                .map_err(e)?;
+            let bits = b
+                .build_int_truncate_or_bit_cast(bits, narrow, "")
+                .map_err(e)?;
+            let mv = b.build_bit_cast(bits, mt, "").map_err(e)?;
+            let at = b.build_int_add(codes, start, "").map_err(e)?;
+            // SAFETY: the codes lie inside the packed weight (the packer checked that
+            // every row keeps two of every four); the mask says how many are read.
+            let ptr = unsafe { b.build_gep(it.i8, w, &[at], "") }.map_err(e)?;
+            let v = b
+                .build_call(expand, &[ptr.into(), mv.into(), vb.const_zero().into()], "")
+                .map_err(e)?
+                .try_as_basic_value()
+                .basic()
+                .ok_or_else(|| llvm_err("expandload"))?
+                .into_vector_value();
+            out.push(f.b.build_int_s_extend(v, vw, "").map_err(e)?);
+        }
+        Ok(out)
     }
 
     /// [`Self::direct_block`] for a byte tile: the block's 8 quad vectors (`4 lanes`
