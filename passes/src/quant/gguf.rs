@@ -104,19 +104,16 @@ fn block_q8_0(x: &[f32], out: &mut Vec<u8>) {
 /// 2:4-pruned matrix has zeros in the other two), the mask of kept elements and their
 /// codes in element order.
 fn block_q8_0_s24(x: &[f32], out: &mut Vec<u8>) {
-    let amax = x
-        .iter()
-        .fold(0.0f32, |a, &v| if v.abs() > a { v.abs() } else { a });
-    let d = amax / 127.0;
-    let id = inverse(d);
-    out.extend(f16_bytes(d));
+    let mut dense = Vec::with_capacity(34);
+    block_q8_0(x, &mut dense);
     let mask = mask_2of4(x);
+    out.extend_from_slice(&dense[..2]);
     out.extend(mask.to_le_bytes());
-    for (e, &v) in x.iter().enumerate() {
-        if (mask >> e) & 1 == 1 {
-            out.push((v * id).round() as i8 as u8);
-        }
-    }
+    out.extend(
+        (0..BLOCK)
+            .filter(|e| (mask >> e) & 1 == 1)
+            .map(|e| dense[2 + e]),
+    );
 }
 
 /// The mask of the two largest magnitudes in every aligned four of the 32 values `x`

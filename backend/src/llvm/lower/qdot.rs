@@ -178,9 +178,8 @@ impl<'ctx> Lowering<'ctx, '_> {
 
     /// The 32 quants of a `q8_0_2of4` block ([`QFmt::Q8_0S24`]) whose header is at
     /// `wb` and codes at `qs`, as two `<16 x i8>` halves: the codes expanded by the mask
-    /// (`llvm.masked.expandload`: one `vpexpandb` with AVX-512 VBMI2, element by element
-    /// elsewhere), zeros where it is clear; the second half's codes start after the
-    /// first half's `popcount(mask & 0xffff)`.
+    /// ([`Self::expand_bytes`]), zeros where it is clear; the second half's codes start
+    /// after the first half's `popcount(mask & 0xffff)`.
     fn s24_halves(
         &self,
         f: &Frame<'ctx>,
@@ -190,54 +189,72 @@ impl<'ctx> Lowering<'ctx, '_> {
     ) -> R<(VectorValue<'ctx>, VectorValue<'ctx>)> {
         let it = self.it;
         let e = llvm_err;
-        let v16b = it.i8.vec_type(16);
-        let m16 = it.i1.vec_type(16);
         let at =
             f.b.build_int_add(wb, it.i64.const_int(2, false), "")
                 .map_err(e)?;
         let mask = self.qdot_load(f, it.i32.into(), w, at)?.into_int_value();
-        let expand = it
-            .intrinsic(self.module, "llvm.masked.expandload", &[v16b.into()])
-            .ok_or_else(|| llvm_err("llvm.masked.expandload"))?;
-        let ctpop = it
-            .intrinsic(self.module, "llvm.ctpop", &[it.i32.into()])
-            .ok_or_else(|| llvm_err("llvm.ctpop"))?;
-        let b = &f.b;
-        let lo_bits = b
-            .build_and(mask, it.i32.const_int(0xffff, false), "")
-            .map_err(e)?;
-        let n_lo = b
-            .build_call(ctpop, &[lo_bits.into()], "")
-            .map_err(e)?
-            .try_as_basic_value()
-            .basic()
-            .ok_or_else(|| llvm_err("ctpop"))?
-            .into_int_value();
-        let n_lo = b.build_int_z_extend(n_lo, it.i64, "").map_err(e)?;
-        let mut halves = Vec::with_capacity(2);
-        for (h, off) in [(0u64, None), (16, Some(n_lo))] {
-            let b = &f.b;
-            let bits = b
-                .build_right_shift(mask, it.i32.const_int(h, false), false, "")
+        let lo_bits =
+            f.b.build_and(mask, it.i32.const_int(0xffff, false), "")
                 .map_err(e)?;
-            let bits = b.build_int_truncate(bits, it.i16, "").map_err(e)?;
-            let mv = b.build_bit_cast(bits, m16, "").map_err(e)?;
-            let at = match off {
-                Some(n) => b.build_int_add(qs, n, "").map_err(e)?,
-                None => qs,
-            };
-            // SAFETY: the codes lie inside the weight; the mask says how many are read.
-            let p = unsafe { b.build_gep(it.i8, w, &[at], "") }.map_err(e)?;
-            let v = b
-                .build_call(expand, &[p.into(), mv.into(), v16b.const_zero().into()], "")
+        let n_lo = self.popcount_i64(f, lo_bits)?;
+        let hi_at = f.b.build_int_add(qs, n_lo, "").map_err(e)?;
+        let hi_bits =
+            f.b.build_right_shift(mask, it.i32.const_int(16, false), false, "")
+                .map_err(e)?;
+        let bits16 = |v: IntValue<'ctx>| f.b.build_int_truncate(v, it.i16, "").map_err(e);
+        Ok((
+            self.expand_bytes(f, w, qs, bits16(mask)?)?,
+            self.expand_bytes(f, w, hi_at, bits16(hi_bits)?)?,
+        ))
+    }
+
+    /// As many bytes as `bits` has bits (16 or 32), from byte `at` of `w` by the mask
+    /// `bits`: set lanes take consecutive bytes, the others 0
+    /// (`llvm.masked.expandload`: one `vpexpandb` with AVX-512 VBMI2, element by element
+    /// elsewhere).
+    pub(super) fn expand_bytes(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        at: IntValue<'ctx>,
+        bits: IntValue<'ctx>,
+    ) -> R<VectorValue<'ctx>> {
+        let it = self.it;
+        let e = llvm_err;
+        let n = bits.get_type().get_bit_width();
+        let vb = it.i8.vec_type(n);
+        let expand = it
+            .intrinsic(self.module, "llvm.masked.expandload", &[vb.into()])
+            .ok_or_else(|| llvm_err("llvm.masked.expandload"))?;
+        let b = &f.b;
+        let mv = b.build_bit_cast(bits, it.i1.vec_type(n), "").map_err(e)?;
+        // SAFETY: the caller's bytes lie inside the weight; the mask says how many are
+        // read.
+        let p = unsafe { b.build_gep(it.i8, w, &[at], "") }.map_err(e)?;
+        Ok(
+            b.build_call(expand, &[p.into(), mv.into(), vb.const_zero().into()], "")
                 .map_err(e)?
                 .try_as_basic_value()
                 .basic()
                 .ok_or_else(|| llvm_err("expandload"))?
-                .into_vector_value();
-            halves.push(v);
-        }
-        Ok((halves[0], halves[1]))
+                .into_vector_value(),
+        )
+    }
+
+    /// The number of set bits of the i32 `v`, as an i64.
+    pub(super) fn popcount_i64(&self, f: &Frame<'ctx>, v: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let it = self.it;
+        let ctpop = it
+            .intrinsic(self.module, "llvm.ctpop", &[it.i32.into()])
+            .ok_or_else(|| llvm_err("llvm.ctpop"))?;
+        let c =
+            f.b.build_call(ctpop, &[v.into()], "")
+                .map_err(llvm_err)?
+                .try_as_basic_value()
+                .basic()
+                .ok_or_else(|| llvm_err("ctpop"))?
+                .into_int_value();
+        f.b.build_int_z_extend(c, it.i64, "").map_err(llvm_err)
     }
 
     /// Byte offsets of block `blk` of the row at `w_off` in a format with one scale per

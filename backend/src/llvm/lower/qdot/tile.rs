@@ -842,30 +842,11 @@ impl<'ctx> Lowering<'ctx, '_> {
     ) -> R<Vec<VectorValue<'ctx>>> {
         let it = self.it;
         let e = llvm_err;
-        let n = 2 * lanes;
-        let vb = it.i8.vec_type(n);
-        let vw = it.i16.vec_type(n);
-        let mt = it.i1.vec_type(n);
-        let narrow = match n {
+        let vw = it.i16.vec_type(2 * lanes);
+        let narrow = match 2 * lanes {
             32 => it.i32,
             16 => it.i16,
             _ => return Err(llvm_err(format!("q8_0_2of4 tile of {lanes} lanes"))),
-        };
-        let expand = it
-            .intrinsic(self.module, "llvm.masked.expandload", &[vb.into()])
-            .ok_or_else(|| llvm_err("llvm.masked.expandload"))?;
-        let ctpop = it
-            .intrinsic(self.module, "llvm.ctpop", &[it.i32.into()])
-            .ok_or_else(|| llvm_err("llvm.ctpop"))?;
-        let popcount = |v: IntValue<'ctx>| -> R<IntValue<'ctx>> {
-            let c =
-                f.b.build_call(ctpop, &[v.into()], "")
-                    .map_err(e)?
-                    .try_as_basic_value()
-                    .basic()
-                    .ok_or_else(|| llvm_err("ctpop"))?
-                    .into_int_value();
-            f.b.build_int_z_extend(c, it.i64, "").map_err(e)
         };
         let codes = f.b.build_int_add(masks, self.tc(64), "codes").map_err(e)?;
         let c32 = |v: u64| it.i32.const_int(v, false);
@@ -879,14 +860,14 @@ impl<'ctx> Lowering<'ctx, '_> {
             let mut start = self.tc(32 * (p / 2));
             if p % 2 == 1 {
                 let pm: IntValue<'ctx> = prev.ok_or_else(|| llvm_err("s24: no pair mask"))?;
-                let n_prev = popcount(pm)?;
+                let n_prev = self.popcount_i64(f, pm)?;
                 start = f.b.build_int_add(start, n_prev, "").map_err(e)?;
             }
             if c0 > 0 {
                 let below =
                     f.b.build_and(mp, c32((1u64 << (2 * c0)) - 1), "")
                         .map_err(e)?;
-                let nb = popcount(below)?;
+                let nb = self.popcount_i64(f, below)?;
                 start = f.b.build_int_add(start, nb, "").map_err(e)?;
             }
             prev = Some(mp);
@@ -897,18 +878,10 @@ impl<'ctx> Lowering<'ctx, '_> {
             let bits = b
                 .build_int_truncate_or_bit_cast(bits, narrow, "")
                 .map_err(e)?;
-            let mv = b.build_bit_cast(bits, mt, "").map_err(e)?;
             let at = b.build_int_add(codes, start, "").map_err(e)?;
-            // SAFETY: the codes lie inside the packed weight (the packer checked that
-            // every row keeps two of every four); the mask says how many are read.
-            let ptr = unsafe { b.build_gep(it.i8, w, &[at], "") }.map_err(e)?;
-            let v = b
-                .build_call(expand, &[ptr.into(), mv.into(), vb.const_zero().into()], "")
-                .map_err(e)?
-                .try_as_basic_value()
-                .basic()
-                .ok_or_else(|| llvm_err("expandload"))?
-                .into_vector_value();
+            // The packer checked that every row keeps two of every four, so the codes
+            // lie inside the packed weight.
+            let v = self.expand_bytes(f, w, at, bits)?;
             out.push(f.b.build_int_s_extend(v, vw, "").map_err(e)?);
         }
         Ok(out)
