@@ -141,12 +141,13 @@ fn compile(a: &EvalArgs, path: &Path, reduce: bool, exe: &Path) -> Result<()> {
         );
     }
     let reduce = match reduce {
-        true => {
-            let mut r =
-                crate::Reduce::new(&m, a.quantize.clone(), a.prune.clone(), &a.calibration)?;
-            r.act_bits = a.act_quant.map(crate::ActQuant::bits);
-            r
-        }
+        true => crate::Reduce::new(
+            &m,
+            a.quantize.clone(),
+            a.prune.clone(),
+            a.act_quant,
+            &a.calibration,
+        )?,
         false => crate::Reduce::default(),
     };
     let report = optimize(

@@ -65,15 +65,29 @@ pub enum ActQuant {
     /// int8 blocks of 32 (llama.cpp's Q8 activations; VNNI's `vpdpbusd`, twice the
     /// products per instruction).
     Int8,
+    /// int8 blocks of 32 with static scales: each block's range is measured once on
+    /// `--calibration FILE` (its largest |x| there) instead of at run time, and
+    /// values beyond it saturate.
+    #[value(name = "int8-static")]
+    Int8Static,
+    /// int16 blocks of 32 with static scales (calibrated ranges, as int8-static).
+    #[value(name = "int16-static")]
+    Int16Static,
 }
 
 impl ActQuant {
     /// The bits the `act-quant` pass gives the linears.
     pub fn bits(self) -> u8 {
         match self {
-            ActQuant::Int16 => 16,
-            ActQuant::Int8 => 8,
+            ActQuant::Int16 | ActQuant::Int16Static => 16,
+            ActQuant::Int8 | ActQuant::Int8Static => 8,
         }
+    }
+
+    /// Whether the scales are calibrated (`int8-static`, `int16-static`) rather than
+    /// measured per row.
+    pub fn is_static(self) -> bool {
+        matches!(self, ActQuant::Int8Static | ActQuant::Int16Static)
     }
 }
 
@@ -163,11 +177,12 @@ struct BuildArgs {
     #[arg(long)]
     no_serving: bool,
     /// Quantize the weight matrices:
-    /// FORMAT[,head=F|keep][,embed=F|keep][,awq][,gptq][,damp=F][,layerN=F|layerA-B=F]
+    /// FORMAT[,head=F|keep][,embed=F|keep][,awq|smooth[=A]][,gptq][,damp=F][,layerN=F|layerA-B=F]
     /// with FORMAT q8_0, q4_0, q4_1, q5_0, q5_1 (llama-quantize's mix: the output
     /// matrix in q8_0), llmc's int4 groups of 64 or 128 (q4_0_g64, q4_0_g128
-    /// symmetric; q4_1_g64, q4_1_g128 with a minimum), or f16, bf16; awq and gptq
-    /// need --calibration FILE.
+    /// symmetric; q4_1_g64, q4_1_g128 with a minimum), or f16, bf16; awq, gptq and
+    /// smooth (SmoothQuant's migration of activation outliers into the weights, α
+    /// searched or A) need --calibration FILE.
     #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
     quantize: Option<llmc_passes::quant::QuantSpec>,
     /// Remove structure: ffn=PCT drops that share of every MLP's hidden channels,
@@ -178,8 +193,9 @@ struct BuildArgs {
     #[arg(long, value_name = "SPEC", value_parser = parse_prune)]
     prune: Option<llmc_passes::prune::PruneSpec>,
     /// What block-quantized linears quantize their activations to at run time (per
-    /// block of 32 per row): int16 (default, exact to f32 noise) or int8 (llama.cpp's
-    /// precision, faster batched and prefill GEMMs with AVX-512 VNNI).
+    /// block of 32 per row): int16 (default, exact to f32 noise), int8 (llama.cpp's
+    /// precision, faster batched and prefill GEMMs with AVX-512 VNNI), or int8-static /
+    /// int16-static (each block's scale calibrated on --calibration FILE).
     #[arg(long, value_enum, value_name = "BITS")]
     act_quant: Option<ActQuant>,
     #[command(flatten)]
@@ -231,6 +247,8 @@ pub struct Reduce {
     calibration: Option<std::sync::Arc<llmc_passes::quant::Calibration>>,
     /// `--act-quant`: bits of the quantized linears' run-time activation blocks.
     act_bits: Option<u8>,
+    /// `--act-quant int8-static`: the blocks' scales come from the calibration.
+    act_static: bool,
 }
 
 impl Reduce {
@@ -238,17 +256,28 @@ impl Reduce {
         m: &Module,
         quantize: Option<llmc_passes::quant::QuantSpec>,
         prune: Option<llmc_passes::prune::PruneSpec>,
+        act: Option<ActQuant>,
         c: &CalibrationArgs,
     ) -> Result<Reduce> {
+        let act_static = act.is_some_and(ActQuant::is_static);
         let gptq = quantize.as_ref().is_some_and(|q| q.calibrated()) || c.accuracy_budget.is_some();
-        let calibration = match (&c.calibration, gptq || prune.is_some()) {
+        let calibration = match (&c.calibration, gptq || prune.is_some() || act_static) {
             (Some(file), true) => Some(std::sync::Arc::new(calibrate::calibrate(
                 m,
                 file,
                 c.calibration_tokens,
             )?)),
-            (None, _) if c.accuracy_budget.is_some() => bail!(
-                "--accuracy-budget measures perplexity on a text: give --calibration FILE"
+            (None, _) if c.accuracy_budget.is_some() => {
+                bail!("--accuracy-budget measures perplexity on a text: give --calibration FILE")
+            }
+            (None, _) if act_static => bail!(
+                "--act-quant {}-static sets each activation block's scale from a text the \
+                 model is run on: give --calibration FILE",
+                if act.map(ActQuant::bits) == Some(8) {
+                    "int8"
+                } else {
+                    "int16"
+                }
             ),
             (None, _) if gptq => bail!(
                 "--quantize {}: gptq and awq choose codes against calibration statistics; give \
@@ -256,7 +285,8 @@ impl Reduce {
                 quantize.as_ref().map(|q| q.to_string()).unwrap_or_default()
             ),
             (Some(file), false) => bail!(
-                "--calibration {}: only --quantize FORMAT,gptq|awq, --accuracy-budget and --prune use calibration",
+                "--calibration {}: only --quantize FORMAT,gptq|awq, --accuracy-budget, --prune and \
+                 --act-quant int8-static use calibration",
                 file.display()
             ),
             (None, _) => None,
@@ -265,7 +295,8 @@ impl Reduce {
             quantize,
             prune,
             calibration,
-            act_bits: None,
+            act_bits: act.map(ActQuant::bits),
+            act_static,
         };
         if let (Some(pct), Some(file)) = (c.accuracy_budget, &c.calibration) {
             reduce.quantize = Some(budget::choose(m, &reduce, pct, file, c.calibration_tokens)?);
@@ -516,6 +547,7 @@ fn optimize(
         prune: reduce.prune.clone(),
         calibration: reduce.calibration.clone(),
         act_bits: reduce.act_bits,
+        act_static: reduce.act_static,
         ..Default::default()
     };
     let mut err = std::io::stderr().lock();
@@ -693,8 +725,13 @@ fn build(a: &BuildArgs) -> Result<()> {
         .iter()
         .filter_map(|w| w.shape.checked_numel().and_then(|d| d.as_const()))
         .sum();
-    let mut reduce = Reduce::new(&m, a.quantize.clone(), a.prune.clone(), &a.calibration)?;
-    reduce.act_bits = a.act_quant.map(ActQuant::bits);
+    let reduce = Reduce::new(
+        &m,
+        a.quantize.clone(),
+        a.prune.clone(),
+        a.act_quant,
+        &a.calibration,
+    )?;
     let report = optimize(&mut m, a.opt_level, a.passes.as_deref(), &reduce, &inst)?;
     if a.time_passes {
         eprint!("{report}");

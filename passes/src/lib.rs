@@ -66,6 +66,10 @@ pub struct PassContext {
     /// `--act-quant int8|int16`: the bits the `act-quant` pass gives block-quantized
     /// linears' run-time activation blocks (`None`: the pass does nothing).
     pub act_bits: Option<u8>,
+    /// `--act-quant int8-static`: the `act-quant` pass gives each linear the ranges of
+    /// its input measured on the calibration (`act_amax`), fixed scales instead of
+    /// run-time ones.
+    pub act_static: bool,
 }
 
 impl Default for PassContext {
@@ -77,6 +81,7 @@ impl Default for PassContext {
             calibration: None,
             prune: None,
             act_bits: None,
+            act_static: false,
         }
     }
 }

@@ -167,6 +167,25 @@ pub fn infer_linear(i: &[&TensorType], a: &Attrs) -> T {
             w.shape
         ));
     }
+    if let Some(amax) = a.get("act_amax") {
+        let crate::Attr::Floats(v) = amax else {
+            return Err(format!("act_amax must be a list of floats, got {amax:?}"));
+        };
+        if !w.dtype.is_quantized() {
+            return Err(
+                "act_amax (static activation scales) needs a block-quantized weight".into(),
+            );
+        }
+        if k.as_const() != Some(v.len() as i64 * 32) {
+            return Err(format!(
+                "act_amax has {} values; k = {k} needs one per block of 32",
+                v.len()
+            ));
+        }
+        if let Some(bad) = v.iter().find(|x| !x.is_finite() || **x < 0.0) {
+            return Err(format!("act_amax holds {bad}: expected finite ranges >= 0"));
+        }
+    }
     if let Some(b) = i.get(2) {
         if b.dtype.compute_type() != x.dtype {
             return Err(format!(

@@ -91,6 +91,15 @@ pub(crate) fn linear(
         t,
         tile16: false,
         act8: super::attr_int(node, "act_bits")? == Some(8),
+        act_amax: match node.attrs.get("act_amax") {
+            None => None,
+            Some(llmc_ir::Attr::Floats(v)) if v.len() as i64 * 32 == k => Some(v.clone()),
+            Some(other) => {
+                return Err(format!(
+                    "act_amax must hold one float per block of 32 of k = {k}, got {other:?}"
+                ))
+            }
+        },
     };
     let full = n / NR as i64;
     let tail = n % NR as i64;
@@ -278,6 +287,10 @@ struct Lin {
     /// The integer path quantizes activations to int8 blocks (`act_bits = 8`), else
     /// int16.
     act8: bool,
+    /// Static scales (`act_amax`): per block of 32 input columns the calibrated
+    /// largest |x|; the blocks quantize with `amax / 127`, saturating, instead of each
+    /// row's own range.
+    act_amax: Option<Vec<f64>>,
 }
 
 impl Lin {
@@ -436,6 +449,23 @@ impl Lin {
         let xq = kb.local("xq", xq_ty, sg * k);
         let xd = kb.local("xd", Ty::F32, sg / quad * stride);
         let xs = kb.local("xs", Ty::F32, sg / quad * stride);
+        // Static scales: per block the quantization factor and the scale, as tables.
+        let fixed = self.act_amax.as_ref().map(|amax| {
+            let qmax = if self.act8 { QMAX8 } else { QMAX };
+            let fid = kb.local("fid", Ty::F32, blocks);
+            let fd = kb.local("fd", Ty::F32, blocks);
+            for (b, &a) in amax.iter().enumerate() {
+                let a = a as f32;
+                let id = if a > 0.0 { qmax as f32 / a } else { 0.0 };
+                kb.store(fid, Expr::i(b as i64), fconst(id as f64, Ty::F32));
+                kb.store(
+                    fd,
+                    Expr::i(b as i64),
+                    fconst((a / qmax as f32) as f64, Ty::F32),
+                );
+            }
+            (fid, fd)
+        });
         kb.for_step("rg", 0, rows.clone(), sg, LoopTag::Serial, |kb, rg| {
             let nr = kb.let_(
                 "nr",
@@ -445,7 +475,7 @@ impl Lin {
             // threads waiting for 10% of a SmolLM2 prefill.
             let quantize = |kb: &mut KernelBuilder, tag| {
                 kb.for_("r", 0, nr.clone(), tag, |kb, r| {
-                    self.quantize_row(kb, &(rg.clone() + r.clone()), &r, (xq, xd, xs));
+                    self.quantize_row(kb, &(rg.clone() + r.clone()), &r, (xq, xd, xs), fixed);
                 });
             };
             kb.if_else(
@@ -466,12 +496,52 @@ impl Lin {
             + Expr::bin(BinOp::Rem, lr.clone(), Expr::i(quad))
     }
 
-    /// Quantizes row `r` of x into local row `lr` of the int16 locals.
-    fn quantize_row(&self, kb: &mut KernelBuilder, r: &Expr, lr: &Expr, q: (BufId, BufId, BufId)) {
+    /// Quantizes row `r` of x into local row `lr` of the int16 locals; with `fixed`
+    /// (static scales: per block the factor `qmax / amax` and the scale `amax / qmax`)
+    /// every block takes the table's scale and saturates at `±qmax`.
+    fn quantize_row(
+        &self,
+        kb: &mut KernelBuilder,
+        r: &Expr,
+        lr: &Expr,
+        q: (BufId, BufId, BufId),
+        fixed: Option<(BufId, BufId)>,
+    ) {
         let (xq, xd, xs) = q;
         let k = self.k;
         let blocks = k / 32;
         let sc = kb.let_("sc", self.scale_slot(lr));
+        if let Some((fid, fd)) = fixed {
+            let qmax = if self.act8 { QMAX8 } else { QMAX };
+            let qty = if self.act8 { Ty::I8 } else { Ty::I16 };
+            kb.for_("b", 0, blocks, LoopTag::Serial, |kb, b| {
+                let x0 = kb.let_("x0", r.clone() * k + b.clone() * 32);
+                let q0 = kb.let_("q0", lr.clone() * k + b.clone() * 32);
+                let id = kb.let_("id", Expr::Load(fid, Box::new(b.clone())));
+                let qsum = kb.let_mut("qsum", Expr::Int(0, Ty::I32));
+                kb.for_("e", 0, 32, LoopTag::Vectorize(16), |kb, e| {
+                    let v = load_elem(kb, self.x, self.xd, x0.clone() + e.clone()).cast(Ty::F32);
+                    let q = Expr::un(UnOp::Round, Expr::bin(BinOp::Mul, v, id.clone()));
+                    let q = Expr::bin(BinOp::Min, q, fconst(qmax, Ty::F32));
+                    let q = Expr::bin(BinOp::Max, q, fconst(-qmax, Ty::F32));
+                    let q = kb.let_("q", q.cast(qty));
+                    kb.store(xq, q0.clone() + e, q.clone());
+                    kb.assign(
+                        qsum,
+                        Expr::bin(BinOp::Add, Expr::Var(qsum), q.cast(Ty::I32)),
+                    );
+                });
+                let d = kb.let_("d", Expr::Load(fd, Box::new(b.clone())));
+                let at = kb.let_("at", sc.clone() + b * QDot::scale_offset(1));
+                kb.store(xd, at.clone(), d.clone());
+                kb.store(
+                    xs,
+                    at,
+                    Expr::bin(BinOp::Mul, d, Expr::Var(qsum).cast(Ty::F32)),
+                );
+            });
+            return;
+        }
         let ab = kb.local("abits", Ty::I32, 1);
         kb.for_("b", 0, blocks, LoopTag::Serial, |kb, b| {
             let x0 = kb.let_("x0", r.clone() * k + b.clone() * 32);

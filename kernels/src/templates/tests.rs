@@ -534,7 +534,11 @@ fn linear_float_and_quantized() {
             let wq = quant_bytes(&mut r, d, n, k);
             check_quant_linear(&x, rows, d, n, k, &wq, None);
             // int8 activation blocks (`act_bits = 8`), as stored and packed.
-            check_quant_linear_bits(&x, rows, d, n, k, &wq, None, 8);
+            check_quant_linear_bits(&x, rows, d, n, k, &wq, None, 8, None);
+            // Static scales (`act_amax`), int8 and int16, some values saturating.
+            let fixed = static_ranges(&x, k, 0.6);
+            check_quant_linear_static(&x, rows, d, n, k, &wq, 8, &fixed);
+            check_quant_linear_static(&x, rows, d, n, k, &wq, 16, &fixed);
         }
     }
     // Rows long enough to be taken in slices of blocks (33 blocks: 16 + 16 + 1, the
@@ -544,7 +548,8 @@ fn linear_float_and_quantized() {
         let x = r.tensor(F, &[rows, k], 1.0);
         let wq = quant_bytes(&mut r, d, n, k);
         check_quant_linear(&x, rows, d, n, k, &wq, None);
-        check_quant_linear_bits(&x, rows, d, n, k, &wq, None, 8);
+        check_quant_linear_bits(&x, rows, d, n, k, &wq, None, 8, None);
+        check_quant_linear_static(&x, rows, d, n, k, &wq, 8, &static_ranges(&x, k, 0.6));
     }
     // Q4_K super-blocks (eight blocks of 32 each): decode rows, quads and octets,
     // several chunks of weight rows.
@@ -1638,11 +1643,43 @@ fn check_quant_linear(
     wq: &[u8],
     bias: Option<&llmc_ir::Tensor>,
 ) {
-    check_quant_linear_bits(x, rows, d, n, k, wq, bias, 16);
+    check_quant_linear_bits(x, rows, d, n, k, wq, bias, 16, None);
+}
+
+/// Per block of 32 columns of `x` (`[rows, k]`), `share` of its largest |x| over the
+/// rows: static activation ranges that some values exceed.
+fn static_ranges(x: &llmc_ir::Tensor, k: usize, share: f64) -> Vec<f64> {
+    let xv = x.to_f64();
+    (0..k / 32)
+        .map(|b| {
+            let m = xv
+                .chunks_exact(k)
+                .flat_map(|row| &row[b * 32..b * 32 + 32])
+                .fold(0f64, |a, v| a.max(v.abs()));
+            (m * share) as f32 as f64
+        })
+        .collect()
+}
+
+/// [`check_quant_linear_bits`] with static scales (`act_amax`).
+#[allow(clippy::too_many_arguments)]
+fn check_quant_linear_static(
+    x: &llmc_ir::Tensor,
+    rows: usize,
+    d: DType,
+    n: usize,
+    k: usize,
+    wq: &[u8],
+    bits: i64,
+    ranges: &[f64],
+) {
+    check_quant_linear_bits(x, rows, d, n, k, wq, None, bits, Some(ranges));
 }
 
 /// A quantized `linear` of f32 activations, which it quantizes to int16 (or int8:
-/// `act_bits = 8`) per block of 32 (scale amax / 32767 or / 127, round half to even).
+/// `act_bits = 8`) per block of 32 (scale amax / 32767 or / 127, round half to even;
+/// with `fixed`, the static ranges `act_amax`: each block's amax from there, values
+/// beyond it saturating at ±qmax).
 /// It must match (a) the same quantized product computed here in f64 within 1e-5 of
 /// the sum of the terms' magnitudes (f32 accumulation), and (b) the exact f32
 /// reference within the quantization bound Σ_e |w_e| · d_x / 2 per block, plus 1e-4.
@@ -1656,13 +1693,17 @@ fn check_quant_linear_bits(
     wq: &[u8],
     bias: Option<&llmc_ir::Tensor>,
     bits: i64,
+    fixed: Option<&[f64]>,
 ) {
     let qmax: f32 = if bits == 8 { 127.0 } else { 32767.0 };
-    let lin_attrs = if bits == 16 {
+    let mut lin_attrs = if bits == 16 {
         attrs([])
     } else {
         attrs([("act_bits", llmc_ir::Attr::Int(bits))])
     };
+    if let Some(f) = fixed {
+        lin_attrs.insert("act_amax".into(), llmc_ir::Attr::Floats(f.to_vec()));
+    }
     let mut args = vec![
         Arg::In(tt(F, &["seq", &k.to_string()]), x.clone()),
         Arg::W(d, vec![n, k], wq.to_vec()),
@@ -1682,13 +1723,21 @@ fn check_quant_linear_bits(
     for r in 0..rows {
         // The activation row's int16 (int8) blocks.
         let mut xq = Vec::new();
+        let mut saturated = false;
         for b in 0..blocks {
             let xs: Vec<f32> = (0..32).map(|e| xv[r * k + b * 32 + e] as f32).collect();
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let amax = match fixed {
+                Some(f) => f[b] as f32,
+                None => xs.iter().fold(0f32, |a, v| a.max(v.abs())),
+            };
             let id = if amax > 0.0 { qmax / amax } else { 0.0 };
             let q: Vec<i64> = xs
                 .iter()
-                .map(|v| (v * id).round_ties_even() as i64)
+                .map(|v| {
+                    let q = (v * id).round_ties_even();
+                    saturated |= q.abs() > qmax;
+                    q.clamp(-qmax, qmax) as i64
+                })
                 .collect();
             xq.push(((amax / qmax) as f64, q));
         }
@@ -1717,8 +1766,9 @@ fn check_quant_linear_bits(
                 (g - exact).abs() <= 1e-5 * (1.0 + mag),
                 "{d} row {r} col {j}: got {g}, int{bits} product {exact}\n{text}"
             );
+            // (Saturated values are outside the rounding bound.)
             assert!(
-                (g - w).abs() <= bound + 1e-4,
+                saturated || (g - w).abs() <= bound + 1e-4,
                 "{d} row {r} col {j}: got {g}, reference {w}, bound {bound}"
             );
         }

@@ -100,6 +100,7 @@ fn calibration(wg: &[f32], wu: &[f32], wd: &[f32], x: &Tensor) -> Calibration {
         k: F,
         h: hs,
         rows: ROWS,
+        amax: Vec::new(),
     });
     Calibration::new(
         HashMap::from([("wd".to_string(), hess)]),
@@ -312,6 +313,7 @@ fn sparsity_zeroes_by_rows_and_keeps_loud_inputs() {
         k: H,
         h: xtx,
         rows: ROWS,
+        amax: Vec::new(),
     });
     let cal = Arc::new(Calibration::new(
         HashMap::from([("wg".to_string(), hess)]),

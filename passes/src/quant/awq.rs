@@ -41,7 +41,7 @@ use std::sync::Arc;
 const ALPHAS: usize = 11;
 
 /// Rows of each matrix the search scores (spread evenly).
-const SAMPLE_ROWS: usize = 32;
+pub(super) const SAMPLE_ROWS: usize = 32;
 
 /// What the scaling did, for the pass's report.
 #[derive(Default, Debug)]
@@ -59,7 +59,7 @@ pub struct Report {
 }
 
 /// Where `1/s` goes.
-enum Fold {
+pub(super) enum Fold {
     /// A norm's weight, and its bias.
     Norm(WeightId, Option<WeightId>),
     /// The rows of a linear's weight, and its bias.
@@ -178,7 +178,12 @@ fn sole_weight(m: &Module, v: ValueId) -> Option<WeightId> {
 }
 
 /// Where input `x` of width `k` is made, if `1/s` can be folded there; otherwise why not.
-fn fold_point(m: &Module, x: ValueId, k: usize, group: &[WeightId]) -> Result<Fold, String> {
+pub(super) fn fold_point(
+    m: &Module,
+    x: ValueId,
+    k: usize,
+    group: &[WeightId],
+) -> Result<Fold, String> {
     let g = &m.graph;
     // Every reader of x must be one of the group's linears (the scaled weights).
     for (n, op) in super::readers(m, x) {
@@ -261,7 +266,13 @@ fn scales(rms: &[f64], alpha: f64) -> Vec<f64> {
 
 /// The relative output error of rounding the sampled rows of `mats` (each `[n, k]`)
 /// to `dtype` after scaling their columns by `s`.
-fn error(dtype: DType, mats: &[(Vec<f32>, usize)], k: usize, h: &[f64], s: &[f64]) -> f64 {
+pub(super) fn error(
+    dtype: DType,
+    mats: &[(Vec<f32>, usize)],
+    k: usize,
+    h: &[f64],
+    s: &[f64],
+) -> f64 {
     let (mut num, mut den) = (0.0, 0.0);
     let mut e = vec![0.0f64; k];
     let mut wr = vec![0.0f64; k];
@@ -385,64 +396,8 @@ pub fn apply(
             continue;
         }
         let s = scales(&rms, alphas[best]);
-        for (&w, (data, n)) in ids.iter().zip(&mats) {
-            let mut d = data.clone();
-            for r in 0..*n {
-                for j in 0..k {
-                    d[r * k + j] = (d[r * k + j] as f64 * s[j]) as f32;
-                }
-            }
-            write(m, w, &d);
-        }
-        // Element i of a folded weight is divided by by[i / per_row].
-        let divide = |m: &mut Module, w: WeightId, by: &[f64], per_row: usize| {
-            let mut d = super::read_float(m, w)?;
-            for (i, v) in d.iter_mut().enumerate() {
-                *v = (*v as f64 / by[i / per_row]) as f32;
-            }
-            write(m, w, &d);
-            Ok::<(), String>(())
-        };
-        let cols = |m: &Module, w: WeightId| {
-            m.weight(w)
-                .shape
-                .as_consts()
-                .and_then(|d| d.get(1).copied())
-                .unwrap_or(1) as usize
-        };
-        let (w, b, by, per_row) = match fold {
-            Fold::Norm(w, b) => (w, b, s.clone(), 1),
-            Fold::Rows(w, b) => (w, b, s.clone(), cols(m, w)),
-            Fold::Heads {
-                w,
-                b,
-                heads,
-                kv,
-                dim,
-            } => {
-                // Value row g·dim + d carries the scale of the group's channels.
-                let group = heads / kv;
-                let by = (0..kv * dim)
-                    .map(|r| s[(r / dim) * group * dim + r % dim])
-                    .collect();
-                (w, b, by, cols(m, w))
-            }
-        };
-        divide(m, w, &by, per_row)?;
-        if let Some(b) = b {
-            divide(m, b, &by, 1)?;
-        }
-        let mut hs = h.h.clone();
-        for i in 0..k {
-            for j in 0..k {
-                hs[i * k + j] /= s[i] * s[j];
-            }
-        }
-        let hs = Arc::new(Hessian {
-            k,
-            h: hs,
-            rows: h.rows,
-        });
+        fold_scales(m, &ids, &mats, fold, &s)?;
+        let hs = Arc::new(scaled_stats(&h, &s));
         for n in &names {
             scaled_h.insert(n.clone(), hs.clone());
         }
@@ -451,4 +406,82 @@ pub fn apply(
     report.rtn_error = rtn_sum / g;
     report.awq_error = awq_sum / g;
     Ok((scaled_h, report))
+}
+
+/// Multiplies input column `j` of every matrix of a group (`ids`, their float data
+/// `mats` as `(values, rows)`) by `s[j]` and divides where the input is made (`fold`)
+/// by it: the unquantized model computes the same.
+pub(super) fn fold_scales(
+    m: &mut Module,
+    ids: &[WeightId],
+    mats: &[(Vec<f32>, usize)],
+    fold: Fold,
+    s: &[f64],
+) -> Result<(), String> {
+    let k = s.len();
+    for (&w, (data, n)) in ids.iter().zip(mats) {
+        let mut d = data.clone();
+        for r in 0..*n {
+            for j in 0..k {
+                d[r * k + j] = (d[r * k + j] as f64 * s[j]) as f32;
+            }
+        }
+        write(m, w, &d);
+    }
+    // Element i of a folded weight is divided by by[i / per_row].
+    let divide = |m: &mut Module, w: WeightId, by: &[f64], per_row: usize| {
+        let mut d = super::read_float(m, w)?;
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = (*v as f64 / by[i / per_row]) as f32;
+        }
+        write(m, w, &d);
+        Ok::<(), String>(())
+    };
+    let cols = |m: &Module, w: WeightId| {
+        m.weight(w)
+            .shape
+            .as_consts()
+            .and_then(|d| d.get(1).copied())
+            .unwrap_or(1) as usize
+    };
+    let (w, b, by, per_row) = match fold {
+        Fold::Norm(w, b) => (w, b, s.to_vec(), 1),
+        Fold::Rows(w, b) => (w, b, s.to_vec(), cols(m, w)),
+        Fold::Heads {
+            w,
+            b,
+            heads,
+            kv,
+            dim,
+        } => {
+            // Value row g·dim + d carries the scale of the group's channels.
+            let group = heads / kv;
+            let by = (0..kv * dim)
+                .map(|r| s[(r / dim) * group * dim + r % dim])
+                .collect();
+            (w, b, by, cols(m, w))
+        }
+    };
+    divide(m, w, &by, per_row)?;
+    if let Some(b) = b {
+        divide(m, b, &by, 1)?;
+    }
+    Ok(())
+}
+
+/// The statistics of `x / s` given those of `x`: `S⁻¹ H S⁻¹`, and the ranges divided.
+pub(super) fn scaled_stats(h: &Hessian, s: &[f64]) -> Hessian {
+    let k = h.k;
+    let mut hs = h.h.clone();
+    for i in 0..k {
+        for j in 0..k {
+            hs[i * k + j] /= s[i] * s[j];
+        }
+    }
+    Hessian {
+        k,
+        h: hs,
+        rows: h.rows,
+        amax: h.amax.iter().zip(s).map(|(a, s)| a / s).collect(),
+    }
 }

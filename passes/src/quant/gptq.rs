@@ -29,6 +29,9 @@ pub struct Hessian {
     /// Row-major `k x k`.
     pub h: Vec<f64>,
     pub rows: usize,
+    /// Per input column, the largest `|x|` over the rows (empty: not measured). What
+    /// static activation scales (`--act-quant int8-static`) are set from.
+    pub amax: Vec<f64>,
 }
 
 /// Relative damping added to `H`'s diagonal (of its mean), as GPTQ's `percdamp`: the
@@ -407,7 +410,12 @@ pub(crate) mod tests {
                 }
             }
         }
-        Hessian { k, h, rows }
+        Hessian {
+            k,
+            h,
+            rows,
+            amax: Vec::new(),
+        }
     }
 
     #[test]
@@ -481,7 +489,12 @@ pub(crate) mod tests {
         for i in 0..k {
             h[i * k + i] = 1.0;
         }
-        let hs = Hessian { k, h, rows: 1 };
+        let hs = Hessian {
+            k,
+            h,
+            rows: 1,
+            amax: Vec::new(),
+        };
         let w: Vec<f32> = (0..n * k).map(|_| rng.next() as f32).collect();
         let (_, o) = quantize(DType::Q4_0, &w, n, &Prepared::new(&hs, DAMP).unwrap()).unwrap();
         assert!(
@@ -496,6 +509,7 @@ pub(crate) mod tests {
             k: 64,
             h: vec![0.0; 64 * 64],
             rows: 0,
+            amax: Vec::new(),
         };
         let e = Prepared::new(&hs, DAMP).err().unwrap();
         assert!(e.contains("no rows"), "{e}");

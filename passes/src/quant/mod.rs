@@ -30,6 +30,7 @@ pub mod act;
 pub mod awq;
 pub mod gguf;
 pub mod gptq;
+pub mod smooth;
 
 use crate::rewrite::compact;
 use crate::{Changed, PassContext, PassError};
@@ -54,6 +55,11 @@ pub struct QuantSpec {
     /// Scale each linear's input channels by their measured activation size before
     /// rounding, folding the inverse into where the input is made (AWQ, `awq`).
     pub awq: bool,
+    /// SmoothQuant (`smooth[=A]`): divide each linear input's channels by
+    /// `max|x|^α / max|w|^(1-α)` where the input is made and multiply the weights by
+    /// it, before int8 activations; `Some(None)`: `α` searched per input on the
+    /// calibration, `Some(Some(A))`: fixed (`None`: no migration).
+    pub smooth: Option<Option<f64>>,
     /// Per-layer formats for the linears of the layer with that index (the first
     /// number in a weight's name: `model.layers.7.mlp.up_proj.weight` is layer 7),
     /// `layerN=FORMAT`; what `--accuracy-budget` chooses.
@@ -80,6 +86,11 @@ impl fmt::Display for QuantSpec {
             if self.awq { ",awq" } else { "" },
             if self.gptq { ",gptq" } else { "" }
         )?;
+        match self.smooth {
+            Some(Some(a)) => write!(f, ",smooth={a}")?,
+            Some(None) => write!(f, ",smooth")?,
+            None => {}
+        }
         if let Some(d) = self.damp {
             write!(f, ",damp={d}")?;
         }
@@ -160,6 +171,7 @@ impl QuantSpec {
             embed: Some(format),
             gptq: false,
             awq: false,
+            smooth: None,
             layers: Default::default(),
             damp: None,
         }
@@ -174,7 +186,7 @@ impl QuantSpec {
 
     /// Whether the spec needs calibration statistics (`--calibration FILE`).
     pub fn calibrated(&self) -> bool {
-        self.gptq || self.awq
+        self.gptq || self.awq || self.smooth.is_some()
     }
 
     /// Parses `FORMAT[,head=F|keep][,embed=F|keep][,awq][,gptq][,damp=F]`.
@@ -191,9 +203,26 @@ impl QuantSpec {
                 spec.awq = true;
                 continue;
             }
+            if p == "smooth" {
+                spec.smooth = Some(None);
+                continue;
+            }
             let (key, val) = p.split_once('=').ok_or_else(|| {
-                format!("`{p}`: expected head=FORMAT, embed=FORMAT, awq, gptq or damp=F")
+                format!(
+                    "`{p}`: expected head=FORMAT, embed=FORMAT, awq, gptq, smooth[=A] or damp=F"
+                )
             })?;
+            if key == "smooth" {
+                spec.smooth = Some(Some(
+                    val.parse::<f64>()
+                        .ok()
+                        .filter(|a| (0.0..=1.0).contains(a))
+                        .ok_or_else(|| {
+                            format!("smooth=`{val}`: expected a strength from 0 to 1 (0.5)")
+                        })?,
+                ));
+                continue;
+            }
             if key == "damp" {
                 spec.damp = Some(
                     val.parse::<f64>()
@@ -230,15 +259,20 @@ impl QuantSpec {
                 "embed" => spec.embed = val,
                 _ => {
                     return Err(format!(
-                        "`{key}`: unknown option (head, embed, layerN, awq, gptq, damp)"
+                        "`{key}`: unknown option (head, embed, layerN, awq, gptq, smooth, damp)"
                     ))
                 }
             }
         }
+        if spec.awq && spec.smooth.is_some() {
+            return Err(format!(
+                "{s}: awq and smooth both rescale the input channels; choose one"
+            ));
+        }
         let mixed_float = spec.layers.values().any(|d| float_format(*d));
         if spec.calibrated() && (float_format(spec.format) || mixed_float) {
             return Err(format!(
-                "{}: awq and gptq choose block codes; {} weights are converted as they are",
+                "{}: awq, gptq and smooth work on block codes; {} weights are converted as they are",
                 s, spec.format
             ));
         }
@@ -272,6 +306,10 @@ pub struct Calibration {
     /// statistics: the relative output error `Σ eᵀHe / Σ wᵀHw` over sampled rows
     /// (`--accuracy-budget` ranks layers by it).
     errors: Mutex<HashMap<String, f64>>,
+    /// The statistics of the inputs the last quantize pass rescaled (AWQ, SmoothQuant),
+    /// by weight name: what the linears read after it (the `act-quant` pass's static
+    /// scales come from them).
+    scaled: Mutex<HashMap<String, Arc<gptq::Hessian>>>,
 }
 
 impl Calibration {
@@ -286,12 +324,27 @@ impl Calibration {
             source,
             selected: Mutex::default(),
             errors: Mutex::default(),
+            scaled: Mutex::default(),
         }
     }
 
     /// The relative output errors the quantize pass measured, by weight name.
     pub fn errors(&self) -> HashMap<String, f64> {
         self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the record of rescaled inputs (the quantize pass, each run).
+    fn record_scaled(&self, scaled: &HashMap<String, Arc<gptq::Hessian>>) {
+        if let Ok(mut s) = self.scaled.lock() {
+            *s = scaled.clone();
+        }
+    }
+
+    /// The statistics of weight `name`'s input as the module reads it after the
+    /// quantize pass: rescaled by AWQ or SmoothQuant if it was, else as measured.
+    pub fn input_stats(&self, name: &str) -> Option<Arc<gptq::Hessian>> {
+        let s = self.scaled.lock().ok()?.get(name).cloned();
+        s.or_else(|| self.hessian(name))
     }
 
     fn record_error(&self, name: &str, e: f64) {
@@ -318,6 +371,10 @@ impl Calibration {
             k,
             h: sub,
             rows: h.rows,
+            amax: keep
+                .iter()
+                .filter_map(|&i| h.amax.get(i).copied())
+                .collect(),
         }))
     }
 
@@ -687,8 +744,9 @@ fn is_bias(m: &Module, v: ValueId, n: i64, dtype: DType) -> bool {
 /// result, x of rank ≥ 2) is transposed here in place to `[n, k]` and its matmuls
 /// become `linear`s, each taking a following `add` of a constant `[n]` bias when it is
 /// the product's only reader. The quantizer then takes them as it takes imported
-/// linears. Returns how many weights it transposed.
-fn matmuls_to_linears(m: &mut Module) -> Result<usize, String> {
+/// linears. Returns how many weights it transposed. (Calibration does the same to its
+/// copy of the module first, so the statistics are keyed by the same weights.)
+pub fn matmuls_to_linears(m: &mut Module) -> Result<usize, String> {
     let mut keep = vec![true; m.graph.nodes.len()];
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
     let mut done = 0;
@@ -828,7 +886,8 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     // inputs) that rounding or GPTQ then quantize, and the statistics GPTQ reads.
     let mut scaled: HashMap<String, Arc<gptq::Hessian>> = HashMap::new();
     let mut awq_report = None;
-    if let (true, Some(cal)) = (spec.awq, calibration) {
+    let mut smooth_report = None;
+    if let (true, Some(cal)) = (spec.awq || spec.smooth.is_some(), calibration) {
         let linear: HashMap<String, DType> = plans
             .iter()
             .filter(|p| p.role == Role::Linear)
@@ -843,10 +902,27 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             .iter()
             .all(|p| m.weight(p.weight).data.bytes().is_some());
         if has_data {
-            let (h, r) = awq::apply(m, cal, &|n| linear.get(n).copied()).map_err(err)?;
-            scaled = h;
-            awq_report = Some(r);
+            let target = |n: &str| linear.get(n).copied();
+            if let Some(alpha) = spec.smooth {
+                // The activations' rounding the search weighs: int8's, unless
+                // --act-quant keeps int16.
+                let qmax = if ctx.act_bits == Some(16) {
+                    32767.0
+                } else {
+                    127.0
+                };
+                let (h, r) = smooth::apply(m, cal, &target, alpha, qmax).map_err(err)?;
+                scaled = h;
+                smooth_report = Some(r);
+            } else {
+                let (h, r) = awq::apply(m, cal, &target).map_err(err)?;
+                scaled = h;
+                awq_report = Some(r);
+            }
         }
+    }
+    if let Some(cal) = calibration {
+        cal.record_scaled(&scaled);
     }
     let stats = |name: &str| -> Option<Arc<gptq::Hessian>> {
         scaled
@@ -1061,6 +1137,33 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     }
     if !kept.is_empty() {
         note += &format!("; kept {}", kept.join(", "));
+    }
+    if let Some(r) = &smooth_report {
+        note += &format!(
+            "; smoothquant on {} inputs ({} matrices, mean alpha {:.2}): estimated output \
+             error (relative, weights and static activations rounded) {:.5} -> {:.5}, largest \
+             channel range over the mean {:.1} -> {:.1}",
+            r.groups,
+            r.matrices,
+            r.alpha_sum / r.groups.max(1) as f64,
+            r.plain_error,
+            r.smooth_error,
+            r.spread_before,
+            r.spread_after
+        );
+        if !r.skipped.is_empty() {
+            note += &format!(
+                "; {} inputs not smoothed: {}{}",
+                r.skipped.len(),
+                r.skipped
+                    .iter()
+                    .take(2)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if r.skipped.len() > 2 { ", ..." } else { "" }
+            );
+        }
     }
     if let Some(r) = &awq_report {
         note += &format!(

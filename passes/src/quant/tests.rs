@@ -1,6 +1,7 @@
 //! The quantize pass on hand-built blocks, run through the reference interpreter:
 //! AWQ's scaling leaves the unquantized function as it was and makes the rounded one
-//! closer on inputs with outlier channels; f16/bf16 conversion keeps a tied embedding
+//! closer on inputs with outlier channels; SmoothQuant's keeps it too and evens the
+//! ranges the static activation scales then read; f16/bf16 conversion keeps a tied embedding
 //! gatherable (a cast after the gather) and the outputs within f16's rounding.
 
 use super::gptq::tests::Lcg;
@@ -104,7 +105,18 @@ fn xtx(rows: &[f64], k: usize) -> Arc<gptq::Hessian> {
             }
         }
     }
-    Arc::new(gptq::Hessian { k, h, rows: n })
+    let mut amax = vec![0.0f64; k];
+    for r in rows.chunks_exact(k) {
+        for (a, v) in amax.iter_mut().zip(r) {
+            *a = a.max(v.abs());
+        }
+    }
+    Arc::new(gptq::Hessian {
+        k,
+        h,
+        rows: n,
+        amax,
+    })
 }
 
 fn calibration(seed: u64, x: &Tensor) -> Arc<Calibration> {
@@ -172,6 +184,97 @@ fn awq_scaling_keeps_the_function_and_folds_into_norm_and_up() {
         .bytes()
         .unwrap();
     assert_ne!(g0, f32::from_le_bytes([o[0], o[1], o[2], o[3]]));
+}
+
+/// SmoothQuant divides the input channels where they are made and multiplies the
+/// weights: the float function stays, the channels' ranges even out, and the
+/// `act-quant` pass's static scales are the smoothed ranges (per block of 32).
+#[test]
+fn smoothquant_keeps_the_function_and_static_scales_read_the_smoothed_ranges() {
+    let x = input(2);
+    let cal = calibration(1, &x);
+    let mut m = block(1, false);
+    let want = run1(&m, &x);
+    let (scaled, report) =
+        smooth::apply(&mut m, &cal, &|_| Some(DType::Q8_0), Some(0.5), 127.0).unwrap();
+    assert_eq!((report.groups, report.matrices), (2, 3), "{report:?}");
+    assert!(report.skipped.is_empty(), "{report:?}");
+    assert!(
+        report.spread_after < 0.8 * report.spread_before,
+        "outlier channels must even out: {report:?}"
+    );
+    let e = rel_error(&want, &run1(&m, &x));
+    assert!(e < 1e-5, "unquantized output moved by {e}");
+    for (name, h) in &scaled {
+        assert_eq!(h.amax.len(), h.k, "@{name}");
+    }
+    // α searched: never scores worse than no migration, the function still kept.
+    let mut m = block(1, false);
+    let (_, r) = smooth::apply(&mut m, &cal, &|_| Some(DType::Q8_0), None, 127.0).unwrap();
+    assert!(
+        r.smooth_error <= r.plain_error && r.plain_error > 0.0,
+        "{r:?}"
+    );
+    assert!(rel_error(&want, &run1(&m, &x)) < 1e-5);
+    // Through the pass, then act-quant with static scales.
+    let mut m = block(1, false);
+    let ctx = PassContext {
+        quantize: Some(QuantSpec::parse("q8_0,smooth").unwrap()),
+        calibration: Some(cal.clone()),
+        act_bits: Some(8),
+        act_static: true,
+        ..Default::default()
+    };
+    assert_eq!(run(&mut m, &ctx).unwrap(), Changed::Yes);
+    assert_eq!(act::run(&mut m, &ctx).unwrap(), Changed::Yes);
+    llmc_ir::verify::verify(&m).unwrap();
+    let mut seen = 0;
+    for n in &m.graph.nodes {
+        let Some(Attr::Floats(r)) = n.attrs.get("act_amax") else {
+            continue;
+        };
+        let ValueDef::Weight(w) = m.graph.value(n.inputs[1]).def else {
+            panic!("a linear's weight");
+        };
+        let name = &m.weight(w).name;
+        let smoothed = cal.input_stats(name).unwrap();
+        let measured = cal.hessian(name).unwrap();
+        let blocks = |a: &[f64]| -> Vec<f64> {
+            a.chunks(32)
+                .map(|c| c.iter().fold(0.0f64, |m, &v| m.max(v)))
+                .collect()
+        };
+        assert_eq!(r, &blocks(&smoothed.amax), "@{name}");
+        assert_ne!(
+            r,
+            &blocks(&measured.amax),
+            "@{name}: the ranges before smoothing"
+        );
+        assert_eq!(n.attrs.get("act_bits"), Some(&Attr::Int(8)));
+        seen += 1;
+    }
+    assert_eq!(seen, 3, "gate, up and down carry static scales");
+    // Without statistics: a clear error.
+    let mut m = block(1, false);
+    let e = act::run(
+        &mut m,
+        &PassContext {
+            act_bits: Some(8),
+            act_static: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--calibration"), "{e}");
+    // Spec: smooth[=A], not with awq.
+    assert_eq!(
+        QuantSpec::parse("q8_0,smooth=0.7").unwrap().smooth,
+        Some(Some(0.7))
+    );
+    assert_eq!(QuantSpec::parse("q8_0,smooth").unwrap().smooth, Some(None));
+    assert!(QuantSpec::parse("q8_0,smooth=2").is_err());
+    assert!(QuantSpec::parse("q8_0,awq,smooth").is_err());
 }
 
 #[test]
