@@ -754,3 +754,72 @@ fn onnx_export_executables_match_onnxruntime() {
         );
     }
 }
+
+/// The MiniLM ONNX export (torch's, from `scripts/onnx-exports`) calibrated like the HF
+/// folder: its `matmul` projections are found, static int16 activation scales come
+/// from a licence text, and its embeddings stay within cosine 0.999 of the f32 HF
+/// build's on sentences of another text.
+#[test]
+fn onnx_encoder_export_calibrates_static_activation_scales() {
+    let (Some(root), Some(hf), Some(reference)) = (onnx_exports(), model(MINILM), minilm_exe())
+    else {
+        return;
+    };
+    let onnx = root.join("minilm/model.onnx");
+    let cal = Path::new("/usr/share/common-licenses/Apache-2.0");
+    if !onnx.exists() || !cal.exists() {
+        eprintln!("skipped: {} or {} not found", onnx.display(), cal.display());
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let exe = dir.path().join("minilm-static");
+    let o = llmc(&[
+        "build",
+        onnx.to_str().unwrap(),
+        "--tokenizer",
+        hf.to_str().unwrap(),
+        "--quantize",
+        "q8_0",
+        "--act-quant",
+        "int16-static",
+        "--calibration",
+        cal.to_str().unwrap(),
+        "--time-passes",
+        "-O3",
+        "-o",
+        exe.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("calibrated 24 linear inputs"), "{err}");
+    assert!(
+        err.contains("static scales from the calibration on 24"),
+        "{err}"
+    );
+    let sentences = [
+        "The licenses for most software are designed to take away your freedom to share.",
+        "A compiler turns a model into one executable.",
+        "THIS PROGRAM IS PROVIDED WITHOUT WARRANTY OF ANY KIND.",
+    ];
+    let embed = |exe: &Path| -> Vec<Vec<f64>> {
+        let mut args = vec!["embed"];
+        for s in &sentences {
+            args.extend(["--text", s]);
+        }
+        let o = run_alone(exe, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str::<Vec<f64>>(l).unwrap())
+            .collect()
+    };
+    let (got, want) = (embed(&exe), embed(reference));
+    assert_eq!(got.len(), sentences.len());
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        let dot: f64 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cos = dot / (norm(g) * norm(w));
+        eprintln!("sentence {k}: cosine {cos:.6}");
+        assert!(cos > 0.999, "sentence {k}: cosine {cos}");
+    }
+}
