@@ -180,7 +180,8 @@ struct BuildArgs {
     /// FORMAT[,head=F|keep][,embed=F|keep][,awq|smooth[=A]][,gptq][,damp=F][,layerN=F|layerA-B=F]
     /// with FORMAT q8_0, q4_0, q4_1, q5_0, q5_1 (llama-quantize's mix: the output
     /// matrix in q8_0), llmc's int4 groups of 64 or 128 (q4_0_g64, q4_0_g128
-    /// symmetric; q4_1_g64, q4_1_g128 with a minimum), or f16, bf16; awq, gptq and
+    /// symmetric; q4_1_g64, q4_1_g128 with a minimum), int8 (per output channel,
+    /// symmetric, in q8_0 blocks sharing each row's scale), or f16, bf16; awq, gptq and
     /// smooth (SmoothQuant's migration of activation outliers into the weights, α
     /// searched or A) need --calibration FILE.
     #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]

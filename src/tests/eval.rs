@@ -352,6 +352,8 @@ fn quantized_encoder_embeddings_stay_close() {
                 "static scales from the calibration on 24",
             ),
             ("int8", "q8_0,smooth", 0.998, "smoothquant on 6 inputs"),
+            // int8 weights per output channel, static int16 activations.
+            ("int16-static", "int8", 0.999, "in int8 per output channel"),
         ] {
             let o = llmc(&[
                 "eval",

@@ -60,6 +60,9 @@ pub struct QuantSpec {
     /// it, before int8 activations; `Some(None)`: `α` searched per input on the
     /// calibration, `Some(Some(A))`: fixed (`None`: no migration).
     pub smooth: Option<Option<f64>>,
+    /// `int8`: the linears' (and the embedding's) rows in int8 with one scale per
+    /// output channel (row), stored as Q8_0 blocks sharing it (`format` is Q8_0).
+    pub per_channel: bool,
     /// Per-layer formats for the linears of the layer with that index (the first
     /// number in a weight's name: `model.layers.7.mlp.up_proj.weight` is layer 7),
     /// `layerN=FORMAT`; what `--accuracy-budget` chooses.
@@ -80,7 +83,11 @@ impl fmt::Display for QuantSpec {
         write!(
             f,
             "{},head={},embed={}{}{}",
-            self.format,
+            if self.per_channel {
+                "int8".to_string()
+            } else {
+                self.format.to_string()
+            },
             format_name(self.head),
             format_name(self.embed),
             if self.awq { ",awq" } else { "" },
@@ -116,8 +123,8 @@ impl fmt::Display for QuantSpec {
 }
 
 /// The formats `--quantize` accepts, for messages.
-pub const FORMATS: &str =
-    "f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_0_g64, q4_1_g64, q4_0_g128, q4_1_g128";
+pub const FORMATS: &str = "f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_0_g64, q4_1_g64, \
+     q4_0_g128, q4_1_g128, int8 (per output channel; as FORMAT only)";
 
 /// The format a `[n, k]` weight asked to be `format` gets: a group format whose groups
 /// do not divide `k` takes the widest group of the same kind that does (`q4_0_g128`
@@ -172,6 +179,7 @@ impl QuantSpec {
             gptq: false,
             awq: false,
             smooth: None,
+            per_channel: false,
             layers: Default::default(),
             damp: None,
         }
@@ -193,7 +201,15 @@ impl QuantSpec {
     pub fn parse(s: &str) -> Result<QuantSpec, String> {
         let mut parts = s.split(',').map(str::trim);
         let first = parts.next().unwrap_or_default();
-        let mut spec = QuantSpec::new(parse_format(first, "format")?);
+        let per_channel = first.eq_ignore_ascii_case("int8");
+        let mut spec = if per_channel {
+            QuantSpec {
+                per_channel,
+                ..QuantSpec::new(DType::Q8_0)
+            }
+        } else {
+            QuantSpec::new(parse_format(first, "format")?)
+        };
         for p in parts {
             if p == "gptq" {
                 spec.gptq = true;
@@ -263,6 +279,12 @@ impl QuantSpec {
                     ))
                 }
             }
+        }
+        if spec.per_channel && (spec.gptq || spec.awq) {
+            return Err(format!(
+                "{s}: int8 per channel is rounded to nearest (gptq and awq choose per-block \
+                 codes: use q8_0)"
+            ));
         }
         if spec.awq && spec.smooth.is_some() {
             return Err(format!(
@@ -872,6 +894,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let mut kept: Vec<String> = Vec::new();
     let mut regrouped: Vec<String> = Vec::new();
     let mut sparse24 = 0usize;
+    let mut per_channel = 0usize;
     let mut special: Vec<String> = Vec::new();
     let mut keep_node = vec![true; m.graph.nodes.len()];
     let mut repl: HashMap<ValueId, ValueId> = HashMap::new();
@@ -1029,7 +1052,16 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
                     }
                     None if float_format(target) => to_float(target, &x).map_err(wname)?,
                     None => {
-                        let q = gguf::quantize(target, &x).map_err(wname)?;
+                        // int8 per channel: the linears and the embedding (not the
+                        // head, q8_0 in the default mix).
+                        let per_row =
+                            spec.per_channel && target == DType::Q8_0 && p.role != Role::Head;
+                        let q = if per_row {
+                            per_channel += 1;
+                            gguf::quantize_q8_rows(&x, row_len(&w) as usize).map_err(wname)?
+                        } else {
+                            gguf::quantize(target, &x).map_err(wname)?
+                        };
                         let measured = match (calibration, p.role) {
                             (Some(c), Role::Linear) => stats(&w.name).map(|h| (c, h)),
                             _ => None,
@@ -1124,6 +1156,12 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     }
     if !regrouped.is_empty() {
         note += &format!("; {}", regrouped.join(", "));
+    }
+    if per_channel > 0 {
+        note += &format!(
+            "; {per_channel} matrices in int8 per output channel (q8_0 blocks sharing each \
+             row's scale)"
+        );
     }
     if sparse24 > 0 {
         note += &format!(

@@ -277,6 +277,31 @@ fn smoothquant_keeps_the_function_and_static_scales_read_the_smoothed_ranges() {
     assert!(QuantSpec::parse("q8_0,awq,smooth").is_err());
 }
 
+/// `--quantize int8`: per output channel, every block of a row carries the row's one
+/// scale; the output stays within int8's rounding; the spec prints back as given.
+#[test]
+fn int8_per_channel_shares_each_rows_scale() {
+    let x = input(5);
+    let want = run1(&block(5, false), &x);
+    let m = quantized(5, "int8", None);
+    for name in ["gate", "up", "down"] {
+        let w = m.weight(m.weight_id(name).unwrap());
+        assert_eq!(w.dtype, DType::Q8_0, "@{name}");
+        let k = w.shape.as_consts().unwrap()[1] as usize;
+        let bytes = w.data.bytes().unwrap();
+        for row in bytes.chunks_exact(k / 32 * 34) {
+            let d = &row[..2];
+            assert!(row.chunks_exact(34).all(|b| &b[..2] == d), "@{name}");
+        }
+    }
+    let e = rel_error(&want, &run1(&m, &x));
+    assert!(e < 2e-2, "int8 per channel moved the output by {e}");
+    let spec = QuantSpec::parse("int8").unwrap();
+    assert!(spec.per_channel && spec.format == DType::Q8_0);
+    assert_eq!(QuantSpec::parse(&spec.to_string()).unwrap(), spec);
+    assert!(QuantSpec::parse("int8,gptq").is_err());
+}
+
 #[test]
 fn awq_before_rounding_and_gptq_reduce_the_output_error() {
     let x = input(4);
