@@ -163,9 +163,18 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                 };
                 bytes.extend(f16(scale));
                 if d == DType::Q8_0S24 {
-                    // Two kept of every four, then their 16 codes.
+                    // Two kept of every four (2:4), or any 16 or fewer of the 32
+                    // (16:32), then 16 codes (the tail unread when fewer are kept).
                     const PAIRS: [u32; 6] = [0b0011, 0b0101, 0b1001, 0b0110, 0b1010, 0b1100];
-                    let mask = (0..8).fold(0u32, |m, g| m | PAIRS[next() as usize % 6] << (4 * g));
+                    let mask = if next().is_multiple_of(2) {
+                        (0..8).fold(0u32, |m, g| m | PAIRS[next() as usize % 6] << (4 * g))
+                    } else {
+                        let mut m = (next() as u32) ^ ((next() as u32) << 16);
+                        while m.count_ones() > 16 {
+                            m &= !(1u32 << (next() % 32));
+                        }
+                        m
+                    };
                     bytes.extend(mask.to_le_bytes());
                     bytes.extend((0..16).map(|_| next() as u8));
                     continue;

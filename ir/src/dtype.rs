@@ -73,10 +73,11 @@ pub enum DType {
     Q4_0G128,
     /// [`DType::Q4_1G64`] with groups of 128 (four nibble blocks).
     Q4_1G128,
-    /// llmc's 2:4-sparse Q8_0: blocks of 32 with at most two nonzero weights in every
-    /// aligned four, stored compressed: f16 scale `d`, a u32 mask (bit `e`: element `e`
-    /// is kept; exactly two bits per four), then the 16 kept i8 codes in element order
-    /// (`w = d q`, 0 where the mask is clear). 22 bytes per 32 weights (Q8_0: 34).
+    /// llmc's half-sparse Q8_0 (2:4 and 16:32 pruning): blocks of 32 with at most 16
+    /// nonzero weights, stored compressed: f16 scale `d`, a u32 mask (bit `e`: element
+    /// `e` is kept; at most 16 bits, two per four after 2:4), then the kept i8 codes in
+    /// element order, zeros to 16 (`w = d q`, 0 where the mask is clear). 22 bytes per
+    /// 32 weights (Q8_0: 34). Named for 2:4, its first pattern.
     Q8_0S24,
 }
 

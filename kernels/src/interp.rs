@@ -552,12 +552,7 @@ impl Machine<'_> {
             if (masks[p] >> bit) & 1 == 0 {
                 continue;
             }
-            let start = 32 * (p / 2) as i64
-                + if p % 2 == 1 {
-                    masks[p - 1].count_ones() as i64
-                } else {
-                    0
-                };
+            let start: i64 = masks[..p].iter().map(|m| m.count_ones() as i64).sum();
             let off = start + (masks[p] & ((1u32 << bit) - 1)).count_ones() as i64;
             *v = self.read(w, g + 96 + off, Ty::I8, bufs)?.i();
         }

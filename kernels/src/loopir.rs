@@ -528,7 +528,7 @@ pub enum QFmt {
     Q4_0G128,
     /// See [`QFmt::Q4_0G64`].
     Q4_1G128,
-    /// llmc's 2:4-sparse Q8_0 ([`llmc_ir::DType::Q8_0S24`]): f16 `d`, a u32 mask of
+    /// llmc's half-sparse Q8_0 ([`llmc_ir::DType::Q8_0S24`]): f16 `d`, a u32 mask of
     /// kept elements, then the kept i8 codes in element order (at most 16). A block's
     /// quants are the codes expanded by the mask, zeros elsewhere; elements 16..32
     /// take the codes after the first half's `popcount(mask & 0xffff)`.

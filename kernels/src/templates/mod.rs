@@ -598,34 +598,28 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
     }
 }
 
-/// Element `j` (0..32) of the `q8_0_2of4` block at `base` (two kept elements in every
-/// aligned four, as llmc writes it): `d ·` its code if kept, else 0. Its code's index
-/// is two per earlier four plus the kept elements before it in its own four.
+/// Element `j` (0..32) of the `q8_0_2of4` block at `base` (at most 16 kept elements,
+/// as llmc writes it): `d ·` its code if kept, else 0. Its code's index is the number
+/// of kept elements before it: the popcount of the mask below bit `j` (a SWAR
+/// popcount in i64, exact for 32 bits).
 fn dequant_s24(buf: BufId, base: Expr, j: Expr) -> Expr {
-    use crate::loopir::BinOp::{Add, And, Mul, Shr};
+    use crate::loopir::BinOp::{Add, And, Mul, Shl, Shr, Sub};
     let d = Expr::LoadRaw(buf, Box::new(base.clone()), Ty::F16).cast(Ty::F32);
-    let mask = Expr::LoadRaw(buf, Box::new(base.clone() + 2), Ty::U32);
-    let four = j.clone() / 4;
-    let r = j % 4;
-    let nib = Expr::bin(
-        And,
-        Expr::bin(Shr, mask, (four.clone() * 4).cast(Ty::U32)),
-        Expr::Int(15, Ty::U32),
-    );
-    let bit = |i: Expr| Expr::bin(And, Expr::bin(Shr, nib.clone(), i), Expr::Int(1, Ty::U32));
-    let before = |i: i64| {
-        Expr::select(
-            r.clone().ge(Expr::i(i + 1)),
-            bit(Expr::Int(i, Ty::U32)).cast(Ty::I64),
-            Expr::i(0),
-        )
-    };
-    let rank = Expr::bin(
+    let mask = Expr::LoadRaw(buf, Box::new(base.clone() + 2), Ty::U32).cast(Ty::I64);
+    let c = |v: i64| Expr::Int(v, Ty::I64);
+    let and = |a: Expr, m: i64| Expr::bin(And, a, c(m));
+    let shr = |a: Expr, n: i64| Expr::bin(Shr, a, c(n));
+    let below = Expr::bin(Sub, Expr::bin(Shl, c(1), j.clone()), c(1));
+    let v = Expr::bin(And, mask.clone(), below);
+    let v = Expr::bin(Sub, v.clone(), and(shr(v, 1), 0x5555_5555));
+    let v = Expr::bin(
         Add,
-        Expr::bin(Add, four * 2 + before(0), before(1)),
-        before(2),
+        and(v.clone(), 0x3333_3333),
+        and(shr(v, 2), 0x3333_3333),
     );
-    let kept = bit(r.cast(Ty::U32)).eq_(Expr::Int(1, Ty::U32));
+    let v = and(Expr::bin(Add, v.clone(), shr(v, 4)), 0x0f0f_0f0f);
+    let rank = and(shr(Expr::bin(Mul, v, c(0x0101_0101)), 24), 0xff);
+    let kept = Expr::bin(And, Expr::bin(Shr, mask, j), c(1)).eq_(c(1));
     // A dropped element reads the block's first code (its rank could point past the
     // block's last one), and gives 0.
     let rank = Expr::select(kept.clone(), rank, Expr::i(0));

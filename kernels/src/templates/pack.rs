@@ -92,9 +92,10 @@ pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
 /// then per pair of quants `p` (elements `2p`, `2p + 1`) a u32 mask whose bit `2c + j`
 /// says whether row `c` keeps element `2p + j` (64 bytes), then the kept codes (256
 /// bytes) pair by pair, in each pair row by row: the codes of a pair vector in lane
-/// order, so one expanding load by its mask gives the vector. Rows keep two of every
-/// four, so pairs `2g` and `2g + 1` hold 32 codes together: pair `p`'s codes start at
-/// `32 ⌊p / 2⌋`, plus the popcount of pair `p - 1`'s mask when `p` is odd.
+/// order, so one expanding load by its mask gives the vector: pair `p`'s codes start
+/// after the earlier pairs', at the sum of their masks' popcounts. Rows keep at most
+/// 16 of 32 (two of every four with 2:4), so the codes fit in 256 bytes; the tail of
+/// a tile whose rows keep fewer is zero.
 pub fn tile16_s24(rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let lanes = QTile::LANES;
     let blocks = k / 32;
@@ -119,13 +120,15 @@ pub fn tile16_s24(rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String
                 })
                 .collect();
             for (r, m) in masks.iter().enumerate() {
-                if (0..8).any(|q| (m >> (4 * q) & 15).count_ones() != 2) {
+                if m.count_ones() > 16 {
                     return Err(format!(
-                        "{d} row {}: block {b} does not keep two of every four",
-                        g * lanes + r
+                        "{d} row {}: block {b} keeps {} of 32 (at most 16)",
+                        g * lanes + r,
+                        m.count_ones()
                     ));
                 }
             }
+            let codes_at = out.len() + 2 * lanes + 64;
             for r in 0..lanes {
                 out.extend_from_slice(&block(r)[0..2]);
             }
@@ -146,6 +149,8 @@ pub fn tile16_s24(rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String
                     }
                 }
             }
+            // Rows keeping fewer than 16 leave the codes' tail zero.
+            out.resize(codes_at + 16 * lanes, 0);
         }
     }
     Ok(out)

@@ -385,10 +385,19 @@ pub(crate) fn f32_bytes(t: &llmc_ir::Tensor) -> Vec<u8> {
     crate::interp::tensor_bytes(t)
 }
 
-/// A random 2:4 mask of 32 elements: two of every aligned four.
+/// A random mask of a `q8_0_2of4` block: half the time 2:4 (two of every aligned
+/// four), else any 16 or fewer of the 32.
 pub(crate) fn mask24(r: &mut Rng) -> u32 {
     const PAIRS: [u32; 6] = [0b0011, 0b0101, 0b1001, 0b0110, 0b1010, 0b1100];
-    (0..8).fold(0, |m, g| m | PAIRS[(r.next() % 6) as usize] << (4 * g))
+    if r.next().is_multiple_of(2) {
+        return (0..8).fold(0, |m, g| m | PAIRS[(r.next() % 6) as usize] << (4 * g));
+    }
+    // Half the blocks: any 0..=16 of 32 kept (16:32 pruning's freedom).
+    let mut m = (r.next() as u32) ^ ((r.next() as u32) << 16);
+    while m.count_ones() > 16 {
+        m &= !(1u32 << (r.next() % 32));
+    }
+    m
 }
 
 /// Random blocks of a GGUF format: `rows` rows of `k` elements.
@@ -426,7 +435,7 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
         return out;
     }
     if d == DType::Q8_0S24 {
-        // Blocks: d, a mask of two kept elements in every four, 16 codes.
+        // Blocks: d, a mask of at most 16 kept elements, 16 codes (the tail unread).
         for _ in 0..rows * k / 32 {
             out.extend(half::f16::from_f64(0.01 + 0.05 * r.unit().abs()).to_le_bytes());
             out.extend(mask24(r).to_le_bytes());

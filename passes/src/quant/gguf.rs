@@ -99,21 +99,28 @@ fn block_q8_0(x: &[f32], out: &mut Vec<u8>) {
     out.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
 }
 
-/// One 2:4-sparse Q8_0 block (`q8_0_2of4`): Q8_0's scale over the block, then in each
-/// aligned four the two elements of largest magnitude kept (the earlier on a tie; a
-/// 2:4-pruned matrix has zeros in the other two), the mask of kept elements and their
-/// codes in element order.
+/// One half-sparse Q8_0 block (`q8_0_2of4`): Q8_0's scale over the block, then the
+/// mask of kept elements ([`mask_half`]: the nonzero ones of a block with at most 16,
+/// as 2:4 and 16:32 pruning leave it) and their codes in element order.
 fn block_q8_0_s24(x: &[f32], out: &mut Vec<u8>) {
     let mut dense = Vec::with_capacity(34);
     block_q8_0(x, &mut dense);
-    let mask = mask_2of4(x);
+    let mask = mask_half(x);
     out.extend_from_slice(&dense[..2]);
     out.extend(mask.to_le_bytes());
+    push_kept(mask, &dense[2..], out);
+}
+
+/// The codes of the elements `mask` keeps (at most 16), in element order, then zeros
+/// to 16: a `q8_0_2of4` block is always 22 bytes.
+fn push_kept(mask: u32, codes: &[u8], out: &mut Vec<u8>) {
+    let n = mask.count_ones() as usize;
     out.extend(
         (0..BLOCK)
             .filter(|e| (mask >> e) & 1 == 1)
-            .map(|e| dense[2 + e]),
+            .map(|e| codes[e]),
     );
+    out.extend(std::iter::repeat_n(0u8, (BLOCK / 2).saturating_sub(n)));
 }
 
 /// The mask of the two largest magnitudes in every aligned four of the 32 values `x`
@@ -129,10 +136,29 @@ pub fn mask_2of4(x: &[f32]) -> u32 {
 }
 
 /// Whether every aligned four of `x` (a whole number of them) has at most two nonzero
-/// values: a 2:4-pruned matrix, which `q8_0_2of4` stores without loss of pattern.
+/// values: a 2:4-pruned matrix.
 pub fn is_2of4(x: &[f32]) -> bool {
     x.chunks_exact(4)
         .all(|g| g.iter().filter(|v| **v != 0.0).count() <= 2)
+}
+
+/// Whether every aligned block of 32 of `x` (a whole number of them) has at most 16
+/// nonzero values (2:4 and 16:32 pruning leave it so): what `q8_0_2of4` stores
+/// without loss of pattern.
+pub fn is_half_sparse(x: &[f32]) -> bool {
+    x.chunks_exact(BLOCK)
+        .all(|g| g.iter().filter(|v| **v != 0.0).count() <= BLOCK / 2)
+}
+
+/// The kept elements of a half-sparse block of 32 values: the nonzero ones when at
+/// most 16 are, else the two largest magnitudes of every aligned four ([`mask_2of4`]).
+pub fn mask_half(x: &[f32]) -> u32 {
+    let nz = (0..BLOCK).fold(0u32, |m, e| m | ((x[e] != 0.0) as u32) << e);
+    if nz.count_ones() as usize <= BLOCK / 2 {
+        nz
+    } else {
+        mask_2of4(x)
+    }
 }
 
 /// One Q4_0 block: `d = max / -8` where `max` is the element of largest magnitude
@@ -325,15 +351,11 @@ impl BlockScale {
         out.extend(f16_bytes(self.d));
         let half = BLOCK / 2;
         if dtype == DType::Q8_0S24 {
-            // The two largest codes of every four, by magnitude.
+            // The nonzero codes (else the two largest of every four, by magnitude).
             let mags: Vec<f32> = codes[..BLOCK].iter().map(|&c| c as i8 as f32).collect();
-            let mask = mask_2of4(&mags);
+            let mask = mask_half(&mags);
             out.extend(mask.to_le_bytes());
-            out.extend(
-                (0..BLOCK)
-                    .filter(|e| (mask >> e) & 1 == 1)
-                    .map(|e| codes[e]),
-            );
+            push_kept(mask, codes, out);
             return;
         }
         match base_format(dtype) {
@@ -558,6 +580,23 @@ mod tests {
         let v = dequantize(DType::Q8_0S24, &quantize(DType::Q8_0S24, &y).unwrap(), 32).unwrap();
         assert_eq!(v[0], 0.0);
         assert!(v[1] < -2.9 && v[2] > 1.9 && v[3] == 0.0);
+        // 16 of 32 kept anywhere (16:32): the nonzero ones, in element order.
+        let z: Vec<f32> = (0..32)
+            .map(|e| if e < 16 { 0.0 } else { e as f32 })
+            .collect();
+        assert!(is_half_sparse(&z) && !is_2of4(&z));
+        let b = quantize(DType::Q8_0S24, &z).unwrap();
+        assert_eq!(u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 0xffff_0000);
+        let dense = dequantize(DType::Q8_0, &quantize(DType::Q8_0, &z).unwrap(), 32).unwrap();
+        assert_eq!(dequantize(DType::Q8_0S24, &b, 32).unwrap(), dense);
+        // Fewer kept (a four with one nonzero): still 22 bytes, zeros after the codes.
+        let mut w = vec![0.0f32; 32];
+        w[5] = 1.0;
+        let b = quantize(DType::Q8_0S24, &w).unwrap();
+        assert_eq!(b.len(), 22);
+        assert_eq!(u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 1 << 5);
+        assert_eq!(b[6], 127);
+        assert!(b[7..].iter().all(|&c| c == 0));
     }
 
     #[test]

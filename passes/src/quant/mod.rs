@@ -985,12 +985,14 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             }
         }
         let numel = w.shape.as_consts().map_or(0, |d| d.iter().product::<i64>()) as usize;
-        // A 2:4-pruned matrix (`--prune sparse=2:4`) asked for in q8_0 is stored
-        // compressed (`q8_0_2of4`: the kept halves and their masks); GPTQ would fill
-        // its zeros, so it is rounded to nearest.
+        // A matrix with at most 16 nonzeros in every block of 32 (`--prune sparse=2:4`
+        // or `sparse=16:32`) asked for in q8_0 is stored compressed (`q8_0_2of4`: the
+        // kept codes and their masks); GPTQ would fill its zeros, so it is rounded to
+        // nearest.
         let target = match (target, p.role, w.data.bytes()) {
             (DType::Q8_0, Role::Linear, Some(bytes))
-                if as_f32(&w.name, w.dtype, bytes, numel).is_ok_and(|x| gguf::is_2of4(&x)) =>
+                if as_f32(&w.name, w.dtype, bytes, numel)
+                    .is_ok_and(|x| gguf::is_half_sparse(&x)) =>
             {
                 sparse24 += 1;
                 DType::Q8_0S24

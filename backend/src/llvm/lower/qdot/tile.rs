@@ -850,19 +850,17 @@ impl<'ctx> Lowering<'ctx, '_> {
         };
         let codes = f.b.build_int_add(masks, self.tc(64), "codes").map_err(e)?;
         let c32 = |v: u64| it.i32.const_int(v, false);
-        let mut prev = None;
+        // Codes of the pairs before this one (the sum of their masks' popcounts).
+        let mut before = self.tc(0);
         let mut out = Vec::with_capacity(16);
         for p in 0..16i64 {
             let at = f.b.build_int_add(masks, self.tc(4 * p), "").map_err(e)?;
             let mp = self.qdot_load(f, it.i32.into(), w, at)?.into_int_value();
-            // Codes before this pair vector's first lane: the pair group's earlier pair
-            // (odd p) and the lanes below c0.
-            let mut start = self.tc(32 * (p / 2));
-            if p % 2 == 1 {
-                let pm: IntValue<'ctx> = prev.ok_or_else(|| llvm_err("s24: no pair mask"))?;
-                let n_prev = self.popcount_i64(f, pm)?;
-                start = f.b.build_int_add(start, n_prev, "").map_err(e)?;
-            }
+            // Codes before this pair vector's first lane: the earlier pairs' and the
+            // lanes below c0.
+            let mut start = before;
+            let n_here = self.popcount_i64(f, mp)?;
+            before = f.b.build_int_add(before, n_here, "").map_err(e)?;
             if c0 > 0 {
                 let below =
                     f.b.build_and(mp, c32((1u64 << (2 * c0)) - 1), "")
@@ -870,7 +868,6 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let nb = self.popcount_i64(f, below)?;
                 start = f.b.build_int_add(start, nb, "").map_err(e)?;
             }
-            prev = Some(mp);
             let b = &f.b;
             let bits = b
                 .build_right_shift(mp, c32(2 * c0 as u64), false, "")
@@ -879,7 +876,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .build_int_truncate_or_bit_cast(bits, narrow, "")
                 .map_err(e)?;
             let at = b.build_int_add(codes, start, "").map_err(e)?;
-            // The packer checked that every row keeps two of every four, so the codes
+            // The packer checked that every row keeps at most 16 of 32, so the codes
             // lie inside the packed weight.
             let v = self.expand_bytes(f, w, at, bits)?;
             out.push(f.b.build_int_s_extend(v, vw, "").map_err(e)?);
