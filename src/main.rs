@@ -286,8 +286,8 @@ impl Reduce {
                 quantize.as_ref().map(|q| q.to_string()).unwrap_or_default()
             ),
             (Some(file), false) => bail!(
-                "--calibration {}: only --quantize FORMAT,gptq|awq, --accuracy-budget, --prune and \
-                 --act-quant int8-static use calibration",
+                "--calibration {}: only --quantize FORMAT,gptq|awq|smooth, --accuracy-budget, \
+                 --prune and --act-quant int8-static|int16-static use calibration",
                 file.display()
             ),
             (None, _) => None,

@@ -1167,7 +1167,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     }
     if sparse24 > 0 {
         note += &format!(
-            "; {sparse24} 2:4-sparse matrices stored compressed (q8_0_2of4{})",
+            "; {sparse24} half-sparse matrices (at most 16 of 32 kept) stored compressed (q8_0_2of4{})",
             if spec.gptq {
                 ", rounded to nearest"
             } else {
