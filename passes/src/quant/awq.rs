@@ -299,6 +299,74 @@ pub(super) fn error(
     num / den.max(f64::MIN_POSITIVE)
 }
 
+/// One calibration input whose linears are rescaled together: the weights reading it
+/// (names and ids), the block format the first one gets, the input's statistics, where
+/// `1/s` folds, and the matrices' float data as `(values, rows)`.
+pub(super) struct Group {
+    pub names: Vec<String>,
+    pub ids: Vec<WeightId>,
+    pub dtype: DType,
+    pub h: Arc<Hessian>,
+    pub fold: Fold,
+    pub mats: Vec<(Vec<f32>, usize)>,
+}
+
+/// The [`Group`] of input `x` read by the weights `names`, keeping those `target`
+/// quantizes into a block format; `None` when none is, or when the input cannot be
+/// rescaled (why is pushed to `skipped` as `@first (why)`): no statistics, readers
+/// with different statistics, rows not whole blocks, or no place to fold `1/s`.
+pub(super) fn group(
+    m: &Module,
+    cal: &Calibration,
+    x: ValueId,
+    names: Vec<String>,
+    target: &dyn Fn(&str) -> Option<DType>,
+    skipped: &mut Vec<String>,
+) -> Result<Option<Group>, String> {
+    let names: Vec<String> = names.into_iter().filter(|n| target(n).is_some()).collect();
+    let Some(first) = names.first() else {
+        return Ok(None);
+    };
+    let Some(dtype) = target(first) else {
+        return Ok(None);
+    };
+    let Some(h) = cal.hessian(first) else {
+        skipped.push(format!("@{first} (no statistics)"));
+        return Ok(None);
+    };
+    let k = h.k;
+    let ids: Vec<WeightId> = names.iter().filter_map(|n| m.weight_id(n)).collect();
+    let shared = names.iter().all(|n| {
+        cal.hessian(n)
+            .is_some_and(|o| Arc::ptr_eq(&o, &h) || (o.k == k && o.h == h.h))
+    });
+    if ids.len() != names.len() || !shared || !k.is_multiple_of(dtype.block_len()) {
+        skipped.push(format!("@{first} (its readers' statistics differ)"));
+        return Ok(None);
+    }
+    let fold = match fold_point(m, x, k, &ids) {
+        Ok(f) => f,
+        Err(why) => {
+            skipped.push(format!("@{first} ({why})"));
+            return Ok(None);
+        }
+    };
+    let mut mats = Vec::new();
+    for &w in &ids {
+        let data = super::read_float(m, w)?;
+        let n = data.len() / k;
+        mats.push((data, n));
+    }
+    Ok(Some(Group {
+        names,
+        ids,
+        dtype,
+        h,
+        fold,
+        mats,
+    }))
+}
+
 /// Scales the linears of every calibration input whose `1/s` can be folded, for
 /// rounding into the block format `target` gives each weight (a group's first
 /// weight's decides; `None`: not quantized, or not into a block format). Returns the scaled statistics by weight name (for GPTQ
@@ -312,42 +380,18 @@ pub fn apply(
     let mut scaled_h = HashMap::new();
     let (mut rtn_sum, mut awq_sum) = (0.0, 0.0);
     for (x, names) in calibration_points(m) {
-        let names: Vec<String> = names.into_iter().filter(|n| target(n).is_some()).collect();
-        let Some(first) = names.first() else {
-            continue;
-        };
-        let Some(dtype) = target(first) else {
-            continue;
-        };
-        let Some(h) = cal.hessian(first) else {
-            report.skipped.push(format!("@{first} (no statistics)"));
+        let Some(Group {
+            names,
+            ids,
+            dtype,
+            h,
+            fold,
+            mats,
+        }) = group(m, cal, x, names, target, &mut report.skipped)?
+        else {
             continue;
         };
         let k = h.k;
-        let ids: Vec<WeightId> = names.iter().filter_map(|n| m.weight_id(n)).collect();
-        let shared = names.iter().all(|n| {
-            cal.hessian(n)
-                .is_some_and(|o| Arc::ptr_eq(&o, &h) || (o.k == k && o.h == h.h))
-        });
-        if ids.len() != names.len() || !shared || !k.is_multiple_of(dtype.block_len()) {
-            report
-                .skipped
-                .push(format!("@{first} (its readers' statistics differ)"));
-            continue;
-        }
-        let fold = match fold_point(m, x, k, &ids) {
-            Ok(f) => f,
-            Err(why) => {
-                report.skipped.push(format!("@{first} ({why})"));
-                continue;
-            }
-        };
-        let mut mats = Vec::new();
-        for &w in &ids {
-            let data = super::read_float(m, w)?;
-            let n = data.len() / k;
-            mats.push((data, n));
-        }
         let rows = h.rows.max(1) as f64;
         let hn: Vec<f64> = h.h.iter().map(|v| v / rows).collect();
         let mut rms: Vec<f64> = (0..k).map(|j| hn[j * k + j].max(0.0).sqrt()).collect();

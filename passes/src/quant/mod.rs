@@ -122,6 +122,25 @@ impl fmt::Display for QuantSpec {
     }
 }
 
+/// `; N inputs not VERB: the first two, ...` for a rescaling's report (empty when none
+/// was skipped).
+fn skipped_note(verb: &str, skipped: &[String]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; {} inputs not {verb}: {}{}",
+        skipped.len(),
+        skipped
+            .iter()
+            .take(2)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        if skipped.len() > 2 { ", ..." } else { "" }
+    )
+}
+
 /// The formats `--quantize` accepts, for messages.
 pub const FORMATS: &str = "f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_0_g64, q4_1_g64, \
      q4_0_g128, q4_1_g128, int8 (per output channel; as FORMAT only)";
@@ -1191,19 +1210,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             r.spread_before,
             r.spread_after
         );
-        if !r.skipped.is_empty() {
-            note += &format!(
-                "; {} inputs not smoothed: {}{}",
-                r.skipped.len(),
-                r.skipped
-                    .iter()
-                    .take(2)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if r.skipped.len() > 2 { ", ..." } else { "" }
-            );
-        }
+        note += &skipped_note("smoothed", &r.skipped);
     }
     if let Some(r) = &awq_report {
         note += &format!(
@@ -1215,19 +1222,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
             r.rtn_error,
             r.awq_error
         );
-        if !r.skipped.is_empty() {
-            note += &format!(
-                "; {} inputs not scaled: {}{}",
-                r.skipped.len(),
-                r.skipped
-                    .iter()
-                    .take(2)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if r.skipped.len() > 2 { ", ..." } else { "" }
-            );
-        }
+        note += &skipped_note("scaled", &r.skipped);
     }
     if let (true, Some(c)) = (spec.gptq, calibration) {
         let n = gptq_stats.len().max(1) as f64;

@@ -24,11 +24,11 @@
 //! paper's per-tensor ones: on all-MiniLM-L6-v2 a fixed `α = 0.5` lowered static int8's
 //! cosine (see docs/quant.md).
 
-use super::awq::{error, fold_point, fold_scales, scaled_stats, Fold, SAMPLE_ROWS};
+use super::awq::{error, fold_scales, group, scaled_stats, Fold, Group, SAMPLE_ROWS};
 use super::gptq::quad;
 use super::gptq::Hessian;
 use super::{calibration_points, Calibration};
-use llmc_ir::{DType, Module, WeightId};
+use llmc_ir::{DType, Module};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -130,53 +130,31 @@ pub fn apply(
     let mut scaled = HashMap::new();
     let (mut before, mut after) = (0.0, 0.0);
     for (x, names) in calibration_points(m) {
-        let names: Vec<String> = names.into_iter().filter(|n| target(n).is_some()).collect();
-        let Some(first) = names.first() else {
-            continue;
-        };
-        let Some(dtype) = target(first) else {
-            continue;
-        };
-        let Some(h) = cal.hessian(first) else {
-            report.skipped.push(format!("@{first} (no statistics)"));
+        let Some(Group {
+            names,
+            ids,
+            dtype,
+            h,
+            fold,
+            mats,
+        }) = group(m, cal, x, names, target, &mut report.skipped)?
+        else {
             continue;
         };
         let k = h.k;
         if h.amax.len() != k {
             report
                 .skipped
-                .push(format!("@{first} (no ranges measured)"));
+                .push(format!("@{} (no ranges measured)", names[0]));
             continue;
         }
-        let ids: Vec<WeightId> = names.iter().filter_map(|n| m.weight_id(n)).collect();
-        let shared = names.iter().all(|n| {
-            cal.hessian(n)
-                .is_some_and(|o| Arc::ptr_eq(&o, &h) || (o.k == k && o.amax == h.amax))
-        });
-        if ids.len() != names.len() || !shared {
-            report
-                .skipped
-                .push(format!("@{first} (its readers' statistics differ)"));
-            continue;
-        }
-        let fold = match fold_point(m, x, k, &ids) {
-            Ok(f) => f,
-            Err(why) => {
-                report.skipped.push(format!("@{first} ({why})"));
-                continue;
-            }
-        };
-        let mut mats = Vec::new();
         let mut wmax = vec![0.0f64; k];
-        for &w in &ids {
-            let data = super::read_float(m, w)?;
-            let n = data.len() / k;
+        for (data, _) in &mats {
             for row in data.chunks_exact(k) {
                 for (a, &v) in wmax.iter_mut().zip(row) {
                     *a = a.max((v as f64).abs());
                 }
             }
-            mats.push((data, n));
         }
         let mut amax = h.amax.clone();
         if let Fold::Heads { heads, kv, dim, .. } = fold {
