@@ -99,6 +99,7 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         DType::Q4_0G128,
         DType::Q4_1G128,
         DType::Q8_0S24,
+        DType::Q8_0S832,
     ];
     for d in formats {
         // The longest rows are taken in slices of blocks (33 blocks: 16 + 16 + 1;
@@ -162,21 +163,22 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                     scale
                 };
                 bytes.extend(f16(scale));
-                if d == DType::Q8_0S24 {
-                    // Two kept of every four (2:4), or any 16 or fewer of the 32
-                    // (16:32), then 16 codes (the tail unread when fewer are kept).
+                if let Some(keep) = d.sparse_keep() {
+                    // q8_0_2of4: two kept of every four (2:4), or any 16 or fewer of
+                    // the 32 (16:32); q8_0_8of32: any 8 or fewer. Then `keep` codes
+                    // (the tail unread when fewer are kept).
                     const PAIRS: [u32; 6] = [0b0011, 0b0101, 0b1001, 0b0110, 0b1010, 0b1100];
-                    let mask = if next().is_multiple_of(2) {
+                    let mask = if keep == 16 && next().is_multiple_of(2) {
                         (0..8).fold(0u32, |m, g| m | PAIRS[next() as usize % 6] << (4 * g))
                     } else {
                         let mut m = (next() as u32) ^ ((next() as u32) << 16);
-                        while m.count_ones() > 16 {
+                        while m.count_ones() as usize > keep {
                             m &= !(1u32 << (next() % 32));
                         }
                         m
                     };
                     bytes.extend(mask.to_le_bytes());
-                    bytes.extend((0..16).map(|_| next() as u8));
+                    bytes.extend((0..keep).map(|_| next() as u8));
                     continue;
                 }
                 if matches!(d, DType::Q4_1 | DType::Q5_1) {

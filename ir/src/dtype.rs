@@ -79,6 +79,9 @@ pub enum DType {
     /// element order, zeros to 16 (`w = d q`, 0 where the mask is clear). 22 bytes per
     /// 32 weights (Q8_0: 34). Named for 2:4, its first pattern.
     Q8_0S24,
+    /// [`DType::Q8_0S24`] for three quarters sparse (8:32 pruning): at most 8 kept
+    /// weights per block of 32, their codes zero-padded to 8. 14 bytes per 32 weights.
+    Q8_0S832,
 }
 
 /// The broad class a dtype belongs to, used by type rules.
@@ -127,6 +130,7 @@ impl DType {
         DType::Q4_0G128,
         DType::Q4_1G128,
         DType::Q8_0S24,
+        DType::Q8_0S832,
     ];
 
     /// The name used in the text format.
@@ -162,6 +166,7 @@ impl DType {
             DType::Q4_0G128 => "q4_0_g128",
             DType::Q4_1G128 => "q4_1_g128",
             DType::Q8_0S24 => "q8_0_2of4",
+            DType::Q8_0S832 => "q8_0_8of32",
         }
     }
 
@@ -210,7 +215,8 @@ impl DType {
             | DType::Q5_0
             | DType::Q5_1
             | DType::IQ4NL
-            | DType::Q8_0S24 => 32,
+            | DType::Q8_0S24
+            | DType::Q8_0S832 => 32,
             DType::Q4K | DType::Q5K | DType::Q6K | DType::Q2K | DType::Q3K | DType::IQ4XS => 256,
             DType::Q8Kv | DType::Q4_0G64 | DType::Q4_1G64 => 64,
             DType::Q4_0G128 | DType::Q4_1G128 => 128,
@@ -243,6 +249,17 @@ impl DType {
             DType::Q4_0G128 => 2 + 64,
             DType::Q4_1G128 => 2 + 2 + 64,
             DType::Q8_0S24 => 2 + 4 + 16,
+            DType::Q8_0S832 => 2 + 4 + 8,
+        }
+    }
+
+    /// For the sparse Q8_0 formats, the most weights a block of 32 keeps (the codes
+    /// stored per block): 16 for [`DType::Q8_0S24`], 8 for [`DType::Q8_0S832`].
+    pub fn sparse_keep(self) -> Option<usize> {
+        match self {
+            DType::Q8_0S24 => Some(16),
+            DType::Q8_0S832 => Some(8),
+            _ => None,
         }
     }
 

@@ -132,12 +132,12 @@ pub fn dequantize(dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f64>, 
                 }
             }
         }
-        DType::Q8_0S24 => {
+        DType::Q8_0S24 | DType::Q8_0S832 => {
             // The kept codes in element order, placed by the mask.
             for b in blocks {
                 let d = f16_at(b, 0);
                 let mask = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let mut kept = b[6..22].iter();
+                let mut kept = b[6..].iter();
                 for e in 0..32 {
                     out.push(if (mask >> e) & 1 == 1 {
                         d * (*kept.next().unwrap_or(&0) as i8) as f64

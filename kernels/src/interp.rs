@@ -345,7 +345,7 @@ impl Machine<'_> {
                 let ls = ((sl >> (4 * (j % 2))) & 15) | ((sh >> (2 * j)) & 3) << 4;
                 (big_d * (ls - 32) as f32, None, sb + 8 + 16 * j, 0)
             }
-            QFmt::Q8_0S24 => {
+            QFmt::Q8_0S24 | QFmt::Q8_0S832 => {
                 // The codes expanded by the mask.
                 let wb = w0 + b * bb;
                 let d = self.read(w, wb, Ty::F16, bufs)?.f() as f32;
@@ -492,8 +492,8 @@ impl Machine<'_> {
         if !fmt.tile16() {
             return Err(format!("{fmt:?} has no packed layout"));
         }
-        if fmt == QFmt::Q8_0S24 {
-            return self.packed_s24(w, w0, b, c, bufs);
+        if fmt.sparse() {
+            return self.packed_s24(fmt, w, w0, b, c, bufs);
         }
         let dt = fmt.dtype();
         // A group format's block `b` is block `b mod n` of its group's quants.
@@ -530,9 +530,11 @@ impl Machine<'_> {
         Ok((d, m, q))
     }
 
-    /// [`Self::packed_block`] for `q8_0_2of4` (`templates::pack::tile16_s24`).
+    /// [`Self::packed_block`] for `q8_0_2of4` and `q8_0_8of32`
+    /// (`templates::pack::tile16_s24`).
     fn packed_s24(
         &mut self,
+        fmt: QFmt,
         w: BufId,
         w0: i64,
         b: i64,
@@ -540,7 +542,7 @@ impl Machine<'_> {
         bufs: &mut [Vec<u8>],
     ) -> R<(f32, f32, [i64; 32])> {
         let lanes = QTile::LANES as i64;
-        let g = w0 + b * lanes * QFmt::Q8_0S24.block_bytes();
+        let g = w0 + b * lanes * fmt.block_bytes();
         let d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
         let mut masks = [0u32; 16];
         for (p, m) in masks.iter_mut().enumerate() {

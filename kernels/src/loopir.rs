@@ -533,6 +533,9 @@ pub enum QFmt {
     /// quants are the codes expanded by the mask, zeros elsewhere; elements 16..32
     /// take the codes after the first half's `popcount(mask & 0xffff)`.
     Q8_0S24,
+    /// [`QFmt::Q8_0S24`] keeping at most 8 of 32 ([`llmc_ir::DType::Q8_0S832`]): 14
+    /// bytes per block, the same decoding.
+    Q8_0S832,
 }
 
 impl QFmt {
@@ -555,7 +558,14 @@ impl QFmt {
             QFmt::Q4_0G128 => 66,
             QFmt::Q4_1G128 => 68,
             QFmt::Q8_0S24 => 22,
+            QFmt::Q8_0S832 => 14,
         }
+    }
+
+    /// Whether the format is a sparse Q8_0 ([`QFmt::Q8_0S24`], [`QFmt::Q8_0S832`]):
+    /// a mask of kept elements and their codes.
+    pub fn sparse(self) -> bool {
+        matches!(self, QFmt::Q8_0S24 | QFmt::Q8_0S832)
     }
 
     /// Blocks of 32 per stored block (8 for K-quant super-blocks, else 1).
@@ -573,8 +583,8 @@ impl QFmt {
     pub fn signed(self) -> bool {
         matches!(
             self,
-            QFmt::Q8_0 | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4NL | QFmt::IQ4XS | QFmt::Q8_0S24
-        )
+            QFmt::Q8_0 | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4NL | QFmt::IQ4XS
+        ) || self.sparse()
     }
 
     /// Whether the nibbles index IQ4_NL's table of levels.
@@ -596,7 +606,7 @@ impl QFmt {
     pub fn qs_offset(self) -> i64 {
         match self {
             QFmt::Q4_1 | QFmt::Q4_1G64 | QFmt::Q4_1G128 => 4,
-            QFmt::Q5_0 | QFmt::Q8_0S24 => 6,
+            QFmt::Q5_0 | QFmt::Q8_0S24 | QFmt::Q8_0S832 => 6,
             QFmt::Q5_1 => 8,
             QFmt::Q4K => 16,
             QFmt::Q5K => 48,
@@ -635,6 +645,7 @@ impl QFmt {
             QFmt::Q4_0G128 => DType::Q4_0G128,
             QFmt::Q4_1G128 => DType::Q4_1G128,
             QFmt::Q8_0S24 => DType::Q8_0S24,
+            QFmt::Q8_0S832 => DType::Q8_0S832,
         }
     }
 
@@ -645,7 +656,7 @@ impl QFmt {
             self,
             QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1 | QFmt::Q5_0 | QFmt::Q5_1 | QFmt::Q4K
         ) || self.grouped()
-            || self == QFmt::Q8_0S24
+            || self.sparse()
     }
 
     /// Whether the format is Q4_K or Q5_K (six-bit scales and minimums per block).

@@ -213,6 +213,7 @@ fn qfmt(d: DType) -> Option<QFmt> {
         DType::Q4_0G128 => Some(QFmt::Q4_0G128),
         DType::Q4_1G128 => Some(QFmt::Q4_1G128),
         DType::Q8_0S24 => Some(QFmt::Q8_0S24),
+        DType::Q8_0S832 => Some(QFmt::Q8_0S832),
         _ => None,
     }
 }

@@ -478,7 +478,8 @@ pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
         | DType::Q4_1G64
         | DType::Q4_0G128
         | DType::Q4_1G128
-        | DType::Q8_0S24 => Some((d.block_len() as i64, d.block_bytes() as i64)),
+        | DType::Q8_0S24
+        | DType::Q8_0S832 => Some((d.block_len() as i64, d.block_bytes() as i64)),
         _ => None,
     }
 }
@@ -502,7 +503,7 @@ pub(crate) fn load_elem(kb: &KernelBuilder, buf: BufId, dtype: DType, index: Exp
 /// The f32 value of element `j` (0..32; 0..256 for Q4_K; 0..64 or 0..128 for the int4
 /// groups) of the block starting at byte `base`.
 pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
-    if dtype == DType::Q8_0S24 {
+    if dtype.sparse_keep().is_some() {
         return dequant_s24(buf, base, j);
     }
     if let Some(sub) = match dtype {
@@ -598,8 +599,8 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
     }
 }
 
-/// Element `j` (0..32) of the `q8_0_2of4` block at `base` (at most 16 kept elements,
-/// as llmc writes it): `d ·` its code if kept, else 0. Its code's index is the number
+/// Element `j` (0..32) of the `q8_0_2of4` or `q8_0_8of32` block at `base` (at most
+/// 16 or 8 kept elements, as llmc writes it): `d ·` its code if kept, else 0. Its code's index is the number
 /// of kept elements before it: the popcount of the mask below bit `j` (a SWAR
 /// popcount in i64, exact for 32 bits).
 fn dequant_s24(buf: BufId, base: Expr, j: Expr) -> Expr {

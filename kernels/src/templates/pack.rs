@@ -67,7 +67,7 @@ pub fn tile16_offsets(d: DType) -> (usize, usize) {
     let (_, has_min, _) = parts(d).unwrap_or((0, false, false));
     let masks = 2 * lanes * if has_min { 2 } else { 1 };
     // Q5's fifth bits, or q8_0_2of4's pair masks ([`tile16_s24`]).
-    let fifth = if matches!(d, DType::Q5_0 | DType::Q5_1 | DType::Q8_0S24) {
+    let fifth = if matches!(d, DType::Q5_0 | DType::Q5_1) || d.sparse_keep().is_some() {
         64
     } else {
         0
@@ -83,24 +83,27 @@ pub fn tile16_fifth(c: usize, e: usize) -> (usize, u32) {
 
 /// Whether [`Pack::Tile16`] can lay out a `[rows, k]` weight of dtype `d`.
 pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
-    (parts(d).is_some() || d == DType::Q4K || d == DType::Q8_0S24)
+    (parts(d).is_some() || d == DType::Q4K || d.sparse_keep().is_some())
         && rows.is_multiple_of(QTile::LANES)
         && k.is_multiple_of(d.block_len())
 }
 
-/// `q8_0_2of4` in [`Pack::Tile16`], per block of 16 rows: their 16 scales (32 bytes),
-/// then per pair of quants `p` (elements `2p`, `2p + 1`) a u32 mask whose bit `2c + j`
-/// says whether row `c` keeps element `2p + j` (64 bytes), then the kept codes (256
-/// bytes) pair by pair, in each pair row by row: the codes of a pair vector in lane
-/// order, so one expanding load by its mask gives the vector: pair `p`'s codes start
-/// after the earlier pairs', at the sum of their masks' popcounts. Rows keep at most
-/// 16 of 32 (two of every four with 2:4), so the codes fit in 256 bytes; the tail of
-/// a tile whose rows keep fewer is zero.
-pub fn tile16_s24(rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
+/// `q8_0_2of4` (and `q8_0_8of32`) in [`Pack::Tile16`], per block of 16 rows: their 16
+/// scales (32 bytes), then per pair of quants `p` (elements `2p`, `2p + 1`) a u32 mask
+/// whose bit `2c + j` says whether row `c` keeps element `2p + j` (64 bytes), then the
+/// kept codes (256 bytes; 128 for `q8_0_8of32`) pair by pair, in each pair row by row:
+/// the codes of a pair vector in lane order, so one expanding load by its mask gives
+/// the vector: pair `p`'s codes start after the earlier pairs', at the sum of their
+/// masks' popcounts. Rows keep at most 16 of 32 (two of every four with 2:4; 8 in
+/// `q8_0_8of32`), so the codes fit; the tail of a tile whose rows keep fewer is zero.
+pub fn tile16_s24(d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let lanes = QTile::LANES;
     let blocks = k / 32;
-    let d = DType::Q8_0S24;
-    if !tile16_packs(d, rows, k) || bytes.len() != rows * blocks * 22 {
+    let (keep, bb) = match d.sparse_keep() {
+        Some(keep) => (keep, d.block_bytes()),
+        None => return Err(format!("{d} is not a sparse format")),
+    };
+    if !tile16_packs(d, rows, k) || bytes.len() != rows * blocks * bb {
         return Err(format!(
             "[{rows}, {k}] {d} ({} bytes) is not whole groups of {lanes} rows",
             bytes.len()
@@ -110,8 +113,8 @@ pub fn tile16_s24(rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String
     for g in 0..rows / lanes {
         for b in 0..blocks {
             let block = |r: usize| {
-                let at = ((g * lanes + r) * blocks + b) * 22;
-                &bytes[at..at + 22]
+                let at = ((g * lanes + r) * blocks + b) * bb;
+                &bytes[at..at + bb]
             };
             let masks: Vec<u32> = (0..lanes)
                 .map(|r| {
@@ -120,9 +123,9 @@ pub fn tile16_s24(rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String
                 })
                 .collect();
             for (r, m) in masks.iter().enumerate() {
-                if m.count_ones() > 16 {
+                if m.count_ones() as usize > keep {
                     return Err(format!(
-                        "{d} row {}: block {b} keeps {} of 32 (at most 16)",
+                        "{d} row {}: block {b} keeps {} of 32 (at most {keep})",
                         g * lanes + r,
                         m.count_ones()
                     ));
@@ -149,8 +152,8 @@ pub fn tile16_s24(rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String
                     }
                 }
             }
-            // Rows keeping fewer than 16 leave the codes' tail zero.
-            out.resize(codes_at + 16 * lanes, 0);
+            // Rows keeping fewer than `keep` leave the codes' tail zero.
+            out.resize(codes_at + keep * lanes, 0);
         }
     }
     Ok(out)
@@ -182,7 +185,7 @@ pub fn tile16_quant(d: DType, c: usize, e: usize) -> (usize, bool) {
 /// Rewrites the bytes of a weight `[rows, k]` of dtype `d` into `pack`.
 pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     match pack {
-        Pack::Tile16 if d == DType::Q8_0S24 => tile16_s24(rows, k, bytes),
+        Pack::Tile16 if d.sparse_keep().is_some() => tile16_s24(d, rows, k, bytes),
         Pack::Tile16 if d == DType::Q4K => {
             let lanes = QTile::LANES;
             let bb = d.block_bytes();

@@ -387,14 +387,15 @@ pub(crate) fn f32_bytes(t: &llmc_ir::Tensor) -> Vec<u8> {
 
 /// A random mask of a `q8_0_2of4` block: half the time 2:4 (two of every aligned
 /// four), else any 16 or fewer of the 32.
-pub(crate) fn mask24(r: &mut Rng) -> u32 {
+pub(crate) fn mask24(r: &mut Rng, keep: usize) -> u32 {
     const PAIRS: [u32; 6] = [0b0011, 0b0101, 0b1001, 0b0110, 0b1010, 0b1100];
-    if r.next().is_multiple_of(2) {
+    if keep == 16 && r.next().is_multiple_of(2) {
         return (0..8).fold(0, |m, g| m | PAIRS[(r.next() % 6) as usize] << (4 * g));
     }
-    // Half the blocks: any 0..=16 of 32 kept (16:32 pruning's freedom).
+    // Half the blocks of q8_0_2of4: any 0..=16 of 32 kept (16:32 pruning's freedom);
+    // q8_0_8of32: any 0..=8.
     let mut m = (r.next() as u32) ^ ((r.next() as u32) << 16);
-    while m.count_ones() > 16 {
+    while m.count_ones() as usize > keep {
         m &= !(1u32 << (r.next() % 32));
     }
     m
@@ -434,12 +435,13 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
         }
         return out;
     }
-    if d == DType::Q8_0S24 {
-        // Blocks: d, a mask of at most 16 kept elements, 16 codes (the tail unread).
+    if let Some(keep) = d.sparse_keep() {
+        // Blocks: d, a mask of at most `keep` kept elements, `keep` codes (the tail
+        // unread).
         for _ in 0..rows * k / 32 {
             out.extend(half::f16::from_f64(0.01 + 0.05 * r.unit().abs()).to_le_bytes());
-            out.extend(mask24(r).to_le_bytes());
-            out.extend((0..16).map(|_| r.next() as u8));
+            out.extend(mask24(r, keep).to_le_bytes());
+            out.extend((0..keep).map(|_| r.next() as u8));
         }
         return out;
     }
@@ -659,6 +661,7 @@ fn linear_float_and_quantized() {
         (DType::Q4_0G128, 384),
         (DType::Q4_1G128, 256),
         (DType::Q8_0S24, 96),
+        (DType::Q8_0S832, 96),
     ] {
         // 48 rows: the int4 groups packed in tiles of 16.
         for (rows, n) in [(1usize, 40usize), (9, 33), (1, 48), (5, 48)] {
@@ -1576,10 +1579,11 @@ fn block32_values(d: DType, row: &[u8], b: usize) -> (f64, f64, Vec<i64>) {
             .collect();
         return (f16(0) * sc as f64, -(f16(2) * mn as f64), q);
     }
-    if d == DType::Q8_0S24 {
-        let blk = &row[b * 22..][..22];
+    if d.sparse_keep().is_some() {
+        let bb = d.block_bytes();
+        let blk = &row[b * bb..][..bb];
         let mask = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-        let mut codes = blk[6..22].iter();
+        let mut codes = blk[6..].iter();
         let q = (0..32)
             .map(|e| {
                 if (mask >> e) & 1 == 1 {

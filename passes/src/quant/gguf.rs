@@ -20,7 +20,7 @@ pub const BLOCK: usize = 32;
 pub const MAX_GROUP: usize = 128;
 
 /// The formats this module writes.
-pub const WRITTEN: [DType; 10] = [
+pub const WRITTEN: [DType; 11] = [
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
@@ -31,6 +31,7 @@ pub const WRITTEN: [DType; 10] = [
     DType::Q4_0G128,
     DType::Q4_1G128,
     DType::Q8_0S24,
+    DType::Q8_0S832,
 ];
 
 /// The GGUF format whose rule and nibbles a group format uses (itself for the others).
@@ -38,7 +39,7 @@ pub fn base_format(dtype: DType) -> DType {
     match dtype {
         DType::Q4_0G64 | DType::Q4_0G128 => DType::Q4_0,
         DType::Q4_1G64 | DType::Q4_1G128 => DType::Q4_1,
-        DType::Q8_0S24 => DType::Q8_0,
+        DType::Q8_0S24 | DType::Q8_0S832 => DType::Q8_0,
         d => d,
     }
 }
@@ -103,24 +104,35 @@ fn block_q8_0(x: &[f32], out: &mut Vec<u8>) {
 /// mask of kept elements ([`mask_half`]: the nonzero ones of a block with at most 16,
 /// as 2:4 and 16:32 pruning leave it) and their codes in element order.
 fn block_q8_0_s24(x: &[f32], out: &mut Vec<u8>) {
-    let mut dense = Vec::with_capacity(34);
-    block_q8_0(x, &mut dense);
-    let mask = mask_half(x);
-    out.extend_from_slice(&dense[..2]);
-    out.extend(mask.to_le_bytes());
-    push_kept(mask, &dense[2..], out);
+    block_q8_0_sparse(x, BLOCK / 2, out);
 }
 
-/// The codes of the elements `mask` keeps (at most 16), in element order, then zeros
-/// to 16: a `q8_0_2of4` block is always 22 bytes.
-fn push_kept(mask: u32, codes: &[u8], out: &mut Vec<u8>) {
+/// One three-quarters-sparse Q8_0 block (`q8_0_8of32`): as [`block_q8_0_s24`] with at
+/// most 8 kept ([`mask_keep`]).
+fn block_q8_0_s832(x: &[f32], out: &mut Vec<u8>) {
+    block_q8_0_sparse(x, BLOCK / 4, out);
+}
+
+fn block_q8_0_sparse(x: &[f32], keep: usize, out: &mut Vec<u8>) {
+    let mut dense = Vec::with_capacity(34);
+    block_q8_0(x, &mut dense);
+    let mask = mask_keep(x, keep);
+    out.extend_from_slice(&dense[..2]);
+    out.extend(mask.to_le_bytes());
+    push_kept(mask, &dense[2..], keep, out);
+}
+
+/// The codes of the elements `mask` keeps (at most `keep`), in element order, then
+/// zeros to `keep`: a `q8_0_2of4` block is always 22 bytes, a `q8_0_8of32` one 14.
+fn push_kept(mask: u32, codes: &[u8], keep: usize, out: &mut Vec<u8>) {
     let n = mask.count_ones() as usize;
     out.extend(
         (0..BLOCK)
             .filter(|e| (mask >> e) & 1 == 1)
-            .map(|e| codes[e]),
+            .map(|e| codes[e])
+            .take(keep),
     );
-    out.extend(std::iter::repeat_n(0u8, (BLOCK / 2).saturating_sub(n)));
+    out.extend(std::iter::repeat_n(0u8, keep.saturating_sub(n)));
 }
 
 /// The mask of the two largest magnitudes in every aligned four of the 32 values `x`
@@ -146,18 +158,45 @@ pub fn is_2of4(x: &[f32]) -> bool {
 /// nonzero values (2:4 and 16:32 pruning leave it so): what `q8_0_2of4` stores
 /// without loss of pattern.
 pub fn is_half_sparse(x: &[f32]) -> bool {
+    is_sparse_to(x, BLOCK / 2)
+}
+
+/// Whether every aligned block of 32 of `x` (a whole number of them) has at most
+/// `keep` nonzero values.
+pub fn is_sparse_to(x: &[f32], keep: usize) -> bool {
     x.chunks_exact(BLOCK)
-        .all(|g| g.iter().filter(|v| **v != 0.0).count() <= BLOCK / 2)
+        .all(|g| g.iter().filter(|v| **v != 0.0).count() <= keep)
+}
+
+/// The sparse Q8_0 format that stores a matrix `x` without loss of pattern, the
+/// smallest first: `q8_0_8of32` when every block of 32 keeps at most 8 (`--prune
+/// sparse=8:32`), `q8_0_2of4` at most 16 (2:4, 16:32), else none.
+pub fn sparse_q8_0(x: &[f32]) -> Option<DType> {
+    [DType::Q8_0S832, DType::Q8_0S24]
+        .into_iter()
+        .find(|d| d.sparse_keep().is_some_and(|keep| is_sparse_to(x, keep)))
 }
 
 /// The kept elements of a half-sparse block of 32 values: the nonzero ones when at
 /// most 16 are, else the two largest magnitudes of every aligned four ([`mask_2of4`]).
 pub fn mask_half(x: &[f32]) -> u32 {
+    mask_keep(x, BLOCK / 2)
+}
+
+/// The kept elements of a block of 32 values with room for `keep`: the nonzero ones
+/// when at most `keep` are, else for 16 the two largest magnitudes of every aligned
+/// four ([`mask_2of4`]), for fewer the `keep` largest magnitudes (ties keep the
+/// earlier element).
+pub fn mask_keep(x: &[f32], keep: usize) -> u32 {
     let nz = (0..BLOCK).fold(0u32, |m, e| m | ((x[e] != 0.0) as u32) << e);
-    if nz.count_ones() as usize <= BLOCK / 2 {
+    if nz.count_ones() as usize <= keep {
         nz
-    } else {
+    } else if keep == BLOCK / 2 {
         mask_2of4(x)
+    } else {
+        let mut idx: Vec<usize> = (0..BLOCK).collect();
+        idx.sort_by(|&a, &b| x[b].abs().total_cmp(&x[a].abs()).then(a.cmp(&b)));
+        idx[..keep].iter().fold(0u32, |m, &e| m | 1 << e)
     }
 }
 
@@ -240,6 +279,7 @@ fn block_q5_1(x: &[f32], out: &mut Vec<u8>) {
 pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
     let block: fn(&[f32], &mut Vec<u8>) = match base_format(dtype) {
         DType::Q8_0 if dtype == DType::Q8_0S24 => block_q8_0_s24,
+        DType::Q8_0 if dtype == DType::Q8_0S832 => block_q8_0_s832,
         DType::Q8_0 => block_q8_0,
         DType::Q4_0 => block_q4_0,
         DType::Q4_1 => block_q4_1,
@@ -248,7 +288,7 @@ pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), S
         other => {
             return Err(format!(
                 "llmc cannot quantize to {other} (q8_0, q4_0, q4_1, q5_0, q5_1, \
-                 q4_0_g64, q4_1_g64, q4_0_g128, q4_1_g128, q8_0_2of4)"
+                 q4_0_g64, q4_1_g64, q4_0_g128, q4_1_g128, q8_0_2of4, q8_0_8of32)"
             ))
         }
     };
@@ -350,12 +390,12 @@ impl BlockScale {
     pub fn encode(&self, dtype: DType, codes: &[u8], out: &mut Vec<u8>) {
         out.extend(f16_bytes(self.d));
         let half = BLOCK / 2;
-        if dtype == DType::Q8_0S24 {
-            // The nonzero codes (else the two largest of every four, by magnitude).
+        if let Some(keep) = dtype.sparse_keep() {
+            // The nonzero codes (else the largest by magnitude, [`mask_keep`]).
             let mags: Vec<f32> = codes[..BLOCK].iter().map(|&c| c as i8 as f32).collect();
-            let mask = mask_half(&mags);
+            let mask = mask_keep(&mags, keep);
             out.extend(mask.to_le_bytes());
-            push_kept(mask, codes, out);
+            push_kept(mask, codes, keep, out);
             return;
         }
         match base_format(dtype) {
@@ -600,6 +640,34 @@ mod tests {
     }
 
     #[test]
+    fn q8_0_8of32_keeps_at_most_eight_compressed() {
+        // Eight nonzeros anywhere (8:32): the nonzero ones, in element order, 14 bytes.
+        let x: Vec<f32> = (0..32)
+            .map(|e| if e % 5 == 2 { e as f32 - 15.5 } else { 0.0 })
+            .collect();
+        let mask = (0..32).filter(|e| e % 5 == 2).fold(0u32, |m, e| m | 1 << e);
+        assert_eq!(mask.count_ones(), 6);
+        assert_eq!(sparse_q8_0(&x), Some(DType::Q8_0S832));
+        let b = quantize(DType::Q8_0S832, &x).unwrap();
+        assert_eq!(b.len(), 14);
+        assert_eq!(u32::from_le_bytes([b[2], b[3], b[4], b[5]]), mask);
+        assert!(b[12..].iter().all(|&c| c == 0), "the codes' tail is zero");
+        let dense = dequantize(DType::Q8_0, &quantize(DType::Q8_0, &x).unwrap(), 32).unwrap();
+        assert_eq!(dequantize(DType::Q8_0S832, &b, 32).unwrap(), dense);
+        // Sixteen kept: half-sparse, not three quarters; 17: neither.
+        let h: Vec<f32> = (0..32).map(|e| if e >= 16 { 1.0 } else { 0.0 }).collect();
+        assert_eq!(sparse_q8_0(&h), Some(DType::Q8_0S24));
+        let mut g = h.clone();
+        g[0] = 1.0;
+        assert_eq!(sparse_q8_0(&g), None);
+        // A dense block keeps its eight largest magnitudes.
+        let y: Vec<f32> = (0..32).map(|e| e as f32 - 10.0).collect();
+        let v = dequantize(DType::Q8_0S832, &quantize(DType::Q8_0S832, &y).unwrap(), 32).unwrap();
+        let kept: Vec<usize> = (0..32).filter(|&e| v[e] != 0.0).collect();
+        assert_eq!(kept, (24..32).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn q5_round_trips_within_half_a_step_and_uses_the_fifth_bit() {
         for dt in [DType::Q5_0, DType::Q5_1] {
             let x = ramp(0.37);
@@ -624,7 +692,8 @@ mod tests {
                 .map(|i| ramp(0.21)[i % 32] / (1 + i / 32) as f32)
                 .enumerate()
                 .map(|(i, v)| {
-                    if dt == DType::Q8_0S24 && i % 4 >= 2 {
+                    if (dt == DType::Q8_0S24 && i % 4 >= 2) || (dt == DType::Q8_0S832 && i % 4 >= 1)
+                    {
                         0.0
                     } else {
                         v

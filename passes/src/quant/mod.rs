@@ -912,7 +912,8 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
     let (mut before, mut after) = (0u64, 0u64);
     let mut kept: Vec<String> = Vec::new();
     let mut regrouped: Vec<String> = Vec::new();
-    let mut sparse24 = 0usize;
+    // Matrices stored sparse: (q8_0_2of4, q8_0_8of32).
+    let mut sparse = (0usize, 0usize);
     let mut per_channel = 0usize;
     let mut special: Vec<String> = Vec::new();
     let mut keep_node = vec![true; m.graph.nodes.len()];
@@ -1006,22 +1007,29 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
         let numel = w.shape.as_consts().map_or(0, |d| d.iter().product::<i64>()) as usize;
         // A matrix with at most 16 nonzeros in every block of 32 (`--prune sparse=2:4`
         // or `sparse=16:32`) asked for in q8_0 is stored compressed (`q8_0_2of4`: the
-        // kept codes and their masks); GPTQ would fill its zeros, so it is rounded to
-        // nearest.
-        let target = match (target, p.role, w.data.bytes()) {
-            (DType::Q8_0, Role::Linear, Some(bytes))
-                if as_f32(&w.name, w.dtype, bytes, numel)
-                    .is_ok_and(|x| gguf::is_half_sparse(&x)) =>
-            {
-                sparse24 += 1;
-                DType::Q8_0S24
+        // kept codes and their masks), one with at most 8 (`sparse=8:32`) in
+        // `q8_0_8of32`; GPTQ would fill their zeros, so they are rounded to nearest.
+        let sparse_fmt = match (target, p.role, w.data.bytes()) {
+            (DType::Q8_0, Role::Linear, Some(bytes)) => as_f32(&w.name, w.dtype, bytes, numel)
+                .ok()
+                .and_then(|x| gguf::sparse_q8_0(&x)),
+            _ => None,
+        };
+        let target = match sparse_fmt {
+            Some(DType::Q8_0S832) => {
+                sparse.1 += 1;
+                DType::Q8_0S832
             }
-            _ => target,
+            Some(d) => {
+                sparse.0 += 1;
+                d
+            }
+            None => target,
         };
         let hess = if spec.gptq
             && p.role == Role::Linear
             && !float_format(target)
-            && target != DType::Q8_0S24
+            && target.sparse_keep().is_none()
         {
             let h = stats(&w.name);
             if h.is_none() {
@@ -1184,14 +1192,22 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
              row's scale)"
         );
     }
-    if sparse24 > 0 {
+    let nearest = if spec.gptq {
+        ", rounded to nearest"
+    } else {
+        ""
+    };
+    if sparse.0 > 0 {
         note += &format!(
-            "; {sparse24} half-sparse matrices (at most 16 of 32 kept) stored compressed (q8_0_2of4{})",
-            if spec.gptq {
-                ", rounded to nearest"
-            } else {
-                ""
-            }
+            "; {} half-sparse matrices (at most 16 of 32 kept) stored compressed (q8_0_2of4{nearest})",
+            sparse.0
+        );
+    }
+    if sparse.1 > 0 {
+        note += &format!(
+            "; {} three-quarters-sparse matrices (at most 8 of 32 kept) stored compressed \
+             (q8_0_8of32{nearest})",
+            sparse.1
         );
     }
     if !kept.is_empty() {

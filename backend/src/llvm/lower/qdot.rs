@@ -948,7 +948,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             };
             // The block's 32 weight quants, in activation order, as two halves of 16.
             let (lo, hi) = match q.fmt {
-                QFmt::Q8_0S24 => self.s24_halves(f, wp, wb, qs)?,
+                QFmt::Q8_0S24 | QFmt::Q8_0S832 => self.s24_halves(f, wp, wb, qs)?,
                 QFmt::Q8_0 => {
                     let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
                     let q16 =
@@ -1357,7 +1357,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         }
         let (wb, qs) = self.block_at(f, fmt, w_off, blk)?;
         let (lo, hi) = match fmt {
-            QFmt::Q8_0S24 => {
+            QFmt::Q8_0S24 | QFmt::Q8_0S832 => {
                 let (lo, hi) = self.s24_halves(f, w, wb, qs)?;
                 let b = &f.b;
                 (

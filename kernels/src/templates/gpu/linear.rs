@@ -71,6 +71,7 @@ pub(crate) fn linear(
                     | DType::Q4_0G128
                     | DType::Q4_1G128
                     | DType::Q8_0S24
+                    | DType::Q8_0S832
             ))
     {
         return Ok(None);
@@ -197,9 +198,9 @@ impl Gemv {
             .map(|i| kb.let_("xr", (r0.clone() + i) * k))
             .collect();
         let fma = |a: Expr, x: Expr, y: Expr| b(BinOp::Add, a, b(BinOp::Mul, x, y));
-        // Half-sparse q8_0 (2:4, 16:32) takes the float path, each weight dequantized where it is
+        // Sparse q8_0 (2:4, 16:32, 8:32) takes the float path, each weight dequantized where it is
         // read (its codes' places depend on the mask).
-        match quant_block(self.wd).filter(|_| self.wd != DType::Q8_0S24) {
+        match quant_block(self.wd).filter(|_| self.wd.sparse_keep().is_none()) {
             None => {
                 let wrows: Vec<Expr> = js.iter().map(|j| kb.let_("wr", j.clone() * k)).collect();
                 kb.for_step("p", lane.clone(), k, 32, LoopTag::Serial, |kb, p| {

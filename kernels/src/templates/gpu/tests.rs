@@ -62,6 +62,7 @@ fn gpu_linear_float_and_quantized() {
             DType::Q4_0G128,
             DType::Q4_1G128,
             DType::Q8_0S24,
+            DType::Q8_0S832,
         ] {
             if k % d.block_len() != 0 {
                 continue;

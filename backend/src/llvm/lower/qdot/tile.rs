@@ -260,7 +260,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             f.b.build_int_add(blk, self.tc(u.first_block), "")
                 .map_err(e)?;
         let (d, m, qs, masks) = self.packed_head(f, u.fmt, (w, w_off), wblk, 0, LANES, true)?;
-        let s24 = u.fmt == llmc_kernels::QFmt::Q8_0S24;
+        let s24 = u.fmt.sparse();
         let offset8 = q8 && u.act8;
         let m = match m {
             Some(m) => m,
@@ -792,7 +792,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             VectorType::const_vector(&vec![it.i16.const_int(k, false); 2 * lanes as usize])
         };
         let mut out = vec![vw.const_zero(); 16];
-        if t.fmt == llmc_kernels::QFmt::Q8_0S24 {
+        if t.fmt.sparse() {
             return Ok((self.s24_pairs(f, w, masks, c0, lanes)?, d, m));
         }
         if t.fmt == llmc_kernels::QFmt::Q8_0 {
