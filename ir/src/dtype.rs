@@ -79,8 +79,9 @@ pub enum DType {
     /// element order, zeros to 16 (`w = d q`, 0 where the mask is clear). 22 bytes per
     /// 32 weights (Q8_0: 34). Named for 2:4, its first pattern.
     Q8_0S24,
-    /// [`DType::Q8_0S24`] for three quarters sparse (8:32 pruning): at most 8 kept
-    /// weights per block of 32, their codes zero-padded to 8. 14 bytes per 32 weights.
+    /// [`DType::Q8_0S24`] for three quarters sparse (`--prune sparse=24:32`: 24 of
+    /// every 32 zeroed): at most 8 kept weights per block of 32, their codes
+    /// zero-padded to 8. 14 bytes per 32 weights.
     Q8_0S832,
 }
 

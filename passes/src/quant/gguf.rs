@@ -170,7 +170,7 @@ pub fn is_sparse_to(x: &[f32], keep: usize) -> bool {
 
 /// The sparse Q8_0 format that stores a matrix `x` without loss of pattern, the
 /// smallest first: `q8_0_8of32` when every block of 32 keeps at most 8 (`--prune
-/// sparse=8:32`), `q8_0_2of4` at most 16 (2:4, 16:32), else none.
+/// sparse=24:32`), `q8_0_2of4` at most 16 (2:4, 16:32), else none.
 pub fn sparse_q8_0(x: &[f32]) -> Option<DType> {
     [DType::Q8_0S832, DType::Q8_0S24]
         .into_iter()
@@ -641,7 +641,8 @@ mod tests {
 
     #[test]
     fn q8_0_8of32_keeps_at_most_eight_compressed() {
-        // Eight nonzeros anywhere (8:32): the nonzero ones, in element order, 14 bytes.
+        // At most eight nonzeros anywhere (24:32 pruning): the nonzero ones, in
+        // element order, 14 bytes.
         let x: Vec<f32> = (0..32)
             .map(|e| if e % 5 == 2 { e as f32 - 15.5 } else { 0.0 })
             .collect();

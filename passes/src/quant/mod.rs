@@ -1007,7 +1007,7 @@ pub fn run(m: &mut Module, ctx: &PassContext) -> Result<Changed, PassError> {
         let numel = w.shape.as_consts().map_or(0, |d| d.iter().product::<i64>()) as usize;
         // A matrix with at most 16 nonzeros in every block of 32 (`--prune sparse=2:4`
         // or `sparse=16:32`) asked for in q8_0 is stored compressed (`q8_0_2of4`: the
-        // kept codes and their masks), one with at most 8 (`sparse=8:32`) in
+        // kept codes and their masks), one with at most 8 (`sparse=24:32`) in
         // `q8_0_8of32`; GPTQ would fill their zeros, so they are rounded to nearest.
         let sparse_fmt = match (target, p.role, w.data.bytes()) {
             (DType::Q8_0, Role::Linear, Some(bytes)) => as_f32(&w.name, w.dtype, bytes, numel)

@@ -198,7 +198,7 @@ impl Gemv {
             .map(|i| kb.let_("xr", (r0.clone() + i) * k))
             .collect();
         let fma = |a: Expr, x: Expr, y: Expr| b(BinOp::Add, a, b(BinOp::Mul, x, y));
-        // Sparse q8_0 (2:4, 16:32, 8:32) takes the float path, each weight dequantized where it is
+        // Sparse q8_0 (2:4, 16:32, 24:32) takes the float path, each weight dequantized where it is
         // read (its codes' places depend on the mask).
         match quant_block(self.wd).filter(|_| self.wd.sparse_keep().is_none()) {
             None => {
