@@ -25,6 +25,11 @@ const SPLIT_TOKENS: i64 = 256;
 /// the wave's; stack of the calling thread).
 const SPLIT_SCRATCH: i64 = 128 * 1024;
 
+/// Vector width of the loops over a key's or value's elements and over a block's keys:
+/// a 64-wide head is four 16-lane vectors (one AVX-512 register, two AVX2 ones), so a
+/// key costs a quarter of the loop trips and adds of 8 lanes did.
+const ROW_LANES: u32 = 16;
+
 fn b(op: BinOp, x: Expr, y: Expr) -> Expr {
     Expr::bin(op, x, y)
 }
@@ -192,10 +197,11 @@ fn row_runs(
     mut after: impl FnMut(&mut crate::builder::KernelBuilder, &Expr),
 ) {
     let v8 = LoopTag::Vectorize(8);
+    let wide = LoopTag::Vectorize(ROW_LANES);
     if dt != DType::Q8Kv {
         let one = fconst(1.0, Ty::F32);
         before(kb, &one);
-        kb.for_("c", 0, d, v8, |kb, c| {
+        kb.for_("c", 0, d, wide, |kb, c| {
             let x = load_elem(kb, pool, dt, row.clone() + c.clone());
             body(kb, c, x);
         });
@@ -300,6 +306,7 @@ pub(crate) fn attention(
         LoopTag::Serial
     };
     let v8 = LoopTag::Vectorize(8);
+    let wide = LoopTag::Vectorize(ROW_LANES);
     let ninf = || fconst(f64::NEG_INFINITY, t);
     // Keys are taken in splits of SPLIT_TOKENS (whole blocks) at fixed positions of
     // the sequence; a (row, kv head) pair's state per query head of its group is
@@ -444,7 +451,7 @@ pub(crate) fn attention(
                             },
                         );
                     } else {
-                        kb.for_("c", 0, dk, v8, |kb, c| {
+                        kb.for_("c", 0, dk, wide, |kb, c| {
                             let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
                             let kx = kb.let_("kx", kx);
                             for (dot, qrow) in dots.iter().zip(&qrows) {
@@ -480,12 +487,12 @@ pub(crate) fn attention(
                     let mn = kb.let_("mn", Expr::Var(m).max(Expr::Var(bm)));
                     let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
                     kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
-                    kb.for_("c", 0, dv, v8, |kb, c| {
+                    kb.for_("c", 0, dv, wide, |kb, c| {
                         let at = acc_at(o, g, c);
                         let a = b(BinOp::Mul, Expr::load(buf, at.clone()), corr.clone());
                         kb.store(buf, at, a);
                     });
-                    kb.for_("jj", js.clone(), je.clone(), v8, |kb, jj| {
+                    kb.for_("jj", js.clone(), je.clone(), wide, |kb, jj| {
                         let at = jj + g * bs;
                         let pr = kb.let_(
                             "pr",
