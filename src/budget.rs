@@ -1,18 +1,19 @@
 //! `--accuracy-budget PCT`: the fastest per-layer choice of weight formats whose
 //! measured perplexity stays within PCT of the unquantized model's.
 //!
-//! The choice is between the `--quantize` format (the fast one, with its `awq`/`gptq`
-//! options) and `q8_0` (near lossless, 1.9x the bytes of 4-bit blocks), layer by
-//! layer. Layers are ranked by what the quantize pass measured on the calibration
-//! statistics: the sum of their linears' relative output errors in the fast format
-//! (`Calibration::errors`). Then the smallest number `n` of top-ranked layers in
-//! `q8_0` that keeps the perplexity within budget is found by bisection, each
-//! candidate compiled and *measured*: the perplexity over the calibration text
-//! (windows of 512, llama-perplexity's protocol), never the evaluation text. Both
-//! quantizations are computed once; a candidate takes each layer's weights (and the
-//! norms AWQ scaled for them) from one or the other, so a probe costs a compile and
-//! a perplexity run. Decode reads fewer bytes the fewer layers are upgraded, so
-//! fewest is fastest.
+//! The choice is, layer by layer, between the `--quantize` format (the fast one, with
+//! its `awq`/`gptq` options) and one upgrade format from a ladder of more bits per
+//! weight ([`UPGRADES`]: q4_1, q5_0, q8_0). Layers are ranked by what the quantize
+//! pass measured on the calibration statistics: the sum of their linears' relative
+//! output errors in the fast format (`Calibration::errors`). For each upgrade format,
+//! the smallest number `n` of top-ranked layers in it that keeps the perplexity within
+//! budget is found by bisection, each candidate compiled and *measured*: the
+//! perplexity over the calibration text (windows of 512, llama-perplexity's protocol),
+//! never the evaluation text. Each quantization is computed once; a candidate takes
+//! each layer's weights (and the norms AWQ scaled for them) from one or the other, so a
+//! probe costs a compile and a perplexity run. Decode reads every weight once per
+//! token, so the cost model is the weight bytes: the choice with the fewest wins, and
+//! a later rung is only probed at layer counts whose bytes would beat the best so far.
 //!
 //! The table of probes is printed, and the chosen spec (`FORMAT,...,layerN=q8_0,...`,
 //! which `--quantize` also accepts) is what the build then quantizes with.
@@ -29,6 +30,11 @@ use std::time::Instant;
 
 /// Window length of the perplexity probes.
 const CTX: usize = 512;
+
+/// The formats a layer may be upgraded to, the fewest bits per weight first: q4_1
+/// (5.0), q5_0 (5.5), q8_0 (8.5). Only those with more bits than `--quantize`'s are
+/// tried.
+const UPGRADES: [DType; 3] = [DType::Q4_1, DType::Q5_0, DType::Q8_0];
 
 /// The weights of layer set `upgraded` taken from `b`, the rest as in `a` (both the
 /// same graph quantized two ways).
@@ -136,11 +142,16 @@ pub fn choose(
         .calibration
         .clone()
         .context("--accuracy-budget measures perplexity: give --calibration FILE")?;
-    let upgrade = DType::Q8_0;
-    if spec.format == upgrade || !spec.layers.is_empty() {
+    let bits = |d: DType| d.block_bytes() as f64 * 8.0 / d.block_len() as f64;
+    // The formats a layer may be upgraded to, the fewest bits first.
+    let ladder: Vec<DType> = UPGRADES
+        .into_iter()
+        .filter(|&u| bits(u) > bits(spec.format))
+        .collect();
+    if ladder.is_empty() || !spec.layers.is_empty() {
         bail!(
-            "--accuracy-budget chooses between --quantize FORMAT and q8_0 per layer: give a \
-             format smaller than q8_0 and no layerN= entries (got {spec})"
+            "--accuracy-budget chooses per layer between --quantize FORMAT and the larger of \
+             q4_1, q5_0, q8_0: give a format smaller than q8_0 and no layerN= entries (got {spec})"
         );
     }
     let chunks = (tokens / CTX).max(2);
@@ -168,9 +179,6 @@ pub fn choose(
     };
     let fast = quantized(&spec)?;
     let errors = cal.errors();
-    let mut slow_spec = spec.clone();
-    slow_spec.format = upgrade;
-    let slow = quantized(&slow_spec)?;
     // Layers by measured sensitivity, most sensitive first.
     let mut score: BTreeMap<usize, f64> = BTreeMap::new();
     for w in &fast.weights {
@@ -191,55 +199,85 @@ pub fn choose(
     let limit = reference * (1.0 + pct);
     eprintln!(
         "llmc: --accuracy-budget {:.3}%: unquantized PPL {reference:.4} on {} windows of {} \
-         ({} tokens), limit {limit:.4}; {} layers ranked by measured output error in {}",
+         ({} tokens), limit {limit:.4}; {} layers ranked by measured output error in {}; \
+         upgrades tried: {}",
         pct * 100.0,
         chunks,
         text.display(),
         chunks * CTX,
         ranked.len(),
-        spec.format
+        spec.format,
+        ladder
+            .iter()
+            .map(|d| d.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    eprintln!("  layers in q8_0 | weights MiB | PPL | vs unquantized");
-    let mut probes: BTreeMap<usize, f64> = BTreeMap::new();
-    let mut probe = |n: usize| -> Result<bool> {
-        let mixed = mix(&fast, &slow, &top(n))?;
+    eprintln!("  upgrade | layers | weights MiB | PPL | vs unquantized");
+    let mut probes = 0usize;
+    let mut probe = |slow: &Module, u: DType, n: usize| -> Result<bool> {
+        let mixed = mix(&fast, slow, &top(n))?;
         let p = perplexity(&mixed, text, chunks, dir.path())?;
         eprintln!(
-            "  {n:>14} | {:>11.1} | {p:.4} | {:+.2}%",
+            "  {:>7} | {n:>6} | {:>11.1} | {p:.4} | {:+.2}%",
+            u.name(),
             weight_mib(&mixed),
             (p / reference - 1.0) * 100.0
         );
-        probes.insert(n, p);
+        probes += 1;
         Ok(p <= limit)
     };
     let all = ranked.len();
-    let chosen = if probe(0)? {
-        0
-    } else if !probe(all)? {
-        eprintln!(
-            "llmc: --accuracy-budget: even every layer in q8_0 exceeds the budget; using that"
-        );
-        all
-    } else {
-        let (mut lo, mut hi) = (0, all);
-        while hi - lo > 1 {
-            let mid = (lo + hi) / 2;
-            if probe(mid)? {
-                hi = mid;
-            } else {
-                lo = mid;
+    // The best choice so far: (upgrade format, layers upgraded, weight MiB). Fewer bytes
+    // is faster (decode reads every weight once per token), so a later rung, with more
+    // bits per weight, is only tried at layer counts whose bytes would beat it.
+    let mut best: Option<(DType, usize, f64)> = None;
+    if probe(&fast, spec.format, 0)? {
+        best = Some((spec.format, 0, weight_mib(&fast)));
+    }
+    for &u in &ladder {
+        if best.is_some_and(|b| b.1 == 0) {
+            break;
+        }
+        let mut slow_spec = spec.clone();
+        slow_spec.format = u;
+        let slow = quantized(&slow_spec)?;
+        let mib = |n: usize| mix(&fast, &slow, &top(n)).map(|m| weight_mib(&m));
+        let mut most = all;
+        if let Some((_, _, b)) = best {
+            while most > 0 && mib(most)? >= b {
+                most -= 1;
             }
         }
-        hi
+        if most > 0 && probe(&slow, u, most)? {
+            let (mut lo, mut hi) = (0, most);
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                if probe(&slow, u, mid)? {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            best = Some((u, hi, mib(hi)?));
+        }
+    }
+    let (upgrade, chosen) = match best {
+        Some((u, n, _)) => (u, n),
+        None => {
+            eprintln!(
+                "llmc: --accuracy-budget: even every layer in q8_0 exceeds the budget; using that"
+            );
+            (DType::Q8_0, all)
+        }
     };
     let mut out = spec.clone();
     for l in top(chosen) {
         out.layers.insert(l, upgrade);
     }
     eprintln!(
-        "llmc: --accuracy-budget: {chosen} of {all} layers in q8_0 ({} probes, {:.1} s): \
+        "llmc: --accuracy-budget: {chosen} of {all} layers in {upgrade} ({probes} probes, {:.1} s): \
          --quantize {out}",
-        probes.len(),
         t0.elapsed().as_secs_f64()
     );
     Ok(out)

@@ -218,9 +218,9 @@ pub struct CalibrationArgs {
     /// How many tokens of the calibration text to use.
     #[arg(long, value_name = "N", default_value_t = 2048)]
     calibration_tokens: usize,
-    /// Choose per layer between --quantize FORMAT and q8_0: the fewest layers in q8_0
-    /// whose measured perplexity on the calibration text stays within PCT (`1%`, or
-    /// `0.01`) of the unquantized model's.
+    /// Choose per layer between --quantize FORMAT and a larger format (q4_1, q5_0 or
+    /// q8_0): the fewest weight bytes whose measured perplexity on the calibration text
+    /// stays within PCT (`1%`, or `0.01`) of the unquantized model's.
     #[arg(long, value_name = "PCT", value_parser = parse_budget)]
     accuracy_budget: Option<f64>,
 }
