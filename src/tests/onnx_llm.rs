@@ -9,11 +9,9 @@
 
 mod common;
 
-use common::{llmc, model, stderr, stdout};
-use std::io::{Read, Write};
+use common::{assert_serves, llmc, model, stderr, stdout, Server};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// `$LLMC_ONNX_EXPORTS/CASE/model.onnx`, or `None` (having said why).
 fn export(case: &str, how: &str) -> Option<PathBuf> {
@@ -77,16 +75,6 @@ fn generate(exe: &Path, prompt: &str, tokens: &str) -> String {
     stdout(&o)
 }
 
-/// `exe` served over HTTP answers a greedy 16-token completion of "The capital of
-/// France is" with `want` (the greedy text `generate` printed).
-fn assert_serves(exe: &Path, want: &str) {
-    let server = Server::start(exe);
-    let body = r#"{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}"#;
-    let reply = server.post("/v1/completions", body);
-    let text = reply["choices"][0]["text"].as_str().unwrap_or_default();
-    assert_eq!(text, want.strip_suffix('\n').unwrap_or(want), "{reply}");
-}
-
 /// Optimum's SmolLM2 export and the HF folder it was made from, or `None` (having said
 /// which is missing).
 fn optimum_and_hf() -> Option<(PathBuf, PathBuf)> {
@@ -130,63 +118,6 @@ fn optimum_export_generates_the_hf_builds_greedy_text() {
     assert!(onnx_log.contains("end of sequence"), "stderr: {onnx_log}");
     // `serve`: a greedy completion over HTTP is the same text as `generate`.
     assert_serves(&dir.path().join("smollm-onnx"), &from_onnx);
-}
-
-/// `./OUT serve` on a free loopback port, stopped when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(exe: &Path) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let child = Command::new(exe)
-            .args(["serve", "--port", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve starts");
-        let s = Server { child, port };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "serve did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        s
-    }
-
-    /// POSTs JSON `body` to `path` and returns the JSON reply.
-    fn post(&self, path: &str, body: &str) -> serde_json::Value {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        write!(
-            c,
-            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        let (head, rest) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        assert!(head.starts_with("HTTP/1.1 200"), "{out}");
-        let json = &rest[rest.find('{').unwrap_or(0)..rest.rfind('}').map_or(0, |i| i + 1)];
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `torch.onnx.export` with Optimum's names (scripts/onnx-exports' `smollm2-past`,
