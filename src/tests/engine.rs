@@ -24,6 +24,11 @@ fn build(model: &Path, out_name: &str) -> PathBuf {
 }
 
 fn build_with(model: &Path, out_name: &str, extra: &[&str]) -> PathBuf {
+    build_logged(model, out_name, extra).0
+}
+
+/// [`build_with`], also returning what `llmc build` printed on stderr.
+fn build_logged(model: &Path, out_name: &str, extra: &[&str]) -> (PathBuf, String) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("engine-tests");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(out_name);
@@ -36,8 +41,9 @@ fn build_with(model: &Path, out_name: &str, extra: &[&str]) -> PathBuf {
     ];
     args.extend_from_slice(extra);
     let o = llmc(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    out
+    let log = stderr(&o);
+    assert!(o.status.success(), "{out_name}: {log}");
+    (out, log)
 }
 
 fn gguf_exe() -> Option<&'static Path> {
@@ -294,21 +300,7 @@ fn int8_activations_stay_invariant_and_close_to_int16() {
         return;
     };
     let Some(i16) = gguf_exe() else { return };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("engine-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("smollm-a8");
-    let o = llmc(&[
-        "build",
-        m.to_str().unwrap(),
-        "-O3",
-        "--act-quant",
-        "int8",
-        "--time-passes",
-        "-o",
-        exe.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let log = stderr(&o);
+    let (exe, log) = build_logged(&m, "smollm-a8", &["--act-quant", "int8", "--time-passes"]);
     assert!(
         log.contains("int8 activations on 121 block-quantized linear(s)"),
         "{log}"
@@ -371,20 +363,7 @@ fn pruned_and_quantized_builds_generate_serve_and_stay_invariant() {
         let mut extra = flags.to_vec();
         extra.extend(["--calibration", cal, "--calibration-tokens", tokens]);
         extra.push("--time-passes");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("engine-tests");
-        std::fs::create_dir_all(&dir).unwrap();
-        let exe = dir.join(name);
-        let mut args = vec![
-            "build",
-            m.to_str().unwrap(),
-            "-O3",
-            "-o",
-            exe.to_str().unwrap(),
-        ];
-        args.extend_from_slice(&extra);
-        let o = llmc(&args);
-        let log = stderr(&o);
-        assert!(o.status.success(), "{name}: {log}");
+        let (exe, log) = build_logged(&m, name, &extra);
         assert!(log.contains(says), "{name}: {log}");
         check_invariance(&exe);
         let o = std::process::Command::new(&exe)
