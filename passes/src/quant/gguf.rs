@@ -1,4 +1,5 @@
-//! The GGUF block quantizers (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), written to give the bytes
+//! The GGUF block quantizers (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; the K-quants Q4_K and Q6_K
+//! in `kquant`), written to give the bytes
 //! llama.cpp's reference quantizer gives (`ggml-quants.c`, `quantize_row_q8_0_ref`,
 //! `quantize_row_q4_0_ref`, `quantize_row_q4_1_ref`, `quantize_row_q5_0_ref`,
 //! `quantize_row_q5_1_ref`; gguf-py's `gguf.quants` mirrors them in numpy), so a model quantized by llmc can be compared with llama.cpp's byte
@@ -44,9 +45,14 @@ pub fn base_format(dtype: DType) -> DType {
     }
 }
 
+/// The K-quant super-block formats `quantize_into` also writes (`kquant`): rounded to
+/// nearest as llama-quantize rounds them; GPTQ/AWQ's per-block codes are for
+/// [`WRITTEN`].
+pub const K_WRITTEN: [DType; 2] = [DType::Q4K, DType::Q6K];
+
 /// Whether this module writes `dtype`.
 pub fn supported(dtype: DType) -> bool {
-    WRITTEN.contains(&dtype)
+    WRITTEN.contains(&dtype) || K_WRITTEN.contains(&dtype)
 }
 
 fn f16_bytes(v: f32) -> [u8; 2] {
@@ -278,6 +284,8 @@ fn block_q5_1(x: &[f32], out: &mut Vec<u8>) {
 /// is an error, never a panic.
 pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
     let block: fn(&[f32], &mut Vec<u8>) = match base_format(dtype) {
+        DType::Q4K => super::kquant::block_q4_k,
+        DType::Q6K => super::kquant::block_q6_k,
         DType::Q8_0 if dtype == DType::Q8_0S24 => block_q8_0_s24,
         DType::Q8_0 if dtype == DType::Q8_0S832 => block_q8_0_s832,
         DType::Q8_0 => block_q8_0,
@@ -288,7 +296,7 @@ pub fn quantize_into(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<(), S
         other => {
             return Err(format!(
                 "llmc cannot quantize to {other} (q8_0, q4_0, q4_1, q5_0, q5_1, \
-                 q4_0_g64, q4_1_g64, q4_0_g128, q4_1_g128, q8_0_2of4, q8_0_8of32)"
+                 q4_0_g64, q4_1_g64, q4_0_g128, q4_1_g128, q8_0_2of4, q8_0_8of32, q4_k, q6_k)"
             ))
         }
     };

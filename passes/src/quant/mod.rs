@@ -30,6 +30,7 @@ pub mod act;
 pub mod awq;
 pub mod gguf;
 pub mod gptq;
+pub mod kquant;
 pub mod smooth;
 
 use crate::rewrite::compact;
@@ -143,17 +144,22 @@ fn skipped_note(verb: &str, skipped: &[String]) -> String {
 
 /// The formats `--quantize` accepts, for messages.
 pub const FORMATS: &str = "f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_0_g64, q4_1_g64, \
-     q4_0_g128, q4_1_g128, int8 (per output channel; as FORMAT only)";
+     q4_0_g128, q4_1_g128, q4_k, q6_k, int8 (per output channel; as FORMAT only)";
 
 /// The format a `[n, k]` weight asked to be `format` gets: a group format whose groups
 /// do not divide `k` takes the widest group of the same kind that does (`q4_0_g128`
-/// on rows of 576: `q4_0_g64`; then `q4_0`, whose blocks of 32 the caller checked).
+/// on rows of 576: `q4_0_g64`; then `q4_0`, whose blocks of 32 the caller checked); a
+/// K-quant whose super-blocks of 256 do not, llama-quantize's fallback (q4_k: q5_0,
+/// q6_k: q8_0).
 pub fn fitted_format(format: DType, k: i64) -> DType {
     let chain: &[DType] = match format {
         DType::Q4_0G128 => &[DType::Q4_0G128, DType::Q4_0G64, DType::Q4_0],
         DType::Q4_0G64 => &[DType::Q4_0G64, DType::Q4_0],
         DType::Q4_1G128 => &[DType::Q4_1G128, DType::Q4_1G64, DType::Q4_1],
         DType::Q4_1G64 => &[DType::Q4_1G64, DType::Q4_1],
+        // llama-quantize's fallbacks for rows that are not whole super-blocks.
+        DType::Q4K => &[DType::Q4K, DType::Q5_0],
+        DType::Q6K => &[DType::Q6K, DType::Q8_0],
         _ => return format,
     };
     chain
@@ -303,6 +309,14 @@ impl QuantSpec {
             return Err(format!(
                 "{s}: int8 per channel is rounded to nearest (gptq and awq choose per-block \
                  codes: use q8_0)"
+            ));
+        }
+        let k_quant = |d: &DType| gguf::K_WRITTEN.contains(d);
+        if spec.calibrated() && (k_quant(&spec.format) || spec.layers.values().any(k_quant)) {
+            return Err(format!(
+                "{s}: gptq, awq and smooth choose codes per block of 32 (q8_0, q4_0, q4_1, \
+                 q5_0, q5_1 and the int4 groups); q4_k and q6_k are rounded as \
+                 llama-quantize rounds them"
             ));
         }
         if spec.awq && spec.smooth.is_some() {

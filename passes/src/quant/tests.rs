@@ -560,3 +560,25 @@ fn matmul_weights_become_quantized_linears() {
         }
     }
 }
+
+/// K-quants: rows of whole super-blocks keep them, others take llama-quantize's
+/// fallback; per-block code choosers are refused with them, naming why.
+#[test]
+fn k_quants_fall_back_like_llama_quantize_and_refuse_block_codes() {
+    use super::fitted_format;
+    assert_eq!(fitted_format(DType::Q4K, 1536), DType::Q4K);
+    assert_eq!(fitted_format(DType::Q4K, 576), DType::Q5_0);
+    assert_eq!(fitted_format(DType::Q6K, 576), DType::Q8_0);
+    assert_eq!(QuantSpec::parse("q4_k").unwrap().format, DType::Q4K);
+    assert_eq!(
+        QuantSpec::parse("q4_0,head=q6_k").unwrap().head,
+        Some(DType::Q6K)
+    );
+    for bad in ["q4_k,gptq", "q6_k,awq", "q4_0,gptq,layer3=q4_k"] {
+        let e = QuantSpec::parse(bad).unwrap_err();
+        assert!(
+            e.contains("q4_k and q6_k are rounded as llama-quantize"),
+            "{bad}: {e}"
+        );
+    }
+}
