@@ -125,14 +125,15 @@ fn perplexity(m: &Module, text: &Path, chunks: usize, dir: &Path) -> Result<f64>
 
 /// Chooses the per-layer formats for `reduce.quantize` within `pct` (a fraction) of
 /// the unquantized perplexity on `text` (the calibration text, `tokens` of it), and
-/// returns the spec to build with.
+/// returns the spec to build with and a one-line account of the choice and every
+/// probe (what `./OUT info` records).
 pub fn choose(
     m: &Module,
     reduce: &Reduce,
     pct: f64,
     text: &Path,
     tokens: usize,
-) -> Result<QuantSpec> {
+) -> Result<(QuantSpec, String)> {
     let t0 = Instant::now();
     let spec = reduce
         .quantize
@@ -214,17 +215,18 @@ pub fn choose(
             .join(", ")
     );
     eprintln!("  upgrade | layers | weights MiB | PPL | vs unquantized");
-    let mut probes = 0usize;
+    // Every probe: (upgrade, layers, weight MiB, perplexity).
+    let mut probes: Vec<(DType, usize, f64, f64)> = Vec::new();
     let mut probe = |slow: &Module, u: DType, n: usize| -> Result<bool> {
         let mixed = mix(&fast, slow, &top(n))?;
         let p = perplexity(&mixed, text, chunks, dir.path())?;
+        let mib = weight_mib(&mixed);
         eprintln!(
-            "  {:>7} | {n:>6} | {:>11.1} | {p:.4} | {:+.2}%",
+            "  {:>7} | {n:>6} | {mib:>11.1} | {p:.4} | {:+.2}%",
             u.name(),
-            weight_mib(&mixed),
             (p / reference - 1.0) * 100.0
         );
-        probes += 1;
+        probes.push((u, n, mib, p));
         Ok(p <= limit)
     };
     let all = ranked.len();
@@ -276,9 +278,30 @@ pub fn choose(
         out.layers.insert(l, upgrade);
     }
     eprintln!(
-        "llmc: --accuracy-budget: {chosen} of {all} layers in {upgrade} ({probes} probes, {:.1} s): \
+        "llmc: --accuracy-budget: {chosen} of {all} layers in {upgrade} ({} probes, {:.1} s): \
          --quantize {out}",
+        probes.len(),
         t0.elapsed().as_secs_f64()
     );
-    Ok(out)
+    let tried: Vec<String> = probes
+        .iter()
+        .map(|(u, n, mib, p)| {
+            format!(
+                "{n} {u} {mib:.1} MiB {:+.2}%",
+                (p / reference - 1.0) * 100.0
+            )
+        })
+        .collect();
+    let note = format!(
+        "{:.3}% of PPL {reference:.4} on {} tokens of {}: {chosen} of {all} layers in \
+         {upgrade}; probes (layers upgraded, format, weights, PPL change): {}",
+        pct * 100.0,
+        chunks * CTX,
+        text.file_name().map_or_else(
+            || text.display().to_string(),
+            |f| f.to_string_lossy().into_owned()
+        ),
+        tried.join(", ")
+    );
+    Ok((out, note))
 }

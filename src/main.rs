@@ -250,6 +250,8 @@ pub struct Reduce {
     act_bits: Option<u8>,
     /// `--act-quant int8-static`: the blocks' scales come from the calibration.
     act_static: bool,
+    /// What `--accuracy-budget` chose and measured (recorded in `./OUT info`).
+    budget: Option<String>,
 }
 
 impl Reduce {
@@ -298,9 +300,12 @@ impl Reduce {
             calibration,
             act_bits: act.map(ActQuant::bits),
             act_static,
+            budget: None,
         };
         if let (Some(pct), Some(file)) = (c.accuracy_budget, &c.calibration) {
-            reduce.quantize = Some(budget::choose(m, &reduce, pct, file, c.calibration_tokens)?);
+            let (spec, note) = budget::choose(m, &reduce, pct, file, c.calibration_tokens)?;
+            reduce.quantize = Some(spec);
+            reduce.budget = Some(note);
         }
         Ok(reduce)
     }
@@ -922,6 +927,20 @@ fn build(a: &BuildArgs) -> Result<()> {
             names
         },
     ));
+    // What the weights were reduced by: the spec a rebuild takes, and a budget's choice.
+    if let Some(q) = &reduce.quantize {
+        info.push(("quantize".into(), q.to_string()));
+    }
+    if let Some(p) = &reduce.prune {
+        info.push(("prune".into(), p.to_string()));
+    }
+    if let Some(bits) = reduce.act_bits {
+        let kind = if reduce.act_static { "-static" } else { "" };
+        info.push(("act_quant".into(), format!("int{bits}{kind}")));
+    }
+    if let Some(n) = &reduce.budget {
+        info.push(("accuracy_budget".into(), n.clone()));
+    }
     info.push((
         "activation_buffers".into(),
         format!("{} (from {})", mem.buffers_after, mem.buffers_before),

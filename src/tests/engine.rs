@@ -375,6 +375,21 @@ fn pruned_and_quantized_builds_generate_serve_and_stay_invariant() {
         let text = stdout(&o);
         assert!(!text.trim().is_empty(), "{name} generated nothing");
         assert_serves(&exe, &text);
+        // `./OUT info` records what the weights were reduced by.
+        let o = std::process::Command::new(&exe)
+            .arg("info")
+            .output()
+            .unwrap();
+        let info = stdout(&o);
+        assert!(
+            info.contains(&format!("\nprune: {}", flags[1])),
+            "{name}: {info}"
+        );
+        let format = flags[3].split(',').next().unwrap_or_default();
+        assert!(
+            info.contains(&format!("\nquantize: {format},")),
+            "{name}: {info}"
+        );
         let p = ppl(&exe);
         eprintln!("{name}: PPL {p:.3} (f32 {base:.3}) on 4 windows of 128");
         assert!(p > base && p < 3.0 * base, "{name}: PPL {p}, f32 {base}");
