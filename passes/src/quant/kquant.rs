@@ -149,14 +149,7 @@ pub fn block_q4_k(x: &[f32], out: &mut Vec<u8>) {
     let d = f16(max_scale / 63.0);
     let dmin = f16(max_min / 63.0);
     for j in 0..QK_K / 32 {
-        let (s, m) = if j < 4 {
-            (sc[j] & 63, sc[j + 4] & 63)
-        } else {
-            (
-                (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4),
-                (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
-            )
-        };
+        let (s, m) = llmc_ir::quant_k::scale_min_k4(j, &sc);
         let dd = d.to_f32() * s as f32;
         if dd == 0.0 {
             continue;
