@@ -340,6 +340,11 @@ struct InspectArgs {
     #[arg(short = 'O', value_name = "N",
           value_parser = clap::value_parser!(u8).range(0..=3))]
     opt_level: Option<u8>,
+    /// Quantize first, as `llmc build --quantize` does (rounded to nearest: the
+    /// calibrated options need `llmc build`): the summary then counts the bytes per
+    /// format the build would store.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_quantize)]
+    quantize: Option<llmc_passes::quant::QuantSpec>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -962,12 +967,19 @@ fn build(a: &BuildArgs) -> Result<()> {
 
 fn inspect(a: &InspectArgs) -> Result<()> {
     let mut m = load(&a.model)?;
-    if let Some(level) = a.opt_level {
+    if let Some(q) = a.quantize.as_ref().filter(|q| q.calibrated()) {
+        bail!("--quantize {q}: gptq, awq and smooth need calibration; use `llmc build` or `llmc eval`");
+    }
+    if a.opt_level.is_some() || a.quantize.is_some() {
+        let reduce = Reduce {
+            quantize: a.quantize.clone(),
+            ..Reduce::default()
+        };
         optimize(
             &mut m,
-            level,
+            a.opt_level.unwrap_or(0),
             None,
-            &Reduce::default(),
+            &reduce,
             &llmc_passes::Instrument::default(),
         )?;
     }

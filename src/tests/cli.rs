@@ -1201,3 +1201,28 @@ fn explain_fusion_names_what_blocked_each_candidate() {
     );
     assert_eq!(e.matches("explain-fusion").count(), 1, "{e}");
 }
+
+/// `llmc inspect --quantize F --emit summary` counts the bytes per format a build
+/// would store: SmolLM2's 1536-wide down projections in q4_k, its 576-wide matrices in
+/// llama-quantize's fallback q5_0, the head in q8_0; calibrated options are refused.
+#[test]
+fn inspect_counts_bytes_per_format_after_quantize() {
+    let Some(m) = model("SmolLM2-135M-Instruct-hf") else {
+        return;
+    };
+    let m = m.to_str().unwrap();
+    let o = llmc(&["inspect", m, "--quantize", "q4_k", "--emit", "summary"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "q4_k      30 tensors",
+        "q5_0     180 tensors",
+        "q8_0       1 tensors",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert_user_error(
+        &llmc(&["inspect", m, "--quantize", "q4_0,gptq", "--emit", "summary"]),
+        &["need calibration", "llmc build"],
+    );
+}
