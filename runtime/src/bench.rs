@@ -124,14 +124,15 @@ pub fn weight_bytes_per_token(plan: &Plan) -> u64 {
     total
 }
 
-/// Multiply-add FLOPs per prompt token of the plan's linears (2 · n · k per row a
-/// token adds): each `linear*`/`matmul*` step's rows are counted at one and two
-/// tokens (`seq` = 1, 2; every other symbol 1), so the logits head that runs on a
-/// sequence's last row only adds nothing. Attention's FLOPs (context-dependent) are
-/// not counted.
-pub fn linear_flops_per_token(plan: &Plan) -> u64 {
+/// Multiply-add FLOPs per prompt token and per decoded token of the plan's linears
+/// (2 · n · k per row a token adds). For a prompt token each `linear*`/`matmul*`
+/// step's rows are counted at one and two tokens (`seq` = 1, 2; every other symbol 1),
+/// so the logits head that runs on a sequence's last row only adds nothing; a decoded
+/// token runs every linear once, the head included. Attention's FLOPs
+/// (context-dependent) are not counted.
+pub fn linear_flops_per_token(plan: &Plan) -> (u64, u64) {
     let Some(seq) = plan.symbols.iter().position(|s| s == "seq") else {
-        return 0;
+        return (0, 0);
     };
     let at = |t: i64| {
         let mut v = vec![Some(1i64); plan.symbols.len()];
@@ -145,7 +146,7 @@ pub fn linear_flops_per_token(plan: &Plan) -> u64 {
             .iter()
             .try_fold(1i64, |a, p| Some(a * p.eval(syms)?))
     };
-    let mut total = 0u64;
+    let (mut total, mut decode) = (0u64, 0u64);
     for s in &plan.steps {
         let StepKind::Kernel { kernel, bufs, .. } = &s.kind else {
             continue;
@@ -172,8 +173,9 @@ pub fn linear_flops_per_token(plan: &Plan) -> u64 {
         };
         let rows = (r2 - r1).max(0) / k.max(1);
         total += (2 * n * k * rows) as u64;
+        decode += (2 * n * k * (r1 / k.max(1)).max(1)) as u64;
     }
-    total
+    (total, decode)
 }
 
 /// The f32 FMA peak in FLOP/s of `threads` threads: each runs independent chains of
@@ -564,7 +566,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 pub fn run_engine(
     engine: &crate::engine::EngineHandle,
     o: &BenchOptions,
-    (weight_bytes, prefill_flops): (u64, u64),
+    (weight_bytes, (prefill_flops, decode_flops)): (u64, (u64, u64)),
 ) -> Result<(), String> {
     let threads = crate::pool::num_threads();
     let facts = engine.facts().clone();
@@ -605,6 +607,7 @@ pub fn run_engine(
     println!("decode tok/s: {:.1}", best.decode_tps);
     println!("ttft ms: {:.1}", best.ttft * 1e3);
     println!("weight bytes per token: {weight_bytes}");
+    println!("linear FLOP per decoded token: {decode_flops}");
     println!("kv capacity tokens: {}", facts.kv_capacity_tokens());
     let kv_ctx = facts.kv_bytes_per_token as u64 * (o.prompt_tokens + o.gen_tokens / 2) as u64;
     println!("kv bytes per token at this context: {kv_ctx}");

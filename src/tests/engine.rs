@@ -10,7 +10,8 @@
 //! - exhaustion: a KV pool far smaller than the work (2 MiB) makes the engine preempt
 //!   and recompute, and every prompt still gets its alone-text;
 //! - an int8 KV cache (`--kv-cache-dtype int8`) holds 1.88x the tokens of f16 in the
-//!   same memory, stays batch invariant and generates SmolLM2's greedy reference text.
+//!   same memory, stays batch invariant and generates SmolLM2's greedy reference text;
+//! - `bench --concurrency` prints every number the engine's benchmark promises.
 //!
 //! Models come from `scripts/fetch-models`; without them the tests print "skipped".
 
@@ -180,6 +181,64 @@ fn a_shared_256_token_prefix_is_reused_and_changes_nothing() {
     );
     assert_eq!(ids_a, ids_b, "{log}");
     assert!(log.contains("prefix cache"), "{log}");
+}
+
+/// `./OUT bench --concurrency N --shared-prefix K`: every number the engine issue asks
+/// for, one `key: value` per line, from a real run; the linears' FLOP per decoded
+/// token (the compute roofline's divisor) is SmolLM2's 2 x 134,479,872 weights (30
+/// layers of q, k, v, o, gate, up, down and the tied 49,152 x 576 head), and the
+/// shared 32-token prefix is served from the first sequence's blocks.
+#[test]
+fn bench_at_concurrency_reports_throughput_latency_blocks_and_prefix_hits() {
+    let Some(exe) = gguf_exe() else { return };
+    let o = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "--threads",
+            "2",
+            "--prompt-tokens",
+            "48",
+            "--gen-tokens",
+            "8",
+            "--repeat",
+            "1",
+            "--concurrency",
+            "4",
+            "--shared-prefix",
+            "32",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let kv: std::collections::HashMap<&str, &str> =
+        out.lines().filter_map(|l| l.split_once(": ")).collect();
+    let num = |k: &str| -> f64 {
+        kv.get(k)
+            .unwrap_or_else(|| panic!("no `{k}` line in:\n{out}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("`{k}`: {e}\n{out}"))
+    };
+    assert_eq!(num("linear FLOP per decoded token"), 268_959_744.0, "{out}");
+    assert_eq!(num("concurrency"), 4.0, "{out}");
+    for k in [
+        "decode tok/s",
+        "aggregate decode tok/s",
+        "steady decode tok/s",
+        "TTFT p50 ms",
+        "TPOT p50 ms",
+    ] {
+        assert!(num(k) > 0.0, "{k}: {out}");
+    }
+    assert!(num("TTFT p99 ms") >= num("TTFT p50 ms"), "{out}");
+    assert!(num("TPOT p99 ms") >= num("TPOT p50 ms"), "{out}");
+    // 4 sequences of 48 + 8 tokens in blocks of 16, the first two shared: at most 4 x 4
+    // blocks, at least the 2 shared plus 2 of each sequence's own.
+    let blocks = num("kv blocks used");
+    assert!((10.0..=16.0).contains(&blocks), "{out}");
+    // The later three sequences find the 2 full prefix blocks the first one filled.
+    assert!(num("prefix hit rate") > 0.0, "{out}");
+    assert_eq!(num("preemptions"), 0.0, "{out}");
 }
 
 #[test]
