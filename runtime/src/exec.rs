@@ -36,13 +36,11 @@ pub enum ExecError {
 }
 
 /// 64-byte aligned bytes, zero when allocated (a reused temporary holds what its last
-/// user left). [`AlignedBuf::zeroed_huge`] maps them and asks for transparent huge
-/// pages.
+/// user left).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     layout: Layout,
-    map: Option<memmap2::MmapMut>,
 }
 
 // SAFETY: a plain owned allocation.
@@ -59,24 +57,6 @@ impl AlignedBuf {
             ptr: NonNull::new(p)?,
             len,
             layout,
-            map: None,
-        })
-    }
-
-    /// `len` zero bytes in an anonymous map the kernel is asked to back with
-    /// transparent huge pages from the first touch (a hint, ignored where they are
-    /// off). For the KV pool: hundreds of MiB read a few KiB per block, a page walk
-    /// per 4 KiB otherwise (decode after 4,096 tokens measured 8% faster).
-    pub fn zeroed_huge(len: usize) -> Option<AlignedBuf> {
-        let layout = Layout::from_size_align(len.max(64), 64).ok()?;
-        // Fresh anonymous pages read as zero.
-        let mut map = memmap2::MmapMut::map_anon(layout.size()).ok()?;
-        let _ = map.advise(memmap2::Advice::HugePage);
-        Some(AlignedBuf {
-            ptr: NonNull::new(map.as_mut_ptr())?,
-            len,
-            layout,
-            map: Some(map),
         })
     }
 
@@ -134,10 +114,6 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.map.is_some() {
-            // The map unmaps itself.
-            return;
-        }
         // SAFETY: allocated with this layout in `zeroed`.
         unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
     }

@@ -98,7 +98,7 @@ impl CompiledStep {
                 .checked_mul(blocks)
                 .ok_or("the KV pool size overflows")?;
             let alloc = || {
-                AlignedBuf::zeroed_huge(n)
+                AlignedBuf::zeroed(n)
                     .ok_or_else(|| format!("cannot allocate {n} bytes of KV pool for layer {i}"))
             };
             pools.push((alloc()?, alloc()?));
