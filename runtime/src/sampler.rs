@@ -375,7 +375,10 @@ pub fn min_p(probs: Vec<Candidate>, p: f32) -> Vec<Candidate> {
 fn exp_nonpositive(x: f32) -> f32 {
     let under = x < -87.3;
     let x = x.max(-87.3);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest by adding and subtracting 1.5 * 2^23 (|x log2 e| < 127): no
+    // `roundf` call, which the baseline x86-64 target would not inline.
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
@@ -390,6 +393,23 @@ fn exp_nonpositive(x: f32) -> f32 {
     } else {
         e * scale
     }
+}
+
+/// `Σ xs` in f64 over eight running sums (independent chains; the order is fixed).
+fn sum_f64(xs: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..8 {
+            acc[j] += c[j] as f64;
+        }
+    }
+    let mut s = acc.iter().sum::<f64>();
+    for &x in tail {
+        s += x as f64;
+    }
+    s
 }
 
 /// Temperature sampling without a top-k cut (the usual request: `temperature`, maybe
@@ -422,7 +442,7 @@ pub fn nucleus(
             }
         });
     }
-    let total: f64 = w.iter().map(|&x| x as f64).sum();
+    let total = sum_f64(w);
     if total <= 0.0 {
         return Err(SamplerError::AllMasked);
     }
@@ -478,22 +498,25 @@ pub fn nucleus(
     draw(&cands, u).ok_or(SamplerError::AllMasked)
 }
 
-/// A row's log-probabilities and its best `(token, logprob)` pairs.
-pub type LogSoftmaxTop = (Vec<f32>, Vec<(u32, f32)>);
-
-/// Log-softmax of one row of logits (accumulated in f64) and its `k` most likely
-/// tokens, most likely first, ties to the lower id; `None` for a row of -inf.
-pub fn log_softmax_top(logits: &[f32], k: usize) -> Option<LogSoftmaxTop> {
+/// The log-probability of token `tok` in one row of logits and the row's `k` most
+/// likely tokens with theirs, most likely first, ties to the lower id; `None` for a row
+/// of -inf (or with a NaN maximum), or a token outside the row. One pass for the
+/// normalizer (the exponentials of [`nucleus`], summed in f64: within 1e-6 of an f64
+/// log-softmax) and one for the top tokens, without the row's whole log-softmax: the
+/// engine asks this for every prompt row of an `echo` + `logprobs` request (lm-eval's
+/// log-likelihoods) on the engine thread.
+pub fn logprob_top(logits: &[f32], tok: u32, k: usize) -> Option<(f32, Vec<(u32, f32)>)> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY || max.is_nan() {
         return None;
     }
-    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let w: Vec<f32> = logits.iter().map(|&x| exp_nonpositive(x - max)).collect();
+    let sum = sum_f64(&w);
     let lse = max as f64 + sum.ln();
-    let lp: Vec<f32> = logits.iter().map(|&x| (x as f64 - lse) as f32).collect();
+    let lp = |x: f32| (x as f64 - lse) as f32;
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k > 0 {
-        for (i, &v) in lp.iter().enumerate() {
+        for (i, &v) in logits.iter().enumerate() {
             if top.len() == k && v <= top[k - 1].1 {
                 continue;
             }
@@ -502,7 +525,8 @@ pub fn log_softmax_top(logits: &[f32], k: usize) -> Option<LogSoftmaxTop> {
             top.truncate(k);
         }
     }
-    Some((lp, top))
+    let top = top.into_iter().map(|(i, v)| (i, lp(v))).collect();
+    Some((lp(*logits.get(tok as usize)?), top))
 }
 
 /// A sampler: settings plus the random generator's state.
@@ -709,6 +733,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Against a plain f64 log-softmax: every token's log-probability within 2e-6,
+    /// the top tokens in order (ties to the lower id), -inf rows and bad ids refused.
+    #[test]
+    fn logprobs_match_an_f64_log_softmax() {
+        let mut r = Pcg32::new(5, 2);
+        for (v, spread) in [(7usize, 3.0f32), (1000, 20.0), (49_152, 40.0)] {
+            let mut row: Vec<f32> = (0..v)
+                .map(|_| (r.next_f64() as f32 - 0.5) * spread)
+                .collect();
+            row[0] = f32::NEG_INFINITY;
+            row[v - 1] = row[v - 2];
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            let mut order: Vec<usize> = (0..v).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            for tok in [1u32, (v / 2) as u32, (v - 1) as u32, 0] {
+                let (lp, top) = logprob_top(&row, tok, 5).unwrap();
+                let want = row[tok as usize] as f64 - lse;
+                if tok == 0 {
+                    assert_eq!(lp, f32::NEG_INFINITY);
+                } else {
+                    assert!((lp as f64 - want).abs() < 2e-6, "{lp} vs {want}");
+                }
+                let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+                let want_ids: Vec<u32> = order[..5.min(v)].iter().map(|&i| i as u32).collect();
+                assert_eq!(ids, want_ids);
+            }
+        }
+        assert!(logprob_top(&[f32::NEG_INFINITY; 4], 0, 2).is_none());
+        assert!(logprob_top(&[1.0, 2.0], 2, 1).is_none());
     }
 
     #[test]

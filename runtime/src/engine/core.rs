@@ -12,7 +12,7 @@ use super::{
     EngineConfig, Event, FinishReason, ModelFacts, Request, RequestId, Sink, Stats, SubmitError,
     Timings, TokenLogprob,
 };
-use crate::sampler::{log_softmax_top, Sampler};
+use crate::sampler::{logprob_top, Sampler};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -615,10 +615,10 @@ impl Worker {
 
 /// The log-probability of `tok` in a row of logits with the row's `k` best.
 fn token_logprob(row: &[f32], tok: u32, k: usize) -> Option<TokenLogprob> {
-    let (lp, top) = log_softmax_top(row, k)?;
+    let (logprob, top) = logprob_top(row, tok, k)?;
     Some(TokenLogprob {
         token: tok,
-        logprob: *lp.get(tok as usize)?,
+        logprob,
         top,
     })
 }
