@@ -510,8 +510,12 @@ pub fn logprob_top(logits: &[f32], tok: u32, k: usize) -> Option<(f32, Vec<(u32,
     if max == f32::NEG_INFINITY || max.is_nan() {
         return None;
     }
-    let w: Vec<f32> = logits.iter().map(|&x| exp_nonpositive(x - max)).collect();
-    let sum = sum_f64(&w);
+    let sum = WEIGHTS.with(|w| {
+        let mut w = w.borrow_mut();
+        w.clear();
+        w.extend(logits.iter().map(|&x| exp_nonpositive(x - max)));
+        sum_f64(&w)
+    });
     let lse = max as f64 + sum.ln();
     let lp = |x: f32| (x as f64 - lse) as f32;
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
@@ -534,8 +538,12 @@ pub fn logprob_top(logits: &[f32], tok: u32, k: usize) -> Option<(f32, Vec<(u32,
 pub struct Sampler {
     cfg: SamplerConfig,
     rng: Pcg32,
-    /// Scratch for [`nucleus`]: one weight per token.
-    weights: Vec<f32>,
+}
+
+thread_local! {
+    /// One weight per token for [`nucleus`] and [`logprob_top`]: one row's worth per
+    /// thread (the engine samples on one), not per request.
+    static WEIGHTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Sampler {
@@ -543,11 +551,7 @@ impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Result<Sampler, SamplerError> {
         cfg.validate()?;
         let rng = Pcg32::new(cfg.seed, 0x11c_5a3d);
-        Ok(Sampler {
-            cfg,
-            rng,
-            weights: Vec::new(),
-        })
+        Ok(Sampler { cfg, rng })
     }
 
     /// The settings.
@@ -594,7 +598,7 @@ impl Sampler {
         }
         if self.cfg.top_k == 0 || self.cfg.top_k >= logits.len() {
             let u = self.rng.next_f64();
-            return nucleus(logits, &self.cfg, &mut self.weights, u);
+            return WEIGHTS.with(|w| nucleus(logits, &self.cfg, &mut w.borrow_mut(), u));
         }
         let inv_t = 1.0 / self.cfg.temperature;
         let cands: Vec<Candidate> = logits
