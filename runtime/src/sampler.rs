@@ -259,6 +259,20 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) 
     }
 }
 
+/// The tokens that are not masked (-inf), their logits divided by `temperature`.
+fn scaled_candidates(logits: &[f32], temperature: f32) -> Vec<Candidate> {
+    let inv_t = 1.0 / temperature;
+    logits
+        .iter()
+        .enumerate()
+        .filter(|(_, &x)| x != f32::NEG_INFINITY)
+        .map(|(i, &x)| Candidate {
+            id: i as u32,
+            score: x * inv_t,
+        })
+        .collect()
+}
+
 /// Keeps the `k` highest-scoring candidates (ties to the lower id), sorted by
 /// descending score. `k == 0` or `k >= len` keeps all of them, sorted.
 pub fn top_k(mut cands: Vec<Candidate>, k: usize) -> Vec<Candidate> {
@@ -600,16 +614,7 @@ impl Sampler {
             let u = self.rng.next_f64();
             return WEIGHTS.with(|w| nucleus(logits, &self.cfg, &mut w.borrow_mut(), u));
         }
-        let inv_t = 1.0 / self.cfg.temperature;
-        let cands: Vec<Candidate> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, &x)| x != f32::NEG_INFINITY)
-            .map(|(i, &x)| Candidate {
-                id: i as u32,
-                score: x * inv_t,
-            })
-            .collect();
+        let cands = scaled_candidates(logits, self.cfg.temperature);
         let mut cands = top_k(cands, self.cfg.top_k);
         softmax(&mut cands);
         let cands = min_p(cands, self.cfg.min_p);
@@ -703,17 +708,7 @@ mod tests {
                 ..Default::default()
             };
             // The reference: the sorted pipeline.
-            let inv_t = 1.0 / cfg.temperature;
-            let cands: Vec<Candidate> = logits
-                .iter()
-                .enumerate()
-                .filter(|(_, &x)| x != f32::NEG_INFINITY)
-                .map(|(i, &x)| Candidate {
-                    id: i as u32,
-                    score: x * inv_t,
-                })
-                .collect();
-            let mut want = top_k(cands, 0);
+            let mut want = top_k(scaled_candidates(&logits, cfg.temperature), 0);
             softmax(&mut want);
             let want = top_p(min_p(want, cfg.min_p), cfg.top_p);
             let mut prob = vec![0.0f64; v];
