@@ -912,6 +912,10 @@ pub struct FTile {
     pub out: BufId,
     /// Element index in `out` of row 0's first sum.
     pub out_off: Expr,
+    /// A hint, no semantics: `(start, step)` asks the cache for the weight's element
+    /// `start + step · p` at position `p` (towards L2), so a tile can fetch a slice of
+    /// the panel its thread reads next while this one computes.
+    pub prefetch: Option<(Expr, Expr)>,
 }
 
 impl FTile {
@@ -1375,7 +1379,12 @@ impl Kernel {
                     self.check_tile(u.tile, u.scales, u.blocks, allocated, "qunpack")?;
                 }
                 Stmt::FTile(t) => {
-                    for e in [&t.w_off, &t.k, &t.out_off].into_iter().chain(&t.x_rows) {
+                    let pf = t.prefetch.iter().flat_map(|(a, b)| [a, b]);
+                    for e in [&t.w_off, &t.k, &t.out_off]
+                        .into_iter()
+                        .chain(&t.x_rows)
+                        .chain(pf)
+                    {
                         self.check_expr(e, defined, allocated)?;
                         self.index_ty(e)?;
                     }
@@ -1543,6 +1552,10 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
                 visit_expr(&t.out_off, f);
                 for e in &t.x_rows {
                     visit_expr(e, f);
+                }
+                if let Some((a, b)) = &t.prefetch {
+                    visit_expr(a, f);
+                    visit_expr(b, f);
                 }
             }
             Stmt::QTile(t) => {
@@ -1948,7 +1961,15 @@ impl Kernel {
                         }
                         self.fmt_expr(e, f)?;
                     }
-                    writeln!(f, "] step {})", t.x_stride)?;
+                    write!(f, "] step {}", t.x_stride)?;
+                    if let Some((a, b)) = &t.prefetch {
+                        f.write_str(", prefetch ")?;
+                        self.fmt_expr(a, f)?;
+                        f.write_str(" + ")?;
+                        self.fmt_expr(b, f)?;
+                        f.write_str("·p")?;
+                    }
+                    writeln!(f, ")")?;
                 }
                 Stmt::QUnpack(u) => {
                     write!(

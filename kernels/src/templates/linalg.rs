@@ -375,7 +375,7 @@ impl Lin {
     /// ([`Pack::Panels32`]): in parallel over (block of rows, panel) pairs, panels
     /// inner, tiles of up to [`FTile::ROWS`] rows ([`FTile`]: the panel's 32 rows in
     /// vector lanes, one broadcast activation per position, no horizontal sums), then
-    /// the block's rows left over one at a time; each tile's sums go through the bias
+    /// the block's rows left over in tiles of 4, 2 and 1; each tile's sums go through the bias
     /// and the epilogue vectorized over the columns. A block of rows
     /// ([`X_BLOCK_BYTES`] of activations) stays in L2 while the panels stream past it,
     /// so many rows read x once per block rather than once per panel.
@@ -390,12 +390,25 @@ impl Lin {
         kb.for_("item", 0, items, LoopTag::Parallel, |kb, item| {
             let tile = kb.local("ftile", Ty::F32, rt * lanes);
             let jp = kb.let_("jp", item.clone() % panels);
-            let lo = kb.let_("rlo", item / panels * rb);
+            let lo = kb.let_("rlo", item.clone() / panels * rb);
             let hi = kb.let_("rhi", (lo.clone() + rb).min(rows.clone()));
             let w_off = kb.let_("w_off", jp.clone() * (self.k * lanes));
             let j0 = kb.let_("j0", jp * lanes);
             let full = kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / rt * rt);
+            // The panel of the next item (this thread's next claim, most of the time)
+            // is asked for while this one computes, each full tile a slice of it, so
+            // the first tile of a panel does not wait on memory: the tiles' slices
+            // advance `step` elements a position and together cover the panel (one
+            // tile alone asks every other line; the adjacent-line prefetcher fetches
+            // the pair).
+            let tiles = kb.let_("ntiles", (hi.clone() - lo.clone()) / rt);
+            let next = kb.let_("pf_next", (item.clone() + 1) % panels * (self.k * lanes));
+            let step = kb.let_("pf_step", Expr::i(lanes) / tiles.max(Expr::i(1)));
             let run = |kb: &mut KernelBuilder, r0: &Expr, nr: i64| {
+                let prefetch = (nr == rt).then(|| {
+                    let t = (r0.clone() - lo.clone()) / rt;
+                    (next.clone() + t * self.k * step.clone(), step.clone())
+                });
                 kb.ftile(FTile {
                     w: self.w,
                     w_ty,
@@ -406,6 +419,7 @@ impl Lin {
                     x_stride: 1,
                     out: tile,
                     out_off: Expr::i(0),
+                    prefetch,
                 });
                 for i in 0..nr {
                     kb.for_("c", 0, lanes, LoopTag::Vectorize(16), |kb, c| {
@@ -429,7 +443,20 @@ impl Lin {
                 LoopTag::Serial,
                 |kb, r| run(kb, &r, rt),
             );
-            kb.for_("r", full, hi, LoopTag::Serial, |kb, r| run(kb, &r, 1));
+            // The rows left (fewer than a tile) go 4, then 2 at a time, then singly:
+            // a single row is two FMA chains, a quarter of the pipes' depth.
+            let mut from = full;
+            for nr in [4, 2] {
+                let to = kb.let_(
+                    "rpart",
+                    from.clone() + (hi.clone() - from.clone()) / nr * nr,
+                );
+                kb.for_step("r", from, to.clone(), nr, LoopTag::Serial, |kb, r| {
+                    run(kb, &r, nr)
+                });
+                from = to;
+            }
+            kb.for_("r", from, hi, LoopTag::Serial, |kb, r| run(kb, &r, 1));
         });
     }
 

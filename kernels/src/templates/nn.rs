@@ -815,6 +815,7 @@ fn flash_attention_tiles(
                         x_stride: 1,
                         out: sc,
                         out_off: r0 * Q_TILE,
+                        prefetch: None,
                     });
                 });
                 // Scale, cap, mask and bound the scores; the tile's max per query in `corr`.
@@ -896,6 +897,7 @@ fn flash_attention_tiles(
                         x_stride: dv,
                         out: pv,
                         out_off: Expr::i(d0 * Q_TILE),
+                        prefetch: None,
                     });
                 }
                 kb.for_("d", 0, dv, LoopTag::Serial, |kb, d| {

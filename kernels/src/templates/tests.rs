@@ -480,7 +480,7 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
 fn linear_float_and_quantized() {
     let mut r = Rng::new(8);
     // n = 7 exercises the column tail, rows = 5 the row tail; n = 32, 64 the panels
-    // (outer-product tiles of 8 rows, then single rows).
+    // (outer-product tiles of 8 rows, then tiles of 4, 2 and 1 for the rows left).
     for (rows, n, k) in [
         (5usize, 7usize, 64usize),
         (1, 9, 32),
@@ -488,6 +488,8 @@ fn linear_float_and_quantized() {
         (11, 64, 64),
         (1, 32, 32),
         (8, 32, 64),
+        (7, 32, 32),
+        (14, 64, 64),
     ] {
         let x = r.tensor(F, &[rows, k], 1.0);
         let w = r.tensor(F, &[n, k], 1.0);

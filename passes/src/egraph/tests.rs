@@ -389,6 +389,28 @@ fn matmul_plus_bias_becomes_linear_with_a_transposed_weight() {
 }
 
 #[test]
+fn matmul_by_a_weight_becomes_linear_and_by_an_activation_stays() {
+    let src = "module @mm {
+  weight @w : f32[4, 3]
+  graph @main(%x: f32[2, 5, 4], %v: f32[3, 2]) -> (%y: f32[2, 5, 3], %z: f32[2, 5, 2]) {
+    %y = matmul(%x, @w) : f32[2, 5, 3]
+    %z = matmul(%y, %v) : f32[2, 5, 2]
+    return %y, %z
+  }
+}";
+    let mut m0 = parse(src);
+    let bytes: Vec<u8> = values(12, 7).iter().flat_map(|f| f.to_le_bytes()).collect();
+    m0.weights[0].data = llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes));
+    let mut m1 = m0.clone();
+    run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let text = llmc_ir::text::print(&m1);
+    assert!(text.contains("%y = linear(%x, @w.T)"), "{text}");
+    assert!(text.contains("%z = matmul(%y, %v)"), "{text}");
+    let shapes = [vec![2, 5, 4], vec![3, 2]];
+    assert_close(&eval(&m1, &shapes), &eval(&m0, &shapes), 1e-6);
+}
+
+#[test]
 fn matmul_of_two_activations_plus_bias_is_explained() {
     let src = "module @mm {
   graph @main(%x: f32[2, 4], %w: f32[4, 3], %b: f32[3]) -> (%out: f32[2, 3]) {

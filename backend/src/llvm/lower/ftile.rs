@@ -34,9 +34,19 @@ impl<'ctx> Lowering<'ctx, '_> {
             self.tile_buf(f, t.x)?,
             self.tile_buf(f, t.out)?,
         );
+        let pf = match &t.prefetch {
+            Some((a, b)) => Some((
+                self.expr(f, a)?.0.into_int_value(),
+                self.expr(f, b)?.0.into_int_value(),
+            )),
+            None => None,
+        };
         let idx: Vec<usize> = (0..rows.len()).collect();
-        for chunk in idx.chunks(per_pass) {
-            self.ftile_pass(f, t, (w, x, out), [w_off, k, out_off], &rows, chunk, lanes)?;
+        for (i, chunk) in idx.chunks(per_pass).enumerate() {
+            // The next panel's slice is asked for once, by the first pass.
+            let pf = if i == 0 { pf } else { None };
+            let ends = [w_off, k, out_off];
+            self.ftile_pass(f, t, (w, x, out), ends, &rows, chunk, lanes, pf)?;
         }
         Ok(())
     }
@@ -65,6 +75,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         rows: &[IntValue<'ctx>],
         which: &[usize],
         lanes: u32,
+        next: Option<(IntValue<'ctx>, IntValue<'ctx>)>,
     ) -> R<()> {
         let it = self.it;
         let e = llvm_err;
@@ -109,6 +120,15 @@ impl<'ctx> Lowering<'ctx, '_> {
             // SAFETY: only an address for the prefetch hint; never dereferenced.
             let pp = unsafe { f.b.build_gep(it.i8, w, &[at], "") }.map_err(e)?;
             f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
+                .map_err(e)?;
+        }
+        if let Some((start, step)) = next {
+            let b = &f.b;
+            let at = b.build_int_mul(lp.index, step, "").map_err(e)?;
+            let at = b.build_int_add(start, at, "").map_err(e)?;
+            let pp = self.ft_gep(f, t.w_ty, w, at)?;
+            // Towards L2 (locality 2): the panel is read by the next item's tiles.
+            f.b.build_call(pf, &[pp.into(), i32c(0), i32c(2), i32c(1)], "")
                 .map_err(e)?;
         }
         let mut wv: Vec<VectorValue<'ctx>> = Vec::new();

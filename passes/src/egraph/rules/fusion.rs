@@ -1,8 +1,8 @@
 //! Fusion: RMSNorm and LayerNorm recognised from the primitives exporters emit
 //! (reduce_mean, pow or mul, add eps, sqrt, div or reciprocal or rsqrt, the scale and
 //! bias) become one `rms_norm` / `layer_norm`. The structural work is in `matchers`.
-//! A matmul by a weight followed by a bias add becomes `linear` (the GEMM epilogue
-//! llmc has an op for), its weight transposed once at compile time.
+//! A matmul by a weight (followed by a bias add or not) becomes `linear` (the packed
+//! GEMM, with the bias as its epilogue), its weight transposed once at compile time.
 //! GEMM epilogues and gated units: an exact GELU spelled in primitives becomes `gelu`;
 //! an activation of a `linear` used by nothing else becomes `linear_act`; act(gate) ·
 //! up over two GEMM results becomes `glu` (SwiGLU, GeGLU). The conditions are the
@@ -90,6 +90,25 @@ fn to_linear(eg: &mut EGraph, _class: Id, s: &Subst) -> Option<Id> {
     None
 }
 
+/// matmul(x, w) → linear(x, transpose(w)) for a 2-D float weight `w` [k, n] (no bias
+/// add after it; `to_linear` takes those): the weight is transposed once at compile
+/// time and the product runs the packed GEMM instead of the generic matmul loop.
+fn weight_matmul_to_linear(eg: &mut EGraph, class: Id, s: &Subst) -> Option<Id> {
+    let (x, w) = (get(s, "?x")?, get(s, "?y")?);
+    let wt = ty(eg, w)?;
+    if !(eg[w].data.konst
+        && wt.dtype.is_float()
+        && !wt.dtype.is_quantized()
+        && wt.shape.rank() == 2
+        && ty(eg, x).is_some_and(|t| t.shape.rank() >= 2))
+    {
+        return None;
+    }
+    let t = add_op(eg, Op::Transpose, &[w], perm_attrs(&[1, 0]));
+    let id = add_op(eg, Op::Linear, &[x, t], Attrs::new());
+    (eg[id].data.types.is_some() && ty(eg, id) == ty(eg, class)).then_some(id)
+}
+
 /// x · (1 + erf(x/√2)) · 0.5 → gelu(x).
 fn to_gelu(eg: &mut EGraph, class: Id, _s: &Subst) -> Option<Id> {
     let x = match_erf_gelu(eg, class)?;
@@ -136,6 +155,7 @@ pub fn rules() -> Vec<Rewrite<ENode, TypeAnalysis>> {
         fn_rule("fusion/layer-norm",         "(add ?x ?y ?a)", add_to_layer_norm),
         fn_rule("fusion/layer-norm-no-bias", "(mul ?x ?y ?a)", mul_to_layer_norm),
         fn_rule("fusion/matmul-bias-linear", "(add ?x ?y ?a)", to_linear),
+        fn_rule("fusion/matmul-weight-linear", "(matmul ?x ?y ?a)", weight_matmul_to_linear),
         fn_rule("fusion/gelu-erf",           "(mul ?x ?y ?a)", to_gelu),
         fn_rule("fusion/silu",               "(mul ?x ?y ?a)", to_silu),
         fn_rule("fusion/linear-silu",        "(silu ?x ?a)",    to_linear_act),
