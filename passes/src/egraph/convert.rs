@@ -450,6 +450,11 @@ fn fold_weight(
     attrs: &llmc_ir::Attrs,
 ) -> Option<ValueId> {
     use llmc_ir::{Attr, DType, Op};
+    if let (Op::Transpose, [v]) = (op, ins) {
+        if let Some(t) = transpose_plain_weight(m, g, *v, attrs) {
+            return Some(t);
+        }
+    }
     let suffix = match (op, ins) {
         (Op::Transpose, [_]) => "T",
         (Op::Mul, [_, _]) => "scaled",
@@ -513,6 +518,84 @@ fn fold_weight(
         attrs: a,
     });
     Some(v)
+}
+
+/// A transpose of a weight of a plain type other than f32 (f16, bf16, integers: f32
+/// goes through the interpreter above) with data, done now by moving its elements'
+/// bytes: the new weight `NAME.T`. An f16 ONNX export's `matmul` becomes a `linear`
+/// over the transposed weight, which would otherwise be transposed at every run.
+fn transpose_plain_weight(
+    m: &mut Module,
+    g: &mut Graph,
+    v: ValueId,
+    attrs: &llmc_ir::Attrs,
+) -> Option<ValueId> {
+    use llmc_ir::{AttrsExt, DType};
+    let ValueDef::Weight(wid) = g.value(v).def else {
+        return None;
+    };
+    let w = m.weights.get(wid.0 as usize)?;
+    if w.dtype == DType::F32 || w.dtype.is_quantized() {
+        return None;
+    }
+    let es = w.dtype.block_bytes();
+    let dims: Vec<usize> = w
+        .shape
+        .as_consts()?
+        .into_iter()
+        .map(|d| usize::try_from(d).ok())
+        .collect::<Option<_>>()?;
+    let rank = dims.len();
+    let perm: Vec<usize> = match attrs.ints("perm") {
+        Some(p) => p
+            .iter()
+            .map(|&d| usize::try_from(d).ok())
+            .collect::<Option<_>>()?,
+        None => (0..rank).rev().collect(),
+    };
+    let mut seen = vec![false; rank];
+    if perm.len() != rank
+        || perm
+            .iter()
+            .any(|&d| d >= rank || std::mem::replace(&mut seen[d], true))
+    {
+        return None;
+    }
+    let bytes = w.data.bytes()?;
+    let n: usize = dims.iter().product();
+    if bytes.len() != n * es {
+        return None;
+    }
+    // Element strides of the source; output index i walks the permuted dims.
+    let mut stride = vec![1usize; rank];
+    for d in (0..rank.saturating_sub(1)).rev() {
+        stride[d] = stride[d + 1] * dims[d + 1];
+    }
+    let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+    let mut out = vec![0u8; bytes.len()];
+    let mut idx = vec![0usize; rank];
+    for o in 0..n {
+        let src: usize = idx.iter().zip(&perm).map(|(&i, &p)| i * stride[p]).sum();
+        out[o * es..(o + 1) * es].copy_from_slice(&bytes[src * es..(src + 1) * es]);
+        for d in (0..rank).rev() {
+            idx[d] += 1;
+            if idx[d] < out_dims[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    let name = format!("{}.T", w.name);
+    let dtype = w.dtype;
+    let shape = llmc_ir::Shape::of(&out_dims.iter().map(|&d| d as i64).collect::<Vec<_>>());
+    let nid = llmc_ir::WeightId(m.weights.len() as u32);
+    m.weights.push(llmc_ir::Weight {
+        name: name.clone(),
+        dtype,
+        shape: shape.clone(),
+        data: llmc_ir::WeightData::Owned(std::sync::Arc::new(out)),
+    });
+    Some(g.add_value(name, TensorType::new(dtype, shape), ValueDef::Weight(nid)))
 }
 
 /// Preferred names: the first original value (in graph order) each class held.

@@ -411,6 +411,41 @@ fn matmul_by_a_weight_becomes_linear_and_by_an_activation_stays() {
 }
 
 #[test]
+fn an_f16_weight_is_transposed_at_compile_time() {
+    let src = "module @mm {
+  weight @w : f16[4, 3]
+  graph @main(%x: f16[5, 4]) -> (%y: f16[5, 3]) {
+    %y = matmul(%x, @w) : f16[5, 3]
+    return %y
+  }
+}";
+    let mut m0 = parse(src);
+    let bytes: Vec<u8> = values(12, 9)
+        .iter()
+        .flat_map(|&f| half::f16::from_f32(f).to_le_bytes())
+        .collect();
+    m0.weights[0].data = llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes));
+    let mut m1 = m0.clone();
+    run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let text = llmc_ir::text::print(&m1);
+    assert!(text.contains("%y = linear(%x, @w.T)"), "{text}");
+    assert!(text.contains("weight @w.T : f16[3, 4]"), "{text}");
+    assert!(!text.contains("transpose"), "{text}");
+    let x = Tensor::from_f64(
+        llmc_ir::DType::F16,
+        vec![5, 4],
+        values(20, 3).iter().map(|&v| v as f64).collect(),
+    );
+    let run = |m: &Module| Interpreter::new(m).run(std::slice::from_ref(&x));
+    let (a, b) = (run(&m1), run(&m0));
+    assert_close(
+        &a.unwrap_or_else(|e| panic!("{e}")),
+        &b.unwrap_or_else(|e| panic!("{e}")),
+        0.0,
+    );
+}
+
+#[test]
 fn matmul_of_two_activations_plus_bias_is_explained() {
     let src = "module @mm {
   graph @main(%x: f32[2, 4], %w: f32[4, 3], %b: f32[3]) -> (%out: f32[2, 3]) {
