@@ -260,11 +260,13 @@ pub(crate) fn broadcast_strides(out: &[Dim], inp: &[Dim]) -> Vec<Dim> {
         .collect()
 }
 
-/// A rough element count used to decide whether a loop nest is worth threads:
-/// symbolic dims count as 64.
+/// A rough element count used to decide whether a loop nest is worth threads: each
+/// symbol counts as 64, inside expressions too (a merged `384 * batch * seq` is
+/// 1.5 M, not 64: it was, and MiniLM's residual adds ran on one thread). A nest that
+/// turns out small at run time still runs inline (the lowering's cost check).
 pub(crate) fn work_estimate(dims: &[Dim]) -> i64 {
     dims.iter()
-        .map(|d| d.as_const().unwrap_or(64).max(0))
+        .map(|d| d.eval(&|_| Some(64)).unwrap_or(64).max(0))
         .fold(1i64, |a, b| a.saturating_mul(b))
 }
 
