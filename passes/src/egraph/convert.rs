@@ -409,6 +409,15 @@ pub fn fold_weights(m: &mut Module) {
     m.graph = g;
 }
 
+/// A weight's dims when all are constant and non-negative.
+fn weight_dims(w: &llmc_ir::Weight) -> Option<Vec<usize>> {
+    w.shape
+        .as_consts()?
+        .into_iter()
+        .map(|d| usize::try_from(d).ok())
+        .collect()
+}
+
 /// The tensor of an f32 weight with data, or of a constant node.
 fn known_tensor(m: &Module, g: &Graph, v: ValueId) -> Option<(llmc_ir::Tensor, bool)> {
     use llmc_ir::{Attr, DType, Op};
@@ -418,12 +427,7 @@ fn known_tensor(m: &Module, g: &Graph, v: ValueId) -> Option<(llmc_ir::Tensor, b
             if w.dtype != DType::F32 {
                 return None;
             }
-            let shape: Vec<usize> = w
-                .shape
-                .as_consts()?
-                .into_iter()
-                .map(|d| usize::try_from(d).ok())
-                .collect::<Option<_>>()?;
+            let shape = weight_dims(w)?;
             let t = llmc_ir::interp::weight_tensor(w.dtype, &shape, w.data.bytes()?).ok()?;
             Some((t, true))
         }
@@ -539,12 +543,7 @@ fn transpose_plain_weight(
         return None;
     }
     let es = w.dtype.block_bytes();
-    let dims: Vec<usize> = w
-        .shape
-        .as_consts()?
-        .into_iter()
-        .map(|d| usize::try_from(d).ok())
-        .collect::<Option<_>>()?;
+    let dims = weight_dims(w)?;
     let rank = dims.len();
     let perm: Vec<usize> = match attrs.ints("perm") {
         Some(p) => p
