@@ -608,7 +608,9 @@ impl Machine<'_> {
                 for p in 0..k {
                     let at = (x0 + p * t.x_stride) * 4;
                     let x = self.read(t.x, at, Ty::F32, bufs)?.f() as f32;
-                    let w = self.read(t.w, (w0 + p * lanes + c) * es, t.w_ty, bufs)?.f() as f32;
+                    let w = self
+                        .read(t.w, (w0 + p * t.w_stride + c) * es, t.w_ty, bufs)?
+                        .f() as f32;
                     s = x.mul_add(w, s);
                 }
                 self.write(t.out, o0 + i as i64 * lanes + c, V::F(s as f64), bufs)?;

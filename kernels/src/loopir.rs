@@ -881,7 +881,7 @@ impl QTile {
     }
 }
 
-/// `out[out_off + 32 i + c] = Σ_p x[x_rows[i] + x_stride · p] · w[w_off + 32 p + c]`
+/// `out[out_off + 32 i + c] = Σ_p x[x_rows[i] + x_stride · p] · w[w_off + w_stride · p + c]`
 /// for activation rows `i` (at most [`FTile::ROWS`]) and the [`FTile::LANES`] weight
 /// rows `c` of a panel (`templates::pack::Pack::Panels32`: position `p` of the panel's
 /// rows side by side), `p` in `0..k`, each sum taken in order of `p` as
@@ -900,6 +900,10 @@ pub struct FTile {
     pub w_ty: Ty,
     /// Element index of the panel's first element.
     pub w_off: Expr,
+    /// Elements between consecutive positions of the panel: 32 for packed panels
+    /// (`Pack::Panels32`), a row's length for a row-major `[k, n]` operand read 32
+    /// columns at a time (`matmul`).
+    pub w_stride: i64,
     /// The reduction length (an index expression, at least 0).
     pub k: Expr,
     /// The activations (f32).
@@ -1388,12 +1392,19 @@ impl Kernel {
                         self.check_expr(e, defined, allocated)?;
                         self.index_ty(e)?;
                     }
-                    if t.x_rows.is_empty() || t.x_rows.len() > FTile::ROWS || t.x_stride < 1 {
+                    if t.x_rows.is_empty()
+                        || t.x_rows.len() > FTile::ROWS
+                        || t.x_stride < 1
+                        || t.w_stride < FTile::LANES as i64
+                    {
                         return Err(format!(
-                            "ftile: 1..={} rows and x_stride >= 1, got {} rows, x_stride {}",
+                            "ftile: 1..={} rows, x_stride >= 1 and w_stride >= {}, got {} rows, \
+                             x_stride {}, w_stride {}",
                             FTile::ROWS,
+                            FTile::LANES,
                             t.x_rows.len(),
-                            t.x_stride
+                            t.x_stride,
+                            t.w_stride
                         ));
                     }
                     let w = self.checked_buf(t.w, "ftile reads")?;
@@ -1953,6 +1964,9 @@ impl Kernel {
                     write!(f, "..] = ftile({}[", self.bname(t.w))?;
                     self.fmt_expr(&t.w_off, f)?;
                     write!(f, ".. x{} x", FTile::LANES)?;
+                    if t.w_stride != FTile::LANES as i64 {
+                        write!(f, "stride {} x", t.w_stride)?;
+                    }
                     self.fmt_expr(&t.k, f)?;
                     write!(f, "], {}[", self.bname(t.x))?;
                     for (i, e) in t.x_rows.iter().enumerate() {

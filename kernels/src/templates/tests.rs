@@ -367,6 +367,26 @@ fn matmul_shapes() {
         0.0,
         0.0,
     );
+    // n a multiple of 32: the outer-product tiles over the right operand in place
+    // (rows in tiles of 8, 4, 2, 1; batch broadcast on either side; symbolic rows).
+    for (ash, bsh) in [
+        (vec!["15", "7"], vec!["7", "64"]),
+        (vec!["2", "11", "5"], vec!["5", "32"]),
+        (vec!["3", "9", "4"], vec!["2", "1", "4", "32"]),
+        (vec!["seq", "6"], vec!["2", "6", "96"]),
+    ] {
+        let dims =
+            |v: &[&str]| -> Vec<usize> { v.iter().map(|d| d.parse().unwrap_or(13)).collect() };
+        let x = r.tensor(F, &dims(&ash), 1.0);
+        let y = r.tensor(F, &dims(&bsh), 1.0);
+        check(
+            Op::MatMul,
+            attrs([]),
+            &[(tt(F, &ash), x), (tt(F, &bsh), y)],
+            1e-6,
+            1e-5,
+        );
+    }
     let h = r.tensor(DType::F16, &[3, 8], 1.0);
     let g = r.tensor(DType::F16, &[8, 2], 1.0);
     check(

@@ -99,7 +99,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let lp = self.counted_loop_to(f, "ftile", "ftp", k)?;
         let b = &f.b;
         let base = b
-            .build_int_mul(lp.index, c64(FTile::LANES as u64), "")
+            .build_int_mul(lp.index, c64(t.w_stride as u64), "")
             .map_err(e)?;
         let base = b.build_int_add(base, w_off, "").map_err(e)?;
         // A 16-bit panel is streamed once: each position's line is asked for
