@@ -596,6 +596,7 @@ impl Machine<'_> {
         let w0 = self.eval(&t.w_off, bufs)?.0.i();
         let k = self.eval(&t.k, bufs)?.0.i();
         let o0 = self.eval(&t.out_off, bufs)?.0.i();
+        let ws = self.eval(&t.w_stride, bufs)?.0.i();
         if k < 0 {
             return Err(format!("ftile: k = {k} is negative"));
         }
@@ -608,9 +609,7 @@ impl Machine<'_> {
                 for p in 0..k {
                     let at = (x0 + p * t.x_stride) * 4;
                     let x = self.read(t.x, at, Ty::F32, bufs)?.f() as f32;
-                    let w = self
-                        .read(t.w, (w0 + p * t.w_stride + c) * es, t.w_ty, bufs)?
-                        .f() as f32;
+                    let w = self.read(t.w, (w0 + p * ws + c) * es, t.w_ty, bufs)?.f() as f32;
                     s = x.mul_add(w, s);
                 }
                 self.write(t.out, o0 + i as i64 * lanes + c, V::F(s as f64), bufs)?;

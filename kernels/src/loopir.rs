@@ -903,7 +903,7 @@ pub struct FTile {
     /// Elements between consecutive positions of the panel: 32 for packed panels
     /// (`Pack::Panels32`), a row's length for a row-major `[k, n]` operand read 32
     /// columns at a time (`matmul`).
-    pub w_stride: i64,
+    pub w_stride: Expr,
     /// The reduction length (an index expression, at least 0).
     pub k: Expr,
     /// The activations (f32).
@@ -1384,7 +1384,7 @@ impl Kernel {
                 }
                 Stmt::FTile(t) => {
                     let pf = t.prefetch.iter().flat_map(|(a, b)| [a, b]);
-                    for e in [&t.w_off, &t.k, &t.out_off]
+                    for e in [&t.w_off, &t.w_stride, &t.k, &t.out_off]
                         .into_iter()
                         .chain(&t.x_rows)
                         .chain(pf)
@@ -1395,7 +1395,7 @@ impl Kernel {
                     if t.x_rows.is_empty()
                         || t.x_rows.len() > FTile::ROWS
                         || t.x_stride < 1
-                        || t.w_stride < FTile::LANES as i64
+                        || t.w_stride.as_i64().is_some_and(|w| w < FTile::LANES as i64)
                     {
                         return Err(format!(
                             "ftile: 1..={} rows, x_stride >= 1 and w_stride >= {}, got {} rows, \
@@ -1404,7 +1404,7 @@ impl Kernel {
                             FTile::LANES,
                             t.x_rows.len(),
                             t.x_stride,
-                            t.w_stride
+                            t.w_stride.as_i64().unwrap_or(-1)
                         ));
                     }
                     let w = self.checked_buf(t.w, "ftile reads")?;
@@ -1559,6 +1559,7 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
             Stmt::QUnpack(u) => visit_expr(&u.w_off, f),
             Stmt::FTile(t) => {
                 visit_expr(&t.w_off, f);
+                visit_expr(&t.w_stride, f);
                 visit_expr(&t.k, f);
                 visit_expr(&t.out_off, f);
                 for e in &t.x_rows {
@@ -1964,8 +1965,10 @@ impl Kernel {
                     write!(f, "..] = ftile({}[", self.bname(t.w))?;
                     self.fmt_expr(&t.w_off, f)?;
                     write!(f, ".. x{} x", FTile::LANES)?;
-                    if t.w_stride != FTile::LANES as i64 {
-                        write!(f, "stride {} x", t.w_stride)?;
+                    if t.w_stride.as_i64() != Some(FTile::LANES as i64) {
+                        f.write_str("stride ")?;
+                        self.fmt_expr(&t.w_stride, f)?;
+                        f.write_str(" x")?;
                     }
                     self.fmt_expr(&t.k, f)?;
                     write!(f, "], {}[", self.bname(t.x))?;

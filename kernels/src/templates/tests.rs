@@ -367,16 +367,24 @@ fn matmul_shapes() {
         0.0,
         0.0,
     );
-    // n a multiple of 32: the outer-product tiles over the right operand in place
-    // (rows in tiles of 8, 4, 2, 1; batch broadcast on either side; symbolic rows).
+    // The outer-product tiles over the right operand in place (rows in tiles of 8, 4,
+    // 2, 1; batch broadcast on either side; symbolic rows), a column tail (270 = 8 x
+    // 32 + 14), and n known only at run time (the row-update form).
     for (ash, bsh) in [
         (vec!["15", "7"], vec!["7", "64"]),
         (vec!["2", "11", "5"], vec!["5", "32"]),
         (vec!["3", "9", "4"], vec!["2", "1", "4", "32"]),
         (vec!["seq", "6"], vec!["2", "6", "96"]),
+        (vec!["5", "7"], vec!["7", "270"]),
+        (vec!["2", "9", "3"], vec!["2", "3", "n"]),
+        (vec!["seq", "4"], vec!["4", "seq"]),
     ] {
-        let dims =
-            |v: &[&str]| -> Vec<usize> { v.iter().map(|d| d.parse().unwrap_or(13)).collect() };
+        let dims = |v: &[&str]| -> Vec<usize> {
+            let sym = |d: &str| if d == "n" { 70 } else { 13 };
+            v.iter()
+                .map(|d| d.parse().unwrap_or_else(|_| sym(d)))
+                .collect()
+        };
         let x = r.tensor(F, &dims(&ash), 1.0);
         let y = r.tensor(F, &dims(&bsh), 1.0);
         check(

@@ -20,6 +20,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let w_off = self.expr(f, &t.w_off)?.0.into_int_value();
         let k = self.expr(f, &t.k)?.0.into_int_value();
         let out_off = self.expr(f, &t.out_off)?.0.into_int_value();
+        let w_stride = self.expr(f, &t.w_stride)?.0.into_int_value();
         let mut rows = Vec::new();
         for e in &t.x_rows {
             rows.push(self.expr(f, e)?.0.into_int_value());
@@ -45,7 +46,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         for (i, chunk) in idx.chunks(per_pass).enumerate() {
             // The next panel's slice is asked for once, by the first pass.
             let pf = if i == 0 { pf } else { None };
-            let ends = [w_off, k, out_off];
+            let ends = [w_off, w_stride, k, out_off];
             self.ftile_pass(f, t, (w, x, out), ends, &rows, chunk, lanes, pf)?;
         }
         Ok(())
@@ -71,7 +72,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         f: &Frame<'ctx>,
         t: &FTile,
         (w, x, out): (PointerValue<'ctx>, PointerValue<'ctx>, PointerValue<'ctx>),
-        [w_off, k, out_off]: [IntValue<'ctx>; 3],
+        [w_off, w_stride, k, out_off]: [IntValue<'ctx>; 4],
         rows: &[IntValue<'ctx>],
         which: &[usize],
         lanes: u32,
@@ -98,9 +99,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             .ok_or_else(|| llvm_err("llvm.fma"))?;
         let lp = self.counted_loop_to(f, "ftile", "ftp", k)?;
         let b = &f.b;
-        let base = b
-            .build_int_mul(lp.index, c64(t.w_stride as u64), "")
-            .map_err(e)?;
+        let base = b.build_int_mul(lp.index, w_stride, "").map_err(e)?;
         let base = b.build_int_add(base, w_off, "").map_err(e)?;
         // A 16-bit panel is streamed once: each position's line is asked for
         // FTILE_PREFETCH bytes ahead (a prefetch never faults, past the end too).
