@@ -436,28 +436,7 @@ impl Lin {
                     });
                 }
             };
-            kb.for_step(
-                "r",
-                lo.clone(),
-                full.clone(),
-                rt,
-                LoopTag::Serial,
-                |kb, r| run(kb, &r, rt),
-            );
-            // The rows left (fewer than a tile) go 4, then 2 at a time, then singly:
-            // a single row is two FMA chains, a quarter of the pipes' depth.
-            let mut from = full;
-            for nr in [4, 2] {
-                let to = kb.let_(
-                    "rpart",
-                    from.clone() + (hi.clone() - from.clone()) / nr * nr,
-                );
-                kb.for_step("r", from, to.clone(), nr, LoopTag::Serial, |kb, r| {
-                    run(kb, &r, nr)
-                });
-                from = to;
-            }
-            kb.for_("r", from, hi, LoopTag::Serial, |kb, r| run(kb, &r, 1));
+            row_tiles(kb, lo.clone(), full, hi, &run);
         });
     }
 
@@ -1065,6 +1044,35 @@ impl Lin {
 }
 
 /// `matmul(a, b)` with numpy semantics.
+/// Rows `lo..hi` of an outer-product GEMM through `run(kb, first row, rows)`: tiles of
+/// [`FTile::ROWS`] up to `full` (`lo` plus a whole number of tiles), then the rows
+/// left 4, then 2 at a time, then singly (a single row is two FMA chains, a quarter
+/// of the pipes' depth).
+fn row_tiles(
+    kb: &mut KernelBuilder,
+    lo: Expr,
+    full: Expr,
+    hi: Expr,
+    run: &dyn Fn(&mut KernelBuilder, &Expr, i64),
+) {
+    let rt = FTile::ROWS as i64;
+    kb.for_step("r", lo, full.clone(), rt, LoopTag::Serial, |kb, r| {
+        run(kb, &r, rt)
+    });
+    let mut from = full;
+    for nr in [4, 2] {
+        let to = kb.let_(
+            "rpart",
+            from.clone() + (hi.clone() - from.clone()) / nr * nr,
+        );
+        kb.for_step("r", from, to.clone(), nr, LoopTag::Serial, |kb, r| {
+            run(kb, &r, nr)
+        });
+        from = to;
+    }
+    kb.for_("r", from, hi, LoopTag::Serial, |kb, r| run(kb, &r, 1));
+}
+
 /// f32 `matmul` as outer-product tiles: the right operand `[k, n]` is read in place,
 /// 32 columns at a time ([`FTile`] with `w_stride` = n), in parallel over (batch,
 /// block of rows, 32 columns), rows in tiles of 8, 4, 2 and 1; the last `n mod 32`
@@ -1141,28 +1149,7 @@ fn matmul_panels(
             jp.clone().lt(panels.clone()),
             |kb| {
                 let full = kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / rt * rt);
-                kb.for_step(
-                    "r",
-                    lo.clone(),
-                    full.clone(),
-                    rt,
-                    LoopTag::Serial,
-                    |kb, r| run(kb, &r, rt),
-                );
-                let mut from = full;
-                for nr in [4, 2] {
-                    let to = kb.let_(
-                        "rpart",
-                        from.clone() + (hi.clone() - from.clone()) / nr * nr,
-                    );
-                    kb.for_step("r", from, to.clone(), nr, LoopTag::Serial, |kb, r| {
-                        run(kb, &r, nr)
-                    });
-                    from = to;
-                }
-                kb.for_("r", from, hi.clone(), LoopTag::Serial, |kb, r| {
-                    run(kb, &r, 1)
-                });
+                row_tiles(kb, lo.clone(), full, hi.clone(), &run);
             },
             |kb| {
                 // The columns past the last full 32: one dot product per output.
