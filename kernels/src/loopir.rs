@@ -926,7 +926,7 @@ impl FTile {
     /// Weight rows per panel (output columns per tile).
     pub const LANES: usize = 32;
     /// The most activation rows per tile.
-    pub const ROWS: usize = 8;
+    pub const ROWS: usize = 12;
 }
 
 /// A kernel: parameters and a body.

@@ -1043,10 +1043,9 @@ impl Lin {
     }
 }
 
-/// `matmul(a, b)` with numpy semantics.
 /// Rows `lo..hi` of an outer-product GEMM through `run(kb, first row, rows)`: tiles of
 /// [`FTile::ROWS`] up to `full` (`lo` plus a whole number of tiles), then the rows
-/// left 4, then 2 at a time, then singly (a single row is two FMA chains, a quarter
+/// left 8, 4, then 2 at a time, then singly (a single row is two FMA chains, a quarter
 /// of the pipes' depth).
 fn row_tiles(
     kb: &mut KernelBuilder,
@@ -1060,7 +1059,7 @@ fn row_tiles(
         run(kb, &r, rt)
     });
     let mut from = full;
-    for nr in [4, 2] {
+    for nr in [8, 4, 2].into_iter().filter(|&n| n < rt) {
         let to = kb.let_(
             "rpart",
             from.clone() + (hi.clone() - from.clone()) / nr * nr,
@@ -1075,7 +1074,7 @@ fn row_tiles(
 
 /// f32 `matmul` as outer-product tiles: the right operand `[k, n]` is read in place,
 /// 32 columns at a time ([`FTile`] with `w_stride` = n), in parallel over (batch,
-/// block of rows, 32 columns), rows in tiles of 8, 4, 2 and 1; the last `n mod 32`
+/// block of rows, 32 columns), rows in tiles of 12, 8, 4, 2 and 1; the last `n mod 32`
 /// columns are a dot product per output. Every output is one in-order chain over the
 /// reduction, as in the row-update form. (That form ran one row at a time through the
 /// whole right operand: 14.5 GFLOP/s.)
@@ -1176,6 +1175,7 @@ fn matmul_panels(
     });
 }
 
+/// `matmul(a, b)` with numpy semantics.
 pub(crate) fn matmul(
     _node: &Node,
     ins: &[&TensorType],

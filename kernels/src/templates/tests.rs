@@ -367,11 +367,12 @@ fn matmul_shapes() {
         0.0,
         0.0,
     );
-    // The outer-product tiles over the right operand in place (rows in tiles of 8, 4,
-    // 2, 1; batch broadcast on either side; symbolic rows), a column tail (270 = 8 x
+    // The outer-product tiles over the right operand in place (rows in tiles of 12, 8,
+    // 4, 2, 1; batch broadcast on either side; symbolic rows), a column tail (270 = 8 x
     // 32 + 14), and n known only at run time (the row-update form).
     for (ash, bsh) in [
         (vec!["15", "7"], vec!["7", "64"]),
+        (vec!["23", "5"], vec!["5", "32"]),
         (vec!["2", "11", "5"], vec!["5", "32"]),
         (vec!["3", "9", "4"], vec!["2", "1", "4", "32"]),
         (vec!["seq", "6"], vec!["2", "6", "96"]),
@@ -508,7 +509,8 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
 fn linear_float_and_quantized() {
     let mut r = Rng::new(8);
     // n = 7 exercises the column tail, rows = 5 the row tail; n = 32, 64 the panels
-    // (outer-product tiles of 8 rows, then tiles of 4, 2 and 1 for the rows left).
+    // (outer-product tiles of 12 rows, then tiles of 8, 4, 2 and 1 for the rows left:
+    // 23 = 12 + 8 + 2 + 1).
     for (rows, n, k) in [
         (5usize, 7usize, 64usize),
         (1, 9, 32),
@@ -518,6 +520,7 @@ fn linear_float_and_quantized() {
         (8, 32, 64),
         (7, 32, 32),
         (14, 64, 64),
+        (23, 32, 32),
     ] {
         let x = r.tensor(F, &[rows, k], 1.0);
         let w = r.tensor(F, &[n, k], 1.0);
