@@ -180,12 +180,14 @@ pub fn linear_flops_per_token(plan: &Plan) -> (u64, u64) {
 
 /// The f32 FMA peak in FLOP/s of `threads` threads: each runs independent chains of
 /// vector FMAs (16 lanes with AVX-512F, 8 with AVX2+FMA, else 4-lane SSE multiplies and
-/// adds at 2 FLOPs a lane) for ~50 ms; best of three passes.
+/// adds at 2 FLOPs a lane) for ~10 ms; best of eight passes (on a shared VM one pass
+/// in a few runs has a thread descheduled: a batched-bench run once printed 293
+/// GFLOP/s where the runs beside it printed 477-492).
 pub fn fma_peak(threads: usize) -> f64 {
     const ITERS: u64 = 4_000_000;
     let threads = threads.max(1);
     let mut best = 0f64;
-    for _ in 0..3 {
+    for _ in 0..8 {
         let t0 = Instant::now();
         let flops: u64 = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads)
