@@ -2,11 +2,12 @@
 //! new keys and values into their pool slots (in place: the results are the pool
 //! buffers), and `paged_attention` walks each row's block table one block at a time
 //! with an online softmax, in splits of [`SPLIT_TOKENS`] keys whose states merge in
-//! order (split-K): the splits of every (row, kv head) pair run in parallel, so a few
-//! rows over a long context use every thread. The query heads of one GQA group are
+//! order (split-K): with few (row, kv head) pairs the splits of every pair run in
+//! parallel, so a few rows over a long context use every thread; with many (a prefill
+//! chunk, a large batch) each pair is one task. The query heads of one GQA group are
 //! handled together, so each K/V block is read from memory once for the whole group.
 //! A row's arithmetic depends only on its own sequence (never on the other rows of
-//! the step, one code path for all): batch invariance.
+//! the step: both forms run the same per-pair arithmetic): batch invariance.
 
 use super::{
     attr_float, attr_int, compute_ty, exp, fconst, gpu_mapping, load_elem, operand, recip_or_zero,
@@ -627,9 +628,12 @@ pub(crate) fn attention(
             });
         }
     };
-    // Many pairs: one thread per pair, its splits in order.
+    // Many pairs: one task per pair, its splits in order. The pairs go last first:
+    // in a prefill chunk the later rows attend to more keys, and the pool's guided
+    // claims (large first, small last) then end on the light ones.
     let per_pair = |kb: &mut crate::builder::KernelBuilder| {
         kb.for_("rk", 0, n.clone(), tag, |kb, rk| {
+            let rk = kb.let_("rk_rev", n.clone() - 1 - rk);
             let (r, kv, sq, lo, hi, s0, s1) = pair(kb, rk);
             let run = kb.local("run", t, slen);
             let part = kb.local("part", t, slen);
@@ -647,59 +651,76 @@ pub(crate) fn attention(
         per_pair(&mut kb);
         return kb.finish();
     }
-    // Pairs CAP at a time, each chunk's splits in parallel waves of `wave` splits per
+    // Few pairs (a few decode rows): pairs CAP at a time, each chunk's splits in parallel waves of `wave` splits per
     // pair (as many as the scratch holds: a few rows over a long context spread over
     // every thread), merged in split order after each wave, then the chunk's outputs.
     // One copy of each piece of arithmetic, whatever the number of rows: a row's
     // result does not depend on the step's other rows.
     let cap = (SPLIT_SCRATCH / (slen * 4)).clamp(8, 256);
-    let run = kb.local("run", t, cap * slen);
-    let part = kb.local("part", t, cap * slen);
-    let nsplits = kb.let_("nsplits", (we.clone() * bs + (split - 1)) / split);
-    kb.for_step("p0", 0, n.clone(), cap, LoopTag::Serial, |kb, p0| {
-        let np = kb.let_("np", (n.clone() - p0.clone()).min(Expr::i(cap)));
-        let wave = kb.let_("wave", Expr::i(cap) / np.clone());
-        let waves = kb.let_("waves", (nsplits.clone() + wave.clone() - 1) / wave.clone());
-        kb.for_("i", 0, np.clone(), LoopTag::Serial, |kb, i| {
-            let o = kb.let_("o", i * slen);
-            init(kb, run, &o);
-        });
-        kb.for_("wi", 0, waves, LoopTag::Serial, |kb, wi| {
-            let w0 = kb.let_("w0", wi * wave.clone());
-            kb.for_(
-                "u",
-                0,
-                np.clone() * wave.clone(),
-                LoopTag::Parallel,
-                |kb, u| {
-                    let i = kb.let_("i", u.clone() / wave.clone());
-                    let (r, kv, sq, lo, hi, s0, s1) = pair(kb, p0.clone() + i);
-                    let sp = kb.let_("sp", w0.clone() + u.clone() % wave.clone());
-                    kb.if_(sp.clone().ge(s0).and(sp.clone().lt(s1)), |kb| {
-                        let (a, b_) = split_range(kb, &sp, &lo, &hi);
-                        let po = kb.let_("po", u.clone() * slen);
-                        attend(kb, (&r, &kv, &sq), a, b_, part, &po);
-                    });
-                },
-            );
+    let waves = |kb: &mut crate::builder::KernelBuilder| {
+        let run = kb.local("run", t, cap * slen);
+        let part = kb.local("part", t, cap * slen);
+        let nsplits = kb.let_("nsplits", (we.clone() * bs + (split - 1)) / split);
+        kb.for_step("p0", 0, n.clone(), cap, LoopTag::Serial, |kb, p0| {
+            let np = kb.let_("np", (n.clone() - p0.clone()).min(Expr::i(cap)));
+            let wave = kb.let_("wave", Expr::i(cap) / np.clone());
+            let waves = kb.let_("waves", (nsplits.clone() + wave.clone() - 1) / wave.clone());
             kb.for_("i", 0, np.clone(), LoopTag::Serial, |kb, i| {
-                let (_, _, _, _, _, s0, s1) = pair(kb, p0.clone() + i.clone());
-                let o = kb.let_("o", i.clone() * slen);
-                let from = kb.let_("from", s0.max(w0.clone()));
-                let to = kb.let_("to", s1.min(w0.clone() + wave.clone()));
-                kb.for_("sp", from, to, LoopTag::Serial, |kb, sp| {
-                    let po = kb.let_("po", (i.clone() * wave.clone() + sp - w0.clone()) * slen);
-                    merge(kb, run, &o, part, &po);
+                let o = kb.let_("o", i * slen);
+                init(kb, run, &o);
+            });
+            kb.for_("wi", 0, waves, LoopTag::Serial, |kb, wi| {
+                let w0 = kb.let_("w0", wi * wave.clone());
+                kb.for_(
+                    "u",
+                    0,
+                    np.clone() * wave.clone(),
+                    LoopTag::Parallel,
+                    |kb, u| {
+                        let i = kb.let_("i", u.clone() / wave.clone());
+                        let (r, kv, sq, lo, hi, s0, s1) = pair(kb, p0.clone() + i);
+                        let sp = kb.let_("sp", w0.clone() + u.clone() % wave.clone());
+                        kb.if_(sp.clone().ge(s0).and(sp.clone().lt(s1)), |kb| {
+                            let (a, b_) = split_range(kb, &sp, &lo, &hi);
+                            let po = kb.let_("po", u.clone() * slen);
+                            attend(kb, (&r, &kv, &sq), a, b_, part, &po);
+                        });
+                    },
+                );
+                kb.for_("i", 0, np.clone(), LoopTag::Serial, |kb, i| {
+                    let (_, _, _, _, _, s0, s1) = pair(kb, p0.clone() + i.clone());
+                    let o = kb.let_("o", i.clone() * slen);
+                    let from = kb.let_("from", s0.max(w0.clone()));
+                    let to = kb.let_("to", s1.min(w0.clone() + wave.clone()));
+                    kb.for_("sp", from, to, LoopTag::Serial, |kb, sp| {
+                        let po = kb.let_("po", (i.clone() * wave.clone() + sp - w0.clone()) * slen);
+                        merge(kb, run, &o, part, &po);
+                    });
                 });
             });
+            kb.for_("i", 0, np.clone(), LoopTag::Parallel, |kb, i| {
+                let rk = kb.let_("rk", p0.clone() + i.clone());
+                let r = kb.let_("r", rk.clone() / kvh);
+                let kv = kb.let_("kv", rk % kvh);
+                let o = kb.let_("o", i * slen);
+                finish(kb, (&r, &kv), run, &o);
+            });
         });
-        kb.for_("i", 0, np.clone(), LoopTag::Parallel, |kb, i| {
-            let rk = kb.let_("rk", p0.clone() + i.clone());
-            let r = kb.let_("r", rk.clone() / kvh);
-            let kv = kb.let_("kv", rk % kvh);
-            let o = kb.let_("o", i * slen);
-            finish(kb, (&r, &kv), run, &o);
-        });
-    });
+    };
+    // Many pairs (a prefill chunk, a large batch): a task per pair, no waves. The two
+    // forms do the same arithmetic per pair (its splits' states merged in split
+    // order), so which one a step takes changes no bits.
+    if matches!(tag, LoopTag::Parallel) {
+        kb.if_else(n.clone().ge(Expr::i(MANY_PAIRS)), per_pair, waves);
+    } else {
+        waves(&mut kb);
+    }
     kb.finish()
 }
+
+/// From this many (row, kv head) pairs in a step on, `paged_attention` runs a task per
+/// pair (the splits of each in order) instead of parallel waves of splits with the
+/// merges between them on the calling thread (SmolLM2 Q4_1, 2 threads: pp128 1332 /
+/// 1321 -> 1376 / 1401 tok/s, a 2,048-token prefill's attention 4% faster, 32-stream
+/// decode unchanged).
+const MANY_PAIRS: i64 = 48;

@@ -1983,6 +1983,9 @@ fn paged_attention_matches_the_reference() {
     // splits run in parallel and merge), with a window that starts mid-split.
     let long1 = [(700usize, 1usize)];
     let long2 = [(300usize, 1usize), (530, 2)];
+    // A prefill chunk across a split boundary beside a short one: 50 rows x 2 kv
+    // heads, past the pair count from which each pair runs as its own task.
+    let many = [(250usize, 30usize), (0, 20)];
     for (case, &(h, kvh, bs, window, cap, pool_dt, seqs, width, nblk)) in [
         (
             4usize,
@@ -2003,6 +2006,8 @@ fn paged_attention_matches_the_reference() {
         (3, 3, 16, 300, Some(5.0), DType::F16, &long1[..], 44, 48),
         (4, 1, 16, 0, None, F, &long2[..], 34, 70),
         (6, 3, 8, 270, None, F, &long2[..], 67, 140),
+        (4, 2, 16, 0, None, F, &many[..], 20, 40),
+        (6, 2, 16, 40, Some(5.0), DType::F16, &many[..], 20, 40),
         // int8 pools (q8_kv, head dim 64: one block per token and head).
         (4, 2, 4, 0, None, DType::Q8Kv, &short[..], 5, 24),
         (3, 3, 8, 5, Some(5.0), DType::Q8Kv, &short[..], 5, 24),
