@@ -651,9 +651,10 @@ pub(crate) fn attention(
         per_pair(&mut kb);
         return kb.finish();
     }
-    // Few pairs (a few decode rows): pairs CAP at a time, each chunk's splits in parallel waves of `wave` splits per
-    // pair (as many as the scratch holds: a few rows over a long context spread over
-    // every thread), merged in split order after each wave, then the chunk's outputs.
+    // Few pairs (a few decode rows): pairs CAP at a time, each chunk's splits in
+    // parallel waves of `wave` splits per pair (as many as the scratch holds: a few
+    // rows over a long context spread over every thread), merged in split order after
+    // each wave, then the chunk's outputs.
     // One copy of each piece of arithmetic, whatever the number of rows: a row's
     // result does not depend on the step's other rows.
     let cap = (SPLIT_SCRATCH / (slen * 4)).clamp(8, 256);
