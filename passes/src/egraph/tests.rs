@@ -28,6 +28,15 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `n` pseudo-random f32 values (`values(n, seed)`) as a weight's data.
+fn f32_weight(n: usize, seed: u64) -> llmc_ir::WeightData {
+    let bytes = values(n, seed)
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect();
+    llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes))
+}
+
 /// Runs `m` on inputs of the given shapes (random f32) and returns the outputs.
 fn eval(m: &Module, shapes: &[Vec<usize>]) -> Vec<Tensor> {
     let ins: Vec<Tensor> = shapes
@@ -207,8 +216,7 @@ const RMS: &str = "module @rms {
 fn rms_norm_from_primitives() {
     let mut m0 = parse(RMS);
     // Give the weight data so the interpreter can run it.
-    let w: Vec<u8> = values(8, 99).iter().flat_map(|f| f.to_le_bytes()).collect();
-    m0.weights[0].data = llmc_ir::WeightData::Owned(std::sync::Arc::new(w));
+    m0.weights[0].data = f32_weight(8, 99);
     let mut m1 = m0.clone();
     run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
     let text = llmc_ir::text::print(&m1);
@@ -368,11 +376,7 @@ fn matmul_plus_bias_becomes_linear_with_a_transposed_weight() {
             .shape
             .as_consts()
             .map_or(0, |s| s.iter().product::<i64>() as usize);
-        let bytes: Vec<u8> = values(n, 40 + i as u64)
-            .iter()
-            .flat_map(|f| f.to_le_bytes())
-            .collect();
-        w.data = llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes));
+        w.data = f32_weight(n, 40 + i as u64);
     }
     let mut m1 = m0.clone();
     run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
@@ -399,8 +403,7 @@ fn matmul_by_a_weight_becomes_linear_and_by_an_activation_stays() {
   }
 }";
     let mut m0 = parse(src);
-    let bytes: Vec<u8> = values(12, 7).iter().flat_map(|f| f.to_le_bytes()).collect();
-    m0.weights[0].data = llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes));
+    m0.weights[0].data = f32_weight(12, 7);
     let mut m1 = m0.clone();
     run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
     let text = llmc_ir::text::print(&m1);
@@ -687,11 +690,7 @@ fn layered(layers: usize) -> Module {
             .shape
             .as_consts()
             .map_or(0, |d| d.iter().product::<i64>() as usize);
-        let bytes: Vec<u8> = values(n, 200 + i as u64)
-            .iter()
-            .flat_map(|f| f.to_le_bytes())
-            .collect();
-        w.data = llmc_ir::WeightData::Owned(std::sync::Arc::new(bytes));
+        w.data = f32_weight(n, 200 + i as u64);
     }
     m
 }
@@ -821,11 +820,8 @@ fn window_and_softcap_survive_flash_and_scale_into_q() {
   }
 }";
     let mut m1 = parse(src);
-    let weights: Vec<f32> = values(64, 3);
     let w = m1.weight_id("wq").unwrap();
-    m1.weights[w.0 as usize].data = llmc_ir::WeightData::Owned(std::sync::Arc::new(
-        weights.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    ));
+    m1.weights[w.0 as usize].data = f32_weight(64, 3);
     let m0 = m1.clone();
     run_with(&mut m1, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
     let fa: Vec<_> = m1
