@@ -136,8 +136,8 @@ pub(crate) fn rotate_pair(
 }
 
 /// Positions whose rope angles an f32 `rope` takes from a build-time table of cos/sin
-/// (`[positions, dims / 2, 2]` f32, the same values the kernel would compute); later
-/// positions compute them.
+/// (`[positions, 2, dims / 2]` f32: a position's cosines, then its sines; the same
+/// values the kernel would compute); later positions compute them.
 const ROPE_TABLE_POSITIONS: i64 = 4096;
 
 /// `rope(x[b, h, s, d], pos[b or 1, s])`, and the build-time cos/sin table an f32 one
@@ -188,14 +188,11 @@ pub(crate) fn rope(
         let mut v = Vec::with_capacity((ROPE_TABLE_POSITIONS * half * 2) as usize);
         for p in 0..ROPE_TABLE_POSITIONS {
             let pf = p as f64 / scale;
-            for k in 0..half {
-                let f = theta.powf((k * -2) as f64 / dims as f64);
-                let ang = pf * f;
-                v.push(f64::from(ang.cos() as f32));
-                v.push(f64::from(ang.sin() as f32));
-            }
+            let angle = |k: i64| pf * theta.powf((k * -2) as f64 / dims as f64);
+            v.extend((0..half).map(|k| f64::from(angle(k).cos() as f32)));
+            v.extend((0..half).map(|k| f64::from(angle(k).sin() as f32)));
         }
-        let shape = vec![ROPE_TABLE_POSITIONS as usize, half as usize, 2];
+        let shape = vec![ROPE_TABLE_POSITIONS as usize, 2, half as usize];
         consts.push(llmc_ir::Tensor::from_f64(llmc_ir::DType::F32, shape, v));
         Some(kb.param("trig", Ty::F32, crate::loopir::Role::In))
     } else {
@@ -256,15 +253,30 @@ pub(crate) fn rope(
                     .clone()
                     .ge(Expr::i(0))
                     .and(pi.clone().lt(Expr::i(ROPE_TABLE_POSITIONS)));
+                let trig = |kb: &mut KernelBuilder, k: &Expr| {
+                    let at = kb.let_("at", pi.clone() * (2 * half) + k.clone());
+                    let cos = kb.let_("cos", Expr::load(tb, at.clone()));
+                    let sin = kb.let_("sin", Expr::load(tb, at + half));
+                    (sin, cos)
+                };
                 kb.if_else(
                     inside,
                     |kb| {
-                        rotate(kb, &|kb, k| {
-                            let at = kb.let_("at", (pi.clone() * half + k.clone()) * 2);
-                            let cos = kb.let_("cos", Expr::load(tb, at.clone()));
-                            let sin = kb.let_("sin", Expr::load(tb, at + 1));
-                            (sin, cos)
-                        })
+                        if neox {
+                            // Heads outer, pairs inner: the halves, the cosines and
+                            // the sines are each contiguous, so the pairs go a vector
+                            // at a time (the same arithmetic per pair).
+                            kb.for_("h", 0, he.clone(), LoopTag::Serial, |kb, hi| {
+                                let r = row(kb, hi);
+                                kb.for_("k", 0, half, LoopTag::Vectorize(16), |kb, k| {
+                                    let (sin, cos) = trig(kb, &k);
+                                    let at = (r.clone() + k.clone(), r.clone() + k + half);
+                                    rotate_pair(kb, (ib[0], x.dtype), ob[0], at, (&sin, &cos));
+                                });
+                            });
+                        } else {
+                            rotate(kb, &trig)
+                        }
                     },
                     |kb| rotate(kb, &computed),
                 );
