@@ -629,27 +629,29 @@ pub(crate) fn attention(
             });
         }
     };
-    // Many pairs on a GPU mapping: one task per pair, its splits in order. The pairs go
-    // last first: in a prefill chunk the later rows attend to more keys, and the
-    // pool's guided claims (large first, small last) then end on the light ones.
-    let per_pair = |kb: &mut crate::builder::KernelBuilder| {
+    // One (row, kv head) pair, `rk` = row * kvh + head, as a task's work: its splits
+    // in order, merged into the running state, then its output rows.
+    let one_pair = |kb: &mut crate::builder::KernelBuilder, rk: Expr| {
+        let (r, kv, sq, lo, hi, s0, s1) = pair(kb, rk);
+        let run = kb.local("run", t, slen);
+        let part = kb.local("part", t, slen);
+        let zero = Expr::i(0);
+        init(kb, run, &zero);
+        kb.for_("sp", s0, s1, LoopTag::Serial, |kb, sp| {
+            let (a, b_) = split_range(kb, &sp, &lo, &hi);
+            attend(kb, (&r, &kv, &sq), a, b_, part, &zero);
+            merge(kb, run, &zero, part, &zero);
+        });
+        finish(kb, (&r, &kv), run, &zero);
+    };
+    // Many pairs on a GPU mapping: one task per pair. The pairs go last first: in a
+    // prefill chunk the later rows attend to more keys, and the pool's guided claims
+    // (large first, small last) then end on the light ones.
+    if gpu_mapping() {
         kb.for_("rk", 0, n.clone(), tag, |kb, rk| {
             let rk = kb.let_("rk_rev", n.clone() - 1 - rk);
-            let (r, kv, sq, lo, hi, s0, s1) = pair(kb, rk);
-            let run = kb.local("run", t, slen);
-            let part = kb.local("part", t, slen);
-            let zero = Expr::i(0);
-            init(kb, run, &zero);
-            kb.for_("sp", s0, s1, LoopTag::Serial, |kb, sp| {
-                let (a, b_) = split_range(kb, &sp, &lo, &hi);
-                attend(kb, (&r, &kv, &sq), a, b_, part, &zero);
-                merge(kb, run, &zero, part, &zero);
-            });
-            finish(kb, (&r, &kv), run, &zero);
+            one_pair(kb, rk);
         });
-    };
-    if gpu_mapping() {
-        per_pair(&mut kb);
         return kb.finish();
     }
     // On the CPU a task takes a row (last first, as above) and its kv heads in order:
@@ -663,17 +665,7 @@ pub(crate) fn attention(
             let r_rev = kb.let_("r_rev", se.clone() - 1 - rr);
             kb.for_("kvi", 0, kvh, LoopTag::Serial, |kb, kvi| {
                 let rk = kb.let_("rk", r_rev.clone() * kvh + kvi);
-                let (r, kv, sq, lo, hi, s0, s1) = pair(kb, rk);
-                let run = kb.local("run", t, slen);
-                let part = kb.local("part", t, slen);
-                let zero = Expr::i(0);
-                init(kb, run, &zero);
-                kb.for_("sp", s0, s1, LoopTag::Serial, |kb, sp| {
-                    let (a, b_) = split_range(kb, &sp, &lo, &hi);
-                    attend(kb, (&r, &kv, &sq), a, b_, part, &zero);
-                    merge(kb, run, &zero, part, &zero);
-                });
-                finish(kb, (&r, &kv), run, &zero);
+                one_pair(kb, rk);
             });
         });
     };
