@@ -4,9 +4,9 @@
 //! with an online softmax, in splits of [`SPLIT_TOKENS`] keys whose states merge in
 //! order (split-K): with few (row, kv head) pairs the splits of every pair run in
 //! parallel, so a few rows over a long context use every thread; with many (a prefill
-//! chunk, a large batch) each row is one task (on a GPU mapping each pair), its kv
-//! heads in order. The query heads of one GQA group are
-//! handled together, so each K/V block is read from memory once for the whole group.
+//! chunk, a large batch) each row is one task, its kv heads in order (on a GPU mapping
+//! each pair is one task). The query heads of one GQA group are handled together, so
+//! each K/V block is read from memory once for the whole group.
 //! A row's arithmetic depends only on its own sequence (never on the other rows of
 //! the step: both forms run the same per-pair arithmetic): batch invariance.
 
@@ -660,7 +660,7 @@ pub(crate) fn attention(
     // slice at another time (SmolLM2 Q4_1, alternated: attention's time in 32-stream
     // decode 2394 / 2373 -> 2296 / 2234 ms, in a 2,048-token prefill 2616 / 2312 ->
     // 2305 / 2216 ms).
-    let per_pair = |kb: &mut crate::builder::KernelBuilder| {
+    let per_row = |kb: &mut crate::builder::KernelBuilder| {
         kb.for_("rr", 0, se.clone(), tag, |kb, rr| {
             let r_rev = kb.let_("r_rev", se.clone() - 1 - rr);
             kb.for_("kvi", 0, kvh, LoopTag::Serial, |kb, kvi| {
@@ -730,7 +730,7 @@ pub(crate) fn attention(
     // forms do the same arithmetic per pair (its splits' states merged in split
     // order), so which one a step takes changes no bits.
     if matches!(tag, LoopTag::Parallel) {
-        kb.if_else(n.clone().ge(Expr::i(MANY_PAIRS)), per_pair, waves);
+        kb.if_else(n.clone().ge(Expr::i(MANY_PAIRS)), per_row, waves);
     } else {
         waves(&mut kb);
     }
@@ -738,8 +738,8 @@ pub(crate) fn attention(
 }
 
 /// From this many (row, kv head) pairs in a step on, `paged_attention` runs a task per
-/// row (the splits of each of its pairs in order) instead of parallel waves of splits with the
-/// merges between them on the calling thread (SmolLM2 Q4_1, 2 threads: pp128 1332 /
+/// row (the splits of each of its pairs in order) instead of parallel waves of splits
+/// with the merges between them on the calling thread (SmolLM2 Q4_1, 2 threads: pp128 1332 /
 /// 1321 -> 1376 / 1401 tok/s, a 2,048-token prefill's attention 4% faster, 32-stream
 /// decode unchanged).
 const MANY_PAIRS: i64 = 48;
