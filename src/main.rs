@@ -789,7 +789,7 @@ fn build(a: &BuildArgs) -> Result<()> {
             KvDtype::Int8 => llmc_ir::DType::Q8Kv,
         };
         let t = Instant::now();
-        m = llmc_passes::serving::lower(&m, kv)
+        m = llmc_passes::serving::lower(&m, kv, a.target != Target::Cuda)
             .map_err(|e| anyhow::anyhow!("lowering to the serving form: {e}"))?;
         if a.time_passes {
             eprintln!(

@@ -51,7 +51,7 @@ pub mod names {
 /// The pass as the pass manager runs it (f16 pools; the driver may pick another
 /// dtype through [`lower`]).
 pub fn run(m: &mut Module, _ctx: &PassContext) -> Result<Changed, PassError> {
-    let out = lower(m, DType::F16).map_err(|msg| PassError::Pass {
+    let out = lower(m, DType::F16, false).map_err(|msg| PassError::Pass {
         pass: "serving".into(),
         msg,
     })?;
@@ -89,8 +89,13 @@ fn is_last_slice(op: Op, attrs: &llmc_ir::Attrs) -> bool {
         && matches!(attrs.get("axes"), Some(Attr::Ints(v)) if v[..] == [1])
 }
 
-/// The serving form of `m` with `kv_dtype` pools, or why it cannot be made.
-pub fn lower(m: &Module, kv_dtype: DType) -> Result<Module, String> {
+/// The serving form of `m` with `kv_dtype` pools, or why it cannot be made. With
+/// `k_dim_major` (a float pool for a CPU target) the key pools hold each block's keys
+/// transposed, which the CPU's `paged_attention` scores a vector of keys at a time;
+/// the GPU kernels read key rows.
+pub fn lower(m: &Module, kv_dtype: DType, k_dim_major: bool) -> Result<Module, String> {
+    let k_dim_major = k_dim_major && !kv_dtype.is_quantized();
+    let layout = || llmc_ir::attrs([("k_dim_major", Attr::Int(1))]);
     let g = &m.graph;
     let names = llmc_ir::text::value_names(m);
     let vname = |v: ValueId| {
@@ -240,7 +245,11 @@ pub fn lower(m: &Module, kv_dtype: DType) -> Result<Module, String> {
                 (
                     Op::PagedKvWrite,
                     vec![ins[0], ins[1], kp, vp, slots],
-                    llmc_ir::Attrs::new(),
+                    if k_dim_major {
+                        layout()
+                    } else {
+                        llmc_ir::Attrs::new()
+                    },
                 )
             }
             _ if is_attn && pool_vals.contains_key(&ins[1]) => {
@@ -252,7 +261,11 @@ pub fn lower(m: &Module, kv_dtype: DType) -> Result<Module, String> {
                 if !matches!(n.attrs.get("causal"), Some(Attr::Bool(true))) {
                     return Err(format!("{at}: attention over the KV cache must be causal"));
                 }
-                let mut a = llmc_ir::Attrs::new();
+                let mut a = if k_dim_major {
+                    layout()
+                } else {
+                    llmc_ir::Attrs::new()
+                };
                 for key in ["scale", "window", "softcap"] {
                     if let Some(x) = n.attrs.get(key) {
                         a.insert(key.into(), x.clone());

@@ -238,8 +238,8 @@ fn check_llm(dir: &Path, layers: usize) -> Result<(), Failed> {
     for s in samples(dir) {
         llm_sample(&d, &s)?;
     }
-    let s =
-        llmc_passes::serving::lower(&d, DType::F32).map_err(|e| format!("serving form: {e}"))?;
+    let s = llmc_passes::serving::lower(&d, DType::F32, true)
+        .map_err(|e| format!("serving form: {e}"))?;
     let paged = count(&s, Op::PagedAttention);
     if paged != layers {
         return Err(format!("serving form: {paged} paged_attention for {layers} layers").into());

@@ -9,6 +9,13 @@
 //! step's rows are the `s` axis of `[1, heads, s, d]`; row `r` belongs to sequence
 //! `row_seq[r]` (a row of `block_tables`) and sits at position `pos[0, r]`, so it sees
 //! keys `0..=pos` of its sequence (causal), or only the last `window` of them.
+//!
+//! With `k_dim_major = 1` (on both ops; float pools only) the key pool keeps the same
+//! declared shape but each block's head slice `[block_size, d]` is stored transposed,
+//! dimension-major: key `j`'s element `c` at `((blk · kv_heads + head) · d + c) ·
+//! block_size + j % block_size`. It is storage the runtime owns and only these two ops
+//! read, so the layout is theirs to choose: a CPU kernel then scores a block's keys a
+//! vector at a time (keys in lanes) instead of one horizontal sum per key.
 
 use super::util::{arg, floats, need_float, opt_float, opt_int, req_float, targ, R, T};
 use crate::interp::EvalCtx;
@@ -43,6 +50,35 @@ fn pool_dims<'a>(p: &'a TensorType, name: &str) -> Result<[&'a Dim; 4], String> 
     }
 }
 
+/// The `k_dim_major` attribute (0 when absent), checked against the key pool's type.
+fn k_dim_major(a: &Attrs, kp: &TensorType) -> Result<bool, String> {
+    match opt_int(a, "k_dim_major")?.unwrap_or(0) {
+        0 => Ok(false),
+        1 if kp.dtype == DType::Q8Kv => {
+            Err("attribute `k_dim_major` needs a float k_pool, got q8_kv".into())
+        }
+        1 => Ok(true),
+        x => Err(format!("attribute `k_dim_major` must be 0 or 1, got {x}")),
+    }
+}
+
+/// Element index of key element `c` at `(blk, head, off)` of a key pool `[_, h, bs,
+/// d]`, row-major or (`dim_major`) with each block's head slice transposed.
+fn k_index(
+    dim_major: bool,
+    (blk, head, off, c): (usize, usize, usize, usize),
+    h: usize,
+    bs: usize,
+    d: usize,
+) -> usize {
+    let slice = blk * h + head;
+    if dim_major {
+        (slice * d + c) * bs + off
+    } else {
+        (slice * bs + off) * d + c
+    }
+}
+
 fn need_int_vec<'a>(t: &'a TensorType, name: &str, rank: usize) -> Result<&'a [Dim], String> {
     if !matches!(t.dtype, DType::I64 | DType::I32) {
         return Err(format!("{name} must be i32 or i64, got {}", t.dtype));
@@ -55,9 +91,10 @@ fn need_int_vec<'a>(t: &'a TensorType, name: &str, rank: usize) -> Result<&'a [D
 
 /// Shape rule of `paged_kv_write(k[1, kvh, s, d], v[1, kvh, s, dv], k_pool, v_pool,
 /// slots[s])`: results are the pools' types.
-pub fn infer_paged_kv_write(i: &[&TensorType], _: &Attrs) -> T {
+pub fn infer_paged_kv_write(i: &[&TensorType], a: &Attrs) -> T {
     let (k, v) = (targ(i, 0, "k")?, targ(i, 1, "v")?);
     let (kp, vp) = (targ(i, 2, "k_pool")?, targ(i, 3, "v_pool")?);
+    k_dim_major(a, kp)?;
     let slots = targ(i, 4, "slots")?;
     let [kn, kh, kbs, kd] = pool_dims(kp, "operand k_pool")?;
     let [vn, vh, vbs, vd] = pool_dims(vp, "operand v_pool")?;
@@ -93,8 +130,10 @@ pub fn infer_paged_kv_write(i: &[&TensorType], _: &Attrs) -> T {
 /// Reference semantics of `paged_kv_write`: the pools with row `r`'s keys and values
 /// written at slot `slots[r]` (block `slot / block_size`, offset `slot % block_size`);
 /// into a `q8_kv` pool (held dequantized) each written head vector is rounded through
-/// its blocks of 64 ([`crate::quant::q8_kv_round_trip`]).
-pub fn eval_paged_kv_write(i: &[&Tensor], _: &Attrs, ctx: &mut EvalCtx) -> R {
+/// its blocks of 64 ([`crate::quant::q8_kv_round_trip`]); with `k_dim_major` the keys
+/// go in transposed (see the module doc).
+pub fn eval_paged_kv_write(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
+    let dim_major = opt_int(a, "k_dim_major")?.unwrap_or(0) == 1;
     let (k, v) = (arg(i, 0, "k")?, arg(i, 1, "v")?);
     let (kp, vp) = (arg(i, 2, "k_pool")?, arg(i, 3, "v_pool")?);
     let slots = arg(i, 4, "slots")?.to_i64();
@@ -116,6 +155,12 @@ pub fn eval_paged_kv_write(i: &[&Tensor], _: &Attrs, ctx: &mut EvalCtx) -> R {
             let (blk, off) = (slot as usize / bs, slot as usize % bs);
             for hh in 0..h {
                 let src = &xs[(hh * s + r) * d..][..d];
+                if dim_major && j == 0 {
+                    for (c, &x) in src.iter().enumerate() {
+                        pool[k_index(true, (blk, hh, off, c), h, bs, d)] = x;
+                    }
+                    continue;
+                }
                 let dst = &mut pool[((blk * h + hh) * bs + off) * d..][..d];
                 if q8 {
                     dst.copy_from_slice(&crate::quant::q8_kv_round_trip(src));
@@ -151,6 +196,7 @@ pub fn infer_paged_attention(i: &[&TensorType], a: &Attrs) -> T {
         }
     }
     need_float(q, "operand q")?;
+    k_dim_major(a, kp)?;
     let [b, h, s, dk] = &q.shape.0[..] else {
         return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
     };
@@ -197,8 +243,10 @@ pub fn infer_paged_attention(i: &[&TensorType], a: &Attrs) -> T {
 /// Reference semantics of `paged_attention`: for row `r` of sequence `row_seq[r]` at
 /// position `p = pos[0, r]`, softmax over keys `lo..=p` (`lo = p - window + 1` with a
 /// window, else 0) of `q·k · scale` (then `softcap · tanh(x / softcap)` when set),
-/// times the values; query head `j` reads kv head `j / (h / kvh)`.
+/// times the values; query head `j` reads kv head `j / (h / kvh)`; with `k_dim_major`
+/// the keys are read transposed (see the module doc).
 pub fn eval_paged_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
+    let dim_major = opt_int(a, "k_dim_major")?.unwrap_or(0) == 1;
     let qt = arg(i, 0, "q")?;
     let (kt, vt) = (arg(i, 1, "k_pool")?, arg(i, 2, "v_pool")?);
     let pos = arg(i, 3, "pos")?.to_i64();
@@ -264,8 +312,11 @@ pub fn eval_paged_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
                     ));
                 }
                 let at = (blk as usize * kvh + kv) * bs + j % bs;
-                let krow = &k[at * dk..][..dk];
-                let mut x = super::util::dot(qrow, krow) * scale;
+                let key = (blk as usize, kv, j % bs);
+                let krow: Vec<f64> = (0..dk)
+                    .map(|c| k[k_index(dim_major, (key.0, key.1, key.2, c), kvh, bs, dk)])
+                    .collect();
+                let mut x = super::util::dot(qrow, &krow) * scale;
                 if let Some(c) = cap {
                     x = c * (x / c).tanh();
                 }
@@ -304,6 +355,13 @@ mod tests {
     /// block tables, gives what dense causal attention over each sequence alone gives.
     #[test]
     fn paged_attention_equals_dense_attention_per_sequence() {
+        // Both key layouts: the attention reads what the write wrote.
+        for dim_major in [0, 1] {
+            paged_attention_equals_dense(dim_major);
+        }
+    }
+
+    fn paged_attention_equals_dense(dim_major: i64) {
         let (h, kvh, d, bs, nblk) = (4usize, 2usize, 8usize, 4usize, 12usize);
         let lens = [5usize, 9, 3];
         // Block tables: scattered, distinct blocks.
@@ -332,9 +390,21 @@ mod tests {
         let mut ctx = EvalCtx::default();
         let slots_t = Tensor::from_i64(DType::I64, vec![total], slots);
         let w = Op::PagedKvWrite
-            .eval(&[&k, &v, &pool, &pool, &slots_t], &attrs([]), &mut ctx)
+            .eval(
+                &[&k, &v, &pool, &pool, &slots_t],
+                &attrs([("k_dim_major", Attr::Int(dim_major))]),
+                &mut ctx,
+            )
             .unwrap();
-        let a = attrs([("scale", Attr::Float(0.3))]);
+        if dim_major == 1 {
+            // Key 1 of sequence 0 (block 7, offset 1), head 0, element 2: transposed.
+            let want = k.to_f64()[d + 2];
+            assert_eq!(w[0].to_f64()[((7 * kvh) * d + 2) * bs + 1], want);
+        }
+        let a = attrs([
+            ("scale", Attr::Float(0.3)),
+            ("k_dim_major", Attr::Int(dim_major)),
+        ]);
         let pos_t = Tensor::from_i64(DType::I64, vec![1, total], pos);
         let rs_t = Tensor::from_i64(DType::I32, vec![total], row_seq);
         let bt_t = Tensor::from_i64(DType::I32, vec![lens.len(), width], bt);

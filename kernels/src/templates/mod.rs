@@ -169,7 +169,7 @@ pub fn lower(
         }),
         Op::Attention => nn::attention(node, ins, outs, name).map(plain),
         Op::FlashAttention => nn::flash_attention(node, ins, outs, name).map(plain),
-        Op::PagedKvWrite => paged::kv_write(ins, outs, name).map(|kernel| Lowered::Kernel {
+        Op::PagedKvWrite => paged::kv_write(node, ins, outs, name).map(|kernel| Lowered::Kernel {
             kernel,
             packs: Vec::new(),
             consts: Vec::new(),

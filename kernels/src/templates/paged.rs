@@ -69,7 +69,13 @@ pub(crate) fn row_keys(
 /// `paged_kv_write(k, v, k_pool, v_pool, slots) -> (k_pool, v_pool)`: the results are
 /// the pool buffers themselves (the plan aliases them), so only the new rows are
 /// written.
-pub(crate) fn kv_write(ins: &[&TensorType], outs: &[&TensorType], name: &str) -> TResult<Kernel> {
+pub(crate) fn kv_write(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<Kernel> {
+    let dim_major = attr_int(node, "k_dim_major")? == Some(1);
     let k = operand(ins, 0, "k")?;
     let v = operand(ins, 1, "v")?;
     let kp = operand(ins, 2, "k_pool")?;
@@ -105,7 +111,12 @@ pub(crate) fn kv_write(ins: &[&TensorType], outs: &[&TensorType], name: &str) ->
             for (x, xt, out, d) in [(ib[0], k, ob[0], dk), (ib[1], v, ob[1], dv)] {
                 let put = |kb: &mut crate::builder::KernelBuilder| {
                     let src = (h.clone() * se.clone() + r.clone()) * d + c.clone();
-                    let dst = ((blk.clone() * kvh + h.clone()) * bs + off.clone()) * d + c.clone();
+                    let slice = blk.clone() * kvh + h.clone();
+                    let dst = if dim_major && x == ib[0] {
+                        (slice * d + c.clone()) * bs + off.clone()
+                    } else {
+                        (slice * bs + off.clone()) * d + c.clone()
+                    };
                     let val = load_elem(kb, x, xt.dtype, src);
                     let val = to_storage(kb, out, val);
                     kb.store(out, dst, val);
@@ -130,6 +141,16 @@ pub(crate) fn kv_write(ins: &[&TensorType], outs: &[&TensorType], name: &str) ->
         ] {
             kb.for_("h", 0, kvh, LoopTag::Serial, |kb, h| {
                 let src = kb.let_("src", (h.clone() * se.clone() + r.clone()) * d);
+                if dim_major && x == ib[0] {
+                    // Element c of the key goes to column `off` of the slice's row c.
+                    let at = kb.let_("at", ((blk.clone() * kvh + h) * d) * bs + off.clone());
+                    kb.for_("c", 0, d, LoopTag::Serial, |kb, c| {
+                        let val = load_elem(kb, x, xt.dtype, src.clone() + c.clone());
+                        let val = to_storage(kb, out, val);
+                        kb.store(out, at.clone() + c * bs, val);
+                    });
+                    return;
+                }
                 let dst = kb.let_("dst", ((blk.clone() * kvh + h) * bs + off.clone()) * d);
                 if pt == DType::Q8Kv {
                     write_q8_kv(kb, (x, xt.dtype), src, out, dst, d);
@@ -233,6 +254,9 @@ pub(crate) struct PagedArgs<'a> {
     /// 0: no window.
     pub window: i64,
     pub cap: Option<f64>,
+    /// The key pool holds each block's keys transposed ([`llmc_ir::ops`]'s
+    /// `k_dim_major`).
+    pub k_dim_major: bool,
 }
 
 /// Reads [`PagedArgs`] of `paged_attention(q, k_pool, v_pool, pos, row_seq,
@@ -255,6 +279,7 @@ pub(crate) fn paged_args<'a>(
         scale: attr_float(node, "scale")?.ok_or("missing attribute `scale`")?,
         window: attr_int(node, "window")?.unwrap_or(0),
         cap: attr_float(node, "softcap")?,
+        k_dim_major: attr_int(node, "k_dim_major")? == Some(1),
     })
 }
 
@@ -273,6 +298,7 @@ pub(crate) fn attention(
         scale,
         window,
         cap,
+        k_dim_major,
     } = paged_args(node, ins, outs)?;
     let [_, h, s, dk] = &q.shape.0[..] else {
         return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
@@ -476,11 +502,119 @@ pub(crate) fn attention(
                     }
                 });
             };
-            kb.if_else(
-                last.clone(),
-                |kb| key_loop(kb, true),
-                |kb| key_loop(kb, false),
-            );
+            // A transposed key slice (`k_dim_major`): element c of the block's keys is
+            // one run, so the scores of all of them take a vector multiply-add per
+            // element and query head (keys in lanes), with no horizontal sum per key.
+            // Slots of the block outside [js, je) are scored too and never read.
+            let sets = if dk % 4 == 0 { 4 } else { 1 };
+            let tree = bs >= 2 && bs & (bs - 1) == 0;
+            let parts = kb.local("parts", t, group * bs * sets);
+            let key_columns = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
+                let kbase = kb.let_("kbase", base.clone() * dk);
+                kb.for_("z", 0, group * bs * sets, wide, |kb, z| {
+                    kb.store(parts, z, fconst(0.0, t))
+                });
+                let per_line = (64 / kp.dtype.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1);
+                // Set `u` sums elements `u · dk / sets + c`: `sets` independent sums per
+                // query head, so the multiply-adds are not one chain dk long.
+                let span = dk / sets;
+                kb.for_("c", 0, span, LoopTag::Serial, |kb, c| {
+                    for u in 0..sets {
+                        let cu = kb.let_("cu", c.clone() + u * span);
+                        if fetch {
+                            // The next block's slice, a line per element row (modulo
+                            // the slice, so the fetches stay within it).
+                            let at = nbase.clone() * dk + (cu.clone() * per_line) % (bs * dk);
+                            kb.prefetch(ib[1], at);
+                        }
+                        let col = kb.let_("col", kbase.clone() + cu.clone() * bs);
+                        let qs: Vec<Expr> = qrows
+                            .iter()
+                            .map(|qrow| {
+                                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + cu.clone());
+                                kb.let_("qc", qv)
+                            })
+                            .collect();
+                        kb.for_("jj", 0, bs, wide, |kb, jj| {
+                            let kx = load_elem(kb, ib[1], kp.dtype, col.clone() + jj.clone());
+                            let kx = kb.let_("kx", kx);
+                            for (g, qc) in qs.iter().enumerate() {
+                                let at = jj.clone() + (u * group + g as i64) * bs;
+                                let v = b(
+                                    BinOp::Add,
+                                    Expr::load(parts, at.clone()),
+                                    b(BinOp::Mul, qc.clone(), kx.clone()),
+                                );
+                                kb.store(parts, at, v);
+                            }
+                        });
+                    }
+                });
+                for (g, bm) in bms.iter().enumerate() {
+                    let g = g as i64;
+                    kb.for_("jj", 0, bs, wide, |kb, jj| {
+                        let at = jj.clone() + g * bs;
+                        // The sets' sums added in a fixed tree.
+                        let mut sums: Vec<Expr> = (0..sets)
+                            .map(|u| Expr::load(parts, at.clone() + u * group * bs))
+                            .collect();
+                        while sums.len() > 1 {
+                            sums = sums
+                                .chunks(2)
+                                .map(|p| b(BinOp::Add, p[0].clone(), p[1].clone()))
+                                .collect();
+                        }
+                        let mut sc = b(BinOp::Mul, sums.remove(0), fconst(scale, t));
+                        if let Some(cap) = cap {
+                            let x = b(BinOp::Div, sc, fconst(cap, t));
+                            sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
+                        }
+                        if tree {
+                            // Slots outside [js, je) take no part in the maximum.
+                            let inside = jj.clone().ge(js.clone()).and(jj.clone().lt(je.clone()));
+                            sc = Expr::select(inside, sc, ninf());
+                        }
+                        kb.store(scores, at, sc);
+                    });
+                    if tree {
+                        // The block's maximum as a tree of vector maxima (halves of the
+                        // block, then halves of those) in `parts`: a scalar chain of
+                        // `bs` maxima was the block's longest latency.
+                        let mut w = bs / 2;
+                        let mut from = (scores, g * bs);
+                        while w >= 1 {
+                            let (src, o) = from;
+                            kb.for_("i", 0, w, wide, |kb, i| {
+                                let lo = Expr::load(src, i.clone() + o);
+                                let hi = Expr::load(src, i.clone() + (o + w));
+                                kb.store(parts, i + g * bs, lo.max(hi));
+                            });
+                            from = (parts, g * bs);
+                            w /= 2;
+                        }
+                        let top = Expr::load(parts, Expr::i(g * bs));
+                        kb.assign(*bm, Expr::Var(*bm).max(top));
+                    } else {
+                        kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                            let sc = Expr::load(scores, jj + g * bs);
+                            kb.assign(*bm, Expr::Var(*bm).max(sc));
+                        });
+                    }
+                }
+            };
+            if k_dim_major {
+                kb.if_else(
+                    last.clone(),
+                    |kb| key_columns(kb, true),
+                    |kb| key_columns(kb, false),
+                );
+            } else {
+                kb.if_else(
+                    last.clone(),
+                    |kb| key_loop(kb, true),
+                    |kb| key_loop(kb, false),
+                );
+            }
             // Per query head: the running maximum, the rescale of its sum and
             // accumulator, and the block's probabilities (vectorized over its keys).
             let mns: Vec<Expr> = (0..group)

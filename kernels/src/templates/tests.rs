@@ -1986,7 +1986,7 @@ fn paged_attention_matches_the_reference() {
     // A prefill chunk across a split boundary beside a short one: 50 rows x 2 kv
     // heads, past the pair count from which each pair runs as its own task.
     let many = [(250usize, 30usize), (0, 20)];
-    for (case, &(h, kvh, bs, window, cap, pool_dt, seqs, width, nblk)) in [
+    let cases = [
         (
             4usize,
             2usize,
@@ -2012,10 +2012,15 @@ fn paged_attention_matches_the_reference() {
         (4, 2, 4, 0, None, DType::Q8Kv, &short[..], 5, 24),
         (3, 3, 8, 5, Some(5.0), DType::Q8Kv, &short[..], 5, 24),
         (6, 2, 16, 0, None, DType::Q8Kv, &long2[..], 34, 70),
-    ]
-    .iter()
-    .enumerate()
-    {
+    ];
+    // Every float case in both key layouts (`k_dim_major`: each block's keys
+    // transposed, as CPU builds lay them out).
+    let layouts = cases.iter().flat_map(|c| {
+        let dms: &[i64] = if c.5 == DType::Q8Kv { &[0] } else { &[0, 1] };
+        dms.iter().map(move |&dm| (*c, dm))
+    });
+    for (case, ((h, kvh, bs, window, cap, pool_dt, seqs, width, nblk), dm)) in layouts.enumerate() {
+        let wa = || attrs([("k_dim_major", Attr::Int(dm))]);
         let d = if pool_dt == DType::Q8Kv { 64usize } else { 8 };
         let ds = d.to_string();
         // Distinct blocks per sequence, scattered.
@@ -2070,14 +2075,14 @@ fn paged_attention_matches_the_reference() {
                 Arg::In(t, x)
             },
         ];
-        check_args(Op::PagedKvWrite, attrs([]), &w_args, 0.0, 0.0);
-        super::testing::check_args_on(true, Op::PagedKvWrite, attrs([]), &w_args, 0.0, 0.0);
+        check_args(Op::PagedKvWrite, wa(), &w_args, 0.0, 0.0);
+        super::testing::check_args_on(true, Op::PagedKvWrite, wa(), &w_args, 0.0, 0.0);
         // The written pools (from the reference) feed the attention check.
-        let (_, written, _) = run_args(Op::PagedKvWrite, attrs([]), &w_args);
+        let (_, written, _) = run_args(Op::PagedKvWrite, wa(), &w_args);
         let held = if pool_dt == DType::Q8Kv { F } else { pool_dt };
         let kp2 = llmc_ir::Tensor::from_f64(held, kpool.shape.clone(), written[0].clone());
         let vp2 = llmc_ir::Tensor::from_f64(held, vpool.shape.clone(), written[1].clone());
-        let mut a = attrs([("scale", Attr::Float(0.4))]);
+        let mut a = attrs([("scale", Attr::Float(0.4)), ("k_dim_major", Attr::Int(dm))]);
         if window > 0 {
             a.insert("window".into(), Attr::Int(window));
         }
@@ -2108,7 +2113,8 @@ fn paged_attention_matches_the_reference() {
             .map(|(t, x)| Arg::In(t.clone(), x.clone()))
             .collect();
         let text = super::testing::check_args_on(true, Op::PagedAttention, a, &gpu_args, tol, tol);
-        if pool_dt != DType::Q8Kv {
+        // The warp kernel reads key rows; transposed keys take the generic mapping.
+        if pool_dt != DType::Q8Kv && dm == 0 {
             assert!(text.contains("shuffle_xor"), "case {case}: {text}");
         }
     }

@@ -243,7 +243,7 @@ fn warp_max(kb: &mut KernelBuilder, v: Expr) -> Expr {
 /// shared memory, and then the lanes own head-dim columns and add the chunk's value
 /// rows, read coalesced. At the end the warps' (max, sum, accumulator) states merge
 /// through shared memory. `None` (the generic mapping of the CPU kernel) for int8
-/// pools or non-f32 compute.
+/// pools, non-f32 compute or transposed key pools (`k_dim_major`, a CPU layout).
 pub(crate) fn paged(
     node: &Node,
     ins: &[&TensorType],
@@ -259,9 +259,10 @@ pub(crate) fn paged(
         scale,
         window,
         cap,
+        k_dim_major,
     } = crate::templates::paged::paged_args(node, ins, outs)?;
     let t = compute_ty(q.dtype)?;
-    if t != Ty::F32 || kp.dtype == DType::Q8Kv || vp.dtype == DType::Q8Kv {
+    if t != Ty::F32 || kp.dtype == DType::Q8Kv || vp.dtype == DType::Q8Kv || k_dim_major {
         return Ok(None);
     }
     let [_, hd, sd, dkd] = &q.shape.0[..] else {
