@@ -770,8 +770,12 @@ pub(crate) fn attention(
         let run = kb.local("run", t, slen);
         let part = kb.local("part", t, slen);
         let zero = Expr::i(0);
-        init(kb, run, &zero);
-        kb.for_("sp", s0, s1, LoopTag::Serial, |kb, sp| {
+        // The first split straight into the running state: merging a state into the
+        // initial one (m = -inf, l = 0, acc = 0) gives it back unchanged (factors 0 and
+        // exp(0) = 1), so only the later splits take the merge.
+        let (a, b_) = split_range(kb, &s0, &lo, &hi);
+        attend(kb, (&r, &kv, &sq), a, b_, run, &zero);
+        kb.for_("sp", s0 + 1, s1, LoopTag::Serial, |kb, sp| {
             let (a, b_) = split_range(kb, &sp, &lo, &hi);
             attend(kb, (&r, &kv, &sq), a, b_, part, &zero);
             merge(kb, run, &zero, part, &zero);
