@@ -621,12 +621,18 @@ pub(crate) fn attention(
                 .map(|g| {
                     let (m, l, bm) = (ms[g as usize], ls[g as usize], bms[g as usize]);
                     let mn = kb.let_("mn", Expr::Var(m).max(Expr::Var(bm)));
-                    let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
-                    kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
-                    kb.for_("c", 0, dv, wide, |kb, c| {
-                        let at = acc_at(o, g, c);
-                        let a = b(BinOp::Mul, Expr::load(buf, at.clone()), corr.clone());
-                        kb.store(buf, at, a);
+                    // The rescale only when the maximum grew: otherwise its factor is
+                    // exp(0) = 1 and it changes nothing (in a long prefill most blocks
+                    // leave the maximum where it was, and the scalar exp per query
+                    // head and block was a tenth of the kernel).
+                    kb.if_(mn.clone().ne_(Expr::Var(m)), |kb| {
+                        let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
+                        kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
+                        kb.for_("c", 0, dv, wide, |kb, c| {
+                            let at = acc_at(o, g, c);
+                            let a = b(BinOp::Mul, Expr::load(buf, at.clone()), corr.clone());
+                            kb.store(buf, at, a);
+                        });
                     });
                     kb.for_("jj", js.clone(), je.clone(), wide, |kb, jj| {
                         let at = jj + g * bs;
