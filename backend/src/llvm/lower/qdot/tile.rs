@@ -1111,6 +1111,30 @@ impl<'ctx> Lowering<'ctx, '_> {
         let bits = b
             .build_int_truncate_or_bit_cast(bits, if n == 32 { it.i32 } else { it.i16 }, "")
             .map_err(e)?;
+        if n == 16 {
+            // Without mask registers (AVX2) the lane test is spelled out, so that the
+            // compare's all-ones lanes are and-ed with 16 (broadcast, and, compare,
+            // and, or): from a bit-cast mask LLVM widened each lane through a shift
+            // and an and.
+            let vt = it.i16.vec_type(16);
+            let one = b
+                .build_insert_element(vt.get_undef(), bits, it.i32.const_zero(), "")
+                .map_err(e)?;
+            let zeros = VectorType::const_vector(&[it.i32.const_zero(); 16]);
+            let all = b
+                .build_shuffle_vector(one, vt.get_undef(), zeros, "")
+                .map_err(e)?;
+            let lane_bits: Vec<_> = (0..16).map(|i| it.i16.const_int(1 << i, false)).collect();
+            let lane_bits = VectorType::const_vector(&lane_bits);
+            let x = b.build_and(all, lane_bits, "").map_err(e)?;
+            let set = b
+                .build_int_compare(inkwell::IntPredicate::EQ, x, lane_bits, "")
+                .map_err(e)?;
+            let wide = b.build_int_s_extend(set, vt, "").map_err(e)?;
+            let sixteen = VectorType::const_vector(&[it.i16.const_int(16, false); 16]);
+            let add = b.build_and(wide, sixteen, "").map_err(e)?;
+            return b.build_or(v, add, "q5").map_err(e);
+        }
         let mask = b
             .build_bit_cast(bits, it.i1.vec_type(n), "")
             .map_err(e)?
