@@ -462,25 +462,22 @@ mod tests {
             e.to_string().contains("operand k must be [1, 3, s, 8]"),
             "{e}"
         );
-        // Transposed keys are a float pool's layout only.
+        // Transposed keys are a float pool's layout only, and the attribute a flag.
         let q8 = |s: &[i64]| TensorType::new(DType::Q8Kv, Shape::of(s));
         let k64 = m.graph.add_input("k64", f(&[1, 2, 3, 64]));
         let q8_pool = m.graph.add_input("q8p", q8(&[10, 2, 16, 64]));
-        let e = m
-            .add_node(
-                Op::PagedKvWrite,
-                &[k64, k64, q8_pool, q8_pool, slots],
-                attrs([("k_dim_major", Attr::Int(1))]),
-            )
-            .unwrap_err();
-        assert!(e.to_string().contains("needs a float k_pool"), "{e}");
-        let e = m
-            .add_node(
-                Op::PagedKvWrite,
-                &[k, k, pool, pool, slots],
-                attrs([("k_dim_major", Attr::Int(2))]),
-            )
-            .unwrap_err();
-        assert!(e.to_string().contains("must be 0 or 1, got 2"), "{e}");
+        for (kk, p, flag, want) in [
+            (k64, q8_pool, 1, "needs a float k_pool"),
+            (k, pool, 2, "must be 0 or 1, got 2"),
+        ] {
+            let e = m
+                .add_node(
+                    Op::PagedKvWrite,
+                    &[kk, kk, p, p, slots],
+                    attrs([("k_dim_major", Attr::Int(flag))]),
+                )
+                .unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
     }
 }
