@@ -1112,10 +1112,10 @@ impl<'ctx> Lowering<'ctx, '_> {
             .build_int_truncate_or_bit_cast(bits, if n == 32 { it.i32 } else { it.i16 }, "")
             .map_err(e)?;
         if n == 16 {
-            // Without mask registers (AVX2) the lane test is spelled out, so that the
-            // compare's all-ones lanes are and-ed with 16 (broadcast, and, compare,
-            // and, or): from a bit-cast mask LLVM widened each lane through a shift
-            // and an and.
+            // Without mask registers the lane test is spelled out: each lane keeps its
+            // own bit of the broadcast (from a bit-cast mask LLVM widened each lane
+            // through a compare, a shift and an and), then AVX2 turns it into 16 with
+            // a sign, and the portable form with a compare and an and.
             let vt = it.i16.vec_type(16);
             let one = b
                 .build_insert_element(vt.get_undef(), bits, it.i32.const_zero(), "")
@@ -1127,6 +1127,19 @@ impl<'ctx> Lowering<'ctx, '_> {
             let lane_bits: Vec<_> = (0..16).map(|i| it.i16.const_int(1 << i, false)).collect();
             let lane_bits = VectorType::const_vector(&lane_bits);
             let x = b.build_and(all, lane_bits, "").map_err(e)?;
+            if self.target.avx2() {
+                // `vpsignw`: 16 where the lane's bit is set (x > 0), 0 where it is not;
+                // lane 15's bit is the sign, so its constant is -16. Broadcast, and,
+                // sign, or: four instructions.
+                let mut c = vec![it.i16.const_int(16, false); 16];
+                c[15] = it.i16.const_int((-16i16) as u16 as u64, false);
+                let add = self.x86(
+                    f,
+                    "llvm.x86.avx2.psign.w",
+                    &[VectorType::const_vector(&c), x],
+                )?;
+                return b.build_or(v, add.into_vector_value(), "q5").map_err(e);
+            }
             let set = b
                 .build_int_compare(inkwell::IntPredicate::EQ, x, lane_bits, "")
                 .map_err(e)?;
