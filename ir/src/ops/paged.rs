@@ -312,9 +312,9 @@ pub fn eval_paged_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
                     ));
                 }
                 let at = (blk as usize * kvh + kv) * bs + j % bs;
-                let key = (blk as usize, kv, j % bs);
+                let (b, o) = (blk as usize, j % bs);
                 let krow: Vec<f64> = (0..dk)
-                    .map(|c| k[k_index(dim_major, (key.0, key.1, key.2, c), kvh, bs, dk)])
+                    .map(|c| k[k_index(dim_major, (b, kv, o, c), kvh, bs, dk)])
                     .collect();
                 let mut x = super::util::dot(qrow, &krow) * scale;
                 if let Some(c) = cap {
