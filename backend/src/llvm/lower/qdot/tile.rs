@@ -536,18 +536,19 @@ impl<'ctx> Lowering<'ctx, '_> {
         let trips = t.blocks / 2;
         let lp = self.counted_loop(f, "qtile", "qtb", trips as u64)?;
         let blk0 = f.b.build_int_mul(lp.index, self.tc(2), "").map_err(e)?;
+        let mut pair = Vec::new();
         for h in 0..2 {
             let tblk = f.b.build_int_add(blk0, self.tc(h), "").map_err(e)?;
             let blk =
                 f.b.build_int_add(tblk, self.tc(t.first_block), "")
                     .map_err(e)?;
-            let at = (blk, tblk);
-            self.qtile_block(f, t, wsrc, &bufs, &sel, at, c0, lanes, h as usize, &chains)?;
+            pair.push((blk, tblk, h as usize));
         }
+        self.qtile_block(f, t, wsrc, &bufs, &sel, &pair, c0, lanes, &chains)?;
         self.close_loop(f, &lp)?;
         if t.blocks % 2 == 1 {
-            let at = (self.tc(t.row_blocks - 1), self.tc(t.blocks - 1));
-            self.qtile_block(f, t, wsrc, &bufs, &sel, at, c0, lanes, 0, &chains)?;
+            let at = (self.tc(t.row_blocks - 1), self.tc(t.blocks - 1), 0);
+            self.qtile_block(f, t, wsrc, &bufs, &sel, &[at], c0, lanes, &chains)?;
             // The odd chains take the trailing block's zero partner, as in QDot.
             for ch in &chains {
                 for slot in [ch[1], ch[3]] {
@@ -597,8 +598,11 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok(())
     }
 
-    /// The row's block `blk` (tile block `tblk`) of a [`Self::qtile_pass`] into chain
-    /// `h` (0 even, 1 odd) of every row.
+    /// Blocks `blk` (tile block `tblk`) of a [`Self::qtile_pass`], each into chain `h`
+    /// (0 even, 1 odd) of every row. A byte tile's blocks run side by side, their
+    /// products interleaved quad by quad, so that the two blocks' `vpdpbusd` chains
+    /// overlap (each row's sum is still one chain per block; the order of a chain's
+    /// adds does not change); a pair tile's blocks run one after the other.
     #[allow(clippy::too_many_arguments)]
     fn qtile_block(
         &self,
@@ -607,10 +611,9 @@ impl<'ctx> Lowering<'ctx, '_> {
         wsrc: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
         bufs: &[PointerValue<'ctx>],
         rows: &[(IntValue<'ctx>, IntValue<'ctx>)],
-        (blk, tblk): (IntValue<'ctx>, IntValue<'ctx>),
+        blocks: &[(IntValue<'ctx>, IntValue<'ctx>, usize)],
         c0: u32,
         lanes: u32,
-        h: usize,
         chains: &[[PointerValue<'ctx>; 4]],
     ) -> R<()> {
         let it = self.it;
@@ -619,129 +622,147 @@ impl<'ctx> Lowering<'ctx, '_> {
         let vi = it.i32.vec_type(lanes);
         let vw = it.i16.vec_type(2 * lanes);
         let vf = it.f32.vec_type(lanes);
-        let b = &f.b;
-        let tb = b
-            .build_int_mul(tblk, self.tc(BLOCK_TILE_BYTES), "")
-            .map_err(e)?;
-        let tb = b.build_int_add(tb, self.tc(c0 as i64 * 4), "").map_err(e)?;
-        // Byte offset of each row's block `blk` in xq (int16 or int8 quants).
         let xq8 = self.xq8(t.xq);
         let es = if xq8 { 1 } else { 2 };
-        let xbs = rows
-            .iter()
-            .map(|(xb, _)| {
-                let v = b.build_int_add(*xb, blk, "").map_err(e)?;
-                b.build_int_mul(v, self.tc(32 * es), "").map_err(e)
-            })
-            .collect::<R<Vec<_>>>()?;
-        let mut sums: Vec<VectorValue<'ctx>> = rows.iter().map(|_| vi.const_zero()).collect();
         let bytes = self.byte_tile(t.fmt, t.packed, xq8);
-        // Decoded from the packed weight: pair vectors, or a byte tile's quads.
-        let direct = match wsrc {
-            Some(src) if bytes => Some(self.direct_block_bytes(f, t, src, blk, c0, lanes)?),
-            Some(src) => Some(self.direct_block(f, t, src, blk, c0, lanes)?),
-            None => None,
-        };
+        // Per block: each row's byte offset of the block in xq (int16 or int8 quants),
+        // the block decoded from the packed weight (direct tiles), its sums.
+        let mut xbss = Vec::new();
+        let mut directs = Vec::new();
+        for &(blk, _, _) in blocks {
+            let b = &f.b;
+            let xbs = rows
+                .iter()
+                .map(|(xb, _)| {
+                    let v = b.build_int_add(*xb, blk, "").map_err(e)?;
+                    b.build_int_mul(v, self.tc(32 * es), "").map_err(e)
+                })
+                .collect::<R<Vec<_>>>()?;
+            xbss.push(xbs);
+            directs.push(match wsrc {
+                Some(src) if bytes => Some(self.direct_block_bytes(f, t, src, blk, c0, lanes)?),
+                Some(src) => Some(self.direct_block(f, t, src, blk, c0, lanes)?),
+                None => None,
+            });
+        }
+        let mut sums: Vec<Vec<VectorValue<'ctx>>> = blocks
+            .iter()
+            .map(|_| rows.iter().map(|_| vi.const_zero()).collect())
+            .collect();
         if bytes {
             // u8 weight quads against s8 activation quads (4 bytes broadcast).
-            let quads = direct.as_ref().map(|(q, ..)| q.clone());
-            let tb =
-                f.b.build_int_mul(tblk, self.tc(BLOCK_BYTE_TILE_BYTES), "")
-                    .map_err(e)?;
-            let tb =
-                f.b.build_int_add(tb, self.tc(4 * c0 as i64), "")
-                    .map_err(e)?;
+            let tbs = blocks
+                .iter()
+                .map(|&(_, tblk, _)| {
+                    let tb =
+                        f.b.build_int_mul(tblk, self.tc(BLOCK_BYTE_TILE_BYTES), "")
+                            .map_err(e)?;
+                    f.b.build_int_add(tb, self.tc(4 * c0 as i64), "").map_err(e)
+                })
+                .collect::<R<Vec<_>>>()?;
             for p in 0..8i64 {
-                let wv = match &quads {
-                    Some(q) => q[p as usize],
+                for (j, tb) in tbs.iter().enumerate() {
+                    let wv = match &directs[j] {
+                        Some((q, ..)) => q[p as usize],
+                        None => {
+                            let at = f.b.build_int_add(*tb, self.tc(p * 64), "").map_err(e)?;
+                            self.qdot_load(f, vi.into(), tile, at)?.into_vector_value()
+                        }
+                    };
+                    for (s, xb) in sums[j].iter_mut().zip(&xbss[j]) {
+                        let at = f.b.build_int_add(*xb, self.tc(p * 4), "").map_err(e)?;
+                        let quad = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
+                        let x = self.splat_i32(f, quad, lanes)?;
+                        *s = self.quad_dot(f, *s, wv, x)?;
+                    }
+                }
+            }
+        }
+        for (j, &(blk, tblk, h)) in blocks.iter().enumerate() {
+            let xbs = &xbss[j];
+            let direct = &directs[j];
+            let tb =
+                f.b.build_int_mul(tblk, self.tc(BLOCK_TILE_BYTES), "")
+                    .map_err(e)?;
+            let tb =
+                f.b.build_int_add(tb, self.tc(c0 as i64 * 4), "")
+                    .map_err(e)?;
+            // Else i16 weight pairs against i16 activation pairs. int8 ones are widened
+            // a block at a time into a stack slot per row, from which each pair is
+            // broadcast as the int16 ones are from `xq` (a 2-byte load, a sign
+            // extension and a register broadcast per pair measured 1.8x slower
+            // prefill, a permute per pair from the widened register 1.4x).
+            let wide = if xq8 && !bytes {
+                let v32b = it.i8.vec_type(32);
+                let v32w = it.i16.vec_type(32);
+                xbs.iter()
+                    .map(|xb| {
+                        let raw = self.qdot_load(f, v32b.into(), xq, *xb)?.into_vector_value();
+                        let w16 = f.b.build_int_s_extend(raw, v32w, "").map_err(e)?;
+                        let slot = f.allocas.build_alloca(v32w, "xq16").map_err(e)?;
+                        let st = f.b.build_store(slot, w16).map_err(e)?;
+                        st.set_volatile(true).map_err(llvm_err)?;
+                        Ok(slot)
+                    })
+                    .collect::<R<Vec<_>>>()?
+            } else {
+                Vec::new()
+            };
+            for p in (0..16i64).filter(|_| !bytes) {
+                let wv = match direct {
+                    Some((wvs, ..)) => wvs[p as usize],
                     None => {
                         let at = f.b.build_int_add(tb, self.tc(p * 64), "").map_err(e)?;
-                        self.qdot_load(f, vi.into(), tile, at)?.into_vector_value()
+                        self.qdot_load(f, vw.into(), tile, at)?.into_vector_value()
                     }
                 };
-                for (s, xb) in sums.iter_mut().zip(&xbs) {
-                    let at = f.b.build_int_add(*xb, self.tc(p * 4), "").map_err(e)?;
-                    let quad = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
-                    let x = self.splat_i32(f, quad, lanes)?;
-                    *s = self.quad_dot(f, *s, wv, x)?;
+                for (r, (s, xb)) in sums[j].iter_mut().zip(xbs).enumerate() {
+                    let x = if xq8 {
+                        // SAFETY: pair p of the 64-byte slot written above.
+                        let at = unsafe { f.b.build_gep(it.i8, wide[r], &[self.tc(4 * p)], "") }
+                            .map_err(e)?;
+                        let pair = f.b.build_load(it.i32, at, "").map_err(e)?;
+                        if let Some(i) = pair.as_instruction_value() {
+                            i.set_volatile(true).map_err(llvm_err)?;
+                            i.set_alignment(4).map_err(llvm_err)?;
+                        }
+                        self.splat_i32(f, pair.into_int_value(), lanes)?
+                    } else {
+                        let at = f.b.build_int_add(*xb, self.tc(p * 4), "").map_err(e)?;
+                        let pair = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
+                        self.splat_i32(f, pair, lanes)?
+                    };
+                    *s = self.pair_dot(f, *s, wv, x, lanes)?;
                 }
             }
-        }
-        // Else i16 weight pairs against i16 activation pairs. int8 ones are widened a
-        // block at a time into a stack slot per row, from which each pair is broadcast
-        // as the int16 ones are from `xq` (a 2-byte load, a sign extension and a
-        // register broadcast per pair measured 1.8x slower prefill, a permute per pair
-        // from the widened register 1.4x).
-        let wide = if xq8 && !bytes {
-            let v32b = it.i8.vec_type(32);
-            let v32w = it.i16.vec_type(32);
-            xbs.iter()
-                .map(|xb| {
-                    let raw = self.qdot_load(f, v32b.into(), xq, *xb)?.into_vector_value();
-                    let w16 = f.b.build_int_s_extend(raw, v32w, "").map_err(e)?;
-                    let slot = f.allocas.build_alloca(v32w, "xq16").map_err(e)?;
-                    let st = f.b.build_store(slot, w16).map_err(e)?;
-                    st.set_volatile(true).map_err(llvm_err)?;
-                    Ok(slot)
-                })
-                .collect::<R<Vec<_>>>()?
-        } else {
-            Vec::new()
-        };
-        for p in (0..16i64).filter(|_| !bytes) {
-            let wv = match &direct {
-                Some((wvs, ..)) => wvs[p as usize],
-                None => {
-                    let at = f.b.build_int_add(tb, self.tc(p * 64), "").map_err(e)?;
-                    self.qdot_load(f, vw.into(), tile, at)?.into_vector_value()
-                }
+            let sb =
+                f.b.build_int_mul(tblk, self.tc(BLOCK_SCALE_BYTES), "")
+                    .map_err(e)?;
+            let sb =
+                f.b.build_int_add(sb, self.tc(c0 as i64 * 4), "")
+                    .map_err(e)?;
+            let (d, m) = if let Some((_, d, m)) = direct {
+                (*d, m.filter(|_| t.has_min))
+            } else {
+                self.tile_scales(f, t, scales, sb, vf)?
             };
-            for (r, (s, xb)) in sums.iter_mut().zip(&xbs).enumerate() {
-                let x = if xq8 {
-                    // SAFETY: pair p of the 64-byte slot written above.
-                    let at = unsafe { f.b.build_gep(it.i8, wide[r], &[self.tc(4 * p)], "") }
-                        .map_err(e)?;
-                    let pair = f.b.build_load(it.i32, at, "").map_err(e)?;
-                    if let Some(i) = pair.as_instruction_value() {
-                        i.set_volatile(true).map_err(llvm_err)?;
-                        i.set_alignment(4).map_err(llvm_err)?;
-                    }
-                    self.splat_i32(f, pair.into_int_value(), lanes)?
-                } else {
-                    let at = f.b.build_int_add(*xb, self.tc(p * 4), "").map_err(e)?;
-                    let pair = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
-                    self.splat_i32(f, pair, lanes)?
-                };
-                *s = self.pair_dot(f, *s, wv, x, lanes)?;
-            }
-        }
-        let sb =
-            f.b.build_int_mul(tblk, self.tc(BLOCK_SCALE_BYTES), "")
-                .map_err(e)?;
-        let sb =
-            f.b.build_int_add(sb, self.tc(c0 as i64 * 4), "")
-                .map_err(e)?;
-        let (d, m) = if let Some((_, d, m)) = direct {
-            (d, m.filter(|_| t.has_min))
-        } else {
-            self.tile_scales(f, t, scales, sb, vf)?
-        };
-        for ((s, (_, sc)), ch) in sums.iter().zip(rows).zip(chains) {
-            let b = &f.b;
-            let at = b
-                .build_int_mul(blk, self.tc(QDot::scale_offset(1)), "")
-                .map_err(e)?;
-            let at = b.build_int_add(*sc, at, "").map_err(e)?;
-            let at = b.build_int_mul(at, self.tc(4), "").map_err(e)?;
-            let xdv = self.qdot_load(f, it.f32.into(), xd, at)?.into_float_value();
-            let xdv = self.splat_f32(f, xdv, lanes)?;
-            let scale = f.b.build_float_mul(d, xdv, "scale").map_err(e)?;
-            let sf = f.b.build_signed_int_to_float(*s, vf, "").map_err(e)?;
-            self.fma_into(f, sf, scale, ch[h])?;
-            if let Some(m) = m {
-                let xsv = self.qdot_load(f, it.f32.into(), xs, at)?.into_float_value();
-                let xsv = self.splat_f32(f, xsv, lanes)?;
-                self.fma_into(f, m, xsv, ch[2 + h])?;
+            for ((s, (_, sc)), ch) in sums[j].iter().zip(rows).zip(chains) {
+                let b = &f.b;
+                let at = b
+                    .build_int_mul(blk, self.tc(QDot::scale_offset(1)), "")
+                    .map_err(e)?;
+                let at = b.build_int_add(*sc, at, "").map_err(e)?;
+                let at = b.build_int_mul(at, self.tc(4), "").map_err(e)?;
+                let xdv = self.qdot_load(f, it.f32.into(), xd, at)?.into_float_value();
+                let xdv = self.splat_f32(f, xdv, lanes)?;
+                let scale = f.b.build_float_mul(d, xdv, "scale").map_err(e)?;
+                let sf = f.b.build_signed_int_to_float(*s, vf, "").map_err(e)?;
+                self.fma_into(f, sf, scale, ch[h])?;
+                if let Some(m) = m {
+                    let xsv = self.qdot_load(f, it.f32.into(), xs, at)?.into_float_value();
+                    let xsv = self.splat_f32(f, xsv, lanes)?;
+                    self.fma_into(f, m, xsv, ch[2 + h])?;
+                }
             }
         }
         Ok(())
