@@ -265,6 +265,23 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
     }
 }
 
+/// Calls `f(i)` for every `i` in `0..n` on the pool (the caller's thread included),
+/// each exactly once, in no particular order. `f` must not panic (a panic cannot
+/// unwind out of the pool's `extern "C"` body: it aborts).
+pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    unsafe extern "C" fn body(ctx: *mut u8, start: i64, end: i64) {
+        // SAFETY: `ctx` is the `&&dyn Fn` below, alive until `parallel_for` returns.
+        let f = unsafe { &*(ctx as *const &(dyn Fn(usize) + Sync)) };
+        for i in start..end {
+            f(i as usize);
+        }
+    }
+    let mut ctx: &(dyn Fn(usize) + Sync) = f;
+    // SAFETY: `f` is `Sync`, so calling it from several threads on disjoint indices is
+    // sound; `ctx` outlives the call.
+    unsafe { parallel_for(body, &mut ctx as *mut _ as *mut u8, n as i64) }
+}
+
 /// The entry generated code calls (see [`crate::abi::PARALLEL_FOR_SYMBOL`]).
 ///
 /// # Safety
@@ -289,6 +306,16 @@ mod tests {
     }
 
     unsafe extern "C" fn noop(_: *mut u8, _: i64, _: i64) {}
+
+    #[test]
+    fn for_each_visits_every_index_once() {
+        let hits: Vec<AtomicUsize> = (0..1000).map(|_| AtomicUsize::new(0)).collect();
+        for_each(hits.len(), &|i| {
+            hits[i].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        for_each(0, &|_| panic!("no index in 0..0"));
+    }
 
     #[test]
     fn every_index_runs_exactly_once() {

@@ -579,6 +579,16 @@ impl Sampler {
         self.sample_after(logits, history, history.len())
     }
 
+    /// Whether this sampler's choice is [`argmax`] of the raw logits whatever the
+    /// history (greedy with no penalty), so a caller may take it for many rows at once.
+    pub fn is_plain_greedy(&self) -> bool {
+        let c = &self.cfg;
+        c.temperature == 0.0
+            && c.repetition_penalty == 1.0
+            && c.presence_penalty == 0.0
+            && c.frequency_penalty == 0.0
+    }
+
     /// [`Sampler::sample`] where `history[generated_from..]` are the generated tokens
     /// (the ones the presence and frequency penalties count).
     pub fn sample_after(
