@@ -219,7 +219,6 @@ fn row_runs(
     mut body: impl FnMut(&mut crate::builder::KernelBuilder, Expr, Expr),
     mut after: impl FnMut(&mut crate::builder::KernelBuilder, &Expr),
 ) {
-    let v8 = LoopTag::Vectorize(8);
     let wide = LoopTag::Vectorize(ROW_LANES);
     if dt != DType::Q8Kv {
         let one = fconst(1.0, Ty::F32);
@@ -235,7 +234,7 @@ fn row_runs(
         let at = kb.let_("at", (row.clone() / 64 + cb.clone()) * 68);
         let sc = kb.let_("sc", Expr::LoadRaw(pool, Box::new(at.clone()), Ty::F32));
         before(kb, &sc);
-        kb.for_("c", 0, 64, v8, |kb, c| {
+        kb.for_("c", 0, 64, wide, |kb, c| {
             let code = Expr::LoadRaw(pool, Box::new(at.clone() + 4 + c.clone()), Ty::I8);
             body(kb, cb.clone() * 64 + c, code.cast(Ty::F32));
         });
