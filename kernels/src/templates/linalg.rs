@@ -586,7 +586,7 @@ impl Lin {
                 Expr::Select(Box::new(pos), Box::new(inv), Box::new(fconst(0.0, Ty::F32))),
             );
             let qsum = kb.let_mut("qsum", Expr::Int(0, Ty::I32));
-            kb.for_("e", 0, 32, LoopTag::Vectorize(8), |kb, e| {
+            kb.for_("e", 0, 32, LoopTag::Vectorize(16), |kb, e| {
                 let v = load_elem(kb, self.x, self.xd, x0.clone() + e.clone()).cast(Ty::F32);
                 let q = Expr::un(UnOp::Round, Expr::bin(BinOp::Mul, v, id.clone()));
                 let q = kb.let_("q", q.cast(if self.act8 { Ty::I8 } else { Ty::I16 }));
