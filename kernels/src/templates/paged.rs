@@ -131,7 +131,15 @@ pub(crate) fn kv_write(
         return kb.finish();
     }
     let v8 = LoopTag::Vectorize(8);
-    kb.for_("r", 0, se.clone(), LoopTag::Serial, |kb, r| {
+    // Rows write their own slots: a step of many rows (32 decode rows, a prefill
+    // chunk) splits them over the pool (serial, the write was 2.4% of a 32-stream step
+    // on one thread while the other waited).
+    let tag = if work_estimate(&[s.clone(), Dim::c(kvh * (dk + dv))]) >= PARALLEL_MIN {
+        LoopTag::Parallel
+    } else {
+        LoopTag::Serial
+    };
+    kb.for_("r", 0, se.clone(), tag, |kb, r| {
         let slot = kb.let_("slot", load_i64(ib[4], r.clone()));
         let blk = kb.let_("blk", slot.clone() / bs);
         let off = kb.let_("off", slot % bs);
