@@ -285,7 +285,9 @@ impl<'ctx> Lowering<'ctx, '_> {
                 "",
             )
             .map_err(e)?;
-        let chunks = if s24 {
+        // A byte tile of plain nibbles or bytes goes straight to its quads.
+        let direct_quads = bytes && !s24 && u.fmt.qh_offset().is_none();
+        let chunks = if s24 || direct_quads {
             0
         } else if q8 {
             16
@@ -317,7 +319,12 @@ impl<'ctx> Lowering<'ctx, '_> {
             pairs[c as usize + 8] = self.tile16_fifth(f, u.fmt, w, masks, c + 8, 0, LANES, hi)?;
         }
         if bytes {
-            for (q, v) in self.pairs_to_quads(f, &pairs)?.into_iter().enumerate() {
+            let quads = if direct_quads {
+                self.chunk_quads(f, u.fmt, w, qs, LANES)?
+            } else {
+                self.pairs_to_quads(f, &pairs)?
+            };
+            for (q, v) in quads.into_iter().enumerate() {
                 let out =
                     f.b.build_int_add(tb, self.tc(64 * q as i64), "")
                         .map_err(e)?;
@@ -923,8 +930,6 @@ impl<'ctx> Lowering<'ctx, '_> {
             let (pairs, d, m) = self.direct_block(f, t, (w, w_off), blk, c0, lanes)?;
             return Ok((self.pairs_to_quads(f, &pairs)?, d, m));
         }
-        let it = self.it;
-        let e = llvm_err;
         let (d, m, qs, _) = self.packed_head(f, t.fmt, (w, w_off), blk, c0, lanes, c0 == 0)?;
         let q8 = t.fmt == QFmt::Q8_0;
         let m = if q8 {
@@ -932,6 +937,27 @@ impl<'ctx> Lowering<'ctx, '_> {
         } else {
             m
         };
+        let quads = self.chunk_quads(f, t.fmt, w, qs, lanes)?;
+        Ok((quads, d, m))
+    }
+
+    /// A byte tile block's 8 quad vectors (`4 lanes` u8 each) from the quants of a
+    /// `Tile16` block at byte `qs` of `w` (Q4_0/Q4_1/Q4_K nibbles, Q8_0 bytes as
+    /// `q + 128`): chunks `2p` and `2p + 1` (a word per lane each) interleave word by
+    /// word into quad `p`. With 16 lanes the two chunks are one 64-byte load and the
+    /// interleave a one-source permute (two 32-byte loads and a two-source shuffle
+    /// took two lane inserts and a `vpermt2w` per quad in the unpack).
+    fn chunk_quads(
+        &self,
+        f: &Frame<'ctx>,
+        fmt: llmc_kernels::QFmt,
+        w: PointerValue<'ctx>,
+        qs: IntValue<'ctx>,
+        lanes: u32,
+    ) -> R<Vec<VectorValue<'ctx>>> {
+        let it = self.it;
+        let e = llvm_err;
+        let q8 = fmt == llmc_kernels::QFmt::Q8_0;
         let l = lanes as u64;
         let vw = it.i16.vec_type(lanes);
         let vq = it.i8.vec_type(4 * lanes);
@@ -945,8 +971,17 @@ impl<'ctx> Lowering<'ctx, '_> {
         };
         let mut quads = vec![vq.const_zero(); 8];
         for p in 0..if q8 { 8 } else { 4 } {
-            let (a, b) = (chunk_words(2 * p)?, chunk_words(2 * p + 1)?);
-            let v = self.shuffle(f, a, b, &mask)?;
+            let v = if lanes == 16 {
+                let at = f.b.build_int_add(qs, self.tc(64 * p), "").map_err(e)?;
+                let both = self
+                    .qdot_load(f, it.i16.vec_type(2 * lanes).into(), w, at)?
+                    .into_vector_value();
+                let undef = both.get_type().get_undef();
+                self.shuffle(f, both, undef, &mask)?
+            } else {
+                let (a, b) = (chunk_words(2 * p)?, chunk_words(2 * p + 1)?);
+                self.shuffle(f, a, b, &mask)?
+            };
             let v =
                 f.b.build_bit_cast(v, vq, "")
                     .map_err(e)?
@@ -961,7 +996,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             let hi = bl.build_right_shift(v, splat(4), false, "").map_err(e)?;
             quads[p as usize + 4] = bl.build_and(hi, splat(15), "hi").map_err(e)?;
         }
-        Ok((quads, d, m))
+        Ok(quads)
     }
 
     /// The head of the rows' block `blk` in a `Tile16` weight (`w` from byte `w_off`),
