@@ -688,14 +688,8 @@ impl<'ctx> Lowering<'ctx, '_> {
         for (j, &(blk, tblk, h)) in blocks.iter().enumerate() {
             let xbs = &xbss[j];
             let direct = &directs[j];
-            let tb =
-                f.b.build_int_mul(tblk, self.tc(BLOCK_TILE_BYTES), "")
-                    .map_err(e)?;
-            let tb =
-                f.b.build_int_add(tb, self.tc(c0 as i64 * 4), "")
-                    .map_err(e)?;
-            // Else i16 weight pairs against i16 activation pairs. int8 ones are widened
-            // a block at a time into a stack slot per row, from which each pair is
+            // A pair tile: i16 weight pairs against i16 activation pairs. int8 ones are
+            // widened a block at a time into a stack slot per row, from which each pair is
             // broadcast as the int16 ones are from `xq` (a 2-byte load, a sign
             // extension and a register broadcast per pair measured 1.8x slower
             // prefill, a permute per pair from the widened register 1.4x).
@@ -719,8 +713,12 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let wv = match direct {
                     Some((wvs, ..)) => wvs[p as usize],
                     None => {
-                        let at = f.b.build_int_add(tb, self.tc(p * 64), "").map_err(e)?;
-                        self.qdot_load(f, vw.into(), tile, at)?.into_vector_value()
+                        let b = &f.b;
+                        let at = b.build_int_mul(tblk, self.tc(BLOCK_TILE_BYTES), "");
+                        let at =
+                            b.build_int_add(at.map_err(e)?, self.tc(c0 as i64 * 4 + p * 64), "");
+                        self.qdot_load(f, vw.into(), tile, at.map_err(e)?)?
+                            .into_vector_value()
                     }
                 };
                 for (r, (s, xb)) in sums[j].iter_mut().zip(xbs).enumerate() {
