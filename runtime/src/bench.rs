@@ -653,7 +653,11 @@ pub fn run_engine(
         for r in 0..o.repeat {
             let prompts: Vec<Vec<u32>> = (0..o.concurrency)
                 .map(|i| {
-                    synthetic_prompt(o.prompt_tokens, o.shared_prefix, 5_000 + r * o.concurrency + i)
+                    synthetic_prompt(
+                        o.prompt_tokens,
+                        o.shared_prefix,
+                        5_000 + r * o.concurrency + i,
+                    )
                 })
                 .collect();
             let (times, wall, peak) = run_batch(engine, prompts, o.gen_tokens.max(1))?;
