@@ -285,8 +285,10 @@ impl<'ctx> Lowering<'ctx, '_> {
                 "",
             )
             .map_err(e)?;
-        // A byte tile of plain nibbles or bytes goes straight to its quads.
-        let direct_quads = bytes && !s24 && u.fmt.qh_offset().is_none();
+        // A byte tile of plain nibbles or bytes goes straight to its quads, and so does
+        // a Q5 one without AVX-512 (its fifth bits set on the bytes).
+        let q5_bytes = bytes && u.fmt.qh_offset().is_some() && !self.target.avx512();
+        let direct_quads = bytes && !s24 && (u.fmt.qh_offset().is_none() || q5_bytes);
         let chunks = if s24 || direct_quads {
             0
         } else if q8 {
@@ -319,7 +321,9 @@ impl<'ctx> Lowering<'ctx, '_> {
             pairs[c as usize + 8] = self.tile16_fifth(f, u.fmt, w, masks, c + 8, 0, LANES, hi)?;
         }
         if bytes {
-            let quads = if direct_quads {
+            let quads = if q5_bytes {
+                self.q5_chunk_quads(f, w, qs, masks, 0, LANES)?
+            } else if direct_quads {
                 self.chunk_quads(f, u.fmt, w, qs, LANES)?
             } else {
                 self.pairs_to_quads(f, &pairs)?
@@ -925,6 +929,11 @@ impl<'ctx> Lowering<'ctx, '_> {
     ) -> R<Decoded<'ctx>> {
         use llmc_kernels::QFmt;
         if t.fmt.qh_offset().is_some() {
+            if !self.target.avx512() {
+                let (d, m, qs, masks) =
+                    self.packed_head(f, t.fmt, (w, w_off), blk, c0, lanes, c0 == 0)?;
+                return Ok((self.q5_chunk_quads(f, w, qs, masks, c0, lanes)?, d, m));
+            }
             let (pairs, d, m) = self.direct_block(f, t, (w, w_off), blk, c0, lanes)?;
             return Ok((self.pairs_to_quads(f, &pairs)?, d, m));
         }
@@ -993,6 +1002,120 @@ impl<'ctx> Lowering<'ctx, '_> {
             quads[p as usize] = bl.build_and(v, splat(15), "lo").map_err(e)?;
             let hi = bl.build_right_shift(v, splat(4), false, "").map_err(e)?;
             quads[p as usize + 4] = bl.build_and(hi, splat(15), "hi").map_err(e)?;
+        }
+        Ok(quads)
+    }
+
+    /// A Q5_0/Q5_1 byte tile block's 8 quad vectors (`4 lanes` u8 each), from the
+    /// `Tile16` quants at byte `qs` of `w` and the fifth bits' masks at `masks`,
+    /// without the i16 pair vectors: chunks `2p` and `2p + 1` side by side as bytes,
+    /// their nibbles, the fifth bits of the four pairs they hold (`2p`, `2p + 1` in
+    /// the low nibbles, `2p + 8`, `2p + 9` in the high ones) set as 16 on the bytes,
+    /// then the word interleave of [`Self::chunk_quads`]. A chunk's byte `2c + j` is
+    /// its pair's bit `2c + j` (after the shift by `2 c0`), so the masks of two pairs
+    /// make one `4 lanes`-bit mask of the side-by-side bytes, spread to bytes by a
+    /// byte shuffle and a compare (llama.cpp's `bytes_from_bits_32`).
+    #[allow(clippy::too_many_arguments)]
+    fn q5_chunk_quads(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        qs: IntValue<'ctx>,
+        masks: IntValue<'ctx>,
+        c0: u32,
+        lanes: u32,
+    ) -> R<Vec<VectorValue<'ctx>>> {
+        let it = self.it;
+        let e = llvm_err;
+        let n = 2 * lanes as u64;
+        let vc = it.i8.vec_type(n as u32);
+        let vq = it.i8.vec_type(2 * n as u32);
+        let (mt, half) = match lanes {
+            8 => (it.i32, 16u64),
+            16 => (it.i64, 32u64),
+            _ => return Err(llvm_err(format!("q5 byte quads of {lanes} lanes"))),
+        };
+        let words = 2 * n / (half / 4);
+        let vm = mt.vec_type(words as u32);
+        let cst = |v: Vec<u64>| {
+            VectorType::const_vector(
+                &v.iter()
+                    .map(|&k| it.i8.const_int(k, false))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let splat = |k: u64| cst(vec![k; 2 * n as usize]);
+        // Byte i takes bit i mod 8 of the mask's byte i / 8 (from its own 128-bit lane
+        // of the broadcast mask).
+        let pick: Vec<u64> = (0..2 * n).map(|i| 16 * (i / 16) + i / 8).collect();
+        let bit = cst((0..2 * n).map(|i| 1 << (i % 8)).collect());
+        // The pair's bits of the lanes from c0 (16 per 8 lanes).
+        let pair_bits = |p: i64| -> R<IntValue<'ctx>> {
+            let at = f.b.build_int_add(masks, self.tc(4 * p), "").map_err(e)?;
+            let v = self.qdot_load(f, it.i32.into(), w, at)?.into_int_value();
+            let b = &f.b;
+            let v = b
+                .build_right_shift(v, it.i32.const_int(2 * c0 as u64, false), false, "")
+                .map_err(e)?;
+            if half == 32 {
+                return b.build_int_z_extend(v, mt, "").map_err(e);
+            }
+            let v = b.build_int_truncate(v, it.i16, "").map_err(e)?;
+            b.build_int_z_extend(v, mt, "").map_err(e)
+        };
+        let fifth = |x: VectorValue<'ctx>, p: i64| -> R<VectorValue<'ctx>> {
+            let (a, c) = (pair_bits(p)?, pair_bits(p + 1)?);
+            let b = &f.b;
+            let c = b
+                .build_left_shift(c, mt.const_int(half, false), "")
+                .map_err(e)?;
+            let m = b.build_or(a, c, "").map_err(e)?;
+            let mv = b
+                .build_insert_element(vm.get_undef(), m, it.i32.const_zero(), "")
+                .map_err(e)?;
+            let zeros = VectorType::const_vector(&vec![it.i32.const_zero(); words as usize]);
+            let mv = b
+                .build_shuffle_vector(mv, vm.get_undef(), zeros, "")
+                .map_err(e)?;
+            let mb = b.build_bit_cast(mv, vq, "").map_err(e)?.into_vector_value();
+            let mb = self.shuffle(f, mb, vq.get_undef(), &pick)?;
+            let b = &f.b;
+            let t = b.build_and(mb, bit, "").map_err(e)?;
+            let set = b
+                .build_int_compare(inkwell::IntPredicate::EQ, t, bit, "")
+                .map_err(e)?;
+            let add = b.build_int_s_extend(set, vq, "").map_err(e)?;
+            let add = b.build_and(add, splat(16), "").map_err(e)?;
+            b.build_or(x, add, "q5").map_err(e)
+        };
+        // Quad byte 4c + k: the first chunk's byte 2c + k (k < 2), else the second's
+        // byte 2c + k - 2.
+        let inter: Vec<u64> = (0..2 * n)
+            .map(|i| {
+                let (c, k) = (i / 4, i % 4);
+                if k < 2 {
+                    2 * c + k
+                } else {
+                    n + 2 * c + k - 2
+                }
+            })
+            .collect();
+        let mut quads = vec![vq.const_zero(); 8];
+        for p in 0..4i64 {
+            let chunk = |c: i64| -> R<VectorValue<'ctx>> {
+                let at = f.b.build_int_add(qs, self.tc(32 * c), "").map_err(e)?;
+                Ok(self.qdot_load(f, vc.into(), w, at)?.into_vector_value())
+            };
+            let (a, b2) = (chunk(2 * p)?, chunk(2 * p + 1)?);
+            let v = self.shuffle(f, a, b2, &(0..2 * n).collect::<Vec<_>>())?;
+            let b = &f.b;
+            let lo = b.build_and(v, splat(15), "lo").map_err(e)?;
+            let hi = b.build_right_shift(v, splat(4), false, "").map_err(e)?;
+            let hi = b.build_and(hi, splat(15), "hi").map_err(e)?;
+            let lo = fifth(lo, 2 * p)?;
+            let hi = fifth(hi, 2 * p + 8)?;
+            quads[p as usize] = self.shuffle(f, lo, vq.get_undef(), &inter)?;
+            quads[p as usize + 4] = self.shuffle(f, hi, vq.get_undef(), &inter)?;
         }
         Ok(quads)
     }
