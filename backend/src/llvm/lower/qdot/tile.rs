@@ -11,7 +11,7 @@
 //! row's result does not depend on which form computed it.
 
 use super::super::{llvm_err, Frame, Lowering, R};
-use inkwell::types::{BasicTypeEnum, VectorType};
+use inkwell::types::{BasicTypeEnum, IntType, VectorType};
 use inkwell::values::{BasicValue, IntValue, PointerValue, VectorValue};
 use llmc_kernels::{QDot, QTile, QUnpack};
 
@@ -1008,13 +1008,12 @@ impl<'ctx> Lowering<'ctx, '_> {
 
     /// A Q5_0/Q5_1 byte tile block's 8 quad vectors (`4 lanes` u8 each), from the
     /// `Tile16` quants at byte `qs` of `w` and the fifth bits' masks at `masks`,
-    /// without the i16 pair vectors: chunks `2p` and `2p + 1` side by side as bytes,
-    /// their nibbles, the fifth bits of the four pairs they hold (`2p`, `2p + 1` in
-    /// the low nibbles, `2p + 8`, `2p + 9` in the high ones) set as 16 on the bytes,
-    /// then the word interleave of [`Self::chunk_quads`]. A chunk's byte `2c + j` is
-    /// its pair's bit `2c + j` (after the shift by `2 c0`), so the masks of two pairs
-    /// make one `4 lanes`-bit mask of the side-by-side bytes, spread to bytes by a
-    /// byte shuffle and a compare (llama.cpp's `bytes_from_bits_32`).
+    /// without the i16 pair vectors: chunks `2p` and `2p + 1` word-interleaved as in
+    /// [`Self::chunk_quads`], their nibbles, then the fifth bits of the four pairs
+    /// they hold (`2p`, `2p + 1` in the low nibbles, `2p + 8`, `2p + 9` in the high
+    /// ones) set as 16 on the bytes: the masks of two pairs (after the shift by
+    /// `2 c0`) make one `4 lanes`-bit mask, spread to bytes by a byte shuffle and a
+    /// compare (as llama.cpp's `bytes_from_bits_32`).
     #[allow(clippy::too_many_arguments)]
     fn q5_chunk_quads(
         &self,
@@ -1045,10 +1044,19 @@ impl<'ctx> Lowering<'ctx, '_> {
             )
         };
         let splat = |k: u64| cst(vec![k; 2 * n as usize]);
-        // Byte i takes bit i mod 8 of the mask's byte i / 8 (from its own 128-bit lane
-        // of the broadcast mask).
-        let pick: Vec<u64> = (0..2 * n).map(|i| 16 * (i / 16) + i / 8).collect();
-        let bit = cst((0..2 * n).map(|i| 1 << (i % 8)).collect());
+        // Quad byte i = 4c + k holds quant k of row c: bit 2c + k mod 2 of the first
+        // pair's mask (k < 2) or the second's, which sit in the mask's low and high
+        // halves. Each byte takes its mask byte from its own 128-bit lane of the
+        // broadcast mask (a byte shuffle within lanes), then tests its bit.
+        let pick: Vec<u64> = (0..2 * n)
+            .map(|i| {
+                let (c, k) = (i / 4, i % 4);
+                16 * (i / 16) + if k < 2 { 0 } else { half / 8 } + c / 4
+            })
+            .collect();
+        let bit = cst((0..2 * n)
+            .map(|i| 1 << ((2 * (i / 4) + i % 2) % 8))
+            .collect());
         // The pair's bits of the lanes from c0 (16 per 8 lanes).
         let pair_bits = |p: i64| -> R<IntValue<'ctx>> {
             let at = f.b.build_int_add(masks, self.tc(4 * p), "").map_err(e)?;
@@ -1063,31 +1071,56 @@ impl<'ctx> Lowering<'ctx, '_> {
             let v = b.build_int_truncate(v, it.i16, "").map_err(e)?;
             b.build_int_z_extend(v, mt, "").map_err(e)
         };
-        let fifth = |x: VectorValue<'ctx>, p: i64| -> R<VectorValue<'ctx>> {
-            let (a, c) = (pair_bits(p)?, pair_bits(p + 1)?);
+        // The broadcast mask of pairs `p`, `p + 1` (and, with 8 lanes, `p + 8`,
+        // `p + 9` in its upper half) as bytes.
+        let wide = lanes == 8;
+        let bmask = |p: i64| -> R<VectorValue<'ctx>> {
+            let (mt, vm, parts): (IntType<'ctx>, VectorType<'ctx>, &[i64]) = if wide {
+                (it.i64, it.i64.vec_type(4), &[0, 1, 8, 9])
+            } else {
+                (mt, vm, &[0, 1])
+            };
+            let mut m = mt.const_zero();
+            for (j, &o) in parts.iter().enumerate() {
+                let v = pair_bits(p + o)?;
+                let b = &f.b;
+                let v = b.build_int_z_extend_or_bit_cast(v, mt, "").map_err(e)?;
+                let v = b
+                    .build_left_shift(v, mt.const_int(half * j as u64, false), "")
+                    .map_err(e)?;
+                m = b.build_or(m, v, "").map_err(e)?;
+            }
             let b = &f.b;
-            let c = b
-                .build_left_shift(c, mt.const_int(half, false), "")
-                .map_err(e)?;
-            let m = b.build_or(a, c, "").map_err(e)?;
             let mv = b
                 .build_insert_element(vm.get_undef(), m, it.i32.const_zero(), "")
                 .map_err(e)?;
-            let zeros = VectorType::const_vector(&vec![it.i32.const_zero(); words as usize]);
+            let zeros =
+                VectorType::const_vector(&vec![it.i32.const_zero(); vm.get_size() as usize]);
             let mv = b
                 .build_shuffle_vector(mv, vm.get_undef(), zeros, "")
                 .map_err(e)?;
-            let mb = b.build_bit_cast(mv, vq, "").map_err(e)?.into_vector_value();
-            let mb = self.shuffle(f, mb, vq.get_undef(), &pick)?;
-            let b = &f.b;
-            let t = b.build_and(mb, bit, "").map_err(e)?;
-            let set = b
-                .build_int_compare(inkwell::IntPredicate::EQ, t, bit, "")
-                .map_err(e)?;
-            let add = b.build_int_s_extend(set, vq, "").map_err(e)?;
-            let add = b.build_and(add, splat(16), "").map_err(e)?;
-            b.build_or(x, add, "q5").map_err(e)
+            Ok(b.build_bit_cast(mv, vq, "").map_err(e)?.into_vector_value())
         };
+        // `x | 16` where the quad byte's fifth bit is set, from the mask's bytes `at..`.
+        let fifth =
+            |x: VectorValue<'ctx>, mb: VectorValue<'ctx>, at: u64| -> R<VectorValue<'ctx>> {
+                let mb = if wide {
+                    // One in-lane byte shuffle (the mask is in every 8 bytes).
+                    let idx = cst(pick.iter().map(|&i| (i % 16) + at).collect());
+                    self.x86(f, "llvm.x86.avx2.pshuf.b", &[mb, idx])?
+                        .into_vector_value()
+                } else {
+                    self.shuffle(f, mb, vq.get_undef(), &pick)?
+                };
+                let b = &f.b;
+                let t = b.build_and(mb, bit, "").map_err(e)?;
+                let set = b
+                    .build_int_compare(inkwell::IntPredicate::EQ, t, bit, "")
+                    .map_err(e)?;
+                let add = b.build_int_s_extend(set, vq, "").map_err(e)?;
+                let add = b.build_and(add, splat(16), "").map_err(e)?;
+                b.build_or(x, add, "q5").map_err(e)
+            };
         // Quad byte 4c + k: the first chunk's byte 2c + k (k < 2), else the second's
         // byte 2c + k - 2.
         let inter: Vec<u64> = (0..2 * n)
@@ -1107,15 +1140,19 @@ impl<'ctx> Lowering<'ctx, '_> {
                 Ok(self.qdot_load(f, vc.into(), w, at)?.into_vector_value())
             };
             let (a, b2) = (chunk(2 * p)?, chunk(2 * p + 1)?);
-            let v = self.shuffle(f, a, b2, &(0..2 * n).collect::<Vec<_>>())?;
+            let v = self.shuffle(f, a, b2, &inter)?;
             let b = &f.b;
             let lo = b.build_and(v, splat(15), "lo").map_err(e)?;
             let hi = b.build_right_shift(v, splat(4), false, "").map_err(e)?;
             let hi = b.build_and(hi, splat(15), "hi").map_err(e)?;
-            let lo = fifth(lo, 2 * p)?;
-            let hi = fifth(hi, 2 * p + 8)?;
-            quads[p as usize] = self.shuffle(f, lo, vq.get_undef(), &inter)?;
-            quads[p as usize + 4] = self.shuffle(f, hi, vq.get_undef(), &inter)?;
+            if wide {
+                let mb = bmask(2 * p)?;
+                quads[p as usize] = fifth(lo, mb, 0)?;
+                quads[p as usize + 4] = fifth(hi, mb, 4)?;
+            } else {
+                quads[p as usize] = fifth(lo, bmask(2 * p)?, 0)?;
+                quads[p as usize + 4] = fifth(hi, bmask(2 * p + 8)?, 0)?;
+            }
         }
         Ok(quads)
     }
