@@ -619,6 +619,20 @@ impl<'ctx> Lowering<'ctx, '_> {
         VectorValue<'ctx>,
         VectorValue<'ctx>,
     )> {
+        let (d0, d1, v) = self.q6k_quants(f, w, w_off, blk, false)?;
+        Ok((d0, d1, v[0], v[1]))
+    }
+
+    /// Q6_K block `blk`'s two half-scales and quants: two `<16 x i8>` halves of
+    /// `q - 32`, or with `wide` one `<32 x i8>` of `q` (0..63) for `vpmaddubsw`.
+    fn q6k_quants(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        w_off: IntValue<'ctx>,
+        blk: IntValue<'ctx>,
+        wide: bool,
+    ) -> R<(FloatValue<'ctx>, FloatValue<'ctx>, Vec<VectorValue<'ctx>>)> {
         let it = self.it;
         let e = llvm_err;
         let c64 = |k: u64| it.i64.const_int(k, false);
@@ -638,18 +652,28 @@ impl<'ctx> Lowering<'ctx, '_> {
         // ql at 64 h + 32 (c mod 2), shifted by 4 ⌊c / 2⌋; qh at 128 + 32 h, by 2 c.
         let ql = add(add(sbo, mul(h, 64)?)?, mul(c1, 32)?)?;
         let qh = add(add(sbo, c64(128))?, mul(h, 32)?)?;
-        let v16b = it.i8.vec_type(16);
-        let splat = |x: IntValue<'ctx>| self.splat16(f, x, it.i8);
-        let cst =
-            |k: u64| inkwell::types::VectorType::const_vector(&[it.i8.const_int(k, false); 16]);
+        let n: u32 = if wide { 32 } else { 16 };
+        let vnb = it.i8.vec_type(n);
+        let splat = |x: IntValue<'ctx>| -> R<VectorValue<'ctx>> {
+            let v = self.splat16(f, x, it.i8)?;
+            if !wide {
+                return Ok(v);
+            }
+            let idx: Vec<_> = (0..32).map(|i| it.i32.const_int(i % 16, false)).collect();
+            f.b.build_shuffle_vector(v, v, inkwell::types::VectorType::const_vector(&idx), "")
+                .map_err(e)
+        };
+        let cst = |k: u64| {
+            inkwell::types::VectorType::const_vector(&vec![it.i8.const_int(k, false); n as usize])
+        };
         let sh_l = splat(mul(c2, 4)?)?;
         let sh_h = splat(mul(c, 2)?)?;
         let mut halves = Vec::new();
-        for half in 0..2u64 {
+        for half in 0..(32 / n as u64) {
             let at = add(ql, c64(16 * half))?;
-            let lo = self.qdot_load(f, v16b.into(), w, at)?.into_vector_value();
+            let lo = self.qdot_load(f, vnb.into(), w, at)?.into_vector_value();
             let at = add(qh, c64(16 * half))?;
-            let hi = self.qdot_load(f, v16b.into(), w, at)?.into_vector_value();
+            let hi = self.qdot_load(f, vnb.into(), w, at)?.into_vector_value();
             let b = &f.b;
             let lo = b.build_right_shift(lo, sh_l, false, "").map_err(e)?;
             let lo = b.build_and(lo, cst(15), "").map_err(e)?;
@@ -657,7 +681,11 @@ impl<'ctx> Lowering<'ctx, '_> {
             let hi = b.build_and(hi, cst(3), "").map_err(e)?;
             let hi = b.build_left_shift(hi, cst(4), "").map_err(e)?;
             let v = b.build_or(lo, hi, "").map_err(e)?;
-            halves.push(b.build_int_sub(v, cst(32), "q6").map_err(e)?);
+            halves.push(if wide {
+                v
+            } else {
+                b.build_int_sub(v, cst(32), "q6").map_err(e)?
+            });
         }
         let at = add(sbo, c64(208))?;
         let big_d = self.qdot_load(f, it.f16.into(), w, at)?.into_float_value();
@@ -670,7 +698,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             let s = f.b.build_signed_int_to_float(s, it.f32, "").map_err(e)?;
             d.push(f.b.build_float_mul(big_d, s, "d6").map_err(e)?);
         }
-        Ok((d[0], d[1], halves[0], halves[1]))
+        Ok((d[0], d[1], halves))
     }
 
     /// The fifth bits of a Q5 block at byte `wb` as two `<16 x i1>` (elements 0..16
@@ -1478,7 +1506,25 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v4f = it.f32.vec_type(4);
         let v8f = it.f32.vec_type(8);
         let v2f = it.f32.vec_type(2);
-        let (wa_lo, wa_hi, dm_a) = self.qdot_avx2_weights(f, q.fmt, bufs.w, w_off, blk, false)?;
+        // Q6_K on int8 activations: the block's 32 quants as bytes (q, 0..63) for
+        // `vpmaddubsw`, whose sums less 32 Σx per half are the same integers as the
+        // i16 pairs' (every product and pair sum stays below 2^15).
+        let q6b = q.fmt == QFmt::Q6K && bufs.xq8;
+        let (wa_lo, wa_hi, dm_a, q6) = if q6b {
+            let (d0, d1, v) = self.q6k_quants(f, bufs.w, w_off, blk, true)?;
+            let b = &f.b;
+            let dm = b
+                .build_insert_element(v2f.get_undef(), d0, it.i32.const_zero(), "")
+                .map_err(llvm_err)?;
+            let dm = b
+                .build_insert_element(dm, d1, it.i32.const_int(1, false), "dm")
+                .map_err(llvm_err)?;
+            let z = it.i16.vec_type(16).const_zero();
+            (z, z, dm, Some(v[0]))
+        } else {
+            let (lo, hi, dm) = self.qdot_avx2_weights(f, q.fmt, bufs.w, w_off, blk, false)?;
+            (lo, hi, dm, None)
+        };
         // Q6_K: the "pair" is the block's two halves, [d_lo, d_hi] in `dm_a`.
         let split = q.fmt.split_scales();
         let (wb, dm_b) = if split {
@@ -1493,6 +1539,37 @@ impl<'ctx> Lowering<'ctx, '_> {
         // The integer block sums' 8-lane partials of one row (zero for the absent
         // partner).
         let partial = |xblk: IntValue<'ctx>, second: bool| -> R<VectorValue<'ctx>> {
+            if let Some(q6) = q6 {
+                // Lanes 0..3 sum the first half's products, 4..7 the second's.
+                let b = &f.b;
+                let xb = b.build_int_add(xblk, blk, "xb").map_err(llvm_err)?;
+                let at = b.build_int_mul(xb, c64(32), "").map_err(llvm_err)?;
+                let v32b = it.i8.vec_type(32);
+                let x = self
+                    .qdot_load(f, v32b.into(), bufs.xq, at)?
+                    .into_vector_value();
+                let ones =
+                    inkwell::types::VectorType::const_vector(&[it.i16.const_int(1, false); 16]);
+                let dot = |w: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
+                    let p = self
+                        .x86(f, "llvm.x86.avx2.pmadd.ub.sw", &[w, x])?
+                        .into_vector_value();
+                    Ok(self
+                        .x86(f, "llvm.x86.avx2.pmadd.wd", &[p, ones])?
+                        .into_vector_value())
+                };
+                let sum = dot(q6)?;
+                let k32 =
+                    inkwell::types::VectorType::const_vector(&[it.i8.const_int(32, false); 32]);
+                let off = dot(k32)?;
+                let d = f.b.build_int_sub(sum, off, "").map_err(llvm_err)?;
+                let keep: [u64; 8] = if second {
+                    [8, 8, 8, 8, 4, 5, 6, 7]
+                } else {
+                    [0, 1, 2, 3, 8, 8, 8, 8]
+                };
+                return self.shuffle(f, d, v8i.const_zero(), &keep);
+            }
             if split {
                 let xb = f.b.build_int_add(xblk, blk, "xb").map_err(llvm_err)?;
                 let w = if second { wa_hi } else { wa_lo };
