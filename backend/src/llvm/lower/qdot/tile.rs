@@ -33,6 +33,23 @@ struct TileSrc<'ctx> {
     state: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
 }
 
+/// The byte shuffle from two `n`-byte vectors of pair-ordered bytes (row `c`'s two
+/// quants at bytes `2c`, `2c + 1` of each) to a quad vector: byte `4c + k` takes the
+/// first vector's byte `2c + k` (k < 2), else the second's byte `2c + k - 2` (at
+/// `n + ...` in the shuffle's second operand).
+fn quad_interleave(n: u64) -> Vec<u64> {
+    (0..2 * n)
+        .map(|i| {
+            let (c, k) = (i / 4, i % 4);
+            if k < 2 {
+                2 * c + k
+            } else {
+                n + 2 * c + k - 2
+            }
+        })
+        .collect()
+}
+
 /// Weight rows per tile.
 const LANES: u32 = QTile::LANES as u32;
 
@@ -82,18 +99,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             .iter()
             .map(|p| f.b.build_int_truncate(*p, vb, "").map_err(llvm_err))
             .collect::<R<Vec<_>>>()?;
-        // Byte 4c + j of quad q: pair 2q's byte 2c + j (j < 2), else pair 2q + 1's
-        // byte 2c + j - 2 (at n + ... in the shuffle's second operand).
-        let mask: Vec<u64> = (0..2 * n)
-            .map(|i| {
-                let (c, j) = (i / 4, i % 4);
-                if j < 2 {
-                    2 * c + j
-                } else {
-                    n + 2 * c + j - 2
-                }
-            })
-            .collect();
+        let mask = quad_interleave(n);
         (0..pairs.len() / 2)
             .map(|q| self.shuffle(f, narrow[2 * q], narrow[2 * q + 1], &mask))
             .collect()
@@ -1121,18 +1127,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let add = b.build_and(add, splat(16), "").map_err(e)?;
                 b.build_or(x, add, "q5").map_err(e)
             };
-        // Quad byte 4c + k: the first chunk's byte 2c + k (k < 2), else the second's
-        // byte 2c + k - 2.
-        let inter: Vec<u64> = (0..2 * n)
-            .map(|i| {
-                let (c, k) = (i / 4, i % 4);
-                if k < 2 {
-                    2 * c + k
-                } else {
-                    n + 2 * c + k - 2
-                }
-            })
-            .collect();
+        let inter = quad_interleave(n);
         let mut quads = vec![vq.const_zero(); 8];
         for p in 0..4i64 {
             let chunk = |c: i64| -> R<VectorValue<'ctx>> {
