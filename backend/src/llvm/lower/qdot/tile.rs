@@ -1020,7 +1020,6 @@ impl<'ctx> Lowering<'ctx, '_> {
     /// ones) set as 16 on the bytes: the masks of two pairs (after the shift by
     /// `2 c0`) make one `4 lanes`-bit mask, spread to bytes by a byte shuffle and a
     /// compare (as llama.cpp's `bytes_from_bits_32`).
-    #[allow(clippy::too_many_arguments)]
     fn q5_chunk_quads(
         &self,
         f: &Frame<'ctx>,
