@@ -388,6 +388,16 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                     self.parallel(f, *var, lo, hi, *step, body)?
                 }
                 _ => {
+                    // Exactly one vector's worth of constant trips (a 16-slot KV block
+                    // at 16 lanes): LLVM's full unroll runs before its vectorizer and
+                    // left scalar code to the SLP pass (in `paged_attention`, the block
+                    // scores' sums, masks and maximum went element by element).
+                    let one_vector = match (tag, lo, hi) {
+                        (LoopTag::Vectorize(w), Expr::Int(a, _), Expr::Int(b, _)) => {
+                            b - a == *w as i64 * *step
+                        }
+                        _ => false,
+                    };
                     let lo = self.expr(f, lo)?.0.into_int_value();
                     let hi = self.expr(f, hi)?.0.into_int_value();
                     let slot = self.var_slot(f, *var)?;
@@ -422,7 +432,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                     f.b.build_store(slot, n).map_err(llvm_err)?;
                     let back = f.b.build_unconditional_branch(header).map_err(llvm_err)?;
                     if let (LoopTag::Vectorize(w), false) = (tag, self.target.is_gpu()) {
-                        self.vectorize_width(back, *w, reduces_outward(body))?;
+                        self.vectorize_width(back, *w, one_vector || reduces_outward(body))?;
                     }
                     f.b.position_at_end(exit);
                 }
@@ -436,7 +446,8 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
     /// template's width, where the cost model would pick a narrower one.
     ///
     /// With `no_unroll` (a reduction into a variable of the enclosing scope, a dot
-    /// product) the loop also gets `llvm.loop.unroll.disable`: a short constant trip
+    /// product, or a loop of exactly one vector's constant trips) the loop also gets
+    /// `llvm.loop.unroll.disable`: a short constant trip
     /// count (MiniLM's 32-wide q·k) was otherwise fully unrolled into scalar FMAs before
     /// the vectorizer saw it. Loops that only store keep LLVM's unrolling (disabling it
     /// on every vectorize loop cost ~20% on an f16 build's elementwise kernels).

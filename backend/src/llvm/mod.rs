@@ -487,3 +487,41 @@ pub fn compile_ptx(
     out.text = String::from_utf8_lossy(b.as_slice()).into_owned();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmc_kernels::{Expr, KernelBuilder, LoopTag, Role, Ty};
+
+    /// A vectorize loop of exactly one vector's constant trips (a 16-slot KV block's
+    /// scores at 16 lanes) is kept whole for LLVM's vectorizer: fully unrolled first,
+    /// it became scalar code that the SLP pass only partly rebuilt (`paged_attention`'s
+    /// block maximum went element by element, a `maxnum` and a NaN test each).
+    #[test]
+    fn one_vector_loops_reach_the_vectorizer_whole() {
+        let mut kb = KernelBuilder::new("one_vector");
+        let a = kb.param("a", Ty::F32, Role::In);
+        let y = kb.param("y", Ty::F32, Role::Out);
+        kb.for_("i", 0, 16, LoopTag::Vectorize(16), |kb, i| {
+            let v = Expr::load(a, i.clone()).max(Expr::f(0.5, Ty::F32));
+            kb.store(y, i, v);
+        });
+        let k = kb.finish().expect("kernel");
+        let opts = CpuOptions {
+            opt_level: 3,
+            cpu: "x86-64-v4".into(),
+            triple: Some("x86_64-unknown-linux-gnu".into()),
+            ..CpuOptions::default()
+        };
+        let want = Want {
+            llvm_ir: true,
+            ..Want::default()
+        };
+        let out = compile("one_vector", &[k], &opts, want).expect("compiles");
+        let pre = out.preopt_ll.expect("preopt IR");
+        assert!(pre.contains("llvm.loop.unroll.disable"), "{pre}");
+        let post = out.postopt_ll.expect("postopt IR");
+        assert!(post.contains("@llvm.maxnum.v16f32("), "{post}");
+        assert!(!post.contains("@llvm.maxnum.f32("), "{post}");
+    }
+}

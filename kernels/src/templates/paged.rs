@@ -591,7 +591,14 @@ pub(crate) fn attention(
                         let mut from = (scores, g * bs);
                         while w >= 1 {
                             let (src, o) = from;
-                            kb.for_("i", 0, w, wide, |kb, i| {
+                            // One vector of the level's width (LLVM keeps a loop of
+                            // exactly one vector's trips whole: see the lowering).
+                            let lvl = if w > 1 {
+                                LoopTag::Vectorize(w as u32)
+                            } else {
+                                LoopTag::Serial
+                            };
+                            kb.for_("i", 0, w, lvl, |kb, i| {
                                 let lo = Expr::load(src, i.clone() + o);
                                 let hi = Expr::load(src, i.clone() + (o + w));
                                 kb.store(parts, i + g * bs, lo.max(hi));
