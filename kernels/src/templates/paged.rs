@@ -14,7 +14,8 @@ use super::{
     attr_float, attr_int, compute_ty, exp, fconst, gpu_mapping, load_elem, operand, recip_or_zero,
     result, setup, to_storage, work_estimate, TResult, PARALLEL_MIN,
 };
-use crate::loopir::{BinOp, Expr, Kernel, LoopTag, Ty, UnOp};
+use crate::builder::KernelBuilder;
+use crate::loopir::{BinOp, BufId, Expr, Kernel, LoopTag, Ty, UnOp, VarId};
 use llmc_ir::{DType, Dim, Node, TensorType};
 
 /// Keys per split of a sequence's context: each (row, kv head) pair's softmax state
@@ -250,6 +251,49 @@ fn row_runs(
     });
 }
 
+/// Combines the `n` values (a power of two) at `src` pairwise by halves into
+/// `dst[0]`: element `i` with element `i + n/2`, then the halves of those, a vector of
+/// the level's width per level (LLVM keeps a loop of exactly one vector's trips
+/// whole: see the lowering). A fixed order: the same values whether the elements come
+/// from one vector (a row's keys) or from a lane of several (the row tiles).
+fn halves(
+    kb: &mut KernelBuilder,
+    (src, so): (BufId, i64),
+    (dst, d_o): (BufId, i64),
+    n: i64,
+    op: impl Fn(Expr, Expr) -> Expr,
+) {
+    let mut w = n / 2;
+    let mut from = (src, so);
+    while w >= 1 {
+        let (src, o) = from;
+        let lvl = if w > 1 {
+            LoopTag::Vectorize(w as u32)
+        } else {
+            LoopTag::Serial
+        };
+        kb.for_("i", 0, w, lvl, |kb, i| {
+            let lo = Expr::load(src, i.clone() + o);
+            let hi = Expr::load(src, i.clone() + (o + w));
+            kb.store(dst, i + d_o, op(lo, hi));
+        });
+        from = (dst, d_o);
+        w /= 2;
+    }
+}
+
+/// `vals` (a power of two of them) combined pairwise by halves, as [`halves`] does in
+/// memory: element `i` with element `i + n/2`, then the halves of those.
+fn tree_of_halves(mut vals: Vec<Expr>, op: impl Fn(Expr, Expr) -> Expr) -> Expr {
+    while vals.len() > 1 {
+        let w = vals.len() / 2;
+        vals = (0..w)
+            .map(|i| op(vals[i].clone(), vals[i + w].clone()))
+            .collect();
+    }
+    vals.pop().unwrap_or(Expr::i(0))
+}
+
 /// `paged_attention`'s operands and attributes, as both its CPU and GPU kernels read
 /// them.
 pub(crate) struct PagedArgs<'a> {
@@ -327,6 +371,10 @@ pub(crate) fn attention(
         ));
     }
     let group = h / kvh;
+    let pow2 = bs >= 2 && bs & (bs - 1) == 0;
+    // Independent sums per query head and key (over a quarter of the elements each), so
+    // the multiply-adds are not one chain dk long.
+    let sets = if dk % 4 == 0 { 4 } else { 1 };
     let t = compute_ty(q.dtype)?;
     let width = bt.shape.0.get(1).cloned().unwrap_or(Dim::c(0));
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
@@ -362,6 +410,301 @@ pub(crate) fn attention(
         let s1 = kb.let_("s1", (hi.clone() - 1) / split + 1);
         (r, kv, sq, lo, hi, s0, s1)
     };
+    // One block of keys, slots [js, je) of the block at `base` of the pools, for the
+    // query heads of a group whose rows start at `qrows` in q: their states are `ms`,
+    // `ls` and the accumulators at `acc_at(o, g, ·)` of `buf`. `fetch` = (last, nbase):
+    // whether to prefetch the next block (at `nbase`) beside this one.
+    let block = |kb: &mut KernelBuilder,
+                 qrows: &[Expr],
+                 (ms, ls): (&[VarId], &[VarId]),
+                 (buf, o): (BufId, &Expr),
+                 (base, js, je): (&Expr, &Expr, &Expr),
+                 fetch: Option<(&Expr, &Expr)>| {
+        let scores = kb.local("scores", t, group * bs);
+        let nbase = fetch.map_or_else(|| base.clone(), |f| f.1.clone());
+        let fetch_row = |kb: &mut crate::builder::KernelBuilder,
+                         (pool, dt, d): (crate::loopir::BufId, DType, i64),
+                         jj: &Expr| {
+            // (elements of the buffer per 64-byte line, per token row); a q8_kv
+            // pool is a byte buffer of blocks.
+            let (per_line, row) = if dt == DType::Q8Kv {
+                (64, d / 64 * 68)
+            } else {
+                (
+                    (64 / dt.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1),
+                    d,
+                )
+            };
+            let lines = (row + per_line - 1) / per_line;
+            let at = (nbase.clone() + jj.clone()) * row;
+            for l in 0..lines {
+                kb.prefetch(pool, at.clone() + l * per_line);
+            }
+        };
+        let bms: Vec<_> = (0..group).map(|_| kb.let_mut("bm", ninf())).collect();
+        // Two copies of each key and value loop, with and without the
+        // prefetches: a test per key cost a long prefill 15%.
+        let key_loop = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
+            kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                if fetch {
+                    fetch_row(kb, (ib[1], kp.dtype, dk), &jj);
+                }
+                let krow = kb.let_("krow", (base.clone() + jj.clone()) * dk);
+                let dots: Vec<_> = (0..group)
+                    .map(|_| kb.let_mut("dot", fconst(0.0, t)))
+                    .collect();
+                if kp.dtype == DType::Q8Kv {
+                    // q · (scale codes) = scale (q · codes), per block.
+                    let parts: Vec<_> = (0..group)
+                        .map(|_| kb.let_mut("part", fconst(0.0, t)))
+                        .collect();
+                    row_runs(
+                        kb,
+                        (ib[1], kp.dtype),
+                        krow,
+                        dk,
+                        |kb, _| {
+                            for p in &parts {
+                                kb.assign(*p, fconst(0.0, t));
+                            }
+                        },
+                        |kb, c, kx| {
+                            let kx = kb.let_("kx", kx);
+                            for (p, qrow) in parts.iter().zip(qrows) {
+                                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                                let v = b(BinOp::Add, Expr::Var(*p), b(BinOp::Mul, qv, kx.clone()));
+                                kb.assign(*p, v);
+                            }
+                        },
+                        |kb, sc| {
+                            for (p, dot) in parts.iter().zip(&dots) {
+                                let v = b(BinOp::Mul, sc.clone(), Expr::Var(*p));
+                                kb.assign(*dot, b(BinOp::Add, Expr::Var(*dot), v));
+                            }
+                        },
+                    );
+                } else {
+                    kb.for_("c", 0, dk, wide, |kb, c| {
+                        let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
+                        let kx = kb.let_("kx", kx);
+                        for (dot, qrow) in dots.iter().zip(qrows) {
+                            let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
+                            let v = b(BinOp::Add, Expr::Var(*dot), b(BinOp::Mul, qv, kx.clone()));
+                            kb.assign(*dot, v);
+                        }
+                    });
+                }
+                for (g, (dot, bm)) in dots.iter().zip(&bms).enumerate() {
+                    let mut sc = b(BinOp::Mul, Expr::Var(*dot), fconst(scale, t));
+                    if let Some(cap) = cap {
+                        let x = b(BinOp::Div, sc, fconst(cap, t));
+                        sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
+                    }
+                    let sc = kb.let_("sc", sc);
+                    kb.store(scores, jj.clone() + g as i64 * bs, sc.clone());
+                    kb.assign(*bm, Expr::Var(*bm).max(sc));
+                }
+            });
+        };
+        // A transposed key slice (`k_dim_major`): element c of the block's keys is
+        // one run, so the scores of all of them take a vector multiply-add per
+        // element and query head (keys in lanes), with no horizontal sum per key.
+        // Slots of the block outside [js, je) are scored too and never read.
+        let tree = pow2;
+        let parts = kb.local("parts", t, group * bs * sets);
+        let key_columns = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
+            let kbase = kb.let_("kbase", base.clone() * dk);
+            kb.for_("z", 0, group * bs * sets, wide, |kb, z| {
+                kb.store(parts, z, fconst(0.0, t))
+            });
+            let per_line = (64 / kp.dtype.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1);
+            // Set `u` sums elements `u · dk / sets + c`: `sets` independent sums per
+            // query head, so the multiply-adds are not one chain dk long.
+            let span = dk / sets;
+            kb.for_("c", 0, span, LoopTag::Serial, |kb, c| {
+                for u in 0..sets {
+                    let cu = kb.let_("cu", c.clone() + u * span);
+                    if fetch {
+                        // The next block's slice, a line per element row (modulo
+                        // the slice, so the fetches stay within it).
+                        let at = nbase.clone() * dk + (cu.clone() * per_line) % (bs * dk);
+                        kb.prefetch(ib[1], at);
+                    }
+                    let col = kb.let_("col", kbase.clone() + cu.clone() * bs);
+                    let qs: Vec<Expr> = qrows
+                        .iter()
+                        .map(|qrow| {
+                            let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + cu.clone());
+                            kb.let_("qc", qv)
+                        })
+                        .collect();
+                    kb.for_("jj", 0, bs, wide, |kb, jj| {
+                        let kx = load_elem(kb, ib[1], kp.dtype, col.clone() + jj.clone());
+                        let kx = kb.let_("kx", kx);
+                        for (g, qc) in qs.iter().enumerate() {
+                            let at = jj.clone() + (u * group + g as i64) * bs;
+                            let v = b(
+                                BinOp::Add,
+                                Expr::load(parts, at.clone()),
+                                b(BinOp::Mul, qc.clone(), kx.clone()),
+                            );
+                            kb.store(parts, at, v);
+                        }
+                    });
+                }
+            });
+            for (g, bm) in bms.iter().enumerate() {
+                let g = g as i64;
+                kb.for_("jj", 0, bs, wide, |kb, jj| {
+                    let at = jj.clone() + g * bs;
+                    // The sets' sums added in a fixed tree.
+                    let mut sums: Vec<Expr> = (0..sets)
+                        .map(|u| Expr::load(parts, at.clone() + u * group * bs))
+                        .collect();
+                    while sums.len() > 1 {
+                        sums = sums
+                            .chunks(2)
+                            .map(|p| b(BinOp::Add, p[0].clone(), p[1].clone()))
+                            .collect();
+                    }
+                    let mut sc = b(BinOp::Mul, sums.remove(0), fconst(scale, t));
+                    if let Some(cap) = cap {
+                        let x = b(BinOp::Div, sc, fconst(cap, t));
+                        sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
+                    }
+                    if tree {
+                        // Slots outside [js, je) take no part in the maximum.
+                        let inside = jj.clone().ge(js.clone()).and(jj.clone().lt(je.clone()));
+                        sc = Expr::select(inside, sc, ninf());
+                    }
+                    kb.store(scores, at, sc);
+                });
+                if tree {
+                    // The block's maximum as a tree of vector maxima (halves of the
+                    // block, then halves of those) in `parts`: a scalar chain of
+                    // `bs` maxima was the block's longest latency.
+                    halves(kb, (scores, g * bs), (parts, g * bs), bs, Expr::max);
+                    let top = Expr::load(parts, Expr::i(g * bs));
+                    kb.assign(*bm, Expr::Var(*bm).max(top));
+                } else {
+                    kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                        let sc = Expr::load(scores, jj + g * bs);
+                        kb.assign(*bm, Expr::Var(*bm).max(sc));
+                    });
+                }
+            }
+        };
+        match (fetch, k_dim_major) {
+            (Some((last, _)), true) => kb.if_else(
+                last.clone(),
+                |kb| key_columns(kb, true),
+                |kb| key_columns(kb, false),
+            ),
+            (Some((last, _)), false) => kb.if_else(
+                last.clone(),
+                |kb| key_loop(kb, true),
+                |kb| key_loop(kb, false),
+            ),
+            (None, true) => key_columns(kb, false),
+            (None, false) => key_loop(kb, false),
+        }
+        // Per query head: the running maximum, the rescale of its sum and
+        // accumulator, and the block's probabilities (vectorized over its keys).
+        let mns: Vec<Expr> = (0..group)
+            .map(|g| {
+                let (m, l, bm) = (ms[g as usize], ls[g as usize], bms[g as usize]);
+                let mn = kb.let_("mn", Expr::Var(m).max(Expr::Var(bm)));
+                // The rescale only when the maximum grew: otherwise its factor is
+                // exp(0) = 1 and it changes nothing (in a long prefill most blocks
+                // leave the maximum where it was, and the scalar exp per query
+                // head and block was a tenth of the kernel).
+                kb.if_(mn.clone().ne_(Expr::Var(m)), |kb| {
+                    let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
+                    kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
+                    kb.for_("c", 0, dv, wide, |kb, c| {
+                        let at = acc_at(o, g, c);
+                        let a = b(BinOp::Mul, Expr::load(buf, at.clone()), corr.clone());
+                        kb.store(buf, at, a);
+                    });
+                });
+                if tree {
+                    // Every slot's probability (0 outside [js, je)), then their sum
+                    // as a fixed tree of halves: the same order whether the keys sit
+                    // in lanes (here) or the query heads do (the row tiles).
+                    kb.for_("jj", 0, bs, wide, |kb, jj| {
+                        let at = jj.clone() + g * bs;
+                        let inside = jj.clone().ge(js.clone()).and(jj.lt(je.clone()));
+                        let pr = exp(b(BinOp::Sub, Expr::load(scores, at.clone()), mn.clone()));
+                        kb.store(scores, at, Expr::select(inside, pr, fconst(0.0, t)));
+                    });
+                    halves(kb, (scores, g * bs), (parts, g * bs), bs, |x, y| {
+                        b(BinOp::Add, x, y)
+                    });
+                    let top = Expr::load(parts, Expr::i(g * bs));
+                    kb.assign(l, b(BinOp::Add, Expr::Var(l), top));
+                } else {
+                    kb.for_("jj", js.clone(), je.clone(), wide, |kb, jj| {
+                        let at = jj + g * bs;
+                        let pr = kb.let_(
+                            "pr",
+                            exp(b(BinOp::Sub, Expr::load(scores, at.clone()), mn.clone())),
+                        );
+                        kb.store(scores, at, pr.clone());
+                        kb.assign(l, b(BinOp::Add, Expr::Var(l), pr));
+                    });
+                }
+                mn
+            })
+            .collect();
+        // The values: each value row read once for the whole group.
+        let value_loop = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
+            kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                let prs: Vec<Expr> = (0..group)
+                    .map(|g| kb.let_("pr", Expr::load(scores, jj.clone() + g * bs)))
+                    .collect();
+                if fetch {
+                    fetch_row(kb, (ib[2], vp.dtype, dv), &jj);
+                }
+                let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
+                // p (scale codes) = (p scale) codes, per block.
+                let pss: Vec<_> = (0..group)
+                    .map(|_| kb.let_mut("ps", fconst(0.0, t)))
+                    .collect();
+                row_runs(
+                    kb,
+                    (ib[2], vp.dtype),
+                    vrow,
+                    dv,
+                    |kb, sc| {
+                        for (ps, pr) in pss.iter().zip(&prs) {
+                            kb.assign(*ps, b(BinOp::Mul, pr.clone(), sc.clone()));
+                        }
+                    },
+                    |kb, c, vv| {
+                        let vv = kb.let_("vv", vv);
+                        for (g, ps) in pss.iter().enumerate() {
+                            let at = acc_at(o, g as i64, c.clone());
+                            let a = Expr::load(buf, at.clone());
+                            let v = b(BinOp::Add, a, b(BinOp::Mul, Expr::Var(*ps), vv.clone()));
+                            kb.store(buf, at, v);
+                        }
+                    },
+                    |_, _| {},
+                );
+            });
+        };
+        match fetch {
+            Some((last, _)) => kb.if_else(
+                last.clone(),
+                |kb| value_loop(kb, true),
+                |kb| value_loop(kb, false),
+            ),
+            None => value_loop(kb, false),
+        }
+        for (g, mn) in mns.into_iter().enumerate() {
+            kb.assign(ms[g], mn);
+        }
+    };
     // One split's online softmax over keys [a, b) of the pair, block by block, into
     // the state at `o` of `buf`.
     #[allow(clippy::too_many_arguments)]
@@ -371,7 +714,6 @@ pub(crate) fn attention(
                   b_: Expr,
                   buf: crate::loopir::BufId,
                   o: &Expr| {
-        let scores = kb.local("scores", t, group * bs);
         kb.for_("c", 0, group * dv, v8, |kb, c| {
             kb.store(buf, o.clone() + 2 * group + c, fconst(0.0, t))
         });
@@ -412,25 +754,6 @@ pub(crate) fn attention(
                 .ge(se.clone())
                 .or(load_i64(ib[4], rn).ne_(sq.clone()));
             let last = kb.let_("last", last);
-            let fetch_row = |kb: &mut crate::builder::KernelBuilder,
-                             (pool, dt, d): (crate::loopir::BufId, DType, i64),
-                             jj: &Expr| {
-                // (elements of the buffer per 64-byte line, per token row); a q8_kv
-                // pool is a byte buffer of blocks.
-                let (per_line, row) = if dt == DType::Q8Kv {
-                    (64, d / 64 * 68)
-                } else {
-                    (
-                        (64 / dt.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1),
-                        d,
-                    )
-                };
-                let lines = (row + per_line - 1) / per_line;
-                let at = (nbase.clone() + jj.clone()) * row;
-                for l in 0..lines {
-                    kb.prefetch(pool, at.clone() + l * per_line);
-                }
-            };
             // Scores of every query head of the group: each key row is read (and
             // widened) once for the whole group.
             let qrows: Vec<Expr> = (0..group)
@@ -441,266 +764,14 @@ pub(crate) fn attention(
                     )
                 })
                 .collect();
-            let bms: Vec<_> = (0..group).map(|_| kb.let_mut("bm", ninf())).collect();
-            // Two copies of each key and value loop, with and without the
-            // prefetches: a test per key cost a long prefill 15%.
-            let key_loop = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
-                kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
-                    if fetch {
-                        fetch_row(kb, (ib[1], kp.dtype, dk), &jj);
-                    }
-                    let krow = kb.let_("krow", (base.clone() + jj.clone()) * dk);
-                    let dots: Vec<_> = (0..group)
-                        .map(|_| kb.let_mut("dot", fconst(0.0, t)))
-                        .collect();
-                    if kp.dtype == DType::Q8Kv {
-                        // q · (scale codes) = scale (q · codes), per block.
-                        let parts: Vec<_> = (0..group)
-                            .map(|_| kb.let_mut("part", fconst(0.0, t)))
-                            .collect();
-                        row_runs(
-                            kb,
-                            (ib[1], kp.dtype),
-                            krow,
-                            dk,
-                            |kb, _| {
-                                for p in &parts {
-                                    kb.assign(*p, fconst(0.0, t));
-                                }
-                            },
-                            |kb, c, kx| {
-                                let kx = kb.let_("kx", kx);
-                                for (p, qrow) in parts.iter().zip(&qrows) {
-                                    let qv =
-                                        load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
-                                    let v =
-                                        b(BinOp::Add, Expr::Var(*p), b(BinOp::Mul, qv, kx.clone()));
-                                    kb.assign(*p, v);
-                                }
-                            },
-                            |kb, sc| {
-                                for (p, dot) in parts.iter().zip(&dots) {
-                                    let v = b(BinOp::Mul, sc.clone(), Expr::Var(*p));
-                                    kb.assign(*dot, b(BinOp::Add, Expr::Var(*dot), v));
-                                }
-                            },
-                        );
-                    } else {
-                        kb.for_("c", 0, dk, wide, |kb, c| {
-                            let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
-                            let kx = kb.let_("kx", kx);
-                            for (dot, qrow) in dots.iter().zip(&qrows) {
-                                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
-                                let v =
-                                    b(BinOp::Add, Expr::Var(*dot), b(BinOp::Mul, qv, kx.clone()));
-                                kb.assign(*dot, v);
-                            }
-                        });
-                    }
-                    for (g, (dot, bm)) in dots.iter().zip(&bms).enumerate() {
-                        let mut sc = b(BinOp::Mul, Expr::Var(*dot), fconst(scale, t));
-                        if let Some(cap) = cap {
-                            let x = b(BinOp::Div, sc, fconst(cap, t));
-                            sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
-                        }
-                        let sc = kb.let_("sc", sc);
-                        kb.store(scores, jj.clone() + g as i64 * bs, sc.clone());
-                        kb.assign(*bm, Expr::Var(*bm).max(sc));
-                    }
-                });
-            };
-            // A transposed key slice (`k_dim_major`): element c of the block's keys is
-            // one run, so the scores of all of them take a vector multiply-add per
-            // element and query head (keys in lanes), with no horizontal sum per key.
-            // Slots of the block outside [js, je) are scored too and never read.
-            let sets = if dk % 4 == 0 { 4 } else { 1 };
-            let tree = bs >= 2 && bs & (bs - 1) == 0;
-            let parts = kb.local("parts", t, group * bs * sets);
-            let key_columns = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
-                let kbase = kb.let_("kbase", base.clone() * dk);
-                kb.for_("z", 0, group * bs * sets, wide, |kb, z| {
-                    kb.store(parts, z, fconst(0.0, t))
-                });
-                let per_line = (64 / kp.dtype.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1);
-                // Set `u` sums elements `u · dk / sets + c`: `sets` independent sums per
-                // query head, so the multiply-adds are not one chain dk long.
-                let span = dk / sets;
-                kb.for_("c", 0, span, LoopTag::Serial, |kb, c| {
-                    for u in 0..sets {
-                        let cu = kb.let_("cu", c.clone() + u * span);
-                        if fetch {
-                            // The next block's slice, a line per element row (modulo
-                            // the slice, so the fetches stay within it).
-                            let at = nbase.clone() * dk + (cu.clone() * per_line) % (bs * dk);
-                            kb.prefetch(ib[1], at);
-                        }
-                        let col = kb.let_("col", kbase.clone() + cu.clone() * bs);
-                        let qs: Vec<Expr> = qrows
-                            .iter()
-                            .map(|qrow| {
-                                let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + cu.clone());
-                                kb.let_("qc", qv)
-                            })
-                            .collect();
-                        kb.for_("jj", 0, bs, wide, |kb, jj| {
-                            let kx = load_elem(kb, ib[1], kp.dtype, col.clone() + jj.clone());
-                            let kx = kb.let_("kx", kx);
-                            for (g, qc) in qs.iter().enumerate() {
-                                let at = jj.clone() + (u * group + g as i64) * bs;
-                                let v = b(
-                                    BinOp::Add,
-                                    Expr::load(parts, at.clone()),
-                                    b(BinOp::Mul, qc.clone(), kx.clone()),
-                                );
-                                kb.store(parts, at, v);
-                            }
-                        });
-                    }
-                });
-                for (g, bm) in bms.iter().enumerate() {
-                    let g = g as i64;
-                    kb.for_("jj", 0, bs, wide, |kb, jj| {
-                        let at = jj.clone() + g * bs;
-                        // The sets' sums added in a fixed tree.
-                        let mut sums: Vec<Expr> = (0..sets)
-                            .map(|u| Expr::load(parts, at.clone() + u * group * bs))
-                            .collect();
-                        while sums.len() > 1 {
-                            sums = sums
-                                .chunks(2)
-                                .map(|p| b(BinOp::Add, p[0].clone(), p[1].clone()))
-                                .collect();
-                        }
-                        let mut sc = b(BinOp::Mul, sums.remove(0), fconst(scale, t));
-                        if let Some(cap) = cap {
-                            let x = b(BinOp::Div, sc, fconst(cap, t));
-                            sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
-                        }
-                        if tree {
-                            // Slots outside [js, je) take no part in the maximum.
-                            let inside = jj.clone().ge(js.clone()).and(jj.clone().lt(je.clone()));
-                            sc = Expr::select(inside, sc, ninf());
-                        }
-                        kb.store(scores, at, sc);
-                    });
-                    if tree {
-                        // The block's maximum as a tree of vector maxima (halves of the
-                        // block, then halves of those) in `parts`: a scalar chain of
-                        // `bs` maxima was the block's longest latency.
-                        let mut w = bs / 2;
-                        let mut from = (scores, g * bs);
-                        while w >= 1 {
-                            let (src, o) = from;
-                            // One vector of the level's width (LLVM keeps a loop of
-                            // exactly one vector's trips whole: see the lowering).
-                            let lvl = if w > 1 {
-                                LoopTag::Vectorize(w as u32)
-                            } else {
-                                LoopTag::Serial
-                            };
-                            kb.for_("i", 0, w, lvl, |kb, i| {
-                                let lo = Expr::load(src, i.clone() + o);
-                                let hi = Expr::load(src, i.clone() + (o + w));
-                                kb.store(parts, i + g * bs, lo.max(hi));
-                            });
-                            from = (parts, g * bs);
-                            w /= 2;
-                        }
-                        let top = Expr::load(parts, Expr::i(g * bs));
-                        kb.assign(*bm, Expr::Var(*bm).max(top));
-                    } else {
-                        kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
-                            let sc = Expr::load(scores, jj + g * bs);
-                            kb.assign(*bm, Expr::Var(*bm).max(sc));
-                        });
-                    }
-                }
-            };
-            if k_dim_major {
-                kb.if_else(
-                    last.clone(),
-                    |kb| key_columns(kb, true),
-                    |kb| key_columns(kb, false),
-                );
-            } else {
-                kb.if_else(
-                    last.clone(),
-                    |kb| key_loop(kb, true),
-                    |kb| key_loop(kb, false),
-                );
-            }
-            // Per query head: the running maximum, the rescale of its sum and
-            // accumulator, and the block's probabilities (vectorized over its keys).
-            let mns: Vec<Expr> = (0..group)
-                .map(|g| {
-                    let (m, l, bm) = (ms[g as usize], ls[g as usize], bms[g as usize]);
-                    let mn = kb.let_("mn", Expr::Var(m).max(Expr::Var(bm)));
-                    // The rescale only when the maximum grew: otherwise its factor is
-                    // exp(0) = 1 and it changes nothing (in a long prefill most blocks
-                    // leave the maximum where it was, and the scalar exp per query
-                    // head and block was a tenth of the kernel).
-                    kb.if_(mn.clone().ne_(Expr::Var(m)), |kb| {
-                        let corr = kb.let_("corr", exp(b(BinOp::Sub, Expr::Var(m), mn.clone())));
-                        kb.assign(l, b(BinOp::Mul, Expr::Var(l), corr.clone()));
-                        kb.for_("c", 0, dv, wide, |kb, c| {
-                            let at = acc_at(o, g, c);
-                            let a = b(BinOp::Mul, Expr::load(buf, at.clone()), corr.clone());
-                            kb.store(buf, at, a);
-                        });
-                    });
-                    kb.for_("jj", js.clone(), je.clone(), wide, |kb, jj| {
-                        let at = jj + g * bs;
-                        let pr = kb.let_(
-                            "pr",
-                            exp(b(BinOp::Sub, Expr::load(scores, at.clone()), mn.clone())),
-                        );
-                        kb.store(scores, at, pr.clone());
-                        kb.assign(l, b(BinOp::Add, Expr::Var(l), pr));
-                    });
-                    mn
-                })
-                .collect();
-            // The values: each value row read once for the whole group.
-            let value_loop = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
-                kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
-                    let prs: Vec<Expr> = (0..group)
-                        .map(|g| kb.let_("pr", Expr::load(scores, jj.clone() + g * bs)))
-                        .collect();
-                    if fetch {
-                        fetch_row(kb, (ib[2], vp.dtype, dv), &jj);
-                    }
-                    let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
-                    // p (scale codes) = (p scale) codes, per block.
-                    let pss: Vec<_> = (0..group)
-                        .map(|_| kb.let_mut("ps", fconst(0.0, t)))
-                        .collect();
-                    row_runs(
-                        kb,
-                        (ib[2], vp.dtype),
-                        vrow,
-                        dv,
-                        |kb, sc| {
-                            for (ps, pr) in pss.iter().zip(&prs) {
-                                kb.assign(*ps, b(BinOp::Mul, pr.clone(), sc.clone()));
-                            }
-                        },
-                        |kb, c, vv| {
-                            let vv = kb.let_("vv", vv);
-                            for (g, ps) in pss.iter().enumerate() {
-                                let at = acc_at(o, g as i64, c.clone());
-                                let a = Expr::load(buf, at.clone());
-                                let v = b(BinOp::Add, a, b(BinOp::Mul, Expr::Var(*ps), vv.clone()));
-                                kb.store(buf, at, v);
-                            }
-                        },
-                        |_, _| {},
-                    );
-                });
-            };
-            kb.if_else(last, |kb| value_loop(kb, true), |kb| value_loop(kb, false));
-            for (g, mn) in mns.into_iter().enumerate() {
-                kb.assign(ms[g], mn);
-            }
+            block(
+                kb,
+                &qrows,
+                (&ms, &ls),
+                (buf, o),
+                (&base, &js, &je),
+                Some((&last, &nbase)),
+            );
         });
         for g in 0..group {
             kb.store(buf, m_at(o, g), Expr::Var(ms[g as usize]));
@@ -812,6 +883,366 @@ pub(crate) fn attention(
         });
         return kb.finish();
     }
+    // Row tiles (CPU; float pools with each block's keys by dimension, a block a power
+    // of two): a task takes `rt` rows of one sequence (a prefill chunk's) and, per
+    // block, scores its keys for all their query heads at once with the heads in
+    // vector lanes (a key element is one broadcast against a vector of queries), then
+    // takes the block's maxima, probabilities and their sums down the keys with whole
+    // vectors instead of per head. Each head's arithmetic is the row form's, value for
+    // value (the same chains over the same elements, the same trees of halves), so a
+    // row gives the same bits in a tile as alone (batch invariance, a preempted
+    // sequence's recompute). A block whose rows do not all see the same slots (a
+    // chunk's last keys, a window's first) goes row by row through the row form's
+    // block.
+    let lanes = ROW_LANES as i64;
+    let rt = if k_dim_major
+        && pow2
+        && vp.dtype != DType::Q8Kv
+        && dv % lanes == 0
+        && group * 2 <= lanes
+    {
+        lanes / group
+    } else {
+        1
+    };
+    let members = rt * group;
+    let tile_pair = |kb: &mut KernelBuilder, r0: &Expr, sq: &Expr, kv: &Expr| {
+        let qt = kb.local("qt", t, dk * lanes);
+        let sacc = kb.local("sacc", t, sets * bs * lanes);
+        let tsc = kb.local("tsc", t, bs * lanes);
+        let kf = kb.local("kf", t, dk * bs);
+        // Per member in lanes during a split: the running maximum and sum, and the
+        // block's rescale factor (1 where the maximum stayed).
+        let tm = kb.local("tm", t, lanes);
+        let tl = kb.local("tl", t, lanes);
+        let tcorr = kb.local("tcorr", t, lanes);
+        let spans = kb.local("spans", Ty::I64, 2 * rt);
+        let run = kb.local("trun", t, rt * slen);
+        let part = kb.local("tpart", t, rt * slen);
+        // The tile's queries transposed: element c of member mi (row mi / group, head
+        // mi % group of the kv head's group) at qt[c lanes + mi]; the lanes past the
+        // members hold 0.
+        kb.for_("z", 0, dk * lanes, wide, |kb, z| {
+            kb.store(qt, z, fconst(0.0, t))
+        });
+        kb.for_("c", 0, dk, LoopTag::Serial, |kb, c| {
+            for mi in 0..members {
+                let (ri, g) = (mi / group, mi % group);
+                let at = ((kv.clone() * group + g) * se.clone() + r0.clone() + ri) * dk + c.clone();
+                let qv = load_elem(kb, ib[0], q.dtype, at);
+                kb.store(qt, c.clone() * lanes + mi, qv);
+            }
+        });
+        // Each row's keys [lo, hi) and the splits they meet.
+        let facts: Vec<(Expr, Expr, Expr, Expr)> = (0..rt)
+            .map(|ri| {
+                let r = kb.let_("r", r0.clone() + ri);
+                let (_, lo, hi) = row_keys(kb, (ib[3], ib[4]), &r, window);
+                let s0 = kb.let_("s0", lo.clone() / split);
+                let s1 = kb.let_("s1", (hi.clone() - 1) / split + 1);
+                (lo, hi, s0, s1)
+            })
+            .collect();
+        let smin = facts.iter().map(|f| f.2.clone()).reduce(Expr::min);
+        let smax = facts.iter().map(|f| f.3.clone()).reduce(Expr::max);
+        let hmax = facts.iter().map(|f| f.1.clone()).reduce(Expr::max);
+        let (Some(smin), Some(smax), Some(hmax)) = (smin, smax, hmax) else {
+            return;
+        };
+        let hmax = kb.let_("hmax", hmax);
+        kb.for_("sp", smin, smax, LoopTag::Serial, |kb, sp| {
+            // Row ri's keys in this split, [a, b): empty where the split is not its.
+            let ab: Vec<(Expr, Expr)> = facts
+                .iter()
+                .map(|(lo, hi, s0, s1)| {
+                    let own = sp.clone().ge(s0.clone()).and(sp.clone().lt(s1.clone()));
+                    let own = kb.let_("own", own);
+                    let (a, b_) = split_range(kb, &sp, lo, hi);
+                    let a = kb.let_("ta", Expr::select(own.clone(), a, Expr::i(0)));
+                    let b_ = kb.let_("tb", Expr::select(own, b_, Expr::i(0)));
+                    (a, b_)
+                })
+                .collect();
+            for ri in 0..rt {
+                init(kb, part, &Expr::i(ri * slen));
+            }
+            kb.for_("ln", 0, lanes, wide, |kb, ln| {
+                kb.store(tm, ln.clone(), ninf());
+                kb.store(tl, ln, fconst(0.0, t));
+            });
+            let none = Expr::i(i64::MAX / 4);
+            let amin = ab
+                .iter()
+                .map(|(a, b_)| Expr::select(a.clone().lt(b_.clone()), a.clone(), none.clone()))
+                .reduce(Expr::min)
+                .unwrap_or(none.clone());
+            let bmax = ab
+                .iter()
+                .map(|(_, b_)| b_.clone())
+                .reduce(Expr::max)
+                .unwrap_or(Expr::i(0));
+            let first = kb.let_("first", (amin / bs) * bs);
+            kb.for_step("j0", first, bmax, bs, LoopTag::Serial, |kb, j0| {
+                let entry = kb.let_("entry", sq.clone() * we.clone() + j0.clone() / bs);
+                let blk = kb.let_("blk", load_i64(ib[5], entry.clone()));
+                let base = kb.let_("base", (blk * kvh + kv.clone()) * bs);
+                // The tile's next block (this one at its last), asked for while this
+                // one is computed: blocks are scattered 2 KiB runs that the hardware
+                // prefetchers find late.
+                let nentry = Expr::select(
+                    (j0.clone() + bs).lt(hmax.clone()),
+                    entry.clone() + 1,
+                    entry.clone(),
+                );
+                let nblk = kb.let_("nblk", load_i64(ib[5], nentry));
+                let nbase = kb.let_("nbase", (nblk * kvh + kv.clone()) * bs);
+                let mut same: Option<Expr> = None;
+                let mut js0 = (Expr::i(0), Expr::i(0));
+                for (ri, (a, b_)) in ab.iter().enumerate() {
+                    let js = kb.let_("js", a.clone().max(j0.clone()) - j0.clone());
+                    let je = kb.let_("je", b_.clone().min(j0.clone() + bs) - j0.clone());
+                    kb.store(spans, Expr::i(2 * ri as i64), js.clone());
+                    kb.store(spans, Expr::i(2 * ri as i64 + 1), je.clone());
+                    same = Some(match same {
+                        None => {
+                            js0 = (js.clone(), je.clone());
+                            je.gt(js)
+                        }
+                        Some(s) => s.and(js.eq_(js0.0.clone())).and(je.eq_(js0.1.clone())),
+                    });
+                }
+                let (js, je) = js0;
+                let same = same.unwrap_or(Expr::i(0).gt(Expr::i(0)));
+                let same = kb.let_("same", same);
+                kb.if_else(
+                    same,
+                    |kb| {
+                        let inside =
+                            |j: i64| Expr::i(j).ge(js.clone()).and(Expr::i(j).lt(je.clone()));
+                        // The block's keys widened to f32 once (exactly), so each
+                        // key element below is one broadcast load into the FMA (an
+                        // f16 element each was a load, a convert and a broadcast).
+                        let kbase = kb.let_("kbase", base.clone() * dk);
+                        kb.for_("z", 0, dk * bs, wide, |kb, z| {
+                            let kx = load_elem(kb, ib[1], kp.dtype, kbase.clone() + z.clone());
+                            kb.store(kf, z, kx)
+                        });
+                        // Per set, every slot's sum for every member: the set's chain
+                        // over its elements in order, as the row form's.
+                        let span = dk / sets;
+                        kb.for_("u", 0, sets, LoopTag::Serial, |kb, u| {
+                            let uo = kb.let_("uo", u.clone() * (bs * lanes));
+                            kb.for_("z", 0, bs * lanes, wide, |kb, z| {
+                                kb.store(sacc, uo.clone() + z, fconst(0.0, t))
+                            });
+                            kb.for_("c", 0, span, LoopTag::Serial, |kb, c| {
+                                let cu = kb.let_("cu", c + u.clone() * span);
+                                let col = kb.let_("col", cu.clone() * bs);
+                                kb.for_("ln", 0, lanes, wide, |kb, ln| {
+                                    let qv = kb.let_(
+                                        "qv",
+                                        Expr::load(qt, cu.clone() * lanes + ln.clone()),
+                                    );
+                                    for j in 0..bs {
+                                        let kx = kb.let_("kx", Expr::load(kf, col.clone() + j));
+                                        let at = uo.clone() + j * lanes + ln.clone();
+                                        let v = b(
+                                            BinOp::Add,
+                                            Expr::load(sacc, at.clone()),
+                                            b(BinOp::Mul, qv.clone(), kx),
+                                        );
+                                        kb.store(sacc, at, v);
+                                    }
+                                });
+                            });
+                        });
+                        // The scores (the sets' sums in the row form's tree, scaled,
+                        // capped, slots outside [js, je) at -inf) and each member's
+                        // block maximum.
+                        kb.for_("ln", 0, lanes, wide, |kb, ln| {
+                            let mut scs = Vec::new();
+                            for j in 0..bs {
+                                let mut sums: Vec<Expr> = (0..sets)
+                                    .map(|u| Expr::load(sacc, ln.clone() + (u * bs + j) * lanes))
+                                    .collect();
+                                while sums.len() > 1 {
+                                    sums = sums
+                                        .chunks(2)
+                                        .map(|p| b(BinOp::Add, p[0].clone(), p[1].clone()))
+                                        .collect();
+                                }
+                                let mut sc = b(BinOp::Mul, sums.remove(0), fconst(scale, t));
+                                if let Some(cap) = cap {
+                                    let x = b(BinOp::Div, sc, fconst(cap, t));
+                                    sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
+                                }
+                                let sc = kb.let_("sc", Expr::select(inside(j), sc, ninf()));
+                                kb.store(tsc, ln.clone() + j * lanes, sc.clone());
+                                scs.push(sc);
+                            }
+                            // The row form's: the new maximum, and when it grew the
+                            // factor exp(m - mn) on the sum (the same exp, whether
+                            // in lanes or alone: its steps carry no fast-math flags).
+                            let bm = tree_of_halves(scs, Expr::max);
+                            let m = kb.let_("m", Expr::load(tm, ln.clone()));
+                            let mn = kb.let_("mn", m.clone().max(bm));
+                            let grew = kb.let_("grew", mn.clone().ne_(m.clone()));
+                            let corr = kb.let_("corr", exp(b(BinOp::Sub, m, mn.clone())));
+                            let l = Expr::load(tl, ln.clone());
+                            let l = Expr::select(
+                                grew.clone(),
+                                b(BinOp::Mul, l.clone(), corr.clone()),
+                                l,
+                            );
+                            kb.store(tl, ln.clone(), l);
+                            kb.store(tcorr, ln.clone(), Expr::select(grew, corr, fconst(1.0, t)));
+                            kb.store(tm, ln, mn);
+                        });
+                        // Each member's accumulator rescaled when its maximum grew (a
+                        // factor of exactly 1 would change nothing).
+                        for mi in 0..members {
+                            let (ri, g) = (mi / group, mi % group);
+                            let o = Expr::i(ri * slen);
+                            let corr = kb.let_("corr", Expr::load(tcorr, Expr::i(mi)));
+                            kb.if_(corr.clone().ne_(fconst(1.0, t)), |kb| {
+                                kb.for_("c", 0, dv, wide, |kb, c| {
+                                    let at = acc_at(&o, g, c);
+                                    let a =
+                                        b(BinOp::Mul, Expr::load(part, at.clone()), corr.clone());
+                                    kb.store(part, at, a);
+                                });
+                            });
+                        }
+                        // The probabilities and their sum per member.
+                        kb.for_("ln", 0, lanes, wide, |kb, ln| {
+                            let mn = kb.let_("mnv", Expr::load(tm, ln.clone()));
+                            let mut ps = Vec::new();
+                            for j in 0..bs {
+                                let at = ln.clone() + j * lanes;
+                                let pr =
+                                    exp(b(BinOp::Sub, Expr::load(tsc, at.clone()), mn.clone()));
+                                let p = kb.let_("p", Expr::select(inside(j), pr, fconst(0.0, t)));
+                                kb.store(tsc, at, p.clone());
+                                ps.push(p);
+                            }
+                            let sum = tree_of_halves(ps, |x, y| b(BinOp::Add, x, y));
+                            let l = Expr::load(tl, ln.clone());
+                            kb.store(tl, ln, b(BinOp::Add, l, sum));
+                        });
+                        // The values, a vector of each value row at a time: every
+                        // member's accumulator takes the slots in order, as the row
+                        // form's.
+                        kb.for_("ch", 0, dv / lanes, LoopTag::Serial, |kb, ch| {
+                            kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                                // A line of the next block's keys and one of its
+                                // values per trip, spread over the block's trips.
+                                let trip = kb.let_("trip", ch.clone() * bs + jj.clone());
+                                for (pool, dt, d) in [(ib[1], kp.dtype, dk), (ib[2], vp.dtype, dv)]
+                                {
+                                    let per_line = (64
+                                        / dt.storage_bytes(1).unwrap_or(4).max(1) as i64)
+                                        .max(1);
+                                    let lines = (d * bs + per_line - 1) / per_line;
+                                    let at = nbase.clone() * d + (trip.clone() % lines) * per_line;
+                                    kb.prefetch(pool, at);
+                                }
+                                let vrow = kb.let_(
+                                    "vrow",
+                                    (base.clone() + jj.clone()) * dv + ch.clone() * lanes,
+                                );
+                                let pss: Vec<Expr> = (0..members)
+                                    .map(|mi| {
+                                        let pr =
+                                            kb.let_("pr", Expr::load(tsc, jj.clone() * lanes + mi));
+                                        kb.let_("ps", b(BinOp::Mul, pr, fconst(1.0, Ty::F32)))
+                                    })
+                                    .collect();
+                                kb.for_("c", 0, lanes, wide, |kb, c| {
+                                    let vv =
+                                        load_elem(kb, ib[2], vp.dtype, vrow.clone() + c.clone());
+                                    let vv = kb.let_("vv", vv);
+                                    for (mi, ps) in pss.iter().enumerate() {
+                                        let mi = mi as i64;
+                                        let (ri, g) = (mi / group, mi % group);
+                                        let at = acc_at(
+                                            &Expr::i(ri * slen),
+                                            g,
+                                            ch.clone() * lanes + c.clone(),
+                                        );
+                                        let v = b(
+                                            BinOp::Add,
+                                            Expr::load(part, at.clone()),
+                                            b(BinOp::Mul, ps.clone(), vv.clone()),
+                                        );
+                                        kb.store(part, at, v);
+                                    }
+                                });
+                            });
+                        });
+                    },
+                    |kb| {
+                        // Row by row through the row form's block.
+                        kb.for_("ri", 0, rt, LoopTag::Serial, |kb, ri| {
+                            let js = kb.let_("js", Expr::load(spans, ri.clone() * 2));
+                            let je = kb.let_("je", Expr::load(spans, ri.clone() * 2 + 1));
+                            kb.if_(je.clone().gt(js.clone()), |kb| {
+                                let o = kb.let_("o", ri.clone() * slen);
+                                let qrows: Vec<Expr> = (0..group)
+                                    .map(|g| {
+                                        let at = ((kv.clone() * group + g) * se.clone()
+                                            + r0.clone()
+                                            + ri.clone())
+                                            * dk;
+                                        kb.let_("qrow", at)
+                                    })
+                                    .collect();
+                                let mi = kb.let_("mi", ri.clone() * group);
+                                let ms: Vec<VarId> = (0..group)
+                                    .map(|g| kb.let_mut("m", Expr::load(tm, mi.clone() + g)))
+                                    .collect();
+                                let ls: Vec<VarId> = (0..group)
+                                    .map(|g| kb.let_mut("l", Expr::load(tl, mi.clone() + g)))
+                                    .collect();
+                                block(kb, &qrows, (&ms, &ls), (part, &o), (&base, &js, &je), None);
+                                for g in 0..group {
+                                    kb.store(tm, mi.clone() + g, Expr::Var(ms[g as usize]));
+                                    kb.store(tl, mi.clone() + g, Expr::Var(ls[g as usize]));
+                                }
+                            });
+                        });
+                    },
+                );
+            });
+            for mi in 0..members {
+                let o = Expr::i(mi / group * slen);
+                let g = mi % group;
+                kb.store(part, m_at(&o, g), Expr::load(tm, Expr::i(mi)));
+                kb.store(part, l_at(&o, g), Expr::load(tl, Expr::i(mi)));
+            }
+            // Each row's split state into its running state, as the row form's: the
+            // first split as it is, the later ones merged in order.
+            for (ri, (_, _, s0, s1)) in facts.iter().enumerate() {
+                let o = Expr::i(ri as i64 * slen);
+                kb.if_else(
+                    sp.clone().eq_(s0.clone()),
+                    |kb| {
+                        kb.for_("z", 0, slen, v8, |kb, z| {
+                            let at = o.clone() + z;
+                            kb.store(run, at.clone(), Expr::load(part, at))
+                        })
+                    },
+                    |kb| {
+                        let later = sp.clone().gt(s0.clone()).and(sp.clone().lt(s1.clone()));
+                        kb.if_(later, |kb| merge(kb, run, &o, part, &o));
+                    },
+                );
+            }
+        });
+        for ri in 0..rt {
+            let r = kb.let_("r", r0.clone() + ri);
+            finish(kb, (&r, kv), run, &Expr::i(ri * slen));
+        }
+    };
     // On the CPU a task takes a row (last first, as above) and its kv heads in order:
     // the heads' slices of a block sit side by side in the pool, so one task reads
     // each block's keys and values as one run instead of a task per head reading its
@@ -819,12 +1250,46 @@ pub(crate) fn attention(
     // decode 2394 / 2373 -> 2296 / 2234 ms, in a 2,048-token prefill 2616 / 2312 ->
     // 2305 / 2216 ms).
     let per_row = |kb: &mut crate::builder::KernelBuilder| {
-        kb.for_("rr", 0, se.clone(), tag, |kb, rr| {
-            let r_rev = kb.let_("r_rev", se.clone() - 1 - rr);
-            kb.for_("kvi", 0, kvh, LoopTag::Serial, |kb, kvi| {
-                let rk = kb.let_("rk", r_rev.clone() * kvh + kvi);
-                one_pair(kb, rk);
+        if rt == 1 {
+            kb.for_("rr", 0, se.clone(), tag, |kb, rr| {
+                let r_rev = kb.let_("r_rev", se.clone() - 1 - rr);
+                kb.for_("kvi", 0, kvh, LoopTag::Serial, |kb, kvi| {
+                    let rk = kb.let_("rk", r_rev.clone() * kvh + kvi);
+                    one_pair(kb, rk);
+                });
             });
+            return;
+        }
+        // Tiles of `rt` rows, last first; a tile whose rows are not all of one
+        // sequence (decode rows, a chunk's edge) takes them one by one.
+        let nt = kb.let_("nt", (se.clone() + (rt - 1)) / rt);
+        kb.for_("tt", 0, nt.clone(), tag, |kb, tt| {
+            let r0 = kb.let_("r0", (nt.clone() - 1 - tt) * rt);
+            let sq = kb.let_("sq", load_i64(ib[4], r0.clone()));
+            let mut one = (r0.clone() + rt).le(se.clone());
+            for ri in 1..rt {
+                let r = (r0.clone() + ri).min(se.clone() - 1);
+                one = one.and(load_i64(ib[4], r).eq_(sq.clone()));
+            }
+            let one = kb.let_("one_seq", one);
+            kb.if_else(
+                one,
+                |kb| {
+                    kb.for_("kvi", 0, kvh, LoopTag::Serial, |kb, kvi| {
+                        tile_pair(kb, &r0, &sq, &kvi);
+                    });
+                },
+                |kb| {
+                    let rows = kb.let_("rows", (se.clone() - r0.clone()).min(Expr::i(rt)));
+                    kb.for_("ri", 0, rows.clone(), LoopTag::Serial, |kb, ri| {
+                        let r = kb.let_("r_rev", r0.clone() + rows.clone() - 1 - ri);
+                        kb.for_("kvi", 0, kvh, LoopTag::Serial, |kb, kvi| {
+                            let rk = kb.let_("rk", r.clone() * kvh + kvi);
+                            one_pair(kb, rk);
+                        });
+                    });
+                },
+            );
         });
     };
     // Few pairs (a few decode rows): pairs CAP at a time, each chunk's splits in

@@ -2021,7 +2021,13 @@ fn paged_attention_matches_the_reference() {
     });
     for (case, ((h, kvh, bs, window, cap, pool_dt, seqs, width, nblk), dm)) in layouts.enumerate() {
         let wa = || attrs([("k_dim_major", Attr::Int(dm))]);
-        let d = if pool_dt == DType::Q8Kv { 64usize } else { 8 };
+        // The prefill chunks take a head dim of whole 16-lane vectors, so the CPU
+        // schedule's row tiles (query heads in lanes) run.
+        let d = match pool_dt {
+            DType::Q8Kv => 64usize,
+            _ if std::ptr::eq(seqs, &many[..]) => 16,
+            _ => 8,
+        };
         let ds = d.to_string();
         // Distinct blocks per sequence, scattered.
         let mut order: Vec<i64> = (0..nblk as i64).collect();
