@@ -1032,10 +1032,9 @@ pub(crate) fn attention(
                         let span = dk / sets;
                         kb.for_("u", 0, sets, LoopTag::Serial, |kb, u| {
                             let uo = kb.let_("uo", u.clone() * (bs * lanes));
-                            kb.for_("z", 0, bs * lanes, wide, |kb, z| {
-                                kb.store(sacc, uo.clone() + z, fconst(0.0, t))
-                            });
-                            kb.for_("c", 0, span, LoopTag::Serial, |kb, c| {
+                            // Element c of the set into every slot's sum: the first
+                            // onto 0 (as the row form's zeroed sums), without a load.
+                            let step = |kb: &mut KernelBuilder, c: Expr, first: bool| {
                                 let cu = kb.let_("cu", c + u.clone() * span);
                                 let col = kb.let_("col", cu.clone() * bs);
                                 kb.for_("ln", 0, lanes, wide, |kb, ln| {
@@ -1046,15 +1045,18 @@ pub(crate) fn attention(
                                     for j in 0..bs {
                                         let kx = kb.let_("kx", Expr::load(kf, col.clone() + j));
                                         let at = uo.clone() + j * lanes + ln.clone();
-                                        let v = b(
-                                            BinOp::Add,
-                                            Expr::load(sacc, at.clone()),
-                                            b(BinOp::Mul, qv.clone(), kx),
-                                        );
+                                        let old = if first {
+                                            fconst(0.0, t)
+                                        } else {
+                                            Expr::load(sacc, at.clone())
+                                        };
+                                        let v = b(BinOp::Add, old, b(BinOp::Mul, qv.clone(), kx));
                                         kb.store(sacc, at, v);
                                     }
                                 });
-                            });
+                            };
+                            step(kb, Expr::i(0), true);
+                            kb.for_("c", 1, span, LoopTag::Serial, |kb, c| step(kb, c, false));
                         });
                         // The scores (the sets' sums in the row form's tree, scaled,
                         // capped, slots outside [js, je) at -inf) and each member's
