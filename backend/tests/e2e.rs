@@ -381,7 +381,8 @@ fn flash_attention_tiles_run_compiled() {
 /// bit the same row run alone (the row form a decode row takes), with the chunk
 /// crossing a 256-key split and sharing its step with another sequence's rows (tiles
 /// that straddle them go row by row); plain, with a window and with soft-capping, for
-/// f16 and f32 pools. Each output is also the reference interpreter's within 1e-5.
+/// f16 and f32 pools, for every `--cpu` the host runs. Each output is also the
+/// reference interpreter's within 1e-5.
 #[test]
 fn paged_attention_rows_are_batch_invariant_compiled() {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -467,22 +468,26 @@ fn paged_attention_rows_are_batch_invariant_compiled() {
         for one in &all {
             runs.push(inputs(std::slice::from_ref(one)));
         }
-        let mut opts = BuildOptions::default();
-        opts.cpu.opt_level = 3;
-        let got = run_compiled(&m, &opts, &runs).unwrap_or_else(|e| panic!("{attrs}: {e}"));
         let want = Interpreter::new(&m).run(&runs[0]).expect("reference");
-        close(&got[0][0], &want[0], 1e-5);
-        let batch = got[0][0].to_f64();
-        for (r, out) in got[1..].iter().enumerate() {
-            let alone = out[0].to_f64();
-            for head in 0..h {
-                for c in 0..d {
-                    let (x, y) = (batch[(head * s + r) * d + c], alone[head * d + c]);
-                    assert!(
-                        x.to_bits() == y.to_bits(),
-                        "{pool_dt} {{{attrs}}}: row {r} (position {}) head {head} element {c}: {x} in the chunk, {y} alone",
-                        rows[r].1
-                    );
+        // The host's kernels, and AVX2's and AVX-512's where the host runs them (the
+        // 16-lane tiles are two registers per vector with AVX2).
+        for (cpu, mut opts) in cpu_builds() {
+            opts.cpu.opt_level = 3;
+            let got = run_compiled(&m, &opts, &runs)
+                .unwrap_or_else(|e| panic!("{attrs} --cpu {cpu}: {e}"));
+            close(&got[0][0], &want[0], 1e-5);
+            let batch = got[0][0].to_f64();
+            for (r, out) in got[1..].iter().enumerate() {
+                let alone = out[0].to_f64();
+                for head in 0..h {
+                    for c in 0..d {
+                        let (x, y) = (batch[(head * s + r) * d + c], alone[head * d + c]);
+                        assert!(
+                            x.to_bits() == y.to_bits(),
+                            "{pool_dt} {{{attrs}}} --cpu {cpu}: row {r} (position {}) head {head} element {c}: {x} in the chunk, {y} alone",
+                            rows[r].1
+                        );
+                    }
                 }
             }
         }
