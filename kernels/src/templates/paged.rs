@@ -282,6 +282,28 @@ fn halves(
     }
 }
 
+/// A key's score from its sets' sums: added in a fixed tree (pairs, then pairs of
+/// those), scaled, then soft-capped. The row form and the row tiles both take it, so a
+/// query head's score is the same expression in either.
+fn score(mut sums: Vec<Expr>, scale: f64, cap: Option<f64>, t: Ty) -> Expr {
+    while sums.len() > 1 {
+        sums = sums
+            .chunks(2)
+            .filter_map(|p| p.iter().cloned().reduce(|x, y| b(BinOp::Add, x, y)))
+            .collect();
+    }
+    let mut sc = b(
+        BinOp::Mul,
+        sums.pop().unwrap_or(fconst(0.0, t)),
+        fconst(scale, t),
+    );
+    if let Some(cap) = cap {
+        let x = b(BinOp::Div, sc, fconst(cap, t));
+        sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
+    }
+    sc
+}
+
 /// `vals` (a power of two of them) combined pairwise by halves, as [`halves`] does in
 /// memory: element `i` with element `i + n/2`, then the halves of those.
 fn tree_of_halves(mut vals: Vec<Expr>, op: impl Fn(Expr, Expr) -> Expr) -> Expr {
@@ -557,21 +579,10 @@ pub(crate) fn attention(
                 let g = g as i64;
                 kb.for_("jj", 0, bs, wide, |kb, jj| {
                     let at = jj.clone() + g * bs;
-                    // The sets' sums added in a fixed tree.
-                    let mut sums: Vec<Expr> = (0..sets)
+                    let sums = (0..sets)
                         .map(|u| Expr::load(parts, at.clone() + u * group * bs))
                         .collect();
-                    while sums.len() > 1 {
-                        sums = sums
-                            .chunks(2)
-                            .map(|p| b(BinOp::Add, p[0].clone(), p[1].clone()))
-                            .collect();
-                    }
-                    let mut sc = b(BinOp::Mul, sums.remove(0), fconst(scale, t));
-                    if let Some(cap) = cap {
-                        let x = b(BinOp::Div, sc, fconst(cap, t));
-                        sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
-                    }
+                    let mut sc = score(sums, scale, cap, t);
                     if tree {
                         // Slots outside [js, je) take no part in the maximum.
                         let inside = jj.clone().ge(js.clone()).and(jj.clone().lt(je.clone()));
@@ -1064,20 +1075,10 @@ pub(crate) fn attention(
                         kb.for_("ln", 0, lanes, wide, |kb, ln| {
                             let mut scs = Vec::new();
                             for j in 0..bs {
-                                let mut sums: Vec<Expr> = (0..sets)
+                                let sums = (0..sets)
                                     .map(|u| Expr::load(sacc, ln.clone() + (u * bs + j) * lanes))
                                     .collect();
-                                while sums.len() > 1 {
-                                    sums = sums
-                                        .chunks(2)
-                                        .map(|p| b(BinOp::Add, p[0].clone(), p[1].clone()))
-                                        .collect();
-                                }
-                                let mut sc = b(BinOp::Mul, sums.remove(0), fconst(scale, t));
-                                if let Some(cap) = cap {
-                                    let x = b(BinOp::Div, sc, fconst(cap, t));
-                                    sc = b(BinOp::Mul, fconst(cap, t), Expr::un(UnOp::Tanh, x));
-                                }
+                                let sc = score(sums, scale, cap, t);
                                 let sc = kb.let_("sc", Expr::select(inside(j), sc, ninf()));
                                 kb.store(tsc, ln.clone() + j * lanes, sc.clone());
                                 scs.push(sc);
