@@ -16,6 +16,16 @@ fn close(got: &Tensor, want: &Tensor, tol: f64) {
     }
 }
 
+/// A xorshift64 stream from `seed`: reproducible test data without a dependency.
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 /// An f32 tensor of `shape` holding sin(i · k) at flat index i.
 fn sin_tensor(shape: &[usize], k: f64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -74,13 +84,7 @@ fn elementwise_and_matmul_graph_runs_compiled() {
 fn quantized_linear_rows_are_batch_invariant_compiled() {
     use llmc_ir::{attrs, Dim, Module, Op, Shape, TensorType, WeightData};
     use std::sync::Arc;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let f16 = |v: f32| half::f16::from_f32(v).to_le_bytes();
     let formats = [
         DType::Q8_0,
@@ -385,13 +389,8 @@ fn flash_attention_tiles_run_compiled() {
 /// reference interpreter's within 1e-5.
 #[test]
 fn paged_attention_rows_are_batch_invariant_compiled() {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    };
+    let mut bits = xorshift(0x2545_f491_4f6c_dd1d);
+    let mut next = move || (bits() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
     let (h, kvh, d, bs, nblk) = (6usize, 2usize, 64usize, 16usize, 40usize);
     // (sequence, position) of each row: three rows of sequence 1, then a chunk of 37
     // rows of sequence 0 at positions 300..337.
