@@ -12,6 +12,13 @@
 //!   `%logit_rows`, so the logits are `[rows, vocab]`: the engine asks for the rows it
 //!   samples (and every prompt row when prompt logprobs are wanted).
 //!
+//! - The transposes around attention go: a decoder's `[b, s, h, d]` -> `[b, h, s, d]`
+//!   transposes of q, k and v (a RoPE between them runs on the token-major rows
+//!   instead, as `[s, h, 1, d]` with positions `[s, 1]`), and the transpose of the
+//!   attention's result back. Both paged ops then take `token_major = 1`: they read
+//!   and write the rows the linears produce and read, `[1, s, h, d]`. Four kernels per
+//!   layer fewer, the same numbers.
+//!
 //! The graph's new inputs are named, so the backend and the runtime find them by name:
 //! `kv_slots: i64[seq]`, `kv_row_seq: i32[seq]`, `kv_block_tables: i32[kv_seqs,
 //! kv_width]`, `logit_rows: i64[rows]`, and per layer `kv.L.k_pool` / `kv.L.v_pool:
@@ -19,7 +26,7 @@
 
 use crate::{Changed, PassContext, PassError};
 use llmc_ir::{Attr, DType, Dim, Graph, Module, Op, Shape, TensorType, ValueDef, ValueId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Tokens per KV block.
 pub const BLOCK_SIZE: i64 = 16;
@@ -89,14 +96,128 @@ fn is_last_slice(op: Op, attrs: &llmc_ir::Attrs) -> bool {
         && matches!(attrs.get("axes"), Some(Attr::Ints(v)) if v[..] == [1])
 }
 
+/// The nodes of a decoder graph (by index) that the token-major form changes.
+#[derive(Default)]
+struct TokenMajor {
+    /// `[0, 2, 1, 3]` transposes that go: their result stands for their operand.
+    dropped: HashSet<usize>,
+    /// RoPEs whose operand was such a transpose: they run on `[s, h, 1, d]` views.
+    ropes: HashSet<usize>,
+    /// `kv_append` and attention nodes whose paged op takes `token_major = 1`.
+    ops: HashSet<usize>,
+}
+
+/// Finds the transposes around attention that the serving form can drop: a
+/// `kv_append` whose k (maybe through a RoPE) and v are `[0, 2, 1, 3]` transposes read
+/// only there, and an attention over the cache whose q is one and whose result is
+/// read only by such transposes.
+fn token_major_plan(g: &Graph) -> TokenMajor {
+    let uses = crate::rewrite::use_counts(g);
+    let read_once = |v: ValueId| uses.get(v.0 as usize) == Some(&1);
+    let producer = |v: ValueId| match g.value(v).def {
+        ValueDef::Node(n, 0) => Some(n.0 as usize),
+        _ => None,
+    };
+    let is_swap = |n: usize| {
+        let node = &g.nodes[n];
+        node.op == Op::Transpose
+            && matches!(node.attrs.get("perm"), Some(Attr::Ints(p)) if p[..] == [0, 2, 1, 3])
+            && g.ty(node.inputs[0]).shape.rank() == 4
+    };
+    // An operand `v` read in heads-major form: the transpose it comes from, and the
+    // RoPE between them if any.
+    let operand = |v: ValueId| -> Option<(usize, Option<usize>)> {
+        if !read_once(v) {
+            return None;
+        }
+        let n = producer(v)?;
+        if is_swap(n) {
+            return Some((n, None));
+        }
+        let node = &g.nodes[n];
+        if node.op != Op::Rope || g.ty(node.inputs[1]).shape.rank() != 2 {
+            return None;
+        }
+        let t = node.inputs[0];
+        let tn = producer(t)?;
+        (read_once(t) && is_swap(tn)).then_some((tn, Some(n)))
+    };
+    let mut readers: HashMap<ValueId, Vec<usize>> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            readers.entry(v).or_default().push(i);
+        }
+    }
+    let mut plan = TokenMajor::default();
+    let take = |plan: &mut TokenMajor, i: usize, parts: &[(usize, Option<usize>)]| {
+        plan.ops.insert(i);
+        for &(t, r) in parts {
+            plan.dropped.insert(t);
+            if let Some(r) = r {
+                plan.ropes.insert(r);
+            }
+        }
+    };
+    for (i, n) in g.nodes.iter().enumerate() {
+        match n.op {
+            Op::KvAppend => {
+                if let (Some(k), Some(v)) = (operand(n.inputs[0]), operand(n.inputs[1])) {
+                    take(&mut plan, i, &[k, v]);
+                }
+            }
+            Op::Attention | Op::FlashAttention
+                if n.inputs.len() == 3
+                    && producer(n.inputs[1]).is_some_and(|p| g.nodes[p].op == Op::KvAppend) =>
+            {
+                let out = n.outputs[0];
+                let rs = readers.get(&out).map_or(&[][..], |r| &r[..]);
+                let all_swaps = !rs.is_empty()
+                    && rs.len() == uses[out.0 as usize]
+                    && rs.iter().all(|&r| is_swap(r));
+                if let (Some(q), true) = (operand(n.inputs[0]), all_swaps) {
+                    take(&mut plan, i, &[q]);
+                    plan.dropped.extend(rs.iter().copied());
+                }
+            }
+            _ => {}
+        }
+    }
+    plan
+}
+
 /// The serving form of `m` with `kv_dtype` pools, or why it cannot be made. With
 /// `k_dim_major` (a float pool for a CPU target) the key pools hold each block's keys
 /// transposed, which the CPU's `paged_attention` scores a vector of keys at a time;
 /// the GPU kernels read key rows.
 pub fn lower(m: &Module, kv_dtype: DType, k_dim_major: bool) -> Result<Module, String> {
+    lower_as(m, kv_dtype, k_dim_major, true)
+}
+
+/// [`lower`], with the transposes around attention kept when `token_major` is false
+/// (the form before `token_major` existed, for the tests that compare the two).
+fn lower_as(
+    m: &Module,
+    kv_dtype: DType,
+    k_dim_major: bool,
+    token_major: bool,
+) -> Result<Module, String> {
     let k_dim_major = k_dim_major && !kv_dtype.is_quantized();
-    let layout = || llmc_ir::attrs([("k_dim_major", Attr::Int(1))]);
+    let layout = |tm: bool| {
+        let mut a = llmc_ir::Attrs::new();
+        if k_dim_major {
+            a.insert("k_dim_major".into(), Attr::Int(1));
+        }
+        if tm {
+            a.insert("token_major".into(), Attr::Int(1));
+        }
+        a
+    };
     let g = &m.graph;
+    let plan = if token_major {
+        token_major_plan(g)
+    } else {
+        TokenMajor::default()
+    };
     let names = llmc_ir::text::value_names(m);
     let vname = |v: ValueId| {
         names
@@ -205,7 +326,9 @@ pub fn lower(m: &Module, kv_dtype: DType, k_dim_major: bool) -> Result<Module, S
             _ => None,
         }
     };
-    for n in &g.nodes {
+    // Positions `[1, s]` as `[s, 1]`, for the token-major RoPEs (one view each).
+    let mut pos_col: HashMap<ValueId, ValueId> = HashMap::new();
+    for (ni, n) in g.nodes.iter().enumerate() {
         let at = vname(n.outputs.first().copied().unwrap_or(ValueId(0)));
         let mut ins = Vec::with_capacity(n.inputs.len());
         for &v in &n.inputs {
@@ -229,6 +352,49 @@ pub fn lower(m: &Module, kv_dtype: DType, k_dim_major: bool) -> Result<Module, S
                 ));
             }
         }
+        if plan.dropped.contains(&ni) {
+            // A transpose the paged ops no longer need: its result is its operand,
+            // token-major.
+            map.insert(n.outputs[0], ins[0]);
+            continue;
+        }
+        if plan.ropes.contains(&ni) {
+            // RoPE of token-major rows `[1, s, h, d]` as `[s, h, 1, d]` at positions
+            // `[s, 1]`: each row's heads at its own position, as before.
+            let og = &mut out;
+            let x = og.graph.ty(ins[0]).clone();
+            let [_, s, h, d] = &x.shape.0[..] else {
+                return Err(format!("{at}: rope of {} is not rank 4", x.shape));
+            };
+            let shape = |dims: Vec<Dim>| llmc_ir::attrs([("shape", Attr::Shape(Shape(dims)))]);
+            let view = og
+                .add1(
+                    Op::Reshape,
+                    &[ins[0]],
+                    shape(vec![s.clone(), h.clone(), Dim::c(1), d.clone()]),
+                )
+                .map_err(|e| format!("{at}: {e}"))?;
+            let p = match pos_col.get(&ins[1]) {
+                Some(&p) => p,
+                None => {
+                    let p = og
+                        .add1(Op::Reshape, &[ins[1]], shape(vec![s.clone(), Dim::c(1)]))
+                        .map_err(|e| format!("{at}: {e}"))?;
+                    pos_col.insert(ins[1], p);
+                    p
+                }
+            };
+            let r = og
+                .add1(Op::Rope, &[view, p], n.attrs.clone())
+                .map_err(|e| format!("{at}: {e}"))?;
+            let back = og
+                .add1(Op::Reshape, &[r], shape(x.shape.0.clone()))
+                .map_err(|e| format!("{at}: {e}"))?;
+            og.graph.values[back.0 as usize].name = g.value(n.outputs[0]).name.clone();
+            map.insert(n.outputs[0], back);
+            continue;
+        }
+        let tm = plan.ops.contains(&ni);
         let mut attrs = n.attrs.clone();
         for a in attrs.values_mut() {
             if let Attr::Shape(s) = a {
@@ -245,11 +411,7 @@ pub fn lower(m: &Module, kv_dtype: DType, k_dim_major: bool) -> Result<Module, S
                 (
                     Op::PagedKvWrite,
                     vec![ins[0], ins[1], kp, vp, slots],
-                    if k_dim_major {
-                        layout()
-                    } else {
-                        llmc_ir::Attrs::new()
-                    },
+                    layout(tm),
                 )
             }
             _ if is_attn && pool_vals.contains_key(&ins[1]) => {
@@ -261,11 +423,7 @@ pub fn lower(m: &Module, kv_dtype: DType, k_dim_major: bool) -> Result<Module, S
                 if !matches!(n.attrs.get("causal"), Some(Attr::Bool(true))) {
                     return Err(format!("{at}: attention over the KV cache must be causal"));
                 }
-                let mut a = if k_dim_major {
-                    layout()
-                } else {
-                    llmc_ir::Attrs::new()
-                };
+                let mut a = layout(tm);
                 for key in ["scale", "window", "softcap"] {
                     if let Some(x) = n.attrs.get(key) {
                         a.insert(key.into(), x.clone());
@@ -334,6 +492,7 @@ pub fn lower(m: &Module, kv_dtype: DType, k_dim_major: bool) -> Result<Module, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use llmc_ir::Tensor;
 
     #[test]
     fn batch_becomes_one() {
@@ -341,5 +500,81 @@ mod tests {
         assert_eq!(one_batch(&d), Dim::sym("seq").mul(&Dim::c(576)));
         assert_eq!(one_batch(&Dim::sym("batch")), Dim::c(1));
         assert_eq!(one_batch(&Dim::c(7)), Dim::c(7));
+    }
+
+    /// One decoder layer's attention as the importers write it: q, k, v transposed
+    /// to heads-major, RoPE on q and k, the cache, attention, the result transposed
+    /// back, then the last-position slice.
+    const LAYER: &str = r#"
+module @t {
+  graph @main(%xq: f32[batch, seq, 16], %xk: f32[batch, seq, 8], %xv: f32[batch, seq, 8], %pos: i64[batch, seq]) -> (%y: f32[batch, 1, 16]) {
+    %q4 = reshape(%xq) {shape = [batch, seq, 2, 8]} : f32[batch, seq, 2, 8]
+    %q = transpose(%q4) {perm = [0, 2, 1, 3]} : f32[batch, 2, seq, 8]
+    %qr = rope(%q, %pos) {style = "neox", theta = 10000.0} : f32[batch, 2, seq, 8]
+    %k4 = reshape(%xk) {shape = [batch, seq, 1, 8]} : f32[batch, seq, 1, 8]
+    %k = transpose(%k4) {perm = [0, 2, 1, 3]} : f32[batch, 1, seq, 8]
+    %kr = rope(%k, %pos) {style = "neox", theta = 10000.0} : f32[batch, 1, seq, 8]
+    %v4 = reshape(%xv) {shape = [batch, seq, 1, 8]} : f32[batch, seq, 1, 8]
+    %v = transpose(%v4) {perm = [0, 2, 1, 3]} : f32[batch, 1, seq, 8]
+    %kc, %vc = kv_append(%kr, %v) {layer = 0} : f32[batch, 1, past + seq, 8], f32[batch, 1, past + seq, 8]
+    %a = flash_attention(%qr, %kc, %vc) {causal = true, scale = 0.35} : f32[batch, 2, seq, 8]
+    %at = transpose(%a) {perm = [0, 2, 1, 3]} : f32[batch, seq, 2, 8]
+    %am = reshape(%at) {shape = [batch, seq, 16]} : f32[batch, seq, 16]
+    %y = slice(%am) {starts = [-1], ends = [9223372036854775807], axes = [1]} : f32[batch, 1, 16]
+    return %y
+  }
+}
+"#;
+
+    /// The token-major form drops the four transposes, runs the RoPEs on `[s, h, 1,
+    /// d]` views and gives, for a step of two sequences' rows, the pools and the
+    /// logits rows the heads-major form gives, bit for bit.
+    #[test]
+    fn token_major_drops_the_transposes_and_computes_the_same() {
+        let m = llmc_ir::text::parse(LAYER, "layer.llmc").unwrap();
+        let tm = lower_as(&m, DType::F32, true, true).unwrap();
+        let hm = lower_as(&m, DType::F32, true, false).unwrap();
+        let ops = |m: &Module, op: Op| m.graph.nodes.iter().filter(|n| n.op == op).count();
+        assert_eq!(ops(&hm, Op::Transpose), 4);
+        assert_eq!(ops(&tm, Op::Transpose), 0);
+        for n in &tm.graph.nodes {
+            if matches!(n.op, Op::PagedKvWrite | Op::PagedAttention) {
+                assert_eq!(n.attrs.get("token_major"), Some(&Attr::Int(1)), "{}", n.op);
+            }
+        }
+        // Rows: sequence 0 at positions 3..8 (blocks 2, 0), sequence 1 at 0..2 (block 1).
+        let rows = 7usize;
+        let val = |i: usize, salt: usize| (((i * 31 + salt * 17) % 53) as f64 - 26.0) / 13.0;
+        let f = |shape: Vec<usize>, salt: usize| {
+            let n: usize = shape.iter().product();
+            Tensor::from_f64(DType::F32, shape, (0..n).map(|i| val(i, salt)).collect())
+        };
+        let pos: Vec<i64> = vec![3, 4, 5, 6, 7, 0, 1];
+        let tables: Vec<i64> = vec![2, 0, 1, 3];
+        let slots: Vec<i64> = pos
+            .iter()
+            .zip([0, 0, 0, 0, 0, 1, 1])
+            .map(|(&p, sq)| tables[sq * 2 + p as usize / 16] * 16 + p % 16)
+            .collect();
+        let inputs = vec![
+            f(vec![1, rows, 16], 1),
+            f(vec![1, rows, 8], 2),
+            f(vec![1, rows, 8], 3),
+            Tensor::from_i64(DType::I64, vec![1, rows], pos),
+            Tensor::from_i64(DType::I64, vec![rows], slots),
+            Tensor::from_i64(DType::I32, vec![rows], vec![0, 0, 0, 0, 0, 1, 1]),
+            Tensor::from_i64(DType::I32, vec![2, 2], tables),
+            Tensor::from_i64(DType::I64, vec![2], vec![4, 6]),
+            // Pools with cached keys and values already in them.
+            f(vec![4, 1, 16, 8], 4),
+            f(vec![4, 1, 16, 8], 5),
+        ];
+        let run = |m: &Module| llmc_ir::interp::Interpreter::new(m).run(&inputs).unwrap();
+        let (a, b) = (run(&tm), run(&hm));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.shape, y.shape);
+            assert_eq!(x.to_f64(), y.to_f64());
+        }
     }
 }

@@ -314,9 +314,9 @@ op_table! {
     /// append k/v[b, kvh, seq, d] to layer `layer`'s cache; results are the whole cache [b, kvh, past + seq, d]
     KvAppend = "kv_append", Fixed(2), Flags::STATEFUL, [req("layer", K::Int)], nn::infer_kv_append, nn::eval_kv_append;
     /// the serving form's KV write: k/v[1, kvh, s, d] into the pools [blocks, kvh, block_size, d] at slots[s] (block = slot / block_size); results are the written pools (in place when compiled)
-    PagedKvWrite = "paged_kv_write", Fixed(5), Flags::STATEFUL, [opt("k_dim_major", K::Int)], paged::infer_paged_kv_write, paged::eval_paged_kv_write;
+    PagedKvWrite = "paged_kv_write", Fixed(5), Flags::STATEFUL, [opt("k_dim_major", K::Int), opt("token_major", K::Int)], paged::infer_paged_kv_write, paged::eval_paged_kv_write;
     /// the serving form's attention: q[1, h, s, d] row r attends keys 0..=pos[0, r] (or the last `window`) of sequence row_seq[r] through block_tables[S, W] into the pools; `softcap` caps scores as c·tanh(x/c); GQA from the head counts
-    PagedAttention = "paged_attention", Fixed(6), NONE, [req("scale", K::Float), opt("window", K::Int), opt("softcap", K::Float), opt("k_dim_major", K::Int)], paged::infer_paged_attention, paged::eval_paged_attention;
+    PagedAttention = "paged_attention", Fixed(6), NONE, [req("scale", K::Float), opt("window", K::Int), opt("softcap", K::Float), opt("k_dim_major", K::Int), opt("token_major", K::Int)], paged::infer_paged_attention, paged::eval_paged_attention;
 
     // ----- added for the ONNX frontend -----
     /// remainder of a / b: the divisor's sign (numpy `mod`), or the dividend's when `fmod` (C `fmod`)

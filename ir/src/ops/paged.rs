@@ -10,6 +10,11 @@
 //! `row_seq[r]` (a row of `block_tables`) and sits at position `pos[0, r]`, so it sees
 //! keys `0..=pos` of its sequence (causal), or only the last `window` of them.
 //!
+//! With `token_major = 1` (on either op) the rows' own tensors are token-major: the
+//! new keys and values of `paged_kv_write` are `[1, s, kv_heads, d]` and the query and
+//! result of `paged_attention` are `[1, s, heads, d]`, the layout the linears before
+//! and after them produce, so the serving form needs no transposes around attention.
+//!
 //! With `k_dim_major = 1` (on both ops; float pools only) the key pool keeps the same
 //! declared shape but each block's head slice `[block_size, d]` is stored transposed,
 //! dimension-major: key `j`'s element `c` at `((blk · kv_heads + head) · d + c) ·
@@ -62,6 +67,31 @@ fn k_dim_major(a: &Attrs, kp: &TensorType) -> Result<bool, String> {
     }
 }
 
+/// The `token_major` attribute (0 when absent).
+fn token_major(a: &Attrs) -> Result<bool, String> {
+    match opt_int(a, "token_major")?.unwrap_or(0) {
+        0 => Ok(false),
+        1 => Ok(true),
+        x => Err(format!("attribute `token_major` must be 0 or 1, got {x}")),
+    }
+}
+
+/// Element index of element `c` of head `hh` of row `r` in a rows' tensor of `h`
+/// heads, `s` rows and head dim `d`: `[1, h, s, d]`, or `[1, s, h, d]` token-major.
+pub fn row_index(
+    token_major: bool,
+    (hh, r, c): (usize, usize, usize),
+    h: usize,
+    s: usize,
+    d: usize,
+) -> usize {
+    if token_major {
+        (r * h + hh) * d + c
+    } else {
+        (hh * s + r) * d + c
+    }
+}
+
 /// Element index of key element `c` at `(blk, head, off)` of a key pool `[_, h, bs,
 /// d]`, row-major or (`dim_major`) with each block's head slice transposed.
 fn k_index(
@@ -90,11 +120,13 @@ fn need_int_vec<'a>(t: &'a TensorType, name: &str, rank: usize) -> Result<&'a [D
 }
 
 /// Shape rule of `paged_kv_write(k[1, kvh, s, d], v[1, kvh, s, dv], k_pool, v_pool,
-/// slots[s])`: results are the pools' types.
+/// slots[s])` (k and v `[1, s, kvh, d]` with `token_major`): results are the pools'
+/// types.
 pub fn infer_paged_kv_write(i: &[&TensorType], a: &Attrs) -> T {
     let (k, v) = (targ(i, 0, "k")?, targ(i, 1, "v")?);
     let (kp, vp) = (targ(i, 2, "k_pool")?, targ(i, 3, "v_pool")?);
     k_dim_major(a, kp)?;
+    let tm = token_major(a)?;
     let slots = targ(i, 4, "slots")?;
     let [kn, kh, kbs, kd] = pool_dims(kp, "operand k_pool")?;
     let [vn, vh, vbs, vd] = pool_dims(vp, "operand v_pool")?;
@@ -106,19 +138,27 @@ pub fn infer_paged_kv_write(i: &[&TensorType], a: &Attrs) -> T {
     }
     for (t, name, d) in [(k, "k", kd), (v, "v", vd)] {
         need_float(t, &format!("operand {name}"))?;
-        match &t.shape.0[..] {
-            [b, h, _, dd] if one(b) && h == kh && dd == d => {}
-            _ => {
+        match (&t.shape.0[..], tm) {
+            ([b, h, _, dd], false) if one(b) && h == kh && dd == d => {}
+            ([b, _, h, dd], true) if one(b) && h == kh && dd == d => {}
+            (_, false) => {
                 return Err(format!(
                     "operand {name} must be [1, {kh}, s, {d}] to match its pool, got {}",
                     t.shape
                 ))
             }
+            (_, true) => {
+                return Err(format!(
+                "operand {name} must be [1, s, {kh}, {d}] (token_major) to match its pool, got {}",
+                t.shape
+            ))
+            }
         }
     }
-    let s = &k.shape.0[2];
+    let sax = if tm { 1 } else { 2 };
+    let s = &k.shape.0[sax];
     let sl = need_int_vec(slots, "operand slots", 1)?;
-    if &sl[0] != s || v.shape.0[2] != *s {
+    if &sl[0] != s || v.shape.0[sax] != *s {
         return Err(format!(
             "operands k {}, v {} and slots {} must agree on the row count",
             k.shape, v.shape, slots.shape
@@ -134,6 +174,7 @@ pub fn infer_paged_kv_write(i: &[&TensorType], a: &Attrs) -> T {
 /// go in transposed (see the module doc).
 pub fn eval_paged_kv_write(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
     let dim_major = opt_int(a, "k_dim_major")?.unwrap_or(0) == 1;
+    let tm = token_major(a)?;
     let (k, v) = (arg(i, 0, "k")?, arg(i, 1, "v")?);
     let (kp, vp) = (arg(i, 2, "k_pool")?, arg(i, 3, "v_pool")?);
     let slots = arg(i, 4, "slots")?.to_i64();
@@ -143,7 +184,7 @@ pub fn eval_paged_kv_write(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
         let [n, h, bs, d] = p.shape[..] else {
             return Err(format!("operand {name}_pool must have rank 4"));
         };
-        let s = x.shape.get(2).copied().unwrap_or(0);
+        let s = x.shape.get(if tm { 1 } else { 2 }).copied().unwrap_or(0);
         let xs = floats(x, &format!("operand {name}"))?;
         let mut pool = floats(p, &format!("operand {name}_pool"))?.to_vec();
         for (r, &slot) in slots.iter().enumerate().take(s) {
@@ -154,7 +195,7 @@ pub fn eval_paged_kv_write(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
             }
             let (blk, off) = (slot as usize / bs, slot as usize % bs);
             for hh in 0..h {
-                let src = &xs[(hh * s + r) * d..][..d];
+                let src = &xs[row_index(tm, (hh, r, 0), h, s, d)..][..d];
                 if dim_major && j == 0 {
                     for (c, &x) in src.iter().enumerate() {
                         pool[k_index(true, (blk, hh, off, c), h, bs, d)] = x;
@@ -175,7 +216,8 @@ pub fn eval_paged_kv_write(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
 }
 
 /// Shape rule of `paged_attention(q[1, h, s, dk], k_pool, v_pool, pos[1, s],
-/// row_seq[s], block_tables[S, W])` -> `[1, h, s, dv]` in q's compute type.
+/// row_seq[s], block_tables[S, W])` -> `[1, h, s, dv]` in q's compute type (q
+/// `[1, s, h, dk]` and the result `[1, s, h, dv]` with `token_major`).
 pub fn infer_paged_attention(i: &[&TensorType], a: &Attrs) -> T {
     let q = targ(i, 0, "q")?;
     let (kp, vp) = (targ(i, 1, "k_pool")?, targ(i, 2, "v_pool")?);
@@ -197,12 +239,16 @@ pub fn infer_paged_attention(i: &[&TensorType], a: &Attrs) -> T {
     }
     need_float(q, "operand q")?;
     k_dim_major(a, kp)?;
-    let [b, h, s, dk] = &q.shape.0[..] else {
-        return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
+    let tm = token_major(a)?;
+    let want = if tm {
+        "[1, s, h, dk] (token_major)"
+    } else {
+        "[1, h, s, dk]"
     };
-    if !one(b) {
-        return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
-    }
+    let (b, h, s, dk) = match (&q.shape.0[..], tm) {
+        ([b, h, s, dk], false) | ([b, s, h, dk], true) if one(b) => (b, h, s, dk),
+        _ => return Err(format!("operand q must be {want}, got {}", q.shape)),
+    };
     let [kn, kh, kbs, kd] = pool_dims(kp, "operand k_pool")?;
     let [vn, vh, vbs, vd] = pool_dims(vp, "operand v_pool")?;
     if (kn, kh, kbs) != (vn, vh, vbs) {
@@ -234,10 +280,12 @@ pub fn infer_paged_attention(i: &[&TensorType], a: &Attrs) -> T {
         return Err(format!("operand row_seq must be [{s}], got {}", rs.shape));
     }
     need_int_vec(bt, "operand block_tables", 2)?;
-    Ok(vec![TensorType::new(
-        q.dtype.compute_type(),
-        Shape(vec![b.clone(), h.clone(), s.clone(), vd.clone()]),
-    )])
+    let out = if tm {
+        vec![b.clone(), s.clone(), h.clone(), vd.clone()]
+    } else {
+        vec![b.clone(), h.clone(), s.clone(), vd.clone()]
+    };
+    Ok(vec![TensorType::new(q.dtype.compute_type(), Shape(out))])
 }
 
 /// Reference semantics of `paged_attention`: for row `r` of sequence `row_seq[r]` at
@@ -247,6 +295,7 @@ pub fn infer_paged_attention(i: &[&TensorType], a: &Attrs) -> T {
 /// the keys are read transposed (see the module doc).
 pub fn eval_paged_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
     let dim_major = opt_int(a, "k_dim_major")?.unwrap_or(0) == 1;
+    let tm = token_major(a)?;
     let qt = arg(i, 0, "q")?;
     let (kt, vt) = (arg(i, 1, "k_pool")?, arg(i, 2, "v_pool")?);
     let pos = arg(i, 3, "pos")?.to_i64();
@@ -261,8 +310,9 @@ pub fn eval_paged_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
         floats(kt, "operand k_pool")?,
         floats(vt, "operand v_pool")?,
     );
-    let [_, h, s, dk] = qt.shape[..] else {
-        return Err("operand q must have rank 4".into());
+    let (h, s, dk) = match (&qt.shape[..], tm) {
+        (&[_, h, s, dk], false) | (&[_, s, h, dk], true) => (h, s, dk),
+        _ => return Err("operand q must have rank 4".into()),
     };
     let [n, kvh, bs, _] = kt.shape[..] else {
         return Err("operand k_pool must have rank 4".into());
@@ -300,7 +350,7 @@ pub fn eval_paged_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
         let hi = p as usize;
         for hh in 0..h {
             let kv = hh / group;
-            let qrow = &q[(hh * s + r) * dk..][..dk];
+            let qrow = &q[row_index(tm, (hh, r, 0), h, s, dk)..][..dk];
             let mut sc = Vec::with_capacity(hi + 1 - lo);
             let mut rows = Vec::with_capacity(hi + 1 - lo);
             for j in lo..=hi {
@@ -325,7 +375,7 @@ pub fn eval_paged_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
             }
             let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
-            let orow = &mut out[(hh * s + r) * dv..][..dv];
+            let orow = &mut out[row_index(tm, (hh, r, 0), h, s, dv)..][..dv];
             for (x, at) in sc.iter().zip(rows) {
                 let w = (x - mx).exp() / total;
                 for (o, vv) in orow.iter_mut().zip(&v[at * dv..][..dv]) {
@@ -334,11 +384,12 @@ pub fn eval_paged_attention(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
             }
         }
     }
-    Ok(vec![Tensor::from_f64(
-        qt.dtype.compute_type(),
-        vec![1, h, s, dv],
-        out,
-    )])
+    let shape = if tm {
+        vec![1, s, h, dv]
+    } else {
+        vec![1, h, s, dv]
+    };
+    Ok(vec![Tensor::from_f64(qt.dtype.compute_type(), shape, out)])
 }
 
 #[cfg(test)]
@@ -435,6 +486,68 @@ mod tests {
                 assert!((x - y).abs() < 1e-6, "{x} vs {y}");
             }
             start += n;
+        }
+    }
+
+    /// `[1, a, b, d]` -> `[1, b, a, d]`.
+    fn swap12(t: &Tensor) -> Tensor {
+        let [_, a, b, d] = t.shape[..] else {
+            panic!("rank 4")
+        };
+        let x = t.to_f64();
+        let mut o = vec![0.0; x.len()];
+        for i in 0..a {
+            for j in 0..b {
+                o[(j * a + i) * d..][..d].copy_from_slice(&x[(i * b + j) * d..][..d]);
+            }
+        }
+        Tensor::from_f64(t.dtype, vec![1, b, a, d], o)
+    }
+
+    /// With `token_major` the write takes keys and values `[1, s, kvh, d]` and the
+    /// attention q and result `[1, s, h, d]`: the same pools and the same numbers as
+    /// the heads-major form, transposed.
+    #[test]
+    fn token_major_is_the_heads_major_form_transposed() {
+        let (h, kvh, d, bs, nblk) = (6usize, 2usize, 8usize, 4usize, 8usize);
+        let total = 7usize;
+        let val = |x: usize| ((x * 53 % 97) as f64 - 48.0) / 30.0;
+        let k = f32t(vec![1, kvh, total, d], val);
+        let v = f32t(vec![1, kvh, total, d], |x| val(x + 5));
+        let q = f32t(vec![1, h, total, d], |x| val(x + 11));
+        // Two sequences: rows 0..4 of one (blocks 5, 1), rows 4..7 of the other (block 3).
+        let slots: Vec<i64> = vec![20, 21, 22, 23, 12, 13, 14];
+        let pos: Vec<i64> = vec![0, 1, 2, 3, 0, 1, 2];
+        let row_seq: Vec<i64> = vec![0, 0, 0, 0, 1, 1, 1];
+        let bt: Vec<i64> = vec![5, 1, 3, 0];
+        let pool = Tensor::zeros(DType::F32, vec![nblk, kvh, bs, d]);
+        let slots_t = Tensor::from_i64(DType::I64, vec![total], slots);
+        let pos_t = Tensor::from_i64(DType::I64, vec![1, total], pos);
+        let rs_t = Tensor::from_i64(DType::I32, vec![total], row_seq);
+        let bt_t = Tensor::from_i64(DType::I32, vec![2, 2], bt);
+        let mut ctx = EvalCtx::default();
+        for dim_major in [0, 1] {
+            let run = |tm: i64, k: &Tensor, v: &Tensor, q: &Tensor, ctx: &mut EvalCtx| {
+                let lay = [
+                    ("k_dim_major", Attr::Int(dim_major)),
+                    ("token_major", Attr::Int(tm)),
+                ];
+                let w = Op::PagedKvWrite
+                    .eval(&[k, v, &pool, &pool, &slots_t], &attrs(lay.clone()), ctx)
+                    .unwrap();
+                let mut a = attrs(lay);
+                a.insert("scale".into(), Attr::Float(0.4));
+                let o = Op::PagedAttention
+                    .eval(&[q, &w[0], &w[1], &pos_t, &rs_t, &bt_t], &a, ctx)
+                    .unwrap();
+                (w, o.into_iter().next().unwrap())
+            };
+            let (w0, o0) = run(0, &k, &v, &q, &mut ctx);
+            let (w1, o1) = run(1, &swap12(&k), &swap12(&v), &swap12(&q), &mut ctx);
+            assert_eq!(w0[0].to_f64(), w1[0].to_f64());
+            assert_eq!(w0[1].to_f64(), w1[1].to_f64());
+            assert_eq!(o1.shape, vec![1, total, h, d]);
+            assert_eq!(swap12(&o0).to_f64(), o1.to_f64());
         }
     }
 

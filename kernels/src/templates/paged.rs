@@ -77,6 +77,7 @@ pub(crate) fn kv_write(
     name: &str,
 ) -> TResult<Kernel> {
     let dim_major = attr_int(node, "k_dim_major")? == Some(1);
+    let tok = attr_int(node, "token_major")? == Some(1);
     let k = operand(ins, 0, "k")?;
     let v = operand(ins, 1, "v")?;
     let kp = operand(ins, 2, "k_pool")?;
@@ -95,7 +96,12 @@ pub(crate) fn kv_write(
             .unwrap_or(&Dim::c(0)),
         "the value head dim",
     )?;
-    let s = k.shape.0.get(2).cloned().unwrap_or(Dim::c(0));
+    let s = k
+        .shape
+        .0
+        .get(if tok { 1 } else { 2 })
+        .cloned()
+        .unwrap_or(Dim::c(0));
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
     let se = kb.dim(&s);
     if gpu_mapping() && kp.dtype != DType::Q8Kv && outs[1].dtype != DType::Q8Kv {
@@ -111,7 +117,7 @@ pub(crate) fn kv_write(
             let off = kb.let_("off", slot % bs);
             for (x, xt, out, d) in [(ib[0], k, ob[0], dk), (ib[1], v, ob[1], dv)] {
                 let put = |kb: &mut crate::builder::KernelBuilder| {
-                    let src = (h.clone() * se.clone() + r.clone()) * d + c.clone();
+                    let src = row_at(tok, h.clone(), r.clone(), kvh, &se, d) + c.clone();
                     let slice = blk.clone() * kvh + h.clone();
                     let dst = if dim_major && x == ib[0] {
                         (slice * d + c.clone()) * bs + off.clone()
@@ -149,7 +155,7 @@ pub(crate) fn kv_write(
             (ib[1], v, ob[1], dv, outs[1].dtype),
         ] {
             kb.for_("h", 0, kvh, LoopTag::Serial, |kb, h| {
-                let src = kb.let_("src", (h.clone() * se.clone() + r.clone()) * d);
+                let src = kb.let_("src", row_at(tok, h.clone(), r.clone(), kvh, &se, d));
                 if dim_major && x == ib[0] {
                     // Element c of the key goes to column `off` of the slice's row c.
                     let at = kb.let_("at", ((blk.clone() * kvh + h) * d) * bs + off.clone());
@@ -330,6 +336,19 @@ pub(crate) struct PagedArgs<'a> {
     /// The key pool holds each block's keys transposed ([`llmc_ir::ops`]'s
     /// `k_dim_major`).
     pub k_dim_major: bool,
+    /// q and the result are `[1, s, h, d]` (`token_major`), else `[1, h, s, d]`.
+    pub token_major: bool,
+}
+
+/// Element index of the first element of head `hh`, row `r` of a rows' tensor with `h`
+/// heads, `s` rows and head dim `d`: `[1, h, s, d]`, or `[1, s, h, d]` token-major
+/// (the op's `token_major`).
+pub(crate) fn row_at(token_major: bool, hh: Expr, r: Expr, h: i64, s: &Expr, d: i64) -> Expr {
+    if token_major {
+        (r * h + hh) * d
+    } else {
+        (hh * s.clone() + r) * d
+    }
 }
 
 /// Reads [`PagedArgs`] of `paged_attention(q, k_pool, v_pool, pos, row_seq,
@@ -353,6 +372,7 @@ pub(crate) fn paged_args<'a>(
         window: attr_int(node, "window")?.unwrap_or(0),
         cap: attr_float(node, "softcap")?,
         k_dim_major: attr_int(node, "k_dim_major")? == Some(1),
+        token_major: attr_int(node, "token_major")? == Some(1),
     })
 }
 
@@ -372,9 +392,11 @@ pub(crate) fn attention(
         window,
         cap,
         k_dim_major,
+        token_major: tok,
     } = paged_args(node, ins, outs)?;
-    let [_, h, s, dk] = &q.shape.0[..] else {
-        return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
+    let (h, s, dk) = match (&q.shape.0[..], tok) {
+        ([_, h, s, dk], false) | ([_, s, h, dk], true) => (h, s, dk),
+        _ => return Err(format!("operand q must have rank 4, got {}", q.shape)),
     };
     let [_, kvh, bs, _] = &kp.shape.0[..] else {
         return Err(format!("operand k_pool must have rank 4, got {}", kp.shape));
@@ -771,7 +793,7 @@ pub(crate) fn attention(
                 .map(|g| {
                     kb.let_(
                         "qrow",
-                        ((kv.clone() * group + g) * se.clone() + r.clone()) * dk,
+                        row_at(tok, kv.clone() * group + g, r.clone(), h, &se, dk),
                     )
                 })
                 .collect();
@@ -852,7 +874,7 @@ pub(crate) fn attention(
             let inv = kb.let_("inv", recip_or_zero(l, t));
             let orow = kb.let_(
                 "orow",
-                ((kv.clone() * group + g) * se.clone() + r.clone()) * dv,
+                row_at(tok, kv.clone() * group + g, r.clone(), h, &se, dv),
             );
             kb.for_("c", 0, dv, v8, |kb, c| {
                 let y = b(
@@ -939,7 +961,8 @@ pub(crate) fn attention(
         kb.for_("c", 0, dk, LoopTag::Serial, |kb, c| {
             for mi in 0..members {
                 let (ri, g) = (mi / group, mi % group);
-                let at = ((kv.clone() * group + g) * se.clone() + r0.clone() + ri) * dk + c.clone();
+                let at =
+                    row_at(tok, kv.clone() * group + g, r0.clone() + ri, h, &se, dk) + c.clone();
                 let qv = load_elem(kb, ib[0], q.dtype, at);
                 kb.store(qt, c.clone() * lanes + mi, qv);
             }
@@ -1192,10 +1215,14 @@ pub(crate) fn attention(
                                 let o = kb.let_("o", ri.clone() * slen);
                                 let qrows: Vec<Expr> = (0..group)
                                     .map(|g| {
-                                        let at = ((kv.clone() * group + g) * se.clone()
-                                            + r0.clone()
-                                            + ri.clone())
-                                            * dk;
+                                        let at = row_at(
+                                            tok,
+                                            kv.clone() * group + g,
+                                            r0.clone() + ri.clone(),
+                                            h,
+                                            &se,
+                                            dk,
+                                        );
                                         kb.let_("qrow", at)
                                     })
                                     .collect();

@@ -1986,6 +1986,14 @@ fn paged_attention_matches_the_reference() {
     // A prefill chunk across a split boundary beside a short one: 50 rows x 2 kv
     // heads, past the pair count from which each pair runs as its own task.
     let many = [(250usize, 30usize), (0, 20)];
+    // The head dim: 64 for q8_kv (one block per token and head); the prefill chunks
+    // take a head dim of whole 16-lane vectors, so the CPU schedule's row tiles (query
+    // heads in lanes) run.
+    let d_of = |pool_dt: DType, seqs: &[(usize, usize)]| match pool_dt {
+        DType::Q8Kv => 64usize,
+        _ if std::ptr::eq(seqs, &many[..]) => 16,
+        _ => 8,
+    };
     let cases = [
         (
             4usize,
@@ -2014,20 +2022,39 @@ fn paged_attention_matches_the_reference() {
         (6, 2, 16, 0, None, DType::Q8Kv, &long2[..], 34, 70),
     ];
     // Every float case in both key layouts (`k_dim_major`: each block's keys
-    // transposed, as CPU builds lay them out).
+    // transposed, as CPU builds lay them out), and every case with the rows' tensors
+    // heads-major and token-major (`token_major`, as the serving form lays them out).
     let layouts = cases.iter().flat_map(|c| {
         let dms: &[i64] = if c.5 == DType::Q8Kv { &[0] } else { &[0, 1] };
-        dms.iter().map(move |&dm| (*c, dm))
+        dms.iter()
+            .flat_map(move |&dm| [0i64, 1].map(move |tm| (*c, dm, tm)))
     });
-    for (case, ((h, kvh, bs, window, cap, pool_dt, seqs, width, nblk), dm)) in layouts.enumerate() {
-        let wa = || attrs([("k_dim_major", Attr::Int(dm))]);
-        // The prefill chunks take a head dim of whole 16-lane vectors, so the CPU
-        // schedule's row tiles (query heads in lanes) run.
-        let d = match pool_dt {
-            DType::Q8Kv => 64usize,
-            _ if std::ptr::eq(seqs, &many[..]) => 16,
-            _ => 8,
+    for (case, ((h, kvh, bs, window, cap, pool_dt, seqs, width, nblk), dm, tm)) in
+        layouts.enumerate()
+    {
+        let wa = || {
+            attrs([
+                ("k_dim_major", Attr::Int(dm)),
+                ("token_major", Attr::Int(tm)),
+            ])
         };
+        // The rows' tensors: [1, heads, seq, d], or [1, seq, heads, d] token-major.
+        let rows_shape = |heads: usize, rows: usize| {
+            if tm == 1 {
+                vec![1, rows, heads, d_of(pool_dt, seqs)]
+            } else {
+                vec![1, heads, rows, d_of(pool_dt, seqs)]
+            }
+        };
+        let rows_dims = |heads: &str, ds: &str| -> Vec<String> {
+            let v = if tm == 1 {
+                ["1", "seq", heads, ds]
+            } else {
+                ["1", heads, "seq", ds]
+            };
+            v.iter().map(|x| x.to_string()).collect()
+        };
+        let d = d_of(pool_dt, seqs);
         let ds = d.to_string();
         // Distinct blocks per sequence, scattered.
         let mut order: Vec<i64> = (0..nblk as i64).collect();
@@ -2066,14 +2093,16 @@ fn paged_attention_matches_the_reference() {
         };
         let kpool = pool(&mut r);
         let vpool = pool(&mut r);
-        let k = r.tensor(F, &[1, kvh, rows, d], 1.0);
-        let v = r.tensor(F, &[1, kvh, rows, d], 1.0);
-        let q = r.tensor(F, &[1, h, rows, d], 1.0);
+        let k = r.tensor(F, &rows_shape(kvh, rows), 1.0);
+        let v = r.tensor(F, &rows_shape(kvh, rows), 1.0);
+        let q = r.tensor(F, &rows_shape(h, rows), 1.0);
         let pool_t = tt(pool_dt, &["blocks", &kvh.to_string(), &bs.to_string(), &ds]);
         let kvh_s = kvh.to_string();
+        let kv_dims = rows_dims(&kvh_s, &ds);
+        let kv_dims: Vec<&str> = kv_dims.iter().map(|x| x.as_str()).collect();
         let w_args = vec![
-            Arg::In(tt(F, &["1", &kvh_s, "seq", &ds]), k.clone()),
-            Arg::In(tt(F, &["1", &kvh_s, "seq", &ds]), v.clone()),
+            Arg::In(tt(F, &kv_dims), k.clone()),
+            Arg::In(tt(F, &kv_dims), v.clone()),
             Arg::In(pool_t.clone(), kpool.clone()),
             Arg::In(pool_t.clone(), vpool.clone()),
             {
@@ -2088,7 +2117,8 @@ fn paged_attention_matches_the_reference() {
         let held = if pool_dt == DType::Q8Kv { F } else { pool_dt };
         let kp2 = llmc_ir::Tensor::from_f64(held, kpool.shape.clone(), written[0].clone());
         let vp2 = llmc_ir::Tensor::from_f64(held, vpool.shape.clone(), written[1].clone());
-        let mut a = attrs([("scale", Attr::Float(0.4)), ("k_dim_major", Attr::Int(dm))]);
+        let mut a = wa();
+        a.insert("scale".into(), Attr::Float(0.4));
         if window > 0 {
             a.insert("window".into(), Attr::Int(window));
         }
@@ -2102,8 +2132,10 @@ fn paged_attention_matches_the_reference() {
             llmc_ir::Tensor::from_i64(DType::I32, vec![seqs.len(), width], tables),
         );
         let tol = if pool_dt == F { 1e-5 } else { 2e-3 };
+        let q_dims = rows_dims(&h.to_string(), &ds);
+        let q_dims: Vec<&str> = q_dims.iter().map(|x| x.as_str()).collect();
         let args = [
-            (tt(F, &["1", &h.to_string(), "seq", &ds]), q),
+            (tt(F, &q_dims), q),
             (pool_t.clone(), kp2),
             (pool_t, vp2),
             (pt, px),

@@ -260,13 +260,15 @@ pub(crate) fn paged(
         window,
         cap,
         k_dim_major,
+        token_major: tok,
     } = crate::templates::paged::paged_args(node, ins, outs)?;
     let t = compute_ty(q.dtype)?;
     if t != Ty::F32 || kp.dtype == DType::Q8Kv || vp.dtype == DType::Q8Kv || k_dim_major {
         return Ok(None);
     }
-    let [_, hd, sd, dkd] = &q.shape.0[..] else {
-        return Err(format!("operand q must be [1, h, s, dk], got {}", q.shape));
+    let (hd, sd, dkd) = match (&q.shape.0[..], tok) {
+        ([_, hd, sd, dkd], false) | ([_, sd, hd, dkd], true) => (hd, sd, dkd),
+        _ => return Err(format!("operand q must have rank 4, got {}", q.shape)),
     };
     let [_, kvhd, bsd, _] = &kp.shape.0[..] else {
         return Err(format!("operand k_pool must have rank 4, got {}", kp.shape));
@@ -306,7 +308,10 @@ pub(crate) fn paged(
             let hq = kb.let_("hq", wq.clone() / se.clone());
             let kv = kb.let_("kv", hq.clone() / group);
             let (sq, lo, hi) = crate::templates::paged::row_keys(kb, (ib[3], ib[4]), &r, window);
-            let qrow = kb.let_("qrow", (hq.clone() * se.clone() + r.clone()) * dk);
+            let qrow = kb.let_(
+                "qrow",
+                crate::templates::paged::row_at(tok, hq.clone(), r.clone(), h, &se, dk),
+            );
             kb.for_step("c", tid.clone(), dk, 32 * wn, LoopTag::Serial, |kb, c| {
                 let x = load_elem(kb, ib[0], q.dtype, qrow.clone() + c.clone());
                 kb.store(qs, c, x);
@@ -466,7 +471,10 @@ pub(crate) fn paged(
                         fconst(0.0, t),
                     ),
                 );
-                let orow = kb.let_("orow", (hq * se.clone() + r) * dv);
+                let orow = kb.let_(
+                    "orow",
+                    crate::templates::paged::row_at(tok, hq, r, h, &se, dv),
+                );
                 for i in 0..nv {
                     let col = lane.clone() + 32 * i;
                     let put = |kb: &mut KernelBuilder| {
