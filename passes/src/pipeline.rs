@@ -51,6 +51,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::merge::run,
     },
     Pass {
+        name: "fuse-residual",
+        summary: "a residual add of a linear's single-use result becomes the linear's last store step (residual = 1): one kernel and one temporary fewer per add",
+        run: crate::fuse_residual::run,
+    },
+    Pass {
         name: "fuse-elementwise",
         summary: "single-use elementwise chains into one fused_elementwise loop",
         run: crate::fuse_elementwise::run,
@@ -74,9 +79,18 @@ const O1: &[&str] = &["fold", "dce"];
 /// `-O2`: plus common subexpressions.
 const O2: &[&str] = &["fold", "cse", "dce"];
 /// `-O3`: everything: the e-graph pass (fusion, attention to flash_attention) after
-/// `cse`, then `merge` (sibling GEMMs into one), then the elementwise chains left
-/// fused into single loops; `dce` cleans up what they leave.
-const O3: &[&str] = &["fold", "cse", "egraph", "merge", "fuse-elementwise", "dce"];
+/// `cse`, then `merge` (sibling GEMMs into one), residual adds into the linears'
+/// stores, then the elementwise chains left fused into single loops; `dce` cleans up
+/// what they leave.
+const O3: &[&str] = &[
+    "fold",
+    "cse",
+    "egraph",
+    "merge",
+    "fuse-residual",
+    "fuse-elementwise",
+    "dce",
+];
 
 /// The pass named `name`.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

@@ -5,7 +5,7 @@
 //! the activation runs through the op table's own `silu`/`gelu`/... semantics, so a
 //! fused program computes exactly what the primitives did.
 
-use super::linalg::{eval_linear, infer_linear};
+use super::linalg::infer_linear;
 use super::util::{arg, need_float, targ, R, T};
 use super::Op;
 use crate::attr::Attr;
@@ -129,12 +129,18 @@ pub fn infer_linear_act(i: &[&TensorType], a: &Attrs) -> T {
     infer_linear(i, a)
 }
 
-/// Reference semantics of `linear_act`: act(linear(x, w, b)).
+/// Reference semantics of `linear_act`: act(linear(x, w, b)), plus the residual
+/// with `residual = 1`.
 pub fn eval_linear_act(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
     let act = Act::of_attrs(a)?;
-    let lin = eval_linear(i, a, ctx)?;
+    let (i, res) = super::linalg::split_residual(i, a)?;
+    let lin = super::linalg::eval_linear_plain(i, a, ctx)?;
     let y = lin.first().ok_or("linear returned no result")?;
-    Ok(vec![act.apply(y, ctx)?])
+    let y = act.apply(y, ctx)?;
+    match res {
+        Some(r) => Ok(vec![super::linalg::add_residual(&y, r)?]),
+        None => Ok(vec![y]),
+    }
 }
 
 /// Shape rule of `glu`: one operand `[..., 2n]` gives `[..., n]` (gate is the first

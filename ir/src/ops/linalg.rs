@@ -135,6 +135,50 @@ pub fn eval_matmul(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
 /// narrower than f32 activations (f16/bf16 weight-only precision: each element is
 /// widened to f32 as it is read, so the weight streams at half the bytes).
 pub fn infer_linear(i: &[&TensorType], a: &Attrs) -> T {
+    let (i, res) = split_residual(i, a)?;
+    let out = infer_linear_plain(i, a)?;
+    if let (Some(r), Some(y)) = (res, out.first()) {
+        if *r != y {
+            return Err(format!(
+                "residual r is {r}, expected the result's type {y} (attribute `residual`)"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The `residual` attribute: with `residual = 1` the last operand is a residual `r`
+/// of the result's type, added after the bias (and `linear_act`'s activation) as
+/// the store's last step: `y = act(x · wᵀ + b) + r`. Returns the operands without it.
+pub fn split_residual<'a, X>(i: &'a [X], a: &Attrs) -> Result<(&'a [X], Option<&'a X>), String> {
+    match a.get("residual") {
+        None | Some(crate::Attr::Int(0)) => Ok((i, None)),
+        Some(crate::Attr::Int(1)) if i.len() >= 3 => {
+            let (r, rest) = i.split_last().ok_or("no operands")?;
+            Ok((rest, Some(r)))
+        }
+        Some(crate::Attr::Int(1)) => {
+            Err("attribute `residual` needs a residual operand after x and w".into())
+        }
+        Some(v) => Err(format!("attribute `residual` must be 0 or 1, got {v:?}")),
+    }
+}
+
+/// `y + r` elementwise (same shapes), in y's dtype: the residual step of `linear` and
+/// `linear_act`, after `y` was rounded to its dtype.
+pub fn add_residual(y: &Tensor, r: &Tensor) -> Result<Tensor, String> {
+    if y.shape != r.shape {
+        return Err(format!(
+            "residual r {:?} does not match the result {:?}",
+            r.shape, y.shape
+        ));
+    }
+    let (yv, rv) = (y.to_f64(), floats(r, "residual r")?);
+    let out = yv.iter().zip(rv).map(|(a, b)| a + b).collect();
+    Ok(Tensor::from_f64(y.dtype, y.shape.clone(), out))
+}
+
+fn infer_linear_plain(i: &[&TensorType], a: &Attrs) -> T {
     let (x, w) = (targ(i, 0, "x")?, targ(i, 1, "w")?);
     match a.get("act_bits") {
         None | Some(crate::Attr::Int(8 | 16)) => {}
@@ -202,8 +246,19 @@ pub fn infer_linear(i: &[&TensorType], a: &Attrs) -> T {
     Ok(vec![TensorType::new(x.dtype, Shape(dims))])
 }
 
-/// Reference semantics of `linear` (w arrives dequantized when it is a block format).
-pub fn eval_linear(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
+/// Reference semantics of `linear` (w arrives dequantized when it is a block format),
+/// plus the residual with `residual = 1`.
+pub fn eval_linear(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
+    let (i, res) = split_residual(i, a)?;
+    let y = eval_linear_plain(i, a, ctx)?;
+    match (res, y.first()) {
+        (Some(r), Some(y)) => Ok(vec![add_residual(y, r)?]),
+        _ => Ok(y),
+    }
+}
+
+/// `linear` without the residual: x · wᵀ + b.
+pub fn eval_linear_plain(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
     let (xt, wt) = (arg(i, 0, "x")?, arg(i, 1, "w")?);
     let x = floats(xt, "operand x")?;
     let w = floats(wt, "weight w")?;

@@ -268,7 +268,7 @@ op_table! {
     /// precision, as f16 accumulation would be); `act_amax` (one value per block of 32 input
     /// columns) fixes each block's scale at `act_amax / 127` (int16: `/ 32767`),
     /// values beyond it saturating (static scales, from calibration)
-    Linear = "linear", Range(2, 3), NONE, [opt("act_bits", K::Int), opt("act_amax", K::Floats)], la::infer_linear, la::eval_linear;
+    Linear = "linear", Range(2, 4), NONE, [opt("act_bits", K::Int), opt("act_amax", K::Floats), opt("residual", K::Int)], la::infer_linear, la::eval_linear;
 
     // ----- tensor layout and indexing -----
     /// constant tensor from `value`
@@ -361,7 +361,7 @@ op_table! {
     FusedElementwise = "fused_elementwise", AtLeast(1), EW, [req("expr", K::Str)], fused::infer_fused, fused::eval_fused;
     // ----- fused GEMM ops the optimizer produces -----
     /// act(x[..., k] . w[n, k]^T (+ b[n])): `linear` with an activation epilogue; `act` is "silu", "relu", "tanh", "sigmoid", "gelu" or "gelu_tanh"
-    LinearAct = "linear_act", Range(2, 3), NONE, [req("act", K::Str), opt("act_bits", K::Int), opt("act_amax", K::Floats)], fused_gemm::infer_linear_act, fused_gemm::eval_linear_act;
+    LinearAct = "linear_act", Range(2, 4), NONE, [req("act", K::Str), opt("act_bits", K::Int), opt("act_amax", K::Floats), opt("residual", K::Int)], fused_gemm::infer_linear_act, fused_gemm::eval_linear_act;
     /// gated unit act(gate) * up: from two operands of one type, or from one x[..., 2n] whose first half is the gate and second the up projection (SwiGLU: act = "silu", GeGLU: "gelu")
     Glu = "glu", Range(1, 2), NONE, [req("act", K::Str)], fused_gemm::infer_glu, fused_gemm::eval_glu;
 }

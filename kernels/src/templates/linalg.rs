@@ -66,7 +66,10 @@ pub(crate) fn linear(
     let lead = &x.shape.0[..x.shape.rank().saturating_sub(1)];
     let rows = kb.numel(lead);
     let rows = kb.let_("rows", rows);
-    let bias = ib
+    // With `residual = 1` the last operand is the residual the store adds.
+    let (ib_main, res) = llmc_ir::ops::linalg::split_residual(&ib[..], &node.attrs)?;
+    let res = res.map(|&r| (r, ins[ins.len() - 1].dtype));
+    let bias = ib_main
         .get(2)
         .map(|&b| (b, operand(ins, 2, "b").map(|t| t.dtype)));
     let bias = match bias {
@@ -80,6 +83,7 @@ pub(crate) fn linear(
     };
     let ctx = Lin {
         act,
+        res,
         x: ib[0],
         xd: x.dtype,
         w: ib[1],
@@ -274,6 +278,9 @@ const PACK_MIN_ROWS: i64 = 4;
 struct Lin {
     /// The activation epilogue (`linear_act`).
     act: Option<Act>,
+    /// The residual the store adds last (`residual = 1`): its buffer and dtype,
+    /// indexed as the output.
+    res: Option<(BufId, DType)>,
     x: BufId,
     xd: DType,
     w: BufId,
@@ -351,6 +358,7 @@ impl Lin {
                 }
                 let o = (r0.clone() + i as i64) * self.n + col;
                 let v = self.epilogue(kb, v, t);
+                let v = self.residual(kb, v, t, o.clone());
                 let v = to_storage(kb, self.out, v);
                 kb.store(self.out, o, v);
             }
@@ -359,6 +367,15 @@ impl Lin {
 }
 
 impl Lin {
+    /// The residual's element `o` added to the stored value `v` (`residual = 1`), or
+    /// `v` itself: one add in the compute type, as the `add` it replaces.
+    fn residual(&self, kb: &mut KernelBuilder, v: Expr, t: Ty, o: Expr) -> Expr {
+        match self.res {
+            None => v,
+            Some((r, rd)) => Expr::bin(BinOp::Add, v, load_elem(kb, r, rd, o).cast(t)),
+        }
+    }
+
     /// The store side's epilogue: the activation of `linear_act` applied to the
     /// accumulated (and biased) value `v` of compute type `t`, or `v` itself.
     fn epilogue(&self, kb: &mut KernelBuilder, v: Expr, t: Ty) -> Expr {
@@ -431,8 +448,10 @@ impl Lin {
                             v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
                         }
                         let v = self.epilogue(kb, v, Ty::F32);
+                        let o = (r0.clone() + i) * self.n + j;
+                        let v = self.residual(kb, v, Ty::F32, o.clone());
                         let v = to_storage(kb, self.out, v);
-                        kb.store(self.out, (r0.clone() + i) * self.n + j, v);
+                        kb.store(self.out, o, v);
                     });
                 }
             };
@@ -809,8 +828,10 @@ impl Lin {
             v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
         }
         let v = self.epilogue(kb, v, Ty::F32);
+        let o = (r0.clone() + lr.clone()) * self.n + j.clone();
+        let v = self.residual(kb, v, Ty::F32, o.clone());
         let v = to_storage(kb, self.out, v);
-        kb.store(self.out, (r0.clone() + lr.clone()) * self.n + j.clone(), v);
+        kb.store(self.out, o, v);
     }
 
     /// Local rows `lr..lr + per` as (row, scale slot) pairs for one [`QDot`]: `per` is

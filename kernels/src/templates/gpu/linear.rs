@@ -84,11 +84,15 @@ pub(crate) fn linear(
     let lead = &x.shape.0[..x.shape.rank().saturating_sub(1)];
     let rows = kb.numel(lead);
     let rows = kb.let_("rows", rows);
-    let bias = match ib.get(2) {
+    // With `residual = 1` the last operand is the residual the store adds.
+    let (ib_main, res) = llmc_ir::ops::linalg::split_residual(&ib[..], &node.attrs)?;
+    let res = res.map(|&r| (r, ins[ins.len() - 1].dtype));
+    let bias = match ib_main.get(2) {
         Some(&bb) => Some((bb, operand(ins, 2, "b")?.dtype)),
         None => None,
     };
     let g = Gemv {
+        res,
         x: ib[0],
         xd: x.dtype,
         w: ib[1],
@@ -178,6 +182,8 @@ struct Gemv {
     out: BufId,
     bias: Option<(BufId, DType)>,
     act: Option<Act>,
+    /// The residual the store adds last (`residual = 1`), indexed as the output.
+    res: Option<(BufId, DType)>,
     n: i64,
     k: i64,
 }
@@ -338,8 +344,12 @@ impl Gemv {
                     let pre = kb.let_("pre", v);
                     v = activation(act, pre, f);
                 }
+                let o = (r0.clone() + i as i64) * self.n + j.clone();
+                if let Some((rb, rd)) = self.res {
+                    v = b(BinOp::Add, v, load_elem(kb, rb, rd, o.clone()).cast(f));
+                }
                 let v = to_storage(kb, self.out, v);
-                kb.store(self.out, (r0.clone() + i as i64) * self.n + j.clone(), v);
+                kb.store(self.out, o, v);
             }
         });
     }
