@@ -14,7 +14,7 @@ pub mod dce;
 pub mod egraph;
 pub mod fold;
 pub mod fuse_elementwise;
-pub mod fuse_residual;
+pub mod fuse_epilogue;
 pub mod kv_derive;
 pub mod manager;
 pub mod merge;

@@ -51,9 +51,9 @@ pub static PASSES: &[Pass] = &[
         run: crate::merge::run,
     },
     Pass {
-        name: "fuse-residual",
-        summary: "a residual add of a linear's single-use result becomes the linear's last store step (residual = 1): one kernel and one temporary fewer per add",
-        run: crate::fuse_residual::run,
+        name: "fuse-epilogue",
+        summary: "a linear's single-use result's residual add (residual = 1) or, for float weights, its glu (glu = ACT) becomes the linear's store: one kernel and one temporary fewer each",
+        run: crate::fuse_epilogue::run,
     },
     Pass {
         name: "fuse-elementwise",
@@ -79,15 +79,15 @@ const O1: &[&str] = &["fold", "dce"];
 /// `-O2`: plus common subexpressions.
 const O2: &[&str] = &["fold", "cse", "dce"];
 /// `-O3`: everything: the e-graph pass (fusion, attention to flash_attention) after
-/// `cse`, then `merge` (sibling GEMMs into one), residual adds into the linears'
-/// stores, then the elementwise chains left fused into single loops; `dce` cleans up
+/// `cse`, then `merge` (sibling GEMMs into one), residual adds and glus into the
+/// linears' stores, then the elementwise chains left fused into single loops; `dce` cleans up
 /// what they leave.
 const O3: &[&str] = &[
     "fold",
     "cse",
     "egraph",
     "merge",
-    "fuse-residual",
+    "fuse-epilogue",
     "fuse-elementwise",
     "dce",
 ];

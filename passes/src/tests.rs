@@ -44,7 +44,7 @@ fn sample() -> Module {
 }
 
 /// The classic passes (the e-graph pass has its own tests in `egraph/`, elementwise
-/// fusion in `fuse_elementwise`, residual fusion in `fuse_residual`).
+/// fusion in `fuse_elementwise`, epilogue fusion in `fuse_epilogue`).
 fn all() -> Vec<&'static Pass> {
     PASSES
         .iter()
@@ -55,7 +55,7 @@ fn all() -> Vec<&'static Pass> {
                 p.name,
                 "egraph"
                     | "fuse-elementwise"
-                    | "fuse-residual"
+                    | "fuse-epilogue"
                     | "merge"
                     | "prune"
                     | "quantize"
@@ -187,7 +187,7 @@ fn dump_flags_must_name_known_passes() {
     .unwrap_or_default();
     assert_eq!(
         e,
-        "unknown pass `nope` in --print-ir-after; known passes: prune, quantize, fold, cse, dce, egraph, merge, fuse-residual, fuse-elementwise, act-quant, serving"
+        "unknown pass `nope` in --print-ir-after; known passes: prune, quantize, fold, cse, dce, egraph, merge, fuse-epilogue, fuse-elementwise, act-quant, serving"
     );
 }
 

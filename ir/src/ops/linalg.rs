@@ -136,7 +136,16 @@ pub fn eval_matmul(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
 /// widened to f32 as it is read, so the weight streams at half the bytes).
 pub fn infer_linear(i: &[&TensorType], a: &Attrs) -> T {
     let (i, res) = split_residual(i, a)?;
-    let out = infer_linear_plain(i, a)?;
+    let mut out = infer_linear_plain(i, a)?;
+    if let Some(act) = glu_act(a)? {
+        if res.is_some() {
+            return Err("attributes `glu` and `residual` do not go together".into());
+        }
+        let mut ga = Attrs::new();
+        ga.insert("act".into(), crate::Attr::Str(act.into()));
+        out = super::fused_gemm::infer_glu(&[&out[0]], &ga)
+            .map_err(|e| format!("attribute `glu`: {e}"))?;
+    }
     if let (Some(r), Some(y)) = (res, out.first()) {
         if *r != y {
             return Err(format!(
@@ -145,6 +154,23 @@ pub fn infer_linear(i: &[&TensorType], a: &Attrs) -> T {
         }
     }
     Ok(out)
+}
+
+/// The `glu` attribute of `linear`: the activation of a GLU applied to the result's
+/// halves, `y = act(z[.., :n/2]) · z[.., n/2:]` for `z = x · wᵀ + b` (the gate/up
+/// projection with its `glu` in the store).
+pub fn glu_act(a: &Attrs) -> Result<Option<&str>, String> {
+    match a.get("glu") {
+        None => Ok(None),
+        Some(crate::Attr::Str(s)) => {
+            super::fused_gemm::Act::from_name(s)
+                .ok_or_else(|| format!("attribute `glu`: unknown activation {s:?}"))?;
+            Ok(Some(s.as_str()))
+        }
+        Some(v) => Err(format!(
+            "attribute `glu` must be an activation name, got {v:?}"
+        )),
+    }
 }
 
 /// The `residual` attribute: with `residual = 1` the last operand is a residual `r`
@@ -250,7 +276,12 @@ fn infer_linear_plain(i: &[&TensorType], a: &Attrs) -> T {
 /// plus the residual with `residual = 1`.
 pub fn eval_linear(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
     let (i, res) = split_residual(i, a)?;
-    let y = eval_linear_plain(i, a, ctx)?;
+    let mut y = eval_linear_plain(i, a, ctx)?;
+    if let (Some(act), Some(z)) = (glu_act(a)?, y.first()) {
+        let mut ga = Attrs::new();
+        ga.insert("act".into(), crate::Attr::Str(act.into()));
+        y = super::fused_gemm::eval_glu(&[z], &ga, ctx)?;
+    }
     match (res, y.first()) {
         (Some(r), Some(y)) => Ok(vec![add_residual(y, r)?]),
         _ => Ok(y),

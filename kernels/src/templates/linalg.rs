@@ -81,8 +81,25 @@ pub(crate) fn linear(
         llmc_ir::Op::LinearAct => Some(Act::of_attrs(&node.attrs)?),
         _ => None,
     };
+    // `glu`: the store takes act(gate) · up of output column j from weight rows j and
+    // n / 2 + j; float weights only (the fusing pass asks for nothing else).
+    let glu = match llmc_ir::ops::linalg::glu_act(&node.attrs)? {
+        None => None,
+        Some(name) => {
+            if quant_block(w.dtype).is_some() || n % 2 != 0 {
+                return Err(format!(
+                    "attribute `glu` needs float weights with an even n, got {} [{n}, {k}]",
+                    w.dtype
+                ));
+            }
+            Some(Act::from_name(name).ok_or_else(|| format!("unknown activation {name:?}"))?)
+        }
+    };
+    let n_out = if glu.is_some() { n / 2 } else { n };
     let ctx = Lin {
         act,
+        glu,
+        n_out,
         res,
         x: ib[0],
         xd: x.dtype,
@@ -105,8 +122,8 @@ pub(crate) fn linear(
             }
         },
     };
-    let full = n / NR as i64;
-    let tail = n % NR as i64;
+    let full = ctx.n_out / NR as i64;
+    let tail = ctx.n_out % NR as i64;
     // All rows against weight rows j0..j0+ncols of `lin` (whose row `wj0` is j0).
     let tiles = |kb: &mut KernelBuilder, lin: &Lin, j0: &Expr, wj0: &Expr, ncols: usize| {
         // Full MR-row tiles, then the remaining rows one at a time.
@@ -165,7 +182,8 @@ pub(crate) fn linear(
         && matches!(ctx.wd, DType::F32 | DType::F16 | DType::BF16)
         && x.dtype == DType::F32
         && n > 0
-        && n % PANEL as i64 == 0;
+        && n % PANEL as i64 == 0
+        && (ctx.glu.is_none() || ctx.n_out % (PANEL / 2) as i64 == 0);
     let tile16 = !gpu_mapping()
         && t == Ty::F32
         && tile16_packs(ctx.wd, n as usize, k as usize)
@@ -189,13 +207,24 @@ pub(crate) fn linear(
             ctx.panel_rows(&mut kb, &rows);
             let pack = OperandPack {
                 operand: 1,
-                pack: Pack::Panels32,
+                pack: if ctx.glu.is_some() {
+                    Pack::Panels32Glu
+                } else {
+                    Pack::Panels32
+                },
             };
             return Ok((kb.finish()?, vec![pack]));
         }
         _ => tiled(&mut kb),
     }
     Ok((kb.finish()?, Vec::new()))
+}
+
+/// `act(g) · u`, the `glu` kernel's expression (`elementwise::glu`), for a linear whose
+/// store takes the GLU (`glu`).
+fn glu_of(kb: &mut KernelBuilder, act: Act, g: Expr, u: Expr, t: Ty) -> Expr {
+    let g = kb.let_("g", g);
+    Expr::bin(BinOp::Mul, super::elementwise::activation(act, g, t), u)
 }
 
 /// The [`QFmt`] of a GGUF block dtype.
@@ -281,6 +310,10 @@ struct Lin {
     /// The residual the store adds last (`residual = 1`): its buffer and dtype,
     /// indexed as the output.
     res: Option<(BufId, DType)>,
+    /// `glu`: output column j is act(row j) · (row n / 2 + j) of the weight's sums.
+    glu: Option<Act>,
+    /// Output columns: `n`, or `n / 2` with `glu`.
+    n_out: i64,
     x: BufId,
     xd: DType,
     w: BufId,
@@ -306,15 +339,29 @@ impl Lin {
     /// are weight rows wj0..wj0+nr of `self.w`.
     fn tile(&self, kb: &mut KernelBuilder, r0: &Expr, mr: usize, j0: &Expr, wj0: &Expr, nr: usize) {
         let t = self.t;
+        let nacc = if self.glu.is_some() { 2 * nr } else { nr };
         let acc: Vec<Vec<VarId>> = (0..mr)
-            .map(|_| (0..nr).map(|_| kb.let_mut("acc", fconst(0.0, t))).collect())
+            .map(|_| {
+                (0..nacc)
+                    .map(|_| kb.let_mut("acc", fconst(0.0, t)))
+                    .collect()
+            })
             .collect();
         let xrow: Vec<Expr> = (0..mr)
             .map(|i| kb.let_("xr", (r0.clone() + i as i64) * self.k))
             .collect();
-        let wrow: Vec<Expr> = (0..nr)
-            .map(|j| kb.let_("wr", (wj0.clone() + j as i64) * self.k))
+        // With `glu` the gate rows, then the up rows n / 2 further.
+        let halves: &[i64] = if self.glu.is_some() {
+            &[0, self.n_out]
+        } else {
+            &[0]
+        };
+        let wrow: Vec<Expr> = halves
+            .iter()
+            .flat_map(|&h| (0..nr).map(move |j| h + j as i64))
+            .map(|j| kb.let_("wr", (wj0.clone() + j) * self.k))
             .collect();
+
         let fma = |a: Expr, x: Expr, y: Expr| Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, x, y));
         match quant_block(self.wd) {
             None => {
@@ -349,14 +396,22 @@ impl Lin {
             }
         }
         for (i, row) in acc.iter().enumerate() {
-            for (j, a) in row.iter().enumerate() {
+            for (j, a) in row.iter().enumerate().take(nr) {
                 let col = j0.clone() + j as i64;
                 let mut v = Expr::Var(*a);
                 if let Some((b, bd)) = self.bias {
                     let bv = load_elem(kb, b, bd, col.clone());
                     v = Expr::bin(BinOp::Add, v, bv.cast(t));
                 }
-                let o = (r0.clone() + i as i64) * self.n + col;
+                if let Some(act) = self.glu {
+                    let mut u = Expr::Var(row[nr + j]);
+                    if let Some((b, bd)) = self.bias {
+                        let bv = load_elem(kb, b, bd, col.clone() + self.n_out);
+                        u = Expr::bin(BinOp::Add, u, bv.cast(t));
+                    }
+                    v = glu_of(kb, act, v, u, t);
+                }
+                let o = (r0.clone() + i as i64) * self.n_out + col;
                 let v = self.epilogue(kb, v, t);
                 let v = self.residual(kb, v, t, o.clone());
                 let v = to_storage(kb, self.out, v);
@@ -399,6 +454,10 @@ impl Lin {
     fn panel_rows(&self, kb: &mut KernelBuilder, rows: &Expr) {
         let lanes = PANEL as i64;
         let panels = self.n / lanes;
+        // With `glu` (`Pack::Panels32Glu`) panel p holds gate rows 16p.. in lanes
+        // 0..16 and the up rows n / 2 + 16p.. in lanes 16..32: its tile stores 16
+        // output columns, act(gate) · up.
+        let cols = if self.glu.is_some() { lanes / 2 } else { lanes };
         let rt = FTile::ROWS as i64;
         let rb = (X_BLOCK_BYTES / (4 * self.k) / rt * rt).clamp(rt, 1024);
         let w_ty = storage_ty(self.wd).unwrap_or(Ty::F32);
@@ -410,7 +469,7 @@ impl Lin {
             let lo = kb.let_("rlo", item.clone() / panels * rb);
             let hi = kb.let_("rhi", (lo.clone() + rb).min(rows.clone()));
             let w_off = kb.let_("w_off", jp.clone() * (self.k * lanes));
-            let j0 = kb.let_("j0", jp * lanes);
+            let j0 = kb.let_("j0", jp * cols);
             let full = kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / rt * rt);
             // The panel of the next item (this thread's next claim, most of the time)
             // is asked for while this one computes, each full tile a slice of it, so
@@ -440,15 +499,23 @@ impl Lin {
                     prefetch,
                 });
                 for i in 0..nr {
-                    kb.for_("c", 0, lanes, LoopTag::Vectorize(16), |kb, c| {
+                    kb.for_("c", 0, cols, LoopTag::Vectorize(16), |kb, c| {
                         let j = j0.clone() + c.clone();
-                        let mut v = Expr::load(tile, c + i * lanes);
+                        let mut v = Expr::load(tile, c.clone() + i * lanes);
                         if let Some((b, bd)) = self.bias {
                             let bv = load_elem(kb, b, bd, j.clone());
                             v = Expr::bin(BinOp::Add, v, bv.cast(Ty::F32));
                         }
+                        if let Some(act) = self.glu {
+                            let mut u = Expr::load(tile, c + (i * lanes + cols));
+                            if let Some((b, bd)) = self.bias {
+                                let bv = load_elem(kb, b, bd, j.clone() + self.n_out);
+                                u = Expr::bin(BinOp::Add, u, bv.cast(Ty::F32));
+                            }
+                            v = glu_of(kb, act, v, u, Ty::F32);
+                        }
                         let v = self.epilogue(kb, v, Ty::F32);
-                        let o = (r0.clone() + i) * self.n + j;
+                        let o = (r0.clone() + i) * self.n_out + j;
                         let v = self.residual(kb, v, Ty::F32, o.clone());
                         let v = to_storage(kb, self.out, v);
                         kb.store(self.out, o, v);

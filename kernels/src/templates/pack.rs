@@ -30,6 +30,11 @@ pub enum Pack {
     /// SIMD lanes are output columns of an outer-product GEMM (`FTile`). `n` must be a
     /// multiple of [`PANEL`]; the size is unchanged.
     Panels32,
+    /// [`Pack::Panels32`] for a `linear` with `glu` (`[n, k]`, gate rows then up
+    /// rows): panel `p` holds gate rows `16p..16p + 16` in lanes 0..16 and up rows
+    /// `n / 2 + 16p..` in lanes 16..32, so one tile has both halves of 16 output
+    /// columns. `n / 2` must be a multiple of 16; the size is unchanged.
+    Panels32Glu,
 }
 
 /// Weight rows per [`Pack::Panels32`] panel.
@@ -297,7 +302,8 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
             }
             Ok(out)
         }
-        Pack::Panels32 => {
+        Pack::Panels32 | Pack::Panels32Glu => {
+            let glu = pack == Pack::Panels32Glu;
             let es = match d {
                 DType::F32 => 4,
                 DType::F16 | DType::BF16 => 2,
@@ -309,10 +315,30 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
                     bytes.len()
                 ));
             }
+            let half = rows / 2;
+            if glu && !half.is_multiple_of(PANEL / 2) {
+                return Err(format!(
+                    "[{rows}, {k}] {d}: the halves of a glu weight must be whole 16-row runs"
+                ));
+            }
+            // Row j's panel and lane.
+            let place = |j: usize| {
+                if !glu {
+                    (j / PANEL, j % PANEL)
+                } else if j < half {
+                    (j / (PANEL / 2), j % (PANEL / 2))
+                } else {
+                    (
+                        (j - half) / (PANEL / 2),
+                        PANEL / 2 + (j - half) % (PANEL / 2),
+                    )
+                }
+            };
             let mut out = vec![0u8; bytes.len()];
             for j in 0..rows {
+                let (panel, lane) = place(j);
                 for p in 0..k {
-                    let to = ((j / PANEL * k + p) * PANEL + j % PANEL) * es;
+                    let to = ((panel * k + p) * PANEL + lane) * es;
                     let from = (j * k + p) * es;
                     out[to..to + es].copy_from_slice(&bytes[from..from + es]);
                 }

@@ -2012,6 +2012,60 @@ fn linear_residual_is_the_add_of_the_plain_output() {
     }
 }
 
+/// `glu` on `linear`: the store's act(gate) · up is the `glu` kernel applied to the
+/// plain kernel's output, bit for bit, through the packed f32/f16 panels (gate and up
+/// rows paired in one panel) and the generic tiles (an n that is not whole panels),
+/// with and without a bias; and it and the GPU schedule agree with the reference.
+#[test]
+fn linear_glu_is_the_glu_of_the_plain_output() {
+    let mut r = Rng::new(24);
+    for (rows, n, k) in [
+        (1usize, 64usize, 64usize),
+        (13, 64, 96),
+        (5, 10, 32),
+        (29, 96, 32),
+    ] {
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let b = r.tensor(F, &[n], 1.0);
+        let ks = k.to_string();
+        for d in [F, DType::F16] {
+            let w = r.tensor(F, &[n, k], 0.5);
+            let wb: Vec<u8> = match d {
+                DType::F32 => f32_bytes(&w),
+                _ => w
+                    .to_f64()
+                    .iter()
+                    .flat_map(|v| half::f16::from_f64(*v).to_le_bytes())
+                    .collect(),
+            };
+            for bias in [false, true] {
+                for act in ["silu", "gelu"] {
+                    let mut args = vec![
+                        Arg::In(tt(F, &["seq", &ks]), x.clone()),
+                        Arg::W(d, vec![n, k], wb.clone()),
+                    ];
+                    if bias {
+                        args.push(Arg::W(F, vec![n], f32_bytes(&b)));
+                    }
+                    let (plain, _, _) = run_args(Op::Linear, attrs([]), &args);
+                    let z = llmc_ir::Tensor::from_f64(F, vec![rows, n], plain[0].clone());
+                    let aa = attrs([("act", Attr::Str(act.into()))]);
+                    let (want, _, _) =
+                        run_args(Op::Glu, aa, &[Arg::In(tt(F, &["seq", &n.to_string()]), z)]);
+                    let ga = attrs([("glu", Attr::Str(act.into()))]);
+                    let (got, _, text) = run_args(Op::Linear, ga.clone(), &args);
+                    assert_eq!(
+                        got[0], want[0],
+                        "{d} {act} bias {bias} {rows}x{n}x{k}\n{text}"
+                    );
+                    check_args(Op::Linear, ga.clone(), &args, 1e-5, 1e-5);
+                    super::testing::check_args_on(true, Op::Linear, ga, &args, 1e-5, 1e-5);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn glu_halves_and_two_operands() {
     let mut r = Rng::new(22);

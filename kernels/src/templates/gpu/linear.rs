@@ -52,7 +52,9 @@ pub(crate) fn linear(
         return Ok(None);
     };
     let t = compute_ty(x.dtype)?;
-    if t != Ty::F32 {
+    // A `glu` in the store takes the generic mapping of the CPU kernel (its tiles
+    // pair each gate row with its up row).
+    if t != Ty::F32 || node.attrs.contains_key("glu") {
         return Ok(None);
     }
     let quant = quant_block(w.dtype);

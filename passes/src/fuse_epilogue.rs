@@ -1,18 +1,24 @@
-//! `fuse-residual`: a residual add of a linear's result becomes that linear's last
-//! store step (`linear {residual = 1}`, operands `x, w[, b], r`), so a transformer's
-//! output and down projections write the residual stream directly instead of a
-//! temporary that one more kernel (and, on the CPU, one more thread-pool round trip)
-//! adds to it.
+//! `fuse-epilogue`: what a linear's result goes through next becomes that linear's
+//! store, so the result is written once, in its final form, instead of as a temporary
+//! that one more kernel (and, on the CPU, one more thread-pool round trip) reads:
+//!
+//! - a residual add (`linear {residual = 1}`, operands `x, w[, b], r`): a
+//!   transformer's output and down projections write the residual stream directly;
+//! - a `glu` of a gate/up projection (`linear {glu = ACT}`): the store takes
+//!   `act(gate) · up` of each output column, when the weight is f32/f16/bf16 (the
+//!   kernel pairs each gate row with its up row in one packed panel).
 //!
 //! `add(a, b)` fuses when one operand is the only use of a `linear` or `linear_act`
 //! result that is not returned, and both operands have the add's result type (no
 //! broadcasting: the residual is indexed as the output). The fused node takes the
 //! add's place in the node order, so the residual is always computed before it; the
 //! sum is the same single add (`y + r` in the result's dtype) as before, bit for bit.
+//! `glu(z)` (one operand, the halves form) fuses when `z` is the only use of a plain
+//! `linear` result (no activation, residual or glu) that is not returned.
 
 use crate::rewrite::{compact, use_counts};
 use crate::{Changed, PassContext, PassError};
-use llmc_ir::{Attr, Graph, Node, Op, ValueDef, ValueId};
+use llmc_ir::{Attr, DType, Graph, Node, Op, ValueDef, ValueId};
 use std::collections::HashMap;
 
 /// The fused node for `add` node `n`, and the linear node it absorbs, if it fuses.
@@ -32,6 +38,7 @@ fn fuse(g: &Graph, n: &Node, uses: &[usize]) -> Option<(Node, usize)> {
         let node = &g.nodes[p];
         let fusable = matches!(node.op, Op::Linear | Op::LinearAct)
             && !node.attrs.contains_key("residual")
+            && !node.attrs.contains_key("glu")
             && uses.get(v.0 as usize) == Some(&1)
             && !g.outputs.contains(&v);
         fusable.then_some(p)
@@ -60,6 +67,44 @@ fn fuse(g: &Graph, n: &Node, uses: &[usize]) -> Option<(Node, usize)> {
     Some((node, p))
 }
 
+/// The fused node for `glu` node `n` (one operand), and the linear node it absorbs.
+fn fuse_glu(g: &Graph, n: &Node, uses: &[usize]) -> Option<(Node, usize)> {
+    let [z] = n.inputs[..] else {
+        return None;
+    };
+    let ValueDef::Node(p, 0) = g.value(z).def else {
+        return None;
+    };
+    let p = p.0 as usize;
+    let lin = &g.nodes[p];
+    let float_w = lin
+        .inputs
+        .get(1)
+        .is_some_and(|&w| matches!(g.ty(w).dtype, DType::F32 | DType::F16 | DType::BF16));
+    let plain = lin.op == Op::Linear
+        && ["residual", "glu", "act_bits", "act_amax"]
+            .iter()
+            .all(|a| !lin.attrs.contains_key(*a));
+    if !(plain && float_w && uses.get(z.0 as usize) == Some(&1) && !g.outputs.contains(&z)) {
+        return None;
+    }
+    let act = n.attrs.get("act")?.clone();
+    let mut attrs = lin.attrs.clone();
+    attrs.insert("glu".into(), act);
+    let tys: Vec<&llmc_ir::TensorType> = lin.inputs.iter().map(|&v| g.ty(v)).collect();
+    match lin.op.infer(&tys, &attrs) {
+        Ok(t) if t.first() == Some(g.ty(n.outputs[0])) => {}
+        _ => return None,
+    }
+    let node = Node {
+        op: Op::Linear,
+        inputs: lin.inputs.clone(),
+        outputs: n.outputs.clone(),
+        attrs,
+    };
+    Some((node, p))
+}
+
 /// The pass as the pass manager runs it.
 pub fn run(m: &mut llmc_ir::Module, _cx: &PassContext) -> Result<Changed, PassError> {
     let g = &m.graph;
@@ -67,10 +112,12 @@ pub fn run(m: &mut llmc_ir::Module, _cx: &PassContext) -> Result<Changed, PassEr
     let mut keep = vec![true; g.nodes.len()];
     let mut replaced: Vec<(usize, Node)> = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        if n.op != Op::Add {
-            continue;
-        }
-        if let Some((node, p)) = fuse(g, n, &uses) {
+        let fused = match n.op {
+            Op::Add => fuse(g, n, &uses),
+            Op::Glu => fuse_glu(g, n, &uses),
+            _ => None,
+        };
+        if let Some((node, p)) = fused {
             if keep[p] {
                 keep[p] = false;
                 replaced.push((i, node));
@@ -91,7 +138,7 @@ pub fn run(m: &mut llmc_ir::Module, _cx: &PassContext) -> Result<Changed, PassEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmc_ir::{DType, Tensor};
+    use llmc_ir::Tensor;
 
     fn parse(src: &str) -> llmc_ir::Module {
         llmc_ir::text::parse(src, "t.llmc").unwrap()
@@ -133,6 +180,45 @@ module @t {
             Tensor::from_f64(DType::F32, vec![4, 4], val(16, 2)),
             Tensor::from_f64(DType::F32, vec![4, 4], val(16, 3)),
             Tensor::from_f64(DType::F32, vec![4], val(4, 4)),
+        ];
+        let run = |m: &llmc_ir::Module| llmc_ir::interp::Interpreter::new(m).run(&inputs).unwrap();
+        assert_eq!(run(&before)[0].to_f64(), run(&after)[0].to_f64());
+    }
+
+    /// A gate/up projection's glu becomes its store, with the same numbers.
+    #[test]
+    fn a_float_gate_up_glu_becomes_the_linears_store() {
+        let src = r#"
+module @t {
+  graph @main(%x: f32[3, 4], %w: f32[8, 4], %b: f32[8]) -> (%y: f32[3, 4]) {
+    %z = linear(%x, %w, %b) : f32[3, 8]
+    %y = glu(%z) {act = "silu"} : f32[3, 4]
+    return %y
+  }
+}"#;
+        let before = parse(src);
+        let mut after = before.clone();
+        assert_eq!(
+            run(&mut after, &PassContext::default()).unwrap(),
+            Changed::Yes
+        );
+        llmc_ir::verify::verify(&after).unwrap();
+        let [n] = &after.graph.nodes[..] else {
+            panic!("one node: {:?}", after.graph.nodes)
+        };
+        assert_eq!(
+            (n.op, n.attrs.get("glu")),
+            (Op::Linear, Some(&Attr::Str("silu".into())))
+        );
+        let val = |n: usize, salt: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| (((i * 23 + salt * 7) % 37) as f64 - 18.0) / 8.0)
+                .collect()
+        };
+        let inputs = [
+            Tensor::from_f64(DType::F32, vec![3, 4], val(12, 1)),
+            Tensor::from_f64(DType::F32, vec![8, 4], val(32, 2)),
+            Tensor::from_f64(DType::F32, vec![8], val(8, 3)),
         ];
         let run = |m: &llmc_ir::Module| llmc_ir::interp::Interpreter::new(m).run(&inputs).unwrap();
         assert_eq!(run(&before)[0].to_f64(), run(&after)[0].to_f64());
