@@ -52,11 +52,17 @@ pub(crate) fn linear(
         return Ok(None);
     };
     let t = compute_ty(x.dtype)?;
-    // A `glu` in the store takes the generic mapping of the CPU kernel (its tiles
-    // pair each gate row with its up row).
-    if t != Ty::F32 || node.attrs.contains_key("glu") {
+    if t != Ty::F32 {
         return Ok(None);
     }
+    // `glu`: output column j from weight rows j (gate) and n / 2 + j (up), which one
+    // warp takes together.
+    let glu = match llmc_ir::ops::linalg::glu_act(&node.attrs)? {
+        Some(a) if n % 2 == 0 => Some(Act::from_name(a).ok_or("unknown glu activation")?),
+        Some(_) => return Ok(None),
+        None => None,
+    };
+    let n_out = if glu.is_some() { n / 2 } else { n };
     let quant = quant_block(w.dtype);
     if w.dtype.is_quantized() && quant.is_none() {
         return Ok(None);
@@ -95,6 +101,8 @@ pub(crate) fn linear(
     };
     let g = Gemv {
         res,
+        glu,
+        n_out,
         x: ib[0],
         xd: x.dtype,
         w: ib[1],
@@ -102,10 +110,19 @@ pub(crate) fn linear(
         out: ob[0],
         bias,
         act,
-        n,
         k,
     };
-    let blocks = (n + WARPS - 1) / WARPS;
+    let blocks = (n_out + WARPS - 1) / WARPS;
+    // A warp's weight rows for output columns `cols`: with `glu` their up rows too.
+    let with_up = |cols: Vec<Expr>| -> Vec<Expr> {
+        match glu {
+            None => cols,
+            Some(_) => {
+                let ups: Vec<Expr> = cols.iter().map(|c| c.clone() + n_out).collect();
+                cols.into_iter().chain(ups).collect()
+            }
+        }
+    };
     let chunks = kb.let_("rchunks", (rows.clone() + (RC - 1)) / RC);
     kb.for_("jb", 0, blocks, LoopTag::GpuGrid(0), |kb, jb| {
         kb.for_("rc", 0, chunks, LoopTag::GpuGrid(1), |kb, rc| {
@@ -117,10 +134,10 @@ pub(crate) fn linear(
                 // A warp per weight row, over the chunk's rows RG at a time.
                 let per_row = |kb: &mut KernelBuilder| {
                     // Warp-uniform: a warp's lanes all pass or all skip.
-                    kb.if_(j.clone().lt(Expr::i(n)), |kb| {
+                    kb.if_(j.clone().lt(Expr::i(n_out)), |kb| {
                         let rfull =
                             kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / RG * RG);
-                        let js = [j.clone()];
+                        let js = with_up(vec![j.clone()]);
                         kb.for_step(
                             "r0",
                             lo.clone(),
@@ -134,7 +151,7 @@ pub(crate) fn linear(
                         });
                     });
                 };
-                if n % WARPS == 0 && WARPS / JW == 2 && RC == RG * (WARPS / 2) {
+                if n_out % WARPS == 0 && WARPS / JW == 2 && RC == RG * (WARPS / 2) {
                     // Prefill chunks and batched steps (16+ rows): the block's 8 weight
                     // rows x 16 activation rows as 2 x 4 warp tiles of JW weight rows x
                     // RG activation rows, so each activation load serves JW weight rows.
@@ -143,7 +160,7 @@ pub(crate) fn linear(
                         |kb| {
                             let wi = kb.let_("wi", tid.clone() / 32);
                             let jw = kb.let_("jw", jb.clone() * WARPS + (wi.clone() % 2) * JW);
-                            let js: Vec<Expr> = (0..JW).map(|x| jw.clone() + x).collect();
+                            let js = with_up((0..JW).map(|x| jw.clone() + x).collect());
                             let g0 = kb.let_("g0", lo.clone() + (wi / 2) * RG);
                             let ge = kb.let_("ge", (g0.clone() + RG).min(hi.clone()));
                             kb.if_else(
@@ -186,7 +203,11 @@ struct Gemv {
     act: Option<Act>,
     /// The residual the store adds last (`residual = 1`), indexed as the output.
     res: Option<(BufId, DType)>,
-    n: i64,
+    /// `glu`: `js` holds gate rows, then as many up rows; the store takes
+    /// act(gate) · up of each pair.
+    glu: Option<Act>,
+    /// Output columns: `n`, or `n / 2` with `glu`.
+    n_out: i64,
     k: i64,
 }
 
@@ -336,8 +357,11 @@ impl Gemv {
         }
         let sums: Vec<Expr> = accs.iter().map(|a| warp_sum(kb, Expr::Var(*a))).collect();
         kb.if_(lane.clone().eq_(Expr::i(0)), |kb| {
-            for (ai, s) in sums.iter().enumerate() {
-                let (j, i) = (&js[ai / nr as usize], ai % nr as usize);
+            // With `glu` the first half of `js` are the output columns.
+            let cols = if self.glu.is_some() { nj / 2 } else { nj };
+            for (ai, s) in sums.iter().enumerate().take(cols * nr as usize) {
+                let (jx, i) = (ai / nr as usize, ai % nr as usize);
+                let j = &js[jx];
                 let mut v = s.clone();
                 if let Some((bb, bd)) = self.bias {
                     v = b(BinOp::Add, v, load_elem(kb, bb, bd, j.clone()).cast(f));
@@ -346,7 +370,16 @@ impl Gemv {
                     let pre = kb.let_("pre", v);
                     v = activation(act, pre, f);
                 }
-                let o = (r0.clone() + i as i64) * self.n + j.clone();
+                if let Some(act) = self.glu {
+                    let mut u = sums[(jx + cols) * nr as usize + i].clone();
+                    if let Some((bb, bd)) = self.bias {
+                        let at = js[jx + cols].clone();
+                        u = b(BinOp::Add, u, load_elem(kb, bb, bd, at).cast(f));
+                    }
+                    let g = kb.let_("g", v);
+                    v = b(BinOp::Mul, activation(act, g, f), u);
+                }
+                let o = (r0.clone() + i as i64) * self.n_out + j.clone();
                 if let Some((rb, rd)) = self.res {
                     v = b(BinOp::Add, v, load_elem(kb, rb, rd, o.clone()).cast(f));
                 }
