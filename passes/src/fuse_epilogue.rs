@@ -6,7 +6,11 @@
 //!   transformer's output and down projections write the residual stream directly;
 //! - a `glu` of a gate/up projection (`linear {glu = ACT}`): the store takes
 //!   `act(gate) · up` of each output column, when the weight is f32/f16/bf16 (the
-//!   kernel pairs each gate row with its up row in one packed panel).
+//!   kernel pairs each gate row with its up row in one packed panel);
+//! - otherwise, a `glu` read only by a linear over a block-quantized weight (the down
+//!   projection: `linear {glu_in = ACT}` over the gate/up result itself): the kernel
+//!   quantizes its activations block by block anyway, and takes each block's
+//!   `act(gate) · up` there.
 //!
 //! `add(a, b)` fuses when one operand is the only use of a `linear` or `linear_act`
 //! result that is not returned, and both operands have the add's result type (no
@@ -105,12 +109,74 @@ fn fuse_glu(g: &Graph, n: &Node, uses: &[usize]) -> Option<(Node, usize)> {
     Some((node, p))
 }
 
-/// The pass as the pass manager runs it.
+/// The fused node for `glu` node `n` whose one reader is a linear over a
+/// block-quantized weight: that linear reads the glu's operand with `glu_in`.
+/// Returns the reader's index and its new form; the glu node goes.
+fn fuse_glu_in(g: &Graph, gi: usize, n: &Node, uses: &[usize]) -> Option<(usize, Node)> {
+    let [z] = n.inputs[..] else {
+        return None;
+    };
+    let y = n.outputs[0];
+    if uses.get(y.0 as usize) != Some(&1) || g.outputs.contains(&y) {
+        return None;
+    }
+    let (ri, reader) = g
+        .nodes
+        .iter()
+        .enumerate()
+        .skip(gi + 1)
+        .find(|(_, m)| m.inputs.contains(&y))?;
+    let quant_w = reader.inputs.get(1).is_some_and(|&w| {
+        let d = g.ty(w).dtype;
+        d.is_quantized() && d != DType::Q8Kv
+    });
+    let plain = reader.op == Op::Linear
+        && reader.inputs[0] == y
+        && reader.inputs[1..].iter().all(|&v| v != y)
+        && ["glu", "glu_in"]
+            .iter()
+            .all(|a| !reader.attrs.contains_key(*a));
+    if !(plain && quant_w) {
+        return None;
+    }
+    let act = n.attrs.get("act")?.clone();
+    let mut inputs = reader.inputs.clone();
+    inputs[0] = z;
+    let mut attrs = reader.attrs.clone();
+    attrs.insert("glu_in".into(), act);
+    let tys: Vec<&llmc_ir::TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
+    match Op::Linear.infer(&tys, &attrs) {
+        Ok(t) if t.first() == Some(g.ty(reader.outputs[0])) => {}
+        _ => return None,
+    }
+    let node = Node {
+        op: Op::Linear,
+        inputs,
+        outputs: reader.outputs.clone(),
+        attrs,
+    };
+    Some((ri, node))
+}
+
+/// The pass as the pass manager runs it: rounds until nothing fuses (a down
+/// projection takes its glu in one round and its residual add in the next).
 pub fn run(m: &mut llmc_ir::Module, _cx: &PassContext) -> Result<Changed, PassError> {
+    let mut changed = Changed::No;
+    while round(m) {
+        changed = Changed::Yes;
+    }
+    Ok(changed)
+}
+
+/// One round: every fusion whose nodes no other fusion of the round touched.
+fn round(m: &mut llmc_ir::Module) -> bool {
     let g = &m.graph;
     let uses = use_counts(g);
     let mut keep = vec![true; g.nodes.len()];
     let mut replaced: Vec<(usize, Node)> = Vec::new();
+    // Nodes already rewritten this round (a linear that took its glu_in takes its
+    // residual in the next).
+    let mut taken = vec![false; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         let fused = match n.op {
             Op::Add => fuse(g, n, &uses),
@@ -118,21 +184,32 @@ pub fn run(m: &mut llmc_ir::Module, _cx: &PassContext) -> Result<Changed, PassEr
             _ => None,
         };
         if let Some((node, p)) = fused {
-            if keep[p] {
+            if keep[p] && !taken[p] {
                 keep[p] = false;
+                taken[i] = true;
                 replaced.push((i, node));
+            }
+            continue;
+        }
+        if n.op == Op::Glu {
+            if let Some((ri, node)) = fuse_glu_in(g, i, n, &uses) {
+                if !taken[ri] && keep[ri] {
+                    keep[i] = false;
+                    taken[ri] = true;
+                    replaced.push((ri, node));
+                }
             }
         }
     }
     if replaced.is_empty() {
-        return Ok(Changed::No);
+        return false;
     }
     let g = &mut m.graph;
     for (i, node) in replaced {
         g.nodes[i] = node;
     }
     compact(g, &keep, &HashMap::new());
-    Ok(Changed::Yes)
+    true
 }
 
 #[cfg(test)]
@@ -222,6 +299,33 @@ module @t {
         ];
         let run = |m: &llmc_ir::Module| llmc_ir::interp::Interpreter::new(m).run(&inputs).unwrap();
         assert_eq!(run(&before)[0].to_f64(), run(&after)[0].to_f64());
+    }
+
+    /// A block-quantized MLP: the glu goes into the down projection's activation read
+    /// (`glu_in`) and, the next round, the residual add into its store; the gate/up
+    /// projection (a quantized weight: no paired panels) keeps its plain store.
+    #[test]
+    fn a_quantized_down_projection_takes_its_glu_and_its_residual() {
+        let src = r#"
+module @t {
+  graph @main(%x: f32[3, 32], %wg: q8_0[64, 32], %wd: q8_0[32, 32]) -> (%y: f32[3, 32]) {
+    %z = linear(%x, %wg) : f32[3, 64]
+    %h = glu(%z) {act = "silu"} : f32[3, 32]
+    %d = linear(%h, %wd) : f32[3, 32]
+    %y = add(%x, %d) : f32[3, 32]
+    return %y
+  }
+}"#;
+        let mut m = parse(src);
+        assert_eq!(run(&mut m, &PassContext::default()).unwrap(), Changed::Yes);
+        llmc_ir::verify::verify(&m).unwrap();
+        let ops: Vec<Op> = m.graph.nodes.iter().map(|n| n.op).collect();
+        assert_eq!(ops, [Op::Linear, Op::Linear]);
+        let (up, down) = (&m.graph.nodes[0], &m.graph.nodes[1]);
+        assert!(up.attrs.is_empty(), "{:?}", up.attrs);
+        assert_eq!(down.attrs.get("glu_in"), Some(&Attr::Str("silu".into())));
+        assert_eq!(down.attrs.get("residual"), Some(&Attr::Int(1)));
+        assert_eq!(down.inputs[0], up.outputs[0]);
     }
 
     /// A linear result read twice, returned, or added with broadcasting stays.

@@ -171,9 +171,17 @@ pub fn linear_flops_per_token(plan: &Plan) -> (u64, u64) {
         let (Some(r1), Some(r2)) = (numel(x, &one), numel(x, &two)) else {
             continue;
         };
-        let rows = (r2 - r1).max(0) / k.max(1);
+        // Rows of x: its elements over k, or over 2k where the linear reads the GLU
+        // of [gate | up] rows (`glu_in`: x's last dim is 2k, which no other linear's
+        // x, or a view of it, can have).
+        let last = plan.buffers[x as usize]
+            .shape
+            .last()
+            .and_then(|d| d.eval(&one));
+        let xrow = if last == Some(2 * k) { 2 * k } else { k.max(1) };
+        let rows = (r2 - r1).max(0) / xrow;
         total += (2 * n * k * rows) as u64;
-        decode += (2 * n * k * (r1 / k.max(1)).max(1)) as u64;
+        decode += (2 * n * k * (r1 / xrow).max(1)) as u64;
     }
     (total, decode)
 }

@@ -136,7 +136,20 @@ pub fn eval_matmul(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
 /// widened to f32 as it is read, so the weight streams at half the bytes).
 pub fn infer_linear(i: &[&TensorType], a: &Attrs) -> T {
     let (i, res) = split_residual(i, a)?;
-    let mut out = infer_linear_plain(i, a)?;
+    let mut out = match glu_in_act(a)? {
+        None => infer_linear_plain(i, a)?,
+        Some(act) => {
+            // x is [.., 2k]: the linear reads act(x[.., :k]) · x[.., k:].
+            let x = targ(i, 0, "x")?;
+            let mut ga = Attrs::new();
+            ga.insert("act".into(), crate::Attr::Str(act.into()));
+            let xg = super::fused_gemm::infer_glu(&[x], &ga)
+                .map_err(|e| format!("attribute `glu_in`: {e}"))?;
+            let mut rest: Vec<&TensorType> = i.to_vec();
+            rest[0] = &xg[0];
+            infer_linear_plain(&rest, a)?
+        }
+    };
     if let Some(act) = glu_act(a)? {
         if res.is_some() {
             return Err("attributes `glu` and `residual` do not go together".into());
@@ -169,6 +182,23 @@ pub fn glu_act(a: &Attrs) -> Result<Option<&str>, String> {
         }
         Some(v) => Err(format!(
             "attribute `glu` must be an activation name, got {v:?}"
+        )),
+    }
+}
+
+/// The `glu_in` attribute of `linear`: its operand x is `[.., 2k]` and the linear
+/// reads the GLU of its halves, `act(x[.., :k]) · x[.., k:]` (the down projection
+/// with the MLP's glu in its activation read).
+pub fn glu_in_act(a: &Attrs) -> Result<Option<&str>, String> {
+    match a.get("glu_in") {
+        None => Ok(None),
+        Some(crate::Attr::Str(s)) => {
+            super::fused_gemm::Act::from_name(s)
+                .ok_or_else(|| format!("attribute `glu_in`: unknown activation {s:?}"))?;
+            Ok(Some(s.as_str()))
+        }
+        Some(v) => Err(format!(
+            "attribute `glu_in` must be an activation name, got {v:?}"
         )),
     }
 }
@@ -276,7 +306,17 @@ fn infer_linear_plain(i: &[&TensorType], a: &Attrs) -> T {
 /// plus the residual with `residual = 1`.
 pub fn eval_linear(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
     let (i, res) = split_residual(i, a)?;
-    let mut y = eval_linear_plain(i, a, ctx)?;
+    let mut y = match (glu_in_act(a)?, i.first()) {
+        (Some(act), Some(x)) => {
+            let mut ga = Attrs::new();
+            ga.insert("act".into(), crate::Attr::Str(act.into()));
+            let xg = super::fused_gemm::eval_glu(&[*x], &ga, ctx)?;
+            let mut rest: Vec<&Tensor> = i.to_vec();
+            rest[0] = &xg[0];
+            eval_linear_plain(&rest, a, ctx)?
+        }
+        _ => eval_linear_plain(i, a, ctx)?,
+    };
     if let (Some(act), Some(z)) = (glu_act(a)?, y.first()) {
         let mut ga = Attrs::new();
         ga.insert("act".into(), crate::Attr::Str(act.into()));

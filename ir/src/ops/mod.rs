@@ -268,7 +268,7 @@ op_table! {
     /// precision, as f16 accumulation would be); `act_amax` (one value per block of 32 input
     /// columns) fixes each block's scale at `act_amax / 127` (int16: `/ 32767`),
     /// values beyond it saturating (static scales, from calibration)
-    Linear = "linear", Range(2, 4), NONE, [opt("act_bits", K::Int), opt("act_amax", K::Floats), opt("residual", K::Int), opt("glu", K::Str)], la::infer_linear, la::eval_linear;
+    Linear = "linear", Range(2, 4), NONE, [opt("act_bits", K::Int), opt("act_amax", K::Floats), opt("residual", K::Int), opt("glu", K::Str), opt("glu_in", K::Str)], la::infer_linear, la::eval_linear;
 
     // ----- tensor layout and indexing -----
     /// constant tensor from `value`

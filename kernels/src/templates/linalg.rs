@@ -96,10 +96,19 @@ pub(crate) fn linear(
         }
     };
     let n_out = if glu.is_some() { n / 2 } else { n };
+    // `glu_in`: x is [.., 2k] and every read of it takes act(x[c]) · x[k + c].
+    let glu_in = match llmc_ir::ops::linalg::glu_in_act(&node.attrs)? {
+        None => None,
+        Some(name) => {
+            Some(Act::from_name(name).ok_or_else(|| format!("unknown activation {name:?}"))?)
+        }
+    };
     let ctx = Lin {
         act,
         glu,
         n_out,
+        glu_in,
+        xk: if glu_in.is_some() { 2 * k } else { k },
         res,
         x: ib[0],
         xd: x.dtype,
@@ -183,7 +192,8 @@ pub(crate) fn linear(
         && x.dtype == DType::F32
         && n > 0
         && n % PANEL as i64 == 0
-        && (ctx.glu.is_none() || ctx.n_out % (PANEL / 2) as i64 == 0);
+        && (ctx.glu.is_none() || ctx.n_out % (PANEL / 2) as i64 == 0)
+        && ctx.glu_in.is_none();
     let tile16 = !gpu_mapping()
         && t == Ty::F32
         && tile16_packs(ctx.wd, n as usize, k as usize)
@@ -314,6 +324,10 @@ struct Lin {
     glu: Option<Act>,
     /// Output columns: `n`, or `n / 2` with `glu`.
     n_out: i64,
+    /// `glu_in`: x rows are `[gate | up]` of 2k, read as act(gate) · up.
+    glu_in: Option<Act>,
+    /// Elements per x row: k, or 2k with `glu_in`.
+    xk: i64,
     x: BufId,
     xd: DType,
     w: BufId,
@@ -348,7 +362,7 @@ impl Lin {
             })
             .collect();
         let xrow: Vec<Expr> = (0..mr)
-            .map(|i| kb.let_("xr", (r0.clone() + i as i64) * self.k))
+            .map(|i| kb.let_("xr", (r0.clone() + i as i64) * self.xk))
             .collect();
         // With `glu` the gate rows, then the up rows n / 2 further.
         let halves: &[i64] = if self.glu.is_some() {
@@ -369,7 +383,7 @@ impl Lin {
                     let xs: Vec<Expr> = xrow
                         .iter()
                         .map(|xr| {
-                            let v = load_elem(kb, self.x, self.xd, xr.clone() + p.clone());
+                            let v = self.load_x(kb, xr.clone() + p.clone());
                             kb.let_("xv", v)
                         })
                         .collect();
@@ -422,6 +436,20 @@ impl Lin {
 }
 
 impl Lin {
+    /// Element `at` of x (an index into its rows of `xk`), in x's compute type: with
+    /// `glu_in`, act(x[at]) · x[at + k], the `glu` kernel's expression.
+    fn load_x(&self, kb: &mut KernelBuilder, at: Expr) -> Expr {
+        let v = load_elem(kb, self.x, self.xd, at.clone());
+        match self.glu_in {
+            None => v,
+            Some(act) => {
+                let t = compute_ty(self.xd).unwrap_or(Ty::F32);
+                let u = load_elem(kb, self.x, self.xd, at + self.k);
+                glu_of(kb, act, v.cast(t), u.cast(t), t)
+            }
+        }
+    }
+
     /// The residual's element `o` added to the stored value `v` (`residual = 1`), or
     /// `v` itself: one add in the compute type, as the `add` it replaces.
     fn residual(&self, kb: &mut KernelBuilder, v: Expr, t: Ty, o: Expr) -> Expr {
@@ -609,12 +637,12 @@ impl Lin {
             let qmax = if self.act8 { QMAX8 } else { QMAX };
             let qty = if self.act8 { Ty::I8 } else { Ty::I16 };
             kb.for_("b", 0, blocks, LoopTag::Serial, |kb, b| {
-                let x0 = kb.let_("x0", r.clone() * k + b.clone() * 32);
+                let x0 = kb.let_("x0", r.clone() * self.xk + b.clone() * 32);
                 let q0 = kb.let_("q0", lr.clone() * k + b.clone() * 32);
                 let id = kb.let_("id", Expr::Load(fid, Box::new(b.clone())));
                 let qsum = kb.let_mut("qsum", Expr::Int(0, Ty::I32));
                 kb.for_("e", 0, 32, LoopTag::Vectorize(16), |kb, e| {
-                    let v = load_elem(kb, self.x, self.xd, x0.clone() + e.clone()).cast(Ty::F32);
+                    let v = self.load_x(kb, x0.clone() + e.clone()).cast(Ty::F32);
                     let q = Expr::un(UnOp::Round, Expr::bin(BinOp::Mul, v, id.clone()));
                     let q = Expr::bin(BinOp::Min, q, fconst(qmax, Ty::F32));
                     let q = Expr::bin(BinOp::Max, q, fconst(-qmax, Ty::F32));
@@ -637,10 +665,23 @@ impl Lin {
             return;
         }
         let ab = kb.local("abits", Ty::I32, 1);
+        // With `glu_in` each block's 32 inputs are computed once into `gb`, and the
+        // range and the quants read them there.
+        let gb = self.glu_in.map(|_| kb.local("gb", Ty::F32, 32));
         kb.for_("b", 0, blocks, LoopTag::Serial, |kb, b| {
-            let x0 = kb.let_("x0", r.clone() * k + b.clone() * 32);
+            let xr0 = kb.let_("x0", r.clone() * self.xk + b.clone() * 32);
             let q0 = kb.let_("q0", lr.clone() * k + b.clone() * 32);
-            let amax = if self.xd == DType::F32 {
+            let (src, sdt, x0) = match gb {
+                None => (self.x, self.xd, xr0),
+                Some(gb) => {
+                    kb.for_("e", 0, 32, LoopTag::Vectorize(16), |kb, e| {
+                        let v = self.load_x(kb, xr0.clone() + e.clone()).cast(Ty::F32);
+                        kb.store(gb, e, v);
+                    });
+                    (gb, DType::F32, Expr::i(0))
+                }
+            };
+            let amax = if sdt == DType::F32 {
                 // The largest |x| as the largest bit pattern with the sign cleared
                 // (non-negative floats order as their bits; a NaN, above inf, gives a
                 // NaN scale and zero quants): an integer max reduction vectorizes,
@@ -649,7 +690,7 @@ impl Lin {
                 let bits = kb.let_mut("abits", Expr::Int(0, Ty::I32));
                 kb.for_("e", 0, 32, LoopTag::Vectorize(16), |kb, e| {
                     let at = (x0.clone() + e) * 4;
-                    let v = Expr::LoadRaw(self.x, Box::new(at), Ty::I32);
+                    let v = Expr::LoadRaw(src, Box::new(at), Ty::I32);
                     let v = Expr::bin(BinOp::And, v, Expr::Int(0x7fff_ffff, Ty::I32));
                     kb.assign(bits, Expr::bin(BinOp::Max, Expr::Var(bits), v));
                 });
@@ -658,7 +699,7 @@ impl Lin {
             } else {
                 let amax = kb.let_mut("amax", fconst(0.0, Ty::F32));
                 kb.for_("e", 0, 32, LoopTag::Vectorize(8), |kb, e| {
-                    let v = load_elem(kb, self.x, self.xd, x0.clone() + e).cast(Ty::F32);
+                    let v = load_elem(kb, src, sdt, x0.clone() + e).cast(Ty::F32);
                     let m = Expr::bin(BinOp::Max, Expr::Var(amax), Expr::un(UnOp::Abs, v));
                     kb.assign(amax, m);
                 });
@@ -673,7 +714,7 @@ impl Lin {
             );
             let qsum = kb.let_mut("qsum", Expr::Int(0, Ty::I32));
             kb.for_("e", 0, 32, LoopTag::Vectorize(16), |kb, e| {
-                let v = load_elem(kb, self.x, self.xd, x0.clone() + e.clone()).cast(Ty::F32);
+                let v = load_elem(kb, src, sdt, x0.clone() + e.clone()).cast(Ty::F32);
                 let q = Expr::un(UnOp::Round, Expr::bin(BinOp::Mul, v, id.clone()));
                 let q = kb.let_("q", q.cast(if self.act8 { Ty::I8 } else { Ty::I16 }));
                 kb.store(xq, q0.clone() + e, q.clone());
@@ -1081,10 +1122,10 @@ impl Lin {
                 })
                 .collect();
             for (i, xb) in x0.iter().enumerate() {
-                let xa = load_elem(kb, self.x, self.xd, xb.clone() + e.clone());
+                let xa = self.load_x(kb, xb.clone() + e.clone());
                 let xa = kb.let_("xa", xa);
                 let xh = if four_bit {
-                    let v = load_elem(kb, self.x, self.xd, xb.clone() + e.clone() + bl / 2);
+                    let v = self.load_x(kb, xb.clone() + e.clone() + bl / 2);
                     let v = kb.let_("xh", v);
                     let s = xsum[i];
                     kb.assign(

@@ -2070,6 +2070,57 @@ fn linear_glu_is_the_glu_of_the_plain_output() {
     }
 }
 
+/// `glu_in` on a block-quantized `linear`: reading x as act(gate) · up while it
+/// quantizes its activations gives the bits the `glu` kernel then the plain linear
+/// give, with int16 and int8 activations, decode rows and prefill tiles; the GPU's
+/// warp GEMV agrees with the reference.
+#[test]
+fn linear_glu_in_is_the_linear_of_the_glu() {
+    let mut r = Rng::new(25);
+    for (rows, n, k) in [
+        (1usize, 64usize, 64usize),
+        (5, 32, 96),
+        (13, 64, 64),
+        (29, 32, 32),
+    ] {
+        let z = r.tensor(F, &[rows, 2 * k], 2.0);
+        let z_t = tt(F, &["seq", &(2 * k).to_string()]);
+        let x_t = tt(F, &["seq", &k.to_string()]);
+        for d in [DType::Q8_0, DType::Q4_1, DType::Q4_0] {
+            let wq = quant_bytes(&mut r, d, n, k);
+            for bits in [None, Some(8)] {
+                let mut a = attrs([]);
+                if let Some(b) = bits {
+                    a.insert("act_bits".into(), Attr::Int(b));
+                }
+                let ga = attrs([("act", Attr::Str("silu".into()))]);
+                let (x, _, _) = run_args(Op::Glu, ga, &[Arg::In(z_t.clone(), z.clone())]);
+                let x = llmc_ir::Tensor::from_f64(F, vec![rows, k], x[0].clone());
+                let (want, _, _) = run_args(
+                    Op::Linear,
+                    a.clone(),
+                    &[Arg::In(x_t.clone(), x), Arg::W(d, vec![n, k], wq.clone())],
+                );
+                let mut fa = a.clone();
+                fa.insert("glu_in".into(), Attr::Str("silu".into()));
+                let args = [
+                    Arg::In(z_t.clone(), z.clone()),
+                    Arg::W(d, vec![n, k], wq.clone()),
+                ];
+                let (got, _, text) = run_args(Op::Linear, fa.clone(), &args);
+                assert_eq!(got[0], want[0], "{d} bits {bits:?} {rows}x{n}x{k}\n{text}");
+                if bits.is_none() {
+                    // The GPU's warp GEMV, each read of x through the GLU (float
+                    // activations: the reference's numbers).
+                    let gpu =
+                        super::testing::check_args_on(true, Op::Linear, fa, &args, 1e-4, 1e-4);
+                    assert!(gpu.contains("shuffle_xor"), "{gpu}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn glu_halves_and_two_operands() {
     let mut r = Rng::new(22);

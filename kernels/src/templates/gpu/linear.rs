@@ -55,6 +55,11 @@ pub(crate) fn linear(
     if t != Ty::F32 {
         return Ok(None);
     }
+    // `glu_in`: x rows are [gate | up] of 2k, each read act(gate) · up.
+    let glu_in = match llmc_ir::ops::linalg::glu_in_act(&node.attrs)? {
+        Some(a) => Some(Act::from_name(a).ok_or("unknown glu_in activation")?),
+        None => None,
+    };
     // `glu`: output column j from weight rows j (gate) and n / 2 + j (up), which one
     // warp takes together.
     let glu = match llmc_ir::ops::linalg::glu_act(&node.attrs)? {
@@ -101,6 +106,7 @@ pub(crate) fn linear(
     };
     let g = Gemv {
         res,
+        glu_in,
         glu,
         n_out,
         x: ib[0],
@@ -206,12 +212,38 @@ struct Gemv {
     /// `glu`: `js` holds gate rows, then as many up rows; the store takes
     /// act(gate) · up of each pair.
     glu: Option<Act>,
+    /// `glu_in`: x rows are `[gate | up]` of 2k, read as act(gate) · up.
+    glu_in: Option<Act>,
     /// Output columns: `n`, or `n / 2` with `glu`.
     n_out: i64,
     k: i64,
 }
 
 impl Gemv {
+    /// Elements per x row: k, or 2k with `glu_in`.
+    fn xk(&self) -> i64 {
+        if self.glu_in.is_some() {
+            2 * self.k
+        } else {
+            self.k
+        }
+    }
+
+    /// Element `at` of x as f32: with `glu_in`, act(x[at]) · x[at + k], the `glu`
+    /// kernel's expression.
+    fn load_x(&self, kb: &mut KernelBuilder, at: Expr) -> Expr {
+        let f = Ty::F32;
+        let v = load_elem(kb, self.x, self.xd, at.clone()).cast(f);
+        match self.glu_in {
+            None => v,
+            Some(act) => {
+                let u = load_elem(kb, self.x, self.xd, at + self.k).cast(f);
+                let g = kb.let_("g", v);
+                b(BinOp::Mul, activation(act, g, f), u)
+            }
+        }
+    }
+
     /// Activation rows `r0..r0 + nr` against weight rows `js`, in one warp: each
     /// weight unit is decoded once for the `nr` rows, each activation element loaded
     /// once for the `js.len()` weight rows.
@@ -224,7 +256,7 @@ impl Gemv {
             .map(|_| kb.let_mut("acc", fconst(0.0, f)))
             .collect();
         let xrow: Vec<Expr> = (0..nr)
-            .map(|i| kb.let_("xr", (r0.clone() + i) * k))
+            .map(|i| kb.let_("xr", (r0.clone() + i) * self.xk()))
             .collect();
         let fma = |a: Expr, x: Expr, y: Expr| b(BinOp::Add, a, b(BinOp::Mul, x, y));
         // Sparse q8_0 (2:4, 16:32, 24:32) takes the float path, each weight dequantized where it is
@@ -241,7 +273,7 @@ impl Gemv {
                         })
                         .collect();
                     for (i, xr) in xrow.iter().enumerate() {
-                        let xv = load_elem(kb, self.x, self.xd, xr.clone() + p.clone()).cast(f);
+                        let xv = self.load_x(kb, xr.clone() + p.clone());
                         let xv = kb.let_("xv", xv);
                         for (jj, wv) in wvs.iter().enumerate() {
                             let a = accs[jj * nr as usize + i];
@@ -333,7 +365,7 @@ impl Gemv {
                         let mut sx = fconst(0.0, f);
                         let mut xs: Vec<Expr> = Vec::new();
                         for (_, e) in &decoded[0].2 {
-                            let xv = load_elem(kb, self.x, self.xd, xb.clone() + e.clone()).cast(f);
+                            let xv = self.load_x(kb, xb.clone() + e.clone());
                             let xv = kb.let_("xv", xv);
                             sx = b(BinOp::Add, sx, xv.clone());
                             xs.push(xv);
