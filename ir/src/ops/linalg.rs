@@ -173,32 +173,27 @@ pub fn infer_linear(i: &[&TensorType], a: &Attrs) -> T {
 /// halves, `y = act(z[.., :n/2]) · z[.., n/2:]` for `z = x · wᵀ + b` (the gate/up
 /// projection with its `glu` in the store).
 pub fn glu_act(a: &Attrs) -> Result<Option<&str>, String> {
-    match a.get("glu") {
-        None => Ok(None),
-        Some(crate::Attr::Str(s)) => {
-            super::fused_gemm::Act::from_name(s)
-                .ok_or_else(|| format!("attribute `glu`: unknown activation {s:?}"))?;
-            Ok(Some(s.as_str()))
-        }
-        Some(v) => Err(format!(
-            "attribute `glu` must be an activation name, got {v:?}"
-        )),
-    }
+    act_attr(a, "glu")
 }
 
 /// The `glu_in` attribute of `linear`: its operand x is `[.., 2k]` and the linear
 /// reads the GLU of its halves, `act(x[.., :k]) · x[.., k:]` (the down projection
 /// with the MLP's glu in its activation read).
 pub fn glu_in_act(a: &Attrs) -> Result<Option<&str>, String> {
-    match a.get("glu_in") {
+    act_attr(a, "glu_in")
+}
+
+/// An optional attribute naming a known activation.
+fn act_attr<'a>(a: &'a Attrs, key: &str) -> Result<Option<&'a str>, String> {
+    match a.get(key) {
         None => Ok(None),
         Some(crate::Attr::Str(s)) => {
             super::fused_gemm::Act::from_name(s)
-                .ok_or_else(|| format!("attribute `glu_in`: unknown activation {s:?}"))?;
+                .ok_or_else(|| format!("attribute `{key}`: unknown activation {s:?}"))?;
             Ok(Some(s.as_str()))
         }
         Some(v) => Err(format!(
-            "attribute `glu_in` must be an activation name, got {v:?}"
+            "attribute `{key}` must be an activation name, got {v:?}"
         )),
     }
 }
