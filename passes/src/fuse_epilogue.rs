@@ -221,6 +221,24 @@ mod tests {
         llmc_ir::text::parse(src, "t.llmc").unwrap()
     }
 
+    /// Runs both modules in the interpreter on the same f32 inputs of these shapes
+    /// (fixed values) and asserts their first outputs are equal, bit for bit.
+    fn assert_same_outputs(before: &llmc_ir::Module, after: &llmc_ir::Module, shapes: &[&[usize]]) {
+        let inputs: Vec<Tensor> = shapes
+            .iter()
+            .enumerate()
+            .map(|(salt, shape)| {
+                let n: usize = shape.iter().product();
+                let v = (0..n)
+                    .map(|i| (((i * 29 + salt * 13) % 41) as f64 - 20.0) / 9.0)
+                    .collect();
+                Tensor::from_f64(DType::F32, shape.to_vec(), v)
+            })
+            .collect();
+        let run = |m: &llmc_ir::Module| llmc_ir::interp::Interpreter::new(m).run(&inputs).unwrap();
+        assert_eq!(run(before)[0].to_f64(), run(after)[0].to_f64());
+    }
+
     /// A pre-norm block's two residual adds: the output projection's result added to
     /// the stream (operand order either way), and a `linear_act` with a bias.
     const BLOCK: &str = r#"
@@ -247,19 +265,7 @@ module @t {
         for n in &after.graph.nodes {
             assert_eq!(n.attrs.get("residual"), Some(&Attr::Int(1)));
         }
-        let val = |n: usize, salt: usize| -> Vec<f64> {
-            (0..n)
-                .map(|i| (((i * 29 + salt * 13) % 41) as f64 - 20.0) / 9.0)
-                .collect()
-        };
-        let inputs = [
-            Tensor::from_f64(DType::F32, vec![2, 3, 4], val(24, 1)),
-            Tensor::from_f64(DType::F32, vec![4, 4], val(16, 2)),
-            Tensor::from_f64(DType::F32, vec![4, 4], val(16, 3)),
-            Tensor::from_f64(DType::F32, vec![4], val(4, 4)),
-        ];
-        let run = |m: &llmc_ir::Module| llmc_ir::interp::Interpreter::new(m).run(&inputs).unwrap();
-        assert_eq!(run(&before)[0].to_f64(), run(&after)[0].to_f64());
+        assert_same_outputs(&before, &after, &[&[2, 3, 4], &[4, 4], &[4, 4], &[4]]);
     }
 
     /// A gate/up projection's glu becomes its store, with the same numbers.
@@ -287,18 +293,7 @@ module @t {
             (n.op, n.attrs.get("glu")),
             (Op::Linear, Some(&Attr::Str("silu".into())))
         );
-        let val = |n: usize, salt: usize| -> Vec<f64> {
-            (0..n)
-                .map(|i| (((i * 23 + salt * 7) % 37) as f64 - 18.0) / 8.0)
-                .collect()
-        };
-        let inputs = [
-            Tensor::from_f64(DType::F32, vec![3, 4], val(12, 1)),
-            Tensor::from_f64(DType::F32, vec![8, 4], val(32, 2)),
-            Tensor::from_f64(DType::F32, vec![8], val(8, 3)),
-        ];
-        let run = |m: &llmc_ir::Module| llmc_ir::interp::Interpreter::new(m).run(&inputs).unwrap();
-        assert_eq!(run(&before)[0].to_f64(), run(&after)[0].to_f64());
+        assert_same_outputs(&before, &after, &[&[3, 4], &[8, 4], &[8]]);
     }
 
     /// A block-quantized MLP: the glu goes into the down projection's activation read
