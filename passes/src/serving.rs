@@ -25,7 +25,7 @@
 //! DTYPE[kv_blocks, kv_heads, BLOCK, head_dim]`.
 
 use crate::{Changed, PassContext, PassError};
-use llmc_ir::{Attr, DType, Dim, Graph, Module, Op, Shape, TensorType, ValueDef, ValueId};
+use llmc_ir::{Attr, DType, Dim, Graph, Module, Node, Op, Shape, TensorType, ValueDef, ValueId};
 use std::collections::{HashMap, HashSet};
 
 /// Tokens per KV block.
@@ -486,7 +486,200 @@ fn lower_as(
                 .ok_or_else(|| format!("output {} was not rebuilt", vname(*v)))
         })
         .collect::<Result<_, _>>()?;
+    if token_major {
+        fuse_qkv_writes(&mut out);
+    }
     Ok(out)
+}
+
+/// One layer's fusable QKV step: the `paged_kv_write` node's index, the fused node,
+/// the nodes it replaces, and the query rows' value (now the fused node's result 2).
+struct QkvFusion {
+    at: usize,
+    node: Node,
+    dead: Vec<usize>,
+    q: ValueId,
+}
+
+/// Finds the layer of `paged_kv_write` node `wi` whose keys and values come from one
+/// `split` of a merged projection `[1, s, (h + 2 kvh)·d]` (through reshapes, the keys
+/// through a RoPE of `[s, kvh, 1, d]` rows) and whose queries, the split's first part,
+/// go through the same RoPE (same attributes and positions) to rows `[1, s, h, d]`
+/// read only after the write. Every value in between is read once.
+fn qkv_fusion(g: &Graph, wi: usize, readers: &HashMap<ValueId, Vec<usize>>) -> Option<QkvFusion> {
+    let uses = |v: ValueId| {
+        readers.get(&v).map_or(0, |r| r.len()) + g.outputs.iter().filter(|&&o| o == v).count()
+    };
+    let once = |v: ValueId| uses(v) == 1;
+    let producer = |v: ValueId| match g.value(v).def {
+        ValueDef::Node(n, i) => Some((n.0 as usize, i)),
+        _ => None,
+    };
+    let is = |n: usize, op: Op| g.nodes[n].op == op;
+    // Back through reshapes read once, noting them.
+    let back = |mut v: ValueId, dead: &mut Vec<usize>| {
+        while let Some((n, 0)) = producer(v) {
+            if !is(n, Op::Reshape) || !once(v) {
+                break;
+            }
+            dead.push(n);
+            v = g.nodes[n].inputs[0];
+        }
+        v
+    };
+    // Forward through reshapes that are a value's only reader, noting them.
+    let fwd = |mut v: ValueId, dead: &mut Vec<usize>| {
+        while once(v) {
+            match readers.get(&v).map(|r| &r[..]) {
+                Some(&[n]) if is(n, Op::Reshape) => {
+                    dead.push(n);
+                    v = g.nodes[n].outputs[0];
+                }
+                _ => break,
+            }
+        }
+        v
+    };
+    let w = &g.nodes[wi];
+    let [k_rows, v_rows, kp, vp, slots] = w.inputs[..] else {
+        return None;
+    };
+    if w.attrs.get("token_major") != Some(&Attr::Int(1))
+        || g.ty(kp).dtype.is_quantized()
+        || g.ty(vp).dtype.is_quantized()
+        || !once(k_rows)
+        || !once(v_rows)
+    {
+        return None;
+    }
+    let mut dead = Vec::new();
+    let rope_k = match producer(back(k_rows, &mut dead)) {
+        Some((n, 0)) if is(n, Op::Rope) && once(g.nodes[n].outputs[0]) => n,
+        _ => return None,
+    };
+    dead.push(rope_k);
+    let rk = &g.nodes[rope_k];
+    let ks = back(rk.inputs[0], &mut dead);
+    let vs = back(v_rows, &mut dead);
+    let si = match (producer(ks), producer(vs)) {
+        (Some((a, 1)), Some((b, 2))) if a == b && is(a, Op::Split) && once(ks) && once(vs) => a,
+        _ => return None,
+    };
+    dead.push(si);
+    let split = &g.nodes[si];
+    let qkv = split.inputs[0];
+    let q_in = fwd(split.outputs[0], &mut dead);
+    let rope_q = match readers.get(&q_in).map(|r| &r[..]) {
+        Some(&[n]) if once(q_in) && is(n, Op::Rope) && g.nodes[n].inputs[0] == q_in => n,
+        _ => return None,
+    };
+    let rq = &g.nodes[rope_q];
+    if rq.attrs != rk.attrs || rq.inputs[1] != rk.inputs[1] {
+        return None;
+    }
+    dead.push(rope_q);
+    let q = fwd(rq.outputs[0], &mut dead);
+    // The positions `[1, s]` the ropes' `[s, 1]` view is of.
+    let mut pos = rk.inputs[1];
+    while let Some((n, 0)) = producer(pos) {
+        if !is(n, Op::Reshape) {
+            break;
+        }
+        pos = g.nodes[n].inputs[0];
+    }
+    // Shapes: qkv [1, s, W], the split on its last axis into h, kvh and kvh heads of
+    // d, each rope's rows [s, heads, 1, d], the queries [1, s, h, d].
+    let dims = |v: ValueId| g.ty(v).shape.0.clone();
+    let (kd, qd) = (dims(k_rows), dims(q));
+    let ([_, s, kvh, d], [_, qs, hq, qdd]) = (&kd[..], &qd[..]) else {
+        return None;
+    };
+    let (kvh, d, hq) = (kvh.as_const()?, d.as_const()?, hq.as_const()?);
+    let row_view = |v: ValueId, h: i64| {
+        matches!(&dims(v)[..], [rs, rh, one, rd] if rs == s && rh.as_const() == Some(h)
+            && one.as_const() == Some(1) && rd.as_const() == Some(d))
+    };
+    let sizes = [hq * d, kvh * d, kvh * d];
+    let axis_ok = match split.attrs.get("axis") {
+        Some(Attr::Int(a)) => *a == 2 || *a == -1,
+        _ => false,
+    };
+    if qs != s
+        || qdd.as_const() != Some(d)
+        || !row_view(rk.inputs[0], kvh)
+        || !row_view(rq.inputs[0], hq)
+        || !axis_ok
+        || split.attrs.get("sizes") != Some(&Attr::Ints(sizes.to_vec()))
+        || dims(pos).len() != 2
+    {
+        return None;
+    }
+    // The queries are read after the write only (the fused node takes its place).
+    if readers.get(&q).is_some_and(|r| r.iter().any(|&n| n <= wi)) || g.outputs.contains(&q) {
+        return None;
+    }
+    let mut attrs = rk.attrs.clone();
+    attrs.insert("heads".into(), Attr::Int(hq));
+    if let Some(dm) = w.attrs.get("k_dim_major") {
+        attrs.insert("k_dim_major".into(), dm.clone());
+    }
+    let inputs = vec![qkv, kp, vp, slots, pos];
+    let tys: Vec<&TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
+    let want = [g.ty(w.outputs[0]), g.ty(w.outputs[1]), g.ty(q)];
+    match Op::PagedQkvWrite.infer(&tys, &attrs) {
+        Ok(t) if t.iter().eq(want) => {}
+        _ => return None,
+    }
+    let mut outputs = w.outputs.clone();
+    outputs.push(q);
+    Some(QkvFusion {
+        at: wi,
+        node: Node {
+            op: Op::PagedQkvWrite,
+            inputs,
+            outputs,
+            attrs,
+        },
+        dead,
+        q,
+    })
+}
+
+/// Fuses each layer's `split` of its merged QKV projection, both RoPEs and its
+/// `paged_kv_write` (float pools, token-major rows) into one `paged_qkv_write`: three
+/// kernels a layer fewer, each element computed as before. Returns how many layers
+/// fused.
+fn fuse_qkv_writes(m: &mut Module) -> usize {
+    let g = &m.graph;
+    let mut readers: HashMap<ValueId, Vec<usize>> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            readers.entry(v).or_default().push(i);
+        }
+    }
+    let found: Vec<QkvFusion> = (0..g.nodes.len())
+        .filter(|&i| g.nodes[i].op == Op::PagedKvWrite)
+        .filter_map(|i| qkv_fusion(g, i, &readers))
+        .collect();
+    if found.is_empty() {
+        return 0;
+    }
+    let g = &mut m.graph;
+    let mut keep = vec![true; g.nodes.len()];
+    for f in &found {
+        for &d in &f.dead {
+            keep[d] = false;
+        }
+        g.values[f.q.0 as usize].def = ValueDef::Node(llmc_ir::NodeId(f.at as u32), 2);
+    }
+    let n = found.len();
+    for f in found {
+        g.nodes[f.at] = f.node;
+    }
+    crate::rewrite::compact(g, &keep, &HashMap::new());
+    // The positions' [s, 1] view the ropes shared is read by nothing now.
+    let _ = crate::dce::run(m, &PassContext::default());
+    n
 }
 
 #[cfg(test)]
@@ -569,12 +762,90 @@ module @t {
             f(vec![4, 1, 16, 8], 4),
             f(vec![4, 1, 16, 8], 5),
         ];
-        let run = |m: &Module| llmc_ir::interp::Interpreter::new(m).run(&inputs).unwrap();
-        let (a, b) = (run(&tm), run(&hm));
+        assert_same_results(&tm, &hm, &inputs);
+    }
+
+    /// Runs both forms on `inputs` in the interpreter: the logits rows and the written
+    /// pools must agree bit for bit.
+    fn assert_same_results(a: &Module, b: &Module, inputs: &[Tensor]) {
+        let run = |m: &Module| llmc_ir::interp::Interpreter::new(m).run(inputs).unwrap();
+        let (a, b) = (run(a), run(b));
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.shape, y.shape);
             assert_eq!(x.to_f64(), y.to_f64());
+        }
+    }
+
+    /// [`LAYER`] with q, k and v split from one merged projection, as `-O3`'s merge
+    /// leaves a decoder.
+    const LAYER_QKV: &str = r#"
+module @t {
+  graph @main(%x: f32[batch, seq, 32], %pos: i64[batch, seq]) -> (%y: f32[batch, 1, 16]) {
+    %xq, %xk, %xv = split(%x) {axis = 2, sizes = [16, 8, 8]} : f32[batch, seq, 16], f32[batch, seq, 8], f32[batch, seq, 8]
+    %q4 = reshape(%xq) {shape = [batch, seq, 2, 8]} : f32[batch, seq, 2, 8]
+    %q = transpose(%q4) {perm = [0, 2, 1, 3]} : f32[batch, 2, seq, 8]
+    %qr = rope(%q, %pos) {style = "interleaved", theta = 10000.0, dims = 6} : f32[batch, 2, seq, 8]
+    %k4 = reshape(%xk) {shape = [batch, seq, 1, 8]} : f32[batch, seq, 1, 8]
+    %k = transpose(%k4) {perm = [0, 2, 1, 3]} : f32[batch, 1, seq, 8]
+    %kr = rope(%k, %pos) {style = "interleaved", theta = 10000.0, dims = 6} : f32[batch, 1, seq, 8]
+    %v4 = reshape(%xv) {shape = [batch, seq, 1, 8]} : f32[batch, seq, 1, 8]
+    %v = transpose(%v4) {perm = [0, 2, 1, 3]} : f32[batch, 1, seq, 8]
+    %kc, %vc = kv_append(%kr, %v) {layer = 0} : f32[batch, 1, past + seq, 8], f32[batch, 1, past + seq, 8]
+    %a = flash_attention(%qr, %kc, %vc) {causal = true, scale = 0.35} : f32[batch, 2, seq, 8]
+    %at = transpose(%a) {perm = [0, 2, 1, 3]} : f32[batch, seq, 2, 8]
+    %am = reshape(%at) {shape = [batch, seq, 16]} : f32[batch, seq, 16]
+    %y = slice(%am) {starts = [-1], ends = [9223372036854775807], axes = [1]} : f32[batch, 1, 16]
+    return %y
+  }
+}
+"#;
+
+    /// The token-major form of a merged projection's layer takes its split, both
+    /// RoPEs and the KV write as one `paged_qkv_write` (f32 and f16 pools, keys
+    /// transposed or not) and computes what the unfused heads-major form computes.
+    #[test]
+    fn the_qkv_split_ropes_and_write_fuse_and_compute_the_same() {
+        let m = llmc_ir::text::parse(LAYER_QKV, "layer.llmc").unwrap();
+        let ops = |m: &Module, op: Op| m.graph.nodes.iter().filter(|n| n.op == op).count();
+        for (dt, dm) in [(DType::F32, true), (DType::F32, false), (DType::F16, true)] {
+            let tm = lower_as(&m, dt, dm, true).unwrap();
+            let hm = lower_as(&m, dt, dm, false).unwrap();
+            assert_eq!(ops(&hm, Op::Rope), 2);
+            assert_eq!(ops(&tm, Op::PagedQkvWrite), 1);
+            for op in [Op::Rope, Op::Split, Op::PagedKvWrite, Op::Transpose] {
+                assert_eq!(
+                    ops(&tm, op),
+                    0,
+                    "{op} left in\n{}",
+                    llmc_ir::text::print(&tm)
+                );
+            }
+            llmc_ir::verify::verify(&tm).unwrap();
+            let rows = 7usize;
+            let val = |i: usize, salt: usize| (((i * 37 + salt * 11) % 59) as f64 - 29.0) / 13.0;
+            let f = |shape: Vec<usize>, salt: usize, dt: DType| {
+                let n: usize = shape.iter().product();
+                Tensor::from_f64(dt, shape, (0..n).map(|i| val(i, salt)).collect())
+            };
+            let pos: Vec<i64> = vec![3, 4, 5, 6, 7, 0, 1];
+            let tables: Vec<i64> = vec![2, 0, 1, 3];
+            let slots: Vec<i64> = pos
+                .iter()
+                .zip([0, 0, 0, 0, 0, 1, 1])
+                .map(|(&p, sq)| tables[sq * 2 + p as usize / 16] * 16 + p % 16)
+                .collect();
+            let inputs = vec![
+                f(vec![1, rows, 32], 1, DType::F32),
+                Tensor::from_i64(DType::I64, vec![1, rows], pos),
+                Tensor::from_i64(DType::I64, vec![rows], slots),
+                Tensor::from_i64(DType::I32, vec![rows], vec![0, 0, 0, 0, 0, 1, 1]),
+                Tensor::from_i64(DType::I32, vec![2, 2], tables),
+                Tensor::from_i64(DType::I64, vec![2], vec![4, 6]),
+                f(vec![4, 1, 16, 8], 4, dt),
+                f(vec![4, 1, 16, 8], 5, dt),
+            ];
+            assert_same_results(&tm, &hm, &inputs);
         }
     }
 }

@@ -315,6 +315,8 @@ op_table! {
     KvAppend = "kv_append", Fixed(2), Flags::STATEFUL, [req("layer", K::Int)], nn::infer_kv_append, nn::eval_kv_append;
     /// the serving form's KV write: k/v[1, kvh, s, d] into the pools [blocks, kvh, block_size, d] at slots[s] (block = slot / block_size); results are the written pools (in place when compiled)
     PagedKvWrite = "paged_kv_write", Fixed(5), Flags::STATEFUL, [opt("k_dim_major", K::Int), opt("token_major", K::Int)], paged::infer_paged_kv_write, paged::eval_paged_kv_write;
+    /// the serving form's KV write with its RoPE and its split: qkv[1, s, (heads + 2 kvh)·d] (a merged projection's rows: `heads` query heads, then kvh key heads, then kvh value heads) at positions pos[1, s]; the keys rotated as `rope` (same attributes) and the values go into the float pools at slots[s] as `paged_kv_write` with token_major; results are the written pools (in place when compiled) and the rotated queries [1, s, heads, d]
+    PagedQkvWrite = "paged_qkv_write", Fixed(5), Flags::STATEFUL, [req("heads", K::Int), req("theta", K::Float), opt("style", K::Str), opt("dims", K::Int), opt("scale", K::Float), opt("k_dim_major", K::Int)], paged::infer_paged_qkv_write, paged::eval_paged_qkv_write;
     /// the serving form's attention: q[1, h, s, d] row r attends keys 0..=pos[0, r] (or the last `window`) of sequence row_seq[r] through block_tables[S, W] into the pools; `softcap` caps scores as c·tanh(x/c); GQA from the head counts
     PagedAttention = "paged_attention", Fixed(6), NONE, [req("scale", K::Float), opt("window", K::Int), opt("softcap", K::Float), opt("k_dim_major", K::Int), opt("token_major", K::Int)], paged::infer_paged_attention, paged::eval_paged_attention;
 

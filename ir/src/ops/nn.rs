@@ -107,13 +107,13 @@ pub fn eval_layer_norm(i: &[&Tensor], a: &Attrs, _: &mut EvalCtx) -> R {
 // ----- rope -----
 
 #[derive(Clone, Copy, PartialEq)]
-enum RopeStyle {
+pub(super) enum RopeStyle {
     Neox,
     Interleaved,
 }
 
 /// (theta, style, scale) from the attributes, validated.
-fn rope_attrs(a: &Attrs) -> Result<(f64, RopeStyle, f64), String> {
+pub(super) fn rope_attrs(a: &Attrs) -> Result<(f64, RopeStyle, f64), String> {
     let theta = req_float(a, "theta")?;
     if !(theta > 0.0 && theta.is_finite()) {
         return Err(format!(
@@ -139,7 +139,7 @@ fn rope_attrs(a: &Attrs) -> Result<(f64, RopeStyle, f64), String> {
 }
 
 /// The rotated channel count: `dims` (default d), even, in 2..=d.
-fn rope_dims(a: &Attrs, d: Option<i64>) -> Result<Option<i64>, String> {
+pub(super) fn rope_dims(a: &Attrs, d: Option<i64>) -> Result<Option<i64>, String> {
     let dims = opt_int(a, "dims")?.or(d);
     if let Some(r) = dims {
         if r <= 0 || r % 2 != 0 || d.is_some_and(|d| r > d) {

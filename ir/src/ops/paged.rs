@@ -22,7 +22,7 @@
 //! read, so the layout is theirs to choose: a CPU kernel then scores a block's keys a
 //! vector at a time (keys in lanes) instead of one horizontal sum per key.
 
-use super::util::{arg, floats, need_float, opt_float, opt_int, req_float, targ, R, T};
+use super::util::{arg, floats, need_float, opt_float, opt_int, req_float, req_int, targ, R, T};
 use crate::interp::EvalCtx;
 use crate::{Attrs, DType, Dim, Shape, Tensor, TensorType};
 
@@ -212,6 +212,121 @@ pub fn eval_paged_kv_write(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
         }
         out.push(Tensor::from_f64(p.dtype, p.shape.clone(), pool));
     }
+    Ok(out)
+}
+
+/// The query head count of `paged_qkv_write` (attribute `heads`), checked.
+fn qkv_heads(a: &Attrs) -> Result<usize, String> {
+    match req_int(a, "heads")? {
+        h if h > 0 => Ok(h as usize),
+        h => Err(format!("attribute `heads` must be > 0, got {h}")),
+    }
+}
+
+/// Shape rule of `paged_qkv_write(qkv[1, s, (heads + 2 kvh)·d], k_pool, v_pool,
+/// slots[s], pos[1, s])`: the pools' types, then the rotated queries `[1, s, heads, d]`
+/// in qkv's compute type.
+pub fn infer_paged_qkv_write(i: &[&TensorType], a: &Attrs) -> T {
+    let qkv = targ(i, 0, "qkv")?;
+    let (kp, vp) = (targ(i, 1, "k_pool")?, targ(i, 2, "v_pool")?);
+    let (slots, pos) = (targ(i, 3, "slots")?, targ(i, 4, "pos")?);
+    need_float(qkv, "operand qkv")?;
+    for (p, name) in [(kp, "k_pool"), (vp, "v_pool")] {
+        if p.dtype == DType::Q8Kv {
+            return Err(format!(
+                "operand {name} is q8_kv: paged_qkv_write writes float pools (an int8 cache takes rope + paged_kv_write)"
+            ));
+        }
+    }
+    k_dim_major(a, kp)?;
+    super::nn::rope_attrs(a)?;
+    let heads = qkv_heads(a)?;
+    let [kn, kh, kbs, kd] = pool_dims(kp, "operand k_pool")?;
+    let [vn, vh, vbs, vd] = pool_dims(vp, "operand v_pool")?;
+    if (kn, kh, kbs, kd) != (vn, vh, vbs, vd) {
+        return Err(format!(
+            "operand v_pool {} does not match k_pool {} (blocks, heads, block size and head dim must agree)",
+            vp.shape, kp.shape
+        ));
+    }
+    let (Some(kvh), Some(d)) = (kh.as_const(), kd.as_const()) else {
+        return Err(format!(
+            "the pools' kv heads and head dim must be constant, got {}",
+            kp.shape
+        ));
+    };
+    super::nn::rope_dims(a, Some(d))?;
+    let width = (heads as i64 + 2 * kvh) * d;
+    let s = match &qkv.shape.0[..] {
+        [b, s, w] if one(b) && w.as_const() == Some(width) => s,
+        _ => {
+            return Err(format!(
+                "operand qkv must be [1, s, {width}] ({heads} query heads and 2 x {kvh} kv heads of {d}), got {}",
+                qkv.shape
+            ))
+        }
+    };
+    let sl = need_int_vec(slots, "operand slots", 1)?;
+    if &sl[0] != s {
+        return Err(format!("operand slots must be [{s}], got {}", slots.shape));
+    }
+    let pd = need_int_vec(pos, "operand pos", 2)?;
+    if !one(&pd[0]) || &pd[1] != s {
+        return Err(format!("operand pos must be [1, {s}], got {}", pos.shape));
+    }
+    let q = Shape(vec![Dim::c(1), s.clone(), Dim::c(heads as i64), Dim::c(d)]);
+    Ok(vec![
+        kp.clone(),
+        vp.clone(),
+        TensorType::new(qkv.dtype.compute_type(), q),
+    ])
+}
+
+/// Reference semantics of `paged_qkv_write`, as the ops it stands for: `split` of
+/// qkv's last axis into the query, key and value heads; `rope` of the queries and of
+/// the keys (each row's heads at the row's position); `paged_kv_write` (token-major)
+/// of the rotated keys and the values.
+pub fn eval_paged_qkv_write(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
+    let qkv = arg(i, 0, "qkv")?;
+    let (kp, vp) = (arg(i, 1, "k_pool")?, arg(i, 2, "v_pool")?);
+    let (slots, pos) = (arg(i, 3, "slots")?, arg(i, 4, "pos")?);
+    let heads = qkv_heads(a)?;
+    let [_, kvh, _, d] = kp.shape[..] else {
+        return Err("operand k_pool must have rank 4".into());
+    };
+    let (s, w) = match qkv.shape[..] {
+        [_, s, w] if w == (heads + 2 * kvh) * d => (s, w),
+        _ => {
+            return Err(format!(
+                "operand qkv {:?} does not match the pools",
+                qkv.shape
+            ))
+        }
+    };
+    let x = floats(qkv, "operand qkv")?;
+    // Heads `h0..h0 + n` of every row, as `shape`.
+    let part = |h0: usize, n: usize, shape: Vec<usize>| {
+        let mut v = Vec::with_capacity(s * n * d);
+        for r in 0..s {
+            v.extend_from_slice(&x[r * w + h0 * d..][..n * d]);
+        }
+        Tensor::from_f64(qkv.dtype, shape, v)
+    };
+    let pcol = Tensor::from_i64(pos.dtype, vec![s, 1], pos.to_i64());
+    let rope = |t: Tensor, n: usize, ctx: &mut EvalCtx| -> Result<Tensor, String> {
+        let r = super::nn::eval_rope(&[&t, &pcol], a, ctx)?.remove(0);
+        Ok(Tensor::from_f64(r.dtype, vec![1, s, n, d], r.to_f64()))
+    };
+    let q = rope(part(0, heads, vec![s, heads, 1, d]), heads, ctx)?;
+    let k = rope(part(heads, kvh, vec![s, kvh, 1, d]), kvh, ctx)?;
+    let v = part(heads + kvh, kvh, vec![1, s, kvh, d]);
+    let mut wa = Attrs::new();
+    wa.insert("token_major".into(), crate::Attr::Int(1));
+    if let Some(dm) = opt_int(a, "k_dim_major")? {
+        wa.insert("k_dim_major".into(), crate::Attr::Int(dm));
+    }
+    let mut out = eval_paged_kv_write(&[&k, &v, kp, vp, slots], &wa, ctx)?;
+    out.push(q);
     Ok(out)
 }
 

@@ -175,6 +175,14 @@ pub fn lower(
             consts: Vec::new(),
             in_place: vec![(0, 2), (1, 3)],
         }),
+        Op::PagedQkvWrite => {
+            paged::qkv_write(node, ins, outs, name).map(|(kernel, consts)| Lowered::Kernel {
+                kernel,
+                packs: Vec::new(),
+                consts,
+                in_place: vec![(0, 1), (1, 2)],
+            })
+        }
         Op::PagedAttention => paged::attention(node, ins, outs, name).map(plain),
         other => Err(format!("no kernel template for `{other}` yet")),
     };

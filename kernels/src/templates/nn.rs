@@ -112,13 +112,26 @@ pub(crate) fn norm(
 /// templates both rotate through this).
 pub(crate) fn rotate_pair(
     kb: &mut KernelBuilder,
-    (x, xd): (crate::loopir::BufId, llmc_ir::DType),
+    x: (crate::loopir::BufId, llmc_ir::DType),
     out: crate::loopir::BufId,
+    at: (Expr, Expr),
+    trig: (&Expr, &Expr),
+) {
+    rotate_pair_to(kb, x, at.clone(), out, at, trig)
+}
+
+/// [`rotate_pair`] from elements `src` of `x` to elements `dst` of `out` (the fused
+/// `paged_qkv_write` reads a merged row and writes the query rows and the key pool).
+pub(crate) fn rotate_pair_to(
+    kb: &mut KernelBuilder,
+    (x, xd): (crate::loopir::BufId, llmc_ir::DType),
     (a, bi): (Expr, Expr),
+    out: crate::loopir::BufId,
+    (da, db): (Expr, Expr),
     (sin, cos): (&Expr, &Expr),
 ) {
-    let va = kb.let_("va", load_elem(kb, x, xd, a.clone()));
-    let vb = kb.let_("vb", load_elem(kb, x, xd, bi.clone()));
+    let va = kb.let_("va", load_elem(kb, x, xd, a));
+    let vb = kb.let_("vb", load_elem(kb, x, xd, bi));
     let oa = b(
         BinOp::Sub,
         b(BinOp::Mul, va.clone(), cos.clone()),
@@ -131,14 +144,29 @@ pub(crate) fn rotate_pair(
     );
     let oa = to_storage(kb, out, oa);
     let ob = to_storage(kb, out, ob);
-    kb.store(out, a, oa);
-    kb.store(out, bi, ob);
+    kb.store(out, da, oa);
+    kb.store(out, db, ob);
 }
 
 /// Positions whose rope angles an f32 `rope` takes from a build-time table of cos/sin
 /// (`[positions, 2, dims / 2]` f32: a position's cosines, then its sines; the same
 /// values the kernel would compute); later positions compute them.
-const ROPE_TABLE_POSITIONS: i64 = 4096;
+pub(crate) const ROPE_TABLE_POSITIONS: i64 = 4096;
+
+/// The build-time cos/sin table of an f32 rope: `[ROPE_TABLE_POSITIONS, 2, dims /
+/// 2]`, each position's cosines then its sines (the values the kernel would compute).
+pub(crate) fn rope_trig_table(theta: f64, dims: i64, scale: f64) -> llmc_ir::Tensor {
+    let half = dims / 2;
+    let mut v = Vec::with_capacity((ROPE_TABLE_POSITIONS * half * 2) as usize);
+    for p in 0..ROPE_TABLE_POSITIONS {
+        let pf = p as f64 / scale;
+        let angle = |k: i64| pf * theta.powf((k * -2) as f64 / dims as f64);
+        v.extend((0..half).map(|k| f64::from(angle(k).cos() as f32)));
+        v.extend((0..half).map(|k| f64::from(angle(k).sin() as f32)));
+    }
+    let shape = vec![ROPE_TABLE_POSITIONS as usize, 2, half as usize];
+    llmc_ir::Tensor::from_f64(llmc_ir::DType::F32, shape, v)
+}
 
 /// `rope(x[b, h, s, d], pos[b or 1, s])`, and the build-time cos/sin table an f32 one
 /// reads for positions below [`ROPE_TABLE_POSITIONS`] (three f64 libm calls per pair
@@ -185,15 +213,7 @@ pub(crate) fn rope(
     };
     let mut consts = Vec::new();
     let table = if t == Ty::F32 && !super::gpu_mapping() {
-        let mut v = Vec::with_capacity((ROPE_TABLE_POSITIONS * half * 2) as usize);
-        for p in 0..ROPE_TABLE_POSITIONS {
-            let pf = p as f64 / scale;
-            let angle = |k: i64| pf * theta.powf((k * -2) as f64 / dims as f64);
-            v.extend((0..half).map(|k| f64::from(angle(k).cos() as f32)));
-            v.extend((0..half).map(|k| f64::from(angle(k).sin() as f32)));
-        }
-        let shape = vec![ROPE_TABLE_POSITIONS as usize, 2, half as usize];
-        consts.push(llmc_ir::Tensor::from_f64(llmc_ir::DType::F32, shape, v));
+        consts.push(rope_trig_table(theta, dims, scale));
         Some(kb.param("trig", Ty::F32, crate::loopir::Role::In))
     } else {
         None

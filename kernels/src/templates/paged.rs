@@ -182,6 +182,303 @@ pub(crate) fn kv_write(
     kb.finish()
 }
 
+/// `paged_qkv_write(qkv[1, s, (hq + 2 kvh)·d], k_pool, v_pool, slots[s], pos[1, s]) ->
+/// (k_pool, v_pool, q[1, s, hq, d])`: the split, both RoPEs and the KV write of a
+/// step's merged projection in one kernel. Each element's arithmetic is the unfused
+/// ops': the same trig table (f32 on the CPU, positions below
+/// [`super::nn::ROPE_TABLE_POSITIONS`]) or angles, the same rotation
+/// ([`super::nn::rotate_pair_to`]), one rounding into the pool. The CPU runs a row per
+/// task (heads, then pairs a vector at a time); a GPU mapping runs a thread per (row,
+/// head, pair). Also returns the build-time table (CPU) or frequencies (GPU).
+pub(crate) fn qkv_write(
+    node: &Node,
+    ins: &[&TensorType],
+    outs: &[&TensorType],
+    name: &str,
+) -> TResult<(Kernel, Vec<llmc_ir::Tensor>)> {
+    let dim_major = attr_int(node, "k_dim_major")? == Some(1);
+    let hq = attr_int(node, "heads")?.ok_or("missing attribute `heads`")?;
+    let theta = attr_float(node, "theta")?.ok_or("missing attribute `theta`")?;
+    let neox = match super::attr_str(node, "style")?.unwrap_or("neox") {
+        "neox" => true,
+        "interleaved" => false,
+        other => return Err(format!("attribute `style` = {other:?} is unknown")),
+    };
+    let scale = attr_float(node, "scale")?.unwrap_or(1.0);
+    let qkv = operand(ins, 0, "qkv")?;
+    let kp = operand(ins, 1, "k_pool")?;
+    let pos = operand(ins, 4, "pos")?;
+    result(outs, 2)?;
+    let [_, kvh, bs, d] = &kp.shape.0[..] else {
+        return Err(format!("operand k_pool must have rank 4, got {}", kp.shape));
+    };
+    let (kvh, bs, d) = (
+        const_dim(kvh, "the pool's kv heads")?,
+        const_dim(bs, "the block size")?,
+        const_dim(d, "the head dim")?,
+    );
+    let dims = attr_int(node, "dims")?.unwrap_or(d);
+    if dims <= 0 || dims % 2 != 0 || dims > d || d % 2 != 0 {
+        return Err(format!(
+            "attribute `dims` = {dims} must be even and in 2..={d} (an even head dim)"
+        ));
+    }
+    let half = dims / 2;
+    let width = (hq + 2 * kvh) * d;
+    let s = qkv.shape.0.get(1).cloned().unwrap_or(Dim::c(0));
+    let t = compute_ty(qkv.dtype)?;
+    let gpu = gpu_mapping();
+    let (mut kb, ib, ob) = setup(name, ins, outs)?;
+    let se = kb.dim(&s);
+    let mut consts = Vec::new();
+    let table = if t == Ty::F32 && !gpu {
+        consts.push(super::nn::rope_trig_table(theta, dims, scale));
+        Some(kb.param("trig", Ty::F32, crate::loopir::Role::In))
+    } else {
+        None
+    };
+    let freq = if gpu {
+        let f: Vec<f64> = (0..half)
+            .map(|k| theta.powf((k * -2) as f64 / dims as f64))
+            .collect();
+        consts.push(llmc_ir::Tensor::from_f64(
+            DType::F64,
+            vec![half as usize],
+            f,
+        ));
+        Some(kb.param("freq", Ty::F64, crate::loopir::Role::In))
+    } else {
+        None
+    };
+    let x = (ib[0], qkv.dtype);
+    // Element c of head `hh` of row r: in qkv, in the queries, in the pools.
+    let src = |r: &Expr, hh: Expr, c: Expr| r.clone() * width + hh * d + c;
+    let qdst = |r: &Expr, h: Expr, c: Expr| (r.clone() * hq + h) * d + c;
+    let kdst = |blk: &Expr, off: &Expr, h: Expr, c: Expr| {
+        let slice = blk.clone() * kvh + h;
+        if dim_major {
+            (slice * d + c) * bs + off.clone()
+        } else {
+            (slice * bs + off.clone()) * d + c
+        }
+    };
+    let vdst = |blk: &Expr, off: &Expr, h: Expr, c: Expr| {
+        ((blk.clone() * kvh + h) * bs + off.clone()) * d + c
+    };
+    let pair = |k: &Expr| {
+        if neox {
+            (k.clone(), k.clone() + half)
+        } else {
+            (k.clone() * 2, k.clone() * 2 + 1)
+        }
+    };
+    let copy = |kb: &mut KernelBuilder, from: Expr, out: BufId, to: Expr| {
+        let v = load_elem(kb, x.0, x.1, from);
+        let v = to_storage(kb, out, v);
+        kb.store(out, to, v);
+    };
+    let slot_of = |kb: &mut KernelBuilder, r: &Expr| {
+        let slot = kb.let_("slot", load_i64(ib[3], r.clone()));
+        let blk = kb.let_("blk", slot.clone() / bs);
+        let off = kb.let_("off", slot % bs);
+        (blk, off)
+    };
+    if let Some(ftab) = freq {
+        // One GPU thread per (row, head, pair): query and key heads rotate their pair
+        // (or copy two pass-through channels), value heads copy two channels.
+        let d2 = d / 2;
+        let heads = hq + 2 * kvh;
+        let n = kb.let_("n", se * (heads * d2));
+        kb.for_("i", 0, n, LoopTag::Parallel, |kb, i| {
+            let r = kb.let_("r", i.clone() / (heads * d2));
+            let h = kb.let_("h", (i.clone() / d2) % heads);
+            let c = kb.let_("c", i % d2);
+            let (blk, off) = slot_of(kb, &r);
+            let (r2, h2, c2) = (r.clone(), h.clone(), c.clone());
+            let (blk2, off2) = (blk.clone(), off.clone());
+            kb.if_else(
+                h.clone().lt(Expr::i(hq + kvh)),
+                |kb| {
+                    let (r, h, c) = (r2, h2, c2);
+                    let (blk, off) = (blk2, off2);
+                    let (r3, h3, c3) = (r.clone(), h.clone(), c.clone());
+                    let (blk3, off3) = (blk.clone(), off.clone());
+                    kb.if_else(
+                        c.clone().lt(Expr::i(half)),
+                        |kb| {
+                            let pv = load_elem(kb, ib[4], pos.dtype, r.clone());
+                            let p = kb
+                                .let_("p", b(BinOp::Div, pv.cast(Ty::F64), fconst(scale, Ty::F64)));
+                            let ang = kb.let_("ang", b(BinOp::Mul, p, Expr::load(ftab, c.clone())));
+                            let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
+                            let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
+                            let (ia, ibx) = pair(&c);
+                            let at = (
+                                src(&r, h.clone(), ia.clone()),
+                                src(&r, h.clone(), ibx.clone()),
+                            );
+                            let (h1, ia1, ib1, at1) =
+                                (h.clone(), ia.clone(), ibx.clone(), at.clone());
+                            kb.if_else(
+                                h.clone().lt(Expr::i(hq)),
+                                |kb| {
+                                    let dst = (qdst(&r, h1.clone(), ia1), qdst(&r, h1, ib1));
+                                    super::nn::rotate_pair_to(kb, x, at1, ob[2], dst, (&sin, &cos));
+                                },
+                                |kb| {
+                                    let hk = h - hq;
+                                    let dst = (
+                                        kdst(&blk, &off, hk.clone(), ia),
+                                        kdst(&blk, &off, hk, ibx),
+                                    );
+                                    super::nn::rotate_pair_to(kb, x, at, ob[0], dst, (&sin, &cos));
+                                },
+                            );
+                        },
+                        |kb| {
+                            // The pass-through channels dims + 2 (c - half) and the next.
+                            let (r, h, c) = (r3, h3, c3);
+                            let e = kb.let_("e", (c - half) * 2 + dims);
+                            for e in [e.clone(), e + 1] {
+                                let from = src(&r, h.clone(), e.clone());
+                                let (r1, h1, e1, f1) =
+                                    (r.clone(), h.clone(), e.clone(), from.clone());
+                                let (blk, off) = (blk3.clone(), off3.clone());
+                                let h2 = h.clone();
+                                kb.if_else(
+                                    h.clone().lt(Expr::i(hq)),
+                                    |kb| copy(kb, f1, ob[2], qdst(&r1, h1, e1)),
+                                    |kb| copy(kb, from, ob[0], kdst(&blk, &off, h2 - hq, e)),
+                                );
+                            }
+                        },
+                    );
+                },
+                |kb| {
+                    let hv = h - (hq + kvh);
+                    for e in [c.clone() * 2, c * 2 + 1] {
+                        let from = src(&r, hv.clone() + (hq + kvh), e.clone());
+                        copy(kb, from, ob[1], vdst(&blk, &off, hv.clone(), e));
+                    }
+                },
+            );
+        });
+        return Ok((kb.finish()?, consts));
+    }
+    let tag = if work_estimate(&[s.clone(), Dim::c(width)]) >= PARALLEL_MIN {
+        LoopTag::Parallel
+    } else {
+        LoopTag::Serial
+    };
+    // theta^(-2k/dims), in f64 as the reference (and `rope`) computes it.
+    let inv_freq = |k: Expr| {
+        let ex = b(
+            BinOp::Div,
+            (k * -2).cast(Ty::F64),
+            fconst(dims as f64, Ty::F64),
+        );
+        b(BinOp::Pow, fconst(theta, Ty::F64), ex)
+    };
+    kb.for_("r", 0, se, tag, |kb, r| {
+        let (blk, off) = slot_of(kb, &r);
+        let pv = kb.let_("pv", load_elem(kb, ib[4], pos.dtype, r.clone()));
+        let p = kb.let_(
+            "p",
+            b(BinOp::Div, pv.clone().cast(Ty::F64), fconst(scale, Ty::F64)),
+        );
+        // Head h's rotated pair at (ia, ib): a query head (h < hq) into the queries,
+        // a key head into the key pool.
+        let rot = |kb: &mut KernelBuilder,
+                   h: i64,
+                   hh: Expr,
+                   (ia, ibx): (Expr, Expr),
+                   trig: (&Expr, &Expr)| {
+            let at = (
+                src(&r, hh.clone(), ia.clone()),
+                src(&r, hh.clone(), ibx.clone()),
+            );
+            if h < hq {
+                let dst = (qdst(&r, hh.clone(), ia), qdst(&r, hh, ibx));
+                super::nn::rotate_pair_to(kb, x, at, ob[2], dst, trig);
+            } else {
+                let hk = hh - hq;
+                let dst = (kdst(&blk, &off, hk.clone(), ia), kdst(&blk, &off, hk, ibx));
+                super::nn::rotate_pair_to(kb, x, at, ob[0], dst, trig);
+            }
+        };
+        // The query heads, then the key heads (qkv's heads 0..hq and hq..hq + kvh).
+        let groups = [(0, hq), (hq, hq + kvh)];
+        let computed = |kb: &mut KernelBuilder, k: &Expr| {
+            let ang = kb.let_("ang", b(BinOp::Mul, p.clone(), inv_freq(k.clone())));
+            let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
+            let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
+            (sin, cos)
+        };
+        let every_pair =
+            |kb: &mut KernelBuilder,
+             tag: LoopTag,
+             trig: &dyn Fn(&mut KernelBuilder, &Expr) -> (Expr, Expr)| {
+                for (h0, h1) in groups {
+                    kb.for_("h", h0, h1, LoopTag::Serial, |kb, hh| {
+                        kb.for_("k", 0, half, tag, |kb, k| {
+                            let (sin, cos) = trig(kb, &k);
+                            rot(kb, h0, hh.clone(), pair(&k), (&sin, &cos));
+                        });
+                    });
+                }
+            };
+        match table {
+            Some(tb) => {
+                let pi = kb.let_("pi", pv.cast(Ty::I64));
+                let inside = pi
+                    .clone()
+                    .ge(Expr::i(0))
+                    .and(pi.clone().lt(Expr::i(super::nn::ROPE_TABLE_POSITIONS)));
+                let trig = |kb: &mut KernelBuilder, k: &Expr| {
+                    let at = kb.let_("at", pi.clone() * (2 * half) + k.clone());
+                    let cos = kb.let_("cos", Expr::load(tb, at.clone()));
+                    let sin = kb.let_("sin", Expr::load(tb, at + half));
+                    (sin, cos)
+                };
+                // Neox halves, cosines and sines are each contiguous: the pairs go a
+                // vector at a time (the same arithmetic per pair).
+                let tag = if neox {
+                    LoopTag::Vectorize(16)
+                } else {
+                    LoopTag::Serial
+                };
+                kb.if_else(
+                    inside,
+                    |kb| every_pair(kb, tag, &trig),
+                    |kb| every_pair(kb, LoopTag::Serial, &computed),
+                );
+            }
+            None => every_pair(kb, LoopTag::Serial, &computed),
+        }
+        if dims < d {
+            for (h0, h1) in groups {
+                kb.for_("h", h0, h1, LoopTag::Serial, |kb, hh| {
+                    kb.for_("c", dims, d, LoopTag::Serial, |kb, c| {
+                        let from = src(&r, hh.clone(), c.clone());
+                        if h0 == 0 {
+                            copy(kb, from, ob[2], qdst(&r, hh.clone(), c));
+                        } else {
+                            copy(kb, from, ob[0], kdst(&blk, &off, hh.clone() - hq, c));
+                        }
+                    });
+                });
+            }
+        }
+        kb.for_("h", 0, kvh, LoopTag::Serial, |kb, h| {
+            kb.for_("c", 0, d, LoopTag::Vectorize(8), |kb, c| {
+                let from = src(&r, h.clone() + (hq + kvh), c.clone());
+                copy(kb, from, ob[1], vdst(&blk, &off, h.clone(), c));
+            });
+        });
+    });
+    Ok((kb.finish()?, consts))
+}
+
 /// Writes the `d` values at element `src` of `x` into a `q8_kv` pool at element `dst`
 /// (a multiple of 64): per block of 64 the scale `max|x| / 127` (f32) and the codes
 /// `roundeven(x / scale)`, as [`llmc_ir::quant::q8_kv_encode`] defines them.

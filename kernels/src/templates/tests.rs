@@ -2343,3 +2343,123 @@ fn paged_attention_matches_the_reference() {
         }
     }
 }
+
+/// `paged_qkv_write` (a merged projection's split, both RoPEs and the KV write in one
+/// kernel) against the reference, bit for bit, on the CPU and in the GPU schedule:
+/// neox and interleaved pairs, a partial rotation (`dims` < d), f32 and f16 pools,
+/// keys transposed or not, positions inside and past the CPU's trig table.
+#[test]
+fn paged_qkv_write_matches_the_reference() {
+    let mut r = Rng::new(79);
+    // (query heads, kv heads, head dim, dims, style, pool dtype, rows, max position)
+    let cases = [
+        (3usize, 1usize, 8usize, None, "neox", F, 5usize, 40i64),
+        (4, 2, 16, None, "neox", DType::F16, 7, 5000),
+        (2, 2, 8, Some(4i64), "neox", F, 3, 6000),
+        (6, 2, 8, None, "interleaved", F, 4, 5000),
+        (2, 1, 12, Some(8), "interleaved", DType::F16, 2, 100),
+        (9, 3, 64, None, "neox", DType::F16, 3, 4100),
+    ];
+    let bs = 4usize;
+    let nblk = 6usize;
+    for (case, &(hq, kvh, d, dims, style, pool_dt, rows, maxp)) in cases.iter().enumerate() {
+        for dm in [0i64, 1] {
+            let mut a = attrs([
+                ("heads", Attr::Int(hq as i64)),
+                ("theta", Attr::Float(10000.0)),
+                ("style", Attr::Str(style.into())),
+                ("k_dim_major", Attr::Int(dm)),
+            ]);
+            if let Some(dd) = dims {
+                a.insert("dims".into(), Attr::Int(dd));
+            }
+            let width = (hq + 2 * kvh) * d;
+            let qkv = r.tensor(F, &[1, rows, width], 2.0);
+            let pool = |r: &mut Rng| {
+                let x = r.tensor(F, &[nblk, kvh, bs, d], 1.0);
+                llmc_ir::Tensor::from_f64(pool_dt, x.shape.clone(), x.to_f64())
+            };
+            let (kp, vp) = (pool(&mut r), pool(&mut r));
+            // Distinct slots, scattered over the pool.
+            let mut slots: Vec<i64> = (0..(nblk * bs) as i64).collect();
+            for i in (1..slots.len()).rev() {
+                let j = (r.next() % (i as u64 + 1)) as usize;
+                slots.swap(i, j);
+            }
+            slots.truncate(rows);
+            let pos = r.ints(DType::I64, &[1, rows], 0, maxp);
+            let (ds, ks) = (d.to_string(), kvh.to_string());
+            let pool_t = tt(pool_dt, &["blocks", &ks, &bs.to_string(), &ds]);
+            let args = vec![
+                Arg::In(tt(F, &["1", "seq", &width.to_string()]), qkv),
+                Arg::In(pool_t.clone(), kp),
+                Arg::In(pool_t, vp),
+                Arg::In(
+                    tt(DType::I64, &["seq"]),
+                    llmc_ir::Tensor::from_i64(DType::I64, vec![rows], slots),
+                ),
+                Arg::In(tt(DType::I64, &["1", "seq"]), pos),
+            ];
+            // The reference rotates in f64, the kernels (as `rope`'s) in f32.
+            let (atol, rtol) = if pool_dt == F {
+                (1e-6, 1e-6)
+            } else {
+                (1e-5, 2e-3)
+            };
+            let text = check_args(Op::PagedQkvWrite, a.clone(), &args, atol, rtol);
+            assert!(text.contains("paged_qkv_write"), "case {case}");
+            for gpu in [false, true] {
+                let run = |op: Op, a: llmc_ir::Attrs, args: &[Arg]| {
+                    super::testing::run_args_on(gpu, op, a, args).0
+                };
+                let fused = run(Op::PagedQkvWrite, a.clone(), &args);
+                // The unfused ops' kernels, chained as the serving form ran them:
+                // split, a rope of each part's rows as [s, heads, 1, d] at positions
+                // [s, 1], then paged_kv_write of the token-major keys and values.
+                let Arg::In(_, x) = &args[0] else {
+                    unreachable!()
+                };
+                let sizes = vec![(hq * d) as i64, (kvh * d) as i64, (kvh * d) as i64];
+                let parts = run(
+                    Op::Split,
+                    attrs([("axis", Attr::Int(2)), ("sizes", Attr::Ints(sizes))]),
+                    &[Arg::In(tt(F, &["1", "seq", &width.to_string()]), x.clone())],
+                );
+                let Arg::In(_, pos) = &args[4] else {
+                    unreachable!()
+                };
+                let pcol = llmc_ir::Tensor::from_i64(DType::I64, vec![rows, 1], pos.to_i64());
+                let mut ra = a.clone();
+                ra.remove("heads");
+                ra.remove("k_dim_major");
+                let rope = |v: &[f64], h: usize| {
+                    let t = llmc_ir::Tensor::from_f64(F, vec![rows, h, 1, d], v.to_vec());
+                    let hs = h.to_string();
+                    let args = [
+                        Arg::In(tt(F, &["seq", &hs, "1", &ds]), t),
+                        Arg::In(tt(DType::I64, &["seq", "1"]), pcol.clone()),
+                    ];
+                    run(Op::Rope, ra.clone(), &args).remove(0)
+                };
+                let q = rope(&parts[0], hq);
+                let k = rope(&parts[1], kvh);
+                let rows_t = |v: &[f64]| {
+                    let t = llmc_ir::Tensor::from_f64(F, vec![1, rows, kvh, d], v.to_vec());
+                    Arg::In(tt(F, &["1", "seq", &ks, &ds]), t)
+                };
+                let mut w_args = vec![rows_t(&k), rows_t(&parts[2])];
+                w_args.extend(args[1..4].iter().map(|a| match a {
+                    Arg::In(t, x) => Arg::In(t.clone(), x.clone()),
+                    Arg::W(..) => unreachable!(),
+                }));
+                let wa = attrs([
+                    ("token_major", Attr::Int(1)),
+                    ("k_dim_major", Attr::Int(dm)),
+                ]);
+                let mut unfused = run(Op::PagedKvWrite, wa, &w_args);
+                unfused.push(q);
+                assert!(fused == unfused, "case {case}, k_dim_major {dm}, gpu {gpu}");
+            }
+        }
+    }
+}
