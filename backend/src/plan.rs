@@ -227,10 +227,12 @@ pub fn plan_module_for(m: &Module, gpu: bool) -> Result<Planned<'_>, BuildError>
         let ty = g.ty(v).clone();
         // A q8_kv input is an int8 KV pool, which only the paged ops read.
         let pool = ty.dtype == DType::Q8Kv
-            && g.nodes
-                .iter()
-                .filter(|n| n.inputs.contains(&v))
-                .all(|n| matches!(n.op, Op::PagedKvWrite | Op::PagedAttention));
+            && g.nodes.iter().filter(|n| n.inputs.contains(&v)).all(|n| {
+                matches!(
+                    n.op,
+                    Op::PagedKvWrite | Op::PagedQkvWrite | Op::PagedAttention
+                )
+            });
         if ty.dtype.is_quantized() && !pool {
             return Err(BuildError::Input {
                 name: vname(v),

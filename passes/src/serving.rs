@@ -544,12 +544,7 @@ fn qkv_fusion(g: &Graph, wi: usize, readers: &HashMap<ValueId, Vec<usize>>) -> O
     let [k_rows, v_rows, kp, vp, slots] = w.inputs[..] else {
         return None;
     };
-    if w.attrs.get("token_major") != Some(&Attr::Int(1))
-        || g.ty(kp).dtype.is_quantized()
-        || g.ty(vp).dtype.is_quantized()
-        || !once(k_rows)
-        || !once(v_rows)
-    {
+    if w.attrs.get("token_major") != Some(&Attr::Int(1)) || !once(k_rows) || !once(v_rows) {
         return None;
     }
     let mut dead = Vec::new();
@@ -646,7 +641,7 @@ fn qkv_fusion(g: &Graph, wi: usize, readers: &HashMap<ValueId, Vec<usize>>) -> O
 }
 
 /// Fuses each layer's `split` of its merged QKV projection, both RoPEs and its
-/// `paged_kv_write` (float pools, token-major rows) into one `paged_qkv_write`: three
+/// `paged_kv_write` (token-major rows) into one `paged_qkv_write`: three
 /// kernels a layer fewer, each element computed as before. Returns how many layers
 /// fused.
 fn fuse_qkv_writes(m: &mut Module) -> usize {
@@ -781,34 +776,39 @@ module @t {
     /// leaves a decoder.
     const LAYER_QKV: &str = r#"
 module @t {
-  graph @main(%x: f32[batch, seq, 32], %pos: i64[batch, seq]) -> (%y: f32[batch, 1, 16]) {
-    %xq, %xk, %xv = split(%x) {axis = 2, sizes = [16, 8, 8]} : f32[batch, seq, 16], f32[batch, seq, 8], f32[batch, seq, 8]
-    %q4 = reshape(%xq) {shape = [batch, seq, 2, 8]} : f32[batch, seq, 2, 8]
-    %q = transpose(%q4) {perm = [0, 2, 1, 3]} : f32[batch, 2, seq, 8]
-    %qr = rope(%q, %pos) {style = "interleaved", theta = 10000.0, dims = 6} : f32[batch, 2, seq, 8]
-    %k4 = reshape(%xk) {shape = [batch, seq, 1, 8]} : f32[batch, seq, 1, 8]
-    %k = transpose(%k4) {perm = [0, 2, 1, 3]} : f32[batch, 1, seq, 8]
-    %kr = rope(%k, %pos) {style = "interleaved", theta = 10000.0, dims = 6} : f32[batch, 1, seq, 8]
-    %v4 = reshape(%xv) {shape = [batch, seq, 1, 8]} : f32[batch, seq, 1, 8]
-    %v = transpose(%v4) {perm = [0, 2, 1, 3]} : f32[batch, 1, seq, 8]
-    %kc, %vc = kv_append(%kr, %v) {layer = 0} : f32[batch, 1, past + seq, 8], f32[batch, 1, past + seq, 8]
-    %a = flash_attention(%qr, %kc, %vc) {causal = true, scale = 0.35} : f32[batch, 2, seq, 8]
-    %at = transpose(%a) {perm = [0, 2, 1, 3]} : f32[batch, seq, 2, 8]
-    %am = reshape(%at) {shape = [batch, seq, 16]} : f32[batch, seq, 16]
-    %y = slice(%am) {starts = [-1], ends = [9223372036854775807], axes = [1]} : f32[batch, 1, 16]
+  graph @main(%x: f32[batch, seq, 256], %pos: i64[batch, seq]) -> (%y: f32[batch, 1, 128]) {
+    %xq, %xk, %xv = split(%x) {axis = 2, sizes = [128, 64, 64]} : f32[batch, seq, 128], f32[batch, seq, 64], f32[batch, seq, 64]
+    %q4 = reshape(%xq) {shape = [batch, seq, 2, 64]} : f32[batch, seq, 2, 64]
+    %q = transpose(%q4) {perm = [0, 2, 1, 3]} : f32[batch, 2, seq, 64]
+    %qr = rope(%q, %pos) {style = "interleaved", theta = 10000.0, dims = 48} : f32[batch, 2, seq, 64]
+    %k4 = reshape(%xk) {shape = [batch, seq, 1, 64]} : f32[batch, seq, 1, 64]
+    %k = transpose(%k4) {perm = [0, 2, 1, 3]} : f32[batch, 1, seq, 64]
+    %kr = rope(%k, %pos) {style = "interleaved", theta = 10000.0, dims = 48} : f32[batch, 1, seq, 64]
+    %v4 = reshape(%xv) {shape = [batch, seq, 1, 64]} : f32[batch, seq, 1, 64]
+    %v = transpose(%v4) {perm = [0, 2, 1, 3]} : f32[batch, 1, seq, 64]
+    %kc, %vc = kv_append(%kr, %v) {layer = 0} : f32[batch, 1, past + seq, 64], f32[batch, 1, past + seq, 64]
+    %a = flash_attention(%qr, %kc, %vc) {causal = true, scale = 0.125} : f32[batch, 2, seq, 64]
+    %at = transpose(%a) {perm = [0, 2, 1, 3]} : f32[batch, seq, 2, 64]
+    %am = reshape(%at) {shape = [batch, seq, 128]} : f32[batch, seq, 128]
+    %y = slice(%am) {starts = [-1], ends = [9223372036854775807], axes = [1]} : f32[batch, 1, 128]
     return %y
   }
 }
 "#;
 
     /// The token-major form of a merged projection's layer takes its split, both
-    /// RoPEs and the KV write as one `paged_qkv_write` (f32 and f16 pools, keys
+    /// RoPEs and the KV write as one `paged_qkv_write` (f32, f16 and q8_kv pools, keys
     /// transposed or not) and computes what the unfused heads-major form computes.
     #[test]
     fn the_qkv_split_ropes_and_write_fuse_and_compute_the_same() {
         let m = llmc_ir::text::parse(LAYER_QKV, "layer.llmc").unwrap();
         let ops = |m: &Module, op: Op| m.graph.nodes.iter().filter(|n| n.op == op).count();
-        for (dt, dm) in [(DType::F32, true), (DType::F32, false), (DType::F16, true)] {
+        for (dt, dm) in [
+            (DType::F32, true),
+            (DType::F32, false),
+            (DType::F16, true),
+            (DType::Q8Kv, false),
+        ] {
             let tm = lower_as(&m, dt, dm, true).unwrap();
             let hm = lower_as(&m, dt, dm, false).unwrap();
             assert_eq!(ops(&hm, Op::Rope), 2);
@@ -828,6 +828,15 @@ module @t {
                 let n: usize = shape.iter().product();
                 Tensor::from_f64(dt, shape, (0..n).map(|i| val(i, salt)).collect())
             };
+            // A q8_kv pool is given as values its blocks hold exactly.
+            let pool = |shape: Vec<usize>, salt: usize| match dt {
+                DType::Q8Kv => {
+                    let x = f(shape, salt, DType::F32);
+                    let held = llmc_ir::quant::q8_kv_round_trip(&x.to_f64());
+                    Tensor::from_f64(DType::F32, x.shape.clone(), held)
+                }
+                _ => f(shape, salt, dt),
+            };
             let pos: Vec<i64> = vec![3, 4, 5, 6, 7, 0, 1];
             let tables: Vec<i64> = vec![2, 0, 1, 3];
             let slots: Vec<i64> = pos
@@ -836,14 +845,14 @@ module @t {
                 .map(|(&p, sq)| tables[sq * 2 + p as usize / 16] * 16 + p % 16)
                 .collect();
             let inputs = vec![
-                f(vec![1, rows, 32], 1, DType::F32),
+                f(vec![1, rows, 256], 1, DType::F32),
                 Tensor::from_i64(DType::I64, vec![1, rows], pos),
                 Tensor::from_i64(DType::I64, vec![rows], slots),
                 Tensor::from_i64(DType::I32, vec![rows], vec![0, 0, 0, 0, 0, 1, 1]),
                 Tensor::from_i64(DType::I32, vec![2, 2], tables),
                 Tensor::from_i64(DType::I64, vec![2], vec![4, 6]),
-                f(vec![4, 1, 16, 8], 4, dt),
-                f(vec![4, 1, 16, 8], 5, dt),
+                pool(vec![4, 1, 16, 64], 4),
+                pool(vec![4, 1, 16, 64], 5),
             ];
             assert_same_results(&tm, &hm, &inputs);
         }

@@ -231,13 +231,6 @@ pub fn infer_paged_qkv_write(i: &[&TensorType], a: &Attrs) -> T {
     let (kp, vp) = (targ(i, 1, "k_pool")?, targ(i, 2, "v_pool")?);
     let (slots, pos) = (targ(i, 3, "slots")?, targ(i, 4, "pos")?);
     need_float(qkv, "operand qkv")?;
-    for (p, name) in [(kp, "k_pool"), (vp, "v_pool")] {
-        if p.dtype == DType::Q8Kv {
-            return Err(format!(
-                "operand {name} is q8_kv: paged_qkv_write writes float pools (an int8 cache takes rope + paged_kv_write)"
-            ));
-        }
-    }
     k_dim_major(a, kp)?;
     super::nn::rope_attrs(a)?;
     let heads = qkv_heads(a)?;

@@ -77,9 +77,12 @@ pub fn lower(
         op: node.op.name().to_string(),
         msg,
     };
-    // Block formats are for weights, and for the q8_kv KV pools `paged_kv_write`
-    // writes in place and `paged_attention` reads.
-    let paged = matches!(node.op, Op::PagedKvWrite | Op::PagedAttention);
+    // Block formats are for weights, and for the q8_kv KV pools `paged_kv_write` and
+    // `paged_qkv_write` write in place and `paged_attention` reads.
+    let paged = matches!(
+        node.op,
+        Op::PagedKvWrite | Op::PagedQkvWrite | Op::PagedAttention
+    );
     let kv_pool = |t: &&TensorType| paged && t.dtype == DType::Q8Kv;
     if let Some(t) = outs.iter().find(|t| t.dtype.is_quantized() && !kv_pool(t)) {
         return Err(err(format!("result type {t} is block-quantized")));

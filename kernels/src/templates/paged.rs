@@ -237,6 +237,7 @@ pub(crate) fn qkv_write(
     } else {
         None
     };
+    let q8 = (kp.dtype == DType::Q8Kv, outs[1].dtype == DType::Q8Kv);
     let freq = if gpu {
         let f: Vec<f64> = (0..half)
             .map(|k| theta.powf((k * -2) as f64 / dims as f64))
@@ -283,7 +284,7 @@ pub(crate) fn qkv_write(
         let off = kb.let_("off", slot % bs);
         (blk, off)
     };
-    if let Some(ftab) = freq {
+    if let (Some(ftab), (false, false)) = (freq, q8) {
         // One GPU thread per (row, head, pair): query and key heads rotate their pair
         // (or copy two pass-through channels), value heads copy two channels.
         let d2 = d / 2;
@@ -381,6 +382,14 @@ pub(crate) fn qkv_write(
     };
     kb.for_("r", 0, se, tag, |kb, r| {
         let (blk, off) = slot_of(kb, &r);
+        // A q8_kv key pool takes each rotated head whole (its blocks' scales): the
+        // row's keys go to a local first, in qkv's compute type as `rope` stores them.
+        let krow = q8.0.then(|| kb.local("krow", t, kvh * d));
+        let kout = krow.unwrap_or(ob[0]);
+        let kdst = |blk: &Expr, off: &Expr, h: Expr, c: Expr| match krow {
+            Some(_) => h * d + c,
+            None => kdst(blk, off, h, c),
+        };
         let pv = kb.let_("pv", load_elem(kb, ib[4], pos.dtype, r.clone()));
         let p = kb.let_(
             "p",
@@ -403,13 +412,17 @@ pub(crate) fn qkv_write(
             } else {
                 let hk = hh - hq;
                 let dst = (kdst(&blk, &off, hk.clone(), ia), kdst(&blk, &off, hk, ibx));
-                super::nn::rotate_pair_to(kb, x, at, ob[0], dst, trig);
+                super::nn::rotate_pair_to(kb, x, at, kout, dst, trig);
             }
         };
         // The query heads, then the key heads (qkv's heads 0..hq and hq..hq + kvh).
         let groups = [(0, hq), (hq, hq + kvh)];
         let computed = |kb: &mut KernelBuilder, k: &Expr| {
-            let ang = kb.let_("ang", b(BinOp::Mul, p.clone(), inv_freq(k.clone())));
+            let f = match freq {
+                Some(ftab) => Expr::load(ftab, k.clone()),
+                None => inv_freq(k.clone()),
+            };
+            let ang = kb.let_("ang", b(BinOp::Mul, p.clone(), f));
             let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
             let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
             (sin, cos)
@@ -463,13 +476,26 @@ pub(crate) fn qkv_write(
                         if h0 == 0 {
                             copy(kb, from, ob[2], qdst(&r, hh.clone(), c));
                         } else {
-                            copy(kb, from, ob[0], kdst(&blk, &off, hh.clone() - hq, c));
+                            copy(kb, from, kout, kdst(&blk, &off, hh.clone() - hq, c));
                         }
                     });
                 });
             }
         }
+        if let Some(kr) = krow {
+            kb.for_("h", 0, kvh, LoopTag::Serial, |kb, h| {
+                let dst = kb.let_("dst", vdst(&blk, &off, h.clone(), Expr::i(0)));
+                let ty = if t == Ty::F32 { DType::F32 } else { DType::F64 };
+                write_q8_kv(kb, (kr, ty), h * d, ob[0], dst, d);
+            });
+        }
         kb.for_("h", 0, kvh, LoopTag::Serial, |kb, h| {
+            if q8.1 {
+                let from = kb.let_("from", src(&r, h.clone() + (hq + kvh), Expr::i(0)));
+                let dst = kb.let_("dst", vdst(&blk, &off, h, Expr::i(0)));
+                write_q8_kv(kb, x, from, ob[1], dst, d);
+                return;
+            }
             kb.for_("c", 0, d, LoopTag::Vectorize(8), |kb, c| {
                 let from = src(&r, h.clone() + (hq + kvh), c.clone());
                 copy(kb, from, ob[1], vdst(&blk, &off, h.clone(), c));

@@ -2346,7 +2346,7 @@ fn paged_attention_matches_the_reference() {
 
 /// `paged_qkv_write` (a merged projection's split, both RoPEs and the KV write in one
 /// kernel) against the reference, bit for bit, on the CPU and in the GPU schedule:
-/// neox and interleaved pairs, a partial rotation (`dims` < d), f32 and f16 pools,
+/// neox and interleaved pairs, a partial rotation (`dims` < d), f32, f16 and q8_kv pools,
 /// keys transposed or not, positions inside and past the CPU's trig table.
 #[test]
 fn paged_qkv_write_matches_the_reference() {
@@ -2359,11 +2359,19 @@ fn paged_qkv_write_matches_the_reference() {
         (6, 2, 8, None, "interleaved", F, 4, 5000),
         (2, 1, 12, Some(8), "interleaved", DType::F16, 2, 100),
         (9, 3, 64, None, "neox", DType::F16, 3, 4100),
+        // int8 pools (q8_kv: whole heads of 64 quantized as they are written).
+        (3, 1, 64, None, "neox", DType::Q8Kv, 4, 5000),
+        (4, 2, 128, Some(96), "interleaved", DType::Q8Kv, 3, 300),
     ];
     let bs = 4usize;
     let nblk = 6usize;
     for (case, &(hq, kvh, d, dims, style, pool_dt, rows, maxp)) in cases.iter().enumerate() {
-        for dm in [0i64, 1] {
+        let dms: &[i64] = if pool_dt == DType::Q8Kv {
+            &[0]
+        } else {
+            &[0, 1]
+        };
+        for &dm in dms {
             let mut a = attrs([
                 ("heads", Attr::Int(hq as i64)),
                 ("theta", Attr::Float(10000.0)),
@@ -2375,9 +2383,17 @@ fn paged_qkv_write_matches_the_reference() {
             }
             let width = (hq + 2 * kvh) * d;
             let qkv = r.tensor(F, &[1, rows, width], 2.0);
+            // A q8_kv pool is given as values its blocks hold exactly.
             let pool = |r: &mut Rng| {
                 let x = r.tensor(F, &[nblk, kvh, bs, d], 1.0);
-                llmc_ir::Tensor::from_f64(pool_dt, x.shape.clone(), x.to_f64())
+                match pool_dt {
+                    DType::Q8Kv => llmc_ir::Tensor::from_f64(
+                        F,
+                        x.shape.clone(),
+                        llmc_ir::quant::q8_kv_round_trip(&x.to_f64()),
+                    ),
+                    dt => llmc_ir::Tensor::from_f64(dt, x.shape.clone(), x.to_f64()),
+                }
             };
             let (kp, vp) = (pool(&mut r), pool(&mut r));
             // Distinct slots, scattered over the pool.
@@ -2401,10 +2417,12 @@ fn paged_qkv_write_matches_the_reference() {
                 Arg::In(tt(DType::I64, &["1", "seq"]), pos),
             ];
             // The reference rotates in f64, the kernels (as `rope`'s) in f32.
-            let (atol, rtol) = if pool_dt == F {
-                (1e-6, 1e-6)
-            } else {
-                (1e-5, 2e-3)
+            // (A code of a q8_kv block may then round the other way: one step of
+            // its scale, max|x| / 127.)
+            let (atol, rtol) = match pool_dt {
+                F => (1e-6, 1e-6),
+                DType::Q8Kv => (0.03, 0.0),
+                _ => (1e-5, 2e-3),
             };
             let text = check_args(Op::PagedQkvWrite, a.clone(), &args, atol, rtol);
             assert!(text.contains("paged_qkv_write"), "case {case}");
