@@ -12,6 +12,10 @@
 //!   quantizes its activations block by block anyway, and takes each block's
 //!   `act(gate) · up` there.
 //!
+//! - an RMS norm read only by projections over block-quantized weights (a pre-norm's
+//!   Q/K/V, gate/up, the LM head): each reads x through it (`linear {norm_eps = e}`,
+//!   the norm's weight the last operand) where it quantizes its activations anyway.
+//!
 //! `add(a, b)` fuses when one operand is the only use of a `linear` or `linear_act`
 //! result that is not returned, and both operands have the add's result type (no
 //! broadcasting: the residual is indexed as the output). The fused node takes the
@@ -54,7 +58,9 @@ fn fuse(g: &Graph, n: &Node, uses: &[usize]) -> Option<(Node, usize)> {
     };
     let lin = &g.nodes[p];
     let mut inputs = lin.inputs.clone();
-    inputs.push(r);
+    // The residual goes after w (and b), before a norm's weight (`norm_eps`).
+    let at = inputs.len() - usize::from(lin.attrs.contains_key("norm_eps"));
+    inputs.insert(at, r);
     let mut attrs = lin.attrs.clone();
     attrs.insert("residual".into(), Attr::Int(1));
     let tys: Vec<&llmc_ir::TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
@@ -158,6 +164,91 @@ fn fuse_glu_in(g: &Graph, gi: usize, n: &Node, uses: &[usize]) -> Option<(usize,
     Some((ri, node))
 }
 
+/// The block formats the CPU kernel's integer path reads (`qfmt` in
+/// kernels/src/templates/linalg.rs): a linear over one of them quantizes its
+/// activations block by block, where it can take them through a norm.
+fn integer_path(d: DType) -> bool {
+    matches!(
+        d,
+        DType::Q8_0
+            | DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::Q4K
+            | DType::Q5K
+            | DType::Q6K
+            | DType::Q3K
+            | DType::IQ4NL
+            | DType::IQ4XS
+            | DType::Q4_0G64
+            | DType::Q4_1G64
+            | DType::Q4_0G128
+            | DType::Q4_1G128
+            | DType::Q8_0S24
+            | DType::Q8_0S832
+    )
+}
+
+/// The readers of `rms_norm` node `n` rewritten to read its operand through the norm
+/// (`linear {norm_eps}`, the norm's weight last), when every reader is a plain
+/// `linear` over a block-quantized weight reading the result as x (the projections
+/// after a pre-norm: Q/K/V, gate/up, the LM head). The norm node goes.
+fn fuse_norm(
+    g: &Graph,
+    n: &Node,
+    uses: &[usize],
+    readers: &HashMap<ValueId, Vec<usize>>,
+) -> Option<Vec<(usize, Node)>> {
+    let [x, nw] = n.inputs[..] else {
+        return None;
+    };
+    let z = n.outputs[0];
+    let eps = match n.attrs.get("eps") {
+        Some(Attr::Float(e)) => *e,
+        _ => return None,
+    };
+    let rs = readers.get(&z)?;
+    if g.outputs.contains(&z) || uses.get(z.0 as usize) != Some(&rs.len()) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for &ri in rs {
+        let reader = &g.nodes[ri];
+        let fusable = reader.op == Op::Linear
+            && reader.inputs[0] == z
+            && reader.inputs[1..].iter().all(|&v| v != z)
+            && reader
+                .inputs
+                .get(1)
+                .is_some_and(|&w| integer_path(g.ty(w).dtype))
+            && ["glu", "glu_in", "norm_eps"]
+                .iter()
+                .all(|a| !reader.attrs.contains_key(*a));
+        if !fusable {
+            return None;
+        }
+        let mut inputs = reader.inputs.clone();
+        inputs[0] = x;
+        inputs.push(nw);
+        let mut attrs = reader.attrs.clone();
+        attrs.insert("norm_eps".into(), Attr::Float(eps));
+        let tys: Vec<&llmc_ir::TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
+        match Op::Linear.infer(&tys, &attrs) {
+            Ok(t) if t.first() == Some(g.ty(reader.outputs[0])) => {}
+            _ => return None,
+        }
+        let node = Node {
+            op: Op::Linear,
+            inputs,
+            outputs: reader.outputs.clone(),
+            attrs,
+        };
+        out.push((ri, node));
+    }
+    Some(out)
+}
+
 /// The pass as the pass manager runs it: rounds until nothing fuses (a down
 /// projection takes its glu in one round and its residual add in the next).
 pub fn run(m: &mut llmc_ir::Module, _cx: &PassContext) -> Result<Changed, PassError> {
@@ -177,7 +268,28 @@ fn round(m: &mut llmc_ir::Module) -> bool {
     // Nodes already rewritten this round (a linear that took its glu_in takes its
     // residual in the next).
     let mut taken = vec![false; g.nodes.len()];
+    let mut readers: HashMap<ValueId, Vec<usize>> = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            let r = readers.entry(v).or_default();
+            if r.last() != Some(&i) {
+                r.push(i);
+            }
+        }
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        if n.op == Op::RmsNorm {
+            if let Some(fused) = fuse_norm(g, n, &uses, &readers) {
+                if fused.iter().all(|(ri, _)| keep[*ri] && !taken[*ri]) {
+                    keep[i] = false;
+                    for (ri, node) in fused {
+                        taken[ri] = true;
+                        replaced.push((ri, node));
+                    }
+                }
+            }
+            continue;
+        }
         let fused = match n.op {
             Op::Add => fuse(g, n, &uses),
             Op::Glu => fuse_glu(g, n, &uses),
@@ -321,6 +433,55 @@ module @t {
         assert_eq!(down.attrs.get("glu_in"), Some(&Attr::Str("silu".into())));
         assert_eq!(down.attrs.get("residual"), Some(&Attr::Int(1)));
         assert_eq!(down.inputs[0], up.outputs[0]);
+    }
+
+    /// A pre-norm's projections over block-quantized weights read x through the norm
+    /// (`norm_eps`, its weight last), then take a residual before that weight; a norm
+    /// one of whose readers has float weights stays.
+    #[test]
+    fn quantized_projections_take_their_norm() {
+        let src = r#"
+module @t {
+  graph @main(%x: f32[3, 32], %nw: f32[32], %wq: q8_0[32, 32], %wk: q4_0[16, 32], %wv: q4_0[32, 32]) -> (%y: f32[3, 32], %k: f32[3, 16]) {
+    %n = rms_norm(%x, %nw) {eps = 0.00001} : f32[3, 32]
+    %q = linear(%n, %wq) : f32[3, 32]
+    %v = linear(%n, %wv) : f32[3, 32]
+    %s = add(%q, %v) : f32[3, 32]
+    %y = add(%x, %s) : f32[3, 32]
+    %k = linear(%s, %wk) : f32[3, 16]
+    return %y, %k
+  }
+}"#;
+        let mut m = parse(src);
+        assert_eq!(run(&mut m, &PassContext::default()).unwrap(), Changed::Yes);
+        llmc_ir::verify::verify(&m).unwrap();
+        let ops: Vec<Op> = m.graph.nodes.iter().map(|n| n.op).collect();
+        assert_eq!(
+            ops,
+            [Op::Linear, Op::Linear, Op::Add, Op::Linear],
+            "{ops:?}"
+        );
+        let (x, nw) = (m.graph.inputs[0], m.graph.inputs[1]);
+        // %q takes the norm, then %s = q + v its residual (before the norm's weight),
+        // in the add's place.
+        let (v, q) = (&m.graph.nodes[0], &m.graph.nodes[1]);
+        assert_eq!(q.attrs.get("norm_eps"), Some(&Attr::Float(0.00001)));
+        assert_eq!(q.attrs.get("residual"), Some(&Attr::Int(1)));
+        assert_eq!(q.inputs[0], x);
+        assert_eq!(q.inputs.last(), Some(&nw));
+        assert_eq!(q.inputs.len(), 4);
+        assert_eq!(v.attrs.get("norm_eps"), Some(&Attr::Float(0.00001)));
+        assert_eq!((v.inputs[0], v.inputs.len()), (x, 3));
+        // A float reader keeps the norm for all.
+        let float = src.replace("%wv: q4_0[32, 32]", "%wv: f32[32, 32]");
+        let mut m = parse(&float);
+        run(&mut m, &PassContext::default()).unwrap();
+        assert_eq!(m.graph.nodes[0].op, Op::RmsNorm);
+        assert!(m
+            .graph
+            .nodes
+            .iter()
+            .all(|n| !n.attrs.contains_key("norm_eps")));
     }
 
     /// A linear result read twice, returned, or added with broadcasting stays.

@@ -135,7 +135,23 @@ pub fn eval_matmul(i: &[&Tensor], _: &Attrs, _: &mut EvalCtx) -> R {
 /// narrower than f32 activations (f16/bf16 weight-only precision: each element is
 /// widened to f32 as it is read, so the weight streams at half the bytes).
 pub fn infer_linear(i: &[&TensorType], a: &Attrs) -> T {
+    let (i, norm) = split_norm(i, a)?;
     let (i, res) = split_residual(i, a)?;
+    if let Some((nw, eps)) = norm {
+        if glu_in_act(a)?.is_some() {
+            return Err("attributes `norm_eps` and `glu_in` do not go together".into());
+        }
+        // x is read as rms_norm(x, nw) {eps}, which has x's type.
+        let x = targ(i, 0, "x")?;
+        let na = crate::attrs([("eps", crate::Attr::Float(eps))]);
+        let xn = super::nn::infer_norm(&[x, nw], &na)
+            .map_err(|e| format!("attribute `norm_eps`: {e}"))?;
+        if xn[0] != *x {
+            return Err(format!(
+                "attribute `norm_eps`: x {x} must be in its compute type, as rms_norm's result"
+            ));
+        }
+    }
     let mut out = match glu_in_act(a)? {
         None => infer_linear_plain(i, a)?,
         Some(act) => {
@@ -194,6 +210,32 @@ fn act_attr<'a>(a: &'a Attrs, key: &str) -> Result<Option<&'a str>, String> {
         }
         Some(v) => Err(format!(
             "attribute `{key}` must be an activation name, got {v:?}"
+        )),
+    }
+}
+
+/// A `linear`'s norm weight operand and its epsilon ([`split_norm`]).
+pub type NormOperand<'a, X> = (&'a X, f64);
+
+/// The `norm_eps` attribute: with `norm_eps = e` the last operand is the weight `nw`
+/// (`[k]`) of an RMS norm the linear reads x through, `rms_norm(x, nw) {eps = e}` (the
+/// norm before a projection, in the projection's activation read). Returns the
+/// operands without it, and it with the epsilon.
+pub fn split_norm<'a, X>(
+    i: &'a [X],
+    a: &Attrs,
+) -> Result<(&'a [X], Option<NormOperand<'a, X>>), String> {
+    match a.get("norm_eps") {
+        None => Ok((i, None)),
+        Some(crate::Attr::Float(e)) if i.len() >= 3 && *e >= 0.0 => {
+            let (nw, rest) = i.split_last().ok_or("no operands")?;
+            Ok((rest, Some((nw, *e))))
+        }
+        Some(crate::Attr::Float(e)) if *e >= 0.0 => {
+            Err("attribute `norm_eps` needs the norm's weight operand after x and w".into())
+        }
+        Some(v) => Err(format!(
+            "attribute `norm_eps` must be a float >= 0, got {v:?}"
         )),
     }
 }
@@ -300,7 +342,16 @@ fn infer_linear_plain(i: &[&TensorType], a: &Attrs) -> T {
 /// Reference semantics of `linear` (w arrives dequantized when it is a block format),
 /// plus the residual with `residual = 1`.
 pub fn eval_linear(i: &[&Tensor], a: &Attrs, ctx: &mut EvalCtx) -> R {
+    let (i, norm) = split_norm(i, a)?;
     let (i, res) = split_residual(i, a)?;
+    let xn;
+    let mut rest: Vec<&Tensor> = i.to_vec();
+    if let (Some((nw, eps)), Some(x)) = (norm, i.first()) {
+        let na = crate::attrs([("eps", crate::Attr::Float(eps))]);
+        xn = super::nn::eval_rms_norm(&[*x, *nw], &na, ctx)?;
+        rest[0] = &xn[0];
+    }
+    let i = &rest[..];
     let mut y = match (glu_in_act(a)?, i.first()) {
         (Some(act), Some(x)) => {
             let mut ga = Attrs::new();

@@ -267,8 +267,11 @@ op_table! {
     /// `act_bits` is 8 (the reference semantics stay exact: the bits are a lowering's
     /// precision, as f16 accumulation would be); `act_amax` (one value per block of 32 input
     /// columns) fixes each block's scale at `act_amax / 127` (int16: `/ 32767`),
-    /// values beyond it saturating (static scales, from calibration)
-    Linear = "linear", Range(2, 4), NONE, [opt("act_bits", K::Int), opt("act_amax", K::Floats), opt("residual", K::Int), opt("glu", K::Str), opt("glu_in", K::Str)], la::infer_linear, la::eval_linear;
+    /// values beyond it saturating (static scales, from calibration); `residual = 1` adds
+    /// the operand after w (and b) last, `glu`/`glu_in` take a GLU of the result's or
+    /// of x's halves (docs/passes.md, `fuse-epilogue`), and `norm_eps = e` reads x as
+    /// `rms_norm(x, nw) {eps = e}`, its weight nw the last operand
+    Linear = "linear", Range(2, 5), NONE, [opt("act_bits", K::Int), opt("act_amax", K::Floats), opt("residual", K::Int), opt("glu", K::Str), opt("glu_in", K::Str), opt("norm_eps", K::Float)], la::infer_linear, la::eval_linear;
 
     // ----- tensor layout and indexing -----
     /// constant tensor from `value`

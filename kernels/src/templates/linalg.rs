@@ -66,9 +66,12 @@ pub(crate) fn linear(
     let lead = &x.shape.0[..x.shape.rank().saturating_sub(1)];
     let rows = kb.numel(lead);
     let rows = kb.let_("rows", rows);
-    // With `residual = 1` the last operand is the residual the store adds.
-    let (ib_main, res) = llmc_ir::ops::linalg::split_residual(&ib[..], &node.attrs)?;
-    let res = res.map(|&r| (r, ins[ins.len() - 1].dtype));
+    // With `norm_eps` the last operand is the weight of the RMS norm x is read
+    // through; then, with `residual = 1`, the residual the store adds.
+    let (ib_n, norm) = llmc_ir::ops::linalg::split_norm(&ib[..], &node.attrs)?;
+    let norm = norm.map(|(&nb, eps)| (nb, ins[ins.len() - 1].dtype, eps));
+    let (ib_main, res) = llmc_ir::ops::linalg::split_residual(ib_n, &node.attrs)?;
+    let res = res.map(|&r| (r, ins[ib_n.len() - 1].dtype));
     let bias = ib_main
         .get(2)
         .map(|&b| (b, operand(ins, 2, "b").map(|t| t.dtype)));
@@ -103,11 +106,18 @@ pub(crate) fn linear(
             Some(Act::from_name(name).ok_or_else(|| format!("unknown activation {name:?}"))?)
         }
     };
+    if norm.is_some() && (qfmt(w.dtype).is_none() || t != Ty::F32) {
+        return Err(format!(
+            "attribute `norm_eps` needs block-quantized weights and f32 activations, got {} and {}",
+            w.dtype, x.dtype
+        ));
+    }
     let ctx = Lin {
         act,
         glu,
         n_out,
         glu_in,
+        norm,
         xk: if glu_in.is_some() { 2 * k } else { k },
         res,
         x: ib[0],
@@ -328,6 +338,9 @@ struct Lin {
     glu_in: Option<Act>,
     /// Elements per x row: k, or 2k with `glu_in`.
     xk: i64,
+    /// `norm_eps`: x rows are read through an RMS norm (its weight, dtype and
+    /// epsilon) where they are quantized.
+    norm: Option<(BufId, DType, f64)>,
     x: BufId,
     xd: DType,
     w: BufId,
@@ -633,6 +646,21 @@ impl Lin {
         let k = self.k;
         let blocks = k / 32;
         let sc = kb.let_("sc", self.scale_slot(lr));
+        // With `norm_eps`, the row's RMS factor first, as `rms_norm` computes it.
+        let inv = self.norm.map(|(_, _, eps)| {
+            let base = r.clone() * self.xk;
+            super::nn::rms_inv(kb, (self.x, self.xd), base, &Expr::i(k), eps, self.t)
+        });
+        // Element e of block b of the row at x0 (`x0 = r · xk + 32 b`): through the
+        // norm, rms_norm's `(x · inv) · w`, or as `load_x` reads it.
+        let elem = |kb: &mut KernelBuilder, x0: &Expr, b: &Expr, e: Expr| match (&inv, self.norm) {
+            (Some(inv), Some((nw, nd, _))) => {
+                let x = load_elem(kb, self.x, self.xd, x0.clone() + e.clone());
+                let w = load_elem(kb, nw, nd, b.clone() * 32 + e);
+                Expr::bin(BinOp::Mul, Expr::bin(BinOp::Mul, x, inv.clone()), w)
+            }
+            _ => self.load_x(kb, x0.clone() + e),
+        };
         if let Some((fid, fd)) = fixed {
             let qmax = if self.act8 { QMAX8 } else { QMAX };
             let qty = if self.act8 { Ty::I8 } else { Ty::I16 };
@@ -642,7 +670,7 @@ impl Lin {
                 let id = kb.let_("id", Expr::Load(fid, Box::new(b.clone())));
                 let qsum = kb.let_mut("qsum", Expr::Int(0, Ty::I32));
                 kb.for_("e", 0, 32, LoopTag::Vectorize(16), |kb, e| {
-                    let v = self.load_x(kb, x0.clone() + e.clone()).cast(Ty::F32);
+                    let v = elem(kb, &x0, &b, e.clone()).cast(Ty::F32);
                     let q = Expr::un(UnOp::Round, Expr::bin(BinOp::Mul, v, id.clone()));
                     let q = Expr::bin(BinOp::Min, q, fconst(qmax, Ty::F32));
                     let q = Expr::bin(BinOp::Max, q, fconst(-qmax, Ty::F32));
@@ -665,9 +693,10 @@ impl Lin {
             return;
         }
         let ab = kb.local("abits", Ty::I32, 1);
-        // With `glu_in` each block's 32 inputs are computed once into `gb`, and the
-        // range and the quants read them there.
-        let gb = self.glu_in.map(|_| kb.local("gb", Ty::F32, 32));
+        // With `glu_in` or `norm_eps` each block's 32 inputs are computed once into
+        // `gb` (the values the glu or the norm kernel would store), and the range and
+        // the quants read them there.
+        let gb = (self.glu_in.is_some() || inv.is_some()).then(|| kb.local("gb", Ty::F32, 32));
         kb.for_("b", 0, blocks, LoopTag::Serial, |kb, b| {
             let xr0 = kb.let_("x0", r.clone() * self.xk + b.clone() * 32);
             let q0 = kb.let_("q0", lr.clone() * k + b.clone() * 32);
@@ -675,8 +704,8 @@ impl Lin {
                 None => (self.x, self.xd, xr0),
                 Some(gb) => {
                     kb.for_("e", 0, 32, LoopTag::Vectorize(16), |kb, e| {
-                        let v = self.load_x(kb, xr0.clone() + e.clone()).cast(Ty::F32);
-                        kb.store(gb, e, v);
+                        let v = elem(kb, &xr0, &b, e.clone());
+                        kb.store(gb, e, v.cast(Ty::F32));
                     });
                     (gb, DType::F32, Expr::i(0))
                 }

@@ -18,6 +18,35 @@ fn b(op: BinOp, x: Expr, y: Expr) -> Expr {
     Expr::bin(op, x, y)
 }
 
+/// RMS norm's `1 / sqrt(mean(x²) + eps)` of the `d` elements of `x` from element
+/// `base`, in `t`, as `rms_norm`'s kernel computes it (an 8-lane sum of squares): a
+/// linear reading its x through the norm (`norm_eps`) gets the same value.
+pub(crate) fn rms_inv(
+    kb: &mut KernelBuilder,
+    (x, xd): (crate::loopir::BufId, llmc_ir::DType),
+    base: Expr,
+    d: &Expr,
+    eps: f64,
+    t: Ty,
+) -> Expr {
+    let ss = kb.let_mut("ss", fconst(0.0, t));
+    kb.for_("j", 0, d.clone(), LoopTag::Vectorize(8), |kb, j| {
+        let v = load_elem(kb, x, xd, base + j);
+        let v = kb.let_("v", v);
+        kb.assign(
+            ss,
+            b(BinOp::Add, Expr::Var(ss), b(BinOp::Mul, v.clone(), v)),
+        );
+    });
+    let ms = b(BinOp::Div, Expr::Var(ss), d.clone().cast(t));
+    let inv = b(
+        BinOp::Div,
+        fconst(1.0, t),
+        Expr::un(UnOp::Sqrt, b(BinOp::Add, ms, fconst(eps, t))),
+    );
+    kb.let_("inv", inv)
+}
+
 /// `rms_norm(x, w)` and `layer_norm(x, w[, b])` over the last axis.
 pub(crate) fn norm(
     node: &Node,
@@ -50,22 +79,8 @@ pub(crate) fn norm(
         let base = kb.let_("base", r * de.clone());
         let at = |j: Expr| base.clone() + j;
         let (shift, inv) = if rms {
-            let ss = kb.let_mut("ss", fconst(0.0, t));
-            kb.for_("j", 0, de.clone(), v8, |kb, j| {
-                let v = load_elem(kb, ib[0], x.dtype, at(j));
-                let v = kb.let_("v", v);
-                kb.assign(
-                    ss,
-                    b(BinOp::Add, Expr::Var(ss), b(BinOp::Mul, v.clone(), v)),
-                );
-            });
-            let ms = b(BinOp::Div, Expr::Var(ss), dn.clone());
-            let inv = b(
-                BinOp::Div,
-                fconst(1.0, t),
-                Expr::un(UnOp::Sqrt, b(BinOp::Add, ms, fconst(eps, t))),
-            );
-            (None, kb.let_("inv", inv))
+            let inv = rms_inv(kb, (ib[0], x.dtype), base.clone(), &de, eps, t);
+            (None, inv)
         } else {
             let s = kb.let_mut("s", fconst(0.0, t));
             kb.for_("j", 0, de.clone(), v8, |kb, j| {

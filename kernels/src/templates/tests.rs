@@ -2121,6 +2121,95 @@ fn linear_glu_in_is_the_linear_of_the_glu() {
     }
 }
 
+/// `linear {norm_eps}` against `rms_norm` then `linear`, bit for bit, on the CPU paths
+/// of the block formats (tiles and per-row dot products; int16 and int8 activations,
+/// run-time and static scales; with a residual too), and the GPU's warp GEMV against the reference.
+#[test]
+fn linear_norm_in_is_the_linear_of_the_norm() {
+    let mut r = Rng::new(26);
+    let eps = 1e-5;
+    for (rows, n, k) in [
+        (1usize, 64usize, 256usize),
+        (5, 32, 512),
+        (13, 64, 256),
+        (29, 32, 256),
+    ] {
+        let x = r.tensor(F, &[rows, k], 2.0);
+        let nw = r.tensor(F, &[k], 1.0);
+        let res = r.tensor(F, &[rows, n], 1.0);
+        let x_t = tt(F, &["seq", &k.to_string()]);
+        let nw_t = tt(F, &[&k.to_string()]);
+        let y_t = tt(F, &["seq", &n.to_string()]);
+        let na = attrs([("eps", Attr::Float(eps))]);
+        let (xn, _, _) = run_args(
+            Op::RmsNorm,
+            na,
+            &[
+                Arg::In(x_t.clone(), x.clone()),
+                Arg::In(nw_t.clone(), nw.clone()),
+            ],
+        );
+        let xn = llmc_ir::Tensor::from_f64(F, vec![rows, k], xn[0].clone());
+        for d in [
+            DType::Q8_0,
+            DType::Q4_1,
+            DType::Q4_0,
+            DType::Q5_0,
+            DType::Q4K,
+            DType::Q6K,
+        ] {
+            let wq = quant_bytes(&mut r, d, n, k);
+            // (act_bits, residual, static scales)
+            for (bits, residual, fixed) in [
+                (None, false, false),
+                (Some(8), false, false),
+                (None, true, false),
+                (Some(8), false, true),
+            ] {
+                let mut a = attrs([]);
+                if let Some(b) = bits {
+                    a.insert("act_bits".into(), Attr::Int(b));
+                }
+                if fixed {
+                    let amax = (0..k / 32).map(|b| 1.0 + 0.25 * (b % 5) as f64).collect();
+                    a.insert("act_amax".into(), Attr::Floats(amax));
+                }
+                let mut plain = vec![
+                    Arg::In(x_t.clone(), xn.clone()),
+                    Arg::W(d, vec![n, k], wq.clone()),
+                ];
+                let mut args = vec![
+                    Arg::In(x_t.clone(), x.clone()),
+                    Arg::W(d, vec![n, k], wq.clone()),
+                ];
+                if residual {
+                    a.insert("residual".into(), Attr::Int(1));
+                    plain.push(Arg::In(y_t.clone(), res.clone()));
+                    args.push(Arg::In(y_t.clone(), res.clone()));
+                }
+                let (want, _, _) = run_args(Op::Linear, a.clone(), &plain);
+                let mut fa = a.clone();
+                fa.insert("norm_eps".into(), Attr::Float(eps));
+                args.push(Arg::In(nw_t.clone(), nw.clone()));
+                let (got, _, text) = run_args(Op::Linear, fa.clone(), &args);
+                let what =
+                    format!("{d} bits {bits:?} residual {residual} static {fixed} {rows}x{n}x{k}");
+                assert_eq!(got[0], want[0], "{what}\n{text}");
+                if bits.is_none() {
+                    // The GPU schedule (the warp GEMV for Q8_0/Q4_x: each warp takes its
+                    // rows' factors; the others the CPU template mapped), float
+                    // activations there: the reference's numbers.
+                    let gpu =
+                        super::testing::check_args_on(true, Op::Linear, fa, &args, 2e-3, 2e-3);
+                    if matches!(d, DType::Q8_0 | DType::Q4_1 | DType::Q4_0) {
+                        assert!(gpu.contains("shuffle_xor"), "{what}: {gpu}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn glu_halves_and_two_operands() {
     let mut r = Rng::new(22);

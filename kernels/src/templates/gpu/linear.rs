@@ -13,7 +13,7 @@ use super::super::{
 };
 use super::warp_sum;
 use crate::builder::KernelBuilder;
-use crate::loopir::{BinOp, BufId, Expr, LoopTag, Ty};
+use crate::loopir::{BinOp, BufId, Expr, LoopTag, Ty, UnOp};
 use crate::templates::{Lowered, TResult};
 use llmc_ir::ops::fused_gemm::Act;
 use llmc_ir::{DType, Node, TensorType};
@@ -97,15 +97,19 @@ pub(crate) fn linear(
     let lead = &x.shape.0[..x.shape.rank().saturating_sub(1)];
     let rows = kb.numel(lead);
     let rows = kb.let_("rows", rows);
-    // With `residual = 1` the last operand is the residual the store adds.
-    let (ib_main, res) = llmc_ir::ops::linalg::split_residual(&ib[..], &node.attrs)?;
-    let res = res.map(|&r| (r, ins[ins.len() - 1].dtype));
+    // With `norm_eps` the last operand is the weight of the RMS norm x is read
+    // through; then, with `residual = 1`, the residual the store adds.
+    let (ib_n, norm) = llmc_ir::ops::linalg::split_norm(&ib[..], &node.attrs)?;
+    let norm = norm.map(|(&nb, eps)| (nb, ins[ins.len() - 1].dtype, eps));
+    let (ib_main, res) = llmc_ir::ops::linalg::split_residual(ib_n, &node.attrs)?;
+    let res = res.map(|&r| (r, ins[ib_n.len() - 1].dtype));
     let bias = match ib_main.get(2) {
         Some(&bb) => Some((bb, operand(ins, 2, "b")?.dtype)),
         None => None,
     };
     let g = Gemv {
         res,
+        norm,
         glu_in,
         glu,
         n_out,
@@ -214,6 +218,9 @@ struct Gemv {
     glu: Option<Act>,
     /// `glu_in`: x rows are `[gate | up]` of 2k, read as act(gate) · up.
     glu_in: Option<Act>,
+    /// `norm_eps`: x rows are read through an RMS norm (its weight, dtype and
+    /// epsilon); each warp takes its rows' factors first.
+    norm: Option<(BufId, DType, f64)>,
     /// Output columns: `n`, or `n / 2` with `glu`.
     n_out: i64,
     k: i64,
@@ -244,6 +251,43 @@ impl Gemv {
         }
     }
 
+    /// Column `col` of the x row at `xr`: through the RMS norm (`(x · inv) · w`, as
+    /// `rms_norm`) when the row's factor `inv` is given, else [`Self::load_x`].
+    fn load_xn(&self, kb: &mut KernelBuilder, xr: &Expr, col: Expr, inv: Option<&Expr>) -> Expr {
+        match (inv, self.norm) {
+            (Some(inv), Some((nw, nd, _))) => {
+                let f = Ty::F32;
+                let x = load_elem(kb, self.x, self.xd, xr.clone() + col.clone()).cast(f);
+                let w = load_elem(kb, nw, nd, col).cast(f);
+                b(BinOp::Mul, b(BinOp::Mul, x, inv.clone()), w)
+            }
+            _ => self.load_x(kb, xr.clone() + col),
+        }
+    }
+
+    /// The RMS factor `1 / sqrt(mean(x²) + eps)` of the x row at `xr`, in every lane
+    /// of the warp (a lane's strided squares, then a butterfly).
+    fn rms_inv(&self, kb: &mut KernelBuilder, xr: &Expr, lane: &Expr, eps: f64) -> Expr {
+        let f = Ty::F32;
+        let ss = kb.let_mut("ss", fconst(0.0, f));
+        kb.for_step("p", lane.clone(), self.k, 32, LoopTag::Serial, |kb, p| {
+            let v = load_elem(kb, self.x, self.xd, xr.clone() + p).cast(f);
+            let v = kb.let_("v", v);
+            kb.assign(
+                ss,
+                b(BinOp::Add, Expr::Var(ss), b(BinOp::Mul, v.clone(), v)),
+            );
+        });
+        let tot = warp_sum(kb, Expr::Var(ss));
+        let ms = b(BinOp::Div, tot, fconst(self.k as f64, f));
+        let inv = b(
+            BinOp::Div,
+            fconst(1.0, f),
+            Expr::un(UnOp::Sqrt, b(BinOp::Add, ms, fconst(eps, f))),
+        );
+        kb.let_("inv", inv)
+    }
+
     /// Activation rows `r0..r0 + nr` against weight rows `js`, in one warp: each
     /// weight unit is decoded once for the `nr` rows, each activation element loaded
     /// once for the `js.len()` weight rows.
@@ -257,6 +301,10 @@ impl Gemv {
             .collect();
         let xrow: Vec<Expr> = (0..nr)
             .map(|i| kb.let_("xr", (r0.clone() + i) * self.xk()))
+            .collect();
+        let invs: Vec<Option<Expr>> = xrow
+            .iter()
+            .map(|xr| self.norm.map(|(_, _, eps)| self.rms_inv(kb, xr, lane, eps)))
             .collect();
         let fma = |a: Expr, x: Expr, y: Expr| b(BinOp::Add, a, b(BinOp::Mul, x, y));
         // Sparse q8_0 (2:4, 16:32, 24:32) takes the float path, each weight dequantized where it is
@@ -273,7 +321,7 @@ impl Gemv {
                         })
                         .collect();
                     for (i, xr) in xrow.iter().enumerate() {
-                        let xv = self.load_x(kb, xr.clone() + p.clone());
+                        let xv = self.load_xn(kb, xr, p.clone(), invs[i].as_ref());
                         let xv = kb.let_("xv", xv);
                         for (jj, wv) in wvs.iter().enumerate() {
                             let a = accs[jj * nr as usize + i];
@@ -365,7 +413,12 @@ impl Gemv {
                         let mut sx = fconst(0.0, f);
                         let mut xs: Vec<Expr> = Vec::new();
                         for (_, e) in &decoded[0].2 {
-                            let xv = self.load_x(kb, xb.clone() + e.clone());
+                            let xv = match &invs[i] {
+                                Some(inv) => {
+                                    self.load_xn(kb, xr, x0.clone() + e.clone(), Some(inv))
+                                }
+                                None => self.load_x(kb, xb.clone() + e.clone()),
+                            };
                             let xv = kb.let_("xv", xv);
                             sx = b(BinOp::Add, sx, xv.clone());
                             xs.push(xv);
