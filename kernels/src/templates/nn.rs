@@ -183,6 +183,41 @@ pub(crate) fn rope_trig_table(theta: f64, dims: i64, scale: f64) -> llmc_ir::Ten
     llmc_ir::Tensor::from_f64(llmc_ir::DType::F32, shape, v)
 }
 
+/// `theta^(-2k / dims)` in f64, as the reference computes it (the CPU kernels of
+/// `rope` and `paged_qkv_write` past the trig table).
+pub(crate) fn rope_inv_freq(theta: f64, dims: i64, k: Expr) -> Expr {
+    let ex = b(
+        BinOp::Div,
+        (k * -2).cast(Ty::F64),
+        fconst(dims as f64, Ty::F64),
+    );
+    b(BinOp::Pow, fconst(theta, Ty::F64), ex)
+}
+
+/// `(sin, cos)` of an f64 angle, each rounded to `t`: how every rope kernel that does
+/// not read the table computes them.
+pub(crate) fn rope_sin_cos(kb: &mut KernelBuilder, ang: Expr, t: Ty) -> (Expr, Expr) {
+    let ang = kb.let_("ang", ang);
+    let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
+    let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
+    (sin, cos)
+}
+
+/// `(sin, cos)` of pair `k` at table position `pi` from the build-time table `tb`
+/// ([`rope_trig_table`]'s layout, `half` pairs a position).
+pub(crate) fn rope_table_trig(
+    kb: &mut KernelBuilder,
+    tb: crate::loopir::BufId,
+    pi: &Expr,
+    half: i64,
+    k: &Expr,
+) -> (Expr, Expr) {
+    let at = kb.let_("at", pi.clone() * (2 * half) + k.clone());
+    let cos = kb.let_("cos", Expr::load(tb, at.clone()));
+    let sin = kb.let_("sin", Expr::load(tb, at + half));
+    (sin, cos)
+}
+
 /// `rope(x[b, h, s, d], pos[b or 1, s])`, and the build-time cos/sin table an f32 one
 /// reads for positions below [`ROPE_TABLE_POSITIONS`] (three f64 libm calls per pair
 /// and position otherwise: a serving step's ropes cost more than its adds and norms).
@@ -217,15 +252,6 @@ pub(crate) fn rope(
     let half = dims / 2;
     let t = compute_ty(x.dtype)?;
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
-    // theta^(-2k/dims), in f64 as the reference computes it.
-    let inv_freq = |k: Expr| {
-        let ex = b(
-            BinOp::Div,
-            (k * -2).cast(Ty::F64),
-            fconst(dims as f64, Ty::F64),
-        );
-        b(BinOp::Pow, fconst(theta, Ty::F64), ex)
-    };
     let mut consts = Vec::new();
     let table = if t == Ty::F32 && !super::gpu_mapping() {
         consts.push(rope_trig_table(theta, dims, scale));
@@ -276,10 +302,8 @@ pub(crate) fn rope(
                 });
             };
         let computed = |kb: &mut KernelBuilder, k: &Expr| {
-            let ang = kb.let_("ang", b(BinOp::Mul, p.clone(), inv_freq(k.clone())));
-            let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
-            let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
-            (sin, cos)
+            let f = rope_inv_freq(theta, dims, k.clone());
+            rope_sin_cos(kb, b(BinOp::Mul, p.clone(), f), t)
         };
         match table {
             Some(tb) => {
@@ -288,12 +312,7 @@ pub(crate) fn rope(
                     .clone()
                     .ge(Expr::i(0))
                     .and(pi.clone().lt(Expr::i(ROPE_TABLE_POSITIONS)));
-                let trig = |kb: &mut KernelBuilder, k: &Expr| {
-                    let at = kb.let_("at", pi.clone() * (2 * half) + k.clone());
-                    let cos = kb.let_("cos", Expr::load(tb, at.clone()));
-                    let sin = kb.let_("sin", Expr::load(tb, at + half));
-                    (sin, cos)
-                };
+                let trig = |kb: &mut KernelBuilder, k: &Expr| rope_table_trig(kb, tb, &pi, half, k);
                 kb.if_else(
                     inside,
                     |kb| {

@@ -310,9 +310,8 @@ pub(crate) fn qkv_write(
                             let pv = load_elem(kb, ib[4], pos.dtype, r.clone());
                             let p = kb
                                 .let_("p", b(BinOp::Div, pv.cast(Ty::F64), fconst(scale, Ty::F64)));
-                            let ang = kb.let_("ang", b(BinOp::Mul, p, Expr::load(ftab, c.clone())));
-                            let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
-                            let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
+                            let ang = b(BinOp::Mul, p, Expr::load(ftab, c.clone()));
+                            let (sin, cos) = super::nn::rope_sin_cos(kb, ang, t);
                             let (ia, ibx) = pair(&c);
                             let at = (
                                 src(&r, h.clone(), ia.clone()),
@@ -371,15 +370,6 @@ pub(crate) fn qkv_write(
     } else {
         LoopTag::Serial
     };
-    // theta^(-2k/dims), in f64 as the reference (and `rope`) computes it.
-    let inv_freq = |k: Expr| {
-        let ex = b(
-            BinOp::Div,
-            (k * -2).cast(Ty::F64),
-            fconst(dims as f64, Ty::F64),
-        );
-        b(BinOp::Pow, fconst(theta, Ty::F64), ex)
-    };
     kb.for_("r", 0, se, tag, |kb, r| {
         let (blk, off) = slot_of(kb, &r);
         // A q8_kv key pool takes each rotated head whole (its blocks' scales): the
@@ -420,12 +410,9 @@ pub(crate) fn qkv_write(
         let computed = |kb: &mut KernelBuilder, k: &Expr| {
             let f = match freq {
                 Some(ftab) => Expr::load(ftab, k.clone()),
-                None => inv_freq(k.clone()),
+                None => super::nn::rope_inv_freq(theta, dims, k.clone()),
             };
-            let ang = kb.let_("ang", b(BinOp::Mul, p.clone(), f));
-            let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
-            let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
-            (sin, cos)
+            super::nn::rope_sin_cos(kb, b(BinOp::Mul, p.clone(), f), t)
         };
         let every_pair =
             |kb: &mut KernelBuilder,
@@ -448,10 +435,7 @@ pub(crate) fn qkv_write(
                     .ge(Expr::i(0))
                     .and(pi.clone().lt(Expr::i(super::nn::ROPE_TABLE_POSITIONS)));
                 let trig = |kb: &mut KernelBuilder, k: &Expr| {
-                    let at = kb.let_("at", pi.clone() * (2 * half) + k.clone());
-                    let cos = kb.let_("cos", Expr::load(tb, at.clone()));
-                    let sin = kb.let_("sin", Expr::load(tb, at + half));
-                    (sin, cos)
+                    super::nn::rope_table_trig(kb, tb, &pi, half, k)
                 };
                 // Neox halves, cosines and sines are each contiguous: the pairs go a
                 // vector at a time (the same arithmetic per pair).

@@ -172,9 +172,8 @@ pub(crate) fn rope(
         let prow = if pos_batch1 { Expr::i(0) } else { bi.clone() };
         let p = load_elem(kb, ib[1], pos.dtype, prow * se.clone() + si.clone());
         let p = kb.let_("p", b(BinOp::Div, p.cast(Ty::F64), fconst(scale, Ty::F64)));
-        let ang = kb.let_("ang", b(BinOp::Mul, p, Expr::load(ftab, k.clone())));
-        let sin = kb.let_("sin", Expr::un(UnOp::Sin, ang.clone()).cast(t));
-        let cos = kb.let_("cos", Expr::un(UnOp::Cos, ang).cast(t));
+        let ang = b(BinOp::Mul, p, Expr::load(ftab, k.clone()));
+        let (sin, cos) = super::super::nn::rope_sin_cos(kb, ang, t);
         let (ia, ibx) = if neox {
             (k.clone(), k.clone() + half)
         } else {
