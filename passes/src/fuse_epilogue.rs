@@ -115,6 +115,21 @@ fn fuse_glu(g: &Graph, n: &Node, uses: &[usize]) -> Option<(Node, usize)> {
     Some((node, p))
 }
 
+/// Linear `reader` with new operands and attributes, if its shape rule accepts them
+/// and gives its result type unchanged (its results keep their values).
+fn relinked(g: &Graph, reader: &Node, inputs: Vec<ValueId>, attrs: llmc_ir::Attrs) -> Option<Node> {
+    let tys: Vec<&llmc_ir::TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
+    match Op::Linear.infer(&tys, &attrs) {
+        Ok(t) if t.first() == Some(g.ty(reader.outputs[0])) => Some(Node {
+            op: Op::Linear,
+            inputs,
+            outputs: reader.outputs.clone(),
+            attrs,
+        }),
+        _ => None,
+    }
+}
+
 /// The fused node for `glu` node `n` whose one reader is a linear over a
 /// block-quantized weight: that linear reads the glu's operand with `glu_in`.
 /// Returns the reader's index and its new form; the glu node goes.
@@ -150,18 +165,7 @@ fn fuse_glu_in(g: &Graph, gi: usize, n: &Node, uses: &[usize]) -> Option<(usize,
     inputs[0] = z;
     let mut attrs = reader.attrs.clone();
     attrs.insert("glu_in".into(), act);
-    let tys: Vec<&llmc_ir::TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
-    match Op::Linear.infer(&tys, &attrs) {
-        Ok(t) if t.first() == Some(g.ty(reader.outputs[0])) => {}
-        _ => return None,
-    }
-    let node = Node {
-        op: Op::Linear,
-        inputs,
-        outputs: reader.outputs.clone(),
-        attrs,
-    };
-    Some((ri, node))
+    Some((ri, relinked(g, reader, inputs, attrs)?))
 }
 
 /// The block formats the CPU kernel's integer path reads (`qfmt` in
@@ -233,18 +237,7 @@ fn fuse_norm(
         inputs.push(nw);
         let mut attrs = reader.attrs.clone();
         attrs.insert("norm_eps".into(), Attr::Float(eps));
-        let tys: Vec<&llmc_ir::TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
-        match Op::Linear.infer(&tys, &attrs) {
-            Ok(t) if t.first() == Some(g.ty(reader.outputs[0])) => {}
-            _ => return None,
-        }
-        let node = Node {
-            op: Op::Linear,
-            inputs,
-            outputs: reader.outputs.clone(),
-            attrs,
-        };
-        out.push((ri, node));
+        out.push((ri, relinked(g, reader, inputs, attrs)?));
     }
     Some(out)
 }

@@ -218,6 +218,38 @@ pub(crate) fn rope_table_trig(
     (sin, cos)
 }
 
+/// A rope's attributes, checked against its head dim `d`: `theta`, neox pairs
+/// (halves; else interleaved), the position `scale` and the rotated `dims`. `rope` on
+/// the CPU and the GPU and `paged_qkv_write` read them through this.
+pub(crate) struct RopeAttrs {
+    pub(crate) theta: f64,
+    pub(crate) neox: bool,
+    pub(crate) scale: f64,
+    pub(crate) dims: i64,
+}
+
+pub(crate) fn rope_attrs(node: &Node, d: i64) -> TResult<RopeAttrs> {
+    let theta = attr_float(node, "theta")?.ok_or("missing attribute `theta`")?;
+    let neox = match attr_str(node, "style")?.unwrap_or("neox") {
+        "neox" => true,
+        "interleaved" => false,
+        other => return Err(format!("attribute `style` = {other:?} is unknown")),
+    };
+    let scale = attr_float(node, "scale")?.unwrap_or(1.0);
+    let dims = attr_int(node, "dims")?.unwrap_or(d);
+    if dims <= 0 || dims % 2 != 0 || dims > d {
+        return Err(format!(
+            "attribute `dims` = {dims} must be even and in 2..={d}"
+        ));
+    }
+    Ok(RopeAttrs {
+        theta,
+        neox,
+        scale,
+        dims,
+    })
+}
+
 /// `rope(x[b, h, s, d], pos[b or 1, s])`, and the build-time cos/sin table an f32 one
 /// reads for positions below [`ROPE_TABLE_POSITIONS`] (three f64 libm calls per pair
 /// and position otherwise: a serving step's ropes cost more than its adds and norms).
@@ -230,25 +262,18 @@ pub(crate) fn rope(
     let x = operand(ins, 0, "x")?;
     let pos = operand(ins, 1, "pos")?;
     result(outs, 0)?;
-    let theta = attr_float(node, "theta")?.ok_or("missing attribute `theta`")?;
-    let neox = match attr_str(node, "style")?.unwrap_or("neox") {
-        "neox" => true,
-        "interleaved" => false,
-        other => return Err(format!("attribute `style` = {other:?} is unknown")),
-    };
-    let scale = attr_float(node, "scale")?.unwrap_or(1.0);
     let [bd, hd, sd, dd] = &x.shape.0[..] else {
         return Err(format!("operand x must be [b, h, s, d], got {}", x.shape));
     };
     let d = dd
         .as_const()
         .ok_or_else(|| format!("head dim {dd} must be constant"))?;
-    let dims = attr_int(node, "dims")?.unwrap_or(d);
-    if dims <= 0 || dims % 2 != 0 || dims > d {
-        return Err(format!(
-            "attribute `dims` = {dims} must be even and in 2..={d}"
-        ));
-    }
+    let RopeAttrs {
+        theta,
+        neox,
+        scale,
+        dims,
+    } = rope_attrs(node, d)?;
     let half = dims / 2;
     let t = compute_ty(x.dtype)?;
     let (mut kb, ib, ob) = setup(name, ins, outs)?;

@@ -198,13 +198,6 @@ pub(crate) fn qkv_write(
 ) -> TResult<(Kernel, Vec<llmc_ir::Tensor>)> {
     let dim_major = attr_int(node, "k_dim_major")? == Some(1);
     let hq = attr_int(node, "heads")?.ok_or("missing attribute `heads`")?;
-    let theta = attr_float(node, "theta")?.ok_or("missing attribute `theta`")?;
-    let neox = match super::attr_str(node, "style")?.unwrap_or("neox") {
-        "neox" => true,
-        "interleaved" => false,
-        other => return Err(format!("attribute `style` = {other:?} is unknown")),
-    };
-    let scale = attr_float(node, "scale")?.unwrap_or(1.0);
     let qkv = operand(ins, 0, "qkv")?;
     let kp = operand(ins, 1, "k_pool")?;
     let pos = operand(ins, 4, "pos")?;
@@ -217,12 +210,15 @@ pub(crate) fn qkv_write(
         const_dim(bs, "the block size")?,
         const_dim(d, "the head dim")?,
     );
-    let dims = attr_int(node, "dims")?.unwrap_or(d);
-    if dims <= 0 || dims % 2 != 0 || dims > d || d % 2 != 0 {
-        return Err(format!(
-            "attribute `dims` = {dims} must be even and in 2..={d} (an even head dim)"
-        ));
+    if d % 2 != 0 {
+        return Err(format!("the head dim {d} must be even"));
     }
+    let super::nn::RopeAttrs {
+        theta,
+        neox,
+        scale,
+        dims,
+    } = super::nn::rope_attrs(node, d)?;
     let half = dims / 2;
     let width = (hq + 2 * kvh) * d;
     let s = qkv.shape.0.get(1).cloned().unwrap_or(Dim::c(0));

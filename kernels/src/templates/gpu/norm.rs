@@ -6,10 +6,7 @@
 //! at build time, so no `pow` runs on the device; sin and cos in f64 as the
 //! reference) and applied to every head.
 
-use super::super::{
-    attr_float, attr_int, attr_str, compute_ty, fconst, load_elem, operand, result, setup,
-    to_storage,
-};
+use super::super::{attr_float, compute_ty, fconst, load_elem, operand, result, setup, to_storage};
 use super::block_sum;
 use crate::builder::KernelBuilder;
 use crate::loopir::{BinOp, Expr, LoopTag, Role, Ty, UnOp};
@@ -134,25 +131,18 @@ pub(crate) fn rope(
     let x = operand(ins, 0, "x")?;
     let pos = operand(ins, 1, "pos")?;
     result(outs, 0)?;
-    let theta = attr_float(node, "theta")?.ok_or("missing attribute `theta`")?;
-    let neox = match attr_str(node, "style")?.unwrap_or("neox") {
-        "neox" => true,
-        "interleaved" => false,
-        other => return Err(format!("attribute `style` = {other:?} is unknown")),
-    };
-    let scale = attr_float(node, "scale")?.unwrap_or(1.0);
     let [bd, hd, sd, dd] = &x.shape.0[..] else {
         return Err(format!("operand x must be [b, h, s, d], got {}", x.shape));
     };
     let d = dd
         .as_const()
         .ok_or_else(|| format!("head dim {dd} must be constant"))?;
-    let dims = attr_int(node, "dims")?.unwrap_or(d);
-    if dims <= 0 || dims % 2 != 0 || dims > d {
-        return Err(format!(
-            "attribute `dims` = {dims} must be even and in 2..={d}"
-        ));
-    }
+    let super::super::nn::RopeAttrs {
+        theta,
+        neox,
+        scale,
+        dims,
+    } = super::super::nn::rope_attrs(node, d)?;
     let half = dims / 2;
     let t = compute_ty(x.dtype)?;
     let (mut kb, ib, ob) = setup(name, ins, outs)?;
