@@ -110,7 +110,7 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         // 40: 16 + 16 + 8).
         let ks: &[usize] = match d {
             DType::Q4_0 | DType::Q5_1 => &[1056, 128],
-            DType::Q4K => &[1280, 256],
+            DType::Q4K | DType::Q6K => &[1280, 256],
             DType::Q4_0G64 | DType::Q4_1G64 => &[1088, 192],
             DType::Q4_1G128 | DType::Q4_0G128 => &[1280, 384],
             _ if d.block_len() == 256 => &[256, 512],

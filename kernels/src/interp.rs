@@ -489,6 +489,9 @@ impl Machine<'_> {
         if fmt == QFmt::Q4K {
             return self.packed_q4k(w, w0, b, c, bufs);
         }
+        if fmt == QFmt::Q6K {
+            return self.packed_q6k(w, w0, b, c, bufs);
+        }
         if !fmt.tile16() {
             return Err(format!("{fmt:?} has no packed layout"));
         }
@@ -559,6 +562,41 @@ impl Machine<'_> {
             *v = self.read(w, g + 96 + off, Ty::I8, bufs)?.i();
         }
         Ok((d, 0.0, q))
+    }
+
+    /// [`Self::packed_block`] for Q6_K (`templates::pack::tile16_q6k_scale`): `d_lo`,
+    /// `d_hi` (in the minimum's place) and the signed quants `q - 32`.
+    fn packed_q6k(
+        &mut self,
+        w: BufId,
+        w0: i64,
+        b: i64,
+        c: i64,
+        bufs: &mut [Vec<u8>],
+    ) -> R<(f32, f32, [i64; 32])> {
+        use crate::templates::pack::{
+            tile16_q6k_high, tile16_q6k_scale, TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS,
+        };
+        let lanes = QTile::LANES as i64;
+        let g = w0 + b / 8 * lanes * QFmt::Q6K.block_bytes();
+        let j = b % 8;
+        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let mut d = [0f32; 2];
+        for (h, d) in d.iter_mut().enumerate() {
+            let at = g + tile16_q6k_scale(2 * j as usize + h, c as usize) as i64;
+            *d = big_d * self.read(w, at, Ty::I8, bufs)?.i() as f32;
+        }
+        let qs = g + (TILE16_Q6K_QUANTS + TILE16_Q6K_BLOCK * j as usize) as i64;
+        let mut q = [0i64; 32];
+        for (e, v) in q.iter_mut().enumerate() {
+            let (at, high) = crate::templates::pack::tile16_quant(DType::Q4_0, c as usize, e);
+            let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
+            let lo = if high { byte >> 4 } else { byte & 15 };
+            let (at, shift) = tile16_q6k_high(c as usize, e);
+            let hi = (self.read(w, qs + at as i64, Ty::U8, bufs)?.i() >> shift) & 3;
+            *v = (lo | hi << 4) - 32;
+        }
+        Ok((d[0], d[1], q))
     }
 
     /// [`Self::packed_block`] for Q4_K (`templates::pack::tile16_q4k_scale`).
@@ -667,12 +705,19 @@ impl Machine<'_> {
                         let m = self.read(t.scales, at, Ty::F32, bufs)?;
                         (d.f() as f32, m.f() as f32, q)
                     };
-                    let mut dot = 0i64;
-                    for (e, w) in q.iter().enumerate() {
-                        dot += w * x[32 * b as usize + e];
-                    }
+                    let dot = |e: std::ops::Range<usize>| -> i64 {
+                        e.map(|e| q[e] * x[32 * b as usize + e]).sum()
+                    };
                     let sc = s0 + QDot::scale_offset(bg);
                     let xd = self.read(t.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
+                    if t.fmt.split_scales() {
+                        // Q6_K: the first half with `d` into E, the second with the
+                        // minimum's slot (`d_hi`) into O, as QDot.
+                        ch.sum[0] = (dot(0..16) as f32).mul_add(d * xd, ch.sum[0]);
+                        ch.sum[1] = (dot(16..32) as f32).mul_add(m * xd, ch.sum[1]);
+                        continue;
+                    }
+                    let dot = dot(0..32);
                     let min = if t.has_min {
                         let xs = self.read(t.xs, sc * 4, Ty::F32, bufs)?.f() as f32;
                         Some((m, xs))

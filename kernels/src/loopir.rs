@@ -654,7 +654,7 @@ impl QFmt {
     pub fn tile16(self) -> bool {
         matches!(
             self,
-            QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1 | QFmt::Q5_0 | QFmt::Q5_1 | QFmt::Q4K
+            QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1 | QFmt::Q5_0 | QFmt::Q5_1 | QFmt::Q4K | QFmt::Q6K
         ) || self.grouped()
             || self.sparse()
     }
@@ -758,14 +758,15 @@ impl QDot {
 }
 
 /// Decodes weight rows `c = 0..`[`QTile::LANES`] (row `c` at byte
-/// `w_off + c · row_bytes` of `w`, `blocks` blocks of `fmt`, any format but the
-/// split-scale ones) into the locals a [`QTile`] reads: block `b`'s integer quants
+/// `w_off + c · row_bytes` of `w`, `blocks` blocks of `fmt`; a split-scale format only
+/// `packed`) into the locals a [`QTile`] reads: block `b`'s integer quants
 /// `q_e` (as [`QDot`] reads them: unsigned 0..15 / 0..31 with the offset in the
 /// minimum, signed for Q8_0 and the IQ4 levels) at
 /// `tile[((b · 16 + e / 2) · 16 + c) · 2 + e mod 2]` (i16: a vector of a pair of
 /// quants per weight row, the weight rows in lanes), its scale `d` at
 /// `scales[(2 b) · 16 + c]` and its minimum `m` ([`QDot`]'s: stored, `-8 d`,
-/// `-16 d`, or 0) at `scales[(2 b + 1) · 16 + c]` (f32), for tile blocks
+/// `-16 d`, or 0; Q6_K: its second half's scale `d_hi`, `d` being `d_lo`) at
+/// `scales[(2 b + 1) · 16 + c]` (f32), for tile blocks
 /// `b = 0..blocks`, which are the rows' blocks `first_block + b` (a slice of a long
 /// row, so the tile stays in L1). When `packed`, the weight
 /// is laid out as `templates::pack::Pack::Tile16` ([`QFmt::tile16`]): the 16 rows'
@@ -803,8 +804,9 @@ pub struct QUnpack {
 /// [`QUnpack`] decoded into `tile`/`scales` and activation rows `i` (at most
 /// [`QDot::QUAD`]): [`QDot`]'s products and arithmetic for every (row, weight row)
 /// pair, bit for bit (the even and odd chains, the minimum chains when `has_min`,
-/// the trailing block's zero partner), so a row's result is the same whether a
-/// `QDot` or a `QTile` computed it. `fmt`, `w`, `w_off` and `row_bytes` name the
+/// the trailing block's zero partner; Q6_K's halves: quants 0..16 with the scale
+/// slot into E, 16..32 with the minimum slot into O), so a row's result is the same
+/// whether a `QDot` or a `QTile` computed it. `fmt`, `w`, `w_off` and `row_bytes` name the
 /// weight rows the tile holds (the [`QUnpack`]'s): a backend without a tile form
 /// (no AVX2) computes the same products as one [`QDot`] per weight row instead (the
 /// whole row, in the statement of its last slice), and its `QUnpack` does nothing,
@@ -1367,7 +1369,7 @@ impl Kernel {
                     if u.packed && !u.fmt.tile16() {
                         return Err(format!("qunpack: {:?} has no packed layout", u.fmt));
                     }
-                    if u.fmt.split_scales()
+                    if (u.fmt.split_scales() && !u.packed)
                         || u.blocks < 0
                         || u.first_block < 0
                         || u.blocks % u.fmt.sub_blocks() != 0
@@ -1375,7 +1377,7 @@ impl Kernel {
                     {
                         return Err(format!(
                             "qunpack: {} blocks from {} of {:?} (whole sub-blocks; \
-                             split-scale formats are not unpacked)",
+                             split-scale formats are unpacked only when packed)",
                             u.blocks, u.first_block, u.fmt
                         ));
                     }

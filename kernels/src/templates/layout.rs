@@ -303,7 +303,7 @@ fn safe_index(kb: &mut KernelBuilder, buf: BufId, at: Expr, n: Expr) -> Expr {
     kb.let_("row", wrapped.max(Expr::i(0)).min(n - 1))
 }
 
-/// Gather; a Q8_0/Q4_0/Q4_1 table `[n, k]` gathered by rows is read in the
+/// Gather; a Q8_0/Q4_0/Q4_1/Q5/Q6_K table `[n, k]` gathered by rows is read in the
 /// [`Pack::Tile16`] layout on the CPU, the layout the quantized linear asks for, so a
 /// tied embedding (the same weight as the output head) is stored once.
 pub(crate) fn gather(
@@ -337,10 +337,12 @@ pub(crate) fn gather(
     };
     let dims = table.shape.as_consts().unwrap_or_default();
     if let (&[rows, k], 0, false) = (&dims[..], ax, gpu_mapping()) {
-        if tile16_packs(table.dtype, rows as usize, k as usize) && table.dtype.block_len() == 32 {
+        let bl = table.dtype.block_len() as i64;
+        let gathers = bl == 32 || table.dtype == DType::Q6K;
+        if tile16_packs(table.dtype, rows as usize, k as usize) && gathers {
             let lanes = QTile::LANES as i64;
             let group_bytes = lanes * table.dtype.block_bytes() as i64;
-            let blocks = k / 32;
+            let blocks = k / bl;
             kb.for_("q", 0, nidx.clone(), tag0, |kb, q| {
                 let row = safe_index(kb, ib[1], q.clone(), n.clone());
                 let g = kb.let_("g", row.clone() / lanes * blocks);
@@ -348,11 +350,11 @@ pub(crate) fn gather(
                 let dst = kb.let_("dst", q * k);
                 kb.for_("b", 0, blocks, LoopTag::Serial, |kb, b| {
                     let at = kb.let_("at", (g.clone() + b.clone()) * group_bytes);
-                    kb.for_("j", 0, 32, LoopTag::Vectorize(8), |kb, j| {
+                    kb.for_("j", 0, bl, LoopTag::Vectorize(8), |kb, j| {
                         let v =
                             dequant_tile16(ib[0], table.dtype, at.clone(), c.clone(), j.clone());
                         let v = to_storage(kb, ob[0], v);
-                        kb.store(ob[0], dst.clone() + b.clone() * 32 + j, v);
+                        kb.store(ob[0], dst.clone() + b.clone() * bl + j, v);
                     });
                 });
             });

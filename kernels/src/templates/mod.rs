@@ -662,8 +662,9 @@ fn dequant_group(buf: BufId, fmt: DType, hdr: i64, base: Expr, blk: Expr, j: Exp
     }
 }
 
-/// The f32 value of element `j` (0..32) of row `c` (0..16) in the block group at byte
-/// `group` of a Q8_0/Q4_0/Q4_1 weight packed as [`pack::Pack::Tile16`]: the same
+/// The f32 value of element `j` (0..32; Q6_K: 0..256) of row `c` (0..16) in the block
+/// group at byte `group` of a Q8_0/Q4_0/Q4_1/Q5/Q6_K weight packed as
+/// [`pack::Pack::Tile16`]: the same
 /// arithmetic as [`dequant`] on the row's block as stored, so a row reads the same
 /// values either way.
 pub(crate) fn dequant_tile16(buf: BufId, dtype: DType, group: Expr, c: Expr, j: Expr) -> Expr {
@@ -671,6 +672,47 @@ pub(crate) fn dequant_tile16(buf: BufId, dtype: DType, group: Expr, c: Expr, j: 
     let lanes = crate::QTile::LANES as i64;
     let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
     let d = f16(group.clone() + c.clone() * 2);
+    if dtype == DType::Q6K {
+        // Element j (0..256) of the super-block: block j / 32's quant e = j mod 32,
+        // `(D sc) (q - 32)` as `dequant_q6k`.
+        let e = j.clone() % 32;
+        let lane = c.clone() * 2 + e.clone() % 2;
+        let sc = Expr::LoadRaw(
+            buf,
+            Box::new(
+                group.clone() + pack::tile16_q6k_scale(0, 0) as i64 + j.clone() / 16 * lanes + c,
+            ),
+            Ty::I8,
+        );
+        let qs = group + pack::TILE16_Q6K_QUANTS as i64 + j / 32 * pack::TILE16_Q6K_BLOCK as i64;
+        let p = e.clone() / 2;
+        let b = Expr::LoadRaw(
+            buf,
+            Box::new(qs.clone() + p.clone() % 8 * 32 + lane.clone()),
+            Ty::U8,
+        );
+        let lo = Expr::bin(And, b.clone(), Expr::Int(15, Ty::U8));
+        let hi = Expr::bin(Shr, b, Expr::Int(4, Ty::U8));
+        let nib = Expr::select(e.lt(Expr::i(16)), lo, hi);
+        let (h0, _) = pack::tile16_q6k_high(0, 0);
+        let hb = Expr::LoadRaw(
+            buf,
+            Box::new(qs + h0 as i64 + p.clone() % 4 * 32 + lane),
+            Ty::U8,
+        );
+        let hb = Expr::bin(
+            And,
+            Expr::bin(Shr, hb, (p / 4 * 2).cast(Ty::U8)),
+            Expr::Int(3, Ty::U8),
+        );
+        let q = Expr::bin(
+            crate::loopir::BinOp::Or,
+            nib,
+            Expr::bin(crate::loopir::BinOp::Shl, hb, Expr::Int(4, Ty::U8)),
+        );
+        let q = Expr::bin(Sub, q.cast(Ty::F32), Expr::f(32.0, Ty::F32));
+        return Expr::bin(Mul, Expr::bin(Mul, d, sc.cast(Ty::F32)), q);
+    }
     // Byte of quant j in the chunk order of pack::tile16_quant.
     let lane = c.clone() * 2 + j.clone() % 2;
     let (qs, masks) = pack::tile16_offsets(dtype);

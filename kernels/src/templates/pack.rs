@@ -14,7 +14,10 @@
 //! and a shift per pair of tile vectors (and a masked or for the fifth bits), with no
 //! transpose. Q4_K packs per super-block: the 16 rows' D and Dmin, their 12 packed
 //! scale bytes as 12 runs of 16 (see [`tile16_q4k_scale`]), then its eight blocks'
-//! quants as Q4_0's. The size is unchanged.
+//! quants as Q4_0's. Q6_K packs per super-block too: the 16 rows' D, their 16 i8
+//! sub-block scales as 16 runs of 16 (see [`tile16_q6k_scale`]), then per block of 32
+//! the low nibbles as Q4_0's quants and the high two bits in four 32-byte chunks (see
+//! [`tile16_q6k_high`]). The size is unchanged.
 
 use crate::QTile;
 use llmc_ir::DType;
@@ -88,7 +91,7 @@ pub fn tile16_fifth(c: usize, e: usize) -> (usize, u32) {
 
 /// Whether [`Pack::Tile16`] can lay out a `[rows, k]` weight of dtype `d`.
 pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
-    (parts(d).is_some() || d == DType::Q4K || d.sparse_keep().is_some())
+    (parts(d).is_some() || matches!(d, DType::Q4K | DType::Q6K) || d.sparse_keep().is_some())
         && rows.is_multiple_of(QTile::LANES)
         && k.is_multiple_of(d.block_len())
 }
@@ -172,6 +175,31 @@ pub fn tile16_q4k_scale(t: usize, c: usize) -> usize {
     64 + QTile::LANES * t + c
 }
 
+/// Byte offset of sub-block scale `s` (0..16: block `j`'s halves are `2 j`, `2 j + 1`)
+/// of row `c` in a Q6_K [`Pack::Tile16`] super-block group: 16 D (f16), then the 16
+/// i8 scales as 16 runs of the 16 rows' bytes, then the eight blocks of 32 from
+/// [`TILE16_Q6K_QUANTS`], [`TILE16_Q6K_BLOCK`] bytes each: 256 bytes of low nibbles in
+/// [`tile16_quant`]'s order, then 128 bytes of high bits ([`tile16_q6k_high`]).
+pub fn tile16_q6k_scale(s: usize, c: usize) -> usize {
+    2 * QTile::LANES + QTile::LANES * s + c
+}
+
+/// Byte offset of block 0's quants in a Q6_K [`Pack::Tile16`] super-block group.
+pub const TILE16_Q6K_QUANTS: usize = 2 * QTile::LANES + 16 * QTile::LANES;
+
+/// Bytes of one block of 32 in a Q6_K [`Pack::Tile16`] super-block group.
+pub const TILE16_Q6K_BLOCK: usize = 24 * QTile::LANES;
+
+/// Where a Q6_K [`Pack::Tile16`] block keeps the high two bits of quant `e` (0..32) of
+/// row `c`: the byte offset from the block's start and the shift. Pair vector
+/// `p = e / 2` (lane `2 c + e mod 2`) takes its bits from chunk `p mod 4` at shift
+/// `2 ⌊p / 4⌋`, so one 32-byte load gives four pair vectors' high bits; the low
+/// nibbles sit where [`tile16_quant`] puts Q4_0's.
+pub fn tile16_q6k_high(c: usize, e: usize) -> (usize, u32) {
+    let (p, lane) = (e / 2, 2 * c + e % 2);
+    (16 * QTile::LANES + 32 * (p % 4) + lane, 2 * (p / 4) as u32)
+}
+
 /// Where [`Pack::Tile16`] keeps quant `e` (0..32, activation order) of row `c` (0..16)
 /// of a block: its byte offset from the start of the block's quants (after the
 /// scales and minimums) and whether it is the high nibble (4-bit formats). For 4-bit
@@ -191,6 +219,46 @@ pub fn tile16_quant(d: DType, c: usize, e: usize) -> (usize, bool) {
 pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     match pack {
         Pack::Tile16 if d.sparse_keep().is_some() => tile16_s24(d, rows, k, bytes),
+        Pack::Tile16 if d == DType::Q6K => {
+            let lanes = QTile::LANES;
+            let bb = d.block_bytes();
+            if !tile16_packs(d, rows, k) || bytes.len() != rows * k / 256 * bb {
+                return Err(format!(
+                    "[{rows}, {k}] {d} ({} bytes) is not whole groups of {lanes} rows",
+                    bytes.len()
+                ));
+            }
+            let sbs = k / 256;
+            let mut out = Vec::with_capacity(bytes.len());
+            for g in 0..rows / lanes {
+                for sb in 0..sbs {
+                    let o = out.len();
+                    out.resize(o + lanes * bb, 0);
+                    for r in 0..lanes {
+                        let at = ((g * lanes + r) * sbs + sb) * bb;
+                        let blk = &bytes[at..at + bb];
+                        out[o + 2 * r..o + 2 * r + 2].copy_from_slice(&blk[208..210]);
+                        for s in 0..16 {
+                            out[o + tile16_q6k_scale(s, r)] = blk[192 + s];
+                        }
+                        // Block j (half h, quarter c): QFmt::Q6K's decode.
+                        for j in 0..8 {
+                            let (h, c) = (j / 4, j % 4);
+                            let b0 = o + TILE16_Q6K_QUANTS + TILE16_Q6K_BLOCK * j;
+                            for e in 0..32 {
+                                let lo = (blk[64 * h + 32 * (c % 2) + e] >> (4 * (c / 2))) & 15;
+                                let hi = (blk[128 + 32 * h + e] >> (2 * c)) & 3;
+                                let (at, high) = tile16_quant(DType::Q4_0, r, e);
+                                out[b0 + at] |= if high { lo << 4 } else { lo };
+                                let (at, shift) = tile16_q6k_high(r, e);
+                                out[b0 + at] |= hi << shift;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        }
         Pack::Tile16 if d == DType::Q4K => {
             let lanes = QTile::LANES;
             let bb = d.block_bytes();
@@ -351,6 +419,49 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tile16_q6k_keeps_every_quant_scale_and_d() {
+        // 32 rows of two super-blocks with arbitrary bytes: every quant, sub-block
+        // scale and D found where the layout's functions say, and the size kept.
+        let (rows, k) = (32usize, 512usize);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let bytes: Vec<u8> = (0..rows * k / 256 * 210)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let p = pack(Pack::Tile16, DType::Q6K, rows, k, &bytes).unwrap();
+        assert_eq!(p.len(), bytes.len());
+        let lanes = QTile::LANES;
+        for r in 0..rows {
+            for sb in 0..k / 256 {
+                let raw = &bytes[(r * k / 256 + sb) * 210..][..210];
+                let g = &p[((r / lanes) * (k / 256) + sb) * lanes * 210..][..lanes * 210];
+                let c = r % lanes;
+                assert_eq!(&g[2 * c..2 * c + 2], &raw[208..210]);
+                for s in 0..16 {
+                    assert_eq!(g[tile16_q6k_scale(s, c)], raw[192 + s]);
+                }
+                for j in 0..8 {
+                    let (h, q) = (j / 4, j % 4);
+                    let blk = &g[TILE16_Q6K_QUANTS + TILE16_Q6K_BLOCK * j..];
+                    for e in 0..32 {
+                        let lo = (raw[64 * h + 32 * (q % 2) + e] >> (4 * (q / 2))) & 15;
+                        let hi = (raw[128 + 32 * h + e] >> (2 * q)) & 3;
+                        let (at, high) = tile16_quant(DType::Q4_0, c, e);
+                        let nib = if high { blk[at] >> 4 } else { blk[at] & 15 };
+                        let (at, shift) = tile16_q6k_high(c, e);
+                        assert_eq!((nib, (blk[at] >> shift) & 3), (lo, hi), "row {r} e {e}");
+                    }
+                }
+            }
+        }
+        assert!(pack(Pack::Tile16, DType::Q6K, 8, 256, &bytes[..8 * 210]).is_err());
+    }
 
     #[test]
     fn tile16_puts_pairs_of_sixteen_rows_side_by_side() {

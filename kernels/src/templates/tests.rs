@@ -647,10 +647,26 @@ fn linear_float_and_quantized() {
             0.0,
         );
     }
-    for (rows, n, k) in [(1usize, 40usize, 256usize), (5, 17, 512), (9, 33, 256)] {
+    // Q6_K: as stored (n = 40, 17, 33), packed in tiles of 16 rows (n = 32, 48, 16;
+    // 4352 = 17 super-blocks, in slices), decode rows, quads and octets; int8
+    // activations and static scales on the packed tile.
+    for (rows, n, k) in [
+        (1usize, 40usize, 256usize),
+        (5, 17, 512),
+        (9, 33, 256),
+        (1, 32, 512),
+        (5, 48, 256),
+        (9, 32, 768),
+        (6, 16, 4352),
+    ] {
         let x = r.tensor(F, &[rows, k], 1.0);
         let wq = quant_bytes(&mut r, DType::Q6K, n, k);
         check_quant_linear(&x, rows, DType::Q6K, n, k, &wq, None);
+        if n % 16 == 0 {
+            check_quant_linear_bits(&x, rows, DType::Q6K, n, k, &wq, None, 8, None);
+            let fixed = static_ranges(&x, k, 0.6);
+            check_quant_linear_static(&x, rows, DType::Q6K, n, k, &wq, 8, &fixed);
+        }
     }
     for (rows, n, k) in [(1usize, 40usize, 256usize), (9, 33, 512)] {
         let x = r.tensor(F, &[rows, k], 1.0);
@@ -681,6 +697,20 @@ fn linear_float_and_quantized() {
         0.0,
         0.0,
     );
+    // A Q6_K table of whole groups of 16 rows: read packed, exactly.
+    let wq = quant_bytes(&mut r, DType::Q6K, 32, 512);
+    let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 4], vec![17, 0, 31, -1]);
+    let text = check_args(
+        Op::Gather,
+        attrs([("axis", Attr::Int(0))]),
+        &[
+            Arg::W(DType::Q6K, vec![32, 512], wq),
+            Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+        ],
+        0.0,
+        0.0,
+    );
+    assert!(text.contains("% 16"), "Q6_K: not the packed gather\n{text}");
     for (rows, n, k) in [(1usize, 40usize, 256usize), (9, 33, 512)] {
         let x = r.tensor(F, &[rows, k], 1.0);
         let wq = quant_bytes(&mut r, DType::Q5K, n, k);

@@ -18,7 +18,8 @@ use llmc_kernels::{QDot, QTile, QUnpack};
 /// Byte offsets of the quants and of the fifth bits' masks in a `Tile16` block
 /// group of `fmt`.
 fn tile16_offsets(fmt: llmc_kernels::QFmt) -> R<(i64, i64)> {
-    if !fmt.tile16() || fmt == llmc_kernels::QFmt::Q4K {
+    use llmc_kernels::QFmt;
+    if !fmt.tile16() || matches!(fmt, QFmt::Q4K | QFmt::Q6K) {
         return Err(llvm_err(format!("{fmt:?} has no block-wise Tile16 layout")));
     }
     let (qs, masks) = llmc_kernels::templates::pack::tile16_offsets(fmt.dtype());
@@ -295,7 +296,8 @@ impl<'ctx> Lowering<'ctx, '_> {
         // a Q5 one without AVX-512 (its fifth bits set on the bytes).
         let q5_bytes = bytes && u.fmt.qh_offset().is_some() && !self.target.avx512();
         let direct_quads = bytes && !s24 && (u.fmt.qh_offset().is_none() || q5_bytes);
-        let chunks = if s24 || direct_quads {
+        let q6 = u.fmt == llmc_kernels::QFmt::Q6K;
+        let chunks = if s24 || direct_quads || q6 {
             0
         } else if q8 {
             16
@@ -304,6 +306,8 @@ impl<'ctx> Lowering<'ctx, '_> {
         };
         let mut pairs = if s24 {
             self.s24_pairs(f, w, masks, 0, LANES)?
+        } else if q6 {
+            self.q6k_pairs(f, w, qs, masks, LANES)?
         } else {
             vec![v32w.const_zero(); 16]
         };
@@ -719,7 +723,13 @@ impl<'ctx> Lowering<'ctx, '_> {
             } else {
                 Vec::new()
             };
+            // Q6_K: the first half's sums (pairs 0..8) apart from the second's.
+            let split = t.fmt.split_scales();
+            let mut lows = Vec::new();
             for p in (0..16i64).filter(|_| !bytes) {
+                if split && p == 8 {
+                    lows = std::mem::replace(&mut sums[j], vec![vi.const_zero(); rows.len()]);
+                }
                 let wv = match direct {
                     Some((wvs, ..)) => wvs[p as usize],
                     None => {
@@ -757,11 +767,11 @@ impl<'ctx> Lowering<'ctx, '_> {
                 f.b.build_int_add(sb, self.tc(c0 as i64 * 4), "")
                     .map_err(e)?;
             let (d, m) = if let Some((_, d, m)) = direct {
-                (*d, m.filter(|_| t.has_min))
+                (*d, m.filter(|_| t.has_min || split))
             } else {
                 self.tile_scales(f, t, scales, sb, vf)?
             };
-            for ((s, (_, sc)), ch) in sums[j].iter().zip(rows).zip(chains) {
+            for (r, ((s, (_, sc)), ch)) in sums[j].iter().zip(rows).zip(chains).enumerate() {
                 let b = &f.b;
                 let at = b
                     .build_int_mul(blk, self.tc(QDot::scale_offset(1)), "")
@@ -772,6 +782,17 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let xdv = self.splat_f32(f, xdv, lanes)?;
                 let scale = f.b.build_float_mul(d, xdv, "scale").map_err(e)?;
                 let sf = f.b.build_signed_int_to_float(*s, vf, "").map_err(e)?;
+                if split {
+                    // QDot's Q6_K: the first half with d_lo into E, the second with
+                    // d_hi (the minimum's slot) into O.
+                    let dh = m.ok_or_else(|| llvm_err("q6_k tile without d_hi"))?;
+                    let lo = lows.get(r).copied().unwrap_or(vi.const_zero());
+                    let lo = f.b.build_signed_int_to_float(lo, vf, "").map_err(e)?;
+                    self.fma_into(f, lo, scale, ch[0])?;
+                    let scale = f.b.build_float_mul(dh, xdv, "scale").map_err(e)?;
+                    self.fma_into(f, sf, scale, ch[1])?;
+                    continue;
+                }
                 self.fma_into(f, sf, scale, ch[h])?;
                 if let Some(m) = m {
                     let xsv = self.qdot_load(f, it.f32.into(), xs, at)?.into_float_value();
@@ -796,7 +817,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let d = self
             .qdot_load(f, vf.into(), scales, sb)?
             .into_vector_value();
-        if !t.has_min {
+        if !t.has_min && !t.fmt.split_scales() {
             return Ok((d, None));
         }
         let at = f.b.build_int_add(sb, self.tc(64), "").map_err(llvm_err)?;
@@ -831,6 +852,9 @@ impl<'ctx> Lowering<'ctx, '_> {
         if t.fmt.sparse() {
             return Ok((self.s24_pairs(f, w, masks, c0, lanes)?, d, m));
         }
+        if t.fmt == llmc_kernels::QFmt::Q6K {
+            return Ok((self.q6k_pairs(f, w, qs, masks, lanes)?, d, m));
+        }
         if t.fmt == llmc_kernels::QFmt::Q8_0 {
             // With a minimum (int8 activations): q + 128 and -128 d.
             for (p, o) in out.iter_mut().enumerate() {
@@ -861,6 +885,59 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
         }
         Ok((out, d, m))
+    }
+
+    /// The 16 pair vectors (`2 lanes` i16: lane `2c + j` holds row `c0 + c`'s quant
+    /// `2p + j`, less 32) of a Q6_K `Tile16` block whose low nibbles start at byte `qs`
+    /// of `w` and high bits at `hs` (both lane `c0`'s; `templates::pack`'s
+    /// `tile16_q6k_high`): per 32-byte chunk of nibbles two widening loads' worth of
+    /// pairs, per chunk of high bits four pairs' bits moved to 16 and 32 by a shift
+    /// and a mask each.
+    fn q6k_pairs(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        qs: IntValue<'ctx>,
+        hs: IntValue<'ctx>,
+        lanes: u32,
+    ) -> R<Vec<VectorValue<'ctx>>> {
+        let it = self.it;
+        let e = llvm_err;
+        let vb = it.i8.vec_type(2 * lanes);
+        let vw = it.i16.vec_type(2 * lanes);
+        let splat = |k: u64| {
+            VectorType::const_vector(&vec![it.i16.const_int(k, false); 2 * lanes as usize])
+        };
+        let load = |base: IntValue<'ctx>, c: i64| -> R<VectorValue<'ctx>> {
+            let at = f.b.build_int_add(base, self.tc(32 * c), "").map_err(e)?;
+            let raw = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
+            f.b.build_int_z_extend(raw, vw, "").map_err(e)
+        };
+        let mut out = vec![vw.const_zero(); 16];
+        for p in 0..8 {
+            let v = load(qs, p as i64)?;
+            let b = &f.b;
+            out[p] = b.build_and(v, splat(15), "lo").map_err(e)?;
+            out[p + 8] = b.build_right_shift(v, splat(4), false, "hi").map_err(e)?;
+        }
+        for k in 0..4 {
+            let v = load(hs, k as i64)?;
+            for sh in 0..4usize {
+                let p = k + 4 * sh;
+                // Bits 2 sh, 2 sh + 1 to bits 4, 5.
+                let b = &f.b;
+                let moved = if 2 * sh <= 4 {
+                    b.build_left_shift(v, splat(4 - 2 * sh as u64), "")
+                } else {
+                    b.build_right_shift(v, splat(2), false, "")
+                }
+                .map_err(e)?;
+                let high = b.build_and(moved, splat(0x30), "").map_err(e)?;
+                let q = b.build_or(out[p], high, "q6").map_err(e)?;
+                out[p] = b.build_int_sub(q, splat(32), "").map_err(e)?;
+            }
+        }
+        Ok(out)
     }
 
     /// The 16 pair vectors (`2 lanes` i16: lane `2c + j` holds row `c0 + c`'s quant
@@ -1179,10 +1256,27 @@ impl<'ctx> Lowering<'ctx, '_> {
         let vf = it.f32.vec_type(lanes);
         let big = LANES as i64;
         let k4 = fmt == llmc_kernels::QFmt::Q4K;
-        // The group holding the block (Q4_K: its super-block's) and the block's
+        let q6 = fmt == llmc_kernels::QFmt::Q6K;
+        // The group holding the block (Q4_K, Q6_K: its super-block's) and the block's
         // quants within it.
         let b = &f.b;
-        let (g, qoff, per_block) = if k4 {
+        let (g, qoff, per_block) = if q6 {
+            use llmc_kernels::templates::pack::{TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS};
+            let sb = b
+                .build_right_shift(blk, self.tc(3), false, "sb")
+                .map_err(e)?;
+            let j = b.build_and(blk, self.tc(7), "j").map_err(e)?;
+            let g = b
+                .build_int_mul(sb, self.tc(big * fmt.block_bytes()), "")
+                .map_err(e)?;
+            let q = b
+                .build_int_mul(j, self.tc(TILE16_Q6K_BLOCK as i64), "")
+                .map_err(e)?;
+            let q = b
+                .build_int_add(q, self.tc(TILE16_Q6K_QUANTS as i64), "")
+                .map_err(e)?;
+            (g, q, TILE16_Q6K_BLOCK as i64)
+        } else if k4 {
             let sb = b
                 .build_right_shift(blk, self.tc(3), false, "sb")
                 .map_err(e)?;
@@ -1242,6 +1336,28 @@ impl<'ctx> Lowering<'ctx, '_> {
             f.b.build_float_ext(h, vf, "").map_err(e)
         };
         let d = half(0)?;
+        if q6 {
+            // d_lo and d_hi: D times the i8 scales of sub-blocks 2 j and 2 j + 1,
+            // each stored as a run of the 16 rows' bytes.
+            let j = f.b.build_and(blk, self.tc(7), "j").map_err(e)?;
+            let vb = it.i8.vec_type(lanes);
+            let mut ds = Vec::new();
+            for h in 0..2 {
+                let b = &f.b;
+                let s = b.build_int_mul(j, self.tc(2 * big), "").map_err(e)?;
+                let s = b
+                    .build_int_add(s, self.tc(2 * big + h * big + c0 as i64), "")
+                    .map_err(e)?;
+                let at = b.build_int_add(g, s, "").map_err(e)?;
+                let sc = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
+                let b = &f.b;
+                let sc = b.build_signed_int_to_float(sc, vf, "").map_err(e)?;
+                ds.push(b.build_float_mul(d, sc, "d").map_err(e)?);
+            }
+            // The high bits follow the block's 256 bytes of nibbles.
+            let hs = f.b.build_int_add(qs, self.tc(16 * big), "hs").map_err(e)?;
+            return Ok((ds[0], Some(ds[1]), qs, hs));
+        }
         if k4 {
             // The 6-bit scale and minimum of sub-block j (QFmt::Q4K's branch-free
             // decode), lane-wise from the 12 scale bytes stored as 12 vectors of the
