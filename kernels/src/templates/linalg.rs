@@ -821,7 +821,12 @@ impl Lin {
                 return;
             }
             let blocks = self.k / 32;
-            if fmt.split_scales() || QROWS != lanes || tile_bytes(blocks) > TILE_MAX_BYTES {
+            // (The tile form is CPU-only: the generic GPU mapping takes the dots.)
+            if fmt.split_scales()
+                || QROWS != lanes
+                || tile_bytes(blocks) > TILE_MAX_BYTES
+                || gpu_mapping()
+            {
                 dots(kb, &j0, &j1);
                 return;
             }

@@ -1,6 +1,7 @@
 //! `linear` / `linear_act` on the GPU (the decode step's GEMV): a warp per weight row
 //! (output column), [`WARPS`] rows per block. The lanes walk the row in units — 8
-//! elements of a GGUF block (Q4: 4 bytes of nibbles, Q8_0: 8 bytes; 4 units per
+//! elements of a GGUF block (Q4/Q5: 4 bytes of nibbles, Q5's fifth bits from the
+//! block's `qh`, Q8_0: 8 bytes; 4 units per
 //! block) or one element of a float weight — so a warp reads consecutive bytes, each
 //! weight byte once per [`RG`] activation rows; the grid's y axis takes the
 //! activation rows [`RC`] at a time, so a prefill chunk fills the GPU. Blocks are dequantized in registers:
@@ -78,6 +79,10 @@ pub(crate) fn linear(
                 w.dtype,
                 DType::Q4_0
                     | DType::Q4_1
+                    | DType::Q5_0
+                    | DType::Q5_1
+                    | DType::Q4K
+                    | DType::Q6K
                     | DType::Q8_0
                     | DType::Q4_0G64
                     | DType::Q4_1G64
@@ -337,9 +342,18 @@ impl Gemv {
                 let nblk = k / 32;
                 let units = nblk * UPB;
                 let rowbytes = k / bl * bb;
+                // The minimum: stored after d (Q4_1, Q5_1, the `_1` groups), or `k d`
+                // (Q4_0 and its groups: -8, Q5_0: -16).
                 let min_kind = match self.wd {
-                    DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 => Some(true),
-                    DType::Q4_0 | DType::Q4_0G64 | DType::Q4_0G128 => Some(false),
+                    DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 | DType::Q5_1 => Some(None),
+                    DType::Q4_0 | DType::Q4_0G64 | DType::Q4_0G128 => Some(Some(-8.0)),
+                    DType::Q5_0 => Some(Some(-16.0)),
+                    _ => None,
+                };
+                // Q5's fifth bits: a little-endian u32 after d (and m).
+                let qh_at = match self.wd {
+                    DType::Q5_0 => Some(2),
+                    DType::Q5_1 => Some(4),
                     _ => None,
                 };
                 kb.for_step("u", lane.clone(), units, 32, LoopTag::Serial, |kb, u| {
@@ -355,23 +369,39 @@ impl Gemv {
                         } else {
                             kb.let_("qb", j.clone() * rowbytes + blk.clone() / sub * bb)
                         };
+                        if matches!(self.wd, DType::Q4K | DType::Q6K) {
+                            decoded.push(self.k_unit(kb, &base, &blk, &part));
+                            continue;
+                        }
                         let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
                         let d = kb.let_("d", f16(base.clone()));
                         let m = match min_kind {
-                            Some(true) => Some(kb.let_("m", f16(base.clone() + 2))),
-                            Some(false) => {
-                                Some(kb.let_("m", b(BinOp::Mul, d.clone(), fconst(-8.0, f))))
+                            Some(None) => Some(kb.let_("m", f16(base.clone() + 2))),
+                            Some(Some(k)) => {
+                                Some(kb.let_("m", b(BinOp::Mul, d.clone(), fconst(k, f))))
                             }
                             None => None,
                         };
+                        // The fifth bits of quants 0..16 and 16..32 (2-byte aligned in
+                        // Q5_0's 22-byte blocks).
+                        let qh = qh_at.map(|h| {
+                            let mut half = |o: i64| {
+                                let v =
+                                    Expr::LoadRaw(self.w, Box::new(base.clone() + h + o), Ty::U16);
+                                kb.let_("qh", v)
+                            };
+                            (half(0), half(2))
+                        });
                         let mut elems: Vec<(Expr, Expr)> = Vec::new();
                         // The unit's quant bytes in as few loads as their alignment
-                        // allows: Q4_1 blocks (20 bytes) keep them 4-byte aligned, Q4_0
-                        // and Q8_0 (18, 34) 2-byte aligned.
+                        // allows: Q4_1 and Q5_1 blocks (20, 24 bytes) keep them 4-byte
+                        // aligned, Q4_0, Q5_0 and Q8_0 (18, 22, 34) 2-byte aligned.
                         let qs = self.wd.qs_offset();
-                        let (nbytes, word) = match (self.wd, min_kind) {
-                            (DType::Q8_0, _) => (8, Ty::U16),
-                            (_, Some(true)) => (4, Ty::U32),
+                        let (nbytes, word) = match self.wd {
+                            DType::Q8_0 => (8, Ty::U16),
+                            DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 | DType::Q5_1 => {
+                                (4, Ty::U32)
+                            }
                             _ => (4, Ty::U16),
                         };
                         let wb = word.bytes() as i64;
@@ -398,8 +428,20 @@ impl Gemv {
                                 let q = byte.cast(Ty::I8).cast(f);
                                 elems.push((kb.let_("q", q), part.clone() * 8 + e));
                             } else {
-                                let lo = b(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(f);
-                                let hi = b(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(f);
+                                let mut lo =
+                                    b(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(f);
+                                let mut hi = b(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(f);
+                                if let Some((h0, h1)) = &qh {
+                                    // Bit `i` of each half: 16 more.
+                                    let i = (part.clone() * 4 + e).cast(Ty::U16);
+                                    let bit = |h: &Expr| {
+                                        let v = b(BinOp::Shr, h.clone(), i.clone());
+                                        let v = b(BinOp::And, v, Expr::Int(1, Ty::U16)).cast(f);
+                                        b(BinOp::Mul, v, fconst(16.0, f))
+                                    };
+                                    lo = b(BinOp::Add, lo, bit(h0));
+                                    hi = b(BinOp::Add, hi, bit(h1));
+                                }
                                 elems.push((kb.let_("lo", lo), part.clone() * 4 + e));
                                 elems.push((kb.let_("hi", hi), part.clone() * 4 + e + 16));
                             }
@@ -479,6 +521,100 @@ impl Gemv {
 /// and each quant with its element index within the block.
 type Decoded = (Expr, Option<Expr>, Vec<(Expr, Expr)>);
 
+impl Gemv {
+    /// `n` bytes (u8 values) from byte `at` of the weight, in `word` loads (`at` a
+    /// multiple of the word's size).
+    fn weight_bytes(&self, kb: &mut KernelBuilder, at: Expr, n: i64, word: Ty) -> Vec<Expr> {
+        let wb = word.bytes() as i64;
+        let mut out = Vec::new();
+        for w in 0..n / wb {
+            let v = Expr::LoadRaw(self.w, Box::new(at.clone() + w * wb), word);
+            let v = kb.let_("qw", v);
+            for by in 0..wb {
+                let sh = Expr::bin(BinOp::Shr, v.clone(), Expr::Int(8 * by, word));
+                let byte = Expr::bin(BinOp::And, sh, Expr::Int(255, word)).cast(Ty::U8);
+                out.push(kb.let_("qv", byte));
+            }
+        }
+        out
+    }
+
+    /// A Q4_K or Q6_K unit (8 elements, `part` of block `blk`) of the super-block at byte
+    /// `base`, decoded as `templates::dequant_q45k` / `dequant_q6k` read them: Q4_K's
+    /// `D · sc` and `-(Dmin · mn)` of sub-block `blk mod 8` (the branch-free 6-bit
+    /// decode) and its nibbles; Q6_K's `D · sc` of the unit's 16-element half and its
+    /// quants `q - 32` from `ql` and `qh`.
+    fn k_unit(&self, kb: &mut KernelBuilder, base: &Expr, blk: &Expr, part: &Expr) -> Decoded {
+        use BinOp::{And, Mul, Or, Shl, Shr, Sub};
+        let f = Ty::F32;
+        let u8c = |v: i64| Expr::Int(v, Ty::U8);
+        let byte = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::U8);
+        let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
+        let sj = kb.let_("sj", blk.clone() % 8);
+        let mut elems = Vec::new();
+        if self.wd == DType::Q4K {
+            let b0 = byte(base.clone() + 4 + sj.clone() % 4);
+            let b1 = byte(base.clone() + 8 + sj.clone());
+            let b2 = byte(base.clone() + 4 + sj.clone());
+            let top = |v: Expr| b(Shl, b(Shr, v, u8c(6)), u8c(4));
+            let low = sj.clone().lt(Expr::i(4));
+            let sc = Expr::select(
+                low.clone(),
+                b(And, b0.clone(), u8c(63)),
+                b(Or, b(And, b1.clone(), u8c(15)), top(b0)),
+            );
+            let mn = Expr::select(
+                low,
+                b(And, b1.clone(), u8c(63)),
+                b(Or, b(Shr, b1, u8c(4)), top(b2)),
+            );
+            let d = kb.let_("d", b(Mul, f16(base.clone()), sc.cast(f)));
+            let m = b(Mul, f16(base.clone() + 2), mn.cast(f));
+            let m = kb.let_("m", Expr::un(UnOp::Neg, m));
+            // Sub-block pairs share 32 bytes: low nibbles for the even one. 144-byte
+            // super-blocks keep the unit's 8 bytes 4-byte aligned.
+            let at = base.clone() + 16 + sj.clone() / 2 * 32 + part.clone() * 8;
+            let at = kb.let_("qa", at);
+            let shift = kb.let_("qsh", (sj.clone() % 2 * 4).cast(Ty::U8));
+            for (e, v) in self
+                .weight_bytes(kb, at, 8, Ty::U32)
+                .into_iter()
+                .enumerate()
+            {
+                let q = b(And, b(Shr, v, shift.clone()), u8c(15)).cast(f);
+                elems.push((kb.let_("q", q), part.clone() * 8 + e as i64));
+            }
+            return (d, Some(m), elems);
+        }
+        // Q6_K: block sj is half h = sj / 4 at quarter c = sj mod 4; the unit's 8
+        // elements lie in one 16-element half (scale 8 h + 2 c + part / 2). 210-byte
+        // super-blocks keep its bytes 2-byte aligned.
+        let h = kb.let_("h", sj.clone() / 4);
+        let c = kb.let_("c", sj % 4);
+        let sc = Expr::LoadRaw(
+            self.w,
+            Box::new(base.clone() + 192 + h.clone() * 8 + c.clone() * 2 + part.clone() / 2),
+            Ty::I8,
+        );
+        let d = kb.let_("d", b(Mul, f16(base.clone() + 208), sc.cast(f)));
+        let ql = base.clone() + h.clone() * 64 + c.clone() % 2 * 32 + part.clone() * 8;
+        let ql = kb.let_("ql", ql);
+        let qh = kb.let_("qh", base.clone() + 128 + h * 32 + part.clone() * 8);
+        let lsh = kb.let_("lsh", (c.clone() / 2 * 4).cast(Ty::U8));
+        let hsh = kb.let_("hsh", (c * 2).cast(Ty::U8));
+        let lo = self.weight_bytes(kb, ql, 8, Ty::U16);
+        let hi = self.weight_bytes(kb, qh, 8, Ty::U16);
+        for (e, (l, hb)) in lo.into_iter().zip(hi).enumerate() {
+            let l = b(And, b(Shr, l, lsh.clone()), u8c(15));
+            let hb = b(And, b(Shr, hb, hsh.clone()), u8c(3));
+            let q = b(Or, l, b(Shl, hb, u8c(4))).cast(f);
+            let q = b(Sub, q, fconst(32.0, f));
+            elems.push((kb.let_("q", q), part.clone() * 8 + e as i64));
+        }
+        (d, None, elems)
+    }
+}
+
 /// Offsets of a GGUF block's quants.
 trait QsOffset {
     fn qs_offset(self) -> i64;
@@ -486,10 +622,11 @@ trait QsOffset {
 
 impl QsOffset for DType {
     fn qs_offset(self) -> i64 {
-        if matches!(self, DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128) {
-            4
-        } else {
-            2
+        match self {
+            DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 => 4,
+            DType::Q5_0 => 6,
+            DType::Q5_1 => 8,
+            _ => 2,
         }
     }
 }

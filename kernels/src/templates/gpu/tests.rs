@@ -57,6 +57,10 @@ fn gpu_linear_float_and_quantized() {
             DType::Q8_0,
             DType::Q4_0,
             DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q4K,
+            DType::Q6K,
             DType::Q4_0G64,
             DType::Q4_1G64,
             DType::Q4_0G128,
@@ -83,6 +87,63 @@ fn gpu_linear_float_and_quantized() {
                     Arg::W(F, vec![n], f32_bytes(&b)),
                 ],
                 1e-5,
+            );
+        }
+    }
+}
+
+/// Formats the GPU GEMV does not decode (Q5_K, Q3_K) take the generic mapping of the
+/// CPU template's integer dot products (int16 activation blocks, hence the looser
+/// tolerance), never its CPU-only tile form: rows alone and in quads, a weight of whole
+/// 16-row chunks.
+#[test]
+fn gpu_other_k_quant_linears_take_the_generic_dots() {
+    let mut r = Rng::new(103);
+    for (rows, n, k) in [(1usize, 16usize, 256usize), (4, 16, 512), (6, 32, 256)] {
+        let x = r.tensor(F, &[rows, k], 1.0);
+        for d in [DType::Q5K, DType::Q3K] {
+            let wq = quant_bytes(&mut r, d, n, k);
+            let text = check_args_on(
+                true,
+                Op::Linear,
+                attrs([]),
+                &[
+                    input(tt(F, &["seq", &k.to_string()]), x.clone()),
+                    Arg::W(d, vec![n, k], wq),
+                ],
+                2e-2,
+                2e-3,
+            );
+            assert!(
+                text.contains("qdot") && !text.contains("qtile"),
+                "{d}:\n{text}"
+            );
+        }
+    }
+}
+
+/// Q4_K and Q6_K super-blocks in the GPU GEMV: one row, a decode batch, and 16+ rows
+/// (the tiled form, four weight rows a warp); two super-blocks a row.
+#[test]
+fn gpu_k_quant_gemv() {
+    let mut r = Rng::new(107);
+    for (rows, n) in [(1usize, 8usize), (5, 9), (37, 16)] {
+        let k = 512;
+        let x = r.tensor(F, &[rows, k], 1.0);
+        for d in [DType::Q4K, DType::Q6K] {
+            let wq = quant_bytes(&mut r, d, n, k);
+            let text = check(
+                Op::Linear,
+                attrs([]),
+                &[
+                    input(tt(F, &["seq", &k.to_string()]), x.clone()),
+                    Arg::W(d, vec![n, k], wq),
+                ],
+                1e-5,
+            );
+            assert!(
+                text.contains("shuffle_xor") && !text.contains("qdot"),
+                "{d}:\n{text}"
             );
         }
     }
