@@ -974,6 +974,45 @@ fn smollm_cuda_executable_runs_or_says_no_driver() {
 
 const GEMMA3: &str = "gemma-3-270m-Q4_K_M.gguf";
 
+/// llama-quantize's Q4_K_M (Q5_0, Q8_0, Q4_K and Q6_K matrices) builds for CUDA, and
+/// every linear is a GEMV kernel of many threads: none takes the CPU-only tile form
+/// (the build used to fail on it) or a one-thread generic kernel (the K-quant down
+/// projections did), as `info`'s ptxas report shows.
+#[test]
+fn gemma3_q4_k_m_builds_for_cuda_with_every_linear_on_the_gemv() {
+    let Some(m) = model(GEMMA3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("gemma-cuda");
+    let o = llmc(&[
+        "build",
+        m.to_str().unwrap(),
+        "-O3",
+        "--target",
+        "cuda",
+        "--cuda-arch",
+        "sm_90",
+        "-o",
+        exe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    if llmc_backend::ptxas::find().is_none() {
+        return;
+    }
+    let info = Command::new(&exe).arg("info").output().unwrap();
+    let text = stdout(&info);
+    let linears: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("sm_90 llmc_k") && l.contains("_linear_"))
+        .collect();
+    assert!(linears.len() >= 5, "{text}");
+    for l in linears {
+        assert!(
+            l.contains("256x1x1 threads") && l.contains(" 0 B spilled"),
+            "{l}\n{text}"
+        );
+    }
+}
+
 /// Greedy text of the Gemma 3 270M GGUF (Q4_K_M: Q5_0, Q8_0, Q4_K and Q6_K weights;
 /// sliding-window and global layers, QK-norm, sandwich norms, two RoPE bases) through
 /// `engine`, against transformers on the same weights dequantized to f32
