@@ -758,13 +758,13 @@ pub(crate) fn dequant_tile16(buf: BufId, dtype: DType, group: Expr, c: Expr, j: 
 /// byte `base` ([`crate::loopir::QFmt::Q4K`], [`crate::loopir::QFmt::Q5K`]):
 /// `(D sc) q - Dmin mn`, the products exact in f32 and one rounding after, so it
 /// equals llama.cpp's decoding rounded to f32.
-fn dequant_q45k(buf: BufId, base: Expr, j: Expr, five: bool) -> Expr {
-    use crate::loopir::BinOp::{And, Mul, Or, Shl, Shr, Sub};
-    let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
+/// The 6-bit scale and minimum (u8) of sub-block `sub` (0..8) of the Q4_K/Q5_K
+/// super-block at byte `base` of `buf`: the branch-free decode of its 12 packed scale
+/// bytes ([`crate::loopir::QFmt::Q4K`]).
+pub(crate) fn k4_scale_min(buf: BufId, base: &Expr, sub: &Expr) -> (Expr, Expr) {
+    use crate::loopir::BinOp::{And, Or, Shl, Shr};
     let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
     let u8c = |v: i64| Expr::Int(v, Ty::U8);
-    let sub = j.clone() / 32;
-    // The branch-free scale/min decode ([`crate::loopir::QFmt::Q4K`]).
     let b0 = byte(base.clone() + 4 + sub.clone() % 4);
     let b1 = byte(base.clone() + 8 + sub.clone());
     let b2 = byte(base.clone() + 4 + sub.clone());
@@ -780,6 +780,16 @@ fn dequant_q45k(buf: BufId, base: Expr, j: Expr, five: bool) -> Expr {
         Expr::bin(And, b1.clone(), u8c(63)),
         Expr::bin(Or, Expr::bin(Shr, b1, u8c(4)), top(b2)),
     );
+    (sc, mn)
+}
+
+fn dequant_q45k(buf: BufId, base: Expr, j: Expr, five: bool) -> Expr {
+    use crate::loopir::BinOp::{And, Mul, Or, Shl, Shr, Sub};
+    let f16 = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::F16).cast(Ty::F32);
+    let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
+    let u8c = |v: i64| Expr::Int(v, Ty::U8);
+    let sub = j.clone() / 32;
+    let (sc, mn) = k4_scale_min(buf, &base, &sub);
     let qs = if five { 48 } else { 16 };
     let q = byte(base.clone() + qs + (j.clone() / 64) * 32 + j.clone() % 32);
     let shift = ((sub.clone() % 2) * 4).cast(Ty::U8);

@@ -215,89 +215,75 @@ pub fn tile16_quant(d: DType, c: usize, e: usize) -> (usize, bool) {
     }
 }
 
+/// A K-quant weight (`[rows, k]` of super-blocks of 256) in [`Pack::Tile16`]: per
+/// group of 16 rows and super-block, a zeroed group of 16 super-blocks' bytes that
+/// `place(group, r, block)` fills with row `r`'s super-block `block` (its D, scales and
+/// quants where the format's layout puts them).
+fn super_groups(
+    d: DType,
+    rows: usize,
+    k: usize,
+    bytes: &[u8],
+    place: impl Fn(&mut [u8], usize, &[u8]),
+) -> Result<Vec<u8>, String> {
+    let lanes = QTile::LANES;
+    let bb = d.block_bytes();
+    if !tile16_packs(d, rows, k) || bytes.len() != rows * k / 256 * bb {
+        return Err(format!(
+            "[{rows}, {k}] {d} ({} bytes) is not whole groups of {lanes} rows",
+            bytes.len()
+        ));
+    }
+    let sbs = k / 256;
+    let mut out = vec![0u8; bytes.len()];
+    for (gi, group) in out.chunks_exact_mut(lanes * bb).enumerate() {
+        let (g, sb) = (gi / sbs, gi % sbs);
+        for r in 0..lanes {
+            let at = ((g * lanes + r) * sbs + sb) * bb;
+            place(group, r, &bytes[at..at + bb]);
+        }
+    }
+    Ok(out)
+}
+
 /// Rewrites the bytes of a weight `[rows, k]` of dtype `d` into `pack`.
 pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     match pack {
         Pack::Tile16 if d.sparse_keep().is_some() => tile16_s24(d, rows, k, bytes),
-        Pack::Tile16 if d == DType::Q6K => {
-            let lanes = QTile::LANES;
-            let bb = d.block_bytes();
-            if !tile16_packs(d, rows, k) || bytes.len() != rows * k / 256 * bb {
-                return Err(format!(
-                    "[{rows}, {k}] {d} ({} bytes) is not whole groups of {lanes} rows",
-                    bytes.len()
-                ));
+        Pack::Tile16 if d == DType::Q6K => super_groups(d, rows, k, bytes, |out, r, blk| {
+            out[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
+            for s in 0..16 {
+                out[tile16_q6k_scale(s, r)] = blk[192 + s];
             }
-            let sbs = k / 256;
-            let mut out = Vec::with_capacity(bytes.len());
-            for g in 0..rows / lanes {
-                for sb in 0..sbs {
-                    let o = out.len();
-                    out.resize(o + lanes * bb, 0);
-                    for r in 0..lanes {
-                        let at = ((g * lanes + r) * sbs + sb) * bb;
-                        let blk = &bytes[at..at + bb];
-                        out[o + 2 * r..o + 2 * r + 2].copy_from_slice(&blk[208..210]);
-                        for s in 0..16 {
-                            out[o + tile16_q6k_scale(s, r)] = blk[192 + s];
-                        }
-                        // Block j (half h, quarter c): QFmt::Q6K's decode.
-                        for j in 0..8 {
-                            let (h, c) = (j / 4, j % 4);
-                            let b0 = o + TILE16_Q6K_QUANTS + TILE16_Q6K_BLOCK * j;
-                            for e in 0..32 {
-                                let lo = (blk[64 * h + 32 * (c % 2) + e] >> (4 * (c / 2))) & 15;
-                                let hi = (blk[128 + 32 * h + e] >> (2 * c)) & 3;
-                                let (at, high) = tile16_quant(DType::Q4_0, r, e);
-                                out[b0 + at] |= if high { lo << 4 } else { lo };
-                                let (at, shift) = tile16_q6k_high(r, e);
-                                out[b0 + at] |= hi << shift;
-                            }
-                        }
-                    }
+            // Block j (half h, quarter c): QFmt::Q6K's decode.
+            for j in 0..8 {
+                let (h, c) = (j / 4, j % 4);
+                let b0 = TILE16_Q6K_QUANTS + TILE16_Q6K_BLOCK * j;
+                for e in 0..32 {
+                    let lo = (blk[64 * h + 32 * (c % 2) + e] >> (4 * (c / 2))) & 15;
+                    let hi = (blk[128 + 32 * h + e] >> (2 * c)) & 3;
+                    let (at, high) = tile16_quant(DType::Q4_0, r, e);
+                    out[b0 + at] |= if high { lo << 4 } else { lo };
+                    let (at, shift) = tile16_q6k_high(r, e);
+                    out[b0 + at] |= hi << shift;
                 }
             }
-            Ok(out)
-        }
-        Pack::Tile16 if d == DType::Q4K => {
-            let lanes = QTile::LANES;
-            let bb = d.block_bytes();
-            if !tile16_packs(d, rows, k) || bytes.len() != rows * k / 256 * bb {
-                return Err(format!(
-                    "[{rows}, {k}] {d} ({} bytes) is not whole groups of {lanes} rows",
-                    bytes.len()
-                ));
+        }),
+        Pack::Tile16 if d == DType::Q4K => super_groups(d, rows, k, bytes, |out, r, blk| {
+            out[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+            out[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
+            for t in 0..12 {
+                out[tile16_q4k_scale(t, r)] = blk[4 + t];
             }
-            let sbs = k / 256;
-            let mut out = Vec::with_capacity(bytes.len());
-            for g in 0..rows / lanes {
-                for sb in 0..sbs {
-                    let block = |r: usize| {
-                        let at = ((g * lanes + r) * sbs + sb) * bb;
-                        &bytes[at..at + bb]
-                    };
-                    let o = out.len();
-                    out.resize(o + lanes * bb, 0);
-                    for r in 0..lanes {
-                        let blk = block(r);
-                        out[o + 2 * r..o + 2 * r + 2].copy_from_slice(&blk[0..2]);
-                        out[o + 32 + 2 * r..o + 34 + 2 * r].copy_from_slice(&blk[2..4]);
-                        for t in 0..12 {
-                            out[o + tile16_q4k_scale(t, r)] = blk[4 + t];
-                        }
-                        // Block j's quant e: byte 32 (j / 2) + e of qs, nibble j mod 2.
-                        for j in 0..8 {
-                            for e in 0..32 {
-                                let q = (blk[16 + 32 * (j / 2) + e] >> (4 * (j % 2))) & 15;
-                                let (at, high) = tile16_quant(DType::Q4_0, r, e);
-                                out[o + 256 + 256 * j + at] |= if high { q << 4 } else { q };
-                            }
-                        }
-                    }
+            // Block j's quant e: byte 32 (j / 2) + e of qs, nibble j mod 2.
+            for j in 0..8 {
+                for e in 0..32 {
+                    let q = (blk[16 + 32 * (j / 2) + e] >> (4 * (j % 2))) & 15;
+                    let (at, high) = tile16_quant(DType::Q4_0, r, e);
+                    out[256 + 256 * j + at] |= if high { q << 4 } else { q };
                 }
             }
-            Ok(out)
-        }
+        }),
         Pack::Tile16 => {
             let (qn, has_min, fifth) =
                 parts(d).ok_or_else(|| format!("{d} cannot be packed in tiles of 16 rows"))?;

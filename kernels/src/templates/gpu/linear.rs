@@ -9,8 +9,8 @@
 //! lane 0 adds the bias, applies the epilogue and stores.
 
 use super::super::{
-    compute_ty, elementwise::activation, fconst, load_elem, operand, quant_block, result, setup,
-    to_storage,
+    compute_ty, elementwise::activation, fconst, k4_scale_min, load_elem, operand, quant_block,
+    result, setup, to_storage,
 };
 use super::warp_sum;
 use crate::builder::KernelBuilder;
@@ -404,24 +404,13 @@ impl Gemv {
                             }
                             _ => (4, Ty::U16),
                         };
-                        let wb = word.bytes() as i64;
                         let qs = if sub == 1 {
                             base.clone() + qs
                         } else {
                             base.clone() + qs + blk.clone() % sub * 16
                         };
                         let at0 = kb.let_("qa", qs + part.clone() * nbytes);
-                        let mut bytes: Vec<Expr> = Vec::new();
-                        for w in 0..nbytes / wb {
-                            let v = Expr::LoadRaw(self.w, Box::new(at0.clone() + w * wb), word);
-                            let v = kb.let_("qw", v);
-                            for by in 0..wb {
-                                let sh = Expr::bin(BinOp::Shr, v.clone(), Expr::Int(8 * by, word));
-                                let byte =
-                                    Expr::bin(BinOp::And, sh, Expr::Int(255, word)).cast(Ty::U8);
-                                bytes.push(kb.let_("qv", byte));
-                            }
-                        }
+                        let bytes = self.weight_bytes(kb, at0, nbytes, word);
                         for (e, byte) in bytes.into_iter().enumerate() {
                             let e = e as i64;
                             if self.wd == DType::Q8_0 {
@@ -548,26 +537,11 @@ impl Gemv {
         use BinOp::{And, Mul, Or, Shl, Shr, Sub};
         let f = Ty::F32;
         let u8c = |v: i64| Expr::Int(v, Ty::U8);
-        let byte = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::U8);
         let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
         let sj = kb.let_("sj", blk.clone() % 8);
         let mut elems = Vec::new();
         if self.wd == DType::Q4K {
-            let b0 = byte(base.clone() + 4 + sj.clone() % 4);
-            let b1 = byte(base.clone() + 8 + sj.clone());
-            let b2 = byte(base.clone() + 4 + sj.clone());
-            let top = |v: Expr| b(Shl, b(Shr, v, u8c(6)), u8c(4));
-            let low = sj.clone().lt(Expr::i(4));
-            let sc = Expr::select(
-                low.clone(),
-                b(And, b0.clone(), u8c(63)),
-                b(Or, b(And, b1.clone(), u8c(15)), top(b0)),
-            );
-            let mn = Expr::select(
-                low,
-                b(And, b1.clone(), u8c(63)),
-                b(Or, b(Shr, b1, u8c(4)), top(b2)),
-            );
+            let (sc, mn) = k4_scale_min(self.w, base, &sj);
             let d = kb.let_("d", b(Mul, f16(base.clone()), sc.cast(f)));
             let m = b(Mul, f16(base.clone() + 2), mn.cast(f));
             let m = kb.let_("m", Expr::un(UnOp::Neg, m));

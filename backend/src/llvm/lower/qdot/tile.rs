@@ -1260,8 +1260,15 @@ impl<'ctx> Lowering<'ctx, '_> {
         // The group holding the block (Q4_K, Q6_K: its super-block's) and the block's
         // quants within it.
         let b = &f.b;
-        let (g, qoff, per_block) = if q6 {
+        let (g, qoff, per_block) = if q6 || k4 {
             use llmc_kernels::templates::pack::{TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS};
+            // Block j of its super-block's group: Q6_K's 384 bytes each from byte 288,
+            // Q4_K's 256 from byte 256.
+            let (first, stride) = if q6 {
+                (TILE16_Q6K_QUANTS as i64, TILE16_Q6K_BLOCK as i64)
+            } else {
+                (256, 32 * big / 2)
+            };
             let sb = b
                 .build_right_shift(blk, self.tc(3), false, "sb")
                 .map_err(e)?;
@@ -1269,24 +1276,17 @@ impl<'ctx> Lowering<'ctx, '_> {
             let g = b
                 .build_int_mul(sb, self.tc(big * fmt.block_bytes()), "")
                 .map_err(e)?;
-            let q = b
-                .build_int_mul(j, self.tc(TILE16_Q6K_BLOCK as i64), "")
-                .map_err(e)?;
-            let q = b
-                .build_int_add(q, self.tc(TILE16_Q6K_QUANTS as i64), "")
-                .map_err(e)?;
-            (g, q, TILE16_Q6K_BLOCK as i64)
-        } else if k4 {
-            let sb = b
-                .build_right_shift(blk, self.tc(3), false, "sb")
-                .map_err(e)?;
-            let j = b.build_and(blk, self.tc(7), "j").map_err(e)?;
-            let g = b
-                .build_int_mul(sb, self.tc(big * fmt.block_bytes()), "")
-                .map_err(e)?;
-            let q = b.build_int_mul(j, self.tc(32 * big / 2), "").map_err(e)?;
-            let q = b.build_int_add(q, self.tc(256), "").map_err(e)?;
-            (g, q, big * fmt.block_bytes() / 8)
+            let q = b.build_int_mul(j, self.tc(stride), "").map_err(e)?;
+            let q = b.build_int_add(q, self.tc(first), "").map_err(e)?;
+            (
+                g,
+                q,
+                if q6 {
+                    stride
+                } else {
+                    big * fmt.block_bytes() / 8
+                },
+            )
         } else if fmt.grouped() {
             // Block j of its group: the group's 16 scales (and minimums), then its
             // blocks' quants, 16 · 16 bytes each.
