@@ -631,8 +631,13 @@ fn serving_info(m: &Module) -> Result<llmc_runtime::plan::ServingInfo> {
     let logits = g
         .outputs
         .iter()
-        .position(|&v| g.value(v).name == "logits")
+        .position(|&v| g.value(v).name == names::LOGITS)
         .unwrap_or(0);
+    let picks = g
+        .outputs
+        .iter()
+        .position(|&v| g.value(v).name == names::PICKS)
+        .map(|p| p as u32);
     let vocab = g
         .outputs
         .get(logits)
@@ -651,6 +656,7 @@ fn serving_info(m: &Module) -> Result<llmc_runtime::plan::ServingInfo> {
         block_tables_input: input(names::BLOCK_TABLES)?,
         logit_rows_input: input(names::LOGIT_ROWS)?,
         logits_output: logits as u32,
+        picks_output: picks,
         layers,
     })
 }
@@ -791,6 +797,12 @@ fn build(a: &BuildArgs) -> Result<()> {
         let t = Instant::now();
         m = llmc_passes::serving::lower(&m, kv, a.target != Target::Cuda)
             .map_err(|e| anyhow::anyhow!("lowering to the serving form: {e}"))?;
+        // On a GPU the greedy picks are computed beside the logits, so a step whose
+        // sampled rows are all greedy copies back ids, not logits (docs/cuda.md).
+        if a.target == Target::Cuda {
+            llmc_passes::serving::add_picks(&mut m)
+                .map_err(|e| anyhow::anyhow!("the serving form's greedy picks: {e}"))?;
+        }
         if a.time_passes {
             eprintln!(
                 "serving form: {:.1} ms, {} nodes, kv cache {}",

@@ -45,6 +45,10 @@ pub mod names {
     pub const BLOCK_TABLES: &str = "kv_block_tables";
     /// Rows whose logits are returned.
     pub const LOGIT_ROWS: &str = "logit_rows";
+    /// The logits output.
+    pub const LOGITS: &str = "logits";
+    /// The greedy picks output ([`super::add_picks`]).
+    pub const PICKS: &str = "picks";
     /// Layer `l`'s key pool.
     pub fn k_pool(l: i64) -> String {
         format!("kv.{l}.k_pool")
@@ -492,6 +496,41 @@ fn lower_as(
     Ok(out)
 }
 
+/// Adds the greedy picks to a serving form: `%picks: i64[rows] = argmax(%logits, axis
+/// -1)` (a pick per logits row, whatever leading dims of 1 the logits keep), an output after the logits (the output named `logits`, else the first). A step on a GPU then copies back a token id
+/// per row for the rows the engine samples greedily instead of their `vocab` logits
+/// (docs/cuda.md); `argmax` takes the first of equal logits, as the engine's own
+/// greedy choice does.
+pub fn add_picks(m: &mut Module) -> Result<(), String> {
+    let g = &m.graph;
+    if g.outputs.iter().any(|&v| g.value(v).name == names::PICKS) {
+        return Ok(());
+    }
+    let logits = g
+        .outputs
+        .iter()
+        .copied()
+        .find(|&v| g.value(v).name == names::LOGITS)
+        .or(g.outputs.first().copied())
+        .ok_or("the serving form has no output")?;
+    if g.ty(logits).shape.rank() == 0 {
+        return Err(format!(
+            "the serving form's %logits are {}, expected [.., rows, vocab]",
+            g.ty(logits)
+        ));
+    }
+    let outs = m
+        .add_node(
+            Op::ArgMax,
+            &[logits],
+            llmc_ir::attrs([("axis", Attr::Int(-1)), ("keepdims", Attr::Bool(false))]),
+        )
+        .map_err(|e| format!("the greedy picks of %logits: {e}"))?;
+    m.graph.values[outs[0].0 as usize].name = names::PICKS.to_string();
+    m.graph.outputs.push(outs[0]);
+    Ok(())
+}
+
 /// One layer's fusable QKV step: the `paged_kv_write` node's index, the fused node,
 /// the nodes it replaces, and the query rows' value (now the fused node's result 2).
 struct QkvFusion {
@@ -758,6 +797,50 @@ module @t {
             f(vec![4, 1, 16, 8], 5),
         ];
         assert_same_results(&tm, &hm, &inputs);
+    }
+
+    /// The greedy picks: an `argmax` output after the logits, named `picks`, equal to
+    /// the first maximum of each logits row (ties included); added once.
+    #[test]
+    fn picks_are_each_logits_rows_first_maximum() {
+        let m = llmc_ir::text::parse(LAYER, "layer.llmc").unwrap();
+        let mut sm = lower_as(&m, DType::F32, true, true).unwrap();
+        add_picks(&mut sm).unwrap();
+        add_picks(&mut sm).unwrap();
+        let g = &sm.graph;
+        assert_eq!(g.outputs.len(), 2);
+        assert_eq!(g.value(g.outputs[1]).name, names::PICKS);
+        assert_eq!(g.ty(g.outputs[1]).dtype, DType::I64);
+        let rows = 3usize;
+        // Values in steps of 1/13 over a small range: the rows have ties.
+        let val = |i: usize, salt: usize| (((i * 7 + salt * 5) % 9) as f64 - 4.0) / 13.0;
+        let f = |shape: Vec<usize>, salt: usize| {
+            let n: usize = shape.iter().product();
+            Tensor::from_f64(DType::F32, shape, (0..n).map(|i| val(i, salt)).collect())
+        };
+        let inputs = vec![
+            f(vec![1, rows, 16], 1),
+            f(vec![1, rows, 8], 2),
+            f(vec![1, rows, 8], 3),
+            Tensor::from_i64(DType::I64, vec![1, rows], vec![0, 1, 2]),
+            Tensor::from_i64(DType::I64, vec![rows], vec![0, 1, 2]),
+            Tensor::from_i64(DType::I32, vec![rows], vec![0, 0, 0]),
+            Tensor::from_i64(DType::I32, vec![1, 1], vec![0]),
+            Tensor::from_i64(DType::I64, vec![3], vec![0, 1, 2]),
+            f(vec![1, 1, 16, 8], 4),
+            f(vec![1, 1, 16, 8], 5),
+        ];
+        let out = llmc_ir::interp::Interpreter::new(&sm).run(&inputs).unwrap();
+        let (logits, picks) = (out[0].to_f64(), out[1].to_f64());
+        assert_eq!(picks.len(), rows);
+        let mut ties = 0;
+        for (r, row) in logits.chunks(16).enumerate() {
+            let best = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let first = row.iter().position(|&x| x == best).unwrap();
+            ties += row.iter().filter(|&&x| x == best).count() - 1;
+            assert_eq!(picks[r], first as f64, "row {r}: {row:?}");
+        }
+        assert!(ties > 0, "no row has a tie: {logits:?}");
     }
 
     /// Runs both forms on `inputs` in the interpreter: the logits rows and the written

@@ -307,11 +307,12 @@ impl Drop for Captured {
 
 /// Where a step's wall time goes, by step size (`LLMC_CUDA_TIMING=1`): seconds in
 /// [prepare (shapes, addresses, uploads), enqueue (launches or graph replay), kernels
-/// (waiting for them), logits copy, host between steps (engine: scheduling,
-/// sampling)], and the steps, rows and logit rows counted, per bucket of rows.
+/// (waiting for them), copy back (the logits, or the greedy picks), host between
+/// steps (engine: scheduling, sampling)], and the steps, rows, logit rows, graph
+/// replays and steps that copied back picks counted, per bucket of rows.
 #[derive(Default)]
 struct Timing {
-    buckets: [([f64; 5], u64, u64, u64, u64); 3],
+    buckets: [([f64; 5], u64, u64, u64, u64, u64); 3],
     last_end: Option<std::time::Instant>,
 }
 
@@ -328,15 +329,15 @@ impl Timing {
 
     fn report(&self) {
         eprintln!(
-            "cuda timing (ms per step): prepare, enqueue, kernels, logits copy, host between steps"
+            "cuda timing (ms per step): prepare, enqueue, kernels, copy back (logits or picks), host between steps"
         );
-        for (name, (t, n, rows, lrows, replays)) in Self::NAMES.iter().zip(&self.buckets) {
+        for (name, (t, n, rows, lrows, replays, picks)) in Self::NAMES.iter().zip(&self.buckets) {
             if *n == 0 {
                 continue;
             }
             let per = |x: f64| x * 1e3 / *n as f64;
             eprintln!(
-                "  {name:>9}: {n} steps ({:.1} rows, {:.1} logit rows, {replays} graph replays): {:.3} {:.3} {:.3} {:.3} {:.3}",
+                "  {name:>9}: {n} steps ({:.1} rows, {:.1} logit rows, {replays} graph replays, {picks} greedy picks only): {:.3} {:.3} {:.3} {:.3} {:.3}",
                 *rows as f64 / *n as f64,
                 *lrows as f64 / *n as f64,
                 per(t[0]),
@@ -373,6 +374,13 @@ pub struct CudaStep {
     /// Host-side phase times per step (`LLMC_CUDA_TIMING=1`), printed at exit.
     timing: Option<Timing>,
     logits_host: Vec<f32>,
+    /// The greedy picks copied back (`i64` per logit row), and as token ids.
+    picks_host: Vec<i64>,
+    picks_ids: Vec<u32>,
+    /// Whether the step computes greedy picks and they are used (`LLMC_CUDA_NO_PICKS=1`
+    /// turns them off: every step copies back its logits, the baseline
+    /// `scripts/gpu-check` measures).
+    use_picks: bool,
     // Last: the context must outlive every allocation above.
     dev: Device,
 }
@@ -424,7 +432,6 @@ impl CudaStep {
             timing: env("LLMC_CUDA_TIMING").then(Timing::default),
             profile,
             plan,
-            serving,
             kernels,
             arena,
             pools,
@@ -432,6 +439,10 @@ impl CudaStep {
             block_bytes,
             graphs: HashMap::new(),
             logits_host: Vec::new(),
+            picks_host: Vec::new(),
+            picks_ids: Vec::new(),
+            use_picks: serving.picks_output.is_some() && !env("LLMC_CUDA_NO_PICKS"),
+            serving,
             dev,
         })
     }
@@ -589,6 +600,35 @@ impl StepModel for CudaStep {
     }
 
     fn step(&mut self, b: &StepBatch) -> Result<&[f32], String> {
+        self.run(b, false)?;
+        Ok(&self.logits_host)
+    }
+
+    fn has_picks(&self) -> bool {
+        self.use_picks
+    }
+
+    fn step_picks(&mut self, b: &StepBatch) -> Result<&[u32], String> {
+        if !self.use_picks {
+            return Err("this executable's step computes no greedy picks".into());
+        }
+        self.run(b, true)?;
+        self.picks_ids.clear();
+        for &p in &self.picks_host {
+            let id = u32::try_from(p).map_err(|_| format!("a greedy pick is {p}"))?;
+            self.picks_ids.push(id);
+        }
+        Ok(&self.picks_ids)
+    }
+
+    fn copy_block(&mut self, from: u32, to: u32) {
+        self.copy_block_in_pools(from, to);
+    }
+}
+
+impl CudaStep {
+    /// Runs one step and copies back its logits, or its greedy picks when `picks`.
+    fn run(&mut self, b: &StepBatch, picks: bool) -> Result<(), String> {
         let t_start = std::time::Instant::now();
         let s = self.serving.clone();
         let t = b.tokens.len();
@@ -713,6 +753,23 @@ impl StepModel for CudaStep {
         if out.dtype != ElemType::F32 {
             return Err(format!("logits are {}, expected f32", out.dtype.name()));
         }
+        let picks_addr = match (picks, s.picks_output) {
+            (false, _) => None,
+            (true, Some(p)) => {
+                let out =
+                    self.plan.outputs.get(p as usize).ok_or_else(|| {
+                        format!("the greedy picks are output {p}, past the plan's")
+                    })?;
+                if out.dtype != ElemType::I64 {
+                    return Err(format!(
+                        "greedy picks are {}, expected i64",
+                        out.dtype.name()
+                    ));
+                }
+                Some(addr[out.buffer as usize].ok_or("the greedy picks are never computed")?)
+            }
+            (true, None) => return Err("this executable's step computes no greedy picks".into()),
+        };
         // Uploads, then the kernels, on the one stream.
         for (p, bytes) in &uploads {
             // SAFETY: the slot holds at least `bytes.len()` bytes; a pageable source
@@ -791,12 +848,21 @@ impl StepModel for CudaStep {
             self.dev.sync()?;
         }
         let t_kernels = std::time::Instant::now();
-        self.logits_host.resize(n_logits, 0.0);
-        // SAFETY: the logits buffer holds `n_logits` f32 values (sized from the
-        // same shapes); the copy is ordered after the kernels on the stream.
-        drv("copying the logits back", unsafe {
-            result::memcpy_dtoh_async(&mut self.logits_host[..], out_addr, self.dev.stream)
-        })?;
+        if let Some(pa) = picks_addr {
+            self.picks_host.resize(b.logit_rows.len(), 0);
+            // SAFETY: the picks buffer holds an i64 per logit row (sized from the same
+            // shapes); the copy is ordered after the kernels on the stream.
+            drv("copying the greedy picks back", unsafe {
+                result::memcpy_dtoh_async(&mut self.picks_host[..], pa, self.dev.stream)
+            })?;
+        } else {
+            self.logits_host.resize(n_logits, 0.0);
+            // SAFETY: the logits buffer holds `n_logits` f32 values (sized from the
+            // same shapes); the copy is ordered after the kernels on the stream.
+            drv("copying the logits back", unsafe {
+                result::memcpy_dtoh_async(&mut self.logits_host[..], out_addr, self.dev.stream)
+            })?;
+        }
         self.dev.sync()?;
         if let Some(tm) = self.timing.as_mut() {
             let end = std::time::Instant::now();
@@ -817,12 +883,13 @@ impl StepModel for CudaStep {
             bk.2 += t as u64;
             bk.3 += b.logit_rows.len() as u64;
             bk.4 += replayed as u64;
+            bk.5 += picks as u64;
             tm.last_end = Some(end);
         }
-        Ok(&self.logits_host)
+        Ok(())
     }
 
-    fn copy_block(&mut self, from: u32, to: u32) {
+    fn copy_block_in_pools(&mut self, from: u32, to: u32) {
         let n = self.block_bytes;
         let Some((f, t)) = crate::engine::step::block_copy_offsets(from, to, n, self.blocks) else {
             return;

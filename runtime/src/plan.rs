@@ -519,6 +519,10 @@ pub struct ServingInfo {
     pub logit_rows_input: u32,
     /// Graph output of the logits.
     pub logits_output: u32,
+    /// Graph output of the greedy picks (`argmax` of each logits row, i64), where the
+    /// build added them (CUDA).
+    #[serde(default)]
+    pub picks_output: Option<u32>,
     /// The pools, per layer.
     pub layers: Vec<ServingLayer>,
 }

@@ -936,6 +936,15 @@ fn smollm_cuda_executable_runs_or_says_no_driver() {
             text.contains("cubins (ptxas at build time) for sm_80, sm_90"),
             "{text}"
         );
+        // The greedy picks: a block of 1024 threads per logits row, no spills.
+        let argmax: Vec<&str> = text.lines().filter(|l| l.contains("_argmax_")).collect();
+        assert_eq!(argmax.len(), 2, "{text}");
+        for l in argmax {
+            assert!(
+                l.contains("1024x1x1 threads") && l.contains(" 0 B spilled"),
+                "{l}"
+            );
+        }
     }
     let no_driver =
         "error: no CUDA driver found (libcuda.so.1): this executable was built with --target cuda";

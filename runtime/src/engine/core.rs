@@ -250,6 +250,12 @@ impl EngineHandle {
     }
 }
 
+/// What a step returned: every logit row's logits, or only their greedy picks.
+enum Out<'a> {
+    Logits(&'a [f32]),
+    Picks(&'a [u32]),
+}
+
 /// A request's state on the engine thread.
 struct Live {
     req: Box<Request>,
@@ -438,10 +444,25 @@ impl Worker {
             }
         }
         let rows = self.fill_batch(&plan);
-        let res = self.model.step(&self.batch);
+        // Where every row this step samples is plain greedy and no logprobs are
+        // wanted, a model that computes the greedy picks itself returns those (a GPU
+        // then copies back an id per row, not its logits).
+        let picks_only = self.model.has_picks()
+            && plan.chunks.iter().all(|c| {
+                let seq = &self.sch.running[c.seq];
+                self.live.get(&seq.id).is_none_or(|l| {
+                    !c.all_logits
+                        && (!c.sample || (l.req.logprobs.is_none() && l.sampler.is_plain_greedy()))
+                })
+            });
+        let res = if picks_only {
+            self.model.step_picks(&self.batch).map(Out::Picks)
+        } else {
+            self.model.step(&self.batch).map(Out::Logits)
+        };
         self.stats.steps += 1;
         self.stats.step_tokens += self.batch.tokens.len() as u64;
-        let logits = match res {
+        let out = match res {
             Ok(l) => l,
             Err(e) => {
                 let ids: Vec<RequestId> = plan
@@ -457,6 +478,10 @@ impl Worker {
                 }
                 return;
             }
+        };
+        let (logits, picks) = match out {
+            Out::Logits(l) => (l, None),
+            Out::Picks(p) => (&[][..], Some(p)),
         };
         let vocab = self.facts.vocab;
         // Commit every chunk first (indices into `running` stay valid), then sample
@@ -478,12 +503,12 @@ impl Worker {
                 plain.then_some(first + n - 1)
             })
             .collect();
-        let picks: Vec<std::sync::OnceLock<Result<u32, SamplerError>>> =
+        let greedy_picks: Vec<std::sync::OnceLock<Result<u32, SamplerError>>> =
             greedy.iter().map(|_| std::sync::OnceLock::new()).collect();
-        if greedy.iter().filter(|g| g.is_some()).count() > 1 {
+        if picks.is_none() && greedy.iter().filter(|g| g.is_some()).count() > 1 {
             crate::pool::for_each(greedy.len(), &|i| {
                 if let Some(r) = greedy[i] {
-                    let _ = picks[i].set(argmax(&logits[r * vocab..(r + 1) * vocab]));
+                    let _ = greedy_picks[i].set(argmax(&logits[r * vocab..(r + 1) * vocab]));
                 }
             });
         }
@@ -528,10 +553,23 @@ impl Worker {
                 done.push((seq.id, FinishReason::Length));
                 continue;
             }
-            let last = row(first_row + n_rows - 1);
-            let picked = match picks[i].get() {
-                Some(p) => p.clone(),
-                None => l.sampler.sample_after(last, &seq.tokens, seq.prompt_len),
+            let at = first_row + n_rows - 1;
+            let picked = if let Some(p) = picks {
+                // Plain greedy, no logprobs (`picks_only`).
+                match p.get(at) {
+                    Some(&t) if (t as usize) < vocab => Ok(t),
+                    t => {
+                        let e = format!("the step's greedy pick of row {at} is {t:?}");
+                        (l.sink)(Event::Error(e));
+                        done.push((seq.id, FinishReason::Error));
+                        continue;
+                    }
+                }
+            } else {
+                match greedy_picks[i].get() {
+                    Some(p) => p.clone(),
+                    None => l.sampler.sample_after(row(at), &seq.tokens, seq.prompt_len),
+                }
             };
             let next = match picked {
                 Ok(t) => t,
@@ -546,7 +584,10 @@ impl Worker {
                 done.push((seq.id, FinishReason::Stop));
                 continue;
             }
-            let logprob = l.req.logprobs.and_then(|k| token_logprob(last, next, k));
+            let logprob = match picks {
+                Some(_) => None,
+                None => l.req.logprobs.and_then(|k| token_logprob(row(at), next, k)),
+            };
             seq.tokens.push(next);
             l.generated += 1;
             self.stats.generation_tokens += 1;

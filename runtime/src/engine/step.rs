@@ -41,6 +41,19 @@ pub trait StepModel {
     /// until the next step: a serving step's are megabytes, read where they were
     /// computed).
     fn step(&mut self, batch: &StepBatch) -> Result<&[f32], String>;
+    /// Whether [`StepModel::step_picks`] works: the build added the greedy picks to the
+    /// step (`llmc_passes::serving::add_picks`, on CUDA).
+    fn has_picks(&self) -> bool {
+        false
+    }
+    /// Runs one step and returns each logit row's argmax (the first of equal logits;
+    /// the first NaN where a row has any) instead of its logits: for a step whose
+    /// sampled rows are all greedy with no logprobs wanted, so a GPU copies back a
+    /// token id per row, not `vocab` logits.
+    fn step_picks(&mut self, batch: &StepBatch) -> Result<&[u32], String> {
+        let _ = batch;
+        Err("this step function returns logits only".into())
+    }
     /// Copies block `from`'s K/V into block `to` in every layer (copy-on-write).
     fn copy_block(&mut self, from: u32, to: u32);
 }

@@ -6,12 +6,14 @@
 //! warps), `rope` (a thread per rotated pair and position, frequencies from a table),
 //! `flash_attention`/`attention` (a warp per query row, lanes over the head dim, the
 //! online softmax per key), `paged_attention` (a warp per row and query head, a key per
-//! lane through the block table, the online softmax per chunk of 32 keys) — and the rest run their CPU template with the parallel
-//! outer loop spread over threads ([`crate::gpu::map_parallel`]).
+//! lane through the block table, the online softmax per chunk of 32 keys), `argmax`/`argmin`
+//! over the last axis (a block per row, (value, index) pairs through shuffles) — and
+//! the rest run their CPU template with the parallel outer loop spread over threads ([`crate::gpu::map_parallel`]).
 
 mod attention;
 mod linear;
 mod norm;
+mod reduce;
 
 #[cfg(test)]
 mod tests;
@@ -56,6 +58,7 @@ pub fn lower(
             attention::attention(node, ins, outs, name).map_err(err)?
         }
         Op::PagedAttention => attention::paged(node, ins, outs, name).map_err(err)?,
+        Op::ArgMax | Op::ArgMin => reduce::arg_extreme(node, ins, outs, name).map_err(err)?,
         _ => None,
     };
     if let Some(l) = templated {

@@ -281,6 +281,72 @@ fn gpu_flash_attention() {
     }
 }
 
+/// `argmax`/`argmin` over the last axis, a block per row: random rows, rows whose
+/// extreme repeats (the lowest index wins, also across threads and warps), rows with
+/// NaNs (the first NaN wins), a row of -inf, rows shorter than the block and longer
+/// than it by a non-multiple, rows of whole unrolled chunks and with a rest; as i64
+/// indices, equal to the reference.
+#[test]
+fn gpu_argmax_picks_the_reference_index() {
+    let mut r = Rng::new(107);
+    for (rows, n) in [
+        (1usize, 49_152usize),
+        (3, 700),
+        (5, 33),
+        (2, 1),
+        (4, 4_099),
+        (4, 17_000),
+    ] {
+        let mut v: Vec<f64> = (0..rows * n)
+            .map(|_| (r.next() % 1000) as f64 / 100.0 - 5.0)
+            .collect();
+        if rows > 1 {
+            // Row 1: its maximum and minimum at three places each, in different warps.
+            let row = &mut v[n..2 * n];
+            for j in [n / 2, n - 1, n / 3 + 1] {
+                row[j % n] = 1e6;
+            }
+            for j in [n - 2, n / 4, n / 2 + 1] {
+                row[j % n] = -1e6;
+            }
+        }
+        if rows > 2 {
+            // Row 2: NaNs late and early; row 2's first NaN is the answer both ways.
+            let row = &mut v[2 * n..3 * n];
+            row[n - 1] = f64::NAN;
+            row[n / 2] = f64::NAN;
+        }
+        if rows > 1 && n > 2 {
+            // Row 0: -0 and +0 as its maximum (equal: the first wins).
+            for e in &mut v[..n] {
+                *e = -1.0;
+            }
+            v[n - 1] = 0.0;
+            v[n / 2] = -0.0;
+        }
+        if rows > 3 {
+            for e in &mut v[3 * n..4 * n] {
+                *e = f64::NEG_INFINITY;
+            }
+        }
+        let x = llmc_ir::Tensor::from_f64(F, vec![rows, n], v);
+        for op in [Op::ArgMax, Op::ArgMin] {
+            for keep in [false, true] {
+                let text = check(
+                    op,
+                    attrs([("axis", Attr::Int(-1)), ("keepdims", Attr::Bool(keep))]),
+                    &[input(tt(F, &["seq", &n.to_string()]), x.clone())],
+                    0.0,
+                );
+                assert!(
+                    text.contains("shuffle_xor") && text.contains("grid.x for"),
+                    "{text}"
+                );
+            }
+        }
+    }
+}
+
 /// Ops without a GPU template: their CPU template spread over threads.
 #[test]
 fn gpu_generic_mapping() {
