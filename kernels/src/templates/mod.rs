@@ -807,7 +807,7 @@ fn dequant_q45k(buf: BufId, base: Expr, j: Expr, five: bool) -> Expr {
 
 /// IQ4_NL's level `kv[q]` (f32) for the nibble `q` (u8, 0..15): a tree of selects on
 /// its bits (the loop IR has no constant arrays in expressions).
-fn iq4_level(q: Expr) -> Expr {
+pub(crate) fn iq4_level(q: Expr) -> Expr {
     use crate::loopir::BinOp::And;
     fn tree(q: &Expr, bit: u32, lo: usize, n: usize) -> Expr {
         if n == 1 {

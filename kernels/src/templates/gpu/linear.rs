@@ -1,7 +1,8 @@
 //! `linear` / `linear_act` on the GPU (the decode step's GEMV): a warp per weight row
 //! (output column), [`WARPS`] rows per block. The lanes walk the row in units — 8
 //! elements of a GGUF block (Q4/Q5: 4 bytes of nibbles, Q5's fifth bits from the
-//! block's `qh`, Q8_0: 8 bytes; 4 units per
+//! block's `qh`, Q8_0: 8 bytes; the K-quants Q3_K-Q6_K and IQ4_NL/IQ4_XS decoded per
+//! unit by `k_unit`; 4 units per
 //! block) or one element of a float weight — so a warp reads consecutive bytes, each
 //! weight byte once per [`RG`] activation rows; the grid's y axis takes the
 //! activation rows [`RC`] at a time, so a prefill chunk fills the GPU. Blocks are dequantized in registers:
@@ -9,8 +10,8 @@
 //! lane 0 adds the bias, applies the epilogue and stores.
 
 use super::super::{
-    compute_ty, elementwise::activation, fconst, k4_scale_min, load_elem, operand, quant_block,
-    result, setup, to_storage,
+    compute_ty, elementwise::activation, fconst, iq4_level, k4_scale_min, load_elem, operand,
+    quant_block, result, setup, to_storage,
 };
 use super::warp_sum;
 use crate::builder::KernelBuilder;
@@ -82,7 +83,11 @@ pub(crate) fn linear(
                     | DType::Q5_0
                     | DType::Q5_1
                     | DType::Q4K
+                    | DType::Q5K
                     | DType::Q6K
+                    | DType::Q3K
+                    | DType::IQ4NL
+                    | DType::IQ4XS
                     | DType::Q8_0
                     | DType::Q4_0G64
                     | DType::Q4_1G64
@@ -369,7 +374,15 @@ impl Gemv {
                         } else {
                             kb.let_("qb", j.clone() * rowbytes + blk.clone() / sub * bb)
                         };
-                        if matches!(self.wd, DType::Q4K | DType::Q6K) {
+                        if matches!(
+                            self.wd,
+                            DType::Q4K
+                                | DType::Q5K
+                                | DType::Q6K
+                                | DType::Q3K
+                                | DType::IQ4NL
+                                | DType::IQ4XS
+                        ) {
                             decoded.push(self.k_unit(kb, &base, &blk, &part));
                             continue;
                         }
@@ -528,37 +541,130 @@ impl Gemv {
         out
     }
 
-    /// A Q4_K or Q6_K unit (8 elements, `part` of block `blk`) of the super-block at byte
-    /// `base`, decoded as `templates::dequant_q45k` / `dequant_q6k` read them: Q4_K's
-    /// `D · sc` and `-(Dmin · mn)` of sub-block `blk mod 8` (the branch-free 6-bit
-    /// decode) and its nibbles; Q6_K's `D · sc` of the unit's 16-element half and its
-    /// quants `q - 32` from `ql` and `qh`.
+    /// A K-quant or IQ4 unit (`part` of block `blk`) of the (super-)block at byte
+    /// `base`, decoded as `templates::dequant_q45k` / `dequant_q6k` / `dequant_q3k` /
+    /// `dequant_iq4` read them:
+    /// - Q4_K/Q5_K: `D · sc` and `-(Dmin · mn)` of sub-block `blk mod 8` (the
+    ///   branch-free 6-bit decode), its 8 nibbles (Q5_K: with the fifth bit, bit `sj`
+    ///   of the unit's `qh` bytes);
+    /// - Q6_K: `D · sc` of the unit's 16-element half, its quants `q - 32` from `ql`
+    ///   and `qh`;
+    /// - Q3_K: `D · (sc - 32)` of the unit's 16-element half (the 6-bit scale from a
+    ///   nibble and two high bits), its quants `q - 4 + 4 hmask`;
+    /// - IQ4_NL/IQ4_XS: `d` (IQ4_XS: `D · (ls - 32)` of sub-block `blk mod 8`) and the
+    ///   table levels of 4 bytes' nibbles, as Q4_0's unit (elements `4 part + e` and
+    ///   `4 part + e + 16`).
     fn k_unit(&self, kb: &mut KernelBuilder, base: &Expr, blk: &Expr, part: &Expr) -> Decoded {
         use BinOp::{And, Mul, Or, Shl, Shr, Sub};
         let f = Ty::F32;
         let u8c = |v: i64| Expr::Int(v, Ty::U8);
         let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
+        let byte = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::U8);
         let sj = kb.let_("sj", blk.clone() % 8);
         let mut elems = Vec::new();
-        if self.wd == DType::Q4K {
+        if matches!(self.wd, DType::IQ4NL | DType::IQ4XS) {
+            let (d, qs, word) = if self.wd == DType::IQ4XS {
+                // 136-byte super-blocks: the sub-block's 16 bytes 4-byte aligned.
+                let sl = b(
+                    Shr,
+                    byte(base.clone() + 4 + sj.clone() / 2),
+                    (sj.clone() % 2 * 4).cast(Ty::U8),
+                );
+                let sl = b(And, sl, u8c(15));
+                let sh = Expr::LoadRaw(self.w, Box::new(base.clone() + 2), Ty::U16);
+                let sh = b(
+                    And,
+                    b(Shr, sh, (sj.clone() * 2).cast(Ty::U16)),
+                    Expr::Int(3, Ty::U16),
+                );
+                let ls = b(Or, sl, b(Shl, sh.cast(Ty::U8), u8c(4)));
+                let ls = b(Sub, ls.cast(f), fconst(32.0, f));
+                let d = kb.let_("d", b(Mul, f16(base.clone()), ls));
+                (d, base.clone() + 8 + sj.clone() * 16, Ty::U32)
+            } else {
+                // 18-byte blocks: 2-byte aligned.
+                (kb.let_("d", f16(base.clone())), base.clone() + 2, Ty::U16)
+            };
+            let at = kb.let_("qa", qs + part.clone() * 4);
+            for (e, v) in self.weight_bytes(kb, at, 4, word).into_iter().enumerate() {
+                let e = e as i64;
+                let lo = iq4_level(b(And, v.clone(), u8c(15)));
+                let hi = iq4_level(b(Shr, v, u8c(4)));
+                elems.push((kb.let_("lo", lo), part.clone() * 4 + e));
+                elems.push((kb.let_("hi", hi), part.clone() * 4 + e + 16));
+            }
+            return (d, None, elems);
+        }
+        if matches!(self.wd, DType::Q4K | DType::Q5K) {
+            let five = self.wd == DType::Q5K;
             let (sc, mn) = k4_scale_min(self.w, base, &sj);
             let d = kb.let_("d", b(Mul, f16(base.clone()), sc.cast(f)));
             let m = b(Mul, f16(base.clone() + 2), mn.cast(f));
             let m = kb.let_("m", Expr::un(UnOp::Neg, m));
-            // Sub-block pairs share 32 bytes: low nibbles for the even one. 144-byte
-            // super-blocks keep the unit's 8 bytes 4-byte aligned.
-            let at = base.clone() + 16 + sj.clone() / 2 * 32 + part.clone() * 8;
+            // Sub-block pairs share 32 bytes: low nibbles for the even one. 144- and
+            // 176-byte super-blocks keep the unit's 8 bytes 4-byte aligned.
+            let qs = if five { 48 } else { 16 };
+            let at = base.clone() + qs + sj.clone() / 2 * 32 + part.clone() * 8;
             let at = kb.let_("qa", at);
             let shift = kb.let_("qsh", (sj.clone() % 2 * 4).cast(Ty::U8));
-            for (e, v) in self
+            let his = if five {
+                let at = kb.let_("qha", base.clone() + 16 + part.clone() * 8);
+                let hs = kb.let_("hsh", sj.clone().cast(Ty::U8));
+                self.weight_bytes(kb, at, 8, Ty::U32)
+                    .into_iter()
+                    .map(|h| Some(b(Shl, b(And, b(Shr, h, hs.clone()), u8c(1)), u8c(4))))
+                    .collect()
+            } else {
+                vec![None; 8]
+            };
+            for (e, (v, h)) in self
                 .weight_bytes(kb, at, 8, Ty::U32)
                 .into_iter()
+                .zip(his)
                 .enumerate()
             {
-                let q = b(And, b(Shr, v, shift.clone()), u8c(15)).cast(f);
-                elems.push((kb.let_("q", q), part.clone() * 8 + e as i64));
+                let mut q = b(And, b(Shr, v, shift.clone()), u8c(15));
+                if let Some(h) = h {
+                    q = b(Or, q, h);
+                }
+                elems.push((kb.let_("q", q.cast(f)), part.clone() * 8 + e as i64));
             }
             return (d, Some(m), elems);
+        }
+        if self.wd == DType::Q3K {
+            // Sub-block t = sj: half h = t / 4, shift 2 (t mod 4) in the half's 32 `qs`
+            // bytes, bit t of the `hmask` bytes. 110-byte super-blocks: 2-byte aligned.
+            let s = kb.let_("s3", sj.clone() * 2 + part.clone() / 2);
+            let lo = b(
+                Shr,
+                byte(base.clone() + 96 + s.clone() % 8),
+                (s.clone() / 8 * 4).cast(Ty::U8),
+            );
+            let lo = b(And, lo, u8c(15));
+            let hi = b(
+                Shr,
+                byte(base.clone() + 104 + s.clone() % 4),
+                (s / 4 * 2).cast(Ty::U8),
+            );
+            let hi = b(And, hi, u8c(3));
+            let sc = b(Sub, b(Or, lo, b(Shl, hi, u8c(4))).cast(f), fconst(32.0, f));
+            let d = kb.let_("d", b(Mul, f16(base.clone() + 108), sc));
+            let qa = kb.let_(
+                "qa",
+                base.clone() + 32 + sj.clone() / 4 * 32 + part.clone() * 8,
+            );
+            let ha = kb.let_("qha", base.clone() + part.clone() * 8);
+            let qsh = kb.let_("qsh", (sj.clone() % 4 * 2).cast(Ty::U8));
+            let hsh = kb.let_("hsh", sj.clone().cast(Ty::U8));
+            let qs = self.weight_bytes(kb, qa, 8, Ty::U16);
+            let hm = self.weight_bytes(kb, ha, 8, Ty::U16);
+            for (e, (q, h)) in qs.into_iter().zip(hm).enumerate() {
+                let q = b(And, b(Shr, q, qsh.clone()), u8c(3));
+                let h = b(And, b(Shr, h, hsh.clone()), u8c(1));
+                let q = b(Sub, b(Or, q, b(Shl, h, u8c(2))).cast(f), fconst(4.0, f));
+                elems.push((kb.let_("q", q), part.clone() * 8 + e as i64));
+            }
+            return (d, None, elems);
         }
         // Q6_K: block sj is half h = sj / 4 at quarter c = sj mod 4; the unit's 8
         // elements lie in one 16-element half (scale 8 h + 2 c + part / 2). 210-byte

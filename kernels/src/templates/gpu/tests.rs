@@ -92,45 +92,59 @@ fn gpu_linear_float_and_quantized() {
     }
 }
 
-/// Formats the GPU GEMV does not decode (Q5_K, Q3_K) take the generic mapping of the
-/// CPU template's integer dot products (int16 activation blocks, hence the looser
-/// tolerance), never its CPU-only tile form: rows alone and in quads, a weight of whole
-/// 16-row chunks.
+/// The generic GPU mapping of a quantized linear (what a format the GEMV does not
+/// decode would take) uses the CPU template's integer dot products, never its CPU-only
+/// tile form: rows alone and in quads, a weight of whole 16-row chunks.
 #[test]
-fn gpu_other_k_quant_linears_take_the_generic_dots() {
+fn gpu_generic_quantized_linear_takes_the_dots_not_the_tile() {
     let mut r = Rng::new(103);
     for (rows, n, k) in [(1usize, 16usize, 256usize), (4, 16, 512), (6, 32, 256)] {
-        let x = r.tensor(F, &[rows, k], 1.0);
-        for d in [DType::Q5K, DType::Q3K] {
+        for d in [DType::Q5K, DType::Q3K, DType::Q4_0] {
+            let mut m = llmc_ir::Module::new("t");
+            let x = m.graph.add_input("x", tt(F, &["seq", &k.to_string()]));
             let wq = quant_bytes(&mut r, d, n, k);
-            let text = check_args_on(
-                true,
-                Op::Linear,
-                attrs([]),
-                &[
-                    input(tt(F, &["seq", &k.to_string()]), x.clone()),
-                    Arg::W(d, vec![n, k], wq),
-                ],
-                2e-2,
-                2e-3,
+            let w = m.add_weight(
+                "w",
+                d,
+                llmc_ir::Shape::of(&[n as i64, k as i64]),
+                llmc_ir::WeightData::Owned(std::sync::Arc::new(wq)),
             );
+            let outs = m.add_node(Op::Linear, &[x, w], attrs([])).unwrap();
+            let node = &m.graph.nodes[0];
+            let ins = [m.graph.ty(x), m.graph.ty(w)];
+            let cpu = crate::templates::with_gpu_mapping(|| {
+                crate::templates::lower(node, &ins, &[m.graph.ty(outs[0])], "linear")
+            })
+            .unwrap();
+            let crate::templates::Lowered::Kernel { kernel, .. } = cpu else {
+                panic!("{d}: no kernel");
+            };
+            let text = kernel.to_string();
             assert!(
                 text.contains("qdot") && !text.contains("qtile"),
-                "{d}:\n{text}"
+                "{d} rows {rows}:\n{text}"
             );
         }
     }
 }
 
-/// Q4_K and Q6_K super-blocks in the GPU GEMV: one row, a decode batch, and 16+ rows
-/// (the tiled form, four weight rows a warp); two super-blocks a row.
+/// K-quant (Q3_K, Q4_K, Q5_K, Q6_K) and IQ4 (IQ4_NL, IQ4_XS) weights in the GPU GEMV,
+/// decoded per unit in registers (no integer dots): one row, a decode batch, and 16+
+/// rows (the tiled form, four weight rows a warp); two super-blocks a row.
 #[test]
 fn gpu_k_quant_gemv() {
     let mut r = Rng::new(107);
     for (rows, n) in [(1usize, 8usize), (5, 9), (37, 16)] {
         let k = 512;
         let x = r.tensor(F, &[rows, k], 1.0);
-        for d in [DType::Q4K, DType::Q6K] {
+        for d in [
+            DType::Q4K,
+            DType::Q6K,
+            DType::Q5K,
+            DType::Q3K,
+            DType::IQ4NL,
+            DType::IQ4XS,
+        ] {
             let wq = quant_bytes(&mut r, d, n, k);
             let text = check(
                 Op::Linear,
