@@ -12,7 +12,7 @@ use super::super::{
 };
 use super::warp_sum;
 use crate::builder::KernelBuilder;
-use crate::loopir::{BinOp, Expr, LoopTag, Ty, UnOp};
+use crate::loopir::{BinOp, BufId, Expr, LoopTag, Ty, UnOp};
 use crate::templates::{Lowered, TResult};
 use llmc_ir::{Node, Op, TensorType};
 
@@ -242,8 +242,10 @@ fn warp_max(kb: &mut KernelBuilder, v: Expr) -> Expr {
 /// butterflies (the online softmax per chunk, not per key), the probabilities go to
 /// shared memory, and then the lanes own head-dim columns and add the chunk's value
 /// rows, read coalesced. At the end the warps' (max, sum, accumulator) states merge
-/// through shared memory. `None` (the generic mapping of the CPU kernel) for int8
-/// pools, non-f32 compute or transposed key pools (`k_dim_major`, a CPU layout).
+/// through shared memory. An int8 (`q8_kv`) pool is read through [`pool_elem`]: each
+/// element its block's f32 scale times its code. `None` (the generic mapping of the
+/// CPU kernel) for non-f32 compute or transposed key pools (`k_dim_major`, a CPU
+/// layout).
 pub(crate) fn paged(
     node: &Node,
     ins: &[&TensorType],
@@ -263,7 +265,14 @@ pub(crate) fn paged(
         token_major: tok,
     } = crate::templates::paged::paged_args(node, ins, outs)?;
     let t = compute_ty(q.dtype)?;
-    if t != Ty::F32 || kp.dtype == DType::Q8Kv || vp.dtype == DType::Q8Kv || k_dim_major {
+    if t != Ty::F32 || k_dim_major {
+        return Ok(None);
+    }
+    if (kp.dtype == DType::Q8Kv || vp.dtype == DType::Q8Kv)
+        && [&kp.shape.0[3], &vp.shape.0[3]]
+            .iter()
+            .any(|d| d.as_const().is_none_or(|d| d % 64 != 0))
+    {
         return Ok(None);
     }
     let (hd, sd, dkd) = match (&q.shape.0[..], tok) {
@@ -344,7 +353,7 @@ pub(crate) fn paged(
                     let krow = key_row(kb, j.clone(), dk);
                     let dot = kb.let_mut("dot", fconst(0.0, t));
                     kb.for_("c", 0, dk, LoopTag::Serial, |kb, c| {
-                        let kx = load_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
+                        let kx = pool_elem(kb, ib[1], kp.dtype, krow.clone() + c.clone());
                         let pr = b(BinOp::Mul, Expr::load(qs, c), kx);
                         kb.assign(dot, b(BinOp::Add, Expr::Var(dot), pr));
                     });
@@ -393,7 +402,7 @@ pub(crate) fn paged(
                     for i in 0..nv {
                         let col = lane.clone() + 32 * i;
                         let add = |kb: &mut KernelBuilder| {
-                            let vx = load_elem(kb, ib[2], vp.dtype, vrow.clone() + col.clone());
+                            let vx = pool_elem(kb, ib[2], vp.dtype, vrow.clone() + col.clone());
                             let a = b(
                                 BinOp::Add,
                                 Expr::load(acc, Expr::i(i)),
@@ -502,4 +511,17 @@ pub(crate) fn paged(
         consts: Vec::new(),
         in_place: Vec::new(),
     }))
+}
+
+/// Element `index` of a KV pool as f32: a `q8_kv` pool is a byte buffer of blocks of 64
+/// (an f32 scale, then 64 i8 codes; a head dim is whole blocks), any other dtype is
+/// read by [`load_elem`].
+fn pool_elem(kb: &KernelBuilder, buf: BufId, dtype: llmc_ir::DType, index: Expr) -> Expr {
+    if dtype != llmc_ir::DType::Q8Kv {
+        return load_elem(kb, buf, dtype, index);
+    }
+    let at = index.clone() / 64 * 68;
+    let sc = Expr::LoadRaw(buf, Box::new(at.clone()), Ty::F32);
+    let code = Expr::LoadRaw(buf, Box::new(at + 4 + index % 64), Ty::I8);
+    b(BinOp::Mul, sc, code.cast(Ty::F32))
 }
