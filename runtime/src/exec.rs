@@ -7,7 +7,7 @@
 use crate::abi::KernelFn;
 use crate::plan::{ElemType, Plan, Source, StepKind};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -48,9 +48,14 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
+    /// The capacity [`Self::zeroed`] gives `len` bytes.
+    fn capacity_for(len: usize) -> usize {
+        len.max(64)
+    }
+
     /// `len` zero bytes (at least one allocation unit, so the pointer is valid).
     pub fn zeroed(len: usize) -> Option<AlignedBuf> {
-        let layout = Layout::from_size_align(len.max(64), 64).ok()?;
+        let layout = Layout::from_size_align(Self::capacity_for(len), 64).ok()?;
         // SAFETY: the layout has a nonzero size.
         let p = unsafe { alloc_zeroed(layout) };
         Some(AlignedBuf {
@@ -234,23 +239,44 @@ pub struct Model<'d> {
     profile: Option<Vec<(u64, f64)>>,
     /// Temporaries of earlier runs, kept for the next ones ([`Spare`]).
     spare: Spare,
+    /// The last run's buffer sizes and kernel dims, for the next run with the same
+    /// symbol values (every decode step of a sequence but one in 16).
+    shapes: Option<Shapes>,
 }
 
-/// Large temporaries of finished runs, handed to later runs instead of fresh zeroed
+/// Buffer sizes (bytes) and each step's kernel dims for one binding of the symbols,
+/// filled as the run asks for them.
+struct Shapes {
+    syms: Vec<Option<i64>>,
+    sizes: Vec<Option<usize>>,
+    dims: Vec<Option<Vec<i64>>>,
+}
+
+/// Temporaries of finished runs, handed to later runs instead of fresh zeroed
 /// allocations. A serving step allocates the same large buffers every step (the
 /// logits of a 32-row step are 6 MiB); zeroing them again and faulting their pages in
 /// cost 4% of the engine thread at 32 streams, time the pool's workers spent waiting.
-/// A reused buffer holds the bytes its last user left: kernels write every element of
-/// their outputs, which `LLMC_POISON_TEMPS=1` checks by filling every temporary with
-/// 0xFF bytes (NaN floats, -1 integers) before its kernel runs.
+/// A decode step also asks for about 270 small ones (a few KiB each), the same sizes
+/// every step: `calloc` and `free` of them were 1.5% of a two-thread decode's samples,
+/// all on the engine thread while the worker spun. Small ones are kept by exact
+/// capacity. A reused buffer holds the bytes its last user left: kernels write every
+/// element of their outputs, which `LLMC_POISON_TEMPS=1` checks by filling every
+/// temporary with 0xFF bytes (NaN floats, -1 integers) before its kernel runs.
 struct Spare {
     bufs: Vec<AlignedBuf>,
     bytes: usize,
+    /// Temporaries below [`SPARE_MIN_BYTES`], by capacity.
+    small: HashMap<usize, Vec<AlignedBuf>>,
+    small_bytes: usize,
     poison: bool,
 }
 
-/// Temporaries below this size are allocated fresh (zeroing them is cheap).
+/// Temporaries below this size are kept by exact capacity ([`Spare::small`]); larger
+/// ones are handed to any request they fit at most twice over.
 const SPARE_MIN_BYTES: usize = 64 * 1024;
+
+/// The most bytes of small temporaries kept for reuse.
+const SPARE_SMALL_MAX_BYTES: usize = 32 << 20;
 
 /// The most bytes kept for reuse; beyond it the oldest kept buffers are freed.
 const SPARE_MAX_BYTES: usize = 512 << 20;
@@ -260,6 +286,8 @@ impl Spare {
         Spare {
             bufs: Vec::new(),
             bytes: 0,
+            small: HashMap::new(),
+            small_bytes: 0,
             poison: std::env::var("LLMC_POISON_TEMPS").is_ok_and(|v| v == "1"),
         }
     }
@@ -267,20 +295,30 @@ impl Spare {
     /// A temporary of `len` bytes: a kept one with room for it (and at most twice
     /// that, so a small request does not pin a large buffer), else a fresh one.
     fn take(&mut self, len: usize) -> Option<AlignedBuf> {
-        let found = if len >= SPARE_MIN_BYTES {
+        let kept = if len >= SPARE_MIN_BYTES {
             self.bufs
                 .iter()
                 .enumerate()
                 .filter(|(_, b)| b.capacity() >= len && b.capacity() / 2 <= len)
                 .min_by_key(|(_, b)| b.capacity())
                 .map(|(i, _)| i)
+                .map(|i| {
+                    let b = self.bufs.remove(i);
+                    self.bytes -= b.capacity();
+                    b
+                })
         } else {
-            None
+            let b = self
+                .small
+                .get_mut(&AlignedBuf::capacity_for(len))
+                .and_then(|v| v.pop());
+            if let Some(b) = &b {
+                self.small_bytes -= b.capacity();
+            }
+            b
         };
-        let buf = match found {
-            Some(i) => {
-                let mut b = self.bufs.remove(i);
-                self.bytes -= b.capacity();
+        let buf = match kept {
+            Some(mut b) => {
                 b.len = len;
                 b
             }
@@ -301,7 +339,14 @@ impl Spare {
         let Ok(buf) = Arc::try_unwrap(arc) else {
             return;
         };
-        if buf.capacity() < SPARE_MIN_BYTES || buf.capacity() > SPARE_MAX_BYTES {
+        if buf.capacity() < SPARE_MIN_BYTES {
+            if self.small_bytes + buf.capacity() <= SPARE_SMALL_MAX_BYTES {
+                self.small_bytes += buf.capacity();
+                self.small.entry(buf.capacity()).or_default().push(buf);
+            }
+            return;
+        }
+        if buf.capacity() > SPARE_MAX_BYTES {
             return;
         }
         self.bytes += buf.capacity();
@@ -430,6 +475,7 @@ impl<'d> Model<'d> {
             cache: BTreeMap::new(),
             profile,
             spare: Spare::new(),
+            shapes: None,
         })
     }
 
@@ -599,9 +645,16 @@ impl<'d> Model<'d> {
                 Source::Temp => {}
             }
         }
-        let size_of = |b: u32, syms: &[Option<i64>]| plan.buffer_bytes(b as usize, syms);
+        let mut shapes = match self.shapes.take() {
+            Some(c) if c.syms == syms => c,
+            _ => Shapes {
+                syms: syms.clone(),
+                sizes: vec![None; plan.buffers.len()],
+                dims: vec![None; plan.steps.len()],
+            },
+        };
         let nk = self.kernels.len();
-        for step in &plan.steps {
+        for (si, step) in plan.steps.iter().enumerate() {
             let t0 = self.profile.is_some().then(std::time::Instant::now);
             let fail = |msg: String| ExecError::Step {
                 node: step.node.clone(),
@@ -612,7 +665,14 @@ impl<'d> Model<'d> {
                     let mut ptrs: Vec<*mut u8> = Vec::with_capacity(bufs.len());
                     for &b in bufs {
                         if store[b as usize].is_none() {
-                            let n = size_of(b, &syms).map_err(fail)?;
+                            let n = match shapes.sizes[b as usize] {
+                                Some(n) => n,
+                                None => {
+                                    let n = plan.buffer_bytes(b as usize, &syms).map_err(fail)?;
+                                    shapes.sizes[b as usize] = Some(n);
+                                    n
+                                }
+                            };
                             let buf = self
                                 .spare
                                 .take(n)
@@ -625,14 +685,18 @@ impl<'d> Model<'d> {
                                 .map_or(std::ptr::null_mut(), |s| s.ptr()),
                         );
                     }
-                    let dv: Vec<i64> = dims
-                        .iter()
-                        .map(|p| {
-                            p.eval(&syms).ok_or_else(|| {
-                                fail(format!("dim {} has no value", p.show(&plan.symbols)))
+                    if shapes.dims[si].is_none() {
+                        let dv: Vec<i64> = dims
+                            .iter()
+                            .map(|p| {
+                                p.eval(&syms).ok_or_else(|| {
+                                    fail(format!("dim {} has no value", p.show(&plan.symbols)))
+                                })
                             })
-                        })
-                        .collect::<Result<_, _>>()?;
+                            .collect::<Result<_, _>>()?;
+                        shapes.dims[si] = Some(dv);
+                    }
+                    let dv = shapes.dims[si].as_deref().unwrap_or(&[]);
                     let f = self.kernels[*kernel as usize];
                     // SAFETY: the kernel was compiled for exactly these parameters;
                     // every buffer is sized from the same shapes it indexes with.
@@ -728,7 +792,7 @@ impl<'d> Model<'d> {
                             c
                         }
                     };
-                    let want = size_of(*out_k, &syms).map_err(fail)?;
+                    let want = plan.buffer_bytes(*out_k as usize, &syms).map_err(fail)?;
                     if want != entry.k.len() {
                         return Err(fail(format!(
                             "the cache holds {} bytes, its result type says {want}",
@@ -787,6 +851,7 @@ impl<'d> Model<'d> {
         for s in store {
             self.spare.give(s);
         }
+        self.shapes = Some(shapes);
         Ok(outs)
     }
 }
