@@ -144,6 +144,13 @@ pub(crate) fn build(
             let mut table = String::new();
             for p in &b.ptx {
                 let (reports, cubin) = ptxas::assemble(&tool, &p.text, &p.arch)?;
+                if let Some(dir) = &a.dump_dir {
+                    // Beside the .ptx, for `nvdisasm` (what the GPU will run).
+                    let stem = if m.name.is_empty() { "module" } else { &m.name };
+                    let path = dir.join(format!("{stem}.{}.cubin", p.arch));
+                    std::fs::write(&path, &cubin)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
                 assembled.push((reports.clone(), cubin));
                 let max = reports.iter().max_by_key(|r| r.registers);
                 let spilled: Vec<&ptxas::KernelReport> = reports

@@ -40,13 +40,30 @@ pub struct PtxasError {
 /// The ptxas to use: `$LLMC_PTXAS`, then `ptxas` on `PATH`, then the wheel's copy
 /// in the active virtual environment or in this source tree's `.venv`.
 pub fn find() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LLMC_PTXAS") {
+    find_tool("ptxas", "LLMC_PTXAS", &["nvidia/cuda_nvcc/bin/ptxas"])
+}
+
+/// The nvdisasm to use (the `nvidia-cuda-nvdisasm` wheel has it): `$LLMC_NVDISASM`,
+/// then `nvdisasm` on `PATH`, then the wheel's copy as for [`find`].
+pub fn find_nvdisasm() -> Option<PathBuf> {
+    find_tool(
+        "nvdisasm",
+        "LLMC_NVDISASM",
+        &[
+            "nvidia/cu13/bin/nvdisasm",
+            "nvidia/cuda_nvdisasm/bin/nvdisasm",
+        ],
+    )
+}
+
+fn find_tool(tool: &str, var: &str, in_wheel: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
-            let p = dir.join("ptxas");
+            let p = dir.join(tool);
             if p.is_file() {
                 return Some(p);
             }
@@ -62,13 +79,56 @@ pub fn find() -> Option<PathBuf> {
             continue;
         };
         for py in libs.flatten() {
-            let p = py.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas");
-            if p.is_file() {
-                return Some(p);
+            for w in in_wheel {
+                let p = py.path().join("site-packages").join(w);
+                if p.is_file() {
+                    return Some(p);
+                }
             }
         }
     }
     None
+}
+
+/// The SASS of every kernel of `cubin`, by `nvdisasm`: (entry name, its instructions
+/// as nvdisasm prints them), in the cubin's order.
+pub fn disassemble(nvdisasm: &Path, cubin: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
+    let input = dir.path().join("module.cubin");
+    std::fs::write(&input, cubin).map_err(|e| format!("{}: {e}", input.display()))?;
+    let out = Command::new(nvdisasm)
+        .arg(&input)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", nvdisasm.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            nvdisasm.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut kernels: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        // `.section NAME,...` starts a section (not `.sectionflags`, `.sectioninfo`).
+        if let Some(rest) = t
+            .strip_prefix(".section")
+            .filter(|r| r.starts_with([' ', '\t']))
+        {
+            let sec = rest.trim_start().split(',').next().unwrap_or("");
+            let name = sec.strip_prefix(".text.").unwrap_or("");
+            kernels.push((name.to_string(), String::new()));
+            continue;
+        }
+        if let Some((_, body)) = kernels.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    kernels.retain(|(n, _)| !n.is_empty());
+    Ok(kernels)
 }
 
 /// Assembles `ptx` for `arch` with `ptxas -v --warn-on-spills`; returns the per-kernel

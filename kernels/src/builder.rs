@@ -92,6 +92,11 @@ impl KernelBuilder {
         self.push(Stmt::ShuffleXor { var, value, xor });
     }
 
+    /// One warp's tensor-core product `d = a·b + c` (see [`crate::loopir::Mma`]).
+    pub fn mma(&mut self, d: [VarId; 4], a: [Expr; 4], b: [Expr; 2], c: [Expr; 4]) {
+        self.push(Stmt::Mma(Box::new(crate::loopir::Mma { d, a, b, c })));
+    }
+
     /// The expression for a dim parameter carrying symbol `name`.
     pub fn sym(&mut self, name: &str) -> Expr {
         let i = match self.k.dims.iter().position(|d| d == name) {

@@ -325,6 +325,7 @@ fn block_stride(body: &mut [Stmt], t: VarId, count: &mut usize) -> bool {
             | Stmt::QUnpack(_)
             | Stmt::QTile(_)
             | Stmt::FTile(_)
+            | Stmt::Mma(_)
             | Stmt::ShuffleXor { .. } => return false,
             Stmt::Let { .. }
             | Stmt::Assign { .. }
@@ -362,7 +363,7 @@ fn independent(body: &[Stmt], var: VarId) -> bool {
             Stmt::QTile(t) => t.accs.iter().all(|a| defs.contains(a)),
             // Writes its tile: only private to an iteration that allocates it.
             Stmt::QUnpack(_) | Stmt::FTile(_) => false,
-            Stmt::Barrier | Stmt::ShuffleXor { .. } => false,
+            Stmt::Barrier | Stmt::ShuffleXor { .. } | Stmt::Mma(_) => false,
             Stmt::For { body, .. } => ok(body, defs),
             Stmt::If { then, els, .. } => ok(then, defs) && ok(els, defs),
             _ => true,

@@ -891,8 +891,8 @@ impl Machine<'_> {
                     self.locals[buf.0 as usize] = Some(vec![0xA5; bytes]);
                     allocated.push(*buf);
                 }
-                Stmt::Barrier | Stmt::ShuffleXor { .. } => {
-                    return Err("a barrier or shuffle outside a GPU block's threads".into())
+                Stmt::Barrier | Stmt::ShuffleXor { .. } | Stmt::Mma(_) => {
+                    return Err("a barrier, shuffle or mma outside a GPU block's threads".into())
                 }
                 Stmt::QDot(q) => self.qdot(q, bufs)?,
                 Stmt::QUnpack(u) => self.qunpack(u, bufs)?,
@@ -1145,21 +1145,51 @@ impl Machine<'_> {
                         g.shared.clear();
                     }
                 }
-                Stmt::ShuffleXor { var, value, xor } => {
-                    let vals = self.eval_all(value, mask, ts, bufs, block_no)?;
-                    for i in 0..n {
-                        if !mask[i] {
+                Stmt::Mma(m) => {
+                    let mut ops = Vec::with_capacity(10);
+                    for e in m.operands() {
+                        ops.push(self.eval_all(e, mask, ts, bufs, block_no)?);
+                    }
+                    whole_warps(mask, n, "mma")?;
+                    for w0 in (0..n).step_by(32) {
+                        if !mask[w0] {
                             continue;
                         }
-                        let w0 = i / 32 * 32;
-                        if let Some(l) = (w0..w0 + 32).find(|&l| l >= n || !mask[l]) {
-                            return Err(format!(
-                                "shuffle in warp {} with lane {} inactive or missing (all 32 lanes must take part)",
-                                i / 32,
-                                l - w0
-                            ));
+                        let op = |i: usize, l: usize| ops[i][w0 + l].map_or(0.0, |v| v.f());
+                        let (mut a, mut b, mut c) =
+                            ([[0f64; 8]; 16], [[0f64; 8]; 8], [[0f64; 8]; 16]);
+                        for l in 0..32 {
+                            let (g, t) = (l / 4, l % 4);
+                            a[g][t] = tf32(op(0, l));
+                            a[g + 8][t] = tf32(op(1, l));
+                            a[g][t + 4] = tf32(op(2, l));
+                            a[g + 8][t + 4] = tf32(op(3, l));
+                            b[t][g] = tf32(op(4, l));
+                            b[t + 4][g] = tf32(op(5, l));
+                            c[g][2 * t] = op(6, l);
+                            c[g][2 * t + 1] = op(7, l);
+                            c[g + 8][2 * t] = op(8, l);
+                            c[g + 8][2 * t + 1] = op(9, l);
+                        }
+                        for l in 0..32 {
+                            let (g, t) = (l / 4, l % 4);
+                            let at = [
+                                (g, 2 * t),
+                                (g, 2 * t + 1),
+                                (g + 8, 2 * t),
+                                (g + 8, 2 * t + 1),
+                            ];
+                            for (v, (r, col)) in m.d.iter().zip(at) {
+                                let s: f64 =
+                                    (0..8).map(|k| a[r][k] * b[k][col]).sum::<f64>() + c[r][col];
+                                ts[w0 + l].vars[v.0 as usize] = Some(V::F(round_to(DType::F32, s)));
+                            }
                         }
                     }
+                }
+                Stmt::ShuffleXor { var, value, xor } => {
+                    let vals = self.eval_all(value, mask, ts, bufs, block_no)?;
+                    whole_warps(mask, n, "shuffle")?;
                     for i in 0..n {
                         if mask[i] {
                             ts[i].vars[var.0 as usize] = vals[i ^ *xor as usize];
@@ -1423,6 +1453,35 @@ pub fn bytes_tensor(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tenso
     llmc_ir::interp::weight_tensor(dtype, shape, bytes)
 }
 
+/// Fails unless every warp with an active lane has all 32 lanes active (a shuffle or
+/// an mma needs the whole warp).
+fn whole_warps(mask: &[bool], n: usize, what: &str) -> R<()> {
+    for i in 0..n {
+        if !mask[i] {
+            continue;
+        }
+        let w0 = i / 32 * 32;
+        if let Some(l) = (w0..w0 + 32).find(|&l| l >= n || !mask[l]) {
+            return Err(format!(
+                "{what} in warp {} with lane {} inactive or missing (all 32 lanes must take part)",
+                i / 32,
+                l - w0
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `x` as f32 rounded to tf32 the way `cvt.rna.tf32.f32` does: 10 mantissa bits, to
+/// nearest, ties away from zero (the 13 low bits cleared).
+fn tf32(x: f64) -> f64 {
+    let f = x as f32;
+    if !f.is_finite() {
+        return f as f64;
+    }
+    f32::from_bits((f.to_bits() + 0x1000) & !0x1FFF) as f64
+}
+
 /// [`QDot`]'s float arithmetic for one (row, weight row) pair, which [`QTile`] shares:
 /// an even and an odd chain of block sums (`E = fma(float(I_b), d · xd, E)`) and of
 /// minimum terms (`ME = fma(m, xs, ME)`).
@@ -1455,5 +1514,22 @@ impl Chains {
             tot += self.min[0] + self.min[1];
         }
         tot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cvt.rna.tf32.f32`: 10 mantissa bits, to nearest, ties away from zero.
+    #[test]
+    fn tf32_rounds_to_nearest_with_ties_away() {
+        let e = |p: i32| 2f64.powi(p);
+        assert_eq!(super::tf32(1.0 + e(-10)), 1.0 + e(-10));
+        assert_eq!(super::tf32(1.0 + e(-12)), 1.0);
+        assert_eq!(super::tf32(1.0 + e(-11)), 1.0 + e(-10));
+        assert_eq!(super::tf32(-(1.0 + e(-11))), -(1.0 + e(-10)));
+        assert_eq!(super::tf32(1.0 + e(-11) + e(-20)), 1.0 + e(-10));
+        assert_eq!(super::tf32(1.0 + 3.0 * e(-11)), 1.0 + e(-9));
+        assert!(super::tf32(f64::NAN).is_nan());
+        assert_eq!(super::tf32(f64::INFINITY), f64::INFINITY);
     }
 }

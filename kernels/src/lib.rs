@@ -12,8 +12,8 @@ pub mod templates;
 
 pub use builder::KernelBuilder;
 pub use loopir::{
-    BinOp, Buf, BufId, Expr, FTile, Kernel, LoopTag, QDot, QFmt, QTile, QUnpack, Role, Stmt, Ty,
-    UnOp, VarId,
+    BinOp, Buf, BufId, Expr, FTile, Kernel, LoopTag, Mma, QDot, QFmt, QTile, QUnpack, Role, Stmt,
+    Ty, UnOp, VarId,
 };
 pub use templates::pack::{OperandPack, Pack};
 pub use templates::{lower, Lowered, TemplateError};

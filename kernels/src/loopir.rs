@@ -443,6 +443,9 @@ pub enum Stmt {
         /// The partner lane is `lane ^ xor`.
         xor: u32,
     },
+    /// GPU warp matrix multiply-accumulate on tensor cores (see [`Mma`]); all 32 lanes
+    /// of the warp must reach it together.
+    Mma(Box<Mma>),
     /// Block-quantized dot products of one weight row (GGUF blocks as stored) with
     /// activation rows quantized to int16 blocks of 32 (see [`QDot`]).
     QDot(Box<QDot>),
@@ -715,6 +718,39 @@ impl QFmt {
 /// `I_hi` with `d_hi`; no trailing block, as blocks come in eights)
 /// (and `ME = fma(m, xs[s], ME)` for the minimum terms), a trailing odd block pairs
 /// with a zero partner (`O = fma(0, 0, O)`), and `acc += (E + O) + (ME + MO)` (no
+/// One warp's `mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32`: D = A·B + C with A of
+/// 16 x 8, B of 8 x 8, C and D of 16 x 8, spread over the warp's 32 lanes. Lane `l`
+/// (group `g = l / 4`, `t = l % 4`) holds `a = [A[g][t], A[g+8][t], A[g][t+4],
+/// A[g+8][t+4]]`, `b = [B[t][g], B[t+4][g]]` and `c`, `d = [C[g][2t], C[g][2t+1],
+/// C[g+8][2t], C[g+8][2t+1]]` (the PTX ISA's fragment layout). A and B are f32 values
+/// rounded to tf32 (10 mantissa bits, to nearest, ties away from zero: `cvt.rna.tf32`);
+/// the products add up in f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mma {
+    /// This lane's results (f32 variables defined by enclosing `Let`s).
+    pub d: [VarId; 4],
+    /// This lane's elements of A (f32).
+    pub a: [Expr; 4],
+    /// This lane's elements of B (f32).
+    pub b: [Expr; 2],
+    /// This lane's elements of C (f32).
+    pub c: [Expr; 4],
+}
+
+impl Mma {
+    /// Rows, columns and depth of one product.
+    pub const M: i64 = 16;
+    /// Columns.
+    pub const N: i64 = 8;
+    /// Depth.
+    pub const K: i64 = 8;
+
+    /// Every operand expression, A's then B's then C's.
+    pub fn operands(&self) -> impl Iterator<Item = &Expr> {
+        self.a.iter().chain(&self.b).chain(&self.c)
+    }
+}
+
 /// minimum terms for Q8_0). A row's sum is the same whichever rows share the
 /// statement: a sequence's logits do not depend on its batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -1290,6 +1326,26 @@ impl Kernel {
                         return Err(format!("prefetch of {} outside its allocation", b.name));
                     }
                 }
+                Stmt::Mma(m) => {
+                    for e in m.operands() {
+                        self.check_expr(e, defined, allocated)?;
+                        let t = self.ty_of(e)?;
+                        if t != Ty::F32 {
+                            return Err(format!("mma operand of type {t}: f32 only"));
+                        }
+                    }
+                    for v in &m.d {
+                        if !defined[v.0 as usize] {
+                            return Err(format!(
+                                "mma into {} outside its definition",
+                                self.vname(*v)
+                            ));
+                        }
+                        if self.var(*v).ty != Ty::F32 {
+                            return Err(format!("mma into {} (not f32)", self.vname(*v)));
+                        }
+                    }
+                }
                 Stmt::ShuffleXor { var, value, xor } => {
                     self.check_expr(value, defined, allocated)?;
                     if !defined[var.0 as usize] {
@@ -1537,6 +1593,7 @@ pub fn visit_stmts_exprs(body: &[Stmt], f: &mut impl FnMut(&Expr)) {
             Stmt::Let { value, .. }
             | Stmt::Assign { value, .. }
             | Stmt::ShuffleXor { value, .. } => visit_expr(value, f),
+            Stmt::Mma(m) => m.operands().for_each(|e| visit_expr(e, f)),
             Stmt::Store { index, value, .. } => {
                 visit_expr(index, f);
                 visit_expr(value, f);
@@ -1922,6 +1979,17 @@ impl Kernel {
                     write!(f, "{pad}prefetch {}[", self.bname(*buf))?;
                     self.fmt_expr(index, f)?;
                     writeln!(f, "]")?;
+                }
+                Stmt::Mma(m) => {
+                    let ds: Vec<String> = m.d.iter().map(|v| self.vname(*v)).collect();
+                    write!(f, "{pad}{} = mma.m16n8k8.tf32(", ds.join(", "))?;
+                    for (i, e) in m.operands().enumerate() {
+                        if i > 0 {
+                            write!(f, "{}", if i == 4 || i == 6 { "; " } else { ", " })?;
+                        }
+                        self.fmt_expr(e, f)?;
+                    }
+                    writeln!(f, ")")?;
                 }
                 Stmt::ShuffleXor { var, value, xor } => {
                     write!(f, "{pad}{} = shuffle_xor(", self.vname(*var))?;

@@ -127,6 +127,33 @@ ensure_ptxas() {
     fi
 }
 
+# nvdisasm (from the nvidia-cuda-nvdisasm wheel) shows the SASS of the cubins ptxas
+# makes: the CUDA test checks the tensor-core instructions and that no kernel touches
+# local memory. Prints the wheel's nvdisasm path, or nothing; never fails.
+find_nvdisasm() {
+    local f
+    for f in "$1"/lib/python3*/site-packages/nvidia/{cu13,cuda_nvdisasm}/bin/nvdisasm; do
+        [[ -e "$f" ]] && { echo "$f"; return 0; }
+    done
+    return 0
+}
+
+ensure_nvdisasm() {
+    local venv="$LLMC_ROOT/.venv" p
+    p="$(find_nvdisasm "$venv")"
+    if [[ -z "$p" ]]; then
+        say "installing nvidia-cuda-nvdisasm (nvdisasm) into $venv"
+        "$venv/bin/python" -m pip install --quiet nvidia-cuda-nvdisasm || true
+        p="$(find_nvdisasm "$venv")"
+    fi
+    if [[ -n "$p" && ! -x "$p" ]]; then
+        chmod +x "$p"
+    fi
+    if [[ -n "$p" ]]; then
+        export LLMC_NVDISASM="$p"
+    fi
+}
+
 ensure_models() {
     "$LLMC_ROOT/scripts/fetch-models"
 }
@@ -137,5 +164,6 @@ ensure_all() {
     ensure_llvm_env
     ensure_venv
     ensure_ptxas
+    ensure_nvdisasm
     ensure_models
 }

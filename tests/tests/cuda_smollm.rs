@@ -3,7 +3,10 @@
 //! templates, none left on one thread), become one PTX module per architecture with
 //! an entry per kernel and no library calls, and — when `ptxas` is installed (the
 //! `nvidia-cuda-nvcc-cu12` wheel; `LLMC_PTXAS`) — every kernel assembles for sm_80
-//! and sm_90 with no spills; the registers ptxas reports are printed.
+//! and sm_90 with no spills; the registers ptxas reports are printed; and — when
+//! `nvdisasm` is installed too (the `nvidia-cuda-nvdisasm` wheel; `LLMC_NVDISASM`) —
+//! the cubins' SASS has tensor-core products (tf32 `HMMA`) in every linear and no
+//! local-memory access in any kernel.
 //! Needs the model under `$LLMC_MODELS` (default `.cache/models`); skips without it.
 
 use llmc_kernels::templates::gpu::GpuSchedule;
@@ -87,9 +90,57 @@ fn smollm2_cuda_kernels_assemble_for_sm80_and_sm90() -> anyhow::Result<()> {
         eprintln!("ptxas not found: the PTX was not assembled (pip install nvidia-cuda-nvcc-cu12)");
         return Ok(());
     };
+    let nvdisasm = llmc_backend::ptxas::find_nvdisasm();
+    if nvdisasm.is_none() {
+        eprintln!(
+            "nvdisasm not found: the SASS was not checked (pip install nvidia-cuda-nvdisasm)"
+        );
+    }
     for p in &b.ptx {
         let (reports, cubin) = llmc_backend::ptxas::assemble(&tool, &p.text, &p.arch)?;
         assert!(!cubin.is_empty());
+        if let Some(nd) = &nvdisasm {
+            // What the GPU runs: every linear multiplies 64+-row steps on tensor cores
+            // (tf32 HMMA), and no kernel touches local memory (spills, stack arrays).
+            let sass = llmc_backend::ptxas::disassemble(nd, &cubin).map_err(anyhow::Error::msg)?;
+            assert_eq!(
+                sass.len(),
+                kernels.len(),
+                "{}: kernels disassembled",
+                p.arch
+            );
+            for (name, text) in &sass {
+                let count = |op: &str| {
+                    text.lines()
+                        .filter(|l| l.split_whitespace().any(|w| w.starts_with(op)))
+                        .count()
+                };
+                let hmma = text
+                    .lines()
+                    .filter(|l| l.contains("HMMA") && l.contains("TF32"))
+                    .count();
+                eprintln!(
+                    "{} {name:<44} SASS: {hmma} tf32 HMMA, {} LDG, {} LDS, {} local",
+                    p.arch,
+                    count("LDG"),
+                    count("LDS"),
+                    count("LDL") + count("STL")
+                );
+                if name.contains("_linear_") {
+                    assert!(
+                        hmma >= 16,
+                        "{}: {name} has {hmma} tf32 HMMA\n{text}",
+                        p.arch
+                    );
+                }
+                assert_eq!(
+                    count("LDL") + count("STL"),
+                    0,
+                    "{}: {name} uses local memory",
+                    p.arch
+                );
+            }
+        }
         assert_eq!(
             reports.len(),
             kernels.len(),

@@ -366,6 +366,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
             Stmt::Barrier => self.barrier(f)?,
             Stmt::Prefetch { buf, index } => self.prefetch(f, *buf, index)?,
             Stmt::ShuffleXor { var, value, xor } => self.shuffle_xor(f, *var, value, *xor)?,
+            Stmt::Mma(m) => self.mma(f, m)?,
             Stmt::QDot(q) => self.qdot(f, q)?,
             Stmt::QUnpack(_) | Stmt::QTile(_) | Stmt::FTile(_) if self.target.is_gpu() => {
                 return Err(self.err("the tile form of a quantized linear is CPU-only"))
@@ -1529,6 +1530,9 @@ fn scan(
                 }
                 Stmt::ShuffleXor { var, .. } => {
                     assigned.insert(*var);
+                }
+                Stmt::Mma(m) => {
+                    assigned.extend(m.d.iter().copied());
                 }
                 Stmt::QDot(q) => {
                     for a in &q.accs {

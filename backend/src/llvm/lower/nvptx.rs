@@ -9,7 +9,7 @@ use inkwell::module::Linkage;
 use inkwell::types::BasicType;
 use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
-use llmc_kernels::{BinOp, BufId, Expr, LoopTag, Stmt, Ty, UnOp, VarId};
+use llmc_kernels::{BinOp, BufId, Expr, LoopTag, Mma, Stmt, Ty, UnOp, VarId};
 use std::collections::HashMap;
 
 /// The largest power of two (up to 16) `e` is known to be a multiple of, given the
@@ -44,6 +44,7 @@ fn alignment_facts(body: &[Stmt], out: &mut HashMap<VarId, Expr>, assigned: &mut
                 out.insert(*var, value.clone());
             }
             Stmt::Assign { var, .. } | Stmt::ShuffleXor { var, .. } => assigned.push(*var),
+            Stmt::Mma(m) => assigned.extend(m.d.iter().copied()),
             Stmt::QDot(q) => assigned.extend(q.accs.iter().copied()),
             Stmt::QTile(t) => assigned.extend(t.accs.iter().copied()),
             Stmt::For {
@@ -205,6 +206,33 @@ impl<'ctx> Lowering<'ctx, '_> {
         )?;
         let slot = self.var_slot(f, var)?;
         f.b.build_store(slot, r).map_err(llvm_err)?;
+        Ok(())
+    }
+
+    /// One warp's tensor-core product (`mma.sync.aligned.m16n8k8.row.col.f32.tf32`):
+    /// A's and B's f32 operands rounded to tf32 (`cvt.rna.tf32.f32`), C's as they are;
+    /// D's four elements into this lane's variables.
+    pub(super) fn mma(&mut self, f: &mut Frame<'ctx>, m: &Mma) -> R<()> {
+        if !self.target.is_gpu() {
+            return Err(self.err("tensor-core products (mma) exist only on GPU targets"));
+        }
+        let cvt = self.intr("llvm.nvvm.f2tf32.rna", &[])?;
+        let fun = self.intr("llvm.nvvm.mma.m16n8k8.row.col.tf32", &[])?;
+        let mut args: Vec<inkwell::values::BasicMetadataValueEnum> = Vec::with_capacity(10);
+        for (i, e) in m.operands().enumerate() {
+            let (v, _) = self.expr(f, e)?;
+            args.push(if i < 6 {
+                self.call(f, cvt, &[v.into()])?.into()
+            } else {
+                v.into()
+            });
+        }
+        let r = self.call(f, fun, &args)?.into_struct_value();
+        for (i, var) in m.d.iter().enumerate() {
+            let v = f.b.build_extract_value(r, i as u32, "").map_err(llvm_err)?;
+            let slot = self.var_slot(f, *var)?;
+            f.b.build_store(slot, v).map_err(llvm_err)?;
+        }
         Ok(())
     }
 

@@ -8,6 +8,11 @@
 //! activation rows [`RC`] at a time, so a prefill chunk fills the GPU. Blocks are dequantized in registers:
 //! `Σ x·(d q + m) = d Σ x q + m Σ x` per unit. A shuffle butterfly sums the lanes;
 //! lane 0 adds the bias, applies the epilogue and stores.
+//!
+//! Steps of [`MM`]+ rows (prefill chunks, large batches) take tensor cores instead: a
+//! block multiplies a tile of `MM` activation rows by [`MN`] output columns with
+//! `mma.m16n8k8` on tf32, staging 32 elements of k at a time in shared memory (the
+//! weight units dequantized as above, the activations through the norm or `glu_in`).
 
 use super::super::{
     compute_ty, elementwise::activation, fconst, iq4_level, k4_scale_min, load_elem, operand,
@@ -31,6 +36,14 @@ const JW: i64 = 4;
 const RC: i64 = 16;
 /// Units per GGUF block.
 const UPB: i64 = 4;
+/// Activation rows per tensor-core tile: a step with this many rows or more takes the
+/// `mma` form (16 rows per warp, 4 warps down the tile).
+const MM: i64 = 64;
+/// Output columns per tensor-core tile (32 per warp, 2 warps across).
+const MN: i64 = 64;
+/// Row stride of the shared tiles in floats: 32 elements + 4, so the lanes of a
+/// fragment read (row `g`, column `t`) hit 32 different banks.
+const MS: i64 = 36;
 
 fn b(op: BinOp, x: Expr, y: Expr) -> Expr {
     Expr::bin(op, x, y)
@@ -124,63 +137,94 @@ pub(crate) fn linear(
         }
     };
     let chunks = kb.let_("rchunks", (rows.clone() + (RC - 1)) / RC);
-    kb.for_("jb", 0, blocks, LoopTag::GpuGrid(0), |kb, jb| {
-        kb.for_("rc", 0, chunks, LoopTag::GpuGrid(1), |kb, rc| {
+    // Tensor cores for steps of MM+ rows (`LLMC_CUDA_MMA=0` at build time keeps the
+    // SIMT tiles for them: the baseline). The grid is the tile count of whichever form
+    // the step takes.
+    let mma = std::env::var_os("LLMC_CUDA_MMA").is_none_or(|v| v != "0");
+    let (gx, gy) = if mma {
+        let big = kb.let_("big", (rows.clone() / MM).min(Expr::i(1)));
+        let small = Expr::i(1) - big.clone();
+        let gx = big.clone() * ((n_out + MN - 1) / MN) + small.clone() * blocks;
+        let gy = big * ((rows.clone() + (MM - 1)) / MM) + small * chunks.clone();
+        (kb.let_("gx", gx), kb.let_("gy", gy))
+    } else {
+        (Expr::i(blocks), chunks.clone())
+    };
+    kb.for_("jb", 0, gx, LoopTag::GpuGrid(0), |kb, jb| {
+        kb.for_("rc", 0, gy, LoopTag::GpuGrid(1), |kb, rc| {
+            let tiles = mma.then(|| {
+                let halves = if glu.is_some() { 2 } else { 1 };
+                Tiles {
+                    xs: kb.shared("xs", Ty::F32, MM * MS),
+                    ws: kb.shared("ws", Ty::F32, halves * MN * MS),
+                    inv: norm.map(|_| kb.shared("sinv", Ty::F32, MM)),
+                }
+            });
             kb.for_("tid", 0, WARPS * 32, LoopTag::GpuBlock(0), |kb, tid| {
-                let lane = kb.let_("lane", tid.clone() % 32);
-                let j = kb.let_("j", jb.clone() * WARPS + tid.clone() / 32);
-                let lo = kb.let_("rlo", rc * RC);
-                let hi = kb.let_("rhi", (lo.clone() + RC).min(rows.clone()));
-                // A warp per weight row, over the chunk's rows RG at a time.
-                let per_row = |kb: &mut KernelBuilder| {
-                    // Warp-uniform: a warp's lanes all pass or all skip.
-                    kb.if_(j.clone().lt(Expr::i(n_out)), |kb| {
-                        let rfull =
-                            kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / RG * RG);
-                        let js = with_up(vec![j.clone()]);
-                        kb.for_step(
-                            "r0",
-                            lo.clone(),
-                            rfull.clone(),
-                            RG,
-                            LoopTag::Serial,
-                            |kb, r0| g.pass(kb, &r0, RG, &js, &lane),
-                        );
-                        kb.for_("r0", rfull, hi.clone(), LoopTag::Serial, |kb, r0| {
-                            g.pass(kb, &r0, 1, &js, &lane)
-                        });
-                    });
-                };
-                if n_out % WARPS == 0 && WARPS / JW == 2 && RC == RG * (WARPS / 2) {
-                    // Prefill chunks and batched steps (16+ rows): the block's 8 weight
-                    // rows x 16 activation rows as 2 x 4 warp tiles of JW weight rows x
-                    // RG activation rows, so each activation load serves JW weight rows.
-                    kb.if_else(
-                        rows.clone().ge(Expr::i(RC)),
-                        |kb| {
-                            let wi = kb.let_("wi", tid.clone() / 32);
-                            let jw = kb.let_("jw", jb.clone() * WARPS + (wi.clone() % 2) * JW);
-                            let js = with_up((0..JW).map(|x| jw.clone() + x).collect());
-                            let g0 = kb.let_("g0", lo.clone() + (wi / 2) * RG);
-                            let ge = kb.let_("ge", (g0.clone() + RG).min(hi.clone()));
-                            kb.if_else(
-                                (ge.clone() - g0.clone()).eq_(Expr::i(RG)),
-                                |kb| g.pass(kb, &g0, RG, &js, &lane),
-                                |kb| {
-                                    kb.for_(
-                                        "r0",
-                                        g0.clone(),
-                                        ge.clone(),
-                                        LoopTag::Serial,
-                                        |kb, r0| g.pass(kb, &r0, 1, &js, &lane),
-                                    )
-                                },
+                let gemv = |kb: &mut KernelBuilder| {
+                    let lane = kb.let_("lane", tid.clone() % 32);
+                    let j = kb.let_("j", jb.clone() * WARPS + tid.clone() / 32);
+                    let lo = kb.let_("rlo", rc.clone() * RC);
+                    let hi = kb.let_("rhi", (lo.clone() + RC).min(rows.clone()));
+                    // A warp per weight row, over the chunk's rows RG at a time.
+                    let per_row = |kb: &mut KernelBuilder| {
+                        // Warp-uniform: a warp's lanes all pass or all skip.
+                        kb.if_(j.clone().lt(Expr::i(n_out)), |kb| {
+                            let rfull =
+                                kb.let_("rfull", lo.clone() + (hi.clone() - lo.clone()) / RG * RG);
+                            let js = with_up(vec![j.clone()]);
+                            kb.for_step(
+                                "r0",
+                                lo.clone(),
+                                rfull.clone(),
+                                RG,
+                                LoopTag::Serial,
+                                |kb, r0| g.pass(kb, &r0, RG, &js, &lane),
                             );
-                        },
-                        per_row,
-                    );
-                } else {
-                    per_row(kb);
+                            kb.for_("r0", rfull, hi.clone(), LoopTag::Serial, |kb, r0| {
+                                g.pass(kb, &r0, 1, &js, &lane)
+                            });
+                        });
+                    };
+                    if n_out % WARPS == 0 && WARPS / JW == 2 && RC == RG * (WARPS / 2) {
+                        // Prefill chunks and batched steps (16+ rows): the block's 8 weight
+                        // rows x 16 activation rows as 2 x 4 warp tiles of JW weight rows x
+                        // RG activation rows, so each activation load serves JW weight rows.
+                        kb.if_else(
+                            rows.clone().ge(Expr::i(RC)),
+                            |kb| {
+                                let wi = kb.let_("wi", tid.clone() / 32);
+                                let jw = kb.let_("jw", jb.clone() * WARPS + (wi.clone() % 2) * JW);
+                                let js = with_up((0..JW).map(|x| jw.clone() + x).collect());
+                                let g0 = kb.let_("g0", lo.clone() + (wi / 2) * RG);
+                                let ge = kb.let_("ge", (g0.clone() + RG).min(hi.clone()));
+                                kb.if_else(
+                                    (ge.clone() - g0.clone()).eq_(Expr::i(RG)),
+                                    |kb| g.pass(kb, &g0, RG, &js, &lane),
+                                    |kb| {
+                                        kb.for_(
+                                            "r0",
+                                            g0.clone(),
+                                            ge.clone(),
+                                            LoopTag::Serial,
+                                            |kb, r0| g.pass(kb, &r0, 1, &js, &lane),
+                                        )
+                                    },
+                                );
+                            },
+                            per_row,
+                        );
+                    } else {
+                        per_row(kb);
+                    }
+                };
+                match tiles {
+                    Some(tl) => kb.if_else(
+                        rows.clone().ge(Expr::i(MM)),
+                        |kb| g.mma_tile(kb, &tl, (&jb, &rc), &tid, &rows),
+                        gemv,
+                    ),
+                    None => gemv(kb),
                 }
             });
         });
@@ -191,6 +235,15 @@ pub(crate) fn linear(
         consts: Vec::new(),
         in_place: Vec::new(),
     }))
+}
+
+/// The shared arrays of the tensor-core form: the activation tile (`MM` rows of 32),
+/// the weight tile (`MN` rows of 32, twice with `glu`: gate rows then up rows), and
+/// the RMS factors of the tile's rows (with `norm_eps`).
+struct Tiles {
+    xs: BufId,
+    ws: BufId,
+    inv: Option<BufId>,
 }
 
 struct Gemv {
@@ -320,116 +373,16 @@ impl Gemv {
                     }
                 });
             }
-            Some((bl, bb)) => {
-                // Blocks of 32; an int4 group's `sub` blocks share its scale (and
-                // minimum), their nibbles 16 bytes apart after it.
-                let sub = bl / 32;
-                let nblk = k / 32;
-                let units = nblk * UPB;
-                let rowbytes = k / bl * bb;
-                // The minimum: stored after d (Q4_1, Q5_1, the `_1` groups), or `k d`
-                // (Q4_0 and its groups: -8, Q5_0: -16).
-                let min_kind = match self.wd {
-                    DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 | DType::Q5_1 => Some(None),
-                    DType::Q4_0 | DType::Q4_0G64 | DType::Q4_0G128 => Some(Some(-8.0)),
-                    DType::Q5_0 => Some(Some(-16.0)),
-                    _ => None,
-                };
-                // Q5's fifth bits: a little-endian u32 after d (and m).
-                let qh_at = match self.wd {
-                    DType::Q5_0 => Some(2),
-                    DType::Q5_1 => Some(4),
-                    _ => None,
-                };
+            Some(_) => {
+                let units = k / 32 * UPB;
                 kb.for_step("u", lane.clone(), units, 32, LoopTag::Serial, |kb, u| {
                     let blk = kb.let_("blk", u.clone() / UPB);
                     let part = kb.let_("part", u % UPB);
                     let x0 = blk.clone() * 32;
                     // Per weight row: the block's scale, its minimum term and the
                     // unit's quants with their element index within the block.
-                    let mut decoded: Vec<Decoded> = Vec::new();
-                    for j in js {
-                        let base = if sub == 1 {
-                            kb.let_("qb", j.clone() * rowbytes + blk.clone() * bb)
-                        } else {
-                            kb.let_("qb", j.clone() * rowbytes + blk.clone() / sub * bb)
-                        };
-                        if matches!(
-                            self.wd,
-                            DType::Q4K
-                                | DType::Q5K
-                                | DType::Q6K
-                                | DType::Q3K
-                                | DType::IQ4NL
-                                | DType::IQ4XS
-                        ) {
-                            decoded.push(self.k_unit(kb, &base, &blk, &part));
-                            continue;
-                        }
-                        let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
-                        let d = kb.let_("d", f16(base.clone()));
-                        let m = match min_kind {
-                            Some(None) => Some(kb.let_("m", f16(base.clone() + 2))),
-                            Some(Some(k)) => {
-                                Some(kb.let_("m", b(BinOp::Mul, d.clone(), fconst(k, f))))
-                            }
-                            None => None,
-                        };
-                        // The fifth bits of quants 0..16 and 16..32 (2-byte aligned in
-                        // Q5_0's 22-byte blocks).
-                        let qh = qh_at.map(|h| {
-                            let mut half = |o: i64| {
-                                let v =
-                                    Expr::LoadRaw(self.w, Box::new(base.clone() + h + o), Ty::U16);
-                                kb.let_("qh", v)
-                            };
-                            (half(0), half(2))
-                        });
-                        let mut elems: Vec<(Expr, Expr)> = Vec::new();
-                        // The unit's quant bytes in as few loads as their alignment
-                        // allows: Q4_1 and Q5_1 blocks (20, 24 bytes) keep them 4-byte
-                        // aligned, Q4_0, Q5_0 and Q8_0 (18, 22, 34) 2-byte aligned.
-                        let qs = self.wd.qs_offset();
-                        let (nbytes, word) = match self.wd {
-                            DType::Q8_0 => (8, Ty::U16),
-                            DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 | DType::Q5_1 => {
-                                (4, Ty::U32)
-                            }
-                            _ => (4, Ty::U16),
-                        };
-                        let qs = if sub == 1 {
-                            base.clone() + qs
-                        } else {
-                            base.clone() + qs + blk.clone() % sub * 16
-                        };
-                        let at0 = kb.let_("qa", qs + part.clone() * nbytes);
-                        let bytes = self.weight_bytes(kb, at0, nbytes, word);
-                        for (e, byte) in bytes.into_iter().enumerate() {
-                            let e = e as i64;
-                            if self.wd == DType::Q8_0 {
-                                let q = byte.cast(Ty::I8).cast(f);
-                                elems.push((kb.let_("q", q), part.clone() * 8 + e));
-                            } else {
-                                let mut lo =
-                                    b(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(f);
-                                let mut hi = b(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(f);
-                                if let Some((h0, h1)) = &qh {
-                                    // Bit `i` of each half: 16 more.
-                                    let i = (part.clone() * 4 + e).cast(Ty::U16);
-                                    let bit = |h: &Expr| {
-                                        let v = b(BinOp::Shr, h.clone(), i.clone());
-                                        let v = b(BinOp::And, v, Expr::Int(1, Ty::U16)).cast(f);
-                                        b(BinOp::Mul, v, fconst(16.0, f))
-                                    };
-                                    lo = b(BinOp::Add, lo, bit(h0));
-                                    hi = b(BinOp::Add, hi, bit(h1));
-                                }
-                                elems.push((kb.let_("lo", lo), part.clone() * 4 + e));
-                                elems.push((kb.let_("hi", hi), part.clone() * 4 + e + 16));
-                            }
-                        }
-                        decoded.push((d, m, elems));
-                    }
+                    let decoded: Vec<Decoded> =
+                        js.iter().map(|j| self.unit(kb, j, &blk, &part)).collect();
                     for (i, xr) in xrow.iter().enumerate() {
                         let xb = kb.let_("xb", xr.clone() + x0.clone());
                         // The unit's activations (the same elements for every weight
@@ -470,30 +423,10 @@ impl Gemv {
             let cols = if self.glu.is_some() { nj / 2 } else { nj };
             for (ai, s) in sums.iter().enumerate().take(cols * nr as usize) {
                 let (jx, i) = (ai / nr as usize, ai % nr as usize);
-                let j = &js[jx];
-                let mut v = s.clone();
-                if let Some((bb, bd)) = self.bias {
-                    v = b(BinOp::Add, v, load_elem(kb, bb, bd, j.clone()).cast(f));
-                }
-                if let Some(act) = self.act {
-                    let pre = kb.let_("pre", v);
-                    v = activation(act, pre, f);
-                }
-                if let Some(act) = self.glu {
-                    let mut u = sums[(jx + cols) * nr as usize + i].clone();
-                    if let Some((bb, bd)) = self.bias {
-                        let at = js[jx + cols].clone();
-                        u = b(BinOp::Add, u, load_elem(kb, bb, bd, at).cast(f));
-                    }
-                    let g = kb.let_("g", v);
-                    v = b(BinOp::Mul, activation(act, g, f), u);
-                }
-                let o = (r0.clone() + i as i64) * self.n_out + j.clone();
-                if let Some((rb, rd)) = self.res {
-                    v = b(BinOp::Add, v, load_elem(kb, rb, rd, o.clone()).cast(f));
-                }
-                let v = to_storage(kb, self.out, v);
-                kb.store(self.out, o, v);
+                let up = self
+                    .glu
+                    .map(|_| sums[(jx + cols) * nr as usize + i].clone());
+                self.store(kb, &(r0.clone() + i as i64), &js[jx], s.clone(), up);
             }
         });
     }
@@ -504,6 +437,317 @@ impl Gemv {
 type Decoded = (Expr, Option<Expr>, Vec<(Expr, Expr)>);
 
 impl Gemv {
+    /// The tensor-core form: activation rows `rc·MM ..` against output columns
+    /// `jb·MN ..`, 8 warps as 4 (rows) x 2 (columns), each 16 rows x 32 columns as four
+    /// `mma.m16n8k8` accumulators (four more for the up rows with `glu`). Per 32 elements
+    /// of k, the block stages the activation tile (through the norm or `glu_in`) and
+    /// the weight tile, each thread 8 elements of a row (a weight unit, dequantized
+    /// in registers as the GEMV does), then each warp runs 4 k-steps of 8 from shared
+    /// memory. Tiles past the rows or columns are zero and never stored.
+    fn mma_tile(
+        &self,
+        kb: &mut KernelBuilder,
+        tl: &Tiles,
+        (jb, rc): (&Expr, &Expr),
+        tid: &Expr,
+        rows: &Expr,
+    ) {
+        let f = Ty::F32;
+        let k = self.k;
+        let (xs, ws) = (tl.xs, tl.ws);
+        let lane = kb.let_("lane", tid.clone() % 32);
+        let wi = kb.let_("wi", tid.clone() / 32);
+        let m0 = kb.let_("m0", rc.clone() * MM);
+        let n0 = kb.let_("n0", jb.clone() * MN);
+        let g = kb.let_("g", lane.clone() / 4);
+        let t = kb.let_("t", lane.clone() % 4);
+        let wm = kb.let_("wm", (wi.clone() % 4) * 16);
+        let wn = kb.let_("wn", (wi.clone() / 4) * 32);
+        // The RMS factors of the tile's rows, 8 rows a warp.
+        if let (Some(sinv), Some((_, _, eps))) = (tl.inv, self.norm) {
+            for rr in 0..MM / WARPS {
+                let tr = kb.let_("tr", wi.clone() * (MM / WARPS) + rr);
+                let row = kb.let_("nrow", m0.clone() + tr.clone());
+                kb.if_(row.clone().lt(rows.clone()), |kb| {
+                    let xr = kb.let_("xr", row * self.xk());
+                    let inv = self.rms_inv(kb, &xr, &lane, eps);
+                    kb.if_(lane.clone().eq_(Expr::i(0)), |kb| kb.store(sinv, tr, inv));
+                });
+            }
+            kb.barrier();
+        }
+        let zero = || fconst(0.0, f);
+        let accs = |kb: &mut KernelBuilder| -> Vec<[crate::loopir::VarId; 4]> {
+            (0..4)
+                .map(|_| std::array::from_fn(|_| kb.let_mut("acc", zero())))
+                .collect()
+        };
+        let acc = accs(kb);
+        let accu = if self.glu.is_some() {
+            accs(kb)
+        } else {
+            Vec::new()
+        };
+        // This thread's share of the staging: row `sr` of each tile, elements
+        // `sp·8 .. sp·8 + 8` (a weight unit) of the 32.
+        let sr = kb.let_("sr", tid.clone() / 4);
+        let sp = kb.let_("sp", tid.clone() % 4);
+        let quant = quant_block(self.wd).filter(|_| self.wd.sparse_keep().is_none());
+        kb.for_("kc", 0, (k + 31) / 32, LoopTag::Serial, |kb, kc| {
+            let col0 = kb.let_("col0", kc.clone() * 32 + sp.clone() * 8);
+            // Activations.
+            let xrow = kb.let_("xrow", m0.clone() + sr.clone());
+            let xo = kb.let_("xo", sr.clone() * MS + sp.clone() * 8);
+            kb.if_else(
+                xrow.clone().lt(rows.clone()),
+                |kb| {
+                    let xr = kb.let_("xr", xrow.clone() * self.xk());
+                    let inv = tl.inv.map(|si| kb.let_("inv", Expr::load(si, sr.clone())));
+                    for e in 0..8 {
+                        let col = col0.clone() + e;
+                        let at = xo.clone() + e;
+                        let put = |kb: &mut KernelBuilder| {
+                            let v = self.load_xn(kb, &xr, col.clone(), inv.as_ref());
+                            kb.store(xs, at.clone(), v);
+                        };
+                        if k % 32 == 0 {
+                            put(kb);
+                        } else {
+                            kb.if_else(col.clone().lt(Expr::i(k)), put, |kb| {
+                                kb.store(xs, at.clone(), zero())
+                            });
+                        }
+                    }
+                },
+                |kb| {
+                    for e in 0..8 {
+                        kb.store(xs, xo.clone() + e, zero());
+                    }
+                },
+            );
+            // Weights: gate (or only) rows, then the up rows.
+            let halves: &[i64] = if self.glu.is_some() { &[0, 1] } else { &[0] };
+            for &h in halves {
+                let j = kb.let_("wj", n0.clone() + sr.clone());
+                let so = kb.let_("so", (sr.clone() + h * MN) * MS);
+                kb.if_else(
+                    j.clone().lt(Expr::i(self.n_out)),
+                    |kb| {
+                        let wj = kb.let_("wrow", j.clone() + h * self.n_out);
+                        match quant {
+                            Some(_) => {
+                                let (d, m, elems) = self.unit(kb, &wj, &kc, &sp);
+                                for (q, e) in elems {
+                                    let mut v = b(BinOp::Mul, d.clone(), q);
+                                    if let Some(m) = &m {
+                                        v = b(BinOp::Add, v, m.clone());
+                                    }
+                                    kb.store(ws, so.clone() + e, v);
+                                }
+                            }
+                            None => {
+                                for e in 0..8 {
+                                    let col = col0.clone() + e;
+                                    let at = so.clone() + sp.clone() * 8 + e;
+                                    let put = |kb: &mut KernelBuilder| {
+                                        let v = load_elem(
+                                            kb,
+                                            self.w,
+                                            self.wd,
+                                            wj.clone() * k + col.clone(),
+                                        )
+                                        .cast(f);
+                                        kb.store(ws, at.clone(), v);
+                                    };
+                                    if k % 32 == 0 {
+                                        put(kb);
+                                    } else {
+                                        kb.if_else(col.clone().lt(Expr::i(k)), put, |kb| {
+                                            kb.store(ws, at.clone(), zero())
+                                        });
+                                    }
+                                }
+                            }
+                        }
+                    },
+                    |kb| {
+                        for e in 0..8 {
+                            kb.store(ws, so.clone() + sp.clone() * 8 + e, zero());
+                        }
+                    },
+                );
+            }
+            kb.barrier();
+            for kk in 0..4 {
+                let c = kb.let_("fc", t.clone() + kk * 8);
+                let xa = |kb: &mut KernelBuilder, r: Expr, c: Expr| {
+                    kb.let_("fa", Expr::load(xs, r * MS + c))
+                };
+                let ra = wm.clone() + g.clone();
+                let a = [
+                    xa(kb, ra.clone(), c.clone()),
+                    xa(kb, ra.clone() + 8, c.clone()),
+                    xa(kb, ra.clone(), c.clone() + 4),
+                    xa(kb, ra + 8, c.clone() + 4),
+                ];
+                for s in 0..4 {
+                    let cb = kb.let_("cb", wn.clone() + s * 8 + g.clone());
+                    let mut sets = vec![(&acc[s as usize], 0)];
+                    if self.glu.is_some() {
+                        sets.push((&accu[s as usize], MN));
+                    }
+                    for (dv, off) in sets {
+                        let wrow = (cb.clone() + off) * MS;
+                        let bv = [
+                            kb.let_("fb", Expr::load(ws, wrow.clone() + c.clone())),
+                            kb.let_("fb", Expr::load(ws, wrow + c.clone() + 4)),
+                        ];
+                        kb.mma(*dv, a.clone(), bv, dv.map(Expr::Var));
+                    }
+                }
+            }
+            kb.barrier();
+        });
+        for (s, sacc) in acc.iter().enumerate() {
+            for i in 0..4i64 {
+                let row = kb.let_("orow", m0.clone() + wm.clone() + g.clone() + 8 * (i / 2));
+                let col = kb.let_(
+                    "ocol",
+                    n0.clone() + wn.clone() + s as i64 * 8 + t.clone() * 2 + i % 2,
+                );
+                let ok = row
+                    .clone()
+                    .lt(rows.clone())
+                    .and(col.clone().lt(Expr::i(self.n_out)));
+                let sum = Expr::Var(sacc[i as usize]);
+                let up = accu.get(s).map(|u| Expr::Var(u[i as usize]));
+                kb.if_(ok, |kb| self.store(kb, &row, &col, sum, up));
+            }
+        }
+    }
+
+    /// Output column `j` of row `row` from its dot product `s` (and, with `glu`, the
+    /// up row's `up`): bias, activation, glu, residual, store.
+    fn store(&self, kb: &mut KernelBuilder, row: &Expr, j: &Expr, s: Expr, up: Option<Expr>) {
+        let f = Ty::F32;
+        let mut v = s;
+        if let Some((bb, bd)) = self.bias {
+            v = b(BinOp::Add, v, load_elem(kb, bb, bd, j.clone()).cast(f));
+        }
+        if let Some(act) = self.act {
+            let pre = kb.let_("pre", v);
+            v = activation(act, pre, f);
+        }
+        if let (Some(act), Some(mut u)) = (self.glu, up) {
+            if let Some((bb, bd)) = self.bias {
+                let at = j.clone() + self.n_out;
+                u = b(BinOp::Add, u, load_elem(kb, bb, bd, at).cast(f));
+            }
+            let g = kb.let_("g", v);
+            v = b(BinOp::Mul, activation(act, g, f), u);
+        }
+        let o = row.clone() * self.n_out + j.clone();
+        if let Some((rb, rd)) = self.res {
+            v = b(BinOp::Add, v, load_elem(kb, rb, rd, o.clone()).cast(f));
+        }
+        let v = to_storage(kb, self.out, v);
+        kb.store(self.out, o, v);
+    }
+
+    /// Weight row `j`'s unit `part` of 32-element block `blk`, decoded: the block's
+    /// scale, its minimum term and 8 quants with their element index within the
+    /// block (`value = d q + m`). Block formats only.
+    fn unit(&self, kb: &mut KernelBuilder, j: &Expr, blk: &Expr, part: &Expr) -> Decoded {
+        let f = Ty::F32;
+        let (bl, bb) = quant_block(self.wd).unwrap_or((32, 0));
+        // Blocks of 32; an int4 group's `sub` blocks share its scale (and
+        // minimum), their nibbles 16 bytes apart after it.
+        let sub = bl / 32;
+        let rowbytes = self.k / bl * bb;
+        // The minimum: stored after d (Q4_1, Q5_1, the `_1` groups), or `k d`
+        // (Q4_0 and its groups: -8, Q5_0: -16).
+        let min_kind = match self.wd {
+            DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 | DType::Q5_1 => Some(None),
+            DType::Q4_0 | DType::Q4_0G64 | DType::Q4_0G128 => Some(Some(-8.0)),
+            DType::Q5_0 => Some(Some(-16.0)),
+            _ => None,
+        };
+        // Q5's fifth bits: a little-endian u32 after d (and m).
+        let qh_at = match self.wd {
+            DType::Q5_0 => Some(2),
+            DType::Q5_1 => Some(4),
+            _ => None,
+        };
+        let base = if sub == 1 {
+            kb.let_("qb", j.clone() * rowbytes + blk.clone() * bb)
+        } else {
+            kb.let_("qb", j.clone() * rowbytes + blk.clone() / sub * bb)
+        };
+        if matches!(
+            self.wd,
+            DType::Q4K | DType::Q5K | DType::Q6K | DType::Q3K | DType::IQ4NL | DType::IQ4XS
+        ) {
+            return self.k_unit(kb, &base, blk, part);
+        }
+        let f16 = |off: Expr| Expr::LoadRaw(self.w, Box::new(off), Ty::F16).cast(f);
+        let d = kb.let_("d", f16(base.clone()));
+        let m = match min_kind {
+            Some(None) => Some(kb.let_("m", f16(base.clone() + 2))),
+            Some(Some(k)) => Some(kb.let_("m", b(BinOp::Mul, d.clone(), fconst(k, f)))),
+            None => None,
+        };
+        // The fifth bits of quants 0..16 and 16..32 (2-byte aligned in
+        // Q5_0's 22-byte blocks).
+        let qh = qh_at.map(|h| {
+            let mut half = |o: i64| {
+                let v = Expr::LoadRaw(self.w, Box::new(base.clone() + h + o), Ty::U16);
+                kb.let_("qh", v)
+            };
+            (half(0), half(2))
+        });
+        let mut elems: Vec<(Expr, Expr)> = Vec::new();
+        // The unit's quant bytes in as few loads as their alignment
+        // allows: Q4_1 and Q5_1 blocks (20, 24 bytes) keep them 4-byte
+        // aligned, Q4_0, Q5_0 and Q8_0 (18, 22, 34) 2-byte aligned.
+        let qs = self.wd.qs_offset();
+        let (nbytes, word) = match self.wd {
+            DType::Q8_0 => (8, Ty::U16),
+            DType::Q4_1 | DType::Q4_1G64 | DType::Q4_1G128 | DType::Q5_1 => (4, Ty::U32),
+            _ => (4, Ty::U16),
+        };
+        let qs = if sub == 1 {
+            base.clone() + qs
+        } else {
+            base.clone() + qs + blk.clone() % sub * 16
+        };
+        let at0 = kb.let_("qa", qs + part.clone() * nbytes);
+        let bytes = self.weight_bytes(kb, at0, nbytes, word);
+        for (e, byte) in bytes.into_iter().enumerate() {
+            let e = e as i64;
+            if self.wd == DType::Q8_0 {
+                let q = byte.cast(Ty::I8).cast(f);
+                elems.push((kb.let_("q", q), part.clone() * 8 + e));
+            } else {
+                let mut lo = b(BinOp::And, byte.clone(), Expr::Int(15, Ty::U8)).cast(f);
+                let mut hi = b(BinOp::Shr, byte, Expr::Int(4, Ty::U8)).cast(f);
+                if let Some((h0, h1)) = &qh {
+                    // Bit `i` of each half: 16 more.
+                    let i = (part.clone() * 4 + e).cast(Ty::U16);
+                    let bit = |h: &Expr| {
+                        let v = b(BinOp::Shr, h.clone(), i.clone());
+                        let v = b(BinOp::And, v, Expr::Int(1, Ty::U16)).cast(f);
+                        b(BinOp::Mul, v, fconst(16.0, f))
+                    };
+                    lo = b(BinOp::Add, lo, bit(h0));
+                    hi = b(BinOp::Add, hi, bit(h1));
+                }
+                elems.push((kb.let_("lo", lo), part.clone() * 4 + e));
+                elems.push((kb.let_("hi", hi), part.clone() * 4 + e + 16));
+            }
+        }
+        (d, m, elems)
+    }
+
     /// `n` bytes (u8 values) from byte `at` of the weight, in `word` loads (`at` a
     /// multiple of the word's size).
     fn weight_bytes(&self, kb: &mut KernelBuilder, at: Expr, n: i64, word: Ty) -> Vec<Expr> {

@@ -506,3 +506,124 @@ fn gpu_mode_catches_divergence_races_and_bad_warps() {
         assert_eq!(v, 496.0, "lane {l}");
     }
 }
+
+/// A tensor of multiples of 1/64 in [-2, 2): exact in tf32, and every product and
+/// sum of a short dot product of them exact in f32, so the tensor-core form must give
+/// the reference's numbers bit for bit.
+fn tf32_exact(r: &mut Rng, shape: &[usize]) -> llmc_ir::Tensor {
+    let n = shape.iter().product();
+    let v = (0..n)
+        .map(|_| ((r.next() % 256) as f64 - 128.0) / 64.0)
+        .collect();
+    llmc_ir::Tensor::from_f64(F, shape.to_vec(), v)
+}
+
+/// Steps of 64+ rows take the tensor-core form (`mma.m16n8k8` on tf32, tiles of 64
+/// rows x 64 columns staged 32 elements of k at a time): whole and partial tiles of
+/// rows and columns, a k that is not whole 32s (float weights), with a bias and an
+/// activation, a residual, `glu` (gate and up tiles), `glu_in` and `norm_eps`; every
+/// block format dequantized into the weight tile. Tf32-exact float operands give the
+/// reference's numbers exactly; quantized ones within tf32's rounding of each operand
+/// (2^-11 relative, over k = 256-512 products).
+#[test]
+fn gpu_linear_tensor_cores() {
+    let mut r = Rng::new(109);
+    for (rows, n, k) in [
+        (64usize, 64usize, 32usize),
+        (67, 72, 96),
+        (130, 8, 40),
+        (64, 130, 64),
+    ] {
+        let ks = k.to_string();
+        let x = tf32_exact(&mut r, &[rows, k]);
+        let w = tf32_exact(&mut r, &[n, k]);
+        let b = tf32_exact(&mut r, &[n]);
+        let res = tf32_exact(&mut r, &[rows, n]);
+        let xa = || input(tt(F, &["seq", &ks]), x.clone());
+        let wa = || Arg::W(F, vec![n, k], f32_bytes(&w));
+        let text = check(Op::Linear, attrs([]), &[xa(), wa()], 0.0);
+        assert!(text.contains("mma.m16n8k8.tf32"), "{text}");
+        let silu = || attrs([("act", Attr::Str("silu".into()))]);
+        check(
+            Op::LinearAct,
+            silu(),
+            &[xa(), wa(), Arg::W(F, vec![n], f32_bytes(&b))],
+            1e-6,
+        );
+        let mut ra = attrs([]);
+        ra.insert("residual".into(), Attr::Int(1));
+        check(
+            Op::Linear,
+            ra,
+            &[
+                xa(),
+                wa(),
+                input(tt(F, &["seq", &n.to_string()]), res.clone()),
+            ],
+            0.0,
+        );
+        if n % 2 == 0 {
+            check(
+                Op::Linear,
+                attrs([("glu", Attr::Str("silu".into()))]),
+                &[xa(), wa(), Arg::W(F, vec![n], f32_bytes(&b))],
+                1e-6,
+            );
+        }
+        // Activations that are not tf32-exact: within tf32's rounding.
+        let z = tf32_exact(&mut r, &[rows, 2 * k]);
+        check_args_on(
+            true,
+            Op::Linear,
+            attrs([("glu_in", Attr::Str("silu".into()))]),
+            &[input(tt(F, &["seq", &(2 * k).to_string()]), z), wa()],
+            0.05,
+            0.01,
+        );
+        let nw = tf32_exact(&mut r, &[k]);
+        check_args_on(
+            true,
+            Op::Linear,
+            attrs([("norm_eps", Attr::Float(1e-5))]),
+            &[xa(), wa(), input(tt(F, &[&ks]), nw)],
+            0.05,
+            0.01,
+        );
+    }
+    let (rows, n) = (70usize, 72usize);
+    for d in [
+        DType::F16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q4_0G64,
+        DType::Q4_1G128,
+        DType::Q8_0S24,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+        DType::Q3K,
+        DType::IQ4NL,
+        DType::IQ4XS,
+    ] {
+        let k = if d.block_len() > 32 { 512 } else { 256 };
+        let x = r.tensor(F, &[rows, k], 1.0);
+        let wq = if d == DType::F16 {
+            r.tensor(F, &[n, k], 0.5)
+                .to_f64()
+                .iter()
+                .flat_map(|v| half::f16::from_f64(*v).to_le_bytes())
+                .collect()
+        } else {
+            quant_bytes(&mut r, d, n, k)
+        };
+        let args = [
+            input(tt(F, &["seq", &k.to_string()]), x),
+            Arg::W(d, vec![n, k], wq),
+        ];
+        let text = check_args_on(true, Op::Linear, attrs([]), &args, 0.03, 0.01);
+        assert!(text.contains("mma.m16n8k8.tf32"), "{d}: {text}");
+    }
+}
