@@ -487,3 +487,94 @@ fn serialize(body: &mut [Stmt]) {
         }
     }
 }
+
+/// What GPU code may assume about the divisibility of an index or byte offset, from
+/// the kernel's never-reassigned lets and its loops' starts and steps: the NVPTX
+/// lowering aligns loads and stores by it (so adjacent ones become vector accesses),
+/// and the interpreter's GPU mode checks every access against the same claim.
+pub struct Alignment {
+    facts: HashMap<VarId, Expr>,
+}
+
+impl Alignment {
+    /// The facts of kernel `k`.
+    pub fn of(k: &Kernel) -> Alignment {
+        let mut facts = HashMap::new();
+        let mut assigned = Vec::new();
+        alignment_facts(&k.body, &mut facts, &mut assigned);
+        for v in assigned {
+            facts.remove(&v);
+        }
+        Alignment { facts }
+    }
+
+    /// The largest power of two (up to 16) `e` is known to be a multiple of.
+    pub fn multiple(&self, e: &Expr) -> u64 {
+        known_multiple(e, &self.facts, 0)
+    }
+
+    /// Bytes of alignment of the element access `buf[index]` for `elem`-byte elements
+    /// of a buffer that starts 16-byte aligned: up to 16, at least the element.
+    pub fn elem_bytes(&self, index: &Expr, elem: u64) -> u64 {
+        (self.multiple(index) * elem).clamp(elem.max(1), 16)
+    }
+
+    /// Bytes of alignment of a `size`-byte access at byte `off`: up to its size.
+    pub fn raw_bytes(&self, off: &Expr, size: u64) -> u64 {
+        self.multiple(off).min(size).max(1)
+    }
+}
+
+/// The largest power of two (up to 16) `e` is known to be a multiple of, given the
+/// values of the kernel's never-reassigned lets and the loop variables' starts and
+/// steps (`vars`).
+fn known_multiple(e: &Expr, vars: &HashMap<VarId, Expr>, depth: u32) -> u64 {
+    if depth > 32 {
+        return 1;
+    }
+    match e {
+        Expr::Int(0, _) => 16,
+        Expr::Int(c, _) => (1u64 << c.unsigned_abs().trailing_zeros().min(4)).min(16),
+        Expr::Bin(BinOp::Add | BinOp::Sub, a, b) => {
+            known_multiple(a, vars, depth + 1).min(known_multiple(b, vars, depth + 1))
+        }
+        Expr::Bin(BinOp::Mul, a, b) => {
+            (known_multiple(a, vars, depth + 1) * known_multiple(b, vars, depth + 1)).min(16)
+        }
+        Expr::Var(v) => vars
+            .get(v)
+            .map_or(1, |x| known_multiple(x, vars, depth + 1)),
+        _ => 1,
+    }
+}
+
+/// What [`known_multiple`] reads: every let never assigned afterwards, and every
+/// loop variable as `lo + step · k` (an expression with the same divisors).
+fn alignment_facts(body: &[Stmt], out: &mut HashMap<VarId, Expr>, assigned: &mut Vec<VarId>) {
+    for s in body {
+        match s {
+            Stmt::Let { var, value } => {
+                out.insert(*var, value.clone());
+            }
+            Stmt::Assign { var, .. } | Stmt::ShuffleXor { var, .. } => assigned.push(*var),
+            Stmt::Mma(m) => assigned.extend(m.d.iter().copied()),
+            Stmt::QDot(q) => assigned.extend(q.accs.iter().copied()),
+            Stmt::QTile(t) => assigned.extend(t.accs.iter().copied()),
+            Stmt::For {
+                var,
+                lo,
+                step,
+                body,
+                ..
+            } => {
+                out.insert(*var, lo.clone() + Expr::i(*step) * Expr::Dim(u32::MAX));
+                alignment_facts(body, out, assigned);
+            }
+            Stmt::If { then, els, .. } => {
+                alignment_facts(then, out, assigned);
+                alignment_facts(els, out, assigned);
+            }
+            _ => {}
+        }
+    }
+}

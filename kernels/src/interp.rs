@@ -106,6 +106,10 @@ struct GpuTrack {
     shared: HashMap<(u32, i64), Cell>,
     /// Global (parameter) bytes written, by (buffer, byte): the writing thread.
     written: HashMap<(u32, i64), u64>,
+    /// What the NVPTX code assumes about each access's alignment, and the claims
+    /// computed so far (by the address of the index expression).
+    align: Option<crate::gpu::Alignment>,
+    claims: HashMap<usize, u64>,
 }
 
 /// One GPU thread's private state while its block runs in lock-step.
@@ -133,6 +137,39 @@ impl Machine<'_> {
             Some(Some(v)) => Ok(v),
             _ => Err(format!("buffer b{i} is not allocated here")),
         }
+    }
+
+    /// GPU mode: fails when an access to `size` bytes at `byte` of `b` (an element of
+    /// the buffer when `elem`, else a raw access) breaks the alignment the NVPTX code
+    /// gives it from its index expression `e` ([`crate::gpu::Alignment`]): a vector
+    /// load it would make could fault on the device.
+    fn check_align(&mut self, b: BufId, e: &Expr, byte: i64, size: u64, elem: bool) -> R<()> {
+        let Some(g) = self.gpu.as_mut() else {
+            return Ok(());
+        };
+        let buf = &self.k.bufs[b.0 as usize];
+        let Some(al) = g.align.as_ref() else {
+            return Ok(());
+        };
+        if buf.role == Role::Local {
+            return Ok(());
+        }
+        let m = *g
+            .claims
+            .entry(e as *const Expr as usize)
+            .or_insert_with(|| al.multiple(e));
+        let need = if elem {
+            (m * size).clamp(size.max(1), 16)
+        } else {
+            m.min(size).max(1)
+        };
+        if byte.rem_euclid(need as i64) != 0 {
+            return Err(format!(
+                "misaligned GPU access: byte {byte} of %{} is not a multiple of {need}, which the NVPTX code assumes (its index is known to be a multiple of {m})",
+                buf.name
+            ));
+        }
+        Ok(())
     }
 
     /// Race checks of a GPU access to `n` bytes at `at` of buffer `b`.
@@ -294,10 +331,12 @@ impl Machine<'_> {
                 let idx = self.eval(i, bufs)?.0.i();
                 let t = self.k.buf(*b).ty;
                 let byte = idx.checked_mul(t.bytes() as i64).ok_or("index overflows")?;
+                self.check_align(*b, i, byte, t.bytes() as u64, true)?;
                 (self.read(*b, byte, t, bufs)?, t)
             }
             Expr::LoadRaw(b, i, t) => {
                 let byte = self.eval(i, bufs)?.0.i();
+                self.check_align(*b, i, byte, t.bytes() as u64, false)?;
                 (self.read(*b, byte, *t, bufs)?, *t)
             }
             Expr::Un(op, x) => {
@@ -871,11 +910,14 @@ impl Machine<'_> {
                 Stmt::Store { buf, index, value } => {
                     let i = self.eval(index, bufs)?.0.i();
                     let v = self.eval(value, bufs)?.0;
+                    let bytes = self.k.buf(*buf).ty.bytes() as i64;
+                    self.check_align(*buf, index, i.wrapping_mul(bytes), bytes as u64, true)?;
                     self.write(*buf, i, v, bufs)?;
                 }
                 Stmt::StoreRaw { buf, offset, value } => {
                     let at = self.eval(offset, bufs)?.0.i();
                     let (v, t) = self.eval(value, bufs)?;
+                    self.check_align(*buf, offset, at, t.bytes() as u64, false)?;
                     self.write_at(*buf, at, t, v, bufs)?;
                 }
                 Stmt::If { cond, then, els } => {
@@ -909,7 +951,10 @@ impl Machine<'_> {
     }
     /// Runs a kernel in the GPU form: top-level lets, then the grid.
     fn run_gpu(&mut self, bufs: &mut [Vec<u8>]) -> R<()> {
-        self.gpu = Some(GpuTrack::default());
+        self.gpu = Some(GpuTrack {
+            align: Some(crate::gpu::Alignment::of(self.k)),
+            ..GpuTrack::default()
+        });
         let k = self.k;
         let mut rest = &k.body[..];
         while let [Stmt::Let { var, value }, tail @ ..] = rest {

@@ -5,8 +5,8 @@
 //! `nvidia-cuda-nvcc-cu12` wheel; `LLMC_PTXAS`) — every kernel assembles for sm_80
 //! and sm_90 with no spills; the registers ptxas reports are printed; and — when
 //! `nvdisasm` is installed too (the `nvidia-cuda-nvdisasm` wheel; `LLMC_NVDISASM`) —
-//! the cubins' SASS has tensor-core products (tf32 `HMMA`) in every linear and no
-//! local-memory access in any kernel.
+//! the cubins' SASS has tensor-core products (tf32 `HMMA`) and 128-bit loads in every
+//! linear and no local-memory access in any kernel.
 //! Needs the model under `$LLMC_MODELS` (default `.cache/models`); skips without it.
 
 use llmc_kernels::templates::gpu::GpuSchedule;
@@ -120,9 +120,10 @@ fn smollm2_cuda_kernels_assemble_for_sm80_and_sm90() -> anyhow::Result<()> {
                     .filter(|l| l.contains("HMMA") && l.contains("TF32"))
                     .count();
                 eprintln!(
-                    "{} {name:<44} SASS: {hmma} tf32 HMMA, {} LDG, {} LDS, {} local",
+                    "{} {name:<44} SASS: {hmma} tf32 HMMA, {} LDG ({} of 128 bits), {} LDS, {} local",
                     p.arch,
                     count("LDG"),
+                    count("LDG.E.128"),
                     count("LDS"),
                     count("LDL") + count("STL")
                 );
@@ -130,6 +131,12 @@ fn smollm2_cuda_kernels_assemble_for_sm80_and_sm90() -> anyhow::Result<()> {
                     assert!(
                         hmma >= 16,
                         "{}: {name} has {hmma} tf32 HMMA\n{text}",
+                        p.arch
+                    );
+                    // The activations move 16 bytes a load.
+                    assert!(
+                        count("LDG.E.128") > 0,
+                        "{}: {name} has no 128-bit loads\n{text}",
                         p.arch
                     );
                 }

@@ -61,7 +61,7 @@ pub(crate) struct Lowering<'ctx, 'm> {
     /// What the code is for (the seam: [`super::target`]).
     target: Target,
     /// Values known per variable, for the alignment of raw loads on the GPU.
-    align_facts: Option<HashMap<VarId, Expr>>,
+    align_facts: Option<llmc_kernels::gpu::Alignment>,
 }
 
 impl<'ctx, 'm> Lowering<'ctx, 'm> {
@@ -318,6 +318,7 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 f.b.build_store(slot, v).map_err(llvm_err)?;
             }
             Stmt::Store { buf, index, value } => {
+                let align = self.elem_align(*buf, index);
                 let (v, t) = self.expr(f, value)?;
                 let idx = self.expr(f, index)?.0.into_int_value();
                 let p = self.elem_ptr(f, *buf, idx)?;
@@ -328,7 +329,10 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 } else {
                     v
                 };
-                f.b.build_store(p, v).map_err(llvm_err)?;
+                let st = f.b.build_store(p, v).map_err(llvm_err)?;
+                if let Some(a) = align {
+                    let _ = st.set_alignment(a);
+                }
             }
             Stmt::StoreRaw { buf, offset, value } => {
                 let (v, t) = self.expr(f, value)?;
@@ -773,9 +777,13 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                 .ok_or_else(|| self.err(format!("dim {i} missing")))?)
             .into(),
             Expr::Load(b, i) => {
+                let align = self.elem_align(*b, i);
                 let idx = self.expr(f, i)?.0.into_int_value();
                 let p = self.elem_ptr(f, *b, idx)?;
                 let v = f.b.build_load(it.mem_ty(t), p, "").map_err(llvm_err)?;
+                if let (Some(a), Some(i)) = (align, v.as_instruction_value()) {
+                    let _ = i.set_alignment(a);
+                }
                 self.load_value(f, v, t)?
             }
             Expr::LoadRaw(b, off_e, ty) => {

@@ -9,62 +9,8 @@ use inkwell::module::Linkage;
 use inkwell::types::BasicType;
 use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
-use llmc_kernels::{BinOp, BufId, Expr, LoopTag, Mma, Stmt, Ty, UnOp, VarId};
-use std::collections::HashMap;
-
-/// The largest power of two (up to 16) `e` is known to be a multiple of, given the
-/// values of the kernel's never-reassigned lets and the loop variables' starts and
-/// steps (`vars`).
-fn known_multiple(e: &Expr, vars: &HashMap<VarId, Expr>, depth: u32) -> u64 {
-    if depth > 32 {
-        return 1;
-    }
-    match e {
-        Expr::Int(0, _) => 16,
-        Expr::Int(c, _) => (1u64 << c.unsigned_abs().trailing_zeros().min(4)).min(16),
-        Expr::Bin(BinOp::Add | BinOp::Sub, a, b) => {
-            known_multiple(a, vars, depth + 1).min(known_multiple(b, vars, depth + 1))
-        }
-        Expr::Bin(BinOp::Mul, a, b) => {
-            (known_multiple(a, vars, depth + 1) * known_multiple(b, vars, depth + 1)).min(16)
-        }
-        Expr::Var(v) => vars
-            .get(v)
-            .map_or(1, |x| known_multiple(x, vars, depth + 1)),
-        _ => 1,
-    }
-}
-
-/// What [`known_multiple`] reads: every let never assigned afterwards, and every
-/// loop variable as `lo + step · k` (an expression with the same divisors).
-fn alignment_facts(body: &[Stmt], out: &mut HashMap<VarId, Expr>, assigned: &mut Vec<VarId>) {
-    for s in body {
-        match s {
-            Stmt::Let { var, value } => {
-                out.insert(*var, value.clone());
-            }
-            Stmt::Assign { var, .. } | Stmt::ShuffleXor { var, .. } => assigned.push(*var),
-            Stmt::Mma(m) => assigned.extend(m.d.iter().copied()),
-            Stmt::QDot(q) => assigned.extend(q.accs.iter().copied()),
-            Stmt::QTile(t) => assigned.extend(t.accs.iter().copied()),
-            Stmt::For {
-                var,
-                lo,
-                step,
-                body,
-                ..
-            } => {
-                out.insert(*var, lo.clone() + Expr::i(*step) * Expr::Dim(u32::MAX));
-                alignment_facts(body, out, assigned);
-            }
-            Stmt::If { then, els, .. } => {
-                alignment_facts(then, out, assigned);
-                alignment_facts(els, out, assigned);
-            }
-            _ => {}
-        }
-    }
-}
+use llmc_kernels::gpu::Alignment;
+use llmc_kernels::{BufId, Expr, LoopTag, Mma, Stmt, Ty, UnOp, VarId};
 
 impl<'ctx> Lowering<'ctx, '_> {
     /// The alignment a raw (byte-offset) load may assume. On the GPU, buffers start at
@@ -75,20 +21,26 @@ impl<'ctx> Lowering<'ctx, '_> {
         if !self.target.is_gpu() {
             return 1;
         }
-        if self.align_facts.is_none() {
-            let mut facts = HashMap::new();
-            let mut assigned = Vec::new();
-            alignment_facts(&self.k.body, &mut facts, &mut assigned);
-            for v in assigned {
-                facts.remove(&v);
-            }
-            self.align_facts = Some(facts);
+        self.alignment().raw_bytes(off, ty.bytes() as u64) as u32
+    }
+
+    /// The kernel's [`Alignment`] facts, computed once.
+    fn alignment(&mut self) -> &Alignment {
+        self.align_facts
+            .get_or_insert_with(|| Alignment::of(self.k))
+    }
+
+    /// The alignment an element access `buf[index]` may assume on the GPU
+    /// ([`Alignment::elem_bytes`]: up to 16 bytes, so adjacent accesses become 64- and
+    /// 128-bit loads and stores; LLVM's load/store vectorizer needs the alignment).
+    /// `None` on the CPU and for local arrays (default alignment).
+    pub(super) fn elem_align(&mut self, buf: BufId, index: &Expr) -> Option<u32> {
+        let b = self.k.buf(buf);
+        if !self.target.is_gpu() || b.role == llmc_kernels::Role::Local {
+            return None;
         }
-        let facts = self
-            .align_facts
-            .as_ref()
-            .map_or(1, |f| known_multiple(off, f, 0));
-        facts.min(ty.bytes() as u64).max(1) as u32
+        let bytes = b.ty.bytes() as u64;
+        Some(self.alignment().elem_bytes(index, bytes) as u32)
     }
 
     /// The kernel as a PTX entry: `void NAME(ptr bufs.., i64 dims..)`, calling
