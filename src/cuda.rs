@@ -221,3 +221,16 @@ pub(crate) fn build(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The GPU linears read the tensor-core threshold from a symbol the CUDA runtime
+    /// binds: both sides must spell it the same way.
+    #[test]
+    fn the_runtime_binds_the_symbol_the_kernels_read() {
+        assert_eq!(
+            llmc_kernels::templates::gpu::MMA_ROWS_SYMBOL,
+            llmc_runtime::cuda::MMA_ROWS_SYMBOL
+        );
+    }
+}

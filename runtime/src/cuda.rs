@@ -255,6 +255,14 @@ fn load_kernels(gpu: &GpuPlan, dev: &Device) -> Result<Kernels, String> {
     })
 }
 
+/// The symbol GPU linear kernels compare a step's row count with to choose their
+/// tensor-core tiles (`llmc_kernels::templates::gpu::MMA_ROWS_SYMBOL`): not a shape,
+/// the runtime binds it.
+pub const MMA_ROWS_SYMBOL: &str = "llmc_mma_rows";
+
+/// Rows from which a step's linears run on tensor cores (one 64-row tile's worth).
+pub const MMA_ROWS: i64 = 64;
+
 /// A temporary's device memory, reused across steps and grown when a step needs more.
 #[derive(Default)]
 struct Slot {
@@ -381,6 +389,10 @@ pub struct CudaStep {
     /// turns them off: every step copies back its logits, the baseline
     /// `scripts/gpu-check` measures).
     use_picks: bool,
+    /// The value of [`MMA_ROWS_SYMBOL`]: the row count from which the linears take
+    /// their tensor-core tiles (`LLMC_CUDA_NO_MMA=1`: never, the SIMT tiles as the
+    /// baseline `scripts/gpu-check` measures).
+    mma_rows: i64,
     // Last: the context must outlive every allocation above.
     dev: Device,
 }
@@ -442,6 +454,11 @@ impl CudaStep {
             picks_host: Vec::new(),
             picks_ids: Vec::new(),
             use_picks: serving.picks_output.is_some() && !env("LLMC_CUDA_NO_PICKS"),
+            mma_rows: if env("LLMC_CUDA_NO_MMA") {
+                1 << 40
+            } else {
+                MMA_ROWS
+            },
             serving,
             dev,
         })
@@ -479,6 +496,9 @@ impl CudaStep {
                     syms[s as usize].get_or_insert(n as i64);
                 }
             }
+        }
+        if let Some(s) = plan.symbols.iter().position(|n| n == MMA_ROWS_SYMBOL) {
+            syms[s] = Some(self.mma_rows);
         }
         for (slot, shape) in shapes {
             let io = &plan.inputs[*slot as usize];

@@ -7,6 +7,19 @@ use llmc_ir::interp::Interpreter;
 use llmc_ir::{Attrs, DType, Dim, Module, Op, Shape, Tensor, TensorType};
 use std::collections::HashMap;
 
+thread_local! {
+    static MMA_ROWS: std::cell::Cell<i64> = const { std::cell::Cell::new(64) };
+}
+
+/// Runs `f` with the GPU linears' tensor-core threshold at `rows` (what the CUDA
+/// runtime binds to `MMA_ROWS_SYMBOL`: 64, or a huge count for the SIMT baseline).
+pub fn with_mma_rows<T>(rows: i64, f: impl FnOnce() -> T) -> T {
+    let old = MMA_ROWS.with(|m| m.replace(rows));
+    let r = f();
+    MMA_ROWS.with(|m| m.set(old));
+    r
+}
+
 /// A small deterministic generator (xorshift), so tests need no extra crate.
 pub struct Rng(u64);
 
@@ -172,6 +185,11 @@ pub fn run_args_on(
         };
         bufs[p.operand] = super::pack::pack(p.pack, *d, shape[0], shape[1], bytes).expect("pack");
     }
+    // The runtime binds the tensor-core threshold (not a shape).
+    syms.insert(
+        super::gpu::MMA_ROWS_SYMBOL.to_string(),
+        MMA_ROWS.with(|m| m.get()),
+    );
     let dims: Vec<i64> = k.dims.iter().map(|s| syms[s]).collect();
     for (i, w) in want.iter().enumerate() {
         // A result written in place starts as its operand (the plan aliases them).

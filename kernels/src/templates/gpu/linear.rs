@@ -36,9 +36,12 @@ const JW: i64 = 4;
 const RC: i64 = 16;
 /// Units per GGUF block.
 const UPB: i64 = 4;
-/// Activation rows per tensor-core tile: a step with this many rows or more takes the
-/// `mma` form (16 rows per warp, 4 warps down the tile).
+/// Activation rows per tensor-core tile (16 rows per warp, 4 warps down the tile).
 const MM: i64 = 64;
+/// The symbol whose value is the row count from which a step takes the tensor-core
+/// tiles: the CUDA runtime binds it (64; or never, `LLMC_CUDA_NO_MMA=1`), the tests
+/// too (`testing::with_mma_rows`).
+pub const MMA_ROWS_SYMBOL: &str = "llmc_mma_rows";
 /// Output columns per tensor-core tile (32 per warp, 2 warps across).
 const MN: i64 = 64;
 /// Row stride of the shared tiles in floats: 32 elements + 4, so the lanes of a
@@ -137,29 +140,24 @@ pub(crate) fn linear(
         }
     };
     let chunks = kb.let_("rchunks", (rows.clone() + (RC - 1)) / RC);
-    // Tensor cores for steps of MM+ rows (`LLMC_CUDA_MMA=0` at build time keeps the
-    // SIMT tiles for them: the baseline). The grid is the tile count of whichever form
-    // the step takes.
-    let mma = std::env::var_os("LLMC_CUDA_MMA").is_none_or(|v| v != "0");
-    let (gx, gy) = if mma {
-        let big = kb.let_("big", (rows.clone() / MM).min(Expr::i(1)));
-        let small = Expr::i(1) - big.clone();
-        let gx = big.clone() * ((n_out + MN - 1) / MN) + small.clone() * blocks;
-        let gy = big * ((rows.clone() + (MM - 1)) / MM) + small * chunks.clone();
-        (kb.let_("gx", gx), kb.let_("gy", gy))
-    } else {
-        (Expr::i(blocks), chunks.clone())
-    };
+    // Tensor cores for steps of `thr`+ rows: a symbol the runtime binds (MM; never,
+    // for the SIMT baseline: `LLMC_CUDA_NO_MMA=1`). The grid is the tile count of
+    // whichever form the step takes.
+    let thr = kb.sym(MMA_ROWS_SYMBOL);
+    let thr = kb.let_("mma_rows", thr.max(Expr::i(1)));
+    let big = kb.let_("big", (rows.clone() / thr.clone()).min(Expr::i(1)));
+    let small = Expr::i(1) - big.clone();
+    let gx = big.clone() * ((n_out + MN - 1) / MN) + small.clone() * blocks;
+    let gy = big * ((rows.clone() + (MM - 1)) / MM) + small * chunks.clone();
+    let (gx, gy) = (kb.let_("gx", gx), kb.let_("gy", gy));
     kb.for_("jb", 0, gx, LoopTag::GpuGrid(0), |kb, jb| {
         kb.for_("rc", 0, gy, LoopTag::GpuGrid(1), |kb, rc| {
-            let tiles = mma.then(|| {
-                let halves = if glu.is_some() { 2 } else { 1 };
-                Tiles {
-                    xs: kb.shared("xs", Ty::F32, MM * MS),
-                    ws: kb.shared("ws", Ty::F32, halves * MN * MS),
-                    inv: norm.map(|_| kb.shared("sinv", Ty::F32, MM)),
-                }
-            });
+            let halves = if glu.is_some() { 2 } else { 1 };
+            let tl = Tiles {
+                xs: kb.shared("xs", Ty::F32, MM * MS),
+                ws: kb.shared("ws", Ty::F32, halves * MN * MS),
+                inv: norm.map(|_| kb.shared("sinv", Ty::F32, MM)),
+            };
             kb.for_("tid", 0, WARPS * 32, LoopTag::GpuBlock(0), |kb, tid| {
                 let gemv = |kb: &mut KernelBuilder| {
                     let lane = kb.let_("lane", tid.clone() % 32);
@@ -218,14 +216,11 @@ pub(crate) fn linear(
                         per_row(kb);
                     }
                 };
-                match tiles {
-                    Some(tl) => kb.if_else(
-                        rows.clone().ge(Expr::i(MM)),
-                        |kb| g.mma_tile(kb, &tl, (&jb, &rc), &tid, &rows),
-                        gemv,
-                    ),
-                    None => gemv(kb),
-                }
+                kb.if_else(
+                    rows.clone().ge(thr.clone()),
+                    |kb| g.mma_tile(kb, &tl, (&jb, &rc), &tid, &rows),
+                    gemv,
+                );
             });
         });
     });

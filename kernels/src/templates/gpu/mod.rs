@@ -1,7 +1,8 @@
 //! GPU schedules: the kernels of an LLM step written for CUDA's grid / block / warp
 //! (see [`crate::gpu`] for the form), and the generic mapping for every other op. The
 //! hot ops have templates of their own — `linear`/`linear_act` (a warp per weight row,
-//! lanes over the row's blocks, dequantized in registers, a shuffle reduction),
+//! lanes over the row's blocks, dequantized in registers, a shuffle reduction; tf32
+//! tensor-core tiles from a row count the runtime binds),
 //! `rms_norm`/`layer_norm` (a block per row, warp shuffles then shared memory across
 //! warps), `rope` (a thread per rotated pair and position, frequencies from a table),
 //! `flash_attention`/`attention` (a warp per query row, lanes over the head dim, the
@@ -14,6 +15,8 @@ mod attention;
 mod linear;
 mod norm;
 mod reduce;
+
+pub use linear::MMA_ROWS_SYMBOL;
 
 #[cfg(test)]
 mod tests;

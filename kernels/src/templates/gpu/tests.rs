@@ -3,7 +3,7 @@
 //! barriers, shuffles, race checks); and the GPU mode's own checks (divergent
 //! barriers, shared-memory races, incomplete warps) on kernels that break them.
 
-use super::super::testing::{check_args_on, tt, Arg, Rng};
+use super::super::testing::{check_args_on, tt, with_mma_rows, Arg, Rng};
 use super::super::tests::{f32_bytes, quant_bytes};
 use crate::builder::KernelBuilder;
 use crate::loopir::{Expr, LoopTag, Role, Ty};
@@ -625,5 +625,35 @@ fn gpu_linear_tensor_cores() {
         ];
         let text = check_args_on(true, Op::Linear, attrs([]), &args, 0.03, 0.01);
         assert!(text.contains("mma.m16n8k8.tf32"), "{d}: {text}");
+    }
+}
+
+/// The tensor-core threshold is the runtime's: at 1 the tiles serve a one-row decode
+/// step and a few rows (mostly padding), at "never" a 70-row step takes the SIMT tiles
+/// (the `LLMC_CUDA_NO_MMA=1` baseline); both against the reference.
+#[test]
+fn gpu_linear_mma_threshold_is_bound_at_run_time() {
+    let mut r = Rng::new(110);
+    let k = 64;
+    let ks = k.to_string();
+    for d in [F, DType::Q4_1, DType::Q8_0] {
+        for (rows, thr, n) in [
+            (1usize, 1i64, 72usize),
+            (5, 1, 40),
+            (17, 1, 64),
+            (70, 1 << 40, 72),
+        ] {
+            let x = tf32_exact(&mut r, &[rows, k]);
+            let wb = if d == F {
+                f32_bytes(&tf32_exact(&mut r, &[n, k]))
+            } else {
+                quant_bytes(&mut r, d, n, k)
+            };
+            let args = [input(tt(F, &["seq", &ks]), x), Arg::W(d, vec![n, k], wb)];
+            let tol = if d == F && thr == 1 { 0.0 } else { 0.03 };
+            with_mma_rows(thr, || {
+                check_args_on(true, Op::Linear, attrs([]), &args, tol, 0.01)
+            });
+        }
     }
 }
