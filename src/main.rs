@@ -869,6 +869,15 @@ fn build(a: &BuildArgs) -> Result<()> {
         eprintln!("wrote {}", p.display());
     }
     if a.target == Target::Cuda {
+        // As for the CPU: a format no kernel decodes (Q2_K) is widened to f32 first.
+        let decoded = llmc_backend::fallback::dequantize_unsupported(&mut m)
+            .with_context(|| format!("compiling {} for CUDA", a.model.display()))?;
+        if !decoded.is_empty() {
+            eprintln!(
+                "llmc build: {} weights in block formats without kernels yet are dequantized to f32",
+                decoded.len()
+            );
+        }
         return cuda::build(a, &m, &out, t0, opts.llm);
     }
     let want = llmc_backend::Want {
