@@ -263,6 +263,24 @@ pub const MMA_ROWS_SYMBOL: &str = "llmc_mma_rows";
 /// Rows from which a step's linears run on tensor cores (one 64-row tile's worth).
 pub const MMA_ROWS: i64 = 64;
 
+/// The tensor-core threshold a step binds: never with `LLMC_CUDA_NO_MMA=1`, else
+/// `LLMC_CUDA_MMA_ROWS` (a row count of at least 1, for tuning on a GPU without a
+/// rebuild), else [`MMA_ROWS`].
+fn mma_rows(off: bool, rows: Option<&str>) -> Result<i64, String> {
+    if off {
+        return Ok(1 << 40);
+    }
+    match rows {
+        None => Ok(MMA_ROWS),
+        Some(v) => match v.trim().parse::<i64>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "LLMC_CUDA_MMA_ROWS={v}: expected a row count of at least 1"
+            )),
+        },
+    }
+}
+
 /// A temporary's device memory, reused across steps and grown when a step needs more.
 #[derive(Default)]
 struct Slot {
@@ -454,11 +472,10 @@ impl CudaStep {
             picks_host: Vec::new(),
             picks_ids: Vec::new(),
             use_picks: serving.picks_output.is_some() && !env("LLMC_CUDA_NO_PICKS"),
-            mma_rows: if env("LLMC_CUDA_NO_MMA") {
-                1 << 40
-            } else {
-                MMA_ROWS
-            },
+            mma_rows: mma_rows(
+                env("LLMC_CUDA_NO_MMA"),
+                std::env::var("LLMC_CUDA_MMA_ROWS").ok().as_deref(),
+            )?,
             serving,
             dev,
         })
@@ -1004,4 +1021,18 @@ pub fn decode_estimate(plan: &Plan) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_tensor_core_threshold_comes_from_the_environment() {
+        assert_eq!(super::mma_rows(false, None), Ok(super::MMA_ROWS));
+        assert_eq!(super::mma_rows(false, Some("16")), Ok(16));
+        assert_eq!(super::mma_rows(true, Some("16")), Ok(1 << 40));
+        for bad in ["0", "-3", "sixteen", ""] {
+            let e = super::mma_rows(false, Some(bad)).unwrap_err();
+            assert!(e.contains("LLMC_CUDA_MMA_ROWS"), "{e}");
+        }
+    }
 }
