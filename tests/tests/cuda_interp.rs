@@ -5,10 +5,12 @@
 //! interpreter's GPU mode: every kernel in lock-step per block, with its race,
 //! barrier, warp and alignment checks, fed the plan's own buffers, dims and the
 //! symbols the CUDA runtime binds (the tensor-core threshold included). A prefill of
-//! 12 tokens (the GEMV) and of 70 (the tensor-core tiles) must give the reference
-//! interpreter's logits on the same module, and the same greedy picks where the
-//! reference's best logit leads clearly. This checks what the kernel tests cannot:
-//! the plan's wiring (buffers, in-place pools, dims, grids) on a real model's graph.
+//! 12 tokens (the GEMV) or of 70 (the tensor-core tiles), then one decode step over the
+//! KV pools the prefill wrote, must give the reference interpreter's logits on the
+//! same module (the reference takes all the tokens at once), and the same greedy picks
+//! where the reference's best logit leads clearly. This checks what the kernel tests
+//! cannot: the plan's wiring (buffers, in-place pools, dims, grids) on a real model's
+//! graph. (Decoding over empty pools instead fails it: error 8.6.)
 
 use llmc_ir::interp::Interpreter;
 use llmc_ir::{DType, Dim, Module, Tensor};
@@ -37,19 +39,20 @@ fn serving_module(path: &Path) -> anyhow::Result<Module> {
     Ok(m)
 }
 
-/// One sequence's prefill of `ids` as the engine feeds it: positions 0.., slots
-/// 0.. through the identity block table, every row's logits, zeroed pools.
-fn prefill_inputs(m: &Module, ids: &[i64]) -> HashMap<String, Tensor> {
+/// One sequence's step over `ids` at positions `at..` as the engine feeds it: slots
+/// through the identity block table of `blocks` blocks, every row's logits, zeroed
+/// pools of `blocks` blocks.
+fn step_inputs(m: &Module, ids: &[i64], at: usize, blocks: usize) -> HashMap<String, Tensor> {
     use llmc_passes::serving::names;
     let s = ids.len();
-    let blocks = s.div_ceil(16);
+    let at = at as i64;
     let mut out = HashMap::new();
     for &v in &m.graph.inputs {
         let val = m.graph.value(v);
         let t = match val.name.as_str() {
             names::IDS => Tensor::from_i64(DType::I64, vec![1, s], ids.to_vec()),
-            names::POS => Tensor::from_i64(DType::I64, vec![1, s], (0..s as i64).collect()),
-            names::SLOTS => Tensor::from_i64(DType::I64, vec![s], (0..s as i64).collect()),
+            names::POS => Tensor::from_i64(DType::I64, vec![1, s], (at..at + s as i64).collect()),
+            names::SLOTS => Tensor::from_i64(DType::I64, vec![s], (at..at + s as i64).collect()),
             names::ROW_SEQ => Tensor::from_i64(DType::I32, vec![s], vec![0; s]),
             names::BLOCK_TABLES => {
                 Tensor::from_i64(DType::I32, vec![1, blocks], (0..blocks as i64).collect())
@@ -78,7 +81,8 @@ fn prefill_inputs(m: &Module, ids: &[i64]) -> HashMap<String, Tensor> {
     out
 }
 
-/// Runs the CUDA plan in the interpreter's GPU mode; the plan outputs' bytes by name.
+/// Runs the CUDA plan in the interpreter's GPU mode; the bytes of its outputs and of
+/// its inputs after the step (the KV pools are written in place), by name.
 fn run_cuda_plan(
     b: &llmc_backend::CudaBuild<'_>,
     inputs: &HashMap<String, Tensor>,
@@ -141,6 +145,7 @@ fn run_cuda_plan(
     }
     plan.outputs
         .iter()
+        .chain(&plan.inputs)
         .map(|io| {
             let v = mem[io.buffer as usize].clone().expect("output written");
             (io.name.clone(), v)
@@ -173,66 +178,86 @@ fn check_model(path: &Path) -> anyhow::Result<()> {
         .and_then(|v| v.ty.shape.0.last().and_then(|d| d.as_const()))
         .expect("logits [rows, vocab]") as usize;
     for s in [12usize, 70] {
-        let ids: Vec<i64> = (0..s as i64)
+        // A prefill of s tokens, then one decode step over the pools it wrote; the
+        // reference takes the s + 1 tokens at once (its last row is the decode row).
+        let ids: Vec<i64> = (0..=s as i64)
             .map(|i| (i * 37 + 11) % vocab as i64)
             .collect();
-        let inputs = prefill_inputs(&m, &ids);
-        let ordered: Vec<Tensor> = m
-            .graph
-            .inputs
-            .iter()
-            .map(|&v| inputs[&m.graph.value(v).name].clone())
-            .collect();
-        let want = Interpreter::new(&m).run(&ordered)?;
-        let names: Vec<String> = m
-            .graph
-            .outputs
-            .iter()
-            .map(|&v| m.graph.value(v).name.clone())
-            .collect();
-        let want: HashMap<&str, &Tensor> = names.iter().map(|n| n.as_str()).zip(&want).collect();
+        let blocks = (s + 1).div_ceil(16);
+        let reference = |ids: &[i64]| -> anyhow::Result<Vec<f64>> {
+            let inputs = step_inputs(&m, ids, 0, blocks);
+            let ordered: Vec<Tensor> = m
+                .graph
+                .inputs
+                .iter()
+                .map(|&v| inputs[&m.graph.value(v).name].clone())
+                .collect();
+            let out = Interpreter::new(&m).run(&ordered)?;
+            let at = m
+                .graph
+                .outputs
+                .iter()
+                .position(|&v| m.graph.value(v).name == llmc_passes::serving::names::LOGITS)
+                .expect("logits");
+            Ok(out[at].to_f64())
+        };
+        let want_all = reference(&ids)?;
         let t0 = std::time::Instant::now();
+        let inputs = step_inputs(&m, &ids[..s], 0, blocks);
         let got = run_cuda_plan(&b, &inputs);
-        let logits = f32s(&got["logits"]);
-        let ref_logits = want["logits"].to_f64();
-        assert_eq!(logits.len(), ref_logits.len());
-        // The f32 GEMV within 2e-4 of the largest logit (measured: 5.7e-6 / 11.7 and
-        // 1.9e-6 / 4.1); the tf32 tiles (70 rows) within 5e-3 of it (measured: 1.95e-2
-        // / 11.7 and 9.9e-3 / 4.2).
-        let top = ref_logits.iter().fold(0f64, |a, v| a.max(v.abs()));
-        let tol = if s >= 64 { 5e-3 } else { 2e-4 } * top.max(1.0);
-        let worst = logits
-            .iter()
-            .zip(&ref_logits)
-            .map(|(&g, &w)| (g as f64 - w).abs())
-            .fold(0f64, f64::max);
-        eprintln!(
-            "{}: {s} rows: worst |logit - reference| {worst:.2e} (tolerance {tol:.2e}, largest logit {top:.2}), {:.1} s in the interpreter",
-            path.display(),
-            t0.elapsed().as_secs_f64()
-        );
-        assert!(
-            worst <= tol,
-            "{}: {s} rows: worst logit error {worst}",
-            path.display()
-        );
-        let picks: Vec<i64> = got["picks"]
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        for (r, row) in ref_logits.chunks(vocab).enumerate() {
-            let mut sorted: Vec<f64> = row.to_vec();
-            sorted.sort_by(|a, b| b.total_cmp(a));
-            if sorted[0] - sorted[1] > 2.0 * tol {
-                let best = row.iter().position(|&v| v == sorted[0]).expect("max") as i64;
-                assert_eq!(
-                    picks[r],
-                    best,
-                    "{}: {s} rows: row {r}'s pick",
-                    path.display()
-                );
+        // The decode step: the pools as the prefill left them.
+        let mut next = step_inputs(&m, &ids[s..], s, blocks);
+        for (name, t) in next.iter_mut() {
+            if name.starts_with("kv.") {
+                *t = llmc_kernels::interp::bytes_tensor(t.dtype, &t.shape, &got[name])
+                    .expect("pool bytes");
             }
         }
+        let got_next = run_cuda_plan(&b, &next);
+        let secs = t0.elapsed().as_secs_f64();
+        // The f32 GEMV within 2e-4 of the largest logit (measured: 5.7e-6 / 11.7 and
+        // 1.9e-6 / 4.1); after a prefill through the tf32 tiles (70 rows) within 5e-3
+        // of it (measured: 1.95e-2 / 11.7 and 9.9e-3 / 4.2).
+        let top = want_all.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let tol = if s >= 64 { 5e-3 } else { 2e-4 } * top.max(1.0);
+        let cases = [
+            ("prefill", &got, &want_all[..s * vocab]),
+            ("decode", &got_next, &want_all[s * vocab..]),
+        ];
+        for (what, got, want) in cases {
+            let logits = f32s(&got["logits"]);
+            assert_eq!(logits.len(), want.len(), "{what}");
+            let worst = logits
+                .iter()
+                .zip(want)
+                .map(|(&g, &w)| (g as f64 - w).abs())
+                .fold(0f64, f64::max);
+            eprintln!(
+                "{}: {what} after {s} rows: worst |logit - reference| {worst:.2e} (tolerance {tol:.2e}, largest logit {top:.2})",
+                path.display()
+            );
+            assert!(
+                worst <= tol,
+                "{}: {what}, {s} rows: worst logit error {worst}",
+                path.display()
+            );
+            let picks: Vec<i64> = got["picks"]
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            for (r, row) in want.chunks(vocab).enumerate() {
+                let mut sorted: Vec<f64> = row.to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                if sorted[0] - sorted[1] > 2.0 * tol {
+                    let best = row.iter().position(|&v| v == sorted[0]).expect("max") as i64;
+                    assert_eq!(picks[r], best, "{}: {what}, row {r}'s pick", path.display());
+                }
+            }
+        }
+        eprintln!(
+            "{}: {s} rows: {secs:.1} s in the interpreter",
+            path.display()
+        );
     }
     Ok(())
 }
