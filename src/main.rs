@@ -429,8 +429,19 @@ fn load(path: &Path) -> Result<Module> {
     Ok(m)
 }
 
-/// An ONNX decoder export with a KV cache (Optimum's layout: `input_ids`,
-/// `past_key_values.N.*` -> `logits`, `present.N.*`) rewritten into the decoder
+/// Widens the weights in block formats no kernel decodes yet (Q2_K) to f32, saying so.
+fn widen_unsupported(m: &mut Module, model: &Path) -> Result<()> {
+    let decoded = llmc_backend::fallback::dequantize_unsupported(m)
+        .with_context(|| format!("compiling {}", model.display()))?;
+    if !decoded.is_empty() {
+        eprintln!(
+            "llmc build: {} weights in block formats without kernels yet are dequantized to f32",
+            decoded.len()
+        );
+    }
+    Ok(())
+}
+
 /// An ONNX encoder export (`input_ids` [+ `attention_mask`, `token_type_ids`] -> token
 /// vectors) with a `tokenizer.json` beside it (or in `tokenizer`) becomes the embedding
 /// contract the HF builder emits, its sentence-transformers head read from the same
@@ -485,6 +496,8 @@ fn onnx_encoder(path: &Path, m: &Module, tokenizer: Option<&Path>) -> Result<Opt
     Ok(Some(out))
 }
 
+/// An ONNX decoder export with a KV cache (Optimum's layout: `input_ids`,
+/// `past_key_values.N.*` -> `logits`, `present.N.*`) rewritten into the decoder
 /// contract GGUF/HF models are built into, with its tokenizer facts read from
 /// `tokenizer` or the files beside the model. `None` for every other model.
 fn onnx_decoder(path: &Path, m: &Module, tokenizer: Option<&Path>) -> Result<Option<Module>> {
@@ -870,14 +883,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     }
     if a.target == Target::Cuda {
         // As for the CPU: a format no kernel decodes (Q2_K) is widened to f32 first.
-        let decoded = llmc_backend::fallback::dequantize_unsupported(&mut m)
-            .with_context(|| format!("compiling {} for CUDA", a.model.display()))?;
-        if !decoded.is_empty() {
-            eprintln!(
-                "llmc build: {} weights in block formats without kernels yet are dequantized to f32",
-                decoded.len()
-            );
-        }
+        widen_unsupported(&mut m, &a.model)?;
         return cuda::build(a, &m, &out, t0, opts.llm);
     }
     let want = llmc_backend::Want {
@@ -888,14 +894,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     if !(want.llvm_ir || want.asm || want.object) && a.dump_dir.is_none() {
         return Ok(());
     }
-    let decoded = llmc_backend::fallback::dequantize_unsupported(&mut m)
-        .with_context(|| format!("compiling {}", a.model.display()))?;
-    if !decoded.is_empty() {
-        eprintln!(
-            "llmc build: {} weights in block formats without kernels yet are dequantized to f32",
-            decoded.len()
-        );
-    }
+    widen_unsupported(&mut m, &a.model)?;
     let mut b = llmc_backend::compile_cpu(&m, &opts, want)
         .with_context(|| format!("compiling {}", a.model.display()))?;
     if has(BuildEmit::Exe) {

@@ -485,6 +485,25 @@ impl Gemv {
         };
         // This thread's share of the staging: row `sr` of each tile, elements
         // `sp·8 .. sp·8 + 8` (a weight unit) of the 32.
+        // Stores `value` (column `col` of k) at `at` of a shared tile, or zero past k.
+        let stage = |kb: &mut KernelBuilder,
+                     (buf, at): (BufId, Expr),
+                     col: &Expr,
+                     value: &mut dyn FnMut(&mut KernelBuilder) -> Expr| {
+            if k % 32 == 0 {
+                let v = value(kb);
+                kb.store(buf, at, v);
+            } else {
+                kb.if_else(
+                    col.clone().lt(Expr::i(k)),
+                    |kb| {
+                        let v = value(kb);
+                        kb.store(buf, at.clone(), v);
+                    },
+                    |kb| kb.store(buf, at.clone(), zero()),
+                );
+            }
+        };
         let sr = kb.let_("sr", tid.clone() / 4);
         let sp = kb.let_("sp", tid.clone() % 4);
         let quant = quant_block(self.wd).filter(|_| self.wd.sparse_keep().is_none());
@@ -500,18 +519,9 @@ impl Gemv {
                     let inv = tl.inv.map(|si| kb.let_("inv", Expr::load(si, sr.clone())));
                     for e in 0..8 {
                         let col = col0.clone() + e;
-                        let at = xo.clone() + e;
-                        let put = |kb: &mut KernelBuilder| {
-                            let v = self.load_xn(kb, &xr, col.clone(), inv.as_ref());
-                            kb.store(xs, at.clone(), v);
-                        };
-                        if k % 32 == 0 {
-                            put(kb);
-                        } else {
-                            kb.if_else(col.clone().lt(Expr::i(k)), put, |kb| {
-                                kb.store(xs, at.clone(), zero())
-                            });
-                        }
+                        stage(kb, (xs, xo.clone() + e), &col, &mut |kb| {
+                            self.load_xn(kb, &xr, col.clone(), inv.as_ref())
+                        });
                     }
                 },
                 |kb| {
@@ -544,23 +554,10 @@ impl Gemv {
                                 for e in 0..8 {
                                     let col = col0.clone() + e;
                                     let at = so.clone() + sp.clone() * 8 + e;
-                                    let put = |kb: &mut KernelBuilder| {
-                                        let v = load_elem(
-                                            kb,
-                                            self.w,
-                                            self.wd,
-                                            wj.clone() * k + col.clone(),
-                                        )
-                                        .cast(f);
-                                        kb.store(ws, at.clone(), v);
-                                    };
-                                    if k % 32 == 0 {
-                                        put(kb);
-                                    } else {
-                                        kb.if_else(col.clone().lt(Expr::i(k)), put, |kb| {
-                                            kb.store(ws, at.clone(), zero())
-                                        });
-                                    }
+                                    stage(kb, (ws, at), &col, &mut |kb| {
+                                        let i = wj.clone() * k + col.clone();
+                                        load_elem(kb, self.w, self.wd, i).cast(f)
+                                    });
                                 }
                             }
                         }
