@@ -99,59 +99,59 @@ ensure_venv() {
     export PATH="$venv/bin:$PATH"
 }
 
-# ptxas (NVIDIA's PTX assembler, from the nvidia-cuda-nvcc-cu12 wheel) checks every
-# kernel of a CUDA build for sm_80/sm_90 without a GPU; llmc finds it in the venv.
-# Prints the wheel's ptxas path, or nothing. Never fails: under `set -o pipefail` an
-# `ls` of a missing glob would end the calling script (exit 2) on a fresh machine.
-find_ptxas() {
-    local f
-    for f in "$1"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas; do
-        [[ -e "$f" ]] && { echo "$f"; return 0; }
+# NVIDIA's tools from PyPI wheels, which check CUDA builds without a GPU: ptxas
+# (nvidia-cuda-nvcc-cu12) assembles every kernel for sm_80/sm_90, nvdisasm
+# (nvidia-cuda-nvdisasm) shows the SASS (the CUDA test checks the tensor-core
+# instructions and that no kernel touches local memory). llmc finds them through
+# LLMC_PTXAS / LLMC_NVDISASM or in the venv.
+# find_wheel_file VENV PATH...: the first existing site-packages/PATH, or nothing.
+# Never fails: under `set -o pipefail` an `ls` of a missing glob would end the
+# calling script (exit 2) on a fresh machine.
+find_wheel_file() {
+    local venv="$1" f rel
+    shift
+    for rel in "$@"; do
+        for f in "$venv"/lib/python3*/site-packages/"$rel"; do
+            [[ -e "$f" ]] && { echo "$f"; return 0; }
+        done
     done
     return 0
+}
+
+# ensure_wheel_tool [--optional] WHEEL VAR PATH...: installs WHEEL into the venv when
+# none of the PATHs is there (a failed install ends the set-up, or with --optional
+# leaves the tool out), makes the tool executable and exports VAR with its path.
+ensure_wheel_tool() {
+    local optional=0
+    if [[ "$1" == --optional ]]; then
+        optional=1
+        shift
+    fi
+    local wheel="$1" var="$2" venv="$LLMC_ROOT/.venv" p
+    shift 2
+    p="$(find_wheel_file "$venv" "$@")"
+    if [[ -z "$p" ]]; then
+        say "installing $wheel into $venv"
+        if ! "$venv/bin/python" -m pip install --quiet "$wheel"; then
+            ((optional)) || return 1
+        fi
+        p="$(find_wheel_file "$venv" "$@")"
+    fi
+    if [[ -n "$p" && ! -x "$p" ]]; then
+        chmod +x "$p"
+    fi
+    if [[ -n "$p" ]]; then
+        export "$var=$p"
+    fi
 }
 
 ensure_ptxas() {
-    local venv="$LLMC_ROOT/.venv" p
-    p="$(find_ptxas "$venv")"
-    if [[ -z "$p" ]]; then
-        say "installing nvidia-cuda-nvcc-cu12 (ptxas) into $venv"
-        "$venv/bin/python" -m pip install --quiet nvidia-cuda-nvcc-cu12
-        p="$(find_ptxas "$venv")"
-    fi
-    if [[ -n "$p" && ! -x "$p" ]]; then
-        chmod +x "$p"
-    fi
-    if [[ -n "$p" ]]; then
-        export LLMC_PTXAS="$p"
-    fi
-}
-
-# nvdisasm (from the nvidia-cuda-nvdisasm wheel) shows the SASS of the cubins ptxas
-# makes: the CUDA test checks the tensor-core instructions and that no kernel touches
-# local memory. Prints the wheel's nvdisasm path, or nothing; never fails.
-find_nvdisasm() {
-    local f
-    for f in "$1"/lib/python3*/site-packages/nvidia/{cu13,cuda_nvdisasm}/bin/nvdisasm; do
-        [[ -e "$f" ]] && { echo "$f"; return 0; }
-    done
-    return 0
+    ensure_wheel_tool nvidia-cuda-nvcc-cu12 LLMC_PTXAS nvidia/cuda_nvcc/bin/ptxas
 }
 
 ensure_nvdisasm() {
-    local venv="$LLMC_ROOT/.venv" p
-    p="$(find_nvdisasm "$venv")"
-    if [[ -z "$p" ]]; then
-        say "installing nvidia-cuda-nvdisasm (nvdisasm) into $venv"
-        "$venv/bin/python" -m pip install --quiet nvidia-cuda-nvdisasm || true
-        p="$(find_nvdisasm "$venv")"
-    fi
-    if [[ -n "$p" && ! -x "$p" ]]; then
-        chmod +x "$p"
-    fi
-    if [[ -n "$p" ]]; then
-        export LLMC_NVDISASM="$p"
-    fi
+    ensure_wheel_tool --optional nvidia-cuda-nvdisasm LLMC_NVDISASM \
+        nvidia/cu13/bin/nvdisasm nvidia/cuda_nvdisasm/bin/nvdisasm
 }
 
 ensure_models() {
