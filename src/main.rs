@@ -429,19 +429,6 @@ fn load(path: &Path) -> Result<Module> {
     Ok(m)
 }
 
-/// Widens the weights in block formats no kernel decodes yet (Q2_K) to f32, saying so.
-fn widen_unsupported(m: &mut Module, model: &Path) -> Result<()> {
-    let decoded = llmc_backend::fallback::dequantize_unsupported(m)
-        .with_context(|| format!("compiling {}", model.display()))?;
-    if !decoded.is_empty() {
-        eprintln!(
-            "llmc build: {} weights in block formats without kernels yet are dequantized to f32",
-            decoded.len()
-        );
-    }
-    Ok(())
-}
-
 /// An ONNX encoder export (`input_ids` [+ `attention_mask`, `token_type_ids`] -> token
 /// vectors) with a `tokenizer.json` beside it (or in `tokenizer`) becomes the embedding
 /// contract the HF builder emits, its sentence-transformers head read from the same
@@ -882,8 +869,6 @@ fn build(a: &BuildArgs) -> Result<()> {
         eprintln!("wrote {}", p.display());
     }
     if a.target == Target::Cuda {
-        // As for the CPU: a format no kernel decodes (Q2_K) is widened to f32 first.
-        widen_unsupported(&mut m, &a.model)?;
         return cuda::build(a, &m, &out, t0, opts.llm);
     }
     let want = llmc_backend::Want {
@@ -894,7 +879,6 @@ fn build(a: &BuildArgs) -> Result<()> {
     if !(want.llvm_ir || want.asm || want.object) && a.dump_dir.is_none() {
         return Ok(());
     }
-    widen_unsupported(&mut m, &a.model)?;
     let mut b = llmc_backend::compile_cpu(&m, &opts, want)
         .with_context(|| format!("compiling {}", a.model.display()))?;
     if has(BuildEmit::Exe) {

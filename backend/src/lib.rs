@@ -6,7 +6,6 @@
 //! when it is installed.
 
 pub mod cpu;
-pub mod fallback;
 pub mod link;
 pub mod llvm;
 pub mod plan;
@@ -220,21 +219,10 @@ pub fn compile_cpu<'m>(
 }
 
 /// Compiles `m` and links the executable `out`.
-/// Weights in block formats the kernels cannot read yet are dequantized to f32 first
-/// ([`fallback`]).
 pub fn build_executable(m: &Module, opts: &BuildOptions, out: &Path) -> Result<(), BuildError> {
     let want = Want {
         object: true,
         ..Want::default()
-    };
-    let decoded;
-    let m = if fallback::needs_fallback(m) {
-        let mut c = m.clone();
-        fallback::dequantize_unsupported(&mut c)?;
-        decoded = c;
-        &decoded
-    } else {
-        m
     };
     let build = compile_cpu(m, opts, want)?;
     link_build(&build, out)

@@ -96,6 +96,7 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
         DType::Q5K,
         DType::Q6K,
         DType::Q3K,
+        DType::Q2K,
         DType::IQ4NL,
         DType::IQ4XS,
         DType::Q4_0G64,
@@ -141,6 +142,14 @@ fn quantized_linear_rows_are_batch_invariant_compiled() {
                 // Super-blocks: quants and scales (any bits), D.
                 for _ in 0..n * k / 256 {
                     bytes.extend((0..d.block_bytes() - 2).map(|_| next() as u8));
+                    bytes.extend(f16(0.0005 + (next() % 100) as f32 * 1e-5));
+                }
+            }
+            if d == DType::Q2K {
+                // Super-blocks: scales and minimums, quants (any bits), D, Dmin.
+                for _ in 0..n * k / 256 {
+                    bytes.extend((0..80).map(|_| next() as u8));
+                    bytes.extend(f16(0.001 + (next() % 100) as f32 * 2e-5));
                     bytes.extend(f16(0.0005 + (next() % 100) as f32 * 1e-5));
                 }
             }

@@ -519,6 +519,16 @@ pub enum QFmt {
     /// halves have their own scales, `D · s[2 t]` and `D · s[2 t + 1]`, `s` the
     /// unpacked scales minus 32 (`llmc_ir::quant_k::q3k_scales`).
     Q3K,
+    /// GGUF Q2_K super-blocks of 256 (84 bytes: 16 bytes of sub-block scales and
+    /// minimums `sc | mn << 4`, 64 bytes `qs` of 2-bit quants, f16 `D`, f16 `Dmin`).
+    /// Block `b` is block `t = b mod 8` of super-block `b / 8`, in half `h = t / 4` at
+    /// shift `2 k`, `k = t mod 4` (Q3_K's layout): element `e` is
+    /// `(qs[32 h + e] >> 2 k) & 3` (0..3), and its 16-element half `p = e / 16` has
+    /// the scale `D · sc` and minimum `-(Dmin · mn)` from byte `2 t + p`. The kernels
+    /// fold the halves' scales into the integers: per block, `A = Σ sc_p q_e x_e` and
+    /// `B = Σ mn_p x_e` (exact), then `A · (D x_d)` into the block chains and
+    /// `B · -(Dmin x_d)` into the minimum chains (`xs` is not read).
+    Q2K,
     /// llmc's int4 groups ([`llmc_ir::DType::Q4_0G64`] and the like): one f16 `d` (and
     /// for the `_1` kinds an f16 `m` after it) per group of 2 (`G64`) or 4 (`G128`)
     /// blocks, then the blocks' 16 bytes of nibbles each, as Q4_0's. Block `b` of a row
@@ -556,6 +566,7 @@ impl QFmt {
             QFmt::IQ4XS => 136,
             QFmt::Q6K => 210,
             QFmt::Q3K => 110,
+            QFmt::Q2K => 84,
             QFmt::Q4_0G64 => 34,
             QFmt::Q4_1G64 => 36,
             QFmt::Q4_0G128 => 66,
@@ -574,7 +585,7 @@ impl QFmt {
     /// Blocks of 32 per stored block (8 for K-quant super-blocks, else 1).
     pub fn sub_blocks(self) -> i64 {
         match self {
-            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4XS => 8,
+            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::Q3K | QFmt::Q2K | QFmt::IQ4XS => 8,
             QFmt::Q4_0G64 | QFmt::Q4_1G64 => 2,
             QFmt::Q4_0G128 | QFmt::Q4_1G128 => 4,
             _ => 1,
@@ -595,9 +606,16 @@ impl QFmt {
         matches!(self, QFmt::IQ4NL | QFmt::IQ4XS)
     }
 
-    /// Whether a block's two 16-element halves have their own scales (Q6_K, Q3_K).
+    /// Whether a block's two 16-element halves have their own scales (Q6_K, Q3_K,
+    /// Q2_K).
     pub fn split_scales(self) -> bool {
-        matches!(self, QFmt::Q6K | QFmt::Q3K)
+        matches!(self, QFmt::Q6K | QFmt::Q3K | QFmt::Q2K)
+    }
+
+    /// Whether a block's two 16-element halves also have their own minimums (Q2_K),
+    /// taken against the halves' integer activation sums (see [`QFmt::Q2K`]).
+    pub fn split_mins(self) -> bool {
+        self == QFmt::Q2K
     }
 
     /// Bytes of a row of `blocks` blocks of 32.
@@ -615,6 +633,7 @@ impl QFmt {
             QFmt::Q5K => 48,
             QFmt::IQ4XS => 8,
             QFmt::Q6K | QFmt::Q3K => 0,
+            QFmt::Q2K => 16,
             _ => 2,
         }
     }
@@ -643,6 +662,7 @@ impl QFmt {
             QFmt::IQ4XS => DType::IQ4XS,
             QFmt::Q6K => DType::Q6K,
             QFmt::Q3K => DType::Q3K,
+            QFmt::Q2K => DType::Q2K,
             QFmt::Q4_0G64 => DType::Q4_0G64,
             QFmt::Q4_1G64 => DType::Q4_1G64,
             QFmt::Q4_0G128 => DType::Q4_0G128,

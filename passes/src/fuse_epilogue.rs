@@ -183,6 +183,7 @@ fn integer_path(d: DType) -> bool {
             | DType::Q5K
             | DType::Q6K
             | DType::Q3K
+            | DType::Q2K
             | DType::IQ4NL
             | DType::IQ4XS
             | DType::Q4_0G64

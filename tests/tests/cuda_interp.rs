@@ -34,8 +34,6 @@ fn serving_module(path: &Path) -> anyhow::Result<Module> {
     )?;
     let mut m = llmc_passes::serving::lower(&m, DType::F16, false).map_err(anyhow::Error::msg)?;
     llmc_passes::serving::add_picks(&mut m).map_err(anyhow::Error::msg)?;
-    // A format no kernel decodes (the fixture's Q2_K) is widened to f32, as the build does.
-    llmc_backend::fallback::dequantize_unsupported(&mut m)?;
     Ok(m)
 }
 

@@ -261,6 +261,7 @@ fn qfmt(d: DType) -> Option<QFmt> {
         DType::IQ4XS => Some(QFmt::IQ4XS),
         DType::Q6K => Some(QFmt::Q6K),
         DType::Q3K => Some(QFmt::Q3K),
+        DType::Q2K => Some(QFmt::Q2K),
         DType::Q4_0G64 => Some(QFmt::Q4_0G64),
         DType::Q4_1G64 => Some(QFmt::Q4_1G64),
         DType::Q4_0G128 => Some(QFmt::Q4_0G128),

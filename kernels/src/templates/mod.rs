@@ -466,9 +466,9 @@ pub(crate) fn offset(kb: &mut KernelBuilder, coords: &[Expr], strides: &[Dim]) -
 }
 
 /// Whether the kernels read weights stored as `d` (plain types, and the block formats
-/// with a kernel path: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q3_K..Q6_K, IQ4_NL, IQ4_XS).
-/// Other block formats (Q2_K) are dequantized
-/// before code generation (`llmc_backend::fallback`).
+/// with a kernel path: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL, IQ4_XS, and
+/// llmc's own). A block format without one would be dequantized before code
+/// generation (`llmc_backend::fallback`).
 pub fn reads_dtype(d: DType) -> bool {
     !d.is_quantized() || quant_block(d).is_some()
 }
@@ -485,6 +485,7 @@ pub(crate) fn quant_block(d: DType) -> Option<(i64, i64)> {
         | DType::Q5K
         | DType::Q6K
         | DType::Q3K
+        | DType::Q2K
         | DType::IQ4NL
         | DType::IQ4XS
         | DType::Q4_0G64
@@ -539,6 +540,9 @@ pub(crate) fn dequant(buf: BufId, dtype: DType, base: Expr, j: Expr) -> Expr {
     }
     if dtype == DType::Q3K {
         return dequant_q3k(buf, base, j);
+    }
+    if dtype == DType::Q2K {
+        return dequant_q2k(buf, base, j);
     }
     if dtype == DType::IQ4NL || dtype == DType::IQ4XS {
         return dequant_iq4(buf, dtype, base, j);
@@ -893,6 +897,26 @@ fn dequant_q3k(buf: BufId, base: Expr, j: Expr) -> Expr {
     let sc = Expr::bin(Sub, sc, Expr::f(32.0, Ty::F32));
     let d = Expr::LoadRaw(buf, Box::new(base + 108), Ty::F16).cast(Ty::F32);
     Expr::bin(Mul, Expr::bin(Mul, d, sc), q)
+}
+
+/// The f32 value of element `j` (0..256) of the Q2_K super-block at byte `base`
+/// ([`crate::loopir::QFmt::Q2K`]): `(D sc) q - Dmin mn`, every product exact in f32
+/// and one rounding after, as the reference decoder.
+fn dequant_q2k(buf: BufId, base: Expr, j: Expr) -> Expr {
+    use crate::loopir::BinOp::{And, Mul, Shr, Sub};
+    let byte = |off: Expr| Expr::LoadRaw(buf, Box::new(off), Ty::U8);
+    let u8c = |v: i64| Expr::Int(v, Ty::U8);
+    let (t, e) = (j.clone() / 32, j.clone() % 32);
+    let (h, k) = (t.clone() / 4, t.clone() % 4);
+    let q = byte(base.clone() + 16 + h * 32 + e);
+    let q = Expr::bin(And, Expr::bin(Shr, q, (k * 2).cast(Ty::U8)), u8c(3)).cast(Ty::F32);
+    // Sub-block j / 16: scale in the low nibble, minimum in the high one.
+    let s = byte(base.clone() + j / 16);
+    let sc = Expr::bin(And, s.clone(), u8c(15)).cast(Ty::F32);
+    let mn = Expr::bin(Shr, s, u8c(4)).cast(Ty::F32);
+    let f16 = |off: i64| Expr::LoadRaw(buf, Box::new(base.clone() + off), Ty::F16).cast(Ty::F32);
+    let dq = Expr::bin(Mul, Expr::bin(Mul, f16(80), sc), q);
+    Expr::bin(Sub, dq, Expr::bin(Mul, f16(82), mn))
 }
 
 /// The f32 value of element `j` (0..256) of the Q6_K super-block at byte `base`

@@ -441,6 +441,15 @@ pub(crate) fn quant_bytes(r: &mut Rng, d: DType, rows: usize, k: usize) -> Vec<u
         }
         return out;
     }
+    if d == DType::Q2K {
+        // Super-blocks: scales and minimums, quants (any bits), then D and Dmin.
+        for _ in 0..rows * k / 256 {
+            out.extend((0..80).map(|_| r.next() as u8));
+            out.extend(half::f16::from_f64(0.001 + 0.002 * r.unit().abs()).to_le_bytes());
+            out.extend(half::f16::from_f64(0.0005 + 0.001 * r.unit().abs()).to_le_bytes());
+        }
+        return out;
+    }
     if d == DType::IQ4XS {
         // Super-blocks: D, scales_h, scales_l (any bits), nibbles.
         for _ in 0..rows * k / 256 {
@@ -668,23 +677,26 @@ fn linear_float_and_quantized() {
             check_quant_linear_static(&x, rows, DType::Q6K, n, k, &wq, 8, &fixed);
         }
     }
-    for (rows, n, k) in [(1usize, 40usize, 256usize), (9, 33, 512)] {
-        let x = r.tensor(F, &[rows, k], 1.0);
-        let wq = quant_bytes(&mut r, DType::Q3K, n, k);
-        check_quant_linear(&x, rows, DType::Q3K, n, k, &wq, None);
+    for d in [DType::Q3K, DType::Q2K] {
+        for (rows, n, k) in [(1usize, 40usize, 256usize), (9, 33, 512), (4, 8, 768)] {
+            let x = r.tensor(F, &[rows, k], 1.0);
+            let wq = quant_bytes(&mut r, d, n, k);
+            check_quant_linear(&x, rows, d, n, k, &wq, None);
+            check_quant_linear_bits(&x, rows, d, n, k, &wq, None, 8, None);
+        }
+        let wq = quant_bytes(&mut r, d, 5, 512);
+        let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
+        check_args(
+            Op::Gather,
+            attrs([("axis", Attr::Int(0))]),
+            &[
+                Arg::W(d, vec![5, 512], wq),
+                Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+            ],
+            0.0,
+            0.0,
+        );
     }
-    let wq = quant_bytes(&mut r, DType::Q3K, 5, 512);
-    let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
-    check_args(
-        Op::Gather,
-        attrs([("axis", Attr::Int(0))]),
-        &[
-            Arg::W(DType::Q3K, vec![5, 512], wq),
-            Arg::In(tt(DType::I64, &["1", "seq"]), ids),
-        ],
-        0.0,
-        0.0,
-    );
     let wq = quant_bytes(&mut r, DType::Q6K, 5, 512);
     let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
     check_args(
@@ -1560,10 +1572,26 @@ fn flash_attention_causal_fill_keeps_fully_masked_rows() {
     assert_eq!(with[..2 * s * 3], without[..2 * s * 3]);
 }
 
-/// Block `b` (of 32) of a GGUF row as numbers: each element's scale, the minimum
-/// (Q4_0: -8 d; Q8_0, Q6_K: 0), 32 integer quants. Q4_K's scales come from the
-/// reference decoder's unpacking; Q6_K's are written out from llama.cpp's layout.
-fn row_block_values(d: DType, row: &[u8], b: usize) -> (Vec<f64>, f64, Vec<i64>) {
+/// Block `b` (of 32) of a GGUF row as numbers: each element's scale, each element's
+/// minimum (Q4_0: -8 d; Q8_0, Q6_K: 0), 32 integer quants. Q4_K's scales come from
+/// the reference decoder's unpacking; Q6_K's and Q2_K's are written out from
+/// llama.cpp's layout.
+fn row_block_values(d: DType, row: &[u8], b: usize) -> (Vec<f64>, Vec<f64>, Vec<i64>) {
+    if d == DType::Q2K {
+        let sb = &row[b / 8 * 84..][..84];
+        let t = b % 8;
+        let (h, k) = (t / 4, t % 4);
+        let f16 = |o: usize| half::f16::from_le_bytes([sb[o], sb[o + 1]]).to_f64();
+        let q = (0..32)
+            .map(|e| ((sb[16 + 32 * h + e] >> (2 * k)) & 3) as i64)
+            .collect();
+        let byte = |e: usize| sb[2 * t + e / 16];
+        let scales = (0..32).map(|e| f16(80) * (byte(e) & 15) as f64).collect();
+        let mins = (0..32)
+            .map(|e| -(f16(82) * (byte(e) >> 4) as f64))
+            .collect();
+        return (scales, mins, q);
+    }
     if d == DType::Q3K {
         let sb = &row[b / 8 * 110..][..110];
         let t = b % 8;
@@ -1578,7 +1606,7 @@ fn row_block_values(d: DType, row: &[u8], b: usize) -> (Vec<f64>, f64, Vec<i64>)
             })
             .collect();
         let scales = (0..32).map(|e| dd * s[2 * t + e / 16] as f64).collect();
-        return (scales, 0.0, q);
+        return (scales, vec![0.0; 32], q);
     }
     if d == DType::Q6K {
         let sb = &row[b / 8 * 210..][..210];
@@ -1594,10 +1622,10 @@ fn row_block_values(d: DType, row: &[u8], b: usize) -> (Vec<f64>, f64, Vec<i64>)
         let scales = (0..32)
             .map(|e| dd * sb[192 + 8 * h + 2 * c + e / 16] as i8 as f64)
             .collect();
-        return (scales, 0.0, q);
+        return (scales, vec![0.0; 32], q);
     }
     let (scale, m, q) = block32_values(d, row, b);
-    (vec![scale; 32], m, q)
+    (vec![scale; 32], vec![m; 32], q)
 }
 
 /// [`row_block_values`] for formats with one scale per block of 32.
@@ -1821,13 +1849,12 @@ fn check_quant_linear_bits(
             let (mut exact, mut mag, mut bound) = (0f64, 0f64, 0f64);
             for (b, (dx, q)) in xq.iter().enumerate() {
                 let (dw, m, qw) = row_block_values(d, &wq[j * row_bytes..][..row_bytes], b);
-                let qsum: i64 = q.iter().sum();
                 let t1: f64 = (0..32).map(|e| dw[e] * (qw[e] * q[e]) as f64).sum::<f64>() * dx;
-                let t2 = m * dx * qsum as f64;
+                let t2: f64 = (0..32).map(|e| m[e] * q[e] as f64).sum::<f64>() * dx;
                 exact += t1 + t2;
                 mag += t1.abs() + t2.abs();
                 bound += (0..32)
-                    .map(|e| (dw[e] * qw[e] as f64 + m).abs())
+                    .map(|e| (dw[e] * qw[e] as f64 + m[e]).abs())
                     .sum::<f64>()
                     * dx
                     / 2.0;

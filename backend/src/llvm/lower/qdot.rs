@@ -39,6 +39,17 @@ pub(super) struct CountedLoop<'ctx> {
     exit: inkwell::basic_block::BasicBlock<'ctx>,
 }
 
+/// A Q2_K super-block's values that its eight blocks share ([`QFmt::Q2K`]).
+struct Q2kSuper<'ctx> {
+    d: FloatValue<'ctx>,
+    neg_dmin: FloatValue<'ctx>,
+    /// Quant bytes 0..16, 16..32, 32..48, 48..64, zero-extended.
+    qs: [VectorValue<'ctx>; 4],
+    /// The 16 scales (low nibbles) and minimums (high nibbles).
+    sc: VectorValue<'ctx>,
+    mn: VectorValue<'ctx>,
+}
+
 impl<'ctx> Lowering<'ctx, '_> {
     /// Opens a counted loop: counter slot, head test, builder left in the body.
     pub(super) fn counted_loop(
@@ -605,6 +616,82 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok((d[0], d[1], halves[0], halves[1]))
     }
 
+    /// Q2_K super-block `sbi` of the row at `w_off` ([`QFmt::Q2K`]), loaded once for
+    /// its eight blocks ([`Self::q2k_unit`]): `D`, `-Dmin`, its 64 quant bytes as four
+    /// `<16 x i16>`, and its 16 scales and minimums as two `<16 x i16>`.
+    fn q2k_super(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        w_off: IntValue<'ctx>,
+        sbi: IntValue<'ctx>,
+    ) -> R<Q2kSuper<'ctx>> {
+        let it = self.it;
+        let e = llvm_err;
+        let c64 = |k: u64| it.i64.const_int(k, false);
+        let b = &f.b;
+        let at = b
+            .build_int_mul(sbi, c64(QFmt::Q2K.block_bytes() as u64), "")
+            .map_err(e)?;
+        let sbo = b.build_int_add(w_off, at, "q2sb").map_err(e)?;
+        let v16b = it.i8.vec_type(16);
+        let v16w = it.i16.vec_type(16);
+        let bytes = |off: u64| -> R<VectorValue<'ctx>> {
+            let at = f.b.build_int_add(sbo, c64(off), "").map_err(e)?;
+            let v = self.qdot_load(f, v16b.into(), w, at)?.into_vector_value();
+            f.b.build_int_z_extend(v, v16w, "").map_err(e)
+        };
+        let qs = [bytes(16)?, bytes(32)?, bytes(48)?, bytes(64)?];
+        let s = bytes(0)?;
+        let cst =
+            |k: u64| inkwell::types::VectorType::const_vector(&[it.i16.const_int(k, false); 16]);
+        let sc = f.b.build_and(s, cst(15), "q2sc").map_err(e)?;
+        let mn = f.b.build_right_shift(s, cst(4), false, "q2mn").map_err(e)?;
+        let f16_at = |off: u64| -> R<FloatValue<'ctx>> {
+            let at = f.b.build_int_add(sbo, c64(off), "").map_err(e)?;
+            let v = self.qdot_load(f, it.f16.into(), w, at)?.into_float_value();
+            f.b.build_float_ext(v, it.f32, "").map_err(e)
+        };
+        let d = f16_at(80)?;
+        let neg_dmin = f.b.build_float_neg(f16_at(82)?, "ndmin").map_err(e)?;
+        Ok(Q2kSuper {
+            d,
+            neg_dmin,
+            qs,
+            sc,
+            mn,
+        })
+    }
+
+    /// Block `t` (0..8) of a Q2_K super-block: its 32 quants times their half's scale
+    /// (`sc q`, 0..45) as two `<16 x i16>`, and each half's minimum `mn` splat over
+    /// 16 lanes. `t` is a constant, so are the shifts and lanes.
+    fn q2k_unit(&self, f: &Frame<'ctx>, sup: &Q2kSuper<'ctx>, t: u64) -> R<[VectorValue<'ctx>; 4]> {
+        let it = self.it;
+        let e = llvm_err;
+        let cst =
+            |k: u64| inkwell::types::VectorType::const_vector(&[it.i16.const_int(k, false); 16]);
+        let splat = |v: VectorValue<'ctx>, lane: u64| -> R<VectorValue<'ctx>> {
+            let mask =
+                inkwell::types::VectorType::const_vector(&[it.i32.const_int(lane, false); 16]);
+            f.b.build_shuffle_vector(v, v.get_type().get_undef(), mask, "")
+                .map_err(e)
+        };
+        let (h, k) = (t / 4, t % 4);
+        let mut out = Vec::new();
+        for p in 0..2u64 {
+            let q = sup.qs[(2 * h + p) as usize];
+            let q = f.b.build_right_shift(q, cst(2 * k), false, "").map_err(e)?;
+            let q = f.b.build_and(q, cst(3), "q2").map_err(e)?;
+            let sc = splat(sup.sc, 2 * t + p)?;
+            out.push(f.b.build_int_mul(q, sc, "q2s").map_err(e)?);
+        }
+        for p in 0..2u64 {
+            out.push(splat(sup.mn, 2 * t + p)?);
+        }
+        Ok([out[0], out[1], out[2], out[3]])
+    }
+
     /// Q6_K block `blk` of the row at `w_off` ([`QFmt::Q6K`]): its halves' scales
     /// `D · sc` and its 32 signed quants `q - 32` as two `<16 x i8>`.
     fn q6k_block(
@@ -857,7 +944,8 @@ impl<'ctx> Lowering<'ctx, '_> {
 
     /// Emits `q` at the builder's position.
     pub(super) fn qdot(&mut self, f: &mut Frame<'ctx>, q: &QDot) -> R<()> {
-        if self.target.avx2() {
+        // (Q2_K's halves' minimums take this form on every target.)
+        if self.target.avx2() && !q.fmt.split_mins() {
             return self.qdot_avx2(f, q);
         }
         let it = self.it;
@@ -896,234 +984,291 @@ impl<'ctx> Lowering<'ctx, '_> {
             b.build_store(s, it.f32.const_zero()).map_err(llvm_err)?;
             sacc.push(s);
         }
-        let lp = self.counted_loop(f, "qdot", "qblk", q.blocks as u64)?;
-        let blk = lp.index;
-        let v16w = it.i16.vec_type(16);
-        let unsigned_w = !q.fmt.signed();
-        // Q6_K's second half-scale (the first is `d`).
-        let mut d_hi = None;
-        let (d, m, w_lo, w_hi) = if q.fmt.iq4() {
-            let (d, qs) = if q.fmt == QFmt::IQ4XS {
-                self.iq4xs_block(f, wp, w_off, blk)?
+        // Q2_K: a super-block's eight blocks per iteration, so that each block's
+        // position in it (shifts, scale bytes) is a constant and D, Dmin and the
+        // quant bytes load once.
+        let unroll = if q.fmt.split_mins() { 8 } else { 1 };
+        let lp = self.counted_loop(f, "qdot", "qblk", (q.blocks / unroll) as u64)?;
+        let mut q2s = None;
+        for t in 0..unroll as u64 {
+            let blk = if unroll == 1 {
+                lp.index
             } else {
-                let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
-                let wb = f.b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
-                let wb = f.b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
+                let b = &f.b;
+                let at = b
+                    .build_int_nuw_mul(lp.index, it.i64.const_int(unroll as u64, false), "")
+                    .map_err(llvm_err)?;
+                b.build_int_nuw_add(at, it.i64.const_int(t, false), "blk")
+                    .map_err(llvm_err)?
+            };
+            let v16w = it.i16.vec_type(16);
+            let unsigned_w = !q.fmt.signed();
+            // Q6_K's second half-scale (the first is `d`); Q2_K's halves' minimums.
+            let mut d_hi = None;
+            let mut mins = None;
+            let (d, m, w_lo, w_hi) = if q.fmt.split_mins() {
+                if t == 0 {
+                    q2s = Some(self.q2k_super(f, wp, w_off, lp.index)?);
+                }
+                let sup = q2s
+                    .as_ref()
+                    .ok_or_else(|| llvm_err("qdot: no Q2_K super-block"))?;
+                let [lo, hi, mn_lo, mn_hi] = self.q2k_unit(f, sup, t)?;
+                mins = Some((sup.neg_dmin, mn_lo, mn_hi));
+                (sup.d, None, lo, hi)
+            } else if q.fmt.iq4() {
+                let (d, qs) = if q.fmt == QFmt::IQ4XS {
+                    self.iq4xs_block(f, wp, w_off, blk)?
+                } else {
+                    let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
+                    let wb = f.b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
+                    let wb = f.b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
+                    let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
+                    let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
+                    let qs =
+                        f.b.build_int_add(wb, it.i64.const_int(2, false), "")
+                            .map_err(llvm_err)?;
+                    (d, qs)
+                };
+                let (lo, hi) = self.iq4_halves(f, wp, qs)?;
+                (d, None, lo, hi)
+            } else if q.fmt.split_scales() {
+                let (d0, d1, lo, hi) = if q.fmt == QFmt::Q3K {
+                    self.q3k_block(f, wp, w_off, blk)?
+                } else {
+                    self.q6k_block(f, wp, w_off, blk)?
+                };
+                d_hi = Some(d1);
+                (d0, None, lo, hi)
+            } else if q.fmt.k_scales() {
+                // Both halves of the 32 bytes, shifted right by 4 · (j mod 2), low nibble.
+                let (d, m, qs, odd, fifth) = self.q4k_block(f, q.fmt, wp, w_off, blk)?;
+                let b = &f.b;
+                let sh = b
+                    .build_int_mul(odd, it.i64.const_int(4, false), "")
+                    .map_err(llvm_err)?;
+                let shv = self.splat16(f, sh, it.i8)?;
+                let c15 =
+                    inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
+                let mut halves = Vec::new();
+                for h in 0..2u64 {
+                    let at =
+                        f.b.build_int_add(qs, it.i64.const_int(16 * h, false), "")
+                            .map_err(llvm_err)?;
+                    let raw = self.qdot_load(f, v16b.into(), wp, at)?.into_vector_value();
+                    let b = &f.b;
+                    let v = b.build_right_shift(raw, shv, false, "").map_err(llvm_err)?;
+                    let v = b.build_and(v, c15, "").map_err(llvm_err)?;
+                    halves.push(match fifth {
+                        Some(bits) => {
+                            let hb = if h == 0 { bits.0 } else { bits.1 };
+                            b.build_or(v, hb, "").map_err(llvm_err)?
+                        }
+                        None => v,
+                    });
+                }
+                (d, Some(m), halves[0], halves[1])
+            } else {
+                let (wb, qs) = self.block_at(f, q.fmt, w_off, blk)?;
+                let at = |k: i64| {
+                    f.b.build_int_add(wb, it.i64.const_int(k as u64, true), "")
+                        .map_err(llvm_err)
+                };
                 let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
                 let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
-                let qs =
-                    f.b.build_int_add(wb, it.i64.const_int(2, false), "")
-                        .map_err(llvm_err)?;
-                (d, qs)
-            };
-            let (lo, hi) = self.iq4_halves(f, wp, qs)?;
-            (d, None, lo, hi)
-        } else if q.fmt.split_scales() {
-            let (d0, d1, lo, hi) = if q.fmt == QFmt::Q3K {
-                self.q3k_block(f, wp, w_off, blk)?
-            } else {
-                self.q6k_block(f, wp, w_off, blk)?
-            };
-            d_hi = Some(d1);
-            (d0, None, lo, hi)
-        } else if q.fmt.k_scales() {
-            // Both halves of the 32 bytes, shifted right by 4 · (j mod 2), low nibble.
-            let (d, m, qs, odd, fifth) = self.q4k_block(f, q.fmt, wp, w_off, blk)?;
-            let b = &f.b;
-            let sh = b
-                .build_int_mul(odd, it.i64.const_int(4, false), "")
-                .map_err(llvm_err)?;
-            let shv = self.splat16(f, sh, it.i8)?;
-            let c15 = inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
-            let mut halves = Vec::new();
-            for h in 0..2u64 {
-                let at =
-                    f.b.build_int_add(qs, it.i64.const_int(16 * h, false), "")
-                        .map_err(llvm_err)?;
-                let raw = self.qdot_load(f, v16b.into(), wp, at)?.into_vector_value();
-                let b = &f.b;
-                let v = b.build_right_shift(raw, shv, false, "").map_err(llvm_err)?;
-                let v = b.build_and(v, c15, "").map_err(llvm_err)?;
-                halves.push(match fifth {
-                    Some(bits) => {
-                        let hb = if h == 0 { bits.0 } else { bits.1 };
-                        b.build_or(v, hb, "").map_err(llvm_err)?
+                let m = if q.fmt.stored_min() {
+                    let m = self
+                        .qdot_load(f, it.f16.into(), wp, at(2)?)?
+                        .into_float_value();
+                    Some(f.b.build_float_ext(m, it.f32, "m").map_err(llvm_err)?)
+                } else if let Some(k) = q.fmt.offset_min() {
+                    Some(
+                        f.b.build_float_mul(d, it.f32.const_float(k as f64), "m")
+                            .map_err(llvm_err)?,
+                    )
+                } else {
+                    None
+                };
+                // The block's 32 weight quants, in activation order, as two halves of 16.
+                let (lo, hi) = match q.fmt {
+                    QFmt::Q8_0S24 | QFmt::Q8_0S832 => self.s24_halves(f, wp, wb, qs)?,
+                    QFmt::Q8_0 => {
+                        let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
+                        let q16 =
+                            f.b.build_int_add(qs, it.i64.const_int(16, false), "")
+                                .map_err(llvm_err)?;
+                        let hi = self.qdot_load(f, v16b.into(), wp, q16)?.into_vector_value();
+                        (lo, hi)
                     }
-                    None => v,
-                });
-            }
-            (d, Some(m), halves[0], halves[1])
-        } else {
-            let (wb, qs) = self.block_at(f, q.fmt, w_off, blk)?;
-            let at = |k: i64| {
-                f.b.build_int_add(wb, it.i64.const_int(k as u64, true), "")
-                    .map_err(llvm_err)
-            };
-            let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
-            let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
-            let m = if q.fmt.stored_min() {
-                let m = self
-                    .qdot_load(f, it.f16.into(), wp, at(2)?)?
-                    .into_float_value();
-                Some(f.b.build_float_ext(m, it.f32, "m").map_err(llvm_err)?)
-            } else if let Some(k) = q.fmt.offset_min() {
-                Some(
-                    f.b.build_float_mul(d, it.f32.const_float(k as f64), "m")
-                        .map_err(llvm_err)?,
-                )
-            } else {
-                None
-            };
-            // The block's 32 weight quants, in activation order, as two halves of 16.
-            let (lo, hi) = match q.fmt {
-                QFmt::Q8_0S24 | QFmt::Q8_0S832 => self.s24_halves(f, wp, wb, qs)?,
-                QFmt::Q8_0 => {
-                    let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
-                    let q16 =
-                        f.b.build_int_add(qs, it.i64.const_int(16, false), "")
+                    _ => {
+                        let raw = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
+                        let c15 = inkwell::types::VectorType::const_vector(
+                            &[it.i8.const_int(15, false); 16],
+                        );
+                        let c4 = inkwell::types::VectorType::const_vector(
+                            &[it.i8.const_int(4, false); 16],
+                        );
+                        let b = &f.b;
+                        let lo = b.build_and(raw, c15, "lo").map_err(llvm_err)?;
+                        let hi = b
+                            .build_right_shift(raw, c4, false, "hi")
                             .map_err(llvm_err)?;
-                    let hi = self.qdot_load(f, v16b.into(), wp, q16)?.into_vector_value();
-                    (lo, hi)
-                }
-                _ => {
-                    let raw = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
-                    let c15 =
-                        inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
-                    let c4 =
-                        inkwell::types::VectorType::const_vector(&[it.i8.const_int(4, false); 16]);
-                    let b = &f.b;
-                    let lo = b.build_and(raw, c15, "lo").map_err(llvm_err)?;
-                    let hi = b
-                        .build_right_shift(raw, c4, false, "hi")
-                        .map_err(llvm_err)?;
-                    match self.q5_bits(f, q.fmt, wp, wb)? {
-                        Some((bl, bh)) => {
-                            (self.or_fifth_bit(f, lo, bl)?, self.or_fifth_bit(f, hi, bh)?)
+                        match self.q5_bits(f, q.fmt, wp, wb)? {
+                            Some((bl, bh)) => {
+                                (self.or_fifth_bit(f, lo, bl)?, self.or_fifth_bit(f, hi, bh)?)
+                            }
+                            None => (lo, hi),
                         }
-                        None => (lo, hi),
                     }
+                };
+                (d, m, lo, hi)
+            };
+            let widen = |v: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
+                if v.get_type() == v16w {
+                    // (Q2_K's quants come decoded to i16.)
+                    Ok(v)
+                } else if unsigned_w {
+                    f.b.build_int_z_extend(v, v16w, "").map_err(llvm_err)
+                } else {
+                    f.b.build_int_s_extend(v, v16w, "").map_err(llvm_err)
                 }
             };
-            (d, m, lo, hi)
-        };
-        let widen = |v: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
-            if unsigned_w {
-                f.b.build_int_z_extend(v, v16w, "").map_err(llvm_err)
-            } else {
-                f.b.build_int_s_extend(v, v16w, "").map_err(llvm_err)
-            }
-        };
-        let (w_lo, w_hi) = (widen(w_lo)?, widen(w_hi)?);
-        for i in 0..rows {
-            let b = &f.b;
-            let xb = b.build_int_add(x_blk[i], blk, "xb").map_err(llvm_err)?;
-            let x_lo = self.xq_load16(f, xqp, xq8, xb, 0)?;
-            let x_hi = self.xq_load16(f, xqp, xq8, xb, 1)?;
-            let b = &f.b;
-            let sb = b
-                .build_int_mul(
-                    blk,
-                    it.i64.const_int(QDot::scale_offset(1) as u64, false),
-                    "",
-                )
-                .map_err(llvm_err)?;
-            let sb = b.build_int_add(x_sc[i], sb, "").map_err(llvm_err)?;
-            let x4 = b
-                .build_int_mul(sb, it.i64.const_int(4, false), "")
-                .map_err(llvm_err)?;
-            let xd = self
-                .qdot_load(f, it.f32.into(), xdp, x4)?
-                .into_float_value();
-            let b = &f.b;
-            let scale = b.build_float_mul(d, xd, "scale").map_err(llvm_err)?;
-            let scale_hi = match d_hi {
-                Some(d1) => Some(b.build_float_mul(d1, xd, "scale").map_err(llvm_err)?),
+            let (w_lo, w_hi) = (widen(w_lo)?, widen(w_hi)?);
+            let mins = match mins {
+                Some((neg_dmin, lo, hi)) => Some((neg_dmin, widen(lo)?, widen(hi)?)),
                 None => None,
             };
-            if self.x86_64() {
-                // SSE2 (every x86-64): four 8-lane `pmaddwd`, concatenated to the
-                // AVX2 path's eight i32 lanes.
-                let mut parts = Vec::new();
-                for (wv, xv) in [(w_lo, x_lo), (w_hi, x_hi)] {
-                    let mut halves = Vec::new();
-                    for h in 0..2u64 {
-                        let idx: Vec<IntValue> =
-                            (0..8).map(|i| it.i32.const_int(h * 8 + i, false)).collect();
-                        let mask = inkwell::types::VectorType::const_vector(&idx);
-                        let b = &f.b;
-                        let wh = b
-                            .build_shuffle_vector(wv, wv.get_type().get_undef(), mask, "")
-                            .map_err(llvm_err)?;
-                        let xh = b
-                            .build_shuffle_vector(xv, xv.get_type().get_undef(), mask, "")
-                            .map_err(llvm_err)?;
-                        halves.push(
-                            self.x86(f, "llvm.x86.sse2.pmadd.wd", &[wh, xh])?
-                                .into_vector_value(),
-                        );
-                    }
-                    parts.push(halves);
-                }
+            for i in 0..rows {
                 let b = &f.b;
-                let idx: Vec<IntValue> = (0..8).map(|i| it.i32.const_int(i, false)).collect();
-                let mask = inkwell::types::VectorType::const_vector(&idx);
-                if let Some(scale_hi) = scale_hi {
-                    // Q6_K: each half of the block with its own scale.
-                    for (part, sc) in parts.iter().zip([scale, scale_hi]) {
+                let xb = b.build_int_add(x_blk[i], blk, "xb").map_err(llvm_err)?;
+                let x_lo = self.xq_load16(f, xqp, xq8, xb, 0)?;
+                let x_hi = self.xq_load16(f, xqp, xq8, xb, 1)?;
+                let b = &f.b;
+                let sb = b
+                    .build_int_mul(
+                        blk,
+                        it.i64.const_int(QDot::scale_offset(1) as u64, false),
+                        "",
+                    )
+                    .map_err(llvm_err)?;
+                let sb = b.build_int_add(x_sc[i], sb, "").map_err(llvm_err)?;
+                let x4 = b
+                    .build_int_mul(sb, it.i64.const_int(4, false), "")
+                    .map_err(llvm_err)?;
+                let xd = self
+                    .qdot_load(f, it.f32.into(), xdp, x4)?
+                    .into_float_value();
+                let b = &f.b;
+                let scale = b.build_float_mul(d, xd, "scale").map_err(llvm_err)?;
+                let scale_hi = match d_hi {
+                    Some(d1) => Some(b.build_float_mul(d1, xd, "scale").map_err(llvm_err)?),
+                    None => None,
+                };
+                // Groups of (weights, activations) pairs whose products share a scale:
+                // the block (one group), Q6_K's and Q3_K's halves (one each), Q2_K's
+                // scaled quants and its halves' minimums against their activations.
+                let groups = match (scale_hi, mins) {
+                    (_, Some((neg_dmin, mn_lo, mn_hi))) => {
+                        let mscale = b
+                            .build_float_mul(neg_dmin, xd, "mscale")
+                            .map_err(llvm_err)?;
+                        vec![
+                            (vec![(w_lo, x_lo), (w_hi, x_hi)], scale),
+                            (vec![(mn_lo, x_lo), (mn_hi, x_hi)], mscale),
+                        ]
+                    }
+                    (Some(scale_hi), None) => {
+                        vec![(vec![(w_lo, x_lo)], scale), (vec![(w_hi, x_hi)], scale_hi)]
+                    }
+                    (None, None) => vec![(vec![(w_lo, x_lo), (w_hi, x_hi)], scale)],
+                };
+                for (pairs, sc) in groups {
+                    if self.x86_64() && self.target.avx2() {
+                        // (Q2_K on AVX2: one 16-lane `vpmaddwd` per pair.)
+                        let mut p32: Option<VectorValue<'ctx>> = None;
+                        for (wv, xv) in pairs {
+                            let p = self
+                                .x86(f, "llvm.x86.avx2.pmadd.wd", &[wv, xv])?
+                                .into_vector_value();
+                            p32 = Some(match p32 {
+                                Some(a) => f.b.build_int_add(a, p, "").map_err(llvm_err)?,
+                                None => p,
+                            });
+                        }
+                        let p32 = p32.ok_or_else(|| llvm_err("qdot: an empty group"))?;
+                        self.accumulate_v8(f, p32, sc, vacc[i])?;
+                    } else if self.x86_64() {
+                        // SSE2 (every x86-64): 8-lane `pmaddwd`s, the pairs' summed, the two
+                        // halves concatenated to the AVX2 path's eight i32 lanes.
+                        let mut halves: Vec<Option<VectorValue<'ctx>>> = vec![None, None];
+                        for (wv, xv) in pairs {
+                            for (h, acc) in halves.iter_mut().enumerate() {
+                                let idx: Vec<IntValue> = (0..8)
+                                    .map(|l| it.i32.const_int(h as u64 * 8 + l, false))
+                                    .collect();
+                                let mask = inkwell::types::VectorType::const_vector(&idx);
+                                let b = &f.b;
+                                let wh = b
+                                    .build_shuffle_vector(wv, wv.get_type().get_undef(), mask, "")
+                                    .map_err(llvm_err)?;
+                                let xh = b
+                                    .build_shuffle_vector(xv, xv.get_type().get_undef(), mask, "")
+                                    .map_err(llvm_err)?;
+                                let p = self
+                                    .x86(f, "llvm.x86.sse2.pmadd.wd", &[wh, xh])?
+                                    .into_vector_value();
+                                *acc = Some(match acc.take() {
+                                    Some(a) => f.b.build_int_add(a, p, "").map_err(llvm_err)?,
+                                    None => p,
+                                });
+                            }
+                        }
+                        let (Some(lo), Some(hi)) = (halves[0], halves[1]) else {
+                            return Err(llvm_err("qdot: an empty group"));
+                        };
+                        let idx: Vec<IntValue> =
+                            (0..8).map(|l| it.i32.const_int(l, false)).collect();
+                        let mask = inkwell::types::VectorType::const_vector(&idx);
                         let p32 =
-                            f.b.build_shuffle_vector(part[0], part[1], mask, "")
+                            f.b.build_shuffle_vector(lo, hi, mask, "")
                                 .map_err(llvm_err)?;
                         self.accumulate_v8(f, p32, sc, vacc[i])?;
+                    } else {
+                        let w32 = it.i32.vec_type(16);
+                        let red = it
+                            .intrinsic(self.module, "llvm.vector.reduce.add", &[w32.into()])
+                            .ok_or_else(|| llvm_err("llvm.vector.reduce.add"))?;
+                        let mut sum: Option<IntValue<'ctx>> = None;
+                        for (wv, xv) in pairs {
+                            let b = &f.b;
+                            let ww = b.build_int_s_extend(wv, w32, "").map_err(llvm_err)?;
+                            let xw = b.build_int_s_extend(xv, w32, "").map_err(llvm_err)?;
+                            let prod = b.build_int_mul(ww, xw, "").map_err(llvm_err)?;
+                            let part = b
+                                .build_call(red, &[prod.into()], "")
+                                .map_err(llvm_err)?
+                                .try_as_basic_value()
+                                .basic()
+                                .ok_or_else(|| llvm_err("reduce"))?
+                                .into_int_value();
+                            sum = Some(match sum {
+                                Some(a) => b.build_int_add(a, part, "").map_err(llvm_err)?,
+                                None => part,
+                            });
+                        }
+                        let sum = sum.ok_or_else(|| llvm_err("qdot: an empty group"))?;
+                        let sf =
+                            f.b.build_signed_int_to_float(sum, it.f32, "")
+                                .map_err(llvm_err)?;
+                        self.accumulate_f32(f, sc, sf, sacc[i])?;
                     }
-                } else {
-                    let lo = b
-                        .build_int_add(parts[0][0], parts[1][0], "")
-                        .map_err(llvm_err)?;
-                    let hi = b
-                        .build_int_add(parts[0][1], parts[1][1], "")
-                        .map_err(llvm_err)?;
-                    let p32 = b.build_shuffle_vector(lo, hi, mask, "").map_err(llvm_err)?;
-                    self.accumulate_v8(f, p32, scale, vacc[i])?;
                 }
-            } else {
-                let w32 = it.i32.vec_type(16);
-                let red = it
-                    .intrinsic(self.module, "llvm.vector.reduce.add", &[w32.into()])
-                    .ok_or_else(|| llvm_err("llvm.vector.reduce.add"))?;
-                let mut sums = Vec::new();
-                for (wv, xv) in [(w_lo, x_lo), (w_hi, x_hi)] {
-                    let ww = b.build_int_s_extend(wv, w32, "").map_err(llvm_err)?;
-                    let xw = b.build_int_s_extend(xv, w32, "").map_err(llvm_err)?;
-                    let prod = b.build_int_mul(ww, xw, "").map_err(llvm_err)?;
-                    let part = b
-                        .build_call(red, &[prod.into()], "")
-                        .map_err(llvm_err)?
-                        .try_as_basic_value()
-                        .basic()
-                        .ok_or_else(|| llvm_err("reduce"))?
-                        .into_int_value();
-                    sums.push(part);
+                if let Some(m) = m {
+                    let xs = self
+                        .qdot_load(f, it.f32.into(), xsp, x4)?
+                        .into_float_value();
+                    self.accumulate_f32(f, m, xs, sacc[i])?;
                 }
-                let terms = match scale_hi {
-                    // Q6_K: each half with its own scale.
-                    Some(scale_hi) => vec![(sums[0], scale), (sums[1], scale_hi)],
-                    None => vec![(
-                        b.build_int_add(sums[0], sums[1], "").map_err(llvm_err)?,
-                        scale,
-                    )],
-                };
-                for (sum, sc) in terms {
-                    let sf =
-                        f.b.build_signed_int_to_float(sum, it.f32, "")
-                            .map_err(llvm_err)?;
-                    self.accumulate_f32(f, sc, sf, sacc[i])?;
-                }
-            }
-            if let Some(m) = m {
-                let xs = self
-                    .qdot_load(f, it.f32.into(), xsp, x4)?
-                    .into_float_value();
-                self.accumulate_f32(f, m, xs, sacc[i])?;
             }
         }
         self.close_loop(f, &lp)?;

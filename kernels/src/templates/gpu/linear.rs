@@ -677,7 +677,13 @@ impl Gemv {
         };
         if matches!(
             self.wd,
-            DType::Q4K | DType::Q5K | DType::Q6K | DType::Q3K | DType::IQ4NL | DType::IQ4XS
+            DType::Q4K
+                | DType::Q5K
+                | DType::Q6K
+                | DType::Q3K
+                | DType::Q2K
+                | DType::IQ4NL
+                | DType::IQ4XS
         ) {
             return self.k_unit(kb, &base, blk, part);
         }
@@ -767,6 +773,8 @@ impl Gemv {
     ///   and `qh`;
     /// - Q3_K: `D · (sc - 32)` of the unit's 16-element half (the 6-bit scale from a
     ///   nibble and two high bits), its quants `q - 4 + 4 hmask`;
+    /// - Q2_K: `D · sc` and `-(Dmin · mn)` of the unit's 16-element half (one byte's
+    ///   two nibbles), its 2-bit quants;
     /// - IQ4_NL/IQ4_XS: `d` (IQ4_XS: `D · (ls - 32)` of sub-block `blk mod 8`) and the
     ///   table levels of 4 bytes' nibbles, as Q4_0's unit (elements `4 part + e` and
     ///   `4 part + e + 16`).
@@ -843,6 +851,31 @@ impl Gemv {
                 if let Some(h) = h {
                     q = b(Or, q, h);
                 }
+                elems.push((kb.let_("q", q.cast(f)), part.clone() * 8 + e as i64));
+            }
+            return (d, Some(m), elems);
+        }
+        if self.wd == DType::Q2K {
+            // Sub-block t = sj: half h = t / 4, shift 2 (t mod 4) in the half's 32 `qs`
+            // bytes; the scale byte 2 t + part / 2. 84-byte super-blocks keep the
+            // unit's 8 bytes 4-byte aligned.
+            let s = kb.let_("s2", byte(base.clone() + sj.clone() * 2 + part.clone() / 2));
+            let sc = b(And, s.clone(), u8c(15)).cast(f);
+            let mn = b(Shr, s, u8c(4)).cast(f);
+            let d = kb.let_("d", b(Mul, f16(base.clone() + 80), sc));
+            let m = b(Mul, f16(base.clone() + 82), mn);
+            let m = kb.let_("m", Expr::un(UnOp::Neg, m));
+            let qa = kb.let_(
+                "qa",
+                base.clone() + 16 + sj.clone() / 4 * 32 + part.clone() * 8,
+            );
+            let qsh = kb.let_("qsh", (sj % 4 * 2).cast(Ty::U8));
+            for (e, q) in self
+                .weight_bytes(kb, qa, 8, Ty::U32)
+                .into_iter()
+                .enumerate()
+            {
+                let q = b(And, b(Shr, q, qsh.clone()), u8c(3));
                 elems.push((kb.let_("q", q.cast(f)), part.clone() * 8 + e as i64));
             }
             return (d, Some(m), elems);

@@ -99,7 +99,7 @@ fn gpu_linear_float_and_quantized() {
 fn gpu_generic_quantized_linear_takes_the_dots_not_the_tile() {
     let mut r = Rng::new(103);
     for (rows, n, k) in [(1usize, 16usize, 256usize), (4, 16, 512), (6, 32, 256)] {
-        for d in [DType::Q5K, DType::Q3K, DType::Q4_0] {
+        for d in [DType::Q5K, DType::Q3K, DType::Q2K, DType::Q4_0] {
             let mut m = llmc_ir::Module::new("t");
             let x = m.graph.add_input("x", tt(F, &["seq", &k.to_string()]));
             let wq = quant_bytes(&mut r, d, n, k);
@@ -142,6 +142,7 @@ fn gpu_k_quant_gemv() {
             DType::Q6K,
             DType::Q5K,
             DType::Q3K,
+            DType::Q2K,
             DType::IQ4NL,
             DType::IQ4XS,
         ] {
@@ -605,6 +606,7 @@ fn gpu_linear_tensor_cores() {
         DType::Q5K,
         DType::Q6K,
         DType::Q3K,
+        DType::Q2K,
         DType::IQ4NL,
         DType::IQ4XS,
     ] {
