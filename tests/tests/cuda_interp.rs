@@ -10,7 +10,10 @@
 //! same module (the reference takes all the tokens at once), and the same greedy picks
 //! where the reference's best logit leads clearly. This checks what the kernel tests
 //! cannot: the plan's wiring (buffers, in-place pools, dims, grids) on a real model's
-//! graph. (Decoding over empty pools instead fails it: error 8.6.)
+//! graph. (Decoding over empty pools instead fails it: error 8.6.) A second test puts
+//! two sequences in one pool through block tables that are not the identity and runs
+//! a step that mixes one's decode row with a chunk of the other's prompt, as the
+//! engine batches them. (Swapping B's two blocks in that step fails it: error 10.5.)
 
 use llmc_ir::interp::Interpreter;
 use llmc_ir::{DType, Dim, Module, Tensor};
@@ -41,20 +44,57 @@ fn serving_module(path: &Path) -> anyhow::Result<Module> {
 /// through the identity block table of `blocks` blocks, every row's logits, zeroed
 /// pools of `blocks` blocks.
 fn step_inputs(m: &Module, ids: &[i64], at: usize, blocks: usize) -> HashMap<String, Tensor> {
+    let rows: Vec<(usize, i64, i64)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (0, id, (at + i) as i64))
+        .collect();
+    batch_inputs(m, &rows, &[(0..blocks as i64).collect()], blocks)
+}
+
+/// A step as the engine feeds a batch: `rows` of (sequence, token id, position), each
+/// sequence's block table (padded with block 0 to the longest), every row's logits,
+/// zeroed pools of `pool_blocks` blocks. A row's slot is its position's block in its
+/// sequence's table, times 16, plus the position's offset in the block.
+fn batch_inputs(
+    m: &Module,
+    rows: &[(usize, i64, i64)],
+    tables: &[Vec<i64>],
+    pool_blocks: usize,
+) -> HashMap<String, Tensor> {
     use llmc_passes::serving::names;
-    let s = ids.len();
-    let at = at as i64;
+    let s = rows.len();
+    let width = tables.iter().map(Vec::len).max().unwrap_or(0);
     let mut out = HashMap::new();
     for &v in &m.graph.inputs {
         let val = m.graph.value(v);
         let t = match val.name.as_str() {
-            names::IDS => Tensor::from_i64(DType::I64, vec![1, s], ids.to_vec()),
-            names::POS => Tensor::from_i64(DType::I64, vec![1, s], (at..at + s as i64).collect()),
-            names::SLOTS => Tensor::from_i64(DType::I64, vec![s], (at..at + s as i64).collect()),
-            names::ROW_SEQ => Tensor::from_i64(DType::I32, vec![s], vec![0; s]),
-            names::BLOCK_TABLES => {
-                Tensor::from_i64(DType::I32, vec![1, blocks], (0..blocks as i64).collect())
+            names::IDS => {
+                Tensor::from_i64(DType::I64, vec![1, s], rows.iter().map(|r| r.1).collect())
             }
+            names::POS => {
+                Tensor::from_i64(DType::I64, vec![1, s], rows.iter().map(|r| r.2).collect())
+            }
+            names::SLOTS => Tensor::from_i64(
+                DType::I64,
+                vec![s],
+                rows.iter()
+                    .map(|&(q, _, p)| tables[q][p as usize / 16] * 16 + p % 16)
+                    .collect(),
+            ),
+            names::ROW_SEQ => Tensor::from_i64(
+                DType::I32,
+                vec![s],
+                rows.iter().map(|r| r.0 as i64).collect(),
+            ),
+            names::BLOCK_TABLES => Tensor::from_i64(
+                DType::I32,
+                vec![tables.len(), width],
+                tables
+                    .iter()
+                    .flat_map(|t| t.iter().copied().chain(std::iter::repeat(0)).take(width))
+                    .collect(),
+            ),
             names::LOGIT_ROWS => Tensor::from_i64(DType::I64, vec![s], (0..s as i64).collect()),
             _ => {
                 // A pool: [kv_blocks, heads, 16, d] (or any layout with kv_blocks first).
@@ -67,7 +107,7 @@ fn step_inputs(m: &Module, ids: &[i64], at: usize, blocks: usize) -> HashMap<Str
                         Some(c) => c as usize,
                         None => {
                             assert_eq!(*d, Dim::sym("kv_blocks"), "{}: {d}", val.name);
-                            blocks
+                            pool_blocks
                         }
                     })
                     .collect();
@@ -77,6 +117,16 @@ fn step_inputs(m: &Module, ids: &[i64], at: usize, blocks: usize) -> HashMap<Str
         out.insert(val.name.clone(), t);
     }
     out
+}
+
+/// `next`'s pools replaced by the bytes a step left in them (`after`).
+fn carry_pools(next: &mut HashMap<String, Tensor>, after: &HashMap<String, Vec<u8>>) {
+    for (name, t) in next.iter_mut() {
+        if name.starts_with("kv.") {
+            *t = llmc_kernels::interp::bytes_tensor(t.dtype, &t.shape, &after[name])
+                .expect("pool bytes");
+        }
+    }
 }
 
 /// Runs the CUDA plan in the interpreter's GPU mode; the bytes of its outputs and of
@@ -182,35 +232,13 @@ fn check_model(path: &Path) -> anyhow::Result<()> {
             .map(|i| (i * 37 + 11) % vocab as i64)
             .collect();
         let blocks = (s + 1).div_ceil(16);
-        let reference = |ids: &[i64]| -> anyhow::Result<Vec<f64>> {
-            let inputs = step_inputs(&m, ids, 0, blocks);
-            let ordered: Vec<Tensor> = m
-                .graph
-                .inputs
-                .iter()
-                .map(|&v| inputs[&m.graph.value(v).name].clone())
-                .collect();
-            let out = Interpreter::new(&m).run(&ordered)?;
-            let at = m
-                .graph
-                .outputs
-                .iter()
-                .position(|&v| m.graph.value(v).name == llmc_passes::serving::names::LOGITS)
-                .expect("logits");
-            Ok(out[at].to_f64())
-        };
-        let want_all = reference(&ids)?;
+        let want_all = reference_logits(&m, &ids)?;
         let t0 = std::time::Instant::now();
         let inputs = step_inputs(&m, &ids[..s], 0, blocks);
         let got = run_cuda_plan(&b, &inputs);
         // The decode step: the pools as the prefill left them.
         let mut next = step_inputs(&m, &ids[s..], s, blocks);
-        for (name, t) in next.iter_mut() {
-            if name.starts_with("kv.") {
-                *t = llmc_kernels::interp::bytes_tensor(t.dtype, &t.shape, &got[name])
-                    .expect("pool bytes");
-            }
-        }
+        carry_pools(&mut next, &got);
         let got_next = run_cuda_plan(&b, &next);
         let secs = t0.elapsed().as_secs_f64();
         // The f32 GEMV within 2e-4 of the largest logit (measured: 5.7e-6 / 11.7 and
@@ -257,6 +285,136 @@ fn check_model(path: &Path) -> anyhow::Result<()> {
             path.display()
         );
     }
+    Ok(())
+}
+
+/// The reference interpreter's logits for `ids` taken at once (every row).
+fn reference_logits(m: &Module, ids: &[i64]) -> anyhow::Result<Vec<f64>> {
+    let inputs = step_inputs(m, ids, 0, ids.len().div_ceil(16));
+    let ordered: Vec<Tensor> = m
+        .graph
+        .inputs
+        .iter()
+        .map(|&v| inputs[&m.graph.value(v).name].clone())
+        .collect();
+    let out = Interpreter::new(m).run(&ordered)?;
+    let at = m
+        .graph
+        .outputs
+        .iter()
+        .position(|&v| m.graph.value(v).name == llmc_passes::serving::names::LOGITS)
+        .expect("logits");
+    Ok(out[at].to_f64())
+}
+
+/// Two sequences in one KV pool through block tables that are not the identity (A in
+/// blocks 4 and 1, B in 0 and 3, blocks 2 and 5 never written): A's prefill of 17
+/// tokens, B's of 20, then one step that batches A's decode row with a 3-token chunk
+/// of B (rows of two sequences, two tables, positions 17 and 20..23), as the engine
+/// mixes decode and chunked prefill. Every row must be its own sequence's reference
+/// row (each sequence taken alone, at once) within 2e-4 of the largest logit, and
+/// its greedy pick the reference's where that leads clearly.
+fn check_batch(path: &Path) -> anyhow::Result<()> {
+    let m = serving_module(path)?;
+    let b = llmc_backend::compile_cuda(
+        &m,
+        &llmc_backend::CudaOptions {
+            opt_level: 3,
+            archs: vec!["sm_80".to_string()],
+            dump_dir: None,
+        },
+    )?;
+    let vocab = m
+        .graph
+        .outputs
+        .iter()
+        .map(|&v| m.graph.value(v))
+        .find(|v| v.name == llmc_passes::serving::names::LOGITS)
+        .and_then(|v| v.ty.shape.0.last().and_then(|d| d.as_const()))
+        .expect("logits [rows, vocab]") as i64;
+    let ids_a: Vec<i64> = (0..18).map(|i| (i * 53 + 7) % vocab).collect();
+    let ids_b: Vec<i64> = (0..23).map(|i| (i * 29 + 3) % vocab).collect();
+    let (want_a, want_b) = (reference_logits(&m, &ids_a)?, reference_logits(&m, &ids_b)?);
+    let (table_a, table_b) = (vec![4i64, 1], vec![0i64, 3]);
+    let pool = 6;
+    let rows = |q: usize, ids: &[i64], from: usize, to: usize| -> Vec<(usize, i64, i64)> {
+        (from..to).map(|p| (q, ids[p], p as i64)).collect()
+    };
+    let step_a = batch_inputs(
+        &m,
+        &rows(0, &ids_a, 0, 17),
+        std::slice::from_ref(&table_a),
+        pool,
+    );
+    let after_a = run_cuda_plan(&b, &step_a);
+    let mut step_b = batch_inputs(
+        &m,
+        &rows(0, &ids_b, 0, 20),
+        std::slice::from_ref(&table_b),
+        pool,
+    );
+    carry_pools(&mut step_b, &after_a);
+    let after_b = run_cuda_plan(&b, &step_b);
+    let mut mixed_rows = rows(0, &ids_a, 17, 18);
+    mixed_rows.extend(rows(1, &ids_b, 20, 23));
+    let mut mixed = batch_inputs(&m, &mixed_rows, &[table_a, table_b], pool);
+    carry_pools(&mut mixed, &after_b);
+    let after_mixed = run_cuda_plan(&b, &mixed);
+    let v = vocab as usize;
+    let top = want_a
+        .iter()
+        .chain(&want_b)
+        .fold(0f64, |a, x| a.max(x.abs()));
+    let tol = 2e-4 * top.max(1.0);
+    let mut mixed_want = want_a[17 * v..].to_vec();
+    mixed_want.extend_from_slice(&want_b[20 * v..23 * v]);
+    let cases = [
+        ("A's prefill", &after_a, &want_a[..17 * v]),
+        ("B's prefill", &after_b, &want_b[..20 * v]),
+        (
+            "A's decode row and B's chunk",
+            &after_mixed,
+            &mixed_want[..],
+        ),
+    ];
+    for (what, got, want) in cases {
+        let logits = f32s(&got["logits"]);
+        assert_eq!(logits.len(), want.len(), "{what}");
+        let worst = logits
+            .iter()
+            .zip(want)
+            .map(|(&g, &w)| (g as f64 - w).abs())
+            .fold(0f64, f64::max);
+        eprintln!(
+            "{}: {what}: worst |logit - reference| {worst:.2e} (tolerance {tol:.2e})",
+            path.display()
+        );
+        assert!(
+            worst <= tol,
+            "{}: {what}: worst logit error {worst}",
+            path.display()
+        );
+        let picks: Vec<i64> = got["picks"]
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        for (r, row) in want.chunks(v).enumerate() {
+            let mut sorted: Vec<f64> = row.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            if sorted[0] - sorted[1] > 2.0 * tol {
+                let best = row.iter().position(|&x| x == sorted[0]).expect("max") as i64;
+                assert_eq!(picks[r], best, "{}: {what}, row {r}'s pick", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn two_sequences_share_a_cuda_step_in_the_interpreter() -> anyhow::Result<()> {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    check_batch(&fixtures.join("gguf-tiny/llama.gguf"))?;
+    check_batch(&fixtures.join("hf-tiny/qwen2"))?;
     Ok(())
 }
 
