@@ -24,7 +24,7 @@ pub mod quant;
 mod rewrite;
 pub mod serving;
 
-pub use manager::{run_passes, Instrument, PassReport, PassRow};
+pub use manager::{optimize, run_passes, Instrument, PassReport, PassRow};
 pub use pipeline::{find_pass, parse_pipeline, pipeline_for_level, Pass, PASSES};
 
 use llmc_ir::Module;

@@ -151,6 +151,24 @@ fn write_file(path: &std::path::Path, text: &str) -> Result<(), PassError> {
     })
 }
 
+/// Runs `-O level`'s pipeline on `m` with the default context for that level, no
+/// instrumentation and no dumps: what a test or tool wants when it builds as
+/// `llmc build -O<level>` does.
+pub fn optimize(m: &mut Module, level: u8) -> Result<PassReport, PassError> {
+    let ctx = PassContext {
+        opt_level: level,
+        ..Default::default()
+    };
+    let passes = crate::pipeline::pipeline_for_level(level);
+    run_passes(
+        m,
+        &passes,
+        &ctx,
+        &Instrument::default(),
+        &mut std::io::sink(),
+    )
+}
+
 /// Runs `passes` over `m` in order, with the instrumentation of `inst`; IR dumps go to
 /// `dumps` (the driver passes stderr).
 pub fn run_passes(

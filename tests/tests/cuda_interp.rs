@@ -24,17 +24,7 @@ use std::path::Path;
 /// The serving form as `llmc build --target cuda -O3` makes it.
 fn serving_module(path: &Path) -> anyhow::Result<Module> {
     let mut m = llmc_frontend::load(path)?;
-    let ctx = llmc_passes::PassContext {
-        opt_level: 3,
-        ..Default::default()
-    };
-    llmc_passes::run_passes(
-        &mut m,
-        &llmc_passes::pipeline_for_level(3),
-        &ctx,
-        &llmc_passes::Instrument::default(),
-        &mut std::io::sink(),
-    )?;
+    llmc_passes::optimize(&mut m, 3)?;
     let mut m = llmc_passes::serving::lower(&m, DType::F16, false).map_err(anyhow::Error::msg)?;
     llmc_passes::serving::add_picks(&mut m).map_err(anyhow::Error::msg)?;
     Ok(m)
@@ -207,10 +197,10 @@ fn f32s(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn check_model(path: &Path) -> anyhow::Result<()> {
-    let m = serving_module(path)?;
+/// `m`'s CUDA build for sm_80 and its vocabulary (the logits' last dim).
+fn build(m: &Module) -> anyhow::Result<(llmc_backend::CudaBuild<'_>, usize)> {
     let b = llmc_backend::compile_cuda(
-        &m,
+        m,
         &llmc_backend::CudaOptions {
             opt_level: 3,
             archs: vec!["sm_80".to_string()],
@@ -225,6 +215,39 @@ fn check_model(path: &Path) -> anyhow::Result<()> {
         .find(|v| v.name == llmc_passes::serving::names::LOGITS)
         .and_then(|v| v.ty.shape.0.last().and_then(|d| d.as_const()))
         .expect("logits [rows, vocab]") as usize;
+    Ok((b, vocab))
+}
+
+/// A step's logits (`got`, every row) within `tol` of the reference rows `want`, and
+/// its greedy picks the reference's wherever the best logit leads by more than
+/// `2 tol`. Prints the worst error under `what`.
+fn assert_rows(what: &str, got: &HashMap<String, Vec<u8>>, want: &[f64], vocab: usize, tol: f64) {
+    let logits = f32s(&got["logits"]);
+    assert_eq!(logits.len(), want.len(), "{what}");
+    let worst = logits
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(0f64, f64::max);
+    eprintln!("{what}: worst |logit - reference| {worst:.2e} (tolerance {tol:.2e})");
+    assert!(worst <= tol, "{what}: worst logit error {worst}");
+    let picks: Vec<i64> = got["picks"]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    for (r, row) in want.chunks(vocab).enumerate() {
+        let mut sorted: Vec<f64> = row.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        if sorted[0] - sorted[1] > 2.0 * tol {
+            let best = row.iter().position(|&v| v == sorted[0]).expect("max") as i64;
+            assert_eq!(picks[r], best, "{what}, row {r}'s pick");
+        }
+    }
+}
+
+fn check_model(path: &Path) -> anyhow::Result<()> {
+    let m = serving_module(path)?;
+    let (b, vocab) = build(&m)?;
     for s in [12usize, 70] {
         // A prefill of s tokens, then one decode step over the pools it wrote; the
         // reference takes the s + 1 tokens at once (its last row is the decode row).
@@ -251,34 +274,11 @@ fn check_model(path: &Path) -> anyhow::Result<()> {
             ("decode", &got_next, &want_all[s * vocab..]),
         ];
         for (what, got, want) in cases {
-            let logits = f32s(&got["logits"]);
-            assert_eq!(logits.len(), want.len(), "{what}");
-            let worst = logits
-                .iter()
-                .zip(want)
-                .map(|(&g, &w)| (g as f64 - w).abs())
-                .fold(0f64, f64::max);
-            eprintln!(
-                "{}: {what} after {s} rows: worst |logit - reference| {worst:.2e} (tolerance {tol:.2e}, largest logit {top:.2})",
+            let what = format!(
+                "{}: {what} after {s} rows (largest logit {top:.2})",
                 path.display()
             );
-            assert!(
-                worst <= tol,
-                "{}: {what}, {s} rows: worst logit error {worst}",
-                path.display()
-            );
-            let picks: Vec<i64> = got["picks"]
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect();
-            for (r, row) in want.chunks(vocab).enumerate() {
-                let mut sorted: Vec<f64> = row.to_vec();
-                sorted.sort_by(|a, b| b.total_cmp(a));
-                if sorted[0] - sorted[1] > 2.0 * tol {
-                    let best = row.iter().position(|&v| v == sorted[0]).expect("max") as i64;
-                    assert_eq!(picks[r], best, "{}: {what}, row {r}'s pick", path.display());
-                }
-            }
+            assert_rows(&what, got, want, vocab, tol);
         }
         eprintln!(
             "{}: {s} rows: {secs:.1} s in the interpreter",
@@ -316,22 +316,8 @@ fn reference_logits(m: &Module, ids: &[i64]) -> anyhow::Result<Vec<f64>> {
 /// its greedy pick the reference's where that leads clearly.
 fn check_batch(path: &Path) -> anyhow::Result<()> {
     let m = serving_module(path)?;
-    let b = llmc_backend::compile_cuda(
-        &m,
-        &llmc_backend::CudaOptions {
-            opt_level: 3,
-            archs: vec!["sm_80".to_string()],
-            dump_dir: None,
-        },
-    )?;
-    let vocab = m
-        .graph
-        .outputs
-        .iter()
-        .map(|&v| m.graph.value(v))
-        .find(|v| v.name == llmc_passes::serving::names::LOGITS)
-        .and_then(|v| v.ty.shape.0.last().and_then(|d| d.as_const()))
-        .expect("logits [rows, vocab]") as i64;
+    let (b, v) = build(&m)?;
+    let vocab = v as i64;
     let ids_a: Vec<i64> = (0..18).map(|i| (i * 53 + 7) % vocab).collect();
     let ids_b: Vec<i64> = (0..23).map(|i| (i * 29 + 3) % vocab).collect();
     let (want_a, want_b) = (reference_logits(&m, &ids_a)?, reference_logits(&m, &ids_b)?);
@@ -360,7 +346,6 @@ fn check_batch(path: &Path) -> anyhow::Result<()> {
     let mut mixed = batch_inputs(&m, &mixed_rows, &[table_a, table_b], pool);
     carry_pools(&mut mixed, &after_b);
     let after_mixed = run_cuda_plan(&b, &mixed);
-    let v = vocab as usize;
     let top = want_a
         .iter()
         .chain(&want_b)
@@ -378,34 +363,7 @@ fn check_batch(path: &Path) -> anyhow::Result<()> {
         ),
     ];
     for (what, got, want) in cases {
-        let logits = f32s(&got["logits"]);
-        assert_eq!(logits.len(), want.len(), "{what}");
-        let worst = logits
-            .iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w).abs())
-            .fold(0f64, f64::max);
-        eprintln!(
-            "{}: {what}: worst |logit - reference| {worst:.2e} (tolerance {tol:.2e})",
-            path.display()
-        );
-        assert!(
-            worst <= tol,
-            "{}: {what}: worst logit error {worst}",
-            path.display()
-        );
-        let picks: Vec<i64> = got["picks"]
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        for (r, row) in want.chunks(v).enumerate() {
-            let mut sorted: Vec<f64> = row.to_vec();
-            sorted.sort_by(|a, b| b.total_cmp(a));
-            if sorted[0] - sorted[1] > 2.0 * tol {
-                let best = row.iter().position(|&x| x == sorted[0]).expect("max") as i64;
-                assert_eq!(picks[r], best, "{}: {what}, row {r}'s pick", path.display());
-            }
-        }
+        assert_rows(&format!("{}: {what}", path.display()), got, want, v, tol);
     }
     Ok(())
 }

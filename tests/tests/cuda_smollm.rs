@@ -37,17 +37,7 @@ fn smollm2_cuda_kernels_assemble_for_sm80_and_sm90() -> anyhow::Result<()> {
         return Ok(());
     };
     let mut m = llmc_frontend::load(&path)?;
-    let ctx = llmc_passes::PassContext {
-        opt_level: 3,
-        ..Default::default()
-    };
-    llmc_passes::run_passes(
-        &mut m,
-        &llmc_passes::pipeline_for_level(3),
-        &ctx,
-        &llmc_passes::Instrument::default(),
-        &mut std::io::sink(),
-    )?;
+    llmc_passes::optimize(&mut m, 3)?;
     let archs = vec!["sm_80".to_string(), "sm_90".to_string()];
     let b = llmc_backend::compile_cuda(
         &m,

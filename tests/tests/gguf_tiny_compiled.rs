@@ -35,18 +35,7 @@ fn check(arch: &str) {
         .collect();
     let mut m = llmc_frontend::gguf::load(&dir.join(format!("{arch}.gguf")))
         .unwrap_or_else(|e| panic!("{arch}: {e}"));
-    let ctx = llmc_passes::PassContext {
-        opt_level: 3,
-        ..Default::default()
-    };
-    llmc_passes::run_passes(
-        &mut m,
-        &llmc_passes::pipeline_for_level(3),
-        &ctx,
-        &llmc_passes::Instrument::default(),
-        &mut std::io::sink(),
-    )
-    .unwrap_or_else(|e| panic!("{arch}: -O3: {e}"));
+    llmc_passes::optimize(&mut m, 3).unwrap_or_else(|e| panic!("{arch}: -O3: {e}"));
     let formats: std::collections::BTreeSet<String> = m
         .weights
         .iter()

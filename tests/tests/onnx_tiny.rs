@@ -177,18 +177,7 @@ fn check_cpu(dir: &Path) -> Result<(), Failed> {
 
 /// The `-O3` pipeline over `m`.
 fn o3(m: &mut Module) -> Result<(), Failed> {
-    let ctx = llmc_passes::PassContext {
-        opt_level: 3,
-        ..Default::default()
-    };
-    llmc_passes::run_passes(
-        m,
-        &llmc_passes::pipeline_for_level(3),
-        &ctx,
-        &llmc_passes::Instrument::default(),
-        &mut std::io::sink(),
-    )
-    .map_err(|e| format!("-O3: {e}"))?;
+    llmc_passes::optimize(m, 3).map_err(|e| format!("-O3: {e}"))?;
     Ok(())
 }
 
