@@ -39,6 +39,22 @@ pub(super) struct CountedLoop<'ctx> {
     exit: inkwell::basic_block::BasicBlock<'ctx>,
 }
 
+/// What every block of [`QDot`]'s generic form reads: the row's weight offset, the
+/// buffers, each activation row's first block and scale slot, and each row's vector
+/// and scalar accumulators.
+struct GenericDot<'ctx> {
+    w_off: IntValue<'ctx>,
+    wp: PointerValue<'ctx>,
+    xqp: PointerValue<'ctx>,
+    xdp: PointerValue<'ctx>,
+    xsp: PointerValue<'ctx>,
+    xq8: bool,
+    x_blk: Vec<IntValue<'ctx>>,
+    x_sc: Vec<IntValue<'ctx>>,
+    vacc: Vec<PointerValue<'ctx>>,
+    sacc: Vec<PointerValue<'ctx>>,
+}
+
 /// A Q2_K super-block's values that its eight blocks share ([`QFmt::Q2K`]).
 struct Q2kSuper<'ctx> {
     d: FloatValue<'ctx>,
@@ -971,7 +987,6 @@ impl<'ctx> Lowering<'ctx, '_> {
         let xq8 = self.xq8(q.xq);
         let rows = q.accs.len();
         let v8f = it.f32.vec_type(8);
-        let v16b = it.i8.vec_type(16);
         // Accumulators: a vector (AVX2) or a scalar per row, and a scalar for the
         // minimum terms.
         let mut vacc = Vec::new();
@@ -984,6 +999,18 @@ impl<'ctx> Lowering<'ctx, '_> {
             b.build_store(s, it.f32.const_zero()).map_err(llvm_err)?;
             sacc.push(s);
         }
+        let g = GenericDot {
+            w_off,
+            wp,
+            xqp,
+            xdp,
+            xsp,
+            xq8,
+            x_blk,
+            x_sc,
+            vacc,
+            sacc,
+        };
         // Q2_K: a super-block's eight blocks per iteration, so that each block's
         // position in it (shifts, scale bytes) is a constant and D, Dmin and the
         // quant bytes load once.
@@ -1001,287 +1028,30 @@ impl<'ctx> Lowering<'ctx, '_> {
                 b.build_int_nuw_add(at, it.i64.const_int(t, false), "blk")
                     .map_err(llvm_err)?
             };
-            let v16w = it.i16.vec_type(16);
-            let unsigned_w = !q.fmt.signed();
-            // Q6_K's second half-scale (the first is `d`); Q2_K's halves' minimums.
-            let mut d_hi = None;
-            let mut mins = None;
-            let (d, m, w_lo, w_hi) = if q.fmt.split_mins() {
+            let q2 = if q.fmt.split_mins() {
                 if t == 0 {
                     q2s = Some(self.q2k_super(f, wp, w_off, lp.index)?);
                 }
                 let sup = q2s
                     .as_ref()
                     .ok_or_else(|| llvm_err("qdot: no Q2_K super-block"))?;
-                let [lo, hi, mn_lo, mn_hi] = self.q2k_unit(f, sup, t)?;
-                mins = Some((sup.neg_dmin, mn_lo, mn_hi));
-                (sup.d, None, lo, hi)
-            } else if q.fmt.iq4() {
-                let (d, qs) = if q.fmt == QFmt::IQ4XS {
-                    self.iq4xs_block(f, wp, w_off, blk)?
-                } else {
-                    let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
-                    let wb = f.b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
-                    let wb = f.b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
-                    let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
-                    let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
-                    let qs =
-                        f.b.build_int_add(wb, it.i64.const_int(2, false), "")
-                            .map_err(llvm_err)?;
-                    (d, qs)
-                };
-                let (lo, hi) = self.iq4_halves(f, wp, qs)?;
-                (d, None, lo, hi)
-            } else if q.fmt.split_scales() {
-                let (d0, d1, lo, hi) = if q.fmt == QFmt::Q3K {
-                    self.q3k_block(f, wp, w_off, blk)?
-                } else {
-                    self.q6k_block(f, wp, w_off, blk)?
-                };
-                d_hi = Some(d1);
-                (d0, None, lo, hi)
-            } else if q.fmt.k_scales() {
-                // Both halves of the 32 bytes, shifted right by 4 · (j mod 2), low nibble.
-                let (d, m, qs, odd, fifth) = self.q4k_block(f, q.fmt, wp, w_off, blk)?;
-                let b = &f.b;
-                let sh = b
-                    .build_int_mul(odd, it.i64.const_int(4, false), "")
-                    .map_err(llvm_err)?;
-                let shv = self.splat16(f, sh, it.i8)?;
-                let c15 =
-                    inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
-                let mut halves = Vec::new();
-                for h in 0..2u64 {
-                    let at =
-                        f.b.build_int_add(qs, it.i64.const_int(16 * h, false), "")
-                            .map_err(llvm_err)?;
-                    let raw = self.qdot_load(f, v16b.into(), wp, at)?.into_vector_value();
-                    let b = &f.b;
-                    let v = b.build_right_shift(raw, shv, false, "").map_err(llvm_err)?;
-                    let v = b.build_and(v, c15, "").map_err(llvm_err)?;
-                    halves.push(match fifth {
-                        Some(bits) => {
-                            let hb = if h == 0 { bits.0 } else { bits.1 };
-                            b.build_or(v, hb, "").map_err(llvm_err)?
-                        }
-                        None => v,
-                    });
-                }
-                (d, Some(m), halves[0], halves[1])
+                Some((sup, t))
             } else {
-                let (wb, qs) = self.block_at(f, q.fmt, w_off, blk)?;
-                let at = |k: i64| {
-                    f.b.build_int_add(wb, it.i64.const_int(k as u64, true), "")
-                        .map_err(llvm_err)
-                };
-                let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
-                let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
-                let m = if q.fmt.stored_min() {
-                    let m = self
-                        .qdot_load(f, it.f16.into(), wp, at(2)?)?
-                        .into_float_value();
-                    Some(f.b.build_float_ext(m, it.f32, "m").map_err(llvm_err)?)
-                } else if let Some(k) = q.fmt.offset_min() {
-                    Some(
-                        f.b.build_float_mul(d, it.f32.const_float(k as f64), "m")
-                            .map_err(llvm_err)?,
-                    )
-                } else {
-                    None
-                };
-                // The block's 32 weight quants, in activation order, as two halves of 16.
-                let (lo, hi) = match q.fmt {
-                    QFmt::Q8_0S24 | QFmt::Q8_0S832 => self.s24_halves(f, wp, wb, qs)?,
-                    QFmt::Q8_0 => {
-                        let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
-                        let q16 =
-                            f.b.build_int_add(qs, it.i64.const_int(16, false), "")
-                                .map_err(llvm_err)?;
-                        let hi = self.qdot_load(f, v16b.into(), wp, q16)?.into_vector_value();
-                        (lo, hi)
-                    }
-                    _ => {
-                        let raw = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
-                        let c15 = inkwell::types::VectorType::const_vector(
-                            &[it.i8.const_int(15, false); 16],
-                        );
-                        let c4 = inkwell::types::VectorType::const_vector(
-                            &[it.i8.const_int(4, false); 16],
-                        );
-                        let b = &f.b;
-                        let lo = b.build_and(raw, c15, "lo").map_err(llvm_err)?;
-                        let hi = b
-                            .build_right_shift(raw, c4, false, "hi")
-                            .map_err(llvm_err)?;
-                        match self.q5_bits(f, q.fmt, wp, wb)? {
-                            Some((bl, bh)) => {
-                                (self.or_fifth_bit(f, lo, bl)?, self.or_fifth_bit(f, hi, bh)?)
-                            }
-                            None => (lo, hi),
-                        }
-                    }
-                };
-                (d, m, lo, hi)
+                None
             };
-            let widen = |v: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
-                if v.get_type() == v16w {
-                    // (Q2_K's quants come decoded to i16.)
-                    Ok(v)
-                } else if unsigned_w {
-                    f.b.build_int_z_extend(v, v16w, "").map_err(llvm_err)
-                } else {
-                    f.b.build_int_s_extend(v, v16w, "").map_err(llvm_err)
-                }
-            };
-            let (w_lo, w_hi) = (widen(w_lo)?, widen(w_hi)?);
-            let mins = match mins {
-                Some((neg_dmin, lo, hi)) => Some((neg_dmin, widen(lo)?, widen(hi)?)),
-                None => None,
-            };
-            for i in 0..rows {
-                let b = &f.b;
-                let xb = b.build_int_add(x_blk[i], blk, "xb").map_err(llvm_err)?;
-                let x_lo = self.xq_load16(f, xqp, xq8, xb, 0)?;
-                let x_hi = self.xq_load16(f, xqp, xq8, xb, 1)?;
-                let b = &f.b;
-                let sb = b
-                    .build_int_mul(
-                        blk,
-                        it.i64.const_int(QDot::scale_offset(1) as u64, false),
-                        "",
-                    )
-                    .map_err(llvm_err)?;
-                let sb = b.build_int_add(x_sc[i], sb, "").map_err(llvm_err)?;
-                let x4 = b
-                    .build_int_mul(sb, it.i64.const_int(4, false), "")
-                    .map_err(llvm_err)?;
-                let xd = self
-                    .qdot_load(f, it.f32.into(), xdp, x4)?
-                    .into_float_value();
-                let b = &f.b;
-                let scale = b.build_float_mul(d, xd, "scale").map_err(llvm_err)?;
-                let scale_hi = match d_hi {
-                    Some(d1) => Some(b.build_float_mul(d1, xd, "scale").map_err(llvm_err)?),
-                    None => None,
-                };
-                // Groups of (weights, activations) pairs whose products share a scale:
-                // the block (one group), Q6_K's and Q3_K's halves (one each), Q2_K's
-                // scaled quants and its halves' minimums against their activations.
-                let groups = match (scale_hi, mins) {
-                    (_, Some((neg_dmin, mn_lo, mn_hi))) => {
-                        let mscale = b
-                            .build_float_mul(neg_dmin, xd, "mscale")
-                            .map_err(llvm_err)?;
-                        vec![
-                            (vec![(w_lo, x_lo), (w_hi, x_hi)], scale),
-                            (vec![(mn_lo, x_lo), (mn_hi, x_hi)], mscale),
-                        ]
-                    }
-                    (Some(scale_hi), None) => {
-                        vec![(vec![(w_lo, x_lo)], scale), (vec![(w_hi, x_hi)], scale_hi)]
-                    }
-                    (None, None) => vec![(vec![(w_lo, x_lo), (w_hi, x_hi)], scale)],
-                };
-                for (pairs, sc) in groups {
-                    if self.x86_64() && self.target.avx2() {
-                        // (Q2_K on AVX2: one 16-lane `vpmaddwd` per pair.)
-                        let mut p32: Option<VectorValue<'ctx>> = None;
-                        for (wv, xv) in pairs {
-                            let p = self
-                                .x86(f, "llvm.x86.avx2.pmadd.wd", &[wv, xv])?
-                                .into_vector_value();
-                            p32 = Some(match p32 {
-                                Some(a) => f.b.build_int_add(a, p, "").map_err(llvm_err)?,
-                                None => p,
-                            });
-                        }
-                        let p32 = p32.ok_or_else(|| llvm_err("qdot: an empty group"))?;
-                        self.accumulate_v8(f, p32, sc, vacc[i])?;
-                    } else if self.x86_64() {
-                        // SSE2 (every x86-64): 8-lane `pmaddwd`s, the pairs' summed, the two
-                        // halves concatenated to the AVX2 path's eight i32 lanes.
-                        let mut halves: Vec<Option<VectorValue<'ctx>>> = vec![None, None];
-                        for (wv, xv) in pairs {
-                            for (h, acc) in halves.iter_mut().enumerate() {
-                                let idx: Vec<IntValue> = (0..8)
-                                    .map(|l| it.i32.const_int(h as u64 * 8 + l, false))
-                                    .collect();
-                                let mask = inkwell::types::VectorType::const_vector(&idx);
-                                let b = &f.b;
-                                let wh = b
-                                    .build_shuffle_vector(wv, wv.get_type().get_undef(), mask, "")
-                                    .map_err(llvm_err)?;
-                                let xh = b
-                                    .build_shuffle_vector(xv, xv.get_type().get_undef(), mask, "")
-                                    .map_err(llvm_err)?;
-                                let p = self
-                                    .x86(f, "llvm.x86.sse2.pmadd.wd", &[wh, xh])?
-                                    .into_vector_value();
-                                *acc = Some(match acc.take() {
-                                    Some(a) => f.b.build_int_add(a, p, "").map_err(llvm_err)?,
-                                    None => p,
-                                });
-                            }
-                        }
-                        let (Some(lo), Some(hi)) = (halves[0], halves[1]) else {
-                            return Err(llvm_err("qdot: an empty group"));
-                        };
-                        let idx: Vec<IntValue> =
-                            (0..8).map(|l| it.i32.const_int(l, false)).collect();
-                        let mask = inkwell::types::VectorType::const_vector(&idx);
-                        let p32 =
-                            f.b.build_shuffle_vector(lo, hi, mask, "")
-                                .map_err(llvm_err)?;
-                        self.accumulate_v8(f, p32, sc, vacc[i])?;
-                    } else {
-                        let w32 = it.i32.vec_type(16);
-                        let red = it
-                            .intrinsic(self.module, "llvm.vector.reduce.add", &[w32.into()])
-                            .ok_or_else(|| llvm_err("llvm.vector.reduce.add"))?;
-                        let mut sum: Option<IntValue<'ctx>> = None;
-                        for (wv, xv) in pairs {
-                            let b = &f.b;
-                            let ww = b.build_int_s_extend(wv, w32, "").map_err(llvm_err)?;
-                            let xw = b.build_int_s_extend(xv, w32, "").map_err(llvm_err)?;
-                            let prod = b.build_int_mul(ww, xw, "").map_err(llvm_err)?;
-                            let part = b
-                                .build_call(red, &[prod.into()], "")
-                                .map_err(llvm_err)?
-                                .try_as_basic_value()
-                                .basic()
-                                .ok_or_else(|| llvm_err("reduce"))?
-                                .into_int_value();
-                            sum = Some(match sum {
-                                Some(a) => b.build_int_add(a, part, "").map_err(llvm_err)?,
-                                None => part,
-                            });
-                        }
-                        let sum = sum.ok_or_else(|| llvm_err("qdot: an empty group"))?;
-                        let sf =
-                            f.b.build_signed_int_to_float(sum, it.f32, "")
-                                .map_err(llvm_err)?;
-                        self.accumulate_f32(f, sc, sf, sacc[i])?;
-                    }
-                }
-                if let Some(m) = m {
-                    let xs = self
-                        .qdot_load(f, it.f32.into(), xsp, x4)?
-                        .into_float_value();
-                    self.accumulate_f32(f, m, xs, sacc[i])?;
-                }
-            }
+            self.qdot_block(f, q, &g, blk, q2)?;
         }
         self.close_loop(f, &lp)?;
         // acc += Σ lanes + the scalar terms.
         for (i, a) in q.accs.iter().enumerate() {
             let b = &f.b;
             let v = b
-                .build_load(v8f, vacc[i], "")
+                .build_load(v8f, g.vacc[i], "")
                 .map_err(llvm_err)?
                 .into_vector_value();
             let sum = self.hsum8(b, v)?;
             let s = b
-                .build_load(it.f32, sacc[i], "")
+                .build_load(it.f32, g.sacc[i], "")
                 .map_err(llvm_err)?
                 .into_float_value();
             let tot = b.build_float_add(sum, s, "").map_err(llvm_err)?;
@@ -1293,6 +1063,284 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .into_float_value();
             let nv = b.build_float_add(cur, tot, "").map_err(llvm_err)?;
             b.build_store(slot, nv).map_err(llvm_err)?;
+        }
+        Ok(())
+    }
+
+    /// Block `blk` of [`Self::qdot`]'s generic form: its weights decoded (Q2_K's from
+    /// its super-block `q2`'s values and its position there), then every row's
+    /// products into that row's accumulators.
+    fn qdot_block(
+        &self,
+        f: &Frame<'ctx>,
+        q: &QDot,
+        g: &GenericDot<'ctx>,
+        blk: IntValue<'ctx>,
+        q2: Option<(&Q2kSuper<'ctx>, u64)>,
+    ) -> R<()> {
+        let it = self.it;
+        let (w_off, wp, xqp, xdp, xsp, xq8) = (g.w_off, g.wp, g.xqp, g.xdp, g.xsp, g.xq8);
+        let (x_blk, x_sc, vacc, sacc) = (&g.x_blk, &g.x_sc, &g.vacc, &g.sacc);
+        let rows = q.accs.len();
+        let v16b = it.i8.vec_type(16);
+        let v16w = it.i16.vec_type(16);
+        let unsigned_w = !q.fmt.signed();
+        // Q6_K's second half-scale (the first is `d`); Q2_K's halves' minimums.
+        let mut d_hi = None;
+        let mut mins = None;
+        let (d, m, w_lo, w_hi) = if let Some((sup, t)) = q2 {
+            let [lo, hi, mn_lo, mn_hi] = self.q2k_unit(f, sup, t)?;
+            mins = Some((sup.neg_dmin, mn_lo, mn_hi));
+            (sup.d, None, lo, hi)
+        } else if q.fmt.iq4() {
+            let (d, qs) = if q.fmt == QFmt::IQ4XS {
+                self.iq4xs_block(f, wp, w_off, blk)?
+            } else {
+                let bb = it.i64.const_int(q.fmt.block_bytes() as u64, true);
+                let wb = f.b.build_int_mul(blk, bb, "").map_err(llvm_err)?;
+                let wb = f.b.build_int_add(w_off, wb, "wb").map_err(llvm_err)?;
+                let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
+                let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
+                let qs =
+                    f.b.build_int_add(wb, it.i64.const_int(2, false), "")
+                        .map_err(llvm_err)?;
+                (d, qs)
+            };
+            let (lo, hi) = self.iq4_halves(f, wp, qs)?;
+            (d, None, lo, hi)
+        } else if q.fmt.split_scales() {
+            let (d0, d1, lo, hi) = if q.fmt == QFmt::Q3K {
+                self.q3k_block(f, wp, w_off, blk)?
+            } else {
+                self.q6k_block(f, wp, w_off, blk)?
+            };
+            d_hi = Some(d1);
+            (d0, None, lo, hi)
+        } else if q.fmt.k_scales() {
+            // Both halves of the 32 bytes, shifted right by 4 · (j mod 2), low nibble.
+            let (d, m, qs, odd, fifth) = self.q4k_block(f, q.fmt, wp, w_off, blk)?;
+            let b = &f.b;
+            let sh = b
+                .build_int_mul(odd, it.i64.const_int(4, false), "")
+                .map_err(llvm_err)?;
+            let shv = self.splat16(f, sh, it.i8)?;
+            let c15 = inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
+            let mut halves = Vec::new();
+            for h in 0..2u64 {
+                let at =
+                    f.b.build_int_add(qs, it.i64.const_int(16 * h, false), "")
+                        .map_err(llvm_err)?;
+                let raw = self.qdot_load(f, v16b.into(), wp, at)?.into_vector_value();
+                let b = &f.b;
+                let v = b.build_right_shift(raw, shv, false, "").map_err(llvm_err)?;
+                let v = b.build_and(v, c15, "").map_err(llvm_err)?;
+                halves.push(match fifth {
+                    Some(bits) => {
+                        let hb = if h == 0 { bits.0 } else { bits.1 };
+                        b.build_or(v, hb, "").map_err(llvm_err)?
+                    }
+                    None => v,
+                });
+            }
+            (d, Some(m), halves[0], halves[1])
+        } else {
+            let (wb, qs) = self.block_at(f, q.fmt, w_off, blk)?;
+            let at = |k: i64| {
+                f.b.build_int_add(wb, it.i64.const_int(k as u64, true), "")
+                    .map_err(llvm_err)
+            };
+            let d = self.qdot_load(f, it.f16.into(), wp, wb)?.into_float_value();
+            let d = f.b.build_float_ext(d, it.f32, "d").map_err(llvm_err)?;
+            let m = if q.fmt.stored_min() {
+                let m = self
+                    .qdot_load(f, it.f16.into(), wp, at(2)?)?
+                    .into_float_value();
+                Some(f.b.build_float_ext(m, it.f32, "m").map_err(llvm_err)?)
+            } else if let Some(k) = q.fmt.offset_min() {
+                Some(
+                    f.b.build_float_mul(d, it.f32.const_float(k as f64), "m")
+                        .map_err(llvm_err)?,
+                )
+            } else {
+                None
+            };
+            // The block's 32 weight quants, in activation order, as two halves of 16.
+            let (lo, hi) = match q.fmt {
+                QFmt::Q8_0S24 | QFmt::Q8_0S832 => self.s24_halves(f, wp, wb, qs)?,
+                QFmt::Q8_0 => {
+                    let lo = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
+                    let q16 =
+                        f.b.build_int_add(qs, it.i64.const_int(16, false), "")
+                            .map_err(llvm_err)?;
+                    let hi = self.qdot_load(f, v16b.into(), wp, q16)?.into_vector_value();
+                    (lo, hi)
+                }
+                _ => {
+                    let raw = self.qdot_load(f, v16b.into(), wp, qs)?.into_vector_value();
+                    let c15 =
+                        inkwell::types::VectorType::const_vector(&[it.i8.const_int(15, false); 16]);
+                    let c4 =
+                        inkwell::types::VectorType::const_vector(&[it.i8.const_int(4, false); 16]);
+                    let b = &f.b;
+                    let lo = b.build_and(raw, c15, "lo").map_err(llvm_err)?;
+                    let hi = b
+                        .build_right_shift(raw, c4, false, "hi")
+                        .map_err(llvm_err)?;
+                    match self.q5_bits(f, q.fmt, wp, wb)? {
+                        Some((bl, bh)) => {
+                            (self.or_fifth_bit(f, lo, bl)?, self.or_fifth_bit(f, hi, bh)?)
+                        }
+                        None => (lo, hi),
+                    }
+                }
+            };
+            (d, m, lo, hi)
+        };
+        let widen = |v: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
+            if v.get_type() == v16w {
+                // (Q2_K's quants come decoded to i16.)
+                Ok(v)
+            } else if unsigned_w {
+                f.b.build_int_z_extend(v, v16w, "").map_err(llvm_err)
+            } else {
+                f.b.build_int_s_extend(v, v16w, "").map_err(llvm_err)
+            }
+        };
+        let (w_lo, w_hi) = (widen(w_lo)?, widen(w_hi)?);
+        let mins = match mins {
+            Some((neg_dmin, lo, hi)) => Some((neg_dmin, widen(lo)?, widen(hi)?)),
+            None => None,
+        };
+        for i in 0..rows {
+            let b = &f.b;
+            let xb = b.build_int_add(x_blk[i], blk, "xb").map_err(llvm_err)?;
+            let x_lo = self.xq_load16(f, xqp, xq8, xb, 0)?;
+            let x_hi = self.xq_load16(f, xqp, xq8, xb, 1)?;
+            let b = &f.b;
+            let sb = b
+                .build_int_mul(
+                    blk,
+                    it.i64.const_int(QDot::scale_offset(1) as u64, false),
+                    "",
+                )
+                .map_err(llvm_err)?;
+            let sb = b.build_int_add(x_sc[i], sb, "").map_err(llvm_err)?;
+            let x4 = b
+                .build_int_mul(sb, it.i64.const_int(4, false), "")
+                .map_err(llvm_err)?;
+            let xd = self
+                .qdot_load(f, it.f32.into(), xdp, x4)?
+                .into_float_value();
+            let b = &f.b;
+            let scale = b.build_float_mul(d, xd, "scale").map_err(llvm_err)?;
+            let scale_hi = match d_hi {
+                Some(d1) => Some(b.build_float_mul(d1, xd, "scale").map_err(llvm_err)?),
+                None => None,
+            };
+            // Groups of (weights, activations) pairs whose products share a scale:
+            // the block (one group), Q6_K's and Q3_K's halves (one each), Q2_K's
+            // scaled quants and its halves' minimums against their activations.
+            let groups = match (scale_hi, mins) {
+                (_, Some((neg_dmin, mn_lo, mn_hi))) => {
+                    let mscale = b
+                        .build_float_mul(neg_dmin, xd, "mscale")
+                        .map_err(llvm_err)?;
+                    vec![
+                        (vec![(w_lo, x_lo), (w_hi, x_hi)], scale),
+                        (vec![(mn_lo, x_lo), (mn_hi, x_hi)], mscale),
+                    ]
+                }
+                (Some(scale_hi), None) => {
+                    vec![(vec![(w_lo, x_lo)], scale), (vec![(w_hi, x_hi)], scale_hi)]
+                }
+                (None, None) => vec![(vec![(w_lo, x_lo), (w_hi, x_hi)], scale)],
+            };
+            for (pairs, sc) in groups {
+                if self.x86_64() && self.target.avx2() {
+                    // (Q2_K on AVX2: one 16-lane `vpmaddwd` per pair.)
+                    let mut p32: Option<VectorValue<'ctx>> = None;
+                    for (wv, xv) in pairs {
+                        let p = self
+                            .x86(f, "llvm.x86.avx2.pmadd.wd", &[wv, xv])?
+                            .into_vector_value();
+                        p32 = Some(match p32 {
+                            Some(a) => f.b.build_int_add(a, p, "").map_err(llvm_err)?,
+                            None => p,
+                        });
+                    }
+                    let p32 = p32.ok_or_else(|| llvm_err("qdot: an empty group"))?;
+                    self.accumulate_v8(f, p32, sc, vacc[i])?;
+                } else if self.x86_64() {
+                    // SSE2 (every x86-64): 8-lane `pmaddwd`s, the pairs' summed, the two
+                    // halves concatenated to the AVX2 path's eight i32 lanes.
+                    let mut halves: Vec<Option<VectorValue<'ctx>>> = vec![None, None];
+                    for (wv, xv) in pairs {
+                        for (h, acc) in halves.iter_mut().enumerate() {
+                            let idx: Vec<IntValue> = (0..8)
+                                .map(|l| it.i32.const_int(h as u64 * 8 + l, false))
+                                .collect();
+                            let mask = inkwell::types::VectorType::const_vector(&idx);
+                            let b = &f.b;
+                            let wh = b
+                                .build_shuffle_vector(wv, wv.get_type().get_undef(), mask, "")
+                                .map_err(llvm_err)?;
+                            let xh = b
+                                .build_shuffle_vector(xv, xv.get_type().get_undef(), mask, "")
+                                .map_err(llvm_err)?;
+                            let p = self
+                                .x86(f, "llvm.x86.sse2.pmadd.wd", &[wh, xh])?
+                                .into_vector_value();
+                            *acc = Some(match acc.take() {
+                                Some(a) => f.b.build_int_add(a, p, "").map_err(llvm_err)?,
+                                None => p,
+                            });
+                        }
+                    }
+                    let (Some(lo), Some(hi)) = (halves[0], halves[1]) else {
+                        return Err(llvm_err("qdot: an empty group"));
+                    };
+                    let idx: Vec<IntValue> = (0..8).map(|l| it.i32.const_int(l, false)).collect();
+                    let mask = inkwell::types::VectorType::const_vector(&idx);
+                    let p32 =
+                        f.b.build_shuffle_vector(lo, hi, mask, "")
+                            .map_err(llvm_err)?;
+                    self.accumulate_v8(f, p32, sc, vacc[i])?;
+                } else {
+                    let w32 = it.i32.vec_type(16);
+                    let red = it
+                        .intrinsic(self.module, "llvm.vector.reduce.add", &[w32.into()])
+                        .ok_or_else(|| llvm_err("llvm.vector.reduce.add"))?;
+                    let mut sum: Option<IntValue<'ctx>> = None;
+                    for (wv, xv) in pairs {
+                        let b = &f.b;
+                        let ww = b.build_int_s_extend(wv, w32, "").map_err(llvm_err)?;
+                        let xw = b.build_int_s_extend(xv, w32, "").map_err(llvm_err)?;
+                        let prod = b.build_int_mul(ww, xw, "").map_err(llvm_err)?;
+                        let part = b
+                            .build_call(red, &[prod.into()], "")
+                            .map_err(llvm_err)?
+                            .try_as_basic_value()
+                            .basic()
+                            .ok_or_else(|| llvm_err("reduce"))?
+                            .into_int_value();
+                        sum = Some(match sum {
+                            Some(a) => b.build_int_add(a, part, "").map_err(llvm_err)?,
+                            None => part,
+                        });
+                    }
+                    let sum = sum.ok_or_else(|| llvm_err("qdot: an empty group"))?;
+                    let sf =
+                        f.b.build_signed_int_to_float(sum, it.f32, "")
+                            .map_err(llvm_err)?;
+                    self.accumulate_f32(f, sc, sf, sacc[i])?;
+                }
+            }
+            if let Some(m) = m {
+                let xs = self
+                    .qdot_load(f, it.f32.into(), xsp, x4)?
+                    .into_float_value();
+                self.accumulate_f32(f, m, xs, sacc[i])?;
+            }
         }
         Ok(())
     }
