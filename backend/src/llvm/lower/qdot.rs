@@ -13,7 +13,7 @@ use inkwell::values::{
     BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue,
 };
 use inkwell::IntPredicate;
-use llmc_kernels::{QDot, QFmt};
+use llmc_kernels::{QDot, QFmt, VarId};
 
 mod tile;
 
@@ -1055,15 +1055,21 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .map_err(llvm_err)?
                 .into_float_value();
             let tot = b.build_float_add(sum, s, "").map_err(llvm_err)?;
-            let slot = self.var_slot(f, *a)?;
-            let b = &f.b;
-            let cur = b
-                .build_load(it.f32, slot, "")
-                .map_err(llvm_err)?
-                .into_float_value();
-            let nv = b.build_float_add(cur, tot, "").map_err(llvm_err)?;
-            b.build_store(slot, nv).map_err(llvm_err)?;
+            self.add_to_var(f, *a, tot)?;
         }
+        Ok(())
+    }
+
+    /// `*var += v` for an f32 accumulator variable (a dot statement's result).
+    fn add_to_var(&self, f: &mut Frame<'ctx>, var: VarId, v: FloatValue<'ctx>) -> R<()> {
+        let slot = self.var_slot(f, var)?;
+        let b = &f.b;
+        let cur = b
+            .build_load(self.it.f32, slot, "")
+            .map_err(llvm_err)?
+            .into_float_value();
+        let nv = b.build_float_add(cur, v, "").map_err(llvm_err)?;
+        b.build_store(slot, nv).map_err(llvm_err)?;
         Ok(())
     }
 
@@ -1469,14 +1475,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let m = chains(accs[set].1)?;
                 tot = b.build_float_add(tot, m, "").map_err(llvm_err)?;
             }
-            let slot = self.var_slot(f, *a)?;
-            let b = &f.b;
-            let cur = b
-                .build_load(it.f32, slot, "")
-                .map_err(llvm_err)?
-                .into_float_value();
-            let nv = b.build_float_add(cur, tot, "").map_err(llvm_err)?;
-            b.build_store(slot, nv).map_err(llvm_err)?;
+            self.add_to_var(f, *a, tot)?;
         }
         Ok(())
     }
