@@ -1,7 +1,7 @@
 //! `linear` / `linear_act` on the GPU (the decode step's GEMV): a warp per weight row
 //! (output column), [`WARPS`] rows per block. The lanes walk the row in units — 8
 //! elements of a GGUF block (Q4/Q5: 4 bytes of nibbles, Q5's fifth bits from the
-//! block's `qh`, Q8_0: 8 bytes; the K-quants Q3_K-Q6_K and IQ4_NL/IQ4_XS decoded per
+//! block's `qh`, Q8_0: 8 bytes; the K-quants Q2_K-Q6_K and IQ4_NL/IQ4_XS decoded per
 //! unit by `k_unit`; 4 units per
 //! block) or one element of a float weight — so a warp reads consecutive bytes, each
 //! weight byte once per [`RG`] activation rows; the grid's y axis takes the
