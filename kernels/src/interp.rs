@@ -825,25 +825,30 @@ impl Machine<'_> {
                     continue;
                 }
                 if q.fmt == QFmt::Q2K {
-                    // Integer sums over the block: the quants times their half's scale
-                    // against x, and the halves' minimums against their sums of x;
-                    // then one chain step each, with `D xd` and `-(Dmin xd)`.
+                    // The quants times their half's scale against x (exact), one step
+                    // of the block chains with `D xd`; each half's minimum times
+                    // `-Dmin` against the half's activation sum from `xs`, one step of
+                    // the minimum chains each.
                     let sb = w0 + b / 8 * bb;
                     let t = b % 8;
                     let (h, k) = (t / 4, t % 4);
                     let big_d = self.read(q.w, sb + 80, Ty::F16, bufs)?.f() as f32;
                     let dmin = self.read(q.w, sb + 82, Ty::F16, bufs)?.f() as f32;
                     let xd = self.read(q.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
-                    let (mut dot, mut mins) = (0i64, 0i64);
+                    let mut dot = 0i64;
                     for e in 0..32 {
                         let s = self.read(q.w, sb + 2 * t + e / 16, Ty::U8, bufs)?.i();
                         let v = self.read(q.w, sb + 16 + 32 * h + e, Ty::U8, bufs)?;
                         let x = self.read_xq(q.xq, xb * 32 + e, bufs)?;
                         dot += (s & 15) * ((v.i() >> (2 * k)) & 3) * x;
-                        mins += (s >> 4) * x;
                     }
-                    let min = (mins as f32, -(dmin * xd));
-                    ch.block(b, dot, big_d * xd, Some(min));
+                    ch.block(b, dot, big_d * xd, None);
+                    for p in 0..2 {
+                        let mn = self.read(q.w, sb + 2 * t + p, Ty::U8, bufs)?.i() >> 4;
+                        let hs = self.read(q.xs, (2 * xb + p) * 4, Ty::F32, bufs)?.f() as f32;
+                        let c = &mut ch.min[(b % 2) as usize];
+                        *c = (mn as f32 * -dmin).mul_add(hs, *c);
+                    }
                     continue;
                 }
                 if q.fmt == QFmt::Q3K {

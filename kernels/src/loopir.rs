@@ -525,9 +525,12 @@ pub enum QFmt {
     /// shift `2 k`, `k = t mod 4` (Q3_K's layout): element `e` is
     /// `(qs[32 h + e] >> 2 k) & 3` (0..3), and its 16-element half `p = e / 16` has
     /// the scale `D · sc` and minimum `-(Dmin · mn)` from byte `2 t + p`. The kernels
-    /// fold the halves' scales into the integers: per block, `A = Σ sc_p q_e x_e` and
-    /// `B = Σ mn_p x_e` (exact), then `A · (D x_d)` into the block chains and
-    /// `B · -(Dmin x_d)` into the minimum chains (`xs` is not read).
+    /// fold the halves' scales into the integers: per block `A = Σ sc_p q_e x_e`
+    /// (exact), then `A · (D x_d)` into the block chains. The minimums take the halves'
+    /// activation sums, which `xs` holds for Q2_K instead of the blocks' sums:
+    /// `xs[2 (x_blk + b) + p] = x_d · Σ x_q` over half `p` of activation block
+    /// `x_blk + b` (row-major, so a super-block's 16 are adjacent); each half adds
+    /// `(mn_p · -Dmin) · xs[..]` to the minimum chains.
     Q2K,
     /// llmc's int4 groups ([`llmc_ir::DType::Q4_0G64`] and the like): one f16 `d` (and
     /// for the `_1` kinds an f16 `m` after it) per group of 2 (`G64`) or 4 (`G128`)
@@ -613,7 +616,7 @@ impl QFmt {
     }
 
     /// Whether a block's two 16-element halves also have their own minimums (Q2_K),
-    /// taken against the halves' integer activation sums (see [`QFmt::Q2K`]).
+    /// taken against the halves' activation sums (see [`QFmt::Q2K`]).
     pub fn split_mins(self) -> bool {
         self == QFmt::Q2K
     }

@@ -584,7 +584,9 @@ impl Lin {
         let xq_ty = if self.act8 { Ty::I8 } else { Ty::I16 };
         let xq = kb.local("xq", xq_ty, sg * k);
         let xd = kb.local("xd", Ty::F32, sg / quad * stride);
-        let xs = kb.local("xs", Ty::F32, sg / quad * stride);
+        // (Q2_K: two sums a block, the halves', row-major; see `QFmt::Q2K`.)
+        let halves = if fmt.split_mins() { 2 } else { 1 };
+        let xs = kb.local("xs", Ty::F32, halves * sg / quad * stride);
         // Static scales: per block the quantization factor and the scale, as tables.
         let fixed = self.act_amax.as_ref().map(|amax| {
             let qmax = if self.act8 { QMAX8 } else { QMAX };
@@ -611,7 +613,8 @@ impl Lin {
             // threads waiting for 10% of a SmolLM2 prefill.
             let quantize = |kb: &mut KernelBuilder, tag| {
                 kb.for_("r", 0, nr.clone(), tag, |kb, r| {
-                    self.quantize_row(kb, &(rg.clone() + r.clone()), &r, (xq, xd, xs), fixed);
+                    let q = (xq, xd, xs);
+                    self.quantize_row(kb, &(rg.clone() + r.clone()), &r, q, fixed, halves == 2);
                 });
             };
             kb.if_else(
@@ -634,7 +637,8 @@ impl Lin {
 
     /// Quantizes row `r` of x into local row `lr` of the int16 locals; with `fixed`
     /// (static scales: per block the factor `qmax / amax` and the scale `amax / qmax`)
-    /// every block takes the table's scale and saturates at `±qmax`.
+    /// every block takes the table's scale and saturates at `±qmax`. With `halves`
+    /// (Q2_K) `xs` takes each block's two halves' sums instead ([`Self::half_sums`]).
     fn quantize_row(
         &self,
         kb: &mut KernelBuilder,
@@ -642,6 +646,7 @@ impl Lin {
         lr: &Expr,
         q: (BufId, BufId, BufId),
         fixed: Option<(BufId, BufId)>,
+        halves: bool,
     ) {
         let (xq, xd, xs) = q;
         let k = self.k;
@@ -683,13 +688,14 @@ impl Lin {
                     );
                 });
                 let d = kb.let_("d", Expr::Load(fd, Box::new(b.clone())));
-                let at = kb.let_("at", sc.clone() + b * QDot::scale_offset(1));
+                let at = kb.let_("at", sc.clone() + b.clone() * QDot::scale_offset(1));
                 kb.store(xd, at.clone(), d.clone());
-                kb.store(
-                    xs,
-                    at,
-                    Expr::bin(BinOp::Mul, d, Expr::Var(qsum).cast(Ty::F32)),
-                );
+                if halves {
+                    self.half_sums(kb, (xq, xs), lr, &b, &q0, &d);
+                } else {
+                    let s = Expr::bin(BinOp::Mul, d, Expr::Var(qsum).cast(Ty::F32));
+                    kb.store(xs, at, s);
+                }
             });
             return;
         }
@@ -757,11 +763,40 @@ impl Lin {
                 "d",
                 Expr::bin(BinOp::Div, amax.clone(), fconst(qmax, Ty::F32)),
             );
-            let at = kb.let_("at", sc.clone() + b * QDot::scale_offset(1));
+            let at = kb.let_("at", sc.clone() + b.clone() * QDot::scale_offset(1));
             kb.store(xd, at.clone(), d.clone());
-            let s = Expr::bin(BinOp::Mul, d, Expr::Var(qsum).cast(Ty::F32));
-            kb.store(xs, at, s);
+            if halves {
+                self.half_sums(kb, (xq, xs), lr, &b, &q0, &d);
+            } else {
+                let s = Expr::bin(BinOp::Mul, d, Expr::Var(qsum).cast(Ty::F32));
+                kb.store(xs, at, s);
+            }
         });
+    }
+
+    /// Q2_K's activation sums: block `b` of local row `lr` (its quants at `q0`, scale
+    /// `d`) stores `d · Σ x_q` of its first and second 16 quants at
+    /// `xs[2 (lr · blocks + b) + p]` (row-major, so a super-block's 16 are adjacent).
+    fn half_sums(
+        &self,
+        kb: &mut KernelBuilder,
+        (xq, xs): (BufId, BufId),
+        lr: &Expr,
+        b: &Expr,
+        q0: &Expr,
+        d: &Expr,
+    ) {
+        let blocks = self.k / 32;
+        for p in 0..2i64 {
+            let sum = kb.let_mut("hsum", Expr::Int(0, Ty::I32));
+            kb.for_("e", 0, 16, LoopTag::Vectorize(16), |kb, e| {
+                let q = Expr::Load(xq, Box::new(q0.clone() + 16 * p + e)).cast(Ty::I32);
+                kb.assign(sum, Expr::bin(BinOp::Add, Expr::Var(sum), q));
+            });
+            let at = (lr.clone() * blocks + b.clone()) * 2 + p;
+            let v = Expr::bin(BinOp::Mul, d.clone(), Expr::Var(sum).cast(Ty::F32));
+            kb.store(xs, at, v);
+        }
     }
 
     /// Rows `r0..r0 + nr` of x (quantized in local rows `0..nr`) against every weight

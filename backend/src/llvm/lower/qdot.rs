@@ -680,32 +680,76 @@ impl<'ctx> Lowering<'ctx, '_> {
     }
 
     /// Block `t` (0..8) of a Q2_K super-block: its 32 quants times their half's scale
-    /// (`sc q`, 0..45) as two `<16 x i16>`, and each half's minimum `mn` splat over
-    /// 16 lanes. `t` is a constant, so are the shifts and lanes.
-    fn q2k_unit(&self, f: &Frame<'ctx>, sup: &Q2kSuper<'ctx>, t: u64) -> R<[VectorValue<'ctx>; 4]> {
+    /// (`sc q`, 0..45) as two `<16 x i16>`. `t` is a constant, so are the shifts and
+    /// the scales' lanes.
+    fn q2k_unit(&self, f: &Frame<'ctx>, sup: &Q2kSuper<'ctx>, t: u64) -> R<[VectorValue<'ctx>; 2]> {
         let it = self.it;
         let e = llvm_err;
         let cst =
             |k: u64| inkwell::types::VectorType::const_vector(&[it.i16.const_int(k, false); 16]);
-        let splat = |v: VectorValue<'ctx>, lane: u64| -> R<VectorValue<'ctx>> {
-            let mask =
-                inkwell::types::VectorType::const_vector(&[it.i32.const_int(lane, false); 16]);
-            f.b.build_shuffle_vector(v, v.get_type().get_undef(), mask, "")
-                .map_err(e)
-        };
         let (h, k) = (t / 4, t % 4);
         let mut out = Vec::new();
         for p in 0..2u64 {
             let q = sup.qs[(2 * h + p) as usize];
             let q = f.b.build_right_shift(q, cst(2 * k), false, "").map_err(e)?;
             let q = f.b.build_and(q, cst(3), "q2").map_err(e)?;
-            let sc = splat(sup.sc, 2 * t + p)?;
+            let mask =
+                inkwell::types::VectorType::const_vector(&[it.i32.const_int(2 * t + p, false); 16]);
+            let sc =
+                f.b.build_shuffle_vector(sup.sc, sup.sc.get_type().get_undef(), mask, "")
+                    .map_err(e)?;
             out.push(f.b.build_int_mul(q, sc, "q2s").map_err(e)?);
         }
-        for p in 0..2u64 {
-            out.push(splat(sup.mn, 2 * t + p)?);
+        Ok([out[0], out[1]])
+    }
+
+    /// Super-block `sbi`'s minimum terms for every row ([`QFmt::Q2K`]): each half's
+    /// `mn · -Dmin` (exact) times its activation sum from `xs` (a row's 16 adjacent),
+    /// two 8-lane products into the row's vector accumulator.
+    fn q2k_mins(
+        &self,
+        f: &Frame<'ctx>,
+        g: &GenericDot<'ctx>,
+        sup: &Q2kSuper<'ctx>,
+        sbi: IntValue<'ctx>,
+    ) -> R<()> {
+        let it = self.it;
+        let e = llvm_err;
+        let v8f = it.f32.vec_type(8);
+        let v16f = it.f32.vec_type(16);
+        let b = &f.b;
+        let mn = b.build_unsigned_int_to_float(sup.mn, v16f, "").map_err(e)?;
+        let nd = self.splat_f32(f, sup.neg_dmin, 16)?;
+        let m = f.b.build_float_mul(mn, nd, "q2m").map_err(e)?;
+        let half = |lo: u64| -> R<VectorValue<'ctx>> {
+            let idx: Vec<IntValue> = (lo..lo + 8).map(|l| it.i32.const_int(l, false)).collect();
+            let mask = inkwell::types::VectorType::const_vector(&idx);
+            f.b.build_shuffle_vector(m, v16f.get_undef(), mask, "")
+                .map_err(e)
+        };
+        let (m_lo, m_hi) = (half(0)?, half(8)?);
+        let c = |k: u64| it.i64.const_int(k, false);
+        let first = f.b.build_int_mul(sbi, c(8), "").map_err(e)?;
+        for (&xb, &acc) in g.x_blk.iter().zip(&g.vacc) {
+            let b = &f.b;
+            let at = b.build_int_add(xb, first, "").map_err(e)?;
+            // Two floats a block: byte 8 (x_blk + 8 sbi).
+            let at = b.build_int_mul(at, c(8), "").map_err(e)?;
+            for (k, mv) in [(0u64, m_lo), (32, m_hi)] {
+                let off = f.b.build_int_add(at, c(k), "").map_err(e)?;
+                let t = self
+                    .qdot_load(f, v8f.into(), g.xsp, off)?
+                    .into_vector_value();
+                let b = &f.b;
+                let prod = b.build_float_mul(mv, t, "").map_err(e)?;
+                self.contract(prod);
+                let cur = b.build_load(v8f, acc, "").map_err(e)?.into_vector_value();
+                let sum = b.build_float_add(cur, prod, "").map_err(e)?;
+                self.contract(sum);
+                b.build_store(acc, sum).map_err(e)?;
+            }
         }
-        Ok([out[0], out[1], out[2], out[3]])
+        Ok(())
     }
 
     /// Q6_K block `blk` of the row at `w_off` ([`QFmt::Q6K`]): its halves' scales
@@ -1030,7 +1074,9 @@ impl<'ctx> Lowering<'ctx, '_> {
             };
             let q2 = if q.fmt.split_mins() {
                 if t == 0 {
-                    q2s = Some(self.q2k_super(f, wp, w_off, lp.index)?);
+                    let sup = self.q2k_super(f, wp, w_off, lp.index)?;
+                    self.q2k_mins(f, &g, &sup, lp.index)?;
+                    q2s = Some(sup);
                 }
                 let sup = q2s
                     .as_ref()
@@ -1091,12 +1137,11 @@ impl<'ctx> Lowering<'ctx, '_> {
         let v16b = it.i8.vec_type(16);
         let v16w = it.i16.vec_type(16);
         let unsigned_w = !q.fmt.signed();
-        // Q6_K's second half-scale (the first is `d`); Q2_K's halves' minimums.
+        // Q6_K's second half-scale (the first is `d`). (Q2_K's minimums are the
+        // super-block's, [`Self::q2k_mins`].)
         let mut d_hi = None;
-        let mut mins = None;
         let (d, m, w_lo, w_hi) = if let Some((sup, t)) = q2 {
-            let [lo, hi, mn_lo, mn_hi] = self.q2k_unit(f, sup, t)?;
-            mins = Some((sup.neg_dmin, mn_lo, mn_hi));
+            let [lo, hi] = self.q2k_unit(f, sup, t)?;
             (sup.d, None, lo, hi)
         } else if q.fmt.iq4() {
             let (d, qs) = if q.fmt == QFmt::IQ4XS {
@@ -1213,10 +1258,6 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
         };
         let (w_lo, w_hi) = (widen(w_lo)?, widen(w_hi)?);
-        let mins = match mins {
-            Some((neg_dmin, lo, hi)) => Some((neg_dmin, widen(lo)?, widen(hi)?)),
-            None => None,
-        };
         for i in 0..rows {
             let b = &f.b;
             let xb = b.build_int_add(x_blk[i], blk, "xb").map_err(llvm_err)?;
@@ -1244,22 +1285,12 @@ impl<'ctx> Lowering<'ctx, '_> {
                 None => None,
             };
             // Groups of (weights, activations) pairs whose products share a scale:
-            // the block (one group), Q6_K's and Q3_K's halves (one each), Q2_K's
-            // scaled quants and its halves' minimums against their activations.
-            let groups = match (scale_hi, mins) {
-                (_, Some((neg_dmin, mn_lo, mn_hi))) => {
-                    let mscale = b
-                        .build_float_mul(neg_dmin, xd, "mscale")
-                        .map_err(llvm_err)?;
-                    vec![
-                        (vec![(w_lo, x_lo), (w_hi, x_hi)], scale),
-                        (vec![(mn_lo, x_lo), (mn_hi, x_hi)], mscale),
-                    ]
-                }
-                (Some(scale_hi), None) => {
+            // the block (one group), or Q6_K's and Q3_K's halves (one each).
+            let groups = match scale_hi {
+                Some(scale_hi) => {
                     vec![(vec![(w_lo, x_lo)], scale), (vec![(w_hi, x_hi)], scale_hi)]
                 }
-                (None, None) => vec![(vec![(w_lo, x_lo), (w_hi, x_hi)], scale)],
+                None => vec![(vec![(w_lo, x_lo), (w_hi, x_hi)], scale)],
             };
             for (pairs, sc) in groups {
                 if self.x86_64() && self.target.avx2() {
