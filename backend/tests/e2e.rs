@@ -73,6 +73,45 @@ fn elementwise_and_matmul_graph_runs_compiled() {
     }
 }
 
+/// [`quantized_linears`] of GGML's blocks of 32 (and IQ4_NL's).
+#[test]
+fn quantized_linear_rows_are_batch_invariant_compiled_ggml_blocks() {
+    quantized_linears(&[
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::IQ4NL,
+    ]);
+}
+
+/// [`quantized_linears`] of the K-quant and IQ4_XS super-blocks.
+#[test]
+fn quantized_linear_rows_are_batch_invariant_compiled_k_quants() {
+    quantized_linears(&[
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+        DType::Q3K,
+        DType::Q2K,
+        DType::IQ4XS,
+    ]);
+}
+
+/// [`quantized_linears`] of llmc's own blocks: the int4 groups and the sparse Q8_0s.
+#[test]
+fn quantized_linear_rows_are_batch_invariant_compiled_llmc_blocks() {
+    quantized_linears(&[
+        DType::Q4_0G64,
+        DType::Q4_1G64,
+        DType::Q4_0G128,
+        DType::Q4_1G128,
+        DType::Q8_0S24,
+        DType::Q8_0S832,
+    ]);
+}
+
 /// A quantized `linear` (the integer path: row quads and single rows over block
 /// pairs, an odd block count's trailing block; K-quant and IQ4_XS super-blocks)
 /// compiled: every row of a 13-row batch (8 + 4 + 1)
@@ -80,33 +119,14 @@ fn elementwise_and_matmul_graph_runs_compiled() {
 /// its batch), and every output is the reference interpreter's within the int16
 /// activation quantization (2e-3 of the row's magnitude); for the host's kernels and
 /// for `--cpu x86-64` (SSE2, no AVX2).
-#[test]
-fn quantized_linear_rows_are_batch_invariant_compiled() {
+/// (Three tests above take a third of the formats each, so the harness runs their
+/// builds on every core.)
+fn quantized_linears(formats: &[DType]) {
     use llmc_ir::{attrs, Dim, Module, Op, Shape, TensorType, WeightData};
     use std::sync::Arc;
     let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let f16 = |v: f32| half::f16::from_f32(v).to_le_bytes();
-    let formats = [
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q4K,
-        DType::Q5K,
-        DType::Q6K,
-        DType::Q3K,
-        DType::Q2K,
-        DType::IQ4NL,
-        DType::IQ4XS,
-        DType::Q4_0G64,
-        DType::Q4_1G64,
-        DType::Q4_0G128,
-        DType::Q4_1G128,
-        DType::Q8_0S24,
-        DType::Q8_0S832,
-    ];
-    for d in formats {
+    for &d in formats {
         // The longest rows are taken in slices of blocks (33 blocks: 16 + 16 + 1;
         // 40: 16 + 16 + 8).
         let ks: &[usize] = match d {
