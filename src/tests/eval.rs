@@ -164,8 +164,11 @@ fn ppl(m: &str, flags: &[&str]) -> (f64, String) {
     (p[0], err)
 }
 
+/// GPTQ, and AWQ's scaling then GPTQ, lower q4_0's perplexity below rounding to
+/// nearest. (This and the two tests after it were one test; apart, the harness runs
+/// them on both cores.)
 #[test]
-fn gptq_lowers_q4_0_perplexity_and_pruning_with_a_refit_keeps_the_model() {
+fn gptq_and_awq_lower_q4_0_perplexity() {
     let Some(m) = model(SMOLLM_HF) else { return };
     let m = m.to_str().unwrap();
     let cal = calibration_text();
@@ -204,7 +207,17 @@ fn gptq_lowers_q4_0_perplexity_and_pruning_with_a_refit_keeps_the_model() {
         "{err}"
     );
     assert!(awq < rtn, "awq+gptq {awq} vs rtn {rtn}");
+}
 
+/// The accuracy budget picks the fewest bytes of per-layer upgrades over q4_0 that keep
+/// perplexity within 5%.
+#[test]
+fn an_accuracy_budget_upgrades_the_layers_it_must() {
+    let Some(m) = model(SMOLLM_HF) else { return };
+    let m = m.to_str().unwrap();
+    let cal = calibration_text();
+    let cal = cal.to_str().unwrap();
+    let (rtn, _) = ppl(m, &["--quantize", "q4_0"]);
     // --accuracy-budget 5% over q4_0: RTN q4_0 loses ~20%, so some layers must be
     // upgraded (q4_1, q5_0 or q8_0, the fewest bytes that pass); the probes
     // (perplexity on the calibration text) are printed and the chosen spec names them.
@@ -237,7 +250,17 @@ fn gptq_lowers_q4_0_perplexity_and_pruning_with_a_refit_keeps_the_model() {
     );
     assert!(err.contains("upgrades tried: q4_1, q5_0, q8_0"), "{err}");
     assert!(budgeted < rtn, "budgeted {budgeted} vs rtn {rtn}");
+}
 
+/// Pruning with a refit, and SparseGPT's half-sparse blocks, keep SmolLM2 a language
+/// model.
+#[test]
+fn pruning_with_a_refit_keeps_the_model() {
+    let Some(m) = model(SMOLLM_HF) else { return };
+    let m = m.to_str().unwrap();
+    let cal = calibration_text();
+    let cal = cal.to_str().unwrap();
+    let (f32_ppl, _) = ppl(m, &[]);
     // 12.5% of the MLP channels out, ranked and refitted on the calibration text: the
     // model stays a language model (PPL 32 against 22 here; magnitude alone, without
     // statistics, is not asked to: on SmolLM2 it destroys it, docs/quant.md).
