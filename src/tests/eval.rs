@@ -142,6 +142,14 @@ fn calibration_text() -> PathBuf {
     }
 }
 
+/// The SmolLM2 HF folder (None when the models are not fetched) and the calibration
+/// text, as the paths the CLI takes.
+fn smollm_and_calibration() -> Option<(String, String)> {
+    let m = model(SMOLLM_HF)?;
+    let cal = calibration_text();
+    Some((m.to_str()?.to_string(), cal.to_str()?.to_string()))
+}
+
 /// The perplexity of `m` reduced by `flags` over the first windows of the text.
 fn ppl(m: &str, flags: &[&str]) -> (f64, String) {
     let text = text();
@@ -169,10 +177,10 @@ fn ppl(m: &str, flags: &[&str]) -> (f64, String) {
 /// them on both cores.)
 #[test]
 fn gptq_and_awq_lower_q4_0_perplexity() {
-    let Some(m) = model(SMOLLM_HF) else { return };
-    let m = m.to_str().unwrap();
-    let cal = calibration_text();
-    let cal = cal.to_str().unwrap();
+    let Some((m, cal)) = smollm_and_calibration() else {
+        return;
+    };
+    let (m, cal) = (m.as_str(), cal.as_str());
     let calib = ["--calibration", cal, "--calibration-tokens", "1024"];
     let (f32_ppl, _) = ppl(m, &[]);
     let (rtn, _) = ppl(m, &["--quantize", "q4_0"]);
@@ -213,10 +221,10 @@ fn gptq_and_awq_lower_q4_0_perplexity() {
 /// perplexity within 5%.
 #[test]
 fn an_accuracy_budget_upgrades_the_layers_it_must() {
-    let Some(m) = model(SMOLLM_HF) else { return };
-    let m = m.to_str().unwrap();
-    let cal = calibration_text();
-    let cal = cal.to_str().unwrap();
+    let Some((m, cal)) = smollm_and_calibration() else {
+        return;
+    };
+    let (m, cal) = (m.as_str(), cal.as_str());
     let (rtn, _) = ppl(m, &["--quantize", "q4_0"]);
     // --accuracy-budget 5% over q4_0: RTN q4_0 loses ~20%, so some layers must be
     // upgraded (q4_1, q5_0 or q8_0, the fewest bytes that pass); the probes
@@ -256,10 +264,10 @@ fn an_accuracy_budget_upgrades_the_layers_it_must() {
 /// model.
 #[test]
 fn pruning_with_a_refit_keeps_the_model() {
-    let Some(m) = model(SMOLLM_HF) else { return };
-    let m = m.to_str().unwrap();
-    let cal = calibration_text();
-    let cal = cal.to_str().unwrap();
+    let Some((m, cal)) = smollm_and_calibration() else {
+        return;
+    };
+    let (m, cal) = (m.as_str(), cal.as_str());
     let (f32_ppl, _) = ppl(m, &[]);
     // 12.5% of the MLP channels out, ranked and refitted on the calibration text: the
     // model stays a language model (PPL 32 against 22 here; magnitude alone, without
