@@ -24,6 +24,14 @@ use llmc_ir::{DType, Dim, Node, TensorType};
 /// the splits run one after another or in parallel.
 const SPLIT_TOKENS: i64 = 256;
 
+/// Keys of a block whose score sums one pass of the row tiles' element loop keeps (in
+/// registers: 4 vectors of 16 lanes are 8 AVX2 registers).
+const SCORE_KEYS: i64 = 4;
+
+/// Members (row, query head) of a row tile whose value accumulators one pass over a
+/// block's keys keeps (in registers: 4 of a 16-element slice are 8 AVX2 registers).
+const PV_MEMBERS: i64 = 4;
+
 /// Bytes of split states one parallel wave may hold (twice: the running states and
 /// the wave's; stack of the calling thread).
 const SPLIT_SCRATCH: i64 = 128 * 1024;
@@ -861,45 +869,49 @@ pub(crate) fn attention(
         let parts = kb.local("parts", t, group * bs * sets);
         let key_columns = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
             let kbase = kb.let_("kbase", base.clone() * dk);
-            kb.for_("z", 0, group * bs * sets, wide, |kb, z| {
-                kb.store(parts, z, fconst(0.0, t))
-            });
             let per_line = (64 / kp.dtype.storage_bytes(1).unwrap_or(4).max(1) as i64).max(1);
             // Set `u` sums elements `u · dk / sets + c`: `sets` independent sums per
-            // query head, so the multiply-adds are not one chain dk long.
+            // query head, so the multiply-adds are not one chain dk long. The sets
+            // run one after another (all at once, their sums were 24 AVX2
+            // registers, spilled at every element).
             let span = dk / sets;
-            kb.for_("c", 0, span, LoopTag::Serial, |kb, c| {
-                for u in 0..sets {
-                    let cu = kb.let_("cu", c.clone() + u * span);
-                    if fetch {
-                        // The next block's slice, a line per element row (modulo
-                        // the slice, so the fetches stay within it).
-                        let at = nbase.clone() * dk + (cu.clone() * per_line) % (bs * dk);
-                        kb.prefetch(ib[1], at);
-                    }
-                    let col = kb.let_("col", kbase.clone() + cu.clone() * bs);
-                    let qs: Vec<Expr> = qrows
-                        .iter()
-                        .map(|qrow| {
-                            let qv = load_elem(kb, ib[0], q.dtype, qrow.clone() + cu.clone());
-                            kb.let_("qc", qv)
-                        })
-                        .collect();
-                    kb.for_("jj", 0, bs, wide, |kb, jj| {
-                        let kx = load_elem(kb, ib[1], kp.dtype, col.clone() + jj.clone());
-                        let kx = kb.let_("kx", kx);
-                        for (g, qc) in qs.iter().enumerate() {
-                            let at = jj.clone() + (u * group + g as i64) * bs;
-                            let v = b(
-                                BinOp::Add,
-                                Expr::load(parts, at.clone()),
-                                b(BinOp::Mul, qc.clone(), kx.clone()),
-                            );
-                            kb.store(parts, at, v);
-                        }
+            for u in 0..sets {
+                if fetch {
+                    // The next block's slice, a line per element row (modulo the
+                    // slice, so the fetches stay within it).
+                    kb.for_("c", 0, span, LoopTag::Serial, |kb, c| {
+                        let cu = c + u * span;
+                        kb.prefetch(ib[1], nbase.clone() * dk + (cu * per_line) % (bs * dk));
                     });
                 }
-            });
+                // The block's keys in lanes, the set's elements one after another
+                // (unrolled), the group's sums as variables: registers, where sums
+                // kept in `parts` across an element loop were stored at every
+                // element. Each sum's chain is the same element order.
+                kb.for_("jj", 0, bs, wide, |kb, jj| {
+                    let sums: Vec<_> = (0..group)
+                        .map(|_| kb.let_mut("dot", fconst(0.0, t)))
+                        .collect();
+                    for c in 0..span {
+                        let cu = c + u * span;
+                        let kx =
+                            load_elem(kb, ib[1], kp.dtype, kbase.clone() + cu * bs + jj.clone());
+                        let kx = kb.let_("kx", kx);
+                        for (dot, qrow) in sums.iter().zip(qrows) {
+                            let qc = load_elem(kb, ib[0], q.dtype, qrow.clone() + cu);
+                            let v = b(BinOp::Add, Expr::Var(*dot), b(BinOp::Mul, qc, kx.clone()));
+                            kb.assign(*dot, v);
+                        }
+                    }
+                    for (g, dot) in sums.iter().enumerate() {
+                        kb.store(
+                            parts,
+                            jj.clone() + (u * group + g as i64) * bs,
+                            Expr::Var(*dot),
+                        );
+                    }
+                });
+            }
             for (g, bm) in bms.iter().enumerate() {
                 let g = g as i64;
                 kb.for_("jj", 0, bs, wide, |kb, jj| {
@@ -993,7 +1005,84 @@ pub(crate) fn attention(
             })
             .collect();
         // The values: each value row read once for the whole group.
+        let lanes = ROW_LANES as i64;
         let value_loop = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
+            if vp.dtype != DType::Q8Kv && dv % lanes == 0 && dv > lanes {
+                // A vector of elements at a time over the block's keys, so the
+                // group's accumulators of that slice stay in registers (the whole
+                // row's, 24 AVX2 registers at dv 64 and a group of 3, were spilled
+                // at every key). A whole block unrolls its keys inside the vector
+                // loop with the accumulators as variables; a partial one loops over
+                // its keys per slice. Each element's chain over the keys is the
+                // same as a key at a time.
+                let whole = js.clone().eq_(Expr::i(0)).and(je.clone().eq_(Expr::i(bs)));
+                let unrolled = |kb: &mut KernelBuilder| {
+                    if fetch {
+                        kb.for_("jj", 0, bs, LoopTag::Serial, |kb, jj| {
+                            fetch_row(kb, (ib[2], vp.dtype, dv), &jj);
+                        });
+                    }
+                    for ch in 0..dv / lanes {
+                        kb.for_("c", ch * lanes, (ch + 1) * lanes, wide, |kb, c| {
+                            let accs: Vec<_> = (0..group)
+                                .map(|g| {
+                                    kb.let_mut("acc", Expr::load(buf, acc_at(o, g, c.clone())))
+                                })
+                                .collect();
+                            for jj in 0..bs {
+                                let vv = load_elem(
+                                    kb,
+                                    ib[2],
+                                    vp.dtype,
+                                    (base.clone() + jj) * dv + c.clone(),
+                                );
+                                let vv = kb.let_("vv", vv);
+                                for (g, acc) in accs.iter().enumerate() {
+                                    let pr = Expr::load(scores, Expr::i(jj + g as i64 * bs));
+                                    let ps = b(BinOp::Mul, pr, fconst(1.0, t));
+                                    let v = b(
+                                        BinOp::Add,
+                                        Expr::Var(*acc),
+                                        b(BinOp::Mul, ps, vv.clone()),
+                                    );
+                                    kb.assign(*acc, v);
+                                }
+                            }
+                            for (g, acc) in accs.iter().enumerate() {
+                                kb.store(buf, acc_at(o, g as i64, c.clone()), Expr::Var(*acc));
+                            }
+                        });
+                    }
+                };
+                let chunked = |kb: &mut KernelBuilder| {
+                    for ch in 0..dv / lanes {
+                        kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                            if fetch && ch == 0 {
+                                fetch_row(kb, (ib[2], vp.dtype, dv), &jj);
+                            }
+                            let pss: Vec<Expr> = (0..group)
+                                .map(|g| {
+                                    let pr = Expr::load(scores, jj.clone() + g * bs);
+                                    kb.let_("ps", b(BinOp::Mul, pr, fconst(1.0, t)))
+                                })
+                                .collect();
+                            let vrow = kb.let_("vrow", (base.clone() + jj) * dv);
+                            kb.for_("c", ch * lanes, (ch + 1) * lanes, wide, |kb, c| {
+                                let vv = load_elem(kb, ib[2], vp.dtype, vrow.clone() + c.clone());
+                                let vv = kb.let_("vv", vv);
+                                for (g, ps) in pss.iter().enumerate() {
+                                    let at = acc_at(o, g as i64, c.clone());
+                                    let a = Expr::load(buf, at.clone());
+                                    let v = b(BinOp::Add, a, b(BinOp::Mul, ps.clone(), vv.clone()));
+                                    kb.store(buf, at, v);
+                                }
+                            });
+                        });
+                    }
+                };
+                kb.if_else(whole, unrolled, chunked);
+                return;
+            }
             kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
                 let prs: Vec<Expr> = (0..group)
                     .map(|g| kb.let_("pr", Expr::load(scores, jj.clone() + g * bs)))
@@ -1371,29 +1460,43 @@ pub(crate) fn attention(
                             let uo = kb.let_("uo", u.clone() * (bs * lanes));
                             // Element c of the set into every slot's sum: the first
                             // onto 0 (as the row form's zeroed sums), without a load.
-                            let step = |kb: &mut KernelBuilder, c: Expr, first: bool| {
-                                let cu = kb.let_("cu", c + u.clone() * span);
-                                let col = kb.let_("col", cu.clone() * bs);
-                                kb.for_("ln", 0, lanes, wide, |kb, ln| {
-                                    let qv = kb.let_(
-                                        "qv",
-                                        Expr::load(qt, cu.clone() * lanes + ln.clone()),
-                                    );
-                                    for j in 0..bs {
-                                        let kx = kb.let_("kx", Expr::load(kf, col.clone() + j));
-                                        let at = uo.clone() + j * lanes + ln.clone();
-                                        let old = if first {
-                                            fconst(0.0, t)
-                                        } else {
-                                            Expr::load(sacc, at.clone())
-                                        };
-                                        let v = b(BinOp::Add, old, b(BinOp::Mul, qv.clone(), kx));
-                                        kb.store(sacc, at, v);
-                                    }
+                            // A few keys at a time: their sums stay in registers
+                            // across the elements (a whole block's, 16 vectors of
+                            // 16 lanes, were 32 AVX2 registers: spilled at every
+                            // element). Each sum's chain is the same.
+                            let step =
+                                |kb: &mut KernelBuilder,
+                                 c: Expr,
+                                 first: bool,
+                                 keys: std::ops::Range<i64>| {
+                                    let cu = kb.let_("cu", c + u.clone() * span);
+                                    let col = kb.let_("col", cu.clone() * bs);
+                                    kb.for_("ln", 0, lanes, wide, |kb, ln| {
+                                        let qv = kb.let_(
+                                            "qv",
+                                            Expr::load(qt, cu.clone() * lanes + ln.clone()),
+                                        );
+                                        for j in keys.clone() {
+                                            let kx = kb.let_("kx", Expr::load(kf, col.clone() + j));
+                                            let at = uo.clone() + j * lanes + ln.clone();
+                                            let old = if first {
+                                                fconst(0.0, t)
+                                            } else {
+                                                Expr::load(sacc, at.clone())
+                                            };
+                                            let v =
+                                                b(BinOp::Add, old, b(BinOp::Mul, qv.clone(), kx));
+                                            kb.store(sacc, at, v);
+                                        }
+                                    });
+                                };
+                            for k0 in (0..bs).step_by(SCORE_KEYS as usize) {
+                                let keys = k0..(k0 + SCORE_KEYS).min(bs);
+                                step(kb, Expr::i(0), true, keys.clone());
+                                kb.for_("c", 1, span, LoopTag::Serial, |kb, c| {
+                                    step(kb, c, false, keys.clone())
                                 });
-                            };
-                            step(kb, Expr::i(0), true);
-                            kb.for_("c", 1, span, LoopTag::Serial, |kb, c| step(kb, c, false));
+                            }
                         });
                         // The scores (the sets' sums in the row form's tree, scaled,
                         // capped, slots outside [js, je) at -inf) and each member's
@@ -1461,52 +1564,75 @@ pub(crate) fn attention(
                         // The values, a vector of each value row at a time: every
                         // member's accumulator takes the slots in order, as the row
                         // form's.
+                        // A few members at a time: their accumulators of the
+                        // slice stay in registers across the keys (all 15 members'
+                        // were 30 AVX2 registers, spilled at every key). Each
+                        // accumulator's chain over the keys is the same.
                         kb.for_("ch", 0, dv / lanes, LoopTag::Serial, |kb, ch| {
-                            kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
-                                // A line of the next block's keys and one of its
-                                // values per trip, spread over the block's trips.
-                                let trip = kb.let_("trip", ch.clone() * bs + jj.clone());
-                                for (pool, dt, d) in [(ib[1], kp.dtype, dk), (ib[2], vp.dtype, dv)]
-                                {
-                                    let per_line = (64
-                                        / dt.storage_bytes(1).unwrap_or(4).max(1) as i64)
-                                        .max(1);
-                                    let lines = (d * bs + per_line - 1) / per_line;
-                                    let at = nbase.clone() * d + (trip.clone() % lines) * per_line;
-                                    kb.prefetch(pool, at);
-                                }
-                                let vrow = kb.let_(
-                                    "vrow",
-                                    (base.clone() + jj.clone()) * dv + ch.clone() * lanes,
-                                );
-                                let pss: Vec<Expr> = (0..members)
-                                    .map(|mi| {
-                                        let pr =
-                                            kb.let_("pr", Expr::load(tsc, jj.clone() * lanes + mi));
-                                        kb.let_("ps", b(BinOp::Mul, pr, fconst(1.0, Ty::F32)))
-                                    })
-                                    .collect();
-                                kb.for_("c", 0, lanes, wide, |kb, c| {
-                                    let vv =
-                                        load_elem(kb, ib[2], vp.dtype, vrow.clone() + c.clone());
-                                    let vv = kb.let_("vv", vv);
-                                    for (mi, ps) in pss.iter().enumerate() {
-                                        let mi = mi as i64;
-                                        let (ri, g) = (mi / group, mi % group);
-                                        let at = acc_at(
-                                            &Expr::i(ri * slen),
-                                            g,
-                                            ch.clone() * lanes + c.clone(),
-                                        );
-                                        let v = b(
-                                            BinOp::Add,
-                                            Expr::load(part, at.clone()),
-                                            b(BinOp::Mul, ps.clone(), vv.clone()),
-                                        );
-                                        kb.store(part, at, v);
+                            for m0 in (0..members).step_by(PV_MEMBERS as usize) {
+                                let mem = m0..(m0 + PV_MEMBERS).min(members);
+                                kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
+                                    if m0 == 0 {
+                                        // A line of the next block's keys and one of its
+                                        // values per trip, spread over the block's trips.
+                                        let trip = kb.let_("trip", ch.clone() * bs + jj.clone());
+                                        for (pool, dt, d) in
+                                            [(ib[1], kp.dtype, dk), (ib[2], vp.dtype, dv)]
+                                        {
+                                            let per_line = (64
+                                                / dt.storage_bytes(1).unwrap_or(4).max(1) as i64)
+                                                .max(1);
+                                            let lines = (d * bs + per_line - 1) / per_line;
+                                            let at = nbase.clone() * d
+                                                + (trip.clone() % lines) * per_line;
+                                            kb.prefetch(pool, at);
+                                        }
                                     }
+                                    let vrow = kb.let_(
+                                        "vrow",
+                                        (base.clone() + jj.clone()) * dv + ch.clone() * lanes,
+                                    );
+                                    let pss: Vec<(i64, Expr)> = mem
+                                        .clone()
+                                        .map(|mi| {
+                                            let pr = kb.let_(
+                                                "pr",
+                                                Expr::load(tsc, jj.clone() * lanes + mi),
+                                            );
+                                            (
+                                                mi,
+                                                kb.let_(
+                                                    "ps",
+                                                    b(BinOp::Mul, pr, fconst(1.0, Ty::F32)),
+                                                ),
+                                            )
+                                        })
+                                        .collect();
+                                    kb.for_("c", 0, lanes, wide, |kb, c| {
+                                        let vv = load_elem(
+                                            kb,
+                                            ib[2],
+                                            vp.dtype,
+                                            vrow.clone() + c.clone(),
+                                        );
+                                        let vv = kb.let_("vv", vv);
+                                        for (mi, ps) in &pss {
+                                            let (ri, g) = (mi / group, mi % group);
+                                            let at = acc_at(
+                                                &Expr::i(ri * slen),
+                                                g,
+                                                ch.clone() * lanes + c.clone(),
+                                            );
+                                            let v = b(
+                                                BinOp::Add,
+                                                Expr::load(part, at.clone()),
+                                                b(BinOp::Mul, ps.clone(), vv.clone()),
+                                            );
+                                            kb.store(part, at, v);
+                                        }
+                                    });
                                 });
-                            });
+                            }
                         });
                     },
                     |kb| {
@@ -1638,8 +1764,19 @@ pub(crate) fn attention(
         let nsplits = kb.let_("nsplits", (we.clone() * bs + (split - 1)) / split);
         kb.for_step("p0", 0, n.clone(), cap, LoopTag::Serial, |kb, p0| {
             let np = kb.let_("np", (n.clone() - p0.clone()).min(Expr::i(cap)));
-            let wave = kb.let_("wave", Expr::i(cap) / np.clone());
-            let waves = kb.let_("waves", (nsplits.clone() + wave.clone() - 1) / wave.clone());
+            // The splits the step's pairs reach (not the table's width): the
+            // parallel loop then has about as many trips as there are splits to
+            // run, so the pool's guided claims split the work evenly (with the
+            // width's, most trips were empty and a claim could hold a pair's
+            // every split).
+            let reach = kb.let_mut("reach", Expr::i(1));
+            kb.for_("i", 0, np.clone(), LoopTag::Serial, |kb, i| {
+                let (_, _, _, _, _, _, s1) = pair(kb, p0.clone() + i);
+                kb.assign(reach, Expr::Var(reach).max(s1));
+            });
+            let reach = kb.let_("reached", Expr::Var(reach).min(nsplits.clone()));
+            let wave = kb.let_("wave", (Expr::i(cap) / np.clone()).min(reach.clone()));
+            let waves = kb.let_("waves", (reach.clone() + wave.clone() - 1) / wave.clone());
             kb.for_("i", 0, np.clone(), LoopTag::Serial, |kb, i| {
                 let o = kb.let_("o", i * slen);
                 init(kb, run, &o);
