@@ -13,6 +13,15 @@ use inkwell::types::VectorType;
 use inkwell::values::{BasicValue, BasicValueEnum, IntValue, PointerValue, VectorValue};
 use llmc_kernels::{FTile, Ty};
 
+/// AVX2 tiles of more rows than this run half-panel passes of
+/// [`AVX2_HALF_PANEL_ROWS`] rows; up to it, whole-panel passes of 2 rows (a decode
+/// row's one pass keeps four chains).
+const AVX2_FULL_PANEL_ROWS: usize = 2;
+
+/// Rows of an AVX2 half-panel pass: 6 rows of two 8-lane accumulators, 12 of the 16
+/// registers (BLIS's 6 x 16).
+const AVX2_HALF_PANEL_ROWS: usize = 6;
+
 /// How far ahead (bytes) an [`FTile`] prefetches its panel.
 const FTILE_PREFETCH: u64 = 4096;
 impl<'ctx> Lowering<'ctx, '_> {
@@ -44,11 +53,28 @@ impl<'ctx> Lowering<'ctx, '_> {
             None => None,
         };
         let idx: Vec<usize> = (0..rows.len()).collect();
+        let ends = [w_off, w_stride, k, out_off];
+        let nv = FTile::LANES as u32 / lanes;
+        if !self.target.avx512() && rows.len() > AVX2_FULL_PANEL_ROWS {
+            // AVX2 with several rows: half the panel at a time for up to 6 rows (12
+            // accumulators), both row passes of a half before the other half, so a
+            // half (24 KiB at k = 384) is read from L2 once and then from L1 (the
+            // whole panel per pass of 2 rows is read from L2 by every pass).
+            let mut first = true;
+            for half in [0..nv / 2, nv / 2..nv] {
+                for chunk in idx.chunks(AVX2_HALF_PANEL_ROWS) {
+                    let pf = if first { pf } else { None };
+                    first = false;
+                    let cols = half.clone();
+                    self.ftile_pass(f, t, (w, x, out), ends, &rows, chunk, lanes, cols, pf)?;
+                }
+            }
+            return Ok(());
+        }
         for (i, chunk) in idx.chunks(per_pass).enumerate() {
             // The next panel's slice is asked for once, by the first pass.
             let pf = if i == 0 { pf } else { None };
-            let ends = [w_off, w_stride, k, out_off];
-            self.ftile_pass(f, t, (w, x, out), ends, &rows, chunk, lanes, pf)?;
+            self.ftile_pass(f, t, (w, x, out), ends, &rows, chunk, lanes, 0..nv, pf)?;
         }
         Ok(())
     }
@@ -77,12 +103,13 @@ impl<'ctx> Lowering<'ctx, '_> {
         rows: &[IntValue<'ctx>],
         which: &[usize],
         lanes: u32,
+        cols: std::ops::Range<u32>,
         next: Option<(IntValue<'ctx>, IntValue<'ctx>)>,
     ) -> R<()> {
         let it = self.it;
         let e = llvm_err;
         let vf = it.f32.vec_type(lanes);
-        let nv = FTile::LANES as u32 / lanes;
+        let nv = cols.len() as u32;
         let c64 = |k: u64| it.i64.const_int(k, false);
         // The accumulators: per row, `nv` vectors of `lanes` columns.
         let mut accs = Vec::new();
@@ -132,7 +159,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .map_err(e)?;
         }
         let mut wv: Vec<VectorValue<'ctx>> = Vec::new();
-        for v in 0..nv {
+        for v in cols.clone() {
             let at =
                 f.b.build_int_add(base, c64((v * lanes) as u64), "")
                     .map_err(e)?;
@@ -192,7 +219,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         }
         self.close_loop(f, &lp)?;
         for (r, &i) in which.iter().enumerate() {
-            for (v, a) in accs[r].iter().enumerate() {
+            for (v, a) in cols.clone().zip(&accs[r]) {
                 let b = &f.b;
                 let val: BasicValueEnum = b.build_load(vf, *a, "").map_err(e)?;
                 let at = c64((i * FTile::LANES) as u64 + (v as u64) * lanes as u64);
@@ -200,6 +227,12 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let p = self.ft_gep(f, Ty::F32, out, at)?;
                 let st = f.b.build_store(p, val).map_err(e)?;
                 st.set_alignment(4).map_err(llvm_err)?;
+                // Volatile, so the tile (a small local) stays memory: promoted to
+                // registers, each pass's results stayed live across the next
+                // passes' loops and pushed their accumulators to the stack (a
+                // store and a reload per accumulator every 4 steps, the FMA chains
+                // through store-to-load forwarding).
+                st.set_volatile(true).map_err(llvm_err)?;
             }
         }
         Ok(())
