@@ -28,6 +28,10 @@ const SPLIT_TOKENS: i64 = 256;
 /// registers: 4 vectors of 16 lanes are 8 AVX2 registers).
 const SCORE_KEYS: i64 = 4;
 
+/// Elements (or keys x slices x heads, up to its square) the decode form unrolls in
+/// one vector loop: SmolLM2's 64-wide heads whole, a 256-wide head in runs.
+const UNROLL_ELEMS: i64 = 16;
+
 /// Members (row, query head) of a row tile whose value accumulators one pass over a
 /// block's keys keeps (in registers: 4 of a 16-element slice are 8 AVX2 registers).
 const PV_MEMBERS: i64 = 4;
@@ -888,29 +892,62 @@ pub(crate) fn attention(
                 // (unrolled), the group's sums as variables: registers, where sums
                 // kept in `parts` across an element loop were stored at every
                 // element. Each sum's chain is the same element order.
-                kb.for_("jj", 0, bs, wide, |kb, jj| {
-                    let sums: Vec<_> = (0..group)
-                        .map(|_| kb.let_mut("dot", fconst(0.0, t)))
-                        .collect();
-                    for c in 0..span {
-                        let cu = c + u * span;
-                        let kx =
-                            load_elem(kb, ib[1], kp.dtype, kbase.clone() + cu * bs + jj.clone());
-                        let kx = kb.let_("kx", kx);
-                        for (dot, qrow) in sums.iter().zip(qrows) {
-                            let qc = load_elem(kb, ib[0], q.dtype, qrow.clone() + cu);
-                            let v = b(BinOp::Add, Expr::Var(*dot), b(BinOp::Mul, qc, kx.clone()));
-                            kb.assign(*dot, v);
+                // Wide heads (span above UNROLL_ELEMS) go in runs of UNROLL_ELEMS
+                // elements, the sums through `parts` between runs: a whole
+                // 256-wide head unrolled made Gemma 3's build 5x slower.
+                let run = if span > UNROLL_ELEMS && span % UNROLL_ELEMS == 0 {
+                    UNROLL_ELEMS
+                } else {
+                    span
+                };
+                let elems = |kb: &mut KernelBuilder, c0: Expr, first: bool| {
+                    kb.for_("jj", 0, bs, wide, |kb, jj| {
+                        let sums: Vec<_> = (0..group)
+                            .map(|g| {
+                                let at = jj.clone() + (u * group + g) * bs;
+                                let init = if first {
+                                    fconst(0.0, t)
+                                } else {
+                                    Expr::load(parts, at)
+                                };
+                                kb.let_mut("dot", init)
+                            })
+                            .collect();
+                        for c in 0..run {
+                            let cu = kb.let_("cu", c0.clone() + (c + u * span));
+                            let kx = load_elem(
+                                kb,
+                                ib[1],
+                                kp.dtype,
+                                kbase.clone() + cu.clone() * bs + jj.clone(),
+                            );
+                            let kx = kb.let_("kx", kx);
+                            for (dot, qrow) in sums.iter().zip(qrows) {
+                                let qc = load_elem(kb, ib[0], q.dtype, qrow.clone() + cu.clone());
+                                let v =
+                                    b(BinOp::Add, Expr::Var(*dot), b(BinOp::Mul, qc, kx.clone()));
+                                kb.assign(*dot, v);
+                            }
                         }
-                    }
-                    for (g, dot) in sums.iter().enumerate() {
-                        kb.store(
-                            parts,
-                            jj.clone() + (u * group + g as i64) * bs,
-                            Expr::Var(*dot),
-                        );
-                    }
-                });
+                        for (g, dot) in sums.iter().enumerate() {
+                            kb.store(
+                                parts,
+                                jj.clone() + (u * group + g as i64) * bs,
+                                Expr::Var(*dot),
+                            );
+                        }
+                    });
+                };
+                if run < span {
+                    kb.for_("z", 0, group * bs, wide, |kb, z| {
+                        kb.store(parts, z + u * group * bs, fconst(0.0, t))
+                    });
+                    kb.for_("cr", 0, span / run, LoopTag::Serial, |kb, cr| {
+                        elems(kb, cr * run, false)
+                    });
+                } else {
+                    elems(kb, Expr::i(0), true);
+                }
             }
             for (g, bm) in bms.iter().enumerate() {
                 let g = g as i64;
@@ -1007,7 +1044,7 @@ pub(crate) fn attention(
         // The values: each value row read once for the whole group.
         let lanes = ROW_LANES as i64;
         let value_loop = |kb: &mut crate::builder::KernelBuilder, fetch: bool| {
-            if vp.dtype != DType::Q8Kv && dv % lanes == 0 && dv > lanes {
+            if vp.dtype != DType::Q8Kv && dv % lanes == 0 && dv > lanes && dv <= 4 * lanes {
                 // A vector of elements at a time over the block's keys, so the
                 // group's accumulators of that slice stay in registers (the whole
                 // row's, 24 AVX2 registers at dv 64 and a group of 3, were spilled
@@ -1080,7 +1117,13 @@ pub(crate) fn attention(
                         });
                     }
                 };
-                kb.if_else(whole, unrolled, chunked);
+                if (dv / lanes) * bs * group <= UNROLL_ELEMS * UNROLL_ELEMS {
+                    kb.if_else(whole, unrolled, chunked);
+                } else {
+                    // Wide heads: a whole block's keys unrolled for every slice of
+                    // the row would be too much code (Gemma 3's 256); per slice.
+                    chunked(kb);
+                }
                 return;
             }
             kb.for_("jj", js.clone(), je.clone(), LoopTag::Serial, |kb, jj| {
