@@ -489,16 +489,26 @@ impl<'ctx> Lowering<'ctx, '_> {
             None => None,
         };
         let src = TileSrc { wsrc, state };
-        for c0 in (0..LANES).step_by(lanes as usize) {
+        let halves: Vec<u32> = (0..LANES).step_by(lanes as usize).collect();
+        if halves.len() > 1 && self.grouped_direct(t) && rows.len() == 1 {
+            // Decode (one row against the packed weight): every lane group in one
+            // pass over the blocks. Two passes of 8 lanes read each block's chunks
+            // twice: the first pass waited on memory with half the arithmetic and
+            // the second ran from L1 with the memory idle (25 against 36 GB/s over
+            // two Zen 3 cores for the same instructions in one pass).
+            return self.qtile_pass(f, t, src, &rows, &[0], &halves, lanes);
+        }
+        for &c0 in &halves {
             let idx: Vec<usize> = (0..rows.len()).collect();
             for chunk in idx.chunks(per_pass) {
-                self.qtile_pass(f, t, src, &rows, chunk, c0, lanes)?;
+                self.qtile_pass(f, t, src, &rows, chunk, &[c0], lanes)?;
             }
         }
         Ok(())
     }
 
-    /// Weight rows `c0..c0 + lanes` of the tile against activation rows `which`.
+    /// Weight rows `c0..c0 + lanes` of the tile, for each `c0` of `c0s`, against
+    /// activation rows `which`, in one loop over the blocks.
     #[allow(clippy::too_many_arguments)]
     fn qtile_pass(
         &mut self,
@@ -507,7 +517,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         src: TileSrc<'ctx>,
         rows: &[(IntValue<'ctx>, IntValue<'ctx>)],
         which: &[usize],
-        c0: u32,
+        c0s: &[u32],
         lanes: u32,
     ) -> R<()> {
         let it = self.it;
@@ -520,7 +530,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let wsrc = src.wsrc;
         let last = t.first_block + t.blocks == t.row_blocks;
         // Element offset in the state of chain `h` of statement row `i`, lanes c0...
-        let state_at = |f: &Frame<'ctx>, i: usize, h: usize| -> R<PointerValue<'ctx>> {
+        let state_at = |f: &Frame<'ctx>, i: usize, h: usize, c0: u32| -> R<PointerValue<'ctx>> {
             let (st, off) = src
                 .state
                 .ok_or_else(|| llvm_err("qtile slice without a state"))?;
@@ -533,25 +543,30 @@ impl<'ctx> Lowering<'ctx, '_> {
         };
         // Per row: the even and odd block chains and the same for the minimum terms,
         // from zero or where the previous slice left them.
+        // chains[g][r]: lane group c0s[g], statement row which[r].
         let mut chains = Vec::new();
-        for &i in which {
-            let mut four = [None; 4];
-            for (h, c) in four.iter_mut().enumerate() {
-                let a = f.allocas.build_alloca(vf, "qtacc").map_err(e)?;
-                let v = if t.first_block > 0 {
-                    let p = state_at(f, i, h)?;
-                    let v = f.b.build_load(vf, p, "").map_err(e)?;
-                    if let Some(ins) = v.as_instruction_value() {
-                        ins.set_alignment(4).map_err(llvm_err)?;
-                    }
-                    v
-                } else {
-                    vf.const_zero().into()
-                };
-                f.b.build_store(a, v).map_err(e)?;
-                *c = Some(a);
+        for &c0 in c0s {
+            let mut group = Vec::new();
+            for &i in which {
+                let mut four = [None; 4];
+                for (h, c) in four.iter_mut().enumerate() {
+                    let a = f.allocas.build_alloca(vf, "qtacc").map_err(e)?;
+                    let v = if t.first_block > 0 {
+                        let p = state_at(f, i, h, c0)?;
+                        let v = f.b.build_load(vf, p, "").map_err(e)?;
+                        if let Some(ins) = v.as_instruction_value() {
+                            ins.set_alignment(4).map_err(llvm_err)?;
+                        }
+                        v
+                    } else {
+                        vf.const_zero().into()
+                    };
+                    f.b.build_store(a, v).map_err(e)?;
+                    *c = Some(a);
+                }
+                group.push(four.map(|c| c.expect("set above")));
             }
-            chains.push(four.map(|c| c.expect("set above")));
+            chains.push(group);
         }
         let sel: Vec<_> = which.iter().map(|&i| rows[i]).collect();
         let trips = t.blocks / 2;
@@ -565,24 +580,59 @@ impl<'ctx> Lowering<'ctx, '_> {
                     .map_err(e)?;
             pair.push((blk, tblk, h as usize));
         }
-        self.qtile_block(f, t, wsrc, &bufs, &sel, &pair, c0, lanes, &chains)?;
+        if c0s.len() == 1 {
+            self.qtile_block(f, t, wsrc, &bufs, &sel, &pair, c0s[0], lanes, &chains[0])?;
+        } else {
+            // A block at a time, its lane groups side by side (the pair of blocks
+            // at once with two groups kept 26 vectors live: spills).
+            let src = wsrc.ok_or_else(|| llvm_err("grouped qtile pass without a packed weight"))?;
+            let group_chains: Vec<_> = chains.iter().map(|g| g[0]).collect();
+            for &one in &pair {
+                self.qtile_block_groups(f, t, src, &bufs, sel[0], one, c0s, lanes, &group_chains)?;
+            }
+        }
         self.close_loop(f, &lp)?;
         if t.blocks % 2 == 1 {
             let at = (self.tc(t.row_blocks - 1), self.tc(t.blocks - 1), 0);
-            self.qtile_block(f, t, wsrc, &bufs, &sel, &[at], c0, lanes, &chains)?;
-            // The odd chains take the trailing block's zero partner, as in QDot.
-            for ch in &chains {
-                for slot in [ch[1], ch[3]] {
-                    self.fma_into(f, vf.const_zero(), vf.const_zero(), slot)?;
+            for (g, &c0) in c0s.iter().enumerate() {
+                self.qtile_block(f, t, wsrc, &bufs, &sel, &[at], c0, lanes, &chains[g])?;
+                // The odd chains take the trailing block's zero partner, as in QDot.
+                for ch in &chains[g] {
+                    for slot in [ch[1], ch[3]] {
+                        self.fma_into(f, vf.const_zero(), vf.const_zero(), slot)?;
+                    }
                 }
             }
         }
+        for (g, &c0) in c0s.iter().enumerate() {
+            self.qtile_finish(f, t, which, c0, lanes, &chains[g], last, &state_at)?;
+        }
+        Ok(())
+    }
+
+    /// The end of a [`Self::qtile_pass`] for lane group `c0`: the chains stored for the
+    /// next slice, or (the last slice) added into the statement's accumulators.
+    #[allow(clippy::too_many_arguments)]
+    fn qtile_finish(
+        &self,
+        f: &mut Frame<'ctx>,
+        t: &QTile,
+        which: &[usize],
+        c0: u32,
+        lanes: u32,
+        chains: &[[PointerValue<'ctx>; 4]],
+        last: bool,
+        state_at: &dyn Fn(&Frame<'ctx>, usize, usize, u32) -> R<PointerValue<'ctx>>,
+    ) -> R<()> {
+        let it = self.it;
+        let e = llvm_err;
+        let vf = it.f32.vec_type(lanes);
         if !last {
             // The chains wait for the next slice.
             for (r, &i) in which.iter().enumerate() {
                 for (h, &slot) in chains[r].iter().enumerate() {
                     let v = f.b.build_load(vf, slot, "").map_err(e)?;
-                    let p = state_at(f, i, h)?;
+                    let p = state_at(f, i, h, c0)?;
                     let st = f.b.build_store(p, v).map_err(e)?;
                     st.set_alignment(4).map_err(llvm_err)?;
                 }
@@ -799,6 +849,84 @@ impl<'ctx> Lowering<'ctx, '_> {
                     let xsv = self.splat_f32(f, xsv, lanes)?;
                     self.fma_into(f, m, xsv, ch[2 + h])?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a direct [`QTile`]'s lane groups can share one pass over the blocks
+    /// ([`Self::qtile_block_groups`]): int16 pair tiles of the formats whose chunks
+    /// decode with one widening load, a mask and a shift (Q8_0, Q4_0, Q4_1, Q4_K,
+    /// IQ4). The fifth bits of Q5_0/Q5_1 and Q6_K's split scales keep more vectors
+    /// live per group: both groups at once measured 20% slower there (Q4_K_M's Q5_0
+    /// gate/up), so they keep a pass per group.
+    fn grouped_direct(&self, t: &QTile) -> bool {
+        let xq8 = self.xq8(t.xq);
+        t.direct
+            && !xq8
+            && !self.byte_tile(t.fmt, t.packed, xq8)
+            && !t.fmt.split_scales()
+            && !t.fmt.sparse()
+            && t.fmt.qh_offset().is_none()
+    }
+
+    /// One block of a direct [`QTile`] for one activation row, every lane group of
+    /// `c0s` at once: each activation pair is broadcast once and multiplied into
+    /// every group's sum before the next (per group and lane the same integer sums
+    /// and the same chain FMAs as [`Self::qtile_block`], so the same bits).
+    #[allow(clippy::too_many_arguments)]
+    fn qtile_block_groups(
+        &self,
+        f: &Frame<'ctx>,
+        t: &QTile,
+        src: (PointerValue<'ctx>, IntValue<'ctx>),
+        bufs: &[PointerValue<'ctx>],
+        (xb, sc): (IntValue<'ctx>, IntValue<'ctx>),
+        (blk, _, h): (IntValue<'ctx>, IntValue<'ctx>, usize),
+        c0s: &[u32],
+        lanes: u32,
+        chains: &[[PointerValue<'ctx>; 4]],
+    ) -> R<()> {
+        let it = self.it;
+        let e = llvm_err;
+        let (xq, xd, xs) = (bufs[2], bufs[3], bufs[4]);
+        let vi = it.i32.vec_type(lanes);
+        let vf = it.f32.vec_type(lanes);
+        let decoded = c0s
+            .iter()
+            .map(|&c0| self.direct_block(f, t, src, blk, c0, lanes))
+            .collect::<R<Vec<_>>>()?;
+        let xrow = f.b.build_int_add(xb, blk, "").map_err(e)?;
+        let xrow = f.b.build_int_mul(xrow, self.tc(64), "").map_err(e)?;
+        let mut sums = vec![vi.const_zero(); c0s.len()];
+        // Pairs p and p + 8 come from one chunk (its low and high nibbles): taken
+        // together, no chunk's high half waits eight pairs in a register (the
+        // integer sums are exact in any order).
+        for p in (0..8i64).flat_map(|p| [p, p + 8]) {
+            let at = f.b.build_int_add(xrow, self.tc(p * 4), "").map_err(e)?;
+            let pair = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
+            let x = self.splat_i32(f, pair, lanes)?;
+            for (s, (wvs, ..)) in sums.iter_mut().zip(&decoded) {
+                *s = self.pair_dot(f, *s, wvs[p as usize], x, lanes)?;
+            }
+        }
+        let b = &f.b;
+        let at = b
+            .build_int_mul(blk, self.tc(QDot::scale_offset(1)), "")
+            .map_err(e)?;
+        let at = b.build_int_add(sc, at, "").map_err(e)?;
+        let at = b.build_int_mul(at, self.tc(4), "").map_err(e)?;
+        let xdv = self.qdot_load(f, it.f32.into(), xd, at)?.into_float_value();
+        let xdv = self.splat_f32(f, xdv, lanes)?;
+        for ((s, (_, d, m)), ch) in sums.iter().zip(&decoded).zip(chains) {
+            let m = m.filter(|_| t.has_min);
+            let scale = f.b.build_float_mul(*d, xdv, "scale").map_err(e)?;
+            let sf = f.b.build_signed_int_to_float(*s, vf, "").map_err(e)?;
+            self.fma_into(f, sf, scale, ch[h])?;
+            if let Some(m) = m {
+                let xsv = self.qdot_load(f, it.f32.into(), xs, at)?.into_float_value();
+                let xsv = self.splat_f32(f, xsv, lanes)?;
+                self.fma_into(f, m, xsv, ch[2 + h])?;
             }
         }
         Ok(())
