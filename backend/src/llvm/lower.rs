@@ -365,6 +365,16 @@ impl<'ctx, 'm> Lowering<'ctx, 'm> {
                     .allocas
                     .build_alloca(arr, &self.k.buf(*buf).name)
                     .map_err(llvm_err)?;
+                if !self.target.is_gpu() {
+                    // A local array is written and read back in whole vectors (an
+                    // activation block quantized in the next loop): at its type's
+                    // alignment a 64-byte store straddles two cache lines, and the
+                    // load after it cannot take its data from the store queue (Zen 4:
+                    // the down projection's prologue stalled ~300 cycles a block).
+                    if let Some(i) = p.as_instruction() {
+                        let _ = i.set_alignment(64);
+                    }
+                }
                 f.bufs.insert(*buf, p);
             }
             Stmt::Barrier => self.barrier(f)?,
