@@ -187,7 +187,8 @@ fn a_shared_256_token_prefix_is_reused_and_changes_nothing() {
 /// issue asks for, one `key: value` per line, from the best of two real runs; the linears' FLOP per decoded
 /// token (the compute roofline's divisor) is SmolLM2's 2 x 134,479,872 weights (30
 /// layers of q, k, v, o, gate, up, down and the tied 49,152 x 576 head), and the
-/// shared 32-token prefix is served from the first sequence's blocks.
+/// shared 32-token prefix is served from the first sequence's blocks. `--bandwidth`
+/// adds the roofline, from the executable's own weights read back.
 #[test]
 fn bench_at_concurrency_reports_throughput_latency_blocks_and_prefix_hits() {
     let Some(exe) = gguf_exe() else { return };
@@ -206,6 +207,7 @@ fn bench_at_concurrency_reports_throughput_latency_blocks_and_prefix_hits() {
             "4",
             "--shared-prefix",
             "32",
+            "--bandwidth",
         ])
         .output()
         .unwrap();
@@ -250,6 +252,15 @@ fn bench_at_concurrency_reports_throughput_latency_blocks_and_prefix_hits() {
     // The later three sequences find the 2 full prefix blocks the first one filled.
     assert!(num("prefix hit rate") > 0.0, "{out}");
     assert_eq!(num("preemptions"), 0.0, "{out}");
+    // The roofline's bandwidth: the executable's own mapped weights (the pages decode
+    // reads) where they exceed the caches, else a buffer.
+    assert!(num("read bandwidth GB/s") > 0.0, "{out}");
+    assert!(num("decode / roofline") > 0.0, "{out}");
+    let of = kv["read bandwidth of"];
+    assert!(
+        of.starts_with("the weights (") && of.ends_with(" MB, mapped)") || of == "a 512 MB buffer",
+        "{out}"
+    );
 }
 
 #[test]
