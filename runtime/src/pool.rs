@@ -3,8 +3,11 @@
 //! works too, and returns when every chunk is done. A parallel loop reached from
 //! inside a body, or while another thread is using the pool, runs inline, so nested
 //! and concurrent calls are always safe. The caller never waits for a worker that has
-//! not joined: on a busy machine it simply does the whole range itself. `LLMC_NUM_THREADS` sets the thread count
-//! (default: the machine's available parallelism).
+//! not joined: on a busy machine it simply does the whole range itself. Each thread
+//! owns a contiguous region of the range and claims it front to back (its reads stay
+//! one stream); a thread with nothing left takes the back half of another's region.
+//! `LLMC_NUM_THREADS` sets the thread count (default: the machine's available
+//! parallelism).
 
 use crate::abi::BodyFn;
 use std::cell::Cell;
@@ -20,9 +23,68 @@ struct Job {
     chunk: i64,
     /// A claim takes the unclaimed iterations divided by this (or `chunk`).
     div: i64,
+    /// Whether the range was split into one region per thread ([`Region`]); else one
+    /// cursor (`Shared::next`) serves every claim.
+    split: bool,
 }
 
-/// Claims the next range of `job`: a share of what is left, never less than
+/// One thread's share of a split job's range: the unclaimed `[lo, hi)`, `lo` in the
+/// low 32 bits, on a cache line of its own. Its owner claims from the front, so its
+/// claims follow each other in memory and its weight stream never restarts; a thread
+/// with nothing left takes the back half of another's. With one cursor for all, each
+/// claim started a new stream: a stream's first kilobytes come slowly, and on a Zen 4
+/// VM two threads read a 96 KB range in 4.9 us where one read it in 4.0.
+#[repr(align(128))]
+struct Region(AtomicU64);
+
+fn pack(lo: i64, hi: i64) -> u64 {
+    lo as u64 | (hi as u64) << 32
+}
+
+fn unpack(v: u64) -> (i64, i64) {
+    ((v & 0xffff_ffff) as i64, (v >> 32) as i64)
+}
+
+/// The owner's claim: the front `1/div` of what its region has left (at least
+/// `job.chunk`).
+fn claim_front(r: &Region, job: &Job) -> Option<(i64, i64)> {
+    let mut cur = r.0.load(Ordering::Relaxed);
+    loop {
+        let (lo, hi) = unpack(cur);
+        if lo >= hi {
+            return None;
+        }
+        let end = (lo + ((hi - lo) / job.div).max(job.chunk)).min(hi);
+        match r
+            .0
+            .compare_exchange_weak(cur, pack(end, hi), Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return Some((lo, end)),
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Another thread's claim: the back half of what the region has left.
+fn steal_back(r: &Region, job: &Job) -> Option<(i64, i64)> {
+    let mut cur = r.0.load(Ordering::Relaxed);
+    loop {
+        let (lo, hi) = unpack(cur);
+        if lo >= hi {
+            return None;
+        }
+        let start = hi - ((hi - lo + 1) / 2).max(job.chunk).min(hi - lo);
+        match r
+            .0
+            .compare_exchange_weak(cur, pack(lo, start), Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return Some((start, hi)),
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Claims the next range of a job that is not split ([`Region`]): a share of what is left, never less than
 /// `job.chunk` (guided scheduling). Large claims first keep the claims few; the small
 /// last ones keep threads from idling while one finishes a long last chunk (with
 /// equal chunks of an eighth, the caller waited at the end of each loop for 5% of a
@@ -50,6 +112,8 @@ struct State {
     job: Option<Job>,
     /// Workers inside the open job's `drain`.
     joined: usize,
+    /// Region numbers handed to the open job's workers so far (the caller's is 0).
+    ids: usize,
     /// Workers asleep on `work` (a notify is a system call: skipped when none).
     sleeping: usize,
     /// The caller is asleep on `done`.
@@ -61,6 +125,8 @@ struct Shared {
     work: Condvar,
     done: Condvar,
     next: AtomicI64,
+    /// One per thread (workers + caller), for split jobs.
+    regions: Vec<Region>,
     /// Mirrors `State::generation`, so idle workers can spin without the lock.
     published: AtomicU64,
     /// Workers still inside a job's `drain`, so the caller can spin-wait for them
@@ -129,12 +195,14 @@ fn pool() -> &'static Pool {
                 generation: 0,
                 job: None,
                 joined: 0,
+                ids: 0,
                 sleeping: 0,
                 waiting: false,
             }),
             work: Condvar::new(),
             done: Condvar::new(),
             next: AtomicI64::new(0),
+            regions: (0..n.max(1)).map(|_| Region(AtomicU64::new(0))).collect(),
             published: AtomicU64::new(0),
             inside: AtomicUsize::new(0),
         });
@@ -157,13 +225,33 @@ fn pool() -> &'static Pool {
     })
 }
 
-/// Claims and runs chunks until the range is exhausted.
-fn drain(shared: &Shared, job: Job) {
+/// Claims and runs chunks until the range is exhausted; `id` is the thread's region.
+fn drain(shared: &Shared, job: Job, id: usize) {
     IN_BODY.with(|f| f.set(true));
-    while let Some((start, end)) = claim(shared, &job) {
+    let run = |(start, end): (i64, i64)| {
         // SAFETY: `body` and `ctx` come from generated code that stays blocked in
         // `llmc_parallel_for` until every worker that joined the job has left it.
         unsafe { (job.body)(job.ctx as *mut u8, start, end) };
+    };
+    if job.split {
+        let rs = &shared.regions;
+        let own = &rs[id % rs.len()];
+        'work: loop {
+            while let Some(c) = claim_front(own, &job) {
+                run(c);
+            }
+            for k in 1..rs.len() {
+                if let Some(c) = steal_back(&rs[(id + k) % rs.len()], &job) {
+                    run(c);
+                    continue 'work;
+                }
+            }
+            break;
+        }
+    } else {
+        while let Some(c) = claim(shared, &job) {
+            run(c);
+        }
     }
     IN_BODY.with(|f| f.set(false));
 }
@@ -189,12 +277,13 @@ fn worker(shared: Arc<Shared>) {
             let job = st.job;
             if job.is_some() {
                 st.joined += 1;
+                st.ids += 1;
                 shared.inside.fetch_add(1, Ordering::AcqRel);
             }
-            job
+            job.map(|j| (j, st.ids))
         };
-        if let Some(job) = job {
-            drain(&shared, job);
+        if let Some((job, id)) = job {
+            drain(&shared, job, id);
             shared.inside.fetch_sub(1, Ordering::AcqRel);
             let mut st = lock(&shared.state);
             st.joined -= 1;
@@ -231,10 +320,25 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
         n,
         chunk: (n / (threads * GUIDED_TAIL)).max(1),
         div: threads * 2,
+        split: n <= u32::MAX as i64 && p.shared.regions.len() as i64 == threads,
     };
     p.shared.next.store(0, Ordering::Relaxed);
+    let job = if job.split {
+        for (i, r) in p.shared.regions.iter().enumerate() {
+            let i = i as i64;
+            r.0.store(
+                pack(n * i / threads, n * (i + 1) / threads),
+                Ordering::Relaxed,
+            );
+        }
+        // The owner takes a quarter of what its region has left a claim.
+        Job { div: 4, ..job }
+    } else {
+        job
+    };
     let wake = {
         let mut st = lock(&p.shared.state);
+        st.ids = 0;
         st.job = Some(job);
         st.generation += 1;
         p.shared.published.store(st.generation, Ordering::Release);
@@ -243,7 +347,7 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
     if wake {
         p.shared.work.notify_all();
     }
-    drain(&p.shared, job);
+    drain(&p.shared, job, 0);
     // The range is done once we leave `drain` and no joined worker is still in it;
     // workers that wake later find the job closed and touch nothing.
     let mut st = lock(&p.shared.state);
@@ -328,6 +432,27 @@ mod tests {
             let want = (n.max(0) as u64) * (n.max(1) as u64 - 1) / 2;
             assert_eq!(ctx.0.load(Ordering::Relaxed), if n > 0 { want } else { 0 });
             assert!(ctx.1.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    unsafe extern "C" fn slow_front(ctx: *mut u8, start: i64, end: i64) {
+        let hits = &*(ctx as *const Vec<AtomicU64>);
+        for i in start..end {
+            // The first region's iterations are slow: the other threads run out of
+            // their own and take the back halves of it.
+            if (i as usize) < hits.len() / 4 {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+            hits[i as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn uneven_regions_are_taken_over_and_every_index_runs_once() {
+        for n in [3usize, 64, 401] {
+            let hits: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            unsafe { parallel_for(slow_front, &hits as *const _ as *mut u8, n as i64) };
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n {n}");
         }
     }
 
