@@ -48,37 +48,35 @@ fn unpack(v: u64) -> (i64, i64) {
 /// The owner's claim: the front `1/div` of what its region has left (at least
 /// `job.chunk`).
 fn claim_front(r: &Region, job: &Job) -> Option<(i64, i64)> {
-    let mut cur = r.0.load(Ordering::Relaxed);
-    loop {
-        let (lo, hi) = unpack(cur);
-        if lo >= hi {
-            return None;
-        }
+    take(r, |lo, hi| {
         let end = (lo + ((hi - lo) / job.div).max(job.chunk)).min(hi);
-        match r
-            .0
-            .compare_exchange_weak(cur, pack(end, hi), Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => return Some((lo, end)),
-            Err(now) => cur = now,
-        }
-    }
+        ((end, hi), (lo, end))
+    })
 }
 
 /// Another thread's claim: the back half of what the region has left.
 fn steal_back(r: &Region, job: &Job) -> Option<(i64, i64)> {
+    take(r, |lo, hi| {
+        let start = hi - ((hi - lo + 1) / 2).max(job.chunk).min(hi - lo);
+        ((lo, start), (start, hi))
+    })
+}
+
+/// Cuts what region `r` has left, `[lo, hi)`, into (what stays, what is claimed) with
+/// `cut`, atomically; `None` once the region is empty.
+fn take(r: &Region, cut: impl Fn(i64, i64) -> ((i64, i64), (i64, i64))) -> Option<(i64, i64)> {
     let mut cur = r.0.load(Ordering::Relaxed);
     loop {
         let (lo, hi) = unpack(cur);
         if lo >= hi {
             return None;
         }
-        let start = hi - ((hi - lo + 1) / 2).max(job.chunk).min(hi - lo);
+        let ((a, b), claim) = cut(lo, hi);
         match r
             .0
-            .compare_exchange_weak(cur, pack(lo, start), Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange_weak(cur, pack(a, b), Ordering::Relaxed, Ordering::Relaxed)
         {
-            Ok(_) => return Some((start, hi)),
+            Ok(_) => return Some(claim),
             Err(now) => cur = now,
         }
     }

@@ -843,13 +843,33 @@ impl<'ctx> Lowering<'ctx, '_> {
                     self.fma_into(f, sf, scale, ch[1])?;
                     continue;
                 }
-                self.fma_into(f, sf, scale, ch[h])?;
-                if let Some(m) = m {
-                    let xsv = self.qdot_load(f, it.f32.into(), xs, at)?.into_float_value();
-                    let xsv = self.splat_f32(f, xsv, lanes)?;
-                    self.fma_into(f, m, xsv, ch[2 + h])?;
-                }
+                self.chain_block(f, sf, scale, m, (xs, at), lanes, ch, h)?;
             }
+        }
+        Ok(())
+    }
+
+    /// One block's terms into a row's chains: `sf · scale` into chain `h`, and with a
+    /// minimum `m`, `m · xs[at]` into minimum chain `2 + h` ([`QDot`]'s arithmetic).
+    #[allow(clippy::too_many_arguments)]
+    fn chain_block(
+        &self,
+        f: &Frame<'ctx>,
+        sf: VectorValue<'ctx>,
+        scale: VectorValue<'ctx>,
+        m: Option<VectorValue<'ctx>>,
+        (xs, at): (PointerValue<'ctx>, IntValue<'ctx>),
+        lanes: u32,
+        ch: &[PointerValue<'ctx>; 4],
+        h: usize,
+    ) -> R<()> {
+        self.fma_into(f, sf, scale, ch[h])?;
+        if let Some(m) = m {
+            let xsv = self
+                .qdot_load(f, self.it.f32.into(), xs, at)?
+                .into_float_value();
+            let xsv = self.splat_f32(f, xsv, lanes)?;
+            self.fma_into(f, m, xsv, ch[2 + h])?;
         }
         Ok(())
     }
@@ -922,12 +942,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             let m = m.filter(|_| t.has_min);
             let scale = f.b.build_float_mul(*d, xdv, "scale").map_err(e)?;
             let sf = f.b.build_signed_int_to_float(*s, vf, "").map_err(e)?;
-            self.fma_into(f, sf, scale, ch[h])?;
-            if let Some(m) = m {
-                let xsv = self.qdot_load(f, it.f32.into(), xs, at)?.into_float_value();
-                let xsv = self.splat_f32(f, xsv, lanes)?;
-                self.fma_into(f, m, xsv, ch[2 + h])?;
-            }
+            self.chain_block(f, sf, scale, m, (xs, at), lanes, ch, h)?;
         }
         Ok(())
     }
