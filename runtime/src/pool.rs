@@ -312,16 +312,17 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
         return inline();
     };
     let threads = (p.workers + 1) as i64;
+    let split = n <= u32::MAX as i64 && p.shared.regions.len() as i64 == threads;
     let job = Job {
         body,
         ctx: ctx as usize,
         n,
         chunk: (n / (threads * GUIDED_TAIL)).max(1),
-        div: threads * 2,
-        split: n <= u32::MAX as i64 && p.shared.regions.len() as i64 == threads,
+        // Split: the owner takes a quarter of what its region has left a claim.
+        div: if split { 4 } else { threads * 2 },
+        split,
     };
-    p.shared.next.store(0, Ordering::Relaxed);
-    let job = if job.split {
+    if split {
         for (i, r) in p.shared.regions.iter().enumerate() {
             let i = i as i64;
             r.0.store(
@@ -329,11 +330,9 @@ pub unsafe fn parallel_for(body: BodyFn, ctx: *mut u8, n: i64) {
                 Ordering::Relaxed,
             );
         }
-        // The owner takes a quarter of what its region has left a claim.
-        Job { div: 4, ..job }
     } else {
-        job
-    };
+        p.shared.next.store(0, Ordering::Relaxed);
+    }
     let wake = {
         let mut st = lock(&p.shared.state);
         st.ids = 0;
