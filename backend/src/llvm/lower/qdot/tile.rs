@@ -776,6 +776,12 @@ impl<'ctx> Lowering<'ctx, '_> {
             // Q6_K: the first half's sums (pairs 0..8) apart from the second's.
             let split = t.fmt.split_scales();
             let mut lows = Vec::new();
+            // One activation row with VNNI: the odd pairs in a second sum, added at the
+            // end (exact), so that a block is two `vpdpwssd` chains of 8, not one of 16
+            // (each waits on the last one's latency; decode has no other rows to
+            // interleave).
+            let two = rows.len() == 1 && !split && self.target.vnni();
+            let mut odd = vec![vi.const_zero(); rows.len()];
             for p in (0..16i64).filter(|_| !bytes) {
                 if split && p == 8 {
                     lows = std::mem::replace(&mut sums[j], vec![vi.const_zero(); rows.len()]);
@@ -807,8 +813,12 @@ impl<'ctx> Lowering<'ctx, '_> {
                         let pair = self.qdot_load(f, it.i32.into(), xq, at)?.into_int_value();
                         self.splat_i32(f, pair, lanes)?
                     };
+                    let s = if two && p % 2 == 1 { &mut odd[r] } else { s };
                     *s = self.pair_dot(f, *s, wv, x, lanes)?;
                 }
+            }
+            if two {
+                sums[j][0] = f.b.build_int_add(sums[j][0], odd[0], "").map_err(e)?;
             }
             let sb =
                 f.b.build_int_mul(tblk, self.tc(BLOCK_SCALE_BYTES), "")
