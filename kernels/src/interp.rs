@@ -560,7 +560,9 @@ impl Machine<'_> {
             } else {
                 let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
                 let nib = if high { byte >> 4 } else { byte & 15 };
-                if fmt.qh_offset().is_some() {
+                if fmt.iq4() {
+                    llmc_ir::quant::KVALUES_IQ4NL[nib as usize] as i64
+                } else if fmt.qh_offset().is_some() {
                     let (word, bit) = crate::templates::pack::tile16_fifth(c as usize, e);
                     let mask = self.read(w, masks + 4 * word as i64, Ty::U32, bufs)?.i();
                     nib | ((mask >> bit) & 1) << 4

@@ -680,7 +680,14 @@ impl QFmt {
     pub fn tile16(self) -> bool {
         matches!(
             self,
-            QFmt::Q8_0 | QFmt::Q4_0 | QFmt::Q4_1 | QFmt::Q5_0 | QFmt::Q5_1 | QFmt::Q4K | QFmt::Q6K
+            QFmt::Q8_0
+                | QFmt::Q4_0
+                | QFmt::Q4_1
+                | QFmt::Q5_0
+                | QFmt::Q5_1
+                | QFmt::IQ4NL
+                | QFmt::Q4K
+                | QFmt::Q6K
         ) || self.grouped()
             || self.sparse()
     }

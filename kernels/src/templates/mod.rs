@@ -732,7 +732,11 @@ pub(crate) fn dequant_tile16(buf: BufId, dtype: DType, group: Expr, c: Expr, j: 
     );
     let lo = Expr::bin(And, b.clone(), Expr::Int(15, Ty::U8));
     let hi = Expr::bin(Shr, b, Expr::Int(4, Ty::U8));
-    let mut q = Expr::select(j.clone().lt(Expr::i(16)), lo, hi).cast(Ty::F32);
+    let nib = Expr::select(j.clone().lt(Expr::i(16)), lo, hi);
+    if dtype == DType::IQ4NL {
+        return Expr::bin(Mul, d, iq4_level(nib));
+    }
+    let mut q = nib.cast(Ty::F32);
     if matches!(dtype, DType::Q5_0 | DType::Q5_1) {
         // Bit `lane` of pair j / 2's mask (pack::tile16_fifth): byte lane / 8.
         let at = group.clone() + masks as i64 + j / 2 * 4 + lane.clone() / 8;

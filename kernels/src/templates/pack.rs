@@ -3,7 +3,7 @@
 //! best; the planner rewrites the weight once into the data section. The layout and
 //! the kernel that reads it are defined side by side: this module and `linalg`.
 //!
-//! `Tile16` (GGUF Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, llmc's int4 groups): groups of [`QTile::LANES`]
+//! `Tile16` (GGUF Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, llmc's int4 groups): groups of [`QTile::LANES`]
 //! consecutive rows, and in each group block by block: the 16 rows' f16 scales, the
 //! 16 rows' f16 minimums (Q4_1, Q5_1), the fifth bits (Q5_0, Q5_1: per pair of quants
 //! one u32 whose bit `i` belongs to lane `i` of the tile vector; see [`tile16_fifth`]),
@@ -58,6 +58,8 @@ fn parts(d: DType) -> Option<(usize, bool, bool)> {
     match d {
         DType::Q8_0 => Some((32, false, false)),
         DType::Q4_0 => Some((16, false, false)),
+        // Q4_0's bytes; the nibbles index the levels' table.
+        DType::IQ4NL => Some((16, false, false)),
         DType::Q4_1 => Some((16, true, false)),
         DType::Q5_0 => Some((16, false, true)),
         DType::Q5_1 => Some((16, true, true)),
@@ -489,6 +491,14 @@ mod tests {
         let mask = u32::from_le_bytes([p[32 + 12], p[33 + 12], p[34 + 12], p[35 + 12]]);
         assert_eq!(mask, 0xaaaa_aaaa);
         assert_eq!(p[96 + 32 + 2 * 6] & 15, 6);
+        // IQ4_NL: Q4_0's bytes (the nibbles index its levels), packed the same.
+        let q4: Vec<u8> = (0..16u8)
+            .flat_map(|r| [r, 0].into_iter().chain((0..16).map(move |i| r ^ (i * 17))))
+            .collect();
+        assert_eq!(
+            pack(Pack::Tile16, DType::IQ4NL, 16, 32, &q4).unwrap(),
+            pack(Pack::Tile16, DType::Q4_0, 16, 32, &q4).unwrap()
+        );
         assert!(pack(Pack::Tile16, DType::Q4_1, 8, 32, &bytes[..160]).is_err());
         assert!(pack(Pack::Tile16, DType::F32, 16, 32, &bytes).is_err());
     }

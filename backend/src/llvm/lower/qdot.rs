@@ -401,8 +401,6 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok((d, m, qs, odd, Some((bits[0], bits[1]))))
     }
 
-    /// IQ4_NL's levels for 16 nibbles (`<16 x i8>`, 0..15): one `pshufb` of the table
-    /// with AVX2 (SSSE3), else a tree of selects on the nibbles' bits.
     /// The 6-bit scale and minimum of sub-block `j` (i64) of a Q4_K/Q5_K super-block
     /// from its scale bytes `j mod 4`, `j + 4` and `j` (`bytes`: i8 scalars, or
     /// vectors of them lane by lane; `c8` makes the matching constant), branch-free
@@ -443,22 +441,40 @@ impl<'ctx> Lowering<'ctx, '_> {
         Ok((pick(sc_lo, sc_hi, "sc")?, pick(mn_lo, mn_hi, "mn")?))
     }
 
-    fn iq4_lookup(&self, f: &Frame<'ctx>, nib: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+    /// IQ4_NL's levels for nibbles (`<n x i8>`, 0..15, `n` a multiple of 16): with AVX2
+    /// one `pshufb` of the table per 16 (SSSE3), 32 (AVX2) or 64 (AVX-512 BW) bytes,
+    /// else a tree of selects on the nibbles' bits.
+    pub(super) fn iq4_lookup(
+        &self,
+        f: &Frame<'ctx>,
+        nib: VectorValue<'ctx>,
+    ) -> R<VectorValue<'ctx>> {
         let it = self.it;
         let e = llvm_err;
         let kv = llmc_ir::quant::KVALUES_IQ4NL;
+        let n = nib.get_type().get_size();
         let splat = |v: i8| {
-            inkwell::types::VectorType::const_vector(&[it.i8.const_int(v as u8 as u64, false); 16])
+            inkwell::types::VectorType::const_vector(&vec![
+                it.i8.const_int(v as u8 as u64, false);
+                n as usize
+            ])
         };
         if self.target.avx2() {
+            // The table in every 128-bit lane (pshufb looks up within its lane).
             let table = inkwell::types::VectorType::const_vector(
-                &kv.iter()
-                    .map(|&v| it.i8.const_int(v as u8 as u64, false))
+                &(0..n as usize)
+                    .map(|i| it.i8.const_int(kv[i % 16] as u8 as u64, false))
                     .collect::<Vec<_>>(),
             );
-            return Ok(self
-                .x86(f, "llvm.x86.ssse3.pshuf.b.128", &[table, nib])?
-                .into_vector_value());
+            let name = match n {
+                16 => Some("llvm.x86.ssse3.pshuf.b.128"),
+                32 => Some("llvm.x86.avx2.pshuf.b"),
+                64 if self.target.avx512() => Some("llvm.x86.avx512.pshuf.b.512"),
+                _ => None,
+            };
+            if let Some(name) = name {
+                return Ok(self.x86(f, name, &[table, nib])?.into_vector_value());
+            }
         }
         // Level l's vectors, halved by one bit per round (bit 0 first).
         let mut level: Vec<VectorValue<'ctx>> = kv.iter().map(|&v| splat(v)).collect();
@@ -466,7 +482,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             let mask = splat(1 << bit);
             let t = f.b.build_and(nib, mask, "").map_err(e)?;
             let set =
-                f.b.build_int_compare(IntPredicate::NE, t, it.i8.vec_type(16).const_zero(), "")
+                f.b.build_int_compare(IntPredicate::NE, t, it.i8.vec_type(n).const_zero(), "")
                     .map_err(e)?;
             let mut next = Vec::with_capacity(level.len() / 2);
             for p in level.chunks(2) {

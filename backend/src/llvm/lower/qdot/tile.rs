@@ -324,9 +324,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 };
                 continue;
             }
-            let v = b.build_int_z_extend(raw, v32w, "").map_err(e)?;
-            let lo = b.build_and(v, splat(15), "lo").map_err(e)?;
-            let hi = b.build_right_shift(v, splat(4), false, "hi").map_err(e)?;
+            let (lo, hi) = self.nibble_pairs(f, u.fmt, raw, v32w)?;
             pairs[c as usize] = self.tile16_fifth(f, u.fmt, w, masks, c, 0, LANES, lo)?;
             pairs[c as usize + 8] = self.tile16_fifth(f, u.fmt, w, masks, c + 8, 0, LANES, hi)?;
         }
@@ -1029,10 +1027,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                     f.b.build_int_add(qs, self.tc(32 * p as i64), "")
                         .map_err(e)?;
                 let raw = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
-                let b = &f.b;
-                let v = b.build_int_z_extend(raw, vw, "").map_err(e)?;
-                let lo = b.build_and(v, splat(15), "lo").map_err(e)?;
-                let hi = b.build_right_shift(v, splat(4), false, "hi").map_err(e)?;
+                let (lo, hi) = self.nibble_pairs(f, t.fmt, raw, vw)?;
                 out[p] = self.tile16_fifth(f, t.fmt, w, masks, p as i64, c0, lanes, lo)?;
                 out[p + 8] = self.tile16_fifth(f, t.fmt, w, masks, p as i64 + 8, c0, lanes, hi)?;
             }
@@ -1556,6 +1551,39 @@ impl<'ctx> Lowering<'ctx, '_> {
             f.b.build_int_add(g, self.tc(tile16_offsets(fmt)?.1), "qh")
                 .map_err(e)?;
         Ok((d, m, qs, masks))
+    }
+
+    /// A 4-bit `Tile16` chunk's two pair vectors (`vw`, i16) from its raw bytes `raw`:
+    /// the low nibbles' and the high nibbles', or for IQ4_NL the table's signed levels
+    /// for them (looked up on the bytes, then sign-extended).
+    fn nibble_pairs(
+        &self,
+        f: &Frame<'ctx>,
+        fmt: llmc_kernels::QFmt,
+        raw: VectorValue<'ctx>,
+        vw: VectorType<'ctx>,
+    ) -> R<(VectorValue<'ctx>, VectorValue<'ctx>)> {
+        let it = self.it;
+        let e = llvm_err;
+        let n = vw.get_size() as usize;
+        let b = &f.b;
+        if fmt.iq4() {
+            let c8 = |k: u64| VectorType::const_vector(&vec![it.i8.const_int(k, false); n]);
+            let lo = b.build_and(raw, c8(15), "lo").map_err(e)?;
+            let hi = b.build_right_shift(raw, c8(4), false, "hi").map_err(e)?;
+            let lo = self.iq4_lookup(f, lo)?;
+            let hi = self.iq4_lookup(f, hi)?;
+            let b = &f.b;
+            return Ok((
+                b.build_int_s_extend(lo, vw, "").map_err(e)?,
+                b.build_int_s_extend(hi, vw, "").map_err(e)?,
+            ));
+        }
+        let c16 = |k: u64| VectorType::const_vector(&vec![it.i16.const_int(k, false); n]);
+        let v = b.build_int_z_extend(raw, vw, "").map_err(e)?;
+        let lo = b.build_and(v, c16(15), "lo").map_err(e)?;
+        let hi = b.build_right_shift(v, c16(4), false, "hi").map_err(e)?;
+        Ok((lo, hi))
     }
 
     /// Q5_0/Q5_1 (`fmt`): tile vector `v` of pair `p` (lanes of weight rows
