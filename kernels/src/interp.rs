@@ -531,6 +531,9 @@ impl Machine<'_> {
         if fmt == QFmt::Q6K {
             return self.packed_q6k(w, w0, b, c, bufs);
         }
+        if fmt == QFmt::IQ4XS {
+            return self.packed_iq4xs(w, w0, b, c, bufs);
+        }
         if !fmt.tile16() {
             return Err(format!("{fmt:?} has no packed layout"));
         }
@@ -668,6 +671,37 @@ impl Machine<'_> {
             *v = if high { byte >> 4 } else { byte & 15 };
         }
         Ok((big_d * sc as f32, -(dmin * mn as f32), q))
+    }
+
+    /// [`Self::packed_block`] for IQ4_XS: block `b % 8` of its super-block group
+    /// (`templates::pack::tile16_iq4xs_scale`): `D · (ls - 32)`, no minimum, the
+    /// table's levels.
+    fn packed_iq4xs(
+        &mut self,
+        w: BufId,
+        w0: i64,
+        b: i64,
+        c: i64,
+        bufs: &mut [Vec<u8>],
+    ) -> R<(f32, f32, [i64; 32])> {
+        use crate::templates::pack::{tile16_iq4xs_scale, tile16_quant, TILE16_IQ4XS_QUANTS};
+        let lanes = QTile::LANES as i64;
+        let g = w0 + b / 8 * lanes * QFmt::IQ4XS.block_bytes();
+        let j = b % 8;
+        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let sh = self.read(w, g + 32 + 2 * c, Ty::U16, bufs)?.i();
+        let at = tile16_iq4xs_scale(j as usize / 2, c as usize) as i64;
+        let sl = self.read(w, g + at, Ty::U8, bufs)?.i();
+        let ls = ((sl >> (4 * (j % 2))) & 15) | ((sh >> (2 * j)) & 3) << 4;
+        let qs = g + (TILE16_IQ4XS_QUANTS + 256 * j as usize) as i64;
+        let mut q = [0i64; 32];
+        for (e, v) in q.iter_mut().enumerate() {
+            let (at, high) = tile16_quant(DType::Q4_0, c as usize, e);
+            let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
+            let nib = if high { byte >> 4 } else { byte & 15 };
+            *v = llmc_ir::quant::KVALUES_IQ4NL[nib as usize] as i64;
+        }
+        Ok((big_d * (ls - 32) as f32, 0.0, q))
     }
 
     /// [`FTile`]: in-order f32 FMAs per (row, weight row).

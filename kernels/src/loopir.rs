@@ -686,6 +686,7 @@ impl QFmt {
                 | QFmt::Q5_0
                 | QFmt::Q5_1
                 | QFmt::IQ4NL
+                | QFmt::IQ4XS
                 | QFmt::Q4K
                 | QFmt::Q6K
         ) || self.grouped()

@@ -17,7 +17,9 @@
 //! quants as Q4_0's. Q6_K packs per super-block too: the 16 rows' D, their 16 i8
 //! sub-block scales as 16 runs of 16 (see [`tile16_q6k_scale`]), then per block of 32
 //! the low nibbles as Q4_0's quants and the high two bits in four 32-byte chunks (see
-//! [`tile16_q6k_high`]). The size is unchanged.
+//! [`tile16_q6k_high`]). IQ4_XS packs per super-block as Q4_K does: the 16 rows' D, their
+//! `scales_h`, their 4 `scales_l` bytes as 4 runs of 16 (see [`tile16_iq4xs_scale`]),
+//! then its eight blocks' nibbles as Q4_0's. The size is unchanged.
 
 use crate::QTile;
 use llmc_ir::DType;
@@ -93,7 +95,9 @@ pub fn tile16_fifth(c: usize, e: usize) -> (usize, u32) {
 
 /// Whether [`Pack::Tile16`] can lay out a `[rows, k]` weight of dtype `d`.
 pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
-    (parts(d).is_some() || matches!(d, DType::Q4K | DType::Q6K) || d.sparse_keep().is_some())
+    (parts(d).is_some()
+        || matches!(d, DType::Q4K | DType::Q6K | DType::IQ4XS)
+        || d.sparse_keep().is_some())
         && rows.is_multiple_of(QTile::LANES)
         && k.is_multiple_of(d.block_len())
 }
@@ -186,6 +190,17 @@ pub fn tile16_q6k_scale(s: usize, c: usize) -> usize {
     2 * QTile::LANES + QTile::LANES * s + c
 }
 
+/// Byte offset of scale byte `t` (0..4 of `scales_l`) of row `c` in an IQ4_XS
+/// [`Pack::Tile16`] super-block group: 16 D (f16), 16 `scales_h` (u16), then the 4
+/// `scales_l` bytes as 4 runs of the 16 rows' bytes, then the eight blocks' nibbles
+/// (256 bytes each, in [`tile16_quant`]'s order) from [`TILE16_IQ4XS_QUANTS`].
+pub fn tile16_iq4xs_scale(t: usize, c: usize) -> usize {
+    4 * QTile::LANES + QTile::LANES * t + c
+}
+
+/// Byte offset of block 0's quants in an IQ4_XS [`Pack::Tile16`] super-block group.
+pub const TILE16_IQ4XS_QUANTS: usize = 8 * QTile::LANES;
+
 /// Byte offset of block 0's quants in a Q6_K [`Pack::Tile16`] super-block group.
 pub const TILE16_Q6K_QUANTS: usize = 2 * QTile::LANES + 16 * QTile::LANES;
 
@@ -268,6 +283,21 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
                     out[b0 + at] |= if high { lo << 4 } else { lo };
                     let (at, shift) = tile16_q6k_high(r, e);
                     out[b0 + at] |= hi << shift;
+                }
+            }
+        }),
+        Pack::Tile16 if d == DType::IQ4XS => super_groups(d, rows, k, bytes, |out, r, blk| {
+            out[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+            out[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
+            for t in 0..4 {
+                out[tile16_iq4xs_scale(t, r)] = blk[4 + t];
+            }
+            // Block j's quant e: byte 8 + 16 j + e mod 16, the high nibble from e = 16.
+            for j in 0..8 {
+                for e in 0..32 {
+                    let q = (blk[8 + 16 * j + e % 16] >> (4 * (e / 16))) & 15;
+                    let (at, high) = tile16_quant(DType::Q4_0, r, e);
+                    out[TILE16_IQ4XS_QUANTS + 256 * j + at] |= if high { q << 4 } else { q };
                 }
             }
         }),
@@ -498,6 +528,29 @@ mod tests {
         assert_eq!(
             pack(Pack::Tile16, DType::IQ4NL, 16, 32, &q4).unwrap(),
             pack(Pack::Tile16, DType::Q4_0, 16, 32, &q4).unwrap()
+        );
+        // IQ4_XS, 16 rows of one super-block: row r's D = [r, 0], scales_h = [r, 1],
+        // scales_l = [r, 2r, 3r, 4r], quant e of block j = (r + j + e) mod 16.
+        let xs: Vec<u8> = (0..16u8)
+            .flat_map(|r| {
+                let head = [r, 0, r, 1, r, 2 * r, 3 * r, 4 * r];
+                let qs = (0..8u8).flat_map(move |j| {
+                    (0..16u8).map(move |i| ((r + j + i) % 16) | (((r + j + i + 16) % 16) << 4))
+                });
+                head.into_iter().chain(qs)
+            })
+            .collect();
+        let p = pack(Pack::Tile16, DType::IQ4XS, 16, 256, &xs).unwrap();
+        assert_eq!(p.len(), xs.len());
+        assert_eq!(&p[2 * 5..2 * 5 + 2], &[5, 0]);
+        assert_eq!(&p[32 + 2 * 5..32 + 2 * 5 + 2], &[5, 1]);
+        assert_eq!(p[tile16_iq4xs_scale(3, 5)], 20);
+        // Block 2, quant 19 of row 5: pair 9, chunk 1, lane 11, high nibble.
+        let (at, high) = tile16_quant(DType::Q4_0, 5, 19);
+        assert!(high);
+        assert_eq!(
+            p[TILE16_IQ4XS_QUANTS + 256 * 2 + at] >> 4,
+            (5 + 2 + 19) % 16
         );
         assert!(pack(Pack::Tile16, DType::Q4_1, 8, 32, &bytes[..160]).is_err());
         assert!(pack(Pack::Tile16, DType::F32, 16, 32, &bytes).is_err());

@@ -19,7 +19,7 @@ use llmc_kernels::{QDot, QTile, QUnpack};
 /// group of `fmt`.
 fn tile16_offsets(fmt: llmc_kernels::QFmt) -> R<(i64, i64)> {
     use llmc_kernels::QFmt;
-    if !fmt.tile16() || matches!(fmt, QFmt::Q4K | QFmt::Q6K) {
+    if !fmt.tile16() || matches!(fmt, QFmt::Q4K | QFmt::Q6K | QFmt::IQ4XS) {
         return Err(llvm_err(format!("{fmt:?} has no block-wise Tile16 layout")));
     }
     let (qs, masks) = llmc_kernels::templates::pack::tile16_offsets(fmt.dtype());
@@ -1405,15 +1405,20 @@ impl<'ctx> Lowering<'ctx, '_> {
         let big = LANES as i64;
         let k4 = fmt == llmc_kernels::QFmt::Q4K;
         let q6 = fmt == llmc_kernels::QFmt::Q6K;
-        // The group holding the block (Q4_K, Q6_K: its super-block's) and the block's
-        // quants within it.
+        let xs = fmt == llmc_kernels::QFmt::IQ4XS;
+        // The group holding the block (Q4_K, Q6_K, IQ4_XS: its super-block's) and the
+        // block's quants within it.
         let b = &f.b;
-        let (g, qoff, per_block) = if q6 || k4 {
-            use llmc_kernels::templates::pack::{TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS};
+        let (g, qoff, per_block) = if q6 || k4 || xs {
+            use llmc_kernels::templates::pack::{
+                TILE16_IQ4XS_QUANTS, TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS,
+            };
             // Block j of its super-block's group: Q6_K's 384 bytes each from byte 288,
-            // Q4_K's 256 from byte 256.
+            // Q4_K's 256 from byte 256, IQ4_XS's 256 from byte 128.
             let (first, stride) = if q6 {
                 (TILE16_Q6K_QUANTS as i64, TILE16_Q6K_BLOCK as i64)
+            } else if xs {
+                (TILE16_IQ4XS_QUANTS as i64, 32 * big / 2)
             } else {
                 (256, 32 * big / 2)
             };
@@ -1484,6 +1489,67 @@ impl<'ctx> Lowering<'ctx, '_> {
             f.b.build_float_ext(h, vf, "").map_err(e)
         };
         let d = half(0)?;
+        if xs {
+            // Block j's 6-bit scale `ls` (`QFmt::IQ4XS`) lane-wise: bits 2 j, 2 j + 1 of
+            // the rows' `scales_h`, the j mod 2 nibble of their `scales_l` byte j / 2.
+            use llmc_kernels::templates::pack::tile16_iq4xs_scale;
+            let b = &f.b;
+            let j = b.build_and(blk, self.tc(7), "j").map_err(e)?;
+            let vs = it.i16.vec_type(lanes);
+            let at = b
+                .build_int_add(g, self.tc(2 * big + 2 * c0 as i64), "")
+                .map_err(e)?;
+            let sh = self.qdot_load(f, vs.into(), w, at)?.into_vector_value();
+            let b = &f.b;
+            let shift = |by: IntValue<'ctx>,
+                         ty: inkwell::types::IntType<'ctx>|
+             -> R<VectorValue<'ctx>> {
+                let by = f.b.build_int_truncate(by, ty, "").map_err(e)?;
+                let v =
+                    f.b.build_insert_element(
+                        ty.vec_type(lanes).get_undef(),
+                        by,
+                        it.i32.const_zero(),
+                        "",
+                    )
+                    .map_err(e)?;
+                let zeros = VectorType::const_vector(&vec![it.i32.const_zero(); lanes as usize]);
+                f.b.build_shuffle_vector(v, ty.vec_type(lanes).get_undef(), zeros, "")
+                    .map_err(e)
+            };
+            let j2 = b.build_int_mul(j, self.tc(2), "").map_err(e)?;
+            let sh =
+                f.b.build_right_shift(sh, shift(j2, it.i16)?, false, "")
+                    .map_err(e)?;
+            let c16 = |k: u64| {
+                VectorType::const_vector(&vec![it.i16.const_int(k, false); lanes as usize])
+            };
+            let sh = f.b.build_and(sh, c16(3), "").map_err(e)?;
+            let sh = f.b.build_left_shift(sh, c16(4), "sh").map_err(e)?;
+            let jh = f.b.build_right_shift(j, self.tc(1), false, "").map_err(e)?;
+            let run = f.b.build_int_mul(jh, self.tc(big), "").map_err(e)?;
+            let at =
+                f.b.build_int_add(run, self.tc(tile16_iq4xs_scale(0, c0 as usize) as i64), "")
+                    .map_err(e)?;
+            let at = f.b.build_int_add(g, at, "").map_err(e)?;
+            let sl = self
+                .qdot_load(f, it.i8.vec_type(lanes).into(), w, at)?
+                .into_vector_value();
+            let j1 = f.b.build_and(j, self.tc(1), "").map_err(e)?;
+            let j4 = f.b.build_int_mul(j1, self.tc(4), "").map_err(e)?;
+            let sl =
+                f.b.build_right_shift(sl, shift(j4, it.i8)?, false, "")
+                    .map_err(e)?;
+            let c8 =
+                |k: u64| VectorType::const_vector(&vec![it.i8.const_int(k, false); lanes as usize]);
+            let sl = f.b.build_and(sl, c8(15), "").map_err(e)?;
+            let sl = f.b.build_int_z_extend(sl, vs, "").map_err(e)?;
+            let ls = f.b.build_or(sl, sh, "ls").map_err(e)?;
+            let ls = f.b.build_int_sub(ls, c16(32), "").map_err(e)?;
+            let ls = f.b.build_signed_int_to_float(ls, vf, "").map_err(e)?;
+            let d = f.b.build_float_mul(d, ls, "d").map_err(e)?;
+            return Ok((d, None, qs, g));
+        }
         if q6 {
             // d_lo and d_hi: D times the i8 scales of sub-blocks 2 j and 2 j + 1,
             // each stored as a run of the 16 rows' bytes.
