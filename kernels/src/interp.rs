@@ -525,8 +525,8 @@ impl Machine<'_> {
         bufs: &mut [Vec<u8>],
     ) -> R<(f32, f32, [i64; 32])> {
         let lanes = QTile::LANES as i64;
-        if fmt == QFmt::Q4K {
-            return self.packed_q4k(w, w0, b, c, bufs);
+        if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
+            return self.packed_q4k(fmt, w, w0, b, c, bufs);
         }
         if fmt == QFmt::Q6K {
             return self.packed_q6k(w, w0, b, c, bufs);
@@ -565,7 +565,7 @@ impl Machine<'_> {
                 let nib = if high { byte >> 4 } else { byte & 15 };
                 if fmt.iq4() {
                     llmc_ir::quant::KVALUES_IQ4NL[nib as usize] as i64
-                } else if fmt.qh_offset().is_some() {
+                } else if fmt.tile_fifth() {
                     let (word, bit) = crate::templates::pack::tile16_fifth(c as usize, e);
                     let mask = self.read(w, masks + 4 * word as i64, Ty::U32, bufs)?.i();
                     nib | ((mask >> bit) & 1) << 4
@@ -643,9 +643,11 @@ impl Machine<'_> {
         Ok((d[0], d[1], q))
     }
 
-    /// [`Self::packed_block`] for Q4_K (`templates::pack::tile16_q4k_scale`).
+    /// [`Self::packed_block`] for Q4_K (`templates::pack::tile16_q4k_scale`) and Q5_K
+    /// (the same, with its blocks' fifth-bit masks, `templates::pack::TILE16_Q5K_BLOCK`).
     fn packed_q4k(
         &mut self,
+        fmt: QFmt,
         w: BufId,
         w0: i64,
         b: i64,
@@ -653,7 +655,7 @@ impl Machine<'_> {
         bufs: &mut [Vec<u8>],
     ) -> R<(f32, f32, [i64; 32])> {
         let lanes = QTile::LANES as i64;
-        let g = w0 + b / 8 * lanes * QFmt::Q4K.block_bytes();
+        let g = w0 + b / 8 * lanes * fmt.block_bytes();
         let j = (b % 8) as usize;
         let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
         let dmin = self.read(w, g + 32 + 2 * c, Ty::F16, bufs)?.f() as f32;
@@ -663,12 +665,24 @@ impl Machine<'_> {
             *p = self.read(w, g + at, Ty::U8, bufs)?.i() as u8;
         }
         let (sc, mn) = llmc_ir::quant_k::scale_min_k4(j, &packed);
-        let qs = g + 256 + 256 * j as i64;
+        // Q5_K: each block's 64 bytes of fifth-bit masks before its quants.
+        let five = fmt == QFmt::Q5K;
+        let masks = g + 256 + (crate::templates::pack::TILE16_Q5K_BLOCK * j) as i64;
+        let qs = if five {
+            masks + 64
+        } else {
+            g + 256 + 256 * j as i64
+        };
         let mut q = [0i64; 32];
         for (e, v) in q.iter_mut().enumerate() {
             let (at, high) = crate::templates::pack::tile16_quant(DType::Q4_0, c as usize, e);
             let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
             *v = if high { byte >> 4 } else { byte & 15 };
+            if five {
+                let (word, bit) = crate::templates::pack::tile16_fifth(c as usize, e);
+                let mask = self.read(w, masks + 4 * word as i64, Ty::U32, bufs)?.i();
+                *v |= ((mask >> bit) & 1) << 4;
+            }
         }
         Ok((big_d * sc as f32, -(dmin * mn as f32), q))
     }

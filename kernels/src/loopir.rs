@@ -643,11 +643,18 @@ impl QFmt {
 
     /// Offset of the fifth bits (`qh`, a little-endian u32) of a Q5 block.
     pub fn qh_offset(self) -> Option<i64> {
+        // (The `Tile16` layouts keep fifth bits as masks: [`Self::tile_fifth`].)
         match self {
             QFmt::Q5_0 => Some(2),
             QFmt::Q5_1 => Some(4),
             _ => None,
         }
+    }
+
+    /// Whether a `Tile16` block has fifth bits (Q5_0, Q5_1, Q5_K: a u32 mask per pair
+    /// of quants, `templates::pack::tile16_fifth`).
+    pub fn tile_fifth(self) -> bool {
+        matches!(self, QFmt::Q5_0 | QFmt::Q5_1 | QFmt::Q5K)
     }
 
     /// The GGUF block dtype of the format.
@@ -688,6 +695,7 @@ impl QFmt {
                 | QFmt::IQ4NL
                 | QFmt::IQ4XS
                 | QFmt::Q4K
+                | QFmt::Q5K
                 | QFmt::Q6K
         ) || self.grouped()
             || self.sparse()

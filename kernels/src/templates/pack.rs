@@ -96,7 +96,7 @@ pub fn tile16_fifth(c: usize, e: usize) -> (usize, u32) {
 /// Whether [`Pack::Tile16`] can lay out a `[rows, k]` weight of dtype `d`.
 pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
     (parts(d).is_some()
-        || matches!(d, DType::Q4K | DType::Q6K | DType::IQ4XS)
+        || matches!(d, DType::Q4K | DType::Q5K | DType::Q6K | DType::IQ4XS)
         || d.sparse_keep().is_some())
         && rows.is_multiple_of(QTile::LANES)
         && k.is_multiple_of(d.block_len())
@@ -201,6 +201,11 @@ pub fn tile16_iq4xs_scale(t: usize, c: usize) -> usize {
 /// Byte offset of block 0's quants in an IQ4_XS [`Pack::Tile16`] super-block group.
 pub const TILE16_IQ4XS_QUANTS: usize = 8 * QTile::LANES;
 
+/// Bytes of one block of 32 in a Q5_K [`Pack::Tile16`] super-block group (after Q4_K's
+/// 256 bytes of D, Dmin and scale runs): the fifth bits' 16 masks (as Q5_0's,
+/// [`tile16_fifth`]), then 256 bytes of nibbles in [`tile16_quant`]'s order.
+pub const TILE16_Q5K_BLOCK: usize = 20 * QTile::LANES;
+
 /// Byte offset of block 0's quants in a Q6_K [`Pack::Tile16`] super-block group.
 pub const TILE16_Q6K_QUANTS: usize = 2 * QTile::LANES + 16 * QTile::LANES;
 
@@ -298,6 +303,27 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
                     let q = (blk[8 + 16 * j + e % 16] >> (4 * (e / 16))) & 15;
                     let (at, high) = tile16_quant(DType::Q4_0, r, e);
                     out[TILE16_IQ4XS_QUANTS + 256 * j + at] |= if high { q << 4 } else { q };
+                }
+            }
+        }),
+        Pack::Tile16 if d == DType::Q5K => super_groups(d, rows, k, bytes, |out, r, blk| {
+            out[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+            out[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
+            for t in 0..12 {
+                out[tile16_q4k_scale(t, r)] = blk[4 + t];
+            }
+            // Block j's quant e: byte 32 (j / 2) + e of qs (from 48), nibble j mod 2;
+            // its fifth bit, bit j of qh[e] (from 16).
+            for j in 0..8 {
+                let m0 = 256 + TILE16_Q5K_BLOCK * j;
+                for e in 0..32 {
+                    let q = (blk[48 + 32 * (j / 2) + e] >> (4 * (j % 2))) & 15;
+                    let (at, high) = tile16_quant(DType::Q4_0, r, e);
+                    out[m0 + 64 + at] |= if high { q << 4 } else { q };
+                    if (blk[16 + e] >> j) & 1 == 1 {
+                        let (word, bit) = tile16_fifth(r, e);
+                        out[m0 + 4 * word + bit as usize / 8] |= 1 << (bit % 8);
+                    }
                 }
             }
         }),

@@ -723,7 +723,13 @@ fn linear_float_and_quantized() {
         0.0,
     );
     assert!(text.contains("% 16"), "Q6_K: not the packed gather\n{text}");
-    for (rows, n, k) in [(1usize, 40usize, 256usize), (9, 33, 512)] {
+    // 48 rows: packed in tiles of 16 (the fifth bits as masks).
+    for (rows, n, k) in [
+        (1usize, 40usize, 256usize),
+        (9, 33, 512),
+        (1, 48, 256),
+        (5, 48, 512),
+    ] {
         let x = r.tensor(F, &[rows, k], 1.0);
         let wq = quant_bytes(&mut r, DType::Q5K, n, k);
         check_quant_linear(&x, rows, DType::Q5K, n, k, &wq, None);

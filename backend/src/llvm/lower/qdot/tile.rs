@@ -19,7 +19,7 @@ use llmc_kernels::{QDot, QTile, QUnpack};
 /// group of `fmt`.
 fn tile16_offsets(fmt: llmc_kernels::QFmt) -> R<(i64, i64)> {
     use llmc_kernels::QFmt;
-    if !fmt.tile16() || matches!(fmt, QFmt::Q4K | QFmt::Q6K | QFmt::IQ4XS) {
+    if !fmt.tile16() || matches!(fmt, QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::IQ4XS) {
         return Err(llvm_err(format!("{fmt:?} has no block-wise Tile16 layout")));
     }
     let (qs, masks) = llmc_kernels::templates::pack::tile16_offsets(fmt.dtype());
@@ -294,8 +294,8 @@ impl<'ctx> Lowering<'ctx, '_> {
             .map_err(e)?;
         // A byte tile of plain nibbles or bytes goes straight to its quads, and so does
         // a Q5 one without AVX-512 (its fifth bits set on the bytes).
-        let q5_bytes = bytes && u.fmt.qh_offset().is_some() && !self.target.avx512();
-        let direct_quads = bytes && !s24 && (u.fmt.qh_offset().is_none() || q5_bytes);
+        let q5_bytes = bytes && u.fmt.tile_fifth() && !self.target.avx512();
+        let direct_quads = bytes && !s24 && (!u.fmt.tile_fifth() || q5_bytes);
         let q6 = u.fmt == llmc_kernels::QFmt::Q6K;
         let chunks = if s24 || direct_quads || q6 {
             0
@@ -895,7 +895,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             && !self.byte_tile(t.fmt, t.packed, xq8)
             && !t.fmt.split_scales()
             && !t.fmt.sparse()
-            && t.fmt.qh_offset().is_none()
+            && !t.fmt.tile_fifth()
     }
 
     /// One block of a direct [`QTile`] for one activation row, every lane group of
@@ -1159,7 +1159,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         lanes: u32,
     ) -> R<Decoded<'ctx>> {
         use llmc_kernels::QFmt;
-        if t.fmt.qh_offset().is_some() {
+        if t.fmt.tile_fifth() {
             if !self.target.avx512() {
                 let (d, m, qs, masks) =
                     self.packed_head(f, t.fmt, (w, w_off), blk, c0, lanes, c0 == 0)?;
@@ -1403,7 +1403,9 @@ impl<'ctx> Lowering<'ctx, '_> {
         let vh = it.f16.vec_type(lanes);
         let vf = it.f32.vec_type(lanes);
         let big = LANES as i64;
-        let k4 = fmt == llmc_kernels::QFmt::Q4K;
+        // Q5_K: Q4_K's head and scales, each block's fifth bits' masks before its quants.
+        let k5 = fmt == llmc_kernels::QFmt::Q5K;
+        let k4 = fmt == llmc_kernels::QFmt::Q4K || k5;
         let q6 = fmt == llmc_kernels::QFmt::Q6K;
         let xs = fmt == llmc_kernels::QFmt::IQ4XS;
         // The group holding the block (Q4_K, Q6_K, IQ4_XS: its super-block's) and the
@@ -1411,12 +1413,15 @@ impl<'ctx> Lowering<'ctx, '_> {
         let b = &f.b;
         let (g, qoff, per_block) = if q6 || k4 || xs {
             use llmc_kernels::templates::pack::{
-                TILE16_IQ4XS_QUANTS, TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS,
+                TILE16_IQ4XS_QUANTS, TILE16_Q5K_BLOCK, TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS,
             };
             // Block j of its super-block's group: Q6_K's 384 bytes each from byte 288,
-            // Q4_K's 256 from byte 256, IQ4_XS's 256 from byte 128.
+            // Q4_K's 256 from byte 256, Q5_K's 320 (masks, then quants) from byte 256,
+            // IQ4_XS's 256 from byte 128.
             let (first, stride) = if q6 {
                 (TILE16_Q6K_QUANTS as i64, TILE16_Q6K_BLOCK as i64)
+            } else if k5 {
+                (256 + 64, TILE16_Q5K_BLOCK as i64)
             } else if xs {
                 (TILE16_IQ4XS_QUANTS as i64, 32 * big / 2)
             } else {
@@ -1434,7 +1439,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             (
                 g,
                 q,
-                if q6 {
+                if q6 || k5 {
                     stride
                 } else {
                     big * fmt.block_bytes() / 8
@@ -1603,7 +1608,11 @@ impl<'ctx> Lowering<'ctx, '_> {
             let d = b.build_float_mul(d, sc, "d").map_err(e)?;
             let m = b.build_float_mul(dmin, mn, "").map_err(e)?;
             let m = b.build_float_neg(m, "m").map_err(e)?;
-            return Ok((d, Some(m), qs, g));
+            // (Q5_K: the block's masks, the 64 bytes before its quants.)
+            let masks = b
+                .build_int_sub(qs, self.tc(64 + 2 * c0 as i64), "qh")
+                .map_err(e)?;
+            return Ok((d, Some(m), qs, masks));
         }
         let m = if fmt.stored_min() {
             Some(half(2 * big)?)
@@ -1667,7 +1676,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         lanes: u32,
         v: VectorValue<'ctx>,
     ) -> R<VectorValue<'ctx>> {
-        if fmt.qh_offset().is_none() {
+        if !fmt.tile_fifth() {
             return Ok(v);
         }
         let it = self.it;
