@@ -21,11 +21,8 @@ use llmc_ir::{DType, Dim, Node, TensorType};
 /// Keys per split of a sequence's context: each (row, kv head) pair's softmax state
 /// is computed split by split and the splits merged in order, so a few rows over a long
 /// context spread over every thread (split-K), and the arithmetic is the same whether
-/// the splits run one after another or in parallel. 128, not 256: a decode row under
-/// 256 tokens was one split per kv head, SmolLM2's 3 tasks over 2 threads (one thread
-/// ran two); at 128 its attention over 16 + 256 tokens took 17% less time (Zen 4, 2
-/// threads) and 512 or 1,024 tokens the same. 64 was as fast short and slower at 1,024.
-const SPLIT_TOKENS: i64 = 128;
+/// the splits run one after another or in parallel.
+const SPLIT_TOKENS: i64 = 256;
 
 /// Keys of a block whose score sums one pass of the row tiles' element loop keeps (in
 /// registers: 4 vectors of 16 lanes are 8 AVX2 registers).
