@@ -555,26 +555,46 @@ impl Machine<'_> {
         } else {
             fmt.offset_min().map_or(0.0, |f| f * d)
         };
+        if dt != DType::Q8_0 {
+            let q = self.packed_nibbles(fmt, w, (qs, masks), c, bufs)?;
+            return Ok((d, m, q));
+        }
         let mut q = [0i64; 32];
         for (e, v) in q.iter_mut().enumerate() {
-            let (at, high) = crate::templates::pack::tile16_quant(dt, c as usize, e);
-            *v = if dt == DType::Q8_0 {
-                self.read(w, qs + at as i64, Ty::I8, bufs)?.i() + if offset8 { 128 } else { 0 }
-            } else {
-                let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
-                let nib = if high { byte >> 4 } else { byte & 15 };
-                if fmt.iq4() {
-                    llmc_ir::quant::KVALUES_IQ4NL[nib as usize] as i64
-                } else if fmt.tile_fifth() {
-                    let (word, bit) = crate::templates::pack::tile16_fifth(c as usize, e);
-                    let mask = self.read(w, masks + 4 * word as i64, Ty::U32, bufs)?.i();
-                    nib | ((mask >> bit) & 1) << 4
-                } else {
-                    nib
-                }
-            };
+            let (at, _) = crate::templates::pack::tile16_quant(dt, c as usize, e);
+            *v = self.read(w, qs + at as i64, Ty::I8, bufs)?.i() + if offset8 { 128 } else { 0 };
         }
         Ok((d, m, q))
+    }
+
+    /// Row `c`'s 32 quants of a 4-bit `Tile16` block whose nibbles start at byte `qs`
+    /// (Q4_0's order, `templates::pack::tile16_quant`), in activation order: with a
+    /// fifth bit from the block's masks at byte `masks` (`QFmt::tile_fifth`), or as
+    /// IQ4's levels.
+    fn packed_nibbles(
+        &mut self,
+        fmt: QFmt,
+        w: BufId,
+        (qs, masks): (i64, i64),
+        c: i64,
+        bufs: &mut [Vec<u8>],
+    ) -> R<[i64; 32]> {
+        let mut q = [0i64; 32];
+        for (e, v) in q.iter_mut().enumerate() {
+            let (at, high) = crate::templates::pack::tile16_quant(DType::Q4_0, c as usize, e);
+            let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
+            let nib = if high { byte >> 4 } else { byte & 15 };
+            *v = if fmt.iq4() {
+                llmc_ir::quant::KVALUES_IQ4NL[nib as usize] as i64
+            } else if fmt.tile_fifth() {
+                let (word, bit) = crate::templates::pack::tile16_fifth(c as usize, e);
+                let mask = self.read(w, masks + 4 * word as i64, Ty::U32, bufs)?.i();
+                nib | ((mask >> bit) & 1) << 4
+            } else {
+                nib
+            };
+        }
+        Ok(q)
     }
 
     /// [`Self::packed_block`] for `q8_0_2of4` and `q8_0_8of32`
@@ -666,24 +686,13 @@ impl Machine<'_> {
         }
         let (sc, mn) = llmc_ir::quant_k::scale_min_k4(j, &packed);
         // Q5_K: each block's 64 bytes of fifth-bit masks before its quants.
-        let five = fmt == QFmt::Q5K;
         let masks = g + 256 + (crate::templates::pack::TILE16_Q5K_BLOCK * j) as i64;
-        let qs = if five {
+        let qs = if fmt.tile_fifth() {
             masks + 64
         } else {
             g + 256 + 256 * j as i64
         };
-        let mut q = [0i64; 32];
-        for (e, v) in q.iter_mut().enumerate() {
-            let (at, high) = crate::templates::pack::tile16_quant(DType::Q4_0, c as usize, e);
-            let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
-            *v = if high { byte >> 4 } else { byte & 15 };
-            if five {
-                let (word, bit) = crate::templates::pack::tile16_fifth(c as usize, e);
-                let mask = self.read(w, masks + 4 * word as i64, Ty::U32, bufs)?.i();
-                *v |= ((mask >> bit) & 1) << 4;
-            }
-        }
+        let q = self.packed_nibbles(fmt, w, (qs, masks), c, bufs)?;
         Ok((big_d * sc as f32, -(dmin * mn as f32), q))
     }
 
@@ -698,7 +707,7 @@ impl Machine<'_> {
         c: i64,
         bufs: &mut [Vec<u8>],
     ) -> R<(f32, f32, [i64; 32])> {
-        use crate::templates::pack::{tile16_iq4xs_scale, tile16_quant, TILE16_IQ4XS_QUANTS};
+        use crate::templates::pack::{tile16_iq4xs_scale, TILE16_IQ4XS_QUANTS};
         let lanes = QTile::LANES as i64;
         let g = w0 + b / 8 * lanes * QFmt::IQ4XS.block_bytes();
         let j = b % 8;
@@ -708,13 +717,7 @@ impl Machine<'_> {
         let sl = self.read(w, g + at, Ty::U8, bufs)?.i();
         let ls = ((sl >> (4 * (j % 2))) & 15) | ((sh >> (2 * j)) & 3) << 4;
         let qs = g + (TILE16_IQ4XS_QUANTS + 256 * j as usize) as i64;
-        let mut q = [0i64; 32];
-        for (e, v) in q.iter_mut().enumerate() {
-            let (at, high) = tile16_quant(DType::Q4_0, c as usize, e);
-            let byte = self.read(w, qs + at as i64, Ty::U8, bufs)?.i();
-            let nib = if high { byte >> 4 } else { byte & 15 };
-            *v = llmc_ir::quant::KVALUES_IQ4NL[nib as usize] as i64;
-        }
+        let q = self.packed_nibbles(QFmt::IQ4XS, w, (qs, 0), c, bufs)?;
         Ok((big_d * (ls - 32) as f32, 0.0, q))
     }
 

@@ -268,6 +268,16 @@ fn super_groups(
     Ok(out)
 }
 
+/// Row `r`'s Q4_K / Q5_K super-block head (`D`, `Dmin`, the 12 scale bytes) into its
+/// [`Pack::Tile16`] group `out` ([`tile16_q4k_scale`]).
+fn k4_head(out: &mut [u8], r: usize, blk: &[u8]) {
+    out[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+    out[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
+    for t in 0..12 {
+        out[tile16_q4k_scale(t, r)] = blk[4 + t];
+    }
+}
+
 /// Rewrites the bytes of a weight `[rows, k]` of dtype `d` into `pack`.
 pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     match pack {
@@ -307,11 +317,7 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
             }
         }),
         Pack::Tile16 if d == DType::Q5K => super_groups(d, rows, k, bytes, |out, r, blk| {
-            out[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
-            out[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
-            for t in 0..12 {
-                out[tile16_q4k_scale(t, r)] = blk[4 + t];
-            }
+            k4_head(out, r, blk);
             // Block j's quant e: byte 32 (j / 2) + e of qs (from 48), nibble j mod 2;
             // its fifth bit, bit j of qh[e] (from 16).
             for j in 0..8 {
@@ -328,11 +334,7 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
             }
         }),
         Pack::Tile16 if d == DType::Q4K => super_groups(d, rows, k, bytes, |out, r, blk| {
-            out[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
-            out[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
-            for t in 0..12 {
-                out[tile16_q4k_scale(t, r)] = blk[4 + t];
-            }
+            k4_head(out, r, blk);
             // Block j's quant e: byte 32 (j / 2) + e of qs, nibble j mod 2.
             for j in 0..8 {
                 for e in 0..32 {
