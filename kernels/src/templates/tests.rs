@@ -723,6 +723,23 @@ fn linear_float_and_quantized() {
         0.0,
     );
     assert!(text.contains("% 16"), "Q6_K: not the packed gather\n{text}");
+    // IQ4_NL (and Q5_1's fifth bits) the same: the levels looked up from the packed
+    // nibbles.
+    for d in [DType::IQ4NL, DType::Q5_1] {
+        let wq = quant_bytes(&mut r, d, 32, 96);
+        let ids = llmc_ir::Tensor::from_i64(DType::I64, vec![1, 4], vec![17, 0, 31, -1]);
+        let text = check_args(
+            Op::Gather,
+            attrs([("axis", Attr::Int(0))]),
+            &[
+                Arg::W(d, vec![32, 96], wq),
+                Arg::In(tt(DType::I64, &["1", "seq"]), ids),
+            ],
+            0.0,
+            0.0,
+        );
+        assert!(text.contains("% 16"), "{d}: not the packed gather\n{text}");
+    }
     // 48 rows: packed in tiles of 16 (the fifth bits as masks).
     for (rows, n, k) in [
         (1usize, 40usize, 256usize),
