@@ -1506,22 +1506,12 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .map_err(e)?;
             let sh = self.qdot_load(f, vs.into(), w, at)?.into_vector_value();
             let b = &f.b;
-            let shift = |by: IntValue<'ctx>,
-                         ty: inkwell::types::IntType<'ctx>|
-             -> R<VectorValue<'ctx>> {
-                let by = f.b.build_int_truncate(by, ty, "").map_err(e)?;
-                let v =
-                    f.b.build_insert_element(
-                        ty.vec_type(lanes).get_undef(),
-                        by,
-                        it.i32.const_zero(),
-                        "",
-                    )
-                    .map_err(e)?;
-                let zeros = VectorType::const_vector(&vec![it.i32.const_zero(); lanes as usize]);
-                f.b.build_shuffle_vector(v, ty.vec_type(lanes).get_undef(), zeros, "")
-                    .map_err(e)
-            };
+            // A scalar shift amount (i64) as a vector of `ty`.
+            let shift =
+                |by: IntValue<'ctx>, ty: inkwell::types::IntType<'ctx>| -> R<VectorValue<'ctx>> {
+                    let by = f.b.build_int_truncate(by, ty, "").map_err(e)?;
+                    self.splat_i32(f, by, lanes)
+                };
             let j2 = b.build_int_mul(j, self.tc(2), "").map_err(e)?;
             let sh =
                 f.b.build_right_shift(sh, shift(j2, it.i16)?, false, "")
@@ -1747,10 +1737,10 @@ impl<'ctx> Lowering<'ctx, '_> {
         f.b.build_float_mul(d, k, "m").map_err(llvm_err)
     }
 
-    /// An i32 broadcast to `n` lanes.
+    /// An integer (i32, or any width) broadcast to `n` lanes.
     fn splat_i32(&self, f: &Frame<'ctx>, x: IntValue<'ctx>, n: u32) -> R<VectorValue<'ctx>> {
         let it = self.it;
-        let vt = it.i32.vec_type(n);
+        let vt = x.get_type().vec_type(n);
         let zeros = VectorType::const_vector(&vec![it.i32.const_zero(); n as usize]);
         let b = &f.b;
         let v = b
