@@ -531,6 +531,9 @@ impl Machine<'_> {
         if fmt == QFmt::Q6K {
             return self.packed_q6k(w, w0, b, c, bufs);
         }
+        if fmt == QFmt::Q3K {
+            return self.packed_q3k(w, w0, b, c, bufs);
+        }
         if fmt == QFmt::IQ4XS {
             return self.packed_iq4xs(w, w0, b, c, bufs);
         }
@@ -661,6 +664,42 @@ impl Machine<'_> {
             *v = (lo | hi << 4) - 32;
         }
         Ok((d[0], d[1], q))
+    }
+
+    /// [`Self::packed_block`] for Q3_K (`templates::pack::tile16_q3k_scale`): `D s_lo`,
+    /// `D s_hi` (in the minimum's place, as Q6_K's) and the signed quants
+    /// `lo + 4 h - 4`.
+    fn packed_q3k(
+        &mut self,
+        w: BufId,
+        w0: i64,
+        b: i64,
+        c: i64,
+        bufs: &mut [Vec<u8>],
+    ) -> R<(f32, f32, [i64; 32])> {
+        use crate::templates::pack::{
+            tile16_fifth, tile16_q3k_low, tile16_q3k_scale, TILE16_Q3K_BLOCK, TILE16_Q3K_QUANTS,
+        };
+        let lanes = QTile::LANES as i64;
+        let g = w0 + b / 8 * lanes * QFmt::Q3K.block_bytes();
+        let j = (b % 8) as usize;
+        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let mut packed = [0u8; 12];
+        for (t, p) in packed.iter_mut().enumerate() {
+            let at = tile16_q3k_scale(t, c as usize) as i64;
+            *p = self.read(w, g + at, Ty::U8, bufs)?.i() as u8;
+        }
+        let s = llmc_ir::quant_k::q3k_scales(&packed);
+        let blk = g + (TILE16_Q3K_QUANTS + TILE16_Q3K_BLOCK * j) as i64;
+        let mut q = [0i64; 32];
+        for (e, v) in q.iter_mut().enumerate() {
+            let (at, shift) = tile16_q3k_low(c as usize, e);
+            let lo = (self.read(w, blk + at as i64, Ty::U8, bufs)?.i() >> shift) & 3;
+            let (word, bit) = tile16_fifth(c as usize, e);
+            let mask = self.read(w, blk + 4 * word as i64, Ty::U32, bufs)?.i();
+            *v = lo + 4 * ((mask >> bit) & 1) - 4;
+        }
+        Ok((big_d * s[2 * j] as f32, big_d * s[2 * j + 1] as f32, q))
     }
 
     /// [`Self::packed_block`] for Q4_K (`templates::pack::tile16_q4k_scale`) and Q5_K

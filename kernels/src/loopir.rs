@@ -697,6 +697,7 @@ impl QFmt {
                 | QFmt::Q4K
                 | QFmt::Q5K
                 | QFmt::Q6K
+                | QFmt::Q3K
         ) || self.grouped()
             || self.sparse()
     }

@@ -19,7 +19,11 @@
 //! the low nibbles as Q4_0's quants and the high two bits in four 32-byte chunks (see
 //! [`tile16_q6k_high`]). IQ4_XS packs per super-block as Q4_K does: the 16 rows' D, their
 //! `scales_h`, their 4 `scales_l` bytes as 4 runs of 16 (see [`tile16_iq4xs_scale`]),
-//! then its eight blocks' nibbles as Q4_0's. The size is unchanged.
+//! then its eight blocks' nibbles as Q4_0's. Q3_K packs per super-block: the 16 rows'
+//! D, their 12 packed scale bytes as 12 runs of 16 (see [`tile16_q3k_scale`]), then per
+//! block of 32 the high bits as Q5_0's masks ([`tile16_fifth`]) and the low two bits in
+//! four 32-byte chunks as Q6_K's high bits (see [`tile16_q3k_low`]). The size is
+//! unchanged.
 
 use crate::QTile;
 use llmc_ir::DType;
@@ -96,7 +100,10 @@ pub fn tile16_fifth(c: usize, e: usize) -> (usize, u32) {
 /// Whether [`Pack::Tile16`] can lay out a `[rows, k]` weight of dtype `d`.
 pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
     (parts(d).is_some()
-        || matches!(d, DType::Q4K | DType::Q5K | DType::Q6K | DType::IQ4XS)
+        || matches!(
+            d,
+            DType::Q4K | DType::Q5K | DType::Q6K | DType::Q3K | DType::IQ4XS
+        )
         || d.sparse_keep().is_some())
         && rows.is_multiple_of(QTile::LANES)
         && k.is_multiple_of(d.block_len())
@@ -222,6 +229,31 @@ pub fn tile16_q6k_high(c: usize, e: usize) -> (usize, u32) {
     (16 * QTile::LANES + 32 * (p % 4) + lane, 2 * (p / 4) as u32)
 }
 
+/// Byte offset of scale byte `t` (0..12, as stored: `llmc_ir::quant_k::q3k_scales`
+/// decodes them) of row `c` in a Q3_K [`Pack::Tile16`] super-block group: 16 D (f16),
+/// then the 12 bytes as 12 runs of the 16 rows' bytes, then the eight blocks of 32 from
+/// [`TILE16_Q3K_QUANTS`], [`TILE16_Q3K_BLOCK`] bytes each: the high bits' 16 masks (as
+/// Q5_0's fifth bits, [`tile16_fifth`]), then 128 bytes of low bits
+/// ([`tile16_q3k_low`]).
+pub fn tile16_q3k_scale(t: usize, c: usize) -> usize {
+    2 * QTile::LANES + QTile::LANES * t + c
+}
+
+/// Byte offset of block 0 in a Q3_K [`Pack::Tile16`] super-block group.
+pub const TILE16_Q3K_QUANTS: usize = 2 * QTile::LANES + 12 * QTile::LANES;
+
+/// Bytes of one block of 32 in a Q3_K [`Pack::Tile16`] super-block group.
+pub const TILE16_Q3K_BLOCK: usize = 12 * QTile::LANES;
+
+/// Where a Q3_K [`Pack::Tile16`] block keeps the low two bits of quant `e` (0..32) of
+/// row `c`: the byte offset from the block's start (after its 64 bytes of masks) and
+/// the shift, in Q6_K's order for its high bits ([`tile16_q6k_high`]): pair vector
+/// `p = e / 2` takes its bits from chunk `p mod 4` at shift `2 ⌊p / 4⌋`.
+pub fn tile16_q3k_low(c: usize, e: usize) -> (usize, u32) {
+    let (p, lane) = (e / 2, 2 * c + e % 2);
+    (4 * QTile::LANES + 32 * (p % 4) + lane, 2 * (p / 4) as u32)
+}
+
 /// Where [`Pack::Tile16`] keeps quant `e` (0..32, activation order) of row `c` (0..16)
 /// of a block: its byte offset from the start of the block's quants (after the
 /// scales and minimums) and whether it is the high nibble (4-bit formats). For 4-bit
@@ -298,6 +330,27 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
                     out[b0 + at] |= if high { lo << 4 } else { lo };
                     let (at, shift) = tile16_q6k_high(r, e);
                     out[b0 + at] |= hi << shift;
+                }
+            }
+        }),
+        Pack::Tile16 if d == DType::Q3K => super_groups(d, rows, k, bytes, |out, r, blk| {
+            out[2 * r..2 * r + 2].copy_from_slice(&blk[108..110]);
+            for t in 0..12 {
+                out[tile16_q3k_scale(t, r)] = blk[96 + t];
+            }
+            // Block j (half h, shift 2 k): QFmt::Q3K's decode; the high bit is bit
+            // 4 h + k of hmask[e].
+            for j in 0..8 {
+                let (h, kk) = (j / 4, j % 4);
+                let b0 = TILE16_Q3K_QUANTS + TILE16_Q3K_BLOCK * j;
+                for e in 0..32 {
+                    let lo = (blk[32 + 32 * h + e] >> (2 * kk)) & 3;
+                    let (at, shift) = tile16_q3k_low(r, e);
+                    out[b0 + at] |= lo << shift;
+                    if (blk[e] >> (4 * h + kk)) & 1 == 1 {
+                        let (word, bit) = tile16_fifth(r, e);
+                        out[b0 + 4 * word + bit as usize / 8] |= 1 << (bit % 8);
+                    }
                 }
             }
         }),
@@ -507,6 +560,52 @@ mod tests {
             }
         }
         assert!(pack(Pack::Tile16, DType::Q6K, 8, 256, &bytes[..8 * 210]).is_err());
+    }
+
+    #[test]
+    fn tile16_q3k_keeps_every_quant_high_bit_scale_and_d() {
+        // 32 rows of two super-blocks with arbitrary bytes: every quant's low bits and
+        // high bit, the 12 scale bytes and D found where the layout's functions say,
+        // and the size kept.
+        let (rows, k) = (32usize, 512usize);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let bytes: Vec<u8> = (0..rows * k / 256 * 110)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let p = pack(Pack::Tile16, DType::Q3K, rows, k, &bytes).unwrap();
+        assert_eq!(p.len(), bytes.len());
+        let lanes = QTile::LANES;
+        for r in 0..rows {
+            for sb in 0..k / 256 {
+                let raw = &bytes[(r * k / 256 + sb) * 110..][..110];
+                let g = &p[((r / lanes) * (k / 256) + sb) * lanes * 110..][..lanes * 110];
+                let c = r % lanes;
+                assert_eq!(&g[2 * c..2 * c + 2], &raw[108..110]);
+                for t in 0..12 {
+                    assert_eq!(g[tile16_q3k_scale(t, c)], raw[96 + t]);
+                }
+                for j in 0..8 {
+                    let (h, q) = (j / 4, j % 4);
+                    let blk = &g[TILE16_Q3K_QUANTS + TILE16_Q3K_BLOCK * j..];
+                    for e in 0..32 {
+                        let lo = (raw[32 + 32 * h + e] >> (2 * q)) & 3;
+                        let hi = (raw[e] >> (4 * h + q)) & 1;
+                        let (at, shift) = tile16_q3k_low(c, e);
+                        let (word, bit) = tile16_fifth(c, e);
+                        let mask =
+                            u32::from_le_bytes(blk[4 * word..4 * word + 4].try_into().unwrap());
+                        let got = ((blk[at] >> shift) & 3, (mask >> bit) as u8 & 1);
+                        assert_eq!(got, (lo, hi), "row {r} e {e}");
+                    }
+                }
+            }
+        }
+        assert!(pack(Pack::Tile16, DType::Q3K, 8, 256, &bytes[..8 * 110]).is_err());
     }
 
     #[test]

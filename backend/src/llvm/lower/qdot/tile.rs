@@ -19,7 +19,12 @@ use llmc_kernels::{QDot, QTile, QUnpack};
 /// group of `fmt`.
 fn tile16_offsets(fmt: llmc_kernels::QFmt) -> R<(i64, i64)> {
     use llmc_kernels::QFmt;
-    if !fmt.tile16() || matches!(fmt, QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::IQ4XS) {
+    if !fmt.tile16()
+        || matches!(
+            fmt,
+            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4XS
+        )
+    {
         return Err(llvm_err(format!("{fmt:?} has no block-wise Tile16 layout")));
     }
     let (qs, masks) = llmc_kernels::templates::pack::tile16_offsets(fmt.dtype());
@@ -297,7 +302,8 @@ impl<'ctx> Lowering<'ctx, '_> {
         let q5_bytes = bytes && u.fmt.tile_fifth() && !self.target.avx512();
         let direct_quads = bytes && !s24 && (!u.fmt.tile_fifth() || q5_bytes);
         let q6 = u.fmt == llmc_kernels::QFmt::Q6K;
-        let chunks = if s24 || direct_quads || q6 {
+        let q3 = u.fmt == llmc_kernels::QFmt::Q3K;
+        let chunks = if s24 || direct_quads || q6 || q3 {
             0
         } else if q8 {
             16
@@ -308,6 +314,8 @@ impl<'ctx> Lowering<'ctx, '_> {
             self.s24_pairs(f, w, masks, 0, LANES)?
         } else if q6 {
             self.q6k_pairs(f, w, qs, masks, LANES)?
+        } else if q3 {
+            self.q3k_pairs(f, w, qs, masks, 0, LANES)?
         } else {
             vec![v32w.const_zero(); 16]
         };
@@ -1006,6 +1014,9 @@ impl<'ctx> Lowering<'ctx, '_> {
         if t.fmt == llmc_kernels::QFmt::Q6K {
             return Ok((self.q6k_pairs(f, w, qs, masks, lanes)?, d, m));
         }
+        if t.fmt == llmc_kernels::QFmt::Q3K {
+            return Ok((self.q3k_pairs(f, w, qs, masks, c0, lanes)?, d, m));
+        }
         if t.fmt == llmc_kernels::QFmt::Q8_0 {
             // With a minimum (int8 activations): q + 128 and -128 d.
             for (p, o) in out.iter_mut().enumerate() {
@@ -1083,6 +1094,51 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let high = b.build_and(moved, splat(0x30), "").map_err(e)?;
                 let q = b.build_or(out[p], high, "q6").map_err(e)?;
                 out[p] = b.build_int_sub(q, splat(32), "").map_err(e)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The 16 pair vectors (`2 lanes` i16: lane `2c + j` holds row `c0 + c`'s quant
+    /// `2p + j`, `lo + 4 h - 4`) of a Q3_K `Tile16` block whose low bits start at byte
+    /// `qs` of `w` (lane `c0`'s; `templates::pack`'s `tile16_q3k_low`) and high bits'
+    /// masks at `masks`: per 32-byte chunk of low bits four pairs' bits by a shift and a
+    /// mask each, then each pair's high bits or-ed in as 4.
+    fn q3k_pairs(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        qs: IntValue<'ctx>,
+        masks: IntValue<'ctx>,
+        c0: u32,
+        lanes: u32,
+    ) -> R<Vec<VectorValue<'ctx>>> {
+        let it = self.it;
+        let e = llvm_err;
+        let vb = it.i8.vec_type(2 * lanes);
+        let vw = it.i16.vec_type(2 * lanes);
+        let splat = |k: u64| {
+            VectorType::const_vector(&vec![it.i16.const_int(k, false); 2 * lanes as usize])
+        };
+        let mut out = vec![vw.const_zero(); 16];
+        for k in 0..4usize {
+            let at =
+                f.b.build_int_add(qs, self.tc(32 * k as i64), "")
+                    .map_err(e)?;
+            let raw = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
+            let v = f.b.build_int_z_extend(raw, vw, "").map_err(e)?;
+            for sh in 0..4usize {
+                let p = k + 4 * sh;
+                let b = &f.b;
+                let moved = if sh == 0 {
+                    v
+                } else {
+                    b.build_right_shift(v, splat(2 * sh as u64), false, "")
+                        .map_err(e)?
+                };
+                let lo = b.build_and(moved, splat(3), "lo").map_err(e)?;
+                let q = self.or_mask_bits(f, w, masks, p as i64, c0, lanes, lo, 4)?;
+                out[p] = f.b.build_int_sub(q, splat(4), "q3").map_err(e)?;
             }
         }
         Ok(out)
@@ -1407,19 +1463,24 @@ impl<'ctx> Lowering<'ctx, '_> {
         let k5 = fmt == llmc_kernels::QFmt::Q5K;
         let k4 = fmt == llmc_kernels::QFmt::Q4K || k5;
         let q6 = fmt == llmc_kernels::QFmt::Q6K;
+        let q3 = fmt == llmc_kernels::QFmt::Q3K;
         let xs = fmt == llmc_kernels::QFmt::IQ4XS;
-        // The group holding the block (Q4_K, Q6_K, IQ4_XS: its super-block's) and the
-        // block's quants within it.
+        // The group holding the block (Q4_K, Q6_K, Q3_K, IQ4_XS: its super-block's) and
+        // the block's quants within it.
         let b = &f.b;
-        let (g, qoff, per_block) = if q6 || k4 || xs {
+        let (g, qoff, per_block) = if q6 || q3 || k4 || xs {
             use llmc_kernels::templates::pack::{
-                TILE16_IQ4XS_QUANTS, TILE16_Q5K_BLOCK, TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS,
+                TILE16_IQ4XS_QUANTS, TILE16_Q3K_BLOCK, TILE16_Q3K_QUANTS, TILE16_Q5K_BLOCK,
+                TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS,
             };
             // Block j of its super-block's group: Q6_K's 384 bytes each from byte 288,
-            // Q4_K's 256 from byte 256, Q5_K's 320 (masks, then quants) from byte 256,
-            // IQ4_XS's 256 from byte 128.
+            // Q3_K's 192 (masks, then low bits) from byte 224, Q4_K's 256 from byte
+            // 256, Q5_K's 320 (masks, then quants) from byte 256, IQ4_XS's 256 from
+            // byte 128.
             let (first, stride) = if q6 {
                 (TILE16_Q6K_QUANTS as i64, TILE16_Q6K_BLOCK as i64)
+            } else if q3 {
+                (TILE16_Q3K_QUANTS as i64 + 64, TILE16_Q3K_BLOCK as i64)
             } else if k5 {
                 (256 + 64, TILE16_Q5K_BLOCK as i64)
             } else if xs {
@@ -1439,7 +1500,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             (
                 g,
                 q,
-                if q6 || k5 {
+                if q6 || q3 || k5 {
                     stride
                 } else {
                     big * fmt.block_bytes() / 8
@@ -1567,6 +1628,64 @@ impl<'ctx> Lowering<'ctx, '_> {
             let hs = f.b.build_int_add(qs, self.tc(16 * big), "hs").map_err(e)?;
             return Ok((ds[0], Some(ds[1]), qs, hs));
         }
+        if q3 {
+            // d_lo and d_hi: D times the 6-bit scales of sub-blocks s = 2 j and
+            // 2 j + 1 less 32 (`llmc_ir::quant_k::q3k_scales`), lane-wise from the 12
+            // scale bytes stored as 12 runs of the 16 rows' bytes: the low four bits
+            // from byte s mod 8 at shift 4 ⌊s / 8⌋ = 4 ⌊j / 4⌋, the high two from byte
+            // 8 + s mod 4 = 8 + 2 (j mod 2) + h at shift 2 ⌊s / 4⌋ = 2 ⌊j / 2⌋.
+            let b = &f.b;
+            let j = b.build_and(blk, self.tc(7), "j").map_err(e)?;
+            let vb = it.i8.vec_type(lanes);
+            let ld = |t: IntValue<'ctx>| -> R<VectorValue<'ctx>> {
+                let at = f.b.build_int_mul(t, self.tc(big), "").map_err(e)?;
+                let at =
+                    f.b.build_int_add(at, self.tc(2 * big + c0 as i64), "")
+                        .map_err(e)?;
+                let at = f.b.build_int_add(g, at, "").map_err(e)?;
+                Ok(self.qdot_load(f, vb.into(), w, at)?.into_vector_value())
+            };
+            let c8 =
+                |k: u64| VectorType::const_vector(&vec![it.i8.const_int(k, false); lanes as usize]);
+            let shift = |by: IntValue<'ctx>| -> R<VectorValue<'ctx>> {
+                let by = f.b.build_int_truncate(by, it.i8, "").map_err(e)?;
+                self.splat_i32(f, by, lanes)
+            };
+            let b = &f.b;
+            let j2 = b.build_int_mul(j, self.tc(2), "").map_err(e)?;
+            let lo_sh = b.build_right_shift(j, self.tc(2), false, "").map_err(e)?;
+            let lo_sh = b.build_int_mul(lo_sh, self.tc(4), "").map_err(e)?;
+            let hi_sh = b.build_right_shift(j, self.tc(1), false, "").map_err(e)?;
+            let hi_sh = b.build_int_mul(hi_sh, self.tc(2), "").map_err(e)?;
+            let j1 = b.build_and(j, self.tc(1), "").map_err(e)?;
+            let hi_run = b.build_int_mul(j1, self.tc(2), "").map_err(e)?;
+            let hi_run = b.build_int_add(hi_run, self.tc(8), "").map_err(e)?;
+            let (lo_sh, hi_sh) = (shift(lo_sh)?, shift(hi_sh)?);
+            let mut ds = Vec::new();
+            for h in 0..2 {
+                let b = &f.b;
+                let lo_run = b.build_int_add(j2, self.tc(h), "").map_err(e)?;
+                let lo_run = b.build_and(lo_run, self.tc(7), "").map_err(e)?;
+                let run = b.build_int_add(hi_run, self.tc(h), "").map_err(e)?;
+                let lo = ld(lo_run)?;
+                let hi = ld(run)?;
+                let b = &f.b;
+                let lo = b.build_right_shift(lo, lo_sh, false, "").map_err(e)?;
+                let lo = b.build_and(lo, c8(15), "").map_err(e)?;
+                let hi = b.build_right_shift(hi, hi_sh, false, "").map_err(e)?;
+                let hi = b.build_and(hi, c8(3), "").map_err(e)?;
+                let hi = b.build_left_shift(hi, c8(4), "").map_err(e)?;
+                let sc = b.build_or(lo, hi, "").map_err(e)?;
+                let sc = b.build_int_sub(sc, c8(32), "sc").map_err(e)?;
+                let sc = b.build_signed_int_to_float(sc, vf, "").map_err(e)?;
+                ds.push(b.build_float_mul(d, sc, "d").map_err(e)?);
+            }
+            // The block's masks, the 64 bytes before its low bits.
+            let masks =
+                f.b.build_int_sub(qs, self.tc(64 + 2 * c0 as i64), "qh")
+                    .map_err(e)?;
+            return Ok((ds[0], Some(ds[1]), qs, masks));
+        }
         if k4 {
             // The 6-bit scale and minimum of sub-block j (QFmt::Q4K's branch-free
             // decode), lane-wise from the 12 scale bytes stored as 12 vectors of the
@@ -1669,6 +1788,25 @@ impl<'ctx> Lowering<'ctx, '_> {
         if !fmt.tile_fifth() {
             return Ok(v);
         }
+        self.or_mask_bits(f, w, masks, p, c0, lanes, v, 16)
+    }
+
+    /// Tile vector `v` of pair `p` (lanes of weight rows `c0..c0 + lanes`) with
+    /// `worth` or-ed into each lane whose bit is set in the `Tile16` mask of pair `p`
+    /// (the u32 at byte `masks + 4 p` of `w`; `templates::pack::tile16_fifth`): Q5's
+    /// fifth bits (16), Q3_K's high bits (4).
+    #[allow(clippy::too_many_arguments)]
+    fn or_mask_bits(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        masks: IntValue<'ctx>,
+        p: i64,
+        c0: u32,
+        lanes: u32,
+        v: VectorValue<'ctx>,
+        worth: u64,
+    ) -> R<VectorValue<'ctx>> {
         let it = self.it;
         let e = llvm_err;
         let at = f.b.build_int_add(masks, self.tc(4 * p), "").map_err(e)?;
@@ -1698,11 +1836,11 @@ impl<'ctx> Lowering<'ctx, '_> {
             let lane_bits = VectorType::const_vector(&lane_bits);
             let x = b.build_and(all, lane_bits, "").map_err(e)?;
             if self.target.avx2() {
-                // `vpsignw`: 16 where the lane's bit is set (x > 0), 0 where it is not;
-                // lane 15's bit is the sign, so its constant is -16. Broadcast, and,
-                // sign, or: four instructions.
-                let mut c = vec![it.i16.const_int(16, false); 16];
-                c[15] = it.i16.const_int((-16i16) as u16 as u64, false);
+                // `vpsignw`: `worth` where the lane's bit is set (x > 0), 0 where it is
+                // not; lane 15's bit is the sign, so its constant is -worth.
+                // Broadcast, and, sign, or: four instructions.
+                let mut c = vec![it.i16.const_int(worth, false); 16];
+                c[15] = it.i16.const_int((-(worth as i16)) as u16 as u64, false);
                 let add = self.x86(
                     f,
                     "llvm.x86.avx2.psign.w",
@@ -1714,8 +1852,8 @@ impl<'ctx> Lowering<'ctx, '_> {
                 .build_int_compare(inkwell::IntPredicate::EQ, x, lane_bits, "")
                 .map_err(e)?;
             let wide = b.build_int_s_extend(set, vt, "").map_err(e)?;
-            let sixteen = VectorType::const_vector(&[it.i16.const_int(16, false); 16]);
-            let add = b.build_and(wide, sixteen, "").map_err(e)?;
+            let worth = VectorType::const_vector(&[it.i16.const_int(worth, false); 16]);
+            let add = b.build_and(wide, worth, "").map_err(e)?;
             return b.build_or(v, add, "q5").map_err(e);
         }
         let mask = b
@@ -1723,9 +1861,9 @@ impl<'ctx> Lowering<'ctx, '_> {
             .map_err(e)?
             .into_vector_value();
         let vw = it.i16.vec_type(n);
-        let sixteen = VectorType::const_vector(&vec![it.i16.const_int(16, false); n as usize]);
+        let worth = VectorType::const_vector(&vec![it.i16.const_int(worth, false); n as usize]);
         let add = b
-            .build_select(mask, sixteen, vw.const_zero(), "")
+            .build_select(mask, worth, vw.const_zero(), "")
             .map_err(e)?
             .into_vector_value();
         b.build_or(v, add, "q5").map_err(e)
