@@ -534,6 +534,12 @@ impl Machine<'_> {
         if fmt == QFmt::Q3K {
             return self.packed_q3k(w, w0, b, c, bufs);
         }
+        if fmt == QFmt::Q2K {
+            return Err(
+                "Q2_K's packed blocks are read by the direct tile only (two minimums a block)"
+                    .into(),
+            );
+        }
         if fmt == QFmt::IQ4XS {
             return self.packed_iq4xs(w, w0, b, c, bufs);
         }
@@ -702,6 +708,43 @@ impl Machine<'_> {
         Ok((big_d * s[2 * j] as f32, big_d * s[2 * j + 1] as f32, q))
     }
 
+    /// Row `c`'s block `b` of a packed Q2_K weight (`templates::pack::tile16_q2k_scale`):
+    /// `D`, the halves' minimums `mn · -Dmin`, and the quants times their half's scale
+    /// (`QFmt::Q2K`'s folded form, exact).
+    fn packed_q2k(
+        &mut self,
+        w: BufId,
+        w0: i64,
+        b: i64,
+        c: i64,
+        bufs: &mut [Vec<u8>],
+    ) -> R<(f32, [f32; 2], [i64; 32])> {
+        use crate::templates::pack::{
+            tile16_q2k_quant, tile16_q2k_scale, TILE16_Q2K_BLOCK, TILE16_Q2K_QUANTS,
+        };
+        let lanes = QTile::LANES as i64;
+        let g = w0 + b / 8 * lanes * QFmt::Q2K.block_bytes();
+        let j = (b % 8) as usize;
+        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let dmin = self.read(w, g + 32 + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let mut sc = [0i64; 2];
+        let mut mins = [0f32; 2];
+        for p in 0..2 {
+            let at = tile16_q2k_scale(2 * j + p, c as usize) as i64;
+            let byte = self.read(w, g + at, Ty::U8, bufs)?.i();
+            sc[p] = byte & 15;
+            mins[p] = (byte >> 4) as f32 * -dmin;
+        }
+        let blk = g + (TILE16_Q2K_QUANTS + TILE16_Q2K_BLOCK * j) as i64;
+        let mut q = [0i64; 32];
+        for (e, v) in q.iter_mut().enumerate() {
+            let (at, shift) = tile16_q2k_quant(c as usize, e);
+            let v2 = (self.read(w, blk + at as i64, Ty::U8, bufs)?.i() >> shift) & 3;
+            *v = v2 * sc[e / 16];
+        }
+        Ok((big_d, mins, q))
+    }
+
     /// [`Self::packed_block`] for Q4_K (`templates::pack::tile16_q4k_scale`) and Q5_K
     /// (the same, with its blocks' fifth-bit masks, `templates::pack::TILE16_Q5K_BLOCK`).
     fn packed_q4k(
@@ -820,6 +863,27 @@ impl Machine<'_> {
                 }
                 for b in 0..t.blocks {
                     let bg = t.first_block + b;
+                    if t.fmt.split_mins() {
+                        // Q2_K (direct only), as QDot: the folded quants with `D xd`
+                        // into the block's chain, each half's minimum against its half
+                        // sum into the block's minimum chain.
+                        if !t.direct {
+                            return Err("qtile: Q2_K is read from the packed weight only".into());
+                        }
+                        let w0 = self.eval(&t.w_off, bufs)?.0.i();
+                        let (dd, mins, q) = self.packed_q2k(t.w, w0, bg, c, bufs)?;
+                        let dot: i64 = (0..32).map(|e| q[e] * x[32 * b as usize + e]).sum();
+                        let sc = s0 + QDot::scale_offset(bg);
+                        let xd = self.read(t.xd, sc * 4, Ty::F32, bufs)?.f() as f32;
+                        ch.block(bg, dot, dd * xd, None);
+                        for (p, m) in mins.iter().enumerate() {
+                            let at = (2 * (x0 + bg) + p as i64) * 4;
+                            let hs = self.read(t.xs, at, Ty::F32, bufs)?.f() as f32;
+                            let chain = &mut ch.min[(bg % 2) as usize];
+                            *chain = m.mul_add(hs, *chain);
+                        }
+                        continue;
+                    }
                     // The block's scale, minimum and quants: from the tile, or from
                     // the packed weight as it goes.
                     let (d, m, q) = if t.direct {

@@ -698,6 +698,7 @@ impl QFmt {
                 | QFmt::Q5K
                 | QFmt::Q6K
                 | QFmt::Q3K
+                | QFmt::Q2K
         ) || self.grouped()
             || self.sparse()
     }

@@ -987,6 +987,22 @@ impl Lin {
         if !self.tile16 {
             return unpacked(kb);
         }
+        if fmt.split_mins() {
+            // Packed Q2_K: a block has a scale and two minimums a row, one slot more
+            // than the unpacked tile keeps, so every row decodes the packed blocks as
+            // it goes; a quad of rows shares each decode.
+            let quads = kb.let_("nq", Expr::bin(BinOp::Div, nr.clone(), Expr::i(quad)));
+            kb.for_("g", 0, quads.clone(), LoopTag::Serial, |kb, g| {
+                let lr = kb.let_("lr", g * quad);
+                let rows = self.statement_rows(kb, lr, quad);
+                run(kb, rows, (0, blocks), true);
+            });
+            kb.for_("lr", quads * quad, nr.clone(), LoopTag::Serial, |kb, lr| {
+                let rows = self.statement_rows(kb, lr, 1);
+                run(kb, rows, (0, blocks), true);
+            });
+            return;
+        }
         // Packed weights and fewer rows than a quad (decode): each row decodes the
         // packed blocks as it goes; a tile in memory would not pay back its stores.
         kb.if_else(nr.clone().ge(Expr::i(quad)), unpacked, |kb| {

@@ -22,8 +22,10 @@
 //! then its eight blocks' nibbles as Q4_0's. Q3_K packs per super-block: the 16 rows'
 //! D, their 12 packed scale bytes as 12 runs of 16 (see [`tile16_q3k_scale`]), then per
 //! block of 32 the high bits as Q5_0's masks ([`tile16_fifth`]) and the low two bits in
-//! four 32-byte chunks as Q6_K's high bits (see [`tile16_q3k_low`]). The size is
-//! unchanged.
+//! four 32-byte chunks as Q6_K's high bits (see [`tile16_q3k_low`]). Q2_K packs per
+//! super-block: the 16 rows' D and Dmin, their 16 scale-and-minimum bytes as 16 runs of
+//! 16 (see [`tile16_q2k_scale`]), then per block of 32 the quants in Q3_K's order for its
+//! low bits (see [`tile16_q2k_quant`]). The size is unchanged.
 
 use crate::QTile;
 use llmc_ir::DType;
@@ -102,7 +104,7 @@ pub fn tile16_packs(d: DType, rows: usize, k: usize) -> bool {
     (parts(d).is_some()
         || matches!(
             d,
-            DType::Q4K | DType::Q5K | DType::Q6K | DType::Q3K | DType::IQ4XS
+            DType::Q4K | DType::Q5K | DType::Q6K | DType::Q3K | DType::Q2K | DType::IQ4XS
         )
         || d.sparse_keep().is_some())
         && rows.is_multiple_of(QTile::LANES)
@@ -254,6 +256,29 @@ pub fn tile16_q3k_low(c: usize, e: usize) -> (usize, u32) {
     (4 * QTile::LANES + 32 * (p % 4) + lane, 2 * (p / 4) as u32)
 }
 
+/// Byte offset of byte `s` (0..16: block `j`'s halves are `2 j`, `2 j + 1`; the scale
+/// in the low nibble, the minimum in the high one) of row `c` in a Q2_K [`Pack::Tile16`]
+/// super-block group: 16 D and 16 Dmin (f16), then the 16 bytes as 16 runs of the 16
+/// rows' bytes, then the eight blocks of 32 from [`TILE16_Q2K_QUANTS`],
+/// [`TILE16_Q2K_BLOCK`] bytes each ([`tile16_q2k_quant`]).
+pub fn tile16_q2k_scale(s: usize, c: usize) -> usize {
+    4 * QTile::LANES + QTile::LANES * s + c
+}
+
+/// Byte offset of block 0 in a Q2_K [`Pack::Tile16`] super-block group.
+pub const TILE16_Q2K_QUANTS: usize = 4 * QTile::LANES + 16 * QTile::LANES;
+
+/// Bytes of one block of 32 in a Q2_K [`Pack::Tile16`] super-block group.
+pub const TILE16_Q2K_BLOCK: usize = 8 * QTile::LANES;
+
+/// Where a Q2_K [`Pack::Tile16`] block keeps quant `e` (0..32) of row `c`: the byte
+/// offset from the block's start and the shift, as Q3_K's low bits
+/// ([`tile16_q3k_low`], without its masks before them).
+pub fn tile16_q2k_quant(c: usize, e: usize) -> (usize, u32) {
+    let (at, shift) = tile16_q3k_low(c, e);
+    (at - 4 * QTile::LANES, shift)
+}
+
 /// Where [`Pack::Tile16`] keeps quant `e` (0..32, activation order) of row `c` (0..16)
 /// of a block: its byte offset from the start of the block's quants (after the
 /// scales and minimums) and whether it is the high nibble (4-bit formats). For 4-bit
@@ -351,6 +376,23 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
                         let (word, bit) = tile16_fifth(r, e);
                         out[b0 + 4 * word + bit as usize / 8] |= 1 << (bit % 8);
                     }
+                }
+            }
+        }),
+        Pack::Tile16 if d == DType::Q2K => super_groups(d, rows, k, bytes, |out, r, blk| {
+            out[2 * r..2 * r + 2].copy_from_slice(&blk[80..82]);
+            out[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[82..84]);
+            for s in 0..16 {
+                out[tile16_q2k_scale(s, r)] = blk[s];
+            }
+            // Block j (half h, shift 2 k): QFmt::Q2K's decode.
+            for j in 0..8 {
+                let (h, kk) = (j / 4, j % 4);
+                let b0 = TILE16_Q2K_QUANTS + TILE16_Q2K_BLOCK * j;
+                for e in 0..32 {
+                    let q = (blk[16 + 32 * h + e] >> (2 * kk)) & 3;
+                    let (at, shift) = tile16_q2k_quant(r, e);
+                    out[b0 + at] |= q << shift;
                 }
             }
         }),
@@ -606,6 +648,44 @@ mod tests {
             }
         }
         assert!(pack(Pack::Tile16, DType::Q3K, 8, 256, &bytes[..8 * 110]).is_err());
+    }
+
+    #[test]
+    fn tile16_q2k_keeps_every_quant_scale_minimum_d_and_dmin() {
+        let (rows, k) = (32usize, 512usize);
+        let mut x = 0x853c_49e6_748f_ea9bu64;
+        let bytes: Vec<u8> = (0..rows * k / 256 * 84)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let p = pack(Pack::Tile16, DType::Q2K, rows, k, &bytes).unwrap();
+        assert_eq!(p.len(), bytes.len());
+        let lanes = QTile::LANES;
+        for r in 0..rows {
+            for sb in 0..k / 256 {
+                let raw = &bytes[(r * k / 256 + sb) * 84..][..84];
+                let g = &p[((r / lanes) * (k / 256) + sb) * lanes * 84..][..lanes * 84];
+                let c = r % lanes;
+                assert_eq!(&g[2 * c..2 * c + 2], &raw[80..82]);
+                assert_eq!(&g[32 + 2 * c..34 + 2 * c], &raw[82..84]);
+                for s in 0..16 {
+                    assert_eq!(g[tile16_q2k_scale(s, c)], raw[s]);
+                }
+                for j in 0..8 {
+                    let (h, q) = (j / 4, j % 4);
+                    let blk = &g[TILE16_Q2K_QUANTS + TILE16_Q2K_BLOCK * j..];
+                    for e in 0..32 {
+                        let want = (raw[16 + 32 * h + e] >> (2 * q)) & 3;
+                        let (at, shift) = tile16_q2k_quant(c, e);
+                        assert_eq!((blk[at] >> shift) & 3, want, "row {r} e {e}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -677,18 +677,21 @@ fn linear_float_and_quantized() {
             check_quant_linear_static(&x, rows, DType::Q6K, n, k, &wq, 8, &fixed);
         }
     }
-    // Q3_K: packed in tiles of 16 rows too (n = 48, 32, 16; decode rows, quads and
-    // octets; 4352 = 17 super-blocks, in slices).
-    for (rows, n, k) in [
-        (1usize, 48usize, 256usize),
-        (5, 32, 512),
-        (9, 48, 256),
-        (6, 16, 4352),
-    ] {
-        let x = r.tensor(F, &[rows, k], 1.0);
-        let wq = quant_bytes(&mut r, DType::Q3K, n, k);
-        check_quant_linear(&x, rows, DType::Q3K, n, k, &wq, None);
-        check_quant_linear_bits(&x, rows, DType::Q3K, n, k, &wq, None, 8, None);
+    // Q3_K and Q2_K: packed in tiles of 16 rows too (n = 48, 32, 16; decode rows,
+    // quads and octets; 4352 = 17 super-blocks, in slices; Q2_K's packed blocks read
+    // as they go for every row).
+    for d in [DType::Q3K, DType::Q2K] {
+        for (rows, n, k) in [
+            (1usize, 48usize, 256usize),
+            (5, 32, 512),
+            (9, 48, 256),
+            (6, 16, 4352),
+        ] {
+            let x = r.tensor(F, &[rows, k], 1.0);
+            let wq = quant_bytes(&mut r, d, n, k);
+            check_quant_linear(&x, rows, d, n, k, &wq, None);
+            check_quant_linear_bits(&x, rows, d, n, k, &wq, None, 8, None);
+        }
     }
     for d in [DType::Q3K, DType::Q2K] {
         for (rows, n, k) in [(1usize, 40usize, 256usize), (9, 33, 512), (4, 8, 768)] {

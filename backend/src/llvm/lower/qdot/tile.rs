@@ -22,7 +22,7 @@ fn tile16_offsets(fmt: llmc_kernels::QFmt) -> R<(i64, i64)> {
     if !fmt.tile16()
         || matches!(
             fmt,
-            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::Q3K | QFmt::IQ4XS
+            QFmt::Q4K | QFmt::Q5K | QFmt::Q6K | QFmt::Q3K | QFmt::Q2K | QFmt::IQ4XS
         )
     {
         return Err(llvm_err(format!("{fmt:?} has no block-wise Tile16 layout")));
@@ -60,11 +60,13 @@ fn quad_interleave(n: u64) -> Vec<u64> {
 const LANES: u32 = QTile::LANES as u32;
 
 /// A block decoded straight from a packed weight: its pair (or quad) vectors, scales
-/// and minimums.
+/// and minimums (Q2_K: the first half's), and Q2_K's second half's minimum and the
+/// halves' 4-bit scales (i32 lanes; see [`Lowering::q2k_direct`]).
 type Decoded<'ctx> = (
     Vec<VectorValue<'ctx>>,
     VectorValue<'ctx>,
     Option<VectorValue<'ctx>>,
+    Option<[VectorValue<'ctx>; 3]>,
 );
 
 /// Bytes of one block's quants in a tile (16 pairs of 16 rows' two i16).
@@ -86,7 +88,9 @@ impl<'ctx> Lowering<'ctx, '_> {
         // Without VNNI the products are vpmaddubsw's, whose i16 pair sums saturate
         // above 32767: only quants up to 31 (the 4- and 5-bit formats) stay exact.
         // (Packed Q8_0 on int8 activations holds q + 128, up to 255: VNNI only.)
-        let fits = fmt.has_min() || (fmt == llmc_kernels::QFmt::Q8_0 && vnni);
+        // (Q2_K's two minimums a block take the pair tile.)
+        let fits =
+            (fmt.has_min() && !fmt.split_mins()) || (fmt == llmc_kernels::QFmt::Q8_0 && vnni);
         act8 && packed && fits && self.target.avx2()
     }
 
@@ -779,7 +783,8 @@ impl<'ctx> Lowering<'ctx, '_> {
             } else {
                 Vec::new()
             };
-            // Q6_K: the first half's sums (pairs 0..8) apart from the second's.
+            // Q6_K, Q3_K, Q2_K: the first half's sums (pairs 0..8) apart from the
+            // second's (Q2_K's then times their 4-bit scales, in integers).
             let split = t.fmt.split_scales();
             let mut lows = Vec::new();
             // One activation row with VNNI: the odd pairs in a second sum, added at the
@@ -832,11 +837,13 @@ impl<'ctx> Lowering<'ctx, '_> {
             let sb =
                 f.b.build_int_add(sb, self.tc(c0 as i64 * 4), "")
                     .map_err(e)?;
-            let (d, m) = if let Some((_, d, m)) = direct {
+            let (d, m) = if let Some((_, d, m, _)) = direct {
                 (*d, m.filter(|_| t.has_min || split))
             } else {
                 self.tile_scales(f, t, scales, sb, vf)?
             };
+            // Q2_K's second half's minimum (its first is `m`) and the halves' scales.
+            let q2 = direct.as_ref().and_then(|d| d.3);
             for (r, ((s, (_, sc)), ch)) in sums[j].iter().zip(rows).zip(chains).enumerate() {
                 let b = &f.b;
                 let at = b
@@ -848,6 +855,31 @@ impl<'ctx> Lowering<'ctx, '_> {
                 let xdv = self.splat_f32(f, xdv, lanes)?;
                 let scale = f.b.build_float_mul(d, xdv, "scale").map_err(e)?;
                 let sf = f.b.build_signed_int_to_float(*s, vf, "").map_err(e)?;
+                if let (true, Some(m_lo), Some([m_hi, sc_lo, sc_hi])) = (t.fmt.split_mins(), m, q2)
+                {
+                    // QDot's Q2_K: the integer `Σ sc q x` (the halves' sums times their
+                    // scales) with `D xd` into chain h, then each half's minimum
+                    // against its half sum `xs[2 (xb + blk) + p]` into minimum chain
+                    // 2 + h.
+                    let lo = lows.get(r).copied().unwrap_or(vi.const_zero());
+                    let b = &f.b;
+                    let lo = b.build_int_mul(lo, sc_lo, "").map_err(e)?;
+                    let hi = b.build_int_mul(*s, sc_hi, "").map_err(e)?;
+                    let a = b.build_int_add(lo, hi, "").map_err(e)?;
+                    let sf = b.build_signed_int_to_float(a, vf, "").map_err(e)?;
+                    self.fma_into(f, sf, scale, ch[h])?;
+                    for (p, mv) in [m_lo, m_hi].into_iter().enumerate() {
+                        let b = &f.b;
+                        let at = b.build_int_add(rows[r].0, blk, "").map_err(e)?;
+                        let at = b.build_int_mul(at, self.tc(2), "").map_err(e)?;
+                        let at = b.build_int_add(at, self.tc(p as i64), "").map_err(e)?;
+                        let at = b.build_int_mul(at, self.tc(4), "").map_err(e)?;
+                        let xsv = self.qdot_load(f, it.f32.into(), xs, at)?.into_float_value();
+                        let xsv = self.splat_f32(f, xsv, lanes)?;
+                        self.fma_into(f, mv, xsv, ch[2 + h])?;
+                    }
+                    continue;
+                }
                 if split {
                     // QDot's Q6_K: the first half with d_lo into E, the second with
                     // d_hi (the minimum's slot) into O.
@@ -954,7 +986,7 @@ impl<'ctx> Lowering<'ctx, '_> {
         let at = b.build_int_mul(at, self.tc(4), "").map_err(e)?;
         let xdv = self.qdot_load(f, it.f32.into(), xd, at)?.into_float_value();
         let xdv = self.splat_f32(f, xdv, lanes)?;
-        for ((s, (_, d, m)), ch) in sums.iter().zip(&decoded).zip(chains) {
+        for ((s, (_, d, m, _)), ch) in sums.iter().zip(&decoded).zip(chains) {
             let m = m.filter(|_| t.has_min);
             let scale = f.b.build_float_mul(*d, xdv, "scale").map_err(e)?;
             let sf = f.b.build_signed_int_to_float(*s, vf, "").map_err(e)?;
@@ -999,6 +1031,9 @@ impl<'ctx> Lowering<'ctx, '_> {
         c0: u32,
         lanes: u32,
     ) -> R<Decoded<'ctx>> {
+        if t.fmt.split_mins() {
+            return self.q2k_direct(f, (w, w_off), blk, c0, lanes);
+        }
         let it = self.it;
         let e = llvm_err;
         let (d, m, qs, masks) = self.packed_head(f, t.fmt, (w, w_off), blk, c0, lanes, c0 == 0)?;
@@ -1009,13 +1044,13 @@ impl<'ctx> Lowering<'ctx, '_> {
         };
         let mut out = vec![vw.const_zero(); 16];
         if t.fmt.sparse() {
-            return Ok((self.s24_pairs(f, w, masks, c0, lanes)?, d, m));
+            return Ok((self.s24_pairs(f, w, masks, c0, lanes)?, d, m, None));
         }
         if t.fmt == llmc_kernels::QFmt::Q6K {
-            return Ok((self.q6k_pairs(f, w, qs, masks, lanes)?, d, m));
+            return Ok((self.q6k_pairs(f, w, qs, masks, lanes)?, d, m, None));
         }
         if t.fmt == llmc_kernels::QFmt::Q3K {
-            return Ok((self.q3k_pairs(f, w, qs, masks, c0, lanes)?, d, m));
+            return Ok((self.q3k_pairs(f, w, qs, masks, c0, lanes)?, d, m, None));
         }
         if t.fmt == llmc_kernels::QFmt::Q8_0 {
             // With a minimum (int8 activations): q + 128 and -128 d.
@@ -1030,7 +1065,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 }
             }
             if t.has_min {
-                return Ok((out, d, Some(self.offset8_min(f, d, lanes)?)));
+                return Ok((out, d, Some(self.offset8_min(f, d, lanes)?), None));
             }
         } else {
             for p in 0..8 {
@@ -1043,7 +1078,7 @@ impl<'ctx> Lowering<'ctx, '_> {
                 out[p + 8] = self.tile16_fifth(f, t.fmt, w, masks, p as i64 + 8, c0, lanes, hi)?;
             }
         }
-        Ok((out, d, m))
+        Ok((out, d, m, None))
     }
 
     /// The 16 pair vectors (`2 lanes` i16: lane `2c + j` holds row `c0 + c`'s quant
@@ -1097,6 +1132,121 @@ impl<'ctx> Lowering<'ctx, '_> {
             }
         }
         Ok(out)
+    }
+
+    /// A direct [`QTile`]'s Q2_K block `blk`, lanes (weight rows) `c0..c0 + lanes`,
+    /// decoded from the packed weight (`templates::pack`'s `tile16_q2k_scale`): the 16
+    /// pair vectors of the 2-bit quants, `D`, the halves' minimums `mn · -Dmin`, and
+    /// their 4-bit scales as i32 lanes. The tile multiplies each half's integer sum by
+    /// its scale (`Σ sc q x = sc Σ q x`, exact, two multiplies a block instead of one a
+    /// pair vector). The block group's lines are prefetched `QDOT_PREFETCH` bytes
+    /// ahead on the first lanes' pass.
+    fn q2k_direct(
+        &self,
+        f: &Frame<'ctx>,
+        (w, w_off): (PointerValue<'ctx>, IntValue<'ctx>),
+        blk: IntValue<'ctx>,
+        c0: u32,
+        lanes: u32,
+    ) -> R<Decoded<'ctx>> {
+        use llmc_kernels::templates::pack::{TILE16_Q2K_BLOCK, TILE16_Q2K_QUANTS};
+        let it = self.it;
+        let e = llvm_err;
+        let big = LANES as i64;
+        let group = big * llmc_kernels::QFmt::Q2K.block_bytes();
+        let b = &f.b;
+        let sb = b
+            .build_right_shift(blk, self.tc(3), false, "sb")
+            .map_err(e)?;
+        let j = b.build_and(blk, self.tc(7), "j").map_err(e)?;
+        let g = b.build_int_mul(sb, self.tc(group), "").map_err(e)?;
+        let g = b.build_int_add(w_off, g, "g").map_err(e)?;
+        let q = b
+            .build_int_mul(j, self.tc(TILE16_Q2K_BLOCK as i64), "")
+            .map_err(e)?;
+        let q = b
+            .build_int_add(q, self.tc(TILE16_Q2K_QUANTS as i64), "")
+            .map_err(e)?;
+        let qs = b.build_int_add(g, q, "").map_err(e)?;
+        if c0 == 0 {
+            // An eighth of the group a block, so the window covers its head too.
+            let pf = it
+                .intrinsic(self.module, "llvm.prefetch", &[it.ptr.into()])
+                .ok_or_else(|| llvm_err("llvm.prefetch"))?;
+            let i32c = |v: u64| it.i32.const_int(v, false).into();
+            for line in 0..(group / 8 + 63) / 64 {
+                let ahead = self.tc(super::QDOT_PREFETCH as i64 + 64 * line);
+                let ahead = f.b.build_int_add(qs, ahead, "").map_err(e)?;
+                // SAFETY: only an address for the prefetch hint; never dereferenced.
+                let pp = unsafe { f.b.build_gep(it.i8, w, &[ahead], "") }.map_err(e)?;
+                f.b.build_call(pf, &[pp.into(), i32c(0), i32c(3), i32c(1)], "")
+                    .map_err(e)?;
+            }
+        }
+        let qs =
+            f.b.build_int_add(qs, self.tc(2 * c0 as i64), "qs")
+                .map_err(e)?;
+        let vh = it.f16.vec_type(lanes);
+        let vf = it.f32.vec_type(lanes);
+        let half = |at: i64| -> R<VectorValue<'ctx>> {
+            let at =
+                f.b.build_int_add(g, self.tc(at + 2 * c0 as i64), "")
+                    .map_err(e)?;
+            let h = self.qdot_load(f, vh.into(), w, at)?.into_vector_value();
+            f.b.build_float_ext(h, vf, "").map_err(e)
+        };
+        let d = half(0)?;
+        let dmin = half(2 * big)?;
+        let ndmin = f.b.build_float_neg(dmin, "").map_err(e)?;
+        let vb = it.i8.vec_type(lanes);
+        let vw = it.i16.vec_type(2 * lanes);
+        let c8 =
+            |k: u64| VectorType::const_vector(&vec![it.i8.const_int(k, false); lanes as usize]);
+        let splat = |k: u64| {
+            VectorType::const_vector(&vec![it.i16.const_int(k, false); 2 * lanes as usize])
+        };
+        // Each half's byte (scale | minimum << 4): run 2 j + h of the 16 rows' bytes.
+        let mut scs = Vec::new();
+        let mut mins = Vec::new();
+        for h in 0..2 {
+            let b = &f.b;
+            let s = b.build_int_mul(j, self.tc(2 * big), "").map_err(e)?;
+            let s = b
+                .build_int_add(s, self.tc(4 * big + h * big + c0 as i64), "")
+                .map_err(e)?;
+            let at = b.build_int_add(g, s, "").map_err(e)?;
+            let byte = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
+            let b = &f.b;
+            let sc = b.build_and(byte, c8(15), "").map_err(e)?;
+            let mn = b.build_right_shift(byte, c8(4), false, "").map_err(e)?;
+            let mn = b.build_unsigned_int_to_float(mn, vf, "").map_err(e)?;
+            mins.push(b.build_float_mul(mn, ndmin, "m").map_err(e)?);
+            scs.push(
+                b.build_int_z_extend(sc, it.i32.vec_type(lanes), "sc")
+                    .map_err(e)?,
+            );
+        }
+        let vq = it.i8.vec_type(2 * lanes);
+        let mut out = vec![vw.const_zero(); 16];
+        for k in 0..4usize {
+            let at =
+                f.b.build_int_add(qs, self.tc(32 * k as i64), "")
+                    .map_err(e)?;
+            let raw = self.qdot_load(f, vq.into(), w, at)?.into_vector_value();
+            let v = f.b.build_int_z_extend(raw, vw, "").map_err(e)?;
+            for sh in 0..4usize {
+                let p = k + 4 * sh;
+                let b = &f.b;
+                let moved = if sh == 0 {
+                    v
+                } else {
+                    b.build_right_shift(v, splat(2 * sh as u64), false, "")
+                        .map_err(e)?
+                };
+                out[p] = b.build_and(moved, splat(3), "q2").map_err(e)?;
+            }
+        }
+        Ok((out, d, Some(mins[0]), Some([mins[1], scs[0], scs[1]])))
     }
 
     /// The 16 pair vectors (`2 lanes` i16: lane `2c + j` holds row `c0 + c`'s quant
@@ -1219,10 +1369,10 @@ impl<'ctx> Lowering<'ctx, '_> {
             if !self.target.avx512() {
                 let (d, m, qs, masks) =
                     self.packed_head(f, t.fmt, (w, w_off), blk, c0, lanes, c0 == 0)?;
-                return Ok((self.q5_chunk_quads(f, w, qs, masks, c0, lanes)?, d, m));
+                return Ok((self.q5_chunk_quads(f, w, qs, masks, c0, lanes)?, d, m, None));
             }
-            let (pairs, d, m) = self.direct_block(f, t, (w, w_off), blk, c0, lanes)?;
-            return Ok((self.pairs_to_quads(f, &pairs)?, d, m));
+            let (pairs, d, m, _) = self.direct_block(f, t, (w, w_off), blk, c0, lanes)?;
+            return Ok((self.pairs_to_quads(f, &pairs)?, d, m, None));
         }
         let (d, m, qs, _) = self.packed_head(f, t.fmt, (w, w_off), blk, c0, lanes, c0 == 0)?;
         let q8 = t.fmt == QFmt::Q8_0;
@@ -1232,7 +1382,7 @@ impl<'ctx> Lowering<'ctx, '_> {
             m
         };
         let quads = self.chunk_quads(f, t.fmt, w, qs, lanes)?;
-        Ok((quads, d, m))
+        Ok((quads, d, m, None))
     }
 
     /// A byte tile block's 8 quad vectors (`4 lanes` u8 each) from the quants of a
