@@ -881,8 +881,10 @@ pub struct QUnpack {
 /// [`QUnpack`] decoded into `tile`/`scales` and activation rows `i` (at most
 /// [`QDot::QUAD`]): [`QDot`]'s products and arithmetic for every (row, weight row)
 /// pair, bit for bit (the even and odd chains, the minimum chains when `has_min`,
-/// the trailing block's zero partner; Q6_K's halves: quants 0..16 with the scale
-/// slot into E, 16..32 with the minimum slot into O), so a row's result is the same
+/// the trailing block's zero partner; Q6_K's and Q3_K's halves: quants 0..16 with the
+/// scale slot into E, 16..32 with the minimum slot into O; Q2_K, packed and `direct`
+/// only: the integer `Σ (sc q) x` with `D` into the block's chain, then each half's
+/// minimum against its half sum into the block's minimum chain), so a row's result is the same
 /// whether a `QDot` or a `QTile` computed it. `fmt`, `w`, `w_off` and `row_bytes` name the
 /// weight rows the tile holds (the [`QUnpack`]'s): a backend without a tile form
 /// (no AVX2) computes the same products as one [`QDot`] per weight row instead (the
@@ -1466,6 +1468,13 @@ impl Kernel {
                     if u.packed && !u.fmt.tile16() {
                         return Err(format!("qunpack: {:?} has no packed layout", u.fmt));
                     }
+                    if u.fmt.split_mins() {
+                        // A block's two minimums and scale need three slots.
+                        return Err(format!(
+                            "qunpack: {:?} is read by the direct tile only",
+                            u.fmt
+                        ));
+                    }
                     if (u.fmt.split_scales() && !u.packed)
                         || u.blocks < 0
                         || u.first_block < 0
@@ -1555,10 +1564,14 @@ impl Kernel {
                     if t.has_min != t.fmt.has_min() && !(offset8 && t.has_min) {
                         return Err(format!("qtile: has_min differs from {:?}'s", t.fmt));
                     }
-                    if (t.direct && !t.packed) || (t.packed && !t.fmt.tile16()) {
+                    if (t.direct && !t.packed)
+                        || (t.packed && !t.fmt.tile16())
+                        || (t.fmt.split_mins() && !t.direct)
+                    {
                         return Err(format!(
                             "qtile: {:?} packed {} direct {}: only Tile16 formats are \
-                             packed, and only packed weights are read directly",
+                             packed, only packed weights are read directly, and Q2_K \
+                             only directly",
                             t.fmt, t.packed, t.direct
                         ));
                     }
