@@ -1199,12 +1199,8 @@ impl<'ctx> Lowering<'ctx, '_> {
         let dmin = half(2 * big)?;
         let ndmin = f.b.build_float_neg(dmin, "").map_err(e)?;
         let vb = it.i8.vec_type(lanes);
-        let vw = it.i16.vec_type(2 * lanes);
         let c8 =
             |k: u64| VectorType::const_vector(&vec![it.i8.const_int(k, false); lanes as usize]);
-        let splat = |k: u64| {
-            VectorType::const_vector(&vec![it.i16.const_int(k, false); 2 * lanes as usize])
-        };
         // Each half's byte (scale | minimum << 4): run 2 j + h of the 16 rows' bytes.
         let mut scs = Vec::new();
         let mut mins = Vec::new();
@@ -1226,41 +1222,19 @@ impl<'ctx> Lowering<'ctx, '_> {
                     .map_err(e)?,
             );
         }
-        let vq = it.i8.vec_type(2 * lanes);
-        let mut out = vec![vw.const_zero(); 16];
-        for k in 0..4usize {
-            let at =
-                f.b.build_int_add(qs, self.tc(32 * k as i64), "")
-                    .map_err(e)?;
-            let raw = self.qdot_load(f, vq.into(), w, at)?.into_vector_value();
-            let v = f.b.build_int_z_extend(raw, vw, "").map_err(e)?;
-            for sh in 0..4usize {
-                let p = k + 4 * sh;
-                let b = &f.b;
-                let moved = if sh == 0 {
-                    v
-                } else {
-                    b.build_right_shift(v, splat(2 * sh as u64), false, "")
-                        .map_err(e)?
-                };
-                out[p] = b.build_and(moved, splat(3), "q2").map_err(e)?;
-            }
-        }
+        let out = self.crumb_pairs(f, w, qs, lanes)?;
         Ok((out, d, Some(mins[0]), Some([mins[1], scs[0], scs[1]])))
     }
 
-    /// The 16 pair vectors (`2 lanes` i16: lane `2c + j` holds row `c0 + c`'s quant
-    /// `2p + j`, `lo + 4 h - 4`) of a Q3_K `Tile16` block whose low bits start at byte
-    /// `qs` of `w` (lane `c0`'s; `templates::pack`'s `tile16_q3k_low`) and high bits'
-    /// masks at `masks`: per 32-byte chunk of low bits four pairs' bits by a shift and a
-    /// mask each, then each pair's high bits or-ed in as 4.
-    fn q3k_pairs(
+    /// The 16 pair vectors (`2 lanes` i16, 0..3) of 2-bit quants kept in four 32-byte
+    /// chunks from byte `qs` of `w` (lane `c0`'s; Q3_K's low bits, Q2_K's quants):
+    /// pair `p` from chunk `p mod 4` at shift `2 ⌊p / 4⌋`, one widening load a chunk
+    /// and a shift and an `and` a pair.
+    fn crumb_pairs(
         &self,
         f: &Frame<'ctx>,
         w: PointerValue<'ctx>,
         qs: IntValue<'ctx>,
-        masks: IntValue<'ctx>,
-        c0: u32,
         lanes: u32,
     ) -> R<Vec<VectorValue<'ctx>>> {
         let it = self.it;
@@ -1278,7 +1252,6 @@ impl<'ctx> Lowering<'ctx, '_> {
             let raw = self.qdot_load(f, vb.into(), w, at)?.into_vector_value();
             let v = f.b.build_int_z_extend(raw, vw, "").map_err(e)?;
             for sh in 0..4usize {
-                let p = k + 4 * sh;
                 let b = &f.b;
                 let moved = if sh == 0 {
                     v
@@ -1286,10 +1259,34 @@ impl<'ctx> Lowering<'ctx, '_> {
                     b.build_right_shift(v, splat(2 * sh as u64), false, "")
                         .map_err(e)?
                 };
-                let lo = b.build_and(moved, splat(3), "lo").map_err(e)?;
-                let q = self.or_mask_bits(f, w, masks, p as i64, c0, lanes, lo, 4)?;
-                out[p] = f.b.build_int_sub(q, splat(4), "q3").map_err(e)?;
+                out[k + 4 * sh] = b.build_and(moved, splat(3), "crumb").map_err(e)?;
             }
+        }
+        Ok(out)
+    }
+
+    /// The 16 pair vectors (`2 lanes` i16: lane `2c + j` holds row `c0 + c`'s quant
+    /// `2p + j`, `lo + 4 h - 4`) of a Q3_K `Tile16` block whose low bits start at byte
+    /// `qs` of `w` (lane `c0`'s; `templates::pack`'s `tile16_q3k_low`) and high bits'
+    /// masks at `masks`: per 32-byte chunk of low bits four pairs' bits by a shift and a
+    /// mask each, then each pair's high bits or-ed in as 4.
+    fn q3k_pairs(
+        &self,
+        f: &Frame<'ctx>,
+        w: PointerValue<'ctx>,
+        qs: IntValue<'ctx>,
+        masks: IntValue<'ctx>,
+        c0: u32,
+        lanes: u32,
+    ) -> R<Vec<VectorValue<'ctx>>> {
+        let it = self.it;
+        let splat = |k: u64| {
+            VectorType::const_vector(&vec![it.i16.const_int(k, false); 2 * lanes as usize])
+        };
+        let mut out = self.crumb_pairs(f, w, qs, lanes)?;
+        for (p, v) in out.iter_mut().enumerate() {
+            let q = self.or_mask_bits(f, w, masks, p as i64, c0, lanes, *v, 4)?;
+            *v = f.b.build_int_sub(q, splat(4), "q3").map_err(llvm_err)?;
         }
         Ok(out)
     }
