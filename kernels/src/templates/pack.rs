@@ -227,8 +227,17 @@ pub const TILE16_Q6K_BLOCK: usize = 24 * QTile::LANES;
 /// `2 ⌊p / 4⌋`, so one 32-byte load gives four pair vectors' high bits; the low
 /// nibbles sit where [`tile16_quant`] puts Q4_0's.
 pub fn tile16_q6k_high(c: usize, e: usize) -> (usize, u32) {
+    let (at, shift) = tile16_crumb(c, e);
+    (16 * QTile::LANES + at, shift)
+}
+
+/// Where four 32-byte chunks of 2-bit fields keep quant `e` (0..32) of row `c`: the
+/// byte offset from the first chunk and the shift. Pair vector `p = e / 2` (lane
+/// `2 c + e mod 2`) takes its bits from chunk `p mod 4` at shift `2 ⌊p / 4⌋` (Q6_K's
+/// high bits, Q3_K's low bits, Q2_K's quants).
+fn tile16_crumb(c: usize, e: usize) -> (usize, u32) {
     let (p, lane) = (e / 2, 2 * c + e % 2);
-    (16 * QTile::LANES + 32 * (p % 4) + lane, 2 * (p / 4) as u32)
+    (32 * (p % 4) + lane, 2 * (p / 4) as u32)
 }
 
 /// Byte offset of scale byte `t` (0..12, as stored: `llmc_ir::quant_k::q3k_scales`
@@ -252,8 +261,8 @@ pub const TILE16_Q3K_BLOCK: usize = 12 * QTile::LANES;
 /// the shift, in Q6_K's order for its high bits ([`tile16_q6k_high`]): pair vector
 /// `p = e / 2` takes its bits from chunk `p mod 4` at shift `2 ⌊p / 4⌋`.
 pub fn tile16_q3k_low(c: usize, e: usize) -> (usize, u32) {
-    let (p, lane) = (e / 2, 2 * c + e % 2);
-    (4 * QTile::LANES + 32 * (p % 4) + lane, 2 * (p / 4) as u32)
+    let (at, shift) = tile16_crumb(c, e);
+    (4 * QTile::LANES + at, shift)
 }
 
 /// Byte offset of byte `s` (0..16: block `j`'s halves are `2 j`, `2 j + 1`; the scale
@@ -272,11 +281,10 @@ pub const TILE16_Q2K_QUANTS: usize = 4 * QTile::LANES + 16 * QTile::LANES;
 pub const TILE16_Q2K_BLOCK: usize = 8 * QTile::LANES;
 
 /// Where a Q2_K [`Pack::Tile16`] block keeps quant `e` (0..32) of row `c`: the byte
-/// offset from the block's start and the shift, as Q3_K's low bits
-/// ([`tile16_q3k_low`], without its masks before them).
+/// offset from the block's start and the shift, in the order of Q3_K's low bits
+/// ([`tile16_q3k_low`]).
 pub fn tile16_q2k_quant(c: usize, e: usize) -> (usize, u32) {
-    let (at, shift) = tile16_q3k_low(c, e);
-    (at - 4 * QTile::LANES, shift)
+    tile16_crumb(c, e)
 }
 
 /// Where [`Pack::Tile16`] keeps quant `e` (0..32, activation order) of row `c` (0..16)
