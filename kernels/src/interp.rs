@@ -637,6 +637,21 @@ impl Machine<'_> {
         Ok((d, 0.0, q))
     }
 
+    /// The K-quant `Tile16` super-block group holding block `b` of the 16 rows at `w0`:
+    /// its byte offset, the block's index in it (0..8), and row `c`'s `D` (the group's
+    /// first 16 f16).
+    fn super_group(
+        &mut self,
+        fmt: QFmt,
+        w: BufId,
+        (w0, b, c): (i64, i64, i64),
+        bufs: &mut [Vec<u8>],
+    ) -> R<(i64, i64, f32)> {
+        let g = w0 + b / 8 * QTile::LANES as i64 * fmt.block_bytes();
+        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        Ok((g, b % 8, big_d))
+    }
+
     /// [`Self::packed_block`] for Q6_K (`templates::pack::tile16_q6k_scale`): `d_lo`,
     /// `d_hi` (in the minimum's place) and the signed quants `q - 32`.
     fn packed_q6k(
@@ -650,10 +665,7 @@ impl Machine<'_> {
         use crate::templates::pack::{
             tile16_q6k_high, tile16_q6k_scale, TILE16_Q6K_BLOCK, TILE16_Q6K_QUANTS,
         };
-        let lanes = QTile::LANES as i64;
-        let g = w0 + b / 8 * lanes * QFmt::Q6K.block_bytes();
-        let j = b % 8;
-        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let (g, j, big_d) = self.super_group(QFmt::Q6K, w, (w0, b, c), bufs)?;
         let mut d = [0f32; 2];
         for (h, d) in d.iter_mut().enumerate() {
             let at = g + tile16_q6k_scale(2 * j as usize + h, c as usize) as i64;
@@ -686,10 +698,8 @@ impl Machine<'_> {
         use crate::templates::pack::{
             tile16_fifth, tile16_q3k_low, tile16_q3k_scale, TILE16_Q3K_BLOCK, TILE16_Q3K_QUANTS,
         };
-        let lanes = QTile::LANES as i64;
-        let g = w0 + b / 8 * lanes * QFmt::Q3K.block_bytes();
-        let j = (b % 8) as usize;
-        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let (g, j, big_d) = self.super_group(QFmt::Q3K, w, (w0, b, c), bufs)?;
+        let j = j as usize;
         let mut packed = [0u8; 12];
         for (t, p) in packed.iter_mut().enumerate() {
             let at = tile16_q3k_scale(t, c as usize) as i64;
@@ -722,10 +732,8 @@ impl Machine<'_> {
         use crate::templates::pack::{
             tile16_q2k_quant, tile16_q2k_scale, TILE16_Q2K_BLOCK, TILE16_Q2K_QUANTS,
         };
-        let lanes = QTile::LANES as i64;
-        let g = w0 + b / 8 * lanes * QFmt::Q2K.block_bytes();
-        let j = (b % 8) as usize;
-        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let (g, j, big_d) = self.super_group(QFmt::Q2K, w, (w0, b, c), bufs)?;
+        let j = j as usize;
         let dmin = self.read(w, g + 32 + 2 * c, Ty::F16, bufs)?.f() as f32;
         let mut sc = [0i64; 2];
         let mut mins = [0f32; 2];
@@ -756,10 +764,8 @@ impl Machine<'_> {
         c: i64,
         bufs: &mut [Vec<u8>],
     ) -> R<(f32, f32, [i64; 32])> {
-        let lanes = QTile::LANES as i64;
-        let g = w0 + b / 8 * lanes * fmt.block_bytes();
-        let j = (b % 8) as usize;
-        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let (g, j, big_d) = self.super_group(fmt, w, (w0, b, c), bufs)?;
+        let j = j as usize;
         let dmin = self.read(w, g + 32 + 2 * c, Ty::F16, bufs)?.f() as f32;
         let mut packed = [0u8; 12];
         for (t, p) in packed.iter_mut().enumerate() {
@@ -790,10 +796,7 @@ impl Machine<'_> {
         bufs: &mut [Vec<u8>],
     ) -> R<(f32, f32, [i64; 32])> {
         use crate::templates::pack::{tile16_iq4xs_scale, TILE16_IQ4XS_QUANTS};
-        let lanes = QTile::LANES as i64;
-        let g = w0 + b / 8 * lanes * QFmt::IQ4XS.block_bytes();
-        let j = b % 8;
-        let big_d = self.read(w, g + 2 * c, Ty::F16, bufs)?.f() as f32;
+        let (g, j, big_d) = self.super_group(QFmt::IQ4XS, w, (w0, b, c), bufs)?;
         let sh = self.read(w, g + 32 + 2 * c, Ty::U16, bufs)?.i();
         let at = tile16_iq4xs_scale(j as usize / 2, c as usize) as i64;
         let sl = self.read(w, g + at, Ty::U8, bufs)?.i();
