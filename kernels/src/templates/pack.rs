@@ -569,13 +569,13 @@ pub fn pack(pack: Pack, d: DType, rows: usize, k: usize, bytes: &[u8]) -> Result
 mod tests {
     use super::*;
 
-    #[test]
-    fn tile16_q6k_keeps_every_quant_scale_and_d() {
-        // 32 rows of two super-blocks with arbitrary bytes: every quant, sub-block
-        // scale and D found where the layout's functions say, and the size kept.
-        let (rows, k) = (32usize, 512usize);
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let bytes: Vec<u8> = (0..rows * k / 256 * 210)
+    /// Packs 32 rows of two super-blocks of `d` (arbitrary bytes from `seed`), checks
+    /// the size, then calls `check(raw, group, c, r)` with each row's raw super-block,
+    /// its packed group and its lane; fewer rows than a group must be refused.
+    fn each_packed_super_block(d: DType, seed: u64, check: impl Fn(&[u8], &[u8], usize, usize)) {
+        let (rows, k, bb) = (32usize, 512usize, d.block_bytes());
+        let mut x = seed;
+        let bytes: Vec<u8> = (0..rows * k / 256 * bb)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -583,117 +583,85 @@ mod tests {
                 x as u8
             })
             .collect();
-        let p = pack(Pack::Tile16, DType::Q6K, rows, k, &bytes).unwrap();
+        let p = pack(Pack::Tile16, d, rows, k, &bytes).unwrap();
         assert_eq!(p.len(), bytes.len());
         let lanes = QTile::LANES;
         for r in 0..rows {
             for sb in 0..k / 256 {
-                let raw = &bytes[(r * k / 256 + sb) * 210..][..210];
-                let g = &p[((r / lanes) * (k / 256) + sb) * lanes * 210..][..lanes * 210];
-                let c = r % lanes;
-                assert_eq!(&g[2 * c..2 * c + 2], &raw[208..210]);
-                for s in 0..16 {
-                    assert_eq!(g[tile16_q6k_scale(s, c)], raw[192 + s]);
-                }
-                for j in 0..8 {
-                    let (h, q) = (j / 4, j % 4);
-                    let blk = &g[TILE16_Q6K_QUANTS + TILE16_Q6K_BLOCK * j..];
-                    for e in 0..32 {
-                        let lo = (raw[64 * h + 32 * (q % 2) + e] >> (4 * (q / 2))) & 15;
-                        let hi = (raw[128 + 32 * h + e] >> (2 * q)) & 3;
-                        let (at, high) = tile16_quant(DType::Q4_0, c, e);
-                        let nib = if high { blk[at] >> 4 } else { blk[at] & 15 };
-                        let (at, shift) = tile16_q6k_high(c, e);
-                        assert_eq!((nib, (blk[at] >> shift) & 3), (lo, hi), "row {r} e {e}");
-                    }
-                }
+                let raw = &bytes[(r * k / 256 + sb) * bb..][..bb];
+                let g = &p[((r / lanes) * (k / 256) + sb) * lanes * bb..][..lanes * bb];
+                check(raw, g, r % lanes, r);
             }
         }
-        assert!(pack(Pack::Tile16, DType::Q6K, 8, 256, &bytes[..8 * 210]).is_err());
+        assert!(pack(Pack::Tile16, d, 8, 256, &bytes[..8 * bb]).is_err());
+    }
+
+    #[test]
+    fn tile16_q6k_keeps_every_quant_scale_and_d() {
+        // Every quant, sub-block scale and D found where the layout's functions say.
+        each_packed_super_block(DType::Q6K, 0x2545_f491_4f6c_dd1d, |raw, g, c, r| {
+            assert_eq!(&g[2 * c..2 * c + 2], &raw[208..210]);
+            for s in 0..16 {
+                assert_eq!(g[tile16_q6k_scale(s, c)], raw[192 + s]);
+            }
+            for j in 0..8 {
+                let (h, q) = (j / 4, j % 4);
+                let blk = &g[TILE16_Q6K_QUANTS + TILE16_Q6K_BLOCK * j..];
+                for e in 0..32 {
+                    let lo = (raw[64 * h + 32 * (q % 2) + e] >> (4 * (q / 2))) & 15;
+                    let hi = (raw[128 + 32 * h + e] >> (2 * q)) & 3;
+                    let (at, high) = tile16_quant(DType::Q4_0, c, e);
+                    let nib = if high { blk[at] >> 4 } else { blk[at] & 15 };
+                    let (at, shift) = tile16_q6k_high(c, e);
+                    assert_eq!((nib, (blk[at] >> shift) & 3), (lo, hi), "row {r} e {e}");
+                }
+            }
+        });
     }
 
     #[test]
     fn tile16_q3k_keeps_every_quant_high_bit_scale_and_d() {
-        // 32 rows of two super-blocks with arbitrary bytes: every quant's low bits and
-        // high bit, the 12 scale bytes and D found where the layout's functions say,
-        // and the size kept.
-        let (rows, k) = (32usize, 512usize);
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let bytes: Vec<u8> = (0..rows * k / 256 * 110)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let p = pack(Pack::Tile16, DType::Q3K, rows, k, &bytes).unwrap();
-        assert_eq!(p.len(), bytes.len());
-        let lanes = QTile::LANES;
-        for r in 0..rows {
-            for sb in 0..k / 256 {
-                let raw = &bytes[(r * k / 256 + sb) * 110..][..110];
-                let g = &p[((r / lanes) * (k / 256) + sb) * lanes * 110..][..lanes * 110];
-                let c = r % lanes;
-                assert_eq!(&g[2 * c..2 * c + 2], &raw[108..110]);
-                for t in 0..12 {
-                    assert_eq!(g[tile16_q3k_scale(t, c)], raw[96 + t]);
-                }
-                for j in 0..8 {
-                    let (h, q) = (j / 4, j % 4);
-                    let blk = &g[TILE16_Q3K_QUANTS + TILE16_Q3K_BLOCK * j..];
-                    for e in 0..32 {
-                        let lo = (raw[32 + 32 * h + e] >> (2 * q)) & 3;
-                        let hi = (raw[e] >> (4 * h + q)) & 1;
-                        let (at, shift) = tile16_q3k_low(c, e);
-                        let (word, bit) = tile16_fifth(c, e);
-                        let mask =
-                            u32::from_le_bytes(blk[4 * word..4 * word + 4].try_into().unwrap());
-                        let got = ((blk[at] >> shift) & 3, (mask >> bit) as u8 & 1);
-                        assert_eq!(got, (lo, hi), "row {r} e {e}");
-                    }
+        // Every quant's low bits and high bit, the 12 scale bytes and D found where the
+        // layout's functions say.
+        each_packed_super_block(DType::Q3K, 0x9e37_79b9_7f4a_7c15, |raw, g, c, r| {
+            assert_eq!(&g[2 * c..2 * c + 2], &raw[108..110]);
+            for t in 0..12 {
+                assert_eq!(g[tile16_q3k_scale(t, c)], raw[96 + t]);
+            }
+            for j in 0..8 {
+                let (h, q) = (j / 4, j % 4);
+                let blk = &g[TILE16_Q3K_QUANTS + TILE16_Q3K_BLOCK * j..];
+                for e in 0..32 {
+                    let lo = (raw[32 + 32 * h + e] >> (2 * q)) & 3;
+                    let hi = (raw[e] >> (4 * h + q)) & 1;
+                    let (at, shift) = tile16_q3k_low(c, e);
+                    let (word, bit) = tile16_fifth(c, e);
+                    let mask = u32::from_le_bytes(blk[4 * word..4 * word + 4].try_into().unwrap());
+                    let got = ((blk[at] >> shift) & 3, (mask >> bit) as u8 & 1);
+                    assert_eq!(got, (lo, hi), "row {r} e {e}");
                 }
             }
-        }
-        assert!(pack(Pack::Tile16, DType::Q3K, 8, 256, &bytes[..8 * 110]).is_err());
+        });
     }
 
     #[test]
     fn tile16_q2k_keeps_every_quant_scale_minimum_d_and_dmin() {
-        let (rows, k) = (32usize, 512usize);
-        let mut x = 0x853c_49e6_748f_ea9bu64;
-        let bytes: Vec<u8> = (0..rows * k / 256 * 84)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let p = pack(Pack::Tile16, DType::Q2K, rows, k, &bytes).unwrap();
-        assert_eq!(p.len(), bytes.len());
-        let lanes = QTile::LANES;
-        for r in 0..rows {
-            for sb in 0..k / 256 {
-                let raw = &bytes[(r * k / 256 + sb) * 84..][..84];
-                let g = &p[((r / lanes) * (k / 256) + sb) * lanes * 84..][..lanes * 84];
-                let c = r % lanes;
-                assert_eq!(&g[2 * c..2 * c + 2], &raw[80..82]);
-                assert_eq!(&g[32 + 2 * c..34 + 2 * c], &raw[82..84]);
-                for s in 0..16 {
-                    assert_eq!(g[tile16_q2k_scale(s, c)], raw[s]);
-                }
-                for j in 0..8 {
-                    let (h, q) = (j / 4, j % 4);
-                    let blk = &g[TILE16_Q2K_QUANTS + TILE16_Q2K_BLOCK * j..];
-                    for e in 0..32 {
-                        let want = (raw[16 + 32 * h + e] >> (2 * q)) & 3;
-                        let (at, shift) = tile16_q2k_quant(c, e);
-                        assert_eq!((blk[at] >> shift) & 3, want, "row {r} e {e}");
-                    }
+        each_packed_super_block(DType::Q2K, 0x853c_49e6_748f_ea9b, |raw, g, c, r| {
+            assert_eq!(&g[2 * c..2 * c + 2], &raw[80..82]);
+            assert_eq!(&g[32 + 2 * c..34 + 2 * c], &raw[82..84]);
+            for s in 0..16 {
+                assert_eq!(g[tile16_q2k_scale(s, c)], raw[s]);
+            }
+            for j in 0..8 {
+                let (h, q) = (j / 4, j % 4);
+                let blk = &g[TILE16_Q2K_QUANTS + TILE16_Q2K_BLOCK * j..];
+                for e in 0..32 {
+                    let want = (raw[16 + 32 * h + e] >> (2 * q)) & 3;
+                    let (at, shift) = tile16_q2k_quant(c, e);
+                    assert_eq!((blk[at] >> shift) & 3, want, "row {r} e {e}");
                 }
             }
-        }
+        });
     }
 
     #[test]
